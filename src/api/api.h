@@ -1,0 +1,68 @@
+/*
+ * api.h: the HTTP handlers. Parses and validates requests, calls the turn engine
+ * and the store, and maps every outcome to a status code and a JSON body, in the
+ * two flavors chatd serves: the seed-compatible API (FastAPI-style errors,
+ * {"detail": ...}) and the versioned /v1 API ({"error": {type, message,
+ * request_id}}). docs/API.md is the contract.
+ *
+ * Thread: handlers run on the worker loop that received the request.
+ */
+#ifndef CHATD_API_API_H
+#define CHATD_API_API_H
+
+#include <jansson.h>
+
+#include "app/app.h"
+#include "http/server.h"
+
+typedef enum { API_SEED, API_V1 } api_flavor;
+
+/* A route handler. params holds the decoded {} segments of the path. */
+typedef void (*api_handler)(http_req *r, chat_worker *w, char **params);
+
+/* The http_dispatch_fn of every worker (ctx is the chat_worker). */
+void api_dispatch(http_req *r, void *ctx);
+
+/* Sends an error in the flavor's shape (terminal). */
+void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Sends a validation error: seed -> 422 {"detail":[item]}, v1 -> 400
+ * invalid_request_error with msg. item is stolen. */
+void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg);
+
+/* A pydantic-v2 style error item: {"type","loc":["body",field],"msg","input"}.
+ * input is stolen (may be NULL: then {} ). field NULL: loc is ["body"]. */
+json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg,
+                        json_t *input);
+
+/* Validates a session id from a path or body; on failure answers and returns false. */
+bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char *loc0,
+                          const char *field);
+
+/* Handlers, by module. */
+void api_root(http_req *r, chat_worker *w, char **params);
+void api_healthz(http_req *r, chat_worker *w, char **params);
+void api_readyz(http_req *r, chat_worker *w, char **params);
+
+void api_seed_chat(http_req *r, chat_worker *w, char **params);
+void api_seed_chat_stream(http_req *r, chat_worker *w, char **params);
+void api_v1_chat(http_req *r, chat_worker *w, char **params);
+void api_v1_chat_stream(http_req *r, chat_worker *w, char **params);
+
+void api_seed_history_get(http_req *r, chat_worker *w, char **params);
+void api_seed_history_delete(http_req *r, chat_worker *w, char **params);
+void api_seed_sessions(http_req *r, chat_worker *w, char **params);
+void api_seed_reset(http_req *r, chat_worker *w, char **params);
+void api_seed_stats(http_req *r, chat_worker *w, char **params);
+void api_v1_sessions_list(http_req *r, chat_worker *w, char **params);
+void api_v1_session_get(http_req *r, chat_worker *w, char **params);
+void api_v1_session_delete(http_req *r, chat_worker *w, char **params);
+void api_v1_session_messages(http_req *r, chat_worker *w, char **params);
+void api_v1_session_reset(http_req *r, chat_worker *w, char **params);
+void api_v1_stats(http_req *r, chat_worker *w, char **params);
+
+/* JSON for a usage object: {"input_tokens",...}; unknown (-1) values become null. */
+json_t *api_usage_json(const store_usage *u);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * common.c: error shapes shared by every handler.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "core/util.h"
+
+void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *body;
+    if (f == API_SEED)
+        body = json_pack("{s:s}", "detail", msg);
+    else
+        body = json_pack("{s:{s:s,s:s,s:s}}", "error", "type", type, "message", msg, "request_id",
+                         http_req_id(r));
+    http_req_log_set(r, "error_type", json_string(type));
+    http_reply_json(r, status, body);
+}
+
+json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg,
+                        json_t *input)
+{
+    json_t *loc = json_array();
+    json_array_append_new(loc, json_string(loc0));
+    if (field)
+        json_array_append_new(loc, json_string(field));
+    return json_pack("{s:s,s:o,s:s,s:o}", "type", type, "loc", loc, "msg", msg, "input",
+                     input ? input : json_object());
+}
+
+void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg)
+{
+    if (f == API_SEED) {
+        http_req_log_set(r, "error_type", json_string("validation_error"));
+        http_reply_json(r, 422, json_pack("{s:[o]}", "detail", item));
+    } else {
+        json_decref(item);
+        api_error(r, API_V1, 400, "invalid_request_error", "%s", msg);
+    }
+}
+
+bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char *loc0,
+                          const char *field)
+{
+    if (chat_valid_id(id))
+        return true;
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "invalid session_id: use 1 to 128 characters of letters, digits and . _ : -");
+    json_t *item = api_detail_item("string_pattern_mismatch", loc0, field,
+                                   "String should match pattern '^[A-Za-z0-9._:-]{1,128}$'",
+                                   json_string(id ? id : ""));
+    api_invalid(r, f, item, msg);
+    return false;
+}
+
+json_t *api_usage_json(const store_usage *u)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "input_tokens", u->input_tokens >= 0 ? json_integer(u->input_tokens) : json_null());
+    json_object_set_new(o, "output_tokens", u->output_tokens >= 0 ? json_integer(u->output_tokens) : json_null());
+    json_object_set_new(o, "cache_read_input_tokens",
+                        u->cache_read_tokens >= 0 ? json_integer(u->cache_read_tokens) : json_null());
+    json_object_set_new(o, "cache_creation_input_tokens",
+                        u->cache_write_tokens >= 0 ? json_integer(u->cache_write_tokens) : json_null());
+    return o;
+}

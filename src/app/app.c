@@ -1,0 +1,268 @@
+/*
+ * app.c: workers and the server's lifecycle.
+ *
+ * Start: the main thread binds the first SO_REUSEPORT listener (learning the
+ * port when PORT=0), every worker binds its own on the same port, opens its own
+ * database handle and transport, and runs its loop. The main thread blocks
+ * SIGTERM/SIGINT in every thread and waits for them with sigwait(), so no
+ * signal handler ever runs on a loop thread.
+ *
+ * Stop: on the first signal the main thread wakes every worker (event_active is
+ * thread-safe once evthread_use_pthreads() was called). A worker stops
+ * accepting, lets its running requests finish until DRAIN_TIMEOUT, then aborts
+ * the remaining turns cleanly (each gets a 503 or an SSE error, its partial reply
+ * kept or dropped per CANCEL_POLICY, its lock released), closes its database and
+ * exits its loop. A second signal during the drain ends the drain at once.
+ */
+#define _GNU_SOURCE
+#include "app/app.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "api/api.h"
+#include "chat/turn.h"
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/util.h"
+
+#define DRAIN_TICK_MS 20
+
+void chat_app_provider_from_config(llm_provider *p, const struct chat_config *cfg)
+{
+    memset(p, 0, sizeof *p);
+    p->kind = LLM_PROVIDER_ANTHROPIC;
+    p->name = "anthropic";
+    p->base_url = cfg->anthropic_base_url;
+    p->api_key = cfg->anthropic_api_key;
+    p->version = cfg->anthropic_version;
+    p->connect_timeout_ms = cfg->provider_connect_timeout_ms;
+    p->first_byte_timeout_ms = cfg->provider_first_byte_timeout_ms;
+    p->idle_timeout_ms = cfg->provider_idle_timeout_ms;
+    p->total_timeout_ms = cfg->turn_timeout_ms;
+    p->max_retries = cfg->provider_max_retries;
+    p->retry_base_ms = 500;
+    p->retry_max_wait_ms = cfg->retry_max_wait_ms;
+    p->max_response_bytes = 8u << 20;
+}
+
+static void drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    chat_worker *w = arg;
+    bool idle = http_server_active(w->http) == 0 && w->turns == NULL;
+    if (!idle && chat_mono_ms() < w->drain_deadline)
+        return;
+    if (!idle) {
+        chat_log(LOG_WARN, "drain deadline passed, cancelling running turns",
+                 json_pack("{s:i}", "worker", w->index));
+        turn_abort_all(w);
+    }
+    event_base_loopexit(w->base, NULL);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    chat_worker *w = arg;
+    if (w->draining) {
+        /* Second signal: stop waiting. */
+        w->drain_deadline = 0;
+        return;
+    }
+    w->draining = true;
+    w->drain_deadline = chat_mono_ms() + w->app->cfg->drain_timeout_ms;
+    http_server_stop_accepting(w->http);
+    struct timeval tv = {0, DRAIN_TICK_MS * 1000};
+    event_add(w->drain_tick, &tv);
+}
+
+static void *worker_main(void *arg)
+{
+    chat_worker *w = arg;
+    const struct chat_config *cfg = w->app->cfg;
+    char err[256] = "";
+
+    if (store_open(cfg->database_url, &w->db, err, sizeof err) != CHAT_OK) {
+        snprintf(w->startup_error, sizeof w->startup_error, "cannot open the database: %s", err);
+        goto fail;
+    }
+    w->base = event_base_new();
+    if (!w->base) {
+        snprintf(w->startup_error, sizeof w->startup_error, "cannot create an event loop");
+        goto fail;
+    }
+    w->llm = llm_transport_new(w->base);
+    http_limits lim = {
+        .max_header_bytes = cfg->max_header_bytes,
+        .max_body_bytes = cfg->max_body_bytes,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .header_timeout_ms = cfg->header_timeout_ms,
+        .stream_buffer_bytes = cfg->stream_buffer_bytes,
+    };
+    w->http = http_server_new(w->base, w->listen_fd, &lim, api_dispatch, w);
+    w->listen_fd = -1; /* owned by the server now (or closed on failure) */
+    if (!w->http) {
+        snprintf(w->startup_error, sizeof w->startup_error, "cannot start the HTTP server");
+        goto fail;
+    }
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->drain_tick = event_new(w->base, -1, EV_PERSIST, drain_tick, w);
+    atomic_store(&w->ready, 1);
+
+    event_base_dispatch(w->base);
+
+    /* Turns still linked here were never started on the wire (loop exited): end them. */
+    turn_abort_all(w);
+    http_server_free(w->http);
+    w->http = NULL;
+    llm_transport_free(w->llm);
+    w->llm = NULL;
+    event_free(w->stop_ev);
+    event_free(w->drain_tick);
+    event_base_free(w->base);
+    w->base = NULL;
+    store_close(w->db);
+    w->db = NULL;
+    return NULL;
+
+fail:
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    w->listen_fd = -1;
+    http_server_free(w->http);
+    w->http = NULL;
+    llm_transport_free(w->llm);
+    w->llm = NULL;
+    if (w->base)
+        event_base_free(w->base);
+    w->base = NULL;
+    store_close(w->db);
+    w->db = NULL;
+    atomic_store(&w->ready, -1);
+    return NULL;
+}
+
+static int cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+chat_rc chat_app_run(const struct chat_config *cfg)
+{
+    chat_app app = {0};
+    chat_rc rc = CHAT_EIO;
+    char err[256] = "";
+    sigset_t sigs;
+    int started = 0;
+
+    app.cfg = cfg;
+    chat_app_provider_from_config(&app.anthropic, cfg);
+    app.nworkers = cfg->workers > 0 ? cfg->workers : cpu_count();
+    app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
+
+    if (evthread_use_pthreads() != 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        chat_log(LOG_ERROR, "cannot initialise libevent threads or libcurl", NULL);
+        free(app.workers);
+        return CHAT_EIO;
+    }
+
+    /* Migrations run once here, before the workers open their own handles. */
+    store *db = NULL;
+    if (store_open(cfg->database_url, &db, err, sizeof err) != CHAT_OK) {
+        chat_log(LOG_ERROR, "cannot open the database", json_pack("{s:s}", "error", err));
+        goto out;
+    }
+    int schema = store_schema_version(db);
+    store_close(db);
+
+    /* Signals are taken by sigwait on this thread only. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    app.port = cfg->port;
+    for (int i = 0; i < app.nworkers; i++) {
+        chat_worker *w = &app.workers[i];
+        int bound = 0;
+        w->index = i;
+        w->app = &app;
+        w->listen_fd = http_listen(cfg->host, app.port, &bound, err, sizeof err);
+        if (w->listen_fd < 0) {
+            chat_log(LOG_ERROR, "cannot listen", json_pack("{s:s}", "error", err));
+            goto stop;
+        }
+        app.port = bound; /* with PORT=0 the first bind picks the port for all */
+    }
+    for (int i = 0; i < app.nworkers; i++) {
+        chat_worker *w = &app.workers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            chat_log(LOG_ERROR, "cannot start a worker thread", NULL);
+            goto stop;
+        }
+        started++;
+        while (atomic_load(&w->ready) == 0)
+            usleep(1000);
+        if (atomic_load(&w->ready) < 0) {
+            chat_log(LOG_ERROR, "worker failed to start", json_pack("{s:s}", "error", w->startup_error));
+            goto stop;
+        }
+    }
+
+    chat_log(LOG_INFO, "listening",
+             json_pack("{s:s,s:i,s:i,s:s,s:i,s:b}", "host", cfg->host, "port", app.port, "workers",
+                       app.nworkers, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
+                       "schema_version", schema, "provider_configured",
+                       cfg->anthropic_api_key && cfg->anthropic_api_key[0]));
+    if (!cfg->anthropic_api_key || !cfg->anthropic_api_key[0])
+        chat_log(LOG_WARN, "ANTHROPIC_API_KEY is not set: chat requests will get 503 until it is configured",
+                 NULL);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    chat_log(LOG_INFO, "shutting down: draining",
+             json_pack("{s:s,s:I}", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", "drain_timeout_ms",
+                       (json_int_t)cfg->drain_timeout_ms));
+    rc = CHAT_OK;
+
+stop:
+    atomic_store(&app.stopping, true);
+    for (int i = 0; i < started; i++)
+        if (atomic_load(&app.workers[i].ready) == 1)
+            event_active(app.workers[i].stop_ev, EV_TIMEOUT, 0);
+    /* A second signal shortens the drain; wait for the workers in the meantime. */
+    for (int i = 0; i < started; i++) {
+        for (;;) {
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            siginfo_t si;
+            if (sigtimedwait(&sigs, &si, &ts) > 0) {
+                for (int k = 0; k < started; k++)
+                    if (atomic_load(&app.workers[k].ready) == 1)
+                        event_active(app.workers[k].stop_ev, EV_TIMEOUT, 0);
+            }
+            if (pthread_tryjoin_np(app.workers[i].thread, NULL) == 0)
+                break;
+        }
+    }
+    for (int i = 0; i < app.nworkers; i++)
+        if (app.workers[i].listen_fd >= 0)
+            close(app.workers[i].listen_fd);
+    if (rc == CHAT_OK)
+        chat_log(LOG_INFO, "stopped", NULL);
+out:
+    curl_global_cleanup();
+    free(app.workers);
+    return rc;
+}

@@ -1,0 +1,67 @@
+/*
+ * app.h: the running server: N worker threads, each with its own event loop,
+ * HTTP server, provider transport and database connection, and the lifecycle
+ * around them (start, graceful drain on SIGTERM/SIGINT, stop).
+ *
+ * A request lives and dies on one worker, so nothing on the request path takes
+ * a lock. The app struct is built once before the workers start and is then
+ * read-only, except for the atomic `stopping` flag.
+ */
+#ifndef CHATD_APP_APP_H
+#define CHATD_APP_APP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "core/config.h"
+#include "core/rc.h"
+#include "http/server.h"
+#include "llm/provider.h"
+#include "store/store.h"
+
+struct event;
+struct event_base;
+struct turn;
+
+typedef struct chat_app chat_app;
+
+typedef struct chat_worker {
+    int index;
+    chat_app *app;
+    struct event_base *base;
+    http_server *http;
+    llm_transport *llm;
+    store *db;
+    int listen_fd;
+    pthread_t thread;
+    struct event *stop_ev;    /* activated by the main thread to begin the drain */
+    struct event *drain_tick; /* polls for the end of the drain */
+    int64_t drain_deadline;   /* monotonic ms */
+    bool draining;
+    struct turn *turns;       /* running turns of this worker (intrusive list, see chat/turn.c) */
+    char startup_error[512];
+    atomic_int ready;         /* 1 = running, -1 = failed to start */
+} chat_worker;
+
+struct chat_app {
+    const struct chat_config *cfg;
+    llm_provider anthropic;   /* built from cfg; borrowed by every call */
+    int port;                 /* the bound port (useful with PORT=0) */
+    int nworkers;
+    chat_worker *workers;
+    atomic_bool stopping;
+};
+
+/*
+ * Runs the server until SIGTERM or SIGINT, then drains: stops accepting, lets
+ * running turns finish until DRAIN_TIMEOUT, cancels the rest cleanly, closes the
+ * databases. Returns CHAT_OK after a clean stop, or an error (logged) if the
+ * server could not start.
+ */
+chat_rc chat_app_run(const struct chat_config *cfg) CHAT_MUST_CHECK;
+
+/* Fills p with the Anthropic provider settings of cfg (strings borrowed from cfg). */
+void chat_app_provider_from_config(llm_provider *p, const struct chat_config *cfg);
+
+#endif

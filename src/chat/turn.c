@@ -1,0 +1,476 @@
+/*
+ * turn.c: the turn state machine.
+ *
+ *   turn_start: lock -> load session + history -> build request -> start call
+ *   (next loop turn) sink.on_start
+ *   llm on_delta*: remember the text, pass it to the sink, pause on "full"
+ *   llm on_done:  OK    -> commit (user + reply + usage, lock released) -> sink.on_done
+ *                 error -> release lock -> sink.on_error
+ *   turn_cancel:  abort the call -> commit partial as "incomplete" or drop -> release
+ *
+ * The text received so far is kept by the turn itself (not only by the provider
+ * call) because a cancelled call is freed at once, and the partial reply must
+ * still be committable.
+ */
+#include "chat/turn.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/util.h"
+
+struct turn {
+    chat_worker *w;
+    turn *prev, *next;          /* the worker's list of running turns */
+    const turn_sink *sink;
+    void *ud;
+    char *session_id;
+    char *user_message;
+    char *system_prompt;        /* resolved: the session's or the default */
+    char *model;                /* resolved */
+    char *lock_token;
+    char *owner;
+    int max_tokens;
+    bool stream;
+    llm_call *call;             /* NULL once the call ended or was cancelled */
+    struct event *start_ev;     /* delivers on_start on the next loop turn */
+    bool paused;
+    char *partial;              /* reply text received so far */
+    size_t partial_len, partial_cap;
+    size_t partial_max;
+    int64_t started_mono;
+};
+
+static void link_turn(turn *t)
+{
+    t->next = t->w->turns;
+    if (t->next)
+        t->next->prev = t;
+    t->w->turns = t;
+}
+
+static void unlink_turn(turn *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else if (t->w->turns == t)
+        t->w->turns = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->prev = t->next = NULL;
+}
+
+static void turn_free(turn *t)
+{
+    unlink_turn(t);
+    if (t->start_ev)
+        event_free(t->start_ev);
+    free(t->session_id);
+    free(t->user_message);
+    free(t->system_prompt);
+    free(t->model);
+    free(t->lock_token);
+    free(t->owner);
+    free(t->partial);
+    free(t);
+}
+
+static void set_error(turn_error *e, int status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void set_error(turn_error *e, int status, const char *type, const char *fmt, ...)
+{
+    va_list ap;
+    e->status = status;
+    e->type = type;
+    e->retry_after_s = 0;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the error table (docs/API.md, "Errors") ---- */
+
+static void map_stream_error(const llm_result *res, turn_error *err)
+{
+    const char *type = res->error_type ? res->error_type : "";
+    const char *msg = res->error_message ? res->error_message : "the provider reported an error";
+    if (strcmp(type, "overloaded_error") == 0)
+        set_error(err, 503, "provider_overloaded", "the provider is overloaded: %s", msg);
+    else if (strcmp(type, "rate_limit_error") == 0)
+        set_error(err, 429, "rate_limit_error", "the provider rate limit was reached: %s", msg);
+    else
+        set_error(err, 502, "provider_error", "the provider failed (%s): %s", *type ? type : "error", msg);
+}
+
+void turn_map_llm_error(const llm_result *res, turn_error *err)
+{
+    const char *pmsg = res->error_message ? res->error_message : "no details";
+    int s = res->http_status;
+    switch (res->status) {
+    case LLM_OK:
+        set_error(err, 200, "ok", "ok");
+        return;
+    case LLM_ERR_HTTP:
+        if (s == 400)
+            set_error(err, 400, "invalid_request_error", "%s", pmsg);
+        else if (s == 401 || s == 403)
+            set_error(err, 502, "provider_auth_error",
+                      "the provider rejected the configured API key (HTTP %d)", s);
+        else if (s == 404)
+            set_error(err, 400, "invalid_request_error", "%s", pmsg);
+        else if (s == 413)
+            set_error(err, 413, "request_too_large", "the provider rejected the request as too large: %s", pmsg);
+        else if (s == 429) {
+            set_error(err, 429, "rate_limit_error", "the provider rate limit was reached: %s", pmsg);
+            err->retry_after_s = res->retry_after_ms > 0 ? (res->retry_after_ms + 999) / 1000 : 1;
+        } else if (s == 529 || s == 503)
+            set_error(err, 503, "provider_overloaded", "the provider is overloaded (HTTP %d): %s", s, pmsg);
+        else if (s == 504)
+            set_error(err, 504, "provider_timeout", "the provider timed out (HTTP 504): %s", pmsg);
+        else
+            set_error(err, 502, "provider_error", "the provider failed (HTTP %d): %s", s, pmsg);
+        return;
+    case LLM_ERR_CONNECT:
+        set_error(err, 502, "provider_error", "cannot reach the provider: %s", pmsg);
+        return;
+    case LLM_ERR_TIMEOUT:
+        set_error(err, 504, "provider_timeout", "the provider did not answer in time: %s", pmsg);
+        return;
+    case LLM_ERR_STREAM:
+        map_stream_error(res, err);
+        return;
+    case LLM_ERR_TRUNCATED:
+        set_error(err, 502, "provider_error", "the provider's response ended early: %s", pmsg);
+        return;
+    case LLM_ERR_PROTOCOL:
+        set_error(err, 502, "provider_error", "the provider's response could not be read: %s", pmsg);
+        return;
+    case LLM_ERR_RETRY_AFTER:
+        set_error(err, 503, "provider_unavailable",
+                  "the provider asked to retry later (HTTP %d), after longer than RETRY_MAX_WAIT", s);
+        err->retry_after_s = res->retry_after_ms > 0 ? (res->retry_after_ms + 999) / 1000 : 1;
+        return;
+    }
+    set_error(err, 502, "provider_error", "the provider failed: %s", pmsg);
+}
+
+/* ---- history -> provider messages ---- */
+
+/*
+ * The provider wants non-empty messages, alternating, starting with a user
+ * message. Committed turns already alternate, but an assistant reply can be
+ * empty (the provider may answer with no content): such messages are skipped and
+ * neighbours of the same role are merged with a blank line between them.
+ */
+static llm_message *build_messages(const store_message *hist, size_t nhist, const char *user_msg,
+                                   size_t *n_out, char ***owned_out, size_t *nowned_out)
+{
+    llm_message *out = chat_xcalloc(nhist + 1, sizeof *out);
+    char **owned = chat_xcalloc(nhist + 1, sizeof *owned);
+    size_t n = 0, nowned = 0;
+    for (size_t i = 0; i <= nhist; i++) {
+        const char *role = i < nhist ? hist[i].role : "user";
+        const char *content = i < nhist ? hist[i].content : user_msg;
+        if (!content || !*content)
+            continue;
+        if (n == 0 && strcmp(role, "user") != 0)
+            continue;
+        if (n > 0 && strcmp(out[n - 1].role, role) == 0) {
+            char *merged = chat_xasprintf("%s\n\n%s", out[n - 1].content, content);
+            owned[nowned++] = merged;
+            out[n - 1].content = merged;
+            continue;
+        }
+        out[n].role = role;
+        out[n].content = content;
+        n++;
+    }
+    *n_out = n;
+    *owned_out = owned;
+    *nowned_out = nowned;
+    return out;
+}
+
+/* ---- commit ---- */
+
+static chat_rc commit(turn *t, const char *text, const char *status, const char *stop_reason,
+                      const llm_usage *u, store_turn_result *res)
+{
+    store_turn st = {
+        .session_id = t->session_id,
+        .owner = t->owner,
+        .system_prompt = t->system_prompt,
+        .model = t->model,
+        .user_content = t->user_message,
+        .assistant_content = text,
+        .status = status,
+        .stop_reason = stop_reason,
+        .user_tokens = -1,
+        .usage = {u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens},
+        .cost_micros = 0,
+        .lock_token = t->lock_token,
+        .now = chat_now_ms(),
+    };
+    return store_turn_commit(t->w->db, &st, res);
+}
+
+static void release_lock(turn *t)
+{
+    if (store_lock_release(t->w->db, t->session_id, t->lock_token) != CHAT_OK)
+        chat_log(LOG_ERROR, "cannot release turn lock",
+                 json_pack("{s:s}", "session", t->session_id));
+}
+
+/* Ends a turn whose call is gone without reaching on_done: keep or drop what arrived. */
+static void finish_cancelled(turn *t, const char *why)
+{
+    bool keep = t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0;
+    if (keep) {
+        llm_usage unknown = {-1, -1, -1, -1};
+        chat_rc rc = commit(t, t->partial, "incomplete", NULL, &unknown, NULL);
+        if (rc != CHAT_OK) {
+            chat_log(LOG_ERROR, "cannot commit incomplete turn",
+                     json_pack("{s:s,s:s}", "session", t->session_id, "error", chat_rc_str(rc)));
+            release_lock(t);
+        }
+    } else {
+        release_lock(t);
+    }
+    chat_log(LOG_INFO, "turn cancelled",
+             json_pack("{s:s,s:s,s:s,s:I}", "session", t->session_id, "reason", why, "partial",
+                       keep ? "kept" : "dropped", "partial_bytes", (json_int_t)t->partial_len));
+}
+
+/* ---- provider callbacks ---- */
+
+static int on_llm_delta(void *ud, const char *text, size_t len)
+{
+    turn *t = ud;
+    if (t->partial_len + len <= t->partial_max) {
+        if (t->partial_len + len + 1 > t->partial_cap) {
+            size_t cap = t->partial_cap ? t->partial_cap : 1024;
+            while (cap < t->partial_len + len + 1)
+                cap *= 2;
+            t->partial = chat_xrealloc(t->partial, cap);
+            t->partial_cap = cap;
+        }
+        memcpy(t->partial + t->partial_len, text, len);
+        t->partial_len += len;
+        t->partial[t->partial_len] = '\0';
+    }
+    if (t->sink->on_delta && t->sink->on_delta(t->ud, text, len)) {
+        t->paused = true;
+        return LLM_PAUSE;
+    }
+    return LLM_CONTINUE;
+}
+
+static void on_llm_done(void *ud, const llm_result *res)
+{
+    turn *t = ud;
+    t->call = NULL; /* freed by the provider layer when we return */
+    if (t->start_ev)
+        event_del(t->start_ev);
+
+    if (res->status == LLM_OK) {
+        store_turn_result tr = {0};
+        const char *stop = res->stop_reason;
+        chat_rc rc = commit(t, res->text ? res->text : "", "complete", stop, &res->usage, &tr);
+        if (rc != CHAT_OK) {
+            turn_error err;
+            if (rc == CHAT_ECONFLICT)
+                set_error(&err, 409, "session_busy",
+                          "the turn lock of session %s expired before the reply was stored", t->session_id);
+            else
+                set_error(&err, 500, "internal_error", "the reply could not be stored");
+            release_lock(t);
+            t->sink->on_error(t->ud, &err);
+        } else {
+            turn_result out = {
+                .session_id = t->session_id,
+                .model = t->model,
+                .text = res->text ? res->text : "",
+                .text_len = res->text ? res->text_len : 0,
+                .stop_reason = stop,
+                .usage = {res->usage.input_tokens, res->usage.output_tokens,
+                          res->usage.cache_read_tokens, res->usage.cache_write_tokens},
+                .message_id = tr.assistant_message_id,
+                .turn_count = tr.turn_count,
+                .created_at = chat_now_ms(),
+                .attempts = res->attempts,
+                .provider_ms = res->duration_ms,
+            };
+            t->sink->on_done(t->ud, &out);
+        }
+    } else {
+        turn_error err;
+        turn_map_llm_error(res, &err);
+        chat_log(LOG_WARN, "provider call failed",
+                 json_pack("{s:s,s:i,s:s?,s:s?,s:i,s:s?}", "session", t->session_id, "http_status",
+                           res->http_status, "provider_error_type", res->error_type,
+                           "provider_request_id", res->request_id, "attempts", res->attempts,
+                           "detail", res->error_message));
+        release_lock(t);
+        t->sink->on_error(t->ud, &err);
+    }
+    turn_free(t);
+}
+
+static void on_start_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    turn *t = arg;
+    turn_info info = {.session_id = t->session_id, .model = t->model};
+    if (t->sink->on_start)
+        t->sink->on_start(t->ud, &info);
+}
+
+/* ---- public ---- */
+
+turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud,
+                 turn_error *err)
+{
+    const struct chat_config *cfg = w->app->cfg;
+    store_session sess = {0};
+    store_message *hist = NULL;
+    size_t nhist = 0;
+    llm_message *msgs = NULL;
+    char **owned = NULL;
+    size_t nmsgs = 0, nowned = 0;
+    turn *t = NULL;
+    bool locked = false;
+
+    if (!cfg->anthropic_api_key || !cfg->anthropic_api_key[0]) {
+        set_error(err, 503, "provider_not_configured",
+                  "no provider API key is configured: set ANTHROPIC_API_KEY and restart chatd");
+        goto fail;
+    }
+
+    chat_rc rc = store_lock_acquire(w->db, p->session_id, p->request_id, chat_now_ms(), cfg->lock_ttl_ms);
+    if (rc == CHAT_EBUSY) {
+        set_error(err, 409, "session_busy",
+                  "another turn is in progress on session %s; retry when it has finished", p->session_id);
+        goto fail;
+    }
+    if (rc != CHAT_OK) {
+        set_error(err, 500, "internal_error", "the database is not available");
+        goto fail;
+    }
+    locked = true;
+
+    rc = store_session_get(w->db, p->session_id, &sess);
+    if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
+        set_error(err, 500, "internal_error", "the database is not available");
+        goto fail;
+    }
+    bool exists = rc == CHAT_OK;
+    if (exists) {
+        rc = store_messages_list(w->db, p->session_id, 0, 0, &hist, &nhist);
+        if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
+            set_error(err, 500, "internal_error", "the database is not available");
+            goto fail;
+        }
+    }
+
+    t = chat_xcalloc(1, sizeof *t);
+    t->w = w;
+    t->sink = sink;
+    t->ud = ud;
+    t->session_id = chat_xstrdup(p->session_id);
+    t->user_message = chat_xstrdup(p->message);
+    t->system_prompt = chat_xstrdup(exists && sess.system_prompt ? sess.system_prompt
+                                    : p->system_prompt            ? p->system_prompt
+                                                                  : cfg->default_system_prompt);
+    t->model = chat_xstrdup(p->model                    ? p->model
+                            : exists && sess.model && *sess.model ? sess.model
+                                                                  : cfg->chat_model);
+    t->lock_token = chat_xstrdup(p->request_id);
+    t->owner = chat_xstrdup(p->owner);
+    t->max_tokens = p->max_tokens > 0 ? p->max_tokens : cfg->max_tokens;
+    t->stream = p->stream;
+    t->partial_max = w->app->anthropic.max_response_bytes;
+    t->started_mono = chat_mono_ms();
+
+    msgs = build_messages(hist, nhist, t->user_message, &nmsgs, &owned, &nowned);
+    llm_request req = {
+        .model = t->model,
+        .system = t->system_prompt,
+        .messages = msgs,
+        .n_messages = nmsgs,
+        .max_tokens = t->max_tokens,
+        .stream = t->stream,
+        .request_id = p->request_id,
+    };
+    llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
+    rc = llm_call_start(w->llm, &w->app->anthropic, &req, &cbs, t, &t->call);
+    if (rc != CHAT_OK) {
+        set_error(err, 500, "internal_error", "the provider call could not be started");
+        goto fail;
+    }
+    t->start_ev = evtimer_new(w->base, on_start_ev, t);
+    struct timeval now = {0, 0};
+    evtimer_add(t->start_ev, &now);
+    link_turn(t);
+    goto out;
+
+fail:
+    if (locked && store_lock_release(w->db, p->session_id, p->request_id) != CHAT_OK)
+        chat_log(LOG_ERROR, "cannot release turn lock", json_pack("{s:s}", "session", p->session_id));
+    if (t) {
+        turn_free(t);
+        t = NULL;
+    }
+out:
+    for (size_t i = 0; i < nowned; i++)
+        free(owned[i]);
+    free(owned);
+    free(msgs);
+    store_messages_free(hist, nhist);
+    store_session_clear(&sess);
+    return t;
+}
+
+void turn_resume(turn *t)
+{
+    if (t && t->paused && t->call) {
+        t->paused = false;
+        llm_call_resume(t->call);
+    }
+}
+
+void turn_cancel(turn *t)
+{
+    if (!t)
+        return;
+    if (t->call) {
+        llm_call_cancel(t->call);
+        t->call = NULL;
+    }
+    finish_cancelled(t, "client_disconnected");
+    turn_free(t);
+}
+
+void turn_abort_all(chat_worker *w)
+{
+    while (w->turns) {
+        turn *t = w->turns;
+        if (t->call) {
+            llm_call_cancel(t->call);
+            t->call = NULL;
+        }
+        turn_error err;
+        set_error(&err, 503, "server_shutting_down",
+                  "chatd is shutting down; the turn was cancelled and can be retried");
+        finish_cancelled(t, "shutdown");
+        t->sink->on_error(t->ud, &err);
+        turn_free(t);
+    }
+}

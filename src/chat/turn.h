@@ -1,0 +1,104 @@
+/*
+ * turn.h: one conversation turn, from the lock to the commit.
+ *
+ * A turn takes the session's turn lock (in the store, so it holds across workers
+ * and processes), loads the history, builds the provider request, runs the
+ * provider call, and commits the user message and the reply together, only after
+ * the provider finished. A provider failure commits nothing: the history stays
+ * exactly as it was. A consumer that goes away (turn_cancel) aborts the provider
+ * call at once; per CANCEL_POLICY the text received so far is committed marked
+ * "incomplete" (keep) or dropped (drop); either way the lock is released and the
+ * history stays well-formed (user, assistant, user, assistant, ...).
+ *
+ * The turn knows nothing about HTTP: it reports to a sink. Sink calls happen on
+ * the worker's loop thread, never from inside turn_start. Exactly one of
+ * on_done / on_error ends a started turn; the turn frees itself right after that
+ * call returns, so the consumer must drop its pointer there.
+ */
+#ifndef CHATD_CHAT_TURN_H
+#define CHATD_CHAT_TURN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "app/app.h"
+#include "store/store.h"
+
+typedef struct turn turn;
+
+typedef struct turn_params {
+    const char *session_id;
+    const char *message;
+    const char *system_prompt;  /* NULL: the session's, or DEFAULT_SYSTEM_PROMPT for a new session */
+    const char *model;          /* NULL: the session's model, or CHAT_MODEL */
+    int max_tokens;             /* 0: MAX_TOKENS */
+    bool stream;                /* use the provider's streaming mode */
+    const char *request_id;     /* used as the lock token and in logs */
+    const char *owner;          /* API key id owning new sessions, may be NULL */
+} turn_params;
+
+/* A client-facing error: HTTP status, a stable type, and a message safe to show. */
+typedef struct turn_error {
+    int status;
+    const char *type;           /* static string, e.g. "session_busy" */
+    char message[512];
+    int64_t retry_after_s;      /* > 0: send Retry-After */
+} turn_error;
+
+typedef struct turn_info {
+    const char *session_id;
+    const char *model;
+} turn_info;
+
+typedef struct turn_result {
+    const char *session_id;
+    const char *model;
+    const char *text;
+    size_t text_len;
+    const char *stop_reason;
+    store_usage usage;
+    int64_t message_id;         /* the assistant message's id */
+    int64_t turn_count;
+    int64_t created_at;         /* ms since epoch */
+    int attempts;
+    int64_t provider_ms;
+} turn_result;
+
+typedef struct turn_sink {
+    /* The provider call is under way (lock taken, history loaded). */
+    void (*on_start)(void *ud, const turn_info *info);
+    /* A piece of the reply (streaming). Return true when the consumer is full:
+     * the provider transfer pauses until turn_resume(). */
+    bool (*on_delta)(void *ud, const char *text, size_t len);
+    /* The turn is committed. */
+    void (*on_done)(void *ud, const turn_result *res);
+    /* The turn failed; nothing was committed. */
+    void (*on_error)(void *ud, const turn_error *err);
+} turn_sink;
+
+/*
+ * Starts a turn on worker w. On success returns the turn (owned by itself: it
+ * ends with on_done or on_error, or with turn_cancel). On a failure known at once
+ * (another turn running: 409 session_busy; provider not configured: 503; database
+ * error: 500) returns NULL and fills *err; no sink call is made.
+ */
+turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud,
+                 turn_error *err);
+
+/* The consumer drained after on_delta returned true: resume the provider. */
+void turn_resume(turn *t);
+
+/* The consumer went away: abort the provider call, keep or drop the partial
+ * reply per CANCEL_POLICY, release the lock, free the turn. No sink call after
+ * this returns. Must not be called from inside a sink callback. */
+void turn_cancel(turn *t);
+
+/* Cancels every running turn of w (graceful shutdown after the drain deadline):
+ * each gets on_error (503 "server shutting down") and then ends as by turn_cancel. */
+void turn_abort_all(chat_worker *w);
+
+/* Maps a provider outcome to the client-facing error (the table in docs/API.md). */
+void turn_map_llm_error(const llm_result *res, turn_error *err);
+
+#endif

@@ -1,0 +1,106 @@
+/*
+ * config.h: the server's configuration, filled once at start, then read-only.
+ *
+ * Precedence, lowest to highest: built-in defaults < the .env file < the process
+ * environment < command-line flags. Every setting has one NAME (as in the
+ * environment and .env, e.g. MAX_TOKENS) and one flag (--max-tokens VALUE or
+ * --max-tokens=VALUE: the name lowercased, '_' -> '-'). The table of settings in
+ * config.c is the single source for parsing, defaults and `chatd --help`.
+ *
+ * Values are validated: a bad value (not a number, out of range, unknown enum,
+ * malformed URL) is a start-up error naming the setting and the source it came
+ * from, never a default silently used. Durations accept "250ms", "10s", "5m",
+ * "1h", or a plain number of seconds, and must lie in 1ms..168h (no timeout can
+ * be disabled with 0). Sizes accept "512", "64k"/"64KiB", "1m"/"1MiB",
+ * "1g"/"1GiB" (case-insensitive, binary multiples). Cross-checks: LOCK_TTL must
+ * exceed TURN_TIMEOUT, HEARTBEAT_INTERVAL must be below IDLE_TIMEOUT. The value
+ * of a *_KEY / *_TOKEN setting never appears in an error message; URLs are
+ * echoed with their password masked.
+ *
+ * .env syntax: `NAME=value` or `export NAME=value`; blank and `#` lines;
+ * 'single-quoted' (literal) or "double-quoted" (\n \r \t \" \\ escapes) values;
+ * unquoted values are trimmed and end at " #". Unknown NAMEs in .env and the
+ * environment are ignored (other tools share them); unknown flags are errors.
+ *
+ * Thread: load on the main thread before starting workers; afterwards every
+ * thread may read the struct concurrently (it never changes).
+ */
+#ifndef CHATD_CORE_CONFIG_H
+#define CHATD_CORE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/rc.h"
+
+typedef enum { CANCEL_KEEP_PARTIAL = 0, CANCEL_DROP } chat_cancel_policy;
+
+struct chat_config {
+    /* provider */
+    char *anthropic_api_key;        /* ANTHROPIC_API_KEY, "" = not configured (chat answers 503) */
+    char *anthropic_base_url;       /* ANTHROPIC_BASE_URL, default https://api.anthropic.com */
+    char *anthropic_version;        /* ANTHROPIC_VERSION, default 2023-06-01 */
+    char *chat_model;               /* CHAT_MODEL, default claude-sonnet-4-6 */
+    int max_tokens;                 /* MAX_TOKENS, default 1024, 1..1000000 */
+    char *default_system_prompt;    /* DEFAULT_SYSTEM_PROMPT, default "You are a helpful AI assistant.", may be "" */
+
+    /* listener and workers */
+    char *host;                     /* HOST, default 127.0.0.1 */
+    int port;                       /* PORT, default 8000, 0..65535 (0: pick a free port, printed at start) */
+    int workers;                    /* WORKERS, default 0 = number of CPUs, 0..256 */
+
+    /* storage */
+    char *database_url;             /* DATABASE_URL, default sqlite:///./data/chatd.db */
+
+    /* HTTP limits */
+    size_t max_body_bytes;          /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
+    size_t max_header_bytes;        /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
+    size_t max_message_bytes;       /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
+    int64_t header_timeout_ms;      /* HEADER_TIMEOUT, whole request head must arrive within, default 10s */
+    int64_t idle_timeout_ms;        /* IDLE_TIMEOUT, evhttp read/write idle, default 60s, > HEARTBEAT_INTERVAL */
+    int64_t heartbeat_ms;           /* HEARTBEAT_INTERVAL, ": ping" while the provider is silent, default 10s */
+    size_t stream_buffer_bytes;     /* STREAM_BUFFER_SIZE, client queue cap before pausing the provider, 64KiB, 1KiB..256MiB */
+
+    /* provider call deadlines and retries */
+    int64_t provider_connect_timeout_ms;    /* PROVIDER_CONNECT_TIMEOUT, default 10s */
+    int64_t provider_first_byte_timeout_ms; /* PROVIDER_FIRST_BYTE_TIMEOUT, default 600s */
+    int64_t provider_idle_timeout_ms;       /* PROVIDER_IDLE_TIMEOUT, gap between tokens, default 120s */
+    int64_t turn_timeout_ms;                /* TURN_TIMEOUT, whole turn, default 900s */
+    int provider_max_retries;               /* PROVIDER_MAX_RETRIES, default 2, 0..10 */
+    int64_t retry_max_wait_ms;              /* RETRY_MAX_WAIT, cap on one wait, default 30s */
+
+    /* turns */
+    chat_cancel_policy cancel_policy;       /* CANCEL_POLICY: keep (default) | drop */
+    int64_t lock_ttl_ms;                    /* LOCK_TTL, default TURN_TIMEOUT + 60s when unset; must exceed TURN_TIMEOUT */
+    int64_t drain_timeout_ms;               /* DRAIN_TIMEOUT, graceful shutdown, default 30s */
+
+    /* logging */
+    char *log_level;                        /* LOG_LEVEL: debug|info|warn|error, default info */
+
+    char *env_file;                         /* --env-file / ENV_FILE as given, default ".env" (read only if it exists) */
+};
+
+/*
+ * Loads the configuration. argv holds only the flags (argc of them, e.g. what
+ * follows `chatd serve`); envp is a NULL-terminated "NAME=value" array (pass
+ * `environ`; it is never read through getenv). The .env file is read from
+ * --env-file / ENV_FILE if given (then it must be readable), else "./.env" if it
+ * exists. cfg must not be NULL; its previous contents are overwritten, not freed.
+ * On success returns CHAT_OK and cfg owns its strings (release with
+ * chat_config_free). On failure writes one line naming the setting, the bad
+ * value's source and the reason into err (truncated to errlen; err may be NULL
+ * when errlen is 0), and returns CHAT_EINVAL; cfg is then all zero (safe to
+ * chat_config_free). `--help` is not handled here (main checks it first).
+ */
+chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **envp,
+                         char *err, size_t errlen) CHAT_MUST_CHECK;
+
+/* Frees the strings of cfg and zeroes it. Accepts NULL. */
+void chat_config_free(struct chat_config *cfg);
+
+/* Prints every setting: flag, NAME, default, and a one-line description. */
+void chat_config_print_help(FILE *out);
+
+#endif

@@ -1,0 +1,81 @@
+#define _GNU_SOURCE
+#include "core/util.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+int64_t chat_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t chat_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void chat_random_id(char *out, size_t outlen, const char *prefix, size_t nbytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[64];
+    size_t plen = strlen(prefix);
+    if (nbytes > sizeof raw)
+        nbytes = sizeof raw;
+    if (outlen < plen + 2 * nbytes + 1) {
+        if (outlen)
+            out[0] = '\0';
+        return;
+    }
+    size_t got = 0;
+    while (got < nbytes) {
+        ssize_t n = getrandom(raw + got, nbytes - got, 0);
+        if (n > 0)
+            got += (size_t)n;
+    }
+    memcpy(out, prefix, plen);
+    for (size_t i = 0; i < nbytes; i++) {
+        out[plen + 2 * i] = hex[raw[i] >> 4];
+        out[plen + 2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[plen + 2 * nbytes] = '\0';
+}
+
+void chat_format_rfc3339(int64_t ms, char out[32])
+{
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+}
+
+void chat_format_iso_local(int64_t ms, char out[32])
+{
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&sec, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%06d", (int)(ms % 1000) * 1000);
+}
+
+bool chat_valid_id(const char *s)
+{
+    size_t n = 0;
+    if (!s)
+        return false;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= 128)
+            return false;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return n > 0;
+}

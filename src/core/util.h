@@ -1,0 +1,33 @@
+/*
+ * util.h: small shared helpers: clocks, random ids, time formatting, and the
+ * session-id rule. Thread-safe unless noted.
+ */
+#ifndef CHATD_CORE_UTIL_H
+#define CHATD_CORE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Wall clock, ms since the Unix epoch. */
+int64_t chat_now_ms(void);
+
+/* Monotonic clock in ms (for durations and deadlines). */
+int64_t chat_mono_ms(void);
+
+/* Fills out with prefix + 2*nbytes random hex digits + NUL (from getrandom).
+ * outlen must be >= strlen(prefix) + 2*nbytes + 1. */
+void chat_random_id(char *out, size_t outlen, const char *prefix, size_t nbytes);
+
+/* Formats ms-since-epoch as UTC RFC 3339 with milliseconds: 2026-11-26T04:51:51.123Z.
+ * out must hold 25 bytes. */
+void chat_format_rfc3339(int64_t ms, char out[32]);
+
+/* Formats as the template's local ISO time without zone: 2026-11-26T04:51:51.123000
+ * (Python's datetime.now().isoformat()). out must hold 27 bytes. */
+void chat_format_iso_local(int64_t ms, char out[32]);
+
+/* True if s is a valid session id / request id: 1..128 chars of [A-Za-z0-9._:-]. */
+bool chat_valid_id(const char *s);
+
+#endif

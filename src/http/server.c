@@ -1,0 +1,532 @@
+/*
+ * server.c: evhttp wrapped into http_req objects with explicit ownership.
+ *
+ * How a client disconnect is seen. evhttp notices a closed connection only
+ * while it reads or writes. Once a chunked reply started, it watches the socket
+ * and runs the connection close callback; before that (a handler waiting for
+ * the provider) it reads nothing, so we add our own EV_CLOSED watcher on the
+ * socket (epoll's EPOLLRDHUP) for the time the request is pending.
+ *
+ * evhttp traps handled here (see shared/DESIGN.md):
+ * - when the connection dies during a chunked reply, evhttp detaches the request
+ *   from it and leaves it to us: we must call evhttp_send_reply_end() to free it;
+ * - a close callback is per connection, so it is cleared before every terminal
+ *   call (the connection may carry a later request with another owner);
+ * - the idle timeout is a read/write inactivity timeout, not a header deadline.
+ */
+#define _GNU_SOURCE
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/util.h"
+
+struct http_server {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    http_limits lim;
+    http_dispatch_fn dispatch;
+    void *ctx;
+    int active;
+};
+
+struct http_req {
+    http_server *srv;
+    struct evhttp_request *req;      /* NULL once the request ended (terminal call or client gone) */
+    struct evhttp_connection *evcon; /* valid while req is */
+    struct event *close_watch;       /* EV_CLOSED on the socket while the request is pending */
+    int refs;                        /* 1 for dispatch + one per http_req_hold */
+    bool streaming;                  /* a chunked reply was started */
+    bool ended;                      /* the terminal call was made or the client went away */
+    bool client_gone;
+    bool want_drain;                 /* a write reported "full": call on_drain when the queue empties */
+    int status;
+    http_method method;
+    char id[64];
+    char *path;
+    char *body;
+    size_t body_len;
+    struct evkeyvalq query;
+    bool query_parsed;
+    char peer[64];
+    int64_t start_mono;
+    json_t *log_fields;
+    void (*on_close)(void *ud);
+    void *on_close_ud;
+    void (*on_drain)(void *ud);
+    void *on_drain_ud;
+};
+
+static void req_end(http_req *r);
+static void req_maybe_free(http_req *r);
+
+/* ---- listener ---- */
+
+int http_listen(const char *host, int port, int *bound_port, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    char portstr[16];
+    int fd = -1, one = 1;
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int gai = getaddrinfo(host, portstr, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "cannot resolve HOST %s: %s", host, gai_strerror(gai));
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto fail;
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0)
+        goto fail;
+    if (listen(fd, 1024) < 0)
+        goto fail;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+        goto fail;
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    freeaddrinfo(res);
+    return fd;
+fail:
+    snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(res);
+    return -1;
+}
+
+/* ---- request objects ---- */
+
+static http_method method_of(enum evhttp_cmd_type t)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET: return HTTP_GET;
+    case EVHTTP_REQ_POST: return HTTP_POST;
+    case EVHTTP_REQ_HEAD: return HTTP_HEAD;
+    case EVHTTP_REQ_PUT: return HTTP_PUT;
+    case EVHTTP_REQ_DELETE: return HTTP_DELETE;
+    case EVHTTP_REQ_OPTIONS: return HTTP_OPTIONS;
+    case EVHTTP_REQ_PATCH: return HTTP_PATCH;
+    default: return 0;
+    }
+}
+
+const char *http_req_method_name(const http_req *r)
+{
+    switch (r->method) {
+    case HTTP_GET: return "GET";
+    case HTTP_POST: return "POST";
+    case HTTP_HEAD: return "HEAD";
+    case HTTP_PUT: return "PUT";
+    case HTTP_DELETE: return "DELETE";
+    case HTTP_OPTIONS: return "OPTIONS";
+    case HTTP_PATCH: return "PATCH";
+    }
+    return "OTHER";
+}
+
+static void close_watch_stop(http_req *r)
+{
+    if (r->close_watch) {
+        event_free(r->close_watch);
+        r->close_watch = NULL;
+    }
+}
+
+/* The client went away: tell the owner once, and release evhttp's request. */
+static void client_gone(http_req *r)
+{
+    if (r->client_gone || r->ended)
+        return;
+    r->client_gone = true;
+    close_watch_stop(r);
+    if (r->status == 0)
+        r->status = 499; /* nginx's "client closed request", for the log */
+    r->log_fields = r->log_fields ? r->log_fields : json_object();
+    json_object_set_new(r->log_fields, "client_closed", json_true());
+    http_req_hold(r);
+    if (r->on_close) {
+        void (*cb)(void *) = r->on_close;
+        r->on_close = NULL;
+        cb(r->on_close_ud);
+    }
+    if (!r->ended) {
+        struct evhttp_request *req = r->req;
+        if (r->evcon)
+            evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+        req_end(r);
+        if (r->streaming)
+            evhttp_send_reply_end(req); /* frees the detached request */
+        else
+            evhttp_send_reply(req, 499, "Client Closed Request", NULL);
+    }
+    http_req_release(r);
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    http_req *r = arg;
+    r->evcon = NULL; /* being freed by evhttp */
+    client_gone(r);
+}
+
+static void on_close_watch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    client_gone(arg);
+}
+
+static void access_log(http_req *r)
+{
+    json_t *f = r->log_fields ? r->log_fields : json_object();
+    r->log_fields = NULL;
+    json_object_set_new(f, "request_id", json_string(r->id));
+    json_object_set_new(f, "method", json_string(http_req_method_name(r)));
+    json_object_set_new(f, "path", json_string(r->path));
+    json_object_set_new(f, "status", json_integer(r->status));
+    json_object_set_new(f, "duration_ms", json_integer(chat_mono_ms() - r->start_mono));
+    json_object_set_new(f, "peer", json_string(r->peer));
+    chat_log(LOG_INFO, "request", f);
+}
+
+/* Marks the request ended (before the evhttp terminal call, which may free the
+ * evhttp request): no more writes, the watcher is gone, the access log is written. */
+static void req_end(http_req *r)
+{
+    r->ended = true;
+    close_watch_stop(r);
+    r->req = NULL;
+    r->srv->active--;
+    access_log(r);
+}
+
+static void req_maybe_free(http_req *r)
+{
+    if (r->refs > 0 || !r->ended)
+        return;
+    if (r->query_parsed)
+        evhttp_clear_headers(&r->query);
+    json_decref(r->log_fields);
+    free(r->path);
+    free(r->body);
+    free(r);
+}
+
+void http_req_hold(http_req *r)
+{
+    r->refs++;
+}
+
+void http_req_release(http_req *r)
+{
+    if (--r->refs == 0)
+        req_maybe_free(r);
+}
+
+static void dispatch_cb(struct evhttp_request *req, void *arg)
+{
+    http_server *srv = arg;
+    http_req *r = chat_xcalloc(1, sizeof *r);
+    r->srv = srv;
+    r->req = req;
+    r->evcon = evhttp_request_get_connection(req);
+    r->refs = 1;
+    r->start_mono = chat_mono_ms();
+    r->method = method_of(evhttp_request_get_command(req));
+    srv->active++;
+
+    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+
+    const char *uri = evhttp_request_get_uri(req);
+    const char *q = strchr(uri, '?');
+    r->path = q ? chat_xstrndup(uri, (size_t)(q - uri)) : chat_xstrdup(uri);
+
+    const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+    if (rid && chat_valid_id(rid) && strlen(rid) < sizeof r->id)
+        snprintf(r->id, sizeof r->id, "%s", rid);
+    else
+        chat_random_id(r->id, sizeof r->id, "req_", 12);
+
+    char *host = NULL;
+    ev_uint16_t port = 0;
+    if (r->evcon) {
+        evhttp_connection_get_peer(r->evcon, &host, &port);
+        snprintf(r->peer, sizeof r->peer, "%s", host ? host : "");
+    }
+
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    r->body_len = evbuffer_get_length(in);
+    r->body = chat_xmalloc(r->body_len + 1);
+    if (r->body_len)
+        evbuffer_copyout(in, r->body, r->body_len);
+    r->body[r->body_len] = '\0';
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", r->id);
+    if (r->evcon) {
+        evhttp_connection_set_closecb(r->evcon, on_conn_close, r);
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+        if (fd >= 0) {
+            r->close_watch = event_new(srv->base, fd, EV_CLOSED, on_close_watch, r);
+            if (r->close_watch)
+                event_add(r->close_watch, NULL);
+        }
+    }
+
+    srv->dispatch(r, srv->ctx);
+    http_req_release(r);
+}
+
+/* ---- accessors ---- */
+
+http_method http_req_method(const http_req *r) { return r->method; }
+const char *http_req_path(const http_req *r) { return r->path; }
+const char *http_req_id(const http_req *r) { return r->id; }
+const char *http_req_peer(const http_req *r) { return r->peer; }
+bool http_req_closed(const http_req *r) { return r->client_gone; }
+bool http_req_responded(const http_req *r) { return r->streaming || r->ended; }
+
+const char *http_req_query(http_req *r, const char *name)
+{
+    if (!r->query_parsed) {
+        TAILQ_INIT(&r->query);
+        r->query_parsed = true;
+        if (r->req) {
+            const char *uri = evhttp_request_get_uri(r->req);
+            const char *q = strchr(uri, '?');
+            if (q && evhttp_parse_query_str(q + 1, &r->query) != 0)
+                evhttp_clear_headers(&r->query);
+        }
+    }
+    return evhttp_find_header(&r->query, name);
+}
+
+const char *http_req_header(const http_req *r, const char *name)
+{
+    if (!r->req)
+        return NULL;
+    return evhttp_find_header(evhttp_request_get_input_headers(r->req), name);
+}
+
+const char *http_req_body(http_req *r, size_t *len)
+{
+    if (len)
+        *len = r->body_len;
+    return r->body;
+}
+
+void http_req_log_set(http_req *r, const char *key, json_t *value)
+{
+    if (!r->log_fields)
+        r->log_fields = json_object();
+    json_object_set_new(r->log_fields, key, value);
+}
+
+void http_req_on_close(http_req *r, void (*cb)(void *ud), void *ud)
+{
+    r->on_close = cb;
+    r->on_close_ud = ud;
+}
+
+void http_req_on_drain(http_req *r, void (*cb)(void *ud), void *ud)
+{
+    r->on_drain = cb;
+    r->on_drain_ud = ud;
+}
+
+/* ---- responses ---- */
+
+void http_add_header(http_req *r, const char *name, const char *value)
+{
+    if (r->req && !r->streaming)
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
+}
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    }
+    return "Status";
+}
+
+void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len)
+{
+    if (r->ended || r->streaming)
+        return;
+    struct evhttp_request *req = r->req;
+    if (content_type)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
+    struct evbuffer *buf = evbuffer_new();
+    if (len)
+        evbuffer_add(buf, body, len);
+    r->status = status;
+    if (r->evcon)
+        evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+    req_end(r);
+    evhttp_send_reply(req, status, reason_of(status), buf);
+    evbuffer_free(buf);
+}
+
+void http_reply_json(http_req *r, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) {
+        http_reply(r, status, "application/json", "null", 4);
+        return;
+    }
+    http_reply(r, status, "application/json", text, strlen(text));
+    free(text);
+}
+
+void http_stream_start(http_req *r, int status, const char *content_type)
+{
+    if (r->ended || r->streaming)
+        return;
+    if (content_type)
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Type", content_type);
+    r->streaming = true;
+    r->status = status;
+    /* From here evhttp itself watches the socket and runs on_conn_close. */
+    close_watch_stop(r);
+    evhttp_send_reply_start(r->req, status, reason_of(status));
+}
+
+static void on_written(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    http_req *r = arg;
+    if (r->want_drain && !r->ended) {
+        r->want_drain = false;
+        if (r->on_drain)
+            r->on_drain(r->on_drain_ud);
+    }
+}
+
+bool http_stream_write(http_req *r, const char *data, size_t len)
+{
+    if (r->ended || !r->streaming || !r->evcon)
+        return false;
+    struct evbuffer *buf = evbuffer_new();
+    evbuffer_add(buf, data, len);
+    evhttp_send_reply_chunk_with_cb(r->req, buf, on_written, r);
+    evbuffer_free(buf);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+    size_t queued = bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+    if (queued > r->srv->lim.stream_buffer_bytes) {
+        r->want_drain = true;
+        return true;
+    }
+    return false;
+}
+
+void http_stream_end(http_req *r)
+{
+    if (r->ended || !r->streaming)
+        return;
+    struct evhttp_request *req = r->req;
+    if (r->evcon)
+        evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+    req_end(r);
+    evhttp_send_reply_end(req);
+}
+
+/* ---- server ---- */
+
+http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
+                             http_dispatch_fn dispatch, void *ctx)
+{
+    http_server *s = chat_xcalloc(1, sizeof *s);
+    s->base = base;
+    s->lim = *lim;
+    s->dispatch = dispatch;
+    s->ctx = ctx;
+    s->http = evhttp_new(base);
+    if (!s->http)
+        goto fail;
+    evhttp_set_max_headers_size(s->http, (ev_ssize_t)lim->max_header_bytes);
+    evhttp_set_max_body_size(s->http, (ev_ssize_t)lim->max_body_bytes);
+    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    struct timeval tv = {.tv_sec = lim->idle_timeout_ms / 1000,
+                         .tv_usec = (lim->idle_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(s->http, &tv);
+    evhttp_set_gencb(s->http, dispatch_cb, s);
+    s->bound = evhttp_accept_socket_with_handle(s->http, fd);
+    if (!s->bound)
+        goto fail;
+    return s;
+fail:
+    if (s->http)
+        evhttp_free(s->http);
+    else
+        close(fd);
+    free(s);
+    return NULL;
+}
+
+void http_server_stop_accepting(http_server *s)
+{
+    if (s && s->bound) {
+        evhttp_del_accept_socket(s->http, s->bound);
+        s->bound = NULL;
+    }
+}
+
+int http_server_active(const http_server *s)
+{
+    return s ? s->active : 0;
+}
+
+void http_server_free(http_server *s)
+{
+    if (!s)
+        return;
+    evhttp_free(s->http);
+    free(s);
+}

@@ -1,0 +1,139 @@
+/*
+ * server.h: the HTTP layer, a thin wrapper over libevent's evhttp.
+ *
+ * One http_server per worker thread, on that worker's event_base, accepting on
+ * that worker's SO_REUSEPORT listener. Every request becomes an http_req that a
+ * single dispatch callback receives; the handler answers at once (http_reply*)
+ * or goes asynchronous (http_req_hold) and answers later, possibly streaming
+ * (http_stream_*).
+ *
+ * Limits set explicitly: header size, body size (413), allowed methods, idle
+ * timeout. Every response carries X-Request-Id, and one JSON access-log line is
+ * written per request when it ends.
+ *
+ * Lifetime of an http_req: it exists from dispatch until (a) exactly one
+ * terminal call was made (http_reply, http_reply_json, http_stream_end) or the
+ * client went away, and (b) every http_req_hold was matched by http_req_release.
+ * After the client went away, writes and terminal calls are harmless no-ops, so
+ * an owner can finish its work without checking; the close callback tells it to
+ * stop early (e.g. cancel the provider call).
+ *
+ * Thread: an http_req belongs to its worker's loop thread; never touch it from
+ * another thread.
+ */
+#ifndef CHATD_HTTP_SERVER_H
+#define CHATD_HTTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "core/rc.h"
+
+struct event_base;
+
+typedef struct http_server http_server;
+typedef struct http_req http_req;
+
+typedef enum {
+    HTTP_GET = 1 << 0,
+    HTTP_POST = 1 << 1,
+    HTTP_HEAD = 1 << 2,
+    HTTP_PUT = 1 << 3,
+    HTTP_DELETE = 1 << 4,
+    HTTP_OPTIONS = 1 << 5,
+    HTTP_PATCH = 1 << 6,
+} http_method;
+
+typedef struct http_limits {
+    size_t max_header_bytes;
+    size_t max_body_bytes;
+    int64_t idle_timeout_ms;
+    int64_t header_timeout_ms;
+    size_t stream_buffer_bytes;  /* client output queue above which http_stream_write reports "full" */
+} http_limits;
+
+/* Receives every request. ctx is the value given to http_server_new. */
+typedef void (*http_dispatch_fn)(http_req *r, void *ctx);
+
+/*
+ * Creates a server on base accepting on the already-listening socket fd (the
+ * server takes ownership of fd). Never returns NULL; on an unusable fd returns
+ * NULL and closes it.
+ */
+http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
+                             http_dispatch_fn dispatch, void *ctx);
+
+/* Stops accepting new connections (closes the listener); open connections go on. */
+void http_server_stop_accepting(http_server *s);
+
+/* Number of requests in flight (dispatched and not yet ended). */
+int http_server_active(const http_server *s);
+
+/* Frees the server and every connection. Accepts NULL. */
+void http_server_free(http_server *s);
+
+/*
+ * Creates a TCP listening socket on host:port with SO_REUSEPORT (so every worker
+ * can have its own), non-blocking. *bound_port receives the actual port (useful
+ * with port 0). Returns the fd, or -1 with a reason in err.
+ */
+int http_listen(const char *host, int port, int *bound_port, char *err, size_t errlen);
+
+/* ---- request accessors (valid while the request lives) ---- */
+http_method http_req_method(const http_req *r);
+const char *http_req_method_name(const http_req *r);
+/* The raw (still percent-encoded) path without the query string. */
+const char *http_req_path(const http_req *r);
+/* A query parameter (decoded), or NULL. */
+const char *http_req_query(http_req *r, const char *name);
+/* A request header (case-insensitive), or NULL. */
+const char *http_req_header(const http_req *r, const char *name);
+/* The request body, NUL-terminated (the NUL is not counted in *len). */
+const char *http_req_body(http_req *r, size_t *len);
+/* Our request id (also sent as X-Request-Id). */
+const char *http_req_id(const http_req *r);
+/* The peer address as text. */
+const char *http_req_peer(const http_req *r);
+bool http_req_closed(const http_req *r);
+
+/* Adds a field to this request's access-log line (reference stolen). */
+void http_req_log_set(http_req *r, const char *key, json_t *value);
+
+/* ---- ownership for asynchronous handlers ---- */
+void http_req_hold(http_req *r);
+void http_req_release(http_req *r);
+
+/* cb runs once, on the loop, if the client goes away before the response ended. */
+void http_req_on_close(http_req *r, void (*cb)(void *ud), void *ud);
+
+/* cb runs when the client's output queue drained after http_stream_write returned true. */
+void http_req_on_drain(http_req *r, void (*cb)(void *ud), void *ud);
+
+/* ---- responses ---- */
+/* Adds a response header; call before the first byte of the response. */
+void http_add_header(http_req *r, const char *name, const char *value);
+
+/* Terminal: a complete response with a body (len bytes, may be 0). */
+void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len);
+
+/* Terminal: a JSON response (reference to body stolen). */
+void http_reply_json(http_req *r, int status, json_t *body);
+
+/* Starts a chunked response. */
+void http_stream_start(http_req *r, int status, const char *content_type);
+
+/* Queues len bytes of a started stream. Returns true when the client's output
+ * queue is above the limit: the caller should stop producing until the drain
+ * callback runs. Returns false (and drops the data) after the client went away. */
+bool http_stream_write(http_req *r, const char *data, size_t len);
+
+/* Terminal: ends a started stream. */
+void http_stream_end(http_req *r);
+
+/* True once a stream was started or a reply sent. */
+bool http_req_responded(const http_req *r);
+
+#endif

@@ -1,0 +1,137 @@
+/*
+ * provider.h: one LLM call, whatever the provider.
+ *
+ * A caller (the turn engine) describes the conversation in an llm_request and
+ * starts a call on its worker's transport (curl multi driven by the worker's
+ * event loop, see transport.h). The call streams reply text through on_delta and
+ * ends with exactly one on_done, unless it is cancelled first, in which case no
+ * callback runs after llm_call_cancel() returns.
+ *
+ * Retries happen inside the call, and only while it is safe: before any delta
+ * was delivered to the caller (connect errors, 408, 429, 5xx, 529, an in-stream
+ * error before the first delta), honouring x-should-retry and retry-after within
+ * the configured caps. The result reports how many attempts were made.
+ *
+ * Thread: everything runs on the thread of the transport's event_base.
+ * Callbacks are never invoked from inside llm_call_start() (a start that fails
+ * later reports through on_done on a later loop turn).
+ */
+#ifndef CHATD_LLM_PROVIDER_H
+#define CHATD_LLM_PROVIDER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/rc.h"
+#include "llm/transport.h"
+
+typedef enum {
+    LLM_PROVIDER_ANTHROPIC = 0,
+    LLM_PROVIDER_OPENAI,          /* OpenAI-compatible Chat Completions */
+} llm_provider_kind;
+
+/* Where and how to reach one provider endpoint. Borrowed by llm_call_start; must outlive the call. */
+typedef struct llm_provider {
+    llm_provider_kind kind;
+    const char *name;             /* for logs and metrics, e.g. "anthropic" */
+    const char *base_url;         /* without the /v1 suffix for Anthropic, e.g. https://api.anthropic.com */
+    const char *api_key;          /* never logged, never echoed in errors */
+    const char *version;          /* anthropic-version header value */
+    int64_t connect_timeout_ms;   /* TCP+TLS connect */
+    int64_t first_byte_timeout_ms;/* request sent -> first response byte (whole reply when not streaming) */
+    int64_t idle_timeout_ms;      /* longest gap between two received bytes once the response started */
+    int64_t total_timeout_ms;     /* whole call, retries included */
+    int max_retries;              /* retries after the first attempt (0 = none) */
+    int64_t retry_base_ms;        /* first backoff (doubles each retry, with jitter) */
+    int64_t retry_max_wait_ms;    /* cap on one wait; a longer retry-after ends the call instead */
+    size_t max_response_bytes;    /* cap on a response body / one SSE event */
+} llm_provider;
+
+typedef struct llm_message {
+    const char *role;             /* "user" or "assistant" */
+    const char *content;
+} llm_message;
+
+typedef struct llm_request {
+    const char *model;            /* the provider's model id */
+    const char *system;           /* system prompt, may be NULL */
+    const llm_message *messages;  /* alternating, first is "user"; borrowed for the call's lifetime */
+    size_t n_messages;
+    int max_tokens;
+    bool stream;                  /* use the provider's streaming mode */
+    const char *request_id;       /* ours, for logs; may be NULL */
+} llm_request;
+
+typedef struct llm_usage {
+    int64_t input_tokens;         /* -1 = unknown */
+    int64_t output_tokens;
+    int64_t cache_read_tokens;
+    int64_t cache_write_tokens;
+} llm_usage;
+
+typedef enum {
+    LLM_OK = 0,
+    LLM_ERR_HTTP,         /* the provider answered with an error status (http_status, error_type set) */
+    LLM_ERR_CONNECT,      /* could not connect / DNS / TLS */
+    LLM_ERR_TIMEOUT,      /* a deadline passed (which one is in error_message) */
+    LLM_ERR_STREAM,       /* the provider sent an error event after a 200 */
+    LLM_ERR_TRUNCATED,    /* the response ended early (no message_stop, connection reset) */
+    LLM_ERR_PROTOCOL,     /* the response could not be parsed, or broke a size limit */
+    LLM_ERR_RETRY_AFTER,  /* the provider asked to wait longer than retry_max_wait_ms */
+} llm_status;
+
+/* The outcome of a call. Valid only during on_done; copy what you keep. */
+typedef struct llm_result {
+    llm_status status;
+    int http_status;              /* last HTTP status seen, 0 if none */
+    const char *error_type;       /* provider error.type (e.g. "overloaded_error") or ours; NULL on success */
+    const char *error_message;    /* human-readable, never contains the API key; NULL on success */
+    int64_t retry_after_ms;       /* from retry-after-ms / retry-after, -1 if absent */
+    const char *request_id;       /* provider's request id header, may be NULL */
+    const char *text;             /* the reply text received (partial on error), NUL-terminated */
+    size_t text_len;
+    const char *stop_reason;      /* may be NULL */
+    const char *model;            /* model id reported by the provider, may be NULL */
+    llm_usage usage;              /* fields -1 when the provider did not report them */
+    bool delivered;               /* at least one delta reached on_delta */
+    int attempts;                 /* 1 + retries made */
+    int64_t ttfb_ms;              /* request start (last attempt) -> first response byte, -1 if none */
+    int64_t duration_ms;          /* whole call */
+} llm_result;
+
+enum { LLM_CONTINUE = 0, LLM_PAUSE = 1 };
+
+typedef struct llm_callbacks {
+    /* Streaming calls: a piece of reply text (UTF-8, not NUL-terminated). Return
+     * LLM_CONTINUE, or LLM_PAUSE to stop reading from the provider until
+     * llm_call_resume(). May be NULL for non-streaming calls. The callee must not
+     * call llm_call_cancel() from inside on_delta; defer it. */
+    int (*on_delta)(void *ud, const char *text, size_t len);
+    /* Exactly once per call (unless cancelled). The call object is freed right
+     * after on_done returns: do not touch it afterwards. */
+    void (*on_done)(void *ud, const llm_result *res);
+} llm_callbacks;
+
+typedef struct llm_call llm_call;
+
+/*
+ * Starts a call. req and everything it points to is copied (the caller may free
+ * it after return). On success *out is the call handle, owned by the transport
+ * until on_done returns or llm_call_cancel() is called. Returns CHAT_EINVAL for
+ * an unusable request or provider (nothing started, no callback).
+ */
+chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req,
+                       const llm_callbacks *cbs, void *ud, llm_call **out) CHAT_MUST_CHECK;
+
+/* Resumes a call paused by LLM_PAUSE. Safe to call when not paused. Not from a callback. */
+void llm_call_resume(llm_call *c);
+
+/* Aborts the transfer at once and frees the call; no callback runs afterwards. Accepts NULL. */
+void llm_call_cancel(llm_call *c);
+
+/* Builds the provider request body for req as a JSON string (heap, caller frees).
+ * Exposed for unit tests of the exact wire format. */
+char *llm_build_body(const llm_provider *p, const llm_request *req);
+
+#endif
