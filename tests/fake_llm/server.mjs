@@ -1,0 +1,1212 @@
+#!/usr/bin/env node
+// Fake LLM provider for chatd tests and benchmarks.
+//
+// Speaks the Anthropic Messages API wire format (POST /v1/messages, streaming and
+// not) and an OpenAI-compatible Chat Completions format (POST /v1/chat/completions)
+// exactly enough that the official SDKs accept it (see tests/fake_llm/fidelity.test.mjs),
+// and can inject every fault chatd must survive (error statuses, mid-stream errors,
+// resets, stalls, truncation, malformed JSON, odd line endings, split TCP writes).
+// Reference: /work/shared/PROTOCOLS.md sections A, B and C. Knobs: README.md here.
+//
+// Plain Node `http`, no dependencies: it must never be the bottleneck of a benchmark.
+
+import http from 'node:http';
+import { randomFillSync } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+
+// ---------------------------------------------------------------------------
+// CLI
+
+function parseArgs(argv) {
+  const opts = { port: 0, host: '127.0.0.1', apiKey: null, logMax: 10000, strictAlternation: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) usage(`missing value for ${a}`);
+      return argv[++i];
+    };
+    if (a === '--port') opts.port = Number(next());
+    else if (a === '--host') opts.host = next();
+    else if (a === '--api-key') opts.apiKey = next();
+    else if (a === '--log-max') opts.logMax = Number(next());
+    else if (a === '--strict-alternation') opts.strictAlternation = true;
+    else if (a === '-h' || a === '--help') usage(null);
+    else usage(`unknown argument ${a}`);
+  }
+  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) usage('bad --port');
+  if (!Number.isInteger(opts.logMax) || opts.logMax < 1) usage('bad --log-max');
+  return opts;
+}
+
+function usage(err) {
+  const text =
+    'usage: node tests/fake_llm/server.mjs [--port N] [--host 127.0.0.1] [--api-key K]\n' +
+    '                                     [--log-max N] [--strict-alternation]\n';
+  if (err) {
+    process.stderr.write(`fake_llm: ${err}\n${text}`);
+    process.exit(2);
+  }
+  process.stdout.write(text);
+  process.exit(0);
+}
+
+const OPTS = parseArgs(process.argv.slice(2));
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+const B62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+const randPool = Buffer.alloc(4096);
+let randPos = randPool.length;
+
+// prefix + 24 base62 characters, e.g. req_018EeWyXxfu5pfWkrYcMdjWG.
+function randomId(prefix) {
+  if (randPos + 24 > randPool.length) {
+    randomFillSync(randPool);
+    randPos = 0;
+  }
+  let s = prefix;
+  for (let i = 0; i < 24; i++) s += B62[randPool[randPos++] % 62];
+  return s;
+}
+
+function nowMs() {
+  return performance.timeOrigin + performance.now();
+}
+
+// Unicode code points, not UTF-16 units, so a C test can compute the same count.
+function codePoints(s) {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xdc00 && c <= 0xdfff && i > 0) {
+      const p = s.charCodeAt(i - 1);
+      if (p >= 0xd800 && p <= 0xdbff) n--;
+    }
+  }
+  return n;
+}
+
+const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+// The 2026 real shape pads JSON with spaces before the closing brace.
+function padJson(s) {
+  return s.slice(0, -1) + ' '.repeat(1 + (s.length % 15)) + '}';
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+const SCENARIO_FIELDS = new Set([
+  'reply', 'reply_words', 'stop_reason', 'finish_reason', 'usage', 'shape', 'headers',
+  'header_delay_ms', 'ttft_ms', 'gap_ms',
+  'status', 'error_type', 'error_message', 'retry_after', 'retry_after_ms', 'should_retry', 'body', 'content_type',
+  'fault', 'after', 'stall_ms',
+  'line_ending', 'split', 'split_delay_ms', 'pad_json', 'ping',
+  'variant',
+]);
+const FAULTS = new Set(['midstream_error', 'reset', 'stall', 'truncate', 'malformed', 'data_only']);
+const VARIANTS = new Set(['openai', 'groq', 'vllm', 'ollama', 'llamacpp']);
+
+// Returns an error string for an invalid scenario, or null. Strict so that a typo in a
+// test's scenario fails loudly instead of silently running the default behaviour.
+function checkScenario(sc) {
+  if (!isObj(sc)) return 'scenario must be a JSON object';
+  for (const k of Object.keys(sc)) if (!SCENARIO_FIELDS.has(k)) return `unknown scenario field '${k}'`;
+  const nonNegNum = ['reply_words', 'header_delay_ms', 'ttft_ms', 'gap_ms', 'after', 'stall_ms', 'retry_after_ms', 'split_delay_ms'];
+  for (const k of nonNegNum) {
+    if (k in sc && !(typeof sc[k] === 'number' && Number.isFinite(sc[k]) && sc[k] >= 0)) return `'${k}' must be a number >= 0`;
+  }
+  if ('reply' in sc && typeof sc.reply !== 'string') return "'reply' must be a string";
+  if ('status' in sc && !(Number.isInteger(sc.status) && sc.status >= 100 && sc.status <= 599)) return "'status' must be an HTTP status";
+  if ('fault' in sc && !FAULTS.has(sc.fault)) return `unknown fault '${sc.fault}'`;
+  if ('line_ending' in sc && !['lf', 'crlf', 'cr'].includes(sc.line_ending)) return "'line_ending' must be lf, crlf or cr";
+  if ('variant' in sc && !VARIANTS.has(sc.variant)) return `unknown variant '${sc.variant}'`;
+  if ('shape' in sc && !['classic', '2026'].includes(sc.shape)) return "'shape' must be classic or 2026";
+  if ('usage' in sc && !isObj(sc.usage)) return "'usage' must be an object";
+  if ('headers' in sc && !isObj(sc.headers)) return "'headers' must be an object";
+  if ('ping' in sc && !(typeof sc.ping === 'boolean' || (Number.isInteger(sc.ping) && sc.ping >= 1))) return "'ping' must be a boolean or an integer >= 1";
+  for (const k of ['retry_after', 'body', 'content_type', 'error_type', 'error_message', 'stop_reason', 'finish_reason']) {
+    if (k in sc && typeof sc[k] !== 'string') return `'${k}' must be a string`;
+  }
+  return null;
+}
+
+const DIRECTIVE_OPEN = '[[fake:';
+
+// Finds a [[fake:{json}]] directive. The JSON may itself contain "]]", so try each
+// closing "]]" in turn until the text between parses.
+function findDirective(text) {
+  const start = text.indexOf(DIRECTIVE_OPEN);
+  if (start < 0) return null;
+  let close = text.indexOf(']]', start + DIRECTIVE_OPEN.length);
+  while (close >= 0) {
+    const json = text.slice(start + DIRECTIVE_OPEN.length, close);
+    try {
+      const scenario = JSON.parse(json);
+      return { scenario, stripped: (text.slice(0, start) + text.slice(close + 2)).trim(), error: null };
+    } catch {
+      close = text.indexOf(']]', close + 1);
+    }
+  }
+  return { scenario: null, stripped: text, error: '[[fake:...]] directive is not valid JSON' };
+}
+
+// ---------------------------------------------------------------------------
+// Control state: script, request log, counters
+
+const state = {
+  script: { default: null, queue: [] },
+  log: new Array(OPTS.logMax),
+  logStart: 0,
+  logLen: 0,
+  total: 0,
+  clientClosed: 0,
+  active: 0,
+};
+
+function logPush(entry) {
+  const max = state.log.length;
+  if (state.logLen < max) {
+    state.log[(state.logStart + state.logLen) % max] = entry;
+    state.logLen++;
+  } else {
+    state.log[state.logStart] = entry;
+    state.logStart = (state.logStart + 1) % max;
+  }
+}
+
+function logList(limit) {
+  const n = Math.min(state.logLen, limit);
+  const out = new Array(n);
+  const max = state.log.length;
+  for (let i = 0; i < n; i++) out[i] = state.log[(state.logStart + state.logLen - n + i) % max];
+  return out;
+}
+
+// Picks the scenario: in-band directive, else head of queue, else default, else normal.
+// Returns {scenario, fromQueue}; the caller pops the queue only once it commits to it.
+function pickScenario(directive) {
+  if (directive && directive.scenario) return { scenario: directive.scenario, fromQueue: false };
+  if (state.script.queue.length > 0) return { scenario: state.script.queue[0], fromQueue: true };
+  if (state.script.default) return { scenario: state.script.default, fromQueue: false };
+  return { scenario: null, fromQueue: false };
+}
+
+// ---------------------------------------------------------------------------
+// Per-request context: timing, cancellation, outcome
+
+class Ctx {
+  constructor(req, res, entry) {
+    this.req = req;
+    this.res = res;
+    this.entry = entry;
+    this.closed = false; // the connection is gone (client closed, or we destroyed it)
+    this.done = false; // outcome recorded
+    this.wakers = new Set();
+    this.eol = '\n';
+    this.split = false;
+    this.splitDelay = 1;
+    state.active++;
+    res.on('close', () => {
+      this.closed = true;
+      for (const w of this.wakers) w();
+      this.wakers.clear();
+      if (!this.done) this.finish('client_closed');
+    });
+  }
+
+  finish(outcome) {
+    if (this.done) return;
+    this.done = true;
+    state.active--;
+    if (outcome === 'client_closed') state.clientClosed++;
+    this.entry.outcome = outcome;
+    this.entry.finished_at_ms = nowMs();
+  }
+
+  // Resolves after ms, or early if the connection closes. Returns true if still open.
+  sleep(ms) {
+    if (this.closed) return Promise.resolve(false);
+    if (!ms) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waker = () => {
+        clearTimeout(t);
+        resolve(false);
+      };
+      const t = setTimeout(() => {
+        this.wakers.delete(waker);
+        resolve(!this.closed);
+      }, ms);
+      this.wakers.add(waker);
+    });
+  }
+
+  // Writes one SSE event (already rendered with LF endings).
+  async write(text) {
+    if (this.closed) return false;
+    if (this.eol !== '\n') text = text.replaceAll('\n', this.eol);
+    if (!this.split) {
+      this.res.write(text);
+      return true;
+    }
+    const buf = Buffer.from(text, 'utf8');
+    for (const piece of splitBuffer(buf)) {
+      if (this.closed) return false;
+      this.res.write(piece);
+      if (this.splitDelay > 0) {
+        if (!(await this.sleep(this.splitDelay))) return false;
+      } else {
+        await new Promise((r) => setImmediate(r));
+      }
+    }
+    return !this.closed;
+  }
+
+  // Abrupt close: TCP RST where supported. Waits for pending writes to reach the
+  // kernel first so "after N deltas" is deterministic for the client.
+  // With graceful=true the socket is closed with a FIN instead (a body cut short).
+  reset(outcome, graceful = false) {
+    this.finish(outcome);
+    const sock = this.res.socket;
+    if (!sock) return;
+    const kill = () => {
+      if (graceful) sock.end();
+      else if (typeof sock.resetAndDestroy === 'function') sock.resetAndDestroy();
+      else sock.destroy();
+    };
+    if (sock.writableLength > 0 || this.res.writableLength > 0) setTimeout(kill, 20);
+    else setTimeout(kill, 5);
+  }
+
+  // Stall: send nothing more; close after stall_ms if the client has not closed first.
+  async stall(ms, outcome) {
+    if (ms > 0) {
+      const open = await this.sleep(ms);
+      if (open) {
+        this.finish(outcome);
+        this.res.socket?.destroy();
+      }
+    } else {
+      // Until the client closes (recorded as client_closed) or the server stops.
+      await new Promise((resolve) => this.wakers.add(resolve));
+    }
+  }
+}
+
+// Cuts an event into pieces: after every CR (so CR and LF arrive apart), after the
+// first byte of every multi-byte UTF-8 character, inside the field name and in the middle.
+function splitBuffer(buf) {
+  const cuts = new Set([Math.min(3, buf.length), buf.length >> 1]);
+  for (let i = 0; i < buf.length; i++) {
+    const b = buf[i];
+    if (b === 0x0d || b >= 0xc0) cuts.add(i + 1);
+  }
+  const sorted = [...cuts].filter((c) => c > 0 && c < buf.length).sort((a, b) => a - b);
+  const pieces = [];
+  let prev = 0;
+  for (const c of sorted) {
+    pieces.push(buf.subarray(prev, c));
+    prev = c;
+  }
+  pieces.push(buf.subarray(prev));
+  return pieces;
+}
+
+// ---------------------------------------------------------------------------
+// Reply planning shared by both APIs
+
+// Splits the reply into deltas: each word with the whitespace after it; leading
+// whitespace stays with the first word. Concatenating the deltas gives the reply.
+function toDeltas(reply) {
+  if (reply === '') return [];
+  const words = reply.match(/\S+\s*/g);
+  if (!words) return [reply];
+  const lead = reply.length - reply.trimStart().length;
+  if (lead > 0) words[0] = reply.slice(0, lead) + words[0];
+  return words;
+}
+
+function replyText(sc, echoed) {
+  if (sc && typeof sc.reply === 'string') return sc.reply;
+  if (sc && typeof sc.reply_words === 'number') {
+    const n = Math.floor(sc.reply_words);
+    const w = new Array(n);
+    for (let i = 0; i < n; i++) w[i] = `w${i + 1}`;
+    return w.join(' ');
+  }
+  return 'Hello! You said: ' + echoed;
+}
+
+// ---------------------------------------------------------------------------
+// HTTP plumbing
+
+function readBody(req, limit) {
+  return new Promise((resolve) => {
+    const chunks = [];
+    let size = 0;
+    let tooBig = false;
+    req.on('data', (c) => {
+      size += c.length;
+      if (size > limit) tooBig = true;
+      else chunks.push(c);
+    });
+    req.on('end', () => resolve(tooBig ? null : Buffer.concat(chunks).toString('utf8')));
+    req.on('error', () => resolve(null));
+    req.on('close', () => resolve(null)); // no-op if 'end' came first
+  });
+}
+
+function sendJson(res, status, headers, obj, pad) {
+  let body = JSON.stringify(obj);
+  if (pad) body = padJson(body);
+  headers['content-type'] = 'application/json';
+  headers['content-length'] = Buffer.byteLength(body);
+  res.writeHead(status, headers);
+  res.end(body);
+}
+
+function extraHeaders(sc, headers) {
+  if (sc && sc.headers) for (const [k, v] of Object.entries(sc.headers)) headers[k.toLowerCase()] = String(v);
+  return headers;
+}
+
+const MAX_BODY = 32 * 1024 * 1024; // the real API's limit for Messages
+
+// ---------------------------------------------------------------------------
+// Anthropic Messages API
+
+const ANTHROPIC_ERROR_TYPES = {
+  400: 'invalid_request_error', 401: 'authentication_error', 402: 'billing_error', 403: 'permission_error',
+  404: 'not_found_error', 409: 'conflict_error', 413: 'request_too_large', 429: 'rate_limit_error',
+  500: 'api_error', 504: 'timeout_error', 529: 'overloaded_error',
+};
+const ANTHROPIC_ERROR_MESSAGES = {
+  invalid_request_error: 'Invalid request', authentication_error: 'invalid x-api-key',
+  billing_error: 'Your credit balance is too low to access the Anthropic API.',
+  permission_error: 'Your API key does not have permission to use the specified resource.',
+  not_found_error: 'Not found', conflict_error: 'Conflict',
+  request_too_large: 'Request exceeds the maximum allowed number of bytes.',
+  rate_limit_error: 'Number of requests has exceeded your rate limit. Please try again later.',
+  api_error: 'Internal server error', timeout_error: 'Request timeout', overloaded_error: 'Overloaded',
+};
+
+function anthropicErrorType(status) {
+  return ANTHROPIC_ERROR_TYPES[status] ?? (status >= 500 ? 'api_error' : 'invalid_request_error');
+}
+
+// Default x-should-retry: what the SDKs would decide anyway (408, 409, 429, >= 500).
+function defaultShouldRetry(status) {
+  return status === 408 || status === 409 || status === 429 || status >= 500;
+}
+
+function anthropicError(ctx, status, type, message, sc) {
+  const rid = ctx.entry.id;
+  const headers = extraHeaders(sc, {
+    'request-id': rid,
+    'x-should-retry': String(sc && typeof sc.should_retry === 'boolean' ? sc.should_retry : defaultShouldRetry(status)),
+  });
+  if (sc && sc.retry_after !== undefined) headers['retry-after'] = sc.retry_after;
+  if (sc && sc.retry_after_ms !== undefined) headers['retry-after-ms'] = String(sc.retry_after_ms);
+  ctx.finish('error_status');
+  sendJson(ctx.res, status, headers, { type: 'error', error: { type, message }, request_id: rid }, false);
+}
+
+// Raw (non-JSON) error body, as a proxy in front of the API would send it: no request-id.
+function rawError(ctx, sc) {
+  const headers = extraHeaders(sc, { 'content-type': sc.content_type ?? 'text/html; charset=utf-8' });
+  if (sc.retry_after !== undefined) headers['retry-after'] = sc.retry_after;
+  if (sc.retry_after_ms !== undefined) headers['retry-after-ms'] = String(sc.retry_after_ms);
+  if (typeof sc.should_retry === 'boolean') headers['x-should-retry'] = String(sc.should_retry);
+  headers['content-length'] = Buffer.byteLength(sc.body);
+  ctx.finish('error_status');
+  ctx.res.writeHead(sc.status ?? 502, headers);
+  ctx.res.end(sc.body);
+}
+
+// Text of a content value (string or block array): text blocks joined with "\n".
+function contentText(content) {
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) return '';
+  let s = '';
+  let first = true;
+  for (const b of content) {
+    if (isObj(b) && b.type === 'text' && typeof b.text === 'string') {
+      if (!first) s += '\n';
+      s += b.text;
+      first = false;
+    }
+  }
+  return s;
+}
+
+const KNOWN_BLOCK_TYPES = new Set([
+  'text', 'image', 'document', 'tool_use', 'tool_result', 'thinking', 'redacted_thinking',
+  'server_tool_use', 'web_search_tool_result', 'search_result', 'container_upload',
+]);
+
+// Validates the request body like the real API (PROTOCOLS.md A2, A3, A4, A10).
+// Returns an error message (400 invalid_request_error) or null.
+function validateAnthropic(body, version) {
+  if (!isObj(body)) return 'Input should be an object';
+  if (!('model' in body)) return 'model: Field required';
+  if (typeof body.model !== 'string') return 'model: Input should be a valid string';
+  if (!('max_tokens' in body)) return 'max_tokens: Field required';
+  if (!Number.isInteger(body.max_tokens)) return 'max_tokens: Input should be a valid integer';
+  if (body.max_tokens < 1) return 'max_tokens: Input should be greater than or equal to 1';
+  if (!('messages' in body)) return 'messages: Field required';
+  if (!Array.isArray(body.messages)) return 'messages: Input should be a valid list';
+  if (body.messages.length === 0) return 'messages: at least one message is required';
+  if ('stream' in body && typeof body.stream !== 'boolean') return 'stream: Input should be a valid boolean';
+  if (version === '2026-10-21') {
+    for (const k of ['temperature', 'top_p', 'top_k']) if (k in body) return `${k}: Extra inputs are not permitted`;
+  }
+  let breakpoints = 0;
+  if ('system' in body) {
+    const sys = body.system;
+    if (Array.isArray(sys)) {
+      for (let j = 0; j < sys.length; j++) {
+        const b = sys[j];
+        if (!isObj(b) || b.type !== 'text' || typeof b.text !== 'string') return `system.${j}: Input should be a valid text block`;
+        if (b.text.length === 0) return `system.${j}.text: text content blocks must be non-empty`;
+        if (b.cache_control) breakpoints++;
+      }
+    } else if (typeof sys !== 'string') {
+      return 'system: Input should be a valid string or a list of text blocks';
+    }
+  }
+  if (Array.isArray(body.tools)) for (const t of body.tools) if (isObj(t) && t.cache_control) breakpoints++;
+  const msgs = body.messages;
+  const last = msgs.length - 1;
+  for (let i = 0; i < msgs.length; i++) {
+    const m = msgs[i];
+    if (!isObj(m)) return `messages.${i}: Input should be a valid dictionary`;
+    if (m.role !== 'user' && m.role !== 'assistant') return `messages.${i}.role: Input should be 'user' or 'assistant'`;
+    if (!('content' in m)) return `messages.${i}.content: Field required`;
+    const c = m.content;
+    const finalAssistant = i === last && m.role === 'assistant';
+    if (typeof c === 'string') {
+      if (c.length === 0 && !finalAssistant) return `messages.${i}: all messages must have non-empty content except for the optional final assistant message`;
+    } else if (Array.isArray(c)) {
+      if (c.length === 0 && !finalAssistant) return `messages.${i}: all messages must have non-empty content except for the optional final assistant message`;
+      for (let j = 0; j < c.length; j++) {
+        const b = c[j];
+        if (!isObj(b) || typeof b.type !== 'string') return `messages.${i}.content.${j}: Input should be a valid dictionary`;
+        if (!KNOWN_BLOCK_TYPES.has(b.type)) return `messages.${i}.content.${j}: Input tag '${b.type}' found using 'type' does not match any of the expected tags`;
+        if (b.type === 'text') {
+          if (typeof b.text !== 'string') return `messages.${i}.content.${j}.text: Field required`;
+          if (b.text.length === 0) return `messages.${i}.content.${j}.text: text content blocks must be non-empty`;
+          if (b.text.trim().length === 0) return `messages.${i}.content.${j}.text: text content blocks must contain non-whitespace text`;
+          if (version === '2026-10-21' && m.role === 'user' && Array.isArray(b.citations) && b.citations.length > 0) {
+            return `messages.${i}.content.${j}.citations: Extra inputs are not permitted`;
+          }
+        }
+        if (version === '2026-10-21' && b.type === 'document' && m.role === 'assistant') {
+          return `messages.${i}.content.${j}: document blocks are not allowed in assistant messages`;
+        }
+        if (b.cache_control) breakpoints++;
+      }
+    } else {
+      return `messages.${i}.content: Input should be a valid string or a list of content blocks`;
+    }
+    if (OPTS.strictAlternation) {
+      if (i === 0 && m.role !== 'user') return 'messages: first message must use the "user" role';
+      if (i > 0 && msgs[i - 1].role === m.role) {
+        return `messages: roles must alternate between "user" and "assistant", but found multiple "${m.role}" roles in a row`;
+      }
+    }
+  }
+  const lastMsg = msgs[last];
+  if (lastMsg.role === 'assistant') {
+    const t = typeof lastMsg.content === 'string' ? lastMsg.content
+      : Array.isArray(lastMsg.content) && lastMsg.content.length > 0 && lastMsg.content[lastMsg.content.length - 1].type === 'text'
+        ? lastMsg.content[lastMsg.content.length - 1].text : '';
+    if (t.length > 0 && /\s$/.test(t)) return 'messages: final assistant content cannot end with trailing whitespace';
+  }
+  if (breakpoints > 4) return `A maximum of 4 blocks with cache_control may be provided. Found ${breakpoints}.`;
+  return null;
+}
+
+// Characters of system + all message text, for the default input_tokens.
+function promptChars(body, messagesKey) {
+  let n = 0;
+  if (body.system !== undefined) n += codePoints(contentText(body.system));
+  for (const m of body[messagesKey]) if (isObj(m)) n += codePoints(contentText(m.content));
+  return n;
+}
+
+function lastUserText(messages) {
+  for (let i = messages.length - 1; i >= 0; i--) {
+    const m = messages[i];
+    if (isObj(m) && m.role === 'user') return contentText(m.content);
+  }
+  return '';
+}
+
+function checkAuth(req) {
+  let key = req.headers['x-api-key'];
+  if (key === undefined) {
+    const auth = req.headers['authorization'];
+    if (typeof auth === 'string' && auth.startsWith('Bearer ')) key = auth.slice(7);
+  }
+  if (!key) return 'missing';
+  if (OPTS.apiKey !== null && key !== OPTS.apiKey) return 'invalid';
+  return null;
+}
+
+// Parses the directive from the last user message, validates it and resolves the scenario.
+// Returns {sc, echoed, err} where err is a message for a 400.
+function resolveScenario(messages) {
+  const text = lastUserText(messages);
+  const directive = findDirective(text);
+  if (directive && directive.error) return { err: `fake: ${directive.error}` };
+  const picked = pickScenario(directive);
+  if (picked.scenario !== null) {
+    const bad = checkScenario(picked.scenario);
+    if (bad) return { err: `fake: ${bad}` };
+  }
+  return { sc: picked.scenario, fromQueue: picked.fromQueue, echoed: directive ? directive.stripped : text };
+}
+
+function commitScenario(ctx, r) {
+  if (r.fromQueue) state.script.queue.shift();
+  ctx.entry.scenario = r.sc;
+}
+
+async function handleAnthropic(ctx, rawBody) {
+  const { req } = ctx;
+  const authErr = checkAuth(req);
+  if (authErr) {
+    return anthropicError(ctx, 401, 'authentication_error', authErr === 'missing' ? 'x-api-key header is required' : 'invalid x-api-key', null);
+  }
+  const version = req.headers['anthropic-version'];
+  if (!version) return anthropicError(ctx, 400, 'invalid_request_error', 'anthropic-version: header is required', null);
+  if (rawBody === null) return anthropicError(ctx, 413, 'request_too_large', ANTHROPIC_ERROR_MESSAGES.request_too_large, null);
+  let body;
+  try {
+    body = JSON.parse(rawBody);
+  } catch {
+    return anthropicError(ctx, 400, 'invalid_request_error', 'There was an error parsing the body as JSON', null);
+  }
+  ctx.entry.body = body;
+  const invalid = validateAnthropic(body, version);
+  if (invalid) return anthropicError(ctx, 400, 'invalid_request_error', invalid, null);
+
+  const r = resolveScenario(body.messages);
+  if (r.err) return anthropicError(ctx, 400, 'invalid_request_error', r.err, null);
+  commitScenario(ctx, r);
+  const sc = r.sc ?? {};
+
+  if (sc.header_delay_ms && !(await ctx.sleep(sc.header_delay_ms))) return;
+
+  if (sc.body !== undefined) return rawError(ctx, sc);
+  if (sc.status !== undefined && sc.status >= 400) {
+    const type = sc.error_type ?? anthropicErrorType(sc.status);
+    return anthropicError(ctx, sc.status, type, sc.error_message ?? ANTHROPIC_ERROR_MESSAGES[type] ?? 'Error', sc);
+  }
+
+  const reply = replyText(sc, r.echoed);
+  const deltas = toDeltas(reply);
+  const shape2026 = sc.shape === '2026';
+  const usage = {
+    input_tokens: Math.ceil(promptChars(body, 'messages') / 4),
+    cache_creation_input_tokens: 0,
+    cache_read_input_tokens: 0,
+    output_tokens: deltas.length,
+  };
+  if (shape2026) usage.cache_creation = { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 0 };
+  usage.service_tier = 'standard';
+  if (shape2026) usage.inference_geo = 'global';
+  if (sc.usage) Object.assign(usage, sc.usage);
+
+  const plan = {
+    id: randomId('msg_'),
+    model: body.model,
+    reply,
+    deltas,
+    usage,
+    stopReason: sc.stop_reason ?? 'end_turn',
+    shape2026,
+    pad: sc.pad_json === true,
+  };
+  if (body.stream === true) return anthropicStream(ctx, sc, plan);
+  return anthropicJson(ctx, sc, plan);
+}
+
+async function anthropicJson(ctx, sc, plan) {
+  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, plan.deltas.length - 1);
+  if (delay && !(await ctx.sleep(delay))) return;
+  const { res } = ctx;
+  const fault = sc.fault;
+  if (fault === 'reset') return ctx.reset('fault:reset');
+  if (fault === 'stall') return ctx.stall(sc.stall_ms ?? 0, 'fault:stall');
+  const headers = extraHeaders(sc, { 'request-id': ctx.entry.id, 'anthropic-organization-id': 'fake-org' });
+  const msg = {
+    id: plan.id,
+    type: 'message',
+    role: 'assistant',
+    model: plan.model,
+    content: plan.reply === '' ? [] : [{ type: 'text', text: plan.reply }],
+    stop_reason: plan.stopReason,
+    stop_sequence: null,
+  };
+  if (plan.shape2026) msg.stop_details = null;
+  msg.usage = plan.usage;
+  if (fault === 'malformed') {
+    const body = JSON.stringify(msg).slice(0, -7) + ',"oops":';
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = Buffer.byteLength(body);
+    ctx.finish('fault:malformed');
+    res.writeHead(200, headers);
+    return res.end(body);
+  }
+  if (fault === 'truncate') {
+    const body = JSON.stringify(msg);
+    const sent = body.slice(0, body.length >> 1);
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = Buffer.byteLength(body);
+    res.writeHead(200, headers);
+    res.write(sent);
+    return ctx.reset('fault:truncate', true);
+  }
+  ctx.finish(fault ? `fault:${fault}` : 'completed');
+  sendJson(res, 200, headers, msg, plan.pad);
+}
+
+function sseEvent(type, data, ctx, pad) {
+  let json = JSON.stringify(data);
+  if (pad) json = padJson(json);
+  return ctx.dataOnly ? `data: ${json}\n\n` : `event: ${type}\ndata: ${json}\n\n`;
+}
+const PING_DATA = '{"type": "ping"}';
+
+async function anthropicStream(ctx, sc, plan) {
+  const { res } = ctx;
+  const fault = sc.fault;
+  const after = sc.after ?? 0;
+  ctx.eol = sc.line_ending === 'crlf' ? '\r\n' : sc.line_ending === 'cr' ? '\r' : '\n';
+  ctx.split = sc.split === true;
+  ctx.splitDelay = sc.split_delay_ms ?? 1;
+  ctx.dataOnly = fault === 'data_only';
+  const pad = plan.pad;
+  const pingEvery = sc.ping === true ? 1 : typeof sc.ping === 'number' ? sc.ping : 0;
+  const ping = () => ctx.write(ctx.dataOnly ? `data: ${PING_DATA}\n\n` : `event: ping\ndata: ${PING_DATA}\n\n`);
+
+  res.socket?.setNoDelay(true);
+  res.writeHead(200, extraHeaders(sc, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    'request-id': ctx.entry.id,
+    'anthropic-organization-id': 'fake-org',
+  }));
+  res.flushHeaders();
+
+  const u = plan.usage;
+  const startUsage = { ...u, output_tokens: Math.min(1, u.output_tokens) };
+  const startMsg = {
+    id: plan.id, type: 'message', role: 'assistant', content: [], model: plan.model,
+    stop_reason: null, stop_sequence: null,
+  };
+  if (plan.shape2026) startMsg.stop_details = null;
+  startMsg.usage = startUsage;
+  if (!(await ctx.write(sseEvent('message_start', { type: 'message_start', message: startMsg }, ctx, pad)))) return;
+
+  const n = plan.deltas.length;
+  let faultFired = false;
+  // Runs the fault at its position. Returns true if the response is over.
+  const fire = async () => {
+    faultFired = true;
+    switch (fault) {
+      case 'midstream_error': {
+        const type = sc.error_type ?? 'overloaded_error';
+        const message = sc.error_message ?? ANTHROPIC_ERROR_MESSAGES[type] ?? 'Error';
+        // Spacing as in the documented example: {"type": "error", "error": {"type": ..., "message": ...}}
+        const data = `{"type": "error", "error": {"type": ${JSON.stringify(type)}, "message": ${JSON.stringify(message)}}}`;
+        await ctx.write(ctx.dataOnly ? `data: ${data}\n\n` : `event: error\ndata: ${data}\n\n`);
+        ctx.finish('fault:midstream_error');
+        res.end();
+        return true;
+      }
+      case 'reset':
+        ctx.reset('fault:reset');
+        return true;
+      case 'stall':
+        await ctx.stall(sc.stall_ms ?? 0, 'fault:stall');
+        return true;
+      case 'truncate':
+        ctx.finish('fault:truncate');
+        res.end();
+        return true;
+      case 'malformed':
+        await ctx.write(`${ctx.dataOnly ? '' : 'event: content_block_delta\n'}data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"oops\n\n`);
+        return ctx.closed;
+      default:
+        return false;
+    }
+  };
+  const positional = fault && fault !== 'data_only';
+
+  if (n > 0) {
+    if (!(await ctx.write(sseEvent('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }, ctx, pad)))) return;
+    if (pingEvery && !(await ping())) return;
+  }
+  if (sc.ttft_ms && !(await ctx.sleep(sc.ttft_ms))) return;
+  for (let i = 0; i < n; i++) {
+    if (positional && !faultFired && i === after && (await fire())) return;
+    if (i > 0 && sc.gap_ms && !(await ctx.sleep(sc.gap_ms))) return;
+    const ev = sseEvent('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: plan.deltas[i] } }, ctx, pad);
+    if (!(await ctx.write(ev))) return;
+    if (pingEvery && (i + 1) % pingEvery === 0 && !(await ping())) return;
+  }
+  if (n > 0 && !(await ctx.write(sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 }, ctx, pad)))) return;
+  if (positional && !faultFired && (await fire())) return;
+  if (ctx.closed) return;
+
+  const deltaUsage = plan.shape2026
+    ? { input_tokens: u.input_tokens, cache_creation_input_tokens: u.cache_creation_input_tokens, cache_read_input_tokens: u.cache_read_input_tokens, output_tokens: u.output_tokens }
+    : { output_tokens: u.output_tokens };
+  if (sc.usage) for (const k of Object.keys(sc.usage)) deltaUsage[k] = u[k];
+  const delta = { stop_reason: plan.stopReason, stop_sequence: null };
+  if (plan.shape2026) delta.stop_details = null;
+  if (!(await ctx.write(sseEvent('message_delta', { type: 'message_delta', delta, usage: deltaUsage }, ctx, pad)))) return;
+  if (!(await ctx.write(sseEvent('message_stop', { type: 'message_stop' }, ctx, pad)))) return;
+  ctx.finish(fault ? `fault:${fault}` : 'completed');
+  res.end();
+}
+
+// POST /v1/messages/count_tokens (A9)
+function handleCountTokens(ctx, rawBody) {
+  const authErr = checkAuth(ctx.req);
+  if (authErr) return anthropicError(ctx, 401, 'authentication_error', authErr === 'missing' ? 'x-api-key header is required' : 'invalid x-api-key', null);
+  if (!ctx.req.headers['anthropic-version']) return anthropicError(ctx, 400, 'invalid_request_error', 'anthropic-version: header is required', null);
+  let body;
+  try {
+    body = JSON.parse(rawBody ?? '');
+  } catch {
+    return anthropicError(ctx, 400, 'invalid_request_error', 'There was an error parsing the body as JSON', null);
+  }
+  ctx.entry.body = body;
+  if (!isObj(body) || typeof body.model !== 'string') return anthropicError(ctx, 400, 'invalid_request_error', 'model: Field required', null);
+  if (!Array.isArray(body.messages) || body.messages.length === 0) return anthropicError(ctx, 400, 'invalid_request_error', 'messages: at least one message is required', null);
+  ctx.finish('completed');
+  sendJson(ctx.res, 200, { 'request-id': ctx.entry.id }, { input_tokens: Math.ceil(promptChars(body, 'messages') / 4) }, false);
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI-compatible Chat Completions (PROTOCOLS.md B)
+
+const OPENAI_STATUS_TYPES = { 400: 'invalid_request_error', 401: 'invalid_request_error', 403: 'invalid_request_error', 404: 'invalid_request_error', 429: 'requests' };
+const VLLM_TYPES = { 400: 'BadRequestError', 401: 'UnauthorizedError', 404: 'NotFoundError', 429: 'TooManyRequestsError', 500: 'InternalServerError', 503: 'ServiceUnavailableError' };
+const OLLAMA_TYPES = { 400: 'invalid_request_error', 404: 'not_found_error' };
+const LLAMACPP_TYPES = { 400: 'invalid_request_error', 401: 'authentication_error', 404: 'not_found_error', 503: 'unavailable_error' };
+const OPENAI_MESSAGES = {
+  400: 'Invalid request', 401: 'Incorrect API key provided.', 403: 'Forbidden', 404: 'The model does not exist or you do not have access to it.',
+  429: 'Rate limit reached for requests. Please try again later.', 500: 'The server had an error while processing your request.',
+  503: 'The server is overloaded or not ready yet.',
+};
+
+// Error object (the value of "error") in the given variant's shape.
+function openaiErrorObject(variant, status, message, type, code) {
+  switch (variant) {
+    case 'vllm':
+      return { message, type: type ?? VLLM_TYPES[status] ?? (status >= 500 ? 'InternalServerError' : 'BadRequestError'), param: null, code: status };
+    case 'ollama':
+      return { message, type: type ?? OLLAMA_TYPES[status] ?? 'api_error', param: null, code: null };
+    case 'llamacpp':
+      return { code: status, message, type: type ?? LLAMACPP_TYPES[status] ?? 'server_error' };
+    default:
+      return { message, type: type ?? OPENAI_STATUS_TYPES[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error'), param: null, code: code ?? null };
+  }
+}
+
+function openaiError(ctx, variant, status, message, sc, code) {
+  const headers = extraHeaders(sc, { 'x-request-id': ctx.entry.id });
+  if (sc && typeof sc.should_retry === 'boolean') headers['x-should-retry'] = String(sc.should_retry);
+  if (sc && sc.retry_after !== undefined) headers['retry-after'] = sc.retry_after;
+  if (sc && sc.retry_after_ms !== undefined) headers['retry-after-ms'] = String(sc.retry_after_ms);
+  ctx.finish('error_status');
+  sendJson(ctx.res, status, headers, { error: openaiErrorObject(variant, status, message, sc?.error_type, code) }, false);
+}
+
+const OPENAI_ROLES = new Set(['developer', 'system', 'user', 'assistant', 'tool', 'function']);
+
+function validateOpenai(body) {
+  if (!isObj(body)) return { msg: 'Invalid request body: expected a JSON object', code: null, param: null };
+  if (typeof body.model !== 'string' || body.model === '') return { msg: 'you must provide a model parameter', code: null, param: null };
+  if (!('messages' in body)) return { msg: "Missing required parameter: 'messages'.", code: 'missing_required_parameter', param: 'messages' };
+  if (!Array.isArray(body.messages)) return { msg: "Invalid type for 'messages': expected an array.", code: 'invalid_type', param: 'messages' };
+  if (body.messages.length === 0) {
+    return { msg: "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.", code: 'empty_array', param: 'messages' };
+  }
+  for (let i = 0; i < body.messages.length; i++) {
+    const m = body.messages[i];
+    if (!isObj(m) || !OPENAI_ROLES.has(m.role)) {
+      return { msg: `Invalid value: '${isObj(m) ? m.role : m}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'.`, code: 'invalid_value', param: `messages[${i}].role` };
+    }
+    const c = m.content;
+    if (!(typeof c === 'string' || Array.isArray(c) || (c === null && m.role === 'assistant') || (c === undefined && m.role === 'assistant'))) {
+      return { msg: `Invalid type for 'messages[${i}].content': expected one of a string or array of objects.`, code: 'invalid_type', param: `messages[${i}].content` };
+    }
+  }
+  for (const k of ['max_tokens', 'max_completion_tokens']) {
+    if (k in body && body[k] !== null && !(Number.isInteger(body[k]) && body[k] >= 1)) {
+      return { msg: `Invalid '${k}': integer below minimum value. Expected a value >= 1, but got ${JSON.stringify(body[k])} instead.`, code: 'integer_below_min_value', param: k };
+    }
+  }
+  if ('stream' in body && body.stream !== null && typeof body.stream !== 'boolean') return { msg: "Invalid type for 'stream': expected a boolean.", code: 'invalid_type', param: 'stream' };
+  return null;
+}
+
+const FINISH_FROM_STOP = { end_turn: 'stop', stop_sequence: 'stop', max_tokens: 'length', tool_use: 'tool_calls', refusal: 'content_filter' };
+
+async function handleOpenai(ctx, rawBody) {
+  const { req } = ctx;
+  let body;
+  if (rawBody === null) return openaiError(ctx, 'openai', 413, 'Request too large', null);
+  try {
+    body = JSON.parse(rawBody);
+  } catch {
+    body = undefined;
+  }
+  ctx.entry.body = body === undefined ? rawBody : body;
+  // The scenario decides the variant, and the variant decides auth and error shapes,
+  // so peek at it first; the queue is popped only once the request is accepted.
+  let r = { sc: null, fromQueue: false, echoed: '' };
+  if (isObj(body) && Array.isArray(body.messages)) {
+    r = resolveScenario(body.messages);
+    if (r.err) return openaiError(ctx, 'openai', 400, r.err, null);
+  }
+  const sc0 = r.sc ?? {};
+  const variant = sc0.variant ?? 'openai';
+  const authOptional = variant === 'vllm' || variant === 'ollama' || variant === 'llamacpp';
+  const authErr = checkAuth(req);
+  if (authErr && !(authErr === 'missing' && authOptional && OPTS.apiKey === null)) {
+    const msg = variant === 'llamacpp' ? 'Invalid API Key'
+      : authErr === 'missing' ? "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        : 'Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.';
+    return openaiError(ctx, variant, 401, msg, null, authErr === 'missing' ? null : 'invalid_api_key');
+  }
+  if (body === undefined) {
+    return openaiError(ctx, variant, 400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly.)", null);
+  }
+  const invalid = validateOpenai(body);
+  if (invalid) {
+    const eo = openaiErrorObject(variant, 400, invalid.msg, null, invalid.code);
+    if ('param' in eo) eo.param = invalid.param;
+    ctx.finish('error_status');
+    return sendJson(ctx.res, 400, { 'x-request-id': ctx.entry.id }, { error: eo }, false);
+  }
+  commitScenario(ctx, r);
+  const sc = sc0;
+
+  if (sc.header_delay_ms && !(await ctx.sleep(sc.header_delay_ms))) return;
+  if (sc.body !== undefined) return rawError(ctx, sc);
+  if (sc.status !== undefined && sc.status >= 400) {
+    return openaiError(ctx, variant, sc.status, sc.error_message ?? OPENAI_MESSAGES[sc.status] ?? 'Error', sc, sc.status === 429 ? 'rate_limit_exceeded' : null);
+  }
+
+  const reply = replyText(sc, r.echoed);
+  const deltas = toDeltas(reply);
+  const promptTokens = Math.ceil(promptChars(body, 'messages') / 4);
+  const completionTokens = deltas.length;
+  let usage;
+  if (variant === 'ollama') usage = { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  else if (variant === 'openai') {
+    usage = {
+      prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens,
+      prompt_tokens_details: { cached_tokens: 0 }, completion_tokens_details: { reasoning_tokens: 0 },
+    };
+  } else usage = { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  if (sc.usage) Object.assign(usage, sc.usage);
+  const plan = {
+    id: 'chatcmpl-' + randomId('').slice(0, 24),
+    created: Math.floor(Date.now() / 1000),
+    model: body.model,
+    reply,
+    deltas,
+    usage,
+    finish: sc.finish_reason ?? (sc.stop_reason ? FINISH_FROM_STOP[sc.stop_reason] ?? sc.stop_reason : 'stop'),
+    variant,
+    pad: sc.pad_json === true,
+  };
+  if (body.stream === true) return openaiStream(ctx, sc, plan, body);
+  return openaiJson(ctx, sc, plan);
+}
+
+function openaiBase(plan, object) {
+  const o = { id: plan.id, object, created: plan.created, model: plan.model };
+  switch (plan.variant) {
+    case 'openai': o.service_tier = 'default'; o.system_fingerprint = 'fp_fake0001'; break;
+    case 'groq': o.system_fingerprint = 'fp_fake0001'; break;
+    case 'ollama': o.system_fingerprint = 'fp_ollama'; break;
+    case 'llamacpp': o.system_fingerprint = 'b0000-fake'; break;
+    default: break;
+  }
+  return o;
+}
+
+function groqUsage(u) {
+  return {
+    queue_time: 0.01, prompt_tokens: u.prompt_tokens, prompt_time: 0.001, completion_tokens: u.completion_tokens,
+    completion_time: 0.01, total_tokens: u.total_tokens, total_time: 0.011,
+  };
+}
+
+function llamacppTimings(u) {
+  return { prompt_n: u.prompt_tokens, prompt_ms: 1, predicted_n: u.completion_tokens, predicted_ms: 1 };
+}
+
+async function openaiJson(ctx, sc, plan) {
+  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, plan.deltas.length - 1);
+  if (delay && !(await ctx.sleep(delay))) return;
+  const fault = sc.fault;
+  if (fault === 'reset') return ctx.reset('fault:reset');
+  if (fault === 'stall') return ctx.stall(sc.stall_ms ?? 0, 'fault:stall');
+  const o = openaiBase(plan, 'chat.completion');
+  const message = { role: 'assistant', content: plan.reply };
+  if (plan.variant === 'openai') message.refusal = null;
+  const choice = { index: 0, message };
+  if (plan.variant !== 'vllm') choice.logprobs = null;
+  choice.finish_reason = plan.finish;
+  o.choices = [choice];
+  o.usage = plan.usage;
+  if (plan.variant === 'groq') o.x_groq = { id: ctx.entry.id };
+  if (plan.variant === 'llamacpp') o.timings = llamacppTimings(plan.usage);
+  const headers = extraHeaders(sc, { 'x-request-id': ctx.entry.id });
+  if (fault === 'malformed' || fault === 'truncate') {
+    const full = JSON.stringify(o);
+    const sent = fault === 'malformed' ? full.slice(0, -7) + ',"oops":' : full.slice(0, full.length >> 1);
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = Buffer.byteLength(fault === 'malformed' ? sent : full);
+    ctx.res.writeHead(200, headers);
+    if (fault === 'malformed') {
+      ctx.finish('fault:malformed');
+      return ctx.res.end(sent);
+    }
+    ctx.res.write(sent);
+    return ctx.reset('fault:truncate', true);
+  }
+  ctx.finish(fault ? `fault:${fault}` : 'completed');
+  sendJson(ctx.res, 200, headers, o, plan.pad);
+}
+
+async function openaiStream(ctx, sc, plan, body) {
+  const { res } = ctx;
+  const fault = sc.fault;
+  const after = sc.after ?? 0;
+  const variant = plan.variant;
+  ctx.eol = sc.line_ending === 'crlf' ? '\r\n' : sc.line_ending === 'cr' ? '\r' : '\n';
+  ctx.split = sc.split === true;
+  ctx.splitDelay = sc.split_delay_ms ?? 1;
+  const includeUsage = isObj(body.stream_options) && body.stream_options.include_usage === true;
+  const obfuscation = variant === 'openai' && !(isObj(body.stream_options) && body.stream_options.include_obfuscation === false);
+  const pingEvery = sc.ping === true ? 1 : typeof sc.ping === 'number' ? sc.ping : 0;
+  const pad = plan.pad;
+
+  res.socket?.setNoDelay(true);
+  res.writeHead(200, extraHeaders(sc, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    'x-request-id': ctx.entry.id,
+  }));
+  res.flushHeaders();
+
+  const chunk = (choices, extra) => {
+    const o = openaiBase(plan, 'chat.completion.chunk');
+    o.choices = choices;
+    if (includeUsage && variant === 'openai') o.usage = null;
+    if (extra) Object.assign(o, extra);
+    if (obfuscation) o.obfuscation = 'x'.repeat(1 + (plan.id.length % 7));
+    let json = JSON.stringify(o);
+    if (pad) json = padJson(json);
+    return `data: ${json}\n\n`;
+  };
+  const choice = (delta, finish) => {
+    const c = { index: 0, delta };
+    if (variant !== 'vllm') c.logprobs = null;
+    if (finish !== null || variant !== 'vllm') c.finish_reason = finish;
+    return c;
+  };
+
+  const firstDelta = { role: 'assistant', content: '' };
+  if (variant === 'openai') firstDelta.refusal = null;
+  if (!(await ctx.write(chunk([choice(firstDelta, null)], variant === 'groq' ? { x_groq: { id: ctx.entry.id } } : null)))) return;
+  if (sc.ttft_ms && !(await ctx.sleep(sc.ttft_ms))) return;
+
+  const n = plan.deltas.length;
+  let faultFired = false;
+  const fire = async () => {
+    faultFired = true;
+    switch (fault) {
+      case 'midstream_error': {
+        const status = 500;
+        const message = sc.error_message ?? OPENAI_MESSAGES[500];
+        if (variant === 'ollama') {
+          // Ollama's OpenAI middleware loses the error text: an empty-delta chunk, then EOF.
+          await ctx.write(chunk([choice({ role: 'assistant', content: '' }, null)]));
+        } else {
+          const err = openaiErrorObject(variant, status, message, sc.error_type ?? (variant === 'openai' || variant === 'groq' ? 'server_error' : undefined), null);
+          await ctx.write(`data: ${JSON.stringify({ error: err })}\n\n`);
+          if (variant === 'vllm') await ctx.write('data: [DONE]\n\n');
+        }
+        ctx.finish('fault:midstream_error');
+        res.end();
+        return true;
+      }
+      case 'reset':
+        ctx.reset('fault:reset');
+        return true;
+      case 'stall':
+        await ctx.stall(sc.stall_ms ?? 0, 'fault:stall');
+        return true;
+      case 'truncate':
+        ctx.finish('fault:truncate');
+        res.end();
+        return true;
+      case 'malformed':
+        await ctx.write(`data: {"id":"${plan.id}","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"oops\n\n`);
+        return ctx.closed;
+      default:
+        return false; // data_only: every OpenAI stream is data-only already
+    }
+  };
+  const positional = fault && fault !== 'data_only';
+
+  for (let i = 0; i < n; i++) {
+    if (positional && !faultFired && i === after && (await fire())) return;
+    if (i > 0 && sc.gap_ms && !(await ctx.sleep(sc.gap_ms))) return;
+    if (!(await ctx.write(chunk([choice({ content: plan.deltas[i] }, null)])))) return;
+    if (pingEvery && (i + 1) % pingEvery === 0 && !(await ctx.write(': ping\n\n'))) return;
+  }
+  if (positional && !faultFired && (await fire())) return;
+
+  let finishExtra = null;
+  if (variant === 'groq') finishExtra = { x_groq: { id: ctx.entry.id, usage: groqUsage(plan.usage) } };
+  if (variant === 'llamacpp') finishExtra = { timings: llamacppTimings(plan.usage) };
+  if (!(await ctx.write(chunk([choice({}, plan.finish)], finishExtra)))) return;
+  if (includeUsage) {
+    const extra = { usage: plan.usage };
+    if (!(await ctx.write(chunk([], extra)))) return;
+  }
+  if (!(await ctx.write('data: [DONE]\n\n'))) return;
+  ctx.finish(fault ? `fault:${fault}` : 'completed');
+  res.end();
+}
+
+// ---------------------------------------------------------------------------
+// Control API
+
+function control(req, res, rawBody, path, query) {
+  const reply = (status, obj) => sendJson(res, status, {}, obj, false);
+  if (req.method === 'POST' && path === '/_fake/script') {
+    let body;
+    try {
+      body = JSON.parse(rawBody ?? '');
+    } catch {
+      return reply(400, { error: 'body is not valid JSON' });
+    }
+    if (!isObj(body)) return reply(400, { error: 'body must be an object' });
+    const def = body.default ?? null;
+    const queue = body.queue ?? [];
+    if (def !== null) {
+      const bad = checkScenario(def);
+      if (bad) return reply(400, { error: `default: ${bad}` });
+    }
+    if (!Array.isArray(queue)) return reply(400, { error: 'queue must be an array' });
+    for (let i = 0; i < queue.length; i++) {
+      const bad = checkScenario(queue[i]);
+      if (bad) return reply(400, { error: `queue[${i}]: ${bad}` });
+    }
+    state.script = { default: def, queue: queue.slice() };
+    return reply(200, { ok: true });
+  }
+  if (req.method === 'POST' && path === '/_fake/reset') {
+    state.script = { default: null, queue: [] };
+    state.log = new Array(OPTS.logMax);
+    state.logStart = 0;
+    state.logLen = 0;
+    state.total = 0;
+    state.clientClosed = 0;
+    return reply(200, { ok: true });
+  }
+  if (req.method === 'GET' && path === '/_fake/requests') {
+    const limit = query.has('limit') ? Math.max(0, Number(query.get('limit')) || 0) : Infinity;
+    return reply(200, { requests: logList(limit) });
+  }
+  if (req.method === 'GET' && path === '/_fake/stats') {
+    return reply(200, { requests: state.total, client_closed: state.clientClosed, active: state.active, queued: state.script.queue.length });
+  }
+  return reply(404, { error: `no control endpoint ${req.method} ${path}` });
+}
+
+// ---------------------------------------------------------------------------
+// Server
+
+async function onRequest(req, res) {
+  const received = nowMs();
+  const qi = req.url.indexOf('?');
+  const path = qi < 0 ? req.url : req.url.slice(0, qi);
+
+  if (path.startsWith('/_fake/')) {
+    const raw = req.method === 'POST' ? await readBody(req, MAX_BODY) : null;
+    return control(req, res, raw, path, new URLSearchParams(qi < 0 ? '' : req.url.slice(qi + 1)));
+  }
+
+  const isOpenai = path === '/v1/chat/completions';
+  const entry = {
+    id: randomId('req_'),
+    method: req.method,
+    path,
+    headers: req.headers,
+    body: null,
+    received_at_ms: received,
+    scenario: null,
+    outcome: null,
+    finished_at_ms: null,
+  };
+  state.total++;
+  logPush(entry);
+  const ctx = new Ctx(req, res, entry);
+  const raw = await readBody(req, MAX_BODY);
+  if (ctx.closed) return;
+  if (entry.body === null && raw !== null) entry.body = raw;
+
+  try {
+    if (req.method === 'POST' && path === '/v1/messages') return await handleAnthropic(ctx, raw);
+    if (req.method === 'POST' && path === '/v1/messages/count_tokens') return handleCountTokens(ctx, raw);
+    if (req.method === 'POST' && isOpenai) return await handleOpenai(ctx, raw);
+    if (path === '/v1/messages' || path === '/v1/messages/count_tokens') {
+      return anthropicError(ctx, 405, 'invalid_request_error', `Method ${req.method} not allowed`, null);
+    }
+    if (isOpenai) return openaiError(ctx, 'openai', 405, `Method ${req.method} not allowed`, null);
+    return anthropicError(ctx, 404, 'not_found_error', `Not found: ${req.method} ${path}`, null);
+  } catch (e) {
+    process.stderr.write(`fake_llm: internal error: ${e && e.stack ? e.stack : e}\n`);
+    if (!res.headersSent) return anthropicError(ctx, 500, 'api_error', 'fake_llm internal error', null);
+    ctx.finish('internal_error');
+    res.destroy();
+  }
+}
+
+const server = http.createServer({ noDelay: true, keepAlive: true }, (req, res) => {
+  onRequest(req, res).catch((e) => {
+    process.stderr.write(`fake_llm: ${e && e.stack ? e.stack : e}\n`);
+    res.destroy();
+  });
+});
+// Long idle keep-alive so a client's pooled connection is not closed under it mid-benchmark.
+server.keepAliveTimeout = 65_000;
+server.headersTimeout = 70_000;
+server.requestTimeout = 0;
+
+server.listen(OPTS.port, OPTS.host, () => {
+  process.stdout.write(`LISTENING ${server.address().port}\n`);
+});
+
+function shutdown() {
+  server.close();
+  server.closeAllConnections();
+  process.exit(0);
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
