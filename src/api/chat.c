@@ -170,6 +170,8 @@ static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body
 
     if (!opt_string(b->root, "system_prompt", &b->system_prompt, errors) && !*v1msg)
         snprintf(v1msg, sizeof v1msg, "system_prompt must be a string");
+    if (b->system_prompt && !*b->system_prompt)
+        b->system_prompt = NULL; /* the template's `system_prompt or DEFAULT` */
     if (f == API_V1) {
         if (!opt_string(b->root, "model", &b->model, errors) && !*v1msg)
             snprintf(v1msg, sizeof v1msg, "model must be a string");

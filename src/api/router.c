@@ -68,7 +68,10 @@ static int split_path(char *copy, char **seg)
     return n;
 }
 
-/* Matches path segments against a pattern; on success fills params (heap, decoded). */
+/* Matches path segments against a pattern; on success fills params (heap,
+ * decoded). A decoded segment with a NUL byte cannot be a valid id: it is
+ * replaced by a string that fails every id check ("\x01"), so the handler
+ * answers with its usual validation error. */
 static bool match(const char *pattern, char **pseg, int np, char **params)
 {
     char *pcopy = chat_xstrdup(pattern);
@@ -82,7 +85,13 @@ static bool match(const char *pattern, char **pseg, int np, char **params)
                 ok = false;
                 break;
             }
-            params[k++] = evhttp_uridecode(pseg[i], 0, NULL);
+            size_t dlen = 0;
+            char *dec = evhttp_uridecode(pseg[i], 0, &dlen);
+            if (dec && strlen(dec) != dlen) {
+                free(dec);
+                dec = chat_xstrdup("\x01");
+            }
+            params[k++] = dec;
         } else if (strcmp(rseg[i], pseg[i]) != 0) {
             ok = false;
         }
@@ -125,7 +134,13 @@ void api_dispatch(http_req *r, void *ctx)
             continue;
         unsigned methods = routes[i].methods | ((routes[i].methods & HTTP_GET) ? HTTP_HEAD : 0);
         if (methods & m) {
-            routes[i].handler(r, w, params);
+            if (params[0]) /* every {} route is about one session */
+                http_req_log_set(r, "session", json_string(params[0]));
+            if (http_req_body_too_large(r))
+                api_error(r, routes[i].flavor, 413, "request_too_large",
+                          "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->app->cfg->max_body_bytes);
+            else
+                routes[i].handler(r, w, params);
             for (int k = 0; params[k]; k++)
                 free(params[k]);
             free(copy);

@@ -75,7 +75,6 @@ void api_seed_history_get(http_req *r, chat_worker *w, char **params)
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, json_pack("{s:s,s:s}", "role", msgs[i].role, "content", msgs[i].content));
-    http_req_log_set(r, "session", json_string(id));
     http_reply_json(r, 200, json_pack("{s:s,s:o,s:I}", "session_id", id, "messages", arr, "turn_count",
                                       (json_int_t)s.turn_count));
     store_messages_free(msgs, n);
@@ -92,7 +91,6 @@ void api_seed_history_delete(http_req *r, chat_worker *w, char **params)
         db_error(r, API_SEED);
         return;
     }
-    http_req_log_set(r, "session", json_string(id));
     http_reply_json(r, 200, json_pack("{s:s,s:s}", "status", rc == CHAT_OK ? "cleared" : "not_found",
                                       "session_id", id));
 }
@@ -145,7 +143,6 @@ void api_seed_reset(http_req *r, chat_worker *w, char **params)
         db_error(r, API_SEED);
         return;
     }
-    http_req_log_set(r, "session", json_string(id));
     http_reply_json(r, 200, json_pack("{s:s,s:s,s:I}", "status", "reset", "session_id", id,
                                       "previous_turns", (json_int_t)prev));
 }
@@ -228,7 +225,6 @@ void api_v1_session_delete(http_req *r, chat_worker *w, char **params)
         db_error(r, API_V1);
         return;
     }
-    http_req_log_set(r, "session", json_string(id));
     http_reply(r, 204, NULL, NULL, 0);
 }
 

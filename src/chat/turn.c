@@ -153,8 +153,15 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
         set_error(err, 502, "provider_error", "the provider's response could not be read: %s", pmsg);
         return;
     case LLM_ERR_RETRY_AFTER:
-        set_error(err, 503, "provider_unavailable",
-                  "the provider asked to retry later (HTTP %d), after longer than RETRY_MAX_WAIT", s);
+        /* The provider asked for a longer wait than we hold a request for: pass
+         * the hint on instead of hanging (429 stays 429, anything else is 503). */
+        if (s == 429)
+            set_error(err, 429, "rate_limit_error",
+                      "the provider rate limit was reached and it asks to retry after longer than RETRY_MAX_WAIT: %s",
+                      pmsg);
+        else
+            set_error(err, 503, "provider_overloaded",
+                      "the provider is unavailable (HTTP %d) and asks to retry after longer than RETRY_MAX_WAIT", s);
         err->retry_after_s = res->retry_after_ms > 0 ? (res->retry_after_ms + 999) / 1000 : 1;
         return;
     }

@@ -61,7 +61,7 @@ struct http_req {
     bool want_drain;                 /* a write reported "full": call on_drain when the queue empties */
     int status;
     http_method method;
-    char id[64];
+    char id[132];                    /* ours, or the client's X-Request-Id (<= 128 chars) */
     char *path;
     char *body;
     size_t body_len;
@@ -215,6 +215,11 @@ static void access_log(http_req *r)
     json_object_set_new(f, "status", json_integer(r->status));
     json_object_set_new(f, "duration_ms", json_integer(chat_mono_ms() - r->start_mono));
     json_object_set_new(f, "peer", json_string(r->peer));
+    /* Every line has the same keys; fields that do not apply are null. */
+    static const char *const optional[] = {"session", "provider_ms", "tokens"};
+    for (size_t i = 0; i < sizeof optional / sizeof optional[0]; i++)
+        if (!json_object_get(f, optional[i]))
+            json_object_set_new(f, optional[i], json_null());
     chat_log(LOG_INFO, "request", f);
 }
 
@@ -312,6 +317,7 @@ const char *http_req_path(const http_req *r) { return r->path; }
 const char *http_req_id(const http_req *r) { return r->id; }
 const char *http_req_peer(const http_req *r) { return r->peer; }
 bool http_req_closed(const http_req *r) { return r->client_gone; }
+bool http_req_body_too_large(const http_req *r) { return r->body_len > r->srv->lim.max_body_bytes; }
 bool http_req_responded(const http_req *r) { return r->streaming || r->ended; }
 
 const char *http_req_query(http_req *r, const char *name)
@@ -489,7 +495,13 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
     if (!s->http)
         goto fail;
     evhttp_set_max_headers_size(s->http, (ev_ssize_t)lim->max_header_bytes);
-    evhttp_set_max_body_size(s->http, (ev_ssize_t)lim->max_body_bytes);
+    /* evhttp answers an oversized body itself, with an HTML page. It gets a
+     * higher limit than ours so that the usual case (a body somewhat too large)
+     * reaches the handlers, which answer 413 in the API's JSON shape; evhttp's
+     * own 413 remains the hard memory bound. */
+    size_t hard = lim->max_body_bytes * 2 > lim->max_body_bytes + 65536 ? lim->max_body_bytes * 2
+                                                                         : lim->max_body_bytes + 65536;
+    evhttp_set_max_body_size(s->http, (ev_ssize_t)hard);
     evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);

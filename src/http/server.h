@@ -49,7 +49,7 @@ typedef enum {
 
 typedef struct http_limits {
     size_t max_header_bytes;
-    size_t max_body_bytes;
+    size_t max_body_bytes;       /* larger bodies: http_req_body_too_large() is true (evhttp itself cuts at 2x) */
     int64_t idle_timeout_ms;
     int64_t header_timeout_ms;
     size_t stream_buffer_bytes;  /* client output queue above which http_stream_write reports "full" */
@@ -98,6 +98,8 @@ const char *http_req_id(const http_req *r);
 /* The peer address as text. */
 const char *http_req_peer(const http_req *r);
 bool http_req_closed(const http_req *r);
+/* True when the body is larger than max_body_bytes (the handler must answer 413). */
+bool http_req_body_too_large(const http_req *r);
 
 /* Adds a field to this request's access-log line (reference stolen). */
 void http_req_log_set(http_req *r, const char *key, json_t *value);

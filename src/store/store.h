@@ -138,7 +138,8 @@ typedef struct store_turn_result {
  */
 chat_rc store_open(const char *url, store **out, char *err, size_t errlen) CHAT_MUST_CHECK;
 
-/* Closes the handle (finalizes statements, checkpoints nothing). Accepts NULL. */
+/* Closes the handle (finalizes statements; with SQLite the last connection to a
+ * file also checkpoints its WAL). Accepts NULL. */
 void store_close(store *s);
 
 /* The schema version after migrations (for /readyz and `chatd migrate`). */

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything chatd needs to build, run and test on Debian 12:
+# apt packages (compiler, libraries, test tools) and the npm packages of the
+# test tooling (package-lock.json, exact versions). Idempotent; skips apt when
+# every package is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config
+  libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
+  libcmocka-dev
+  python3 python3-pytest python3-httpx
+  nodejs npm
+  wrk
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ -f package-lock.json ]; then
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "deps: npm ci"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+fi

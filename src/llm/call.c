@@ -1,0 +1,1204 @@
+/*
+ * call.c: one LLM call, whatever the provider (contract in provider.h).
+ *
+ * How it works. A call owns one curl easy handle, reused for every attempt,
+ * and three libevent events:
+ * - kick_ev, activated by hand, runs deferred work on the next loop turn:
+ *   starting the first attempt (so no callback can run inside
+ *   llm_call_start), resuming a paused transfer, and a cancel requested from
+ *   inside a callback (curl must not be called from its own callbacks);
+ * - deadline_ev, one timer for every deadline of the call: the total deadline
+ *   and the current attempt's first-byte or idle deadline. It is re-armed
+ *   lazily: receiving bytes only records the time, and when the timer fires
+ *   it either ends the attempt or re-arms itself for the next deadline;
+ * - retry_ev, the backoff wait between two attempts.
+ *
+ * Bytes arrive in header_cb (status line and the few headers we use) and
+ * write_cb. At the first body byte the attempt picks a mode: a 2xx streaming
+ * reply goes through the SSE parser into the provider's on_sse_event; a 2xx
+ * non-streaming reply and an error reply are buffered (bounded) and parsed
+ * when the transfer ends. Failures found inside curl callbacks are only
+ * recorded (the callback returns 0 so curl aborts the transfer); the outcome
+ * is decided in the loop when the transport reports the transfer done
+ * (llm__call_transfer_done), and only then do retries or on_done happen.
+ *
+ * Pause. When on_delta returns LLM_PAUSE, the rest of the current piece is
+ * still parsed (so no byte is ever parsed twice), the text it yields is kept
+ * in `pending`, and write_cb returns CURL_WRITEFUNC_PAUSE. curl then keeps that
+ * piece and hands it to us again after curl_easy_pause(CURLPAUSE_CONT): we
+ * skip that many bytes (`skip`). llm_call_resume defers to kick_ev, which
+ * first delivers `pending`, then unpauses curl.
+ *
+ * Reentrancy. `depth` counts the curl callbacks and user callbacks we are
+ * inside; llm_call_cancel with depth > 0 only marks the call cancelled and
+ * lets kick_ev free it, and every path checks `cancelled` after a user
+ * callback returns.
+ */
+#define _GNU_SOURCE
+#include <event2/event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/alloc.h"
+#include "core/util.h"
+#include "llm/call_internal.h"
+#include "llm/provider.h"
+#include "llm/sse.h"
+
+/* Longest value kept from one captured response header. */
+#define HDR_MAX 256
+/* Cap on a buffered error body (the message excerpt only needs the start). */
+#define ERROR_BODY_MAX (64 * 1024)
+/* Cap on an error message taken from a provider error body. */
+#define ERROR_MESSAGE_MAX 1024
+/* The longest backoff wait, as in the official SDKs (A8). */
+#define BACKOFF_CAP_MS 8000
+
+enum { KICK_START = 1, KICK_RESUME = 2, KICK_CANCEL = 4 };
+
+typedef enum { MODE_NONE = 0, MODE_SSE, MODE_JSON, MODE_ERROR } body_mode;
+
+/* What one attempt received. Reset before each attempt. */
+typedef struct attempt {
+    int status;               /* HTTP status of the last response head seen, 0 before any */
+    bool got_byte;            /* any response byte (header or body) arrived */
+    char *content_type;       /* heap copies of captured headers, NULL if absent */
+    char *request_id;
+    char *retry_after_ms;
+    char *retry_after;
+    int should_retry;         /* x-should-retry: 1 true, 0 false, -1 absent */
+    body_mode mode;           /* chosen at the first body byte */
+    char *body;               /* buffered JSON or error body (MODE_JSON / MODE_ERROR) */
+    size_t body_len, body_cap;
+    sse_parser *sse;          /* MODE_SSE */
+    size_t skip;              /* bytes at the head of the next deliveries already parsed (pause) */
+} attempt;
+
+/* The outcome of an attempt or of the call. Strings are heap. */
+typedef struct outcome {
+    llm_status status;
+    char *type;
+    char *message;
+    bool retryable;
+} outcome;
+
+struct llm_call {
+    llm_link link;                /* in the transport's list of live calls */
+    llm_transport *t;             /* the transport; outlives the call */
+    const llm_provider *p;        /* borrowed, outlives the call (provider.h) */
+    const llm_provider_ops *ops;  /* p->kind's wire format */
+    llm_callbacks cbs;            /* copied from llm_call_start */
+    void *ud;                     /* passed to the callbacks unchanged */
+    bool stream;                  /* streaming request */
+    char *body;                   /* request body (kept: CURLOPT_POSTFIELDS does not copy) */
+    struct curl_slist *headers;   /* request headers (contain the API key: never logged) */
+    CURL *easy;                   /* reused for every attempt */
+    char errbuf[CURL_ERROR_SIZE]; /* curl's detail for the last failure */
+    struct event *kick_ev;        /* deferred work, see the file comment */
+    struct event *deadline_ev;    /* total / first-byte / idle deadline timer */
+    struct event *retry_ev;       /* backoff wait */
+    unsigned kick;                /* KICK_* bits pending on kick_ev */
+    int depth;                    /* curl or user callbacks we are inside (cancel defers when > 0) */
+    bool cancelled;               /* llm_call_cancel was called: no callback any more */
+    bool finishing;               /* inside on_done: the call is freed right after */
+    bool in_multi;                /* easy is added to the multi handle */
+    bool paused;                  /* on_delta asked to pause and llm_call_resume has not run yet */
+    bool curl_paused;             /* write_cb returned CURL_WRITEFUNC_PAUSE and curl was not unpaused */
+    bool done_while_paused;       /* the transfer ended while pending text waits for resume */
+    CURLcode done_rc;             /* with done_while_paused: the transfer's result */
+    bool delivered;               /* some text reached on_delta: no retry from now on */
+    int attempts;                 /* attempts started */
+    int64_t start_ms;             /* llm_call_start, monotonic */
+    int64_t total_deadline_ms;    /* start_ms + total_timeout_ms */
+    int64_t attempt_start_ms;     /* current attempt started */
+    int64_t last_byte_ms;         /* last response byte (or resume) of the current attempt */
+    int64_t ttfb_ms;              /* current attempt's time to first byte, -1 before it */
+    char *text;                   /* reply text so far, NUL-terminated, at most max_response_bytes */
+    size_t text_len, text_cap;
+    char *pending;                /* text parsed after a pause, delivered on resume (a suffix of text) */
+    size_t pending_len, pending_cap;
+    attempt a;                    /* the current attempt */
+    llm_parse ps;                 /* what the provider parser found in the current attempt */
+    int last_status;              /* last HTTP status seen over all attempts */
+    int64_t last_retry_after_ms;  /* hint of the last response that had one, -1 if none */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers shared with the providers                                   */
+
+void llm_parse_init(llm_parse *st, llm_emit_fn emit, void *emit_ud)
+{
+    memset(st, 0, sizeof *st);
+    st->emit = emit;
+    st->emit_ud = emit_ud;
+    st->usage.input_tokens = st->usage.output_tokens = -1;
+    st->usage.cache_read_tokens = st->usage.cache_write_tokens = -1;
+    st->block_index = -1;
+    st->err = LLM_OK;
+}
+
+void llm_parse_reset(llm_parse *st)
+{
+    free(st->model);
+    free(st->stop_reason);
+    free(st->err_type);
+    free(st->err_message);
+    llm_parse_init(st, st->emit, st->emit_ud);
+}
+
+void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const char *fmt, ...)
+{
+    if (st->err != LLM_OK)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0) {
+        fprintf(stderr, "chatd: out of memory formatting an error, aborting\n");
+        abort();
+    }
+    va_end(ap);
+    st->err = status;
+    st->err_type = chat_xstrdup(type);
+    st->err_message = msg;
+}
+
+void llm_error_info_free(llm_error_info *e)
+{
+    if (!e)
+        return;
+    free(e->type);
+    free(e->message);
+    e->type = e->message = NULL;
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    if (s[0] < 0x80)
+        return 1;
+    size_t len;
+    unsigned min;
+    unsigned cp;
+    if ((s[0] & 0xE0) == 0xC0) {
+        len = 2, min = 0x80, cp = s[0] & 0x1F;
+    } else if ((s[0] & 0xF0) == 0xE0) {
+        len = 3, min = 0x800, cp = s[0] & 0x0F;
+    } else if ((s[0] & 0xF8) == 0xF0) {
+        len = 4, min = 0x10000, cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+char *llm_strndup_utf8(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n <= max)
+        return chat_xstrndup(s, n);
+    /* Back off to the start of the sequence that would be cut. */
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80)
+        max--;
+    return chat_xstrndup(s, max);
+}
+
+char *llm_excerpt(const char *body, size_t len, size_t max)
+{
+    const unsigned char *s = (const unsigned char *)body;
+    char *out = chat_xmalloc(max + 1);
+    size_t o = 0;
+    bool html = false, in_tag = false, space = false;
+    size_t i = 0;
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n'))
+        i++;
+    html = i < len && s[i] == '<';
+    while (i < len && o < max) {
+        unsigned char ch = s[i];
+        if (html && ch == '<') {
+            in_tag = true;
+            i++;
+            continue;
+        }
+        if (in_tag) {
+            if (ch == '>') {
+                in_tag = false;
+                space = o > 0; /* a tag separates words */
+            }
+            i++;
+            continue;
+        }
+        if (ch < 0x20 || ch == 0x7F || ch == ' ') {
+            space = o > 0;
+            i++;
+            continue;
+        }
+        size_t sl = utf8_seq(s + i, len - i);
+        size_t need = (sl ? sl : 1) + (space ? 1 : 0);
+        if (o + need > max)
+            break;
+        if (space) {
+            out[o++] = ' ';
+            space = false;
+        }
+        if (sl == 0) {
+            out[o++] = '?';
+            i++;
+        } else {
+            memcpy(out + o, s + i, sl);
+            o += sl;
+            i += sl;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+int64_t llm_retry_after_ms(const char *retry_after_ms, const char *retry_after, time_t now_unix)
+{
+    if (retry_after_ms && *retry_after_ms) {
+        char *end = NULL;
+        double v = strtod(retry_after_ms, &end);
+        while (end && (*end == ' ' || *end == '\t'))
+            end++;
+        if (end != retry_after_ms && end && *end == '\0' && v >= 0 && v < 1e12)
+            return (int64_t)v;
+    }
+    if (retry_after && *retry_after) {
+        char *end = NULL;
+        double v = strtod(retry_after, &end);
+        while (end && (*end == ' ' || *end == '\t'))
+            end++;
+        if (end != retry_after && end && *end == '\0') {
+            if (v >= 0 && v < 1e9)
+                return (int64_t)(v * 1000.0);
+            return -1;
+        }
+        time_t when = curl_getdate(retry_after, NULL);
+        if (when != (time_t)-1) {
+            if (when <= now_unix)
+                return 0;
+            return (int64_t)(when - now_unix) * 1000;
+        }
+    }
+    return -1;
+}
+
+const char *llm_error_type_for_status(int s)
+{
+    switch (s) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 402: return "billing_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 408: return "timeout_error";
+    case 409: return "conflict_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    case 504: return "timeout_error";
+    case 529: return "overloaded_error";
+    default: break;
+    }
+    if (s >= 400 && s < 500)
+        return "invalid_request_error";
+    return "api_error";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Provider selection                                                         */
+
+/* The wire format of a provider kind, NULL if not built in. openai.c adds its case here. */
+static const llm_provider_ops *ops_for(llm_provider_kind kind)
+{
+    switch (kind) {
+    case LLM_PROVIDER_ANTHROPIC: return &llm_anthropic_ops;
+    default: return NULL;
+    }
+}
+
+char *llm_build_body(const llm_provider *p, const llm_request *req)
+{
+    if (!p || !req)
+        return NULL;
+    const llm_provider_ops *ops = ops_for(p->kind);
+    return ops ? ops->build_body(p, req) : NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Buffers                                                                    */
+
+/* Appends n bytes to a NUL-terminated growable buffer whose length may not exceed max. */
+static bool buf_append(char **b, size_t *len, size_t *cap, const char *s, size_t n, size_t max)
+{
+    if (n > max || *len > max - n)
+        return false;
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap : 256;
+        while (nc < *len + n + 1)
+            nc *= 2;
+        if (nc > max + 1)
+            nc = max + 1;
+        *b = chat_xrealloc(*b, nc);
+        *cap = nc;
+    }
+    memcpy(*b + *len, s, n);
+    *len += n;
+    (*b)[*len] = '\0';
+    return true;
+}
+
+static void outcome_free(outcome *o)
+{
+    free(o->type);
+    free(o->message);
+    o->type = o->message = NULL;
+}
+
+static void outcome_set(outcome *o, llm_status st, const char *type, bool retryable, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void outcome_set(outcome *o, llm_status st, const char *type, bool retryable, const char *fmt, ...)
+{
+    outcome_free(o);
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&o->message, fmt, ap) < 0) {
+        fprintf(stderr, "chatd: out of memory formatting an error, aborting\n");
+        abort();
+    }
+    va_end(ap);
+    o->status = st;
+    o->type = chat_xstrdup(type);
+    o->retryable = retryable;
+}
+
+/* Replaces every occurrence of the API key in s (heap) by "[redacted]". */
+static char *redact(char *s, const char *key)
+{
+    if (!s || !key)
+        return s;
+    size_t kl = strlen(key);
+    if (kl < 4)
+        return s; /* too short to be a key; replacing it would mangle ordinary text */
+    char *hit;
+    while ((hit = strstr(s, key)) != NULL) {
+        char *n = chat_xasprintf("%.*s[redacted]%s", (int)(hit - s), s, hit + kl);
+        free(s);
+        s = n;
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifetime                                                                   */
+
+llm_call *llm__call_of_link(llm_link *l)
+{
+    return (llm_call *)((char *)l - offsetof(llm_call, link));
+}
+
+static void attempt_reset(llm_call *c)
+{
+    attempt *a = &c->a;
+    free(a->content_type);
+    free(a->request_id);
+    free(a->retry_after_ms);
+    free(a->retry_after);
+    free(a->body);
+    sse_free(a->sse);
+    memset(a, 0, sizeof *a);
+    a->should_retry = -1;
+}
+
+static void detach(llm_call *c)
+{
+    if (c->in_multi) {
+        curl_multi_remove_handle(llm__transport_multi(c->t), c->easy);
+        c->in_multi = false;
+    }
+    c->curl_paused = false;
+}
+
+/* Frees the call. The transfer is aborted if still running (the connection
+ * closes, so the provider sees us leave). No callback runs. */
+static void destroy(llm_call *c)
+{
+    detach(c);
+    if (c->easy)
+        curl_easy_cleanup(c->easy);
+    event_free(c->kick_ev);
+    event_free(c->deadline_ev);
+    event_free(c->retry_ev);
+    attempt_reset(c);
+    sse_free(c->a.sse);
+    llm_parse_reset(&c->ps);
+    curl_slist_free_all(c->headers);
+    free(c->body);
+    free(c->text);
+    free(c->pending);
+    llm__transport_unlink(c->t, &c->link);
+    free(c);
+}
+
+static void kick(llm_call *c, unsigned what)
+{
+    c->kick |= what;
+    event_active(c->kick_ev, EV_TIMEOUT, 1);
+}
+
+void llm_call_cancel(llm_call *c)
+{
+    if (!c || c->finishing)
+        return; /* inside on_done the call is freed right after it returns */
+    c->cancelled = true;
+    if (c->depth > 0) {
+        /* Inside a curl callback (or one we dispatch): curl must not be called
+         * here, and our caller still holds c. Free it on the next loop turn;
+         * the callbacks see `cancelled` and stop the transfer meanwhile. */
+        kick(c, KICK_CANCEL);
+        return;
+    }
+    destroy(c);
+}
+
+/* Delivers the result and frees the call. Loop context only. */
+static void finish(llm_call *c, outcome *o)
+{
+    int64_t now = chat_mono_ms();
+    if (c->cancelled) {
+        outcome_free(o);
+        destroy(c);
+        return;
+    }
+    detach(c);
+    event_del(c->deadline_ev);
+    event_del(c->retry_ev);
+
+    llm_result r;
+    memset(&r, 0, sizeof r);
+    r.status = o->status;
+    r.http_status = c->last_status;
+    if (o->status != LLM_OK) {
+        o->type = redact(o->type, c->p->api_key);
+        o->message = redact(o->message, c->p->api_key);
+        r.error_type = o->type;
+        r.error_message = o->message;
+    }
+    r.retry_after_ms = c->last_retry_after_ms;
+    r.request_id = c->a.request_id;
+    if (!c->text)
+        c->text = chat_xstrdup("");
+    r.text = c->text;
+    r.text_len = c->text_len;
+    r.stop_reason = c->ps.stop_reason;
+    r.model = c->ps.model;
+    r.usage = c->ps.usage;
+    r.delivered = c->delivered;
+    r.attempts = c->attempts;
+    r.ttfb_ms = c->ttfb_ms;
+    r.duration_ms = now - c->start_ms;
+
+    c->finishing = true;
+    c->depth++;
+    c->cbs.on_done(c->ud, &r);
+    c->depth--;
+    outcome_free(o);
+    destroy(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Deadlines                                                                  */
+
+/* (Re)arms deadline_ev for the earliest deadline that can still pass. */
+static void arm_deadline(llm_call *c)
+{
+    int64_t now = chat_mono_ms();
+    int64_t next = c->total_deadline_ms;
+    if (c->in_multi) {
+        if (!c->stream || !c->a.got_byte) {
+            int64_t fb = c->attempt_start_ms + c->p->first_byte_timeout_ms;
+            if (fb < next)
+                next = fb;
+        } else if (!c->paused && !c->curl_paused) {
+            int64_t idle = c->last_byte_ms + c->p->idle_timeout_ms;
+            if (idle < next)
+                next = idle;
+        }
+    }
+    int64_t d = next - now;
+    if (d < 0)
+        d = 0;
+    struct timeval tv = {.tv_sec = (time_t)(d / 1000), .tv_usec = (suseconds_t)((d % 1000) * 1000)};
+    evtimer_add(c->deadline_ev, &tv);
+}
+
+static void handle_outcome(llm_call *c, outcome *o);
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    llm_call *c = arg;
+    int64_t now = chat_mono_ms();
+    outcome o = {0};
+
+    if (now >= c->total_deadline_ms) {
+        outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", false,
+                    "total deadline passed: no complete reply within total_timeout_ms=%lld ms",
+                    (long long)c->p->total_timeout_ms);
+    } else if (c->in_multi && !c->stream && now >= c->attempt_start_ms + c->p->first_byte_timeout_ms) {
+        outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", true,
+                    "first-byte deadline passed: no complete reply within first_byte_timeout_ms=%lld ms",
+                    (long long)c->p->first_byte_timeout_ms);
+    } else if (c->in_multi && c->stream && !c->a.got_byte &&
+               now >= c->attempt_start_ms + c->p->first_byte_timeout_ms) {
+        outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", true,
+                    "first-byte deadline passed: no response within first_byte_timeout_ms=%lld ms",
+                    (long long)c->p->first_byte_timeout_ms);
+    } else if (c->in_multi && c->stream && c->a.got_byte && !c->paused && !c->curl_paused &&
+               now >= c->last_byte_ms + c->p->idle_timeout_ms) {
+        outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", true,
+                    "idle deadline passed: the provider sent nothing for idle_timeout_ms=%lld ms",
+                    (long long)c->p->idle_timeout_ms);
+    } else {
+        arm_deadline(c);
+        return;
+    }
+    detach(c); /* aborts the transfer: the connection closes */
+    c->done_while_paused = false;
+    handle_outcome(c, &o);
+}
+
+/* ------------------------------------------------------------------------ */
+/* curl callbacks (record only; never call curl or finish from here)         */
+
+static void note_byte(llm_call *c)
+{
+    int64_t now = chat_mono_ms();
+    if (!c->a.got_byte) {
+        c->a.got_byte = true;
+        c->ttfb_ms = now - c->attempt_start_ms;
+    }
+    c->last_byte_ms = now;
+}
+
+/* Keeps a bounded copy of a header value (trimmed). */
+static void set_header(char **dst, const char *v, size_t n)
+{
+    while (n > 0 && (*v == ' ' || *v == '\t'))
+        v++, n--;
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r' || v[n - 1] == '\n'))
+        n--;
+    if (n > HDR_MAX)
+        n = HDR_MAX;
+    free(*dst);
+    *dst = chat_xstrndup(v, n);
+}
+
+static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud)
+{
+    llm_call *c = ud;
+    size_t len = size * nitems;
+    if (c->cancelled)
+        return 0;
+    note_byte(c);
+    attempt *a = &c->a;
+    if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
+        /* A new response head (after a 1xx, or the only one): forget the previous head. */
+        free(a->content_type);
+        free(a->request_id);
+        free(a->retry_after_ms);
+        free(a->retry_after);
+        a->content_type = a->request_id = a->retry_after_ms = a->retry_after = NULL;
+        a->should_retry = -1;
+        const char *sp = memchr(buf, ' ', len);
+        int status = 0;
+        if (sp) {
+            size_t i = (size_t)(sp - buf) + 1;
+            for (int k = 0; k < 3 && i < len && buf[i] >= '0' && buf[i] <= '9'; k++, i++)
+                status = status * 10 + (buf[i] - '0');
+        }
+        a->status = status;
+        return len;
+    }
+    const char *colon = memchr(buf, ':', len);
+    if (!colon)
+        return len;
+    size_t nl = (size_t)(colon - buf);
+    const char *v = colon + 1;
+    size_t vl = len - nl - 1;
+#define HDR_IS(name) (nl == sizeof(name) - 1 && strncasecmp(buf, name, nl) == 0)
+    if (HDR_IS("content-type"))
+        set_header(&a->content_type, v, vl);
+    else if (HDR_IS("request-id"))
+        set_header(&a->request_id, v, vl);
+    else if (HDR_IS("retry-after-ms"))
+        set_header(&a->retry_after_ms, v, vl);
+    else if (HDR_IS("retry-after"))
+        set_header(&a->retry_after, v, vl);
+    else if (HDR_IS("x-should-retry")) {
+        char *val = NULL;
+        set_header(&val, v, vl);
+        if (strcasecmp(val, "true") == 0)
+            a->should_retry = 1;
+        else if (strcasecmp(val, "false") == 0)
+            a->should_retry = 0;
+        free(val);
+    }
+#undef HDR_IS
+    return len;
+}
+
+/* Text from the provider parser: kept in c->text, and streamed to on_delta
+ * unless paused (then queued in pending for llm_call_resume). */
+static int emit_text(void *ud, const char *s, size_t n)
+{
+    llm_call *c = ud;
+    if (c->cancelled)
+        return 1;
+    if (n == 0)
+        return 0;
+    size_t max = c->p->max_response_bytes;
+    if (!buf_append(&c->text, &c->text_len, &c->text_cap, s, n, max)) {
+        llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
+                       "reply text exceeds max_response_bytes=%zu", max);
+        return 1;
+    }
+    if (!c->stream || !c->cbs.on_delta)
+        return 0;
+    if (c->paused) {
+        /* pending is a suffix of text, so text's cap bounds it too. */
+        (void)buf_append(&c->pending, &c->pending_len, &c->pending_cap, s, n, max);
+        return 0;
+    }
+    c->delivered = true;
+    int r = c->cbs.on_delta(c->ud, s, n);
+    if (c->cancelled)
+        return 1;
+    if (r == LLM_PAUSE)
+        c->paused = true;
+    return 0;
+}
+
+static int sse_event(void *ud, const char *type, size_t type_len, const char *data, size_t data_len)
+{
+    (void)type_len;
+    llm_call *c = ud;
+    if (c->cancelled)
+        return 1;
+    int r = c->ops->on_sse_event(&c->ps, type, data, data_len);
+    return (r || c->ps.err != LLM_OK || c->cancelled) ? 1 : 0;
+}
+
+static bool ctype_is(const char *ct, const char *what)
+{
+    size_t n = strlen(what);
+    return ct && strncasecmp(ct, what, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+static bool ctype_is_json(const char *ct)
+{
+    if (!ct)
+        return false;
+    if (ctype_is(ct, "application/json"))
+        return true;
+    /* application/<something>+json */
+    const char *semi = strchr(ct, ';');
+    size_t n = semi ? (size_t)(semi - ct) : strlen(ct);
+    while (n > 0 && ct[n - 1] == ' ')
+        n--;
+    return n >= 5 && strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+/* Chooses how the body of this response is read (first body byte). */
+static void choose_mode(llm_call *c)
+{
+    attempt *a = &c->a;
+    size_t max = c->p->max_response_bytes;
+    if (a->status < 200 || a->status > 299) {
+        a->mode = MODE_ERROR;
+        return;
+    }
+    if (c->stream) {
+        /* A missing content-type is tolerated; a different one is not an event stream. */
+        if (a->content_type && !ctype_is(a->content_type, "text/event-stream")) {
+            llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
+                           "expected text/event-stream, got content-type %s", a->content_type);
+            return;
+        }
+        a->mode = MODE_SSE;
+        a->sse = sse_new(max, max, sse_event, c);
+        return;
+    }
+    if (a->content_type && !ctype_is_json(a->content_type)) {
+        llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
+                       "expected application/json, got content-type %s", a->content_type);
+        return;
+    }
+    a->mode = MODE_JSON;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    llm_call *c = ud;
+    size_t len = size * nmemb;
+    if (c->cancelled || c->ps.err != LLM_OK)
+        return 0;
+    note_byte(c);
+    attempt *a = &c->a;
+    const char *p = ptr;
+    size_t n = len;
+    bool redelivery_while_paused = c->curl_paused; /* not expected from curl, handled anyway */
+    if (a->skip && !redelivery_while_paused) {
+        /* curl hands back what it kept when we paused: already parsed. */
+        size_t k = a->skip < n ? a->skip : n;
+        a->skip -= k;
+        p += k;
+        n -= k;
+        if (n == 0)
+            return len;
+    }
+    if (a->mode == MODE_NONE) {
+        choose_mode(c);
+        if (c->ps.err != LLM_OK)
+            return 0;
+    }
+
+    size_t ret = len;
+    c->depth++;
+    switch (a->mode) {
+    case MODE_SSE: {
+        chat_rc rc = sse_feed(a->sse, p, n);
+        if (c->cancelled) {
+            ret = 0;
+        } else if (rc == CHAT_ETOOBIG) {
+            llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
+                           "an SSE line or event exceeds max_response_bytes=%zu", c->p->max_response_bytes);
+            ret = 0;
+        } else if (rc != CHAT_OK || c->ps.err != LLM_OK) {
+            ret = 0;
+        } else if (c->paused) {
+            /* Everything in this piece is parsed; curl keeps it and delivers it
+             * again after unpausing, so skip it then. */
+            a->skip = redelivery_while_paused ? a->skip + len : len;
+            c->curl_paused = true;
+            ret = CURL_WRITEFUNC_PAUSE;
+        }
+        break;
+    }
+    case MODE_JSON:
+        if (!buf_append(&a->body, &a->body_len, &a->body_cap, p, n, c->p->max_response_bytes)) {
+            llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
+                           "response body exceeds max_response_bytes=%zu", c->p->max_response_bytes);
+            ret = 0;
+        }
+        break;
+    case MODE_ERROR: {
+        /* Only the start of an error body is useful: keep what fits, drop the rest. */
+        size_t cap = c->p->max_response_bytes < ERROR_BODY_MAX ? c->p->max_response_bytes : ERROR_BODY_MAX;
+        size_t room = cap - a->body_len;
+        (void)buf_append(&a->body, &a->body_len, &a->body_cap, p, n < room ? n : room, cap);
+        break;
+    }
+    case MODE_NONE:
+        break;
+    }
+    c->depth--;
+    return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Attempts and retries                                                       */
+
+static bool is_connect_error(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Short detail for a curl failure: curl's error buffer if filled, else its generic text. */
+static const char *curl_detail(llm_call *c, CURLcode rc)
+{
+    return c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+}
+
+/* Decides what an ended attempt means. */
+static void classify(llm_call *c, CURLcode rc, outcome *o)
+{
+    attempt *a = &c->a;
+    if (a->status)
+        c->last_status = a->status;
+    int64_t hint = llm_retry_after_ms(a->retry_after_ms, a->retry_after, time(NULL));
+    if (hint >= 0)
+        c->last_retry_after_ms = hint;
+
+    if (c->ps.err != LLM_OK) {
+        /* Found by the parser: an in-stream error event may be retried while
+         * nothing was delivered; a malformed or oversized reply may not. */
+        outcome_set(o, c->ps.err, c->ps.err_type, c->ps.err == LLM_ERR_STREAM, "%s", c->ps.err_message);
+        return;
+    }
+    bool ok2xx = a->status >= 200 && a->status <= 299;
+    if (a->status == 0 || (rc != CURLE_OK && !a->got_byte)) {
+        if (rc == CURLE_OPERATION_TIMEDOUT)
+            outcome_set(o, LLM_ERR_TIMEOUT, "timeout", true,
+                        "connect deadline passed: connect_timeout_ms=%lld ms (%s)",
+                        (long long)c->p->connect_timeout_ms, curl_detail(c, rc));
+        else if (is_connect_error(rc) || !a->got_byte)
+            outcome_set(o, LLM_ERR_CONNECT, "connection_error", true, "cannot reach the provider: %s",
+                        rc != CURLE_OK ? curl_detail(c, rc) : "no response");
+        else
+            outcome_set(o, LLM_ERR_PROTOCOL, "protocol_error", false, "invalid HTTP response: %s",
+                        rc != CURLE_OK ? curl_detail(c, rc) : "no status line");
+        return;
+    }
+    if (!ok2xx) {
+        llm_error_info e = {0};
+        c->ops->parse_error(a->status, a->body ? a->body : "", a->body_len, &e);
+        bool retry = a->status == 408 || a->status == 409 || a->status == 429 || a->status >= 500;
+        if (a->should_retry == 1)
+            retry = true;
+        else if (a->should_retry == 0)
+            retry = false;
+        if (e.no_retry)
+            retry = false;
+        char *msg = llm_strndup_utf8(e.message, ERROR_MESSAGE_MAX);
+        outcome_set(o, LLM_ERR_HTTP, e.type, retry, "%s", msg);
+        free(msg);
+        llm_error_info_free(&e);
+        return;
+    }
+    switch (a->mode) {
+    case MODE_SSE:
+    case MODE_NONE:
+        if (c->stream) {
+            if (c->ps.complete) {
+                /* message_stop arrived: a connection error after it loses nothing. */
+                outcome_set(o, LLM_OK, "", false, "%s", "");
+            } else if (rc != CURLE_OK) {
+                outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
+                            "the connection failed before the end of the stream: %s", curl_detail(c, rc));
+            } else {
+                outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
+                            "the stream ended without its end event (message_stop)");
+            }
+            return;
+        }
+        /* Non-streaming with no body at all. */
+        outcome_set(o, LLM_ERR_PROTOCOL, "protocol_error", false, "empty response body");
+        return;
+    case MODE_JSON:
+        if (rc != CURLE_OK) {
+            outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
+                        "the connection failed while reading the response: %s", curl_detail(c, rc));
+            return;
+        }
+        if (c->ops->parse_json_body(&c->ps, a->body ? a->body : "", a->body_len) != LLM_OK) {
+            outcome_set(o, c->ps.err ? c->ps.err : LLM_ERR_PROTOCOL,
+                        c->ps.err_type ? c->ps.err_type : "protocol_error", false, "%s",
+                        c->ps.err_message ? c->ps.err_message : "unparsable response");
+            return;
+        }
+        outcome_set(o, LLM_OK, "", false, "%s", "");
+        return;
+    case MODE_ERROR:
+        break;
+    }
+    outcome_set(o, LLM_ERR_PROTOCOL, "protocol_error", false, "unexpected response state");
+}
+
+/* Backoff before retry n (0 = first retry): min(base * 2^n, 8 s) * [0.75, 1). */
+static int64_t backoff_ms(llm_call *c, int n)
+{
+    double d = (double)c->p->retry_base_ms;
+    for (int i = 0; i < n && d < BACKOFF_CAP_MS; i++)
+        d *= 2;
+    if (d > BACKOFF_CAP_MS)
+        d = BACKOFF_CAP_MS;
+    return (int64_t)(d * (1.0 - 0.25 * llm__transport_random(c->t)));
+}
+
+static bool start_attempt(llm_call *c);
+
+/* After an attempt ended (transfer detached): retry, or deliver the outcome. */
+static void handle_outcome(llm_call *c, outcome *o)
+{
+    if (o->status == LLM_OK || !o->retryable || c->delivered || c->attempts > c->p->max_retries ||
+        c->cancelled) {
+        finish(c, o);
+        return;
+    }
+    int64_t hint = llm_retry_after_ms(c->a.retry_after_ms, c->a.retry_after, time(NULL));
+    int64_t wait;
+    if (hint >= 0) {
+        if (hint > c->p->retry_max_wait_ms) {
+            /* Waiting that long would hold the client's request hostage: say so now. */
+            char *msg = chat_xasprintf("the provider asked to retry after %lld ms, more than "
+                                       "retry_max_wait_ms=%lld ms: %s",
+                                       (long long)hint, (long long)c->p->retry_max_wait_ms, o->message);
+            free(o->message);
+            o->message = msg;
+            o->status = LLM_ERR_RETRY_AFTER;
+            finish(c, o);
+            return;
+        }
+        wait = hint;
+    } else {
+        wait = backoff_ms(c, c->attempts - 1);
+    }
+    if (chat_mono_ms() + wait >= c->total_deadline_ms) {
+        finish(c, o); /* no time left for another attempt: report what we have */
+        return;
+    }
+    outcome_free(o);
+    /* Nothing was delivered, so whatever this attempt parsed is thrown away. */
+    c->text_len = 0;
+    if (c->text)
+        c->text[0] = '\0';
+    c->pending_len = 0;
+    c->paused = false;
+    llm_parse_reset(&c->ps);
+    struct timeval tv = {.tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)((wait % 1000) * 1000)};
+    evtimer_add(c->retry_ev, &tv);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)start_attempt(arg);
+}
+
+/* Starts the next attempt. Returns false if the call was finished (and freed). */
+static bool start_attempt(llm_call *c)
+{
+    attempt_reset(c);
+    llm_parse_reset(&c->ps);
+    c->errbuf[0] = '\0';
+    c->attempts++;
+    c->attempt_start_ms = c->last_byte_ms = chat_mono_ms();
+    c->ttfb_ms = -1;
+    c->paused = c->curl_paused = c->done_while_paused = false;
+    CURLMcode mc = curl_multi_add_handle(llm__transport_multi(c->t), c->easy);
+    if (mc != CURLM_OK) {
+        outcome o = {0};
+        outcome_set(&o, LLM_ERR_CONNECT, "connection_error", false, "cannot start the transfer: %s",
+                    curl_multi_strerror(mc));
+        finish(c, &o);
+        return false;
+    }
+    c->in_multi = true;
+    arm_deadline(c);
+    return true;
+}
+
+void llm__call_transfer_done(llm_call *c, CURLcode rc)
+{
+    detach(c);
+    if (c->cancelled) {
+        destroy(c);
+        return;
+    }
+    if (c->paused && c->pending_len > 0) {
+        /* The caller has not taken the text parsed after its pause yet: decide
+         * once it resumes, so on_done never overtakes a delta. */
+        c->done_while_paused = true;
+        c->done_rc = rc;
+        arm_deadline(c);
+        return;
+    }
+    outcome o = {0};
+    classify(c, rc, &o);
+    handle_outcome(c, &o);
+}
+
+/* Resume work, on the loop (kick_ev). */
+static void do_resume(llm_call *c)
+{
+    if (!c->paused)
+        return;
+    c->paused = false;
+    if (c->pending_len > 0 && c->cbs.on_delta) {
+        /* Hand the queued text over in one piece; take it out first, as
+         * on_delta may pause again and text may then queue anew. */
+        char *buf = c->pending;
+        size_t n = c->pending_len;
+        c->pending = NULL;
+        c->pending_len = c->pending_cap = 0;
+        c->delivered = true;
+        c->depth++;
+        int r = c->cbs.on_delta(c->ud, buf, n);
+        c->depth--;
+        free(buf);
+        if (c->cancelled) {
+            destroy(c);
+            return;
+        }
+        if (r == LLM_PAUSE) {
+            c->paused = true;
+            return;
+        }
+    }
+    if (c->done_while_paused) {
+        c->done_while_paused = false;
+        outcome o = {0};
+        classify(c, c->done_rc, &o);
+        handle_outcome(c, &o);
+        return;
+    }
+    c->last_byte_ms = chat_mono_ms(); /* the provider was not silent, we were */
+    if (c->curl_paused && c->in_multi) {
+        c->curl_paused = false;
+        /* curl may call write_cb from in here with the data it kept. */
+        CURLcode rc = curl_easy_pause(c->easy, CURLPAUSE_CONT);
+        if (c->cancelled) {
+            destroy(c);
+            return;
+        }
+        if (rc != CURLE_OK) {
+            detach(c);
+            outcome o = {0};
+            classify(c, rc, &o);
+            handle_outcome(c, &o);
+            return;
+        }
+    }
+    if (c->in_multi)
+        arm_deadline(c);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    llm_call *c = arg;
+    unsigned k = c->kick;
+    c->kick = 0;
+    if (c->cancelled) {
+        destroy(c);
+        return;
+    }
+    if ((k & KICK_START) && !start_attempt(c))
+        return;
+    if (k & KICK_RESUME)
+        do_resume(c);
+}
+
+void llm_call_resume(llm_call *c)
+{
+    if (!c || c->cancelled || c->finishing)
+        return;
+    kick(c, KICK_RESUME);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Start                                                                      */
+
+static bool provider_ok(const llm_provider *p)
+{
+    return p && p->base_url && *p->base_url && p->api_key && p->connect_timeout_ms > 0 &&
+           p->first_byte_timeout_ms > 0 && p->idle_timeout_ms > 0 && p->total_timeout_ms > 0 &&
+           p->max_retries >= 0 && p->retry_base_ms >= 0 && p->retry_max_wait_ms >= 0 &&
+           p->max_response_bytes > 0;
+}
+
+chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req,
+                       const llm_callbacks *cbs, void *ud, llm_call **out)
+{
+    chat_rc rc = CHAT_EINVAL;
+    char *body = NULL, *url = NULL;
+    struct curl_slist *headers = NULL;
+    const llm_provider_ops *ops = p ? ops_for(p->kind) : NULL;
+
+    if (out)
+        *out = NULL;
+    if (!t || !out || !cbs || !cbs->on_done || !req || !ops || !provider_ok(p))
+        goto out;
+    body = ops->build_body(p, req);
+    url = ops->build_url(p);
+    headers = ops->build_headers(p, req->stream);
+    if (!body || !url || !headers)
+        goto out;
+
+    llm_call *c = chat_xcalloc(1, sizeof *c);
+    c->t = t;
+    c->p = p;
+    c->ops = ops;
+    c->cbs = *cbs;
+    c->ud = ud;
+    c->stream = req->stream;
+    c->body = body;
+    c->headers = headers;
+    body = NULL;
+    headers = NULL;
+    c->ttfb_ms = -1;
+    c->last_retry_after_ms = -1;
+    c->a.should_retry = -1;
+    llm_parse_init(&c->ps, emit_text, c);
+    c->start_ms = chat_mono_ms();
+    c->total_deadline_ms = c->start_ms + p->total_timeout_ms;
+
+    struct event_base *base = llm__transport_base(t);
+    c->kick_ev = event_new(base, -1, 0, kick_cb, c);
+    c->deadline_ev = evtimer_new(base, deadline_cb, c);
+    c->retry_ev = evtimer_new(base, retry_cb, c);
+    c->easy = curl_easy_init();
+    if (!c->kick_ev || !c->deadline_ev || !c->retry_ev || !c->easy) {
+        fprintf(stderr, "chatd: cannot allocate an LLM call, aborting\n");
+        abort();
+    }
+    CURL *e = c->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(c->body));
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "chatd/1");
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* No CURLOPT_ACCEPT_ENCODING: we advertise no compression and curl decodes
+     * none, so SSE bytes reach the parser as soon as they arrive. */
+
+    llm__transport_link(t, &c->link);
+    /* The first attempt starts on the next loop turn: nothing can call back
+     * from inside llm_call_start, and curl is never entered from a callback. */
+    kick(c, KICK_START);
+    *out = c;
+    rc = CHAT_OK;
+out:
+    free(url); /* curl copies CURLOPT_URL */
+    free(body);
+    curl_slist_free_all(headers);
+    return rc;
+}

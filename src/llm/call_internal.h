@@ -1,0 +1,144 @@
+/*
+ * call_internal.h: the private seams of the LLM client, shared by transport.c,
+ * call.c and the provider files (anthropic.c, later openai.c). Not for callers
+ * outside src/llm/ (the turn engine uses provider.h and transport.h only), but
+ * the unit tests include it to test the provider parsers without sockets.
+ *
+ * The split:
+ * - transport.c drives curl's multi handle from libevent and tells call.c when
+ *   a transfer ended (llm__call_transfer_done).
+ * - call.c owns everything generic about one call: the curl easy handle,
+ *   header capture, body buffering, deadlines, pause/resume, cancel, retries.
+ * - a provider file knows one wire format only, behind llm_provider_ops: the
+ *   URL, headers and JSON body of a request, and how to read a JSON reply, an
+ *   SSE event and an error body. It reports into an llm_parse, never touching
+ *   curl or the loop, so it can be tested with canned bytes.
+ *
+ * Thread: as provider.h (the event_base's thread).
+ */
+#ifndef CHATD_LLM_CALL_INTERNAL_H
+#define CHATD_LLM_CALL_INTERNAL_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "llm/provider.h"
+
+/* ---- what a provider parser fills in (one attempt) ---- */
+
+/*
+ * Receives reply text found by the provider parser (not NUL-terminated).
+ * Returns 0 to go on, nonzero to make the parser stop at once (a limit was
+ * hit, recorded in the llm_parse, or the call was cancelled).
+ */
+typedef int (*llm_emit_fn)(void *ud, const char *text, size_t len);
+
+typedef struct llm_parse {
+    llm_emit_fn emit;       /* where reply text goes (set by the owner, never NULL) */
+    void *emit_ud;          /* passed to emit unchanged */
+    llm_usage usage;        /* latest values reported; -1 = not reported */
+    char *model;            /* heap, model id reported by the provider, or NULL */
+    char *stop_reason;      /* heap, last non-null stop reason seen, or NULL */
+    bool complete;          /* the stream's end marker was seen (Anthropic: message_stop) */
+    int64_t block_index;    /* provider scratch: index of the content block being streamed, -1 = none */
+    bool block_is_text;     /* provider scratch: that block is a text block */
+    llm_status err;         /* LLM_OK, or the failure the parser found */
+    char *err_type;         /* heap, with err: error type (provider's, or ours) */
+    char *err_message;      /* heap, with err: human-readable message */
+} llm_parse;
+
+/* Zeroes st, sets usage to -1 and the emit sink. */
+void llm_parse_init(llm_parse *st, llm_emit_fn emit, void *emit_ud);
+
+/* Frees the strings of st and re-initialises it with the same sink. */
+void llm_parse_reset(llm_parse *st);
+
+/* Records the first failure (later ones are ignored, the first is the cause).
+ * type is copied; the message is formatted. */
+void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* What an error response said. Strings are heap (free with llm_error_info_free). */
+typedef struct llm_error_info {
+    char *type;             /* error.type, or derived from the HTTP status; never NULL after parse */
+    char *message;          /* error.message, or a sanitized excerpt; never NULL after parse */
+    bool no_retry;          /* the body says retrying is pointless (e.g. a spend limit reached) */
+} llm_error_info;
+
+void llm_error_info_free(llm_error_info *e);
+
+/* ---- the provider vtable ---- */
+
+typedef struct llm_provider_ops {
+    /* Heap URL of the endpoint for p, or NULL if p->base_url is unusable. */
+    char *(*build_url)(const llm_provider *p);
+    /* The request headers (a new curl list, caller frees with curl_slist_free_all),
+     * or NULL if a configured value would be unsafe in a header (CR/LF...). */
+    struct curl_slist *(*build_headers)(const llm_provider *p, bool stream);
+    /* The JSON body (heap), or NULL if req is unusable (see llm_build_body). */
+    char *(*build_body)(const llm_provider *p, const llm_request *req);
+    /* One dispatched SSE event of a 2xx streaming reply. Returns 0 to go on,
+     * nonzero to stop (st->err says why, or emit asked to stop). */
+    int (*on_sse_event)(llm_parse *st, const char *type, const char *data, size_t len);
+    /* A complete 2xx non-streaming body. Returns LLM_OK, or LLM_ERR_PROTOCOL
+     * with st->err set. */
+    llm_status (*parse_json_body)(llm_parse *st, const char *body, size_t len);
+    /* A non-2xx body (possibly truncated to a cap, possibly not JSON). Fills out. */
+    void (*parse_error)(int http_status, const char *body, size_t len, llm_error_info *out);
+} llm_provider_ops;
+
+extern const llm_provider_ops llm_anthropic_ops;
+
+/* ---- helpers shared by providers (call.c) ---- */
+
+/*
+ * A short, printable excerpt of an arbitrary body for an error message: at
+ * most max bytes of valid UTF-8, control characters and runs of whitespace
+ * folded into one space, invalid bytes as '?', HTML tags dropped when the body
+ * looks like HTML. Heap, never NULL.
+ */
+char *llm_excerpt(const char *body, size_t len, size_t max);
+
+/* Copies at most max bytes of s without cutting a UTF-8 sequence. Heap. */
+char *llm_strndup_utf8(const char *s, size_t max);
+
+/*
+ * The server's retry hint in ms, from the values of the retry-after-ms and
+ * retry-after headers (either may be NULL): retry-after-ms wins; retry-after
+ * is seconds (a float is allowed) or an HTTP date (compared with now_unix).
+ * Returns -1 when there is no usable hint; a date in the past gives 0.
+ */
+int64_t llm_retry_after_ms(const char *retry_after_ms, const char *retry_after, time_t now_unix);
+
+/* The default error.type for an HTTP status when the body did not say (A7). */
+const char *llm_error_type_for_status(int http_status);
+
+/* ---- transport <-> call ---- */
+
+/* An intrusive list link: the transport keeps every live call on a list so that
+ * llm_transport_free can cancel them, including those waiting for a retry. */
+typedef struct llm_link {
+    struct llm_link *prev, *next;
+} llm_link;
+
+CURLM *llm__transport_multi(llm_transport *t);
+struct event_base *llm__transport_base(llm_transport *t);
+/* A uniform random double in [0, 1) from the transport's generator (backoff jitter). */
+double llm__transport_random(llm_transport *t);
+void llm__transport_link(llm_transport *t, llm_link *l);
+void llm__transport_unlink(llm_transport *t, llm_link *l);
+
+/* The call owning a link (call.c). */
+llm_call *llm__call_of_link(llm_link *l);
+
+/*
+ * A transfer of c ended with rc (from curl_multi_info_read). Called by the
+ * transport from the loop, after curl_multi_socket_action returned, never from
+ * a curl callback. c may be freed when this returns.
+ */
+void llm__call_transfer_done(llm_call *c, CURLcode rc);
+
+#endif

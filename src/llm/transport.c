@@ -1,0 +1,233 @@
+/*
+ * transport.c: libcurl's multi interface driven by one libevent event_base
+ * (curl's hiperfifo pattern).
+ *
+ * How it works. curl tells us which sockets it wants watched through
+ * CURLMOPT_SOCKETFUNCTION: we keep one persistent libevent event per socket
+ * (a sockinfo, attached to the socket with curl_multi_assign) and re-assign it
+ * when the wanted directions change. curl tells us when it next needs to run
+ * through CURLMOPT_TIMERFUNCTION: we keep one libevent timer for the whole
+ * multi. When a socket is ready or the timer fires we call
+ * curl_multi_socket_action, then drain curl_multi_info_read and hand each
+ * finished transfer to call.c (llm__call_transfer_done). That hand-off happens
+ * after curl_multi_socket_action has returned, so call.c may use the curl API
+ * and run user callbacks there.
+ *
+ * The transport also keeps a list of every live call (running, or waiting for
+ * a retry timer) so that llm_transport_free can cancel them all.
+ */
+#include "llm/transport.h"
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/alloc.h"
+#include "core/util.h"
+#include "llm/call_internal.h"
+
+/* One socket curl asked us to watch. */
+typedef struct sockinfo {
+    struct event *ev;        /* persistent read/write event on fd */
+    curl_socket_t fd;        /* the socket */
+    struct sockinfo *prev, *next; /* in the transport's list, to free leftovers at the end */
+} sockinfo;
+
+struct llm_transport {
+    struct event_base *base; /* borrowed; outlives the transport */
+    CURLM *multi;            /* owns every easy handle currently added */
+    struct event *timer;     /* curl's single timeout */
+    llm_link calls;          /* sentinel of the list of live calls */
+    int n_calls;             /* length of that list */
+    sockinfo *socks;         /* every sockinfo not yet released by CURL_POLL_REMOVE */
+    uint64_t rng;            /* xorshift64 state for backoff jitter (not security relevant) */
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+/* curl_global_init is process-wide; once, before the first multi handle. */
+static void curl_init_once(void)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "chatd: curl_global_init failed, aborting\n");
+        abort();
+    }
+}
+
+/* Hands every finished transfer to its call. */
+static void check_multi_info(llm_transport *t)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(t->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = m->easy_handle;
+        CURLcode rc = m->data.result;
+        llm_call *c = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&c);
+        if (c)
+            llm__call_transfer_done(c, rc); /* removes the handle; may free c */
+    }
+}
+
+static void socket_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    llm_transport *t = arg;
+    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running = 0;
+    curl_multi_socket_action(t->multi, fd, action, &running);
+    check_multi_info(t);
+}
+
+static void timer_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    llm_transport *t = arg;
+    int running = 0;
+    curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(t);
+}
+
+/* CURLMOPT_TIMERFUNCTION: only (re)arms our timer; never calls back into curl. */
+static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    llm_transport *t = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(t->timer);
+        return 0;
+    }
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    evtimer_add(t->timer, &tv);
+    return 0;
+}
+
+static void sock_release(llm_transport *t, sockinfo *si)
+{
+    if (si->prev)
+        si->prev->next = si->next;
+    else
+        t->socks = si->next;
+    if (si->next)
+        si->next->prev = si->prev;
+    event_free(si->ev);
+    free(si);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch s for what curl wants, or forget it. */
+static int multi_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    llm_transport *t = userp;
+    sockinfo *si = socketp;
+
+    if (what == CURL_POLL_REMOVE) {
+        if (si) {
+            curl_multi_assign(t->multi, s, NULL);
+            sock_release(t, si);
+        }
+        return 0;
+    }
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    if (!si) {
+        si = chat_xcalloc(1, sizeof *si);
+        si->fd = s;
+        si->ev = event_new(t->base, s, kind, socket_event_cb, t);
+        if (!si->ev) {
+            fprintf(stderr, "chatd: event_new failed, aborting\n");
+            abort();
+        }
+        si->next = t->socks;
+        if (t->socks)
+            t->socks->prev = si;
+        t->socks = si;
+        curl_multi_assign(t->multi, s, si);
+    } else {
+        event_del(si->ev);
+        event_assign(si->ev, t->base, s, kind, socket_event_cb, t);
+    }
+    event_add(si->ev, NULL);
+    return 0;
+}
+
+llm_transport *llm_transport_new(struct event_base *base)
+{
+    pthread_once(&curl_once, curl_init_once);
+    llm_transport *t = chat_xcalloc(1, sizeof *t);
+    t->base = base;
+    t->calls.prev = t->calls.next = &t->calls;
+    t->rng = (uint64_t)chat_mono_ms() ^ ((uint64_t)(uintptr_t)t << 17) ^ 0x9E3779B97F4A7C15ull;
+    if (!t->rng)
+        t->rng = 1;
+    t->multi = curl_multi_init();
+    t->timer = evtimer_new(base, timer_event_cb, t);
+    if (!t->multi || !t->timer) {
+        fprintf(stderr, "chatd: cannot create the curl multi handle or its timer, aborting\n");
+        abort();
+    }
+    curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, multi_socket_cb);
+    curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
+    curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
+    return t;
+}
+
+void llm_transport_free(llm_transport *t)
+{
+    if (!t)
+        return;
+    /* Cancelling unlinks each call, so always take the first one. */
+    while (t->calls.next != &t->calls)
+        llm_call_cancel(llm__call_of_link(t->calls.next));
+    curl_multi_cleanup(t->multi);
+    /* curl normally releases every socket with CURL_POLL_REMOVE; free any it did not. */
+    while (t->socks)
+        sock_release(t, t->socks);
+    event_free(t->timer);
+    free(t);
+}
+
+int llm_transport_active(const llm_transport *t)
+{
+    return t ? t->n_calls : 0;
+}
+
+CURLM *llm__transport_multi(llm_transport *t)
+{
+    return t->multi;
+}
+
+struct event_base *llm__transport_base(llm_transport *t)
+{
+    return t->base;
+}
+
+double llm__transport_random(llm_transport *t)
+{
+    uint64_t x = t->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    t->rng = x;
+    return (double)(x >> 11) / 9007199254740992.0; /* 2^53 */
+}
+
+void llm__transport_link(llm_transport *t, llm_link *l)
+{
+    l->prev = t->calls.prev;
+    l->next = &t->calls;
+    t->calls.prev->next = l;
+    t->calls.prev = l;
+    t->n_calls++;
+}
+
+void llm__transport_unlink(llm_transport *t, llm_link *l)
+{
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+    t->n_calls--;
+}

@@ -1,0 +1,1336 @@
+/*
+ * sqlite.c: the SQLite backend of store.h.
+ *
+ * One struct store wraps one sqlite3 connection, used by one thread (opened with
+ * SQLITE_OPEN_NOMUTEX: the handle is never shared, so SQLite's own mutexes would
+ * be pure overhead). Any number of connections, in threads or processes, may
+ * share one database file: WAL mode lets readers run beside the single writer,
+ * and the busy timeout makes a second writer wait its turn instead of failing.
+ *
+ * Every write that touches more than one row runs in BEGIN IMMEDIATE, which takes
+ * the write lock up front. A deferred transaction would start as a reader and
+ * could fail to upgrade (SQLITE_BUSY_SNAPSHOT, which the busy handler cannot
+ * cure) when another connection committed in between. Transactions are short and
+ * indexed, so that one worker's write never stalls the others' event loops for
+ * long. Single-statement writes (locks) run in autocommit mode, which takes the
+ * write lock at the start of the statement in the same way.
+ *
+ * Statements are prepared once in store_open (SQLITE_PREPARE_PERSISTENT) and
+ * reset after every use, so that no statement keeps a read snapshot open (an
+ * un-reset SELECT would pin the WAL and block checkpoints).
+ *
+ * The schema comes from the numbered migrations in src/store/schema, embedded in
+ * the binary (core/assets.h). store_open applies the pending ones in order, each
+ * recorded in schema_version, all inside one BEGIN IMMEDIATE transaction: when
+ * several workers or processes start at once, the first migrates and the others
+ * wait on the write lock, then find nothing left to do.
+ *
+ * Database errors are logged to stderr as one line and reported as CHAT_EIO.
+ */
+#define _GNU_SOURCE
+#include "store/store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/alloc.h"
+#include "core/assets.h"
+
+/* How long a connection waits for another connection's write lock. Writes are
+ * a few milliseconds, so this only runs out when something is badly wrong. */
+#define BUSY_TIMEOUT_MS 5000
+
+/* Longest database path we accept (Linux PATH_MAX). */
+#define PATH_BUF 4096
+
+#define URL_PREFIX "sqlite://"
+#define MIGRATION_PREFIX "schema/"
+#define MIGRATION_SUFFIX ".sql"
+
+/* The session columns, in the order read_session() expects. */
+#define SESSION_COLS                                                                    \
+    "id, owner, system_prompt, model, created_at, updated_at, turn_count, message_count, " \
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
+
+/* The message columns, in the order read_message() expects. */
+#define MESSAGE_COLS                                                                  \
+    "id, seq, role, content, status, model, stop_reason, tokens, input_tokens, "       \
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost_micros, created_at"
+
+/*
+ * Every statement the backend runs, prepared once per handle. The SQL sticks to
+ * what PostgreSQL also accepts (ON CONFLICT, row values, RETURNING), so that a
+ * second backend can reuse it nearly verbatim.
+ */
+#define STATEMENTS(X)                                                                        \
+    X(ST_BEGIN_WRITE, "BEGIN IMMEDIATE")                                                     \
+    X(ST_BEGIN_READ, "BEGIN")                                                                \
+    X(ST_COMMIT, "COMMIT")                                                                   \
+    X(ST_ROLLBACK, "ROLLBACK")                                                               \
+    X(ST_PING, "SELECT 1")                                                                   \
+    /* Insert, or take over an expired lock; sqlite3_changes() says which happened. */       \
+    X(ST_LOCK_ACQUIRE,                                                                       \
+      "INSERT INTO turn_locks (session_id, token, expires_at) VALUES (?1, ?2, ?3) "          \
+      "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, "                      \
+      "expires_at = excluded.expires_at WHERE turn_locks.expires_at <= ?4")                  \
+    X(ST_LOCK_REFRESH, "UPDATE turn_locks SET expires_at = ?3 WHERE session_id = ?1 AND token = ?2") \
+    X(ST_LOCK_RELEASE, "DELETE FROM turn_locks WHERE session_id = ?1 AND token = ?2")        \
+    X(ST_LOCK_TOKEN, "SELECT token FROM turn_locks WHERE session_id = ?1")                   \
+    X(ST_LOCK_DROP, "DELETE FROM turn_locks WHERE session_id = ?1")                          \
+    X(ST_LOCK_SWEEP, "DELETE FROM turn_locks WHERE expires_at <= ?1")                        \
+    X(ST_SESSION_CREATE,                                                                     \
+      "INSERT INTO sessions (id, owner, system_prompt, model, created_at, updated_at) "       \
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (id) DO NOTHING")                         \
+    X(ST_NEXT_SEQ, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?1")       \
+    X(ST_MESSAGE_INSERT,                                                                     \
+      "INSERT INTO messages (session_id, seq, role, content, status, model, stop_reason, "   \
+      "tokens, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "         \
+      "cost_micros, created_at) "                                                            \
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")                \
+    X(ST_SESSION_ADD_TURN,                                                                   \
+      "UPDATE sessions SET model = ?2, updated_at = ?3, turn_count = turn_count + 1, "       \
+      "message_count = message_count + 2, input_tokens = input_tokens + ?4, "                \
+      "output_tokens = output_tokens + ?5, cache_read_tokens = cache_read_tokens + ?6, "     \
+      "cache_write_tokens = cache_write_tokens + ?7, cost_micros = cost_micros + ?8 "        \
+      "WHERE id = ?1 RETURNING turn_count, message_count")                                   \
+    X(ST_STATS_ADD_TURN,                                                                     \
+      "UPDATE stats SET total_sessions = total_sessions + ?1, "                              \
+      "total_messages = total_messages + 2, total_turns = total_turns + 1, "                 \
+      "input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3, "               \
+      "cache_read_tokens = cache_read_tokens + ?4, "                                         \
+      "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "        \
+      "WHERE id = 1")                                                                        \
+    X(ST_STATS_SUB,                                                                          \
+      "UPDATE stats SET total_sessions = total_sessions - ?1, "                              \
+      "total_messages = total_messages - ?2, total_turns = total_turns - ?3 WHERE id = 1")   \
+    X(ST_STATS_GET,                                                                          \
+      "SELECT total_sessions, total_messages, total_turns, input_tokens, output_tokens, "    \
+      "cache_read_tokens, cache_write_tokens, cost_micros FROM stats WHERE id = 1")          \
+    X(ST_SESSION_GET, "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1")                 \
+    X(ST_SESSION_COUNTS, "SELECT turn_count, message_count FROM sessions WHERE id = ?1")     \
+    X(ST_SESSION_EXISTS, "SELECT 1 FROM sessions WHERE id = ?1")                             \
+    X(ST_SESSION_DELETE, "DELETE FROM sessions WHERE id = ?1")                               \
+    X(ST_SESSION_RESET,                                                                      \
+      "UPDATE sessions SET turn_count = 0, message_count = 0, updated_at = ?2 WHERE id = ?1") \
+    X(ST_MESSAGES_DELETE, "DELETE FROM messages WHERE session_id = ?1")                      \
+    X(ST_MESSAGES_LIST,                                                                      \
+      "SELECT " MESSAGE_COLS " FROM messages WHERE session_id = ?1 AND seq > ?2 "            \
+      "ORDER BY seq LIMIT ?3")                                                               \
+    /* Four listing variants rather than "?4 IS NULL OR owner = ?4", which would keep */     \
+    /* the planner from using the owner index. ?1 limit, ?2 ?3 cursor, ?4 owner. */          \
+    X(ST_LIST_FIRST,                                                                         \
+      "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at DESC, id DESC LIMIT ?1")    \
+    X(ST_LIST_AFTER,                                                                         \
+      "SELECT " SESSION_COLS " FROM sessions WHERE (created_at, id) < (?2, ?3) "             \
+      "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
+    X(ST_LIST_OWNER_FIRST,                                                                   \
+      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 "                              \
+      "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
+    X(ST_LIST_OWNER_AFTER,                                                                   \
+      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) < (?2, ?3) " \
+      "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
+    X(ST_EXPIRE_SELECT,                                                                      \
+      "SELECT id, turn_count, message_count FROM sessions AS s WHERE updated_at < ?1 "       \
+      "AND NOT EXISTS (SELECT 1 FROM turn_locks AS l "                                       \
+      "WHERE l.session_id = s.id AND l.expires_at > ?2) "                                    \
+      "ORDER BY updated_at LIMIT ?3")
+
+#define AS_ENUM(name, sql) name,
+#define AS_SQL(name, sql) [name] = sql,
+#define AS_NAME(name, sql) [name] = #name,
+
+enum stmt_id { STATEMENTS(AS_ENUM) ST_COUNT };
+static const char *const stmt_sql[ST_COUNT] = {STATEMENTS(AS_SQL)};
+static const char *const stmt_name[ST_COUNT] = {STATEMENTS(AS_NAME)};
+
+struct store {
+    sqlite3 *db;                  /* the connection; owned */
+    sqlite3_stmt *st[ST_COUNT];   /* prepared statements, each reset after use; owned */
+    int schema_version;           /* highest migration applied, read in store_open */
+    int bind_rc;                  /* first failed sqlite3_bind_* since the last step, or SQLITE_OK */
+};
+
+/* ---- errors --------------------------------------------------------------- */
+
+/* Logs one line naming the failed operation and SQLite's reason; returns CHAT_EIO. */
+static chat_rc db_fail(store *s, const char *what, int rc)
+{
+    fprintf(stderr, "chatd store(sqlite): %s failed: %s (%s, code %d)\n", what,
+            s && s->db ? sqlite3_errmsg(s->db) : "no connection", sqlite3_errstr(rc), rc);
+    return CHAT_EIO;
+}
+
+/* Writes a one-line reason into err (when it has room). */
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- statement helpers ---------------------------------------------------- */
+
+/* Binding failures (e.g. SQLITE_TOOBIG) are remembered and reported by step(),
+ * so that call sites bind without checking each call. */
+static void note_bind(store *s, int rc)
+{
+    if (rc != SQLITE_OK && s->bind_rc == SQLITE_OK)
+        s->bind_rc = rc;
+}
+
+static void bind_text(store *s, sqlite3_stmt *st, int i, const char *v)
+{
+    note_bind(s, v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i));
+}
+
+static void bind_i64(store *s, sqlite3_stmt *st, int i, int64_t v)
+{
+    note_bind(s, sqlite3_bind_int64(st, i, v));
+}
+
+/* sqlite3_step, or the pending bind error if a bind failed. */
+static int step(store *s, sqlite3_stmt *st)
+{
+    if (s->bind_rc != SQLITE_OK) {
+        int rc = s->bind_rc;
+        s->bind_rc = SQLITE_OK;
+        return rc;
+    }
+    return sqlite3_step(st);
+}
+
+/* Returns a statement to its idle state and drops its (borrowed) bindings. */
+static void done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* Runs a bound statement that returns no rows. */
+static chat_rc run(store *s, enum stmt_id id)
+{
+    sqlite3_stmt *st = s->st[id];
+    int rc = step(s, st);
+    done(st);
+    if (rc != SQLITE_DONE)
+        return db_fail(s, stmt_name[id], rc);
+    return CHAT_OK;
+}
+
+/* Heap copy of a text column, NULL for SQL NULL. */
+static char *col_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? chat_xstrdup((const char *)t) : NULL;
+}
+
+/* ---- transactions --------------------------------------------------------- */
+
+static chat_rc tx_begin(store *s, enum stmt_id kind)
+{
+    return run(s, kind);
+}
+
+/* Rolls back the open transaction, if any (a failed COMMIT may leave none). */
+static void tx_rollback(store *s)
+{
+    if (sqlite3_get_autocommit(s->db))
+        return;
+    if (run(s, ST_ROLLBACK) != CHAT_OK)
+        fprintf(stderr, "chatd store(sqlite): rollback failed; the connection may be unusable\n");
+}
+
+static chat_rc tx_commit(store *s)
+{
+    chat_rc rc = run(s, ST_COMMIT);
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    return rc;
+}
+
+/* ---- argument checks ------------------------------------------------------ */
+
+static bool valid_id(const char *id)
+{
+    return id && id[0] && strlen(id) <= STORE_ID_MAX;
+}
+
+static bool valid_count(int64_t v)
+{
+    return v >= -1;
+}
+
+static bool valid_usage(const store_usage *u)
+{
+    return valid_count(u->input_tokens) && valid_count(u->output_tokens) &&
+           valid_count(u->cache_read_tokens) && valid_count(u->cache_write_tokens);
+}
+
+/* Unknown (-1) parts count as 0 in totals. */
+static int64_t known(int64_t v)
+{
+    return v < 0 ? 0 : v;
+}
+
+/* ---- open: URL, directories, connection setup, migrations ----------------- */
+
+/*
+ * Splits a sqlite:// URL into the filename for sqlite3_open_v2. *path is a heap
+ * string; *memory tells whether it is a private in-memory database.
+ */
+static chat_rc parse_url(const char *url, char **path, bool *memory, char *err, size_t errlen)
+{
+    static const char usage[] =
+        "expected sqlite:///relative/path, sqlite:////absolute/path or sqlite://:memory:";
+    *path = NULL;
+    *memory = false;
+    if (strncmp(url, URL_PREFIX, strlen(URL_PREFIX)) != 0) {
+        set_err(err, errlen, "unsupported database url (%s)", usage);
+        return CHAT_EINVAL;
+    }
+    const char *rest = url + strlen(URL_PREFIX);
+    if (strcmp(rest, ":memory:") == 0) {
+        *path = chat_xstrdup(":memory:");
+        *memory = true;
+        return CHAT_OK;
+    }
+    if (rest[0] != '/' || rest[1] == '\0') {
+        set_err(err, errlen, "database url has no path (%s)", usage);
+        return CHAT_EINVAL;
+    }
+    const char *p = rest + 1; /* "sqlite:///a" -> "a", "sqlite:////a" -> "/a" */
+    size_t len = strlen(p);
+    if (len >= PATH_BUF) {
+        set_err(err, errlen, "database path is longer than %d bytes", PATH_BUF - 1);
+        return CHAT_EINVAL;
+    }
+    if (p[len - 1] == '/') {
+        set_err(err, errlen, "database path %s names a directory, not a file", p);
+        return CHAT_EINVAL;
+    }
+    /* SQLite would read these as URI parameters or a memory database; reject
+     * rather than guess. */
+    if (strpbrk(p, "?#") || strcmp(p, ":memory:") == 0) {
+        set_err(err, errlen, "unsupported characters in database path %s (%s)", p, usage);
+        return CHAT_EINVAL;
+    }
+    *path = chat_xstrdup(p);
+    return CHAT_OK;
+}
+
+/* mkdir -p of the directory that will hold path. New directories are 0700:
+ * they hold users' conversations. */
+static chat_rc make_parent_dirs(const char *path, char *err, size_t errlen)
+{
+    char buf[PATH_BUF];
+    size_t len = strlen(path);
+    if (len >= sizeof buf) {
+        set_err(err, errlen, "database path too long");
+        return CHAT_EINVAL;
+    }
+    memcpy(buf, path, len + 1);
+    char *slash = strrchr(buf, '/');
+    if (!slash || slash == buf)
+        return CHAT_OK; /* in the current directory, or in / */
+    *slash = '\0';
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+            int e = errno;
+            struct stat sb;
+            if (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+                set_err(err, errlen, "cannot create directory %s: %s", buf, strerror(e));
+                return CHAT_EIO;
+            }
+        }
+        *p = saved;
+        if (saved == '\0')
+            break;
+    }
+    return CHAT_OK;
+}
+
+/* Runs one SQL text (possibly several statements) outside the statement cache. */
+static chat_rc exec_sql(store *s, const char *sql, const char *what, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: %s", what, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return CHAT_EIO;
+    }
+    return CHAT_OK;
+}
+
+/*
+ * Per-connection settings. These pragmas must run outside a transaction
+ * (foreign_keys and journal_mode are silently ignored inside one).
+ */
+static chat_rc configure(store *s, bool memory, char *err, size_t errlen)
+{
+    chat_rc rc;
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    /*
+     * Converting a new database to WAL needs an exclusive lock, and SQLite
+     * answers SQLITE_BUSY at once, without the busy handler, when another
+     * connection is converting or migrating it at the same moment (several
+     * workers starting on a fresh file). Retry for as long as the busy timeout.
+     */
+    for (int waited = 0; src == SQLITE_OK; waited += 10) {
+        src = sqlite3_step(st);
+        if ((src & 0xff) != SQLITE_BUSY || waited >= BUSY_TIMEOUT_MS)
+            break;
+        sqlite3_reset(st);
+        src = SQLITE_OK;
+        sqlite3_sleep(10);
+    }
+    if (src != SQLITE_ROW) {
+        set_err(err, errlen, "cannot set WAL mode: %s", sqlite3_errmsg(s->db));
+        sqlite3_finalize(st);
+        return CHAT_EIO;
+    }
+    const char *mode = (const char *)sqlite3_column_text(st, 0);
+    if (!memory && (!mode || strcmp(mode, "wal") != 0))
+        /* Still correct (rollback journal), only less concurrent: e.g. a
+         * filesystem without shared memory support. */
+        fprintf(stderr, "chatd store(sqlite): WAL mode unavailable, journal_mode is %s\n",
+                mode ? mode : "unknown");
+    sqlite3_finalize(st);
+
+    /*
+     * synchronous=FULL: in WAL mode every COMMIT fsyncs the WAL. We tell the
+     * client a turn is saved (`done`) right after COMMIT returns, so the commit
+     * must survive a power loss or kernel crash. NORMAL would only fsync at
+     * checkpoints: a process crash would still lose nothing (the WAL is in the
+     * OS page cache), but a power loss could silently roll back the last
+     * acknowledged turns. The cost is one fsync per turn, which is small next to
+     * an LLM call.
+     */
+    rc = exec_sql(s, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", "connection setup", err,
+                  errlen);
+    return rc;
+}
+
+struct migration {
+    int version;
+    const struct chat_asset *asset;
+};
+
+static int migration_cmp(const void *a, const void *b)
+{
+    const struct migration *x = a, *y = b;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+/*
+ * Collects the embedded "schema/NNN_name.sql" files, sorted by version. Other
+ * files under schema/ (not ending in .sql) are ignored; a .sql file with a bad
+ * name or a duplicate version is a build mistake and fails the open.
+ */
+static chat_rc collect_migrations(struct migration **out, size_t *n, char *err, size_t errlen)
+{
+    size_t pre = strlen(MIGRATION_PREFIX), suf = strlen(MIGRATION_SUFFIX);
+    struct migration *m = chat_xcalloc(chat_assets_count ? chat_assets_count : 1, sizeof *m);
+    size_t count = 0;
+    for (size_t i = 0; i < chat_assets_count; i++) {
+        const char *name = chat_assets[i].name;
+        size_t len = strlen(name);
+        if (strncmp(name, MIGRATION_PREFIX, pre) != 0 || len < pre + suf ||
+            strcmp(name + len - suf, MIGRATION_SUFFIX) != 0)
+            continue;
+        const char *p = name + pre;
+        long v = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 9) {
+            v = v * 10 + (*p - '0');
+            p++;
+            digits++;
+        }
+        /* NNN_x.sql: digits, '_', at least one name character, ".sql". */
+        if (digits == 0 || v == 0 || *p != '_' || (size_t)(p + 1 - name) >= len - suf) {
+            set_err(err, errlen, "bad migration name %s (want schema/NNN_name.sql)", name);
+            free(m);
+            return CHAT_EIO;
+        }
+        m[count].version = (int)v;
+        m[count].asset = &chat_assets[i];
+        count++;
+    }
+    qsort(m, count, sizeof *m, migration_cmp);
+    for (size_t i = 1; i < count; i++) {
+        if (m[i].version == m[i - 1].version) {
+            set_err(err, errlen, "migrations %s and %s have the same version", m[i - 1].asset->name,
+                    m[i].asset->name);
+            free(m);
+            return CHAT_EIO;
+        }
+    }
+    if (count == 0) {
+        set_err(err, errlen, "no schema migrations embedded in this binary");
+        free(m);
+        return CHAT_EIO;
+    }
+    *out = m;
+    *n = count;
+    return CHAT_OK;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Applies the pending migrations in one BEGIN IMMEDIATE transaction. */
+static chat_rc migrate(store *s, char *err, size_t errlen)
+{
+    struct migration *m = NULL;
+    size_t n = 0;
+    sqlite3_stmt *st = NULL;
+    int src;
+    chat_rc rc = collect_migrations(&m, &n, err, errlen);
+    if (rc != CHAT_OK)
+        return rc;
+
+    rc = exec_sql(s, "BEGIN IMMEDIATE", "begin migration", err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    /* Bootstrapped here rather than in a migration: it must exist before we can
+     * ask which migrations were applied. */
+    rc = exec_sql(s,
+                  "CREATE TABLE IF NOT EXISTS schema_version ("
+                  " version BIGINT NOT NULL PRIMARY KEY,"
+                  " name TEXT NOT NULL,"
+                  " applied_at BIGINT NOT NULL)",
+                  "create schema_version", err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+
+    rc = CHAT_EIO;
+    src = sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1,
+                             &st, NULL);
+    if (src == SQLITE_OK)
+        src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        set_err(err, errlen, "read schema_version: %s", sqlite3_errmsg(s->db));
+        goto out;
+    }
+    int64_t current = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (current > m[n - 1].version) {
+        /* An older binary must not write into a schema it does not know. */
+        set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d",
+                current, m[n - 1].version);
+        goto out;
+    }
+
+    src = sqlite3_prepare_v2(s->db,
+                             "INSERT INTO schema_version (version, name, applied_at) "
+                             "VALUES (?1, ?2, ?3)",
+                             -1, &st, NULL);
+    if (src != SQLITE_OK) {
+        set_err(err, errlen, "prepare schema_version insert: %s", sqlite3_errmsg(s->db));
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].version <= current)
+            continue;
+        rc = exec_sql(s, (const char *)m[i].asset->data, m[i].asset->name, err, errlen);
+        if (rc != CHAT_OK)
+            goto out;
+        rc = CHAT_EIO;
+        sqlite3_bind_int(st, 1, m[i].version);
+        sqlite3_bind_text(st, 2, m[i].asset->name + strlen(MIGRATION_PREFIX), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, wall_ms());
+        src = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (src != SQLITE_DONE) {
+            set_err(err, errlen, "record %s: %s", m[i].asset->name, sqlite3_errmsg(s->db));
+            goto out;
+        }
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    rc = exec_sql(s, "COMMIT", "commit migration", err, errlen);
+    if (rc == CHAT_OK)
+        s->schema_version = m[n - 1].version;
+
+out:
+    sqlite3_finalize(st);
+    if (rc != CHAT_OK && !sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    free(m);
+    return rc;
+}
+
+static chat_rc prepare_all(store *s, char *err, size_t errlen)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                                    NULL);
+        if (rc != SQLITE_OK) {
+            set_err(err, errlen, "prepare %s: %s", stmt_name[i], sqlite3_errmsg(s->db));
+            return CHAT_EIO;
+        }
+    }
+    return CHAT_OK;
+}
+
+chat_rc store_open(const char *url, store **out, char *err, size_t errlen)
+{
+    chat_rc rc;
+    store *s = NULL;
+    char *path = NULL;
+    bool memory = false;
+
+    if (err && errlen > 0)
+        err[0] = '\0';
+    if (!out || !url) {
+        set_err(err, errlen, "no database url");
+        return CHAT_EINVAL;
+    }
+    *out = NULL;
+    rc = parse_url(url, &path, &memory, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    if (!memory) {
+        rc = make_parent_dirs(path, err, errlen);
+        if (rc != CHAT_OK)
+            goto out;
+    }
+
+    s = chat_xcalloc(1, sizeof *s);
+    int src = sqlite3_open_v2(path, &s->db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                              NULL);
+    if (src != SQLITE_OK) {
+        set_err(err, errlen, "cannot open database %s: %s", path,
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+        rc = CHAT_EIO;
+        goto out;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    /* Before anything that takes a lock, including the journal mode change. */
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+
+    rc = configure(s, memory, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = migrate(s, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = prepare_all(s, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+
+    *out = s;
+    s = NULL;
+out:
+    store_close(s);
+    free(path);
+    return rc;
+}
+
+void store_close(store *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    if (s->db) {
+        int rc = sqlite3_close(s->db);
+        if (rc != SQLITE_OK)
+            fprintf(stderr, "chatd store(sqlite): close failed: %s\n", sqlite3_errstr(rc));
+    }
+    free(s);
+}
+
+int store_schema_version(store *s)
+{
+    return s ? s->schema_version : 0;
+}
+
+chat_rc store_ping(store *s)
+{
+    if (!s)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_PING];
+    int rc = step(s, st);
+    done(st);
+    return rc == SQLITE_ROW ? CHAT_OK : db_fail(s, "ping", rc);
+}
+
+/* ---- turn locks ----------------------------------------------------------- */
+
+chat_rc store_lock_acquire(store *s, const char *session_id, const char *token, int64_t now,
+                           int64_t ttl_ms)
+{
+    if (!s || !valid_id(session_id) || !valid_id(token) || now < 0 || ttl_ms <= 0 ||
+        ttl_ms > INT64_MAX - now)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_LOCK_ACQUIRE];
+    bind_text(s, st, 1, session_id);
+    bind_text(s, st, 2, token);
+    bind_i64(s, st, 3, now + ttl_ms);
+    bind_i64(s, st, 4, now);
+    chat_rc rc = run(s, ST_LOCK_ACQUIRE);
+    if (rc != CHAT_OK)
+        return rc;
+    /* 0 rows: the conflict's WHERE kept a live lock in place. */
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_EBUSY;
+}
+
+chat_rc store_lock_refresh(store *s, const char *session_id, const char *token, int64_t now,
+                           int64_t ttl_ms)
+{
+    if (!s || !valid_id(session_id) || !valid_id(token) || now < 0 || ttl_ms <= 0 ||
+        ttl_ms > INT64_MAX - now)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_LOCK_REFRESH];
+    bind_text(s, st, 1, session_id);
+    bind_text(s, st, 2, token);
+    bind_i64(s, st, 3, now + ttl_ms);
+    chat_rc rc = run(s, ST_LOCK_REFRESH);
+    if (rc != CHAT_OK)
+        return rc;
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+}
+
+chat_rc store_lock_release(store *s, const char *session_id, const char *token)
+{
+    if (!s || !valid_id(session_id) || !valid_id(token))
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_LOCK_RELEASE];
+    bind_text(s, st, 1, session_id);
+    bind_text(s, st, 2, token);
+    return run(s, ST_LOCK_RELEASE);
+}
+
+/* Inside a transaction: CHAT_OK when token holds the session's lock. */
+static chat_rc check_lock(store *s, const char *session_id, const char *token)
+{
+    sqlite3_stmt *st = s->st[ST_LOCK_TOKEN];
+    bind_text(s, st, 1, session_id);
+    int rc = step(s, st);
+    chat_rc out;
+    if (rc == SQLITE_ROW) {
+        const unsigned char *held = sqlite3_column_text(st, 0);
+        out = held && strcmp((const char *)held, token) == 0 ? CHAT_OK : CHAT_ECONFLICT;
+    } else if (rc == SQLITE_DONE) {
+        out = CHAT_ECONFLICT;
+    } else {
+        out = db_fail(s, "ST_LOCK_TOKEN", rc);
+    }
+    done(st);
+    return out;
+}
+
+/* ---- turns ---------------------------------------------------------------- */
+
+static bool valid_turn(const store_turn *t)
+{
+    return t && valid_id(t->session_id) && valid_id(t->lock_token) &&
+           (!t->owner || valid_id(t->owner)) && t->model && t->model[0] && t->user_content &&
+           t->assistant_content && t->status &&
+           (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
+           valid_count(t->user_tokens) && valid_usage(&t->usage) && t->cost_micros >= 0 &&
+           t->now >= 0;
+}
+
+/* Binds and runs one message insert; *id receives its row id. */
+static chat_rc insert_message(store *s, const store_turn *t, int64_t seq, bool assistant,
+                              int64_t *id)
+{
+    sqlite3_stmt *st = s->st[ST_MESSAGE_INSERT];
+    bind_text(s, st, 1, t->session_id);
+    bind_i64(s, st, 2, seq);
+    bind_text(s, st, 3, assistant ? "assistant" : "user");
+    bind_text(s, st, 4, assistant ? t->assistant_content : t->user_content);
+    bind_text(s, st, 5, assistant ? t->status : "complete");
+    bind_text(s, st, 6, assistant ? t->model : NULL);
+    bind_text(s, st, 7, assistant ? t->stop_reason : NULL);
+    bind_i64(s, st, 8, assistant ? t->usage.output_tokens : t->user_tokens);
+    bind_i64(s, st, 9, assistant ? t->usage.input_tokens : -1);
+    bind_i64(s, st, 10, assistant ? t->usage.output_tokens : -1);
+    bind_i64(s, st, 11, assistant ? t->usage.cache_read_tokens : -1);
+    bind_i64(s, st, 12, assistant ? t->usage.cache_write_tokens : -1);
+    bind_i64(s, st, 13, assistant ? t->cost_micros : 0);
+    bind_i64(s, st, 14, t->now);
+    chat_rc rc = run(s, ST_MESSAGE_INSERT);
+    if (rc == CHAT_OK)
+        *id = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *res)
+{
+    if (!s || !valid_turn(turn))
+        return CHAT_EINVAL;
+    const store_turn *t = turn;
+    store_turn_result r = {0};
+    sqlite3_stmt *st;
+    int src;
+
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+    rc = check_lock(s, t->session_id, t->lock_token);
+    if (rc != CHAT_OK)
+        goto out;
+
+    st = s->st[ST_SESSION_CREATE];
+    bind_text(s, st, 1, t->session_id);
+    bind_text(s, st, 2, t->owner);
+    bind_text(s, st, 3, t->system_prompt);
+    bind_text(s, st, 4, t->model);
+    bind_i64(s, st, 5, t->now);
+    rc = run(s, ST_SESSION_CREATE);
+    if (rc != CHAT_OK)
+        goto out;
+    int64_t created = sqlite3_changes(s->db); /* 0: it existed (DO NOTHING) */
+
+    st = s->st[ST_NEXT_SEQ];
+    bind_text(s, st, 1, t->session_id);
+    src = step(s, st);
+    int64_t last_seq = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    done(st);
+    if (src != SQLITE_ROW) {
+        rc = db_fail(s, "ST_NEXT_SEQ", src);
+        goto out;
+    }
+
+    rc = insert_message(s, t, last_seq + 1, false, &r.user_message_id);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = insert_message(s, t, last_seq + 2, true, &r.assistant_message_id);
+    if (rc != CHAT_OK)
+        goto out;
+
+    st = s->st[ST_SESSION_ADD_TURN];
+    bind_text(s, st, 1, t->session_id);
+    bind_text(s, st, 2, t->model);
+    bind_i64(s, st, 3, t->now);
+    bind_i64(s, st, 4, known(t->usage.input_tokens));
+    bind_i64(s, st, 5, known(t->usage.output_tokens));
+    bind_i64(s, st, 6, known(t->usage.cache_read_tokens));
+    bind_i64(s, st, 7, known(t->usage.cache_write_tokens));
+    bind_i64(s, st, 8, t->cost_micros);
+    src = step(s, st);
+    if (src == SQLITE_ROW) {
+        r.turn_count = sqlite3_column_int64(st, 0);
+        r.message_count = sqlite3_column_int64(st, 1);
+    }
+    done(st);
+    if (src != SQLITE_ROW) {
+        rc = db_fail(s, "ST_SESSION_ADD_TURN", src);
+        goto out;
+    }
+
+    st = s->st[ST_STATS_ADD_TURN];
+    bind_i64(s, st, 1, created);
+    bind_i64(s, st, 2, known(t->usage.input_tokens));
+    bind_i64(s, st, 3, known(t->usage.output_tokens));
+    bind_i64(s, st, 4, known(t->usage.cache_read_tokens));
+    bind_i64(s, st, 5, known(t->usage.cache_write_tokens));
+    bind_i64(s, st, 6, t->cost_micros);
+    rc = run(s, ST_STATS_ADD_TURN);
+    if (rc != CHAT_OK)
+        goto out;
+
+    st = s->st[ST_LOCK_RELEASE];
+    bind_text(s, st, 1, t->session_id);
+    bind_text(s, st, 2, t->lock_token);
+    rc = run(s, ST_LOCK_RELEASE);
+    if (rc != CHAT_OK)
+        goto out;
+
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    else if (res)
+        *res = r;
+    return rc;
+}
+
+/* ---- sessions ------------------------------------------------------------- */
+
+/* Fills out from a row of SESSION_COLS. */
+static void read_session(sqlite3_stmt *st, store_session *out)
+{
+    out->id = col_dup(st, 0);
+    out->owner = col_dup(st, 1);
+    out->system_prompt = col_dup(st, 2);
+    out->model = col_dup(st, 3);
+    out->created_at = sqlite3_column_int64(st, 4);
+    out->updated_at = sqlite3_column_int64(st, 5);
+    out->turn_count = sqlite3_column_int64(st, 6);
+    out->message_count = sqlite3_column_int64(st, 7);
+    out->usage.input_tokens = sqlite3_column_int64(st, 8);
+    out->usage.output_tokens = sqlite3_column_int64(st, 9);
+    out->usage.cache_read_tokens = sqlite3_column_int64(st, 10);
+    out->usage.cache_write_tokens = sqlite3_column_int64(st, 11);
+    out->cost_micros = sqlite3_column_int64(st, 12);
+}
+
+chat_rc store_session_get(store *s, const char *session_id, store_session *out)
+{
+    if (!out)
+        return CHAT_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (!s || !valid_id(session_id))
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_SESSION_GET];
+    bind_text(s, st, 1, session_id);
+    int rc = step(s, st);
+    chat_rc out_rc;
+    if (rc == SQLITE_ROW) {
+        read_session(st, out);
+        out_rc = CHAT_OK;
+    } else if (rc == SQLITE_DONE) {
+        out_rc = CHAT_ENOTFOUND;
+    } else {
+        out_rc = db_fail(s, "ST_SESSION_GET", rc);
+    }
+    done(st);
+    return out_rc;
+}
+
+void store_session_clear(store_session *sess)
+{
+    if (!sess)
+        return;
+    free(sess->id);
+    free(sess->owner);
+    free(sess->system_prompt);
+    free(sess->model);
+    memset(sess, 0, sizeof *sess);
+}
+
+/* Inside a write transaction: the session's counters, or CHAT_ENOTFOUND. */
+static chat_rc session_counts(store *s, const char *session_id, int64_t *turns, int64_t *messages)
+{
+    sqlite3_stmt *st = s->st[ST_SESSION_COUNTS];
+    bind_text(s, st, 1, session_id);
+    int rc = step(s, st);
+    chat_rc out;
+    if (rc == SQLITE_ROW) {
+        *turns = sqlite3_column_int64(st, 0);
+        *messages = sqlite3_column_int64(st, 1);
+        out = CHAT_OK;
+    } else if (rc == SQLITE_DONE) {
+        out = CHAT_ENOTFOUND;
+    } else {
+        out = db_fail(s, "ST_SESSION_COUNTS", rc);
+    }
+    done(st);
+    return out;
+}
+
+/* Inside a write transaction: subtracts from the global counters. */
+static chat_rc stats_sub(store *s, int64_t sessions, int64_t messages, int64_t turns)
+{
+    sqlite3_stmt *st = s->st[ST_STATS_SUB];
+    bind_i64(s, st, 1, sessions);
+    bind_i64(s, st, 2, messages);
+    bind_i64(s, st, 3, turns);
+    return run(s, ST_STATS_SUB);
+}
+
+/*
+ * Inside a write transaction: deletes an existing session, its messages (not
+ * left to the cascade, so the counts stay right even where foreign keys are
+ * off) and its lock, and takes them out of the global counters.
+ */
+static chat_rc delete_session(store *s, const char *session_id, int64_t turns, int64_t messages)
+{
+    static const enum stmt_id steps[] = {ST_MESSAGES_DELETE, ST_SESSION_DELETE, ST_LOCK_DROP};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        bind_text(s, s->st[steps[i]], 1, session_id);
+        chat_rc rc = run(s, steps[i]);
+        if (rc != CHAT_OK)
+            return rc;
+    }
+    return stats_sub(s, 1, messages, turns);
+}
+
+chat_rc store_session_delete(store *s, const char *session_id)
+{
+    if (!s || !valid_id(session_id))
+        return CHAT_EINVAL;
+    int64_t turns = 0, messages = 0;
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+    rc = session_counts(s, session_id, &turns, &messages);
+    if (rc == CHAT_OK)
+        rc = delete_session(s, session_id, turns, messages);
+    if (rc == CHAT_OK)
+        rc = tx_commit(s);
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    return rc;
+}
+
+chat_rc store_session_reset(store *s, const char *session_id, int64_t now,
+                            int64_t *previous_turns)
+{
+    if (!s || !valid_id(session_id) || now < 0)
+        return CHAT_EINVAL;
+    int64_t turns = 0, messages = 0;
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+    rc = session_counts(s, session_id, &turns, &messages);
+    if (rc != CHAT_OK)
+        goto out;
+    bind_text(s, s->st[ST_MESSAGES_DELETE], 1, session_id);
+    rc = run(s, ST_MESSAGES_DELETE);
+    if (rc != CHAT_OK)
+        goto out;
+    bind_text(s, s->st[ST_SESSION_RESET], 1, session_id);
+    bind_i64(s, s->st[ST_SESSION_RESET], 2, now);
+    rc = run(s, ST_SESSION_RESET);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = stats_sub(s, 0, messages, turns);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    else if (previous_turns)
+        *previous_turns = turns;
+    return rc;
+}
+
+/* ---- listing -------------------------------------------------------------- */
+
+/*
+ * Cursor: "<created_at>:<id in lowercase hex>", the key of the last row of the
+ * previous page. Hex keeps it URL-safe and unambiguous whatever the id holds;
+ * parsing accepts only the exact form we produce.
+ */
+static char *cursor_make(int64_t created_at, const char *id)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t len = strlen(id);
+    char *h = chat_xmalloc(2 * len + 1);
+    for (size_t i = 0; i < len; i++) {
+        h[2 * i] = hex[(unsigned char)id[i] >> 4];
+        h[2 * i + 1] = hex[(unsigned char)id[i] & 15];
+    }
+    h[2 * len] = '\0';
+    char *c = chat_xasprintf("%" PRId64 ":%s", created_at, h);
+    free(h);
+    return c;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Parses a cursor into (created_at, id); id is written into idbuf (STORE_ID_MAX + 1). */
+static bool cursor_parse(const char *c, int64_t *created_at, char *idbuf)
+{
+    const char *p = c;
+    int64_t v = 0;
+    if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] != ':'))
+        return false; /* no sign, no leading zeros */
+    for (; *p >= '0' && *p <= '9'; p++) {
+        int d = *p - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (*p++ != ':')
+        return false;
+    size_t len = strlen(p);
+    if (len == 0 || len % 2 != 0 || len / 2 > STORE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+            return false;
+        idbuf[i] = (char)(hi << 4 | lo);
+    }
+    idbuf[len / 2] = '\0';
+    *created_at = v;
+    return true;
+}
+
+chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int limit,
+                            store_session **out, size_t *n, char **next_cursor)
+{
+    if (!out || !n || !next_cursor)
+        return CHAT_EINVAL;
+    *out = NULL;
+    *n = 0;
+    *next_cursor = NULL;
+    if (!s || limit < 1 || limit > 1000 || (owner && !valid_id(owner)))
+        return CHAT_EINVAL;
+
+    int64_t after_created = 0;
+    char after_id[STORE_ID_MAX + 1];
+    if (cursor && !cursor_parse(cursor, &after_created, after_id))
+        return CHAT_EINVAL;
+
+    enum stmt_id id = owner ? (cursor ? ST_LIST_OWNER_AFTER : ST_LIST_OWNER_FIRST)
+                            : (cursor ? ST_LIST_AFTER : ST_LIST_FIRST);
+    sqlite3_stmt *st = s->st[id];
+    /* One row more than asked tells whether another page follows. */
+    bind_i64(s, st, 1, (int64_t)limit + 1);
+    if (cursor) {
+        bind_i64(s, st, 2, after_created);
+        bind_text(s, st, 3, after_id);
+    }
+    if (owner)
+        bind_text(s, st, 4, owner);
+
+    store_session *arr = NULL;
+    size_t count = 0, cap = 0;
+    bool more = false;
+    int rc;
+    while ((rc = step(s, st)) == SQLITE_ROW) {
+        if (count == (size_t)limit) {
+            more = true;
+            break;
+        }
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            arr = chat_xrealloc(arr, cap * sizeof *arr);
+        }
+        memset(&arr[count], 0, sizeof arr[count]);
+        read_session(st, &arr[count]);
+        count++;
+    }
+    done(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        store_sessions_free(arr, count);
+        return db_fail(s, stmt_name[id], rc);
+    }
+    if (more)
+        *next_cursor = cursor_make(arr[count - 1].created_at, arr[count - 1].id);
+    *out = arr;
+    *n = count;
+    return CHAT_OK;
+}
+
+void store_sessions_free(store_session *arr, size_t n)
+{
+    if (!arr)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_session_clear(&arr[i]);
+    free(arr);
+}
+
+/* ---- messages ------------------------------------------------------------- */
+
+static void read_message(sqlite3_stmt *st, store_message *m)
+{
+    m->id = sqlite3_column_int64(st, 0);
+    m->seq = sqlite3_column_int64(st, 1);
+    m->role = col_dup(st, 2);
+    m->content = col_dup(st, 3);
+    m->status = col_dup(st, 4);
+    m->model = col_dup(st, 5);
+    m->stop_reason = col_dup(st, 6);
+    m->tokens = sqlite3_column_int64(st, 7);
+    m->usage.input_tokens = sqlite3_column_int64(st, 8);
+    m->usage.output_tokens = sqlite3_column_int64(st, 9);
+    m->usage.cache_read_tokens = sqlite3_column_int64(st, 10);
+    m->usage.cache_write_tokens = sqlite3_column_int64(st, 11);
+    m->cost_micros = sqlite3_column_int64(st, 12);
+    m->created_at = sqlite3_column_int64(st, 13);
+}
+
+chat_rc store_messages_list(store *s, const char *session_id, int64_t after_seq, int limit,
+                            store_message **out, size_t *n)
+{
+    if (!out || !n)
+        return CHAT_EINVAL;
+    *out = NULL;
+    *n = 0;
+    if (!s || !valid_id(session_id))
+        return CHAT_EINVAL;
+
+    store_message *arr = NULL;
+    size_t count = 0, cap = 0;
+    sqlite3_stmt *st;
+    int src;
+    /* A read transaction, so that the existence check and the rows come from
+     * one snapshot (a concurrent delete cannot turn ENOTFOUND into "empty"). */
+    chat_rc rc = tx_begin(s, ST_BEGIN_READ);
+    if (rc != CHAT_OK)
+        return rc;
+
+    st = s->st[ST_SESSION_EXISTS];
+    bind_text(s, st, 1, session_id);
+    src = step(s, st);
+    done(st);
+    if (src != SQLITE_ROW) {
+        rc = src == SQLITE_DONE ? CHAT_ENOTFOUND : db_fail(s, "ST_SESSION_EXISTS", src);
+        goto out;
+    }
+
+    st = s->st[ST_MESSAGES_LIST];
+    bind_text(s, st, 1, session_id);
+    bind_i64(s, st, 2, after_seq);
+    bind_i64(s, st, 3, limit > 0 ? limit : -1); /* LIMIT -1: no limit */
+    while ((src = step(s, st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            arr = chat_xrealloc(arr, cap * sizeof *arr);
+        }
+        memset(&arr[count], 0, sizeof arr[count]);
+        read_message(st, &arr[count]);
+        count++;
+    }
+    done(st);
+    if (src != SQLITE_DONE) {
+        rc = db_fail(s, "ST_MESSAGES_LIST", src);
+        goto out;
+    }
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK) {
+        tx_rollback(s);
+        store_messages_free(arr, count);
+        return rc;
+    }
+    *out = arr;
+    *n = count;
+    return CHAT_OK;
+}
+
+void store_messages_free(store_message *arr, size_t n)
+{
+    if (!arr)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(arr[i].role);
+        free(arr[i].content);
+        free(arr[i].status);
+        free(arr[i].model);
+        free(arr[i].stop_reason);
+    }
+    free(arr);
+}
+
+/* ---- stats and retention -------------------------------------------------- */
+
+chat_rc store_stats_get(store *s, store_stats *out)
+{
+    if (!out)
+        return CHAT_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (!s)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_STATS_GET];
+    int rc = step(s, st);
+    chat_rc out_rc = CHAT_OK;
+    if (rc == SQLITE_ROW) {
+        out->total_sessions = sqlite3_column_int64(st, 0);
+        out->total_messages = sqlite3_column_int64(st, 1);
+        out->total_turns = sqlite3_column_int64(st, 2);
+        out->usage.input_tokens = sqlite3_column_int64(st, 3);
+        out->usage.output_tokens = sqlite3_column_int64(st, 4);
+        out->usage.cache_read_tokens = sqlite3_column_int64(st, 5);
+        out->usage.cache_write_tokens = sqlite3_column_int64(st, 6);
+        out->cost_micros = sqlite3_column_int64(st, 7);
+    } else {
+        /* SQLITE_DONE: the row that 001_init inserts is gone. */
+        out_rc = db_fail(s, "ST_STATS_GET", rc == SQLITE_DONE ? SQLITE_CORRUPT : rc);
+    }
+    done(st);
+    return out_rc;
+}
+
+struct expired {
+    char *id;
+    int64_t turns;
+    int64_t messages;
+};
+
+chat_rc store_sessions_expire(store *s, int64_t before, int64_t now, int limit, int64_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    if (!s || limit < 1 || now < 0)
+        return CHAT_EINVAL;
+
+    struct expired *victims = NULL;
+    size_t count = 0, cap = 0;
+    sqlite3_stmt *st;
+    int src;
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+
+    st = s->st[ST_EXPIRE_SELECT];
+    bind_i64(s, st, 1, before);
+    bind_i64(s, st, 2, now);
+    bind_i64(s, st, 3, limit);
+    while ((src = step(s, st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            victims = chat_xrealloc(victims, cap * sizeof *victims);
+        }
+        victims[count].id = col_dup(st, 0);
+        victims[count].turns = sqlite3_column_int64(st, 1);
+        victims[count].messages = sqlite3_column_int64(st, 2);
+        count++;
+    }
+    done(st);
+    if (src != SQLITE_DONE) {
+        rc = db_fail(s, "ST_EXPIRE_SELECT", src);
+        goto out;
+    }
+    for (size_t i = 0; i < count && rc == CHAT_OK; i++)
+        rc = delete_session(s, victims[i].id, victims[i].turns, victims[i].messages);
+    if (rc != CHAT_OK)
+        goto out;
+
+    /* Locks left by holders that died and whose session never got a turn would
+     * otherwise stay forever. */
+    bind_i64(s, s->st[ST_LOCK_SWEEP], 1, now);
+    rc = run(s, ST_LOCK_SWEEP);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    else if (deleted)
+        *deleted = (int64_t)count;
+    for (size_t i = 0; i < count; i++)
+        free(victims[i].id);
+    free(victims);
+    return rc;
+}
