@@ -44,6 +44,8 @@ bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char 
 void api_root(http_req *r, chat_worker *w, char **params);
 void api_healthz(http_req *r, chat_worker *w, char **params);
 void api_readyz(http_req *r, chat_worker *w, char **params);
+void api_openapi(http_req *r, chat_worker *w, char **params);
+void api_docs(http_req *r, chat_worker *w, char **params);
 
 void api_seed_chat(http_req *r, chat_worker *w, char **params);
 void api_seed_chat_stream(http_req *r, chat_worker *w, char **params);

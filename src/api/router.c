@@ -44,6 +44,8 @@ static const route routes[] = {
     {HTTP_GET, "/v1/stats", api_v1_stats, API_V1},
     {HTTP_GET, "/healthz", api_healthz, API_V1},
     {HTTP_GET, "/readyz", api_readyz, API_V1},
+    {HTTP_GET, "/openapi.json", api_openapi, API_V1},
+    {HTTP_GET, "/docs", api_docs, API_V1},
 };
 
 /* Splits "/a/b/c" into segments (pointers into a copy). Returns the count, or -1 if too many. */
