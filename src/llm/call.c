@@ -9,8 +9,11 @@
  *   inside a callback (curl must not be called from its own callbacks);
  * - deadline_ev, one timer for every deadline of the call: the total deadline
  *   and the current attempt's first-byte or idle deadline. It is re-armed
- *   lazily: receiving bytes only records the time, and when the timer fires
- *   it either ends the attempt or re-arms itself for the next deadline;
+ *   lazily: receiving bytes only records the time (except the first byte,
+ *   which switches from the first-byte to the idle deadline, possibly an
+ *   earlier one), and when the timer fires it either ends the attempt or
+ *   re-arms itself for the next deadline. While paused only the total
+ *   deadline counts;
  * - retry_ev, the backoff wait between two attempts.
  *
  * Bytes arrive in header_cb (status line and the few headers we use) and
@@ -123,7 +126,7 @@ struct llm_call {
     attempt a;                    /* the current attempt */
     llm_parse ps;                 /* what the provider parser found in the current attempt */
     int last_status;              /* last HTTP status seen over all attempts */
-    int64_t last_retry_after_ms;  /* hint of the last response that had one, -1 if none */
+    int64_t last_retry_after_ms;  /* retry hint of the last response classified, -1 if none */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -442,7 +445,6 @@ static void destroy(llm_call *c)
     event_free(c->deadline_ev);
     event_free(c->retry_ev);
     attempt_reset(c);
-    sse_free(c->a.sse);
     llm_parse_reset(&c->ps);
     curl_slist_free_all(c->headers);
     free(c->body);
@@ -554,7 +556,11 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = chat_mono_ms();
     outcome o = {0};
 
-    if (now >= c->total_deadline_ms) {
+    if (c->in_multi && c->ps.complete && c->ps.err == LLM_OK && !c->paused && !c->curl_paused) {
+        /* The end event arrived but the server keeps the response open: the
+         * reply is complete, so a deadline here is not a failure. */
+        outcome_set(&o, LLM_OK, "", false, "%s", "");
+    } else if (now >= c->total_deadline_ms) {
         outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", false,
                     "total deadline passed: no complete reply within total_timeout_ms=%lld ms",
                     (long long)c->p->total_timeout_ms);
@@ -587,11 +593,13 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 static void note_byte(llm_call *c)
 {
     int64_t now = chat_mono_ms();
+    c->last_byte_ms = now;
     if (!c->a.got_byte) {
         c->a.got_byte = true;
         c->ttfb_ms = now - c->attempt_start_ms;
+        /* The idle deadline may come before the first-byte one the timer is set for. */
+        arm_deadline(c);
     }
-    c->last_byte_ms = now;
 }
 
 /* Keeps a bounded copy of a header value (trimmed). */
@@ -850,9 +858,7 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
     attempt *a = &c->a;
     if (a->status)
         c->last_status = a->status;
-    int64_t hint = llm_retry_after_ms(a->retry_after_ms, a->retry_after, time(NULL));
-    if (hint >= 0)
-        c->last_retry_after_ms = hint;
+    c->last_retry_after_ms = llm_retry_after_ms(a->retry_after_ms, a->retry_after, time(NULL));
 
     if (c->ps.err != LLM_OK) {
         /* Found by the parser: an in-stream error event may be retried while

@@ -106,7 +106,13 @@ typedef struct llm_callbacks {
     /* Streaming calls: a piece of reply text (UTF-8, not NUL-terminated). Return
      * LLM_CONTINUE, or LLM_PAUSE to stop reading from the provider until
      * llm_call_resume(). May be NULL for non-streaming calls. The callee must not
-     * call llm_call_cancel() from inside on_delta; defer it. */
+     * call llm_call_cancel() from inside on_delta; defer it.
+     * Pause semantics: after LLM_PAUSE no on_delta runs until the resume. Text
+     * that arrived in the same network read as the paused delta is parsed at
+     * once (no byte is parsed twice) and held by the call; after the resume it
+     * is delivered first, in one on_delta, before reading from the provider
+     * goes on. While paused the idle deadline does not run (the total one
+     * does). on_done may run while paused if no text is held. */
     int (*on_delta)(void *ud, const char *text, size_t len);
     /* Exactly once per call (unless cancelled). The call object is freed right
      * after on_done returns: do not touch it afterwards. */
@@ -124,7 +130,8 @@ typedef struct llm_call llm_call;
 chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req,
                        const llm_callbacks *cbs, void *ud, llm_call **out) CHAT_MUST_CHECK;
 
-/* Resumes a call paused by LLM_PAUSE. Safe to call when not paused. Not from a callback. */
+/* Resumes a call paused by LLM_PAUSE. Safe to call when not paused. Not from a callback.
+ * The work (delivering held text, unpausing curl) runs on the next loop turn. */
 void llm_call_resume(llm_call *c);
 
 /* Aborts the transfer at once and frees the call; no callback runs afterwards. Accepts NULL. */

@@ -179,9 +179,17 @@ void llm_transport_free(llm_transport *t)
 {
     if (!t)
         return;
-    /* Cancelling unlinks each call, so always take the first one. */
-    while (t->calls.next != &t->calls)
-        llm_call_cancel(llm__call_of_link(t->calls.next));
+    /* Cancelling unlinks and frees each call, so save the next link first. */
+    for (llm_link *l = t->calls.next, *next; l != &t->calls; l = next) {
+        next = l->next;
+        llm_call_cancel(llm__call_of_link(l));
+    }
+    if (t->calls.next != &t->calls) {
+        /* Only a call inside its own on_done survives a cancel: freeing the
+         * transport from there would leave that call a dangling transport. */
+        fprintf(stderr, "chatd: llm_transport_free called from inside a call's callback, aborting\n");
+        abort();
+    }
     curl_multi_cleanup(t->multi);
     /* curl normally releases every socket with CURL_POLL_REMOVE; free any it did not. */
     while (t->socks)

@@ -1,0 +1,478 @@
+/*
+ * test_anthropic.c: the Anthropic wire format without sockets: the exact
+ * request body, the headers and URL, non-streaming replies, SSE streams fed
+ * through the real SSE parser into the provider's event handler (bytes from
+ * PROTOCOLS.md A5-A7), error bodies, and the shared retry-after and excerpt
+ * helpers.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "llm/call_internal.h"
+#include "llm/provider.h"
+#include "llm/sse.h"
+
+static const llm_provider *prov(void)
+{
+    static llm_provider p = {
+        .kind = LLM_PROVIDER_ANTHROPIC,
+        .name = "anthropic",
+        .base_url = "https://api.anthropic.com/",
+        .api_key = "sk-ant-test-KEY",
+        .version = "2023-06-01",
+        .connect_timeout_ms = 1000,
+        .first_byte_timeout_ms = 1000,
+        .idle_timeout_ms = 1000,
+        .total_timeout_ms = 5000,
+        .max_response_bytes = 65536,
+    };
+    return &p;
+}
+
+/* ---- request ---- */
+
+static void test_body_exact(void **state)
+{
+    (void)state;
+    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "Hi \"there\"\n"}, {"user", "caf\xc3\xa9?"}};
+    llm_request req = {.model = "claude-sonnet-4-5", .system = "You are terse.", .messages = msgs,
+                       .n_messages = 3, .max_tokens = 1024, .stream = true};
+    char *b = llm_build_body(prov(), &req);
+    assert_non_null(b);
+    assert_string_equal(b, "{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":1024,\"system\":\"You are terse.\","
+                           "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},"
+                           "{\"role\":\"assistant\",\"content\":\"Hi \\\"there\\\"\\n\"},"
+                           "{\"role\":\"user\",\"content\":\"caf\xc3\xa9?\"}],\"stream\":true}");
+    free(b);
+}
+
+static void test_body_no_system_no_stream(void **state)
+{
+    (void)state;
+    llm_message msgs[] = {{"user", "Hello"}};
+    llm_request req = {.model = "m", .system = NULL, .messages = msgs, .n_messages = 1, .max_tokens = 5};
+    char *b = llm_build_body(prov(), &req);
+    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}");
+    free(b);
+    req.system = "";
+    b = llm_build_body(prov(), &req);
+    assert_null(strstr(b, "system"));
+    free(b);
+}
+
+static void test_body_invalid(void **state)
+{
+    (void)state;
+    llm_message msgs[] = {{"user", "bad \xff utf8"}};
+    llm_request req = {.model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5};
+    assert_null(llm_build_body(prov(), &req));
+    msgs[0].content = "ok";
+    req.max_tokens = 0;
+    assert_null(llm_build_body(prov(), &req));
+    req.max_tokens = 5;
+    req.n_messages = 0;
+    assert_null(llm_build_body(prov(), &req));
+    req.n_messages = 1;
+    req.model = NULL;
+    assert_null(llm_build_body(prov(), &req));
+    llm_provider other = *prov();
+    other.kind = LLM_PROVIDER_OPENAI + 10;
+    req.model = "m";
+    assert_null(llm_build_body(&other, &req));
+}
+
+static void test_url_and_headers(void **state)
+{
+    (void)state;
+    char *url = llm_anthropic_ops.build_url(prov());
+    assert_string_equal(url, "https://api.anthropic.com/v1/messages");
+    free(url);
+    struct curl_slist *h = llm_anthropic_ops.build_headers(prov(), true);
+    const char *want[] = {"x-api-key: sk-ant-test-KEY", "anthropic-version: 2023-06-01",
+                          "content-type: application/json", "accept: text/event-stream", "Expect:"};
+    size_t i = 0;
+    for (struct curl_slist *l = h; l; l = l->next, i++) {
+        assert_true(i < 5);
+        assert_string_equal(l->data, want[i]);
+    }
+    assert_int_equal(i, 5);
+    curl_slist_free_all(h);
+    h = llm_anthropic_ops.build_headers(prov(), false);
+    assert_string_equal(h->next->next->next->data, "accept: application/json");
+    curl_slist_free_all(h);
+    /* A key with a line break would inject headers: refused. */
+    llm_provider bad = *prov();
+    bad.api_key = "sk\r\nX-Evil: 1";
+    assert_null(llm_anthropic_ops.build_headers(&bad, true));
+}
+
+/* ---- replies ---- */
+
+typedef struct sink {
+    char text[4096];
+    size_t len;
+    int pieces;
+    int stop_after; /* return nonzero after this many pieces (0 = never) */
+} sink;
+
+static int sink_emit(void *ud, const char *t, size_t n)
+{
+    sink *s = ud;
+    assert_true(s->len + n < sizeof s->text);
+    memcpy(s->text + s->len, t, n);
+    s->len += n;
+    s->text[s->len] = '\0';
+    s->pieces++;
+    return s->stop_after && s->pieces >= s->stop_after;
+}
+
+static int feed_event(void *ud, const char *type, size_t tl, const char *data, size_t dl)
+{
+    (void)tl;
+    llm_parse *st = ud;
+    return llm_anthropic_ops.on_sse_event(st, type, data, dl);
+}
+
+/* Feeds bytes through the real SSE parser in pieces of `step` bytes. */
+static chat_rc feed_stream(llm_parse *st, const char *bytes, size_t step)
+{
+    sse_parser *p = sse_new(65536, 65536, feed_event, st);
+    size_t n = strlen(bytes);
+    chat_rc rc = CHAT_OK;
+    for (size_t i = 0; i < n && rc == CHAT_OK; i += step)
+        rc = sse_feed(p, bytes + i, n - i < step ? n - i : step);
+    sse_free(p);
+    return rc;
+}
+
+/* A6 fixture, verbatim. */
+static const char *STREAM_BASIC =
+    "event: message_start\n"
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK\",\"type\":"
+    "\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-opus-latest\",\"stop_reason\":null,"
+    "\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n"
+    "\n"
+    "event: content_block_start\n"
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n"
+    "\n"
+    "event: ping\n"
+    "data: {\"type\": \"ping\"}\n"
+    "\n"
+    "event: content_block_delta\n"
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n"
+    "\n"
+    "event: content_block_delta\n"
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}\n"
+    "\n"
+    "event: content_block_stop\n"
+    "data: {\"type\":\"content_block_stop\",\"index\":0}\n"
+    "\n"
+    "event: message_delta\n"
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+    "\"usage\":{\"output_tokens\":6}}\n"
+    "\n"
+    "event: message_stop\n"
+    "data: {\"type\":\"message_stop\"}\n"
+    "\n";
+
+static void test_stream_basic_any_split(void **state)
+{
+    (void)state;
+    size_t steps[] = {1, 2, 3, 7, 64, 100000};
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
+        sink s = {0};
+        llm_parse st;
+        llm_parse_init(&st, sink_emit, &s);
+        assert_int_equal(feed_stream(&st, STREAM_BASIC, steps[k]), CHAT_OK);
+        assert_int_equal(st.err, LLM_OK);
+        assert_true(st.complete);
+        assert_string_equal(s.text, "Hello there");
+        assert_int_equal(s.pieces, 2);
+        assert_string_equal(st.model, "claude-3-opus-latest");
+        assert_string_equal(st.stop_reason, "end_turn");
+        assert_int_equal(st.usage.input_tokens, 11);
+        assert_int_equal(st.usage.output_tokens, 6);
+        assert_int_equal(st.usage.cache_read_tokens, -1);
+        llm_parse_reset(&st);
+    }
+}
+
+/* The 2026 shape: padded JSON, cache fields, repeated message_delta (overwrite, never add). */
+static void test_stream_2026_usage_overwrite(void **state)
+{
+    (void)state;
+    const char *bytes =
+        "event: message_start\r\n"
+        "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-8\",\"id\":\"msg_x\",\"type\":"
+        "\"message\",\"role\":\"assistant\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
+        "\"stop_details\":null,\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":5,"
+        "\"cache_read_input_tokens\":188086,\"cache_creation\":{\"ephemeral_5m_input_tokens\":0,"
+        "\"ephemeral_1h_input_tokens\":0},\"output_tokens\":7,\"service_tier\":\"standard\","
+        "\"inference_geo\":\"global\"}}               }\r\n\r\n"
+        "event: content_block_start\r\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+        "\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\r\n\r\n"
+        "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+        "\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm\"}}\r\n\r\n"
+        "event: content_block_stop\r\ndata: {\"type\":\"content_block_stop\",\"index\":0}\r\n\r\n"
+        "event: content_block_start\r\ndata: {\"type\":\"content_block_start\",\"index\":1,"
+        "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\r\n\r\n"
+        "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":1,"
+        "\"delta\":{\"type\":\"text_delta\",\"text\":\"caf\\u00e9 \xe2\x80\xa8 ok\"}}\r\n\r\n"
+        "event: some_future_event\r\ndata: {not even json\r\n\r\n"
+        "event: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},"
+        "\"usage\":{\"output_tokens\":300}}\r\n\r\n"
+        "event: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\","
+        "\"stop_sequence\":null,\"stop_details\":null},\"usage\":{\"input_tokens\":31,"
+        "\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":188086,\"output_tokens\":547}"
+        "               }\r\n\r\n"
+        "event: message_stop\r\ndata: {\"type\":\"message_stop\"       }\r\n\r\n";
+    sink s = {0};
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(feed_stream(&st, bytes, 5), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_true(st.complete);
+    assert_string_equal(s.text, "caf\xc3\xa9 \xe2\x80\xa8 ok"); /* the thinking block is skipped */
+    assert_string_equal(st.model, "claude-opus-4-8");
+    assert_string_equal(st.stop_reason, "end_turn");
+    assert_int_equal(st.usage.input_tokens, 31);
+    assert_int_equal(st.usage.output_tokens, 547); /* not 7 + 300 + 547 */
+    assert_int_equal(st.usage.cache_read_tokens, 188086);
+    assert_int_equal(st.usage.cache_write_tokens, 5);
+    llm_parse_reset(&st);
+}
+
+static void test_stream_error_event(void **state)
+{
+    (void)state;
+    const char *bytes = "event: content_block_delta\n"
+                        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\","
+                        "\"text\":\"Hi\"}}\n\n"
+                        "event: error\n"
+                        "data: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": "
+                        "\"Overloaded\"}}\n\n"
+                        "event: content_block_delta\n"
+                        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\","
+                        "\"text\":\"never\"}}\n\n";
+    sink s = {0};
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(feed_stream(&st, bytes, 1000), CHAT_ECANCELED);
+    assert_int_equal(st.err, LLM_ERR_STREAM);
+    assert_string_equal(st.err_type, "overloaded_error");
+    assert_string_equal(st.err_message, "Overloaded");
+    assert_string_equal(s.text, "Hi");
+    assert_false(st.complete);
+    llm_parse_reset(&st);
+
+    /* An error event whose JSON is broken is still the provider's error. */
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(feed_stream(&st, "event: error\ndata: oops <b>bad</b>\n\n", 3), CHAT_ECANCELED);
+    assert_int_equal(st.err, LLM_ERR_STREAM);
+    assert_string_equal(st.err_type, "api_error");
+    assert_string_equal(st.err_message, "oops <b>bad</b>");
+    llm_parse_reset(&st);
+}
+
+static void test_stream_malformed_json(void **state)
+{
+    (void)state;
+    sink s = {0};
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    const char *bytes = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+                        "{\"type\":\"text_delta\",\"text\":\"Hel\n\n";
+    assert_int_equal(feed_stream(&st, bytes, 1000), CHAT_ECANCELED);
+    assert_int_equal(st.err, LLM_ERR_PROTOCOL);
+    assert_string_equal(st.err_type, "protocol_error");
+    assert_non_null(strstr(st.err_message, "content_block_delta"));
+    assert_int_equal(s.len, 0);
+    llm_parse_reset(&st);
+}
+
+static void test_stream_truncated_and_data_only(void **state)
+{
+    (void)state;
+    /* Cut before message_stop: not complete, so the call reports truncation. */
+    size_t cut = strstr(STREAM_BASIC, "event: message_stop") - STREAM_BASIC;
+    char *part = strndup(STREAM_BASIC, cut + 30);
+    sink s = {0};
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(feed_stream(&st, part, 10), CHAT_OK);
+    assert_false(st.complete);
+    assert_int_equal(st.err, LLM_OK);
+    llm_parse_reset(&st);
+    free(part);
+
+    /* Data-only events (no event: line) are "message" events: ignored, as the SDK does. */
+    sink s2 = {0};
+    llm_parse_init(&st, sink_emit, &s2);
+    assert_int_equal(feed_stream(&st, "data: {\"type\":\"message_stop\"}\n\n", 100), CHAT_OK);
+    assert_false(st.complete);
+    llm_parse_reset(&st);
+}
+
+static void test_emit_stop(void **state)
+{
+    (void)state;
+    sink s = {.stop_after = 1};
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(feed_stream(&st, STREAM_BASIC, 100000), CHAT_ECANCELED);
+    assert_string_equal(s.text, "Hello");
+    llm_parse_reset(&st);
+}
+
+static void test_json_body(void **state)
+{
+    (void)state;
+    const char *body =
+        "{\"id\":\"msg_01XFDUDYJgAACzvnptvVoYEL\",\"type\":\"message\",\"role\":\"assistant\","
+        "\"model\":\"claude-sonnet-4-5-20250929\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"x\"},"
+        "{\"type\":\"text\",\"text\":\"Hi! \"},{\"type\":\"text\",\"text\":\"How can I help?\"}],"
+        "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,"
+        "\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":9,"
+        "\"service_tier\":\"standard\"}}";
+    sink s = {0};
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, body, strlen(body)), LLM_OK);
+    assert_string_equal(s.text, "Hi! How can I help?");
+    assert_string_equal(st.stop_reason, "end_turn");
+    assert_string_equal(st.model, "claude-sonnet-4-5-20250929");
+    assert_int_equal(st.usage.input_tokens, 12);
+    assert_int_equal(st.usage.output_tokens, 9);
+    assert_int_equal(st.usage.cache_write_tokens, 0);
+    llm_parse_reset(&st);
+
+    /* Empty content is a valid reply (A5). */
+    const char *empty = "{\"type\":\"message\",\"content\":[],\"stop_reason\":\"end_turn\"}";
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, empty, strlen(empty)), LLM_OK);
+    llm_parse_reset(&st);
+
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, "{\"content\":", 11), LLM_ERR_PROTOCOL);
+    assert_int_equal(st.err, LLM_ERR_PROTOCOL);
+    llm_parse_reset(&st);
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, "{\"type\":\"message\"}", 18), LLM_ERR_PROTOCOL);
+    llm_parse_reset(&st);
+}
+
+static void test_error_bodies(void **state)
+{
+    (void)state;
+    llm_error_info e;
+    const char *b529 = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"},"
+                       "\"request_id\":\"req_011CSHoEeqs5C35K2UUqR7Fy\"}";
+    llm_anthropic_ops.parse_error(529, b529, strlen(b529), &e);
+    assert_string_equal(e.type, "overloaded_error");
+    assert_string_equal(e.message, "Overloaded");
+    assert_false(e.no_retry);
+    llm_error_info_free(&e);
+
+    const char *spend = "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"spend cap\","
+                        "\"details\":{\"error_code\":\"enforced_spend_limit_reached\"}}}";
+    llm_anthropic_ops.parse_error(429, spend, strlen(spend), &e);
+    assert_string_equal(e.type, "rate_limit_error");
+    assert_true(e.no_retry);
+    llm_error_info_free(&e);
+
+    const char *html = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad "
+                       "Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n";
+    llm_anthropic_ops.parse_error(502, html, strlen(html), &e);
+    assert_string_equal(e.type, "api_error");
+    assert_string_equal(e.message, "HTTP 502: 502 Bad Gateway 502 Bad Gateway cloudflare");
+    llm_error_info_free(&e);
+
+    llm_anthropic_ops.parse_error(400, "plain text oops", 15, &e);
+    assert_string_equal(e.type, "invalid_request_error");
+    assert_string_equal(e.message, "HTTP 400: plain text oops");
+    llm_error_info_free(&e);
+
+    llm_anthropic_ops.parse_error(413, "", 0, &e);
+    assert_string_equal(e.type, "request_too_large");
+    assert_string_equal(e.message, "HTTP 413 with an empty body");
+    llm_error_info_free(&e);
+
+    llm_anthropic_ops.parse_error(500, "{\"error\":\"boom\"}", 16, &e);
+    assert_string_equal(e.type, "api_error");
+    assert_string_equal(e.message, "boom");
+    llm_error_info_free(&e);
+
+    llm_anthropic_ops.parse_error(422, "{\"detail\":\"bad field\"}", 22, &e);
+    assert_string_equal(e.type, "invalid_request_error");
+    assert_string_equal(e.message, "bad field");
+    llm_error_info_free(&e);
+
+    /* Binary garbage: bounded, printable, valid UTF-8. */
+    char junk[1000];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)(i * 37 + 1);
+    llm_anthropic_ops.parse_error(503, junk, sizeof junk, &e);
+    assert_string_equal(e.type, "api_error");
+    assert_true(strlen(e.message) <= 200 + 10);
+    for (const unsigned char *p = (const unsigned char *)e.message; *p; p++)
+        assert_true(*p >= 0x20 && *p != 0x7f);
+    llm_error_info_free(&e);
+}
+
+static void test_retry_after(void **state)
+{
+    (void)state;
+    time_t now = 1700000000;
+    assert_int_equal(llm_retry_after_ms(NULL, NULL, now), -1);
+    assert_int_equal(llm_retry_after_ms("1500", "9", now), 1500);
+    assert_int_equal(llm_retry_after_ms(NULL, "2", now), 2000);
+    assert_int_equal(llm_retry_after_ms(NULL, "0.25", now), 250);
+    assert_int_equal(llm_retry_after_ms("junk", "3", now), 3000);
+    assert_int_equal(llm_retry_after_ms(NULL, "soon", now), -1);
+    assert_int_equal(llm_retry_after_ms(NULL, "-4", now), -1);
+    /* 1700000000 is Tue, 14 Nov 2023 22:13:20 GMT. */
+    assert_int_equal(llm_retry_after_ms(NULL, "Tue, 14 Nov 2023 22:13:50 GMT", now), 30000);
+    assert_int_equal(llm_retry_after_ms(NULL, "Tue, 14 Nov 2023 22:00:00 GMT", now), 0);
+}
+
+static void test_helpers(void **state)
+{
+    (void)state;
+    char *s = llm_strndup_utf8("ab\xc3\xa9z", 3); /* would cut the é */
+    assert_string_equal(s, "ab");
+    free(s);
+    const char *raw = "  line1\n\tline2  \xff end";
+    s = llm_excerpt(raw, strlen(raw), 100);
+    assert_string_equal(s, "line1 line2 ? end");
+    free(s);
+    s = llm_excerpt("abcdefgh", 8, 4);
+    assert_string_equal(s, "abcd");
+    free(s);
+    assert_string_equal(llm_error_type_for_status(529), "overloaded_error");
+    assert_string_equal(llm_error_type_for_status(418), "invalid_request_error");
+    assert_string_equal(llm_error_type_for_status(503), "api_error");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_body_exact),
+        cmocka_unit_test(test_body_no_system_no_stream),
+        cmocka_unit_test(test_body_invalid),
+        cmocka_unit_test(test_url_and_headers),
+        cmocka_unit_test(test_stream_basic_any_split),
+        cmocka_unit_test(test_stream_2026_usage_overwrite),
+        cmocka_unit_test(test_stream_error_event),
+        cmocka_unit_test(test_stream_malformed_json),
+        cmocka_unit_test(test_stream_truncated_and_data_only),
+        cmocka_unit_test(test_emit_stop),
+        cmocka_unit_test(test_json_body),
+        cmocka_unit_test(test_error_bodies),
+        cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_helpers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

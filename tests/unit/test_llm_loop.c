@@ -1,0 +1,1228 @@
+/*
+ * test_llm_loop.c: loop-level tests of the LLM client (transport.c, call.c,
+ * anthropic.c) against a tiny evhttp server running in this process on
+ * 127.0.0.1, on the same event_base as the calls.
+ *
+ * Each test scripts the server's replies (status, headers, a plain body or
+ * timed chunks, and how the reply ends: cleanly, hanging, or with a TCP
+ * reset), runs one call, and checks the callbacks (counted and ordered), the
+ * result, what the server received, and timings. Every run of the loop has a
+ * watchdog so that a hung call fails its test instead of the suite.
+ */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "llm/provider.h"
+#include "llm/transport.h"
+
+#define API_KEY "sk-ant-secret-KEY-123456"
+
+/* ------------------------------------------------------------------------ */
+/* The scripted server                                                        */
+
+typedef enum { END_OK = 0, END_HANG, END_RESET } end_kind;
+
+typedef struct script {
+    int status;
+    const char *headers[8];   /* "Name: value" */
+    int head_delay_ms;        /* wait before sending the response head */
+    const char *body;         /* non-NULL: a plain (content-length) reply */
+    const char *chunks[24];   /* else: a chunked reply, one chunk each */
+    int chunk_delay_ms;       /* between chunks, and before the end */
+    end_kind end;
+} script;
+
+typedef struct srv srv;
+
+typedef struct sreq {
+    srv *s;
+    struct evhttp_request *req; /* NULL once finished or freed by evhttp */
+    const script *sc;
+    int next;                   /* next chunk to send */
+    bool started;               /* reply head sent */
+    struct event *tm;
+    struct sreq *link;
+} sreq;
+
+struct srv {
+    struct event_base *base;
+    struct evhttp *http;
+    int port;
+    const script *scripts;      /* request i uses scripts[min(i, n-1)] */
+    int n_scripts;
+    int nreq;
+    int64_t req_ms[16];         /* arrival time of each request */
+    char *body;                 /* last request's body */
+    char *uri;
+    char *h_key, *h_version, *h_ctype, *h_accept, *h_expect, *h_encoding;
+    int last_fd;                /* socket of the last request's connection */
+    int closes;                 /* connections closed by the peer while a reply was unfinished */
+    int64_t close_ms;
+    sreq *reqs;
+};
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void sreq_finish_detached(sreq *r)
+{
+    /* The request was detached from its (dead) connection by evhttp; answering
+     * it is how it gets freed (see DESIGN.md, evhttp traps). */
+    if (r->started)
+        evhttp_send_reply_end(r->req);
+    else
+        evhttp_send_reply(r->req, 500, "gone", NULL);
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    sreq *r = arg;
+    if (!r->req)
+        return;
+    r->s->closes++;
+    r->s->close_ms = chat_mono_ms();
+    event_del(r->tm);
+    if (evhttp_request_get_connection(r->req) == NULL)
+        sreq_finish_detached(r);
+    /* else evhttp frees the still attached request itself */
+    r->req = NULL;
+}
+
+static void sreq_done(sreq *r)
+{
+    evhttp_connection_set_closecb(evhttp_request_get_connection(r->req), NULL, NULL);
+    r->req = NULL;
+}
+
+static void step_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sreq *r = arg;
+    const script *sc = r->sc;
+    if (!r->req)
+        return;
+    if (!r->started) {
+        struct evkeyvalq *oh = evhttp_request_get_output_headers(r->req);
+        for (int i = 0; i < 8 && sc->headers[i]; i++) {
+            const char *colon = strchr(sc->headers[i], ':');
+            char *name = strndup(sc->headers[i], (size_t)(colon - sc->headers[i]));
+            evhttp_add_header(oh, name, colon + 2);
+            free(name);
+        }
+        if (sc->body) {
+            struct evbuffer *b = evbuffer_new();
+            evbuffer_add(b, sc->body, strlen(sc->body));
+            evhttp_connection_set_closecb(evhttp_request_get_connection(r->req), NULL, NULL);
+            evhttp_send_reply(r->req, sc->status, "X", b);
+            evbuffer_free(b);
+            r->req = NULL;
+            return;
+        }
+        evhttp_send_reply_start(r->req, sc->status, "X");
+        r->started = true;
+    }
+    if (r->next < 24 && sc->chunks[r->next]) {
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add(b, sc->chunks[r->next], strlen(sc->chunks[r->next]));
+        evhttp_send_reply_chunk(r->req, b);
+        evbuffer_free(b);
+        r->next++;
+        struct timeval tv = {0, sc->chunk_delay_ms * 1000};
+        evtimer_add(r->tm, &tv);
+        return;
+    }
+    switch (sc->end) {
+    case END_OK: {
+        struct evhttp_request *req = r->req;
+        sreq_done(r);
+        evhttp_send_reply_end(req);
+        break;
+    }
+    case END_HANG:
+        break;
+    case END_RESET: {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+        int sfd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
+        struct linger lg = {1, 0}; /* close() now sends a RST */
+        setsockopt(sfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        sreq_done(r);
+        evhttp_connection_free(evcon); /* frees the request too */
+        break;
+    }
+    }
+}
+
+static void handler(struct evhttp_request *req, void *arg)
+{
+    srv *s = arg;
+    struct evkeyvalq *ih = evhttp_request_get_input_headers(req);
+    if (s->nreq < 16)
+        s->req_ms[s->nreq] = chat_mono_ms();
+    const script *sc = &s->scripts[s->nreq < s->n_scripts ? s->nreq : s->n_scripts - 1];
+    s->nreq++;
+    free(s->uri);
+    free(s->body);
+    free(s->h_key), free(s->h_version), free(s->h_ctype), free(s->h_accept), free(s->h_expect),
+        free(s->h_encoding);
+    s->uri = strdup(evhttp_request_get_uri(req));
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    s->body = calloc(1, n + 1);
+    evbuffer_copyout(in, s->body, n);
+    s->h_key = dup_or_null(evhttp_find_header(ih, "x-api-key"));
+    s->h_version = dup_or_null(evhttp_find_header(ih, "anthropic-version"));
+    s->h_ctype = dup_or_null(evhttp_find_header(ih, "content-type"));
+    s->h_accept = dup_or_null(evhttp_find_header(ih, "accept"));
+    s->h_expect = dup_or_null(evhttp_find_header(ih, "expect"));
+    s->h_encoding = dup_or_null(evhttp_find_header(ih, "accept-encoding"));
+
+    s->last_fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evhttp_request_get_connection(req)));
+    sreq *r = calloc(1, sizeof *r);
+    r->s = s;
+    r->req = req;
+    r->sc = sc;
+    r->tm = evtimer_new(s->base, step_cb, r);
+    r->link = s->reqs;
+    s->reqs = r;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_conn_close, r);
+    struct timeval tv = {sc->head_delay_ms / 1000, (sc->head_delay_ms % 1000) * 1000};
+    evtimer_add(r->tm, &tv);
+}
+
+static void srv_start(srv *s, struct event_base *base, const script *scripts, int n)
+{
+    memset(s, 0, sizeof *s);
+    s->base = base;
+    s->scripts = scripts;
+    s->n_scripts = n;
+    s->http = evhttp_new(base);
+    evhttp_set_gencb(s->http, handler, s);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->http, "127.0.0.1", 0);
+    assert_non_null(bs);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl);
+    s->port = ntohs(sa.sin_port);
+}
+
+/* True if the client closed the last request's connection (evhttp does not
+ * read, so cannot notice, while a handler has not started its reply). */
+static bool peer_closed(srv *s)
+{
+    char b;
+    return recv(s->last_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+static void srv_stop(srv *s)
+{
+    evhttp_free(s->http);
+    while (s->reqs) {
+        sreq *r = s->reqs;
+        s->reqs = r->link;
+        event_free(r->tm);
+        free(r);
+    }
+    free(s->uri), free(s->body), free(s->h_key), free(s->h_version), free(s->h_ctype), free(s->h_accept),
+        free(s->h_expect), free(s->h_encoding);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The client side                                                            */
+
+typedef struct tc {
+    struct event_base *base;
+    srv s;
+    llm_transport *t;
+    llm_provider p;
+    char base_url[64];
+    llm_call *call;
+    int64_t start_ms;
+    /* deltas */
+    int deltas;
+    char text[8192];
+    size_t len;
+    int64_t delta_ms[64];
+    int pause_every;            /* return LLM_PAUSE on every pause_every-th delta (0 = never) */
+    int resume_after_ms;        /* then resume after this long */
+    int64_t resumed_ms;         /* last resume */
+    int delta_while_paused;     /* deltas received while we were paused: must stay 0 */
+    bool paused;
+    int cancel_after_deltas;    /* cancel (from the loop) after this many deltas (0 = never) */
+    bool cancelled;
+    bool cancel_inside;         /* cancel from inside on_delta itself (must be deferred by the call) */
+    int64_t cancel_ms;
+    int after_cancel;           /* callbacks after cancel: must stay 0 */
+    struct event *action;       /* deferred resume / cancel */
+    /* done */
+    int done;
+    int delta_after_done;
+    int64_t done_ms;
+    llm_status status;
+    int http_status;
+    char *error_type, *error_message, *request_id, *stop_reason, *model, *rtext;
+    int64_t retry_after_ms;
+    llm_usage usage;
+    bool delivered;
+    int attempts;
+    int64_t ttfb_ms;
+} tc;
+
+static void action_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tc *c = arg;
+    if (c->cancel_after_deltas && c->deltas >= c->cancel_after_deltas && !c->cancelled) {
+        c->cancelled = true;
+        c->cancel_ms = chat_mono_ms();
+        llm_call_cancel(c->call);
+        c->call = NULL;
+        return;
+    }
+    if (c->paused) {
+        c->paused = false;
+        c->resumed_ms = chat_mono_ms();
+        llm_call_resume(c->call);
+    }
+}
+
+static int on_delta(void *ud, const char *text, size_t len)
+{
+    tc *c = ud;
+    if (c->cancelled)
+        c->after_cancel++;
+    if (c->done)
+        c->delta_after_done++;
+    if (c->paused)
+        c->delta_while_paused++;
+    assert_true(c->len + len < sizeof c->text);
+    memcpy(c->text + c->len, text, len);
+    c->len += len;
+    c->text[c->len] = '\0';
+    if (c->deltas < 64)
+        c->delta_ms[c->deltas] = chat_mono_ms();
+    c->deltas++;
+    if (c->cancel_inside && c->cancel_after_deltas && c->deltas == c->cancel_after_deltas) {
+        c->cancelled = true;
+        c->cancel_ms = chat_mono_ms();
+        llm_call_cancel(c->call);
+        c->call = NULL;
+        return LLM_CONTINUE;
+    }
+    if (c->cancel_after_deltas && c->deltas == c->cancel_after_deltas) {
+        /* Not from inside on_delta (provider.h): on the next loop turn. */
+        struct timeval tv = {0, 0};
+        evtimer_add(c->action, &tv);
+    }
+    if (c->pause_every && c->deltas % c->pause_every == 0) {
+        c->paused = true;
+        struct timeval tv = {0, c->resume_after_ms * 1000};
+        evtimer_add(c->action, &tv);
+        return LLM_PAUSE;
+    }
+    return LLM_CONTINUE;
+}
+
+static char *dup_s(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void on_done(void *ud, const llm_result *r)
+{
+    tc *c = ud;
+    if (c->cancelled)
+        c->after_cancel++;
+    c->done++;
+    c->done_ms = chat_mono_ms();
+    c->status = r->status;
+    c->http_status = r->http_status;
+    c->error_type = dup_s(r->error_type);
+    c->error_message = dup_s(r->error_message);
+    c->request_id = dup_s(r->request_id);
+    c->stop_reason = dup_s(r->stop_reason);
+    c->model = dup_s(r->model);
+    c->rtext = strndup(r->text, r->text_len);
+    assert_int_equal(strlen(r->text), r->text_len);
+    c->retry_after_ms = r->retry_after_ms;
+    c->usage = r->usage;
+    c->delivered = r->delivered;
+    c->attempts = r->attempts;
+    c->ttfb_ms = r->ttfb_ms;
+    c->call = NULL;
+    if (r->status == LLM_OK) {
+        assert_null(r->error_type);
+        assert_null(r->error_message);
+    } else {
+        assert_non_null(r->error_type);
+        assert_non_null(r->error_message);
+        assert_null(strstr(r->error_message, API_KEY));
+    }
+    event_base_loopbreak(c->base);
+}
+
+static void tc_init(tc *c, const script *scripts, int n)
+{
+    memset(c, 0, sizeof *c);
+    c->base = event_base_new();
+    srv_start(&c->s, c->base, scripts, n);
+    c->t = llm_transport_new(c->base);
+    snprintf(c->base_url, sizeof c->base_url, "http://127.0.0.1:%d", c->s.port);
+    c->p = (llm_provider){
+        .kind = LLM_PROVIDER_ANTHROPIC,
+        .name = "anthropic",
+        .base_url = c->base_url,
+        .api_key = API_KEY,
+        .version = "2023-06-01",
+        .connect_timeout_ms = 1000,
+        .first_byte_timeout_ms = 2000,
+        .idle_timeout_ms = 2000,
+        .total_timeout_ms = 5000,
+        .max_retries = 0,
+        .retry_base_ms = 20,
+        .retry_max_wait_ms = 1000,
+        .max_response_bytes = 65536,
+    };
+    c->action = evtimer_new(c->base, action_cb, c);
+    c->retry_after_ms = -2;
+}
+
+static void tc_free(tc *c)
+{
+    llm_transport_free(c->t); /* cancels a call still running: no callback */
+    srv_stop(&c->s);
+    event_free(c->action);
+    event_base_free(c->base);
+    free(c->error_type), free(c->error_message), free(c->request_id), free(c->stop_reason), free(c->model),
+        free(c->rtext);
+}
+
+static void tc_start(tc *c, bool stream)
+{
+    static const llm_message msgs[] = {{"user", "Hello"}};
+    llm_request req = {.model = "claude-test", .system = "Be brief.", .messages = msgs, .n_messages = 1,
+                       .max_tokens = 64, .stream = stream};
+    llm_callbacks cbs = {.on_delta = on_delta, .on_done = on_done};
+    c->start_ms = chat_mono_ms();
+    assert_int_equal(llm_call_start(c->t, &c->p, &req, &cbs, c, &c->call), CHAT_OK);
+    assert_non_null(c->call);
+    assert_int_equal(c->done, 0); /* never from inside llm_call_start */
+    assert_int_equal(llm_transport_active(c->t), 1);
+}
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
+/* Runs the loop until on_done (or the watchdog, which fails the test). */
+static void run_until_done(tc *c, int max_ms)
+{
+    struct event *wd = evtimer_new(c->base, watchdog_cb, c->base);
+    struct timeval tv = {max_ms / 1000, (max_ms % 1000) * 1000};
+    evtimer_add(wd, &tv);
+    while (!c->done && event_base_dispatch(c->base) == 0) {
+        if (!evtimer_pending(wd, NULL))
+            break;
+    }
+    event_free(wd);
+    assert_int_equal(c->done, 1);
+}
+
+/* Runs the loop for ms (to see that nothing more happens, or for the server to notice). */
+static void run_for(tc *c, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(c->base, &tv);
+    event_base_dispatch(c->base);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Canned replies (PROTOCOLS.md A5-A7)                                        */
+
+#define SSE_CT "content-type: text/event-stream; charset=utf-8"
+#define JSON_CT "content-type: application/json"
+#define EV_START                                                                                              \
+    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":"        \
+    "\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-test-20260101\",\"stop_reason\":null," \
+    "\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"cache_creation_input_tokens\":3,"                \
+    "\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n"
+#define EV_BLOCK                                                                                              \
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":"     \
+    "{\"type\":\"text\",\"text\":\"\"}}\n\n"
+#define EV_DELTA(t)                                                                                           \
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"   \
+    "\"text_delta\",\"text\":\"" t "\"}}\n\n"
+#define EV_PING "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+#define EV_BSTOP "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+#define EV_MDELTA(reason, out)                                                                                \
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"" reason "\","     \
+    "\"stop_sequence\":null},\"usage\":{\"output_tokens\":" out "}}\n\n"
+#define EV_STOP "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+#define EV_ERROR(type, msg)                                                                                   \
+    "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"" type "\", \"message\": \"" msg      \
+    "\"}}\n\n"
+#define ERR_BODY(type, msg) "{\"type\":\"error\",\"error\":{\"type\":\"" type "\",\"message\":\"" msg "\"}}"
+
+static const script STREAM_OK = {
+    .status = 200,
+    .headers = {SSE_CT, "request-id: req_stream_1"},
+    .chunks = {EV_START, EV_BLOCK, EV_PING, EV_DELTA("Hello"), EV_DELTA(", "), EV_DELTA("world"),
+               EV_DELTA("!"), EV_BSTOP, EV_MDELTA("max_tokens", "5"), EV_MDELTA("end_turn", "9"), EV_STOP},
+    .chunk_delay_ms = 2,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Tests                                                                      */
+
+static void test_nonstream_ok(void **state)
+{
+    (void)state;
+    static const script sc[] = {{
+        .status = 200,
+        .headers = {JSON_CT, "request-id: req_011CVabc"},
+        .body = "{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-test-1\","
+                "\"content\":[{\"type\":\"thinking\",\"thinking\":\"hm\"},{\"type\":\"text\",\"text\":\"Hi! \"},"
+                "{\"type\":\"text\",\"text\":\"How can I help?\"}],\"stop_reason\":\"end_turn\","
+                "\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,"
+                "\"cache_read_input_tokens\":0,\"output_tokens\":9}}",
+    }};
+    tc c;
+    tc_init(&c, sc, 1);
+    tc_start(&c, false);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.http_status, 200);
+    assert_string_equal(c.rtext, "Hi! How can I help?");
+    assert_int_equal(c.deltas, 0);
+    assert_string_equal(c.stop_reason, "end_turn");
+    assert_string_equal(c.model, "claude-test-1");
+    assert_string_equal(c.request_id, "req_011CVabc");
+    assert_int_equal(c.usage.input_tokens, 12);
+    assert_int_equal(c.usage.output_tokens, 9);
+    assert_int_equal(c.attempts, 1);
+    assert_int_equal(c.retry_after_ms, -1);
+    assert_true(c.ttfb_ms >= 0);
+    /* What went over the wire. */
+    assert_string_equal(c.s.uri, "/v1/messages");
+    assert_string_equal(c.s.h_key, API_KEY);
+    assert_string_equal(c.s.h_version, "2023-06-01");
+    assert_string_equal(c.s.h_ctype, "application/json");
+    assert_string_equal(c.s.h_accept, "application/json");
+    assert_null(c.s.h_expect);
+    assert_null(c.s.h_encoding);
+    assert_string_equal(c.s.body, "{\"model\":\"claude-test\",\"max_tokens\":64,\"system\":\"Be brief.\","
+                                  "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}");
+    assert_int_equal(llm_transport_active(c.t), 0);
+    tc_free(&c);
+}
+
+static void test_stream_ok(void **state)
+{
+    (void)state;
+    tc c;
+    tc_init(&c, &STREAM_OK, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.deltas, 4);
+    assert_string_equal(c.text, "Hello, world!");
+    assert_string_equal(c.rtext, "Hello, world!");
+    for (int i = 1; i < 4; i++)
+        assert_true(c.delta_ms[i] >= c.delta_ms[i - 1]);
+    assert_true(c.done_ms >= c.delta_ms[3]);
+    assert_int_equal(c.delta_after_done, 0);
+    assert_string_equal(c.stop_reason, "end_turn");
+    assert_string_equal(c.model, "claude-test-20260101");
+    assert_string_equal(c.request_id, "req_stream_1");
+    /* message_delta usage overwrites (9, not 1 + 5 + 9); input and cache from message_start. */
+    assert_int_equal(c.usage.output_tokens, 9);
+    assert_int_equal(c.usage.input_tokens, 11);
+    assert_int_equal(c.usage.cache_write_tokens, 3);
+    assert_int_equal(c.usage.cache_read_tokens, 100);
+    assert_true(c.delivered);
+    assert_int_equal(c.attempts, 1);
+    assert_string_equal(c.s.h_accept, "text/event-stream");
+    assert_non_null(strstr(c.s.body, "\"stream\":true"));
+    tc_free(&c);
+}
+
+/* The whole stream in one TCP write: every event arrives in one curl write. */
+static void test_stream_one_chunk(void **state)
+{
+    (void)state;
+    static const script sc[] = {{
+        .status = 200,
+        .headers = {SSE_CT},
+        .chunks = {EV_START EV_BLOCK EV_DELTA("a") EV_DELTA("b") EV_DELTA("c") EV_BSTOP
+                   EV_MDELTA("end_turn", "3") EV_STOP},
+    }};
+    tc c;
+    tc_init(&c, sc, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.text, "abc");
+    assert_int_equal(c.deltas, 3);
+    tc_free(&c);
+}
+
+typedef struct err_case {
+    script sc;
+    int max_retries;
+    int status;
+    const char *type;
+    const char *msg_part;
+    int64_t retry_after_ms;
+    int attempts;
+} err_case;
+
+static void test_error_statuses(void **state)
+{
+    (void)state;
+    static const err_case cases[] = {
+        {{.status = 400, .headers = {JSON_CT, "request-id: req_400"}, .body = ERR_BODY("invalid_request_error", "max_tokens: required")},
+         2, 400, "invalid_request_error", "max_tokens: required", -1, 1},
+        {{.status = 401, .headers = {JSON_CT}, .body = ERR_BODY("authentication_error", "invalid x-api-key " API_KEY)},
+         2, 401, "authentication_error", "invalid x-api-key [redacted]", -1, 1},
+        {{.status = 404, .headers = {JSON_CT}, .body = ERR_BODY("not_found_error", "model: nope")}, 0, 404, "not_found_error", "nope", -1, 1},
+        {{.status = 413, .headers = {"content-type: text/html"}, .body = "<html><body><h1>413 Request Entity Too Large</h1></body></html>"},
+         0, 413, "request_too_large", "HTTP 413: 413 Request Entity Too Large", -1, 1},
+        {{.status = 429, .headers = {JSON_CT, "retry-after: 2"}, .body = ERR_BODY("rate_limit_error", "slow down")},
+         0, 429, "rate_limit_error", "slow down", 2000, 1},
+        {{.status = 429, .headers = {JSON_CT, "retry-after-ms: 350", "retry-after: 1"}, .body = ERR_BODY("rate_limit_error", "ms wins")},
+         0, 429, "rate_limit_error", "ms wins", 350, 1},
+        {{.status = 429, .headers = {JSON_CT}, .body =
+          "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"spend limit\","
+          "\"details\":{\"error_code\":\"enforced_spend_limit_reached\"}}}"},
+         2, 429, "rate_limit_error", "spend limit", -1, 1},
+        {{.status = 500, .headers = {JSON_CT}, .body = ERR_BODY("api_error", "Internal server error")}, 0, 500, "api_error", "Internal", -1, 1},
+        {{.status = 502, .headers = {"content-type: text/plain"}, .body = "Bad Gateway\r\n"}, 0, 502, "api_error", "HTTP 502: Bad Gateway", -1,
+         1},
+        {{.status = 504, .headers = {JSON_CT}, .body = "{\"error\":{\"type\":\"timeout_error\",\"message\":\"Request timeout\"}}"},
+         0, 504, "timeout_error", "Request timeout", -1, 1},
+        {{.status = 529, .headers = {JSON_CT, "x-should-retry: false", "request-id: req_011CSHoEeqs5C35K2UUqR7Fy"}, .body =
+          ERR_BODY("overloaded_error", "Overloaded")},
+         2, 529, "overloaded_error", "Overloaded", -1, 1},
+        /* x-should-retry: true makes even a 400 retryable (A8), up to max_retries. */
+        {{.status = 400, .headers = {JSON_CT, "x-should-retry: true"}, .body = ERR_BODY("invalid_request_error", "try again")},
+         2, 400, "invalid_request_error", "try again", -1, 3},
+        /* retries exhausted: the last error is reported, with the attempts made. */
+        {{.status = 503, .headers = {JSON_CT, "retry-after-ms: 10"}, .body = ERR_BODY("api_error", "unavailable")},
+         1, 503, "api_error", "unavailable", 10, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const err_case *e = &cases[i];
+        tc c;
+        tc_init(&c, &e->sc, 1);
+        c.p.max_retries = e->max_retries;
+        c.p.retry_base_ms = 5;
+        tc_start(&c, true);
+        run_until_done(&c, 3000);
+        if (c.status != LLM_ERR_HTTP || c.http_status != e->status || strcmp(c.error_type, e->type) != 0 ||
+            !strstr(c.error_message, e->msg_part) || c.retry_after_ms != e->retry_after_ms ||
+            c.attempts != e->attempts)
+            fail_msg("case %zu: status %d http %d type %s message '%s' retry_after %lld attempts %d", i, c.status,
+                     c.http_status, c.error_type, c.error_message, (long long)c.retry_after_ms, c.attempts);
+        assert_int_equal(c.s.nreq, e->attempts);
+        assert_int_equal(c.deltas, 0);
+        assert_false(c.delivered);
+        if (i == 0)
+            assert_string_equal(c.request_id, "req_400");
+        tc_free(&c);
+    }
+}
+
+static void test_retry_529_then_ok(void **state)
+{
+    (void)state;
+    static const script sc[2] = {
+        {.status = 529, .headers = {JSON_CT}, .body = ERR_BODY("overloaded_error", "Overloaded")},
+        {0},
+    };
+    script both[2] = {sc[0], STREAM_OK};
+    tc c;
+    tc_init(&c, both, 2);
+    c.p.max_retries = 2;
+    c.p.retry_base_ms = 40;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    assert_int_equal(c.s.nreq, 2);
+    assert_int_equal(c.http_status, 200);
+    assert_string_equal(c.text, "Hello, world!");
+    int64_t gap = c.s.req_ms[1] - c.s.req_ms[0];
+    /* backoff 40 ms * [0.75, 1], plus the 529's round trip */
+    assert_true(gap >= 29);
+    assert_true(gap < 400);
+    tc_free(&c);
+}
+
+static void test_retry_after_honoured(void **state)
+{
+    (void)state;
+    script both[2] = {{.status = 429, .headers = {JSON_CT, "retry-after-ms: 150"}, .body = ERR_BODY("rate_limit_error", "wait")}, STREAM_OK};
+    tc c;
+    tc_init(&c, both, 2);
+    c.p.max_retries = 1;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    int64_t gap = c.s.req_ms[1] - c.s.req_ms[0];
+    assert_true(gap >= 145);
+    assert_true(gap < 600);
+    assert_int_equal(c.retry_after_ms, -1); /* the hint of the last response, which had none */
+    tc_free(&c);
+}
+
+static void test_retry_stream_error_before_delta(void **state)
+{
+    (void)state;
+    script both[2] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_ERROR("overloaded_error", "Overloaded")}}, STREAM_OK};
+    tc c;
+    tc_init(&c, both, 2);
+    c.p.max_retries = 1;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    assert_string_equal(c.text, "Hello, world!");
+    assert_string_equal(c.model, "claude-test-20260101");
+    tc_free(&c);
+}
+
+static void test_no_retry_after_delta(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hello"),
+                                            EV_ERROR("overloaded_error", "Overloaded")},
+                                 .chunk_delay_ms = 5}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_retries = 3;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_STREAM);
+    assert_string_equal(c.error_type, "overloaded_error");
+    assert_string_equal(c.error_message, "Overloaded");
+    assert_int_equal(c.attempts, 1);
+    assert_true(c.delivered);
+    assert_string_equal(c.rtext, "Hello");
+    assert_int_equal(c.http_status, 200);
+    run_for(&c, 100);
+    assert_int_equal(c.s.nreq, 1);
+    tc_free(&c);
+}
+
+static void test_retry_after_too_long(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 429, .headers = {JSON_CT, "retry-after: 30"}, .body = ERR_BODY("rate_limit_error", "later")}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_retries = 2;
+    c.p.retry_max_wait_ms = 1000;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_RETRY_AFTER);
+    assert_int_equal(c.http_status, 429);
+    assert_string_equal(c.error_type, "rate_limit_error");
+    assert_int_equal(c.retry_after_ms, 30000);
+    assert_int_equal(c.attempts, 1);
+    assert_true(c.done_ms - c.start_ms < 500); /* no waiting */
+    assert_int_equal(c.s.nreq, 1);
+    tc_free(&c);
+}
+
+static void test_truncated(void **state)
+{
+    (void)state;
+    static const script sc[] = {
+        {.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hel"), EV_DELTA("lo")}, .chunk_delay_ms = 3}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TRUNCATED);
+    assert_string_equal(c.rtext, "Hello");
+    assert_int_equal(c.attempts, 1); /* deltas were delivered: no retry */
+    assert_non_null(strstr(c.error_message, "message_stop"));
+    tc_free(&c);
+}
+
+static void test_connection_reset(void **state)
+{
+    (void)state;
+    static const script sc[] = {
+        {.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hi")}, .chunk_delay_ms = 20, .end = END_RESET}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TRUNCATED);
+    assert_string_equal(c.rtext, "Hi");
+    assert_int_equal(c.attempts, 1);
+    tc_free(&c);
+}
+
+static void test_reset_before_delta_is_retried(void **state)
+{
+    (void)state;
+    script both[2] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START}, .chunk_delay_ms = 20, .end = END_RESET}, STREAM_OK};
+    tc c;
+    tc_init(&c, both, 2);
+    c.p.max_retries = 1;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    assert_string_equal(c.text, "Hello, world!");
+    tc_free(&c);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .body = "{}"}};
+    tc c;
+    tc_init(&c, sc, 1);
+    /* A port nobody listens on: bind, read the port, close. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    close(fd);
+    snprintf(c.base_url, sizeof c.base_url, "http://127.0.0.1:%d", ntohs(sa.sin_port));
+    c.p.max_retries = 1;
+    c.p.retry_base_ms = 10;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_CONNECT);
+    assert_string_equal(c.error_type, "connection_error");
+    assert_int_equal(c.attempts, 2);
+    assert_int_equal(c.http_status, 0);
+    assert_int_equal(c.ttfb_ms, -1);
+    tc_free(&c);
+}
+
+static void test_first_byte_timeout(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .head_delay_ms = 1500, .chunks = {EV_START}}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.first_byte_timeout_ms = 200;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TIMEOUT);
+    assert_non_null(strstr(c.error_message, "first-byte"));
+    int64_t el = c.done_ms - c.start_ms;
+    assert_true(el >= 195 && el < 700);
+    run_for(&c, 50);
+    assert_true(peer_closed(&c.s)); /* the client left at once */
+    tc_free(&c);
+}
+
+static void test_nonstream_whole_reply_deadline(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .head_delay_ms = 800, .body = "{}"}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.first_byte_timeout_ms = 200;
+    c.p.max_retries = 1;
+    c.p.retry_base_ms = 10;
+    tc_start(&c, false);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TIMEOUT);
+    assert_non_null(strstr(c.error_message, "first-byte"));
+    assert_int_equal(c.attempts, 2); /* a first-byte timeout is retried, nothing was delivered */
+    tc_free(&c);
+}
+
+static void test_idle_timeout(void **state)
+{
+    (void)state;
+    static const script sc[] = {
+        {.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hi")}, .chunk_delay_ms = 5, .end = END_HANG}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.idle_timeout_ms = 200;
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TIMEOUT);
+    assert_non_null(strstr(c.error_message, "idle"));
+    assert_string_equal(c.rtext, "Hi");
+    assert_int_equal(c.attempts, 1);
+    int64_t gap = c.done_ms - c.delta_ms[0];
+    if (!(gap >= 190 && gap < 700))
+        fail_msg("idle gap %lld ms", (long long)gap);
+    run_for(&c, 200);
+    assert_int_equal(c.s.closes, 1);
+    tc_free(&c);
+}
+
+static void test_total_timeout(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("1"), EV_DELTA("2"), EV_DELTA("3"),
+                                            EV_DELTA("4"), EV_DELTA("5"), EV_DELTA("6"), EV_DELTA("7"),
+                                            EV_DELTA("8"), EV_STOP},
+                                 .chunk_delay_ms = 100}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.total_timeout_ms = 350;
+    c.p.max_retries = 3;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TIMEOUT);
+    assert_non_null(strstr(c.error_message, "total"));
+    assert_int_equal(c.attempts, 1);
+    int64_t el = c.done_ms - c.start_ms;
+    assert_true(el >= 345 && el < 800);
+    tc_free(&c);
+}
+
+static void test_body_too_large(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .body =
+                                 "{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"0123456789012345678"
+                                 "90123456789012345678901234567890123456789012345678901234567890123456789\"}]}"}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_response_bytes = 64;
+    c.p.max_retries = 2;
+    tc_start(&c, false);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_PROTOCOL);
+    assert_non_null(strstr(c.error_message, "max_response_bytes"));
+    assert_int_equal(c.attempts, 1);
+    tc_free(&c);
+}
+
+static void test_malformed_event(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("ok"),
+                                            "event: content_block_delta\ndata: {\"index\":0,\"delta\":\n\n", EV_STOP}}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_PROTOCOL);
+    assert_string_equal(c.rtext, "ok");
+    assert_int_equal(c.attempts, 1);
+    tc_free(&c);
+}
+
+static void test_wrong_content_type(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {"content-type: text/html"}, .body = "<html>hi</html>"}};
+    tc c;
+    tc_init(&c, sc, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_PROTOCOL);
+    assert_non_null(strstr(c.error_message, "text/html"));
+    tc_free(&c);
+}
+
+/* Pause on the first delta while every event is already in the same buffer:
+ * the rest must wait for resume, then arrive complete and in order. The pause
+ * outlasts the idle deadline, which must not fire. */
+static void test_pause_resume_one_buffer(void **state)
+{
+    (void)state;
+    static const script sc[] = {{
+        .status = 200,
+        .headers = {SSE_CT},
+        .chunks = {EV_START EV_BLOCK EV_DELTA("one ") EV_DELTA("two ") EV_DELTA("three") EV_BSTOP
+                   EV_MDELTA("end_turn", "3") EV_STOP},
+    }};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.idle_timeout_ms = 150;
+    c.pause_every = 1;
+    c.resume_after_ms = 300;
+    tc_start(&c, true);
+    run_until_done(&c, 5000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.delta_while_paused, 0);
+    assert_string_equal(c.text, "one two three");
+    assert_string_equal(c.rtext, "one two three");
+    assert_true(c.deltas >= 2);
+    assert_true(c.delta_ms[1] - c.delta_ms[0] >= 295); /* nothing before the resume */
+    assert_true(c.done_ms - c.delta_ms[0] >= 295);
+    tc_free(&c);
+}
+
+/* Pause on every delta with the events spread over time: curl's own pause
+ * and re-delivery are exercised; no byte may be parsed twice. */
+static void test_pause_resume_spread(void **state)
+{
+    (void)state;
+    tc c;
+    tc_init(&c, &STREAM_OK, 1);
+    c.p.idle_timeout_ms = 100;
+    c.pause_every = 1;
+    c.resume_after_ms = 150;
+    tc_start(&c, true);
+    run_until_done(&c, 5000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.delta_while_paused, 0);
+    assert_string_equal(c.text, "Hello, world!");
+    assert_int_equal(c.deltas, 4);
+    for (int i = 1; i < 4; i++)
+        assert_true(c.delta_ms[i] - c.delta_ms[i - 1] >= 145);
+    assert_int_equal(c.usage.output_tokens, 9);
+    tc_free(&c);
+}
+
+static void test_cancel_mid_stream(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("a"), EV_DELTA("b"), EV_DELTA("c"),
+                                            EV_DELTA("d"), EV_DELTA("e"), EV_DELTA("f"), EV_STOP},
+                                 .chunk_delay_ms = 30}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.cancel_after_deltas = 2;
+    tc_start(&c, true);
+    struct timeval tv = {3, 0};
+    event_base_loopexit(c.base, &tv);
+    while (!(c.cancelled && c.s.closes) && event_base_loop(c.base, EVLOOP_ONCE) == 0 && !event_base_got_exit(c.base))
+        ;
+    assert_true(c.cancelled);
+    assert_int_equal(c.s.closes, 1);
+    assert_true(c.s.close_ms - c.cancel_ms < 300);
+    assert_int_equal(llm_transport_active(c.t), 0);
+    run_for(&c, 300); /* the stream would have gone on: nothing may reach us */
+    assert_int_equal(c.after_cancel, 0);
+    assert_int_equal(c.done, 0);
+    assert_int_equal(c.deltas, 2);
+    tc_free(&c);
+}
+
+static void test_cancel_inside_delta(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200,
+                                 .headers = {SSE_CT},
+                                 .chunks = {EV_START EV_BLOCK EV_DELTA("a") EV_DELTA("b") EV_DELTA("c"),
+                                            EV_DELTA("d"), EV_DELTA("e"), EV_STOP},
+                                 .chunk_delay_ms = 30}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.cancel_after_deltas = 2;
+    c.cancel_inside = true;
+    tc_start(&c, true);
+    struct timeval tv = {3, 0};
+    event_base_loopexit(c.base, &tv);
+    while (!(c.cancelled && c.s.closes) && event_base_loop(c.base, EVLOOP_ONCE) == 0 && !event_base_got_exit(c.base))
+        ;
+    assert_true(c.cancelled);
+    assert_int_equal(c.s.closes, 1);
+    assert_true(c.s.close_ms - c.cancel_ms < 300);
+    run_for(&c, 200);
+    assert_int_equal(c.deltas, 2); /* "c" was in the same read: never delivered */
+    assert_int_equal(c.after_cancel, 0);
+    assert_int_equal(c.done, 0);
+    assert_int_equal(llm_transport_active(c.t), 0);
+    tc_free(&c);
+}
+
+/* message_stop arrived but the server keeps the response open: complete, not an error. */
+static void test_stop_then_hang(void **state)
+{
+    (void)state;
+    script sc = STREAM_OK;
+    sc.end = END_HANG;
+    tc c;
+    tc_init(&c, &sc, 1);
+    c.p.idle_timeout_ms = 200;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.rtext, "Hello, world!");
+    tc_free(&c);
+}
+
+static void cancel_now_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tc *c = arg;
+    c->cancelled = true;
+    c->cancel_ms = chat_mono_ms();
+    llm_call_cancel(c->call);
+    c->call = NULL;
+}
+
+static void test_cancel_during_retry_wait(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 529, .headers = {JSON_CT, "retry-after-ms: 600"}, .body = ERR_BODY("overloaded_error", "Overloaded")}};
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.max_retries = 2;
+    c.p.retry_max_wait_ms = 5000;
+    tc_start(&c, true);
+    /* Let the 529 arrive and the call start its 600 ms wait, then cancel. */
+    run_for(&c, 200);
+    assert_int_equal(c.s.nreq, 1);
+    assert_int_equal(c.done, 0);
+    struct event *ev = evtimer_new(c.base, cancel_now_cb, &c);
+    struct timeval tv = {0, 0};
+    evtimer_add(ev, &tv);
+    run_for(&c, 800);
+    event_free(ev);
+    assert_true(c.cancelled);
+    assert_int_equal(c.s.nreq, 1); /* the retry never happened */
+    assert_int_equal(c.done, 0);
+    assert_int_equal(c.after_cancel, 0);
+    assert_int_equal(llm_transport_active(c.t), 0);
+    tc_free(&c);
+}
+
+static void test_transport_free_cancels(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("x")}, .end = END_HANG}};
+    tc c;
+    tc_init(&c, sc, 1);
+    tc_start(&c, true);
+    run_for(&c, 150);
+    assert_int_equal(c.deltas, 1);
+    llm_transport_free(c.t);
+    c.t = NULL;
+    run_for(&c, 100);
+    assert_int_equal(c.done, 0);
+    assert_int_equal(c.s.closes, 1);
+    tc_free(&c);
+}
+
+static void test_invalid_start(void **state)
+{
+    (void)state;
+    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .body = "{}"}};
+    tc c;
+    tc_init(&c, sc, 1);
+    llm_message m = {"user", "hi"};
+    llm_request req = {.model = "m", .messages = &m, .n_messages = 1, .max_tokens = 5};
+    llm_callbacks cbs = {.on_delta = on_delta, .on_done = on_done};
+    llm_call *call = (llm_call *)&c;
+    c.p.total_timeout_ms = 0;
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &c, &call), CHAT_EINVAL);
+    assert_null(call);
+    c.p.total_timeout_ms = 1000;
+    c.p.api_key = "bad\nkey";
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &c, &call), CHAT_EINVAL);
+    c.p.api_key = API_KEY;
+    req.n_messages = 0;
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &c, &call), CHAT_EINVAL);
+    req.n_messages = 1;
+    cbs.on_done = NULL;
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &c, &call), CHAT_EINVAL);
+    assert_int_equal(llm_transport_active(c.t), 0);
+    run_for(&c, 50);
+    assert_int_equal(c.done, 0);
+    llm_call_cancel(NULL);
+    llm_transport_free(NULL);
+    tc_free(&c);
+}
+
+/* Two calls at once on one transport, one streaming and one not. */
+static void test_two_calls(void **state)
+{
+    (void)state;
+    tc c;
+    tc_init(&c, &STREAM_OK, 1);
+    tc d;
+    memset(&d, 0, sizeof d);
+    d.base = c.base;
+    d.retry_after_ms = -2;
+    static const llm_message msgs[] = {{"user", "Hello"}};
+    llm_request req = {.model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true};
+    llm_callbacks cbs = {.on_delta = on_delta, .on_done = on_done};
+    tc_start(&c, true);
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &d, &d.call), CHAT_OK);
+    assert_int_equal(llm_transport_active(c.t), 2);
+    while (!(c.done && d.done))
+        run_until_done(c.done ? &d : &c, 3000);
+    assert_string_equal(c.text, "Hello, world!");
+    assert_string_equal(d.text, "Hello, world!");
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(d.status, LLM_OK);
+    free(d.error_type), free(d.error_message), free(d.request_id), free(d.stop_reason), free(d.model), free(d.rtext);
+    tc_free(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nonstream_ok),
+        cmocka_unit_test(test_stream_ok),
+        cmocka_unit_test(test_stream_one_chunk),
+        cmocka_unit_test(test_error_statuses),
+        cmocka_unit_test(test_retry_529_then_ok),
+        cmocka_unit_test(test_retry_after_honoured),
+        cmocka_unit_test(test_retry_stream_error_before_delta),
+        cmocka_unit_test(test_no_retry_after_delta),
+        cmocka_unit_test(test_retry_after_too_long),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_connection_reset),
+        cmocka_unit_test(test_reset_before_delta_is_retried),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_first_byte_timeout),
+        cmocka_unit_test(test_nonstream_whole_reply_deadline),
+        cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_total_timeout),
+        cmocka_unit_test(test_body_too_large),
+        cmocka_unit_test(test_malformed_event),
+        cmocka_unit_test(test_wrong_content_type),
+        cmocka_unit_test(test_pause_resume_one_buffer),
+        cmocka_unit_test(test_pause_resume_spread),
+        cmocka_unit_test(test_cancel_mid_stream),
+        cmocka_unit_test(test_cancel_inside_delta),
+        cmocka_unit_test(test_stop_then_hang),
+        cmocka_unit_test(test_cancel_during_retry_wait),
+        cmocka_unit_test(test_transport_free_cancels),
+        cmocka_unit_test(test_invalid_start),
+        cmocka_unit_test(test_two_calls),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
