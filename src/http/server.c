@@ -12,7 +12,9 @@
  *   from it and leaves it to us: we must call evhttp_send_reply_end() to free it;
  * - a close callback is per connection, so it is cleared before every terminal
  *   call (the connection may carry a later request with another owner);
- * - the idle timeout is a read/write inactivity timeout, not a header deadline.
+ * - the idle timeout is a read/write inactivity timeout, not a header deadline:
+ *   a client sending one header byte every few seconds would hold a connection
+ *   forever. Connection trackers (below) add the deadline.
  */
 #define _GNU_SOURCE
 #include "http/server.h"
@@ -39,6 +41,24 @@
 #include "core/log.h"
 #include "core/util.h"
 
+/*
+ * One tracker per connection, for the request-head deadline. evhttp offers no
+ * hook when it frees a connection, so the tracker holds a reference on the
+ * connection's bufferevent: the memory stays valid after evhttp let go of it,
+ * and evhttp letting go is visible as its callbacks being cleared. A sweep timer
+ * then drops the reference (closing the socket) and enforces the deadline: a
+ * request head must arrive within HEADER_TIMEOUT of the connection opening,
+ * and within IDLE_TIMEOUT of the previous response ending.
+ */
+typedef struct conn_track {
+    struct conn_track *next;
+    struct bufferevent *bev;    /* referenced */
+    struct http_req *req;       /* the request being served on it, or NULL */
+    int64_t waiting_since;      /* monotonic ms when it started waiting for a head */
+    bool served;                /* at least one request was dispatched */
+    bool cut;                   /* the deadline passed and the socket was shut down */
+} conn_track;
+
 struct http_server {
     struct event_base *base;
     struct evhttp *http;
@@ -47,6 +67,8 @@ struct http_server {
     http_dispatch_fn dispatch;
     void *ctx;
     int active;
+    conn_track *tracks;
+    struct event *sweep;
 };
 
 struct http_req {
@@ -54,6 +76,7 @@ struct http_req {
     struct evhttp_request *req;      /* NULL once the request ended (terminal call or client gone) */
     struct evhttp_connection *evcon; /* valid while req is */
     struct event *close_watch;       /* EV_CLOSED on the socket while the request is pending */
+    conn_track *track;               /* its connection's tracker, NULL once released */
     int refs;                        /* 1 for dispatch + one per http_req_hold */
     bool streaming;                  /* a chunked reply was started */
     bool ended;                      /* the terminal call was made or the client went away */
@@ -227,6 +250,11 @@ static void access_log(http_req *r)
  * evhttp request): no more writes, the watcher is gone, the access log is written. */
 static void req_end(http_req *r)
 {
+    if (r->track) {
+        r->track->req = NULL;
+        r->track->waiting_since = chat_mono_ms();
+        r->track = NULL;
+    }
     r->ended = true;
     close_watch_stop(r);
     r->req = NULL;
@@ -268,6 +296,14 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     r->start_mono = chat_mono_ms();
     r->method = method_of(evhttp_request_get_command(req));
     srv->active++;
+    struct bufferevent *cbev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+    for (conn_track *t = srv->tracks; cbev && t; t = t->next)
+        if (t->bev == cbev) {
+            t->req = r;
+            t->served = true;
+            r->track = t;
+            break;
+        }
 
     struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
 
@@ -481,6 +517,67 @@ void http_stream_end(http_req *r)
     evhttp_send_reply_end(req);
 }
 
+/* ---- connection trackers ---- */
+
+static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
+{
+    http_server *srv = arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        return NULL;
+    conn_track *t = chat_xcalloc(1, sizeof *t);
+    bufferevent_incref(bev);
+    t->bev = bev;
+    t->waiting_since = chat_mono_ms();
+    t->next = srv->tracks;
+    srv->tracks = t;
+    return bev;
+}
+
+static bool released_by_evhttp(struct bufferevent *bev)
+{
+    bufferevent_data_cb rcb = NULL, wcb = NULL;
+    bufferevent_event_cb ecb = NULL;
+    bufferevent_getcb(bev, &rcb, &wcb, &ecb, NULL);
+    return !rcb && !wcb && !ecb;
+}
+
+static void track_release(conn_track *t)
+{
+    if (t->req)
+        t->req->track = NULL;
+    bufferevent_decref(t->bev);
+    free(t);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *srv = arg;
+    int64_t now = chat_mono_ms();
+    conn_track **pp = &srv->tracks;
+    while (*pp) {
+        conn_track *t = *pp;
+        if (released_by_evhttp(t->bev)) {
+            *pp = t->next;
+            track_release(t);
+            continue;
+        }
+        int64_t limit = t->served ? srv->lim.idle_timeout_ms : srv->lim.header_timeout_ms;
+        if (!t->req && !t->cut && now - t->waiting_since > limit) {
+            /* evhttp sees EOF on its next read and frees the connection itself. */
+            evutil_socket_t sock = bufferevent_getfd(t->bev);
+            if (sock >= 0)
+                shutdown(sock, SHUT_RDWR);
+            t->cut = true;
+            if (!t->served)
+                chat_log(LOG_INFO, "request head not received within HEADER_TIMEOUT, connection closed", NULL);
+        }
+        pp = &t->next;
+    }
+}
+
 /* ---- server ---- */
 
 http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
@@ -509,6 +606,10 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
                          .tv_usec = (lim->idle_timeout_ms % 1000) * 1000};
     evhttp_set_timeout_tv(s->http, &tv);
     evhttp_set_gencb(s->http, dispatch_cb, s);
+    evhttp_set_bevcb(s->http, on_new_bev, s);
+    s->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, s);
+    struct timeval sweep_tv = {0, 250 * 1000};
+    event_add(s->sweep, &sweep_tv);
     s->bound = evhttp_accept_socket_with_handle(s->http, fd);
     if (!s->bound)
         goto fail;
@@ -518,6 +619,8 @@ fail:
         evhttp_free(s->http);
     else
         close(fd);
+    if (s->sweep)
+        event_free(s->sweep);
     free(s);
     return NULL;
 }
@@ -540,5 +643,12 @@ void http_server_free(http_server *s)
     if (!s)
         return;
     evhttp_free(s->http);
+    if (s->sweep)
+        event_free(s->sweep);
+    while (s->tracks) {
+        conn_track *t = s->tracks;
+        s->tracks = t->next;
+        track_release(t);
+    }
     free(s);
 }
