@@ -46,6 +46,9 @@ void api_healthz(http_req *r, chat_worker *w, char **params);
 void api_readyz(http_req *r, chat_worker *w, char **params);
 void api_openapi(http_req *r, chat_worker *w, char **params);
 void api_docs(http_req *r, chat_worker *w, char **params);
+void api_ui_redirect(http_req *r, chat_worker *w, char **params);
+void api_ui_file(http_req *r, chat_worker *w, char **params);
+void api_ui_lib(http_req *r, chat_worker *w, char **params);
 
 void api_seed_chat(http_req *r, chat_worker *w, char **params);
 void api_seed_chat_stream(http_req *r, chat_worker *w, char **params);

@@ -2,8 +2,26 @@
  * meta.c: liveness, readiness, and the API's own documentation (the OpenAPI
  * document and a page rendering it), served from assets embedded at build time.
  */
+#include <stdio.h>
+#include <string.h>
+
 #include "api/api.h"
 #include "core/assets.h"
+
+static const char *content_type_of(const char *name)
+{
+    static const struct { const char *ext, *type; } types[] = {
+        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+        {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+        {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+        {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"},
+    };
+    const char *dot = strrchr(name, '.');
+    for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(dot, types[i].ext) == 0)
+            return types[i].type;
+    return "application/octet-stream";
+}
 
 static void serve_asset(http_req *r, const char *name, const char *content_type)
 {
@@ -14,6 +32,43 @@ static void serve_asset(http_req *r, const char *name, const char *content_type)
     }
     http_add_header(r, "Cache-Control", "no-cache");
     http_reply(r, 200, content_type, (const char *)a->data, a->len);
+}
+
+/* Serves prefix + name from the embedded assets; names are single path
+ * segments (the router never gives a '/'), so nothing outside prefix is reachable. */
+static void serve_named(http_req *r, const char *prefix, const char *name)
+{
+    char full[256];
+    if (!name || !*name || name[0] == '.' || strlen(name) > 128) {
+        api_error(r, API_V1, 404, "not_found_error", "no such file");
+        return;
+    }
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    if (!chat_asset_find(full)) {
+        api_error(r, API_V1, 404, "not_found_error", "no such file: %s", name);
+        return;
+    }
+    serve_asset(r, full, content_type_of(full));
+}
+
+void api_ui_redirect(http_req *r, chat_worker *w, char **params)
+{
+    (void)w;
+    (void)params;
+    http_add_header(r, "Location", "/ui/");
+    http_reply(r, 308, "text/plain; charset=utf-8", "/ui/\n", 5);
+}
+
+void api_ui_file(http_req *r, chat_worker *w, char **params)
+{
+    (void)w;
+    serve_named(r, "web/ui/", params[0] ? params[0] : "index.html");
+}
+
+void api_ui_lib(http_req *r, chat_worker *w, char **params)
+{
+    (void)w;
+    serve_named(r, "src/", params[0]);
 }
 
 void api_openapi(http_req *r, chat_worker *w, char **params)

@@ -46,6 +46,10 @@ static const route routes[] = {
     {HTTP_GET, "/readyz", api_readyz, API_V1},
     {HTTP_GET, "/openapi.json", api_openapi, API_V1},
     {HTTP_GET, "/docs", api_docs, API_V1},
+    {HTTP_GET, "/ui", api_ui_redirect, API_V1},
+    {HTTP_GET, "/ui/", api_ui_file, API_V1},
+    {HTTP_GET, "/ui/{}", api_ui_file, API_V1},
+    {HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1},
 };
 
 /* Splits "/a/b/c" into segments (pointers into a copy). Returns the count, or -1 if too many. */

@@ -64,6 +64,29 @@
     "id, seq, role, content, status, model, stop_reason, tokens, input_tokens, "       \
     "output_tokens, cache_read_tokens, cache_write_tokens, cost_micros, created_at"
 
+/* An idempotency record: first its reply snapshot in MESSAGE_COLS order (so that
+ * read_message() reads it), then the record's own columns from IDEM_COL_HASH on. */
+#define IDEM_COLS                                                                          \
+    "reply_id, reply_seq, 'assistant', reply_content, reply_status, reply_model, "          \
+    "reply_stop_reason, reply_tokens, input_tokens, output_tokens, cache_read_tokens, "     \
+    "cache_write_tokens, cost_micros, reply_created_at, "                                  \
+    "body_hash, state, status, response, session_id, created_at, expires_at, turn_count"
+enum {
+    IDEM_COL_HASH = 14,
+    IDEM_COL_STATE,
+    IDEM_COL_STATUS,
+    IDEM_COL_RESPONSE,
+    IDEM_COL_SESSION,
+    IDEM_COL_CREATED,
+    IDEM_COL_EXPIRES,
+    IDEM_COL_TURNS,
+};
+
+/* The api_keys columns, in the order read_key() expects. */
+#define KEY_COLS                                                                          \
+    "id, name, hash, role, rate_limit, created_at, revoked_at, last_used_at, turn_count, " \
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
+
 /*
  * Every statement the backend runs, prepared once per handle. The SQL sticks to
  * what PostgreSQL also accepts (ON CONFLICT, row values, RETURNING), so that a
@@ -140,7 +163,57 @@
       "SELECT id, turn_count, message_count FROM sessions AS s WHERE updated_at < ?1 "       \
       "AND NOT EXISTS (SELECT 1 FROM turn_locks AS l "                                       \
       "WHERE l.session_id = s.id AND l.expires_at > ?2) "                                    \
-      "ORDER BY updated_at LIMIT ?3")
+      "ORDER BY updated_at LIMIT ?3")                                                        \
+    /* ---- idempotency: ?1 scope, ?2 key, ?3 token throughout ---- */                       \
+    X(ST_IDEM_GET, "SELECT " IDEM_COLS " FROM idempotency WHERE scope = ?1 AND key = ?2")    \
+    X(ST_IDEM_DROP, "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2")                 \
+    X(ST_IDEM_INSERT,                                                                        \
+      "INSERT INTO idempotency (scope, key, token, body_hash, state, session_id, created_at, " \
+      "expires_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)")                          \
+    X(ST_IDEM_REFRESH,                                                                       \
+      "UPDATE idempotency SET expires_at = ?4 "                                              \
+      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                  \
+    X(ST_IDEM_FINISH,                                                                        \
+      "UPDATE idempotency SET state = 'done', status = ?4, response = ?5, expires_at = ?6 "   \
+      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                  \
+    X(ST_IDEM_ABORT,                                                                         \
+      "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND token = ?3 "                \
+      "AND state = 'running'")                                                               \
+    X(ST_IDEM_COMMIT,                                                                        \
+      "UPDATE idempotency SET state = 'done', status = 200, response = NULL, "               \
+      "session_id = ?4, expires_at = ?5, turn_count = ?6, reply_id = ?7, reply_seq = ?8, "   \
+      "reply_content = ?9, reply_status = ?10, reply_model = ?11, reply_stop_reason = ?12, " \
+      "reply_tokens = ?13, input_tokens = ?14, output_tokens = ?15, "                        \
+      "cache_read_tokens = ?16, cache_write_tokens = ?17, cost_micros = ?18, "               \
+      "reply_created_at = ?19 "                                                              \
+      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                  \
+    X(ST_IDEM_EXPIRE,                                                                        \
+      "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "   \
+      "WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)")                                \
+    /* ---- API keys ---- */                                                                 \
+    /* No conflict target: a taken id or a taken hash both make it a no-op. */               \
+    X(ST_KEY_CREATE,                                                                         \
+      "INSERT INTO api_keys (id, name, hash, role, rate_limit, created_at) "                 \
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING")                               \
+    X(ST_KEY_BY_HASH,                                                                        \
+      "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL")            \
+    X(ST_KEY_BY_ID, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1")                       \
+    /* Two rows are enough to tell "exactly one" from "ambiguous". */                        \
+    X(ST_KEY_BY_NAME,                                                                        \
+      "SELECT " KEY_COLS " FROM api_keys WHERE name = ?1 AND revoked_at IS NULL "            \
+      "ORDER BY created_at, id LIMIT 2")                                                     \
+    X(ST_KEYS_LIST, "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at, id")             \
+    X(ST_KEY_REVOKE,                                                                         \
+      "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")            \
+    X(ST_KEY_LAST_USED, "SELECT last_used_at FROM api_keys WHERE id = ?1")                   \
+    X(ST_KEY_TOUCH,                                                                          \
+      "UPDATE api_keys SET last_used_at = ?2 "                                               \
+      "WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)")                      \
+    X(ST_KEY_ADD_TURN,                                                                       \
+      "UPDATE api_keys SET turn_count = turn_count + 1, input_tokens = input_tokens + ?2, "  \
+      "output_tokens = output_tokens + ?3, cache_read_tokens = cache_read_tokens + ?4, "     \
+      "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "        \
+      "WHERE id = ?1")
 
 #define AS_ENUM(name, sql) name,
 #define AS_SQL(name, sql) [name] = sql,
@@ -276,6 +349,18 @@ static bool valid_usage(const store_usage *u)
 {
     return valid_count(u->input_tokens) && valid_count(u->output_tokens) &&
            valid_count(u->cache_read_tokens) && valid_count(u->cache_write_tokens);
+}
+
+/* An idempotency scope: an API key id, or "" when auth is off. */
+static bool valid_scope(const char *scope)
+{
+    return scope && strlen(scope) <= STORE_ID_MAX;
+}
+
+/* now and now + ttl are valid times. */
+static bool valid_ttl(int64_t now, int64_t ttl_ms)
+{
+    return now >= 0 && ttl_ms > 0 && ttl_ms <= INT64_MAX - now;
 }
 
 /* Unknown (-1) parts count as 0 in totals. */
@@ -753,7 +838,9 @@ static bool valid_turn(const store_turn *t)
            t->assistant_content && t->status &&
            (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
            valid_count(t->user_tokens) && valid_usage(&t->usage) && t->cost_micros >= 0 &&
-           t->now >= 0;
+           t->now >= 0 &&
+           (!t->idem_key || (valid_id(t->idem_key) && valid_scope(t->idem_scope) &&
+                             valid_ttl(t->now, t->idem_ttl_ms)));
 }
 
 /* Binds and runs one message insert; *id receives its row id. */
@@ -779,6 +866,42 @@ static chat_rc insert_message(store *s, const store_turn *t, int64_t seq, bool a
     if (rc == CHAT_OK)
         *id = sqlite3_last_insert_rowid(s->db);
     return rc;
+}
+
+/*
+ * Inside the commit's transaction: marks the turn's idempotency record done,
+ * with a copy of the assistant message (see store.h for why a copy). The record
+ * must still be running and owned by the lock token: a record whose lease ran
+ * out and that a retry took over belongs to the retry, and this commit must not
+ * happen (CHAT_ECONFLICT), so that one key never commits two turns.
+ */
+static chat_rc idem_complete(store *s, const store_turn *t, const store_turn_result *r,
+                             int64_t reply_seq)
+{
+    sqlite3_stmt *st = s->st[ST_IDEM_COMMIT];
+    bind_text(s, st, 1, t->idem_scope);
+    bind_text(s, st, 2, t->idem_key);
+    bind_text(s, st, 3, t->lock_token);
+    bind_text(s, st, 4, t->session_id);
+    bind_i64(s, st, 5, t->now + t->idem_ttl_ms);
+    bind_i64(s, st, 6, r->turn_count);
+    bind_i64(s, st, 7, r->assistant_message_id);
+    bind_i64(s, st, 8, reply_seq);
+    bind_text(s, st, 9, t->assistant_content);
+    bind_text(s, st, 10, t->status);
+    bind_text(s, st, 11, t->model);
+    bind_text(s, st, 12, t->stop_reason);
+    bind_i64(s, st, 13, t->usage.output_tokens); /* as insert_message() stores it */
+    bind_i64(s, st, 14, t->usage.input_tokens);
+    bind_i64(s, st, 15, t->usage.output_tokens);
+    bind_i64(s, st, 16, t->usage.cache_read_tokens);
+    bind_i64(s, st, 17, t->usage.cache_write_tokens);
+    bind_i64(s, st, 18, t->cost_micros);
+    bind_i64(s, st, 19, t->now);
+    chat_rc rc = run(s, ST_IDEM_COMMIT);
+    if (rc != CHAT_OK)
+        return rc;
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
 chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *res)
@@ -855,6 +978,27 @@ chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *r
     rc = run(s, ST_STATS_ADD_TURN);
     if (rc != CHAT_OK)
         goto out;
+
+    if (t->owner) {
+        /* No row when the owner is not a stored key (e.g. the single API_TOKEN):
+         * nothing to charge, not an error. */
+        st = s->st[ST_KEY_ADD_TURN];
+        bind_text(s, st, 1, t->owner);
+        bind_i64(s, st, 2, known(t->usage.input_tokens));
+        bind_i64(s, st, 3, known(t->usage.output_tokens));
+        bind_i64(s, st, 4, known(t->usage.cache_read_tokens));
+        bind_i64(s, st, 5, known(t->usage.cache_write_tokens));
+        bind_i64(s, st, 6, t->cost_micros);
+        rc = run(s, ST_KEY_ADD_TURN);
+        if (rc != CHAT_OK)
+            goto out;
+    }
+
+    if (t->idem_key) {
+        rc = idem_complete(s, t, &r, last_seq + 2);
+        if (rc != CHAT_OK)
+            goto out;
+    }
 
     st = s->st[ST_LOCK_RELEASE];
     bind_text(s, st, 1, t->session_id);
@@ -1333,4 +1477,395 @@ out:
         free(victims[i].id);
     free(victims);
     return rc;
+}
+
+/* ---- idempotency ---------------------------------------------------------- */
+
+/* Fills out from a live row of IDEM_COLS, for a request with body_hash. */
+static void read_idem(sqlite3_stmt *st, const char *body_hash, store_idem *out)
+{
+    const unsigned char *hash = sqlite3_column_text(st, IDEM_COL_HASH);
+    const unsigned char *state = sqlite3_column_text(st, IDEM_COL_STATE);
+    out->session_id = col_dup(st, IDEM_COL_SESSION);
+    out->created_at = sqlite3_column_int64(st, IDEM_COL_CREATED);
+    out->expires_at = sqlite3_column_int64(st, IDEM_COL_EXPIRES);
+    /* A different body is reported first, whatever the state: it is the
+     * client's mistake, and retrying later would not cure it. */
+    if (!hash || strcmp((const char *)hash, body_hash) != 0) {
+        out->outcome = STORE_IDEM_MISMATCH;
+        return;
+    }
+    if (!state || strcmp((const char *)state, "done") != 0) {
+        out->outcome = STORE_IDEM_RUNNING;
+        return;
+    }
+    out->outcome = STORE_IDEM_REPLAY;
+    out->status = sqlite3_column_int(st, IDEM_COL_STATUS);
+    out->response = col_dup(st, IDEM_COL_RESPONSE);
+    if (sqlite3_column_type(st, 0) != SQLITE_NULL) { /* reply_id: done by a turn commit */
+        out->has_reply = true;
+        read_message(st, &out->reply);
+        out->turn_count = sqlite3_column_int64(st, IDEM_COL_TURNS);
+    }
+}
+
+chat_rc store_idem_begin(store *s, const char *scope, const char *key, const char *body_hash,
+                         const char *token, const char *session_id, int64_t now,
+                         int64_t lease_ms, store_idem *out)
+{
+    if (!out)
+        return CHAT_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(body_hash) ||
+        !valid_id(token) || (session_id && !valid_id(session_id)) || !valid_ttl(now, lease_ms))
+        return CHAT_EINVAL;
+
+    sqlite3_stmt *st;
+    int src;
+    bool exists = false, live = false;
+    /* A write transaction from the start: the look-up and the insert must be
+     * one step, or two requests with the same key could both see no record. */
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+
+    st = s->st[ST_IDEM_GET];
+    bind_text(s, st, 1, scope);
+    bind_text(s, st, 2, key);
+    src = step(s, st);
+    if (src == SQLITE_ROW) {
+        exists = true;
+        live = sqlite3_column_int64(st, IDEM_COL_EXPIRES) > now;
+        if (live)
+            read_idem(st, body_hash, out);
+    }
+    done(st);
+    if (src != SQLITE_ROW && src != SQLITE_DONE) {
+        rc = db_fail(s, "ST_IDEM_GET", src);
+        goto out;
+    }
+
+    if (!live) {
+        /* Absent, or expired (running or done): start afresh. */
+        if (exists) {
+            bind_text(s, s->st[ST_IDEM_DROP], 1, scope);
+            bind_text(s, s->st[ST_IDEM_DROP], 2, key);
+            rc = run(s, ST_IDEM_DROP);
+            if (rc != CHAT_OK)
+                goto out;
+        }
+        st = s->st[ST_IDEM_INSERT];
+        bind_text(s, st, 1, scope);
+        bind_text(s, st, 2, key);
+        bind_text(s, st, 3, token);
+        bind_text(s, st, 4, body_hash);
+        bind_text(s, st, 5, session_id);
+        bind_i64(s, st, 6, now);
+        bind_i64(s, st, 7, now + lease_ms);
+        rc = run(s, ST_IDEM_INSERT);
+        if (rc != CHAT_OK)
+            goto out;
+        out->outcome = STORE_IDEM_NEW;
+        out->session_id = session_id ? chat_xstrdup(session_id) : NULL;
+        out->created_at = now;
+        out->expires_at = now + lease_ms;
+    }
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK) {
+        tx_rollback(s);
+        store_idem_clear(out);
+    }
+    return rc;
+}
+
+void store_idem_clear(store_idem *r)
+{
+    if (!r)
+        return;
+    free(r->session_id);
+    free(r->response);
+    free(r->reply.role);
+    free(r->reply.content);
+    free(r->reply.status);
+    free(r->reply.model);
+    free(r->reply.stop_reason);
+    memset(r, 0, sizeof *r);
+}
+
+chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const char *token,
+                           int64_t now, int64_t lease_ms)
+{
+    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token) ||
+        !valid_ttl(now, lease_ms))
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_IDEM_REFRESH];
+    bind_text(s, st, 1, scope);
+    bind_text(s, st, 2, key);
+    bind_text(s, st, 3, token);
+    bind_i64(s, st, 4, now + lease_ms);
+    chat_rc rc = run(s, ST_IDEM_REFRESH);
+    if (rc != CHAT_OK)
+        return rc;
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+}
+
+chat_rc store_idem_finish(store *s, const char *scope, const char *key, const char *token,
+                          int status, const char *response, int64_t now, int64_t ttl_ms)
+{
+    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token) || status < 100 ||
+        status > 599 || !response || !valid_ttl(now, ttl_ms))
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_IDEM_FINISH];
+    bind_text(s, st, 1, scope);
+    bind_text(s, st, 2, key);
+    bind_text(s, st, 3, token);
+    bind_i64(s, st, 4, status);
+    bind_text(s, st, 5, response);
+    bind_i64(s, st, 6, now + ttl_ms);
+    chat_rc rc = run(s, ST_IDEM_FINISH);
+    if (rc != CHAT_OK)
+        return rc;
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+}
+
+chat_rc store_idem_abort(store *s, const char *scope, const char *key, const char *token)
+{
+    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token))
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_IDEM_ABORT];
+    bind_text(s, st, 1, scope);
+    bind_text(s, st, 2, key);
+    bind_text(s, st, 3, token);
+    return run(s, ST_IDEM_ABORT);
+}
+
+chat_rc store_idem_expire(store *s, int64_t now, int limit, int64_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    if (!s || now < 0 || limit < 1)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_IDEM_EXPIRE];
+    bind_i64(s, st, 1, now);
+    bind_i64(s, st, 2, limit);
+    chat_rc rc = run(s, ST_IDEM_EXPIRE);
+    if (rc == CHAT_OK && deleted)
+        *deleted = sqlite3_changes(s->db);
+    return rc;
+}
+
+/* ---- API keys ------------------------------------------------------------- */
+
+/* Exactly STORE_KEY_HASH_LEN lowercase hex digits. */
+static bool valid_hash(const char *h)
+{
+    if (!h)
+        return false;
+    size_t i = 0;
+    for (; h[i]; i++)
+        if (i >= STORE_KEY_HASH_LEN || hexval(h[i]) < 0)
+            return false;
+    return i == STORE_KEY_HASH_LEN;
+}
+
+/* Fills out from a row of KEY_COLS. NULL times read as 0 ("never"). */
+static void read_key(sqlite3_stmt *st, store_key *out)
+{
+    out->id = col_dup(st, 0);
+    out->name = col_dup(st, 1);
+    out->hash = col_dup(st, 2);
+    out->role = col_dup(st, 3);
+    out->rate_limit = col_dup(st, 4);
+    out->created_at = sqlite3_column_int64(st, 5);
+    out->revoked_at = sqlite3_column_int64(st, 6);
+    out->last_used_at = sqlite3_column_int64(st, 7);
+    out->turn_count = sqlite3_column_int64(st, 8);
+    out->usage.input_tokens = sqlite3_column_int64(st, 9);
+    out->usage.output_tokens = sqlite3_column_int64(st, 10);
+    out->usage.cache_read_tokens = sqlite3_column_int64(st, 11);
+    out->usage.cache_write_tokens = sqlite3_column_int64(st, 12);
+    out->cost_micros = sqlite3_column_int64(st, 13);
+}
+
+chat_rc store_key_create(store *s, const store_key_new *k)
+{
+    if (!s || !k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) ||
+        !k->role || (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
+        (k->rate_limit && !valid_id(k->rate_limit)) || k->now <= 0)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_KEY_CREATE];
+    bind_text(s, st, 1, k->id);
+    bind_text(s, st, 2, k->name);
+    bind_text(s, st, 3, k->hash);
+    bind_text(s, st, 4, k->role);
+    bind_text(s, st, 5, k->rate_limit);
+    bind_i64(s, st, 6, k->now);
+    chat_rc rc = run(s, ST_KEY_CREATE);
+    if (rc != CHAT_OK)
+        return rc;
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+}
+
+chat_rc store_key_find_by_hash(store *s, const char *hash, store_key *out)
+{
+    if (!out)
+        return CHAT_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (!s || !valid_hash(hash))
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_KEY_BY_HASH];
+    bind_text(s, st, 1, hash);
+    int rc = step(s, st);
+    chat_rc out_rc;
+    if (rc == SQLITE_ROW) {
+        read_key(st, out);
+        out_rc = CHAT_OK;
+    } else if (rc == SQLITE_DONE) {
+        out_rc = CHAT_ENOTFOUND;
+    } else {
+        out_rc = db_fail(s, "ST_KEY_BY_HASH", rc);
+    }
+    done(st);
+    return out_rc;
+}
+
+chat_rc store_keys_list(store *s, store_key **out, size_t *n)
+{
+    if (!out || !n)
+        return CHAT_EINVAL;
+    *out = NULL;
+    *n = 0;
+    if (!s)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_KEYS_LIST];
+    store_key *arr = NULL;
+    size_t count = 0, cap = 0;
+    int rc;
+    while ((rc = step(s, st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            arr = chat_xrealloc(arr, cap * sizeof *arr);
+        }
+        memset(&arr[count], 0, sizeof arr[count]);
+        read_key(st, &arr[count]);
+        count++;
+    }
+    done(st);
+    if (rc != SQLITE_DONE) {
+        store_keys_free(arr, count);
+        return db_fail(s, "ST_KEYS_LIST", rc);
+    }
+    *out = arr;
+    *n = count;
+    return CHAT_OK;
+}
+
+/*
+ * Inside a transaction: reads the keys a statement bound to id_or_name returns,
+ * at most two. *found receives how many (2 meaning "two or more"); *k the first.
+ */
+static chat_rc keys_matching(store *s, enum stmt_id id, const char *id_or_name, store_key *k,
+                             int *found)
+{
+    sqlite3_stmt *st = s->st[id];
+    int rc;
+    *found = 0;
+    bind_text(s, st, 1, id_or_name);
+    while (*found < 2 && (rc = step(s, st)) == SQLITE_ROW) {
+        if (*found == 0)
+            read_key(st, k);
+        (*found)++;
+    }
+    done(st);
+    if (*found < 2 && rc != SQLITE_DONE)
+        return db_fail(s, stmt_name[id], rc);
+    return CHAT_OK;
+}
+
+chat_rc store_key_revoke(store *s, const char *id_or_name, int64_t now, store_key *out)
+{
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!s || !valid_id(id_or_name) || now <= 0)
+        return CHAT_EINVAL;
+    store_key k = {0};
+    int found = 0;
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+
+    /* An id wins over a name: ids are unique, and a name equal to another key's
+     * id must not make that key unrevocable by id. */
+    rc = keys_matching(s, ST_KEY_BY_ID, id_or_name, &k, &found);
+    if (rc == CHAT_OK && found == 0)
+        rc = keys_matching(s, ST_KEY_BY_NAME, id_or_name, &k, &found);
+    if (rc != CHAT_OK)
+        goto out;
+    if (found != 1) {
+        rc = found == 0 ? CHAT_ENOTFOUND : CHAT_ECONFLICT;
+        goto out;
+    }
+    if (k.revoked_at == 0) {
+        bind_text(s, s->st[ST_KEY_REVOKE], 1, k.id);
+        bind_i64(s, s->st[ST_KEY_REVOKE], 2, now);
+        rc = run(s, ST_KEY_REVOKE);
+        if (rc != CHAT_OK)
+            goto out;
+        k.revoked_at = now;
+    }
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    if (rc == CHAT_OK && out)
+        *out = k;
+    else
+        store_key_clear(&k);
+    return rc;
+}
+
+chat_rc store_key_touch(store *s, const char *id, int64_t now)
+{
+    if (!s || !valid_id(id) || now <= 0)
+        return CHAT_EINVAL;
+    /* Read first, in autocommit: a reader never waits for the write lock, so the
+     * common case (touched within STORE_KEY_TOUCH_MS) costs no write at all. */
+    sqlite3_stmt *st = s->st[ST_KEY_LAST_USED];
+    bind_text(s, st, 1, id);
+    int src = step(s, st);
+    bool stale = src == SQLITE_ROW && (sqlite3_column_type(st, 0) == SQLITE_NULL ||
+                                       sqlite3_column_int64(st, 0) <= now - STORE_KEY_TOUCH_MS);
+    done(st);
+    if (src != SQLITE_ROW && src != SQLITE_DONE)
+        return db_fail(s, "ST_KEY_LAST_USED", src);
+    if (!stale)
+        return CHAT_OK;
+    /* The WHERE repeats the test: another connection may have touched it since. */
+    st = s->st[ST_KEY_TOUCH];
+    bind_text(s, st, 1, id);
+    bind_i64(s, st, 2, now);
+    bind_i64(s, st, 3, now - STORE_KEY_TOUCH_MS);
+    return run(s, ST_KEY_TOUCH);
+}
+
+void store_key_clear(store_key *k)
+{
+    if (!k)
+        return;
+    free(k->id);
+    free(k->name);
+    free(k->hash);
+    free(k->role);
+    free(k->rate_limit);
+    memset(k, 0, sizeof *k);
+}
+
+void store_keys_free(store_key *arr, size_t n)
+{
+    if (!arr)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_key_clear(&arr[i]);
+    free(arr);
 }

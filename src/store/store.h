@@ -33,10 +33,14 @@
  * Session ids, lock tokens and owners are 1..STORE_ID_MAX bytes (CHAT_EINVAL
  * otherwise, as for a NULL handle or NULL output pointer).
  *
- * Return values: CHAT_OK on success; CHAT_ENOTFOUND when the named session does
- * not exist; CHAT_EBUSY when a lock is held; CHAT_ECONFLICT when a commit's lock
- * token no longer owns the lock; CHAT_EINVAL on bad arguments; CHAT_EIO on any
+ * Return values: CHAT_OK on success; CHAT_ENOTFOUND when the named session (or
+ * key) does not exist; CHAT_EBUSY when a lock is held; CHAT_ECONFLICT when a
+ * commit's lock token no longer owns the lock (or its idempotency record), or a
+ * key's id or hash is taken; CHAT_EINVAL on bad arguments; CHAT_EIO on any
  * database error (the error text goes to the log).
+ *
+ * Also here: idempotency records (the Idempotency-Key header) and API keys; see
+ * their sections at the end.
  */
 #ifndef CHATD_STORE_STORE_H
 #define CHATD_STORE_STORE_H
@@ -104,7 +108,7 @@ typedef struct store_stats {
 /* Everything one turn commits. */
 typedef struct store_turn {
     const char *session_id;
-    const char *owner;           /* may be NULL */
+    const char *owner;           /* API key id making the turn: owns a new session, is charged the usage; may be NULL */
     const char *system_prompt;   /* used only when the session does not exist yet */
     const char *model;
     const char *user_content;
@@ -116,6 +120,16 @@ typedef struct store_turn {
     int64_t cost_micros;
     const char *lock_token;      /* the token that holds the session's turn lock */
     int64_t now;
+    /*
+     * Optional. When idem_key is non-NULL the commit also completes the
+     * idempotency record (idem_scope, idem_key), which must be 'running' and
+     * owned by lock_token (see store_idem_begin; else CHAT_ECONFLICT, nothing
+     * written): it becomes 'done', status 200, replayable until now + idem_ttl_ms,
+     * with a copy of the assistant message. Zero-initialised fields mean "none".
+     */
+    const char *idem_scope;      /* with idem_key: "" or an API key id */
+    const char *idem_key;
+    int64_t idem_ttl_ms;         /* > 0 with idem_key */
 } store_turn;
 
 typedef struct store_turn_result {
@@ -166,8 +180,11 @@ chat_rc store_lock_release(store *s, const char *session_id, const char *token) 
 /*
  * Commits a turn in one transaction: creates the session if needed (with
  * turn->system_prompt and owner), appends the user message then the assistant
- * message, updates the session's and the global counters, and releases the lock.
- * CHAT_ECONFLICT (nothing written) if turn->lock_token does not hold the lock.
+ * message, updates the session's and the global counters, adds the turn's usage
+ * to the totals of the API key turn->owner (when such a key exists; revoked or
+ * not, the turn ran), completes the idempotency record if turn->idem_key is set,
+ * and releases the lock. CHAT_ECONFLICT (nothing written) if turn->lock_token
+ * does not hold the lock, or does not own the running idempotency record.
  * On success fills *res (may be NULL).
  */
 chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *res) CHAT_MUST_CHECK;
@@ -222,9 +239,174 @@ chat_rc store_stats_get(store *s, store_stats *out) CHAT_MUST_CHECK;
  * Deletes at most limit sessions whose updated_at < before (retention sweeper),
  * keeping counters right; *deleted receives how many were deleted. Sessions with
  * a live turn lock are skipped. Also removes every expired turn lock (expires_at
- * <= now), so that locks left by dead holders do not accumulate.
+ * <= now), so that locks left by dead holders do not accumulate. Idempotency
+ * records have their own sweep (store_idem_expire).
  */
 chat_rc store_sessions_expire(store *s, int64_t before, int64_t now, int limit,
                               int64_t *deleted) CHAT_MUST_CHECK;
+
+/* ---- idempotency ----------------------------------------------------------
+ *
+ * One record per (scope, key): scope is the API key id of the caller, or ""
+ * when auth is off (so clients never share keys); key is the Idempotency-Key
+ * header. A record is created 'running' by store_idem_begin, owned by a token
+ * (pass the turn's lock token: store_turn_commit checks it), and becomes 'done'
+ * with what a retry must replay:
+ *
+ * - a committed turn: store_turn_commit with idem_key set marks it done in the
+ *   SAME transaction as the messages. The reply (its message id is only known
+ *   inside the commit) is copied into the record, so a retry replays it from
+ *   the record alone: no second step after the commit that a crash could miss
+ *   (a committed turn never runs twice), and nothing that a later reset, delete
+ *   or retention sweep of the session could take away within the TTL. The API
+ *   rebuilds the response from out->reply and out->turn_count, with the same
+ *   code that built the first one;
+ * - any other outcome worth replaying (e.g. a 4xx): store_idem_finish stores
+ *   the status and body;
+ * - a failure that a retry should run again (provider error, timeout):
+ *   store_idem_abort deletes the record.
+ *
+ * Expiry: while running, expires_at is a short lease (give the turn lock TTL and
+ * refresh it with the lock), so that a record left by a killed process stops
+ * blocking retries; when done, it is the replay TTL (e.g. 24 h). An expired
+ * record, running or done, counts as absent. A running record whose lease
+ * expired but that nobody replaced is still owned by its token (as with locks).
+ *
+ * Keys, scopes, tokens and body hashes are bounded like ids (1..STORE_ID_MAX
+ * bytes; scope may be ""); times as above.
+ */
+
+typedef enum store_idem_outcome {
+    STORE_IDEM_NEW = 1,   /* a 'running' record now exists for the caller's token: run the request */
+    STORE_IDEM_REPLAY,    /* done with the same body hash: replay it, do not run anything */
+    STORE_IDEM_RUNNING,   /* the first request is still running (live lease): answer 409 */
+    STORE_IDEM_MISMATCH,  /* the key was used with another body (running or done): answer 422 */
+} store_idem_outcome;
+
+/* What store_idem_begin found. Strings are heap-owned: store_idem_clear. */
+typedef struct store_idem {
+    store_idem_outcome outcome;
+    char *session_id;     /* the record's session (NEW: a copy of the argument); may be NULL */
+    int64_t created_at;   /* when the first request began */
+    int64_t expires_at;   /* lease end (NEW, RUNNING) or end of replay (REPLAY) */
+    /* REPLAY only: */
+    int status;           /* HTTP status to replay (200 for a committed turn) */
+    char *response;       /* body stored by store_idem_finish; NULL for a committed turn */
+    bool has_reply;       /* true for a committed turn: reply and turn_count are set */
+    store_message reply;  /* copy of the assistant message as committed (role "assistant") */
+    int64_t turn_count;   /* the session's turn count right after that turn */
+} store_idem;
+
+/*
+ * Looks up (scope, key) and, when there is no live record, creates a 'running'
+ * one owned by token, leased until now + lease_ms (outcome STORE_IDEM_NEW).
+ * Otherwise reports what exists, in this order: another body_hash -> MISMATCH;
+ * running -> RUNNING; done -> REPLAY. Returns CHAT_OK with out->outcome set in
+ * all four cases; *out must be cleared by the caller (also after errors, which
+ * leave it zeroed). session_id (may be NULL) is stored in a new record.
+ */
+chat_rc store_idem_begin(store *s, const char *scope, const char *key, const char *body_hash,
+                         const char *token, const char *session_id, int64_t now,
+                         int64_t lease_ms, store_idem *out) CHAT_MUST_CHECK;
+
+/* Frees the strings of a store_idem and zeroes it. Accepts NULL. */
+void store_idem_clear(store_idem *r);
+
+/* Extends the lease of a running record to now + lease_ms (call it with
+ * store_lock_refresh). CHAT_ECONFLICT if token no longer owns a running record. */
+chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const char *token,
+                           int64_t now, int64_t lease_ms) CHAT_MUST_CHECK;
+
+/*
+ * Marks the running record owned by token done with an HTTP status (100..599)
+ * and a response body to replay until now + ttl_ms. For outcomes other than a
+ * committed turn (which store_turn_commit completes by itself). CHAT_ECONFLICT
+ * if token no longer owns a running record.
+ */
+chat_rc store_idem_finish(store *s, const char *scope, const char *key, const char *token,
+                          int status, const char *response, int64_t now,
+                          int64_t ttl_ms) CHAT_MUST_CHECK;
+
+/* Deletes the record if it is running and owned by token (the request failed
+ * and a retry may run it again); otherwise does nothing and returns CHAT_OK. */
+chat_rc store_idem_abort(store *s, const char *scope, const char *key,
+                         const char *token) CHAT_MUST_CHECK;
+
+/* Deletes at most limit records with expires_at <= now (run it from the
+ * retention sweeper); *deleted (may be NULL) receives how many. */
+chat_rc store_idem_expire(store *s, int64_t now, int limit, int64_t *deleted) CHAT_MUST_CHECK;
+
+/* ---- API keys -------------------------------------------------------------
+ *
+ * The secret of a key is never stored: callers hash it (SHA-256, lowercase hex,
+ * STORE_KEY_HASH_LEN characters exactly: any other form is CHAT_EINVAL, so that
+ * a differently spelled hash can never silently fail to match) and the store
+ * keeps and looks up the hash. Ids and hashes are unique; names are labels and
+ * may repeat. Times in store_key are 0 for "never" (store calls take now > 0).
+ */
+
+#define STORE_KEY_HASH_LEN 64
+
+/* store_key_touch writes last_used_at at most once per this many ms per key. */
+#define STORE_KEY_TOUCH_MS 60000
+
+typedef struct store_key_new {
+    const char *id;          /* public id, 1..STORE_ID_MAX bytes (e.g. "key_" + 16 hex digits) */
+    const char *name;        /* 1..STORE_ID_MAX bytes */
+    const char *hash;        /* lowercase hex SHA-256 of the secret */
+    const char *role;        /* "user" or "admin" */
+    const char *rate_limit;  /* NULL (server default) or a spec such as "60/minute", not parsed here */
+    int64_t now;             /* creation time, > 0 */
+} store_key_new;
+
+typedef struct store_key {
+    char *id;
+    char *name;
+    char *hash;
+    char *role;
+    char *rate_limit;        /* NULL: the server default */
+    int64_t created_at;
+    int64_t revoked_at;      /* 0 while active */
+    int64_t last_used_at;    /* 0 if never; STORE_KEY_TOUCH_MS granularity */
+    /* Totals over the turns committed with this key as turn owner (kept by
+     * store_turn_commit); unknown parts count as 0. */
+    int64_t turn_count;
+    store_usage usage;
+    int64_t cost_micros;
+} store_key;
+
+/* Creates a key. CHAT_ECONFLICT (nothing written) if its id or hash exists. */
+chat_rc store_key_create(store *s, const store_key_new *k) CHAT_MUST_CHECK;
+
+/* Finds the active key with this hash (authentication). CHAT_ENOTFOUND if there
+ * is none or it is revoked. *out must be cleared by the caller. */
+chat_rc store_key_find_by_hash(store *s, const char *hash, store_key *out) CHAT_MUST_CHECK;
+
+/* Lists every key, revoked ones too, oldest first (by creation time, then id).
+ * *out is an array of *n (free with store_keys_free). */
+chat_rc store_keys_list(store *s, store_key **out, size_t *n) CHAT_MUST_CHECK;
+
+/*
+ * Revokes a key named by its id or, when no key has that id, by its name. A
+ * name must designate exactly one active key: CHAT_ECONFLICT (nothing written)
+ * when several do, so that a label cannot revoke more than meant. Revoking a
+ * revoked key (by id) is CHAT_OK and keeps the first revocation time.
+ * CHAT_ENOTFOUND if nothing matches. On success fills *out (may be NULL) with
+ * the key as now stored; the caller clears it.
+ */
+chat_rc store_key_revoke(store *s, const char *id_or_name, int64_t now,
+                         store_key *out) CHAT_MUST_CHECK;
+
+/*
+ * Records that key id was used at now. Cheap enough to call on every request:
+ * it reads first and writes (one small autocommit write) only when the stored
+ * time is STORE_KEY_TOUCH_MS or more older. An unknown id is not an error.
+ */
+chat_rc store_key_touch(store *s, const char *id, int64_t now) CHAT_MUST_CHECK;
+
+/* Frees the strings of a key and zeroes it. Accepts NULL. */
+void store_key_clear(store_key *k);
+
+void store_keys_free(store_key *arr, size_t n);
 
 #endif
