@@ -66,6 +66,11 @@ void api_v1_session_delete(http_req *r, chat_worker *w, char **params);
 void api_v1_session_messages(http_req *r, chat_worker *w, char **params);
 void api_v1_session_reset(http_req *r, chat_worker *w, char **params);
 void api_v1_stats(http_req *r, chat_worker *w, char **params);
+void api_v1_models(http_req *r, chat_worker *w, char **params);
+void api_v1_estimate(http_req *r, chat_worker *w, char **params);
+
+/* {"micros": n, "usd": "0.000123"}: exact integer micro-dollars plus a decimal string. */
+json_t *api_cost_json(int64_t micros);
 
 /* JSON for a usage object: {"input_tokens",...}; unknown (-1) values become null. */
 json_t *api_usage_json(const store_usage *u);

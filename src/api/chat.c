@@ -274,6 +274,7 @@ static void log_turn(chat_ctx *c, const turn_result *res)
     http_req_log_set(c->r, "tokens", api_usage_json(&res->usage));
     http_req_log_set(c->r, "attempts", json_integer(res->attempts));
     http_req_log_set(c->r, "model", json_string(res->model));
+    http_req_log_set(c->r, "cost_micros", json_integer(res->cost_micros));
 }
 
 /* ---- sink ---- */
@@ -336,17 +337,18 @@ static void sink_done(void *ud, const turn_result *res)
         char ts[32];
         chat_format_rfc3339(res->created_at, ts);
         http_reply_json(c->r, 200,
-                        json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:I,s:s,s:s}", "id", idbuf, "session_id",
+                        json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:s,s:s}", "id", idbuf, "session_id",
                                   res->session_id, "model", res->model, "response", res->text, res->text_len,
                                   "stop_reason", res->stop_reason, "usage", api_usage_json(&res->usage),
-                                  "turn_count", (json_int_t)res->turn_count, "created_at", ts, "request_id",
-                                  http_req_id(c->r)));
+                                  "cost", api_cost_json(res->cost_micros), "turn_count",
+                                  (json_int_t)res->turn_count, "created_at", ts, "request_id", http_req_id(c->r)));
         break;
     }
     case MODE_V1_SSE:
-        sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:I}", "id", idbuf, "session_id", res->session_id,
-                                       "model", res->model, "stop_reason", res->stop_reason, "usage",
-                                       api_usage_json(&res->usage), "turn_count", (json_int_t)res->turn_count));
+        sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I}", "id", idbuf, "session_id",
+                                       res->session_id, "model", res->model, "stop_reason", res->stop_reason,
+                                       "usage", api_usage_json(&res->usage), "cost",
+                                       api_cost_json(res->cost_micros), "turn_count", (json_int_t)res->turn_count));
         http_stream_end(c->r);
         break;
     }

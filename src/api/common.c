@@ -3,6 +3,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
@@ -60,6 +61,14 @@ bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char 
                                    json_string(id ? id : ""));
     api_invalid(r, f, item, msg);
     return false;
+}
+
+json_t *api_cost_json(int64_t micros)
+{
+    char usd[48];
+    snprintf(usd, sizeof usd, "%s%lld.%06lld", micros < 0 ? "-" : "", (long long)(llabs(micros) / 1000000),
+             (long long)(llabs(micros) % 1000000));
+    return json_pack("{s:I,s:s}", "micros", (json_int_t)micros, "usd", usd);
 }
 
 json_t *api_usage_json(const store_usage *u)

@@ -42,6 +42,8 @@ static const route routes[] = {
     {HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1},
     {HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1},
     {HTTP_GET, "/v1/stats", api_v1_stats, API_V1},
+    {HTTP_GET, "/v1/models", api_v1_models, API_V1},
+    {HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1},
     {HTTP_GET, "/healthz", api_healthz, API_V1},
     {HTTP_GET, "/readyz", api_readyz, API_V1},
     {HTTP_GET, "/openapi.json", api_openapi, API_V1},

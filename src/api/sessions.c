@@ -24,11 +24,11 @@ static json_t *time_json(int64_t ms)
 
 static json_t *session_json(const store_session *s)
 {
-    return json_pack("{s:s,s:o,s:o,s:I,s:I,s:s?,s:s?,s:o}", "id", s->id, "created_at",
+    return json_pack("{s:s,s:o,s:o,s:I,s:I,s:s?,s:s?,s:o,s:o}", "id", s->id, "created_at",
                      time_json(s->created_at), "updated_at", time_json(s->updated_at), "turn_count",
                      (json_int_t)s->turn_count, "message_count", (json_int_t)s->message_count,
                      "model", s->model, "system_prompt", s->system_prompt, "usage",
-                     api_usage_json(&s->usage));
+                     api_usage_json(&s->usage), "cost", api_cost_json(s->cost_micros));
 }
 
 /* Parses an optional integer query parameter within [lo, hi]; answers 400 and returns false if bad. */
@@ -260,6 +260,7 @@ void api_v1_session_messages(http_req *r, chat_worker *w, char **params)
             json_object_set_new(o, "model", m->model ? json_string(m->model) : json_null());
             json_object_set_new(o, "stop_reason", m->stop_reason ? json_string(m->stop_reason) : json_null());
             json_object_set_new(o, "usage", api_usage_json(&m->usage));
+            json_object_set_new(o, "cost", api_cost_json(m->cost_micros));
         }
         json_array_append_new(arr, o);
     }
@@ -293,7 +294,8 @@ void api_v1_stats(http_req *r, chat_worker *w, char **params)
         db_error(r, API_V1);
         return;
     }
-    http_reply_json(r, 200, json_pack("{s:I,s:I,s:I,s:o}", "sessions", (json_int_t)st.total_sessions,
+    http_reply_json(r, 200, json_pack("{s:I,s:I,s:I,s:o,s:o}", "sessions", (json_int_t)st.total_sessions,
                                       "messages", (json_int_t)st.total_messages, "turns",
-                                      (json_int_t)st.total_turns, "usage", api_usage_json(&st.usage)));
+                                      (json_int_t)st.total_turns, "usage", api_usage_json(&st.usage), "cost",
+                                      api_cost_json(st.cost_micros)));
 }

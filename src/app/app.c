@@ -28,30 +28,13 @@
 #include <event2/thread.h>
 
 #include "api/api.h"
+#include "chat/models.h"
 #include "chat/turn.h"
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/util.h"
 
 #define DRAIN_TICK_MS 20
-
-void chat_app_provider_from_config(llm_provider *p, const struct chat_config *cfg)
-{
-    memset(p, 0, sizeof *p);
-    p->kind = LLM_PROVIDER_ANTHROPIC;
-    p->name = "anthropic";
-    p->base_url = cfg->anthropic_base_url;
-    p->api_key = cfg->anthropic_api_key;
-    p->version = cfg->anthropic_version;
-    p->connect_timeout_ms = cfg->provider_connect_timeout_ms;
-    p->first_byte_timeout_ms = cfg->provider_first_byte_timeout_ms;
-    p->idle_timeout_ms = cfg->provider_idle_timeout_ms;
-    p->total_timeout_ms = cfg->turn_timeout_ms;
-    p->max_retries = cfg->provider_max_retries;
-    p->retry_base_ms = 500;
-    p->retry_max_wait_ms = cfg->retry_max_wait_ms;
-    p->max_response_bytes = 8u << 20;
-}
 
 static void drain_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -162,18 +145,22 @@ chat_rc chat_app_run(const struct chat_config *cfg)
 {
     chat_app app = {0};
     chat_rc rc = CHAT_EIO;
-    char err[256] = "";
+    char err[512] = "";
     sigset_t sigs;
     int started = 0;
 
     app.cfg = cfg;
-    chat_app_provider_from_config(&app.anthropic, cfg);
+    if (models_load(cfg, &app.models, err, sizeof err) != CHAT_OK) {
+        chat_log(LOG_ERROR, "cannot load the models table", json_pack("{s:s}", "error", err));
+        return CHAT_EINVAL;
+    }
     app.nworkers = cfg->workers > 0 ? cfg->workers : cpu_count();
     app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
 
     if (evthread_use_pthreads() != 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         chat_log(LOG_ERROR, "cannot initialise libevent threads or libcurl", NULL);
         free(app.workers);
+        models_free(app.models);
         return CHAT_EIO;
     }
 
@@ -224,11 +211,11 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     chat_log(LOG_INFO, "listening",
              json_pack("{s:s,s:i,s:i,s:s,s:i,s:b}", "host", cfg->host, "port", app.port, "workers",
                        app.nworkers, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
-                       "schema_version", schema, "provider_configured",
-                       cfg->anthropic_api_key && cfg->anthropic_api_key[0]));
-    if (!cfg->anthropic_api_key || !cfg->anthropic_api_key[0])
-        chat_log(LOG_WARN, "ANTHROPIC_API_KEY is not set: chat requests will get 503 until it is configured",
-                 NULL);
+                       "schema_version", schema, "default_model", models_default(app.models)->name));
+    if (!models_default(app.models)->available)
+        chat_log(LOG_WARN, "the default model's provider has no API key: chat requests will get 503",
+                 json_pack("{s:s,s:s}", "model", models_default(app.models)->name, "missing",
+                           models_default(app.models)->missing));
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -264,5 +251,6 @@ stop:
 out:
     curl_global_cleanup();
     free(app.workers);
+    models_free(app.models);
     return rc;
 }

@@ -23,6 +23,7 @@
 struct event;
 struct event_base;
 struct turn;
+struct model_table;
 
 typedef struct chat_app chat_app;
 
@@ -46,7 +47,7 @@ typedef struct chat_worker {
 
 struct chat_app {
     const struct chat_config *cfg;
-    llm_provider anthropic;   /* built from cfg; borrowed by every call */
+    struct model_table *models; /* read-only after start; providers borrowed by every call */
     int port;                 /* the bound port (useful with PORT=0) */
     int nworkers;
     chat_worker *workers;
@@ -61,7 +62,5 @@ struct chat_app {
  */
 chat_rc chat_app_run(const struct chat_config *cfg) CHAT_MUST_CHECK;
 
-/* Fills p with the Anthropic provider settings of cfg (strings borrowed from cfg). */
-void chat_app_provider_from_config(llm_provider *p, const struct chat_config *cfg);
 
 #endif

@@ -4,7 +4,9 @@
  *   turn_start: lock -> load session + history -> build request -> start call
  *   (next loop turn) sink.on_start
  *   llm on_delta*: remember the text, pass it to the sink, pause on "full"
- *   llm on_done:  OK    -> commit (user + reply + usage, lock released) -> sink.on_done
+ *   llm on_done:  OK    -> commit (user + reply + usage + cost, lock released) -> sink.on_done
+ *                 error, nothing delivered yet, retryable, a fallback model left
+ *                       -> start the call again on the next fallback model
  *                 error -> release lock -> sink.on_error
  *   turn_cancel:  abort the call -> commit partial as "incomplete" or drop -> release
  *
@@ -21,6 +23,7 @@
 
 #include <event2/event.h>
 
+#include "chat/models.h"
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -33,7 +36,13 @@ struct turn {
     char *session_id;
     char *user_message;
     char *system_prompt;        /* resolved: the session's or the default */
-    char *model;                /* resolved */
+    const chat_model *model;    /* the requested (or session's, or default) model */
+    const chat_model *current;  /* the model the running call uses (a fallback after a failure) */
+    size_t next_fallback;       /* index into model->fallbacks of the next one to try */
+    llm_message *msgs;          /* the provider request's messages, kept for fallbacks */
+    size_t n_msgs;
+    char **owned;               /* merged message strings owned by the turn */
+    size_t n_owned;
     char *lock_token;
     char *owner;
     int max_tokens;
@@ -74,7 +83,10 @@ static void turn_free(turn *t)
     free(t->session_id);
     free(t->user_message);
     free(t->system_prompt);
-    free(t->model);
+    for (size_t i = 0; i < t->n_owned; i++)
+        free(t->owned[i]);
+    free(t->owned);
+    free(t->msgs);
     free(t->lock_token);
     free(t->owner);
     free(t->partial);
@@ -208,20 +220,20 @@ static llm_message *build_messages(const store_message *hist, size_t nhist, cons
 /* ---- commit ---- */
 
 static chat_rc commit(turn *t, const char *text, const char *status, const char *stop_reason,
-                      const llm_usage *u, store_turn_result *res)
+                      const llm_usage *u, int64_t cost, store_turn_result *res)
 {
     store_turn st = {
         .session_id = t->session_id,
         .owner = t->owner,
         .system_prompt = t->system_prompt,
-        .model = t->model,
+        .model = t->current->name,
         .user_content = t->user_message,
         .assistant_content = text,
         .status = status,
         .stop_reason = stop_reason,
         .user_tokens = -1,
         .usage = {u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens},
-        .cost_micros = 0,
+        .cost_micros = cost,
         .lock_token = t->lock_token,
         .now = chat_now_ms(),
     };
@@ -241,7 +253,7 @@ static void finish_cancelled(turn *t, const char *why)
     bool keep = t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0;
     if (keep) {
         llm_usage unknown = {-1, -1, -1, -1};
-        chat_rc rc = commit(t, t->partial, "incomplete", NULL, &unknown, NULL);
+        chat_rc rc = commit(t, t->partial, "incomplete", NULL, &unknown, 0, NULL);
         if (rc != CHAT_OK) {
             chat_log(LOG_ERROR, "cannot commit incomplete turn",
                      json_pack("{s:s,s:s}", "session", t->session_id, "error", chat_rc_str(rc)));
@@ -279,17 +291,55 @@ static int on_llm_delta(void *ud, const char *text, size_t len)
     return LLM_CONTINUE;
 }
 
+/* True when another model may be tried: nothing reached the client, and the
+ * failure is the provider's (overloaded, rate limited, down), not the request's. */
+static bool worth_fallback(const llm_result *res)
+{
+    if (res->delivered)
+        return false;
+    switch (res->status) {
+    case LLM_ERR_CONNECT:
+    case LLM_ERR_TIMEOUT:
+    case LLM_ERR_RETRY_AFTER:
+    case LLM_ERR_STREAM:
+    case LLM_ERR_TRUNCATED:
+        return true;
+    case LLM_ERR_HTTP:
+        return res->http_status == 408 || res->http_status == 429 || res->http_status >= 500;
+    default:
+        return false;
+    }
+}
+
+static chat_rc start_call(turn *t);
+
 static void on_llm_done(void *ud, const llm_result *res)
 {
     turn *t = ud;
     t->call = NULL; /* freed by the provider layer when we return */
+
+    if (res->status != LLM_OK && worth_fallback(res) && t->next_fallback < t->model->n_fallbacks) {
+        const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
+        chat_log(LOG_WARN, "provider call failed, trying a fallback model",
+                 json_pack("{s:s,s:s,s:s,s:i,s:s?}", "session", t->session_id, "failed_model", t->current->name,
+                           "fallback_model", next ? next->name : "?", "http_status", res->http_status,
+                           "provider_error_type", res->error_type));
+        if (next && next->available) {
+            t->current = next;
+            if (start_call(t) == CHAT_OK)
+                return;
+        }
+    }
     if (t->start_ev)
         event_del(t->start_ev);
 
     if (res->status == LLM_OK) {
         store_turn_result tr = {0};
         const char *stop = res->stop_reason;
-        chat_rc rc = commit(t, res->text ? res->text : "", "complete", stop, &res->usage, &tr);
+        store_usage su = {res->usage.input_tokens, res->usage.output_tokens, res->usage.cache_read_tokens,
+                          res->usage.cache_write_tokens};
+        int64_t cost = models_cost_micros(t->current, &su);
+        chat_rc rc = commit(t, res->text ? res->text : "", "complete", stop, &res->usage, cost, &tr);
         if (rc != CHAT_OK) {
             turn_error err;
             if (rc == CHAT_ECONFLICT)
@@ -302,7 +352,8 @@ static void on_llm_done(void *ud, const llm_result *res)
         } else {
             turn_result out = {
                 .session_id = t->session_id,
-                .model = t->model,
+                .model = t->current->name,
+                .cost_micros = cost,
                 .text = res->text ? res->text : "",
                 .text_len = res->text ? res->text_len : 0,
                 .stop_reason = stop,
@@ -335,9 +386,29 @@ static void on_start_ev(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     turn *t = arg;
-    turn_info info = {.session_id = t->session_id, .model = t->model};
+    turn_info info = {.session_id = t->session_id, .model = t->current->name};
     if (t->sink->on_start)
         t->sink->on_start(t->ud, &info);
+}
+
+/* Starts the provider call on t->current (the model or a fallback). */
+static chat_rc start_call(turn *t)
+{
+    const chat_model *m = t->current;
+    int max_tokens = t->max_tokens;
+    if (max_tokens > m->max_output)
+        max_tokens = (int)m->max_output;
+    llm_request req = {
+        .model = m->model_id,
+        .system = t->system_prompt,
+        .messages = t->msgs,
+        .n_messages = t->n_msgs,
+        .max_tokens = max_tokens,
+        .stream = t->stream,
+        .request_id = t->lock_token,
+    };
+    llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
+    return llm_call_start(t->w->llm, &m->provider, &req, &cbs, t, &t->call);
 }
 
 /* ---- public ---- */
@@ -349,15 +420,22 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     store_session sess = {0};
     store_message *hist = NULL;
     size_t nhist = 0;
-    llm_message *msgs = NULL;
-    char **owned = NULL;
-    size_t nmsgs = 0, nowned = 0;
     turn *t = NULL;
     bool locked = false;
 
-    if (!cfg->anthropic_api_key || !cfg->anthropic_api_key[0]) {
+    const model_table *mt = w->app->models;
+    const chat_model *model = NULL;
+    if (p->model) {
+        model = models_find(mt, p->model);
+        if (!model) {
+            set_error(err, 400, "invalid_request_error",
+                      "unknown model \"%s\": GET /v1/models lists the models this server offers", p->model);
+            goto fail;
+        }
+    }
+    if (model && !model->available) {
         set_error(err, 503, "provider_not_configured",
-                  "no provider API key is configured: set ANTHROPIC_API_KEY and restart chatd");
+                  "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
         goto fail;
     }
 
@@ -396,28 +474,25 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     t->system_prompt = chat_xstrdup(exists && sess.system_prompt ? sess.system_prompt
                                     : p->system_prompt            ? p->system_prompt
                                                                   : cfg->default_system_prompt);
-    t->model = chat_xstrdup(p->model                    ? p->model
-                            : exists && sess.model && *sess.model ? sess.model
-                                                                  : cfg->chat_model);
+    if (!model && exists && sess.model)
+        model = models_find(mt, sess.model); /* the session remembers its model */
+    if (!model)
+        model = models_default(mt);
+    if (!model->available) {
+        set_error(err, 503, "provider_not_configured",
+                  "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
+        goto fail;
+    }
+    t->model = t->current = model;
     t->lock_token = chat_xstrdup(p->request_id);
     t->owner = chat_xstrdup(p->owner);
     t->max_tokens = p->max_tokens > 0 ? p->max_tokens : cfg->max_tokens;
     t->stream = p->stream;
-    t->partial_max = w->app->anthropic.max_response_bytes;
+    t->partial_max = model->provider.max_response_bytes;
     t->started_mono = chat_mono_ms();
 
-    msgs = build_messages(hist, nhist, t->user_message, &nmsgs, &owned, &nowned);
-    llm_request req = {
-        .model = t->model,
-        .system = t->system_prompt,
-        .messages = msgs,
-        .n_messages = nmsgs,
-        .max_tokens = t->max_tokens,
-        .stream = t->stream,
-        .request_id = p->request_id,
-    };
-    llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
-    rc = llm_call_start(w->llm, &w->app->anthropic, &req, &cbs, t, &t->call);
+    t->msgs = build_messages(hist, nhist, t->user_message, &t->n_msgs, &t->owned, &t->n_owned);
+    rc = start_call(t);
     if (rc != CHAT_OK) {
         set_error(err, 500, "internal_error", "the provider call could not be started");
         goto fail;
@@ -436,10 +511,6 @@ fail:
         t = NULL;
     }
 out:
-    for (size_t i = 0; i < nowned; i++)
-        free(owned[i]);
-    free(owned);
-    free(msgs);
     store_messages_free(hist, nhist);
     store_session_clear(&sess);
     return t;

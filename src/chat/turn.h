@@ -31,7 +31,7 @@ typedef struct turn_params {
     const char *session_id;
     const char *message;
     const char *system_prompt;  /* NULL: the session's, or DEFAULT_SYSTEM_PROMPT for a new session */
-    const char *model;          /* NULL: the session's model, or CHAT_MODEL */
+    const char *model;          /* NULL: the session's model, or CHAT_MODEL; unknown names: 400 */
     int max_tokens;             /* 0: MAX_TOKENS */
     bool stream;                /* use the provider's streaming mode */
     const char *request_id;     /* used as the lock token and in logs */
@@ -58,6 +58,7 @@ typedef struct turn_result {
     size_t text_len;
     const char *stop_reason;
     store_usage usage;
+    int64_t cost_micros;        /* what the turn cost on the answering model */
     int64_t message_id;         /* the assistant message's id */
     int64_t turn_count;
     int64_t created_at;         /* ms since epoch */

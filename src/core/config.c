@@ -68,6 +68,7 @@ enum kind {
     K_SIZE,      /* size_t bytes, in [min, max] */
     K_CANCEL,    /* chat_cancel_policy: keep | drop */
     K_LOG_LEVEL, /* char *, debug | info | warn | error, stored lowercase */
+    K_BOOL,      /* bool: on|off, true|false, yes|no, 1|0 */
 };
 
 enum {
@@ -100,7 +101,16 @@ static const struct setting settings[] = {
     {"ANTHROPIC_VERSION", K_STR, FIELD(anthropic_version), "2023-06-01", 0, 0, F_HEADER_SAFE, NULL,
      "TEXT", "Value of the anthropic-version request header."},
     {"CHAT_MODEL", K_STR, FIELD(chat_model), "claude-sonnet-4-6", 0, 0, 0, NULL, "MODEL",
-     "Model used when a request names none."},
+     "Model used when a request names none (a name from the models table)."},
+    {"PROMPT_CACHING", K_BOOL, FIELD(prompt_caching), "on", 0, 0, 0, NULL, "on|off",
+     "Mark Anthropic prompt-cache breakpoints (system prompt, previous turn)."},
+    {"OPENAI_API_KEY", K_STR, FIELD(openai_api_key), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE,
+     "Provider (OpenAI-compatible Chat Completions)", "KEY",
+     "Bearer key for the \"openai\" provider; empty: no Authorization header."},
+    {"OPENAI_BASE_URL", K_HTTP_URL, FIELD(openai_base_url), "https://api.openai.com/v1", 0, 0, 0, NULL,
+     "URL", "Base URL including /v1 (OpenAI, Groq, vLLM, Ollama, llama.cpp)."},
+    {"MODELS_FILE", K_STR, FIELD(models_file), "", 0, 0, F_EMPTY_OK, NULL, "PATH",
+     "JSON models table merged over the built-in one (models, prices, providers)."},
     {"MAX_TOKENS", K_INT, FIELD(max_tokens), "1024", 1, 1000000, 0, NULL, "N",
      "Upper bound on tokens generated per reply, 1..1000000."},
     {"DEFAULT_SYSTEM_PROMPT", K_STR, FIELD(default_system_prompt), "You are a helpful AI assistant.", 0,
@@ -600,6 +610,22 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
             return false;
         }
         return true;
+
+    case K_BOOL: {
+        static const char *const yes[] = {"on", "true", "yes", "1"}, *const no[] = {"off", "false", "no", "0"};
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(value, yes[i]) == 0) {
+                *(bool *)field = true;
+                return true;
+            }
+            if (strcasecmp(value, no[i]) == 0) {
+                *(bool *)field = false;
+                return true;
+            }
+        }
+        value_error(ld, idx, value, "expected on or off");
+        return false;
+    }
 
     case K_LOG_LEVEL: {
         static const char *const levels[] = {"debug", "info", "warn", "error"};

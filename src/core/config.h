@@ -45,6 +45,10 @@ struct chat_config {
     char *chat_model;               /* CHAT_MODEL, default claude-sonnet-4-6 */
     int max_tokens;                 /* MAX_TOKENS, default 1024, 1..1000000 */
     char *default_system_prompt;    /* DEFAULT_SYSTEM_PROMPT, default "You are a helpful AI assistant.", may be "" */
+    bool prompt_caching;            /* PROMPT_CACHING, default on */
+    char *openai_api_key;           /* OPENAI_API_KEY, "" = send no Authorization header */
+    char *openai_base_url;          /* OPENAI_BASE_URL, default https://api.openai.com/v1 */
+    char *models_file;              /* MODELS_FILE, "" = the built-in table only */
 
     /* listener and workers */
     char *host;                     /* HOST, default 127.0.0.1 */

@@ -456,7 +456,8 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
 
 void http_reply_json(http_req *r, int status, json_t *body)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    /* 12 significant digits: prices like 0.3 print as 0.3, not 0.29999999999999999. */
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
     json_decref(body);
     if (!text) {
         http_reply(r, status, "application/json", "null", 4);

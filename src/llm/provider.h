@@ -11,6 +11,8 @@
  * was delivered to the caller (connect errors, 408, 429, 5xx, 529, an in-stream
  * error before the first delta), honouring x-should-retry and retry-after within
  * the configured caps. The result reports how many attempts were made.
+ * A spend limit reached (Anthropic enforced_spend_limit_reached, OpenAI 429
+ * insufficient_quota) is never retried.
  *
  * Thread: everything runs on the thread of the transport's event_base.
  * Callbacks are never invoked from inside llm_call_start() (a start that fails
@@ -31,13 +33,26 @@ typedef enum {
     LLM_PROVIDER_OPENAI,          /* OpenAI-compatible Chat Completions */
 } llm_provider_kind;
 
-/* Where and how to reach one provider endpoint. Borrowed by llm_call_start; must outlive the call. */
+/* The default of llm_provider.cache_min_tokens: the smallest minimum cacheable
+ * prefix among current Sonnet/Opus 4 models (PROTOCOLS.md A4; Haiku and some
+ * newer models need 2048 or 4096, a few only 512). */
+#define LLM_CACHE_MIN_TOKENS_DEFAULT 1024
+
+/* Where and how to reach one provider endpoint. Borrowed by llm_call_start; must outlive the call.
+ * Fields added later are optional: a zeroed value keeps the earlier behaviour. */
 typedef struct llm_provider {
     llm_provider_kind kind;
     const char *name;             /* for logs and metrics, e.g. "anthropic" */
-    const char *base_url;         /* without the /v1 suffix for Anthropic, e.g. https://api.anthropic.com */
-    const char *api_key;          /* never logged, never echoed in errors */
-    const char *version;          /* anthropic-version header value */
+    /* Anthropic: without the /v1 suffix, e.g. https://api.anthropic.com (the client adds /v1/messages).
+     * OpenAI-compatible: WITH the version path, as the official SDKs take it, e.g.
+     * https://api.openai.com/v1, https://api.groq.com/openai/v1, http://localhost:11434/v1
+     * (the client adds /chat/completions). A trailing '/' is ignored. */
+    const char *base_url;
+    /* Never logged, never echoed in errors. Anthropic: required (x-api-key).
+     * OpenAI-compatible: "" or NULL sends no Authorization header (Ollama,
+     * llama.cpp and vLLM run without a key), else "Authorization: Bearer <key>". */
+    const char *api_key;
+    const char *version;          /* Anthropic only: anthropic-version header value (NULL = 2023-06-01) */
     int64_t connect_timeout_ms;   /* TCP+TLS connect */
     int64_t first_byte_timeout_ms;/* request sent -> first response byte (whole reply when not streaming) */
     int64_t idle_timeout_ms;      /* longest gap between two received bytes once the response started */
@@ -46,6 +61,23 @@ typedef struct llm_provider {
     int64_t retry_base_ms;        /* first backoff (doubles each retry, with jitter) */
     int64_t retry_max_wait_ms;    /* cap on one wait; a longer retry-after ends the call instead */
     size_t max_response_bytes;    /* cap on a response body / one SSE event */
+    /* OpenAI-compatible only: the name of the output-token limit in the body,
+     * "max_tokens" (NULL or "" mean this) or "max_completion_tokens". OpenAI's
+     * reasoning models reject max_tokens; Ollama silently ignores
+     * max_completion_tokens (PROTOCOLS.md B2, B7), hence a per-provider choice.
+     * Any other value makes the request unusable (llm_call_start: CHAT_EINVAL). */
+    const char *max_tokens_field;
+    /* Anthropic only: mark prompt-cache breakpoints (cache_control, PROTOCOLS.md
+     * A4) in every request: on the system prompt when it alone reaches
+     * cache_min_tokens, and on the last assistant message before the final
+     * message (the end of the previous turn) when the prefix up to it does;
+     * never more than 4 breakpoints per request, markers already present
+     * included. See llm_anthropic_mark_cache in call_internal.h. */
+    bool prompt_caching;
+    /* With prompt_caching: the minimum cacheable prefix in tokens, estimated as
+     * Unicode characters / 4 (rounded up). A shorter prefix is not marked (the
+     * API would cache nothing). <= 0 means LLM_CACHE_MIN_TOKENS_DEFAULT. */
+    int64_t cache_min_tokens;
 } llm_provider;
 
 typedef struct llm_message {
@@ -75,8 +107,10 @@ typedef enum {
     LLM_ERR_HTTP,         /* the provider answered with an error status (http_status, error_type set) */
     LLM_ERR_CONNECT,      /* could not connect / DNS / TLS */
     LLM_ERR_TIMEOUT,      /* a deadline passed (which one is in error_message) */
-    LLM_ERR_STREAM,       /* the provider sent an error event after a 200 */
-    LLM_ERR_TRUNCATED,    /* the response ended early (no message_stop, connection reset) */
+    LLM_ERR_STREAM,       /* the provider sent an error after a 200 (an error event, an in-band
+                             data: {"error":...} chunk, or an error object as a 200 JSON body) */
+    LLM_ERR_TRUNCATED,    /* the response ended early: Anthropic without message_stop; OpenAI
+                             without a finish_reason (even if [DONE] came); connection reset */
     LLM_ERR_PROTOCOL,     /* the response could not be parsed, or broke a size limit */
     LLM_ERR_RETRY_AFTER,  /* the provider asked to wait longer than retry_max_wait_ms */
 } llm_status;
@@ -88,12 +122,23 @@ typedef struct llm_result {
     const char *error_type;       /* provider error.type (e.g. "overloaded_error") or ours; NULL on success */
     const char *error_message;    /* human-readable, never contains the API key; NULL on success */
     int64_t retry_after_ms;       /* from retry-after-ms / retry-after, -1 if absent */
-    const char *request_id;       /* provider's request id header, may be NULL */
+    const char *request_id;       /* provider's request id header (request-id / x-request-id), may be NULL */
     const char *text;             /* the reply text received (partial on error), NUL-terminated */
     size_t text_len;
-    const char *stop_reason;      /* may be NULL */
+    /* Why the model stopped, in the provider's own vocabulary (not mapped, so
+     * nothing is lost): Anthropic stop_reason (end_turn, max_tokens,
+     * stop_sequence, tool_use, refusal, pause_turn...), OpenAI-compatible
+     * finish_reason (stop, length, content_filter, tool_calls...). "Cut by the
+     * token limit" is max_tokens / length. May be NULL. */
+    const char *stop_reason;
     const char *model;            /* model id reported by the provider, may be NULL */
-    llm_usage usage;              /* fields -1 when the provider did not report them */
+    /* Fields -1 when the provider did not report them (an OpenAI stream cut
+     * after its finish_reason but before the usage chunk is a success with
+     * usage -1). input_tokens is always the UNCACHED input (Anthropic's
+     * meaning): for OpenAI-compatible providers prompt_tokens minus
+     * prompt_tokens_details.cached_tokens, the latter in cache_read_tokens;
+     * OpenAI reports no cache writes (cache_write_tokens stays -1). */
+    llm_usage usage;
     bool delivered;               /* at least one delta reached on_delta */
     int attempts;                 /* 1 + retries made */
     int64_t ttfb_ms;              /* request start (last attempt) -> first response byte, -1 if none */

@@ -12,8 +12,9 @@
  * could fail to upgrade (SQLITE_BUSY_SNAPSHOT, which the busy handler cannot
  * cure) when another connection committed in between. Transactions are short and
  * indexed, so that one worker's write never stalls the others' event loops for
- * long. Single-statement writes (locks) run in autocommit mode, which takes the
- * write lock at the start of the statement in the same way.
+ * long. Single-statement writes (locks, idempotency leases and finishes, key
+ * creation and touch) run in autocommit mode, which takes the write lock at the
+ * start of the statement in the same way.
  *
  * Statements are prepared once in store_open (SQLITE_PREPARE_PERSISTENT) and
  * reset after every use, so that no statement keeps a read snapshot open (an
@@ -1769,7 +1770,7 @@ static chat_rc keys_matching(store *s, enum stmt_id id, const char *id_or_name, 
                              int *found)
 {
     sqlite3_stmt *st = s->st[id];
-    int rc;
+    int rc = SQLITE_DONE;
     *found = 0;
     bind_text(s, st, 1, id_or_name);
     while (*found < 2 && (rc = step(s, st)) == SQLITE_ROW) {
