@@ -47,6 +47,7 @@ struct turn {
     char *owner;
     int max_tokens;
     bool stream;
+    bool ephemeral;             /* no session: nothing is locked, loaded or stored */
     llm_call *call;             /* NULL once the call ended or was cancelled */
     struct event *start_ev;     /* delivers on_start on the next loop turn */
     bool paused;
@@ -187,34 +188,35 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
  * message. Committed turns already alternate, but an assistant reply can be
  * empty (the provider may answer with no content): such messages are skipped and
  * neighbours of the same role are merged with a blank line between them.
+ * Every content string of the result is a copy owned by the turn (t->owned),
+ * because a fallback restarts the call after the history was freed.
  */
-static llm_message *build_messages(const store_message *hist, size_t nhist, const char *user_msg,
-                                   size_t *n_out, char ***owned_out, size_t *nowned_out)
+static void build_messages(turn *t, const llm_message *hist, size_t nhist)
 {
-    llm_message *out = chat_xcalloc(nhist + 1, sizeof *out);
-    char **owned = chat_xcalloc(nhist + 1, sizeof *owned);
-    size_t n = 0, nowned = 0;
+    t->msgs = chat_xcalloc(nhist + 1, sizeof *t->msgs);
+    t->owned = chat_xcalloc(nhist + 1, sizeof *t->owned);
+    size_t n = 0;
     for (size_t i = 0; i <= nhist; i++) {
         const char *role = i < nhist ? hist[i].role : "user";
-        const char *content = i < nhist ? hist[i].content : user_msg;
+        const char *content = i < nhist ? hist[i].content : t->user_message;
         if (!content || !*content)
             continue;
+        role = strcmp(role, "user") == 0 ? "user" : "assistant"; /* static strings */
         if (n == 0 && strcmp(role, "user") != 0)
             continue;
-        if (n > 0 && strcmp(out[n - 1].role, role) == 0) {
-            char *merged = chat_xasprintf("%s\n\n%s", out[n - 1].content, content);
-            owned[nowned++] = merged;
-            out[n - 1].content = merged;
+        if (n > 0 && strcmp(t->msgs[n - 1].role, role) == 0) {
+            char *merged = chat_xasprintf("%s\n\n%s", t->msgs[n - 1].content, content);
+            free(t->owned[n - 1]);
+            t->owned[n - 1] = merged;
+            t->msgs[n - 1].content = merged;
             continue;
         }
-        out[n].role = role;
-        out[n].content = content;
+        t->owned[n] = chat_xstrdup(content);
+        t->msgs[n].role = role;
+        t->msgs[n].content = t->owned[n];
         n++;
     }
-    *n_out = n;
-    *owned_out = owned;
-    *nowned_out = nowned;
-    return out;
+    t->n_msgs = t->n_owned = n;
 }
 
 /* ---- commit ---- */
@@ -222,6 +224,8 @@ static llm_message *build_messages(const store_message *hist, size_t nhist, cons
 static chat_rc commit(turn *t, const char *text, const char *status, const char *stop_reason,
                       const llm_usage *u, int64_t cost, store_turn_result *res)
 {
+    if (t->ephemeral)
+        return CHAT_OK; /* res stays zero: no message id, no turn count */
     store_turn st = {
         .session_id = t->session_id,
         .owner = t->owner,
@@ -242,6 +246,8 @@ static chat_rc commit(turn *t, const char *text, const char *status, const char 
 
 static void release_lock(turn *t)
 {
+    if (t->ephemeral)
+        return;
     if (store_lock_release(t->w->db, t->session_id, t->lock_token) != CHAT_OK)
         chat_log(LOG_ERROR, "cannot release turn lock",
                  json_pack("{s:s}", "session", t->session_id));
@@ -439,7 +445,11 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         goto fail;
     }
 
-    chat_rc rc = store_lock_acquire(w->db, p->session_id, p->request_id, chat_now_ms(), cfg->lock_ttl_ms);
+    chat_rc rc;
+    bool exists = false;
+    if (!p->session_id)
+        goto loaded; /* ephemeral: the caller gave the whole conversation */
+    rc = store_lock_acquire(w->db, p->session_id, p->request_id, chat_now_ms(), cfg->lock_ttl_ms);
     if (rc == CHAT_EBUSY) {
         set_error(err, 409, "session_busy",
                   "another turn is in progress on session %s; retry when it has finished", p->session_id);
@@ -456,7 +466,7 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         set_error(err, 500, "internal_error", "the database is not available");
         goto fail;
     }
-    bool exists = rc == CHAT_OK;
+    exists = rc == CHAT_OK;
     if (exists) {
         rc = store_messages_list(w->db, p->session_id, 0, 0, &hist, &nhist);
         if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
@@ -465,11 +475,13 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         }
     }
 
+loaded:
     t = chat_xcalloc(1, sizeof *t);
     t->w = w;
     t->sink = sink;
     t->ud = ud;
-    t->session_id = chat_xstrdup(p->session_id);
+    t->session_id = chat_xstrdup(p->session_id ? p->session_id : "");
+    t->ephemeral = p->session_id == NULL;
     t->user_message = chat_xstrdup(p->message);
     t->system_prompt = chat_xstrdup(exists && sess.system_prompt ? sess.system_prompt
                                     : p->system_prompt            ? p->system_prompt
@@ -491,7 +503,17 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     t->partial_max = model->provider.max_response_bytes;
     t->started_mono = chat_mono_ms();
 
-    t->msgs = build_messages(hist, nhist, t->user_message, &t->n_msgs, &t->owned, &t->n_owned);
+    if (t->ephemeral) {
+        build_messages(t, p->history, p->n_history);
+    } else {
+        llm_message *lm = chat_xcalloc(nhist + 1, sizeof *lm);
+        for (size_t i = 0; i < nhist; i++) {
+            lm[i].role = hist[i].role;
+            lm[i].content = hist[i].content;
+        }
+        build_messages(t, lm, nhist);
+        free(lm);
+    }
     rc = start_call(t);
     if (rc != CHAT_OK) {
         set_error(err, 500, "internal_error", "the provider call could not be started");
@@ -504,7 +526,7 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     goto out;
 
 fail:
-    if (locked && store_lock_release(w->db, p->session_id, p->request_id) != CHAT_OK)
+    if (locked && p->session_id && store_lock_release(w->db, p->session_id, p->request_id) != CHAT_OK)
         chat_log(LOG_ERROR, "cannot release turn lock", json_pack("{s:s}", "session", p->session_id));
     if (t) {
         turn_free(t);

@@ -28,7 +28,9 @@
 typedef struct turn turn;
 
 typedef struct turn_params {
-    const char *session_id;
+    const char *session_id;     /* NULL: an ephemeral turn (no lock, no history, nothing stored) */
+    const llm_message *history; /* ephemeral turns: the conversation before message (copied) */
+    size_t n_history;
     const char *message;
     const char *system_prompt;  /* NULL: the session's, or DEFAULT_SYSTEM_PROMPT for a new session */
     const char *model;          /* NULL: the session's model, or CHAT_MODEL; unknown names: 400 */

@@ -4,6 +4,8 @@
  *
  * Request: POST {base_url}/v1/messages with x-api-key, anthropic-version and a
  * JSON body {model, max_tokens, system?, messages:[{role, content}], stream?}.
+ * With prompt caching on, cache_control breakpoints are added to that body
+ * (llm_anthropic_mark_cache; the strings they go on become one-block arrays).
  * Reply: a JSON Message (A5), or an SSE stream routed on the SSE event name,
  * never on the JSON "type" (A6), or an error body (A7).
  *
@@ -20,54 +22,37 @@
 
 /* Longest excerpt of a non-JSON error body put into a message. */
 #define EXCERPT_MAX 200
-
-/* True if s can go into an HTTP header value (printable ASCII, no CR/LF). */
-static bool header_safe(const char *s)
-{
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (*p < 0x20 || *p >= 0x7F)
-            return false;
-    return true;
-}
+/* The API rejects a request with more cache_control blocks than this (A4). */
+#define MAX_BREAKPOINTS 4
 
 static char *build_url(const llm_provider *p)
 {
     size_t n = strlen(p->base_url);
     while (n > 0 && p->base_url[n - 1] == '/')
         n--; /* "https://host/" and "https://host" mean the same */
-    if (n == 0 || !header_safe(p->base_url))
+    if (n == 0 || !llm_header_safe(p->base_url))
         return NULL;
     return chat_xasprintf("%.*s/v1/messages", (int)n, p->base_url);
-}
-
-static struct curl_slist *add(struct curl_slist *l, const char *line)
-{
-    struct curl_slist *n = curl_slist_append(l, line);
-    if (!n) {
-        fprintf(stderr, "chatd: out of memory building request headers, aborting\n");
-        abort();
-    }
-    return n;
 }
 
 static struct curl_slist *build_headers(const llm_provider *p, bool stream)
 {
     const char *version = p->version && *p->version ? p->version : "2023-06-01";
-    if (!*p->api_key || !header_safe(p->api_key) || !header_safe(version))
+    if (!*p->api_key || !llm_header_safe(p->api_key) || !llm_header_safe(version))
         return NULL;
     struct curl_slist *h = NULL;
     char *line = chat_xasprintf("x-api-key: %s", p->api_key);
-    h = add(h, line);
+    h = llm_slist_add(h, line);
     memset(line, 0, strlen(line)); /* do not leave the key in freed memory */
     free(line);
     line = chat_xasprintf("anthropic-version: %s", version);
-    h = add(h, line);
+    h = llm_slist_add(h, line);
     free(line);
-    h = add(h, "content-type: application/json");
-    h = add(h, stream ? "accept: text/event-stream" : "accept: application/json");
+    h = llm_slist_add(h, "content-type: application/json");
+    h = llm_slist_add(h, stream ? "accept: text/event-stream" : "accept: application/json");
     /* curl would otherwise send "Expect: 100-continue" for large bodies and
      * wait a round trip (or a second) for a 100 the API does not need. */
-    h = add(h, "Expect:");
+    h = llm_slist_add(h, "Expect:");
     return h;
 }
 
@@ -77,14 +62,155 @@ static void oom_json(void)
     abort();
 }
 
+/* ---- prompt caching (A4) ---- */
+
+/* Unicode characters in a UTF-8 string (jansson only holds valid UTF-8). */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        n += (*p & 0xC0) != 0x80;
+    return n;
+}
+
+/* Characters of text in a system or content value: a string, or the text of
+ * the text blocks of a block array. Other blocks (images...) are not counted:
+ * the estimate then errs on the side of not marking. */
+static size_t content_chars(json_t *v)
+{
+    if (json_is_string(v))
+        return utf8_chars(json_string_value(v));
+    size_t n = 0;
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *b;
+        json_array_foreach(v, i, b)
+        {
+            json_t *t = json_object_get(b, "text");
+            if (json_is_string(t))
+                n += utf8_chars(json_string_value(t));
+        }
+    }
+    return n;
+}
+
+/* Estimated tokens of n characters: n / 4, rounded up. */
+static int64_t est_tokens(size_t chars)
+{
+    return (int64_t)((chars + 3) / 4);
+}
+
+/* cache_control markers in the blocks of an array (system, content, tools). */
+static int markers_in(json_t *arr)
+{
+    int n = 0;
+    size_t i;
+    json_t *b;
+    if (json_is_array(arr))
+        json_array_foreach(arr, i, b) n += json_object_get(b, "cache_control") != NULL;
+    return n;
+}
+
+static int count_markers(json_t *body)
+{
+    /* The top-level automatic marker: counted, as the API may count it. */
+    int n = json_object_get(body, "cache_control") != NULL;
+    n += markers_in(json_object_get(body, "tools"));
+    n += markers_in(json_object_get(body, "system"));
+    json_t *msgs = json_object_get(body, "messages");
+    size_t i;
+    json_t *m;
+    if (json_is_array(msgs))
+        json_array_foreach(msgs, i, m) n += markers_in(json_object_get(m, "content"));
+    return n;
+}
+
+static json_t *ephemeral(void)
+{
+    json_t *cc = json_pack("{s:s}", "type", "ephemeral");
+    if (!cc)
+        oom_json();
+    return cc;
+}
+
+/*
+ * Puts a breakpoint at the end of holder[key] (a system or content value).
+ * Returns false, changing nothing, if it is already marked there or cannot be
+ * (absent, empty, an empty text block, not a block).
+ */
+static bool mark_end(json_t *holder, const char *key)
+{
+    json_t *v = json_object_get(holder, key);
+    if (json_is_string(v)) {
+        if (json_string_length(v) == 0)
+            return false; /* the API rejects cache_control on an empty text block */
+        json_t *blocks = json_pack("[{s:s,s:O,s:o}]", "type", "text", "text", v, "cache_control", ephemeral());
+        if (!blocks)
+            oom_json();
+        json_object_set_new(holder, key, blocks); /* keeps the key's place in the object */
+        return true;
+    }
+    size_t n = json_is_array(v) ? json_array_size(v) : 0;
+    json_t *last = n ? json_array_get(v, n - 1) : NULL;
+    if (!json_is_object(last) || json_object_get(last, "cache_control"))
+        return false;
+    const char *type = json_string_value(json_object_get(last, "type"));
+    json_t *text = json_object_get(last, "text");
+    if (type && strcmp(type, "text") == 0 && (!json_is_string(text) || json_string_length(text) == 0))
+        return false;
+    json_object_set_new(last, "cache_control", ephemeral());
+    return true;
+}
+
+int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens)
+{
+    if (!json_is_object(body))
+        return 0;
+    if (min_tokens <= 0)
+        min_tokens = LLM_CACHE_MIN_TOKENS_DEFAULT;
+    int slots = MAX_BREAKPOINTS - count_markers(body);
+    int added = 0;
+    json_t *sys = json_object_get(body, "system");
+    size_t sys_chars = content_chars(sys);
+    json_t *msgs = json_object_get(body, "messages");
+    size_t n = json_is_array(msgs) ? json_array_size(msgs) : 0;
+
+    /* 1. The end of the previous turn: the last assistant message before the final one. */
+    if (slots > 0 && n >= 2) {
+        size_t at = n - 1;
+        for (size_t i = n - 1; i-- > 0;) {
+            const char *role = json_string_value(json_object_get(json_array_get(msgs, i), "role"));
+            if (role && strcmp(role, "assistant") == 0) {
+                at = i;
+                break;
+            }
+        }
+        if (at < n - 1) {
+            size_t chars = sys_chars;
+            for (size_t i = 0; i <= at; i++)
+                chars += content_chars(json_object_get(json_array_get(msgs, i), "content"));
+            if (est_tokens(chars) >= min_tokens && mark_end(json_array_get(msgs, at), "content")) {
+                added++;
+                slots--;
+            }
+        }
+    }
+    /* 2. The system prompt on its own. */
+    if (slots > 0 && sys && est_tokens(sys_chars) >= min_tokens && mark_end(body, "system"))
+        added++;
+    return added;
+}
+
+/* ---- the request body ---- */
+
 /*
  * The body: {"model", "max_tokens", "system" (only when non-empty),
- * "messages":[{"role","content"}], "stream":true (only when streaming)}.
+ * "messages":[{"role","content"}], "stream":true (only when streaming)}, with
+ * cache_control breakpoints when p->prompt_caching is on.
  * NULL if a field is missing or a string is not valid UTF-8.
  */
 static char *build_body(const llm_provider *p, const llm_request *req)
 {
-    (void)p;
     char *out = NULL;
     json_t *root = NULL;
     if (!req->model || !*req->model || req->max_tokens <= 0 || req->n_messages == 0 || !req->messages)
@@ -126,6 +252,8 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     msgs = NULL;
     if (req->stream)
         json_object_set_new(root, "stream", json_true());
+    if (p->prompt_caching)
+        (void)llm_anthropic_mark_cache(root, p->cache_min_tokens);
     out = json_dumps(root, JSON_COMPACT);
     if (!out)
         oom_json();
@@ -302,6 +430,8 @@ static void parse_error(int http_status, const char *body, size_t len, llm_error
             /* A spend cap: retrying cannot help until someone raises it. */
             if (code && strcmp(code, "enforced_spend_limit_reached") == 0)
                 out->no_retry = true;
+            if (code && *code)
+                out->code = llm_strndup_utf8(code, 256);
         } else if (json_is_string(e)) {
             msg = json_string_value(e);
         }
@@ -329,4 +459,6 @@ const llm_provider_ops llm_anthropic_ops = {
     .on_sse_event = on_sse_event,
     .parse_json_body = parse_json_body,
     .parse_error = parse_error,
+    .request_id_header = "request-id",
+    .end_marker = "message_stop",
 };

@@ -85,6 +85,7 @@ typedef struct outcome {
     llm_status status;
     char *type;
     char *message;
+    char *code;               /* the provider's error code, NULL if none */
     bool retryable;
 } outcome;
 
@@ -149,6 +150,7 @@ void llm_parse_reset(llm_parse *st)
     free(st->stop_reason);
     free(st->err_type);
     free(st->err_message);
+    free(st->err_code);
     llm_parse_init(st, st->emit, st->emit_ud);
 }
 
@@ -175,7 +177,26 @@ void llm_error_info_free(llm_error_info *e)
         return;
     free(e->type);
     free(e->message);
-    e->type = e->message = NULL;
+    free(e->code);
+    e->type = e->message = e->code = NULL;
+}
+
+bool llm_header_safe(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p >= 0x7F)
+            return false;
+    return true;
+}
+
+struct curl_slist *llm_slist_add(struct curl_slist *l, const char *line)
+{
+    struct curl_slist *n = curl_slist_append(l, line);
+    if (!n) {
+        fprintf(stderr, "chatd: out of memory building request headers, aborting\n");
+        abort();
+    }
+    return n;
 }
 
 /* Length of the valid UTF-8 sequence at s (n bytes available), 0 if invalid. */
@@ -323,11 +344,12 @@ const char *llm_error_type_for_status(int s)
 /* ------------------------------------------------------------------------ */
 /* Provider selection                                                         */
 
-/* The wire format of a provider kind, NULL if not built in. openai.c adds its case here. */
+/* The wire format of a provider kind, NULL if not built in. */
 static const llm_provider_ops *ops_for(llm_provider_kind kind)
 {
     switch (kind) {
     case LLM_PROVIDER_ANTHROPIC: return &llm_anthropic_ops;
+    case LLM_PROVIDER_OPENAI: return &llm_openai_ops;
     default: return NULL;
     }
 }
@@ -367,7 +389,15 @@ static void outcome_free(outcome *o)
 {
     free(o->type);
     free(o->message);
-    o->type = o->message = NULL;
+    free(o->code);
+    o->type = o->message = o->code = NULL;
+}
+
+/* Attaches a copy of the provider's error code (after outcome_set, which clears it). */
+static void outcome_code(outcome *o, const char *code)
+{
+    free(o->code);
+    o->code = code ? llm_strndup_utf8(code, HDR_MAX) : NULL;
 }
 
 static void outcome_set(outcome *o, llm_status st, const char *type, bool retryable, const char *fmt, ...)
@@ -495,8 +525,10 @@ static void finish(llm_call *c, outcome *o)
     if (o->status != LLM_OK) {
         o->type = redact(o->type, c->p->api_key);
         o->message = redact(o->message, c->p->api_key);
+        o->code = redact(o->code, c->p->api_key);
         r.error_type = o->type;
         r.error_message = o->message;
+        r.error_code = o->code;
     }
     r.retry_after_ms = c->last_retry_after_ms;
     r.request_id = c->a.request_id;
@@ -556,9 +588,11 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = chat_mono_ms();
     outcome o = {0};
 
-    if (c->in_multi && c->ps.complete && c->ps.err == LLM_OK && !c->paused && !c->curl_paused) {
-        /* The end event arrived but the server keeps the response open: the
-         * reply is complete, so a deadline here is not a failure. */
+    if (c->in_multi && (c->ps.complete || c->ps.finished) && c->ps.err == LLM_OK && !c->paused &&
+        !c->curl_paused) {
+        /* The end event (or, for OpenAI, the finish_reason) arrived but the
+         * server keeps the response open: the reply text is complete, so a
+         * deadline here is not a failure (usage may be missing: -1). */
         outcome_set(&o, LLM_OK, "", false, "%s", "");
     } else if (now >= c->total_deadline_ms) {
         outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", false,
@@ -650,7 +684,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud)
 #define HDR_IS(name) (nl == sizeof(name) - 1 && strncasecmp(buf, name, nl) == 0)
     if (HDR_IS("content-type"))
         set_header(&a->content_type, v, vl);
-    else if (HDR_IS("request-id"))
+    else if (nl == strlen(c->ops->request_id_header) && strncasecmp(buf, c->ops->request_id_header, nl) == 0)
         set_header(&a->request_id, v, vl);
     else if (HDR_IS("retry-after-ms"))
         set_header(&a->retry_after_ms, v, vl);
@@ -861,9 +895,12 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
     c->last_retry_after_ms = llm_retry_after_ms(a->retry_after_ms, a->retry_after, time(NULL));
 
     if (c->ps.err != LLM_OK) {
-        /* Found by the parser: an in-stream error event may be retried while
-         * nothing was delivered; a malformed or oversized reply may not. */
-        outcome_set(o, c->ps.err, c->ps.err_type, c->ps.err == LLM_ERR_STREAM, "%s", c->ps.err_message);
+        /* Found by the parser: an in-stream error event or a stream that ended
+         * early may be retried while nothing was delivered; a malformed or
+         * oversized reply may not. */
+        outcome_set(o, c->ps.err, c->ps.err_type, c->ps.err == LLM_ERR_STREAM || c->ps.err == LLM_ERR_TRUNCATED,
+                    "%s", c->ps.err_message);
+        outcome_code(o, c->ps.err_code);
         return;
     }
     bool ok2xx = a->status >= 200 && a->status <= 299;
@@ -892,6 +929,7 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
             retry = false;
         char *msg = llm_strndup_utf8(e.message, ERROR_MESSAGE_MAX);
         outcome_set(o, LLM_ERR_HTTP, e.type, retry, "%s", msg);
+        outcome_code(o, e.code);
         free(msg);
         llm_error_info_free(&e);
         return;
@@ -900,15 +938,18 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
     case MODE_SSE:
     case MODE_NONE:
         if (c->stream) {
-            if (c->ps.complete) {
-                /* message_stop arrived: a connection error after it loses nothing. */
+            if (c->ps.complete || c->ps.finished) {
+                /* The end event arrived (or the reply text is known complete,
+                 * only trailing usage may be missing): a connection error after
+                 * it loses no text. */
                 outcome_set(o, LLM_OK, "", false, "%s", "");
             } else if (rc != CURLE_OK) {
                 outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
-                            "the connection failed before the end of the stream: %s", curl_detail(c, rc));
+                            "the connection failed before the end of the stream (no %s): %s", c->ops->end_marker,
+                            curl_detail(c, rc));
             } else {
                 outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
-                            "the stream ended without its end event (message_stop)");
+                            "the stream ended without its end event (%s)", c->ops->end_marker);
             }
             return;
         }
@@ -922,9 +963,11 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
             return;
         }
         if (c->ops->parse_json_body(&c->ps, a->body ? a->body : "", a->body_len) != LLM_OK) {
+            /* An error object sent with a 200 is the provider's error, as in a stream. */
             outcome_set(o, c->ps.err ? c->ps.err : LLM_ERR_PROTOCOL,
-                        c->ps.err_type ? c->ps.err_type : "protocol_error", false, "%s",
+                        c->ps.err_type ? c->ps.err_type : "protocol_error", c->ps.err == LLM_ERR_STREAM, "%s",
                         c->ps.err_message ? c->ps.err_message : "unparsable response");
+            outcome_code(o, c->ps.err_code);
             return;
         }
         outcome_set(o, LLM_OK, "", false, "%s", "");
@@ -1124,7 +1167,9 @@ void llm_call_resume(llm_call *c)
 
 static bool provider_ok(const llm_provider *p)
 {
-    return p && p->base_url && *p->base_url && p->api_key && p->connect_timeout_ms > 0 &&
+    /* An OpenAI-compatible server may need no key (provider.h); Anthropic always does. */
+    return p && p->base_url && *p->base_url && (p->api_key || p->kind == LLM_PROVIDER_OPENAI) &&
+           p->connect_timeout_ms > 0 &&
            p->first_byte_timeout_ms > 0 && p->idle_timeout_ms > 0 && p->total_timeout_ms > 0 &&
            p->max_retries >= 0 && p->retry_base_ms >= 0 && p->retry_max_wait_ms >= 0 &&
            p->max_response_bytes > 0;

@@ -1,6 +1,6 @@
 /*
  * call_internal.h: the private seams of the LLM client, shared by transport.c,
- * call.c and the provider files (anthropic.c, later openai.c). Not for callers
+ * call.c and the provider files (anthropic.c, openai.c). Not for callers
  * outside src/llm/ (the turn engine uses provider.h and transport.h only), but
  * the unit tests include it to test the provider parsers without sockets.
  *
@@ -20,6 +20,7 @@
 #define CHATD_LLM_CALL_INTERNAL_H
 
 #include <curl/curl.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,12 +43,21 @@ typedef struct llm_parse {
     llm_usage usage;        /* latest values reported; -1 = not reported */
     char *model;            /* heap, model id reported by the provider, or NULL */
     char *stop_reason;      /* heap, last non-null stop reason seen, or NULL */
-    bool complete;          /* the stream's end marker was seen (Anthropic: message_stop) */
+    /* The stream's end marker was seen after a complete reply (Anthropic:
+     * message_stop; OpenAI: [DONE] after a finish_reason): whatever happens to
+     * the transfer afterwards (reset, a server that keeps it open), the call succeeded. */
+    bool complete;
+    /* The reply text is complete but the end marker has not come yet (OpenAI:
+     * a finish_reason was seen; the usage chunk and [DONE] may follow). If the
+     * transfer ends now, however it ends (clean close as Ollama does, reset,
+     * idle deadline), the call succeeds with the usage seen so far (-1 if none). */
+    bool finished;
     int64_t block_index;    /* provider scratch: index of the content block being streamed, -1 = none */
     bool block_is_text;     /* provider scratch: that block is a text block */
     llm_status err;         /* LLM_OK, or the failure the parser found */
     char *err_type;         /* heap, with err: error type (provider's, or ours) */
     char *err_message;      /* heap, with err: human-readable message */
+    char *err_code;         /* heap, with err: the provider's error code if it gave one, else NULL */
 } llm_parse;
 
 /* Zeroes st, sets usage to -1 and the emit sink. */
@@ -65,6 +75,7 @@ void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const ch
 typedef struct llm_error_info {
     char *type;             /* error.type, or derived from the HTTP status; never NULL after parse */
     char *message;          /* error.message, or a sanitized excerpt; never NULL after parse */
+    char *code;             /* the provider's error code (string, or integer as text), NULL if none */
     bool no_retry;          /* the body says retrying is pointless (e.g. a spend limit reached) */
 } llm_error_info;
 
@@ -83,14 +94,50 @@ typedef struct llm_provider_ops {
     /* One dispatched SSE event of a 2xx streaming reply. Returns 0 to go on,
      * nonzero to stop (st->err says why, or emit asked to stop). */
     int (*on_sse_event)(llm_parse *st, const char *type, const char *data, size_t len);
-    /* A complete 2xx non-streaming body. Returns LLM_OK, or LLM_ERR_PROTOCOL
-     * with st->err set. */
+    /* A complete 2xx non-streaming body. Returns LLM_OK, or the failure with
+     * st->err set: LLM_ERR_PROTOCOL (unparsable), LLM_ERR_STREAM (the body is
+     * an error object despite the 200; retried like an in-stream error). */
     llm_status (*parse_json_body)(llm_parse *st, const char *body, size_t len);
     /* A non-2xx body (possibly truncated to a cap, possibly not JSON). Fills out. */
     void (*parse_error)(int http_status, const char *body, size_t len, llm_error_info *out);
+    /* The response header carrying the provider's request id ("request-id",
+     * "x-request-id"), reported in llm_result.request_id. */
+    const char *request_id_header;
+    /* What a complete stream ends with, named in the truncation message
+     * ("message_stop", "finish_reason"). */
+    const char *end_marker;
 } llm_provider_ops;
 
 extern const llm_provider_ops llm_anthropic_ops;
+extern const llm_provider_ops llm_openai_ops;
+
+/*
+ * Anthropic prompt caching (PROTOCOLS.md A4): adds cache_control
+ * {"type":"ephemeral"} breakpoints to body, a request body object in any legal
+ * shape ("system" a string or a block array; message "content" a string or a
+ * block array; "tools"). Called by the Anthropic build_body when
+ * llm_provider.prompt_caching is on; exposed for tests.
+ *
+ * Markers already in body are counted (system blocks, message content blocks,
+ * tools, and the top-level automatic cache_control, counted conservatively as
+ * one since whether the API counts it is not documented) and kept; at most
+ * 4 - that count are added, so the request never exceeds the API's limit of 4.
+ * Candidates, in order of priority:
+ *   1. the end of the previous turn: the last "assistant" message before the
+ *      final message, when the estimated prefix up to and including it
+ *      (system + messages) reaches min_tokens. It is the longest prefix the
+ *      next turn will repeat byte for byte;
+ *   2. the system prompt, when it alone reaches min_tokens. It survives what
+ *      invalidates the first (history truncation dropping the oldest turns)
+ *      and is shared by every session with the same prompt.
+ * A candidate already marked, or whose last block is an empty text block
+ * (which cannot carry cache_control), is skipped. A marked string becomes a
+ * one-block array [{"type":"text","text":...,"cache_control":...}]; in an
+ * array the last block is marked. Tokens are estimated as Unicode characters
+ * of the text / 4, rounded up; min_tokens <= 0 means
+ * LLM_CACHE_MIN_TOKENS_DEFAULT. Returns the number of breakpoints added.
+ */
+int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens);
 
 /* ---- helpers shared by providers (call.c) ---- */
 
@@ -101,6 +148,12 @@ extern const llm_provider_ops llm_anthropic_ops;
  * looks like HTML. Heap, never NULL.
  */
 char *llm_excerpt(const char *body, size_t len, size_t max);
+
+/* True if s can go into an HTTP header value or a URL (printable ASCII, no CR/LF). */
+bool llm_header_safe(const char *s);
+
+/* curl_slist_append, aborting on out of memory (never returns NULL). */
+struct curl_slist *llm_slist_add(struct curl_slist *l, const char *line);
 
 /* Copies at most max bytes of s without cutting a UTF-8 sequence. Heap. */
 char *llm_strndup_utf8(const char *s, size_t max);

@@ -121,6 +121,11 @@ typedef struct llm_result {
     int http_status;              /* last HTTP status seen, 0 if none */
     const char *error_type;       /* provider error.type (e.g. "overloaded_error") or ours; NULL on success */
     const char *error_message;    /* human-readable, never contains the API key; NULL on success */
+    /* The provider's machine-readable error code when it sent one, else NULL
+     * (always NULL on success): OpenAI-compatible error.code, a string such as
+     * "context_length_exceeded" or "insufficient_quota", or an integer (vLLM,
+     * llama.cpp) given as its decimal text; Anthropic error.details.error_code. */
+    const char *error_code;
     int64_t retry_after_ms;       /* from retry-after-ms / retry-after, -1 if absent */
     const char *request_id;       /* provider's request id header (request-id / x-request-id), may be NULL */
     const char *text;             /* the reply text received (partial on error), NUL-terminated */

@@ -285,7 +285,7 @@ typedef enum store_idem_outcome {
 
 /* What store_idem_begin found. Strings are heap-owned: store_idem_clear. */
 typedef struct store_idem {
-    store_idem_outcome outcome;
+    store_idem_outcome outcome; /* 0 (none of the above) after an error */
     char *session_id;     /* the record's session (NEW: a copy of the argument); may be NULL */
     int64_t created_at;   /* when the first request began */
     int64_t expires_at;   /* lease end (NEW, RUNNING) or end of replay (REPLAY) */

@@ -1,0 +1,140 @@
+/*
+ * ratelimit.h: token-bucket rate limits shared by every worker thread.
+ *
+ * A limit ("10/minute") is a bucket of `count` tokens that refills
+ * continuously at count tokens per window (here: one token every 6 s), so a
+ * burst of up to `count` is allowed after a quiet period and the long-run rate
+ * never exceeds the limit. Arithmetic is exact: a token is window_ms units and
+ * the bucket gains `count` units per millisecond, all in int64.
+ *
+ * Two kinds of bucket, kept apart even for the same key:
+ * - RATELIMIT_REQUESTS: ratelimit_check takes one token per request, or
+ *   refuses when less than one is left.
+ * - RATELIMIT_TOKENS: provider tokens per window. The cost of a turn is only
+ *   known after it ran, so ratelimit_check only tests (allowed while at least
+ *   one token is left, nothing taken) and ratelimit_debit subtracts the turn's
+ *   actual token count afterwards. The balance may go negative; requests are
+ *   then refused until refilling brings it back to one token.
+ *
+ * Buckets are keyed by (kind, key), the key being an API key id or a client
+ * address. Keys longer than RATELIMIT_MAX_KEY bytes are stored as their first
+ * bytes plus a 64-bit hash of the whole key.
+ *
+ * Per-key limits: every call takes the limit to apply (`spec`; NULL = the
+ * limiter's default for that kind), so an API key carrying its own limit
+ * passes it. If the limit of an existing bucket changes, its balance is
+ * carried over in tokens (clamped to the new capacity).
+ *
+ * Memory is bounded by max_buckets. At the bound, a new bucket first evicts an
+ * idle one, i.e. one that has refilled completely: a missing bucket behaves
+ * exactly as a full one, so forgetting it loses nothing. Only when no bucket
+ * anywhere is idle is the least recently used one evicted (which forgets its
+ * consumption: the price of a bound under a flood of distinct keys).
+ *
+ * Time is never read here: every call takes now_ms, a monotonic clock in
+ * milliseconds (chat_mono_ms() in the server, any value in tests). A call with
+ * a now_ms older than the bucket's last update counts as no time elapsed.
+ *
+ * Thread: a ratelimit is shared by all workers. Buckets live in 64 shards,
+ * each a hash table with its own mutex held only for the few arithmetic
+ * operations of one call; eviction (only at the bound) locks one shard at a
+ * time. No call blocks on I/O.
+ */
+#ifndef CHATD_GUARD_RATELIMIT_H
+#define CHATD_GUARD_RATELIMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/rc.h"
+
+#define RATELIMIT_MAX_COUNT 1000000000   /* largest N in "N/unit" */
+#define RATELIMIT_MAX_KEY 200            /* key bytes stored verbatim */
+
+/* A limit: count tokens per window_ms. count == 0 means "off" (no limit). */
+typedef struct ratelimit_spec {
+    int64_t count;      /* 0 (off) or 1..RATELIMIT_MAX_COUNT */
+    int64_t window_ms;  /* 1000, 60000 or 3600000 from the parser; any 1..3600000 is accepted */
+} ratelimit_spec;
+
+/*
+ * Parses "N/second", "N/minute", "N/hour" (N a decimal integer
+ * 1..RATELIMIT_MAX_COUNT without sign, spaces or leading zeros; the unit and
+ * "off" are case-insensitive) or "off". On success fills *out and returns
+ * CHAT_OK. On failure returns CHAT_EINVAL, leaves *out zeroed (off) and writes
+ * one line saying what is wrong and what is expected into err (errlen bytes,
+ * may be 0), for the config loader to prefix with the setting's name.
+ */
+chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, size_t errlen)
+    CHAT_MUST_CHECK;
+
+typedef enum {
+    RATELIMIT_REQUESTS = 0,   /* one token per request, taken by ratelimit_check */
+    RATELIMIT_TOKENS,         /* provider tokens, taken by ratelimit_debit */
+    RATELIMIT_KIND_COUNT
+} ratelimit_kind;
+
+typedef struct ratelimit_config {
+    ratelimit_spec requests;  /* default limit of RATELIMIT_REQUESTS buckets (count 0: off) */
+    ratelimit_spec tokens;    /* default limit of RATELIMIT_TOKENS buckets (count 0: off) */
+    size_t max_buckets;       /* bound on buckets of both kinds together, >= 1 */
+} ratelimit_config;
+
+typedef struct ratelimit ratelimit;
+
+/* Creates a limiter (cfg is copied). Never returns NULL (aborts on OOM). An
+ * invalid cfg (max_buckets 0, a spec out of range) is a programming error:
+ * asserted; in release builds max_buckets 0 becomes 1. Start-up, one thread. */
+ratelimit *ratelimit_new(const ratelimit_config *cfg);
+
+/* Frees the limiter and its buckets. Accepts NULL. No other thread may use it. */
+void ratelimit_free(ratelimit *rl);
+
+/* What one check decided, and what the response headers need. */
+typedef struct ratelimit_result {
+    bool limited;            /* a limit applies; false when it is off (then allowed is true and
+                                no header is sent) */
+    bool allowed;            /* the request may proceed */
+    int64_t limit;           /* RateLimit-Limit: the limit's count */
+    int64_t remaining;       /* RateLimit-Remaining: whole tokens left after this call, >= 0 */
+    int64_t reset_s;         /* RateLimit-Reset: seconds until the bucket is full again (0 if full) */
+    int64_t retry_after_s;   /* Retry-After when !allowed: seconds until one token is back (>= 1);
+                                0 when allowed */
+} ratelimit_result;
+
+/*
+ * Checks key against its limit of the given kind at now_ms and fills *out.
+ * spec is the key's own limit, or NULL for the limiter's default of this kind.
+ * RATELIMIT_REQUESTS takes one token when allowed (a refused request takes
+ * nothing). RATELIMIT_TOKENS takes nothing: allowed while the balance is at
+ * least one token. A key with no bucket counts as full; a RATELIMIT_TOKENS
+ * check does not create one. key NULL is the empty key. Any thread.
+ */
+void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
+                     int64_t now_ms, ratelimit_result *out);
+
+/*
+ * Subtracts amount tokens (the turn's actual token count; <= 0 is ignored,
+ * values above RATELIMIT_MAX_COUNT count as that) from key's bucket of the
+ * given kind, creating it full if needed. The balance may go negative. spec as
+ * for ratelimit_check (a limit that is off makes this a no-op). Any thread.
+ */
+void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
+                     int64_t amount, int64_t now_ms);
+
+/* Number of buckets currently held (<= max_buckets). Any thread. */
+size_t ratelimit_size(const ratelimit *rl);
+
+/* Receives one response header (name and value are valid during the call only). */
+typedef void (*ratelimit_header_fn)(void *ud, const char *name, const char *value);
+
+/*
+ * Emits the headers for res through add: RateLimit-Limit, RateLimit-Remaining,
+ * RateLimit-Reset (IETF draft-ietf-httpapi-ratelimit-headers, delta seconds),
+ * and Retry-After when the request was refused. Emits nothing when the limit
+ * is off (res->limited false).
+ */
+void ratelimit_headers(const ratelimit_result *res, ratelimit_header_fn add, void *ud);
+
+#endif
