@@ -10,9 +10,8 @@
  *   POST /v1/chat         v1 JSON
  *   POST /v1/chat/stream  v1 SSE         start, delta*, done | error; ": ping" heartbeats
  *
- * A chat_ctx ties one request to one turn. It holds a reference on the request;
- * the client going away cancels the turn; the turn ending (done or error) sends
- * the response and frees the context.
+ * The request-to-turn plumbing is chat_run() (chat_run.c); this file holds the
+ * body parser and the three renderers of the seed and /v1 endpoints.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +19,9 @@
 
 #include <event2/event.h>
 
-#include "api/api.h"
-#include "chat/turn.h"
+#include "api/chat_run.h"
 #include "core/alloc.h"
 #include "core/util.h"
-
-typedef enum { MODE_SEED_JSON, MODE_SEED_TEXT, MODE_V1_JSON, MODE_V1_SSE } chat_mode;
 
 typedef struct chat_body {
     json_t *root;               /* owns the strings below */
@@ -36,18 +32,6 @@ typedef struct chat_body {
     int max_tokens;
     char generated_id[40];
 } chat_body;
-
-typedef struct chat_ctx {
-    http_req *r;
-    chat_worker *w;
-    turn *t;
-    chat_mode mode;
-    api_flavor flavor;
-    bool started;               /* response headers sent */
-    struct event *heartbeat;
-    int64_t last_write;         /* monotonic ms of the last byte queued */
-    char session_id[130];
-} chat_ctx;
 
 /* ---- body parsing and validation ---- */
 
@@ -208,40 +192,7 @@ static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body
     return true;
 }
 
-/* ---- context lifetime ---- */
-
-static void ctx_free(chat_ctx *c)
-{
-    if (c->heartbeat)
-        event_free(c->heartbeat);
-    http_req_on_close(c->r, NULL, NULL);
-    http_req_on_drain(c->r, NULL, NULL);
-    http_req_release(c->r);
-    free(c);
-}
-
-static void on_client_close(void *ud)
-{
-    chat_ctx *c = ud;
-    turn *t = c->t;
-    c->t = NULL;
-    turn_cancel(t);
-    ctx_free(c);
-}
-
-static void on_drain(void *ud)
-{
-    chat_ctx *c = ud;
-    turn_resume(c->t);
-}
-
-static void stream_write(chat_ctx *c, const char *data, size_t len, bool *full)
-{
-    c->last_write = chat_mono_ms();
-    bool f = http_stream_write(c->r, data, len);
-    if (full)
-        *full = f;
-}
+/* ---- renderers ---- */
 
 /* Writes one SSE event: "event: NAME\ndata: JSON\n\n" (json stolen). */
 static bool sse_event(chat_ctx *c, const char *name, json_t *data)
@@ -250,214 +201,154 @@ static bool sse_event(chat_ctx *c, const char *name, json_t *data)
     json_decref(data);
     char *ev = chat_xasprintf("event: %s\ndata: %s\n\n", name, text ? text : "{}");
     free(text);
-    bool full = false;
-    stream_write(c, ev, strlen(ev), &full);
+    bool full = chat_write(c, ev, strlen(ev));
     free(ev);
     return full;
 }
 
-static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+static void seed_json_done(chat_ctx *c, const turn_result *res)
 {
-    (void)fd;
-    (void)what;
-    chat_ctx *c = arg;
-    int64_t now = chat_mono_ms();
-    /* Only when the provider has been silent: a proxy must see bytes at least
-     * every HEARTBEAT_INTERVAL, tokens count as bytes. */
-    if (now - c->last_write >= c->w->app->cfg->heartbeat_ms - 5)
-        stream_write(c, ": ping\n\n", 8, NULL);
+    char ts[32];
+    chat_format_iso_local(res->created_at, ts);
+    http_reply_json(c->r, 200, json_pack("{s:s%,s:s,s:s,s:I}", "response", res->text, res->text_len, "session_id",
+                                         res->session_id, "timestamp", ts, "turn_count", (json_int_t)res->turn_count));
 }
 
-static void log_turn(chat_ctx *c, const turn_result *res)
+static const chat_renderer seed_json = {
+    .stream = false, .done = seed_json_done, .error = chat_error_reply,
+};
+
+/* The template's /chat-stream: raw text. The response starts with the first
+ * byte of the reply, so a failure before it still gets a real status. */
+static bool seed_text_delta(chat_ctx *c, const char *text, size_t len)
 {
-    http_req_log_set(c->r, "provider_ms", json_integer(res->provider_ms));
-    http_req_log_set(c->r, "tokens", api_usage_json(&res->usage));
-    http_req_log_set(c->r, "attempts", json_integer(res->attempts));
-    http_req_log_set(c->r, "model", json_string(res->model));
-    http_req_log_set(c->r, "cost_micros", json_integer(res->cost_micros));
+    if (!c->started) {
+        http_stream_start(c->r, 200, "text/plain; charset=utf-8");
+        c->started = true;
+    }
+    return chat_write(c, text, len);
 }
 
-/* ---- sink ---- */
-
-static void sink_start(void *ud, const turn_info *info)
+static void seed_text_done(chat_ctx *c, const turn_result *res)
 {
-    chat_ctx *c = ud;
-    if (c->mode != MODE_V1_SSE)
+    (void)res;
+    if (!c->started)
+        http_stream_start(c->r, 200, "text/plain; charset=utf-8");
+    http_stream_end(c->r);
+}
+
+static void seed_text_error(chat_ctx *c, const turn_error *err)
+{
+    if (!c->started) {
+        chat_error_reply(c, err);
         return;
-    http_add_header(c->r, "Cache-Control", "no-cache");
-    http_add_header(c->r, "X-Accel-Buffering", "no");
-    http_stream_start(c->r, 200, "text/event-stream; charset=utf-8");
-    c->started = true;
+    }
+    char *tail = chat_xasprintf("\nError: %s", err->message); /* the template's trailer */
+    chat_write(c, tail, strlen(tail));
+    free(tail);
+    http_stream_end(c->r);
+}
+
+static const chat_renderer seed_text = {
+    .stream = true, .delta = seed_text_delta, .done = seed_text_done, .error = seed_text_error,
+};
+
+static void v1_json_done(chat_ctx *c, const turn_result *res)
+{
+    char ts[32], idbuf[32];
+    chat_format_rfc3339(res->created_at, ts);
+    snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
+    http_reply_json(c->r, 200,
+                    json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:s,s:s}", "id", idbuf, "session_id",
+                              res->session_id, "model", res->model, "response", res->text, res->text_len,
+                              "stop_reason", res->stop_reason, "usage", api_usage_json(&res->usage), "cost",
+                              api_cost_json(res->cost_micros), "turn_count", (json_int_t)res->turn_count,
+                              "created_at", ts, "request_id", http_req_id(c->r)));
+}
+
+static const chat_renderer v1_json = {
+    .stream = false, .done = v1_json_done, .error = chat_error_reply,
+};
+
+static void v1_sse_start(chat_ctx *c, const turn_info *info)
+{
+    chat_start_sse(c);
     sse_event(c, "start", json_pack("{s:s,s:s,s:s}", "session_id", info->session_id, "model", info->model,
                                     "request_id", http_req_id(c->r)));
-    int64_t ms = c->w->app->cfg->heartbeat_ms;
-    c->heartbeat = event_new(c->w->base, -1, EV_PERSIST, on_heartbeat, c);
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    event_add(c->heartbeat, &tv);
 }
 
-static bool sink_delta(void *ud, const char *text, size_t len)
+static bool v1_sse_delta(chat_ctx *c, const char *text, size_t len)
 {
-    chat_ctx *c = ud;
-    bool full = false;
-    if (c->mode == MODE_SEED_TEXT) {
-        if (!c->started) {
-            http_stream_start(c->r, 200, "text/plain; charset=utf-8");
-            c->started = true;
-        }
-        stream_write(c, text, len, &full);
-    } else if (c->mode == MODE_V1_SSE) {
-        full = sse_event(c, "delta", json_pack("{s:s%}", "text", text, len));
-    }
-    return full;
+    return sse_event(c, "delta", json_pack("{s:s%}", "text", text, len));
 }
 
-static void sink_done(void *ud, const turn_result *res)
+static void v1_sse_done(chat_ctx *c, const turn_result *res)
 {
-    chat_ctx *c = ud;
-    c->t = NULL;
     char idbuf[32];
     snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
-    log_turn(c, res);
-    switch (c->mode) {
-    case MODE_SEED_JSON: {
-        char ts[32];
-        chat_format_iso_local(res->created_at, ts);
-        http_reply_json(c->r, 200, json_pack("{s:s%,s:s,s:s,s:I}", "response", res->text, res->text_len,
-                                             "session_id", res->session_id, "timestamp", ts, "turn_count",
-                                             (json_int_t)res->turn_count));
-        break;
-    }
-    case MODE_SEED_TEXT:
-        if (!c->started)
-            http_stream_start(c->r, 200, "text/plain; charset=utf-8");
-        http_stream_end(c->r);
-        break;
-    case MODE_V1_JSON: {
-        char ts[32];
-        chat_format_rfc3339(res->created_at, ts);
-        http_reply_json(c->r, 200,
-                        json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:s,s:s}", "id", idbuf, "session_id",
-                                  res->session_id, "model", res->model, "response", res->text, res->text_len,
-                                  "stop_reason", res->stop_reason, "usage", api_usage_json(&res->usage),
-                                  "cost", api_cost_json(res->cost_micros), "turn_count",
-                                  (json_int_t)res->turn_count, "created_at", ts, "request_id", http_req_id(c->r)));
-        break;
-    }
-    case MODE_V1_SSE:
-        sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I}", "id", idbuf, "session_id",
-                                       res->session_id, "model", res->model, "stop_reason", res->stop_reason,
-                                       "usage", api_usage_json(&res->usage), "cost",
-                                       api_cost_json(res->cost_micros), "turn_count", (json_int_t)res->turn_count));
-        http_stream_end(c->r);
-        break;
-    }
-    ctx_free(c);
+    sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I}", "id", idbuf, "session_id", res->session_id,
+                                   "model", res->model, "stop_reason", res->stop_reason, "usage",
+                                   api_usage_json(&res->usage), "cost", api_cost_json(res->cost_micros),
+                                   "turn_count", (json_int_t)res->turn_count));
+    http_stream_end(c->r);
 }
 
-static void sink_error(void *ud, const turn_error *err)
+static void v1_sse_error(chat_ctx *c, const turn_error *err)
 {
-    chat_ctx *c = ud;
-    c->t = NULL;
-    http_req_log_set(c->r, "error_type", json_string(err->type));
-    if (c->started && c->mode == MODE_SEED_TEXT) {
-        char *tail = chat_xasprintf("\nError: %s", err->message);
-        stream_write(c, tail, strlen(tail), NULL);
-        free(tail);
-        http_stream_end(c->r);
-    } else if (c->started && c->mode == MODE_V1_SSE) {
-        sse_event(c, "error", json_pack("{s:s,s:s,s:s}", "type", err->type, "message", err->message,
-                                        "request_id", http_req_id(c->r)));
-        http_stream_end(c->r);
-    } else {
-        if (err->retry_after_s > 0) {
-            char ra[32];
-            snprintf(ra, sizeof ra, "%lld", (long long)err->retry_after_s);
-            http_add_header(c->r, "Retry-After", ra);
-        }
-        api_error(c->r, c->flavor, err->status, err->type, "%s", err->message);
+    if (!c->started) {
+        chat_error_reply(c, err);
+        return;
     }
-    ctx_free(c);
+    sse_event(c, "error", json_pack("{s:s,s:s,s:s}", "type", err->type, "message", err->message, "request_id",
+                                    http_req_id(c->r)));
+    http_stream_end(c->r);
 }
 
-static const turn_sink chat_sink = {
-    .on_start = sink_start,
-    .on_delta = sink_delta,
-    .on_done = sink_done,
-    .on_error = sink_error,
+static const chat_renderer v1_sse = {
+    .stream = true, .start = v1_sse_start, .delta = v1_sse_delta, .done = v1_sse_done, .error = v1_sse_error,
 };
 
 /* ---- handlers ---- */
 
-static void handle_chat(http_req *r, chat_worker *w, chat_mode mode)
+static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f)
 {
-    api_flavor f = (mode == MODE_SEED_JSON || mode == MODE_SEED_TEXT) ? API_SEED : API_V1;
-    if (atomic_load(&w->app->stopping)) {
-        http_add_header(r, "Retry-After", "1");
-        api_error(r, f, 503, "server_shutting_down", "chatd is shutting down; retry on another instance");
-        return;
-    }
     chat_body b;
     if (!parse_chat_body(r, w, f, &b))
         return;
-
-    chat_ctx *c = chat_xcalloc(1, sizeof *c);
-    c->r = r;
-    c->w = w;
-    c->mode = mode;
-    c->flavor = f;
-    c->last_write = chat_mono_ms();
-    snprintf(c->session_id, sizeof c->session_id, "%s", b.session_id);
-    http_req_hold(r);
-    http_req_log_set(r, "session", json_string(b.session_id));
-
     turn_params p = {
         .session_id = b.session_id,
         .message = b.message,
         .system_prompt = b.system_prompt,
         .model = b.model,
         .max_tokens = b.max_tokens,
-        .stream = mode == MODE_SEED_TEXT || mode == MODE_V1_SSE,
+        .stream = rnd->stream,
         .request_id = http_req_id(r),
         .owner = NULL,
     };
-    turn_error err;
-    c->t = turn_start(w, &p, &chat_sink, c, &err);
+    chat_run(r, w, rnd, f, &p, NULL, NULL);
     json_decref(b.root);
-    if (!c->t) {
-        if (err.retry_after_s > 0) {
-            char ra[32];
-            snprintf(ra, sizeof ra, "%lld", (long long)err.retry_after_s);
-            http_add_header(r, "Retry-After", ra);
-        }
-        api_error(r, f, err.status, err.type, "%s", err.message);
-        ctx_free(c);
-        return;
-    }
-    http_req_on_close(r, on_client_close, c);
-    http_req_on_drain(r, on_drain, c);
 }
 
 void api_seed_chat(http_req *r, chat_worker *w, char **params)
 {
     (void)params;
-    handle_chat(r, w, MODE_SEED_JSON);
+    handle_chat(r, w, &seed_json, API_SEED);
 }
 
 void api_seed_chat_stream(http_req *r, chat_worker *w, char **params)
 {
     (void)params;
-    handle_chat(r, w, MODE_SEED_TEXT);
+    handle_chat(r, w, &seed_text, API_SEED);
 }
 
 void api_v1_chat(http_req *r, chat_worker *w, char **params)
 {
     (void)params;
-    handle_chat(r, w, MODE_V1_JSON);
+    handle_chat(r, w, &v1_json, API_V1);
 }
 
 void api_v1_chat_stream(http_req *r, chat_worker *w, char **params)
 {
     (void)params;
-    handle_chat(r, w, MODE_V1_SSE);
+    handle_chat(r, w, &v1_sse, API_V1);
 }

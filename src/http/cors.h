@@ -109,7 +109,7 @@ typedef struct cors_result {
     int preflight_status;       /* 204 (allowed) or 403 (denied); 0 when not a preflight */
     size_t n;
     cors_header headers[CORS_MAX_HEADERS];
-    char buf[128];              /* backing store of the Allow-Headers and Max-Age values */
+    char buf[128];              /* backing store of the Access-Control-Allow-Headers value */
 } cors_result;
 
 /*

@@ -1,0 +1,159 @@
+/*
+ * chat_run.c: one turn for one HTTP request (see chat_run.h).
+ */
+#include "api/chat_run.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/util.h"
+
+static void ctx_free(chat_ctx *c)
+{
+    if (c->heartbeat)
+        event_free(c->heartbeat);
+    http_req_on_close(c->r, NULL, NULL);
+    http_req_on_drain(c->r, NULL, NULL);
+    http_req_release(c->r);
+    free(c);
+}
+
+static void on_client_close(void *ud)
+{
+    chat_ctx *c = ud;
+    turn *t = c->t;
+    c->t = NULL;
+    turn_cancel(t);
+    ctx_free(c);
+}
+
+static void on_drain(void *ud)
+{
+    chat_ctx *c = ud;
+    turn_resume(c->t);
+}
+
+bool chat_write(chat_ctx *c, const char *data, size_t len)
+{
+    c->last_write = chat_mono_ms();
+    return http_stream_write(c->r, data, len);
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    chat_ctx *c = arg;
+    /* Only when the provider has been silent: a proxy must see bytes at least
+     * every HEARTBEAT_INTERVAL, and tokens count as bytes. */
+    if (chat_mono_ms() - c->last_write >= c->w->app->cfg->heartbeat_ms - 5)
+        chat_write(c, ": ping\n\n", 8);
+}
+
+void chat_start_sse(chat_ctx *c)
+{
+    http_add_header(c->r, "Cache-Control", "no-cache");
+    http_add_header(c->r, "X-Accel-Buffering", "no");
+    http_stream_start(c->r, 200, "text/event-stream; charset=utf-8");
+    c->started = true;
+    int64_t ms = c->w->app->cfg->heartbeat_ms;
+    c->heartbeat = event_new(c->w->base, -1, EV_PERSIST, on_heartbeat, c);
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    event_add(c->heartbeat, &tv);
+}
+
+void chat_error_reply(chat_ctx *c, const turn_error *err)
+{
+    if (err->retry_after_s > 0) {
+        char ra[32];
+        snprintf(ra, sizeof ra, "%lld", (long long)err->retry_after_s);
+        http_add_header(c->r, "Retry-After", ra);
+    }
+    api_error(c->r, c->flavor, err->status, err->type, "%s", err->message);
+}
+
+void chat_log_turn(chat_ctx *c, const turn_result *res)
+{
+    http_req_log_set(c->r, "provider_ms", json_integer(res->provider_ms));
+    http_req_log_set(c->r, "tokens", api_usage_json(&res->usage));
+    http_req_log_set(c->r, "attempts", json_integer(res->attempts));
+    http_req_log_set(c->r, "model", json_string(res->model));
+    http_req_log_set(c->r, "cost_micros", json_integer(res->cost_micros));
+}
+
+/* ---- the turn sink: forwards to the renderer ---- */
+
+static void sink_start(void *ud, const turn_info *info)
+{
+    chat_ctx *c = ud;
+    if (c->rnd->start)
+        c->rnd->start(c, info);
+}
+
+static bool sink_delta(void *ud, const char *text, size_t len)
+{
+    chat_ctx *c = ud;
+    return c->rnd->delta ? c->rnd->delta(c, text, len) : false;
+}
+
+static void sink_done(void *ud, const turn_result *res)
+{
+    chat_ctx *c = ud;
+    c->t = NULL;
+    chat_log_turn(c, res);
+    c->rnd->done(c, res);
+    ctx_free(c);
+}
+
+static void sink_error(void *ud, const turn_error *err)
+{
+    chat_ctx *c = ud;
+    c->t = NULL;
+    http_req_log_set(c->r, "error_type", json_string(err->type));
+    c->rnd->error(c, err);
+    ctx_free(c);
+}
+
+static const turn_sink chat_sink = {
+    .on_start = sink_start,
+    .on_delta = sink_delta,
+    .on_done = sink_done,
+    .on_error = sink_error,
+};
+
+void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
+              void (*init)(chat_ctx *c, void *arg), void *arg)
+{
+    chat_ctx *c = chat_xcalloc(1, sizeof *c);
+    c->r = r;
+    c->w = w;
+    c->rnd = rnd;
+    c->flavor = f;
+    c->last_write = chat_mono_ms();
+    http_req_hold(r);
+    if (p->session_id)
+        http_req_log_set(r, "session", json_string(p->session_id));
+    if (init)
+        init(c, arg);
+    if (atomic_load(&w->app->stopping)) {
+        turn_error err = {.status = 503, .type = "server_shutting_down", .retry_after_s = 1};
+        snprintf(err.message, sizeof err.message, "chatd is shutting down; retry on another instance");
+        rnd->error(c, &err);
+        ctx_free(c);
+        return;
+    }
+    turn_error err;
+    c->t = turn_start(w, p, &chat_sink, c, &err);
+    if (!c->t) {
+        http_req_log_set(r, "error_type", json_string(err.type));
+        rnd->error(c, &err);
+        ctx_free(c);
+        return;
+    }
+    http_req_on_close(r, on_client_close, c);
+    http_req_on_drain(r, on_drain, c);
+}

@@ -1,0 +1,61 @@
+/*
+ * chat_run.h: runs one turn for one HTTP request, shared by every chat
+ * endpoint. What differs between endpoints (JSON, raw text, SSE, OpenAI chunks)
+ * is a renderer: four functions that turn the turn's events into bytes.
+ *
+ * A chat_ctx ties the request to the turn: it holds a reference on the request;
+ * the client going away cancels the turn; the turn ending (done or error)
+ * renders the response and frees the context. Internal to src/api/.
+ */
+#ifndef CHATD_API_CHAT_RUN_H
+#define CHATD_API_CHAT_RUN_H
+
+#include "api/api.h"
+#include "chat/turn.h"
+
+typedef struct chat_ctx chat_ctx;
+
+typedef struct chat_renderer {
+    bool stream;                                           /* ask the provider to stream */
+    void (*start)(chat_ctx *c, const turn_info *info);     /* may be NULL */
+    bool (*delta)(chat_ctx *c, const char *text, size_t len); /* may be NULL; true = client full */
+    void (*done)(chat_ctx *c, const turn_result *res);     /* must end the response */
+    void (*error)(chat_ctx *c, const turn_error *err);     /* must end the response */
+} chat_renderer;
+
+struct chat_ctx {
+    http_req *r;
+    chat_worker *w;
+    turn *t;
+    const chat_renderer *rnd;
+    api_flavor flavor;
+    bool started;               /* response headers sent */
+    struct event *heartbeat;
+    int64_t last_write;         /* monotonic ms of the last byte queued */
+    /* for the OpenAI-compatible renderer */
+    bool include_usage;
+    int64_t created;            /* seconds since the epoch */
+    char completion_id[64];
+};
+
+/*
+ * Starts the turn described by p and answers r through rnd. Always answers r
+ * (at once on a start failure, later otherwise). init (may be NULL) is applied
+ * to the context before the turn starts.
+ */
+void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
+              void (*init)(chat_ctx *c, void *arg), void *arg);
+
+/* Queues bytes on a started stream; true when the client's queue is full. */
+bool chat_write(chat_ctx *c, const char *data, size_t len);
+
+/* Starts an SSE response (headers for proxies) with ": ping" heartbeats. */
+void chat_start_sse(chat_ctx *c);
+
+/* Answers an error before any byte was sent (with Retry-After when set). */
+void chat_error_reply(chat_ctx *c, const turn_error *err);
+
+/* Adds the turn's figures to the access-log line. */
+void chat_log_turn(chat_ctx *c, const turn_result *res);
+
+#endif
