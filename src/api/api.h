@@ -54,6 +54,7 @@ void api_seed_chat(http_req *r, chat_worker *w, char **params);
 void api_seed_chat_stream(http_req *r, chat_worker *w, char **params);
 void api_v1_chat(http_req *r, chat_worker *w, char **params);
 void api_v1_chat_stream(http_req *r, chat_worker *w, char **params);
+void api_v1_chat_completions(http_req *r, chat_worker *w, char **params);
 
 void api_seed_history_get(http_req *r, chat_worker *w, char **params);
 void api_seed_history_delete(http_req *r, chat_worker *w, char **params);

@@ -35,7 +35,8 @@ struct chat_ctx {
     /* for the OpenAI-compatible renderer */
     bool include_usage;
     int64_t created;            /* seconds since the epoch */
-    char completion_id[64];
+    char completion_id[160];
+    char model[128];
 };
 
 /*

@@ -36,6 +36,7 @@ static const route routes[] = {
     {HTTP_GET, "/stats", api_seed_stats, API_SEED},
     {HTTP_POST, "/v1/chat", api_v1_chat, API_V1},
     {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1},
+    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_V1},
     {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1},
     {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1},
     {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1},

@@ -161,9 +161,11 @@ static void normalise_value(const char *v, char *out)
     out[n] = '\0';
 }
 
-/* The shortest decimal text that reads back as exactly d (as Go's and
- * Python's clients print floats), with the format's spellings of the special
- * values. out holds 32 bytes (%.17g needs at most 24). */
+/* The shortest decimal text that reads back as exactly d, in plain notation
+ * for magnitudes 1e-4 .. 1e15 ("10", "0.005", as the Go client prints "le"
+ * values, which are strings to Prometheus: "1e+01" would be another series),
+ * exponent notation outside, and the format's spellings of the special
+ * values. out holds 32 bytes (%.17g and %.*f in that range need less). */
 static void format_double(char out[32], double d)
 {
     if (isnan(d)) {
@@ -174,10 +176,21 @@ static void format_double(char out[32], double d)
         memcpy(out, d > 0 ? "+Inf" : "-Inf", 5);
         return;
     }
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(out, 32, "%.*g", prec, d);
+    if (d == 0) {
+        memcpy(out, "0", 2);
+        return;
+    }
+    int digits = 1;
+    for (; digits < 17; digits++) {
+        snprintf(out, 32, "%.*e", digits - 1, d);
         if (strtod(out, NULL) == d)
             break;
+    }
+    snprintf(out, 32, "%.*e", digits - 1, d);
+    int exp10 = atoi(strchr(out, 'e') + 1);
+    if (exp10 >= -4 && exp10 < 15) {
+        int decimals = digits - 1 - exp10;
+        snprintf(out, 32, "%.*f", decimals > 0 ? decimals : 0, d);
     }
 }
 
