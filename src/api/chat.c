@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "api/chat_run.h"
+#include "api/idempotency.h"
 #include "core/alloc.h"
 #include "core/util.h"
 
@@ -315,6 +316,18 @@ static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, a
     chat_body b;
     if (!parse_chat_body(r, w, f, &b))
         return;
+    store_idem idem;
+    idem_decision d = f == API_V1 ? api_idempotency_begin(r, w, f, "", b.session_id, &idem) : IDEM_NONE;
+    if (d == IDEM_ANSWERED || d == IDEM_REPLAY) {
+        if (d == IDEM_REPLAY) {
+            turn_result res;
+            api_idempotency_result(&idem, &res);
+            chat_replay(r, w, rnd, f, &res, NULL, NULL);
+        }
+        store_idem_clear(&idem);
+        json_decref(b.root);
+        return;
+    }
     turn_params p = {
         .session_id = b.session_id,
         .message = b.message,
@@ -324,8 +337,12 @@ static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, a
         .stream = rnd->stream,
         .request_id = http_req_id(r),
         .owner = NULL,
+        .idem_scope = "",
+        .idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL,
     };
     chat_run(r, w, rnd, f, &p, NULL, NULL);
+    if (d != IDEM_NONE)
+        store_idem_clear(&idem);
     json_decref(b.root);
 }
 

@@ -125,6 +125,29 @@ static const turn_sink chat_sink = {
     .on_error = sink_error,
 };
 
+void chat_replay(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
+                 void (*init)(chat_ctx *c, void *arg), void *arg)
+{
+    chat_ctx *c = chat_xcalloc(1, sizeof *c);
+    c->r = r;
+    c->w = w;
+    c->rnd = rnd;
+    c->flavor = f;
+    c->last_write = chat_mono_ms();
+    http_req_hold(r);
+    if (init)
+        init(c, arg);
+    http_add_header(r, "Idempotent-Replayed", "true");
+    http_req_log_set(r, "idempotent_replay", json_true());
+    turn_info info = {.session_id = res->session_id, .model = res->model};
+    if (rnd->start)
+        rnd->start(c, &info);
+    if (rnd->delta && res->text_len)
+        rnd->delta(c, res->text, res->text_len);
+    rnd->done(c, res);
+    ctx_free(c);
+}
+
 void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
               void (*init)(chat_ctx *c, void *arg), void *arg)
 {
@@ -142,6 +165,9 @@ void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor 
     if (atomic_load(&w->app->stopping)) {
         turn_error err = {.status = 503, .type = "server_shutting_down", .retry_after_s = 1};
         snprintf(err.message, sizeof err.message, "chatd is shutting down; retry on another instance");
+        if (p->idem_key && p->session_id &&
+            store_idem_abort(w->db, p->idem_scope ? p->idem_scope : "", p->idem_key, p->request_id) != CHAT_OK)
+            http_req_log_set(r, "idempotency_abort_failed", json_true());
         rnd->error(c, &err);
         ctx_free(c);
         return;

@@ -47,6 +47,13 @@ struct chat_ctx {
 void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
               void (*init)(chat_ctx *c, void *arg), void *arg);
 
+/*
+ * Answers r with a turn that already happened (an Idempotency-Key replay),
+ * through the same renderer: start, the whole text as one delta, done.
+ */
+void chat_replay(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
+                 void (*init)(chat_ctx *c, void *arg), void *arg);
+
 /* Queues bytes on a started stream; true when the client's queue is full. */
 bool chat_write(chat_ctx *c, const char *data, size_t len);
 

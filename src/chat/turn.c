@@ -45,6 +45,8 @@ struct turn {
     size_t n_owned;
     char *lock_token;
     char *owner;
+    char *idem_scope;           /* the Idempotency-Key record this turn completes, or NULL */
+    char *idem_key;
     int max_tokens;
     bool stream;
     bool ephemeral;             /* no session: nothing is locked, loaded or stored */
@@ -55,6 +57,7 @@ struct turn {
     size_t partial_len, partial_cap;
     size_t partial_max;
     int64_t started_mono;
+    int64_t committed_at;       /* wall-clock ms of the commit (the messages' created_at) */
 };
 
 static void link_turn(turn *t)
@@ -90,6 +93,8 @@ static void turn_free(turn *t)
     free(t->msgs);
     free(t->lock_token);
     free(t->owner);
+    free(t->idem_scope);
+    free(t->idem_key);
     free(t->partial);
     free(t);
 }
@@ -239,7 +244,10 @@ static chat_rc commit(turn *t, const char *text, const char *status, const char 
         .usage = {u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens},
         .cost_micros = cost,
         .lock_token = t->lock_token,
-        .now = chat_now_ms(),
+        .now = t->committed_at = chat_now_ms(),
+        .idem_scope = t->idem_scope,
+        .idem_key = t->idem_key,
+        .idem_ttl_ms = TURN_IDEMPOTENCY_TTL_MS,
     };
     return store_turn_commit(t->w->db, &st, res);
 }
@@ -248,6 +256,9 @@ static void release_lock(turn *t)
 {
     if (t->ephemeral)
         return;
+    /* Nothing was committed: a retry with the same Idempotency-Key may run again. */
+    if (t->idem_key && store_idem_abort(t->w->db, t->idem_scope, t->idem_key, t->lock_token) != CHAT_OK)
+        chat_log(LOG_ERROR, "cannot abort idempotency record", json_pack("{s:s}", "session", t->session_id));
     if (store_lock_release(t->w->db, t->session_id, t->lock_token) != CHAT_OK)
         chat_log(LOG_ERROR, "cannot release turn lock",
                  json_pack("{s:s}", "session", t->session_id));
@@ -367,7 +378,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                           res->usage.cache_read_tokens, res->usage.cache_write_tokens},
                 .message_id = tr.assistant_message_id,
                 .turn_count = tr.turn_count,
-                .created_at = chat_now_ms(),
+                .created_at = t->committed_at,
                 .attempts = res->attempts,
                 .provider_ms = res->duration_ms,
             };
@@ -498,6 +509,8 @@ loaded:
     t->model = t->current = model;
     t->lock_token = chat_xstrdup(p->request_id);
     t->owner = chat_xstrdup(p->owner);
+    t->idem_scope = chat_xstrdup(p->idem_key ? (p->idem_scope ? p->idem_scope : "") : NULL);
+    t->idem_key = chat_xstrdup(p->idem_key);
     t->max_tokens = p->max_tokens > 0 ? p->max_tokens : cfg->max_tokens;
     t->stream = p->stream;
     t->partial_max = model->provider.max_response_bytes;
@@ -526,6 +539,9 @@ loaded:
     goto out;
 
 fail:
+    if (p->idem_key && p->session_id &&
+        store_idem_abort(w->db, p->idem_scope ? p->idem_scope : "", p->idem_key, p->request_id) != CHAT_OK)
+        chat_log(LOG_ERROR, "cannot abort idempotency record", json_pack("{s:s}", "session", p->session_id));
     if (locked && p->session_id && store_lock_release(w->db, p->session_id, p->request_id) != CHAT_OK)
         chat_log(LOG_ERROR, "cannot release turn lock", json_pack("{s:s}", "session", p->session_id));
     if (t) {

@@ -38,7 +38,12 @@ typedef struct turn_params {
     bool stream;                /* use the provider's streaming mode */
     const char *request_id;     /* used as the lock token and in logs */
     const char *owner;          /* API key id owning new sessions, may be NULL */
+    const char *idem_scope;     /* with idem_key: the Idempotency-Key record this turn completes */
+    const char *idem_key;       /* (begun by the caller with the request id as token), or NULL */
 } turn_params;
+
+/* How long a committed turn stays replayable under its Idempotency-Key. */
+#define TURN_IDEMPOTENCY_TTL_MS (24LL * 3600 * 1000)
 
 /* A client-facing error: HTTP status, a stable type, and a message safe to show. */
 typedef struct turn_error {

@@ -1,0 +1,105 @@
+/*
+ * idempotency.c: the Idempotency-Key header of POST /v1/chat and
+ * /v1/chat/stream. A repeated key with the same body replays the stored result
+ * without calling the provider; with a different body: 422; while the first
+ * request still runs: 409. The record is completed in the same transaction as
+ * the turn (store_turn_commit), so a turn acknowledged before a crash replays
+ * after it instead of running twice.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "api/idempotency.h"
+#include "core/util.h"
+
+#define IDEM_KEY_MAX 255
+
+static void sha256_hex(const char *data, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    static const char hex[] = "0123456789abcdef";
+    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+    for (unsigned i = 0; i < mdlen && i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+static bool valid_key(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n > IDEM_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+            return false;
+    return true;
+}
+
+idem_decision api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char *scope,
+                                    const char *session_id, store_idem *out)
+{
+    const char *key = http_req_header(r, "Idempotency-Key");
+    memset(out, 0, sizeof *out);
+    if (!key)
+        return IDEM_NONE;
+    if (!valid_key(key)) {
+        api_error(r, f, 400, "invalid_request_error",
+                  "Idempotency-Key must be 1 to %d printable ASCII characters", IDEM_KEY_MAX);
+        return IDEM_ANSWERED;
+    }
+    size_t len;
+    const char *body = http_req_body(r, &len);
+    char hash[65];
+    sha256_hex(body, len, hash);
+    chat_rc rc = store_idem_begin(w->db, scope, key, hash, http_req_id(r), session_id, chat_now_ms(),
+                                  w->app->cfg->lock_ttl_ms, out);
+    if (rc != CHAT_OK) {
+        api_error(r, f, 500, "internal_error", "the database is not available");
+        return IDEM_ANSWERED;
+    }
+    http_req_log_set(r, "idempotency_key", json_string(key));
+    switch (out->outcome) {
+    case STORE_IDEM_NEW:
+        return IDEM_RUN;
+    case STORE_IDEM_REPLAY:
+        if (out->has_reply)
+            return IDEM_REPLAY;
+        /* A stored non-turn result (none are stored today): replay it as it was. */
+        http_add_header(r, "Idempotent-Replayed", "true");
+        http_reply(r, out->status, "application/json", out->response ? out->response : "{}",
+                   out->response ? strlen(out->response) : 2);
+        return IDEM_ANSWERED;
+    case STORE_IDEM_RUNNING:
+        http_add_header(r, "Retry-After", "1");
+        api_error(r, f, 409, "idempotency_in_progress",
+                  "a request with this Idempotency-Key is still running; retry when it has finished");
+        return IDEM_ANSWERED;
+    case STORE_IDEM_MISMATCH:
+        api_error(r, f, 422, "idempotency_key_reused",
+                  "this Idempotency-Key was already used with a different request body");
+        return IDEM_ANSWERED;
+    }
+    api_error(r, f, 500, "internal_error", "unexpected idempotency state");
+    return IDEM_ANSWERED;
+}
+
+void api_idempotency_result(const store_idem *rec, turn_result *res)
+{
+    const store_message *m = &rec->reply;
+    memset(res, 0, sizeof *res);
+    res->session_id = rec->session_id ? rec->session_id : "";
+    res->model = m->model ? m->model : "";
+    res->text = m->content ? m->content : "";
+    res->text_len = strlen(res->text);
+    res->stop_reason = m->stop_reason;
+    res->usage = m->usage;
+    res->cost_micros = m->cost_micros;
+    res->message_id = m->id;
+    res->turn_count = rec->turn_count;
+    res->created_at = m->created_at;
+}
