@@ -229,6 +229,7 @@ static void build_messages(turn *t, const llm_message *hist, size_t nhist)
 static chat_rc commit(turn *t, const char *text, const char *status, const char *stop_reason,
                       const llm_usage *u, int64_t cost, store_turn_result *res)
 {
+    t->committed_at = chat_now_ms();
     if (t->ephemeral)
         return CHAT_OK; /* res stays zero: no message id, no turn count */
     store_turn st = {
@@ -244,7 +245,7 @@ static chat_rc commit(turn *t, const char *text, const char *status, const char 
         .usage = {u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens},
         .cost_micros = cost,
         .lock_token = t->lock_token,
-        .now = t->committed_at = chat_now_ms(),
+        .now = t->committed_at,
         .idem_scope = t->idem_scope,
         .idem_key = t->idem_key,
         .idem_ttl_ms = TURN_IDEMPOTENCY_TTL_MS,

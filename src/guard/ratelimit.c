@@ -433,7 +433,7 @@ static bool evict_one(ratelimit *rl, int64_t now)
     for (unsigned i = 0; i < NSHARDS; i++) {
         shard *s = &rl->shards[(start + i) % NSHARDS];
         pthread_mutex_lock(&s->mu);
-        if (now < 0 && s->n > 0) {
+        if (s->n > 0 && s->heap[0]->full_at_ms <= now) {
             remove_bucket(s, s->heap[0]);
             pthread_mutex_unlock(&s->mu);
             atomic_fetch_sub_explicit(&rl->count, 1, memory_order_relaxed);

@@ -112,6 +112,200 @@ static void test_url_and_headers(void **state)
     assert_null(llm_anthropic_ops.build_headers(&bad, true));
 }
 
+/* ---- prompt caching (A4) ---- */
+
+#define CC "\"cache_control\":{\"type\":\"ephemeral\"}"
+
+/* Occurrences of "cache_control" in s. */
+static int count_cc(const char *s)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, "cache_control")) != NULL; p++)
+        n++;
+    return n;
+}
+
+static void test_cache_short_no_markers(void **state)
+{
+    (void)state;
+    llm_provider p = *prov();
+    p.prompt_caching = true; /* cache_min_tokens 0: the default, 1024 tokens */
+    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "Hi there"}, {"user", "Next?"}};
+    llm_request req = {.model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3,
+                       .max_tokens = 64, .stream = true};
+    char *b = llm_build_body(&p, &req);
+    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":64,\"system\":\"You are terse.\",\"messages\":["
+                           "{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi there\"},"
+                           "{\"role\":\"user\",\"content\":\"Next?\"}],\"stream\":true}");
+    free(b);
+}
+
+static void test_cache_long_system_and_previous_turn(void **state)
+{
+    (void)state;
+    llm_provider p = *prov();
+    p.prompt_caching = true;
+    p.cache_min_tokens = 4; /* 13 characters or more */
+    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "Hi there"}, {"user", "Next?"}};
+    llm_request req = {.model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3,
+                       .max_tokens = 64, .stream = true};
+    char *b = llm_build_body(&p, &req);
+    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":64,"
+                           "\"system\":[{\"type\":\"text\",\"text\":\"You are terse.\"," CC "}],"
+                           "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},"
+                           "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Hi there\"," CC "}]},"
+                           "{\"role\":\"user\",\"content\":\"Next?\"}],\"stream\":true}");
+    free(b);
+
+    /* Off: the same request is sent with plain strings. */
+    p.prompt_caching = false;
+    b = llm_build_body(&p, &req);
+    assert_int_equal(count_cc(b), 0);
+    free(b);
+
+    /* A long conversation: only the end of the previous turn is marked, never more. */
+    p.prompt_caching = true;
+    llm_message many[21];
+    for (int i = 0; i < 21; i++)
+        many[i] = (llm_message){i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question"};
+    req.messages = many;
+    req.n_messages = 21;
+    b = llm_build_body(&p, &req);
+    assert_int_equal(count_cc(b), 2);
+    assert_non_null(strstr(b, "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"an answer of some "
+                              "length\"," CC "}]},{\"role\":\"user\",\"content\":\"a question\"}],\"stream\":true}"));
+    free(b);
+}
+
+static void test_cache_min_length(void **state)
+{
+    (void)state;
+    llm_provider p = *prov();
+    p.prompt_caching = true;
+    /* system 14 chars (4 tokens); prefix through the assistant: 14 + 5 + 5 (é counts once) = 24 chars = 6 tokens. */
+    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"}, {"user", "Next?"}};
+    llm_request req = {.model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 8};
+
+    p.cache_min_tokens = 5; /* the system alone is too short, the prefix is long enough */
+    char *b = llm_build_body(&p, &req);
+    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":8,\"system\":\"You are terse.\",\"messages\":["
+                           "{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":[{\"type\":"
+                           "\"text\",\"text\":\"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\"," CC "}]},"
+                           "{\"role\":\"user\",\"content\":\"Next?\"}]}");
+    free(b);
+    p.cache_min_tokens = 6; /* exactly the prefix (characters, not the 29 bytes) */
+    b = llm_build_body(&p, &req);
+    assert_int_equal(count_cc(b), 1);
+    free(b);
+    p.cache_min_tokens = 7; /* one more: nothing is marked */
+    b = llm_build_body(&p, &req);
+    assert_int_equal(count_cc(b), 0);
+    free(b);
+
+    /* First turn: no previous turn to mark, only the system prompt can be. */
+    p.cache_min_tokens = 4;
+    req.n_messages = 1;
+    b = llm_build_body(&p, &req);
+    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":8,\"system\":[{\"type\":\"text\",\"text\":"
+                           "\"You are terse.\"," CC "}],\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}");
+    free(b);
+
+    /* No system prompt: only the previous turn. An empty assistant reply cannot carry a marker. */
+    req.system = NULL;
+    req.n_messages = 3;
+    p.cache_min_tokens = 1;
+    b = llm_build_body(&p, &req);
+    assert_int_equal(count_cc(b), 1);
+    free(b);
+    msgs[1].content = "";
+    b = llm_build_body(&p, &req);
+    assert_int_equal(count_cc(b), 0);
+    free(b);
+}
+
+/* Marks body (JSON text) and returns the result as text; *added gets the count. */
+static char *mark_json(const char *in, int64_t min, int *added)
+{
+    json_error_t je;
+    json_t *j = json_loads(in, 0, &je);
+    assert_non_null(j);
+    *added = llm_anthropic_mark_cache(j, min);
+    char *out = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return out;
+}
+
+static void test_cache_limit_with_caller_markers(void **state)
+{
+    (void)state;
+    int added;
+    /* Three caller markers (two tools, one system block): one slot left, for the previous turn. */
+    char *b = mark_json("{\"tools\":[{\"name\":\"a\"," CC "},{\"name\":\"b\"," CC "}],"
+                        "\"system\":[{\"type\":\"text\",\"text\":\"sys one\"},{\"type\":\"text\",\"text\":\"sys two\"," CC "}],"
+                        "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":"
+                        "\"Hi there\"},{\"role\":\"user\",\"content\":\"Next?\"}]}",
+                        1, &added);
+    assert_int_equal(added, 1);
+    assert_int_equal(count_cc(b), 4);
+    assert_non_null(strstr(b, "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Hi there\"," CC "}]}"));
+    free(b);
+
+    /* The top-level automatic marker counts too (conservatively): with two tool
+     * markers only one is added, the previous turn's, not the system's. */
+    b = mark_json("{\"cache_control\":{\"type\":\"ephemeral\"},\"tools\":[{\"name\":\"a\"," CC "},{\"name\":\"b\","
+                  CC "}],\"system\":\"a long enough system prompt\",\"messages\":[{\"role\":\"user\",\"content\":"
+                  "\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi there\"},{\"role\":\"user\",\"content\":\"x\"}]}",
+                  1, &added);
+    assert_int_equal(added, 1);
+    assert_int_equal(count_cc(b), 4);
+    assert_non_null(strstr(b, "\"system\":\"a long enough system prompt\""));
+    free(b);
+
+    /* Four already (message blocks too): nothing is added. */
+    b = mark_json("{\"system\":[{\"type\":\"text\",\"text\":\"s\"," CC "}],\"messages\":["
+                  "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"," CC "}]},"
+                  "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"b\"," CC "}]},"
+                  "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"c\"," CC "}]},"
+                  "{\"role\":\"assistant\",\"content\":\"d\"},{\"role\":\"user\",\"content\":\"e\"}]}",
+                  1, &added);
+    assert_int_equal(added, 0);
+    assert_int_equal(count_cc(b), 4);
+    free(b);
+
+    /* The previous turn already marked by the caller: kept as is, not doubled; the system gets the other one. */
+    b = mark_json("{\"system\":\"long system\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},"
+                  "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"one\"},{\"type\":\"text\","
+                  "\"text\":\"two\"," CC "}]},{\"role\":\"user\",\"content\":\"Next?\"}]}",
+                  1, &added);
+    assert_int_equal(added, 1);
+    assert_string_equal(b, "{\"system\":[{\"type\":\"text\",\"text\":\"long system\"," CC "}],\"messages\":["
+                           "{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":[{\"type\":"
+                           "\"text\",\"text\":\"one\"},{\"type\":\"text\",\"text\":\"two\"," CC "}]},"
+                           "{\"role\":\"user\",\"content\":\"Next?\"}]}");
+    free(b);
+
+    /* A block array gets its marker on the last block; an image block counts no characters. */
+    b = mark_json("{\"messages\":[{\"role\":\"user\",\"content\":\"Hello there\"},{\"role\":\"assistant\","
+                  "\"content\":[{\"type\":\"text\",\"text\":\"one\"},{\"type\":\"text\",\"text\":\"two\"}]},"
+                  "{\"role\":\"user\",\"content\":[{\"type\":\"image\",\"source\":{}}]}]}",
+                  5, &added);
+    assert_int_equal(added, 1);
+    assert_non_null(strstr(b, "[{\"type\":\"text\",\"text\":\"one\"},{\"type\":\"text\",\"text\":\"two\"," CC "}]"));
+    free(b);
+    b = mark_json("{\"messages\":[{\"role\":\"user\",\"content\":\"Hello there\"},{\"role\":\"assistant\","
+                  "\"content\":[{\"type\":\"text\",\"text\":\"one\"},{\"type\":\"text\",\"text\":\"two\"}]},"
+                  "{\"role\":\"user\",\"content\":\"x\"}]}",
+                  6, &added); /* 17 characters = 5 tokens < 6 */
+    assert_int_equal(added, 0);
+    free(b);
+
+    /* Not an object, no messages: nothing to do. */
+    assert_int_equal(llm_anthropic_mark_cache(NULL, 1), 0);
+    b = mark_json("{\"system\":\"\"}", 1, &added);
+    assert_int_equal(added, 0);
+    free(b);
+}
+
 /* ---- replies ---- */
 
 typedef struct sink {
@@ -463,6 +657,10 @@ int main(void)
         cmocka_unit_test(test_body_no_system_no_stream),
         cmocka_unit_test(test_body_invalid),
         cmocka_unit_test(test_url_and_headers),
+        cmocka_unit_test(test_cache_short_no_markers),
+        cmocka_unit_test(test_cache_long_system_and_previous_turn),
+        cmocka_unit_test(test_cache_min_length),
+        cmocka_unit_test(test_cache_limit_with_caller_markers),
         cmocka_unit_test(test_stream_basic_any_split),
         cmocka_unit_test(test_stream_2026_usage_overwrite),
         cmocka_unit_test(test_stream_error_event),

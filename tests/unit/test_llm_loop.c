@@ -1,6 +1,6 @@
 /*
  * test_llm_loop.c: loop-level tests of the LLM client (transport.c, call.c,
- * anthropic.c) against a tiny evhttp server running in this process on
+ * anthropic.c, openai.c) against a tiny evhttp server running in this process on
  * 127.0.0.1, on the same event_base as the calls.
  *
  * Each test scripts the server's replies (status, headers, a plain body or
@@ -73,7 +73,7 @@ struct srv {
     int64_t req_ms[16];         /* arrival time of each request */
     char *body;                 /* last request's body */
     char *uri;
-    char *h_key, *h_version, *h_ctype, *h_accept, *h_expect, *h_encoding;
+    char *h_key, *h_version, *h_ctype, *h_accept, *h_expect, *h_encoding, *h_auth;
     int last_fd;                /* socket of the last request's connection */
     int closes;                 /* connections closed by the peer while a reply was unfinished */
     int64_t close_ms;
@@ -186,13 +186,14 @@ static void handler(struct evhttp_request *req, void *arg)
     free(s->uri);
     free(s->body);
     free(s->h_key), free(s->h_version), free(s->h_ctype), free(s->h_accept), free(s->h_expect),
-        free(s->h_encoding);
+        free(s->h_encoding), free(s->h_auth);
     s->uri = strdup(evhttp_request_get_uri(req));
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     s->body = calloc(1, n + 1);
     evbuffer_copyout(in, s->body, n);
     s->h_key = dup_or_null(evhttp_find_header(ih, "x-api-key"));
+    s->h_auth = dup_or_null(evhttp_find_header(ih, "authorization"));
     s->h_version = dup_or_null(evhttp_find_header(ih, "anthropic-version"));
     s->h_ctype = dup_or_null(evhttp_find_header(ih, "content-type"));
     s->h_accept = dup_or_null(evhttp_find_header(ih, "accept"));
@@ -246,7 +247,7 @@ static void srv_stop(srv *s)
         free(r);
     }
     free(s->uri), free(s->body), free(s->h_key), free(s->h_version), free(s->h_ctype), free(s->h_accept),
-        free(s->h_expect), free(s->h_encoding);
+        free(s->h_expect), free(s->h_encoding), free(s->h_auth);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -282,7 +283,7 @@ typedef struct tc {
     int64_t done_ms;
     llm_status status;
     int http_status;
-    char *error_type, *error_message, *request_id, *stop_reason, *model, *rtext;
+    char *error_type, *error_message, *error_code, *request_id, *stop_reason, *model, *rtext;
     int64_t retry_after_ms;
     llm_usage usage;
     bool delivered;
@@ -362,6 +363,7 @@ static void on_done(void *ud, const llm_result *r)
     c->http_status = r->http_status;
     c->error_type = dup_s(r->error_type);
     c->error_message = dup_s(r->error_message);
+    c->error_code = dup_s(r->error_code);
     c->request_id = dup_s(r->request_id);
     c->stop_reason = dup_s(r->stop_reason);
     c->model = dup_s(r->model);
@@ -376,6 +378,7 @@ static void on_done(void *ud, const llm_result *r)
     if (r->status == LLM_OK) {
         assert_null(r->error_type);
         assert_null(r->error_message);
+        assert_null(r->error_code);
     } else {
         assert_non_null(r->error_type);
         assert_non_null(r->error_message);
@@ -416,8 +419,8 @@ static void tc_free(tc *c)
     srv_stop(&c->s);
     event_free(c->action);
     event_base_free(c->base);
-    free(c->error_type), free(c->error_message), free(c->request_id), free(c->stop_reason), free(c->model),
-        free(c->rtext);
+    free(c->error_type), free(c->error_message), free(c->error_code), free(c->request_id), free(c->stop_reason),
+        free(c->model), free(c->rtext);
 }
 
 static void tc_start(tc *c, bool stream)
@@ -1187,7 +1190,308 @@ static void test_two_calls(void **state)
     assert_string_equal(d.text, "Hello, world!");
     assert_int_equal(c.status, LLM_OK);
     assert_int_equal(d.status, LLM_OK);
-    free(d.error_type), free(d.error_message), free(d.request_id), free(d.stop_reason), free(d.model), free(d.rtext);
+    free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason), free(d.model),
+        free(d.rtext);
+    tc_free(&c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* OpenAI-compatible provider (PROTOCOLS.md B)                                */
+
+#define OA_CHUNK(delta, finish)                                                                              \
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test-1\"," \
+    "\"choices\":[{\"index\":0,\"delta\":" delta ",\"logprobs\":null,\"finish_reason\":" finish "}],"          \
+    "\"usage\":null}\n\n"
+#define OA_ROLE OA_CHUNK("{\"role\":\"assistant\",\"content\":\"\"}", "null")
+#define OA_DELTA(t) OA_CHUNK("{\"content\":\"" t "\"}", "null")
+#define OA_FINISH(reason) OA_CHUNK("{}", "\"" reason "\"")
+#define OA_USAGE(prompt, cached, completion)                                                                  \
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test-1\"," \
+    "\"choices\":[],\"usage\":{\"prompt_tokens\":" prompt ",\"completion_tokens\":" completion                \
+    ",\"total_tokens\":0,\"prompt_tokens_details\":{\"cached_tokens\":" cached "}}}\n\n"
+#define OA_DONE "data: [DONE]\n\n"
+#define OA_ERR_BODY(type, code, msg)                                                                          \
+    "{\"error\":{\"message\":\"" msg "\",\"type\":\"" type "\",\"param\":null,\"code\":" code "}}"
+
+static const script OA_STREAM_OK = {
+    .status = 200,
+    .headers = {SSE_CT, "x-request-id: req_oa_1", "request-id: not-this-one"},
+    .chunks = {OA_ROLE, OA_DELTA("Hello"), OA_DELTA(", world"), ": keep-alive\n\n", OA_DELTA("!"), OA_FINISH("stop"),
+               OA_USAGE("1500", "1024", "7"), OA_DONE},
+    .chunk_delay_ms = 2,
+};
+
+/* tc_init, then point the provider at the server as an OpenAI-compatible one. */
+static void tc_init_openai(tc *c, const script *scripts, int n)
+{
+    tc_init(c, scripts, n);
+    snprintf(c->base_url, sizeof c->base_url, "http://127.0.0.1:%d/v1/", c->s.port);
+    c->p.kind = LLM_PROVIDER_OPENAI;
+    c->p.name = "openai";
+    c->p.version = NULL;
+}
+
+static void test_openai_stream_ok(void **state)
+{
+    (void)state;
+    tc c;
+    tc_init_openai(&c, &OA_STREAM_OK, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.http_status, 200);
+    assert_int_equal(c.deltas, 3);
+    assert_string_equal(c.text, "Hello, world!");
+    assert_string_equal(c.rtext, "Hello, world!");
+    assert_string_equal(c.stop_reason, "stop");
+    assert_string_equal(c.model, "gpt-test-1");
+    assert_string_equal(c.request_id, "req_oa_1");
+    assert_int_equal(c.usage.input_tokens, 1500 - 1024);
+    assert_int_equal(c.usage.cache_read_tokens, 1024);
+    assert_int_equal(c.usage.cache_write_tokens, -1);
+    assert_int_equal(c.usage.output_tokens, 7);
+    assert_int_equal(c.attempts, 1);
+    /* What went over the wire. */
+    assert_string_equal(c.s.uri, "/v1/chat/completions");
+    assert_string_equal(c.s.h_auth, "Bearer " API_KEY);
+    assert_null(c.s.h_key);
+    assert_null(c.s.h_version);
+    assert_string_equal(c.s.h_ctype, "application/json");
+    assert_string_equal(c.s.h_accept, "text/event-stream");
+    assert_null(c.s.h_expect);
+    assert_string_equal(c.s.body, "{\"model\":\"claude-test\",\"messages\":[{\"role\":\"system\",\"content\":"
+                                  "\"Be brief.\"},{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":64,"
+                                  "\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
+    tc_free(&c);
+}
+
+static void test_openai_nonstream_ok(void **state)
+{
+    (void)state;
+    static const script sc[] = {{
+        .status = 200,
+        .headers = {JSON_CT, "x-request-id: req_oa_2"},
+        .body = "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"llama3.2\","
+                "\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                "\"content\":\"Hi! How can I help?\"},\"finish_reason\":\"length\"}],"
+                "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":9,\"total_tokens\":21}}",
+    }};
+    tc c;
+    tc_init_openai(&c, sc, 1);
+    c.p.api_key = ""; /* a local server: no Authorization header */
+    c.p.max_tokens_field = "max_completion_tokens";
+    tc_start(&c, false);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.rtext, "Hi! How can I help?");
+    assert_int_equal(c.deltas, 0);
+    assert_string_equal(c.stop_reason, "length");
+    assert_string_equal(c.model, "llama3.2");
+    assert_string_equal(c.request_id, "req_oa_2");
+    assert_int_equal(c.usage.input_tokens, 12);
+    assert_int_equal(c.usage.cache_read_tokens, -1);
+    assert_int_equal(c.usage.output_tokens, 9);
+    assert_null(c.s.h_auth);
+    assert_string_equal(c.s.h_accept, "application/json");
+    assert_string_equal(c.s.body, "{\"model\":\"claude-test\",\"messages\":[{\"role\":\"system\",\"content\":"
+                                  "\"Be brief.\"},{\"role\":\"user\",\"content\":\"Hello\"}],"
+                                  "\"max_completion_tokens\":64,\"stream\":false}");
+    tc_free(&c);
+}
+
+static void test_openai_midstream_error(void **state)
+{
+    (void)state;
+    /* After a delta: reported as it came, never retried. */
+    static const script sc[] = {{.status = 200,
+                                 .headers = {SSE_CT},
+                                 .chunks = {OA_ROLE, OA_DELTA("Par"),
+                                            "data: " OA_ERR_BODY("server_error", "null", "The server had an error") "\n\n"},
+                                 .chunk_delay_ms = 5}};
+    tc c;
+    tc_init_openai(&c, sc, 1);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_STREAM);
+    assert_string_equal(c.error_type, "server_error");
+    assert_string_equal(c.error_message, "The server had an error");
+    assert_null(c.error_code);
+    assert_string_equal(c.rtext, "Par");
+    assert_true(c.delivered);
+    assert_int_equal(c.attempts, 1);
+    assert_int_equal(c.http_status, 200);
+    run_for(&c, 100);
+    assert_int_equal(c.s.nreq, 1);
+    tc_free(&c);
+
+    /* Before any delta (vLLM: integer code, then [DONE]): retried, and the retry succeeds. */
+    script both[2] = {{.status = 200,
+                       .headers = {SSE_CT},
+                       .chunks = {OA_ROLE, "data: " OA_ERR_BODY("InternalServerError", "500", "KV cache full") "\n\n",
+                                  OA_DONE}},
+                      OA_STREAM_OK};
+    tc_init_openai(&c, both, 2);
+    c.p.max_retries = 1;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    assert_string_equal(c.text, "Hello, world!");
+    tc_free(&c);
+
+    /* The same with no retry left: the error as the provider said it, with its code. */
+    tc_init_openai(&c, both, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_STREAM);
+    assert_string_equal(c.error_type, "InternalServerError");
+    assert_string_equal(c.error_code, "500");
+    assert_false(c.delivered);
+    tc_free(&c);
+}
+
+static void test_openai_retry_429_then_ok(void **state)
+{
+    (void)state;
+    script both[2] = {{.status = 429,
+                       .headers = {JSON_CT, "retry-after-ms: 120", "x-request-id: req_429"},
+                       .body = OA_ERR_BODY("tokens", "\"rate_limit_exceeded\"", "Rate limit reached")},
+                      OA_STREAM_OK};
+    tc c;
+    tc_init_openai(&c, both, 2);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    assert_int_equal(c.s.nreq, 2);
+    assert_string_equal(c.text, "Hello, world!");
+    assert_string_equal(c.request_id, "req_oa_1");
+    int64_t gap = c.s.req_ms[1] - c.s.req_ms[0];
+    assert_true(gap >= 115 && gap < 600);
+    tc_free(&c);
+
+    /* insufficient_quota is a 429 too, but waiting cannot help: not retried. */
+    static const script quota[] = {{.status = 429,
+                                    .headers = {JSON_CT, "retry-after: 1"},
+                                    .body = OA_ERR_BODY("insufficient_quota", "\"insufficient_quota\"",
+                                                        "You exceeded your current quota")}};
+    tc_init_openai(&c, quota, 1);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_HTTP);
+    assert_int_equal(c.http_status, 429);
+    assert_string_equal(c.error_type, "insufficient_quota");
+    assert_string_equal(c.error_code, "insufficient_quota");
+    assert_string_equal(c.error_message, "You exceeded your current quota");
+    assert_int_equal(c.attempts, 1);
+    assert_int_equal(c.retry_after_ms, 1000);
+    run_for(&c, 100);
+    assert_int_equal(c.s.nreq, 1);
+    tc_free(&c);
+
+    /* A vLLM 500 with an integer code and no key configured: retried, then reported. */
+    static const script v500[] = {{.status = 500, .headers = {JSON_CT}, .body = OA_ERR_BODY("InternalServerError", "500", "oops")}};
+    tc_init_openai(&c, v500, 1);
+    c.p.api_key = NULL;
+    c.p.max_retries = 1;
+    c.p.retry_base_ms = 5;
+    tc_start(&c, false);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_HTTP);
+    assert_string_equal(c.error_type, "InternalServerError");
+    assert_string_equal(c.error_code, "500");
+    assert_int_equal(c.attempts, 2);
+    assert_null(c.s.h_auth);
+    tc_free(&c);
+}
+
+static void test_openai_truncated(void **state)
+{
+    (void)state;
+    /* Clean close without a finish_reason (what Ollama does after losing an error). */
+    static const script sc[] = {
+        {.status = 200, .headers = {SSE_CT}, .chunks = {OA_ROLE, OA_DELTA("Hel"), OA_DELTA("lo"), OA_ROLE}, .chunk_delay_ms = 3}};
+    tc c;
+    tc_init_openai(&c, sc, 1);
+    c.p.max_retries = 2;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TRUNCATED);
+    assert_string_equal(c.error_type, "truncated");
+    assert_non_null(strstr(c.error_message, "finish_reason"));
+    assert_string_equal(c.rtext, "Hello");
+    assert_int_equal(c.attempts, 1); /* deltas were delivered: no retry */
+    tc_free(&c);
+
+    /* [DONE] without a finish_reason (old llama.cpp after its `error:` field): truncated too. */
+    static const script old[] = {{.status = 200,
+                                  .headers = {SSE_CT},
+                                  .chunks = {OA_ROLE, OA_DELTA("Hi"), "error: {\"code\":500,\"message\":\"x\"}\n\n", OA_DONE},
+                                  .chunk_delay_ms = 3}};
+    tc_init_openai(&c, old, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_TRUNCATED);
+    assert_string_equal(c.rtext, "Hi");
+    tc_free(&c);
+
+    /* A reset before any text: retried (nothing was delivered). */
+    script both[2] = {{.status = 200, .headers = {SSE_CT}, .chunks = {OA_ROLE}, .chunk_delay_ms = 20, .end = END_RESET},
+                      OA_STREAM_OK};
+    tc_init_openai(&c, both, 2);
+    c.p.max_retries = 1;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.attempts, 2);
+    tc_free(&c);
+}
+
+/* The stream ends after its finish_reason but without [DONE] or usage, in
+ * each way it can: a clean close (Ollama), a reset, a server that keeps the
+ * response open. The reply is complete: success, usage unknown (-1). */
+static void test_openai_end_after_finish(void **state)
+{
+    (void)state;
+    const end_kind ends[] = {END_OK, END_RESET, END_HANG};
+    for (size_t i = 0; i < 3; i++) {
+        script sc = {.status = 200,
+                     .headers = {SSE_CT},
+                     .chunks = {OA_ROLE, OA_DELTA("Hi"), OA_FINISH("stop")},
+                     .chunk_delay_ms = 20,
+                     .end = ends[i]};
+        tc c;
+        tc_init_openai(&c, &sc, 1);
+        c.p.idle_timeout_ms = 200;
+        c.p.max_retries = 2;
+        tc_start(&c, true);
+        run_until_done(&c, 3000);
+        if (c.status != LLM_OK)
+            fail_msg("end %zu: status %d (%s)", i, c.status, c.error_message);
+        assert_string_equal(c.rtext, "Hi");
+        assert_string_equal(c.stop_reason, "stop");
+        assert_int_equal(c.usage.input_tokens, -1);
+        assert_int_equal(c.usage.output_tokens, -1);
+        assert_int_equal(c.usage.cache_read_tokens, -1);
+        assert_int_equal(c.attempts, 1);
+        tc_free(&c);
+    }
+
+    /* The usage chunk arrived, then a clean close without [DONE]: its usage is kept. */
+    static const script sc2[] = {{.status = 200,
+                                  .headers = {SSE_CT},
+                                  .chunks = {OA_ROLE, OA_DELTA("Hi"), OA_FINISH("stop"), OA_USAGE("9", "0", "1")}}};
+    tc c;
+    tc_init_openai(&c, sc2, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.usage.input_tokens, 9);
+    assert_int_equal(c.usage.cache_read_tokens, 0);
+    assert_int_equal(c.usage.output_tokens, 1);
     tc_free(&c);
 }
 
@@ -1223,6 +1527,12 @@ int main(void)
         cmocka_unit_test(test_transport_free_cancels),
         cmocka_unit_test(test_invalid_start),
         cmocka_unit_test(test_two_calls),
+        cmocka_unit_test(test_openai_stream_ok),
+        cmocka_unit_test(test_openai_nonstream_ok),
+        cmocka_unit_test(test_openai_midstream_error),
+        cmocka_unit_test(test_openai_retry_429_then_ok),
+        cmocka_unit_test(test_openai_truncated),
+        cmocka_unit_test(test_openai_end_after_finish),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
