@@ -41,7 +41,9 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     chat_worker *w = arg;
-    bool idle = http_server_active(w->http) == 0 && w->turns == NULL;
+    /* Idle means no request in flight and every answer written out: freeing the
+     * server with bytes still queued would cut the last response short. */
+    bool idle = http_server_active(w->http) == 0 && w->turns == NULL && !http_server_flushing(w->http);
     if (!idle && chat_mono_ms() < w->drain_deadline)
         return;
     if (!idle) {
@@ -106,6 +108,10 @@ static void *worker_main(void *arg)
 
     /* Turns still linked here were never started on the wire (loop exited): end them. */
     turn_abort_all(w);
+    /* From here the main thread must not wake this worker: its events go away. */
+    pthread_mutex_lock(&w->app->wake_lock);
+    atomic_store(&w->ready, 2);
+    pthread_mutex_unlock(&w->app->wake_lock);
     http_server_free(w->http);
     w->http = NULL;
     llm_transport_free(w->llm);
@@ -135,6 +141,16 @@ fail:
     return NULL;
 }
 
+/* Asks every running worker to drain (again: a second signal ends the drain). */
+static void wake_workers(chat_app *app, int started)
+{
+    pthread_mutex_lock(&app->wake_lock);
+    for (int i = 0; i < started; i++)
+        if (atomic_load(&app->workers[i].ready) == 1)
+            event_active(app->workers[i].stop_ev, EV_TIMEOUT, 0);
+    pthread_mutex_unlock(&app->wake_lock);
+}
+
 static int cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -143,7 +159,7 @@ static int cpu_count(void)
 
 chat_rc chat_app_run(const struct chat_config *cfg)
 {
-    chat_app app = {0};
+    chat_app app = {.wake_lock = PTHREAD_MUTEX_INITIALIZER};
     chat_rc rc = CHAT_EIO;
     char err[512] = "";
     sigset_t sigs;
@@ -209,7 +225,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
 
     chat_log(LOG_INFO, "listening",
-             json_pack("{s:s,s:i,s:i,s:s,s:i,s:b}", "host", cfg->host, "port", app.port, "workers",
+             json_pack("{s:s,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers",
                        app.nworkers, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
                        "schema_version", schema, "default_model", models_default(app.models)->name));
     if (!models_default(app.models)->available)
@@ -226,19 +242,14 @@ chat_rc chat_app_run(const struct chat_config *cfg)
 
 stop:
     atomic_store(&app.stopping, true);
-    for (int i = 0; i < started; i++)
-        if (atomic_load(&app.workers[i].ready) == 1)
-            event_active(app.workers[i].stop_ev, EV_TIMEOUT, 0);
+    wake_workers(&app, started);
     /* A second signal shortens the drain; wait for the workers in the meantime. */
     for (int i = 0; i < started; i++) {
         for (;;) {
             struct timespec ts = {0, 50 * 1000 * 1000};
             siginfo_t si;
-            if (sigtimedwait(&sigs, &si, &ts) > 0) {
-                for (int k = 0; k < started; k++)
-                    if (atomic_load(&app.workers[k].ready) == 1)
-                        event_active(app.workers[k].stop_ev, EV_TIMEOUT, 0);
-            }
+            if (sigtimedwait(&sigs, &si, &ts) > 0)
+                wake_workers(&app, started);
             if (pthread_tryjoin_np(app.workers[i].thread, NULL) == 0)
                 break;
         }

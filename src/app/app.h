@@ -42,7 +42,7 @@ typedef struct chat_worker {
     bool draining;
     struct turn *turns;       /* running turns of this worker (intrusive list, see chat/turn.c) */
     char startup_error[512];
-    atomic_int ready;         /* 1 = running, -1 = failed to start */
+    atomic_int ready;         /* 1 = running, 2 = stopped, -1 = failed to start */
 } chat_worker;
 
 struct chat_app {
@@ -52,6 +52,7 @@ struct chat_app {
     int nworkers;
     chat_worker *workers;
     atomic_bool stopping;
+    pthread_mutex_t wake_lock; /* guards waking workers against their exit (ready 1 -> 2) */
 };
 
 /*

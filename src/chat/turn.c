@@ -52,6 +52,7 @@ struct turn {
     bool ephemeral;             /* no session: nothing is locked, loaded or stored */
     llm_call *call;             /* NULL once the call ended or was cancelled */
     struct event *start_ev;     /* delivers on_start on the next loop turn */
+    bool start_delivered;       /* on_start ran (always before any delta or on_done) */
     bool paused;
     char *partial;              /* reply text received so far */
     size_t partial_len, partial_cap;
@@ -287,9 +288,12 @@ static void finish_cancelled(turn *t, const char *why)
 
 /* ---- provider callbacks ---- */
 
+static void ensure_started(turn *t);
+
 static int on_llm_delta(void *ud, const char *text, size_t len)
 {
     turn *t = ud;
+    ensure_started(t);
     if (t->partial_len + len <= t->partial_max) {
         if (t->partial_len + len + 1 > t->partial_cap) {
             size_t cap = t->partial_cap ? t->partial_cap : 1024;
@@ -348,7 +352,9 @@ static void on_llm_done(void *ud, const llm_result *res)
                 return;
         }
     }
-    if (t->start_ev)
+    if (res->status == LLM_OK)
+        ensure_started(t); /* a failure before the start stays a plain error reply */
+    else if (t->start_ev)
         event_del(t->start_ev);
 
     if (res->status == LLM_OK) {
@@ -399,14 +405,26 @@ static void on_llm_done(void *ud, const llm_result *res)
     turn_free(t);
 }
 
+/* Delivers on_start once. The start event may still be pending when the first
+ * delta or the end arrives: with a fast provider, the socket event that carries
+ * the whole reply can run in the same loop iteration, before our timer. */
+static void ensure_started(turn *t)
+{
+    if (t->start_delivered)
+        return;
+    t->start_delivered = true;
+    if (t->start_ev)
+        event_del(t->start_ev);
+    turn_info info = {.session_id = t->session_id, .model = t->current->name};
+    if (t->sink->on_start)
+        t->sink->on_start(t->ud, &info);
+}
+
 static void on_start_ev(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    turn *t = arg;
-    turn_info info = {.session_id = t->session_id, .model = t->current->name};
-    if (t->sink->on_start)
-        t->sink->on_start(t->ud, &info);
+    ensure_started(arg);
 }
 
 /* Starts the provider call on t->current (the model or a fallback). */

@@ -69,6 +69,7 @@ enum kind {
     K_CANCEL,    /* chat_cancel_policy: keep | drop */
     K_LOG_LEVEL, /* char *, debug | info | warn | error, stored lowercase */
     K_BOOL,      /* bool: on|off, true|false, yes|no, 1|0 */
+    K_AUTH_MODE, /* char *, "" (derived) | none | token | keys, stored lowercase */
 };
 
 enum {
@@ -161,6 +162,13 @@ static const struct setting settings[] = {
      "Expiry of a session's turn lock if its holder dies; must exceed TURN_TIMEOUT."},
     {"DRAIN_TIMEOUT", K_DURATION, FIELD(drain_timeout_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
      "On shutdown, how long running turns may take to finish."},
+
+    {"AUTH_MODE", K_AUTH_MODE, FIELD(auth_mode), NULL, 0, 0, 0, "Authentication", "none|token|keys",
+     "Default: token when API_TOKEN is set, else none. keys: `chatd keys` API keys."},
+    {"API_TOKEN", K_STR, FIELD(api_token), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE, NULL, "TOKEN",
+     "Static bearer token (admin); with AUTH_MODE=keys it still works as admin."},
+    {"ALLOW_UNAUTHENTICATED", K_BOOL, FIELD(allow_unauthenticated), "off", 0, 0, 0, NULL, "on|off",
+     "With AUTH_MODE=none, allow listening on a non-loopback HOST anyway."},
 
     {"LOG_LEVEL", K_LOG_LEVEL, FIELD(log_level), "info", 0, 0, 0, "Logging", "LEVEL",
      "debug, info, warn or error."},
@@ -627,6 +635,18 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         return false;
     }
 
+    case K_AUTH_MODE: {
+        static const char *const modes[] = {"none", "token", "keys"};
+        for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+            if (strcasecmp(value, modes[i]) == 0) {
+                *(char **)field = chat_xstrdup(modes[i]);
+                return true;
+            }
+        }
+        value_error(ld, idx, value, "expected none, token or keys");
+        return false;
+    }
+
     case K_LOG_LEVEL: {
         static const char *const levels[] = {"debug", "info", "warn", "error"};
         for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
@@ -882,6 +902,10 @@ static bool cross_check(struct loader *ld, struct chat_config *cfg)
     int idle = find_by_name("IDLE_TIMEOUT", 12);
     char a[32], b[32], src[512];
 
+    if (cfg->auth_mode && strcmp(cfg->auth_mode, "token") == 0 && (!cfg->api_token || !*cfg->api_token)) {
+        set_err(ld, "AUTH_MODE=token needs API_TOKEN to be set");
+        return false;
+    }
     if (!ld->vals[lock].value) {
         cfg->lock_ttl_ms = cfg->turn_timeout_ms + LOCK_TTL_MARGIN_MS;
     } else if (cfg->lock_ttl_ms <= cfg->turn_timeout_ms) {
@@ -1004,6 +1028,7 @@ void chat_config_free(struct chat_config *cfg)
         case K_HTTP_URL:
         case K_DB_URL:
         case K_LOG_LEVEL:
+        case K_AUTH_MODE:
             free(*(char **)((char *)cfg + settings[i].offset));
             break;
         default:
@@ -1036,7 +1061,7 @@ void chat_config_print_help(FILE *out)
         flag_name(s, flag, sizeof flag);
         snprintf(lhs, sizeof lhs, "  %s %s", flag, s->metavar);
         if (!s->def)
-            snprintf(def, sizeof def, "%s", LOCK_TTL_DEFAULT_HELP);
+            snprintf(def, sizeof def, "%s", strcmp(s->name, "LOCK_TTL") == 0 ? LOCK_TTL_DEFAULT_HELP : "(derived)");
         else if (*s->def == '\0')
             snprintf(def, sizeof def, "(empty)");
         else if (strchr(s->def, ' '))

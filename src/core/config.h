@@ -80,6 +80,11 @@ struct chat_config {
     int64_t lock_ttl_ms;                    /* LOCK_TTL, default TURN_TIMEOUT + 60s when unset; must exceed TURN_TIMEOUT */
     int64_t drain_timeout_ms;               /* DRAIN_TIMEOUT, graceful shutdown, default 30s */
 
+    /* authentication (see guard/auth.h) */
+    char *auth_mode;                        /* AUTH_MODE: none|token|keys; NULL = derived from API_TOKEN */
+    char *api_token;                        /* API_TOKEN, "" = none */
+    bool allow_unauthenticated;             /* ALLOW_UNAUTHENTICATED, default off */
+
     /* logging */
     char *log_level;                        /* LOG_LEVEL: debug|info|warn|error, default info */
 

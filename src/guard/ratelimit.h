@@ -118,7 +118,9 @@ void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const 
  * Subtracts amount tokens (the turn's actual token count; <= 0 is ignored,
  * values above RATELIMIT_MAX_COUNT count as that) from key's bucket of the
  * given kind, creating it full if needed. The balance may go negative. spec as
- * for ratelimit_check (a limit that is off makes this a no-op). Any thread.
+ * for ratelimit_check (a limit that is off makes this a no-op). In the
+ * fail-open case described in ratelimit.c (no room even after eviction) the
+ * debit is dropped. Any thread.
  */
 void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
                      int64_t amount, int64_t now_ms);

@@ -110,6 +110,10 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
             prev = s[i];
             out[o++] = lower(s[i++]);
         }
+        if (i == host_start && i < len && s[i] == '*') {
+            set_err(why, why_len, "has a wildcard ('*' is only allowed alone, meaning any origin)");
+            return false;
+        }
         if (i == host_start) {
             set_err(why, why_len, "has no host");
             return false;

@@ -88,7 +88,7 @@ void cors_policy_free(cors_policy *p);
 bool cors_enabled(const cors_policy *p);
 
 typedef enum {
-    CORS_NONE = 0,   /* not a CORS request (or CORS disabled): proceed, nothing to add but headers[] */
+    CORS_NONE = 0,   /* not a CORS request (or CORS disabled): proceed; still add headers[] (Vary) */
     CORS_ALLOWED,    /* a CORS request from an allowed origin */
     CORS_DENIED,     /* a CORS request this policy refuses */
 } cors_verdict;

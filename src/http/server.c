@@ -55,7 +55,7 @@ typedef struct conn_track {
     struct bufferevent *bev;    /* referenced */
     struct http_req *req;       /* the request being served on it, or NULL */
     int64_t waiting_since;      /* monotonic ms when it started waiting for a head */
-    bool served;                /* at least one request was dispatched */
+    bool served;                /* at least one request was dispatched (TCP_NODELAY is set then) */
     bool cut;                   /* the deadline passed and the socket was shut down */
 } conn_track;
 
@@ -299,6 +299,14 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     struct bufferevent *cbev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
     for (conn_track *t = srv->tracks; cbev && t; t = t->next)
         if (t->bev == cbev) {
+            if (!t->served) {
+                /* Small writes (SSE events) must leave at once, not wait for
+                 * the peer's delayed ACK (Nagle): about 40 ms per event otherwise. */
+                int one = 1;
+                evutil_socket_t sock = bufferevent_getfd(cbev);
+                if (sock >= 0)
+                    setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            }
             t->req = r;
             t->served = true;
             r->track = t;
@@ -638,6 +646,14 @@ void http_server_stop_accepting(http_server *s)
 int http_server_active(const http_server *s)
 {
     return s ? s->active : 0;
+}
+
+bool http_server_flushing(const http_server *s)
+{
+    for (const conn_track *t = s ? s->tracks : NULL; t; t = t->next)
+        if (!released_by_evhttp(t->bev) && evbuffer_get_length(bufferevent_get_output(t->bev)) > 0)
+            return true;
+    return false;
 }
 
 void http_server_free(http_server *s)

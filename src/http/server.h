@@ -72,6 +72,10 @@ void http_server_stop_accepting(http_server *s);
 /* Number of requests in flight (dispatched and not yet ended). */
 int http_server_active(const http_server *s);
 
+/* True while some connection still has response bytes queued for the client
+ * (a finished response is not delivered until they are written). */
+bool http_server_flushing(const http_server *s);
+
 /* Frees the server and every connection. Accepts NULL. */
 void http_server_free(http_server *s);
 

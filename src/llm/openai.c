@@ -266,7 +266,7 @@ static int read_choice(llm_parse *st, json_t *choice, const char *what)
     const char *fr = jstr(choice, "finish_reason");
     if (fr && *fr) {
         set_str(&st->stop_reason, fr);
-
+        st->finished = true;
     }
     return rc;
 }
