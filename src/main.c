@@ -14,7 +14,6 @@
 #include "core/log.h"
 #include "store/store.h"
 
-#define CHATD_VERSION "0.1.0"
 
 extern char **environ;
 

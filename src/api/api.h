@@ -46,6 +46,7 @@ void api_healthz(http_req *r, chat_worker *w, char **params);
 void api_readyz(http_req *r, chat_worker *w, char **params);
 void api_openapi(http_req *r, chat_worker *w, char **params);
 void api_docs(http_req *r, chat_worker *w, char **params);
+void api_metrics(http_req *r, chat_worker *w, char **params);
 void api_ui_redirect(http_req *r, chat_worker *w, char **params);
 void api_ui_file(http_req *r, chat_worker *w, char **params);
 void api_ui_lib(http_req *r, chat_worker *w, char **params);
@@ -72,6 +73,20 @@ void api_v1_estimate(http_req *r, chat_worker *w, char **params);
 
 /* {"micros": n, "usd": "0.000123"}: exact integer micro-dollars plus a decimal string. */
 json_t *api_cost_json(int64_t micros);
+
+/* Debits a finished turn's provider tokens from the caller's TOKEN_LIMIT bucket. */
+void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens);
+
+/* The caller's identity (set by the router before every handler; never NULL there). */
+struct auth_identity;
+const struct auth_identity *api_identity(http_req *r);
+
+/* The owner filter for listings and new sessions: the caller's key id, or NULL
+ * when the caller may see every session (auth off, static token, admin key). */
+const char *api_owner_filter(http_req *r);
+
+/* True when the caller may see a session with this owner. */
+bool api_can_access(http_req *r, const char *owner);
 
 /* JSON for a usage object: {"input_tokens",...}; unknown (-1) values become null. */
 json_t *api_usage_json(const store_usage *u);

@@ -21,6 +21,7 @@
 
 #include "api/chat_run.h"
 #include "api/idempotency.h"
+#include "guard/auth.h"
 #include "core/alloc.h"
 #include "core/util.h"
 
@@ -317,7 +318,8 @@ static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, a
     if (!parse_chat_body(r, w, f, &b))
         return;
     store_idem idem;
-    idem_decision d = f == API_V1 ? api_idempotency_begin(r, w, f, "", b.session_id, &idem) : IDEM_NONE;
+    idem_decision d = f == API_V1 ? api_idempotency_begin(r, w, f, api_identity(r)->key_id, b.session_id, &idem)
+                                  : IDEM_NONE;
     if (d == IDEM_ANSWERED || d == IDEM_REPLAY) {
         if (d == IDEM_REPLAY) {
             turn_result res;
@@ -336,8 +338,9 @@ static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, a
         .max_tokens = b.max_tokens,
         .stream = rnd->stream,
         .request_id = http_req_id(r),
-        .owner = NULL,
-        .idem_scope = "",
+        .owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL,
+        .see_all = api_owner_filter(r) == NULL,
+        .idem_scope = api_identity(r)->key_id,
         .idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL,
     };
     chat_run(r, w, rnd, f, &p, NULL, NULL);

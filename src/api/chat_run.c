@@ -10,12 +10,15 @@
 #include <event2/event.h>
 
 #include "core/alloc.h"
+#include "core/metrics.h"
 #include "core/util.h"
 
 static void ctx_free(chat_ctx *c)
 {
-    if (c->heartbeat)
+    if (c->heartbeat) {
         event_free(c->heartbeat);
+        metrics_active_streams_add(-1);
+    }
     http_req_on_close(c->r, NULL, NULL);
     http_req_on_drain(c->r, NULL, NULL);
     http_req_release(c->r);
@@ -62,6 +65,7 @@ void chat_start_sse(chat_ctx *c)
     c->started = true;
     int64_t ms = c->w->app->cfg->heartbeat_ms;
     c->heartbeat = event_new(c->w->base, -1, EV_PERSIST, on_heartbeat, c);
+    metrics_active_streams_add(1); /* one per SSE stream, until ctx_free */
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     event_add(c->heartbeat, &tv);
 }
@@ -105,6 +109,12 @@ static void sink_done(void *ud, const turn_result *res)
     chat_ctx *c = ud;
     c->t = NULL;
     chat_log_turn(c, res);
+    http_req_add_provider_ms(c->r, res->provider_ms);
+    const store_usage *u = &res->usage;
+    int64_t tokens = (u->input_tokens > 0 ? u->input_tokens : 0) + (u->output_tokens > 0 ? u->output_tokens : 0) +
+                     (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
+                     (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
+    api_debit_tokens(c->r, c->w, tokens);
     c->rnd->done(c, res);
     ctx_free(c);
 }

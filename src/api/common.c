@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "guard/auth.h"
 #include "core/util.h"
 
 void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)
@@ -61,6 +62,24 @@ bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char 
                                    json_string(id ? id : ""));
     api_invalid(r, f, item, msg);
     return false;
+}
+
+const struct auth_identity *api_identity(http_req *r)
+{
+    static const auth_identity anonymous = {0};
+    const auth_identity *id = http_req_data(r);
+    return id ? id : &anonymous;
+}
+
+const char *api_owner_filter(http_req *r)
+{
+    const auth_identity *id = api_identity(r);
+    return id->authenticated && !id->admin ? id->key_id : NULL;
+}
+
+bool api_can_access(http_req *r, const char *owner)
+{
+    return auth_can_access(api_identity(r), owner);
 }
 
 json_t *api_cost_json(int64_t micros)

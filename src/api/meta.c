@@ -3,10 +3,12 @@
  * document and a page rendering it), served from assets embedded at build time.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
 #include "core/assets.h"
+#include "core/metrics.h"
 
 static const char *content_type_of(const char *name)
 {
@@ -69,6 +71,16 @@ void api_ui_lib(http_req *r, chat_worker *w, char **params)
 {
     (void)w;
     serve_named(r, "src/", params[0]);
+}
+
+void api_metrics(http_req *r, chat_worker *w, char **params)
+{
+    (void)w;
+    (void)params;
+    size_t len = 0;
+    char *text = metrics_render(&len);
+    http_reply(r, 200, METRICS_CONTENT_TYPE, text ? text : "", text ? len : 0);
+    free(text);
 }
 
 void api_openapi(http_req *r, chat_worker *w, char **params)

@@ -25,6 +25,7 @@
 
 #include "api/chat_run.h"
 #include "core/alloc.h"
+#include "guard/auth.h"
 #include "core/util.h"
 
 #define MAX_INPUT_MESSAGES 10000
@@ -337,7 +338,8 @@ void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
         .max_tokens = json_is_integer(mt) ? (int)json_integer_value(mt) : 0,
         .stream = streaming,
         .request_id = http_req_id(r),
-        .owner = NULL,
+        .owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL,
+        .see_all = api_owner_filter(r) == NULL,
     };
     struct oa_init in = {.include_usage = streaming && json_is_true(json_object_get(sopts, "include_usage"))};
     chat_run(r, w, streaming ? &oa_sse : &oa_json, API_V1, &p, init_ctx, &in);

@@ -14,46 +14,68 @@
 
 #include "api/api.h"
 #include "core/alloc.h"
+#include "core/metrics.h"
+#include "core/util.h"
+#include "guard/auth.h"
+#include "guard/ratelimit.h"
+#include "http/cors.h"
 
 #define MAX_PARAMS 4
 #define MAX_SEGMENTS 16
+
+typedef enum {
+    ACCESS_PUBLIC,  /* health, docs, playground assets: no credentials */
+    ACCESS_USER,    /* any authenticated caller; sessions are isolated per key */
+    ACCESS_ADMIN,   /* statistics and metrics: admin keys or the static token */
+} access_level;
 
 typedef struct route {
     unsigned methods;
     const char *pattern;
     api_handler handler;
     api_flavor flavor;
+    access_level access;
+    bool limited;   /* counts against RATE_LIMIT / TOKEN_LIMIT */
 } route;
 
+#define P ACCESS_PUBLIC
+#define U ACCESS_USER
+#define A ACCESS_ADMIN
+
 static const route routes[] = {
-    {HTTP_GET, "/", api_root, API_SEED},
-    {HTTP_POST, "/chat", api_seed_chat, API_SEED},
-    {HTTP_POST, "/chat-stream", api_seed_chat_stream, API_SEED},
-    {HTTP_GET, "/history/{}", api_seed_history_get, API_SEED},
-    {HTTP_DELETE, "/history/{}", api_seed_history_delete, API_SEED},
-    {HTTP_GET, "/sessions", api_seed_sessions, API_SEED},
-    {HTTP_POST, "/reset/{}", api_seed_reset, API_SEED},
-    {HTTP_GET, "/stats", api_seed_stats, API_SEED},
-    {HTTP_POST, "/v1/chat", api_v1_chat, API_V1},
-    {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1},
-    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_V1},
-    {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1},
-    {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1},
-    {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1},
-    {HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1},
-    {HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1},
-    {HTTP_GET, "/v1/stats", api_v1_stats, API_V1},
-    {HTTP_GET, "/v1/models", api_v1_models, API_V1},
-    {HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1},
-    {HTTP_GET, "/healthz", api_healthz, API_V1},
-    {HTTP_GET, "/readyz", api_readyz, API_V1},
-    {HTTP_GET, "/openapi.json", api_openapi, API_V1},
-    {HTTP_GET, "/docs", api_docs, API_V1},
-    {HTTP_GET, "/ui", api_ui_redirect, API_V1},
-    {HTTP_GET, "/ui/", api_ui_file, API_V1},
-    {HTTP_GET, "/ui/{}", api_ui_file, API_V1},
-    {HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1},
+    {HTTP_GET, "/", api_root, API_SEED, P, false},
+    {HTTP_POST, "/chat", api_seed_chat, API_SEED, U, true},
+    {HTTP_POST, "/chat-stream", api_seed_chat_stream, API_SEED, U, true},
+    {HTTP_GET, "/history/{}", api_seed_history_get, API_SEED, U, false},
+    {HTTP_DELETE, "/history/{}", api_seed_history_delete, API_SEED, U, false},
+    {HTTP_GET, "/sessions", api_seed_sessions, API_SEED, U, false},
+    {HTTP_POST, "/reset/{}", api_seed_reset, API_SEED, U, false},
+    {HTTP_GET, "/stats", api_seed_stats, API_SEED, A, false},
+    {HTTP_POST, "/v1/chat", api_v1_chat, API_V1, U, true},
+    {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, U, true},
+    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_V1, U, true},
+    {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, U, false},
+    {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, U, false},
+    {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, U, false},
+    {HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1, U, false},
+    {HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1, U, false},
+    {HTTP_GET, "/v1/stats", api_v1_stats, API_V1, A, false},
+    {HTTP_GET, "/v1/models", api_v1_models, API_V1, U, false},
+    {HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1, U, false},
+    {HTTP_GET, "/healthz", api_healthz, API_V1, P, false},
+    {HTTP_GET, "/readyz", api_readyz, API_V1, P, false},
+    {HTTP_GET, "/metrics", api_metrics, API_V1, A, false},
+    {HTTP_GET, "/openapi.json", api_openapi, API_V1, P, false},
+    {HTTP_GET, "/docs", api_docs, API_V1, P, false},
+    {HTTP_GET, "/ui", api_ui_redirect, API_V1, P, false},
+    {HTTP_GET, "/ui/", api_ui_file, API_V1, P, false},
+    {HTTP_GET, "/ui/{}", api_ui_file, API_V1, P, false},
+    {HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1, P, false},
 };
+
+#undef P
+#undef U
+#undef A
 
 /* Splits "/a/b/c" into segments (pointers into a copy). Returns the count, or -1 if too many. */
 static int split_path(char *copy, char **seg)
@@ -127,6 +149,160 @@ static void append_allow(char *allow, size_t len, unsigned methods)
         }
 }
 
+static void add_header_cb(void *ud, const char *name, const char *value)
+{
+    http_add_header(ud, name, value);
+}
+
+/* CORS for every response; answers preflights. Returns true when answered. */
+static bool apply_cors(http_req *r, chat_worker *w)
+{
+    cors_result cr;
+    cors_evaluate(w->app->cors, http_req_method_name(r), http_req_header(r, "Origin"),
+                  http_req_header(r, "Access-Control-Request-Method"),
+                  http_req_header(r, "Access-Control-Request-Headers"), &cr);
+    for (size_t i = 0; i < cr.n; i++)
+        http_add_header(r, cr.headers[i].name, cr.headers[i].value);
+    if (cr.preflight) {
+        http_req_set_route(r, "preflight");
+        http_reply(r, cr.preflight_status, NULL, NULL, 0);
+        return true;
+    }
+    return false;
+}
+
+static void free_identity(void *p)
+{
+    auth_identity_clear(p);
+    free(p);
+}
+
+/* Authenticates the request for a route; answers 401/403/503 and returns NULL on failure. */
+static auth_identity *authenticate(http_req *r, chat_worker *w, const route *rt)
+{
+    auth_identity *id = chat_xcalloc(1, sizeof *id);
+    http_req_set_data(r, id, free_identity);
+    if (rt->access == ACCESS_PUBLIC)
+        return id;
+    auth_result ar = auth_check(w->app->cfg, w->db, http_req_header(r, "Authorization"), id);
+    if (ar == AUTH_UNAVAILABLE) {
+        api_error(r, rt->flavor, 503, "internal_error", "the key store is not available");
+        return NULL;
+    }
+    if (ar != AUTH_OK) {
+        http_add_header(r, "WWW-Authenticate",
+                        ar == AUTH_MISSING ? "Bearer realm=\"chatd\""
+                                           : "Bearer realm=\"chatd\", error=\"invalid_token\"");
+        if (rt->flavor == API_SEED)
+            api_error(r, API_SEED, 401, "authentication_error", "Unauthorized");
+        else
+            api_error(r, API_V1, 401, "authentication_error",
+                      ar == AUTH_MISSING ? "missing credentials: send Authorization: Bearer <token>"
+                                         : "invalid or revoked token");
+        return NULL;
+    }
+    if (id->key_id[0])
+        http_req_log_set(r, "key", json_string(id->key_id));
+    if (rt->access == ACCESS_ADMIN && id->authenticated && !id->admin) {
+        api_error(r, rt->flavor, 403, "permission_error", "this endpoint needs an admin key");
+        return NULL;
+    }
+    return id;
+}
+
+/*
+ * The address a client limit applies to: the peer, or, when the peer is a
+ * trusted proxy, the rightmost X-Forwarded-For entry that is not itself a
+ * trusted proxy (entries further left can be forged by the client).
+ */
+static void client_address(http_req *r, chat_worker *w, char *out, size_t outlen)
+{
+    char *const *trusted = w->app->trusted_proxies;
+    const char *peer = http_req_peer(r);
+    snprintf(out, outlen, "%s", peer);
+    bool peer_trusted = false;
+    for (size_t i = 0; trusted && trusted[i]; i++)
+        if (strcmp(trusted[i], peer) == 0)
+            peer_trusted = true;
+    const char *xff = http_req_header(r, "X-Forwarded-For");
+    if (!peer_trusted || !xff)
+        return;
+    char *copy = chat_xstrdup(xff);
+    for (;;) {
+        char *comma = strrchr(copy, ',');
+        char *item = comma ? comma + 1 : copy;
+        while (*item == ' ')
+            item++;
+        size_t n = strlen(item);
+        while (n > 0 && item[n - 1] == ' ')
+            item[--n] = '\0';
+        bool is_trusted = false;
+        for (size_t i = 0; trusted[i]; i++)
+            if (strcmp(trusted[i], item) == 0)
+                is_trusted = true;
+        if (*item)
+            snprintf(out, outlen, "%s", item);
+        if (!is_trusted || !comma)
+            break;
+        *comma = '\0';
+    }
+    free(copy);
+}
+
+/* RATE_LIMIT and TOKEN_LIMIT for chat routes; answers 429 and returns false when refused. */
+static bool rate_limit(http_req *r, chat_worker *w, const route *rt, const auth_identity *id)
+{
+    char key[160];
+    if (id->key_id[0])
+        snprintf(key, sizeof key, "key:%s", id->key_id);
+    else {
+        char addr[128];
+        client_address(r, w, addr, sizeof addr);
+        snprintf(key, sizeof key, "addr:%s", addr);
+    }
+    ratelimit_spec own, *spec = NULL;
+    char err[128];
+    if (id->rate_limit && ratelimit_spec_parse(id->rate_limit, &own, err, sizeof err) == CHAT_OK)
+        spec = &own;
+    int64_t now = chat_mono_ms();
+    ratelimit_result res;
+    ratelimit_check(w->app->limiter, RATELIMIT_REQUESTS, key, spec, now, &res);
+    ratelimit_headers(&res, add_header_cb, r);
+    if (!res.allowed) {
+        metrics_rate_limited(METRICS_RL_REQUESTS);
+        api_error(r, rt->flavor, 429, "rate_limited",
+                  "rate limit exceeded (%lld requests per window): retry in %lld s", (long long)res.limit,
+                  (long long)res.retry_after_s);
+        return false;
+    }
+    ratelimit_result tok;
+    ratelimit_check(w->app->limiter, RATELIMIT_TOKENS, key, NULL, now, &tok);
+    if (!tok.allowed) {
+        char ra[32];
+        snprintf(ra, sizeof ra, "%lld", (long long)tok.retry_after_s);
+        http_add_header(r, "Retry-After", ra);
+        metrics_rate_limited(METRICS_RL_TOKENS);
+        api_error(r, rt->flavor, 429, "rate_limited",
+                  "token limit exceeded (TOKEN_LIMIT): retry in %lld s", (long long)tok.retry_after_s);
+        return false;
+    }
+    return true;
+}
+
+void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens)
+{
+    auth_identity *id = http_req_data(r);
+    char key[160];
+    if (id && id->key_id[0])
+        snprintf(key, sizeof key, "key:%s", id->key_id);
+    else {
+        char addr[128];
+        client_address(r, w, addr, sizeof addr);
+        snprintf(key, sizeof key, "addr:%s", addr);
+    }
+    ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, key, NULL, tokens, chat_mono_ms());
+}
+
 void api_dispatch(http_req *r, void *ctx)
 {
     chat_worker *w = ctx;
@@ -136,6 +312,10 @@ void api_dispatch(http_req *r, void *ctx)
     unsigned allowed = 0;
     api_flavor flavor = strncmp(http_req_path(r), "/v1/", 4) == 0 ? API_V1 : API_SEED;
     http_method m = http_req_method(r);
+    if (apply_cors(r, w)) {
+        free(copy);
+        return;
+    }
 
     for (size_t i = 0; nseg >= 0 && i < sizeof routes / sizeof routes[0]; i++) {
         char *params[MAX_PARAMS + 1] = {0};
@@ -143,13 +323,19 @@ void api_dispatch(http_req *r, void *ctx)
             continue;
         unsigned methods = routes[i].methods | ((routes[i].methods & HTTP_GET) ? HTTP_HEAD : 0);
         if (methods & m) {
-            if (params[0]) /* every {} route is about one session */
+            const route *rt = &routes[i];
+            http_req_set_route(r, rt->pattern);
+            if (params[0] && strncmp(rt->pattern, "/ui", 3) != 0) /* every other {} route is about one session */
                 http_req_log_set(r, "session", json_string(params[0]));
-            if (http_req_body_too_large(r))
-                api_error(r, routes[i].flavor, 413, "request_too_large",
+            auth_identity *id = authenticate(r, w, rt);
+            if (!id) {
+                /* answered */
+            } else if (http_req_body_too_large(r)) {
+                api_error(r, rt->flavor, 413, "request_too_large",
                           "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->app->cfg->max_body_bytes);
-            else
-                routes[i].handler(r, w, params);
+            } else if (!rt->limited || rate_limit(r, w, rt, id)) {
+                rt->handler(r, w, params);
+            }
             for (int k = 0; params[k]; k++)
                 free(params[k]);
             free(copy);

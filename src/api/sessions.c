@@ -50,6 +50,27 @@ static bool query_int(http_req *r, const char *name, long lo, long hi, long dflt
     return true;
 }
 
+/*
+ * Whether the caller can see session id: 1 yes, 0 no (absent, or owned by
+ * another key: the same answer, so that ids of others cannot be probed), -1 on
+ * a database error. When out is non-NULL and the answer is 1, it holds the session.
+ */
+static int visible(http_req *r, chat_worker *w, const char *id, store_session *out)
+{
+    store_session s = {0};
+    chat_rc rc = store_session_get(w->db, id, &s);
+    if (rc == CHAT_ENOTFOUND)
+        return 0;
+    if (rc != CHAT_OK)
+        return -1;
+    int ok = api_can_access(r, s.owner) ? 1 : 0;
+    if (ok && out)
+        *out = s;
+    else
+        store_session_clear(&s);
+    return ok;
+}
+
 /* ---- seed ---- */
 
 void api_seed_history_get(http_req *r, chat_worker *w, char **params)
@@ -60,13 +81,12 @@ void api_seed_history_get(http_req *r, chat_worker *w, char **params)
     store_session s = {0};
     store_message *msgs = NULL;
     size_t n = 0;
-    chat_rc rc = store_session_get(w->db, id, &s);
-    if (rc == CHAT_ENOTFOUND) {
+    int vis = visible(r, w, id, &s);
+    if (vis == 0) {
         api_error(r, API_SEED, 404, "not_found_error", "Session not found");
         return;
     }
-    if (rc == CHAT_OK)
-        rc = store_messages_list(w->db, id, 0, 0, &msgs, &n);
+    chat_rc rc = vis < 0 ? CHAT_EIO : store_messages_list(w->db, id, 0, 0, &msgs, &n);
     if (rc != CHAT_OK) {
         store_session_clear(&s);
         db_error(r, API_SEED);
@@ -86,7 +106,8 @@ void api_seed_history_delete(http_req *r, chat_worker *w, char **params)
     const char *id = params[0];
     if (!api_check_session_id(r, API_SEED, id, "path", "session_id"))
         return;
-    chat_rc rc = store_session_delete(w->db, id);
+    int vis = visible(r, w, id, NULL);
+    chat_rc rc = vis < 0 ? CHAT_EIO : vis == 0 ? CHAT_ENOTFOUND : store_session_delete(w->db, id);
     if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
         db_error(r, API_SEED);
         return;
@@ -105,7 +126,7 @@ void api_seed_sessions(http_req *r, chat_worker *w, char **params)
         store_session *page = NULL;
         size_t n = 0;
         char *next = NULL;
-        chat_rc rc = store_sessions_list(w->db, NULL, cursor, 1000, &page, &n, &next);
+        chat_rc rc = store_sessions_list(w->db, api_owner_filter(r), cursor, 1000, &page, &n, &next);
         free(cursor);
         cursor = NULL;
         if (rc != CHAT_OK) {
@@ -134,7 +155,8 @@ void api_seed_reset(http_req *r, chat_worker *w, char **params)
     if (!api_check_session_id(r, API_SEED, id, "path", "session_id"))
         return;
     int64_t prev = 0;
-    chat_rc rc = store_session_reset(w->db, id, chat_now_ms(), &prev);
+    int vis = visible(r, w, id, NULL);
+    chat_rc rc = vis < 0 ? CHAT_EIO : vis == 0 ? CHAT_ENOTFOUND : store_session_reset(w->db, id, chat_now_ms(), &prev);
     if (rc == CHAT_ENOTFOUND) {
         http_reply_json(r, 200, json_pack("{s:s,s:s}", "status", "not_found", "session_id", id));
         return;
@@ -174,7 +196,8 @@ void api_v1_sessions_list(http_req *r, chat_worker *w, char **params)
     store_session *page = NULL;
     size_t n = 0;
     char *next = NULL;
-    chat_rc rc = store_sessions_list(w->db, NULL, cursor && *cursor ? cursor : NULL, (int)limit, &page, &n, &next);
+    chat_rc rc = store_sessions_list(w->db, api_owner_filter(r), cursor && *cursor ? cursor : NULL, (int)limit,
+                                     &page, &n, &next);
     if (rc == CHAT_EINVAL) {
         api_error(r, API_V1, 400, "invalid_request_error", "invalid cursor");
         return;
@@ -198,12 +221,12 @@ void api_v1_session_get(http_req *r, chat_worker *w, char **params)
     if (!api_check_session_id(r, API_V1, id, "path", "session_id"))
         return;
     store_session s = {0};
-    chat_rc rc = store_session_get(w->db, id, &s);
-    if (rc == CHAT_ENOTFOUND) {
+    int vis = visible(r, w, id, &s);
+    if (vis == 0) {
         api_error(r, API_V1, 404, "not_found_error", "session %s not found", id);
         return;
     }
-    if (rc != CHAT_OK) {
+    if (vis < 0) {
         db_error(r, API_V1);
         return;
     }
@@ -216,7 +239,8 @@ void api_v1_session_delete(http_req *r, chat_worker *w, char **params)
     const char *id = params[0];
     if (!api_check_session_id(r, API_V1, id, "path", "session_id"))
         return;
-    chat_rc rc = store_session_delete(w->db, id);
+    int vis = visible(r, w, id, NULL);
+    chat_rc rc = vis < 0 ? CHAT_EIO : vis == 0 ? CHAT_ENOTFOUND : store_session_delete(w->db, id);
     if (rc == CHAT_ENOTFOUND) {
         api_error(r, API_V1, 404, "not_found_error", "session %s not found", id);
         return;
@@ -238,7 +262,9 @@ void api_v1_session_messages(http_req *r, chat_worker *w, char **params)
         return;
     store_message *msgs = NULL;
     size_t n = 0;
-    chat_rc rc = store_messages_list(w->db, id, after, (int)limit + 1, &msgs, &n);
+    int vis = visible(r, w, id, NULL);
+    chat_rc rc = vis < 0 ? CHAT_EIO : vis == 0 ? CHAT_ENOTFOUND
+                                                : store_messages_list(w->db, id, after, (int)limit + 1, &msgs, &n);
     if (rc == CHAT_ENOTFOUND) {
         api_error(r, API_V1, 404, "not_found_error", "session %s not found", id);
         return;
@@ -274,7 +300,8 @@ void api_v1_session_reset(http_req *r, chat_worker *w, char **params)
     if (!api_check_session_id(r, API_V1, id, "path", "session_id"))
         return;
     int64_t prev = 0;
-    chat_rc rc = store_session_reset(w->db, id, chat_now_ms(), &prev);
+    int vis = visible(r, w, id, NULL);
+    chat_rc rc = vis < 0 ? CHAT_EIO : vis == 0 ? CHAT_ENOTFOUND : store_session_reset(w->db, id, chat_now_ms(), &prev);
     if (rc == CHAT_ENOTFOUND) {
         api_error(r, API_V1, 404, "not_found_error", "session %s not found", id);
         return;

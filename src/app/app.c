@@ -29,6 +29,10 @@
 
 #include "api/api.h"
 #include "chat/models.h"
+#include "core/metrics.h"
+#include "guard/auth.h"
+#include "guard/ratelimit.h"
+#include "http/cors.h"
 #include "chat/turn.h"
 #include "core/alloc.h"
 #include "core/log.h"
@@ -151,6 +155,73 @@ static void wake_workers(chat_app *app, int started)
     pthread_mutex_unlock(&app->wake_lock);
 }
 
+/* Splits a comma-separated list into a NULL-terminated array of trimmed strings. */
+static char **split_list(const char *s)
+{
+    size_t cap = 4, n = 0;
+    char **out = chat_xcalloc(cap, sizeof *out);
+    while (s && *s) {
+        while (*s == ' ' || *s == ',')
+            s++;
+        size_t len = strcspn(s, ",");
+        while (len > 0 && s[len - 1] == ' ')
+            len--;
+        if (len > 0) {
+            if (n + 2 > cap)
+                out = chat_xrealloc(out, (cap *= 2) * sizeof *out);
+            out[n++] = chat_xstrndup(s, len);
+            out[n] = NULL;
+        }
+        s += strcspn(s, ",");
+    }
+    return out;
+}
+
+static void free_list(char **l)
+{
+    for (size_t i = 0; l && l[i]; i++)
+        free(l[i]);
+    free(l);
+}
+
+static bool loopback_host(const char *h)
+{
+    return strcmp(h, "127.0.0.1") == 0 || strcmp(h, "localhost") == 0 || strcmp(h, "::1") == 0 ||
+           strncmp(h, "127.", 4) == 0;
+}
+
+/* Builds the guard parts of the app from cfg; false (logged) on a bad setting. */
+static bool guard_init(chat_app *app, const struct chat_config *cfg)
+{
+    char err[256];
+    if (!auth_required(cfg) && !loopback_host(cfg->host) && !cfg->allow_unauthenticated) {
+        chat_log(LOG_ERROR, "refusing to listen on a non-loopback address without authentication",
+                 json_pack("{s:s,s:s}", "host", cfg->host, "hint",
+                           "set API_TOKEN or AUTH_MODE=keys, or ALLOW_UNAUTHENTICATED=on to accept the risk"));
+        return false;
+    }
+    ratelimit_config rc = {.max_buckets = (size_t)cfg->rate_limit_max_buckets};
+    if (ratelimit_spec_parse(cfg->rate_limit, &rc.requests, err, sizeof err) != CHAT_OK ||
+        ratelimit_spec_parse(cfg->token_limit, &rc.tokens, err, sizeof err) != CHAT_OK) {
+        chat_log(LOG_ERROR, "bad rate limit", json_pack("{s:s}", "error", err));
+        return false;
+    }
+    app->limiter = ratelimit_new(&rc);
+    if (cors_policy_new(cfg->cors_origins, cfg->cors_credentials, 600, &app->cors, err, sizeof err) != CHAT_OK) {
+        chat_log(LOG_ERROR, "invalid CORS_ORIGINS", json_pack("{s:s}", "error", err));
+        return false;
+    }
+    app->trusted_proxies = split_list(cfg->trusted_proxies);
+    return true;
+}
+
+static void guard_free(chat_app *app)
+{
+    ratelimit_free(app->limiter);
+    cors_policy_free(app->cors);
+    free_list(app->trusted_proxies);
+}
+
 static int cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -170,6 +241,11 @@ chat_rc chat_app_run(const struct chat_config *cfg)
         chat_log(LOG_ERROR, "cannot load the models table", json_pack("{s:s}", "error", err));
         return CHAT_EINVAL;
     }
+    if (!guard_init(&app, cfg) || metrics_init(CHATD_VERSION) != CHAT_OK) {
+        guard_free(&app);
+        models_free(app.models);
+        return CHAT_EINVAL;
+    }
     app.nworkers = cfg->workers > 0 ? cfg->workers : cpu_count();
     app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
 
@@ -177,6 +253,8 @@ chat_rc chat_app_run(const struct chat_config *cfg)
         chat_log(LOG_ERROR, "cannot initialise libevent threads or libcurl", NULL);
         free(app.workers);
         models_free(app.models);
+        guard_free(&app);
+        metrics_shutdown();
         return CHAT_EIO;
     }
 
@@ -224,10 +302,13 @@ chat_rc chat_app_run(const struct chat_config *cfg)
         }
     }
 
-    chat_log(LOG_INFO, "listening",
+    chat_log(LOG_NOTICE, "listening",
              json_pack("{s:s,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers",
                        app.nworkers, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
                        "schema_version", schema, "default_model", models_default(app.models)->name));
+    chat_log(LOG_INFO, "guard",
+             json_pack("{s:s,s:s,s:s,s:s}", "auth_mode", auth_mode_name(cfg), "rate_limit", cfg->rate_limit,
+                       "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins));
     if (!models_default(app.models)->available)
         chat_log(LOG_WARN, "the default model's provider has no API key: chat requests will get 503",
                  json_pack("{s:s,s:s}", "model", models_default(app.models)->name, "missing",
@@ -235,7 +316,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
 
     int sig = 0;
     sigwait(&sigs, &sig);
-    chat_log(LOG_INFO, "shutting down: draining",
+    chat_log(LOG_NOTICE, "shutting down: draining",
              json_pack("{s:s,s:I}", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", "drain_timeout_ms",
                        (json_int_t)cfg->drain_timeout_ms));
     rc = CHAT_OK;
@@ -258,10 +339,12 @@ stop:
         if (app.workers[i].listen_fd >= 0)
             close(app.workers[i].listen_fd);
     if (rc == CHAT_OK)
-        chat_log(LOG_INFO, "stopped", NULL);
+        chat_log(LOG_NOTICE, "stopped", NULL);
 out:
     curl_global_cleanup();
     free(app.workers);
     models_free(app.models);
+    guard_free(&app);
+    metrics_shutdown();
     return rc;
 }

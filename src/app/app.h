@@ -24,6 +24,11 @@ struct event;
 struct event_base;
 struct turn;
 struct model_table;
+struct ratelimit;
+struct cors_policy;
+
+/* The version, reported by `chatd --version` and the chatd_build_info metric. */
+#define CHATD_VERSION "0.1.0"
 
 typedef struct chat_app chat_app;
 
@@ -47,6 +52,10 @@ typedef struct chat_worker {
 
 struct chat_app {
     const struct chat_config *cfg;
+    struct ratelimit *limiter;  /* shared by the workers (sharded, thread-safe) */
+    struct cors_policy *cors;   /* read-only */
+    char **trusted_proxies;     /* peer addresses whose X-Forwarded-For is believed, NULL-terminated */
+
     struct model_table *models; /* read-only after start; providers borrowed by every call */
     int port;                 /* the bound port (useful with PORT=0) */
     int nworkers;

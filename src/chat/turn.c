@@ -26,6 +26,7 @@
 #include "chat/models.h"
 #include "core/alloc.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 
 struct turn {
@@ -251,7 +252,10 @@ static chat_rc commit(turn *t, const char *text, const char *status, const char 
         .idem_key = t->idem_key,
         .idem_ttl_ms = TURN_IDEMPOTENCY_TTL_MS,
     };
-    return store_turn_commit(t->w->db, &st, res);
+    int64_t t0 = chat_mono_us();
+    chat_rc rc = store_turn_commit(t->w->db, &st, res);
+    metrics_db_operation("turn_commit", (double)(chat_mono_us() - t0) / 1e6);
+    return rc;
 }
 
 static void release_lock(turn *t)
@@ -335,10 +339,24 @@ static bool worth_fallback(const llm_result *res)
 
 static chat_rc start_call(turn *t);
 
+static void observe_call(const turn *t, const llm_result *res)
+{
+    const char *prov = t->current->provider.name;
+    metrics_provider_request(prov, (double)res->duration_ms / 1000.0,
+                             res->ttfb_ms >= 0 ? (double)res->ttfb_ms / 1000.0 : -1);
+    if (res->attempts > 1)
+        metrics_provider_retries(prov, res->attempts - 1);
+    if (res->status != LLM_OK)
+        metrics_provider_error(prov, res->error_type ? res->error_type : "error");
+    metrics_tokens(res->usage.input_tokens, res->usage.output_tokens, res->usage.cache_read_tokens,
+                   res->usage.cache_write_tokens);
+}
+
 static void on_llm_done(void *ud, const llm_result *res)
 {
     turn *t = ud;
     t->call = NULL; /* freed by the provider layer when we return */
+    observe_call(t, res);
 
     if (res->status != LLM_OK && worth_fallback(res) && t->next_fallback < t->model->n_fallbacks) {
         const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
@@ -372,8 +390,11 @@ static void on_llm_done(void *ud, const llm_result *res)
             else
                 set_error(&err, 500, "internal_error", "the reply could not be stored");
             release_lock(t);
+            metrics_turn(METRICS_TURN_ERROR);
             t->sink->on_error(t->ud, &err);
         } else {
+            metrics_cost_microdollars(cost);
+            metrics_turn(METRICS_TURN_OK);
             turn_result out = {
                 .session_id = t->session_id,
                 .model = t->current->name,
@@ -400,6 +421,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                            "provider_request_id", res->request_id, "attempts", res->attempts,
                            "detail", res->error_message));
         release_lock(t);
+        metrics_turn(METRICS_TURN_ERROR);
         t->sink->on_error(t->ud, &err);
     }
     turn_free(t);
@@ -479,7 +501,9 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     bool exists = false;
     if (!p->session_id)
         goto loaded; /* ephemeral: the caller gave the whole conversation */
+    int64_t t0 = chat_mono_us();
     rc = store_lock_acquire(w->db, p->session_id, p->request_id, chat_now_ms(), cfg->lock_ttl_ms);
+    metrics_db_operation("lock_acquire", (double)(chat_mono_us() - t0) / 1e6);
     if (rc == CHAT_EBUSY) {
         set_error(err, 409, "session_busy",
                   "another turn is in progress on session %s; retry when it has finished", p->session_id);
@@ -497,8 +521,15 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         goto fail;
     }
     exists = rc == CHAT_OK;
+    if (exists && !p->see_all && (!sess.owner || !p->owner || strcmp(sess.owner, p->owner) != 0)) {
+        /* Another key's session: answer as if it did not exist. */
+        set_error(err, 404, "not_found_error", "session %s not found", p->session_id);
+        goto fail;
+    }
     if (exists) {
+        t0 = chat_mono_us();
         rc = store_messages_list(w->db, p->session_id, 0, 0, &hist, &nhist);
+        metrics_db_operation("history_load", (double)(chat_mono_us() - t0) / 1e6);
         if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
             set_error(err, 500, "internal_error", "the database is not available");
             goto fail;
@@ -590,6 +621,8 @@ void turn_cancel(turn *t)
         t->call = NULL;
     }
     finish_cancelled(t, "client_disconnected");
+    metrics_turn_cancelled(METRICS_CANCEL_CLIENT_GONE);
+    metrics_turn(METRICS_TURN_CANCELLED);
     turn_free(t);
 }
 
@@ -605,6 +638,8 @@ void turn_abort_all(chat_worker *w)
         set_error(&err, 503, "server_shutting_down",
                   "chatd is shutting down; the turn was cancelled and can be retried");
         finish_cancelled(t, "shutdown");
+        metrics_turn_cancelled(METRICS_CANCEL_SHUTDOWN);
+        metrics_turn(METRICS_TURN_CANCELLED);
         t->sink->on_error(t->ud, &err);
         turn_free(t);
     }

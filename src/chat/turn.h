@@ -37,7 +37,8 @@ typedef struct turn_params {
     int max_tokens;             /* 0: MAX_TOKENS */
     bool stream;                /* use the provider's streaming mode */
     const char *request_id;     /* used as the lock token and in logs */
-    const char *owner;          /* API key id owning new sessions, may be NULL */
+    const char *owner;          /* API key id owning new sessions (and charged), may be NULL */
+    bool see_all;               /* the caller may use any session; else only those of owner */
     const char *idem_scope;     /* with idem_key: the Idempotency-Key record this turn completes */
     const char *idem_key;       /* (begun by the caller with the request id as token), or NULL */
 } turn_params;

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "guard/ratelimit.h"
 
 #define KIB ((int64_t)1024)
 #define MIB (1024 * KIB)
@@ -70,6 +71,8 @@ enum kind {
     K_LOG_LEVEL, /* char *, debug | info | warn | error, stored lowercase */
     K_BOOL,      /* bool: on|off, true|false, yes|no, 1|0 */
     K_AUTH_MODE, /* char *, "" (derived) | none | token | keys, stored lowercase */
+    K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
+    K_RATE,      /* char *, "off" or N/second|minute|hour (validated by the rate limiter's parser) */
 };
 
 enum {
@@ -169,6 +172,21 @@ static const struct setting settings[] = {
      "Static bearer token (admin); with AUTH_MODE=keys it still works as admin."},
     {"ALLOW_UNAUTHENTICATED", K_BOOL, FIELD(allow_unauthenticated), "off", 0, 0, 0, NULL, "on|off",
      "With AUTH_MODE=none, allow listening on a non-loopback HOST anyway."},
+
+    {"RATE_LIMIT", K_RATE, FIELD(rate_limit), "10/minute", 0, 0, 0, "Limits", "N/unit|off",
+     "Chat requests per key (or client address), e.g. 10/minute; off disables."},
+    {"TOKEN_LIMIT", K_RATE, FIELD(token_limit), "off", 0, 0, 0, NULL, "N/unit|off",
+     "Provider tokens per key (or client address), e.g. 100000/minute."},
+    {"RATE_LIMIT_MAX_BUCKETS", K_INT, FIELD(rate_limit_max_buckets), "100000", 1, 100000000, 0, NULL, "N",
+     "Bound on the limiter's memory: idle buckets are evicted beyond this."},
+    {"TRUSTED_PROXIES", K_STR, FIELD(trusted_proxies), "", 0, 0, F_EMPTY_OK, NULL, "ADDRS",
+     "Comma-separated peer addresses whose X-Forwarded-For is believed."},
+    {"CORS_ORIGINS", K_STR, FIELD(cors_origins), "", 0, 0, F_EMPTY_OK, NULL, "ORIGINS",
+     "Comma-separated allowed origins (https://app.example.com) or *; empty: CORS off."},
+    {"CORS_CREDENTIALS", K_BOOL, FIELD(cors_credentials), "off", 0, 0, 0, NULL, "on|off",
+     "Allow credentialed CORS requests (only with explicit origins)."},
+    {"SESSION_TTL", K_DURATION_OFF, FIELD(session_ttl_ms), "off", 1, DURATION_MAX, 0, NULL, "DUR|off",
+     "Delete sessions idle longer than this (periodic sweeper); off keeps them."},
 
     {"LOG_LEVEL", K_LOG_LEVEL, FIELD(log_level), "info", 0, 0, 0, "Logging", "LEVEL",
      "debug, info, warn or error."},
@@ -578,6 +596,12 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         *(int *)field = (int)v;
         return true;
 
+    case K_DURATION_OFF:
+        if (strcasecmp(value, "off") == 0) {
+            *(int64_t *)field = 0;
+            return true;
+        }
+        /* fall through */
     case K_DURATION:
         format_duration(s->min, lo, sizeof lo);
         format_duration(s->max, hi, sizeof hi);
@@ -633,6 +657,17 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         }
         value_error(ld, idx, value, "expected on or off");
         return false;
+    }
+
+    case K_RATE: {
+        ratelimit_spec spec;
+        char why[160];
+        if (ratelimit_spec_parse(value, &spec, why, sizeof why) != CHAT_OK) {
+            value_error(ld, idx, value, "%s", why);
+            return false;
+        }
+        *(char **)field = chat_xstrdup(value);
+        return true;
     }
 
     case K_AUTH_MODE: {
@@ -1029,6 +1064,7 @@ void chat_config_free(struct chat_config *cfg)
         case K_DB_URL:
         case K_LOG_LEVEL:
         case K_AUTH_MODE:
+        case K_RATE:
             free(*(char **)((char *)cfg + settings[i].offset));
             break;
         default:

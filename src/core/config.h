@@ -85,6 +85,15 @@ struct chat_config {
     char *api_token;                        /* API_TOKEN, "" = none */
     bool allow_unauthenticated;             /* ALLOW_UNAUTHENTICATED, default off */
 
+    /* limits (see guard/ratelimit.h, http/cors.h) */
+    char *rate_limit;                       /* RATE_LIMIT, "10/minute" (as the template) or "off" */
+    char *token_limit;                      /* TOKEN_LIMIT, default "off" */
+    int rate_limit_max_buckets;             /* RATE_LIMIT_MAX_BUCKETS, default 100000 */
+    char *trusted_proxies;                  /* TRUSTED_PROXIES, comma-separated addresses */
+    char *cors_origins;                     /* CORS_ORIGINS, "" = CORS off */
+    bool cors_credentials;                  /* CORS_CREDENTIALS, default off */
+    int64_t session_ttl_ms;                 /* SESSION_TTL, 0 = off (default) */
+
     /* logging */
     char *log_level;                        /* LOG_LEVEL: debug|info|warn|error, default info */
 

@@ -11,7 +11,7 @@
 
 static chat_log_level min_level = LOG_INFO;
 
-static const char *level_names[] = {"debug", "info", "warn", "error"};
+static const char *level_names[] = {"debug", "info", "warn", "error", "notice"};
 
 void chat_log_set_level(chat_log_level lvl)
 {
@@ -28,7 +28,7 @@ chat_log_level chat_log_level_parse(const char *s)
 
 void chat_log(chat_log_level lvl, const char *msg, json_t *fields)
 {
-    if (lvl < min_level) {
+    if (lvl < min_level && lvl != LOG_NOTICE) {
         json_decref(fields);
         return;
     }
@@ -61,7 +61,7 @@ void chat_log(chat_log_level lvl, const char *msg, json_t *fields)
 
 void chat_logf(chat_log_level lvl, const char *fmt, ...)
 {
-    if (lvl < min_level)
+    if (lvl < min_level && lvl != LOG_NOTICE)
         return;
     char buf[1024];
     va_list ap;

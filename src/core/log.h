@@ -10,7 +10,9 @@
 
 #include <jansson.h>
 
-typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } chat_log_level;
+/* LOG_NOTICE is for lifecycle lines (listening, stopped) that tools wait for:
+ * it is written whatever LOG_LEVEL says. */
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_NOTICE } chat_log_level;
 
 /* Sets the minimum level written (default LOG_INFO). Call before starting threads. */
 void chat_log_set_level(chat_log_level lvl);

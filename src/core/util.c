@@ -20,6 +20,13 @@ int64_t chat_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t chat_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 void chat_random_id(char *out, size_t outlen, const char *prefix, size_t nbytes)
 {
     static const char hex[] = "0123456789abcdef";

@@ -15,6 +15,9 @@ int64_t chat_now_ms(void);
 /* Monotonic clock in ms (for durations and deadlines). */
 int64_t chat_mono_ms(void);
 
+/* Monotonic clock in microseconds (for short measurements). */
+int64_t chat_mono_us(void);
+
 /* Fills out with prefix + 2*nbytes random hex digits + NUL (from getrandom).
  * outlen must be >= strlen(prefix) + 2*nbytes + 1. */
 void chat_random_id(char *out, size_t outlen, const char *prefix, size_t nbytes);

@@ -38,6 +38,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "core/alloc.h"
+#include "core/metrics.h"
 #include "core/log.h"
 #include "core/util.h"
 
@@ -93,6 +94,10 @@ struct http_req {
     char peer[64];
     int64_t start_mono;
     json_t *log_fields;
+    const char *route;               /* matched pattern, for metrics */
+    void *data;                      /* the handler layer's (see http_req_set_data) */
+    void (*data_free)(void *);
+    int64_t provider_ms;             /* time spent waiting on the provider */
     void (*on_close)(void *ud);
     void *on_close_ud;
     void (*on_drain)(void *ud);
@@ -236,7 +241,9 @@ static void access_log(http_req *r)
     json_object_set_new(f, "method", json_string(http_req_method_name(r)));
     json_object_set_new(f, "path", json_string(r->path));
     json_object_set_new(f, "status", json_integer(r->status));
-    json_object_set_new(f, "duration_ms", json_integer(chat_mono_ms() - r->start_mono));
+    int64_t elapsed = chat_mono_ms() - r->start_mono;
+    json_object_set_new(f, "duration_ms", json_integer(elapsed));
+    metrics_http_request(r->route, http_req_method_name(r), r->status, (double)elapsed / 1000.0);
     json_object_set_new(f, "peer", json_string(r->peer));
     /* Every line has the same keys; fields that do not apply are null. */
     static const char *const optional[] = {"session", "provider_ms", "tokens"};
@@ -269,6 +276,8 @@ static void req_maybe_free(http_req *r)
     if (r->query_parsed)
         evhttp_clear_headers(&r->query);
     json_decref(r->log_fields);
+    if (r->data_free)
+        r->data_free(r->data);
     free(r->path);
     free(r->body);
     free(r);
@@ -400,6 +409,39 @@ void http_req_log_set(http_req *r, const char *key, json_t *value)
     json_object_set_new(r->log_fields, key, value);
 }
 
+void http_req_set_route(http_req *r, const char *pattern)
+{
+    r->route = pattern;
+}
+
+void http_req_set_data(http_req *r, void *data, void (*free_fn)(void *))
+{
+    if (r->data_free)
+        r->data_free(r->data);
+    r->data = data;
+    r->data_free = free_fn;
+}
+
+void *http_req_data(const http_req *r)
+{
+    return r->data;
+}
+
+void http_req_add_provider_ms(http_req *r, int64_t ms)
+{
+    if (ms > 0)
+        r->provider_ms += ms;
+}
+
+/* X-Chatd-Overhead-Ms: what the request cost us, not counting the provider. */
+static void add_overhead_header(http_req *r)
+{
+    char buf[32];
+    int64_t overhead = chat_mono_ms() - r->start_mono - r->provider_ms;
+    snprintf(buf, sizeof buf, "%lld", (long long)(overhead > 0 ? overhead : 0));
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "X-Chatd-Overhead-Ms", buf);
+}
+
 void http_req_on_close(http_req *r, void (*cb)(void *ud), void *ud)
 {
     r->on_close = cb;
@@ -451,6 +493,7 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
     struct evhttp_request *req = r->req;
     if (content_type)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
+    add_overhead_header(r);
     struct evbuffer *buf = evbuffer_new();
     if (len)
         evbuffer_add(buf, body, len);
@@ -481,6 +524,7 @@ void http_stream_start(http_req *r, int status, const char *content_type)
         return;
     if (content_type)
         evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Type", content_type);
+    add_overhead_header(r);
     r->streaming = true;
     r->status = status;
     /* From here evhttp itself watches the socket and runs on_conn_close. */

@@ -105,6 +105,19 @@ bool http_req_closed(const http_req *r);
 /* True when the body is larger than max_body_bytes (the handler must answer 413). */
 bool http_req_body_too_large(const http_req *r);
 
+/* The matched route pattern (a static string, e.g. "/v1/sessions/{}"), used as
+ * the low-cardinality label of metrics; NULL until the router sets it. */
+void http_req_set_route(http_req *r, const char *pattern);
+
+/* One opaque pointer for the handler layer (e.g. the caller's identity);
+ * free_fn (may be NULL) runs when the request is freed. */
+void http_req_set_data(http_req *r, void *data, void (*free_fn)(void *));
+void *http_req_data(const http_req *r);
+
+/* Adds time spent waiting on the provider; the X-Chatd-Overhead-Ms header of
+ * the response is the elapsed time minus this (the server's own overhead). */
+void http_req_add_provider_ms(http_req *r, int64_t ms);
+
 /* Adds a field to this request's access-log line (reference stolen). */
 void http_req_log_set(http_req *r, const char *key, json_t *value);
 

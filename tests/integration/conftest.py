@@ -154,6 +154,9 @@ class ChatdServer:
             "HOST": "127.0.0.1",
             "WORKERS": "2",
             "PROVIDER_MAX_RETRIES": "0",
+            # The default (10/minute, as the template) would throttle the suite;
+            # test_guard.py tests the limiter with its own settings.
+            "RATE_LIMIT": "off",
             "LOG_LEVEL": "info",
         }
         # Sanitizer builds: keep their settings.
