@@ -4,12 +4,18 @@
  *
  *   chatd serve [flags]     run the server (the default when no subcommand is given)
  *   chatd migrate [flags]   apply pending schema migrations and exit
+ *   chatd keys create --name NAME [--role user|admin] [--rate-limit N/unit] [flags]
+ *   chatd keys list [flags]
+ *   chatd keys revoke ID|NAME [flags]
  *   chatd --help | --version
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "app/app.h"
+#include "core/util.h"
+#include "guard/auth.h"
+#include "guard/ratelimit.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "store/store.h"
@@ -24,6 +30,10 @@ static void usage(FILE *out)
             "Usage:\n"
             "  chatd serve [flags]     run the server (default)\n"
             "  chatd migrate [flags]   apply pending database migrations and exit\n"
+            "  chatd keys create --name NAME [--role user|admin] [--rate-limit N/unit]\n"
+            "                          create an API key (AUTH_MODE=keys); the secret is shown once\n"
+            "  chatd keys list         list API keys (never their secrets)\n"
+            "  chatd keys revoke ID|NAME\n"
             "  chatd --help            this text\n"
             "  chatd --version\n\n"
             "Every setting can come from (lowest to highest precedence) its default, the .env file,\n"
@@ -45,6 +55,140 @@ static int cmd_migrate(const struct chat_config *cfg)
     return 0;
 }
 
+/* Takes "--name value" / "--name=value" out of argv (so the rest goes to the
+ * config loader); returns the value or NULL. */
+static const char *take_opt(int *argc, char **argv, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 0; i < *argc; i++) {
+        const char *v = NULL;
+        int used = 0;
+        if (strncmp(argv[i], name, n) == 0 && argv[i][n] == '=') {
+            v = argv[i] + n + 1;
+            used = 1;
+        } else if (strcmp(argv[i], name) == 0 && i + 1 < *argc) {
+            v = argv[i + 1];
+            used = 2;
+        }
+        if (used) {
+            for (int k = i; k + used < *argc; k++)
+                argv[k] = argv[k + used];
+            *argc -= used;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+static int cmd_keys(int argc, char **argv, char **envp)
+{
+    if (argc < 1) {
+        fprintf(stderr, "chatd keys: create, list or revoke (try chatd --help)\n");
+        return 2;
+    }
+    const char *sub = argv[0];
+    argc--;
+    argv++;
+    const char *name = NULL, *role = "user", *rate = NULL, *target = NULL;
+    if (strcmp(sub, "create") == 0) {
+        name = take_opt(&argc, argv, "--name");
+        const char *r = take_opt(&argc, argv, "--role");
+        rate = take_opt(&argc, argv, "--rate-limit");
+        role = r ? r : "user";
+        if (!name || !*name) {
+            fprintf(stderr, "chatd keys create: --name NAME is required\n");
+            return 2;
+        }
+        if (strcmp(role, "user") != 0 && strcmp(role, "admin") != 0) {
+            fprintf(stderr, "chatd keys create: --role must be user or admin\n");
+            return 2;
+        }
+        ratelimit_spec spec;
+        char why[160];
+        if (rate && ratelimit_spec_parse(rate, &spec, why, sizeof why) != CHAT_OK) {
+            fprintf(stderr, "chatd keys create: invalid --rate-limit \"%s\": %s\n", rate, why);
+            return 2;
+        }
+    } else if (strcmp(sub, "revoke") == 0) {
+        if (argc < 1 || argv[0][0] == '-') {
+            fprintf(stderr, "chatd keys revoke: name the key (its id or name)\n");
+            return 2;
+        }
+        target = argv[0];
+        argc--;
+        argv++;
+    } else if (strcmp(sub, "list") != 0) {
+        fprintf(stderr, "chatd keys: unknown subcommand \"%s\" (create, list, revoke)\n", sub);
+        return 2;
+    }
+
+    struct chat_config cfg;
+    char err[512] = "";
+    if (chat_config_load(&cfg, argc, argv, envp, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    store *db = NULL;
+    int status = 1;
+    if (store_open(cfg.database_url, &db, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "chatd: cannot open the database: %s\n", err);
+        goto out;
+    }
+    if (strcmp(sub, "create") == 0) {
+        char secret[80], hash[65], id[40];
+        auth_new_secret(secret, sizeof secret);
+        auth_sha256_hex(secret, hash);
+        chat_random_id(id, sizeof id, "key_", 8);
+        store_key_new k = {.id = id, .name = name, .hash = hash, .role = role, .rate_limit = rate,
+                           .now = chat_now_ms()};
+        if (store_key_create(db, &k) != CHAT_OK) {
+            fprintf(stderr, "chatd keys create: the key could not be stored\n");
+            goto out;
+        }
+        printf("id:     %s\nname:   %s\nrole:   %s\nsecret: %s\n", id, name, role, secret);
+        fprintf(stderr, "Store the secret now: it is not kept and cannot be shown again.\n");
+        if (strcmp(auth_mode_name(&cfg), "keys") != 0)
+            fprintf(stderr, "Note: AUTH_MODE is %s; keys are used with AUTH_MODE=keys.\n", auth_mode_name(&cfg));
+        status = 0;
+    } else if (strcmp(sub, "list") == 0) {
+        store_key *keys = NULL;
+        size_t n = 0;
+        if (store_keys_list(db, &keys, &n) != CHAT_OK) {
+            fprintf(stderr, "chatd keys list: cannot read the keys\n");
+            goto out;
+        }
+        printf("%-22s %-20s %-6s %-10s %-24s %8s %12s\n", "ID", "NAME", "ROLE", "STATUS", "CREATED", "TURNS",
+               "COST_USD");
+        for (size_t i = 0; i < n; i++) {
+            char created[32];
+            chat_format_rfc3339(keys[i].created_at, created);
+            printf("%-22s %-20s %-6s %-10s %-24s %8lld %5lld.%06lld\n", keys[i].id, keys[i].name, keys[i].role,
+                   keys[i].revoked_at ? "revoked" : "active", created, (long long)keys[i].turn_count,
+                   (long long)(keys[i].cost_micros / 1000000), (long long)(keys[i].cost_micros % 1000000));
+        }
+        store_keys_free(keys, n);
+        status = 0;
+    } else {
+        store_key k = {0};
+        chat_rc rc = store_key_revoke(db, target, chat_now_ms(), &k);
+        if (rc == CHAT_ENOTFOUND)
+            fprintf(stderr, "chatd keys revoke: no key has the id or name \"%s\"\n", target);
+        else if (rc == CHAT_ECONFLICT)
+            fprintf(stderr, "chatd keys revoke: several active keys are named \"%s\": use the id\n", target);
+        else if (rc != CHAT_OK)
+            fprintf(stderr, "chatd keys revoke: the key could not be revoked\n");
+        else {
+            printf("revoked %s (%s)\n", k.id, k.name);
+            status = 0;
+        }
+        store_key_clear(&k);
+    }
+out:
+    store_close(db);
+    chat_config_free(&cfg);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = "serve";
@@ -63,6 +207,8 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if (strcmp(cmd, "keys") == 0)
+        return cmd_keys(argc - 2, argv + 2, environ);
     if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "migrate") != 0) {
         fprintf(stderr, "chatd: unknown command \"%s\" (try chatd --help)\n", cmd);
         return 2;
