@@ -26,6 +26,7 @@ typedef struct provider_entry {
     char *api_key;
     char *version;
     char *key_env;              /* variable that holds the key, "" if none is needed */
+    char *max_tokens_field;     /* OpenAI-compatible: "max_tokens" or "max_completion_tokens" */
     bool configured;
 } provider_entry;
 
@@ -64,6 +65,7 @@ static void provider_clear(provider_entry *p)
     free(p->api_key);
     free(p->version);
     free(p->key_env);
+    free(p->max_tokens_field);
     memset(p, 0, sizeof *p);
 }
 
@@ -144,6 +146,13 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
         const char *key = key_env && *key_env ? getenv(key_env) : NULL;
         e->api_key = chat_xstrdup(key ? key : "");
         e->version = chat_xstrdup(json_string_value(json_object_get(p, "version")) ?: "2023-06-01");
+        const char *mtf = json_string_value(json_object_get(p, "max_tokens_field"));
+        if (mtf && strcmp(mtf, "max_tokens") && strcmp(mtf, "max_completion_tokens")) {
+            set_err(err, errlen, "%s: provider %s: max_tokens_field must be max_tokens or max_completion_tokens",
+                    src, name);
+            return false;
+        }
+        e->max_tokens_field = chat_xstrdup(mtf);
         /* A provider that names no key variable (a local server) needs none. */
         e->configured = !(key_env && *key_env) || (key && *key);
     }
@@ -313,6 +322,9 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
         lp->retry_base_ms = 500;
         lp->retry_max_wait_ms = cfg->retry_max_wait_ms;
         lp->max_response_bytes = 8u << 20;
+        lp->max_tokens_field = p->max_tokens_field;
+        lp->prompt_caching = cfg->prompt_caching && p->kind == LLM_PROVIDER_ANTHROPIC;
+        lp->cache_min_tokens = m->cache_min_tokens;
     }
     t->dflt = models_find(t, cfg->chat_model);
     if (!t->dflt) {

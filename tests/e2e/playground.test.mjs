@@ -3,7 +3,7 @@
 // are saved to tests/artifacts/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startStack, startChatd } from './servers.mjs';
+import { startStack, startChatd, chatdSupports } from './servers.mjs';
 import { launch, screenshot, skipReason, watchErrors } from './browser.mjs';
 
 const SKIP = skipReason();
@@ -216,6 +216,50 @@ test('a chatd without a provider key says so in plain words', { skip: SKIP || fa
   }
 });
 
+const GATE_SKIP = SKIP || (!chatdSupports('AUTH_MODE') || !chatdSupports('RATE_LIMIT')
+  ? 'this chatd has no AUTH_MODE/RATE_LIMIT settings (chatd --help)' : false);
+
+test('API key typed once in Settings and kept; 401 and 429 in plain words', { skip: GATE_SKIP }, async () => {
+  const token = 'e2e-token-0123456789';
+  const gated = await startChatd({ fakeUrl: stack.fake.url, env: { AUTH_MODE: 'token', API_TOKEN: token, RATE_LIMIT: '2/minute' } });
+  const p = await browser.context.newPage();
+  try {
+    const status = (prefix) => p.waitForFunction((x) => document.getElementById('status').textContent.startsWith(x), prefix);
+    await p.goto(`${gated.url}/ui/#session=${uniq('gated')}`);
+    await p.waitForFunction(() => document.getElementById('sessions-note').textContent.includes('Not authorised'));
+    await p.fill('#composer-input', 'first try');
+    await p.click('#send');
+    await p.waitForSelector('#error:not([hidden])');
+    assert.equal(await p.textContent('#error-text'), 'Not authorised: check your API key (Settings).');
+    assert.match(await p.textContent('#error-detail'), /HTTP 401 · authentication_error/);
+    await screenshot(p, 'desktop-error-unauthorised');
+    await p.click('#error-settings');
+    assert.equal(await p.evaluate(() => document.activeElement.id), 'api-key');
+    await p.keyboard.type(token);
+    await p.keyboard.press('Tab'); // the change event saves it
+    await status('API key saved');
+    await p.waitForFunction(() => document.getElementById('sessions-note').textContent === 'No saved sessions yet.');
+    assert.equal(await p.inputValue('#composer-input'), 'first try', 'the message waited in the box');
+    await p.click('#send');
+    await status('Done');
+
+    await p.reload(); // the key is remembered by this browser
+    await status('Loaded 2 messages');
+    assert.equal(await p.inputValue('#api-key'), token);
+    await p.fill('#composer-input', 'second');
+    await p.click('#send');
+    await status('Done');
+    await p.fill('#composer-input', 'third');
+    await p.click('#send');
+    await p.waitForSelector('#error:not([hidden])');
+    assert.match(await p.textContent('#error-text'), /^Rate limited: try again in \d+ s\.$/);
+    await screenshot(p, 'desktop-error-rate-limited');
+  } finally {
+    await p.close();
+    await gated.stop();
+  }
+});
+
 test('HTML in a reply (and in the stored history) is shown as text, never run', { skip: SKIP || false }, async () => {
   const id = uniq('xss');
   await openUi(`#session=${id}`);
@@ -255,6 +299,13 @@ test('HTML in a reply (and in the stored history) is shown as text, never run', 
 test('phone-sized screen: sessions in a drawer; keyboard: skip link, Shift+Enter, Escape', { skip: SKIP || false }, async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   await openUi(`#session=${sessionA}`);
+  // Keyboard alone: the first Tab reaches the skip link, which leads to the message box.
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.className), 'skip-link');
+  assert.equal(await page.isVisible('.skip-link'), true);
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'composer-input');
+  assert.equal(new URL(page.url()).hash, `#session=${sessionA}`, 'the skip link does not change the address');
   assert.equal(await page.getAttribute('#sidebar-toggle', 'aria-expanded'), 'false');
   assert.equal(await page.isVisible('#sidebar'), false, 'the drawer starts closed');
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
@@ -270,12 +321,6 @@ test('phone-sized screen: sessions in a drawer; keyboard: skip link, Shift+Enter
   assert.equal(await page.getAttribute('#sidebar-toggle', 'aria-expanded'), 'false');
   assert.equal(await page.evaluate(() => document.activeElement.id), 'sidebar-toggle');
 
-  // Keyboard alone: the first Tab reaches the skip link, which leads to the message box.
-  await page.evaluate(() => document.activeElement.blur());
-  await page.keyboard.press('Tab');
-  assert.equal(await page.evaluate(() => document.activeElement.className), 'skip-link');
-  await page.keyboard.press('Enter');
-  await page.keyboard.press('Tab'); // after following the skip link, focus continues from the target
   await page.focus('#composer-input');
   await page.keyboard.type('line one');
   await page.keyboard.press('Shift+Enter');

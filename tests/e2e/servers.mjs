@@ -38,16 +38,20 @@ function spawnUntil(cmd, args, { env, stream, match, name }) {
       child.kill('SIGKILL');
       reject(new Error(`${name} not ready after ${READY_TIMEOUT_MS} ms:\n${lines.join('\n')}`));
     }, READY_TIMEOUT_MS);
+    const keep = (l) => {
+      lines.push(l);
+      if (lines.length > 300) lines.shift(); // the last lines: a sanitizer report comes at the end
+    };
     const onLine = (line) => {
-      if (lines.length < 200) lines.push(line);
+      keep(line);
       const v = match(line);
       if (v !== undefined) {
         clearTimeout(timer);
         resolve({ child, value: v, lines });
       }
     };
-    createInterface({ input: child.stdout }).on('line', stream === 'stdout' ? onLine : (l) => lines.length < 200 && lines.push(l));
-    createInterface({ input: child.stderr }).on('line', stream === 'stderr' ? onLine : (l) => lines.length < 200 && lines.push(l));
+    createInterface({ input: child.stdout }).on('line', stream === 'stdout' ? onLine : keep);
+    createInterface({ input: child.stderr }).on('line', stream === 'stderr' ? onLine : keep);
     child.on('error', (e) => {
       clearTimeout(timer);
       reject(e);
@@ -59,18 +63,25 @@ function spawnUntil(cmd, args, { env, stream, match, name }) {
   });
 }
 
-/** Sends SIGTERM to the child by PID, SIGKILL after 5 s; resolves when it has exited. */
+/**
+ * Sends SIGTERM to the child by PID, SIGKILL after 10 s; resolves with how it
+ * exited: {code, signal, killed} (killed: it needed the SIGKILL).
+ */
 function stopChild(child) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  if (!child || child.exitCode !== null || child.signalCode !== null) {
+    return Promise.resolve({ code: child?.exitCode ?? null, signal: child?.signalCode ?? null, killed: false, early: true });
+  }
   return new Promise((resolve) => {
+    let killed = false;
     const kill = setTimeout(() => {
+      killed = true;
       try { process.kill(child.pid, 'SIGKILL'); } catch { /* gone */ }
-    }, 5000);
-    child.once('exit', () => {
+    }, 10000);
+    child.once('exit', (code, signal) => {
       clearTimeout(kill);
-      resolve();
+      resolve({ code, signal, killed, early: false });
     });
-    try { process.kill(child.pid, 'SIGTERM'); } catch { clearTimeout(kill); resolve(); }
+    try { process.kill(child.pid, 'SIGTERM'); } catch { clearTimeout(kill); resolve({ code: null, signal: null, killed: false }); }
   });
 }
 
@@ -150,9 +161,13 @@ export async function startChatd({ fakeUrl, apiKey = 'k', env = {} } = {}) {
     url: `http://127.0.0.1:${port}`,
     child,
     logs: lines,
+    /** Stops chatd; throws when it did not exit cleanly (crash, sanitizer report, hang), with its last log lines. */
     async stop() {
-      await stopChild(child);
+      const how = await stopChild(child);
       rmSync(dir, { recursive: true, force: true });
+      if (how.code !== 0 || how.killed) {
+        throw new Error(`chatd did not exit cleanly (${JSON.stringify(how)}); last lines:\n${lines.slice(-60).join('\n')}`);
+      }
     },
   };
 }
@@ -172,8 +187,11 @@ export async function startStack(opts = {}) {
     chatd,
     url: chatd.url,
     async stop() {
-      await chatd.stop();
-      await fake.stop();
+      try {
+        await chatd.stop();
+      } finally {
+        await fake.stop();
+      }
     },
   };
 }
