@@ -58,6 +58,45 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(w->base, NULL);
 }
 
+/*
+ * Retention: worker 0 deletes sessions idle longer than SESSION_TTL, and
+ * expired idempotency records, in small batches (each a short transaction), so
+ * a sweep never holds the loop for long; what is left waits for the next tick.
+ */
+#define SWEEP_BATCH 200
+#define SWEEP_MAX_BATCHES 5
+
+static int64_t sweep_period_ms(const struct chat_config *cfg)
+{
+    int64_t p = cfg->session_ttl_ms > 0 ? cfg->session_ttl_ms / 4 : 60000;
+    return p < 100 ? 100 : p > 60000 ? 60000 : p;
+}
+
+static void sweep_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    chat_worker *w = arg;
+    const struct chat_config *cfg = w->app->cfg;
+    int64_t now = chat_now_ms(), total = 0, n = 0;
+    if (cfg->session_ttl_ms > 0) {
+        for (int i = 0; i < SWEEP_MAX_BATCHES; i++) {
+            if (store_sessions_expire(w->db, now - cfg->session_ttl_ms, now, SWEEP_BATCH, &n) != CHAT_OK)
+                break;
+            total += n;
+            if (n < SWEEP_BATCH)
+                break;
+        }
+    }
+    int64_t idem = 0;
+    if (store_idem_expire(w->db, now, SWEEP_BATCH * SWEEP_MAX_BATCHES, &idem) != CHAT_OK)
+        idem = 0;
+    if (total > 0 || idem > 0)
+        chat_log(LOG_INFO, "retention sweep",
+                 json_pack("{s:I,s:I}", "sessions_deleted", (json_int_t)total, "idempotency_records_deleted",
+                           (json_int_t)idem));
+}
+
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -106,6 +145,12 @@ static void *worker_main(void *arg)
     }
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_tick = event_new(w->base, -1, EV_PERSIST, drain_tick, w);
+    if (w->index == 0) {
+        int64_t ms = sweep_period_ms(cfg);
+        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        w->sweep = event_new(w->base, -1, EV_PERSIST, sweep_tick, w);
+        event_add(w->sweep, &tv);
+    }
     atomic_store(&w->ready, 1);
 
     event_base_dispatch(w->base);
@@ -122,6 +167,8 @@ static void *worker_main(void *arg)
     w->llm = NULL;
     event_free(w->stop_ev);
     event_free(w->drain_tick);
+    if (w->sweep)
+        event_free(w->sweep);
     event_base_free(w->base);
     w->base = NULL;
     store_close(w->db);

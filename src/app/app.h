@@ -43,6 +43,7 @@ typedef struct chat_worker {
     pthread_t thread;
     struct event *stop_ev;    /* activated by the main thread to begin the drain */
     struct event *drain_tick; /* polls for the end of the drain */
+    struct event *sweep;      /* worker 0 only: the retention sweeper */
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;
     struct turn *turns;       /* running turns of this worker (intrusive list, see chat/turn.c) */
