@@ -32,6 +32,7 @@ typedef struct chat_body {
     const char *system_prompt;
     const char *model;
     int max_tokens;
+    turn_truncation truncation;
     char generated_id[40];
 } chat_body;
 
@@ -164,6 +165,20 @@ static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body
         if (b->model && !*b->model) {
             b->model = NULL;
         }
+        json_t *tr = json_object_get(b->root, "truncation");
+        if (tr && !json_is_null(tr)) {
+            const char *v = json_string_value(tr);
+            if (v && strcmp(v, "auto") == 0)
+                b->truncation = TURN_TRUNCATE_AUTO;
+            else if (v && strcmp(v, "reject") == 0)
+                b->truncation = TURN_TRUNCATE_REJECT;
+            else {
+                json_array_append_new(errors, api_detail_item("enum", "body", "truncation",
+                                                              "Input should be 'auto' or 'reject'", json_incref(tr)));
+                if (!*v1msg)
+                    snprintf(v1msg, sizeof v1msg, "truncation must be \"auto\" or \"reject\"");
+            }
+        }
         json_t *mt = json_object_get(b->root, "max_tokens");
         if (mt && !json_is_null(mt)) {
             if (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > 1000000) {
@@ -261,11 +276,12 @@ static void v1_json_done(chat_ctx *c, const turn_result *res)
     chat_format_rfc3339(res->created_at, ts);
     snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
     http_reply_json(c->r, 200,
-                    json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:s,s:s}", "id", idbuf, "session_id",
+                    json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:I,s:s,s:s}", "id", idbuf, "session_id",
                               res->session_id, "model", res->model, "response", res->text, res->text_len,
                               "stop_reason", res->stop_reason, "usage", api_usage_json(&res->usage), "cost",
                               api_cost_json(res->cost_micros), "turn_count", (json_int_t)res->turn_count,
-                              "created_at", ts, "request_id", http_req_id(c->r)));
+                              "truncated_turns", (json_int_t)res->truncated_turns, "created_at", ts, "request_id",
+                              http_req_id(c->r)));
 }
 
 static const chat_renderer v1_json = {
@@ -288,10 +304,11 @@ static void v1_sse_done(chat_ctx *c, const turn_result *res)
 {
     char idbuf[32];
     snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
-    sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I}", "id", idbuf, "session_id", res->session_id,
-                                   "model", res->model, "stop_reason", res->stop_reason, "usage",
+    sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I,s:I}", "id", idbuf, "session_id",
+                                   res->session_id, "model", res->model, "stop_reason", res->stop_reason, "usage",
                                    api_usage_json(&res->usage), "cost", api_cost_json(res->cost_micros),
-                                   "turn_count", (json_int_t)res->turn_count));
+                                   "turn_count", (json_int_t)res->turn_count, "truncated_turns",
+                                   (json_int_t)res->truncated_turns));
     http_stream_end(c->r);
 }
 
@@ -342,6 +359,7 @@ static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, a
         .see_all = api_owner_filter(r) == NULL,
         .idem_scope = api_identity(r)->key_id,
         .idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL,
+        .truncation = b.truncation,
     };
     chat_run(r, w, rnd, f, &p, NULL, NULL);
     if (d != IDEM_NONE)

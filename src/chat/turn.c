@@ -23,6 +23,7 @@
 
 #include <event2/event.h>
 
+#include "chat/context.h"
 #include "chat/models.h"
 #include "core/alloc.h"
 #include "core/log.h"
@@ -60,6 +61,8 @@ struct turn {
     size_t partial_max;
     int64_t started_mono;
     int64_t committed_at;       /* wall-clock ms of the commit (the messages' created_at) */
+    int64_t truncated_turns;    /* oldest turns left out of the provider request */
+    int64_t prev_context_tokens;/* the conversation's size as the provider measured it last turn, -1 unknown */
 };
 
 static void link_turn(turn *t)
@@ -228,6 +231,19 @@ static void build_messages(turn *t, const llm_message *hist, size_t nhist)
 
 /* ---- commit ---- */
 
+/* The new user message's size in tokens, from the provider's counts: this
+ * turn's whole input minus the conversation as it stood after the last turn.
+ * -1 (estimate later) when that is not derivable. */
+static int64_t user_tokens(const turn *t, const llm_usage *u)
+{
+    if (t->prev_context_tokens < 0 || u->input_tokens < 0)
+        return -1;
+    int64_t in = u->input_tokens + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
+                 (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
+    int64_t d = in - t->prev_context_tokens;
+    return d > 0 ? d : -1;
+}
+
 static chat_rc commit(turn *t, const char *text, const char *status, const char *stop_reason,
                       const llm_usage *u, int64_t cost, store_turn_result *res)
 {
@@ -243,7 +259,7 @@ static chat_rc commit(turn *t, const char *text, const char *status, const char 
         .assistant_content = text,
         .status = status,
         .stop_reason = stop_reason,
-        .user_tokens = -1,
+        .user_tokens = user_tokens(t, u),
         .usage = {u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens},
         .cost_micros = cost,
         .lock_token = t->lock_token,
@@ -408,6 +424,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                 .turn_count = tr.turn_count,
                 .created_at = t->committed_at,
                 .attempts = res->attempts,
+                .truncated_turns = t->truncated_turns,
                 .provider_ms = res->duration_ms,
             };
             t->sink->on_done(t->ud, &out);
@@ -562,21 +579,63 @@ loaded:
     t->idem_scope = chat_xstrdup(p->idem_key ? (p->idem_scope ? p->idem_scope : "") : NULL);
     t->idem_key = chat_xstrdup(p->idem_key);
     t->max_tokens = p->max_tokens > 0 ? p->max_tokens : cfg->max_tokens;
+    t->prev_context_tokens = -1;
     t->stream = p->stream;
     t->partial_max = model->provider.max_response_bytes;
     t->started_mono = chat_mono_ms();
 
+    /* Fit the conversation into the model's context window. Ephemeral turns
+     * carry no token counts: their history is estimated. */
+    store_message *view = hist;
+    size_t nview = nhist;
     if (t->ephemeral) {
-        build_messages(t, p->history, p->n_history);
-    } else {
-        llm_message *lm = chat_xcalloc(nhist + 1, sizeof *lm);
-        for (size_t i = 0; i < nhist; i++) {
-            lm[i].role = hist[i].role;
-            lm[i].content = hist[i].content;
+        view = chat_xcalloc(p->n_history + 1, sizeof *view);
+        for (size_t i = 0; i < p->n_history; i++) {
+            view[i].role = (char *)p->history[i].role;
+            view[i].content = (char *)p->history[i].content;
+            view[i].tokens = -1;
         }
-        build_messages(t, lm, nhist);
-        free(lm);
+        nview = p->n_history;
     }
+    context_plan plan;
+    int64_t reply_max = t->max_tokens < model->max_output ? t->max_tokens : model->max_output;
+    rc = context_fit(view, nview, t->system_prompt, t->user_message, model->context_window, reply_max, &plan);
+    if (rc == CHAT_ETOOBIG) {
+        set_error(err, 400, "context_length_exceeded",
+                  "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
+                  "(%lld tokens, %lld of them reserved for the reply)",
+                  (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
+    } else if (plan.truncated_turns > 0 && p->truncation == TURN_TRUNCATE_REJECT) {
+        set_error(err, 400, "context_length_exceeded",
+                  "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
+                  "session or send \"truncation\": \"auto\" to leave out the oldest turns",
+                  (long long)(plan.tokens), model->name, (long long)plan.budget);
+        rc = CHAT_ETOOBIG;
+    }
+    if (rc == CHAT_OK) {
+        llm_message *lm = chat_xcalloc(nview + 1, sizeof *lm);
+        for (size_t i = plan.first; i < nview; i++) {
+            lm[i - plan.first].role = view[i].role;
+            lm[i - plan.first].content = view[i].content;
+        }
+        build_messages(t, lm, nview - plan.first);
+        free(lm);
+        t->truncated_turns = plan.truncated_turns;
+        /* What the last committed turn measured: the conversation's exact size
+         * then. This turn's input minus it is the new message's real size. */
+        if (plan.truncated_turns == 0 && nview > 0 && !t->ephemeral) {
+            const store_message *last = &view[nview - 1];
+            if (strcmp(last->role, "assistant") == 0 && last->usage.input_tokens >= 0 &&
+                last->usage.output_tokens >= 0)
+                t->prev_context_tokens = last->usage.input_tokens + (last->usage.cache_read_tokens > 0 ? last->usage.cache_read_tokens : 0) +
+                                         (last->usage.cache_write_tokens > 0 ? last->usage.cache_write_tokens : 0) +
+                                         last->usage.output_tokens;
+        }
+    }
+    if (view != hist)
+        free(view);
+    if (rc != CHAT_OK)
+        goto fail;
     rc = start_call(t);
     if (rc != CHAT_OK) {
         set_error(err, 500, "internal_error", "the provider call could not be started");

@@ -27,6 +27,11 @@
 
 typedef struct turn turn;
 
+typedef enum {
+    TURN_TRUNCATE_AUTO = 0,     /* leave out the oldest whole turns (reported as truncated_turns) */
+    TURN_TRUNCATE_REJECT,       /* answer 400 context_length_exceeded instead */
+} turn_truncation;
+
 typedef struct turn_params {
     const char *session_id;     /* NULL: an ephemeral turn (no lock, no history, nothing stored) */
     const llm_message *history; /* ephemeral turns: the conversation before message (copied) */
@@ -41,6 +46,7 @@ typedef struct turn_params {
     bool see_all;               /* the caller may use any session; else only those of owner */
     const char *idem_scope;     /* with idem_key: the Idempotency-Key record this turn completes */
     const char *idem_key;       /* (begun by the caller with the request id as token), or NULL */
+    turn_truncation truncation; /* when the conversation exceeds the model's context window */
 } turn_params;
 
 /* How long a committed turn stays replayable under its Idempotency-Key. */
@@ -72,6 +78,7 @@ typedef struct turn_result {
     int64_t created_at;         /* ms since epoch */
     int attempts;
     int64_t provider_ms;
+    int64_t truncated_turns;    /* oldest turns left out of the provider request */
 } turn_result;
 
 typedef struct turn_sink {

@@ -31,7 +31,7 @@ def test_chat_shape(c, fake):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     b = r.json()
-    assert set(b) == {"id", "session_id", "model", "response", "stop_reason", "usage", "cost", "turn_count",
+    assert set(b) == {"id", "session_id", "model", "response", "stop_reason", "usage", "cost", "turn_count", "truncated_turns",
                       "created_at", "request_id"}, b
     # Priced by the models table: claude-sonnet-4-6 at $3 / $15 per million tokens.
     u = b["usage"]
