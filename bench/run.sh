@@ -138,7 +138,7 @@ FAKE=http://127.0.0.1:$FAKE_PORT
 (cd "$TMP" && exec env -i PATH="$PATH" HOME="$TMP" ENV_FILE=/dev/null \
     ANTHROPIC_API_KEY=bench ANTHROPIC_BASE_URL="$FAKE" \
     DATABASE_URL="sqlite:///$DB_DIR_/bench.db" PORT=0 HOST=127.0.0.1 WORKERS="$WORKERS" \
-    LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s ${BENCH_CHATD_ENV:-} \
+    LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s RATE_LIMIT=off ${BENCH_CHATD_ENV:-} \
     "$BIN" serve) >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
 CHATD_PID=$!
 

@@ -12,6 +12,9 @@ APT_PACKAGES=(
   libcmocka-dev
   python3 python3-pytest python3-httpx
   nodejs npm
+  python3-prometheus-client
+  chromium fonts-dejavu-core
+  valgrind
   wrk
 )
 

@@ -1,9 +1,9 @@
-// The playground's Markdown renderer (web/ui/markdown.js), in Node with a
+// The playground's Markdown renderer (web/ui/markdown.mjs), in Node with a
 // minimal DOM stand-in: the nodes it builds, serialized with every text
 // escaped, so that markup in the input can only ever show up as text.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { renderMarkdown, safeHref } from '../../web/ui/markdown.js';
+import { renderMarkdown, safeHref } from '../../web/ui/markdown.mjs';
 
 class Node_ {
   constructor(tag) {

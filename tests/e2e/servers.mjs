@@ -29,9 +29,20 @@ export function chatdSupports(name) {
   return new RegExp(`\\b${name}\\b`).test(helpText);
 }
 
+// Every server still running when this process exits (a test that crashed or
+// timed out before its after() hook) is killed by PID, so none is left behind.
+const live = new Set();
+process.on('exit', () => {
+  for (const child of live) {
+    try { process.kill(child.pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+});
+
 /** Spawns cmd and resolves with the first value `match(line)` returns for a line of `stream`. */
 function spawnUntil(cmd, args, { env, stream, match, name }) {
   const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  child.on('exit', () => live.delete(child));
   const lines = [];
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
