@@ -318,8 +318,11 @@ static void v1_sse_error(chat_ctx *c, const turn_error *err)
         chat_error_reply(c, err);
         return;
     }
-    sse_event(c, "error", json_pack("{s:s,s:s,s:s}", "type", err->type, "message", err->message, "request_id",
-                                    http_req_id(c->r)));
+    json_t *data = json_pack("{s:s,s:s,s:s}", "type", err->type, "message", err->message, "request_id",
+                             http_req_id(c->r));
+    if (err->retry_after_s > 0) /* the Retry-After a JSON reply would have carried */
+        json_object_set_new(data, "retry_after", json_integer(err->retry_after_s));
+    sse_event(c, "error", data);
     http_stream_end(c->r);
 }
 
