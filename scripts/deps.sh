@@ -11,7 +11,6 @@ APT_PACKAGES=(
   libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
   libcmocka-dev
   python3 python3-pytest python3-httpx
-  nodejs npm
   python3-prometheus-client
   chromium fonts-dejavu-core
   valgrind
@@ -22,6 +21,11 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js may come from elsewhere than Debian (with its own npm): only install
+# Debian's when the commands are missing.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   SUDO=""
