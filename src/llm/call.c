@@ -239,6 +239,15 @@ char *llm_strndup_utf8(const char *s, size_t max)
     return chat_xstrndup(s, max);
 }
 
+char *llm_http_error_text(int http_status, const char *body, size_t len)
+{
+    char *ex = llm_excerpt(body, len, 200);
+    char *msg = *ex ? chat_xasprintf("HTTP %d: %s", http_status, ex)
+                    : chat_xasprintf("HTTP %d with an empty body", http_status);
+    free(ex);
+    return msg;
+}
+
 char *llm_excerpt(const char *body, size_t len, size_t max)
 {
     const unsigned char *s = (const unsigned char *)body;

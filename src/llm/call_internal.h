@@ -149,6 +149,10 @@ int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens);
  */
 char *llm_excerpt(const char *body, size_t len, size_t max);
 
+/* The message of an error response whose body carries none we can read:
+ * "HTTP <status>: <excerpt>", or "HTTP <status> with an empty body". Heap. */
+char *llm_http_error_text(int http_status, const char *body, size_t len);
+
 /* True if s can go into an HTTP header value or a URL (printable ASCII, no CR/LF). */
 bool llm_header_safe(const char *s);
 

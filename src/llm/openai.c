@@ -417,10 +417,7 @@ static void parse_error(int http_status, const char *body, size_t len, llm_error
     if (msg) {
         out->message = msg;
     } else {
-        char *ex = llm_excerpt(body, len, EXCERPT_MAX);
-        out->message = *ex ? chat_xasprintf("HTTP %d: %s", http_status, ex)
-                           : chat_xasprintf("HTTP %d with an empty body", http_status);
-        free(ex);
+        out->message = llm_http_error_text(http_status, body, len);
     }
     json_decref(j);
 }
