@@ -543,6 +543,16 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         set_error(err, 404, "not_found_error", "session %s not found", p->session_id);
         goto fail;
     }
+    if (!exists && p->owner && cfg->max_sessions_per_key > 0) {
+        /* A soft cap: two first turns of new sessions racing may both pass. */
+        int64_t owned = 0;
+        if (store_key_session_count(w->db, p->owner, &owned) == CHAT_OK && owned >= cfg->max_sessions_per_key) {
+            set_error(err, 403, "session_limit_reached",
+                      "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
+                      (long long)owned);
+            goto fail;
+        }
+    }
     if (exists) {
         t0 = chat_mono_us();
         rc = store_messages_list(w->db, p->session_id, 0, 0, &hist, &nhist);

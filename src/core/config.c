@@ -185,6 +185,8 @@ static const struct setting settings[] = {
      "Comma-separated allowed origins (https://app.example.com) or *; empty: CORS off."},
     {"CORS_CREDENTIALS", K_BOOL, FIELD(cors_credentials), "off", 0, 0, 0, NULL, "on|off",
      "Allow credentialed CORS requests (only with explicit origins)."},
+    {"MAX_SESSIONS_PER_KEY", K_INT, FIELD(max_sessions_per_key), "0", 0, 100000000, 0, NULL, "N",
+     "Cap on the sessions one API key may own (AUTH_MODE=keys); 0: no cap."},
     {"SESSION_TTL", K_DURATION_OFF, FIELD(session_ttl_ms), "off", 1, DURATION_MAX, 0, NULL, "DUR|off",
      "Delete sessions idle longer than this (periodic sweeper); off keeps them."},
 

@@ -93,6 +93,7 @@ struct chat_config {
     char *cors_origins;                     /* CORS_ORIGINS, "" = CORS off */
     bool cors_credentials;                  /* CORS_CREDENTIALS, default off */
     int64_t session_ttl_ms;                 /* SESSION_TTL, 0 = off (default) */
+    int max_sessions_per_key;               /* MAX_SESSIONS_PER_KEY, 0 = no cap */
 
     /* logging */
     char *log_level;                        /* LOG_LEVEL: debug|info|warn|error, default info */

@@ -202,6 +202,7 @@ enum {
     X(ST_KEY_BY_HASH,                                                                        \
       "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL")            \
     X(ST_KEY_BY_ID, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1")                       \
+    X(ST_KEY_SESSION_COUNT, "SELECT session_count FROM api_keys WHERE id = ?1")              \
     /* Two rows are enough to tell "exactly one" from "ambiguous". */                        \
     X(ST_KEY_BY_NAME,                                                                        \
       "SELECT " KEY_COLS " FROM api_keys WHERE name = ?1 AND revoked_at IS NULL "            \
@@ -1939,6 +1940,25 @@ out:
     else
         store_key_clear(&k);
     return rc;
+}
+
+chat_rc store_key_session_count(store *s, const char *id, int64_t *out)
+{
+    if (!s || !valid_id(id) || !out)
+        return CHAT_EINVAL;
+    *out = 0;
+    sqlite3_stmt *st = s->st[ST_KEY_SESSION_COUNT];
+    bind_text(s, st, 1, id);
+    int rc = step(s, st);
+    chat_rc out_rc = CHAT_OK;
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_DONE)
+        out_rc = CHAT_ENOTFOUND;
+    else
+        out_rc = db_fail(s, "ST_KEY_SESSION_COUNT", rc);
+    done(st);
+    return out_rc;
 }
 
 chat_rc store_key_touch(store *s, const char *id, int64_t now)

@@ -404,6 +404,10 @@ chat_rc store_key_revoke(store *s, const char *id_or_name, int64_t now,
  */
 chat_rc store_key_touch(store *s, const char *id, int64_t now) CHAT_MUST_CHECK;
 
+/* How many sessions the key owns (kept by triggers on sessions, schema 003).
+ * CHAT_ENOTFOUND for an unknown id. */
+chat_rc store_key_session_count(store *s, const char *id, int64_t *out) CHAT_MUST_CHECK;
+
 /* Frees the strings of a key and zeroes it. Accepts NULL. */
 void store_key_clear(store_key *k);
 
