@@ -961,6 +961,45 @@ static void test_migrate_from_v1(void **state)
     sqlite3_close(db);
 }
 
+/* Schema 003: api_keys.session_count follows session creation, deletion and expiry. */
+static void test_keys_session_count(void **state)
+{
+    (void)state;
+    store *s = open_mem();
+    int64_t n = -1;
+    create_key(s, "key_1", "one", '1', "user", 10);
+    create_key(s, "key_2", "two", '2', "user", 20);
+    assert_int_equal(store_key_session_count(s, "key_1", &n), CHAT_OK);
+    assert_int_equal(n, 0);
+    const char *sids[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) {
+        store_turn t = make_turn(sids[i], "tok", 1000 + i);
+        t.owner = i < 2 ? "key_1" : "key_2";
+        lock_and_commit(s, t, NULL);
+    }
+    store_turn again = make_turn("a", "tok", 2000); /* a second turn creates no session */
+    again.owner = "key_1";
+    lock_and_commit(s, again, NULL);
+    assert_int_equal(store_key_session_count(s, "key_1", &n), CHAT_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(store_key_session_count(s, "key_2", &n), CHAT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_session_delete(s, "b"), CHAT_OK);
+    int64_t prev = 0;
+    assert_int_equal(store_session_reset(s, "a", 3000, &prev), CHAT_OK); /* a reset keeps the session */
+    assert_int_equal(store_key_session_count(s, "key_1", &n), CHAT_OK);
+    assert_int_equal(n, 1);
+    int64_t deleted = 0;
+    assert_int_equal(store_sessions_expire(s, 1000000, 1000000, 10, &deleted), CHAT_OK);
+    assert_int_equal(deleted, 2);
+    assert_int_equal(store_key_session_count(s, "key_1", &n), CHAT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_key_session_count(s, "key_2", &n), CHAT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_key_session_count(s, "nope", &n), CHAT_ENOTFOUND);
+    store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -976,6 +1015,7 @@ int main(void)
         cmocka_unit_test(test_keys_revoke),
         cmocka_unit_test_setup_teardown(test_keys_touch, setup, teardown),
         cmocka_unit_test(test_keys_usage),
+        cmocka_unit_test(test_keys_session_count),
         cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
