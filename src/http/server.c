@@ -283,8 +283,23 @@ static void req_maybe_free(http_req *r)
     free(r);
 }
 
+/* A request answered later is watched for its client going away (only then:
+ * most requests are answered at once and need no watcher). */
+static void watch_close(http_req *r)
+{
+    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    r->close_watch = event_new(r->srv->base, fd, EV_CLOSED, on_close_watch, r);
+    if (r->close_watch)
+        event_add(r->close_watch, NULL);
+}
+
 void http_req_hold(http_req *r)
 {
+    if (!r->close_watch && !r->ended && !r->streaming && !r->client_gone)
+        watch_close(r);
     r->refs++;
 }
 
@@ -322,7 +337,6 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
             break;
         }
 
-    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
 
     const char *uri = evhttp_request_get_uri(req);
     const char *q = strchr(uri, '?');
@@ -349,15 +363,8 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     r->body[r->body_len] = '\0';
 
     evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", r->id);
-    if (r->evcon) {
+    if (r->evcon)
         evhttp_connection_set_closecb(r->evcon, on_conn_close, r);
-        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-        if (fd >= 0) {
-            r->close_watch = event_new(srv->base, fd, EV_CLOSED, on_close_watch, r);
-            if (r->close_watch)
-                event_add(r->close_watch, NULL);
-        }
-    }
 
     srv->dispatch(r, srv->ctx);
     http_req_release(r);
