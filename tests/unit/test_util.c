@@ -1,0 +1,77 @@
+/* Unit tests of core/util.c: the session-id rule, ids and time formats. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/util.h"
+
+static void test_valid_id(void **state)
+{
+    (void)state;
+    char max[129], over[130];
+    memset(max, 'a', 128);
+    max[128] = '\0';
+    memset(over, 'a', 129);
+    over[129] = '\0';
+    const char *good[] = {"a", "test-1", "A.b_c:d-e", "0", "session-abc123", max};
+    const char *bad[] = {"", "a b", "a/b", "a%2Fb", "ü", "a\tb", "a\nb", "x?y", "<script>", over, NULL};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_true(chat_valid_id(good[i]));
+    for (size_t i = 0; bad[i]; i++)
+        if (chat_valid_id(bad[i]))
+            fail_msg("accepted \"%s\"", bad[i]);
+    assert_false(chat_valid_id(NULL));
+}
+
+static void test_random_id(void **state)
+{
+    (void)state;
+    char a[64], b[64];
+    chat_random_id(a, sizeof a, "req_", 12);
+    chat_random_id(b, sizeof b, "req_", 12);
+    assert_int_equal(strlen(a), 4 + 24);
+    assert_true(strncmp(a, "req_", 4) == 0);
+    assert_string_not_equal(a, b);
+    assert_true(chat_valid_id(a));
+    char small[8];
+    chat_random_id(small, sizeof small, "req_", 12); /* too small: empty, never overflow */
+    assert_string_equal(small, "");
+}
+
+static void test_time_formats(void **state)
+{
+    (void)state;
+    char buf[32];
+    chat_format_rfc3339(1795670592123LL, buf);
+    assert_string_equal(buf, "2026-11-26T05:23:12.123Z");
+    chat_format_rfc3339(0, buf);
+    assert_string_equal(buf, "1970-01-01T00:00:00.000Z");
+    chat_format_iso_local(1795670592123LL, buf); /* local time: check the shape only */
+    assert_int_equal(strlen(buf), 26);
+    assert_true(buf[10] == 'T' && buf[19] == '.');
+    assert_true(strcmp(buf + 20, "123000") == 0);
+}
+
+static void test_clocks(void **state)
+{
+    (void)state;
+    int64_t m1 = chat_mono_ms(), u1 = chat_mono_us();
+    assert_true(m1 > 0 && u1 > 0);
+    assert_true(chat_mono_ms() >= m1);
+    assert_true(chat_now_ms() > 1700000000000LL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid_id),
+        cmocka_unit_test(test_random_id),
+        cmocka_unit_test(test_time_formats),
+        cmocka_unit_test(test_clocks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
