@@ -255,6 +255,7 @@ static chat_rc commit(turn *t, const char *text, const char *status, const char 
         .owner = t->owner,
         .system_prompt = t->system_prompt,
         .model = t->current->name,
+        .session_model = t->model->name, /* a fallback answers this turn only */
         .user_content = t->user_message,
         .assistant_content = text,
         .status = status,

@@ -1041,7 +1041,7 @@ chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *r
     bind_text(s, st, 1, t->session_id);
     bind_text(s, st, 2, t->owner);
     bind_text(s, st, 3, t->system_prompt);
-    bind_text(s, st, 4, t->model);
+    bind_text(s, st, 4, t->session_model ? t->session_model : t->model);
     bind_i64(s, st, 5, t->now);
     rc = run(s, ST_SESSION_CREATE);
     if (rc != CHAT_OK)
@@ -1067,7 +1067,7 @@ chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *r
 
     st = s->st[ST_SESSION_ADD_TURN];
     bind_text(s, st, 1, t->session_id);
-    bind_text(s, st, 2, t->model);
+    bind_text(s, st, 2, t->session_model ? t->session_model : t->model);
     bind_i64(s, st, 3, t->now);
     bind_i64(s, st, 4, known(t->usage.input_tokens));
     bind_i64(s, st, 5, known(t->usage.output_tokens));

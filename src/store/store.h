@@ -110,7 +110,10 @@ typedef struct store_turn {
     const char *session_id;
     const char *owner;           /* API key id making the turn: owns a new session, is charged the usage; may be NULL */
     const char *system_prompt;   /* used only when the session does not exist yet */
-    const char *model;
+    const char *model;           /* the model that answered (stored on the assistant message) */
+    /* The model the session keeps for its next turns: the one the turn asked for,
+     * which differs from model after a fallback. NULL means model. */
+    const char *session_model;
     const char *user_content;
     const char *assistant_content;
     const char *status;          /* "complete" or "incomplete" */

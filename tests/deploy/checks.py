@@ -1,0 +1,401 @@
+"""
+checks.py: the Python half of tests/deploy/check.sh (Debian's /usr/bin/python3,
+standard library plus python3-yaml).
+
+  checks.py static BIN SRC
+      Consistency of the deploy/ files with each other and with the binary:
+      settings that must agree (body size, timeouts, drain vs stop timeouts,
+      nginx's address vs TRUSTED_PROXIES, upstreams vs compose services), the
+      Dockerfile's runtime packages vs the libraries BIN links against, its
+      builder packages vs the pkg-config modules of CMakeLists.txt, and the
+      image's basic contract (non-root, healthcheck, port, stop signal, volume).
+
+  checks.py smoke NGINX_PORT TOKEN LOG1 LOG2
+      Black-box checks through a running nginx (deploy/nginx.conf) in front of
+      two chatd processes sharing one SQLite file, whose JSON logs are LOG1 and
+      LOG2, with RATE_LIMIT=2/minute, TRUSTED_PROXIES=127.0.0.1 and the fake
+      provider. check.sh starts and stops all of them.
+
+Exits non-zero with a message on the first failed check.
+"""
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+
+
+def fail(msg):
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def ok(msg):
+    print("ok: " + msg, flush=True)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+# ----------------------------------------------------------------- parsing
+
+UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "": 1}
+
+
+def seconds(text):
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|)\s*", text)
+    check(m, f"cannot parse duration {text!r}")
+    return int(m.group(1)) * UNITS_S[m.group(2)]
+
+
+def chatd_size(text):
+    """chatd sizes: 512, 64k, 64KiB, 1m, 1MiB (binary multiples)."""
+    m = re.fullmatch(r"(\d+)\s*(|k|kib|m|mib|g|gib)", text.strip().lower())
+    check(m, f"cannot parse chatd size {text!r}")
+    mult = {"": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+    return int(m.group(1)) * mult[m.group(2)]
+
+
+def nginx_size(text):
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text.strip())
+    check(m, f"cannot parse nginx size {text!r}")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def env_file(path):
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            check("=" in line, f"{path}:{n}: not NAME=value")
+            name, value = line.split("=", 1)
+            check(re.fullmatch(r"[A-Z_][A-Z0-9_]*", name), f"{path}:{n}: bad name {name!r}")
+            check(not value.startswith(("'", '"')) and " #" not in value,
+                  f"{path}:{n}: quotes or trailing comments read differently by systemd and compose")
+            out[name] = value
+    return out
+
+
+def help_defaults(binary):
+    """NAME -> default, from `chatd --help` (the binary is the source of truth)."""
+    text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"^\s+--\S+ \S+\s+([A-Z_]+)\s+default (\S+)", text, re.M))
+
+
+def nginx_directive(text, name):
+    found = re.findall(r"^\s*" + name + r"\s+([^;]+);", text, re.M)
+    check(len(found) == 1, f"nginx.conf: expected one {name}, found {found}")
+    return found[0].strip()
+
+
+def unit_value(text, name):
+    found = re.findall(r"^" + name + r"=(.*)$", text, re.M)
+    check(len(found) == 1, f"chatd.service: expected one {name}=, found {found}")
+    return found[0].strip()
+
+
+def dpkg_package(path):
+    """The Debian package owning a file, trying the names usrmerge gives it."""
+    tried = []
+    for p in (path, os.path.realpath(path)):
+        for q in (p, p[4:] if p.startswith("/usr/") else "/usr" + p):
+            out = subprocess.run(["dpkg", "-S", q], capture_output=True, text=True)
+            if out.returncode == 0:
+                return out.stdout.split(":", 1)[0].strip()
+            tried.append(q)
+    fail(f"dpkg -S: no package owns {tried}")
+
+
+def apt_installs(stage_text):
+    """Package names of every `apt-get install` in one Dockerfile stage."""
+    pkgs = []
+    joined = stage_text.replace("\\\n", " ")
+    for m in re.finditer(r"apt-get install ([^&\n]*)", joined):
+        pkgs += [w for w in m.group(1).split() if not w.startswith("-")]
+    return set(pkgs)
+
+
+# ----------------------------------------------------------------- static
+
+
+def static(binary, src):
+    deploy = os.path.join(src, "deploy")
+    env = env_file(os.path.join(deploy, "chatd.env.example"))
+    defaults = help_defaults(binary)
+    check("MAX_BODY_SIZE" in defaults and "DRAIN_TIMEOUT" in defaults, "chatd --help: defaults not found")
+
+    def setting(name):
+        return env.get(name, defaults[name])
+
+    nginx = open(os.path.join(deploy, "nginx.conf")).read()
+    unit = open(os.path.join(deploy, "chatd.service")).read()
+    compose = yaml.safe_load(open(os.path.join(deploy, "docker-compose.yml")))
+    dockerfile = open(os.path.join(deploy, "Dockerfile")).read()
+
+    # Sizes and timeouts that must agree.
+    body = chatd_size(setting("MAX_BODY_SIZE"))
+    check(nginx_size(nginx_directive(nginx, "client_max_body_size")) == body,
+          "nginx client_max_body_size differs from MAX_BODY_SIZE")
+    read_to = seconds(nginx_directive(nginx, "proxy_read_timeout"))
+    check(read_to > seconds(setting("HEARTBEAT_INTERVAL")), "proxy_read_timeout <= HEARTBEAT_INTERVAL")
+    check(read_to > seconds(setting("TURN_TIMEOUT")),
+          "proxy_read_timeout <= TURN_TIMEOUT: a long non-streamed turn would get 504 from nginx")
+    upstream = re.search(r"upstream chatd \{(.*?)\n    \}", nginx, re.S)
+    check(upstream, "nginx.conf: no upstream chatd block")
+    ka = re.search(r"keepalive_timeout\s+(\S+);", upstream.group(1))
+    check(ka and seconds(ka.group(1)) < seconds(setting("IDLE_TIMEOUT")),
+          "upstream keepalive_timeout must be below chatd's IDLE_TIMEOUT")
+    check(nginx_directive(nginx, "proxy_buffering") == "off", "proxy_buffering must be off")
+    check(nginx_directive(nginx, "proxy_http_version") == "1.1", "proxy_http_version must be 1.1")
+    check("$proxy_add_x_forwarded_for" in nginx_directive(nginx, "proxy_set_header X-Forwarded-For"),
+          "X-Forwarded-For must append ($proxy_add_x_forwarded_for)")
+    drain = seconds(setting("DRAIN_TIMEOUT"))
+    check(seconds(unit_value(unit, "TimeoutStopSec")) > drain, "TimeoutStopSec <= DRAIN_TIMEOUT")
+    check(unit_value(unit, "KillSignal") == "SIGTERM", "KillSignal must be SIGTERM")
+    ok(f"sizes and timeouts agree (body {body} B, read timeout {read_to}s, drain {drain}s)")
+
+    # Compose: two chatd services, nginx, nothing pretending to be a database.
+    services = compose["services"]
+    for name, svc in services.items():
+        image = str(svc.get("image", ""))
+        check(not re.search(r"postgres|redis", image + name),
+              f"compose service {name}: no PostgreSQL/Redis support exists in chatd yet")
+    chatds = sorted(n for n, s in services.items() if "build" in s)
+    hosts = sorted(re.findall(r"^\s*server\s+([\w.-]+):8000\b", upstream.group(1), re.M))
+    check(len(chatds) == 2 and chatds == hosts, f"nginx upstream {hosts} != compose chatd services {chatds}")
+    nginx_ip = services["nginx"]["networks"]["backend"]["ipv4_address"]
+    volumes = set()
+    for name in chatds:
+        svc = services[name]
+        cenv = dict(env, **{k: str(v) for k, v in svc["environment"].items()})
+        check(cenv.get("TRUSTED_PROXIES") == nginx_ip, f"{name}: TRUSTED_PROXIES is not nginx's {nginx_ip}")
+        check(cenv.get("HOST") == "0.0.0.0", f"{name}: HOST must be 0.0.0.0 in a container")
+        check(seconds(svc["stop_grace_period"]) > drain, f"{name}: stop_grace_period <= DRAIN_TIMEOUT")
+        check(svc.get("env_file") == "chatd.env", f"{name}: secrets must come from env_file chatd.env")
+        db = cenv["DATABASE_URL"]
+        check(db.startswith("sqlite:////"), f"{name}: DATABASE_URL must be an absolute sqlite path")
+        mounts = dict(v.split(":", 1)[::-1] for v in svc["volumes"])
+        dbdir = os.path.dirname(db[len("sqlite:///"):])
+        check(dbdir in mounts, f"{name}: the database directory {dbdir} is not a volume")
+        volumes.add(mounts[dbdir])
+    check(len(volumes) == 1, "both chatd instances must share one volume (one SQLite file)")
+    ok(f"compose: {chatds} + nginx ({nginx_ip} = TRUSTED_PROXIES), one shared volume, no postgres/redis")
+
+    # Dockerfile stages.
+    stages = re.split(r"^FROM ", dockerfile, flags=re.M)[1:]
+    check(len(stages) == 2 and re.match(r"\S+ AS builder\b", stages[0]), "Dockerfile: expected builder + runtime")
+    build, runtime = stages
+    check("COPY --from=builder" in runtime, "runtime stage must copy the binary from the builder")
+    users = re.findall(r"^USER (\S+)", runtime, re.M)
+    check(users and users[-1].split(":")[0] not in ("root", "0"), "runtime stage must run as a non-root USER")
+    check(re.search(r"^HEALTHCHECK .*\n?.*/healthz", runtime, re.M), "HEALTHCHECK must probe /healthz")
+    check(re.search(r"^EXPOSE 8000$", runtime, re.M), "EXPOSE 8000")
+    check(re.search(r"^STOPSIGNAL SIGTERM$", runtime, re.M), "STOPSIGNAL SIGTERM")
+    check(re.search(r"HOST=0\.0\.0\.0", runtime), "ENV HOST=0.0.0.0")
+    m = re.search(r"DATABASE_URL=sqlite:///(/\S+)", runtime)
+    check(m and re.search(r'^VOLUME \["' + re.escape(os.path.dirname(m.group(1))) + '"]', runtime, re.M),
+          "the image's database directory must be a VOLUME")
+
+    # Runtime packages == the packages of the libraries the binary needs.
+    dyn = subprocess.run(["readelf", "-d", binary], capture_output=True, text=True, check=True).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dyn)
+    ldconfig = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    want = set()
+    for lib in needed:
+        m = re.search(r"^\s*" + re.escape(lib) + r" \(libc6[^)]*\) => (\S+)$", ldconfig, re.M)
+        check(m, f"ldconfig -p: {lib} not found")
+        want.add(dpkg_package(m.group(1)))
+    want.discard("libc6")  # in every Debian image
+    have = apt_installs(runtime)
+    check(want <= have, f"runtime stage lacks {sorted(want - have)} (binary needs {sorted(want)})")
+    extra = have - want - {"ca-certificates", "curl"}
+    check(not extra, f"runtime stage installs packages the binary does not need: {sorted(extra)}")
+    ok(f"runtime packages cover the binary's libraries: {sorted(want)} (+ ca-certificates, curl)")
+
+    # Builder packages == the -dev packages of CMake's pkg-config modules.
+    cml = open(os.path.join(src, "CMakeLists.txt")).read() + open(os.path.join(src, "tests/CMakeLists.txt")).read()
+    modules = []
+    for m in re.finditer(r"pkg_check_modules\(\w+ REQUIRED IMPORTED_TARGET([^)]*)\)", cml):
+        modules += [re.split(r"[<>=]", w)[0] for w in m.group(1).split()]
+    check(len(modules) >= 6, f"pkg_check_modules not parsed: {modules}")
+    dev = set()
+    for mod in modules:
+        pc = subprocess.run(["pkg-config", "--path", mod], capture_output=True, text=True)
+        check(pc.returncode == 0, f"pkg-config --path {mod}")
+        dev.add(dpkg_package(pc.stdout.strip()))
+    bhave = apt_installs(build)
+    check(dev <= bhave, f"builder stage lacks {sorted(dev - bhave)}")
+    check({"cmake", "pkg-config"} <= bhave, "builder stage lacks cmake/pkg-config")
+    ok(f"builder packages cover the pkg-config modules {modules}")
+
+
+# ----------------------------------------------------------------- smoke
+
+
+class Nginx:
+    def __init__(self, port, token, logs):
+        self.port, self.token, self.logs = port, token, logs
+
+    def request(self, method, path, body=None, xff=None, timeout=20, raw=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        headers = {"Authorization": "Bearer " + self.token}
+        if xff:
+            headers["X-Forwarded-For"] = xff
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload
+
+    def instance(self, request_id, deadline_s=3.0):
+        """1 or 2: which chatd logged this request id (its log line may lag the response)."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            for i, log in enumerate(self.logs, 1):
+                with open(log, errors="replace") as f:
+                    for line in f:
+                        if request_id in line and '"msg":"request"' in line:
+                            return i
+            time.sleep(0.05)
+        fail(f"request {request_id} is in neither chatd log")
+
+
+def fake(scenario):
+    return "[[fake:" + json.dumps(scenario) + "]]"
+
+
+def smoke(port, token, log1, log2):
+    ng = Nginx(int(port), token, [log1, log2])
+
+    # 1. A conversation started on one instance continues on the other.
+    sid, xff = "deploy-continue", "198.51.100.10"
+    st, h, body = ng.request("POST", "/v1/chat", {"message": "first", "session_id": sid}, xff)
+    check(st == 200, f"turn 1: {st} {body[:300]!r}")
+    first = ng.instance(h["x-request-id"])
+    check(json.loads(body)["turn_count"] == 1, "turn 1: turn_count")
+    turn, other = 1, None
+    while other is None and turn < 4:
+        turn += 1
+        st, h, body = ng.request("POST", "/v1/chat", {"message": f"turn {turn}", "session_id": sid}, xff)
+        check(st == 200, f"turn {turn}: {st} {body[:300]!r}")
+        check(json.loads(body)["turn_count"] == turn, f"turn {turn}: turn_count {json.loads(body)['turn_count']}")
+        if ng.instance(h["x-request-id"]) != first:
+            other = turn
+    check(other is not None, f"nginx sent every turn to instance {first}: not load balancing")
+    st, _, body = ng.request("GET", f"/v1/sessions/{sid}/messages")
+    check(st == 200, f"messages: {st}")
+    msgs = [(m["role"], m["content"]) for m in json.loads(body)["data"]]
+    expect = []
+    for i in range(1, turn + 1):
+        text = "first" if i == 1 else f"turn {i}"
+        expect += [("user", text), ("assistant", "Hello! You said: " + text)]
+    check(msgs == expect, f"history through nginx: {msgs}")
+    ok(f"conversation started on chatd{first} continued on chatd{3 - first} (turn {other}); history complete")
+
+    # 2. An SSE stream arrives incrementally through nginx.
+    conn = http.client.HTTPConnection("127.0.0.1", ng.port, timeout=20)
+    conn.request("POST", "/v1/chat/stream",
+                 body=json.dumps({"message": "stream " + fake({"reply_words": 6, "gap_ms": 300}),
+                                  "session_id": "deploy-stream"}),
+                 headers={"Authorization": "Bearer " + token, "Content-Type": "application/json",
+                          "X-Forwarded-For": "198.51.100.20"})
+    resp = conn.getresponse()
+    check(resp.status == 200, f"stream: {resp.status} {resp.read()[:300]!r}")
+    check(resp.getheader("Content-Type", "").startswith("text/event-stream"), "stream: content type")
+    t0 = time.monotonic()
+    events = []
+    while True:
+        line = resp.readline()
+        if not line:
+            break
+        if line.startswith(b"event: "):
+            events.append((line[7:].strip().decode(), time.monotonic() - t0))
+    conn.close()
+    names = [e for e, _ in events]
+    check(names == ["start"] + ["delta"] * 6 + ["done"], f"stream events: {names}")
+    deltas = [t for e, t in events if e == "delta"]
+    done_t = events[-1][1]
+    # Six deltas 300 ms apart: buffered, they would all arrive with `done`.
+    check(done_t - deltas[0] >= 1.0, f"stream not incremental: first delta {deltas[0]:.2f}s, done {done_t:.2f}s")
+    spread = [b - a for a, b in zip(deltas, deltas[1:])]
+    check(sum(1 for s in spread if s >= 0.15) >= 4, f"deltas bunched together: gaps {spread}")
+    ok(f"SSE through nginx is incremental: first delta at {deltas[0]:.2f}s, done at {done_t:.2f}s")
+
+    # 3. Two concurrent turns on one session, on both instances: one 200, one 409.
+    results = []
+    barrier = threading.Barrier(2)
+
+    def turn_busy(i):
+        barrier.wait()
+        results.append(ng.request("POST", "/v1/chat",
+                                  {"message": f"busy {i} " + fake({"header_delay_ms": 1500}),
+                                   "session_id": "deploy-busy"}, "198.51.100.30"))
+
+    threads = [threading.Thread(target=turn_busy, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(st for st, _, _ in results)
+    check(statuses == [200, 409], f"concurrent turns: {statuses} {[b[:200] for _, _, b in results]}")
+    busy = next(b for st, _, b in results if st == 409)
+    check(json.loads(busy)["error"]["type"] == "session_busy", f"409 body: {busy!r}")
+    served = {st: ng.instance(h["x-request-id"]) for st, h, _ in results}
+    check(served[200] != served[409], f"both concurrent turns went to chatd{served[200]}: lock not crossed")
+    ok(f"concurrent turns: 200 on chatd{served[200]}, 409 session_busy on chatd{served[409]}")
+
+    # 4. X-Forwarded-For reaches chatd (TRUSTED_PROXIES=127.0.0.1), and the
+    #    limit is per instance: RATE_LIMIT=2/minute gives one client 4 in all.
+    got = []
+    for i in range(5):
+        st, h, body = ng.request("POST", "/v1/chat", {"message": f"limit {i}", "session_id": "deploy-limit"},
+                                 "198.51.100.40")
+        got.append(st)
+        if st == 429:
+            check("retry-after" in h, "429 without Retry-After")
+    check(got == [200, 200, 200, 200, 429],
+          f"RATE_LIMIT=2/minute across two instances: {got} (expected 4 x 200, then 429)")
+    st, _, body = ng.request("POST", "/v1/chat", {"message": "other client", "session_id": "deploy-limit-2"},
+                             "198.51.100.50")
+    check(st == 200, f"a different forwarded client was limited too ({st}): X-Forwarded-For not honoured")
+    ok("X-Forwarded-For honoured; rate limits are per instance (2/minute -> 4 through two instances)")
+
+    # 5. client_max_body_size matches MAX_BODY_SIZE (1 MiB): just over is refused
+    #    by nginx, just under reaches chatd (which answers with X-Request-Id).
+    def sized(n):
+        pad = n - len(json.dumps({"message": "", "session_id": "deploy-size"}).encode())
+        return json.dumps({"message": "x" * pad, "session_id": "deploy-size"}).encode()
+
+    st, h, _ = ng.request("POST", "/v1/chat", raw=sized((1 << 20) + 1), xff="198.51.100.60")
+    check(st == 413 and "x-request-id" not in h, f"1 MiB + 1 body: {st}, chatd answered: {'x-request-id' in h}")
+    st, h, _ = ng.request("POST", "/v1/chat", raw=sized((1 << 20) - 64), xff="198.51.100.61")
+    check("x-request-id" in h, f"1 MiB - 64 body did not reach chatd ({st})")
+    ok(f"body limit: 1 MiB + 1 -> 413 from nginx; 1 MiB - 64 reached chatd ({st})")
+
+    counts = []
+    for log in (log1, log2):
+        with open(log, errors="replace") as f:
+            counts.append(sum(1 for line in f if '"msg":"request"' in line))
+    check(all(counts), f"request log lines per instance: {counts}")
+    ok(f"both instances served requests (chatd1 {counts[0]}, chatd2 {counts[1]})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "static":
+        static(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 6 and sys.argv[1] == "smoke":
+        smoke(*sys.argv[2:])
+    else:
+        fail("usage: checks.py static BIN SRC | smoke NGINX_PORT TOKEN LOG1 LOG2")
