@@ -15,6 +15,8 @@
 
 static void ctx_free(chat_ctx *c)
 {
+    if (c->start_timer)
+        event_free(c->start_timer);
     if (c->heartbeat) {
         event_free(c->heartbeat);
         metrics_active_streams_add(-1);

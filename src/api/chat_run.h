@@ -31,6 +31,7 @@ struct chat_ctx {
     api_flavor flavor;
     bool started;               /* response headers sent */
     struct event *heartbeat;
+    struct event *start_timer;  /* a renderer's deferred stream start (freed with the context) */
     int64_t last_write;         /* monotonic ms of the last byte queued */
     /* for the OpenAI-compatible renderer */
     bool include_usage;

@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "api/chat_run.h"
 #include "core/alloc.h"
 #include "guard/auth.h"
@@ -141,24 +143,52 @@ static void oa_error_render(chat_ctx *c, const turn_error *err)
 
 static const chat_renderer oa_json = {.stream = false, .done = oa_json_done, .error = oa_error_render};
 
-static void oa_sse_start(chat_ctx *c, const turn_info *info)
+/*
+ * The stream starts (headers, then the role chunk) at the first delta, so that
+ * a provider failure before it still gets a real HTTP status, which the OpenAI
+ * SDKs turn into their typed errors. If the provider stays silent for a
+ * heartbeat interval, the stream starts anyway, so that heartbeats keep
+ * proxies from cutting the connection.
+ */
+static void oa_stream_begin(chat_ctx *c)
 {
-    /* Every chunk names the model; the turn reports it here, once. */
-    snprintf(c->model, sizeof c->model, "%s", info->model);
+    if (c->started)
+        return;
+    if (c->start_timer)
+        event_del(c->start_timer);
     chat_start_sse(c);
-    send_chunk(c, chunk(c, info->model,
+    send_chunk(c, chunk(c, c->model,
                         json_pack("[{s:i,s:{s:s,s:s,s:n},s:n,s:n}]", "index", 0, "delta", "role", "assistant",
                                   "content", "", "refusal", "logprobs", "finish_reason")));
 }
 
+static void on_start_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    oa_stream_begin(arg);
+}
+
+static void oa_sse_start(chat_ctx *c, const turn_info *info)
+{
+    /* Every chunk names the model; the turn reports it here, once. */
+    snprintf(c->model, sizeof c->model, "%s", info->model);
+    int64_t ms = c->w->app->cfg->heartbeat_ms;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    c->start_timer = evtimer_new(c->w->base, on_start_timer, c);
+    evtimer_add(c->start_timer, &tv);
+}
+
 static bool oa_sse_delta(chat_ctx *c, const char *text, size_t len)
 {
+    oa_stream_begin(c);
     return send_chunk(c, chunk(c, c->model, json_pack("[{s:i,s:{s:s%},s:n,s:n}]", "index", 0, "delta", "content",
                                                       text, len, "logprobs", "finish_reason")));
 }
 
 static void oa_sse_done(chat_ctx *c, const turn_result *res)
 {
+    oa_stream_begin(c);
     send_chunk(c, chunk(c, res->model,
                         json_pack("[{s:i,s:{},s:n,s:s}]", "index", 0, "delta", "logprobs", "finish_reason",
                                   finish_reason(res->stop_reason))));

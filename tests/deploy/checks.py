@@ -315,16 +315,17 @@ def smoke(port, token, log1, log2):
     check(resp.status == 200, f"stream: {resp.status} {resp.read()[:300]!r}")
     check(resp.getheader("Content-Type", "").startswith("text/event-stream"), "stream: content type")
     t0 = time.monotonic()
-    events = []
+    events, raw = [], []
     while True:
         line = resp.readline()
         if not line:
             break
+        raw.append(line)
         if line.startswith(b"event: "):
             events.append((line[7:].strip().decode(), time.monotonic() - t0))
     conn.close()
     names = [e for e, _ in events]
-    check(names == ["start"] + ["delta"] * 6 + ["done"], f"stream events: {names}")
+    check(names == ["start"] + ["delta"] * 6 + ["done"], f"stream events: {names}, body {b''.join(raw)[:400]!r}")
     deltas = [t for e, t in events if e == "delta"]
     done_t = events[-1][1]
     # Six deltas 300 ms apart: buffered, they would all arrive with `done`.

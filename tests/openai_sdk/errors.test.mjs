@@ -130,22 +130,15 @@ describe('5xx InternalServerError', () => {
     });
   }
 
-  test('provider 500 on a streaming request: the stream opens, then the SDK raises APIError', async () => {
-    // chatd opens the SSE stream (role chunk) before the provider answers, so an
-    // upstream failure before the first token arrives in-band ({"error": ...}),
-    // which the SDK raises as a plain APIError without an HTTP status.
+  test('provider 500 on a streaming request: a real status, InternalServerError', async () => {
+    // chatd opens the SSE stream only at the first token (or after a heartbeat
+    // interval of silence), so a provider failure before it keeps its HTTP
+    // status and the SDK raises its typed error.
     await fake.script({ default: { status: 500, error_message: 'kaboom upstream' } });
-    const stream = await client(servers.open).chat.completions.create(hello('claude-sonnet-4-6', { stream: true }));
-    const chunks = [];
-    let err;
-    try {
-      for await (const ch of stream) chunks.push(ch);
-    } catch (e) {
-      err = e;
-    }
-    assert.ok(err instanceof OpenAI.APIError, String(err));
-    assert.match(err.message, /kaboom upstream/);
-    assert.ok(chunks.every((c) => !c.choices[0]?.delta?.content), JSON.stringify(chunks));
+    const e = await rejectsWith(
+      client(servers.open).chat.completions.create(hello('claude-sonnet-4-6', { stream: true })),
+      OpenAI.InternalServerError, 502);
+    assert.match(e.message, /kaboom upstream/);
   });
 
   test('provider overloaded (529) -> chatd 503', async () => {
