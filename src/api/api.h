@@ -15,7 +15,12 @@
 #include "app/app.h"
 #include "http/server.h"
 
-typedef enum { API_SEED, API_V1 } api_flavor;
+/* The error shape of a route: FastAPI's {"detail"}, chatd's /v1 envelope, or
+ * OpenAI's {"error": {message, type, param, code}} (/v1/chat/completions). */
+typedef enum { API_SEED, API_V1, API_OPENAI } api_flavor;
+
+/* OpenAI's error.type for an HTTP status (what its SDKs and clients expect). */
+const char *api_openai_type_of(int status);
 
 /* A route handler. params holds the decoded {} segments of the path. */
 typedef void (*api_handler)(http_req *r, chat_worker *w, char **params);

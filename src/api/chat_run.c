@@ -126,6 +126,8 @@ static void sink_error(void *ud, const turn_error *err)
     chat_ctx *c = ud;
     c->t = NULL;
     http_req_log_set(c->r, "error_type", json_string(err->type));
+    if (err->attempts > 0)
+        http_req_log_set(c->r, "attempts", json_integer(err->attempts));
     c->rnd->error(c, err);
     ctx_free(c);
 }

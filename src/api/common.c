@@ -20,11 +20,26 @@ void api_error(http_req *r, api_flavor f, int status, const char *type, const ch
     json_t *body;
     if (f == API_SEED)
         body = json_pack("{s:s}", "detail", msg);
+    else if (f == API_OPENAI) /* chatd's own type goes into code */
+        body = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", api_openai_type_of(status),
+                         "param", "code", type);
     else
         body = json_pack("{s:{s:s,s:s,s:s}}", "error", "type", type, "message", msg, "request_id",
                          http_req_id(r));
     http_req_log_set(r, "error_type", json_string(type));
     http_reply_json(r, status, body);
+}
+
+const char *api_openai_type_of(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 409: return "conflict_error";
+    case 429: return "rate_limit_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
 }
 
 json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg,
@@ -45,7 +60,7 @@ void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg)
         http_reply_json(r, 422, json_pack("{s:[o]}", "detail", item));
     } else {
         json_decref(item);
-        api_error(r, API_V1, 400, "invalid_request_error", "%s", msg);
+        api_error(r, f, 400, "invalid_request_error", "%s", msg);
     }
 }
 

@@ -74,20 +74,6 @@ static json_t *oa_usage(const store_usage *u)
                      "completion_tokens_details", "reasoning_tokens", (json_int_t)0);
 }
 
-static const char *oa_type_of(int status)
-{
-    switch (status) {
-    case 400: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 403: return "permission_error";
-    case 404: return "not_found_error";
-    case 409: return "conflict_error";
-    case 413: return "invalid_request_error";
-    case 429: return "rate_limit_error";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
-    }
-}
-
 /* ---- renderers ---- */
 
 static json_t *chunk(chat_ctx *c, const char *model, json_t *choices)
@@ -129,7 +115,7 @@ static void oa_error_render(chat_ctx *c, const turn_error *err)
     if (c->started) {
         /* In-band, as OpenAI-compatible servers do; the SDK raises APIError. */
         send_chunk(c, json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", err->message, "type",
-                                oa_type_of(err->status), "param", "code", err->type));
+                                api_openai_type_of(err->status), "param", "code", err->type));
         http_stream_end(c->r);
         return;
     }
@@ -138,7 +124,7 @@ static void oa_error_render(chat_ctx *c, const turn_error *err)
         snprintf(ra, sizeof ra, "%lld", (long long)err->retry_after_s);
         http_add_header(c->r, "Retry-After", ra);
     }
-    oa_error(c->r, err->status, oa_type_of(err->status), err->type, NULL, "%s", err->message);
+    oa_error(c->r, err->status, api_openai_type_of(err->status), err->type, NULL, "%s", err->message);
 }
 
 static const chat_renderer oa_json = {.stream = false, .done = oa_json_done, .error = oa_error_render};

@@ -53,7 +53,7 @@ static const route routes[] = {
     {HTTP_GET, "/stats", api_seed_stats, API_SEED, A, false},
     {HTTP_POST, "/v1/chat", api_v1_chat, API_V1, U, true},
     {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, U, true},
-    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_V1, U, true},
+    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_OPENAI, U, true},
     {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, U, false},
     {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, U, false},
     {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, U, false},
@@ -196,7 +196,7 @@ static auth_identity *authenticate(http_req *r, chat_worker *w, const route *rt)
         if (rt->flavor == API_SEED)
             api_error(r, API_SEED, 401, "authentication_error", "Unauthorized");
         else
-            api_error(r, API_V1, 401, "authentication_error",
+            api_error(r, rt->flavor, 401, "authentication_error",
                       ar == AUTH_MISSING ? "missing credentials: send Authorization: Bearer <token>"
                                          : "invalid or revoked token");
         return NULL;
@@ -354,7 +354,7 @@ void api_dispatch(http_req *r, void *ctx)
         if (flavor == API_SEED)
             api_error(r, API_SEED, 405, "method_not_allowed", "Method Not Allowed");
         else
-            api_error(r, API_V1, 405, "method_not_allowed", "method %s is not allowed on %s (allowed: %s)",
+            api_error(r, flavor, 405, "method_not_allowed", "method %s is not allowed on %s (allowed: %s)",
                       http_req_method_name(r), http_req_path(r), allow);
         return;
     }

@@ -113,6 +113,7 @@ static void set_error(turn_error *e, int status, const char *type, const char *f
     e->status = status;
     e->type = type;
     e->retry_after_s = 0;
+    e->attempts = 0;
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
@@ -433,6 +434,7 @@ static void on_llm_done(void *ud, const llm_result *res)
     } else {
         turn_error err;
         turn_map_llm_error(res, &err);
+        err.attempts = res->attempts;
         chat_log(LOG_WARN, "provider call failed",
                  json_pack("{s:s,s:i,s:s?,s:s?,s:i,s:s?}", "session", t->session_id, "http_status",
                            res->http_status, "provider_error_type", res->error_type,

@@ -58,6 +58,7 @@ typedef struct turn_error {
     const char *type;           /* static string, e.g. "session_busy" */
     char message[512];
     int64_t retry_after_s;      /* > 0: send Retry-After */
+    int attempts;               /* provider attempts made (0: the provider was not called) */
 } turn_error;
 
 typedef struct turn_info {

@@ -54,7 +54,8 @@
 #define CORS_ALLOW_METHODS "GET, HEAD, POST, DELETE"
 #define CORS_ALLOW_HEADERS "Content-Type, Authorization, X-Request-Id, Idempotency-Key, X-Session-Id"
 #define CORS_EXPOSE_HEADERS \
-    "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Chatd-Overhead-Ms"
+    "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Chatd-Overhead-Ms, " \
+    "Idempotent-Replayed"
 
 #define CORS_MAX_ORIGINS 64       /* entries in CORS_ORIGINS */
 #define CORS_MAX_ORIGIN_LEN 255   /* bytes of one origin */

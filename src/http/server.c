@@ -93,6 +93,7 @@ struct http_req {
     bool query_parsed;
     char peer[64];
     int64_t start_mono;
+    int64_t start_us;                /* the same instant in microseconds, for the latency histogram */
     json_t *log_fields;
     const char *route;               /* matched pattern, for metrics */
     void *data;                      /* the handler layer's (see http_req_set_data) */
@@ -241,9 +242,9 @@ static void access_log(http_req *r)
     json_object_set_new(f, "method", json_string(http_req_method_name(r)));
     json_object_set_new(f, "path", json_string(r->path));
     json_object_set_new(f, "status", json_integer(r->status));
-    int64_t elapsed = chat_mono_ms() - r->start_mono;
-    json_object_set_new(f, "duration_ms", json_integer(elapsed));
-    metrics_http_request(r->route, http_req_method_name(r), r->status, (double)elapsed / 1000.0);
+    int64_t elapsed_us = chat_mono_us() - r->start_us;
+    json_object_set_new(f, "duration_ms", json_integer(elapsed_us / 1000));
+    metrics_http_request(r->route, http_req_method_name(r), r->status, (double)elapsed_us / 1e6);
     json_object_set_new(f, "peer", json_string(r->peer));
     /* Every line has the same keys; fields that do not apply are null. */
     static const char *const optional[] = {"session", "provider_ms", "tokens"};
@@ -318,6 +319,7 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     r->evcon = evhttp_request_get_connection(req);
     r->refs = 1;
     r->start_mono = chat_mono_ms();
+    r->start_us = chat_mono_us();
     r->method = method_of(evhttp_request_get_command(req));
     srv->active++;
     struct bufferevent *cbev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;

@@ -80,6 +80,8 @@ free_port() {
 render_nginx() {
   local dir=$1
   mkdir -p "$dir"
+  # Run as root, nginx's workers are "nobody": they must reach the temp paths.
+  chmod 0711 "$TMP" "$dir"
   sed -e "s/^\( *server \)chatd1:8000 /\1127.0.0.1:$2 /" \
       -e "s/^\( *server \)chatd2:8000 /\1127.0.0.1:$3 /" \
       -e "s/^\( *\)listen 8080;/\1listen 127.0.0.1:$4;/" \
@@ -114,6 +116,14 @@ while IFS= read -r path; do
   mkdir -p "$ctx/$(dirname "$path")"
   cp -a "$SRC/$path" "$ctx/$path"
 done < <(sed -n 's/^!\(.*\)$/\1/p' "$SRC/.dockerignore")
+# A directory missing from the context would still build (CMake globs find
+# nothing) but the image would lack sources or embedded assets: compare.
+embedded=$(sed -n '/chatd_embed_files(/,/)/p' "$SRC/CMakeLists.txt" | grep -o 'CMAKE_CURRENT_SOURCE_DIR}/[^ )]*' |
+           cut -d/ -f2-)
+[ -n "$embedded" ] || fail "no chatd_embed_files directories found in CMakeLists.txt"
+for dir in src cmake $embedded; do
+  diff -rq "$SRC/$dir" "$ctx/$dir" >/dev/null 2>&1 || fail ".dockerignore leaves (part of) $dir out of the build context"
+done
 # The builder stage's own build command (RUN cmake ... with its continuations).
 build_cmd=$(awk '/^RUN cmake /{on=1} on{sub(/^RUN /,""); if (sub(/\\$/,"")) printf "%s ", $0; else {print; exit}}' \
             "$DEPLOY/Dockerfile")

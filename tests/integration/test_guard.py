@@ -11,6 +11,7 @@ tests/unit/test_ratelimit.c; nothing here waits for a bucket to refill.
 """
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -86,6 +87,8 @@ def refused_start(extra_env, timeout=10.0):
         p.kill()
         _, err = p.communicate()
         pytest.fail(f"chatd did not refuse to start with {extra_env}; stderr:\n{err}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return p.returncode, err
 
 

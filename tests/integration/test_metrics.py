@@ -351,7 +351,7 @@ def test_active_streams_and_cancelled_turns(server, fake):
     results = []
 
     def one(i):
-        results.append(stream_v1(c, {"message": f"par {i} " + directive({"ttft_ms": 200}), "session_id": f"m-par{i}"}))
+        results.append(stream_v1(c, {"message": f"par {i} " + directive({"ttft_ms": 600}), "session_id": f"m-par{i}"}))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
     for t in threads:
