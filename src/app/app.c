@@ -39,6 +39,7 @@
 #include "core/util.h"
 
 #define DRAIN_TICK_MS 20
+#define FLUSH_GRACE_MS 1000 /* after the drain deadline: time to write the last answers */
 
 static void drain_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -48,12 +49,18 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     /* Idle means no request in flight and every answer written out: freeing the
      * server with bytes still queued would cut the last response short. */
     bool idle = http_server_active(w->http) == 0 && w->turns == NULL && !http_server_flushing(w->http);
-    if (!idle && chat_mono_ms() < w->drain_deadline)
+    int64_t now = chat_mono_ms();
+    if (!idle && now < w->drain_deadline)
         return;
-    if (!idle) {
+    if (!idle && !w->aborted) {
+        /* The deadline passed: end the running turns (each client gets its 503
+         * or SSE error), then give those last answers a moment to be written. */
         chat_log(LOG_WARN, "drain deadline passed, cancelling running turns",
                  json_pack("{s:i}", "worker", w->index));
         turn_abort_all(w);
+        w->aborted = true;
+        w->drain_deadline = now + FLUSH_GRACE_MS;
+        return;
     }
     event_base_loopexit(w->base, NULL);
 }

@@ -46,6 +46,7 @@ typedef struct chat_worker {
     struct event *sweep;      /* worker 0 only: the retention sweeper */
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;
+    bool aborted;             /* the drain deadline passed and running turns were cancelled */
     struct turn *turns;       /* running turns of this worker (intrusive list, see chat/turn.c) */
     char startup_error[512];
     atomic_int ready;         /* 1 = running, 2 = stopped, -1 = failed to start */

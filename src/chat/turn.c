@@ -293,6 +293,14 @@ static void finish_cancelled(turn *t, const char *why)
 {
     bool keep = t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0;
     if (keep) {
+        /* The client never got a result: its Idempotency-Key must not replay
+         * this partial reply, so the record is released, not completed. */
+        if (t->idem_key) {
+            if (store_idem_abort(t->w->db, t->idem_scope, t->idem_key, t->lock_token) != CHAT_OK)
+                chat_log(LOG_ERROR, "cannot abort idempotency record", json_pack("{s:s}", "session", t->session_id));
+            free(t->idem_key);
+            t->idem_key = NULL;
+        }
         llm_usage unknown = {-1, -1, -1, -1};
         chat_rc rc = commit(t, t->partial, "incomplete", NULL, &unknown, 0, NULL);
         if (rc != CHAT_OK) {

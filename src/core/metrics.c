@@ -691,6 +691,7 @@ enum {
     M_RATE_LIMITED,
     M_TURNS_CANCELLED,
     M_TURNS,
+    M_REDIS_FALLBACK,
     M_COUNT
 };
 
@@ -738,6 +739,10 @@ static const metrics_desc chatd_metrics[M_COUNT] = {
                            "Turns cancelled before they finished, by reason.", {"reason"}, 8, NULL, 0},
     [M_TURNS] = {METRICS_COUNTER, "chatd_turns_total",
                  "Conversation turns ended, by outcome (ok, error, cancelled).", {"outcome"}, 8, NULL, 0},
+    [M_REDIS_FALLBACK] = {METRICS_COUNTER, "chatd_ratelimit_redis_fallback_total",
+                          "Rate-limit checks and debits served by the local limiter because Redis was "
+                          "unreachable, too slow or failing.",
+                          {NULL}, 0, NULL, 0},
 };
 
 static const char *const turn_outcome_names[METRICS_TURN_OUTCOME_COUNT] = {"ok", "error", "cancelled"};
@@ -756,6 +761,7 @@ typedef struct chatd_metrics_state {
     metrics_child *tokens[DIR_COUNT];
     metrics_child *cost;
     metrics_child *active_streams;
+    metrics_child *redis_fallback;
 } chatd_metrics_state;
 
 static _Atomic(chatd_metrics_state *) g_state;
@@ -790,6 +796,7 @@ chat_rc metrics_init(const char *version)
         s->tokens[i] = child1(s->fam[M_TOKENS], direction_names[i]);
     s->cost = metrics_child_get(s->fam[M_COST], NULL);
     s->active_streams = metrics_child_get(s->fam[M_ACTIVE_STREAMS], NULL);
+    s->redis_fallback = metrics_child_get(s->fam[M_REDIS_FALLBACK], NULL);
     atomic_store_explicit(&g_state, s, memory_order_release);
     s = NULL;
     rc = CHAT_OK;
@@ -918,4 +925,11 @@ void metrics_turn(metrics_turn_outcome outcome)
     chatd_metrics_state *s = state();
     if (s && (unsigned)outcome < METRICS_TURN_OUTCOME_COUNT)
         metrics_counter_add(s->turns[outcome], 1);
+}
+
+void metrics_redis_fallback(void)
+{
+    chatd_metrics_state *s = state();
+    if (s)
+        metrics_counter_add(s->redis_fallback, 1);
 }

@@ -229,4 +229,9 @@ void metrics_turn_cancelled(metrics_cancel_reason reason);
 /* chatd_turns_total{outcome} += 1 (once per started turn). */
 void metrics_turn(metrics_turn_outcome outcome);
 
+/* chatd_ratelimit_redis_fallback_total += 1: one rate-limit check or debit
+ * served by the local limiter because Redis was unreachable, too slow or
+ * answered an error (guard/redis_limit.h). */
+void metrics_redis_fallback(void);
+
 #endif
