@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   build-essential cmake pkg-config
   libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
+  libhiredis-dev
   libcmocka-dev
   python3 python3-pytest python3-httpx
-  python3-prometheus-client
+  python3-prometheus-client python3-yaml
+  nginx redis-server
   chromium fonts-dejavu-core
   valgrind
   wrk
@@ -31,7 +33,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
+  # nginx and redis-server are only started by the tests, on 127.0.0.1: keep
+  # their packages from starting system services (policy-rc.d exit 101).
+  added_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ -n "$added_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
 if [ -f package-lock.json ]; then

@@ -122,7 +122,8 @@ embedded=$(sed -n '/chatd_embed_files(/,/)/p' "$SRC/CMakeLists.txt" | grep -o 'C
            cut -d/ -f2-)
 [ -n "$embedded" ] || fail "no chatd_embed_files directories found in CMakeLists.txt"
 for dir in src cmake $embedded; do
-  diff -rq "$SRC/$dir" "$ctx/$dir" >/dev/null 2>&1 || fail ".dockerignore leaves (part of) $dir out of the build context"
+  diff <(cd "$SRC/$dir" && find . -type f | sort) <(cd "$ctx/$dir" 2>/dev/null && find . -type f | sort) \
+    >/dev/null || fail ".dockerignore leaves (part of) $dir out of the build context"
 done
 # The builder stage's own build command (RUN cmake ... with its continuations).
 build_cmd=$(awk '/^RUN cmake /{on=1} on{sub(/^RUN /,""); if (sub(/\\$/,"")) printf "%s ", $0; else {print; exit}}' \
