@@ -658,6 +658,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void schedule_reconnect(redis_limit *rl)
 {
+    if (rl->state != ST_READY)
+        rl->st.connect_failures++; /* never got to READY: this attempt failed */
     rl->state = ST_IDLE;
     /* +-20% so that the workers of every instance do not reconnect in step. */
     rl->rng ^= rl->rng << 13;
@@ -672,10 +674,10 @@ static void schedule_reconnect(redis_limit *rl)
 static void connection_lost(redis_limit *rl)
 {
     rl->ac = NULL;
-    rl->state = ST_IDLE;
     clear_degraded(rl);
     if (!rl->closing)
-        schedule_reconnect(rl);
+        schedule_reconnect(rl); /* counts a failure unless we were READY */
+    rl->state = ST_IDLE;
 }
 
 /* Closes the connection from our side (not inside a hiredis callback). */

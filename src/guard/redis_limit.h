@@ -12,7 +12,7 @@
  *   in) is one hash per bucket, "chatd:rl:<kind>:<key>" (kind "requests" or
  *   "tokens"; keys longer than RATELIMIT_MAX_KEY bytes are cut and suffixed
  *   with a hash of the whole key, as ratelimit.c does, so a Redis key is at
- *   most 240 bytes). Every write sets the hash's expiry to the time the
+ *   most 235 bytes). Every write sets the hash's expiry to the time the
  *   bucket is full again (+100 ms): a missing bucket behaves exactly as a
  *   full one, so Redis's TTL evicts idle buckets and memory stays bounded by
  *   the keys active within one window. Redis's maxmemory policy is the outer
@@ -31,8 +31,8 @@
  * glibc's getaddrinfo_a (its own thread), polled from the loop every 5 ms; an
  * IPv4 address is preferred when the name has both. A lost connection is
  * re-established with exponential backoff (backoff_min_ms doubling to
- * backoff_max_ms, +-20% jitter, reset by a successful connect). Connecting
- * (TCP and the server's answer) has its own deadline, connect_timeout_ms.
+ * backoff_max_ms, +-20% jitter, reset by a successful connect). A TCP
+ * connect has its own deadline, connect_timeout_ms.
  *
  * Failure policy: FAIL OPEN TO THE LOCAL LIMITER. A check is answered by
  * ratelimit_check() on the process's local limiter (passed to redis_limit_new)
@@ -185,6 +185,7 @@ typedef struct redis_limit_stats {
     uint64_t fallbacks;      /* checks and debits served by the local limiter */
     uint64_t deadlines;      /* checks whose deadline passed before Redis answered */
     uint64_t connects;       /* connections established */
+    uint64_t connect_failures; /* attempts that failed: resolution, refused, timed out */
     uint64_t outages;        /* outages begun (each logged once) */
 } redis_limit_stats;
 
