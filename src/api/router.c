@@ -18,6 +18,7 @@
 #include "core/util.h"
 #include "guard/auth.h"
 #include "guard/ratelimit.h"
+#include "guard/redis_limit.h"
 #include "http/cors.h"
 
 #define MAX_PARAMS 4
@@ -249,58 +250,141 @@ static void client_address(http_req *r, chat_worker *w, char *out, size_t outlen
     free(copy);
 }
 
-/* RATE_LIMIT and TOKEN_LIMIT for chat routes; answers 429 and returns false when refused. */
-static bool rate_limit(http_req *r, chat_worker *w, const route *rt, const auth_identity *id)
-{
+/*
+ * RATE_LIMIT and TOKEN_LIMIT for chat routes. With the local limiter the checks
+ * are immediate; with REDIS_URL they are asynchronous (the request waits on
+ * the loop for Redis, which answers or fails open within its deadline), so a
+ * limit_job carries the request to its handler.
+ */
+typedef struct limit_job {
+    http_req *r;
+    chat_worker *w;
+    const route *rt;
+    char *params[MAX_PARAMS + 1];   /* owned copies */
     char key[160];
-    if (id->key_id[0])
-        snprintf(key, sizeof key, "key:%s", id->key_id);
-    else {
+    ratelimit_spec own;
+    bool has_own;
+    redis_limit_req *pending;       /* the check in flight, NULL between checks */
+} limit_job;
+
+static void limit_key(http_req *r, chat_worker *w, const auth_identity *id, char *key, size_t keylen)
+{
+    if (id && id->key_id[0]) {
+        snprintf(key, keylen, "key:%s", id->key_id);
+    } else {
         char addr[128];
         client_address(r, w, addr, sizeof addr);
-        snprintf(key, sizeof key, "addr:%s", addr);
+        snprintf(key, keylen, "addr:%s", addr);
     }
+}
+
+/* Adds the headers of a requests check; answers 429 and returns false when refused. */
+static bool requests_verdict(http_req *r, const route *rt, const ratelimit_result *res)
+{
+    ratelimit_headers(res, add_header_cb, r);
+    if (res->allowed)
+        return true;
+    metrics_rate_limited(METRICS_RL_REQUESTS);
+    api_error(r, rt->flavor, 429, "rate_limited", "rate limit exceeded (%lld requests per window): retry in %lld s",
+              (long long)res->limit, (long long)res->retry_after_s);
+    return false;
+}
+
+static bool tokens_verdict(http_req *r, const route *rt, const ratelimit_result *res)
+{
+    if (res->allowed)
+        return true;
+    char ra[32];
+    snprintf(ra, sizeof ra, "%lld", (long long)res->retry_after_s);
+    http_add_header(r, "Retry-After", ra);
+    metrics_rate_limited(METRICS_RL_TOKENS);
+    api_error(r, rt->flavor, 429, "rate_limited", "token limit exceeded (TOKEN_LIMIT): retry in %lld s",
+              (long long)res->retry_after_s);
+    return false;
+}
+
+static void job_free(limit_job *j)
+{
+    for (int k = 0; j->params[k]; k++)
+        free(j->params[k]);
+    http_req_release(j->r);
+    free(j);
+}
+
+static void job_client_gone(void *ud)
+{
+    limit_job *j = ud;
+    redis_limit_cancel(j->pending);
+    job_free(j);
+}
+
+static void job_on_tokens(void *ud, const ratelimit_result *res)
+{
+    limit_job *j = ud;
+    j->pending = NULL;
+    http_req_on_close(j->r, NULL, NULL); /* the handler may install its own */
+    if (tokens_verdict(j->r, j->rt, res))
+        j->rt->handler(j->r, j->w, j->params);
+    job_free(j);
+}
+
+static void job_on_requests(void *ud, const ratelimit_result *res)
+{
+    limit_job *j = ud;
+    j->pending = NULL;
+    if (!requests_verdict(j->r, j->rt, res)) {
+        http_req_on_close(j->r, NULL, NULL);
+        job_free(j);
+        return;
+    }
+    j->pending = redis_limit_check(j->w->redis, RATELIMIT_TOKENS, j->key, NULL, job_on_tokens, j);
+}
+
+/* Runs rt's handler once the limits allow it (now, or when Redis has answered). */
+static void limit_then_run(http_req *r, chat_worker *w, const route *rt, const auth_identity *id, char **params)
+{
+    char key[160];
+    limit_key(r, w, id, key, sizeof key);
     ratelimit_spec own, *spec = NULL;
     char err[128];
     if (id->rate_limit && ratelimit_spec_parse(id->rate_limit, &own, err, sizeof err) == CHAT_OK)
         spec = &own;
-    int64_t now = chat_mono_ms();
-    ratelimit_result res;
-    ratelimit_check(w->app->limiter, RATELIMIT_REQUESTS, key, spec, now, &res);
-    ratelimit_headers(&res, add_header_cb, r);
-    if (!res.allowed) {
-        metrics_rate_limited(METRICS_RL_REQUESTS);
-        api_error(r, rt->flavor, 429, "rate_limited",
-                  "rate limit exceeded (%lld requests per window): retry in %lld s", (long long)res.limit,
-                  (long long)res.retry_after_s);
-        return false;
+    if (!w->redis) {
+        int64_t now = chat_mono_ms();
+        ratelimit_result res;
+        ratelimit_check(w->app->limiter, RATELIMIT_REQUESTS, key, spec, now, &res);
+        if (!requests_verdict(r, rt, &res))
+            return;
+        ratelimit_check(w->app->limiter, RATELIMIT_TOKENS, key, NULL, now, &res);
+        if (tokens_verdict(r, rt, &res))
+            rt->handler(r, w, params);
+        return;
     }
-    ratelimit_result tok;
-    ratelimit_check(w->app->limiter, RATELIMIT_TOKENS, key, NULL, now, &tok);
-    if (!tok.allowed) {
-        char ra[32];
-        snprintf(ra, sizeof ra, "%lld", (long long)tok.retry_after_s);
-        http_add_header(r, "Retry-After", ra);
-        metrics_rate_limited(METRICS_RL_TOKENS);
-        api_error(r, rt->flavor, 429, "rate_limited",
-                  "token limit exceeded (TOKEN_LIMIT): retry in %lld s", (long long)tok.retry_after_s);
-        return false;
+    limit_job *j = chat_xcalloc(1, sizeof *j);
+    j->r = r;
+    j->w = w;
+    j->rt = rt;
+    for (int k = 0; params[k]; k++)
+        j->params[k] = chat_xstrdup(params[k]);
+    snprintf(j->key, sizeof j->key, "%s", key);
+    if (spec) {
+        j->own = own;
+        j->has_own = true;
     }
-    return true;
+    http_req_hold(r);
+    http_req_on_close(r, job_client_gone, j);
+    j->pending = redis_limit_check(w->redis, RATELIMIT_REQUESTS, j->key, j->has_own ? &j->own : NULL,
+                                   job_on_requests, j);
 }
 
 void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens)
 {
-    auth_identity *id = http_req_data(r);
     char key[160];
-    if (id && id->key_id[0])
-        snprintf(key, sizeof key, "key:%s", id->key_id);
-    else {
-        char addr[128];
-        client_address(r, w, addr, sizeof addr);
-        snprintf(key, sizeof key, "addr:%s", addr);
-    }
-    ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, key, NULL, tokens, chat_mono_ms());
+    limit_key(r, w, http_req_data(r), key, sizeof key);
+    if (w->redis)
+        redis_limit_debit(w->redis, RATELIMIT_TOKENS, key, NULL, tokens);
+    else
+        ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, key, NULL, tokens, chat_mono_ms());
 }
 
 void api_dispatch(http_req *r, void *ctx)
@@ -333,7 +417,9 @@ void api_dispatch(http_req *r, void *ctx)
             } else if (http_req_body_too_large(r)) {
                 api_error(r, rt->flavor, 413, "request_too_large",
                           "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->app->cfg->max_body_bytes);
-            } else if (!rt->limited || rate_limit(r, w, rt, id)) {
+            } else if (rt->limited) {
+                limit_then_run(r, w, rt, id, params);
+            } else {
                 rt->handler(r, w, params);
             }
             for (int k = 0; params[k]; k++)

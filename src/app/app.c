@@ -32,6 +32,7 @@
 #include "core/metrics.h"
 #include "guard/auth.h"
 #include "guard/ratelimit.h"
+#include "guard/redis_limit.h"
 #include "http/cors.h"
 #include "chat/turn.h"
 #include "core/alloc.h"
@@ -137,6 +138,8 @@ static void *worker_main(void *arg)
         goto fail;
     }
     w->llm = llm_transport_new(w->base);
+    if (w->app->redis_cfg)
+        w->redis = redis_limit_new(w->base, w->app->redis_cfg, w->app->limiter);
     http_limits lim = {
         .max_header_bytes = cfg->max_header_bytes,
         .max_body_bytes = cfg->max_body_bytes,
@@ -170,6 +173,8 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&w->app->wake_lock);
     http_server_free(w->http);
     w->http = NULL;
+    redis_limit_free(w->redis); /* after the server: checks in flight are dropped */
+    w->redis = NULL;
     llm_transport_free(w->llm);
     w->llm = NULL;
     event_free(w->stop_ev);
@@ -188,6 +193,8 @@ fail:
     w->listen_fd = -1;
     http_server_free(w->http);
     w->http = NULL;
+    redis_limit_free(w->redis);
+    w->redis = NULL;
     llm_transport_free(w->llm);
     w->llm = NULL;
     if (w->base)
@@ -261,6 +268,16 @@ static bool guard_init(chat_app *app, const struct chat_config *cfg)
         return false;
     }
     app->limiter = ratelimit_new(&rc);
+    if (cfg->redis_url && *cfg->redis_url) {
+        app->redis_cfg = chat_xcalloc(1, sizeof *app->redis_cfg);
+        redis_limit_config_init(app->redis_cfg);
+        app->redis_cfg->requests = rc.requests;
+        app->redis_cfg->tokens = rc.tokens;
+        if (redis_limit_parse_url(cfg->redis_url, app->redis_cfg, err, sizeof err) != CHAT_OK) {
+            chat_log(LOG_ERROR, "invalid REDIS_URL", json_pack("{s:s}", "error", err));
+            return false;
+        }
+    }
     if (cors_policy_new(cfg->cors_origins, cfg->cors_credentials, 600, &app->cors, err, sizeof err) != CHAT_OK) {
         chat_log(LOG_ERROR, "invalid CORS_ORIGINS", json_pack("{s:s}", "error", err));
         return false;
@@ -271,6 +288,7 @@ static bool guard_init(chat_app *app, const struct chat_config *cfg)
 
 static void guard_free(chat_app *app)
 {
+    free(app->redis_cfg);
     ratelimit_free(app->limiter);
     cors_policy_free(app->cors);
     free_list(app->trusted_proxies);
@@ -361,8 +379,9 @@ chat_rc chat_app_run(const struct chat_config *cfg)
                        app.nworkers, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
                        "schema_version", schema, "default_model", models_default(app.models)->name));
     chat_log(LOG_INFO, "guard",
-             json_pack("{s:s,s:s,s:s,s:s}", "auth_mode", auth_mode_name(cfg), "rate_limit", cfg->rate_limit,
-                       "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins));
+             json_pack("{s:s,s:s,s:s,s:s,s:s}", "auth_mode", auth_mode_name(cfg), "rate_limit", cfg->rate_limit,
+                       "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins, "limits_shared_by",
+                       app.redis_cfg ? "redis" : "this process"));
     if (!models_default(app.models)->available)
         chat_log(LOG_WARN, "the default model's provider has no API key: chat requests will get 503",
                  json_pack("{s:s,s:s}", "model", models_default(app.models)->name, "missing",

@@ -26,6 +26,8 @@ struct turn;
 struct model_table;
 struct ratelimit;
 struct cors_policy;
+struct redis_limit;
+struct redis_limit_config;
 
 /* The version, reported by `chatd --version` and the chatd_build_info metric. */
 #define CHATD_VERSION "0.1.0"
@@ -44,6 +46,7 @@ typedef struct chat_worker {
     struct event *stop_ev;    /* activated by the main thread to begin the drain */
     struct event *drain_tick; /* polls for the end of the drain */
     struct event *sweep;      /* worker 0 only: the retention sweeper */
+    struct redis_limit *redis; /* shared limits through Redis (REDIS_URL), or NULL: local only */
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;
     bool aborted;             /* the drain deadline passed and running turns were cancelled */
@@ -56,6 +59,7 @@ struct chat_app {
     const struct chat_config *cfg;
     struct ratelimit *limiter;  /* shared by the workers (sharded, thread-safe) */
     struct cors_policy *cors;   /* read-only */
+    struct redis_limit_config *redis_cfg; /* REDIS_URL parsed, or NULL; each worker connects on its loop */
     char **trusted_proxies;     /* peer addresses whose X-Forwarded-For is believed, NULL-terminated */
 
     struct model_table *models; /* read-only after start; providers borrowed by every call */

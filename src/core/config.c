@@ -177,6 +177,8 @@ static const struct setting settings[] = {
      "Chat requests per key (or client address), e.g. 10/minute; off disables."},
     {"TOKEN_LIMIT", K_RATE, FIELD(token_limit), "off", 0, 0, 0, NULL, "N/unit|off",
      "Provider tokens per key (or client address), e.g. 100000/minute."},
+    {"REDIS_URL", K_STR, FIELD(redis_url), "", 0, 0, F_EMPTY_OK, NULL, "URL",
+     "redis://[user:pass@]host[:port][/db]: limits shared by all instances; empty: local."},
     {"RATE_LIMIT_MAX_BUCKETS", K_INT, FIELD(rate_limit_max_buckets), "100000", 1, 100000000, 0, NULL, "N",
      "Bound on the limiter's memory: idle buckets are evicted beyond this."},
     {"TRUSTED_PROXIES", K_STR, FIELD(trusted_proxies), "", 0, 0, F_EMPTY_OK, NULL, "ADDRS",

@@ -89,6 +89,7 @@ struct chat_config {
     char *rate_limit;                       /* RATE_LIMIT, "10/minute" (as the template) or "off" */
     char *token_limit;                      /* TOKEN_LIMIT, default "off" */
     int rate_limit_max_buckets;             /* RATE_LIMIT_MAX_BUCKETS, default 100000 */
+    char *redis_url;                        /* REDIS_URL, "" = limits local to this process */
     char *trusted_proxies;                  /* TRUSTED_PROXIES, comma-separated addresses */
     char *cors_origins;                     /* CORS_ORIGINS, "" = CORS off */
     bool cors_credentials;                  /* CORS_CREDENTIALS, default off */

@@ -247,6 +247,17 @@ def report(request, line):
             tr.write_line("[reliability] " + line)
 
 
+# ------------------------------------------------------------------- builds
+
+
+def sanitized(path):
+    """True when the binary is an ASan/TSan build (valgrind cannot run it; its
+    allocator quarantine makes RSS track allocation churn, not live memory)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return b"__asan_init" in data or b"__tsan_init" in data
+
+
 # ------------------------------------------------------------------- crashes
 
 

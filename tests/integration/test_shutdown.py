@@ -153,7 +153,8 @@ def test_new_connections_refused_while_draining(chatd, fake):
                 s.close()
                 refused = 0
                 time.sleep(0.01)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the SYN raced the listener's close (its queue is reset).
                 refused += 1
         assert refused >= 20, "new connections still accepted after SIGTERM"
         # A chat request on the connection opened before: 503 server_shutting_down.

@@ -15,14 +15,9 @@ import sys
 import pytest
 
 from conftest import CHATD_BIN, REPO
+from reliability import sanitized
 
 SCRIPT = REPO / "tests" / "valgrind" / "run_abort_paths.py"
-
-
-def _sanitized(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    return b"__asan_init" in data or b"__tsan_init" in data
 
 
 def test_abort_paths_under_valgrind():
@@ -30,7 +25,7 @@ def test_abort_paths_under_valgrind():
         pytest.skip("valgrind is not installed")
     if not os.access(CHATD_BIN, os.X_OK):
         pytest.fail(f"chatd binary not found at {CHATD_BIN}")
-    if _sanitized(CHATD_BIN):
+    if sanitized(CHATD_BIN):
         pytest.skip("CHATD_BIN is a sanitizer build (leaks are checked by LeakSanitizer there)")
     p = subprocess.run([sys.executable, str(SCRIPT), "--chatd", CHATD_BIN], capture_output=True, text=True,
                        timeout=120)
