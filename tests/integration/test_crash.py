@@ -136,7 +136,9 @@ def _check_counters(client, expected_messages):
 
 
 def test_kill_9_loses_no_acknowledged_turn(chatd, fake, request):
-    rng = random.Random(int(time.time()))
+    seed = int(time.time())
+    print(f"crash test seed: {seed}")  # shown with a failure, to replay the same kill points
+    rng = random.Random(seed)
     srv = chatd({"TURN_TIMEOUT": "1500ms", "LOCK_TTL": f"{int(LOCK_TTL_S * 1000)}ms"})
     # Replies take a few ms so that kills land in every phase of a turn.
     fake.script(default={"gap_ms": 3})
