@@ -137,7 +137,7 @@ static const struct setting settings[] = {
     {"MAX_MESSAGE_SIZE", K_SIZE, FIELD(max_message_bytes), "256KiB", 1, GIB, 0, NULL, "SIZE",
      "Largest single chat message, 1..1GiB."},
     {"HEADER_TIMEOUT", K_DURATION, FIELD(header_timeout_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "The whole request head must arrive within this time."},
+     "A request (head and body) must arrive within this time."},
     {"IDLE_TIMEOUT", K_DURATION, FIELD(idle_timeout_ms), "60s", 1, DURATION_MAX, 0, NULL, "DUR",
      "Connection read/write idle timeout; must exceed HEARTBEAT_INTERVAL."},
     {"HEARTBEAT_INTERVAL", K_DURATION, FIELD(heartbeat_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",

@@ -62,7 +62,7 @@ struct chat_config {
     size_t max_body_bytes;          /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
     size_t max_header_bytes;        /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
     size_t max_message_bytes;       /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
-    int64_t header_timeout_ms;      /* HEADER_TIMEOUT, whole request head must arrive within, default 10s */
+    int64_t header_timeout_ms;      /* HEADER_TIMEOUT, a whole request (head and body) must arrive within, default 10s */
     int64_t idle_timeout_ms;        /* IDLE_TIMEOUT, evhttp read/write idle, default 60s, > HEARTBEAT_INTERVAL */
     int64_t heartbeat_ms;           /* HEARTBEAT_INTERVAL, ": ping" while the provider is silent, default 10s */
     size_t stream_buffer_bytes;     /* STREAM_BUFFER_SIZE, client queue cap before pausing the provider, 64KiB, 1KiB..256MiB */
