@@ -32,6 +32,10 @@ static void on_client_close(void *ud)
     chat_ctx *c = ud;
     turn *t = c->t;
     c->t = NULL;
+    /* The provider was paid for what was sent and received: count it against
+     * TOKEN_LIMIT, or leaving before `done` would dodge the limit. */
+    if (t)
+        api_debit_tokens(c->r, c->w, turn_estimated_tokens(t));
     turn_cancel(t);
     ctx_free(c);
 }

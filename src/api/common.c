@@ -17,6 +17,7 @@ void api_error(http_req *r, api_flavor f, int status, const char *type, const ch
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    chat_utf8_trim(msg);
     json_t *body;
     if (f == API_SEED)
         body = json_pack("{s:s}", "detail", msg);

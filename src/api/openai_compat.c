@@ -43,6 +43,7 @@ static void oa_error(http_req *r, int status, const char *type, const char *code
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    chat_utf8_trim(msg);
     http_req_log_set(r, "error_type", json_string(code ? code : type));
     http_reply_json(r, status, json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", msg, "type", type, "param",
                                          param, "code", code));

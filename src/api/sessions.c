@@ -137,16 +137,20 @@ void api_seed_sessions(http_req *r, chat_worker *w, char **params)
         for (size_t i = 0; i < n; i++) {
             char ts[32];
             chat_format_iso_local(page[i].created_at, ts);
-            /* The template lists sessions oldest first (dict order); the store gives newest first. */
-            json_array_insert_new(arr, 0, json_pack("{s:s,s:I,s:s}", "session_id", page[i].id, "turns",
-                                                    (json_int_t)page[i].turn_count, "created_at", ts));
+            json_array_append_new(arr, json_pack("{s:s,s:I,s:s}", "session_id", page[i].id, "turns",
+                                                 (json_int_t)page[i].turn_count, "created_at", ts));
         }
         total += n;
         store_sessions_free(page, n);
         cursor = next;
     } while (cursor && total < SEED_LIST_CAP);
     free(cursor);
-    http_reply_json(r, 200, json_pack("{s:o}", "sessions", arr));
+    /* The template lists sessions oldest first (dict order); the store gives newest first. */
+    json_t *oldest_first = json_array();
+    for (size_t i = json_array_size(arr); i > 0; i--)
+        json_array_append(oldest_first, json_array_get(arr, i - 1));
+    json_decref(arr);
+    http_reply_json(r, 200, json_pack("{s:o}", "sessions", oldest_first));
 }
 
 void api_seed_reset(http_req *r, chat_worker *w, char **params)

@@ -117,6 +117,7 @@ static void set_error(turn_error *e, int status, const char *type, const char *f
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+    chat_utf8_trim(e->message);
 }
 
 /* ---- the error table (docs/API.md, "Errors") ---- */
@@ -365,6 +366,23 @@ static bool worth_fallback(const llm_result *res)
 
 static chat_rc start_call(turn *t);
 
+/* Before a fallback restarts the provider call: extends the turn lock (and the
+ * Idempotency-Key lease) for another full turn. False when no fallback is left
+ * to try or the lock was lost (then the turn ends with the current error). */
+static bool renew_lease(turn *t)
+{
+    if (t->next_fallback >= t->model->n_fallbacks)
+        return false;
+    if (t->ephemeral)
+        return true;
+    int64_t now = chat_now_ms(), ttl = t->w->app->cfg->lock_ttl_ms;
+    if (store_lock_refresh(t->w->db, t->session_id, t->lock_token, now, ttl) != CHAT_OK)
+        return false;
+    if (t->idem_key && store_idem_refresh(t->w->db, t->idem_scope, t->idem_key, t->lock_token, now, ttl) != CHAT_OK)
+        return false;
+    return true;
+}
+
 static void observe_call(const turn *t, const llm_result *res)
 {
     const char *prov = t->current->provider.name;
@@ -384,13 +402,17 @@ static void on_llm_done(void *ud, const llm_result *res)
     t->call = NULL; /* freed by the provider layer when we return */
     observe_call(t, res);
 
-    if (res->status != LLM_OK && worth_fallback(res) && t->next_fallback < t->model->n_fallbacks) {
-        const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
-        chat_log(LOG_WARN, "provider call failed, trying a fallback model",
-                 json_pack("{s:s,s:s,s:s,s:i,s:s?}", "session", t->session_id, "failed_model", t->current->name,
-                           "fallback_model", next ? next->name : "?", "http_status", res->http_status,
-                           "provider_error_type", res->error_type));
-        if (next && next->available) {
+    if (res->status != LLM_OK && worth_fallback(res) && renew_lease(t)) {
+        /* The next fallback whose provider is configured; each gets a full
+         * TURN_TIMEOUT, so the turn lock was renewed above. */
+        while (t->next_fallback < t->model->n_fallbacks) {
+            const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
+            if (!next || !next->available)
+                continue;
+            chat_log(LOG_WARN, "provider call failed, trying a fallback model",
+                     json_pack("{s:s,s:s,s:s,s:i,s:s?}", "session", t->session_id, "failed_model",
+                               t->current->name, "fallback_model", next->name, "http_status", res->http_status,
+                               "provider_error_type", res->error_type));
             t->current = next;
             if (start_call(t) == CHAT_OK)
                 return;
@@ -529,6 +551,17 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     bool exists = false;
     if (!p->session_id)
         goto loaded; /* ephemeral: the caller gave the whole conversation */
+    /* Ownership first, before touching the lock: a session of another key must
+     * look absent (404), and a foreign caller must not hold its lock even
+     * briefly (that would make the owner's turns fail with 409). */
+    if (!p->see_all) {
+        rc = store_session_get(w->db, p->session_id, &sess);
+        if (rc == CHAT_OK && (!sess.owner || !p->owner || strcmp(sess.owner, p->owner) != 0)) {
+            set_error(err, 404, "not_found_error", "session %s not found", p->session_id);
+            goto fail;
+        }
+        store_session_clear(&sess);
+    }
     int64_t t0 = chat_mono_us();
     rc = store_lock_acquire(w->db, p->session_id, p->request_id, chat_now_ms(), cfg->lock_ttl_ms);
     metrics_db_operation("lock_acquire", (double)(chat_mono_us() - t0) / 1e6);
@@ -550,7 +583,7 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     }
     exists = rc == CHAT_OK;
     if (exists && !p->see_all && (!sess.owner || !p->owner || strcmp(sess.owner, p->owner) != 0)) {
-        /* Another key's session: answer as if it did not exist. */
+        /* Checked again under the lock: the session may have been created since. */
         set_error(err, 404, "not_found_error", "session %s not found", p->session_id);
         goto fail;
     }
@@ -684,6 +717,14 @@ out:
     return t;
 }
 
+int64_t turn_estimated_tokens(const turn *t)
+{
+    int64_t n = context_estimate_tokens(t->system_prompt) + context_estimate_tokens(t->partial);
+    for (size_t i = 0; i < t->n_msgs; i++)
+        n += context_estimate_tokens(t->msgs[i].content);
+    return n;
+}
+
 void turn_resume(turn *t)
 {
     if (t && t->paused && t->call) {
@@ -716,7 +757,9 @@ void turn_abort_all(chat_worker *w)
         }
         turn_error err;
         set_error(&err, 503, "server_shutting_down",
-                  "chatd is shutting down; the turn was cancelled and can be retried");
+                  t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0
+                      ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
+                      : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
         finish_cancelled(t, "shutdown");
         metrics_turn_cancelled(METRICS_CANCEL_SHUTDOWN);
         metrics_turn(METRICS_TURN_CANCELLED);

@@ -103,6 +103,11 @@ typedef struct turn_sink {
 turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud,
                  turn_error *err);
 
+/* An estimate of the provider tokens the turn has used so far (the request
+ * sent plus the reply received), for TOKEN_LIMIT when a turn ends without the
+ * provider's usage (a client that went away). */
+int64_t turn_estimated_tokens(const turn *t);
+
 /* The consumer drained after on_delta returned true: resume the provider. */
 void turn_resume(turn *t);
 

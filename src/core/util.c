@@ -71,6 +71,26 @@ void chat_format_iso_local(int64_t ms, char out[32])
     snprintf(out + n, 32 - n, ".%06d", (int)(ms % 1000) * 1000);
 }
 
+void chat_utf8_trim(char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0)
+        return;
+    /* Find the lead byte of the last sequence and check that it is complete. */
+    size_t k = n;
+    int back = 0;
+    while (k > 0 && back < 4 && ((unsigned char)s[k - 1] & 0xC0) == 0x80) {
+        k--;
+        back++;
+    }
+    if (k == 0)
+        return;
+    unsigned char lead = (unsigned char)s[k - 1];
+    size_t need = lead < 0x80 ? 1 : (lead & 0xE0) == 0xC0 ? 2 : (lead & 0xF0) == 0xE0 ? 3 : (lead & 0xF8) == 0xF0 ? 4 : 1;
+    if ((size_t)back + 1 < need)
+        s[k - 1] = '\0';
+}
+
 bool chat_valid_id(const char *s)
 {
     size_t n = 0;

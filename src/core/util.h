@@ -30,6 +30,10 @@ void chat_format_rfc3339(int64_t ms, char out[32]);
  * (Python's datetime.now().isoformat()). out must hold 27 bytes. */
 void chat_format_iso_local(int64_t ms, char out[32]);
 
+/* Cuts an incomplete UTF-8 sequence off the end of s (what a truncating
+ * snprintf can leave), so that the text stays valid for JSON. */
+void chat_utf8_trim(char *s);
+
 /* True if s is a valid session id / request id: 1..128 chars of [A-Za-z0-9._:-]. */
 bool chat_valid_id(const char *s);
 

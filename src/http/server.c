@@ -35,6 +35,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 
 #include "core/alloc.h"
@@ -213,8 +214,10 @@ static void client_gone(http_req *r)
         req_end(r);
         if (r->streaming)
             evhttp_send_reply_end(req); /* frees the detached request */
-        else
+        else {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
             evhttp_send_reply(req, 499, "Client Closed Request", NULL);
+        }
     }
     http_req_release(r);
 }
@@ -378,9 +381,7 @@ http_method http_req_method(const http_req *r) { return r->method; }
 const char *http_req_path(const http_req *r) { return r->path; }
 const char *http_req_id(const http_req *r) { return r->id; }
 const char *http_req_peer(const http_req *r) { return r->peer; }
-bool http_req_closed(const http_req *r) { return r->client_gone; }
 bool http_req_body_too_large(const http_req *r) { return r->body_len > r->srv->lim.max_body_bytes; }
-bool http_req_responded(const http_req *r) { return r->streaming || r->ended; }
 
 const char *http_req_query(http_req *r, const char *name)
 {
@@ -520,7 +521,11 @@ void http_reply_json(http_req *r, int status, json_t *body)
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
     json_decref(body);
     if (!text) {
-        http_reply(r, status, "application/json", "null", 4);
+        /* A body that could not be built (a bug: e.g. invalid UTF-8 in a string). */
+        chat_log(LOG_ERROR, "cannot encode a JSON response", json_pack("{s:s,s:i}", "request_id", r->id,
+                                                                        "status", status));
+        static const char fallback[] = "{\"error\":{\"type\":\"internal_error\",\"message\":\"response encoding failed\"}}";
+        http_reply(r, 500, "application/json", fallback, sizeof fallback - 1);
         return;
     }
     http_reply(r, status, "application/json", text, strlen(text));
@@ -538,7 +543,23 @@ void http_stream_start(http_req *r, int status, const char *content_type)
     r->status = status;
     /* From here evhttp itself watches the socket and runs on_conn_close. */
     close_watch_stop(r);
+    /* An HTTP/1.0 client asking for keep-alive cannot have a chunked reply
+     * framed for it: evhttp would announce Content-Length 0. Such a stream ends
+     * with the connection instead. */
+    if (evhttp_request_get_input_headers(r->req) && r->req->major == 1 && r->req->minor == 0)
+        evhttp_remove_header(evhttp_request_get_input_headers(r->req), "Connection");
     evhttp_send_reply_start(r->req, status, reason_of(status));
+    /* evhttp now reads the socket (to see the client go away) with the idle
+     * timeout, and only writes re-arm it: a text stream (no heartbeats) whose
+     * provider is silent longer than IDLE_TIMEOUT would be cut. Keep the write
+     * timeout, drop the read one; the connection tracker enforces idleness
+     * after the response. */
+    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+    if (bev) {
+        struct timeval wt = {.tv_sec = r->srv->lim.idle_timeout_ms / 1000,
+                             .tv_usec = (r->srv->lim.idle_timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, NULL, &wt);
+    }
 }
 
 static void on_written(struct evhttp_connection *evcon, void *arg)
@@ -674,13 +695,18 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
     struct timeval sweep_tv = {0, 250 * 1000};
     event_add(s->sweep, &sweep_tv);
     s->bound = evhttp_accept_socket_with_handle(s->http, fd);
-    if (!s->bound)
+    if (!s->bound) {
+        close(fd);
+        evhttp_free(s->http);
+        s->http = NULL;
+        fd = -1;
         goto fail;
+    }
     return s;
 fail:
     if (s->http)
         evhttp_free(s->http);
-    else
+    else if (fd >= 0)
         close(fd);
     if (s->sweep)
         event_free(s->sweep);

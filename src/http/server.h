@@ -60,8 +60,8 @@ typedef void (*http_dispatch_fn)(http_req *r, void *ctx);
 
 /*
  * Creates a server on base accepting on the already-listening socket fd (the
- * server takes ownership of fd). Never returns NULL; on an unusable fd returns
- * NULL and closes it.
+ * server takes ownership of fd). Returns NULL (having closed fd) when the
+ * server cannot be set up.
  */
 http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
                              http_dispatch_fn dispatch, void *ctx);
@@ -101,7 +101,6 @@ const char *http_req_body(http_req *r, size_t *len);
 const char *http_req_id(const http_req *r);
 /* The peer address as text. */
 const char *http_req_peer(const http_req *r);
-bool http_req_closed(const http_req *r);
 /* True when the body is larger than max_body_bytes (the handler must answer 413). */
 bool http_req_body_too_large(const http_req *r);
 
@@ -152,7 +151,5 @@ bool http_stream_write(http_req *r, const char *data, size_t len);
 /* Terminal: ends a started stream. */
 void http_stream_end(http_req *r);
 
-/* True once a stream was started or a reply sent. */
-bool http_req_responded(const http_req *r);
 
 #endif

@@ -56,6 +56,26 @@ static void test_time_formats(void **state)
     assert_true(strcmp(buf + 20, "123000") == 0);
 }
 
+static void test_utf8_trim(void **state)
+{
+    (void)state;
+    char a[] = "caf\xc3\xa9";       /* complete: unchanged */
+    chat_utf8_trim(a);
+    assert_string_equal(a, "caf\xc3\xa9");
+    char b[] = "caf\xc3";           /* a cut 2-byte sequence */
+    chat_utf8_trim(b);
+    assert_string_equal(b, "caf");
+    char c[] = "x\xf0\x9f\x8e";     /* a cut 4-byte sequence */
+    chat_utf8_trim(c);
+    assert_string_equal(c, "x");
+    char d[] = "x\xf0\x9f\x8e\x89"; /* complete 4-byte */
+    chat_utf8_trim(d);
+    assert_string_equal(d, "x\xf0\x9f\x8e\x89");
+    char e[] = "";
+    chat_utf8_trim(e);
+    assert_string_equal(e, "");
+}
+
 static void test_clocks(void **state)
 {
     (void)state;
@@ -71,6 +91,7 @@ int main(void)
         cmocka_unit_test(test_valid_id),
         cmocka_unit_test(test_random_id),
         cmocka_unit_test(test_time_formats),
+        cmocka_unit_test(test_utf8_trim),
         cmocka_unit_test(test_clocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
