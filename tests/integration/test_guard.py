@@ -863,3 +863,20 @@ def test_openapi_documents_the_gate():
         if t not in types:
             problems.append(f"V1ErrorType lacks {t}")
     assert problems == []
+
+
+def test_max_sessions_per_key(chatd):
+    s = chatd({"AUTH_MODE": "keys", "MAX_SESSIONS_PER_KEY": "2"})
+    _, one = create_key(s, "capped")
+    _, two = create_key(s, "other-capped")
+    c = s.client
+    for sid in ("cap-a", "cap-b"):
+        assert c.post("/v1/chat", json={"message": "hi", "session_id": sid}, headers=bearer(one)).status_code == 200
+    r = c.post("/v1/chat", json={"message": "hi", "session_id": "cap-c"}, headers=bearer(one))
+    assert r.status_code == 403 and r.json()["error"]["type"] == "session_limit_reached", r.text
+    # Existing sessions keep working; another key has its own count.
+    assert c.post("/v1/chat", json={"message": "again", "session_id": "cap-a"}, headers=bearer(one)).status_code == 200
+    assert c.post("/v1/chat", json={"message": "hi", "session_id": "cap-x"}, headers=bearer(two)).status_code == 200
+    # Deleting one frees a place.
+    assert c.delete("/v1/sessions/cap-b", headers=bearer(one)).status_code == 204
+    assert c.post("/v1/chat", json={"message": "hi", "session_id": "cap-c"}, headers=bearer(one)).status_code == 200
