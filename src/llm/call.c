@@ -239,6 +239,18 @@ char *llm_strndup_utf8(const char *s, size_t max)
     return chat_xstrndup(s, max);
 }
 
+json_t *llm_load_object(llm_parse *st, const char *body, size_t len)
+{
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    if (json_is_object(j))
+        return j;
+    llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "malformed JSON response: %s",
+                   j ? "not an object" : je.text);
+    json_decref(j);
+    return NULL;
+}
+
 char *llm_http_error_text(int http_status, const char *body, size_t len)
 {
     char *ex = llm_excerpt(body, len, 200);

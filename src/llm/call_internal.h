@@ -149,6 +149,10 @@ int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens);
  */
 char *llm_excerpt(const char *body, size_t len, size_t max);
 
+/* Parses a JSON response body that must be an object. NULL (the failure
+ * recorded in st as LLM_ERR_PROTOCOL) when it is not. The caller decrefs. */
+json_t *llm_load_object(llm_parse *st, const char *body, size_t len);
+
 /* The message of an error response whose body carries none we can read:
  * "HTTP <status>: <excerpt>", or "HTTP <status> with an empty body". Heap. */
 char *llm_http_error_text(int http_status, const char *body, size_t len);

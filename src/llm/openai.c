@@ -334,13 +334,9 @@ out:
 static llm_status parse_json_body(llm_parse *st, const char *body, size_t len)
 {
     llm_status rc = LLM_ERR_PROTOCOL;
-    json_error_t je;
-    json_t *j = json_loadb(body, len, 0, &je);
-    if (!json_is_object(j)) {
-        llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "malformed JSON response: %s",
-                       j ? "not an object" : je.text);
+    json_t *j = llm_load_object(st, body, len);
+    if (!j)
         goto out;
-    }
     json_t *err = json_object_get(j, "error");
     if (err && !json_is_null(err)) {
         fail_with_error(st, err, body, len);
