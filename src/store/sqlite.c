@@ -1153,6 +1153,33 @@ static void read_session(sqlite3_stmt *st, store_session *out)
     out->cost_micros = sqlite3_column_int64(st, 12);
 }
 
+/*
+ * Runs a bound query of at most one row on statement id, keyed by one text
+ * parameter: read(st, out) on a row and CHAT_OK, CHAT_ENOTFOUND without one,
+ * CHAT_EIO on an error. The statement is reset either way.
+ */
+static chat_rc fetch_row(store *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *),
+                         void *out)
+{
+    sqlite3_stmt *st = s->st[id];
+    bind_text(s, st, 1, key);
+    int rc = step(s, st);
+    chat_rc out_rc = CHAT_OK;
+    if (rc == SQLITE_ROW)
+        read(st, out);
+    else if (rc == SQLITE_DONE)
+        out_rc = CHAT_ENOTFOUND;
+    else
+        out_rc = db_fail(s, stmt_name[id], rc);
+    done(st);
+    return out_rc;
+}
+
+static void read_session_row(sqlite3_stmt *st, void *out)
+{
+    read_session(st, out);
+}
+
 chat_rc store_session_get(store *s, const char *session_id, store_session *out)
 {
     if (!out)
@@ -1160,20 +1187,7 @@ chat_rc store_session_get(store *s, const char *session_id, store_session *out)
     memset(out, 0, sizeof *out);
     if (!s || !valid_id(session_id))
         return CHAT_EINVAL;
-    sqlite3_stmt *st = s->st[ST_SESSION_GET];
-    bind_text(s, st, 1, session_id);
-    int rc = step(s, st);
-    chat_rc out_rc;
-    if (rc == SQLITE_ROW) {
-        read_session(st, out);
-        out_rc = CHAT_OK;
-    } else if (rc == SQLITE_DONE) {
-        out_rc = CHAT_ENOTFOUND;
-    } else {
-        out_rc = db_fail(s, "ST_SESSION_GET", rc);
-    }
-    done(st);
-    return out_rc;
+    return fetch_row(s, ST_SESSION_GET, session_id, read_session_row, out);
 }
 
 void store_session_clear(store_session *sess)
@@ -1824,6 +1838,11 @@ chat_rc store_key_create(store *s, const store_key_new *k)
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
+static void read_key_row(sqlite3_stmt *st, void *out)
+{
+    read_key(st, out);
+}
+
 chat_rc store_key_find_by_hash(store *s, const char *hash, store_key *out)
 {
     if (!out)
@@ -1831,20 +1850,7 @@ chat_rc store_key_find_by_hash(store *s, const char *hash, store_key *out)
     memset(out, 0, sizeof *out);
     if (!s || !valid_hash(hash))
         return CHAT_EINVAL;
-    sqlite3_stmt *st = s->st[ST_KEY_BY_HASH];
-    bind_text(s, st, 1, hash);
-    int rc = step(s, st);
-    chat_rc out_rc;
-    if (rc == SQLITE_ROW) {
-        read_key(st, out);
-        out_rc = CHAT_OK;
-    } else if (rc == SQLITE_DONE) {
-        out_rc = CHAT_ENOTFOUND;
-    } else {
-        out_rc = db_fail(s, "ST_KEY_BY_HASH", rc);
-    }
-    done(st);
-    return out_rc;
+    return fetch_row(s, ST_KEY_BY_HASH, hash, read_key_row, out);
 }
 
 chat_rc store_keys_list(store *s, store_key **out, size_t *n)
@@ -1942,23 +1948,17 @@ out:
     return rc;
 }
 
+static void read_count_row(sqlite3_stmt *st, void *out)
+{
+    *(int64_t *)out = sqlite3_column_int64(st, 0);
+}
+
 chat_rc store_key_session_count(store *s, const char *id, int64_t *out)
 {
     if (!s || !valid_id(id) || !out)
         return CHAT_EINVAL;
     *out = 0;
-    sqlite3_stmt *st = s->st[ST_KEY_SESSION_COUNT];
-    bind_text(s, st, 1, id);
-    int rc = step(s, st);
-    chat_rc out_rc = CHAT_OK;
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int64(st, 0);
-    else if (rc == SQLITE_DONE)
-        out_rc = CHAT_ENOTFOUND;
-    else
-        out_rc = db_fail(s, "ST_KEY_SESSION_COUNT", rc);
-    done(st);
-    return out_rc;
+    return fetch_row(s, ST_KEY_SESSION_COUNT, id, read_count_row, out);
 }
 
 chat_rc store_key_touch(store *s, const char *id, int64_t now)
