@@ -290,6 +290,7 @@ struct store {
     sqlite3 *db;                  /* the connection; owned */
     file_lock *writer;            /* the file's in-process write mutex; NULL for :memory: */
     bool writing;                 /* this handle holds writer->mu */
+    bool sync_normal;             /* DATABASE_URL ?synchronous=normal: commits without fsync */
     sqlite3_stmt *st[ST_COUNT];   /* prepared statements, each reset after use; owned */
     int schema_version;           /* highest migration applied, read in store_open */
     int bind_rc;                  /* first failed sqlite3_bind_* since the last step, or SQLITE_OK */
@@ -472,12 +473,37 @@ static int64_t known(int64_t v)
  * Splits a sqlite:// URL into the filename for sqlite3_open_v2. *path is a heap
  * string; *memory tells whether it is a private in-memory database.
  */
-static chat_rc parse_url(const char *url, char **path, bool *memory, char *err, size_t errlen)
+static chat_rc parse_path(const char *url, char **path, bool *memory, const char *usage, char *err,
+                          size_t errlen);
+
+static chat_rc parse_url(const char *url, char **path, bool *memory, bool *sync_normal, char *err, size_t errlen)
 {
     static const char usage[] =
-        "expected sqlite:///relative/path, sqlite:////absolute/path or sqlite://:memory:";
+        "expected sqlite:///relative/path, sqlite:////absolute/path or sqlite://:memory:, "
+        "optionally followed by ?synchronous=full or ?synchronous=normal";
     *path = NULL;
     *memory = false;
+    *sync_normal = false;
+    /* The one option: the durability of a commit (see configure()). */
+    char *copy = NULL;
+    const char *q = strchr(url, '?');
+    if (q) {
+        if (strcmp(q, "?synchronous=normal") == 0) {
+            *sync_normal = true;
+        } else if (strcmp(q, "?synchronous=full") != 0) {
+            set_err(err, errlen, "unsupported database url option %s (%s)", q, usage);
+            return CHAT_EINVAL;
+        }
+        copy = chat_xstrndup(url, (size_t)(q - url));
+        url = copy;
+    }
+    chat_rc rc = parse_path(url, path, memory, usage, err, errlen);
+    free(copy);
+    return rc;
+}
+
+static chat_rc parse_path(const char *url, char **path, bool *memory, const char *usage, char *err, size_t errlen)
+{
     if (strncmp(url, URL_PREFIX, strlen(URL_PREFIX)) != 0) {
         set_err(err, errlen, "unsupported database url (%s)", usage);
         return CHAT_EINVAL;
@@ -603,9 +629,12 @@ static chat_rc configure(store *s, bool memory, char *err, size_t errlen)
      * checkpoints: a process crash would still lose nothing (the WAL is in the
      * OS page cache), but a power loss could silently roll back the last
      * acknowledged turns. The cost is one fsync per turn, which is small next to
-     * an LLM call.
+     * an LLM call. `?synchronous=normal` in DATABASE_URL chooses NORMAL, for
+     * those who accept that trade (measured in bench/README.md).
      */
-    rc = exec_sql(s, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", "connection setup", err,
+    rc = exec_sql(s, s->sync_normal ? "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                                    : "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+                  "connection setup", err,
                   errlen);
     return rc;
 }
@@ -791,7 +820,8 @@ chat_rc store_open(const char *url, store **out, char *err, size_t errlen)
         return CHAT_EINVAL;
     }
     *out = NULL;
-    rc = parse_url(url, &path, &memory, err, errlen);
+    bool sync_normal = false;
+    rc = parse_url(url, &path, &memory, &sync_normal, err, errlen);
     if (rc != CHAT_OK)
         goto out;
     if (!memory) {
@@ -816,6 +846,7 @@ chat_rc store_open(const char *url, store **out, char *err, size_t errlen)
     if (!memory)
         s->writer = file_lock_get(path); /* after open: the file exists, realpath names it */
 
+    s->sync_normal = sync_normal;
     rc = configure(s, memory, err, errlen);
     if (rc != CHAT_OK)
         goto out;
@@ -875,6 +906,8 @@ chat_rc store_ping(store *s)
  */
 static chat_rc run_unsynced(store *s, enum stmt_id id)
 {
+    if (s->sync_normal)
+        return run(s, id);
     if (run(s, ST_SYNC_NORMAL) != CHAT_OK)
         return run(s, id);
     chat_rc rc = run(s, id);

@@ -148,7 +148,10 @@ typedef struct store_turn_result {
  * schema is newer than this binary's migrations is refused (CHAT_EIO).
  * Supported: "sqlite:///relative/path.db" (three slashes: relative to the current
  * directory), "sqlite:////absolute/path.db", and "sqlite://:memory:" for tests
- * (a private database per handle, gone at close).
+ * (a private database per handle, gone at close). A file URL may end with
+ * "?synchronous=full" (the default: an acknowledged commit survives a power
+ * loss) or "?synchronous=normal" (no fsync per commit: still safe against a
+ * process crash such as kill -9, not against a power loss or kernel crash).
  * The parent directory of a file database is created if missing. On failure
  * writes a one-line reason into err (if errlen > 0) and returns CHAT_EINVAL (bad
  * url) or CHAT_EIO. On success *out owns the handle.

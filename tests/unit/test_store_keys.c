@@ -961,6 +961,34 @@ static void test_migrate_from_v1(void **state)
     sqlite3_close(db);
 }
 
+/* DATABASE_URL ?synchronous=normal|full: accepted, anything else refused; data is the same. */
+static void test_url_synchronous_option(void **state)
+{
+    struct fixture *f = *state;
+    char url[600], err[256] = "";
+    store *s = NULL;
+    snprintf(url, sizeof url, "%s?synchronous=normal", f->url);
+    s = open_url(url);
+    store_turn t = make_turn("sync", "tok", 1000);
+    lock_and_commit(s, t, NULL);
+    store_close(s);
+    snprintf(url, sizeof url, "%s?synchronous=full", f->url);
+    s = open_url(url);
+    store_session sess = {0};
+    assert_int_equal(store_session_get(s, "sync", &sess), CHAT_OK);
+    assert_int_equal(sess.turn_count, 1);
+    store_session_clear(&sess);
+    store_close(s);
+    const char *bad[] = {"?synchronous=off", "?journal=wal", "?", "?synchronous=normal&x=1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(url, sizeof url, "%s%s", f->url, bad[i]);
+        s = NULL;
+        assert_int_equal(store_open(url, &s, err, sizeof err), CHAT_EINVAL);
+        assert_null(s);
+        assert_non_null(strstr(err, "option"));
+    }
+}
+
 /* Schema 003: api_keys.session_count follows session creation, deletion and expiry. */
 static void test_keys_session_count(void **state)
 {
@@ -1016,6 +1044,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keys_touch, setup, teardown),
         cmocka_unit_test(test_keys_usage),
         cmocka_unit_test(test_keys_session_count),
+        cmocka_unit_test_setup_teardown(test_url_synchronous_option, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
