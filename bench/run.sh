@@ -137,7 +137,7 @@ FAKE=http://127.0.0.1:$FAKE_PORT
 # shellcheck disable=SC2086
 (cd "$TMP" && exec env -i PATH="$PATH" HOME="$TMP" ENV_FILE=/dev/null \
     ANTHROPIC_API_KEY=bench ANTHROPIC_BASE_URL="$FAKE" \
-    DATABASE_URL="sqlite:///$DB_DIR_/bench.db" PORT=0 HOST=127.0.0.1 WORKERS="$WORKERS" \
+    DATABASE_URL="sqlite:///$DB_DIR_/bench.db${BENCH_DB_SYNC:+?synchronous=$BENCH_DB_SYNC}" PORT=0 HOST=127.0.0.1 WORKERS="$WORKERS" \
     LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s RATE_LIMIT=off ${BENCH_CHATD_ENV:-} \
     "$BIN" serve) >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
 CHATD_PID=$!
