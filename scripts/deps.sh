@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Installs everything chatd needs to build, run and test on Debian 12:
-# apt packages (compiler, libraries, test tools) and the npm packages of the
-# test tooling (package-lock.json, exact versions). Idempotent; skips apt when
-# every package is already installed.
+# Installs what chatd needs on Debian 12. Idempotent; skips apt when every
+# package is already installed.
+#   scripts/deps.sh build   compiler and libraries: enough to build and run chatd
+#   scripts/deps.sh         (default: test) also the test tools, the servers the
+#                           tests start, chromium, and the npm packages of the
+#                           test tooling (package-lock.json, exact versions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WHAT=${1:-test}
 
 APT_PACKAGES=(
   build-essential cmake pkg-config
   libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
   libhiredis-dev
+)
+[ "$WHAT" = build ] || APT_PACKAGES+=(
   libcmocka-dev
   python3 python3-pytest python3-httpx
   python3-prometheus-client python3-yaml
@@ -25,7 +30,7 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 # Node.js may come from elsewhere than Debian (with its own npm): only install
 # Debian's when the commands are missing.
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+if [ "$WHAT" != build ] && { ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; }; then
   missing+=(nodejs npm)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -45,7 +50,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ -n "$added_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
-if [ -f package-lock.json ]; then
+if [ "$WHAT" != build ] && [ -f package-lock.json ]; then
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     echo "deps: npm ci"
     npm ci --no-audit --no-fund --loglevel=error

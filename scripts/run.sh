@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The one command that installs what is missing, builds chatd and starts it:
+# The one command that installs what is missing (build packages only), builds
+# chatd and starts it:
 #   scripts/run.sh [flags for chatd serve]
 # Configuration comes from ./.env, the environment, or flags (chatd --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+scripts/deps.sh build
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-release -j"$(nproc)"
 exec build-release/chatd serve "$@"
