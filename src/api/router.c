@@ -100,41 +100,45 @@ static int split_path(char *copy, char **seg)
     return n;
 }
 
-/* Matches path segments against a pattern; on success fills params (heap,
+/* Matches path segments against a pattern, walking the pattern in place (no
+ * allocation for the routes that do not match); on success fills params (heap,
  * decoded). A decoded segment with a NUL byte cannot be a valid id: it is
  * replaced by a string that fails every id check ("\x01"), so the handler
  * answers with its usual validation error. */
 static bool match(const char *pattern, char **pseg, int np, char **params)
 {
-    char *pcopy = chat_xstrdup(pattern);
-    char *rseg[MAX_SEGMENTS];
-    int nr = split_path(pcopy, rseg);
-    bool ok = nr == np;
-    int k = 0;
-    for (int i = 0; ok && i < nr; i++) {
-        if (strcmp(rseg[i], "{}") == 0) {
-            if (pseg[i][0] == '\0' || k == MAX_PARAMS) {
-                ok = false;
-                break;
-            }
-            size_t dlen = 0;
-            char *dec = evhttp_uridecode(pseg[i], 0, &dlen);
-            if (dec && strlen(dec) != dlen) {
-                free(dec);
-                dec = chat_xstrdup("\x01");
-            }
-            params[k++] = dec;
-        } else if (strcmp(rseg[i], pseg[i]) != 0) {
-            ok = false;
+    const char *p = pattern[0] == '/' ? pattern + 1 : pattern;
+    int captured[MAX_PARAMS], k = 0;
+    int i = 0;
+    if (*p == '\0')
+        return np == 0;
+    for (;; i++) {
+        size_t len = strcspn(p, "/");
+        if (i == np)
+            return false;
+        if (len == 2 && p[0] == '{' && p[1] == '}') {
+            if (pseg[i][0] == '\0' || k == MAX_PARAMS)
+                return false;
+            captured[k++] = i;
+        } else if (strlen(pseg[i]) != len || memcmp(pseg[i], p, len) != 0) {
+            return false;
         }
+        if (p[len] == '\0')
+            break;
+        p += len + 1;
     }
-    if (!ok)
-        for (int i = 0; i < k; i++) {
-            free(params[i]);
-            params[i] = NULL;
+    if (i + 1 != np)
+        return false;
+    for (int j = 0; j < k; j++) {
+        size_t dlen = 0;
+        char *dec = evhttp_uridecode(pseg[captured[j]], 0, &dlen);
+        if (dec && strlen(dec) != dlen) {
+            free(dec);
+            dec = chat_xstrdup("\x01");
         }
-    free(pcopy);
-    return ok;
+        params[j] = dec;
+    }
+    return true;
 }
 
 static void append_allow(char *allow, size_t len, unsigned methods)
