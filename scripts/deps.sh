@@ -12,13 +12,13 @@ WHAT=${1:-test}
 APT_PACKAGES=(
   build-essential cmake pkg-config
   libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
-  libhiredis-dev
+  libhiredis-dev libpq-dev
 )
 [ "$WHAT" = build ] || APT_PACKAGES+=(
   libcmocka-dev
   python3 python3-pytest python3-httpx
   python3-prometheus-client python3-yaml
-  nginx redis-server
+  nginx redis-server postgresql
   chromium fonts-dejavu-core
   valgrind
   wrk

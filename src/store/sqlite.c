@@ -29,7 +29,7 @@
  * Database errors are logged to stderr as one line and reported as CHAT_EIO.
  */
 #define _GNU_SOURCE
-#include "store/store.h"
+#include "store/backend.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -218,7 +218,23 @@ enum {
       "UPDATE api_keys SET turn_count = turn_count + 1, input_tokens = input_tokens + ?2, "  \
       "output_tokens = output_tokens + ?3, cache_read_tokens = cache_read_tokens + ?4, "     \
       "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "        \
-      "WHERE id = ?1")
+      "WHERE id = ?1")                                                                       \
+    /* ---- chatd import ---- */                                                             \
+    X(ST_SESSION_IMPORT,                                                                     \
+      "INSERT INTO sessions (" SESSION_COLS ") "                                             \
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "                     \
+      "ON CONFLICT (id) DO NOTHING")                                                         \
+    X(ST_STATS_IMPORT,                                                                       \
+      "UPDATE stats SET total_sessions = total_sessions + 1, "                               \
+      "total_messages = total_messages + ?1, total_turns = total_turns + ?2, "               \
+      "input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4, "               \
+      "cache_read_tokens = cache_read_tokens + ?5, "                                         \
+      "cache_write_tokens = cache_write_tokens + ?6, cost_micros = cost_micros + ?7 "        \
+      "WHERE id = 1")                                                                        \
+    X(ST_KEY_IMPORT,                                                                         \
+      "INSERT INTO api_keys (" KEY_COLS ") "                                                 \
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "                \
+      "ON CONFLICT DO NOTHING")
 
 #define AS_ENUM(name, sql) name,
 #define AS_SQL(name, sql) [name] = sql,
@@ -286,7 +302,9 @@ static void file_lock_put(file_lock *l)
     pthread_mutex_unlock(&file_locks_mu);
 }
 
-struct store {
+typedef struct sqlite_db sqlite_db;
+
+struct sqlite_db {
     sqlite3 *db;                  /* the connection; owned */
     file_lock *writer;            /* the file's in-process write mutex; NULL for :memory: */
     bool writing;                 /* this handle holds writer->mu */
@@ -299,7 +317,9 @@ struct store {
 /* ---- errors --------------------------------------------------------------- */
 
 /* Logs one line naming the failed operation and SQLite's reason; returns CHAT_EIO. */
-static chat_rc db_fail(store *s, const char *what, int rc)
+static void sqlite_close(sqlite_db *s);
+
+static chat_rc db_fail(sqlite_db *s, const char *what, int rc)
 {
     fprintf(stderr, "chatd store(sqlite): %s failed: %s (%s, code %d)\n", what,
             s && s->db ? sqlite3_errmsg(s->db) : "no connection", sqlite3_errstr(rc), rc);
@@ -323,23 +343,23 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* Binding failures (e.g. SQLITE_TOOBIG) are remembered and reported by step(),
  * so that call sites bind without checking each call. */
-static void note_bind(store *s, int rc)
+static void note_bind(sqlite_db *s, int rc)
 {
     if (rc != SQLITE_OK && s->bind_rc == SQLITE_OK)
         s->bind_rc = rc;
 }
 
-static void bind_text(store *s, sqlite3_stmt *st, int i, const char *v)
+static void bind_text(sqlite_db *s, sqlite3_stmt *st, int i, const char *v)
 {
     note_bind(s, v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i));
 }
 
-static void bind_i64(store *s, sqlite3_stmt *st, int i, int64_t v)
+static void bind_i64(sqlite_db *s, sqlite3_stmt *st, int i, int64_t v)
 {
     note_bind(s, sqlite3_bind_int64(st, i, v));
 }
 
-static void write_lock(store *s)
+static void write_lock(sqlite_db *s)
 {
     if (!s->writer || s->writing)
         return;
@@ -350,7 +370,7 @@ static void write_lock(store *s)
         s->writing = true;
 }
 
-static void write_unlock(store *s)
+static void write_unlock(sqlite_db *s)
 {
     if (s->writing) {
         s->writing = false;
@@ -360,7 +380,7 @@ static void write_unlock(store *s)
 
 /* sqlite3_step, or the pending bind error if a bind failed. A write outside a
  * transaction takes the file's write mutex until done(). */
-static int step(store *s, sqlite3_stmt *st)
+static int step(sqlite_db *s, sqlite3_stmt *st)
 {
     if (s->bind_rc != SQLITE_OK) {
         int rc = s->bind_rc;
@@ -374,7 +394,7 @@ static int step(store *s, sqlite3_stmt *st)
 
 /* Returns a statement to its idle state and drops its (borrowed) bindings; a
  * write outside a transaction releases the write mutex. */
-static void done_in(store *s, sqlite3_stmt *st)
+static void done_in(sqlite_db *s, sqlite3_stmt *st)
 {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -385,7 +405,7 @@ static void done_in(store *s, sqlite3_stmt *st)
 #define done(st) done_in(s, (st))
 
 /* Runs a bound statement that returns no rows. */
-static chat_rc run(store *s, enum stmt_id id)
+static chat_rc run(sqlite_db *s, enum stmt_id id)
 {
     sqlite3_stmt *st = s->st[id];
     int rc = step(s, st);
@@ -404,7 +424,7 @@ static char *col_dup(sqlite3_stmt *st, int i)
 
 /* ---- transactions --------------------------------------------------------- */
 
-static chat_rc tx_begin(store *s, enum stmt_id kind)
+static chat_rc tx_begin(sqlite_db *s, enum stmt_id kind)
 {
     if (kind == ST_BEGIN_WRITE)
         write_lock(s);
@@ -415,14 +435,14 @@ static chat_rc tx_begin(store *s, enum stmt_id kind)
 }
 
 /* Rolls back the open transaction, if any (a failed COMMIT may leave none). */
-static void tx_rollback(store *s)
+static void tx_rollback(sqlite_db *s)
 {
     if (!sqlite3_get_autocommit(s->db) && run(s, ST_ROLLBACK) != CHAT_OK)
         fprintf(stderr, "chatd store(sqlite): rollback failed; the connection may be unusable\n");
     write_unlock(s);
 }
 
-static chat_rc tx_commit(store *s)
+static chat_rc tx_commit(sqlite_db *s)
 {
     chat_rc rc = run(s, ST_COMMIT);
     if (rc != CHAT_OK)
@@ -574,7 +594,7 @@ static chat_rc make_parent_dirs(const char *path, char *err, size_t errlen)
 }
 
 /* Runs one SQL text (possibly several statements) outside the statement cache. */
-static chat_rc exec_sql(store *s, const char *sql, const char *what, char *err, size_t errlen)
+static chat_rc exec_sql(sqlite_db *s, const char *sql, const char *what, char *err, size_t errlen)
 {
     char *msg = NULL;
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
@@ -590,7 +610,7 @@ static chat_rc exec_sql(store *s, const char *sql, const char *what, char *err, 
  * Per-connection settings. These pragmas must run outside a transaction
  * (foreign_keys and journal_mode are silently ignored inside one).
  */
-static chat_rc configure(store *s, bool memory, char *err, size_t errlen)
+static chat_rc configure(sqlite_db *s, bool memory, char *err, size_t errlen)
 {
     chat_rc rc;
     sqlite3_stmt *st = NULL;
@@ -711,7 +731,7 @@ static int64_t wall_ms(void)
 }
 
 /* Applies the pending migrations in one BEGIN IMMEDIATE transaction. */
-static chat_rc migrate(store *s, char *err, size_t errlen)
+static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
 {
     struct migration *m = NULL;
     size_t n = 0;
@@ -793,7 +813,7 @@ out:
     return rc;
 }
 
-static chat_rc prepare_all(store *s, char *err, size_t errlen)
+static chat_rc prepare_all(sqlite_db *s, char *err, size_t errlen)
 {
     for (int i = 0; i < ST_COUNT; i++) {
         int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
@@ -806,10 +826,10 @@ static chat_rc prepare_all(store *s, char *err, size_t errlen)
     return CHAT_OK;
 }
 
-chat_rc store_open(const char *url, store **out, char *err, size_t errlen)
+static chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t errlen)
 {
     chat_rc rc;
-    store *s = NULL;
+    sqlite_db *s = NULL;
     char *path = NULL;
     bool memory = false;
 
@@ -860,12 +880,12 @@ chat_rc store_open(const char *url, store **out, char *err, size_t errlen)
     *out = s;
     s = NULL;
 out:
-    store_close(s);
+    sqlite_close(s);
     free(path);
     return rc;
 }
 
-void store_close(store *s)
+static void sqlite_close(sqlite_db *s)
 {
     if (!s)
         return;
@@ -881,12 +901,12 @@ void store_close(store *s)
     free(s);
 }
 
-int store_schema_version(store *s)
+static int sqlite_schema_version(sqlite_db *s)
 {
     return s ? s->schema_version : 0;
 }
 
-chat_rc store_ping(store *s)
+static chat_rc sqlite_ping(sqlite_db *s)
 {
     if (!s)
         return CHAT_EINVAL;
@@ -904,7 +924,7 @@ chat_rc store_ping(store *s)
  * locks expire by themselves, and the next FULL commit (the turn's) syncs these
  * WAL frames too. A turn then costs one fsync, its commit, instead of three.
  */
-static chat_rc run_unsynced(store *s, enum stmt_id id)
+static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
 {
     if (s->sync_normal)
         return run(s, id);
@@ -916,7 +936,7 @@ static chat_rc run_unsynced(store *s, enum stmt_id id)
     return rc;
 }
 
-chat_rc store_lock_acquire(store *s, const char *session_id, const char *token, int64_t now,
+static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const char *token, int64_t now,
                            int64_t ttl_ms)
 {
     if (!s || !valid_id(session_id) || !valid_id(token) || now < 0 || ttl_ms <= 0 ||
@@ -934,7 +954,7 @@ chat_rc store_lock_acquire(store *s, const char *session_id, const char *token, 
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_EBUSY;
 }
 
-chat_rc store_lock_refresh(store *s, const char *session_id, const char *token, int64_t now,
+static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const char *token, int64_t now,
                            int64_t ttl_ms)
 {
     if (!s || !valid_id(session_id) || !valid_id(token) || now < 0 || ttl_ms <= 0 ||
@@ -950,7 +970,7 @@ chat_rc store_lock_refresh(store *s, const char *session_id, const char *token, 
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
-chat_rc store_lock_release(store *s, const char *session_id, const char *token)
+static chat_rc sqlite_lock_release(sqlite_db *s, const char *session_id, const char *token)
 {
     if (!s || !valid_id(session_id) || !valid_id(token))
         return CHAT_EINVAL;
@@ -961,7 +981,7 @@ chat_rc store_lock_release(store *s, const char *session_id, const char *token)
 }
 
 /* Inside a transaction: CHAT_OK when token holds the session's lock. */
-static chat_rc check_lock(store *s, const char *session_id, const char *token)
+static chat_rc check_lock(sqlite_db *s, const char *session_id, const char *token)
 {
     sqlite3_stmt *st = s->st[ST_LOCK_TOKEN];
     bind_text(s, st, 1, session_id);
@@ -994,7 +1014,7 @@ static bool valid_turn(const store_turn *t)
 }
 
 /* Binds and runs one message insert; *id receives its row id. */
-static chat_rc insert_message(store *s, const store_turn *t, int64_t seq, bool assistant,
+static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bool assistant,
                               int64_t *id)
 {
     sqlite3_stmt *st = s->st[ST_MESSAGE_INSERT];
@@ -1025,7 +1045,7 @@ static chat_rc insert_message(store *s, const store_turn *t, int64_t seq, bool a
  * out and that a retry took over belongs to the retry, and this commit must not
  * happen (CHAT_ECONFLICT), so that one key never commits two turns.
  */
-static chat_rc idem_complete(store *s, const store_turn *t, const store_turn_result *r,
+static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn_result *r,
                              int64_t reply_seq)
 {
     sqlite3_stmt *st = s->st[ST_IDEM_COMMIT];
@@ -1054,7 +1074,7 @@ static chat_rc idem_complete(store *s, const store_turn *t, const store_turn_res
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
-chat_rc store_turn_commit(store *s, const store_turn *turn, store_turn_result *res)
+static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_turn_result *res)
 {
     if (!s || !valid_turn(turn))
         return CHAT_EINVAL;
@@ -1191,7 +1211,7 @@ static void read_session(sqlite3_stmt *st, store_session *out)
  * parameter: read(st, out) on a row and CHAT_OK, CHAT_ENOTFOUND without one,
  * CHAT_EIO on an error. The statement is reset either way.
  */
-static chat_rc fetch_row(store *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *),
+static chat_rc fetch_row(sqlite_db *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *),
                          void *out)
 {
     sqlite3_stmt *st = s->st[id];
@@ -1213,7 +1233,7 @@ static void read_session_row(sqlite3_stmt *st, void *out)
     read_session(st, out);
 }
 
-chat_rc store_session_get(store *s, const char *session_id, store_session *out)
+static chat_rc sqlite_session_get(sqlite_db *s, const char *session_id, store_session *out)
 {
     if (!out)
         return CHAT_EINVAL;
@@ -1223,19 +1243,8 @@ chat_rc store_session_get(store *s, const char *session_id, store_session *out)
     return fetch_row(s, ST_SESSION_GET, session_id, read_session_row, out);
 }
 
-void store_session_clear(store_session *sess)
-{
-    if (!sess)
-        return;
-    free(sess->id);
-    free(sess->owner);
-    free(sess->system_prompt);
-    free(sess->model);
-    memset(sess, 0, sizeof *sess);
-}
-
 /* Inside a write transaction: the session's counters, or CHAT_ENOTFOUND. */
-static chat_rc session_counts(store *s, const char *session_id, int64_t *turns, int64_t *messages)
+static chat_rc session_counts(sqlite_db *s, const char *session_id, int64_t *turns, int64_t *messages)
 {
     sqlite3_stmt *st = s->st[ST_SESSION_COUNTS];
     bind_text(s, st, 1, session_id);
@@ -1255,7 +1264,7 @@ static chat_rc session_counts(store *s, const char *session_id, int64_t *turns, 
 }
 
 /* Inside a write transaction: subtracts from the global counters. */
-static chat_rc stats_sub(store *s, int64_t sessions, int64_t messages, int64_t turns)
+static chat_rc stats_sub(sqlite_db *s, int64_t sessions, int64_t messages, int64_t turns)
 {
     sqlite3_stmt *st = s->st[ST_STATS_SUB];
     bind_i64(s, st, 1, sessions);
@@ -1269,7 +1278,7 @@ static chat_rc stats_sub(store *s, int64_t sessions, int64_t messages, int64_t t
  * left to the cascade, so the counts stay right even where foreign keys are
  * off) and its lock, and takes them out of the global counters.
  */
-static chat_rc delete_session(store *s, const char *session_id, int64_t turns, int64_t messages)
+static chat_rc delete_session(sqlite_db *s, const char *session_id, int64_t turns, int64_t messages)
 {
     static const enum stmt_id steps[] = {ST_MESSAGES_DELETE, ST_SESSION_DELETE, ST_LOCK_DROP};
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
@@ -1281,7 +1290,7 @@ static chat_rc delete_session(store *s, const char *session_id, int64_t turns, i
     return stats_sub(s, 1, messages, turns);
 }
 
-chat_rc store_session_delete(store *s, const char *session_id)
+static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
 {
     if (!s || !valid_id(session_id))
         return CHAT_EINVAL;
@@ -1299,7 +1308,7 @@ chat_rc store_session_delete(store *s, const char *session_id)
     return rc;
 }
 
-chat_rc store_session_reset(store *s, const char *session_id, int64_t now,
+static chat_rc sqlite_session_reset(sqlite_db *s, const char *session_id, int64_t now,
                             int64_t *previous_turns)
 {
     if (!s || !valid_id(session_id) || now < 0)
@@ -1392,7 +1401,7 @@ static bool cursor_parse(const char *c, int64_t *created_at, char *idbuf)
     return true;
 }
 
-chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int limit,
+static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char *cursor, int limit,
                             store_session **out, size_t *n, char **next_cursor)
 {
     if (!out || !n || !next_cursor)
@@ -1449,15 +1458,6 @@ chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int
     return CHAT_OK;
 }
 
-void store_sessions_free(store_session *arr, size_t n)
-{
-    if (!arr)
-        return;
-    for (size_t i = 0; i < n; i++)
-        store_session_clear(&arr[i]);
-    free(arr);
-}
-
 /* ---- messages ------------------------------------------------------------- */
 
 static void read_message(sqlite3_stmt *st, store_message *m)
@@ -1478,7 +1478,7 @@ static void read_message(sqlite3_stmt *st, store_message *m)
     m->created_at = sqlite3_column_int64(st, 13);
 }
 
-chat_rc store_messages_list(store *s, const char *session_id, int64_t after_seq, int limit,
+static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_t after_seq, int limit,
                             store_message **out, size_t *n)
 {
     if (!out || !n)
@@ -1537,23 +1537,9 @@ out:
     return CHAT_OK;
 }
 
-void store_messages_free(store_message *arr, size_t n)
-{
-    if (!arr)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        free(arr[i].role);
-        free(arr[i].content);
-        free(arr[i].status);
-        free(arr[i].model);
-        free(arr[i].stop_reason);
-    }
-    free(arr);
-}
-
 /* ---- stats and retention -------------------------------------------------- */
 
-chat_rc store_stats_get(store *s, store_stats *out)
+static chat_rc sqlite_stats_get(sqlite_db *s, store_stats *out)
 {
     if (!out)
         return CHAT_EINVAL;
@@ -1586,7 +1572,7 @@ struct expired {
     int64_t messages;
 };
 
-chat_rc store_sessions_expire(store *s, int64_t before, int64_t now, int limit, int64_t *deleted)
+static chat_rc sqlite_sessions_expire(sqlite_db *s, int64_t before, int64_t now, int limit, int64_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -1673,7 +1659,7 @@ static void read_idem(sqlite3_stmt *st, const char *body_hash, store_idem *out)
     }
 }
 
-chat_rc store_idem_begin(store *s, const char *scope, const char *key, const char *body_hash,
+static chat_rc sqlite_idem_begin(sqlite_db *s, const char *scope, const char *key, const char *body_hash,
                          const char *token, const char *session_id, int64_t now,
                          int64_t lease_ms, store_idem *out)
 {
@@ -1743,21 +1729,7 @@ out:
     return rc;
 }
 
-void store_idem_clear(store_idem *r)
-{
-    if (!r)
-        return;
-    free(r->session_id);
-    free(r->response);
-    free(r->reply.role);
-    free(r->reply.content);
-    free(r->reply.status);
-    free(r->reply.model);
-    free(r->reply.stop_reason);
-    memset(r, 0, sizeof *r);
-}
-
-chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const char *token,
+static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *key, const char *token,
                            int64_t now, int64_t lease_ms)
 {
     if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token) ||
@@ -1774,7 +1746,7 @@ chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const c
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
-chat_rc store_idem_finish(store *s, const char *scope, const char *key, const char *token,
+static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *key, const char *token,
                           int status, const char *response, int64_t now, int64_t ttl_ms)
 {
     if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token) || status < 100 ||
@@ -1793,7 +1765,7 @@ chat_rc store_idem_finish(store *s, const char *scope, const char *key, const ch
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
-chat_rc store_idem_abort(store *s, const char *scope, const char *key, const char *token)
+static chat_rc sqlite_idem_abort(sqlite_db *s, const char *scope, const char *key, const char *token)
 {
     if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token))
         return CHAT_EINVAL;
@@ -1804,7 +1776,7 @@ chat_rc store_idem_abort(store *s, const char *scope, const char *key, const cha
     return run(s, ST_IDEM_ABORT);
 }
 
-chat_rc store_idem_expire(store *s, int64_t now, int limit, int64_t *deleted)
+static chat_rc sqlite_idem_expire(sqlite_db *s, int64_t now, int limit, int64_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -1852,7 +1824,7 @@ static void read_key(sqlite3_stmt *st, store_key *out)
     out->cost_micros = sqlite3_column_int64(st, 13);
 }
 
-chat_rc store_key_create(store *s, const store_key_new *k)
+static chat_rc sqlite_key_create(sqlite_db *s, const store_key_new *k)
 {
     if (!s || !k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) ||
         !k->role || (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
@@ -1876,7 +1848,7 @@ static void read_key_row(sqlite3_stmt *st, void *out)
     read_key(st, out);
 }
 
-chat_rc store_key_find_by_hash(store *s, const char *hash, store_key *out)
+static chat_rc sqlite_key_find_by_hash(sqlite_db *s, const char *hash, store_key *out)
 {
     if (!out)
         return CHAT_EINVAL;
@@ -1886,7 +1858,7 @@ chat_rc store_key_find_by_hash(store *s, const char *hash, store_key *out)
     return fetch_row(s, ST_KEY_BY_HASH, hash, read_key_row, out);
 }
 
-chat_rc store_keys_list(store *s, store_key **out, size_t *n)
+static chat_rc sqlite_keys_list(sqlite_db *s, store_key **out, size_t *n)
 {
     if (!out || !n)
         return CHAT_EINVAL;
@@ -1921,7 +1893,7 @@ chat_rc store_keys_list(store *s, store_key **out, size_t *n)
  * Inside a transaction: reads the keys a statement bound to id_or_name returns,
  * at most two. *found receives how many (2 meaning "two or more"); *k the first.
  */
-static chat_rc keys_matching(store *s, enum stmt_id id, const char *id_or_name, store_key *k,
+static chat_rc keys_matching(sqlite_db *s, enum stmt_id id, const char *id_or_name, store_key *k,
                              int *found)
 {
     sqlite3_stmt *st = s->st[id];
@@ -1939,7 +1911,7 @@ static chat_rc keys_matching(store *s, enum stmt_id id, const char *id_or_name, 
     return CHAT_OK;
 }
 
-chat_rc store_key_revoke(store *s, const char *id_or_name, int64_t now, store_key *out)
+static chat_rc sqlite_key_revoke(sqlite_db *s, const char *id_or_name, int64_t now, store_key *out)
 {
     if (out)
         memset(out, 0, sizeof *out);
@@ -1986,7 +1958,7 @@ static void read_count_row(sqlite3_stmt *st, void *out)
     *(int64_t *)out = sqlite3_column_int64(st, 0);
 }
 
-chat_rc store_key_session_count(store *s, const char *id, int64_t *out)
+static chat_rc sqlite_key_session_count(sqlite_db *s, const char *id, int64_t *out)
 {
     if (!s || !valid_id(id) || !out)
         return CHAT_EINVAL;
@@ -1994,7 +1966,7 @@ chat_rc store_key_session_count(store *s, const char *id, int64_t *out)
     return fetch_row(s, ST_KEY_SESSION_COUNT, id, read_count_row, out);
 }
 
-chat_rc store_key_touch(store *s, const char *id, int64_t now)
+static chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now)
 {
     if (!s || !valid_id(id) || now <= 0)
         return CHAT_EINVAL;
@@ -2018,23 +1990,197 @@ chat_rc store_key_touch(store *s, const char *id, int64_t now)
     return run(s, ST_KEY_TOUCH);
 }
 
-void store_key_clear(store_key *k)
+
+/* ---- chatd import ------------------------------------------------------------ */
+
+static bool valid_message(const store_message *m)
 {
-    if (!k)
-        return;
-    free(k->id);
-    free(k->name);
-    free(k->hash);
-    free(k->role);
-    free(k->rate_limit);
-    memset(k, 0, sizeof *k);
+    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) &&
+           m->content && m->status &&
+           (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) &&
+           m->seq > 0 && valid_count(m->tokens) && valid_usage(&m->usage) && m->cost_micros >= 0 &&
+           m->created_at >= 0;
 }
 
-void store_keys_free(store_key *arr, size_t n)
+static chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
+                                     size_t n)
 {
-    if (!arr)
-        return;
+    if (!s || !ss || !valid_id(ss->id) || (ss->owner && !valid_id(ss->owner)) || (n > 0 && !msgs) ||
+        ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 ||
+        ss->created_at < 0 || ss->updated_at < 0)
+        return CHAT_EINVAL;
     for (size_t i = 0; i < n; i++)
-        store_key_clear(&arr[i]);
-    free(arr);
+        if (!valid_message(&msgs[i]))
+            return CHAT_EINVAL;
+
+    chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
+    if (rc != CHAT_OK)
+        return rc;
+    sqlite3_stmt *st = s->st[ST_SESSION_IMPORT];
+    bind_text(s, st, 1, ss->id);
+    bind_text(s, st, 2, ss->owner);
+    bind_text(s, st, 3, ss->system_prompt);
+    bind_text(s, st, 4, ss->model);
+    bind_i64(s, st, 5, ss->created_at);
+    bind_i64(s, st, 6, ss->updated_at);
+    bind_i64(s, st, 7, ss->turn_count);
+    bind_i64(s, st, 8, ss->message_count);
+    bind_i64(s, st, 9, known(ss->usage.input_tokens));
+    bind_i64(s, st, 10, known(ss->usage.output_tokens));
+    bind_i64(s, st, 11, known(ss->usage.cache_read_tokens));
+    bind_i64(s, st, 12, known(ss->usage.cache_write_tokens));
+    bind_i64(s, st, 13, ss->cost_micros);
+    rc = run(s, ST_SESSION_IMPORT);
+    if (rc != CHAT_OK)
+        goto out;
+    if (sqlite3_changes(s->db) != 1) {
+        rc = CHAT_ECONFLICT;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const store_message *m = &msgs[i];
+        st = s->st[ST_MESSAGE_INSERT];
+        bind_text(s, st, 1, ss->id);
+        bind_i64(s, st, 2, m->seq);
+        bind_text(s, st, 3, m->role);
+        bind_text(s, st, 4, m->content);
+        bind_text(s, st, 5, m->status);
+        bind_text(s, st, 6, m->model);
+        bind_text(s, st, 7, m->stop_reason);
+        bind_i64(s, st, 8, m->tokens);
+        bind_i64(s, st, 9, m->usage.input_tokens);
+        bind_i64(s, st, 10, m->usage.output_tokens);
+        bind_i64(s, st, 11, m->usage.cache_read_tokens);
+        bind_i64(s, st, 12, m->usage.cache_write_tokens);
+        bind_i64(s, st, 13, m->cost_micros);
+        bind_i64(s, st, 14, m->created_at);
+        rc = run(s, ST_MESSAGE_INSERT);
+        if (rc != CHAT_OK) /* e.g. a repeated seq: UNIQUE (session_id, seq) */
+            goto out;
+    }
+    st = s->st[ST_STATS_IMPORT];
+    bind_i64(s, st, 1, (int64_t)n);
+    bind_i64(s, st, 2, ss->turn_count);
+    bind_i64(s, st, 3, known(ss->usage.input_tokens));
+    bind_i64(s, st, 4, known(ss->usage.output_tokens));
+    bind_i64(s, st, 5, known(ss->usage.cache_read_tokens));
+    bind_i64(s, st, 6, known(ss->usage.cache_write_tokens));
+    bind_i64(s, st, 7, ss->cost_micros);
+    rc = run(s, ST_STATS_IMPORT);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = tx_commit(s);
+out:
+    if (rc != CHAT_OK)
+        tx_rollback(s);
+    return rc;
 }
+
+static chat_rc sqlite_key_import(sqlite_db *s, const store_key *k)
+{
+    if (!s || !k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) || !k->role ||
+        (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
+        (k->rate_limit && !valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
+        k->last_used_at < 0 || k->turn_count < 0 || k->cost_micros < 0)
+        return CHAT_EINVAL;
+    sqlite3_stmt *st = s->st[ST_KEY_IMPORT];
+    bind_text(s, st, 1, k->id);
+    bind_text(s, st, 2, k->name);
+    bind_text(s, st, 3, k->hash);
+    bind_text(s, st, 4, k->role);
+    bind_text(s, st, 5, k->rate_limit);
+    bind_i64(s, st, 6, k->created_at);
+    if (k->revoked_at > 0)
+        bind_i64(s, st, 7, k->revoked_at);
+    if (k->last_used_at > 0)
+        bind_i64(s, st, 8, k->last_used_at);
+    bind_i64(s, st, 9, k->turn_count);
+    bind_i64(s, st, 10, known(k->usage.input_tokens));
+    bind_i64(s, st, 11, known(k->usage.output_tokens));
+    bind_i64(s, st, 12, known(k->usage.cache_read_tokens));
+    bind_i64(s, st, 13, known(k->usage.cache_write_tokens));
+    bind_i64(s, st, 14, k->cost_micros);
+    chat_rc rc = run(s, ST_KEY_IMPORT);
+    if (rc != CHAT_OK)
+        return rc;
+    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+}
+
+/* ---- the backend ------------------------------------------------------------- */
+
+static chat_rc be_open(const char *url, void **impl, char *err, size_t errlen)
+{
+    sqlite_db *s = NULL;
+    chat_rc rc = sqlite_open(url, &s, err, errlen);
+    *impl = s;
+    return rc;
+}
+
+static void be_close(void *impl)
+{
+    sqlite_close(impl);
+}
+
+static int be_schema_version(void *impl)
+{
+    return sqlite_schema_version(impl);
+}
+
+/* One op, by the function of the synchronous API it stands for. */
+static chat_rc be_run(void *impl, store_op *op)
+{
+    sqlite_db *s = impl;
+    const typeof(op->in) *in = &op->in;
+    typeof(op->out) *o = &op->out;
+    chat_rc rc = CHAT_EINVAL;
+    switch (op->kind) {
+    case STORE_OP_PING: rc = sqlite_ping(s); break;
+    case STORE_OP_LOCK_ACQUIRE: rc = sqlite_lock_acquire(s, in->session_id, in->token, in->now, in->ttl_ms); break;
+    case STORE_OP_LOCK_REFRESH: rc = sqlite_lock_refresh(s, in->session_id, in->token, in->now, in->ttl_ms); break;
+    case STORE_OP_LOCK_RELEASE: rc = sqlite_lock_release(s, in->session_id, in->token); break;
+    case STORE_OP_TURN_COMMIT: rc = sqlite_turn_commit(s, &in->turn, &o->turn); break;
+    case STORE_OP_SESSION_GET: rc = sqlite_session_get(s, in->session_id, &o->session); break;
+    case STORE_OP_SESSION_DELETE: rc = sqlite_session_delete(s, in->session_id); break;
+    case STORE_OP_SESSION_RESET: rc = sqlite_session_reset(s, in->session_id, in->now, &o->count); break;
+    case STORE_OP_SESSIONS_LIST:
+        rc = sqlite_sessions_list(s, in->owner, in->cursor, in->limit, &o->sessions, &o->n_sessions,
+                                  &o->next_cursor);
+        break;
+    case STORE_OP_MESSAGES_LIST:
+        rc = sqlite_messages_list(s, in->session_id, in->after_seq, in->limit, &o->messages, &o->n_messages);
+        break;
+    case STORE_OP_STATS_GET: rc = sqlite_stats_get(s, &o->stats); break;
+    case STORE_OP_SESSIONS_EXPIRE: rc = sqlite_sessions_expire(s, in->before, in->now, in->limit, &o->count); break;
+    case STORE_OP_IDEM_BEGIN:
+        rc = sqlite_idem_begin(s, in->scope, in->key, in->body_hash, in->token, in->session_id, in->now,
+                               in->ttl_ms, &o->idem);
+        break;
+    case STORE_OP_IDEM_REFRESH: rc = sqlite_idem_refresh(s, in->scope, in->key, in->token, in->now, in->ttl_ms); break;
+    case STORE_OP_IDEM_FINISH:
+        rc = sqlite_idem_finish(s, in->scope, in->key, in->token, in->status, in->response, in->now, in->ttl_ms);
+        break;
+    case STORE_OP_IDEM_ABORT: rc = sqlite_idem_abort(s, in->scope, in->key, in->token); break;
+    case STORE_OP_IDEM_EXPIRE: rc = sqlite_idem_expire(s, in->now, in->limit, &o->count); break;
+    case STORE_OP_KEY_CREATE: rc = sqlite_key_create(s, &in->key_new); break;
+    case STORE_OP_KEY_FIND_BY_HASH: rc = sqlite_key_find_by_hash(s, in->hash, &o->key); break;
+    case STORE_OP_KEYS_LIST: rc = sqlite_keys_list(s, &o->keys, &o->n_keys); break;
+    case STORE_OP_KEY_REVOKE: rc = sqlite_key_revoke(s, in->id, in->now, &o->key); break;
+    case STORE_OP_KEY_TOUCH: rc = sqlite_key_touch(s, in->id, in->now); break;
+    case STORE_OP_KEY_SESSION_COUNT: rc = sqlite_key_session_count(s, in->id, &o->count); break;
+    case STORE_OP_SESSION_IMPORT:
+        rc = sqlite_session_import(s, in->import_session, in->import_messages, in->n_import_messages);
+        break;
+    case STORE_OP_KEY_IMPORT: rc = sqlite_key_import(s, in->import_key); break;
+    case STORE_OP_KIND_COUNT: break;
+    }
+    op->rc = rc;
+    return rc;
+}
+
+const store_backend store_backend_sqlite = {
+    .name = "sqlite",
+    .open = be_open,
+    .close = be_close,
+    .schema_version = be_schema_version,
+    .run = be_run,
+};

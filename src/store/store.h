@@ -5,10 +5,18 @@
  * own handle and uses it from that thread only; handles are not thread-safe, but
  * any number of handles (threads, processes) may share one database.
  *
- * Calling convention (chosen once, for every backend): calls are synchronous and
- * short. The SQLite backend runs small indexed transactions (WAL mode) and is
- * measured by the benchmark; a backend that talks to a remote server must keep
- * each call bounded by its own deadline and report CHAT_EUNAVAIL when it cannot.
+ * Two ways to call. The functions below are synchronous: the caller's thread
+ * waits for the database. They serve the command line, the tests and the
+ * SQLite backend, whose calls are short and local (measured by the benchmark).
+ * A server loop thread never waits on a network round trip, so it goes
+ * through store operations instead (store_op, at the end of this header): the
+ * same calls as data, submitted with store_submit and completed by a callback
+ * on the loop. SQLite runs them at once; PostgreSQL queues them for a bounded
+ * pool of connections driven by the loop with libpq's asynchronous API.
+ *
+ * Backends: "sqlite://..." (src/store/sqlite.c) and "postgres://..." or
+ * "postgresql://..." (src/store/postgres.c), one schema, one behaviour: the
+ * store test suite runs against both.
  *
  * Data model. A session is created by the first turn committed to it (never by a
  * failed turn). Its messages are rows numbered by `seq` (1, 2, ...) in order;
@@ -50,6 +58,8 @@
 #include <stdint.h>
 
 #include "core/rc.h"
+
+struct event_base;
 
 typedef struct store store;
 
@@ -146,7 +156,10 @@ typedef struct store_turn_result {
  * Opens the database named by url and applies pending schema migrations
  * (idempotent, safe when several processes start at once). A database whose
  * schema is newer than this binary's migrations is refused (CHAT_EIO).
- * Supported: "sqlite:///relative/path.db" (three slashes: relative to the current
+ * PostgreSQL: "postgres://user:password@host:port/dbname?..." (any libpq
+ * connection URI; the handle opened by store_open is one blocking connection,
+ * see store_attach for the server's pool).
+ * SQLite: "sqlite:///relative/path.db" (three slashes: relative to the current
  * directory), "sqlite:////absolute/path.db", and "sqlite://:memory:" for tests
  * (a private database per handle, gone at close). A file URL may end with
  * "?synchronous=full" (the default: an acknowledged commit survives a power
@@ -418,5 +431,199 @@ chat_rc store_key_session_count(store *s, const char *id, int64_t *out) CHAT_MUS
 void store_key_clear(store_key *k);
 
 void store_keys_free(store_key *arr, size_t n);
+
+/* ---- import (chatd import) -------------------------------------------------
+ *
+ * Copies made by `chatd export` go back in verbatim, into either backend.
+ */
+
+/*
+ * Inserts a session exactly as given (id, owner, system prompt, model, times,
+ * counts, usage and cost totals) with its messages (seq, role, content, status,
+ * model, stop reason, tokens, usage, cost, created_at; ids are assigned anew,
+ * in the given order) and adds it to the global counters (one session, its
+ * messages, its turns, its usage and cost). One transaction. CHAT_ECONFLICT
+ * (nothing written) if a session with that id exists; CHAT_EINVAL if
+ * message_count differs from n or a message is malformed.
+ */
+chat_rc store_session_import(store *s, const store_session *sess, const store_message *msgs,
+                             size_t n) CHAT_MUST_CHECK;
+
+/* Inserts a key exactly as given (times, revocation, totals; session counts are
+ * kept by the sessions themselves). CHAT_ECONFLICT if its id or hash exists. */
+chat_rc store_key_import(store *s, const store_key *k) CHAT_MUST_CHECK;
+
+/* ---- store operations: the asynchronous form -------------------------------
+ *
+ * A store_op is one call of the synchronous API above as data: its kind names
+ * the function, `in` holds the arguments and `out` receives the results, with
+ * the same meanings, limits and return codes as that function (rc). Fields a
+ * kind does not use are ignored. Kinds and the fields they use:
+ *
+ *   PING               -
+ *   LOCK_ACQUIRE       session_id token now ttl_ms
+ *   LOCK_REFRESH       session_id token now ttl_ms
+ *   LOCK_RELEASE       session_id token
+ *   TURN_COMMIT        turn                        -> out.turn
+ *   SESSION_GET        session_id                  -> out.session
+ *   SESSION_DELETE     session_id
+ *   SESSION_RESET      session_id now              -> out.count (previous turns)
+ *   SESSIONS_LIST      owner cursor limit          -> out.sessions, n_sessions, next_cursor
+ *   MESSAGES_LIST      session_id after_seq limit  -> out.messages, n_messages
+ *   STATS_GET          -                           -> out.stats
+ *   SESSIONS_EXPIRE    before now limit            -> out.count (deleted)
+ *   IDEM_BEGIN         scope key body_hash token session_id now ttl_ms (lease) -> out.idem
+ *   IDEM_REFRESH       scope key token now ttl_ms (lease)
+ *   IDEM_FINISH        scope key token status response now ttl_ms
+ *   IDEM_ABORT         scope key token
+ *   IDEM_EXPIRE        now limit                   -> out.count (deleted)
+ *   KEY_CREATE         key_new
+ *   KEY_FIND_BY_HASH   hash                        -> out.key
+ *   KEYS_LIST          -                           -> out.keys, n_keys
+ *   KEY_REVOKE         id (id or name) now         -> out.key
+ *   KEY_TOUCH          id now
+ *   KEY_SESSION_COUNT  id                          -> out.count
+ *   SESSION_IMPORT     import_session import_messages n_import_messages
+ *   KEY_IMPORT         import_key
+ *
+ * Ownership: an op owns its input strings. Set string fields (including those
+ * inside in.turn and in.key_new) to copies made with store_op_str, or to
+ * string literals; never to memory the caller frees before completion. The op
+ * owns its outputs too: a callback that keeps one moves it out (copy the
+ * struct, then zero the field). store_submit takes the op; it is freed after
+ * its callback returns. Inputs of import kinds are borrowed (synchronous use
+ * only).
+ *
+ * Thread: store_submit and the callback run on the loop thread the handle was
+ * attached to (store_attach; with SQLite any thread that owns the handle).
+ */
+
+typedef enum store_op_kind {
+    STORE_OP_PING = 1,
+    STORE_OP_LOCK_ACQUIRE,
+    STORE_OP_LOCK_REFRESH,
+    STORE_OP_LOCK_RELEASE,
+    STORE_OP_TURN_COMMIT,
+    STORE_OP_SESSION_GET,
+    STORE_OP_SESSION_DELETE,
+    STORE_OP_SESSION_RESET,
+    STORE_OP_SESSIONS_LIST,
+    STORE_OP_MESSAGES_LIST,
+    STORE_OP_STATS_GET,
+    STORE_OP_SESSIONS_EXPIRE,
+    STORE_OP_IDEM_BEGIN,
+    STORE_OP_IDEM_REFRESH,
+    STORE_OP_IDEM_FINISH,
+    STORE_OP_IDEM_ABORT,
+    STORE_OP_IDEM_EXPIRE,
+    STORE_OP_KEY_CREATE,
+    STORE_OP_KEY_FIND_BY_HASH,
+    STORE_OP_KEYS_LIST,
+    STORE_OP_KEY_REVOKE,
+    STORE_OP_KEY_TOUCH,
+    STORE_OP_KEY_SESSION_COUNT,
+    STORE_OP_SESSION_IMPORT,
+    STORE_OP_KEY_IMPORT,
+    STORE_OP_KIND_COUNT
+} store_op_kind;
+
+/* The operation's name for metrics and logs, e.g. "lock_acquire". */
+const char *store_op_name(store_op_kind kind);
+
+typedef struct store_op store_op;
+
+/* Runs once per submitted op, on the loop, with op->rc set. ud is the value
+ * given to store_submit. The op is freed when the callback returns. */
+typedef void (*store_op_cb)(store_op *op, void *ud);
+
+/* Most strings an op can own (store_op_str). */
+#define STORE_OP_MAX_STRS 24
+
+struct store_op {
+    store_op_kind kind;
+    chat_rc rc;                /* the result, as the synchronous function returns it */
+    struct {
+        const char *session_id, *token, *owner, *cursor, *scope, *key, *body_hash, *hash, *id, *response;
+        int64_t now, ttl_ms, before, after_seq;
+        int limit, status;
+        store_turn turn;
+        store_key_new key_new;
+        const store_session *import_session;
+        const store_message *import_messages;
+        size_t n_import_messages;
+        const store_key *import_key;
+    } in;
+    struct {
+        store_session session;
+        store_session *sessions;
+        size_t n_sessions;
+        char *next_cursor;
+        store_message *messages;
+        size_t n_messages;
+        store_stats stats;
+        store_turn_result turn;
+        store_idem idem;
+        store_key key;
+        store_key *keys;
+        size_t n_keys;
+        int64_t count;
+    } out;
+    /* Private to the store. */
+    store *owner_store;
+    store_op_cb cb;
+    void *ud;
+    int64_t deadline_mono_ms;   /* queue deadline (PostgreSQL) */
+    int64_t submitted_mono_us;  /* for the db_operation metric */
+    store_op *next;             /* queue link */
+    char *strs[STORE_OP_MAX_STRS];
+    int nstrs;
+};
+
+/* A zeroed op of this kind (aborts on OOM). */
+store_op *store_op_new(store_op_kind kind);
+
+/* A copy of str owned by op (NULL for NULL), valid until the op is freed. */
+const char *store_op_str(store_op *op, const char *str);
+
+/* Frees the op, its strings and its outputs. Accepts NULL. */
+void store_op_free(store_op *op);
+
+/*
+ * Runs op synchronously on the calling thread (any backend); sets op->rc and
+ * returns it. The op stays the caller's (free it with store_op_free).
+ */
+chat_rc store_run(store *s, store_op *op);
+
+/*
+ * Prepares the handle for store_submit from the loop of base: PostgreSQL opens
+ * a pool of up to pool_size connections on that loop (the handle's own
+ * blocking connection is not used by submitted ops); an op waits at most
+ * queue_timeout_ms for a free connection, then completes with CHAT_EUNAVAIL
+ * (the API answers 503). SQLite needs nothing (no-op). Call once, from the
+ * loop thread, before the first store_submit.
+ */
+chat_rc store_attach(store *s, struct event_base *base, int pool_size,
+                     int64_t queue_timeout_ms) CHAT_MUST_CHECK;
+
+/*
+ * Submits op; cb (may be NULL: fire and forget) runs once with the result.
+ * SQLite runs op at once, so cb may run before store_submit returns: submit
+ * as the last step of a function. PostgreSQL runs it on a pool connection;
+ * a lost connection or an unreachable server completes it with CHAT_EUNAVAIL
+ * (an op whose query had not been sent is retried once on a new connection).
+ */
+void store_submit(store *s, store_op *op, store_op_cb cb, void *ud);
+
+/* Ops submitted and not yet completed (shutdown waits for 0). */
+int store_pending(const store *s);
+
+/*
+ * Ends the asynchronous side, on the loop thread, before freeing what the
+ * callbacks touch: PostgreSQL completes every op still queued or in flight
+ * with CHAT_EUNAVAIL (their callbacks run now) and closes the pool; ops
+ * submitted afterwards complete at once with CHAT_EUNAVAIL. SQLite: nothing.
+ * The synchronous API keeps working. Accepts NULL.
+ */
+void store_detach(store *s);
 
 #endif

@@ -1,10 +1,12 @@
 /*
- * test_store.c: the SQLite store backend against the contract of store/store.h.
+ * test_store.c: a store backend against the contract of store/store.h.
  *
- * Each test gets a fresh temporary directory (mkdtemp) for its file databases;
- * tests that need no file use "sqlite://:memory:". Where the contract promises
- * something about the stored data (counters equal a scan, nothing written on a
- * conflict), a second, raw sqlite3 connection on the same file checks it.
+ * SQLite by default; PostgreSQL when CHATD_TEST_PG_URL is set (store_testdb.h:
+ * an empty database per test, SQLite-only tests skipped). Each test gets a
+ * fresh temporary directory (mkdtemp) for its file databases; tests that need
+ * no file use "sqlite://:memory:" (or the PostgreSQL database). Where the
+ * contract promises something about the stored data (counters equal a scan,
+ * nothing written on a conflict), a second, raw connection checks it.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -26,11 +28,12 @@
 
 #include "core/assets.h"
 #include "store/store.h"
+#include "store_testdb.h"
 
 struct fixture {
     char dir[64];   /* the test's temporary directory */
     char path[256]; /* dir + "/db/chat.db" (the db/ directory does not exist yet) */
-    char url[300];  /* "sqlite:///" + path: four slashes, as path is absolute */
+    char url[600];  /* "sqlite:///" + path (four slashes, as path is absolute), or the PostgreSQL URL */
 };
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
@@ -51,6 +54,10 @@ static int setup(void **state)
     }
     snprintf(f->path, sizeof f->path, "%s/db/chat.db", f->dir);
     snprintf(f->url, sizeof f->url, "sqlite:///%s", f->path);
+    if (tdb_pg()) {
+        tdb_pg_reset();
+        snprintf(f->url, sizeof f->url, "%s", tdb_pg());
+    }
     *state = f;
     return 0;
 }
@@ -73,24 +80,20 @@ static store *open_url(const char *url)
     return s;
 }
 
+/* A private, empty database: SQLite in memory, or the PostgreSQL one wiped. */
 static store *open_mem(void)
 {
+    if (tdb_pg()) {
+        tdb_pg_reset();
+        return open_url(tdb_pg());
+    }
     return open_url("sqlite://:memory:");
 }
 
-/* The highest migration version embedded in the binary. */
+/* The highest migration version embedded in the binary for this backend. */
 static int expected_version(void)
 {
-    int max = 0;
-    for (size_t i = 0; i < chat_assets_count; i++) {
-        const char *n = chat_assets[i].name;
-        if (strncmp(n, "schema/", 7) == 0 && strstr(n, ".sql")) {
-            int v = atoi(n + 7);
-            if (v > max)
-                max = v;
-        }
-    }
-    return max;
+    return tdb_expected_version();
 }
 
 static const store_usage NO_USAGE = {-1, -1, -1, -1};
@@ -130,23 +133,9 @@ static store_turn_result commit_simple(store *s, const char *sid, int64_t now)
     return commit(s, make_turn(sid, "tok", now));
 }
 
-/* Runs a one-integer query on a raw connection. */
-static int64_t scalar(sqlite3 *db, const char *sql)
+static rawdb *raw_open(const char *path)
 {
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-static sqlite3 *raw_open(const char *path)
-{
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    return db;
+    return raw_open_db(path, false);
 }
 
 /* The stats row's counts equal a scan of the tables. */
@@ -154,7 +143,7 @@ static void assert_counts_match_scan(store *s, const char *path)
 {
     store_stats st;
     assert_int_equal(store_stats_get(s, &st), CHAT_OK);
-    sqlite3 *db = raw_open(path);
+    rawdb *db = raw_open(path);
     assert_int_equal(st.total_sessions, scalar(db, "SELECT COUNT(*) FROM sessions"));
     assert_int_equal(st.total_messages, scalar(db, "SELECT COUNT(*) FROM messages"));
     assert_int_equal(st.total_messages, scalar(db, "SELECT COALESCE(SUM(message_count),0) FROM sessions"));
@@ -163,7 +152,7 @@ static void assert_counts_match_scan(store *s, const char *path)
     assert_int_equal(0, scalar(db, "SELECT COUNT(*) FROM sessions s WHERE message_count != "
                                    "(SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id)"));
     assert_int_equal(0, scalar(db, "SELECT COUNT(*) FROM sessions WHERE 2 * turn_count != message_count"));
-    sqlite3_close(db);
+    raw_close(db);
 }
 
 /* ---- open and migrations -------------------------------------------------- */
@@ -172,7 +161,7 @@ static void test_open_bad_urls(void **state)
 {
     struct fixture *f = *state;
     static const char *const bad[] = {
-        "", "postgres://x/y", "sqlite:", "sqlite://", "sqlite:///", "sqlite://relative.db",
+        "", "postgres://%zz/", "postgresql://h/db?bogus=1", "sqlite:", "sqlite://", "sqlite:///", "sqlite://relative.db",
         "sqlite:///dir/", "sqlite:///a.db?mode=ro", "sqlite:///:memory:", "SQLITE:///a.db",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -221,32 +210,32 @@ static void test_open_migrate_twice(void **state)
     assert_int_equal(store_schema_version(s), want);
     store_close(s);
 
-    sqlite3 *db = raw_open(f->path);
+    rawdb *db = raw_open(f->path);
     /* Each migration recorded exactly once; data untouched by the second open. */
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM schema_version"), want);
     assert_int_equal(scalar(db, "SELECT MAX(version) FROM schema_version"), want);
-    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM stats"), 1);
+    /* SQLite: one stats row; PostgreSQL: its 16 shards. */
+    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM stats"), tdb_pg() ? 16 : 1);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM messages"), 2);
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    if (!tdb_pg()) {
+        sqlite3_stmt *st = NULL;
+        assert_int_equal(sqlite3_prepare_v2(db->lite, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+        sqlite3_finalize(st);
 
-    struct stat sb;
-    char dir[300];
-    snprintf(dir, sizeof dir, "%s/db", f->dir);
-    assert_int_equal(stat(dir, &sb), 0);
-    assert_true(S_ISDIR(sb.st_mode));
+        struct stat sb;
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/db", f->dir);
+        assert_int_equal(stat(dir, &sb), 0);
+        assert_true(S_ISDIR(sb.st_mode));
+    }
+    raw_close(db);
 
     /* A schema newer than the binary is refused. */
-    sqlite3 *w = NULL;
-    assert_int_equal(sqlite3_open(f->path, &w), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(w, "INSERT INTO schema_version VALUES (999999, 'future.sql', 0)",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(w);
+    rawdb *w = raw_open_db(f->path, true);
+    raw_exec(w, "INSERT INTO schema_version VALUES (999999, 'future.sql', 0)");
+    raw_close(w);
     char err[256] = "";
     s = NULL;
     assert_int_equal(store_open(f->url, &s, err, sizeof err), CHAT_EIO);
@@ -312,10 +301,10 @@ static void test_open_concurrent(void **state)
         assert_int_equal(o[i].version, expected_version());
     }
     pthread_barrier_destroy(&go);
-    sqlite3 *db = raw_open(f->path);
+    rawdb *db = raw_open(f->path);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM schema_version"), expected_version());
-    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM stats"), 1);
-    sqlite3_close(db);
+    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM stats"), tdb_pg() ? 16 : 1);
+    raw_close(db);
 }
 
 /* ---- turns ---------------------------------------------------------------- */
@@ -675,10 +664,10 @@ static void test_commit_conflict(void **state)
     store_session_clear(&sess);
     assert_int_equal(store_stats_get(s, &st), CHAT_OK);
     assert_memory_equal(&st, &before, sizeof st);
-    sqlite3 *db = raw_open(f->path);
+    rawdb *db = raw_open(f->path);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM messages"), 2);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM turn_locks WHERE token = 't2'"), 1);
-    sqlite3_close(db);
+    raw_close(db);
 
     /* The rightful holder commits even after its lock expired, if untaken. */
     t = make_turn("c", "t2", 5000);
@@ -1259,6 +1248,179 @@ static void test_workers_contend(void **state)
     store_close(s);
 }
 
+/* chatd import: a session and its messages go in verbatim, counted once. */
+static void test_import(void **state)
+{
+    (void)state;
+    store *s = open_mem();
+    commit_simple(s, "live", 500);
+    store_message msgs[2] = {
+        {.seq = 1, .role = "user", .content = "q \"1\"\n\u00e9", .status = "complete", .tokens = 4,
+         .usage = {-1, -1, -1, -1}, .created_at = 10},
+        {.seq = 2, .role = "assistant", .content = "a", .status = "incomplete", .model = "m",
+         .stop_reason = NULL, .tokens = -1, .usage = {7, -1, 2, 3}, .cost_micros = 9, .created_at = 20},
+    };
+    store_session sess = {.id = "imp", .owner = "key_x", .system_prompt = "sp", .model = "m",
+                          .created_at = 10, .updated_at = 20, .turn_count = 1, .message_count = 2,
+                          .usage = {7, -1, 2, 3}, .cost_micros = 9};
+    assert_int_equal(store_session_import(s, &sess, msgs, 2), CHAT_OK);
+    assert_int_equal(store_session_import(s, &sess, msgs, 2), CHAT_ECONFLICT);
+    sess.id = "bad";
+    assert_int_equal(store_session_import(s, &sess, msgs, 1), CHAT_EINVAL); /* count differs */
+    msgs[1].status = "nope";
+    assert_int_equal(store_session_import(s, &sess, msgs, 2), CHAT_EINVAL);
+    msgs[1].status = "incomplete";
+
+    store_session got;
+    assert_int_equal(store_session_get(s, "imp", &got), CHAT_OK);
+    assert_string_equal(got.owner, "key_x");
+    assert_int_equal(got.updated_at, 20);
+    assert_int_equal(got.usage.output_tokens, 0); /* unknown counts as 0 */
+    assert_int_equal(got.usage.cache_write_tokens, 3);
+    store_session_clear(&got);
+    store_message *m = NULL;
+    size_t n = 0;
+    assert_int_equal(store_messages_list(s, "imp", 0, 0, &m, &n), CHAT_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(m[0].content, "q \"1\"\n\u00e9");
+    assert_null(m[0].model);
+    assert_int_equal(m[0].tokens, 4);
+    assert_true(m[1].id > m[0].id);
+    assert_string_equal(m[1].status, "incomplete");
+    assert_null(m[1].stop_reason);
+    assert_int_equal(m[1].usage.input_tokens, 7);
+    assert_int_equal(m[1].usage.output_tokens, -1);
+    assert_int_equal(m[1].cost_micros, 9);
+    assert_int_equal(m[1].created_at, 20);
+    store_messages_free(m, n);
+    store_stats st;
+    assert_int_equal(store_stats_get(s, &st), CHAT_OK);
+    assert_int_equal(st.total_sessions, 2);
+    assert_int_equal(st.total_messages, 4);
+    assert_int_equal(st.total_turns, 2);
+    assert_int_equal(st.cost_micros, 109);
+
+    store_key k = {.id = "key_x", .name = "x", .role = "admin", .created_at = 5, .revoked_at = 6,
+                   .turn_count = 3, .usage = {1, 2, -1, 4}, .cost_micros = 8,
+                   .hash = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"};
+    assert_int_equal(store_key_import(s, &k), CHAT_OK);
+    assert_int_equal(store_key_import(s, &k), CHAT_ECONFLICT);
+    store_key *keys = NULL;
+    assert_int_equal(store_keys_list(s, &keys, &n), CHAT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(keys[0].revoked_at, 6);
+    assert_int_equal(keys[0].last_used_at, 0);
+    assert_int_equal(keys[0].usage.cache_read_tokens, 0);
+    assert_int_equal(keys[0].cost_micros, 8);
+    store_keys_free(keys, n);
+    store_close(s);
+}
+
+/* One mixer: its own handle, turns, resets, deletes and sweeps on a few shared
+ * sessions, at the same time as the others. */
+struct mixer {
+    const char *url;
+    int id;
+    pthread_barrier_t *go;
+    int errors;   /* an answer the contract does not allow (e.g. CHAT_EIO from a deadlock) */
+    int commits;  /* turns committed */
+};
+
+static void *mixer_thread(void *arg)
+{
+    struct mixer *m = arg;
+    store *s = NULL;
+    char err[256];
+    if (store_open(m->url, &s, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "mixer %d: %s\n", m->id, err);
+        m->errors++;
+        pthread_barrier_wait(m->go);
+        return NULL;
+    }
+    pthread_barrier_wait(m->go);
+    uint32_t seed = 7u + (uint32_t)m->id;
+    for (int i = 0; i < 150; i++) {
+        char sid[8], token[32];
+        snprintf(sid, sizeof sid, "c%u", rnd(&seed) % 5);
+        snprintf(token, sizeof token, "m%d-%d", m->id, i);
+        uint32_t k = rnd(&seed) % 10;
+        chat_rc rc;
+        if (k < 6) {
+            rc = store_lock_acquire(s, sid, token, now_ms(), 60000);
+            if (rc == CHAT_EBUSY)
+                continue;
+            if (rc != CHAT_OK) {
+                m->errors++;
+                continue;
+            }
+            store_turn t = make_turn(sid, token, now_ms());
+            t.owner = k % 2 ? "key_a" : "key_b";
+            rc = store_turn_commit(s, &t, NULL);
+            /* A delete or reset meanwhile may have taken the lock with the session. */
+            if (rc == CHAT_OK)
+                m->commits++;
+            else if (rc == CHAT_ECONFLICT)
+                rc = store_lock_release(s, sid, token);
+            else
+                m->errors++;
+        } else if (k < 7) {
+            rc = store_session_reset(s, sid, now_ms(), NULL);
+            m->errors += rc != CHAT_OK && rc != CHAT_ENOTFOUND;
+        } else if (k < 8) {
+            rc = store_session_delete(s, sid);
+            m->errors += rc != CHAT_OK && rc != CHAT_ENOTFOUND;
+        } else {
+            int64_t del = 0;
+            rc = store_sessions_expire(s, now_ms() + 1, now_ms(), 3, &del);
+            m->errors += rc != CHAT_OK;
+        }
+    }
+    store_close(s);
+    return NULL;
+}
+
+/* Every kind of write at once from several handles: no deadlock or error, and
+ * the counters (global, per session, per key) still equal a scan. */
+static void test_mixed_concurrent(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 6 };
+    store *s = open_url(f->url);
+    static const store_key_new keys[] = {
+        {"key_a", "a", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "user", NULL, 1},
+        {"key_b", "b", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "user", NULL, 1},
+    };
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(store_key_create(s, &keys[i]), CHAT_OK);
+    pthread_t th[N];
+    struct mixer m[N];
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, N);
+    for (int i = 0; i < N; i++) {
+        m[i] = (struct mixer){.url = f->url, .id = i, .go = &go};
+        assert_int_equal(pthread_create(&th[i], NULL, mixer_thread, &m[i]), 0);
+    }
+    int commits = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(m[i].errors, 0);
+        commits += m[i].commits;
+    }
+    pthread_barrier_destroy(&go);
+    assert_true(commits > 0);
+    assert_counts_match_scan(s, f->path);
+    store_stats st;
+    assert_int_equal(store_stats_get(s, &st), CHAT_OK);
+    assert_int_equal(st.cost_micros, 100 * (int64_t)commits); /* never refunded */
+    rawdb *db = raw_open(f->path);
+    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM api_keys k WHERE session_count != "
+                                "(SELECT COUNT(*) FROM sessions s WHERE s.owner = k.id)"),
+                     0);
+    assert_int_equal(scalar(db, "SELECT SUM(turn_count) FROM api_keys"), commits);
+    raw_close(db);
+    store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1283,6 +1445,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_workers_contend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mixed_concurrent, setup, teardown),
+        cmocka_unit_test(test_import),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* About SQLite itself: file paths relative to the working directory. */
+    static const char *const sqlite_only[] = {"test_open_relative_path", NULL};
+    return tdb_run_tests("store", tests, sizeof tests / sizeof tests[0], sqlite_only);
 }

@@ -3,9 +3,10 @@
  * against the contract of store/store.h, and migration 002 on top of an
  * existing version-1 database.
  *
- * As in test_store.c: a fresh temporary directory per file-database test, and a
- * raw sqlite3 connection where the contract promises something about the
- * stored rows (nothing written on a conflict, a sweep deletes what it says).
+ * As in test_store.c: SQLite by default, PostgreSQL when CHATD_TEST_PG_URL is
+ * set (store_testdb.h); a fresh temporary directory per file-database test; and
+ * a raw connection where the contract promises something about the stored
+ * rows (nothing written on a conflict, a sweep deletes what it says).
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -27,11 +28,12 @@
 
 #include "core/assets.h"
 #include "store/store.h"
+#include "store_testdb.h"
 
 struct fixture {
     char dir[64];   /* the test's temporary directory */
     char path[256]; /* dir + "/chat.db" */
-    char url[300];  /* "sqlite:///" + path */
+    char url[600];  /* "sqlite:///" + path, or the PostgreSQL URL */
 };
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
@@ -52,6 +54,10 @@ static int setup(void **state)
     }
     snprintf(f->path, sizeof f->path, "%s/chat.db", f->dir);
     snprintf(f->url, sizeof f->url, "sqlite:///%s", f->path);
+    if (tdb_pg()) {
+        tdb_pg_reset();
+        snprintf(f->url, sizeof f->url, "%s", tdb_pg());
+    }
     *state = f;
     return 0;
 }
@@ -74,12 +80,18 @@ static store *open_url(const char *url)
     return s;
 }
 
+/* A private, empty database: SQLite in memory, or the PostgreSQL one wiped. */
 static store *open_mem(void)
 {
+    if (tdb_pg()) {
+        tdb_pg_reset();
+        return open_url(tdb_pg());
+    }
     return open_url("sqlite://:memory:");
 }
 
-static int64_t scalar(sqlite3 *db, const char *sql)
+/* SQLite-only tests (migrations of SQLite files) use raw sqlite3 connections. */
+static int64_t lite_scalar(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
@@ -89,7 +101,7 @@ static int64_t scalar(sqlite3 *db, const char *sql)
     return v;
 }
 
-static sqlite3 *raw_open(const char *path, int flags)
+static sqlite3 *lite_open(const char *path, int flags)
 {
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(path, &db, flags, NULL), SQLITE_OK);
@@ -306,12 +318,12 @@ static void test_idem_lease(void **state)
     assert_int_equal(store_idem_finish(s, "", "k", "t1", 400, "{}", 1160, 1000), CHAT_ECONFLICT);
     assert_int_equal(store_idem_abort(s, "", "k", "t1"), CHAT_OK);
     assert_int_equal(outcome(s, "k", "h", "t3", 1170), STORE_IDEM_RUNNING); /* t2's record stayed */
-    sqlite3 *db = raw_open(f->path, SQLITE_OPEN_READONLY);
+    rawdb *db = raw_open_db(f->path, false);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM sessions"), 0);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM messages"), 0);
-    assert_int_equal(scalar(db, "SELECT total_turns + total_messages + cost_micros FROM stats"), 0);
+    assert_int_equal(scalar(db, "SELECT SUM(total_turns + total_messages + cost_micros) FROM stats"), 0);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM idempotency WHERE token = 't2' AND state = 'running'"), 1);
-    sqlite3_close(db);
+    raw_close(db);
     /* The failed commit left t1's session lock in place. */
     assert_int_equal(store_lock_release(s, "s", "t1"), CHAT_OK);
 
@@ -393,17 +405,17 @@ static void test_idem_expire(void **state)
     assert_int_equal(del, 2);
     assert_int_equal(store_idem_expire(s, 1102, 100, &del), CHAT_OK);
     assert_int_equal(del, 1);
-    sqlite3 *db = raw_open(f->path, SQLITE_OPEN_READONLY);
+    rawdb *db = raw_open_db(f->path, false);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM idempotency"), 5);
     assert_int_equal(scalar(db, "SELECT MIN(expires_at) FROM idempotency"), 1103);
-    sqlite3_close(db);
+    raw_close(db);
     assert_int_equal(store_idem_expire(s, 2001, 100, NULL), CHAT_OK);
     assert_int_equal(outcome(s, "done2", "h", "x", 2001), STORE_IDEM_REPLAY);
     assert_int_equal(store_idem_expire(s, 5000, 100, &del), CHAT_OK);
     assert_int_equal(del, 1);
-    db = raw_open(f->path, SQLITE_OPEN_READONLY);
+    db = raw_open_db(f->path, false);
     assert_int_equal(scalar(db, "SELECT COUNT(*) FROM idempotency"), 0);
-    sqlite3_close(db);
+    raw_close(db);
     store_close(s);
 }
 
@@ -778,24 +790,27 @@ static void test_keys_touch(void **state)
         assert_int_equal(k.last_used_at, want);                                     \
         store_key_clear(&k);                                                        \
     } while (0)
-    /* PRAGMA data_version on another connection changes when the store commits
-     * a write: it tells a touch that wrote from one that did not. */
-    sqlite3 *db = raw_open(f->path, SQLITE_OPEN_READONLY);
-    int64_t v0 = scalar(db, "PRAGMA data_version");
+    /* SQLite: PRAGMA data_version on another connection changes when the store
+     * commits a write. PostgreSQL: the key row's xmin changes when a new version
+     * of it is written. Either tells a touch that wrote from one that did not. */
+    rawdb *db = raw_open_db(f->path, false);
+    const char *version_sql = tdb_pg() ? "SELECT xmin::text::bigint FROM api_keys WHERE id = 'key_t'"
+                                       : "PRAGMA data_version";
+    int64_t v0 = scalar(db, version_sql);
     LAST_USED(0);
     assert_int_equal(store_key_touch(s, "key_t", 1000), CHAT_OK);
     LAST_USED(1000);
-    int64_t v1 = scalar(db, "PRAGMA data_version");
+    int64_t v1 = scalar(db, version_sql);
     assert_true(v1 != v0);
     /* Within STORE_KEY_TOUCH_MS: no write at all. */
     assert_int_equal(store_key_touch(s, "key_t", 1000 + STORE_KEY_TOUCH_MS - 1), CHAT_OK);
     assert_int_equal(store_key_touch(s, "key_t", 500), CHAT_OK); /* never backwards */
     LAST_USED(1000);
-    assert_int_equal(scalar(db, "PRAGMA data_version"), v1);
+    assert_int_equal(scalar(db, version_sql), v1);
     assert_int_equal(store_key_touch(s, "key_t", 1000 + STORE_KEY_TOUCH_MS), CHAT_OK);
     LAST_USED(1000 + STORE_KEY_TOUCH_MS);
-    assert_true(scalar(db, "PRAGMA data_version") != v1);
-    sqlite3_close(db);
+    assert_true(scalar(db, version_sql) != v1);
+    raw_close(db);
 #undef LAST_USED
     assert_int_equal(store_key_touch(s, "key_unknown", 1000), CHAT_OK);
     assert_int_equal(store_key_touch(s, "", 1000), CHAT_EINVAL);
@@ -883,7 +898,7 @@ static void test_migrate_from_v1(void **state)
     const struct chat_asset *v1 = chat_asset_find("schema/001_init.sql");
     assert_non_null(v1);
     /* What a version-1 binary left behind: schema 1 and a conversation. */
-    sqlite3 *db = raw_open(f->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    sqlite3 *db = lite_open(f->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     char *err = NULL;
     int rc = sqlite3_exec(db,
                           "BEGIN;"
@@ -952,12 +967,12 @@ static void test_migrate_from_v1(void **state)
     assert_int_equal(st.total_turns, 2);
     assert_int_equal(st.usage.input_tokens, 17);
     store_close(s);
-    db = raw_open(f->path, SQLITE_OPEN_READONLY);
-    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM schema_version WHERE version = 2"), 1);
-    assert_int_equal(scalar(db, "SELECT applied_at FROM schema_version WHERE version = 1"), 1);
+    db = lite_open(f->path, SQLITE_OPEN_READONLY);
+    assert_int_equal(lite_scalar(db, "SELECT COUNT(*) FROM schema_version WHERE version = 2"), 1);
+    assert_int_equal(lite_scalar(db, "SELECT applied_at FROM schema_version WHERE version = 1"), 1);
     /* 1 was recorded by "the old binary", each later one once by the store. */
-    assert_int_equal(scalar(db, "SELECT COUNT(*) FROM schema_version"), version);
-    assert_int_equal(scalar(db, "SELECT turn_count FROM api_keys WHERE id = 'key_old'"), 1);
+    assert_int_equal(lite_scalar(db, "SELECT COUNT(*) FROM schema_version"), version);
+    assert_int_equal(lite_scalar(db, "SELECT turn_count FROM api_keys WHERE id = 'key_old'"), 1);
     sqlite3_close(db);
 }
 
@@ -965,7 +980,7 @@ static void test_migrate_from_v1(void **state)
 static void test_url_synchronous_option(void **state)
 {
     struct fixture *f = *state;
-    char url[600], err[256] = "";
+    char url[700], err[256] = "";
     store *s = NULL;
     snprintf(url, sizeof url, "%s?synchronous=normal", f->url);
     s = open_url(url);
@@ -1047,5 +1062,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_url_synchronous_option, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* About SQLite itself: its URL options, and its migrations on an old file. */
+    static const char *const sqlite_only[] = {"test_url_synchronous_option", "test_migrate_from_v1", NULL};
+    return tdb_run_tests("store_keys", tests, sizeof tests / sizeof tests[0], sqlite_only);
 }

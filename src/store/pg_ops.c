@@ -1,0 +1,987 @@
+/*
+ * pg_ops.c: every store operation as one PostgreSQL statement (see pg.h).
+ *
+ * For each kind of store_op, a pg_op_def: the statement's SQL, how the op's
+ * inputs become its text parameters (enc, which also validates them exactly as
+ * the SQLite backend does, so both backends answer CHAT_EINVAL to the same
+ * calls), and how the result fills the op's outputs (dec). Operations that
+ * touch several rows call a PL/pgSQL function of the schema
+ * (schema_pg/002_ops.sql), so that each is one round trip and one implicit
+ * transaction; single-row writes are plain statements whose affected-row
+ * count (PQcmdTuples) gives the answer, as sqlite3_changes() does in sqlite.c.
+ *
+ * The defs are immutable and shared by the blocking handle (postgres.c) and
+ * the asynchronous pool (pg_pool.c). Results are in text format.
+ */
+#define _GNU_SOURCE
+#include "store/pg.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+
+/* ---- parameters ------------------------------------------------------------- */
+
+/* Too many parameters is a bug in a def, caught by the first test that runs it. */
+static void param_slot_check(const pg_params *p)
+{
+    if (p->n >= PG_MAX_PARAMS) {
+        fprintf(stderr, "chatd store(postgres): more than %d statement parameters\n", PG_MAX_PARAMS);
+        abort();
+    }
+}
+
+void pg_param_str(pg_params *p, const char *v)
+{
+    param_slot_check(p);
+    p->values[p->n++] = v;
+}
+
+void pg_param_i64(pg_params *p, int64_t v)
+{
+    param_slot_check(p);
+    snprintf(p->num[p->n], sizeof p->num[p->n], "%" PRId64, v);
+    p->values[p->n] = p->num[p->n];
+    p->n++;
+}
+
+void pg_param_take(pg_params *p, char *heap_str)
+{
+    param_slot_check(p);
+    p->owned[p->nowned++] = heap_str;
+    p->values[p->n++] = heap_str;
+}
+
+void pg_params_clear(pg_params *p)
+{
+    for (int i = 0; i < p->nowned; i++)
+        free(p->owned[i]);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- argument checks (the same as sqlite.c's) -------------------------------- */
+
+static bool valid_id(const char *id)
+{
+    return id && id[0] && strlen(id) <= STORE_ID_MAX;
+}
+
+static bool valid_count(int64_t v)
+{
+    return v >= -1;
+}
+
+static bool valid_usage(const store_usage *u)
+{
+    return valid_count(u->input_tokens) && valid_count(u->output_tokens) &&
+           valid_count(u->cache_read_tokens) && valid_count(u->cache_write_tokens);
+}
+
+static bool valid_scope(const char *scope)
+{
+    return scope && strlen(scope) <= STORE_ID_MAX;
+}
+
+static bool valid_ttl(int64_t now, int64_t ttl_ms)
+{
+    return now >= 0 && ttl_ms > 0 && ttl_ms <= INT64_MAX - now;
+}
+
+static int64_t known(int64_t v)
+{
+    return v < 0 ? 0 : v;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Exactly STORE_KEY_HASH_LEN lowercase hex digits. */
+static bool valid_hash(const char *h)
+{
+    if (!h)
+        return false;
+    size_t i = 0;
+    for (; h[i]; i++)
+        if (i >= STORE_KEY_HASH_LEN || hexval(h[i]) < 0)
+            return false;
+    return i == STORE_KEY_HASH_LEN;
+}
+
+static bool valid_role(const char *role)
+{
+    return role && (strcmp(role, "user") == 0 || strcmp(role, "admin") == 0);
+}
+
+static bool valid_turn(const store_turn *t)
+{
+    return valid_id(t->session_id) && valid_id(t->lock_token) && (!t->owner || valid_id(t->owner)) &&
+           t->model && t->model[0] && t->user_content && t->assistant_content && t->status &&
+           (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
+           valid_count(t->user_tokens) && valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
+           (!t->idem_key ||
+            (valid_id(t->idem_key) && valid_scope(t->idem_scope) && valid_ttl(t->now, t->idem_ttl_ms)));
+}
+
+static bool valid_message(const store_message *m)
+{
+    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content &&
+           m->status && (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) &&
+           m->seq > 0 && valid_count(m->tokens) && valid_usage(&m->usage) && m->cost_micros >= 0 &&
+           m->created_at >= 0;
+}
+
+/* ---- session cursors (the same form as sqlite.c's) --------------------------- */
+
+/* "<created_at>:<id in lowercase hex>", the key of the last row of a page. */
+static char *cursor_make(int64_t created_at, const char *id)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t len = strlen(id);
+    char *h = chat_xmalloc(2 * len + 1);
+    for (size_t i = 0; i < len; i++) {
+        h[2 * i] = hex[(unsigned char)id[i] >> 4];
+        h[2 * i + 1] = hex[(unsigned char)id[i] & 15];
+    }
+    h[2 * len] = '\0';
+    char *c = chat_xasprintf("%" PRId64 ":%s", created_at, h);
+    free(h);
+    return c;
+}
+
+/* Parses a cursor; accepts only the exact form cursor_make produces. idbuf
+ * has STORE_ID_MAX + 1 bytes. */
+static bool cursor_parse(const char *c, int64_t *created_at, char *idbuf)
+{
+    const char *p = c;
+    int64_t v = 0;
+    if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] != ':'))
+        return false;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        int d = *p - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (*p++ != ':')
+        return false;
+    size_t len = strlen(p);
+    if (len == 0 || len % 2 != 0 || len / 2 > STORE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+            return false;
+        idbuf[i] = (char)(hi << 4 | lo);
+    }
+    idbuf[len / 2] = '\0';
+    *created_at = v;
+    return true;
+}
+
+/* ---- results ---------------------------------------------------------------- */
+
+static bool res_ok(const PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+}
+
+/* Logs a failed statement (or a result of an unexpected shape: a schema that
+ * does not match this binary) as one line and returns CHAT_EIO. */
+static chat_rc res_fail(const PGresult *res, const store_op *op)
+{
+    if (res && res_ok(res)) {
+        fprintf(stderr, "chatd store(postgres): %s: unexpected result (%d rows, %d columns)\n",
+                store_op_name(op->kind), PQntuples(res), PQnfields(res));
+        return CHAT_EIO;
+    }
+    const char *msg = res ? PQresultErrorMessage(res) : "no result";
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    int len = (int)strcspn(msg, "\n");
+    fprintf(stderr, "chatd store(postgres): %s failed: %.*s (SQLSTATE %s)\n", store_op_name(op->kind), len,
+            msg, state ? state : "none");
+    return CHAT_EIO;
+}
+
+/* A bigint column; SQL NULL reads as 0 (as sqlite3_column_int64 does). */
+static int64_t col_i64(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return 0;
+    return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/* Heap copy of a text column, NULL for SQL NULL. */
+static char *col_dup(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : chat_xstrdup(PQgetvalue(res, row, col));
+}
+
+/* Rows changed by an INSERT/UPDATE/DELETE. */
+static int64_t changed(const PGresult *res)
+{
+    return strtoll(PQcmdTuples((PGresult *)res), NULL, 10);
+}
+
+/* The status word of the first row's first column ('ok', 'conflict', ...). */
+static bool word_is(const PGresult *res, const char *word)
+{
+    return PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) && strcmp(PQgetvalue(res, 0, 0), word) == 0;
+}
+
+#define SESSION_COLS                                                                    \
+    "id, owner, system_prompt, model, created_at, updated_at, turn_count, message_count, " \
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
+
+#define MESSAGE_COLS(p)                                                                          \
+    p "id, " p "seq, " p "role, " p "content, " p "status, " p "model, " p "stop_reason, " p        \
+      "tokens, " p "input_tokens, " p "output_tokens, " p "cache_read_tokens, " p                \
+      "cache_write_tokens, " p "cost_micros, " p "created_at"
+
+#define KEY_COLS                                                                          \
+    "id, name, hash, role, rate_limit, created_at, revoked_at, last_used_at, turn_count, " \
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
+
+/* Fills out from a row of SESSION_COLS. */
+static void read_session(const PGresult *res, int row, store_session *out)
+{
+    out->id = col_dup(res, row, 0);
+    out->owner = col_dup(res, row, 1);
+    out->system_prompt = col_dup(res, row, 2);
+    out->model = col_dup(res, row, 3);
+    out->created_at = col_i64(res, row, 4);
+    out->updated_at = col_i64(res, row, 5);
+    out->turn_count = col_i64(res, row, 6);
+    out->message_count = col_i64(res, row, 7);
+    out->usage.input_tokens = col_i64(res, row, 8);
+    out->usage.output_tokens = col_i64(res, row, 9);
+    out->usage.cache_read_tokens = col_i64(res, row, 10);
+    out->usage.cache_write_tokens = col_i64(res, row, 11);
+    out->cost_micros = col_i64(res, row, 12);
+}
+
+/* Fills m from 14 columns in MESSAGE_COLS order starting at column c. */
+static void read_message(const PGresult *res, int row, int c, store_message *m)
+{
+    m->id = col_i64(res, row, c);
+    m->seq = col_i64(res, row, c + 1);
+    m->role = col_dup(res, row, c + 2);
+    m->content = col_dup(res, row, c + 3);
+    m->status = col_dup(res, row, c + 4);
+    m->model = col_dup(res, row, c + 5);
+    m->stop_reason = col_dup(res, row, c + 6);
+    m->tokens = col_i64(res, row, c + 7);
+    m->usage.input_tokens = col_i64(res, row, c + 8);
+    m->usage.output_tokens = col_i64(res, row, c + 9);
+    m->usage.cache_read_tokens = col_i64(res, row, c + 10);
+    m->usage.cache_write_tokens = col_i64(res, row, c + 11);
+    m->cost_micros = col_i64(res, row, c + 12);
+    m->created_at = col_i64(res, row, c + 13);
+}
+
+/* Fills out from KEY_COLS starting at column c. NULL times read as 0. */
+static void read_key(const PGresult *res, int row, int c, store_key *out)
+{
+    out->id = col_dup(res, row, c);
+    out->name = col_dup(res, row, c + 1);
+    out->hash = col_dup(res, row, c + 2);
+    out->role = col_dup(res, row, c + 3);
+    out->rate_limit = col_dup(res, row, c + 4);
+    out->created_at = col_i64(res, row, c + 5);
+    out->revoked_at = col_i64(res, row, c + 6);
+    out->last_used_at = col_i64(res, row, c + 7);
+    out->turn_count = col_i64(res, row, c + 8);
+    out->usage.input_tokens = col_i64(res, row, c + 9);
+    out->usage.output_tokens = col_i64(res, row, c + 10);
+    out->usage.cache_read_tokens = col_i64(res, row, c + 11);
+    out->usage.cache_write_tokens = col_i64(res, row, c + 12);
+    out->cost_micros = col_i64(res, row, c + 13);
+}
+
+/* ---- generic decoders ----------------------------------------------------------- */
+
+/* Any successful result is CHAT_OK. */
+static chat_rc dec_ok(const PGresult *res, store_op *op)
+{
+    return res_ok(res) ? CHAT_OK : res_fail(res, op);
+}
+
+/* One changed row: CHAT_OK; none: CHAT_ECONFLICT (token no longer owns it). */
+static chat_rc dec_one_or_conflict(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    return changed(res) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+}
+
+/* The count of changed rows goes to out.count. */
+static chat_rc dec_changed_count(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    op->out.count = changed(res);
+    return CHAT_OK;
+}
+
+/* A one-column bigint result goes to out.count; no row (or NULL): ENOTFOUND. */
+static chat_rc dec_count_or_notfound(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+        return CHAT_ENOTFOUND;
+    op->out.count = col_i64(res, 0, 0);
+    return CHAT_OK;
+}
+
+/* ---- per kind ------------------------------------------------------------------ */
+
+static chat_rc enc_none(const store_op *op, pg_params *p)
+{
+    (void)op;
+    (void)p;
+    return CHAT_OK;
+}
+
+static chat_rc enc_lock_ttl(const store_op *op, pg_params *p)
+{
+    const typeof(op->in) *in = &op->in;
+    if (!valid_id(in->session_id) || !valid_id(in->token) || !valid_ttl(in->now, in->ttl_ms))
+        return CHAT_EINVAL;
+    pg_param_str(p, in->session_id);
+    pg_param_str(p, in->token);
+    pg_param_i64(p, in->now + in->ttl_ms);
+    if (op->kind == STORE_OP_LOCK_ACQUIRE)
+        pg_param_i64(p, in->now);
+    return CHAT_OK;
+}
+
+/* Inserted, or an expired lock taken over: one row; a live lock kept: none. */
+static chat_rc dec_lock_acquire(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    return changed(res) == 1 ? CHAT_OK : CHAT_EBUSY;
+}
+
+static chat_rc enc_lock_release(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.session_id) || !valid_id(op->in.token))
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.session_id);
+    pg_param_str(p, op->in.token);
+    return CHAT_OK;
+}
+
+static chat_rc enc_turn_commit(const store_op *op, pg_params *p)
+{
+    const store_turn *t = &op->in.turn;
+    if (!valid_turn(t))
+        return CHAT_EINVAL;
+    pg_param_str(p, t->session_id);
+    pg_param_str(p, t->owner);
+    pg_param_str(p, t->system_prompt);
+    pg_param_str(p, t->model);
+    pg_param_str(p, t->session_model ? t->session_model : t->model);
+    pg_param_str(p, t->user_content);
+    pg_param_str(p, t->assistant_content);
+    pg_param_str(p, t->status);
+    pg_param_str(p, t->stop_reason);
+    pg_param_i64(p, t->user_tokens);
+    pg_param_i64(p, t->usage.input_tokens);
+    pg_param_i64(p, t->usage.output_tokens);
+    pg_param_i64(p, t->usage.cache_read_tokens);
+    pg_param_i64(p, t->usage.cache_write_tokens);
+    pg_param_i64(p, t->cost_micros);
+    pg_param_str(p, t->lock_token);
+    pg_param_i64(p, t->now);
+    pg_param_str(p, t->idem_key ? t->idem_scope : NULL);
+    pg_param_str(p, t->idem_key);
+    if (t->idem_key)
+        pg_param_i64(p, t->now + t->idem_ttl_ms);
+    else
+        pg_param_str(p, NULL);
+    return CHAT_OK;
+}
+
+static chat_rc dec_turn_commit(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (word_is(res, "conflict"))
+        return CHAT_ECONFLICT;
+    if (!word_is(res, "ok") || PQnfields(res) != 5)
+        return res_fail(res, op);
+    op->out.turn.user_message_id = col_i64(res, 0, 1);
+    op->out.turn.assistant_message_id = col_i64(res, 0, 2);
+    op->out.turn.turn_count = col_i64(res, 0, 3);
+    op->out.turn.message_count = col_i64(res, 0, 4);
+    return CHAT_OK;
+}
+
+static chat_rc enc_session_id(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.session_id))
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.session_id);
+    return CHAT_OK;
+}
+
+static chat_rc dec_session_get(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (PQntuples(res) == 0)
+        return CHAT_ENOTFOUND;
+    read_session(res, 0, &op->out.session);
+    return CHAT_OK;
+}
+
+static chat_rc dec_session_delete(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (word_is(res, "notfound"))
+        return CHAT_ENOTFOUND;
+    return word_is(res, "ok") ? CHAT_OK : res_fail(res, op);
+}
+
+static chat_rc enc_session_reset(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.session_id) || op->in.now < 0)
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.session_id);
+    pg_param_i64(p, op->in.now);
+    return CHAT_OK;
+}
+
+static chat_rc enc_sessions_list(const store_op *op, pg_params *p)
+{
+    const typeof(op->in) *in = &op->in;
+    if (in->limit < 1 || in->limit > 1000 || (in->owner && !valid_id(in->owner)))
+        return CHAT_EINVAL;
+    int64_t after_created = 0;
+    char after_id[STORE_ID_MAX + 1];
+    if (in->cursor && !cursor_parse(in->cursor, &after_created, after_id))
+        return CHAT_EINVAL;
+    /* One row more than asked tells whether another page follows. */
+    pg_param_i64(p, (int64_t)in->limit + 1);
+    if (in->cursor) {
+        pg_param_i64(p, after_created);
+        pg_param_take(p, chat_xstrdup(after_id));
+    } else {
+        pg_param_str(p, NULL);
+        pg_param_str(p, NULL);
+    }
+    pg_param_str(p, in->owner);
+    return CHAT_OK;
+}
+
+static chat_rc dec_sessions_list(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    int rows = PQntuples(res);
+    int count = rows > op->in.limit ? op->in.limit : rows;
+    store_session *arr = count > 0 ? chat_xcalloc((size_t)count, sizeof *arr) : NULL;
+    for (int i = 0; i < count; i++)
+        read_session(res, i, &arr[i]);
+    if (rows > count)
+        op->out.next_cursor = cursor_make(arr[count - 1].created_at, arr[count - 1].id);
+    op->out.sessions = arr;
+    op->out.n_sessions = (size_t)count;
+    return CHAT_OK;
+}
+
+static chat_rc enc_messages_list(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.session_id))
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.session_id);
+    pg_param_i64(p, op->in.after_seq);
+    if (op->in.limit > 0)
+        pg_param_i64(p, op->in.limit);
+    else
+        pg_param_str(p, NULL); /* LIMIT NULL: all */
+    return CHAT_OK;
+}
+
+/* No row: no session. One row with a NULL message id: a session without
+ * (further) messages. Otherwise one message per row. */
+static chat_rc dec_messages_list(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    int rows = PQntuples(res);
+    if (rows == 0)
+        return CHAT_ENOTFOUND;
+    if (rows == 1 && PQgetisnull(res, 0, 0))
+        return CHAT_OK;
+    store_message *arr = chat_xcalloc((size_t)rows, sizeof *arr);
+    for (int i = 0; i < rows; i++)
+        read_message(res, i, 0, &arr[i]);
+    op->out.messages = arr;
+    op->out.n_messages = (size_t)rows;
+    return CHAT_OK;
+}
+
+static chat_rc dec_stats_get(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    /* The shards that 001_init inserts are gone: not a state we can answer from. */
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        fprintf(stderr, "chatd store(postgres): the stats rows are missing\n");
+        return CHAT_EIO;
+    }
+    store_stats *st = &op->out.stats;
+    st->total_sessions = col_i64(res, 0, 0);
+    st->total_messages = col_i64(res, 0, 1);
+    st->total_turns = col_i64(res, 0, 2);
+    st->usage.input_tokens = col_i64(res, 0, 3);
+    st->usage.output_tokens = col_i64(res, 0, 4);
+    st->usage.cache_read_tokens = col_i64(res, 0, 5);
+    st->usage.cache_write_tokens = col_i64(res, 0, 6);
+    st->cost_micros = col_i64(res, 0, 7);
+    return CHAT_OK;
+}
+
+static chat_rc enc_sessions_expire(const store_op *op, pg_params *p)
+{
+    if (op->in.limit < 1 || op->in.now < 0)
+        return CHAT_EINVAL;
+    pg_param_i64(p, op->in.before);
+    pg_param_i64(p, op->in.now);
+    pg_param_i64(p, op->in.limit);
+    return CHAT_OK;
+}
+
+static chat_rc enc_idem_begin(const store_op *op, pg_params *p)
+{
+    const typeof(op->in) *in = &op->in;
+    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->body_hash) || !valid_id(in->token) ||
+        (in->session_id && !valid_id(in->session_id)) || !valid_ttl(in->now, in->ttl_ms))
+        return CHAT_EINVAL;
+    pg_param_str(p, in->scope);
+    pg_param_str(p, in->key);
+    pg_param_str(p, in->body_hash);
+    pg_param_str(p, in->token);
+    pg_param_str(p, in->session_id);
+    pg_param_i64(p, in->now);
+    pg_param_i64(p, in->now + in->ttl_ms);
+    return CHAT_OK;
+}
+
+/* Columns of chatd_idem_begin's result. */
+enum {
+    IDEM_OUTCOME = 0,
+    IDEM_REPLY = 1, /* 14 columns in MESSAGE_COLS order (the role is 'assistant') */
+    IDEM_STATUS = 15,
+    IDEM_RESPONSE,
+    IDEM_SESSION,
+    IDEM_CREATED,
+    IDEM_EXPIRES,
+    IDEM_TURNS,
+    IDEM_NCOLS
+};
+
+static chat_rc dec_idem_begin(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (PQntuples(res) != 1 || PQnfields(res) != IDEM_NCOLS)
+        return res_fail(res, op);
+    store_idem *out = &op->out.idem;
+    const char *outcome = PQgetvalue(res, 0, IDEM_OUTCOME);
+    if (strcmp(outcome, "new") == 0) {
+        out->outcome = STORE_IDEM_NEW;
+        out->session_id = op->in.session_id ? chat_xstrdup(op->in.session_id) : NULL;
+        out->created_at = op->in.now;
+        out->expires_at = op->in.now + op->in.ttl_ms;
+        return CHAT_OK;
+    }
+    if (strcmp(outcome, "mismatch") == 0)
+        out->outcome = STORE_IDEM_MISMATCH;
+    else if (strcmp(outcome, "running") == 0)
+        out->outcome = STORE_IDEM_RUNNING;
+    else if (strcmp(outcome, "replay") == 0)
+        out->outcome = STORE_IDEM_REPLAY;
+    else
+        return res_fail(res, op);
+    out->session_id = col_dup(res, 0, IDEM_SESSION);
+    out->created_at = col_i64(res, 0, IDEM_CREATED);
+    out->expires_at = col_i64(res, 0, IDEM_EXPIRES);
+    if (out->outcome != STORE_IDEM_REPLAY)
+        return CHAT_OK;
+    out->status = (int)col_i64(res, 0, IDEM_STATUS);
+    out->response = col_dup(res, 0, IDEM_RESPONSE);
+    if (!PQgetisnull(res, 0, IDEM_REPLY)) { /* reply_id: done by a turn commit */
+        out->has_reply = true;
+        read_message(res, 0, IDEM_REPLY, &out->reply);
+        out->turn_count = col_i64(res, 0, IDEM_TURNS);
+    }
+    return CHAT_OK;
+}
+
+static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
+{
+    const typeof(op->in) *in = &op->in;
+    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->token) || !valid_ttl(in->now, in->ttl_ms))
+        return CHAT_EINVAL;
+    pg_param_str(p, in->scope);
+    pg_param_str(p, in->key);
+    pg_param_str(p, in->token);
+    pg_param_i64(p, in->now + in->ttl_ms);
+    return CHAT_OK;
+}
+
+static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
+{
+    const typeof(op->in) *in = &op->in;
+    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->token) || in->status < 100 ||
+        in->status > 599 || !in->response || !valid_ttl(in->now, in->ttl_ms))
+        return CHAT_EINVAL;
+    pg_param_str(p, in->scope);
+    pg_param_str(p, in->key);
+    pg_param_str(p, in->token);
+    pg_param_i64(p, in->status);
+    pg_param_str(p, in->response);
+    pg_param_i64(p, in->now + in->ttl_ms);
+    return CHAT_OK;
+}
+
+static chat_rc enc_idem_abort(const store_op *op, pg_params *p)
+{
+    const typeof(op->in) *in = &op->in;
+    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->token))
+        return CHAT_EINVAL;
+    pg_param_str(p, in->scope);
+    pg_param_str(p, in->key);
+    pg_param_str(p, in->token);
+    return CHAT_OK;
+}
+
+static chat_rc enc_idem_expire(const store_op *op, pg_params *p)
+{
+    if (op->in.now < 0 || op->in.limit < 1)
+        return CHAT_EINVAL;
+    pg_param_i64(p, op->in.now);
+    pg_param_i64(p, op->in.limit);
+    return CHAT_OK;
+}
+
+static chat_rc enc_key_create(const store_op *op, pg_params *p)
+{
+    const store_key_new *k = &op->in.key_new;
+    if (!valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) || !valid_role(k->role) ||
+        (k->rate_limit && !valid_id(k->rate_limit)) || k->now <= 0)
+        return CHAT_EINVAL;
+    pg_param_str(p, k->id);
+    pg_param_str(p, k->name);
+    pg_param_str(p, k->hash);
+    pg_param_str(p, k->role);
+    pg_param_str(p, k->rate_limit);
+    pg_param_i64(p, k->now);
+    return CHAT_OK;
+}
+
+static chat_rc enc_key_hash(const store_op *op, pg_params *p)
+{
+    if (!valid_hash(op->in.hash))
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.hash);
+    return CHAT_OK;
+}
+
+static chat_rc dec_key_one(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (PQntuples(res) == 0)
+        return CHAT_ENOTFOUND;
+    read_key(res, 0, 0, &op->out.key);
+    return CHAT_OK;
+}
+
+static chat_rc dec_keys_list(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    int rows = PQntuples(res);
+    store_key *arr = rows > 0 ? chat_xcalloc((size_t)rows, sizeof *arr) : NULL;
+    for (int i = 0; i < rows; i++)
+        read_key(res, i, 0, &arr[i]);
+    op->out.keys = arr;
+    op->out.n_keys = (size_t)rows;
+    return CHAT_OK;
+}
+
+static chat_rc enc_key_revoke(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.id) || op->in.now <= 0)
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.id);
+    pg_param_i64(p, op->in.now);
+    return CHAT_OK;
+}
+
+static chat_rc dec_key_revoke(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op);
+    if (word_is(res, "notfound"))
+        return CHAT_ENOTFOUND;
+    if (word_is(res, "conflict"))
+        return CHAT_ECONFLICT;
+    if (!word_is(res, "ok"))
+        return res_fail(res, op);
+    read_key(res, 0, 1, &op->out.key);
+    return CHAT_OK;
+}
+
+static chat_rc enc_key_touch(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.id) || op->in.now <= 0)
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.id);
+    pg_param_i64(p, op->in.now);
+    pg_param_i64(p, op->in.now - STORE_KEY_TOUCH_MS);
+    return CHAT_OK;
+}
+
+static chat_rc enc_key_id(const store_op *op, pg_params *p)
+{
+    if (!valid_id(op->in.id))
+        return CHAT_EINVAL;
+    pg_param_str(p, op->in.id);
+    return CHAT_OK;
+}
+
+/* A JSON string, or JSON null for NULL; NULL when s is not valid UTF-8. */
+static json_t *json_str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+/* The messages of an import as the JSON array chatd_session_import unpacks;
+ * NULL when a string is not valid UTF-8 (PostgreSQL text could not hold it). */
+static char *messages_json(const store_message *msgs, size_t n)
+{
+    json_t *arr = json_array();
+    char *out = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const store_message *m = &msgs[i];
+        json_t *content = json_string(m->content), *model = json_str_or_null(m->model),
+               *stop = json_str_or_null(m->stop_reason);
+        json_t *o = content && model && stop
+                        ? json_pack("{s:I,s:s,s:o,s:s,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "seq",
+                                    (json_int_t)m->seq, "role", m->role, "content", content, "status",
+                                    m->status, "model", model, "stop_reason", stop, "tokens",
+                                    (json_int_t)m->tokens, "input_tokens", (json_int_t)m->usage.input_tokens,
+                                    "output_tokens", (json_int_t)m->usage.output_tokens, "cache_read_tokens",
+                                    (json_int_t)m->usage.cache_read_tokens, "cache_write_tokens",
+                                    (json_int_t)m->usage.cache_write_tokens, "cost_micros",
+                                    (json_int_t)m->cost_micros, "created_at", (json_int_t)m->created_at)
+                        : NULL;
+        if (!o) {
+            /* json_pack steals its "o" arguments even when it fails. */
+            if (!(content && model && stop)) {
+                json_decref(content);
+                json_decref(model);
+                json_decref(stop);
+            }
+            goto out;
+        }
+        json_array_append_new(arr, o);
+    }
+    char *dumped = json_dumps(arr, JSON_COMPACT);
+    if (!dumped) {
+        fprintf(stderr, "chatd store(postgres): out of memory encoding an import\n");
+        abort();
+    }
+    out = chat_xstrdup(dumped);
+    free(dumped);
+out:
+    json_decref(arr);
+    return out;
+}
+
+static chat_rc enc_session_import(const store_op *op, pg_params *p)
+{
+    const store_session *ss = op->in.import_session;
+    const store_message *msgs = op->in.import_messages;
+    size_t n = op->in.n_import_messages;
+    if (!ss || !valid_id(ss->id) || (ss->owner && !valid_id(ss->owner)) || (n > 0 && !msgs) ||
+        ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 || ss->created_at < 0 ||
+        ss->updated_at < 0)
+        return CHAT_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!valid_message(&msgs[i]))
+            return CHAT_EINVAL;
+    char *json = messages_json(msgs, n);
+    if (!json)
+        return CHAT_EINVAL;
+    pg_param_str(p, ss->id);
+    pg_param_str(p, ss->owner);
+    pg_param_str(p, ss->system_prompt);
+    pg_param_str(p, ss->model);
+    pg_param_i64(p, ss->created_at);
+    pg_param_i64(p, ss->updated_at);
+    pg_param_i64(p, ss->turn_count);
+    pg_param_i64(p, ss->message_count);
+    pg_param_i64(p, known(ss->usage.input_tokens));
+    pg_param_i64(p, known(ss->usage.output_tokens));
+    pg_param_i64(p, known(ss->usage.cache_read_tokens));
+    pg_param_i64(p, known(ss->usage.cache_write_tokens));
+    pg_param_i64(p, ss->cost_micros);
+    pg_param_take(p, json);
+    return CHAT_OK;
+}
+
+static chat_rc dec_session_import(const PGresult *res, store_op *op)
+{
+    if (!res_ok(res))
+        return res_fail(res, op); /* e.g. a repeated seq: UNIQUE (session_id, seq), as in SQLite */
+    if (word_is(res, "conflict"))
+        return CHAT_ECONFLICT;
+    return word_is(res, "ok") ? CHAT_OK : res_fail(res, op);
+}
+
+static chat_rc enc_key_import(const store_op *op, pg_params *p)
+{
+    const store_key *k = op->in.import_key;
+    if (!k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) || !valid_role(k->role) ||
+        (k->rate_limit && !valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
+        k->last_used_at < 0 || k->turn_count < 0 || k->cost_micros < 0)
+        return CHAT_EINVAL;
+    pg_param_str(p, k->id);
+    pg_param_str(p, k->name);
+    pg_param_str(p, k->hash);
+    pg_param_str(p, k->role);
+    pg_param_str(p, k->rate_limit);
+    pg_param_i64(p, k->created_at);
+    if (k->revoked_at > 0)
+        pg_param_i64(p, k->revoked_at);
+    else
+        pg_param_str(p, NULL);
+    if (k->last_used_at > 0)
+        pg_param_i64(p, k->last_used_at);
+    else
+        pg_param_str(p, NULL);
+    pg_param_i64(p, k->turn_count);
+    pg_param_i64(p, known(k->usage.input_tokens));
+    pg_param_i64(p, known(k->usage.output_tokens));
+    pg_param_i64(p, known(k->usage.cache_read_tokens));
+    pg_param_i64(p, known(k->usage.cache_write_tokens));
+    pg_param_i64(p, k->cost_micros);
+    return CHAT_OK;
+}
+
+/* ---- the table ---------------------------------------------------------------- */
+
+const pg_op_def pg_op_defs[] = {
+    {STORE_OP_PING, "chatd_ping", "SELECT 1", 0, enc_none, dec_ok},
+    /* Insert, or take over an expired lock (the row lock makes a concurrent
+     * acquire wait and then see our lock live). */
+    {STORE_OP_LOCK_ACQUIRE, "chatd_lock_acquire",
+     "INSERT INTO turn_locks AS l (session_id, token, expires_at) VALUES ($1, $2, $3) "
+     "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
+     "WHERE l.expires_at <= $4",
+     4, enc_lock_ttl, dec_lock_acquire},
+    {STORE_OP_LOCK_REFRESH, "chatd_lock_refresh",
+     "UPDATE turn_locks SET expires_at = $3 WHERE session_id = $1 AND token = $2", 3, enc_lock_ttl,
+     dec_one_or_conflict},
+    {STORE_OP_LOCK_RELEASE, "chatd_lock_release", "DELETE FROM turn_locks WHERE session_id = $1 AND token = $2", 2,
+     enc_lock_release, dec_ok},
+    {STORE_OP_TURN_COMMIT, "chatd_turn_commit",
+     "SELECT r_rc, r_user_id, r_assistant_id, r_turn_count, r_message_count FROM chatd_turn_commit("
+     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+     20, enc_turn_commit, dec_turn_commit},
+    {STORE_OP_SESSION_GET, "chatd_session_get", "SELECT " SESSION_COLS " FROM sessions WHERE id = $1", 1,
+     enc_session_id, dec_session_get},
+    {STORE_OP_SESSION_DELETE, "chatd_session_delete", "SELECT chatd_session_delete($1)", 1, enc_session_id,
+     dec_session_delete},
+    {STORE_OP_SESSION_RESET, "chatd_session_reset", "SELECT chatd_session_reset($1, $2)", 2, enc_session_reset,
+     dec_count_or_notfound},
+    {STORE_OP_SESSIONS_LIST, "chatd_sessions_list",
+     "SELECT " SESSION_COLS " FROM chatd_sessions_list($1, $2, $3, $4)", 4, enc_sessions_list,
+     dec_sessions_list},
+    /* One statement, so one snapshot: the existence check and the rows agree. */
+    {STORE_OP_MESSAGES_LIST, "chatd_messages_list",
+     "SELECT " MESSAGE_COLS("m.") " FROM sessions AS s LEFT JOIN LATERAL ("
+     "SELECT * FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq LIMIT $3"
+     ") AS m ON true WHERE s.id = $1 ORDER BY m.seq",
+     3, enc_messages_list, dec_messages_list},
+    {STORE_OP_STATS_GET, "chatd_stats_get",
+     "SELECT sum(total_sessions)::bigint, sum(total_messages)::bigint, sum(total_turns)::bigint, "
+     "sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cache_read_tokens)::bigint, "
+     "sum(cache_write_tokens)::bigint, sum(cost_micros)::bigint FROM stats",
+     0, enc_none, dec_stats_get},
+    {STORE_OP_SESSIONS_EXPIRE, "chatd_sessions_expire", "SELECT chatd_sessions_expire($1, $2, $3)", 3,
+     enc_sessions_expire, dec_count_or_notfound},
+    {STORE_OP_IDEM_BEGIN, "chatd_idem_begin", "SELECT * FROM chatd_idem_begin($1, $2, $3, $4, $5, $6, $7)", 7,
+     enc_idem_begin, dec_idem_begin},
+    {STORE_OP_IDEM_REFRESH, "chatd_idem_refresh",
+     "UPDATE idempotency SET expires_at = $4 "
+     "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'",
+     4, enc_idem_refresh, dec_one_or_conflict},
+    {STORE_OP_IDEM_FINISH, "chatd_idem_finish",
+     "UPDATE idempotency SET state = 'done', status = $4, response = $5, expires_at = $6 "
+     "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'",
+     6, enc_idem_finish, dec_one_or_conflict},
+    {STORE_OP_IDEM_ABORT, "chatd_idem_abort",
+     "DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'", 3,
+     enc_idem_abort, dec_ok},
+    /* SKIP LOCKED: a record being begun or committed right now is not in the way. */
+    {STORE_OP_IDEM_EXPIRE, "chatd_idem_expire",
+     "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "
+     "WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+     2, enc_idem_expire, dec_changed_count},
+    /* No conflict target: a taken id or a taken hash both make it a no-op. */
+    {STORE_OP_KEY_CREATE, "chatd_key_create",
+     "INSERT INTO api_keys (id, name, hash, role, rate_limit, created_at) VALUES ($1, $2, $3, $4, $5, $6) "
+     "ON CONFLICT DO NOTHING",
+     6, enc_key_create, dec_one_or_conflict},
+    {STORE_OP_KEY_FIND_BY_HASH, "chatd_key_find_by_hash",
+     "SELECT " KEY_COLS " FROM api_keys WHERE hash = $1 AND revoked_at IS NULL", 1, enc_key_hash, dec_key_one},
+    {STORE_OP_KEYS_LIST, "chatd_keys_list", "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at, id", 0,
+     enc_none, dec_keys_list},
+    {STORE_OP_KEY_REVOKE, "chatd_key_revoke", "SELECT * FROM chatd_key_revoke($1, $2)", 2, enc_key_revoke,
+     dec_key_revoke},
+    /* The WHERE makes the common case (touched recently) a read: no row
+     * version written, nothing to vacuum. */
+    {STORE_OP_KEY_TOUCH, "chatd_key_touch",
+     "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at <= $3)", 3,
+     enc_key_touch, dec_ok},
+    {STORE_OP_KEY_SESSION_COUNT, "chatd_key_session_count", "SELECT session_count FROM api_keys WHERE id = $1", 1,
+     enc_key_id, dec_count_or_notfound},
+    {STORE_OP_SESSION_IMPORT, "chatd_session_import",
+     "SELECT chatd_session_import($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", 14,
+     enc_session_import, dec_session_import},
+    {STORE_OP_KEY_IMPORT, "chatd_key_import",
+     "INSERT INTO api_keys (" KEY_COLS ") "
+     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
+     14, enc_key_import, dec_one_or_conflict},
+};
+
+const size_t pg_op_defs_count = sizeof pg_op_defs / sizeof pg_op_defs[0];
+
+const pg_op_def *pg_op_def_get(store_op_kind kind)
+{
+    /* The table is in kind order; the check keeps a misordered entry from
+     * silently running the wrong statement. */
+    if (kind <= 0 || (size_t)kind > pg_op_defs_count)
+        return NULL;
+    const pg_op_def *d = &pg_op_defs[kind - 1];
+    return d->kind == kind ? d : NULL;
+}

@@ -1,0 +1,420 @@
+/*
+ * postgres.c: the PostgreSQL backend of store.h.
+ *
+ * A handle is one blocking libpq connection (PQconnectdb) plus, once attached
+ * to a server loop, a pool of asynchronous connections (pg_pool.c). The
+ * blocking connection serves what may wait: `chatd migrate|keys|export|import`,
+ * the tests, and the migrations at server start. A loop thread never uses it:
+ * store_submit goes to the pool.
+ *
+ * Every operation is one prepared statement described by a pg_op_def
+ * (pg_ops.c), the same on both connections, so the blocking and the
+ * asynchronous paths cannot behave differently. The statements are prepared
+ * once per connection, right after the migrations.
+ *
+ * Migrations. The schema comes from the numbered files "schema_pg/NNN_name.sql"
+ * embedded in the binary (core/assets.h). store_open applies the pending ones in
+ * order, each recorded in schema_version, all in one transaction that first
+ * takes a transaction-scoped advisory lock: when several processes start at
+ * once, the first migrates and the others wait on the lock, then find nothing
+ * left to do. A database migrated by a newer binary is refused.
+ *
+ * Connection loss on the blocking handle: the statement fails (CHAT_EIO, as
+ * any database error), and the next operation reconnects first (PQreset) and
+ * prepares the statements again, so a CLI or test handle survives a server
+ * restart between two calls.
+ *
+ * Database errors are logged to stderr as one line and reported as CHAT_EIO.
+ */
+#define _GNU_SOURCE
+#include "store/backend.h"
+
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/alloc.h"
+#include "core/assets.h"
+#include "store/pg.h"
+#include "store/pg_pool.h"
+
+#define MIGRATION_PREFIX "schema_pg/"
+#define MIGRATION_SUFFIX ".sql"
+
+/* Takes the advisory lock that serializes migrations until the transaction
+ * ends. The key is any constant nothing else in the database uses: "chatd" in
+ * ASCII, 0x6368617464. */
+#define MIGRATION_LOCK_SQL "SELECT pg_advisory_xact_lock(426952979556)"
+
+typedef struct pg_db {
+    PGconn *conn;        /* the blocking connection; owned */
+    char *url;           /* as given to store_open; owned (the pool connects to it too) */
+    int schema_version;  /* highest migration applied, read at open */
+    pg_pool *pool;       /* store_attach's pool, or NULL; owned */
+    bool detached;       /* store_detach ran: submitted ops fail at once */
+} pg_db;
+
+/* Writes a one-line reason into err (when it has room). */
+static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    err[strcspn(err, "\n")] = '\0'; /* libpq's messages end in a newline */
+}
+
+/* Notices (e.g. "relation already exists, skipping") are not errors: dropped. */
+static void quiet_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+const char *pg_handle_url(const void *pg_handle)
+{
+    return pg_handle ? ((const pg_db *)pg_handle)->url : NULL;
+}
+
+/* ---- migrations --------------------------------------------------------------- */
+
+struct migration {
+    int version;
+    const struct chat_asset *asset;
+};
+
+static int migration_cmp(const void *a, const void *b)
+{
+    const struct migration *x = a, *y = b;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+/*
+ * Collects the embedded "schema_pg/NNN_name.sql" files, sorted by version. A
+ * .sql file with a bad name or a duplicate version is a build mistake and
+ * fails the open (as in sqlite.c).
+ */
+static chat_rc collect_migrations(struct migration **out, size_t *n, char *err, size_t errlen)
+{
+    size_t pre = strlen(MIGRATION_PREFIX), suf = strlen(MIGRATION_SUFFIX);
+    struct migration *m = chat_xcalloc(chat_assets_count ? chat_assets_count : 1, sizeof *m);
+    size_t count = 0;
+    for (size_t i = 0; i < chat_assets_count; i++) {
+        const char *name = chat_assets[i].name;
+        size_t len = strlen(name);
+        if (strncmp(name, MIGRATION_PREFIX, pre) != 0 || len < pre + suf ||
+            strcmp(name + len - suf, MIGRATION_SUFFIX) != 0)
+            continue;
+        const char *p = name + pre;
+        long v = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 9) {
+            v = v * 10 + (*p - '0');
+            p++;
+            digits++;
+        }
+        if (digits == 0 || v == 0 || *p != '_' || (size_t)(p + 1 - name) >= len - suf) {
+            set_err(err, errlen, "bad migration name %s (want schema_pg/NNN_name.sql)", name);
+            free(m);
+            return CHAT_EIO;
+        }
+        m[count].version = (int)v;
+        m[count].asset = &chat_assets[i];
+        count++;
+    }
+    qsort(m, count, sizeof *m, migration_cmp);
+    for (size_t i = 1; i < count; i++) {
+        if (m[i].version == m[i - 1].version) {
+            set_err(err, errlen, "migrations %s and %s have the same version", m[i - 1].asset->name,
+                    m[i].asset->name);
+            free(m);
+            return CHAT_EIO;
+        }
+    }
+    if (count == 0) {
+        set_err(err, errlen, "no PostgreSQL schema migrations embedded in this binary");
+        free(m);
+        return CHAT_EIO;
+    }
+    *out = m;
+    *n = count;
+    return CHAT_OK;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Runs one SQL text (possibly several statements); CHAT_EIO with the reason in err. */
+static chat_rc exec_sql(PGconn *c, const char *sql, const char *what, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    chat_rc rc = CHAT_OK;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        set_err(err, errlen, "%s: %s", what, res ? PQresultErrorMessage(res) : PQerrorMessage(c));
+        rc = CHAT_EIO;
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Applies the pending migrations in one transaction under the advisory lock. */
+static chat_rc migrate(pg_db *d, char *err, size_t errlen)
+{
+    struct migration *m = NULL;
+    size_t n = 0;
+    PGresult *res = NULL;
+    bool in_tx = false;
+    chat_rc rc = collect_migrations(&m, &n, err, errlen);
+    if (rc != CHAT_OK)
+        return rc;
+
+    rc = exec_sql(d->conn, "BEGIN", "begin migration", err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    in_tx = true;
+    rc = exec_sql(d->conn, MIGRATION_LOCK_SQL, "migration lock", err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    /* Bootstrapped here rather than in a migration: it must exist before we can
+     * ask which migrations were applied. */
+    rc = exec_sql(d->conn,
+                  "CREATE TABLE IF NOT EXISTS schema_version ("
+                  " version BIGINT NOT NULL PRIMARY KEY,"
+                  " name TEXT NOT NULL,"
+                  " applied_at BIGINT NOT NULL)",
+                  "create schema_version", err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+
+    rc = CHAT_EIO;
+    res = PQexec(d->conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        set_err(err, errlen, "read schema_version: %s", PQresultErrorMessage(res));
+        goto out;
+    }
+    int64_t current = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    res = NULL;
+    if (current > m[n - 1].version) {
+        /* An older binary must not write into a schema it does not know. */
+        set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d", current,
+                m[n - 1].version);
+        goto out;
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].version <= current)
+            continue;
+        rc = exec_sql(d->conn, (const char *)m[i].asset->data, m[i].asset->name, err, errlen);
+        if (rc != CHAT_OK)
+            goto out;
+        rc = CHAT_EIO;
+        char version[24], applied[24];
+        snprintf(version, sizeof version, "%d", m[i].version);
+        snprintf(applied, sizeof applied, "%" PRId64, wall_ms());
+        const char *values[3] = {version, m[i].asset->name + strlen(MIGRATION_PREFIX), applied};
+        res = PQexecParams(d->conn, "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
+                           3, NULL, values, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            set_err(err, errlen, "record %s: %s", m[i].asset->name, PQresultErrorMessage(res));
+            goto out;
+        }
+        PQclear(res);
+        res = NULL;
+    }
+    in_tx = false; /* COMMIT ends the transaction whatever it answers */
+    rc = exec_sql(d->conn, "COMMIT", "commit migration", err, errlen);
+    if (rc == CHAT_OK)
+        d->schema_version = m[n - 1].version;
+
+out:
+    PQclear(res);
+    if (in_tx)
+        PQclear(PQexec(d->conn, "ROLLBACK"));
+    free(m);
+    return rc;
+}
+
+/* Prepares every statement of pg_ops.c on the blocking connection. */
+static chat_rc prepare_all(pg_db *d, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < pg_op_defs_count; i++) {
+        const pg_op_def *def = &pg_op_defs[i];
+        PGresult *res = PQprepare(d->conn, def->name, def->sql, def->nparams, NULL);
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok)
+            set_err(err, errlen, "prepare %s: %s", def->name, res ? PQresultErrorMessage(res) : PQerrorMessage(d->conn));
+        PQclear(res);
+        if (!ok)
+            return CHAT_EIO;
+    }
+    return CHAT_OK;
+}
+
+/* ---- the backend ------------------------------------------------------------------ */
+
+static void pg_close(void *impl)
+{
+    pg_db *d = impl;
+    if (!d)
+        return;
+    pg_pool_free(d->pool);
+    PQfinish(d->conn);
+    free(d->url);
+    free(d);
+}
+
+static chat_rc pg_open(const char *url, void **impl, char *err, size_t errlen)
+{
+    chat_rc rc = CHAT_EIO;
+    *impl = NULL;
+    /* libpq would also read a bare "dbname=..." string; only URIs name this backend. */
+    if (strncmp(url, "postgres://", 11) != 0 && strncmp(url, "postgresql://", 13) != 0) {
+        set_err(err, errlen, "unsupported database url (expected postgres://...)");
+        return CHAT_EINVAL;
+    }
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
+    if (!opts) {
+        set_err(err, errlen, "bad PostgreSQL url: %s", perr ? perr : "out of memory");
+        PQfreemem(perr);
+        return CHAT_EINVAL;
+    }
+    PQconninfoFree(opts);
+
+    pg_db *d = chat_xcalloc(1, sizeof *d);
+    d->url = chat_xstrdup(url);
+    d->conn = PQconnectdb(url);
+    if (!d->conn || PQstatus(d->conn) != CONNECTION_OK) {
+        /* The message names the server; the URL may carry a password, so it is not repeated. */
+        set_err(err, errlen, "cannot connect to PostgreSQL: %s", d->conn ? PQerrorMessage(d->conn) : "out of memory");
+        goto out;
+    }
+    PQsetNoticeProcessor(d->conn, quiet_notice, NULL);
+    rc = migrate(d, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = prepare_all(d, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    *impl = d;
+    d = NULL;
+out:
+    pg_close(d);
+    return rc;
+}
+
+static int pg_schema_version(void *impl)
+{
+    return impl ? ((pg_db *)impl)->schema_version : 0;
+}
+
+/* A connection lost since the last call is made again before the next one. */
+static chat_rc ensure_connected(pg_db *d)
+{
+    if (PQstatus(d->conn) == CONNECTION_OK)
+        return CHAT_OK;
+    PQreset(d->conn);
+    char err[256] = "";
+    if (PQstatus(d->conn) != CONNECTION_OK || prepare_all(d, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "chatd store(postgres): reconnect failed: %s\n",
+                err[0] ? err : PQerrorMessage(d->conn));
+        return CHAT_EIO;
+    }
+    PQsetNoticeProcessor(d->conn, quiet_notice, NULL);
+    return CHAT_OK;
+}
+
+static chat_rc pg_run(void *impl, store_op *op)
+{
+    pg_db *d = impl;
+    const pg_op_def *def = pg_op_def_get(op->kind);
+    pg_params p = {0};
+    PGresult *res = NULL;
+    chat_rc rc = CHAT_EINVAL;
+    if (!d || !def)
+        goto out;
+    rc = def->enc(op, &p);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = ensure_connected(d);
+    if (rc != CHAT_OK)
+        goto out;
+    res = PQexecPrepared(d->conn, def->name, p.n, p.values, NULL, NULL, 0);
+    if (!res || PQstatus(d->conn) != CONNECTION_OK) {
+        fprintf(stderr, "chatd store(postgres): %s failed: connection lost: %s\n", store_op_name(op->kind),
+                PQerrorMessage(d->conn));
+        rc = CHAT_EIO;
+        goto out;
+    }
+    rc = def->dec(res, op);
+out:
+    PQclear(res);
+    pg_params_clear(&p);
+    op->rc = rc;
+    return rc;
+}
+
+static chat_rc pg_attach(void *impl, struct event_base *base, int pool_size, int64_t queue_timeout_ms)
+{
+    pg_db *d = impl;
+    if (!d || d->pool)
+        return CHAT_EINVAL; /* once per handle */
+    return pg_pool_new(base, d->url, pool_size, queue_timeout_ms, &d->pool);
+}
+
+/* Without a pool (never attached: a CLI handle), the op runs on the blocking
+ * connection and completes at once, as with SQLite. */
+static void pg_submit(void *impl, store_op *op)
+{
+    pg_db *d = impl;
+    if (d && d->pool) {
+        pg_pool_submit(d->pool, op);
+        return;
+    }
+    if (d && d->detached) {
+        op->rc = CHAT_EUNAVAIL; /* shutting down: never block the loop on the blocking connection */
+    } else {
+        pg_run(impl, op);
+    }
+    store_op_complete(op);
+}
+
+static void pg_detach(void *impl)
+{
+    pg_db *d = impl;
+    d->detached = true;
+    pg_pool *p = d->pool;
+    d->pool = NULL; /* ops submitted by the callbacks below fail at once */
+    pg_pool_free(p);
+}
+
+static int pg_pending(const void *impl)
+{
+    const pg_db *d = impl;
+    return d && d->pool ? pg_pool_pending(d->pool) : 0;
+}
+
+const store_backend store_backend_postgres = {
+    .name = "postgres",
+    .open = pg_open,
+    .close = pg_close,
+    .schema_version = pg_schema_version,
+    .run = pg_run,
+    .attach = pg_attach,
+    .submit = pg_submit,
+    .pending = pg_pending,
+    .detach = pg_detach,
+};
