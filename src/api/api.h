@@ -32,6 +32,11 @@ void api_dispatch(http_req *r, void *ctx);
 void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* Sends the error for a failed store operation: 503 with Retry-After when the
+ * database is unreachable or saturated (CHAT_EUNAVAIL: a retry may succeed),
+ * else 500 (terminal). */
+void api_db_error(http_req *r, api_flavor f, chat_rc rc);
+
 /* Sends a validation error: seed -> 422 {"detail":[item]}, v1 -> 400
  * invalid_request_error with msg. item is stolen. */
 void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg);

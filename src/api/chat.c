@@ -332,42 +332,63 @@ static const chat_renderer v1_sse = {
 
 /* ---- handlers ---- */
 
+/* A chat request between its body's validation and its turn (the
+ * Idempotency-Key look-up may wait on the store). */
+typedef struct chat_job {
+    http_req *r;
+    chat_worker *w;
+    const chat_renderer *rnd;
+    api_flavor f;
+    chat_body b;
+} chat_job;
+
+static void run_chat(void *ud, idem_decision d, store_idem *idem)
+{
+    chat_job *j = ud;
+    http_req *r = j->r;
+    if (d == IDEM_REPLAY) {
+        turn_result res;
+        api_idempotency_result(idem, &res);
+        chat_replay(r, j->w, j->rnd, j->f, &res, NULL, NULL);
+    } else if (d != IDEM_ANSWERED) {
+        const chat_body *b = &j->b;
+        turn_params p = {
+            .session_id = b->session_id,
+            .message = b->message,
+            .system_prompt = b->system_prompt,
+            .model = b->model,
+            .max_tokens = b->max_tokens,
+            .stream = j->rnd->stream,
+            .request_id = http_req_id(r),
+            .owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL,
+            .see_all = api_owner_filter(r) == NULL,
+            .idem_scope = api_identity(r)->key_id,
+            .idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL,
+            .truncation = b->truncation,
+        };
+        chat_run(r, j->w, j->rnd, j->f, &p, NULL, NULL);
+    }
+    json_decref(j->b.root);
+    http_req_release(r);
+    free(j);
+}
+
 static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f)
 {
-    chat_body b;
-    if (!parse_chat_body(r, w, f, &b))
-        return;
-    store_idem idem;
-    idem_decision d = f == API_V1 ? api_idempotency_begin(r, w, f, api_identity(r)->key_id, b.session_id, &idem)
-                                  : IDEM_NONE;
-    if (d == IDEM_ANSWERED || d == IDEM_REPLAY) {
-        if (d == IDEM_REPLAY) {
-            turn_result res;
-            api_idempotency_result(&idem, &res);
-            chat_replay(r, w, rnd, f, &res, NULL, NULL);
-        }
-        store_idem_clear(&idem);
-        json_decref(b.root);
+    chat_job *j = chat_xcalloc(1, sizeof *j);
+    if (!parse_chat_body(r, w, f, &j->b)) {
+        free(j);
         return;
     }
-    turn_params p = {
-        .session_id = b.session_id,
-        .message = b.message,
-        .system_prompt = b.system_prompt,
-        .model = b.model,
-        .max_tokens = b.max_tokens,
-        .stream = rnd->stream,
-        .request_id = http_req_id(r),
-        .owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL,
-        .see_all = api_owner_filter(r) == NULL,
-        .idem_scope = api_identity(r)->key_id,
-        .idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL,
-        .truncation = b.truncation,
-    };
-    chat_run(r, w, rnd, f, &p, NULL, NULL);
-    if (d != IDEM_NONE)
-        store_idem_clear(&idem);
-    json_decref(b.root);
+    j->r = r;
+    j->w = w;
+    j->rnd = rnd;
+    j->f = f;
+    http_req_hold(r);
+    if (f == API_V1)
+        api_idempotency_begin(r, w, f, api_identity(r)->key_id, j->b.session_id, run_chat, j);
+    else
+        run_chat(j, IDEM_NONE, NULL);
 }
 
 void api_seed_chat(http_req *r, chat_worker *w, char **params)

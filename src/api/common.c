@@ -10,6 +10,16 @@
 #include "guard/auth.h"
 #include "core/util.h"
 
+void api_db_error(http_req *r, api_flavor f, chat_rc rc)
+{
+    if (rc == CHAT_EUNAVAIL) {
+        http_add_header(r, "Retry-After", "1");
+        api_error(r, f, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
+        return;
+    }
+    api_error(r, f, 500, "internal_error", "the database is not available");
+}
+
 void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)
 {
     char msg[1024];

@@ -7,11 +7,13 @@
  * after it instead of running twice.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
 
 #include "api/idempotency.h"
+#include "core/alloc.h"
 #include "core/util.h"
 
 #define IDEM_KEY_MAX 255
@@ -40,39 +42,27 @@ static bool valid_key(const char *k)
     return true;
 }
 
-idem_decision api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char *scope,
-                                    const char *session_id, store_idem *out)
+/* A request waiting for its idempotency record. */
+typedef struct idem_job {
+    http_req *r;
+    api_flavor f;
+    idem_cb cb;
+    void *ud;
+} idem_job;
+
+/* What the record says about the request: the decision, or an answer. */
+static idem_decision decide(http_req *r, api_flavor f, const store_idem *rec)
 {
-    const char *key = http_req_header(r, "Idempotency-Key");
-    memset(out, 0, sizeof *out);
-    if (!key)
-        return IDEM_NONE;
-    if (!valid_key(key)) {
-        api_error(r, f, 400, "invalid_request_error",
-                  "Idempotency-Key must be 1 to %d printable ASCII characters", IDEM_KEY_MAX);
-        return IDEM_ANSWERED;
-    }
-    size_t len;
-    const char *body = http_req_body(r, &len);
-    char hash[65];
-    sha256_hex(body, len, hash);
-    chat_rc rc = store_idem_begin(w->db, scope, key, hash, http_req_id(r), session_id, chat_now_ms(),
-                                  w->app->cfg->lock_ttl_ms, out);
-    if (rc != CHAT_OK) {
-        api_error(r, f, 500, "internal_error", "the database is not available");
-        return IDEM_ANSWERED;
-    }
-    http_req_log_set(r, "idempotency_key", json_string(key));
-    switch (out->outcome) {
+    switch (rec->outcome) {
     case STORE_IDEM_NEW:
         return IDEM_RUN;
     case STORE_IDEM_REPLAY:
-        if (out->has_reply)
+        if (rec->has_reply)
             return IDEM_REPLAY;
         /* A stored non-turn result (none are stored today): replay it as it was. */
         http_add_header(r, "Idempotent-Replayed", "true");
-        http_reply(r, out->status, "application/json", out->response ? out->response : "{}",
-                   out->response ? strlen(out->response) : 2);
+        http_reply(r, rec->status, "application/json", rec->response ? rec->response : "{}",
+                   rec->response ? strlen(rec->response) : 2);
         return IDEM_ANSWERED;
     case STORE_IDEM_RUNNING:
         http_add_header(r, "Retry-After", "1");
@@ -86,6 +76,66 @@ idem_decision api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, c
     }
     api_error(r, f, 500, "internal_error", "unexpected idempotency state");
     return IDEM_ANSWERED;
+}
+
+static void on_begun(store_op *op, void *ud)
+{
+    idem_job *j = ud;
+    http_req *r = j->r;
+    idem_decision d = IDEM_ANSWERED;
+    if (http_req_gone(r)) {
+        if (op->rc == CHAT_OK && op->out.idem.outcome == STORE_IDEM_NEW) {
+            /* Nobody will run it: let a retry start afresh. */
+            store_op *abort_op = store_op_new(STORE_OP_IDEM_ABORT);
+            abort_op->in.scope = store_op_str(abort_op, op->in.scope);
+            abort_op->in.key = store_op_str(abort_op, op->in.key);
+            abort_op->in.token = store_op_str(abort_op, op->in.token);
+            store_submit(op->owner_store, abort_op, NULL, NULL);
+        }
+    } else if (op->rc != CHAT_OK) {
+        api_db_error(r, j->f, op->rc);
+    } else {
+        d = decide(r, j->f, &op->out.idem);
+    }
+    j->cb(j->ud, d, &op->out.idem);
+    http_req_release(r);
+    free(j);
+}
+
+void api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char *scope, const char *session_id,
+                           idem_cb cb, void *ud)
+{
+    const char *key = http_req_header(r, "Idempotency-Key");
+    if (!key) {
+        cb(ud, IDEM_NONE, NULL);
+        return;
+    }
+    if (!valid_key(key)) {
+        api_error(r, f, 400, "invalid_request_error",
+                  "Idempotency-Key must be 1 to %d printable ASCII characters", IDEM_KEY_MAX);
+        cb(ud, IDEM_ANSWERED, NULL);
+        return;
+    }
+    size_t len;
+    const char *body = http_req_body(r, &len);
+    char hash[65];
+    sha256_hex(body, len, hash);
+    http_req_log_set(r, "idempotency_key", json_string(key));
+    idem_job *j = chat_xcalloc(1, sizeof *j);
+    j->r = r;
+    j->f = f;
+    j->cb = cb;
+    j->ud = ud;
+    http_req_hold(r);
+    store_op *op = store_op_new(STORE_OP_IDEM_BEGIN);
+    op->in.scope = store_op_str(op, scope);
+    op->in.key = store_op_str(op, key);
+    op->in.body_hash = store_op_str(op, hash);
+    op->in.token = store_op_str(op, http_req_id(r));
+    op->in.session_id = store_op_str(op, session_id);
+    op->in.now = chat_now_ms();
+    op->in.ttl_ms = w->app->cfg->lock_ttl_ms;
+    store_submit(w->db, op, on_begun, j);
 }
 
 void api_idempotency_result(const store_idem *rec, turn_result *res)

@@ -111,6 +111,17 @@ void api_healthz(http_req *r, chat_worker *w, char **params)
     http_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
 }
 
+static void on_pinged(store_op *op, void *ud)
+{
+    http_req *r = ud;
+    if (op->rc != CHAT_OK)
+        http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason",
+                                          "database not answering"));
+    else
+        http_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+    http_req_release(r);
+}
+
 void api_readyz(http_req *r, chat_worker *w, char **params)
 {
     (void)params;
@@ -118,10 +129,6 @@ void api_readyz(http_req *r, chat_worker *w, char **params)
         http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason", "shutting down"));
         return;
     }
-    if (store_ping(w->db) != CHAT_OK) {
-        http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason",
-                                          "database not answering"));
-        return;
-    }
-    http_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+    http_req_hold(r);
+    store_submit(w->db, store_op_new(STORE_OP_PING), on_pinged, r);
 }

@@ -182,39 +182,6 @@ static void free_identity(void *p)
     free(p);
 }
 
-/* Authenticates the request for a route; answers 401/403/503 and returns NULL on failure. */
-static auth_identity *authenticate(http_req *r, chat_worker *w, const route *rt)
-{
-    auth_identity *id = chat_xcalloc(1, sizeof *id);
-    http_req_set_data(r, id, free_identity);
-    if (rt->access == ACCESS_PUBLIC)
-        return id;
-    auth_result ar = auth_check(w->app->cfg, w->db, http_req_header(r, "Authorization"), id);
-    if (ar == AUTH_UNAVAILABLE) {
-        api_error(r, rt->flavor, 503, "internal_error", "the key store is not available");
-        return NULL;
-    }
-    if (ar != AUTH_OK) {
-        http_add_header(r, "WWW-Authenticate",
-                        ar == AUTH_MISSING ? "Bearer realm=\"chatd\""
-                                           : "Bearer realm=\"chatd\", error=\"invalid_token\"");
-        if (rt->flavor == API_SEED)
-            api_error(r, API_SEED, 401, "authentication_error", "Unauthorized");
-        else
-            api_error(r, rt->flavor, 401, "authentication_error",
-                      ar == AUTH_MISSING ? "missing credentials: send Authorization: Bearer <token>"
-                                         : "invalid or revoked token");
-        return NULL;
-    }
-    if (id->key_id[0])
-        http_req_log_set(r, "key", json_string(id->key_id));
-    if (rt->access == ACCESS_ADMIN && id->authenticated && !id->admin) {
-        api_error(r, rt->flavor, 403, "permission_error", "this endpoint needs an admin key");
-        return NULL;
-    }
-    return id;
-}
-
 /*
  * The address a client limit applies to: the peer, or, when the peer is a
  * trusted proxy, the rightmost X-Forwarded-For entry that is not itself a
@@ -381,6 +348,105 @@ static void limit_then_run(http_req *r, chat_worker *w, const route *rt, const a
                                    job_on_requests, j);
 }
 
+/* ---- authentication ---------------------------------------------------------- */
+
+/* Answers a refused authentication. */
+static void refuse(http_req *r, const route *rt, auth_result ar)
+{
+    if (ar == AUTH_UNAVAILABLE) {
+        api_error(r, rt->flavor, 503, "internal_error", "the key store is not available");
+        return;
+    }
+    http_add_header(r, "WWW-Authenticate",
+                    ar == AUTH_MISSING ? "Bearer realm=\"chatd\"" : "Bearer realm=\"chatd\", error=\"invalid_token\"");
+    if (rt->flavor == API_SEED)
+        api_error(r, API_SEED, 401, "authentication_error", "Unauthorized");
+    else
+        api_error(r, rt->flavor, 401, "authentication_error",
+                  ar == AUTH_MISSING ? "missing credentials: send Authorization: Bearer <token>"
+                                     : "invalid or revoked token");
+}
+
+/* The caller is known (id, owned by the request): the route's own checks, then its handler. */
+static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_identity *id, char **params)
+{
+    if (id->key_id[0])
+        http_req_log_set(r, "key", json_string(id->key_id));
+    if (rt->access == ACCESS_ADMIN && id->authenticated && !id->admin)
+        api_error(r, rt->flavor, 403, "permission_error", "this endpoint needs an admin key");
+    else if (http_req_body_too_large(r))
+        api_error(r, rt->flavor, 413, "request_too_large",
+                  "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->app->cfg->max_body_bytes);
+    else if (rt->limited)
+        limit_then_run(r, w, rt, id, params);
+    else
+        rt->handler(r, w, params);
+}
+
+/* A request waiting for its API key's look-up in the store. */
+typedef struct auth_job {
+    http_req *r;
+    chat_worker *w;
+    const route *rt;
+    char *params[MAX_PARAMS + 1]; /* owned copies */
+} auth_job;
+
+static void on_key_found(store_op *op, void *ud)
+{
+    auth_job *j = ud;
+    http_req *r = j->r;
+    if (!http_req_gone(r)) {
+        auth_identity *id = http_req_data(r);
+        auth_result ar = auth_key_found(op->rc, &op->out.key, id);
+        if (ar == AUTH_OK && auth_touch_due(&op->out.key, chat_now_ms())) {
+            /* last_used_at is informational: fire and forget. */
+            store_op *touch = store_op_new(STORE_OP_KEY_TOUCH);
+            touch->in.id = store_op_str(touch, op->out.key.id);
+            touch->in.now = chat_now_ms();
+            store_submit(j->w->db, touch, NULL, NULL);
+        }
+        if (ar == AUTH_OK)
+            authorized(r, j->w, j->rt, id, j->params);
+        else
+            refuse(r, j->rt, ar);
+    }
+    for (int k = 0; j->params[k]; k++)
+        free(j->params[k]);
+    http_req_release(r);
+    free(j);
+}
+
+/* Authenticates the request for rt, then runs it (at once, or when the key store answered). */
+static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, char **params)
+{
+    auth_identity *id = chat_xcalloc(1, sizeof *id);
+    http_req_set_data(r, id, free_identity);
+    if (rt->access == ACCESS_PUBLIC) {
+        authorized(r, w, rt, id, params);
+        return;
+    }
+    char hash[65];
+    auth_result ar = auth_check(w->app->cfg, http_req_header(r, "Authorization"), id, hash);
+    if (ar == AUTH_OK) {
+        authorized(r, w, rt, id, params);
+        return;
+    }
+    if (ar != AUTH_LOOKUP) {
+        refuse(r, rt, ar);
+        return;
+    }
+    auth_job *j = chat_xcalloc(1, sizeof *j);
+    j->r = r;
+    j->w = w;
+    j->rt = rt;
+    for (int k = 0; params[k]; k++)
+        j->params[k] = chat_xstrdup(params[k]);
+    http_req_hold(r);
+    store_op *op = store_op_new(STORE_OP_KEY_FIND_BY_HASH);
+    op->in.hash = store_op_str(op, hash);
+    store_submit(w->db, op, on_key_found, j);
+}
+
 void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens)
 {
     char key[160];
@@ -415,17 +481,7 @@ void api_dispatch(http_req *r, void *ctx)
             http_req_set_route(r, rt->pattern);
             if (params[0] && strncmp(rt->pattern, "/ui", 3) != 0) /* every other {} route is about one session */
                 http_req_log_set(r, "session", json_string(params[0]));
-            auth_identity *id = authenticate(r, w, rt);
-            if (!id) {
-                /* answered */
-            } else if (http_req_body_too_large(r)) {
-                api_error(r, rt->flavor, 413, "request_too_large",
-                          "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->app->cfg->max_body_bytes);
-            } else if (rt->limited) {
-                limit_then_run(r, w, rt, id, params);
-            } else {
-                rt->handler(r, w, params);
-            }
+            authenticate_then_run(r, w, rt, params);
             for (int k = 0; params[k]; k++)
                 free(params[k]);
             free(copy);

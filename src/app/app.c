@@ -49,7 +49,8 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     chat_worker *w = arg;
     /* Idle means no request in flight and every answer written out: freeing the
      * server with bytes still queued would cut the last response short. */
-    bool idle = http_server_active(w->http) == 0 && w->turns == NULL && !http_server_flushing(w->http);
+    bool idle = http_server_active(w->http) == 0 && w->turns == NULL && !http_server_flushing(w->http) &&
+                store_pending(w->db) == 0;
     int64_t now = chat_mono_ms();
     if (!idle && now < w->drain_deadline)
         return;
@@ -80,29 +81,60 @@ static int64_t sweep_period_ms(const struct chat_config *cfg)
     return p < 100 ? 100 : p > 60000 ? 60000 : p;
 }
 
+static void on_idem_swept(store_op *op, void *ud)
+{
+    chat_worker *w = ud;
+    int64_t idem = op->rc == CHAT_OK ? op->out.count : 0;
+    if (w->sweep_sessions > 0 || idem > 0)
+        chat_log(LOG_INFO, "retention sweep",
+                 json_pack("{s:I,s:I}", "sessions_deleted", (json_int_t)w->sweep_sessions,
+                           "idempotency_records_deleted", (json_int_t)idem));
+    w->sweeping = false;
+}
+
+/* Submits the sweep's next batch: sessions while full batches come back, then idempotency records. */
+static void sweep_next(chat_worker *w);
+
+static void on_sessions_swept(store_op *op, void *ud)
+{
+    chat_worker *w = ud;
+    w->sweep_batches++;
+    if (op->rc == CHAT_OK)
+        w->sweep_sessions += op->out.count;
+    if (op->rc != CHAT_OK || op->out.count < SWEEP_BATCH)
+        w->sweep_batches = SWEEP_MAX_BATCHES; /* nothing more to do now */
+    sweep_next(w);
+}
+
+static void sweep_next(chat_worker *w)
+{
+    const struct chat_config *cfg = w->app->cfg;
+    if (cfg->session_ttl_ms > 0 && w->sweep_batches < SWEEP_MAX_BATCHES) {
+        store_op *op = store_op_new(STORE_OP_SESSIONS_EXPIRE);
+        op->in.before = w->sweep_now - cfg->session_ttl_ms;
+        op->in.now = w->sweep_now;
+        op->in.limit = SWEEP_BATCH;
+        store_submit(w->db, op, on_sessions_swept, w);
+        return;
+    }
+    store_op *op = store_op_new(STORE_OP_IDEM_EXPIRE);
+    op->in.now = w->sweep_now;
+    op->in.limit = SWEEP_BATCH * SWEEP_MAX_BATCHES;
+    store_submit(w->db, op, on_idem_swept, w);
+}
+
 static void sweep_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     chat_worker *w = arg;
-    const struct chat_config *cfg = w->app->cfg;
-    int64_t now = chat_now_ms(), total = 0, n = 0;
-    if (cfg->session_ttl_ms > 0) {
-        for (int i = 0; i < SWEEP_MAX_BATCHES; i++) {
-            if (store_sessions_expire(w->db, now - cfg->session_ttl_ms, now, SWEEP_BATCH, &n) != CHAT_OK)
-                break;
-            total += n;
-            if (n < SWEEP_BATCH)
-                break;
-        }
-    }
-    int64_t idem = 0;
-    if (store_idem_expire(w->db, now, SWEEP_BATCH * SWEEP_MAX_BATCHES, &idem) != CHAT_OK)
-        idem = 0;
-    if (total > 0 || idem > 0)
-        chat_log(LOG_INFO, "retention sweep",
-                 json_pack("{s:I,s:I}", "sessions_deleted", (json_int_t)total, "idempotency_records_deleted",
-                           (json_int_t)idem));
+    if (w->sweeping || w->draining)
+        return;
+    w->sweeping = true;
+    w->sweep_batches = 0;
+    w->sweep_sessions = 0;
+    w->sweep_now = chat_now_ms();
+    sweep_next(w);
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -137,6 +169,14 @@ static void *worker_main(void *arg)
         snprintf(w->startup_error, sizeof w->startup_error, "cannot create an event loop");
         goto fail;
     }
+    {
+        /* The instance's DATABASE_POOL_SIZE, shared out among the workers (at least one each). */
+        int share = (cfg->database_pool_size + w->app->nworkers - 1) / w->app->nworkers;
+        if (store_attach(w->db, w->base, share, cfg->database_queue_timeout_ms) != CHAT_OK) {
+            snprintf(w->startup_error, sizeof w->startup_error, "cannot start the database pool");
+            goto fail;
+        }
+    }
     w->llm = llm_transport_new(w->base);
     if (w->app->redis_cfg)
         w->redis = redis_limit_new(w->base, w->app->redis_cfg, w->app->limiter);
@@ -166,6 +206,10 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
 
     /* Turns still linked here were never started on the wire (loop exited): end them. */
+    turn_abort_all(w);
+    /* Store operations still in flight (turns waiting on the store, clean-up
+     * writes) end now, while the requests their callbacks answer still exist. */
+    store_detach(w->db);
     turn_abort_all(w);
     /* From here the main thread must not wake this worker: its events go away. */
     pthread_mutex_lock(&w->app->wake_lock);

@@ -46,6 +46,9 @@ typedef struct chat_worker {
     struct event *stop_ev;    /* activated by the main thread to begin the drain */
     struct event *drain_tick; /* polls for the end of the drain */
     struct event *sweep;      /* worker 0 only: the retention sweeper */
+    bool sweeping;            /* a sweep's store operations are in flight */
+    int sweep_batches;
+    int64_t sweep_now, sweep_sessions;
     struct redis_limit *redis; /* shared limits through Redis (REDIS_URL), or NULL: local only */
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;

@@ -1,14 +1,27 @@
 /*
  * turn.c: the turn state machine.
  *
- *   turn_start: lock -> load session + history -> build request -> start call
+ *   turn_start: (ephemeral: build request -> start call at once)
+ *   load, one store operation at a time, each completed by a callback on the loop:
+ *     [ownership check] -> lock -> session -> [key's session count] -> history
+ *     -> build request -> start call
  *   (next loop turn) sink.on_start
  *   llm on_delta*: remember the text, pass it to the sink, pause on "full"
- *   llm on_done:  OK    -> commit (user + reply + usage + cost, lock released) -> sink.on_done
+ *   llm on_done:  OK    -> commit (user + reply + usage + cost, lock released)
+ *                          -> (commit's callback) sink.on_done
  *                 error, nothing delivered yet, retryable, a fallback model left
- *                       -> start the call again on the next fallback model
+ *                       -> renew the lock (and idempotency lease)
+ *                          -> (callback) start the call again on the next fallback model
  *                 error -> release lock -> sink.on_error
  *   turn_cancel:  abort the call -> commit partial as "incomplete" or drop -> release
+ *
+ * At most one store operation of a turn is in flight (op_pending). A consumer
+ * that goes away meanwhile cannot free the turn under the operation: the turn
+ * is detached instead (no more sink calls) and the operation's callback ends
+ * it. Clean-up writes that nothing waits for (lock release, aborting an
+ * idempotency record, committing a cancelled turn's partial reply) are
+ * submitted fire-and-forget with their own copies of every string, so they
+ * outlive the turn.
  *
  * The text received so far is kept by the turn itself (not only by the provider
  * call) because a cancelled call is freed at once, and the partial reply must
@@ -63,6 +76,24 @@ struct turn {
     int64_t committed_at;       /* wall-clock ms of the commit (the messages' created_at) */
     int64_t truncated_turns;    /* oldest turns left out of the provider request */
     int64_t prev_context_tokens;/* the conversation's size as the provider measured it last turn, -1 unknown */
+    /* ---- store steps ---- */
+    bool called;                /* a provider call was started */
+    bool op_pending;            /* one of this turn's store operations is in flight */
+    bool detached;              /* the consumer is gone: op's callback ends the turn, no sink call */
+    bool aborting;              /* shutdown: op's callback ends the turn with a 503 */
+    bool locked;                /* the turn lock is ours (session turns) */
+    bool see_all;
+    turn_truncation truncation;
+    const chat_model *req_model;/* the model asked for, NULL: the session's or the default */
+    char *req_system_prompt;    /* the system prompt asked for, NULL: the session's or the default */
+    store_session sess;         /* the session as loaded (zeroed when absent) */
+    struct event *load_ev;      /* starts the load on the next loop turn */
+    turn_error fail;            /* a provider failure kept across a fallback's lease renewal */
+    /* the provider result, kept across the commit */
+    int attempts;
+    int64_t provider_ms;
+    int64_t cost_micros;
+    store_usage usage;
 };
 
 static void link_turn(turn *t)
@@ -89,6 +120,10 @@ static void turn_free(turn *t)
     unlink_turn(t);
     if (t->start_ev)
         event_free(t->start_ev);
+    if (t->load_ev)
+        event_free(t->load_ev);
+    store_session_clear(&t->sess);
+    free(t->req_system_prompt);
     free(t->session_id);
     free(t->user_message);
     free(t->system_prompt);
@@ -246,69 +281,107 @@ static int64_t user_tokens(const turn *t, const llm_usage *u)
     return d > 0 ? d : -1;
 }
 
-static chat_rc commit(turn *t, const char *text, const char *status, const char *stop_reason,
-                      const llm_usage *u, int64_t cost, store_turn_result *res)
+/* Submits the commit of t with reply text; cb (may be NULL) gets ud. Every
+ * string is copied into the op, so that the commit can outlive the turn. */
+static void submit_commit(turn *t, const char *text, const char *status, const char *stop_reason,
+                          const llm_usage *u, int64_t cost, bool with_idem, store_op_cb cb, void *ud)
 {
     t->committed_at = chat_now_ms();
-    if (t->ephemeral)
-        return CHAT_OK; /* res stays zero: no message id, no turn count */
-    store_turn st = {
-        .session_id = t->session_id,
-        .owner = t->owner,
-        .system_prompt = t->system_prompt,
-        .model = t->current->name,
-        .session_model = t->model->name, /* a fallback answers this turn only */
-        .user_content = t->user_message,
-        .assistant_content = text,
-        .status = status,
-        .stop_reason = stop_reason,
-        .user_tokens = user_tokens(t, u),
-        .usage = {u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens},
-        .cost_micros = cost,
-        .lock_token = t->lock_token,
-        .now = t->committed_at,
-        .idem_scope = t->idem_scope,
-        .idem_key = t->idem_key,
-        .idem_ttl_ms = TURN_IDEMPOTENCY_TTL_MS,
-    };
-    int64_t t0 = chat_mono_us();
-    chat_rc rc = store_turn_commit(t->w->db, &st, res);
-    metrics_db_operation("turn_commit", (double)(chat_mono_us() - t0) / 1e6);
-    return rc;
+    store_op *op = store_op_new(STORE_OP_TURN_COMMIT);
+    store_turn *st = &op->in.turn;
+    st->session_id = store_op_str(op, t->session_id);
+    st->owner = store_op_str(op, t->owner);
+    st->system_prompt = store_op_str(op, t->system_prompt);
+    st->model = store_op_str(op, t->current->name);
+    st->session_model = store_op_str(op, t->model->name); /* a fallback answers this turn only */
+    st->user_content = store_op_str(op, t->user_message);
+    st->assistant_content = store_op_str(op, text);
+    st->status = status;
+    st->stop_reason = store_op_str(op, stop_reason);
+    st->user_tokens = user_tokens(t, u);
+    st->usage = (store_usage){u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens};
+    st->cost_micros = cost;
+    st->lock_token = store_op_str(op, t->lock_token);
+    st->now = t->committed_at;
+    if (with_idem && t->idem_key) {
+        st->idem_scope = store_op_str(op, t->idem_scope);
+        st->idem_key = store_op_str(op, t->idem_key);
+        st->idem_ttl_ms = TURN_IDEMPOTENCY_TTL_MS;
+    }
+    store_submit(t->w->db, op, cb, ud);
 }
 
+/* Nothing was committed: releases the lock and, when set, the idempotency
+ * record (a retry with the same Idempotency-Key may run again). Fire and forget. */
+static void submit_release(chat_worker *w, const char *session_id, const char *token, const char *idem_scope,
+                           const char *idem_key)
+{
+    if (idem_key) {
+        store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
+        op->in.scope = store_op_str(op, idem_scope ? idem_scope : "");
+        op->in.key = store_op_str(op, idem_key);
+        op->in.token = store_op_str(op, token);
+        store_submit(w->db, op, NULL, NULL);
+    }
+    store_op *op = store_op_new(STORE_OP_LOCK_RELEASE);
+    op->in.session_id = store_op_str(op, session_id);
+    op->in.token = store_op_str(op, token);
+    store_submit(w->db, op, NULL, NULL);
+}
+
+static void submit_release_idem_only(turn *t);
+
+/* The turn ends without a commit: gives back the lock and the idempotency
+ * record (a record begun by the API layer is released even before the lock
+ * was taken). */
 static void release_lock(turn *t)
 {
     if (t->ephemeral)
         return;
-    /* Nothing was committed: a retry with the same Idempotency-Key may run again. */
-    if (t->idem_key && store_idem_abort(t->w->db, t->idem_scope, t->idem_key, t->lock_token) != CHAT_OK)
-        chat_log(LOG_ERROR, "cannot abort idempotency record", json_pack("{s:s}", "session", t->session_id));
-    if (store_lock_release(t->w->db, t->session_id, t->lock_token) != CHAT_OK)
-        chat_log(LOG_ERROR, "cannot release turn lock",
-                 json_pack("{s:s}", "session", t->session_id));
+    if (t->locked)
+        submit_release(t->w, t->session_id, t->lock_token, t->idem_scope, t->idem_key);
+    else if (t->idem_key)
+        submit_release_idem_only(t);
+    t->locked = false;
+    free(t->idem_key);
+    t->idem_key = NULL;
+}
+
+/* The partial reply of a cancelled turn was committed (or not). ud is the worker. */
+static void on_partial_committed(store_op *op, void *ud)
+{
+    if (op->rc == CHAT_OK)
+        return;
+    const store_turn *st = &op->in.turn;
+    chat_log(LOG_ERROR, "cannot commit incomplete turn",
+             json_pack("{s:s,s:s}", "session", st->session_id, "error", chat_rc_str(op->rc)));
+    submit_release(ud, st->session_id, st->lock_token, NULL, NULL);
+}
+
+static void submit_release_idem_only(turn *t)
+{
+    store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
+    op->in.scope = store_op_str(op, t->idem_scope ? t->idem_scope : "");
+    op->in.key = store_op_str(op, t->idem_key);
+    op->in.token = store_op_str(op, t->lock_token);
+    store_submit(t->w->db, op, NULL, NULL);
 }
 
 /* Ends a turn whose call is gone without reaching on_done: keep or drop what arrived. */
 static void finish_cancelled(turn *t, const char *why)
 {
-    bool keep = t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0;
+    bool keep = t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0 && t->locked;
     if (keep) {
         /* The client never got a result: its Idempotency-Key must not replay
          * this partial reply, so the record is released, not completed. */
         if (t->idem_key) {
-            if (store_idem_abort(t->w->db, t->idem_scope, t->idem_key, t->lock_token) != CHAT_OK)
-                chat_log(LOG_ERROR, "cannot abort idempotency record", json_pack("{s:s}", "session", t->session_id));
+            submit_release_idem_only(t);
             free(t->idem_key);
             t->idem_key = NULL;
         }
         llm_usage unknown = {-1, -1, -1, -1};
-        chat_rc rc = commit(t, t->partial, "incomplete", NULL, &unknown, 0, NULL);
-        if (rc != CHAT_OK) {
-            chat_log(LOG_ERROR, "cannot commit incomplete turn",
-                     json_pack("{s:s,s:s}", "session", t->session_id, "error", chat_rc_str(rc)));
-            release_lock(t);
-        }
+        submit_commit(t, t->partial, "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->w);
+        t->locked = false; /* the commit releases it, or its callback does */
     } else {
         release_lock(t);
     }
@@ -366,21 +439,86 @@ static bool worth_fallback(const llm_result *res)
 
 static chat_rc start_call(turn *t);
 
-/* Before a fallback restarts the provider call: extends the turn lock (and the
- * Idempotency-Key lease) for another full turn. False when no fallback is left
- * to try or the lock was lost (then the turn ends with the current error). */
-static bool renew_lease(turn *t)
+/* Ends the turn with err: nothing committed, the lock given back. */
+static void fail_turn(turn *t, const turn_error *err)
 {
-    if (t->next_fallback >= t->model->n_fallbacks)
-        return false;
-    if (t->ephemeral)
-        return true;
-    int64_t now = chat_now_ms(), ttl = t->w->app->cfg->lock_ttl_ms;
-    if (store_lock_refresh(t->w->db, t->session_id, t->lock_token, now, ttl) != CHAT_OK)
-        return false;
-    if (t->idem_key && store_idem_refresh(t->w->db, t->idem_scope, t->idem_key, t->lock_token, now, ttl) != CHAT_OK)
-        return false;
-    return true;
+    if (t->start_ev)
+        event_del(t->start_ev); /* a failure before the start stays a plain error reply */
+    release_lock(t);
+    if (t->called) /* a turn refused before its provider call is not a failed turn */
+        metrics_turn(METRICS_TURN_ERROR);
+    if (!t->detached)
+        t->sink->on_error(t->ud, err);
+    turn_free(t);
+}
+
+/* Starts the next fallback model whose provider is configured; false when none is left. */
+static bool start_fallback(turn *t)
+{
+    while (t->next_fallback < t->model->n_fallbacks) {
+        const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
+        if (!next || !next->available)
+            continue;
+        chat_log(LOG_INFO, "starting a fallback model",
+                 json_pack("{s:s,s:s,s:s}", "session", t->session_id, "failed_model", t->current->name,
+                           "fallback_model", next->name));
+        t->current = next;
+        if (start_call(t) == CHAT_OK)
+            return true;
+    }
+    return false;
+}
+
+/* Submits op for t; its callback ends or continues the turn. Nothing may touch
+ * t after this call: with SQLite the callback has already run. */
+static void turn_submit(turn *t, store_op *op, store_op_cb cb)
+{
+    t->op_pending = true;
+    store_submit(t->w->db, op, cb, t);
+}
+
+static void shutdown_error(turn_error *err)
+{
+    set_error(err, 503, "server_shutting_down",
+              "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
+    err->retry_after_s = 1;
+}
+
+/*
+ * Before a fallback restarts the provider call: extends the turn lock, then
+ * the Idempotency-Key lease, for another full turn; then starts the fallback.
+ * The lock lost (or the database down) ends the turn with the provider's error.
+ */
+static void on_lease_renewed(store_op *op, void *ud)
+{
+    turn *t = ud;
+    t->op_pending = false;
+    if (t->detached || t->aborting) {
+        finish_cancelled(t, t->detached ? "client_disconnected" : "shutdown");
+        if (!t->detached) {
+            turn_error err;
+            shutdown_error(&err);
+            t->sink->on_error(t->ud, &err);
+        }
+        turn_free(t);
+        return;
+    }
+    if (op->rc != CHAT_OK) {
+        fail_turn(t, &t->fail);
+        return;
+    }
+    if (op->kind == STORE_OP_LOCK_REFRESH && t->idem_key) {
+        store_op *next = store_op_new(STORE_OP_IDEM_REFRESH);
+        next->in.scope = store_op_str(next, t->idem_scope);
+        next->in.key = store_op_str(next, t->idem_key);
+        next->in.token = store_op_str(next, t->lock_token);
+        next->in.now = chat_now_ms();
+        next->in.ttl_ms = t->w->app->cfg->lock_ttl_ms;
+        turn_submit(t, next, on_lease_renewed);
+        return;
+    }
+    if (!start_fallback(t))
+        fail_turn(t, &t->fail);
 }
 
 static void observe_call(const turn *t, const llm_result *res)
@@ -396,85 +534,120 @@ static void observe_call(const turn *t, const llm_result *res)
                    res->usage.cache_write_tokens);
 }
 
+/* The commit of a finished turn answered. */
+static void on_committed(store_op *op, void *ud)
+{
+    turn *t = ud;
+    t->op_pending = false;
+    if (op->rc != CHAT_OK) {
+        turn_error err;
+        if (op->rc == CHAT_ECONFLICT)
+            set_error(&err, 409, "session_busy", "the turn lock of session %s expired before the reply was stored",
+                      t->session_id);
+        else if (op->rc == CHAT_EUNAVAIL)
+            set_error(&err, 503, "database_unavailable",
+                      "the reply could not be stored: the database is busy or unreachable");
+        else
+            set_error(&err, 500, "internal_error", "the reply could not be stored");
+        fail_turn(t, &err);
+        return;
+    }
+    t->locked = false; /* the commit released it */
+    metrics_cost_microdollars(t->cost_micros);
+    metrics_turn(METRICS_TURN_OK);
+    const store_turn *st = &op->in.turn;
+    turn_result out = {
+        .session_id = t->session_id,
+        .model = t->current->name,
+        .cost_micros = t->cost_micros,
+        .text = st->assistant_content,
+        .text_len = strlen(st->assistant_content),
+        .stop_reason = st->stop_reason,
+        .usage = t->usage,
+        .message_id = op->out.turn.assistant_message_id,
+        .turn_count = op->out.turn.turn_count,
+        .created_at = t->committed_at,
+        .attempts = t->attempts,
+        .truncated_turns = t->truncated_turns,
+        .provider_ms = t->provider_ms,
+    };
+    if (!t->detached)
+        t->sink->on_done(t->ud, &out);
+    turn_free(t);
+}
+
+/* An ephemeral turn has nothing to commit: it is done. */
+static void done_ephemeral(turn *t, const llm_result *res)
+{
+    t->committed_at = chat_now_ms();
+    metrics_cost_microdollars(t->cost_micros);
+    metrics_turn(METRICS_TURN_OK);
+    turn_result out = {
+        .session_id = t->session_id,
+        .model = t->current->name,
+        .cost_micros = t->cost_micros,
+        .text = res->text ? res->text : "",
+        .text_len = res->text ? res->text_len : 0,
+        .stop_reason = res->stop_reason,
+        .usage = t->usage,
+        .created_at = t->committed_at,
+        .attempts = t->attempts,
+        .truncated_turns = t->truncated_turns,
+        .provider_ms = t->provider_ms,
+    };
+    t->sink->on_done(t->ud, &out);
+    turn_free(t);
+}
+
 static void on_llm_done(void *ud, const llm_result *res)
 {
     turn *t = ud;
     t->call = NULL; /* freed by the provider layer when we return */
     observe_call(t, res);
 
-    if (res->status != LLM_OK && worth_fallback(res) && renew_lease(t)) {
-        /* The next fallback whose provider is configured; each gets a full
-         * TURN_TIMEOUT, so the turn lock was renewed above. */
-        while (t->next_fallback < t->model->n_fallbacks) {
-            const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
-            if (!next || !next->available)
-                continue;
+    if (res->status != LLM_OK) {
+        turn_map_llm_error(res, &t->fail);
+        t->fail.attempts = res->attempts;
+        if (worth_fallback(res) && t->next_fallback < t->model->n_fallbacks) {
             chat_log(LOG_WARN, "provider call failed, trying a fallback model",
-                     json_pack("{s:s,s:s,s:s,s:i,s:s?}", "session", t->session_id, "failed_model",
-                               t->current->name, "fallback_model", next->name, "http_status", res->http_status,
-                               "provider_error_type", res->error_type));
-            t->current = next;
-            if (start_call(t) == CHAT_OK)
+                     json_pack("{s:s,s:s,s:i,s:s?}", "session", t->session_id, "failed_model", t->current->name,
+                               "http_status", res->http_status, "provider_error_type", res->error_type));
+            if (t->ephemeral) {
+                if (start_fallback(t))
+                    return;
+            } else {
+                /* Each fallback gets a full TURN_TIMEOUT: renew the lock first. */
+                store_op *op = store_op_new(STORE_OP_LOCK_REFRESH);
+                op->in.session_id = store_op_str(op, t->session_id);
+                op->in.token = store_op_str(op, t->lock_token);
+                op->in.now = chat_now_ms();
+                op->in.ttl_ms = t->w->app->cfg->lock_ttl_ms;
+                turn_submit(t, op, on_lease_renewed);
                 return;
+            }
         }
-    }
-    if (res->status == LLM_OK)
-        ensure_started(t); /* a failure before the start stays a plain error reply */
-    else if (t->start_ev)
-        event_del(t->start_ev);
-
-    if (res->status == LLM_OK) {
-        store_turn_result tr = {0};
-        const char *stop = res->stop_reason;
-        store_usage su = {res->usage.input_tokens, res->usage.output_tokens, res->usage.cache_read_tokens,
-                          res->usage.cache_write_tokens};
-        int64_t cost = models_cost_micros(t->current, &su);
-        chat_rc rc = commit(t, res->text ? res->text : "", "complete", stop, &res->usage, cost, &tr);
-        if (rc != CHAT_OK) {
-            turn_error err;
-            if (rc == CHAT_ECONFLICT)
-                set_error(&err, 409, "session_busy",
-                          "the turn lock of session %s expired before the reply was stored", t->session_id);
-            else
-                set_error(&err, 500, "internal_error", "the reply could not be stored");
-            release_lock(t);
-            metrics_turn(METRICS_TURN_ERROR);
-            t->sink->on_error(t->ud, &err);
-        } else {
-            metrics_cost_microdollars(cost);
-            metrics_turn(METRICS_TURN_OK);
-            turn_result out = {
-                .session_id = t->session_id,
-                .model = t->current->name,
-                .cost_micros = cost,
-                .text = res->text ? res->text : "",
-                .text_len = res->text ? res->text_len : 0,
-                .stop_reason = stop,
-                .usage = {res->usage.input_tokens, res->usage.output_tokens,
-                          res->usage.cache_read_tokens, res->usage.cache_write_tokens},
-                .message_id = tr.assistant_message_id,
-                .turn_count = tr.turn_count,
-                .created_at = t->committed_at,
-                .attempts = res->attempts,
-                .truncated_turns = t->truncated_turns,
-                .provider_ms = res->duration_ms,
-            };
-            t->sink->on_done(t->ud, &out);
-        }
-    } else {
-        turn_error err;
-        turn_map_llm_error(res, &err);
-        err.attempts = res->attempts;
         chat_log(LOG_WARN, "provider call failed",
                  json_pack("{s:s,s:i,s:s?,s:s?,s:i,s:s?}", "session", t->session_id, "http_status",
                            res->http_status, "provider_error_type", res->error_type,
                            "provider_request_id", res->request_id, "attempts", res->attempts,
                            "detail", res->error_message));
-        release_lock(t);
-        metrics_turn(METRICS_TURN_ERROR);
-        t->sink->on_error(t->ud, &err);
+        fail_turn(t, &t->fail);
+        return;
     }
-    turn_free(t);
+
+    ensure_started(t);
+    t->usage = (store_usage){res->usage.input_tokens, res->usage.output_tokens, res->usage.cache_read_tokens,
+                             res->usage.cache_write_tokens};
+    t->cost_micros = models_cost_micros(t->current, &t->usage);
+    t->attempts = res->attempts;
+    t->provider_ms = res->duration_ms;
+    if (t->ephemeral) {
+        done_ephemeral(t, res);
+        return;
+    }
+    t->op_pending = true;
+    submit_commit(t, res->text ? res->text : "", "complete", res->stop_reason, &res->usage, t->cost_micros, true,
+                  on_committed, t);
 }
 
 /* Delivers on_start once. The start event may still be pending when the first
@@ -516,205 +689,337 @@ static chat_rc start_call(turn *t)
         .request_id = t->lock_token,
     };
     llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
-    return llm_call_start(t->w->llm, &m->provider, &req, &cbs, t, &t->call);
+    chat_rc rc = llm_call_start(t->w->llm, &m->provider, &req, &cbs, t, &t->call);
+    if (rc == CHAT_OK)
+        t->called = true;
+    return rc;
+}
+
+/* ---- the load: ownership, lock, session, history ---- */
+
+static bool foreign(const turn *t, const store_session *s)
+{
+    return !t->see_all && (!s->owner || !t->owner || strcmp(s->owner, t->owner) != 0);
+}
+
+/* A store step of the load failed with rc: the error a client sees. */
+static void db_error(turn_error *err, chat_rc rc)
+{
+    if (rc == CHAT_EUNAVAIL) {
+        set_error(err, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
+        err->retry_after_s = 1;
+    } else {
+        set_error(err, 500, "internal_error", "the database is not available");
+    }
+}
+
+/* Every load callback starts here: true when the turn must stop (and was ended). */
+static bool load_interrupted(turn *t)
+{
+    t->op_pending = false;
+    if (t->detached) {
+        release_lock(t);
+        turn_free(t);
+        return true;
+    }
+    if (t->aborting) {
+        turn_error err;
+        shutdown_error(&err);
+        metrics_turn(METRICS_TURN_CANCELLED);
+        release_lock(t);
+        t->sink->on_error(t->ud, &err);
+        turn_free(t);
+        return true;
+    }
+    return false;
+}
+
+/*
+ * Everything after the load: the model, the context window, the provider
+ * request, the call. hist (may be NULL) is the session's history, or the
+ * ephemeral turn's conversation. False with *err set when the turn cannot run.
+ */
+static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error *err)
+{
+    const struct chat_config *cfg = t->w->app->cfg;
+    const model_table *mt = t->w->app->models;
+    bool exists = t->sess.id != NULL;
+    t->system_prompt = chat_xstrdup(exists && t->sess.system_prompt ? t->sess.system_prompt
+                                    : t->req_system_prompt          ? t->req_system_prompt
+                                                                    : cfg->default_system_prompt);
+    const chat_model *model = t->req_model;
+    if (!model && exists && t->sess.model)
+        model = models_find(mt, t->sess.model); /* the session remembers its model */
+    if (!model)
+        model = models_default(mt);
+    if (!model->available) {
+        set_error(err, 503, "provider_not_configured",
+                  "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
+        return false;
+    }
+    t->model = t->current = model;
+    t->partial_max = model->provider.max_response_bytes;
+
+    /* Fit the conversation into the model's context window. */
+    context_plan plan;
+    int64_t reply_max = t->max_tokens < model->max_output ? t->max_tokens : model->max_output;
+    chat_rc rc = context_fit(hist, nhist, t->system_prompt, t->user_message, model->context_window, reply_max, &plan);
+    if (rc == CHAT_ETOOBIG) {
+        set_error(err, 400, "context_length_exceeded",
+                  "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
+                  "(%lld tokens, %lld of them reserved for the reply)",
+                  (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
+        return false;
+    }
+    if (plan.truncated_turns > 0 && t->truncation == TURN_TRUNCATE_REJECT) {
+        set_error(err, 400, "context_length_exceeded",
+                  "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
+                  "session or send \"truncation\": \"auto\" to leave out the oldest turns",
+                  (long long)(plan.tokens), model->name, (long long)plan.budget);
+        return false;
+    }
+    llm_message *lm = chat_xcalloc(nhist + 1, sizeof *lm);
+    for (size_t i = plan.first; i < nhist; i++) {
+        lm[i - plan.first].role = hist[i].role;
+        lm[i - plan.first].content = hist[i].content;
+    }
+    build_messages(t, lm, nhist - plan.first);
+    free(lm);
+    t->truncated_turns = plan.truncated_turns;
+    /* What the last committed turn measured: the conversation's exact size
+     * then. This turn's input minus it is the new message's real size. */
+    if (plan.truncated_turns == 0 && nhist > 0 && !t->ephemeral) {
+        const store_message *last = &hist[nhist - 1];
+        const store_usage *u = &last->usage;
+        if (strcmp(last->role, "assistant") == 0 && u->input_tokens >= 0 && u->output_tokens >= 0)
+            t->prev_context_tokens = u->input_tokens + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
+                                     (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0) + u->output_tokens;
+    }
+    if (start_call(t) != CHAT_OK) {
+        set_error(err, 500, "internal_error", "the provider call could not be started");
+        return false;
+    }
+    t->start_ev = evtimer_new(t->w->base, on_start_ev, t);
+    struct timeval now = {0, 0};
+    evtimer_add(t->start_ev, &now);
+    return true;
+}
+
+/* The load is complete: run the turn, or end it with the reason it cannot run. */
+static void loaded(turn *t, const store_message *hist, size_t nhist)
+{
+    turn_error err;
+    if (!prepare(t, hist, nhist, &err))
+        fail_turn(t, &err);
+}
+
+static void on_history(store_op *op, void *ud)
+{
+    turn *t = ud;
+    if (load_interrupted(t))
+        return;
+    if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
+        turn_error err;
+        db_error(&err, op->rc);
+        fail_turn(t, &err);
+        return;
+    }
+    loaded(t, op->out.messages, op->out.n_messages);
+}
+
+static void on_owned_count(store_op *op, void *ud)
+{
+    turn *t = ud;
+    if (load_interrupted(t))
+        return;
+    /* A soft cap: two first turns of new sessions racing may both pass. */
+    int64_t cap = t->w->app->cfg->max_sessions_per_key;
+    if (op->rc == CHAT_OK && op->out.count >= cap) {
+        turn_error err;
+        set_error(&err, 403, "session_limit_reached",
+                  "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
+                  (long long)op->out.count);
+        fail_turn(t, &err);
+        return;
+    }
+    loaded(t, NULL, 0);
+}
+
+static void on_session(store_op *op, void *ud)
+{
+    turn *t = ud;
+    if (load_interrupted(t))
+        return;
+    turn_error err;
+    if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
+        db_error(&err, op->rc);
+        fail_turn(t, &err);
+        return;
+    }
+    if (op->rc == CHAT_OK) {
+        if (foreign(t, &op->out.session)) {
+            /* Checked again under the lock: the session may have been created since. */
+            set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
+            fail_turn(t, &err);
+            return;
+        }
+        t->sess = op->out.session;
+        memset(&op->out.session, 0, sizeof op->out.session);
+        store_op *next = store_op_new(STORE_OP_MESSAGES_LIST);
+        next->in.session_id = store_op_str(next, t->session_id);
+        turn_submit(t, next, on_history);
+        return;
+    }
+    if (t->owner && t->w->app->cfg->max_sessions_per_key > 0) {
+        store_op *next = store_op_new(STORE_OP_KEY_SESSION_COUNT);
+        next->in.id = store_op_str(next, t->owner);
+        turn_submit(t, next, on_owned_count);
+        return;
+    }
+    loaded(t, NULL, 0);
+}
+
+static void on_locked(store_op *op, void *ud)
+{
+    turn *t = ud;
+    if (op->rc == CHAT_OK)
+        t->locked = true; /* before anything can end the turn: the lock must be given back */
+    if (load_interrupted(t))
+        return;
+    turn_error err;
+    if (op->rc == CHAT_EBUSY) {
+        set_error(&err, 409, "session_busy", "another turn is in progress on session %s; retry when it has finished",
+                  t->session_id);
+        fail_turn(t, &err);
+        return;
+    }
+    if (op->rc != CHAT_OK) {
+        db_error(&err, op->rc);
+        fail_turn(t, &err);
+        return;
+    }
+    store_op *next = store_op_new(STORE_OP_SESSION_GET);
+    next->in.session_id = store_op_str(next, t->session_id);
+    turn_submit(t, next, on_session);
+}
+
+static void submit_lock(turn *t)
+{
+    store_op *op = store_op_new(STORE_OP_LOCK_ACQUIRE);
+    op->in.session_id = store_op_str(op, t->session_id);
+    op->in.token = store_op_str(op, t->lock_token);
+    op->in.now = chat_now_ms();
+    op->in.ttl_ms = t->w->app->cfg->lock_ttl_ms;
+    turn_submit(t, op, on_locked);
+}
+
+/* Ownership first, before touching the lock: a session of another key must
+ * look absent (404), and a foreign caller must not hold its lock even briefly
+ * (that would make the owner's turns fail with 409). */
+static void on_precheck(store_op *op, void *ud)
+{
+    turn *t = ud;
+    if (load_interrupted(t))
+        return;
+    if (op->rc == CHAT_OK && foreign(t, &op->out.session)) {
+        turn_error err;
+        set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
+        fail_turn(t, &err);
+        return;
+    }
+    submit_lock(t);
+}
+
+static void on_load_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    turn *t = arg;
+    if (t->see_all) {
+        submit_lock(t);
+        return;
+    }
+    store_op *op = store_op_new(STORE_OP_SESSION_GET);
+    op->in.session_id = store_op_str(op, t->session_id);
+    turn_submit(t, op, on_precheck);
 }
 
 /* ---- public ---- */
 
-turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud,
-                 turn_error *err)
+turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud, turn_error *err)
 {
     const struct chat_config *cfg = w->app->cfg;
-    store_session sess = {0};
-    store_message *hist = NULL;
-    size_t nhist = 0;
-    turn *t = NULL;
-    bool locked = false;
-
-    const model_table *mt = w->app->models;
     const chat_model *model = NULL;
     if (p->model) {
-        model = models_find(mt, p->model);
+        model = models_find(w->app->models, p->model);
         if (!model) {
             set_error(err, 400, "invalid_request_error",
                       "unknown model \"%s\": GET /v1/models lists the models this server offers", p->model);
             goto fail;
         }
-    }
-    if (model && !model->available) {
-        set_error(err, 503, "provider_not_configured",
-                  "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
-        goto fail;
-    }
-
-    chat_rc rc;
-    bool exists = false;
-    if (!p->session_id)
-        goto loaded; /* ephemeral: the caller gave the whole conversation */
-    /* Ownership first, before touching the lock: a session of another key must
-     * look absent (404), and a foreign caller must not hold its lock even
-     * briefly (that would make the owner's turns fail with 409). */
-    if (!p->see_all) {
-        rc = store_session_get(w->db, p->session_id, &sess);
-        if (rc == CHAT_OK && (!sess.owner || !p->owner || strcmp(sess.owner, p->owner) != 0)) {
-            set_error(err, 404, "not_found_error", "session %s not found", p->session_id);
-            goto fail;
-        }
-        store_session_clear(&sess);
-    }
-    int64_t t0 = chat_mono_us();
-    rc = store_lock_acquire(w->db, p->session_id, p->request_id, chat_now_ms(), cfg->lock_ttl_ms);
-    metrics_db_operation("lock_acquire", (double)(chat_mono_us() - t0) / 1e6);
-    if (rc == CHAT_EBUSY) {
-        set_error(err, 409, "session_busy",
-                  "another turn is in progress on session %s; retry when it has finished", p->session_id);
-        goto fail;
-    }
-    if (rc != CHAT_OK) {
-        set_error(err, 500, "internal_error", "the database is not available");
-        goto fail;
-    }
-    locked = true;
-
-    rc = store_session_get(w->db, p->session_id, &sess);
-    if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
-        set_error(err, 500, "internal_error", "the database is not available");
-        goto fail;
-    }
-    exists = rc == CHAT_OK;
-    if (exists && !p->see_all && (!sess.owner || !p->owner || strcmp(sess.owner, p->owner) != 0)) {
-        /* Checked again under the lock: the session may have been created since. */
-        set_error(err, 404, "not_found_error", "session %s not found", p->session_id);
-        goto fail;
-    }
-    if (!exists && p->owner && cfg->max_sessions_per_key > 0) {
-        /* A soft cap: two first turns of new sessions racing may both pass. */
-        int64_t owned = 0;
-        if (store_key_session_count(w->db, p->owner, &owned) == CHAT_OK && owned >= cfg->max_sessions_per_key) {
-            set_error(err, 403, "session_limit_reached",
-                      "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
-                      (long long)owned);
-            goto fail;
-        }
-    }
-    if (exists) {
-        t0 = chat_mono_us();
-        rc = store_messages_list(w->db, p->session_id, 0, 0, &hist, &nhist);
-        metrics_db_operation("history_load", (double)(chat_mono_us() - t0) / 1e6);
-        if (rc != CHAT_OK && rc != CHAT_ENOTFOUND) {
-            set_error(err, 500, "internal_error", "the database is not available");
+        if (!model->available) {
+            set_error(err, 503, "provider_not_configured",
+                      "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
             goto fail;
         }
     }
 
-loaded:
-    t = chat_xcalloc(1, sizeof *t);
+    turn *t = chat_xcalloc(1, sizeof *t);
     t->w = w;
     t->sink = sink;
     t->ud = ud;
     t->session_id = chat_xstrdup(p->session_id ? p->session_id : "");
     t->ephemeral = p->session_id == NULL;
     t->user_message = chat_xstrdup(p->message);
-    t->system_prompt = chat_xstrdup(exists && sess.system_prompt ? sess.system_prompt
-                                    : p->system_prompt            ? p->system_prompt
-                                                                  : cfg->default_system_prompt);
-    if (!model && exists && sess.model)
-        model = models_find(mt, sess.model); /* the session remembers its model */
-    if (!model)
-        model = models_default(mt);
-    if (!model->available) {
-        set_error(err, 503, "provider_not_configured",
-                  "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
-        goto fail;
-    }
-    t->model = t->current = model;
+    t->req_system_prompt = p->system_prompt ? chat_xstrdup(p->system_prompt) : NULL;
+    t->req_model = model;
     t->lock_token = chat_xstrdup(p->request_id);
-    t->owner = chat_xstrdup(p->owner);
-    t->idem_scope = chat_xstrdup(p->idem_key ? (p->idem_scope ? p->idem_scope : "") : NULL);
-    t->idem_key = chat_xstrdup(p->idem_key);
+    t->owner = p->owner ? chat_xstrdup(p->owner) : NULL;
+    t->see_all = p->see_all;
+    t->truncation = p->truncation;
+    if (p->idem_key && !t->ephemeral) {
+        t->idem_scope = chat_xstrdup(p->idem_scope ? p->idem_scope : "");
+        t->idem_key = chat_xstrdup(p->idem_key);
+    }
     t->max_tokens = p->max_tokens > 0 ? p->max_tokens : cfg->max_tokens;
     t->prev_context_tokens = -1;
     t->stream = p->stream;
-    t->partial_max = model->provider.max_response_bytes;
     t->started_mono = chat_mono_ms();
 
-    /* Fit the conversation into the model's context window. Ephemeral turns
-     * carry no token counts: their history is estimated. */
-    store_message *view = hist;
-    size_t nview = nhist;
     if (t->ephemeral) {
-        view = chat_xcalloc(p->n_history + 1, sizeof *view);
+        /* The caller gave the whole conversation: nothing to load. It carries
+         * no token counts, so its size is estimated. */
+        store_message *view = chat_xcalloc(p->n_history + 1, sizeof *view);
         for (size_t i = 0; i < p->n_history; i++) {
             view[i].role = (char *)p->history[i].role;
             view[i].content = (char *)p->history[i].content;
             view[i].tokens = -1;
         }
-        nview = p->n_history;
-    }
-    context_plan plan;
-    int64_t reply_max = t->max_tokens < model->max_output ? t->max_tokens : model->max_output;
-    rc = context_fit(view, nview, t->system_prompt, t->user_message, model->context_window, reply_max, &plan);
-    if (rc == CHAT_ETOOBIG) {
-        set_error(err, 400, "context_length_exceeded",
-                  "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
-                  "(%lld tokens, %lld of them reserved for the reply)",
-                  (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
-    } else if (plan.truncated_turns > 0 && p->truncation == TURN_TRUNCATE_REJECT) {
-        set_error(err, 400, "context_length_exceeded",
-                  "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
-                  "session or send \"truncation\": \"auto\" to leave out the oldest turns",
-                  (long long)(plan.tokens), model->name, (long long)plan.budget);
-        rc = CHAT_ETOOBIG;
-    }
-    if (rc == CHAT_OK) {
-        llm_message *lm = chat_xcalloc(nview + 1, sizeof *lm);
-        for (size_t i = plan.first; i < nview; i++) {
-            lm[i - plan.first].role = view[i].role;
-            lm[i - plan.first].content = view[i].content;
-        }
-        build_messages(t, lm, nview - plan.first);
-        free(lm);
-        t->truncated_turns = plan.truncated_turns;
-        /* What the last committed turn measured: the conversation's exact size
-         * then. This turn's input minus it is the new message's real size. */
-        if (plan.truncated_turns == 0 && nview > 0 && !t->ephemeral) {
-            const store_message *last = &view[nview - 1];
-            if (strcmp(last->role, "assistant") == 0 && last->usage.input_tokens >= 0 &&
-                last->usage.output_tokens >= 0)
-                t->prev_context_tokens = last->usage.input_tokens + (last->usage.cache_read_tokens > 0 ? last->usage.cache_read_tokens : 0) +
-                                         (last->usage.cache_write_tokens > 0 ? last->usage.cache_write_tokens : 0) +
-                                         last->usage.output_tokens;
-        }
-    }
-    if (view != hist)
+        bool ok = prepare(t, view, p->n_history, err);
         free(view);
-    if (rc != CHAT_OK)
-        goto fail;
-    rc = start_call(t);
-    if (rc != CHAT_OK) {
-        set_error(err, 500, "internal_error", "the provider call could not be started");
-        goto fail;
+        if (!ok) {
+            turn_free(t);
+            return NULL;
+        }
+        link_turn(t);
+        return t;
     }
-    t->start_ev = evtimer_new(w->base, on_start_ev, t);
+    /* The load runs from the loop: sink calls never happen inside turn_start. */
+    t->load_ev = evtimer_new(w->base, on_load_ev, t);
     struct timeval now = {0, 0};
-    evtimer_add(t->start_ev, &now);
+    evtimer_add(t->load_ev, &now);
     link_turn(t);
-    goto out;
+    return t;
 
 fail:
-    if (p->idem_key && p->session_id &&
-        store_idem_abort(w->db, p->idem_scope ? p->idem_scope : "", p->idem_key, p->request_id) != CHAT_OK)
-        chat_log(LOG_ERROR, "cannot abort idempotency record", json_pack("{s:s}", "session", p->session_id));
-    if (locked && p->session_id && store_lock_release(w->db, p->session_id, p->request_id) != CHAT_OK)
-        chat_log(LOG_ERROR, "cannot release turn lock", json_pack("{s:s}", "session", p->session_id));
-    if (t) {
-        turn_free(t);
-        t = NULL;
+    if (p->idem_key && p->session_id) {
+        store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
+        op->in.scope = store_op_str(op, p->idem_scope ? p->idem_scope : "");
+        op->in.key = store_op_str(op, p->idem_key);
+        op->in.token = store_op_str(op, p->request_id);
+        store_submit(w->db, op, NULL, NULL);
     }
-out:
-    store_messages_free(hist, nhist);
-    store_session_clear(&sess);
-    return t;
+    return NULL;
 }
 
 int64_t turn_estimated_tokens(const turn *t)
@@ -737,20 +1042,34 @@ void turn_cancel(turn *t)
 {
     if (!t)
         return;
+    metrics_turn_cancelled(METRICS_CANCEL_CLIENT_GONE);
+    metrics_turn(METRICS_TURN_CANCELLED);
+    if (t->op_pending) {
+        /* The operation's callback ends the turn (a commit in flight still lands). */
+        t->detached = true;
+        unlink_turn(t);
+        return;
+    }
     if (t->call) {
         llm_call_cancel(t->call);
         t->call = NULL;
     }
     finish_cancelled(t, "client_disconnected");
-    metrics_turn_cancelled(METRICS_CANCEL_CLIENT_GONE);
-    metrics_turn(METRICS_TURN_CANCELLED);
     turn_free(t);
 }
 
 void turn_abort_all(chat_worker *w)
 {
-    while (w->turns) {
-        turn *t = w->turns;
+    turn *t = w->turns;
+    while (t) {
+        turn *next = t->next;
+        if (t->op_pending) {
+            /* A load or a lease renewal ends with a 503 when its operation
+             * answers; a commit in flight completes normally. */
+            t->aborting = true;
+            t = next;
+            continue;
+        }
         if (t->call) {
             llm_call_cancel(t->call);
             t->call = NULL;
@@ -765,5 +1084,6 @@ void turn_abort_all(chat_worker *w)
         metrics_turn(METRICS_TURN_CANCELLED);
         t->sink->on_error(t->ud, &err);
         turn_free(t);
+        t = next;
     }
 }

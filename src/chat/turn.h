@@ -96,9 +96,12 @@ typedef struct turn_sink {
 
 /*
  * Starts a turn on worker w. On success returns the turn (owned by itself: it
- * ends with on_done or on_error, or with turn_cancel). On a failure known at once
- * (another turn running: 409 session_busy; provider not configured: 503; database
- * error: 500) returns NULL and fills *err; no sink call is made.
+ * ends with on_done or on_error, or with turn_cancel); the session's load runs
+ * from the loop, through the asynchronous store, so its failures (409
+ * session_busy, 404, 403 session_limit_reached, 500/503 database) arrive as
+ * on_error. A failure known at once (unknown model: 400; provider not
+ * configured: 503; an ephemeral conversation too long: 400) returns NULL and
+ * fills *err; no sink call is made.
  */
 turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud,
                  turn_error *err);
@@ -112,12 +115,17 @@ int64_t turn_estimated_tokens(const turn *t);
 void turn_resume(turn *t);
 
 /* The consumer went away: abort the provider call, keep or drop the partial
- * reply per CANCEL_POLICY, release the lock, free the turn. No sink call after
- * this returns. Must not be called from inside a sink callback. */
+ * reply per CANCEL_POLICY, release the lock, free the turn (or, while a store
+ * operation of the turn is in flight, leave that to its callback; a commit in
+ * flight still lands). No sink call after this returns. Must not be called
+ * from inside a sink callback. */
 void turn_cancel(turn *t);
 
 /* Cancels every running turn of w (graceful shutdown after the drain deadline):
- * each gets on_error (503 "server shutting down") and then ends as by turn_cancel. */
+ * each gets on_error (503 "server shutting down") and then ends as by
+ * turn_cancel. A turn waiting on the store ends so when the store answers
+ * (a commit in flight completes normally): keep the loop running until
+ * w->turns is empty. */
 void turn_abort_all(chat_worker *w);
 
 /* Maps a provider outcome to the client-facing error (the table in docs/API.md). */

@@ -57,6 +57,8 @@ struct chat_config {
 
     /* storage */
     char *database_url;             /* DATABASE_URL, default sqlite:///./data/chatd.db */
+    int database_pool_size;         /* DATABASE_POOL_SIZE: PostgreSQL connections per instance */
+    int64_t database_queue_timeout_ms; /* DATABASE_QUEUE_TIMEOUT */
 
     /* HTTP limits */
     size_t max_body_bytes;          /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */

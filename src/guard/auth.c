@@ -3,6 +3,7 @@
  */
 #include "guard/auth.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -74,10 +75,11 @@ static bool token_matches(const char *presented, const char *configured)
     return CRYPTO_memcmp(a, b, 64) == 0;
 }
 
-auth_result auth_check(const struct chat_config *cfg, store *db, const char *authorization,
-                       auth_identity *out)
+auth_result auth_check(const struct chat_config *cfg, const char *authorization, auth_identity *out,
+                       char hash[65])
 {
     memset(out, 0, sizeof *out);
+    hash[0] = '\0';
     const char *mode = auth_mode_name(cfg);
     if (strcmp(mode, "none") == 0)
         return AUTH_OK;
@@ -91,22 +93,26 @@ auth_result auth_check(const struct chat_config *cfg, store *db, const char *aut
     }
     if (strcmp(mode, "keys") != 0)
         return AUTH_INVALID;
-    char hash[65];
     auth_sha256_hex(tok, hash);
-    store_key k = {0};
-    chat_rc rc = store_key_find_by_hash(db, hash, &k);
+    return AUTH_LOOKUP;
+}
+
+auth_result auth_key_found(chat_rc rc, store_key *k, auth_identity *out)
+{
+    memset(out, 0, sizeof *out);
     if (rc == CHAT_ENOTFOUND)
         return AUTH_INVALID;
     if (rc != CHAT_OK)
         return AUTH_UNAVAILABLE;
     out->authenticated = true;
-    out->admin = k.role && strcmp(k.role, "admin") == 0;
-    snprintf(out->key_id, sizeof out->key_id, "%s", k.id);
-    out->rate_limit = k.rate_limit;
-    k.rate_limit = NULL;
-    if (store_key_touch(db, k.id, chat_now_ms()) != CHAT_OK) {
-        /* last_used_at is informational: a failed update does not fail the request. */
-    }
-    store_key_clear(&k);
+    out->admin = k->role && strcmp(k->role, "admin") == 0;
+    snprintf(out->key_id, sizeof out->key_id, "%s", k->id);
+    out->rate_limit = k->rate_limit;
+    k->rate_limit = NULL;
     return AUTH_OK;
+}
+
+bool auth_touch_due(const store_key *k, int64_t now)
+{
+    return k->last_used_at <= now - STORE_KEY_TOUCH_MS;
 }

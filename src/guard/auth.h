@@ -13,7 +13,10 @@
  * presented secret: the lookup's timing depends only on a hash, which tells an
  * attacker nothing about any secret.
  *
- * Thread: auth_check runs on a worker thread with that worker's store handle.
+ * Two steps, so that the key lookup can go through the asynchronous store:
+ * auth_check decides from the header alone, or answers AUTH_LOOKUP with the
+ * hash to look up (STORE_OP_KEY_FIND_BY_HASH), whose result auth_key_found
+ * turns into the identity.
  */
 #ifndef CHATD_GUARD_AUTH_H
 #define CHATD_GUARD_AUTH_H
@@ -36,6 +39,7 @@ typedef enum {
     AUTH_MISSING,           /* no Authorization: Bearer header */
     AUTH_INVALID,           /* wrong token, unknown or revoked key */
     AUTH_UNAVAILABLE,       /* the key store could not be read */
+    AUTH_LOOKUP,            /* auth_check only: look the key up by hash, then auth_key_found */
 } auth_result;
 
 /* The configured mode: "none", "token" or "keys". */
@@ -47,10 +51,19 @@ bool auth_required(const struct chat_config *cfg);
 /*
  * Authenticates a request from its Authorization header value (may be NULL).
  * Fills *out (clear it with auth_identity_clear). With mode none, every request
- * is AUTH_OK as an anonymous admin-less caller.
+ * is AUTH_OK as an anonymous admin-less caller. AUTH_LOOKUP (mode keys, not the
+ * static token): hash holds the secret's SHA-256 (hex) to look up.
  */
-auth_result auth_check(const struct chat_config *cfg, store *db, const char *authorization,
-                       auth_identity *out);
+auth_result auth_check(const struct chat_config *cfg, const char *authorization, auth_identity *out,
+                       char hash[65]);
+
+/* The identity from a key lookup's result (rc and key of STORE_OP_KEY_FIND_BY_HASH):
+ * AUTH_OK, AUTH_INVALID (unknown or revoked) or AUTH_UNAVAILABLE. Takes the
+ * key's rate_limit string. */
+auth_result auth_key_found(chat_rc rc, store_key *k, auth_identity *out);
+
+/* True when the key's last_used_at is due for an update (STORE_KEY_TOUCH_MS). */
+bool auth_touch_due(const store_key *k, int64_t now);
 
 void auth_identity_clear(auth_identity *id);
 

@@ -452,6 +452,11 @@ static void add_overhead_header(http_req *r)
     evhttp_add_header(evhttp_request_get_output_headers(r->req), "X-Chatd-Overhead-Ms", buf);
 }
 
+bool http_req_gone(const http_req *r)
+{
+    return r->client_gone;
+}
+
 void http_req_on_close(http_req *r, void (*cb)(void *ud), void *ud)
 {
     r->on_close = cb;

@@ -124,6 +124,11 @@ void http_req_log_set(http_req *r, const char *key, json_t *value);
 void http_req_hold(http_req *r);
 void http_req_release(http_req *r);
 
+/* True once the client went away before the response ended. An owner that
+ * resumes after an asynchronous step (e.g. a store operation) checks it
+ * instead of installing a close callback it cannot act on. */
+bool http_req_gone(const http_req *r);
+
 /* cb runs once, on the loop, if the client goes away before the response ended. */
 void http_req_on_close(http_req *r, void (*cb)(void *ud), void *ud);
 
