@@ -7,10 +7,16 @@
  *   chatd keys create --name NAME [--role user|admin] [--rate-limit N/unit] [flags]
  *   chatd keys list [flags]
  *   chatd keys revoke ID|NAME [flags]
+ *   chatd export [--out FILE] [flags]      copy the database to JSON Lines (store/transfer.h)
+ *   chatd import [--in FILE] [--max-line-bytes N] [flags]
  *   chatd --help | --version
  */
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "app/app.h"
 #include "core/util.h"
@@ -19,6 +25,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "store/store.h"
+#include "store/transfer.h"
 
 
 extern char **environ;
@@ -34,6 +41,12 @@ static void usage(FILE *out)
             "                          create an API key (AUTH_MODE=keys); the secret is shown once\n"
             "  chatd keys list         list API keys (never their secrets)\n"
             "  chatd keys revoke ID|NAME\n"
+            "  chatd export [--out FILE]\n"
+            "                          write every API key and session (with its messages) of\n"
+            "                          DATABASE_URL as JSON Lines to FILE (default: stdout)\n"
+            "  chatd import [--in FILE] [--max-line-bytes N]\n"
+            "                          read such a file (default: stdin) into DATABASE_URL; ids that\n"
+            "                          exist are skipped, so a re-run is safe\n"
             "  chatd --help            this text\n"
             "  chatd --version\n\n"
             "Every setting can come from (lowest to highest precedence) its default, the .env file,\n"
@@ -189,6 +202,95 @@ out:
     return status;
 }
 
+/*
+ * chatd export / chatd import: the database named by DATABASE_URL to or from a
+ * JSON Lines file (format and behaviour in store/transfer.h). The summary goes
+ * to stderr for export (stdout may be the data) and to stdout for import.
+ * Exit status 0, 1 on failure (a partial export file is removed), 2 on usage.
+ */
+static int cmd_transfer(const char *cmd, int argc, char **argv, char **envp)
+{
+    bool is_export = strcmp(cmd, "export") == 0;
+    const char *path = take_opt(&argc, argv, is_export ? "--out" : "--in");
+    const char *max_arg = is_export ? NULL : take_opt(&argc, argv, "--max-line-bytes");
+    size_t max_line = 0;
+    if (max_arg) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(max_arg, &end, 10);
+        if (errno || end == max_arg || *end || v < 1024 || v > ((unsigned long long)1 << 34)) {
+            fprintf(stderr, "chatd import: --max-line-bytes must be a number of bytes from 1024 to 2^34\n");
+            return 2;
+        }
+        max_line = (size_t)v;
+    }
+    if (path && !*path) {
+        fprintf(stderr, "chatd %s: %s needs a file name\n", cmd, is_export ? "--out" : "--in");
+        return 2;
+    }
+    bool std_stream = !path || strcmp(path, "-") == 0;
+
+    struct chat_config cfg;
+    char err[512] = "";
+    if (chat_config_load(&cfg, argc, argv, envp, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    chat_log_set_level(chat_log_level_parse(cfg.log_level));
+    int status = 1;
+    store *db = NULL;
+    FILE *f = NULL;
+    transfer_counts c;
+    if (store_open(cfg.database_url, &db, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "chatd: cannot open the database: %s\n", err);
+        goto out;
+    }
+    if (std_stream)
+        f = is_export ? stdout : stdin;
+    else if (!(f = fopen(path, is_export ? "w" : "r"))) {
+        fprintf(stderr, "chatd %s: cannot open %s: %s\n", cmd, path, strerror(errno));
+        goto out;
+    }
+    if (is_export) {
+        chat_rc rc = transfer_export(db, f, &c, err, sizeof err);
+        if (!std_stream) {
+            /* The export is only as good as its last byte on disk. */
+            bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+            ok = fclose(f) == 0 && ok;
+            f = NULL;
+            if (rc == CHAT_OK && !ok) {
+                snprintf(err, sizeof err, "write error: %s", strerror(errno));
+                rc = CHAT_EIO;
+            }
+        }
+        if (rc != CHAT_OK) {
+            fprintf(stderr, "chatd export: %s\n", err);
+            if (!std_stream)
+                unlink(path); /* never leave a file that looks like an export */
+            goto out;
+        }
+        fprintf(stderr, "exported %lld keys, %lld sessions, %lld messages%s%s\n", (long long)c.keys,
+                (long long)c.sessions, (long long)c.messages, std_stream ? "" : " to ", std_stream ? "" : path);
+        status = 0;
+    } else {
+        chat_rc rc = transfer_import(db, f, max_line, &c, err, sizeof err);
+        if (rc != CHAT_OK)
+            fprintf(stderr, "chatd import: %s%s%s\n", std_stream ? "" : path, std_stream ? "" : ": ", err);
+        fprintf(rc == CHAT_OK ? stdout : stderr,
+                "%skeys: %lld imported, %lld skipped (already present)\n"
+                "sessions: %lld imported, %lld skipped (already present)\nmessages: %lld imported\n",
+                rc == CHAT_OK ? "" : "before stopping: ", (long long)c.keys, (long long)c.keys_skipped,
+                (long long)c.sessions, (long long)c.sessions_skipped, (long long)c.messages);
+        status = rc == CHAT_OK ? 0 : 1;
+    }
+out:
+    if (f && !std_stream)
+        fclose(f);
+    store_close(db);
+    chat_config_free(&cfg);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = "serve";
@@ -209,6 +311,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "keys") == 0)
         return cmd_keys(argc - 2, argv + 2, environ);
+    if (strcmp(cmd, "export") == 0 || strcmp(cmd, "import") == 0)
+        return cmd_transfer(cmd, argc - 2, argv + 2, environ);
     if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "migrate") != 0) {
         fprintf(stderr, "chatd: unknown command \"%s\" (try chatd --help)\n", cmd);
         return 2;
