@@ -228,6 +228,13 @@ def section(title, chatd, direct, rat, out):
     out.append("")
 
 
+def durability(args):
+    """What an acknowledged turn survives, in words, for the table and the JSON."""
+    if args.database == "postgres":
+        return "fsync=on, synchronous_commit=on"
+    return "synchronous=%s" % args.db_sync
+
+
 def main():
     ap = argparse.ArgumentParser()
     for a in ("dir", "out", "binary", "build-type", "phases", "chatd-exit", "db-dir"):
@@ -235,6 +242,8 @@ def main():
     for a in ("workers", "connections", "threads", "seconds", "warmup", "sessions", "max-turns",
               "idle-rss-kb", "final-hwm-kb", "final-rss-kb", "db-bytes"):
         ap.add_argument("--" + a, type=int, required=True)
+    ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--db-sync", default="full")
     args = ap.parse_args()
 
     phases = {n: phase_result(args.dir, n) for n in args.phases.split()}
@@ -267,6 +276,7 @@ def main():
             "wrk_threads": args.threads, "connections": args.connections, "seconds": args.seconds,
             "warmup_seconds": args.warmup, "sessions_in_rotation": args.sessions,
             "max_turns_per_session": args.max_turns,
+            "database": args.database, "database_durability": durability(args),
             "database_dir": args.db_dir, "database_fs": fs_type(args.db_dir),
         },
         "non_streaming": {"chatd": chat, "direct": direct, "ratio_chatd_over_direct": ratios(chat, direct)},
@@ -287,9 +297,9 @@ def main():
         f.write("\n")
 
     out = []
-    out.append("chatd benchmark: %s (%s), WORKERS=%d, wrk %d threads x %d connections, %d s per phase, %d CPUs"
-               % (args.binary, args.build_type, args.workers, args.threads, args.connections, args.seconds,
-                  os.cpu_count()))
+    out.append("chatd benchmark: %s (%s), %s, WORKERS=%d, wrk %d threads x %d connections, %d s per phase, "
+               "%d CPUs" % (args.binary, args.build_type, "PostgreSQL" if args.database == "postgres" else "SQLite",
+                            args.workers, args.threads, args.connections, args.seconds, os.cpu_count()))
     out.append("")
     section("Non-streaming (latency = whole turn)", chat, direct, result["non_streaming"]["ratio_chatd_over_direct"],
             out)
@@ -297,8 +307,9 @@ def main():
             result["streaming"]["ratio_chatd_over_direct"], out)
     out.append("chatd memory: idle RSS %.1f MiB, peak RSS (VmHWM) %.1f MiB, RSS at end %.1f MiB"
                % (args.idle_rss_kb / 1024, args.final_hwm_kb / 1024, args.final_rss_kb / 1024))
-    out.append("database: SQLite in %s (%s), %.1f MiB at the end"
-               % (args.db_dir, result["config"]["database_fs"], args.db_bytes / 1048576))
+    out.append("database: %s in %s (%s; %s), %.1f MiB at the end"
+               % ("PostgreSQL" if args.database == "postgres" else "SQLite", args.db_dir,
+                  result["config"]["database_fs"], durability(args), args.db_bytes / 1048576))
     for name, up in (("/chat", up_chat), ("/v1/chat/stream", up_stream)):
         if up:
             out.append("upstream request of chatd for %s: stream=%s, %d messages, %d bytes, keys %s"

@@ -12,6 +12,9 @@
 # plus chatd's peak RSS (VmHWM) and CPU time. Table on stdout, JSON in
 # bench/results/latest.json. Exit status: 0 clean run, 1 a phase had errors or
 # chatd died (the numbers are then NOT a valid result), 2 setup failure.
+# BENCH_DATABASE=postgres runs the same load with chatd on a throwaway
+# PostgreSQL server (tests/pg/pgserver.sh, with its default durability: fsync
+# and synchronous_commit on) instead of SQLite.
 # Settings (environment): see bench/README.md.
 set -euo pipefail
 
@@ -29,6 +32,7 @@ MAX_TURNS=${BENCH_MAX_TURNS:-20}
 LOG_LEVEL_=${BENCH_LOG_LEVEL:-warn}
 OUT_JSON=${BENCH_OUT:-$BENCH_DIR/results/latest.json}
 DB_DIR_=${BENCH_DB_DIR:-} # default: the scratch directory (on /tmp)
+DATABASE=${BENCH_DATABASE:-sqlite}
 
 die() { echo "bench: $*" >&2; exit 2; }
 
@@ -37,6 +41,7 @@ for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS; do
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
 ((THREADS >= 1 && CONNS >= THREADS)) || die "need BENCH_CONNECTIONS >= BENCH_THREADS >= 1"
+[[ $DATABASE == sqlite || $DATABASE == postgres ]] || die "BENCH_DATABASE must be sqlite or postgres (got '$DATABASE')"
 [[ -x $PY ]] || die "$PY not found"
 command -v node >/dev/null || die "node not found"
 command -v curl >/dev/null || die "curl not found"
@@ -91,6 +96,7 @@ fi
 FAKE_PID=
 CHATD_PID=
 CHATD_EXIT=
+PG_DIR=
 
 STOP_RC=
 stop_pid() { # pid: SIGTERM, up to 5 s grace, then SIGKILL; exit status in STOP_RC
@@ -107,11 +113,13 @@ stop_pid() { # pid: SIGTERM, up to 5 s grace, then SIGKILL; exit status in STOP_
 cleanup() {
     [[ -n $CHATD_PID ]] && stop_pid "$CHATD_PID"
     [[ -n $FAKE_PID ]] && stop_pid "$FAKE_PID"
+    [[ -n $PG_DIR ]] && { "$ROOT/tests/pg/pgserver.sh" stop "$PG_DIR" || echo "bench: PostgreSQL did not stop" >&2; }
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-        echo "bench: scratch files kept in $TMP" >&2
+        echo "bench: scratch files kept in $TMP${PG_DIR:+ and $PG_DIR}" >&2
     else
         rm -rf "$TMP"
         [[ $DB_DIR_ == "$TMP" ]] || rm -rf "$DB_DIR_"
+        [[ -z $PG_DIR ]] || rm -rf "$PG_DIR"
     fi
 }
 trap cleanup EXIT
@@ -131,13 +139,27 @@ done
 [[ -n $FAKE_PORT ]] || die "the fake provider did not print LISTENING within 10 s"
 FAKE=http://127.0.0.1:$FAKE_PORT
 
+# --- database --------------------------------------------------------------------
+if [[ $DATABASE == postgres ]]; then
+    # Its own directory, not under the scratch one: the server runs as user
+    # postgres and the scratch directory is private to the caller.
+    PG_DIR=$(mktemp -d "${BENCH_DB_DIR:-/tmp}/chatd-pg-bench.XXXXXX")
+    echo "bench: starting PostgreSQL in $PG_DIR (durable: fsync and synchronous_commit on)" >&2
+    DB_URL=$(PGSERVER_DURABLE=1 "$ROOT/tests/pg/pgserver.sh" start "$PG_DIR") || die "cannot start PostgreSQL"
+    [[ -z ${BENCH_DB_SYNC:-} ]] || echo "bench: BENCH_DB_SYNC applies to SQLite only: ignored" >&2
+    DB_DIR_REPORT=$PG_DIR
+else
+    DB_URL="sqlite:///$DB_DIR_/bench.db${BENCH_DB_SYNC:+?synchronous=$BENCH_DB_SYNC}"
+    DB_DIR_REPORT=$DB_DIR_
+fi
+
 # --- chatd ---------------------------------------------------------------------
 # A clean environment: the caller's CHAT_MODEL, .env etc. must not leak in.
 # BENCH_CHATD_ENV adds settings ("NAME=value NAME2=value2").
 # shellcheck disable=SC2086
 (cd "$TMP" && exec env -i PATH="$PATH" HOME="$TMP" ENV_FILE=/dev/null \
     ANTHROPIC_API_KEY=bench ANTHROPIC_BASE_URL="$FAKE" \
-    DATABASE_URL="sqlite:///$DB_DIR_/bench.db${BENCH_DB_SYNC:+?synchronous=$BENCH_DB_SYNC}" PORT=0 HOST=127.0.0.1 WORKERS="$WORKERS" \
+    DATABASE_URL="$DB_URL" PORT=0 HOST=127.0.0.1 WORKERS="$WORKERS" \
     LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s RATE_LIMIT=off ${BENCH_CHATD_ENV:-} \
     "$BIN" serve) >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
 CHATD_PID=$!
@@ -256,7 +278,11 @@ PHASES+=(direct_stream)
 # a crash at shutdown is a bug too).
 FINAL_HWM_KB=$(status_kb "$CHATD_PID" VmHWM || echo 0)
 FINAL_RSS_KB=$(status_kb "$CHATD_PID" VmRSS || echo 0)
-DB_BYTES=$(du -cb "$DB_DIR_"/bench.db* 2>/dev/null | tail -n1 | awk '{print $1}')
+if [[ $DATABASE == postgres ]]; then
+    DB_BYTES=$(psql -X -tAc "SELECT pg_database_size(current_database())" "$DB_URL" 2>/dev/null || echo 0)
+else
+    DB_BYTES=$(du -cb "$DB_DIR_"/bench.db* 2>/dev/null | tail -n1 | awk '{print $1}')
+fi
 stop_pid "$CHATD_PID"
 CHATD_EXIT=$STOP_RC
 CHATD_PID=
@@ -267,4 +293,4 @@ mkdir -p "$(dirname "$OUT_JSON")"
     --threads "$THREADS" --seconds "$DURATION" --warmup "$WARMUP" --sessions "$SESSIONS" \
     --max-turns "$MAX_TURNS" --idle-rss-kb "${IDLE_RSS_KB:-0}" --final-hwm-kb "${FINAL_HWM_KB:-0}" \
     --final-rss-kb "${FINAL_RSS_KB:-0}" --db-bytes "${DB_BYTES:-0}" --chatd-exit "$CHATD_EXIT" \
-    --db-dir "$DB_DIR_" --phases "${PHASES[*]}"
+    --db-dir "$DB_DIR_REPORT" --database "$DATABASE" --db-sync "${BENCH_DB_SYNC:-full}" --phases "${PHASES[*]}"
