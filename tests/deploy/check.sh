@@ -12,12 +12,19 @@
 #   5. `systemd-analyze verify` and `security --offline` on deploy/chatd.service
 #      (ExecStart rewritten to the built binary), skipped without systemd-analyze;
 #   6. `docker compose config`, only where compose exists (not on these machines);
-#   7. a live smoke test: nginx with deploy/nginx.conf in front of two chatd
-#      processes sharing one SQLite file and the fake provider (checks.py smoke).
+#   7. a live smoke test mirroring the compose stack: a throwaway PostgreSQL
+#      (tests/pg/pgserver.sh, password authentication as in the postgres image)
+#      and Redis, `chatd migrate`, then two chatd with compose's DATABASE_URL and
+#      REDIS_URL (hosts rewritten to 127.0.0.1) behind nginx with
+#      deploy/nginx.conf, and the fake provider (checks.py smoke). Without
+#      PostgreSQL or redis-server installed it falls back to one shared SQLite
+#      file with per-instance limits, and says so.
 #
-# Everything runs under a temporary directory on 127.0.0.1; every process is
-# stopped by PID. Needs: nginx, node, /usr/bin/python3 with python3-yaml,
-# cmake and the build dependencies. CHATD_BIN: the binary (default build/chatd).
+# Everything runs on 127.0.0.1 under temporary directories; every process is
+# stopped by PID, the PostgreSQL server by pgserver.sh. Needs: nginx, node,
+# /usr/bin/python3 with python3-yaml, cmake and the build dependencies;
+# postgresql and redis-server for the full smoke test. CHATD_BIN: the binary
+# (default build/chatd).
 set -euo pipefail
 
 SRC=${CHATD_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -37,6 +44,7 @@ command -v node >/dev/null || fail "node not installed"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatd-deploy.XXXXXX")
 PIDS=()
+PG_DIR=""
 
 # Stops one process we started (SIGTERM), waits for it, forgets its PID (so a
 # later cleanup never signals a reused PID) and leaves its exit code in STOP_RC.
@@ -53,13 +61,20 @@ cleanup() {
   local rc=$? f
   while [ "${#PIDS[@]}" -gt 0 ]; do stop_pid "${PIDS[0]}"; done
   if [ "$rc" -ne 0 ]; then
-    for f in "$TMP"/chatd1.log "$TMP"/chatd2.log "$TMP"/nginx.err "$TMP"/fake.err; do
+    for f in "$TMP"/chatd1.log "$TMP"/chatd2.log "$TMP"/nginx.err "$TMP"/fake.err "$TMP"/redis.log \
+             ${PG_DIR:+"$PG_DIR"/server.log}; do
       [ -s "$f" ] && { echo "--- last lines of $(basename "$f")"; tail -n 15 "$f"; }
     done
+  fi
+  if [ -n "$PG_DIR" ]; then
+    "$SRC/tests/pg/pgserver.sh" stop "$PG_DIR" >/dev/null 2>&1 || echo "could not stop PostgreSQL in $PG_DIR" >&2
+    rm -rf "$PG_DIR"
   fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Waits up to $3 seconds for an extended regex $2 in file $1; prints the match.
 wait_for() {
@@ -165,6 +180,7 @@ if [ "${#compose[@]}" -gt 0 ]; then
   mkdir -p "$TMP/compose/deploy"
   cp "$DEPLOY/docker-compose.yml" "$DEPLOY/nginx.conf" "$TMP/compose/deploy/"
   cp "$DEPLOY/chatd.env.example" "$TMP/compose/deploy/chatd.env"
+  sed 's/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=0123abcd/' "$DEPLOY/.env.example" >"$TMP/compose/deploy/.env"
   out=$("${compose[@]}" -f "$TMP/compose/deploy/docker-compose.yml" config -q 2>&1) || fail "compose config: $out"
   ok "${compose[*]} config accepts deploy/docker-compose.yml"
 else
@@ -176,16 +192,80 @@ node "$SRC/tests/fake_llm/server.mjs" --port 0 --host 127.0.0.1 >"$TMP/fake.out"
 PIDS+=($!)
 fake_port=$(wait_for "$TMP/fake.out" 'LISTENING [0-9]+' 10 | cut -d' ' -f2) || fail "fake provider did not start"
 
+# The store and the limiter, as compose has them: its own DATABASE_URL and
+# REDIS_URL with the service names replaced by this machine's servers.
+if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v redis-server >/dev/null &&
+   command -v redis-cli >/dev/null; then
+  mapfile -t urls < <("$PY" "$HERE/checks.py" urls "$SRC")
+  # Not under $TMP: as root the server runs as the postgres user, which must reach it.
+  PG_DIR=$(mktemp -d /tmp/chatd-pg.XXXXXX)
+  "$SRC/tests/pg/pgserver.sh" start "$PG_DIR" >"$TMP/pg.url" || fail "PostgreSQL did not start"
+  pg_port=$(cat "$PG_DIR/port")
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  # pgserver.sh trusts every connection; the postgres image checks a password
+  # on TCP (scram-sha-256). Do the same, so that the password in compose's
+  # URL shape is really used.
+  pg_password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+  as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -qc \
+    "ALTER ROLE chatd PASSWORD '$pg_password'" || fail "psql: cannot set the password"
+  as_pg sed -i -E 's/^(host[[:space:]].*)trust$/\1scram-sha-256/' "$PG_DIR/data/pg_hba.conf"
+  as_pg "$pg_bin/pg_ctl" -D "$PG_DIR/data" reload >/dev/null
+  DB_URL=${urls[0]//'${POSTGRES_PASSWORD}'/$pg_password}
+  DB_URL=${DB_URL/@postgres:5432\//@127.0.0.1:$pg_port/}
+  [[ "$DB_URL" == postgres://*"$pg_password"@127.0.0.1:"$pg_port"/* ]] ||
+    fail "cannot rewrite compose's DATABASE_URL ${urls[0]} for the test"
+
+  redis_port=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+    >"$TMP/redis.log" 2>&1 &
+  PIDS+=($!)
+  REDIS_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
+    kill -0 "$REDIS_PID" 2>/dev/null || fail "redis-server exited: $(tail -n 5 "$TMP/redis.log")"
+    sleep 0.05
+  done
+  R_URL=${urls[1]/redis:6379/127.0.0.1:$redis_port}
+  [[ "$R_URL" == redis://127.0.0.1:"$redis_port"/* ]] || fail "cannot rewrite compose's REDIS_URL ${urls[1]}"
+  LIMITS=shared
+  STORE="PostgreSQL :$pg_port, Redis :$redis_port"
+else
+  skip "postgresql or redis-server not installed: smoke test on one shared SQLite file with per-instance limits"
+  DB_URL="sqlite:///$TMP/data/chatd.db"
+  R_URL=""
+  LIMITS=local
+  STORE="one SQLite file"
+fi
+
 TOKEN=deploy-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-CHATD_PIDS=()
-for n in 1 2; do
-  # A clean environment: only what this test sets, over deploy/chatd.env.example.
-  (cd "$TMP" && exec env -i PATH="$PATH" \
+# chatd with a clean environment: only what this test sets, over deploy/chatd.env.example.
+# It execs: call it only in a subshell ($(...) or &), so that a background
+# job's PID is chatd's own.
+run_chatd() {
+  cd "$TMP" && exec env -i PATH="$PATH" \
      ${ASAN_OPTIONS+ASAN_OPTIONS="$ASAN_OPTIONS"} ${UBSAN_OPTIONS+UBSAN_OPTIONS="$UBSAN_OPTIONS"} \
-     HOST=127.0.0.1 PORT=0 WORKERS=2 DATABASE_URL="sqlite:///$TMP/data/chatd.db" \
+     HOST=127.0.0.1 PORT=0 WORKERS=2 DATABASE_URL="$DB_URL" ${R_URL:+REDIS_URL="$R_URL"} \
      ANTHROPIC_API_KEY=test-key ANTHROPIC_BASE_URL="http://127.0.0.1:$fake_port" \
      API_TOKEN="$TOKEN" TRUSTED_PROXIES=127.0.0.1 RATE_LIMIT=2/minute \
-     "$BIN" serve --env-file "$DEPLOY/chatd.env.example") >"$TMP/chatd$n.out" 2>"$TMP/chatd$n.log" &
+     "$BIN" "$@" --env-file "$DEPLOY/chatd.env.example"
+}
+
+if [ "$LIMITS" = shared ]; then
+  # compose's migrate service; with a wrong password it must fail (auth is on).
+  out=$(DB_URL=${DB_URL/:$pg_password@/:wrong-$pg_password@} run_chatd migrate 2>&1) &&
+    fail "chatd migrate succeeded with a wrong PostgreSQL password: $out"
+  out=$(run_chatd migrate 2>&1) || fail "chatd migrate on PostgreSQL: $out"
+  tables=$(as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -tAc \
+           "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()
+              AND tablename IN ('sessions', 'messages', 'api_keys', 'turn_locks')")
+  [ "$tables" = 4 ] || fail "chatd migrate left $tables of the 4 core tables in PostgreSQL: $out"
+  ok "chatd migrate applied the schema to PostgreSQL (and refused a wrong password)"
+fi
+
+CHATD_PIDS=()
+for n in 1 2; do
+  run_chatd serve >"$TMP/chatd$n.out" 2>"$TMP/chatd$n.log" &
   PIDS+=($!)
   CHATD_PIDS+=($!)
 done
@@ -208,9 +288,25 @@ for ((i = 0; i < 100; i++)); do
   kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx exited: $(cat "$TMP/nginx.err")"
   sleep 0.05
 done
-ok "nginx :$nginx_port -> chatd1 :${ports[0]}, chatd2 :${ports[1]} (one SQLite file), fake provider :$fake_port"
+ok "nginx :$nginx_port -> chatd1 :${ports[0]}, chatd2 :${ports[1]} ($STORE), fake provider :$fake_port"
 
-"$PY" "$HERE/checks.py" smoke "$nginx_port" "$TOKEN" "$TMP/chatd1.log" "$TMP/chatd2.log"
+"$PY" "$HERE/checks.py" smoke "$nginx_port" "$TOKEN" "$TMP/chatd1.log" "$TMP/chatd2.log" "$LIMITS"
+
+if [ "$LIMITS" = shared ]; then
+  # The conversation is in PostgreSQL, the buckets in Redis, and no instance
+  # ever answered a limit check locally.
+  msgs=$(as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -tAc \
+      "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id WHERE s.id = 'deploy-continue'")
+  [ "${msgs:-0}" -ge 4 ] || fail "PostgreSQL holds ${msgs:-no} messages of session deploy-continue"
+  buckets=$(redis-cli -p "$redis_port" --scan --pattern 'chatd:rl:*' | wc -l)
+  [ "$buckets" -ge 1 ] || fail "no chatd:rl:* rate-limit buckets in Redis"
+  for n in 1 2; do
+    fb=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${ports[$((n - 1))]}/metrics" |
+         awk '$1 == "chatd_ratelimit_redis_fallback_total" {print $2}')
+    [ "$fb" = 0 ] || fail "chatd$n: chatd_ratelimit_redis_fallback_total is '${fb}', want 0"
+  done
+  ok "history in PostgreSQL ($msgs messages of deploy-continue), $buckets bucket(s) in Redis, no local fallback"
+fi
 
 stop_pid "$NGINX_PID"
 for n in 1 2; do

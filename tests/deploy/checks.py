@@ -8,13 +8,20 @@ standard library plus python3-yaml).
       nginx's address vs TRUSTED_PROXIES, upstreams vs compose services), the
       Dockerfile's runtime packages vs the libraries BIN links against, its
       builder packages vs the pkg-config modules of CMakeLists.txt, and the
-      image's basic contract (non-root, healthcheck, port, stop signal, volume).
+      image's basic contract (non-root, healthcheck, port, stop signal, volume),
+      and the compose stack (postgres, redis, migrate, two chatd, nginx).
 
-  checks.py smoke NGINX_PORT TOKEN LOG1 LOG2
+  checks.py urls SRC
+      Prints DATABASE_URL and REDIS_URL of compose's chatd1 (the smoke test
+      points them at its own servers).
+
+  checks.py smoke NGINX_PORT TOKEN LOG1 LOG2 shared|local
       Black-box checks through a running nginx (deploy/nginx.conf) in front of
-      two chatd processes sharing one SQLite file, whose JSON logs are LOG1 and
-      LOG2, with RATE_LIMIT=2/minute, TRUSTED_PROXIES=127.0.0.1 and the fake
-      provider. check.sh starts and stops all of them.
+      two chatd processes on one store (PostgreSQL, or one SQLite file), whose
+      JSON logs are LOG1 and LOG2, with RATE_LIMIT=2/minute,
+      TRUSTED_PROXIES=127.0.0.1 and the fake provider; "shared": their rate
+      limits are shared through Redis, "local": per instance. check.sh starts
+      and stops all of them.
 
 Exits non-zero with a message on the first failed check.
 """
@@ -127,6 +134,117 @@ def apt_installs(stage_text):
 # ----------------------------------------------------------------- static
 
 
+def service_env(svc):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def depends(svc):
+    """depends_on as {service: condition}, whichever form compose was given."""
+    deps = svc.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {n: "service_started" for n in deps}
+    return {n: (c or {}).get("condition", "service_started") for n, c in deps.items()}
+
+
+def command_of(svc):
+    cmd = svc.get("command")
+    return cmd.split() if isinstance(cmd, str) else list(cmd or [])
+
+
+PG_URL = re.compile(r"postgres(?:ql)?://([^:@/]+):([^@]*)@([\w.-]+):(\d+)/([\w-]+)")
+REDIS_URL = re.compile(r"redis://([\w.-]+):(\d+)/(\d+)")
+INTERPOLATION = re.compile(r"\$\{(\w+)(?:[:?-][^}]*)?\}")
+
+
+def compose_check(compose, text, env, upstream, drain, dotenv):
+    """The compose file's consistency; returns (chatd server names, nginx's address)."""
+    services = compose["services"]
+
+    # Secrets: only interpolations (deploy/.env) and env_file (deploy/chatd.env).
+    for name, svc in services.items():
+        for k, v in service_env(svc).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|API_KEY", k):
+                check(INTERPOLATION.fullmatch(v), f"compose {name}: {k} must come from deploy/.env, not a literal")
+            m = re.match(r"\w+://[^:/@]+:([^@]*)@", v)
+            if m:
+                check(INTERPOLATION.fullmatch(m.group(1)), f"compose {name}: {k} holds a literal password")
+    used = set(INTERPOLATION.findall(text.replace("$$", "")))
+    check(used <= set(dotenv), f"compose uses {sorted(used - set(dotenv))}, missing from deploy/.env.example")
+    check(all(not dotenv[v] for v in used if re.search(r"PASSWORD|SECRET|TOKEN", v)),
+          ".env.example must not hold a password value")
+
+    # PostgreSQL: pinned major version, healthcheck, data in a named volume.
+    pg = services.get("postgres")
+    check(pg and re.fullmatch(r"postgres:\d+(\.\d+)?", str(pg.get("image"))), "compose: no postgres:<major> service")
+    pgenv = service_env(pg)
+    check("pg_isready" in json.dumps(pg.get("healthcheck", {}).get("test")), "compose postgres: pg_isready healthcheck")
+    check(INTERPOLATION.fullmatch(pgenv.get("POSTGRES_PASSWORD", "")), "compose postgres: POSTGRES_PASSWORD")
+    pgvols = dict(v.split(":", 1)[::-1] for v in pg.get("volumes", []))
+    pgvol = pgvols.get("/var/lib/postgresql/data")
+    check(pgvol in (compose.get("volumes") or {}), "compose postgres: its data must be a named volume")
+    pg_user, pg_db = pgenv.get("POSTGRES_USER", "postgres"), pgenv.get("POSTGRES_DB", pgenv.get("POSTGRES_USER"))
+
+    # Redis: healthcheck.
+    rd = services.get("redis")
+    check(rd and re.fullmatch(r"redis:\d+(\.\d+)?", str(rd.get("image"))), "compose: no redis:<major> service")
+    check("ping" in json.dumps(rd.get("healthcheck", {}).get("test")), "compose redis: ping healthcheck")
+
+    def urls_ok(name, cenv):
+        m = PG_URL.fullmatch(cenv.get("DATABASE_URL", ""))
+        check(m, f"compose {name}: DATABASE_URL is not postgres://user:${{PASSWORD}}@host:port/db")
+        check(m.group(1) == pg_user and m.group(2) == "${POSTGRES_PASSWORD}" and m.group(3) == "postgres"
+              and m.group(4) == "5432" and m.group(5) == pg_db,
+              f"compose {name}: DATABASE_URL does not match the postgres service ({pg_user}@postgres:5432/{pg_db})")
+
+    # The one-shot migrate service.
+    migrates = [n for n, svc in services.items() if command_of(svc)[:1] == ["migrate"]]
+    check(len(migrates) == 1, f"compose: expected one `chatd migrate` service, found {migrates}")
+    mig = services[migrates[0]]
+    image = mig.get("image")
+    urls_ok(migrates[0], service_env(mig))
+    check(depends(mig).get("postgres") == "service_healthy", "compose migrate: must wait for a healthy postgres")
+    check(str(mig.get("restart", "no")) == "no", "compose migrate: a one-shot must not restart")
+
+    # The chatd servers: exactly nginx's upstreams.
+    chatds = sorted(n for n, svc in services.items() if svc.get("image") == image and n not in migrates)
+    hosts = sorted(re.findall(r"^\s*server\s+([\w.-]+):8000\b", upstream, re.M))
+    check(len(chatds) == 2 and chatds == hosts, f"nginx upstream {hosts} != compose chatd services {chatds}")
+    nginx_ip = services["nginx"]["networks"]["backend"]["ipv4_address"]
+    want_deps = {"postgres": "service_healthy", "redis": "service_healthy",
+                 migrates[0]: "service_completed_successfully"}
+    for name in chatds:
+        svc = services[name]
+        cenv = dict(env, **service_env(svc))
+        check(command_of(svc) in ([], ["serve"]), f"compose {name}: must run `chatd serve`")
+        check(cenv.get("TRUSTED_PROXIES") == nginx_ip, f"{name}: TRUSTED_PROXIES is not nginx's {nginx_ip}")
+        check(cenv.get("HOST") == "0.0.0.0", f"{name}: HOST must be 0.0.0.0 in a container")
+        check(seconds(svc["stop_grace_period"]) > drain, f"{name}: stop_grace_period <= DRAIN_TIMEOUT")
+        check(svc.get("env_file") == "chatd.env", f"{name}: secrets must come from env_file chatd.env")
+        urls_ok(name, cenv)
+        m = REDIS_URL.fullmatch(cenv.get("REDIS_URL", ""))
+        check(m and m.group(1) == "redis" and m.group(2) == "6379",
+              f"compose {name}: REDIS_URL must be redis://redis:6379/N, not {cenv.get('REDIS_URL')!r}")
+        got = depends(svc)
+        check(all(got.get(k) == v for k, v in want_deps.items()), f"compose {name}: depends_on {got}, want {want_deps}")
+        check(not svc.get("volumes"), f"compose {name}: no volume needed (the store is PostgreSQL)")
+    check(all(depends(services["nginx"]).get(n) == "service_healthy" for n in chatds),
+          "compose nginx: must wait for healthy chatd servers")
+    return chatds, nginx_ip
+
+
+def compose_urls(src):
+    """DATABASE_URL and REDIS_URL of the first chatd server, one per line (the smoke test's template)."""
+    compose = yaml.safe_load(open(os.path.join(src, "deploy", "docker-compose.yml")))
+    svc = compose["services"]["chatd1"]
+    env = service_env(svc)
+    print(env["DATABASE_URL"])
+    print(env["REDIS_URL"])
+
+
+
 def static(binary, src):
     deploy = os.path.join(src, "deploy")
     env = env_file(os.path.join(deploy, "chatd.env.example"))
@@ -138,7 +256,8 @@ def static(binary, src):
 
     nginx = open(os.path.join(deploy, "nginx.conf")).read()
     unit = open(os.path.join(deploy, "chatd.service")).read()
-    compose = yaml.safe_load(open(os.path.join(deploy, "docker-compose.yml")))
+    compose_text = open(os.path.join(deploy, "docker-compose.yml")).read()
+    compose = yaml.safe_load(compose_text)
     dockerfile = open(os.path.join(deploy, "Dockerfile")).read()
 
     # Sizes and timeouts that must agree.
@@ -163,32 +282,12 @@ def static(binary, src):
     check(unit_value(unit, "KillSignal") == "SIGTERM", "KillSignal must be SIGTERM")
     ok(f"sizes and timeouts agree (body {body} B, read timeout {read_to}s, drain {drain}s)")
 
-    # Compose: two chatd services, nginx, nothing pretending to be a database.
-    services = compose["services"]
-    for name, svc in services.items():
-        image = str(svc.get("image", ""))
-        check(not re.search(r"postgres|redis", image + name),
-              f"compose service {name}: no PostgreSQL/Redis support exists in chatd yet")
-    chatds = sorted(n for n, s in services.items() if "build" in s)
-    hosts = sorted(re.findall(r"^\s*server\s+([\w.-]+):8000\b", upstream.group(1), re.M))
-    check(len(chatds) == 2 and chatds == hosts, f"nginx upstream {hosts} != compose chatd services {chatds}")
-    nginx_ip = services["nginx"]["networks"]["backend"]["ipv4_address"]
-    volumes = set()
-    for name in chatds:
-        svc = services[name]
-        cenv = dict(env, **{k: str(v) for k, v in svc["environment"].items()})
-        check(cenv.get("TRUSTED_PROXIES") == nginx_ip, f"{name}: TRUSTED_PROXIES is not nginx's {nginx_ip}")
-        check(cenv.get("HOST") == "0.0.0.0", f"{name}: HOST must be 0.0.0.0 in a container")
-        check(seconds(svc["stop_grace_period"]) > drain, f"{name}: stop_grace_period <= DRAIN_TIMEOUT")
-        check(svc.get("env_file") == "chatd.env", f"{name}: secrets must come from env_file chatd.env")
-        db = cenv["DATABASE_URL"]
-        check(db.startswith("sqlite:////"), f"{name}: DATABASE_URL must be an absolute sqlite path")
-        mounts = dict(v.split(":", 1)[::-1] for v in svc["volumes"])
-        dbdir = os.path.dirname(db[len("sqlite:///"):])
-        check(dbdir in mounts, f"{name}: the database directory {dbdir} is not a volume")
-        volumes.add(mounts[dbdir])
-    check(len(volumes) == 1, "both chatd instances must share one volume (one SQLite file)")
-    ok(f"compose: {chatds} + nginx ({nginx_ip} = TRUSTED_PROXIES), one shared volume, no postgres/redis")
+    # Compose: postgres, redis, a one-shot migrate, two chatd servers (nginx's
+    # upstreams) on that database and Redis, nginx.
+    chatds, nginx_ip = compose_check(compose, compose_text, env, upstream.group(1), drain,
+                                     env_file(os.path.join(deploy, ".env.example")))
+    ok(f"compose: postgres, redis, migrate, {chatds} (postgres:// + redis://, after migrate) "
+       f"+ nginx ({nginx_ip} = TRUSTED_PROXIES); no secret literals")
 
     # Dockerfile stages.
     stages = re.split(r"^FROM ", dockerfile, flags=re.M)[1:]
@@ -299,7 +398,8 @@ def fake(scenario):
     return "[[fake:" + json.dumps(scenario) + "]]"
 
 
-def smoke(port, token, log1, log2):
+def smoke(port, token, log1, log2, limits):
+    check(limits in ("shared", "local"), f"smoke: limits {limits!r}")
     ng = Nginx(int(port), token, [log1, log2])
 
     # 1. A conversation started on one instance continues on the other.
@@ -383,21 +483,27 @@ def smoke(port, token, log1, log2):
     check(served[200] != served[409], f"both concurrent turns went to chatd{served[200]}: lock not crossed")
     ok(f"concurrent turns: 200 on chatd{served[200]}, 409 session_busy on chatd{served[409]}")
 
-    # 4. X-Forwarded-For reaches chatd (TRUSTED_PROXIES=127.0.0.1), and the
-    #    limit is per instance: RATE_LIMIT=2/minute gives one client 4 in all.
-    got = []
+    # 4. X-Forwarded-For reaches chatd (TRUSTED_PROXIES=127.0.0.1), and
+    #    RATE_LIMIT=2/minute holds for one client across both instances with
+    #    REDIS_URL ("shared"), or twice over without it ("local").
+    got, where = [], set()
     for i in range(5):
         st, h, body = ng.request("POST", "/v1/chat", {"message": f"limit {i}", "session_id": "deploy-limit"},
                                  "198.51.100.40")
         got.append(st)
+        where.add(ng.instance(h["x-request-id"]))
         if st == 429:
             check("retry-after" in h, "429 without Retry-After")
-    check(got == [200, 200, 200, 200, 429],
-          f"RATE_LIMIT=2/minute across two instances: {got} (expected 4 x 200, then 429)")
+    check(where == {1, 2}, f"the rate-limited requests all went to chatd{where}: sharing not exercised")
+    allowed = 2 if limits == "shared" else 4
+    check(got == [200] * allowed + [429] * (5 - allowed),
+          f"RATE_LIMIT=2/minute across two instances ({limits} limits): {got} "
+          f"(expected {allowed} x 200, then 429)")
     st, _, body = ng.request("POST", "/v1/chat", {"message": "other client", "session_id": "deploy-limit-2"},
                              "198.51.100.50")
     check(st == 200, f"a different forwarded client was limited too ({st}): X-Forwarded-For not honoured")
-    ok("X-Forwarded-For honoured; rate limits are per instance (2/minute -> 4 through two instances)")
+    ok(f"X-Forwarded-For honoured; 2/minute through two instances allows {allowed} ("
+       + ("shared through Redis)" if limits == "shared" else "per-instance limits)"))
 
     # 5. client_max_body_size matches MAX_BODY_SIZE (1 MiB): just over is refused
     #    by nginx, just under reaches chatd (which answers with X-Request-Id).
@@ -422,7 +528,9 @@ def smoke(port, token, log1, log2):
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "static":
         static(sys.argv[2], sys.argv[3])
-    elif len(sys.argv) == 6 and sys.argv[1] == "smoke":
+    elif len(sys.argv) == 3 and sys.argv[1] == "urls":
+        compose_urls(sys.argv[2])
+    elif len(sys.argv) == 7 and sys.argv[1] == "smoke":
         smoke(*sys.argv[2:])
     else:
-        fail("usage: checks.py static BIN SRC | smoke NGINX_PORT TOKEN LOG1 LOG2")
+        fail("usage: checks.py static BIN SRC | urls SRC | smoke NGINX_PORT TOKEN LOG1 LOG2 shared|local")
