@@ -8,7 +8,12 @@
 #ifndef CHATD_STORE_BACKEND_H
 #define CHATD_STORE_BACKEND_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "store/store.h"
+
+struct chat_asset;
 
 typedef struct store_backend {
     const char *name; /* "sqlite", "postgres": logs and metrics */
@@ -32,5 +37,46 @@ extern const store_backend store_backend_postgres;
 
 /* Ends a submitted op: records its duration, runs its callback (if any), frees it. */
 void store_op_complete(store_op *op);
+
+/* ---- shared by the backends (backend.c), so that both accept and produce the same ---- */
+
+/* Argument checks of store.h: an id is 1..STORE_ID_MAX bytes; a count is >= -1
+ * (-1 unknown); a scope is "" or an id; now and now + ttl are valid times; a
+ * key hash is exactly STORE_KEY_HASH_LEN lowercase hex digits; an imported
+ * message has a known role and status, seq > 0 and sane counts. */
+bool store_valid_id(const char *id);
+bool store_valid_count(int64_t v);
+bool store_valid_usage(const store_usage *u);
+bool store_valid_scope(const char *scope);
+bool store_valid_ttl(int64_t now, int64_t ttl_ms);
+bool store_valid_hash(const char *h);
+bool store_valid_message(const store_message *m);
+
+/* Unknown (-1) token counts add 0 to totals. */
+int64_t store_known(int64_t v);
+
+/*
+ * Session list cursors: "<created_at>:<id in lowercase hex>", the key of the
+ * last row of the previous page. Hex keeps it URL-safe and unambiguous
+ * whatever the id holds; parsing accepts only the exact form made here, so a
+ * cursor from one backend works on the other (export, import, failover).
+ * store_cursor_make returns a heap string; store_cursor_parse writes the id
+ * into idbuf (STORE_ID_MAX + 1 bytes) and returns false for anything else.
+ */
+char *store_cursor_make(int64_t created_at, const char *id);
+bool store_cursor_parse(const char *c, int64_t *created_at, char *idbuf);
+
+/* One embedded schema migration: "<prefix>NNN_name.sql". */
+typedef struct store_migration {
+    int version;
+    const struct chat_asset *asset;
+} store_migration;
+
+/*
+ * The migrations embedded under prefix (e.g. "schema/"), sorted by version, in
+ * *out (free it) and *n. A .sql file with a bad name or a duplicate version is a
+ * build mistake: CHAT_EIO with the reason in err, as is finding none.
+ */
+chat_rc store_migrations_collect(const char *prefix, store_migration **out, size_t *n, char *err, size_t errlen);
 
 #endif

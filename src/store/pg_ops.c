@@ -14,6 +14,7 @@
  * the asynchronous pool (pg_pool.c). Results are in text format.
  */
 #define _GNU_SOURCE
+#include "store/backend.h"
 #include "store/pg.h"
 
 #include <inttypes.h>
@@ -65,58 +66,6 @@ void pg_params_clear(pg_params *p)
 
 /* ---- argument checks (the same as sqlite.c's) -------------------------------- */
 
-static bool valid_id(const char *id)
-{
-    return id && id[0] && strlen(id) <= STORE_ID_MAX;
-}
-
-static bool valid_count(int64_t v)
-{
-    return v >= -1;
-}
-
-static bool valid_usage(const store_usage *u)
-{
-    return valid_count(u->input_tokens) && valid_count(u->output_tokens) &&
-           valid_count(u->cache_read_tokens) && valid_count(u->cache_write_tokens);
-}
-
-static bool valid_scope(const char *scope)
-{
-    return scope && strlen(scope) <= STORE_ID_MAX;
-}
-
-static bool valid_ttl(int64_t now, int64_t ttl_ms)
-{
-    return now >= 0 && ttl_ms > 0 && ttl_ms <= INT64_MAX - now;
-}
-
-static int64_t known(int64_t v)
-{
-    return v < 0 ? 0 : v;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Exactly STORE_KEY_HASH_LEN lowercase hex digits. */
-static bool valid_hash(const char *h)
-{
-    if (!h)
-        return false;
-    size_t i = 0;
-    for (; h[i]; i++)
-        if (i >= STORE_KEY_HASH_LEN || hexval(h[i]) < 0)
-            return false;
-    return i == STORE_KEY_HASH_LEN;
-}
-
 static bool valid_role(const char *role)
 {
     return role && (strcmp(role, "user") == 0 || strcmp(role, "admin") == 0);
@@ -124,69 +73,15 @@ static bool valid_role(const char *role)
 
 static bool valid_turn(const store_turn *t)
 {
-    return valid_id(t->session_id) && valid_id(t->lock_token) && (!t->owner || valid_id(t->owner)) &&
+    return store_valid_id(t->session_id) && store_valid_id(t->lock_token) && (!t->owner || store_valid_id(t->owner)) &&
            t->model && t->model[0] && t->user_content && t->assistant_content && t->status &&
            (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
-           valid_count(t->user_tokens) && valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
+           store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
            (!t->idem_key ||
-            (valid_id(t->idem_key) && valid_scope(t->idem_scope) && valid_ttl(t->now, t->idem_ttl_ms)));
-}
-
-static bool valid_message(const store_message *m)
-{
-    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content &&
-           m->status && (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) &&
-           m->seq > 0 && valid_count(m->tokens) && valid_usage(&m->usage) && m->cost_micros >= 0 &&
-           m->created_at >= 0;
+            (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) && store_valid_ttl(t->now, t->idem_ttl_ms)));
 }
 
 /* ---- session cursors (the same form as sqlite.c's) --------------------------- */
-
-/* "<created_at>:<id in lowercase hex>", the key of the last row of a page. */
-static char *cursor_make(int64_t created_at, const char *id)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t len = strlen(id);
-    char *h = chat_xmalloc(2 * len + 1);
-    for (size_t i = 0; i < len; i++) {
-        h[2 * i] = hex[(unsigned char)id[i] >> 4];
-        h[2 * i + 1] = hex[(unsigned char)id[i] & 15];
-    }
-    h[2 * len] = '\0';
-    char *c = chat_xasprintf("%" PRId64 ":%s", created_at, h);
-    free(h);
-    return c;
-}
-
-/* Parses a cursor; accepts only the exact form cursor_make produces. idbuf
- * has STORE_ID_MAX + 1 bytes. */
-static bool cursor_parse(const char *c, int64_t *created_at, char *idbuf)
-{
-    const char *p = c;
-    int64_t v = 0;
-    if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] != ':'))
-        return false;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        int d = *p - '0';
-        if (v > (INT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    if (*p++ != ':')
-        return false;
-    size_t len = strlen(p);
-    if (len == 0 || len % 2 != 0 || len / 2 > STORE_ID_MAX)
-        return false;
-    for (size_t i = 0; i < len / 2; i++) {
-        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-            return false;
-        idbuf[i] = (char)(hi << 4 | lo);
-    }
-    idbuf[len / 2] = '\0';
-    *created_at = v;
-    return true;
-}
 
 /* ---- results ---------------------------------------------------------------- */
 
@@ -356,7 +251,7 @@ static chat_rc enc_none(const store_op *op, pg_params *p)
 static chat_rc enc_lock_ttl(const store_op *op, pg_params *p)
 {
     const typeof(op->in) *in = &op->in;
-    if (!valid_id(in->session_id) || !valid_id(in->token) || !valid_ttl(in->now, in->ttl_ms))
+    if (!store_valid_id(in->session_id) || !store_valid_id(in->token) || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
     pg_param_str(p, in->session_id);
     pg_param_str(p, in->token);
@@ -376,7 +271,7 @@ static chat_rc dec_lock_acquire(const PGresult *res, store_op *op)
 
 static chat_rc enc_lock_release(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.session_id) || !valid_id(op->in.token))
+    if (!store_valid_id(op->in.session_id) || !store_valid_id(op->in.token))
         return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     pg_param_str(p, op->in.token);
@@ -431,7 +326,7 @@ static chat_rc dec_turn_commit(const PGresult *res, store_op *op)
 
 static chat_rc enc_session_id(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.session_id))
+    if (!store_valid_id(op->in.session_id))
         return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     return CHAT_OK;
@@ -458,7 +353,7 @@ static chat_rc dec_session_delete(const PGresult *res, store_op *op)
 
 static chat_rc enc_session_reset(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.session_id) || op->in.now < 0)
+    if (!store_valid_id(op->in.session_id) || op->in.now < 0)
         return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     pg_param_i64(p, op->in.now);
@@ -468,11 +363,11 @@ static chat_rc enc_session_reset(const store_op *op, pg_params *p)
 static chat_rc enc_sessions_list(const store_op *op, pg_params *p)
 {
     const typeof(op->in) *in = &op->in;
-    if (in->limit < 1 || in->limit > 1000 || (in->owner && !valid_id(in->owner)))
+    if (in->limit < 1 || in->limit > 1000 || (in->owner && !store_valid_id(in->owner)))
         return CHAT_EINVAL;
     int64_t after_created = 0;
     char after_id[STORE_ID_MAX + 1];
-    if (in->cursor && !cursor_parse(in->cursor, &after_created, after_id))
+    if (in->cursor && !store_cursor_parse(in->cursor, &after_created, after_id))
         return CHAT_EINVAL;
     /* One row more than asked tells whether another page follows. */
     pg_param_i64(p, (int64_t)in->limit + 1);
@@ -497,7 +392,7 @@ static chat_rc dec_sessions_list(const PGresult *res, store_op *op)
     for (int i = 0; i < count; i++)
         read_session(res, i, &arr[i]);
     if (rows > count)
-        op->out.next_cursor = cursor_make(arr[count - 1].created_at, arr[count - 1].id);
+        op->out.next_cursor = store_cursor_make(arr[count - 1].created_at, arr[count - 1].id);
     op->out.sessions = arr;
     op->out.n_sessions = (size_t)count;
     return CHAT_OK;
@@ -505,7 +400,7 @@ static chat_rc dec_sessions_list(const PGresult *res, store_op *op)
 
 static chat_rc enc_messages_list(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.session_id))
+    if (!store_valid_id(op->in.session_id))
         return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     pg_param_i64(p, op->in.after_seq);
@@ -569,8 +464,8 @@ static chat_rc enc_sessions_expire(const store_op *op, pg_params *p)
 static chat_rc enc_idem_begin(const store_op *op, pg_params *p)
 {
     const typeof(op->in) *in = &op->in;
-    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->body_hash) || !valid_id(in->token) ||
-        (in->session_id && !valid_id(in->session_id)) || !valid_ttl(in->now, in->ttl_ms))
+    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->body_hash) || !store_valid_id(in->token) ||
+        (in->session_id && !store_valid_id(in->session_id)) || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
@@ -636,7 +531,7 @@ static chat_rc dec_idem_begin(const PGresult *res, store_op *op)
 static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 {
     const typeof(op->in) *in = &op->in;
-    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->token) || !valid_ttl(in->now, in->ttl_ms))
+    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token) || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
@@ -648,8 +543,8 @@ static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 {
     const typeof(op->in) *in = &op->in;
-    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->token) || in->status < 100 ||
-        in->status > 599 || !in->response || !valid_ttl(in->now, in->ttl_ms))
+    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token) || in->status < 100 ||
+        in->status > 599 || !in->response || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
@@ -663,7 +558,7 @@ static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 static chat_rc enc_idem_abort(const store_op *op, pg_params *p)
 {
     const typeof(op->in) *in = &op->in;
-    if (!valid_scope(in->scope) || !valid_id(in->key) || !valid_id(in->token))
+    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token))
         return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
@@ -683,8 +578,8 @@ static chat_rc enc_idem_expire(const store_op *op, pg_params *p)
 static chat_rc enc_key_create(const store_op *op, pg_params *p)
 {
     const store_key_new *k = &op->in.key_new;
-    if (!valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) || !valid_role(k->role) ||
-        (k->rate_limit && !valid_id(k->rate_limit)) || k->now <= 0)
+    if (!store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) || !valid_role(k->role) ||
+        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->now <= 0)
         return CHAT_EINVAL;
     pg_param_str(p, k->id);
     pg_param_str(p, k->name);
@@ -697,7 +592,7 @@ static chat_rc enc_key_create(const store_op *op, pg_params *p)
 
 static chat_rc enc_key_hash(const store_op *op, pg_params *p)
 {
-    if (!valid_hash(op->in.hash))
+    if (!store_valid_hash(op->in.hash))
         return CHAT_EINVAL;
     pg_param_str(p, op->in.hash);
     return CHAT_OK;
@@ -728,7 +623,7 @@ static chat_rc dec_keys_list(const PGresult *res, store_op *op)
 
 static chat_rc enc_key_revoke(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.id) || op->in.now <= 0)
+    if (!store_valid_id(op->in.id) || op->in.now <= 0)
         return CHAT_EINVAL;
     pg_param_str(p, op->in.id);
     pg_param_i64(p, op->in.now);
@@ -751,7 +646,7 @@ static chat_rc dec_key_revoke(const PGresult *res, store_op *op)
 
 static chat_rc enc_key_touch(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.id) || op->in.now <= 0)
+    if (!store_valid_id(op->in.id) || op->in.now <= 0)
         return CHAT_EINVAL;
     pg_param_str(p, op->in.id);
     pg_param_i64(p, op->in.now);
@@ -761,7 +656,7 @@ static chat_rc enc_key_touch(const store_op *op, pg_params *p)
 
 static chat_rc enc_key_id(const store_op *op, pg_params *p)
 {
-    if (!valid_id(op->in.id))
+    if (!store_valid_id(op->in.id))
         return CHAT_EINVAL;
     pg_param_str(p, op->in.id);
     return CHAT_OK;
@@ -821,12 +716,12 @@ static chat_rc enc_session_import(const store_op *op, pg_params *p)
     const store_session *ss = op->in.import_session;
     const store_message *msgs = op->in.import_messages;
     size_t n = op->in.n_import_messages;
-    if (!ss || !valid_id(ss->id) || (ss->owner && !valid_id(ss->owner)) || (n > 0 && !msgs) ||
+    if (!ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) || (n > 0 && !msgs) ||
         ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 || ss->created_at < 0 ||
         ss->updated_at < 0)
         return CHAT_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (!valid_message(&msgs[i]))
+        if (!store_valid_message(&msgs[i]))
             return CHAT_EINVAL;
     char *json = messages_json(msgs, n);
     if (!json)
@@ -839,10 +734,10 @@ static chat_rc enc_session_import(const store_op *op, pg_params *p)
     pg_param_i64(p, ss->updated_at);
     pg_param_i64(p, ss->turn_count);
     pg_param_i64(p, ss->message_count);
-    pg_param_i64(p, known(ss->usage.input_tokens));
-    pg_param_i64(p, known(ss->usage.output_tokens));
-    pg_param_i64(p, known(ss->usage.cache_read_tokens));
-    pg_param_i64(p, known(ss->usage.cache_write_tokens));
+    pg_param_i64(p, store_known(ss->usage.input_tokens));
+    pg_param_i64(p, store_known(ss->usage.output_tokens));
+    pg_param_i64(p, store_known(ss->usage.cache_read_tokens));
+    pg_param_i64(p, store_known(ss->usage.cache_write_tokens));
     pg_param_i64(p, ss->cost_micros);
     pg_param_take(p, json);
     return CHAT_OK;
@@ -860,8 +755,8 @@ static chat_rc dec_session_import(const PGresult *res, store_op *op)
 static chat_rc enc_key_import(const store_op *op, pg_params *p)
 {
     const store_key *k = op->in.import_key;
-    if (!k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) || !valid_role(k->role) ||
-        (k->rate_limit && !valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
+    if (!k || !store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) || !valid_role(k->role) ||
+        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
         k->last_used_at < 0 || k->turn_count < 0 || k->cost_micros < 0)
         return CHAT_EINVAL;
     pg_param_str(p, k->id);
@@ -879,10 +774,10 @@ static chat_rc enc_key_import(const store_op *op, pg_params *p)
     else
         pg_param_str(p, NULL);
     pg_param_i64(p, k->turn_count);
-    pg_param_i64(p, known(k->usage.input_tokens));
-    pg_param_i64(p, known(k->usage.output_tokens));
-    pg_param_i64(p, known(k->usage.cache_read_tokens));
-    pg_param_i64(p, known(k->usage.cache_write_tokens));
+    pg_param_i64(p, store_known(k->usage.input_tokens));
+    pg_param_i64(p, store_known(k->usage.output_tokens));
+    pg_param_i64(p, store_known(k->usage.cache_read_tokens));
+    pg_param_i64(p, store_known(k->usage.cache_write_tokens));
     pg_param_i64(p, k->cost_micros);
     return CHAT_OK;
 }

@@ -43,7 +43,6 @@
 #include "store/pg_pool.h"
 
 #define MIGRATION_PREFIX "schema_pg/"
-#define MIGRATION_SUFFIX ".sql"
 
 /* Takes the advisory lock that serializes migrations until the transaction
  * ends. The key is any constant nothing else in the database uses: "chatd" in
@@ -85,69 +84,6 @@ const char *pg_handle_url(const void *pg_handle)
 
 /* ---- migrations --------------------------------------------------------------- */
 
-struct migration {
-    int version;
-    const struct chat_asset *asset;
-};
-
-static int migration_cmp(const void *a, const void *b)
-{
-    const struct migration *x = a, *y = b;
-    return (x->version > y->version) - (x->version < y->version);
-}
-
-/*
- * Collects the embedded "schema_pg/NNN_name.sql" files, sorted by version. A
- * .sql file with a bad name or a duplicate version is a build mistake and
- * fails the open (as in sqlite.c).
- */
-static chat_rc collect_migrations(struct migration **out, size_t *n, char *err, size_t errlen)
-{
-    size_t pre = strlen(MIGRATION_PREFIX), suf = strlen(MIGRATION_SUFFIX);
-    struct migration *m = chat_xcalloc(chat_assets_count ? chat_assets_count : 1, sizeof *m);
-    size_t count = 0;
-    for (size_t i = 0; i < chat_assets_count; i++) {
-        const char *name = chat_assets[i].name;
-        size_t len = strlen(name);
-        if (strncmp(name, MIGRATION_PREFIX, pre) != 0 || len < pre + suf ||
-            strcmp(name + len - suf, MIGRATION_SUFFIX) != 0)
-            continue;
-        const char *p = name + pre;
-        long v = 0;
-        int digits = 0;
-        while (*p >= '0' && *p <= '9' && digits < 9) {
-            v = v * 10 + (*p - '0');
-            p++;
-            digits++;
-        }
-        if (digits == 0 || v == 0 || *p != '_' || (size_t)(p + 1 - name) >= len - suf) {
-            set_err(err, errlen, "bad migration name %s (want schema_pg/NNN_name.sql)", name);
-            free(m);
-            return CHAT_EIO;
-        }
-        m[count].version = (int)v;
-        m[count].asset = &chat_assets[i];
-        count++;
-    }
-    qsort(m, count, sizeof *m, migration_cmp);
-    for (size_t i = 1; i < count; i++) {
-        if (m[i].version == m[i - 1].version) {
-            set_err(err, errlen, "migrations %s and %s have the same version", m[i - 1].asset->name,
-                    m[i].asset->name);
-            free(m);
-            return CHAT_EIO;
-        }
-    }
-    if (count == 0) {
-        set_err(err, errlen, "no PostgreSQL schema migrations embedded in this binary");
-        free(m);
-        return CHAT_EIO;
-    }
-    *out = m;
-    *n = count;
-    return CHAT_OK;
-}
-
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -172,11 +108,11 @@ static chat_rc exec_sql(PGconn *c, const char *sql, const char *what, char *err,
 /* Applies the pending migrations in one transaction under the advisory lock. */
 static chat_rc migrate(pg_db *d, char *err, size_t errlen)
 {
-    struct migration *m = NULL;
+    store_migration *m = NULL;
     size_t n = 0;
     PGresult *res = NULL;
     bool in_tx = false;
-    chat_rc rc = collect_migrations(&m, &n, err, errlen);
+    chat_rc rc = store_migrations_collect(MIGRATION_PREFIX, &m, &n, err, errlen);
     if (rc != CHAT_OK)
         return rc;
 

@@ -54,7 +54,6 @@
 
 #define URL_PREFIX "sqlite://"
 #define MIGRATION_PREFIX "schema/"
-#define MIGRATION_SUFFIX ".sql"
 
 /* The session columns, in the order read_session() expects. */
 #define SESSION_COLS                                                                    \
@@ -453,40 +452,6 @@ static chat_rc tx_commit(sqlite_db *s)
 
 /* ---- argument checks ------------------------------------------------------ */
 
-static bool valid_id(const char *id)
-{
-    return id && id[0] && strlen(id) <= STORE_ID_MAX;
-}
-
-static bool valid_count(int64_t v)
-{
-    return v >= -1;
-}
-
-static bool valid_usage(const store_usage *u)
-{
-    return valid_count(u->input_tokens) && valid_count(u->output_tokens) &&
-           valid_count(u->cache_read_tokens) && valid_count(u->cache_write_tokens);
-}
-
-/* An idempotency scope: an API key id, or "" when auth is off. */
-static bool valid_scope(const char *scope)
-{
-    return scope && strlen(scope) <= STORE_ID_MAX;
-}
-
-/* now and now + ttl are valid times. */
-static bool valid_ttl(int64_t now, int64_t ttl_ms)
-{
-    return now >= 0 && ttl_ms > 0 && ttl_ms <= INT64_MAX - now;
-}
-
-/* Unknown (-1) parts count as 0 in totals. */
-static int64_t known(int64_t v)
-{
-    return v < 0 ? 0 : v;
-}
-
 /* ---- open: URL, directories, connection setup, migrations ----------------- */
 
 /*
@@ -659,70 +624,6 @@ static chat_rc configure(sqlite_db *s, bool memory, char *err, size_t errlen)
     return rc;
 }
 
-struct migration {
-    int version;
-    const struct chat_asset *asset;
-};
-
-static int migration_cmp(const void *a, const void *b)
-{
-    const struct migration *x = a, *y = b;
-    return (x->version > y->version) - (x->version < y->version);
-}
-
-/*
- * Collects the embedded "schema/NNN_name.sql" files, sorted by version. Other
- * files under schema/ (not ending in .sql) are ignored; a .sql file with a bad
- * name or a duplicate version is a build mistake and fails the open.
- */
-static chat_rc collect_migrations(struct migration **out, size_t *n, char *err, size_t errlen)
-{
-    size_t pre = strlen(MIGRATION_PREFIX), suf = strlen(MIGRATION_SUFFIX);
-    struct migration *m = chat_xcalloc(chat_assets_count ? chat_assets_count : 1, sizeof *m);
-    size_t count = 0;
-    for (size_t i = 0; i < chat_assets_count; i++) {
-        const char *name = chat_assets[i].name;
-        size_t len = strlen(name);
-        if (strncmp(name, MIGRATION_PREFIX, pre) != 0 || len < pre + suf ||
-            strcmp(name + len - suf, MIGRATION_SUFFIX) != 0)
-            continue;
-        const char *p = name + pre;
-        long v = 0;
-        int digits = 0;
-        while (*p >= '0' && *p <= '9' && digits < 9) {
-            v = v * 10 + (*p - '0');
-            p++;
-            digits++;
-        }
-        /* NNN_x.sql: digits, '_', at least one name character, ".sql". */
-        if (digits == 0 || v == 0 || *p != '_' || (size_t)(p + 1 - name) >= len - suf) {
-            set_err(err, errlen, "bad migration name %s (want schema/NNN_name.sql)", name);
-            free(m);
-            return CHAT_EIO;
-        }
-        m[count].version = (int)v;
-        m[count].asset = &chat_assets[i];
-        count++;
-    }
-    qsort(m, count, sizeof *m, migration_cmp);
-    for (size_t i = 1; i < count; i++) {
-        if (m[i].version == m[i - 1].version) {
-            set_err(err, errlen, "migrations %s and %s have the same version", m[i - 1].asset->name,
-                    m[i].asset->name);
-            free(m);
-            return CHAT_EIO;
-        }
-    }
-    if (count == 0) {
-        set_err(err, errlen, "no schema migrations embedded in this binary");
-        free(m);
-        return CHAT_EIO;
-    }
-    *out = m;
-    *n = count;
-    return CHAT_OK;
-}
-
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -733,11 +634,11 @@ static int64_t wall_ms(void)
 /* Applies the pending migrations in one BEGIN IMMEDIATE transaction. */
 static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
 {
-    struct migration *m = NULL;
+    store_migration *m = NULL;
     size_t n = 0;
     sqlite3_stmt *st = NULL;
     int src;
-    chat_rc rc = collect_migrations(&m, &n, err, errlen);
+    chat_rc rc = store_migrations_collect(MIGRATION_PREFIX, &m, &n, err, errlen);
     if (rc != CHAT_OK)
         return rc;
 
@@ -939,7 +840,7 @@ static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
 static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const char *token, int64_t now,
                            int64_t ttl_ms)
 {
-    if (!s || !valid_id(session_id) || !valid_id(token) || now < 0 || ttl_ms <= 0 ||
+    if (!s || !store_valid_id(session_id) || !store_valid_id(token) || now < 0 || ttl_ms <= 0 ||
         ttl_ms > INT64_MAX - now)
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_LOCK_ACQUIRE];
@@ -957,7 +858,7 @@ static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const c
 static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const char *token, int64_t now,
                            int64_t ttl_ms)
 {
-    if (!s || !valid_id(session_id) || !valid_id(token) || now < 0 || ttl_ms <= 0 ||
+    if (!s || !store_valid_id(session_id) || !store_valid_id(token) || now < 0 || ttl_ms <= 0 ||
         ttl_ms > INT64_MAX - now)
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_LOCK_REFRESH];
@@ -972,7 +873,7 @@ static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const c
 
 static chat_rc sqlite_lock_release(sqlite_db *s, const char *session_id, const char *token)
 {
-    if (!s || !valid_id(session_id) || !valid_id(token))
+    if (!s || !store_valid_id(session_id) || !store_valid_id(token))
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_LOCK_RELEASE];
     bind_text(s, st, 1, session_id);
@@ -1003,14 +904,14 @@ static chat_rc check_lock(sqlite_db *s, const char *session_id, const char *toke
 
 static bool valid_turn(const store_turn *t)
 {
-    return t && valid_id(t->session_id) && valid_id(t->lock_token) &&
-           (!t->owner || valid_id(t->owner)) && t->model && t->model[0] && t->user_content &&
+    return t && store_valid_id(t->session_id) && store_valid_id(t->lock_token) &&
+           (!t->owner || store_valid_id(t->owner)) && t->model && t->model[0] && t->user_content &&
            t->assistant_content && t->status &&
            (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
-           valid_count(t->user_tokens) && valid_usage(&t->usage) && t->cost_micros >= 0 &&
+           store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 &&
            t->now >= 0 &&
-           (!t->idem_key || (valid_id(t->idem_key) && valid_scope(t->idem_scope) &&
-                             valid_ttl(t->now, t->idem_ttl_ms)));
+           (!t->idem_key || (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) &&
+                             store_valid_ttl(t->now, t->idem_ttl_ms)));
 }
 
 /* Binds and runs one message insert; *id receives its row id. */
@@ -1122,10 +1023,10 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_tu
     bind_text(s, st, 1, t->session_id);
     bind_text(s, st, 2, t->session_model ? t->session_model : t->model);
     bind_i64(s, st, 3, t->now);
-    bind_i64(s, st, 4, known(t->usage.input_tokens));
-    bind_i64(s, st, 5, known(t->usage.output_tokens));
-    bind_i64(s, st, 6, known(t->usage.cache_read_tokens));
-    bind_i64(s, st, 7, known(t->usage.cache_write_tokens));
+    bind_i64(s, st, 4, store_known(t->usage.input_tokens));
+    bind_i64(s, st, 5, store_known(t->usage.output_tokens));
+    bind_i64(s, st, 6, store_known(t->usage.cache_read_tokens));
+    bind_i64(s, st, 7, store_known(t->usage.cache_write_tokens));
     bind_i64(s, st, 8, t->cost_micros);
     src = step(s, st);
     if (src == SQLITE_ROW) {
@@ -1140,10 +1041,10 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_tu
 
     st = s->st[ST_STATS_ADD_TURN];
     bind_i64(s, st, 1, created);
-    bind_i64(s, st, 2, known(t->usage.input_tokens));
-    bind_i64(s, st, 3, known(t->usage.output_tokens));
-    bind_i64(s, st, 4, known(t->usage.cache_read_tokens));
-    bind_i64(s, st, 5, known(t->usage.cache_write_tokens));
+    bind_i64(s, st, 2, store_known(t->usage.input_tokens));
+    bind_i64(s, st, 3, store_known(t->usage.output_tokens));
+    bind_i64(s, st, 4, store_known(t->usage.cache_read_tokens));
+    bind_i64(s, st, 5, store_known(t->usage.cache_write_tokens));
     bind_i64(s, st, 6, t->cost_micros);
     rc = run(s, ST_STATS_ADD_TURN);
     if (rc != CHAT_OK)
@@ -1154,10 +1055,10 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_tu
          * nothing to charge, not an error. */
         st = s->st[ST_KEY_ADD_TURN];
         bind_text(s, st, 1, t->owner);
-        bind_i64(s, st, 2, known(t->usage.input_tokens));
-        bind_i64(s, st, 3, known(t->usage.output_tokens));
-        bind_i64(s, st, 4, known(t->usage.cache_read_tokens));
-        bind_i64(s, st, 5, known(t->usage.cache_write_tokens));
+        bind_i64(s, st, 2, store_known(t->usage.input_tokens));
+        bind_i64(s, st, 3, store_known(t->usage.output_tokens));
+        bind_i64(s, st, 4, store_known(t->usage.cache_read_tokens));
+        bind_i64(s, st, 5, store_known(t->usage.cache_write_tokens));
         bind_i64(s, st, 6, t->cost_micros);
         rc = run(s, ST_KEY_ADD_TURN);
         if (rc != CHAT_OK)
@@ -1238,7 +1139,7 @@ static chat_rc sqlite_session_get(sqlite_db *s, const char *session_id, store_se
     if (!out)
         return CHAT_EINVAL;
     memset(out, 0, sizeof *out);
-    if (!s || !valid_id(session_id))
+    if (!s || !store_valid_id(session_id))
         return CHAT_EINVAL;
     return fetch_row(s, ST_SESSION_GET, session_id, read_session_row, out);
 }
@@ -1292,7 +1193,7 @@ static chat_rc delete_session(sqlite_db *s, const char *session_id, int64_t turn
 
 static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
 {
-    if (!s || !valid_id(session_id))
+    if (!s || !store_valid_id(session_id))
         return CHAT_EINVAL;
     int64_t turns = 0, messages = 0;
     chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
@@ -1311,7 +1212,7 @@ static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
 static chat_rc sqlite_session_reset(sqlite_db *s, const char *session_id, int64_t now,
                             int64_t *previous_turns)
 {
-    if (!s || !valid_id(session_id) || now < 0)
+    if (!s || !store_valid_id(session_id) || now < 0)
         return CHAT_EINVAL;
     int64_t turns = 0, messages = 0;
     chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
@@ -1343,64 +1244,6 @@ out:
 
 /* ---- listing -------------------------------------------------------------- */
 
-/*
- * Cursor: "<created_at>:<id in lowercase hex>", the key of the last row of the
- * previous page. Hex keeps it URL-safe and unambiguous whatever the id holds;
- * parsing accepts only the exact form we produce.
- */
-static char *cursor_make(int64_t created_at, const char *id)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t len = strlen(id);
-    char *h = chat_xmalloc(2 * len + 1);
-    for (size_t i = 0; i < len; i++) {
-        h[2 * i] = hex[(unsigned char)id[i] >> 4];
-        h[2 * i + 1] = hex[(unsigned char)id[i] & 15];
-    }
-    h[2 * len] = '\0';
-    char *c = chat_xasprintf("%" PRId64 ":%s", created_at, h);
-    free(h);
-    return c;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Parses a cursor into (created_at, id); id is written into idbuf (STORE_ID_MAX + 1). */
-static bool cursor_parse(const char *c, int64_t *created_at, char *idbuf)
-{
-    const char *p = c;
-    int64_t v = 0;
-    if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] != ':'))
-        return false; /* no sign, no leading zeros */
-    for (; *p >= '0' && *p <= '9'; p++) {
-        int d = *p - '0';
-        if (v > (INT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    if (*p++ != ':')
-        return false;
-    size_t len = strlen(p);
-    if (len == 0 || len % 2 != 0 || len / 2 > STORE_ID_MAX)
-        return false;
-    for (size_t i = 0; i < len / 2; i++) {
-        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-            return false;
-        idbuf[i] = (char)(hi << 4 | lo);
-    }
-    idbuf[len / 2] = '\0';
-    *created_at = v;
-    return true;
-}
-
 static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char *cursor, int limit,
                             store_session **out, size_t *n, char **next_cursor)
 {
@@ -1409,12 +1252,12 @@ static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char 
     *out = NULL;
     *n = 0;
     *next_cursor = NULL;
-    if (!s || limit < 1 || limit > 1000 || (owner && !valid_id(owner)))
+    if (!s || limit < 1 || limit > 1000 || (owner && !store_valid_id(owner)))
         return CHAT_EINVAL;
 
     int64_t after_created = 0;
     char after_id[STORE_ID_MAX + 1];
-    if (cursor && !cursor_parse(cursor, &after_created, after_id))
+    if (cursor && !store_cursor_parse(cursor, &after_created, after_id))
         return CHAT_EINVAL;
 
     enum stmt_id id = owner ? (cursor ? ST_LIST_OWNER_AFTER : ST_LIST_OWNER_FIRST)
@@ -1452,7 +1295,7 @@ static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char 
         return db_fail(s, stmt_name[id], rc);
     }
     if (more)
-        *next_cursor = cursor_make(arr[count - 1].created_at, arr[count - 1].id);
+        *next_cursor = store_cursor_make(arr[count - 1].created_at, arr[count - 1].id);
     *out = arr;
     *n = count;
     return CHAT_OK;
@@ -1485,7 +1328,7 @@ static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_
         return CHAT_EINVAL;
     *out = NULL;
     *n = 0;
-    if (!s || !valid_id(session_id))
+    if (!s || !store_valid_id(session_id))
         return CHAT_EINVAL;
 
     store_message *arr = NULL;
@@ -1666,8 +1509,8 @@ static chat_rc sqlite_idem_begin(sqlite_db *s, const char *scope, const char *ke
     if (!out)
         return CHAT_EINVAL;
     memset(out, 0, sizeof *out);
-    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(body_hash) ||
-        !valid_id(token) || (session_id && !valid_id(session_id)) || !valid_ttl(now, lease_ms))
+    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(body_hash) ||
+        !store_valid_id(token) || (session_id && !store_valid_id(session_id)) || !store_valid_ttl(now, lease_ms))
         return CHAT_EINVAL;
 
     sqlite3_stmt *st;
@@ -1732,8 +1575,8 @@ out:
 static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *key, const char *token,
                            int64_t now, int64_t lease_ms)
 {
-    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token) ||
-        !valid_ttl(now, lease_ms))
+    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(token) ||
+        !store_valid_ttl(now, lease_ms))
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_REFRESH];
     bind_text(s, st, 1, scope);
@@ -1749,8 +1592,8 @@ static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *
 static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *key, const char *token,
                           int status, const char *response, int64_t now, int64_t ttl_ms)
 {
-    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token) || status < 100 ||
-        status > 599 || !response || !valid_ttl(now, ttl_ms))
+    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(token) || status < 100 ||
+        status > 599 || !response || !store_valid_ttl(now, ttl_ms))
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_FINISH];
     bind_text(s, st, 1, scope);
@@ -1767,7 +1610,7 @@ static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *k
 
 static chat_rc sqlite_idem_abort(sqlite_db *s, const char *scope, const char *key, const char *token)
 {
-    if (!s || !valid_scope(scope) || !valid_id(key) || !valid_id(token))
+    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(token))
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_ABORT];
     bind_text(s, st, 1, scope);
@@ -1793,18 +1636,6 @@ static chat_rc sqlite_idem_expire(sqlite_db *s, int64_t now, int limit, int64_t 
 
 /* ---- API keys ------------------------------------------------------------- */
 
-/* Exactly STORE_KEY_HASH_LEN lowercase hex digits. */
-static bool valid_hash(const char *h)
-{
-    if (!h)
-        return false;
-    size_t i = 0;
-    for (; h[i]; i++)
-        if (i >= STORE_KEY_HASH_LEN || hexval(h[i]) < 0)
-            return false;
-    return i == STORE_KEY_HASH_LEN;
-}
-
 /* Fills out from a row of KEY_COLS. NULL times read as 0 ("never"). */
 static void read_key(sqlite3_stmt *st, store_key *out)
 {
@@ -1826,9 +1657,9 @@ static void read_key(sqlite3_stmt *st, store_key *out)
 
 static chat_rc sqlite_key_create(sqlite_db *s, const store_key_new *k)
 {
-    if (!s || !k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) ||
+    if (!s || !k || !store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) ||
         !k->role || (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
-        (k->rate_limit && !valid_id(k->rate_limit)) || k->now <= 0)
+        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->now <= 0)
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_KEY_CREATE];
     bind_text(s, st, 1, k->id);
@@ -1853,7 +1684,7 @@ static chat_rc sqlite_key_find_by_hash(sqlite_db *s, const char *hash, store_key
     if (!out)
         return CHAT_EINVAL;
     memset(out, 0, sizeof *out);
-    if (!s || !valid_hash(hash))
+    if (!s || !store_valid_hash(hash))
         return CHAT_EINVAL;
     return fetch_row(s, ST_KEY_BY_HASH, hash, read_key_row, out);
 }
@@ -1915,7 +1746,7 @@ static chat_rc sqlite_key_revoke(sqlite_db *s, const char *id_or_name, int64_t n
 {
     if (out)
         memset(out, 0, sizeof *out);
-    if (!s || !valid_id(id_or_name) || now <= 0)
+    if (!s || !store_valid_id(id_or_name) || now <= 0)
         return CHAT_EINVAL;
     store_key k = {0};
     int found = 0;
@@ -1960,7 +1791,7 @@ static void read_count_row(sqlite3_stmt *st, void *out)
 
 static chat_rc sqlite_key_session_count(sqlite_db *s, const char *id, int64_t *out)
 {
-    if (!s || !valid_id(id) || !out)
+    if (!s || !store_valid_id(id) || !out)
         return CHAT_EINVAL;
     *out = 0;
     return fetch_row(s, ST_KEY_SESSION_COUNT, id, read_count_row, out);
@@ -1968,7 +1799,7 @@ static chat_rc sqlite_key_session_count(sqlite_db *s, const char *id, int64_t *o
 
 static chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now)
 {
-    if (!s || !valid_id(id) || now <= 0)
+    if (!s || !store_valid_id(id) || now <= 0)
         return CHAT_EINVAL;
     /* Read first, in autocommit: a reader never waits for the write lock, so the
      * common case (touched within STORE_KEY_TOUCH_MS) costs no write at all. */
@@ -1993,24 +1824,15 @@ static chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now)
 
 /* ---- chatd import ------------------------------------------------------------ */
 
-static bool valid_message(const store_message *m)
-{
-    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) &&
-           m->content && m->status &&
-           (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) &&
-           m->seq > 0 && valid_count(m->tokens) && valid_usage(&m->usage) && m->cost_micros >= 0 &&
-           m->created_at >= 0;
-}
-
 static chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
                                      size_t n)
 {
-    if (!s || !ss || !valid_id(ss->id) || (ss->owner && !valid_id(ss->owner)) || (n > 0 && !msgs) ||
+    if (!s || !ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) || (n > 0 && !msgs) ||
         ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 ||
         ss->created_at < 0 || ss->updated_at < 0)
         return CHAT_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (!valid_message(&msgs[i]))
+        if (!store_valid_message(&msgs[i]))
             return CHAT_EINVAL;
 
     chat_rc rc = tx_begin(s, ST_BEGIN_WRITE);
@@ -2025,10 +1847,10 @@ static chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, cons
     bind_i64(s, st, 6, ss->updated_at);
     bind_i64(s, st, 7, ss->turn_count);
     bind_i64(s, st, 8, ss->message_count);
-    bind_i64(s, st, 9, known(ss->usage.input_tokens));
-    bind_i64(s, st, 10, known(ss->usage.output_tokens));
-    bind_i64(s, st, 11, known(ss->usage.cache_read_tokens));
-    bind_i64(s, st, 12, known(ss->usage.cache_write_tokens));
+    bind_i64(s, st, 9, store_known(ss->usage.input_tokens));
+    bind_i64(s, st, 10, store_known(ss->usage.output_tokens));
+    bind_i64(s, st, 11, store_known(ss->usage.cache_read_tokens));
+    bind_i64(s, st, 12, store_known(ss->usage.cache_write_tokens));
     bind_i64(s, st, 13, ss->cost_micros);
     rc = run(s, ST_SESSION_IMPORT);
     if (rc != CHAT_OK)
@@ -2061,10 +1883,10 @@ static chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, cons
     st = s->st[ST_STATS_IMPORT];
     bind_i64(s, st, 1, (int64_t)n);
     bind_i64(s, st, 2, ss->turn_count);
-    bind_i64(s, st, 3, known(ss->usage.input_tokens));
-    bind_i64(s, st, 4, known(ss->usage.output_tokens));
-    bind_i64(s, st, 5, known(ss->usage.cache_read_tokens));
-    bind_i64(s, st, 6, known(ss->usage.cache_write_tokens));
+    bind_i64(s, st, 3, store_known(ss->usage.input_tokens));
+    bind_i64(s, st, 4, store_known(ss->usage.output_tokens));
+    bind_i64(s, st, 5, store_known(ss->usage.cache_read_tokens));
+    bind_i64(s, st, 6, store_known(ss->usage.cache_write_tokens));
     bind_i64(s, st, 7, ss->cost_micros);
     rc = run(s, ST_STATS_IMPORT);
     if (rc != CHAT_OK)
@@ -2078,9 +1900,9 @@ out:
 
 static chat_rc sqlite_key_import(sqlite_db *s, const store_key *k)
 {
-    if (!s || !k || !valid_id(k->id) || !valid_id(k->name) || !valid_hash(k->hash) || !k->role ||
+    if (!s || !k || !store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) || !k->role ||
         (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
-        (k->rate_limit && !valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
+        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
         k->last_used_at < 0 || k->turn_count < 0 || k->cost_micros < 0)
         return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_KEY_IMPORT];
@@ -2095,10 +1917,10 @@ static chat_rc sqlite_key_import(sqlite_db *s, const store_key *k)
     if (k->last_used_at > 0)
         bind_i64(s, st, 8, k->last_used_at);
     bind_i64(s, st, 9, k->turn_count);
-    bind_i64(s, st, 10, known(k->usage.input_tokens));
-    bind_i64(s, st, 11, known(k->usage.output_tokens));
-    bind_i64(s, st, 12, known(k->usage.cache_read_tokens));
-    bind_i64(s, st, 13, known(k->usage.cache_write_tokens));
+    bind_i64(s, st, 10, store_known(k->usage.input_tokens));
+    bind_i64(s, st, 11, store_known(k->usage.output_tokens));
+    bind_i64(s, st, 12, store_known(k->usage.cache_read_tokens));
+    bind_i64(s, st, 13, store_known(k->usage.cache_write_tokens));
     bind_i64(s, st, 14, k->cost_micros);
     chat_rc rc = run(s, ST_KEY_IMPORT);
     if (rc != CHAT_OK)

@@ -1,0 +1,178 @@
+/*
+ * backend.c: what the SQLite and PostgreSQL backends share (see backend.h):
+ * argument checks, the session cursor format, and the migration list.
+ */
+#include "store/backend.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/assets.h"
+
+bool store_valid_id(const char *id)
+{
+    return id && id[0] && strlen(id) <= STORE_ID_MAX;
+}
+
+bool store_valid_count(int64_t v)
+{
+    return v >= -1;
+}
+
+bool store_valid_usage(const store_usage *u)
+{
+    return store_valid_count(u->input_tokens) && store_valid_count(u->output_tokens) &&
+           store_valid_count(u->cache_read_tokens) && store_valid_count(u->cache_write_tokens);
+}
+
+bool store_valid_scope(const char *scope)
+{
+    return scope && strlen(scope) <= STORE_ID_MAX;
+}
+
+bool store_valid_ttl(int64_t now, int64_t ttl_ms)
+{
+    return now >= 0 && ttl_ms > 0 && ttl_ms <= INT64_MAX - now;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+bool store_valid_hash(const char *h)
+{
+    if (!h)
+        return false;
+    size_t i = 0;
+    for (; h[i]; i++)
+        if (i >= STORE_KEY_HASH_LEN || hexval(h[i]) < 0)
+            return false;
+    return i == STORE_KEY_HASH_LEN;
+}
+
+bool store_valid_message(const store_message *m)
+{
+    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content &&
+           m->status && (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) &&
+           m->seq > 0 && store_valid_count(m->tokens) && store_valid_usage(&m->usage) && m->cost_micros >= 0 &&
+           m->created_at >= 0;
+}
+
+int64_t store_known(int64_t v)
+{
+    return v < 0 ? 0 : v;
+}
+
+char *store_cursor_make(int64_t created_at, const char *id)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t len = strlen(id);
+    char *h = chat_xmalloc(2 * len + 1);
+    for (size_t i = 0; i < len; i++) {
+        h[2 * i] = hex[(unsigned char)id[i] >> 4];
+        h[2 * i + 1] = hex[(unsigned char)id[i] & 15];
+    }
+    h[2 * len] = '\0';
+    char *c = chat_xasprintf("%" PRId64 ":%s", created_at, h);
+    free(h);
+    return c;
+}
+
+bool store_cursor_parse(const char *c, int64_t *created_at, char *idbuf)
+{
+    const char *p = c;
+    int64_t v = 0;
+    if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] != ':'))
+        return false; /* no sign, no leading zeros */
+    for (; *p >= '0' && *p <= '9'; p++) {
+        int d = *p - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (*p++ != ':')
+        return false;
+    size_t len = strlen(p);
+    if (len == 0 || len % 2 != 0 || len / 2 > STORE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+            return false;
+        idbuf[i] = (char)(hi << 4 | lo);
+    }
+    idbuf[len / 2] = '\0';
+    *created_at = v;
+    return true;
+}
+
+static int migration_cmp(const void *a, const void *b)
+{
+    const store_migration *x = a, *y = b;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+chat_rc store_migrations_collect(const char *prefix, store_migration **out, size_t *n, char *err, size_t errlen)
+{
+    static const char suffix[] = ".sql";
+    size_t pre = strlen(prefix), suf = strlen(suffix);
+    store_migration *m = chat_xcalloc(chat_assets_count ? chat_assets_count : 1, sizeof *m);
+    size_t count = 0;
+    const char *why = NULL;
+    for (size_t i = 0; i < chat_assets_count; i++) {
+        const char *name = chat_assets[i].name;
+        size_t len = strlen(name);
+        /* Other files under the prefix (not ending in .sql) are ignored. */
+        if (strncmp(name, prefix, pre) != 0 || len < pre + suf || strcmp(name + len - suf, suffix) != 0)
+            continue;
+        const char *p = name + pre;
+        long v = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 9) {
+            v = v * 10 + (*p - '0');
+            p++;
+            digits++;
+        }
+        /* NNN_x.sql: digits, '_', at least one name character, ".sql". */
+        if (digits == 0 || v == 0 || *p != '_' || (size_t)(p + 1 - name) >= len - suf) {
+            if (err && errlen > 0)
+                snprintf(err, errlen, "bad migration name %s (want %sNNN_name.sql)", name, prefix);
+            why = "bad name";
+            break;
+        }
+        m[count].version = (int)v;
+        m[count].asset = &chat_assets[i];
+        count++;
+    }
+    if (!why) {
+        qsort(m, count, sizeof *m, migration_cmp);
+        for (size_t i = 1; i < count && !why; i++) {
+            if (m[i].version == m[i - 1].version) {
+                if (err && errlen > 0)
+                    snprintf(err, errlen, "migrations %s and %s have the same version", m[i - 1].asset->name,
+                             m[i].asset->name);
+                why = "duplicate";
+            }
+        }
+    }
+    if (!why && count == 0) {
+        if (err && errlen > 0)
+            snprintf(err, errlen, "no %s*.sql schema migrations embedded in this binary", prefix);
+        why = "none";
+    }
+    if (why) {
+        free(m);
+        return CHAT_EIO;
+    }
+    *out = m;
+    *n = count;
+    return CHAT_OK;
+}
