@@ -691,6 +691,7 @@ enum {
     M_RATE_LIMITED,
     M_TURNS_CANCELLED,
     M_TURNS,
+    M_DB_UNAVAILABLE,
     M_REDIS_FALLBACK,
     M_COUNT
 };
@@ -739,6 +740,10 @@ static const metrics_desc chatd_metrics[M_COUNT] = {
                            "Turns cancelled before they finished, by reason.", {"reason"}, 8, NULL, 0},
     [M_TURNS] = {METRICS_COUNTER, "chatd_turns_total",
                  "Conversation turns ended, by outcome (ok, error, cancelled).", {"outcome"}, 8, NULL, 0},
+    [M_DB_UNAVAILABLE] = {METRICS_COUNTER, "chatd_db_unavailable_total",
+                          "Database operations that failed because the database was unreachable, or every "
+                          "pooled connection stayed busy past DATABASE_QUEUE_TIMEOUT, by operation.",
+                          {"op"}, 64, NULL, 0},
     [M_REDIS_FALLBACK] = {METRICS_COUNTER, "chatd_ratelimit_redis_fallback_total",
                           "Rate-limit checks and debits served by the local limiter because Redis was "
                           "unreachable, too slow or failing.",
@@ -904,6 +909,13 @@ void metrics_db_operation(const char *op, double seconds)
     chatd_metrics_state *s = state();
     if (s)
         metrics_histogram_observe(child1(s->fam[M_DB_DURATION], op), seconds);
+}
+
+void metrics_db_unavailable(const char *op)
+{
+    chatd_metrics_state *s = state();
+    if (s)
+        metrics_counter_add(child1(s->fam[M_DB_UNAVAILABLE], op), 1);
 }
 
 void metrics_rate_limited(metrics_rl_kind kind)

@@ -220,6 +220,10 @@ void metrics_active_streams_add(int64_t delta);
  * static name (e.g. "turn_commit", "history_load"). */
 void metrics_db_operation(const char *op, double seconds);
 
+/* chatd_db_unavailable_total{op} += 1: an operation failed with CHAT_EUNAVAIL
+ * (database unreachable, or no pooled connection within the queue timeout). */
+void metrics_db_unavailable(const char *op);
+
 /* chatd_rate_limited_total{kind} += 1 (one request refused). */
 void metrics_rate_limited(metrics_rl_kind kind);
 

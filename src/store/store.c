@@ -163,6 +163,8 @@ void store_op_complete(store_op *op)
     store *s = op->owner_store;
     s->pending--;
     metrics_db_operation(store_op_name(op->kind), (double)(chat_mono_us() - op->submitted_mono_us) / 1e6);
+    if (op->rc == CHAT_EUNAVAIL)
+        metrics_db_unavailable(store_op_name(op->kind));
     if (op->cb)
         op->cb(op, op->ud);
     store_op_free(op);

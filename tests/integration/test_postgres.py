@@ -320,3 +320,11 @@ def test_pool_exhaustion_is_503_after_the_queue_timeout(pg_db, chatd, pg_server)
     assert not t.is_alive()
     assert stuck["r"].status_code in (200, 503), stuck["r"].text
     assert srv.client.get("/v1/sessions", headers=h).status_code == 200
+    # Each refused request was counted, under the operation that waited.
+    admin = create_key(pg_db, "pool-admin", role="admin")
+    metrics = srv.client.get("/metrics", headers=_auth(admin["secret"]))
+    assert metrics.status_code == 200
+    from prometheus_client.parser import text_string_to_metric_families
+    unavailable = {s.labels["op"]: s.value for fam in text_string_to_metric_families(metrics.text)
+                   if fam.name == "chatd_db_unavailable" for s in fam.samples if s.name.endswith("_total")}
+    assert unavailable.get("key_find", 0) >= 3, unavailable
