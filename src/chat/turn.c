@@ -80,7 +80,7 @@ struct turn {
     bool called;                /* a provider call was started */
     bool op_pending;            /* one of this turn's store operations is in flight */
     bool detached;              /* the consumer is gone: op's callback ends the turn, no sink call */
-    bool aborting;              /* shutdown: op's callback ends the turn with a 503 */
+    bool committing;            /* the op in flight is the turn's commit */
     bool locked;                /* the turn lock is ours (session turns) */
     bool see_all;
     turn_truncation truncation;
@@ -493,13 +493,8 @@ static void on_lease_renewed(store_op *op, void *ud)
 {
     turn *t = ud;
     t->op_pending = false;
-    if (t->detached || t->aborting) {
-        finish_cancelled(t, t->detached ? "client_disconnected" : "shutdown");
-        if (!t->detached) {
-            turn_error err;
-            shutdown_error(&err);
-            t->sink->on_error(t->ud, &err);
-        }
+    if (t->detached) {
+        finish_cancelled(t, "client_disconnected");
         turn_free(t);
         return;
     }
@@ -646,6 +641,7 @@ static void on_llm_done(void *ud, const llm_result *res)
         return;
     }
     t->op_pending = true;
+    t->committing = true;
     submit_commit(t, res->text ? res->text : "", "complete", res->stop_reason, &res->usage, t->cost_micros, true,
                   on_committed, t);
 }
@@ -719,15 +715,6 @@ static bool load_interrupted(turn *t)
     t->op_pending = false;
     if (t->detached) {
         release_lock(t);
-        turn_free(t);
-        return true;
-    }
-    if (t->aborting) {
-        turn_error err;
-        shutdown_error(&err);
-        metrics_turn(METRICS_TURN_CANCELLED);
-        release_lock(t);
-        t->sink->on_error(t->ud, &err);
         turn_free(t);
         return true;
     }
@@ -1064,9 +1051,18 @@ void turn_abort_all(chat_worker *w)
     while (t) {
         turn *next = t->next;
         if (t->op_pending) {
-            /* A load or a lease renewal ends with a 503 when its operation
-             * answers; a commit in flight completes normally. */
-            t->aborting = true;
+            if (!t->committing) {
+                /* A load or a lease renewal waiting on the store: answer now;
+                 * the operation's callback gives back what it took. */
+                turn_error err;
+                shutdown_error(&err);
+                metrics_turn_cancelled(METRICS_CANCEL_SHUTDOWN);
+                metrics_turn(METRICS_TURN_CANCELLED);
+                t->sink->on_error(t->ud, &err);
+                t->detached = true;
+                unlink_turn(t);
+            }
+            /* A commit in flight completes normally (and answers). */
             t = next;
             continue;
         }

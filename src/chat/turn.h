@@ -123,9 +123,9 @@ void turn_cancel(turn *t);
 
 /* Cancels every running turn of w (graceful shutdown after the drain deadline):
  * each gets on_error (503 "server shutting down") and then ends as by
- * turn_cancel. A turn waiting on the store ends so when the store answers
- * (a commit in flight completes normally): keep the loop running until
- * w->turns is empty. */
+ * turn_cancel (a turn whose load waits on the store is answered at once and
+ * detached: the operation's callback cleans up). A commit in flight completes
+ * normally and answers: keep the loop running until w->turns is empty. */
 void turn_abort_all(chat_worker *w);
 
 /* Maps a provider outcome to the client-facing error (the table in docs/API.md). */
