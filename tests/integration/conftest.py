@@ -139,6 +139,25 @@ def _reset_fake(fake):
 # -------------------------------------------------------------------------- chatd
 
 
+# CHATD_TEST_BACKEND=postgres runs every server of the suite on PostgreSQL
+# (one throwaway cluster for the session, a fresh database per server) instead
+# of a fresh SQLite file; tests that name their own DATABASE_URL keep it.
+_PG_CLUSTER = None
+
+
+def _default_database_url(db_path):
+    global _PG_CLUSTER
+    if os.environ.get("CHATD_TEST_BACKEND", "sqlite") != "postgres":
+        return "sqlite:///" + db_path  # sqlite:////abs/path
+    if _PG_CLUSTER is None:
+        import atexit
+
+        from pgfixtures import PgServer
+        _PG_CLUSTER = PgServer()
+        atexit.register(_PG_CLUSTER.close)
+    return _PG_CLUSTER.url_for(_PG_CLUSTER.create_db())
+
+
 class ChatdServer:
     """One chatd process (restartable on the same database)."""
 
@@ -149,7 +168,7 @@ class ChatdServer:
             "PATH": "/usr/bin:/bin",
             "ANTHROPIC_API_KEY": API_KEY,
             "ANTHROPIC_BASE_URL": fake_url,
-            "DATABASE_URL": "sqlite:///" + self.db_path,  # sqlite:////abs/path
+            "DATABASE_URL": None,
             "PORT": "0",
             "HOST": "127.0.0.1",
             "WORKERS": "2",
@@ -168,6 +187,8 @@ class ChatdServer:
                 env.pop(k, None)
             else:
                 env[k] = str(v)
+        if env.get("DATABASE_URL") is None:
+            env["DATABASE_URL"] = _default_database_url(self.db_path)
         self.env = env
         self.proc = None
         self.client = None

@@ -254,9 +254,10 @@ def test_keys_created_before_start_work(fake, chatd):
     """A key made with the CLI on a database the server has not opened yet."""
     tmp = tempfile.mkdtemp(prefix="chatd-keys-")
     db = os.path.join(tmp, "chatd.db")
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite:///" + db}
+    url = conftest._default_database_url(db)  # the suite's backend (SQLite file, or a PostgreSQL database)
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": url}
     kid, secret = create_key(env, "early", "admin")
-    s = ChatdServer(fake.url, {"AUTH_MODE": "keys"}, tmpdir=tmp)
+    s = ChatdServer(fake.url, {"AUTH_MODE": "keys", "DATABASE_URL": url}, tmpdir=tmp)
     chatd.servers.append(s)
     assert s.db_path == db
     r = s.client.get("/v1/stats", headers=bearer(secret))
