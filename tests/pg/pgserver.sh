@@ -12,6 +12,9 @@
 # PGSERVER_DURABLE=1 (for start and restart) keeps PostgreSQL's default
 # durability instead (fsync, synchronous_commit, full_page_writes on), as a
 # production server has it: the benchmark measures with it.
+# PGSERVER_STOP_MODE=immediate (for stop) kills every backend at once, as a
+# crash would, instead of the default fast shutdown (which ends sessions one by
+# one, so a lock holder may go first and let a waiter finish).
 set -euo pipefail
 cmd=${1:?usage: pgserver.sh start|stop|restart|url DIR [PORT]}
 dir=${2:?usage: pgserver.sh start|stop|restart|url DIR [PORT]}
@@ -52,7 +55,7 @@ start() {
 
 stop() {
   [ -f "$dir/data/postmaster.pid" ] || return 0
-  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+  as_pg "$bin/pg_ctl" -D "$dir/data" -m "${PGSERVER_STOP_MODE:-fast}" -w -t 30 stop >/dev/null
 }
 
 case "$cmd" in

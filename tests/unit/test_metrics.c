@@ -738,6 +738,7 @@ static void test_chatd_metrics(void **state)
         {"chatd_rate_limited_total", "counter"},
         {"chatd_turns_cancelled_total", "counter"},
         {"chatd_turns_total", "counter"},
+        {"chatd_db_unavailable_total", "counter"},
         {"chatd_ratelimit_redis_fallback_total", "counter"},
     };
     assert_int_equal(p.nf, sizeof want / sizeof want[0]);
