@@ -183,13 +183,8 @@ void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor 
     if (atomic_load(&w->app->stopping)) {
         turn_error err = {.status = 503, .type = "server_shutting_down", .retry_after_s = 1};
         snprintf(err.message, sizeof err.message, "chatd is shutting down; retry on another instance");
-        if (p->idem_key && p->session_id) {
-            store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
-            op->in.scope = store_op_str(op, p->idem_scope ? p->idem_scope : "");
-            op->in.key = store_op_str(op, p->idem_key);
-            op->in.token = store_op_str(op, p->request_id);
-            store_submit(w->db, op, NULL, NULL);
-        }
+        if (p->idem_key && p->session_id)
+            turn_release_idempotency(w, p->idem_scope, p->idem_key, p->request_id);
         rnd->error(c, &err);
         ctx_free(c);
         return;

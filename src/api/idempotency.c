@@ -45,6 +45,7 @@ static bool valid_key(const char *k)
 /* A request waiting for its idempotency record. */
 typedef struct idem_job {
     http_req *r;
+    chat_worker *w;
     api_flavor f;
     idem_cb cb;
     void *ud;
@@ -84,14 +85,8 @@ static void on_begun(store_op *op, void *ud)
     http_req *r = j->r;
     idem_decision d = IDEM_ANSWERED;
     if (http_req_gone(r)) {
-        if (op->rc == CHAT_OK && op->out.idem.outcome == STORE_IDEM_NEW) {
-            /* Nobody will run it: let a retry start afresh. */
-            store_op *abort_op = store_op_new(STORE_OP_IDEM_ABORT);
-            abort_op->in.scope = store_op_str(abort_op, op->in.scope);
-            abort_op->in.key = store_op_str(abort_op, op->in.key);
-            abort_op->in.token = store_op_str(abort_op, op->in.token);
-            store_submit(op->owner_store, abort_op, NULL, NULL);
-        }
+        if (op->rc == CHAT_OK && op->out.idem.outcome == STORE_IDEM_NEW) /* nobody will run it */
+            turn_release_idempotency(j->w, op->in.scope, op->in.key, op->in.token);
     } else if (op->rc != CHAT_OK) {
         api_db_error(r, j->f, op->rc);
     } else {
@@ -123,6 +118,7 @@ void api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char
     http_req_log_set(r, "idempotency_key", json_string(key));
     idem_job *j = chat_xcalloc(1, sizeof *j);
     j->r = r;
+    j->w = w;
     j->f = f;
     j->cb = cb;
     j->ud = ud;

@@ -222,21 +222,40 @@ static void client_address(http_req *r, chat_worker *w, char *out, size_t outlen
 }
 
 /*
- * RATE_LIMIT and TOKEN_LIMIT for chat routes. With the local limiter the checks
- * are immediate; with REDIS_URL they are asynchronous (the request waits on
- * the loop for Redis, which answers or fails open within its deadline), so a
- * limit_job carries the request to its handler.
+ * A request between dispatch and its handler while an asynchronous step runs:
+ * its API key's look-up in the store, or its rate-limit checks in Redis. The
+ * job holds the request and owns copies of the route's parameters.
  */
-typedef struct limit_job {
+typedef struct route_job {
     http_req *r;
     chat_worker *w;
     const route *rt;
     char *params[MAX_PARAMS + 1];   /* owned copies */
+    /* rate limits through Redis */
     char key[160];
     ratelimit_spec own;
     bool has_own;
     redis_limit_req *pending;       /* the check in flight, NULL between checks */
-} limit_job;
+} route_job;
+
+static route_job *job_new(http_req *r, chat_worker *w, const route *rt, char **params)
+{
+    route_job *j = chat_xcalloc(1, sizeof *j);
+    j->r = r;
+    j->w = w;
+    j->rt = rt;
+    for (int k = 0; params[k]; k++)
+        j->params[k] = chat_xstrdup(params[k]);
+    http_req_hold(r);
+    return j;
+}
+
+/*
+ * RATE_LIMIT and TOKEN_LIMIT for chat routes. With the local limiter the checks
+ * are immediate; with REDIS_URL they are asynchronous (the request waits on
+ * the loop for Redis, which answers or fails open within its deadline), in a
+ * route_job.
+ */
 
 static void limit_key(http_req *r, chat_worker *w, const auth_identity *id, char *key, size_t keylen)
 {
@@ -274,7 +293,7 @@ static bool tokens_verdict(http_req *r, const route *rt, const ratelimit_result 
     return false;
 }
 
-static void job_free(limit_job *j)
+static void job_free(route_job *j)
 {
     for (int k = 0; j->params[k]; k++)
         free(j->params[k]);
@@ -284,14 +303,14 @@ static void job_free(limit_job *j)
 
 static void job_client_gone(void *ud)
 {
-    limit_job *j = ud;
+    route_job *j = ud;
     redis_limit_cancel(j->pending);
     job_free(j);
 }
 
 static void job_on_tokens(void *ud, const ratelimit_result *res)
 {
-    limit_job *j = ud;
+    route_job *j = ud;
     j->pending = NULL;
     http_req_on_close(j->r, NULL, NULL); /* the handler may install its own */
     if (tokens_verdict(j->r, j->rt, res))
@@ -301,7 +320,7 @@ static void job_on_tokens(void *ud, const ratelimit_result *res)
 
 static void job_on_requests(void *ud, const ratelimit_result *res)
 {
-    limit_job *j = ud;
+    route_job *j = ud;
     j->pending = NULL;
     if (!requests_verdict(j->r, j->rt, res)) {
         http_req_on_close(j->r, NULL, NULL);
@@ -331,18 +350,12 @@ static void limit_then_run(http_req *r, chat_worker *w, const route *rt, const a
             rt->handler(r, w, params);
         return;
     }
-    limit_job *j = chat_xcalloc(1, sizeof *j);
-    j->r = r;
-    j->w = w;
-    j->rt = rt;
-    for (int k = 0; params[k]; k++)
-        j->params[k] = chat_xstrdup(params[k]);
+    route_job *j = job_new(r, w, rt, params);
     snprintf(j->key, sizeof j->key, "%s", key);
     if (spec) {
         j->own = own;
         j->has_own = true;
     }
-    http_req_hold(r);
     http_req_on_close(r, job_client_gone, j);
     j->pending = redis_limit_check(w->redis, RATELIMIT_REQUESTS, j->key, j->has_own ? &j->own : NULL,
                                    job_on_requests, j);
@@ -383,17 +396,9 @@ static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_
         rt->handler(r, w, params);
 }
 
-/* A request waiting for its API key's look-up in the store. */
-typedef struct auth_job {
-    http_req *r;
-    chat_worker *w;
-    const route *rt;
-    char *params[MAX_PARAMS + 1]; /* owned copies */
-} auth_job;
-
 static void on_key_found(store_op *op, void *ud)
 {
-    auth_job *j = ud;
+    route_job *j = ud;
     http_req *r = j->r;
     if (!http_req_gone(r)) {
         auth_identity *id = http_req_data(r);
@@ -410,10 +415,7 @@ static void on_key_found(store_op *op, void *ud)
         else
             refuse(r, j->rt, ar);
     }
-    for (int k = 0; j->params[k]; k++)
-        free(j->params[k]);
-    http_req_release(r);
-    free(j);
+    job_free(j);
 }
 
 /* Authenticates the request for rt, then runs it (at once, or when the key store answered). */
@@ -435,13 +437,7 @@ static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, 
         refuse(r, rt, ar);
         return;
     }
-    auth_job *j = chat_xcalloc(1, sizeof *j);
-    j->r = r;
-    j->w = w;
-    j->rt = rt;
-    for (int k = 0; params[k]; k++)
-        j->params[k] = chat_xstrdup(params[k]);
-    http_req_hold(r);
+    route_job *j = job_new(r, w, rt, params);
     store_op *op = store_op_new(STORE_OP_KEY_FIND_BY_HASH);
     op->in.hash = store_op_str(op, hash);
     store_submit(w->db, op, on_key_found, j);

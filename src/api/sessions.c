@@ -14,6 +14,7 @@
 #include "core/util.h"
 
 #define SEED_LIST_CAP 100000 /* /sessions has no pagination in the template: bound it */
+#define SEED_LIST_PAGE 1000  /* read in pages of the store's largest listing */
 
 
 static json_t *time_json(int64_t ms)
@@ -113,23 +114,28 @@ static void submit(sjob *j, store_op *op, store_op_cb cb)
     store_submit(j->w->db, op, cb, j);
 }
 
+/* One page of the caller's sessions after cursor (NULL: the first page). */
+static void submit_list(sjob *j, const char *cursor, int limit)
+{
+    store_op *op = store_op_new(STORE_OP_SESSIONS_LIST);
+    op->in.owner = store_op_str(op, api_owner_filter(j->r));
+    op->in.limit = limit;
+    op->in.cursor = cursor && *cursor ? store_op_str(op, cursor) : NULL;
+    submit(j, op, on_action);
+}
+
 /* Starts the job: the visibility check for session actions, the action itself otherwise. */
 static void start(sjob *j)
 {
     store_op *op;
     switch (j->act) {
     case ACT_SEED_LIST:
-    case ACT_V1_LIST: {
-        op = store_op_new(STORE_OP_SESSIONS_LIST);
-        op->in.owner = store_op_str(op, api_owner_filter(j->r));
-        op->in.limit = j->act == ACT_V1_LIST ? (int)j->limit : 1000;
-        const char *cursor = j->act == ACT_V1_LIST ? http_req_query(j->r, "cursor") : NULL;
-        op->in.cursor = cursor && *cursor ? store_op_str(op, cursor) : NULL;
-        if (j->act == ACT_SEED_LIST)
-            j->acc = json_array();
-        submit(j, op, on_action);
+        j->acc = json_array();
+        submit_list(j, NULL, SEED_LIST_PAGE);
         return;
-    }
+    case ACT_V1_LIST:
+        submit_list(j, http_req_query(j->r, "cursor"), (int)j->limit);
+        return;
     case ACT_SEED_STATS:
     case ACT_V1_STATS:
         submit(j, store_op_new(STORE_OP_STATS_GET), on_action);
@@ -250,11 +256,7 @@ static bool seed_list_page(sjob *j, store_op *op)
                                                 (json_int_t)ss->turn_count, "created_at", ts));
     }
     if (op->out.next_cursor && json_array_size(j->acc) < SEED_LIST_CAP) {
-        store_op *next = store_op_new(STORE_OP_SESSIONS_LIST);
-        next->in.owner = store_op_str(next, api_owner_filter(j->r));
-        next->in.limit = 1000;
-        next->in.cursor = store_op_str(next, op->out.next_cursor);
-        submit(j, next, on_action);
+        submit_list(j, op->out.next_cursor, SEED_LIST_PAGE);
         return false;
     }
     /* The template lists sessions oldest first (dict order); the store gives newest first. */

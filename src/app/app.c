@@ -170,8 +170,12 @@ static void *worker_main(void *arg)
         goto fail;
     }
     {
-        /* The instance's DATABASE_POOL_SIZE, shared out among the workers (at least one each). */
-        int share = (cfg->database_pool_size + w->app->nworkers - 1) / w->app->nworkers;
+        /* The instance's DATABASE_POOL_SIZE, shared out among the workers
+         * (each needs at least one, so fewer connections than workers is rounded up). */
+        int n = w->app->nworkers;
+        int share = cfg->database_pool_size / n + (w->index < cfg->database_pool_size % n ? 1 : 0);
+        if (share < 1)
+            share = 1;
         if (store_attach(w->db, w->base, share, cfg->database_queue_timeout_ms) != CHAT_OK) {
             snprintf(w->startup_error, sizeof w->startup_error, "cannot start the database pool");
             goto fail;
@@ -207,10 +211,10 @@ static void *worker_main(void *arg)
 
     /* Turns still linked here were never started on the wire (loop exited): end them. */
     turn_abort_all(w);
-    /* Store operations still in flight (turns waiting on the store, clean-up
-     * writes) end now, while the requests their callbacks answer still exist. */
+    /* Store operations still in flight (commits of the turns left above,
+     * clean-up writes) end now, while the requests their callbacks answer
+     * still exist; a commit that ends so answers and frees its turn. */
     store_detach(w->db);
-    turn_abort_all(w);
     /* From here the main thread must not wake this worker: its events go away. */
     pthread_mutex_lock(&w->app->wake_lock);
     atomic_store(&w->ready, 2);

@@ -311,25 +311,27 @@ static void submit_commit(turn *t, const char *text, const char *status, const c
     store_submit(t->w->db, op, cb, ud);
 }
 
+void turn_release_idempotency(chat_worker *w, const char *scope, const char *key, const char *token)
+{
+    store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
+    op->in.scope = store_op_str(op, scope ? scope : "");
+    op->in.key = store_op_str(op, key);
+    op->in.token = store_op_str(op, token);
+    store_submit(w->db, op, NULL, NULL);
+}
+
 /* Nothing was committed: releases the lock and, when set, the idempotency
  * record (a retry with the same Idempotency-Key may run again). Fire and forget. */
 static void submit_release(chat_worker *w, const char *session_id, const char *token, const char *idem_scope,
                            const char *idem_key)
 {
-    if (idem_key) {
-        store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
-        op->in.scope = store_op_str(op, idem_scope ? idem_scope : "");
-        op->in.key = store_op_str(op, idem_key);
-        op->in.token = store_op_str(op, token);
-        store_submit(w->db, op, NULL, NULL);
-    }
+    if (idem_key)
+        turn_release_idempotency(w, idem_scope, idem_key, token);
     store_op *op = store_op_new(STORE_OP_LOCK_RELEASE);
     op->in.session_id = store_op_str(op, session_id);
     op->in.token = store_op_str(op, token);
     store_submit(w->db, op, NULL, NULL);
 }
-
-static void submit_release_idem_only(turn *t);
 
 /* The turn ends without a commit: gives back the lock and the idempotency
  * record (a record begun by the API layer is released even before the lock
@@ -341,7 +343,7 @@ static void release_lock(turn *t)
     if (t->locked)
         submit_release(t->w, t->session_id, t->lock_token, t->idem_scope, t->idem_key);
     else if (t->idem_key)
-        submit_release_idem_only(t);
+        turn_release_idempotency(t->w, t->idem_scope, t->idem_key, t->lock_token);
     t->locked = false;
     free(t->idem_key);
     t->idem_key = NULL;
@@ -358,15 +360,6 @@ static void on_partial_committed(store_op *op, void *ud)
     submit_release(ud, st->session_id, st->lock_token, NULL, NULL);
 }
 
-static void submit_release_idem_only(turn *t)
-{
-    store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
-    op->in.scope = store_op_str(op, t->idem_scope ? t->idem_scope : "");
-    op->in.key = store_op_str(op, t->idem_key);
-    op->in.token = store_op_str(op, t->lock_token);
-    store_submit(t->w->db, op, NULL, NULL);
-}
-
 /* Ends a turn whose call is gone without reaching on_done: keep or drop what arrived. */
 static void finish_cancelled(turn *t, const char *why)
 {
@@ -375,7 +368,7 @@ static void finish_cancelled(turn *t, const char *why)
         /* The client never got a result: its Idempotency-Key must not replay
          * this partial reply, so the record is released, not completed. */
         if (t->idem_key) {
-            submit_release_idem_only(t);
+            turn_release_idempotency(t->w, t->idem_scope, t->idem_key, t->lock_token);
             free(t->idem_key);
             t->idem_key = NULL;
         }
@@ -529,6 +522,33 @@ static void observe_call(const turn *t, const llm_result *res)
                    res->usage.cache_write_tokens);
 }
 
+/* The turn succeeded (committed, or ephemeral: res is all zero): tells the
+ * sink, unless it left, and frees the turn. */
+static void finish_done(turn *t, const char *text, size_t text_len, const char *stop_reason,
+                        const store_turn_result *res)
+{
+    metrics_cost_microdollars(t->cost_micros);
+    metrics_turn(METRICS_TURN_OK);
+    turn_result out = {
+        .session_id = t->session_id,
+        .model = t->current->name,
+        .cost_micros = t->cost_micros,
+        .text = text,
+        .text_len = text_len,
+        .stop_reason = stop_reason,
+        .usage = t->usage,
+        .message_id = res->assistant_message_id,
+        .turn_count = res->turn_count,
+        .created_at = t->committed_at,
+        .attempts = t->attempts,
+        .truncated_turns = t->truncated_turns,
+        .provider_ms = t->provider_ms,
+    };
+    if (!t->detached)
+        t->sink->on_done(t->ud, &out);
+    turn_free(t);
+}
+
 /* The commit of a finished turn answered. */
 static void on_committed(store_op *op, void *ud)
 {
@@ -548,50 +568,8 @@ static void on_committed(store_op *op, void *ud)
         return;
     }
     t->locked = false; /* the commit released it */
-    metrics_cost_microdollars(t->cost_micros);
-    metrics_turn(METRICS_TURN_OK);
     const store_turn *st = &op->in.turn;
-    turn_result out = {
-        .session_id = t->session_id,
-        .model = t->current->name,
-        .cost_micros = t->cost_micros,
-        .text = st->assistant_content,
-        .text_len = strlen(st->assistant_content),
-        .stop_reason = st->stop_reason,
-        .usage = t->usage,
-        .message_id = op->out.turn.assistant_message_id,
-        .turn_count = op->out.turn.turn_count,
-        .created_at = t->committed_at,
-        .attempts = t->attempts,
-        .truncated_turns = t->truncated_turns,
-        .provider_ms = t->provider_ms,
-    };
-    if (!t->detached)
-        t->sink->on_done(t->ud, &out);
-    turn_free(t);
-}
-
-/* An ephemeral turn has nothing to commit: it is done. */
-static void done_ephemeral(turn *t, const llm_result *res)
-{
-    t->committed_at = chat_now_ms();
-    metrics_cost_microdollars(t->cost_micros);
-    metrics_turn(METRICS_TURN_OK);
-    turn_result out = {
-        .session_id = t->session_id,
-        .model = t->current->name,
-        .cost_micros = t->cost_micros,
-        .text = res->text ? res->text : "",
-        .text_len = res->text ? res->text_len : 0,
-        .stop_reason = res->stop_reason,
-        .usage = t->usage,
-        .created_at = t->committed_at,
-        .attempts = t->attempts,
-        .truncated_turns = t->truncated_turns,
-        .provider_ms = t->provider_ms,
-    };
-    t->sink->on_done(t->ud, &out);
-    turn_free(t);
+    finish_done(t, st->assistant_content, strlen(st->assistant_content), st->stop_reason, &op->out.turn);
 }
 
 static void on_llm_done(void *ud, const llm_result *res)
@@ -637,7 +615,9 @@ static void on_llm_done(void *ud, const llm_result *res)
     t->attempts = res->attempts;
     t->provider_ms = res->duration_ms;
     if (t->ephemeral) {
-        done_ephemeral(t, res);
+        t->committed_at = chat_now_ms();
+        store_turn_result none = {0};
+        finish_done(t, res->text ? res->text : "", res->text ? res->text_len : 0, res->stop_reason, &none);
         return;
     }
     t->op_pending = true;
@@ -999,13 +979,8 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     return t;
 
 fail:
-    if (p->idem_key && p->session_id) {
-        store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
-        op->in.scope = store_op_str(op, p->idem_scope ? p->idem_scope : "");
-        op->in.key = store_op_str(op, p->idem_key);
-        op->in.token = store_op_str(op, p->request_id);
-        store_submit(w->db, op, NULL, NULL);
-    }
+    if (p->idem_key && p->session_id)
+        turn_release_idempotency(w, p->idem_scope, p->idem_key, p->request_id);
     return NULL;
 }
 

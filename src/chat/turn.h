@@ -128,6 +128,10 @@ void turn_cancel(turn *t);
  * normally and answers: keep the loop running until w->turns is empty. */
 void turn_abort_all(chat_worker *w);
 
+/* Gives back a running Idempotency-Key record owned by token (nothing will
+ * complete it: a retry may run the request again). Fire and forget. */
+void turn_release_idempotency(chat_worker *w, const char *scope, const char *key, const char *token);
+
 /* Maps a provider outcome to the client-facing error (the table in docs/API.md). */
 void turn_map_llm_error(const llm_result *res, turn_error *err);
 

@@ -130,7 +130,7 @@ static const struct setting settings[] = {
     {"DATABASE_URL", K_DB_URL, FIELD(database_url), "sqlite:///./data/chatd.db", 0, 0, 0, "Storage",
      "URL", "sqlite:///path/to/file.db or postgres://user:pass@host/db."},
     {"DATABASE_POOL_SIZE", K_INT, FIELD(database_pool_size), "8", 1, 1000, 0, NULL, "N",
-     "PostgreSQL: connections per instance (shared out among the workers), 1..1000."},
+     "PostgreSQL: connections per instance, shared out among the workers (at least one each)."},
     {"DATABASE_QUEUE_TIMEOUT", K_DURATION, FIELD(database_queue_timeout_ms), "2s", 1, DURATION_MAX, 0, NULL,
      "DUR", "PostgreSQL: longest wait for a free connection; then the request gets 503."},
 
