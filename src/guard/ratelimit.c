@@ -42,11 +42,8 @@
 
 #define NSHARDS 64
 #define SHARD_BITS 6
-#define MAX_WINDOW_MS 3600000
 /* Lowest balance in units: about -1e18, far from INT64_MIN even after a maximal debit. */
 #define LEVEL_FLOOR (-1000000000000000000LL)
-/* Key buffer: the verbatim prefix, '#', 16 hex digits, NUL. */
-#define KEYBUF (RATELIMIT_MAX_KEY + 18)
 #define RESERVE_ATTEMPTS 16
 
 typedef struct bucket {
@@ -160,10 +157,10 @@ out:
     return rc;
 }
 
-static bool spec_valid(const ratelimit_spec *s)
+bool ratelimit_spec_valid(const ratelimit_spec *s)
 {
-    return s->count == 0 ||
-           (s->count >= 1 && s->count <= RATELIMIT_MAX_COUNT && s->window_ms >= 1 && s->window_ms <= MAX_WINDOW_MS);
+    return s->count == 0 || (s->count >= 1 && s->count <= RATELIMIT_MAX_COUNT && s->window_ms >= 1 &&
+                             s->window_ms <= RATELIMIT_MAX_WINDOW_MS);
 }
 
 /* ---- bucket arithmetic ------------------------------------------------------- */
@@ -259,22 +256,29 @@ static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
     return h;
 }
 
-/* The stored form of key in out (KEYBUF bytes) and its hash (kind mixed in). */
-static uint64_t normalise_key(const char *key, ratelimit_kind kind, char *out)
+size_t ratelimit_key_normalise(const char *key, char out[RATELIMIT_KEYBUF])
 {
     if (!key)
         key = "";
     size_t len = strlen(key);
     if (len <= RATELIMIT_MAX_KEY) {
         memcpy(out, key, len + 1);
-    } else {
-        uint64_t whole = fnv1a(key, len, 0xcbf29ce484222325ULL);
-        memcpy(out, key, RATELIMIT_MAX_KEY);
-        snprintf(out + RATELIMIT_MAX_KEY, KEYBUF - RATELIMIT_MAX_KEY, "#%016llx", (unsigned long long)whole);
+        return len;
     }
+    uint64_t whole = fnv1a(key, len, 0xcbf29ce484222325ULL);
+    memcpy(out, key, RATELIMIT_MAX_KEY);
+    int n = snprintf(out + RATELIMIT_MAX_KEY, RATELIMIT_KEYBUF - RATELIMIT_MAX_KEY, "#%016llx",
+                     (unsigned long long)whole);
+    return RATELIMIT_MAX_KEY + (size_t)n;
+}
+
+/* The stored form of key in out and its hash (kind mixed in). */
+static uint64_t normalise_key(const char *key, ratelimit_kind kind, char out[RATELIMIT_KEYBUF])
+{
+    size_t len = ratelimit_key_normalise(key, out);
     unsigned char k = (unsigned char)kind;
     uint64_t h = fnv1a((const char *)&k, 1, 0xcbf29ce484222325ULL);
-    h = fnv1a(out, strlen(out), h);
+    h = fnv1a(out, len, h);
     /* Final mix so that the top bits (the shard) depend on every byte. */
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;
@@ -486,10 +490,10 @@ static bool reserve(ratelimit *rl, int64_t now)
 
 ratelimit *ratelimit_new(const ratelimit_config *cfg)
 {
-    assert(cfg->max_buckets >= 1 && spec_valid(&cfg->requests) && spec_valid(&cfg->tokens));
+    assert(cfg->max_buckets >= 1 && ratelimit_spec_valid(&cfg->requests) && ratelimit_spec_valid(&cfg->tokens));
     ratelimit *rl = chat_xcalloc(1, sizeof *rl);
-    rl->defaults[RATELIMIT_REQUESTS] = spec_valid(&cfg->requests) ? cfg->requests : (ratelimit_spec){0, 0};
-    rl->defaults[RATELIMIT_TOKENS] = spec_valid(&cfg->tokens) ? cfg->tokens : (ratelimit_spec){0, 0};
+    rl->defaults[RATELIMIT_REQUESTS] = ratelimit_spec_valid(&cfg->requests) ? cfg->requests : (ratelimit_spec){0, 0};
+    rl->defaults[RATELIMIT_TOKENS] = ratelimit_spec_valid(&cfg->tokens) ? cfg->tokens : (ratelimit_spec){0, 0};
     rl->max_buckets = cfg->max_buckets ? cfg->max_buckets : 1;
     atomic_init(&rl->count, 0);
     atomic_init(&rl->evict_start, 0);
@@ -540,8 +544,8 @@ static const ratelimit_spec *effective(const ratelimit *rl, ratelimit_kind kind,
         return NULL;
     if (!spec)
         spec = &rl->defaults[kind];
-    assert(spec_valid(spec));
-    return spec->count > 0 && spec_valid(spec) ? spec : NULL;
+    assert(ratelimit_spec_valid(spec));
+    return spec->count > 0 && ratelimit_spec_valid(spec) ? spec : NULL;
 }
 
 typedef enum { OP_CHECK, OP_DEBIT } op_kind;
@@ -574,7 +578,7 @@ static void check_full(const ratelimit_spec *spec, ratelimit_kind kind, ratelimi
 static void run(ratelimit *rl, op_kind op, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
                 int64_t amount, int64_t now, ratelimit_result *out)
 {
-    char k[KEYBUF];
+    char k[RATELIMIT_KEYBUF];
     uint64_t h = normalise_key(key, kind, k);
     shard *s = &rl->shards[h >> (64 - SHARD_BITS)];
 

@@ -51,12 +51,27 @@
 
 #define RATELIMIT_MAX_COUNT 1000000000   /* largest N in "N/unit" */
 #define RATELIMIT_MAX_KEY 200            /* key bytes stored verbatim */
+#define RATELIMIT_MAX_WINDOW_MS 3600000  /* longest window a spec may have */
+/* A normalised key with its NUL: the verbatim prefix, '#', 16 hex digits. */
+#define RATELIMIT_KEYBUF (RATELIMIT_MAX_KEY + 18)
 
 /* A limit: count tokens per window_ms. count == 0 means "off" (no limit). */
 typedef struct ratelimit_spec {
     int64_t count;      /* 0 (off) or 1..RATELIMIT_MAX_COUNT */
     int64_t window_ms;  /* 1000, 60000 or 3600000 from the parser; any 1..3600000 is accepted */
 } ratelimit_spec;
+
+/* True for a spec this module accepts: off, or count and window_ms in range. */
+bool ratelimit_spec_valid(const ratelimit_spec *s);
+
+/*
+ * The form a key is stored under (here and in Redis, see redis_limit.h): key
+ * itself when at most RATELIMIT_MAX_KEY bytes, else its first
+ * RATELIMIT_MAX_KEY bytes, '#' and 16 hex digits of a hash of the whole key,
+ * so that the stored form is bounded and distinct keys stay distinct. NULL is
+ * the empty key. Writes it into out with its NUL and returns its length.
+ */
+size_t ratelimit_key_normalise(const char *key, char out[RATELIMIT_KEYBUF]);
 
 /*
  * Parses "N/second", "N/minute", "N/hour" (N a decimal integer

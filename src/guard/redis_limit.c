@@ -56,12 +56,9 @@
 #include "core/metrics.h"
 #include "core/util.h"
 
-#define MAX_WINDOW_MS 3600000
-/* Normalised key: the verbatim prefix, '#', 16 hex digits, NUL (as ratelimit.c). */
-#define KEYBUF (RATELIMIT_MAX_KEY + 18)
 #define KEY_PREFIX "chatd:rl:"
-/* "chatd:rl:" + "requests:" + normalised key. */
-#define RKEYBUF (sizeof KEY_PREFIX + sizeof "requests:" + KEYBUF)
+/* "chatd:rl:" + "requests:" + the key as ratelimit_key_normalise writes it. */
+#define RKEYBUF (sizeof KEY_PREFIX + sizeof "requests:" + RATELIMIT_KEYBUF)
 #define RESOLVE_POLL_MS 5
 #define DETAIL_MAX 160
 
@@ -370,21 +367,6 @@ out:
 
 /* ---- small helpers -------------------------------------------------------------- */
 
-static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
-static bool spec_valid(const ratelimit_spec *s)
-{
-    return s->count == 0 ||
-           (s->count >= 1 && s->count <= RATELIMIT_MAX_COUNT && s->window_ms >= 1 && s->window_ms <= MAX_WINDOW_MS);
-}
-
 static void add_ms(struct event *ev, int64_t ms)
 {
     struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
@@ -514,28 +496,17 @@ static redis_limit_req *new_req(redis_limit *rl, ratelimit_kind kind, const char
         return req;
     }
     const ratelimit_spec *s = spec ? spec : kind == RATELIMIT_REQUESTS ? &rl->cfg.requests : &rl->cfg.tokens;
-    assert(spec_valid(s));
-    if (s->count <= 0 || !spec_valid(s))
+    assert(ratelimit_spec_valid(s));
+    if (s->count <= 0 || !ratelimit_spec_valid(s))
         req->off = true;
     else
         req->eff = *s;
 
-    if (!key)
-        key = "";
     int n = snprintf(req->rkey, sizeof req->rkey, KEY_PREFIX "%s:",
                      kind == RATELIMIT_REQUESTS ? "requests" : "tokens");
     req->key_off = (size_t)n;
-    size_t len = strlen(key);
-    char *k = req->rkey + req->key_off;
-    if (len <= RATELIMIT_MAX_KEY) {
-        memcpy(k, key, len + 1);
-    } else {
-        /* Cut, with a hash of the whole key: bounded, and distinct keys stay distinct. */
-        uint64_t whole = fnv1a(key, len, 0xcbf29ce484222325ULL);
-        memcpy(k, key, RATELIMIT_MAX_KEY);
-        snprintf(k + RATELIMIT_MAX_KEY, KEYBUF - RATELIMIT_MAX_KEY, "#%016llx", (unsigned long long)whole);
-    }
-    req->rkey_len = req->key_off + strlen(k);
+    /* The same stored form as the local limiter's: bounded, distinct keys stay distinct. */
+    req->rkey_len = req->key_off + ratelimit_key_normalise(key, req->rkey + req->key_off);
     return req;
 }
 
@@ -869,14 +840,14 @@ static void on_stall(evutil_socket_t fd, short what, void *arg)
 
 redis_limit *redis_limit_new(struct event_base *base, const redis_limit_config *cfg, ratelimit *local)
 {
-    assert(spec_valid(&cfg->requests) && spec_valid(&cfg->tokens));
+    assert(ratelimit_spec_valid(&cfg->requests) && ratelimit_spec_valid(&cfg->tokens));
     redis_limit *rl = chat_xcalloc(1, sizeof *rl);
     rl->base = base;
     rl->cfg = *cfg;
     rl->local = local;
-    if (!spec_valid(&rl->cfg.requests))
+    if (!ratelimit_spec_valid(&rl->cfg.requests))
         rl->cfg.requests = (ratelimit_spec){0, 0};
-    if (!spec_valid(&rl->cfg.tokens))
+    if (!ratelimit_spec_valid(&rl->cfg.tokens))
         rl->cfg.tokens = (ratelimit_spec){0, 0};
     if (rl->cfg.deadline_ms < 1)
         rl->cfg.deadline_ms = 1;

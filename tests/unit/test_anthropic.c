@@ -18,6 +18,8 @@
 #include "llm/provider.h"
 #include "llm/sse.h"
 
+#include "llm_test_util.h"
+
 static const llm_provider *prov(void)
 {
     static llm_provider p = {
@@ -308,41 +310,10 @@ static void test_cache_limit_with_caller_markers(void **state)
 
 /* ---- replies ---- */
 
-typedef struct sink {
-    char text[4096];
-    size_t len;
-    int pieces;
-    int stop_after; /* return nonzero after this many pieces (0 = never) */
-} sink;
-
-static int sink_emit(void *ud, const char *t, size_t n)
-{
-    sink *s = ud;
-    assert_true(s->len + n < sizeof s->text);
-    memcpy(s->text + s->len, t, n);
-    s->len += n;
-    s->text[s->len] = '\0';
-    s->pieces++;
-    return s->stop_after && s->pieces >= s->stop_after;
-}
-
-static int feed_event(void *ud, const char *type, size_t tl, const char *data, size_t dl)
-{
-    (void)tl;
-    llm_parse *st = ud;
-    return llm_anthropic_ops.on_sse_event(st, type, data, dl);
-}
-
-/* Feeds bytes through the real SSE parser in pieces of `step` bytes. */
+/* The sink and the SSE feeder are in llm_test_util.h (shared with the other provider suite). */
 static chat_rc feed_stream(llm_parse *st, const char *bytes, size_t step)
 {
-    sse_parser *p = sse_new(65536, 65536, feed_event, st);
-    size_t n = strlen(bytes);
-    chat_rc rc = CHAT_OK;
-    for (size_t i = 0; i < n && rc == CHAT_OK; i += step)
-        rc = sse_feed(p, bytes + i, n - i < step ? n - i : step);
-    sse_free(p);
-    return rc;
+    return llm_test_feed(&llm_anthropic_ops, st, bytes, step);
 }
 
 /* A6 fixture, verbatim. */
