@@ -5,7 +5,6 @@
 #include "chat/models.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/util.h"
 
 #define MAX_MODELS 256
 #define MAX_PROVIDERS 32
@@ -37,18 +37,6 @@ struct model_table {
     size_t n_models;
     const chat_model *dflt;
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static provider_entry *provider_find(model_table *t, const char *name)
 {
@@ -103,7 +91,7 @@ static bool price_of(json_t *obj, const char *key, int64_t *out, char *err, size
         return true;
     }
     if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1e6) {
-        set_err(err, errlen, "model %s: price.%s must be a number of dollars per million tokens", model, key);
+        chat_set_err(err, errlen, "model %s: price.%s must be a number of dollars per million tokens", model, key);
         return false;
     }
     *out = (int64_t)llround(json_number_value(v) * 1e6);
@@ -117,7 +105,7 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
     if (!obj)
         return true;
     if (!json_is_object(obj)) {
-        set_err(err, errlen, "%s: \"providers\" must be an object", src);
+        chat_set_err(err, errlen, "%s: \"providers\" must be an object", src);
         return false;
     }
     json_object_foreach(obj, name, p) {
@@ -125,16 +113,16 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
         const char *url = json_string_value(json_object_get(p, "base_url"));
         const char *key_env = json_string_value(json_object_get(p, "api_key_env"));
         if (!json_is_object(p) || !type || !url || (strcmp(type, "openai") && strcmp(type, "anthropic"))) {
-            set_err(err, errlen, "%s: provider %s needs \"type\" (openai|anthropic) and \"base_url\"", src, name);
+            chat_set_err(err, errlen, "%s: provider %s needs \"type\" (openai|anthropic) and \"base_url\"", src, name);
             return false;
         }
         if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8)) {
-            set_err(err, errlen, "%s: provider %s: base_url must start with http:// or https://", src, name);
+            chat_set_err(err, errlen, "%s: provider %s: base_url must start with http:// or https://", src, name);
             return false;
         }
         provider_entry *e = provider_add(t, name);
         if (!e) {
-            set_err(err, errlen, "%s: too many providers (max %d)", src, MAX_PROVIDERS);
+            chat_set_err(err, errlen, "%s: too many providers (max %d)", src, MAX_PROVIDERS);
             return false;
         }
         e->kind = strcmp(type, "openai") == 0 ? LLM_PROVIDER_OPENAI : LLM_PROVIDER_ANTHROPIC;
@@ -148,7 +136,7 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
         e->version = chat_xstrdup(json_string_value(json_object_get(p, "version")) ?: "2023-06-01");
         const char *mtf = json_string_value(json_object_get(p, "max_tokens_field"));
         if (mtf && strcmp(mtf, "max_tokens") && strcmp(mtf, "max_completion_tokens")) {
-            set_err(err, errlen, "%s: provider %s: max_tokens_field must be max_tokens or max_completion_tokens",
+            chat_set_err(err, errlen, "%s: provider %s: max_tokens_field must be max_tokens or max_completion_tokens",
                     src, name);
             return false;
         }
@@ -166,14 +154,14 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
     if (!arr)
         return true;
     if (!json_is_array(arr)) {
-        set_err(err, errlen, "%s: \"models\" must be an array", src);
+        chat_set_err(err, errlen, "%s: \"models\" must be an array", src);
         return false;
     }
     json_array_foreach(arr, i, m) {
         const char *name = json_string_value(json_object_get(m, "name"));
         const char *prov = json_string_value(json_object_get(m, "provider"));
         if (!json_is_object(m) || !name || !*name || !prov) {
-            set_err(err, errlen, "%s: models[%zu] needs \"name\" and \"provider\"", src, i);
+            chat_set_err(err, errlen, "%s: models[%zu] needs \"name\" and \"provider\"", src, i);
             return false;
         }
         chat_model *cm = (chat_model *)models_find(t, name);
@@ -181,7 +169,7 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
             model_clear(cm);
         } else {
             if (t->n_models == MAX_MODELS) {
-                set_err(err, errlen, "%s: too many models (max %d)", src, MAX_MODELS);
+                chat_set_err(err, errlen, "%s: too many models (max %d)", src, MAX_MODELS);
                 return false;
             }
             cm = &t->models[t->n_models++];
@@ -193,7 +181,7 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
         json_t *cmin = json_object_get(m, "cache_min_tokens");
         if (!json_is_integer(cw) || json_integer_value(cw) < 1 || !json_is_integer(mo) ||
             json_integer_value(mo) < 1 || (cmin && !json_is_integer(cmin))) {
-            set_err(err, errlen, "%s: model %s needs integer \"context_window\" and \"max_output\" >= 1", src, name);
+            chat_set_err(err, errlen, "%s: model %s needs integer \"context_window\" and \"max_output\" >= 1", src, name);
             return false;
         }
         cm->context_window = json_integer_value(cw);
@@ -201,7 +189,7 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
         cm->cache_min_tokens = cmin ? json_integer_value(cmin) : 0;
         json_t *price = json_object_get(m, "price");
         if (price && !json_is_object(price)) {
-            set_err(err, errlen, "%s: model %s: \"price\" must be an object", src, name);
+            chat_set_err(err, errlen, "%s: model %s: \"price\" must be an object", src, name);
             return false;
         }
         if (!price_of(price, "input", &cm->price.input, err, errlen, name) ||
@@ -211,7 +199,7 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
             return false;
         json_t *fb = json_object_get(m, "fallbacks");
         if (fb && (!json_is_array(fb) || json_array_size(fb) > MAX_FALLBACKS)) {
-            set_err(err, errlen, "%s: model %s: \"fallbacks\" must be an array of at most %d names", src, name,
+            chat_set_err(err, errlen, "%s: model %s: \"fallbacks\" must be an array of at most %d names", src, name,
                     MAX_FALLBACKS);
             return false;
         }
@@ -221,7 +209,7 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
             json_t *f;
             json_array_foreach(fb, k, f) {
                 if (!json_is_string(f)) {
-                    set_err(err, errlen, "%s: model %s: fallbacks must be model names", src, name);
+                    chat_set_err(err, errlen, "%s: model %s: fallbacks must be model names", src, name);
                     return false;
                 }
                 cm->fallbacks[cm->n_fallbacks++] = chat_xstrdup(json_string_value(f));
@@ -234,7 +222,7 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
 static bool load_doc(model_table *t, json_t *doc, const char *src, char *err, size_t errlen)
 {
     if (!json_is_object(doc)) {
-        set_err(err, errlen, "%s: the models table must be a JSON object", src);
+        chat_set_err(err, errlen, "%s: the models table must be a JSON object", src);
         return false;
     }
     return load_providers(t, json_object_get(doc, "providers"), src, err, errlen) &&
@@ -267,12 +255,12 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
 
     const struct chat_asset *builtin = chat_asset_find("config/models.json");
     if (!builtin) {
-        set_err(err, errlen, "the built-in models table is missing from this binary");
+        chat_set_err(err, errlen, "the built-in models table is missing from this binary");
         goto fail;
     }
     doc = json_loadb((const char *)builtin->data, builtin->len, 0, &jerr);
     if (!doc) {
-        set_err(err, errlen, "built-in models table: %s (line %d)", jerr.text, jerr.line);
+        chat_set_err(err, errlen, "built-in models table: %s (line %d)", jerr.text, jerr.line);
         goto fail;
     }
     if (!load_doc(t, doc, "built-in models table", err, errlen))
@@ -283,7 +271,7 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
     if (cfg->models_file && *cfg->models_file) {
         doc = json_load_file(cfg->models_file, 0, &jerr);
         if (!doc) {
-            set_err(err, errlen, "MODELS_FILE %s: %s (line %d)", cfg->models_file, jerr.text, jerr.line);
+            chat_set_err(err, errlen, "MODELS_FILE %s: %s (line %d)", cfg->models_file, jerr.text, jerr.line);
             goto fail;
         }
         if (!load_doc(t, doc, cfg->models_file, err, errlen))
@@ -297,12 +285,12 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
         chat_model *m = &t->models[i];
         provider_entry *p = provider_find(t, m->provider_name);
         if (!p) {
-            set_err(err, errlen, "model %s names an unknown provider %s", m->name, m->provider_name);
+            chat_set_err(err, errlen, "model %s names an unknown provider %s", m->name, m->provider_name);
             goto fail;
         }
         for (size_t k = 0; k < m->n_fallbacks; k++)
             if (!models_find(t, m->fallbacks[k]) || strcmp(m->fallbacks[k], m->name) == 0) {
-                set_err(err, errlen, "model %s: fallback %s is not another model of the table", m->name,
+                chat_set_err(err, errlen, "model %s: fallback %s is not another model of the table", m->name,
                         m->fallbacks[k]);
                 goto fail;
             }
@@ -328,7 +316,7 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
     }
     t->dflt = models_find(t, cfg->chat_model);
     if (!t->dflt) {
-        set_err(err, errlen, "CHAT_MODEL %s is not in the models table (add it with MODELS_FILE)", cfg->chat_model);
+        chat_set_err(err, errlen, "CHAT_MODEL %s is not in the models table (add it with MODELS_FILE)", cfg->chat_model);
         goto fail;
     }
     *out = t;

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "core/util.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -105,4 +106,15 @@ bool chat_valid_id(const char *s)
             return false;
     }
     return n > 0;
+}
+
+void chat_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    err[strcspn(err, "\n")] = '\0';
 }

@@ -9,6 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Writes a printf-formatted message into err (when err is non-NULL and errlen
+ * > 0), cut at its first newline: the "one-line reason" of every
+ * `char *err, size_t errlen` parameter in chatd. */
+void chat_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Wall clock, ms since the Unix epoch. */
 int64_t chat_now_ms(void);
 

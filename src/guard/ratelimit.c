@@ -31,7 +31,6 @@
 
 #include <assert.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +38,7 @@
 #include <strings.h>
 
 #include "core/alloc.h"
+#include "core/util.h"
 
 #define NSHARDS 64
 #define SHARD_BITS 6
@@ -82,17 +82,6 @@ struct ratelimit {
 
 /* ---- limit specs ------------------------------------------------------------- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 #define SPEC_EXPECTED "expected N/second, N/minute, N/hour or off"
 
 chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, size_t errlen)
@@ -106,7 +95,7 @@ chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, s
     if (err && errlen)
         err[0] = '\0';
     if (!text || !*text) {
-        set_err(err, errlen, "empty rate limit (%s)", SPEC_EXPECTED);
+        chat_set_err(err, errlen, "empty rate limit (%s)", SPEC_EXPECTED);
         goto out;
     }
     if (strcasecmp(text, "off") == 0) {
@@ -115,17 +104,17 @@ chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, s
     }
     const char *slash = strchr(text, '/');
     if (!slash) {
-        set_err(err, errlen, "\"%.64s\" has no /unit (%s)", text, SPEC_EXPECTED);
+        chat_set_err(err, errlen, "\"%.64s\" has no /unit (%s)", text, SPEC_EXPECTED);
         goto out;
     }
     if (slash == text) {
-        set_err(err, errlen, "\"%.64s\" has no count before '/' (%s)", text, SPEC_EXPECTED);
+        chat_set_err(err, errlen, "\"%.64s\" has no count before '/' (%s)", text, SPEC_EXPECTED);
         goto out;
     }
     int64_t n = 0;
     for (const char *p = text; p < slash; p++) {
         if (*p < '0' || *p > '9') {
-            set_err(err, errlen, "count in \"%.64s\" is not a plain decimal integer (%s)", text, SPEC_EXPECTED);
+            chat_set_err(err, errlen, "count in \"%.64s\" is not a plain decimal integer (%s)", text, SPEC_EXPECTED);
             goto out;
         }
         if (n > RATELIMIT_MAX_COUNT) /* keep going only to report bad characters first */
@@ -133,15 +122,15 @@ chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, s
         n = n * 10 + (*p - '0');
     }
     if (text[0] == '0' && slash - text > 1) {
-        set_err(err, errlen, "count in \"%.64s\" has a leading zero", text);
+        chat_set_err(err, errlen, "count in \"%.64s\" has a leading zero", text);
         goto out;
     }
     if (n == 0) {
-        set_err(err, errlen, "count in \"%.64s\" must be at least 1 (use \"off\" to disable the limit)", text);
+        chat_set_err(err, errlen, "count in \"%.64s\" must be at least 1 (use \"off\" to disable the limit)", text);
         goto out;
     }
     if (n > RATELIMIT_MAX_COUNT) {
-        set_err(err, errlen, "count in \"%.64s\" is above %d", text, RATELIMIT_MAX_COUNT);
+        chat_set_err(err, errlen, "count in \"%.64s\" is above %d", text, RATELIMIT_MAX_COUNT);
         goto out;
     }
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
@@ -151,7 +140,7 @@ chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, s
             rc = CHAT_OK;
             goto out;
         }
-    set_err(err, errlen, "unknown unit \"%.32s\" in \"%.64s\" (expected second, minute or hour)", slash + 1,
+    chat_set_err(err, errlen, "unknown unit \"%.32s\" in \"%.64s\" (expected second, minute or hour)", slash + 1,
             text);
 out:
     return rc;

@@ -208,17 +208,6 @@ void redis_limit_config_init(redis_limit_config *cfg)
     cfg->max_inflight = 1024;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')
@@ -282,21 +271,21 @@ chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *er
         err[0] = '\0';
 
     if (!url || !*url) {
-        set_err(err, errlen, "empty Redis URL (expected redis://[[user]:password@]host[:port][/db])");
+        chat_set_err(err, errlen, "empty Redis URL (expected redis://[[user]:password@]host[:port][/db])");
         goto out;
     }
     if (strlen(url) > REDIS_LIMIT_MAX_URL) {
-        set_err(err, errlen, "Redis URL longer than %d bytes", REDIS_LIMIT_MAX_URL);
+        chat_set_err(err, errlen, "Redis URL longer than %d bytes", REDIS_LIMIT_MAX_URL);
         goto out;
     }
     if (strncasecmp(url, "redis://", 8) != 0) {
-        set_err(err, errlen, "Redis URL must start with redis:// (rediss:// and unix sockets are not supported)");
+        chat_set_err(err, errlen, "Redis URL must start with redis:// (rediss:// and unix sockets are not supported)");
         goto out;
     }
     const char *p = url + 8;
     const char *end = p + strcspn(p, "/?#");
     if (*end == '?' || *end == '#') {
-        set_err(err, errlen, "Redis URL options (?...) and fragments are not supported");
+        chat_set_err(err, errlen, "Redis URL options (?...) and fragments are not supported");
         goto out;
     }
     const char *at = memrchr(p, '@', (size_t)(end - p));
@@ -304,12 +293,12 @@ chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *er
         const char *colon = memchr(p, ':', (size_t)(at - p));
         const char *pass = colon ? colon + 1 : p;
         if (colon && !pct_decode(p, (size_t)(colon - p), c->username, sizeof c->username)) {
-            set_err(err, errlen, "Redis URL: bad or too long user name (at most %d bytes, %%-encoded)",
+            chat_set_err(err, errlen, "Redis URL: bad or too long user name (at most %d bytes, %%-encoded)",
                     REDIS_LIMIT_MAX_USER);
             goto out;
         }
         if (!pct_decode(pass, (size_t)(at - pass), c->password, sizeof c->password)) {
-            set_err(err, errlen, "Redis URL: bad or too long password (at most %d bytes, %%-encoded)",
+            chat_set_err(err, errlen, "Redis URL: bad or too long password (at most %d bytes, %%-encoded)",
                     REDIS_LIMIT_MAX_PASS);
             goto out;
         }
@@ -320,13 +309,13 @@ chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *er
         host = p + 1;
         host_end = memchr(host, ']', (size_t)(end - host));
         if (!host_end) {
-            set_err(err, errlen, "Redis URL: '[' without ']' around an IPv6 address");
+            chat_set_err(err, errlen, "Redis URL: '[' without ']' around an IPv6 address");
             goto out;
         }
         after = host_end + 1;
         for (const char *q = host; q < host_end; q++)
             if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.') {
-                set_err(err, errlen, "Redis URL: bad IPv6 address");
+                chat_set_err(err, errlen, "Redis URL: bad IPv6 address");
                 goto out;
             }
     } else {
@@ -336,25 +325,25 @@ chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *er
         after = host_end;
         for (const char *q = host; q < host_end; q++)
             if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_') {
-                set_err(err, errlen, "Redis URL: bad character in host name (IPv6 addresses go in brackets)");
+                chat_set_err(err, errlen, "Redis URL: bad character in host name (IPv6 addresses go in brackets)");
                 goto out;
             }
     }
     size_t hlen = (size_t)(host_end - host);
     if (hlen == 0 || hlen > REDIS_LIMIT_MAX_HOST) {
-        set_err(err, errlen, "Redis URL: host name empty or longer than %d bytes", REDIS_LIMIT_MAX_HOST);
+        chat_set_err(err, errlen, "Redis URL: host name empty or longer than %d bytes", REDIS_LIMIT_MAX_HOST);
         goto out;
     }
     memcpy(c->host, host, hlen);
     c->host[hlen] = '\0';
     if (after < end) {
         if (*after != ':' || !parse_u16(after + 1, (size_t)(end - after - 1), &c->port) || c->port == 0) {
-            set_err(err, errlen, "Redis URL: port must be a number 1..65535");
+            chat_set_err(err, errlen, "Redis URL: port must be a number 1..65535");
             goto out;
         }
     }
     if (*end == '/' && end[1] && !parse_u16(end + 1, strlen(end + 1), &c->db)) {
-        set_err(err, errlen, "Redis URL: database must be a number 0..65535 after the '/'");
+        chat_set_err(err, errlen, "Redis URL: database must be a number 0..65535 after the '/'");
         goto out;
     }
     *cfg = *c;

@@ -11,13 +11,13 @@
 #define _GNU_SOURCE
 #include "http/cors.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "core/alloc.h"
+#include "core/util.h"
 
 struct cors_policy {
     bool enabled;
@@ -32,17 +32,6 @@ struct cors_policy {
 static const char *const allowed_headers[] = {"Content-Type", "Authorization", "X-Request-Id", "Idempotency-Key",
                                               "X-Session-Id"};
 #define N_ALLOWED_HEADERS (sizeof allowed_headers / sizeof allowed_headers[0])
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static bool is_alpha(char c)
 {
@@ -68,18 +57,18 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
 {
     size_t i = 0, o = 0;
     if (len > CORS_MAX_ORIGIN_LEN) {
-        set_err(why, why_len, "longer than %d bytes", CORS_MAX_ORIGIN_LEN);
+        chat_set_err(why, why_len, "longer than %d bytes", CORS_MAX_ORIGIN_LEN);
         return false;
     }
     /* scheme */
     if (!is_alpha(s[0])) {
-        set_err(why, why_len, "must start with a scheme such as https://");
+        chat_set_err(why, why_len, "must start with a scheme such as https://");
         return false;
     }
     while (i < len && (is_alpha(s[i]) || is_digit(s[i]) || s[i] == '+' || s[i] == '-' || s[i] == '.'))
         out[o++] = lower(s[i++]);
     if (len - i < 3 || memcmp(s + i, "://", 3) != 0) {
-        set_err(why, why_len, "must be scheme://host[:port]");
+        chat_set_err(why, why_len, "must be scheme://host[:port]");
         return false;
     }
     char scheme[CORS_MAX_ORIGIN_LEN + 1];
@@ -96,7 +85,7 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
                            s[i] == '.'))
             out[o++] = lower(s[i++]);
         if (i >= len || s[i] != ']' || i == host_start + 1) {
-            set_err(why, why_len, "has a malformed IPv6 literal");
+            chat_set_err(why, why_len, "has a malformed IPv6 literal");
             return false;
         }
         out[o++] = s[i++];
@@ -104,22 +93,22 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
         char prev = '.';
         while (i < len && (is_alpha(s[i]) || is_digit(s[i]) || s[i] == '-' || s[i] == '.')) {
             if (s[i] == '.' && prev == '.') {
-                set_err(why, why_len, "has an empty label in its host");
+                chat_set_err(why, why_len, "has an empty label in its host");
                 return false;
             }
             prev = s[i];
             out[o++] = lower(s[i++]);
         }
         if (i == host_start && i < len && s[i] == '*') {
-            set_err(why, why_len, "has a wildcard ('*' is only allowed alone, meaning any origin)");
+            chat_set_err(why, why_len, "has a wildcard ('*' is only allowed alone, meaning any origin)");
             return false;
         }
         if (i == host_start) {
-            set_err(why, why_len, "has no host");
+            chat_set_err(why, why_len, "has no host");
             return false;
         }
         if (prev == '.') {
-            set_err(why, why_len, "has a host ending with '.'");
+            chat_set_err(why, why_len, "has a host ending with '.'");
             return false;
         }
     }
@@ -133,7 +122,7 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
             digits++;
         }
         if (digits == 0 || port < 1 || port > 65535 || (i < len && is_digit(s[i]))) {
-            set_err(why, why_len, "has a port that is not 1..65535");
+            chat_set_err(why, why_len, "has a port that is not 1..65535");
             return false;
         }
         bool dflt = (strcmp(scheme, "http") == 0 && port == 80) || (strcmp(scheme, "https") == 0 && port == 443);
@@ -142,17 +131,17 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
     }
     if (i < len) {
         if (s[i] == '/' && i + 1 == len)
-            set_err(why, why_len, "has a trailing slash (an origin has no path)");
+            chat_set_err(why, why_len, "has a trailing slash (an origin has no path)");
         else if (s[i] == '/')
-            set_err(why, why_len, "has a path (an origin is scheme://host[:port] only)");
+            chat_set_err(why, why_len, "has a path (an origin is scheme://host[:port] only)");
         else if (s[i] == '@')
-            set_err(why, why_len, "has user info (an origin is scheme://host[:port] only)");
+            chat_set_err(why, why_len, "has user info (an origin is scheme://host[:port] only)");
         else if (s[i] == '?' || s[i] == '#')
-            set_err(why, why_len, "has a query or fragment (an origin is scheme://host[:port] only)");
+            chat_set_err(why, why_len, "has a query or fragment (an origin is scheme://host[:port] only)");
         else if (s[i] == '*')
-            set_err(why, why_len, "has a wildcard ('*' is only allowed alone, meaning any origin)");
+            chat_set_err(why, why_len, "has a wildcard ('*' is only allowed alone, meaning any origin)");
         else
-            set_err(why, why_len, "has an unexpected character '%c' in its host or port", s[i]);
+            chat_set_err(why, why_len, "has an unexpected character '%c' in its host or port", s[i]);
         return false;
     }
     out[o] = '\0';
@@ -169,7 +158,7 @@ chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max
     if (err && errlen)
         err[0] = '\0';
     if (max_age_s < 0 || max_age_s > 86400) {
-        set_err(err, errlen, "CORS max age %lld is not in 0..86400 seconds", (long long)max_age_s);
+        chat_set_err(err, errlen, "CORS max age %lld is not in 0..86400 seconds", (long long)max_age_s);
         goto out;
     }
     snprintf(p->max_age, sizeof p->max_age, "%lld", (long long)max_age_s);
@@ -197,7 +186,7 @@ chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max
             len--;
         index++;
         if (len == 0) {
-            set_err(err, errlen, "CORS origin list has an empty entry (#%zu)", index);
+            chat_set_err(err, errlen, "CORS origin list has an empty entry (#%zu)", index);
             goto out;
         }
         if (len == 1 && e[0] == '*') {
@@ -206,11 +195,11 @@ chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max
             char norm[CORS_MAX_ORIGIN_LEN + 1];
             char why[128];
             if (!parse_origin(e, len, norm, why, sizeof why)) {
-                set_err(err, errlen, "CORS origin \"%.*s\" %s", (int)(len > 80 ? 80 : len), e, why);
+                chat_set_err(err, errlen, "CORS origin \"%.*s\" %s", (int)(len > 80 ? 80 : len), e, why);
                 goto out;
             }
             if (p->n == CORS_MAX_ORIGINS) {
-                set_err(err, errlen, "CORS origin list has more than %d entries", CORS_MAX_ORIGINS);
+                chat_set_err(err, errlen, "CORS origin list has more than %d entries", CORS_MAX_ORIGINS);
                 goto out;
             }
             p->origins[p->n++] = chat_xstrdup(norm);
@@ -220,11 +209,11 @@ chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max
         s = end + 1;
     }
     if (p->any && p->n > 0) {
-        set_err(err, errlen, "CORS origin list mixes \"*\" with explicit origins: use one or the other");
+        chat_set_err(err, errlen, "CORS origin list mixes \"*\" with explicit origins: use one or the other");
         goto out;
     }
     if (p->any && allow_credentials) {
-        set_err(err, errlen,
+        chat_set_err(err, errlen,
                 "CORS origins \"*\" cannot be combined with credentials: list the allowed origins explicitly");
         goto out;
     }
