@@ -27,7 +27,6 @@ typedef struct store_backend {
     chat_rc (*attach)(void *impl, struct event_base *base, int pool_size, int64_t queue_timeout_ms);
     /* Queues op; the backend calls store_op_complete(op) once, on the loop. */
     void (*submit)(void *impl, store_op *op);
-    int (*pending)(const void *impl);
     /* Fails what is queued or in flight (CHAT_EUNAVAIL) and drops the pool (store_detach). */
     void (*detach)(void *impl);
 } store_backend;

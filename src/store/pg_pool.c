@@ -45,6 +45,11 @@
 /* A connect (TCP, TLS, authentication) plus preparing the defs must end within
  * this: libpq's connect_timeout is not applied to PQconnectPoll. */
 #define CONNECT_TIMEOUT_MS 5000
+/* Bounds a statement once sent (the pool's queue deadline no longer applies):
+ * one stuck behind a lock nobody releases would otherwise hold its connection
+ * forever. The server cancels it (SQLSTATE 57014, rolled back), and the op
+ * completes with CHAT_EUNAVAIL. Far above what any def takes. */
+#define STATEMENT_TIMEOUT_OPTION "-c statement_timeout=30000" /* ms; 30 s */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 /* Longest error text kept for the log. */
@@ -267,10 +272,11 @@ static void start_connect(pg_conn *c)
     pg_pool *p = c->pool;
     /* Keywords before dbname are defaults the URL may override (libpq applies
      * them in order, and dbname expands into the URL's settings). Keepalives
-     * bound the wait for a server that vanished without closing the socket. */
+     * bound the wait for a server that vanished without closing the socket,
+     * statement_timeout the wait for one that answers but never finishes. */
     const char *const kw[] = {"application_name", "keepalives", "keepalives_idle", "keepalives_interval",
-                              "keepalives_count", "dbname", NULL};
-    const char *const val[] = {"chatd", "1", "30", "10", "3", p->url, NULL};
+                              "keepalives_count", "options", "dbname", NULL};
+    const char *const val[] = {"chatd", "1", "30", "10", "3", STATEMENT_TIMEOUT_OPTION, p->url, NULL};
     c->err[0] = '\0';
     c->pg = PQconnectStartParams(kw, val, 1);
     if (!c->pg) {
@@ -408,7 +414,13 @@ static bool take_result(pg_conn *c, const PGresult *res)
     if (c->decoded)
         return true; /* one statement, one result: ignore anything more */
     c->decoded = true;
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_FATAL_ERROR) {
+    const char *state = st == PGRES_FATAL_ERROR ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state && strcmp(state, "57014") == 0) {
+        /* query_canceled: the statement_timeout ran out (or an admin cancelled
+         * it); nothing was committed. */
+        chat_log(LOG_WARN, "postgres statement cancelled", json_pack("{s:s}", "op", c->def->name));
+        c->op->rc = CHAT_EUNAVAIL;
+    } else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_FATAL_ERROR) {
         c->op->rc = c->def->dec(res, c->op);
     } else {
         chat_log(LOG_ERROR, "postgres unexpected result",

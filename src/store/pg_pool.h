@@ -27,8 +27,9 @@
  * with CHAT_EUNAVAIL (the API answers 503), also when no connection can be
  * made at all, so nothing waits forever for a dead server. At most
  * PG_POOL_QUEUE_MAX ops wait; more complete at once with CHAT_EUNAVAIL. Once
- * sent, an op has no pool deadline (statement_timeout and TCP keepalives,
- * which the pool enables, bound it).
+ * sent, an op has no pool deadline: the pool's connections set a 30 s
+ * statement_timeout (past it the op completes with CHAT_EUNAVAIL; a URL that
+ * sets `options` replaces it) and TCP keepalives, which bound it.
  *
  * Results. An op completes with the rc of its def's enc when enc refuses it
  * (nothing sent), else with what dec returns for its result; with

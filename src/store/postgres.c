@@ -31,7 +31,6 @@
 
 #include <inttypes.h>
 #include <libpq-fe.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +38,7 @@
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/util.h"
 #include "store/pg.h"
 #include "store/pg_pool.h"
 
@@ -56,19 +56,6 @@ typedef struct pg_db {
     pg_pool *pool;       /* store_attach's pool, or NULL; owned */
     bool detached;       /* store_detach ran: submitted ops fail at once */
 } pg_db;
-
-/* Writes a one-line reason into err (when it has room). */
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    err[strcspn(err, "\n")] = '\0'; /* libpq's messages end in a newline */
-}
 
 /* Notices (e.g. "relation already exists, skipping") are not errors: dropped. */
 static void quiet_notice(void *arg, const char *message)
@@ -98,7 +85,7 @@ static chat_rc exec_sql(PGconn *c, const char *sql, const char *what, char *err,
     ExecStatusType st = PQresultStatus(res);
     chat_rc rc = CHAT_OK;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        set_err(err, errlen, "%s: %s", what, res ? PQresultErrorMessage(res) : PQerrorMessage(c));
+        chat_set_err(err, errlen, "%s: %s", what, res ? PQresultErrorMessage(res) : PQerrorMessage(c));
         rc = CHAT_EIO;
     }
     PQclear(res);
@@ -137,7 +124,7 @@ static chat_rc migrate(pg_db *d, char *err, size_t errlen)
     rc = CHAT_EIO;
     res = PQexec(d->conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        set_err(err, errlen, "read schema_version: %s", PQresultErrorMessage(res));
+        chat_set_err(err, errlen, "read schema_version: %s", PQresultErrorMessage(res));
         goto out;
     }
     int64_t current = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -145,7 +132,7 @@ static chat_rc migrate(pg_db *d, char *err, size_t errlen)
     res = NULL;
     if (current > m[n - 1].version) {
         /* An older binary must not write into a schema it does not know. */
-        set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d", current,
+        chat_set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d", current,
                 m[n - 1].version);
         goto out;
     }
@@ -164,7 +151,7 @@ static chat_rc migrate(pg_db *d, char *err, size_t errlen)
         res = PQexecParams(d->conn, "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
                            3, NULL, values, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            set_err(err, errlen, "record %s: %s", m[i].asset->name, PQresultErrorMessage(res));
+            chat_set_err(err, errlen, "record %s: %s", m[i].asset->name, PQresultErrorMessage(res));
             goto out;
         }
         PQclear(res);
@@ -191,7 +178,7 @@ static chat_rc prepare_all(pg_db *d, char *err, size_t errlen)
         PGresult *res = PQprepare(d->conn, def->name, def->sql, def->nparams, NULL);
         bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         if (!ok)
-            set_err(err, errlen, "prepare %s: %s", def->name, res ? PQresultErrorMessage(res) : PQerrorMessage(d->conn));
+            chat_set_err(err, errlen, "prepare %s: %s", def->name, res ? PQresultErrorMessage(res) : PQerrorMessage(d->conn));
         PQclear(res);
         if (!ok)
             return CHAT_EIO;
@@ -218,13 +205,13 @@ static chat_rc pg_open(const char *url, void **impl, char *err, size_t errlen)
     *impl = NULL;
     /* libpq would also read a bare "dbname=..." string; only URIs name this backend. */
     if (strncmp(url, "postgres://", 11) != 0 && strncmp(url, "postgresql://", 13) != 0) {
-        set_err(err, errlen, "unsupported database url (expected postgres://...)");
+        chat_set_err(err, errlen, "unsupported database url (expected postgres://...)");
         return CHAT_EINVAL;
     }
     char *perr = NULL;
     PQconninfoOption *opts = PQconninfoParse(url, &perr);
     if (!opts) {
-        set_err(err, errlen, "bad PostgreSQL url: %s", perr ? perr : "out of memory");
+        chat_set_err(err, errlen, "bad PostgreSQL url: %s", perr ? perr : "out of memory");
         PQfreemem(perr);
         return CHAT_EINVAL;
     }
@@ -235,7 +222,7 @@ static chat_rc pg_open(const char *url, void **impl, char *err, size_t errlen)
     d->conn = PQconnectdb(url);
     if (!d->conn || PQstatus(d->conn) != CONNECTION_OK) {
         /* The message names the server; the URL may carry a password, so it is not repeated. */
-        set_err(err, errlen, "cannot connect to PostgreSQL: %s", d->conn ? PQerrorMessage(d->conn) : "out of memory");
+        chat_set_err(err, errlen, "cannot connect to PostgreSQL: %s", d->conn ? PQerrorMessage(d->conn) : "out of memory");
         goto out;
     }
     PQsetNoticeProcessor(d->conn, quiet_notice, NULL);
@@ -337,12 +324,6 @@ static void pg_detach(void *impl)
     pg_pool_free(p);
 }
 
-static int pg_pending(const void *impl)
-{
-    const pg_db *d = impl;
-    return d && d->pool ? pg_pool_pending(d->pool) : 0;
-}
-
 const store_backend store_backend_postgres = {
     .name = "postgres",
     .open = pg_open,
@@ -351,6 +332,5 @@ const store_backend store_backend_postgres = {
     .run = pg_run,
     .attach = pg_attach,
     .submit = pg_submit,
-    .pending = pg_pending,
     .detach = pg_detach,
 };

@@ -35,7 +35,6 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +43,7 @@
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/util.h"
 
 /* How long a connection waits for another connection's write lock. Writes are
  * a few milliseconds, so this only runs out when something is badly wrong. */
@@ -325,19 +325,6 @@ static chat_rc db_fail(sqlite_db *s, const char *what, int rc)
     return CHAT_EIO;
 }
 
-/* Writes a one-line reason into err (when it has room). */
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- statement helpers ---------------------------------------------------- */
 
 /* Binding failures (e.g. SQLITE_TOOBIG) are remembered and reported by step(),
@@ -476,7 +463,7 @@ static chat_rc parse_url(const char *url, char **path, bool *memory, bool *sync_
         if (strcmp(q, "?synchronous=normal") == 0) {
             *sync_normal = true;
         } else if (strcmp(q, "?synchronous=full") != 0) {
-            set_err(err, errlen, "unsupported database url option %s (%s)", q, usage);
+            chat_set_err(err, errlen, "unsupported database url option %s (%s)", q, usage);
             return CHAT_EINVAL;
         }
         copy = chat_xstrndup(url, (size_t)(q - url));
@@ -490,7 +477,7 @@ static chat_rc parse_url(const char *url, char **path, bool *memory, bool *sync_
 static chat_rc parse_path(const char *url, char **path, bool *memory, const char *usage, char *err, size_t errlen)
 {
     if (strncmp(url, URL_PREFIX, strlen(URL_PREFIX)) != 0) {
-        set_err(err, errlen, "unsupported database url (%s)", usage);
+        chat_set_err(err, errlen, "unsupported database url (%s)", usage);
         return CHAT_EINVAL;
     }
     const char *rest = url + strlen(URL_PREFIX);
@@ -500,23 +487,23 @@ static chat_rc parse_path(const char *url, char **path, bool *memory, const char
         return CHAT_OK;
     }
     if (rest[0] != '/' || rest[1] == '\0') {
-        set_err(err, errlen, "database url has no path (%s)", usage);
+        chat_set_err(err, errlen, "database url has no path (%s)", usage);
         return CHAT_EINVAL;
     }
     const char *p = rest + 1; /* "sqlite:///a" -> "a", "sqlite:////a" -> "/a" */
     size_t len = strlen(p);
     if (len >= PATH_BUF) {
-        set_err(err, errlen, "database path is longer than %d bytes", PATH_BUF - 1);
+        chat_set_err(err, errlen, "database path is longer than %d bytes", PATH_BUF - 1);
         return CHAT_EINVAL;
     }
     if (p[len - 1] == '/') {
-        set_err(err, errlen, "database path %s names a directory, not a file", p);
+        chat_set_err(err, errlen, "database path %s names a directory, not a file", p);
         return CHAT_EINVAL;
     }
     /* SQLite would read these as URI parameters or a memory database; reject
      * rather than guess. */
     if (strpbrk(p, "?#") || strcmp(p, ":memory:") == 0) {
-        set_err(err, errlen, "unsupported characters in database path %s (%s)", p, usage);
+        chat_set_err(err, errlen, "unsupported characters in database path %s (%s)", p, usage);
         return CHAT_EINVAL;
     }
     *path = chat_xstrdup(p);
@@ -530,7 +517,7 @@ static chat_rc make_parent_dirs(const char *path, char *err, size_t errlen)
     char buf[PATH_BUF];
     size_t len = strlen(path);
     if (len >= sizeof buf) {
-        set_err(err, errlen, "database path too long");
+        chat_set_err(err, errlen, "database path too long");
         return CHAT_EINVAL;
     }
     memcpy(buf, path, len + 1);
@@ -547,7 +534,7 @@ static chat_rc make_parent_dirs(const char *path, char *err, size_t errlen)
             int e = errno;
             struct stat sb;
             if (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-                set_err(err, errlen, "cannot create directory %s: %s", buf, strerror(e));
+                chat_set_err(err, errlen, "cannot create directory %s: %s", buf, strerror(e));
                 return CHAT_EIO;
             }
         }
@@ -564,7 +551,7 @@ static chat_rc exec_sql(sqlite_db *s, const char *sql, const char *what, char *e
     char *msg = NULL;
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: %s", what, msg ? msg : sqlite3_errstr(rc));
+        chat_set_err(err, errlen, "%s: %s", what, msg ? msg : sqlite3_errstr(rc));
         sqlite3_free(msg);
         return CHAT_EIO;
     }
@@ -595,7 +582,7 @@ static chat_rc configure(sqlite_db *s, bool memory, char *err, size_t errlen)
         sqlite3_sleep(10);
     }
     if (src != SQLITE_ROW) {
-        set_err(err, errlen, "cannot set WAL mode: %s", sqlite3_errmsg(s->db));
+        chat_set_err(err, errlen, "cannot set WAL mode: %s", sqlite3_errmsg(s->db));
         sqlite3_finalize(st);
         return CHAT_EIO;
     }
@@ -662,7 +649,7 @@ static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
     if (src == SQLITE_OK)
         src = sqlite3_step(st);
     if (src != SQLITE_ROW) {
-        set_err(err, errlen, "read schema_version: %s", sqlite3_errmsg(s->db));
+        chat_set_err(err, errlen, "read schema_version: %s", sqlite3_errmsg(s->db));
         goto out;
     }
     int64_t current = sqlite3_column_int64(st, 0);
@@ -670,7 +657,7 @@ static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
     st = NULL;
     if (current > m[n - 1].version) {
         /* An older binary must not write into a schema it does not know. */
-        set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d",
+        chat_set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d",
                 current, m[n - 1].version);
         goto out;
     }
@@ -680,7 +667,7 @@ static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
                              "VALUES (?1, ?2, ?3)",
                              -1, &st, NULL);
     if (src != SQLITE_OK) {
-        set_err(err, errlen, "prepare schema_version insert: %s", sqlite3_errmsg(s->db));
+        chat_set_err(err, errlen, "prepare schema_version insert: %s", sqlite3_errmsg(s->db));
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -696,7 +683,7 @@ static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
         src = sqlite3_step(st);
         sqlite3_reset(st);
         if (src != SQLITE_DONE) {
-            set_err(err, errlen, "record %s: %s", m[i].asset->name, sqlite3_errmsg(s->db));
+            chat_set_err(err, errlen, "record %s: %s", m[i].asset->name, sqlite3_errmsg(s->db));
             goto out;
         }
     }
@@ -720,7 +707,7 @@ static chat_rc prepare_all(sqlite_db *s, char *err, size_t errlen)
         int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
                                     NULL);
         if (rc != SQLITE_OK) {
-            set_err(err, errlen, "prepare %s: %s", stmt_name[i], sqlite3_errmsg(s->db));
+            chat_set_err(err, errlen, "prepare %s: %s", stmt_name[i], sqlite3_errmsg(s->db));
             return CHAT_EIO;
         }
     }
@@ -737,7 +724,7 @@ static chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t e
     if (err && errlen > 0)
         err[0] = '\0';
     if (!out || !url) {
-        set_err(err, errlen, "no database url");
+        chat_set_err(err, errlen, "no database url");
         return CHAT_EINVAL;
     }
     *out = NULL;
@@ -756,7 +743,7 @@ static chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t e
                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                               NULL);
     if (src != SQLITE_OK) {
-        set_err(err, errlen, "cannot open database %s: %s", path,
+        chat_set_err(err, errlen, "cannot open database %s: %s", path,
                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
         rc = CHAT_EIO;
         goto out;
@@ -914,29 +901,51 @@ static bool valid_turn(const store_turn *t)
                              store_valid_ttl(t->now, t->idem_ttl_ms)));
 }
 
-/* Binds and runs one message insert; *id receives its row id. */
+/* Binds and runs one message insert into session_id; *id (when not NULL)
+ * receives its row id. The turn commit and the session import both store
+ * their messages through here, so that both write the same columns. */
+static chat_rc insert_message_row(sqlite_db *s, const char *session_id, const store_message *m, int64_t *id)
+{
+    sqlite3_stmt *st = s->st[ST_MESSAGE_INSERT];
+    bind_text(s, st, 1, session_id);
+    bind_i64(s, st, 2, m->seq);
+    bind_text(s, st, 3, m->role);
+    bind_text(s, st, 4, m->content);
+    bind_text(s, st, 5, m->status);
+    bind_text(s, st, 6, m->model);
+    bind_text(s, st, 7, m->stop_reason);
+    bind_i64(s, st, 8, m->tokens);
+    bind_i64(s, st, 9, m->usage.input_tokens);
+    bind_i64(s, st, 10, m->usage.output_tokens);
+    bind_i64(s, st, 11, m->usage.cache_read_tokens);
+    bind_i64(s, st, 12, m->usage.cache_write_tokens);
+    bind_i64(s, st, 13, m->cost_micros);
+    bind_i64(s, st, 14, m->created_at);
+    chat_rc rc = run(s, ST_MESSAGE_INSERT);
+    if (rc == CHAT_OK && id)
+        *id = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+/* One of the turn's two messages as a row: the user's, or the assistant's
+ * reply. The strings are only read (store_message's are not const because
+ * the readers own theirs). */
 static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bool assistant,
                               int64_t *id)
 {
-    sqlite3_stmt *st = s->st[ST_MESSAGE_INSERT];
-    bind_text(s, st, 1, t->session_id);
-    bind_i64(s, st, 2, seq);
-    bind_text(s, st, 3, assistant ? "assistant" : "user");
-    bind_text(s, st, 4, assistant ? t->assistant_content : t->user_content);
-    bind_text(s, st, 5, assistant ? t->status : "complete");
-    bind_text(s, st, 6, assistant ? t->model : NULL);
-    bind_text(s, st, 7, assistant ? t->stop_reason : NULL);
-    bind_i64(s, st, 8, assistant ? t->usage.output_tokens : t->user_tokens);
-    bind_i64(s, st, 9, assistant ? t->usage.input_tokens : -1);
-    bind_i64(s, st, 10, assistant ? t->usage.output_tokens : -1);
-    bind_i64(s, st, 11, assistant ? t->usage.cache_read_tokens : -1);
-    bind_i64(s, st, 12, assistant ? t->usage.cache_write_tokens : -1);
-    bind_i64(s, st, 13, assistant ? t->cost_micros : 0);
-    bind_i64(s, st, 14, t->now);
-    chat_rc rc = run(s, ST_MESSAGE_INSERT);
-    if (rc == CHAT_OK)
-        *id = sqlite3_last_insert_rowid(s->db);
-    return rc;
+    const store_message m = {
+        .seq = seq,
+        .role = assistant ? "assistant" : "user",
+        .content = (char *)(assistant ? t->assistant_content : t->user_content),
+        .status = (char *)(assistant ? t->status : "complete"),
+        .model = (char *)(assistant ? t->model : NULL),
+        .stop_reason = (char *)(assistant ? t->stop_reason : NULL),
+        .tokens = assistant ? t->usage.output_tokens : t->user_tokens,
+        .usage = assistant ? t->usage : (store_usage){-1, -1, -1, -1},
+        .cost_micros = assistant ? t->cost_micros : 0,
+        .created_at = t->now,
+    };
+    return insert_message_row(s, t->session_id, &m, id);
 }
 
 /*
@@ -1860,23 +1869,7 @@ static chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, cons
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        const store_message *m = &msgs[i];
-        st = s->st[ST_MESSAGE_INSERT];
-        bind_text(s, st, 1, ss->id);
-        bind_i64(s, st, 2, m->seq);
-        bind_text(s, st, 3, m->role);
-        bind_text(s, st, 4, m->content);
-        bind_text(s, st, 5, m->status);
-        bind_text(s, st, 6, m->model);
-        bind_text(s, st, 7, m->stop_reason);
-        bind_i64(s, st, 8, m->tokens);
-        bind_i64(s, st, 9, m->usage.input_tokens);
-        bind_i64(s, st, 10, m->usage.output_tokens);
-        bind_i64(s, st, 11, m->usage.cache_read_tokens);
-        bind_i64(s, st, 12, m->usage.cache_write_tokens);
-        bind_i64(s, st, 13, m->cost_micros);
-        bind_i64(s, st, 14, m->created_at);
-        rc = run(s, ST_MESSAGE_INSERT);
+        rc = insert_message_row(s, ss->id, &msgs[i], NULL);
         if (rc != CHAT_OK) /* e.g. a repeated seq: UNIQUE (session_id, seq) */
             goto out;
     }

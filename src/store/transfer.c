@@ -31,18 +31,6 @@
 /* First size of the import line buffer (it doubles up to the maximum). */
 #define IMPORT_BUF_START ((size_t)64 << 10)
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- export ---------------------------------------------------------------- */
 
 /* A JSON string for s, or null for NULL. A string that is not valid UTF-8
@@ -156,7 +144,7 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
             goto out;
         }
         if (r != CHAT_OK) {
-            set_err(err, errlen, "cannot read the messages of session \"%s\" (%s)", ss->id, chat_rc_str(r));
+            chat_set_err(err, errlen, "cannot read the messages of session \"%s\" (%s)", ss->id, chat_rc_str(r));
             goto out;
         }
         if ((int64_t)n == ss->message_count)
@@ -165,7 +153,7 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
         msgs = NULL;
         n = 0;
         if (attempt == EXPORT_RETRIES) {
-            set_err(err, errlen, "session \"%s\" kept changing while it was read: stop the servers and retry",
+            chat_set_err(err, errlen, "session \"%s\" kept changing while it was read: stop the servers and retry",
                     listed->id);
             goto out;
         }
@@ -176,7 +164,7 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
             goto out;
         }
         if (r != CHAT_OK) {
-            set_err(err, errlen, "cannot read session \"%s\" (%s)", listed->id, chat_rc_str(r));
+            chat_set_err(err, errlen, "cannot read session \"%s\" (%s)", listed->id, chat_rc_str(r));
             goto out;
         }
         ss = &fresh;
@@ -185,12 +173,12 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
     json_t *line = session_json(ss, msgs, n, &bad);
     if (bad) {
         json_decref(line);
-        set_err(err, errlen, "session \"%s\" holds text that is not valid UTF-8", ss->id);
+        chat_set_err(err, errlen, "session \"%s\" holds text that is not valid UTF-8", ss->id);
         rc = CHAT_EINVAL;
         goto out;
     }
     if (write_line(out, line) != CHAT_OK) {
-        set_err(err, errlen, "write error: %s", strerror(errno));
+        chat_set_err(err, errlen, "write error: %s", strerror(errno));
         goto out;
     }
     c->sessions++;
@@ -218,13 +206,13 @@ chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err,
                                "exported_at", (json_int_t)chat_now_ms(), "schema_version",
                                store_schema_version(s));
     if (write_line(out, header) != CHAT_OK) {
-        set_err(err, errlen, "write error: %s", strerror(errno));
+        chat_set_err(err, errlen, "write error: %s", strerror(errno));
         goto out;
     }
 
     chat_rc r = store_keys_list(s, &keys, &nkeys);
     if (r != CHAT_OK) {
-        set_err(err, errlen, "cannot read the API keys (%s)", chat_rc_str(r));
+        chat_set_err(err, errlen, "cannot read the API keys (%s)", chat_rc_str(r));
         goto out;
     }
     for (size_t i = 0; i < nkeys; i++) {
@@ -232,12 +220,12 @@ chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err,
         json_t *line = key_json(&keys[i], &bad);
         if (bad) {
             json_decref(line);
-            set_err(err, errlen, "key \"%s\" holds text that is not valid UTF-8", keys[i].id);
+            chat_set_err(err, errlen, "key \"%s\" holds text that is not valid UTF-8", keys[i].id);
             rc = CHAT_EINVAL;
             goto out;
         }
         if (write_line(out, line) != CHAT_OK) {
-            set_err(err, errlen, "write error: %s", strerror(errno));
+            chat_set_err(err, errlen, "write error: %s", strerror(errno));
             goto out;
         }
         c->keys++;
@@ -249,7 +237,7 @@ chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err,
         free(cursor);
         cursor = next;
         if (r != CHAT_OK) {
-            set_err(err, errlen, "cannot list the sessions (%s)", chat_rc_str(r));
+            chat_set_err(err, errlen, "cannot list the sessions (%s)", chat_rc_str(r));
             goto out;
         }
         for (size_t i = 0; i < npage; i++) {
@@ -269,7 +257,7 @@ chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err,
     json_t *end = json_pack("{s:s,s:I,s:I,s:I}", "type", "end", "keys", (json_int_t)c->keys, "sessions",
                             (json_int_t)c->sessions, "messages", (json_int_t)c->messages);
     if (write_line(out, end) != CHAT_OK || fflush(out) != 0) {
-        set_err(err, errlen, "write error: %s", strerror(errno));
+        chat_set_err(err, errlen, "write error: %s", strerror(errno));
         goto out;
     }
     rc = CHAT_OK;
@@ -617,13 +605,13 @@ chat_rc transfer_import(store *s, FILE *in, size_t max_line, transfer_counts *co
         im.line++;
         rc = fail(&im, CHAT_ETOOBIG, "longer than %zu bytes (raise the limit with --max-line-bytes)", max_line);
     } else if (r == -2) {
-        set_err(err, errlen, "read error after line %zu: %s", im.line, strerror(errno));
+        chat_set_err(err, errlen, "read error after line %zu: %s", im.line, strerror(errno));
         rc = CHAT_EIO;
     } else if (!im.header_seen) {
-        set_err(err, errlen, "the input is empty: not a chatd export");
+        chat_set_err(err, errlen, "the input is empty: not a chatd export");
         rc = CHAT_EINVAL;
     } else if (!im.end_seen) {
-        set_err(err, errlen, "the input ends after line %zu without the end line: the export was cut short",
+        chat_set_err(err, errlen, "the input ends after line %zu without the end line: the export was cut short",
                 im.line);
         rc = CHAT_EINVAL;
     }

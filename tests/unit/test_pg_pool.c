@@ -438,6 +438,42 @@ static void test_queue_deadline_busy(void **state)
     pg_pool_free(p);
 }
 
+/* A statement stuck behind a lock is cancelled by the pool's statement_timeout
+ * and completes with CHAT_EUNAVAIL; its connection stays usable. The URL's
+ * options replace the pool's 30 s default, so that the test is quick. */
+static void test_statement_timeout(void **state)
+{
+    (void)state;
+    NEED_PG();
+    char url[1024];
+    snprintf(url, sizeof url, "%s%coptions=-c%%20statement_timeout%%3D200", pg_url, strchr(pg_url, '?') ? '&' : '?');
+    pg_pool *p = NULL;
+    assert_int_equal(pg_pool_new(base, url, 1, 5000, &p), CHAT_OK);
+    result warm = {0};
+    pg_pool_submit(p, mkop(STORE_OP_PING, &warm));
+    assert_true(run_until_done(&warm, 1, 5000));
+    assert_int_equal(warm.rc, CHAT_OK);
+
+    PGconn *raw = raw_connect();
+    raw_exec(raw, "BEGIN");
+    raw_exec(raw, "LOCK TABLE stats IN ACCESS EXCLUSIVE MODE");
+    result slow = {0};
+    int64_t t0 = chat_mono_ms();
+    pg_pool_submit(p, mkop(STORE_OP_STATS_GET, &slow));
+    assert_true(run_until_done(&slow, 1, 5000));
+    assert_int_equal(slow.rc, CHAT_EUNAVAIL);
+    assert_true(slow.at_ms - t0 >= 195);
+    raw_exec(raw, "COMMIT");
+    PQfinish(raw);
+
+    result after = {0};
+    pg_pool_submit(p, mkop(STORE_OP_STATS_GET, &after));
+    assert_true(run_until_done(&after, 1, 5000));
+    assert_int_equal(after.rc, CHAT_OK);
+    assert_int_equal(pg_pool_pending(p), 0);
+    pg_pool_free(p);
+}
+
 /* The server ends the pool's idle connection before the loop notices: the
  * next op finds it dead before sending, is requeued and succeeds on the new
  * connection. */
@@ -559,6 +595,7 @@ int main(void)
         cmocka_unit_test(test_many_concurrent),
         cmocka_unit_test(test_enc_refusal),
         cmocka_unit_test(test_queue_deadline_busy),
+        cmocka_unit_test(test_statement_timeout),
         cmocka_unit_test(test_idle_killed_requeued),
         cmocka_unit_test(test_server_restart),
     };
