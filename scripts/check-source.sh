@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A tiny mechanical check of the C sources (STYLE.md, "Enforced mechanically"):
+# A tiny mechanical check of the C sources (docs/STYLE.md, "Enforced mechanically"):
 # no banned functions (unbounded string copies and formats, strtok's hidden
 # state), and no raw allocation calls outside core/alloc.c (the out-of-memory
 # policy is written in one place). Exits non-zero with the offending lines.

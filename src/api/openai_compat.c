@@ -13,7 +13,7 @@
  *   `user` field is NOT used as a session: in OpenAI's API it identifies an end
  *   user, who may hold many conversations.
  *
- * Responses and stream chunks follow OpenAI's format exactly (shared/PROTOCOLS.md
+ * Responses and stream chunks follow OpenAI's format exactly (docs/PROTOCOLS.md
  * B3, B4): role chunk, content chunks, finish chunk, the usage chunk with empty
  * `choices` when stream_options.include_usage is set, then `data: [DONE]`.
  * Errors use OpenAI's envelope {"error": {message, type, param, code}}.

@@ -7,7 +7,7 @@
  * the provider) it reads nothing, so we add our own EV_CLOSED watcher on the
  * socket (epoll's EPOLLRDHUP) for the time the request is pending.
  *
- * evhttp traps handled here (see shared/DESIGN.md):
+ * evhttp traps handled here (see docs/ARCHITECTURE.md):
  * - when the connection dies during a chunked reply, evhttp detaches the request
  *   from it and leaves it to us: we must call evhttp_send_reply_end() to free it;
  * - a close callback is per connection, so it is cleared before every terminal

@@ -1,5 +1,5 @@
 /*
- * anthropic.c: the Anthropic Messages API wire format (PROTOCOLS.md section A),
+ * anthropic.c: the Anthropic Messages API wire format (docs/PROTOCOLS.md section A),
  * behind llm_provider_ops (call_internal.h).
  *
  * Request: POST {base_url}/v1/messages with x-api-key, anthropic-version and a

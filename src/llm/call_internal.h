@@ -112,7 +112,7 @@ extern const llm_provider_ops llm_anthropic_ops;
 extern const llm_provider_ops llm_openai_ops;
 
 /*
- * Anthropic prompt caching (PROTOCOLS.md A4): adds cache_control
+ * Anthropic prompt caching (docs/PROTOCOLS.md A4): adds cache_control
  * {"type":"ephemeral"} breakpoints to body, a request body object in any legal
  * shape ("system" a string or a block array; message "content" a string or a
  * block array; "tools"). Called by the Anthropic build_body when

@@ -1,6 +1,6 @@
 /*
  * openai.c: the OpenAI Chat Completions wire format and the servers that copy
- * it (Groq, vLLM, Ollama's /v1, llama.cpp's llama-server), PROTOCOLS.md
+ * it (Groq, vLLM, Ollama's /v1, llama.cpp's llama-server), docs/PROTOCOLS.md
  * section B, behind llm_provider_ops (call_internal.h).
  *
  * Request: POST {base_url}/chat/completions (base_url includes the /v1, as the

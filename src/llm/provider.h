@@ -34,7 +34,7 @@ typedef enum {
 } llm_provider_kind;
 
 /* The default of llm_provider.cache_min_tokens: the smallest minimum cacheable
- * prefix among current Sonnet/Opus 4 models (PROTOCOLS.md A4; Haiku and some
+ * prefix among current Sonnet/Opus 4 models (docs/PROTOCOLS.md A4; Haiku and some
  * newer models need 2048 or 4096, a few only 512). */
 #define LLM_CACHE_MIN_TOKENS_DEFAULT 1024
 
@@ -64,10 +64,10 @@ typedef struct llm_provider {
     /* OpenAI-compatible only: the name of the output-token limit in the body,
      * "max_tokens" (NULL or "" mean this) or "max_completion_tokens". OpenAI's
      * reasoning models reject max_tokens; Ollama silently ignores
-     * max_completion_tokens (PROTOCOLS.md B2, B7), hence a per-provider choice.
+     * max_completion_tokens (docs/PROTOCOLS.md B2, B7), hence a per-provider choice.
      * Any other value makes the request unusable (llm_call_start: CHAT_EINVAL). */
     const char *max_tokens_field;
-    /* Anthropic only: mark prompt-cache breakpoints (cache_control, PROTOCOLS.md
+    /* Anthropic only: mark prompt-cache breakpoints (cache_control, docs/PROTOCOLS.md
      * A4) in every request: on the system prompt when it alone reaches
      * cache_min_tokens, and on the last assistant message before the final
      * message (the end of the previous turn) when the prefix up to it does;

@@ -1,6 +1,6 @@
 // Fidelity tests of the fake LLM provider (tests/fake_llm/server.mjs), using the official
 // SDKs (@anthropic-ai/sdk, openai) as independent reference clients. What each fault must
-// look like to the SDKs is PROTOCOLS.md section D2.
+// look like to the SDKs is docs/PROTOCOLS.md section D2.
 //
 // Run from the repo root: node --test tests/fake_llm/
 
@@ -94,7 +94,7 @@ function rawPost(p, body, headers = {}) {
   });
 }
 
-// Minimal WHATWG SSE parse of a complete body (PROTOCOLS.md C), for wire-shape checks.
+// Minimal WHATWG SSE parse of a complete body (docs/PROTOCOLS.md C), for wire-shape checks.
 function parseSse(text) {
   const events = [];
   let ev = '';
@@ -263,7 +263,7 @@ describe('anthropic: success paths', () => {
   });
 });
 
-describe('anthropic: faults as the SDK reports them (PROTOCOLS.md D2)', () => {
+describe('anthropic: faults as the SDK reports them (docs/PROTOCOLS.md D2)', () => {
   test('HTTP 529 -> OverloadedError with status and requestID', async () => {
     await script({ queue: [{ status: 529 }] });
     await assert.rejects(client().messages.create(params('x')), (e) => {

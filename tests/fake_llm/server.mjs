@@ -6,7 +6,7 @@
 // exactly enough that the official SDKs accept it (see tests/fake_llm/fidelity.test.mjs),
 // and can inject every fault chatd must survive (error statuses, mid-stream errors,
 // resets, stalls, truncation, malformed JSON, odd line endings, split TCP writes).
-// Reference: /work/shared/PROTOCOLS.md sections A, B and C. Knobs: README.md here.
+// Reference: docs/PROTOCOLS.md sections A, B and C. Knobs: README.md here.
 //
 // Plain Node `http`, no dependencies: it must never be the bottleneck of a benchmark.
 
@@ -445,7 +445,7 @@ const KNOWN_BLOCK_TYPES = new Set([
   'server_tool_use', 'web_search_tool_result', 'search_result', 'container_upload',
 ]);
 
-// Validates the request body like the real API (PROTOCOLS.md A2, A3, A4, A10).
+// Validates the request body like the real API (docs/PROTOCOLS.md A2, A3, A4, A10).
 // Returns an error message (400 invalid_request_error) or null.
 function validateAnthropic(body, version) {
   if (!isObj(body)) return 'Input should be an object';
@@ -793,7 +793,7 @@ function handleCountTokens(ctx, rawBody) {
 }
 
 // ---------------------------------------------------------------------------
-// OpenAI-compatible Chat Completions (PROTOCOLS.md B)
+// OpenAI-compatible Chat Completions (docs/PROTOCOLS.md B)
 
 const OPENAI_STATUS_TYPES = { 400: 'invalid_request_error', 401: 'invalid_request_error', 403: 'invalid_request_error', 404: 'invalid_request_error', 429: 'requests' };
 const VLLM_TYPES = { 400: 'BadRequestError', 401: 'UnauthorizedError', 404: 'NotFoundError', 429: 'TooManyRequestsError', 500: 'InternalServerError', 503: 'ServiceUnavailableError' };

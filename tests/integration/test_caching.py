@@ -6,7 +6,7 @@ test_caching.py: Anthropic prompt-caching breakpoints as chatd places them
 The fake does not simulate a prompt cache (its cache counts are always 0
 unless forced), so the saving is computed from the breakpoints chatd really
 sent, by CacheSim below, a small model of how the Messages API bills a
-request (PROTOCOLS.md A4 and Anthropic's prompt caching documentation):
+request (docs/PROTOCOLS.md A4 and Anthropic's prompt caching documentation):
 
 - A request is a sequence of blocks: the system prompt, then each message's
   content. A `cache_control` marker on a block is a breakpoint; the prefix up

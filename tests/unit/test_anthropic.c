@@ -2,7 +2,7 @@
  * test_anthropic.c: the Anthropic wire format without sockets: the exact
  * request body, the headers and URL, non-streaming replies, SSE streams fed
  * through the real SSE parser into the provider's event handler (bytes from
- * PROTOCOLS.md A5-A7), error bodies, and the shared retry-after and excerpt
+ * docs/PROTOCOLS.md A5-A7), error bodies, and the shared retry-after and excerpt
  * helpers.
  */
 #include <setjmp.h>

@@ -88,7 +88,7 @@ static char *dup_or_null(const char *s)
 static void sreq_finish_detached(sreq *r)
 {
     /* The request was detached from its (dead) connection by evhttp; answering
-     * it is how it gets freed (see DESIGN.md, evhttp traps). */
+     * it is how it gets freed (see docs/ARCHITECTURE.md, evhttp traps). */
     if (r->started)
         evhttp_send_reply_end(r->req);
     else
@@ -466,7 +466,7 @@ static void run_for(tc *c, int ms)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Canned replies (PROTOCOLS.md A5-A7)                                        */
+/* Canned replies (docs/PROTOCOLS.md A5-A7)                                        */
 
 #define SSE_CT "content-type: text/event-stream; charset=utf-8"
 #define JSON_CT "content-type: application/json"
@@ -1196,7 +1196,7 @@ static void test_two_calls(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
-/* OpenAI-compatible provider (PROTOCOLS.md B)                                */
+/* OpenAI-compatible provider (docs/PROTOCOLS.md B)                                */
 
 #define OA_CHUNK(delta, finish)                                                                              \
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test-1\"," \

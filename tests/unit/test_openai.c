@@ -4,7 +4,7 @@
  * URL and headers (no Authorization without a key), non-streaming replies,
  * chunk sequences of OpenAI, Groq, vLLM, Ollama and llama.cpp fed through the
  * real SSE parser into the provider's event handler (shapes from
- * PROTOCOLS.md B3, B4, B7), in-stream errors in each form, and error bodies.
+ * docs/PROTOCOLS.md B3, B4, B7), in-stream errors in each form, and error bodies.
  */
 #include <setjmp.h>
 #include <stdarg.h>

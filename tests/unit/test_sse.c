@@ -213,7 +213,7 @@ static void check_vec(const vec *v)
 #define FEED(p, lit) sse_feed((p), (lit), sizeof(lit) - 1)
 #define CHECK(...) check_vec(&(vec){__VA_ARGS__})
 
-/* ---- PROTOCOLS.md section C, test vector table -------------------------- */
+/* ---- docs/PROTOCOLS.md section C, test vector table -------------------------- */
 
 static void test_table_vectors(void **state)
 {
@@ -587,7 +587,7 @@ static void test_callback_stop(void **state)
     free(r.log.p);
 }
 
-/* ---- Anthropic streams (PROTOCOLS.md A6) -------------------------------- */
+/* ---- Anthropic streams (docs/PROTOCOLS.md A6) -------------------------------- */
 
 static const char ANTHROPIC_FIXTURE[] =
     "event: message_start\n"
