@@ -5,11 +5,44 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "core/util.h"
+
+void chat_fatal(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* The line is built by hand in a fixed buffer: the heap may be what failed.
+     * The message is JSON-escaped; bytes outside printable ASCII become \u00XX. */
+    char ts[32];
+    chat_format_rfc3339(chat_now_ms(), ts);
+    char line[sizeof msg * 6 + 96];
+    size_t n = (size_t)snprintf(line, sizeof line, "{\"time\":\"%s\",\"level\":\"fatal\",\"msg\":\"", ts);
+    for (const unsigned char *p = (const unsigned char *)msg; *p && n + 8 < sizeof line; p++) {
+        if (*p == '"' || *p == '\\') {
+            line[n++] = '\\';
+            line[n++] = (char)*p;
+        } else if (*p < 0x20 || *p >= 0x7f) {
+            n += (size_t)snprintf(line + n, sizeof line - n, "\\u%04x", *p);
+        } else {
+            line[n++] = (char)*p;
+        }
+    }
+    n += (size_t)snprintf(line + n, sizeof line - n, "\"}\n");
+    if (n > sizeof line - 1)
+        n = sizeof line - 1;
+    ssize_t ignored = write(STDERR_FILENO, line, n);
+    (void)ignored;
+    abort();
+}
 
 static void oom(size_t n)
 {
-    fprintf(stderr, "chatd: out of memory allocating %zu bytes, aborting\n", n);
-    abort();
+    chat_fatal("out of memory allocating %zu bytes", n);
 }
 
 void *chat_xmalloc(size_t n)

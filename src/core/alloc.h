@@ -20,4 +20,13 @@ char *chat_xstrndup(const char *s, size_t n);
 /* printf into a new heap string. */
 char *chat_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/*
+ * The one fatal-error path, for states the program cannot continue from: an
+ * allocation that failed, a library that cannot initialise, a broken internal
+ * invariant (a programming error). Writes one JSON log line with level "fatal"
+ * to stderr without allocating, then aborts (a core dump for the post-mortem).
+ * Any thread. Never returns.
+ */
+void chat_fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
 #endif

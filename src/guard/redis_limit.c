@@ -860,8 +860,7 @@ redis_limit *redis_limit_new(struct event_base *base, const redis_limit_config *
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     if (!EVP_Digest(SCRIPT, strlen(SCRIPT), md, &mdlen, EVP_sha1(), NULL) || mdlen != 20) {
-        fprintf(stderr, "chatd: SHA1 unavailable, aborting\n");
-        abort();
+        chat_fatal("SHA1 unavailable");
     }
     for (unsigned i = 0; i < 20; i++)
         snprintf(rl->sha + 2 * i, 3, "%02x", md[i]);

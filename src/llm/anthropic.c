@@ -58,8 +58,7 @@ static struct curl_slist *build_headers(const llm_provider *p, bool stream)
 
 static void oom_json(void)
 {
-    fprintf(stderr, "chatd: out of memory building JSON, aborting\n");
-    abort();
+    chat_fatal("out of memory building JSON");
 }
 
 /* ---- prompt caching (A4) ---- */

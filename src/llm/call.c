@@ -162,8 +162,7 @@ void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const ch
     va_start(ap, fmt);
     char *msg = NULL;
     if (vasprintf(&msg, fmt, ap) < 0) {
-        fprintf(stderr, "chatd: out of memory formatting an error, aborting\n");
-        abort();
+        chat_fatal("out of memory formatting an error");
     }
     va_end(ap);
     st->err = status;
@@ -193,8 +192,7 @@ struct curl_slist *llm_slist_add(struct curl_slist *l, const char *line)
 {
     struct curl_slist *n = curl_slist_append(l, line);
     if (!n) {
-        fprintf(stderr, "chatd: out of memory building request headers, aborting\n");
-        abort();
+        chat_fatal("out of memory building request headers");
     }
     return n;
 }
@@ -429,8 +427,7 @@ static void outcome_set(outcome *o, llm_status st, const char *type, bool retrya
     va_list ap;
     va_start(ap, fmt);
     if (vasprintf(&o->message, fmt, ap) < 0) {
-        fprintf(stderr, "chatd: out of memory formatting an error, aborting\n");
-        abort();
+        chat_fatal("out of memory formatting an error");
     }
     va_end(ap);
     o->status = st;
@@ -1238,8 +1235,7 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     c->retry_ev = evtimer_new(base, retry_cb, c);
     c->easy = curl_easy_init();
     if (!c->kick_ev || !c->deadline_ev || !c->retry_ev || !c->easy) {
-        fprintf(stderr, "chatd: cannot allocate an LLM call, aborting\n");
-        abort();
+        chat_fatal("cannot allocate an LLM call");
     }
     CURL *e = c->easy;
     curl_easy_setopt(e, CURLOPT_URL, url);

@@ -54,8 +54,7 @@
 
 static void oom_json(void)
 {
-    fprintf(stderr, "chatd: out of memory building JSON, aborting\n");
-    abort();
+    chat_fatal("out of memory building JSON");
 }
 
 /* ---- the request ---- */

@@ -50,8 +50,7 @@ static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        fprintf(stderr, "chatd: curl_global_init failed, aborting\n");
-        abort();
+        chat_fatal("curl_global_init failed");
     }
 }
 
@@ -137,8 +136,7 @@ static int multi_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, v
         si->fd = s;
         si->ev = event_new(t->base, s, kind, socket_event_cb, t);
         if (!si->ev) {
-            fprintf(stderr, "chatd: event_new failed, aborting\n");
-            abort();
+            chat_fatal("event_new failed");
         }
         si->next = t->socks;
         if (t->socks)
@@ -165,8 +163,7 @@ llm_transport *llm_transport_new(struct event_base *base)
     t->multi = curl_multi_init();
     t->timer = evtimer_new(base, timer_event_cb, t);
     if (!t->multi || !t->timer) {
-        fprintf(stderr, "chatd: cannot create the curl multi handle or its timer, aborting\n");
-        abort();
+        chat_fatal("cannot create the curl multi handle or its timer");
     }
     curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, multi_socket_cb);
     curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
@@ -187,8 +184,7 @@ void llm_transport_free(llm_transport *t)
     if (t->calls.next != &t->calls) {
         /* Only a call inside its own on_done survives a cancel: freeing the
          * transport from there would leave that call a dangling transport. */
-        fprintf(stderr, "chatd: llm_transport_free called from inside a call's callback, aborting\n");
-        abort();
+        chat_fatal("llm_transport_free called from inside a call's callback");
     }
     curl_multi_cleanup(t->multi);
     /* curl normally releases every socket with CURL_POLL_REMOVE; free any it did not. */

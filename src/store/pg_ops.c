@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/log.h"
 
 /* ---- parameters ------------------------------------------------------------- */
 
@@ -31,8 +32,7 @@
 static void param_slot_check(const pg_params *p)
 {
     if (p->n >= PG_MAX_PARAMS) {
-        fprintf(stderr, "chatd store(postgres): more than %d statement parameters\n", PG_MAX_PARAMS);
-        abort();
+        chat_fatal("store(postgres): more than %d statement parameters", PG_MAX_PARAMS);
     }
 }
 
@@ -96,15 +96,19 @@ static bool res_ok(const PGresult *res)
 static chat_rc res_fail(const PGresult *res, const store_op *op)
 {
     if (res && res_ok(res)) {
-        fprintf(stderr, "chatd store(postgres): %s: unexpected result (%d rows, %d columns)\n",
-                store_op_name(op->kind), PQntuples(res), PQnfields(res));
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s,s:i,s:i}", "backend", "postgres", "op", store_op_name(op->kind), "error",
+                           "unexpected result shape", "rows", PQntuples(res), "columns", PQnfields(res)));
         return CHAT_EIO;
     }
     const char *msg = res ? PQresultErrorMessage(res) : "no result";
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     int len = (int)strcspn(msg, "\n");
-    fprintf(stderr, "chatd store(postgres): %s failed: %.*s (SQLSTATE %s)\n", store_op_name(op->kind), len,
-            msg, state ? state : "none");
+    char *text = chat_xstrndup(msg, (size_t)len);
+    chat_log(LOG_ERROR, "store error",
+             json_pack("{s:s,s:s,s:s,s:s}", "backend", "postgres", "op", store_op_name(op->kind), "error",
+                       text, "sqlstate", state ? state : "none"));
+    free(text);
     return CHAT_EIO;
 }
 
@@ -436,7 +440,8 @@ static chat_rc dec_stats_get(const PGresult *res, store_op *op)
         return res_fail(res, op);
     /* The shards that 001_init inserts are gone: not a state we can answer from. */
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-        fprintf(stderr, "chatd store(postgres): the stats rows are missing\n");
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s}", "backend", "postgres", "op", "stats_get", "error", "the stats rows are missing"));
         return CHAT_EIO;
     }
     store_stats *st = &op->out.stats;
@@ -701,8 +706,7 @@ static char *messages_json(const store_message *msgs, size_t n)
     }
     char *dumped = json_dumps(arr, JSON_COMPACT);
     if (!dumped) {
-        fprintf(stderr, "chatd store(postgres): out of memory encoding an import\n");
-        abort();
+        chat_fatal("store(postgres): out of memory encoding an import");
     }
     out = chat_xstrdup(dumped);
     free(dumped);

@@ -38,6 +38,7 @@
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/log.h"
 #include "core/util.h"
 #include "store/pg.h"
 #include "store/pg_pool.h"
@@ -252,8 +253,9 @@ static chat_rc ensure_connected(pg_db *d)
     PQreset(d->conn);
     char err[256] = "";
     if (PQstatus(d->conn) != CONNECTION_OK || prepare_all(d, err, sizeof err) != CHAT_OK) {
-        fprintf(stderr, "chatd store(postgres): reconnect failed: %s\n",
-                err[0] ? err : PQerrorMessage(d->conn));
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s}", "backend", "postgres", "op", "reconnect", "error",
+                           err[0] ? err : PQerrorMessage(d->conn)));
         return CHAT_EIO;
     }
     PQsetNoticeProcessor(d->conn, quiet_notice, NULL);
@@ -277,8 +279,9 @@ static chat_rc pg_run(void *impl, store_op *op)
         goto out;
     res = PQexecPrepared(d->conn, def->name, p.n, p.values, NULL, NULL, 0);
     if (!res || PQstatus(d->conn) != CONNECTION_OK) {
-        fprintf(stderr, "chatd store(postgres): %s failed: connection lost: %s\n", store_op_name(op->kind),
-                PQerrorMessage(d->conn));
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s,s:s}", "backend", "postgres", "op", store_op_name(op->kind), "error",
+                           "connection lost", "reason", PQerrorMessage(d->conn)));
         rc = CHAT_EIO;
         goto out;
     }

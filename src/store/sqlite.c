@@ -43,6 +43,7 @@
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/log.h"
 #include "core/util.h"
 
 /* How long a connection waits for another connection's write lock. Writes are
@@ -320,8 +321,9 @@ static void sqlite_close(sqlite_db *s);
 
 static chat_rc db_fail(sqlite_db *s, const char *what, int rc)
 {
-    fprintf(stderr, "chatd store(sqlite): %s failed: %s (%s, code %d)\n", what,
-            s && s->db ? sqlite3_errmsg(s->db) : "no connection", sqlite3_errstr(rc), rc);
+    chat_log(LOG_ERROR, "store error",
+             json_pack("{s:s,s:s,s:s,s:s,s:i}", "backend", "sqlite", "op", what, "error",
+                       s && s->db ? sqlite3_errmsg(s->db) : "no connection", "reason", sqlite3_errstr(rc), "code", rc));
     return CHAT_EIO;
 }
 
@@ -424,7 +426,9 @@ static chat_rc tx_begin(sqlite_db *s, enum stmt_id kind)
 static void tx_rollback(sqlite_db *s)
 {
     if (!sqlite3_get_autocommit(s->db) && run(s, ST_ROLLBACK) != CHAT_OK)
-        fprintf(stderr, "chatd store(sqlite): rollback failed; the connection may be unusable\n");
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "rollback", "error",
+                           "rollback failed; the connection may be unusable"));
     write_unlock(s);
 }
 
@@ -590,8 +594,8 @@ static chat_rc configure(sqlite_db *s, bool memory, char *err, size_t errlen)
     if (!memory && (!mode || strcmp(mode, "wal") != 0))
         /* Still correct (rollback journal), only less concurrent: e.g. a
          * filesystem without shared memory support. */
-        fprintf(stderr, "chatd store(sqlite): WAL mode unavailable, journal_mode is %s\n",
-                mode ? mode : "unknown");
+        chat_log(LOG_WARN, "sqlite: WAL mode unavailable",
+                 json_pack("{s:s,s:s}", "backend", "sqlite", "journal_mode", mode ? mode : "unknown"));
     sqlite3_finalize(st);
 
     /*
@@ -784,7 +788,8 @@ static void sqlite_close(sqlite_db *s)
     if (s->db) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK)
-            fprintf(stderr, "chatd store(sqlite): close failed: %s\n", sqlite3_errstr(rc));
+            chat_log(LOG_ERROR, "store error",
+                     json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "close", "error", sqlite3_errstr(rc)));
     }
     free(s);
 }
@@ -820,7 +825,9 @@ static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
         return run(s, id);
     chat_rc rc = run(s, id);
     if (run(s, ST_SYNC_FULL) != CHAT_OK)
-        fprintf(stderr, "chatd store(sqlite): cannot restore synchronous=FULL\n");
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "pragma", "error",
+                           "cannot restore synchronous=FULL"));
     return rc;
 }
 

@@ -114,8 +114,7 @@ const char *store_op_str(store_op *op, const char *str)
     if (!str)
         return NULL;
     if (op->nstrs >= STORE_OP_MAX_STRS) { /* a programming error, like an allocation failure */
-        fprintf(stderr, "chatd: store_op_str: more than %d strings in one op\n", STORE_OP_MAX_STRS);
-        abort();
+        chat_fatal("store_op_str: more than %d strings in one op", STORE_OP_MAX_STRS);
     }
     return op->strs[op->nstrs++] = chat_xstrdup(str);
 }
