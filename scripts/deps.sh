@@ -5,6 +5,8 @@
 #   scripts/deps.sh         (default: test) also the test tools, the servers the
 #                           tests start, chromium, and the npm packages of the
 #                           test tooling (package-lock.json, exact versions)
+#   scripts/deps.sh list-build  prints the build packages, one a line, and exits
+#                           (tests/build_without_test_tools.sh builds with only them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-test}
@@ -14,6 +16,7 @@ APT_PACKAGES=(
   libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
   libhiredis-dev libpq-dev
 )
+if [ "$WHAT" = list-build ]; then printf '%s\n' "${APT_PACKAGES[@]}"; exit 0; fi
 [ "$WHAT" = build ] || APT_PACKAGES+=(
   libcmocka-dev
   python3 python3-pytest python3-httpx

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh build
-cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DCHATD_TESTS=OFF >/dev/null
 cmake --build build-release -j"$(nproc)"
 exec build-release/chatd serve "$@"

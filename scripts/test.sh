@@ -19,13 +19,13 @@ run_suite() {
 }
 
 echo "== build and test: normal"
-run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_TESTS=ON
 
 if [ "${SANITIZE:-1}" != "0" ]; then
   echo "== build and test: ASan + UBSan"
   # Leaks are errors too; a report anywhere fails the run.
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-  run_suite build-asan -DCMAKE_BUILD_TYPE=Debug -DCHATD_SANITIZE=ON
+  run_suite build-asan -DCMAKE_BUILD_TYPE=Debug -DCHATD_SANITIZE=ON -DCHATD_TESTS=ON
 fi
 echo "== all tests passed"

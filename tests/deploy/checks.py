@@ -312,7 +312,7 @@ def static(binary, src):
         return mods
 
     engine_modules = modules_of(open(os.path.join(src, "CMakeLists.txt")).read())
-    modules = engine_modules + modules_of(open(os.path.join(src, "tests/CMakeLists.txt")).read())
+    modules = list(engine_modules)
     check(len(engine_modules) >= 6, f"pkg_check_modules not parsed: {modules}")
     dev, runtime_of_modules = set(), set()
     for mod in modules:
@@ -334,7 +334,15 @@ def static(binary, src):
     bhave = apt_installs(build)
     check(dev <= bhave, f"builder stage lacks {sorted(dev - bhave)}")
     check({"cmake", "pkg-config"} <= bhave, "builder stage lacks cmake/pkg-config")
-    ok(f"builder packages cover the pkg-config modules {modules}")
+    # ... and nothing of the test suite: the image builds what `scripts/deps.sh
+    # build` installs, with the tests switched off (no cmocka needed).
+    build_pkgs = set(subprocess.run([os.path.join(src, "scripts/deps.sh"), "list-build"], capture_output=True,
+                                    text=True, check=True).stdout.split())
+    check(bhave <= build_pkgs, f"builder stage installs packages beyond scripts/deps.sh build: "
+                               f"{sorted(bhave - build_pkgs)}")
+    check(re.search(r"^RUN cmake [^\n]*-DCHATD_TESTS=OFF", build, re.M),
+          "the builder's cmake command must pass -DCHATD_TESTS=OFF")
+    ok(f"builder packages cover the pkg-config modules {modules}, all from scripts/deps.sh build, tests off")
 
     # Runtime packages: every library the binary links against, and nothing but
     # the runtime packages of CMake's modules (a module the linker dropped with
