@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 
 struct metrics_child {
     metrics_family *fam;                  /* owner (for the type check and the bucket bounds) */
@@ -497,29 +498,19 @@ uint64_t metrics_histogram_count(const metrics_child *c, double *sum)
 
 /* ---- rendering ----------------------------------------------------------------- */
 
-typedef struct out_buf {
-    char *p;
-    size_t len;
-    size_t cap;
-} out_buf;
+/* The largest page rendered. Families and their label sets are bounded, so a
+ * real page is far smaller (kilobytes); past this the page is cut short. */
+#define METRICS_PAGE_MAX ((size_t)32 << 20)
 
-static void ob_reserve(out_buf *b, size_t extra)
-{
-    if (b->len + extra + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra + 1)
-        cap *= 2;
-    b->p = chat_xrealloc(b->p, cap);
-    b->cap = cap;
-}
+typedef struct out_buf {
+    chat_buf buf;
+    bool full;  /* an append hit METRICS_PAGE_MAX: nothing more is written */
+} out_buf;
 
 static void ob_add(out_buf *b, const char *s, size_t n)
 {
-    ob_reserve(b, n);
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
+    if (!b->full && chat_buf_append(&b->buf, s, n) != CHAT_OK)
+        b->full = true;
 }
 
 static void ob_str(out_buf *b, const char *s)
@@ -623,9 +614,8 @@ char *metrics_registry_render(const metrics_registry *reg, size_t *len)
 {
     static const char *type_names[] = {
         [METRICS_COUNTER] = "counter", [METRICS_GAUGE] = "gauge", [METRICS_HISTOGRAM] = "histogram"};
-    out_buf b = {0};
-    ob_reserve(&b, 0);
-    b.p[0] = '\0';
+    out_buf b = {.full = false};
+    chat_buf_init(&b.buf, METRICS_PAGE_MAX);
     for (const metrics_family *f = reg ? reg->first : NULL; f; f = f->next) {
         ob_str(&b, "# HELP ");
         ob_str(&b, f->name);
@@ -655,8 +645,8 @@ char *metrics_registry_render(const metrics_registry *reg, size_t *len)
         }
     }
     if (len)
-        *len = b.len;
-    return b.p;
+        *len = b.buf.len;
+    return chat_buf_steal(&b.buf);
 }
 
 /* ---- chatd's metrics ------------------------------------------------------------- */

@@ -46,6 +46,7 @@
 #include <strings.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/util.h"
 #include "llm/call_internal.h"
 #include "llm/provider.h"
@@ -74,8 +75,7 @@ typedef struct attempt {
     char *retry_after;
     int should_retry;         /* x-should-retry: 1 true, 0 false, -1 absent */
     body_mode mode;           /* chosen at the first body byte */
-    char *body;               /* buffered JSON or error body (MODE_JSON / MODE_ERROR) */
-    size_t body_len, body_cap;
+    chat_buf body;            /* buffered JSON or error body (MODE_JSON / MODE_ERROR), max_response_bytes */
     sse_parser *sse;          /* MODE_SSE */
     size_t skip;              /* bytes at the head of the next deliveries already parsed (pause) */
 } attempt;
@@ -120,10 +120,8 @@ struct llm_call {
     int64_t attempt_start_ms;     /* current attempt started */
     int64_t last_byte_ms;         /* last response byte (or resume) of the current attempt */
     int64_t ttfb_ms;              /* current attempt's time to first byte, -1 before it */
-    char *text;                   /* reply text so far, NUL-terminated, at most max_response_bytes */
-    size_t text_len, text_cap;
-    char *pending;                /* text parsed after a pause, delivered on resume (a suffix of text) */
-    size_t pending_len, pending_cap;
+    chat_buf text;                /* reply text so far, at most max_response_bytes */
+    chat_buf pending;             /* text parsed after a pause, delivered on resume (a suffix of text) */
     attempt a;                    /* the current attempt */
     llm_parse ps;                 /* what the provider parser found in the current attempt */
     int last_status;              /* last HTTP status seen over all attempts */
@@ -384,26 +382,6 @@ char *llm_build_body(const llm_provider *p, const llm_request *req)
 /* ------------------------------------------------------------------------ */
 /* Buffers                                                                    */
 
-/* Appends n bytes to a NUL-terminated growable buffer whose length may not exceed max. */
-static bool buf_append(char **b, size_t *len, size_t *cap, const char *s, size_t n, size_t max)
-{
-    if (n > max || *len > max - n)
-        return false;
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap : 256;
-        while (nc < *len + n + 1)
-            nc *= 2;
-        if (nc > max + 1)
-            nc = max + 1;
-        *b = chat_xrealloc(*b, nc);
-        *cap = nc;
-    }
-    memcpy(*b + *len, s, n);
-    *len += n;
-    (*b)[*len] = '\0';
-    return true;
-}
-
 static void outcome_free(outcome *o)
 {
     free(o->type);
@@ -467,9 +445,11 @@ static void attempt_reset(llm_call *c)
     free(a->request_id);
     free(a->retry_after_ms);
     free(a->retry_after);
-    free(a->body);
+    size_t max = a->body.max;
+    chat_buf_free(&a->body);
     sse_free(a->sse);
     memset(a, 0, sizeof *a);
+    chat_buf_init(&a->body, max);
     a->should_retry = -1;
 }
 
@@ -496,8 +476,8 @@ static void destroy(llm_call *c)
     llm_parse_reset(&c->ps);
     curl_slist_free_all(c->headers);
     free(c->body);
-    free(c->text);
-    free(c->pending);
+    chat_buf_free(&c->text);
+    chat_buf_free(&c->pending);
     llm__transport_unlink(c->t, &c->link);
     free(c);
 }
@@ -550,10 +530,8 @@ static void finish(llm_call *c, outcome *o)
     }
     r.retry_after_ms = c->last_retry_after_ms;
     r.request_id = c->a.request_id;
-    if (!c->text)
-        c->text = chat_xstrdup("");
-    r.text = c->text;
-    r.text_len = c->text_len;
+    r.text = chat_buf_str(&c->text);
+    r.text_len = c->text.len;
     r.stop_reason = c->ps.stop_reason;
     r.model = c->ps.model;
     r.usage = c->ps.usage;
@@ -731,7 +709,7 @@ static int emit_text(void *ud, const char *s, size_t n)
     if (n == 0)
         return 0;
     size_t max = c->p->max_response_bytes;
-    if (!buf_append(&c->text, &c->text_len, &c->text_cap, s, n, max)) {
+    if (chat_buf_append(&c->text, s, n) != CHAT_OK) {
         llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
                        "reply text exceeds max_response_bytes=%zu", max);
         return 1;
@@ -739,8 +717,9 @@ static int emit_text(void *ud, const char *s, size_t n)
     if (!c->stream || !c->cbs.on_delta)
         return 0;
     if (c->paused) {
-        /* pending is a suffix of text, so text's cap bounds it too. */
-        (void)buf_append(&c->pending, &c->pending_len, &c->pending_cap, s, n, max);
+        /* pending is a suffix of text, so text's maximum bounds it too. */
+        if (chat_buf_append(&c->pending, s, n) != CHAT_OK)
+            chat_fatal("llm: queued text outgrew the reply text");
         return 0;
     }
     c->delivered = true;
@@ -859,7 +838,7 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
         break;
     }
     case MODE_JSON:
-        if (!buf_append(&a->body, &a->body_len, &a->body_cap, p, n, c->p->max_response_bytes)) {
+        if (chat_buf_append(&a->body, p, n) != CHAT_OK) {
             llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
                            "response body exceeds max_response_bytes=%zu", c->p->max_response_bytes);
             ret = 0;
@@ -868,8 +847,9 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
     case MODE_ERROR: {
         /* Only the start of an error body is useful: keep what fits, drop the rest. */
         size_t cap = c->p->max_response_bytes < ERROR_BODY_MAX ? c->p->max_response_bytes : ERROR_BODY_MAX;
-        size_t room = cap - a->body_len;
-        (void)buf_append(&a->body, &a->body_len, &a->body_cap, p, n < room ? n : room, cap);
+        size_t room = cap - a->body.len;
+        if (chat_buf_append(&a->body, p, n < room ? n : room) != CHAT_OK)
+            chat_fatal("llm: an error body outgrew its own cap");
         break;
     }
     case MODE_NONE:
@@ -937,7 +917,7 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
     }
     if (!ok2xx) {
         llm_error_info e = {0};
-        c->ops->parse_error(a->status, a->body ? a->body : "", a->body_len, &e);
+        c->ops->parse_error(a->status, chat_buf_str(&a->body), a->body.len, &e);
         bool retry = a->status == 408 || a->status == 409 || a->status == 429 || a->status >= 500;
         if (a->should_retry == 1)
             retry = true;
@@ -980,7 +960,7 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
                         "the connection failed while reading the response: %s", curl_detail(c, rc));
             return;
         }
-        if (c->ops->parse_json_body(&c->ps, a->body ? a->body : "", a->body_len) != LLM_OK) {
+        if (c->ops->parse_json_body(&c->ps, chat_buf_str(&a->body), a->body.len) != LLM_OK) {
             /* An error object sent with a 200 is the provider's error, as in a stream. */
             outcome_set(o, c->ps.err ? c->ps.err : LLM_ERR_PROTOCOL,
                         c->ps.err_type ? c->ps.err_type : "protocol_error", c->ps.err == LLM_ERR_STREAM, "%s",
@@ -1041,10 +1021,8 @@ static void handle_outcome(llm_call *c, outcome *o)
     }
     outcome_free(o);
     /* Nothing was delivered, so whatever this attempt parsed is thrown away. */
-    c->text_len = 0;
-    if (c->text)
-        c->text[0] = '\0';
-    c->pending_len = 0;
+    chat_buf_clear(&c->text);
+    chat_buf_clear(&c->pending);
     c->paused = false;
     llm_parse_reset(&c->ps);
     struct timeval tv = {.tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)((wait % 1000) * 1000)};
@@ -1088,7 +1066,7 @@ void llm__call_transfer_done(llm_call *c, CURLcode rc)
         destroy(c);
         return;
     }
-    if (c->paused && c->pending_len > 0) {
+    if (c->paused && c->pending.len > 0) {
         /* The caller has not taken the text parsed after its pause yet: decide
          * once it resumes, so on_done never overtakes a delta. */
         c->done_while_paused = true;
@@ -1107,13 +1085,11 @@ static void do_resume(llm_call *c)
     if (!c->paused)
         return;
     c->paused = false;
-    if (c->pending_len > 0 && c->cbs.on_delta) {
+    if (c->pending.len > 0 && c->cbs.on_delta) {
         /* Hand the queued text over in one piece; take it out first, as
          * on_delta may pause again and text may then queue anew. */
-        char *buf = c->pending;
-        size_t n = c->pending_len;
-        c->pending = NULL;
-        c->pending_len = c->pending_cap = 0;
+        size_t n = c->pending.len;
+        char *buf = chat_buf_steal(&c->pending);
         c->delivered = true;
         c->depth++;
         int r = c->cbs.on_delta(c->ud, buf, n);
@@ -1225,6 +1201,9 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     c->ttfb_ms = -1;
     c->last_retry_after_ms = -1;
     c->a.should_retry = -1;
+    chat_buf_init(&c->a.body, p->max_response_bytes);
+    chat_buf_init(&c->text, p->max_response_bytes);
+    chat_buf_init(&c->pending, p->max_response_bytes);
     llm_parse_init(&c->ps, emit_text, c);
     c->start_ms = chat_mono_ms();
     c->total_deadline_ms = c->start_ms + p->total_timeout_ms;

@@ -22,14 +22,13 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/util.h"
 
 /* Sessions per store_sessions_list call. */
 #define EXPORT_PAGE 200
 /* How many times a session that changes while it is read is read again. */
 #define EXPORT_RETRIES 5
-/* First size of the import line buffer (it doubles up to the maximum). */
-#define IMPORT_BUF_START ((size_t)64 << 10)
 
 /* ---- export ---------------------------------------------------------------- */
 
@@ -530,41 +529,26 @@ static chat_rc import_line(importer *im, const char *text, size_t len)
 }
 
 /*
- * Reads one line into *buf (growing it up to max + 2 bytes), without its "\n".
- * Returns 1 with *len set, 0 at the end of the input, -1 when the line is longer
- * than max bytes, -2 on a read error.
+ * Reads one line into `line` (bounded by its maximum), without its "\n".
+ * Returns 1, 0 at the end of the input, -1 when the line is longer than the
+ * buffer's maximum, -2 on a read error.
  */
-static int read_line(FILE *in, char **buf, size_t *cap, size_t *len, size_t max)
+static int read_line(FILE *in, chat_buf *line)
 {
-    size_t n = 0;
+    chat_buf_clear(line);
     bool any = false;
     int ch;
     while ((ch = getc_unlocked(in)) != EOF) {
         any = true;
         if (ch == '\n')
             break;
-        if (n >= max)
+        char c = (char)ch;
+        if (chat_buf_append(line, &c, 1) != CHAT_OK)
             return -1;
-        if (n + 2 > *cap) {
-            size_t ncap = *cap ? *cap * 2 : IMPORT_BUF_START;
-            if (ncap > max + 2)
-                ncap = max + 2;
-            *buf = chat_xrealloc(*buf, ncap);
-            *cap = ncap;
-        }
-        (*buf)[n++] = (char)ch;
     }
     if (ch == EOF && ferror(in))
         return -2;
-    if (!any)
-        return 0;
-    if (*cap == 0) { /* an empty first line */
-        *buf = chat_xrealloc(*buf, 1);
-        *cap = 1;
-    }
-    (*buf)[n] = '\0';
-    *len = n;
-    return 1;
+    return any ? 1 : 0;
 }
 
 static bool blank(const char *s, size_t n)
@@ -582,13 +566,16 @@ chat_rc transfer_import(store *s, FILE *in, size_t max_line, transfer_counts *co
     memset(im.c, 0, sizeof *im.c);
     if (max_line == 0)
         max_line = TRANSFER_MAX_LINE_DEFAULT;
-    char *buf = NULL;
-    size_t cap = 0, len = 0;
+    chat_buf line;
+    chat_buf_init(&line, max_line);
     chat_rc rc = CHAT_OK;
     int r;
-    while ((r = read_line(in, &buf, &cap, &len, max_line)) == 1) {
+    while ((r = read_line(in, &line)) == 1) {
         im.line++;
-        char *text = buf;
+        if (line.len == 0)
+            continue; /* a blank line */
+        size_t len = line.len;
+        char *text = line.data;
         if (im.line == 1 && len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) { /* a BOM added by an editor */
             text += 3;
             len -= 3;
@@ -616,6 +603,6 @@ chat_rc transfer_import(store *s, FILE *in, size_t max_line, transfer_counts *co
         rc = CHAT_EINVAL;
     }
 out:
-    free(buf);
+    chat_buf_free(&line);
     return rc;
 }
