@@ -32,16 +32,10 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 
 /* The UTF-8 encoding of U+FEFF. */
 static const unsigned char BOM[3] = {0xEF, 0xBB, 0xBF};
-
-/* A growable byte buffer. Its maximum capacity is set by its users' checks. */
-typedef struct {
-    char *p;    /* heap storage, or NULL before the first append */
-    size_t len; /* bytes in use */
-    size_t cap; /* bytes allocated */
-} sbuf;
 
 struct sse_parser {
     sse_event_cb cb; /* called once per dispatched event */
@@ -53,47 +47,21 @@ struct sse_parser {
     int bom_done;     /* the start of stream is behind us: no BOM can be dropped any more */
     unsigned bom_matched; /* how many leading bytes matched the BOM so far (0..2) */
     int in_cb;        /* inside the callback: catches forbidden reentrant sse_feed calls */
-    sbuf line;   /* the unterminated line carried over from the previous piece */
-    sbuf data;   /* data lines joined with LF (no final LF), NUL-terminated when allocated */
+    chat_buf line;   /* the unterminated line carried over from the previous piece (max_line) */
+    chat_buf data;   /* data lines joined with LF, no final LF (max_event) */
     int has_data; /* at least one `data` line since the last dispatch (data may be "") */
-    sbuf type;   /* event type buffer, NUL-terminated when allocated */
-    sbuf id_buf; /* last-event-id buffer, set by `id` fields */
+    chat_buf type;   /* event type buffer (max_line) */
+    chat_buf id_buf; /* last-event-id buffer, set by `id` fields (max_line) */
     int id_dirty; /* id_buf changed since it was last committed to last_id */
-    sbuf last_id; /* committed last event id, NUL-terminated when allocated */
+    chat_buf last_id; /* committed last event id (max_line) */
     long retry_ms; /* reconnection time from the last valid `retry`, -1 if none */
 };
 
-/* max + 1 without overflow: the capacity needed for max bytes plus a NUL. */
-static size_t cap_for(size_t max)
+/* Values copied from a line fit their buffers: a line is at most max_line bytes. */
+static void set_from_line(chat_buf *b, const char *v, size_t n)
 {
-    return max < SIZE_MAX ? max + 1 : SIZE_MAX;
-}
-
-/*
- * Makes room for `need` bytes in b. Callers have checked need against their
- * limit, and pass max_cap (limit + 1 for the NUL), so growth stops there.
- */
-static void sbuf_reserve(sbuf *b, size_t need, size_t max_cap)
-{
-    if (need <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < need)
-        cap = cap <= SIZE_MAX / 2 ? cap * 2 : need;
-    if (cap > max_cap)
-        cap = max_cap;
-    b->p = chat_xrealloc(b->p, cap);
-    b->cap = cap;
-}
-
-/* Sets b to the n bytes at s, NUL-terminated; n < max_cap. */
-static void sbuf_set(sbuf *b, const char *s, size_t n, size_t max_cap)
-{
-    sbuf_reserve(b, n + 1, max_cap);
-    if (n)
-        memcpy(b->p, s, n);
-    b->p[n] = '\0';
-    b->len = n;
+    if (chat_buf_set(b, v, n) != CHAT_OK)
+        chat_fatal("sse: a field value longer than its line");
 }
 
 sse_parser *sse_new(size_t max_line, size_t max_event, sse_event_cb cb, void *ud)
@@ -106,6 +74,11 @@ sse_parser *sse_new(size_t max_line, size_t max_event, sse_event_cb cb, void *ud
     p->max_event = max_event;
     p->dead = CHAT_OK;
     p->retry_ms = -1;
+    chat_buf_init(&p->line, max_line);
+    chat_buf_init(&p->data, max_event);
+    chat_buf_init(&p->type, max_line);
+    chat_buf_init(&p->id_buf, max_line);
+    chat_buf_init(&p->last_id, max_line);
     return p;
 }
 
@@ -113,17 +86,17 @@ void sse_free(sse_parser *p)
 {
     if (!p)
         return;
-    free(p->line.p);
-    free(p->data.p);
-    free(p->type.p);
-    free(p->id_buf.p);
-    free(p->last_id.p);
+    chat_buf_free(&p->line);
+    chat_buf_free(&p->data);
+    chat_buf_free(&p->type);
+    chat_buf_free(&p->id_buf);
+    chat_buf_free(&p->last_id);
     free(p);
 }
 
 const char *sse_last_event_id(const sse_parser *p)
 {
-    return p->last_id.p ? p->last_id.p : "";
+    return chat_buf_str(&p->last_id);
 }
 
 long sse_retry_ms(const sse_parser *p)
@@ -140,13 +113,13 @@ static chat_rc dispatch(sse_parser *p)
     chat_rc rc = CHAT_OK;
 
     if (p->id_dirty) {
-        sbuf_set(&p->last_id, p->id_buf.p, p->id_buf.len, cap_for(p->max_line));
+        set_from_line(&p->last_id, chat_buf_str(&p->id_buf), p->id_buf.len);
         p->id_dirty = 0;
     }
     if (p->has_data) {
-        const char *type = p->type.len ? p->type.p : "message";
+        const char *type = p->type.len ? p->type.data : "message";
         size_t type_len = p->type.len ? p->type.len : strlen("message");
-        const char *data = p->data.p ? p->data.p : "";
+        const char *data = chat_buf_str(&p->data);
         p->in_cb = 1;
         int stop = p->cb(p->ud, type, type_len, data, p->data.len);
         p->in_cb = 0;
@@ -154,8 +127,8 @@ static chat_rc dispatch(sse_parser *p)
             rc = CHAT_ECANCELED;
     }
     p->has_data = 0;
-    p->data.len = 0;
-    p->type.len = 0;
+    chat_buf_clear(&p->data);
+    chat_buf_clear(&p->type);
     return rc;
 }
 
@@ -178,17 +151,11 @@ static void field_retry(sse_parser *p, const char *v, size_t n)
 static chat_rc field_data(sse_parser *p, const char *v, size_t n)
 {
     size_t sep = p->has_data ? 1 : 0;
-    size_t room = p->max_event - p->data.len; /* data.len <= max_event always holds */
-    if (sep > room || n > room - sep)
+    /* Reserve both parts first, so a value that does not fit leaves no LF behind. */
+    if (chat_buf_reserve(&p->data, sep + n) != CHAT_OK)
         return CHAT_ETOOBIG;
-    size_t len = p->data.len + sep + n;
-    sbuf_reserve(&p->data, len + 1, cap_for(p->max_event));
-    if (sep)
-        p->data.p[p->data.len] = '\n';
-    if (n)
-        memcpy(p->data.p + p->data.len + sep, v, n);
-    p->data.p[len] = '\0';
-    p->data.len = len;
+    if ((sep && chat_buf_append(&p->data, "\n", 1) != CHAT_OK) || chat_buf_append(&p->data, v, n) != CHAT_OK)
+        return CHAT_ETOOBIG; /* cannot happen after the reserve */
     p->has_data = 1;
     return CHAT_OK;
 }
@@ -218,13 +185,13 @@ static chat_rc process_line(sse_parser *p, const char *s, size_t n)
         break;
     case 5:
         if (memcmp(s, "event", 5) == 0)
-            sbuf_set(&p->type, v, vlen, cap_for(p->max_line));
+            set_from_line(&p->type, v, vlen);
         else if (memcmp(s, "retry", 5) == 0)
             field_retry(p, v, vlen);
         break;
     case 2:
         if (memcmp(s, "id", 2) == 0 && !memchr(v, '\0', vlen)) {
-            sbuf_set(&p->id_buf, v, vlen, cap_for(p->max_line));
+            set_from_line(&p->id_buf, v, vlen);
             p->id_dirty = 1;
         }
         break;
@@ -237,12 +204,7 @@ static chat_rc process_line(sse_parser *p, const char *s, size_t n)
 /* Appends n bytes to the carried-over partial line, enforcing max_line. */
 static chat_rc line_append(sse_parser *p, const char *s, size_t n)
 {
-    if (n > p->max_line - p->line.len) /* line.len <= max_line always holds */
-        return CHAT_ETOOBIG;
-    sbuf_reserve(&p->line, p->line.len + n, p->max_line);
-    memcpy(p->line.p + p->line.len, s, n);
-    p->line.len += n;
-    return CHAT_OK;
+    return chat_buf_append(&p->line, s, n);
 }
 
 /*
@@ -319,9 +281,10 @@ chat_rc sse_feed(sse_parser *p, const char *buf, size_t len)
             rc = line_append(p, s, n);
             if (rc != CHAT_OK)
                 goto out;
+            /* Emptied before processing, which only reads it: the bytes stay in place. */
             size_t total = p->line.len;
             p->line.len = 0;
-            rc = process_line(p, p->line.p, total);
+            rc = process_line(p, p->line.data, total);
         } else if (n > p->max_line) {
             rc = CHAT_ETOOBIG;
         } else {
