@@ -25,17 +25,21 @@ void api_error(http_req *r, api_flavor f, int status, const char *type, const ch
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    chat_utf8_trim(msg);
+    if (n >= (int)sizeof msg)
+        chat_utf8_trim(msg); /* a sequence cut by the bound */
+    /* The message may quote client bytes (a path, a file name): what is not
+     * UTF-8 is escaped, so that the error can always be encoded. */
+    json_t *text = chat_json_text(msg);
     json_t *body;
     if (f == API_SEED)
-        body = json_pack("{s:s}", "detail", msg);
+        body = json_pack("{s:o}", "detail", text);
     else if (f == API_OPENAI) /* chatd's own type goes into code */
-        body = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", api_openai_type_of(status),
+        body = json_pack("{s:{s:o,s:s,s:n,s:s}}", "error", "message", text, "type", api_openai_type_of(status),
                          "param", "code", type);
     else
-        body = json_pack("{s:{s:s,s:s,s:s}}", "error", "type", type, "message", msg, "request_id",
+        body = json_pack("{s:{s:s,s:o,s:s}}", "error", "type", type, "message", text, "request_id",
                          http_req_id(r));
     http_req_log_set(r, "error_type", json_string(type));
     http_reply_json(r, status, body);
@@ -85,7 +89,7 @@ bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char 
              "invalid session_id: use 1 to 128 characters of letters, digits and . _ : -");
     json_t *item = api_detail_item("string_pattern_mismatch", loc0, field,
                                    "String should match pattern '^[A-Za-z0-9._:-]{1,128}$'",
-                                   json_string(id ? id : ""));
+                                   chat_json_text(id ? id : ""));
     api_invalid(r, f, item, msg);
     return false;
 }

@@ -41,12 +41,13 @@ static void oa_error(http_req *r, int status, const char *type, const char *code
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    chat_utf8_trim(msg);
+    if (n >= (int)sizeof msg)
+        chat_utf8_trim(msg); /* a sequence cut by the bound */
     http_req_log_set(r, "error_type", json_string(code ? code : type));
-    http_reply_json(r, status, json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", msg, "type", type, "param",
-                                         param, "code", code));
+    http_reply_json(r, status, json_pack("{s:{s:o,s:s,s:s?,s:s?}}", "error", "message", chat_json_text(msg), "type",
+                                         type, "param", param, "code", code));
 }
 
 /* "end_turn" and friends -> OpenAI's finish_reason vocabulary. */

@@ -384,7 +384,7 @@ static void refuse(http_req *r, const route *rt, auth_result ar)
 static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_identity *id, char **params)
 {
     if (id->key_id[0])
-        http_req_log_set(r, "key", json_string(id->key_id));
+        http_req_log_set(r, "key", chat_json_text(id->key_id));
     if (rt->access == ACCESS_ADMIN && id->authenticated && !id->admin)
         api_error(r, rt->flavor, 403, "permission_error", "this endpoint needs an admin key");
     else if (http_req_body_too_large(r))
@@ -476,7 +476,7 @@ void api_dispatch(http_req *r, void *ctx)
             const route *rt = &routes[i];
             http_req_set_route(r, rt->pattern);
             if (params[0] && strncmp(rt->pattern, "/ui", 3) != 0) /* every other {} route is about one session */
-                http_req_log_set(r, "session", json_string(params[0]));
+                http_req_log_set(r, "session", chat_json_text(params[0]));
             authenticate_then_run(r, w, rt, params);
             for (int k = 0; params[k]; k++)
                 free(params[k]);

@@ -3,9 +3,12 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+
+#include "core/alloc.h"
 
 int64_t chat_now_ms(void)
 {
@@ -90,6 +93,76 @@ void chat_utf8_trim(char *s)
     size_t need = lead < 0x80 ? 1 : (lead & 0xE0) == 0xC0 ? 2 : (lead & 0xF0) == 0xE0 ? 3 : (lead & 0xF8) == 0xF0 ? 4 : 1;
     if ((size_t)back + 1 < need)
         s[k - 1] = '\0';
+}
+
+size_t chat_utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0; /* a continuation byte, 0xc0/0xc1 (always overlong), or 0xf5..0xff */
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+char *chat_utf8_escape(const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    char *out = chat_xmalloc(4 * len + 1), *o = out;
+    size_t i = 0;
+    while (i < len) {
+        size_t k = u[i] ? chat_utf8_seq(u + i, len - i) : 0;
+        if (k == 0) {
+            *o++ = '\\';
+            *o++ = 'x';
+            *o++ = hex[u[i] >> 4];
+            *o++ = hex[u[i] & 0x0f];
+            i++;
+        } else {
+            memcpy(o, u + i, k);
+            o += k;
+            i += k;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+json_t *chat_json_text(const char *s)
+{
+    if (!s)
+        return json_null();
+    json_t *j = json_string(s);
+    if (j)
+        return j;
+    char *esc = chat_utf8_escape(s, strlen(s));
+    j = json_string(esc);
+    free(esc);
+    if (!j)
+        chat_fatal("chat_json_text: escaped text refused by jansson");
+    return j;
 }
 
 bool chat_valid_id(const char *s)

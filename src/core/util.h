@@ -1,6 +1,6 @@
 /*
- * util.h: small shared helpers: clocks, random ids, time formatting, and the
- * session-id rule. Thread-safe unless noted.
+ * util.h: small shared helpers: clocks, random ids, time formatting, UTF-8
+ * checks and escaping of client bytes, and the session-id rule. Thread-safe unless noted.
  */
 #ifndef CHATD_CORE_UTIL_H
 #define CHATD_CORE_UTIL_H
@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 /* Writes a printf-formatted message into err (when err is non-NULL and errlen
  * > 0), cut at its first newline: the "one-line reason" of every
@@ -38,6 +40,27 @@ void chat_format_iso_local(int64_t ms, char out[32]);
 /* Cuts an incomplete UTF-8 sequence off the end of s (what a truncating
  * snprintf can leave), so that the text stays valid for JSON. */
 void chat_utf8_trim(char *s);
+
+/* Length of the well-formed UTF-8 sequence at s (n >= 1 bytes available):
+ * 1..4, or 0 when the bytes there are not UTF-8 (a stray continuation byte,
+ * an overlong form, a surrogate, a code point above U+10FFFF, a sequence cut
+ * short). The rules are jansson's: what this accepts, json_string accepts. */
+size_t chat_utf8_seq(const unsigned char *s, size_t n);
+
+/*
+ * Client bytes (a request path, a query or header value) made into text that a
+ * JSON body or log line can carry: a new heap string where every byte that does
+ * not start a well-formed UTF-8 sequence, and NUL, is written as the four
+ * characters \xHH (lowercase hex); valid UTF-8 (control characters too, which
+ * JSON escapes itself) is copied as is. At most 4 * len + 1 bytes.
+ */
+char *chat_utf8_escape(const char *s, size_t len);
+
+/* A JSON string of the NUL-terminated s, which may hold any bytes: s itself
+ * when it is valid UTF-8, else its chat_utf8_escape form; JSON null for NULL s.
+ * Never NULL (json_string would return NULL for invalid UTF-8, and a NULL
+ * value silently drops the field or fails the whole document). */
+json_t *chat_json_text(const char *s);
 
 /* True if s is a valid session id / request id: 1..128 chars of [A-Za-z0-9._:-]. */
 bool chat_valid_id(const char *s);

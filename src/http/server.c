@@ -243,7 +243,7 @@ static void access_log(http_req *r)
     r->log_fields = NULL;
     json_object_set_new(f, "request_id", json_string(r->id));
     json_object_set_new(f, "method", json_string(http_req_method_name(r)));
-    json_object_set_new(f, "path", json_string(r->path));
+    json_object_set_new(f, "path", chat_json_text(r->path)); /* the client's bytes, escaped if not UTF-8 */
     json_object_set_new(f, "status", json_integer(r->status));
     int64_t elapsed_us = chat_mono_us() - r->start_us;
     json_object_set_new(f, "duration_ms", json_integer(elapsed_us / 1000));

@@ -3,6 +3,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -76,6 +78,49 @@ static void test_utf8_trim(void **state)
     assert_string_equal(e, "");
 }
 
+static void escaped(const char *in, size_t len, const char *want)
+{
+    char *got = chat_utf8_escape(in, len);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+/* Client bytes become JSON-safe text: invalid bytes as \xHH, valid UTF-8 kept. */
+static void test_utf8_escape(void **state)
+{
+    (void)state;
+    escaped("/v1/caf\xc3\xa9", 9, "/v1/caf\xc3\xa9");        /* valid: unchanged */
+    escaped("/v1/\xff", 5, "/v1/\\xff");                      /* a byte that never starts UTF-8 */
+    escaped("\x80\xbf", 2, "\\x80\\xbf");                     /* stray continuation bytes */
+    escaped("\xc0\xaf", 2, "\\xc0\\xaf");                     /* overlong '/' */
+    escaped("\xe0\x80\xaf", 3, "\\xe0\\x80\\xaf");            /* overlong 3-byte */
+    escaped("\xf0\x80\x80\xaf", 4, "\\xf0\\x80\\x80\\xaf");   /* overlong 4-byte */
+    escaped("\xed\xa0\x80", 3, "\\xed\\xa0\\x80");            /* a surrogate */
+    escaped("\xf4\x90\x80\x80", 4, "\\xf4\\x90\\x80\\x80");   /* above U+10FFFF */
+    escaped("a\xe2\x82", 3, "a\\xe2\\x82");                   /* cut short */
+    escaped("a\x01\x7f", 3, "a\x01\x7f");                     /* control characters are valid UTF-8 */
+    escaped("a\0b", 3, "a\\x00b");                            /* NUL */
+    escaped("\xf0\x9f\x8e\x89!", 5, "\xf0\x9f\x8e\x89!");        /* 4-byte */
+    escaped("", 0, "");
+    for (unsigned b = 0x80; b <= 0xff; b++) {
+        char in[2] = {(char)b, 0};
+        json_t *j = chat_json_text(in);
+        assert_non_null(j);
+        char want[8];
+        snprintf(want, sizeof want, "\\x%02x", b);
+        assert_string_equal(json_string_value(j), want);
+        json_decref(j);
+    }
+    json_t *ok = chat_json_text("caf\xc3\xa9");
+    assert_string_equal(json_string_value(ok), "caf\xc3\xa9");
+    json_decref(ok);
+    json_t *null = chat_json_text(NULL);
+    assert_true(json_is_null(null));
+    json_decref(null);
+    assert_int_equal(chat_utf8_seq((const unsigned char *)"\xc3\xa9", 2), 2);
+    assert_int_equal(chat_utf8_seq((const unsigned char *)"\xc3\xa9", 1), 0);
+}
+
 static void test_clocks(void **state)
 {
     (void)state;
@@ -92,6 +137,7 @@ int main(void)
         cmocka_unit_test(test_random_id),
         cmocka_unit_test(test_time_formats),
         cmocka_unit_test(test_utf8_trim),
+        cmocka_unit_test(test_utf8_escape),
         cmocka_unit_test(test_clocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
