@@ -245,6 +245,7 @@ fail:
     w->redis = NULL;
     llm_transport_free(w->llm);
     w->llm = NULL;
+    store_detach(w->db); /* its events live on the base */
     if (w->base)
         event_base_free(w->base);
     w->base = NULL;

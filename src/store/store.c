@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "core/alloc.h"
 #include "core/metrics.h"
 #include "core/util.h"
@@ -20,7 +22,11 @@
 struct store {
     const store_backend *be;
     void *impl;
-    int pending;  /* submitted and not completed (SQLite: always 0 between calls) */
+    int pending;  /* submitted and not completed */
+    /* Backends that run ops inline (SQLite): finished ops wait here, in order,
+     * for done_ev to complete them on a later loop turn (store.h's contract). */
+    struct event *done_ev;  /* NULL until store_attach, and again after store_detach */
+    store_op *done_head, *done_tail;
 };
 
 /* ---- handle ----------------------------------------------------------------- */
@@ -58,6 +64,7 @@ void store_close(store *s)
 {
     if (!s)
         return;
+    store_detach(s);
     s->be->close(s->impl);
     free(s);
 }
@@ -150,11 +157,20 @@ chat_rc store_run(store *s, store_op *op)
     return s->be->run(s->impl, op);
 }
 
+static void complete_done(evutil_socket_t fd, short what, void *arg);
+
 chat_rc store_attach(store *s, struct event_base *base, int pool_size, int64_t queue_timeout_ms)
 {
     if (!s || !base || pool_size < 1 || queue_timeout_ms < 1)
         return CHAT_EINVAL;
-    return s->be->attach ? s->be->attach(s->impl, base, pool_size, queue_timeout_ms) : CHAT_OK;
+    if (s->be->attach)
+        return s->be->attach(s->impl, base, pool_size, queue_timeout_ms);
+    if (s->done_ev)
+        return CHAT_EINVAL; /* attached twice */
+    s->done_ev = event_new(base, -1, 0, complete_done, s);
+    if (!s->done_ev)
+        chat_fatal("store: event_new failed");
+    return CHAT_OK;
 }
 
 void store_op_complete(store_op *op)
@@ -169,6 +185,41 @@ void store_op_complete(store_op *op)
     store_op_free(op);
 }
 
+/* Completes, in submission order, the inline ops that have finished, including
+ * any that their callbacks submit meanwhile (those wait for the next turn
+ * when the loop is running: each pass takes the list as it stands). */
+static void complete_done(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    store *s = arg;
+    store_op *op = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    while (op) {
+        store_op *next = op->next;
+        op->next = NULL;
+        store_op_complete(op);
+        op = next;
+    }
+}
+
+/* An inline op has its result: complete it on a later loop turn, or at once
+ * when there is no loop (a handle never attached, or detached). */
+static void defer_completion(store *s, store_op *op)
+{
+    if (!s->done_ev) {
+        store_op_complete(op);
+        return;
+    }
+    op->next = NULL;
+    if (s->done_tail)
+        s->done_tail->next = op;
+    else
+        s->done_head = op;
+    s->done_tail = op;
+    event_active(s->done_ev, 0, 0);
+}
+
 void store_submit(store *s, store_op *op, store_op_cb cb, void *ud)
 {
     op->cb = cb;
@@ -178,12 +229,15 @@ void store_submit(store *s, store_op *op, store_op_cb cb, void *ud)
     s->pending++;
     if (op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT) {
         op->rc = CHAT_EINVAL;
-        store_op_complete(op);
+        if (s->be->submit)
+            store_op_complete(op); /* cannot happen in practice: a programming error */
+        else
+            defer_completion(s, op);
     } else if (s->be->submit) {
         s->be->submit(s->impl, op);
     } else {
         s->be->run(s->impl, op);
-        store_op_complete(op);
+        defer_completion(s, op);
     }
 }
 
@@ -194,8 +248,17 @@ int store_pending(const store *s)
 
 void store_detach(store *s)
 {
-    if (s && s->be->detach)
+    if (!s)
+        return;
+    if (s->be->detach)
         s->be->detach(s->impl);
+    if (s->done_ev) {
+        /* Inline ops already have their results: complete them now, then
+         * complete later submissions at once (there is no loop turn to wait for). */
+        event_free(s->done_ev);
+        s->done_ev = NULL;
+        complete_done(-1, 0, s);
+    }
 }
 
 /* ---- the synchronous API, as operations ------------------------------------ */

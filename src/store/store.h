@@ -11,8 +11,9 @@
  * A server loop thread never waits on a network round trip, so it goes
  * through store operations instead (store_op, at the end of this header): the
  * same calls as data, submitted with store_submit and completed by a callback
- * on the loop. SQLite runs them at once; PostgreSQL queues them for a bounded
- * pool of connections driven by the loop with libpq's asynchronous API.
+ * on a later loop turn. SQLite runs them at once and completes them on the
+ * next loop turn; PostgreSQL queues them for a bounded pool of connections
+ * driven by the loop with libpq's asynchronous API.
  *
  * Backends: "sqlite://..." (src/store/sqlite.c) and "postgres://..." or
  * "postgresql://..." (src/store/postgres.c), one schema, one behaviour: the
@@ -599,18 +600,21 @@ chat_rc store_run(store *s, store_op *op);
  * a pool of up to pool_size connections on that loop (the handle's own
  * blocking connection is not used by submitted ops); an op waits at most
  * queue_timeout_ms for a free connection, then completes with CHAT_EUNAVAIL
- * (the API answers 503). SQLite needs nothing (no-op). Call once, from the
- * loop thread, before the first store_submit.
+ * (the API answers 503). SQLite queues completions for that loop. Call once,
+ * from the loop thread, before the first store_submit.
  */
 chat_rc store_attach(store *s, struct event_base *base, int pool_size,
                      int64_t queue_timeout_ms) CHAT_MUST_CHECK;
 
 /*
- * Submits op; cb (may be NULL: fire and forget) runs once with the result.
- * SQLite runs op at once, so cb may run before store_submit returns: submit
- * as the last step of a function. PostgreSQL runs it on a pool connection;
- * a lost connection or an unreachable server completes it with CHAT_EUNAVAIL
- * (an op whose query had not been sent is retried once on a new connection).
+ * Submits op; cb (may be NULL: fire and forget) runs once with the result,
+ * always on a later turn of the loop the handle is attached to, never before
+ * store_submit returns, on every backend: SQLite runs the op at once and
+ * queues its completion; PostgreSQL runs it on a pool connection, and a lost
+ * connection or an unreachable server completes it with CHAT_EUNAVAIL (an op
+ * whose query had not been sent is retried once on a new connection).
+ * Completions come in submission order on SQLite. A handle that was never
+ * attached, or was detached, completes ops at once (the CLI and tests).
  */
 void store_submit(store *s, store_op *op, store_op_cb cb, void *ud);
 
@@ -621,8 +625,10 @@ int store_pending(const store *s);
  * Ends the asynchronous side, on the loop thread, before freeing what the
  * callbacks touch: PostgreSQL completes every op still queued or in flight
  * with CHAT_EUNAVAIL (their callbacks run now) and closes the pool; ops
- * submitted afterwards complete at once with CHAT_EUNAVAIL. SQLite: nothing.
- * The synchronous API keeps working. Accepts NULL.
+ * submitted afterwards complete at once with CHAT_EUNAVAIL. SQLite completes
+ * the finished ops still waiting for their loop turn now, and later ones at
+ * once. Call it before freeing the loop's event_base (store_close also calls
+ * it). The synchronous API keeps working. Accepts NULL.
  */
 void store_detach(store *s);
 
