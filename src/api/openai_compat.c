@@ -27,6 +27,7 @@
 
 #include "api/chat_run.h"
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "guard/auth.h"
 #include "core/util.h"
 
@@ -250,8 +251,12 @@ void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
     json_t *root = json_loadb(body, len, 0, &jerr);
     char **texts = NULL;
     llm_message *hist = NULL;
-    size_t n = 0, nhist = 0;
-    char *system = NULL;
+    size_t n = 0, nhist = 0, nsystem = 0;
+    /* The system prompt: every system/developer message, joined by blank lines.
+     * Appended as they come (geometric growth: linear in the total, however
+     * many parts), at most MAX_MESSAGE_SIZE bytes in all. */
+    chat_buf system;
+    chat_buf_init(&system, w->app->cfg->max_message_bytes);
 
     if (!root || !json_is_object(root)) {
         oa_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the body must be a JSON object: %s",
@@ -312,9 +317,13 @@ void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
         }
         texts[n++] = text;
         if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
-            char *joined = system ? chat_xasprintf("%s\n\n%s", system, text) : chat_xstrdup(text);
-            free(system);
-            system = joined;
+            if ((nsystem++ > 0 && chat_buf_append(&system, "\n\n", 2) != CHAT_OK) ||
+                chat_buf_appends(&system, text) != CHAT_OK) {
+                oa_error(r, 400, "invalid_request_error", "string_above_max_length", "messages",
+                         "the system and developer messages (joined, up to messages[%zu]) are longer than "
+                         "MAX_MESSAGE_SIZE (%zu bytes)", i, w->app->cfg->max_message_bytes);
+                goto out;
+            }
         } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
             hist[nhist].role = role;
             hist[nhist].content = text;
@@ -351,7 +360,7 @@ void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
         .history = session ? NULL : hist,
         .n_history = session ? 0 : nhist - 1,
         .message = hist[nhist - 1].content,
-        .system_prompt = system && *system ? system : NULL,
+        .system_prompt = system.len ? chat_buf_str(&system) : NULL,
         .model = json_is_string(model) ? json_string_value(model) : NULL,
         .max_tokens = json_is_integer(mt) ? (int)json_integer_value(mt) : 0,
         .stream = streaming,
@@ -367,6 +376,6 @@ out:
         free(texts[k]);
     free(texts);
     free(hist);
-    free(system);
+    chat_buf_free(&system);
     json_decref(root);
 }

@@ -139,7 +139,7 @@ static const struct setting settings[] = {
     {"MAX_HEADER_SIZE", K_SIZE, FIELD(max_header_bytes), "16KiB", KIB, MIB, 0, NULL, "SIZE",
      "Largest request head (request line and headers), 1KiB..1MiB."},
     {"MAX_MESSAGE_SIZE", K_SIZE, FIELD(max_message_bytes), "256KiB", 1, GIB, 0, NULL, "SIZE",
-     "Largest single chat message, 1..1GiB."},
+     "Largest single chat message, and joined system prompt of /v1/chat/completions, 1..1GiB."},
     {"HEADER_TIMEOUT", K_DURATION, FIELD(header_timeout_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
      "A request (head and body) must arrive within this time."},
     {"IDLE_TIMEOUT", K_DURATION, FIELD(idle_timeout_ms), "60s", 1, DURATION_MAX, 0, NULL, "DUR",

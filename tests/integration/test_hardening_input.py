@@ -6,11 +6,19 @@ Hostile input that must get a clear 4xx, never a 500 or a stalled worker:
   seed and /v1 paths: a 4xx JSON error whose message, and the request's log
   line, carry the bytes escaped as \\xHH; the server keeps serving. Sent with
   raw sockets: httpx would normalise the paths.
+- /v1/chat/completions with as many system messages as the body limit allows:
+  joined in linear time (a concurrent /healthz on the same single worker
+  answers at once), and their joined size bounded by MAX_MESSAGE_SIZE.
 """
 import json
 import socket
+import threading
+import time
 
+import httpx
 import pytest
+
+from helpers import echo
 
 
 def raw_request(port, head, body=b"", timeout=10.0):
@@ -154,3 +162,95 @@ def test_non_utf8_bearer_token_is_a_401(chatd):
         status, body, _ = expect_json_4xx(s.port, b"GET /v1/x" + bad + b" HTTP/1.1")
         assert status == 404 and escaped(bad) in body["error"]["message"], body
     assert s.client.get("/healthz").status_code == 200
+
+
+# ------------------------------------------------------------------ system join
+
+BODY_LIMIT = 1024 * 1024  # MAX_MESSAGE_SIZE's default is 256 KiB, MAX_BODY_SIZE's 1 MiB
+
+
+def many_system_messages(n_system, body_limit=BODY_LIMIT, user="last words"):
+    """A compact /v1/chat/completions body of n_system system messages and one
+    user message, the system texts as long as the body limit allows (each one
+    distinct, so that a join that loses or reorders parts shows)."""
+    tail = [{"role": "user", "content": user}]
+
+    def body_for(length):
+        msgs = [{"role": "system", "content": ("%05d" % i) + "s" * (length - 5)} for i in range(n_system)]
+        return {"model": "claude-sonnet-4-6", "messages": msgs + tail}
+
+    # Each extra byte of content adds n_system bytes to the body.
+    length = 5 + (body_limit - len(json.dumps(body_for(5), separators=(",", ":")))) // n_system
+    body = body_for(length)
+    return body, json.dumps(body, separators=(",", ":")).encode()
+
+
+def sent_system(body):
+    """The system text of a provider request (a string, or text blocks once a
+    prompt-cache breakpoint was added)."""
+    system = body.get("system")
+    return system if isinstance(system, str) else "".join(b["text"] for b in system)
+
+
+def test_many_system_messages_do_not_stall_the_worker(chatd, fake):
+    # One worker: a join on the loop thread that takes long stalls /healthz too.
+    s = chatd({"WORKERS": "1", "MAX_MESSAGE_SIZE": "1MiB"})
+    body, raw = many_system_messages(9999)
+    assert BODY_LIMIT - 9999 < len(raw) <= BODY_LIMIT and len(body["messages"]) == 10000
+    system = "\n\n".join(m["content"] for m in body["messages"][:-1])
+    result = {}
+
+    def post():
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            t0 = time.monotonic()
+            result["resp"] = c.post("/v1/chat/completions", content=raw,
+                                    headers={"Content-Type": "application/json"})
+            result["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=post)
+    worst = 0.0
+    probes = 0
+    with httpx.Client(base_url=s.url, timeout=30) as probe:
+        t.start()
+        while t.is_alive() or probes < 5:
+            t0 = time.monotonic()
+            assert probe.get("/healthz").status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            probes += 1
+            time.sleep(0.005)
+    t.join()
+    r = result["resp"]
+    assert r.status_code == 200, r.text[:500]
+    assert r.json()["choices"][0]["message"]["content"] == echo("last words")
+    sent = fake.requests()[-1]["body"]
+    assert sent_system(sent) == system  # every part, in order, joined by blank lines
+    assert sent["messages"] == [{"role": "user", "content": "last words"}]
+    assert worst < 0.5, f"/healthz took {worst:.3f} s while the {len(system)}-byte system text was joined"
+    print(f"system text {len(system)} bytes in 9999 parts: request {result['elapsed']:.3f} s, "
+          f"worst concurrent /healthz {worst * 1000:.1f} ms over {probes} probes")
+
+
+def test_joined_system_text_is_bounded_by_max_message_size(chatd, fake):
+    s = chatd({"MAX_MESSAGE_SIZE": "64KiB"})
+    ok_parts = [{"role": "system", "content": "a" * 30000}, {"role": "developer", "content": "b" * 30000}]
+    user = [{"role": "user", "content": "hi"}]
+    r = s.client.post("/v1/chat/completions", json={"messages": ok_parts + user})
+    assert r.status_code == 200, r.text
+    assert sent_system(fake.requests()[-1]["body"]) == "a" * 30000 + "\n\n" + "b" * 30000
+    # One more part takes the joined text past 64 KiB (65536 bytes): refused
+    # before the provider is called, naming the setting and the limit.
+    n_before = len(fake.requests())
+    too_many = ok_parts + [{"role": "system", "content": "c" * 6000}] + user
+    r = s.client.post("/v1/chat/completions", json={"messages": too_many})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "string_above_max_length" and err["param"] == "messages", err
+    assert "MAX_MESSAGE_SIZE (65536 bytes)" in err["message"] and "messages[2]" in err["message"], err
+    # Many small parts count their separators too: 20,000 parts of 2 bytes + 19,999 "\n\n" > 64 KiB.
+    many = [{"role": "system", "content": "xy"}] * 9999 + user
+    r = s.client.post("/v1/chat/completions", json={"messages": many})
+    assert r.status_code == 200, r.text  # 9999 * 2 + 9998 * 2 = 39,994 bytes: within the limit
+    s2 = chatd({"MAX_MESSAGE_SIZE": "32KiB"})
+    r = s2.client.post("/v1/chat/completions", json={"messages": many})
+    assert r.status_code == 400 and "MAX_MESSAGE_SIZE (32768 bytes)" in r.json()["error"]["message"], r.text
+    assert len(fake.requests()) == n_before + 1
