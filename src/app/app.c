@@ -19,6 +19,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -190,6 +191,8 @@ static void *worker_main(void *arg)
         .idle_timeout_ms = cfg->idle_timeout_ms,
         .header_timeout_ms = cfg->header_timeout_ms,
         .stream_buffer_bytes = cfg->stream_buffer_bytes,
+        .max_connections = w->app->max_connections,
+        .open_connections = &w->app->open_connections,
     };
     w->http = http_server_new(w->base, w->listen_fd, &lim, api_dispatch, w);
     w->listen_fd = -1; /* owned by the server now (or closed on failure) */
@@ -343,6 +346,57 @@ static void guard_free(chat_app *app)
     free_list(app->trusted_proxies);
 }
 
+/*
+ * Descriptors. Every client connection is a socket, and a turn adds one more
+ * (its provider connection), so the soft RLIMIT_NOFILE is raised to the hard
+ * limit at start, and the default connection cap keeps clear of it: from the
+ * limit, a fixed reserve (standard streams, logs, the database files and WAL,
+ * .env and models files, Redis) and a per-worker share (event loop, wake-up
+ * pipes, listener, SQLite connections, curl's resolver and multi handle) and
+ * the PostgreSQL pool are set aside, and half of the rest goes to client
+ * connections, half to the provider connections their turns may open.
+ */
+#define FD_RESERVE 64
+#define FD_PER_WORKER 16
+
+static int64_t nofile_soft_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    rlim_t before = rl.rlim_cur;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = before;
+    }
+    json_t *f = json_object();
+    json_object_set_new(f, "soft_at_start", before == RLIM_INFINITY ? json_string("unlimited")
+                                                                  : json_integer((json_int_t)before));
+    json_object_set_new(f, "hard", rl.rlim_max == RLIM_INFINITY ? json_string("unlimited")
+                                                                : json_integer((json_int_t)rl.rlim_max));
+    json_object_set_new(f, "soft", rl.rlim_cur == RLIM_INFINITY ? json_string("unlimited")
+                                                                : json_integer((json_int_t)rl.rlim_cur));
+    chat_log(LOG_INFO, "file descriptor limit (RLIMIT_NOFILE)", f);
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > INT32_MAX ? INT32_MAX : (int64_t)rl.rlim_cur;
+}
+
+/* MAX_CONNECTIONS when set, else the share of the descriptor limit described above (at least 1). */
+static int connection_cap(const struct chat_config *cfg, int nworkers, int64_t soft)
+{
+    if (cfg->max_connections > 0) {
+        if (soft > 0 && cfg->max_connections > soft)
+            chat_log(LOG_WARN, "MAX_CONNECTIONS is above the file descriptor limit: accept() will fail first",
+                     json_pack("{s:i,s:I}", "max_connections", cfg->max_connections, "nofile", (json_int_t)soft));
+        return cfg->max_connections;
+    }
+    if (soft <= 0)
+        soft = 1024;
+    int64_t budget = soft - FD_RESERVE - (int64_t)nworkers * FD_PER_WORKER - cfg->database_pool_size;
+    int64_t cap = budget / 2;
+    return cap < 1 ? 1 : cap > 10000000 ? 10000000 : (int)cap;
+}
+
 static int cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -369,6 +423,8 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
     app.nworkers = cfg->workers > 0 ? cfg->workers : cpu_count();
     app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
+    app.max_connections = connection_cap(cfg, app.nworkers, nofile_soft_limit());
+    atomic_init(&app.open_connections, 0);
 
     if (evthread_use_pthreads() != 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         chat_log(LOG_ERROR, "cannot initialise libevent threads or libcurl", NULL);
@@ -424,8 +480,8 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
 
     chat_log(LOG_NOTICE, "listening",
-             json_pack("{s:s,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers",
-                       app.nworkers, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
+             json_pack("{s:s,s:i,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers",
+                       app.nworkers, "max_connections", app.max_connections, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
                        "schema_version", schema, "default_model", models_default(app.models)->name));
     chat_log(LOG_INFO, "guard",
              json_pack("{s:s,s:s,s:s,s:s,s:s}", "auth_mode", auth_mode_name(cfg), "rate_limit", cfg->rate_limit,

@@ -70,6 +70,8 @@ struct chat_app {
     int nworkers;
     chat_worker *workers;
     atomic_bool stopping;
+    int max_connections;      /* MAX_CONNECTIONS, or derived from the descriptor limit (see app.c) */
+    atomic_int open_connections; /* client sockets open across the workers (http/server.h) */
     pthread_mutex_t wake_lock; /* guards waking workers against their exit (ready 1 -> 2) */
 };
 

@@ -126,6 +126,8 @@ static const struct setting settings[] = {
      "TCP port, 0..65535; 0 picks a free port and prints it at start."},
     {"WORKERS", K_INT, FIELD(workers), "0", 0, 256, 0, NULL, "N",
      "Worker threads (event loops), 0..256; 0 means one per CPU."},
+    {"MAX_CONNECTIONS", K_INT, FIELD(max_connections), "0", 0, 10000000, 0, NULL, "N",
+     "Open client connections, 0..10000000; more are answered 503. 0: from the fd limit."},
 
     {"DATABASE_URL", K_DB_URL, FIELD(database_url), "sqlite:///./data/chatd.db", 0, 0, 0, "Storage",
      "URL", "sqlite:///path/to/file.db or postgres://user:pass@host/db."},

@@ -54,6 +54,7 @@ struct chat_config {
     char *host;                     /* HOST, default 127.0.0.1 */
     int port;                       /* PORT, default 8000, 0..65535 (0: pick a free port, printed at start) */
     int workers;                    /* WORKERS, default 0 = number of CPUs, 0..256 */
+    int max_connections;            /* MAX_CONNECTIONS, open client connections, 0 = derived from RLIMIT_NOFILE */
 
     /* storage */
     char *database_url;             /* DATABASE_URL, default sqlite:///./data/chatd.db */

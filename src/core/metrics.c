@@ -683,6 +683,8 @@ enum {
     M_TURNS,
     M_DB_UNAVAILABLE,
     M_REDIS_FALLBACK,
+    M_CONN_OPEN,
+    M_CONN_REFUSED,
     M_COUNT
 };
 
@@ -738,6 +740,12 @@ static const metrics_desc chatd_metrics[M_COUNT] = {
                           "Rate-limit checks and debits served by the local limiter because Redis was "
                           "unreachable, too slow or failing.",
                           {NULL}, 0, NULL, 0},
+    [M_CONN_OPEN] = {METRICS_GAUGE, "chatd_connections_open",
+                     "Client connections currently open (sockets accepted and not yet closed).", {NULL}, 0,
+                     NULL, 0},
+    [M_CONN_REFUSED] = {METRICS_COUNTER, "chatd_connections_refused_total",
+                        "Client connections refused with 503 because MAX_CONNECTIONS were open.", {NULL}, 0,
+                        NULL, 0},
 };
 
 static const char *const turn_outcome_names[METRICS_TURN_OUTCOME_COUNT] = {"ok", "error", "cancelled"};
@@ -757,6 +765,8 @@ typedef struct chatd_metrics_state {
     metrics_child *cost;
     metrics_child *active_streams;
     metrics_child *redis_fallback;
+    metrics_child *conn_open;
+    metrics_child *conn_refused;
 } chatd_metrics_state;
 
 static _Atomic(chatd_metrics_state *) g_state;
@@ -792,6 +802,8 @@ chat_rc metrics_init(const char *version)
     s->cost = metrics_child_get(s->fam[M_COST], NULL);
     s->active_streams = metrics_child_get(s->fam[M_ACTIVE_STREAMS], NULL);
     s->redis_fallback = metrics_child_get(s->fam[M_REDIS_FALLBACK], NULL);
+    s->conn_open = metrics_child_get(s->fam[M_CONN_OPEN], NULL);
+    s->conn_refused = metrics_child_get(s->fam[M_CONN_REFUSED], NULL);
     atomic_store_explicit(&g_state, s, memory_order_release);
     s = NULL;
     rc = CHAT_OK;
@@ -934,4 +946,18 @@ void metrics_redis_fallback(void)
     chatd_metrics_state *s = state();
     if (s)
         metrics_counter_add(s->redis_fallback, 1);
+}
+
+void metrics_connections_open_add(int64_t delta)
+{
+    chatd_metrics_state *s = state();
+    if (s)
+        metrics_gauge_add(s->conn_open, delta);
+}
+
+void metrics_connections_refused(void)
+{
+    chatd_metrics_state *s = state();
+    if (s)
+        metrics_counter_add(s->conn_refused, 1);
 }

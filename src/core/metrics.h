@@ -238,4 +238,12 @@ void metrics_turn(metrics_turn_outcome outcome);
  * answered an error (guard/redis_limit.h). */
 void metrics_redis_fallback(void);
 
+/* chatd_connections_open += delta (+1 when a client socket is accepted, -1
+ * when it is closed); http/server.c keeps it with the connection cap's count. */
+void metrics_connections_open_add(int64_t delta);
+
+/* chatd_connections_refused_total += 1: one connection refused (503, closed)
+ * because MAX_CONNECTIONS were open. */
+void metrics_connections_refused(void);
+
 #endif

@@ -37,6 +37,7 @@
 #include <event2/http.h>
 #include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 
 #include "core/alloc.h"
 #include "core/metrics.h"
@@ -51,6 +52,14 @@
  * then drops the reference (closing the socket) and enforces the deadline: a
  * request head must arrive within HEADER_TIMEOUT of the connection opening,
  * and within IDLE_TIMEOUT of the previous response ending.
+ *
+ * The trackers also carry the connection cap: a tracker is created for every
+ * accepted socket and released when its descriptor closes, so the shared
+ * count of open connections (http_limits.open_connections) is exact in
+ * descriptors, not in what evhttp still thinks is open. A connection accepted
+ * past the cap gets a tracker marked refused: on the same loop turn (before
+ * evhttp can have read a request from it) the fixed 503 below is written to
+ * the socket and the socket is shut down; evhttp then sees EOF and lets it go.
  */
 typedef struct conn_track {
     struct conn_track *next;
@@ -59,7 +68,15 @@ typedef struct conn_track {
     int64_t waiting_since;      /* monotonic ms when it started waiting for a head */
     bool served;                /* at least one request was dispatched (TCP_NODELAY is set then) */
     bool cut;                   /* the deadline passed and the socket was shut down */
+    bool refuse_pending;        /* refused past the cap, the 503 not yet written (linked in refusing) */
+    struct conn_track *refuse_next; /* next in the server's refusing list */
+    atomic_int *count;          /* the shared open-connection count it was added to, or NULL */
 } conn_track;
+
+/* Pause of the listener after a failed accept() (EMFILE and the like). */
+#define ACCEPT_BACKOFF_MS 100
+/* At most one log line per this period about failing accept() calls. */
+#define ACCEPT_LOG_PERIOD_MS 10000
 
 struct http_server {
     struct event_base *base;
@@ -71,7 +88,18 @@ struct http_server {
     int active;
     conn_track *tracks;
     struct event *sweep;
+    conn_track *refusing;       /* connections refused past the cap, their 503 still to write */
+    struct event *refuse_ev;    /* activated to write them */
+    struct event *accept_resume;/* re-enables the listener after ACCEPT_BACKOFF_MS */
+    int64_t accept_logged_at;   /* monotonic ms of the last accept-failure log line */
+    int64_t accept_failures;    /* failed accept() calls since that line */
+    struct http_server *thread_next; /* next server of this loop thread (see thread_servers) */
 };
+
+/* The servers of the current thread. libevent gives a listener's error
+ * callback only the listener and evhttp's own argument, so it finds its
+ * server here (a loop thread runs one server, tests a few). */
+static __thread http_server *thread_servers;
 
 struct http_req {
     http_server *srv;
@@ -595,6 +623,20 @@ bool http_stream_write(http_req *r, const char *data, size_t len)
     return false;
 }
 
+void http_stream_abort(http_req *r)
+{
+    if (r->ended || !r->streaming)
+        return;
+    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+    evutil_socket_t sock = bev ? bufferevent_getfd(bev) : -1;
+    /* Shut down first: the final chunk that http_stream_end queues then never
+     * leaves, and evhttp frees the connection on the failed write. */
+    if (sock >= 0)
+        shutdown(sock, SHUT_RDWR);
+    http_req_log_set(r, "aborted", json_true());
+    http_stream_end(r);
+}
+
 void http_stream_end(http_req *r)
 {
     if (r->ended || !r->streaming)
@@ -608,6 +650,10 @@ void http_stream_end(http_req *r)
 
 /* ---- connection trackers ---- */
 
+static void release_closed(http_server *srv);
+
+/* evhttp accepted a connection and asks for its bufferevent: track it, count
+ * it, and refuse it if that takes the count past the cap. */
 static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
 {
     http_server *srv = arg;
@@ -618,6 +664,23 @@ static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
     bufferevent_incref(bev);
     t->bev = bev;
     t->waiting_since = chat_mono_ms();
+    atomic_int *count = srv->lim.open_connections;
+    if (count) {
+        int open = atomic_fetch_add(count, 1) + 1;
+        t->count = count;
+        metrics_connections_open_add(1);
+        if (srv->lim.max_connections > 0 && open > srv->lim.max_connections) {
+            /* Sockets of this worker that closed since the last sweep still
+             * count: release them first, then decide. */
+            release_closed(srv);
+            if (atomic_load(count) > srv->lim.max_connections) {
+                t->refuse_pending = true;
+                t->refuse_next = srv->refusing;
+                srv->refusing = t;
+                event_active(srv->refuse_ev, EV_TIMEOUT, 0);
+            }
+        }
+    }
     t->next = srv->tracks;
     srv->tracks = t;
     return bev;
@@ -635,8 +698,60 @@ static void track_release(conn_track *t)
 {
     if (t->req)
         t->req->track = NULL;
-    bufferevent_decref(t->bev);
+    bufferevent_decref(t->bev); /* the last reference: closes the socket */
+    if (t->count) {
+        atomic_fetch_sub(t->count, 1);
+        metrics_connections_open_add(-1);
+    }
     free(t);
+}
+
+/* Releases the trackers of connections evhttp let go of (closing their sockets). */
+static void release_closed(http_server *srv)
+{
+    conn_track **pp = &srv->tracks;
+    while (*pp) {
+        conn_track *t = *pp;
+        if (!t->refuse_pending && released_by_evhttp(t->bev)) {
+            *pp = t->next;
+            track_release(t);
+            continue;
+        }
+        pp = &t->next;
+    }
+}
+
+/* The answer to a connection past MAX_CONNECTIONS: fixed, so that refusing
+ * costs no allocation and no parsing. */
+static const char refusal[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                              "Content-Type: application/json\r\n"
+                              "Content-Length: 95\r\n"
+                              "Retry-After: 1\r\n"
+                              "Connection: close\r\n"
+                              "\r\n"
+                              "{\"error\":{\"type\":\"too_many_connections\",\"message\":\"too many open connections, retry shortly\"}}\n";
+
+/* Writes the 503 to every refused connection and shuts its socket down. The
+ * socket is fresh, its send buffer empty: the short write does not block. */
+static void refuse_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *srv = arg;
+    while (srv->refusing) {
+        conn_track *t = srv->refusing;
+        srv->refusing = t->refuse_next;
+        t->refuse_next = NULL;
+        t->refuse_pending = false;
+        t->cut = true;
+        evutil_socket_t sock = bufferevent_getfd(t->bev);
+        if (sock >= 0 && !released_by_evhttp(t->bev)) {
+            ssize_t n = send(sock, refusal, sizeof refusal - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n; /* a client already gone needs no answer */
+            shutdown(sock, SHUT_RDWR);
+        }
+        metrics_connections_refused();
+    }
 }
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
@@ -648,7 +763,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
     conn_track **pp = &srv->tracks;
     while (*pp) {
         conn_track *t = *pp;
-        if (released_by_evhttp(t->bev)) {
+        if (!t->refuse_pending && released_by_evhttp(t->bev)) {
             *pp = t->next;
             track_release(t);
             continue;
@@ -664,6 +779,43 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
                 chat_log(LOG_INFO, "request head not received within HEADER_TIMEOUT, connection closed", NULL);
         }
         pp = &t->next;
+    }
+}
+
+/* ---- listener back-off ---- */
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *s = arg;
+    if (s->bound)
+        evconnlistener_enable(evhttp_bound_socket_get_listener(s->bound));
+}
+
+/* accept() failed with a non-transient error (libevent filters EAGAIN, EINTR
+ * and ECONNABORTED). Left enabled, the listener would be ready again at once
+ * with the same connection pending and the same error: pause it instead. */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void)arg; /* evhttp's, not ours */
+    int err = EVUTIL_SOCKET_ERROR();
+    http_server *s = thread_servers;
+    while (s && !(s->bound && evhttp_bound_socket_get_listener(s->bound) == lev))
+        s = s->thread_next;
+    if (!s)
+        return;
+    evconnlistener_disable(lev);
+    struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+    event_add(s->accept_resume, &tv);
+    s->accept_failures++;
+    int64_t now = chat_mono_ms();
+    if (s->accept_logged_at == 0 || now - s->accept_logged_at >= ACCEPT_LOG_PERIOD_MS) {
+        chat_log(LOG_WARN, "accept failed, listener paused",
+                 json_pack("{s:s,s:i,s:I,s:I}", "error", strerror(err), "errno", err, "backoff_ms",
+                           (json_int_t)ACCEPT_BACKOFF_MS, "failures", (json_int_t)s->accept_failures));
+        s->accept_logged_at = now;
+        s->accept_failures = 0;
     }
 }
 
@@ -699,6 +851,10 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
     s->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, s);
     struct timeval sweep_tv = {0, 250 * 1000};
     event_add(s->sweep, &sweep_tv);
+    s->refuse_ev = event_new(base, -1, 0, refuse_cb, s);
+    s->accept_resume = event_new(base, -1, 0, accept_resume_cb, s);
+    if (!s->refuse_ev || !s->accept_resume)
+        goto fail;
     s->bound = evhttp_accept_socket_with_handle(s->http, fd);
     if (!s->bound) {
         close(fd);
@@ -707,6 +863,9 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
         fd = -1;
         goto fail;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(s->bound), on_accept_error);
+    s->thread_next = thread_servers;
+    thread_servers = s;
     return s;
 fail:
     if (s->http)
@@ -715,6 +874,10 @@ fail:
         close(fd);
     if (s->sweep)
         event_free(s->sweep);
+    if (s->refuse_ev)
+        event_free(s->refuse_ev);
+    if (s->accept_resume)
+        event_free(s->accept_resume);
     free(s);
     return NULL;
 }
@@ -724,6 +887,7 @@ void http_server_stop_accepting(http_server *s)
     if (s && s->bound) {
         evhttp_del_accept_socket(s->http, s->bound);
         s->bound = NULL;
+        event_del(s->accept_resume);
     }
 }
 
@@ -744,9 +908,17 @@ void http_server_free(http_server *s)
 {
     if (!s)
         return;
+    for (http_server **pp = &thread_servers; *pp; pp = &(*pp)->thread_next)
+        if (*pp == s) {
+            *pp = s->thread_next;
+            break;
+        }
     evhttp_free(s->http);
     if (s->sweep)
         event_free(s->sweep);
+    event_free(s->refuse_ev);
+    event_free(s->accept_resume);
+    s->refusing = NULL; /* the trackers below are freed with the rest */
     while (s->tracks) {
         conn_track *t = s->tracks;
         s->tracks = t->next;

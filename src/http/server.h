@@ -24,6 +24,7 @@
 #ifndef CHATD_HTTP_SERVER_H
 #define CHATD_HTTP_SERVER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -53,6 +54,14 @@ typedef struct http_limits {
     int64_t idle_timeout_ms;
     int64_t header_timeout_ms;
     size_t stream_buffer_bytes;  /* client output queue above which http_stream_write reports "full" */
+    /* The connection cap, shared by every server of the process: *open_connections
+     * (owned by the caller, outliving the servers; NULL: no count, no cap) counts
+     * the client sockets open across them, and a connection accepted while it
+     * is at max_connections (0: no cap) is refused: answered a fixed 503 at once
+     * and closed, never reaching the handlers (open streams are not touched).
+     * A socket counts from its accept until its descriptor is closed. */
+    int max_connections;
+    atomic_int *open_connections;
 } http_limits;
 
 /* Receives every request. ctx is the value given to http_server_new. */
@@ -62,6 +71,11 @@ typedef void (*http_dispatch_fn)(http_req *r, void *ctx);
  * Creates a server on base accepting on the already-listening socket fd (the
  * server takes ownership of fd). Returns NULL (having closed fd) when the
  * server cannot be set up.
+ *
+ * When accept() fails (for want of descriptors or memory: EMFILE, ENFILE,
+ * ENOBUFS, ENOMEM), the listener is paused for 100 ms instead of being polled
+ * again at once, which would spin a CPU for as long as the shortage lasts; the
+ * pending connections wait in the kernel's backlog meanwhile.
  */
 http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
                              http_dispatch_fn dispatch, void *ctx);
@@ -155,6 +169,11 @@ bool http_stream_write(http_req *r, const char *data, size_t len);
 
 /* Terminal: ends a started stream. */
 void http_stream_end(http_req *r);
+
+/* Terminal: ends a started stream as failed: the connection is closed without
+ * the final empty chunk, so the client sees a truncated response, not a
+ * complete one (for an error found after the status line was sent). */
+void http_stream_abort(http_req *r);
 
 
 #endif

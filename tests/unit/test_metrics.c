@@ -708,6 +708,11 @@ static void test_chatd_metrics(void **state)
     metrics_active_streams_add(1);
     metrics_active_streams_add(1);
     metrics_active_streams_add(-1);
+    metrics_connections_open_add(1);
+    metrics_connections_open_add(1);
+    metrics_connections_open_add(1);
+    metrics_connections_open_add(-1);
+    metrics_connections_refused();
     metrics_db_operation("turn_commit", 0.002);
     metrics_rate_limited(METRICS_RL_TOKENS);
     metrics_turn_cancelled(METRICS_CANCEL_CLIENT_GONE);
@@ -740,6 +745,8 @@ static void test_chatd_metrics(void **state)
         {"chatd_turns_total", "counter"},
         {"chatd_db_unavailable_total", "counter"},
         {"chatd_ratelimit_redis_fallback_total", "counter"},
+        {"chatd_connections_open", "gauge"},
+        {"chatd_connections_refused_total", "counter"},
     };
     assert_int_equal(p.nf, sizeof want / sizeof want[0]);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -771,6 +778,8 @@ static void test_chatd_metrics(void **state)
     assert_true(value_of(&p, "chatd_tokens_total", "direction", "cache_write", NULL) == 4);
     assert_true(value_of(&p, "chatd_cost_microdollars_total", NULL) == 1500);
     assert_true(value_of(&p, "chatd_active_streams", NULL) == 1);
+    assert_true(value_of(&p, "chatd_connections_open", NULL) == 2);
+    assert_true(value_of(&p, "chatd_connections_refused_total", NULL) == 1);
     assert_true(value_of(&p, "chatd_db_operation_duration_seconds_count", "op", "turn_commit", NULL) == 1);
     assert_true(value_of(&p, "chatd_rate_limited_total", "kind", "tokens", NULL) == 1);
     assert_true(value_of(&p, "chatd_rate_limited_total", "kind", "requests", NULL) == 0);
