@@ -17,6 +17,7 @@
 #include "core/metrics.h"
 #include "core/util.h"
 #include "guard/auth.h"
+#include "guard/client_addr.h"
 #include "guard/ratelimit.h"
 #include "guard/redis_limit.h"
 #include "http/cors.h"
@@ -183,42 +184,29 @@ static void free_identity(void *p)
 }
 
 /*
- * The address a client limit applies to: the peer, or, when the peer is a
- * trusted proxy, the rightmost X-Forwarded-For entry that is not itself a
- * trusted proxy (entries further left can be forged by the client).
+ * The client a per-address limit applies to (guard/client_addr.h): the peer,
+ * or, when the peer is a trusted proxy, the rightmost X-Forwarded-For entry
+ * that is not itself a trusted proxy, all the header's lines read as one
+ * list; IPv6 clients by RATE_LIMIT_IPV6_PREFIX network. out holds
+ * CLIENT_ADDR_BUF bytes.
  */
-static void client_address(http_req *r, chat_worker *w, char *out, size_t outlen)
+#define XFF_LINES_ON_STACK 8
+
+static void client_address(http_req *r, chat_worker *w, char out[CLIENT_ADDR_BUF])
 {
-    char *const *trusted = w->app->trusted_proxies;
-    const char *peer = http_req_peer(r);
-    snprintf(out, outlen, "%s", peer);
-    bool peer_trusted = false;
-    for (size_t i = 0; trusted && trusted[i]; i++)
-        if (strcmp(trusted[i], peer) == 0)
-            peer_trusted = true;
-    const char *xff = http_req_header(r, "X-Forwarded-For");
-    if (!peer_trusted || !xff)
-        return;
-    char *copy = chat_xstrdup(xff);
-    for (;;) {
-        char *comma = strrchr(copy, ',');
-        char *item = comma ? comma + 1 : copy;
-        while (*item == ' ')
-            item++;
-        size_t n = strlen(item);
-        while (n > 0 && item[n - 1] == ' ')
-            item[--n] = '\0';
-        bool is_trusted = false;
-        for (size_t i = 0; trusted[i]; i++)
-            if (strcmp(trusted[i], item) == 0)
-                is_trusted = true;
-        if (*item)
-            snprintf(out, outlen, "%s", item);
-        if (!is_trusted || !comma)
-            break;
-        *comma = '\0';
+    const client_addr_trust *t = w->app->trusted_proxies;
+    const char *stack[XFF_LINES_ON_STACK], **lines = stack;
+    size_t n = 0;
+    if (client_addr_trusted(t, http_req_peer(r))) {
+        n = http_req_header_values(r, "X-Forwarded-For", stack, XFF_LINES_ON_STACK);
+        if (n > XFF_LINES_ON_STACK) { /* rare: bounded by MAX_HEADER_SIZE */
+            lines = chat_xcalloc(n, sizeof *lines);
+            n = http_req_header_values(r, "X-Forwarded-For", lines, n);
+        }
     }
-    free(copy);
+    client_addr_resolve(t, http_req_peer(r), lines, n, w->app->cfg->rate_limit_ipv6_prefix, out);
+    if (lines != stack)
+        free(lines);
 }
 
 /*
@@ -262,8 +250,8 @@ static void limit_key(http_req *r, chat_worker *w, const auth_identity *id, char
     if (id && id->key_id[0]) {
         snprintf(key, keylen, "key:%s", id->key_id);
     } else {
-        char addr[128];
-        client_address(r, w, addr, sizeof addr);
+        char addr[CLIENT_ADDR_BUF];
+        client_address(r, w, addr);
         snprintf(key, keylen, "addr:%s", addr);
     }
 }

@@ -32,6 +32,7 @@
 #include "chat/models.h"
 #include "core/metrics.h"
 #include "guard/auth.h"
+#include "guard/client_addr.h"
 #include "guard/ratelimit.h"
 #include "guard/redis_limit.h"
 #include "http/cors.h"
@@ -268,35 +269,6 @@ static void wake_workers(chat_app *app, int started)
     pthread_mutex_unlock(&app->wake_lock);
 }
 
-/* Splits a comma-separated list into a NULL-terminated array of trimmed strings. */
-static char **split_list(const char *s)
-{
-    size_t cap = 4, n = 0;
-    char **out = chat_xcalloc(cap, sizeof *out);
-    while (s && *s) {
-        while (*s == ' ' || *s == ',')
-            s++;
-        size_t len = strcspn(s, ",");
-        while (len > 0 && s[len - 1] == ' ')
-            len--;
-        if (len > 0) {
-            if (n + 2 > cap)
-                out = chat_xrealloc(out, (cap *= 2) * sizeof *out);
-            out[n++] = chat_xstrndup(s, len);
-            out[n] = NULL;
-        }
-        s += strcspn(s, ",");
-    }
-    return out;
-}
-
-static void free_list(char **l)
-{
-    for (size_t i = 0; l && l[i]; i++)
-        free(l[i]);
-    free(l);
-}
-
 static bool loopback_host(const char *h)
 {
     return strcmp(h, "127.0.0.1") == 0 || strcmp(h, "localhost") == 0 || strcmp(h, "::1") == 0 ||
@@ -334,7 +306,10 @@ static bool guard_init(chat_app *app, const struct chat_config *cfg)
         chat_log(LOG_ERROR, "invalid CORS_ORIGINS", json_pack("{s:s}", "error", err));
         return false;
     }
-    app->trusted_proxies = split_list(cfg->trusted_proxies);
+    if (client_addr_trust_parse(cfg->trusted_proxies, &app->trusted_proxies, err, sizeof err) != CHAT_OK) {
+        chat_log(LOG_ERROR, "invalid TRUSTED_PROXIES", json_pack("{s:s}", "error", err));
+        return false;
+    }
     return true;
 }
 
@@ -343,7 +318,7 @@ static void guard_free(chat_app *app)
     free(app->redis_cfg);
     ratelimit_free(app->limiter);
     cors_policy_free(app->cors);
-    free_list(app->trusted_proxies);
+    client_addr_trust_free(app->trusted_proxies);
 }
 
 /*

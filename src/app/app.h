@@ -28,6 +28,7 @@ struct ratelimit;
 struct cors_policy;
 struct redis_limit;
 struct redis_limit_config;
+struct client_addr_trust;
 
 /* The version, reported by `chatd --version` and the chatd_build_info metric. */
 #define CHATD_VERSION "0.1.0"
@@ -63,7 +64,7 @@ struct chat_app {
     struct ratelimit *limiter;  /* shared by the workers (sharded, thread-safe) */
     struct cors_policy *cors;   /* read-only */
     struct redis_limit_config *redis_cfg; /* REDIS_URL parsed, or NULL; each worker connects on its loop */
-    char **trusted_proxies;     /* peer addresses whose X-Forwarded-For is believed, NULL-terminated */
+    struct client_addr_trust *trusted_proxies; /* TRUSTED_PROXIES: whose X-Forwarded-For is believed */
 
     struct model_table *models; /* read-only after start; providers borrowed by every call */
     int port;                 /* the bound port (useful with PORT=0) */

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "guard/client_addr.h"
 #include "guard/ratelimit.h"
 
 #define KIB ((int64_t)1024)
@@ -73,6 +74,7 @@ enum kind {
     K_AUTH_MODE, /* char *, "" (derived) | none | token | keys, stored lowercase */
     K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
     K_RATE,      /* char *, "off" or N/second|minute|hour (validated by the rate limiter's parser) */
+    K_PROXIES,   /* char *, addresses and networks (validated by guard/client_addr.h's parser) */
 };
 
 enum {
@@ -187,8 +189,10 @@ static const struct setting settings[] = {
      "redis://[user:pass@]host[:port][/db]: limits shared by all instances; empty: local."},
     {"RATE_LIMIT_MAX_BUCKETS", K_INT, FIELD(rate_limit_max_buckets), "100000", 1, 100000000, 0, NULL, "N",
      "Bound on the limiter's memory: idle buckets are evicted beyond this."},
-    {"TRUSTED_PROXIES", K_STR, FIELD(trusted_proxies), "", 0, 0, F_EMPTY_OK, NULL, "ADDRS",
-     "Comma-separated peer addresses whose X-Forwarded-For is believed."},
+    {"TRUSTED_PROXIES", K_PROXIES, FIELD(trusted_proxies), "", 0, 0, F_EMPTY_OK, NULL, "ADDRS",
+     "Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For is believed."},
+    {"RATE_LIMIT_IPV6_PREFIX", K_INT, FIELD(rate_limit_ipv6_prefix), "64", 1, 128, 0, NULL, "BITS",
+     "IPv6 clients share one bucket per network of this many bits, 1..128."},
     {"CORS_ORIGINS", K_STR, FIELD(cors_origins), "", 0, 0, F_EMPTY_OK, NULL, "ORIGINS",
      "Comma-separated allowed origins (https://app.example.com) or *; empty: CORS off."},
     {"CORS_CREDENTIALS", K_BOOL, FIELD(cors_credentials), "off", 0, 0, 0, NULL, "on|off",
@@ -680,6 +684,18 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         return true;
     }
 
+    case K_PROXIES: {
+        client_addr_trust *t = NULL;
+        char why[200];
+        if (client_addr_trust_parse(value, &t, why, sizeof why) != CHAT_OK) {
+            value_error(ld, idx, value, "%s", why);
+            return false;
+        }
+        client_addr_trust_free(t);
+        *(char **)field = chat_xstrdup(value);
+        return true;
+    }
+
     case K_AUTH_MODE: {
         static const char *const modes[] = {"none", "token", "keys"};
         for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
@@ -1075,6 +1091,7 @@ void chat_config_free(struct chat_config *cfg)
         case K_LOG_LEVEL:
         case K_AUTH_MODE:
         case K_RATE:
+        case K_PROXIES:
             free(*(char **)((char *)cfg + settings[i].offset));
             break;
         default:

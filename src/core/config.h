@@ -93,7 +93,8 @@ struct chat_config {
     char *token_limit;                      /* TOKEN_LIMIT, default "off" */
     int rate_limit_max_buckets;             /* RATE_LIMIT_MAX_BUCKETS, default 100000 */
     char *redis_url;                        /* REDIS_URL, "" = limits local to this process */
-    char *trusted_proxies;                  /* TRUSTED_PROXIES, comma-separated addresses */
+    char *trusted_proxies;                  /* TRUSTED_PROXIES, comma-separated addresses and networks */
+    int rate_limit_ipv6_prefix;             /* RATE_LIMIT_IPV6_PREFIX, bits of an IPv6 client's bucket, default 64 */
     char *cors_origins;                     /* CORS_ORIGINS, "" = CORS off */
     bool cors_credentials;                  /* CORS_CREDENTIALS, default off */
     int64_t session_ttl_ms;                 /* SESSION_TTL, 0 = off (default) */

@@ -433,6 +433,23 @@ const char *http_req_header(const http_req *r, const char *name)
     return evhttp_find_header(evhttp_request_get_input_headers(r->req), name);
 }
 
+size_t http_req_header_values(const http_req *r, const char *name, const char **out, size_t max)
+{
+    size_t n = 0;
+    struct evkeyval *kv;
+    if (!r->req)
+        return 0;
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(r->req), next)
+    {
+        if (evutil_ascii_strcasecmp(kv->key, name) != 0)
+            continue;
+        if (n < max)
+            out[n] = kv->value;
+        n++;
+    }
+    return n;
+}
+
 const char *http_req_body(http_req *r, size_t *len)
 {
     if (len)

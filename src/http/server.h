@@ -109,6 +109,11 @@ const char *http_req_path(const http_req *r);
 const char *http_req_query(http_req *r, const char *name);
 /* A request header (case-insensitive), or NULL. */
 const char *http_req_header(const http_req *r, const char *name);
+/* Every line of a request header that may be sent several times (e.g.
+ * X-Forwarded-For), in the order received: fills out[0..max) with the first
+ * values (valid while the request lives) and returns how many lines there
+ * are, which may exceed max (call again with room for all). */
+size_t http_req_header_values(const http_req *r, const char *name, const char **out, size_t max);
 /* The request body, NUL-terminated (the NUL is not counted in *len). */
 const char *http_req_body(http_req *r, size_t *len);
 /* Our request id (also sent as X-Request-Id). */

@@ -24,7 +24,7 @@ static client_addr_trust *trust(const char *text)
     client_addr_trust *t = NULL;
     char err[256];
     if (client_addr_trust_parse(text, &t, err, sizeof err) != CHAT_OK)
-        fail_msg("TRUSTED_PROXIES %s: %s", text, err);
+        fail_msg("TRUSTED_PROXIES %s: %s", text ? text : "(null)", err);
     return t;
 }
 

@@ -146,6 +146,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.drain_timeout_ms, 30000);
     assert_string_equal(c.log_level, "info");
     assert_string_equal(c.env_file, ".env");
+    assert_string_equal(c.trusted_proxies, "");
+    assert_int_equal(c.rate_limit_ipv6_prefix, 64);
     chat_config_free(&c);
     assert_true(all_zero(&c));
     chat_config_free(NULL);
@@ -339,7 +341,31 @@ static const struct {
     {"MAX_MESSAGE_SIZE", "99999999999999999g", "expected a size"},
     {"STREAM_BUFFER_SIZE", "64 k", "expected a size"},
     {"DEFAULT_SYSTEM_PROMPT", "a\x01z", "control characters"},
+    {"TRUSTED_PROXIES", "localhost", "entry \"localhost\" is not an IP address or network"},
+    {"TRUSTED_PROXIES", "127.0.0.1,proxy.internal", "entry \"proxy.internal\" is not an IP address"},
+    {"TRUSTED_PROXIES", "10.0.0.1/8", "host bits set below the prefix: write 10.0.0.0/8"},
+    {"TRUSTED_PROXIES", "10.0.0.0/33", "bad prefix length: expected /0../32"},
+    {"TRUSTED_PROXIES", "fd00::/129", "bad prefix length: expected /0../128"},
+    {"RATE_LIMIT_IPV6_PREFIX", "0", "expected an integer 1..128"},
+    {"RATE_LIMIT_IPV6_PREFIX", "129", "expected an integer 1..128"},
+    {"RATE_LIMIT_IPV6_PREFIX", "64bits", "expected an integer 1..128"},
 };
+
+/* TRUSTED_PROXIES takes addresses and networks of both families; the text is kept as given. */
+static void test_trusted_proxies_and_ipv6_prefix(void **state)
+{
+    (void)state;
+    struct chat_config c;
+    expect_ok(&c, NONE, V("TRUSTED_PROXIES= 127.0.0.1, ::1 ,10.0.0.0/8,fd00::/8,::ffff:192.168.0.0/112",
+                          "RATE_LIMIT_IPV6_PREFIX=48"));
+    assert_string_equal(c.trusted_proxies, " 127.0.0.1, ::1 ,10.0.0.0/8,fd00::/8,::ffff:192.168.0.0/112");
+    assert_int_equal(c.rate_limit_ipv6_prefix, 48);
+    chat_config_free(&c);
+    expect_ok(&c, V("--rate-limit-ipv6-prefix", "128"), NONE);
+    assert_int_equal(c.rate_limit_ipv6_prefix, 128);
+    assert_string_equal(c.trusted_proxies, "");
+    chat_config_free(&c);
+}
 
 static void test_validation_errors_env(void **state)
 {
@@ -636,7 +662,7 @@ static void test_help_lists_everything(void **state)
         "MAX_MESSAGE_SIZE", "HEADER_TIMEOUT", "IDLE_TIMEOUT", "HEARTBEAT_INTERVAL", "STREAM_BUFFER_SIZE",
         "PROVIDER_CONNECT_TIMEOUT", "PROVIDER_FIRST_BYTE_TIMEOUT", "PROVIDER_IDLE_TIMEOUT", "TURN_TIMEOUT",
         "PROVIDER_MAX_RETRIES", "RETRY_MAX_WAIT", "CANCEL_POLICY", "LOCK_TTL", "DRAIN_TIMEOUT", "LOG_LEVEL",
-        "ENV_FILE",
+        "ENV_FILE", "TRUSTED_PROXIES", "RATE_LIMIT_IPV6_PREFIX",
     };
     char *text = NULL;
     size_t len = 0;
@@ -787,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_unknown_names_ignored),
         cmocka_unit_test(test_validation_errors_env),
         cmocka_unit_test(test_validation_errors_flag_and_dotenv),
+        cmocka_unit_test(test_trusted_proxies_and_ipv6_prefix),
         cmocka_unit_test(test_durations_and_sizes),
         cmocka_unit_test(test_normalisation),
         cmocka_unit_test(test_cross_checks),
