@@ -112,6 +112,10 @@ static int cmd_keys(int argc, char **argv, char **envp)
             fprintf(stderr, "chatd keys create: --name NAME is required\n");
             return 2;
         }
+        if (strlen(name) > STORE_ID_MAX) {
+            fprintf(stderr, "chatd keys create: --name is %zu bytes, longer than %d\n", strlen(name), STORE_ID_MAX);
+            return 2;
+        }
         if (strcmp(role, "user") != 0 && strcmp(role, "admin") != 0) {
             fprintf(stderr, "chatd keys create: --role must be user or admin\n");
             return 2;
@@ -148,7 +152,7 @@ static int cmd_keys(int argc, char **argv, char **envp)
         goto out;
     }
     if (strcmp(sub, "create") == 0) {
-        char secret[80], hash[65], id[40];
+        char secret[80], hash[65], id[40]; /* "key_" + 16 hex digits: well within STORE_ID_MAX */
         auth_new_secret(secret, sizeof secret);
         auth_sha256_hex(secret, hash);
         chat_random_id(id, sizeof id, "key_", 8);

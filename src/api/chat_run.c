@@ -15,6 +15,7 @@
 
 static void ctx_free(chat_ctx *c)
 {
+    free(c->model);
     if (c->start_timer)
         event_free(c->start_timer);
     if (c->heartbeat) {

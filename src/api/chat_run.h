@@ -36,8 +36,8 @@ struct chat_ctx {
     /* for the OpenAI-compatible renderer */
     bool include_usage;
     int64_t created;            /* seconds since the epoch */
-    char completion_id[160];
-    char model[128];
+    char completion_id[160];    /* "chatcmpl-" + the request id (at most 131 bytes) */
+    char *model;                /* the answering model's name, owned (any length a models file gives) */
 };
 
 /*

@@ -16,7 +16,7 @@
 #include "core/alloc.h"
 #include "core/util.h"
 
-#define IDEM_KEY_MAX 255
+#define IDEM_KEY_MAX STORE_ID_MAX /* the key is stored whole, never cut */
 
 static void sha256_hex(const char *data, size_t len, char out[65])
 {

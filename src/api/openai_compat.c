@@ -146,7 +146,7 @@ static void oa_stream_begin(chat_ctx *c)
     if (c->start_timer)
         event_del(c->start_timer);
     chat_start_sse(c);
-    send_chunk(c, chunk(c, c->model,
+    send_chunk(c, chunk(c, c->model ? c->model : "",
                         json_pack("[{s:i,s:{s:s,s:s,s:n},s:n,s:n}]", "index", 0, "delta", "role", "assistant",
                                   "content", "", "refusal", "logprobs", "finish_reason")));
 }
@@ -161,7 +161,8 @@ static void on_start_timer(evutil_socket_t fd, short what, void *arg)
 static void oa_sse_start(chat_ctx *c, const turn_info *info)
 {
     /* Every chunk names the model; the turn reports it here, once. */
-    snprintf(c->model, sizeof c->model, "%s", info->model);
+    free(c->model);
+    c->model = chat_xstrdup(info->model);
     int64_t ms = c->w->app->cfg->heartbeat_ms;
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     c->start_timer = evtimer_new(c->w->base, on_start_timer, c);
@@ -171,7 +172,7 @@ static void oa_sse_start(chat_ctx *c, const turn_info *info)
 static bool oa_sse_delta(chat_ctx *c, const char *text, size_t len)
 {
     oa_stream_begin(c);
-    return send_chunk(c, chunk(c, c->model, json_pack("[{s:i,s:{s:s%},s:n,s:n}]", "index", 0, "delta", "content",
+    return send_chunk(c, chunk(c, c->model ? c->model : "", json_pack("[{s:i,s:{s:s%},s:n,s:n}]", "index", 0, "delta", "content",
                                                       text, len, "logprobs", "finish_reason")));
 }
 

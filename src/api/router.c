@@ -24,6 +24,9 @@
 
 #define MAX_PARAMS 4
 #define MAX_SEGMENTS 16
+/* A limit key: "key:" + an API key id (at most STORE_ID_MAX bytes: ids are
+ * never cut, or two keys would share a bucket), or "addr:" + a client address. */
+#define LIMIT_KEY_BUF (sizeof "key:" + STORE_ID_MAX)
 
 typedef enum {
     ACCESS_PUBLIC,  /* health, docs, playground assets: no credentials */
@@ -220,7 +223,7 @@ typedef struct route_job {
     const route *rt;
     char *params[MAX_PARAMS + 1];   /* owned copies */
     /* rate limits through Redis */
-    char key[160];
+    char key[LIMIT_KEY_BUF];
     ratelimit_spec own;
     bool has_own;
     redis_limit_req *pending;       /* the check in flight, NULL between checks */
@@ -321,7 +324,7 @@ static void job_on_requests(void *ud, const ratelimit_result *res)
 /* Runs rt's handler once the limits allow it (now, or when Redis has answered). */
 static void limit_then_run(http_req *r, chat_worker *w, const route *rt, const auth_identity *id, char **params)
 {
-    char key[160];
+    char key[LIMIT_KEY_BUF];
     limit_key(r, w, id, key, sizeof key);
     ratelimit_spec own, *spec = NULL;
     char err[128];
@@ -433,7 +436,7 @@ static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, 
 
 void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens)
 {
-    char key[160];
+    char key[LIMIT_KEY_BUF];
     limit_key(r, w, http_req_data(r), key, sizeof key);
     if (w->redis)
         redis_limit_debit(w->redis, RATELIMIT_TOKENS, key, NULL, tokens);

@@ -172,7 +172,7 @@ bool chat_valid_id(const char *s)
         return false;
     for (; s[n]; n++) {
         char c = s[n];
-        if (n >= 128)
+        if (n >= CHAT_ID_MAX)
             return false;
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == ':' || c == '-'))

@@ -62,7 +62,11 @@ char *chat_utf8_escape(const char *s, size_t len);
  * value silently drops the field or fails the whole document). */
 json_t *chat_json_text(const char *s);
 
-/* True if s is a valid session id / request id: 1..128 chars of [A-Za-z0-9._:-]. */
+/* The longest session id and request id (X-Request-Id) chatd accepts, in
+ * bytes; API keys ids have the store's bound (STORE_ID_MAX). */
+#define CHAT_ID_MAX 128
+
+/* True if s is a valid session id / request id: 1..CHAT_ID_MAX chars of [A-Za-z0-9._:-]. */
 bool chat_valid_id(const char *s);
 
 #endif

@@ -104,9 +104,11 @@ auth_result auth_key_found(chat_rc rc, store_key *k, auth_identity *out)
         return AUTH_INVALID;
     if (rc != CHAT_OK)
         return AUTH_UNAVAILABLE;
+    if (!k->id || !*k->id || strlen(k->id) >= sizeof out->key_id)
+        return AUTH_INVALID; /* not a key this chatd can represent (the store refuses such ids) */
     out->authenticated = true;
     out->admin = k->role && strcmp(k->role, "admin") == 0;
-    snprintf(out->key_id, sizeof out->key_id, "%s", k->id);
+    memcpy(out->key_id, k->id, strlen(k->id) + 1);
     out->rate_limit = k->rate_limit;
     k->rate_limit = NULL;
     return AUTH_OK;

@@ -30,7 +30,11 @@
 typedef struct auth_identity {
     bool authenticated;     /* false in mode none */
     bool admin;             /* admin keys and the static token see every session */
-    char key_id[64];        /* the API key's id, "" for mode none and the static token */
+    /* The API key's id, "" for mode none and the static token. Sized for the
+     * longest id the store holds (STORE_ID_MAX, enforced by `chatd keys
+     * create` and `chatd import`): an id is never cut, since sessions, usage,
+     * idempotency records and limits are all keyed by it. */
+    char key_id[STORE_ID_MAX + 1];
     char *rate_limit;       /* the key's own rate limit spec, or NULL (owned) */
 } auth_identity;
 
@@ -58,8 +62,9 @@ auth_result auth_check(const struct chat_config *cfg, const char *authorization,
                        char hash[65]);
 
 /* The identity from a key lookup's result (rc and key of STORE_OP_KEY_FIND_BY_HASH):
- * AUTH_OK, AUTH_INVALID (unknown or revoked) or AUTH_UNAVAILABLE. Takes the
- * key's rate_limit string. */
+ * AUTH_OK, AUTH_INVALID (unknown or revoked, or an id that does not fit
+ * key_id, which the store never holds) or AUTH_UNAVAILABLE. Takes the key's
+ * rate_limit string. */
 auth_result auth_key_found(chat_rc rc, store_key *k, auth_identity *out);
 
 /* True when the key's last_used_at is due for an update (STORE_KEY_TOUCH_MS). */

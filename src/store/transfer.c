@@ -334,6 +334,32 @@ static bool get_str(importer *im, json_t *obj, const char *what, const char *nam
     return true;
 }
 
+/* An id this chatd can hold whole: an API key id or a session owner, 1..STORE_ID_MAX
+ * bytes (every limit, idempotency record and session of a key is keyed by its
+ * id, so an id is never cut). NULL passes (a nullable field that is null). */
+static bool check_key_id(importer *im, const char *what, const char *name, const char *id)
+{
+    if (id && (!*id || strlen(id) > STORE_ID_MAX)) {
+        (void)fail(im, CHAT_EINVAL, "%s: \"%s\" is %zu bytes: an API key id is 1 to %d bytes", what, name, strlen(id),
+                   STORE_ID_MAX);
+        return false;
+    }
+    return true;
+}
+
+/* A session id the API can address: chat_valid_id's rule (1..CHAT_ID_MAX
+ * characters of [A-Za-z0-9._:-]), which every session made through the API
+ * follows. Anything else could be listed but never read, continued or deleted. */
+static bool check_session_id(importer *im, const char *what, const char *id)
+{
+    if (!chat_valid_id(id)) {
+        (void)fail(im, CHAT_EINVAL, "%s: \"id\" (%zu bytes) is not a session id chatd can serve: 1 to %d characters "
+                                    "of letters, digits and . _ : -", what, strlen(id), CHAT_ID_MAX);
+        return false;
+    }
+    return true;
+}
+
 static bool get_usage(importer *im, json_t *obj, const char *what, store_usage *u)
 {
     json_t *v = json_object_get(obj, "usage");
@@ -391,7 +417,7 @@ static chat_rc import_key(importer *im, json_t *obj)
         !get_int(im, obj, what, "revoked_at", &k.revoked_at) ||
         !get_int(im, obj, what, "last_used_at", &k.last_used_at) ||
         !get_int(im, obj, what, "turn_count", &k.turn_count) || !get_usage(im, obj, what, &k.usage) ||
-        !get_int(im, obj, what, "cost_micros", &k.cost_micros))
+        !get_int(im, obj, what, "cost_micros", &k.cost_micros) || !check_key_id(im, what, "id", k.id))
         return CHAT_EINVAL;
     chat_rc rc = store_key_import(im->s, &k);
     if (rc == CHAT_OK) {
@@ -431,7 +457,8 @@ static chat_rc import_session(importer *im, json_t *obj)
         !get_int(im, obj, what, "updated_at", &ss.updated_at) ||
         !get_int(im, obj, what, "turn_count", &ss.turn_count) ||
         !get_int(im, obj, what, "message_count", &ss.message_count) || !get_usage(im, obj, what, &ss.usage) ||
-        !get_int(im, obj, what, "cost_micros", &ss.cost_micros))
+        !get_int(im, obj, what, "cost_micros", &ss.cost_micros) || !check_session_id(im, what, ss.id) ||
+        !check_key_id(im, what, "owner", ss.owner))
         return CHAT_EINVAL;
     json_t *arr = json_object_get(obj, "messages");
     if (!json_is_array(arr))
