@@ -178,7 +178,7 @@ void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor 
     c->last_write = chat_mono_ms();
     http_req_hold(r);
     if (p->session_id)
-        http_req_log_set(r, "session", json_string(p->session_id));
+        http_req_log_set(r, "session", chat_json_text(p->session_id));
     if (init)
         init(c, arg);
     if (atomic_load(&w->app->stopping)) {

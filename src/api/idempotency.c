@@ -115,7 +115,7 @@ void api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char
     const char *body = http_req_body(r, &len);
     char hash[65];
     sha256_hex(body, len, hash);
-    http_req_log_set(r, "idempotency_key", json_string(key));
+    http_req_log_set(r, "idempotency_key", chat_json_text(key));
     idem_job *j = chat_xcalloc(1, sizeof *j);
     j->r = r;
     j->w = w;
