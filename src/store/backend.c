@@ -1,6 +1,7 @@
 /*
  * backend.c: what the SQLite and PostgreSQL backends share (see backend.h):
- * argument checks, the session cursor format, and the migration list.
+ * argument checks, the session cursor format, the migration list and the
+ * migration driver.
  */
 #include "store/backend.h"
 
@@ -8,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/util.h"
 
 bool store_valid_id(const char *id)
 {
@@ -175,4 +178,66 @@ chat_rc store_migrations_collect(const char *prefix, store_migration **out, size
     *out = m;
     *n = count;
     return CHAT_OK;
+}
+
+int64_t store_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+chat_rc store_migrate(const store_migrator *mg, void *conn, const char *prefix, int *version, char *err,
+                      size_t errlen)
+{
+    store_migration *m = NULL;
+    size_t n = 0;
+    bool in_tx = false;
+    chat_rc rc = store_migrations_collect(prefix, &m, &n, err, errlen);
+    if (rc != CHAT_OK)
+        return rc;
+    rc = mg->begin(conn, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    in_tx = true;
+    /* Bootstrapped here rather than in a migration: it must exist before we can
+     * ask which migrations were applied. */
+    rc = mg->exec(conn,
+                  "CREATE TABLE IF NOT EXISTS schema_version ("
+                  " version BIGINT NOT NULL PRIMARY KEY,"
+                  " name TEXT NOT NULL,"
+                  " applied_at BIGINT NOT NULL)",
+                  "create schema_version", err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    int64_t current = 0;
+    rc = mg->current(conn, &current, err, errlen);
+    if (rc != CHAT_OK)
+        goto out;
+    if (current > m[n - 1].version) {
+        /* An older binary must not write into a schema it does not know. */
+        chat_set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d", current,
+                     m[n - 1].version);
+        rc = CHAT_EIO;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].version <= current)
+            continue;
+        rc = mg->exec(conn, (const char *)m[i].asset->data, m[i].asset->name, err, errlen);
+        if (rc != CHAT_OK)
+            goto out;
+        rc = mg->record(conn, m[i].version, m[i].asset->name + strlen(prefix), store_wall_ms(), err, errlen);
+        if (rc != CHAT_OK)
+            goto out;
+    }
+    in_tx = false; /* COMMIT ends the transaction whatever it answers */
+    rc = mg->commit(conn, err, errlen);
+    if (rc == CHAT_OK)
+        *version = m[n - 1].version;
+out:
+    if (in_tx)
+        mg->rollback(conn);
+    free(m);
+    return rc;
 }

@@ -78,4 +78,36 @@ typedef struct store_migration {
  */
 chat_rc store_migrations_collect(const char *prefix, store_migration **out, size_t *n, char *err, size_t errlen);
 
+/*
+ * What the migration driver needs from a backend's connection. Every function
+ * returns CHAT_OK or CHAT_EIO with the reason in err.
+ *   begin        opens the migration transaction and takes whatever lock keeps
+ *                two processes from migrating at once
+ *   exec         runs one SQL text (possibly several statements)
+ *   current      the highest version recorded in schema_version (0: none)
+ *   record       inserts a schema_version row
+ *   commit       commits; rollback (no error) ends a failed transaction if open
+ */
+typedef struct store_migrator {
+    chat_rc (*begin)(void *conn, char *err, size_t errlen);
+    chat_rc (*exec)(void *conn, const char *sql, const char *what, char *err, size_t errlen);
+    chat_rc (*current)(void *conn, int64_t *version, char *err, size_t errlen);
+    chat_rc (*record)(void *conn, int version, const char *name, int64_t applied_at_ms, char *err, size_t errlen);
+    chat_rc (*commit)(void *conn, char *err, size_t errlen);
+    void (*rollback)(void *conn);
+} store_migrator;
+
+/*
+ * The one migration driver: applies the migrations embedded under prefix that
+ * the database has not recorded, in order, each recorded in schema_version, all
+ * in one transaction (concurrent starts: the first migrates, the others wait on
+ * its lock and find nothing to do). Refuses a database newer than this binary.
+ * On success *version is the schema version now in place.
+ */
+chat_rc store_migrate(const store_migrator *m, void *conn, const char *prefix, int *version, char *err,
+                      size_t errlen);
+
+/* Wall-clock time in milliseconds since the Unix epoch, as the store records it. */
+int64_t store_wall_ms(void);
+
 #endif

@@ -72,13 +72,6 @@ const char *pg_handle_url(const void *pg_handle)
 
 /* ---- migrations --------------------------------------------------------------- */
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Runs one SQL text (possibly several statements); CHAT_EIO with the reason in err. */
 static chat_rc exec_sql(PGconn *c, const char *sql, const char *what, char *err, size_t errlen)
 {
@@ -93,82 +86,80 @@ static chat_rc exec_sql(PGconn *c, const char *sql, const char *what, char *err,
     return rc;
 }
 
+/* ---- the migration driver is store_migrate (backend.c) ---- */
+
+static chat_rc mig_exec(void *conn, const char *sql, const char *what, char *err, size_t errlen)
+{
+    return exec_sql(((pg_db *)conn)->conn, sql, what, err, errlen);
+}
+
+/* The advisory lock makes a second instance starting at the same time wait,
+ * then find the migrations applied. */
+static chat_rc mig_begin(void *conn, char *err, size_t errlen)
+{
+    PGconn *c = ((pg_db *)conn)->conn;
+    chat_rc rc = exec_sql(c, "BEGIN", "begin migration", err, errlen);
+    if (rc == CHAT_OK)
+        rc = exec_sql(c, MIGRATION_LOCK_SQL, "migration lock", err, errlen);
+    return rc;
+}
+
+static chat_rc mig_current(void *conn, int64_t *version, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(((pg_db *)conn)->conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version");
+    chat_rc rc = CHAT_OK;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        chat_set_err(err, errlen, "read schema_version: %s", PQresultErrorMessage(res));
+        rc = CHAT_EIO;
+    } else {
+        *version = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    }
+    PQclear(res);
+    return rc;
+}
+
+static chat_rc mig_record(void *conn, int version, const char *name, int64_t applied_at_ms, char *err,
+                          size_t errlen)
+{
+    char v[24], applied[24];
+    snprintf(v, sizeof v, "%d", version);
+    snprintf(applied, sizeof applied, "%" PRId64, applied_at_ms);
+    const char *values[3] = {v, name, applied};
+    PGresult *res = PQexecParams(((pg_db *)conn)->conn,
+                                 "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)", 3, NULL,
+                                 values, NULL, NULL, 0);
+    chat_rc rc = CHAT_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        chat_set_err(err, errlen, "record %s: %s", name, PQresultErrorMessage(res));
+        rc = CHAT_EIO;
+    }
+    PQclear(res);
+    return rc;
+}
+
+static chat_rc mig_commit(void *conn, char *err, size_t errlen)
+{
+    return exec_sql(((pg_db *)conn)->conn, "COMMIT", "commit migration", err, errlen);
+}
+
+static void mig_rollback(void *conn)
+{
+    PQclear(PQexec(((pg_db *)conn)->conn, "ROLLBACK"));
+}
+
+static const store_migrator pg_migrator = {
+    .begin = mig_begin,
+    .exec = mig_exec,
+    .current = mig_current,
+    .record = mig_record,
+    .commit = mig_commit,
+    .rollback = mig_rollback,
+};
+
 /* Applies the pending migrations in one transaction under the advisory lock. */
 static chat_rc migrate(pg_db *d, char *err, size_t errlen)
 {
-    store_migration *m = NULL;
-    size_t n = 0;
-    PGresult *res = NULL;
-    bool in_tx = false;
-    chat_rc rc = store_migrations_collect(MIGRATION_PREFIX, &m, &n, err, errlen);
-    if (rc != CHAT_OK)
-        return rc;
-
-    rc = exec_sql(d->conn, "BEGIN", "begin migration", err, errlen);
-    if (rc != CHAT_OK)
-        goto out;
-    in_tx = true;
-    rc = exec_sql(d->conn, MIGRATION_LOCK_SQL, "migration lock", err, errlen);
-    if (rc != CHAT_OK)
-        goto out;
-    /* Bootstrapped here rather than in a migration: it must exist before we can
-     * ask which migrations were applied. */
-    rc = exec_sql(d->conn,
-                  "CREATE TABLE IF NOT EXISTS schema_version ("
-                  " version BIGINT NOT NULL PRIMARY KEY,"
-                  " name TEXT NOT NULL,"
-                  " applied_at BIGINT NOT NULL)",
-                  "create schema_version", err, errlen);
-    if (rc != CHAT_OK)
-        goto out;
-
-    rc = CHAT_EIO;
-    res = PQexec(d->conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        chat_set_err(err, errlen, "read schema_version: %s", PQresultErrorMessage(res));
-        goto out;
-    }
-    int64_t current = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    res = NULL;
-    if (current > m[n - 1].version) {
-        /* An older binary must not write into a schema it does not know. */
-        chat_set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d", current,
-                m[n - 1].version);
-        goto out;
-    }
-
-    for (size_t i = 0; i < n; i++) {
-        if (m[i].version <= current)
-            continue;
-        rc = exec_sql(d->conn, (const char *)m[i].asset->data, m[i].asset->name, err, errlen);
-        if (rc != CHAT_OK)
-            goto out;
-        rc = CHAT_EIO;
-        char version[24], applied[24];
-        snprintf(version, sizeof version, "%d", m[i].version);
-        snprintf(applied, sizeof applied, "%" PRId64, wall_ms());
-        const char *values[3] = {version, m[i].asset->name + strlen(MIGRATION_PREFIX), applied};
-        res = PQexecParams(d->conn, "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
-                           3, NULL, values, NULL, NULL, 0);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            chat_set_err(err, errlen, "record %s: %s", m[i].asset->name, PQresultErrorMessage(res));
-            goto out;
-        }
-        PQclear(res);
-        res = NULL;
-    }
-    in_tx = false; /* COMMIT ends the transaction whatever it answers */
-    rc = exec_sql(d->conn, "COMMIT", "commit migration", err, errlen);
-    if (rc == CHAT_OK)
-        d->schema_version = m[n - 1].version;
-
-out:
-    PQclear(res);
-    if (in_tx)
-        PQclear(PQexec(d->conn, "ROLLBACK"));
-    free(m);
-    return rc;
+    return store_migrate(&pg_migrator, d, MIGRATION_PREFIX, &d->schema_version, err, errlen);
 }
 
 /* Prepares every statement of pg_ops.c on the blocking connection. */

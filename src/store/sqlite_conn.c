@@ -406,94 +406,87 @@ static chat_rc configure(sqlite_db *s, bool memory, char *err, size_t errlen)
     return rc;
 }
 
-static int64_t wall_ms(void)
+/* ---- migrations: the driver is store_migrate (backend.c) ---- */
+
+static chat_rc mig_exec(void *conn, const char *sql, const char *what, char *err, size_t errlen)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return exec_sql(conn, sql, what, err, errlen);
 }
 
-/* Applies the pending migrations in one BEGIN IMMEDIATE transaction. */
-static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
+/* BEGIN IMMEDIATE takes the write lock up front: a second process that starts
+ * at the same time waits here, then finds the migrations applied. */
+static chat_rc mig_begin(void *conn, char *err, size_t errlen)
 {
-    store_migration *m = NULL;
-    size_t n = 0;
+    return exec_sql(conn, "BEGIN IMMEDIATE", "begin migration", err, errlen);
+}
+
+static chat_rc mig_current(void *conn, int64_t *version, char *err, size_t errlen)
+{
+    sqlite_db *s = conn;
     sqlite3_stmt *st = NULL;
-    int src;
-    chat_rc rc = store_migrations_collect(MIGRATION_PREFIX, &m, &n, err, errlen);
-    if (rc != CHAT_OK)
-        return rc;
-
-    rc = exec_sql(s, "BEGIN IMMEDIATE", "begin migration", err, errlen);
-    if (rc != CHAT_OK)
-        goto out;
-    /* Bootstrapped here rather than in a migration: it must exist before we can
-     * ask which migrations were applied. */
-    rc = exec_sql(s,
-                  "CREATE TABLE IF NOT EXISTS schema_version ("
-                  " version BIGINT NOT NULL PRIMARY KEY,"
-                  " name TEXT NOT NULL,"
-                  " applied_at BIGINT NOT NULL)",
-                  "create schema_version", err, errlen);
-    if (rc != CHAT_OK)
-        goto out;
-
-    rc = CHAT_EIO;
-    src = sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1,
-                             &st, NULL);
+    int src = sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &st, NULL);
     if (src == SQLITE_OK)
         src = sqlite3_step(st);
+    chat_rc rc = CHAT_OK;
     if (src != SQLITE_ROW) {
         chat_set_err(err, errlen, "read schema_version: %s", sqlite3_errmsg(s->db));
-        goto out;
-    }
-    int64_t current = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    st = NULL;
-    if (current > m[n - 1].version) {
-        /* An older binary must not write into a schema it does not know. */
-        chat_set_err(err, errlen, "database schema version %" PRId64 " is newer than this binary's %d",
-                current, m[n - 1].version);
-        goto out;
-    }
-
-    src = sqlite3_prepare_v2(s->db,
-                             "INSERT INTO schema_version (version, name, applied_at) "
-                             "VALUES (?1, ?2, ?3)",
-                             -1, &st, NULL);
-    if (src != SQLITE_OK) {
-        chat_set_err(err, errlen, "prepare schema_version insert: %s", sqlite3_errmsg(s->db));
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (m[i].version <= current)
-            continue;
-        rc = exec_sql(s, (const char *)m[i].asset->data, m[i].asset->name, err, errlen);
-        if (rc != CHAT_OK)
-            goto out;
         rc = CHAT_EIO;
-        sqlite3_bind_int(st, 1, m[i].version);
-        sqlite3_bind_text(st, 2, m[i].asset->name + strlen(MIGRATION_PREFIX), -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, wall_ms());
-        src = sqlite3_step(st);
-        sqlite3_reset(st);
-        if (src != SQLITE_DONE) {
-            chat_set_err(err, errlen, "record %s: %s", m[i].asset->name, sqlite3_errmsg(s->db));
-            goto out;
-        }
+    } else {
+        *version = sqlite3_column_int64(st, 0);
     }
     sqlite3_finalize(st);
-    st = NULL;
-    rc = exec_sql(s, "COMMIT", "commit migration", err, errlen);
-    if (rc == CHAT_OK)
-        s->schema_version = m[n - 1].version;
-
-out:
-    sqlite3_finalize(st);
-    if (rc != CHAT_OK && !sqlite3_get_autocommit(s->db))
-        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-    free(m);
     return rc;
+}
+
+static chat_rc mig_record(void *conn, int version, const char *name, int64_t applied_at_ms, char *err,
+                          size_t errlen)
+{
+    sqlite_db *s = conn;
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(s->db, "INSERT INTO schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                                 -1, &st, NULL);
+    if (src == SQLITE_OK) {
+        sqlite3_bind_int(st, 1, version);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, applied_at_ms);
+        src = sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+    if (src != SQLITE_DONE) {
+        chat_set_err(err, errlen, "record %s: %s", name, sqlite3_errmsg(s->db));
+        return CHAT_EIO;
+    }
+    return CHAT_OK;
+}
+
+static void mig_rollback(void *conn)
+{
+    sqlite_db *s = conn;
+    if (!sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* A COMMIT that fails (e.g. SQLITE_BUSY) may leave the transaction open: end it. */
+static chat_rc mig_commit(void *conn, char *err, size_t errlen)
+{
+    chat_rc rc = exec_sql(conn, "COMMIT", "commit migration", err, errlen);
+    if (rc != CHAT_OK)
+        mig_rollback(conn);
+    return rc;
+}
+
+static const store_migrator sqlite_migrator = {
+    .begin = mig_begin,
+    .exec = mig_exec,
+    .current = mig_current,
+    .record = mig_record,
+    .commit = mig_commit,
+    .rollback = mig_rollback,
+};
+
+static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
+{
+    return store_migrate(&sqlite_migrator, s, MIGRATION_PREFIX, &s->schema_version, err, errlen);
 }
 
 static chat_rc prepare_all(sqlite_db *s, char *err, size_t errlen)
