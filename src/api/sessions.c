@@ -4,6 +4,13 @@
  * Every handler goes through the asynchronous store (store_submit): a job
  * holds the request across its one or two operations (the visibility check,
  * then the action), and drops it if the client went away in between.
+ *
+ * The template's GET /sessions has no pagination: it is streamed. Pages of
+ * SEED_LIST_PAGE sessions are read oldest first (the template's order), each
+ * written as one chunk of the JSON array; the next page is read only once the
+ * client's output queue is below STREAM_BUFFER_SIZE. The job then holds one
+ * page at most, whatever the number of sessions, and the bytes are those of
+ * the one document it used to build in memory.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -11,10 +18,15 @@
 
 #include "api/api.h"
 #include "core/alloc.h"
+#include "core/buf.h"
+#include "core/log.h"
 #include "core/util.h"
 
-#define SEED_LIST_CAP 100000 /* /sessions has no pagination in the template: bound it */
-#define SEED_LIST_PAGE 1000  /* read in pages of the store's largest listing */
+/* Sessions per store call of GET /sessions: the rows carry their system
+ * prompts, so a page is what the listing holds in memory at once. */
+#define SEED_LIST_PAGE 100
+/* Bound on one page's JSON text (a row is at most about 200 bytes). */
+#define SEED_LIST_PAGE_TEXT (1024 * 1024)
 
 
 static json_t *time_json(int64_t ms)
@@ -74,7 +86,12 @@ typedef struct sjob {
     char *id;              /* the session (owned), NULL for listings and stats */
     long after, limit;
     store_session sess;    /* filled by the visibility check */
-    json_t *acc;           /* ACT_SEED_LIST: the sessions so far */
+    /* ACT_SEED_LIST, streamed */
+    char *cursor;          /* where the next page starts (owned), NULL before the first */
+    bool in_store;         /* a page is being read: its callback owns the next step */
+    bool wants_drain;      /* waiting for the client's queue to drain before the next page */
+    bool streaming;        /* the 200 and the opening bracket were sent */
+    int64_t listed;        /* sessions written so far */
 } sjob;
 
 static api_flavor flavor_of(action a)
@@ -100,7 +117,7 @@ static void sjob_free(sjob *j)
 {
     http_req_release(j->r);
     store_session_clear(&j->sess);
-    json_decref(j->acc);
+    free(j->cursor);
     free(j->id);
     free(j);
 }
@@ -114,14 +131,124 @@ static void submit(sjob *j, store_op *op, store_op_cb cb)
     store_submit(j->w->db, op, cb, j);
 }
 
-/* One page of the caller's sessions after cursor (NULL: the first page). */
-static void submit_list(sjob *j, const char *cursor, int limit)
+/* One page of the caller's sessions after cursor (NULL: the first page), of kind
+ * STORE_OP_SESSIONS_LIST (newest first) or STORE_OP_SESSIONS_LIST_OLDEST, continuing in cb. */
+static void submit_list(sjob *j, store_op_kind kind, const char *cursor, int limit, store_op_cb cb)
 {
-    store_op *op = store_op_new(STORE_OP_SESSIONS_LIST);
+    store_op *op = store_op_new(kind);
     op->in.owner = store_op_str(op, api_owner_filter(j->r));
     op->in.limit = limit;
     op->in.cursor = cursor && *cursor ? store_op_str(op, cursor) : NULL;
-    submit(j, op, on_action);
+    submit(j, op, cb);
+}
+
+static void on_seed_page(store_op *op, void *ud);
+
+/* ACT_SEED_LIST: reads the next page (after j->cursor). */
+static void seed_list_next(sjob *j)
+{
+    j->in_store = true;
+    submit_list(j, STORE_OP_SESSIONS_LIST_OLDEST, j->cursor, SEED_LIST_PAGE, on_seed_page);
+}
+
+/* The client's queue drained: the next page. */
+static void on_seed_drain(void *ud)
+{
+    sjob *j = ud;
+    if (!j->wants_drain)
+        return;
+    j->wants_drain = false;
+    seed_list_next(j);
+}
+
+/* The client went away mid-listing. With a page being read, its callback sees
+ * the request gone and frees the job; waiting for a drain that will never
+ * come, the job is freed here. */
+static void on_seed_close(void *ud)
+{
+    sjob *j = ud;
+    if (j->in_store)
+        return;
+    sjob_free(j);
+}
+
+/* ACT_SEED_LIST: one page arrived: write it, then read the next one, now or
+ * once the client caught up. */
+static void on_seed_page(store_op *op, void *ud)
+{
+    sjob *j = ud;
+    j->in_store = false;
+    if (http_req_gone(j->r)) {
+        sjob_free(j);
+        return;
+    }
+    if (op->rc != CHAT_OK) {
+        if (j->streaming)
+            http_stream_abort(j->r); /* the client sees a cut response, not a short list */
+        else
+            api_db_error(j->r, API_SEED, op->rc);
+        sjob_free(j);
+        return;
+    }
+    chat_buf text;
+    chat_buf_init(&text, SEED_LIST_PAGE_TEXT);
+    chat_rc rc = j->streaming ? CHAT_OK : chat_buf_appends(&text, "{\"sessions\":[");
+    for (size_t i = 0; rc == CHAT_OK && i < op->out.n_sessions; i++) {
+        const store_session *ss = &op->out.sessions[i];
+        char ts[32];
+        chat_format_iso_local(ss->created_at, ts);
+        /* Each element exactly as json_dumps wrote it inside the whole document. */
+        json_t *o = json_pack("{s:s,s:I,s:s}", "session_id", ss->id, "turns", (json_int_t)ss->turn_count,
+                              "created_at", ts);
+        char *one = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+        json_decref(o);
+        if (!one) {
+            rc = CHAT_EINVAL;
+            break;
+        }
+        if (j->listed + (int64_t)i > 0)
+            rc = chat_buf_appends(&text, ",");
+        if (rc == CHAT_OK)
+            rc = chat_buf_appends(&text, one);
+        free(one);
+    }
+    bool last = !op->out.next_cursor;
+    if (rc == CHAT_OK && last)
+        rc = chat_buf_appends(&text, "]}");
+    if (rc != CHAT_OK) {
+        /* A row that cannot be encoded, or a page past its bound: a bug, not the client's. */
+        chat_log(LOG_ERROR, "cannot encode the session listing",
+                 json_pack("{s:s,s:s}", "request_id", http_req_id(j->r), "error", chat_rc_str(rc)));
+        if (j->streaming)
+            http_stream_abort(j->r);
+        else
+            api_error(j->r, API_SEED, 500, "internal_error", "response encoding failed");
+        chat_buf_free(&text);
+        sjob_free(j);
+        return;
+    }
+    if (!j->streaming) {
+        http_stream_start(j->r, 200, "application/json");
+        http_req_on_close(j->r, on_seed_close, j);
+        j->streaming = true;
+    }
+    bool full = http_stream_write(j->r, chat_buf_str(&text), text.len);
+    chat_buf_free(&text);
+    j->listed += (int64_t)op->out.n_sessions;
+    if (last) {
+        http_stream_end(j->r);
+        sjob_free(j);
+        return;
+    }
+    free(j->cursor);
+    j->cursor = op->out.next_cursor;
+    op->out.next_cursor = NULL;
+    if (full) {
+        j->wants_drain = true;
+        http_req_on_drain(j->r, on_seed_drain, j);
+        return;
+    }
+    seed_list_next(j);
 }
 
 /* Starts the job: the visibility check for session actions, the action itself otherwise. */
@@ -130,11 +257,10 @@ static void start(sjob *j)
     store_op *op;
     switch (j->act) {
     case ACT_SEED_LIST:
-        j->acc = json_array();
-        submit_list(j, NULL, SEED_LIST_PAGE);
+        seed_list_next(j);
         return;
     case ACT_V1_LIST:
-        submit_list(j, http_req_query(j->r, "cursor"), (int)j->limit);
+        submit_list(j, STORE_OP_SESSIONS_LIST, http_req_query(j->r, "cursor"), (int)j->limit, on_action);
         return;
     case ACT_SEED_STATS:
     case ACT_V1_STATS:
@@ -245,28 +371,6 @@ static void reply_messages(sjob *j, const store_message *msgs, size_t n)
     http_reply_json(j->r, 200, json_pack("{s:o,s:b}", "data", arr, "has_more", more));
 }
 
-/* ACT_SEED_LIST: one more page arrived. True when the job is done (answered). */
-static bool seed_list_page(sjob *j, store_op *op)
-{
-    for (size_t i = 0; i < op->out.n_sessions; i++) {
-        const store_session *ss = &op->out.sessions[i];
-        char ts[32];
-        chat_format_iso_local(ss->created_at, ts);
-        json_array_append_new(j->acc, json_pack("{s:s,s:I,s:s}", "session_id", ss->id, "turns",
-                                                (json_int_t)ss->turn_count, "created_at", ts));
-    }
-    if (op->out.next_cursor && json_array_size(j->acc) < SEED_LIST_CAP) {
-        submit_list(j, op->out.next_cursor, SEED_LIST_PAGE);
-        return false;
-    }
-    /* The template lists sessions oldest first (dict order); the store gives newest first. */
-    json_t *oldest_first = json_array();
-    for (size_t i = json_array_size(j->acc); i > 0; i--)
-        json_array_append(oldest_first, json_array_get(j->acc, i - 1));
-    http_reply_json(j->r, 200, json_pack("{s:o}", "sessions", oldest_first));
-    return true;
-}
-
 static void reply_stats(sjob *j, const store_stats *st)
 {
     if (j->act == ACT_SEED_STATS) {
@@ -324,9 +428,7 @@ static void on_action(store_op *op, void *ud)
         http_reply_json(j->r, 200, json_pack("{s:s,s:I}", "session_id", j->id, "previous_turns",
                                              (json_int_t)op->out.count));
         break;
-    case ACT_SEED_LIST:
-        if (!seed_list_page(j, op))
-            return; /* the next page is on its way */
+    case ACT_SEED_LIST: /* answered in on_seed_page */
         break;
     case ACT_V1_LIST: {
         json_t *arr = json_array();

@@ -871,6 +871,12 @@ const pg_op_def pg_op_defs[] = {
      "INSERT INTO api_keys (" KEY_COLS ") "
      "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
      14, enc_key_import, dec_one_or_conflict},
+    /* One statement for the four cases (owner or not, cursor or not): the
+     * listing oldest first serves only the template's unpaginated GET /sessions. */
+    {STORE_OP_SESSIONS_LIST_OLDEST, "chatd_sessions_list_oldest",
+     "SELECT " SESSION_COLS " FROM sessions WHERE ($4::text IS NULL OR owner = $4) "
+     "AND ($3::text IS NULL OR (created_at, id) > ($2, $3 COLLATE \"C\")) ORDER BY created_at, id LIMIT $1",
+     4, enc_sessions_list, dec_sessions_list},
 };
 
 const size_t pg_op_defs_count = sizeof pg_op_defs / sizeof pg_op_defs[0];

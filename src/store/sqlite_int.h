@@ -140,6 +140,18 @@ enum {
     X(ST_LIST_OWNER_AFTER,                                                                   \
       "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) < (?2, ?3) " \
       "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
+    /* The same four, oldest first (the same indexes, walked backwards). */                  \
+    X(ST_LIST_OLD_FIRST,                                                                     \
+      "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at, id LIMIT ?1")              \
+    X(ST_LIST_OLD_AFTER,                                                                     \
+      "SELECT " SESSION_COLS " FROM sessions WHERE (created_at, id) > (?2, ?3) "             \
+      "ORDER BY created_at, id LIMIT ?1")                                                    \
+    X(ST_LIST_OLD_OWNER_FIRST,                                                               \
+      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 "                              \
+      "ORDER BY created_at, id LIMIT ?1")                                                    \
+    X(ST_LIST_OLD_OWNER_AFTER,                                                               \
+      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) > (?2, ?3) " \
+      "ORDER BY created_at, id LIMIT ?1")                                                    \
     X(ST_EXPIRE_SELECT,                                                                      \
       "SELECT id, turn_count, message_count FROM sessions AS s WHERE updated_at < ?1 "       \
       "AND NOT EXISTS (SELECT 1 FROM turn_locks AS l "                                       \

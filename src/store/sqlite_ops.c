@@ -468,7 +468,7 @@ out:
 /* ---- listing -------------------------------------------------------------- */
 
 static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char *cursor, int limit,
-                            store_session **out, size_t *n, char **next_cursor)
+                            bool oldest_first, store_session **out, size_t *n, char **next_cursor)
 {
     if (!out || !n || !next_cursor)
         return CHAT_EINVAL;
@@ -483,8 +483,13 @@ static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char 
     if (cursor && !store_cursor_parse(cursor, &after_created, after_id))
         return CHAT_EINVAL;
 
-    enum stmt_id id = owner ? (cursor ? ST_LIST_OWNER_AFTER : ST_LIST_OWNER_FIRST)
-                            : (cursor ? ST_LIST_AFTER : ST_LIST_FIRST);
+    enum stmt_id id;
+    if (oldest_first)
+        id = owner ? (cursor ? ST_LIST_OLD_OWNER_AFTER : ST_LIST_OLD_OWNER_FIRST)
+                   : (cursor ? ST_LIST_OLD_AFTER : ST_LIST_OLD_FIRST);
+    else
+        id = owner ? (cursor ? ST_LIST_OWNER_AFTER : ST_LIST_OWNER_FIRST)
+                   : (cursor ? ST_LIST_AFTER : ST_LIST_FIRST);
     sqlite3_stmt *st = s->st[id];
     /* One row more than asked tells whether another page follows. */
     sql_bind_i64(s, st, 1, (int64_t)limit + 1);
@@ -894,8 +899,9 @@ static chat_rc be_run(void *impl, store_op *op)
     case STORE_OP_SESSION_DELETE: rc = sqlite_session_delete(s, in->session_id); break;
     case STORE_OP_SESSION_RESET: rc = sqlite_session_reset(s, in->session_id, in->now, &o->count); break;
     case STORE_OP_SESSIONS_LIST:
-        rc = sqlite_sessions_list(s, in->owner, in->cursor, in->limit, &o->sessions, &o->n_sessions,
-                                  &o->next_cursor);
+    case STORE_OP_SESSIONS_LIST_OLDEST:
+        rc = sqlite_sessions_list(s, in->owner, in->cursor, in->limit, op->kind == STORE_OP_SESSIONS_LIST_OLDEST,
+                                  &o->sessions, &o->n_sessions, &o->next_cursor);
         break;
     case STORE_OP_MESSAGES_LIST:
         rc = sqlite_messages_list(s, in->session_id, in->after_seq, in->limit, &o->messages, &o->n_messages);

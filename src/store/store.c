@@ -102,6 +102,7 @@ static const char *const op_names[STORE_OP_KIND_COUNT] = {
     [STORE_OP_KEY_SESSION_COUNT] = "key_session_count",
     [STORE_OP_SESSION_IMPORT] = "session_import",
     [STORE_OP_KEY_IMPORT] = "key_import",
+    [STORE_OP_SESSIONS_LIST_OLDEST] = "sessions_list_oldest",
 };
 
 const char *store_op_name(store_op_kind kind)

@@ -470,6 +470,8 @@ chat_rc store_key_import(store *s, const store_key *k) CHAT_MUST_CHECK;
  *   SESSION_DELETE     session_id
  *   SESSION_RESET      session_id now              -> out.count (previous turns)
  *   SESSIONS_LIST      owner cursor limit          -> out.sessions, n_sessions, next_cursor
+ *   SESSIONS_LIST_OLDEST  as SESSIONS_LIST, oldest first (by creation time, then
+ *                      id); its cursors are not interchangeable with SESSIONS_LIST's
  *   MESSAGES_LIST      session_id after_seq limit  -> out.messages, n_messages
  *   STATS_GET          -                           -> out.stats
  *   SESSIONS_EXPIRE    before now limit            -> out.count (deleted)
@@ -525,6 +527,7 @@ typedef enum store_op_kind {
     STORE_OP_KEY_SESSION_COUNT,
     STORE_OP_SESSION_IMPORT,
     STORE_OP_KEY_IMPORT,
+    STORE_OP_SESSIONS_LIST_OLDEST,
     STORE_OP_KIND_COUNT
 } store_op_kind;
 

@@ -935,6 +935,71 @@ static void test_list_pagination(void **state)
     store_close(s);
 }
 
+/* The oldest-first listing (STORE_OP_SESSIONS_LIST_OLDEST, for the template's
+ * GET /sessions): the reverse order of the listing above, with its own cursors. */
+static size_t list_oldest(store *s, const char *owner, int limit, char got[][8], size_t max)
+{
+    size_t total = 0;
+    char *cursor = NULL;
+    do {
+        store_op *op = store_op_new(STORE_OP_SESSIONS_LIST_OLDEST);
+        op->in.owner = store_op_str(op, owner);
+        op->in.cursor = store_op_str(op, cursor);
+        op->in.limit = limit;
+        assert_int_equal(store_run(s, op), CHAT_OK);
+        assert_true(op->out.n_sessions <= (size_t)limit);
+        if (op->out.next_cursor)
+            assert_int_equal(op->out.n_sessions, limit);
+        for (size_t i = 0; i < op->out.n_sessions; i++) {
+            assert_true(total < max);
+            snprintf(got[total++], 8, "%s", op->out.sessions[i].id);
+        }
+        free(cursor);
+        cursor = op->out.next_cursor;
+        op->out.next_cursor = NULL;
+        store_op_free(op);
+    } while (cursor);
+    return total;
+}
+
+static void test_list_oldest_first(void **state)
+{
+    (void)state;
+    store *s = open_mem();
+    static const struct {
+        const char *id;
+        const char *owner;
+        int64_t created;
+    } rows[] = {
+        {"s0", "k1", 100}, {"s1", "k2", 200}, {"s2", "k1", 200}, {"s3", "k2", 200},
+        {"s4", "k1", 300}, {"s5", NULL, 300}, {"s6", "k1", 50},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        make_session(s, rows[i].id, rows[i].owner, rows[i].created);
+    static const char *const oldest_first[] = {"s6", "s0", "s1", "s2", "s3", "s4", "s5"};
+    char got[16][8];
+    for (int limit = 1; limit <= 8; limit++) {
+        size_t n = list_oldest(s, NULL, limit, got, 16);
+        assert_int_equal(n, 7);
+        for (size_t i = 0; i < n; i++)
+            assert_string_equal(got[i], oldest_first[i]);
+    }
+    static const char *const k1[] = {"s6", "s0", "s2", "s4"};
+    size_t n = list_oldest(s, "k1", 3, got, 16);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(got[i], k1[i]);
+    assert_int_equal(list_oldest(s, "nobody", 5, got, 16), 0);
+
+    /* A cursor that is not one gives CHAT_EINVAL. */
+    store_op *op = store_op_new(STORE_OP_SESSIONS_LIST_OLDEST);
+    op->in.cursor = "not-a-cursor";
+    op->in.limit = 5;
+    assert_int_equal(store_run(s, op), CHAT_EINVAL);
+    store_op_free(op);
+    store_close(s);
+}
+
 static void test_list_cursor_after_delete(void **state)
 {
     (void)state;
@@ -1439,6 +1504,7 @@ int main(void)
         cmocka_unit_test(test_not_found),
         cmocka_unit_test_setup_teardown(test_stats_invariant, setup, teardown),
         cmocka_unit_test(test_list_pagination),
+        cmocka_unit_test(test_list_oldest_first),
         cmocka_unit_test(test_list_cursor_after_delete),
         cmocka_unit_test(test_invalid_cursor),
         cmocka_unit_test(test_expire),
