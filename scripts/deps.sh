@@ -25,6 +25,10 @@ if [ "$WHAT" = list-build ]; then printf '%s\n' "${APT_PACKAGES[@]}"; exit 0; fi
   chromium fonts-dejavu-core
   valgrind
   wrk
+  # scripts/fuzz.sh: clang with libFuzzer. Debian's clang only recommends the
+  # compiler-rt package that holds libFuzzer and the sanitizer runtimes, and
+  # recommendations are not installed here (--no-install-recommends).
+  clang libclang-rt-14-dev
 )
 
 missing=()

@@ -6,6 +6,7 @@
 #
 #   scripts/test.sh            both builds
 #   SANITIZE=0 scripts/test.sh normal build only (quicker while developing)
+#   FUZZ=0 scripts/test.sh     without the bounded fuzzing step (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -20,6 +21,13 @@ run_suite() {
 
 echo "== build and test: normal"
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_TESTS=ON
+
+if [ "${FUZZ:-1}" != "0" ]; then
+  # Every parser that sees outside bytes, fuzzed for a bounded time (clang,
+  # libFuzzer, ASan + UBSan in build-fuzz); a finding fails the run.
+  echo "== fuzz (tests/fuzz/README.md)"
+  scripts/fuzz.sh
+fi
 
 if [ "${SANITIZE:-1}" != "0" ]; then
   echo "== build and test: ASan + UBSan"
