@@ -165,7 +165,11 @@ void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const ch
     va_end(ap);
     st->err = status;
     st->err_type = chat_xstrdup(type);
-    st->err_message = msg;
+    /* The message may quote provider bytes (jansson's error text quotes the
+     * token it stopped at, which can end inside a UTF-8 sequence); it goes into
+     * JSON responses and log lines, so it must be valid UTF-8. */
+    st->err_message = chat_utf8_escape(msg, strlen(msg));
+    free(msg);
 }
 
 void llm_error_info_free(llm_error_info *e)

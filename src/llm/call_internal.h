@@ -67,7 +67,9 @@ void llm_parse_init(llm_parse *st, llm_emit_fn emit, void *emit_ud);
 void llm_parse_reset(llm_parse *st);
 
 /* Records the first failure (later ones are ignored, the first is the cause).
- * type is copied; the message is formatted. */
+ * type is copied; the message is formatted, then any byte of it that is not
+ * well-formed UTF-8 is written as \xHH (chat_utf8_escape), so that it can go
+ * into a JSON response or log line whatever provider bytes it quotes. */
 void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
