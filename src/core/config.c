@@ -408,7 +408,10 @@ static void value_error(struct loader *ld, size_t idx, const char *value, const 
     if (is_secret(s)) {
         set_err(ld, "invalid %s (%s; value not shown): %s", s->name, src, reason);
     } else {
-        echo_value(value, s->kind == K_HTTP_URL || s->kind == K_DB_URL, echo, sizeof echo);
+        /* Any *_URL by name, not only the kinds parsed as URLs here: REDIS_URL
+         * (a plain string to this file) carries a password just as well. */
+        echo_value(value, s->kind == K_HTTP_URL || s->kind == K_DB_URL || ends_with(s->name, "_URL"), echo,
+                   sizeof echo);
         set_err(ld, "invalid %s \"%s\" (%s): %s", s->name, echo, src, reason);
     }
 }
