@@ -37,8 +37,8 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/rate.h"
 #include "guard/client_addr.h"
-#include "guard/ratelimit.h"
 
 #define KIB ((int64_t)1024)
 #define MIB (1024 * KIB)
@@ -73,7 +73,7 @@ enum kind {
     K_BOOL,      /* bool: on|off, true|false, yes|no, 1|0 */
     K_AUTH_MODE, /* char *, "" (derived) | none | token | keys, stored lowercase */
     K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
-    K_RATE,      /* char *, "off" or N/second|minute|hour (validated by the rate limiter's parser) */
+    K_RATE,      /* char *, "off" or N/second|minute|hour (validated by core/rate.h's parser) */
     K_PROXIES,   /* char *, addresses and networks (validated by guard/client_addr.h's parser) */
 };
 
@@ -677,9 +677,9 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
     }
 
     case K_RATE: {
-        ratelimit_spec spec;
+        chat_rate rate;
         char why[160];
-        if (ratelimit_spec_parse(value, &spec, why, sizeof why) != CHAT_OK) {
+        if (chat_rate_parse(value, &rate, why, sizeof why) != CHAT_OK) {
             value_error(ld, idx, value, "%s", why);
             return false;
         }

@@ -35,10 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "core/alloc.h"
-#include "core/util.h"
 
 #define NSHARDS 64
 #define SHARD_BITS 6
@@ -79,78 +77,6 @@ struct ratelimit {
     _Atomic unsigned evict_start; /* rotates the shard where the idle search starts */
     shard shards[NSHARDS];
 };
-
-/* ---- limit specs ------------------------------------------------------------- */
-
-#define SPEC_EXPECTED "expected N/second, N/minute, N/hour or off"
-
-chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, size_t errlen)
-{
-    chat_rc rc = CHAT_EINVAL;
-    static const struct { const char *name; int64_t ms; } units[] = {
-        {"second", 1000}, {"minute", 60000}, {"hour", 3600000}};
-
-    out->count = 0;
-    out->window_ms = 0;
-    if (err && errlen)
-        err[0] = '\0';
-    if (!text || !*text) {
-        chat_set_err(err, errlen, "empty rate limit (%s)", SPEC_EXPECTED);
-        goto out;
-    }
-    if (strcasecmp(text, "off") == 0) {
-        rc = CHAT_OK;
-        goto out;
-    }
-    const char *slash = strchr(text, '/');
-    if (!slash) {
-        chat_set_err(err, errlen, "\"%.64s\" has no /unit (%s)", text, SPEC_EXPECTED);
-        goto out;
-    }
-    if (slash == text) {
-        chat_set_err(err, errlen, "\"%.64s\" has no count before '/' (%s)", text, SPEC_EXPECTED);
-        goto out;
-    }
-    int64_t n = 0;
-    for (const char *p = text; p < slash; p++) {
-        if (*p < '0' || *p > '9') {
-            chat_set_err(err, errlen, "count in \"%.64s\" is not a plain decimal integer (%s)", text, SPEC_EXPECTED);
-            goto out;
-        }
-        if (n > RATELIMIT_MAX_COUNT) /* keep going only to report bad characters first */
-            continue;
-        n = n * 10 + (*p - '0');
-    }
-    if (text[0] == '0' && slash - text > 1) {
-        chat_set_err(err, errlen, "count in \"%.64s\" has a leading zero", text);
-        goto out;
-    }
-    if (n == 0) {
-        chat_set_err(err, errlen, "count in \"%.64s\" must be at least 1 (use \"off\" to disable the limit)", text);
-        goto out;
-    }
-    if (n > RATELIMIT_MAX_COUNT) {
-        chat_set_err(err, errlen, "count in \"%.64s\" is above %d", text, RATELIMIT_MAX_COUNT);
-        goto out;
-    }
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcasecmp(slash + 1, units[i].name) == 0) {
-            out->count = n;
-            out->window_ms = units[i].ms;
-            rc = CHAT_OK;
-            goto out;
-        }
-    chat_set_err(err, errlen, "unknown unit \"%.32s\" in \"%.64s\" (expected second, minute or hour)", slash + 1,
-            text);
-out:
-    return rc;
-}
-
-bool ratelimit_spec_valid(const ratelimit_spec *s)
-{
-    return s->count == 0 || (s->count >= 1 && s->count <= RATELIMIT_MAX_COUNT && s->window_ms >= 1 &&
-                             s->window_ms <= RATELIMIT_MAX_WINDOW_MS);
-}
 
 /* ---- bucket arithmetic ------------------------------------------------------- */
 

@@ -47,22 +47,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/rate.h"
 #include "core/rc.h"
 
-#define RATELIMIT_MAX_COUNT 1000000000   /* largest N in "N/unit" */
-#define RATELIMIT_MAX_KEY 200            /* key bytes stored verbatim */
-#define RATELIMIT_MAX_WINDOW_MS 3600000  /* longest window a spec may have */
+#define RATELIMIT_MAX_COUNT CHAT_RATE_MAX_COUNT         /* largest N in "N/unit" */
+#define RATELIMIT_MAX_KEY 259                           /* key bytes stored verbatim */
+#define RATELIMIT_MAX_WINDOW_MS CHAT_RATE_MAX_WINDOW_MS /* longest window a spec may have */
+/* RATELIMIT_MAX_KEY holds "key:" + the longest API key id (255 bytes, the store's
+ * STORE_ID_MAX) verbatim: the limits of two keys never depend on a hash. */
 /* A normalised key with its NUL: the verbatim prefix, '#', 16 hex digits. */
 #define RATELIMIT_KEYBUF (RATELIMIT_MAX_KEY + 18)
 
-/* A limit: count tokens per window_ms. count == 0 means "off" (no limit). */
-typedef struct ratelimit_spec {
-    int64_t count;      /* 0 (off) or 1..RATELIMIT_MAX_COUNT */
-    int64_t window_ms;  /* 1000, 60000 or 3600000 from the parser; any 1..3600000 is accepted */
-} ratelimit_spec;
+/* A limit: count tokens per window_ms, the rate of core/rate.h. count == 0
+ * means "off" (no limit). */
+typedef chat_rate ratelimit_spec;
 
-/* True for a spec this module accepts: off, or count and window_ms in range. */
-bool ratelimit_spec_valid(const ratelimit_spec *s);
+/* True for a spec this module accepts: off, or count and window_ms in range
+ * (chat_rate_valid). */
+static inline bool ratelimit_spec_valid(const ratelimit_spec *s)
+{
+    return chat_rate_valid(s);
+}
 
 /*
  * The form a key is stored under (here and in Redis, see redis_limit.h): key
@@ -73,16 +78,13 @@ bool ratelimit_spec_valid(const ratelimit_spec *s);
  */
 size_t ratelimit_key_normalise(const char *key, char out[RATELIMIT_KEYBUF]);
 
-/*
- * Parses "N/second", "N/minute", "N/hour" (N a decimal integer
- * 1..RATELIMIT_MAX_COUNT without sign, spaces or leading zeros; the unit and
- * "off" are case-insensitive) or "off". On success fills *out and returns
- * CHAT_OK. On failure returns CHAT_EINVAL, leaves *out zeroed (off) and writes
- * one line saying what is wrong and what is expected into err (errlen bytes,
- * may be 0), for the config loader to prefix with the setting's name.
- */
-chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err, size_t errlen)
-    CHAT_MUST_CHECK;
+/* Parses "N/second", "N/minute", "N/hour" or "off": chat_rate_parse (see
+ * core/rate.h for the syntax, the bounds and the error text). */
+static inline CHAT_MUST_CHECK chat_rc ratelimit_spec_parse(const char *text, ratelimit_spec *out, char *err,
+                                                           size_t errlen)
+{
+    return chat_rate_parse(text, out, err, errlen);
+}
 
 typedef enum {
     RATELIMIT_REQUESTS = 0,   /* one token per request, taken by ratelimit_check */

@@ -47,72 +47,6 @@ static ratelimit_result check(ratelimit *rl, const char *key, int64_t now)
     return r;
 }
 
-/* ---- spec parsing ---------------------------------------------------------- */
-
-static void test_spec_parse(void **state)
-{
-    (void)state;
-    const struct {
-        const char *text;
-        int64_t count, window_ms;
-    } ok[] = {
-        {"10/minute", 10, MIN},  {"5/second", 5, SEC},           {"100/hour", 100, HOUR},
-        {"1/second", 1, SEC},    {"1000000000/hour", 1000000000, HOUR}, {"off", 0, 0},
-        {"OFF", 0, 0},           {"7/Minute", 7, MIN},            {"3/HOUR", 3, HOUR},
-    };
-    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-        ratelimit_spec s = {-1, -1};
-        char err[200] = "x";
-        if (ratelimit_spec_parse(ok[i].text, &s, err, sizeof err) != CHAT_OK)
-            fail_msg("%s: %s", ok[i].text, err);
-        assert_int_equal(s.count, ok[i].count);
-        assert_int_equal(s.window_ms, ok[i].window_ms);
-        assert_string_equal(err, "");
-    }
-    const struct {
-        const char *text;
-        const char *msg; /* a substring the error must contain */
-    } bad[] = {
-        {NULL, "empty"},
-        {"", "empty"},
-        {"10", "no /unit"},
-        {"/minute", "no count"},
-        {"0/minute", "use \"off\""},
-        {"-1/minute", "plain decimal"},
-        {"+1/minute", "plain decimal"},
-        {" 10/minute", "plain decimal"},
-        {"10 /minute", "plain decimal"},
-        {"1.5/second", "plain decimal"},
-        {"1e3/second", "plain decimal"},
-        {"010/minute", "leading zero"},
-        {"1000000001/second", "above 1000000000"},
-        {"99999999999999999999999999/hour", "above 1000000000"},
-        {"10/min", "unknown unit \"min\""},
-        {"10/minutes", "unknown unit"},
-        {"10/", "unknown unit \"\""},
-        {"10/minute ", "unknown unit"},
-        {"10/minute/x", "unknown unit \"minute/x\""},
-        {"10/day", "unknown unit"},
-        {"of", "no /unit"},
-        {"unlimited", "no /unit"},
-    };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        ratelimit_spec s = {-1, -1};
-        char err[200] = "";
-        assert_int_equal(ratelimit_spec_parse(bad[i].text, &s, err, sizeof err), CHAT_EINVAL);
-        if (!strstr(err, bad[i].msg))
-            fail_msg("%s: error \"%s\" lacks \"%s\"", bad[i].text ? bad[i].text : "(null)", err, bad[i].msg);
-        assert_int_equal(s.count, 0);
-        assert_int_equal(s.window_ms, 0);
-    }
-    /* err may be absent; a short err is truncated, not overrun */
-    ratelimit_spec s;
-    assert_int_equal(ratelimit_spec_parse("x", &s, NULL, 0), CHAT_EINVAL);
-    char tiny[8];
-    assert_int_equal(ratelimit_spec_parse("10/fortnight", &s, tiny, sizeof tiny), CHAT_EINVAL);
-    assert_int_equal(strlen(tiny), sizeof tiny - 1);
-}
-
 /* ---- refill timing, burst, remaining, reset, retry-after ---------------------- */
 
 static void test_exact_refill(void **state)
@@ -565,7 +499,6 @@ static void test_headers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spec_parse),
         cmocka_unit_test(test_exact_refill),
         cmocka_unit_test(test_remaining_reset_retry),
         cmocka_unit_test(test_tokens_debit),
