@@ -27,6 +27,7 @@
 /* A limit key: "key:" + an API key id (at most STORE_ID_MAX bytes: ids are
  * never cut, or two keys would share a bucket), or "addr:" + a client address. */
 #define LIMIT_KEY_BUF (sizeof "key:" + STORE_ID_MAX)
+_Static_assert(LIMIT_KEY_BUF - 1 <= RATELIMIT_MAX_KEY, "API key limit keys are stored verbatim");
 
 typedef enum {
     ACCESS_PUBLIC,  /* health, docs, playground assets: no credentials */
