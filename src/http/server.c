@@ -14,7 +14,12 @@
  *   call (the connection may carry a later request with another owner);
  * - the idle timeout is a read/write inactivity timeout, not a header deadline:
  *   a client sending one header byte every few seconds would hold a connection
- *   forever. Connection trackers (below) add the deadline.
+ *   forever. Connection trackers (below) add the deadline;
+ * - evhttp frames a body by the first Content-Length it finds, or by chunks when
+ *   any Transfer-Encoding says "chunked", and ignores the rest: a request whose
+ *   framing another HTTP parser (a proxy in front) could read differently is
+ *   answered 400 and its connection closed before dispatch (framing_error), so
+ *   the bytes after it are never taken for a next request (request smuggling).
  */
 #define _GNU_SOURCE
 #include "http/server.h"
@@ -71,6 +76,12 @@ typedef struct conn_track {
     bool refuse_pending;        /* refused past the cap, the 503 not yet written (linked in refusing) */
     struct conn_track *refuse_next; /* next in the server's refusing list */
     atomic_int *count;          /* the shared open-connection count it was added to, or NULL */
+    /* The raw check of a request head (head_scan): evhttp joins folded header
+     * lines and cuts values at a NUL, so both are only visible in the bytes. */
+    bool scan_head;             /* the bytes arriving now belong to a request head */
+    bool head_first_line;       /* still before the end of the request line */
+    size_t head_line_len;       /* bytes of the current line so far (CR not counted) */
+    const char *head_error;     /* what the check found (static text): 400 at dispatch */
 } conn_track;
 
 /* Pause of the listener after a failed accept() (EMFILE and the like). */
@@ -290,8 +301,16 @@ static void access_log(http_req *r)
 static void req_end(http_req *r)
 {
     if (r->track) {
-        r->track->req = NULL;
-        r->track->waiting_since = chat_mono_ms();
+        conn_track *t = r->track;
+        t->req = NULL;
+        t->waiting_since = chat_mono_ms();
+        /* The next head is checked when it starts with the next bytes to
+         * arrive; pipelined bytes already read are not (they may be anywhere
+         * in a request), evhttp's own parsing still applies to them. */
+        t->scan_head = evbuffer_get_length(bufferevent_get_input(t->bev)) == 0;
+        t->head_first_line = true;
+        t->head_line_len = 0;
+        t->head_error = NULL;
         r->track = NULL;
     }
     r->ended = true;
@@ -339,6 +358,52 @@ void http_req_release(http_req *r)
 {
     if (--r->refs == 0)
         req_maybe_free(r);
+}
+
+/* RFC 9110 token characters, for header names. */
+static bool tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/*
+ * Why a parsed request must not be served, or NULL: a body framing that is
+ * ambiguous (several Content-Length, Content-Length with Transfer-Encoding, a
+ * transfer coding other than a single "chunked"), or a header name or value
+ * with bytes RFC 9110 forbids there (control characters, DEL; a name that is
+ * not a token). The answer is 400 and the connection is closed.
+ */
+static const char *framing_error(struct evhttp_request *req)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    struct evkeyval *kv;
+    int cl = 0, te = 0;
+    bool te_chunked = false;
+    TAILQ_FOREACH(kv, h, next)
+    {
+        if (!*kv->key)
+            return "empty header name";
+        for (const unsigned char *p = (const unsigned char *)kv->key; *p; p++)
+            if (!tchar(*p))
+                return "invalid character in a header name";
+        for (const unsigned char *p = (const unsigned char *)kv->value; *p; p++)
+            if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+                return "control character in a header value";
+        if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0)
+            cl++;
+        else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+            te++;
+            te_chunked = evutil_ascii_strcasecmp(kv->value, "chunked") == 0;
+        }
+    }
+    if (cl > 1)
+        return "more than one Content-Length";
+    if (te > 0 && cl > 0)
+        return "both Content-Length and Transfer-Encoding";
+    if (te > 1 || (te == 1 && !te_chunked))
+        return "unsupported Transfer-Encoding (only a single \"chunked\" is accepted)";
+    return NULL;
 }
 
 static void dispatch_cb(struct evhttp_request *req, void *arg)
@@ -399,7 +464,14 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     if (r->evcon)
         evhttp_connection_set_closecb(r->evcon, on_conn_close, r);
 
-    srv->dispatch(r, srv->ctx);
+    const char *bad = r->track && r->track->head_error ? r->track->head_error : framing_error(req);
+    if (bad) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        http_req_log_set(r, "error", json_string(bad));
+        http_reply_json(r, 400, json_pack("{s:{s:s,s:s,s:s}}", "error", "type", "invalid_request_error", "message",
+                                          bad, "request_id", r->id));
+    } else
+        srv->dispatch(r, srv->ctx);
     http_req_release(r);
 }
 
@@ -669,6 +741,65 @@ void http_stream_end(http_req *r)
 
 static void release_closed(http_server *srv);
 
+/* Checks len bytes of a request head as they arrive: a NUL or another control
+ * character (HTAB aside) anywhere, or a header line starting with a space or
+ * a tab (obsolete line folding, which RFC 9112 lets a server reject, and which
+ * proxies disagree about), sets head_error; the blank line ends the check. */
+static void head_scan(conn_track *t, const unsigned char *p, size_t len)
+{
+    for (size_t i = 0; i < len && t->scan_head; i++) {
+        unsigned char c = p[i];
+        if (c == '\n') {
+            if (t->head_line_len == 0 && !t->head_first_line) {
+                t->scan_head = false; /* the end of the head: the body is not ours to check */
+                return;
+            }
+            if (t->head_line_len > 0)
+                t->head_first_line = false; /* (blank lines before the request line are skipped) */
+            t->head_line_len = 0;
+            continue;
+        }
+        if (c == '\r')
+            continue;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            t->head_error = "control character in the request head";
+        else if (t->head_line_len == 0 && !t->head_first_line && (c == ' ' || c == '\t'))
+            t->head_error = "obsolete line folding in the request head";
+        if (t->head_error) {
+            t->scan_head = false;
+            return;
+        }
+        t->head_line_len++;
+    }
+}
+
+/* Bytes were read into a connection's input buffer, before evhttp parses them. */
+static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    conn_track *t = arg;
+    if (!t->scan_head || info->n_added == 0)
+        return;
+    struct evbuffer_ptr pos;
+    if (evbuffer_ptr_set(buf, &pos, info->orig_size, EVBUFFER_PTR_SET) != 0)
+        return;
+    size_t left = info->n_added;
+    while (left > 0 && t->scan_head) {
+        struct evbuffer_iovec v[4];
+        int n = evbuffer_peek(buf, (ev_ssize_t)left, &pos, v, 4);
+        if (n <= 0)
+            return;
+        size_t done = 0;
+        for (int i = 0; i < n && i < 4 && left > 0; i++) {
+            size_t k = v[i].iov_len < left ? v[i].iov_len : left;
+            head_scan(t, v[i].iov_base, k);
+            left -= k;
+            done += k;
+        }
+        if (left > 0 && evbuffer_ptr_set(buf, &pos, done, EVBUFFER_PTR_ADD) != 0)
+            return;
+    }
+}
+
 /* evhttp accepted a connection and asks for its bufferevent: track it, count
  * it, and refuse it if that takes the count past the cap. */
 static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
@@ -681,6 +812,9 @@ static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
     bufferevent_incref(bev);
     t->bev = bev;
     t->waiting_since = chat_mono_ms();
+    t->scan_head = true;
+    t->head_first_line = true;
+    evbuffer_add_cb(bufferevent_get_input(bev), on_input, t);
     atomic_int *count = srv->lim.open_connections;
     if (count) {
         int open = atomic_fetch_add(count, 1) + 1;
@@ -715,6 +849,7 @@ static void track_release(conn_track *t)
 {
     if (t->req)
         t->req->track = NULL;
+    evbuffer_remove_cb(bufferevent_get_input(t->bev), on_input, t);
     bufferevent_decref(t->bev); /* the last reference: closes the socket */
     if (t->count) {
         atomic_fetch_sub(t->count, 1);
