@@ -15,7 +15,8 @@ import subprocess
 import time
 
 from conftest import CHATD_BIN
-from rawhttp import Reader, connect, get, healthz_ok, read_response
+from rawhttp import Reader, get, healthz_ok, read_response
+from reliability import sanitized
 
 N_SESSIONS = 2500
 PROMPT_BYTES = 16 * 1024
@@ -85,7 +86,13 @@ def list_sessions(port, rcvbuf=None):
 
 
 def test_seed_sessions_streamed_whole_with_bounded_memory(chatd):
-    srv = chatd({"TZ": "UTC", "WORKERS": "1"})
+    env = {"TZ": "UTC", "WORKERS": "1"}
+    if sanitized(CHATD_BIN):
+        # ASan keeps freed blocks in a quarantine (256 MB by default), so its
+        # RSS follows allocation churn; without it RSS follows live memory.
+        env["ASAN_OPTIONS"] = ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""), "quarantine_size_mb=0",
+                                                   "thread_local_quarantine_size_kb=0") if x)
+    srv = chatd(env)
     path = os.path.join(srv.tmpdir, "sessions.jsonl")
     rows = sessions_file(path)
     import_into(srv, path)
@@ -110,8 +117,10 @@ def test_seed_sessions_streamed_whole_with_bounded_memory(chatd):
     print(f"\nVmHWM {hwm0} KiB -> {hwm1} KiB (+{grown / 1e6:.1f} MB) listing {N_SESSIONS} sessions "
           f"whose rows hold {rows_bytes / 1e6:.1f} MB of system prompts; body {len(body)} bytes")
     # One page of 100 rows is 1.6 MB of prompts; reading pages of 1,000 (as the
-    # listing used to) peaks above 16 MB. The bound leaves room for SQLite's page cache.
-    assert grown < 8 * 1024 * 1024, f"peak RSS grew by {grown / 1e6:.1f} MB"
+    # listing used to) peaks above 16 MB (measured: +18.6 MB). The bound leaves
+    # room for SQLite's page cache; a sanitizer build adds shadow memory and redzones.
+    bound = (16 if sanitized(CHATD_BIN) else 8) * 1024 * 1024
+    assert grown < bound, f"peak RSS grew by {grown / 1e6:.1f} MB"
 
     # A slow reader (small receive window) gets the same bytes.
     status, _, slow = list_sessions(srv.port, rcvbuf=4096)
