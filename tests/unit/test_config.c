@@ -127,6 +127,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.host, "127.0.0.1");
     assert_int_equal(c.port, 8000);
     assert_int_equal(c.workers, 0);
+    assert_int_equal(c.max_connections, 0);
     assert_string_equal(c.database_url, "sqlite:///./data/chatd.db");
     assert_int_equal(c.max_body_bytes, 1024 * 1024);
     assert_int_equal(c.max_header_bytes, 16 * 1024);
@@ -305,6 +306,9 @@ static const struct {
     {"MAX_TOKENS", "0", "expected an integer 1..1000000"},
     {"MAX_TOKENS", "1000001", "expected an integer 1..1000000"},
     {"WORKERS", "257", "expected an integer 0..256"},
+    {"MAX_CONNECTIONS", "-1", "expected an integer 0..10000000"},
+    {"MAX_CONNECTIONS", "10000001", "expected an integer 0..10000000"},
+    {"MAX_CONNECTIONS", "many", "expected an integer 0..10000000"},
     {"PROVIDER_MAX_RETRIES", "11", "expected an integer 0..10"},
     {"HOST", "", "must not be empty"},
     {"CHAT_MODEL", "", "must not be empty"},
@@ -661,7 +665,7 @@ static void test_help_lists_everything(void **state)
         "DEFAULT_SYSTEM_PROMPT", "HOST", "PORT", "WORKERS", "DATABASE_URL", "MAX_BODY_SIZE", "MAX_HEADER_SIZE",
         "MAX_MESSAGE_SIZE", "HEADER_TIMEOUT", "IDLE_TIMEOUT", "HEARTBEAT_INTERVAL", "STREAM_BUFFER_SIZE",
         "PROVIDER_CONNECT_TIMEOUT", "PROVIDER_FIRST_BYTE_TIMEOUT", "PROVIDER_IDLE_TIMEOUT", "TURN_TIMEOUT",
-        "PROVIDER_MAX_RETRIES", "RETRY_MAX_WAIT", "CANCEL_POLICY", "LOCK_TTL", "DRAIN_TIMEOUT", "LOG_LEVEL",
+        "PROVIDER_MAX_RETRIES", "RETRY_MAX_WAIT", "CANCEL_POLICY", "LOCK_TTL", "DRAIN_TIMEOUT", "LOG_LEVEL", "MAX_CONNECTIONS",
         "ENV_FILE", "TRUSTED_PROXIES", "RATE_LIMIT_IPV6_PREFIX",
     };
     char *text = NULL;
