@@ -44,44 +44,36 @@ typedef struct route {
     bool limited;   /* counts against RATE_LIMIT / TOKEN_LIMIT */
 } route;
 
-#define P ACCESS_PUBLIC
-#define U ACCESS_USER
-#define A ACCESS_ADMIN
-
 static const route routes[] = {
-    {HTTP_GET, "/", api_root, API_SEED, P, false},
-    {HTTP_POST, "/chat", api_seed_chat, API_SEED, U, true},
-    {HTTP_POST, "/chat-stream", api_seed_chat_stream, API_SEED, U, true},
-    {HTTP_GET, "/history/{}", api_seed_history_get, API_SEED, U, false},
-    {HTTP_DELETE, "/history/{}", api_seed_history_delete, API_SEED, U, false},
-    {HTTP_GET, "/sessions", api_seed_sessions, API_SEED, U, false},
-    {HTTP_POST, "/reset/{}", api_seed_reset, API_SEED, U, false},
-    {HTTP_GET, "/stats", api_seed_stats, API_SEED, A, false},
-    {HTTP_POST, "/v1/chat", api_v1_chat, API_V1, U, true},
-    {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, U, true},
-    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_OPENAI, U, true},
-    {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, U, false},
-    {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, U, false},
-    {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, U, false},
-    {HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1, U, false},
-    {HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1, U, false},
-    {HTTP_GET, "/v1/stats", api_v1_stats, API_V1, A, false},
-    {HTTP_GET, "/v1/models", api_v1_models, API_V1, U, false},
-    {HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1, U, false},
-    {HTTP_GET, "/healthz", api_healthz, API_V1, P, false},
-    {HTTP_GET, "/readyz", api_readyz, API_V1, P, false},
-    {HTTP_GET, "/metrics", api_metrics, API_V1, A, false},
-    {HTTP_GET, "/openapi.json", api_openapi, API_V1, P, false},
-    {HTTP_GET, "/docs", api_docs, API_V1, P, false},
-    {HTTP_GET, "/ui", api_ui_redirect, API_V1, P, false},
-    {HTTP_GET, "/ui/", api_ui_file, API_V1, P, false},
-    {HTTP_GET, "/ui/{}", api_ui_file, API_V1, P, false},
-    {HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1, P, false},
+    {HTTP_GET, "/", api_root, API_SEED, ACCESS_PUBLIC, false},
+    {HTTP_POST, "/chat", api_seed_chat, API_SEED, ACCESS_USER, true},
+    {HTTP_POST, "/chat-stream", api_seed_chat_stream, API_SEED, ACCESS_USER, true},
+    {HTTP_GET, "/history/{}", api_seed_history_get, API_SEED, ACCESS_USER, false},
+    {HTTP_DELETE, "/history/{}", api_seed_history_delete, API_SEED, ACCESS_USER, false},
+    {HTTP_GET, "/sessions", api_seed_sessions, API_SEED, ACCESS_USER, false},
+    {HTTP_POST, "/reset/{}", api_seed_reset, API_SEED, ACCESS_USER, false},
+    {HTTP_GET, "/stats", api_seed_stats, API_SEED, ACCESS_ADMIN, false},
+    {HTTP_POST, "/v1/chat", api_v1_chat, API_V1, ACCESS_USER, true},
+    {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, ACCESS_USER, true},
+    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_OPENAI, ACCESS_USER, true},
+    {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, ACCESS_USER, false},
+    {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, ACCESS_USER, false},
+    {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, ACCESS_USER, false},
+    {HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1, ACCESS_USER, false},
+    {HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1, ACCESS_USER, false},
+    {HTTP_GET, "/v1/stats", api_v1_stats, API_V1, ACCESS_ADMIN, false},
+    {HTTP_GET, "/v1/models", api_v1_models, API_V1, ACCESS_USER, false},
+    {HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1, ACCESS_USER, false},
+    {HTTP_GET, "/healthz", api_healthz, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/readyz", api_readyz, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/metrics", api_metrics, API_V1, ACCESS_ADMIN, false},
+    {HTTP_GET, "/openapi.json", api_openapi, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/docs", api_docs, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/ui", api_ui_redirect, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/ui/", api_ui_file, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/ui/{}", api_ui_file, API_V1, ACCESS_PUBLIC, false},
+    {HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1, ACCESS_PUBLIC, false},
 };
-
-#undef P
-#undef U
-#undef A
 
 /* Splits "/a/b/c" into segments (pointers into a copy). Returns the count, or -1 if too many. */
 static int split_path(char *copy, char **seg)

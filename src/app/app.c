@@ -209,7 +209,7 @@ static void *worker_main(void *arg)
         w->sweep = event_new(w->base, -1, EV_PERSIST, sweep_tick, w);
         event_add(w->sweep, &tv);
     }
-    atomic_store(&w->ready, 1);
+    atomic_store(&w->state, CHAT_WORKER_RUNNING);
 
     event_base_dispatch(w->base);
 
@@ -221,7 +221,7 @@ static void *worker_main(void *arg)
     store_detach(w->db);
     /* From here the main thread must not wake this worker: its events go away. */
     pthread_mutex_lock(&w->app->wake_lock);
-    atomic_store(&w->ready, 2);
+    atomic_store(&w->state, CHAT_WORKER_STOPPED);
     pthread_mutex_unlock(&w->app->wake_lock);
     http_server_free(w->http);
     w->http = NULL;
@@ -255,7 +255,7 @@ fail:
     w->base = NULL;
     store_close(w->db);
     w->db = NULL;
-    atomic_store(&w->ready, -1);
+    atomic_store(&w->state, CHAT_WORKER_FAILED);
     return NULL;
 }
 
@@ -264,7 +264,7 @@ static void wake_workers(chat_app *app, int started)
 {
     pthread_mutex_lock(&app->wake_lock);
     for (int i = 0; i < started; i++)
-        if (atomic_load(&app->workers[i].ready) == 1)
+        if (atomic_load(&app->workers[i].state) == CHAT_WORKER_RUNNING)
             event_active(app->workers[i].stop_ev, EV_TIMEOUT, 0);
     pthread_mutex_unlock(&app->wake_lock);
 }
@@ -446,9 +446,9 @@ chat_rc chat_app_run(const struct chat_config *cfg)
             goto stop;
         }
         started++;
-        while (atomic_load(&w->ready) == 0)
+        while (atomic_load(&w->state) == CHAT_WORKER_STARTING)
             usleep(1000);
-        if (atomic_load(&w->ready) < 0) {
+        if (atomic_load(&w->state) == CHAT_WORKER_FAILED) {
             chat_log(LOG_ERROR, "worker failed to start", json_pack("{s:s}", "error", w->startup_error));
             goto stop;
         }

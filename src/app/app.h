@@ -35,6 +35,14 @@ struct client_addr_trust;
 
 typedef struct chat_app chat_app;
 
+/* Where a worker thread is in its life; only ever moves forward. */
+typedef enum {
+    CHAT_WORKER_STARTING = 0, /* building its loop, server and handles (the main thread waits) */
+    CHAT_WORKER_RUNNING,      /* its loop runs: the main thread may wake it (stop_ev) */
+    CHAT_WORKER_STOPPED,      /* its loop ended; its events are being freed (never wake it) */
+    CHAT_WORKER_FAILED,       /* it could not start; startup_error says why */
+} chat_worker_state;
+
 typedef struct chat_worker {
     int index;
     chat_app *app;
@@ -56,7 +64,7 @@ typedef struct chat_worker {
     bool aborted;             /* the drain deadline passed and running turns were cancelled */
     struct turn *turns;       /* running turns of this worker (intrusive list, see chat/turn.c) */
     char startup_error[512];
-    atomic_int ready;         /* 1 = running, 2 = stopped, -1 = failed to start */
+    _Atomic chat_worker_state state; /* written by the worker thread, read by the main thread */
 } chat_worker;
 
 struct chat_app {
@@ -73,7 +81,7 @@ struct chat_app {
     atomic_bool stopping;
     int max_connections;      /* MAX_CONNECTIONS, or derived from the descriptor limit (see app.c) */
     atomic_int open_connections; /* client sockets open across the workers (http/server.h) */
-    pthread_mutex_t wake_lock; /* guards waking workers against their exit (ready 1 -> 2) */
+    pthread_mutex_t wake_lock; /* guards waking workers against their exit (RUNNING -> STOPPED) */
 };
 
 /*

@@ -65,6 +65,10 @@ enum { KICK_START = 1, KICK_RESUME = 2, KICK_CANCEL = 4 };
 
 typedef enum { MODE_NONE = 0, MODE_SSE, MODE_JSON, MODE_ERROR } body_mode;
 
+/* The x-should-retry response header: the provider's own word on retrying, which
+ * overrides the status-based decision when present. */
+typedef enum { RETRY_HINT_ABSENT = 0, RETRY_HINT_YES, RETRY_HINT_NO } retry_hint;
+
 /* What one attempt received. Reset before each attempt. */
 typedef struct attempt {
     int status;               /* HTTP status of the last response head seen, 0 before any */
@@ -73,7 +77,7 @@ typedef struct attempt {
     char *request_id;
     char *retry_after_ms;
     char *retry_after;
-    int should_retry;         /* x-should-retry: 1 true, 0 false, -1 absent */
+    retry_hint should_retry;  /* x-should-retry: "true", "false", or absent (or any other value) */
     body_mode mode;           /* chosen at the first body byte */
     chat_buf body;            /* buffered JSON or error body (MODE_JSON / MODE_ERROR), max_response_bytes */
     sse_parser *sse;          /* MODE_SSE */
@@ -454,7 +458,7 @@ static void attempt_reset(llm_call *c)
     sse_free(a->sse);
     memset(a, 0, sizeof *a);
     chat_buf_init(&a->body, max);
-    a->should_retry = -1;
+    a->should_retry = RETRY_HINT_ABSENT;
 }
 
 static void detach(llm_call *c)
@@ -664,7 +668,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud)
         free(a->retry_after_ms);
         free(a->retry_after);
         a->content_type = a->request_id = a->retry_after_ms = a->retry_after = NULL;
-        a->should_retry = -1;
+        a->should_retry = RETRY_HINT_ABSENT;
         const char *sp = memchr(buf, ' ', len);
         int status = 0;
         if (sp) {
@@ -694,9 +698,9 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud)
         char *val = NULL;
         set_header(&val, v, vl);
         if (strcasecmp(val, "true") == 0)
-            a->should_retry = 1;
+            a->should_retry = RETRY_HINT_YES;
         else if (strcasecmp(val, "false") == 0)
-            a->should_retry = 0;
+            a->should_retry = RETRY_HINT_NO;
         free(val);
     }
 #undef HDR_IS
@@ -923,9 +927,9 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
         llm_error_info e = {0};
         c->ops->parse_error(a->status, chat_buf_str(&a->body), a->body.len, &e);
         bool retry = a->status == 408 || a->status == 409 || a->status == 429 || a->status >= 500;
-        if (a->should_retry == 1)
+        if (a->should_retry == RETRY_HINT_YES)
             retry = true;
-        else if (a->should_retry == 0)
+        else if (a->should_retry == RETRY_HINT_NO)
             retry = false;
         if (e.no_retry)
             retry = false;
@@ -1204,7 +1208,7 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     headers = NULL;
     c->ttfb_ms = -1;
     c->last_retry_after_ms = -1;
-    c->a.should_retry = -1;
+    c->a.should_retry = RETRY_HINT_ABSENT;
     chat_buf_init(&c->a.body, p->max_response_bytes);
     chat_buf_init(&c->text, p->max_response_bytes);
     chat_buf_init(&c->pending, p->max_response_bytes);

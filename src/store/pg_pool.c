@@ -87,6 +87,13 @@ typedef struct op_list {
     int n;
 } op_list;
 
+/* What the log last said about the pool, so that only transitions are logged. */
+typedef enum pool_health {
+    HEALTH_UNKNOWN = 0, /* no connection has succeeded or failed yet */
+    HEALTH_UP,          /* a connection succeeded last */
+    HEALTH_DOWN,        /* a connection failed or was lost last */
+} pool_health;
+
 struct pg_pool {
     struct event_base *base;
     char *url;               /* owned copy; never logged (it may hold a password) */
@@ -100,8 +107,8 @@ struct pg_pool {
     struct event *deadline;  /* fails waiting ops past their deadline */
     int64_t armed_deadline;  /* the deadline the timer is armed for, or -1 */
     int pending;             /* submitted and not completed */
-    int health;              /* 0 not connected yet, 1 up, -1 down (for logging transitions) */
-    int64_t down_since_ms;   /* monotonic, when health went -1 */
+    pool_health health;      /* for logging transitions */
+    int64_t down_since_ms;   /* monotonic, when health went HEALTH_DOWN */
     bool closing;            /* pg_pool_free has begun */
 };
 
@@ -185,24 +192,24 @@ static void one_line(char *dst, size_t len, const char *src)
 
 static void health_down(pg_pool *p, const char *why)
 {
-    if (p->health == -1 || p->closing)
+    if (p->health == HEALTH_DOWN || p->closing)
         return;
-    chat_log(LOG_WARN, p->health == 0 ? "postgres unreachable" : "postgres connection lost",
+    chat_log(LOG_WARN, p->health == HEALTH_UNKNOWN ? "postgres unreachable" : "postgres connection lost",
              json_pack("{s:s, s:i}", "error", why, "queued", p->queue.n + p->retry.n));
-    p->health = -1;
+    p->health = HEALTH_DOWN;
     p->down_since_ms = chat_mono_ms();
 }
 
 static void health_up(pg_pool *p)
 {
-    if (p->health == 1)
+    if (p->health == HEALTH_UP)
         return;
-    if (p->health == -1)
+    if (p->health == HEALTH_DOWN)
         chat_log(LOG_INFO, "postgres connection recovered",
                  json_pack("{s:I}", "down_ms", (json_int_t)(chat_mono_ms() - p->down_since_ms)));
     else
         chat_log(LOG_INFO, "postgres pool connected", json_pack("{s:i}", "size", p->size));
-    p->health = 1;
+    p->health = HEALTH_UP;
 }
 
 /* libpq's default notice processor prints to stderr, which would break the
