@@ -21,20 +21,12 @@
 
 #include "api/chat_run.h"
 #include "api/idempotency.h"
+#include "api/request.h"
 #include "guard/auth.h"
 #include "core/alloc.h"
 #include "core/util.h"
 
-typedef struct chat_body {
-    json_t *root;               /* owns the strings below */
-    const char *message;
-    const char *session_id;
-    const char *system_prompt;
-    const char *model;
-    int max_tokens;
-    turn_truncation truncation;
-    char generated_id[40];
-} chat_body;
+typedef api_chat_body chat_body;
 
 /* ---- body parsing and validation ---- */
 
@@ -62,23 +54,24 @@ static bool opt_string(json_t *root, const char *field, const char **out, json_t
     return true;
 }
 
-/*
- * Parses and validates a chat body. On failure answers the request (422 seed /
- * 400 v1) and returns false.
- */
-static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body *b)
+/* Records a refusal with one problem (item stolen) and returns false. */
+static bool invalid_one(api_chat_invalid *why, json_t *item, const char *msg)
 {
-    const struct chat_config *cfg = w->app->cfg;
-    size_t len;
-    const char *text = http_req_body(r, &len);
+    why->detail = json_pack("[o]", item);
+    snprintf(why->message, sizeof why->message, "%s", msg);
+    return false;
+}
+
+bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_message_bytes,
+                         api_chat_body *b, api_chat_invalid *why)
+{
     json_error_t jerr;
     memset(b, 0, sizeof *b);
+    memset(why, 0, sizeof *why);
 
-    if (len == 0) {
-        api_invalid(r, f, api_detail_item("missing", "body", NULL, "Field required", json_null()),
-                    "the request body is empty: send a JSON object");
-        return false;
-    }
+    if (len == 0)
+        return invalid_one(why, api_detail_item("missing", "body", NULL, "Field required", json_null()),
+                           "the request body is empty: send a JSON object");
     b->root = json_loadb(text, len, 0, &jerr);
     if (!b->root) {
         json_t *loc = json_pack("[s,i]", "body", jerr.position);
@@ -87,16 +80,16 @@ static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body
         char msg[300];
         snprintf(msg, sizeof msg, "the request body is not valid JSON: %s (at byte %d)", jerr.text,
                  jerr.position);
-        api_invalid(r, f, item, msg);
-        return false;
+        return invalid_one(why, item, msg);
     }
     if (!json_is_object(b->root)) {
-        api_invalid(r, f,
+        invalid_one(why,
                     api_detail_item("model_attributes_type", "body", NULL,
                                     "Input should be a valid dictionary or object to extract fields from",
                                     json_incref(b->root)),
                     "the request body must be a JSON object");
         json_decref(b->root);
+        b->root = NULL;
         return false;
     }
 
@@ -119,12 +112,12 @@ static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body
                                                           "String should have at least 1 non-blank character",
                                                           json_incref(m)));
             snprintf(v1msg, sizeof v1msg, "message must not be empty");
-        } else if (mlen > cfg->max_message_bytes) {
+        } else if (mlen > max_message_bytes) {
             char msg[128];
-            snprintf(msg, sizeof msg, "String should have at most %zu bytes", cfg->max_message_bytes);
+            snprintf(msg, sizeof msg, "String should have at most %zu bytes", max_message_bytes);
             json_array_append_new(errors, api_detail_item("string_too_long", "body", "message", msg, json_null()));
             snprintf(v1msg, sizeof v1msg, "message is longer than MAX_MESSAGE_SIZE (%zu bytes)",
-                     cfg->max_message_bytes);
+                     max_message_bytes);
         }
     }
 
@@ -194,19 +187,47 @@ static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body
     }
 
     if (json_array_size(errors) > 0) {
-        if (f == API_SEED) {
-            http_req_log_set(r, "error_type", json_string("validation_error"));
-            http_reply_json(r, 422, json_pack("{s:o}", "detail", errors));
-        } else {
-            json_decref(errors);
-            api_error(r, API_V1, 400, "invalid_request_error", "%s", v1msg);
-        }
+        why->detail = errors;
+        snprintf(why->message, sizeof why->message, "%s", v1msg);
         json_decref(b->root);
         b->root = NULL;
         return false;
     }
     json_decref(errors);
     return true;
+}
+
+void api_chat_turn_params(const api_chat_body *b, turn_params *p)
+{
+    *p = (turn_params){
+        .session_id = b->session_id,
+        .message = b->message,
+        .system_prompt = b->system_prompt,
+        .model = b->model,
+        .max_tokens = b->max_tokens,
+        .truncation = b->truncation,
+    };
+}
+
+/*
+ * Parses and validates the request's chat body. On failure answers the request
+ * (422 {"detail": [...]} seed / 400 invalid_request_error v1) and returns false.
+ */
+static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body *b)
+{
+    size_t len;
+    const char *text = http_req_body(r, &len);
+    api_chat_invalid why;
+    if (api_chat_body_parse(text, len, f, w->app->cfg->max_message_bytes, b, &why))
+        return true;
+    if (f == API_SEED) {
+        http_req_log_set(r, "error_type", json_string("validation_error"));
+        http_reply_json(r, 422, json_pack("{s:o}", "detail", why.detail));
+    } else {
+        json_decref(why.detail);
+        api_error(r, API_V1, 400, "invalid_request_error", "%s", why.message);
+    }
+    return false;
 }
 
 /* ---- renderers ---- */
@@ -351,21 +372,14 @@ static void run_chat(void *ud, idem_decision d, store_idem *idem)
         api_idempotency_result(idem, &res);
         chat_replay(r, j->w, j->rnd, j->f, &res, NULL, NULL);
     } else if (d != IDEM_ANSWERED) {
-        const chat_body *b = &j->b;
-        turn_params p = {
-            .session_id = b->session_id,
-            .message = b->message,
-            .system_prompt = b->system_prompt,
-            .model = b->model,
-            .max_tokens = b->max_tokens,
-            .stream = j->rnd->stream,
-            .request_id = http_req_id(r),
-            .owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL,
-            .see_all = api_owner_filter(r) == NULL,
-            .idem_scope = api_identity(r)->key_id,
-            .idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL,
-            .truncation = b->truncation,
-        };
+        turn_params p;
+        api_chat_turn_params(&j->b, &p);
+        p.stream = j->rnd->stream;
+        p.request_id = http_req_id(r);
+        p.owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL;
+        p.see_all = api_owner_filter(r) == NULL;
+        p.idem_scope = api_identity(r)->key_id;
+        p.idem_key = d == IDEM_RUN ? http_req_header(r, "Idempotency-Key") : NULL;
         chat_run(r, j->w, j->rnd, j->f, &p, NULL, NULL);
     }
     json_decref(j->b.root);

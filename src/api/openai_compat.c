@@ -26,12 +26,13 @@
 #include <event2/event.h>
 
 #include "api/chat_run.h"
+#include "api/request.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "guard/auth.h"
 #include "core/util.h"
 
-#define MAX_INPUT_MESSAGES 10000
+#define MAX_INPUT_MESSAGES API_OA_MAX_MESSAGES
 
 static void oa_error(http_req *r, int status, const char *type, const char *code, const char *param,
                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -243,25 +244,55 @@ static void init_ctx(chat_ctx *c, void *arg)
     snprintf(c->completion_id, sizeof c->completion_id, "chatcmpl-%s", http_req_id(c->r));
 }
 
-void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
+/* Records a refusal (OpenAI's envelope) and returns false. */
+static bool oa_invalid(api_oa_invalid *why, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static bool oa_invalid(api_oa_invalid *why, const char *code, const char *param, const char *fmt, ...)
 {
-    (void)params;
-    size_t len;
-    const char *body = http_req_body(r, &len);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(why->message, sizeof why->message, fmt, ap);
+    va_end(ap);
+    if (n >= (int)sizeof why->message)
+        chat_utf8_trim(why->message); /* a sequence cut by the bound */
+    why->status = 400;
+    why->type = "invalid_request_error";
+    why->code = code;
+    why->param = param;
+    return false;
+}
+
+void api_oa_request_free(api_oa_request *q)
+{
+    if (!q)
+        return;
+    for (size_t k = 0; k < q->n_texts; k++)
+        free(q->texts[k]);
+    free(q->texts);
+    free(q->hist);
+    chat_buf_free(&q->system); /* safe on a zeroed buffer too */
+    json_decref(q->root);
+    memset(q, 0, sizeof *q);
+}
+
+bool api_oa_request_parse(const char *body, size_t len, const char *session_header, size_t max_message_bytes,
+                          api_oa_request *q, api_oa_invalid *why)
+{
     json_error_t jerr;
+    memset(q, 0, sizeof *q);
+    memset(why, 0, sizeof *why);
     json_t *root = json_loadb(body, len, 0, &jerr);
-    char **texts = NULL;
-    llm_message *hist = NULL;
     size_t n = 0, nhist = 0, nsystem = 0;
+    bool ok = false;
     /* The system prompt: every system/developer message, joined by blank lines.
      * Appended as they come (geometric growth: linear in the total, however
      * many parts), at most MAX_MESSAGE_SIZE bytes in all. */
-    chat_buf system;
-    chat_buf_init(&system, w->app->cfg->max_message_bytes);
+    chat_buf_init(&q->system, max_message_bytes);
+    q->root = root;
 
     if (!root || !json_is_object(root)) {
-        oa_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the body must be a JSON object: %s",
-                 root ? "not an object" : jerr.text);
+        oa_invalid(why, "invalid_json", NULL, "the body must be a JSON object: %s", root ? "not an object" : jerr.text);
         goto out;
     }
     json_t *model = json_object_get(root, "model");
@@ -272,111 +303,133 @@ void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
     if (!mt || json_is_null(mt))
         mt = json_object_get(root, "max_tokens");
     if (model && !json_is_null(model) && !json_is_string(model)) {
-        oa_error(r, 400, "invalid_request_error", "invalid_type", "model", "model must be a string");
+        oa_invalid(why, "invalid_type", "model", "model must be a string");
         goto out;
     }
     if (!json_is_array(msgs) || json_array_size(msgs) == 0 || json_array_size(msgs) > MAX_INPUT_MESSAGES) {
-        oa_error(r, 400, "invalid_request_error", "invalid_value", "messages",
-                 "messages must be a non-empty array (at most %d)", MAX_INPUT_MESSAGES);
+        oa_invalid(why, "invalid_value", "messages", "messages must be a non-empty array (at most %d)",
+                   MAX_INPUT_MESSAGES);
         goto out;
     }
     if (stream && !json_is_null(stream) && !json_is_boolean(stream)) {
-        oa_error(r, 400, "invalid_request_error", "invalid_type", "stream", "stream must be a boolean");
+        oa_invalid(why, "invalid_type", "stream", "stream must be a boolean");
         goto out;
     }
     if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1 ||
                                     json_integer_value(mt) > 1000000)) {
-        oa_error(r, 400, "invalid_request_error", "invalid_value", "max_tokens",
-                 "max_tokens / max_completion_tokens must be an integer in 1..1000000");
+        oa_invalid(why, "invalid_value", "max_tokens",
+                   "max_tokens / max_completion_tokens must be an integer in 1..1000000");
         goto out;
     }
     bool streaming = json_is_true(stream);
     if (sopts && !json_is_null(sopts) && !streaming) {
-        oa_error(r, 400, "invalid_request_error", "invalid_value", "stream_options",
-                 "stream_options is only allowed when stream is true");
+        oa_invalid(why, "invalid_value", "stream_options", "stream_options is only allowed when stream is true");
         goto out;
     }
 
     /* Split the messages: system/developer -> system prompt; the rest -> history + last user message. */
     size_t count = json_array_size(msgs);
-    texts = chat_xcalloc(count, sizeof *texts);
-    hist = chat_xcalloc(count, sizeof *hist);
+    q->texts = chat_xcalloc(count, sizeof *q->texts);
+    q->hist = chat_xcalloc(count, sizeof *q->hist);
     size_t i;
     json_t *m;
     json_array_foreach(msgs, i, m) {
         const char *role = json_string_value(json_object_get(m, "role"));
-        const char *why = NULL;
+        const char *why_not = NULL;
         if (!role) {
-            oa_error(r, 400, "invalid_request_error", "invalid_value", "messages",
-                     "messages[%zu].role is required", i);
+            oa_invalid(why, "invalid_value", "messages", "messages[%zu].role is required", i);
             goto out;
         }
-        char *text = content_text(json_object_get(m, "content"), &why);
+        char *text = content_text(json_object_get(m, "content"), &why_not);
         if (!text) {
-            oa_error(r, 400, "invalid_request_error", "invalid_value", "messages", "messages[%zu]: %s", i, why);
+            oa_invalid(why, "invalid_value", "messages", "messages[%zu]: %s", i, why_not);
             goto out;
         }
-        texts[n++] = text;
+        q->texts[n++] = text;
+        q->n_texts = n;
         if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
-            if ((nsystem++ > 0 && chat_buf_append(&system, "\n\n", 2) != CHAT_OK) ||
-                chat_buf_appends(&system, text) != CHAT_OK) {
-                oa_error(r, 400, "invalid_request_error", "string_above_max_length", "messages",
-                         "the system and developer messages (joined, up to messages[%zu]) are longer than "
-                         "MAX_MESSAGE_SIZE (%zu bytes)", i, w->app->cfg->max_message_bytes);
+            if ((nsystem++ > 0 && chat_buf_append(&q->system, "\n\n", 2) != CHAT_OK) ||
+                chat_buf_appends(&q->system, text) != CHAT_OK) {
+                oa_invalid(why, "string_above_max_length", "messages",
+                           "the system and developer messages (joined, up to messages[%zu]) are longer than "
+                           "MAX_MESSAGE_SIZE (%zu bytes)", i, max_message_bytes);
                 goto out;
             }
         } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
-            hist[nhist].role = role;
-            hist[nhist].content = text;
+            q->hist[nhist].role = role;
+            q->hist[nhist].content = text;
             nhist++;
         } else {
-            oa_error(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                     "messages[%zu].role \"%s\" is not supported (system, developer, user, assistant)", i, role);
+            oa_invalid(why, "unsupported_value", "messages",
+                       "messages[%zu].role \"%s\" is not supported (system, developer, user, assistant)", i, role);
             goto out;
         }
     }
-    if (nhist == 0 || strcmp(hist[nhist - 1].role, "user") != 0 || !*hist[nhist - 1].content) {
-        oa_error(r, 400, "invalid_request_error", "invalid_value", "messages",
-                 "the last message must be a non-empty user message");
+    if (nhist == 0 || strcmp(q->hist[nhist - 1].role, "user") != 0 || !*q->hist[nhist - 1].content) {
+        oa_invalid(why, "invalid_value", "messages", "the last message must be a non-empty user message");
         goto out;
     }
-    if (strlen(hist[nhist - 1].content) > w->app->cfg->max_message_bytes) {
-        oa_error(r, 400, "invalid_request_error", "string_above_max_length", "messages",
-                 "the last message is longer than MAX_MESSAGE_SIZE (%zu bytes)", w->app->cfg->max_message_bytes);
+    if (strlen(q->hist[nhist - 1].content) > max_message_bytes) {
+        oa_invalid(why, "string_above_max_length", "messages",
+                   "the last message is longer than MAX_MESSAGE_SIZE (%zu bytes)", max_message_bytes);
         goto out;
     }
 
-    const char *session = http_req_header(r, "X-Session-Id");
+    const char *session = session_header;
     json_t *sid = json_object_get(root, "session_id");
     if (!session && json_is_string(sid))
         session = json_string_value(sid);
     if (session && !chat_valid_id(session)) {
-        oa_error(r, 400, "invalid_request_error", "invalid_value", "session_id",
-                 "invalid session id: use 1 to 128 characters of letters, digits and . _ : -");
+        oa_invalid(why, "invalid_value", "session_id",
+                   "invalid session id: use 1 to 128 characters of letters, digits and . _ : -");
         goto out;
     }
 
-    turn_params p = {
-        .session_id = session,
-        .history = session ? NULL : hist,
-        .n_history = session ? 0 : nhist - 1,
-        .message = hist[nhist - 1].content,
-        .system_prompt = system.len ? chat_buf_str(&system) : NULL,
-        .model = json_is_string(model) ? json_string_value(model) : NULL,
-        .max_tokens = json_is_integer(mt) ? (int)json_integer_value(mt) : 0,
-        .stream = streaming,
-        .request_id = http_req_id(r),
-        .owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL,
-        .see_all = api_owner_filter(r) == NULL,
-    };
-    struct oa_init in = {.include_usage = streaming && json_is_true(json_object_get(sopts, "include_usage"))};
-    chat_run(r, w, streaming ? &oa_sse : &oa_json, API_V1, &p, init_ctx, &in);
-
+    q->n_hist = nhist;
+    q->session_id = session;
+    q->model = json_is_string(model) ? json_string_value(model) : NULL;
+    q->max_tokens = json_is_integer(mt) ? (int)json_integer_value(mt) : 0;
+    q->stream = streaming;
+    q->include_usage = streaming && json_is_true(json_object_get(sopts, "include_usage"));
+    ok = true;
 out:
-    for (size_t k = 0; k < n; k++)
-        free(texts[k]);
-    free(texts);
-    free(hist);
-    chat_buf_free(&system);
-    json_decref(root);
+    if (!ok)
+        api_oa_request_free(q);
+    return ok;
+}
+
+void api_oa_turn_params(const api_oa_request *q, turn_params *p)
+{
+    *p = (turn_params){
+        .session_id = q->session_id,
+        .history = q->session_id ? NULL : q->hist,
+        .n_history = q->session_id ? 0 : q->n_hist - 1,
+        .message = q->hist[q->n_hist - 1].content,
+        .system_prompt = q->system.len ? chat_buf_str(&q->system) : NULL,
+        .model = q->model,
+        .max_tokens = q->max_tokens,
+        .stream = q->stream,
+    };
+}
+
+void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
+{
+    (void)params;
+    size_t len;
+    const char *body = http_req_body(r, &len);
+    api_oa_request q;
+    api_oa_invalid why;
+    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), w->app->cfg->max_message_bytes, &q,
+                              &why)) {
+        oa_error(r, why.status, why.type, why.code, why.param, "%s", why.message);
+        return;
+    }
+    turn_params p;
+    api_oa_turn_params(&q, &p);
+    p.request_id = http_req_id(r);
+    p.owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL;
+    p.see_all = api_owner_filter(r) == NULL;
+    struct oa_init in = {.include_usage = q.include_usage};
+    chat_run(r, w, q.stream ? &oa_sse : &oa_json, API_V1, &p, init_ctx, &in);
+    api_oa_request_free(&q);
 }

@@ -1,0 +1,118 @@
+/*
+ * request.h: the bodies of the chat endpoints, validated as pure functions:
+ * request bytes in, a parsed request (and the turn it asks for) or the
+ * validation error out. No HTTP object, no I/O: the handlers (chat.c,
+ * openai_compat.c) answer with what these return, and the fuzz targets
+ * (tests/fuzz/) drive them with raw bytes. docs/API.md is the contract of the
+ * errors.
+ *
+ * Thread: any; nothing is shared.
+ */
+#ifndef CHATD_API_REQUEST_H
+#define CHATD_API_REQUEST_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "api/api.h"
+#include "chat/turn.h"
+#include "core/buf.h"
+
+/* ---- POST /chat, /chat-stream (API_SEED) and /v1/chat, /v1/chat/stream (API_V1) ---- */
+
+/* A valid chat body. The strings point into root (or generated_id). */
+typedef struct api_chat_body {
+    json_t *root;               /* the parsed body; owns the strings below (json_decref to release) */
+    const char *message;        /* non-blank, at most max_message_bytes */
+    const char *session_id;     /* a valid id (chat_valid_id); for /v1 without one, generated_id */
+    const char *system_prompt;  /* NULL when absent, null or "" (the template's `system_prompt or DEFAULT`) */
+    const char *model;          /* /v1 only: NULL when absent, null or "" */
+    int max_tokens;             /* /v1 only: 1..1000000, 0 when absent */
+    turn_truncation truncation; /* /v1 only: TURN_TRUNCATE_AUTO unless "reject" */
+    char generated_id[40];      /* "s_" + 24 random hex digits when /v1 named no session */
+} api_chat_body;
+
+/* Why a chat body was refused, in both flavors' words. */
+typedef struct api_chat_invalid {
+    /* The seed's 422 {"detail": detail}: a non-empty array of pydantic-v2 style
+     * items (api_detail_item), one per problem. Owned by the caller (decref). */
+    json_t *detail;
+    /* The /v1 400 invalid_request_error message: the first problem, one line. */
+    char message[300];
+} api_chat_invalid;
+
+/*
+ * Parses and validates a chat body of len bytes (body may be NULL when len is
+ * 0; it need not be NUL-terminated) for flavor f (API_SEED or API_V1), with
+ * MAX_MESSAGE_SIZE max_message_bytes. The seed requires session_id; /v1
+ * generates one when it is absent or null, and also reads model, max_tokens
+ * and truncation. On success fills *out (release out->root with json_decref)
+ * and returns true. On failure returns false, out->root NULL, and fills *why
+ * (release why->detail). Never both.
+ */
+bool api_chat_body_parse(const char *body, size_t len, api_flavor f, size_t max_message_bytes,
+                         api_chat_body *out, api_chat_invalid *why);
+
+/*
+ * The turn a valid chat body asks for: session, message, system prompt,
+ * model, max_tokens, truncation set from b (borrowed: b must outlive p);
+ * every other field of *p zeroed, for the handler to set (stream, request
+ * id, owner, idempotency).
+ */
+void api_chat_turn_params(const api_chat_body *b, turn_params *p);
+
+/* ---- POST /v1/chat/completions (OpenAI's Chat Completions request) ---- */
+
+/* At most this many entries in "messages". */
+#define API_OA_MAX_MESSAGES 10000
+
+/* A valid Chat Completions request. */
+typedef struct api_oa_request {
+    json_t *root;               /* the parsed body; owns model and a body session_id */
+    char **texts;               /* heap, the text of every message read (n_texts of them) */
+    size_t n_texts;
+    llm_message *hist;          /* heap, the user and assistant messages in order (contents in texts) */
+    size_t n_hist;              /* >= 1; the last is the new user message, non-empty, <= max_message_bytes */
+    chat_buf system;            /* every system/developer message joined by blank lines; len 0 if none */
+    const char *session_id;     /* the X-Session-Id header, else a string body session_id; NULL = stateless */
+    const char *model;          /* NULL when absent or null */
+    int max_tokens;             /* max_completion_tokens, else max_tokens: 1..1000000, 0 when absent */
+    bool stream;
+    bool include_usage;         /* stream_options.include_usage, with stream only */
+} api_oa_request;
+
+/* Why a Chat Completions request was refused: OpenAI's error envelope. */
+typedef struct api_oa_invalid {
+    int status;                 /* 400 */
+    const char *type;           /* static: "invalid_request_error" */
+    const char *code;           /* static: "invalid_json", "invalid_type", "invalid_value", ... */
+    const char *param;          /* static field name, or NULL */
+    char message[1024];         /* one line; client bytes in it are escaped if not UTF-8 */
+} api_oa_invalid;
+
+/*
+ * Parses and validates a Chat Completions body of len bytes (body may be NULL
+ * when len is 0), with the request's X-Session-Id header value (NULL when
+ * absent; it wins over a body session_id) and MAX_MESSAGE_SIZE
+ * max_message_bytes (the limit of the last user message and of the joined
+ * system prompt). On success fills *out (release with api_oa_request_free)
+ * and returns true; on failure returns false with *out released and *why
+ * filled.
+ */
+bool api_oa_request_parse(const char *body, size_t len, const char *session_header, size_t max_message_bytes,
+                          api_oa_request *out, api_oa_invalid *why);
+
+/* Releases what api_oa_request_parse filled. Accepts NULL and a zeroed request. */
+void api_oa_request_free(api_oa_request *q);
+
+/*
+ * The turn a valid request asks for (borrowed from q, which must outlive p):
+ * with a session, only the last user message is the new turn (the server
+ * keeps the history); stateless, the earlier user and assistant messages are
+ * the history. System prompt NULL when there was none. Every other field of
+ * *p zeroed, for the handler to set (request id, owner).
+ */
+void api_oa_turn_params(const api_oa_request *q, turn_params *p);
+
+#endif
