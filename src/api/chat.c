@@ -75,8 +75,10 @@ bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_
     b->root = json_loadb(text, len, 0, &jerr);
     if (!b->root) {
         json_t *loc = json_pack("[s,i]", "body", jerr.position);
-        json_t *item = json_pack("{s:s,s:o,s:s,s:{},s:{s:s}}", "type", "json_invalid", "loc", loc, "msg",
-                                 "JSON decode error", "input", "ctx", "error", jerr.text);
+        /* jansson's text quotes the bytes it stopped at, which need not be
+         * UTF-8 (json_pack would fail on them: a 500 instead of the 422). */
+        json_t *item = json_pack("{s:s,s:o,s:s,s:{},s:{s:o}}", "type", "json_invalid", "loc", loc, "msg",
+                                 "JSON decode error", "input", "ctx", "error", chat_json_text(jerr.text));
         char msg[300];
         snprintf(msg, sizeof msg, "the request body is not valid JSON: %s (at byte %d)", jerr.text,
                  jerr.position);
