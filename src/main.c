@@ -164,7 +164,7 @@ static int cmd_keys(int argc, char **argv, char **envp)
         }
         printf("id:     %s\nname:   %s\nrole:   %s\nsecret: %s\n", id, name, role, secret);
         fprintf(stderr, "Store the secret now: it is not kept and cannot be shown again.\n");
-        if (strcmp(auth_mode_name(&cfg), "keys") != 0)
+        if (cfg.auth_mode != AUTH_MODE_KEYS)
             fprintf(stderr, "Note: AUTH_MODE is %s; keys are used with AUTH_MODE=keys.\n", auth_mode_name(&cfg));
         status = 0;
     } else if (strcmp(sub, "list") == 0) {
@@ -240,7 +240,7 @@ static int cmd_transfer(const char *cmd, int argc, char **argv, char **envp)
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
-    chat_log_set_level(chat_log_level_parse(cfg.log_level));
+    chat_log_set_level(cfg.log_level);
     int status = 1;
     store *db = NULL;
     FILE *f = NULL;
@@ -328,7 +328,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
-    chat_log_set_level(chat_log_level_parse(cfg.log_level));
+    chat_log_set_level(cfg.log_level);
 
     int status;
     if (strcmp(cmd, "migrate") == 0)

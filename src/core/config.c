@@ -69,9 +69,9 @@ enum kind {
     K_DURATION,  /* int64_t milliseconds, in [min, max] */
     K_SIZE,      /* size_t bytes, in [min, max] */
     K_CANCEL,    /* chat_cancel_policy: keep | drop */
-    K_LOG_LEVEL, /* char *, debug | info | warn | error, stored lowercase */
+    K_LOG_LEVEL, /* chat_log_level: debug | info | warn | error */
     K_BOOL,      /* bool: on|off, true|false, yes|no, 1|0 */
-    K_AUTH_MODE, /* char *, "" (derived) | none | token | keys, stored lowercase */
+    K_AUTH_MODE, /* chat_auth_mode: none | token | keys (unset: derived from API_TOKEN) */
     K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
     K_RATE,      /* char *, "off" or N/second|minute|hour (validated by core/rate.h's parser) */
     K_PROXIES,   /* char *, addresses and networks (validated by guard/client_addr.h's parser) */
@@ -700,10 +700,13 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
     }
 
     case K_AUTH_MODE: {
-        static const char *const modes[] = {"none", "token", "keys"};
+        static const struct {
+            const char *name;
+            chat_auth_mode mode;
+        } modes[] = {{"none", AUTH_MODE_NONE}, {"token", AUTH_MODE_TOKEN}, {"keys", AUTH_MODE_KEYS}};
         for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
-            if (strcasecmp(value, modes[i]) == 0) {
-                *(char **)field = chat_xstrdup(modes[i]);
+            if (strcasecmp(value, modes[i].name) == 0) {
+                *(chat_auth_mode *)field = modes[i].mode;
                 return true;
             }
         }
@@ -712,10 +715,13 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
     }
 
     case K_LOG_LEVEL: {
-        static const char *const levels[] = {"debug", "info", "warn", "error"};
+        static const struct {
+            const char *name;
+            chat_log_level level;
+        } levels[] = {{"debug", LOG_DEBUG}, {"info", LOG_INFO}, {"warn", LOG_WARN}, {"error", LOG_ERROR}};
         for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
-            if (strcasecmp(value, levels[i]) == 0) {
-                *(char **)field = chat_xstrdup(levels[i]);
+            if (strcasecmp(value, levels[i].name) == 0) {
+                *(chat_log_level *)field = levels[i].level;
                 return true;
             }
         }
@@ -964,9 +970,14 @@ static bool cross_check(struct loader *ld, struct chat_config *cfg)
     int turn = find_by_name("TURN_TIMEOUT", 12);
     int hb = find_by_name("HEARTBEAT_INTERVAL", 18);
     int idle = find_by_name("IDLE_TIMEOUT", 12);
+    int auth = find_by_name("AUTH_MODE", 9);
     char a[32], b[32], src[512];
 
-    if (cfg->auth_mode && strcmp(cfg->auth_mode, "token") == 0 && (!cfg->api_token || !*cfg->api_token)) {
+    bool has_token = cfg->api_token && *cfg->api_token;
+    if (!ld->vals[auth].value) {
+        /* Unset: an API_TOKEN alone means it is to be required. */
+        cfg->auth_mode = has_token ? AUTH_MODE_TOKEN : AUTH_MODE_NONE;
+    } else if (cfg->auth_mode == AUTH_MODE_TOKEN && !has_token) {
         set_err(ld, "AUTH_MODE=token needs API_TOKEN to be set");
         return false;
     }
@@ -1091,8 +1102,6 @@ void chat_config_free(struct chat_config *cfg)
         case K_STR:
         case K_HTTP_URL:
         case K_DB_URL:
-        case K_LOG_LEVEL:
-        case K_AUTH_MODE:
         case K_RATE:
         case K_PROXIES:
             free(*(char **)((char *)cfg + settings[i].offset));

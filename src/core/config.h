@@ -33,9 +33,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "core/log.h"
 #include "core/rc.h"
 
 typedef enum { CANCEL_KEEP_PARTIAL = 0, CANCEL_DROP } chat_cancel_policy;
+
+/* AUTH_MODE (guard/auth.h says what each mode means). */
+typedef enum { AUTH_MODE_NONE = 0, AUTH_MODE_TOKEN, AUTH_MODE_KEYS } chat_auth_mode;
 
 struct chat_config {
     /* provider */
@@ -84,7 +88,7 @@ struct chat_config {
     int64_t drain_timeout_ms;               /* DRAIN_TIMEOUT, graceful shutdown, default 30s */
 
     /* authentication (see guard/auth.h) */
-    char *auth_mode;                        /* AUTH_MODE: none|token|keys; NULL = derived from API_TOKEN */
+    chat_auth_mode auth_mode;               /* AUTH_MODE: none|token|keys; unset: token with API_TOKEN, else none */
     char *api_token;                        /* API_TOKEN, "" = none */
     bool allow_unauthenticated;             /* ALLOW_UNAUTHENTICATED, default off */
 
@@ -101,7 +105,7 @@ struct chat_config {
     int max_sessions_per_key;               /* MAX_SESSIONS_PER_KEY, 0 = no cap */
 
     /* logging */
-    char *log_level;                        /* LOG_LEVEL: debug|info|warn|error, default info */
+    chat_log_level log_level;               /* LOG_LEVEL: debug|info|warn|error, default info */
 
     char *env_file;                         /* --env-file / ENV_FILE as given, default ".env" (read only if it exists) */
 };

@@ -18,14 +18,6 @@ void chat_log_set_level(chat_log_level lvl)
     min_level = lvl;
 }
 
-chat_log_level chat_log_level_parse(const char *s)
-{
-    for (int i = 0; s && i < 4; i++)
-        if (strcmp(s, level_names[i]) == 0)
-            return (chat_log_level)i;
-    return LOG_INFO;
-}
-
 void chat_log(chat_log_level lvl, const char *msg, json_t *fields)
 {
     if (lvl < min_level && lvl != LOG_NOTICE) {

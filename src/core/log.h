@@ -17,9 +17,6 @@ typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_NOTICE } chat_l
 /* Sets the minimum level written (default LOG_INFO). Call before starting threads. */
 void chat_log_set_level(chat_log_level lvl);
 
-/* Parses "debug"/"info"/"warn"/"error"; returns LOG_INFO for anything else. */
-chat_log_level chat_log_level_parse(const char *s);
-
 /*
  * Writes {"time":..., "level":..., "msg": msg, <fields>} as one line. fields may
  * be NULL; it is consumed (its reference is stolen), so callers can write

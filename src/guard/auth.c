@@ -33,12 +33,20 @@ void auth_new_secret(char *out, size_t outlen)
 
 const char *auth_mode_name(const struct chat_config *cfg)
 {
-    return cfg->auth_mode && *cfg->auth_mode ? cfg->auth_mode : (cfg->api_token && *cfg->api_token ? "token" : "none");
+    switch (cfg->auth_mode) {
+    case AUTH_MODE_TOKEN:
+        return "token";
+    case AUTH_MODE_KEYS:
+        return "keys";
+    case AUTH_MODE_NONE:
+    default:
+        return "none";
+    }
 }
 
 bool auth_required(const struct chat_config *cfg)
 {
-    return strcmp(auth_mode_name(cfg), "none") != 0;
+    return cfg->auth_mode != AUTH_MODE_NONE;
 }
 
 bool auth_can_access(const auth_identity *id, const char *owner)
@@ -80,8 +88,7 @@ auth_result auth_check(const struct chat_config *cfg, const char *authorization,
 {
     memset(out, 0, sizeof *out);
     hash[0] = '\0';
-    const char *mode = auth_mode_name(cfg);
-    if (strcmp(mode, "none") == 0)
+    if (cfg->auth_mode == AUTH_MODE_NONE)
         return AUTH_OK;
     const char *tok = bearer(authorization);
     if (!tok)
@@ -91,7 +98,7 @@ auth_result auth_check(const struct chat_config *cfg, const char *authorization,
         out->admin = true;
         return AUTH_OK;
     }
-    if (strcmp(mode, "keys") != 0)
+    if (cfg->auth_mode != AUTH_MODE_KEYS)
         return AUTH_INVALID;
     auth_sha256_hex(tok, hash);
     return AUTH_LOOKUP;

@@ -46,7 +46,7 @@ typedef enum {
     AUTH_LOOKUP,            /* auth_check only: look the key up by hash, then auth_key_found */
 } auth_result;
 
-/* The configured mode: "none", "token" or "keys". */
+/* The configured mode's name, for logs and messages: "none", "token" or "keys". */
 const char *auth_mode_name(const struct chat_config *cfg);
 
 /* True when requests must carry credentials. */

@@ -145,7 +145,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.cancel_policy, CANCEL_KEEP_PARTIAL);
     assert_int_equal(c.lock_ttl_ms, 960000);
     assert_int_equal(c.drain_timeout_ms, 30000);
-    assert_string_equal(c.log_level, "info");
+    assert_int_equal(c.log_level, LOG_INFO);
+    assert_int_equal(c.auth_mode, AUTH_MODE_NONE);
     assert_string_equal(c.env_file, ".env");
     assert_string_equal(c.trusted_proxies, "");
     assert_int_equal(c.rate_limit_ipv6_prefix, 64);
@@ -322,6 +323,7 @@ static const struct {
     {"DATABASE_URL", "", "must not be empty"},
     {"CANCEL_POLICY", "maybe", "keep or drop"},
     {"LOG_LEVEL", "verbose", "debug, info, warn or error"},
+    {"AUTH_MODE", "open", "expected none, token or keys"},
     {"HEADER_TIMEOUT", "0", "timeouts cannot be disabled"},
     {"HEADER_TIMEOUT", "0ms", "timeouts cannot be disabled"},
     {"IDLE_TIMEOUT", "10x", "expected a duration"},
@@ -469,7 +471,7 @@ static void test_normalisation(void **state)
               V("ANTHROPIC_BASE_URL=http://127.0.0.1:9999/", "LOG_LEVEL=WARN", "CANCEL_POLICY=Drop",
                 "DATABASE_URL=postgresql://h/db", "ANTHROPIC_API_KEY=sk-ant-abc"));
     assert_string_equal(c.anthropic_base_url, "http://127.0.0.1:9999");
-    assert_string_equal(c.log_level, "warn");
+    assert_int_equal(c.log_level, LOG_WARN);
     assert_int_equal(c.cancel_policy, CANCEL_DROP);
     assert_string_equal(c.database_url, "postgresql://h/db");
     assert_string_equal(c.anthropic_api_key, "sk-ant-abc");
@@ -504,6 +506,30 @@ static void test_cross_checks(void **state)
                 "IDLE_TIMEOUT (5s, from flag --idle-timeout)");
 }
 
+/* AUTH_MODE is parsed once into chat_auth_mode; unset, it is derived from API_TOKEN. */
+static void test_auth_mode(void **state)
+{
+    (void)state;
+    struct chat_config c;
+    expect_ok(&c, NONE, V("API_TOKEN=secret"));
+    assert_int_equal(c.auth_mode, AUTH_MODE_TOKEN);
+    chat_config_free(&c);
+    expect_ok(&c, NONE, V("API_TOKEN="));
+    assert_int_equal(c.auth_mode, AUTH_MODE_NONE);
+    chat_config_free(&c);
+    expect_ok(&c, NONE, V("AUTH_MODE=Keys"));
+    assert_int_equal(c.auth_mode, AUTH_MODE_KEYS);
+    chat_config_free(&c);
+    expect_ok(&c, V("--auth-mode", "none"), V("API_TOKEN=secret"));
+    assert_int_equal(c.auth_mode, AUTH_MODE_NONE);
+    chat_config_free(&c);
+    expect_ok(&c, NONE, V("AUTH_MODE=TOKEN", "API_TOKEN=secret"));
+    assert_int_equal(c.auth_mode, AUTH_MODE_TOKEN);
+    chat_config_free(&c);
+    expect_fail(NONE, V("AUTH_MODE=token"), "AUTH_MODE=token needs API_TOKEN to be set", NULL);
+    expect_fail(NONE, V("AUTH_MODE="), "invalid AUTH_MODE \"\" (from environment): must not be empty", NULL);
+}
+
 static void test_dotenv_syntax(void **state)
 {
     (void)state;
@@ -531,7 +557,7 @@ static void test_dotenv_syntax(void **state)
     assert_string_equal(c.default_system_prompt, "line1\nsaid \"hi\" \\ \\q");
     assert_string_equal(c.anthropic_version, "lit\\n#x");
     assert_string_equal(c.database_url, "sqlite:///tmp/a#b.db");
-    assert_string_equal(c.log_level, "debug");
+    assert_int_equal(c.log_level, LOG_DEBUG);
     assert_string_equal(c.anthropic_api_key, "");
     assert_string_equal(c.anthropic_base_url, "http://x");
     assert_int_equal(c.port, 1234); /* last line without newline */
@@ -821,6 +847,7 @@ int main(void)
         cmocka_unit_test(test_durations_and_sizes),
         cmocka_unit_test(test_normalisation),
         cmocka_unit_test(test_cross_checks),
+        cmocka_unit_test(test_auth_mode),
         cmocka_unit_test(test_dotenv_syntax),
         cmocka_unit_test(test_dotenv_bad_lines),
         cmocka_unit_test(test_secret_not_echoed),
