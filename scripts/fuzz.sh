@@ -48,7 +48,7 @@ run_one() {
   local extra=() dict=()
   [ -d "tests/fuzz/regressions/$t" ] && extra+=("tests/fuzz/regressions/$t")
   [ -f "tests/fuzz/$t.dict" ] && dict+=("-dict=tests/fuzz/$t.dict")
-  "$exe" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+  "$exe" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$dir/artifacts/" "${dict[@]}" "$dir/corpus" "${extra[@]}" >"$dir/log" 2>&1
 }
 
