@@ -151,6 +151,22 @@ static void seed_list_next(sjob *j)
     submit_list(j, STORE_OP_SESSIONS_LIST_OLDEST, j->cursor, SEED_LIST_PAGE, on_seed_page);
 }
 
+/* The shutdown passed DRAIN_TIMEOUT (running turns were cancelled): a listing
+ * still going stops too, as a cut response, rather than being written whole
+ * by the store's completions after the loop (they then come at once). True
+ * when it stopped the job (freed). */
+static bool seed_list_stopped(sjob *j)
+{
+    if (!j->w->aborted)
+        return false;
+    if (j->streaming)
+        http_stream_abort(j->r);
+    else
+        api_error(j->r, API_SEED, 503, "server_shutting_down", "the server is shutting down; retry shortly");
+    sjob_free(j);
+    return true;
+}
+
 /* The client's queue drained: the next page. */
 static void on_seed_drain(void *ud)
 {
@@ -158,7 +174,7 @@ static void on_seed_drain(void *ud)
     if (!j->wants_drain)
         return;
     j->wants_drain = false;
-    seed_list_next(j);
+    seed_list_next(j); /* (a stop, if any, is seen when the page arrives, outside evhttp's callback) */
 }
 
 /* The client went away mid-listing. With a page being read, its callback sees
@@ -182,6 +198,8 @@ static void on_seed_page(store_op *op, void *ud)
         sjob_free(j);
         return;
     }
+    if (seed_list_stopped(j))
+        return;
     if (op->rc != CHAT_OK) {
         if (j->streaming)
             http_stream_abort(j->r); /* the client sees a cut response, not a short list */
