@@ -9,6 +9,7 @@
 #include "api/api.h"
 #include "core/assets.h"
 #include "core/metrics.h"
+#include "core/util.h"
 
 static const char *content_type_of(const char *name)
 {
@@ -111,14 +112,47 @@ void api_healthz(http_req *r, chat_worker *w, char **params)
     http_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-static void on_pinged(store_op *op, void *ud)
+/*
+ * /readyz pings the database, but not on every call: a flood of probes must
+ * not become a flood of database round trips. Each worker reuses its last
+ * ping's outcome (ready or not) for READYZ_REUSE_MS, and requests arriving
+ * while a ping is in flight wait for that ping (up to CHAT_READYZ_WAITERS of
+ * them; any more send their own). So a worker pings at most about once per
+ * READYZ_REUSE_MS under any load, and a database that stops or comes back
+ * shows within that time.
+ */
+#define READYZ_REUSE_MS 1000
+
+static void readyz_answer(http_req *r, bool ok)
 {
-    http_req *r = ud;
-    if (op->rc != CHAT_OK)
+    if (!ok)
         http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason",
                                           "database not answering"));
     else
         http_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+/* The shared ping answered: remember it, answer every waiter. */
+static void on_pinged(store_op *op, void *ud)
+{
+    chat_worker *w = ud;
+    chat_readyz *z = &w->readyz;
+    z->ok = op->rc == CHAT_OK;
+    z->at_ms = chat_mono_ms();
+    z->pinging = false;
+    int n = z->nwaiters;
+    z->nwaiters = 0;
+    for (int i = 0; i < n; i++) {
+        readyz_answer(z->waiters[i], z->ok); /* a no-op for a client that left */
+        http_req_release(z->waiters[i]);
+    }
+}
+
+/* A ping of its own, for a request beyond CHAT_READYZ_WAITERS. */
+static void on_pinged_alone(store_op *op, void *ud)
+{
+    http_req *r = ud;
+    readyz_answer(r, op->rc == CHAT_OK);
     http_req_release(r);
 }
 
@@ -129,6 +163,19 @@ void api_readyz(http_req *r, chat_worker *w, char **params)
         http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason", "shutting down"));
         return;
     }
+    chat_readyz *z = &w->readyz;
+    if (z->at_ms && chat_mono_ms() - z->at_ms < READYZ_REUSE_MS) {
+        readyz_answer(r, z->ok);
+        return;
+    }
     http_req_hold(r);
-    store_submit(w->db, store_op_new(STORE_OP_PING), on_pinged, r);
+    if (z->nwaiters == CHAT_READYZ_WAITERS) {
+        store_submit(w->db, store_op_new(STORE_OP_PING), on_pinged_alone, r);
+        return;
+    }
+    z->waiters[z->nwaiters++] = r;
+    if (!z->pinging) {
+        z->pinging = true;
+        store_submit(w->db, store_op_new(STORE_OP_PING), on_pinged, w);
+    }
 }

@@ -17,6 +17,7 @@
 #include "core/metrics.h"
 #include "core/util.h"
 #include "guard/auth.h"
+#include "guard/auth_cache.h"
 #include "guard/client_addr.h"
 #include "guard/ratelimit.h"
 #include "guard/redis_limit.h"
@@ -380,13 +381,73 @@ static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_
         rt->handler(r, w, params);
 }
 
+/* ---- failed authentications (AUTH_FAILURE_LIMIT) ---------------------------------- */
+
+/*
+ * Bearer tokens that need an API key lookup are limited per client address
+ * before the store is asked: every unknown or revoked key (a store miss, or a
+ * hit in the worker's cache of recent misses) takes one token from the
+ * address's failure bucket, and while that bucket is empty every request from
+ * the address that needs a lookup is refused with 429, valid keys included
+ * (telling them apart would take the lookup the limit exists to save). The
+ * static API_TOKEN needs no lookup and is never refused here. The buckets
+ * live in the local limiter (also with REDIS_URL: the point is this
+ * instance's load on the database), as RATELIMIT_TOKENS buckets (a check takes
+ * nothing, a failure is debited) under keys of their own.
+ */
+#define FAILURE_KEY_BUF (sizeof "authfail:" + CLIENT_ADDR_BUF)
+
+static void failure_key(http_req *r, chat_worker *w, char out[FAILURE_KEY_BUF])
+{
+    char addr[CLIENT_ADDR_BUF];
+    client_address(r, w, addr);
+    snprintf(out, FAILURE_KEY_BUF, "authfail:%s", addr);
+}
+
+/* True when the address may have a key looked up; else answers 429. */
+static bool failures_allow(http_req *r, chat_worker *w, const route *rt, const char *fkey)
+{
+    const ratelimit_spec *spec = &w->app->auth_failures;
+    if (spec->count == 0)
+        return true;
+    ratelimit_result res;
+    ratelimit_check(w->app->limiter, RATELIMIT_TOKENS, fkey, spec, chat_mono_ms(), &res);
+    if (res.allowed)
+        return true;
+    char ra[32];
+    snprintf(ra, sizeof ra, "%lld", (long long)res.retry_after_s);
+    http_add_header(r, "Retry-After", ra);
+    metrics_rate_limited(METRICS_RL_AUTH_FAILURES);
+    metrics_auth_key_lookup(METRICS_AUTH_LIMITED);
+    api_error(r, rt->flavor, 429, "rate_limited",
+              "too many failed authentications from this address (AUTH_FAILURE_LIMIT): retry in %lld s",
+              (long long)res.retry_after_s);
+    return false;
+}
+
+static void failure_record(chat_worker *w, const char *fkey)
+{
+    if (w->app->auth_failures.count > 0)
+        ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, fkey, &w->app->auth_failures, 1, chat_mono_ms());
+}
+
 static void on_key_found(store_op *op, void *ud)
 {
     route_job *j = ud;
     http_req *r = j->r;
+    auth_identity *id = http_req_data(r);
+    auth_result ar = auth_key_found(op->rc, &op->out.key, id);
+    metrics_auth_key_lookup(ar == AUTH_OK        ? METRICS_AUTH_VALID
+                            : ar == AUTH_INVALID ? METRICS_AUTH_INVALID
+                                                 : METRICS_AUTH_UNAVAILABLE);
+    if (ar == AUTH_INVALID) {
+        /* Also when the client left: the store's answer holds for the next one. */
+        char fkey[FAILURE_KEY_BUF];
+        auth_negcache_add(j->w->auth_negcache, op->in.hash, chat_mono_ms());
+        failure_key(r, j->w, fkey);
+        failure_record(j->w, fkey);
+    }
     if (!http_req_gone(r)) {
-        auth_identity *id = http_req_data(r);
-        auth_result ar = auth_key_found(op->rc, &op->out.key, id);
         if (ar == AUTH_OK && auth_touch_due(&op->out.key, chat_now_ms())) {
             /* last_used_at is informational: fire and forget. */
             store_op *touch = store_op_new(STORE_OP_KEY_TOUCH);
@@ -419,6 +480,18 @@ static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, 
     }
     if (ar != AUTH_LOOKUP) {
         refuse(r, rt, ar);
+        return;
+    }
+    /* A key to look up: not for an address past AUTH_FAILURE_LIMIT, and not
+     * for a secret the store did not know a moment ago (auth_cache.h). */
+    char fkey[FAILURE_KEY_BUF];
+    failure_key(r, w, fkey);
+    if (!failures_allow(r, w, rt, fkey))
+        return;
+    if (auth_negcache_contains(w->auth_negcache, hash, chat_mono_ms())) {
+        metrics_auth_key_lookup(METRICS_AUTH_CACHED);
+        failure_record(w, fkey);
+        refuse(r, rt, AUTH_INVALID);
         return;
     }
     route_job *j = job_new(r, w, rt, params);

@@ -32,6 +32,7 @@
 #include "chat/models.h"
 #include "core/metrics.h"
 #include "guard/auth.h"
+#include "guard/auth_cache.h"
 #include "guard/client_addr.h"
 #include "guard/ratelimit.h"
 #include "guard/redis_limit.h"
@@ -184,6 +185,7 @@ static void *worker_main(void *arg)
         }
     }
     w->llm = llm_transport_new(w->base);
+    w->auth_negcache = auth_negcache_new(AUTH_NEGCACHE_ENTRIES, AUTH_NEGCACHE_TTL_MS);
     if (w->app->redis_cfg)
         w->redis = redis_limit_new(w->base, w->app->redis_cfg, w->app->limiter);
     http_limits lim = {
@@ -229,6 +231,8 @@ static void *worker_main(void *arg)
     w->redis = NULL;
     llm_transport_free(w->llm);
     w->llm = NULL;
+    auth_negcache_free(w->auth_negcache);
+    w->auth_negcache = NULL;
     event_free(w->stop_ev);
     event_free(w->drain_tick);
     if (w->sweep)
@@ -249,6 +253,8 @@ fail:
     w->redis = NULL;
     llm_transport_free(w->llm);
     w->llm = NULL;
+    auth_negcache_free(w->auth_negcache);
+    w->auth_negcache = NULL;
     store_detach(w->db); /* its events live on the base */
     if (w->base)
         event_base_free(w->base);
@@ -287,7 +293,8 @@ static bool guard_init(chat_app *app, const struct chat_config *cfg)
     }
     ratelimit_config rc = {.max_buckets = (size_t)cfg->rate_limit_max_buckets};
     if (ratelimit_spec_parse(cfg->rate_limit, &rc.requests, err, sizeof err) != CHAT_OK ||
-        ratelimit_spec_parse(cfg->token_limit, &rc.tokens, err, sizeof err) != CHAT_OK) {
+        ratelimit_spec_parse(cfg->token_limit, &rc.tokens, err, sizeof err) != CHAT_OK ||
+        ratelimit_spec_parse(cfg->auth_failure_limit, &app->auth_failures, err, sizeof err) != CHAT_OK) {
         chat_log(LOG_ERROR, "bad rate limit", json_pack("{s:s}", "error", err));
         return false;
     }

@@ -16,6 +16,7 @@
 
 #include "core/config.h"
 #include "core/rc.h"
+#include "guard/ratelimit.h"
 #include "http/server.h"
 #include "llm/provider.h"
 #include "store/store.h"
@@ -29,6 +30,20 @@ struct cors_policy;
 struct redis_limit;
 struct redis_limit_config;
 struct client_addr_trust;
+struct auth_negcache;
+
+/* /readyz requests that may wait on one worker for the database ping in flight. */
+#define CHAT_READYZ_WAITERS 64
+
+/* /readyz on one worker (api/meta.c): the last database ping's outcome, reused
+ * for a second, and the requests waiting for the ping in flight. */
+typedef struct chat_readyz {
+    int64_t at_ms;            /* monotonic time the last ping answered; 0: none yet */
+    bool ok;                  /* its outcome */
+    bool pinging;             /* a ping is in flight (its answer goes to every waiter) */
+    int nwaiters;
+    http_req *waiters[CHAT_READYZ_WAITERS]; /* held requests */
+} chat_readyz;
 
 /* The version, reported by `chatd --version` and the chatd_build_info metric. */
 #define CHATD_VERSION "0.1.0"
@@ -59,6 +74,8 @@ typedef struct chat_worker {
     int sweep_batches;
     int64_t sweep_now, sweep_sessions;
     struct redis_limit *redis; /* shared limits through Redis (REDIS_URL), or NULL: local only */
+    struct auth_negcache *auth_negcache; /* recent unknown API key hashes (this worker's only) */
+    chat_readyz readyz;
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;
     bool aborted;             /* the drain deadline passed and running turns were cancelled */
@@ -73,6 +90,7 @@ struct chat_app {
     struct cors_policy *cors;   /* read-only */
     struct redis_limit_config *redis_cfg; /* REDIS_URL parsed, or NULL; each worker connects on its loop */
     struct client_addr_trust *trusted_proxies; /* TRUSTED_PROXIES: whose X-Forwarded-For is believed */
+    ratelimit_spec auth_failures; /* AUTH_FAILURE_LIMIT (count 0: off) */
 
     struct model_table *models; /* read-only after start; providers borrowed by every call */
     int port;                 /* the bound port (useful with PORT=0) */

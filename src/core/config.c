@@ -180,6 +180,8 @@ static const struct setting settings[] = {
      "Static bearer token (admin); with AUTH_MODE=keys it still works as admin."},
     {"ALLOW_UNAUTHENTICATED", K_BOOL, FIELD(allow_unauthenticated), "off", 0, 0, 0, NULL, "on|off",
      "With AUTH_MODE=none, allow listening on a non-loopback HOST anyway."},
+    {"AUTH_FAILURE_LIMIT", K_RATE, FIELD(auth_failure_limit), "20/minute", 0, 0, 0, NULL, "N/unit|off",
+     "Unknown API keys per client address; past it, key lookups get 429. off disables."},
 
     {"RATE_LIMIT", K_RATE, FIELD(rate_limit), "10/minute", 0, 0, 0, "Limits", "N/unit|off",
      "Chat requests per key (or client address), e.g. 10/minute; off disables."},

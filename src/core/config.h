@@ -91,6 +91,7 @@ struct chat_config {
     chat_auth_mode auth_mode;               /* AUTH_MODE: none|token|keys; unset: token with API_TOKEN, else none */
     char *api_token;                        /* API_TOKEN, "" = none */
     bool allow_unauthenticated;             /* ALLOW_UNAUTHENTICATED, default off */
+    char *auth_failure_limit;               /* AUTH_FAILURE_LIMIT, failed key lookups per client address, "20/minute" */
 
     /* limits (see guard/ratelimit.h, http/cors.h) */
     char *rate_limit;                       /* RATE_LIMIT, "10/minute" (as the template) or "off" */

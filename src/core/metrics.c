@@ -685,6 +685,7 @@ enum {
     M_REDIS_FALLBACK,
     M_CONN_OPEN,
     M_CONN_REFUSED,
+    M_AUTH_LOOKUPS,
     M_COUNT
 };
 
@@ -726,8 +727,8 @@ static const metrics_desc chatd_metrics[M_COUNT] = {
                        "Duration of database operations, by operation.", {"op"}, 64, db_buckets,
                        NB(db_buckets)},
     [M_RATE_LIMITED] = {METRICS_COUNTER, "chatd_rate_limited_total",
-                        "Requests refused by a rate limit, by limit kind (requests, tokens).", {"kind"}, 4,
-                        NULL, 0},
+                        "Requests refused by a rate limit, by limit kind (requests, tokens, auth_failures).",
+                        {"kind"}, 4, NULL, 0},
     [M_TURNS_CANCELLED] = {METRICS_COUNTER, "chatd_turns_cancelled_total",
                            "Turns cancelled before they finished, by reason.", {"reason"}, 8, NULL, 0},
     [M_TURNS] = {METRICS_COUNTER, "chatd_turns_total",
@@ -746,11 +747,17 @@ static const metrics_desc chatd_metrics[M_COUNT] = {
     [M_CONN_REFUSED] = {METRICS_COUNTER, "chatd_connections_refused_total",
                         "Client connections refused with 503 because MAX_CONNECTIONS were open.", {NULL}, 0,
                         NULL, 0},
+    [M_AUTH_LOOKUPS] = {METRICS_COUNTER, "chatd_auth_key_lookups_total",
+                        "Requests whose bearer token needed an API key lookup, by result: valid, invalid and "
+                        "unavailable (the store was asked), cached_invalid and limited (it was not).",
+                        {"result"}, 8, NULL, 0},
 };
 
 static const char *const turn_outcome_names[METRICS_TURN_OUTCOME_COUNT] = {"ok", "error", "cancelled"};
 static const char *const cancel_reason_names[METRICS_CANCEL_REASON_COUNT] = {"client_disconnect", "shutdown"};
-static const char *const rl_kind_names[METRICS_RL_KIND_COUNT] = {"requests", "tokens"};
+static const char *const rl_kind_names[METRICS_RL_KIND_COUNT] = {"requests", "tokens", "auth_failures"};
+static const char *const auth_result_names[METRICS_AUTH_RESULT_COUNT] = {"valid", "invalid", "unavailable",
+                                                                         "cached_invalid", "limited"};
 enum { DIR_INPUT, DIR_OUTPUT, DIR_CACHE_READ, DIR_CACHE_WRITE, DIR_COUNT };
 static const char *const direction_names[DIR_COUNT] = {"input", "output", "cache_read", "cache_write"};
 
@@ -767,6 +774,7 @@ typedef struct chatd_metrics_state {
     metrics_child *redis_fallback;
     metrics_child *conn_open;
     metrics_child *conn_refused;
+    metrics_child *auth_lookups[METRICS_AUTH_RESULT_COUNT];
 } chatd_metrics_state;
 
 static _Atomic(chatd_metrics_state *) g_state;
@@ -804,6 +812,8 @@ chat_rc metrics_init(const char *version)
     s->redis_fallback = metrics_child_get(s->fam[M_REDIS_FALLBACK], NULL);
     s->conn_open = metrics_child_get(s->fam[M_CONN_OPEN], NULL);
     s->conn_refused = metrics_child_get(s->fam[M_CONN_REFUSED], NULL);
+    for (size_t i = 0; i < METRICS_AUTH_RESULT_COUNT; i++)
+        s->auth_lookups[i] = child1(s->fam[M_AUTH_LOOKUPS], auth_result_names[i]);
     atomic_store_explicit(&g_state, s, memory_order_release);
     s = NULL;
     rc = CHAT_OK;
@@ -960,4 +970,11 @@ void metrics_connections_refused(void)
     chatd_metrics_state *s = state();
     if (s)
         metrics_counter_add(s->conn_refused, 1);
+}
+
+void metrics_auth_key_lookup(metrics_auth_result result)
+{
+    chatd_metrics_state *s = state();
+    if (s && (unsigned)result < METRICS_AUTH_RESULT_COUNT)
+        metrics_counter_add(s->auth_lookups[result], 1);
 }

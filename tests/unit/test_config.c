@@ -150,6 +150,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.env_file, ".env");
     assert_string_equal(c.trusted_proxies, "");
     assert_int_equal(c.rate_limit_ipv6_prefix, 64);
+    assert_string_equal(c.auth_failure_limit, "20/minute");
     chat_config_free(&c);
     assert_true(all_zero(&c));
     chat_config_free(NULL);
@@ -355,6 +356,9 @@ static const struct {
     {"RATE_LIMIT_IPV6_PREFIX", "0", "expected an integer 1..128"},
     {"RATE_LIMIT_IPV6_PREFIX", "129", "expected an integer 1..128"},
     {"RATE_LIMIT_IPV6_PREFIX", "64bits", "expected an integer 1..128"},
+    {"AUTH_FAILURE_LIMIT", "20/fortnight", "unknown unit"},
+    {"AUTH_FAILURE_LIMIT", "0/minute", "use \"off\" to disable"},
+    {"AUTH_FAILURE_LIMIT", "20", "has no /unit"},
 };
 
 /* TRUSTED_PROXIES takes addresses and networks of both families; the text is kept as given. */
@@ -370,6 +374,9 @@ static void test_trusted_proxies_and_ipv6_prefix(void **state)
     expect_ok(&c, V("--rate-limit-ipv6-prefix", "128"), NONE);
     assert_int_equal(c.rate_limit_ipv6_prefix, 128);
     assert_string_equal(c.trusted_proxies, "");
+    chat_config_free(&c);
+    expect_ok(&c, NONE, V("AUTH_FAILURE_LIMIT=OFF"));
+    assert_string_equal(c.auth_failure_limit, "OFF");
     chat_config_free(&c);
 }
 
@@ -692,7 +699,7 @@ static void test_help_lists_everything(void **state)
         "MAX_MESSAGE_SIZE", "HEADER_TIMEOUT", "IDLE_TIMEOUT", "HEARTBEAT_INTERVAL", "STREAM_BUFFER_SIZE",
         "PROVIDER_CONNECT_TIMEOUT", "PROVIDER_FIRST_BYTE_TIMEOUT", "PROVIDER_IDLE_TIMEOUT", "TURN_TIMEOUT",
         "PROVIDER_MAX_RETRIES", "RETRY_MAX_WAIT", "CANCEL_POLICY", "LOCK_TTL", "DRAIN_TIMEOUT", "LOG_LEVEL", "MAX_CONNECTIONS",
-        "ENV_FILE", "TRUSTED_PROXIES", "RATE_LIMIT_IPV6_PREFIX",
+        "ENV_FILE", "TRUSTED_PROXIES", "RATE_LIMIT_IPV6_PREFIX", "AUTH_FAILURE_LIMIT",
     };
     char *text = NULL;
     size_t len = 0;

@@ -713,6 +713,11 @@ static void test_chatd_metrics(void **state)
     metrics_connections_open_add(1);
     metrics_connections_open_add(-1);
     metrics_connections_refused();
+    metrics_auth_key_lookup(METRICS_AUTH_CACHED);
+    metrics_auth_key_lookup(METRICS_AUTH_CACHED);
+    metrics_auth_key_lookup(METRICS_AUTH_VALID);
+    metrics_auth_key_lookup(METRICS_AUTH_RESULT_COUNT); /* out of range: ignored */
+    metrics_rate_limited(METRICS_RL_AUTH_FAILURES);
     metrics_db_operation("turn_commit", 0.002);
     metrics_rate_limited(METRICS_RL_TOKENS);
     metrics_turn_cancelled(METRICS_CANCEL_CLIENT_GONE);
@@ -747,6 +752,7 @@ static void test_chatd_metrics(void **state)
         {"chatd_ratelimit_redis_fallback_total", "counter"},
         {"chatd_connections_open", "gauge"},
         {"chatd_connections_refused_total", "counter"},
+        {"chatd_auth_key_lookups_total", "counter"},
     };
     assert_int_equal(p.nf, sizeof want / sizeof want[0]);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -780,6 +786,11 @@ static void test_chatd_metrics(void **state)
     assert_true(value_of(&p, "chatd_active_streams", NULL) == 1);
     assert_true(value_of(&p, "chatd_connections_open", NULL) == 2);
     assert_true(value_of(&p, "chatd_connections_refused_total", NULL) == 1);
+    assert_true(value_of(&p, "chatd_auth_key_lookups_total", "result", "cached_invalid", NULL) == 2);
+    assert_true(value_of(&p, "chatd_auth_key_lookups_total", "result", "valid", NULL) == 1);
+    assert_true(value_of(&p, "chatd_auth_key_lookups_total", "result", "invalid", NULL) == 0);
+    assert_true(value_of(&p, "chatd_auth_key_lookups_total", "result", "limited", NULL) == 0);
+    assert_true(value_of(&p, "chatd_rate_limited_total", "kind", "auth_failures", NULL) == 1);
     assert_true(value_of(&p, "chatd_db_operation_duration_seconds_count", "op", "turn_commit", NULL) == 1);
     assert_true(value_of(&p, "chatd_rate_limited_total", "kind", "tokens", NULL) == 1);
     assert_true(value_of(&p, "chatd_rate_limited_total", "kind", "requests", NULL) == 0);
