@@ -466,9 +466,12 @@ chat_rc chat_app_run(const struct chat_config *cfg)
                        app.nworkers, "max_connections", app.max_connections, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
                        "schema_version", schema, "default_model", models_default(app.models)->name));
     chat_log(LOG_INFO, "guard",
-             json_pack("{s:s,s:s,s:s,s:s,s:s}", "auth_mode", auth_mode_name(cfg), "rate_limit", cfg->rate_limit,
-                       "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins, "limits_shared_by",
-                       app.redis_cfg ? "redis" : "this process"));
+             json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:i}", "auth_mode", auth_mode_name(cfg), "rate_limit",
+                       cfg->rate_limit, "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins,
+                       "limits_shared_by", app.redis_cfg ? "redis" : "this process", "auth_failure_limit",
+                       cfg->auth_failure_limit, "trusted_proxies",
+                       (json_int_t)client_addr_trust_count(app.trusted_proxies), "rate_limit_ipv6_prefix",
+                       cfg->rate_limit_ipv6_prefix));
     if (!models_default(app.models)->available)
         chat_log(LOG_WARN, "the default model's provider has no API key: chat requests will get 503",
                  json_pack("{s:s,s:s}", "model", models_default(app.models)->name, "missing",

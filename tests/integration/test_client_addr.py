@@ -133,6 +133,8 @@ def test_junk_entries_share_one_bucket(chatd, fake):
     trusted proxy is one client ("unparsable@<proxy>")."""
     s = chatd({"RATE_LIMIT": "2/minute", "TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8"})
     c = s.client
+    guard = [o for o in s.logs() if o.get("msg") == "guard"]
+    assert guard and guard[0]["trusted_proxies"] == 2 and guard[0]["rate_limit_ipv6_prefix"] == 64, guard
 
     def chat(xff, i):
         return c.post("/v1/chat", json={"message": "m", "session_id": f"junk-{i}"},
