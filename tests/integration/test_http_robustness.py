@@ -162,7 +162,7 @@ def run_case(port, parts):
                     out.append("quiet")
                 return out
             # Keep reading: pipelined responses, or the close that follows.
-            reader.deadline = time.monotonic() + 1.5
+            reader.deadline = time.monotonic() + 0.6
     finally:
         s.close()
 
