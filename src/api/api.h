@@ -12,7 +12,9 @@
 
 #include <jansson.h>
 
+#include "api/metrics.h"
 #include "app/app.h"
+#include "guard/metrics.h" /* the refusals router.c counts */
 #include "http/server.h"
 
 /* The error shape of a route: FastAPI's {"detail"}, chatd's /v1 envelope, or
@@ -27,6 +29,38 @@ typedef void (*api_handler)(http_req *r, chat_worker *w, char **params);
 
 /* The http_dispatch_fn of every worker (ctx is the chat_worker). */
 void api_dispatch(http_req *r, void *ctx);
+
+/* Most {} parameters a route pattern captures. */
+#define API_MAX_PARAMS 4
+
+/* What the route table says about one path and method (api_route_find). */
+typedef struct api_route_match {
+    /* The matching route's pattern (e.g. "/v1/sessions/{}"), static; NULL when
+     * no route has this path and method. */
+    const char *pattern;
+    /* The error shape: the route's; with no route, that of the last route with
+     * this path (a 405), else API_V1 for paths under /v1/, API_SEED otherwise. */
+    api_flavor flavor;
+    /* With no route: the http_method bits of the routes with this path (HEAD
+     * wherever GET is), 0 when none (a 404). With a route: its methods. */
+    unsigned allowed;
+    /* With a route: its {} segments, percent-decoded (heap), NULL-terminated. A
+     * segment that decodes to a NUL byte becomes "\x01", which fails every id
+     * check. All NULL without a route. */
+    char *params[API_MAX_PARAMS + 1];
+} api_route_match;
+
+/*
+ * Looks path (the request target before any '?', as the client sent it) and
+ * method (one http_method bit) up in the route table, as api_dispatch does:
+ * segments split at '/', a "{}" segment of a pattern matches any non-empty
+ * segment, at most 16 segments. Fills *out (release with
+ * api_route_match_free). Pure: any thread.
+ */
+void api_route_find(const char *path, unsigned method, api_route_match *out);
+
+/* Frees the params of m (the struct itself is the caller's). Accepts NULL. */
+void api_route_match_free(api_route_match *m);
 
 /* Sends an error in the flavor's shape (terminal). */
 void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)

@@ -23,7 +23,7 @@
 #include "guard/redis_limit.h"
 #include "http/cors.h"
 
-#define MAX_PARAMS 4
+#define MAX_PARAMS API_MAX_PARAMS
 #define MAX_SEGMENTS 16
 /* A limit key: "key:" + an API key id (at most STORE_ID_MAX bytes: ids are
  * never cut, or two keys would share a bucket), or "addr:" + a client address. */
@@ -510,19 +510,18 @@ void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens)
         ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, key, NULL, tokens, chat_mono_ms());
 }
 
-void api_dispatch(http_req *r, void *ctx)
+/*
+ * The route of path for method m (NULL when none), filling *out as
+ * api_route_find says; with a route, out->params are its decoded {} segments.
+ */
+static const route *find_route(const char *path, unsigned m, api_route_match *out)
 {
-    chat_worker *w = ctx;
-    char *copy = chat_xstrdup(http_req_path(r));
+    char *copy = chat_xstrdup(path);
     char *seg[MAX_SEGMENTS];
     int nseg = split_path(copy, seg);
-    unsigned allowed = 0;
-    api_flavor flavor = strncmp(http_req_path(r), "/v1/", 4) == 0 ? API_V1 : API_SEED;
-    http_method m = http_req_method(r);
-    if (apply_cors(r, w)) {
-        free(copy);
-        return;
-    }
+    const route *found = NULL;
+    memset(out, 0, sizeof *out);
+    out->flavor = strncmp(path, "/v1/", 4) == 0 ? API_V1 : API_SEED;
 
     for (size_t i = 0; nseg >= 0 && i < sizeof routes / sizeof routes[0]; i++) {
         char *params[MAX_PARAMS + 1] = {0};
@@ -530,22 +529,54 @@ void api_dispatch(http_req *r, void *ctx)
             continue;
         unsigned methods = routes[i].methods | ((routes[i].methods & HTTP_GET) ? HTTP_HEAD : 0);
         if (methods & m) {
-            const route *rt = &routes[i];
-            http_req_set_route(r, rt->pattern);
-            if (params[0] && strncmp(rt->pattern, "/ui", 3) != 0) /* every other {} route is about one session */
-                http_req_log_set(r, "session", chat_json_text(params[0]));
-            authenticate_then_run(r, w, rt, params);
-            for (int k = 0; params[k]; k++)
-                free(params[k]);
-            free(copy);
-            return;
+            found = &routes[i];
+            out->pattern = found->pattern;
+            out->flavor = found->flavor;
+            out->allowed = methods;
+            memcpy(out->params, params, sizeof params);
+            break;
         }
-        allowed |= methods;
-        flavor = routes[i].flavor;
+        out->allowed |= methods;
+        out->flavor = routes[i].flavor;
         for (int k = 0; params[k]; k++)
             free(params[k]);
     }
     free(copy);
+    return found;
+}
+
+void api_route_find(const char *path, unsigned method, api_route_match *out)
+{
+    (void)find_route(path, method, out);
+}
+
+void api_route_match_free(api_route_match *m)
+{
+    if (!m)
+        return;
+    for (int k = 0; m->params[k]; k++)
+        free(m->params[k]);
+    memset(m->params, 0, sizeof m->params);
+}
+
+void api_dispatch(http_req *r, void *ctx)
+{
+    chat_worker *w = ctx;
+    if (apply_cors(r, w))
+        return;
+
+    api_route_match found;
+    const route *rt = find_route(http_req_path(r), http_req_method(r), &found);
+    if (rt) {
+        http_req_set_route(r, rt->pattern);
+        if (found.params[0] && strncmp(rt->pattern, "/ui", 3) != 0) /* every other {} route is about one session */
+            http_req_log_set(r, "session", chat_json_text(found.params[0]));
+        authenticate_then_run(r, w, rt, found.params);
+        api_route_match_free(&found);
+        return;
+    }
+    unsigned allowed = found.allowed;
+    api_flavor flavor = found.flavor;
     if (allowed) {
         char allow[128] = "";
         append_allow(allow, sizeof allow, allowed);
