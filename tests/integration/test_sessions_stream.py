@@ -18,6 +18,7 @@ import time
 import pytest
 
 from conftest import CHATD_BIN
+from pgfixtures import pg_db, pg_server  # noqa: F401 (fixtures)
 from rawhttp import Reader, get, healthz_ok, read_response
 from reliability import sanitized
 
@@ -208,3 +209,54 @@ def test_seed_sessions_sigterm_mid_listing(chatd):
     # when the job was waiting for the client to read: never completed.
     assert len(ended) == 2 and all(o.get("aborted") or o.get("client_closed") for o in ended), ended
 
+
+
+def test_seed_sessions_database_lost_mid_listing_is_a_cut_response(pg_db, pg_server, chatd):
+    """PostgreSQL goes away while a listing is half-sent: the response cannot
+    become an error any more, so it is cut (no final chunk: a client sees a
+    failed transfer, never a short list that parses). The server keeps serving
+    and lists whole again once the database is back."""
+    n = 70000  # about 5.6 MB of JSON: the stream stalls on the kernel buffers
+    srv = chatd({"DATABASE_URL": pg_db, "TZ": "UTC", "WORKERS": "1", "STREAM_BUFFER_SIZE": "4KiB",
+                 "DATABASE_QUEUE_TIMEOUT": "1s"})
+    # The schema exists once chatd started (it migrates at start).
+    pg_server.psql("INSERT INTO sessions (id, created_at, updated_at) "
+                   f"SELECT 'pg-' || lpad(g::text, 6, '0'), g, g FROM generate_series(1, {n}) AS g",
+                   db=pg_db.rsplit("/", 1)[1])
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(20)
+    s.connect(("127.0.0.1", srv.port))
+    try:
+        s.sendall(get("/sessions"))
+        reader = Reader(s, 30)
+        assert reader.line().startswith(b"HTTP/1.1 200")
+        time.sleep(1.0)  # the listing stalls: the client reads nothing
+        assert not [o for o in srv.request_logs() if o.get("path") == "/sessions"], "the listing did not stall"
+        pg_server.stop_server()
+        try:
+            # Now read: the next page fails, and the stream ends without its last chunk.
+            raw = reader.until_close()
+        finally:
+            pg_server.start_server()
+    finally:
+        s.close()
+    assert not raw.endswith(b"0\r\n\r\n"), raw[-100:]
+    assert not raw.rstrip().endswith(b"]}"), raw[-100:]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        ended = [o for o in srv.request_logs() if o.get("path") == "/sessions"]
+        if ended:
+            break
+        time.sleep(0.05)
+    assert len(ended) == 1 and ended[0].get("aborted") is True, ended
+
+    # Back to normal once PostgreSQL is: the whole listing, well formed.
+    deadline = time.monotonic() + 15
+    while True:
+        status, _, body = list_sessions(srv.port)
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200
+    assert len(json.loads(body)["sessions"]) == n
