@@ -398,7 +398,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
         chat_log(LOG_ERROR, "cannot load the models table", json_pack("{s:s}", "error", err));
         return CHAT_EINVAL;
     }
-    if (!guard_init(&app, cfg) || metrics_init(CHATD_VERSION) != CHAT_OK) {
+    if (!guard_init(&app, cfg) || chat_app_metrics_init(CHATD_VERSION) != CHAT_OK) {
         guard_free(&app);
         models_free(app.models);
         return CHAT_EINVAL;

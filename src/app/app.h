@@ -110,5 +110,13 @@ struct chat_app {
  */
 chat_rc chat_app_run(const struct chat_config *cfg) CHAT_MUST_CHECK;
 
+/*
+ * Creates the process-wide metrics registry with the families of GET /metrics,
+ * in page order (app/metrics.c), and sets chatd_build_info{version} to 1
+ * (version NULL: "unknown"). Main thread, before the workers start;
+ * metrics_shutdown (core/metrics.h) undoes it. CHAT_EINVAL if already done.
+ */
+chat_rc chat_app_metrics_init(const char *version) CHAT_MUST_CHECK;
+
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * metrics.c: the metrics registry and chatd's metric definitions.
+ * metrics.c: the metrics registry, and the process-wide one on which the
+ * modules register the families they define (metrics_def).
  *
  * Children are found through a per-family open-addressed table of
  * _Atomic(metrics_child *) slots, sized at registration to at least twice the
@@ -649,177 +650,53 @@ char *metrics_registry_render(const metrics_registry *reg, size_t *len)
     return chat_buf_steal(&b.buf);
 }
 
-/* ---- chatd's metrics ------------------------------------------------------------- */
+/* ---- the process-wide registry ----------------------------------------------- */
 
-/* Request latency: from a cached GET (milliseconds) to a long streamed turn (minutes). */
-static const double http_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                      2.5,   5,    10,    30,   60,  120, 300};
-/* A provider call: one second to several minutes for long completions. */
-static const double provider_buckets[] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600};
-/* Time to first token: a few hundred milliseconds typically, seconds under load. */
-static const double ttft_buckets[] = {0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60};
-/* Database operations: SQLite commits are sub-millisecond to a few milliseconds;
- * anything above 10ms is a loop stall worth seeing. */
-static const double db_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                    0.01,   0.025,   0.05,   0.1,   0.25,   1};
-
-#define NB(a) (sizeof(a) / sizeof((a)[0]))
-
-/* Indexes into the table below. */
-enum {
-    M_BUILD_INFO,
-    M_HTTP_REQUESTS,
-    M_HTTP_DURATION,
-    M_PROVIDER_DURATION,
-    M_PROVIDER_TTFT,
-    M_PROVIDER_ERRORS,
-    M_PROVIDER_RETRIES,
-    M_TOKENS,
-    M_COST,
-    M_ACTIVE_STREAMS,
-    M_DB_DURATION,
-    M_RATE_LIMITED,
-    M_TURNS_CANCELLED,
-    M_TURNS,
-    M_DB_UNAVAILABLE,
-    M_REDIS_FALLBACK,
-    M_CONN_OPEN,
-    M_CONN_REFUSED,
-    M_AUTH_LOOKUPS,
-    M_COUNT
-};
-
-/*
- * The metrics chatd exposes: the one place that names them. Bounds on label
- * combinations: routes are the ~20 patterns of the route table (plus
- * "unmatched"), methods a handful, statuses a few dozen at most; providers and
- * database operations are short static names.
- */
-static const metrics_desc chatd_metrics[M_COUNT] = {
-    [M_BUILD_INFO] = {METRICS_GAUGE, "chatd_build_info",
-                      "A metric with a constant '1' value labelled by the chatd version.",
-                      {"version"}, 1, NULL, 0},
-    [M_HTTP_REQUESTS] = {METRICS_COUNTER, "chatd_http_requests_total",
-                         "HTTP requests answered, by route pattern, method and status code.",
-                         {"route", "method", "status"}, 512, NULL, 0},
-    [M_HTTP_DURATION] = {METRICS_HISTOGRAM, "chatd_http_request_duration_seconds",
-                         "Time from receiving an HTTP request to the end of its response, by route pattern.",
-                         {"route"}, 64, http_buckets, NB(http_buckets)},
-    [M_PROVIDER_DURATION] = {METRICS_HISTOGRAM, "chatd_provider_request_duration_seconds",
-                             "Duration of LLM provider calls, retries included.",
-                             {"provider"}, 16, provider_buckets, NB(provider_buckets)},
-    [M_PROVIDER_TTFT] = {METRICS_HISTOGRAM, "chatd_provider_ttft_seconds",
-                         "Time from the start of a provider call to its first reply byte.",
-                         {"provider"}, 16, ttft_buckets, NB(ttft_buckets)},
-    [M_PROVIDER_ERRORS] = {METRICS_COUNTER, "chatd_provider_errors_total",
-                           "Failed LLM provider calls, by provider and error type.",
-                           {"provider", "type"}, 128, NULL, 0},
-    [M_PROVIDER_RETRIES] = {METRICS_COUNTER, "chatd_provider_retries_total",
-                            "Retried LLM provider attempts.", {"provider"}, 16, NULL, 0},
-    [M_TOKENS] = {METRICS_COUNTER, "chatd_tokens_total",
-                  "LLM tokens reported by providers, by direction (input, output, cache_read, cache_write).",
-                  {"direction"}, 8, NULL, 0},
-    [M_COST] = {METRICS_COUNTER, "chatd_cost_microdollars_total",
-                "Estimated provider cost of all turns, in millionths of a US dollar.", {NULL}, 0, NULL, 0},
-    [M_ACTIVE_STREAMS] = {METRICS_GAUGE, "chatd_active_streams",
-                          "Streaming responses currently open.", {NULL}, 0, NULL, 0},
-    [M_DB_DURATION] = {METRICS_HISTOGRAM, "chatd_db_operation_duration_seconds",
-                       "Duration of database operations, by operation.", {"op"}, 64, db_buckets,
-                       NB(db_buckets)},
-    [M_RATE_LIMITED] = {METRICS_COUNTER, "chatd_rate_limited_total",
-                        "Requests refused by a rate limit, by limit kind (requests, tokens, auth_failures).",
-                        {"kind"}, 4, NULL, 0},
-    [M_TURNS_CANCELLED] = {METRICS_COUNTER, "chatd_turns_cancelled_total",
-                           "Turns cancelled before they finished, by reason.", {"reason"}, 8, NULL, 0},
-    [M_TURNS] = {METRICS_COUNTER, "chatd_turns_total",
-                 "Conversation turns ended, by outcome (ok, error, cancelled).", {"outcome"}, 8, NULL, 0},
-    [M_DB_UNAVAILABLE] = {METRICS_COUNTER, "chatd_db_unavailable_total",
-                          "Database operations that failed because the database was unreachable, or every "
-                          "pooled connection stayed busy past DATABASE_QUEUE_TIMEOUT, by operation.",
-                          {"op"}, 64, NULL, 0},
-    [M_REDIS_FALLBACK] = {METRICS_COUNTER, "chatd_ratelimit_redis_fallback_total",
-                          "Rate-limit checks and debits served by the local limiter because Redis was "
-                          "unreachable, too slow or failing.",
-                          {NULL}, 0, NULL, 0},
-    [M_CONN_OPEN] = {METRICS_GAUGE, "chatd_connections_open",
-                     "Client connections currently open (sockets accepted and not yet closed).", {NULL}, 0,
-                     NULL, 0},
-    [M_CONN_REFUSED] = {METRICS_COUNTER, "chatd_connections_refused_total",
-                        "Client connections refused with 503 because MAX_CONNECTIONS were open.", {NULL}, 0,
-                        NULL, 0},
-    [M_AUTH_LOOKUPS] = {METRICS_COUNTER, "chatd_auth_key_lookups_total",
-                        "Requests whose bearer token needed an API key lookup, by result: valid, invalid and "
-                        "unavailable (the store was asked), cached_invalid and limited (it was not).",
-                        {"result"}, 8, NULL, 0},
-};
-
-static const char *const turn_outcome_names[METRICS_TURN_OUTCOME_COUNT] = {"ok", "error", "cancelled"};
-static const char *const cancel_reason_names[METRICS_CANCEL_REASON_COUNT] = {"client_disconnect", "shutdown"};
-static const char *const rl_kind_names[METRICS_RL_KIND_COUNT] = {"requests", "tokens", "auth_failures"};
-static const char *const auth_result_names[METRICS_AUTH_RESULT_COUNT] = {"valid", "invalid", "unavailable",
-                                                                         "cached_invalid", "limited"};
-enum { DIR_INPUT, DIR_OUTPUT, DIR_CACHE_READ, DIR_CACHE_WRITE, DIR_COUNT };
-static const char *const direction_names[DIR_COUNT] = {"input", "output", "cache_read", "cache_write"};
-
-typedef struct chatd_metrics_state {
+typedef struct global_state {
     metrics_registry *reg;
-    metrics_family *fam[M_COUNT];
-    /* Children of the closed label sets, resolved once so the hot path does no lookup. */
-    metrics_child *turns[METRICS_TURN_OUTCOME_COUNT];
-    metrics_child *cancelled[METRICS_CANCEL_REASON_COUNT];
-    metrics_child *rate_limited[METRICS_RL_KIND_COUNT];
-    metrics_child *tokens[DIR_COUNT];
-    metrics_child *cost;
-    metrics_child *active_streams;
-    metrics_child *redis_fallback;
-    metrics_child *conn_open;
-    metrics_child *conn_refused;
-    metrics_child *auth_lookups[METRICS_AUTH_RESULT_COUNT];
-} chatd_metrics_state;
+    metrics_def **defs; /* the registered definitions, unbound at shutdown */
+    size_t ndefs;
+} global_state;
 
-static _Atomic(chatd_metrics_state *) g_state;
+static _Atomic(global_state *) g_state;
 
-static metrics_child *child1(metrics_family *f, const char *v)
-{
-    const char *vals[1] = {v};
-    return metrics_child_get(f, vals);
-}
-
-chat_rc metrics_init(const char *version)
+chat_rc metrics_init(metrics_def *const *defs, size_t n)
 {
     chat_rc rc = CHAT_EINVAL;
-    chatd_metrics_state *s = NULL;
+    global_state *s = NULL;
+    metrics_family **fams = NULL;
     if (atomic_load(&g_state))
         goto out;
     s = chat_xcalloc(1, sizeof *s);
     s->reg = metrics_registry_new();
-    for (size_t i = 0; i < M_COUNT; i++) {
-        rc = metrics_register(s->reg, &chatd_metrics[i], &s->fam[i]);
+    fams = chat_xcalloc(n ? n : 1, sizeof *fams);
+    for (size_t i = 0; i < n; i++) {
+        const metrics_desc *d = &defs[i]->desc;
+        if (defs[i]->initial && (!d->labels[0] || d->labels[1])) {
+            rc = CHAT_EINVAL;
+            goto out;
+        }
+        rc = metrics_register(s->reg, d, &fams[i]);
         if (rc != CHAT_OK)
             goto out;
+        for (const char *const *v = defs[i]->initial; v && *v; v++)
+            (void)metrics_child_get(fams[i], v);
     }
-    metrics_gauge_set(child1(s->fam[M_BUILD_INFO], version ? version : "unknown"), 1);
-    for (size_t i = 0; i < METRICS_TURN_OUTCOME_COUNT; i++)
-        s->turns[i] = child1(s->fam[M_TURNS], turn_outcome_names[i]);
-    for (size_t i = 0; i < METRICS_CANCEL_REASON_COUNT; i++)
-        s->cancelled[i] = child1(s->fam[M_TURNS_CANCELLED], cancel_reason_names[i]);
-    for (size_t i = 0; i < METRICS_RL_KIND_COUNT; i++)
-        s->rate_limited[i] = child1(s->fam[M_RATE_LIMITED], rl_kind_names[i]);
-    for (size_t i = 0; i < DIR_COUNT; i++)
-        s->tokens[i] = child1(s->fam[M_TOKENS], direction_names[i]);
-    s->cost = metrics_child_get(s->fam[M_COST], NULL);
-    s->active_streams = metrics_child_get(s->fam[M_ACTIVE_STREAMS], NULL);
-    s->redis_fallback = metrics_child_get(s->fam[M_REDIS_FALLBACK], NULL);
-    s->conn_open = metrics_child_get(s->fam[M_CONN_OPEN], NULL);
-    s->conn_refused = metrics_child_get(s->fam[M_CONN_REFUSED], NULL);
-    for (size_t i = 0; i < METRICS_AUTH_RESULT_COUNT; i++)
-        s->auth_lookups[i] = child1(s->fam[M_AUTH_LOOKUPS], auth_result_names[i]);
+    /* Published only once every family is complete. */
+    s->defs = chat_xcalloc(n ? n : 1, sizeof *s->defs);
+    s->ndefs = n;
+    for (size_t i = 0; i < n; i++) {
+        s->defs[i] = defs[i];
+        atomic_store_explicit(&defs[i]->fam, fams[i], memory_order_release);
+    }
     atomic_store_explicit(&g_state, s, memory_order_release);
     s = NULL;
     rc = CHAT_OK;
 out:
+    free(fams);
     if (s) {
         metrics_registry_free(s->reg);
+        free(s->defs);
         free(s);
     }
     return rc;
@@ -827,154 +704,35 @@ out:
 
 void metrics_shutdown(void)
 {
-    chatd_metrics_state *s = atomic_exchange(&g_state, NULL);
+    global_state *s = atomic_exchange(&g_state, NULL);
     if (!s)
         return;
+    for (size_t i = 0; i < s->ndefs; i++)
+        atomic_store_explicit(&s->defs[i]->fam, NULL, memory_order_release);
     metrics_registry_free(s->reg);
+    free(s->defs);
     free(s);
-}
-
-static chatd_metrics_state *state(void)
-{
-    return atomic_load_explicit(&g_state, memory_order_acquire);
 }
 
 metrics_registry *metrics_global(void)
 {
-    chatd_metrics_state *s = state();
+    global_state *s = atomic_load_explicit(&g_state, memory_order_acquire);
     return s ? s->reg : NULL;
 }
 
 char *metrics_render(size_t *len)
 {
-    chatd_metrics_state *s = state();
-    return metrics_registry_render(s ? s->reg : NULL, len);
+    return metrics_registry_render(metrics_global(), len);
 }
 
-void metrics_http_request(const char *route, const char *method, int status, double seconds)
+metrics_child *metrics_def_child(metrics_def *def, const char *const *values)
 {
-    chatd_metrics_state *s = state();
-    if (!s)
-        return;
-    char st[16];
-    snprintf(st, sizeof st, "%d", status);
-    const char *r = route ? route : "unmatched";
-    const char *vals[3] = {r, method, st};
-    metrics_counter_add(metrics_child_get(s->fam[M_HTTP_REQUESTS], vals), 1);
-    metrics_histogram_observe(child1(s->fam[M_HTTP_DURATION], r), seconds);
+    metrics_family *f = atomic_load_explicit(&def->fam, memory_order_acquire);
+    return f ? metrics_child_get(f, values) : NULL;
 }
 
-void metrics_provider_request(const char *provider, double seconds, double ttft_seconds)
+metrics_child *metrics_def_child1(metrics_def *def, const char *value)
 {
-    chatd_metrics_state *s = state();
-    if (!s)
-        return;
-    metrics_histogram_observe(child1(s->fam[M_PROVIDER_DURATION], provider), seconds);
-    if (ttft_seconds >= 0)
-        metrics_histogram_observe(child1(s->fam[M_PROVIDER_TTFT], provider), ttft_seconds);
-}
-
-void metrics_provider_error(const char *provider, const char *type)
-{
-    chatd_metrics_state *s = state();
-    if (!s)
-        return;
-    const char *vals[2] = {provider, type};
-    metrics_counter_add(metrics_child_get(s->fam[M_PROVIDER_ERRORS], vals), 1);
-}
-
-void metrics_provider_retries(const char *provider, int64_t n)
-{
-    chatd_metrics_state *s = state();
-    if (!s || n <= 0)
-        return;
-    metrics_counter_add(child1(s->fam[M_PROVIDER_RETRIES], provider), (uint64_t)n);
-}
-
-void metrics_tokens(int64_t input, int64_t output, int64_t cache_read, int64_t cache_write)
-{
-    chatd_metrics_state *s = state();
-    if (!s)
-        return;
-    const int64_t v[DIR_COUNT] = {input, output, cache_read, cache_write};
-    for (size_t i = 0; i < DIR_COUNT; i++)
-        if (v[i] > 0)
-            metrics_counter_add(s->tokens[i], (uint64_t)v[i]);
-}
-
-void metrics_cost_microdollars(int64_t n)
-{
-    chatd_metrics_state *s = state();
-    if (s && n > 0)
-        metrics_counter_add(s->cost, (uint64_t)n);
-}
-
-void metrics_active_streams_add(int64_t delta)
-{
-    chatd_metrics_state *s = state();
-    if (s)
-        metrics_gauge_add(s->active_streams, delta);
-}
-
-void metrics_db_operation(const char *op, double seconds)
-{
-    chatd_metrics_state *s = state();
-    if (s)
-        metrics_histogram_observe(child1(s->fam[M_DB_DURATION], op), seconds);
-}
-
-void metrics_db_unavailable(const char *op)
-{
-    chatd_metrics_state *s = state();
-    if (s)
-        metrics_counter_add(child1(s->fam[M_DB_UNAVAILABLE], op), 1);
-}
-
-void metrics_rate_limited(metrics_rl_kind kind)
-{
-    chatd_metrics_state *s = state();
-    if (s && (unsigned)kind < METRICS_RL_KIND_COUNT)
-        metrics_counter_add(s->rate_limited[kind], 1);
-}
-
-void metrics_turn_cancelled(metrics_cancel_reason reason)
-{
-    chatd_metrics_state *s = state();
-    if (s && (unsigned)reason < METRICS_CANCEL_REASON_COUNT)
-        metrics_counter_add(s->cancelled[reason], 1);
-}
-
-void metrics_turn(metrics_turn_outcome outcome)
-{
-    chatd_metrics_state *s = state();
-    if (s && (unsigned)outcome < METRICS_TURN_OUTCOME_COUNT)
-        metrics_counter_add(s->turns[outcome], 1);
-}
-
-void metrics_redis_fallback(void)
-{
-    chatd_metrics_state *s = state();
-    if (s)
-        metrics_counter_add(s->redis_fallback, 1);
-}
-
-void metrics_connections_open_add(int64_t delta)
-{
-    chatd_metrics_state *s = state();
-    if (s)
-        metrics_gauge_add(s->conn_open, delta);
-}
-
-void metrics_connections_refused(void)
-{
-    chatd_metrics_state *s = state();
-    if (s)
-        metrics_counter_add(s->conn_refused, 1);
-}
-
-void metrics_auth_key_lookup(metrics_auth_result result)
-{
-    chatd_metrics_state *s = state();
-    if (s && (unsigned)result < METRICS_AUTH_RESULT_COUNT)
-        metrics_counter_add(s->auth_lookups[result], 1);
+    const char *vals[1] = {value};
+    return metrics_def_child(def, vals);
 }

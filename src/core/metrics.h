@@ -16,12 +16,15 @@
  *    (relaxed: each value is independent), no lock. The registry renders in the
  *    Prometheus text exposition format 0.0.4.
  *
- * 2. The chatd metrics (metrics_init and the metrics_<what>() functions): one
- *    process-wide registry whose families are defined in one table in
- *    metrics.c (names, help texts, labels, buckets). Callers pass plain values
- *    (a route pattern, a status code, seconds); they never build label
- *    strings. Before metrics_init and after metrics_shutdown every observation
- *    function is a harmless no-op, so unit tests of other modules need no setup.
+ * 2. The process-wide registry (metrics_init ... metrics_shutdown) and the
+ *    metrics_def type, with which each module defines the families it
+ *    observes (http/metrics.h, llm/metrics.h, store/metrics.h, guard/metrics.h,
+ *    chat/metrics.h, api/metrics.h: names, help texts, labels, buckets, and the
+ *    metrics_<what>() functions their callers use). The caller of metrics_init
+ *    (app/metrics.c) lists the families, which fixes the order of the page.
+ *    Before metrics_init and after metrics_shutdown every observation is a
+ *    harmless no-op, so unit tests of other modules need no setup. Core knows
+ *    no family of its own.
  *
  * Label values are normalised before use: NULL becomes "", values longer than
  * METRICS_MAX_VALUE_LEN bytes are cut, and bytes that are not valid UTF-8 become
@@ -37,6 +40,7 @@
 #ifndef CHATD_CORE_METRICS_H
 #define CHATD_CORE_METRICS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -133,54 +137,35 @@ size_t metrics_family_children(const metrics_family *f);
 char *metrics_registry_render(const metrics_registry *reg, size_t *len);
 
 /* ------------------------------------------------------------------------ */
-/* chatd's metrics                                                          */
+/* The process-wide registry and the families defined by their modules       */
 /* ------------------------------------------------------------------------ */
 
-/* chatd_turns_total{outcome} */
-typedef enum {
-    METRICS_TURN_OK = 0,        /* committed ("ok") */
-    METRICS_TURN_ERROR,         /* failed, nothing committed ("error") */
-    METRICS_TURN_CANCELLED,     /* the consumer went away or the server shut down ("cancelled") */
-    METRICS_TURN_OUTCOME_COUNT
-} metrics_turn_outcome;
-
-/* chatd_turns_cancelled_total{reason} */
-typedef enum {
-    METRICS_CANCEL_CLIENT_GONE = 0, /* the client disconnected ("client_disconnect") */
-    METRICS_CANCEL_SHUTDOWN,        /* the drain deadline passed ("shutdown") */
-    METRICS_CANCEL_REASON_COUNT
-} metrics_cancel_reason;
-
-/* chatd_rate_limited_total{kind} */
-typedef enum {
-    METRICS_RL_REQUESTS = 0,    /* request rate ("requests") */
-    METRICS_RL_TOKENS,          /* provider tokens per minute ("tokens") */
-    METRICS_RL_AUTH_FAILURES,   /* failed authentications per client address ("auth_failures") */
-    METRICS_RL_KIND_COUNT
-} metrics_rl_kind;
-
-/* chatd_auth_key_lookups_total{result}: how an API key (AUTH_MODE=keys) was checked */
-typedef enum {
-    METRICS_AUTH_VALID = 0,     /* the store found a valid key ("valid") */
-    METRICS_AUTH_INVALID,       /* the store found no usable key: unknown or revoked ("invalid") */
-    METRICS_AUTH_UNAVAILABLE,   /* the store could not answer ("unavailable") */
-    METRICS_AUTH_CACHED,        /* refused from the cache of recent unknown keys, store not asked ("cached_invalid") */
-    METRICS_AUTH_LIMITED,       /* refused by AUTH_FAILURE_LIMIT, store not asked ("limited") */
-    METRICS_AUTH_RESULT_COUNT
-} metrics_auth_result;
+/*
+ * One family, defined (static storage) by the module that observes it. The
+ * module's observation functions reach their children through
+ * metrics_def_child, which answers NULL while the family is not registered.
+ */
+typedef struct metrics_def {
+    metrics_desc desc;             /* the family: borrowed strings, as for metrics_register */
+    const char *const *initial;    /* one-label families: the values whose children are created at
+                                      registration, in this order, so that they are exposed at 0 from the
+                                      start (a closed label set); NULL-terminated, or NULL for none */
+    _Atomic(metrics_family *) fam; /* set by metrics_init, cleared by metrics_shutdown; NULL otherwise */
+} metrics_def;
 
 /*
- * Creates the process-wide registry with every chatd family, sets
- * chatd_build_info{version} to 1, and creates the children of the closed label
- * sets (turn outcomes, cancel reasons, rate-limit kinds, token directions) so
- * they are exposed at 0 from the start. Call once on the main thread before
- * the workers start. Returns CHAT_EINVAL if already initialised (or if the
- * table in metrics.c were invalid, which a unit test rules out).
+ * Creates the process-wide registry and registers the n families of defs in
+ * this order (the order of the page), with their initial children. Call once on
+ * the main thread before the workers start. Returns CHAT_EINVAL, registering
+ * nothing, if already initialised, or if a family is invalid or a duplicate
+ * (the unit test of the list rules that out), or has initial values but not
+ * exactly one label.
  */
-chat_rc metrics_init(const char *version) CHAT_MUST_CHECK;
+chat_rc metrics_init(metrics_def *const *defs, size_t n) CHAT_MUST_CHECK;
 
-/* Frees the process-wide registry (after every worker stopped); observations
- * become no-ops again and metrics_init may be called anew. Safe without init. */
+/* Frees the process-wide registry (after every worker stopped) and unbinds its
+ * families: observations become no-ops again and metrics_init may be called
+ * anew. Safe without init. */
 void metrics_shutdown(void);
 
 /* The process-wide registry (NULL before metrics_init), e.g. for tests. */
@@ -193,73 +178,11 @@ char *metrics_render(size_t *len);
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
-/*
- * One finished HTTP request: chatd_http_requests_total{route,method,status} += 1
- * and chatd_http_request_duration_seconds{route} observes seconds. route is the
- * route pattern from the route table (e.g. "/v1/sessions/{}"), never the raw path
- * (that would be unbounded); NULL means no route matched ("unmatched"). method is
- * the request method name ("GET"). Call once, when the request ends.
- */
-void metrics_http_request(const char *route, const char *method, int status, double seconds);
+/* The child of def's family for the label values (see metrics_child_get), or
+ * NULL while def is not registered. Any thread. */
+metrics_child *metrics_def_child(metrics_def *def, const char *const *values);
 
-/*
- * One provider call ended (retries included): chatd_provider_request_duration_seconds
- * {provider} observes seconds; chatd_provider_ttft_seconds{provider} observes
- * ttft_seconds, the time to the first reply byte, when it is >= 0 (pass -1 when
- * no byte arrived).
- */
-void metrics_provider_request(const char *provider, double seconds, double ttft_seconds);
-
-/* chatd_provider_errors_total{provider,type} += 1. type is a short static
- * classification (e.g. "connect", "timeout", "http_529", "overloaded_error"). */
-void metrics_provider_error(const char *provider, const char *type);
-
-/* chatd_provider_retries_total{provider} += n (n <= 0 is ignored). */
-void metrics_provider_retries(const char *provider, int64_t n);
-
-/* chatd_tokens_total{direction} for input, output, cache_read and cache_write;
- * negative values (unknown) are skipped. Pass a turn's usage once. */
-void metrics_tokens(int64_t input, int64_t output, int64_t cache_read, int64_t cache_write);
-
-/* chatd_cost_microdollars_total += n (n <= 0 is ignored). */
-void metrics_cost_microdollars(int64_t n);
-
-/* chatd_active_streams += delta (+1 when a stream starts, -1 when it ends). */
-void metrics_active_streams_add(int64_t delta);
-
-/* chatd_db_operation_duration_seconds{op} observes seconds. op is a short
- * static name (e.g. "turn_commit", "history_load"). */
-void metrics_db_operation(const char *op, double seconds);
-
-/* chatd_db_unavailable_total{op} += 1: an operation failed with CHAT_EUNAVAIL
- * (database unreachable, or no pooled connection within the queue timeout). */
-void metrics_db_unavailable(const char *op);
-
-/* chatd_rate_limited_total{kind} += 1 (one request refused). */
-void metrics_rate_limited(metrics_rl_kind kind);
-
-/* chatd_turns_cancelled_total{reason} += 1. */
-void metrics_turn_cancelled(metrics_cancel_reason reason);
-
-/* chatd_turns_total{outcome} += 1 (once per started turn). */
-void metrics_turn(metrics_turn_outcome outcome);
-
-/* chatd_ratelimit_redis_fallback_total += 1: one rate-limit check or debit
- * served by the local limiter because Redis was unreachable, too slow or
- * answered an error (guard/redis_limit.h). */
-void metrics_redis_fallback(void);
-
-/* chatd_connections_open += delta (+1 when a client socket is accepted, -1
- * when it is closed); http/server.c keeps it with the connection cap's count. */
-void metrics_connections_open_add(int64_t delta);
-
-/* chatd_connections_refused_total += 1: one connection refused (503, closed)
- * because MAX_CONNECTIONS were open. */
-void metrics_connections_refused(void);
-
-/* chatd_auth_key_lookups_total{result} += 1: one request whose bearer token
- * needed an API key lookup, by what answered it (the first three results are
- * the lookups the store served). */
-void metrics_auth_key_lookup(metrics_auth_result result);
+/* The same for a family with one label. */
+metrics_child *metrics_def_child1(metrics_def *def, const char *value);
 
 #endif

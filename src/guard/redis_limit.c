@@ -53,8 +53,8 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
-#include "core/metrics.h"
 #include "core/util.h"
+#include "guard/metrics.h"
 
 #define KEY_PREFIX "chatd:rl:"
 /* "chatd:rl:" + "requests:" + the key as ratelimit_key_normalise writes it. */

@@ -45,9 +45,9 @@
 #include <event2/listener.h>
 
 #include "core/alloc.h"
-#include "core/metrics.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "http/metrics.h"
 
 /*
  * One tracker per connection, for the request-head deadline. evhttp offers no

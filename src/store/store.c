@@ -16,8 +16,8 @@
 #include <event2/event.h>
 
 #include "core/alloc.h"
-#include "core/metrics.h"
 #include "core/util.h"
+#include "store/metrics.h"
 
 struct store {
     const store_backend *be;

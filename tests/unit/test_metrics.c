@@ -22,7 +22,14 @@
 
 #include <cmocka.h>
 
+#include "api/metrics.h"
+#include "app/app.h"
+#include "chat/metrics.h"
 #include "core/metrics.h"
+#include "guard/metrics.h"
+#include "http/metrics.h"
+#include "llm/metrics.h"
+#include "store/metrics.h"
 
 /* ---- a strict 0.0.4 parser ------------------------------------------------ */
 
@@ -675,7 +682,7 @@ static void test_children_bound_concurrent(void **state)
     metrics_registry_free(reg);
 }
 
-/* ---- chatd's own metrics ---- */
+/* ---- chatd's own metrics: the families of the modules, on the page app/metrics.c lists ---- */
 
 static void test_chatd_metrics(void **state)
 {
@@ -688,8 +695,8 @@ static void test_chatd_metrics(void **state)
     assert_string_equal(empty, "");
     free(empty);
 
-    assert_int_equal(metrics_init("1.2.3"), CHAT_OK);
-    assert_int_equal(metrics_init("again"), CHAT_EINVAL);
+    assert_int_equal(chat_app_metrics_init("1.2.3"), CHAT_OK);
+    assert_int_equal(chat_app_metrics_init("again"), CHAT_EINVAL);
     assert_non_null(metrics_global());
 
     metrics_http_request("/v1/chat", "POST", 200, 0.2);
@@ -805,7 +812,7 @@ static void test_chatd_metrics(void **state)
     assert_null(metrics_global());
     metrics_turn(METRICS_TURN_OK); /* no-op again */
     metrics_shutdown();
-    assert_int_equal(metrics_init(NULL), CHAT_OK);
+    assert_int_equal(chat_app_metrics_init(NULL), CHAT_OK);
     text = metrics_render(NULL);
     assert_non_null(strstr(text, "chatd_build_info{version=\"unknown\"} 1\n"));
     free(text);

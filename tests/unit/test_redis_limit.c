@@ -38,6 +38,7 @@
 
 #include "core/metrics.h"
 #include "core/util.h"
+#include "guard/metrics.h"
 #include "guard/ratelimit.h"
 #include "guard/redis_limit.h"
 
@@ -352,7 +353,8 @@ static int group_setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
-    if (metrics_init("test") != CHAT_OK)
+    metrics_def *defs[] = {&guard_metric_redis_fallback};
+    if (metrics_init(defs, 1) != CHAT_OK)
         return -1;
     server_start(&shared, 0);
     return 0;
