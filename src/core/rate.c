@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "core/rate.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -13,9 +14,32 @@
 
 #define RATE_EXPECTED "expected N/second, N/minute, N/hour or off"
 
+/*
+ * The first max bytes of s quoted for an error message: control characters,
+ * DEL and non-ASCII bytes as \xHH, '"' and '\\' escaped, so that the message
+ * stays one printable line of ASCII whatever the value holds (the config
+ * loader's promise, config.h) and a cut never splits a UTF-8 sequence.
+ */
+static const char *shown(const char *s, size_t max, char *buf, size_t buflen)
+{
+    size_t j = 0;
+    for (size_t i = 0; s[i] && i < max && j + 5 < buflen; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f)
+            j += (size_t)snprintf(buf + j, buflen - j, "\\x%02x", c);
+        else if (c == '"' || c == '\\')
+            j += (size_t)snprintf(buf + j, buflen - j, "\\%c", c);
+        else
+            buf[j++] = (char)c;
+    }
+    buf[j] = '\0';
+    return buf;
+}
+
 chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errlen)
 {
     chat_rc rc = CHAT_EINVAL;
+    char q[64 * 4 + 8], u[32 * 4 + 8];
     static const struct { const char *name; int64_t ms; } units[] = {
         {"second", 1000}, {"minute", 60000}, {"hour", 3600000}};
 
@@ -33,17 +57,19 @@ chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errl
     }
     const char *slash = strchr(text, '/');
     if (!slash) {
-        chat_set_err(err, errlen, "\"%.64s\" has no /unit (%s)", text, RATE_EXPECTED);
+        chat_set_err(err, errlen, "\"%s\" has no /unit (%s)", shown(text, 64, q, sizeof q), RATE_EXPECTED);
         goto out;
     }
     if (slash == text) {
-        chat_set_err(err, errlen, "\"%.64s\" has no count before '/' (%s)", text, RATE_EXPECTED);
+        chat_set_err(err, errlen, "\"%s\" has no count before '/' (%s)", shown(text, 64, q, sizeof q),
+                     RATE_EXPECTED);
         goto out;
     }
     int64_t n = 0;
     for (const char *p = text; p < slash; p++) {
         if (*p < '0' || *p > '9') {
-            chat_set_err(err, errlen, "count in \"%.64s\" is not a plain decimal integer (%s)", text, RATE_EXPECTED);
+            chat_set_err(err, errlen, "count in \"%s\" is not a plain decimal integer (%s)",
+                         shown(text, 64, q, sizeof q), RATE_EXPECTED);
             goto out;
         }
         if (n > CHAT_RATE_MAX_COUNT) /* keep going only to report bad characters first */
@@ -51,15 +77,16 @@ chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errl
         n = n * 10 + (*p - '0');
     }
     if (text[0] == '0' && slash - text > 1) {
-        chat_set_err(err, errlen, "count in \"%.64s\" has a leading zero", text);
+        chat_set_err(err, errlen, "count in \"%s\" has a leading zero", shown(text, 64, q, sizeof q));
         goto out;
     }
     if (n == 0) {
-        chat_set_err(err, errlen, "count in \"%.64s\" must be at least 1 (use \"off\" to disable the limit)", text);
+        chat_set_err(err, errlen, "count in \"%s\" must be at least 1 (use \"off\" to disable the limit)",
+                     shown(text, 64, q, sizeof q));
         goto out;
     }
     if (n > CHAT_RATE_MAX_COUNT) {
-        chat_set_err(err, errlen, "count in \"%.64s\" is above %d", text, CHAT_RATE_MAX_COUNT);
+        chat_set_err(err, errlen, "count in \"%s\" is above %d", shown(text, 64, q, sizeof q), CHAT_RATE_MAX_COUNT);
         goto out;
     }
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
@@ -69,8 +96,8 @@ chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errl
             rc = CHAT_OK;
             goto out;
         }
-    chat_set_err(err, errlen, "unknown unit \"%.32s\" in \"%.64s\" (expected second, minute or hour)", slash + 1,
-            text);
+    chat_set_err(err, errlen, "unknown unit \"%s\" in \"%s\" (expected second, minute or hour)",
+                 shown(slash + 1, 32, u, sizeof u), shown(text, 64, q, sizeof q));
 out:
     return rc;
 }

@@ -35,7 +35,9 @@ bool chat_rate_valid(const chat_rate *r);
  * "off" are case-insensitive) or "off". On success fills *out and returns
  * CHAT_OK. On failure returns CHAT_EINVAL, leaves *out zeroed (off) and writes
  * one line saying what is wrong and what is expected into err (errlen bytes,
- * may be 0), for the caller to prefix with the setting's name.
+ * may be 0), for the caller to prefix with the setting's name. The text is
+ * quoted in it as printable ASCII (control characters, DEL and non-ASCII
+ * bytes as \xHH), so the line can go to a terminal or a JSON log as it is.
  */
 chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errlen) CHAT_MUST_CHECK;
 

@@ -61,6 +61,7 @@ static void test_parse(void **state)
         {"10/minute ", "unknown unit"},
         {"10/minute/x", "unknown unit \"minute/x\""},
         {"10/day", "unknown unit"},
+        {"10/\xa2hour\x1b[2J", "unknown unit \"\\xa2hour\\x1b[2J\""}, /* quoted as printable ASCII */
         {"of", "no /unit"},
         {"unlimited", "no /unit"},
     };
