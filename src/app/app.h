@@ -29,7 +29,7 @@ struct ratelimit;
 struct cors_policy;
 struct redis_limit;
 struct redis_limit_config;
-struct client_addr_trust;
+struct chat_netlist;
 struct auth_negcache;
 
 /* /readyz requests that may wait on one worker for the database ping in flight. */
@@ -89,7 +89,7 @@ struct chat_app {
     struct ratelimit *limiter;  /* shared by the workers (sharded, thread-safe) */
     struct cors_policy *cors;   /* read-only */
     struct redis_limit_config *redis_cfg; /* REDIS_URL parsed, or NULL; each worker connects on its loop */
-    struct client_addr_trust *trusted_proxies; /* TRUSTED_PROXIES: whose X-Forwarded-For is believed */
+    struct chat_netlist *trusted_proxies;      /* TRUSTED_PROXIES: whose X-Forwarded-For is believed */
     ratelimit_spec auth_failures; /* AUTH_FAILURE_LIMIT (count 0: off) */
 
     struct model_table *models; /* read-only after start; providers borrowed by every call */

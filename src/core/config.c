@@ -37,8 +37,8 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/netaddr.h"
 #include "core/rate.h"
-#include "guard/client_addr.h"
 
 #define KIB ((int64_t)1024)
 #define MIB (1024 * KIB)
@@ -74,7 +74,7 @@ enum kind {
     K_AUTH_MODE, /* chat_auth_mode: none | token | keys (unset: derived from API_TOKEN) */
     K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
     K_RATE,      /* char *, "off" or N/second|minute|hour (validated by core/rate.h's parser) */
-    K_PROXIES,   /* char *, addresses and networks (validated by guard/client_addr.h's parser) */
+    K_PROXIES,   /* char *, addresses and networks (validated as a core/netaddr.h network list) */
 };
 
 enum {
@@ -690,13 +690,13 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
     }
 
     case K_PROXIES: {
-        client_addr_trust *t = NULL;
+        chat_netlist *t = NULL;
         char why[200];
-        if (client_addr_trust_parse(value, &t, why, sizeof why) != CHAT_OK) {
+        if (chat_netlist_parse(value, &t, why, sizeof why) != CHAT_OK) {
             value_error(ld, idx, value, "%s", why);
             return false;
         }
-        client_addr_trust_free(t);
+        chat_netlist_free(t);
         *(char **)field = chat_xstrdup(value);
         return true;
     }

@@ -46,31 +46,25 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "core/netaddr.h"
 #include "core/rc.h"
 
 /* Most entries TRUSTED_PROXIES may hold. */
-#define CLIENT_ADDR_MAX_TRUSTED 256
+#define CLIENT_ADDR_MAX_TRUSTED CHAT_NETLIST_MAX
 /* Longest X-Forwarded-For entry parsed ("[" IPv6 "]:" port is 47 bytes). */
-#define CLIENT_ADDR_MAX_ENTRY 64
+#define CLIENT_ADDR_MAX_ENTRY CHAT_ADDR_MAX_TEXT
 /* Size of a bucket text with its NUL: "unparsable@" and an IPv6 address (50
  * bytes) is the longest. */
 #define CLIENT_ADDR_BUF 64
 
-/* The parsed TRUSTED_PROXIES list (opaque, read-only once built). */
-typedef struct client_addr_trust client_addr_trust;
+/* The parsed TRUSTED_PROXIES list: a network list of core/netaddr.h (opaque,
+ * read-only once built). */
+typedef chat_netlist client_addr_trust;
 
 /*
- * Parses a comma-separated list of addresses and networks: "127.0.0.1",
- * "::1", "10.0.0.0/8", "fd00::/8", "::ffff:10.0.0.0/104" (an IPv4 network in
- * mapped form). Whitespace around entries and empty entries are ignored, so ""
- * is the empty list (no proxy trusted). Refused, with one line in err (errlen
- * bytes, may be 0) that names the entry: anything inet_pton does not accept
- * (host names are not resolved), a prefix length out of range (0..32 for IPv4,
- * 0..128 for IPv6) or not plain digits, host bits set below the prefix
- * ("10.0.0.1/8": write 10.0.0.0/8), more than CLIENT_ADDR_MAX_TRUSTED entries.
- * On success *out receives a new list (free with client_addr_trust_free) and
- * CHAT_OK is returned; on failure *out is NULL and CHAT_EINVAL is returned.
- * text NULL is the empty list. Any thread.
+ * Parses TRUSTED_PROXIES: chat_netlist_parse (core/netaddr.h), whose rules and
+ * errors it shares; "" or NULL is the empty list (no proxy trusted). Free the
+ * list with client_addr_trust_free. Any thread.
  */
 chat_rc client_addr_trust_parse(const char *text, client_addr_trust **out, char *err, size_t errlen)
     CHAT_MUST_CHECK;
