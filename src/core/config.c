@@ -240,14 +240,29 @@ struct loader {
 
 static void set_err(struct loader *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The message is one printable ASCII line whatever it quotes (a flag name, a
+ * .env path or line, a reason from another parser): control characters, DEL
+ * and non-ASCII bytes become \xHH, and an escape is never cut in half. */
 static void set_err(struct loader *ld, const char *fmt, ...)
 {
     if (!ld->err || ld->errlen == 0)
         return;
+    char raw[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ld->err, ld->errlen, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t j = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
+        bool plain = *p >= 0x20 && *p < 0x7f;
+        if (j + (plain ? 1 : 4) >= ld->errlen)
+            break;
+        if (plain)
+            ld->err[j++] = (char)*p;
+        else
+            j += (size_t)snprintf(ld->err + j, ld->errlen - j, "\\x%02x", *p);
+    }
+    ld->err[j] = '\0';
 }
 
 static void raw_set(struct raw *r, const char *value, size_t len, enum source src, int line)

@@ -119,8 +119,9 @@ struct chat_config {
  * exists. cfg must not be NULL; its previous contents are overwritten, not freed.
  * On success returns CHAT_OK and cfg owns its strings (release with
  * chat_config_free). On failure writes one line naming the setting, the bad
- * value's source and the reason into err (truncated to errlen; err may be NULL
- * when errlen is 0), and returns CHAT_EINVAL; cfg is then all zero (safe to
+ * value's source and the reason into err (printable ASCII: any other byte it
+ * quotes, from a value, a flag, a .env path or line, as \xHH; truncated to
+ * errlen; err may be NULL when errlen is 0), and returns CHAT_EINVAL; cfg is then all zero (safe to
  * chat_config_free). `--help` is not handled here (main checks it first).
  */
 chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **envp,
