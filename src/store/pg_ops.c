@@ -254,7 +254,7 @@ static chat_rc enc_none(const store_op *op, pg_params *p)
 
 static chat_rc enc_lock_ttl(const store_op *op, pg_params *p)
 {
-    const typeof(op->in) *in = &op->in;
+    const store_op_in *in = &op->in;
     if (!store_valid_id(in->session_id) || !store_valid_id(in->token) || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
     pg_param_str(p, in->session_id);
@@ -366,7 +366,7 @@ static chat_rc enc_session_reset(const store_op *op, pg_params *p)
 
 static chat_rc enc_sessions_list(const store_op *op, pg_params *p)
 {
-    const typeof(op->in) *in = &op->in;
+    const store_op_in *in = &op->in;
     if (in->limit < 1 || in->limit > 1000 || (in->owner && !store_valid_id(in->owner)))
         return CHAT_EINVAL;
     int64_t after_created = 0;
@@ -468,7 +468,7 @@ static chat_rc enc_sessions_expire(const store_op *op, pg_params *p)
 
 static chat_rc enc_idem_begin(const store_op *op, pg_params *p)
 {
-    const typeof(op->in) *in = &op->in;
+    const store_op_in *in = &op->in;
     if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->body_hash) || !store_valid_id(in->token) ||
         (in->session_id && !store_valid_id(in->session_id)) || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
@@ -535,7 +535,7 @@ static chat_rc dec_idem_begin(const PGresult *res, store_op *op)
 
 static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 {
-    const typeof(op->in) *in = &op->in;
+    const store_op_in *in = &op->in;
     if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token) || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
     pg_param_str(p, in->scope);
@@ -547,7 +547,7 @@ static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 
 static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 {
-    const typeof(op->in) *in = &op->in;
+    const store_op_in *in = &op->in;
     if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token) || in->status < 100 ||
         in->status > 599 || !in->response || !store_valid_ttl(in->now, in->ttl_ms))
         return CHAT_EINVAL;
@@ -562,7 +562,7 @@ static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 
 static chat_rc enc_idem_abort(const store_op *op, pg_params *p)
 {
-    const typeof(op->in) *in = &op->in;
+    const store_op_in *in = &op->in;
     if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token))
         return CHAT_EINVAL;
     pg_param_str(p, in->scope);

@@ -886,8 +886,8 @@ static int be_schema_version(void *impl)
 static chat_rc be_run(void *impl, store_op *op)
 {
     sqlite_db *s = impl;
-    const typeof(op->in) *in = &op->in;
-    typeof(op->out) *o = &op->out;
+    const store_op_in *in = &op->in;
+    store_op_out *o = &op->out;
     chat_rc rc = CHAT_EINVAL;
     switch (op->kind) {
     case STORE_OP_PING: rc = sqlite_ping(s); break;

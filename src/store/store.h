@@ -543,35 +543,41 @@ typedef void (*store_op_cb)(store_op *op, void *ud);
 /* Most strings an op can own (store_op_str). */
 #define STORE_OP_MAX_STRS 24
 
+/* An op's inputs; which fields each kind reads is listed above. */
+typedef struct store_op_in {
+    const char *session_id, *token, *owner, *cursor, *scope, *key, *body_hash, *hash, *id, *response;
+    int64_t now, ttl_ms, before, after_seq;
+    int limit, status;
+    store_turn turn;
+    store_key_new key_new;
+    const store_session *import_session;
+    const store_message *import_messages;
+    size_t n_import_messages;
+    const store_key *import_key;
+} store_op_in;
+
+/* An op's outputs; which fields each kind writes is listed above. */
+typedef struct store_op_out {
+    store_session session;
+    store_session *sessions;
+    size_t n_sessions;
+    char *next_cursor;
+    store_message *messages;
+    size_t n_messages;
+    store_stats stats;
+    store_turn_result turn;
+    store_idem idem;
+    store_key key;
+    store_key *keys;
+    size_t n_keys;
+    int64_t count;
+} store_op_out;
+
 struct store_op {
     store_op_kind kind;
     chat_rc rc;                /* the result, as the synchronous function returns it */
-    struct {
-        const char *session_id, *token, *owner, *cursor, *scope, *key, *body_hash, *hash, *id, *response;
-        int64_t now, ttl_ms, before, after_seq;
-        int limit, status;
-        store_turn turn;
-        store_key_new key_new;
-        const store_session *import_session;
-        const store_message *import_messages;
-        size_t n_import_messages;
-        const store_key *import_key;
-    } in;
-    struct {
-        store_session session;
-        store_session *sessions;
-        size_t n_sessions;
-        char *next_cursor;
-        store_message *messages;
-        size_t n_messages;
-        store_stats stats;
-        store_turn_result turn;
-        store_idem idem;
-        store_key key;
-        store_key *keys;
-        size_t n_keys;
-        int64_t count;
-    } out;
+    store_op_in in;
+    store_op_out out;
     /* Private to the store. */
     store *owner_store;
     store_op_cb cb;
