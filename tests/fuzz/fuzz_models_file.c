@@ -25,7 +25,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(size == 0 || write(fd, data, size) == (ssize_t)size, "write");
     char models_file[64];
     snprintf(models_file, sizeof models_file, "MODELS_FILE=/proc/self/fd/%d", fd);
-    char *envp[] = {"ENV_FILE=/dev/null", models_file, NULL};
+    /* No .env read unless one exists here (it must not leak into the runs). */
+    char *envp[] = {access(".env", F_OK) == 0 ? "ENV_FILE=/dev/null" : "FUZZ_NO_DOTENV=1", models_file, NULL};
     struct chat_config cfg;
     char err[512] = "";
     chat_rc rc = chat_config_load(&cfg, 0, NULL, envp, err, sizeof err);
