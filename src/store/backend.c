@@ -69,6 +69,107 @@ bool store_valid_message(const store_message *m)
            m->created_at >= 0;
 }
 
+static bool valid_role(const char *role)
+{
+    return role && (strcmp(role, "user") == 0 || strcmp(role, "admin") == 0);
+}
+
+static bool valid_turn(const store_turn *t)
+{
+    return store_valid_id(t->session_id) && store_valid_id(t->lock_token) && (!t->owner || store_valid_id(t->owner)) &&
+           t->model && t->model[0] && t->user_content && t->assistant_content && t->status &&
+           (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
+           store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
+           (!t->idem_key ||
+            (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) && store_valid_ttl(t->now, t->idem_ttl_ms)));
+}
+
+static bool valid_session_import(const store_op_in *in)
+{
+    const store_session *ss = in->import_session;
+    size_t n = in->n_import_messages;
+    if (!ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) || (n > 0 && !in->import_messages) ||
+        ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 || ss->created_at < 0 ||
+        ss->updated_at < 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!store_valid_message(&in->import_messages[i]))
+            return false;
+    return true;
+}
+
+static bool valid_key_import(const store_key *k)
+{
+    return k && store_valid_id(k->id) && store_valid_id(k->name) && store_valid_hash(k->hash) && valid_role(k->role) &&
+           (!k->rate_limit || store_valid_id(k->rate_limit)) && k->created_at > 0 && k->revoked_at >= 0 &&
+           k->last_used_at >= 0 && k->turn_count >= 0 && k->cost_micros >= 0;
+}
+
+bool store_op_valid(const store_op *op)
+{
+    const store_op_in *in = &op->in;
+    switch (op->kind) {
+    case STORE_OP_PING:
+    case STORE_OP_STATS_GET:
+    case STORE_OP_KEYS_LIST:
+        return true;
+    case STORE_OP_LOCK_ACQUIRE:
+    case STORE_OP_LOCK_REFRESH:
+        return store_valid_id(in->session_id) && store_valid_id(in->token) && store_valid_ttl(in->now, in->ttl_ms);
+    case STORE_OP_LOCK_RELEASE:
+        return store_valid_id(in->session_id) && store_valid_id(in->token);
+    case STORE_OP_TURN_COMMIT:
+        return valid_turn(&in->turn);
+    case STORE_OP_SESSION_GET:
+    case STORE_OP_SESSION_DELETE:
+    case STORE_OP_MESSAGES_LIST:
+        return store_valid_id(in->session_id);
+    case STORE_OP_SESSION_RESET:
+        return store_valid_id(in->session_id) && in->now >= 0;
+    case STORE_OP_SESSIONS_LIST:
+    case STORE_OP_SESSIONS_LIST_OLDEST: {
+        int64_t created;
+        char id[STORE_ID_MAX + 1];
+        return in->limit >= 1 && in->limit <= 1000 && (!in->owner || store_valid_id(in->owner)) &&
+               (!in->cursor || store_cursor_parse(in->cursor, &created, id));
+    }
+    case STORE_OP_SESSIONS_EXPIRE:
+    case STORE_OP_IDEM_EXPIRE:
+        return in->limit >= 1 && in->now >= 0;
+    case STORE_OP_IDEM_BEGIN:
+        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->body_hash) &&
+               store_valid_id(in->token) && (!in->session_id || store_valid_id(in->session_id)) &&
+               store_valid_ttl(in->now, in->ttl_ms);
+    case STORE_OP_IDEM_REFRESH:
+        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->token) &&
+               store_valid_ttl(in->now, in->ttl_ms);
+    case STORE_OP_IDEM_FINISH:
+        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->token) &&
+               in->status >= 100 && in->status <= 599 && in->response && store_valid_ttl(in->now, in->ttl_ms);
+    case STORE_OP_IDEM_ABORT:
+        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->token);
+    case STORE_OP_KEY_CREATE: {
+        const store_key_new *k = &in->key_new;
+        return store_valid_id(k->id) && store_valid_id(k->name) && store_valid_hash(k->hash) && valid_role(k->role) &&
+               (!k->rate_limit || store_valid_id(k->rate_limit)) && k->now > 0;
+    }
+    case STORE_OP_KEY_FIND_BY_HASH:
+        return store_valid_hash(in->hash);
+    case STORE_OP_KEY_REVOKE:
+    case STORE_OP_KEY_TOUCH:
+        return store_valid_id(in->id) && in->now > 0;
+    case STORE_OP_KEY_SESSION_COUNT:
+        return store_valid_id(in->id);
+    case STORE_OP_SESSION_IMPORT:
+        return valid_session_import(in);
+    case STORE_OP_KEY_IMPORT:
+        return valid_key_import(in->import_key);
+    case STORE_OP_KIND_COUNT:
+        break;
+    }
+    return false;
+}
+
 int64_t store_known(int64_t v)
 {
     return v < 0 ? 0 : v;

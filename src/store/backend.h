@@ -51,6 +51,16 @@ bool store_valid_ttl(int64_t now, int64_t ttl_ms);
 bool store_valid_hash(const char *h);
 bool store_valid_message(const store_message *m);
 
+/*
+ * The argument checks of every op kind, written once in front of the backends:
+ * store.c refuses an op that fails them with CHAT_EINVAL before any backend
+ * sees it, so a backend may take its inputs as valid. What each kind needs:
+ * ids of 1..STORE_ID_MAX bytes, valid times and leases, a turn with a known
+ * status and sane counts, a key with a known role, limits in range, a cursor of
+ * the form store_cursor_make writes, an import whose counts add up.
+ */
+bool store_op_valid(const store_op *op);
+
 /* Unknown (-1) token counts add 0 to totals. */
 int64_t store_known(int64_t v);
 

@@ -64,22 +64,7 @@ void pg_params_clear(pg_params *p)
     memset(p, 0, sizeof *p);
 }
 
-/* ---- argument checks (the same as sqlite.c's) -------------------------------- */
-
-static bool valid_role(const char *role)
-{
-    return role && (strcmp(role, "user") == 0 || strcmp(role, "admin") == 0);
-}
-
-static bool valid_turn(const store_turn *t)
-{
-    return store_valid_id(t->session_id) && store_valid_id(t->lock_token) && (!t->owner || store_valid_id(t->owner)) &&
-           t->model && t->model[0] && t->user_content && t->assistant_content && t->status &&
-           (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
-           store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
-           (!t->idem_key ||
-            (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) && store_valid_ttl(t->now, t->idem_ttl_ms)));
-}
+/* ---- argument checks: store_op_valid (backend.c), before an op gets here ---- */
 
 /* ---- session cursors (the same form as sqlite.c's) --------------------------- */
 
@@ -255,8 +240,6 @@ static chat_rc enc_none(const store_op *op, pg_params *p)
 static chat_rc enc_lock_ttl(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
-    if (!store_valid_id(in->session_id) || !store_valid_id(in->token) || !store_valid_ttl(in->now, in->ttl_ms))
-        return CHAT_EINVAL;
     pg_param_str(p, in->session_id);
     pg_param_str(p, in->token);
     pg_param_i64(p, in->now + in->ttl_ms);
@@ -275,8 +258,6 @@ static chat_rc dec_lock_acquire(const PGresult *res, store_op *op)
 
 static chat_rc enc_lock_release(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.session_id) || !store_valid_id(op->in.token))
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     pg_param_str(p, op->in.token);
     return CHAT_OK;
@@ -285,8 +266,6 @@ static chat_rc enc_lock_release(const store_op *op, pg_params *p)
 static chat_rc enc_turn_commit(const store_op *op, pg_params *p)
 {
     const store_turn *t = &op->in.turn;
-    if (!valid_turn(t))
-        return CHAT_EINVAL;
     pg_param_str(p, t->session_id);
     pg_param_str(p, t->owner);
     pg_param_str(p, t->system_prompt);
@@ -330,8 +309,6 @@ static chat_rc dec_turn_commit(const PGresult *res, store_op *op)
 
 static chat_rc enc_session_id(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.session_id))
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     return CHAT_OK;
 }
@@ -357,8 +334,6 @@ static chat_rc dec_session_delete(const PGresult *res, store_op *op)
 
 static chat_rc enc_session_reset(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.session_id) || op->in.now < 0)
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     pg_param_i64(p, op->in.now);
     return CHAT_OK;
@@ -367,8 +342,6 @@ static chat_rc enc_session_reset(const store_op *op, pg_params *p)
 static chat_rc enc_sessions_list(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
-    if (in->limit < 1 || in->limit > 1000 || (in->owner && !store_valid_id(in->owner)))
-        return CHAT_EINVAL;
     int64_t after_created = 0;
     char after_id[STORE_ID_MAX + 1];
     if (in->cursor && !store_cursor_parse(in->cursor, &after_created, after_id))
@@ -404,8 +377,6 @@ static chat_rc dec_sessions_list(const PGresult *res, store_op *op)
 
 static chat_rc enc_messages_list(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.session_id))
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.session_id);
     pg_param_i64(p, op->in.after_seq);
     if (op->in.limit > 0)
@@ -458,8 +429,6 @@ static chat_rc dec_stats_get(const PGresult *res, store_op *op)
 
 static chat_rc enc_sessions_expire(const store_op *op, pg_params *p)
 {
-    if (op->in.limit < 1 || op->in.now < 0)
-        return CHAT_EINVAL;
     pg_param_i64(p, op->in.before);
     pg_param_i64(p, op->in.now);
     pg_param_i64(p, op->in.limit);
@@ -469,9 +438,6 @@ static chat_rc enc_sessions_expire(const store_op *op, pg_params *p)
 static chat_rc enc_idem_begin(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
-    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->body_hash) || !store_valid_id(in->token) ||
-        (in->session_id && !store_valid_id(in->session_id)) || !store_valid_ttl(in->now, in->ttl_ms))
-        return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
     pg_param_str(p, in->body_hash);
@@ -536,8 +502,6 @@ static chat_rc dec_idem_begin(const PGresult *res, store_op *op)
 static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
-    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token) || !store_valid_ttl(in->now, in->ttl_ms))
-        return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
     pg_param_str(p, in->token);
@@ -548,9 +512,6 @@ static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
-    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token) || in->status < 100 ||
-        in->status > 599 || !in->response || !store_valid_ttl(in->now, in->ttl_ms))
-        return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
     pg_param_str(p, in->token);
@@ -563,8 +524,6 @@ static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 static chat_rc enc_idem_abort(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
-    if (!store_valid_scope(in->scope) || !store_valid_id(in->key) || !store_valid_id(in->token))
-        return CHAT_EINVAL;
     pg_param_str(p, in->scope);
     pg_param_str(p, in->key);
     pg_param_str(p, in->token);
@@ -573,8 +532,6 @@ static chat_rc enc_idem_abort(const store_op *op, pg_params *p)
 
 static chat_rc enc_idem_expire(const store_op *op, pg_params *p)
 {
-    if (op->in.now < 0 || op->in.limit < 1)
-        return CHAT_EINVAL;
     pg_param_i64(p, op->in.now);
     pg_param_i64(p, op->in.limit);
     return CHAT_OK;
@@ -583,9 +540,6 @@ static chat_rc enc_idem_expire(const store_op *op, pg_params *p)
 static chat_rc enc_key_create(const store_op *op, pg_params *p)
 {
     const store_key_new *k = &op->in.key_new;
-    if (!store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) || !valid_role(k->role) ||
-        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->now <= 0)
-        return CHAT_EINVAL;
     pg_param_str(p, k->id);
     pg_param_str(p, k->name);
     pg_param_str(p, k->hash);
@@ -597,8 +551,6 @@ static chat_rc enc_key_create(const store_op *op, pg_params *p)
 
 static chat_rc enc_key_hash(const store_op *op, pg_params *p)
 {
-    if (!store_valid_hash(op->in.hash))
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.hash);
     return CHAT_OK;
 }
@@ -628,8 +580,6 @@ static chat_rc dec_keys_list(const PGresult *res, store_op *op)
 
 static chat_rc enc_key_revoke(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.id) || op->in.now <= 0)
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.id);
     pg_param_i64(p, op->in.now);
     return CHAT_OK;
@@ -651,8 +601,6 @@ static chat_rc dec_key_revoke(const PGresult *res, store_op *op)
 
 static chat_rc enc_key_touch(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.id) || op->in.now <= 0)
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.id);
     pg_param_i64(p, op->in.now);
     pg_param_i64(p, op->in.now - STORE_KEY_TOUCH_MS);
@@ -661,8 +609,6 @@ static chat_rc enc_key_touch(const store_op *op, pg_params *p)
 
 static chat_rc enc_key_id(const store_op *op, pg_params *p)
 {
-    if (!store_valid_id(op->in.id))
-        return CHAT_EINVAL;
     pg_param_str(p, op->in.id);
     return CHAT_OK;
 }
@@ -720,13 +666,6 @@ static chat_rc enc_session_import(const store_op *op, pg_params *p)
     const store_session *ss = op->in.import_session;
     const store_message *msgs = op->in.import_messages;
     size_t n = op->in.n_import_messages;
-    if (!ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) || (n > 0 && !msgs) ||
-        ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 || ss->created_at < 0 ||
-        ss->updated_at < 0)
-        return CHAT_EINVAL;
-    for (size_t i = 0; i < n; i++)
-        if (!store_valid_message(&msgs[i]))
-            return CHAT_EINVAL;
     char *json = messages_json(msgs, n);
     if (!json)
         return CHAT_EINVAL;
@@ -759,10 +698,6 @@ static chat_rc dec_session_import(const PGresult *res, store_op *op)
 static chat_rc enc_key_import(const store_op *op, pg_params *p)
 {
     const store_key *k = op->in.import_key;
-    if (!k || !store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) || !valid_role(k->role) ||
-        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
-        k->last_used_at < 0 || k->turn_count < 0 || k->cost_micros < 0)
-        return CHAT_EINVAL;
     pg_param_str(p, k->id);
     pg_param_str(p, k->name);
     pg_param_str(p, k->hash);

@@ -19,14 +19,6 @@
 chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
                                      size_t n)
 {
-    if (!s || !ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) || (n > 0 && !msgs) ||
-        ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 ||
-        ss->created_at < 0 || ss->updated_at < 0)
-        return CHAT_EINVAL;
-    for (size_t i = 0; i < n; i++)
-        if (!store_valid_message(&msgs[i]))
-            return CHAT_EINVAL;
-
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)
         return rc;
@@ -76,11 +68,6 @@ out:
 
 chat_rc sqlite_key_import(sqlite_db *s, const store_key *k)
 {
-    if (!s || !k || !store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) || !k->role ||
-        (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
-        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->created_at <= 0 || k->revoked_at < 0 ||
-        k->last_used_at < 0 || k->turn_count < 0 || k->cost_micros < 0)
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_KEY_IMPORT];
     sql_bind_text(s, st, 1, k->id);
     sql_bind_text(s, st, 2, k->name);

@@ -37,10 +37,6 @@ static void read_key(sqlite3_stmt *st, store_key *out)
 
 chat_rc sqlite_key_create(sqlite_db *s, const store_key_new *k)
 {
-    if (!s || !k || !store_valid_id(k->id) || !store_valid_id(k->name) || !store_valid_hash(k->hash) ||
-        !k->role || (strcmp(k->role, "user") != 0 && strcmp(k->role, "admin") != 0) ||
-        (k->rate_limit && !store_valid_id(k->rate_limit)) || k->now <= 0)
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_KEY_CREATE];
     sql_bind_text(s, st, 1, k->id);
     sql_bind_text(s, st, 2, k->name);
@@ -64,8 +60,6 @@ chat_rc sqlite_key_find_by_hash(sqlite_db *s, const char *hash, store_key *out)
     if (!out)
         return CHAT_EINVAL;
     memset(out, 0, sizeof *out);
-    if (!s || !store_valid_hash(hash))
-        return CHAT_EINVAL;
     return sql_fetch_row(s, ST_KEY_BY_HASH, hash, read_key_row, out);
 }
 
@@ -126,8 +120,6 @@ chat_rc sqlite_key_revoke(sqlite_db *s, const char *id_or_name, int64_t now, sto
 {
     if (out)
         memset(out, 0, sizeof *out);
-    if (!s || !store_valid_id(id_or_name) || now <= 0)
-        return CHAT_EINVAL;
     store_key k = {0};
     int found = 0;
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
@@ -171,16 +163,12 @@ static void read_count_row(sqlite3_stmt *st, void *out)
 
 chat_rc sqlite_key_session_count(sqlite_db *s, const char *id, int64_t *out)
 {
-    if (!s || !store_valid_id(id) || !out)
-        return CHAT_EINVAL;
     *out = 0;
     return sql_fetch_row(s, ST_KEY_SESSION_COUNT, id, read_count_row, out);
 }
 
 chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now)
 {
-    if (!s || !store_valid_id(id) || now <= 0)
-        return CHAT_EINVAL;
     /* Read first, in autocommit: a reader never waits for the write lock, so the
      * common case (touched within STORE_KEY_TOUCH_MS) costs no write at all. */
     sqlite3_stmt *st = s->st[ST_KEY_LAST_USED];

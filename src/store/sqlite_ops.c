@@ -41,9 +41,6 @@ static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
 static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const char *token, int64_t now,
                            int64_t ttl_ms)
 {
-    if (!s || !store_valid_id(session_id) || !store_valid_id(token) || now < 0 || ttl_ms <= 0 ||
-        ttl_ms > INT64_MAX - now)
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_LOCK_ACQUIRE];
     sql_bind_text(s, st, 1, session_id);
     sql_bind_text(s, st, 2, token);
@@ -59,9 +56,6 @@ static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const c
 static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const char *token, int64_t now,
                            int64_t ttl_ms)
 {
-    if (!s || !store_valid_id(session_id) || !store_valid_id(token) || now < 0 || ttl_ms <= 0 ||
-        ttl_ms > INT64_MAX - now)
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_LOCK_REFRESH];
     sql_bind_text(s, st, 1, session_id);
     sql_bind_text(s, st, 2, token);
@@ -74,8 +68,6 @@ static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const c
 
 static chat_rc sqlite_lock_release(sqlite_db *s, const char *session_id, const char *token)
 {
-    if (!s || !store_valid_id(session_id) || !store_valid_id(token))
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_LOCK_RELEASE];
     sql_bind_text(s, st, 1, session_id);
     sql_bind_text(s, st, 2, token);
@@ -102,18 +94,6 @@ static chat_rc check_lock(sqlite_db *s, const char *session_id, const char *toke
 }
 
 /* ---- turns ---------------------------------------------------------------- */
-
-static bool valid_turn(const store_turn *t)
-{
-    return t && store_valid_id(t->session_id) && store_valid_id(t->lock_token) &&
-           (!t->owner || store_valid_id(t->owner)) && t->model && t->model[0] && t->user_content &&
-           t->assistant_content && t->status &&
-           (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
-           store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 &&
-           t->now >= 0 &&
-           (!t->idem_key || (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) &&
-                             store_valid_ttl(t->now, t->idem_ttl_ms)));
-}
 
 /* Binds and runs one message insert into session_id; *id (when not NULL)
  * receives its row id. The turn commit and the session import both store
@@ -200,8 +180,6 @@ static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn
 
 static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_turn_result *res)
 {
-    if (!s || !valid_turn(turn))
-        return CHAT_EINVAL;
     const store_turn *t = turn;
     store_turn_result r = {0};
     sqlite3_stmt *st;
@@ -362,8 +340,6 @@ static chat_rc sqlite_session_get(sqlite_db *s, const char *session_id, store_se
     if (!out)
         return CHAT_EINVAL;
     memset(out, 0, sizeof *out);
-    if (!s || !store_valid_id(session_id))
-        return CHAT_EINVAL;
     return sql_fetch_row(s, ST_SESSION_GET, session_id, read_session_row, out);
 }
 
@@ -416,8 +392,6 @@ static chat_rc delete_session(sqlite_db *s, const char *session_id, int64_t turn
 
 static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
 {
-    if (!s || !store_valid_id(session_id))
-        return CHAT_EINVAL;
     int64_t turns = 0, messages = 0;
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)
@@ -435,8 +409,6 @@ static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
 static chat_rc sqlite_session_reset(sqlite_db *s, const char *session_id, int64_t now,
                             int64_t *previous_turns)
 {
-    if (!s || !store_valid_id(session_id) || now < 0)
-        return CHAT_EINVAL;
     int64_t turns = 0, messages = 0;
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)
@@ -475,8 +447,6 @@ static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char 
     *out = NULL;
     *n = 0;
     *next_cursor = NULL;
-    if (!s || limit < 1 || limit > 1000 || (owner && !store_valid_id(owner)))
-        return CHAT_EINVAL;
 
     int64_t after_created = 0;
     char after_id[STORE_ID_MAX + 1];
@@ -556,8 +526,6 @@ static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_
         return CHAT_EINVAL;
     *out = NULL;
     *n = 0;
-    if (!s || !store_valid_id(session_id))
-        return CHAT_EINVAL;
 
     store_message *arr = NULL;
     size_t count = 0, cap = 0;
@@ -647,8 +615,6 @@ static chat_rc sqlite_sessions_expire(sqlite_db *s, int64_t before, int64_t now,
 {
     if (deleted)
         *deleted = 0;
-    if (!s || limit < 1 || now < 0)
-        return CHAT_EINVAL;
 
     struct expired *victims = NULL;
     size_t count = 0, cap = 0;
@@ -737,9 +703,6 @@ static chat_rc sqlite_idem_begin(sqlite_db *s, const char *scope, const char *ke
     if (!out)
         return CHAT_EINVAL;
     memset(out, 0, sizeof *out);
-    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(body_hash) ||
-        !store_valid_id(token) || (session_id && !store_valid_id(session_id)) || !store_valid_ttl(now, lease_ms))
-        return CHAT_EINVAL;
 
     sqlite3_stmt *st;
     int src;
@@ -803,9 +766,6 @@ out:
 static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *key, const char *token,
                            int64_t now, int64_t lease_ms)
 {
-    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(token) ||
-        !store_valid_ttl(now, lease_ms))
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_REFRESH];
     sql_bind_text(s, st, 1, scope);
     sql_bind_text(s, st, 2, key);
@@ -820,9 +780,6 @@ static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *
 static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *key, const char *token,
                           int status, const char *response, int64_t now, int64_t ttl_ms)
 {
-    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(token) || status < 100 ||
-        status > 599 || !response || !store_valid_ttl(now, ttl_ms))
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_FINISH];
     sql_bind_text(s, st, 1, scope);
     sql_bind_text(s, st, 2, key);
@@ -838,8 +795,6 @@ static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *k
 
 static chat_rc sqlite_idem_abort(sqlite_db *s, const char *scope, const char *key, const char *token)
 {
-    if (!s || !store_valid_scope(scope) || !store_valid_id(key) || !store_valid_id(token))
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_ABORT];
     sql_bind_text(s, st, 1, scope);
     sql_bind_text(s, st, 2, key);
@@ -851,8 +806,6 @@ static chat_rc sqlite_idem_expire(sqlite_db *s, int64_t now, int limit, int64_t 
 {
     if (deleted)
         *deleted = 0;
-    if (!s || now < 0 || limit < 1)
-        return CHAT_EINVAL;
     sqlite3_stmt *st = s->st[ST_IDEM_EXPIRE];
     sql_bind_i64(s, st, 1, now);
     sql_bind_i64(s, st, 2, limit);

@@ -23,8 +23,9 @@ struct store {
     const store_backend *be;
     void *impl;
     int pending;  /* submitted and not completed */
-    /* Backends that run ops inline (SQLite): finished ops wait here, in order,
-     * for done_ev to complete them on a later loop turn (store.h's contract). */
+    /* Ops that finished inside store_submit (SQLite runs them inline; any
+     * backend's refused ops) wait here, in order, for done_ev to complete them
+     * on a later loop turn (store.h's contract). */
     struct event *done_ev;  /* NULL until store_attach, and again after store_detach */
     store_op *done_head, *done_tail;
 };
@@ -153,7 +154,7 @@ chat_rc store_run(store *s, store_op *op)
 {
     if (!op)
         return CHAT_EINVAL;
-    if (!s || op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT)
+    if (!s || op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT || !store_op_valid(op))
         return op->rc = CHAT_EINVAL;
     return s->be->run(s->impl, op);
 }
@@ -164,10 +165,11 @@ chat_rc store_attach(store *s, struct event_base *base, int pool_size, int64_t q
 {
     if (!s || !base || pool_size < 1 || queue_timeout_ms < 1)
         return CHAT_EINVAL;
-    if (s->be->attach)
-        return s->be->attach(s->impl, base, pool_size, queue_timeout_ms);
     if (s->done_ev)
         return CHAT_EINVAL; /* attached twice */
+    chat_rc rc = s->be->attach ? s->be->attach(s->impl, base, pool_size, queue_timeout_ms) : CHAT_OK;
+    if (rc != CHAT_OK)
+        return rc;
     s->done_ev = event_new(base, -1, 0, complete_done, s);
     if (!s->done_ev)
         chat_fatal("store: event_new failed");
@@ -228,12 +230,9 @@ void store_submit(store *s, store_op *op, store_op_cb cb, void *ud)
     op->owner_store = s;
     op->submitted_mono_us = chat_mono_us();
     s->pending++;
-    if (op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT) {
+    if (op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT || !store_op_valid(op)) {
         op->rc = CHAT_EINVAL;
-        if (s->be->submit)
-            store_op_complete(op); /* cannot happen in practice: a programming error */
-        else
-            defer_completion(s, op);
+        defer_completion(s, op);
     } else if (s->be->submit) {
         s->be->submit(s->impl, op);
     } else {
@@ -267,7 +266,7 @@ void store_detach(store *s)
 /* Runs a stack op whose inputs the caller borrowed; outputs stay in op. */
 static chat_rc run_op(store *s, store_op *op)
 {
-    if (!s) {
+    if (!s || !store_op_valid(op)) {
         op->rc = CHAT_EINVAL;
         return CHAT_EINVAL;
     }

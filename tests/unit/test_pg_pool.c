@@ -376,7 +376,10 @@ static void test_many_concurrent(void **state)
     free(rs);
 }
 
-/* An op enc refuses completes with enc's rc, and the connection stays usable. */
+/* An op the pool cannot encode (no statement for its kind) completes with
+ * CHAT_EINVAL, and the connection stays usable. (Ops with invalid arguments
+ * never reach the pool: store.c refuses them with store_op_valid, which
+ * test_store checks on both backends.) */
 static void test_enc_refusal(void **state)
 {
     (void)state;
@@ -384,7 +387,7 @@ static void test_enc_refusal(void **state)
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, pg_url, 1, 5000, &p), CHAT_OK);
     result rs[3] = {0};
-    pg_pool_submit(p, mkop(STORE_OP_SESSION_GET, &rs[0])); /* no session id */
+    pg_pool_submit(p, mkop(STORE_OP_KIND_COUNT, &rs[0])); /* no def */
     pg_pool_submit(p, mkop(STORE_OP_PING, &rs[1]));
     store_op *bad = mkop(STORE_OP_KIND_COUNT, &rs[2]); /* no def */
     pg_pool_submit(p, bad);

@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "core/assets.h"
 #include "store/store.h"
 #include "store_testdb.h"
@@ -1486,6 +1488,68 @@ static void test_mixed_concurrent(void **state)
     store_close(s);
 }
 
+/* ---- store_submit: one contract on both backends ---------------------------- */
+
+struct submitted {
+    int done;          /* callbacks run so far */
+    chat_rc rc[3];
+    int order[3];      /* which op completed n-th */
+};
+
+static void on_submitted(store_op *op, void *ud)
+{
+    struct submitted *r = ud;
+    int which = (int)op->in.limit; /* the op's index, carried in an input it does not read */
+    if (op->kind == STORE_OP_SESSIONS_LIST)
+        which = 2;
+    r->rc[which] = op->rc;
+    r->order[r->done++] = which;
+}
+
+/* Every callback runs on a later loop turn, never inside store_submit, in
+ * submission order; ops with invalid arguments are refused (CHAT_EINVAL) the
+ * same way, before a backend sees them. */
+static void test_submit_completes_on_a_later_turn(void **state)
+{
+    (void)state;
+    store *s = open_mem();
+    struct event_base *base = event_base_new();
+    assert_int_equal(store_attach(s, base, 1, 5000), CHAT_OK);
+    struct submitted r = {0};
+    store_op *ping = store_op_new(STORE_OP_PING);
+    ping->in.limit = 0;
+    store_submit(s, ping, on_submitted, &r);
+    store_op *bad = store_op_new(STORE_OP_SESSION_GET); /* no session id */
+    bad->in.limit = 1;
+    store_submit(s, bad, on_submitted, &r);
+    store_op *badlist = store_op_new(STORE_OP_SESSIONS_LIST); /* limit 0 */
+    store_submit(s, badlist, on_submitted, &r);
+    assert_int_equal(r.done, 0); /* nothing completed inside store_submit */
+    assert_int_equal(store_pending(s), 3);
+    for (int i = 0; i < 500 && r.done < 3; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(r.done, 3);
+    assert_int_equal(r.rc[0], CHAT_OK);
+    assert_int_equal(r.rc[1], CHAT_EINVAL);
+    assert_int_equal(r.rc[2], CHAT_EINVAL);
+    if (!tdb_pg()) { /* SQLite completes in submission order; a pool may not */
+        assert_int_equal(r.order[0], 0);
+        assert_int_equal(r.order[1], 1);
+        assert_int_equal(r.order[2], 2);
+    }
+    assert_int_equal(store_pending(s), 0);
+    /* Detached, ops complete at once (no loop to wait for). */
+    store_detach(s);
+    struct submitted after = {0};
+    store_op *late = store_op_new(STORE_OP_SESSION_GET);
+    late->in.limit = 1;
+    store_submit(s, late, on_submitted, &after);
+    assert_int_equal(after.done, 1);
+    assert_int_equal(after.rc[1], CHAT_EINVAL);
+    store_close(s);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1497,6 +1561,7 @@ int main(void)
         cmocka_unit_test(test_messages_order),
         cmocka_unit_test(test_usage_unknown),
         cmocka_unit_test(test_invalid_args),
+        cmocka_unit_test(test_submit_completes_on_a_later_turn),
         cmocka_unit_test(test_locks),
         cmocka_unit_test_setup_teardown(test_commit_conflict, setup, teardown),
         cmocka_unit_test(test_reset),
