@@ -232,8 +232,6 @@ chat_rc sql_tx_commit(sqlite_db *s)
     return rc;
 }
 
-/* ---- argument checks ------------------------------------------------------ */
-
 /* ---- open: URL, directories, connection setup, migrations ----------------- */
 
 /*
