@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/request.h"
 #include "chat/models.h"
 
 static json_t *per_mtok(int64_t micros)
@@ -49,33 +50,46 @@ static bool count_field(json_t *root, const char *name, int64_t *out)
     return true;
 }
 
+json_t *api_estimate_parse(const char *body, size_t len, store_usage *u, json_t **only, const char **why)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    *only = NULL;
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        *why = "the body must be a JSON object of token counts";
+        return NULL;
+    }
+    if (!count_field(root, "input_tokens", &u->input_tokens) ||
+        !count_field(root, "output_tokens", &u->output_tokens) ||
+        !count_field(root, "cache_read_input_tokens", &u->cache_read_tokens) ||
+        !count_field(root, "cache_creation_input_tokens", &u->cache_write_tokens)) {
+        json_decref(root);
+        *why = "input_tokens, output_tokens, cache_read_input_tokens and cache_creation_input_tokens must be "
+               "integers from 0 to 10^12";
+        return NULL;
+    }
+    *only = json_object_get(root, "models");
+    if (*only && !json_is_array(*only)) {
+        json_decref(root);
+        *only = NULL;
+        *why = "models must be an array of model ids";
+        return NULL;
+    }
+    return root;
+}
+
 void api_v1_estimate(http_req *r, chat_worker *w, char **params)
 {
     (void)params;
     size_t len;
     const char *body = http_req_body(r, &len);
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
     store_usage u;
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        api_error(r, API_V1, 400, "invalid_request_error", "the body must be a JSON object of token counts");
-        return;
-    }
-    if (!count_field(root, "input_tokens", &u.input_tokens) ||
-        !count_field(root, "output_tokens", &u.output_tokens) ||
-        !count_field(root, "cache_read_input_tokens", &u.cache_read_tokens) ||
-        !count_field(root, "cache_creation_input_tokens", &u.cache_write_tokens)) {
-        json_decref(root);
-        api_error(r, API_V1, 400, "invalid_request_error",
-                  "input_tokens, output_tokens, cache_read_input_tokens and cache_creation_input_tokens must be "
-                  "integers from 0 to 10^12");
-        return;
-    }
-    json_t *only = json_object_get(root, "models");
-    if (only && !json_is_array(only)) {
-        json_decref(root);
-        api_error(r, API_V1, 400, "invalid_request_error", "models must be an array of model ids");
+    json_t *only;
+    const char *why;
+    json_t *root = api_estimate_parse(body, len, &u, &only, &why);
+    if (!root) {
+        api_error(r, API_V1, 400, "invalid_request_error", "%s", why);
         return;
     }
     const model_table *t = w->app->models;

@@ -62,6 +62,20 @@ bool api_chat_body_parse(const char *body, size_t len, api_flavor f, size_t max_
  */
 void api_chat_turn_params(const api_chat_body *b, turn_params *p);
 
+/* ---- POST /v1/estimate ---- */
+
+/*
+ * Parses and validates an estimate body of len bytes: a JSON object whose
+ * input_tokens, output_tokens, cache_read_input_tokens and
+ * cache_creation_input_tokens are each absent, null (0) or an integer
+ * 0..10^12, and whose optional "models" is an array (entries that are not
+ * model names are ignored by the handler). On success fills *u, sets *only to
+ * the models array or NULL (borrowed from the result), and returns the parsed
+ * body (json_decref it). On failure returns NULL with *why a static one-line
+ * message for the 400 invalid_request_error.
+ */
+json_t *api_estimate_parse(const char *body, size_t len, store_usage *u, json_t **only, const char **why);
+
 /* ---- POST /v1/chat/completions (OpenAI's Chat Completions request) ---- */
 
 /* At most this many entries in "messages". */

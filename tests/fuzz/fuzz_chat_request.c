@@ -7,7 +7,8 @@
  * Input: a mode byte, then the body. Mode bits 0-1: seed, /v1, OpenAI
  * without X-Session-Id, OpenAI with one (then the header value comes first,
  * up to a NUL); bit 2: MAX_MESSAGE_SIZE 16 bytes instead of 256 KiB (to reach
- * the limits with short inputs).
+ * the limits with short inputs); bit 3: POST /v1/estimate instead
+ * (api_estimate_parse: token counts in range, models an array).
  * Oracles (request.h): exactly one of a request and an error; an error is a
  * response chatd can send (a non-empty detail array of pydantic-style items
  * that serialises, a non-empty message; OpenAI's envelope with a type and a
@@ -126,6 +127,25 @@ static void fuzz_openai(const char *body, size_t len, const char *header, size_t
     api_oa_request_free(&q);
 }
 
+static void fuzz_estimate(const char *body, size_t len)
+{
+    store_usage u;
+    memset(&u, 0xAB, sizeof u);
+    json_t *only = (json_t *)&u;
+    const char *why = NULL;
+    json_t *root = api_estimate_parse(len ? body : NULL, len, &u, &only, &why);
+    if (!root) {
+        FUZZ_CHECK(why && *why && only == NULL, "refused without a reason");
+        return;
+    }
+    FUZZ_CHECK(json_is_object(root), "accepted without a JSON object");
+    const int64_t counts[4] = {u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens};
+    for (int i = 0; i < 4; i++)
+        FUZZ_CHECK(counts[i] >= 0 && counts[i] <= 1000000000000LL, "count %d is %lld", i, (long long)counts[i]);
+    FUZZ_CHECK(only == NULL || (json_is_array(only) && only == json_object_get(root, "models")), "models filter");
+    json_decref(root);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_in in = {data, size};
@@ -136,6 +156,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(body != NULL, "out of memory");
     if (in.n)
         memcpy(body, in.p, in.n);
+    if (mode & 8) {
+        fuzz_estimate(body, in.n);
+        free(body);
+        return 0;
+    }
     switch (mode & 3) {
     case 0:
         fuzz_chat(API_SEED, body, in.n, max);
