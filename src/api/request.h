@@ -1,5 +1,6 @@
 /*
- * request.h: the bodies of the chat endpoints, validated as pure functions:
+ * request.h: the bodies of the JSON endpoints that take one (the chat
+ * endpoints and /v1/estimate), validated as pure functions:
  * request bytes in, a parsed request (and the turn it asks for) or the
  * validation error out. No HTTP object, no I/O: the handlers (chat.c,
  * openai_compat.c) answer with what these return, and the fuzz targets
