@@ -3,7 +3,7 @@
  * endpoints and /v1/estimate), validated as pure functions:
  * request bytes in, a parsed request (and the turn it asks for) or the
  * validation error out. No HTTP object, no I/O: the handlers (chat.c,
- * openai_compat.c) answer with what these return, and the fuzz targets
+ * openai_compat.c, models.c) answer with what these return, and the fuzz targets
  * (tests/fuzz/) drive them with raw bytes. docs/API.md is the contract of the
  * errors.
  *
