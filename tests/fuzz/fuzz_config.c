@@ -15,7 +15,10 @@
  * of 0xF0 or above means ".env mode": the rest is a whole .env file.
  * Oracles (config.h): a failure writes one non-empty line of printable,
  * valid UTF-8 text; the value of a secret (*_KEY, *_TOKEN...) never appears
- * in it; nor does the password of a URL value.
+ * in it; nor does the password of a URL value. A REDIS_URL value also goes
+ * through redis_limit_parse_url, as at server start (redis_limit.h: a refusal
+ * changes nothing and never shows the password; an accepted URL has a host,
+ * a port 1..65535 and a db 0..65535).
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -24,6 +27,7 @@
 
 #include "core/config.h"
 #include "fuzz_util.h"
+#include "guard/redis_limit.h"
 
 #define MAX_SETTINGS 128
 #define SECRET_CANARY "Zq8SecretCanary"
@@ -98,6 +102,32 @@ static void check_err(const char *err, bool secret, bool wrapped, const char *ra
     if (wrapped)
         FUZZ_CHECK(count_in(err, PASSWORD_CANARY) <= count_in(raw, PASSWORD_CANARY), "a URL password in the message: %s",
                    err);
+}
+
+/* REDIS_URL is only checked for control bytes by the loader; the server
+ * parses it at start (app.c) with redis_limit_parse_url: fuzzed here too. */
+static void check_redis_url(const char *value, bool wrapped, const char *raw)
+{
+    redis_limit_config cfg, before;
+    redis_limit_config_init(&cfg);
+    before = cfg;
+    char err[256] = "";
+    chat_rc rc = redis_limit_parse_url(value, &cfg, err, sizeof err);
+    FUZZ_CHECK(rc == CHAT_OK || rc == CHAT_EINVAL, "rc %d", rc);
+    if (rc != CHAT_OK) {
+        FUZZ_CHECK(memcmp(&cfg, &before, sizeof cfg) == 0, "a refused REDIS_URL changed the configuration");
+        FUZZ_CHECK(err[0] != '\0', "REDIS_URL refused without a reason");
+        if (wrapped)
+            FUZZ_CHECK(count_in(err, PASSWORD_CANARY) <= count_in(raw, PASSWORD_CANARY),
+                       "the REDIS_URL password in the message: %s", err);
+        return;
+    }
+    FUZZ_CHECK(memchr(cfg.host, '\0', sizeof cfg.host) && memchr(cfg.username, '\0', sizeof cfg.username) &&
+                   memchr(cfg.password, '\0', sizeof cfg.password),
+               "a field not NUL-terminated");
+    FUZZ_CHECK(cfg.host[0] != '\0', "an empty host accepted");
+    FUZZ_CHECK(cfg.port >= 1 && cfg.port <= 65535, "port %d", cfg.port);
+    FUZZ_CHECK(cfg.db >= 0 && cfg.db <= 65535, "db %d", cfg.db);
 }
 
 /* The setting an input names: "NAME=value" with a NAME of the table, else
@@ -182,6 +212,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(rc == CHAT_OK || rc == CHAT_EINVAL, "rc %d", rc);
     if (rc != CHAT_OK)
         check_err(err, secret, url, raw);
+    if (strcmp(name, "REDIS_URL") == 0 && *value)
+        check_redis_url(value, url, raw);
     chat_config_free(&cfg);
     free(setting);
     free(value);
