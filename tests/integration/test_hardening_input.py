@@ -68,24 +68,35 @@ NOT_UTF8 = [bytes([b]) for b in range(0x80, 0x100)] + [
 CONTROL = [bytes([b]) for b in range(1, 0x20) if b not in (9, 10, 13)] + [b"\x7f"]
 
 
+def expect_control_refused(port, head, body=b""):
+    """A raw control byte anywhere in the request head is refused before
+    routing: 400 JSON naming it, the connection closed (tests/integration/
+    test_http_robustness.py has the other malformed heads)."""
+    status, data, headers = expect_json_4xx(port, head, body)
+    assert status == 400, (head, data)
+    assert data["error"]["message"] == "control character in the request head", (head, data)
+    assert headers.get("connection", "").lower() == "close", headers
+
+
 @pytest.fixture(scope="module")
 def srv(chatd_module):
     return chatd_module({"WORKERS": "1"})
 
 
 def test_non_utf8_bytes_in_v1_paths_get_404_json_with_the_bytes_escaped(srv):
-    for bad in NOT_UTF8 + CONTROL:
+    for bad in CONTROL:
+        expect_control_refused(srv.port, b"GET /v1/no" + bad + b"where HTTP/1.1")
+    for bad in NOT_UTF8:
         path = b"/v1/no" + bad + b"where"
         status, body, headers = expect_json_4xx(srv.port, b"GET " + path + b" HTTP/1.1")
         assert status == 404, (path, body)
         msg = body["error"]["message"]
         assert msg == "no route for GET " + escaped(path), (path, msg)
         assert body["error"]["request_id"] == headers["x-request-id"]
-        if bad in NOT_UTF8:
-            assert "\\x%02x" % bad[0] in msg, (path, msg)
+        assert "\\x%02x" % bad[0] in msg, (path, msg)
     # Every one of them has its access-log line, with the path escaped too.
     rid_line = srv.wait_request_log(headers["x-request-id"])
-    assert rid_line and rid_line[0]["path"] == escaped(b"/v1/no\x7fwhere"), rid_line
+    assert rid_line and rid_line[0]["path"] == escaped(b"/v1/no" + NOT_UTF8[-1] + b"where"), rid_line
     logged = {o["path"] for o in srv.request_logs() if o.get("status") == 404}
     for bad in NOT_UTF8:
         assert escaped(b"/v1/no" + bad + b"where") in logged, bad
@@ -93,7 +104,9 @@ def test_non_utf8_bytes_in_v1_paths_get_404_json_with_the_bytes_escaped(srv):
 
 
 def test_non_utf8_bytes_in_seed_paths_get_seed_errors(srv):
-    for bad in NOT_UTF8[::7] + [b"\xc0\xaf", b"\xe2\x82", b"\x01"]:
+    expect_control_refused(srv.port, b"GET /no\x01 HTTP/1.1")
+    expect_control_refused(srv.port, b"GET /history/a\x01 HTTP/1.1")
+    for bad in NOT_UTF8[::7] + [b"\xc0\xaf", b"\xe2\x82"]:
         status, body, _ = expect_json_4xx(srv.port, b"GET /no" + bad + b" HTTP/1.1")
         assert (status, body) == (404, {"detail": "Not Found"}), (bad, body)
         # A session id from the path: FastAPI's 422 shape, the input escaped.
@@ -110,7 +123,9 @@ def test_non_utf8_bytes_in_seed_paths_get_seed_errors(srv):
 
 
 def test_non_utf8_bytes_in_v1_session_paths_ui_files_and_methods(srv):
-    for bad in [b"\xff", b"\xc0\xaf", b"%FF", b"%C0%AF", b"\x01"]:
+    for head in (b"GET /v1/sessions/s\x01 HTTP/1.1", b"GET /ui/x\x01.js HTTP/1.1", b"PATCH /v1/sessions/s\x01 HTTP/1.1"):
+        expect_control_refused(srv.port, head)
+    for bad in [b"\xff", b"\xc0\xaf", b"%FF", b"%C0%AF", b"%01"]:
         for head in (b"GET /v1/sessions/s" + bad + b" HTTP/1.1",
                      b"GET /v1/sessions/s" + bad + b"/messages HTTP/1.1",
                      b"DELETE /v1/sessions/s" + bad + b" HTTP/1.1"):
@@ -130,7 +145,9 @@ def test_non_utf8_bytes_in_v1_session_paths_ui_files_and_methods(srv):
 
 
 def test_non_utf8_bytes_in_queries_and_headers(srv):
-    for bad in [b"\xff", b"\xc0\xaf", b"%FF", b"%C0%AF", b"\x01", b"\xe2\x82"]:
+    expect_control_refused(srv.port, b"GET /v1/sessions?cursor=\x01 HTTP/1.1")
+    expect_control_refused(srv.port, b"GET /v1/sessions HTTP/1.1\r\nX-Request-Id: r\x01")
+    for bad in [b"\xff", b"\xc0\xaf", b"%FF", b"%C0%AF", b"%01", b"\xe2\x82"]:
         for query in (b"cursor=" + bad, b"limit=" + bad):
             status, body, _ = expect_json_4xx(srv.port, b"GET /v1/sessions?" + query + b" HTTP/1.1")
             assert status == 400, (query, body)
@@ -155,7 +172,8 @@ def test_non_utf8_bytes_in_queries_and_headers(srv):
 
 def test_non_utf8_bearer_token_is_a_401(chatd):
     s = chatd({"API_TOKEN": "tok-hardening-1"})
-    for bad in [b"\xff", b"\xc0\xaf", b"\x01"]:
+    expect_control_refused(s.port, b"GET /v1/sessions HTTP/1.1\r\nAuthorization: Bearer \x01")
+    for bad in [b"\xff", b"\xc0\xaf"]:
         status, body, headers = expect_json_4xx(s.port, b"GET /v1/sessions HTTP/1.1\r\nAuthorization: Bearer " + bad)
         assert status == 401 and headers.get("www-authenticate", "").startswith("Bearer"), body
         status, body, _ = expect_json_4xx(s.port, b"GET /v1/sessions/x" + bad + b" HTTP/1.1")
