@@ -185,13 +185,13 @@ void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor 
         turn_error err = {.status = 503, .type = "server_shutting_down", .retry_after_s = 1};
         snprintf(err.message, sizeof err.message, "chatd is shutting down; retry on another instance");
         if (p->idem_key && p->session_id)
-            turn_release_idempotency(w, p->idem_scope, p->idem_key, p->request_id);
+            turn_release_idempotency(w->turns, p->idem_scope, p->idem_key, p->request_id);
         rnd->error(c, &err);
         ctx_free(c);
         return;
     }
     turn_error err;
-    c->t = turn_start(w, p, &chat_sink, c, &err);
+    c->t = turn_start(w->turns, p, &chat_sink, c, &err);
     if (!c->t) {
         http_req_log_set(r, "error_type", json_string(err.type));
         rnd->error(c, &err);

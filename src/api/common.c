@@ -7,17 +7,20 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "chat/turn.h"
 #include "guard/auth.h"
 #include "core/util.h"
 
 void api_db_error(http_req *r, api_flavor f, chat_rc rc)
 {
-    if (rc == CHAT_EUNAVAIL) {
-        http_add_header(r, "Retry-After", "1");
-        api_error(r, f, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
-        return;
+    turn_error err; /* one mapping for handlers and turns */
+    turn_store_error(rc, &err);
+    if (err.retry_after_s > 0) {
+        char ra[32];
+        snprintf(ra, sizeof ra, "%lld", (long long)err.retry_after_s);
+        http_add_header(r, "Retry-After", ra);
     }
-    api_error(r, f, 500, "internal_error", "the database is not available");
+    api_error(r, f, err.status, err.type, "%s", err.message);
 }
 
 void api_error(http_req *r, api_flavor f, int status, const char *type, const char *fmt, ...)

@@ -86,7 +86,7 @@ static void on_begun(store_op *op, void *ud)
     idem_decision d = IDEM_ANSWERED;
     if (http_req_gone(r)) {
         if (op->rc == CHAT_OK && op->out.idem.outcome == STORE_IDEM_NEW) /* nobody will run it */
-            turn_release_idempotency(j->w, op->in.scope, op->in.key, op->in.token);
+            turn_release_idempotency(j->w->turns, op->in.scope, op->in.key, op->in.token);
     } else if (op->rc != CHAT_OK) {
         api_db_error(r, j->f, op->rc);
     } else {

@@ -52,7 +52,7 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     chat_worker *w = arg;
     /* Idle means no request in flight and every answer written out: freeing the
      * server with bytes still queued would cut the last response short. */
-    bool idle = http_server_active(w->http) == 0 && w->turns == NULL && !http_server_flushing(w->http) &&
+    bool idle = http_server_active(w->http) == 0 && turn_engine_idle(w->turns) && !http_server_flushing(w->http) &&
                 store_pending(w->db) == 0;
     int64_t now = chat_mono_ms();
     if (!idle && now < w->drain_deadline)
@@ -62,7 +62,7 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
          * or SSE error), then give those last answers a moment to be written. */
         chat_log(LOG_WARN, "drain deadline passed, cancelling running turns",
                  json_pack("{s:i}", "worker", w->index));
-        turn_abort_all(w);
+        turn_abort_all(w->turns);
         w->aborted = true;
         w->drain_deadline = now + FLUSH_GRACE_MS;
         return;
@@ -186,6 +186,22 @@ static void *worker_main(void *arg)
     }
     w->llm = llm_transport_new(w->base);
     w->auth_negcache = auth_negcache_new(AUTH_NEGCACHE_ENTRIES, AUTH_NEGCACHE_TTL_MS);
+    {
+        /* What the turn engine may see of the worker: its loop, store and
+         * transport, the models table, and the few settings a turn reads. */
+        turn_env env = {
+            .base = w->base,
+            .db = w->db,
+            .llm = w->llm,
+            .models = w->app->models,
+            .max_tokens = cfg->max_tokens,
+            .default_system_prompt = cfg->default_system_prompt,
+            .lock_ttl_ms = cfg->lock_ttl_ms,
+            .max_sessions_per_key = cfg->max_sessions_per_key,
+            .keep_partial = cfg->cancel_policy == CANCEL_KEEP_PARTIAL,
+        };
+        w->turns = turn_engine_new(&env);
+    }
     if (w->app->redis_cfg)
         w->redis = redis_limit_new(w->base, w->app->redis_cfg, w->app->limiter);
     http_limits lim = {
@@ -216,11 +232,13 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
 
     /* Turns still linked here were never started on the wire (loop exited): end them. */
-    turn_abort_all(w);
+    turn_abort_all(w->turns);
     /* Store operations still in flight (commits of the turns left above,
      * clean-up writes) end now, while the requests their callbacks answer
      * still exist; a commit that ends so answers and frees its turn. */
     store_detach(w->db);
+    turn_engine_free(w->turns); /* after the last operation's callback */
+    w->turns = NULL;
     /* From here the main thread must not wake this worker: its events go away. */
     pthread_mutex_lock(&w->app->wake_lock);
     atomic_store(&w->state, CHAT_WORKER_STOPPED);
@@ -256,6 +274,8 @@ fail:
     auth_negcache_free(w->auth_negcache);
     w->auth_negcache = NULL;
     store_detach(w->db); /* its events live on the base */
+    turn_engine_free(w->turns); /* no turn ever started */
+    w->turns = NULL;
     if (w->base)
         event_base_free(w->base);
     w->base = NULL;

@@ -23,7 +23,7 @@
 
 struct event;
 struct event_base;
-struct turn;
+struct turn_engine;
 struct model_table;
 struct ratelimit;
 struct cors_policy;
@@ -79,7 +79,7 @@ typedef struct chat_worker {
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;
     bool aborted;             /* the drain deadline passed and running turns were cancelled */
-    struct turn *turns;       /* running turns of this worker (intrusive list, see chat/turn.c) */
+    struct turn_engine *turns; /* the turns running on this loop (chat/turn.h), made from the worker's turn_env */
     char startup_error[512];
     _Atomic chat_worker_state state; /* written by the worker thread, read by the main thread */
 } chat_worker;

@@ -43,9 +43,15 @@
 #include "core/metrics.h"
 #include "core/util.h"
 
+struct turn_engine {
+    turn_env env;
+    turn *running;              /* the running turns (linked through prev/next) */
+};
+
 struct turn {
-    chat_worker *w;
-    turn *prev, *next;          /* the worker's list of running turns */
+    turn_engine *e;
+    const turn_env *env;        /* &e->env */
+    turn *prev, *next;          /* the engine's list of running turns */
     const turn_sink *sink;
     void *ud;
     char *session_id;
@@ -96,20 +102,46 @@ struct turn {
     store_usage usage;
 };
 
+/* Every store operation of the engine goes through here (see turn_env.submit). */
+static void env_submit(const turn_env *env, store_op *op, store_op_cb cb, void *ud)
+{
+    if (env->submit)
+        env->submit(env->submit_ctx, op, cb, ud);
+    else
+        store_submit(env->db, op, cb, ud);
+}
+
+turn_engine *turn_engine_new(const turn_env *env)
+{
+    turn_engine *e = chat_xcalloc(1, sizeof *e);
+    e->env = *env;
+    return e;
+}
+
+void turn_engine_free(turn_engine *e)
+{
+    free(e);
+}
+
+bool turn_engine_idle(const turn_engine *e)
+{
+    return e->running == NULL;
+}
+
 static void link_turn(turn *t)
 {
-    t->next = t->w->turns;
+    t->next = t->e->running;
     if (t->next)
         t->next->prev = t;
-    t->w->turns = t;
+    t->e->running = t;
 }
 
 static void unlink_turn(turn *t)
 {
     if (t->prev)
         t->prev->next = t->next;
-    else if (t->w->turns == t)
-        t->w->turns = t->next;
+    else if (t->e->running == t)
+        t->e->running = t->next;
     if (t->next)
         t->next->prev = t->prev;
     t->prev = t->next = NULL;
@@ -308,29 +340,29 @@ static void submit_commit(turn *t, const char *text, const char *status, const c
         st->idem_key = store_op_str(op, t->idem_key);
         st->idem_ttl_ms = TURN_IDEMPOTENCY_TTL_MS;
     }
-    store_submit(t->w->db, op, cb, ud);
+    env_submit(t->env, op, cb, ud);
 }
 
-void turn_release_idempotency(chat_worker *w, const char *scope, const char *key, const char *token)
+void turn_release_idempotency(turn_engine *e, const char *scope, const char *key, const char *token)
 {
     store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
     op->in.scope = store_op_str(op, scope ? scope : "");
     op->in.key = store_op_str(op, key);
     op->in.token = store_op_str(op, token);
-    store_submit(w->db, op, NULL, NULL);
+    env_submit(&e->env, op, NULL, NULL);
 }
 
 /* Nothing was committed: releases the lock and, when set, the idempotency
  * record (a retry with the same Idempotency-Key may run again). Fire and forget. */
-static void submit_release(chat_worker *w, const char *session_id, const char *token, const char *idem_scope,
+static void submit_release(turn_engine *e, const char *session_id, const char *token, const char *idem_scope,
                            const char *idem_key)
 {
     if (idem_key)
-        turn_release_idempotency(w, idem_scope, idem_key, token);
+        turn_release_idempotency(e, idem_scope, idem_key, token);
     store_op *op = store_op_new(STORE_OP_LOCK_RELEASE);
     op->in.session_id = store_op_str(op, session_id);
     op->in.token = store_op_str(op, token);
-    store_submit(w->db, op, NULL, NULL);
+    env_submit(&e->env, op, NULL, NULL);
 }
 
 /* The turn ends without a commit: gives back the lock and the idempotency
@@ -341,15 +373,15 @@ static void release_lock(turn *t)
     if (t->ephemeral)
         return;
     if (t->locked)
-        submit_release(t->w, t->session_id, t->lock_token, t->idem_scope, t->idem_key);
+        submit_release(t->e, t->session_id, t->lock_token, t->idem_scope, t->idem_key);
     else if (t->idem_key)
-        turn_release_idempotency(t->w, t->idem_scope, t->idem_key, t->lock_token);
+        turn_release_idempotency(t->e, t->idem_scope, t->idem_key, t->lock_token);
     t->locked = false;
     free(t->idem_key);
     t->idem_key = NULL;
 }
 
-/* The partial reply of a cancelled turn was committed (or not). ud is the worker. */
+/* The partial reply of a cancelled turn was committed (or not). ud is the engine. */
 static void on_partial_committed(store_op *op, void *ud)
 {
     if (op->rc == CHAT_OK)
@@ -363,17 +395,17 @@ static void on_partial_committed(store_op *op, void *ud)
 /* Ends a turn whose call is gone without reaching on_done: keep or drop what arrived. */
 static void finish_cancelled(turn *t, const char *why)
 {
-    bool keep = t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0 && t->locked;
+    bool keep = t->env->keep_partial && t->partial_len > 0 && t->locked;
     if (keep) {
         /* The client never got a result: its Idempotency-Key must not replay
          * this partial reply, so the record is released, not completed. */
         if (t->idem_key) {
-            turn_release_idempotency(t->w, t->idem_scope, t->idem_key, t->lock_token);
+            turn_release_idempotency(t->e, t->idem_scope, t->idem_key, t->lock_token);
             free(t->idem_key);
             t->idem_key = NULL;
         }
         llm_usage unknown = {-1, -1, -1, -1};
-        submit_commit(t, t->partial, "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->w);
+        submit_commit(t, t->partial, "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
         t->locked = false; /* the commit releases it, or its callback does */
     } else {
         release_lock(t);
@@ -449,7 +481,7 @@ static void fail_turn(turn *t, const turn_error *err)
 static bool start_fallback(turn *t)
 {
     while (t->next_fallback < t->model->n_fallbacks) {
-        const chat_model *next = models_find(t->w->app->models, t->model->fallbacks[t->next_fallback++]);
+        const chat_model *next = models_find(t->env->models, t->model->fallbacks[t->next_fallback++]);
         if (!next || !next->available)
             continue;
         chat_log(LOG_INFO, "starting a fallback model",
@@ -467,7 +499,7 @@ static bool start_fallback(turn *t)
 static void turn_submit(turn *t, store_op *op, store_op_cb cb)
 {
     t->op_pending = true;
-    store_submit(t->w->db, op, cb, t);
+    env_submit(t->env, op, cb, t);
 }
 
 static void shutdown_error(turn_error *err)
@@ -501,7 +533,7 @@ static void on_lease_renewed(store_op *op, void *ud)
         next->in.key = store_op_str(next, t->idem_key);
         next->in.token = store_op_str(next, t->lock_token);
         next->in.now = chat_now_ms();
-        next->in.ttl_ms = t->w->app->cfg->lock_ttl_ms;
+        next->in.ttl_ms = t->env->lock_ttl_ms;
         turn_submit(t, next, on_lease_renewed);
         return;
     }
@@ -594,7 +626,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                 op->in.session_id = store_op_str(op, t->session_id);
                 op->in.token = store_op_str(op, t->lock_token);
                 op->in.now = chat_now_ms();
-                op->in.ttl_ms = t->w->app->cfg->lock_ttl_ms;
+                op->in.ttl_ms = t->env->lock_ttl_ms;
                 turn_submit(t, op, on_lease_renewed);
                 return;
             }
@@ -665,7 +697,7 @@ static chat_rc start_call(turn *t)
         .request_id = t->lock_token,
     };
     llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
-    chat_rc rc = llm_call_start(t->w->llm, &m->provider, &req, &cbs, t, &t->call);
+    chat_rc rc = llm_call_start(t->env->llm, &m->provider, &req, &cbs, t, &t->call);
     if (rc == CHAT_OK)
         t->called = true;
     return rc;
@@ -678,8 +710,7 @@ static bool foreign(const turn *t, const store_session *s)
     return !t->see_all && (!s->owner || !t->owner || strcmp(s->owner, t->owner) != 0);
 }
 
-/* A store step of the load failed with rc: the error a client sees. */
-static void db_error(turn_error *err, chat_rc rc)
+void turn_store_error(chat_rc rc, turn_error *err)
 {
     if (rc == CHAT_EUNAVAIL) {
         set_error(err, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
@@ -708,12 +739,11 @@ static bool load_interrupted(turn *t)
  */
 static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error *err)
 {
-    const struct chat_config *cfg = t->w->app->cfg;
-    const model_table *mt = t->w->app->models;
+    const model_table *mt = t->env->models;
     bool exists = t->sess.id != NULL;
     t->system_prompt = chat_xstrdup(exists && t->sess.system_prompt ? t->sess.system_prompt
                                     : t->req_system_prompt          ? t->req_system_prompt
-                                                                    : cfg->default_system_prompt);
+                                                                    : t->env->default_system_prompt);
     const chat_model *model = t->req_model;
     if (!model && exists && t->sess.model)
         model = models_find(mt, t->sess.model); /* the session remembers its model */
@@ -766,7 +796,7 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
         set_error(err, 500, "internal_error", "the provider call could not be started");
         return false;
     }
-    t->start_ev = evtimer_new(t->w->base, on_start_ev, t);
+    t->start_ev = evtimer_new(t->env->base, on_start_ev, t);
     struct timeval now = {0, 0};
     evtimer_add(t->start_ev, &now);
     return true;
@@ -787,7 +817,7 @@ static void on_history(store_op *op, void *ud)
         return;
     if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
         turn_error err;
-        db_error(&err, op->rc);
+        turn_store_error(op->rc, &err);
         fail_turn(t, &err);
         return;
     }
@@ -800,7 +830,7 @@ static void on_owned_count(store_op *op, void *ud)
     if (load_interrupted(t))
         return;
     /* A soft cap: two first turns of new sessions racing may both pass. */
-    int64_t cap = t->w->app->cfg->max_sessions_per_key;
+    int64_t cap = t->env->max_sessions_per_key;
     if (op->rc == CHAT_OK && op->out.count >= cap) {
         turn_error err;
         set_error(&err, 403, "session_limit_reached",
@@ -819,7 +849,7 @@ static void on_session(store_op *op, void *ud)
         return;
     turn_error err;
     if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
-        db_error(&err, op->rc);
+        turn_store_error(op->rc, &err);
         fail_turn(t, &err);
         return;
     }
@@ -837,7 +867,7 @@ static void on_session(store_op *op, void *ud)
         turn_submit(t, next, on_history);
         return;
     }
-    if (t->owner && t->w->app->cfg->max_sessions_per_key > 0) {
+    if (t->owner && t->env->max_sessions_per_key > 0) {
         store_op *next = store_op_new(STORE_OP_KEY_SESSION_COUNT);
         next->in.id = store_op_str(next, t->owner);
         turn_submit(t, next, on_owned_count);
@@ -861,7 +891,7 @@ static void on_locked(store_op *op, void *ud)
         return;
     }
     if (op->rc != CHAT_OK) {
-        db_error(&err, op->rc);
+        turn_store_error(op->rc, &err);
         fail_turn(t, &err);
         return;
     }
@@ -876,7 +906,7 @@ static void submit_lock(turn *t)
     op->in.session_id = store_op_str(op, t->session_id);
     op->in.token = store_op_str(op, t->lock_token);
     op->in.now = chat_now_ms();
-    op->in.ttl_ms = t->w->app->cfg->lock_ttl_ms;
+    op->in.ttl_ms = t->env->lock_ttl_ms;
     turn_submit(t, op, on_locked);
 }
 
@@ -913,12 +943,11 @@ static void on_load_ev(evutil_socket_t fd, short what, void *arg)
 
 /* ---- public ---- */
 
-turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud, turn_error *err)
+turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud, turn_error *err)
 {
-    const struct chat_config *cfg = w->app->cfg;
     const chat_model *model = NULL;
     if (p->model) {
-        model = models_find(w->app->models, p->model);
+        model = models_find(e->env.models, p->model);
         if (!model) {
             set_error(err, 400, "invalid_request_error",
                       "unknown model \"%s\": GET /v1/models lists the models this server offers", p->model);
@@ -932,7 +961,8 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
     }
 
     turn *t = chat_xcalloc(1, sizeof *t);
-    t->w = w;
+    t->e = e;
+    t->env = &e->env;
     t->sink = sink;
     t->ud = ud;
     t->session_id = chat_xstrdup(p->session_id ? p->session_id : "");
@@ -948,7 +978,7 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         t->idem_scope = chat_xstrdup(p->idem_scope ? p->idem_scope : "");
         t->idem_key = chat_xstrdup(p->idem_key);
     }
-    t->max_tokens = p->max_tokens > 0 ? p->max_tokens : cfg->max_tokens;
+    t->max_tokens = p->max_tokens > 0 ? p->max_tokens : e->env.max_tokens;
     t->prev_context_tokens = -1;
     t->stream = p->stream;
     t->started_mono = chat_mono_ms();
@@ -972,7 +1002,7 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
         return t;
     }
     /* The load runs from the loop: sink calls never happen inside turn_start. */
-    t->load_ev = evtimer_new(w->base, on_load_ev, t);
+    t->load_ev = evtimer_new(e->env.base, on_load_ev, t);
     struct timeval now = {0, 0};
     evtimer_add(t->load_ev, &now);
     link_turn(t);
@@ -980,7 +1010,7 @@ turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, vo
 
 fail:
     if (p->idem_key && p->session_id)
-        turn_release_idempotency(w, p->idem_scope, p->idem_key, p->request_id);
+        turn_release_idempotency(e, p->idem_scope, p->idem_key, p->request_id);
     return NULL;
 }
 
@@ -1020,9 +1050,9 @@ void turn_cancel(turn *t)
     turn_free(t);
 }
 
-void turn_abort_all(chat_worker *w)
+void turn_abort_all(turn_engine *e)
 {
-    turn *t = w->turns;
+    turn *t = e->running;
     while (t) {
         turn *next = t->next;
         if (t->op_pending) {
@@ -1047,7 +1077,7 @@ void turn_abort_all(chat_worker *w)
         }
         turn_error err;
         set_error(&err, 503, "server_shutting_down",
-                  t->w->app->cfg->cancel_policy == CANCEL_KEEP_PARTIAL && t->partial_len > 0
+                  t->env->keep_partial && t->partial_len > 0
                       ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
                       : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
         finish_cancelled(t, "shutdown");

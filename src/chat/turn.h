@@ -22,10 +22,51 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "app/app.h"
+#include "llm/provider.h"
+#include "llm/transport.h"
 #include "store/store.h"
 
+struct event_base;
+struct model_table;
+
 typedef struct turn turn;
+
+/* Submits a store operation with the meaning of store_submit (cb runs once, on
+ * the loop, possibly before this returns). */
+typedef void (*turn_submit_fn)(void *ctx, store_op *op, store_op_cb cb, void *ud);
+
+/*
+ * What the turns of one loop need from the server around them, and nothing
+ * more: filled in once by the owner of the loop (src/app/), then read-only.
+ * Every pointer is borrowed and must outlive the engine made from it.
+ */
+typedef struct turn_env {
+    struct event_base *base;          /* the loop every callback of a turn runs on */
+    store *db;                        /* this loop's store handle (attached to base) */
+    turn_submit_fn submit;            /* NULL: store_submit(db, ...); tests put a deferring one here */
+    void *submit_ctx;                 /* first argument of submit */
+    llm_transport *llm;               /* this loop's provider transport */
+    const struct model_table *models; /* the models table (read-only, shared by every loop) */
+    int max_tokens;                   /* MAX_TOKENS: the reply limit when a request names none */
+    const char *default_system_prompt;/* DEFAULT_SYSTEM_PROMPT, for a new session without one */
+    int64_t lock_ttl_ms;              /* LOCK_TTL: the turn lock's and the Idempotency-Key lease's length */
+    int64_t max_sessions_per_key;     /* MAX_SESSIONS_PER_KEY, 0 = no cap */
+    bool keep_partial;                /* CANCEL_POLICY=keep: a cancelled turn's partial reply is committed */
+} turn_env;
+
+/* The turns of one loop: a copy of its env and the list of its running turns.
+ * Owned by the loop's owner; used from that loop's thread only. */
+typedef struct turn_engine turn_engine;
+
+/* Makes the engine of a loop; env is copied (not what it points to). Aborts on OOM. */
+turn_engine *turn_engine_new(const turn_env *env);
+
+/* Frees the engine. Call after turn_abort_all and after the store's
+ * operations have completed (store_detach), when no turn is left. Accepts NULL. */
+void turn_engine_free(turn_engine *e);
+
+/* True when no turn is running (the drain waits for it, with the store idle). */
+bool turn_engine_idle(const turn_engine *e);
 
 typedef enum {
     TURN_TRUNCATE_AUTO = 0,     /* leave out the oldest whole turns (reported as truncated_turns) */
@@ -95,7 +136,7 @@ typedef struct turn_sink {
 } turn_sink;
 
 /*
- * Starts a turn on worker w. On success returns the turn (owned by itself: it
+ * Starts a turn in engine e. On success returns the turn (owned by itself: it
  * ends with on_done or on_error, or with turn_cancel); the session's load runs
  * from the loop, through the asynchronous store, so its failures (409
  * session_busy, 404, 403 session_limit_reached, 500/503 database) arrive as
@@ -103,7 +144,7 @@ typedef struct turn_sink {
  * configured: 503; an ephemeral conversation too long: 400) returns NULL and
  * fills *err; no sink call is made.
  */
-turn *turn_start(chat_worker *w, const turn_params *p, const turn_sink *sink, void *ud,
+turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud,
                  turn_error *err);
 
 /* An estimate of the provider tokens the turn has used so far (the request
@@ -121,16 +162,21 @@ void turn_resume(turn *t);
  * from inside a sink callback. */
 void turn_cancel(turn *t);
 
-/* Cancels every running turn of w (graceful shutdown after the drain deadline):
+/* Cancels every running turn of e (graceful shutdown after the drain deadline):
  * each gets on_error (503 "server shutting down") and then ends as by
  * turn_cancel (a turn whose load waits on the store is answered at once and
  * detached: the operation's callback cleans up). A commit in flight completes
- * normally and answers: keep the loop running until w->turns is empty. */
-void turn_abort_all(chat_worker *w);
+ * normally and answers: keep the loop running until turn_engine_idle. */
+void turn_abort_all(turn_engine *e);
 
 /* Gives back a running Idempotency-Key record owned by token (nothing will
  * complete it: a retry may run the request again). Fire and forget. */
-void turn_release_idempotency(chat_worker *w, const char *scope, const char *key, const char *token);
+void turn_release_idempotency(turn_engine *e, const char *scope, const char *key, const char *token);
+
+/* The error a client sees for a failed store operation (rc): 503
+ * database_unavailable with Retry-After when a retry may succeed
+ * (CHAT_EUNAVAIL), else 500. */
+void turn_store_error(chat_rc rc, turn_error *err);
 
 /* Maps a provider outcome to the client-facing error (the table in docs/API.md). */
 void turn_map_llm_error(const llm_result *res, turn_error *err);
