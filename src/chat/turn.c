@@ -1,27 +1,23 @@
 /*
- * turn.c: the turn state machine.
+ * turn.c: one turn's state machine (the contract and the transition table are
+ * in turn.h; docs/ARCHITECTURE.md, "The life of a turn", tells the story).
  *
- *   turn_start: (ephemeral: build request -> start call at once)
- *   load, one store operation at a time, each completed by a callback on the loop:
- *     [ownership check] -> lock -> session -> [key's session count] -> history
- *     -> build request -> start call
- *   (next loop turn) sink.on_start
- *   llm on_delta*: remember the text, pass it to the sink, pause on "full"
- *   llm on_done:  OK    -> commit (user + reply + usage + cost, lock released)
- *                          -> (commit's callback) sink.on_done
- *                 error, nothing delivered yet, retryable, a fallback model left
- *                       -> renew the lock (and idempotency lease)
- *                          -> (callback) start the call again on the next fallback model
- *                 error -> release lock -> sink.on_error
- *   turn_cancel:  abort the call -> commit partial as "incomplete" or drop -> release
+ * The state (turn_state) says what the turn waits for: the start of its load,
+ * one store operation, or the provider call. At most one store operation of a
+ * turn is in flight, and every one completes in on_store_done, which switches on
+ * the state to the step that continues the turn; the provider's callbacks are
+ * accepted in TURN_CALLING only. A callback arriving in any other state is a
+ * programming error and ends the process (bad_state): never a silent return.
  *
- * At most one store operation of a turn is in flight (op_pending). A consumer
- * that goes away meanwhile cannot free the turn under the operation: the turn
- * is detached instead (no more sink calls) and the operation's callback ends
- * it. Clean-up writes that nothing waits for (lock release, aborting an
- * idempotency record, committing a cancelled turn's partial reply) are
- * submitted fire-and-forget with their own copies of every string, so they
- * outlive the turn.
+ * Every turn that ends without its commit goes through end_uncommitted: an
+ * error, the consumer going away (turn_cancel) and the shutdown (turn_abort_all)
+ * differ only in what happens to the partial reply and whom they tell. A
+ * consumer that goes away while a store operation is in flight cannot free the
+ * turn under that operation: stop() records why (t->stopped) and unlinks the
+ * turn, and the operation's completion ends it. Clean-up writes that nothing
+ * waits for (lock release, aborting an idempotency record, committing a
+ * cancelled turn's partial reply) are submitted fire-and-forget with their own
+ * copies of every string, so they outlive the turn.
  *
  * The text received so far is kept by the turn itself (not only by the provider
  * call) because a cancelled call is freed at once, and the partial reply must
@@ -43,6 +39,14 @@
 #include "core/metrics.h"
 #include "core/util.h"
 
+/* Why a turn stops before its commit (see end_uncommitted). */
+typedef enum turn_stop {
+    STOP_NONE = 0,      /* not stopped: the consumer still waits for the end */
+    STOP_ERROR,         /* the turn failed: nothing is kept, the consumer gets on_error */
+    STOP_CLIENT_GONE,   /* turn_cancel: the consumer left, no sink call */
+    STOP_SHUTDOWN,      /* turn_abort_all: the consumer is answered 503 */
+} turn_stop;
+
 struct turn_engine {
     turn_env env;
     turn *running;              /* the running turns (linked through prev/next) */
@@ -52,6 +56,12 @@ struct turn {
     turn_engine *e;
     const turn_env *env;        /* &e->env */
     turn *prev, *next;          /* the engine's list of running turns */
+    turn_state state;           /* what the turn waits for (turn.h, the transition table) */
+    /* Orthogonal to the state: the consumer may leave during any store
+     * operation, and the state must still say which one is in flight (its
+     * completion gives back what it took). STOP_NONE while the consumer waits;
+     * set by stop() only, while an operation is in flight. */
+    turn_stop stopped;
     const turn_sink *sink;
     void *ud;
     char *session_id;
@@ -62,8 +72,7 @@ struct turn {
     size_t next_fallback;       /* index into model->fallbacks of the next one to try */
     llm_message *msgs;          /* the provider request's messages, kept for fallbacks */
     size_t n_msgs;
-    char **owned;               /* merged message strings owned by the turn */
-    size_t n_owned;
+    char **owned;               /* the message strings (owned by the turn), n_msgs of them */
     char *lock_token;
     char *owner;
     char *idem_scope;           /* the Idempotency-Key record this turn completes, or NULL */
@@ -71,10 +80,24 @@ struct turn {
     int max_tokens;
     bool stream;
     bool ephemeral;             /* no session: nothing is locked, loaded or stored */
-    llm_call *call;             /* NULL once the call ended or was cancelled */
+    bool see_all;
+    turn_truncation truncation;
+    const chat_model *req_model;/* the model asked for, NULL: the session's or the default */
+    char *req_system_prompt;    /* the system prompt asked for, NULL: the session's or the default */
+    store_session sess;         /* the session as loaded (zeroed when absent) */
+    struct event *load_ev;      /* TURN_QUEUED: starts the load on the next loop turn */
+    llm_call *call;             /* TURN_CALLING: the running call (NULL in every other state) */
+    /* The sink's own order (start before any delta or end), independent of the
+     * state: on_start is due from the call's start, and a fast provider may
+     * deliver its first delta or even its end before the start event runs. */
     struct event *start_ev;     /* delivers on_start on the next loop turn */
-    bool start_delivered;       /* on_start ran (always before any delta or on_done) */
+    bool start_delivered;       /* on_start ran */
+    /* The consumer's flow control, orthogonal to the state: set when on_delta
+     * says "full" (the call pauses), cleared by turn_resume. */
     bool paused;
+    /* History, not state: a turn refused before any provider call is not
+     * counted as a failed turn (metrics). */
+    bool called;
     char *partial;              /* reply text received so far */
     size_t partial_len, partial_cap;
     size_t partial_max;
@@ -82,18 +105,6 @@ struct turn {
     int64_t committed_at;       /* wall-clock ms of the commit (the messages' created_at) */
     int64_t truncated_turns;    /* oldest turns left out of the provider request */
     int64_t prev_context_tokens;/* the conversation's size as the provider measured it last turn, -1 unknown */
-    /* ---- store steps ---- */
-    bool called;                /* a provider call was started */
-    bool op_pending;            /* one of this turn's store operations is in flight */
-    bool detached;              /* the consumer is gone: op's callback ends the turn, no sink call */
-    bool committing;            /* the op in flight is the turn's commit */
-    bool locked;                /* the turn lock is ours (session turns) */
-    bool see_all;
-    turn_truncation truncation;
-    const chat_model *req_model;/* the model asked for, NULL: the session's or the default */
-    char *req_system_prompt;    /* the system prompt asked for, NULL: the session's or the default */
-    store_session sess;         /* the session as loaded (zeroed when absent) */
-    struct event *load_ev;      /* starts the load on the next loop turn */
     turn_error fail;            /* a provider failure kept across a fallback's lease renewal */
     /* the provider result, kept across the commit */
     int attempts;
@@ -101,6 +112,67 @@ struct turn {
     int64_t cost_micros;
     store_usage usage;
 };
+
+static const char *const state_names[] = {
+    [TURN_QUEUED] = "queued",
+    [TURN_PRECHECK] = "precheck",
+    [TURN_LOCKING] = "locking",
+    [TURN_LOCKED] = "locked",
+    [TURN_LOADING_SESSION] = "loading_session",
+    [TURN_COUNTING] = "counting",
+    [TURN_LOADING_HISTORY] = "loading_history",
+    [TURN_PREPARED] = "prepared",
+    [TURN_CALLING] = "calling",
+    [TURN_RENEWING_LOCK] = "renewing_lock",
+    [TURN_RENEWING_IDEM] = "renewing_idem",
+    [TURN_COMMITTING] = "committing",
+    [TURN_ENDED] = "ended",
+};
+
+const char *turn_state_name(turn_state s)
+{
+    return (unsigned)s < sizeof state_names / sizeof state_names[0] && state_names[s] ? state_names[s] : "?";
+}
+
+turn_state turn_get_state(const turn *t)
+{
+    return t->state;
+}
+
+/* A callback or a call arrived in a state that cannot receive it: the state
+ * machine is wrong, and going on would free or commit the wrong thing. */
+static void bad_state(const turn *t, const char *event) __attribute__((noreturn));
+
+static void bad_state(const turn *t, const char *event)
+{
+    chat_fatal("turn state machine violated: %s in state %s (session %s)", event, turn_state_name(t->state),
+               t->session_id ? t->session_id : "");
+}
+
+/* True in the states where the session's turn lock is ours. */
+static bool holds_lock(const turn *t)
+{
+    if (t->ephemeral)
+        return false;
+    switch (t->state) {
+    case TURN_LOCKED:
+    case TURN_LOADING_SESSION:
+    case TURN_COUNTING:
+    case TURN_LOADING_HISTORY:
+    case TURN_PREPARED:
+    case TURN_CALLING:
+    case TURN_RENEWING_LOCK:
+    case TURN_RENEWING_IDEM:
+    case TURN_COMMITTING:
+        return true;
+    case TURN_QUEUED:
+    case TURN_PRECHECK:
+    case TURN_LOCKING:
+    case TURN_ENDED:
+        return false;
+    }
+    return false;
+}
 
 /* Every store operation of the engine goes through here (see turn_env.submit). */
 static void env_submit(const turn_env *env, store_op *op, store_op_cb cb, void *ud)
@@ -159,7 +231,7 @@ static void turn_free(turn *t)
     free(t->session_id);
     free(t->user_message);
     free(t->system_prompt);
-    for (size_t i = 0; i < t->n_owned; i++)
+    for (size_t i = 0; i < t->n_msgs; i++)
         free(t->owned[i]);
     free(t->owned);
     free(t->msgs);
@@ -185,6 +257,16 @@ static void set_error(turn_error *e, int status, const char *type, const char *f
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
     chat_utf8_trim(e->message);
+}
+
+void turn_store_error(chat_rc rc, turn_error *err)
+{
+    if (rc == CHAT_EUNAVAIL) {
+        set_error(err, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
+        err->retry_after_s = 1;
+    } else {
+        set_error(err, 500, "internal_error", "the database is not available");
+    }
 }
 
 /* ---- the error table (docs/API.md, "Errors") ---- */
@@ -295,10 +377,10 @@ static void build_messages(turn *t, const llm_message *hist, size_t nhist)
         t->msgs[n].content = t->owned[n];
         n++;
     }
-    t->n_msgs = t->n_owned = n;
+    t->n_msgs = n;
 }
 
-/* ---- commit ---- */
+/* ---- commit and release ---- */
 
 /* The new user message's size in tokens, from the provider's counts: this
  * turn's whole input minus the conversation as it stood after the last turn.
@@ -352,31 +434,26 @@ void turn_release_idempotency(turn_engine *e, const char *scope, const char *key
     env_submit(&e->env, op, NULL, NULL);
 }
 
-/* Nothing was committed: releases the lock and, when set, the idempotency
- * record (a retry with the same Idempotency-Key may run again). Fire and forget. */
-static void submit_release(turn_engine *e, const char *session_id, const char *token, const char *idem_scope,
-                           const char *idem_key)
+/* Gives back the lock of session_id held by token. Fire and forget. */
+static void submit_lock_release(turn_engine *e, const char *session_id, const char *token)
 {
-    if (idem_key)
-        turn_release_idempotency(e, idem_scope, idem_key, token);
     store_op *op = store_op_new(STORE_OP_LOCK_RELEASE);
     op->in.session_id = store_op_str(op, session_id);
     op->in.token = store_op_str(op, token);
     env_submit(&e->env, op, NULL, NULL);
 }
 
-/* The turn ends without a commit: gives back the lock and the idempotency
- * record (a record begun by the API layer is released even before the lock
- * was taken). */
-static void release_lock(turn *t)
+/* The turn ends without a commit: gives back the lock (when the state says it
+ * is ours) and the idempotency record (a record begun by the API layer is
+ * released even before the lock was taken: a retry may run again). */
+static void release(turn *t)
 {
     if (t->ephemeral)
         return;
-    if (t->locked)
-        submit_release(t->e, t->session_id, t->lock_token, t->idem_scope, t->idem_key);
-    else if (t->idem_key)
+    if (t->idem_key)
         turn_release_idempotency(t->e, t->idem_scope, t->idem_key, t->lock_token);
-    t->locked = false;
+    if (holds_lock(t))
+        submit_lock_release(t->e, t->session_id, t->lock_token);
     free(t->idem_key);
     t->idem_key = NULL;
 }
@@ -389,13 +466,19 @@ static void on_partial_committed(store_op *op, void *ud)
     const store_turn *st = &op->in.turn;
     chat_log(LOG_ERROR, "cannot commit incomplete turn",
              json_pack("{s:s,s:s}", "session", st->session_id, "error", chat_rc_str(op->rc)));
-    submit_release(ud, st->session_id, st->lock_token, NULL, NULL);
+    submit_lock_release(ud, st->session_id, st->lock_token);
 }
 
-/* Ends a turn whose call is gone without reaching on_done: keep or drop what arrived. */
-static void finish_cancelled(turn *t, const char *why)
+/* CANCEL_POLICY=keep applies: there is a partial reply, and the lock to commit it. */
+static bool keeps_partial(const turn *t)
 {
-    bool keep = t->env->keep_partial && t->partial_len > 0 && t->locked;
+    return t->env->keep_partial && t->partial_len > 0 && holds_lock(t);
+}
+
+/* A cancelled turn: commits what arrived as "incomplete", or drops it. */
+static void keep_or_drop(turn *t, turn_stop why)
+{
+    bool keep = keeps_partial(t);
     if (keep) {
         /* The client never got a result: its Idempotency-Key must not replay
          * this partial reply, so the record is released, not completed. */
@@ -406,22 +489,162 @@ static void finish_cancelled(turn *t, const char *why)
         }
         llm_usage unknown = {-1, -1, -1, -1};
         submit_commit(t, t->partial, "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
-        t->locked = false; /* the commit releases it, or its callback does */
+        /* the commit releases the lock, or its callback does */
     } else {
-        release_lock(t);
+        release(t);
     }
     chat_log(LOG_INFO, "turn cancelled",
-             json_pack("{s:s,s:s,s:s,s:I}", "session", t->session_id, "reason", why, "partial",
+             json_pack("{s:s,s:s,s:s,s:I}", "session", t->session_id, "reason",
+                       why == STOP_SHUTDOWN ? "shutdown" : "client_disconnected", "partial",
                        keep ? "kept" : "dropped", "partial_bytes", (json_int_t)t->partial_len));
 }
 
-/* ---- provider callbacks ---- */
+/*
+ * The one way a turn ends without its commit, for every reason: stops the
+ * provider call and the pending start, gives back what the turn holds (for a
+ * cancel, after committing or dropping the partial reply), tells the consumer
+ * (err, unless it left: err NULL or t->stopped), and frees the turn. No store
+ * operation of the turn may be in flight.
+ */
+static void end_uncommitted(turn *t, turn_stop why, const turn_error *err)
+{
+    if (t->call) {
+        llm_call_cancel(t->call);
+        t->call = NULL;
+    }
+    if (t->start_ev)
+        event_del(t->start_ev); /* a failure before the start stays a plain error reply */
+    if (why == STOP_ERROR) {
+        release(t);
+        if (t->called) /* a turn refused before its provider call is not a failed turn */
+            metrics_turn(METRICS_TURN_ERROR);
+    } else {
+        keep_or_drop(t, why);
+    }
+    bool tell = err && t->stopped == STOP_NONE;
+    t->state = TURN_ENDED;
+    if (tell)
+        t->sink->on_error(t->ud, err);
+    turn_free(t);
+}
 
-static void ensure_started(turn *t);
+/* The error a shutdown answers; kept: the partial reply is committed. */
+static void shutdown_error(turn_error *err, bool kept)
+{
+    set_error(err, 503, "server_shutting_down", "%s",
+              kept ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
+                   : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
+}
+
+/*
+ * turn_cancel and turn_abort_all: the consumer leaves (STOP_CLIENT_GONE) or
+ * the server stops (STOP_SHUTDOWN). Without a store operation in flight the
+ * turn ends here; with one, it is unlinked and marked, and the operation's
+ * completion ends it (a commit in flight still lands).
+ */
+static void stop(turn *t, turn_stop why)
+{
+    metrics_cancel_reason reason = why == STOP_SHUTDOWN ? METRICS_CANCEL_SHUTDOWN : METRICS_CANCEL_CLIENT_GONE;
+    turn_error err;
+    switch (t->state) {
+    case TURN_COMMITTING:
+        if (why == STOP_SHUTDOWN)
+            return; /* the commit completes normally and answers */
+        metrics_turn_cancelled(reason);
+        metrics_turn(METRICS_TURN_CANCELLED);
+        t->stopped = why;
+        unlink_turn(t);
+        return;
+    case TURN_PRECHECK:
+    case TURN_LOCKING:
+    case TURN_LOADING_SESSION:
+    case TURN_COUNTING:
+    case TURN_LOADING_HISTORY:
+    case TURN_RENEWING_LOCK:
+    case TURN_RENEWING_IDEM:
+        /* A load or a lease renewal waiting on the store: answer now; the
+         * operation's completion gives back what it took. */
+        metrics_turn_cancelled(reason);
+        metrics_turn(METRICS_TURN_CANCELLED);
+        if (why == STOP_SHUTDOWN) {
+            shutdown_error(&err, false);
+            err.retry_after_s = 1;
+            t->sink->on_error(t->ud, &err);
+        }
+        t->stopped = why;
+        unlink_turn(t);
+        return;
+    case TURN_QUEUED:
+    case TURN_PREPARED:
+    case TURN_CALLING:
+        metrics_turn_cancelled(reason);
+        metrics_turn(METRICS_TURN_CANCELLED);
+        if (t->call) {
+            /* Cancelled before keep_or_drop reads the partial reply: nothing more arrives. */
+            llm_call_cancel(t->call);
+            t->call = NULL;
+        }
+        shutdown_error(&err, keeps_partial(t));
+        end_uncommitted(t, why, why == STOP_SHUTDOWN ? &err : NULL);
+        return;
+    case TURN_LOCKED:
+    case TURN_ENDED:
+        break;
+    }
+    bad_state(t, why == STOP_SHUTDOWN ? "turn_abort_all" : "turn_cancel");
+}
+
+/* ---- the provider call ---- */
+
+static void on_store_done(store_op *op, void *ud);
+
+/* Submits op for t, which enters state (the operation's wait); on_store_done
+ * continues the turn, on a later loop turn. Submit as the last step: the
+ * completion may end and free the turn. */
+static void submit_step(turn *t, turn_state state, store_op *op)
+{
+    t->state = state;
+    env_submit(t->env, op, on_store_done, t);
+}
+
+/* Delivers on_start once. The start event may still be pending when the first
+ * delta or the end arrives: with a fast provider, the socket event that carries
+ * the whole reply can run in the same loop iteration, before our timer. */
+static void ensure_started(turn *t)
+{
+    if (t->start_delivered)
+        return;
+    t->start_delivered = true;
+    if (t->start_ev)
+        event_del(t->start_ev);
+    turn_info info = {.session_id = t->session_id, .model = t->current->name};
+    if (t->sink->on_start)
+        t->sink->on_start(t->ud, &info);
+}
+
+static void on_start_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    turn *t = arg;
+    switch (t->state) {
+    case TURN_CALLING:
+    case TURN_RENEWING_LOCK: /* a first call failed fast; a fallback is on its way */
+    case TURN_RENEWING_IDEM:
+        ensure_started(t);
+        return;
+    default:
+        bad_state(t, "start event");
+    }
+}
+
+static void on_llm_done(void *ud, const llm_result *res);
 
 static int on_llm_delta(void *ud, const char *text, size_t len)
 {
     turn *t = ud;
+    if (t->state != TURN_CALLING)
+        bad_state(t, "provider delta");
     ensure_started(t);
     if (t->partial_len + len <= t->partial_max) {
         if (t->partial_len + len + 1 > t->partial_cap) {
@@ -442,39 +665,31 @@ static int on_llm_delta(void *ud, const char *text, size_t len)
     return LLM_CONTINUE;
 }
 
-/* True when another model may be tried: nothing reached the client, and the
- * failure is the provider's (overloaded, rate limited, down), not the request's. */
-static bool worth_fallback(const llm_result *res)
+/* Starts the provider call on t->current (the model or a fallback): the turn
+ * enters TURN_CALLING. Anything but CHAT_OK: no call, the state unchanged. */
+static chat_rc start_call(turn *t)
 {
-    if (res->delivered)
-        return false;
-    switch (res->status) {
-    case LLM_ERR_CONNECT:
-    case LLM_ERR_TIMEOUT:
-    case LLM_ERR_RETRY_AFTER:
-    case LLM_ERR_STREAM:
-    case LLM_ERR_TRUNCATED:
-        return true;
-    case LLM_ERR_HTTP:
-        return res->http_status == 408 || res->http_status == 429 || res->http_status >= 500;
-    default:
-        return false;
+    const chat_model *m = t->current;
+    int max_tokens = t->max_tokens;
+    if (max_tokens > m->max_output)
+        max_tokens = (int)m->max_output;
+    llm_request req = {
+        .model = m->model_id,
+        .system = t->system_prompt,
+        .messages = t->msgs,
+        .n_messages = t->n_msgs,
+        .max_tokens = max_tokens,
+        .stream = t->stream,
+        .request_id = t->lock_token,
+    };
+    llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
+    chat_rc rc = llm_call_start(t->env->llm, &m->provider, &req, &cbs, t, &t->call);
+    if (rc == CHAT_OK) {
+        t->called = true;
+        t->paused = false;
+        t->state = TURN_CALLING;
     }
-}
-
-static chat_rc start_call(turn *t);
-
-/* Ends the turn with err: nothing committed, the lock given back. */
-static void fail_turn(turn *t, const turn_error *err)
-{
-    if (t->start_ev)
-        event_del(t->start_ev); /* a failure before the start stays a plain error reply */
-    release_lock(t);
-    if (t->called) /* a turn refused before its provider call is not a failed turn */
-        metrics_turn(METRICS_TURN_ERROR);
-    if (!t->detached)
-        t->sink->on_error(t->ud, err);
-    turn_free(t);
+    return rc;
 }
 
 /* Starts the next fallback model whose provider is configured; false when none is left. */
@@ -494,51 +709,24 @@ static bool start_fallback(turn *t)
     return false;
 }
 
-/* Submits op for t; its callback ends or continues the turn. Nothing may touch
- * t after this call: with SQLite the callback has already run. */
-static void turn_submit(turn *t, store_op *op, store_op_cb cb)
+/* True when another model may be tried: nothing reached the client, and the
+ * failure is the provider's (overloaded, rate limited, down), not the request's. */
+static bool worth_fallback(const llm_result *res)
 {
-    t->op_pending = true;
-    env_submit(t->env, op, cb, t);
-}
-
-static void shutdown_error(turn_error *err)
-{
-    set_error(err, 503, "server_shutting_down",
-              "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
-    err->retry_after_s = 1;
-}
-
-/*
- * Before a fallback restarts the provider call: extends the turn lock, then
- * the Idempotency-Key lease, for another full turn; then starts the fallback.
- * The lock lost (or the database down) ends the turn with the provider's error.
- */
-static void on_lease_renewed(store_op *op, void *ud)
-{
-    turn *t = ud;
-    t->op_pending = false;
-    if (t->detached) {
-        finish_cancelled(t, "client_disconnected");
-        turn_free(t);
-        return;
+    if (res->delivered)
+        return false;
+    switch (res->status) {
+    case LLM_ERR_CONNECT:
+    case LLM_ERR_TIMEOUT:
+    case LLM_ERR_RETRY_AFTER:
+    case LLM_ERR_STREAM:
+    case LLM_ERR_TRUNCATED:
+        return true;
+    case LLM_ERR_HTTP:
+        return res->http_status == 408 || res->http_status == 429 || res->http_status >= 500;
+    default:
+        return false;
     }
-    if (op->rc != CHAT_OK) {
-        fail_turn(t, &t->fail);
-        return;
-    }
-    if (op->kind == STORE_OP_LOCK_REFRESH && t->idem_key) {
-        store_op *next = store_op_new(STORE_OP_IDEM_REFRESH);
-        next->in.scope = store_op_str(next, t->idem_scope);
-        next->in.key = store_op_str(next, t->idem_key);
-        next->in.token = store_op_str(next, t->lock_token);
-        next->in.now = chat_now_ms();
-        next->in.ttl_ms = t->env->lock_ttl_ms;
-        turn_submit(t, next, on_lease_renewed);
-        return;
-    }
-    if (!start_fallback(t))
-        fail_turn(t, &t->fail);
 }
 
 static void observe_call(const turn *t, const llm_result *res)
@@ -576,37 +764,34 @@ static void finish_done(turn *t, const char *text, size_t text_len, const char *
         .truncated_turns = t->truncated_turns,
         .provider_ms = t->provider_ms,
     };
-    if (!t->detached)
+    bool tell = t->stopped == STOP_NONE;
+    t->state = TURN_ENDED;
+    if (tell)
         t->sink->on_done(t->ud, &out);
     turn_free(t);
 }
 
-/* The commit of a finished turn answered. */
-static void on_committed(store_op *op, void *ud)
+/* Submits a lease renewal step before a fallback: the lock, then the Idempotency-Key record. */
+static void submit_renewal(turn *t, turn_state state)
 {
-    turn *t = ud;
-    t->op_pending = false;
-    if (op->rc != CHAT_OK) {
-        turn_error err;
-        if (op->rc == CHAT_ECONFLICT)
-            set_error(&err, 409, "session_busy", "the turn lock of session %s expired before the reply was stored",
-                      t->session_id);
-        else if (op->rc == CHAT_EUNAVAIL)
-            set_error(&err, 503, "database_unavailable",
-                      "the reply could not be stored: the database is busy or unreachable");
-        else
-            set_error(&err, 500, "internal_error", "the reply could not be stored");
-        fail_turn(t, &err);
-        return;
+    store_op *op = store_op_new(state == TURN_RENEWING_LOCK ? STORE_OP_LOCK_REFRESH : STORE_OP_IDEM_REFRESH);
+    if (state == TURN_RENEWING_LOCK) {
+        op->in.session_id = store_op_str(op, t->session_id);
+    } else {
+        op->in.scope = store_op_str(op, t->idem_scope);
+        op->in.key = store_op_str(op, t->idem_key);
     }
-    t->locked = false; /* the commit released it */
-    const store_turn *st = &op->in.turn;
-    finish_done(t, st->assistant_content, strlen(st->assistant_content), st->stop_reason, &op->out.turn);
+    op->in.token = store_op_str(op, t->lock_token);
+    op->in.now = chat_now_ms();
+    op->in.ttl_ms = t->env->lock_ttl_ms;
+    submit_step(t, state, op);
 }
 
 static void on_llm_done(void *ud, const llm_result *res)
 {
     turn *t = ud;
+    if (t->state != TURN_CALLING)
+        bad_state(t, "provider end");
     t->call = NULL; /* freed by the provider layer when we return */
     observe_call(t, res);
 
@@ -622,12 +807,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                     return;
             } else {
                 /* Each fallback gets a full TURN_TIMEOUT: renew the lock first. */
-                store_op *op = store_op_new(STORE_OP_LOCK_REFRESH);
-                op->in.session_id = store_op_str(op, t->session_id);
-                op->in.token = store_op_str(op, t->lock_token);
-                op->in.now = chat_now_ms();
-                op->in.ttl_ms = t->env->lock_ttl_ms;
-                turn_submit(t, op, on_lease_renewed);
+                submit_renewal(t, TURN_RENEWING_LOCK);
                 return;
             }
         }
@@ -636,7 +816,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                            res->http_status, "provider_error_type", res->error_type,
                            "provider_request_id", res->request_id, "attempts", res->attempts,
                            "detail", res->error_message));
-        fail_turn(t, &t->fail);
+        end_uncommitted(t, STOP_ERROR, &t->fail);
         return;
     }
 
@@ -652,90 +832,19 @@ static void on_llm_done(void *ud, const llm_result *res)
         finish_done(t, res->text ? res->text : "", res->text ? res->text_len : 0, res->stop_reason, &none);
         return;
     }
-    t->op_pending = true;
-    t->committing = true;
+    t->state = TURN_COMMITTING;
     submit_commit(t, res->text ? res->text : "", "complete", res->stop_reason, &res->usage, t->cost_micros, true,
-                  on_committed, t);
+                  on_store_done, t);
 }
 
-/* Delivers on_start once. The start event may still be pending when the first
- * delta or the end arrives: with a fast provider, the socket event that carries
- * the whole reply can run in the same loop iteration, before our timer. */
-static void ensure_started(turn *t)
-{
-    if (t->start_delivered)
-        return;
-    t->start_delivered = true;
-    if (t->start_ev)
-        event_del(t->start_ev);
-    turn_info info = {.session_id = t->session_id, .model = t->current->name};
-    if (t->sink->on_start)
-        t->sink->on_start(t->ud, &info);
-}
-
-static void on_start_ev(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    ensure_started(arg);
-}
-
-/* Starts the provider call on t->current (the model or a fallback). */
-static chat_rc start_call(turn *t)
-{
-    const chat_model *m = t->current;
-    int max_tokens = t->max_tokens;
-    if (max_tokens > m->max_output)
-        max_tokens = (int)m->max_output;
-    llm_request req = {
-        .model = m->model_id,
-        .system = t->system_prompt,
-        .messages = t->msgs,
-        .n_messages = t->n_msgs,
-        .max_tokens = max_tokens,
-        .stream = t->stream,
-        .request_id = t->lock_token,
-    };
-    llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
-    chat_rc rc = llm_call_start(t->env->llm, &m->provider, &req, &cbs, t, &t->call);
-    if (rc == CHAT_OK)
-        t->called = true;
-    return rc;
-}
-
-/* ---- the load: ownership, lock, session, history ---- */
-
-static bool foreign(const turn *t, const store_session *s)
-{
-    return !t->see_all && (!s->owner || !t->owner || strcmp(s->owner, t->owner) != 0);
-}
-
-void turn_store_error(chat_rc rc, turn_error *err)
-{
-    if (rc == CHAT_EUNAVAIL) {
-        set_error(err, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
-        err->retry_after_s = 1;
-    } else {
-        set_error(err, 500, "internal_error", "the database is not available");
-    }
-}
-
-/* Every load callback starts here: true when the turn must stop (and was ended). */
-static bool load_interrupted(turn *t)
-{
-    t->op_pending = false;
-    if (t->detached) {
-        release_lock(t);
-        turn_free(t);
-        return true;
-    }
-    return false;
-}
+/* ---- prepare: the request, from the loaded session ---- */
 
 /*
- * Everything after the load: the model, the context window, the provider
- * request, the call. hist (may be NULL) is the session's history, or the
- * ephemeral turn's conversation. False with *err set when the turn cannot run.
+ * Everything between the load and the call: the system prompt, the model, the
+ * context window, the provider request. hist (may be NULL) is the session's
+ * history, or the ephemeral turn's conversation. On success the turn is
+ * TURN_PREPARED (the call is not started: begin_call does that); false with
+ * *err set when the turn cannot run.
  */
 static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error *err)
 {
@@ -792,6 +901,17 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
             t->prev_context_tokens = u->input_tokens + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
                                      (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0) + u->output_tokens;
     }
+    t->state = TURN_PREPARED;
+    return true;
+}
+
+/* TURN_PREPARED -> TURN_CALLING: starts the call on the requested model, and
+ * the sink's on_start for the next loop turn. False with *err set when the
+ * call cannot start (the state is unchanged). */
+static bool begin_call(turn *t, turn_error *err)
+{
+    if (t->state != TURN_PREPARED)
+        bad_state(t, "begin_call");
     if (start_call(t) != CHAT_OK) {
         set_error(err, 500, "internal_error", "the provider call could not be started");
         return false;
@@ -802,102 +922,19 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
     return true;
 }
 
-/* The load is complete: run the turn, or end it with the reason it cannot run. */
+/* The load is complete: prepare and call, or end the turn with the reason it cannot run. */
 static void loaded(turn *t, const store_message *hist, size_t nhist)
 {
     turn_error err;
-    if (!prepare(t, hist, nhist, &err))
-        fail_turn(t, &err);
+    if (!prepare(t, hist, nhist, &err) || !begin_call(t, &err))
+        end_uncommitted(t, STOP_ERROR, &err);
 }
 
-static void on_history(store_op *op, void *ud)
-{
-    turn *t = ud;
-    if (load_interrupted(t))
-        return;
-    if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
-        turn_error err;
-        turn_store_error(op->rc, &err);
-        fail_turn(t, &err);
-        return;
-    }
-    loaded(t, op->out.messages, op->out.n_messages);
-}
+/* ---- the load: ownership, lock, session, history (one store step each) ---- */
 
-static void on_owned_count(store_op *op, void *ud)
+static bool foreign(const turn *t, const store_session *s)
 {
-    turn *t = ud;
-    if (load_interrupted(t))
-        return;
-    /* A soft cap: two first turns of new sessions racing may both pass. */
-    int64_t cap = t->env->max_sessions_per_key;
-    if (op->rc == CHAT_OK && op->out.count >= cap) {
-        turn_error err;
-        set_error(&err, 403, "session_limit_reached",
-                  "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
-                  (long long)op->out.count);
-        fail_turn(t, &err);
-        return;
-    }
-    loaded(t, NULL, 0);
-}
-
-static void on_session(store_op *op, void *ud)
-{
-    turn *t = ud;
-    if (load_interrupted(t))
-        return;
-    turn_error err;
-    if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
-        turn_store_error(op->rc, &err);
-        fail_turn(t, &err);
-        return;
-    }
-    if (op->rc == CHAT_OK) {
-        if (foreign(t, &op->out.session)) {
-            /* Checked again under the lock: the session may have been created since. */
-            set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
-            fail_turn(t, &err);
-            return;
-        }
-        t->sess = op->out.session;
-        memset(&op->out.session, 0, sizeof op->out.session);
-        store_op *next = store_op_new(STORE_OP_MESSAGES_LIST);
-        next->in.session_id = store_op_str(next, t->session_id);
-        turn_submit(t, next, on_history);
-        return;
-    }
-    if (t->owner && t->env->max_sessions_per_key > 0) {
-        store_op *next = store_op_new(STORE_OP_KEY_SESSION_COUNT);
-        next->in.id = store_op_str(next, t->owner);
-        turn_submit(t, next, on_owned_count);
-        return;
-    }
-    loaded(t, NULL, 0);
-}
-
-static void on_locked(store_op *op, void *ud)
-{
-    turn *t = ud;
-    if (op->rc == CHAT_OK)
-        t->locked = true; /* before anything can end the turn: the lock must be given back */
-    if (load_interrupted(t))
-        return;
-    turn_error err;
-    if (op->rc == CHAT_EBUSY) {
-        set_error(&err, 409, "session_busy", "another turn is in progress on session %s; retry when it has finished",
-                  t->session_id);
-        fail_turn(t, &err);
-        return;
-    }
-    if (op->rc != CHAT_OK) {
-        turn_store_error(op->rc, &err);
-        fail_turn(t, &err);
-        return;
-    }
-    store_op *next = store_op_new(STORE_OP_SESSION_GET);
-    next->in.session_id = store_op_str(next, t->session_id);
-    turn_submit(t, next, on_session);
+    return !t->see_all && (!s->owner || !t->owner || strcmp(s->owner, t->owner) != 0);
 }
 
 static void submit_lock(turn *t)
@@ -907,38 +944,203 @@ static void submit_lock(turn *t)
     op->in.token = store_op_str(op, t->lock_token);
     op->in.now = chat_now_ms();
     op->in.ttl_ms = t->env->lock_ttl_ms;
-    turn_submit(t, op, on_locked);
+    submit_step(t, TURN_LOCKING, op);
 }
 
-/* Ownership first, before touching the lock: a session of another key must
- * look absent (404), and a foreign caller must not hold its lock even briefly
- * (that would make the owner's turns fail with 409). */
-static void on_precheck(store_op *op, void *ud)
+/* TURN_PRECHECK: ownership first, before touching the lock: a session of
+ * another key must look absent (404), and a foreign caller must not hold its
+ * lock even briefly (that would make the owner's turns fail with 409). */
+static void precheck_done(turn *t, store_op *op)
 {
-    turn *t = ud;
-    if (load_interrupted(t))
-        return;
     if (op->rc == CHAT_OK && foreign(t, &op->out.session)) {
         turn_error err;
         set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
-        fail_turn(t, &err);
+        end_uncommitted(t, STOP_ERROR, &err);
         return;
     }
     submit_lock(t);
 }
 
+/* TURN_LOCKING answered; when it succeeded the turn is TURN_LOCKED already. */
+static void lock_done(turn *t, store_op *op)
+{
+    turn_error err;
+    if (op->rc == CHAT_EBUSY) {
+        set_error(&err, 409, "session_busy", "another turn is in progress on session %s; retry when it has finished",
+                  t->session_id);
+        end_uncommitted(t, STOP_ERROR, &err);
+        return;
+    }
+    if (op->rc != CHAT_OK) {
+        turn_store_error(op->rc, &err);
+        end_uncommitted(t, STOP_ERROR, &err);
+        return;
+    }
+    store_op *next = store_op_new(STORE_OP_SESSION_GET);
+    next->in.session_id = store_op_str(next, t->session_id);
+    submit_step(t, TURN_LOADING_SESSION, next);
+}
+
+/* TURN_LOADING_SESSION: the session under the lock (or its absence). */
+static void session_done(turn *t, store_op *op)
+{
+    turn_error err;
+    if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
+        turn_store_error(op->rc, &err);
+        end_uncommitted(t, STOP_ERROR, &err);
+        return;
+    }
+    if (op->rc == CHAT_OK) {
+        if (foreign(t, &op->out.session)) {
+            /* Checked again under the lock: the session may have been created since. */
+            set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
+            end_uncommitted(t, STOP_ERROR, &err);
+            return;
+        }
+        t->sess = op->out.session;
+        memset(&op->out.session, 0, sizeof op->out.session);
+        store_op *next = store_op_new(STORE_OP_MESSAGES_LIST);
+        next->in.session_id = store_op_str(next, t->session_id);
+        submit_step(t, TURN_LOADING_HISTORY, next);
+        return;
+    }
+    if (t->owner && t->env->max_sessions_per_key > 0) {
+        store_op *next = store_op_new(STORE_OP_KEY_SESSION_COUNT);
+        next->in.id = store_op_str(next, t->owner);
+        submit_step(t, TURN_COUNTING, next);
+        return;
+    }
+    loaded(t, NULL, 0);
+}
+
+/* TURN_COUNTING: a new session of a capped key. A soft cap: two first turns
+ * of new sessions racing may both pass. */
+static void count_done(turn *t, store_op *op)
+{
+    if (op->rc == CHAT_OK && op->out.count >= t->env->max_sessions_per_key) {
+        turn_error err;
+        set_error(&err, 403, "session_limit_reached",
+                  "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
+                  (long long)op->out.count);
+        end_uncommitted(t, STOP_ERROR, &err);
+        return;
+    }
+    loaded(t, NULL, 0);
+}
+
+/* TURN_LOADING_HISTORY. */
+static void history_done(turn *t, store_op *op)
+{
+    if (op->rc != CHAT_OK && op->rc != CHAT_ENOTFOUND) {
+        turn_error err;
+        turn_store_error(op->rc, &err);
+        end_uncommitted(t, STOP_ERROR, &err);
+        return;
+    }
+    loaded(t, op->out.messages, op->out.n_messages);
+}
+
+/*
+ * TURN_RENEWING_LOCK / TURN_RENEWING_IDEM: before a fallback restarts the
+ * provider call, the turn lock, then the Idempotency-Key lease, are extended
+ * for another full turn; then the fallback starts. The lock lost (or the
+ * database down) ends the turn with the provider's error.
+ */
+static void renewal_done(turn *t, store_op *op)
+{
+    if (op->rc != CHAT_OK) {
+        end_uncommitted(t, STOP_ERROR, &t->fail);
+        return;
+    }
+    if (t->state == TURN_RENEWING_LOCK && t->idem_key) {
+        submit_renewal(t, TURN_RENEWING_IDEM);
+        return;
+    }
+    if (!start_fallback(t))
+        end_uncommitted(t, STOP_ERROR, &t->fail);
+}
+
+/* TURN_COMMITTING: the commit of a finished turn answered. It lands even when
+ * the consumer left meanwhile (then nobody is told). */
+static void commit_done(turn *t, store_op *op)
+{
+    if (op->rc != CHAT_OK) {
+        turn_error err;
+        if (op->rc == CHAT_ECONFLICT)
+            set_error(&err, 409, "session_busy", "the turn lock of session %s expired before the reply was stored",
+                      t->session_id);
+        else if (op->rc == CHAT_EUNAVAIL)
+            set_error(&err, 503, "database_unavailable",
+                      "the reply could not be stored: the database is busy or unreachable");
+        else
+            set_error(&err, 500, "internal_error", "the reply could not be stored");
+        end_uncommitted(t, STOP_ERROR, &err);
+        return;
+    }
+    const store_turn *st = &op->in.turn;
+    finish_done(t, st->assistant_content, strlen(st->assistant_content), st->stop_reason, &op->out.turn);
+}
+
+/* Every store operation of a turn completes here: the state says which one it was. */
+static void on_store_done(store_op *op, void *ud)
+{
+    turn *t = ud;
+    void (*step)(turn *, store_op *) = NULL;
+    switch (t->state) {
+    case TURN_PRECHECK:
+        step = precheck_done;
+        break;
+    case TURN_LOCKING:
+        if (op->rc == CHAT_OK)
+            t->state = TURN_LOCKED; /* first: however the turn ends now, the lock must be given back */
+        step = lock_done;
+        break;
+    case TURN_LOADING_SESSION:
+        step = session_done;
+        break;
+    case TURN_COUNTING:
+        step = count_done;
+        break;
+    case TURN_LOADING_HISTORY:
+        step = history_done;
+        break;
+    case TURN_RENEWING_LOCK:
+    case TURN_RENEWING_IDEM:
+        step = renewal_done;
+        break;
+    case TURN_COMMITTING:
+        commit_done(t, op); /* a commit lands even for a consumer that left */
+        return;
+    case TURN_QUEUED:
+    case TURN_LOCKED:
+    case TURN_PREPARED:
+    case TURN_CALLING:
+    case TURN_ENDED:
+        bad_state(t, store_op_name(op->kind));
+    }
+    if (t->stopped != STOP_NONE) {
+        /* The consumer left while this operation was in flight. */
+        end_uncommitted(t, t->stopped, NULL);
+        return;
+    }
+    step(t, op);
+}
+
+/* TURN_QUEUED: the load starts from the loop, so that no sink call happens inside turn_start. */
 static void on_load_ev(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     turn *t = arg;
+    if (t->state != TURN_QUEUED)
+        bad_state(t, "load event");
     if (t->see_all) {
         submit_lock(t);
         return;
     }
     store_op *op = store_op_new(STORE_OP_SESSION_GET);
     op->in.session_id = store_op_str(op, t->session_id);
-    turn_submit(t, op, on_precheck);
+    submit_step(t, TURN_PRECHECK, op);
 }
 
 /* ---- public ---- */
@@ -963,6 +1165,7 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
     turn *t = chat_xcalloc(1, sizeof *t);
     t->e = e;
     t->env = &e->env;
+    t->state = TURN_QUEUED;
     t->sink = sink;
     t->ud = ud;
     t->session_id = chat_xstrdup(p->session_id ? p->session_id : "");
@@ -992,16 +1195,15 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
             view[i].content = (char *)p->history[i].content;
             view[i].tokens = -1;
         }
-        bool ok = prepare(t, view, p->n_history, err);
+        bool ok = prepare(t, view, p->n_history, err) && begin_call(t, err);
         free(view);
         if (!ok) {
-            turn_free(t);
+            turn_free(t); /* nothing was taken, no sink call was made */
             return NULL;
         }
         link_turn(t);
         return t;
     }
-    /* The load runs from the loop: sink calls never happen inside turn_start. */
     t->load_ev = evtimer_new(e->env.base, on_load_ev, t);
     struct timeval now = {0, 0};
     evtimer_add(t->load_ev, &now);
@@ -1032,22 +1234,8 @@ void turn_resume(turn *t)
 
 void turn_cancel(turn *t)
 {
-    if (!t)
-        return;
-    metrics_turn_cancelled(METRICS_CANCEL_CLIENT_GONE);
-    metrics_turn(METRICS_TURN_CANCELLED);
-    if (t->op_pending) {
-        /* The operation's callback ends the turn (a commit in flight still lands). */
-        t->detached = true;
-        unlink_turn(t);
-        return;
-    }
-    if (t->call) {
-        llm_call_cancel(t->call);
-        t->call = NULL;
-    }
-    finish_cancelled(t, "client_disconnected");
-    turn_free(t);
+    if (t)
+        stop(t, STOP_CLIENT_GONE);
 }
 
 void turn_abort_all(turn_engine *e)
@@ -1055,36 +1243,7 @@ void turn_abort_all(turn_engine *e)
     turn *t = e->running;
     while (t) {
         turn *next = t->next;
-        if (t->op_pending) {
-            if (!t->committing) {
-                /* A load or a lease renewal waiting on the store: answer now;
-                 * the operation's callback gives back what it took. */
-                turn_error err;
-                shutdown_error(&err);
-                metrics_turn_cancelled(METRICS_CANCEL_SHUTDOWN);
-                metrics_turn(METRICS_TURN_CANCELLED);
-                t->sink->on_error(t->ud, &err);
-                t->detached = true;
-                unlink_turn(t);
-            }
-            /* A commit in flight completes normally (and answers). */
-            t = next;
-            continue;
-        }
-        if (t->call) {
-            llm_call_cancel(t->call);
-            t->call = NULL;
-        }
-        turn_error err;
-        set_error(&err, 503, "server_shutting_down",
-                  t->env->keep_partial && t->partial_len > 0
-                      ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
-                      : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
-        finish_cancelled(t, "shutdown");
-        metrics_turn_cancelled(METRICS_CANCEL_SHUTDOWN);
-        metrics_turn(METRICS_TURN_CANCELLED);
-        t->sink->on_error(t->ud, &err);
-        turn_free(t);
+        stop(t, STOP_SHUTDOWN);
         t = next;
     }
 }

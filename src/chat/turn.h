@@ -11,9 +11,48 @@
  * history stays well-formed (user, assistant, user, assistant, ...).
  *
  * The turn knows nothing about HTTP: it reports to a sink. Sink calls happen on
- * the worker's loop thread, never from inside turn_start. Exactly one of
- * on_done / on_error ends a started turn; the turn frees itself right after that
- * call returns, so the consumer must drop its pointer there.
+ * the loop's thread, never from inside turn_start: on_start before any on_delta,
+ * then exactly one of on_done / on_error ends a started turn (none after
+ * turn_cancel); the turn frees itself right after that call returns, so the
+ * consumer must drop its pointer there.
+ *
+ * The state machine (enum turn_state). A turn waits for one thing at a time:
+ * the start of its load, one store operation, or the provider call. "op" is
+ * the store operation submitted on entering the state; ENDED means the last
+ * sink call is being made and the turn is then freed.
+ *
+ *   state            entered by                     next, on
+ *   QUEUED           turn_start (session turns)     PRECHECK (caller limited to its own sessions)
+ *                                                   or LOCKING (see_all), on the next loop turn
+ *   PRECHECK         op SESSION_GET                 LOCKING; ENDED 404 (another key's session)
+ *   LOCKING          op LOCK_ACQUIRE                LOCKED (taken); ENDED 409 (busy), 503/500
+ *   LOCKED           the lock is ours               LOADING_SESSION at once
+ *   LOADING_SESSION  op SESSION_GET                 LOADING_HISTORY (exists); COUNTING (new, key
+ *                                                   capped); PREPARED (new); ENDED 404, 503/500
+ *   COUNTING         op KEY_SESSION_COUNT           PREPARED; ENDED 403 (at MAX_SESSIONS_PER_KEY)
+ *   LOADING_HISTORY  op MESSAGES_LIST               PREPARED; ENDED 503/500
+ *   PREPARED         request built (ephemeral       CALLING at once; ENDED 400/503 before it
+ *                    turns: inside turn_start)      (context, model), 500 (call not started)
+ *   CALLING          llm_call_start                 COMMITTING (reply complete; ephemeral: ENDED
+ *                                                   on_done); RENEWING_LOCK (failed before any
+ *                                                   delta, retryable, a fallback left; ephemeral:
+ *                                                   CALLING on the fallback); ENDED on_error
+ *   RENEWING_LOCK    op LOCK_REFRESH                RENEWING_IDEM (with an Idempotency-Key) or
+ *                                                   CALLING (the fallback); ENDED (provider's error)
+ *   RENEWING_IDEM    op IDEM_REFRESH                CALLING (the fallback); ENDED (provider's error)
+ *   COMMITTING       op TURN_COMMIT                 ENDED on_done; ENDED on_error 409/503/500
+ *   ENDED            the last sink call             (freed)
+ *
+ * Every ENDED without a commit (errors, turn_cancel, turn_abort_all) takes one
+ * path: the call is aborted, the lock (held from LOCKED to COMMITTING) and the
+ * Idempotency-Key record are given back, a cancelled turn's partial reply is
+ * committed "incomplete" first under CANCEL_POLICY=keep. turn_cancel and
+ * turn_abort_all in QUEUED, PREPARED or CALLING end the turn at once; in a
+ * state waiting on a store operation they unlink the turn (turn_abort_all
+ * answers it 503 first) and the operation's completion ends it, giving back
+ * what it took; in COMMITTING the commit still lands (turn_cancel: silently;
+ * turn_abort_all leaves the turn alone: it answers). A store or provider
+ * callback in a state that does not expect it aborts the process.
  */
 #ifndef CHATD_CHAT_TURN_H
 #define CHATD_CHAT_TURN_H
@@ -30,6 +69,26 @@ struct event_base;
 struct model_table;
 
 typedef struct turn turn;
+
+/* What a turn waits for; the transition table is at the top of this file. */
+typedef enum turn_state {
+    TURN_QUEUED = 0,
+    TURN_PRECHECK,
+    TURN_LOCKING,
+    TURN_LOCKED,
+    TURN_LOADING_SESSION,
+    TURN_COUNTING,
+    TURN_LOADING_HISTORY,
+    TURN_PREPARED,
+    TURN_CALLING,
+    TURN_RENEWING_LOCK,
+    TURN_RENEWING_IDEM,
+    TURN_COMMITTING,
+    TURN_ENDED,
+} turn_state;
+
+/* The state's name in logs, e.g. "loading_history"; "?" for a bad value. */
+const char *turn_state_name(turn_state s);
 
 /* Submits a store operation with the meaning of store_submit (cb runs once, on
  * the loop, possibly before this returns). */
@@ -136,8 +195,9 @@ typedef struct turn_sink {
 } turn_sink;
 
 /*
- * Starts a turn in engine e. On success returns the turn (owned by itself: it
- * ends with on_done or on_error, or with turn_cancel); the session's load runs
+ * Starts a turn in engine e (on e's loop thread). On success returns the turn
+ * (owned by itself: it ends with on_done or on_error, or with turn_cancel), in
+ * TURN_QUEUED (session turns) or TURN_CALLING (ephemeral); the session's load runs
  * from the loop, through the asynchronous store, so its failures (409
  * session_busy, 404, 403 session_limit_reached, 500/503 database) arrive as
  * on_error. A failure known at once (unknown model: 400; provider not
@@ -146,6 +206,9 @@ typedef struct turn_sink {
  */
 turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud,
                  turn_error *err);
+
+/* The state of a running turn (t non-NULL, not yet ended), for tests and logs. */
+turn_state turn_get_state(const turn *t);
 
 /* An estimate of the provider tokens the turn has used so far (the request
  * sent plus the reply received), for TOKEN_LIMIT when a turn ends without the
@@ -163,10 +226,11 @@ void turn_resume(turn *t);
 void turn_cancel(turn *t);
 
 /* Cancels every running turn of e (graceful shutdown after the drain deadline):
- * each gets on_error (503 "server shutting down") and then ends as by
- * turn_cancel (a turn whose load waits on the store is answered at once and
- * detached: the operation's callback cleans up). A commit in flight completes
- * normally and answers: keep the loop running until turn_engine_idle. */
+ * each gets on_error (503 "server_shutting_down") and then ends as by
+ * turn_cancel (a turn waiting on a store operation is answered at once and
+ * unlinked: the operation's completion gives back what it took). A commit in
+ * flight completes normally and answers: keep the loop running until
+ * turn_engine_idle and the store has no operation pending. */
 void turn_abort_all(turn_engine *e);
 
 /* Gives back a running Idempotency-Key record owned by token (nothing will
