@@ -344,6 +344,21 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
 
 /* ---- history -> provider messages ---- */
 
+/* Message i of the request being built: the history's, or the new user
+ * message after it. Returns its role as a static string ("user" or
+ * "assistant"), or NULL when it has no content (left out). */
+static const char *message_part(const turn *t, const llm_message *hist, size_t nhist, size_t i,
+                                const char **content, size_t *len)
+{
+    const char *role = i < nhist ? hist[i].role : "user";
+    const char *c = i < nhist ? hist[i].content : t->user_message;
+    if (!c || !*c)
+        return NULL;
+    *content = c;
+    *len = strlen(c);
+    return strcmp(role, "user") == 0 ? "user" : "assistant";
+}
+
 /*
  * The provider wants non-empty messages, alternating, starting with a user
  * message. Committed turns already alternate, but an assistant reply can be
@@ -351,33 +366,55 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
  * neighbours of the same role are merged with a blank line between them.
  * Every content string of the result is a copy owned by the turn (t->owned),
  * because a fallback restarts the call after the history was freed.
+ *
+ * Linear in the total size, whatever the number of merged neighbours: a
+ * first pass measures each resulting message, a second copies every part
+ * once into a buffer allocated at its final size.
  */
 static void build_messages(turn *t, const llm_message *hist, size_t nhist)
 {
-    t->msgs = chat_xcalloc(nhist + 1, sizeof *t->msgs);
-    t->owned = chat_xcalloc(nhist + 1, sizeof *t->owned);
+    size_t *size = chat_xcalloc(nhist + 1, sizeof *size);
     size_t n = 0;
+    const char *last = NULL; /* role of message n - 1 */
     for (size_t i = 0; i <= nhist; i++) {
-        const char *role = i < nhist ? hist[i].role : "user";
-        const char *content = i < nhist ? hist[i].content : t->user_message;
-        if (!content || !*content)
+        const char *content;
+        size_t len;
+        const char *role = message_part(t, hist, nhist, i, &content, &len);
+        if (!role || (n == 0 && role[0] != 'u'))
             continue;
-        role = strcmp(role, "user") == 0 ? "user" : "assistant"; /* static strings */
-        if (n == 0 && strcmp(role, "user") != 0)
-            continue;
-        if (n > 0 && strcmp(t->msgs[n - 1].role, role) == 0) {
-            char *merged = chat_xasprintf("%s\n\n%s", t->msgs[n - 1].content, content);
-            free(t->owned[n - 1]);
-            t->owned[n - 1] = merged;
-            t->msgs[n - 1].content = merged;
+        if (n > 0 && role == last) {
+            size[n - 1] += 2 + len; /* "\n\n" + content */
             continue;
         }
-        t->owned[n] = chat_xstrdup(content);
-        t->msgs[n].role = role;
-        t->msgs[n].content = t->owned[n];
-        n++;
+        size[n++] = len;
+        last = role;
+    }
+    t->msgs = chat_xcalloc(n ? n : 1, sizeof *t->msgs);
+    t->owned = chat_xcalloc(n ? n : 1, sizeof *t->owned);
+    size_t k = 0, used = 0; /* message k - 1 holds used bytes so far */
+    for (size_t i = 0; i <= nhist; i++) {
+        const char *content;
+        size_t len;
+        const char *role = message_part(t, hist, nhist, i, &content, &len);
+        if (!role || (k == 0 && role[0] != 'u'))
+            continue;
+        if (k > 0 && role == t->msgs[k - 1].role) {
+            memcpy(t->owned[k - 1] + used, "\n\n", 2);
+            memcpy(t->owned[k - 1] + used + 2, content, len);
+            used += 2 + len;
+            t->owned[k - 1][used] = '\0';
+            continue;
+        }
+        t->owned[k] = chat_xmalloc(size[k] + 1);
+        memcpy(t->owned[k], content, len);
+        t->owned[k][len] = '\0';
+        used = len;
+        t->msgs[k].role = role;
+        t->msgs[k].content = t->owned[k];
+        k++;
     }
     t->n_msgs = n;
+    free(size);
 }
 
 /* ---- commit and release ---- */
