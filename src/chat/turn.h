@@ -90,8 +90,8 @@ typedef enum turn_state {
 /* The state's name in logs, e.g. "loading_history"; "?" for a bad value. */
 const char *turn_state_name(turn_state s);
 
-/* Submits a store operation with the meaning of store_submit (cb runs once, on
- * the loop, possibly before this returns). */
+/* Submits a store operation with the meaning of store_submit (cb, if any,
+ * runs once, on a later turn of the loop). */
 typedef void (*turn_submit_fn)(void *ctx, store_op *op, store_op_cb cb, void *ud);
 
 /*
