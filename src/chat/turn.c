@@ -35,6 +35,7 @@
 #include "chat/context.h"
 #include "chat/models.h"
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/util.h"
@@ -98,9 +99,7 @@ struct turn {
     /* History, not state: a turn refused before any provider call is not
      * counted as a failed turn (metrics). */
     bool called;
-    char *partial;              /* reply text received so far */
-    size_t partial_len, partial_cap;
-    size_t partial_max;
+    chat_buf partial;           /* reply text received so far, at most the provider's max_response_bytes */
     int64_t started_mono;
     int64_t committed_at;       /* wall-clock ms of the commit (the messages' created_at) */
     int64_t truncated_turns;    /* oldest turns left out of the provider request */
@@ -239,7 +238,7 @@ static void turn_free(turn *t)
     free(t->owner);
     free(t->idem_scope);
     free(t->idem_key);
-    free(t->partial);
+    chat_buf_free(&t->partial);
     free(t);
 }
 
@@ -509,7 +508,7 @@ static void on_partial_committed(store_op *op, void *ud)
 /* CANCEL_POLICY=keep applies: there is a partial reply, and the lock to commit it. */
 static bool keeps_partial(const turn *t)
 {
-    return t->env->keep_partial && t->partial_len > 0 && holds_lock(t);
+    return t->env->keep_partial && t->partial.len > 0 && holds_lock(t);
 }
 
 /* A cancelled turn: commits what arrived as "incomplete", or drops it. */
@@ -525,7 +524,7 @@ static void keep_or_drop(turn *t, turn_stop why)
             t->idem_key = NULL;
         }
         llm_usage unknown = {-1, -1, -1, -1};
-        submit_commit(t, t->partial, "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
+        submit_commit(t, chat_buf_str(&t->partial), "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
         /* the commit releases the lock, or its callback does */
     } else {
         release(t);
@@ -533,7 +532,7 @@ static void keep_or_drop(turn *t, turn_stop why)
     chat_log(LOG_INFO, "turn cancelled",
              json_pack("{s:s,s:s,s:s,s:I}", "session", t->session_id, "reason",
                        why == STOP_SHUTDOWN ? "shutdown" : "client_disconnected", "partial",
-                       keep ? "kept" : "dropped", "partial_bytes", (json_int_t)t->partial_len));
+                       keep ? "kept" : "dropped", "partial_bytes", (json_int_t)t->partial.len));
 }
 
 /*
@@ -683,17 +682,9 @@ static int on_llm_delta(void *ud, const char *text, size_t len)
     if (t->state != TURN_CALLING)
         bad_state(t, "provider delta");
     ensure_started(t);
-    if (t->partial_len + len <= t->partial_max) {
-        if (t->partial_len + len + 1 > t->partial_cap) {
-            size_t cap = t->partial_cap ? t->partial_cap : 1024;
-            while (cap < t->partial_len + len + 1)
-                cap *= 2;
-            t->partial = chat_xrealloc(t->partial, cap);
-            t->partial_cap = cap;
-        }
-        memcpy(t->partial + t->partial_len, text, len);
-        t->partial_len += len;
-        t->partial[t->partial_len] = '\0';
+    if (chat_buf_append(&t->partial, text, len) != CHAT_OK) {
+        /* Past max_response_bytes: not kept (the call itself fails on a
+         * reply that large); the piece still goes to the consumer. */
     }
     if (t->sink->on_delta && t->sink->on_delta(t->ud, text, len)) {
         t->paused = true;
@@ -901,7 +892,7 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
         return false;
     }
     t->model = t->current = model;
-    t->partial_max = model->provider.max_response_bytes;
+    chat_buf_init(&t->partial, model->provider.max_response_bytes);
 
     /* Fit the conversation into the model's context window. */
     context_plan plan;
@@ -1255,7 +1246,7 @@ fail:
 
 int64_t turn_estimated_tokens(const turn *t)
 {
-    int64_t n = context_estimate_tokens(t->system_prompt) + context_estimate_tokens(t->partial);
+    int64_t n = context_estimate_tokens(t->system_prompt) + context_estimate_tokens(chat_buf_str(&t->partial));
     for (size_t i = 0; i < t->n_msgs; i++)
         n += context_estimate_tokens(t->msgs[i].content);
     return n;
