@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "core/rc.h"
+#include "llm/provider.h"
 #include "store/store.h"
 
 /* The estimate used for text whose token count is not known: one token per
@@ -40,5 +41,22 @@ typedef struct context_plan {
  */
 chat_rc context_fit(const store_message *hist, size_t n, const char *system, const char *message,
                     int64_t context_window, int64_t max_tokens, context_plan *out) CHAT_MUST_CHECK;
+
+/*
+ * The provider request's messages: hist[first..n) then the new message. The
+ * provider wants non-empty messages, alternating, starting with a user
+ * message. Committed turns already alternate, but an assistant reply can be
+ * empty (the provider may answer with no content): empty messages are left
+ * out, so are leading assistant messages, and neighbours of the same role are
+ * merged with a blank line between them. Roles other than "user" count as
+ * "assistant". Linear in the total size, however many neighbours merge.
+ * Returns the number of messages (0 only when nothing has content) and sets
+ * *out to a heap array whose roles are static strings and whose contents are
+ * heap copies: free both with context_messages_free(*out, count).
+ */
+size_t context_messages(const store_message *hist, size_t first, size_t n, const char *message, llm_message **out);
+
+/* Frees what context_messages returned. Accepts NULL. */
+void context_messages_free(llm_message *msgs, size_t n);
 
 #endif

@@ -71,9 +71,8 @@ struct turn {
     const chat_model *model;    /* the requested (or session's, or default) model */
     const chat_model *current;  /* the model the running call uses (a fallback after a failure) */
     size_t next_fallback;       /* index into model->fallbacks of the next one to try */
-    llm_message *msgs;          /* the provider request's messages, kept for fallbacks */
+    llm_message *msgs;          /* the provider request's messages (context_messages), kept for fallbacks */
     size_t n_msgs;
-    char **owned;               /* the message strings (owned by the turn), n_msgs of them */
     char *lock_token;
     char *owner;
     char *idem_scope;           /* the Idempotency-Key record this turn completes, or NULL */
@@ -230,10 +229,7 @@ static void turn_free(turn *t)
     free(t->session_id);
     free(t->user_message);
     free(t->system_prompt);
-    for (size_t i = 0; i < t->n_msgs; i++)
-        free(t->owned[i]);
-    free(t->owned);
-    free(t->msgs);
+    context_messages_free(t->msgs, t->n_msgs);
     free(t->lock_token);
     free(t->owner);
     free(t->idem_scope);
@@ -339,81 +335,6 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
         return;
     }
     set_error(err, 502, "provider_error", "the provider failed: %s", pmsg);
-}
-
-/* ---- history -> provider messages ---- */
-
-/* Message i of the request being built: the history's, or the new user
- * message after it. Returns its role as a static string ("user" or
- * "assistant"), or NULL when it has no content (left out). */
-static const char *message_part(const turn *t, const llm_message *hist, size_t nhist, size_t i,
-                                const char **content, size_t *len)
-{
-    const char *role = i < nhist ? hist[i].role : "user";
-    const char *c = i < nhist ? hist[i].content : t->user_message;
-    if (!c || !*c)
-        return NULL;
-    *content = c;
-    *len = strlen(c);
-    return strcmp(role, "user") == 0 ? "user" : "assistant";
-}
-
-/*
- * The provider wants non-empty messages, alternating, starting with a user
- * message. Committed turns already alternate, but an assistant reply can be
- * empty (the provider may answer with no content): such messages are skipped and
- * neighbours of the same role are merged with a blank line between them.
- * Every content string of the result is a copy owned by the turn (t->owned),
- * because a fallback restarts the call after the history was freed.
- *
- * Linear in the total size, whatever the number of merged neighbours: a
- * first pass measures each resulting message, a second copies every part
- * once into a buffer allocated at its final size.
- */
-static void build_messages(turn *t, const llm_message *hist, size_t nhist)
-{
-    size_t *size = chat_xcalloc(nhist + 1, sizeof *size);
-    size_t n = 0;
-    const char *last = NULL; /* role of message n - 1 */
-    for (size_t i = 0; i <= nhist; i++) {
-        const char *content;
-        size_t len;
-        const char *role = message_part(t, hist, nhist, i, &content, &len);
-        if (!role || (n == 0 && role[0] != 'u'))
-            continue;
-        if (n > 0 && role == last) {
-            size[n - 1] += 2 + len; /* "\n\n" + content */
-            continue;
-        }
-        size[n++] = len;
-        last = role;
-    }
-    t->msgs = chat_xcalloc(n ? n : 1, sizeof *t->msgs);
-    t->owned = chat_xcalloc(n ? n : 1, sizeof *t->owned);
-    size_t k = 0, used = 0; /* message k - 1 holds used bytes so far */
-    for (size_t i = 0; i <= nhist; i++) {
-        const char *content;
-        size_t len;
-        const char *role = message_part(t, hist, nhist, i, &content, &len);
-        if (!role || (k == 0 && role[0] != 'u'))
-            continue;
-        if (k > 0 && role == t->msgs[k - 1].role) {
-            memcpy(t->owned[k - 1] + used, "\n\n", 2);
-            memcpy(t->owned[k - 1] + used + 2, content, len);
-            used += 2 + len;
-            t->owned[k - 1][used] = '\0';
-            continue;
-        }
-        t->owned[k] = chat_xmalloc(size[k] + 1);
-        memcpy(t->owned[k], content, len);
-        t->owned[k][len] = '\0';
-        used = len;
-        t->msgs[k].role = role;
-        t->msgs[k].content = t->owned[k];
-        k++;
-    }
-    t->n_msgs = n;
-    free(size);
 }
 
 /* ---- commit and release ---- */
@@ -912,13 +833,8 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
                   (long long)(plan.tokens), model->name, (long long)plan.budget);
         return false;
     }
-    llm_message *lm = chat_xcalloc(nhist + 1, sizeof *lm);
-    for (size_t i = plan.first; i < nhist; i++) {
-        lm[i - plan.first].role = hist[i].role;
-        lm[i - plan.first].content = hist[i].content;
-    }
-    build_messages(t, lm, nhist - plan.first);
-    free(lm);
+    /* Copies: a fallback restarts the call after the history was freed. */
+    t->n_msgs = context_messages(hist, plan.first, nhist, t->user_message, &t->msgs);
     t->truncated_turns = plan.truncated_turns;
     /* What the last committed turn measured: the conversation's exact size
      * then. This turn's input minus it is the new message's real size. */

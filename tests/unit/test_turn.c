@@ -875,8 +875,9 @@ static void test_idempotency_complete_and_release(void **state)
     fx_free(&f);
 }
 
-/* Same-role neighbours are merged (empty replies skipped); a conversation of
- * many thousands of same-role messages is prepared in linear time. */
+/* Same-role neighbours are merged (empty replies skipped) on the wire; a
+ * conversation of many thousands of same-role messages does not stall the
+ * loop (the merge itself: test_context.c). */
 static void test_merge_same_role(void **state)
 {
     (void)state;
