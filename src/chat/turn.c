@@ -25,8 +25,6 @@
  */
 #include "chat/turn.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -238,105 +236,6 @@ static void turn_free(turn *t)
     free(t);
 }
 
-static void set_error(turn_error *e, int status, const char *type, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void set_error(turn_error *e, int status, const char *type, const char *fmt, ...)
-{
-    va_list ap;
-    e->status = status;
-    e->type = type;
-    e->retry_after_s = 0;
-    e->attempts = 0;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-    chat_utf8_trim(e->message);
-}
-
-void turn_store_error(chat_rc rc, turn_error *err)
-{
-    if (rc == CHAT_EUNAVAIL) {
-        set_error(err, 503, "database_unavailable", "the database is busy or unreachable; retry shortly");
-        err->retry_after_s = 1;
-    } else {
-        set_error(err, 500, "internal_error", "the database is not available");
-    }
-}
-
-/* ---- the error table (docs/API.md, "Errors") ---- */
-
-static void map_stream_error(const llm_result *res, turn_error *err)
-{
-    const char *type = res->error_type ? res->error_type : "";
-    const char *msg = res->error_message ? res->error_message : "the provider reported an error";
-    if (strcmp(type, "overloaded_error") == 0)
-        set_error(err, 503, "provider_overloaded", "the provider is overloaded: %s", msg);
-    else if (strcmp(type, "rate_limit_error") == 0)
-        set_error(err, 429, "rate_limit_error", "the provider rate limit was reached: %s", msg);
-    else
-        set_error(err, 502, "provider_error", "the provider failed (%s): %s", *type ? type : "error", msg);
-}
-
-void turn_map_llm_error(const llm_result *res, turn_error *err)
-{
-    const char *pmsg = res->error_message ? res->error_message : "no details";
-    int s = res->http_status;
-    switch (res->status) {
-    case LLM_OK:
-        set_error(err, 200, "ok", "ok");
-        return;
-    case LLM_ERR_HTTP:
-        if (s == 400)
-            set_error(err, 400, "invalid_request_error", "%s", pmsg);
-        else if (s == 401 || s == 403)
-            set_error(err, 502, "provider_auth_error",
-                      "the provider rejected the configured API key (HTTP %d)", s);
-        else if (s == 404)
-            set_error(err, 400, "invalid_request_error", "%s", pmsg);
-        else if (s == 413)
-            set_error(err, 413, "request_too_large", "the provider rejected the request as too large: %s", pmsg);
-        else if (s == 429) {
-            set_error(err, 429, "rate_limit_error", "the provider rate limit was reached: %s", pmsg);
-            err->retry_after_s = res->retry_after_ms > 0 ? (res->retry_after_ms + 999) / 1000 : 1;
-        } else if (s == 529 || s == 503)
-            set_error(err, 503, "provider_overloaded", "the provider is overloaded (HTTP %d): %s", s, pmsg);
-        else if (s == 504)
-            set_error(err, 504, "provider_timeout", "the provider timed out (HTTP 504): %s", pmsg);
-        else
-            set_error(err, 502, "provider_error", "the provider failed (HTTP %d): %s", s, pmsg);
-        return;
-    case LLM_ERR_CONNECT:
-        set_error(err, 502, "provider_error", "cannot reach the provider: %s", pmsg);
-        return;
-    case LLM_ERR_TIMEOUT:
-        set_error(err, 504, "provider_timeout", "the provider did not answer in time: %s", pmsg);
-        return;
-    case LLM_ERR_STREAM:
-        map_stream_error(res, err);
-        return;
-    case LLM_ERR_TRUNCATED:
-        set_error(err, 502, "provider_error", "the provider's response ended early: %s", pmsg);
-        return;
-    case LLM_ERR_PROTOCOL:
-        set_error(err, 502, "provider_error", "the provider's response could not be read: %s", pmsg);
-        return;
-    case LLM_ERR_RETRY_AFTER:
-        /* The provider asked for a longer wait than we hold a request for: pass
-         * the hint on instead of hanging (429 stays 429, anything else is 503). */
-        if (s == 429)
-            set_error(err, 429, "rate_limit_error",
-                      "the provider rate limit was reached and it asks to retry after longer than RETRY_MAX_WAIT: %s",
-                      pmsg);
-        else
-            set_error(err, 503, "provider_overloaded",
-                      "the provider is unavailable (HTTP %d) and asks to retry after longer than RETRY_MAX_WAIT", s);
-        err->retry_after_s = res->retry_after_ms > 0 ? (res->retry_after_ms + 999) / 1000 : 1;
-        return;
-    }
-    set_error(err, 502, "provider_error", "the provider failed: %s", pmsg);
-}
-
 /* ---- commit and release ---- */
 
 /* The new user message's size in tokens, from the provider's counts: this
@@ -488,7 +387,7 @@ static void end_uncommitted(turn *t, turn_stop why, const turn_error *err)
 /* The error a shutdown answers; kept: the partial reply is committed. */
 static void shutdown_error(turn_error *err, bool kept)
 {
-    set_error(err, 503, "server_shutting_down", "%s",
+    turn_error_set(err, 503, "server_shutting_down", "%s",
               kept ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
                    : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
 }
@@ -808,7 +707,7 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
     if (!model)
         model = models_default(mt);
     if (!model->available) {
-        set_error(err, 503, "provider_not_configured",
+        turn_error_set(err, 503, "provider_not_configured",
                   "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
         return false;
     }
@@ -820,14 +719,14 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
     int64_t reply_max = t->max_tokens < model->max_output ? t->max_tokens : model->max_output;
     chat_rc rc = context_fit(hist, nhist, t->system_prompt, t->user_message, model->context_window, reply_max, &plan);
     if (rc == CHAT_ETOOBIG) {
-        set_error(err, 400, "context_length_exceeded",
+        turn_error_set(err, 400, "context_length_exceeded",
                   "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
                   "(%lld tokens, %lld of them reserved for the reply)",
                   (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
         return false;
     }
     if (plan.truncated_turns > 0 && t->truncation == TURN_TRUNCATE_REJECT) {
-        set_error(err, 400, "context_length_exceeded",
+        turn_error_set(err, 400, "context_length_exceeded",
                   "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
                   "session or send \"truncation\": \"auto\" to leave out the oldest turns",
                   (long long)(plan.tokens), model->name, (long long)plan.budget);
@@ -857,7 +756,7 @@ static bool begin_call(turn *t, turn_error *err)
     if (t->state != TURN_PREPARED)
         bad_state(t, "begin_call");
     if (start_call(t) != CHAT_OK) {
-        set_error(err, 500, "internal_error", "the provider call could not be started");
+        turn_error_set(err, 500, "internal_error", "the provider call could not be started");
         return false;
     }
     t->start_ev = evtimer_new(t->env->base, on_start_ev, t);
@@ -898,7 +797,7 @@ static void precheck_done(turn *t, store_op *op)
 {
     if (op->rc == CHAT_OK && foreign(t, &op->out.session)) {
         turn_error err;
-        set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
+        turn_error_set(&err, 404, "not_found_error", "session %s not found", t->session_id);
         end_uncommitted(t, STOP_ERROR, &err);
         return;
     }
@@ -910,7 +809,7 @@ static void lock_done(turn *t, store_op *op)
 {
     turn_error err;
     if (op->rc == CHAT_EBUSY) {
-        set_error(&err, 409, "session_busy", "another turn is in progress on session %s; retry when it has finished",
+        turn_error_set(&err, 409, "session_busy", "another turn is in progress on session %s; retry when it has finished",
                   t->session_id);
         end_uncommitted(t, STOP_ERROR, &err);
         return;
@@ -937,7 +836,7 @@ static void session_done(turn *t, store_op *op)
     if (op->rc == CHAT_OK) {
         if (foreign(t, &op->out.session)) {
             /* Checked again under the lock: the session may have been created since. */
-            set_error(&err, 404, "not_found_error", "session %s not found", t->session_id);
+            turn_error_set(&err, 404, "not_found_error", "session %s not found", t->session_id);
             end_uncommitted(t, STOP_ERROR, &err);
             return;
         }
@@ -963,7 +862,7 @@ static void count_done(turn *t, store_op *op)
 {
     if (op->rc == CHAT_OK && op->out.count >= t->env->max_sessions_per_key) {
         turn_error err;
-        set_error(&err, 403, "session_limit_reached",
+        turn_error_set(&err, 403, "session_limit_reached",
                   "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
                   (long long)op->out.count);
         end_uncommitted(t, STOP_ERROR, &err);
@@ -1011,13 +910,13 @@ static void commit_done(turn *t, store_op *op)
     if (op->rc != CHAT_OK) {
         turn_error err;
         if (op->rc == CHAT_ECONFLICT)
-            set_error(&err, 409, "session_busy", "the turn lock of session %s expired before the reply was stored",
+            turn_error_set(&err, 409, "session_busy", "the turn lock of session %s expired before the reply was stored",
                       t->session_id);
         else if (op->rc == CHAT_EUNAVAIL)
-            set_error(&err, 503, "database_unavailable",
+            turn_error_set(&err, 503, "database_unavailable",
                       "the reply could not be stored: the database is busy or unreachable");
         else
-            set_error(&err, 500, "internal_error", "the reply could not be stored");
+            turn_error_set(&err, 500, "internal_error", "the reply could not be stored");
         end_uncommitted(t, STOP_ERROR, &err);
         return;
     }
@@ -1095,12 +994,12 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
     if (p->model) {
         model = models_find(e->env.models, p->model);
         if (!model) {
-            set_error(err, 400, "invalid_request_error",
+            turn_error_set(err, 400, "invalid_request_error",
                       "unknown model \"%s\": GET /v1/models lists the models this server offers", p->model);
             goto fail;
         }
         if (!model->available) {
-            set_error(err, 503, "provider_not_configured",
+            turn_error_set(err, 503, "provider_not_configured",
                       "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
             goto fail;
         }

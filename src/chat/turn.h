@@ -237,6 +237,11 @@ void turn_abort_all(turn_engine *e);
  * complete it: a retry may run the request again). Fire and forget. */
 void turn_release_idempotency(turn_engine *e, const char *scope, const char *key, const char *token);
 
+/* Fills e: status, type (a static string), the message from fmt (cut at a
+ * character boundary if too long), no Retry-After, no attempts. */
+void turn_error_set(turn_error *e, int status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* The error a client sees for a failed store operation (rc): 503
  * database_unavailable with Retry-After when a retry may succeed
  * (CHAT_EUNAVAIL), else 500. */
