@@ -875,6 +875,56 @@ static void test_idempotency_complete_and_release(void **state)
     fx_free(&f);
 }
 
+/* An ephemeral turn falls back at once (no lease to renew) and touches no store. */
+static void test_ephemeral_fallback(void **state)
+{
+    (void)state;
+    static const script sc[] = {OVERLOADED_529, STREAM_OK};
+    fx f;
+    fx_init(&f, sc, 2, (fx_opts){0});
+    turn_params p = params(NULL, "req-1", "Hello?");
+    p.model = "primary";
+    start(&f, &p);
+    assert_int_equal(turn_get_state(f.t), TURN_CALLING); /* prepared and called inside turn_start */
+    RUN_UNTIL(&f, f.t == NULL, 3000);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.events, "SDDDDd");
+    assert_string_equal(f.res_model, "backup");
+    assert_int_equal(f.s.nreq, 2);
+    assert_int_equal(f.nkinds, 0);
+    fx_free(&f);
+}
+
+/* The commit is refused (the lock was taken over meanwhile): on_error 409,
+ * nothing stored, the Idempotency-Key record given back. */
+static void test_commit_refused(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    f.hold_kind = STORE_OP_TURN_COMMIT;
+    f.hold_nth = 1;
+    idem_begin(&f, "k1", "req-1", "s1");
+    turn_params p = params("s1", "req-1", "Hello?");
+    p.idem_scope = "";
+    p.idem_key = "k1";
+    start(&f, &p);
+    RUN_UNTIL(&f, f.held.op != NULL, 3000);
+    assert_int_equal(store_lock_release(f.db, "s1", "req-1"), CHAT_OK);
+    assert_int_equal(store_lock_acquire(f.db, "s1", "thief", chat_now_ms(), 60000), CHAT_OK);
+    fx_release(&f);
+    run_for(&f, 20);
+    assert_sequence(&f, 'e');
+    assert_string_equal(f.events, "SDDDDe");
+    assert_int_equal(f.err.status, 409);
+    assert_string_equal(f.err.type, "session_busy");
+    assert_string_equal(history(&f, "s1"), "");
+    assert_int_equal(store_lock_acquire(f.db, "s1", "probe", chat_now_ms(), 60000), CHAT_EBUSY); /* the thief's */
+    assert_int_equal(store_lock_release(f.db, "s1", "thief"), CHAT_OK);
+    assert_int_equal(idem_probe(&f, "k1", "s1"), STORE_IDEM_NEW);
+    fx_free(&f);
+}
+
 /* Same-role neighbours are merged (empty replies skipped) on the wire; a
  * conversation of many thousands of same-role messages does not stall the
  * loop (the merge itself: test_context.c). */
@@ -962,6 +1012,8 @@ int main(void)
         cmocka_unit_test(test_error_before_delta),
         cmocka_unit_test(test_error_after_delta),
         cmocka_unit_test(test_idempotency_complete_and_release),
+        cmocka_unit_test(test_ephemeral_fallback),
+        cmocka_unit_test(test_commit_refused),
         cmocka_unit_test(test_merge_same_role),
         cmocka_unit_test(test_bad_state_aborts),
     };
