@@ -26,10 +26,6 @@
 #include "core/rc.h"
 #include "llm/provider.h"
 #include "store/store.h"
-/* Transitional: chat/turn.c reaches the turn and provider metrics through this
- * header; once it includes these two itself, remove them from here. */
-#include "chat/metrics.h"
-#include "llm/metrics.h"
 
 typedef struct model_price {
     int64_t input;        /* micro-dollars per million tokens */

@@ -31,12 +31,13 @@
 #include <event2/event.h>
 
 #include "chat/context.h"
+#include "chat/metrics.h"
 #include "chat/models.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/log.h"
-#include "core/metrics.h"
 #include "core/util.h"
+#include "llm/metrics.h"
 
 /* Why a turn stops before its commit (see end_uncommitted). */
 typedef enum turn_stop {
