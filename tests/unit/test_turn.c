@@ -224,7 +224,7 @@ static char *write_tmp(const char *text)
     return path;
 }
 
-/* "primary" falls back to "backup"; "big" has room for very long conversations. */
+/* "primary" falls back to "backup"; "big" has room for very long conversations, "tiny" for none. */
 static const char MODELS[] =
     "{\"models\":["
     "{\"name\":\"primary\",\"provider\":\"anthropic\",\"model_id\":\"primary-id\",\"context_window\":200000,"
@@ -232,7 +232,9 @@ static const char MODELS[] =
     "{\"name\":\"backup\",\"provider\":\"anthropic\",\"model_id\":\"backup-id\",\"context_window\":200000,"
     "\"max_output\":4096,\"price\":{\"input\":1,\"output\":2}},"
     "{\"name\":\"big\",\"provider\":\"anthropic\",\"model_id\":\"big-id\",\"context_window\":100000000,"
-    "\"max_output\":4096}]}";
+    "\"max_output\":4096},"
+    "{\"name\":\"tiny\",\"provider\":\"anthropic\",\"model_id\":\"tiny-id\",\"context_window\":100,"
+    "\"max_output\":10}]}";
 
 typedef struct fx_opts {
     bool inline_store;
@@ -875,6 +877,72 @@ static void test_idempotency_complete_and_release(void **state)
     fx_free(&f);
 }
 
+/* Refusals during the load and the preparation: nothing reaches the
+ * provider, the lock (when taken) and the record are given back. */
+static void test_refused_before_the_call(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){.max_sessions_per_key = 1});
+    store_key_new key = {.id = "key_1", .name = "one", .hash = HASH, .role = "user", .now = chat_now_ms()};
+    assert_int_equal(store_key_create(f.db, &key), CHAT_OK);
+    seed_turn(&f, "s1"); /* key_1's one session */
+
+    /* Another key's session looks absent, and its lock is never touched. */
+    idem_begin(&f, "k1", "req-1", "s1");
+    turn_params p = params("s1", "req-1", "Hello?");
+    p.owner = "key_2";
+    p.see_all = false;
+    p.idem_scope = "";
+    p.idem_key = "k1";
+    start(&f, &p);
+    RUN_UNTIL(&f, f.t == NULL, 3000);
+    run_for(&f, 20);
+    assert_string_equal(f.events, "e");
+    assert_int_equal(f.err.status, 404);
+    assert_int_equal(f.nkinds, 2);
+    assert_int_equal(f.kinds[0], STORE_OP_SESSION_GET);
+    assert_int_equal(f.kinds[1], STORE_OP_IDEM_ABORT);
+    assert_int_equal(idem_probe(&f, "k1", "s1"), STORE_IDEM_NEW);
+
+    /* A capped key starting one session too many. */
+    f.nev = 0;
+    f.events[0] = '\0';
+    f.nkinds = 0;
+    p = params("s2", "req-2", "Hello?");
+    p.owner = "key_1";
+    p.see_all = false;
+    start(&f, &p);
+    RUN_UNTIL(&f, f.t == NULL, 3000);
+    run_for(&f, 20);
+    assert_string_equal(f.events, "e");
+    assert_int_equal(f.err.status, 403);
+    assert_string_equal(f.err.type, "session_limit_reached");
+    assert_int_equal(count_kind(&f, STORE_OP_KEY_SESSION_COUNT), 1);
+    assert_lock_free(&f, "s2");
+
+    /* A message that cannot fit the model's context window (prepare fails). */
+    f.nev = 0;
+    f.events[0] = '\0';
+    char big[1001];
+    memset(big, 'x', 1000);
+    big[1000] = '\0';
+    p = params("s1", "req-3", big);
+    p.model = "tiny";
+    start(&f, &p);
+    RUN_UNTIL(&f, f.t == NULL, 3000);
+    run_for(&f, 20);
+    assert_string_equal(f.events, "e");
+    assert_int_equal(f.err.status, 400);
+    assert_string_equal(f.err.type, "context_length_exceeded");
+    assert_lock_free(&f, "s1");
+
+    assert_int_equal(f.s.nreq, 0);
+    assert_string_equal(history(&f, "s1"), "user:complete:Earlier question|assistant:complete:Earlier answer");
+    assert_string_equal(history(&f, "s2"), "");
+    fx_free(&f);
+}
+
 /* An ephemeral turn falls back at once (no lease to renew) and touches no store. */
 static void test_ephemeral_fallback(void **state)
 {
@@ -1012,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_error_before_delta),
         cmocka_unit_test(test_error_after_delta),
         cmocka_unit_test(test_idempotency_complete_and_release),
+        cmocka_unit_test(test_refused_before_the_call),
         cmocka_unit_test(test_ephemeral_fallback),
         cmocka_unit_test(test_commit_refused),
         cmocka_unit_test(test_merge_same_role),
