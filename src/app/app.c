@@ -157,6 +157,25 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     event_add(w->drain_tick, &tv);
 }
 
+/* The turn engine of w: all a turn may see of the worker (its loop, store and
+ * transport), the models table, and the few settings a turn reads. */
+static turn_engine *worker_turn_engine(const chat_worker *w)
+{
+    const struct chat_config *cfg = w->app->cfg;
+    turn_env env = {
+        .base = w->base,
+        .db = w->db,
+        .llm = w->llm,
+        .models = w->app->models,
+        .max_tokens = cfg->max_tokens,
+        .default_system_prompt = cfg->default_system_prompt,
+        .lock_ttl_ms = cfg->lock_ttl_ms,
+        .max_sessions_per_key = cfg->max_sessions_per_key,
+        .keep_partial = cfg->cancel_policy == CANCEL_KEEP_PARTIAL,
+    };
+    return turn_engine_new(&env);
+}
+
 static void *worker_main(void *arg)
 {
     chat_worker *w = arg;
@@ -186,22 +205,7 @@ static void *worker_main(void *arg)
     }
     w->llm = llm_transport_new(w->base);
     w->auth_negcache = auth_negcache_new(AUTH_NEGCACHE_ENTRIES, AUTH_NEGCACHE_TTL_MS);
-    {
-        /* What the turn engine may see of the worker: its loop, store and
-         * transport, the models table, and the few settings a turn reads. */
-        turn_env env = {
-            .base = w->base,
-            .db = w->db,
-            .llm = w->llm,
-            .models = w->app->models,
-            .max_tokens = cfg->max_tokens,
-            .default_system_prompt = cfg->default_system_prompt,
-            .lock_ttl_ms = cfg->lock_ttl_ms,
-            .max_sessions_per_key = cfg->max_sessions_per_key,
-            .keep_partial = cfg->cancel_policy == CANCEL_KEEP_PARTIAL,
-        };
-        w->turns = turn_engine_new(&env);
-    }
+    w->turns = worker_turn_engine(w);
     if (w->app->redis_cfg)
         w->redis = redis_limit_new(w->base, w->app->redis_cfg, w->app->limiter);
     http_limits lim = {

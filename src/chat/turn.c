@@ -389,8 +389,8 @@ static void end_uncommitted(turn *t, turn_stop why, const turn_error *err)
 static void shutdown_error(turn_error *err, bool kept)
 {
     turn_error_set(err, 503, "server_shutting_down", "%s",
-              kept ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
-                   : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
+                   kept ? "chatd is shutting down; the turn was cancelled and its partial reply kept as incomplete"
+                        : "chatd is shutting down; the turn was cancelled and nothing was stored: it can be retried");
 }
 
 /*
@@ -709,7 +709,7 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
         model = models_default(mt);
     if (!model->available) {
         turn_error_set(err, 503, "provider_not_configured",
-                  "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
+                       "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
         return false;
     }
     t->model = t->current = model;
@@ -721,16 +721,16 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
     chat_rc rc = context_fit(hist, nhist, t->system_prompt, t->user_message, model->context_window, reply_max, &plan);
     if (rc == CHAT_ETOOBIG) {
         turn_error_set(err, 400, "context_length_exceeded",
-                  "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
-                  "(%lld tokens, %lld of them reserved for the reply)",
-                  (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
+                       "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
+                       "(%lld tokens, %lld of them reserved for the reply)",
+                       (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
         return false;
     }
     if (plan.truncated_turns > 0 && t->truncation == TURN_TRUNCATE_REJECT) {
         turn_error_set(err, 400, "context_length_exceeded",
-                  "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
-                  "session or send \"truncation\": \"auto\" to leave out the oldest turns",
-                  (long long)(plan.tokens), model->name, (long long)plan.budget);
+                       "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
+                       "session or send \"truncation\": \"auto\" to leave out the oldest turns",
+                       (long long)(plan.tokens), model->name, (long long)plan.budget);
         return false;
     }
     /* Copies: a fallback restarts the call after the history was freed. */
@@ -810,8 +810,8 @@ static void lock_done(turn *t, store_op *op)
 {
     turn_error err;
     if (op->rc == CHAT_EBUSY) {
-        turn_error_set(&err, 409, "session_busy", "another turn is in progress on session %s; retry when it has finished",
-                  t->session_id);
+        turn_error_set(&err, 409, "session_busy",
+                       "another turn is in progress on session %s; retry when it has finished", t->session_id);
         end_uncommitted(t, STOP_ERROR, &err);
         return;
     }
@@ -864,8 +864,8 @@ static void count_done(turn *t, store_op *op)
     if (op->rc == CHAT_OK && op->out.count >= t->env->max_sessions_per_key) {
         turn_error err;
         turn_error_set(&err, 403, "session_limit_reached",
-                  "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
-                  (long long)op->out.count);
+                       "this API key already owns %lld sessions (MAX_SESSIONS_PER_KEY); delete some to start new ones",
+                       (long long)op->out.count);
         end_uncommitted(t, STOP_ERROR, &err);
         return;
     }
@@ -912,10 +912,10 @@ static void commit_done(turn *t, store_op *op)
         turn_error err;
         if (op->rc == CHAT_ECONFLICT)
             turn_error_set(&err, 409, "session_busy", "the turn lock of session %s expired before the reply was stored",
-                      t->session_id);
+                           t->session_id);
         else if (op->rc == CHAT_EUNAVAIL)
             turn_error_set(&err, 503, "database_unavailable",
-                      "the reply could not be stored: the database is busy or unreachable");
+                           "the reply could not be stored: the database is busy or unreachable");
         else
             turn_error_set(&err, 500, "internal_error", "the reply could not be stored");
         end_uncommitted(t, STOP_ERROR, &err);
@@ -989,23 +989,52 @@ static void on_load_ev(evutil_socket_t fd, short what, void *arg)
 
 /* ---- public ---- */
 
+/* The model p asks for: *out NULL when it names none (the session's or the
+ * default is used); false with *err set for an unknown or unusable one. */
+static bool requested_model(const turn_engine *e, const turn_params *p, const chat_model **out, turn_error *err)
+{
+    *out = NULL;
+    if (!p->model)
+        return true;
+    const chat_model *model = models_find(e->env.models, p->model);
+    if (!model) {
+        turn_error_set(err, 400, "invalid_request_error",
+                       "unknown model \"%s\": GET /v1/models lists the models this server offers", p->model);
+        return false;
+    }
+    if (!model->available) {
+        turn_error_set(err, 503, "provider_not_configured",
+                       "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
+        return false;
+    }
+    *out = model;
+    return true;
+}
+
+/* An ephemeral turn: the caller gave the whole conversation, so nothing is
+ * loaded; it is prepared and called at once (TURN_CALLING). It carries no
+ * token counts, so its size is estimated. False with *err set otherwise. */
+static bool start_ephemeral(turn *t, const turn_params *p, turn_error *err)
+{
+    store_message *view = chat_xcalloc(p->n_history + 1, sizeof *view);
+    for (size_t i = 0; i < p->n_history; i++) {
+        view[i].role = (char *)p->history[i].role;
+        view[i].content = (char *)p->history[i].content;
+        view[i].tokens = -1;
+    }
+    bool ok = prepare(t, view, p->n_history, err) && begin_call(t, err);
+    free(view);
+    return ok;
+}
+
 turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud, turn_error *err)
 {
-    const chat_model *model = NULL;
-    if (p->model) {
-        model = models_find(e->env.models, p->model);
-        if (!model) {
-            turn_error_set(err, 400, "invalid_request_error",
-                      "unknown model \"%s\": GET /v1/models lists the models this server offers", p->model);
-            goto fail;
-        }
-        if (!model->available) {
-            turn_error_set(err, 503, "provider_not_configured",
-                      "model %s needs a provider API key: set %s and restart chatd", model->name, model->missing);
-            goto fail;
-        }
+    const chat_model *model;
+    if (!requested_model(e, p, &model, err)) {
+        if (p->idem_key && p->session_id)
+            turn_release_idempotency(e, p->idem_scope, p->idem_key, p->request_id);
+        return NULL;
     }
-
     turn *t = chat_xcalloc(1, sizeof *t);
     t->e = e;
     t->env = &e->env;
@@ -1031,33 +1060,18 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
     t->started_mono = chat_mono_ms();
 
     if (t->ephemeral) {
-        /* The caller gave the whole conversation: nothing to load. It carries
-         * no token counts, so its size is estimated. */
-        store_message *view = chat_xcalloc(p->n_history + 1, sizeof *view);
-        for (size_t i = 0; i < p->n_history; i++) {
-            view[i].role = (char *)p->history[i].role;
-            view[i].content = (char *)p->history[i].content;
-            view[i].tokens = -1;
-        }
-        bool ok = prepare(t, view, p->n_history, err) && begin_call(t, err);
-        free(view);
-        if (!ok) {
+        if (!start_ephemeral(t, p, err)) {
             turn_free(t); /* nothing was taken, no sink call was made */
             return NULL;
         }
-        link_turn(t);
-        return t;
+    } else {
+        /* The load runs from the loop: no sink call inside turn_start. */
+        t->load_ev = evtimer_new(e->env.base, on_load_ev, t);
+        struct timeval now = {0, 0};
+        evtimer_add(t->load_ev, &now);
     }
-    t->load_ev = evtimer_new(e->env.base, on_load_ev, t);
-    struct timeval now = {0, 0};
-    evtimer_add(t->load_ev, &now);
     link_turn(t);
     return t;
-
-fail:
-    if (p->idem_key && p->session_id)
-        turn_release_idempotency(e, p->idem_scope, p->idem_key, p->request_id);
-    return NULL;
 }
 
 int64_t turn_estimated_tokens(const turn *t)

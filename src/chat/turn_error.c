@@ -59,7 +59,7 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
             turn_error_set(err, 400, "invalid_request_error", "%s", pmsg);
         else if (s == 401 || s == 403)
             turn_error_set(err, 502, "provider_auth_error",
-                      "the provider rejected the configured API key (HTTP %d)", s);
+                           "the provider rejected the configured API key (HTTP %d)", s);
         else if (s == 404)
             turn_error_set(err, 400, "invalid_request_error", "%s", pmsg);
         else if (s == 413)
@@ -94,11 +94,14 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
          * the hint on instead of hanging (429 stays 429, anything else is 503). */
         if (s == 429)
             turn_error_set(err, 429, "rate_limit_error",
-                      "the provider rate limit was reached and it asks to retry after longer than RETRY_MAX_WAIT: %s",
-                      pmsg);
+                           "the provider rate limit was reached and it asks to retry after longer than "
+                           "RETRY_MAX_WAIT: %s",
+                           pmsg);
         else
             turn_error_set(err, 503, "provider_overloaded",
-                      "the provider is unavailable (HTTP %d) and asks to retry after longer than RETRY_MAX_WAIT", s);
+                           "the provider is unavailable (HTTP %d) and asks to retry after longer than "
+                           "RETRY_MAX_WAIT",
+                           s);
         err->retry_after_s = res->retry_after_ms > 0 ? (res->retry_after_ms + 999) / 1000 : 1;
         return;
     }
