@@ -66,6 +66,7 @@ typedef struct fx {
     store_op_kind hold_kind;    /* hold the hold_nth operation of this kind (0: none) */
     int hold_nth;
     int seen_of_kind;
+    store_op_kind fail_kind;    /* operations of this kind complete with CHAT_EUNAVAIL, not run (0: none) */
     pend held;                  /* the held operation, op NULL when none */
     pend queue[MAX_OPS];        /* completed on the next loop turn */
     int nq;
@@ -90,7 +91,10 @@ typedef struct fx {
 
 static void complete(fx *f, pend p)
 {
-    store_run(f->db, p.op);
+    if (p.op->kind == f->fail_kind)
+        p.op->rc = CHAT_EUNAVAIL; /* the database unreachable */
+    else
+        store_run(f->db, p.op);
     if (p.cb)
         p.cb(p.op, p.ud);
     store_op_free(p.op);
@@ -943,6 +947,39 @@ static void test_refused_before_the_call(void **state)
     fx_free(&f);
 }
 
+/* The database failing a step: during the load (503, nothing called), the
+ * lease renewal before a fallback (the provider's error, no second call), the
+ * commit (503, nothing stored). The lock is given back each time. */
+static void store_fails(store_op_kind kind, const script *sc, int nsc, const char *events, int status,
+                        const char *type, int nreq)
+{
+    fx f;
+    fx_init(&f, sc, nsc, (fx_opts){0});
+    seed_turn(&f, "s1");
+    f.fail_kind = kind;
+    turn_params p = params("s1", "req-1", "Hello?");
+    start(&f, &p);
+    RUN_UNTIL(&f, f.t == NULL, 3000);
+    run_for(&f, 20);
+    assert_sequence(&f, events[strlen(events) - 1]);
+    assert_string_equal(f.events, events);
+    assert_int_equal(f.err.status, status);
+    assert_string_equal(f.err.type, type);
+    assert_int_equal(f.s.nreq, nreq);
+    assert_string_equal(history(&f, "s1"), "user:complete:Earlier question|assistant:complete:Earlier answer");
+    assert_lock_free(&f, "s1");
+    fx_free(&f);
+}
+
+static void test_store_errors(void **state)
+{
+    (void)state;
+    static const script fallback[] = {OVERLOADED_529, STREAM_OK};
+    store_fails(STORE_OP_MESSAGES_LIST, &STREAM_OK, 1, "e", 503, "database_unavailable", 0);
+    store_fails(STORE_OP_LOCK_REFRESH, fallback, 2, "Se", 503, "provider_overloaded", 1);
+    store_fails(STORE_OP_TURN_COMMIT, &STREAM_OK, 1, "SDDDDe", 503, "database_unavailable", 1);
+}
+
 /* An ephemeral turn falls back at once (no lease to renew) and touches no store. */
 static void test_ephemeral_fallback(void **state)
 {
@@ -1081,6 +1118,7 @@ int main(void)
         cmocka_unit_test(test_error_after_delta),
         cmocka_unit_test(test_idempotency_complete_and_release),
         cmocka_unit_test(test_refused_before_the_call),
+        cmocka_unit_test(test_store_errors),
         cmocka_unit_test(test_ephemeral_fallback),
         cmocka_unit_test(test_commit_refused),
         cmocka_unit_test(test_merge_same_role),
