@@ -11,11 +11,62 @@
 #define CHATD_API_API_H
 
 #include <jansson.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "api/metrics.h"
-#include "app/app.h"
+#include "core/config.h"
 #include "guard/metrics.h" /* the refusals router.c counts */
+#include "guard/ratelimit.h"
 #include "http/server.h"
+#include "store/store.h"
+
+struct event_base;
+struct turn_engine;
+struct model_table;
+struct cors_policy;
+struct redis_limit;
+struct chat_netlist;
+struct auth_negcache;
+
+/* /readyz requests that may wait on one worker for the database ping in flight. */
+#define API_READYZ_WAITERS 64
+
+/* /readyz on one worker (api/meta.c): the last database ping's outcome, reused
+ * for a second, and the requests waiting for the ping in flight. */
+typedef struct api_readyz_state {
+    int64_t at_ms;            /* monotonic time the last ping answered; 0: none yet */
+    bool ok;                  /* its outcome */
+    bool pinging;             /* a ping is in flight (its answer goes to every waiter) */
+    int nwaiters;
+    http_req *waiters[API_READYZ_WAITERS]; /* held requests */
+} api_readyz_state;
+
+/*
+ * What the handlers of one worker need: the narrow view of the worker and the
+ * instance that app/ fills in before the worker serves (so that api/ never
+ * sees app/'s structs). Handles and shared objects are borrowed: app/ owns them
+ * and frees them after the worker's HTTP server. Thread: the worker's loop;
+ * the shared objects (limiter, models, cors, trusted proxies) are thread-safe
+ * or read-only.
+ */
+typedef struct api_env {
+    struct event_base *base;             /* the worker's loop */
+    store *db;                           /* the worker's store handle (store_submit) */
+    struct turn_engine *turns;           /* the worker's running turns (chat/turn.h) */
+    struct redis_limit *redis;           /* shared limits through Redis, or NULL: local only */
+    struct auth_negcache *auth_negcache; /* this worker's recent unknown API key hashes */
+    const struct chat_config *cfg;       /* read-only */
+    struct model_table *models;          /* read-only after start */
+    struct ratelimit *limiter;           /* shared by the workers (sharded, thread-safe) */
+    ratelimit_spec auth_failures;        /* AUTH_FAILURE_LIMIT (count 0: off) */
+    const struct cors_policy *cors;      /* read-only */
+    const struct chat_netlist *trusted_proxies; /* TRUSTED_PROXIES */
+    const atomic_bool *stopping;         /* the instance is draining (SIGTERM) */
+    const bool *aborted;                 /* this worker's drain deadline passed: running work was cut */
+    api_readyz_state readyz;             /* owned: /readyz's per-worker cache */
+} api_env;
 
 /* The error shape of a route: FastAPI's {"detail"}, chatd's /v1 envelope, or
  * OpenAI's {"error": {message, type, param, code}} (/v1/chat/completions). */
@@ -25,9 +76,9 @@ typedef enum { API_SEED, API_V1, API_OPENAI } api_flavor;
 const char *api_openai_type_of(int status);
 
 /* A route handler. params holds the decoded {} segments of the path. */
-typedef void (*api_handler)(http_req *r, chat_worker *w, char **params);
+typedef void (*api_handler)(http_req *r, api_env *w, char **params);
 
-/* The http_dispatch_fn of every worker (ctx is the chat_worker). */
+/* The http_dispatch_fn of every worker (ctx is the worker's api_env). */
 void api_dispatch(http_req *r, void *ctx);
 
 /* Most {} parameters a route pattern captures. */
@@ -85,41 +136,41 @@ bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char 
                           const char *field);
 
 /* Handlers, by module. */
-void api_root(http_req *r, chat_worker *w, char **params);
-void api_healthz(http_req *r, chat_worker *w, char **params);
-void api_readyz(http_req *r, chat_worker *w, char **params);
-void api_openapi(http_req *r, chat_worker *w, char **params);
-void api_docs(http_req *r, chat_worker *w, char **params);
-void api_metrics(http_req *r, chat_worker *w, char **params);
-void api_ui_redirect(http_req *r, chat_worker *w, char **params);
-void api_ui_file(http_req *r, chat_worker *w, char **params);
-void api_ui_lib(http_req *r, chat_worker *w, char **params);
+void api_root(http_req *r, api_env *w, char **params);
+void api_healthz(http_req *r, api_env *w, char **params);
+void api_readyz(http_req *r, api_env *w, char **params);
+void api_openapi(http_req *r, api_env *w, char **params);
+void api_docs(http_req *r, api_env *w, char **params);
+void api_metrics(http_req *r, api_env *w, char **params);
+void api_ui_redirect(http_req *r, api_env *w, char **params);
+void api_ui_file(http_req *r, api_env *w, char **params);
+void api_ui_lib(http_req *r, api_env *w, char **params);
 
-void api_seed_chat(http_req *r, chat_worker *w, char **params);
-void api_seed_chat_stream(http_req *r, chat_worker *w, char **params);
-void api_v1_chat(http_req *r, chat_worker *w, char **params);
-void api_v1_chat_stream(http_req *r, chat_worker *w, char **params);
-void api_v1_chat_completions(http_req *r, chat_worker *w, char **params);
+void api_seed_chat(http_req *r, api_env *w, char **params);
+void api_seed_chat_stream(http_req *r, api_env *w, char **params);
+void api_v1_chat(http_req *r, api_env *w, char **params);
+void api_v1_chat_stream(http_req *r, api_env *w, char **params);
+void api_v1_chat_completions(http_req *r, api_env *w, char **params);
 
-void api_seed_history_get(http_req *r, chat_worker *w, char **params);
-void api_seed_history_delete(http_req *r, chat_worker *w, char **params);
-void api_seed_sessions(http_req *r, chat_worker *w, char **params);
-void api_seed_reset(http_req *r, chat_worker *w, char **params);
-void api_seed_stats(http_req *r, chat_worker *w, char **params);
-void api_v1_sessions_list(http_req *r, chat_worker *w, char **params);
-void api_v1_session_get(http_req *r, chat_worker *w, char **params);
-void api_v1_session_delete(http_req *r, chat_worker *w, char **params);
-void api_v1_session_messages(http_req *r, chat_worker *w, char **params);
-void api_v1_session_reset(http_req *r, chat_worker *w, char **params);
-void api_v1_stats(http_req *r, chat_worker *w, char **params);
-void api_v1_models(http_req *r, chat_worker *w, char **params);
-void api_v1_estimate(http_req *r, chat_worker *w, char **params);
+void api_seed_history_get(http_req *r, api_env *w, char **params);
+void api_seed_history_delete(http_req *r, api_env *w, char **params);
+void api_seed_sessions(http_req *r, api_env *w, char **params);
+void api_seed_reset(http_req *r, api_env *w, char **params);
+void api_seed_stats(http_req *r, api_env *w, char **params);
+void api_v1_sessions_list(http_req *r, api_env *w, char **params);
+void api_v1_session_get(http_req *r, api_env *w, char **params);
+void api_v1_session_delete(http_req *r, api_env *w, char **params);
+void api_v1_session_messages(http_req *r, api_env *w, char **params);
+void api_v1_session_reset(http_req *r, api_env *w, char **params);
+void api_v1_stats(http_req *r, api_env *w, char **params);
+void api_v1_models(http_req *r, api_env *w, char **params);
+void api_v1_estimate(http_req *r, api_env *w, char **params);
 
 /* {"micros": n, "usd": "0.000123"}: exact integer micro-dollars plus a decimal string. */
 json_t *api_cost_json(int64_t micros);
 
 /* Debits a finished turn's provider tokens from the caller's TOKEN_LIMIT bucket. */
-void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens);
+void api_debit_tokens(http_req *r, api_env *w, int64_t tokens);
 
 /* The caller's identity (set by the router before every handler; never NULL there). */
 struct auth_identity;

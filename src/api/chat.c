@@ -215,12 +215,12 @@ void api_chat_turn_params(const api_chat_body *b, turn_params *p)
  * Parses and validates the request's chat body. On failure answers the request
  * (422 {"detail": [...]} seed / 400 invalid_request_error v1) and returns false.
  */
-static bool parse_chat_body(http_req *r, chat_worker *w, api_flavor f, chat_body *b)
+static bool parse_chat_body(http_req *r, api_env *w, api_flavor f, chat_body *b)
 {
     size_t len;
     const char *text = http_req_body(r, &len);
     api_chat_invalid why;
-    if (api_chat_body_parse(text, len, f, w->app->cfg->max_message_bytes, b, &why))
+    if (api_chat_body_parse(text, len, f, w->cfg->max_message_bytes, b, &why))
         return true;
     if (f == API_SEED) {
         http_req_log_set(r, "error_type", json_string("validation_error"));
@@ -359,7 +359,7 @@ static const chat_renderer v1_sse = {
  * Idempotency-Key look-up may wait on the store). */
 typedef struct chat_job {
     http_req *r;
-    chat_worker *w;
+    api_env *w;
     const chat_renderer *rnd;
     api_flavor f;
     chat_body b;
@@ -389,7 +389,7 @@ static void run_chat(void *ud, idem_decision d, store_idem *idem)
     free(j);
 }
 
-static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f)
+static void handle_chat(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f)
 {
     chat_job *j = chat_xcalloc(1, sizeof *j);
     if (!parse_chat_body(r, w, f, &j->b)) {
@@ -407,25 +407,25 @@ static void handle_chat(http_req *r, chat_worker *w, const chat_renderer *rnd, a
         run_chat(j, IDEM_NONE, NULL);
 }
 
-void api_seed_chat(http_req *r, chat_worker *w, char **params)
+void api_seed_chat(http_req *r, api_env *w, char **params)
 {
     (void)params;
     handle_chat(r, w, &seed_json, API_SEED);
 }
 
-void api_seed_chat_stream(http_req *r, chat_worker *w, char **params)
+void api_seed_chat_stream(http_req *r, api_env *w, char **params)
 {
     (void)params;
     handle_chat(r, w, &seed_text, API_SEED);
 }
 
-void api_v1_chat(http_req *r, chat_worker *w, char **params)
+void api_v1_chat(http_req *r, api_env *w, char **params)
 {
     (void)params;
     handle_chat(r, w, &v1_json, API_V1);
 }
 
-void api_v1_chat_stream(http_req *r, chat_worker *w, char **params)
+void api_v1_chat_stream(http_req *r, api_env *w, char **params)
 {
     (void)params;
     handle_chat(r, w, &v1_sse, API_V1);

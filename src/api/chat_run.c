@@ -60,7 +60,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     chat_ctx *c = arg;
     /* Only when the provider has been silent: a proxy must see bytes at least
      * every HEARTBEAT_INTERVAL, and tokens count as bytes. */
-    if (chat_mono_ms() - c->last_write >= c->w->app->cfg->heartbeat_ms - 5)
+    if (chat_mono_ms() - c->last_write >= c->w->cfg->heartbeat_ms - 5)
         chat_write(c, ": ping\n\n", 8);
 }
 
@@ -70,7 +70,7 @@ void chat_start_sse(chat_ctx *c)
     http_add_header(c->r, "X-Accel-Buffering", "no");
     http_stream_start(c->r, 200, "text/event-stream; charset=utf-8");
     c->started = true;
-    int64_t ms = c->w->app->cfg->heartbeat_ms;
+    int64_t ms = c->w->cfg->heartbeat_ms;
     c->heartbeat = event_new(c->w->base, -1, EV_PERSIST, on_heartbeat, c);
     metrics_active_streams_add(1); /* one per SSE stream, until ctx_free */
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
@@ -144,7 +144,7 @@ static const turn_sink chat_sink = {
     .on_error = sink_error,
 };
 
-void chat_replay(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
+void chat_replay(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
                  void (*init)(chat_ctx *c, void *arg), void *arg)
 {
     chat_ctx *c = chat_xcalloc(1, sizeof *c);
@@ -167,7 +167,7 @@ void chat_replay(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flav
     ctx_free(c);
 }
 
-void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
+void chat_run(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
               void (*init)(chat_ctx *c, void *arg), void *arg)
 {
     chat_ctx *c = chat_xcalloc(1, sizeof *c);
@@ -181,7 +181,7 @@ void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor 
         http_req_log_set(r, "session", chat_json_text(p->session_id));
     if (init)
         init(c, arg);
-    if (atomic_load(&w->app->stopping)) {
+    if (atomic_load(w->stopping)) {
         turn_error err = {.status = 503, .type = "server_shutting_down", .retry_after_s = 1};
         snprintf(err.message, sizeof err.message, "chatd is shutting down; retry on another instance");
         if (p->idem_key && p->session_id)

@@ -25,7 +25,7 @@ typedef struct chat_renderer {
 
 struct chat_ctx {
     http_req *r;
-    chat_worker *w;
+    api_env *w;
     turn *t;
     const chat_renderer *rnd;
     api_flavor flavor;
@@ -45,14 +45,14 @@ struct chat_ctx {
  * (at once on a start failure, later otherwise). init (may be NULL) is applied
  * to the context before the turn starts.
  */
-void chat_run(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
+void chat_run(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
               void (*init)(chat_ctx *c, void *arg), void *arg);
 
 /*
  * Answers r with a turn that already happened (an Idempotency-Key replay),
  * through the same renderer: start, the whole text as one delta, done.
  */
-void chat_replay(http_req *r, chat_worker *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
+void chat_replay(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
                  void (*init)(chat_ctx *c, void *arg), void *arg);
 
 /* Queues bytes on a started stream; true when the client's queue is full. */

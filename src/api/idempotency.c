@@ -45,7 +45,7 @@ static bool valid_key(const char *k)
 /* A request waiting for its idempotency record. */
 typedef struct idem_job {
     http_req *r;
-    chat_worker *w;
+    api_env *w;
     api_flavor f;
     idem_cb cb;
     void *ud;
@@ -97,7 +97,7 @@ static void on_begun(store_op *op, void *ud)
     free(j);
 }
 
-void api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char *scope, const char *session_id,
+void api_idempotency_begin(http_req *r, api_env *w, api_flavor f, const char *scope, const char *session_id,
                            idem_cb cb, void *ud)
 {
     const char *key = http_req_header(r, "Idempotency-Key");
@@ -130,7 +130,7 @@ void api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char
     op->in.token = store_op_str(op, http_req_id(r));
     op->in.session_id = store_op_str(op, session_id);
     op->in.now = chat_now_ms();
-    op->in.ttl_ms = w->app->cfg->lock_ttl_ms;
+    op->in.ttl_ms = w->cfg->lock_ttl_ms;
     store_submit(w->db, op, on_begun, j);
 }
 

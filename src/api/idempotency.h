@@ -26,7 +26,7 @@ typedef void (*idem_cb)(void *ud, idem_decision d, store_idem *rec);
  * exactly once, possibly before returning: IDEM_ANSWERED means r was answered
  * (or its client went away: then a record begun for it is released).
  */
-void api_idempotency_begin(http_req *r, chat_worker *w, api_flavor f, const char *scope, const char *session_id,
+void api_idempotency_begin(http_req *r, api_env *w, api_flavor f, const char *scope, const char *session_id,
                            idem_cb cb, void *ud);
 
 /* Fills res from a replayable record (borrowing its strings). */

@@ -54,7 +54,7 @@ static void serve_named(http_req *r, const char *prefix, const char *name)
     serve_asset(r, full, content_type_of(full));
 }
 
-void api_ui_redirect(http_req *r, chat_worker *w, char **params)
+void api_ui_redirect(http_req *r, api_env *w, char **params)
 {
     (void)w;
     (void)params;
@@ -62,19 +62,19 @@ void api_ui_redirect(http_req *r, chat_worker *w, char **params)
     http_reply(r, 308, "text/plain; charset=utf-8", "/ui/\n", 5);
 }
 
-void api_ui_file(http_req *r, chat_worker *w, char **params)
+void api_ui_file(http_req *r, api_env *w, char **params)
 {
     (void)w;
     serve_named(r, "web/ui/", params[0] ? params[0] : "index.html");
 }
 
-void api_ui_lib(http_req *r, chat_worker *w, char **params)
+void api_ui_lib(http_req *r, api_env *w, char **params)
 {
     (void)w;
     serve_named(r, "src/", params[0]);
 }
 
-void api_metrics(http_req *r, chat_worker *w, char **params)
+void api_metrics(http_req *r, api_env *w, char **params)
 {
     (void)w;
     (void)params;
@@ -84,28 +84,28 @@ void api_metrics(http_req *r, chat_worker *w, char **params)
     free(text);
 }
 
-void api_openapi(http_req *r, chat_worker *w, char **params)
+void api_openapi(http_req *r, api_env *w, char **params)
 {
     (void)w;
     (void)params;
     serve_asset(r, "docs/openapi.json", "application/json");
 }
 
-void api_docs(http_req *r, chat_worker *w, char **params)
+void api_docs(http_req *r, api_env *w, char **params)
 {
     (void)w;
     (void)params;
     serve_asset(r, "web/docs.html", "text/html; charset=utf-8");
 }
 
-void api_root(http_req *r, chat_worker *w, char **params)
+void api_root(http_req *r, api_env *w, char **params)
 {
     (void)w;
     (void)params;
     http_reply_json(r, 200, json_pack("{s:s,s:s}", "status", "ok", "service", "chat-api"));
 }
 
-void api_healthz(http_req *r, chat_worker *w, char **params)
+void api_healthz(http_req *r, api_env *w, char **params)
 {
     (void)w;
     (void)params;
@@ -116,7 +116,7 @@ void api_healthz(http_req *r, chat_worker *w, char **params)
  * /readyz pings the database, but not on every call: a flood of probes must
  * not become a flood of database round trips. Each worker reuses its last
  * ping's outcome (ready or not) for READYZ_REUSE_MS, and requests arriving
- * while a ping is in flight wait for that ping (up to CHAT_READYZ_WAITERS of
+ * while a ping is in flight wait for that ping (up to API_READYZ_WAITERS of
  * them; any more send their own). So a worker pings at most about once per
  * READYZ_REUSE_MS under any load, and a database that stops or comes back
  * shows within that time.
@@ -135,8 +135,8 @@ static void readyz_answer(http_req *r, bool ok)
 /* The shared ping answered: remember it, answer every waiter. */
 static void on_pinged(store_op *op, void *ud)
 {
-    chat_worker *w = ud;
-    chat_readyz *z = &w->readyz;
+    api_env *w = ud;
+    api_readyz_state *z = &w->readyz;
     z->ok = op->rc == CHAT_OK;
     z->at_ms = chat_mono_ms();
     z->pinging = false;
@@ -148,7 +148,7 @@ static void on_pinged(store_op *op, void *ud)
     }
 }
 
-/* A ping of its own, for a request beyond CHAT_READYZ_WAITERS. */
+/* A ping of its own, for a request beyond API_READYZ_WAITERS. */
 static void on_pinged_alone(store_op *op, void *ud)
 {
     http_req *r = ud;
@@ -156,20 +156,20 @@ static void on_pinged_alone(store_op *op, void *ud)
     http_req_release(r);
 }
 
-void api_readyz(http_req *r, chat_worker *w, char **params)
+void api_readyz(http_req *r, api_env *w, char **params)
 {
     (void)params;
-    if (atomic_load(&w->app->stopping)) {
+    if (atomic_load(w->stopping)) {
         http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason", "shutting down"));
         return;
     }
-    chat_readyz *z = &w->readyz;
+    api_readyz_state *z = &w->readyz;
     if (z->at_ms && chat_mono_ms() - z->at_ms < READYZ_REUSE_MS) {
         readyz_answer(r, z->ok);
         return;
     }
     http_req_hold(r);
-    if (z->nwaiters == CHAT_READYZ_WAITERS) {
+    if (z->nwaiters == API_READYZ_WAITERS) {
         store_submit(w->db, store_op_new(STORE_OP_PING), on_pinged_alone, r);
         return;
     }

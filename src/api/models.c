@@ -14,10 +14,10 @@ static json_t *per_mtok(int64_t micros)
     return json_real((double)micros / 1e6);
 }
 
-void api_v1_models(http_req *r, chat_worker *w, char **params)
+void api_v1_models(http_req *r, api_env *w, char **params)
 {
     (void)params;
-    const model_table *t = w->app->models;
+    const model_table *t = w->models;
     const chat_model *dflt = models_default(t);
     json_t *arr = json_array();
     for (size_t i = 0; i < models_count(t); i++) {
@@ -79,7 +79,7 @@ json_t *api_estimate_parse(const char *body, size_t len, store_usage *u, json_t 
     return root;
 }
 
-void api_v1_estimate(http_req *r, chat_worker *w, char **params)
+void api_v1_estimate(http_req *r, api_env *w, char **params)
 {
     (void)params;
     size_t len;
@@ -92,7 +92,7 @@ void api_v1_estimate(http_req *r, chat_worker *w, char **params)
         api_error(r, API_V1, 400, "invalid_request_error", "%s", why);
         return;
     }
-    const model_table *t = w->app->models;
+    const model_table *t = w->models;
     json_t *arr = json_array();
     for (size_t i = 0; i < models_count(t); i++) {
         const chat_model *m = models_at(t, i);

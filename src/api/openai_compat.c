@@ -164,7 +164,7 @@ static void oa_sse_start(chat_ctx *c, const turn_info *info)
     /* Every chunk names the model; the turn reports it here, once. */
     free(c->model);
     c->model = chat_xstrdup(info->model);
-    int64_t ms = c->w->app->cfg->heartbeat_ms;
+    int64_t ms = c->w->cfg->heartbeat_ms;
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     c->start_timer = evtimer_new(c->w->base, on_start_timer, c);
     evtimer_add(c->start_timer, &tv);
@@ -412,14 +412,14 @@ void api_oa_turn_params(const api_oa_request *q, turn_params *p)
     };
 }
 
-void api_v1_chat_completions(http_req *r, chat_worker *w, char **params)
+void api_v1_chat_completions(http_req *r, api_env *w, char **params)
 {
     (void)params;
     size_t len;
     const char *body = http_req_body(r, &len);
     api_oa_request q;
     api_oa_invalid why;
-    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), w->app->cfg->max_message_bytes, &q,
+    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), w->cfg->max_message_bytes, &q,
                               &why)) {
         oa_error(r, why.status, why.type, why.code, why.param, "%s", why.message);
         return;

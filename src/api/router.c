@@ -158,10 +158,10 @@ static void add_header_cb(void *ud, const char *name, const char *value)
 }
 
 /* CORS for every response; answers preflights. Returns true when answered. */
-static bool apply_cors(http_req *r, chat_worker *w)
+static bool apply_cors(http_req *r, api_env *w)
 {
     cors_result cr;
-    cors_evaluate(w->app->cors, http_req_method_name(r), http_req_header(r, "Origin"),
+    cors_evaluate(w->cors, http_req_method_name(r), http_req_header(r, "Origin"),
                   http_req_header(r, "Access-Control-Request-Method"),
                   http_req_header(r, "Access-Control-Request-Headers"), &cr);
     for (size_t i = 0; i < cr.n; i++)
@@ -189,9 +189,9 @@ static void free_identity(void *p)
  */
 #define XFF_LINES_ON_STACK 8
 
-static void client_address(http_req *r, chat_worker *w, char out[CLIENT_ADDR_BUF])
+static void client_address(http_req *r, api_env *w, char out[CLIENT_ADDR_BUF])
 {
-    const client_addr_trust *t = w->app->trusted_proxies;
+    const client_addr_trust *t = w->trusted_proxies;
     const char *stack[XFF_LINES_ON_STACK], **lines = stack;
     size_t n = 0;
     if (client_addr_trusted(t, http_req_peer(r))) {
@@ -201,7 +201,7 @@ static void client_address(http_req *r, chat_worker *w, char out[CLIENT_ADDR_BUF
             n = http_req_header_values(r, "X-Forwarded-For", lines, n);
         }
     }
-    client_addr_resolve(t, http_req_peer(r), lines, n, w->app->cfg->rate_limit_ipv6_prefix, out);
+    client_addr_resolve(t, http_req_peer(r), lines, n, w->cfg->rate_limit_ipv6_prefix, out);
     if (lines != stack)
         free(lines);
 }
@@ -213,7 +213,7 @@ static void client_address(http_req *r, chat_worker *w, char out[CLIENT_ADDR_BUF
  */
 typedef struct route_job {
     http_req *r;
-    chat_worker *w;
+    api_env *w;
     const route *rt;
     char *params[MAX_PARAMS + 1];   /* owned copies */
     /* rate limits through Redis */
@@ -223,7 +223,7 @@ typedef struct route_job {
     redis_limit_req *pending;       /* the check in flight, NULL between checks */
 } route_job;
 
-static route_job *job_new(http_req *r, chat_worker *w, const route *rt, char **params)
+static route_job *job_new(http_req *r, api_env *w, const route *rt, char **params)
 {
     route_job *j = chat_xcalloc(1, sizeof *j);
     j->r = r;
@@ -242,7 +242,7 @@ static route_job *job_new(http_req *r, chat_worker *w, const route *rt, char **p
  * route_job.
  */
 
-static void limit_key(http_req *r, chat_worker *w, const auth_identity *id, char *key, size_t keylen)
+static void limit_key(http_req *r, api_env *w, const auth_identity *id, char *key, size_t keylen)
 {
     if (id && id->key_id[0]) {
         snprintf(key, keylen, "key:%s", id->key_id);
@@ -316,7 +316,7 @@ static void job_on_requests(void *ud, const ratelimit_result *res)
 }
 
 /* Runs rt's handler once the limits allow it (now, or when Redis has answered). */
-static void limit_then_run(http_req *r, chat_worker *w, const route *rt, const auth_identity *id, char **params)
+static void limit_then_run(http_req *r, api_env *w, const route *rt, const auth_identity *id, char **params)
 {
     char key[LIMIT_KEY_BUF];
     limit_key(r, w, id, key, sizeof key);
@@ -327,10 +327,10 @@ static void limit_then_run(http_req *r, chat_worker *w, const route *rt, const a
     if (!w->redis) {
         int64_t now = chat_mono_ms();
         ratelimit_result res;
-        ratelimit_check(w->app->limiter, RATELIMIT_REQUESTS, key, spec, now, &res);
+        ratelimit_check(w->limiter, RATELIMIT_REQUESTS, key, spec, now, &res);
         if (!requests_verdict(r, rt, &res))
             return;
-        ratelimit_check(w->app->limiter, RATELIMIT_TOKENS, key, NULL, now, &res);
+        ratelimit_check(w->limiter, RATELIMIT_TOKENS, key, NULL, now, &res);
         if (tokens_verdict(r, rt, &res))
             rt->handler(r, w, params);
         return;
@@ -366,7 +366,7 @@ static void refuse(http_req *r, const route *rt, auth_result ar)
 }
 
 /* The caller is known (id, owned by the request): the route's own checks, then its handler. */
-static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_identity *id, char **params)
+static void authorized(http_req *r, api_env *w, const route *rt, const auth_identity *id, char **params)
 {
     if (id->key_id[0])
         http_req_log_set(r, "key", chat_json_text(id->key_id));
@@ -374,7 +374,7 @@ static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_
         api_error(r, rt->flavor, 403, "permission_error", "this endpoint needs an admin key");
     else if (http_req_body_too_large(r))
         api_error(r, rt->flavor, 413, "request_too_large",
-                  "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->app->cfg->max_body_bytes);
+                  "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->cfg->max_body_bytes);
     else if (rt->limited)
         limit_then_run(r, w, rt, id, params);
     else
@@ -397,7 +397,7 @@ static void authorized(http_req *r, chat_worker *w, const route *rt, const auth_
  */
 #define FAILURE_KEY_BUF (sizeof "authfail:" + CLIENT_ADDR_BUF)
 
-static void failure_key(http_req *r, chat_worker *w, char out[FAILURE_KEY_BUF])
+static void failure_key(http_req *r, api_env *w, char out[FAILURE_KEY_BUF])
 {
     char addr[CLIENT_ADDR_BUF];
     client_address(r, w, addr);
@@ -405,13 +405,13 @@ static void failure_key(http_req *r, chat_worker *w, char out[FAILURE_KEY_BUF])
 }
 
 /* True when the address may have a key looked up; else answers 429. */
-static bool failures_allow(http_req *r, chat_worker *w, const route *rt, const char *fkey)
+static bool failures_allow(http_req *r, api_env *w, const route *rt, const char *fkey)
 {
-    const ratelimit_spec *spec = &w->app->auth_failures;
+    const ratelimit_spec *spec = &w->auth_failures;
     if (spec->count == 0)
         return true;
     ratelimit_result res;
-    ratelimit_check(w->app->limiter, RATELIMIT_TOKENS, fkey, spec, chat_mono_ms(), &res);
+    ratelimit_check(w->limiter, RATELIMIT_TOKENS, fkey, spec, chat_mono_ms(), &res);
     if (res.allowed)
         return true;
     char ra[32];
@@ -425,10 +425,10 @@ static bool failures_allow(http_req *r, chat_worker *w, const route *rt, const c
     return false;
 }
 
-static void failure_record(chat_worker *w, const char *fkey)
+static void failure_record(api_env *w, const char *fkey)
 {
-    if (w->app->auth_failures.count > 0)
-        ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, fkey, &w->app->auth_failures, 1, chat_mono_ms());
+    if (w->auth_failures.count > 0)
+        ratelimit_debit(w->limiter, RATELIMIT_TOKENS, fkey, &w->auth_failures, 1, chat_mono_ms());
 }
 
 static void on_key_found(store_op *op, void *ud)
@@ -464,7 +464,7 @@ static void on_key_found(store_op *op, void *ud)
 }
 
 /* Authenticates the request for rt, then runs it (at once, or when the key store answered). */
-static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, char **params)
+static void authenticate_then_run(http_req *r, api_env *w, const route *rt, char **params)
 {
     auth_identity *id = chat_xcalloc(1, sizeof *id);
     http_req_set_data(r, id, free_identity);
@@ -473,7 +473,7 @@ static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, 
         return;
     }
     char hash[65];
-    auth_result ar = auth_check(w->app->cfg, http_req_header(r, "Authorization"), id, hash);
+    auth_result ar = auth_check(w->cfg, http_req_header(r, "Authorization"), id, hash);
     if (ar == AUTH_OK) {
         authorized(r, w, rt, id, params);
         return;
@@ -500,14 +500,14 @@ static void authenticate_then_run(http_req *r, chat_worker *w, const route *rt, 
     store_submit(w->db, op, on_key_found, j);
 }
 
-void api_debit_tokens(http_req *r, chat_worker *w, int64_t tokens)
+void api_debit_tokens(http_req *r, api_env *w, int64_t tokens)
 {
     char key[LIMIT_KEY_BUF];
     limit_key(r, w, http_req_data(r), key, sizeof key);
     if (w->redis)
         redis_limit_debit(w->redis, RATELIMIT_TOKENS, key, NULL, tokens);
     else
-        ratelimit_debit(w->app->limiter, RATELIMIT_TOKENS, key, NULL, tokens, chat_mono_ms());
+        ratelimit_debit(w->limiter, RATELIMIT_TOKENS, key, NULL, tokens, chat_mono_ms());
 }
 
 /*
@@ -561,7 +561,7 @@ void api_route_match_free(api_route_match *m)
 
 void api_dispatch(http_req *r, void *ctx)
 {
-    chat_worker *w = ctx;
+    api_env *w = ctx;
     if (apply_cors(r, w))
         return;
 

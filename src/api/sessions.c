@@ -81,7 +81,7 @@ typedef enum {
 
 typedef struct sjob {
     http_req *r;
-    chat_worker *w;
+    api_env *w;
     action act;
     char *id;              /* the session (owned), NULL for listings and stats */
     long after, limit;
@@ -102,7 +102,7 @@ static api_flavor flavor_of(action a)
                : API_V1;
 }
 
-static sjob *sjob_new(http_req *r, chat_worker *w, action act, const char *id)
+static sjob *sjob_new(http_req *r, api_env *w, action act, const char *id)
 {
     sjob *j = chat_xcalloc(1, sizeof *j);
     j->r = r;
@@ -157,7 +157,7 @@ static void seed_list_next(sjob *j)
  * when it stopped the job (freed). */
 static bool seed_list_stopped(sjob *j)
 {
-    if (!j->w->aborted)
+    if (!*j->w->aborted)
         return false;
     if (j->streaming)
         http_stream_abort(j->r);
@@ -469,7 +469,7 @@ static void on_action(store_op *op, void *ud)
 /* ---- seed ---- */
 
 /* The handlers of one session: validate the id, then run act. */
-static void session_action(http_req *r, chat_worker *w, const char *id, action act, long after, long limit)
+static void session_action(http_req *r, api_env *w, const char *id, action act, long after, long limit)
 {
     if (!api_check_session_id(r, flavor_of(act), id, "path", "session_id"))
         return;
@@ -479,28 +479,28 @@ static void session_action(http_req *r, chat_worker *w, const char *id, action a
     start(j);
 }
 
-void api_seed_history_get(http_req *r, chat_worker *w, char **params)
+void api_seed_history_get(http_req *r, api_env *w, char **params)
 {
     session_action(r, w, params[0], ACT_SEED_HISTORY, 0, 0);
 }
 
-void api_seed_history_delete(http_req *r, chat_worker *w, char **params)
+void api_seed_history_delete(http_req *r, api_env *w, char **params)
 {
     session_action(r, w, params[0], ACT_SEED_DELETE, 0, 0);
 }
 
-void api_seed_sessions(http_req *r, chat_worker *w, char **params)
+void api_seed_sessions(http_req *r, api_env *w, char **params)
 {
     (void)params;
     start(sjob_new(r, w, ACT_SEED_LIST, NULL));
 }
 
-void api_seed_reset(http_req *r, chat_worker *w, char **params)
+void api_seed_reset(http_req *r, api_env *w, char **params)
 {
     session_action(r, w, params[0], ACT_SEED_RESET, 0, 0);
 }
 
-void api_seed_stats(http_req *r, chat_worker *w, char **params)
+void api_seed_stats(http_req *r, api_env *w, char **params)
 {
     (void)params;
     start(sjob_new(r, w, ACT_SEED_STATS, NULL));
@@ -508,7 +508,7 @@ void api_seed_stats(http_req *r, chat_worker *w, char **params)
 
 /* ---- v1 ---- */
 
-void api_v1_sessions_list(http_req *r, chat_worker *w, char **params)
+void api_v1_sessions_list(http_req *r, api_env *w, char **params)
 {
     (void)params;
     long limit;
@@ -519,17 +519,17 @@ void api_v1_sessions_list(http_req *r, chat_worker *w, char **params)
     start(j);
 }
 
-void api_v1_session_get(http_req *r, chat_worker *w, char **params)
+void api_v1_session_get(http_req *r, api_env *w, char **params)
 {
     session_action(r, w, params[0], ACT_V1_GET, 0, 0);
 }
 
-void api_v1_session_delete(http_req *r, chat_worker *w, char **params)
+void api_v1_session_delete(http_req *r, api_env *w, char **params)
 {
     session_action(r, w, params[0], ACT_V1_DELETE, 0, 0);
 }
 
-void api_v1_session_messages(http_req *r, chat_worker *w, char **params)
+void api_v1_session_messages(http_req *r, api_env *w, char **params)
 {
     if (!api_check_session_id(r, API_V1, params[0], "path", "session_id"))
         return;
@@ -539,12 +539,12 @@ void api_v1_session_messages(http_req *r, chat_worker *w, char **params)
     session_action(r, w, params[0], ACT_V1_MESSAGES, after, limit);
 }
 
-void api_v1_session_reset(http_req *r, chat_worker *w, char **params)
+void api_v1_session_reset(http_req *r, api_env *w, char **params)
 {
     session_action(r, w, params[0], ACT_V1_RESET, 0, 0);
 }
 
-void api_v1_stats(http_req *r, chat_worker *w, char **params)
+void api_v1_stats(http_req *r, api_env *w, char **params)
 {
     (void)params;
     start(sjob_new(r, w, ACT_V1_STATS, NULL));

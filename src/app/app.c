@@ -217,7 +217,22 @@ static void *worker_main(void *arg)
         .max_connections = w->app->max_connections,
         .open_connections = &w->app->open_connections,
     };
-    w->http = http_server_new(w->base, w->listen_fd, &lim, api_dispatch, w);
+    w->api = (api_env){
+        .base = w->base,
+        .db = w->db,
+        .turns = w->turns,
+        .redis = w->redis,
+        .auth_negcache = w->auth_negcache,
+        .cfg = cfg,
+        .models = w->app->models,
+        .limiter = w->app->limiter,
+        .auth_failures = w->app->auth_failures,
+        .cors = w->app->cors,
+        .trusted_proxies = w->app->trusted_proxies,
+        .stopping = &w->app->stopping,
+        .aborted = &w->aborted,
+    };
+    w->http = http_server_new(w->base, w->listen_fd, &lim, api_dispatch, &w->api);
     w->listen_fd = -1; /* owned by the server now (or closed on failure) */
     if (!w->http) {
         snprintf(w->startup_error, sizeof w->startup_error, "cannot start the HTTP server");

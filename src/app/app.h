@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "api/api.h"
 #include "core/config.h"
 #include "core/rc.h"
 #include "guard/ratelimit.h"
@@ -31,19 +32,6 @@ struct redis_limit;
 struct redis_limit_config;
 struct chat_netlist;
 struct auth_negcache;
-
-/* /readyz requests that may wait on one worker for the database ping in flight. */
-#define CHAT_READYZ_WAITERS 64
-
-/* /readyz on one worker (api/meta.c): the last database ping's outcome, reused
- * for a second, and the requests waiting for the ping in flight. */
-typedef struct chat_readyz {
-    int64_t at_ms;            /* monotonic time the last ping answered; 0: none yet */
-    bool ok;                  /* its outcome */
-    bool pinging;             /* a ping is in flight (its answer goes to every waiter) */
-    int nwaiters;
-    http_req *waiters[CHAT_READYZ_WAITERS]; /* held requests */
-} chat_readyz;
 
 /* The version, reported by `chatd --version` and the chatd_build_info metric. */
 #define CHATD_VERSION "0.1.0"
@@ -75,7 +63,7 @@ typedef struct chat_worker {
     int64_t sweep_now, sweep_sessions;
     struct redis_limit *redis; /* shared limits through Redis (REDIS_URL), or NULL: local only */
     struct auth_negcache *auth_negcache; /* recent unknown API key hashes (this worker's only) */
-    chat_readyz readyz;
+    api_env api;              /* what this worker's API handlers see (filled in by app.c) */
     int64_t drain_deadline;   /* monotonic ms */
     bool draining;
     bool aborted;             /* the drain deadline passed and running turns were cancelled */
