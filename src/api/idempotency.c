@@ -86,7 +86,7 @@ static void on_begun(store_op *op, void *ud)
     idem_decision d = IDEM_ANSWERED;
     if (http_req_gone(r)) {
         if (op->rc == CHAT_OK && op->out.idem.outcome == STORE_IDEM_NEW) /* nobody will run it */
-            turn_release_idempotency(j->w->turns, op->in.scope, op->in.key, op->in.token);
+            turn_release_idempotency(j->w->turns, op->in.scope, op->in.idem_key, op->in.token);
     } else if (op->rc != CHAT_OK) {
         api_db_error(r, j->f, op->rc);
     } else {
@@ -125,7 +125,7 @@ void api_idempotency_begin(http_req *r, api_env *w, api_flavor f, const char *sc
     http_req_hold(r);
     store_op *op = store_op_new(STORE_OP_IDEM_BEGIN);
     op->in.scope = store_op_str(op, scope);
-    op->in.key = store_op_str(op, key);
+    op->in.idem_key = store_op_str(op, key);
     op->in.body_hash = store_op_str(op, hash);
     op->in.token = store_op_str(op, http_req_id(r));
     op->in.session_id = store_op_str(op, session_id);

@@ -286,7 +286,7 @@ void turn_release_idempotency(turn_engine *e, const char *scope, const char *key
 {
     store_op *op = store_op_new(STORE_OP_IDEM_ABORT);
     op->in.scope = store_op_str(op, scope ? scope : "");
-    op->in.key = store_op_str(op, key);
+    op->in.idem_key = store_op_str(op, key);
     op->in.token = store_op_str(op, token);
     env_submit(&e->env, op, NULL, NULL);
 }
@@ -628,7 +628,7 @@ static void submit_renewal(turn *t, turn_state state)
         op->in.session_id = store_op_str(op, t->session_id);
     } else {
         op->in.scope = store_op_str(op, t->idem_scope);
-        op->in.key = store_op_str(op, t->idem_key);
+        op->in.idem_key = store_op_str(op, t->idem_key);
     }
     op->in.token = store_op_str(op, t->lock_token);
     op->in.now = chat_now_ms();

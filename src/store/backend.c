@@ -137,17 +137,17 @@ bool store_op_valid(const store_op *op)
     case STORE_OP_IDEM_EXPIRE:
         return in->limit >= 1 && in->now >= 0;
     case STORE_OP_IDEM_BEGIN:
-        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->body_hash) &&
+        return store_valid_scope(in->scope) && store_valid_id(in->idem_key) && store_valid_id(in->body_hash) &&
                store_valid_id(in->token) && (!in->session_id || store_valid_id(in->session_id)) &&
                store_valid_ttl(in->now, in->ttl_ms);
     case STORE_OP_IDEM_REFRESH:
-        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->token) &&
+        return store_valid_scope(in->scope) && store_valid_id(in->idem_key) && store_valid_id(in->token) &&
                store_valid_ttl(in->now, in->ttl_ms);
     case STORE_OP_IDEM_FINISH:
-        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->token) &&
+        return store_valid_scope(in->scope) && store_valid_id(in->idem_key) && store_valid_id(in->token) &&
                in->status >= 100 && in->status <= 599 && in->response && store_valid_ttl(in->now, in->ttl_ms);
     case STORE_OP_IDEM_ABORT:
-        return store_valid_scope(in->scope) && store_valid_id(in->key) && store_valid_id(in->token);
+        return store_valid_scope(in->scope) && store_valid_id(in->idem_key) && store_valid_id(in->token);
     case STORE_OP_KEY_CREATE: {
         const store_key_new *k = &in->key_new;
         return store_valid_id(k->id) && store_valid_id(k->name) && store_valid_hash(k->hash) && valid_role(k->role) &&

@@ -439,7 +439,7 @@ static chat_rc enc_idem_begin(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
     pg_param_str(p, in->scope);
-    pg_param_str(p, in->key);
+    pg_param_str(p, in->idem_key);
     pg_param_str(p, in->body_hash);
     pg_param_str(p, in->token);
     pg_param_str(p, in->session_id);
@@ -503,7 +503,7 @@ static chat_rc enc_idem_refresh(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
     pg_param_str(p, in->scope);
-    pg_param_str(p, in->key);
+    pg_param_str(p, in->idem_key);
     pg_param_str(p, in->token);
     pg_param_i64(p, in->now + in->ttl_ms);
     return CHAT_OK;
@@ -513,7 +513,7 @@ static chat_rc enc_idem_finish(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
     pg_param_str(p, in->scope);
-    pg_param_str(p, in->key);
+    pg_param_str(p, in->idem_key);
     pg_param_str(p, in->token);
     pg_param_i64(p, in->status);
     pg_param_str(p, in->response);
@@ -525,7 +525,7 @@ static chat_rc enc_idem_abort(const store_op *op, pg_params *p)
 {
     const store_op_in *in = &op->in;
     pg_param_str(p, in->scope);
-    pg_param_str(p, in->key);
+    pg_param_str(p, in->idem_key);
     pg_param_str(p, in->token);
     return CHAT_OK;
 }

@@ -862,14 +862,14 @@ static chat_rc be_run(void *impl, store_op *op)
     case STORE_OP_STATS_GET: rc = sqlite_stats_get(s, &o->stats); break;
     case STORE_OP_SESSIONS_EXPIRE: rc = sqlite_sessions_expire(s, in->before, in->now, in->limit, &o->count); break;
     case STORE_OP_IDEM_BEGIN:
-        rc = sqlite_idem_begin(s, in->scope, in->key, in->body_hash, in->token, in->session_id, in->now,
+        rc = sqlite_idem_begin(s, in->scope, in->idem_key, in->body_hash, in->token, in->session_id, in->now,
                                in->ttl_ms, &o->idem);
         break;
-    case STORE_OP_IDEM_REFRESH: rc = sqlite_idem_refresh(s, in->scope, in->key, in->token, in->now, in->ttl_ms); break;
+    case STORE_OP_IDEM_REFRESH: rc = sqlite_idem_refresh(s, in->scope, in->idem_key, in->token, in->now, in->ttl_ms); break;
     case STORE_OP_IDEM_FINISH:
-        rc = sqlite_idem_finish(s, in->scope, in->key, in->token, in->status, in->response, in->now, in->ttl_ms);
+        rc = sqlite_idem_finish(s, in->scope, in->idem_key, in->token, in->status, in->response, in->now, in->ttl_ms);
         break;
-    case STORE_OP_IDEM_ABORT: rc = sqlite_idem_abort(s, in->scope, in->key, in->token); break;
+    case STORE_OP_IDEM_ABORT: rc = sqlite_idem_abort(s, in->scope, in->idem_key, in->token); break;
     case STORE_OP_IDEM_EXPIRE: rc = sqlite_idem_expire(s, in->now, in->limit, &o->count); break;
     case STORE_OP_KEY_CREATE: rc = sqlite_key_create(s, &in->key_new); break;
     case STORE_OP_KEY_FIND_BY_HASH: rc = sqlite_key_find_by_hash(s, in->hash, &o->key); break;

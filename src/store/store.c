@@ -415,7 +415,7 @@ chat_rc store_idem_begin(store *s, const char *scope, const char *key, const cha
     memset(out, 0, sizeof *out);
     store_op op = OP(IDEM_BEGIN);
     op.in.scope = scope;
-    op.in.key = key;
+    op.in.idem_key = key;
     op.in.body_hash = body_hash;
     op.in.token = token;
     op.in.session_id = session_id;
@@ -431,7 +431,7 @@ chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const c
 {
     store_op op = OP(IDEM_REFRESH);
     op.in.scope = scope;
-    op.in.key = key;
+    op.in.idem_key = key;
     op.in.token = token;
     op.in.now = now;
     op.in.ttl_ms = lease_ms;
@@ -443,7 +443,7 @@ chat_rc store_idem_finish(store *s, const char *scope, const char *key, const ch
 {
     store_op op = OP(IDEM_FINISH);
     op.in.scope = scope;
-    op.in.key = key;
+    op.in.idem_key = key;
     op.in.token = token;
     op.in.status = status;
     op.in.response = response;
@@ -456,7 +456,7 @@ chat_rc store_idem_abort(store *s, const char *scope, const char *key, const cha
 {
     store_op op = OP(IDEM_ABORT);
     op.in.scope = scope;
-    op.in.key = key;
+    op.in.idem_key = key;
     op.in.token = token;
     return run_op(s, &op);
 }

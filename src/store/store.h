@@ -475,10 +475,10 @@ chat_rc store_key_import(store *s, const store_key *k) CHAT_MUST_CHECK;
  *   MESSAGES_LIST      session_id after_seq limit  -> out.messages, n_messages
  *   STATS_GET          -                           -> out.stats
  *   SESSIONS_EXPIRE    before now limit            -> out.count (deleted)
- *   IDEM_BEGIN         scope key body_hash token session_id now ttl_ms (lease) -> out.idem
- *   IDEM_REFRESH       scope key token now ttl_ms (lease)
- *   IDEM_FINISH        scope key token status response now ttl_ms
- *   IDEM_ABORT         scope key token
+ *   IDEM_BEGIN         scope idem_key body_hash token session_id now ttl_ms (lease) -> out.idem
+ *   IDEM_REFRESH       scope idem_key token now ttl_ms (lease)
+ *   IDEM_FINISH        scope idem_key token status response now ttl_ms
+ *   IDEM_ABORT         scope idem_key token
  *   IDEM_EXPIRE        now limit                   -> out.count (deleted)
  *   KEY_CREATE         key_new
  *   KEY_FIND_BY_HASH   hash                        -> out.key
@@ -545,7 +545,7 @@ typedef void (*store_op_cb)(store_op *op, void *ud);
 
 /* An op's inputs; which fields each kind reads is listed above. */
 typedef struct store_op_in {
-    const char *session_id, *token, *owner, *cursor, *scope, *key, *body_hash, *hash, *id, *response;
+    const char *session_id, *token, *owner, *cursor, *scope, *idem_key, *body_hash, *hash, *id, *response;
     int64_t now, ttl_ms, before, after_seq;
     int limit, status;
     store_turn turn;
