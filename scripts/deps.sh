@@ -24,6 +24,7 @@ if [ "$WHAT" = list-build ]; then printf '%s\n' "${APT_PACKAGES[@]}"; exit 0; fi
   nginx redis-server postgresql
   chromium fonts-dejavu-core
   valgrind
+  clang-format
   wrk
   # scripts/fuzz.sh: clang with libFuzzer. Debian's clang only recommends the
   # compiler-rt package that holds libFuzzer and the sanitizer runtimes, and
