@@ -156,8 +156,9 @@ static int cmd_keys(int argc, char **argv, char **envp)
         auth_new_secret(secret, sizeof secret);
         auth_sha256_hex(secret, hash);
         chat_random_id(id, sizeof id, "key_", 8);
-        store_key_new k = {.id = id, .name = name, .hash = hash, .role = role, .rate_limit = rate,
-                           .now = chat_now_ms()};
+        store_key_new k = {
+            .id = id, .name = name, .hash = hash, .role = role, .rate_limit = rate, .now = chat_now_ms()
+        };
         if (store_key_create(db, &k) != CHAT_OK) {
             fprintf(stderr, "chatd keys create: the key could not be stored\n");
             goto out;
@@ -186,7 +187,7 @@ static int cmd_keys(int argc, char **argv, char **envp)
         store_keys_free(keys, n);
         status = 0;
     } else {
-        store_key k = {0};
+        store_key k = { 0 };
         chat_rc rc = store_key_revoke(db, target, chat_now_ms(), &k);
         if (rc == CHAT_ENOTFOUND)
             fprintf(stderr, "chatd keys revoke: no key has the id or name \"%s\"\n", target);

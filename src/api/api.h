@@ -36,9 +36,9 @@ struct auth_negcache;
 /* /readyz on one worker (api/meta.c): the last database ping's outcome, reused
  * for a second, and the requests waiting for the ping in flight. */
 typedef struct api_readyz_state {
-    int64_t at_ms;            /* monotonic time the last ping answered; 0: none yet */
-    bool ok;                  /* its outcome */
-    bool pinging;             /* a ping is in flight (its answer goes to every waiter) */
+    int64_t at_ms; /* monotonic time the last ping answered; 0: none yet */
+    bool ok;       /* its outcome */
+    bool pinging;  /* a ping is in flight (its answer goes to every waiter) */
     int nwaiters;
     http_req *waiters[API_READYZ_WAITERS]; /* held requests */
 } api_readyz_state;
@@ -52,20 +52,20 @@ typedef struct api_readyz_state {
  * or read-only.
  */
 typedef struct api_env {
-    struct event_base *base;             /* the worker's loop */
-    store *db;                           /* the worker's store handle (store_submit) */
-    struct turn_engine *turns;           /* the worker's running turns (chat/turn.h) */
-    struct redis_limit *redis;           /* shared limits through Redis, or NULL: local only */
-    struct auth_negcache *auth_negcache; /* this worker's recent unknown API key hashes */
-    const struct chat_config *cfg;       /* read-only */
-    struct model_table *models;          /* read-only after start */
-    struct ratelimit *limiter;           /* shared by the workers (sharded, thread-safe) */
-    ratelimit_spec auth_failures;        /* AUTH_FAILURE_LIMIT (count 0: off) */
-    const struct cors_policy *cors;      /* read-only */
+    struct event_base *base;                    /* the worker's loop */
+    store *db;                                  /* the worker's store handle (store_submit) */
+    struct turn_engine *turns;                  /* the worker's running turns (chat/turn.h) */
+    struct redis_limit *redis;                  /* shared limits through Redis, or NULL: local only */
+    struct auth_negcache *auth_negcache;        /* this worker's recent unknown API key hashes */
+    const struct chat_config *cfg;              /* read-only */
+    struct model_table *models;                 /* read-only after start */
+    struct ratelimit *limiter;                  /* shared by the workers (sharded, thread-safe) */
+    ratelimit_spec auth_failures;               /* AUTH_FAILURE_LIMIT (count 0: off) */
+    const struct cors_policy *cors;             /* read-only */
     const struct chat_netlist *trusted_proxies; /* TRUSTED_PROXIES */
-    const atomic_bool *stopping;         /* the instance is draining (SIGTERM) */
-    const bool *aborted;                 /* this worker's drain deadline passed: running work was cut */
-    api_readyz_state readyz;             /* owned: /readyz's per-worker cache */
+    const atomic_bool *stopping;                /* the instance is draining (SIGTERM) */
+    const bool *aborted;                        /* this worker's drain deadline passed: running work was cut */
+    api_readyz_state readyz;                    /* owned: /readyz's per-worker cache */
 } api_env;
 
 /* The error shape of a route: FastAPI's {"detail"}, chatd's /v1 envelope, or
@@ -128,12 +128,10 @@ void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg);
 
 /* A pydantic-v2 style error item: {"type","loc":["body",field],"msg","input"}.
  * input is stolen (may be NULL: then {} ). field NULL: loc is ["body"]. */
-json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg,
-                        json_t *input);
+json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg, json_t *input);
 
 /* Validates a session id from a path or body; on failure answers and returns false. */
-bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char *loc0,
-                          const char *field);
+bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char *loc0, const char *field);
 
 /* Handlers, by module. */
 void api_root(http_req *r, api_env *w, char **params);

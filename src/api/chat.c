@@ -46,8 +46,8 @@ static bool opt_string(json_t *root, const char *field, const char **out, json_t
     if (!v || json_is_null(v))
         return true;
     if (!json_is_string(v)) {
-        json_array_append_new(errors, api_detail_item("string_type", "body", field,
-                                                      "Input should be a valid string", json_incref(v)));
+        json_array_append_new(
+            errors, api_detail_item("string_type", "body", field, "Input should be a valid string", json_incref(v)));
         return false;
     }
     *out = json_string_value(v);
@@ -62,8 +62,8 @@ static bool invalid_one(api_chat_invalid *why, json_t *item, const char *msg)
     return false;
 }
 
-bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_message_bytes,
-                         api_chat_body *b, api_chat_invalid *why)
+bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_message_bytes, api_chat_body *b,
+                         api_chat_invalid *why)
 {
     json_error_t jerr;
     memset(b, 0, sizeof *b);
@@ -80,8 +80,7 @@ bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_
         json_t *item = json_pack("{s:s,s:o,s:s,s:{},s:{s:o}}", "type", "json_invalid", "loc", loc, "msg",
                                  "JSON decode error", "input", "ctx", "error", chat_json_text(jerr.text));
         char msg[300];
-        snprintf(msg, sizeof msg, "the request body is not valid JSON: %s (at byte %d)", jerr.text,
-                 jerr.position);
+        snprintf(msg, sizeof msg, "the request body is not valid JSON: %s (at byte %d)", jerr.text, jerr.position);
         return invalid_one(why, item, msg);
     }
     if (!json_is_object(b->root)) {
@@ -99,8 +98,8 @@ bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_
     char v1msg[300] = "";
     json_t *m = json_object_get(b->root, "message");
     if (!m) {
-        json_array_append_new(errors, api_detail_item("missing", "body", "message", "Field required",
-                                                      json_incref(b->root)));
+        json_array_append_new(errors,
+                              api_detail_item("missing", "body", "message", "Field required", json_incref(b->root)));
         snprintf(v1msg, sizeof v1msg, "message is required");
     } else if (!json_is_string(m)) {
         json_array_append_new(errors, api_detail_item("string_type", "body", "message",
@@ -110,24 +109,23 @@ bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_
         b->message = json_string_value(m);
         size_t mlen = json_string_length(m);
         if (mlen == 0 || is_blank(b->message)) {
-            json_array_append_new(errors, api_detail_item("string_too_short", "body", "message",
-                                                          "String should have at least 1 non-blank character",
-                                                          json_incref(m)));
+            json_array_append_new(errors,
+                                  api_detail_item("string_too_short", "body", "message",
+                                                  "String should have at least 1 non-blank character", json_incref(m)));
             snprintf(v1msg, sizeof v1msg, "message must not be empty");
         } else if (mlen > max_message_bytes) {
             char msg[128];
             snprintf(msg, sizeof msg, "String should have at most %zu bytes", max_message_bytes);
             json_array_append_new(errors, api_detail_item("string_too_long", "body", "message", msg, json_null()));
-            snprintf(v1msg, sizeof v1msg, "message is longer than MAX_MESSAGE_SIZE (%zu bytes)",
-                     max_message_bytes);
+            snprintf(v1msg, sizeof v1msg, "message is longer than MAX_MESSAGE_SIZE (%zu bytes)", max_message_bytes);
         }
     }
 
     json_t *sid = json_object_get(b->root, "session_id");
     if (!sid || (f == API_V1 && json_is_null(sid))) {
         if (f == API_SEED) {
-            json_array_append_new(errors, api_detail_item("missing", "body", "session_id", "Field required",
-                                                          json_incref(b->root)));
+            json_array_append_new(
+                errors, api_detail_item("missing", "body", "session_id", "Field required", json_incref(b->root)));
             if (!*v1msg)
                 snprintf(v1msg, sizeof v1msg, "session_id is required");
         } else {
@@ -144,8 +142,7 @@ bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_
                                                       "String should match pattern '^[A-Za-z0-9._:-]{1,128}$'",
                                                       json_incref(sid)));
         if (!*v1msg)
-            snprintf(v1msg, sizeof v1msg,
-                     "invalid session_id: use 1 to 128 characters of letters, digits and . _ : -");
+            snprintf(v1msg, sizeof v1msg, "invalid session_id: use 1 to 128 characters of letters, digits and . _ : -");
     } else {
         b->session_id = json_string_value(sid);
     }
@@ -177,9 +174,9 @@ bool api_chat_body_parse(const char *text, size_t len, api_flavor f, size_t max_
         json_t *mt = json_object_get(b->root, "max_tokens");
         if (mt && !json_is_null(mt)) {
             if (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > 1000000) {
-                json_array_append_new(errors, api_detail_item("int_type", "body", "max_tokens",
-                                                              "Input should be an integer in 1..1000000",
-                                                              json_incref(mt)));
+                json_array_append_new(errors,
+                                      api_detail_item("int_type", "body", "max_tokens",
+                                                      "Input should be an integer in 1..1000000", json_incref(mt)));
                 if (!*v1msg)
                     snprintf(v1msg, sizeof v1msg, "max_tokens must be an integer in 1..1000000");
             } else {
@@ -250,12 +247,15 @@ static void seed_json_done(chat_ctx *c, const turn_result *res)
 {
     char ts[32];
     chat_format_iso_local(res->created_at, ts);
-    http_reply_json(c->r, 200, json_pack("{s:s%,s:s,s:s,s:I}", "response", res->text, res->text_len, "session_id",
-                                         res->session_id, "timestamp", ts, "turn_count", (json_int_t)res->turn_count));
+    http_reply_json(c->r, 200,
+                    json_pack("{s:s%,s:s,s:s,s:I}", "response", res->text, res->text_len, "session_id", res->session_id,
+                              "timestamp", ts, "turn_count", (json_int_t)res->turn_count));
 }
 
 static const chat_renderer seed_json = {
-    .stream = false, .done = seed_json_done, .error = chat_error_reply,
+    .stream = false,
+    .done = seed_json_done,
+    .error = chat_error_reply,
 };
 
 /* The template's /chat-stream: raw text. The response starts with the first
@@ -290,7 +290,10 @@ static void seed_text_error(chat_ctx *c, const turn_error *err)
 }
 
 static const chat_renderer seed_text = {
-    .stream = true, .delta = seed_text_delta, .done = seed_text_done, .error = seed_text_error,
+    .stream = true,
+    .delta = seed_text_delta,
+    .done = seed_text_done,
+    .error = seed_text_error,
 };
 
 static void v1_json_done(chat_ctx *c, const turn_result *res)
@@ -300,22 +303,25 @@ static void v1_json_done(chat_ctx *c, const turn_result *res)
     snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
     http_reply_json(c->r, 200,
                     json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:I,s:s,s:s}", "id", idbuf, "session_id",
-                              res->session_id, "model", res->model, "response", res->text, res->text_len,
-                              "stop_reason", res->stop_reason, "usage", api_usage_json(&res->usage), "cost",
+                              res->session_id, "model", res->model, "response", res->text, res->text_len, "stop_reason",
+                              res->stop_reason, "usage", api_usage_json(&res->usage), "cost",
                               api_cost_json(res->cost_micros), "turn_count", (json_int_t)res->turn_count,
                               "truncated_turns", (json_int_t)res->truncated_turns, "created_at", ts, "request_id",
                               http_req_id(c->r)));
 }
 
 static const chat_renderer v1_json = {
-    .stream = false, .done = v1_json_done, .error = chat_error_reply,
+    .stream = false,
+    .done = v1_json_done,
+    .error = chat_error_reply,
 };
 
 static void v1_sse_start(chat_ctx *c, const turn_info *info)
 {
     chat_start_sse(c);
-    sse_event(c, "start", json_pack("{s:s,s:s,s:s}", "session_id", info->session_id, "model", info->model,
-                                    "request_id", http_req_id(c->r)));
+    sse_event(c, "start",
+              json_pack("{s:s,s:s,s:s}", "session_id", info->session_id, "model", info->model, "request_id",
+                        http_req_id(c->r)));
 }
 
 static bool v1_sse_delta(chat_ctx *c, const char *text, size_t len)
@@ -327,11 +333,11 @@ static void v1_sse_done(chat_ctx *c, const turn_result *res)
 {
     char idbuf[32];
     snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
-    sse_event(c, "done", json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I,s:I}", "id", idbuf, "session_id",
-                                   res->session_id, "model", res->model, "stop_reason", res->stop_reason, "usage",
-                                   api_usage_json(&res->usage), "cost", api_cost_json(res->cost_micros),
-                                   "turn_count", (json_int_t)res->turn_count, "truncated_turns",
-                                   (json_int_t)res->truncated_turns));
+    sse_event(c, "done",
+              json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I,s:I}", "id", idbuf, "session_id", res->session_id, "model",
+                        res->model, "stop_reason", res->stop_reason, "usage", api_usage_json(&res->usage), "cost",
+                        api_cost_json(res->cost_micros), "turn_count", (json_int_t)res->turn_count, "truncated_turns",
+                        (json_int_t)res->truncated_turns));
     http_stream_end(c->r);
 }
 
@@ -341,8 +347,8 @@ static void v1_sse_error(chat_ctx *c, const turn_error *err)
         chat_error_reply(c, err);
         return;
     }
-    json_t *data = json_pack("{s:s,s:s,s:s}", "type", err->type, "message", err->message, "request_id",
-                             http_req_id(c->r));
+    json_t *data =
+        json_pack("{s:s,s:s,s:s}", "type", err->type, "message", err->message, "request_id", http_req_id(c->r));
     if (err->retry_after_s > 0) /* the Retry-After a JSON reply would have carried */
         json_object_set_new(data, "retry_after", json_integer(err->retry_after_s));
     sse_event(c, "error", data);
@@ -350,7 +356,11 @@ static void v1_sse_error(chat_ctx *c, const turn_error *err)
 }
 
 static const chat_renderer v1_sse = {
-    .stream = true, .start = v1_sse_start, .delta = v1_sse_delta, .done = v1_sse_done, .error = v1_sse_error,
+    .stream = true,
+    .start = v1_sse_start,
+    .delta = v1_sse_delta,
+    .done = v1_sse_done,
+    .error = v1_sse_error,
 };
 
 /* ---- handlers ---- */

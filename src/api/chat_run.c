@@ -73,7 +73,7 @@ void chat_start_sse(chat_ctx *c)
     int64_t ms = c->w->cfg->heartbeat_ms;
     c->heartbeat = event_new(c->w->base, -1, EV_PERSIST, on_heartbeat, c);
     metrics_active_streams_add(1); /* one per SSE stream, until ctx_free */
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
     event_add(c->heartbeat, &tv);
 }
 
@@ -158,7 +158,7 @@ void chat_replay(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f
         init(c, arg);
     http_add_header(r, "Idempotent-Replayed", "true");
     http_req_log_set(r, "idempotent_replay", json_true());
-    turn_info info = {.session_id = res->session_id, .model = res->model};
+    turn_info info = { .session_id = res->session_id, .model = res->model };
     if (rnd->start)
         rnd->start(c, &info);
     if (rnd->delta && res->text_len)
@@ -182,7 +182,7 @@ void chat_run(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, c
     if (init)
         init(c, arg);
     if (atomic_load(w->stopping)) {
-        turn_error err = {.status = 503, .type = "server_shutting_down", .retry_after_s = 1};
+        turn_error err = { .status = 503, .type = "server_shutting_down", .retry_after_s = 1 };
         snprintf(err.message, sizeof err.message, "chatd is shutting down; retry on another instance");
         if (p->idem_key && p->session_id)
             turn_release_idempotency(w->turns, p->idem_scope, p->idem_key, p->request_id);

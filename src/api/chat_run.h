@@ -16,11 +16,11 @@
 typedef struct chat_ctx chat_ctx;
 
 typedef struct chat_renderer {
-    bool stream;                                           /* ask the provider to stream */
-    void (*start)(chat_ctx *c, const turn_info *info);     /* may be NULL */
+    bool stream;                                              /* ask the provider to stream */
+    void (*start)(chat_ctx *c, const turn_info *info);        /* may be NULL */
     bool (*delta)(chat_ctx *c, const char *text, size_t len); /* may be NULL; true = client full */
-    void (*done)(chat_ctx *c, const turn_result *res);     /* must end the response */
-    void (*error)(chat_ctx *c, const turn_error *err);     /* must end the response */
+    void (*done)(chat_ctx *c, const turn_result *res);        /* must end the response */
+    void (*error)(chat_ctx *c, const turn_error *err);        /* must end the response */
 } chat_renderer;
 
 struct chat_ctx {
@@ -29,15 +29,15 @@ struct chat_ctx {
     turn *t;
     const chat_renderer *rnd;
     api_flavor flavor;
-    bool started;               /* response headers sent */
+    bool started; /* response headers sent */
     struct event *heartbeat;
-    struct event *start_timer;  /* a renderer's deferred stream start (freed with the context) */
-    int64_t last_write;         /* monotonic ms of the last byte queued */
+    struct event *start_timer; /* a renderer's deferred stream start (freed with the context) */
+    int64_t last_write;        /* monotonic ms of the last byte queued */
     /* for the OpenAI-compatible renderer */
     bool include_usage;
-    int64_t created;            /* seconds since the epoch */
-    char completion_id[160];    /* "chatcmpl-" + the request id (at most 131 bytes) */
-    char *model;                /* the answering model's name, owned (any length a models file gives) */
+    int64_t created;         /* seconds since the epoch */
+    char completion_id[160]; /* "chatcmpl-" + the request id (at most 131 bytes) */
+    char *model;             /* the answering model's name, owned (any length a models file gives) */
 };
 
 /*

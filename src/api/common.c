@@ -39,11 +39,10 @@ void api_error(http_req *r, api_flavor f, int status, const char *type, const ch
     if (f == API_SEED)
         body = json_pack("{s:o}", "detail", text);
     else if (f == API_OPENAI) /* chatd's own type goes into code */
-        body = json_pack("{s:{s:o,s:s,s:n,s:s}}", "error", "message", text, "type", api_openai_type_of(status),
-                         "param", "code", type);
+        body = json_pack("{s:{s:o,s:s,s:n,s:s}}", "error", "message", text, "type", api_openai_type_of(status), "param",
+                         "code", type);
     else
-        body = json_pack("{s:{s:s,s:o,s:s}}", "error", "type", type, "message", text, "request_id",
-                         http_req_id(r));
+        body = json_pack("{s:{s:s,s:o,s:s}}", "error", "type", type, "message", text, "request_id", http_req_id(r));
     http_req_log_set(r, "error_type", json_string(type));
     http_reply_json(r, status, body);
 }
@@ -60,15 +59,13 @@ const char *api_openai_type_of(int status)
     }
 }
 
-json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg,
-                        json_t *input)
+json_t *api_detail_item(const char *type, const char *loc0, const char *field, const char *msg, json_t *input)
 {
     json_t *loc = json_array();
     json_array_append_new(loc, json_string(loc0));
     if (field)
         json_array_append_new(loc, json_string(field));
-    return json_pack("{s:s,s:o,s:s,s:o}", "type", type, "loc", loc, "msg", msg, "input",
-                     input ? input : json_object());
+    return json_pack("{s:s,s:o,s:s,s:o}", "type", type, "loc", loc, "msg", msg, "input", input ? input : json_object());
 }
 
 void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg)
@@ -82,24 +79,22 @@ void api_invalid(http_req *r, api_flavor f, json_t *item, const char *msg)
     }
 }
 
-bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char *loc0,
-                          const char *field)
+bool api_check_session_id(http_req *r, api_flavor f, const char *id, const char *loc0, const char *field)
 {
     if (chat_valid_id(id))
         return true;
     char msg[256];
-    snprintf(msg, sizeof msg,
-             "invalid session_id: use 1 to 128 characters of letters, digits and . _ : -");
-    json_t *item = api_detail_item("string_pattern_mismatch", loc0, field,
-                                   "String should match pattern '^[A-Za-z0-9._:-]{1,128}$'",
-                                   chat_json_text(id ? id : ""));
+    snprintf(msg, sizeof msg, "invalid session_id: use 1 to 128 characters of letters, digits and . _ : -");
+    json_t *item =
+        api_detail_item("string_pattern_mismatch", loc0, field,
+                        "String should match pattern '^[A-Za-z0-9._:-]{1,128}$'", chat_json_text(id ? id : ""));
     api_invalid(r, f, item, msg);
     return false;
 }
 
 const struct auth_identity *api_identity(http_req *r)
 {
-    static const auth_identity anonymous = {0};
+    static const auth_identity anonymous = { 0 };
     const auth_identity *id = http_req_data(r);
     return id ? id : &anonymous;
 }

@@ -55,8 +55,7 @@ typedef struct idem_job {
 static idem_decision decide(http_req *r, api_flavor f, const store_idem *rec)
 {
     switch (rec->outcome) {
-    case STORE_IDEM_NEW:
-        return IDEM_RUN;
+    case STORE_IDEM_NEW: return IDEM_RUN;
     case STORE_IDEM_REPLAY:
         if (rec->has_reply)
             return IDEM_REPLAY;
@@ -97,8 +96,8 @@ static void on_begun(store_op *op, void *ud)
     free(j);
 }
 
-void api_idempotency_begin(http_req *r, api_env *w, api_flavor f, const char *scope, const char *session_id,
-                           idem_cb cb, void *ud)
+void api_idempotency_begin(http_req *r, api_env *w, api_flavor f, const char *scope, const char *session_id, idem_cb cb,
+                           void *ud)
 {
     const char *key = http_req_header(r, "Idempotency-Key");
     if (!key) {
@@ -106,8 +105,8 @@ void api_idempotency_begin(http_req *r, api_env *w, api_flavor f, const char *sc
         return;
     }
     if (!valid_key(key)) {
-        api_error(r, f, 400, "invalid_request_error",
-                  "Idempotency-Key must be 1 to %d printable ASCII characters", IDEM_KEY_MAX);
+        api_error(r, f, 400, "invalid_request_error", "Idempotency-Key must be 1 to %d printable ASCII characters",
+                  IDEM_KEY_MAX);
         cb(ud, IDEM_ANSWERED, NULL);
         return;
     }

@@ -13,11 +13,18 @@
 
 static const char *content_type_of(const char *name)
 {
-    static const struct { const char *ext, *type; } types[] = {
-        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
-        {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
-        {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
-        {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"},
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        { ".html", "text/html; charset=utf-8" },
+        { ".js", "text/javascript; charset=utf-8" },
+        { ".mjs", "text/javascript; charset=utf-8" },
+        { ".css", "text/css; charset=utf-8" },
+        { ".json", "application/json" },
+        { ".svg", "image/svg+xml" },
+        { ".png", "image/png" },
+        { ".ico", "image/x-icon" },
+        { ".txt", "text/plain; charset=utf-8" },
     };
     const char *dot = strrchr(name, '.');
     for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
@@ -126,8 +133,7 @@ void api_healthz(http_req *r, api_env *w, char **params)
 static void readyz_answer(http_req *r, bool ok)
 {
     if (!ok)
-        http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason",
-                                          "database not answering"));
+        http_reply_json(r, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason", "database not answering"));
     else
         http_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
 }

@@ -2,7 +2,8 @@
 #include "api/metrics.h"
 
 metrics_def api_metric_active_streams = {
-    .desc = {METRICS_GAUGE, "chatd_active_streams", "Streaming responses currently open.", {NULL}, 0, NULL, 0}};
+    .desc = { METRICS_GAUGE, "chatd_active_streams", "Streaming responses currently open.", { NULL }, 0, NULL, 0 }
+};
 
 void metrics_active_streams_add(int64_t delta)
 {

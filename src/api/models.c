@@ -27,12 +27,11 @@ void api_v1_models(http_req *r, api_env *w, char **params)
             json_array_append_new(fb, json_string(m->fallbacks[k]));
         json_array_append_new(
             arr, json_pack("{s:s,s:s,s:s,s:I,s:I,s:b,s:b,s:o,s:{s:s,s:o,s:o,s:o,s:o}}", "id", m->name, "provider",
-                           m->provider_name, "model_id", m->model_id, "context_window",
-                           (json_int_t)m->context_window, "max_output", (json_int_t)m->max_output, "available",
-                           m->available, "default", m == dflt, "fallbacks", fb, "pricing", "currency", "USD",
-                           "input_per_mtok", per_mtok(m->price.input), "output_per_mtok",
-                           per_mtok(m->price.output), "cache_write_per_mtok", per_mtok(m->price.cache_write),
-                           "cache_read_per_mtok", per_mtok(m->price.cache_read)));
+                           m->provider_name, "model_id", m->model_id, "context_window", (json_int_t)m->context_window,
+                           "max_output", (json_int_t)m->max_output, "available", m->available, "default", m == dflt,
+                           "fallbacks", fb, "pricing", "currency", "USD", "input_per_mtok", per_mtok(m->price.input),
+                           "output_per_mtok", per_mtok(m->price.output), "cache_write_per_mtok",
+                           per_mtok(m->price.cache_write), "cache_read_per_mtok", per_mtok(m->price.cache_read)));
     }
     http_reply_json(r, 200, json_pack("{s:o,s:s}", "data", arr, "default", dflt->name));
 }
@@ -100,17 +99,18 @@ void api_v1_estimate(http_req *r, api_env *w, char **params)
             bool wanted = false;
             size_t k;
             json_t *v;
-            json_array_foreach(only, k, v) if (json_is_string(v) && strcmp(json_string_value(v), m->name) == 0)
-                wanted = true;
+            json_array_foreach(only, k, v) if (json_is_string(v) && strcmp(json_string_value(v), m->name) == 0) wanted =
+                true;
             if (!wanted)
                 continue;
         }
-        json_array_append_new(arr, json_pack("{s:s,s:s,s:o}", "model", m->name, "provider", m->provider_name,
-                                             "cost", api_cost_json(models_cost_micros(m, &u))));
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:o}", "model", m->name, "provider", m->provider_name, "cost",
+                                             api_cost_json(models_cost_micros(m, &u))));
     }
     json_decref(root);
-    http_reply_json(r, 200, json_pack("{s:{s:I,s:I,s:I,s:I},s:o}", "usage", "input_tokens",
-                                      (json_int_t)u.input_tokens, "output_tokens", (json_int_t)u.output_tokens,
-                                      "cache_read_input_tokens", (json_int_t)u.cache_read_tokens,
-                                      "cache_creation_input_tokens", (json_int_t)u.cache_write_tokens, "data", arr));
+    http_reply_json(r, 200,
+                    json_pack("{s:{s:I,s:I,s:I,s:I},s:o}", "usage", "input_tokens", (json_int_t)u.input_tokens,
+                              "output_tokens", (json_int_t)u.output_tokens, "cache_read_input_tokens",
+                              (json_int_t)u.cache_read_tokens, "cache_creation_input_tokens",
+                              (json_int_t)u.cache_write_tokens, "data", arr));
 }

@@ -34,11 +34,11 @@
 
 #define MAX_INPUT_MESSAGES API_OA_MAX_MESSAGES
 
-static void oa_error(http_req *r, int status, const char *type, const char *code, const char *param,
-                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void oa_error(http_req *r, int status, const char *type, const char *code, const char *param, const char *fmt,
+                     ...) __attribute__((format(printf, 6, 7)));
 
-static void oa_error(http_req *r, int status, const char *type, const char *code, const char *param,
-                     const char *fmt, ...)
+static void oa_error(http_req *r, int status, const char *type, const char *code, const char *param, const char *fmt,
+                     ...)
 {
     char msg[1024];
     va_list ap;
@@ -48,8 +48,9 @@ static void oa_error(http_req *r, int status, const char *type, const char *code
     if (n >= (int)sizeof msg)
         chat_utf8_trim(msg); /* a sequence cut by the bound */
     http_req_log_set(r, "error_type", json_string(code ? code : type));
-    http_reply_json(r, status, json_pack("{s:{s:o,s:s,s:s?,s:s?}}", "error", "message", chat_json_text(msg), "type",
-                                         type, "param", param, "code", code));
+    http_reply_json(r, status,
+                    json_pack("{s:{s:o,s:s,s:s?,s:s?}}", "error", "message", chat_json_text(msg), "type", type, "param",
+                              param, "code", code));
 }
 
 /* "end_turn" and friends -> OpenAI's finish_reason vocabulary. */
@@ -73,9 +74,9 @@ static json_t *oa_usage(const store_usage *u)
                  (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
     int64_t out = u->output_tokens > 0 ? u->output_tokens : 0;
     return json_pack("{s:I,s:I,s:I,s:{s:I},s:{s:I}}", "prompt_tokens", (json_int_t)in, "completion_tokens",
-                     (json_int_t)out, "total_tokens", (json_int_t)(in + out), "prompt_tokens_details",
-                     "cached_tokens", (json_int_t)(u->cache_read_tokens > 0 ? u->cache_read_tokens : 0),
-                     "completion_tokens_details", "reasoning_tokens", (json_int_t)0);
+                     (json_int_t)out, "total_tokens", (json_int_t)(in + out), "prompt_tokens_details", "cached_tokens",
+                     (json_int_t)(u->cache_read_tokens > 0 ? u->cache_read_tokens : 0), "completion_tokens_details",
+                     "reasoning_tokens", (json_int_t)0);
 }
 
 /* ---- renderers ---- */
@@ -83,8 +84,7 @@ static json_t *oa_usage(const store_usage *u)
 static json_t *chunk(chat_ctx *c, const char *model, json_t *choices)
 {
     json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:n,s:o}", "id", c->completion_id, "object", "chat.completion.chunk",
-                          "created", (json_int_t)c->created, "model", model, "system_fingerprint", "choices",
-                          choices);
+                          "created", (json_int_t)c->created, "model", model, "system_fingerprint", "choices", choices);
     if (c->include_usage)
         json_object_set_new(o, "usage", json_null());
     return o;
@@ -103,9 +103,9 @@ static bool send_chunk(chat_ctx *c, json_t *o)
 
 static void oa_json_done(chat_ctx *c, const turn_result *res)
 {
-    json_t *choices = json_pack("[{s:i,s:{s:s,s:s%,s:n},s:n,s:s}]", "index", 0, "message", "role", "assistant",
-                                "content", res->text, res->text_len, "refusal", "logprobs", "finish_reason",
-                                finish_reason(res->stop_reason));
+    json_t *choices =
+        json_pack("[{s:i,s:{s:s,s:s%,s:n},s:n,s:s}]", "index", 0, "message", "role", "assistant", "content", res->text,
+                  res->text_len, "refusal", "logprobs", "finish_reason", finish_reason(res->stop_reason));
     json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:n}", "id", c->completion_id, "object", "chat.completion",
                           "created", (json_int_t)c->created, "model", res->model, "choices", choices, "usage",
                           oa_usage(&res->usage), "system_fingerprint");
@@ -131,7 +131,7 @@ static void oa_error_render(chat_ctx *c, const turn_error *err)
     oa_error(c->r, err->status, api_openai_type_of(err->status), err->type, NULL, "%s", err->message);
 }
 
-static const chat_renderer oa_json = {.stream = false, .done = oa_json_done, .error = oa_error_render};
+static const chat_renderer oa_json = { .stream = false, .done = oa_json_done, .error = oa_error_render };
 
 /*
  * The stream starts (headers, then the role chunk) at the first delta, so that
@@ -165,7 +165,7 @@ static void oa_sse_start(chat_ctx *c, const turn_info *info)
     free(c->model);
     c->model = chat_xstrdup(info->model);
     int64_t ms = c->w->cfg->heartbeat_ms;
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
     c->start_timer = evtimer_new(c->w->base, on_start_timer, c);
     evtimer_add(c->start_timer, &tv);
 }
@@ -173,8 +173,9 @@ static void oa_sse_start(chat_ctx *c, const turn_info *info)
 static bool oa_sse_delta(chat_ctx *c, const char *text, size_t len)
 {
     oa_stream_begin(c);
-    return send_chunk(c, chunk(c, c->model ? c->model : "", json_pack("[{s:i,s:{s:s%},s:n,s:n}]", "index", 0, "delta", "content",
-                                                      text, len, "logprobs", "finish_reason")));
+    return send_chunk(c, chunk(c, c->model ? c->model : "",
+                               json_pack("[{s:i,s:{s:s%},s:n,s:n}]", "index", 0, "delta", "content", text, len,
+                                         "logprobs", "finish_reason")));
 }
 
 static void oa_sse_done(chat_ctx *c, const turn_result *res)
@@ -193,7 +194,11 @@ static void oa_sse_done(chat_ctx *c, const turn_result *res)
 }
 
 static const chat_renderer oa_sse = {
-    .stream = true, .start = oa_sse_start, .delta = oa_sse_delta, .done = oa_sse_done, .error = oa_error_render,
+    .stream = true,
+    .start = oa_sse_start,
+    .delta = oa_sse_delta,
+    .done = oa_sse_done,
+    .error = oa_error_render,
 };
 
 /* ---- request ---- */
@@ -212,7 +217,8 @@ static char *content_text(json_t *content, const char **why)
     }
     size_t i, total = 0;
     json_t *part;
-    json_array_foreach(content, i, part) {
+    json_array_foreach(content, i, part)
+    {
         const char *type = json_string_value(json_object_get(part, "type"));
         const char *text = json_string_value(json_object_get(part, "text"));
         if (!type || strcmp(type, "text") != 0 || !text) {
@@ -222,7 +228,8 @@ static char *content_text(json_t *content, const char **why)
         total += strlen(text) + 1;
     }
     char *out = chat_xmalloc(total + 1), *p = out;
-    json_array_foreach(content, i, part) {
+    json_array_foreach(content, i, part)
+    {
         const char *text = json_string_value(json_object_get(part, "text"));
         size_t n = strlen(text);
         memcpy(p, text, n);
@@ -315,8 +322,8 @@ bool api_oa_request_parse(const char *body, size_t len, const char *session_head
         oa_invalid(why, "invalid_type", "stream", "stream must be a boolean");
         goto out;
     }
-    if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1 ||
-                                    json_integer_value(mt) > 1000000)) {
+    if (mt && !json_is_null(mt) &&
+        (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > 1000000)) {
         oa_invalid(why, "invalid_value", "max_tokens",
                    "max_tokens / max_completion_tokens must be an integer in 1..1000000");
         goto out;
@@ -333,7 +340,8 @@ bool api_oa_request_parse(const char *body, size_t len, const char *session_head
     q->hist = chat_xcalloc(count, sizeof *q->hist);
     size_t i;
     json_t *m;
-    json_array_foreach(msgs, i, m) {
+    json_array_foreach(msgs, i, m)
+    {
         const char *role = json_string_value(json_object_get(m, "role"));
         const char *why_not = NULL;
         if (!role) {
@@ -352,7 +360,8 @@ bool api_oa_request_parse(const char *body, size_t len, const char *session_head
                 chat_buf_appends(&q->system, text) != CHAT_OK) {
                 oa_invalid(why, "string_above_max_length", "messages",
                            "the system and developer messages (joined, up to messages[%zu]) are longer than "
-                           "MAX_MESSAGE_SIZE (%zu bytes)", i, max_message_bytes);
+                           "MAX_MESSAGE_SIZE (%zu bytes)",
+                           i, max_message_bytes);
                 goto out;
             }
         } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
@@ -419,8 +428,7 @@ void api_v1_chat_completions(http_req *r, api_env *w, char **params)
     const char *body = http_req_body(r, &len);
     api_oa_request q;
     api_oa_invalid why;
-    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), w->cfg->max_message_bytes, &q,
-                              &why)) {
+    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), w->cfg->max_message_bytes, &q, &why)) {
         oa_error(r, why.status, why.type, why.code, why.param, "%s", why.message);
         return;
     }
@@ -429,7 +437,7 @@ void api_v1_chat_completions(http_req *r, api_env *w, char **params)
     p.request_id = http_req_id(r);
     p.owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL;
     p.see_all = api_owner_filter(r) == NULL;
-    struct oa_init in = {.include_usage = q.include_usage};
+    struct oa_init in = { .include_usage = q.include_usage };
     chat_run(r, w, q.stream ? &oa_sse : &oa_json, API_V1, &p, init_ctx, &in);
     api_oa_request_free(&q);
 }

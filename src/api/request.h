@@ -52,8 +52,8 @@ typedef struct api_chat_invalid {
  * and returns true. On failure returns false, out->root NULL, and fills *why
  * (release why->detail). Never both.
  */
-bool api_chat_body_parse(const char *body, size_t len, api_flavor f, size_t max_message_bytes,
-                         api_chat_body *out, api_chat_invalid *why);
+bool api_chat_body_parse(const char *body, size_t len, api_flavor f, size_t max_message_bytes, api_chat_body *out,
+                         api_chat_invalid *why);
 
 /*
  * The turn a valid chat body asks for: session, message, system prompt,
@@ -84,26 +84,26 @@ json_t *api_estimate_parse(const char *body, size_t len, store_usage *u, json_t 
 
 /* A valid Chat Completions request. */
 typedef struct api_oa_request {
-    json_t *root;               /* the parsed body; owns model and a body session_id */
-    char **texts;               /* heap, the text of every message read (n_texts of them) */
+    json_t *root; /* the parsed body; owns model and a body session_id */
+    char **texts; /* heap, the text of every message read (n_texts of them) */
     size_t n_texts;
-    llm_message *hist;          /* heap, the user and assistant messages in order (contents in texts) */
-    size_t n_hist;              /* >= 1; the last is the new user message, non-empty, <= max_message_bytes */
-    chat_buf system;            /* every system/developer message joined by blank lines; len 0 if none */
-    const char *session_id;     /* the X-Session-Id header, else a string body session_id; NULL = stateless */
-    const char *model;          /* NULL when absent or null */
-    int max_tokens;             /* max_completion_tokens, else max_tokens: 1..1000000, 0 when absent */
+    llm_message *hist;      /* heap, the user and assistant messages in order (contents in texts) */
+    size_t n_hist;          /* >= 1; the last is the new user message, non-empty, <= max_message_bytes */
+    chat_buf system;        /* every system/developer message joined by blank lines; len 0 if none */
+    const char *session_id; /* the X-Session-Id header, else a string body session_id; NULL = stateless */
+    const char *model;      /* NULL when absent or null */
+    int max_tokens;         /* max_completion_tokens, else max_tokens: 1..1000000, 0 when absent */
     bool stream;
-    bool include_usage;         /* stream_options.include_usage, with stream only */
+    bool include_usage; /* stream_options.include_usage, with stream only */
 } api_oa_request;
 
 /* Why a Chat Completions request was refused: OpenAI's error envelope. */
 typedef struct api_oa_invalid {
-    int status;                 /* 400 */
-    const char *type;           /* static: "invalid_request_error" */
-    const char *code;           /* static: "invalid_json", "invalid_type", "invalid_value", ... */
-    const char *param;          /* static field name, or NULL */
-    char message[1024];         /* one line; client bytes in it are escaped if not UTF-8 */
+    int status;         /* 400 */
+    const char *type;   /* static: "invalid_request_error" */
+    const char *code;   /* static: "invalid_json", "invalid_type", "invalid_value", ... */
+    const char *param;  /* static field name, or NULL */
+    char message[1024]; /* one line; client bytes in it are escaped if not UTF-8 */
 } api_oa_invalid;
 
 /*

@@ -31,9 +31,9 @@
 _Static_assert(LIMIT_KEY_BUF - 1 <= RATELIMIT_MAX_KEY, "API key limit keys are stored verbatim");
 
 typedef enum {
-    ACCESS_PUBLIC,  /* health, docs, playground assets: no credentials */
-    ACCESS_USER,    /* any authenticated caller; sessions are isolated per key */
-    ACCESS_ADMIN,   /* statistics and metrics: admin keys or the static token */
+    ACCESS_PUBLIC, /* health, docs, playground assets: no credentials */
+    ACCESS_USER,   /* any authenticated caller; sessions are isolated per key */
+    ACCESS_ADMIN,  /* statistics and metrics: admin keys or the static token */
 } access_level;
 
 typedef struct route {
@@ -42,38 +42,38 @@ typedef struct route {
     api_handler handler;
     api_flavor flavor;
     access_level access;
-    bool limited;   /* counts against RATE_LIMIT / TOKEN_LIMIT */
+    bool limited; /* counts against RATE_LIMIT / TOKEN_LIMIT */
 } route;
 
 static const route routes[] = {
-    {HTTP_GET, "/", api_root, API_SEED, ACCESS_PUBLIC, false},
-    {HTTP_POST, "/chat", api_seed_chat, API_SEED, ACCESS_USER, true},
-    {HTTP_POST, "/chat-stream", api_seed_chat_stream, API_SEED, ACCESS_USER, true},
-    {HTTP_GET, "/history/{}", api_seed_history_get, API_SEED, ACCESS_USER, false},
-    {HTTP_DELETE, "/history/{}", api_seed_history_delete, API_SEED, ACCESS_USER, false},
-    {HTTP_GET, "/sessions", api_seed_sessions, API_SEED, ACCESS_USER, false},
-    {HTTP_POST, "/reset/{}", api_seed_reset, API_SEED, ACCESS_USER, false},
-    {HTTP_GET, "/stats", api_seed_stats, API_SEED, ACCESS_ADMIN, false},
-    {HTTP_POST, "/v1/chat", api_v1_chat, API_V1, ACCESS_USER, true},
-    {HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, ACCESS_USER, true},
-    {HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_OPENAI, ACCESS_USER, true},
-    {HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, ACCESS_USER, false},
-    {HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, ACCESS_USER, false},
-    {HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, ACCESS_USER, false},
-    {HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1, ACCESS_USER, false},
-    {HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1, ACCESS_USER, false},
-    {HTTP_GET, "/v1/stats", api_v1_stats, API_V1, ACCESS_ADMIN, false},
-    {HTTP_GET, "/v1/models", api_v1_models, API_V1, ACCESS_USER, false},
-    {HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1, ACCESS_USER, false},
-    {HTTP_GET, "/healthz", api_healthz, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/readyz", api_readyz, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/metrics", api_metrics, API_V1, ACCESS_ADMIN, false},
-    {HTTP_GET, "/openapi.json", api_openapi, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/docs", api_docs, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/ui", api_ui_redirect, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/ui/", api_ui_file, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/ui/{}", api_ui_file, API_V1, ACCESS_PUBLIC, false},
-    {HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1, ACCESS_PUBLIC, false},
+    { HTTP_GET, "/", api_root, API_SEED, ACCESS_PUBLIC, false },
+    { HTTP_POST, "/chat", api_seed_chat, API_SEED, ACCESS_USER, true },
+    { HTTP_POST, "/chat-stream", api_seed_chat_stream, API_SEED, ACCESS_USER, true },
+    { HTTP_GET, "/history/{}", api_seed_history_get, API_SEED, ACCESS_USER, false },
+    { HTTP_DELETE, "/history/{}", api_seed_history_delete, API_SEED, ACCESS_USER, false },
+    { HTTP_GET, "/sessions", api_seed_sessions, API_SEED, ACCESS_USER, false },
+    { HTTP_POST, "/reset/{}", api_seed_reset, API_SEED, ACCESS_USER, false },
+    { HTTP_GET, "/stats", api_seed_stats, API_SEED, ACCESS_ADMIN, false },
+    { HTTP_POST, "/v1/chat", api_v1_chat, API_V1, ACCESS_USER, true },
+    { HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, ACCESS_USER, true },
+    { HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_OPENAI, ACCESS_USER, true },
+    { HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, ACCESS_USER, false },
+    { HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, ACCESS_USER, false },
+    { HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, ACCESS_USER, false },
+    { HTTP_GET, "/v1/sessions/{}/messages", api_v1_session_messages, API_V1, ACCESS_USER, false },
+    { HTTP_POST, "/v1/sessions/{}/reset", api_v1_session_reset, API_V1, ACCESS_USER, false },
+    { HTTP_GET, "/v1/stats", api_v1_stats, API_V1, ACCESS_ADMIN, false },
+    { HTTP_GET, "/v1/models", api_v1_models, API_V1, ACCESS_USER, false },
+    { HTTP_POST, "/v1/estimate", api_v1_estimate, API_V1, ACCESS_USER, false },
+    { HTTP_GET, "/healthz", api_healthz, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/readyz", api_readyz, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/metrics", api_metrics, API_V1, ACCESS_ADMIN, false },
+    { HTTP_GET, "/openapi.json", api_openapi, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/docs", api_docs, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/ui", api_ui_redirect, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/ui/", api_ui_file, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/ui/{}", api_ui_file, API_V1, ACCESS_PUBLIC, false },
+    { HTTP_GET, "/ui/lib/{}", api_ui_lib, API_V1, ACCESS_PUBLIC, false },
 };
 
 /* Splits "/a/b/c" into segments (pointers into a copy). Returns the count, or -1 if too many. */
@@ -141,9 +141,12 @@ static bool match(const char *pattern, char **pseg, int np, char **params)
 
 static void append_allow(char *allow, size_t len, unsigned methods)
 {
-    static const struct { unsigned m; const char *name; } names[] = {
-        {HTTP_GET, "GET"}, {HTTP_HEAD, "HEAD"}, {HTTP_POST, "POST"}, {HTTP_PUT, "PUT"},
-        {HTTP_PATCH, "PATCH"}, {HTTP_DELETE, "DELETE"}, {HTTP_OPTIONS, "OPTIONS"},
+    static const struct {
+        unsigned m;
+        const char *name;
+    } names[] = {
+        { HTTP_GET, "GET" },     { HTTP_HEAD, "HEAD" },     { HTTP_POST, "POST" },       { HTTP_PUT, "PUT" },
+        { HTTP_PATCH, "PATCH" }, { HTTP_DELETE, "DELETE" }, { HTTP_OPTIONS, "OPTIONS" },
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((methods & names[i].m) && !strstr(allow, names[i].name)) {
@@ -215,12 +218,12 @@ typedef struct route_job {
     http_req *r;
     api_env *w;
     const route *rt;
-    char *params[MAX_PARAMS + 1];   /* owned copies */
+    char *params[MAX_PARAMS + 1]; /* owned copies */
     /* rate limits through Redis */
     char key[LIMIT_KEY_BUF];
     ratelimit_spec own;
     bool has_own;
-    redis_limit_req *pending;       /* the check in flight, NULL between checks */
+    redis_limit_req *pending; /* the check in flight, NULL between checks */
 } route_job;
 
 static route_job *job_new(http_req *r, api_env *w, const route *rt, char **params)
@@ -342,8 +345,8 @@ static void limit_then_run(http_req *r, api_env *w, const route *rt, const auth_
         j->has_own = true;
     }
     http_req_on_close(r, job_client_gone, j);
-    j->pending = redis_limit_check(w->redis, RATELIMIT_REQUESTS, j->key, j->has_own ? &j->own : NULL,
-                                   job_on_requests, j);
+    j->pending =
+        redis_limit_check(w->redis, RATELIMIT_REQUESTS, j->key, j->has_own ? &j->own : NULL, job_on_requests, j);
 }
 
 /* ---- authentication ---------------------------------------------------------- */
@@ -373,8 +376,8 @@ static void authorized(http_req *r, api_env *w, const route *rt, const auth_iden
     if (rt->access == ACCESS_ADMIN && id->authenticated && !id->admin)
         api_error(r, rt->flavor, 403, "permission_error", "this endpoint needs an admin key");
     else if (http_req_body_too_large(r))
-        api_error(r, rt->flavor, 413, "request_too_large",
-                  "the request body is larger than MAX_BODY_SIZE (%zu bytes)", w->cfg->max_body_bytes);
+        api_error(r, rt->flavor, 413, "request_too_large", "the request body is larger than MAX_BODY_SIZE (%zu bytes)",
+                  w->cfg->max_body_bytes);
     else if (rt->limited)
         limit_then_run(r, w, rt, id, params);
     else
@@ -524,7 +527,7 @@ static const route *find_route(const char *path, unsigned m, api_route_match *ou
     out->flavor = strncmp(path, "/v1/", 4) == 0 ? API_V1 : API_SEED;
 
     for (size_t i = 0; nseg >= 0 && i < sizeof routes / sizeof routes[0]; i++) {
-        char *params[MAX_PARAMS + 1] = {0};
+        char *params[MAX_PARAMS + 1] = { 0 };
         if (!match(routes[i].pattern, seg, nseg, params))
             continue;
         unsigned methods = routes[i].methods | ((routes[i].methods & HTTP_GET) ? HTTP_HEAD : 0);
@@ -591,6 +594,5 @@ void api_dispatch(http_req *r, void *ctx)
     if (flavor == API_SEED)
         api_error(r, API_SEED, 404, "not_found_error", "Not Found");
     else
-        api_error(r, API_V1, 404, "not_found_error", "no route for %s %s", http_req_method_name(r),
-                  http_req_path(r));
+        api_error(r, API_V1, 404, "not_found_error", "no route for %s %s", http_req_method_name(r), http_req_path(r));
 }

@@ -38,10 +38,9 @@ static json_t *time_json(int64_t ms)
 
 static json_t *session_json(const store_session *s)
 {
-    return json_pack("{s:s,s:o,s:o,s:I,s:I,s:s?,s:s?,s:o,s:o}", "id", s->id, "created_at",
-                     time_json(s->created_at), "updated_at", time_json(s->updated_at), "turn_count",
-                     (json_int_t)s->turn_count, "message_count", (json_int_t)s->message_count,
-                     "model", s->model, "system_prompt", s->system_prompt, "usage",
+    return json_pack("{s:s,s:o,s:o,s:I,s:I,s:s?,s:s?,s:o,s:o}", "id", s->id, "created_at", time_json(s->created_at),
+                     "updated_at", time_json(s->updated_at), "turn_count", (json_int_t)s->turn_count, "message_count",
+                     (json_int_t)s->message_count, "model", s->model, "system_prompt", s->system_prompt, "usage",
                      api_usage_json(&s->usage), "cost", api_cost_json(s->cost_micros));
 }
 
@@ -56,8 +55,8 @@ static bool query_int(http_req *r, const char *name, long lo, long hi, long dflt
     errno = 0;
     long n = strtol(v, &end, 10);
     if (errno || end == v || *end || n < lo || n > hi) {
-        api_error(r, API_V1, 400, "invalid_request_error", "query parameter %s must be an integer in %ld..%ld",
-                  name, lo, hi);
+        api_error(r, API_V1, 400, "invalid_request_error", "query parameter %s must be an integer in %ld..%ld", name,
+                  lo, hi);
         return false;
     }
     *out = n;
@@ -73,7 +72,7 @@ typedef enum {
     ACT_V1_DELETE,
     ACT_V1_MESSAGES,
     ACT_V1_RESET,
-    ACT_SEED_LIST,  /* no session: pages through the listing */
+    ACT_SEED_LIST, /* no session: pages through the listing */
     ACT_V1_LIST,
     ACT_SEED_STATS,
     ACT_V1_STATS,
@@ -83,15 +82,15 @@ typedef struct sjob {
     http_req *r;
     api_env *w;
     action act;
-    char *id;              /* the session (owned), NULL for listings and stats */
+    char *id; /* the session (owned), NULL for listings and stats */
     long after, limit;
-    store_session sess;    /* filled by the visibility check */
+    store_session sess; /* filled by the visibility check */
     /* ACT_SEED_LIST, streamed */
-    char *cursor;          /* where the next page starts (owned), NULL before the first */
-    bool in_store;         /* a page is being read: its callback owns the next step */
-    bool wants_drain;      /* waiting for the client's queue to drain before the next page */
-    bool streaming;        /* the 200 and the opening bracket were sent */
-    int64_t listed;        /* sessions written so far */
+    char *cursor;     /* where the next page starts (owned), NULL before the first */
+    bool in_store;    /* a page is being read: its callback owns the next step */
+    bool wants_drain; /* waiting for the client's queue to drain before the next page */
+    bool streaming;   /* the 200 and the opening bracket were sent */
+    int64_t listed;   /* sessions written so far */
 } sjob;
 
 static api_flavor flavor_of(action a)
@@ -216,8 +215,8 @@ static void on_seed_page(store_op *op, void *ud)
         char ts[32];
         chat_format_iso_local(ss->created_at, ts);
         /* Each element exactly as json_dumps wrote it inside the whole document. */
-        json_t *o = json_pack("{s:s,s:I,s:s}", "session_id", ss->id, "turns", (json_int_t)ss->turn_count,
-                              "created_at", ts);
+        json_t *o =
+            json_pack("{s:s,s:I,s:s}", "session_id", ss->id, "turns", (json_int_t)ss->turn_count, "created_at", ts);
         char *one = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
         json_decref(o);
         if (!one) {
@@ -274,16 +273,12 @@ static void start(sjob *j)
 {
     store_op *op;
     switch (j->act) {
-    case ACT_SEED_LIST:
-        seed_list_next(j);
-        return;
+    case ACT_SEED_LIST: seed_list_next(j); return;
     case ACT_V1_LIST:
         submit_list(j, STORE_OP_SESSIONS_LIST, http_req_query(j->r, "cursor"), (int)j->limit, on_action);
         return;
     case ACT_SEED_STATS:
-    case ACT_V1_STATS:
-        submit(j, store_op_new(STORE_OP_STATS_GET), on_action);
-        return;
+    case ACT_V1_STATS: submit(j, store_op_new(STORE_OP_STATS_GET), on_action); return;
     default:
         op = store_op_new(STORE_OP_SESSION_GET);
         op->in.session_id = store_op_str(op, j->id);
@@ -295,18 +290,14 @@ static void start(sjob *j)
 static void not_found(sjob *j)
 {
     switch (j->act) {
-    case ACT_SEED_HISTORY:
-        api_error(j->r, API_SEED, 404, "not_found_error", "Session not found");
-        break;
+    case ACT_SEED_HISTORY: api_error(j->r, API_SEED, 404, "not_found_error", "Session not found"); break;
     case ACT_SEED_DELETE:
         http_reply_json(j->r, 200, json_pack("{s:s,s:s}", "status", "not_found", "session_id", j->id));
         break;
     case ACT_SEED_RESET:
         http_reply_json(j->r, 200, json_pack("{s:s,s:s}", "status", "not_found", "session_id", j->id));
         break;
-    default:
-        api_error(j->r, API_V1, 404, "not_found_error", "session %s not found", j->id);
-        break;
+    default: api_error(j->r, API_V1, 404, "not_found_error", "session %s not found", j->id); break;
     }
 }
 
@@ -347,9 +338,7 @@ static void on_visible(store_op *op, void *ud)
         next->in.limit = j->act == ACT_V1_MESSAGES ? (int)j->limit + 1 : 0;
         break;
     case ACT_SEED_DELETE:
-    case ACT_V1_DELETE:
-        next = store_op_new(STORE_OP_SESSION_DELETE);
-        break;
+    case ACT_V1_DELETE: next = store_op_new(STORE_OP_SESSION_DELETE); break;
     default: /* the resets */
         next = store_op_new(STORE_OP_SESSION_RESET);
         next->in.now = chat_now_ms();
@@ -365,8 +354,9 @@ static void reply_messages(sjob *j, const store_message *msgs, size_t n)
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++)
             json_array_append_new(arr, json_pack("{s:s,s:s}", "role", msgs[i].role, "content", msgs[i].content));
-        http_reply_json(j->r, 200, json_pack("{s:s,s:o,s:I}", "session_id", j->id, "messages", arr, "turn_count",
-                                             (json_int_t)j->sess.turn_count));
+        http_reply_json(j->r, 200,
+                        json_pack("{s:s,s:o,s:I}", "session_id", j->id, "messages", arr, "turn_count",
+                                  (json_int_t)j->sess.turn_count));
         return;
     }
     bool more = n > (size_t)j->limit;
@@ -375,9 +365,8 @@ static void reply_messages(sjob *j, const store_message *msgs, size_t n)
         const store_message *m = &msgs[i];
         char idbuf[32];
         snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)m->id);
-        json_t *o = json_pack("{s:s,s:I,s:s,s:s,s:s,s:o}", "id", idbuf, "seq", (json_int_t)m->seq, "role",
-                              m->role, "content", m->content, "status", m->status, "created_at",
-                              time_json(m->created_at));
+        json_t *o = json_pack("{s:s,s:I,s:s,s:s,s:s,s:o}", "id", idbuf, "seq", (json_int_t)m->seq, "role", m->role,
+                              "content", m->content, "status", m->status, "created_at", time_json(m->created_at));
         if (strcmp(m->role, "assistant") == 0) {
             json_object_set_new(o, "model", m->model ? json_string(m->model) : json_null());
             json_object_set_new(o, "stop_reason", m->stop_reason ? json_string(m->stop_reason) : json_null());
@@ -392,17 +381,17 @@ static void reply_messages(sjob *j, const store_message *msgs, size_t n)
 static void reply_stats(sjob *j, const store_stats *st)
 {
     if (j->act == ACT_SEED_STATS) {
-        json_t *avg = st->total_sessions ? json_real((double)st->total_messages / (double)st->total_sessions)
-                                         : json_integer(0);
-        http_reply_json(j->r, 200, json_pack("{s:I,s:I,s:o}", "total_sessions", (json_int_t)st->total_sessions,
-                                             "total_messages", (json_int_t)st->total_messages,
-                                             "avg_messages_per_session", avg));
+        json_t *avg =
+            st->total_sessions ? json_real((double)st->total_messages / (double)st->total_sessions) : json_integer(0);
+        http_reply_json(j->r, 200,
+                        json_pack("{s:I,s:I,s:o}", "total_sessions", (json_int_t)st->total_sessions, "total_messages",
+                                  (json_int_t)st->total_messages, "avg_messages_per_session", avg));
         return;
     }
-    http_reply_json(j->r, 200, json_pack("{s:I,s:I,s:I,s:o,s:o}", "sessions", (json_int_t)st->total_sessions,
-                                         "messages", (json_int_t)st->total_messages, "turns",
-                                         (json_int_t)st->total_turns, "usage", api_usage_json(&st->usage), "cost",
-                                         api_cost_json(st->cost_micros)));
+    http_reply_json(j->r, 200,
+                    json_pack("{s:I,s:I,s:I,s:o,s:o}", "sessions", (json_int_t)st->total_sessions, "messages",
+                              (json_int_t)st->total_messages, "turns", (json_int_t)st->total_turns, "usage",
+                              api_usage_json(&st->usage), "cost", api_cost_json(st->cost_micros)));
 }
 
 static void on_action(store_op *op, void *ud)
@@ -429,39 +418,33 @@ static void on_action(store_op *op, void *ud)
     }
     switch (j->act) {
     case ACT_SEED_HISTORY:
-    case ACT_V1_MESSAGES:
-        reply_messages(j, op->out.messages, op->out.n_messages);
-        break;
+    case ACT_V1_MESSAGES: reply_messages(j, op->out.messages, op->out.n_messages); break;
     case ACT_SEED_DELETE:
         http_reply_json(j->r, 200, json_pack("{s:s,s:s}", "status", "cleared", "session_id", j->id));
         break;
-    case ACT_V1_DELETE:
-        http_reply(j->r, 204, NULL, NULL, 0);
-        break;
+    case ACT_V1_DELETE: http_reply(j->r, 204, NULL, NULL, 0); break;
     case ACT_SEED_RESET:
-        http_reply_json(j->r, 200, json_pack("{s:s,s:s,s:I}", "status", "reset", "session_id", j->id,
-                                             "previous_turns", (json_int_t)op->out.count));
+        http_reply_json(j->r, 200,
+                        json_pack("{s:s,s:s,s:I}", "status", "reset", "session_id", j->id, "previous_turns",
+                                  (json_int_t)op->out.count));
         break;
     case ACT_V1_RESET:
-        http_reply_json(j->r, 200, json_pack("{s:s,s:I}", "session_id", j->id, "previous_turns",
-                                             (json_int_t)op->out.count));
+        http_reply_json(j->r, 200,
+                        json_pack("{s:s,s:I}", "session_id", j->id, "previous_turns", (json_int_t)op->out.count));
         break;
-    case ACT_SEED_LIST: /* answered in on_seed_page */
-        break;
+    case ACT_SEED_LIST: /* answered in on_seed_page */ break;
     case ACT_V1_LIST: {
         json_t *arr = json_array();
         for (size_t i = 0; i < op->out.n_sessions; i++)
             json_array_append_new(arr, session_json(&op->out.sessions[i]));
-        http_reply_json(j->r, 200, json_pack("{s:o,s:o}", "data", arr, "next_cursor",
-                                             op->out.next_cursor ? json_string(op->out.next_cursor) : json_null()));
+        http_reply_json(j->r, 200,
+                        json_pack("{s:o,s:o}", "data", arr, "next_cursor",
+                                  op->out.next_cursor ? json_string(op->out.next_cursor) : json_null()));
         break;
     }
     case ACT_SEED_STATS:
-    case ACT_V1_STATS:
-        reply_stats(j, &op->out.stats);
-        break;
-    case ACT_V1_GET:
-        break; /* answered in on_visible */
+    case ACT_V1_STATS: reply_stats(j, &op->out.stats); break;
+    case ACT_V1_GET: break; /* answered in on_visible */
     }
     sjob_free(j);
 }

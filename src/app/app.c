@@ -60,8 +60,7 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     if (!idle && !w->aborted) {
         /* The deadline passed: end the running turns (each client gets its 503
          * or SSE error), then give those last answers a moment to be written. */
-        chat_log(LOG_WARN, "drain deadline passed, cancelling running turns",
-                 json_pack("{s:i}", "worker", w->index));
+        chat_log(LOG_WARN, "drain deadline passed, cancelling running turns", json_pack("{s:i}", "worker", w->index));
         turn_abort_all(w->turns);
         w->aborted = true;
         w->drain_deadline = now + FLUSH_GRACE_MS;
@@ -153,7 +152,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     w->draining = true;
     w->drain_deadline = chat_mono_ms() + w->app->cfg->drain_timeout_ms;
     http_server_stop_accepting(w->http);
-    struct timeval tv = {0, DRAIN_TICK_MS * 1000};
+    struct timeval tv = { 0, DRAIN_TICK_MS * 1000 };
     event_add(w->drain_tick, &tv);
 }
 
@@ -242,7 +241,7 @@ static void *worker_main(void *arg)
     w->drain_tick = event_new(w->base, -1, EV_PERSIST, drain_tick, w);
     if (w->index == 0) {
         int64_t ms = sweep_period_ms(cfg);
-        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
         w->sweep = event_new(w->base, -1, EV_PERSIST, sweep_tick, w);
         event_add(w->sweep, &tv);
     }
@@ -292,7 +291,7 @@ fail:
     w->llm = NULL;
     auth_negcache_free(w->auth_negcache);
     w->auth_negcache = NULL;
-    store_detach(w->db); /* its events live on the base */
+    store_detach(w->db);        /* its events live on the base */
     turn_engine_free(w->turns); /* no turn ever started */
     w->turns = NULL;
     if (w->base)
@@ -330,7 +329,7 @@ static bool guard_init(chat_app *app, const struct chat_config *cfg)
                            "set API_TOKEN or AUTH_MODE=keys, or ALLOW_UNAUTHENTICATED=on to accept the risk"));
         return false;
     }
-    ratelimit_config rc = {.max_buckets = (size_t)cfg->rate_limit_max_buckets};
+    ratelimit_config rc = { .max_buckets = (size_t)cfg->rate_limit_max_buckets };
     if (ratelimit_spec_parse(cfg->rate_limit, &rc.requests, err, sizeof err) != CHAT_OK ||
         ratelimit_spec_parse(cfg->token_limit, &rc.tokens, err, sizeof err) != CHAT_OK ||
         ratelimit_spec_parse(cfg->auth_failure_limit, &app->auth_failures, err, sizeof err) != CHAT_OK) {
@@ -392,12 +391,12 @@ static int64_t nofile_soft_limit(void)
             rl.rlim_cur = before;
     }
     json_t *f = json_object();
-    json_object_set_new(f, "soft_at_start", before == RLIM_INFINITY ? json_string("unlimited")
-                                                                  : json_integer((json_int_t)before));
-    json_object_set_new(f, "hard", rl.rlim_max == RLIM_INFINITY ? json_string("unlimited")
-                                                                : json_integer((json_int_t)rl.rlim_max));
-    json_object_set_new(f, "soft", rl.rlim_cur == RLIM_INFINITY ? json_string("unlimited")
-                                                                : json_integer((json_int_t)rl.rlim_cur));
+    json_object_set_new(f, "soft_at_start",
+                        before == RLIM_INFINITY ? json_string("unlimited") : json_integer((json_int_t)before));
+    json_object_set_new(
+        f, "hard", rl.rlim_max == RLIM_INFINITY ? json_string("unlimited") : json_integer((json_int_t)rl.rlim_max));
+    json_object_set_new(
+        f, "soft", rl.rlim_cur == RLIM_INFINITY ? json_string("unlimited") : json_integer((json_int_t)rl.rlim_cur));
     chat_log(LOG_INFO, "file descriptor limit (RLIMIT_NOFILE)", f);
     return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > INT32_MAX ? INT32_MAX : (int64_t)rl.rlim_cur;
 }
@@ -426,7 +425,7 @@ static int cpu_count(void)
 
 chat_rc chat_app_run(const struct chat_config *cfg)
 {
-    chat_app app = {.wake_lock = PTHREAD_MUTEX_INITIALIZER};
+    chat_app app = { .wake_lock = PTHREAD_MUTEX_INITIALIZER };
     chat_rc rc = CHAT_EIO;
     char err[512] = "";
     sigset_t sigs;
@@ -501,9 +500,10 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
 
     chat_log(LOG_NOTICE, "listening",
-             json_pack("{s:s,s:i,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers",
-                       app.nworkers, "max_connections", app.max_connections, "database", strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres",
-                       "schema_version", schema, "default_model", models_default(app.models)->name));
+             json_pack("{s:s,s:i,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers", app.nworkers,
+                       "max_connections", app.max_connections, "database",
+                       strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres", "schema_version", schema,
+                       "default_model", models_default(app.models)->name));
     chat_log(LOG_INFO, "guard",
              json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:i}", "auth_mode", auth_mode_name(cfg), "rate_limit",
                        cfg->rate_limit, "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins,
@@ -529,7 +529,7 @@ stop:
     /* A second signal shortens the drain; wait for the workers in the meantime. */
     for (int i = 0; i < started; i++) {
         for (;;) {
-            struct timespec ts = {0, 50 * 1000 * 1000};
+            struct timespec ts = { 0, 50 * 1000 * 1000 };
             siginfo_t si;
             if (sigtimedwait(&sigs, &si, &ts) > 0)
                 wake_workers(&app, started);

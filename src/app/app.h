@@ -61,12 +61,12 @@ typedef struct chat_worker {
     bool sweeping;            /* a sweep's store operations are in flight */
     int sweep_batches;
     int64_t sweep_now, sweep_sessions;
-    struct redis_limit *redis; /* shared limits through Redis (REDIS_URL), or NULL: local only */
+    struct redis_limit *redis;           /* shared limits through Redis (REDIS_URL), or NULL: local only */
     struct auth_negcache *auth_negcache; /* recent unknown API key hashes (this worker's only) */
-    api_env api;              /* what this worker's API handlers see (filled in by app.c) */
-    int64_t drain_deadline;   /* monotonic ms */
+    api_env api;                         /* what this worker's API handlers see (filled in by app.c) */
+    int64_t drain_deadline;              /* monotonic ms */
     bool draining;
-    bool aborted;             /* the drain deadline passed and running turns were cancelled */
+    bool aborted;              /* the drain deadline passed and running turns were cancelled */
     struct turn_engine *turns; /* the turns running on this loop (chat/turn.h), made from the worker's turn_env */
     char startup_error[512];
     _Atomic chat_worker_state state; /* written by the worker thread, read by the main thread */
@@ -74,20 +74,20 @@ typedef struct chat_worker {
 
 struct chat_app {
     const struct chat_config *cfg;
-    struct ratelimit *limiter;  /* shared by the workers (sharded, thread-safe) */
-    struct cors_policy *cors;   /* read-only */
+    struct ratelimit *limiter;            /* shared by the workers (sharded, thread-safe) */
+    struct cors_policy *cors;             /* read-only */
     struct redis_limit_config *redis_cfg; /* REDIS_URL parsed, or NULL; each worker connects on its loop */
-    struct chat_netlist *trusted_proxies;      /* TRUSTED_PROXIES: whose X-Forwarded-For is believed */
-    ratelimit_spec auth_failures; /* AUTH_FAILURE_LIMIT (count 0: off) */
+    struct chat_netlist *trusted_proxies; /* TRUSTED_PROXIES: whose X-Forwarded-For is believed */
+    ratelimit_spec auth_failures;         /* AUTH_FAILURE_LIMIT (count 0: off) */
 
     struct model_table *models; /* read-only after start; providers borrowed by every call */
-    int port;                 /* the bound port (useful with PORT=0) */
+    int port;                   /* the bound port (useful with PORT=0) */
     int nworkers;
     chat_worker *workers;
     atomic_bool stopping;
-    int max_connections;      /* MAX_CONNECTIONS, or derived from the descriptor limit (see app.c) */
+    int max_connections;         /* MAX_CONNECTIONS, or derived from the descriptor limit (see app.c) */
     atomic_int open_connections; /* client sockets open across the workers (http/server.h) */
-    pthread_mutex_t wake_lock; /* guards waking workers against their exit (RUNNING -> STOPPED) */
+    pthread_mutex_t wake_lock;   /* guards waking workers against their exit (RUNNING -> STOPPED) */
 };
 
 /*

@@ -16,9 +16,13 @@
 #include "llm/metrics.h"
 #include "store/metrics.h"
 
-static metrics_def build_info = {
-    .desc = {METRICS_GAUGE, "chatd_build_info", "A metric with a constant '1' value labelled by the chatd version.",
-             {"version"}, 1, NULL, 0}};
+static metrics_def build_info = { .desc = { METRICS_GAUGE,
+                                            "chatd_build_info",
+                                            "A metric with a constant '1' value labelled by the chatd version.",
+                                            { "version" },
+                                            1,
+                                            NULL,
+                                            0 } };
 
 static metrics_def *const page[] = {
     &build_info,

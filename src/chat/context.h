@@ -26,10 +26,10 @@
 int64_t context_estimate_tokens(const char *text);
 
 typedef struct context_plan {
-    size_t first;             /* index in the history of the first message to send */
-    int64_t truncated_turns;  /* whole turns left out */
-    int64_t tokens;           /* what is sent: system + kept history + new message */
-    int64_t budget;           /* context_window - max_tokens */
+    size_t first;            /* index in the history of the first message to send */
+    int64_t truncated_turns; /* whole turns left out */
+    int64_t tokens;          /* what is sent: system + kept history + new message */
+    int64_t budget;          /* context_window - max_tokens */
 } context_plan;
 
 /*

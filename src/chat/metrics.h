@@ -19,9 +19,9 @@ extern metrics_def chat_metric_turns;           /* chatd_turns_total */
 
 /* chatd_turns_total{outcome} */
 typedef enum {
-    METRICS_TURN_OK = 0,        /* committed ("ok") */
-    METRICS_TURN_ERROR,         /* failed, nothing committed ("error") */
-    METRICS_TURN_CANCELLED,     /* the consumer went away or the server shut down ("cancelled") */
+    METRICS_TURN_OK = 0,    /* committed ("ok") */
+    METRICS_TURN_ERROR,     /* failed, nothing committed ("error") */
+    METRICS_TURN_CANCELLED, /* the consumer went away or the server shut down ("cancelled") */
     METRICS_TURN_OUTCOME_COUNT
 } metrics_turn_outcome;
 

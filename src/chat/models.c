@@ -25,8 +25,8 @@ typedef struct provider_entry {
     char *base_url;
     char *api_key;
     char *version;
-    char *key_env;              /* variable that holds the key, "" if none is needed */
-    char *max_tokens_field;     /* OpenAI-compatible: "max_tokens" or "max_completion_tokens" */
+    char *key_env;          /* variable that holds the key, "" if none is needed */
+    char *max_tokens_field; /* OpenAI-compatible: "max_tokens" or "max_completion_tokens" */
     bool configured;
 } provider_entry;
 
@@ -108,7 +108,8 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
         chat_set_err(err, errlen, "%s: \"providers\" must be an object", src);
         return false;
     }
-    json_object_foreach(obj, name, p) {
+    json_object_foreach(obj, name, p)
+    {
         const char *type = json_string_value(json_object_get(p, "type"));
         const char *url = json_string_value(json_object_get(p, "base_url"));
         const char *key_env = json_string_value(json_object_get(p, "api_key_env"));
@@ -137,7 +138,7 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
         const char *mtf = json_string_value(json_object_get(p, "max_tokens_field"));
         if (mtf && strcmp(mtf, "max_tokens") && strcmp(mtf, "max_completion_tokens")) {
             chat_set_err(err, errlen, "%s: provider %s: max_tokens_field must be max_tokens or max_completion_tokens",
-                    src, name);
+                         src, name);
             return false;
         }
         e->max_tokens_field = chat_xstrdup(mtf);
@@ -157,7 +158,8 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
         chat_set_err(err, errlen, "%s: \"models\" must be an array", src);
         return false;
     }
-    json_array_foreach(arr, i, m) {
+    json_array_foreach(arr, i, m)
+    {
         const char *name = json_string_value(json_object_get(m, "name"));
         const char *prov = json_string_value(json_object_get(m, "provider"));
         if (!json_is_object(m) || !name || !*name || !prov) {
@@ -179,9 +181,10 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
         cm->model_id = chat_xstrdup(json_string_value(json_object_get(m, "model_id")) ?: name);
         json_t *cw = json_object_get(m, "context_window"), *mo = json_object_get(m, "max_output");
         json_t *cmin = json_object_get(m, "cache_min_tokens");
-        if (!json_is_integer(cw) || json_integer_value(cw) < 1 || !json_is_integer(mo) ||
-            json_integer_value(mo) < 1 || (cmin && !json_is_integer(cmin))) {
-            chat_set_err(err, errlen, "%s: model %s needs integer \"context_window\" and \"max_output\" >= 1", src, name);
+        if (!json_is_integer(cw) || json_integer_value(cw) < 1 || !json_is_integer(mo) || json_integer_value(mo) < 1 ||
+            (cmin && !json_is_integer(cmin))) {
+            chat_set_err(err, errlen, "%s: model %s needs integer \"context_window\" and \"max_output\" >= 1", src,
+                         name);
             return false;
         }
         cm->context_window = json_integer_value(cw);
@@ -200,14 +203,15 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
         json_t *fb = json_object_get(m, "fallbacks");
         if (fb && (!json_is_array(fb) || json_array_size(fb) > MAX_FALLBACKS)) {
             chat_set_err(err, errlen, "%s: model %s: \"fallbacks\" must be an array of at most %d names", src, name,
-                    MAX_FALLBACKS);
+                         MAX_FALLBACKS);
             return false;
         }
         if (fb && json_array_size(fb) > 0) {
             cm->fallbacks = chat_xcalloc(json_array_size(fb), sizeof *cm->fallbacks);
             size_t k;
             json_t *f;
-            json_array_foreach(fb, k, f) {
+            json_array_foreach(fb, k, f)
+            {
                 if (!json_is_string(f)) {
                     chat_set_err(err, errlen, "%s: model %s: fallbacks must be model names", src, name);
                     return false;
@@ -250,8 +254,8 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
     o->version = chat_xstrdup("");
     o->key_env = chat_xstrdup("OPENAI_API_KEY");
     /* A non-default base URL may be a local server that wants no key. */
-    o->configured = (cfg->openai_api_key && *cfg->openai_api_key) ||
-                    strcmp(cfg->openai_base_url, "https://api.openai.com/v1") != 0;
+    o->configured =
+        (cfg->openai_api_key && *cfg->openai_api_key) || strcmp(cfg->openai_base_url, "https://api.openai.com/v1") != 0;
 
     const struct chat_asset *builtin = chat_asset_find("config/models.json");
     if (!builtin) {
@@ -291,7 +295,7 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
         for (size_t k = 0; k < m->n_fallbacks; k++)
             if (!models_find(t, m->fallbacks[k]) || strcmp(m->fallbacks[k], m->name) == 0) {
                 chat_set_err(err, errlen, "model %s: fallback %s is not another model of the table", m->name,
-                        m->fallbacks[k]);
+                             m->fallbacks[k]);
                 goto fail;
             }
         m->available = p->configured;
@@ -316,7 +320,8 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
     }
     t->dflt = models_find(t, cfg->chat_model);
     if (!t->dflt) {
-        chat_set_err(err, errlen, "CHAT_MODEL %s is not in the models table (add it with MODELS_FILE)", cfg->chat_model);
+        chat_set_err(err, errlen, "CHAT_MODEL %s is not in the models table (add it with MODELS_FILE)",
+                     cfg->chat_model);
         goto fail;
     }
     *out = t;
@@ -366,8 +371,8 @@ int64_t models_cost_micros(const chat_model *m, const store_usage *u)
 {
     /* sum(tokens * micro-dollars per million) / 1e6, in 128-bit to be safe. */
     __int128 sum = 0;
-    const int64_t counts[4] = {u->input_tokens, u->output_tokens, u->cache_write_tokens, u->cache_read_tokens};
-    const int64_t prices[4] = {m->price.input, m->price.output, m->price.cache_write, m->price.cache_read};
+    const int64_t counts[4] = { u->input_tokens, u->output_tokens, u->cache_write_tokens, u->cache_read_tokens };
+    const int64_t prices[4] = { m->price.input, m->price.output, m->price.cache_write, m->price.cache_read };
     for (int i = 0; i < 4; i++)
         if (counts[i] > 0)
             sum += (__int128)counts[i] * prices[i];

@@ -28,25 +28,25 @@
 #include "store/store.h"
 
 typedef struct model_price {
-    int64_t input;        /* micro-dollars per million tokens */
+    int64_t input; /* micro-dollars per million tokens */
     int64_t output;
     int64_t cache_write;
     int64_t cache_read;
 } model_price;
 
 typedef struct chat_model {
-    char *name;                 /* what clients send as "model" */
-    char *provider_name;        /* "anthropic", "openai", or a name from the file */
-    char *model_id;             /* the provider's id */
-    int64_t context_window;     /* tokens */
-    int64_t max_output;         /* tokens */
-    int64_t cache_min_tokens;   /* shortest cacheable prefix, 0 = unknown */
+    char *name;               /* what clients send as "model" */
+    char *provider_name;      /* "anthropic", "openai", or a name from the file */
+    char *model_id;           /* the provider's id */
+    int64_t context_window;   /* tokens */
+    int64_t max_output;       /* tokens */
+    int64_t cache_min_tokens; /* shortest cacheable prefix, 0 = unknown */
     model_price price;
-    char **fallbacks;           /* names of models to try, in order */
+    char **fallbacks; /* names of models to try, in order */
     size_t n_fallbacks;
-    bool available;             /* its provider is configured (e.g. has a key) */
-    const char *missing;        /* when not available: the variable to set */
-    llm_provider provider;      /* ready for llm_call_start; lives as long as the table */
+    bool available;        /* its provider is configured (e.g. has a key) */
+    const char *missing;   /* when not available: the variable to set */
+    llm_provider provider; /* ready for llm_call_start; lives as long as the table */
 } chat_model;
 
 typedef struct model_table model_table;

@@ -41,22 +41,22 @@
 
 /* Why a turn stops before its commit (see end_uncommitted). */
 typedef enum turn_stop {
-    STOP_NONE = 0,      /* not stopped: the consumer still waits for the end */
-    STOP_ERROR,         /* the turn failed: nothing is kept, the consumer gets on_error */
-    STOP_CLIENT_GONE,   /* turn_cancel: the consumer left, no sink call */
-    STOP_SHUTDOWN,      /* turn_abort_all: the consumer is answered 503 */
+    STOP_NONE = 0,    /* not stopped: the consumer still waits for the end */
+    STOP_ERROR,       /* the turn failed: nothing is kept, the consumer gets on_error */
+    STOP_CLIENT_GONE, /* turn_cancel: the consumer left, no sink call */
+    STOP_SHUTDOWN,    /* turn_abort_all: the consumer is answered 503 */
 } turn_stop;
 
 struct turn_engine {
     turn_env env;
-    turn *running;              /* the running turns (linked through prev/next) */
+    turn *running; /* the running turns (linked through prev/next) */
 };
 
 struct turn {
     turn_engine *e;
-    const turn_env *env;        /* &e->env */
-    turn *prev, *next;          /* the engine's list of running turns */
-    turn_state state;           /* what the turn waits for (turn.h, the transition table) */
+    const turn_env *env; /* &e->env */
+    turn *prev, *next;   /* the engine's list of running turns */
+    turn_state state;    /* what the turn waits for (turn.h, the transition table) */
     /* Orthogonal to the state: the consumer may leave during any store
      * operation, and the state must still say which one is in flight (its
      * completion gives back what it took). STOP_NONE while the consumer waits;
@@ -66,43 +66,43 @@ struct turn {
     void *ud;
     char *session_id;
     char *user_message;
-    char *system_prompt;        /* resolved: the session's or the default */
-    const chat_model *model;    /* the requested (or session's, or default) model */
-    const chat_model *current;  /* the model the running call uses (a fallback after a failure) */
-    size_t next_fallback;       /* index into model->fallbacks of the next one to try */
-    llm_message *msgs;          /* the provider request's messages (context_messages), kept for fallbacks */
+    char *system_prompt;       /* resolved: the session's or the default */
+    const chat_model *model;   /* the requested (or session's, or default) model */
+    const chat_model *current; /* the model the running call uses (a fallback after a failure) */
+    size_t next_fallback;      /* index into model->fallbacks of the next one to try */
+    llm_message *msgs;         /* the provider request's messages (context_messages), kept for fallbacks */
     size_t n_msgs;
     char *lock_token;
     char *owner;
-    char *idem_scope;           /* the Idempotency-Key record this turn completes, or NULL */
+    char *idem_scope; /* the Idempotency-Key record this turn completes, or NULL */
     char *idem_key;
     int max_tokens;
     bool stream;
-    bool ephemeral;             /* no session: nothing is locked, loaded or stored */
+    bool ephemeral; /* no session: nothing is locked, loaded or stored */
     bool see_all;
     turn_truncation truncation;
-    const chat_model *req_model;/* the model asked for, NULL: the session's or the default */
-    char *req_system_prompt;    /* the system prompt asked for, NULL: the session's or the default */
-    store_session sess;         /* the session as loaded (zeroed when absent) */
-    struct event *load_ev;      /* TURN_QUEUED: starts the load on the next loop turn */
-    llm_call *call;             /* TURN_CALLING: the running call (NULL in every other state) */
+    const chat_model *req_model; /* the model asked for, NULL: the session's or the default */
+    char *req_system_prompt;     /* the system prompt asked for, NULL: the session's or the default */
+    store_session sess;          /* the session as loaded (zeroed when absent) */
+    struct event *load_ev;       /* TURN_QUEUED: starts the load on the next loop turn */
+    llm_call *call;              /* TURN_CALLING: the running call (NULL in every other state) */
     /* The sink's own order (start before any delta or end), independent of the
      * state: on_start is due from the call's start, and a fast provider may
      * deliver its first delta or even its end before the start event runs. */
-    struct event *start_ev;     /* delivers on_start on the next loop turn */
-    bool start_delivered;       /* on_start ran */
+    struct event *start_ev; /* delivers on_start on the next loop turn */
+    bool start_delivered;   /* on_start ran */
     /* The consumer's flow control, orthogonal to the state: set when on_delta
      * says "full" (the call pauses), cleared by turn_resume. */
     bool paused;
     /* History, not state: a turn refused before any provider call is not
      * counted as a failed turn (metrics). */
     bool called;
-    chat_buf partial;           /* reply text received so far, at most the provider's max_response_bytes */
+    chat_buf partial; /* reply text received so far, at most the provider's max_response_bytes */
     int64_t started_mono;
-    int64_t committed_at;       /* wall-clock ms of the commit (the messages' created_at) */
-    int64_t truncated_turns;    /* oldest turns left out of the provider request */
-    int64_t prev_context_tokens;/* the conversation's size as the provider measured it last turn, -1 unknown */
-    turn_error fail;            /* a provider failure kept across a fallback's lease renewal */
+    int64_t committed_at;        /* wall-clock ms of the commit (the messages' created_at) */
+    int64_t truncated_turns;     /* oldest turns left out of the provider request */
+    int64_t prev_context_tokens; /* the conversation's size as the provider measured it last turn, -1 unknown */
+    turn_error fail;             /* a provider failure kept across a fallback's lease renewal */
     /* the provider result, kept across the commit */
     int attempts;
     int64_t provider_ms;
@@ -160,13 +160,11 @@ static bool holds_lock(const turn *t)
     case TURN_CALLING:
     case TURN_RENEWING_LOCK:
     case TURN_RENEWING_IDEM:
-    case TURN_COMMITTING:
-        return true;
+    case TURN_COMMITTING: return true;
     case TURN_QUEUED:
     case TURN_PRECHECK:
     case TURN_LOCKING:
-    case TURN_ENDED:
-        return false;
+    case TURN_ENDED: return false;
     }
     return false;
 }
@@ -254,8 +252,8 @@ static int64_t user_tokens(const turn *t, const llm_usage *u)
 
 /* Submits the commit of t with reply text; cb (may be NULL) gets ud. Every
  * string is copied into the op, so that the commit can outlive the turn. */
-static void submit_commit(turn *t, const char *text, const char *status, const char *stop_reason,
-                          const llm_usage *u, int64_t cost, bool with_idem, store_op_cb cb, void *ud)
+static void submit_commit(turn *t, const char *text, const char *status, const char *stop_reason, const llm_usage *u,
+                          int64_t cost, bool with_idem, store_op_cb cb, void *ud)
 {
     t->committed_at = chat_now_ms();
     store_op *op = store_op_new(STORE_OP_TURN_COMMIT);
@@ -270,7 +268,7 @@ static void submit_commit(turn *t, const char *text, const char *status, const c
     st->status = status;
     st->stop_reason = store_op_str(op, stop_reason);
     st->user_tokens = user_tokens(t, u);
-    st->usage = (store_usage){u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens};
+    st->usage = (store_usage){ u->input_tokens, u->output_tokens, u->cache_read_tokens, u->cache_write_tokens };
     st->cost_micros = cost;
     st->lock_token = store_op_str(op, t->lock_token);
     st->now = t->committed_at;
@@ -344,7 +342,7 @@ static void keep_or_drop(turn *t, turn_stop why)
             free(t->idem_key);
             t->idem_key = NULL;
         }
-        llm_usage unknown = {-1, -1, -1, -1};
+        llm_usage unknown = { -1, -1, -1, -1 };
         submit_commit(t, chat_buf_str(&t->partial), "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
         /* the commit releases the lock, or its callback does */
     } else {
@@ -352,8 +350,8 @@ static void keep_or_drop(turn *t, turn_stop why)
     }
     chat_log(LOG_INFO, "turn cancelled",
              json_pack("{s:s,s:s,s:s,s:I}", "session", t->session_id, "reason",
-                       why == STOP_SHUTDOWN ? "shutdown" : "client_disconnected", "partial",
-                       keep ? "kept" : "dropped", "partial_bytes", (json_int_t)t->partial.len));
+                       why == STOP_SHUTDOWN ? "shutdown" : "client_disconnected", "partial", keep ? "kept" : "dropped",
+                       "partial_bytes", (json_int_t)t->partial.len));
 }
 
 /*
@@ -445,8 +443,7 @@ static void stop(turn *t, turn_stop why)
         end_uncommitted(t, why, why == STOP_SHUTDOWN ? &err : NULL);
         return;
     case TURN_LOCKED:
-    case TURN_ENDED:
-        break;
+    case TURN_ENDED: break;
     }
     bad_state(t, why == STOP_SHUTDOWN ? "turn_abort_all" : "turn_cancel");
 }
@@ -474,7 +471,7 @@ static void ensure_started(turn *t)
     t->start_delivered = true;
     if (t->start_ev)
         event_del(t->start_ev);
-    turn_info info = {.session_id = t->session_id, .model = t->current->name};
+    turn_info info = { .session_id = t->session_id, .model = t->current->name };
     if (t->sink->on_start)
         t->sink->on_start(t->ud, &info);
 }
@@ -487,11 +484,8 @@ static void on_start_ev(evutil_socket_t fd, short what, void *arg)
     switch (t->state) {
     case TURN_CALLING:
     case TURN_RENEWING_LOCK: /* a first call failed fast; a fallback is on its way */
-    case TURN_RENEWING_IDEM:
-        ensure_started(t);
-        return;
-    default:
-        bad_state(t, "start event");
+    case TURN_RENEWING_IDEM: ensure_started(t); return;
+    default: bad_state(t, "start event");
     }
 }
 
@@ -531,7 +525,7 @@ static chat_rc start_call(turn *t)
         .stream = t->stream,
         .request_id = t->lock_token,
     };
-    llm_callbacks cbs = {.on_delta = on_llm_delta, .on_done = on_llm_done};
+    llm_callbacks cbs = { .on_delta = on_llm_delta, .on_done = on_llm_done };
     chat_rc rc = llm_call_start(t->env->llm, &m->provider, &req, &cbs, t, &t->call);
     if (rc == CHAT_OK) {
         t->called = true;
@@ -569,12 +563,9 @@ static bool worth_fallback(const llm_result *res)
     case LLM_ERR_TIMEOUT:
     case LLM_ERR_RETRY_AFTER:
     case LLM_ERR_STREAM:
-    case LLM_ERR_TRUNCATED:
-        return true;
-    case LLM_ERR_HTTP:
-        return res->http_status == 408 || res->http_status == 429 || res->http_status >= 500;
-    default:
-        return false;
+    case LLM_ERR_TRUNCATED: return true;
+    case LLM_ERR_HTTP: return res->http_status == 408 || res->http_status == 429 || res->http_status >= 500;
+    default: return false;
     }
 }
 
@@ -661,23 +652,22 @@ static void on_llm_done(void *ud, const llm_result *res)
             }
         }
         chat_log(LOG_WARN, "provider call failed",
-                 json_pack("{s:s,s:i,s:s?,s:s?,s:i,s:s?}", "session", t->session_id, "http_status",
-                           res->http_status, "provider_error_type", res->error_type,
-                           "provider_request_id", res->request_id, "attempts", res->attempts,
-                           "detail", res->error_message));
+                 json_pack("{s:s,s:i,s:s?,s:s?,s:i,s:s?}", "session", t->session_id, "http_status", res->http_status,
+                           "provider_error_type", res->error_type, "provider_request_id", res->request_id, "attempts",
+                           res->attempts, "detail", res->error_message));
         end_uncommitted(t, STOP_ERROR, &t->fail);
         return;
     }
 
     ensure_started(t);
-    t->usage = (store_usage){res->usage.input_tokens, res->usage.output_tokens, res->usage.cache_read_tokens,
-                             res->usage.cache_write_tokens};
+    t->usage = (store_usage){ res->usage.input_tokens, res->usage.output_tokens, res->usage.cache_read_tokens,
+                              res->usage.cache_write_tokens };
     t->cost_micros = models_cost_micros(t->current, &t->usage);
     t->attempts = res->attempts;
     t->provider_ms = res->duration_ms;
     if (t->ephemeral) {
         t->committed_at = chat_now_ms();
-        store_turn_result none = {0};
+        store_turn_result none = { 0 };
         finish_done(t, res->text ? res->text : "", res->text ? res->text_len : 0, res->stop_reason, &none);
         return;
     }
@@ -761,7 +751,7 @@ static bool begin_call(turn *t, turn_error *err)
         return false;
     }
     t->start_ev = evtimer_new(t->env->base, on_start_ev, t);
-    struct timeval now = {0, 0};
+    struct timeval now = { 0, 0 };
     evtimer_add(t->start_ev, &now);
     return true;
 }
@@ -931,27 +921,17 @@ static void on_store_done(store_op *op, void *ud)
     turn *t = ud;
     void (*step)(turn *, store_op *) = NULL;
     switch (t->state) {
-    case TURN_PRECHECK:
-        step = precheck_done;
-        break;
+    case TURN_PRECHECK: step = precheck_done; break;
     case TURN_LOCKING:
         if (op->rc == CHAT_OK)
             t->state = TURN_LOCKED; /* first: however the turn ends now, the lock must be given back */
         step = lock_done;
         break;
-    case TURN_LOADING_SESSION:
-        step = session_done;
-        break;
-    case TURN_COUNTING:
-        step = count_done;
-        break;
-    case TURN_LOADING_HISTORY:
-        step = history_done;
-        break;
+    case TURN_LOADING_SESSION: step = session_done; break;
+    case TURN_COUNTING: step = count_done; break;
+    case TURN_LOADING_HISTORY: step = history_done; break;
     case TURN_RENEWING_LOCK:
-    case TURN_RENEWING_IDEM:
-        step = renewal_done;
-        break;
+    case TURN_RENEWING_IDEM: step = renewal_done; break;
     case TURN_COMMITTING:
         commit_done(t, op); /* a commit lands even for a consumer that left */
         return;
@@ -959,8 +939,7 @@ static void on_store_done(store_op *op, void *ud)
     case TURN_LOCKED:
     case TURN_PREPARED:
     case TURN_CALLING:
-    case TURN_ENDED:
-        bad_state(t, store_op_name(op->kind));
+    case TURN_ENDED: bad_state(t, store_op_name(op->kind));
     }
     if (t->stopped != STOP_NONE) {
         /* The consumer left while this operation was in flight. */
@@ -1067,7 +1046,7 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
     } else {
         /* The load runs from the loop: no sink call inside turn_start. */
         t->load_ev = evtimer_new(e->env.base, on_load_ev, t);
-        struct timeval now = {0, 0};
+        struct timeval now = { 0, 0 };
         evtimer_add(t->load_ev, &now);
     }
     link_turn(t);

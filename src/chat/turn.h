@@ -100,17 +100,17 @@ typedef void (*turn_submit_fn)(void *ctx, store_op *op, store_op_cb cb, void *ud
  * Every pointer is borrowed and must outlive the engine made from it.
  */
 typedef struct turn_env {
-    struct event_base *base;          /* the loop every callback of a turn runs on */
-    store *db;                        /* this loop's store handle (attached to base) */
-    turn_submit_fn submit;            /* NULL: store_submit(db, ...); tests put a deferring one here */
-    void *submit_ctx;                 /* first argument of submit */
-    llm_transport *llm;               /* this loop's provider transport */
-    const struct model_table *models; /* the models table (read-only, shared by every loop) */
-    int max_tokens;                   /* MAX_TOKENS: the reply limit when a request names none */
-    const char *default_system_prompt;/* DEFAULT_SYSTEM_PROMPT, for a new session without one */
-    int64_t lock_ttl_ms;              /* LOCK_TTL: the turn lock's and the Idempotency-Key lease's length */
-    int64_t max_sessions_per_key;     /* MAX_SESSIONS_PER_KEY, 0 = no cap */
-    bool keep_partial;                /* CANCEL_POLICY=keep: a cancelled turn's partial reply is committed */
+    struct event_base *base;           /* the loop every callback of a turn runs on */
+    store *db;                         /* this loop's store handle (attached to base) */
+    turn_submit_fn submit;             /* NULL: store_submit(db, ...); tests put a deferring one here */
+    void *submit_ctx;                  /* first argument of submit */
+    llm_transport *llm;                /* this loop's provider transport */
+    const struct model_table *models;  /* the models table (read-only, shared by every loop) */
+    int max_tokens;                    /* MAX_TOKENS: the reply limit when a request names none */
+    const char *default_system_prompt; /* DEFAULT_SYSTEM_PROMPT, for a new session without one */
+    int64_t lock_ttl_ms;               /* LOCK_TTL: the turn lock's and the Idempotency-Key lease's length */
+    int64_t max_sessions_per_key;      /* MAX_SESSIONS_PER_KEY, 0 = no cap */
+    bool keep_partial;                 /* CANCEL_POLICY=keep: a cancelled turn's partial reply is committed */
 } turn_env;
 
 /* The turns of one loop: a copy of its env and the list of its running turns.
@@ -128,8 +128,8 @@ void turn_engine_free(turn_engine *e);
 bool turn_engine_idle(const turn_engine *e);
 
 typedef enum {
-    TURN_TRUNCATE_AUTO = 0,     /* leave out the oldest whole turns (reported as truncated_turns) */
-    TURN_TRUNCATE_REJECT,       /* answer 400 context_length_exceeded instead */
+    TURN_TRUNCATE_AUTO = 0, /* leave out the oldest whole turns (reported as truncated_turns) */
+    TURN_TRUNCATE_REJECT,   /* answer 400 context_length_exceeded instead */
 } turn_truncation;
 
 typedef struct turn_params {
@@ -155,10 +155,10 @@ typedef struct turn_params {
 /* A client-facing error: HTTP status, a stable type, and a message safe to show. */
 typedef struct turn_error {
     int status;
-    const char *type;           /* static string, e.g. "session_busy" */
+    const char *type; /* static string, e.g. "session_busy" */
     char message[512];
-    int64_t retry_after_s;      /* > 0: send Retry-After */
-    int attempts;               /* provider attempts made (0: the provider was not called) */
+    int64_t retry_after_s; /* > 0: send Retry-After */
+    int attempts;          /* provider attempts made (0: the provider was not called) */
 } turn_error;
 
 typedef struct turn_info {
@@ -173,13 +173,13 @@ typedef struct turn_result {
     size_t text_len;
     const char *stop_reason;
     store_usage usage;
-    int64_t cost_micros;        /* what the turn cost on the answering model */
-    int64_t message_id;         /* the assistant message's id */
+    int64_t cost_micros; /* what the turn cost on the answering model */
+    int64_t message_id;  /* the assistant message's id */
     int64_t turn_count;
-    int64_t created_at;         /* ms since epoch */
+    int64_t created_at; /* ms since epoch */
     int attempts;
     int64_t provider_ms;
-    int64_t truncated_turns;    /* oldest turns left out of the provider request */
+    int64_t truncated_turns; /* oldest turns left out of the provider request */
 } turn_result;
 
 typedef struct turn_sink {
@@ -204,8 +204,7 @@ typedef struct turn_sink {
  * configured: 503; an ephemeral conversation too long: 400) returns NULL and
  * fills *err; no sink call is made.
  */
-turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud,
-                 turn_error *err);
+turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud, turn_error *err);
 
 /* The state of a running turn (t non-NULL, not yet ended), for tests and logs. */
 turn_state turn_get_state(const turn *t);

@@ -51,15 +51,13 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
     const char *pmsg = res->error_message ? res->error_message : "no details";
     int s = res->http_status;
     switch (res->status) {
-    case LLM_OK:
-        turn_error_set(err, 200, "ok", "ok");
-        return;
+    case LLM_OK: turn_error_set(err, 200, "ok", "ok"); return;
     case LLM_ERR_HTTP:
         if (s == 400)
             turn_error_set(err, 400, "invalid_request_error", "%s", pmsg);
         else if (s == 401 || s == 403)
-            turn_error_set(err, 502, "provider_auth_error",
-                           "the provider rejected the configured API key (HTTP %d)", s);
+            turn_error_set(err, 502, "provider_auth_error", "the provider rejected the configured API key (HTTP %d)",
+                           s);
         else if (s == 404)
             turn_error_set(err, 400, "invalid_request_error", "%s", pmsg);
         else if (s == 413)
@@ -74,15 +72,11 @@ void turn_map_llm_error(const llm_result *res, turn_error *err)
         else
             turn_error_set(err, 502, "provider_error", "the provider failed (HTTP %d): %s", s, pmsg);
         return;
-    case LLM_ERR_CONNECT:
-        turn_error_set(err, 502, "provider_error", "cannot reach the provider: %s", pmsg);
-        return;
+    case LLM_ERR_CONNECT: turn_error_set(err, 502, "provider_error", "cannot reach the provider: %s", pmsg); return;
     case LLM_ERR_TIMEOUT:
         turn_error_set(err, 504, "provider_timeout", "the provider did not answer in time: %s", pmsg);
         return;
-    case LLM_ERR_STREAM:
-        map_stream_error(res, err);
-        return;
+    case LLM_ERR_STREAM: map_stream_error(res, err); return;
     case LLM_ERR_TRUNCATED:
         turn_error_set(err, 502, "provider_error", "the provider's response ended early: %s", pmsg);
         return;

@@ -62,19 +62,19 @@
 #define HELP_WIDTH 100
 
 enum kind {
-    K_STR,       /* char *, any text */
-    K_HTTP_URL,  /* char *, http:// or https://, trailing '/' removed */
-    K_DB_URL,    /* char *, sqlite://, postgres:// or postgresql:// */
-    K_INT,       /* int, in [min, max] */
-    K_DURATION,  /* int64_t milliseconds, in [min, max] */
-    K_SIZE,      /* size_t bytes, in [min, max] */
-    K_CANCEL,    /* chat_cancel_policy: keep | drop */
-    K_LOG_LEVEL, /* chat_log_level: debug | info | warn | error */
-    K_BOOL,      /* bool: on|off, true|false, yes|no, 1|0 */
-    K_AUTH_MODE, /* chat_auth_mode: none | token | keys (unset: derived from API_TOKEN) */
+    K_STR,          /* char *, any text */
+    K_HTTP_URL,     /* char *, http:// or https://, trailing '/' removed */
+    K_DB_URL,       /* char *, sqlite://, postgres:// or postgresql:// */
+    K_INT,          /* int, in [min, max] */
+    K_DURATION,     /* int64_t milliseconds, in [min, max] */
+    K_SIZE,         /* size_t bytes, in [min, max] */
+    K_CANCEL,       /* chat_cancel_policy: keep | drop */
+    K_LOG_LEVEL,    /* chat_log_level: debug | info | warn | error */
+    K_BOOL,         /* bool: on|off, true|false, yes|no, 1|0 */
+    K_AUTH_MODE,    /* chat_auth_mode: none | token | keys (unset: derived from API_TOKEN) */
     K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
-    K_RATE,      /* char *, "off" or N/second|minute|hour (validated by core/rate.h's parser) */
-    K_PROXIES,   /* char *, addresses and networks (validated as a core/netaddr.h network list) */
+    K_RATE,         /* char *, "off" or N/second|minute|hour (validated by core/rate.h's parser) */
+    K_PROXIES,      /* char *, addresses and networks (validated as a core/netaddr.h network list) */
 };
 
 enum {
@@ -99,116 +99,113 @@ struct setting {
 #define FIELD(f) offsetof(struct chat_config, f)
 
 static const struct setting settings[] = {
-    {"ANTHROPIC_API_KEY", K_STR, FIELD(anthropic_api_key), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE,
-     "Provider (Anthropic Messages API)", "KEY",
-     "API key sent as x-api-key; empty: the server starts, chat requests answer 503."},
-    {"ANTHROPIC_BASE_URL", K_HTTP_URL, FIELD(anthropic_base_url), "https://api.anthropic.com", 0, 0, 0,
-     NULL, "URL", "Base URL of the API, http:// or https:// (a trailing '/' is removed)."},
-    {"ANTHROPIC_VERSION", K_STR, FIELD(anthropic_version), "2023-06-01", 0, 0, F_HEADER_SAFE, NULL,
-     "TEXT", "Value of the anthropic-version request header."},
-    {"CHAT_MODEL", K_STR, FIELD(chat_model), "claude-sonnet-4-6", 0, 0, 0, NULL, "MODEL",
-     "Model used when a request names none (a name from the models table)."},
-    {"PROMPT_CACHING", K_BOOL, FIELD(prompt_caching), "on", 0, 0, 0, NULL, "on|off",
-     "Mark Anthropic prompt-cache breakpoints (system prompt, previous turn)."},
-    {"OPENAI_API_KEY", K_STR, FIELD(openai_api_key), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE,
-     "Provider (OpenAI-compatible Chat Completions)", "KEY",
-     "Bearer key for the \"openai\" provider; empty: no Authorization header."},
-    {"OPENAI_BASE_URL", K_HTTP_URL, FIELD(openai_base_url), "https://api.openai.com/v1", 0, 0, 0, NULL,
-     "URL", "Base URL including /v1 (OpenAI, Groq, vLLM, Ollama, llama.cpp)."},
-    {"MODELS_FILE", K_STR, FIELD(models_file), "", 0, 0, F_EMPTY_OK, NULL, "PATH",
-     "JSON models table merged over the built-in one (models, prices, providers)."},
-    {"MAX_TOKENS", K_INT, FIELD(max_tokens), "1024", 1, 1000000, 0, NULL, "N",
-     "Upper bound on tokens generated per reply, 1..1000000."},
-    {"DEFAULT_SYSTEM_PROMPT", K_STR, FIELD(default_system_prompt), "You are a helpful AI assistant.", 0,
-     0, F_EMPTY_OK | F_MULTILINE, NULL, "TEXT", "System prompt used when a request or session sets none."},
+    { "ANTHROPIC_API_KEY", K_STR, FIELD(anthropic_api_key), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE,
+      "Provider (Anthropic Messages API)", "KEY",
+      "API key sent as x-api-key; empty: the server starts, chat requests answer 503." },
+    { "ANTHROPIC_BASE_URL", K_HTTP_URL, FIELD(anthropic_base_url), "https://api.anthropic.com", 0, 0, 0, NULL, "URL",
+      "Base URL of the API, http:// or https:// (a trailing '/' is removed)." },
+    { "ANTHROPIC_VERSION", K_STR, FIELD(anthropic_version), "2023-06-01", 0, 0, F_HEADER_SAFE, NULL, "TEXT",
+      "Value of the anthropic-version request header." },
+    { "CHAT_MODEL", K_STR, FIELD(chat_model), "claude-sonnet-4-6", 0, 0, 0, NULL, "MODEL",
+      "Model used when a request names none (a name from the models table)." },
+    { "PROMPT_CACHING", K_BOOL, FIELD(prompt_caching), "on", 0, 0, 0, NULL, "on|off",
+      "Mark Anthropic prompt-cache breakpoints (system prompt, previous turn)." },
+    { "OPENAI_API_KEY", K_STR, FIELD(openai_api_key), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE,
+      "Provider (OpenAI-compatible Chat Completions)", "KEY",
+      "Bearer key for the \"openai\" provider; empty: no Authorization header." },
+    { "OPENAI_BASE_URL", K_HTTP_URL, FIELD(openai_base_url), "https://api.openai.com/v1", 0, 0, 0, NULL, "URL",
+      "Base URL including /v1 (OpenAI, Groq, vLLM, Ollama, llama.cpp)." },
+    { "MODELS_FILE", K_STR, FIELD(models_file), "", 0, 0, F_EMPTY_OK, NULL, "PATH",
+      "JSON models table merged over the built-in one (models, prices, providers)." },
+    { "MAX_TOKENS", K_INT, FIELD(max_tokens), "1024", 1, 1000000, 0, NULL, "N",
+      "Upper bound on tokens generated per reply, 1..1000000." },
+    { "DEFAULT_SYSTEM_PROMPT", K_STR, FIELD(default_system_prompt), "You are a helpful AI assistant.", 0, 0,
+      F_EMPTY_OK | F_MULTILINE, NULL, "TEXT", "System prompt used when a request or session sets none." },
 
-    {"HOST", K_STR, FIELD(host), "127.0.0.1", 0, 0, 0, "Listener and workers", "ADDR",
-     "Address to listen on."},
-    {"PORT", K_INT, FIELD(port), "8000", 0, 65535, 0, NULL, "N",
-     "TCP port, 0..65535; 0 picks a free port and prints it at start."},
-    {"WORKERS", K_INT, FIELD(workers), "0", 0, 256, 0, NULL, "N",
-     "Worker threads (event loops), 0..256; 0 means one per CPU."},
-    {"MAX_CONNECTIONS", K_INT, FIELD(max_connections), "0", 0, 10000000, 0, NULL, "N",
-     "Open client connections, 0..10000000; more are answered 503. 0: from the fd limit."},
+    { "HOST", K_STR, FIELD(host), "127.0.0.1", 0, 0, 0, "Listener and workers", "ADDR", "Address to listen on." },
+    { "PORT", K_INT, FIELD(port), "8000", 0, 65535, 0, NULL, "N",
+      "TCP port, 0..65535; 0 picks a free port and prints it at start." },
+    { "WORKERS", K_INT, FIELD(workers), "0", 0, 256, 0, NULL, "N",
+      "Worker threads (event loops), 0..256; 0 means one per CPU." },
+    { "MAX_CONNECTIONS", K_INT, FIELD(max_connections), "0", 0, 10000000, 0, NULL, "N",
+      "Open client connections, 0..10000000; more are answered 503. 0: from the fd limit." },
 
-    {"DATABASE_URL", K_DB_URL, FIELD(database_url), "sqlite:///./data/chatd.db", 0, 0, 0, "Storage",
-     "URL", "sqlite:///path/to/file.db or postgres://user:pass@host/db."},
-    {"DATABASE_POOL_SIZE", K_INT, FIELD(database_pool_size), "8", 1, 1000, 0, NULL, "N",
-     "PostgreSQL: connections per instance, shared out among the workers (at least one each)."},
-    {"DATABASE_QUEUE_TIMEOUT", K_DURATION, FIELD(database_queue_timeout_ms), "2s", 1, DURATION_MAX, 0, NULL,
-     "DUR", "PostgreSQL: longest wait for a free connection; then the request gets 503."},
+    { "DATABASE_URL", K_DB_URL, FIELD(database_url), "sqlite:///./data/chatd.db", 0, 0, 0, "Storage", "URL",
+      "sqlite:///path/to/file.db or postgres://user:pass@host/db." },
+    { "DATABASE_POOL_SIZE", K_INT, FIELD(database_pool_size), "8", 1, 1000, 0, NULL, "N",
+      "PostgreSQL: connections per instance, shared out among the workers (at least one each)." },
+    { "DATABASE_QUEUE_TIMEOUT", K_DURATION, FIELD(database_queue_timeout_ms), "2s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "PostgreSQL: longest wait for a free connection; then the request gets 503." },
 
-    {"MAX_BODY_SIZE", K_SIZE, FIELD(max_body_bytes), "1MiB", KIB, GIB, 0, "HTTP limits", "SIZE",
-     "Largest request body, 1KiB..1GiB."},
-    {"MAX_HEADER_SIZE", K_SIZE, FIELD(max_header_bytes), "16KiB", KIB, MIB, 0, NULL, "SIZE",
-     "Largest request head (request line and headers), 1KiB..1MiB."},
-    {"MAX_MESSAGE_SIZE", K_SIZE, FIELD(max_message_bytes), "256KiB", 1, GIB, 0, NULL, "SIZE",
-     "Largest single chat message, and joined system prompt of /v1/chat/completions, 1..1GiB."},
-    {"HEADER_TIMEOUT", K_DURATION, FIELD(header_timeout_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "A request (head and body) must arrive within this time."},
-    {"IDLE_TIMEOUT", K_DURATION, FIELD(idle_timeout_ms), "60s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "Connection read/write idle timeout; must exceed HEARTBEAT_INTERVAL."},
-    {"HEARTBEAT_INTERVAL", K_DURATION, FIELD(heartbeat_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "Send \": ping\" on a stream after this much provider silence."},
-    {"STREAM_BUFFER_SIZE", K_SIZE, FIELD(stream_buffer_bytes), "64KiB", KIB, 256 * MIB, 0, NULL,
-     "SIZE", "Client output queued before the provider transfer is paused, 1KiB..256MiB."},
+    { "MAX_BODY_SIZE", K_SIZE, FIELD(max_body_bytes), "1MiB", KIB, GIB, 0, "HTTP limits", "SIZE",
+      "Largest request body, 1KiB..1GiB." },
+    { "MAX_HEADER_SIZE", K_SIZE, FIELD(max_header_bytes), "16KiB", KIB, MIB, 0, NULL, "SIZE",
+      "Largest request head (request line and headers), 1KiB..1MiB." },
+    { "MAX_MESSAGE_SIZE", K_SIZE, FIELD(max_message_bytes), "256KiB", 1, GIB, 0, NULL, "SIZE",
+      "Largest single chat message, and joined system prompt of /v1/chat/completions, 1..1GiB." },
+    { "HEADER_TIMEOUT", K_DURATION, FIELD(header_timeout_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "A request (head and body) must arrive within this time." },
+    { "IDLE_TIMEOUT", K_DURATION, FIELD(idle_timeout_ms), "60s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "Connection read/write idle timeout; must exceed HEARTBEAT_INTERVAL." },
+    { "HEARTBEAT_INTERVAL", K_DURATION, FIELD(heartbeat_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "Send \": ping\" on a stream after this much provider silence." },
+    { "STREAM_BUFFER_SIZE", K_SIZE, FIELD(stream_buffer_bytes), "64KiB", KIB, 256 * MIB, 0, NULL, "SIZE",
+      "Client output queued before the provider transfer is paused, 1KiB..256MiB." },
 
-    {"PROVIDER_CONNECT_TIMEOUT", K_DURATION, FIELD(provider_connect_timeout_ms), "10s", 1,
-     DURATION_MAX, 0, "Provider deadlines and retries", "DUR",
-     "Deadline for connecting to the provider (DNS, TCP, TLS)."},
-    {"PROVIDER_FIRST_BYTE_TIMEOUT", K_DURATION, FIELD(provider_first_byte_timeout_ms), "600s", 1,
-     DURATION_MAX, 0, NULL, "DUR", "Deadline for the first byte of the provider's response."},
-    {"PROVIDER_IDLE_TIMEOUT", K_DURATION, FIELD(provider_idle_timeout_ms), "120s", 1, DURATION_MAX, 0,
-     NULL, "DUR", "Longest silence allowed between two chunks of a provider stream."},
-    {"TURN_TIMEOUT", K_DURATION, FIELD(turn_timeout_ms), "900s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "Deadline for a whole turn, retries included."},
-    {"PROVIDER_MAX_RETRIES", K_INT, FIELD(provider_max_retries), "2", 0, 10, 0, NULL, "N",
-     "Retries before the first byte reaches the client, 0..10."},
-    {"RETRY_MAX_WAIT", K_DURATION, FIELD(retry_max_wait_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "Cap on one wait between retries (also caps retry-after)."},
+    { "PROVIDER_CONNECT_TIMEOUT", K_DURATION, FIELD(provider_connect_timeout_ms), "10s", 1, DURATION_MAX, 0,
+      "Provider deadlines and retries", "DUR", "Deadline for connecting to the provider (DNS, TCP, TLS)." },
+    { "PROVIDER_FIRST_BYTE_TIMEOUT", K_DURATION, FIELD(provider_first_byte_timeout_ms), "600s", 1, DURATION_MAX, 0,
+      NULL, "DUR", "Deadline for the first byte of the provider's response." },
+    { "PROVIDER_IDLE_TIMEOUT", K_DURATION, FIELD(provider_idle_timeout_ms), "120s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "Longest silence allowed between two chunks of a provider stream." },
+    { "TURN_TIMEOUT", K_DURATION, FIELD(turn_timeout_ms), "900s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "Deadline for a whole turn, retries included." },
+    { "PROVIDER_MAX_RETRIES", K_INT, FIELD(provider_max_retries), "2", 0, 10, 0, NULL, "N",
+      "Retries before the first byte reaches the client, 0..10." },
+    { "RETRY_MAX_WAIT", K_DURATION, FIELD(retry_max_wait_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "Cap on one wait between retries (also caps retry-after)." },
 
-    {"CANCEL_POLICY", K_CANCEL, FIELD(cancel_policy), "keep", 0, 0, 0, "Turns", "keep|drop",
-     "On client disconnect: keep the partial reply (incomplete) or drop it."},
-    {"LOCK_TTL", K_DURATION, FIELD(lock_ttl_ms), NULL, 1, DURATION_MAX, 0, NULL, "DUR",
-     "Expiry of a session's turn lock if its holder dies; must exceed TURN_TIMEOUT."},
-    {"DRAIN_TIMEOUT", K_DURATION, FIELD(drain_timeout_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
-     "On shutdown, how long running turns may take to finish."},
+    { "CANCEL_POLICY", K_CANCEL, FIELD(cancel_policy), "keep", 0, 0, 0, "Turns", "keep|drop",
+      "On client disconnect: keep the partial reply (incomplete) or drop it." },
+    { "LOCK_TTL", K_DURATION, FIELD(lock_ttl_ms), NULL, 1, DURATION_MAX, 0, NULL, "DUR",
+      "Expiry of a session's turn lock if its holder dies; must exceed TURN_TIMEOUT." },
+    { "DRAIN_TIMEOUT", K_DURATION, FIELD(drain_timeout_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
+      "On shutdown, how long running turns may take to finish." },
 
-    {"AUTH_MODE", K_AUTH_MODE, FIELD(auth_mode), NULL, 0, 0, 0, "Authentication", "none|token|keys",
-     "Default: token when API_TOKEN is set, else none. keys: `chatd keys` API keys."},
-    {"API_TOKEN", K_STR, FIELD(api_token), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE, NULL, "TOKEN",
-     "Static bearer token (admin); with AUTH_MODE=keys it still works as admin."},
-    {"ALLOW_UNAUTHENTICATED", K_BOOL, FIELD(allow_unauthenticated), "off", 0, 0, 0, NULL, "on|off",
-     "With AUTH_MODE=none, allow listening on a non-loopback HOST anyway."},
-    {"AUTH_FAILURE_LIMIT", K_RATE, FIELD(auth_failure_limit), "20/minute", 0, 0, 0, NULL, "N/unit|off",
-     "Unknown API keys per client address; past it, key lookups get 429. off disables."},
+    { "AUTH_MODE", K_AUTH_MODE, FIELD(auth_mode), NULL, 0, 0, 0, "Authentication", "none|token|keys",
+      "Default: token when API_TOKEN is set, else none. keys: `chatd keys` API keys." },
+    { "API_TOKEN", K_STR, FIELD(api_token), "", 0, 0, F_EMPTY_OK | F_HEADER_SAFE, NULL, "TOKEN",
+      "Static bearer token (admin); with AUTH_MODE=keys it still works as admin." },
+    { "ALLOW_UNAUTHENTICATED", K_BOOL, FIELD(allow_unauthenticated), "off", 0, 0, 0, NULL, "on|off",
+      "With AUTH_MODE=none, allow listening on a non-loopback HOST anyway." },
+    { "AUTH_FAILURE_LIMIT", K_RATE, FIELD(auth_failure_limit), "20/minute", 0, 0, 0, NULL, "N/unit|off",
+      "Unknown API keys per client address; past it, key lookups get 429. off disables." },
 
-    {"RATE_LIMIT", K_RATE, FIELD(rate_limit), "10/minute", 0, 0, 0, "Limits", "N/unit|off",
-     "Chat requests per key (or client address), e.g. 10/minute; off disables."},
-    {"TOKEN_LIMIT", K_RATE, FIELD(token_limit), "off", 0, 0, 0, NULL, "N/unit|off",
-     "Provider tokens per key (or client address), e.g. 100000/minute."},
-    {"REDIS_URL", K_STR, FIELD(redis_url), "", 0, 0, F_EMPTY_OK, NULL, "URL",
-     "redis://[user:pass@]host[:port][/db]: limits shared by all instances; empty: local."},
-    {"RATE_LIMIT_MAX_BUCKETS", K_INT, FIELD(rate_limit_max_buckets), "100000", 1, 100000000, 0, NULL, "N",
-     "Bound on the limiter's memory: idle buckets are evicted beyond this."},
-    {"TRUSTED_PROXIES", K_PROXIES, FIELD(trusted_proxies), "", 0, 0, F_EMPTY_OK, NULL, "ADDRS",
-     "Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For is believed."},
-    {"RATE_LIMIT_IPV6_PREFIX", K_INT, FIELD(rate_limit_ipv6_prefix), "64", 1, 128, 0, NULL, "BITS",
-     "IPv6 clients share one bucket per network of this many bits, 1..128."},
-    {"CORS_ORIGINS", K_STR, FIELD(cors_origins), "", 0, 0, F_EMPTY_OK, NULL, "ORIGINS",
-     "Comma-separated allowed origins (https://app.example.com) or *; empty: CORS off."},
-    {"CORS_CREDENTIALS", K_BOOL, FIELD(cors_credentials), "off", 0, 0, 0, NULL, "on|off",
-     "Allow credentialed CORS requests (only with explicit origins)."},
-    {"MAX_SESSIONS_PER_KEY", K_INT, FIELD(max_sessions_per_key), "0", 0, 100000000, 0, NULL, "N",
-     "Cap on the sessions one API key may own (AUTH_MODE=keys); 0: no cap."},
-    {"SESSION_TTL", K_DURATION_OFF, FIELD(session_ttl_ms), "off", 1, DURATION_MAX, 0, NULL, "DUR|off",
-     "Delete sessions idle longer than this (periodic sweeper); off keeps them."},
+    { "RATE_LIMIT", K_RATE, FIELD(rate_limit), "10/minute", 0, 0, 0, "Limits", "N/unit|off",
+      "Chat requests per key (or client address), e.g. 10/minute; off disables." },
+    { "TOKEN_LIMIT", K_RATE, FIELD(token_limit), "off", 0, 0, 0, NULL, "N/unit|off",
+      "Provider tokens per key (or client address), e.g. 100000/minute." },
+    { "REDIS_URL", K_STR, FIELD(redis_url), "", 0, 0, F_EMPTY_OK, NULL, "URL",
+      "redis://[user:pass@]host[:port][/db]: limits shared by all instances; empty: local." },
+    { "RATE_LIMIT_MAX_BUCKETS", K_INT, FIELD(rate_limit_max_buckets), "100000", 1, 100000000, 0, NULL, "N",
+      "Bound on the limiter's memory: idle buckets are evicted beyond this." },
+    { "TRUSTED_PROXIES", K_PROXIES, FIELD(trusted_proxies), "", 0, 0, F_EMPTY_OK, NULL, "ADDRS",
+      "Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For is believed." },
+    { "RATE_LIMIT_IPV6_PREFIX", K_INT, FIELD(rate_limit_ipv6_prefix), "64", 1, 128, 0, NULL, "BITS",
+      "IPv6 clients share one bucket per network of this many bits, 1..128." },
+    { "CORS_ORIGINS", K_STR, FIELD(cors_origins), "", 0, 0, F_EMPTY_OK, NULL, "ORIGINS",
+      "Comma-separated allowed origins (https://app.example.com) or *; empty: CORS off." },
+    { "CORS_CREDENTIALS", K_BOOL, FIELD(cors_credentials), "off", 0, 0, 0, NULL, "on|off",
+      "Allow credentialed CORS requests (only with explicit origins)." },
+    { "MAX_SESSIONS_PER_KEY", K_INT, FIELD(max_sessions_per_key), "0", 0, 100000000, 0, NULL, "N",
+      "Cap on the sessions one API key may own (AUTH_MODE=keys); 0: no cap." },
+    { "SESSION_TTL", K_DURATION_OFF, FIELD(session_ttl_ms), "off", 1, DURATION_MAX, 0, NULL, "DUR|off",
+      "Delete sessions idle longer than this (periodic sweeper); off keeps them." },
 
-    {"LOG_LEVEL", K_LOG_LEVEL, FIELD(log_level), "info", 0, 0, 0, "Logging", "LEVEL",
-     "debug, info, warn or error."},
+    { "LOG_LEVEL", K_LOG_LEVEL, FIELD(log_level), "info", 0, 0, 0, "Logging", "LEVEL", "debug, info, warn or error." },
 
-    {"ENV_FILE", K_STR, FIELD(env_file), ".env", 0, 0, F_NOT_IN_DOTENV, "Configuration", "PATH",
-     "The .env file to read; must exist when given, the default is optional."},
+    { "ENV_FILE", K_STR, FIELD(env_file), ".env", 0, 0, F_NOT_IN_DOTENV, "Configuration", "PATH",
+      "The .env file to read; must exist when given, the default is optional." },
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
@@ -221,9 +218,9 @@ enum source { SRC_DEFAULT = 0, SRC_DOTENV, SRC_ENV, SRC_FLAG };
 
 /* The winning raw text of one setting and where it came from. */
 struct raw {
-    char *value;      /* owned; NULL: not set by any layer (default applies) */
-    enum source src;  /* SRC_DEFAULT when value is NULL */
-    int line;         /* .env line number for SRC_DOTENV */
+    char *value;     /* owned; NULL: not set by any layer (default applies) */
+    enum source src; /* SRC_DEFAULT when value is NULL */
+    int line;        /* .env line number for SRC_DOTENV */
 };
 
 /* State of one load; freed as a whole at the end. */
@@ -341,17 +338,13 @@ static void describe_source(const struct loader *ld, size_t idx, char *buf, size
     case SRC_DOTENV:
         snprintf(buf, buflen, "from %s line %d", ld->dotenv_path ? ld->dotenv_path : ".env", r->line);
         break;
-    case SRC_ENV:
-        snprintf(buf, buflen, "from environment");
-        break;
+    case SRC_ENV: snprintf(buf, buflen, "from environment"); break;
     case SRC_FLAG:
         flag_name(&settings[idx], flag, sizeof flag);
         snprintf(buf, buflen, "from flag %s", flag);
         break;
     case SRC_DEFAULT:
-    default:
-        snprintf(buf, buflen, "default");
-        break;
+    default: snprintf(buf, buflen, "default"); break;
     }
 }
 
@@ -504,7 +497,7 @@ static bool parse_duration(const char *s, int64_t *out_ms)
     static const struct {
         const char *suffix;
         int64_t ms;
-    } units[] = {{"", SEC}, {"ms", 1}, {"s", SEC}, {"m", MINUTE}, {"h", HOUR}};
+    } units[] = { { "", SEC }, { "ms", 1 }, { "s", SEC }, { "m", MINUTE }, { "h", HOUR } };
     const char *end;
     int64_t v;
     if (!parse_digits(s, &v, &end))
@@ -522,8 +515,8 @@ static bool parse_size(const char *s, int64_t *out)
     static const struct {
         const char *suffix;
         int64_t bytes;
-    } units[] = {{"", 1},      {"b", 1},     {"k", KIB}, {"kib", KIB},
-                 {"m", MIB},   {"mib", MIB}, {"g", GIB}, {"gib", GIB}};
+    } units[] = { { "", 1 },    { "b", 1 },     { "k", KIB }, { "kib", KIB },
+                  { "m", MIB }, { "mib", MIB }, { "g", GIB }, { "gib", GIB } };
     const char *end;
     int64_t v;
     if (!parse_digits(s, &v, &end))
@@ -583,9 +576,7 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         return true;
 
     case K_HTTP_URL: {
-        const char *rest = has_prefix(value, "https://") ? value + 8
-                           : has_prefix(value, "http://") ? value + 7
-                                                           : NULL;
+        const char *rest = has_prefix(value, "https://") ? value + 8 : has_prefix(value, "http://") ? value + 7 : NULL;
         if (!rest) {
             value_error(ld, idx, value, "expected a URL starting with http:// or https://");
             return false;
@@ -609,13 +600,13 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
                            : has_prefix(value, "postgresql://") ? value + 13
                                                                 : NULL;
         if (!rest) {
-            value_error(ld, idx, value,
-                        "expected a URL starting with sqlite://, postgres:// or postgresql://");
+            value_error(ld, idx, value, "expected a URL starting with sqlite://, postgres:// or postgresql://");
             return false;
         }
         if (*rest == '\0' || has_bad_bytes(value, false, false)) {
-            value_error(ld, idx, value, "expected a path or host after the scheme, without spaces or control "
-                                        "characters (e.g. sqlite:///./data/chatd.db)");
+            value_error(ld, idx, value,
+                        "expected a path or host after the scheme, without spaces or control "
+                        "characters (e.g. sqlite:///./data/chatd.db)");
             return false;
         }
         *(char **)field = chat_xstrdup(value);
@@ -641,8 +632,7 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         format_duration(s->max, hi, sizeof hi);
         if (!parse_duration(value, &v)) {
             value_error(ld, idx, value,
-                        "expected a duration %s..%s such as 250ms, 10s, 5m, 1h (a plain number is seconds)",
-                        lo, hi);
+                        "expected a duration %s..%s such as 250ms, 10s, 5m, 1h (a plain number is seconds)", lo, hi);
             return false;
         }
         if (v == 0) {
@@ -678,7 +668,7 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         return true;
 
     case K_BOOL: {
-        static const char *const yes[] = {"on", "true", "yes", "1"}, *const no[] = {"off", "false", "no", "0"};
+        static const char *const yes[] = { "on", "true", "yes", "1" }, *const no[] = { "off", "false", "no", "0" };
         for (size_t i = 0; i < 4; i++) {
             if (strcasecmp(value, yes[i]) == 0) {
                 *(bool *)field = true;
@@ -720,7 +710,7 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         static const struct {
             const char *name;
             chat_auth_mode mode;
-        } modes[] = {{"none", AUTH_MODE_NONE}, {"token", AUTH_MODE_TOKEN}, {"keys", AUTH_MODE_KEYS}};
+        } modes[] = { { "none", AUTH_MODE_NONE }, { "token", AUTH_MODE_TOKEN }, { "keys", AUTH_MODE_KEYS } };
         for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
             if (strcasecmp(value, modes[i].name) == 0) {
                 *(chat_auth_mode *)field = modes[i].mode;
@@ -735,7 +725,7 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
         static const struct {
             const char *name;
             chat_log_level level;
-        } levels[] = {{"debug", LOG_DEBUG}, {"info", LOG_INFO}, {"warn", LOG_WARN}, {"error", LOG_ERROR}};
+        } levels[] = { { "debug", LOG_DEBUG }, { "info", LOG_INFO }, { "warn", LOG_WARN }, { "error", LOG_ERROR } };
         for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
             if (strcasecmp(value, levels[i].name) == 0) {
                 *(chat_log_level *)field = levels[i].level;
@@ -761,8 +751,7 @@ static bool scan_flags(struct loader *ld, int argc, char **argv)
         const char *arg = argv[i];
         if (!arg || strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
             /* Not echoed: a stray word after a flag might be a secret. */
-            set_err(ld, "unexpected argument #%d: expected flags --name value or --name=value (see --help)",
-                    i + 1);
+            set_err(ld, "unexpected argument #%d: expected flags --name value or --name=value (see --help)", i + 1);
             return false;
         }
         const char *name = arg + 2;
@@ -781,8 +770,8 @@ static bool scan_flags(struct loader *ld, int argc, char **argv)
         } else {
             /* A following "--flag" is almost surely a forgotten value, not a
              * value that happens to start with "--"; that one needs '='. */
-            set_err(ld, "missing value for --%.*s (use --%.*s=VALUE for a value starting with --)",
-                    (int)name_len, name, (int)name_len, name);
+            set_err(ld, "missing value for --%.*s (use --%.*s=VALUE for a value starting with --)", (int)name_len, name,
+                    (int)name_len, name);
             return false;
         }
         raw_set(&ld->flags[idx], value, strlen(value), SRC_FLAG, 0);
@@ -794,7 +783,7 @@ static bool scan_flags(struct loader *ld, int argc, char **argv)
  * getenv would see it. */
 static void apply_env(struct loader *ld, char **envp)
 {
-    bool seen[N_SETTINGS] = {false};
+    bool seen[N_SETTINGS] = { false };
     for (char **e = envp; e && *e; e++) {
         const char *eq = strchr(*e, '=');
         if (!eq)
@@ -873,11 +862,26 @@ static const char *parse_dotenv_line(const char *line, const char **name, size_t
                 break;
             if (*p == '\\' && p[1] != '\0') {
                 switch (p[1]) {
-                case 'n': out[j++] = '\n'; p++; continue;
-                case 'r': out[j++] = '\r'; p++; continue;
-                case 't': out[j++] = '\t'; p++; continue;
-                case '"': out[j++] = '"'; p++; continue;
-                case '\\': out[j++] = '\\'; p++; continue;
+                case 'n':
+                    out[j++] = '\n';
+                    p++;
+                    continue;
+                case 'r':
+                    out[j++] = '\r';
+                    p++;
+                    continue;
+                case 't':
+                    out[j++] = '\t';
+                    p++;
+                    continue;
+                case '"':
+                    out[j++] = '"';
+                    p++;
+                    continue;
+                case '\\':
+                    out[j++] = '\\';
+                    p++;
+                    continue;
                 default: break;
                 }
             }
@@ -933,8 +937,7 @@ static bool apply_dotenv(struct loader *ld, const char *path, bool required, con
         goto out;
     }
     if (n > DOTENV_MAX_BYTES) {
-        set_err(ld, "cannot read .env file %s (%s): larger than %d bytes", path, named_by,
-                (int)DOTENV_MAX_BYTES);
+        set_err(ld, "cannot read .env file %s (%s): larger than %d bytes", path, named_by, (int)DOTENV_MAX_BYTES);
         goto out;
     }
     buf[n] = '\0';
@@ -1037,12 +1040,11 @@ static void loader_free(struct loader *ld)
     free(ld->dotenv_path);
 }
 
-chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **envp, char *err,
-                         size_t errlen)
+chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **envp, char *err, size_t errlen)
 {
     chat_rc rc = CHAT_EINVAL;
-    struct loader ld = {.err = err, .errlen = errlen};
-    struct chat_config tmp = {0};
+    struct loader ld = { .err = err, .errlen = errlen };
+    struct chat_config tmp = { 0 };
     int env_file = find_by_name("ENV_FILE", 8);
 
     memset(cfg, 0, sizeof *cfg);
@@ -1073,8 +1075,7 @@ chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **
             }
         }
         if (*path == '\0') {
-            set_err(&ld, "invalid ENV_FILE \"\" (%s): must not be empty (use /dev/null to read no file)",
-                    named_by);
+            set_err(&ld, "invalid ENV_FILE \"\" (%s): must not be empty (use /dev/null to read no file)", named_by);
             goto out;
         }
         if (!apply_dotenv(&ld, path, required, named_by))
@@ -1120,11 +1121,8 @@ void chat_config_free(struct chat_config *cfg)
         case K_HTTP_URL:
         case K_DB_URL:
         case K_RATE:
-        case K_PROXIES:
-            free(*(char **)((char *)cfg + settings[i].offset));
-            break;
-        default:
-            break;
+        case K_PROXIES: free(*(char **)((char *)cfg + settings[i].offset)); break;
+        default: break;
         }
     }
     memset(cfg, 0, sizeof *cfg);
@@ -1162,10 +1160,9 @@ void chat_config_print_help(FILE *out)
             snprintf(def, sizeof def, "%s", s->def);
 
         if (HELP_FLAG_WIDTH + 1 + HELP_NAME_WIDTH + strlen("default ") + strlen(def) <= HELP_WIDTH)
-            fprintf(out, "%-*s %-*s default %s\n      %s\n", HELP_FLAG_WIDTH, lhs, HELP_NAME_WIDTH,
-                    s->name, def, s->help);
+            fprintf(out, "%-*s %-*s default %s\n      %s\n", HELP_FLAG_WIDTH, lhs, HELP_NAME_WIDTH, s->name, def,
+                    s->help);
         else
-            fprintf(out, "%-*s %s\n      %s\n      Default: %s\n", HELP_FLAG_WIDTH, lhs, s->name, s->help,
-                    def);
+            fprintf(out, "%-*s %s\n      %s\n      Default: %s\n", HELP_FLAG_WIDTH, lhs, s->name, s->help, def);
     }
 }

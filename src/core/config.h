@@ -43,36 +43,37 @@ typedef enum { AUTH_MODE_NONE = 0, AUTH_MODE_TOKEN, AUTH_MODE_KEYS } chat_auth_m
 
 struct chat_config {
     /* provider */
-    char *anthropic_api_key;        /* ANTHROPIC_API_KEY, "" = not configured (chat answers 503) */
-    char *anthropic_base_url;       /* ANTHROPIC_BASE_URL, default https://api.anthropic.com */
-    char *anthropic_version;        /* ANTHROPIC_VERSION, default 2023-06-01 */
-    char *chat_model;               /* CHAT_MODEL, default claude-sonnet-4-6 */
-    int max_tokens;                 /* MAX_TOKENS, default 1024, 1..1000000 */
-    char *default_system_prompt;    /* DEFAULT_SYSTEM_PROMPT, default "You are a helpful AI assistant.", may be "" */
-    bool prompt_caching;            /* PROMPT_CACHING, default on */
-    char *openai_api_key;           /* OPENAI_API_KEY, "" = send no Authorization header */
-    char *openai_base_url;          /* OPENAI_BASE_URL, default https://api.openai.com/v1 */
-    char *models_file;              /* MODELS_FILE, "" = the built-in table only */
+    char *anthropic_api_key;     /* ANTHROPIC_API_KEY, "" = not configured (chat answers 503) */
+    char *anthropic_base_url;    /* ANTHROPIC_BASE_URL, default https://api.anthropic.com */
+    char *anthropic_version;     /* ANTHROPIC_VERSION, default 2023-06-01 */
+    char *chat_model;            /* CHAT_MODEL, default claude-sonnet-4-6 */
+    int max_tokens;              /* MAX_TOKENS, default 1024, 1..1000000 */
+    char *default_system_prompt; /* DEFAULT_SYSTEM_PROMPT, default "You are a helpful AI assistant.", may be "" */
+    bool prompt_caching;         /* PROMPT_CACHING, default on */
+    char *openai_api_key;        /* OPENAI_API_KEY, "" = send no Authorization header */
+    char *openai_base_url;       /* OPENAI_BASE_URL, default https://api.openai.com/v1 */
+    char *models_file;           /* MODELS_FILE, "" = the built-in table only */
 
     /* listener and workers */
-    char *host;                     /* HOST, default 127.0.0.1 */
-    int port;                       /* PORT, default 8000, 0..65535 (0: pick a free port, printed at start) */
-    int workers;                    /* WORKERS, default 0 = number of CPUs, 0..256 */
-    int max_connections;            /* MAX_CONNECTIONS, open client connections, 0 = derived from RLIMIT_NOFILE */
+    char *host;          /* HOST, default 127.0.0.1 */
+    int port;            /* PORT, default 8000, 0..65535 (0: pick a free port, printed at start) */
+    int workers;         /* WORKERS, default 0 = number of CPUs, 0..256 */
+    int max_connections; /* MAX_CONNECTIONS, open client connections, 0 = derived from RLIMIT_NOFILE */
 
     /* storage */
-    char *database_url;             /* DATABASE_URL, default sqlite:///./data/chatd.db */
-    int database_pool_size;         /* DATABASE_POOL_SIZE: PostgreSQL connections per instance */
+    char *database_url;                /* DATABASE_URL, default sqlite:///./data/chatd.db */
+    int database_pool_size;            /* DATABASE_POOL_SIZE: PostgreSQL connections per instance */
     int64_t database_queue_timeout_ms; /* DATABASE_QUEUE_TIMEOUT */
 
     /* HTTP limits */
-    size_t max_body_bytes;          /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
-    size_t max_header_bytes;        /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
-    size_t max_message_bytes;       /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
-    int64_t header_timeout_ms;      /* HEADER_TIMEOUT, a whole request (head and body) must arrive within, default 10s */
-    int64_t idle_timeout_ms;        /* IDLE_TIMEOUT, evhttp read/write idle, default 60s, > HEARTBEAT_INTERVAL */
-    int64_t heartbeat_ms;           /* HEARTBEAT_INTERVAL, ": ping" while the provider is silent, default 10s */
-    size_t stream_buffer_bytes;     /* STREAM_BUFFER_SIZE, client queue cap before pausing the provider, 64KiB, 1KiB..256MiB */
+    size_t max_body_bytes;     /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
+    size_t max_header_bytes;   /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
+    size_t max_message_bytes;  /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
+    int64_t header_timeout_ms; /* HEADER_TIMEOUT, a whole request (head and body) must arrive within, default 10s */
+    int64_t idle_timeout_ms;   /* IDLE_TIMEOUT, evhttp read/write idle, default 60s, > HEARTBEAT_INTERVAL */
+    int64_t heartbeat_ms;      /* HEARTBEAT_INTERVAL, ": ping" while the provider is silent, default 10s */
+    size_t
+        stream_buffer_bytes; /* STREAM_BUFFER_SIZE, client queue cap before pausing the provider, 64KiB, 1KiB..256MiB */
 
     /* provider call deadlines and retries */
     int64_t provider_connect_timeout_ms;    /* PROVIDER_CONNECT_TIMEOUT, default 10s */
@@ -83,32 +84,32 @@ struct chat_config {
     int64_t retry_max_wait_ms;              /* RETRY_MAX_WAIT, cap on one wait, default 30s */
 
     /* turns */
-    chat_cancel_policy cancel_policy;       /* CANCEL_POLICY: keep (default) | drop */
-    int64_t lock_ttl_ms;                    /* LOCK_TTL, default TURN_TIMEOUT + 60s when unset; must exceed TURN_TIMEOUT */
-    int64_t drain_timeout_ms;               /* DRAIN_TIMEOUT, graceful shutdown, default 30s */
+    chat_cancel_policy cancel_policy; /* CANCEL_POLICY: keep (default) | drop */
+    int64_t lock_ttl_ms;              /* LOCK_TTL, default TURN_TIMEOUT + 60s when unset; must exceed TURN_TIMEOUT */
+    int64_t drain_timeout_ms;         /* DRAIN_TIMEOUT, graceful shutdown, default 30s */
 
     /* authentication (see guard/auth.h) */
-    chat_auth_mode auth_mode;               /* AUTH_MODE: none|token|keys; unset: token with API_TOKEN, else none */
-    char *api_token;                        /* API_TOKEN, "" = none */
-    bool allow_unauthenticated;             /* ALLOW_UNAUTHENTICATED, default off */
-    char *auth_failure_limit;               /* AUTH_FAILURE_LIMIT, failed key lookups per client address, "20/minute" */
+    chat_auth_mode auth_mode;   /* AUTH_MODE: none|token|keys; unset: token with API_TOKEN, else none */
+    char *api_token;            /* API_TOKEN, "" = none */
+    bool allow_unauthenticated; /* ALLOW_UNAUTHENTICATED, default off */
+    char *auth_failure_limit;   /* AUTH_FAILURE_LIMIT, failed key lookups per client address, "20/minute" */
 
     /* limits (see guard/ratelimit.h, http/cors.h) */
-    char *rate_limit;                       /* RATE_LIMIT, "10/minute" (as the template) or "off" */
-    char *token_limit;                      /* TOKEN_LIMIT, default "off" */
-    int rate_limit_max_buckets;             /* RATE_LIMIT_MAX_BUCKETS, default 100000 */
-    char *redis_url;                        /* REDIS_URL, "" = limits local to this process */
-    char *trusted_proxies;                  /* TRUSTED_PROXIES, comma-separated addresses and networks */
-    int rate_limit_ipv6_prefix;             /* RATE_LIMIT_IPV6_PREFIX, bits of an IPv6 client's bucket, default 64 */
-    char *cors_origins;                     /* CORS_ORIGINS, "" = CORS off */
-    bool cors_credentials;                  /* CORS_CREDENTIALS, default off */
-    int64_t session_ttl_ms;                 /* SESSION_TTL, 0 = off (default) */
-    int max_sessions_per_key;               /* MAX_SESSIONS_PER_KEY, 0 = no cap */
+    char *rate_limit;           /* RATE_LIMIT, "10/minute" (as the template) or "off" */
+    char *token_limit;          /* TOKEN_LIMIT, default "off" */
+    int rate_limit_max_buckets; /* RATE_LIMIT_MAX_BUCKETS, default 100000 */
+    char *redis_url;            /* REDIS_URL, "" = limits local to this process */
+    char *trusted_proxies;      /* TRUSTED_PROXIES, comma-separated addresses and networks */
+    int rate_limit_ipv6_prefix; /* RATE_LIMIT_IPV6_PREFIX, bits of an IPv6 client's bucket, default 64 */
+    char *cors_origins;         /* CORS_ORIGINS, "" = CORS off */
+    bool cors_credentials;      /* CORS_CREDENTIALS, default off */
+    int64_t session_ttl_ms;     /* SESSION_TTL, 0 = off (default) */
+    int max_sessions_per_key;   /* MAX_SESSIONS_PER_KEY, 0 = no cap */
 
     /* logging */
-    chat_log_level log_level;               /* LOG_LEVEL: debug|info|warn|error, default info */
+    chat_log_level log_level; /* LOG_LEVEL: debug|info|warn|error, default info */
 
-    char *env_file;                         /* --env-file / ENV_FILE as given, default ".env" (read only if it exists) */
+    char *env_file; /* --env-file / ENV_FILE as given, default ".env" (read only if it exists) */
 };
 
 /*
@@ -124,8 +125,8 @@ struct chat_config {
  * errlen; err may be NULL when errlen is 0), and returns CHAT_EINVAL; cfg is then all zero (safe to
  * chat_config_free). `--help` is not handled here (main checks it first).
  */
-chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **envp,
-                         char *err, size_t errlen) CHAT_MUST_CHECK;
+chat_rc chat_config_load(struct chat_config *cfg, int argc, char **argv, char **envp, char *err,
+                         size_t errlen) CHAT_MUST_CHECK;
 
 /* Frees the strings of cfg and zeroes it. Accepts NULL. */
 void chat_config_free(struct chat_config *cfg);

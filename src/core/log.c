@@ -11,7 +11,7 @@
 
 static chat_log_level min_level = LOG_INFO;
 
-static const char *level_names[] = {"debug", "info", "warn", "error", "notice"};
+static const char *level_names[] = { "debug", "info", "warn", "error", "notice" };
 
 void chat_log_set_level(chat_log_level lvl)
 {

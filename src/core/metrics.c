@@ -39,33 +39,33 @@
 #include "core/buf.h"
 
 struct metrics_child {
-    metrics_family *fam;                  /* owner (for the type check and the bucket bounds) */
-    uint64_t hash;                        /* hash of the normalised label values */
-    char *values[METRICS_MAX_LABELS];     /* normalised label values, immutable once published */
-    _Atomic uint64_t counter;             /* METRICS_COUNTER */
-    _Atomic int64_t gauge;                /* METRICS_GAUGE */
-    _Atomic uint64_t *buckets;            /* METRICS_HISTOGRAM: nbuckets + 1 (last is +Inf), not cumulative */
-    _Atomic uint64_t sum_bits;            /* METRICS_HISTOGRAM: the sum, as the bits of a double */
+    metrics_family *fam;              /* owner (for the type check and the bucket bounds) */
+    uint64_t hash;                    /* hash of the normalised label values */
+    char *values[METRICS_MAX_LABELS]; /* normalised label values, immutable once published */
+    _Atomic uint64_t counter;         /* METRICS_COUNTER */
+    _Atomic int64_t gauge;            /* METRICS_GAUGE */
+    _Atomic uint64_t *buckets;        /* METRICS_HISTOGRAM: nbuckets + 1 (last is +Inf), not cumulative */
+    _Atomic uint64_t sum_bits;        /* METRICS_HISTOGRAM: the sum, as the bits of a double */
 };
 
 struct metrics_family {
     metrics_type type;
-    const char *name;                     /* borrowed from the descriptor */
-    const char *help;                     /* borrowed */
+    const char *name;                       /* borrowed from the descriptor */
+    const char *help;                       /* borrowed */
     const char *labels[METRICS_MAX_LABELS]; /* borrowed */
     size_t nlabels;
-    size_t max_children;                  /* regular children before overflow */
-    double *bounds;                       /* histograms: finite upper bounds */
-    char (*le)[32];                       /* histograms: the bounds as rendered in le="..." */
+    size_t max_children; /* regular children before overflow */
+    double *bounds;      /* histograms: finite upper bounds */
+    char (*le)[32];      /* histograms: the bounds as rendered in le="..." */
     size_t nbounds;
-    size_t nslots;                        /* power of two, >= 2 * (max_children + 1) */
-    _Atomic(metrics_child *) *slots;      /* the lookup table */
-    metrics_child **order;                /* creation order, max_children + 1 entries */
-    _Atomic size_t norder;                /* published length of order */
-    size_t nregular;                      /* regular children created (under mu) */
-    _Atomic(metrics_child *) overflow;    /* the "other" child once the family is full */
-    pthread_mutex_t mu;                   /* serialises child creation only */
-    metrics_family *next;                 /* registration order */
+    size_t nslots;                     /* power of two, >= 2 * (max_children + 1) */
+    _Atomic(metrics_child *) *slots;   /* the lookup table */
+    metrics_child **order;             /* creation order, max_children + 1 entries */
+    _Atomic size_t norder;             /* published length of order */
+    size_t nregular;                   /* regular children created (under mu) */
+    _Atomic(metrics_child *) overflow; /* the "other" child once the family is full */
+    pthread_mutex_t mu;                /* serialises child creation only */
+    metrics_family *next;              /* registration order */
 };
 
 struct metrics_registry {
@@ -81,8 +81,8 @@ static bool valid_metric_name(const char *s)
         return false;
     for (size_t i = 0; s[i]; i++) {
         char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' ||
-                  (i > 0 && c >= '0' && c <= '9');
+        bool ok =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' || (i > 0 && c >= '0' && c <= '9');
         if (!ok)
             return false;
     }
@@ -95,8 +95,7 @@ static bool valid_label_name(const char *s)
         return false;
     for (size_t i = 0; s[i]; i++) {
         char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-                  (i > 0 && c >= '0' && c <= '9');
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
         if (!ok)
             return false;
     }
@@ -132,8 +131,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
             return 0;
         cp = (cp << 6) | (s[i] & 0x3f);
     }
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff))
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
         return 0;
     return len;
 }
@@ -472,8 +470,8 @@ void metrics_histogram_observe(metrics_child *c, double v)
     uint64_t next;
     do {
         next = double_to_bits(bits_to_double(old) + v);
-    } while (!atomic_compare_exchange_weak_explicit(&c->sum_bits, &old, next, memory_order_relaxed,
-                                                    memory_order_relaxed));
+    } while (
+        !atomic_compare_exchange_weak_explicit(&c->sum_bits, &old, next, memory_order_relaxed, memory_order_relaxed));
 }
 
 uint64_t metrics_counter_value(const metrics_child *c)
@@ -505,7 +503,7 @@ uint64_t metrics_histogram_count(const metrics_child *c, double *sum)
 
 typedef struct out_buf {
     chat_buf buf;
-    bool full;  /* an append hit METRICS_PAGE_MAX: nothing more is written */
+    bool full; /* an append hit METRICS_PAGE_MAX: nothing more is written */
 } out_buf;
 
 static void ob_add(out_buf *b, const char *s, size_t n)
@@ -568,8 +566,7 @@ static void ob_double(out_buf *b, double d)
 }
 
 /* Writes name{l1="v1",...[,le="x"]} (no braces when there is no label at all). */
-static void ob_series(out_buf *b, const metrics_family *f, const char *suffix, const metrics_child *c,
-                      const char *le)
+static void ob_series(out_buf *b, const metrics_family *f, const char *suffix, const metrics_child *c, const char *le)
 {
     ob_str(b, f->name);
     ob_str(b, suffix);
@@ -614,8 +611,9 @@ static void render_histogram_child(out_buf *b, const metrics_family *f, metrics_
 char *metrics_registry_render(const metrics_registry *reg, size_t *len)
 {
     static const char *type_names[] = {
-        [METRICS_COUNTER] = "counter", [METRICS_GAUGE] = "gauge", [METRICS_HISTOGRAM] = "histogram"};
-    out_buf b = {.full = false};
+        [METRICS_COUNTER] = "counter", [METRICS_GAUGE] = "gauge", [METRICS_HISTOGRAM] = "histogram"
+    };
+    out_buf b = { .full = false };
     chat_buf_init(&b.buf, METRICS_PAGE_MAX);
     for (const metrics_family *f = reg ? reg->first : NULL; f; f = f->next) {
         ob_str(&b, "# HELP ");
@@ -639,9 +637,7 @@ char *metrics_registry_render(const metrics_registry *reg, size_t *len)
                 ob_series(&b, f, "", c, NULL);
                 ob_printf(&b, " %" PRId64 "\n", atomic_load_explicit(&c->gauge, memory_order_relaxed));
                 break;
-            case METRICS_HISTOGRAM:
-                render_histogram_child(&b, f, c);
-                break;
+            case METRICS_HISTOGRAM: render_histogram_child(&b, f, c); break;
             }
         }
     }
@@ -733,6 +729,6 @@ metrics_child *metrics_def_child(metrics_def *def, const char *const *values)
 
 metrics_child *metrics_def_child1(metrics_def *def, const char *value)
 {
-    const char *vals[1] = {value};
+    const char *vals[1] = { value };
     return metrics_def_child(def, vals);
 }

@@ -50,10 +50,10 @@
 /* Generic registry                                                         */
 /* ------------------------------------------------------------------------ */
 
-#define METRICS_MAX_LABELS 4        /* label names per family */
-#define METRICS_MAX_CHILDREN 4096   /* upper bound for a family's max_children */
-#define METRICS_MAX_BUCKETS 32      /* finite histogram buckets per family (+Inf is implied) */
-#define METRICS_MAX_VALUE_LEN 128   /* bytes kept of one label value */
+#define METRICS_MAX_LABELS 4      /* label names per family */
+#define METRICS_MAX_CHILDREN 4096 /* upper bound for a family's max_children */
+#define METRICS_MAX_BUCKETS 32    /* finite histogram buckets per family (+Inf is implied) */
+#define METRICS_MAX_VALUE_LEN 128 /* bytes kept of one label value */
 #define METRICS_OVERFLOW_VALUE "other"
 
 typedef enum { METRICS_COUNTER = 1, METRICS_GAUGE, METRICS_HISTOGRAM } metrics_type;
@@ -68,13 +68,13 @@ typedef struct metrics_child metrics_child;
  */
 typedef struct metrics_desc {
     metrics_type type;
-    const char *name;                        /* [a-zA-Z_:][a-zA-Z0-9_:]*, unique in the registry */
-    const char *help;                        /* one line of text */
-    const char *labels[METRICS_MAX_LABELS];  /* label names in order; the first NULL ends the list */
-    size_t max_children;                     /* labelled families: 1..METRICS_MAX_CHILDREN combinations
+    const char *name;                       /* [a-zA-Z_:][a-zA-Z0-9_:]*, unique in the registry */
+    const char *help;                       /* one line of text */
+    const char *labels[METRICS_MAX_LABELS]; /* label names in order; the first NULL ends the list */
+    size_t max_children;                    /* labelled families: 1..METRICS_MAX_CHILDREN combinations
                                                 before overflow; ignored without labels */
-    const double *buckets;                   /* histograms: strictly increasing finite upper bounds */
-    size_t nbuckets;                         /* histograms: 1..METRICS_MAX_BUCKETS */
+    const double *buckets;                  /* histograms: strictly increasing finite upper bounds */
+    size_t nbuckets;                        /* histograms: 1..METRICS_MAX_BUCKETS */
 } metrics_desc;
 
 /* Creates an empty registry. Never returns NULL (aborts on OOM). */
@@ -93,8 +93,7 @@ void metrics_registry_free(metrics_registry *reg);
  * of range, or buckets that are not strictly increasing finite numbers.
  * Start-up only (single-threaded).
  */
-chat_rc metrics_register(metrics_registry *reg, const metrics_desc *d, metrics_family **out)
-    CHAT_MUST_CHECK;
+chat_rc metrics_register(metrics_registry *reg, const metrics_desc *d, metrics_family **out) CHAT_MUST_CHECK;
 
 /*
  * Returns the child of f for the label values (exactly as many as f has label

@@ -20,7 +20,7 @@ struct chat_netlist {
     chat_net nets[]; /* n entries */
 };
 
-static const unsigned char v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+static const unsigned char v4_mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
 bool chat_addr_is_v4(const chat_addr *a)
 {

@@ -40,8 +40,10 @@ chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errl
 {
     chat_rc rc = CHAT_EINVAL;
     char q[64 * 4 + 8], u[32 * 4 + 8];
-    static const struct { const char *name; int64_t ms; } units[] = {
-        {"second", 1000}, {"minute", 60000}, {"hour", 3600000}};
+    static const struct {
+        const char *name;
+        int64_t ms;
+    } units[] = { { "second", 1000 }, { "minute", 60000 }, { "hour", 3600000 } };
 
     out->count = 0;
     out->window_ms = 0;
@@ -61,8 +63,7 @@ chat_rc chat_rate_parse(const char *text, chat_rate *out, char *err, size_t errl
         goto out;
     }
     if (slash == text) {
-        chat_set_err(err, errlen, "\"%s\" has no count before '/' (%s)", shown(text, 64, q, sizeof q),
-                     RATE_EXPECTED);
+        chat_set_err(err, errlen, "\"%s\" has no count before '/' (%s)", shown(text, 64, q, sizeof q), RATE_EXPECTED);
         goto out;
     }
     int64_t n = 0;

@@ -17,13 +17,13 @@
 
 #include "core/rc.h"
 
-#define CHAT_RATE_MAX_COUNT 1000000000   /* largest N in "N/unit" */
-#define CHAT_RATE_MAX_WINDOW_MS 3600000  /* longest window a rate may have */
+#define CHAT_RATE_MAX_COUNT 1000000000  /* largest N in "N/unit" */
+#define CHAT_RATE_MAX_WINDOW_MS 3600000 /* longest window a rate may have */
 
 /* A rate: count per window_ms. count == 0 means "off" (no limit). */
 typedef struct chat_rate {
-    int64_t count;      /* 0 (off) or 1..CHAT_RATE_MAX_COUNT */
-    int64_t window_ms;  /* 1000, 60000 or 3600000 from the parser; any 1..3600000 is accepted */
+    int64_t count;     /* 0 (off) or 1..CHAT_RATE_MAX_COUNT */
+    int64_t window_ms; /* 1000, 60000 or 3600000 from the parser; any 1..3600000 is accepted */
 } chat_rate;
 
 /* True for a rate in range: off, or count and window_ms within the bounds above. */

@@ -10,16 +10,16 @@
 
 typedef enum {
     CHAT_OK = 0,
-    CHAT_ENOMEM,     /* allocation failed (only where we propagate rather than abort) */
-    CHAT_EINVAL,     /* invalid argument or malformed input */
-    CHAT_ENOTFOUND,  /* the named object does not exist */
-    CHAT_EBUSY,      /* the resource is held by someone else (e.g. a turn lock) */
-    CHAT_ECONFLICT,  /* the operation conflicts with the stored state */
-    CHAT_ETOOBIG,    /* a size limit was exceeded */
-    CHAT_EIO,        /* I/O or database error */
-    CHAT_ECANCELED,  /* the operation was cancelled by its caller */
-    CHAT_ETIMEDOUT,  /* a deadline passed */
-    CHAT_EUNAVAIL,   /* a dependency is not configured or not reachable */
+    CHAT_ENOMEM,    /* allocation failed (only where we propagate rather than abort) */
+    CHAT_EINVAL,    /* invalid argument or malformed input */
+    CHAT_ENOTFOUND, /* the named object does not exist */
+    CHAT_EBUSY,     /* the resource is held by someone else (e.g. a turn lock) */
+    CHAT_ECONFLICT, /* the operation conflicts with the stored state */
+    CHAT_ETOOBIG,   /* a size limit was exceeded */
+    CHAT_EIO,       /* I/O or database error */
+    CHAT_ECANCELED, /* the operation was cancelled by its caller */
+    CHAT_ETIMEDOUT, /* a deadline passed */
+    CHAT_EUNAVAIL,  /* a dependency is not configured or not reachable */
 } chat_rc;
 
 #define CHAT_MUST_CHECK __attribute__((warn_unused_result))

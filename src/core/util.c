@@ -90,7 +90,11 @@ void chat_utf8_trim(char *s)
     if (k == 0)
         return;
     unsigned char lead = (unsigned char)s[k - 1];
-    size_t need = lead < 0x80 ? 1 : (lead & 0xE0) == 0xC0 ? 2 : (lead & 0xF0) == 0xE0 ? 3 : (lead & 0xF8) == 0xF0 ? 4 : 1;
+    size_t need = lead < 0x80             ? 1
+                  : (lead & 0xE0) == 0xC0 ? 2
+                  : (lead & 0xF0) == 0xE0 ? 3
+                  : (lead & 0xF8) == 0xF0 ? 4
+                                          : 1;
     if ((size_t)back + 1 < need)
         s[k - 1] = '\0';
 }
@@ -174,8 +178,8 @@ bool chat_valid_id(const char *s)
         char c = s[n];
         if (n >= CHAT_ID_MAX)
             return false;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == ':' || c == '-'))
             return false;
     }
     return n > 0;

@@ -34,13 +34,10 @@ void auth_new_secret(char *out, size_t outlen)
 const char *auth_mode_name(const struct chat_config *cfg)
 {
     switch (cfg->auth_mode) {
-    case AUTH_MODE_TOKEN:
-        return "token";
-    case AUTH_MODE_KEYS:
-        return "keys";
+    case AUTH_MODE_TOKEN: return "token";
+    case AUTH_MODE_KEYS: return "keys";
     case AUTH_MODE_NONE:
-    default:
-        return "none";
+    default: return "none";
     }
 }
 
@@ -83,8 +80,7 @@ static bool token_matches(const char *presented, const char *configured)
     return CRYPTO_memcmp(a, b, 64) == 0;
 }
 
-auth_result auth_check(const struct chat_config *cfg, const char *authorization, auth_identity *out,
-                       char hash[65])
+auth_result auth_check(const struct chat_config *cfg, const char *authorization, auth_identity *out, char hash[65])
 {
     memset(out, 0, sizeof *out);
     hash[0] = '\0';

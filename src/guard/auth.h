@@ -28,22 +28,22 @@
 #include "store/store.h"
 
 typedef struct auth_identity {
-    bool authenticated;     /* false in mode none */
-    bool admin;             /* admin keys and the static token see every session */
+    bool authenticated; /* false in mode none */
+    bool admin;         /* admin keys and the static token see every session */
     /* The API key's id, "" for mode none and the static token. Sized for the
      * longest id the store holds (STORE_ID_MAX, enforced by `chatd keys
      * create` and `chatd import`): an id is never cut, since sessions, usage,
      * idempotency records and limits are all keyed by it. */
     char key_id[STORE_ID_MAX + 1];
-    char *rate_limit;       /* the key's own rate limit spec, or NULL (owned) */
+    char *rate_limit; /* the key's own rate limit spec, or NULL (owned) */
 } auth_identity;
 
 typedef enum {
     AUTH_OK = 0,
-    AUTH_MISSING,           /* no Authorization: Bearer header */
-    AUTH_INVALID,           /* wrong token, unknown or revoked key */
-    AUTH_UNAVAILABLE,       /* the key store could not be read */
-    AUTH_LOOKUP,            /* auth_check only: look the key up by hash, then auth_key_found */
+    AUTH_MISSING,     /* no Authorization: Bearer header */
+    AUTH_INVALID,     /* wrong token, unknown or revoked key */
+    AUTH_UNAVAILABLE, /* the key store could not be read */
+    AUTH_LOOKUP,      /* auth_check only: look the key up by hash, then auth_key_found */
 } auth_result;
 
 /* The configured mode's name, for logs and messages: "none", "token" or "keys". */
@@ -58,8 +58,7 @@ bool auth_required(const struct chat_config *cfg);
  * is AUTH_OK as an anonymous admin-less caller. AUTH_LOOKUP (mode keys, not the
  * static token): hash holds the secret's SHA-256 (hex) to look up.
  */
-auth_result auth_check(const struct chat_config *cfg, const char *authorization, auth_identity *out,
-                       char hash[65]);
+auth_result auth_check(const struct chat_config *cfg, const char *authorization, auth_identity *out, char hash[65]);
 
 /* The identity from a key lookup's result (rc and key of STORE_OP_KEY_FIND_BY_HASH):
  * AUTH_OK, AUTH_INVALID (unknown or revoked, or an id that does not fit

@@ -13,14 +13,14 @@
 
 typedef struct slot {
     unsigned char digest[32];
-    int64_t added_ms;   /* when it was added */
+    int64_t added_ms; /* when it was added */
     bool used;
 } slot;
 
 struct auth_negcache {
-    size_t nsets;       /* a power of two */
+    size_t nsets; /* a power of two */
     int64_t ttl_ms;
-    slot slots[];       /* nsets * AUTH_NEGCACHE_WAYS */
+    slot slots[]; /* nsets * AUTH_NEGCACHE_WAYS */
 };
 
 auth_negcache *auth_negcache_new(size_t entries, int64_t ttl_ms)

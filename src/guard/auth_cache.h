@@ -29,8 +29,8 @@
 #include <stdint.h>
 
 #define AUTH_NEGCACHE_WAYS 4
-#define AUTH_NEGCACHE_ENTRIES 1024   /* the server's size, per worker */
-#define AUTH_NEGCACHE_TTL_MS 5000    /* the server's entry lifetime */
+#define AUTH_NEGCACHE_ENTRIES 1024 /* the server's size, per worker */
+#define AUTH_NEGCACHE_TTL_MS 5000  /* the server's entry lifetime */
 
 typedef struct auth_negcache auth_negcache;
 

@@ -66,8 +66,7 @@ typedef chat_netlist client_addr_trust;
  * errors it shares; "" or NULL is the empty list (no proxy trusted). Free the
  * list with client_addr_trust_free. Any thread.
  */
-chat_rc client_addr_trust_parse(const char *text, client_addr_trust **out, char *err, size_t errlen)
-    CHAT_MUST_CHECK;
+chat_rc client_addr_trust_parse(const char *text, client_addr_trust **out, char *err, size_t errlen) CHAT_MUST_CHECK;
 
 /* Frees a list. Accepts NULL. */
 void client_addr_trust_free(client_addr_trust *t);
@@ -81,9 +80,9 @@ bool client_addr_trusted(const client_addr_trust *t, const char *addr);
 
 /* Where the client's bucket came from. */
 typedef enum {
-    CLIENT_ADDR_PEER = 0,     /* the peer itself (not a trusted proxy, or no forwarded entry) */
-    CLIENT_ADDR_FORWARDED,    /* an X-Forwarded-For entry */
-    CLIENT_ADDR_UNPARSABLE,   /* a malformed entry ended the walk: "unparsable@<hop>" */
+    CLIENT_ADDR_PEER = 0,   /* the peer itself (not a trusted proxy, or no forwarded entry) */
+    CLIENT_ADDR_FORWARDED,  /* an X-Forwarded-For entry */
+    CLIENT_ADDR_UNPARSABLE, /* a malformed entry ended the walk: "unparsable@<hop>" */
 } client_addr_source;
 
 /*

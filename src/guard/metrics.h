@@ -16,19 +16,19 @@ extern metrics_def guard_metric_auth_lookups;   /* chatd_auth_key_lookups_total 
 
 /* chatd_rate_limited_total{kind} */
 typedef enum {
-    METRICS_RL_REQUESTS = 0,    /* request rate ("requests") */
-    METRICS_RL_TOKENS,          /* provider tokens per minute ("tokens") */
-    METRICS_RL_AUTH_FAILURES,   /* failed authentications per client address ("auth_failures") */
+    METRICS_RL_REQUESTS = 0,  /* request rate ("requests") */
+    METRICS_RL_TOKENS,        /* provider tokens per minute ("tokens") */
+    METRICS_RL_AUTH_FAILURES, /* failed authentications per client address ("auth_failures") */
     METRICS_RL_KIND_COUNT
 } metrics_rl_kind;
 
 /* chatd_auth_key_lookups_total{result}: how an API key (AUTH_MODE=keys) was checked */
 typedef enum {
-    METRICS_AUTH_VALID = 0,     /* the store found a valid key ("valid") */
-    METRICS_AUTH_INVALID,       /* the store found no usable key: unknown or revoked ("invalid") */
-    METRICS_AUTH_UNAVAILABLE,   /* the store could not answer ("unavailable") */
-    METRICS_AUTH_CACHED,        /* refused from the cache of recent unknown keys, store not asked ("cached_invalid") */
-    METRICS_AUTH_LIMITED,       /* refused by AUTH_FAILURE_LIMIT, store not asked ("limited") */
+    METRICS_AUTH_VALID = 0,   /* the store found a valid key ("valid") */
+    METRICS_AUTH_INVALID,     /* the store found no usable key: unknown or revoked ("invalid") */
+    METRICS_AUTH_UNAVAILABLE, /* the store could not answer ("unavailable") */
+    METRICS_AUTH_CACHED,      /* refused from the cache of recent unknown keys, store not asked ("cached_invalid") */
+    METRICS_AUTH_LIMITED,     /* refused by AUTH_FAILURE_LIMIT, store not asked ("limited") */
     METRICS_AUTH_RESULT_COUNT
 } metrics_auth_result;
 

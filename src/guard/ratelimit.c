@@ -45,29 +45,29 @@
 #define RESERVE_ATTEMPTS 16
 
 typedef struct bucket {
-    struct bucket *hnext;         /* hash chain */
-    struct bucket *prev, *next;   /* LRU list of the shard, most recent first */
-    size_t heap_idx;              /* position in the shard's heap */
+    struct bucket *hnext;       /* hash chain */
+    struct bucket *prev, *next; /* LRU list of the shard, most recent first */
+    size_t heap_idx;            /* position in the shard's heap */
     uint64_t hash;
     ratelimit_kind kind;
-    int64_t count;                /* limit the level is expressed in */
+    int64_t count; /* limit the level is expressed in */
     int64_t window_ms;
-    int64_t level;                /* units, <= count * window_ms, >= LEVEL_FLOOR */
-    int64_t updated_ms;           /* the time `level` is current at */
-    int64_t full_at_ms;           /* when the bucket is full again (idle from then on) */
-    int64_t used_ms;              /* last call that touched it (LRU order across shards) */
-    char key[];                   /* the stored key */
+    int64_t level;      /* units, <= count * window_ms, >= LEVEL_FLOOR */
+    int64_t updated_ms; /* the time `level` is current at */
+    int64_t full_at_ms; /* when the bucket is full again (idle from then on) */
+    int64_t used_ms;    /* last call that touched it (LRU order across shards) */
+    char key[];         /* the stored key */
 } bucket;
 
 typedef struct shard {
     pthread_mutex_t mu;
-    bucket **table;               /* chains, nslots of them (power of two) */
+    bucket **table; /* chains, nslots of them (power of two) */
     size_t nslots;
-    size_t n;                     /* buckets in this shard (also the heap's size) */
+    size_t n; /* buckets in this shard (also the heap's size) */
     bucket *lru_head, *lru_tail;
-    bucket **heap;                /* min-heap by full_at_ms */
+    bucket **heap; /* min-heap by full_at_ms */
     size_t heap_cap;
-    char pad[64];                 /* keeps neighbouring shards' mutexes off one cache line */
+    char pad[64]; /* keeps neighbouring shards' mutexes off one cache line */
 } shard;
 
 struct ratelimit {
@@ -182,8 +182,8 @@ size_t ratelimit_key_normalise(const char *key, char out[RATELIMIT_KEYBUF])
     }
     uint64_t whole = fnv1a(key, len, 0xcbf29ce484222325ULL);
     memcpy(out, key, RATELIMIT_MAX_KEY);
-    int n = snprintf(out + RATELIMIT_MAX_KEY, RATELIMIT_KEYBUF - RATELIMIT_MAX_KEY, "#%016llx",
-                     (unsigned long long)whole);
+    int n =
+        snprintf(out + RATELIMIT_MAX_KEY, RATELIMIT_KEYBUF - RATELIMIT_MAX_KEY, "#%016llx", (unsigned long long)whole);
     return RATELIMIT_MAX_KEY + (size_t)n;
 }
 
@@ -407,8 +407,8 @@ ratelimit *ratelimit_new(const ratelimit_config *cfg)
 {
     assert(cfg->max_buckets >= 1 && ratelimit_spec_valid(&cfg->requests) && ratelimit_spec_valid(&cfg->tokens));
     ratelimit *rl = chat_xcalloc(1, sizeof *rl);
-    rl->defaults[RATELIMIT_REQUESTS] = ratelimit_spec_valid(&cfg->requests) ? cfg->requests : (ratelimit_spec){0, 0};
-    rl->defaults[RATELIMIT_TOKENS] = ratelimit_spec_valid(&cfg->tokens) ? cfg->tokens : (ratelimit_spec){0, 0};
+    rl->defaults[RATELIMIT_REQUESTS] = ratelimit_spec_valid(&cfg->requests) ? cfg->requests : (ratelimit_spec){ 0, 0 };
+    rl->defaults[RATELIMIT_TOKENS] = ratelimit_spec_valid(&cfg->tokens) ? cfg->tokens : (ratelimit_spec){ 0, 0 };
     rl->max_buckets = cfg->max_buckets ? cfg->max_buckets : 1;
     atomic_init(&rl->count, 0);
     atomic_init(&rl->evict_start, 0);
@@ -467,8 +467,8 @@ typedef enum { OP_CHECK, OP_DEBIT } op_kind;
 
 /* Brings b up to date under spec at now, applies the operation, and
  * records the touch. Caller holds s->mu. */
-static void operate(shard *s, bucket *b, op_kind op, ratelimit_kind kind, const ratelimit_spec *spec,
-                    int64_t amount, int64_t now, ratelimit_result *out)
+static void operate(shard *s, bucket *b, op_kind op, ratelimit_kind kind, const ratelimit_spec *spec, int64_t amount,
+                    int64_t now, ratelimit_result *out)
 {
     change_limit(b, spec, now);
     refill(b, now);
@@ -482,7 +482,7 @@ static void operate(shard *s, bucket *b, op_kind op, ratelimit_kind kind, const 
 /* Answers a check from a full bucket that is not stored. */
 static void check_full(const ratelimit_spec *spec, ratelimit_kind kind, ratelimit_result *out)
 {
-    bucket full = {.count = spec->count, .window_ms = spec->window_ms};
+    bucket full = { .count = spec->count, .window_ms = spec->window_ms };
     full.level = capacity(&full);
     apply_check(&full, kind, out);
 }
@@ -527,8 +527,8 @@ static void run(ratelimit *rl, op_kind op, ratelimit_kind kind, const char *key,
     pthread_mutex_unlock(&s->mu);
 }
 
-void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
-                     int64_t now_ms, ratelimit_result *out)
+void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec, int64_t now_ms,
+                     ratelimit_result *out)
 {
     memset(out, 0, sizeof *out);
     out->allowed = true;
@@ -538,8 +538,8 @@ void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const 
     run(rl, OP_CHECK, kind, key, eff, 0, now_ms, out);
 }
 
-void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
-                     int64_t amount, int64_t now_ms)
+void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec, int64_t amount,
+                     int64_t now_ms)
 {
     const ratelimit_spec *eff = effective(rl, kind, spec);
     if (!eff || amount <= 0)

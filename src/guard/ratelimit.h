@@ -87,15 +87,15 @@ static inline CHAT_MUST_CHECK chat_rc ratelimit_spec_parse(const char *text, rat
 }
 
 typedef enum {
-    RATELIMIT_REQUESTS = 0,   /* one token per request, taken by ratelimit_check */
-    RATELIMIT_TOKENS,         /* provider tokens, taken by ratelimit_debit */
+    RATELIMIT_REQUESTS = 0, /* one token per request, taken by ratelimit_check */
+    RATELIMIT_TOKENS,       /* provider tokens, taken by ratelimit_debit */
     RATELIMIT_KIND_COUNT
 } ratelimit_kind;
 
 typedef struct ratelimit_config {
-    ratelimit_spec requests;  /* default limit of RATELIMIT_REQUESTS buckets (count 0: off) */
-    ratelimit_spec tokens;    /* default limit of RATELIMIT_TOKENS buckets (count 0: off) */
-    size_t max_buckets;       /* bound on buckets of both kinds together, >= 1 */
+    ratelimit_spec requests; /* default limit of RATELIMIT_REQUESTS buckets (count 0: off) */
+    ratelimit_spec tokens;   /* default limit of RATELIMIT_TOKENS buckets (count 0: off) */
+    size_t max_buckets;      /* bound on buckets of both kinds together, >= 1 */
 } ratelimit_config;
 
 typedef struct ratelimit ratelimit;
@@ -110,13 +110,13 @@ void ratelimit_free(ratelimit *rl);
 
 /* What one check decided, and what the response headers need. */
 typedef struct ratelimit_result {
-    bool limited;            /* a limit applies; false when it is off (then allowed is true and
+    bool limited;          /* a limit applies; false when it is off (then allowed is true and
                                 no header is sent) */
-    bool allowed;            /* the request may proceed */
-    int64_t limit;           /* RateLimit-Limit: the limit's count */
-    int64_t remaining;       /* RateLimit-Remaining: whole tokens left after this call, >= 0 */
-    int64_t reset_s;         /* RateLimit-Reset: seconds until the bucket is full again (0 if full) */
-    int64_t retry_after_s;   /* Retry-After when !allowed: seconds until one token is back (>= 1);
+    bool allowed;          /* the request may proceed */
+    int64_t limit;         /* RateLimit-Limit: the limit's count */
+    int64_t remaining;     /* RateLimit-Remaining: whole tokens left after this call, >= 0 */
+    int64_t reset_s;       /* RateLimit-Reset: seconds until the bucket is full again (0 if full) */
+    int64_t retry_after_s; /* Retry-After when !allowed: seconds until one token is back (>= 1);
                                 0 when allowed */
 } ratelimit_result;
 
@@ -128,8 +128,8 @@ typedef struct ratelimit_result {
  * least one token. A key with no bucket counts as full; a RATELIMIT_TOKENS
  * check does not create one. key NULL is the empty key. Any thread.
  */
-void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
-                     int64_t now_ms, ratelimit_result *out);
+void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec, int64_t now_ms,
+                     ratelimit_result *out);
 
 /*
  * Subtracts amount tokens (the turn's actual token count; <= 0 is ignored,
@@ -139,8 +139,8 @@ void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const 
  * fail-open case described in ratelimit.c (no room even after eviction) the
  * debit is dropped. Any thread.
  */
-void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
-                     int64_t amount, int64_t now_ms);
+void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec, int64_t amount,
+                     int64_t now_ms);
 
 /* Number of buckets currently held (<= max_buckets). Any thread. */
 size_t ratelimit_size(const ratelimit *rl);

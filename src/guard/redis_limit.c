@@ -146,21 +146,21 @@ typedef enum { OP_TAKE = 0, OP_TEST = 1, OP_DEBIT = 2 } script_op;
 struct redis_limit_req {
     redis_limit *rl;
     struct redis_limit_req *prev, *next; /* the limiter's list of live requests */
-    struct event timer;       /* deadline while in flight, or the deferred local answer */
-    redis_limit_cb cb;        /* NULL for a debit */
+    struct event timer;                  /* deadline while in flight, or the deferred local answer */
+    redis_limit_cb cb;                   /* NULL for a debit */
     void *ud;
-    const char *reason;       /* why a deferred answer is local (static string); NULL: limit off */
+    const char *reason; /* why a deferred answer is local (static string); NULL: limit off */
     ratelimit_kind kind;
-    ratelimit_spec eff;       /* the limit applied (caller's or default) */
+    ratelimit_spec eff; /* the limit applied (caller's or default) */
     script_op op;
-    int64_t amount;           /* debit only */
-    bool off;                 /* the limit is off: answer "not limited" without Redis */
-    bool in_redis;            /* hiredis holds us as privdata: a reply (maybe NULL) will come */
-    bool done;                /* the callback has run, was cancelled, or never will (debit) */
-    bool resent;              /* EVAL already sent after NOSCRIPT */
-    size_t rkey_len;          /* bytes of rkey */
-    size_t key_off;           /* where the normalised key starts in rkey (for the local limiter) */
-    char rkey[RKEYBUF];       /* "chatd:rl:<kind>:<key>" */
+    int64_t amount;     /* debit only */
+    bool off;           /* the limit is off: answer "not limited" without Redis */
+    bool in_redis;      /* hiredis holds us as privdata: a reply (maybe NULL) will come */
+    bool done;          /* the callback has run, was cancelled, or never will (debit) */
+    bool resent;        /* EVAL already sent after NOSCRIPT */
+    size_t rkey_len;    /* bytes of rkey */
+    size_t key_off;     /* where the normalised key starts in rkey (for the local limiter) */
+    char rkey[RKEYBUF]; /* "chatd:rl:<kind>:<key>" */
 };
 
 /* A running getaddrinfo_a and the storage it writes into (must outlive it). */
@@ -174,23 +174,23 @@ typedef struct resolve {
 struct redis_limit {
     struct event_base *base;
     redis_limit_config cfg;
-    ratelimit *local;             /* borrowed: the fallback */
-    redisAsyncContext *ac;        /* NULL unless CONNECTING or READY */
+    ratelimit *local;      /* borrowed: the fallback */
+    redisAsyncContext *ac; /* NULL unless CONNECTING or READY */
     conn_state state;
-    bool numeric;                 /* cfg.host is an address literal: no resolution */
-    bool degraded;                /* a deadline passed and no reply arrived since */
-    bool outage;                  /* a fallback happened and no Redis answer since (logged) */
-    bool closing;                 /* redis_limit_free is running */
-    struct event conn_ev;         /* reconnect backoff, resolution polling, connect deadline */
-    struct event stall_ev;        /* degraded too long: drop the connection */
-    int64_t backoff_ms;           /* next reconnect delay */
-    uint64_t rng;                 /* jitter */
-    resolve *res;                 /* while RESOLVING */
-    size_t inflight;              /* commands with a reply outstanding */
-    redis_limit_req *reqs;        /* live requests */
+    bool numeric;          /* cfg.host is an address literal: no resolution */
+    bool degraded;         /* a deadline passed and no reply arrived since */
+    bool outage;           /* a fallback happened and no Redis answer since (logged) */
+    bool closing;          /* redis_limit_free is running */
+    struct event conn_ev;  /* reconnect backoff, resolution polling, connect deadline */
+    struct event stall_ev; /* degraded too long: drop the connection */
+    int64_t backoff_ms;    /* next reconnect delay */
+    uint64_t rng;          /* jitter */
+    resolve *res;          /* while RESOLVING */
+    size_t inflight;       /* commands with a reply outstanding */
+    redis_limit_req *reqs; /* live requests */
     redis_limit_stats st;
-    char detail[DETAIL_MAX];      /* the last reason Redis could not be used (for the outage log) */
-    char sha[41];                 /* SHA1 of SCRIPT in hex, for EVALSHA */
+    char detail[DETAIL_MAX]; /* the last reason Redis could not be used (for the outage log) */
+    char sha[41];            /* SHA1 of SCRIPT in hex, for EVALSHA */
 };
 
 /* ---- configuration and URL ------------------------------------------------------ */
@@ -294,12 +294,12 @@ chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *er
         const char *pass = colon ? colon + 1 : p;
         if (colon && !pct_decode(p, (size_t)(colon - p), c->username, sizeof c->username)) {
             chat_set_err(err, errlen, "Redis URL: bad or too long user name (at most %d bytes, %%-encoded)",
-                    REDIS_LIMIT_MAX_USER);
+                         REDIS_LIMIT_MAX_USER);
             goto out;
         }
         if (!pct_decode(pass, (size_t)(at - pass), c->password, sizeof c->password)) {
             chat_set_err(err, errlen, "Redis URL: bad or too long password (at most %d bytes, %%-encoded)",
-                    REDIS_LIMIT_MAX_PASS);
+                         REDIS_LIMIT_MAX_PASS);
             goto out;
         }
         p = at + 1;
@@ -358,7 +358,7 @@ out:
 
 static void add_ms(struct event *ev, int64_t ms)
 {
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
     evtimer_add(ev, &tv);
 }
 
@@ -491,8 +491,7 @@ static redis_limit_req *new_req(redis_limit *rl, ratelimit_kind kind, const char
     else
         req->eff = *s;
 
-    int n = snprintf(req->rkey, sizeof req->rkey, KEY_PREFIX "%s:",
-                     kind == RATELIMIT_REQUESTS ? "requests" : "tokens");
+    int n = snprintf(req->rkey, sizeof req->rkey, KEY_PREFIX "%s:", kind == RATELIMIT_REQUESTS ? "requests" : "tokens");
     req->key_off = (size_t)n;
     /* The same stored form as the local limiter's: bounded, distinct keys stay distinct. */
     req->rkey_len = req->key_off + ratelimit_key_normalise(key, req->rkey + req->key_off);
@@ -593,8 +592,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         } else {
             note_bad_reply(rl, r);
             count_fallback(rl, r ? "error" : "unavailable");
-            ratelimit_debit(rl->local, req->kind, req->rkey + req->key_off, &req->eff, req->amount,
-                            chat_mono_ms());
+            ratelimit_debit(rl->local, req->kind, req->rkey + req->key_off, &req->eff, req->amount, chat_mono_ms());
         }
         maybe_free(req);
         return;
@@ -748,7 +746,7 @@ static void start_connect(redis_limit *rl)
     res->cb.ar_name = res->name;
     res->cb.ar_service = res->service;
     res->cb.ar_request = &res->hints;
-    struct gaicb *list[1] = {&res->cb};
+    struct gaicb *list[1] = { &res->cb };
     int e = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
     if (e != 0) {
         note(rl, "cannot resolve %s: %s", rl->cfg.host, gai_strerror(e));
@@ -796,18 +794,13 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     redis_limit *rl = arg;
     switch (rl->state) {
-    case ST_IDLE:
-        start_connect(rl);
-        break;
-    case ST_RESOLVING:
-        poll_resolve(rl);
-        break;
+    case ST_IDLE: start_connect(rl); break;
+    case ST_RESOLVING: poll_resolve(rl); break;
     case ST_CONNECTING:
         note(rl, "connect to %s:%d timed out after %d ms", rl->cfg.host, rl->cfg.port, rl->cfg.connect_timeout_ms);
         drop_connection(rl);
         break;
-    case ST_READY:
-        break;
+    case ST_READY: break;
     }
 }
 
@@ -835,9 +828,9 @@ redis_limit *redis_limit_new(struct event_base *base, const redis_limit_config *
     rl->cfg = *cfg;
     rl->local = local;
     if (!ratelimit_spec_valid(&rl->cfg.requests))
-        rl->cfg.requests = (ratelimit_spec){0, 0};
+        rl->cfg.requests = (ratelimit_spec){ 0, 0 };
     if (!ratelimit_spec_valid(&rl->cfg.tokens))
-        rl->cfg.tokens = (ratelimit_spec){0, 0};
+        rl->cfg.tokens = (ratelimit_spec){ 0, 0 };
     if (rl->cfg.deadline_ms < 1)
         rl->cfg.deadline_ms = 1;
     if (rl->cfg.connect_timeout_ms < 1)
@@ -888,11 +881,11 @@ void redis_limit_free(redis_limit *rl)
     rl->ac = NULL;
     assert(!rl->reqs);
     if (rl->res) {
-        struct gaicb *list[1] = {&rl->res->cb};
+        struct gaicb *list[1] = { &rl->res->cb };
         int e = gai_cancel(&rl->res->cb);
         if (e == EAI_NOTCANCELED) {
             /* glibc's thread is writing into it: wait for it a little, else leave it to glibc. */
-            struct timespec ts = {1, 0};
+            struct timespec ts = { 1, 0 };
             gai_suspend((const struct gaicb *const *)list, 1, &ts);
             e = gai_error(&rl->res->cb) == EAI_INPROGRESS ? EAI_NOTCANCELED : EAI_ALLDONE;
         }
@@ -904,8 +897,8 @@ void redis_limit_free(redis_limit *rl)
     free(rl);
 }
 
-redis_limit_req *redis_limit_check(redis_limit *rl, ratelimit_kind kind, const char *key,
-                                   const ratelimit_spec *spec, redis_limit_cb cb, void *ud)
+redis_limit_req *redis_limit_check(redis_limit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
+                                   redis_limit_cb cb, void *ud)
 {
     redis_limit_req *req = new_req(rl, kind, key, spec, kind == RATELIMIT_TOKENS ? OP_TEST : OP_TAKE);
     req->cb = cb;

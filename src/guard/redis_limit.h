@@ -84,10 +84,10 @@
 
 struct event_base;
 
-#define REDIS_LIMIT_MAX_HOST 255  /* host name or address bytes */
-#define REDIS_LIMIT_MAX_USER 127  /* ACL user name bytes */
-#define REDIS_LIMIT_MAX_PASS 255  /* password bytes (after %-decoding) */
-#define REDIS_LIMIT_MAX_URL 1024  /* REDIS_URL bytes */
+#define REDIS_LIMIT_MAX_HOST 255 /* host name or address bytes */
+#define REDIS_LIMIT_MAX_USER 127 /* ACL user name bytes */
+#define REDIS_LIMIT_MAX_PASS 255 /* password bytes (after %-decoding) */
+#define REDIS_LIMIT_MAX_URL 1024 /* REDIS_URL bytes */
 
 typedef struct redis_limit_config {
     char host[REDIS_LIMIT_MAX_HOST + 1];     /* name, IPv4 or IPv6 address (no brackets) */
@@ -95,14 +95,14 @@ typedef struct redis_limit_config {
     char username[REDIS_LIMIT_MAX_USER + 1]; /* "" = no ACL user ("AUTH <password>") */
     char password[REDIS_LIMIT_MAX_PASS + 1]; /* "" = no AUTH */
     int db;                                  /* SELECTed when not 0 */
-    ratelimit_spec requests;  /* default RATELIMIT_REQUESTS limit: the same as the local limiter's */
-    ratelimit_spec tokens;    /* default RATELIMIT_TOKENS limit: the same as the local limiter's */
-    int deadline_ms;          /* a check not answered by Redis within this fails open (default 50) */
-    int connect_timeout_ms;   /* name resolution excluded (default 1000) */
-    int stall_ms;             /* drop a connection silent this long after a missed deadline (default 1000) */
-    int backoff_min_ms;       /* first reconnect delay (default 100) */
-    int backoff_max_ms;       /* largest reconnect delay (default 5000) */
-    size_t max_inflight;      /* commands waiting on the connection before falling back (default 1024) */
+    ratelimit_spec requests;                 /* default RATELIMIT_REQUESTS limit: the same as the local limiter's */
+    ratelimit_spec tokens;                   /* default RATELIMIT_TOKENS limit: the same as the local limiter's */
+    int deadline_ms;                         /* a check not answered by Redis within this fails open (default 50) */
+    int connect_timeout_ms;                  /* name resolution excluded (default 1000) */
+    int stall_ms;        /* drop a connection silent this long after a missed deadline (default 1000) */
+    int backoff_min_ms;  /* first reconnect delay (default 100) */
+    int backoff_max_ms;  /* largest reconnect delay (default 5000) */
+    size_t max_inflight; /* commands waiting on the connection before falling back (default 1024) */
 } redis_limit_config;
 
 /* Fills cfg with the defaults above, host "127.0.0.1", no limits (off). */
@@ -117,8 +117,7 @@ void redis_limit_config_init(redis_limit_config *cfg);
  * wrong into err (errlen bytes, may be 0); the line never contains the
  * password. Any thread.
  */
-chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *err, size_t errlen)
-    CHAT_MUST_CHECK;
+chat_rc redis_limit_parse_url(const char *url, redis_limit_config *cfg, char *err, size_t errlen) CHAT_MUST_CHECK;
 
 typedef struct redis_limit redis_limit;
 typedef struct redis_limit_req redis_limit_req;
@@ -154,8 +153,8 @@ typedef void (*redis_limit_cb)(void *ud, const ratelimit_result *res);
  * cancelled first. When the limit is off, res says so (limited false,
  * allowed true) without asking Redis. Never returns NULL.
  */
-redis_limit_req *redis_limit_check(redis_limit *rl, ratelimit_kind kind, const char *key,
-                                   const ratelimit_spec *spec, redis_limit_cb cb, void *ud);
+redis_limit_req *redis_limit_check(redis_limit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec,
+                                   redis_limit_cb cb, void *ud);
 
 /*
  * Cancels a check whose callback has not started: the callback will never
@@ -181,12 +180,12 @@ bool redis_limit_connected(const redis_limit *rl);
 
 /* Counters of one redis_limit, for tests and diagnostics. */
 typedef struct redis_limit_stats {
-    uint64_t redis_answers;  /* checks answered by Redis */
-    uint64_t fallbacks;      /* checks and debits served by the local limiter */
-    uint64_t deadlines;      /* checks whose deadline passed before Redis answered */
-    uint64_t connects;       /* connections established */
+    uint64_t redis_answers;    /* checks answered by Redis */
+    uint64_t fallbacks;        /* checks and debits served by the local limiter */
+    uint64_t deadlines;        /* checks whose deadline passed before Redis answered */
+    uint64_t connects;         /* connections established */
     uint64_t connect_failures; /* attempts that failed: resolution, refused, timed out */
-    uint64_t outages;        /* outages begun (each logged once) */
+    uint64_t outages;          /* outages begun (each logged once) */
 } redis_limit_stats;
 
 void redis_limit_get_stats(const redis_limit *rl, redis_limit_stats *out);

@@ -21,16 +21,16 @@
 
 struct cors_policy {
     bool enabled;
-    bool any;                   /* "*" */
+    bool any; /* "*" */
     bool credentials;
-    char max_age[16];           /* Access-Control-Max-Age value */
+    char max_age[16]; /* Access-Control-Max-Age value */
     size_t n;
     char *origins[CORS_MAX_ORIGINS]; /* normalised */
 };
 
 /* The headers a preflight may ask for, in their canonical spelling. */
-static const char *const allowed_headers[] = {"Content-Type", "Authorization", "X-Request-Id", "Idempotency-Key",
-                                              "X-Session-Id"};
+static const char *const allowed_headers[] = { "Content-Type", "Authorization", "X-Request-Id", "Idempotency-Key",
+                                               "X-Session-Id" };
 #define N_ALLOWED_HEADERS (sizeof allowed_headers / sizeof allowed_headers[0])
 
 static bool is_alpha(char c)
@@ -81,8 +81,7 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
     size_t host_start = i;
     if (i < len && s[i] == '[') {
         out[o++] = s[i++];
-        while (i < len && (is_digit(s[i]) || (lower(s[i]) >= 'a' && lower(s[i]) <= 'f') || s[i] == ':' ||
-                           s[i] == '.'))
+        while (i < len && (is_digit(s[i]) || (lower(s[i]) >= 'a' && lower(s[i]) <= 'f') || s[i] == ':' || s[i] == '.'))
             out[o++] = lower(s[i++]);
         if (i >= len || s[i] != ']' || i == host_start + 1) {
             chat_set_err(why, why_len, "has a malformed IPv6 literal");
@@ -148,8 +147,8 @@ static bool parse_origin(const char *s, size_t len, char *out, char *why, size_t
     return true;
 }
 
-chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max_age_s, cors_policy **out,
-                        char *err, size_t errlen)
+chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max_age_s, cors_policy **out, char *err,
+                        size_t errlen)
 {
     chat_rc rc = CHAT_EINVAL;
     cors_policy *p = chat_xcalloc(1, sizeof *p);
@@ -214,7 +213,7 @@ chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max
     }
     if (p->any && allow_credentials) {
         chat_set_err(err, errlen,
-                "CORS origins \"*\" cannot be combined with credentials: list the allowed origins explicitly");
+                     "CORS origins \"*\" cannot be combined with credentials: list the allowed origins explicitly");
         goto out;
     }
     p->enabled = true;
@@ -264,7 +263,7 @@ static const char *match_origin(const cors_policy *p, const char *origin)
 
 static bool method_allowed(const char *m)
 {
-    static const char *const methods[] = {"GET", "HEAD", "POST", "DELETE"};
+    static const char *const methods[] = { "GET", "HEAD", "POST", "DELETE" };
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (strcmp(m, methods[i]) == 0)
             return true;
@@ -275,7 +274,7 @@ static bool method_allowed(const char *m)
  * canonically spelled, each once, in the order of allowed_headers. */
 static void filter_headers(const char *list, char *buf, size_t buflen)
 {
-    bool want[N_ALLOWED_HEADERS] = {false};
+    bool want[N_ALLOWED_HEADERS] = { false };
     const char *s = list;
     while (*s) {
         while (*s == ' ' || *s == '\t' || *s == ',')
@@ -297,8 +296,8 @@ static void filter_headers(const char *list, char *buf, size_t buflen)
             used += (size_t)snprintf(buf + used, buflen - used, "%s%s", used ? ", " : "", allowed_headers[i]);
 }
 
-cors_verdict cors_evaluate(const cors_policy *p, const char *method, const char *origin,
-                           const char *request_method, const char *request_headers, cors_result *out)
+cors_verdict cors_evaluate(const cors_policy *p, const char *method, const char *origin, const char *request_method,
+                           const char *request_headers, cors_result *out)
 {
     memset(out, 0, sizeof *out);
     out->verdict = CORS_NONE;

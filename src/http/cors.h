@@ -53,13 +53,13 @@
 /* What the server offers to cross-origin callers (values of the preflight answer). */
 #define CORS_ALLOW_METHODS "GET, HEAD, POST, DELETE"
 #define CORS_ALLOW_HEADERS "Content-Type, Authorization, X-Request-Id, Idempotency-Key, X-Session-Id"
-#define CORS_EXPOSE_HEADERS \
+#define CORS_EXPOSE_HEADERS                                                                                   \
     "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Chatd-Overhead-Ms, " \
     "Idempotent-Replayed"
 
-#define CORS_MAX_ORIGINS 64       /* entries in CORS_ORIGINS */
-#define CORS_MAX_ORIGIN_LEN 255   /* bytes of one origin */
-#define CORS_MAX_HEADERS 8        /* headers one result can carry */
+#define CORS_MAX_ORIGINS 64     /* entries in CORS_ORIGINS */
+#define CORS_MAX_ORIGIN_LEN 255 /* bytes of one origin */
+#define CORS_MAX_HEADERS 8      /* headers one result can carry */
 #define CORS_DEFAULT_MAX_AGE_S 600
 
 typedef struct cors_policy cors_policy;
@@ -79,8 +79,8 @@ typedef struct cors_policy cors_policy;
  * naming the bad entry and the rule it breaks in err (errlen bytes, may be 0);
  * "*" with credentials is such an error. Start-up, one thread.
  */
-chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max_age_s, cors_policy **out,
-                        char *err, size_t errlen) CHAT_MUST_CHECK;
+chat_rc cors_policy_new(const char *origins, bool allow_credentials, int64_t max_age_s, cors_policy **out, char *err,
+                        size_t errlen) CHAT_MUST_CHECK;
 
 /* Frees a policy. Accepts NULL. */
 void cors_policy_free(cors_policy *p);
@@ -89,14 +89,14 @@ void cors_policy_free(cors_policy *p);
 bool cors_enabled(const cors_policy *p);
 
 typedef enum {
-    CORS_NONE = 0,   /* not a CORS request (or CORS disabled): proceed; still add headers[] (Vary) */
-    CORS_ALLOWED,    /* a CORS request from an allowed origin */
-    CORS_DENIED,     /* a CORS request this policy refuses */
+    CORS_NONE = 0, /* not a CORS request (or CORS disabled): proceed; still add headers[] (Vary) */
+    CORS_ALLOWED,  /* a CORS request from an allowed origin */
+    CORS_DENIED,   /* a CORS request this policy refuses */
 } cors_verdict;
 
 typedef struct cors_header {
-    const char *name;    /* static */
-    const char *value;   /* static, owned by the policy, or in the result's buf */
+    const char *name;  /* static */
+    const char *value; /* static, owned by the policy, or in the result's buf */
 } cors_header;
 
 /*
@@ -106,11 +106,11 @@ typedef struct cors_header {
  */
 typedef struct cors_result {
     cors_verdict verdict;
-    bool preflight;             /* answer now with preflight_status and an empty body */
-    int preflight_status;       /* 204 (allowed) or 403 (denied); 0 when not a preflight */
+    bool preflight;       /* answer now with preflight_status and an empty body */
+    int preflight_status; /* 204 (allowed) or 403 (denied); 0 when not a preflight */
     size_t n;
     cors_header headers[CORS_MAX_HEADERS];
-    char buf[128];              /* backing store of the Access-Control-Allow-Headers value */
+    char buf[128]; /* backing store of the Access-Control-Allow-Headers value */
 } cors_result;
 
 /*
@@ -119,7 +119,7 @@ typedef struct cors_result {
  * request headers (each NULL when absent). Fills *out and returns its verdict.
  * Never fails. Any thread.
  */
-cors_verdict cors_evaluate(const cors_policy *p, const char *method, const char *origin,
-                           const char *request_method, const char *request_headers, cors_result *out);
+cors_verdict cors_evaluate(const cors_policy *p, const char *method, const char *origin, const char *request_method,
+                           const char *request_headers, cors_result *out);
 
 #endif

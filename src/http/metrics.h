@@ -12,10 +12,10 @@
 
 #include "core/metrics.h"
 
-extern metrics_def http_metric_requests;             /* chatd_http_requests_total */
-extern metrics_def http_metric_duration;             /* chatd_http_request_duration_seconds */
-extern metrics_def http_metric_connections_open;     /* chatd_connections_open */
-extern metrics_def http_metric_connections_refused;  /* chatd_connections_refused_total */
+extern metrics_def http_metric_requests;            /* chatd_http_requests_total */
+extern metrics_def http_metric_duration;            /* chatd_http_request_duration_seconds */
+extern metrics_def http_metric_connections_open;    /* chatd_connections_open */
+extern metrics_def http_metric_connections_refused; /* chatd_connections_refused_total */
 
 /*
  * One finished HTTP request: chatd_http_requests_total{route,method,status} += 1

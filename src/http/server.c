@@ -68,20 +68,20 @@
  */
 typedef struct conn_track {
     struct conn_track *next;
-    struct bufferevent *bev;    /* referenced */
-    struct http_req *req;       /* the request being served on it, or NULL */
-    int64_t waiting_since;      /* monotonic ms when it started waiting for a head */
-    bool served;                /* at least one request was dispatched (TCP_NODELAY is set then) */
-    bool cut;                   /* the deadline passed and the socket was shut down */
-    bool refuse_pending;        /* refused past the cap, the 503 not yet written (linked in refusing) */
+    struct bufferevent *bev;        /* referenced */
+    struct http_req *req;           /* the request being served on it, or NULL */
+    int64_t waiting_since;          /* monotonic ms when it started waiting for a head */
+    bool served;                    /* at least one request was dispatched (TCP_NODELAY is set then) */
+    bool cut;                       /* the deadline passed and the socket was shut down */
+    bool refuse_pending;            /* refused past the cap, the 503 not yet written (linked in refusing) */
     struct conn_track *refuse_next; /* next in the server's refusing list */
-    atomic_int *count;          /* the shared open-connection count it was added to, or NULL */
+    atomic_int *count;              /* the shared open-connection count it was added to, or NULL */
     /* The raw check of a request head (head_scan): evhttp joins folded header
      * lines and cuts values at a NUL, so both are only visible in the bytes. */
-    bool scan_head;             /* the bytes arriving now belong to a request head */
-    bool head_first_line;       /* still before the end of the request line */
-    size_t head_line_len;       /* bytes of the current line so far (CR not counted) */
-    const char *head_error;     /* what the check found (static text): 400 at dispatch */
+    bool scan_head;         /* the bytes arriving now belong to a request head */
+    bool head_first_line;   /* still before the end of the request line */
+    size_t head_line_len;   /* bytes of the current line so far (CR not counted) */
+    const char *head_error; /* what the check found (static text): 400 at dispatch */
 } conn_track;
 
 /* Pause of the listener after a failed accept() (EMFILE and the like). */
@@ -99,11 +99,11 @@ struct http_server {
     int active;
     conn_track *tracks;
     struct event *sweep;
-    conn_track *refusing;       /* connections refused past the cap, their 503 still to write */
-    struct event *refuse_ev;    /* activated to write them */
-    struct event *accept_resume;/* re-enables the listener after ACCEPT_BACKOFF_MS */
-    int64_t accept_logged_at;   /* monotonic ms of the last accept-failure log line */
-    int64_t accept_failures;    /* failed accept() calls since that line */
+    conn_track *refusing;            /* connections refused past the cap, their 503 still to write */
+    struct event *refuse_ev;         /* activated to write them */
+    struct event *accept_resume;     /* re-enables the listener after ACCEPT_BACKOFF_MS */
+    int64_t accept_logged_at;        /* monotonic ms of the last accept-failure log line */
+    int64_t accept_failures;         /* failed accept() calls since that line */
     struct http_server *thread_next; /* next server of this loop thread (see thread_servers) */
 };
 
@@ -122,10 +122,10 @@ struct http_req {
     bool streaming;                  /* a chunked reply was started */
     bool ended;                      /* the terminal call was made or the client went away */
     bool client_gone;
-    bool want_drain;                 /* a write reported "full": call on_drain when the queue empties */
+    bool want_drain; /* a write reported "full": call on_drain when the queue empties */
     int status;
     http_method method;
-    char id[132];                    /* ours, or the client's X-Request-Id (<= 128 chars) */
+    char id[132]; /* ours, or the client's X-Request-Id (<= 128 chars) */
     char *path;
     char *body;
     size_t body_len;
@@ -133,12 +133,12 @@ struct http_req {
     bool query_parsed;
     char peer[64];
     int64_t start_mono;
-    int64_t start_us;                /* the same instant in microseconds, for the latency histogram */
+    int64_t start_us; /* the same instant in microseconds, for the latency histogram */
     json_t *log_fields;
-    const char *route;               /* matched pattern, for metrics */
-    void *data;                      /* the handler layer's (see http_req_set_data) */
+    const char *route; /* matched pattern, for metrics */
+    void *data;        /* the handler layer's (see http_req_set_data) */
     void (*data_free)(void *);
-    int64_t provider_ms;             /* time spent waiting on the provider */
+    int64_t provider_ms; /* time spent waiting on the provider */
     void (*on_close)(void *ud);
     void *on_close_ud;
     void (*on_drain)(void *ud);
@@ -152,7 +152,7 @@ static void req_maybe_free(http_req *r);
 
 int http_listen(const char *host, int port, int *bound_port, char *err, size_t errlen)
 {
-    struct addrinfo hints = {0}, *res = NULL;
+    struct addrinfo hints = { 0 }, *res = NULL;
     char portstr[16];
     int fd = -1, one = 1;
 
@@ -289,7 +289,7 @@ static void access_log(http_req *r)
     metrics_http_request(r->route, http_req_method_name(r), r->status, (double)elapsed_us / 1e6);
     json_object_set_new(f, "peer", json_string(r->peer));
     /* Every line has the same keys; fields that do not apply are null. */
-    static const char *const optional[] = {"session", "provider_ms", "tokens"};
+    static const char *const optional[] = { "session", "provider_ms", "tokens" };
     for (size_t i = 0; i < sizeof optional / sizeof optional[0]; i++)
         if (!json_object_get(f, optional[i]))
             json_object_set_new(f, optional[i], json_null());
@@ -468,8 +468,9 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     if (bad) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         http_req_log_set(r, "error", json_string(bad));
-        http_reply_json(r, 400, json_pack("{s:{s:s,s:s,s:s}}", "error", "type", "invalid_request_error", "message",
-                                          bad, "request_id", r->id));
+        http_reply_json(r, 400,
+                        json_pack("{s:{s:s,s:s,s:s}}", "error", "type", "invalid_request_error", "message", bad,
+                                  "request_id", r->id));
     } else
         srv->dispatch(r, srv->ctx);
     http_req_release(r);
@@ -477,11 +478,26 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
 
 /* ---- accessors ---- */
 
-http_method http_req_method(const http_req *r) { return r->method; }
-const char *http_req_path(const http_req *r) { return r->path; }
-const char *http_req_id(const http_req *r) { return r->id; }
-const char *http_req_peer(const http_req *r) { return r->peer; }
-bool http_req_body_too_large(const http_req *r) { return r->body_len > r->srv->lim.max_body_bytes; }
+http_method http_req_method(const http_req *r)
+{
+    return r->method;
+}
+const char *http_req_path(const http_req *r)
+{
+    return r->path;
+}
+const char *http_req_id(const http_req *r)
+{
+    return r->id;
+}
+const char *http_req_peer(const http_req *r)
+{
+    return r->peer;
+}
+bool http_req_body_too_large(const http_req *r)
+{
+    return r->body_len > r->srv->lim.max_body_bytes;
+}
 
 const char *http_req_query(http_req *r, const char *name)
 {
@@ -644,9 +660,10 @@ void http_reply_json(http_req *r, int status, json_t *body)
     json_decref(body);
     if (!text) {
         /* A body that could not be built (a bug: e.g. invalid UTF-8 in a string). */
-        chat_log(LOG_ERROR, "cannot encode a JSON response", json_pack("{s:s,s:i}", "request_id", r->id,
-                                                                        "status", status));
-        static const char fallback[] = "{\"error\":{\"type\":\"internal_error\",\"message\":\"response encoding failed\"}}";
+        chat_log(LOG_ERROR, "cannot encode a JSON response",
+                 json_pack("{s:s,s:i}", "request_id", r->id, "status", status));
+        static const char fallback[] =
+            "{\"error\":{\"type\":\"internal_error\",\"message\":\"response encoding failed\"}}";
         http_reply(r, 500, "application/json", fallback, sizeof fallback - 1);
         return;
     }
@@ -678,8 +695,8 @@ void http_stream_start(http_req *r, int status, const char *content_type)
      * after the response. */
     struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
     if (bev) {
-        struct timeval wt = {.tv_sec = r->srv->lim.idle_timeout_ms / 1000,
-                             .tv_usec = (r->srv->lim.idle_timeout_ms % 1000) * 1000};
+        struct timeval wt = { .tv_sec = r->srv->lim.idle_timeout_ms / 1000,
+                              .tv_usec = (r->srv->lim.idle_timeout_ms % 1000) * 1000 };
         bufferevent_set_timeouts(bev, NULL, &wt);
     }
 }
@@ -875,13 +892,14 @@ static void release_closed(http_server *srv)
 
 /* The answer to a connection past MAX_CONNECTIONS: fixed, so that refusing
  * costs no allocation and no parsing. */
-static const char refusal[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                              "Content-Type: application/json\r\n"
-                              "Content-Length: 95\r\n"
-                              "Retry-After: 1\r\n"
-                              "Connection: close\r\n"
-                              "\r\n"
-                              "{\"error\":{\"type\":\"too_many_connections\",\"message\":\"too many open connections, retry shortly\"}}\n";
+static const char refusal[] =
+    "HTTP/1.1 503 Service Unavailable\r\n"
+    "Content-Type: application/json\r\n"
+    "Content-Length: 95\r\n"
+    "Retry-After: 1\r\n"
+    "Connection: close\r\n"
+    "\r\n"
+    "{\"error\":{\"type\":\"too_many_connections\",\"message\":\"too many open connections, retry shortly\"}}\n";
 
 /* Writes the 503 to every refused connection and shuts its socket down. The
  * socket is fresh, its send buffer empty: the short write does not block. */
@@ -958,7 +976,7 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
     if (!s)
         return;
     evconnlistener_disable(lev);
-    struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+    struct timeval tv = { 0, ACCEPT_BACKOFF_MS * 1000 };
     event_add(s->accept_resume, &tv);
     s->accept_failures++;
     int64_t now = chat_mono_ms();
@@ -973,8 +991,8 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
 
 /* ---- server ---- */
 
-http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
-                             http_dispatch_fn dispatch, void *ctx)
+http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim, http_dispatch_fn dispatch,
+                             void *ctx)
 {
     http_server *s = chat_xcalloc(1, sizeof *s);
     s->base = base;
@@ -989,19 +1007,17 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
      * higher limit than ours so that the usual case (a body somewhat too large)
      * reaches the handlers, which answer 413 in the API's JSON shape; evhttp's
      * own 413 remains the hard memory bound. */
-    size_t hard = lim->max_body_bytes * 2 > lim->max_body_bytes + 65536 ? lim->max_body_bytes * 2
-                                                                         : lim->max_body_bytes + 65536;
+    size_t hard =
+        lim->max_body_bytes * 2 > lim->max_body_bytes + 65536 ? lim->max_body_bytes * 2 : lim->max_body_bytes + 65536;
     evhttp_set_max_body_size(s->http, (ev_ssize_t)hard);
-    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    struct timeval tv = {.tv_sec = lim->idle_timeout_ms / 1000,
-                         .tv_usec = (lim->idle_timeout_ms % 1000) * 1000};
+    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    struct timeval tv = { .tv_sec = lim->idle_timeout_ms / 1000, .tv_usec = (lim->idle_timeout_ms % 1000) * 1000 };
     evhttp_set_timeout_tv(s->http, &tv);
     evhttp_set_gencb(s->http, dispatch_cb, s);
     evhttp_set_bevcb(s->http, on_new_bev, s);
     s->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, s);
-    struct timeval sweep_tv = {0, 250 * 1000};
+    struct timeval sweep_tv = { 0, 250 * 1000 };
     event_add(s->sweep, &sweep_tv);
     s->refuse_ev = event_new(base, -1, 0, refuse_cb, s);
     s->accept_resume = event_new(base, -1, 0, accept_resume_cb, s);

@@ -50,10 +50,10 @@ typedef enum {
 
 typedef struct http_limits {
     size_t max_header_bytes;
-    size_t max_body_bytes;       /* larger bodies: http_req_body_too_large() is true (evhttp itself cuts at 2x) */
+    size_t max_body_bytes; /* larger bodies: http_req_body_too_large() is true (evhttp itself cuts at 2x) */
     int64_t idle_timeout_ms;
     int64_t header_timeout_ms;
-    size_t stream_buffer_bytes;  /* client output queue above which http_stream_write reports "full" */
+    size_t stream_buffer_bytes; /* client output queue above which http_stream_write reports "full" */
     /* The connection cap, shared by every server of the process: *open_connections
      * (owned by the caller, outliving the servers; NULL: no count, no cap) counts
      * the client sockets open across them, and a connection accepted while it
@@ -77,8 +77,8 @@ typedef void (*http_dispatch_fn)(http_req *r, void *ctx);
  * again at once, which would spin a CPU for as long as the shortage lasts; the
  * pending connections wait in the kernel's backlog meanwhile.
  */
-http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim,
-                             http_dispatch_fn dispatch, void *ctx);
+http_server *http_server_new(struct event_base *base, int fd, const http_limits *lim, http_dispatch_fn dispatch,
+                             void *ctx);
 
 /* Stops accepting new connections (closes the listener); open connections go on. */
 void http_server_stop_accepting(http_server *s);

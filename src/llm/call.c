@@ -71,17 +71,17 @@ typedef enum { RETRY_HINT_ABSENT = 0, RETRY_HINT_YES, RETRY_HINT_NO } retry_hint
 
 /* What one attempt received. Reset before each attempt. */
 typedef struct attempt {
-    int status;               /* HTTP status of the last response head seen, 0 before any */
-    bool got_byte;            /* any response byte (header or body) arrived */
-    char *content_type;       /* heap copies of captured headers, NULL if absent */
+    int status;         /* HTTP status of the last response head seen, 0 before any */
+    bool got_byte;      /* any response byte (header or body) arrived */
+    char *content_type; /* heap copies of captured headers, NULL if absent */
     char *request_id;
     char *retry_after_ms;
     char *retry_after;
-    retry_hint should_retry;  /* x-should-retry: "true", "false", or absent (or any other value) */
-    body_mode mode;           /* chosen at the first body byte */
-    chat_buf body;            /* buffered JSON or error body (MODE_JSON / MODE_ERROR), max_response_bytes */
-    sse_parser *sse;          /* MODE_SSE */
-    size_t skip;              /* bytes at the head of the next deliveries already parsed (pause) */
+    retry_hint should_retry; /* x-should-retry: "true", "false", or absent (or any other value) */
+    body_mode mode;          /* chosen at the first body byte */
+    chat_buf body;           /* buffered JSON or error body (MODE_JSON / MODE_ERROR), max_response_bytes */
+    sse_parser *sse;         /* MODE_SSE */
+    size_t skip;             /* bytes at the head of the next deliveries already parsed (pause) */
 } attempt;
 
 /* The outcome of an attempt or of the call. Strings are heap. */
@@ -89,7 +89,7 @@ typedef struct outcome {
     llm_status status;
     char *type;
     char *message;
-    char *code;               /* the provider's error code, NULL if none */
+    char *code; /* the provider's error code, NULL if none */
     bool retryable;
 } outcome;
 
@@ -578,7 +578,7 @@ static void arm_deadline(llm_call *c)
     int64_t d = next - now;
     if (d < 0)
         d = 0;
-    struct timeval tv = {.tv_sec = (time_t)(d / 1000), .tv_usec = (suseconds_t)((d % 1000) * 1000)};
+    struct timeval tv = { .tv_sec = (time_t)(d / 1000), .tv_usec = (suseconds_t)((d % 1000) * 1000) };
     evtimer_add(c->deadline_ev, &tv);
 }
 
@@ -590,10 +590,9 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     llm_call *c = arg;
     int64_t now = chat_mono_ms();
-    outcome o = {0};
+    outcome o = { 0 };
 
-    if (c->in_multi && (c->ps.complete || c->ps.finished) && c->ps.err == LLM_OK && !c->paused &&
-        !c->curl_paused) {
+    if (c->in_multi && (c->ps.complete || c->ps.finished) && c->ps.err == LLM_OK && !c->paused && !c->curl_paused) {
         /* The end event (or, for OpenAI, the finish_reason) arrived but the
          * server keeps the response open: the reply text is complete, so a
          * deadline here is not a failure (usage may be missing: -1). */
@@ -606,8 +605,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
         outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", true,
                     "first-byte deadline passed: no complete reply within first_byte_timeout_ms=%lld ms",
                     (long long)c->p->first_byte_timeout_ms);
-    } else if (c->in_multi && c->stream && !c->a.got_byte &&
-               now >= c->attempt_start_ms + c->p->first_byte_timeout_ms) {
+    } else if (c->in_multi && c->stream && !c->a.got_byte && now >= c->attempt_start_ms + c->p->first_byte_timeout_ms) {
         outcome_set(&o, LLM_ERR_TIMEOUT, "timeout", true,
                     "first-byte deadline passed: no response within first_byte_timeout_ms=%lld ms",
                     (long long)c->p->first_byte_timeout_ms);
@@ -718,8 +716,7 @@ static int emit_text(void *ud, const char *s, size_t n)
         return 0;
     size_t max = c->p->max_response_bytes;
     if (chat_buf_append(&c->text, s, n) != CHAT_OK) {
-        llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
-                       "reply text exceeds max_response_bytes=%zu", max);
+        llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error", "reply text exceeds max_response_bytes=%zu", max);
         return 1;
     }
     if (!c->stream || !c->cbs.on_delta)
@@ -790,8 +787,8 @@ static void choose_mode(llm_call *c)
         return;
     }
     if (a->content_type && !ctype_is_json(a->content_type)) {
-        llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
-                       "expected application/json, got content-type %s", a->content_type);
+        llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error", "expected application/json, got content-type %s",
+                       a->content_type);
         return;
     }
     a->mode = MODE_JSON;
@@ -847,8 +844,8 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
     }
     case MODE_JSON:
         if (chat_buf_append(&a->body, p, n) != CHAT_OK) {
-            llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error",
-                           "response body exceeds max_response_bytes=%zu", c->p->max_response_bytes);
+            llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error", "response body exceeds max_response_bytes=%zu",
+                           c->p->max_response_bytes);
             ret = 0;
         }
         break;
@@ -860,8 +857,7 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
             chat_fatal("llm: an error body outgrew its own cap");
         break;
     }
-    case MODE_NONE:
-        break;
+    case MODE_NONE: break;
     }
     c->depth--;
     return ret;
@@ -879,10 +875,8 @@ static bool is_connect_error(CURLcode rc)
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CACERT_BADFILE:
-        return true;
-    default:
-        return false;
+    case CURLE_SSL_CACERT_BADFILE: return true;
+    default: return false;
     }
 }
 
@@ -904,16 +898,15 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
         /* Found by the parser: an in-stream error event or a stream that ended
          * early may be retried while nothing was delivered; a malformed or
          * oversized reply may not. */
-        outcome_set(o, c->ps.err, c->ps.err_type, c->ps.err == LLM_ERR_STREAM || c->ps.err == LLM_ERR_TRUNCATED,
-                    "%s", c->ps.err_message);
+        outcome_set(o, c->ps.err, c->ps.err_type, c->ps.err == LLM_ERR_STREAM || c->ps.err == LLM_ERR_TRUNCATED, "%s",
+                    c->ps.err_message);
         outcome_code(o, c->ps.err_code);
         return;
     }
     bool ok2xx = a->status >= 200 && a->status <= 299;
     if (a->status == 0 || (rc != CURLE_OK && !a->got_byte)) {
         if (rc == CURLE_OPERATION_TIMEDOUT)
-            outcome_set(o, LLM_ERR_TIMEOUT, "timeout", true,
-                        "connect deadline passed: connect_timeout_ms=%lld ms (%s)",
+            outcome_set(o, LLM_ERR_TIMEOUT, "timeout", true, "connect deadline passed: connect_timeout_ms=%lld ms (%s)",
                         (long long)c->p->connect_timeout_ms, curl_detail(c, rc));
         else if (is_connect_error(rc) || !a->got_byte)
             outcome_set(o, LLM_ERR_CONNECT, "connection_error", true, "cannot reach the provider: %s",
@@ -924,7 +917,7 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
         return;
     }
     if (!ok2xx) {
-        llm_error_info e = {0};
+        llm_error_info e = { 0 };
         c->ops->parse_error(a->status, chat_buf_str(&a->body), a->body.len, &e);
         bool retry = a->status == 408 || a->status == 409 || a->status == 429 || a->status >= 500;
         if (a->should_retry == RETRY_HINT_YES)
@@ -954,8 +947,8 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
                             "the connection failed before the end of the stream (no %s): %s", c->ops->end_marker,
                             curl_detail(c, rc));
             } else {
-                outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
-                            "the stream ended without its end event (%s)", c->ops->end_marker);
+                outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true, "the stream ended without its end event (%s)",
+                            c->ops->end_marker);
             }
             return;
         }
@@ -964,22 +957,21 @@ static void classify(llm_call *c, CURLcode rc, outcome *o)
         return;
     case MODE_JSON:
         if (rc != CURLE_OK) {
-            outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true,
-                        "the connection failed while reading the response: %s", curl_detail(c, rc));
+            outcome_set(o, LLM_ERR_TRUNCATED, "truncated", true, "the connection failed while reading the response: %s",
+                        curl_detail(c, rc));
             return;
         }
         if (c->ops->parse_json_body(&c->ps, chat_buf_str(&a->body), a->body.len) != LLM_OK) {
             /* An error object sent with a 200 is the provider's error, as in a stream. */
-            outcome_set(o, c->ps.err ? c->ps.err : LLM_ERR_PROTOCOL,
-                        c->ps.err_type ? c->ps.err_type : "protocol_error", c->ps.err == LLM_ERR_STREAM, "%s",
+            outcome_set(o, c->ps.err ? c->ps.err : LLM_ERR_PROTOCOL, c->ps.err_type ? c->ps.err_type : "protocol_error",
+                        c->ps.err == LLM_ERR_STREAM, "%s",
                         c->ps.err_message ? c->ps.err_message : "unparsable response");
             outcome_code(o, c->ps.err_code);
             return;
         }
         outcome_set(o, LLM_OK, "", false, "%s", "");
         return;
-    case MODE_ERROR:
-        break;
+    case MODE_ERROR: break;
     }
     outcome_set(o, LLM_ERR_PROTOCOL, "protocol_error", false, "unexpected response state");
 }
@@ -1000,8 +992,7 @@ static bool start_attempt(llm_call *c);
 /* After an attempt ended (transfer detached): retry, or deliver the outcome. */
 static void handle_outcome(llm_call *c, outcome *o)
 {
-    if (o->status == LLM_OK || !o->retryable || c->delivered || c->attempts > c->p->max_retries ||
-        c->cancelled) {
+    if (o->status == LLM_OK || !o->retryable || c->delivered || c->attempts > c->p->max_retries || c->cancelled) {
         finish(c, o);
         return;
     }
@@ -1033,7 +1024,7 @@ static void handle_outcome(llm_call *c, outcome *o)
     chat_buf_clear(&c->pending);
     c->paused = false;
     llm_parse_reset(&c->ps);
-    struct timeval tv = {.tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)((wait % 1000) * 1000)};
+    struct timeval tv = { .tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)((wait % 1000) * 1000) };
     evtimer_add(c->retry_ev, &tv);
 }
 
@@ -1056,7 +1047,7 @@ static bool start_attempt(llm_call *c)
     c->paused = c->curl_paused = c->done_while_paused = false;
     CURLMcode mc = curl_multi_add_handle(llm__transport_multi(c->t), c->easy);
     if (mc != CURLM_OK) {
-        outcome o = {0};
+        outcome o = { 0 };
         outcome_set(&o, LLM_ERR_CONNECT, "connection_error", false, "cannot start the transfer: %s",
                     curl_multi_strerror(mc));
         finish(c, &o);
@@ -1082,7 +1073,7 @@ void llm__call_transfer_done(llm_call *c, CURLcode rc)
         arm_deadline(c);
         return;
     }
-    outcome o = {0};
+    outcome o = { 0 };
     classify(c, rc, &o);
     handle_outcome(c, &o);
 }
@@ -1114,7 +1105,7 @@ static void do_resume(llm_call *c)
     }
     if (c->done_while_paused) {
         c->done_while_paused = false;
-        outcome o = {0};
+        outcome o = { 0 };
         classify(c, c->done_rc, &o);
         handle_outcome(c, &o);
         return;
@@ -1130,7 +1121,7 @@ static void do_resume(llm_call *c)
         }
         if (rc != CURLE_OK) {
             detach(c);
-            outcome o = {0};
+            outcome o = { 0 };
             classify(c, rc, &o);
             handle_outcome(c, &o);
             return;
@@ -1171,14 +1162,13 @@ static bool provider_ok(const llm_provider *p)
 {
     /* An OpenAI-compatible server may need no key (provider.h); Anthropic always does. */
     return p && p->base_url && *p->base_url && (p->api_key || p->kind == LLM_PROVIDER_OPENAI) &&
-           p->connect_timeout_ms > 0 &&
-           p->first_byte_timeout_ms > 0 && p->idle_timeout_ms > 0 && p->total_timeout_ms > 0 &&
-           p->max_retries >= 0 && p->retry_base_ms >= 0 && p->retry_max_wait_ms >= 0 &&
+           p->connect_timeout_ms > 0 && p->first_byte_timeout_ms > 0 && p->idle_timeout_ms > 0 &&
+           p->total_timeout_ms > 0 && p->max_retries >= 0 && p->retry_base_ms >= 0 && p->retry_max_wait_ms >= 0 &&
            p->max_response_bytes > 0;
 }
 
-chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req,
-                       const llm_callbacks *cbs, void *ud, llm_call **out)
+chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req, const llm_callbacks *cbs,
+                       void *ud, llm_call **out)
 {
     chat_rc rc = CHAT_EINVAL;
     char *body = NULL, *url = NULL;

@@ -38,11 +38,11 @@
 typedef int (*llm_emit_fn)(void *ud, const char *text, size_t len);
 
 typedef struct llm_parse {
-    llm_emit_fn emit;       /* where reply text goes (set by the owner, never NULL) */
-    void *emit_ud;          /* passed to emit unchanged */
-    llm_usage usage;        /* latest values reported; -1 = not reported */
-    char *model;            /* heap, model id reported by the provider, or NULL */
-    char *stop_reason;      /* heap, last non-null stop reason seen, or NULL */
+    llm_emit_fn emit;  /* where reply text goes (set by the owner, never NULL) */
+    void *emit_ud;     /* passed to emit unchanged */
+    llm_usage usage;   /* latest values reported; -1 = not reported */
+    char *model;       /* heap, model id reported by the provider, or NULL */
+    char *stop_reason; /* heap, last non-null stop reason seen, or NULL */
     /* The stream's end marker was seen after a complete reply (Anthropic:
      * message_stop; OpenAI: [DONE] after a finish_reason): whatever happens to
      * the transfer afterwards (reset, a server that keeps it open), the call succeeded. */
@@ -52,12 +52,12 @@ typedef struct llm_parse {
      * transfer ends now, however it ends (clean close as Ollama does, reset,
      * idle deadline), the call succeeds with the usage seen so far (-1 if none). */
     bool finished;
-    int64_t block_index;    /* provider scratch: index of the content block being streamed, -1 = none */
-    bool block_is_text;     /* provider scratch: that block is a text block */
-    llm_status err;         /* LLM_OK, or the failure the parser found */
-    char *err_type;         /* heap, with err: error type (provider's, or ours) */
-    char *err_message;      /* heap, with err: human-readable message */
-    char *err_code;         /* heap, with err: the provider's error code if it gave one, else NULL */
+    int64_t block_index; /* provider scratch: index of the content block being streamed, -1 = none */
+    bool block_is_text;  /* provider scratch: that block is a text block */
+    llm_status err;      /* LLM_OK, or the failure the parser found */
+    char *err_type;      /* heap, with err: error type (provider's, or ours) */
+    char *err_message;   /* heap, with err: human-readable message */
+    char *err_code;      /* heap, with err: the provider's error code if it gave one, else NULL */
 } llm_parse;
 
 /* Zeroes st, sets usage to -1 and the emit sink. */
@@ -75,10 +75,10 @@ void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const ch
 
 /* What an error response said. Strings are heap (free with llm_error_info_free). */
 typedef struct llm_error_info {
-    char *type;             /* error.type, or derived from the HTTP status; never NULL after parse */
-    char *message;          /* error.message, or a sanitized excerpt; never NULL after parse */
-    char *code;             /* the provider's error code (string, or integer as text), NULL if none */
-    bool no_retry;          /* the body says retrying is pointless (e.g. a spend limit reached) */
+    char *type;    /* error.type, or derived from the HTTP status; never NULL after parse */
+    char *message; /* error.message, or a sanitized excerpt; never NULL after parse */
+    char *code;    /* the provider's error code (string, or integer as text), NULL if none */
+    bool no_retry; /* the body says retrying is pointless (e.g. a spend limit reached) */
 } llm_error_info;
 
 void llm_error_info_free(llm_error_info *e);

@@ -134,8 +134,7 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     char *out = NULL;
     json_t *root = NULL, *msgs = NULL;
     const char *field = max_tokens_field(p);
-    if (!field || !req->model || !*req->model || req->max_tokens <= 0 || req->n_messages == 0 ||
-        !req->messages)
+    if (!field || !req->model || !*req->model || req->max_tokens <= 0 || req->n_messages == 0 || !req->messages)
         goto out;
     root = json_object();
     msgs = json_array();
@@ -298,8 +297,7 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
         return 0; /* chunks are data-only; an event type we do not know is skipped */
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         if (!st->finished) {
-            llm_parse_fail(st, LLM_ERR_TRUNCATED, "truncated",
-                           "the stream ended ([DONE]) without a finish_reason");
+            llm_parse_fail(st, LLM_ERR_TRUNCATED, "truncated", "the stream ended ([DONE]) without a finish_reason");
             return 1;
         }
         st->complete = true;
@@ -405,9 +403,10 @@ static void parse_error(int http_status, const char *body, size_t len, llm_error
         if (!msg)
             msg = detail_message(json_object_get(j, "detail"));
     }
-    out->type = type && *type ? llm_strndup_utf8(type, FIELD_MAX) : chat_xstrdup(llm_error_type_for_status(http_status));
-    if (http_status == 429 && (strcmp(out->type, "insufficient_quota") == 0 ||
-                               (out->code && strcmp(out->code, "insufficient_quota") == 0)))
+    out->type =
+        type && *type ? llm_strndup_utf8(type, FIELD_MAX) : chat_xstrdup(llm_error_type_for_status(http_status));
+    if (http_status == 429 &&
+        (strcmp(out->type, "insufficient_quota") == 0 || (out->code && strcmp(out->code, "insufficient_quota") == 0)))
         out->no_retry = true;
     if (msg) {
         out->message = msg;

@@ -30,7 +30,7 @@
 
 typedef enum {
     LLM_PROVIDER_ANTHROPIC = 0,
-    LLM_PROVIDER_OPENAI,          /* OpenAI-compatible Chat Completions */
+    LLM_PROVIDER_OPENAI, /* OpenAI-compatible Chat Completions */
 } llm_provider_kind;
 
 /* The default of llm_provider.cache_min_tokens: the smallest minimum cacheable
@@ -42,7 +42,7 @@ typedef enum {
  * Fields added later are optional: a zeroed value keeps the earlier behaviour. */
 typedef struct llm_provider {
     llm_provider_kind kind;
-    const char *name;             /* for logs and metrics, e.g. "anthropic" */
+    const char *name; /* for logs and metrics, e.g. "anthropic" */
     /* Anthropic: without the /v1 suffix, e.g. https://api.anthropic.com (the client adds /v1/messages).
      * OpenAI-compatible: WITH the version path, as the official SDKs take it, e.g.
      * https://api.openai.com/v1, https://api.groq.com/openai/v1, http://localhost:11434/v1
@@ -52,15 +52,15 @@ typedef struct llm_provider {
      * OpenAI-compatible: "" or NULL sends no Authorization header (Ollama,
      * llama.cpp and vLLM run without a key), else "Authorization: Bearer <key>". */
     const char *api_key;
-    const char *version;          /* Anthropic only: anthropic-version header value (NULL = 2023-06-01) */
-    int64_t connect_timeout_ms;   /* TCP+TLS connect */
-    int64_t first_byte_timeout_ms;/* request sent -> first response byte (whole reply when not streaming) */
-    int64_t idle_timeout_ms;      /* longest gap between two received bytes once the response started */
-    int64_t total_timeout_ms;     /* whole call, retries included */
-    int max_retries;              /* retries after the first attempt (0 = none) */
-    int64_t retry_base_ms;        /* first backoff (doubles each retry, with jitter) */
-    int64_t retry_max_wait_ms;    /* cap on one wait; a longer retry-after ends the call instead */
-    size_t max_response_bytes;    /* cap on a response body / one SSE event */
+    const char *version;           /* Anthropic only: anthropic-version header value (NULL = 2023-06-01) */
+    int64_t connect_timeout_ms;    /* TCP+TLS connect */
+    int64_t first_byte_timeout_ms; /* request sent -> first response byte (whole reply when not streaming) */
+    int64_t idle_timeout_ms;       /* longest gap between two received bytes once the response started */
+    int64_t total_timeout_ms;      /* whole call, retries included */
+    int max_retries;               /* retries after the first attempt (0 = none) */
+    int64_t retry_base_ms;         /* first backoff (doubles each retry, with jitter) */
+    int64_t retry_max_wait_ms;     /* cap on one wait; a longer retry-after ends the call instead */
+    size_t max_response_bytes;     /* cap on a response body / one SSE event */
     /* OpenAI-compatible only: the name of the output-token limit in the body,
      * "max_tokens" (NULL or "" mean this) or "max_completion_tokens". OpenAI's
      * reasoning models reject max_tokens; Ollama silently ignores
@@ -81,22 +81,22 @@ typedef struct llm_provider {
 } llm_provider;
 
 typedef struct llm_message {
-    const char *role;             /* "user" or "assistant" */
+    const char *role; /* "user" or "assistant" */
     const char *content;
 } llm_message;
 
 typedef struct llm_request {
-    const char *model;            /* the provider's model id */
-    const char *system;           /* system prompt, may be NULL */
-    const llm_message *messages;  /* alternating, first is "user"; borrowed for the call's lifetime */
+    const char *model;           /* the provider's model id */
+    const char *system;          /* system prompt, may be NULL */
+    const llm_message *messages; /* alternating, first is "user"; borrowed for the call's lifetime */
     size_t n_messages;
     int max_tokens;
-    bool stream;                  /* use the provider's streaming mode */
-    const char *request_id;       /* ours, for logs; may be NULL */
+    bool stream;            /* use the provider's streaming mode */
+    const char *request_id; /* ours, for logs; may be NULL */
 } llm_request;
 
 typedef struct llm_usage {
-    int64_t input_tokens;         /* -1 = unknown */
+    int64_t input_tokens; /* -1 = unknown */
     int64_t output_tokens;
     int64_t cache_read_tokens;
     int64_t cache_write_tokens;
@@ -104,31 +104,31 @@ typedef struct llm_usage {
 
 typedef enum {
     LLM_OK = 0,
-    LLM_ERR_HTTP,         /* the provider answered with an error status (http_status, error_type set) */
-    LLM_ERR_CONNECT,      /* could not connect / DNS / TLS */
-    LLM_ERR_TIMEOUT,      /* a deadline passed (which one is in error_message) */
-    LLM_ERR_STREAM,       /* the provider sent an error after a 200 (an error event, an in-band
+    LLM_ERR_HTTP,        /* the provider answered with an error status (http_status, error_type set) */
+    LLM_ERR_CONNECT,     /* could not connect / DNS / TLS */
+    LLM_ERR_TIMEOUT,     /* a deadline passed (which one is in error_message) */
+    LLM_ERR_STREAM,      /* the provider sent an error after a 200 (an error event, an in-band
                              data: {"error":...} chunk, or an error object as a 200 JSON body) */
-    LLM_ERR_TRUNCATED,    /* the response ended early: Anthropic without message_stop; OpenAI
+    LLM_ERR_TRUNCATED,   /* the response ended early: Anthropic without message_stop; OpenAI
                              without a finish_reason (even if [DONE] came); connection reset */
-    LLM_ERR_PROTOCOL,     /* the response could not be parsed, or broke a size limit */
-    LLM_ERR_RETRY_AFTER,  /* the provider asked to wait longer than retry_max_wait_ms */
+    LLM_ERR_PROTOCOL,    /* the response could not be parsed, or broke a size limit */
+    LLM_ERR_RETRY_AFTER, /* the provider asked to wait longer than retry_max_wait_ms */
 } llm_status;
 
 /* The outcome of a call. Valid only during on_done; copy what you keep. */
 typedef struct llm_result {
     llm_status status;
-    int http_status;              /* last HTTP status seen, 0 if none */
-    const char *error_type;       /* provider error.type (e.g. "overloaded_error") or ours; NULL on success */
-    const char *error_message;    /* human-readable, never contains the API key; NULL on success */
+    int http_status;           /* last HTTP status seen, 0 if none */
+    const char *error_type;    /* provider error.type (e.g. "overloaded_error") or ours; NULL on success */
+    const char *error_message; /* human-readable, never contains the API key; NULL on success */
     /* The provider's machine-readable error code when it sent one, else NULL
      * (always NULL on success): OpenAI-compatible error.code, a string such as
      * "context_length_exceeded" or "insufficient_quota", or an integer (vLLM,
      * llama.cpp) given as its decimal text; Anthropic error.details.error_code. */
     const char *error_code;
-    int64_t retry_after_ms;       /* from retry-after-ms / retry-after, -1 if absent */
-    const char *request_id;       /* provider's request id header (request-id / x-request-id), may be NULL */
-    const char *text;             /* the reply text received (partial on error), NUL-terminated */
+    int64_t retry_after_ms; /* from retry-after-ms / retry-after, -1 if absent */
+    const char *request_id; /* provider's request id header (request-id / x-request-id), may be NULL */
+    const char *text;       /* the reply text received (partial on error), NUL-terminated */
     size_t text_len;
     /* Why the model stopped, in the provider's own vocabulary (not mapped, so
      * nothing is lost): Anthropic stop_reason (end_turn, max_tokens,
@@ -136,7 +136,7 @@ typedef struct llm_result {
      * finish_reason (stop, length, content_filter, tool_calls...). "Cut by the
      * token limit" is max_tokens / length. May be NULL. */
     const char *stop_reason;
-    const char *model;            /* model id reported by the provider, may be NULL */
+    const char *model; /* model id reported by the provider, may be NULL */
     /* Fields -1 when the provider did not report them (an OpenAI stream cut
      * after its finish_reason but before the usage chunk is a success with
      * usage -1). input_tokens is always the UNCACHED input (Anthropic's
@@ -144,10 +144,10 @@ typedef struct llm_result {
      * prompt_tokens_details.cached_tokens, the latter in cache_read_tokens;
      * OpenAI reports no cache writes (cache_write_tokens stays -1). */
     llm_usage usage;
-    bool delivered;               /* at least one delta reached on_delta */
-    int attempts;                 /* 1 + retries made */
-    int64_t ttfb_ms;              /* request start (last attempt) -> first response byte, -1 if none */
-    int64_t duration_ms;          /* whole call */
+    bool delivered;      /* at least one delta reached on_delta */
+    int attempts;        /* 1 + retries made */
+    int64_t ttfb_ms;     /* request start (last attempt) -> first response byte, -1 if none */
+    int64_t duration_ms; /* whole call */
 } llm_result;
 
 enum { LLM_CONTINUE = 0, LLM_PAUSE = 1 };
@@ -177,8 +177,8 @@ typedef struct llm_call llm_call;
  * until on_done returns or llm_call_cancel() is called. Returns CHAT_EINVAL for
  * an unusable request or provider (nothing started, no callback).
  */
-chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req,
-                       const llm_callbacks *cbs, void *ud, llm_call **out) CHAT_MUST_CHECK;
+chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_request *req, const llm_callbacks *cbs,
+                       void *ud, llm_call **out) CHAT_MUST_CHECK;
 
 /* Resumes a call paused by LLM_PAUSE. Safe to call when not paused. Not from a callback.
  * The work (delivering held text, unpausing curl) runs on the next loop turn. */

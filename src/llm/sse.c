@@ -35,26 +35,26 @@
 #include "core/buf.h"
 
 /* The UTF-8 encoding of U+FEFF. */
-static const unsigned char BOM[3] = {0xEF, 0xBB, 0xBF};
+static const unsigned char BOM[3] = { 0xEF, 0xBB, 0xBF };
 
 struct sse_parser {
-    sse_event_cb cb; /* called once per dispatched event */
-    void *ud;        /* passed to cb unchanged */
-    size_t max_line;  /* longest accepted line in bytes, without its line ending */
-    size_t max_event; /* longest accepted data buffer (as dispatched, without the final LF) */
-    chat_rc dead;     /* CHAT_OK while usable; otherwise the error every sse_feed returns */
-    int cr_pending;   /* the last byte fed was a CR: a leading LF in the next piece is skipped */
-    int bom_done;     /* the start of stream is behind us: no BOM can be dropped any more */
+    sse_event_cb cb;      /* called once per dispatched event */
+    void *ud;             /* passed to cb unchanged */
+    size_t max_line;      /* longest accepted line in bytes, without its line ending */
+    size_t max_event;     /* longest accepted data buffer (as dispatched, without the final LF) */
+    chat_rc dead;         /* CHAT_OK while usable; otherwise the error every sse_feed returns */
+    int cr_pending;       /* the last byte fed was a CR: a leading LF in the next piece is skipped */
+    int bom_done;         /* the start of stream is behind us: no BOM can be dropped any more */
     unsigned bom_matched; /* how many leading bytes matched the BOM so far (0..2) */
-    int in_cb;        /* inside the callback: catches forbidden reentrant sse_feed calls */
-    chat_buf line;   /* the unterminated line carried over from the previous piece (max_line) */
-    chat_buf data;   /* data lines joined with LF, no final LF (max_event) */
-    int has_data; /* at least one `data` line since the last dispatch (data may be "") */
-    chat_buf type;   /* event type buffer (max_line) */
-    chat_buf id_buf; /* last-event-id buffer, set by `id` fields (max_line) */
-    int id_dirty; /* id_buf changed since it was last committed to last_id */
-    chat_buf last_id; /* committed last event id (max_line) */
-    long retry_ms; /* reconnection time from the last valid `retry`, -1 if none */
+    int in_cb;            /* inside the callback: catches forbidden reentrant sse_feed calls */
+    chat_buf line;        /* the unterminated line carried over from the previous piece (max_line) */
+    chat_buf data;        /* data lines joined with LF, no final LF (max_event) */
+    int has_data;         /* at least one `data` line since the last dispatch (data may be "") */
+    chat_buf type;        /* event type buffer (max_line) */
+    chat_buf id_buf;      /* last-event-id buffer, set by `id` fields (max_line) */
+    int id_dirty;         /* id_buf changed since it was last committed to last_id */
+    chat_buf last_id;     /* committed last event id (max_line) */
+    long retry_ms;        /* reconnection time from the last valid `retry`, -1 if none */
 };
 
 /* Values copied from a line fit their buffers: a line is at most max_line bytes. */
@@ -195,8 +195,7 @@ static chat_rc process_line(sse_parser *p, const char *s, size_t n)
             p->id_dirty = 1;
         }
         break;
-    default:
-        break; /* unknown fields are ignored */
+    default: break; /* unknown fields are ignored */
     }
     return CHAT_OK;
 }

@@ -48,8 +48,7 @@ typedef struct sse_parser sse_parser;
  * later sse_feed returns CHAT_ECANCELED). Data may contain NUL bytes: use the
  * lengths.
  */
-typedef int (*sse_event_cb)(void *ud, const char *type, size_t type_len,
-                            const char *data, size_t data_len);
+typedef int (*sse_event_cb)(void *ud, const char *type, size_t type_len, const char *data, size_t data_len);
 
 /* Creates a parser. max_line and max_event must be > 0. Never returns NULL. */
 sse_parser *sse_new(size_t max_line, size_t max_event, sse_event_cb cb, void *ud);

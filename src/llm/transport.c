@@ -29,8 +29,8 @@
 
 /* One socket curl asked us to watch. */
 typedef struct sockinfo {
-    struct event *ev;        /* persistent read/write event on fd */
-    curl_socket_t fd;        /* the socket */
+    struct event *ev;             /* persistent read/write event on fd */
+    curl_socket_t fd;             /* the socket */
     struct sockinfo *prev, *next; /* in the transport's list, to free leftovers at the end */
 } sockinfo;
 
@@ -99,7 +99,7 @@ static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
         evtimer_del(t->timer);
         return 0;
     }
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
     evtimer_add(t->timer, &tv);
     return 0;
 }

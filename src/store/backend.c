@@ -63,10 +63,9 @@ bool store_valid_hash(const char *h)
 
 bool store_valid_message(const store_message *m)
 {
-    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content &&
-           m->status && (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) &&
-           m->seq > 0 && store_valid_count(m->tokens) && store_valid_usage(&m->usage) && m->cost_micros >= 0 &&
-           m->created_at >= 0;
+    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content && m->status &&
+           (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) && m->seq > 0 &&
+           store_valid_count(m->tokens) && store_valid_usage(&m->usage) && m->cost_micros >= 0 && m->created_at >= 0;
 }
 
 static bool valid_role(const char *role)
@@ -80,17 +79,17 @@ static bool valid_turn(const store_turn *t)
            t->model && t->model[0] && t->user_content && t->assistant_content && t->status &&
            (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
            store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
-           (!t->idem_key ||
-            (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) && store_valid_ttl(t->now, t->idem_ttl_ms)));
+           (!t->idem_key || (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) &&
+                             store_valid_ttl(t->now, t->idem_ttl_ms)));
 }
 
 static bool valid_session_import(const store_op_in *in)
 {
     const store_session *ss = in->import_session;
     size_t n = in->n_import_messages;
-    if (!ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) || (n > 0 && !in->import_messages) ||
-        ss->message_count != (int64_t)n || ss->turn_count < 0 || ss->cost_micros < 0 || ss->created_at < 0 ||
-        ss->updated_at < 0)
+    if (!ss || !store_valid_id(ss->id) || (ss->owner && !store_valid_id(ss->owner)) ||
+        (n > 0 && !in->import_messages) || ss->message_count != (int64_t)n || ss->turn_count < 0 ||
+        ss->cost_micros < 0 || ss->created_at < 0 || ss->updated_at < 0)
         return false;
     for (size_t i = 0; i < n; i++)
         if (!store_valid_message(&in->import_messages[i]))
@@ -111,21 +110,16 @@ bool store_op_valid(const store_op *op)
     switch (op->kind) {
     case STORE_OP_PING:
     case STORE_OP_STATS_GET:
-    case STORE_OP_KEYS_LIST:
-        return true;
+    case STORE_OP_KEYS_LIST: return true;
     case STORE_OP_LOCK_ACQUIRE:
     case STORE_OP_LOCK_REFRESH:
         return store_valid_id(in->session_id) && store_valid_id(in->token) && store_valid_ttl(in->now, in->ttl_ms);
-    case STORE_OP_LOCK_RELEASE:
-        return store_valid_id(in->session_id) && store_valid_id(in->token);
-    case STORE_OP_TURN_COMMIT:
-        return valid_turn(&in->turn);
+    case STORE_OP_LOCK_RELEASE: return store_valid_id(in->session_id) && store_valid_id(in->token);
+    case STORE_OP_TURN_COMMIT: return valid_turn(&in->turn);
     case STORE_OP_SESSION_GET:
     case STORE_OP_SESSION_DELETE:
-    case STORE_OP_MESSAGES_LIST:
-        return store_valid_id(in->session_id);
-    case STORE_OP_SESSION_RESET:
-        return store_valid_id(in->session_id) && in->now >= 0;
+    case STORE_OP_MESSAGES_LIST: return store_valid_id(in->session_id);
+    case STORE_OP_SESSION_RESET: return store_valid_id(in->session_id) && in->now >= 0;
     case STORE_OP_SESSIONS_LIST:
     case STORE_OP_SESSIONS_LIST_OLDEST: {
         int64_t created;
@@ -134,8 +128,7 @@ bool store_op_valid(const store_op *op)
                (!in->cursor || store_cursor_parse(in->cursor, &created, id));
     }
     case STORE_OP_SESSIONS_EXPIRE:
-    case STORE_OP_IDEM_EXPIRE:
-        return in->limit >= 1 && in->now >= 0;
+    case STORE_OP_IDEM_EXPIRE: return in->limit >= 1 && in->now >= 0;
     case STORE_OP_IDEM_BEGIN:
         return store_valid_scope(in->scope) && store_valid_id(in->idem_key) && store_valid_id(in->body_hash) &&
                store_valid_id(in->token) && (!in->session_id || store_valid_id(in->session_id)) &&
@@ -153,19 +146,13 @@ bool store_op_valid(const store_op *op)
         return store_valid_id(k->id) && store_valid_id(k->name) && store_valid_hash(k->hash) && valid_role(k->role) &&
                (!k->rate_limit || store_valid_id(k->rate_limit)) && k->now > 0;
     }
-    case STORE_OP_KEY_FIND_BY_HASH:
-        return store_valid_hash(in->hash);
+    case STORE_OP_KEY_FIND_BY_HASH: return store_valid_hash(in->hash);
     case STORE_OP_KEY_REVOKE:
-    case STORE_OP_KEY_TOUCH:
-        return store_valid_id(in->id) && in->now > 0;
-    case STORE_OP_KEY_SESSION_COUNT:
-        return store_valid_id(in->id);
-    case STORE_OP_SESSION_IMPORT:
-        return valid_session_import(in);
-    case STORE_OP_KEY_IMPORT:
-        return valid_key_import(in->import_key);
-    case STORE_OP_KIND_COUNT:
-        break;
+    case STORE_OP_KEY_TOUCH: return store_valid_id(in->id) && in->now > 0;
+    case STORE_OP_KEY_SESSION_COUNT: return store_valid_id(in->id);
+    case STORE_OP_SESSION_IMPORT: return valid_session_import(in);
+    case STORE_OP_KEY_IMPORT: return valid_key_import(in->import_key);
+    case STORE_OP_KIND_COUNT: break;
     }
     return false;
 }
@@ -288,8 +275,7 @@ int64_t store_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-chat_rc store_migrate(const store_migrator *mg, void *conn, const char *prefix, int *version, char *err,
-                      size_t errlen)
+chat_rc store_migrate(const store_migrator *mg, void *conn, const char *prefix, int *version, char *err, size_t errlen)
 {
     store_migration *m = NULL;
     size_t n = 0;

@@ -114,8 +114,7 @@ typedef struct store_migrator {
  * its lock and find nothing to do). Refuses a database newer than this binary.
  * On success *version is the schema version now in place.
  */
-chat_rc store_migrate(const store_migrator *m, void *conn, const char *prefix, int *version, char *err,
-                      size_t errlen);
+chat_rc store_migrate(const store_migrator *m, void *conn, const char *prefix, int *version, char *err, size_t errlen);
 
 /* Wall-clock time in milliseconds since the Unix epoch, as the store records it. */
 int64_t store_wall_ms(void);

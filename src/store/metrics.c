@@ -3,19 +3,26 @@
 
 /* Database operations: SQLite commits are sub-millisecond to a few milliseconds;
  * anything above 10ms is a loop stall worth seeing. */
-static const double db_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                    0.01,   0.025,   0.05,   0.1,   0.25,   1};
+static const double db_buckets[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1 };
 
-metrics_def store_metric_duration = {
-    .desc = {METRICS_HISTOGRAM, "chatd_db_operation_duration_seconds",
-             "Duration of database operations, by operation.", {"op"}, 64, db_buckets,
-             sizeof db_buckets / sizeof db_buckets[0]}};
+metrics_def store_metric_duration = { .desc = { METRICS_HISTOGRAM,
+                                                "chatd_db_operation_duration_seconds",
+                                                "Duration of database operations, by operation.",
+                                                { "op" },
+                                                64,
+                                                db_buckets,
+                                                sizeof db_buckets / sizeof db_buckets[0] } };
 
 metrics_def store_metric_unavailable = {
-    .desc = {METRICS_COUNTER, "chatd_db_unavailable_total",
-             "Database operations that failed because the database was unreachable, or every "
-             "pooled connection stayed busy past DATABASE_QUEUE_TIMEOUT, by operation.",
-             {"op"}, 64, NULL, 0}};
+    .desc = { METRICS_COUNTER,
+              "chatd_db_unavailable_total",
+              "Database operations that failed because the database was unreachable, or every "
+              "pooled connection stayed busy past DATABASE_QUEUE_TIMEOUT, by operation.",
+              { "op" },
+              64,
+              NULL,
+              0 }
+};
 
 void metrics_db_operation(const char *op, double seconds)
 {

@@ -36,15 +36,15 @@ typedef struct pg_params {
     int nowned;
 } pg_params;
 
-void pg_param_str(pg_params *p, const char *v);      /* appends v (NULL: SQL NULL) */
-void pg_param_i64(pg_params *p, int64_t v);          /* appends v as decimal text */
-void pg_param_take(pg_params *p, char *heap_str);    /* appends and frees it in pg_params_clear */
+void pg_param_str(pg_params *p, const char *v);   /* appends v (NULL: SQL NULL) */
+void pg_param_i64(pg_params *p, int64_t v);       /* appends v as decimal text */
+void pg_param_take(pg_params *p, char *heap_str); /* appends and frees it in pg_params_clear */
 void pg_params_clear(pg_params *p);
 
 typedef struct pg_op_def {
     store_op_kind kind;
-    const char *name;   /* prepared statement name, unique */
-    const char *sql;    /* with $1..$n, n == the params enc appends */
+    const char *name; /* prepared statement name, unique */
+    const char *sql;  /* with $1..$n, n == the params enc appends */
     int nparams;
     /* Validates the op's inputs like the SQLite backend (same CHAT_EINVAL
      * cases) and appends the parameters. Not CHAT_OK: the statement is not

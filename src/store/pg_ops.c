@@ -91,8 +91,8 @@ static chat_rc res_fail(const PGresult *res, const store_op *op)
     int len = (int)strcspn(msg, "\n");
     char *text = chat_xstrndup(msg, (size_t)len);
     chat_log(LOG_ERROR, "store error",
-             json_pack("{s:s,s:s,s:s,s:s}", "backend", "postgres", "op", store_op_name(op->kind), "error",
-                       text, "sqlstate", state ? state : "none"));
+             json_pack("{s:s,s:s,s:s,s:s}", "backend", "postgres", "op", store_op_name(op->kind), "error", text,
+                       "sqlstate", state ? state : "none"));
     free(text);
     return CHAT_EIO;
 }
@@ -123,16 +123,16 @@ static bool word_is(const PGresult *res, const char *word)
     return PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) && strcmp(PQgetvalue(res, 0, 0), word) == 0;
 }
 
-#define SESSION_COLS                                                                    \
+#define SESSION_COLS                                                                       \
     "id, owner, system_prompt, model, created_at, updated_at, turn_count, message_count, " \
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
 
-#define MESSAGE_COLS(p)                                                                          \
-    p "id, " p "seq, " p "role, " p "content, " p "status, " p "model, " p "stop_reason, " p        \
-      "tokens, " p "input_tokens, " p "output_tokens, " p "cache_read_tokens, " p                \
-      "cache_write_tokens, " p "cost_micros, " p "created_at"
+#define MESSAGE_COLS(p)                                                                                         \
+    p "id, " p "seq, " p "role, " p "content, " p "status, " p "model, " p "stop_reason, " p "tokens, " p       \
+      "input_tokens, " p "output_tokens, " p "cache_read_tokens, " p "cache_write_tokens, " p "cost_micros, " p \
+      "created_at"
 
-#define KEY_COLS                                                                          \
+#define KEY_COLS                                                                           \
     "id, name, hash, role, rate_limit, created_at, revoked_at, last_used_at, turn_count, " \
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
 
@@ -412,7 +412,8 @@ static chat_rc dec_stats_get(const PGresult *res, store_op *op)
     /* The shards that 001_init inserts are gone: not a state we can answer from. */
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         chat_log(LOG_ERROR, "store error",
-                 json_pack("{s:s,s:s,s:s}", "backend", "postgres", "op", "stats_get", "error", "the stats rows are missing"));
+                 json_pack("{s:s,s:s,s:s}", "backend", "postgres", "op", "stats_get", "error",
+                           "the stats rows are missing"));
         return CHAT_EIO;
     }
     store_stats *st = &op->out.stats;
@@ -629,16 +630,16 @@ static char *messages_json(const store_message *msgs, size_t n)
         const store_message *m = &msgs[i];
         json_t *content = json_string(m->content), *model = json_str_or_null(m->model),
                *stop = json_str_or_null(m->stop_reason);
-        json_t *o = content && model && stop
-                        ? json_pack("{s:I,s:s,s:o,s:s,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "seq",
-                                    (json_int_t)m->seq, "role", m->role, "content", content, "status",
-                                    m->status, "model", model, "stop_reason", stop, "tokens",
-                                    (json_int_t)m->tokens, "input_tokens", (json_int_t)m->usage.input_tokens,
-                                    "output_tokens", (json_int_t)m->usage.output_tokens, "cache_read_tokens",
-                                    (json_int_t)m->usage.cache_read_tokens, "cache_write_tokens",
-                                    (json_int_t)m->usage.cache_write_tokens, "cost_micros",
-                                    (json_int_t)m->cost_micros, "created_at", (json_int_t)m->created_at)
-                        : NULL;
+        json_t *o =
+            content && model && stop
+                ? json_pack("{s:I,s:s,s:o,s:s,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "seq", (json_int_t)m->seq, "role",
+                            m->role, "content", content, "status", m->status, "model", model, "stop_reason", stop,
+                            "tokens", (json_int_t)m->tokens, "input_tokens", (json_int_t)m->usage.input_tokens,
+                            "output_tokens", (json_int_t)m->usage.output_tokens, "cache_read_tokens",
+                            (json_int_t)m->usage.cache_read_tokens, "cache_write_tokens",
+                            (json_int_t)m->usage.cache_write_tokens, "cost_micros", (json_int_t)m->cost_micros,
+                            "created_at", (json_int_t)m->created_at)
+                : NULL;
         if (!o) {
             /* json_pack steals its "o" arguments even when it fails. */
             if (!(content && model && stop)) {
@@ -724,94 +725,94 @@ static chat_rc enc_key_import(const store_op *op, pg_params *p)
 /* ---- the table ---------------------------------------------------------------- */
 
 const pg_op_def pg_op_defs[] = {
-    {STORE_OP_PING, "chatd_ping", "SELECT 1", 0, enc_none, dec_ok},
+    { STORE_OP_PING, "chatd_ping", "SELECT 1", 0, enc_none, dec_ok },
     /* Insert, or take over an expired lock (the row lock makes a concurrent
      * acquire wait and then see our lock live). */
-    {STORE_OP_LOCK_ACQUIRE, "chatd_lock_acquire",
-     "INSERT INTO turn_locks AS l (session_id, token, expires_at) VALUES ($1, $2, $3) "
-     "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
-     "WHERE l.expires_at <= $4",
-     4, enc_lock_ttl, dec_lock_acquire},
-    {STORE_OP_LOCK_REFRESH, "chatd_lock_refresh",
-     "UPDATE turn_locks SET expires_at = $3 WHERE session_id = $1 AND token = $2", 3, enc_lock_ttl,
-     dec_one_or_conflict},
-    {STORE_OP_LOCK_RELEASE, "chatd_lock_release", "DELETE FROM turn_locks WHERE session_id = $1 AND token = $2", 2,
-     enc_lock_release, dec_ok},
-    {STORE_OP_TURN_COMMIT, "chatd_turn_commit",
-     "SELECT r_rc, r_user_id, r_assistant_id, r_turn_count, r_message_count FROM chatd_turn_commit("
-     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-     20, enc_turn_commit, dec_turn_commit},
-    {STORE_OP_SESSION_GET, "chatd_session_get", "SELECT " SESSION_COLS " FROM sessions WHERE id = $1", 1,
-     enc_session_id, dec_session_get},
-    {STORE_OP_SESSION_DELETE, "chatd_session_delete", "SELECT chatd_session_delete($1)", 1, enc_session_id,
-     dec_session_delete},
-    {STORE_OP_SESSION_RESET, "chatd_session_reset", "SELECT chatd_session_reset($1, $2)", 2, enc_session_reset,
-     dec_count_or_notfound},
-    {STORE_OP_SESSIONS_LIST, "chatd_sessions_list",
-     "SELECT " SESSION_COLS " FROM chatd_sessions_list($1, $2, $3, $4)", 4, enc_sessions_list,
-     dec_sessions_list},
+    { STORE_OP_LOCK_ACQUIRE, "chatd_lock_acquire",
+      "INSERT INTO turn_locks AS l (session_id, token, expires_at) VALUES ($1, $2, $3) "
+      "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
+      "WHERE l.expires_at <= $4",
+      4, enc_lock_ttl, dec_lock_acquire },
+    { STORE_OP_LOCK_REFRESH, "chatd_lock_refresh",
+      "UPDATE turn_locks SET expires_at = $3 WHERE session_id = $1 AND token = $2", 3, enc_lock_ttl,
+      dec_one_or_conflict },
+    { STORE_OP_LOCK_RELEASE, "chatd_lock_release", "DELETE FROM turn_locks WHERE session_id = $1 AND token = $2", 2,
+      enc_lock_release, dec_ok },
+    { STORE_OP_TURN_COMMIT, "chatd_turn_commit",
+      "SELECT r_rc, r_user_id, r_assistant_id, r_turn_count, r_message_count FROM chatd_turn_commit("
+      "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+      20, enc_turn_commit, dec_turn_commit },
+    { STORE_OP_SESSION_GET, "chatd_session_get", "SELECT " SESSION_COLS " FROM sessions WHERE id = $1", 1,
+      enc_session_id, dec_session_get },
+    { STORE_OP_SESSION_DELETE, "chatd_session_delete", "SELECT chatd_session_delete($1)", 1, enc_session_id,
+      dec_session_delete },
+    { STORE_OP_SESSION_RESET, "chatd_session_reset", "SELECT chatd_session_reset($1, $2)", 2, enc_session_reset,
+      dec_count_or_notfound },
+    { STORE_OP_SESSIONS_LIST, "chatd_sessions_list", "SELECT " SESSION_COLS " FROM chatd_sessions_list($1, $2, $3, $4)",
+      4, enc_sessions_list, dec_sessions_list },
     /* One statement, so one snapshot: the existence check and the rows agree. */
-    {STORE_OP_MESSAGES_LIST, "chatd_messages_list",
-     "SELECT " MESSAGE_COLS("m.") " FROM sessions AS s LEFT JOIN LATERAL ("
-     "SELECT * FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq LIMIT $3"
-     ") AS m ON true WHERE s.id = $1 ORDER BY m.seq",
-     3, enc_messages_list, dec_messages_list},
-    {STORE_OP_STATS_GET, "chatd_stats_get",
-     "SELECT sum(total_sessions)::bigint, sum(total_messages)::bigint, sum(total_turns)::bigint, "
-     "sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cache_read_tokens)::bigint, "
-     "sum(cache_write_tokens)::bigint, sum(cost_micros)::bigint FROM stats",
-     0, enc_none, dec_stats_get},
-    {STORE_OP_SESSIONS_EXPIRE, "chatd_sessions_expire", "SELECT chatd_sessions_expire($1, $2, $3)", 3,
-     enc_sessions_expire, dec_count_or_notfound},
-    {STORE_OP_IDEM_BEGIN, "chatd_idem_begin", "SELECT * FROM chatd_idem_begin($1, $2, $3, $4, $5, $6, $7)", 7,
-     enc_idem_begin, dec_idem_begin},
-    {STORE_OP_IDEM_REFRESH, "chatd_idem_refresh",
-     "UPDATE idempotency SET expires_at = $4 "
-     "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'",
-     4, enc_idem_refresh, dec_one_or_conflict},
-    {STORE_OP_IDEM_FINISH, "chatd_idem_finish",
-     "UPDATE idempotency SET state = 'done', status = $4, response = $5, expires_at = $6 "
-     "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'",
-     6, enc_idem_finish, dec_one_or_conflict},
-    {STORE_OP_IDEM_ABORT, "chatd_idem_abort",
-     "DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'", 3,
-     enc_idem_abort, dec_ok},
+    { STORE_OP_MESSAGES_LIST, "chatd_messages_list",
+      "SELECT " MESSAGE_COLS(
+          "m.") " FROM sessions AS s LEFT JOIN LATERAL ("
+                "SELECT * FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq LIMIT $3"
+                ") AS m ON true WHERE s.id = $1 ORDER BY m.seq",
+      3, enc_messages_list, dec_messages_list },
+    { STORE_OP_STATS_GET, "chatd_stats_get",
+      "SELECT sum(total_sessions)::bigint, sum(total_messages)::bigint, sum(total_turns)::bigint, "
+      "sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cache_read_tokens)::bigint, "
+      "sum(cache_write_tokens)::bigint, sum(cost_micros)::bigint FROM stats",
+      0, enc_none, dec_stats_get },
+    { STORE_OP_SESSIONS_EXPIRE, "chatd_sessions_expire", "SELECT chatd_sessions_expire($1, $2, $3)", 3,
+      enc_sessions_expire, dec_count_or_notfound },
+    { STORE_OP_IDEM_BEGIN, "chatd_idem_begin", "SELECT * FROM chatd_idem_begin($1, $2, $3, $4, $5, $6, $7)", 7,
+      enc_idem_begin, dec_idem_begin },
+    { STORE_OP_IDEM_REFRESH, "chatd_idem_refresh",
+      "UPDATE idempotency SET expires_at = $4 "
+      "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'",
+      4, enc_idem_refresh, dec_one_or_conflict },
+    { STORE_OP_IDEM_FINISH, "chatd_idem_finish",
+      "UPDATE idempotency SET state = 'done', status = $4, response = $5, expires_at = $6 "
+      "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'",
+      6, enc_idem_finish, dec_one_or_conflict },
+    { STORE_OP_IDEM_ABORT, "chatd_idem_abort",
+      "DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND token = $3 AND state = 'running'", 3, enc_idem_abort,
+      dec_ok },
     /* SKIP LOCKED: a record being begun or committed right now is not in the way. */
-    {STORE_OP_IDEM_EXPIRE, "chatd_idem_expire",
-     "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "
-     "WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-     2, enc_idem_expire, dec_changed_count},
+    { STORE_OP_IDEM_EXPIRE, "chatd_idem_expire",
+      "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "
+      "WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+      2, enc_idem_expire, dec_changed_count },
     /* No conflict target: a taken id or a taken hash both make it a no-op. */
-    {STORE_OP_KEY_CREATE, "chatd_key_create",
-     "INSERT INTO api_keys (id, name, hash, role, rate_limit, created_at) VALUES ($1, $2, $3, $4, $5, $6) "
-     "ON CONFLICT DO NOTHING",
-     6, enc_key_create, dec_one_or_conflict},
-    {STORE_OP_KEY_FIND_BY_HASH, "chatd_key_find_by_hash",
-     "SELECT " KEY_COLS " FROM api_keys WHERE hash = $1 AND revoked_at IS NULL", 1, enc_key_hash, dec_key_one},
-    {STORE_OP_KEYS_LIST, "chatd_keys_list", "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at, id", 0,
-     enc_none, dec_keys_list},
-    {STORE_OP_KEY_REVOKE, "chatd_key_revoke", "SELECT * FROM chatd_key_revoke($1, $2)", 2, enc_key_revoke,
-     dec_key_revoke},
+    { STORE_OP_KEY_CREATE, "chatd_key_create",
+      "INSERT INTO api_keys (id, name, hash, role, rate_limit, created_at) VALUES ($1, $2, $3, $4, $5, $6) "
+      "ON CONFLICT DO NOTHING",
+      6, enc_key_create, dec_one_or_conflict },
+    { STORE_OP_KEY_FIND_BY_HASH, "chatd_key_find_by_hash",
+      "SELECT " KEY_COLS " FROM api_keys WHERE hash = $1 AND revoked_at IS NULL", 1, enc_key_hash, dec_key_one },
+    { STORE_OP_KEYS_LIST, "chatd_keys_list", "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at, id", 0, enc_none,
+      dec_keys_list },
+    { STORE_OP_KEY_REVOKE, "chatd_key_revoke", "SELECT * FROM chatd_key_revoke($1, $2)", 2, enc_key_revoke,
+      dec_key_revoke },
     /* The WHERE makes the common case (touched recently) a read: no row
      * version written, nothing to vacuum. */
-    {STORE_OP_KEY_TOUCH, "chatd_key_touch",
-     "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at <= $3)", 3,
-     enc_key_touch, dec_ok},
-    {STORE_OP_KEY_SESSION_COUNT, "chatd_key_session_count", "SELECT session_count FROM api_keys WHERE id = $1", 1,
-     enc_key_id, dec_count_or_notfound},
-    {STORE_OP_SESSION_IMPORT, "chatd_session_import",
-     "SELECT chatd_session_import($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", 14,
-     enc_session_import, dec_session_import},
-    {STORE_OP_KEY_IMPORT, "chatd_key_import",
-     "INSERT INTO api_keys (" KEY_COLS ") "
-     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
-     14, enc_key_import, dec_one_or_conflict},
+    { STORE_OP_KEY_TOUCH, "chatd_key_touch",
+      "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at <= $3)", 3,
+      enc_key_touch, dec_ok },
+    { STORE_OP_KEY_SESSION_COUNT, "chatd_key_session_count", "SELECT session_count FROM api_keys WHERE id = $1", 1,
+      enc_key_id, dec_count_or_notfound },
+    { STORE_OP_SESSION_IMPORT, "chatd_session_import",
+      "SELECT chatd_session_import($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", 14,
+      enc_session_import, dec_session_import },
+    { STORE_OP_KEY_IMPORT, "chatd_key_import",
+      "INSERT INTO api_keys (" KEY_COLS ") "
+      "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
+      14, enc_key_import, dec_one_or_conflict },
     /* One statement for the four cases (owner or not, cursor or not): the
      * listing oldest first serves only the template's unpaginated GET /sessions. */
-    {STORE_OP_SESSIONS_LIST_OLDEST, "chatd_sessions_list_oldest",
-     "SELECT " SESSION_COLS " FROM sessions WHERE ($4::text IS NULL OR owner = $4) "
-     "AND ($3::text IS NULL OR (created_at, id) > ($2, $3 COLLATE \"C\")) ORDER BY created_at, id LIMIT $1",
-     4, enc_sessions_list, dec_sessions_list},
+    { STORE_OP_SESSIONS_LIST_OLDEST, "chatd_sessions_list_oldest",
+      "SELECT " SESSION_COLS " FROM sessions WHERE ($4::text IS NULL OR owner = $4) "
+      "AND ($3::text IS NULL OR (created_at, id) > ($2, $3 COLLATE \"C\")) ORDER BY created_at, id LIMIT $1",
+      4, enc_sessions_list, dec_sessions_list },
 };
 
 const size_t pg_op_defs_count = sizeof pg_op_defs / sizeof pg_op_defs[0];

@@ -65,21 +65,21 @@ typedef enum conn_state {
 
 typedef struct pg_conn {
     pg_pool *pool;
-    PGconn *pg;            /* NULL when DOWN */
+    PGconn *pg; /* NULL when DOWN */
     conn_state state;
     struct event *io;      /* socket event (EV_PERSIST), NULL when none */
     evutil_socket_t io_fd; /* what io watches, to re-make it only when it changes */
     short io_what;
-    struct event *timer;   /* backoff when DOWN, connect timeout while connecting */
-    int64_t backoff_ms;    /* last backoff used; 0 once connected */
-    size_t prep_next;      /* PREPARING: index of the def being prepared */
-    bool prep_failed;      /* PREPARING: its result was an error (text in err) */
-    store_op *op;          /* BUSY: the op in flight */
-    const pg_op_def *def;  /* BUSY: its def */
-    bool op_retry;         /* BUSY: the op was already requeued once */
-    bool sent;             /* PREPARING/BUSY: the whole statement left libpq's buffer */
-    bool decoded;          /* BUSY: dec ran on the first result */
-    char err[ERR_MAX];     /* last error worth logging (server FATAL, failed prepare), or "" */
+    struct event *timer;  /* backoff when DOWN, connect timeout while connecting */
+    int64_t backoff_ms;   /* last backoff used; 0 once connected */
+    size_t prep_next;     /* PREPARING: index of the def being prepared */
+    bool prep_failed;     /* PREPARING: its result was an error (text in err) */
+    store_op *op;         /* BUSY: the op in flight */
+    const pg_op_def *def; /* BUSY: its def */
+    bool op_retry;        /* BUSY: the op was already requeued once */
+    bool sent;            /* PREPARING/BUSY: the whole statement left libpq's buffer */
+    bool decoded;         /* BUSY: dec ran on the first result */
+    char err[ERR_MAX];    /* last error worth logging (server FATAL, failed prepare), or "" */
 } pg_conn;
 
 typedef struct op_list {
@@ -96,20 +96,20 @@ typedef enum pool_health {
 
 struct pg_pool {
     struct event_base *base;
-    char *url;               /* owned copy; never logged (it may hold a password) */
+    char *url; /* owned copy; never logged (it may hold a password) */
     int64_t queue_timeout_ms;
     int size;
-    pg_conn *conns;          /* size of them */
-    op_list queue;           /* waiting ops, FIFO, so deadlines do not decrease */
-    op_list retry;           /* ops requeued once, served before queue */
-    op_list done;            /* decided ops, completed by kick */
-    struct event *kick;      /* activated by hand: completes done */
-    struct event *deadline;  /* fails waiting ops past their deadline */
-    int64_t armed_deadline;  /* the deadline the timer is armed for, or -1 */
-    int pending;             /* submitted and not completed */
-    pool_health health;      /* for logging transitions */
-    int64_t down_since_ms;   /* monotonic, when health went HEALTH_DOWN */
-    bool closing;            /* pg_pool_free has begun */
+    pg_conn *conns;         /* size of them */
+    op_list queue;          /* waiting ops, FIFO, so deadlines do not decrease */
+    op_list retry;          /* ops requeued once, served before queue */
+    op_list done;           /* decided ops, completed by kick */
+    struct event *kick;     /* activated by hand: completes done */
+    struct event *deadline; /* fails waiting ops past their deadline */
+    int64_t armed_deadline; /* the deadline the timer is armed for, or -1 */
+    int pending;            /* submitted and not completed */
+    pool_health health;     /* for logging transitions */
+    int64_t down_since_ms;  /* monotonic, when health went HEALTH_DOWN */
+    bool closing;           /* pg_pool_free has begun */
 };
 
 static void conn_lost(pg_conn *c, const char *why);
@@ -159,7 +159,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
      * at once waits for the next turn, so a callback resubmitting forever
      * cannot starve the loop. */
     store_op *op = p->done.head;
-    p->done = (op_list){0};
+    p->done = (op_list){ 0 };
     while (op) {
         store_op *next = op->next;
         op->next = NULL;
@@ -270,7 +270,7 @@ static void conn_close(pg_conn *c)
 
 static void arm_timer(pg_conn *c, int64_t ms)
 {
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
     evtimer_add(c->timer, &tv);
 }
 
@@ -281,9 +281,9 @@ static void start_connect(pg_conn *c)
      * them in order, and dbname expands into the URL's settings). Keepalives
      * bound the wait for a server that vanished without closing the socket,
      * statement_timeout the wait for one that answers but never finishes. */
-    const char *const kw[] = {"application_name", "keepalives", "keepalives_idle", "keepalives_interval",
-                              "keepalives_count", "options", "dbname", NULL};
-    const char *const val[] = {"chatd", "1", "30", "10", "3", STATEMENT_TIMEOUT_OPTION, p->url, NULL};
+    const char *const kw[] = { "application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+                               "keepalives_count", "options",    "dbname",          NULL };
+    const char *const val[] = { "chatd", "1", "30", "10", "3", STATEMENT_TIMEOUT_OPTION, p->url, NULL };
     c->err[0] = '\0';
     c->pg = PQconnectStartParams(kw, val, 1);
     if (!c->pg) {
@@ -369,11 +369,8 @@ static void connect_step(pg_conn *c)
         if (!watch(c, EV_WRITE, true))
             conn_lost(c, "cannot watch the connection's socket");
         return;
-    case PGRES_POLLING_OK:
-        break;
-    default: /* PGRES_POLLING_FAILED */
-        conn_lost(c, NULL);
-        return;
+    case PGRES_POLLING_OK: break;
+    default: /* PGRES_POLLING_FAILED */ conn_lost(c, NULL); return;
     }
     if (PQsetnonblocking(c->pg, 1) != 0) {
         conn_lost(c, NULL);
@@ -583,7 +580,7 @@ static void arm_deadline(pg_pool *p)
     int64_t wait = d - chat_mono_ms();
     if (wait < 0)
         wait = 0;
-    struct timeval tv = {.tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)(wait % 1000) * 1000};
+    struct timeval tv = { .tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)(wait % 1000) * 1000 };
     evtimer_add(p->deadline, &tv);
 }
 
@@ -612,7 +609,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = chat_mono_ms();
     while (p->queue.head && p->queue.head->deadline_mono_ms <= now)
         finish(p, list_pop(&p->queue), CHAT_EUNAVAIL);
-    op_list keep = {0};
+    op_list keep = { 0 };
     store_op *op;
     while ((op = list_pop(&p->retry)) != NULL) {
         if (op->deadline_mono_ms <= now)
@@ -631,18 +628,11 @@ static void io_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     pg_conn *c = arg;
     switch (c->state) {
-    case CONN_CONNECTING:
-        connect_step(c);
-        break;
+    case CONN_CONNECTING: connect_step(c); break;
     case CONN_PREPARING:
-    case CONN_BUSY:
-        io_step(c, what);
-        break;
-    case CONN_IDLE:
-        idle_read(c);
-        break;
-    case CONN_DOWN:
-        break;
+    case CONN_BUSY: io_step(c, what); break;
+    case CONN_IDLE: idle_read(c); break;
+    case CONN_DOWN: break;
     }
     dispatch(c->pool);
 }
@@ -664,8 +654,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- API --------------------------------------------------------------------- */
 
-chat_rc pg_pool_new(struct event_base *base, const char *url, int size, int64_t queue_timeout_ms,
-                    pg_pool **out)
+chat_rc pg_pool_new(struct event_base *base, const char *url, int size, int64_t queue_timeout_ms, pg_pool **out)
 {
     chat_rc rc = CHAT_EINVAL;
     pg_pool *p = NULL;

@@ -51,11 +51,11 @@
 #define MIGRATION_LOCK_SQL "SELECT pg_advisory_xact_lock(426952979556)"
 
 typedef struct pg_db {
-    PGconn *conn;        /* the blocking connection; owned */
-    char *url;           /* as given to store_open; owned (the pool connects to it too) */
-    int schema_version;  /* highest migration applied, read at open */
-    pg_pool *pool;       /* store_attach's pool, or NULL; owned */
-    bool detached;       /* store_detach ran: submitted ops fail at once */
+    PGconn *conn;       /* the blocking connection; owned */
+    char *url;          /* as given to store_open; owned (the pool connects to it too) */
+    int schema_version; /* highest migration applied, read at open */
+    pg_pool *pool;      /* store_attach's pool, or NULL; owned */
+    bool detached;      /* store_detach ran: submitted ops fail at once */
 } pg_db;
 
 /* Notices (e.g. "relation already exists, skipping") are not errors: dropped. */
@@ -118,13 +118,12 @@ static chat_rc mig_current(void *conn, int64_t *version, char *err, size_t errle
     return rc;
 }
 
-static chat_rc mig_record(void *conn, int version, const char *name, int64_t applied_at_ms, char *err,
-                          size_t errlen)
+static chat_rc mig_record(void *conn, int version, const char *name, int64_t applied_at_ms, char *err, size_t errlen)
 {
     char v[24], applied[24];
     snprintf(v, sizeof v, "%d", version);
     snprintf(applied, sizeof applied, "%" PRId64, applied_at_ms);
-    const char *values[3] = {v, name, applied};
+    const char *values[3] = { v, name, applied };
     PGresult *res = PQexecParams(((pg_db *)conn)->conn,
                                  "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)", 3, NULL,
                                  values, NULL, NULL, 0);
@@ -170,7 +169,8 @@ static chat_rc prepare_all(pg_db *d, char *err, size_t errlen)
         PGresult *res = PQprepare(d->conn, def->name, def->sql, def->nparams, NULL);
         bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         if (!ok)
-            chat_set_err(err, errlen, "prepare %s: %s", def->name, res ? PQresultErrorMessage(res) : PQerrorMessage(d->conn));
+            chat_set_err(err, errlen, "prepare %s: %s", def->name,
+                         res ? PQresultErrorMessage(res) : PQerrorMessage(d->conn));
         PQclear(res);
         if (!ok)
             return CHAT_EIO;
@@ -214,7 +214,8 @@ static chat_rc pg_open(const char *url, void **impl, char *err, size_t errlen)
     d->conn = PQconnectdb(url);
     if (!d->conn || PQstatus(d->conn) != CONNECTION_OK) {
         /* The message names the server; the URL may carry a password, so it is not repeated. */
-        chat_set_err(err, errlen, "cannot connect to PostgreSQL: %s", d->conn ? PQerrorMessage(d->conn) : "out of memory");
+        chat_set_err(err, errlen, "cannot connect to PostgreSQL: %s",
+                     d->conn ? PQerrorMessage(d->conn) : "out of memory");
         goto out;
     }
     PQsetNoticeProcessor(d->conn, quiet_notice, NULL);
@@ -257,7 +258,7 @@ static chat_rc pg_run(void *impl, store_op *op)
 {
     pg_db *d = impl;
     const pg_op_def *def = pg_op_def_get(op->kind);
-    pg_params p = {0};
+    pg_params p = { 0 };
     PGresult *res = NULL;
     chat_rc rc = CHAT_EINVAL;
     if (!d || !def)

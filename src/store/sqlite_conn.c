@@ -46,8 +46,8 @@
 #include "core/log.h"
 #include "core/util.h"
 
-const char *const sql_stmt_sql[ST_COUNT] = {STATEMENTS(AS_SQL)};
-const char *const sql_stmt_name[ST_COUNT] = {STATEMENTS(AS_NAME)};
+const char *const sql_stmt_sql[ST_COUNT] = { STATEMENTS(AS_SQL) };
+const char *const sql_stmt_name[ST_COUNT] = { STATEMENTS(AS_NAME) };
 
 /*
  * Writers in one process take a mutex per database file before SQLite's own
@@ -238,14 +238,12 @@ chat_rc sql_tx_commit(sqlite_db *s)
  * Splits a sqlite:// URL into the filename for sqlite3_open_v2. *path is a heap
  * string; *memory tells whether it is a private in-memory database.
  */
-static chat_rc parse_path(const char *url, char **path, bool *memory, const char *usage, char *err,
-                          size_t errlen);
+static chat_rc parse_path(const char *url, char **path, bool *memory, const char *usage, char *err, size_t errlen);
 
 static chat_rc parse_url(const char *url, char **path, bool *memory, bool *sync_normal, char *err, size_t errlen)
 {
-    static const char usage[] =
-        "expected sqlite:///relative/path, sqlite:////absolute/path or sqlite://:memory:, "
-        "optionally followed by ?synchronous=full or ?synchronous=normal";
+    static const char usage[] = "expected sqlite:///relative/path, sqlite:////absolute/path or sqlite://:memory:, "
+                                "optionally followed by ?synchronous=full or ?synchronous=normal";
     *path = NULL;
     *memory = false;
     *sync_normal = false;
@@ -397,10 +395,10 @@ static chat_rc configure(sqlite_db *s, bool memory, char *err, size_t errlen)
      * an LLM call. `?synchronous=normal` in DATABASE_URL chooses NORMAL, for
      * those who accept that trade (measured in bench/README.md).
      */
-    rc = exec_sql(s, s->sync_normal ? "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
-                                    : "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-                  "connection setup", err,
-                  errlen);
+    rc = exec_sql(s,
+                  s->sync_normal ? "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                                 : "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+                  "connection setup", err, errlen);
     return rc;
 }
 
@@ -436,8 +434,7 @@ static chat_rc mig_current(void *conn, int64_t *version, char *err, size_t errle
     return rc;
 }
 
-static chat_rc mig_record(void *conn, int version, const char *name, int64_t applied_at_ms, char *err,
-                          size_t errlen)
+static chat_rc mig_record(void *conn, int version, const char *name, int64_t applied_at_ms, char *err, size_t errlen)
 {
     sqlite_db *s = conn;
     sqlite3_stmt *st = NULL;
@@ -490,8 +487,7 @@ static chat_rc migrate(sqlite_db *s, char *err, size_t errlen)
 static chat_rc prepare_all(sqlite_db *s, char *err, size_t errlen)
 {
     for (int i = 0; i < ST_COUNT; i++) {
-        int rc = sqlite3_prepare_v3(s->db, sql_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
-                                    NULL);
+        int rc = sqlite3_prepare_v3(s->db, sql_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (rc != SQLITE_OK) {
             chat_set_err(err, errlen, "prepare %s: %s", sql_stmt_name[i], sqlite3_errmsg(s->db));
             return CHAT_EIO;
@@ -525,12 +521,10 @@ chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t errlen)
     }
 
     s = chat_xcalloc(1, sizeof *s);
-    int src = sqlite3_open_v2(path, &s->db,
-                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                              NULL);
+    int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) {
         chat_set_err(err, errlen, "cannot open database %s: %s", path,
-                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+                     s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
         rc = CHAT_EIO;
         goto out;
     }

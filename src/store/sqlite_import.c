@@ -16,8 +16,7 @@
 
 /* ---- chatd import ------------------------------------------------------------ */
 
-chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
-                                     size_t n)
+chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs, size_t n)
 {
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)

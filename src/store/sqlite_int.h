@@ -34,21 +34,21 @@
 #define MIGRATION_PREFIX "schema/"
 
 /* The session columns, in the order read_session() expects. */
-#define SESSION_COLS                                                                    \
+#define SESSION_COLS                                                                       \
     "id, owner, system_prompt, model, created_at, updated_at, turn_count, message_count, " \
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
 
 /* The message columns, in the order read_message() expects. */
-#define MESSAGE_COLS                                                                  \
-    "id, seq, role, content, status, model, stop_reason, tokens, input_tokens, "       \
+#define MESSAGE_COLS                                                             \
+    "id, seq, role, content, status, model, stop_reason, tokens, input_tokens, " \
     "output_tokens, cache_read_tokens, cache_write_tokens, cost_micros, created_at"
 
 /* An idempotency record: first its reply snapshot in MESSAGE_COLS order (so that
  * read_message() reads it), then the record's own columns from IDEM_COL_HASH on. */
-#define IDEM_COLS                                                                          \
-    "reply_id, reply_seq, 'assistant', reply_content, reply_status, reply_model, "          \
-    "reply_stop_reason, reply_tokens, input_tokens, output_tokens, cache_read_tokens, "     \
-    "cache_write_tokens, cost_micros, reply_created_at, "                                  \
+#define IDEM_COLS                                                                       \
+    "reply_id, reply_seq, 'assistant', reply_content, reply_status, reply_model, "      \
+    "reply_stop_reason, reply_tokens, input_tokens, output_tokens, cache_read_tokens, " \
+    "cache_write_tokens, cost_micros, reply_created_at, "                               \
     "body_hash, state, status, response, session_id, created_at, expires_at, turn_count"
 enum {
     IDEM_COL_HASH = 14,
@@ -62,7 +62,7 @@ enum {
 };
 
 /* The api_keys columns, in the order read_key() expects. */
-#define KEY_COLS                                                                          \
+#define KEY_COLS                                                                           \
     "id, name, hash, role, rate_limit, created_at, revoked_at, last_used_at, turn_count, " \
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
 
@@ -71,159 +71,127 @@ enum {
  * what PostgreSQL also accepts (ON CONFLICT, row values, RETURNING), so that a
  * second backend can reuse it nearly verbatim.
  */
-#define STATEMENTS(X)                                                                        \
-    X(ST_BEGIN_WRITE, "BEGIN IMMEDIATE")                                                     \
-    X(ST_SYNC_NORMAL, "PRAGMA synchronous=NORMAL")                                           \
-    X(ST_SYNC_FULL, "PRAGMA synchronous=FULL")                                               \
-    X(ST_BEGIN_READ, "BEGIN")                                                                \
-    X(ST_COMMIT, "COMMIT")                                                                   \
-    X(ST_ROLLBACK, "ROLLBACK")                                                               \
-    X(ST_PING, "SELECT 1")                                                                   \
-    /* Insert, or take over an expired lock; sqlite3_changes() says which happened. */       \
-    X(ST_LOCK_ACQUIRE,                                                                       \
-      "INSERT INTO turn_locks (session_id, token, expires_at) VALUES (?1, ?2, ?3) "          \
-      "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, "                      \
-      "expires_at = excluded.expires_at WHERE turn_locks.expires_at <= ?4")                  \
-    X(ST_LOCK_REFRESH, "UPDATE turn_locks SET expires_at = ?3 WHERE session_id = ?1 AND token = ?2") \
-    X(ST_LOCK_RELEASE, "DELETE FROM turn_locks WHERE session_id = ?1 AND token = ?2")        \
-    X(ST_LOCK_TOKEN, "SELECT token FROM turn_locks WHERE session_id = ?1")                   \
-    X(ST_LOCK_DROP, "DELETE FROM turn_locks WHERE session_id = ?1")                          \
-    X(ST_LOCK_SWEEP, "DELETE FROM turn_locks WHERE expires_at <= ?1")                        \
-    X(ST_SESSION_CREATE,                                                                     \
-      "INSERT INTO sessions (id, owner, system_prompt, model, created_at, updated_at) "       \
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (id) DO NOTHING")                         \
-    X(ST_NEXT_SEQ, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?1")       \
-    X(ST_MESSAGE_INSERT,                                                                     \
-      "INSERT INTO messages (session_id, seq, role, content, status, model, stop_reason, "   \
-      "tokens, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "         \
-      "cost_micros, created_at) "                                                            \
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")                \
-    X(ST_SESSION_ADD_TURN,                                                                   \
-      "UPDATE sessions SET model = ?2, updated_at = ?3, turn_count = turn_count + 1, "       \
-      "message_count = message_count + 2, input_tokens = input_tokens + ?4, "                \
-      "output_tokens = output_tokens + ?5, cache_read_tokens = cache_read_tokens + ?6, "     \
-      "cache_write_tokens = cache_write_tokens + ?7, cost_micros = cost_micros + ?8 "        \
-      "WHERE id = ?1 RETURNING turn_count, message_count")                                   \
-    X(ST_STATS_ADD_TURN,                                                                     \
-      "UPDATE stats SET total_sessions = total_sessions + ?1, "                              \
-      "total_messages = total_messages + 2, total_turns = total_turns + 1, "                 \
-      "input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3, "               \
-      "cache_read_tokens = cache_read_tokens + ?4, "                                         \
-      "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "        \
-      "WHERE id = 1")                                                                        \
-    X(ST_STATS_SUB,                                                                          \
-      "UPDATE stats SET total_sessions = total_sessions - ?1, "                              \
-      "total_messages = total_messages - ?2, total_turns = total_turns - ?3 WHERE id = 1")   \
-    X(ST_STATS_GET,                                                                          \
-      "SELECT total_sessions, total_messages, total_turns, input_tokens, output_tokens, "    \
-      "cache_read_tokens, cache_write_tokens, cost_micros FROM stats WHERE id = 1")          \
-    X(ST_SESSION_GET, "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1")                 \
-    X(ST_SESSION_COUNTS, "SELECT turn_count, message_count FROM sessions WHERE id = ?1")     \
-    X(ST_SESSION_EXISTS, "SELECT 1 FROM sessions WHERE id = ?1")                             \
-    X(ST_SESSION_DELETE, "DELETE FROM sessions WHERE id = ?1")                               \
-    X(ST_SESSION_RESET,                                                                      \
-      "UPDATE sessions SET turn_count = 0, message_count = 0, updated_at = ?2 WHERE id = ?1") \
-    X(ST_MESSAGES_DELETE, "DELETE FROM messages WHERE session_id = ?1")                      \
-    X(ST_MESSAGES_LIST,                                                                      \
-      "SELECT " MESSAGE_COLS " FROM messages WHERE session_id = ?1 AND seq > ?2 "            \
-      "ORDER BY seq LIMIT ?3")                                                               \
-    /* Four listing variants rather than "?4 IS NULL OR owner = ?4", which would keep */     \
-    /* the planner from using the owner index. ?1 limit, ?2 ?3 cursor, ?4 owner. */          \
-    X(ST_LIST_FIRST,                                                                         \
-      "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at DESC, id DESC LIMIT ?1")    \
-    X(ST_LIST_AFTER,                                                                         \
-      "SELECT " SESSION_COLS " FROM sessions WHERE (created_at, id) < (?2, ?3) "             \
-      "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
-    X(ST_LIST_OWNER_FIRST,                                                                   \
-      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 "                              \
-      "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
-    X(ST_LIST_OWNER_AFTER,                                                                   \
-      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) < (?2, ?3) " \
-      "ORDER BY created_at DESC, id DESC LIMIT ?1")                                          \
-    /* The same four, oldest first (the same indexes, walked backwards). */                  \
-    X(ST_LIST_OLD_FIRST,                                                                     \
-      "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at, id LIMIT ?1")              \
-    X(ST_LIST_OLD_AFTER,                                                                     \
-      "SELECT " SESSION_COLS " FROM sessions WHERE (created_at, id) > (?2, ?3) "             \
-      "ORDER BY created_at, id LIMIT ?1")                                                    \
-    X(ST_LIST_OLD_OWNER_FIRST,                                                               \
-      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 "                              \
-      "ORDER BY created_at, id LIMIT ?1")                                                    \
-    X(ST_LIST_OLD_OWNER_AFTER,                                                               \
-      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) > (?2, ?3) " \
-      "ORDER BY created_at, id LIMIT ?1")                                                    \
-    X(ST_EXPIRE_SELECT,                                                                      \
-      "SELECT id, turn_count, message_count FROM sessions AS s WHERE updated_at < ?1 "       \
-      "AND NOT EXISTS (SELECT 1 FROM turn_locks AS l "                                       \
-      "WHERE l.session_id = s.id AND l.expires_at > ?2) "                                    \
-      "ORDER BY updated_at LIMIT ?3")                                                        \
-    /* ---- idempotency: ?1 scope, ?2 key, ?3 token throughout ---- */                       \
-    X(ST_IDEM_GET, "SELECT " IDEM_COLS " FROM idempotency WHERE scope = ?1 AND key = ?2")    \
-    X(ST_IDEM_DROP, "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2")                 \
-    X(ST_IDEM_INSERT,                                                                        \
-      "INSERT INTO idempotency (scope, key, token, body_hash, state, session_id, created_at, " \
-      "expires_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)")                          \
-    X(ST_IDEM_REFRESH,                                                                       \
-      "UPDATE idempotency SET expires_at = ?4 "                                              \
-      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                  \
-    X(ST_IDEM_FINISH,                                                                        \
-      "UPDATE idempotency SET state = 'done', status = ?4, response = ?5, expires_at = ?6 "   \
-      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                  \
-    X(ST_IDEM_ABORT,                                                                         \
-      "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND token = ?3 "                \
-      "AND state = 'running'")                                                               \
-    X(ST_IDEM_COMMIT,                                                                        \
-      "UPDATE idempotency SET state = 'done', status = 200, response = NULL, "               \
-      "session_id = ?4, expires_at = ?5, turn_count = ?6, reply_id = ?7, reply_seq = ?8, "   \
-      "reply_content = ?9, reply_status = ?10, reply_model = ?11, reply_stop_reason = ?12, " \
-      "reply_tokens = ?13, input_tokens = ?14, output_tokens = ?15, "                        \
-      "cache_read_tokens = ?16, cache_write_tokens = ?17, cost_micros = ?18, "               \
-      "reply_created_at = ?19 "                                                              \
-      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                  \
-    X(ST_IDEM_EXPIRE,                                                                        \
-      "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "   \
-      "WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)")                                \
-    /* ---- API keys ---- */                                                                 \
-    /* No conflict target: a taken id or a taken hash both make it a no-op. */               \
-    X(ST_KEY_CREATE,                                                                         \
-      "INSERT INTO api_keys (id, name, hash, role, rate_limit, created_at) "                 \
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING")                               \
-    X(ST_KEY_BY_HASH,                                                                        \
-      "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL")            \
-    X(ST_KEY_BY_ID, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1")                       \
-    X(ST_KEY_SESSION_COUNT, "SELECT session_count FROM api_keys WHERE id = ?1")              \
-    /* Two rows are enough to tell "exactly one" from "ambiguous". */                        \
-    X(ST_KEY_BY_NAME,                                                                        \
-      "SELECT " KEY_COLS " FROM api_keys WHERE name = ?1 AND revoked_at IS NULL "            \
-      "ORDER BY created_at, id LIMIT 2")                                                     \
-    X(ST_KEYS_LIST, "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at, id")             \
-    X(ST_KEY_REVOKE,                                                                         \
-      "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")            \
-    X(ST_KEY_LAST_USED, "SELECT last_used_at FROM api_keys WHERE id = ?1")                   \
-    X(ST_KEY_TOUCH,                                                                          \
-      "UPDATE api_keys SET last_used_at = ?2 "                                               \
-      "WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)")                      \
-    X(ST_KEY_ADD_TURN,                                                                       \
-      "UPDATE api_keys SET turn_count = turn_count + 1, input_tokens = input_tokens + ?2, "  \
-      "output_tokens = output_tokens + ?3, cache_read_tokens = cache_read_tokens + ?4, "     \
-      "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "        \
-      "WHERE id = ?1")                                                                       \
-    /* ---- chatd import ---- */                                                             \
-    X(ST_SESSION_IMPORT,                                                                     \
-      "INSERT INTO sessions (" SESSION_COLS ") "                                             \
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "                     \
-      "ON CONFLICT (id) DO NOTHING")                                                         \
-    X(ST_STATS_IMPORT,                                                                       \
-      "UPDATE stats SET total_sessions = total_sessions + 1, "                               \
-      "total_messages = total_messages + ?1, total_turns = total_turns + ?2, "               \
-      "input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4, "               \
-      "cache_read_tokens = cache_read_tokens + ?5, "                                         \
-      "cache_write_tokens = cache_write_tokens + ?6, cost_micros = cost_micros + ?7 "        \
-      "WHERE id = 1")                                                                        \
-    X(ST_KEY_IMPORT,                                                                         \
-      "INSERT INTO api_keys (" KEY_COLS ") "                                                 \
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "                \
-      "ON CONFLICT DO NOTHING")
+#define STATEMENTS(X)                                                                                                \
+    X(ST_BEGIN_WRITE, "BEGIN IMMEDIATE")                                                                             \
+    X(ST_SYNC_NORMAL, "PRAGMA synchronous=NORMAL")                                                                   \
+    X(ST_SYNC_FULL, "PRAGMA synchronous=FULL")                                                                       \
+    X(ST_BEGIN_READ, "BEGIN")                                                                                        \
+    X(ST_COMMIT, "COMMIT")                                                                                           \
+    X(ST_ROLLBACK, "ROLLBACK")                                                                                       \
+    X(ST_PING, "SELECT 1")                                                                                           \
+    /* Insert, or take over an expired lock; sqlite3_changes() says which happened. */                               \
+    X(ST_LOCK_ACQUIRE, "INSERT INTO turn_locks (session_id, token, expires_at) VALUES (?1, ?2, ?3) "                 \
+                       "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, "                             \
+                       "expires_at = excluded.expires_at WHERE turn_locks.expires_at <= ?4")                         \
+    X(ST_LOCK_REFRESH, "UPDATE turn_locks SET expires_at = ?3 WHERE session_id = ?1 AND token = ?2")                 \
+    X(ST_LOCK_RELEASE, "DELETE FROM turn_locks WHERE session_id = ?1 AND token = ?2")                                \
+    X(ST_LOCK_TOKEN, "SELECT token FROM turn_locks WHERE session_id = ?1")                                           \
+    X(ST_LOCK_DROP, "DELETE FROM turn_locks WHERE session_id = ?1")                                                  \
+    X(ST_LOCK_SWEEP, "DELETE FROM turn_locks WHERE expires_at <= ?1")                                                \
+    X(ST_SESSION_CREATE, "INSERT INTO sessions (id, owner, system_prompt, model, created_at, updated_at) "           \
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (id) DO NOTHING")                              \
+    X(ST_NEXT_SEQ, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?1")                               \
+    X(ST_MESSAGE_INSERT, "INSERT INTO messages (session_id, seq, role, content, status, model, stop_reason, "        \
+                         "tokens, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "              \
+                         "cost_micros, created_at) "                                                                 \
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")                     \
+    X(ST_SESSION_ADD_TURN, "UPDATE sessions SET model = ?2, updated_at = ?3, turn_count = turn_count + 1, "          \
+                           "message_count = message_count + 2, input_tokens = input_tokens + ?4, "                   \
+                           "output_tokens = output_tokens + ?5, cache_read_tokens = cache_read_tokens + ?6, "        \
+                           "cache_write_tokens = cache_write_tokens + ?7, cost_micros = cost_micros + ?8 "           \
+                           "WHERE id = ?1 RETURNING turn_count, message_count")                                      \
+    X(ST_STATS_ADD_TURN, "UPDATE stats SET total_sessions = total_sessions + ?1, "                                   \
+                         "total_messages = total_messages + 2, total_turns = total_turns + 1, "                      \
+                         "input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3, "                    \
+                         "cache_read_tokens = cache_read_tokens + ?4, "                                              \
+                         "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "             \
+                         "WHERE id = 1")                                                                             \
+    X(ST_STATS_SUB, "UPDATE stats SET total_sessions = total_sessions - ?1, "                                        \
+                    "total_messages = total_messages - ?2, total_turns = total_turns - ?3 WHERE id = 1")             \
+    X(ST_STATS_GET, "SELECT total_sessions, total_messages, total_turns, input_tokens, output_tokens, "              \
+                    "cache_read_tokens, cache_write_tokens, cost_micros FROM stats WHERE id = 1")                    \
+    X(ST_SESSION_GET, "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1")                                         \
+    X(ST_SESSION_COUNTS, "SELECT turn_count, message_count FROM sessions WHERE id = ?1")                             \
+    X(ST_SESSION_EXISTS, "SELECT 1 FROM sessions WHERE id = ?1")                                                     \
+    X(ST_SESSION_DELETE, "DELETE FROM sessions WHERE id = ?1")                                                       \
+    X(ST_SESSION_RESET, "UPDATE sessions SET turn_count = 0, message_count = 0, updated_at = ?2 WHERE id = ?1")      \
+    X(ST_MESSAGES_DELETE, "DELETE FROM messages WHERE session_id = ?1")                                              \
+    X(ST_MESSAGES_LIST, "SELECT " MESSAGE_COLS " FROM messages WHERE session_id = ?1 AND seq > ?2 "                  \
+                        "ORDER BY seq LIMIT ?3")                                                                     \
+    /* Four listing variants rather than "?4 IS NULL OR owner = ?4", which would keep */                             \
+    /* the planner from using the owner index. ?1 limit, ?2 ?3 cursor, ?4 owner. */                                  \
+    X(ST_LIST_FIRST, "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at DESC, id DESC LIMIT ?1")             \
+    X(ST_LIST_AFTER, "SELECT " SESSION_COLS " FROM sessions WHERE (created_at, id) < (?2, ?3) "                      \
+                     "ORDER BY created_at DESC, id DESC LIMIT ?1")                                                   \
+    X(ST_LIST_OWNER_FIRST, "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 "                                 \
+                           "ORDER BY created_at DESC, id DESC LIMIT ?1")                                             \
+    X(ST_LIST_OWNER_AFTER, "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) < (?2, ?3) " \
+                           "ORDER BY created_at DESC, id DESC LIMIT ?1")                                             \
+    /* The same four, oldest first (the same indexes, walked backwards). */                                          \
+    X(ST_LIST_OLD_FIRST, "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at, id LIMIT ?1")                   \
+    X(ST_LIST_OLD_AFTER, "SELECT " SESSION_COLS " FROM sessions WHERE (created_at, id) > (?2, ?3) "                  \
+                         "ORDER BY created_at, id LIMIT ?1")                                                         \
+    X(ST_LIST_OLD_OWNER_FIRST, "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 "                             \
+                               "ORDER BY created_at, id LIMIT ?1")                                                   \
+    X(ST_LIST_OLD_OWNER_AFTER,                                                                                       \
+      "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) > (?2, ?3) "                      \
+      "ORDER BY created_at, id LIMIT ?1")                                                                            \
+    X(ST_EXPIRE_SELECT, "SELECT id, turn_count, message_count FROM sessions AS s WHERE updated_at < ?1 "             \
+                        "AND NOT EXISTS (SELECT 1 FROM turn_locks AS l "                                             \
+                        "WHERE l.session_id = s.id AND l.expires_at > ?2) "                                          \
+                        "ORDER BY updated_at LIMIT ?3")                                                              \
+    /* ---- idempotency: ?1 scope, ?2 key, ?3 token throughout ---- */                                               \
+    X(ST_IDEM_GET, "SELECT " IDEM_COLS " FROM idempotency WHERE scope = ?1 AND key = ?2")                            \
+    X(ST_IDEM_DROP, "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2")                                         \
+    X(ST_IDEM_INSERT, "INSERT INTO idempotency (scope, key, token, body_hash, state, session_id, created_at, "       \
+                      "expires_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)")                                  \
+    X(ST_IDEM_REFRESH, "UPDATE idempotency SET expires_at = ?4 "                                                     \
+                       "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                         \
+    X(ST_IDEM_FINISH, "UPDATE idempotency SET state = 'done', status = ?4, response = ?5, expires_at = ?6 "          \
+                      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                          \
+    X(ST_IDEM_ABORT, "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND token = ?3 "                         \
+                     "AND state = 'running'")                                                                        \
+    X(ST_IDEM_COMMIT, "UPDATE idempotency SET state = 'done', status = 200, response = NULL, "                       \
+                      "session_id = ?4, expires_at = ?5, turn_count = ?6, reply_id = ?7, reply_seq = ?8, "           \
+                      "reply_content = ?9, reply_status = ?10, reply_model = ?11, reply_stop_reason = ?12, "         \
+                      "reply_tokens = ?13, input_tokens = ?14, output_tokens = ?15, "                                \
+                      "cache_read_tokens = ?16, cache_write_tokens = ?17, cost_micros = ?18, "                       \
+                      "reply_created_at = ?19 "                                                                      \
+                      "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                          \
+    X(ST_IDEM_EXPIRE, "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "           \
+                      "WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)")                                        \
+    /* ---- API keys ---- */                                                                                         \
+    /* No conflict target: a taken id or a taken hash both make it a no-op. */                                       \
+    X(ST_KEY_CREATE, "INSERT INTO api_keys (id, name, hash, role, rate_limit, created_at) "                          \
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING")                                       \
+    X(ST_KEY_BY_HASH, "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL")                    \
+    X(ST_KEY_BY_ID, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1")                                               \
+    X(ST_KEY_SESSION_COUNT, "SELECT session_count FROM api_keys WHERE id = ?1")                                      \
+    /* Two rows are enough to tell "exactly one" from "ambiguous". */                                                \
+    X(ST_KEY_BY_NAME, "SELECT " KEY_COLS " FROM api_keys WHERE name = ?1 AND revoked_at IS NULL "                    \
+                      "ORDER BY created_at, id LIMIT 2")                                                             \
+    X(ST_KEYS_LIST, "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at, id")                                     \
+    X(ST_KEY_REVOKE, "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")                     \
+    X(ST_KEY_LAST_USED, "SELECT last_used_at FROM api_keys WHERE id = ?1")                                           \
+    X(ST_KEY_TOUCH, "UPDATE api_keys SET last_used_at = ?2 "                                                         \
+                    "WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)")                                \
+    X(ST_KEY_ADD_TURN, "UPDATE api_keys SET turn_count = turn_count + 1, input_tokens = input_tokens + ?2, "         \
+                       "output_tokens = output_tokens + ?3, cache_read_tokens = cache_read_tokens + ?4, "            \
+                       "cache_write_tokens = cache_write_tokens + ?5, cost_micros = cost_micros + ?6 "               \
+                       "WHERE id = ?1")                                                                              \
+    /* ---- chatd import ---- */                                                                                     \
+    X(ST_SESSION_IMPORT, "INSERT INTO sessions (" SESSION_COLS ") "                                                  \
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "                          \
+                         "ON CONFLICT (id) DO NOTHING")                                                              \
+    X(ST_STATS_IMPORT, "UPDATE stats SET total_sessions = total_sessions + 1, "                                      \
+                       "total_messages = total_messages + ?1, total_turns = total_turns + ?2, "                      \
+                       "input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4, "                      \
+                       "cache_read_tokens = cache_read_tokens + ?5, "                                                \
+                       "cache_write_tokens = cache_write_tokens + ?6, cost_micros = cost_micros + ?7 "               \
+                       "WHERE id = 1")                                                                               \
+    X(ST_KEY_IMPORT, "INSERT INTO api_keys (" KEY_COLS ") "                                                          \
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "                         \
+                     "ON CONFLICT DO NOTHING")
 
 #define AS_ENUM(name, sql) name,
 #define AS_SQL(name, sql) [name] = sql,
@@ -239,13 +207,13 @@ typedef struct file_lock file_lock;
 typedef struct sqlite_db sqlite_db;
 
 struct sqlite_db {
-    sqlite3 *db;                  /* the connection; owned */
-    file_lock *writer;            /* the file's in-process write mutex; NULL for :memory: */
-    bool writing;                 /* this handle holds writer->mu */
-    bool sync_normal;             /* DATABASE_URL ?synchronous=normal: commits without fsync */
-    sqlite3_stmt *st[ST_COUNT];   /* prepared statements, each reset after use; owned */
-    int schema_version;           /* highest migration applied, read in store_open */
-    int bind_rc;                  /* first failed sqlite3_bind_* since the last step, or SQLITE_OK */
+    sqlite3 *db;                /* the connection; owned */
+    file_lock *writer;          /* the file's in-process write mutex; NULL for :memory: */
+    bool writing;               /* this handle holds writer->mu */
+    bool sync_normal;           /* DATABASE_URL ?synchronous=normal: commits without fsync */
+    sqlite3_stmt *st[ST_COUNT]; /* prepared statements, each reset after use; owned */
+    int schema_version;         /* highest migration applied, read in store_open */
+    int bind_rc;                /* first failed sqlite3_bind_* since the last step, or SQLITE_OK */
 };
 
 /* ---- the connection and statement helpers (sqlite_conn.c) ---- */
@@ -272,8 +240,7 @@ chat_rc sqlite_ping(sqlite_db *s);
 /* ---- shared by the operations (sqlite_ops.c) ---- */
 
 chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store_message *m, int64_t *id);
-chat_rc sql_fetch_row(sqlite_db *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *),
-                         void *out);
+chat_rc sql_fetch_row(sqlite_db *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *), void *out);
 
 /* ---- operations in their own files, dispatched by sqlite_ops.c ---- */
 
@@ -283,8 +250,7 @@ chat_rc sqlite_keys_list(sqlite_db *s, store_key **out, size_t *n);
 chat_rc sqlite_key_revoke(sqlite_db *s, const char *id_or_name, int64_t now, store_key *out);
 chat_rc sqlite_key_session_count(sqlite_db *s, const char *id, int64_t *out);
 chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now);
-chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
-                                     size_t n);
+chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs, size_t n);
 chat_rc sqlite_key_import(sqlite_db *s, const store_key *k);
 
 #endif

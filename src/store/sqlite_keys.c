@@ -98,8 +98,7 @@ chat_rc sqlite_keys_list(sqlite_db *s, store_key **out, size_t *n)
  * Inside a transaction: reads the keys a statement bound to id_or_name returns,
  * at most two. *found receives how many (2 meaning "two or more"); *k the first.
  */
-static chat_rc keys_matching(sqlite_db *s, enum stmt_id id, const char *id_or_name, store_key *k,
-                             int *found)
+static chat_rc keys_matching(sqlite_db *s, enum stmt_id id, const char *id_or_name, store_key *k, int *found)
 {
     sqlite3_stmt *st = s->st[id];
     int rc = SQLITE_DONE;
@@ -120,7 +119,7 @@ chat_rc sqlite_key_revoke(sqlite_db *s, const char *id_or_name, int64_t now, sto
 {
     if (out)
         memset(out, 0, sizeof *out);
-    store_key k = {0};
+    store_key k = { 0 };
     int found = 0;
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)
@@ -174,8 +173,8 @@ chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now)
     sqlite3_stmt *st = s->st[ST_KEY_LAST_USED];
     sql_bind_text(s, st, 1, id);
     int src = sql_step(s, st);
-    bool stale = src == SQLITE_ROW && (sqlite3_column_type(st, 0) == SQLITE_NULL ||
-                                       sqlite3_column_int64(st, 0) <= now - STORE_KEY_TOUCH_MS);
+    bool stale = src == SQLITE_ROW &&
+                 (sqlite3_column_type(st, 0) == SQLITE_NULL || sqlite3_column_int64(st, 0) <= now - STORE_KEY_TOUCH_MS);
     done(st);
     if (src != SQLITE_ROW && src != SQLITE_DONE)
         return sql_fail(s, "ST_KEY_LAST_USED", src);
@@ -188,4 +187,3 @@ chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now)
     sql_bind_i64(s, st, 3, now - STORE_KEY_TOUCH_MS);
     return sql_run(s, ST_KEY_TOUCH);
 }
-

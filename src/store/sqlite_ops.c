@@ -38,8 +38,7 @@ static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
     return rc;
 }
 
-static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const char *token, int64_t now,
-                           int64_t ttl_ms)
+static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const char *token, int64_t now, int64_t ttl_ms)
 {
     sqlite3_stmt *st = s->st[ST_LOCK_ACQUIRE];
     sql_bind_text(s, st, 1, session_id);
@@ -53,8 +52,7 @@ static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const c
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_EBUSY;
 }
 
-static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const char *token, int64_t now,
-                           int64_t ttl_ms)
+static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const char *token, int64_t now, int64_t ttl_ms)
 {
     sqlite3_stmt *st = s->st[ST_LOCK_REFRESH];
     sql_bind_text(s, st, 1, session_id);
@@ -124,8 +122,7 @@ chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store
 /* One of the turn's two messages as a row: the user's, or the assistant's
  * reply. The strings are only read (store_message's are not const because
  * the readers own theirs). */
-static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bool assistant,
-                              int64_t *id)
+static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bool assistant, int64_t *id)
 {
     const store_message m = {
         .seq = seq,
@@ -135,7 +132,7 @@ static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bo
         .model = (char *)(assistant ? t->model : NULL),
         .stop_reason = (char *)(assistant ? t->stop_reason : NULL),
         .tokens = assistant ? t->usage.output_tokens : t->user_tokens,
-        .usage = assistant ? t->usage : (store_usage){-1, -1, -1, -1},
+        .usage = assistant ? t->usage : (store_usage){ -1, -1, -1, -1 },
         .cost_micros = assistant ? t->cost_micros : 0,
         .created_at = t->now,
     };
@@ -149,8 +146,7 @@ static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bo
  * out and that a retry took over belongs to the retry, and this commit must not
  * happen (CHAT_ECONFLICT), so that one key never commits two turns.
  */
-static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn_result *r,
-                             int64_t reply_seq)
+static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn_result *r, int64_t reply_seq)
 {
     sqlite3_stmt *st = s->st[ST_IDEM_COMMIT];
     sql_bind_text(s, st, 1, t->idem_scope);
@@ -181,7 +177,7 @@ static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn
 static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_turn_result *res)
 {
     const store_turn *t = turn;
-    store_turn_result r = {0};
+    store_turn_result r = { 0 };
     sqlite3_stmt *st;
     int src;
 
@@ -313,8 +309,7 @@ static void read_session(sqlite3_stmt *st, store_session *out)
  * parameter: read(st, out) on a row and CHAT_OK, CHAT_ENOTFOUND without one,
  * CHAT_EIO on an error. The statement is reset either way.
  */
-chat_rc sql_fetch_row(sqlite_db *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *),
-                         void *out)
+chat_rc sql_fetch_row(sqlite_db *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *), void *out)
 {
     sqlite3_stmt *st = s->st[id];
     sql_bind_text(s, st, 1, key);
@@ -380,7 +375,7 @@ static chat_rc stats_sub(sqlite_db *s, int64_t sessions, int64_t messages, int64
  */
 static chat_rc delete_session(sqlite_db *s, const char *session_id, int64_t turns, int64_t messages)
 {
-    static const enum stmt_id steps[] = {ST_MESSAGES_DELETE, ST_SESSION_DELETE, ST_LOCK_DROP};
+    static const enum stmt_id steps[] = { ST_MESSAGES_DELETE, ST_SESSION_DELETE, ST_LOCK_DROP };
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
         sql_bind_text(s, s->st[steps[i]], 1, session_id);
         chat_rc rc = sql_run(s, steps[i]);
@@ -406,8 +401,7 @@ static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
     return rc;
 }
 
-static chat_rc sqlite_session_reset(sqlite_db *s, const char *session_id, int64_t now,
-                            int64_t *previous_turns)
+static chat_rc sqlite_session_reset(sqlite_db *s, const char *session_id, int64_t now, int64_t *previous_turns)
 {
     int64_t turns = 0, messages = 0;
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
@@ -439,8 +433,8 @@ out:
 
 /* ---- listing -------------------------------------------------------------- */
 
-static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char *cursor, int limit,
-                            bool oldest_first, store_session **out, size_t *n, char **next_cursor)
+static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char *cursor, int limit, bool oldest_first,
+                                    store_session **out, size_t *n, char **next_cursor)
 {
     if (!out || !n || !next_cursor)
         return CHAT_EINVAL;
@@ -458,8 +452,7 @@ static chat_rc sqlite_sessions_list(sqlite_db *s, const char *owner, const char 
         id = owner ? (cursor ? ST_LIST_OLD_OWNER_AFTER : ST_LIST_OLD_OWNER_FIRST)
                    : (cursor ? ST_LIST_OLD_AFTER : ST_LIST_OLD_FIRST);
     else
-        id = owner ? (cursor ? ST_LIST_OWNER_AFTER : ST_LIST_OWNER_FIRST)
-                   : (cursor ? ST_LIST_AFTER : ST_LIST_FIRST);
+        id = owner ? (cursor ? ST_LIST_OWNER_AFTER : ST_LIST_OWNER_FIRST) : (cursor ? ST_LIST_AFTER : ST_LIST_FIRST);
     sqlite3_stmt *st = s->st[id];
     /* One row more than asked tells whether another page follows. */
     sql_bind_i64(s, st, 1, (int64_t)limit + 1);
@@ -520,7 +513,7 @@ static void read_message(sqlite3_stmt *st, store_message *m)
 }
 
 static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_t after_seq, int limit,
-                            store_message **out, size_t *n)
+                                    store_message **out, size_t *n)
 {
     if (!out || !n)
         return CHAT_EINVAL;
@@ -697,8 +690,8 @@ static void read_idem(sqlite3_stmt *st, const char *body_hash, store_idem *out)
 }
 
 static chat_rc sqlite_idem_begin(sqlite_db *s, const char *scope, const char *key, const char *body_hash,
-                         const char *token, const char *session_id, int64_t now,
-                         int64_t lease_ms, store_idem *out)
+                                 const char *token, const char *session_id, int64_t now, int64_t lease_ms,
+                                 store_idem *out)
 {
     if (!out)
         return CHAT_EINVAL;
@@ -763,8 +756,8 @@ out:
     return rc;
 }
 
-static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *key, const char *token,
-                           int64_t now, int64_t lease_ms)
+static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *key, const char *token, int64_t now,
+                                   int64_t lease_ms)
 {
     sqlite3_stmt *st = s->st[ST_IDEM_REFRESH];
     sql_bind_text(s, st, 1, scope);
@@ -777,8 +770,8 @@ static chat_rc sqlite_idem_refresh(sqlite_db *s, const char *scope, const char *
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
-static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *key, const char *token,
-                          int status, const char *response, int64_t now, int64_t ttl_ms)
+static chat_rc sqlite_idem_finish(sqlite_db *s, const char *scope, const char *key, const char *token, int status,
+                                  const char *response, int64_t now, int64_t ttl_ms)
 {
     sqlite3_stmt *st = s->st[ST_IDEM_FINISH];
     sql_bind_text(s, st, 1, scope);
@@ -865,7 +858,9 @@ static chat_rc be_run(void *impl, store_op *op)
         rc = sqlite_idem_begin(s, in->scope, in->idem_key, in->body_hash, in->token, in->session_id, in->now,
                                in->ttl_ms, &o->idem);
         break;
-    case STORE_OP_IDEM_REFRESH: rc = sqlite_idem_refresh(s, in->scope, in->idem_key, in->token, in->now, in->ttl_ms); break;
+    case STORE_OP_IDEM_REFRESH:
+        rc = sqlite_idem_refresh(s, in->scope, in->idem_key, in->token, in->now, in->ttl_ms);
+        break;
     case STORE_OP_IDEM_FINISH:
         rc = sqlite_idem_finish(s, in->scope, in->idem_key, in->token, in->status, in->response, in->now, in->ttl_ms);
         break;

@@ -22,11 +22,11 @@
 struct store {
     const store_backend *be;
     void *impl;
-    int pending;  /* submitted and not completed */
+    int pending; /* submitted and not completed */
     /* Ops that finished inside store_submit (SQLite runs them inline; any
      * backend's refused ops) wait here, in order, for done_ev to complete them
      * on a later loop turn (store.h's contract). */
-    struct event *done_ev;  /* NULL until store_attach, and again after store_detach */
+    struct event *done_ev; /* NULL until store_attach, and again after store_detach */
     store_op *done_head, *done_tail;
 };
 
@@ -273,7 +273,11 @@ static chat_rc run_op(store *s, store_op *op)
     return s->be->run(s->impl, op);
 }
 
-#define OP(kind_) (store_op){.kind = STORE_OP_##kind_}
+#define OP(kind_)                \
+    (store_op)                   \
+    {                            \
+        .kind = STORE_OP_##kind_ \
+    }
 
 chat_rc store_ping(store *s)
 {
@@ -351,8 +355,8 @@ chat_rc store_session_reset(store *s, const char *session_id, int64_t now, int64
     return rc;
 }
 
-chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int limit, store_session **out,
-                            size_t *n, char **next_cursor)
+chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int limit, store_session **out, size_t *n,
+                            char **next_cursor)
 {
     if (!out || !n || !next_cursor)
         return CHAT_EINVAL;

@@ -69,36 +69,36 @@ typedef struct store store;
 
 /* Token usage of one provider call, or of a sum of calls. -1 = unknown. */
 typedef struct store_usage {
-    int64_t input_tokens;        /* uncached input tokens */
+    int64_t input_tokens; /* uncached input tokens */
     int64_t output_tokens;
-    int64_t cache_read_tokens;   /* input tokens read from the prompt cache */
-    int64_t cache_write_tokens;  /* input tokens written to the prompt cache */
+    int64_t cache_read_tokens;  /* input tokens read from the prompt cache */
+    int64_t cache_write_tokens; /* input tokens written to the prompt cache */
 } store_usage;
 
 typedef struct store_session {
     char *id;
-    char *owner;          /* API key id that created it; NULL when auth is off */
-    char *system_prompt;  /* fixed by the first turn, as the template does */
-    char *model;          /* model of the last committed turn */
+    char *owner;         /* API key id that created it; NULL when auth is off */
+    char *system_prompt; /* fixed by the first turn, as the template does */
+    char *model;         /* model of the last committed turn */
     int64_t created_at;
-    int64_t updated_at;   /* time of the last commit or reset */
-    int64_t turn_count;   /* committed turns since the last reset */
+    int64_t updated_at; /* time of the last commit or reset */
+    int64_t turn_count; /* committed turns since the last reset */
     int64_t message_count;
-    store_usage usage;    /* totals over all turns ever committed (kept across resets); unknown parts count as 0 */
-    int64_t cost_micros;  /* total cost over all turns */
+    store_usage usage;   /* totals over all turns ever committed (kept across resets); unknown parts count as 0 */
+    int64_t cost_micros; /* total cost over all turns */
 } store_session;
 
 typedef struct store_message {
-    int64_t id;           /* globally unique, increasing */
-    int64_t seq;          /* position in its session: 1, 2, ... */
-    char *role;           /* "user" or "assistant" */
+    int64_t id;  /* globally unique, increasing */
+    int64_t seq; /* position in its session: 1, 2, ... */
+    char *role;  /* "user" or "assistant" */
     char *content;
-    char *status;         /* "complete", or "incomplete" for a reply cut by a disconnect */
-    char *model;          /* assistant messages: the model that answered; NULL for user messages */
-    char *stop_reason;    /* assistant messages: provider stop reason, or NULL */
-    int64_t tokens;       /* tokens this message costs in context (user: input share, assistant: output), -1 unknown */
-    store_usage usage;    /* assistant messages: the provider call's usage; all -1 for user messages */
-    int64_t cost_micros;  /* assistant messages: the turn's cost; 0 for user messages */
+    char *status;        /* "complete", or "incomplete" for a reply cut by a disconnect */
+    char *model;         /* assistant messages: the model that answered; NULL for user messages */
+    char *stop_reason;   /* assistant messages: provider stop reason, or NULL */
+    int64_t tokens;      /* tokens this message costs in context (user: input share, assistant: output), -1 unknown */
+    store_usage usage;   /* assistant messages: the provider call's usage; all -1 for user messages */
+    int64_t cost_micros; /* assistant messages: the turn's cost; 0 for user messages */
     int64_t created_at;
 } store_message;
 
@@ -111,28 +111,28 @@ typedef struct store_message {
 typedef struct store_stats {
     int64_t total_sessions;
     int64_t total_messages;
-    int64_t total_turns;   /* sum of the sessions' turn_count */
-    store_usage usage;     /* unknown parts count as 0 */
+    int64_t total_turns; /* sum of the sessions' turn_count */
+    store_usage usage;   /* unknown parts count as 0 */
     int64_t cost_micros;
 } store_stats;
 
 /* Everything one turn commits. */
 typedef struct store_turn {
     const char *session_id;
-    const char *owner;           /* API key id making the turn: owns a new session, is charged the usage; may be NULL */
-    const char *system_prompt;   /* used only when the session does not exist yet */
-    const char *model;           /* the model that answered (stored on the assistant message) */
+    const char *owner;         /* API key id making the turn: owns a new session, is charged the usage; may be NULL */
+    const char *system_prompt; /* used only when the session does not exist yet */
+    const char *model;         /* the model that answered (stored on the assistant message) */
     /* The model the session keeps for its next turns: the one the turn asked for,
      * which differs from model after a fallback. NULL means model. */
     const char *session_model;
     const char *user_content;
     const char *assistant_content;
-    const char *status;          /* "complete" or "incomplete" */
-    const char *stop_reason;     /* may be NULL */
-    int64_t user_tokens;         /* -1 if unknown */
+    const char *status;      /* "complete" or "incomplete" */
+    const char *stop_reason; /* may be NULL */
+    int64_t user_tokens;     /* -1 if unknown */
     store_usage usage;
     int64_t cost_micros;
-    const char *lock_token;      /* the token that holds the session's turn lock */
+    const char *lock_token; /* the token that holds the session's turn lock */
     int64_t now;
     /*
      * Optional. When idem_key is non-NULL the commit also completes the
@@ -141,15 +141,15 @@ typedef struct store_turn {
      * written): it becomes 'done', status 200, replayable until now + idem_ttl_ms,
      * with a copy of the assistant message. Zero-initialised fields mean "none".
      */
-    const char *idem_scope;      /* with idem_key: "" or an API key id */
+    const char *idem_scope; /* with idem_key: "" or an API key id */
     const char *idem_key;
-    int64_t idem_ttl_ms;         /* > 0 with idem_key */
+    int64_t idem_ttl_ms; /* > 0 with idem_key */
 } store_turn;
 
 typedef struct store_turn_result {
     int64_t user_message_id;
     int64_t assistant_message_id;
-    int64_t turn_count;          /* the session's turn count after this turn */
+    int64_t turn_count; /* the session's turn count after this turn */
     int64_t message_count;
 } store_turn_result;
 
@@ -187,12 +187,12 @@ chat_rc store_ping(store *s) CHAT_MUST_CHECK;
  * lock exists or the existing one expired (its holder died); CHAT_EBUSY if a live
  * lock is held by any token (including this same token). The session need not exist.
  */
-chat_rc store_lock_acquire(store *s, const char *session_id, const char *token,
-                           int64_t now, int64_t ttl_ms) CHAT_MUST_CHECK;
+chat_rc store_lock_acquire(store *s, const char *session_id, const char *token, int64_t now,
+                           int64_t ttl_ms) CHAT_MUST_CHECK;
 
 /* Extends a held lock to now + ttl_ms. CHAT_ECONFLICT if token no longer holds it. */
-chat_rc store_lock_refresh(store *s, const char *session_id, const char *token,
-                           int64_t now, int64_t ttl_ms) CHAT_MUST_CHECK;
+chat_rc store_lock_refresh(store *s, const char *session_id, const char *token, int64_t now,
+                           int64_t ttl_ms) CHAT_MUST_CHECK;
 
 /* Releases the lock if token holds it; releasing a lock not held is not an error. */
 chat_rc store_lock_release(store *s, const char *session_id, const char *token) CHAT_MUST_CHECK;
@@ -227,8 +227,7 @@ chat_rc store_session_delete(store *s, const char *session_id) CHAT_MUST_CHECK;
  * *previous_turns receives the turn count before the reset. CHAT_ENOTFOUND if it
  * does not exist.
  */
-chat_rc store_session_reset(store *s, const char *session_id, int64_t now,
-                            int64_t *previous_turns) CHAT_MUST_CHECK;
+chat_rc store_session_reset(store *s, const char *session_id, int64_t now, int64_t *previous_turns) CHAT_MUST_CHECK;
 
 /*
  * Lists sessions, newest first (by creation time, then id). owner filters by
@@ -237,8 +236,8 @@ chat_rc store_session_reset(store *s, const char *session_id, int64_t now,
  * array of *n, free with store_sessions_free). *next_cursor is a heap string
  * when more sessions follow, else NULL; an invalid cursor gives CHAT_EINVAL.
  */
-chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int limit,
-                            store_session **out, size_t *n, char **next_cursor) CHAT_MUST_CHECK;
+chat_rc store_sessions_list(store *s, const char *owner, const char *cursor, int limit, store_session **out, size_t *n,
+                            char **next_cursor) CHAT_MUST_CHECK;
 
 void store_sessions_free(store_session *arr, size_t n);
 
@@ -247,8 +246,8 @@ void store_sessions_free(store_session *arr, size_t n);
  * of them (limit <= 0: all). CHAT_ENOTFOUND if the session does not exist.
  * *out is an array of *n (free with store_messages_free).
  */
-chat_rc store_messages_list(store *s, const char *session_id, int64_t after_seq, int limit,
-                            store_message **out, size_t *n) CHAT_MUST_CHECK;
+chat_rc store_messages_list(store *s, const char *session_id, int64_t after_seq, int limit, store_message **out,
+                            size_t *n) CHAT_MUST_CHECK;
 
 void store_messages_free(store_message *arr, size_t n);
 
@@ -262,8 +261,7 @@ chat_rc store_stats_get(store *s, store_stats *out) CHAT_MUST_CHECK;
  * <= now), so that locks left by dead holders do not accumulate. Idempotency
  * records have their own sweep (store_idem_expire).
  */
-chat_rc store_sessions_expire(store *s, int64_t before, int64_t now, int limit,
-                              int64_t *deleted) CHAT_MUST_CHECK;
+chat_rc store_sessions_expire(store *s, int64_t before, int64_t now, int limit, int64_t *deleted) CHAT_MUST_CHECK;
 
 /* ---- idempotency ----------------------------------------------------------
  *
@@ -297,24 +295,24 @@ chat_rc store_sessions_expire(store *s, int64_t before, int64_t now, int limit,
  */
 
 typedef enum store_idem_outcome {
-    STORE_IDEM_NEW = 1,   /* a 'running' record now exists for the caller's token: run the request */
-    STORE_IDEM_REPLAY,    /* done with the same body hash: replay it, do not run anything */
-    STORE_IDEM_RUNNING,   /* the first request is still running (live lease): answer 409 */
-    STORE_IDEM_MISMATCH,  /* the key was used with another body (running or done): answer 422 */
+    STORE_IDEM_NEW = 1,  /* a 'running' record now exists for the caller's token: run the request */
+    STORE_IDEM_REPLAY,   /* done with the same body hash: replay it, do not run anything */
+    STORE_IDEM_RUNNING,  /* the first request is still running (live lease): answer 409 */
+    STORE_IDEM_MISMATCH, /* the key was used with another body (running or done): answer 422 */
 } store_idem_outcome;
 
 /* What store_idem_begin found. Strings are heap-owned: store_idem_clear. */
 typedef struct store_idem {
     store_idem_outcome outcome; /* 0 (none of the above) after an error */
-    char *session_id;     /* the record's session (NEW: a copy of the argument); may be NULL */
-    int64_t created_at;   /* when the first request began */
-    int64_t expires_at;   /* lease end (NEW, RUNNING) or end of replay (REPLAY) */
+    char *session_id;           /* the record's session (NEW: a copy of the argument); may be NULL */
+    int64_t created_at;         /* when the first request began */
+    int64_t expires_at;         /* lease end (NEW, RUNNING) or end of replay (REPLAY) */
     /* REPLAY only: */
-    int status;           /* HTTP status to replay (200 for a committed turn) */
-    char *response;       /* body stored by store_idem_finish; NULL for a committed turn */
-    bool has_reply;       /* true for a committed turn: reply and turn_count are set */
-    store_message reply;  /* copy of the assistant message as committed (role "assistant") */
-    int64_t turn_count;   /* the session's turn count right after that turn */
+    int status;          /* HTTP status to replay (200 for a committed turn) */
+    char *response;      /* body stored by store_idem_finish; NULL for a committed turn */
+    bool has_reply;      /* true for a committed turn: reply and turn_count are set */
+    store_message reply; /* copy of the assistant message as committed (role "assistant") */
+    int64_t turn_count;  /* the session's turn count right after that turn */
 } store_idem;
 
 /*
@@ -325,17 +323,16 @@ typedef struct store_idem {
  * all four cases; *out must be cleared by the caller (also after errors, which
  * leave it zeroed). session_id (may be NULL) is stored in a new record.
  */
-chat_rc store_idem_begin(store *s, const char *scope, const char *key, const char *body_hash,
-                         const char *token, const char *session_id, int64_t now,
-                         int64_t lease_ms, store_idem *out) CHAT_MUST_CHECK;
+chat_rc store_idem_begin(store *s, const char *scope, const char *key, const char *body_hash, const char *token,
+                         const char *session_id, int64_t now, int64_t lease_ms, store_idem *out) CHAT_MUST_CHECK;
 
 /* Frees the strings of a store_idem and zeroes it. Accepts NULL. */
 void store_idem_clear(store_idem *r);
 
 /* Extends the lease of a running record to now + lease_ms (call it with
  * store_lock_refresh). CHAT_ECONFLICT if token no longer owns a running record. */
-chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const char *token,
-                           int64_t now, int64_t lease_ms) CHAT_MUST_CHECK;
+chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const char *token, int64_t now,
+                           int64_t lease_ms) CHAT_MUST_CHECK;
 
 /*
  * Marks the running record owned by token done with an HTTP status (100..599)
@@ -343,14 +340,12 @@ chat_rc store_idem_refresh(store *s, const char *scope, const char *key, const c
  * committed turn (which store_turn_commit completes by itself). CHAT_ECONFLICT
  * if token no longer owns a running record.
  */
-chat_rc store_idem_finish(store *s, const char *scope, const char *key, const char *token,
-                          int status, const char *response, int64_t now,
-                          int64_t ttl_ms) CHAT_MUST_CHECK;
+chat_rc store_idem_finish(store *s, const char *scope, const char *key, const char *token, int status,
+                          const char *response, int64_t now, int64_t ttl_ms) CHAT_MUST_CHECK;
 
 /* Deletes the record if it is running and owned by token (the request failed
  * and a retry may run it again); otherwise does nothing and returns CHAT_OK. */
-chat_rc store_idem_abort(store *s, const char *scope, const char *key,
-                         const char *token) CHAT_MUST_CHECK;
+chat_rc store_idem_abort(store *s, const char *scope, const char *key, const char *token) CHAT_MUST_CHECK;
 
 /* Deletes at most limit records with expires_at <= now (run it from the
  * retention sweeper); *deleted (may be NULL) receives how many. */
@@ -371,12 +366,12 @@ chat_rc store_idem_expire(store *s, int64_t now, int limit, int64_t *deleted) CH
 #define STORE_KEY_TOUCH_MS 60000
 
 typedef struct store_key_new {
-    const char *id;          /* public id, 1..STORE_ID_MAX bytes (e.g. "key_" + 16 hex digits) */
-    const char *name;        /* 1..STORE_ID_MAX bytes */
-    const char *hash;        /* lowercase hex SHA-256 of the secret */
-    const char *role;        /* "user" or "admin" */
-    const char *rate_limit;  /* NULL (server default) or a spec such as "60/minute", not parsed here */
-    int64_t now;             /* creation time, > 0 */
+    const char *id;         /* public id, 1..STORE_ID_MAX bytes (e.g. "key_" + 16 hex digits) */
+    const char *name;       /* 1..STORE_ID_MAX bytes */
+    const char *hash;       /* lowercase hex SHA-256 of the secret */
+    const char *role;       /* "user" or "admin" */
+    const char *rate_limit; /* NULL (server default) or a spec such as "60/minute", not parsed here */
+    int64_t now;            /* creation time, > 0 */
 } store_key_new;
 
 typedef struct store_key {
@@ -384,10 +379,10 @@ typedef struct store_key {
     char *name;
     char *hash;
     char *role;
-    char *rate_limit;        /* NULL: the server default */
+    char *rate_limit; /* NULL: the server default */
     int64_t created_at;
-    int64_t revoked_at;      /* 0 while active */
-    int64_t last_used_at;    /* 0 if never; STORE_KEY_TOUCH_MS granularity */
+    int64_t revoked_at;   /* 0 while active */
+    int64_t last_used_at; /* 0 if never; STORE_KEY_TOUCH_MS granularity */
     /* Totals over the turns committed with this key as turn owner (kept by
      * store_turn_commit); unknown parts count as 0. */
     int64_t turn_count;
@@ -414,8 +409,7 @@ chat_rc store_keys_list(store *s, store_key **out, size_t *n) CHAT_MUST_CHECK;
  * CHAT_ENOTFOUND if nothing matches. On success fills *out (may be NULL) with
  * the key as now stored; the caller clears it.
  */
-chat_rc store_key_revoke(store *s, const char *id_or_name, int64_t now,
-                         store_key *out) CHAT_MUST_CHECK;
+chat_rc store_key_revoke(store *s, const char *id_or_name, int64_t now, store_key *out) CHAT_MUST_CHECK;
 
 /*
  * Records that key id was used at now. Cheap enough to call on every request:
@@ -447,8 +441,7 @@ void store_keys_free(store_key *arr, size_t n);
  * (nothing written) if a session with that id exists; CHAT_EINVAL if
  * message_count differs from n or a message is malformed.
  */
-chat_rc store_session_import(store *s, const store_session *sess, const store_message *msgs,
-                             size_t n) CHAT_MUST_CHECK;
+chat_rc store_session_import(store *s, const store_session *sess, const store_message *msgs, size_t n) CHAT_MUST_CHECK;
 
 /* Inserts a key exactly as given (times, revocation, totals; session counts are
  * kept by the sessions themselves). CHAT_ECONFLICT if its id or hash exists. */
@@ -575,16 +568,16 @@ typedef struct store_op_out {
 
 struct store_op {
     store_op_kind kind;
-    chat_rc rc;                /* the result, as the synchronous function returns it */
+    chat_rc rc; /* the result, as the synchronous function returns it */
     store_op_in in;
     store_op_out out;
     /* Private to the store. */
     store *owner_store;
     store_op_cb cb;
     void *ud;
-    int64_t deadline_mono_ms;   /* queue deadline (PostgreSQL) */
-    int64_t submitted_mono_us;  /* for the db_operation metric */
-    store_op *next;             /* queue link */
+    int64_t deadline_mono_ms;  /* queue deadline (PostgreSQL) */
+    int64_t submitted_mono_us; /* for the db_operation metric */
+    store_op *next;            /* queue link */
     char *strs[STORE_OP_MAX_STRS];
     int nstrs;
 };
@@ -612,8 +605,7 @@ chat_rc store_run(store *s, store_op *op);
  * (the API answers 503). SQLite queues completions for that loop. Call once,
  * from the loop thread, before the first store_submit.
  */
-chat_rc store_attach(store *s, struct event_base *base, int pool_size,
-                     int64_t queue_timeout_ms) CHAT_MUST_CHECK;
+chat_rc store_attach(store *s, struct event_base *base, int pool_size, int64_t queue_timeout_ms) CHAT_MUST_CHECK;
 
 /*
  * Submits op; cb (may be NULL: fire and forget) runs once with the result,

@@ -132,7 +132,7 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
                               size_t errlen)
 {
     chat_rc rc = CHAT_EIO;
-    store_session fresh = {0};
+    store_session fresh = { 0 };
     store_message *msgs = NULL;
     size_t n = 0;
     const store_session *ss = listed;
@@ -153,7 +153,7 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
         n = 0;
         if (attempt == EXPORT_RETRIES) {
             chat_set_err(err, errlen, "session \"%s\" kept changing while it was read: stop the servers and retry",
-                    listed->id);
+                         listed->id);
             goto out;
         }
         store_session_clear(&fresh);
@@ -202,8 +202,7 @@ chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err,
     char *cursor = NULL;
 
     json_t *header = json_pack("{s:s,s:i,s:I,s:i}", "format", TRANSFER_FORMAT, "version", TRANSFER_VERSION,
-                               "exported_at", (json_int_t)chat_now_ms(), "schema_version",
-                               store_schema_version(s));
+                               "exported_at", (json_int_t)chat_now_ms(), "schema_version", store_schema_version(s));
     if (write_line(out, header) != CHAT_OK) {
         chat_set_err(err, errlen, "write error: %s", strerror(errno));
         goto out;
@@ -272,13 +271,13 @@ out:
 typedef struct importer {
     store *s;
     transfer_counts *c;
-    size_t line;             /* number of the line being handled, from 1 */
+    size_t line; /* number of the line being handled, from 1 */
     char *err;
     size_t errlen;
     bool header_seen;
     bool end_seen;
-    bool sessions_seen;      /* key lines must come before the first session line */
-    int64_t file_keys;       /* lines of each kind read, for the end line's check */
+    bool sessions_seen; /* key lines must come before the first session line */
+    int64_t file_keys;  /* lines of each kind read, for the end line's check */
     int64_t file_sessions;
     int64_t file_messages;
 } importer;
@@ -353,8 +352,10 @@ static bool check_key_id(importer *im, const char *what, const char *name, const
 static bool check_session_id(importer *im, const char *what, const char *id)
 {
     if (!chat_valid_id(id)) {
-        (void)fail(im, CHAT_EINVAL, "%s: \"id\" (%zu bytes) is not a session id chatd can serve: 1 to %d characters "
-                                    "of letters, digits and . _ : -", what, strlen(id), CHAT_ID_MAX);
+        (void)fail(im, CHAT_EINVAL,
+                   "%s: \"id\" (%zu bytes) is not a session id chatd can serve: 1 to %d characters "
+                   "of letters, digits and . _ : -",
+                   what, strlen(id), CHAT_ID_MAX);
         return false;
     }
     return true;
@@ -389,14 +390,16 @@ static chat_rc import_header(importer *im, json_t *obj)
 {
     json_t *fmt = json_object_get(obj, "format");
     if (!json_is_string(fmt) || strcmp(json_string_value(fmt), TRANSFER_FORMAT) != 0)
-        return fail(im, CHAT_EINVAL, "not a chatd export (the first line must be the header "
-                                     "{\"format\":\"" TRANSFER_FORMAT "\",...})");
+        return fail(im, CHAT_EINVAL,
+                    "not a chatd export (the first line must be the header "
+                    "{\"format\":\"" TRANSFER_FORMAT "\",...})");
     json_t *ver = json_object_get(obj, "version");
     if (!json_is_integer(ver) || json_integer_value(ver) < 1)
         return fail(im, CHAT_EINVAL, "header: \"version\" must be a positive integer");
     if (json_integer_value(ver) != TRANSFER_VERSION)
-        return fail(im, CHAT_EINVAL, "export format version %lld is newer than this chatd reads (%d): import "
-                                     "with the chatd that exported it",
+        return fail(im, CHAT_EINVAL,
+                    "export format version %lld is newer than this chatd reads (%d): import "
+                    "with the chatd that exported it",
                     (long long)json_integer_value(ver), TRANSFER_VERSION);
     im->header_seen = true;
     return CHAT_OK;
@@ -409,12 +412,11 @@ static chat_rc import_key(importer *im, json_t *obj)
     if (im->sessions_seen)
         return fail(im, CHAT_EINVAL, "%s: key lines must come before the session lines", what);
     im->file_keys++;
-    store_key k = {0};
+    store_key k = { 0 };
     if (!get_str(im, obj, what, "id", false, &k.id) || !get_str(im, obj, what, "name", false, &k.name) ||
         !get_str(im, obj, what, "hash", false, &k.hash) || !get_str(im, obj, what, "role", false, &k.role) ||
         !get_str(im, obj, what, "rate_limit", true, &k.rate_limit) ||
-        !get_int(im, obj, what, "created_at", &k.created_at) ||
-        !get_int(im, obj, what, "revoked_at", &k.revoked_at) ||
+        !get_int(im, obj, what, "created_at", &k.created_at) || !get_int(im, obj, what, "revoked_at", &k.revoked_at) ||
         !get_int(im, obj, what, "last_used_at", &k.last_used_at) ||
         !get_int(im, obj, what, "turn_count", &k.turn_count) || !get_usage(im, obj, what, &k.usage) ||
         !get_int(im, obj, what, "cost_micros", &k.cost_micros) || !check_key_id(im, what, "id", k.id))
@@ -438,8 +440,9 @@ static chat_rc import_key(importer *im, json_t *obj)
         rc = e;
     }
     if (rc == CHAT_EINVAL)
-        return fail(im, CHAT_EINVAL, "%s: refused by the store (id and name 1..%d bytes, hash %d lowercase hex "
-                                     "digits, role user or admin, times >= 0)",
+        return fail(im, CHAT_EINVAL,
+                    "%s: refused by the store (id and name 1..%d bytes, hash %d lowercase hex "
+                    "digits, role user or admin, times >= 0)",
                     what, STORE_ID_MAX, STORE_KEY_HASH_LEN);
     return fail(im, CHAT_EIO, "%s: database error (%s; see the log above)", what, chat_rc_str(rc));
 }
@@ -450,7 +453,7 @@ static chat_rc import_session(importer *im, json_t *obj)
     describe(what, sizeof what, "session", obj);
     im->sessions_seen = true;
     im->file_sessions++;
-    store_session ss = {0};
+    store_session ss = { 0 };
     if (!get_str(im, obj, what, "id", false, &ss.id) || !get_str(im, obj, what, "owner", true, &ss.owner) ||
         !get_str(im, obj, what, "system_prompt", true, &ss.system_prompt) ||
         !get_str(im, obj, what, "model", true, &ss.model) || !get_int(im, obj, what, "created_at", &ss.created_at) ||
@@ -480,11 +483,10 @@ static chat_rc import_session(importer *im, json_t *obj)
             goto out;
         }
         if (!get_int(im, jm, mw, "seq", &m->seq) || !get_str(im, jm, mw, "role", false, &m->role) ||
-            !get_str(im, jm, mw, "content", false, &m->content) ||
-            !get_str(im, jm, mw, "status", false, &m->status) || !get_str(im, jm, mw, "model", true, &m->model) ||
-            !get_str(im, jm, mw, "stop_reason", true, &m->stop_reason) ||
-            !get_int(im, jm, mw, "tokens", &m->tokens) || !get_usage(im, jm, mw, &m->usage) ||
-            !get_int(im, jm, mw, "cost_micros", &m->cost_micros) ||
+            !get_str(im, jm, mw, "content", false, &m->content) || !get_str(im, jm, mw, "status", false, &m->status) ||
+            !get_str(im, jm, mw, "model", true, &m->model) ||
+            !get_str(im, jm, mw, "stop_reason", true, &m->stop_reason) || !get_int(im, jm, mw, "tokens", &m->tokens) ||
+            !get_usage(im, jm, mw, &m->usage) || !get_int(im, jm, mw, "cost_micros", &m->cost_micros) ||
             !get_int(im, jm, mw, "created_at", &m->created_at))
             goto out;
     }
@@ -496,8 +498,9 @@ static chat_rc import_session(importer *im, json_t *obj)
         im->c->sessions_skipped++;
         rc = CHAT_OK;
     } else if (rc == CHAT_EINVAL) {
-        rc = fail(im, CHAT_EINVAL, "%s: refused by the store (id 1..%d bytes; messages numbered 1, 2, ... with "
-                                   "role user or assistant and status complete or incomplete)",
+        rc = fail(im, CHAT_EINVAL,
+                  "%s: refused by the store (id 1..%d bytes; messages numbered 1, 2, ... with "
+                  "role user or assistant and status complete or incomplete)",
                   what, STORE_ID_MAX);
     } else {
         rc = fail(im, CHAT_EIO, "%s: database error (%s; see the log above)", what, chat_rc_str(rc));
@@ -514,8 +517,9 @@ static chat_rc import_end(importer *im, json_t *obj)
         !get_int(im, obj, "end", "messages", &messages))
         return CHAT_EINVAL;
     if (keys != im->file_keys || sessions != im->file_sessions || messages != im->file_messages)
-        return fail(im, CHAT_EINVAL, "the end line counts %lld keys, %lld sessions, %lld messages but the file "
-                                     "holds %lld, %lld, %lld: the file was edited or damaged",
+        return fail(im, CHAT_EINVAL,
+                    "the end line counts %lld keys, %lld sessions, %lld messages but the file "
+                    "holds %lld, %lld, %lld: the file was edited or damaged",
                     (long long)keys, (long long)sessions, (long long)messages, (long long)im->file_keys,
                     (long long)im->file_sessions, (long long)im->file_messages);
     im->end_seen = true;
@@ -589,7 +593,7 @@ static bool blank(const char *s, size_t n)
 chat_rc transfer_import(store *s, FILE *in, size_t max_line, transfer_counts *counts, char *err, size_t errlen)
 {
     transfer_counts local;
-    importer im = {.s = s, .c = counts ? counts : &local, .err = err, .errlen = errlen};
+    importer im = { .s = s, .c = counts ? counts : &local, .err = err, .errlen = errlen };
     memset(im.c, 0, sizeof *im.c);
     if (max_line == 0)
         max_line = TRANSFER_MAX_LINE_DEFAULT;
@@ -626,7 +630,7 @@ chat_rc transfer_import(store *s, FILE *in, size_t max_line, transfer_counts *co
         rc = CHAT_EINVAL;
     } else if (!im.end_seen) {
         chat_set_err(err, errlen, "the input ends after line %zu without the end line: the export was cut short",
-                im.line);
+                     im.line);
         rc = CHAT_EINVAL;
     }
 out:

@@ -55,11 +55,11 @@
 
 /* What a transfer did, filled as it goes (so also meaningful after a failure). */
 typedef struct transfer_counts {
-    int64_t keys;              /* export: key lines written; import: keys inserted */
-    int64_t keys_skipped;      /* import: keys whose id already existed */
-    int64_t sessions;          /* export: session lines written; import: sessions inserted */
-    int64_t sessions_skipped;  /* import: sessions whose id already existed (left as they are) */
-    int64_t messages;          /* messages written, or inserted with their sessions */
+    int64_t keys;             /* export: key lines written; import: keys inserted */
+    int64_t keys_skipped;     /* import: keys whose id already existed */
+    int64_t sessions;         /* export: session lines written; import: sessions inserted */
+    int64_t sessions_skipped; /* import: sessions whose id already existed (left as they are) */
+    int64_t messages;         /* messages written, or inserted with their sessions */
 } transfer_counts;
 
 /*
@@ -70,8 +70,7 @@ typedef struct transfer_counts {
  * errlen > 0) then holds a one-line reason. out is not closed; the caller
  * should check its fclose/fflush too.
  */
-chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err,
-                        size_t errlen) CHAT_MUST_CHECK;
+chat_rc transfer_export(store *s, FILE *out, transfer_counts *counts, char *err, size_t errlen) CHAT_MUST_CHECK;
 
 /*
  * Reads an export from in, line by line (at most max_line bytes per line, the

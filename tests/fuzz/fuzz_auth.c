@@ -20,7 +20,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     bool keys = fuzz_byte(&in) & 1;
     char *header = fuzz_strndup(in.p, in.n);
     struct chat_config cfg;

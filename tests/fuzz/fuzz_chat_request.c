@@ -39,8 +39,7 @@ static void fuzz_chat(api_flavor f, const char *body, size_t len, size_t max)
         FUZZ_CHECK(json_is_array(why.detail) && json_array_size(why.detail) > 0, "refused without detail items");
         size_t i;
         json_t *item;
-        json_array_foreach(why.detail, i, item)
-            check_item(item);
+        json_array_foreach(why.detail, i, item) check_item(item);
         /* What the seed answers: {"detail": [...]} must serialise. */
         json_t *reply = json_pack("{s:O}", "detail", why.detail);
         FUZZ_CHECK(reply != NULL, "the 422 body cannot be built");
@@ -139,7 +138,7 @@ static void fuzz_estimate(const char *body, size_t len)
         return;
     }
     FUZZ_CHECK(json_is_object(root), "accepted without a JSON object");
-    const int64_t counts[4] = {u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens};
+    const int64_t counts[4] = { u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens };
     for (int i = 0; i < 4; i++)
         FUZZ_CHECK(counts[i] >= 0 && counts[i] <= 1000000000000LL, "count %d is %lld", i, (long long)counts[i]);
     FUZZ_CHECK(only == NULL || (json_is_array(only) && only == json_object_get(root, "models")), "models filter");
@@ -148,7 +147,7 @@ static void fuzz_estimate(const char *body, size_t len)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     uint8_t mode = fuzz_byte(&in);
     size_t max = (mode & 4) ? 16 : 256 * 1024;
     /* An exact-size copy, not NUL-terminated: the parsers take a length. */
@@ -162,15 +161,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     switch (mode & 3) {
-    case 0:
-        fuzz_chat(API_SEED, body, in.n, max);
-        break;
-    case 1:
-        fuzz_chat(API_V1, body, in.n, max);
-        break;
-    case 2:
-        fuzz_openai(body, in.n, NULL, max);
-        break;
+    case 0: fuzz_chat(API_SEED, body, in.n, max); break;
+    case 1: fuzz_chat(API_V1, body, in.n, max); break;
+    case 2: fuzz_openai(body, in.n, NULL, max); break;
     default: {
         const char *nul = memchr(body, '\0', in.n);
         char *header = fuzz_strndup(in.p, nul ? (size_t)(nul - body) : in.n);

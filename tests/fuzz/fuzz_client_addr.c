@@ -18,7 +18,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     int prefix = fuzz_byte(&in) % 130;
     char *copy = fuzz_strndup(in.p, in.n);
     const char *field[2 + MAX_LINES];
@@ -69,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 strcat(joined, ", ");
             strcat(joined, field[2 + i]);
         }
-        const char *one[1] = {joined};
+        const char *one[1] = { joined };
         char out1[CLIENT_ADDR_BUF];
         client_addr_source src1 = client_addr_resolve(t, peer, one, 1, prefix, out1);
         FUZZ_CHECK(src1 == src && strcmp(out1, out) == 0, "%zu lines give %s (%d), joined %s (%d)", nxff, out, src,

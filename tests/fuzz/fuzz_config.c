@@ -100,8 +100,8 @@ static void check_err(const char *err, bool secret, bool wrapped, const char *ra
     if (secret)
         FUZZ_CHECK(!strstr(err, SECRET_CANARY), "a secret's value in the message: %s", err);
     if (wrapped)
-        FUZZ_CHECK(count_in(err, PASSWORD_CANARY) <= count_in(raw, PASSWORD_CANARY), "a URL password in the message: %s",
-                   err);
+        FUZZ_CHECK(count_in(err, PASSWORD_CANARY) <= count_in(raw, PASSWORD_CANARY),
+                   "a URL password in the message: %s", err);
 }
 
 /* REDIS_URL is only checked for control bytes by the loader; the server
@@ -150,7 +150,7 @@ static const char *pick_setting(const char *text, const char **value)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     uint8_t how = fuzz_byte(&in);
     char err[512] = "";
     struct chat_config cfg;
@@ -163,7 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(in.n == 0 || write(fd, in.p, in.n) == (ssize_t)in.n, "write");
         char env_file[64];
         snprintf(env_file, sizeof env_file, "ENV_FILE=/proc/self/fd/%d", fd);
-        char *envp[] = {env_file, NULL};
+        char *envp[] = { env_file, NULL };
         rc = chat_config_load(&cfg, 0, NULL, envp, err, sizeof err);
         FUZZ_CHECK(rc == CHAT_OK || rc == CHAT_EINVAL, "rc %d", rc);
         if (rc != CHAT_OK)
@@ -183,7 +183,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *value = NULL, *setting = NULL;
     int ok;
     if (url)
-        ok = asprintf(&value, "%s://u:%s@%s", (how & 4) ? "postgres" : (how & 8) ? "redis" : "https",
+        ok = asprintf(&value, "%s://u:%s@%s",
+                      (how & 4)   ? "postgres"
+                      : (how & 8) ? "redis"
+                                  : "https",
                       PASSWORD_CANARY, raw);
     else if (secret)
         ok = asprintf(&value, "%s%s", SECRET_CANARY, raw);
@@ -200,13 +203,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         flag[k] = '\0';
         ok = asprintf(&setting, "--%s=%s", flag, value);
         FUZZ_CHECK(ok >= 0, "out of memory");
-        char *argv[] = {setting, NULL};
-        char *envp[] = {no_dotenv, NULL};
+        char *argv[] = { setting, NULL };
+        char *envp[] = { no_dotenv, NULL };
         rc = chat_config_load(&cfg, 1, argv, envp, err, sizeof err);
     } else {
         ok = asprintf(&setting, "%s=%s", name, value);
         FUZZ_CHECK(ok >= 0, "out of memory");
-        char *envp[] = {no_dotenv, setting, NULL};
+        char *envp[] = { no_dotenv, setting, NULL };
         rc = chat_config_load(&cfg, 0, NULL, envp, err, sizeof err);
     }
     FUZZ_CHECK(rc == CHAT_OK || rc == CHAT_EINVAL, "rc %d", rc);

@@ -33,8 +33,7 @@ static void check_canonical(const char *origin)
     FUZZ_CHECK(cors_policy_new(origin, false, 0, &p, err, sizeof err) == CHAT_OK,
                "the allowed origin %s is not a valid CORS_ORIGINS entry: %s", origin, err);
     cors_result res;
-    FUZZ_CHECK(cors_evaluate(p, "GET", origin, NULL, NULL, &res) == CORS_ALLOWED, "%s does not allow itself",
-               origin);
+    FUZZ_CHECK(cors_evaluate(p, "GET", origin, NULL, NULL, &res) == CORS_ALLOWED, "%s does not allow itself", origin);
     bool same = false;
     for (size_t i = 0; i < res.n; i++)
         if (strcasecmp(res.headers[i].name, "Access-Control-Allow-Origin") == 0)
@@ -45,11 +44,11 @@ static void check_canonical(const char *origin)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     uint8_t flags = fuzz_byte(&in);
-    static const int64_t ages[] = {0, 600, 86400, 5};
+    static const int64_t ages[] = { 0, 600, 86400, 5 };
     char *copy = fuzz_strndup(in.p, in.n);
-    const char *field[5] = {NULL, NULL, NULL, NULL, NULL};
+    const char *field[5] = { NULL, NULL, NULL, NULL, NULL };
     size_t off = 0;
     for (int i = 0; i < 5 && off <= in.n; i++) {
         field[i] = copy + off;

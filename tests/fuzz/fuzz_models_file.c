@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char models_file[64];
     snprintf(models_file, sizeof models_file, "MODELS_FILE=/proc/self/fd/%d", fd);
     /* No .env read unless one exists here (it must not leak into the runs). */
-    char *envp[] = {access(".env", F_OK) == 0 ? "ENV_FILE=/dev/null" : "FUZZ_NO_DOTENV=1", models_file, NULL};
+    char *envp[] = { access(".env", F_OK) == 0 ? "ENV_FILE=/dev/null" : "FUZZ_NO_DOTENV=1", models_file, NULL };
     struct chat_config cfg;
     char err[512] = "";
     chat_rc rc = chat_config_load(&cfg, 0, NULL, envp, err, sizeof err);
@@ -41,13 +41,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(t && models_default(t), "no default model");
         size_t n = models_count(t);
         FUZZ_CHECK(n >= 1, "an empty table");
-        const store_usage most = {1000000000000LL, 1000000000000LL, 1000000000000LL, 1000000000000LL};
+        const store_usage most = { 1000000000000LL, 1000000000000LL, 1000000000000LL, 1000000000000LL };
         for (size_t i = 0; i < n; i++) {
             const chat_model *m = models_at(t, i);
             FUZZ_CHECK(m && m->name && m->provider_name && m->model_id, "model %zu incomplete", i);
             FUZZ_CHECK(m->context_window >= 1 && m->max_output >= 1, "model %s: limits %lld, %lld", m->name,
                        (long long)m->context_window, (long long)m->max_output);
-            const int64_t prices[4] = {m->price.input, m->price.output, m->price.cache_write, m->price.cache_read};
+            const int64_t prices[4] = { m->price.input, m->price.output, m->price.cache_write, m->price.cache_read };
             for (int k = 0; k < 4; k++)
                 FUZZ_CHECK(prices[k] >= 0 && prices[k] <= 1000000000000LL, "model %s: price %lld", m->name,
                            (long long)prices[k]);

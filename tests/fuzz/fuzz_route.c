@@ -15,7 +15,7 @@
 #include "api/api.h"
 #include "fuzz_util.h"
 
-static const unsigned methods[] = {HTTP_GET, HTTP_POST, HTTP_HEAD, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_PATCH};
+static const unsigned methods[] = { HTTP_GET, HTTP_POST, HTTP_HEAD, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_PATCH };
 
 static int count_params(const char *pattern)
 {
@@ -27,7 +27,7 @@ static int count_params(const char *pattern)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     unsigned m = methods[fuzz_byte(&in) % (sizeof methods / sizeof methods[0])];
     char *path = fuzz_strndup(in.p, in.n);
 

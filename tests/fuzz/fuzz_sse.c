@@ -14,9 +14,9 @@
 
 typedef struct run {
     size_t max_line, max_event;
-    unsigned cancel_after;  /* cancel on this event (1-based), 0 = never */
+    unsigned cancel_after; /* cancel on this event (1-based), 0 = never */
     unsigned events;
-    uint64_t digest;        /* FNV-1a over every event's type, data and id */
+    uint64_t digest; /* FNV-1a over every event's type, data and id */
     sse_parser *p;
 } run;
 
@@ -57,7 +57,7 @@ static size_t pick_limit(uint8_t b)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     size_t max_line = pick_limit(fuzz_byte(&in));
     size_t max_event = pick_limit(fuzz_byte(&in));
     unsigned cancel_after = fuzz_byte(&in) % 8;
@@ -66,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *stream = (const char *)in.p;
     size_t len = in.n;
 
-    run whole = {max_line, max_event, cancel_after, 0, 0xcbf29ce484222325ull, NULL};
+    run whole = { max_line, max_event, cancel_after, 0, 0xcbf29ce484222325ull, NULL };
     run split = whole;
     whole.p = sse_new(max_line, max_event, on_event, &whole);
     split.p = sse_new(max_line, max_event, on_event, &split);

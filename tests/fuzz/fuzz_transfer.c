@@ -43,7 +43,7 @@ static bool same_export(const char *a, const char *b)
 {
     char *x = strdup(a), *y = strdup(b);
     FUZZ_CHECK(x && y, "out of memory");
-    for (char **t = (char *[]){x, y, NULL}; *t; t++) {
+    for (char **t = (char *[]){ x, y, NULL }; *t; t++) {
         char *at = strstr(*t, "\"exported_at\":");
         if (at)
             for (at += 14; *at >= '0' && *at <= '9'; at++)

@@ -15,14 +15,14 @@
 #include <string.h>
 
 /* A target's own oracle: a broken invariant is a finding, like a crash. */
-#define FUZZ_CHECK(cond, ...)                                                         \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
+#define FUZZ_CHECK(cond, ...)                                                               \
+    do {                                                                                    \
+        if (!(cond)) {                                                                      \
             fprintf(stderr, "fuzz check failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                             \
-            fputc('\n', stderr);                                                      \
-            abort();                                                                  \
-        }                                                                             \
+            fprintf(stderr, __VA_ARGS__);                                                   \
+            fputc('\n', stderr);                                                            \
+            abort();                                                                        \
+        }                                                                                   \
     } while (0)
 
 /* Consumes the input from the front: the parameters of one run. */
@@ -46,7 +46,7 @@ typedef struct fuzz_rng {
 
 static inline fuzz_rng fuzz_rng_seed(uint64_t seed)
 {
-    fuzz_rng r = {seed * 0x9E3779B97F4A7C15ull + 1};
+    fuzz_rng r = { seed * 0x9E3779B97F4A7C15ull + 1 };
     return r;
 }
 
@@ -111,7 +111,8 @@ static inline bool fuzz_utf8_valid(const char *s, size_t n)
                 return false;
             cp = (cp << 6) | (p[i + k] & 0x3F);
         }
-        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+            (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
             return false;
         i += len;
     }

@@ -30,11 +30,11 @@
 #define FUZZ_MAX_RESPONSE 65536 /* max_response_bytes for these runs */
 
 typedef struct text_sink {
-    char *text;         /* everything emitted, as call.c's c->text */
+    char *text; /* everything emitted, as call.c's c->text */
     size_t len;
     int pieces;
-    int refuse_after;   /* refuse (return 1) at this piece, 0 = never: the call cancelled */
-    bool refused;       /* it did */
+    int refuse_after; /* refuse (return 1) at this piece, 0 = never: the call cancelled */
+    bool refused;     /* it did */
     llm_parse *st;
 } text_sink;
 
@@ -202,20 +202,12 @@ static void fuzz_retry_after(fuzz_in *in)
 
 static int fuzz_provider(const llm_provider_ops *ops, const uint8_t *data, size_t size)
 {
-    fuzz_in in = {data, size};
+    fuzz_in in = { data, size };
     switch (fuzz_byte(&in) % 4) {
-    case 0:
-        fuzz_stream(ops, &in);
-        break;
-    case 1:
-        fuzz_json_body(ops, &in);
-        break;
-    case 2:
-        fuzz_error_body(ops, &in);
-        break;
-    default:
-        fuzz_retry_after(&in);
-        break;
+    case 0: fuzz_stream(ops, &in); break;
+    case 1: fuzz_json_body(ops, &in); break;
+    case 2: fuzz_error_body(ops, &in); break;
+    default: fuzz_retry_after(&in); break;
     }
     return 0;
 }

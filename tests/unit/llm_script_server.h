@@ -39,11 +39,11 @@ typedef enum { END_OK = 0, END_HANG, END_RESET } end_kind;
 
 typedef struct script {
     int status;
-    const char *headers[8];   /* "Name: value" */
-    int head_delay_ms;        /* wait before sending the response head */
-    const char *body;         /* non-NULL: a plain (content-length) reply */
-    const char *chunks[24];   /* else: a chunked reply, one chunk each */
-    int chunk_delay_ms;       /* between chunks, and before the end */
+    const char *headers[8]; /* "Name: value" */
+    int head_delay_ms;      /* wait before sending the response head */
+    const char *body;       /* non-NULL: a plain (content-length) reply */
+    const char *chunks[24]; /* else: a chunked reply, one chunk each */
+    int chunk_delay_ms;     /* between chunks, and before the end */
     end_kind end;
 } script;
 
@@ -53,8 +53,8 @@ typedef struct sreq {
     srv *s;
     struct evhttp_request *req; /* NULL once finished or freed by evhttp */
     const script *sc;
-    int next;                   /* next chunk to send */
-    bool started;               /* reply head sent */
+    int next;     /* next chunk to send */
+    bool started; /* reply head sent */
     struct event *tm;
     struct sreq *link;
 } sreq;
@@ -63,15 +63,15 @@ struct srv {
     struct event_base *base;
     struct evhttp *http;
     int port;
-    const script *scripts;      /* request i uses scripts[min(i, n-1)] */
+    const script *scripts; /* request i uses scripts[min(i, n-1)] */
     int n_scripts;
     int nreq;
-    int64_t req_ms[16];         /* arrival time of each request */
-    char *body;                 /* last request's body */
+    int64_t req_ms[16]; /* arrival time of each request */
+    char *body;         /* last request's body */
     char *uri;
     char *h_key, *h_version, *h_ctype, *h_accept, *h_expect, *h_encoding, *h_auth;
-    int last_fd;                /* socket of the last request's connection */
-    int closes;                 /* connections closed by the peer while a reply was unfinished */
+    int last_fd; /* socket of the last request's connection */
+    int closes;  /* connections closed by the peer while a reply was unfinished */
     int64_t close_ms;
     sreq *reqs;
 };
@@ -146,7 +146,7 @@ static inline void step_cb(evutil_socket_t fd, short what, void *arg)
         evhttp_send_reply_chunk(r->req, b);
         evbuffer_free(b);
         r->next++;
-        struct timeval tv = {0, sc->chunk_delay_ms * 1000};
+        struct timeval tv = { 0, sc->chunk_delay_ms * 1000 };
         evtimer_add(r->tm, &tv);
         return;
     }
@@ -157,12 +157,11 @@ static inline void step_cb(evutil_socket_t fd, short what, void *arg)
         evhttp_send_reply_end(req);
         break;
     }
-    case END_HANG:
-        break;
+    case END_HANG: break;
     case END_RESET: {
         struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
         int sfd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
-        struct linger lg = {1, 0}; /* close() now sends a RST */
+        struct linger lg = { 1, 0 }; /* close() now sends a RST */
         setsockopt(sfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         sreq_done(r);
         evhttp_connection_free(evcon); /* frees the request too */
@@ -181,8 +180,8 @@ static inline void handler(struct evhttp_request *req, void *arg)
     s->nreq++;
     free(s->uri);
     free(s->body);
-    free(s->h_key), free(s->h_version), free(s->h_ctype), free(s->h_accept), free(s->h_expect),
-        free(s->h_encoding), free(s->h_auth);
+    free(s->h_key), free(s->h_version), free(s->h_ctype), free(s->h_accept), free(s->h_expect), free(s->h_encoding),
+        free(s->h_auth);
     s->uri = strdup(evhttp_request_get_uri(req));
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
@@ -205,7 +204,7 @@ static inline void handler(struct evhttp_request *req, void *arg)
     r->link = s->reqs;
     s->reqs = r;
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_conn_close, r);
-    struct timeval tv = {sc->head_delay_ms / 1000, (sc->head_delay_ms % 1000) * 1000};
+    struct timeval tv = { sc->head_delay_ms / 1000, (sc->head_delay_ms % 1000) * 1000 };
     evtimer_add(r->tm, &tv);
 }
 
@@ -251,33 +250,32 @@ static inline void srv_stop(srv *s)
 
 #define SSE_CT "content-type: text/event-stream; charset=utf-8"
 #define JSON_CT "content-type: application/json"
-#define EV_START                                                                                              \
-    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":"        \
+#define EV_START                                                                                                 \
+    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":"            \
     "\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-test-20260101\",\"stop_reason\":null," \
-    "\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"cache_creation_input_tokens\":3,"                \
+    "\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"cache_creation_input_tokens\":3,"                   \
     "\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n"
-#define EV_BLOCK                                                                                              \
-    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":"     \
+#define EV_BLOCK                                                                                         \
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":" \
     "{\"type\":\"text\",\"text\":\"\"}}\n\n"
-#define EV_DELTA(t)                                                                                           \
-    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"   \
+#define EV_DELTA(t)                                                                                        \
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":" \
     "\"text_delta\",\"text\":\"" t "\"}}\n\n"
 #define EV_PING "event: ping\ndata: {\"type\": \"ping\"}\n\n"
 #define EV_BSTOP "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
-#define EV_MDELTA(reason, out)                                                                                \
-    "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"" reason "\","     \
+#define EV_MDELTA(reason, out)                                                                           \
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"" reason "\"," \
     "\"stop_sequence\":null},\"usage\":{\"output_tokens\":" out "}}\n\n"
 #define EV_STOP "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
-#define EV_ERROR(type, msg)                                                                                   \
-    "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"" type "\", \"message\": \"" msg      \
-    "\"}}\n\n"
+#define EV_ERROR(type, msg) \
+    "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"" type "\", \"message\": \"" msg "\"}}\n\n"
 #define ERR_BODY(type, msg) "{\"type\":\"error\",\"error\":{\"type\":\"" type "\",\"message\":\"" msg "\"}}"
 
 static const script STREAM_OK = {
     .status = 200,
-    .headers = {SSE_CT, "request-id: req_stream_1"},
-    .chunks = {EV_START, EV_BLOCK, EV_PING, EV_DELTA("Hello"), EV_DELTA(", "), EV_DELTA("world"),
-               EV_DELTA("!"), EV_BSTOP, EV_MDELTA("max_tokens", "5"), EV_MDELTA("end_turn", "9"), EV_STOP},
+    .headers = { SSE_CT, "request-id: req_stream_1" },
+    .chunks = { EV_START, EV_BLOCK, EV_PING, EV_DELTA("Hello"), EV_DELTA(", "), EV_DELTA("world"), EV_DELTA("!"),
+                EV_BSTOP, EV_MDELTA("max_tokens", "5"), EV_MDELTA("end_turn", "9"), EV_STOP },
     .chunk_delay_ms = 2,
 };
 

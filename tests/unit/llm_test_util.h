@@ -53,7 +53,7 @@ static inline int llm_test_feed_event(void *ud, const char *type, size_t tl, con
  * of `step` bytes; returns the first status other than CHAT_OK, if any. */
 static inline chat_rc llm_test_feed(const llm_provider_ops *ops, llm_parse *st, const char *bytes, size_t step)
 {
-    llm_test_feed_ctx c = {ops, st};
+    llm_test_feed_ctx c = { ops, st };
     sse_parser *p = sse_new(65536, 65536, llm_test_feed_event, &c);
     size_t n = strlen(bytes);
     chat_rc rc = CHAT_OK;

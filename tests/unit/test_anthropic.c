@@ -42,9 +42,13 @@ static const llm_provider *prov(void)
 static void test_body_exact(void **state)
 {
     (void)state;
-    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "Hi \"there\"\n"}, {"user", "caf\xc3\xa9?"}};
-    llm_request req = {.model = "claude-sonnet-4-5", .system = "You are terse.", .messages = msgs,
-                       .n_messages = 3, .max_tokens = 1024, .stream = true};
+    llm_message msgs[] = { { "user", "Hello" }, { "assistant", "Hi \"there\"\n" }, { "user", "caf\xc3\xa9?" } };
+    llm_request req = { .model = "claude-sonnet-4-5",
+                        .system = "You are terse.",
+                        .messages = msgs,
+                        .n_messages = 3,
+                        .max_tokens = 1024,
+                        .stream = true };
     char *b = llm_build_body(prov(), &req);
     assert_non_null(b);
     assert_string_equal(b, "{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":1024,\"system\":\"You are terse.\","
@@ -57,10 +61,11 @@ static void test_body_exact(void **state)
 static void test_body_no_system_no_stream(void **state)
 {
     (void)state;
-    llm_message msgs[] = {{"user", "Hello"}};
-    llm_request req = {.model = "m", .system = NULL, .messages = msgs, .n_messages = 1, .max_tokens = 5};
+    llm_message msgs[] = { { "user", "Hello" } };
+    llm_request req = { .model = "m", .system = NULL, .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     char *b = llm_build_body(prov(), &req);
-    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}");
+    assert_string_equal(b,
+                        "{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}");
     free(b);
     req.system = "";
     b = llm_build_body(prov(), &req);
@@ -71,8 +76,8 @@ static void test_body_no_system_no_stream(void **state)
 static void test_body_invalid(void **state)
 {
     (void)state;
-    llm_message msgs[] = {{"user", "bad \xff utf8"}};
-    llm_request req = {.model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5};
+    llm_message msgs[] = { { "user", "bad \xff utf8" } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     assert_null(llm_build_body(prov(), &req));
     msgs[0].content = "ok";
     req.max_tokens = 0;
@@ -96,8 +101,8 @@ static void test_url_and_headers(void **state)
     assert_string_equal(url, "https://api.anthropic.com/v1/messages");
     free(url);
     struct curl_slist *h = llm_anthropic_ops.build_headers(prov(), true);
-    const char *want[] = {"x-api-key: sk-ant-test-KEY", "anthropic-version: 2023-06-01",
-                          "content-type: application/json", "accept: text/event-stream", "Expect:"};
+    const char *want[] = { "x-api-key: sk-ant-test-KEY", "anthropic-version: 2023-06-01",
+                           "content-type: application/json", "accept: text/event-stream", "Expect:" };
     size_t i = 0;
     for (struct curl_slist *l = h; l; l = l->next, i++) {
         assert_true(i < 5);
@@ -132,13 +137,15 @@ static void test_cache_short_no_markers(void **state)
     (void)state;
     llm_provider p = *prov();
     p.prompt_caching = true; /* cache_min_tokens 0: the default, 1024 tokens */
-    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "Hi there"}, {"user", "Next?"}};
-    llm_request req = {.model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3,
-                       .max_tokens = 64, .stream = true};
+    llm_message msgs[] = { { "user", "Hello" }, { "assistant", "Hi there" }, { "user", "Next?" } };
+    llm_request req = {
+        .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 64, .stream = true
+    };
     char *b = llm_build_body(&p, &req);
-    assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":64,\"system\":\"You are terse.\",\"messages\":["
-                           "{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi there\"},"
-                           "{\"role\":\"user\",\"content\":\"Next?\"}],\"stream\":true}");
+    assert_string_equal(b,
+                        "{\"model\":\"m\",\"max_tokens\":64,\"system\":\"You are terse.\",\"messages\":["
+                        "{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi there\"},"
+                        "{\"role\":\"user\",\"content\":\"Next?\"}],\"stream\":true}");
     free(b);
 }
 
@@ -148,9 +155,10 @@ static void test_cache_long_system_and_previous_turn(void **state)
     llm_provider p = *prov();
     p.prompt_caching = true;
     p.cache_min_tokens = 4; /* 13 characters or more */
-    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "Hi there"}, {"user", "Next?"}};
-    llm_request req = {.model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3,
-                       .max_tokens = 64, .stream = true};
+    llm_message msgs[] = { { "user", "Hello" }, { "assistant", "Hi there" }, { "user", "Next?" } };
+    llm_request req = {
+        .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 64, .stream = true
+    };
     char *b = llm_build_body(&p, &req);
     assert_string_equal(b, "{\"model\":\"m\",\"max_tokens\":64,"
                            "\"system\":[{\"type\":\"text\",\"text\":\"You are terse.\"," CC "}],"
@@ -169,7 +177,7 @@ static void test_cache_long_system_and_previous_turn(void **state)
     p.prompt_caching = true;
     llm_message many[21];
     for (int i = 0; i < 21; i++)
-        many[i] = (llm_message){i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question"};
+        many[i] = (llm_message){ i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question" };
     req.messages = many;
     req.n_messages = 21;
     b = llm_build_body(&p, &req);
@@ -185,8 +193,10 @@ static void test_cache_min_length(void **state)
     llm_provider p = *prov();
     p.prompt_caching = true;
     /* system 14 chars (4 tokens); prefix through the assistant: 14 + 5 + 5 (é counts once) = 24 chars = 6 tokens. */
-    llm_message msgs[] = {{"user", "Hello"}, {"assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"}, {"user", "Next?"}};
-    llm_request req = {.model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 8};
+    llm_message msgs[] = { { "user", "Hello" },
+                           { "assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9" },
+                           { "user", "Next?" } };
+    llm_request req = { .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 8 };
 
     p.cache_min_tokens = 5; /* the system alone is too short, the prefix is long enough */
     char *b = llm_build_body(&p, &req);
@@ -242,22 +252,25 @@ static void test_cache_limit_with_caller_markers(void **state)
     (void)state;
     int added;
     /* Three caller markers (two tools, one system block): one slot left, for the previous turn. */
-    char *b = mark_json("{\"tools\":[{\"name\":\"a\"," CC "},{\"name\":\"b\"," CC "}],"
-                        "\"system\":[{\"type\":\"text\",\"text\":\"sys one\"},{\"type\":\"text\",\"text\":\"sys two\"," CC "}],"
-                        "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":"
-                        "\"Hi there\"},{\"role\":\"user\",\"content\":\"Next?\"}]}",
-                        1, &added);
+    char *b = mark_json(
+        "{\"tools\":[{\"name\":\"a\"," CC "},{\"name\":\"b\"," CC "}],"
+        "\"system\":[{\"type\":\"text\",\"text\":\"sys one\"},{\"type\":\"text\",\"text\":\"sys two\"," CC "}],"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":"
+        "\"Hi there\"},{\"role\":\"user\",\"content\":\"Next?\"}]}",
+        1, &added);
     assert_int_equal(added, 1);
     assert_int_equal(count_cc(b), 4);
-    assert_non_null(strstr(b, "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Hi there\"," CC "}]}"));
+    assert_non_null(
+        strstr(b, "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Hi there\"," CC "}]}"));
     free(b);
 
     /* The top-level automatic marker counts too (conservatively): with two tool
      * markers only one is added, the previous turn's, not the system's. */
-    b = mark_json("{\"cache_control\":{\"type\":\"ephemeral\"},\"tools\":[{\"name\":\"a\"," CC "},{\"name\":\"b\","
-                  CC "}],\"system\":\"a long enough system prompt\",\"messages\":[{\"role\":\"user\",\"content\":"
-                  "\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi there\"},{\"role\":\"user\",\"content\":\"x\"}]}",
-                  1, &added);
+    b = mark_json(
+        "{\"cache_control\":{\"type\":\"ephemeral\"},\"tools\":[{\"name\":\"a\"," CC "},{\"name\":\"b\"," CC
+        "}],\"system\":\"a long enough system prompt\",\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi there\"},{\"role\":\"user\",\"content\":\"x\"}]}",
+        1, &added);
     assert_int_equal(added, 1);
     assert_int_equal(count_cc(b), 4);
     assert_non_null(strstr(b, "\"system\":\"a long enough system prompt\""));
@@ -349,9 +362,9 @@ static const char *STREAM_BASIC =
 static void test_stream_basic_any_split(void **state)
 {
     (void)state;
-    size_t steps[] = {1, 2, 3, 7, 64, 100000};
+    size_t steps[] = { 1, 2, 3, 7, 64, 100000 };
     for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
-        sink s = {0};
+        sink s = { 0 };
         llm_parse st;
         llm_parse_init(&st, sink_emit, &s);
         assert_int_equal(feed_stream(&st, STREAM_BASIC, steps[k]), CHAT_OK);
@@ -397,7 +410,7 @@ static void test_stream_2026_usage_overwrite(void **state)
         "\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":188086,\"output_tokens\":547}"
         "               }\r\n\r\n"
         "event: message_stop\r\ndata: {\"type\":\"message_stop\"       }\r\n\r\n";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, bytes, 5), CHAT_OK);
@@ -425,7 +438,7 @@ static void test_stream_error_event(void **state)
                         "event: content_block_delta\n"
                         "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\","
                         "\"text\":\"never\"}}\n\n";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, bytes, 1000), CHAT_ECANCELED);
@@ -448,7 +461,7 @@ static void test_stream_error_event(void **state)
 static void test_stream_malformed_json(void **state)
 {
     (void)state;
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     const char *bytes = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
@@ -467,7 +480,7 @@ static void test_stream_truncated_and_data_only(void **state)
     /* Cut before message_stop: not complete, so the call reports truncation. */
     size_t cut = strstr(STREAM_BASIC, "event: message_stop") - STREAM_BASIC;
     char *part = strndup(STREAM_BASIC, cut + 30);
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, part, 10), CHAT_OK);
@@ -477,7 +490,7 @@ static void test_stream_truncated_and_data_only(void **state)
     free(part);
 
     /* Data-only events (no event: line) are "message" events: ignored, as the SDK does. */
-    sink s2 = {0};
+    sink s2 = { 0 };
     llm_parse_init(&st, sink_emit, &s2);
     assert_int_equal(feed_stream(&st, "data: {\"type\":\"message_stop\"}\n\n", 100), CHAT_OK);
     assert_false(st.complete);
@@ -487,7 +500,7 @@ static void test_stream_truncated_and_data_only(void **state)
 static void test_emit_stop(void **state)
 {
     (void)state;
-    sink s = {.stop_after = 1};
+    sink s = { .stop_after = 1 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, STREAM_BASIC, 100000), CHAT_ECANCELED);
@@ -505,7 +518,7 @@ static void test_json_body(void **state)
         "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,"
         "\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":9,"
         "\"service_tier\":\"standard\"}}";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(llm_anthropic_ops.parse_json_body(&st, body, strlen(body)), LLM_OK);

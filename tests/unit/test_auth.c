@@ -16,7 +16,7 @@
 
 static store_key key_with_id(size_t len, char last)
 {
-    store_key k = {0};
+    store_key k = { 0 };
     k.id = chat_xmalloc(len + 1);
     memset(k.id, 'k', len);
     if (len)

@@ -63,7 +63,7 @@ static void test_not_a_hash(void **state)
     for (int i = 0; i < 64; i++)
         if (upper[i] >= 'a' && upper[i] <= 'f')
             upper[i] = (char)(upper[i] - 'a' + 'A');
-    const char *bad[] = {NULL, "", "abc", upper, "zz"};
+    const char *bad[] = { NULL, "", "abc", upper, "zz" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         auth_negcache_add(c, bad[i], T0);
         assert_false(auth_negcache_contains(c, bad[i], T0));

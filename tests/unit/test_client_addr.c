@@ -54,9 +54,9 @@ static void test_trust_parse(void **state)
     t = trust(" 127.0.0.1 ,, ::1,\t10.0.0.0/8 , fd00::/8,192.168.1.0/24,::ffff:172.16.0.0/108,");
     assert_int_equal(client_addr_trust_count(t), 6);
     assert_true(client_addr_trusted(t, "127.0.0.1"));
-    assert_true(client_addr_trusted(t, "::ffff:127.0.0.1"));   /* mapped form of a trusted IPv4 */
-    assert_true(client_addr_trusted(t, "0:0:0:0:0:0:0:1"));    /* another spelling of ::1 */
-    assert_true(client_addr_trusted(t, "::1%lo"));             /* a zone is ignored */
+    assert_true(client_addr_trusted(t, "::ffff:127.0.0.1")); /* mapped form of a trusted IPv4 */
+    assert_true(client_addr_trusted(t, "0:0:0:0:0:0:0:1"));  /* another spelling of ::1 */
+    assert_true(client_addr_trusted(t, "::1%lo"));           /* a zone is ignored */
     assert_true(client_addr_trusted(t, "10.255.1.2"));
     assert_true(client_addr_trusted(t, "::ffff:10.1.2.3"));
     assert_false(client_addr_trusted(t, "11.0.0.1"));
@@ -65,7 +65,7 @@ static void test_trust_parse(void **state)
     assert_false(client_addr_trusted(t, "fe00::1"));
     assert_true(client_addr_trusted(t, "192.168.1.200"));
     assert_false(client_addr_trusted(t, "192.168.2.1"));
-    assert_true(client_addr_trusted(t, "172.31.255.255"));     /* ::ffff:172.16.0.0/108 is 172.16.0.0/12 */
+    assert_true(client_addr_trusted(t, "172.31.255.255")); /* ::ffff:172.16.0.0/108 is 172.16.0.0/12 */
     assert_false(client_addr_trusted(t, "172.32.0.0"));
     assert_false(client_addr_trusted(t, "127.0.0.2"));
     assert_false(client_addr_trusted(t, "junk"));
@@ -73,7 +73,7 @@ static void test_trust_parse(void **state)
     client_addr_trust_free(t);
     t = trust("0.0.0.0/0");
     assert_true(client_addr_trusted(t, "8.8.8.8"));
-    assert_false(client_addr_trusted(t, "2001:db8::1"));        /* an IPv4 network holds no IPv6 */
+    assert_false(client_addr_trusted(t, "2001:db8::1")); /* an IPv4 network holds no IPv6 */
     client_addr_trust_free(t);
     t = trust(NULL);
     assert_int_equal(client_addr_trust_count(t), 0);
@@ -83,21 +83,21 @@ static void test_trust_parse(void **state)
     static const struct {
         const char *text, *needle;
     } bad[] = {
-        {"localhost", "not an IP address"},
-        {"127.0.0.1, proxy.internal", "\"proxy.internal\""},
-        {"10.0.0.1/8", "write 10.0.0.0/8"},
-        {"fd00::1/8", "write fd00::/8"},
-        {"10.0.0.0/33", "/0../32"},
-        {"::1/129", "/0../128"},
-        {"10.0.0.0/", "prefix length"},
-        {"10.0.0.0/08", "prefix length"},
-        {"10.0.0.0/-1", "prefix length"},
-        {"10.0.0.0/8/8", "prefix length"},
-        {"fe80::1%eth0", "not an IP address"},
-        {"[::1]", "not an IP address"},
-        {"1.2.3.4:80", "not an IP address"},
-        {"01.2.3.4", "not an IP address"},
-        {"\x01\xff", "not an IP address"},
+        { "localhost", "not an IP address" },
+        { "127.0.0.1, proxy.internal", "\"proxy.internal\"" },
+        { "10.0.0.1/8", "write 10.0.0.0/8" },
+        { "fd00::1/8", "write fd00::/8" },
+        { "10.0.0.0/33", "/0../32" },
+        { "::1/129", "/0../128" },
+        { "10.0.0.0/", "prefix length" },
+        { "10.0.0.0/08", "prefix length" },
+        { "10.0.0.0/-1", "prefix length" },
+        { "10.0.0.0/8/8", "prefix length" },
+        { "fe80::1%eth0", "not an IP address" },
+        { "[::1]", "not an IP address" },
+        { "1.2.3.4:80", "not an IP address" },
+        { "01.2.3.4", "not an IP address" },
+        { "\x01\xff", "not an IP address" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char err[256] = "";
@@ -198,8 +198,7 @@ static void test_ipv4_mapped(void **state)
     assert_int_equal(resolve(t, "::ffff:127.0.0.1", out, "198.51.100.5", NULL), CLIENT_ADDR_FORWARDED);
     assert_string_equal(out, "198.51.100.5");
     /* Mapped entries in the header: trusted ones skipped, the client bucketed as IPv4. */
-    assert_int_equal(resolve(t, "127.0.0.1", out, "::ffff:198.51.100.6, ::ffff:10.0.0.1", NULL),
-                     CLIENT_ADDR_FORWARDED);
+    assert_int_equal(resolve(t, "127.0.0.1", out, "::ffff:198.51.100.6, ::ffff:10.0.0.1", NULL), CLIENT_ADDR_FORWARDED);
     assert_string_equal(out, "198.51.100.6");
     assert_int_equal(resolve(t, "127.0.0.1", out, "198.51.100.6", NULL), CLIENT_ADDR_FORWARDED);
     assert_string_equal(out, "198.51.100.6");
@@ -236,8 +235,8 @@ static void test_ipv6_prefix_buckets(void **state)
 {
     (void)state;
     char a[CLIENT_ADDR_BUF], b[CLIENT_ADDR_BUF], c[CLIENT_ADDR_BUF];
-    const char *l1[] = {"2001:db8:1:2::1"}, *l2[] = {"2001:db8:1:2:ffff:ffff:ffff:fffe"},
-               *l3[] = {"2001:db8:1:3::1"};
+    const char *l1[] = { "2001:db8:1:2::1" }, *l2[] = { "2001:db8:1:2:ffff:ffff:ffff:fffe" },
+               *l3[] = { "2001:db8:1:3::1" };
     client_addr_trust *t = trust("127.0.0.1");
     client_addr_resolve(t, "127.0.0.1", l1, 1, 64, a);
     client_addr_resolve(t, "127.0.0.1", l2, 1, 64, b);
@@ -273,9 +272,24 @@ static void test_junk_cannot_mint_buckets(void **state)
     char out[CLIENT_ADDR_BUF];
     client_addr_trust *t = trust("127.0.0.1, 10.0.0.0/8");
     static const char *junk[] = {
-        "unknown", "evil.example", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.4:99999", "1.2.3.4:", "[::1",
-        "[::1]x", "[1.2.3.4]", "fe80::1%eth0", "::ffff:1.2.3.4:80", "\x01\x02", "\xff\xfe", "1.2.3.4 5.6.7.8",
-        "0x7f.0.0.1", "2001:db8::1/64", "\"1.2.3.4\"",
+        "unknown",
+        "evil.example",
+        "1.2.3",
+        "1.2.3.4.5",
+        "256.1.1.1",
+        "1.2.3.4:99999",
+        "1.2.3.4:",
+        "[::1",
+        "[::1]x",
+        "[1.2.3.4]",
+        "fe80::1%eth0",
+        "::ffff:1.2.3.4:80",
+        "\x01\x02",
+        "\xff\xfe",
+        "1.2.3.4 5.6.7.8",
+        "0x7f.0.0.1",
+        "2001:db8::1/64",
+        "\"1.2.3.4\"",
         "2001:0db8:0000:0000:0000:0000:0000:0001:0000000000000000000000000000000000000000000000",
     };
     for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++) {
@@ -311,14 +325,10 @@ static void test_junk_cannot_mint_buckets(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_trust_parse),
-        cmocka_unit_test(test_untrusted_peer_is_the_client),
-        cmocka_unit_test(test_multiple_lines),
-        cmocka_unit_test(test_whitespace_and_chains),
-        cmocka_unit_test(test_ipv4_mapped),
-        cmocka_unit_test(test_ipv6_spellings_and_ports),
-        cmocka_unit_test(test_ipv6_prefix_buckets),
-        cmocka_unit_test(test_junk_cannot_mint_buckets),
+        cmocka_unit_test(test_trust_parse),         cmocka_unit_test(test_untrusted_peer_is_the_client),
+        cmocka_unit_test(test_multiple_lines),      cmocka_unit_test(test_whitespace_and_chains),
+        cmocka_unit_test(test_ipv4_mapped),         cmocka_unit_test(test_ipv6_spellings_and_ports),
+        cmocka_unit_test(test_ipv6_prefix_buckets), cmocka_unit_test(test_junk_cannot_mint_buckets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,8 +23,8 @@
 #define ERRLEN 512
 
 /* NULL-terminated literal arrays for argv and envp. */
-#define V(...) ((char *[]){__VA_ARGS__, NULL})
-#define NONE ((char *[]){NULL})
+#define V(...) ((char *[]){ __VA_ARGS__, NULL })
+#define NONE ((char *[]){ NULL })
 
 static char tmpdir[64];
 
@@ -298,67 +298,67 @@ static void test_unknown_names_ignored(void **state)
 static const struct {
     const char *name, *value, *reason;
 } bad_values[] = {
-    {"PORT", "80x", "expected an integer 0..65535"},
-    {"PORT", "65536", "expected an integer 0..65535"},
-    {"PORT", "-1", "expected an integer 0..65535"},
-    {"PORT", " 80", "expected an integer"},
-    {"PORT", "+80", "expected an integer"},
-    {"PORT", "", "must not be empty"},
-    {"PORT", "99999999999999999999999", "expected an integer"},
-    {"MAX_TOKENS", "0", "expected an integer 1..1000000"},
-    {"MAX_TOKENS", "1000001", "expected an integer 1..1000000"},
-    {"WORKERS", "257", "expected an integer 0..256"},
-    {"MAX_CONNECTIONS", "-1", "expected an integer 0..10000000"},
-    {"MAX_CONNECTIONS", "10000001", "expected an integer 0..10000000"},
-    {"MAX_CONNECTIONS", "many", "expected an integer 0..10000000"},
-    {"PROVIDER_MAX_RETRIES", "11", "expected an integer 0..10"},
-    {"HOST", "", "must not be empty"},
-    {"CHAT_MODEL", "", "must not be empty"},
-    {"ANTHROPIC_VERSION", "2023 06", "spaces"},
-    {"ANTHROPIC_BASE_URL", "ftp://x", "http:// or https://"},
-    {"ANTHROPIC_BASE_URL", "api.anthropic.com", "http:// or https://"},
-    {"ANTHROPIC_BASE_URL", "https://", "host"},
-    {"ANTHROPIC_BASE_URL", "https://a b", "spaces"},
-    {"DATABASE_URL", "mysql://x", "sqlite://, postgres:// or postgresql://"},
-    {"DATABASE_URL", "sqlite://", "path or host"},
-    {"DATABASE_URL", "", "must not be empty"},
-    {"CANCEL_POLICY", "maybe", "keep or drop"},
-    {"LOG_LEVEL", "verbose", "debug, info, warn or error"},
-    {"AUTH_MODE", "open", "expected none, token or keys"},
-    {"HEADER_TIMEOUT", "0", "timeouts cannot be disabled"},
-    {"HEADER_TIMEOUT", "0ms", "timeouts cannot be disabled"},
-    {"IDLE_TIMEOUT", "10x", "expected a duration"},
-    {"IDLE_TIMEOUT", "1.5s", "expected a duration"},
-    {"IDLE_TIMEOUT", "-5s", "expected a duration"},
-    {"IDLE_TIMEOUT", "169h", "out of range"},
-    {"IDLE_TIMEOUT", "99999999999999999h", "expected a duration"},
-    {"HEARTBEAT_INTERVAL", "s", "expected a duration"},
-    {"PROVIDER_CONNECT_TIMEOUT", "0s", "timeouts cannot be disabled"},
-    {"PROVIDER_FIRST_BYTE_TIMEOUT", "0", "timeouts cannot be disabled"},
-    {"PROVIDER_IDLE_TIMEOUT", "0", "timeouts cannot be disabled"},
-    {"TURN_TIMEOUT", "0", "timeouts cannot be disabled"},
-    {"RETRY_MAX_WAIT", "0", "above 0"},
-    {"LOCK_TTL", "0", "above 0"},
-    {"DRAIN_TIMEOUT", "0", "timeouts cannot be disabled"},
-    {"MAX_BODY_SIZE", "1kb", "expected a size"},
-    {"MAX_BODY_SIZE", "2GiB", "expected a size 1KiB..1GiB"},
-    {"MAX_BODY_SIZE", "100", "expected a size 1KiB..1GiB"},
-    {"MAX_HEADER_SIZE", "2MiB", "expected a size 1KiB..1MiB"},
-    {"MAX_MESSAGE_SIZE", "0", "expected a size"},
-    {"MAX_MESSAGE_SIZE", "99999999999999999g", "expected a size"},
-    {"STREAM_BUFFER_SIZE", "64 k", "expected a size"},
-    {"DEFAULT_SYSTEM_PROMPT", "a\x01z", "control characters"},
-    {"TRUSTED_PROXIES", "localhost", "entry \"localhost\" is not an IP address or network"},
-    {"TRUSTED_PROXIES", "127.0.0.1,proxy.internal", "entry \"proxy.internal\" is not an IP address"},
-    {"TRUSTED_PROXIES", "10.0.0.1/8", "host bits set below the prefix: write 10.0.0.0/8"},
-    {"TRUSTED_PROXIES", "10.0.0.0/33", "bad prefix length: expected /0../32"},
-    {"TRUSTED_PROXIES", "fd00::/129", "bad prefix length: expected /0../128"},
-    {"RATE_LIMIT_IPV6_PREFIX", "0", "expected an integer 1..128"},
-    {"RATE_LIMIT_IPV6_PREFIX", "129", "expected an integer 1..128"},
-    {"RATE_LIMIT_IPV6_PREFIX", "64bits", "expected an integer 1..128"},
-    {"AUTH_FAILURE_LIMIT", "20/fortnight", "unknown unit"},
-    {"AUTH_FAILURE_LIMIT", "0/minute", "use \"off\" to disable"},
-    {"AUTH_FAILURE_LIMIT", "20", "has no /unit"},
+    { "PORT", "80x", "expected an integer 0..65535" },
+    { "PORT", "65536", "expected an integer 0..65535" },
+    { "PORT", "-1", "expected an integer 0..65535" },
+    { "PORT", " 80", "expected an integer" },
+    { "PORT", "+80", "expected an integer" },
+    { "PORT", "", "must not be empty" },
+    { "PORT", "99999999999999999999999", "expected an integer" },
+    { "MAX_TOKENS", "0", "expected an integer 1..1000000" },
+    { "MAX_TOKENS", "1000001", "expected an integer 1..1000000" },
+    { "WORKERS", "257", "expected an integer 0..256" },
+    { "MAX_CONNECTIONS", "-1", "expected an integer 0..10000000" },
+    { "MAX_CONNECTIONS", "10000001", "expected an integer 0..10000000" },
+    { "MAX_CONNECTIONS", "many", "expected an integer 0..10000000" },
+    { "PROVIDER_MAX_RETRIES", "11", "expected an integer 0..10" },
+    { "HOST", "", "must not be empty" },
+    { "CHAT_MODEL", "", "must not be empty" },
+    { "ANTHROPIC_VERSION", "2023 06", "spaces" },
+    { "ANTHROPIC_BASE_URL", "ftp://x", "http:// or https://" },
+    { "ANTHROPIC_BASE_URL", "api.anthropic.com", "http:// or https://" },
+    { "ANTHROPIC_BASE_URL", "https://", "host" },
+    { "ANTHROPIC_BASE_URL", "https://a b", "spaces" },
+    { "DATABASE_URL", "mysql://x", "sqlite://, postgres:// or postgresql://" },
+    { "DATABASE_URL", "sqlite://", "path or host" },
+    { "DATABASE_URL", "", "must not be empty" },
+    { "CANCEL_POLICY", "maybe", "keep or drop" },
+    { "LOG_LEVEL", "verbose", "debug, info, warn or error" },
+    { "AUTH_MODE", "open", "expected none, token or keys" },
+    { "HEADER_TIMEOUT", "0", "timeouts cannot be disabled" },
+    { "HEADER_TIMEOUT", "0ms", "timeouts cannot be disabled" },
+    { "IDLE_TIMEOUT", "10x", "expected a duration" },
+    { "IDLE_TIMEOUT", "1.5s", "expected a duration" },
+    { "IDLE_TIMEOUT", "-5s", "expected a duration" },
+    { "IDLE_TIMEOUT", "169h", "out of range" },
+    { "IDLE_TIMEOUT", "99999999999999999h", "expected a duration" },
+    { "HEARTBEAT_INTERVAL", "s", "expected a duration" },
+    { "PROVIDER_CONNECT_TIMEOUT", "0s", "timeouts cannot be disabled" },
+    { "PROVIDER_FIRST_BYTE_TIMEOUT", "0", "timeouts cannot be disabled" },
+    { "PROVIDER_IDLE_TIMEOUT", "0", "timeouts cannot be disabled" },
+    { "TURN_TIMEOUT", "0", "timeouts cannot be disabled" },
+    { "RETRY_MAX_WAIT", "0", "above 0" },
+    { "LOCK_TTL", "0", "above 0" },
+    { "DRAIN_TIMEOUT", "0", "timeouts cannot be disabled" },
+    { "MAX_BODY_SIZE", "1kb", "expected a size" },
+    { "MAX_BODY_SIZE", "2GiB", "expected a size 1KiB..1GiB" },
+    { "MAX_BODY_SIZE", "100", "expected a size 1KiB..1GiB" },
+    { "MAX_HEADER_SIZE", "2MiB", "expected a size 1KiB..1MiB" },
+    { "MAX_MESSAGE_SIZE", "0", "expected a size" },
+    { "MAX_MESSAGE_SIZE", "99999999999999999g", "expected a size" },
+    { "STREAM_BUFFER_SIZE", "64 k", "expected a size" },
+    { "DEFAULT_SYSTEM_PROMPT", "a\x01z", "control characters" },
+    { "TRUSTED_PROXIES", "localhost", "entry \"localhost\" is not an IP address or network" },
+    { "TRUSTED_PROXIES", "127.0.0.1,proxy.internal", "entry \"proxy.internal\" is not an IP address" },
+    { "TRUSTED_PROXIES", "10.0.0.1/8", "host bits set below the prefix: write 10.0.0.0/8" },
+    { "TRUSTED_PROXIES", "10.0.0.0/33", "bad prefix length: expected /0../32" },
+    { "TRUSTED_PROXIES", "fd00::/129", "bad prefix length: expected /0../128" },
+    { "RATE_LIMIT_IPV6_PREFIX", "0", "expected an integer 1..128" },
+    { "RATE_LIMIT_IPV6_PREFIX", "129", "expected an integer 1..128" },
+    { "RATE_LIMIT_IPV6_PREFIX", "64bits", "expected an integer 1..128" },
+    { "AUTH_FAILURE_LIMIT", "20/fortnight", "unknown unit" },
+    { "AUTH_FAILURE_LIMIT", "0/minute", "use \"off\" to disable" },
+    { "AUTH_FAILURE_LIMIT", "20", "has no /unit" },
 };
 
 /* TRUSTED_PROXIES takes addresses and networks of both families; the text is kept as given. */
@@ -366,8 +366,9 @@ static void test_trusted_proxies_and_ipv6_prefix(void **state)
 {
     (void)state;
     struct chat_config c;
-    expect_ok(&c, NONE, V("TRUSTED_PROXIES= 127.0.0.1, ::1 ,10.0.0.0/8,fd00::/8,::ffff:192.168.0.0/112",
-                          "RATE_LIMIT_IPV6_PREFIX=48"));
+    expect_ok(
+        &c, NONE,
+        V("TRUSTED_PROXIES= 127.0.0.1, ::1 ,10.0.0.0/8,fd00::/8,::ffff:192.168.0.0/112", "RATE_LIMIT_IPV6_PREFIX=48"));
     assert_string_equal(c.trusted_proxies, " 127.0.0.1, ::1 ,10.0.0.0/8,fd00::/8,::ffff:192.168.0.0/112");
     assert_int_equal(c.rate_limit_ipv6_prefix, 48);
     chat_config_free(&c);
@@ -389,8 +390,7 @@ static void test_validation_errors_env(void **state)
             fail();
         /* echoed values are escaped; only check plain ones verbatim */
         if (!strpbrk(bad_values[i].value, "\x01\"\\") &&
-            asprintf(&quoted, "invalid %s \"%s\" (from environment)", bad_values[i].name,
-                     bad_values[i].value) < 0)
+            asprintf(&quoted, "invalid %s \"%s\" (from environment)", bad_values[i].name, bad_values[i].value) < 0)
             fail();
         expect_fail(NONE, V(e), quoted ? quoted : bad_values[i].name, bad_values[i].reason);
         free(quoted);
@@ -402,13 +402,11 @@ static void test_validation_errors_flag_and_dotenv(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
-        if (strchr(bad_values[i].value, '\x01') || strchr(bad_values[i].value, ' ') ||
-            bad_values[i].value[0] == '\0')
+        if (strchr(bad_values[i].value, '\x01') || strchr(bad_values[i].value, ' ') || bad_values[i].value[0] == '\0')
             continue; /* unquoted .env would trim or reject these */
         char flag[64], *arg = NULL, *src = NULL, *content = NULL, *ef = NULL, *where = NULL;
         to_flag(bad_values[i].name, flag, sizeof flag);
-        if (asprintf(&arg, "--%s=%s", flag, bad_values[i].value) < 0 ||
-            asprintf(&src, "(from flag --%s)", flag) < 0)
+        if (asprintf(&arg, "--%s=%s", flag, bad_values[i].value) < 0 || asprintf(&src, "(from flag --%s)", flag) < 0)
             fail();
         expect_fail(V(arg), NONE, src, bad_values[i].reason);
 
@@ -434,8 +432,8 @@ static void test_durations_and_sizes(void **state)
         const char *text;
         int64_t ms;
     } durations[] = {
-        {"250ms", 250}, {"10s", 10000},  {"5m", 300000}, {"1h", 3600000}, {"7", 7000},
-        {"1MS", 1},     {"2H", 7200000}, {"168h", 604800000},             {"007s", 7000},
+        { "250ms", 250 }, { "10s", 10000 },  { "5m", 300000 },      { "1h", 3600000 }, { "7", 7000 },
+        { "1MS", 1 },     { "2H", 7200000 }, { "168h", 604800000 }, { "007s", 7000 },
     };
     for (size_t i = 0; i < sizeof durations / sizeof durations[0]; i++) {
         struct chat_config c;
@@ -452,9 +450,9 @@ static void test_durations_and_sizes(void **state)
         const char *text;
         size_t bytes;
     } sizes[] = {
-        {"512", 512},           {"64k", 65536},          {"64KiB", 65536},       {"64kib", 65536},
-        {"64K", 65536},         {"1m", 1048576},         {"1MiB", 1048576},      {"1M", 1048576},
-        {"1g", 1073741824},     {"1GiB", 1073741824},    {"2048b", 2048},        {"1", 1},
+        { "512", 512 },       { "64k", 65536 },       { "64KiB", 65536 },  { "64kib", 65536 },
+        { "64K", 65536 },     { "1m", 1048576 },      { "1MiB", 1048576 }, { "1M", 1048576 },
+        { "1g", 1073741824 }, { "1GiB", 1073741824 }, { "2048b", 2048 },   { "1", 1 },
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         struct chat_config c;
@@ -473,8 +471,7 @@ static void test_normalisation(void **state)
 {
     (void)state;
     struct chat_config c;
-    expect_ok(&c,
-              NONE,
+    expect_ok(&c, NONE,
               V("ANTHROPIC_BASE_URL=http://127.0.0.1:9999/", "LOG_LEVEL=WARN", "CANCEL_POLICY=Drop",
                 "DATABASE_URL=postgresql://h/db", "ANTHROPIC_API_KEY=sk-ant-abc"));
     assert_string_equal(c.anthropic_base_url, "http://127.0.0.1:9999");
@@ -591,16 +588,16 @@ static void test_dotenv_bad_lines(void **state)
         int line;
         const char *reason;
     } cases[] = {
-        {"PORT=1\njust some words\n", 2, "expected NAME=value"},
-        {"\n\n\nPORT\n", 4, "expected NAME=value"},
-        {"1PORT=5\n", 1, "expected NAME=value"},
-        {"export\n", 1, "expected NAME=value"},
-        {"=5\n", 1, "expected NAME=value"},
-        {"A=1\nB=\"open\n", 2, "unterminated double-quoted value"},
-        {"A='open\n", 1, "unterminated single-quoted value"},
-        {"A=\"x\" y\n", 1, "unexpected text after the closing quote"},
-        {"A='x'y\n", 1, "unexpected text after the closing quote"},
-        {"A=\"x\\\"\n", 1, "unterminated double-quoted value"},
+        { "PORT=1\njust some words\n", 2, "expected NAME=value" },
+        { "\n\n\nPORT\n", 4, "expected NAME=value" },
+        { "1PORT=5\n", 1, "expected NAME=value" },
+        { "export\n", 1, "expected NAME=value" },
+        { "=5\n", 1, "expected NAME=value" },
+        { "A=1\nB=\"open\n", 2, "unterminated double-quoted value" },
+        { "A='open\n", 1, "unterminated single-quoted value" },
+        { "A=\"x\" y\n", 1, "unexpected text after the closing quote" },
+        { "A='x'y\n", 1, "unexpected text after the closing quote" },
+        { "A=\"x\\\"\n", 1, "unterminated double-quoted value" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *path = write_tmp(cases[i].content);
@@ -642,7 +639,7 @@ static void test_secret_not_echoed(void **state)
     free(ef);
     drop_tmp(path);
 
-    const char *secret_envs[] = {"ANTHROPIC_API_KEY=sk-ant-SECRET value", "ANTHROPIC_API_KEY=sk-ant-SECRET\x7f"};
+    const char *secret_envs[] = { "ANTHROPIC_API_KEY=sk-ant-SECRET value", "ANTHROPIC_API_KEY=sk-ant-SECRET\x7f" };
     for (size_t i = 0; i < 2; i++) {
         assert_int_equal(load(&c, err, NONE, V((char *)secret_envs[i])), CHAT_EINVAL);
         assert_null(strstr(err, "SECRET"));
@@ -694,12 +691,38 @@ static void test_help_lists_everything(void **state)
 {
     (void)state;
     static const char *names[] = {
-        "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_VERSION", "CHAT_MODEL", "MAX_TOKENS",
-        "DEFAULT_SYSTEM_PROMPT", "HOST", "PORT", "WORKERS", "DATABASE_URL", "MAX_BODY_SIZE", "MAX_HEADER_SIZE",
-        "MAX_MESSAGE_SIZE", "HEADER_TIMEOUT", "IDLE_TIMEOUT", "HEARTBEAT_INTERVAL", "STREAM_BUFFER_SIZE",
-        "PROVIDER_CONNECT_TIMEOUT", "PROVIDER_FIRST_BYTE_TIMEOUT", "PROVIDER_IDLE_TIMEOUT", "TURN_TIMEOUT",
-        "PROVIDER_MAX_RETRIES", "RETRY_MAX_WAIT", "CANCEL_POLICY", "LOCK_TTL", "DRAIN_TIMEOUT", "LOG_LEVEL", "MAX_CONNECTIONS",
-        "ENV_FILE", "TRUSTED_PROXIES", "RATE_LIMIT_IPV6_PREFIX", "AUTH_FAILURE_LIMIT",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_VERSION",
+        "CHAT_MODEL",
+        "MAX_TOKENS",
+        "DEFAULT_SYSTEM_PROMPT",
+        "HOST",
+        "PORT",
+        "WORKERS",
+        "DATABASE_URL",
+        "MAX_BODY_SIZE",
+        "MAX_HEADER_SIZE",
+        "MAX_MESSAGE_SIZE",
+        "HEADER_TIMEOUT",
+        "IDLE_TIMEOUT",
+        "HEARTBEAT_INTERVAL",
+        "STREAM_BUFFER_SIZE",
+        "PROVIDER_CONNECT_TIMEOUT",
+        "PROVIDER_FIRST_BYTE_TIMEOUT",
+        "PROVIDER_IDLE_TIMEOUT",
+        "TURN_TIMEOUT",
+        "PROVIDER_MAX_RETRIES",
+        "RETRY_MAX_WAIT",
+        "CANCEL_POLICY",
+        "LOCK_TTL",
+        "DRAIN_TIMEOUT",
+        "LOG_LEVEL",
+        "MAX_CONNECTIONS",
+        "ENV_FILE",
+        "TRUSTED_PROXIES",
+        "RATE_LIMIT_IPV6_PREFIX",
+        "AUTH_FAILURE_LIMIT",
     };
     char *text = NULL;
     size_t len = 0;
@@ -754,10 +777,46 @@ static void test_random_input(void **state)
 {
     (void)state;
     static const char *const pieces[] = {
-        "PORT", "MAX_BODY_SIZE", "IDLE_TIMEOUT", "HEARTBEAT_INTERVAL", "ANTHROPIC_API_KEY", "DATABASE_URL",
-        "ANTHROPIC_BASE_URL", "LOCK_TTL", "DEFAULT_SYSTEM_PROMPT", "export ", "=", "==", "\"", "'", "\\",
-        "\\n", "#", " #", " ", "\t", "\n", "\r\n", "0", "1", "99999999999999999999", "ms", "s", "h",
-        "k", "KiB", "m", "-", "https://", "sqlite://", "u:p@", "/", "\x01", "\xff", "drop", "x",
+        "PORT",
+        "MAX_BODY_SIZE",
+        "IDLE_TIMEOUT",
+        "HEARTBEAT_INTERVAL",
+        "ANTHROPIC_API_KEY",
+        "DATABASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "LOCK_TTL",
+        "DEFAULT_SYSTEM_PROMPT",
+        "export ",
+        "=",
+        "==",
+        "\"",
+        "'",
+        "\\",
+        "\\n",
+        "#",
+        " #",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "0",
+        "1",
+        "99999999999999999999",
+        "ms",
+        "s",
+        "h",
+        "k",
+        "KiB",
+        "m",
+        "-",
+        "https://",
+        "sqlite://",
+        "u:p@",
+        "/",
+        "\x01",
+        "\xff",
+        "drop",
+        "x",
     };
     const size_t npieces = sizeof pieces / sizeof pieces[0];
     unsigned seed = 12345;
@@ -791,7 +850,7 @@ static void test_random_input(void **state)
         to_flag(name, flag, sizeof flag);
         if (asprintf(&e, "%s=%s", name, text) < 0 || asprintf(&arg, "--%s=%s", flag, text) < 0)
             fail();
-        char **variants[3][2] = {{V(ef), NONE}, {V("--env-file=/dev/null"), V(e)}, {V(arg), NONE}};
+        char **variants[3][2] = { { V(ef), NONE }, { V("--env-file=/dev/null"), V(e) }, { V(arg), NONE } };
         for (int v = 0; v < 3; v++) {
             struct chat_config c;
             char err[ERRLEN];

@@ -103,7 +103,7 @@ static void test_single_message_larger_than_budget(void **state)
 static void test_unknown_counts_are_estimated(void **state)
 {
     (void)state;
-    store_message h[2] = {msg("user", "12345678", -1), msg("assistant", "1234", -1)};
+    store_message h[2] = { msg("user", "12345678", -1), msg("assistant", "1234", -1) };
     context_plan p;
     assert_int_equal(context_fit(h, 2, NULL, "1234", 100, 10, &p), CHAT_OK);
     assert_int_equal(p.tokens, 2 + 1 + 1);
@@ -112,7 +112,7 @@ static void test_unknown_counts_are_estimated(void **state)
 static void test_odd_history_drops_leading_message_first(void **state)
 {
     (void)state;
-    store_message h[3] = {msg("assistant", "x", 4), msg("user", "x", 4), msg("assistant", "x", 4)};
+    store_message h[3] = { msg("assistant", "x", 4), msg("user", "x", 4), msg("assistant", "x", 4) };
     context_plan p;
     assert_int_equal(context_fit(h, 3, NULL, "1234", 10, 1, &p), CHAT_OK);
     assert_int_equal(p.first, 1);
@@ -125,8 +125,8 @@ static void test_odd_history_drops_leading_message_first(void **state)
 static void test_messages_merge(void **state)
 {
     (void)state;
-    store_message h[6] = {msg("user", "old", -1),       msg("assistant", "lead", -1), msg("user", "a", -1),
-                          msg("assistant", "", -1),     msg("user", "b", -1),         msg("assistant", "r", -1)};
+    store_message h[6] = { msg("user", "old", -1),   msg("assistant", "lead", -1), msg("user", "a", -1),
+                           msg("assistant", "", -1), msg("user", "b", -1),         msg("assistant", "r", -1) };
     llm_message *m = NULL;
     size_t n = context_messages(h, 1, 6, "c", &m);
     assert_int_equal(n, 3);

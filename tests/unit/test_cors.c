@@ -76,16 +76,16 @@ static void test_parse_valid(void **state)
         const char *spec;
         bool enabled;
     } cases[] = {
-        {NULL, false},
-        {"", false},
-        {"   ", false},
-        {"*", true},
-        {" * ", true},
-        {"https://app.example.com", true},
-        {"https://app.example.com, http://localhost:5173", true},
-        {"http://127.0.0.1:8000,https://[::1]:8443", true},
-        {"app://local-app.internal", true},
-        {"chrome-extension://abcdefghijklmnop", true},
+        { NULL, false },
+        { "", false },
+        { "   ", false },
+        { "*", true },
+        { " * ", true },
+        { "https://app.example.com", true },
+        { "https://app.example.com, http://localhost:5173", true },
+        { "http://127.0.0.1:8000,https://[::1]:8443", true },
+        { "app://local-app.internal", true },
+        { "chrome-extension://abcdefghijklmnop", true },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cors_policy *p = policy(cases[i].spec, false);
@@ -115,36 +115,35 @@ static void test_parse_errors(void **state)
         bool credentials;
         const char *msg; /* substring of the error */
     } cases[] = {
-        {"https://app.example.com/", false, "trailing slash"},
-        {"https://app.example.com/path", false, "has a path"},
-        {"https://app.example.com?x=1", false, "query or fragment"},
-        {"https://app.example.com#f", false, "query or fragment"},
-        {"https://user@app.example.com", false, "user info"},
-        {"app.example.com", false, "scheme://host"},
-        {"//app.example.com", false, "must start with a scheme"},
-        {"https://", false, "has no host"},
-        {"https://:8080", false, "has no host"},
-        {"https://app..example.com", false, "empty label"},
-        {"https://app.example.com.", false, "ending with '.'"},
-        {"https://app.example.com:0", false, "1..65535"},
-        {"https://app.example.com:65536", false, "1..65535"},
-        {"https://app.example.com:", false, "1..65535"},
-        {"https://app.example.com:80a", false, "unexpected character"},
-        {"https://*.example.com", false, "wildcard"},
-        {"https://app_example.com", false, "unexpected character '_'"},
-        {"https://[::1", false, "IPv6"},
-        {"https://[]", false, "IPv6"},
-        {"https://a.com,,https://b.com", false, "empty entry (#2)"},
-        {"https://a.com,", false, "empty entry (#2)"},
-        {"*, https://a.com", false, "mixes"},
-        {"*", true, "credentials"},
-        {"null", false, "scheme://host"},
+        { "https://app.example.com/", false, "trailing slash" },
+        { "https://app.example.com/path", false, "has a path" },
+        { "https://app.example.com?x=1", false, "query or fragment" },
+        { "https://app.example.com#f", false, "query or fragment" },
+        { "https://user@app.example.com", false, "user info" },
+        { "app.example.com", false, "scheme://host" },
+        { "//app.example.com", false, "must start with a scheme" },
+        { "https://", false, "has no host" },
+        { "https://:8080", false, "has no host" },
+        { "https://app..example.com", false, "empty label" },
+        { "https://app.example.com.", false, "ending with '.'" },
+        { "https://app.example.com:0", false, "1..65535" },
+        { "https://app.example.com:65536", false, "1..65535" },
+        { "https://app.example.com:", false, "1..65535" },
+        { "https://app.example.com:80a", false, "unexpected character" },
+        { "https://*.example.com", false, "wildcard" },
+        { "https://app_example.com", false, "unexpected character '_'" },
+        { "https://[::1", false, "IPv6" },
+        { "https://[]", false, "IPv6" },
+        { "https://a.com,,https://b.com", false, "empty entry (#2)" },
+        { "https://a.com,", false, "empty entry (#2)" },
+        { "*, https://a.com", false, "mixes" },
+        { "*", true, "credentials" },
+        { "null", false, "scheme://host" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cors_policy *p = (cors_policy *)&p; /* must be reset to NULL */
         char err[256] = "";
-        assert_int_equal(cors_policy_new(cases[i].spec, cases[i].credentials, 600, &p, err, sizeof err),
-                         CHAT_EINVAL);
+        assert_int_equal(cors_policy_new(cases[i].spec, cases[i].credentials, 600, &p, err, sizeof err), CHAT_EINVAL);
         assert_null(p);
         if (!strstr(err, cases[i].msg))
             fail_msg("\"%s\": error \"%s\" lacks \"%s\"", cases[i].spec, err, cases[i].msg);
@@ -182,8 +181,7 @@ static void test_disabled(void **state)
     cors_result r;
     assert_int_equal(cors_evaluate(p, "GET", "https://app.example.com", NULL, NULL, &r), CORS_NONE);
     expect_headers(&r, NULL);
-    assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", "content-type", &r),
-                     CORS_NONE);
+    assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", "content-type", &r), CORS_NONE);
     expect_headers(&r, NULL);
     assert_false(r.preflight); /* left to the router, as any OPTIONS request */
     assert_int_equal(r.preflight_status, 0);
@@ -217,8 +215,8 @@ static void test_exact_match(void **state)
                    "Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS, NULL);
     /* the expose list names what the API sends */
     const char *expose = header(&r, "Access-Control-Expose-Headers");
-    const char *names[] = {"X-Request-Id",        "Retry-After",     "RateLimit-Limit",
-                           "RateLimit-Remaining", "RateLimit-Reset", "X-Chatd-Overhead-Ms"};
+    const char *names[] = { "X-Request-Id",        "Retry-After",     "RateLimit-Limit",
+                            "RateLimit-Remaining", "RateLimit-Reset", "X-Chatd-Overhead-Ms" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         assert_non_null(strstr(expose, names[i]));
     /* scheme and host compare case-insensitively */
@@ -226,9 +224,9 @@ static void test_exact_match(void **state)
     assert_string_equal(header(&r, "Access-Control-Allow-Origin"), "https://app.example.com");
 
     /* preflight */
-    assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST",
-                                   "content-type, authorization, x-request-id", &r),
-                     CORS_ALLOWED);
+    assert_int_equal(
+        cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", "content-type, authorization, x-request-id", &r),
+        CORS_ALLOWED);
     assert_true(r.preflight);
     assert_int_equal(r.preflight_status, 204);
     expect_headers(&r, "Vary", VARY_PRE, "Access-Control-Allow-Origin", "https://app.example.com",
@@ -246,8 +244,13 @@ static void test_mismatch(void **state)
     (void)state;
     cors_policy *p = policy("https://app.example.com", false);
     cors_result r;
-    const char *others[] = {"https://evil.example.com", "http://app.example.com", "https://app.example.com:8443",
-                            "https://app.example.com.evil.test", "null", "", "https://app.example.co"};
+    const char *others[] = { "https://evil.example.com",
+                             "http://app.example.com",
+                             "https://app.example.com:8443",
+                             "https://app.example.com.evil.test",
+                             "null",
+                             "",
+                             "https://app.example.co" };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
         assert_int_equal(cors_evaluate(p, "GET", others[i], NULL, NULL, &r), CORS_DENIED);
         assert_false(r.preflight);
@@ -258,10 +261,9 @@ static void test_mismatch(void **state)
         expect_headers(&r, "Vary", VARY_PRE, NULL);
     }
     /* an allowed origin asking for a method we do not offer */
-    const char *methods[] = {"PUT", "PATCH", "post", "TRACE", ""};
+    const char *methods[] = { "PUT", "PATCH", "post", "TRACE", "" };
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", methods[i], NULL, &r),
-                         CORS_DENIED);
+        assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", methods[i], NULL, &r), CORS_DENIED);
         assert_int_equal(r.preflight_status, 403);
         assert_null(header(&r, "Access-Control-Allow-Origin"));
     }
@@ -280,8 +282,8 @@ static void test_wildcard(void **state)
     assert_string_equal(header(&r, "Access-Control-Allow-Origin"), "*");
     assert_int_equal(cors_evaluate(p, "OPTIONS", "https://x.test", "POST", "Idempotency-Key", &r), CORS_ALLOWED);
     expect_headers(&r, "Vary", VARY_PRE, "Access-Control-Allow-Origin", "*", "Access-Control-Allow-Methods",
-                   CORS_ALLOW_METHODS, "Access-Control-Allow-Headers", "Idempotency-Key",
-                   "Access-Control-Max-Age", "600", NULL);
+                   CORS_ALLOW_METHODS, "Access-Control-Allow-Headers", "Idempotency-Key", "Access-Control-Max-Age",
+                   "600", NULL);
     /* no Origin: nothing but Vary (a cache must not serve this to a CORS request) */
     assert_int_equal(cors_evaluate(p, "GET", NULL, NULL, NULL, &r), CORS_NONE);
     expect_headers(&r, "Vary", "Origin", NULL);
@@ -295,10 +297,9 @@ static void test_credentials(void **state)
     cors_result r;
     assert_int_equal(cors_evaluate(p, "GET", "https://app.example.com", NULL, NULL, &r), CORS_ALLOWED);
     expect_headers(&r, "Vary", "Origin", "Access-Control-Allow-Origin", "https://app.example.com",
-                   "Access-Control-Allow-Credentials", "true", "Access-Control-Expose-Headers",
-                   CORS_EXPOSE_HEADERS, NULL);
-    assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", "x-session-id", &r),
-                     CORS_ALLOWED);
+                   "Access-Control-Allow-Credentials", "true", "Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS,
+                   NULL);
+    assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", "x-session-id", &r), CORS_ALLOWED);
     expect_headers(&r, "Vary", VARY_PRE, "Access-Control-Allow-Origin", "https://app.example.com",
                    "Access-Control-Allow-Credentials", "true", "Access-Control-Allow-Methods", CORS_ALLOW_METHODS,
                    "Access-Control-Allow-Headers", "X-Session-Id", "Access-Control-Max-Age", "600", NULL);
@@ -325,19 +326,19 @@ static void test_requested_headers(void **state)
         const char *requested;
         const char *allowed; /* NULL: no Allow-Headers header */
     } cases[] = {
-        {"content-type", "Content-Type"},
-        {"CONTENT-TYPE", "Content-Type"},
-        {"Content-Type", "Content-Type"},
-        {"x-evil, content-type", "Content-Type"},
-        {"x-evil", NULL},
-        {"", NULL},
-        {" , ,", NULL},
-        {"authorization,idempotency-key,x-session-id,x-request-id,content-type",
-         "Content-Type, Authorization, X-Request-Id, Idempotency-Key, X-Session-Id"},
-        {"  x-request-id  ,\tauthorization\t", "Authorization, X-Request-Id"},
-        {"content-type, content-type, Content-Type", "Content-Type"},
-        {"content-typex, xcontent-type, content", NULL},
-        {"cookie, accept, origin", NULL},
+        { "content-type", "Content-Type" },
+        { "CONTENT-TYPE", "Content-Type" },
+        { "Content-Type", "Content-Type" },
+        { "x-evil, content-type", "Content-Type" },
+        { "x-evil", NULL },
+        { "", NULL },
+        { " , ,", NULL },
+        { "authorization,idempotency-key,x-session-id,x-request-id,content-type",
+          "Content-Type, Authorization, X-Request-Id, Idempotency-Key, X-Session-Id" },
+        { "  x-request-id  ,\tauthorization\t", "Authorization, X-Request-Id" },
+        { "content-type, content-type, Content-Type", "Content-Type" },
+        { "content-typex, xcontent-type, content", NULL },
+        { "cookie, accept, origin", NULL },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", cases[i].requested, &r),
@@ -348,8 +349,7 @@ static void test_requested_headers(void **state)
                 fail_msg("\"%s\": unexpected Allow-Headers \"%s\"", cases[i].requested, got);
         } else {
             if (!got || strcmp(got, cases[i].allowed) != 0)
-                fail_msg("\"%s\": got \"%s\", want \"%s\"", cases[i].requested, got ? got : "(none)",
-                         cases[i].allowed);
+                fail_msg("\"%s\": got \"%s\", want \"%s\"", cases[i].requested, got ? got : "(none)", cases[i].allowed);
         }
     }
     /* a long list of junk cannot overflow anything */
@@ -365,10 +365,10 @@ static void test_requested_headers(void **state)
 static void test_vary_always(void **state)
 {
     (void)state;
-    const char *specs[] = {"*", "https://app.example.com"};
-    const char *origins[] = {NULL, "https://app.example.com", "https://evil.test"};
-    const char *methods[] = {"GET", "POST", "OPTIONS", "DELETE"};
-    const char *req_methods[] = {NULL, "POST", "PUT"};
+    const char *specs[] = { "*", "https://app.example.com" };
+    const char *origins[] = { NULL, "https://app.example.com", "https://evil.test" };
+    const char *methods[] = { "GET", "POST", "OPTIONS", "DELETE" };
+    const char *req_methods[] = { NULL, "POST", "PUT" };
     for (size_t s = 0; s < 2; s++) {
         cors_policy *p = policy(specs[s], false);
         for (size_t o = 0; o < 3; o++)
@@ -398,10 +398,10 @@ static void test_vary_always(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_valid),      cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_disabled),         cmocka_unit_test(test_no_origin),
-        cmocka_unit_test(test_exact_match),      cmocka_unit_test(test_mismatch),
-        cmocka_unit_test(test_wildcard),         cmocka_unit_test(test_credentials),
+        cmocka_unit_test(test_parse_valid),       cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_disabled),          cmocka_unit_test(test_no_origin),
+        cmocka_unit_test(test_exact_match),       cmocka_unit_test(test_mismatch),
+        cmocka_unit_test(test_wildcard),          cmocka_unit_test(test_credentials),
         cmocka_unit_test(test_requested_headers), cmocka_unit_test(test_vary_always),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -54,17 +54,17 @@ typedef struct tc {
     char text[8192];
     size_t len;
     int64_t delta_ms[64];
-    int pause_every;            /* return LLM_PAUSE on every pause_every-th delta (0 = never) */
-    int resume_after_ms;        /* then resume after this long */
-    int64_t resumed_ms;         /* last resume */
-    int delta_while_paused;     /* deltas received while we were paused: must stay 0 */
+    int pause_every;        /* return LLM_PAUSE on every pause_every-th delta (0 = never) */
+    int resume_after_ms;    /* then resume after this long */
+    int64_t resumed_ms;     /* last resume */
+    int delta_while_paused; /* deltas received while we were paused: must stay 0 */
     bool paused;
-    int cancel_after_deltas;    /* cancel (from the loop) after this many deltas (0 = never) */
+    int cancel_after_deltas; /* cancel (from the loop) after this many deltas (0 = never) */
     bool cancelled;
-    bool cancel_inside;         /* cancel from inside on_delta itself (must be deferred by the call) */
+    bool cancel_inside; /* cancel from inside on_delta itself (must be deferred by the call) */
     int64_t cancel_ms;
-    int after_cancel;           /* callbacks after cancel: must stay 0 */
-    struct event *action;       /* deferred resume / cancel */
+    int after_cancel;     /* callbacks after cancel: must stay 0 */
+    struct event *action; /* deferred resume / cancel */
     /* done */
     int done;
     int delta_after_done;
@@ -123,12 +123,12 @@ static int on_delta(void *ud, const char *text, size_t len)
     }
     if (c->cancel_after_deltas && c->deltas == c->cancel_after_deltas) {
         /* Not from inside on_delta (provider.h): on the next loop turn. */
-        struct timeval tv = {0, 0};
+        struct timeval tv = { 0, 0 };
         evtimer_add(c->action, &tv);
     }
     if (c->pause_every && c->deltas % c->pause_every == 0) {
         c->paused = true;
-        struct timeval tv = {0, c->resume_after_ms * 1000};
+        struct timeval tv = { 0, c->resume_after_ms * 1000 };
         evtimer_add(c->action, &tv);
         return LLM_PAUSE;
     }
@@ -213,10 +213,14 @@ static void tc_free(tc *c)
 
 static void tc_start(tc *c, bool stream)
 {
-    static const llm_message msgs[] = {{"user", "Hello"}};
-    llm_request req = {.model = "claude-test", .system = "Be brief.", .messages = msgs, .n_messages = 1,
-                       .max_tokens = 64, .stream = stream};
-    llm_callbacks cbs = {.on_delta = on_delta, .on_done = on_done};
+    static const llm_message msgs[] = { { "user", "Hello" } };
+    llm_request req = { .model = "claude-test",
+                        .system = "Be brief.",
+                        .messages = msgs,
+                        .n_messages = 1,
+                        .max_tokens = 64,
+                        .stream = stream };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     c->start_ms = chat_mono_ms();
     assert_int_equal(llm_call_start(c->t, &c->p, &req, &cbs, c, &c->call), CHAT_OK);
     assert_non_null(c->call);
@@ -235,7 +239,7 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 static void run_until_done(tc *c, int max_ms)
 {
     struct event *wd = evtimer_new(c->base, watchdog_cb, c->base);
-    struct timeval tv = {max_ms / 1000, (max_ms % 1000) * 1000};
+    struct timeval tv = { max_ms / 1000, (max_ms % 1000) * 1000 };
     evtimer_add(wd, &tv);
     while (!c->done && event_base_dispatch(c->base) == 0) {
         if (!evtimer_pending(wd, NULL))
@@ -248,7 +252,7 @@ static void run_until_done(tc *c, int max_ms)
 /* Runs the loop for ms (to see that nothing more happens, or for the server to notice). */
 static void run_for(tc *c, int ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
     event_base_loopexit(c->base, &tv);
     event_base_dispatch(c->base);
 }
@@ -259,15 +263,15 @@ static void run_for(tc *c, int ms)
 static void test_nonstream_ok(void **state)
 {
     (void)state;
-    static const script sc[] = {{
+    static const script sc[] = { {
         .status = 200,
-        .headers = {JSON_CT, "request-id: req_011CVabc"},
+        .headers = { JSON_CT, "request-id: req_011CVabc" },
         .body = "{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-test-1\","
                 "\"content\":[{\"type\":\"thinking\",\"thinking\":\"hm\"},{\"type\":\"text\",\"text\":\"Hi! \"},"
                 "{\"type\":\"text\",\"text\":\"How can I help?\"}],\"stop_reason\":\"end_turn\","
                 "\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,"
                 "\"cache_read_input_tokens\":0,\"output_tokens\":9}}",
-    }};
+    } };
     tc c;
     tc_init(&c, sc, 1);
     tc_start(&c, false);
@@ -332,12 +336,12 @@ static void test_stream_ok(void **state)
 static void test_stream_one_chunk(void **state)
 {
     (void)state;
-    static const script sc[] = {{
+    static const script sc[] = { {
         .status = 200,
-        .headers = {SSE_CT},
-        .chunks = {EV_START EV_BLOCK EV_DELTA("a") EV_DELTA("b") EV_DELTA("c") EV_BSTOP
-                   EV_MDELTA("end_turn", "3") EV_STOP},
-    }};
+        .headers = { SSE_CT },
+        .chunks = { EV_START EV_BLOCK EV_DELTA("a") EV_DELTA("b") EV_DELTA("c") EV_BSTOP EV_MDELTA("end_turn", "3")
+                        EV_STOP },
+    } };
     tc c;
     tc_init(&c, sc, 1);
     tc_start(&c, true);
@@ -362,35 +366,118 @@ static void test_error_statuses(void **state)
 {
     (void)state;
     static const err_case cases[] = {
-        {{.status = 400, .headers = {JSON_CT, "request-id: req_400"}, .body = ERR_BODY("invalid_request_error", "max_tokens: required")},
-         2, 400, "invalid_request_error", "max_tokens: required", -1, 1},
-        {{.status = 401, .headers = {JSON_CT}, .body = ERR_BODY("authentication_error", "invalid x-api-key " API_KEY)},
-         2, 401, "authentication_error", "invalid x-api-key [redacted]", -1, 1},
-        {{.status = 404, .headers = {JSON_CT}, .body = ERR_BODY("not_found_error", "model: nope")}, 0, 404, "not_found_error", "nope", -1, 1},
-        {{.status = 413, .headers = {"content-type: text/html"}, .body = "<html><body><h1>413 Request Entity Too Large</h1></body></html>"},
-         0, 413, "request_too_large", "HTTP 413: 413 Request Entity Too Large", -1, 1},
-        {{.status = 429, .headers = {JSON_CT, "retry-after: 2"}, .body = ERR_BODY("rate_limit_error", "slow down")},
-         0, 429, "rate_limit_error", "slow down", 2000, 1},
-        {{.status = 429, .headers = {JSON_CT, "retry-after-ms: 350", "retry-after: 1"}, .body = ERR_BODY("rate_limit_error", "ms wins")},
-         0, 429, "rate_limit_error", "ms wins", 350, 1},
-        {{.status = 429, .headers = {JSON_CT}, .body =
-          "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"spend limit\","
-          "\"details\":{\"error_code\":\"enforced_spend_limit_reached\"}}}"},
-         2, 429, "rate_limit_error", "spend limit", -1, 1},
-        {{.status = 500, .headers = {JSON_CT}, .body = ERR_BODY("api_error", "Internal server error")}, 0, 500, "api_error", "Internal", -1, 1},
-        {{.status = 502, .headers = {"content-type: text/plain"}, .body = "Bad Gateway\r\n"}, 0, 502, "api_error", "HTTP 502: Bad Gateway", -1,
-         1},
-        {{.status = 504, .headers = {JSON_CT}, .body = "{\"error\":{\"type\":\"timeout_error\",\"message\":\"Request timeout\"}}"},
-         0, 504, "timeout_error", "Request timeout", -1, 1},
-        {{.status = 529, .headers = {JSON_CT, "x-should-retry: false", "request-id: req_011CSHoEeqs5C35K2UUqR7Fy"}, .body =
-          ERR_BODY("overloaded_error", "Overloaded")},
-         2, 529, "overloaded_error", "Overloaded", -1, 1},
+        { { .status = 400,
+            .headers = { JSON_CT, "request-id: req_400" },
+            .body = ERR_BODY("invalid_request_error", "max_tokens: required") },
+          2,
+          400,
+          "invalid_request_error",
+          "max_tokens: required",
+          -1,
+          1 },
+        { { .status = 401,
+            .headers = { JSON_CT },
+            .body = ERR_BODY("authentication_error", "invalid x-api-key " API_KEY) },
+          2,
+          401,
+          "authentication_error",
+          "invalid x-api-key [redacted]",
+          -1,
+          1 },
+        { { .status = 404, .headers = { JSON_CT }, .body = ERR_BODY("not_found_error", "model: nope") },
+          0,
+          404,
+          "not_found_error",
+          "nope",
+          -1,
+          1 },
+        { { .status = 413,
+            .headers = { "content-type: text/html" },
+            .body = "<html><body><h1>413 Request Entity Too Large</h1></body></html>" },
+          0,
+          413,
+          "request_too_large",
+          "HTTP 413: 413 Request Entity Too Large",
+          -1,
+          1 },
+        { { .status = 429,
+            .headers = { JSON_CT, "retry-after: 2" },
+            .body = ERR_BODY("rate_limit_error", "slow down") },
+          0,
+          429,
+          "rate_limit_error",
+          "slow down",
+          2000,
+          1 },
+        { { .status = 429,
+            .headers = { JSON_CT, "retry-after-ms: 350", "retry-after: 1" },
+            .body = ERR_BODY("rate_limit_error", "ms wins") },
+          0,
+          429,
+          "rate_limit_error",
+          "ms wins",
+          350,
+          1 },
+        { { .status = 429,
+            .headers = { JSON_CT },
+            .body = "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"spend limit\","
+                    "\"details\":{\"error_code\":\"enforced_spend_limit_reached\"}}}" },
+          2,
+          429,
+          "rate_limit_error",
+          "spend limit",
+          -1,
+          1 },
+        { { .status = 500, .headers = { JSON_CT }, .body = ERR_BODY("api_error", "Internal server error") },
+          0,
+          500,
+          "api_error",
+          "Internal",
+          -1,
+          1 },
+        { { .status = 502, .headers = { "content-type: text/plain" }, .body = "Bad Gateway\r\n" },
+          0,
+          502,
+          "api_error",
+          "HTTP 502: Bad Gateway",
+          -1,
+          1 },
+        { { .status = 504,
+            .headers = { JSON_CT },
+            .body = "{\"error\":{\"type\":\"timeout_error\",\"message\":\"Request timeout\"}}" },
+          0,
+          504,
+          "timeout_error",
+          "Request timeout",
+          -1,
+          1 },
+        { { .status = 529,
+            .headers = { JSON_CT, "x-should-retry: false", "request-id: req_011CSHoEeqs5C35K2UUqR7Fy" },
+            .body = ERR_BODY("overloaded_error", "Overloaded") },
+          2,
+          529,
+          "overloaded_error",
+          "Overloaded",
+          -1,
+          1 },
         /* x-should-retry: true makes even a 400 retryable (A8), up to max_retries. */
-        {{.status = 400, .headers = {JSON_CT, "x-should-retry: true"}, .body = ERR_BODY("invalid_request_error", "try again")},
-         2, 400, "invalid_request_error", "try again", -1, 3},
+        { { .status = 400,
+            .headers = { JSON_CT, "x-should-retry: true" },
+            .body = ERR_BODY("invalid_request_error", "try again") },
+          2,
+          400,
+          "invalid_request_error",
+          "try again",
+          -1,
+          3 },
         /* retries exhausted: the last error is reported, with the attempts made. */
-        {{.status = 503, .headers = {JSON_CT, "retry-after-ms: 10"}, .body = ERR_BODY("api_error", "unavailable")},
-         1, 503, "api_error", "unavailable", 10, 2},
+        { { .status = 503, .headers = { JSON_CT, "retry-after-ms: 10" }, .body = ERR_BODY("api_error", "unavailable") },
+          1,
+          503,
+          "api_error",
+          "unavailable",
+          10,
+          2 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const err_case *e = &cases[i];
@@ -401,8 +488,7 @@ static void test_error_statuses(void **state)
         tc_start(&c, true);
         run_until_done(&c, 3000);
         if (c.status != LLM_ERR_HTTP || c.http_status != e->status || strcmp(c.error_type, e->type) != 0 ||
-            !strstr(c.error_message, e->msg_part) || c.retry_after_ms != e->retry_after_ms ||
-            c.attempts != e->attempts)
+            !strstr(c.error_message, e->msg_part) || c.retry_after_ms != e->retry_after_ms || c.attempts != e->attempts)
             fail_msg("case %zu: status %d http %d type %s message '%s' retry_after %lld attempts %d", i, c.status,
                      c.http_status, c.error_type, c.error_message, (long long)c.retry_after_ms, c.attempts);
         assert_int_equal(c.s.nreq, e->attempts);
@@ -418,10 +504,10 @@ static void test_retry_529_then_ok(void **state)
 {
     (void)state;
     static const script sc[2] = {
-        {.status = 529, .headers = {JSON_CT}, .body = ERR_BODY("overloaded_error", "Overloaded")},
-        {0},
+        { .status = 529, .headers = { JSON_CT }, .body = ERR_BODY("overloaded_error", "Overloaded") },
+        { 0 },
     };
-    script both[2] = {sc[0], STREAM_OK};
+    script both[2] = { sc[0], STREAM_OK };
     tc c;
     tc_init(&c, both, 2);
     c.p.max_retries = 2;
@@ -443,7 +529,10 @@ static void test_retry_529_then_ok(void **state)
 static void test_retry_after_honoured(void **state)
 {
     (void)state;
-    script both[2] = {{.status = 429, .headers = {JSON_CT, "retry-after-ms: 150"}, .body = ERR_BODY("rate_limit_error", "wait")}, STREAM_OK};
+    script both[2] = {
+        { .status = 429, .headers = { JSON_CT, "retry-after-ms: 150" }, .body = ERR_BODY("rate_limit_error", "wait") },
+        STREAM_OK
+    };
     tc c;
     tc_init(&c, both, 2);
     c.p.max_retries = 1;
@@ -461,7 +550,10 @@ static void test_retry_after_honoured(void **state)
 static void test_retry_stream_error_before_delta(void **state)
 {
     (void)state;
-    script both[2] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_ERROR("overloaded_error", "Overloaded")}}, STREAM_OK};
+    script both[2] = {
+        { .status = 200, .headers = { SSE_CT }, .chunks = { EV_START, EV_ERROR("overloaded_error", "Overloaded") } },
+        STREAM_OK
+    };
     tc c;
     tc_init(&c, both, 2);
     c.p.max_retries = 1;
@@ -477,9 +569,11 @@ static void test_retry_stream_error_before_delta(void **state)
 static void test_no_retry_after_delta(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hello"),
-                                            EV_ERROR("overloaded_error", "Overloaded")},
-                                 .chunk_delay_ms = 5}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("Hello"),
+                                               EV_ERROR("overloaded_error", "Overloaded") },
+                                   .chunk_delay_ms = 5 } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_retries = 3;
@@ -500,7 +594,9 @@ static void test_no_retry_after_delta(void **state)
 static void test_retry_after_too_long(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 429, .headers = {JSON_CT, "retry-after: 30"}, .body = ERR_BODY("rate_limit_error", "later")}};
+    static const script sc[] = {
+        { .status = 429, .headers = { JSON_CT, "retry-after: 30" }, .body = ERR_BODY("rate_limit_error", "later") }
+    };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_retries = 2;
@@ -520,8 +616,10 @@ static void test_retry_after_too_long(void **state)
 static void test_truncated(void **state)
 {
     (void)state;
-    static const script sc[] = {
-        {.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hel"), EV_DELTA("lo")}, .chunk_delay_ms = 3}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("Hel"), EV_DELTA("lo") },
+                                   .chunk_delay_ms = 3 } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_retries = 2;
@@ -537,8 +635,11 @@ static void test_truncated(void **state)
 static void test_connection_reset(void **state)
 {
     (void)state;
-    static const script sc[] = {
-        {.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hi")}, .chunk_delay_ms = 20, .end = END_RESET}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("Hi") },
+                                   .chunk_delay_ms = 20,
+                                   .end = END_RESET } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_retries = 2;
@@ -553,7 +654,10 @@ static void test_connection_reset(void **state)
 static void test_reset_before_delta_is_retried(void **state)
 {
     (void)state;
-    script both[2] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START}, .chunk_delay_ms = 20, .end = END_RESET}, STREAM_OK};
+    script both[2] = {
+        { .status = 200, .headers = { SSE_CT }, .chunks = { EV_START }, .chunk_delay_ms = 20, .end = END_RESET },
+        STREAM_OK
+    };
     tc c;
     tc_init(&c, both, 2);
     c.p.max_retries = 1;
@@ -568,12 +672,12 @@ static void test_reset_before_delta_is_retried(void **state)
 static void test_connect_refused(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .body = "{}"}};
+    static const script sc[] = { { .status = 200, .headers = { JSON_CT }, .body = "{}" } };
     tc c;
     tc_init(&c, sc, 1);
     /* A port nobody listens on: bind, read the port, close. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     socklen_t sl = sizeof sa;
     getsockname(fd, (struct sockaddr *)&sa, &sl);
@@ -594,7 +698,9 @@ static void test_connect_refused(void **state)
 static void test_first_byte_timeout(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .head_delay_ms = 1500, .chunks = {EV_START}}};
+    static const script sc[] = {
+        { .status = 200, .headers = { SSE_CT }, .head_delay_ms = 1500, .chunks = { EV_START } }
+    };
     tc c;
     tc_init(&c, sc, 1);
     c.p.first_byte_timeout_ms = 200;
@@ -612,7 +718,7 @@ static void test_first_byte_timeout(void **state)
 static void test_nonstream_whole_reply_deadline(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .head_delay_ms = 800, .body = "{}"}};
+    static const script sc[] = { { .status = 200, .headers = { JSON_CT }, .head_delay_ms = 800, .body = "{}" } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.first_byte_timeout_ms = 200;
@@ -629,8 +735,11 @@ static void test_nonstream_whole_reply_deadline(void **state)
 static void test_idle_timeout(void **state)
 {
     (void)state;
-    static const script sc[] = {
-        {.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hi")}, .chunk_delay_ms = 5, .end = END_HANG}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("Hi") },
+                                   .chunk_delay_ms = 5,
+                                   .end = END_HANG } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.idle_timeout_ms = 200;
@@ -652,10 +761,12 @@ static void test_idle_timeout(void **state)
 static void test_total_timeout(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("1"), EV_DELTA("2"), EV_DELTA("3"),
-                                            EV_DELTA("4"), EV_DELTA("5"), EV_DELTA("6"), EV_DELTA("7"),
-                                            EV_DELTA("8"), EV_STOP},
-                                 .chunk_delay_ms = 100}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("1"), EV_DELTA("2"), EV_DELTA("3"),
+                                               EV_DELTA("4"), EV_DELTA("5"), EV_DELTA("6"), EV_DELTA("7"),
+                                               EV_DELTA("8"), EV_STOP },
+                                   .chunk_delay_ms = 100 } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.total_timeout_ms = 350;
@@ -673,9 +784,12 @@ static void test_total_timeout(void **state)
 static void test_body_too_large(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .body =
-                                 "{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"0123456789012345678"
-                                 "90123456789012345678901234567890123456789012345678901234567890123456789\"}]}"}};
+    static const script sc[] = {
+        { .status = 200,
+          .headers = { JSON_CT },
+          .body = "{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"0123456789012345678"
+                  "90123456789012345678901234567890123456789012345678901234567890123456789\"}]}" }
+    };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_response_bytes = 64;
@@ -691,8 +805,11 @@ static void test_body_too_large(void **state)
 static void test_malformed_event(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("ok"),
-                                            "event: content_block_delta\ndata: {\"index\":0,\"delta\":\n\n", EV_STOP}}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("ok"),
+                                               "event: content_block_delta\ndata: {\"index\":0,\"delta\":\n\n",
+                                               EV_STOP } } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_retries = 2;
@@ -707,7 +824,9 @@ static void test_malformed_event(void **state)
 static void test_wrong_content_type(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {"content-type: text/html"}, .body = "<html>hi</html>"}};
+    static const script sc[] = {
+        { .status = 200, .headers = { "content-type: text/html" }, .body = "<html>hi</html>" }
+    };
     tc c;
     tc_init(&c, sc, 1);
     tc_start(&c, true);
@@ -723,12 +842,12 @@ static void test_wrong_content_type(void **state)
 static void test_pause_resume_one_buffer(void **state)
 {
     (void)state;
-    static const script sc[] = {{
+    static const script sc[] = { {
         .status = 200,
-        .headers = {SSE_CT},
-        .chunks = {EV_START EV_BLOCK EV_DELTA("one ") EV_DELTA("two ") EV_DELTA("three") EV_BSTOP
-                   EV_MDELTA("end_turn", "3") EV_STOP},
-    }};
+        .headers = { SSE_CT },
+        .chunks = { EV_START EV_BLOCK EV_DELTA("one ") EV_DELTA("two ") EV_DELTA("three")
+                        EV_BSTOP EV_MDELTA("end_turn", "3") EV_STOP },
+    } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.idle_timeout_ms = 150;
@@ -771,14 +890,16 @@ static void test_pause_resume_spread(void **state)
 static void test_cancel_mid_stream(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("a"), EV_DELTA("b"), EV_DELTA("c"),
-                                            EV_DELTA("d"), EV_DELTA("e"), EV_DELTA("f"), EV_STOP},
-                                 .chunk_delay_ms = 30}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START, EV_BLOCK, EV_DELTA("a"), EV_DELTA("b"), EV_DELTA("c"),
+                                               EV_DELTA("d"), EV_DELTA("e"), EV_DELTA("f"), EV_STOP },
+                                   .chunk_delay_ms = 30 } };
     tc c;
     tc_init(&c, sc, 1);
     c.cancel_after_deltas = 2;
     tc_start(&c, true);
-    struct timeval tv = {3, 0};
+    struct timeval tv = { 3, 0 };
     event_base_loopexit(c.base, &tv);
     while (!(c.cancelled && c.s.closes) && event_base_loop(c.base, EVLOOP_ONCE) == 0 && !event_base_got_exit(c.base))
         ;
@@ -796,17 +917,17 @@ static void test_cancel_mid_stream(void **state)
 static void test_cancel_inside_delta(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200,
-                                 .headers = {SSE_CT},
-                                 .chunks = {EV_START EV_BLOCK EV_DELTA("a") EV_DELTA("b") EV_DELTA("c"),
-                                            EV_DELTA("d"), EV_DELTA("e"), EV_STOP},
-                                 .chunk_delay_ms = 30}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { EV_START EV_BLOCK EV_DELTA("a") EV_DELTA("b") EV_DELTA("c"),
+                                               EV_DELTA("d"), EV_DELTA("e"), EV_STOP },
+                                   .chunk_delay_ms = 30 } };
     tc c;
     tc_init(&c, sc, 1);
     c.cancel_after_deltas = 2;
     c.cancel_inside = true;
     tc_start(&c, true);
-    struct timeval tv = {3, 0};
+    struct timeval tv = { 3, 0 };
     event_base_loopexit(c.base, &tv);
     while (!(c.cancelled && c.s.closes) && event_base_loop(c.base, EVLOOP_ONCE) == 0 && !event_base_got_exit(c.base))
         ;
@@ -851,7 +972,9 @@ static void cancel_now_cb(evutil_socket_t fd, short what, void *arg)
 static void test_cancel_during_retry_wait(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 529, .headers = {JSON_CT, "retry-after-ms: 600"}, .body = ERR_BODY("overloaded_error", "Overloaded")}};
+    static const script sc[] = { { .status = 529,
+                                   .headers = { JSON_CT, "retry-after-ms: 600" },
+                                   .body = ERR_BODY("overloaded_error", "Overloaded") } };
     tc c;
     tc_init(&c, sc, 1);
     c.p.max_retries = 2;
@@ -862,7 +985,7 @@ static void test_cancel_during_retry_wait(void **state)
     assert_int_equal(c.s.nreq, 1);
     assert_int_equal(c.done, 0);
     struct event *ev = evtimer_new(c.base, cancel_now_cb, &c);
-    struct timeval tv = {0, 0};
+    struct timeval tv = { 0, 0 };
     evtimer_add(ev, &tv);
     run_for(&c, 800);
     event_free(ev);
@@ -877,7 +1000,9 @@ static void test_cancel_during_retry_wait(void **state)
 static void test_transport_free_cancels(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {SSE_CT}, .chunks = {EV_START, EV_BLOCK, EV_DELTA("x")}, .end = END_HANG}};
+    static const script sc[] = {
+        { .status = 200, .headers = { SSE_CT }, .chunks = { EV_START, EV_BLOCK, EV_DELTA("x") }, .end = END_HANG }
+    };
     tc c;
     tc_init(&c, sc, 1);
     tc_start(&c, true);
@@ -894,12 +1019,12 @@ static void test_transport_free_cancels(void **state)
 static void test_invalid_start(void **state)
 {
     (void)state;
-    static const script sc[] = {{.status = 200, .headers = {JSON_CT}, .body = "{}"}};
+    static const script sc[] = { { .status = 200, .headers = { JSON_CT }, .body = "{}" } };
     tc c;
     tc_init(&c, sc, 1);
-    llm_message m = {"user", "hi"};
-    llm_request req = {.model = "m", .messages = &m, .n_messages = 1, .max_tokens = 5};
-    llm_callbacks cbs = {.on_delta = on_delta, .on_done = on_done};
+    llm_message m = { "user", "hi" };
+    llm_request req = { .model = "m", .messages = &m, .n_messages = 1, .max_tokens = 5 };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     llm_call *call = (llm_call *)&c;
     c.p.total_timeout_ms = 0;
     assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &c, &call), CHAT_EINVAL);
@@ -931,9 +1056,9 @@ static void test_two_calls(void **state)
     memset(&d, 0, sizeof d);
     d.base = c.base;
     d.retry_after_ms = -2;
-    static const llm_message msgs[] = {{"user", "Hello"}};
-    llm_request req = {.model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true};
-    llm_callbacks cbs = {.on_delta = on_delta, .on_done = on_done};
+    static const llm_message msgs[] = { { "user", "Hello" } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     tc_start(&c, true);
     assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &d, &d.call), CHAT_OK);
     assert_int_equal(llm_transport_active(c.t), 2);
@@ -943,34 +1068,34 @@ static void test_two_calls(void **state)
     assert_string_equal(d.text, "Hello, world!");
     assert_int_equal(c.status, LLM_OK);
     assert_int_equal(d.status, LLM_OK);
-    free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason), free(d.model),
-        free(d.rtext);
+    free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason),
+        free(d.model), free(d.rtext);
     tc_free(&c);
 }
 
 /* ------------------------------------------------------------------------ */
 /* OpenAI-compatible provider (docs/PROTOCOLS.md B)                                */
 
-#define OA_CHUNK(delta, finish)                                                                              \
+#define OA_CHUNK(delta, finish)                                                                                 \
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test-1\"," \
-    "\"choices\":[{\"index\":0,\"delta\":" delta ",\"logprobs\":null,\"finish_reason\":" finish "}],"          \
+    "\"choices\":[{\"index\":0,\"delta\":" delta ",\"logprobs\":null,\"finish_reason\":" finish "}],"           \
     "\"usage\":null}\n\n"
 #define OA_ROLE OA_CHUNK("{\"role\":\"assistant\",\"content\":\"\"}", "null")
 #define OA_DELTA(t) OA_CHUNK("{\"content\":\"" t "\"}", "null")
 #define OA_FINISH(reason) OA_CHUNK("{}", "\"" reason "\"")
-#define OA_USAGE(prompt, cached, completion)                                                                  \
+#define OA_USAGE(prompt, cached, completion)                                                                    \
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test-1\"," \
-    "\"choices\":[],\"usage\":{\"prompt_tokens\":" prompt ",\"completion_tokens\":" completion                \
+    "\"choices\":[],\"usage\":{\"prompt_tokens\":" prompt ",\"completion_tokens\":" completion                  \
     ",\"total_tokens\":0,\"prompt_tokens_details\":{\"cached_tokens\":" cached "}}}\n\n"
 #define OA_DONE "data: [DONE]\n\n"
-#define OA_ERR_BODY(type, code, msg)                                                                          \
+#define OA_ERR_BODY(type, code, msg) \
     "{\"error\":{\"message\":\"" msg "\",\"type\":\"" type "\",\"param\":null,\"code\":" code "}}"
 
 static const script OA_STREAM_OK = {
     .status = 200,
-    .headers = {SSE_CT, "x-request-id: req_oa_1", "request-id: not-this-one"},
-    .chunks = {OA_ROLE, OA_DELTA("Hello"), OA_DELTA(", world"), ": keep-alive\n\n", OA_DELTA("!"), OA_FINISH("stop"),
-               OA_USAGE("1500", "1024", "7"), OA_DONE},
+    .headers = { SSE_CT, "x-request-id: req_oa_1", "request-id: not-this-one" },
+    .chunks = { OA_ROLE, OA_DELTA("Hello"), OA_DELTA(", world"), ": keep-alive\n\n", OA_DELTA("!"), OA_FINISH("stop"),
+                OA_USAGE("1500", "1024", "7"), OA_DONE },
     .chunk_delay_ms = 2,
 };
 
@@ -1021,14 +1146,14 @@ static void test_openai_stream_ok(void **state)
 static void test_openai_nonstream_ok(void **state)
 {
     (void)state;
-    static const script sc[] = {{
+    static const script sc[] = { {
         .status = 200,
-        .headers = {JSON_CT, "x-request-id: req_oa_2"},
+        .headers = { JSON_CT, "x-request-id: req_oa_2" },
         .body = "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"llama3.2\","
                 "\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                 "\"content\":\"Hi! How can I help?\"},\"finish_reason\":\"length\"}],"
                 "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":9,\"total_tokens\":21}}",
-    }};
+    } };
     tc c;
     tc_init_openai(&c, sc, 1);
     c.p.api_key = ""; /* a local server: no Authorization header */
@@ -1056,11 +1181,13 @@ static void test_openai_midstream_error(void **state)
 {
     (void)state;
     /* After a delta: reported as it came, never retried. */
-    static const script sc[] = {{.status = 200,
-                                 .headers = {SSE_CT},
-                                 .chunks = {OA_ROLE, OA_DELTA("Par"),
-                                            "data: " OA_ERR_BODY("server_error", "null", "The server had an error") "\n\n"},
-                                 .chunk_delay_ms = 5}};
+    static const script sc[] = {
+        { .status = 200,
+          .headers = { SSE_CT },
+          .chunks = { OA_ROLE, OA_DELTA("Par"),
+                      "data: " OA_ERR_BODY("server_error", "null", "The server had an error") "\n\n" },
+          .chunk_delay_ms = 5 }
+    };
     tc c;
     tc_init_openai(&c, sc, 1);
     c.p.max_retries = 2;
@@ -1079,11 +1206,12 @@ static void test_openai_midstream_error(void **state)
     tc_free(&c);
 
     /* Before any delta (vLLM: integer code, then [DONE]): retried, and the retry succeeds. */
-    script both[2] = {{.status = 200,
-                       .headers = {SSE_CT},
-                       .chunks = {OA_ROLE, "data: " OA_ERR_BODY("InternalServerError", "500", "KV cache full") "\n\n",
-                                  OA_DONE}},
-                      OA_STREAM_OK};
+    script both[2] = {
+        { .status = 200,
+          .headers = { SSE_CT },
+          .chunks = { OA_ROLE, "data: " OA_ERR_BODY("InternalServerError", "500", "KV cache full") "\n\n", OA_DONE } },
+        OA_STREAM_OK
+    };
     tc_init_openai(&c, both, 2);
     c.p.max_retries = 1;
     tc_start(&c, true);
@@ -1107,10 +1235,10 @@ static void test_openai_midstream_error(void **state)
 static void test_openai_retry_429_then_ok(void **state)
 {
     (void)state;
-    script both[2] = {{.status = 429,
-                       .headers = {JSON_CT, "retry-after-ms: 120", "x-request-id: req_429"},
-                       .body = OA_ERR_BODY("tokens", "\"rate_limit_exceeded\"", "Rate limit reached")},
-                      OA_STREAM_OK};
+    script both[2] = { { .status = 429,
+                         .headers = { JSON_CT, "retry-after-ms: 120", "x-request-id: req_429" },
+                         .body = OA_ERR_BODY("tokens", "\"rate_limit_exceeded\"", "Rate limit reached") },
+                       OA_STREAM_OK };
     tc c;
     tc_init_openai(&c, both, 2);
     c.p.max_retries = 2;
@@ -1126,10 +1254,10 @@ static void test_openai_retry_429_then_ok(void **state)
     tc_free(&c);
 
     /* insufficient_quota is a 429 too, but waiting cannot help: not retried. */
-    static const script quota[] = {{.status = 429,
-                                    .headers = {JSON_CT, "retry-after: 1"},
-                                    .body = OA_ERR_BODY("insufficient_quota", "\"insufficient_quota\"",
-                                                        "You exceeded your current quota")}};
+    static const script quota[] = { { .status = 429,
+                                      .headers = { JSON_CT, "retry-after: 1" },
+                                      .body = OA_ERR_BODY("insufficient_quota", "\"insufficient_quota\"",
+                                                          "You exceeded your current quota") } };
     tc_init_openai(&c, quota, 1);
     c.p.max_retries = 2;
     tc_start(&c, true);
@@ -1146,7 +1274,9 @@ static void test_openai_retry_429_then_ok(void **state)
     tc_free(&c);
 
     /* A vLLM 500 with an integer code and no key configured: retried, then reported. */
-    static const script v500[] = {{.status = 500, .headers = {JSON_CT}, .body = OA_ERR_BODY("InternalServerError", "500", "oops")}};
+    static const script v500[] = {
+        { .status = 500, .headers = { JSON_CT }, .body = OA_ERR_BODY("InternalServerError", "500", "oops") }
+    };
     tc_init_openai(&c, v500, 1);
     c.p.api_key = NULL;
     c.p.max_retries = 1;
@@ -1165,8 +1295,10 @@ static void test_openai_truncated(void **state)
 {
     (void)state;
     /* Clean close without a finish_reason (what Ollama does after losing an error). */
-    static const script sc[] = {
-        {.status = 200, .headers = {SSE_CT}, .chunks = {OA_ROLE, OA_DELTA("Hel"), OA_DELTA("lo"), OA_ROLE}, .chunk_delay_ms = 3}};
+    static const script sc[] = { { .status = 200,
+                                   .headers = { SSE_CT },
+                                   .chunks = { OA_ROLE, OA_DELTA("Hel"), OA_DELTA("lo"), OA_ROLE },
+                                   .chunk_delay_ms = 3 } };
     tc c;
     tc_init_openai(&c, sc, 1);
     c.p.max_retries = 2;
@@ -1180,10 +1312,11 @@ static void test_openai_truncated(void **state)
     tc_free(&c);
 
     /* [DONE] without a finish_reason (old llama.cpp after its `error:` field): truncated too. */
-    static const script old[] = {{.status = 200,
-                                  .headers = {SSE_CT},
-                                  .chunks = {OA_ROLE, OA_DELTA("Hi"), "error: {\"code\":500,\"message\":\"x\"}\n\n", OA_DONE},
-                                  .chunk_delay_ms = 3}};
+    static const script old[] = { { .status = 200,
+                                    .headers = { SSE_CT },
+                                    .chunks = { OA_ROLE, OA_DELTA("Hi"), "error: {\"code\":500,\"message\":\"x\"}\n\n",
+                                                OA_DONE },
+                                    .chunk_delay_ms = 3 } };
     tc_init_openai(&c, old, 1);
     tc_start(&c, true);
     run_until_done(&c, 3000);
@@ -1192,8 +1325,10 @@ static void test_openai_truncated(void **state)
     tc_free(&c);
 
     /* A reset before any text: retried (nothing was delivered). */
-    script both[2] = {{.status = 200, .headers = {SSE_CT}, .chunks = {OA_ROLE}, .chunk_delay_ms = 20, .end = END_RESET},
-                      OA_STREAM_OK};
+    script both[2] = {
+        { .status = 200, .headers = { SSE_CT }, .chunks = { OA_ROLE }, .chunk_delay_ms = 20, .end = END_RESET },
+        OA_STREAM_OK
+    };
     tc_init_openai(&c, both, 2);
     c.p.max_retries = 1;
     tc_start(&c, true);
@@ -1209,13 +1344,13 @@ static void test_openai_truncated(void **state)
 static void test_openai_end_after_finish(void **state)
 {
     (void)state;
-    const end_kind ends[] = {END_OK, END_RESET, END_HANG};
+    const end_kind ends[] = { END_OK, END_RESET, END_HANG };
     for (size_t i = 0; i < 3; i++) {
-        script sc = {.status = 200,
-                     .headers = {SSE_CT},
-                     .chunks = {OA_ROLE, OA_DELTA("Hi"), OA_FINISH("stop")},
-                     .chunk_delay_ms = 20,
-                     .end = ends[i]};
+        script sc = { .status = 200,
+                      .headers = { SSE_CT },
+                      .chunks = { OA_ROLE, OA_DELTA("Hi"), OA_FINISH("stop") },
+                      .chunk_delay_ms = 20,
+                      .end = ends[i] };
         tc c;
         tc_init_openai(&c, &sc, 1);
         c.p.idle_timeout_ms = 200;
@@ -1234,9 +1369,10 @@ static void test_openai_end_after_finish(void **state)
     }
 
     /* The usage chunk arrived, then a clean close without [DONE]: its usage is kept. */
-    static const script sc2[] = {{.status = 200,
-                                  .headers = {SSE_CT},
-                                  .chunks = {OA_ROLE, OA_DELTA("Hi"), OA_FINISH("stop"), OA_USAGE("9", "0", "1")}}};
+    static const script sc2[] = { { .status = 200,
+                                    .headers = { SSE_CT },
+                                    .chunks = { OA_ROLE, OA_DELTA("Hi"), OA_FINISH("stop"),
+                                                OA_USAGE("9", "0", "1") } } };
     tc c;
     tc_init_openai(&c, sc2, 1);
     tc_start(&c, true);

@@ -132,13 +132,13 @@ static family_info *family_of(parsed *p, const char *name)
     for (size_t i = 0; i < p->nf; i++)
         if (strcmp(p->f[i].name, name) == 0)
             return &p->f[i];
-    static const char *suffixes[] = {"_bucket", "_sum", "_count"};
+    static const char *suffixes[] = { "_bucket", "_sum", "_count" };
     for (size_t k = 0; k < 3; k++) {
         size_t n = strlen(name), sl = strlen(suffixes[k]);
         if (n > sl && strcmp(name + n - sl, suffixes[k]) == 0)
             for (size_t i = 0; i < p->nf; i++)
-                if (strlen(p->f[i].name) == n - sl && strncmp(p->f[i].name, name, n - sl) == 0 &&
-                    p->f[i].type && strcmp(p->f[i].type, "histogram") == 0)
+                if (strlen(p->f[i].name) == n - sl && strncmp(p->f[i].name, name, n - sl) == 0 && p->f[i].type &&
+                    strcmp(p->f[i].type, "histogram") == 0)
                     return &p->f[i];
     }
     return NULL;
@@ -170,7 +170,7 @@ static void parse_text(const char *text, parsed *p)
             }
         } else {
             assert_true(line[0] != '#');
-            sample s = {0};
+            sample s = { 0 };
             size_t nlen = name_len(line);
             assert_true(nlen > 0);
             s.name = strndup(line, nlen);
@@ -312,40 +312,40 @@ static void render_parse(metrics_registry *reg, parsed *p)
 
 /* ---- tests ------------------------------------------------------------------ */
 
-static const double b3[] = {0.1, 0.5, 1};
+static const double b3[] = { 0.1, 0.5, 1 };
 
 static void test_register_validation(void **state)
 {
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *f = NULL;
-    static const double bad_order[] = {1, 0.5};
-    static const double dup[] = {1, 1};
-    const double inf[] = {1, INFINITY};
+    static const double bad_order[] = { 1, 0.5 };
+    static const double dup[] = { 1, 1 };
+    const double inf[] = { 1, INFINITY };
     const struct {
         metrics_desc d;
         chat_rc want;
     } cases[] = {
-        {{METRICS_COUNTER, "ok_total", "h", {NULL}, 0, NULL, 0}, CHAT_OK},
-        {{METRICS_COUNTER, "ok_total", "h", {NULL}, 0, NULL, 0}, CHAT_EINVAL}, /* duplicate */
-        {{METRICS_COUNTER, "9starts_with_digit", "h", {NULL}, 0, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "has-dash", "h", {NULL}, 0, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "", "h", {NULL}, 0, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "ns:colon_ok", "h", {NULL}, 0, NULL, 0}, CHAT_OK},
-        {{METRICS_COUNTER, "lbl_total", "h", {"a"}, 0, NULL, 0}, CHAT_EINVAL}, /* max_children 0 */
-        {{METRICS_COUNTER, "lbl_total", "h", {"a"}, METRICS_MAX_CHILDREN + 1, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "lbl_total", "h", {"__a"}, 4, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "lbl_total", "h", {"a:b"}, 4, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "lbl_total", "h", {"a", "a"}, 4, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_COUNTER, "lbl_total", "h", {"a", "b"}, 4, NULL, 0}, CHAT_OK},
-        {{METRICS_HISTOGRAM, "h1", "h", {"le"}, 4, b3, 3}, CHAT_EINVAL},
-        {{METRICS_HISTOGRAM, "h2", "h", {NULL}, 0, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_HISTOGRAM, "h3", "h", {NULL}, 0, bad_order, 2}, CHAT_EINVAL},
-        {{METRICS_HISTOGRAM, "h4", "h", {NULL}, 0, dup, 2}, CHAT_EINVAL},
-        {{METRICS_HISTOGRAM, "h5", "h", {NULL}, 0, inf, 2}, CHAT_EINVAL},
-        {{METRICS_HISTOGRAM, "h6", "h", {NULL}, 0, b3, 3}, CHAT_OK},
-        {{(metrics_type)0, "t0", "h", {NULL}, 0, NULL, 0}, CHAT_EINVAL},
-        {{METRICS_GAUGE, "nohelp", NULL, {NULL}, 0, NULL, 0}, CHAT_EINVAL},
+        { { METRICS_COUNTER, "ok_total", "h", { NULL }, 0, NULL, 0 }, CHAT_OK },
+        { { METRICS_COUNTER, "ok_total", "h", { NULL }, 0, NULL, 0 }, CHAT_EINVAL }, /* duplicate */
+        { { METRICS_COUNTER, "9starts_with_digit", "h", { NULL }, 0, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "has-dash", "h", { NULL }, 0, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "", "h", { NULL }, 0, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "ns:colon_ok", "h", { NULL }, 0, NULL, 0 }, CHAT_OK },
+        { { METRICS_COUNTER, "lbl_total", "h", { "a" }, 0, NULL, 0 }, CHAT_EINVAL }, /* max_children 0 */
+        { { METRICS_COUNTER, "lbl_total", "h", { "a" }, METRICS_MAX_CHILDREN + 1, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "lbl_total", "h", { "__a" }, 4, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "lbl_total", "h", { "a:b" }, 4, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "lbl_total", "h", { "a", "a" }, 4, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_COUNTER, "lbl_total", "h", { "a", "b" }, 4, NULL, 0 }, CHAT_OK },
+        { { METRICS_HISTOGRAM, "h1", "h", { "le" }, 4, b3, 3 }, CHAT_EINVAL },
+        { { METRICS_HISTOGRAM, "h2", "h", { NULL }, 0, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_HISTOGRAM, "h3", "h", { NULL }, 0, bad_order, 2 }, CHAT_EINVAL },
+        { { METRICS_HISTOGRAM, "h4", "h", { NULL }, 0, dup, 2 }, CHAT_EINVAL },
+        { { METRICS_HISTOGRAM, "h5", "h", { NULL }, 0, inf, 2 }, CHAT_EINVAL },
+        { { METRICS_HISTOGRAM, "h6", "h", { NULL }, 0, b3, 3 }, CHAT_OK },
+        { { (metrics_type)0, "t0", "h", { NULL }, 0, NULL, 0 }, CHAT_EINVAL },
+        { { METRICS_GAUGE, "nohelp", NULL, { NULL }, 0, NULL, 0 }, CHAT_EINVAL },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         chat_rc rc = metrics_register(reg, &cases[i].d, &f);
@@ -378,9 +378,9 @@ static void *hammer(void *argp)
     for (int i = 0; i < ITERS; i++) {
         /* Shared children (created lazily by whichever thread comes first)
          * and one child per thread. */
-        const char *shared[2] = {"GET", i % 2 ? "200" : "500"};
+        const char *shared[2] = { "GET", i % 2 ? "200" : "500" };
         metrics_counter_add(metrics_child_get(a->counter, shared), 1);
-        const char *own[2] = {mine, "x"};
+        const char *own[2] = { mine, "x" };
         metrics_counter_add(metrics_child_get(a->counter, own), 2);
         metrics_gauge_add(metrics_child_get(a->gauge, NULL), 1);
         metrics_gauge_add(metrics_child_get(a->gauge, NULL), i % 3 == 0 ? -1 : 0);
@@ -395,9 +395,9 @@ static void test_concurrent_exact(void **state)
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *c, *g, *h;
-    metrics_desc dc = {METRICS_COUNTER, "req_total", "r", {"method", "status"}, 64, NULL, 0};
-    metrics_desc dg = {METRICS_GAUGE, "g", "g", {NULL}, 0, NULL, 0};
-    metrics_desc dh = {METRICS_HISTOGRAM, "h_seconds", "h", {NULL}, 0, b3, 3};
+    metrics_desc dc = { METRICS_COUNTER, "req_total", "r", { "method", "status" }, 64, NULL, 0 };
+    metrics_desc dg = { METRICS_GAUGE, "g", "g", { NULL }, 0, NULL, 0 };
+    metrics_desc dh = { METRICS_HISTOGRAM, "h_seconds", "h", { NULL }, 0, b3, 3 };
     assert_int_equal(metrics_register(reg, &dc, &c), CHAT_OK);
     assert_int_equal(metrics_register(reg, &dg, &g), CHAT_OK);
     assert_int_equal(metrics_register(reg, &dh, &h), CHAT_OK);
@@ -405,7 +405,7 @@ static void test_concurrent_exact(void **state)
     pthread_t t[THREADS];
     worker_arg a[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        a[i] = (worker_arg){c, g, h, i};
+        a[i] = (worker_arg){ c, g, h, i };
         assert_int_equal(pthread_create(&t[i], NULL, hammer, &a[i]), 0);
     }
     /* Render concurrently with the writers: must always parse. */
@@ -417,7 +417,7 @@ static void test_concurrent_exact(void **state)
     for (int i = 0; i < THREADS; i++)
         pthread_join(t[i], NULL);
 
-    const char *v200[2] = {"GET", "200"}, *v500[2] = {"GET", "500"};
+    const char *v200[2] = { "GET", "200" }, *v500[2] = { "GET", "500" };
     assert_int_equal(metrics_counter_value(metrics_child_get(c, v200)), THREADS * ITERS / 2);
     assert_int_equal(metrics_counter_value(metrics_child_get(c, v500)), THREADS * ITERS / 2);
     assert_int_equal(metrics_family_children(c), 2 + THREADS);
@@ -450,12 +450,12 @@ static void test_histogram_boundaries(void **state)
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *h;
-    metrics_desc d = {METRICS_HISTOGRAM, "lat_seconds", "Latency.", {"route"}, 4, b3, 3};
+    metrics_desc d = { METRICS_HISTOGRAM, "lat_seconds", "Latency.", { "route" }, 4, b3, 3 };
     assert_int_equal(metrics_register(reg, &d, &h), CHAT_OK);
-    const char *r[1] = {"/x"};
+    const char *r[1] = { "/x" };
     metrics_child *c = metrics_child_get(h, r);
     /* bounds are inclusive: a value equal to a bound belongs to that bucket */
-    const double obs[] = {0.1, nextafter(0.1, 1), 0.5, 1.0, nextafter(1.0, 2), -3, 0, INFINITY, NAN, 1e300};
+    const double obs[] = { 0.1, nextafter(0.1, 1), 0.5, 1.0, nextafter(1.0, 2), -3, 0, INFINITY, NAN, 1e300 };
     for (size_t i = 0; i < sizeof obs / sizeof obs[0]; i++)
         metrics_histogram_observe(c, obs[i]);
     /* le=0.1: 0.1, -3, 0 -> 3; le=0.5: + 0.1+ulp, 0.5 -> 5; le=1: + 1.0 -> 6;
@@ -473,7 +473,7 @@ static void test_histogram_boundaries(void **state)
     size_t first = 0;
     while (strcmp(p.s[first].name, "lat_seconds_bucket") != 0)
         first++;
-    const char *les[] = {"0.1", "0.5", "1", "+Inf"};
+    const char *les[] = { "0.1", "0.5", "1", "+Inf" };
     for (size_t i = 0; i < 4; i++)
         assert_string_equal(p.s[first + i].lval[1], les[i]);
     assert_string_equal(p.s[first + 4].name, "lat_seconds_sum");
@@ -482,7 +482,7 @@ static void test_histogram_boundaries(void **state)
 
     /* A finite sum is rendered so that it reads back exactly. */
     metrics_family *h2;
-    metrics_desc d2 = {METRICS_HISTOGRAM, "x_seconds", "X.", {NULL}, 0, b3, 3};
+    metrics_desc d2 = { METRICS_HISTOGRAM, "x_seconds", "X.", { NULL }, 0, b3, 3 };
     assert_int_equal(metrics_register(reg, &d2, &h2), CHAT_OK);
     metrics_histogram_observe(metrics_child_get(h2, NULL), 0.1);
     metrics_histogram_observe(metrics_child_get(h2, NULL), 0.2);
@@ -500,17 +500,22 @@ static void test_number_format(void **state)
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *h;
-    static const double b[] = {0.00001, 0.0001, 0.005, 1, 10, 300, 1e15, 1e20};
-    metrics_desc d = {METRICS_HISTOGRAM, "n", "n", {NULL}, 0, b, sizeof b / sizeof b[0]};
+    static const double b[] = { 0.00001, 0.0001, 0.005, 1, 10, 300, 1e15, 1e20 };
+    metrics_desc d = { METRICS_HISTOGRAM, "n", "n", { NULL }, 0, b, sizeof b / sizeof b[0] };
     assert_int_equal(metrics_register(reg, &d, &h), CHAT_OK);
     metrics_histogram_observe(metrics_child_get(h, NULL), 123.456);
     char *text = metrics_registry_render(reg, NULL);
-    const char *want[] = {"n_bucket{le=\"1e-05\"} 0\n", "n_bucket{le=\"0.0001\"} 0\n",
-                          "n_bucket{le=\"0.005\"} 0\n", "n_bucket{le=\"1\"} 0\n",
-                          "n_bucket{le=\"10\"} 0\n",    "n_bucket{le=\"300\"} 1\n",
-                          "n_bucket{le=\"1e+15\"} 1\n", "n_bucket{le=\"1e+20\"} 1\n",
-                          "n_bucket{le=\"+Inf\"} 1\n",  "n_sum 123.456\n",
-                          "n_count 1\n"};
+    const char *want[] = { "n_bucket{le=\"1e-05\"} 0\n",
+                           "n_bucket{le=\"0.0001\"} 0\n",
+                           "n_bucket{le=\"0.005\"} 0\n",
+                           "n_bucket{le=\"1\"} 0\n",
+                           "n_bucket{le=\"10\"} 0\n",
+                           "n_bucket{le=\"300\"} 1\n",
+                           "n_bucket{le=\"1e+15\"} 1\n",
+                           "n_bucket{le=\"1e+20\"} 1\n",
+                           "n_bucket{le=\"+Inf\"} 1\n",
+                           "n_sum 123.456\n",
+                           "n_count 1\n" };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(text, want[i]))
             fail_msg("missing %s in:\n%s", want[i], text);
@@ -525,21 +530,21 @@ static void test_label_escaping(void **state)
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *f;
-    metrics_desc d = {METRICS_COUNTER, "esc_total", "Help with \\ backslash\nand newline \"quoted\".", {"v"}, 16,
-                      NULL, 0};
+    metrics_desc d = {
+        METRICS_COUNTER, "esc_total", "Help with \\ backslash\nand newline \"quoted\".", { "v" }, 16, NULL, 0
+    };
     assert_int_equal(metrics_register(reg, &d, &f), CHAT_OK);
-    const char *values[] = {"plain", "back\\slash", "quo\"te", "new\nline", "all \\\"\n", "", "{}=,#",
-                            "caf\xc3\xa9"};
+    const char *values[] = { "plain", "back\\slash", "quo\"te", "new\nline", "all \\\"\n", "", "{}=,#", "caf\xc3\xa9" };
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
         metrics_counter_add(metrics_child_get(f, &values[i]), i + 1);
-    const char *nullv[1] = {NULL};
+    const char *nullv[1] = { NULL };
     metrics_counter_add(metrics_child_get(f, nullv), 100); /* NULL is "" */
-    const char *bad[1] = {"bad\xff\xc3)"};                 /* invalid UTF-8 -> '?' */
+    const char *bad[1] = { "bad\xff\xc3)" };               /* invalid UTF-8 -> '?' */
     metrics_counter_add(metrics_child_get(f, bad), 1000);
     char longv[300];
     memset(longv, 'a', sizeof longv - 1);
     longv[sizeof longv - 1] = '\0';
-    const char *lv[1] = {longv};
+    const char *lv[1] = { longv };
     metrics_counter_add(metrics_child_get(f, lv), 5000);
 
     size_t len;
@@ -558,7 +563,10 @@ static void test_label_escaping(void **state)
         if (i != 5)
             assert_true(value_of(&p, "esc_total", "v", values[i], NULL) == (double)(i + 1));
     assert_true(value_of(&p, "esc_total", "v", "", NULL) == 6 + 100);
-    assert_true(value_of(&p, "esc_total", "v", "bad?" "?)", NULL) == 1000);
+    assert_true(value_of(&p, "esc_total", "v",
+                         "bad?"
+                         "?)",
+                         NULL) == 1000);
     longv[METRICS_MAX_VALUE_LEN] = '\0';
     assert_true(value_of(&p, "esc_total", "v", longv, NULL) == 5000);
     assert_string_equal(p.f[0].help, d.help);
@@ -566,14 +574,14 @@ static void test_label_escaping(void **state)
 
     /* A multi-byte character cut by the length limit becomes '?', never half a character. */
     metrics_family *f2;
-    metrics_desc d2 = {METRICS_GAUGE, "cut", "c", {"v"}, 4, NULL, 0};
+    metrics_desc d2 = { METRICS_GAUGE, "cut", "c", { "v" }, 4, NULL, 0 };
     assert_int_equal(metrics_register(reg, &d2, &f2), CHAT_OK);
     char cut[METRICS_MAX_VALUE_LEN + 2];
     memset(cut, 'b', METRICS_MAX_VALUE_LEN - 1);
     cut[METRICS_MAX_VALUE_LEN - 1] = '\xc3';
     cut[METRICS_MAX_VALUE_LEN] = '\xa9';
     cut[METRICS_MAX_VALUE_LEN + 1] = '\0';
-    const char *cv[1] = {cut};
+    const char *cv[1] = { cut };
     metrics_gauge_set(metrics_child_get(f2, cv), -7);
     render_parse(reg, &p);
     cut[METRICS_MAX_VALUE_LEN - 1] = '?';
@@ -590,12 +598,12 @@ static void test_children_bound(void **state)
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *f;
-    metrics_desc d = {METRICS_COUNTER, "b_total", "b", {"route", "status"}, 4, NULL, 0};
+    metrics_desc d = { METRICS_COUNTER, "b_total", "b", { "route", "status" }, 4, NULL, 0 };
     assert_int_equal(metrics_register(reg, &d, &f), CHAT_OK);
     for (int i = 0; i < 10; i++) {
         char route[16];
         snprintf(route, sizeof route, "/r%d", i);
-        const char *v[2] = {route, "200"};
+        const char *v[2] = { route, "200" };
         metrics_counter_add(metrics_child_get(f, v), 1);
     }
     /* 4 regular children + the overflow child, whatever comes next */
@@ -603,12 +611,12 @@ static void test_children_bound(void **state)
     for (int i = 0; i < 1000; i++) {
         char route[16];
         snprintf(route, sizeof route, "/z%d", i);
-        const char *v[2] = {route, "404"};
+        const char *v[2] = { route, "404" };
         metrics_counter_add(metrics_child_get(f, v), 1);
     }
     assert_int_equal(metrics_family_children(f), 5);
     /* existing children keep counting */
-    const char *v0[2] = {"/r0", "200"};
+    const char *v0[2] = { "/r0", "200" };
     metrics_counter_add(metrics_child_get(f, v0), 1);
 
     parsed p;
@@ -622,9 +630,9 @@ static void test_children_bound(void **state)
 
     /* A regular child that is already all "other" is the overflow child: never two identical series. */
     metrics_family *g;
-    metrics_desc dg = {METRICS_COUNTER, "o_total", "o", {"k"}, 2, NULL, 0};
+    metrics_desc dg = { METRICS_COUNTER, "o_total", "o", { "k" }, 2, NULL, 0 };
     assert_int_equal(metrics_register(reg, &dg, &g), CHAT_OK);
-    const char *o[1] = {"other"}, *a[1] = {"a"}, *b[1] = {"b"};
+    const char *o[1] = { "other" }, *a[1] = { "a" }, *b[1] = { "b" };
     metrics_counter_add(metrics_child_get(g, o), 1);
     metrics_counter_add(metrics_child_get(g, a), 1);
     metrics_counter_add(metrics_child_get(g, b), 1); /* overflow */
@@ -646,7 +654,7 @@ static void *bound_worker(void *argp)
     for (int i = 0; i < 2000; i++) {
         char v[32];
         snprintf(v, sizeof v, "k%d", (i * 7 + a->id * 13) % 300);
-        const char *vals[1] = {v};
+        const char *vals[1] = { v };
         metrics_counter_add(metrics_child_get(a->f, vals), 1);
     }
     return NULL;
@@ -657,12 +665,12 @@ static void test_children_bound_concurrent(void **state)
     (void)state;
     metrics_registry *reg = metrics_registry_new();
     metrics_family *f;
-    metrics_desc d = {METRICS_COUNTER, "cb_total", "cb", {"k"}, 50, NULL, 0};
+    metrics_desc d = { METRICS_COUNTER, "cb_total", "cb", { "k" }, 50, NULL, 0 };
     assert_int_equal(metrics_register(reg, &d, &f), CHAT_OK);
     pthread_t t[THREADS];
     bound_arg a[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        a[i] = (bound_arg){f, i};
+        a[i] = (bound_arg){ f, i };
         assert_int_equal(pthread_create(&t[i], NULL, bound_worker, &a[i]), 0);
     }
     for (int i = 0; i < THREADS; i++)
@@ -741,25 +749,25 @@ static void test_chatd_metrics(void **state)
     const struct {
         const char *name, *type;
     } want[] = {
-        {"chatd_build_info", "gauge"},
-        {"chatd_http_requests_total", "counter"},
-        {"chatd_http_request_duration_seconds", "histogram"},
-        {"chatd_provider_request_duration_seconds", "histogram"},
-        {"chatd_provider_ttft_seconds", "histogram"},
-        {"chatd_provider_errors_total", "counter"},
-        {"chatd_provider_retries_total", "counter"},
-        {"chatd_tokens_total", "counter"},
-        {"chatd_cost_microdollars_total", "counter"},
-        {"chatd_active_streams", "gauge"},
-        {"chatd_db_operation_duration_seconds", "histogram"},
-        {"chatd_rate_limited_total", "counter"},
-        {"chatd_turns_cancelled_total", "counter"},
-        {"chatd_turns_total", "counter"},
-        {"chatd_db_unavailable_total", "counter"},
-        {"chatd_ratelimit_redis_fallback_total", "counter"},
-        {"chatd_connections_open", "gauge"},
-        {"chatd_connections_refused_total", "counter"},
-        {"chatd_auth_key_lookups_total", "counter"},
+        { "chatd_build_info", "gauge" },
+        { "chatd_http_requests_total", "counter" },
+        { "chatd_http_request_duration_seconds", "histogram" },
+        { "chatd_provider_request_duration_seconds", "histogram" },
+        { "chatd_provider_ttft_seconds", "histogram" },
+        { "chatd_provider_errors_total", "counter" },
+        { "chatd_provider_retries_total", "counter" },
+        { "chatd_tokens_total", "counter" },
+        { "chatd_cost_microdollars_total", "counter" },
+        { "chatd_active_streams", "gauge" },
+        { "chatd_db_operation_duration_seconds", "histogram" },
+        { "chatd_rate_limited_total", "counter" },
+        { "chatd_turns_cancelled_total", "counter" },
+        { "chatd_turns_total", "counter" },
+        { "chatd_db_unavailable_total", "counter" },
+        { "chatd_ratelimit_redis_fallback_total", "counter" },
+        { "chatd_connections_open", "gauge" },
+        { "chatd_connections_refused_total", "counter" },
+        { "chatd_auth_key_lookups_total", "counter" },
     };
     assert_int_equal(p.nf, sizeof want / sizeof want[0]);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -768,22 +776,21 @@ static void test_chatd_metrics(void **state)
         assert_true(strlen(p.f[i].help) > 10);
     }
     assert_true(value_of(&p, "chatd_build_info", "version", "1.2.3", NULL) == 1);
-    assert_true(value_of(&p, "chatd_http_requests_total", "route", "/v1/chat", "method", "POST", "status", "200",
-                         NULL) == 2);
-    assert_true(value_of(&p, "chatd_http_requests_total", "route", "/v1/chat", "method", "POST", "status", "429",
-                         NULL) == 1);
-    assert_true(value_of(&p, "chatd_http_requests_total", "route", "unmatched", "method", "GET", "status", "404",
-                         NULL) == 1);
+    assert_true(
+        value_of(&p, "chatd_http_requests_total", "route", "/v1/chat", "method", "POST", "status", "200", NULL) == 2);
+    assert_true(
+        value_of(&p, "chatd_http_requests_total", "route", "/v1/chat", "method", "POST", "status", "429", NULL) == 1);
+    assert_true(
+        value_of(&p, "chatd_http_requests_total", "route", "unmatched", "method", "GET", "status", "404", NULL) == 1);
     assert_true(value_of(&p, "chatd_http_request_duration_seconds_count", "route", "/v1/chat", NULL) == 3);
-    assert_true(value_of(&p, "chatd_http_request_duration_seconds_bucket", "route", "/v1/chat", "le", "0.005",
-                         NULL) == 1);
-    assert_true(value_of(&p, "chatd_http_request_duration_seconds_bucket", "route", "/v1/chat", "le", "0.025",
-                         NULL) == 2);
+    assert_true(value_of(&p, "chatd_http_request_duration_seconds_bucket", "route", "/v1/chat", "le", "0.005", NULL) ==
+                1);
+    assert_true(value_of(&p, "chatd_http_request_duration_seconds_bucket", "route", "/v1/chat", "le", "0.025", NULL) ==
+                2);
     assert_true(value_of(&p, "chatd_provider_request_duration_seconds_count", "provider", "anthropic", NULL) == 2);
     assert_true(value_of(&p, "chatd_provider_request_duration_seconds_sum", "provider", "anthropic", NULL) == 4);
     assert_true(value_of(&p, "chatd_provider_ttft_seconds_count", "provider", "anthropic", NULL) == 1);
-    assert_true(value_of(&p, "chatd_provider_errors_total", "provider", "anthropic", "type", "http_529", NULL) ==
-                1);
+    assert_true(value_of(&p, "chatd_provider_errors_total", "provider", "anthropic", "type", "http_529", NULL) == 1);
     assert_true(value_of(&p, "chatd_provider_retries_total", "provider", "anthropic", NULL) == 2);
     assert_true(value_of(&p, "chatd_tokens_total", "direction", "input", NULL) == 101);
     assert_true(value_of(&p, "chatd_tokens_total", "direction", "output", NULL) == 22);

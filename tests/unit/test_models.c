@@ -71,18 +71,18 @@ static void test_cost_arithmetic(void **state)
     char err[256];
     assert_int_equal(models_load(&c, &t, err, sizeof err), CHAT_OK);
     const chat_model *s = models_find(t, "claude-sonnet-4-6");
-    store_usage u = {1000000, 0, 0, 0};
+    store_usage u = { 1000000, 0, 0, 0 };
     assert_int_equal(models_cost_micros(s, &u), 3000000); /* $3.00 */
-    u = (store_usage){1000, 500, 0, 0};
+    u = (store_usage){ 1000, 500, 0, 0 };
     assert_int_equal(models_cost_micros(s, &u), 3000 + 7500);
-    u = (store_usage){0, 0, 2, 0}; /* 2 x 0.3 micro-dollars = 0.6 -> rounds to 1 */
+    u = (store_usage){ 0, 0, 2, 0 }; /* 2 x 0.3 micro-dollars = 0.6 -> rounds to 1 */
     assert_int_equal(models_cost_micros(s, &u), 1);
-    u = (store_usage){0, 0, 1, 0}; /* 0.3 -> 0 */
+    u = (store_usage){ 0, 0, 1, 0 }; /* 0.3 -> 0 */
     assert_int_equal(models_cost_micros(s, &u), 0);
-    u = (store_usage){-1, 10, -1, 100}; /* unknown parts count as 0; 100 writes x 3.75 = 375 */
+    u = (store_usage){ -1, 10, -1, 100 }; /* unknown parts count as 0; 100 writes x 3.75 = 375 */
     assert_int_equal(models_cost_micros(s, &u), 150 + 375);
     const chat_model *m = models_find(t, "gpt-4o-mini"); /* 0.15 / 0.60 / 0.075 */
-    u = (store_usage){1234567, 7654321, 1000, 0};
+    u = (store_usage){ 1234567, 7654321, 1000, 0 };
     /* (1234567*150000 + 7654321*600000 + 1000*75000) / 1e6 = 185185.05 + 4592592.6 + 75 = 4777852.65 */
     assert_int_equal(models_cost_micros(m, &u), 4777853);
     models_free(t);

@@ -38,10 +38,12 @@ static llm_provider prov(void)
 
 /* ---- request ---- */
 
-static const llm_message HISTORY[] = {{"user", "Hello"}, {"assistant", "Hi \"there\"\n"}, {"user", "caf\xc3\xa9?"}};
+static const llm_message HISTORY[] = { { "user", "Hello" },
+                                       { "assistant", "Hi \"there\"\n" },
+                                       { "user", "caf\xc3\xa9?" } };
 
-#define MSGS_JSON                                                                                          \
-    "\"messages\":[{\"role\":\"system\",\"content\":\"You are terse.\"},"                                \
+#define MSGS_JSON                                                                                             \
+    "\"messages\":[{\"role\":\"system\",\"content\":\"You are terse.\"},"                                     \
     "{\"role\":\"user\",\"content\":\"Hello\"},{\"role\":\"assistant\",\"content\":\"Hi \\\"there\\\"\\n\"}," \
     "{\"role\":\"user\",\"content\":\"caf\xc3\xa9?\"}]"
 
@@ -49,8 +51,12 @@ static void test_body_exact_stream(void **state)
 {
     (void)state;
     llm_provider p = prov();
-    llm_request req = {.model = "gpt-4o-mini", .system = "You are terse.", .messages = HISTORY, .n_messages = 3,
-                       .max_tokens = 256, .stream = true};
+    llm_request req = { .model = "gpt-4o-mini",
+                        .system = "You are terse.",
+                        .messages = HISTORY,
+                        .n_messages = 3,
+                        .max_tokens = 256,
+                        .stream = true };
     char *b = llm_build_body(&p, &req);
     assert_non_null(b);
     assert_string_equal(b, "{\"model\":\"gpt-4o-mini\"," MSGS_JSON ",\"max_tokens\":256,\"stream\":true,"
@@ -70,8 +76,12 @@ static void test_body_exact_nonstream(void **state)
     (void)state;
     llm_provider p = prov();
     p.max_tokens_field = "max_tokens"; /* explicit, same as the default */
-    llm_request req = {.model = "llama3.2", .system = "You are terse.", .messages = HISTORY, .n_messages = 3,
-                       .max_tokens = 64, .stream = false};
+    llm_request req = { .model = "llama3.2",
+                        .system = "You are terse.",
+                        .messages = HISTORY,
+                        .n_messages = 3,
+                        .max_tokens = 64,
+                        .stream = false };
     char *b = llm_build_body(&p, &req);
     assert_string_equal(b, "{\"model\":\"llama3.2\"," MSGS_JSON ",\"max_tokens\":64,\"stream\":false}");
     free(b);
@@ -101,8 +111,8 @@ static void test_body_invalid(void **state)
 {
     (void)state;
     llm_provider p = prov();
-    llm_message msgs[] = {{"user", "ok"}};
-    llm_request req = {.model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5};
+    llm_message msgs[] = { { "user", "ok" } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     p.max_tokens_field = "max_new_tokens"; /* a typo in the configuration is refused, not sent */
     assert_null(llm_build_body(&p, &req));
     p.max_tokens_field = NULL;
@@ -208,7 +218,7 @@ static void test_json_body_openai(void **state)
         "\"usage\":{\"prompt_tokens\":1400,\"completion_tokens\":37,\"total_tokens\":1437,"
         "\"prompt_tokens_details\":{\"cached_tokens\":1024},\"completion_tokens_details\":{\"reasoning_tokens\":0}},"
         "\"service_tier\":\"default\",\"system_fingerprint\":\"fp_b40fb1c6fb\"}";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(llm_openai_ops.parse_json_body(&st, body, strlen(body)), LLM_OK);
@@ -226,7 +236,7 @@ static void test_json_body_openai(void **state)
 static void test_json_body_variants(void **state)
 {
     (void)state;
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     /* Ollama: usage with the three counts only; vLLM-style omitted nulls; finish "length". */
@@ -269,7 +279,7 @@ static void test_json_body_variants(void **state)
     llm_parse_reset(&st);
 
     /* The sink refusing more text stops the parse. */
-    sink stop = {.stop_after = 1};
+    sink stop = { .stop_after = 1 };
     llm_parse_init(&st, sink_emit, &stop);
     assert_int_not_equal(llm_openai_ops.parse_json_body(&st, ollama, strlen(ollama)), LLM_OK);
     assert_false(st.complete);
@@ -278,28 +288,30 @@ static void test_json_body_variants(void **state)
 
 /* B4, verbatim shapes (ids shortened): role chunk, content chunks, a separate
  * finish chunk, the choices:[] usage chunk, [DONE]. */
-#define OA_CHUNK(delta, finish)                                                                              \
-    "data: {\"id\":\"chatcmpl-DZmny\",\"object\":\"chat.completion.chunk\",\"created\":1777421458,\"model\":" \
-    "\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_d4636387fb\",\"choices\":"  \
-    "[{\"index\":0,\"delta\":" delta ",\"logprobs\":null,\"finish_reason\":" finish "}],\"usage\":null,"      \
+#define OA_CHUNK(delta, finish)                                                                                \
+    "data: {\"id\":\"chatcmpl-DZmny\",\"object\":\"chat.completion.chunk\",\"created\":1777421458,\"model\":"  \
+    "\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_d4636387fb\",\"choices\":" \
+    "[{\"index\":0,\"delta\":" delta ",\"logprobs\":null,\"finish_reason\":" finish "}],\"usage\":null,"       \
     "\"obfuscation\":\"7aTeg89Ysb8uO\"}\n\n"
-static const char *STREAM_OPENAI =
-    OA_CHUNK("{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}", "null")
-    OA_CHUNK("{\"content\":\"Hello\"}", "null")
-    OA_CHUNK("{\"content\":\" caf\\u00e9\"}", "null")
-    OA_CHUNK("{}", "\"stop\"")
-    "data: {\"id\":\"chatcmpl-DZmny\",\"object\":\"chat.completion.chunk\",\"created\":1777421458,\"model\":"
-    "\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_d4636387fb\",\"choices\":[],"
-    "\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":177,\"total_tokens\":196,\"prompt_tokens_details\":"
-    "{\"cached_tokens\":3},\"completion_tokens_details\":{\"reasoning_tokens\":0}},\"obfuscation\":\"a\"}\n\n"
-    "data: [DONE]\n\n";
+static const char *STREAM_OPENAI = OA_CHUNK("{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}", "null")
+    OA_CHUNK("{\"content\":\"Hello\"}", "null") OA_CHUNK("{\"content\":\" caf\\u00e9\"}", "null") OA_CHUNK(
+        "{}",
+        "\"stop\"") "data: "
+                    "{\"id\":\"chatcmpl-DZmny\",\"object\":\"chat.completion.chunk\",\"created\":1777421458,\"model\":"
+                    "\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_d4636387fb\","
+                    "\"choices\":[],"
+                    "\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":177,\"total_tokens\":196,\"prompt_tokens_"
+                    "details\":"
+                    "{\"cached_tokens\":3},\"completion_tokens_details\":{\"reasoning_tokens\":0}},\"obfuscation\":"
+                    "\"a\"}\n\n"
+                    "data: [DONE]\n\n";
 
 static void test_stream_openai_any_split(void **state)
 {
     (void)state;
-    size_t steps[] = {1, 2, 3, 7, 64, 100000};
+    size_t steps[] = { 1, 2, 3, 7, 64, 100000 };
     for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
-        sink s = {0};
+        sink s = { 0 };
         llm_parse st;
         llm_parse_init(&st, sink_emit, &s);
         assert_int_equal(feed_stream(&st, STREAM_OPENAI, steps[k]), CHAT_OK);
@@ -325,7 +337,7 @@ static void test_stream_cut_before_usage(void **state)
     (void)state;
     size_t cut = strstr(STREAM_OPENAI, "\"choices\":[],") - STREAM_OPENAI;
     char *part = strndup(STREAM_OPENAI, cut);
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, part, 5), CHAT_OK);
@@ -371,7 +383,7 @@ static void test_stream_groq(void **state)
         "{\"queue_time\":0.01,\"prompt_tokens\":42,\"prompt_time\":0.001,\"completion_tokens\":2,"
         "\"completion_time\":0.01,\"total_tokens\":44,\"total_time\":0.011}}}\n\n"
         "data: [DONE]\n\n";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, bytes, 9), CHAT_OK);
@@ -403,7 +415,7 @@ static void test_stream_vllm_continuous_usage(void **state)
         "data: {\"id\":\"chatcmpl-v\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"qwen\","
         "\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"total_tokens\":12,\"completion_tokens\":2}}\n\n"
         "data: [DONE]\n\n";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, bytes, 100000), CHAT_OK);
@@ -434,7 +446,7 @@ static void test_stream_ollama_no_done(void **state)
         "data: {\"id\":\"chatcmpl-o\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"llama3.2\","
         "\"system_fingerprint\":\"fp_ollama\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,"
         "\"completion_tokens\":1,\"total_tokens\":8}}\r\n\r\n";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, bytes, 4), CHAT_OK);
@@ -477,7 +489,7 @@ static void test_stream_llamacpp(void **state)
         "data: {\"choices\":[],\"created\":1,\"id\":\"chatcmpl-l\",\"model\":\"gguf\",\"object\":"
         "\"chat.completion.chunk\",\"usage\":{\"completion_tokens\":1,\"prompt_tokens\":5,\"total_tokens\":6}}\n\n"
         "data: [DONE]\n\n";
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(feed_stream(&st, ok, 3), CHAT_OK);
@@ -527,41 +539,41 @@ static void test_stream_errors(void **state)
         const char *text;
     } cases[] = {
         /* OpenAI (B4): code null. */
-        {OA_CHUNK("{\"content\":\"Hi\"}", "null")
-         "data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":"
-         "\"server_error\",\"param\":null,\"code\":null}}\n\n",
-         "server_error", "The server had an error while processing your request.", NULL, "Hi"},
+        { OA_CHUNK("{\"content\":\"Hi\"}", "null") "data: {\"error\":{\"message\":\"The server had an error while "
+                                                   "processing your request.\",\"type\":"
+                                                   "\"server_error\",\"param\":null,\"code\":null}}\n\n",
+          "server_error", "The server had an error while processing your request.", NULL, "Hi" },
         /* A string code. */
-        {"data: {\"error\":{\"message\":\"Rate limited\",\"type\":\"requests\",\"param\":null,\"code\":"
-         "\"rate_limit_exceeded\"}}\n\n",
-         "requests", "Rate limited", "rate_limit_exceeded", ""},
+        { "data: {\"error\":{\"message\":\"Rate limited\",\"type\":\"requests\",\"param\":null,\"code\":"
+          "\"rate_limit_exceeded\"}}\n\n",
+          "requests", "Rate limited", "rate_limit_exceeded", "" },
         /* vLLM: integer code, then [DONE] (never reached). */
-        {"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n"
-         "data: {\"error\":{\"message\":\"out of KV cache\",\"type\":\"InternalServerError\",\"param\":null,"
-         "\"code\":500}}\n\n"
-         "data: [DONE]\n\n",
-         "InternalServerError", "out of KV cache", "500", "x"},
+        { "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n"
+          "data: {\"error\":{\"message\":\"out of KV cache\",\"type\":\"InternalServerError\",\"param\":null,"
+          "\"code\":500}}\n\n"
+          "data: [DONE]\n\n",
+          "InternalServerError", "out of KV cache", "500", "x" },
         /* `event: error`, the other form the openai SDK accepts. */
-        {"event: error\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"api_error\",\"code\":\"e1\"}}\n\n",
-         "api_error", "boom", "e1", ""},
+        { "event: error\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"api_error\",\"code\":\"e1\"}}\n\n",
+          "api_error", "boom", "e1", "" },
         /* `event: error` whose data is not JSON. */
-        {"event: error\ndata: upstream <b>died</b>\n\n", "api_error", "upstream <b>died</b>", NULL, ""},
+        { "event: error\ndata: upstream <b>died</b>\n\n", "api_error", "upstream <b>died</b>", NULL, "" },
         /* {"error":"string"}. */
-        {"data: {\"error\":\"model crashed\"}\n\n", "api_error", "model crashed", NULL, ""},
+        { "data: {\"error\":\"model crashed\"}\n\n", "api_error", "model crashed", NULL, "" },
         /* An error object without a message. */
-        {"data: {\"error\":{\"type\":\"server_error\"}}\n\n", "server_error", "{\"error\":{\"type\":\"server_error\"}}",
-         NULL, ""},
+        { "data: {\"error\":{\"type\":\"server_error\"}}\n\n", "server_error",
+          "{\"error\":{\"type\":\"server_error\"}}", NULL, "" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        sink s = {0};
+        sink s = { 0 };
         llm_parse st;
         llm_parse_init(&st, sink_emit, &s);
         assert_int_equal(feed_stream(&st, cases[i].bytes, 7), CHAT_ECANCELED);
         if (st.err != LLM_ERR_STREAM || strcmp(st.err_type, cases[i].type) != 0 ||
             strcmp(st.err_message, cases[i].message) != 0 || strcmp(s.text, cases[i].text) != 0 ||
             (cases[i].code ? !st.err_code || strcmp(st.err_code, cases[i].code) != 0 : st.err_code != NULL))
-            fail_msg("case %zu: err %d type %s message '%s' code %s text '%s'", i, st.err, st.err_type,
-                     st.err_message, st.err_code ? st.err_code : "(null)", s.text);
+            fail_msg("case %zu: err %d type %s message '%s' code %s text '%s'", i, st.err, st.err_type, st.err_message,
+                     st.err_code ? st.err_code : "(null)", s.text);
         assert_false(st.complete);
         llm_parse_reset(&st);
     }
@@ -570,7 +582,7 @@ static void test_stream_errors(void **state)
 static void test_stream_done_and_oddities(void **state)
 {
     (void)state;
-    sink s = {0};
+    sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
     /* [DONE] first: nothing came, not even a finish_reason. */
@@ -605,7 +617,7 @@ static void test_stream_done_and_oddities(void **state)
     llm_parse_reset(&st);
 
     /* The sink refusing more text stops the stream at once. */
-    sink stop = {.stop_after = 1};
+    sink stop = { .stop_after = 1 };
     llm_parse_init(&st, sink_emit, &stop);
     assert_int_equal(feed_stream(&st, STREAM_OPENAI, 100000), CHAT_ECANCELED);
     assert_string_equal(stop.text, "Hello");
@@ -623,48 +635,55 @@ static void test_error_bodies(void **state)
         const char *type, *message, *code;
         bool no_retry;
     } cases[] = {
-        {401, "{\"error\":{\"message\":\"Incorrect API key provided: sk-not-a*****-key.\",\"type\":"
-              "\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"},\"status\":401}",
-         "invalid_request_error", "Incorrect API key provided: sk-not-a*****-key.", "invalid_api_key", false},
-        {400, "{\"error\":{\"message\":\"This model's maximum context length is 128000 tokens.\",\"type\":"
-              "\"invalid_request_error\",\"param\":\"messages\",\"code\":\"context_length_exceeded\"}}",
-         "invalid_request_error", "This model's maximum context length is 128000 tokens.", "context_length_exceeded",
-         false},
+        { 401,
+          "{\"error\":{\"message\":\"Incorrect API key provided: sk-not-a*****-key.\",\"type\":"
+          "\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"},\"status\":401}",
+          "invalid_request_error", "Incorrect API key provided: sk-not-a*****-key.", "invalid_api_key", false },
+        { 400,
+          "{\"error\":{\"message\":\"This model's maximum context length is 128000 tokens.\",\"type\":"
+          "\"invalid_request_error\",\"param\":\"messages\",\"code\":\"context_length_exceeded\"}}",
+          "invalid_request_error", "This model's maximum context length is 128000 tokens.", "context_length_exceeded",
+          false },
         /* A rate limit (type "tokens") is retryable; a quota is not. */
-        {429, "{\"error\":{\"message\":\"Rate limit reached for gpt-4o-mini\",\"type\":\"tokens\",\"param\":null,"
-              "\"code\":\"rate_limit_exceeded\"}}",
-         "tokens", "Rate limit reached for gpt-4o-mini", "rate_limit_exceeded", false},
-        {429, "{\"error\":{\"message\":\"You exceeded your current quota\",\"type\":\"insufficient_quota\","
-              "\"param\":null,\"code\":\"insufficient_quota\"}}",
-         "insufficient_quota", "You exceeded your current quota", "insufficient_quota", true},
-        {429, "{\"error\":{\"message\":\"quota\",\"type\":\"requests\",\"code\":\"insufficient_quota\"}}", "requests",
-         "quota", "insufficient_quota", true},
+        { 429,
+          "{\"error\":{\"message\":\"Rate limit reached for gpt-4o-mini\",\"type\":\"tokens\",\"param\":null,"
+          "\"code\":\"rate_limit_exceeded\"}}",
+          "tokens", "Rate limit reached for gpt-4o-mini", "rate_limit_exceeded", false },
+        { 429,
+          "{\"error\":{\"message\":\"You exceeded your current quota\",\"type\":\"insufficient_quota\","
+          "\"param\":null,\"code\":\"insufficient_quota\"}}",
+          "insufficient_quota", "You exceeded your current quota", "insufficient_quota", true },
+        { 429, "{\"error\":{\"message\":\"quota\",\"type\":\"requests\",\"code\":\"insufficient_quota\"}}", "requests",
+          "quota", "insufficient_quota", true },
         /* vLLM: integer code; the older flat shape. */
-        {400, "{\"error\":{\"message\":\"max_tokens is too large\",\"type\":\"BadRequestError\",\"param\":null,"
-              "\"code\":400}}",
-         "BadRequestError", "max_tokens is too large", "400", false},
-        {404, "{\"object\":\"error\",\"message\":\"The model `x` does not exist.\",\"type\":\"NotFoundError\","
-              "\"param\":null,\"code\":404}",
-         "NotFoundError", "The model `x` does not exist.", "404", false},
+        { 400,
+          "{\"error\":{\"message\":\"max_tokens is too large\",\"type\":\"BadRequestError\",\"param\":null,"
+          "\"code\":400}}",
+          "BadRequestError", "max_tokens is too large", "400", false },
+        { 404,
+          "{\"object\":\"error\",\"message\":\"The model `x` does not exist.\",\"type\":\"NotFoundError\","
+          "\"param\":null,\"code\":404}",
+          "NotFoundError", "The model `x` does not exist.", "404", false },
         /* Ollama: code null. llama.cpp: 503 while loading. */
-        {404, "{\"error\":{\"message\":\"model \\\"nope\\\" not found\",\"type\":\"not_found_error\",\"param\":null,"
-              "\"code\":null}}",
-         "not_found_error", "model \"nope\" not found", NULL, false},
-        {503, "{\"error\":{\"code\":503,\"message\":\"Loading model\",\"type\":\"unavailable_error\"}}",
-         "unavailable_error", "Loading model", "503", false},
+        { 404,
+          "{\"error\":{\"message\":\"model \\\"nope\\\" not found\",\"type\":\"not_found_error\",\"param\":null,"
+          "\"code\":null}}",
+          "not_found_error", "model \"nope\" not found", NULL, false },
+        { 503, "{\"error\":{\"code\":503,\"message\":\"Loading model\",\"type\":\"unavailable_error\"}}",
+          "unavailable_error", "Loading model", "503", false },
         /* {"error":"string"}, FastAPI detail (string and validation list), no type: derived from the status. */
-        {500, "{\"error\":\"boom\"}", "api_error", "boom", NULL, false},
-        {422, "{\"detail\":\"bad field\"}", "invalid_request_error", "bad field", NULL, false},
-        {422, "{\"detail\":[{\"loc\":[\"body\",\"messages\"],\"msg\":\"field required\",\"type\":\"value_error\"}]}",
-         "invalid_request_error", "field required", NULL, false},
-        {429, "{\"detail\":{\"why\":1}}", "rate_limit_error", "{\"why\":1}", NULL, false},
+        { 500, "{\"error\":\"boom\"}", "api_error", "boom", NULL, false },
+        { 422, "{\"detail\":\"bad field\"}", "invalid_request_error", "bad field", NULL, false },
+        { 422, "{\"detail\":[{\"loc\":[\"body\",\"messages\"],\"msg\":\"field required\",\"type\":\"value_error\"}]}",
+          "invalid_request_error", "field required", NULL, false },
+        { 429, "{\"detail\":{\"why\":1}}", "rate_limit_error", "{\"why\":1}", NULL, false },
         /* Not JSON. */
-        {502, "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
-         "api_error", "HTTP 502: 502 Bad Gateway 502 Bad Gateway", NULL, false},
-        {503, "upstream connect error\n", "api_error", "HTTP 503: upstream connect error", NULL, false},
-        {401, "", "authentication_error", "HTTP 401 with an empty body", NULL, false},
+        { 502, "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
+          "api_error", "HTTP 502: 502 Bad Gateway 502 Bad Gateway", NULL, false },
+        { 503, "upstream connect error\n", "api_error", "HTTP 503: upstream connect error", NULL, false },
+        { 401, "", "authentication_error", "HTTP 401 with an empty body", NULL, false },
         /* JSON without any message: an excerpt of the body. */
-        {500, "{\"error\":{\"code\":\"x\"}}", "api_error", "HTTP 500: {\"error\":{\"code\":\"x\"}}", "x", false},
+        { 500, "{\"error\":{\"code\":\"x\"}}", "api_error", "HTTP 500: {\"error\":{\"code\":\"x\"}}", "x", false },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         llm_error_info e;

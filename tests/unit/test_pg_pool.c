@@ -49,7 +49,7 @@ static const char *pg_url; /* CHATD_TEST_PG_URL, or NULL */
 static const char *pg_dir; /* CHATD_TEST_PG_DIR, or NULL */
 
 typedef struct result {
-    int done;          /* callback runs: must end at exactly 1 */
+    int done; /* callback runs: must end at exactly 1 */
     chat_rc rc;
     int64_t at_ms;     /* monotonic time of the completion */
     store_stats stats; /* stats_get's output */
@@ -98,7 +98,7 @@ static bool run_until_done(result *rs, int n, int64_t timeout_ms)
 {
     /* A persistent tick so that EVLOOP_ONCE returns even when nothing happens. */
     struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
-    struct timeval tv = {0, 10000};
+    struct timeval tv = { 0, 10000 };
     event_add(tick, &tv);
     int64_t end = chat_mono_ms() + timeout_ms;
     bool all = false;
@@ -115,7 +115,7 @@ static bool run_until_done(result *rs, int n, int64_t timeout_ms)
 static void run_for(int64_t ms)
 {
     struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
-    struct timeval tv = {0, 10000};
+    struct timeval tv = { 0, 10000 };
     event_add(tick, &tv);
     int64_t end = chat_mono_ms() + ms;
     while (chat_mono_ms() < end)
@@ -128,7 +128,7 @@ static void dead_url(char *buf, size_t len)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
     socklen_t alen = sizeof a;
     assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
@@ -203,12 +203,12 @@ static int group_teardown(void **state)
     return 0;
 }
 
-#define NEED_PG()                                                                                  \
-    do {                                                                                           \
-        if (!pg_url) {                                                                             \
-            fprintf(stderr, "  skipped: needs CHATD_TEST_PG_URL\n");                               \
-            skip();                                                                                \
-        }                                                                                          \
+#define NEED_PG()                                                    \
+    do {                                                             \
+        if (!pg_url) {                                               \
+            fprintf(stderr, "  skipped: needs CHATD_TEST_PG_URL\n"); \
+            skip();                                                  \
+        }                                                            \
     } while (0)
 
 /* pg_url with application_name=name, so that the test can find the pool's
@@ -223,8 +223,8 @@ static const char *named_url(const char *name)
 /* A raw blocking connection for the test's own statements. */
 static PGconn *raw_connect(void)
 {
-    const char *kw[] = {"application_name", "dbname", NULL};
-    const char *val[] = {"chatd_test_raw", pg_url, NULL};
+    const char *kw[] = { "application_name", "dbname", NULL };
+    const char *val[] = { "chatd_test_raw", pg_url, NULL };
     PGconn *c = PQconnectdbParams(kw, val, 1);
     assert_non_null(c);
     if (PQstatus(c) != CONNECTION_OK)
@@ -270,7 +270,7 @@ static void test_unreachable_deadline(void **state)
     dead_url(url, sizeof url);
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, url, 2, 300, &p), CHAT_OK);
-    result rs[5] = {0};
+    result rs[5] = { 0 };
     int64_t t0 = chat_mono_ms();
     for (int i = 0; i < 5; i++)
         pg_pool_submit(p, mkop(STORE_OP_PING, &rs[i]));
@@ -286,7 +286,7 @@ static void test_unreachable_deadline(void **state)
     }
     assert_int_equal(pg_pool_pending(p), 0);
     /* The pool keeps trying (backoff) and keeps failing ops at their deadline. */
-    result again = {0};
+    result again = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &again));
     assert_true(run_until_done(&again, 1, 5000));
     assert_int_equal(again.rc, CHAT_EUNAVAIL);
@@ -302,7 +302,7 @@ static void test_free_completes(void **state)
     dead_url(url, sizeof url);
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, url, 1, 60000, &p), CHAT_OK);
-    result rs[3] = {0}, child = {0};
+    result rs[3] = { 0 }, child = { 0 };
     rs[0].resubmit = p;
     rs[0].child = &child;
     for (int i = 0; i < 3; i++)
@@ -386,7 +386,7 @@ static void test_enc_refusal(void **state)
     NEED_PG();
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, pg_url, 1, 5000, &p), CHAT_OK);
-    result rs[3] = {0};
+    result rs[3] = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_KIND_COUNT, &rs[0])); /* no def */
     pg_pool_submit(p, mkop(STORE_OP_PING, &rs[1]));
     store_op *bad = mkop(STORE_OP_KIND_COUNT, &rs[2]); /* no def */
@@ -407,7 +407,7 @@ static void test_queue_deadline_busy(void **state)
     NEED_PG();
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, pg_url, 1, 300, &p), CHAT_OK);
-    result warm = {0};
+    result warm = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &warm));
     assert_true(run_until_done(&warm, 1, 5000));
     assert_int_equal(warm.rc, CHAT_OK);
@@ -415,11 +415,11 @@ static void test_queue_deadline_busy(void **state)
     PGconn *raw = raw_connect();
     raw_exec(raw, "BEGIN");
     raw_exec(raw, "LOCK TABLE stats IN ACCESS EXCLUSIVE MODE");
-    result slow = {0};
+    result slow = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_STATS_GET, &slow));
     run_for(100);
     assert_int_equal(slow.done, 0);
-    result rs[3] = {0};
+    result rs[3] = { 0 };
     int64_t t0 = chat_mono_ms();
     for (int i = 0; i < 3; i++)
         pg_pool_submit(p, mkop(STORE_OP_PING, &rs[i]));
@@ -433,7 +433,7 @@ static void test_queue_deadline_busy(void **state)
     raw_exec(raw, "COMMIT");
     assert_true(run_until_done(&slow, 1, 5000));
     assert_int_equal(slow.rc, CHAT_OK);
-    result after = {0};
+    result after = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &after));
     assert_true(run_until_done(&after, 1, 5000));
     assert_int_equal(after.rc, CHAT_OK);
@@ -452,7 +452,7 @@ static void test_statement_timeout(void **state)
     snprintf(url, sizeof url, "%s%coptions=-c%%20statement_timeout%%3D200", pg_url, strchr(pg_url, '?') ? '&' : '?');
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, url, 1, 5000, &p), CHAT_OK);
-    result warm = {0};
+    result warm = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &warm));
     assert_true(run_until_done(&warm, 1, 5000));
     assert_int_equal(warm.rc, CHAT_OK);
@@ -460,7 +460,7 @@ static void test_statement_timeout(void **state)
     PGconn *raw = raw_connect();
     raw_exec(raw, "BEGIN");
     raw_exec(raw, "LOCK TABLE stats IN ACCESS EXCLUSIVE MODE");
-    result slow = {0};
+    result slow = { 0 };
     int64_t t0 = chat_mono_ms();
     pg_pool_submit(p, mkop(STORE_OP_STATS_GET, &slow));
     assert_true(run_until_done(&slow, 1, 5000));
@@ -469,7 +469,7 @@ static void test_statement_timeout(void **state)
     raw_exec(raw, "COMMIT");
     PQfinish(raw);
 
-    result after = {0};
+    result after = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_STATS_GET, &after));
     assert_true(run_until_done(&after, 1, 5000));
     assert_int_equal(after.rc, CHAT_OK);
@@ -486,19 +486,20 @@ static void test_idle_killed_requeued(void **state)
     NEED_PG();
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, named_url("pgpool_killed"), 1, 5000, &p), CHAT_OK);
-    result warm = {0};
+    result warm = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &warm));
     assert_true(run_until_done(&warm, 1, 5000));
     assert_int_equal(warm.rc, CHAT_OK);
     PGconn *raw = raw_connect();
-    PGresult *res = PQexec(raw, "SELECT count(*) FROM pg_stat_activity, "
-                                "LATERAL pg_terminate_backend(pid) AS t WHERE application_name = 'pgpool_killed' AND t");
+    PGresult *res =
+        PQexec(raw, "SELECT count(*) FROM pg_stat_activity, "
+                    "LATERAL pg_terminate_backend(pid) AS t WHERE application_name = 'pgpool_killed' AND t");
     assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
     assert_int_equal(atoi(PQgetvalue(res, 0, 0)), 1);
     PQclear(res);
     PQfinish(raw);
     usleep(300 * 1000); /* the goodbye reaches the socket; the loop does not run */
-    result r = {0};
+    result r = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &r));
     assert_true(run_until_done(&r, 1, 5000));
     assert_int_equal(r.rc, CHAT_OK);
@@ -532,7 +533,7 @@ static void test_server_restart(void **state)
     }
     pg_pool *p = NULL;
     assert_int_equal(pg_pool_new(base, pg_url, 2, 500, &p), CHAT_OK);
-    result warm[2] = {0};
+    result warm[2] = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_PING, &warm[0]));
     pg_pool_submit(p, mkop(STORE_OP_PING, &warm[1]));
     assert_true(run_until_done(warm, 2, 5000));
@@ -543,7 +544,7 @@ static void test_server_restart(void **state)
     PGconn *raw = raw_connect();
     raw_exec(raw, "BEGIN");
     raw_exec(raw, "LOCK TABLE stats IN ACCESS EXCLUSIVE MODE");
-    result inflight = {0};
+    result inflight = { 0 };
     pg_pool_submit(p, mkop(STORE_OP_STATS_GET, &inflight));
     run_for(100);
     assert_int_equal(inflight.done, 0);
@@ -557,7 +558,7 @@ static void test_server_restart(void **state)
     assert_int_equal(inflight.rc, CHAT_EUNAVAIL);
 
     /* While it is down: ops fail by their deadline. */
-    result down[3] = {0};
+    result down[3] = { 0 };
     for (int i = 0; i < 3; i++)
         pg_pool_submit(p, mkop(STORE_OP_PING, &down[i]));
     assert_true(run_until_done(down, 3, 3000));
@@ -569,7 +570,7 @@ static void test_server_restart(void **state)
     int64_t t0 = chat_mono_ms();
     bool ok = false;
     while (!ok && chat_mono_ms() - t0 < 15000) {
-        result r = {0};
+        result r = { 0 };
         pg_pool_submit(p, mkop(STORE_OP_PING, &r));
         assert_true(run_until_done(&r, 1, 5000));
         ok = r.rc == CHAT_OK;
@@ -578,7 +579,7 @@ static void test_server_restart(void **state)
     }
     assert_true(ok);
     /* Back to full service: both connections serve again. */
-    result rs[20] = {0};
+    result rs[20] = { 0 };
     for (int i = 0; i < 20; i++)
         pg_pool_submit(p, mkop(i % 2 ? STORE_OP_STATS_GET : STORE_OP_PING, &rs[i]));
     assert_true(run_until_done(rs, 20, 5000));

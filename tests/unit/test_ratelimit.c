@@ -36,7 +36,7 @@ static ratelimit_spec spec(const char *text)
 
 static ratelimit *limiter(const char *requests, const char *tokens, size_t max_buckets)
 {
-    ratelimit_config cfg = {spec(requests), spec(tokens), max_buckets};
+    ratelimit_config cfg = { spec(requests), spec(tokens), max_buckets };
     return ratelimit_new(&cfg);
 }
 
@@ -174,8 +174,8 @@ static void test_tokens_debit(void **state)
     ratelimit_check(rl, RATELIMIT_TOKENS, "key", NULL, T0, &r);
     assert_false(r.allowed);
     assert_int_equal(r.remaining, 0);
-    assert_int_equal(r.reset_s, 90);         /* 1500 tokens missing */
-    assert_int_equal(r.retry_after_s, 31);   /* 501 tokens to reach one: 30060 ms */
+    assert_int_equal(r.reset_s, 90);       /* 1500 tokens missing */
+    assert_int_equal(r.retry_after_s, 31); /* 501 tokens to reach one: 30060 ms */
     ratelimit_check(rl, RATELIMIT_TOKENS, "key", NULL, T0 + 30059, &r);
     assert_false(r.allowed);
     ratelimit_check(rl, RATELIMIT_TOKENS, "key", NULL, T0 + 30060, &r);
@@ -390,7 +390,7 @@ static void test_concurrent_one_key(void **state)
     pthread_t t[THREADS];
     hammer_arg a[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        a[i] = (hammer_arg){rl, i, 0, T0};
+        a[i] = (hammer_arg){ rl, i, 0, T0 };
         assert_int_equal(pthread_create(&t[i], NULL, hammer_one_key, &a[i]), 0);
     }
     int total = 0;
@@ -401,7 +401,7 @@ static void test_concurrent_one_key(void **state)
     assert_int_equal(total, 1000);
     /* 1000/hour refills one token every 3600 ms */
     for (int i = 0; i < THREADS; i++)
-        a[i] = (hammer_arg){rl, i, 0, T0 + 3600 * 3};
+        a[i] = (hammer_arg){ rl, i, 0, T0 + 3600 * 3 };
     for (int i = 0; i < THREADS; i++)
         assert_int_equal(pthread_create(&t[i], NULL, hammer_one_key, &a[i]), 0);
     total = 0;
@@ -437,7 +437,7 @@ static void test_concurrent_eviction(void **state)
     pthread_t t[THREADS];
     hammer_arg a[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        a[i] = (hammer_arg){rl, i, 0, 0};
+        a[i] = (hammer_arg){ rl, i, 0, 0 };
         assert_int_equal(pthread_create(&t[i], NULL, hammer_many_keys, &a[i]), 0);
     }
     for (int i = 0; i < THREADS; i++)
@@ -468,7 +468,7 @@ static void test_headers(void **state)
 {
     (void)state;
     ratelimit *rl = limiter("2/minute", "off", 10);
-    hdrs h = {0};
+    hdrs h = { 0 };
     ratelimit_result r = check(rl, "h", T0);
     ratelimit_headers(&r, collect, &h);
     assert_int_equal(h.n, 3);
@@ -499,16 +499,11 @@ static void test_headers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_exact_refill),
-        cmocka_unit_test(test_remaining_reset_retry),
-        cmocka_unit_test(test_tokens_debit),
-        cmocka_unit_test(test_overrides_and_kinds),
-        cmocka_unit_test(test_long_keys),
-        cmocka_unit_test(test_eviction_bound),
-        cmocka_unit_test(test_eviction_idle_first),
-        cmocka_unit_test(test_concurrent_one_key),
-        cmocka_unit_test(test_concurrent_eviction),
-        cmocka_unit_test(test_headers),
+        cmocka_unit_test(test_exact_refill),        cmocka_unit_test(test_remaining_reset_retry),
+        cmocka_unit_test(test_tokens_debit),        cmocka_unit_test(test_overrides_and_kinds),
+        cmocka_unit_test(test_long_keys),           cmocka_unit_test(test_eviction_bound),
+        cmocka_unit_test(test_eviction_idle_first), cmocka_unit_test(test_concurrent_one_key),
+        cmocka_unit_test(test_concurrent_eviction), cmocka_unit_test(test_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

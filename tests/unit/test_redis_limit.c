@@ -54,7 +54,7 @@ static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
     socklen_t len = sizeof a;
     assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
@@ -64,7 +64,7 @@ static int free_port(void)
 
 static redisContext *admin_connect(int port)
 {
-    struct timeval tv = {0, 200000};
+    struct timeval tv = { 0, 200000 };
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
     if (c && c->err) {
         redisFree(c);
@@ -90,12 +90,11 @@ static bool server_try_start(server *s, int port, const char *extra_name, const 
             dup2(null, 2);
         }
         if (extra_name)
-            execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", "/tmp", "--loglevel", "warning", extra_name, extra_value,
-                   (char *)NULL);
+            execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                   "no", "--dir", "/tmp", "--loglevel", "warning", extra_name, extra_value, (char *)NULL);
         else
-            execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", "/tmp", "--loglevel", "warning", (char *)NULL);
+            execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                   "no", "--dir", "/tmp", "--loglevel", "warning", (char *)NULL);
         _exit(127);
     }
     int64_t deadline = chat_mono_ms() + 5000;
@@ -163,7 +162,7 @@ static long long admin_int(const server *s, const char *fmt, ...)
     redisReply *r = redisvCommand(c, fmt, ap);
     va_end(ap);
     assert_non_null(r);
-    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer
+    long long v = r->type == REDIS_REPLY_INTEGER  ? r->integer
                   : r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10)
                                                   : -999999;
     freeReplyObject(r);
@@ -200,7 +199,7 @@ static bool info_has(const server *s, const char *needle)
 
 typedef struct inst {
     struct event_base *base;
-    struct event *tick;   /* keeps EVLOOP_ONCE from sleeping long */
+    struct event *tick; /* keeps EVLOOP_ONCE from sleeping long */
     ratelimit *local;
     redis_limit *rl;
 } inst;
@@ -242,9 +241,9 @@ static void inst_open_cfg(inst *in, const redis_limit_config *cfg)
     in->base = event_base_new();
     assert_non_null(in->base);
     in->tick = event_new(in->base, -1, EV_PERSIST, tick_cb, NULL);
-    struct timeval tv = {0, 5000};
+    struct timeval tv = { 0, 5000 };
     event_add(in->tick, &tv);
-    ratelimit_config lc = {cfg->requests, cfg->tokens, 1000};
+    ratelimit_config lc = { cfg->requests, cfg->tokens, 1000 };
     in->local = ratelimit_new(&lc);
     in->rl = redis_limit_new(in->base, cfg, in->local);
 }
@@ -302,7 +301,7 @@ static void on_answer(void *ud, const ratelimit_result *res)
 /* One check, run to its answer. The callback must not run inside the call. */
 static ratelimit_result check_spec(inst *in, ratelimit_kind kind, const char *key, const ratelimit_spec *sp)
 {
-    answer a = {0};
+    answer a = { 0 };
     redis_limit_req *h = redis_limit_check(in->rl, kind, key, sp, on_answer, &a);
     assert_non_null(h);
     assert_int_equal(a.calls, 0);
@@ -334,8 +333,8 @@ static uint64_t fallback_metric(void)
     return v;
 }
 
-static void expect_result(const ratelimit_result *r, bool allowed, int64_t limit, int64_t remaining,
-                          int64_t reset_s, int64_t retry_s)
+static void expect_result(const ratelimit_result *r, bool allowed, int64_t limit, int64_t remaining, int64_t reset_s,
+                          int64_t retry_s)
 {
     assert_true(r->limited);
     assert_int_equal(r->allowed, allowed);
@@ -353,7 +352,7 @@ static int group_setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
-    metrics_def *defs[] = {&guard_metric_redis_fallback};
+    metrics_def *defs[] = { &guard_metric_redis_fallback };
     if (metrics_init(defs, 1) != CHAT_OK)
         return -1;
     server_start(&shared, 0);
@@ -405,8 +404,18 @@ static void test_parse_url(void **state)
 
     /* Failures leave cfg alone and never echo the password. */
     static const char *const bad[] = {
-        "", "http://h", "redis://", "redis://h:0", "redis://h:65536", "redis://h:12x", "redis://h/x",
-        "redis://h?timeout=1", "redis://[::1", "redis://::1:6379", "redis://:secret%zz@h", "redis://h h",
+        "",
+        "http://h",
+        "redis://",
+        "redis://h:0",
+        "redis://h:65536",
+        "redis://h:12x",
+        "redis://h/x",
+        "redis://h?timeout=1",
+        "redis://[::1",
+        "redis://::1:6379",
+        "redis://:secret%zz@h",
+        "redis://h h",
         "rediss://h",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -461,7 +470,7 @@ static void test_values_match_local(void **state)
     inst a;
     inst_open(&a, shared.port, "3/minute", "off");
     wait_connected(&a, 3000);
-    ratelimit_config lc = {spec("3/minute"), spec("off"), 100};
+    ratelimit_config lc = { spec("3/minute"), spec("off"), 100 };
     ratelimit *ref = ratelimit_new(&lc);
     const int64_t now = 1000000;
 
@@ -477,8 +486,8 @@ static void test_values_match_local(void **state)
 
     /* The same sequence through ratelimit.c at a fixed time, plus a per-key limit
      * and a limit change on one key (balance carried over in tokens). */
-    static const char *const seq[] = {"3/minute", "3/minute", "3/minute", "3/minute", "7/hour",
-                                      "7/hour",   "2/second", "2/second", "100/hour", "100/hour"};
+    static const char *const seq[] = { "3/minute", "3/minute", "3/minute", "3/minute", "7/hour",
+                                       "7/hour",   "2/second", "2/second", "100/hour", "100/hour" };
     for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
         ratelimit_spec s = spec(seq[i]);
         r = check_spec(&a, RATELIMIT_REQUESTS, "key:diff", &s);
@@ -491,7 +500,7 @@ static void test_values_match_local(void **state)
         assert_int_equal(r.retry_after_s, l.retry_after_s);
     }
     /* A limit that is off is answered without Redis and without a fallback. */
-    ratelimit_spec off = {0, 0};
+    ratelimit_spec off = { 0, 0 };
     r = check_spec(&a, RATELIMIT_REQUESTS, "k", &off);
     assert_false(r.limited);
     assert_true(r.allowed);
@@ -645,7 +654,7 @@ static void test_connect_timeout(void **state)
 {
     (void)state;
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
     assert_int_equal(listen(lfd, 0), 0);
     socklen_t sl = sizeof sa;
@@ -743,7 +752,7 @@ static void test_deadline(void **state)
 
     server_freeze(&s, true);
     int64_t t0 = chat_mono_ms();
-    answer x = {0}, cancelled = {0};
+    answer x = { 0 }, cancelled = { 0 };
     redis_limit_check(a.rl, RATELIMIT_REQUESTS, "d", NULL, on_answer, &x);
     redis_limit_req *h = redis_limit_check(a.rl, RATELIMIT_REQUESTS, "d", NULL, on_answer, &cancelled);
     redis_limit_cancel(h); /* in flight: its reply will come after SIGCONT */
@@ -799,14 +808,14 @@ static void test_cancel_and_free(void **state)
     inst a;
     inst_open(&a, shared.port, "5/minute", "off");
     wait_connected(&a, 3000);
-    answer x = {0};
+    answer x = { 0 };
     redis_limit_cancel(redis_limit_check(a.rl, RATELIMIT_REQUESTS, "c", NULL, on_answer, &x));
     redis_limit_cancel(NULL);
     run_for(&a, 100);
     assert_int_equal(x.calls, 0);
     assert_int_equal(check(&a, "c").remaining, 3); /* the cancelled one was still counted by Redis */
 
-    answer y[3] = {{0}};
+    answer y[3] = { { 0 } };
     for (int i = 0; i < 3; i++)
         redis_limit_check(a.rl, RATELIMIT_REQUESTS, "c", NULL, on_answer, &y[i]);
     inst_close(&a);
@@ -815,7 +824,7 @@ static void test_cancel_and_free(void **state)
 
     /* A deferred local answer can be cancelled too. */
     inst_open(&a, free_port(), "5/minute", "off");
-    answer z = {0};
+    answer z = { 0 };
     redis_limit_cancel(redis_limit_check(a.rl, RATELIMIT_REQUESTS, "c", NULL, on_answer, &z));
     run_for(&a, 50);
     assert_int_equal(z.calls, 0);
@@ -839,7 +848,7 @@ static void test_hostname(void **state)
     /* Freed while the name is being resolved: nothing leaks or runs later. */
     for (int i = 0; i < 3; i++) {
         inst_open_cfg(&a, &cfg);
-        answer x = {0};
+        answer x = { 0 };
         redis_limit_check(a.rl, RATELIMIT_REQUESTS, "h", NULL, on_answer, &x);
         inst_close(&a);
         assert_int_equal(x.calls, 0);

@@ -65,8 +65,7 @@ static void sb_esc(strbuf *b, const char *s, size_t n)
     }
 }
 
-static void sb_event(strbuf *b, const char *type, size_t tlen, const char *data, size_t dlen,
-                     const char *id)
+static void sb_event(strbuf *b, const char *type, size_t tlen, const char *data, size_t dlen, const char *id)
 {
     sb_str(b, "(");
     sb_esc(b, type, tlen);
@@ -80,14 +79,10 @@ static void sb_event(strbuf *b, const char *type, size_t tlen, const char *data,
 static const char *rc_name(chat_rc rc)
 {
     switch (rc) {
-    case CHAT_OK:
-        return "ok";
-    case CHAT_ETOOBIG:
-        return "toobig";
-    case CHAT_ECANCELED:
-        return "canceled";
-    default:
-        return "unexpected";
+    case CHAT_OK: return "ok";
+    case CHAT_ETOOBIG: return "toobig";
+    case CHAT_ECANCELED: return "canceled";
+    default: return "unexpected";
     }
 }
 
@@ -141,7 +136,7 @@ typedef struct {
  */
 static char *run(const vec *v, const size_t *cuts, size_t ncuts, int empty_feeds)
 {
-    rec r = {0};
+    rec r = { 0 };
     r.stop_at = v->stop_at;
     r.parser = sse_new(v->max_line ? v->max_line : BIG, v->max_event ? v->max_event : BIG, on_event, &r);
     sb_str(&r.log, "");
@@ -187,7 +182,7 @@ static char *run_bytewise(const vec *v)
 
 static void check_vec(const vec *v)
 {
-    strbuf exp = {0};
+    strbuf exp = { 0 };
     sb_str(&exp, v->expect);
     sb_str(&exp, v->tail ? v->tail : " rc=ok id= retry=-1");
 
@@ -211,7 +206,7 @@ static void check_vec(const vec *v)
 
 #define S(x) .in = (x), .len = sizeof(x) - 1
 #define FEED(p, lit) sse_feed((p), (lit), sizeof(lit) - 1)
-#define CHECK(...) check_vec(&(vec){__VA_ARGS__})
+#define CHECK(...) check_vec(&(vec){ __VA_ARGS__ })
 
 /* ---- docs/PROTOCOLS.md section C, test vector table -------------------------- */
 
@@ -226,7 +221,9 @@ static void test_table_vectors(void **state)
     CHECK(S("event: x\ndata: {}\n\n"), .expect = "(x,{},id=)");
     CHECK(S("event: x\n\n"), .expect = "");
     CHECK(S(": keepalive\n\n"), .expect = "");
-    CHECK(S("\xEF\xBB\xBF" "data: a\n\n"), .expect = "(message,a,id=)");
+    CHECK(S("\xEF\xBB\xBF"
+            "data: a\n\n"),
+          .expect = "(message,a,id=)");
     CHECK(S("data: a\r\rdata: b\r\r"), .expect = "(message,a,id=)(message,b,id=)");
     CHECK(S("data: a\r\n\r\n"), .expect = "(message,a,id=)"); /* the split at 8 is the table's case */
     CHECK(S("data: a"), .expect = "");
@@ -241,7 +238,7 @@ static void test_table_vectors(void **state)
 static void test_cr_then_lf_across_feeds(void **state)
 {
     (void)state;
-    rec r = {0};
+    rec r = { 0 };
     r.parser = sse_new(BIG, BIG, on_event, &r);
     sb_str(&r.log, "");
     assert_int_equal(FEED(r.parser, "data: a\r"), CHAT_OK);
@@ -275,7 +272,8 @@ static void test_line_endings(void **state)
     /* LF CR is two endings, not one. */
     CHECK(S("data: a\n\rdata: b\n\n"), .expect = "(message,a,id=)(message,b,id=)");
     /* Only CR and LF end lines: VT, FF, NEL and U+2028 are content. */
-    CHECK(S("data: a\x0b\x0c\xc2\x85\xe2\x80\xa8z\n\n"), .expect = "(message,a\\x0b\\x0c\\xc2\\x85\\xe2\\x80\\xa8z,id=)");
+    CHECK(S("data: a\x0b\x0c\xc2\x85\xe2\x80\xa8z\n\n"),
+          .expect = "(message,a\\x0b\\x0c\\xc2\\x85\\xe2\\x80\\xa8z,id=)");
     CHECK(S("\n\n\r\r\r\n"), .expect = "");
 }
 
@@ -285,19 +283,38 @@ static void test_bom(void **state)
 {
     (void)state;
     /* Only one BOM is dropped: a second one is part of the field name. */
-    CHECK(S("\xEF\xBB\xBF\xEF\xBB\xBF" "data: a\n\ndata: b\n\n"), .expect = "(message,b,id=)");
+    CHECK(S("\xEF\xBB\xBF\xEF\xBB\xBF"
+            "data: a\n\ndata: b\n\n"),
+          .expect = "(message,b,id=)");
     /* Not at stream start: content. */
-    CHECK(S("data: a\n\n\xEF\xBB\xBF" "data: b\n\n"), .expect = "(message,a,id=)");
+    CHECK(S("data: a\n\n\xEF\xBB\xBF"
+            "data: b\n\n"),
+          .expect = "(message,a,id=)");
     CHECK(S("data: \xEF\xBB\xBFx\n\n"), .expect = "(message,\\xef\\xbb\\xbfx,id=)");
     /* A partial BOM is ordinary content of the first line. */
-    CHECK(S("\xEF" "data: a\n\ndata: b\n\n"), .expect = "(message,b,id=)");
-    CHECK(S("\xEF\xBB" "data: a\n\ndata: b\n\n"), .expect = "(message,b,id=)");
-    CHECK(S("\xEF\xBB\n" "data: b\n\n"), .expect = "(message,b,id=)");
-    CHECK(S("\xEF\xBB\r\n" "data: b\n\n"), .expect = "(message,b,id=)");
-    CHECK(S("\xEF\xBB\xBF\r\n" "data: b\r\n\r\n"), .expect = "(message,b,id=)");
-    CHECK(S("\xEF\xBB\xBF" ":c\n" "data: b\n\n"), .expect = "(message,b,id=)");
+    CHECK(S("\xEF"
+            "data: a\n\ndata: b\n\n"),
+          .expect = "(message,b,id=)");
+    CHECK(S("\xEF\xBB"
+            "data: a\n\ndata: b\n\n"),
+          .expect = "(message,b,id=)");
+    CHECK(S("\xEF\xBB\n"
+            "data: b\n\n"),
+          .expect = "(message,b,id=)");
+    CHECK(S("\xEF\xBB\r\n"
+            "data: b\n\n"),
+          .expect = "(message,b,id=)");
+    CHECK(S("\xEF\xBB\xBF\r\n"
+            "data: b\r\n\r\n"),
+          .expect = "(message,b,id=)");
+    CHECK(S("\xEF\xBB\xBF"
+            ":c\n"
+            "data: b\n\n"),
+          .expect = "(message,b,id=)");
     /* A UTF-16 BOM is not honoured: the first line is garbage and ignored. */
-    CHECK(S("\xFE\xFF" "data: a\n\ndata: b\n\n"), .expect = "(message,b,id=)");
+    CHECK(S("\xFE\xFF"
+            "data: a\n\ndata: b\n\n"),
+          .expect = "(message,b,id=)");
     CHECK(S("\xEF\xBB\xBF"), .expect = "");
     CHECK(S("\xEF\xBB"), .expect = "");
 }
@@ -306,12 +323,14 @@ static void test_bom(void **state)
 static void test_bom_split_feeds(void **state)
 {
     (void)state;
-    rec r = {0};
+    rec r = { 0 };
     r.parser = sse_new(BIG, BIG, on_event, &r);
     sb_str(&r.log, "");
     assert_int_equal(FEED(r.parser, "\xEF"), CHAT_OK);
     assert_int_equal(FEED(r.parser, "\xBB"), CHAT_OK);
-    assert_int_equal(FEED(r.parser, "\xBF" "da"), CHAT_OK);
+    assert_int_equal(FEED(r.parser, "\xBF"
+                                    "da"),
+                     CHAT_OK);
     assert_int_equal(FEED(r.parser, "ta: a\n\n"), CHAT_OK);
     assert_string_equal(r.log.p, "(message,a,id=)");
     sse_free(r.parser);
@@ -446,7 +465,9 @@ static void test_dispatch_and_eof(void **state)
 static void test_nul_passthrough(void **state)
 {
     (void)state;
-    CHECK(S("data: a\x00" "b\n\n"), .expect = "(message,a\\x00b,id=)");
+    CHECK(S("data: a\x00"
+            "b\n\n"),
+          .expect = "(message,a\\x00b,id=)");
     CHECK(S("data: \x00\n\n"), .expect = "(message,\\x00,id=)");
     CHECK(S("data: \x00\x00\ndata: \x00\n\n"), .expect = "(message,\\x00\\x00\\x0a\\x00,id=)");
     CHECK(S("event: x\x00y\ndata: 1\n\n"), .expect = "(x\\x00y,1,id=)");
@@ -461,25 +482,31 @@ static void test_line_limit(void **state)
     /* Lines of exactly max_line bytes pass; the line ending and the BOM are not counted. */
     CHECK(S("data: 0123\n\n"), .max_line = 10, .expect = "(message,0123,id=)");
     CHECK(S("data: 0123\r\n\r\n"), .max_line = 10, .expect = "(message,0123,id=)");
-    CHECK(S("\xEF\xBB\xBF" "data: 0123\n\n"), .max_line = 10, .expect = "(message,0123,id=)");
+    CHECK(S("\xEF\xBB\xBF"
+            "data: 0123\n\n"),
+          .max_line = 10, .expect = "(message,0123,id=)");
     /* One byte more fails, whether or not its ending has arrived. */
     CHECK(S("data: 01234\n\n"), .max_line = 10, .expect = "", .tail = " rc=toobig id= retry=-1");
     CHECK(S("data: 01234"), .max_line = 10, .expect = "", .tail = " rc=toobig id= retry=-1");
     /* Comments and unknown fields count too. */
     CHECK(S(": 456789012\n"), .max_line = 10, .expect = "", .tail = " rc=toobig id= retry=-1");
     /* Events before the long line are delivered; nothing after it. */
-    CHECK(S("data: 1\n\ndata: 01234567890\n\ndata: 2\n\n"), .max_line = 10,
-          .expect = "(message,1,id=)", .tail = " rc=toobig id= retry=-1");
+    CHECK(S("data: 1\n\ndata: 01234567890\n\ndata: 2\n\n"), .max_line = 10, .expect = "(message,1,id=)",
+          .tail = " rc=toobig id= retry=-1");
     /* A partial BOM counts: it is content. */
-    CHECK(S("\xEF\xBB" "data: 0123\n\n"), .max_line = 10, .expect = "", .tail = " rc=toobig id= retry=-1");
-    CHECK(S("\xEF\xBB" "data: 01\n\n"), .max_line = 10, .expect = "");
+    CHECK(S("\xEF\xBB"
+            "data: 0123\n\n"),
+          .max_line = 10, .expect = "", .tail = " rc=toobig id= retry=-1");
+    CHECK(S("\xEF\xBB"
+            "data: 01\n\n"),
+          .max_line = 10, .expect = "");
 }
 
 /* A line that only becomes too long over several feeds fails before its end arrives. */
 static void test_line_limit_across_feeds(void **state)
 {
     (void)state;
-    rec r = {0};
+    rec r = { 0 };
     r.parser = sse_new(10, BIG, on_event, &r);
     sb_str(&r.log, "");
     assert_int_equal(FEED(r.parser, "data: 1\n\ndata: 01"), CHAT_OK);
@@ -495,7 +522,7 @@ static void test_line_limit_across_feeds(void **state)
     free(r.log.p);
 
     /* An endless line fed in small pieces is refused once past the limit. */
-    r = (rec){0};
+    r = (rec){ 0 };
     r.parser = sse_new(1000, BIG, on_event, &r);
     chat_rc rc = CHAT_OK;
     size_t fed = 0;
@@ -516,29 +543,29 @@ static void test_event_limit(void **state)
     /* The joining LF counts; the final LF does not. */
     CHECK(S("data: 12\ndata: 34\n\n"), .max_event = 5, .expect = "(message,12\\x0a34,id=)");
     CHECK(S("data: 12\ndata: 345\n\n"), .max_event = 5, .expect = "", .tail = " rc=toobig id= retry=-1");
-    CHECK(S("data\ndata\ndata\ndata\ndata\ndata\n\n"), .max_event = 5, .expect = "(message,\\x0a\\x0a\\x0a\\x0a\\x0a,id=)");
+    CHECK(S("data\ndata\ndata\ndata\ndata\ndata\n\n"), .max_event = 5,
+          .expect = "(message,\\x0a\\x0a\\x0a\\x0a\\x0a,id=)");
     CHECK(S("data\ndata\ndata\ndata\ndata\ndata\ndata\n\n"), .max_event = 5, .expect = "",
           .tail = " rc=toobig id= retry=-1");
     /* The limit is per event: the buffer is reset by each dispatch. */
-    CHECK(S("data: 12345\n\ndata: 12345\n\n"), .max_event = 5,
-          .expect = "(message,12345,id=)(message,12345,id=)");
+    CHECK(S("data: 12345\n\ndata: 12345\n\n"), .max_event = 5, .expect = "(message,12345,id=)(message,12345,id=)");
     CHECK(S("data: 1\n\ndata: 123\ndata: 45\n\n"), .max_event = 5, .expect = "(message,1,id=)",
           .tail = " rc=toobig id= retry=-1");
     /* Only data counts towards it. */
-    CHECK(S("event: 1234567890\nid: 1234567890\ndata: 1\n\n"), .max_event = 5,
-          .expect = "(1234567890,1,id=1234567890)", .tail = " rc=ok id=1234567890 retry=-1");
+    CHECK(S("event: 1234567890\nid: 1234567890\ndata: 1\n\n"), .max_event = 5, .expect = "(1234567890,1,id=1234567890)",
+          .tail = " rc=ok id=1234567890 retry=-1");
 }
 
 static void test_event_limit_across_feeds(void **state)
 {
     (void)state;
-    rec r = {0};
+    rec r = { 0 };
     r.parser = sse_new(BIG, 10, on_event, &r);
     sb_str(&r.log, "");
     assert_int_equal(FEED(r.parser, "data: 0123\n"), CHAT_OK);
     assert_int_equal(FEED(r.parser, "data: 4567\n"), CHAT_OK); /* "0123\n4567": 9 */
     assert_int_equal(FEED(r.parser, "da"), CHAT_OK);
-    assert_int_equal(FEED(r.parser, "ta\n"), CHAT_OK); /* 10: exactly the limit */
+    assert_int_equal(FEED(r.parser, "ta\n"), CHAT_OK);    /* 10: exactly the limit */
     assert_int_equal(FEED(r.parser, "data: x"), CHAT_OK); /* not known to be too big until its end */
     assert_int_equal(FEED(r.parser, "\r"), CHAT_ETOOBIG);
     assert_int_equal(FEED(r.parser, "\n\n"), CHAT_ETOOBIG);
@@ -547,7 +574,7 @@ static void test_event_limit_across_feeds(void **state)
     free(r.log.p);
 
     /* The same event under the limit, dispatched after pieces that split every line. */
-    r = (rec){0};
+    r = (rec){ 0 };
     r.parser = sse_new(BIG, 10, on_event, &r);
     sb_str(&r.log, "");
     assert_int_equal(FEED(r.parser, "data: 0123\nda"), CHAT_OK);
@@ -567,14 +594,13 @@ static void test_callback_stop(void **state)
     (void)state;
     const char three[] = "data: 1\n\ndata: 2\n\ndata: 3\n\n";
     CHECK(S(three), .stop_at = 1, .expect = "(message,1,id=)", .tail = " rc=canceled id= retry=-1");
-    CHECK(S(three), .stop_at = 2, .expect = "(message,1,id=)(message,2,id=)",
-          .tail = " rc=canceled id= retry=-1");
+    CHECK(S(three), .stop_at = 2, .expect = "(message,1,id=)(message,2,id=)", .tail = " rc=canceled id= retry=-1");
     CHECK(S(three), .stop_at = 3, .expect = "(message,1,id=)(message,2,id=)(message,3,id=)",
           .tail = " rc=canceled id= retry=-1");
     CHECK(S(three), .stop_at = 4, .expect = "(message,1,id=)(message,2,id=)(message,3,id=)");
 
     /* The rest of the piece is not parsed: the retry after the stop is not seen. */
-    rec r = {0};
+    rec r = { 0 };
     r.stop_at = 1;
     r.parser = sse_new(BIG, BIG, on_event, &r);
     sb_str(&r.log, "");
@@ -591,7 +617,10 @@ static void test_callback_stop(void **state)
 
 static const char ANTHROPIC_FIXTURE[] =
     "event: message_start\n"
-    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-opus-latest\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n"
+    "data: "
+    "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK\",\"type\":\"message\","
+    "\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-opus-latest\",\"stop_reason\":null,\"stop_sequence\":"
+    "null,\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n"
     "\n"
     "event: content_block_start\n"
     "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n"
@@ -609,34 +638,46 @@ static const char ANTHROPIC_FIXTURE[] =
     "data: {\"type\":\"content_block_stop\",\"index\":0}\n"
     "\n"
     "event: message_delta\n"
-    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":6}}\n"
+    "data: "
+    "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_"
+    "tokens\":6}}\n"
     "\n"
     "event: message_stop\n"
     "data: {\"type\":\"message_stop\"}\n"
     "\n";
 
 static const char *const ANTHROPIC_FIXTURE_EVENTS[][2] = {
-    {"message_start",
-     "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-opus-latest\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}"},
-    {"content_block_start",
-     "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}"},
-    {"ping", "{\"type\": \"ping\"}"},
-    {"content_block_delta",
-     "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}"},
-    {"content_block_delta",
-     "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}"},
-    {"content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}"},
-    {"message_delta",
-     "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":6}}"},
-    {"message_stop", "{\"type\":\"message_stop\"}"},
+    { "message_start",
+      "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK\",\"type\":\"message\","
+      "\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-opus-latest\",\"stop_reason\":null,\"stop_sequence\":"
+      "null,\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}" },
+    { "content_block_start",
+      "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}" },
+    { "ping", "{\"type\": \"ping\"}" },
+    { "content_block_delta",
+      "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}" },
+    { "content_block_delta",
+      "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}" },
+    { "content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}" },
+    { "message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+                       "\"usage\":{\"output_tokens\":6}}" },
+    { "message_stop", "{\"type\":\"message_stop\"}" },
 };
 
 static const char ANTHROPIC_2026[] =
     "event: message_start\n"
-    "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-8\",\"id\":\"msg_\xe2\x80\xa6\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"stop_details\":null,\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"cache_creation\":{\"ephemeral_5m_input_tokens\":0,\"ephemeral_1h_input_tokens\":0},\"output_tokens\":7,\"service_tier\":\"standard\",\"inference_geo\":\"global\"}}               }\n"
+    "data: "
+    "{\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-8\",\"id\":\"msg_\xe2\x80\xa6\",\"type\":"
+    "\"message\",\"role\":\"assistant\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"stop_details\":"
+    "null,\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"cache_"
+    "creation\":{\"ephemeral_5m_input_tokens\":0,\"ephemeral_1h_input_tokens\":0},\"output_tokens\":7,\"service_tier\":"
+    "\"standard\",\"inference_geo\":\"global\"}}               }\n"
     "\n"
     "event: message_delta\n"
-    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"stop_details\":null},\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":547}               }\n"
+    "data: "
+    "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"stop_details\":null},"
+    "\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":"
+    "547}               }\n"
     "\n"
     "event: message_stop\n"
     "data: {\"type\":\"message_stop\"       }\n"
@@ -646,18 +687,23 @@ static const char ANTHROPIC_2026[] =
     "\n";
 
 static const char *const ANTHROPIC_2026_EVENTS[][2] = {
-    {"message_start",
-     "{\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-8\",\"id\":\"msg_\xe2\x80\xa6\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"stop_details\":null,\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"cache_creation\":{\"ephemeral_5m_input_tokens\":0,\"ephemeral_1h_input_tokens\":0},\"output_tokens\":7,\"service_tier\":\"standard\",\"inference_geo\":\"global\"}}               }"},
-    {"message_delta",
-     "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"stop_details\":null},\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":547}               }"},
-    {"message_stop", "{\"type\":\"message_stop\"       }"},
-    {"error", "{\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}"},
+    { "message_start",
+      "{\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-8\",\"id\":\"msg_\xe2\x80\xa6\",\"type\":"
+      "\"message\",\"role\":\"assistant\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"stop_details\":"
+      "null,\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"cache_"
+      "creation\":{\"ephemeral_5m_input_tokens\":0,\"ephemeral_1h_input_tokens\":0},\"output_tokens\":7,\"service_"
+      "tier\":\"standard\",\"inference_geo\":\"global\"}}               }" },
+    { "message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null,"
+                       "\"stop_details\":null},\"usage\":{\"input_tokens\":31,\"cache_creation_input_tokens\":0,"
+                       "\"cache_read_input_tokens\":0,\"output_tokens\":547}               }" },
+    { "message_stop", "{\"type\":\"message_stop\"       }" },
+    { "error", "{\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}" },
 };
 
 /* Replaces every LF of in by `eol`. */
 static char *with_eol(const char *in, const char *eol, size_t *out_len)
 {
-    strbuf b = {0};
+    strbuf b = { 0 };
     sb_str(&b, "");
     for (const char *s = in; *s; s++) {
         if (*s == '\n')
@@ -676,7 +722,7 @@ static char *with_eol(const char *in, const char *eol, size_t *out_len)
  */
 static void check_anthropic(const char *stream, const char *const events[][2], size_t n)
 {
-    strbuf exp = {0};
+    strbuf exp = { 0 };
     sb_str(&exp, "");
     size_t longest_data = 0;
     for (size_t i = 0; i < n; i++) {
@@ -692,7 +738,7 @@ static void check_anthropic(const char *stream, const char *const events[][2], s
     }
     assert_true(longest_line == longest_data + strlen("data: "));
 
-    static const char *const eols[] = {"\n", "\r\n", "\r"};
+    static const char *const eols[] = { "\n", "\r\n", "\r" };
     for (size_t e = 0; e < 3; e++) {
         size_t len;
         char *in = with_eol(stream, eols[e], &len);
@@ -729,7 +775,7 @@ static void test_lifecycle(void **state)
 {
     (void)state;
     sse_free(NULL);
-    rec r = {0};
+    rec r = { 0 };
     r.parser = sse_new(SIZE_MAX, SIZE_MAX, on_event, &r); /* no overflow in capacity maths */
     sb_str(&r.log, "");
     assert_string_equal(sse_last_event_id(r.parser), "");
@@ -746,10 +792,10 @@ static void test_lifecycle(void **state)
 static void test_many_events(void **state)
 {
     (void)state;
-    rec r = {0};
+    rec r = { 0 };
     r.parser = sse_new(5000, 5000, on_event, &r);
-    strbuf in = {0};
-    strbuf exp = {0};
+    strbuf in = { 0 };
+    strbuf exp = { 0 };
     sb_str(&in, "");
     sb_str(&exp, "");
     char data[4001];
@@ -786,11 +832,11 @@ static char *reference(const vec *v)
     size_t max_event = v->max_event ? v->max_event : BIG;
     const char *in = v->in;
     size_t len = v->len;
-    strbuf log = {0};
-    strbuf data = {0};
-    strbuf type = {0};
-    strbuf idbuf = {0};
-    strbuf lastid = {0};
+    strbuf log = { 0 };
+    strbuf data = { 0 };
+    strbuf type = { 0 };
+    strbuf idbuf = { 0 };
+    strbuf lastid = { 0 };
     sb_str(&log, "");
     sb_str(&data, "");
     sb_str(&type, "");
@@ -904,9 +950,9 @@ static void test_fuzz(void **state)
 {
     (void)state;
     static const char *const tokens[] = {
-        "data", "data:", "data: ", "event:", "event: ", "id:", "id: ", "retry:", "retry: ", ":",
-        " ", "\r", "\n", "\r\n", "\n\n", "\r\r", "\xEF\xBB\xBF", "\xEF", "\xBB", "x", "message", "1",
-        "42", "{}", "Data", "e", "ping", "\xe2\x80\xa8", "\x00",
+        "data",    "data:", "data: ", "event:", "event: ", "id:",  "id: ",         "retry:",       "retry: ", ":",
+        " ",       "\r",    "\n",     "\r\n",   "\n\n",    "\r\r", "\xEF\xBB\xBF", "\xEF",         "\xBB",    "x",
+        "message", "1",     "42",     "{}",     "Data",    "e",    "ping",         "\xe2\x80\xa8", "\x00",
     };
     size_t ntok = sizeof(tokens) / sizeof(tokens[0]);
     char in[512];
@@ -925,7 +971,7 @@ static void test_fuzz(void **state)
                 len += n;
             }
         }
-        vec v = {.in = in, .len = len};
+        vec v = { .in = in, .len = len };
         if (rnd(2)) {
             v.max_line = 1 + rnd(20);
             v.max_event = 1 + rnd(20);
@@ -936,11 +982,11 @@ static void test_fuzz(void **state)
         char *ref = reference(&v);
         char *whole = run(&v, NULL, 0, 0);
         if (strcmp(ref, whole) != 0) {
-            strbuf b = {0};
+            strbuf b = { 0 };
             sb_str(&b, "");
             sb_esc(&b, in, len);
-            print_error("iteration %d, input \"%s\", max_line %zu, max_event %zu, stop_at %d\n", iter, b.p,
-                        v.max_line, v.max_event, v.stop_at);
+            print_error("iteration %d, input \"%s\", max_line %zu, max_event %zu, stop_at %d\n", iter, b.p, v.max_line,
+                        v.max_event, v.stop_at);
             free(b.p);
         }
         assert_string_equal(whole, ref);

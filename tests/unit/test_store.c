@@ -98,7 +98,7 @@ static int expected_version(void)
     return tdb_expected_version();
 }
 
-static const store_usage NO_USAGE = {-1, -1, -1, -1};
+static const store_usage NO_USAGE = { -1, -1, -1, -1 };
 
 /* A turn with plausible contents; callers override what they test. */
 static store_turn make_turn(const char *sid, const char *token, int64_t now)
@@ -113,7 +113,7 @@ static store_turn make_turn(const char *sid, const char *token, int64_t now)
         .status = "complete",
         .stop_reason = "end_turn",
         .user_tokens = 3,
-        .usage = {10, 5, 2, 1},
+        .usage = { 10, 5, 2, 1 },
         .cost_micros = 100,
         .lock_token = token,
         .now = now,
@@ -163,8 +163,17 @@ static void test_open_bad_urls(void **state)
 {
     struct fixture *f = *state;
     static const char *const bad[] = {
-        "", "postgres://%zz/", "postgresql://h/db?bogus=1", "sqlite:", "sqlite://", "sqlite:///", "sqlite://relative.db",
-        "sqlite:///dir/", "sqlite:///a.db?mode=ro", "sqlite:///:memory:", "SQLITE:///a.db",
+        "",
+        "postgres://%zz/",
+        "postgresql://h/db?bogus=1",
+        "sqlite:",
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://relative.db",
+        "sqlite:///dir/",
+        "sqlite:///a.db?mode=ro",
+        "sqlite:///:memory:",
+        "SQLITE:///a.db",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         store *s = (store *)1;
@@ -294,7 +303,7 @@ static void test_open_concurrent(void **state)
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, N);
     for (int i = 0; i < N; i++) {
-        o[i] = (struct opener){.url = f->url, .go = &go};
+        o[i] = (struct opener){ .url = f->url, .go = &go };
         assert_int_equal(pthread_create(&th[i], NULL, open_thread, &o[i]), 0);
     }
     for (int i = 0; i < N; i++) {
@@ -385,7 +394,7 @@ static void test_messages_order(void **state)
         t.user_content = u;
         t.assistant_content = a;
         t.user_tokens = 7 + i;
-        t.usage = (store_usage){100 + i, 20 + i, 3, 4};
+        t.usage = (store_usage){ 100 + i, 20 + i, 3, 4 };
         t.cost_micros = 55;
         if (i == 2) {
             t.status = "incomplete";
@@ -465,11 +474,11 @@ static void test_usage_unknown(void **state)
     (void)state;
     store *s = open_mem();
     store_turn t = make_turn("u", "tok", 1000);
-    t.usage = (store_usage){10, -1, 5, -1};
+    t.usage = (store_usage){ 10, -1, 5, -1 };
     t.cost_micros = 100;
     commit(s, t);
     t = make_turn("u", "tok", 2000);
-    t.usage = (store_usage){-1, 7, -1, 3};
+    t.usage = (store_usage){ -1, 7, -1, 3 };
     t.cost_micros = 250;
     commit(s, t);
     t = make_turn("u", "tok", 3000);
@@ -539,10 +548,10 @@ static void test_invalid_args(void **state)
     store_turn good = make_turn("s", "tok", 1000);
     store_turn t;
     assert_int_equal(store_turn_commit(s, NULL, NULL), CHAT_EINVAL);
-#define BAD(field, value)                                            \
-    do {                                                             \
-        t = good;                                                    \
-        t.field = value;                                             \
+#define BAD(field, value)                                              \
+    do {                                                               \
+        t = good;                                                      \
+        t.field = value;                                               \
         assert_int_equal(store_turn_commit(s, &t, NULL), CHAT_EINVAL); \
     } while (0)
     BAD(session_id, NULL);
@@ -602,7 +611,7 @@ static void test_locks(void **state)
 {
     (void)state;
     store *s = open_mem();
-    assert_int_equal(store_lock_acquire(s, "s", "t1", 1000, 100), CHAT_OK);  /* until 1100 */
+    assert_int_equal(store_lock_acquire(s, "s", "t1", 1000, 100), CHAT_OK); /* until 1100 */
     assert_int_equal(store_lock_acquire(s, "s", "t2", 1050, 100), CHAT_EBUSY);
     assert_int_equal(store_lock_acquire(s, "s", "t1", 1050, 100), CHAT_EBUSY); /* same token */
     assert_int_equal(store_lock_acquire(s, "s", "t2", 1099, 100), CHAT_EBUSY);
@@ -799,7 +808,7 @@ static void test_stats_invariant(void **state)
     struct fixture *f = *state;
     store *s = open_url(f->url);
     uint32_t seed = 42;
-    store_usage spent = {0, 0, 0, 0};
+    store_usage spent = { 0, 0, 0, 0 };
     int64_t cost = 0, now = 1000;
     for (int round = 0; round < 20; round++) {
         for (int op = 0; op < 25; op++) {
@@ -853,8 +862,7 @@ static void make_session(store *s, const char *sid, const char *owner, int64_t c
 }
 
 /* Pages through the listing with page size `limit`, writing ids into got. */
-static size_t list_all(store *s, const char *owner, int limit, char got[][8], size_t max,
-                       size_t *pages)
+static size_t list_all(store *s, const char *owner, int limit, char got[][8], size_t max, size_t *pages)
 {
     size_t total = 0;
     char *cursor = NULL;
@@ -890,12 +898,12 @@ static void test_list_pagination(void **state)
         const char *owner;
         int64_t created;
     } rows[] = {
-        {"s0", "k1", 100}, {"s1", "k2", 200}, {"s2", "k1", 200}, {"s3", "k2", 200},
-        {"s4", "k1", 300}, {"s5", NULL, 300}, {"s6", "k1", 50},
+        { "s0", "k1", 100 }, { "s1", "k2", 200 }, { "s2", "k1", 200 }, { "s3", "k2", 200 },
+        { "s4", "k1", 300 }, { "s5", NULL, 300 }, { "s6", "k1", 50 },
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         make_session(s, rows[i].id, rows[i].owner, rows[i].created);
-    static const char *const newest_first[] = {"s5", "s4", "s3", "s2", "s1", "s0", "s6"};
+    static const char *const newest_first[] = { "s5", "s4", "s3", "s2", "s1", "s0", "s6" };
 
     char got[16][8];
     size_t pages;
@@ -908,7 +916,7 @@ static void test_list_pagination(void **state)
         assert_int_equal(pages, (7 + limit - 1) / limit);
     }
 
-    static const char *const k1[] = {"s4", "s2", "s0", "s6"};
+    static const char *const k1[] = { "s4", "s2", "s0", "s6" };
     size_t n = list_all(s, "k1", 3, got, 16, &pages);
     assert_int_equal(n, 4);
     assert_int_equal(pages, 2);
@@ -973,12 +981,12 @@ static void test_list_oldest_first(void **state)
         const char *owner;
         int64_t created;
     } rows[] = {
-        {"s0", "k1", 100}, {"s1", "k2", 200}, {"s2", "k1", 200}, {"s3", "k2", 200},
-        {"s4", "k1", 300}, {"s5", NULL, 300}, {"s6", "k1", 50},
+        { "s0", "k1", 100 }, { "s1", "k2", 200 }, { "s2", "k1", 200 }, { "s3", "k2", 200 },
+        { "s4", "k1", 300 }, { "s5", NULL, 300 }, { "s6", "k1", 50 },
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         make_session(s, rows[i].id, rows[i].owner, rows[i].created);
-    static const char *const oldest_first[] = {"s6", "s0", "s1", "s2", "s3", "s4", "s5"};
+    static const char *const oldest_first[] = { "s6", "s0", "s1", "s2", "s3", "s4", "s5" };
     char got[16][8];
     for (int limit = 1; limit <= 8; limit++) {
         size_t n = list_oldest(s, NULL, limit, got, 16);
@@ -986,7 +994,7 @@ static void test_list_oldest_first(void **state)
         for (size_t i = 0; i < n; i++)
             assert_string_equal(got[i], oldest_first[i]);
     }
-    static const char *const k1[] = {"s6", "s0", "s2", "s4"};
+    static const char *const k1[] = { "s6", "s0", "s2", "s4" };
     size_t n = list_oldest(s, "k1", 3, got, 16);
     assert_int_equal(n, 4);
     for (size_t i = 0; i < n; i++)
@@ -1036,10 +1044,26 @@ static void test_invalid_cursor(void **state)
     make_session(s, "s:1", NULL, 100);
     make_session(s, "s:2", NULL, 100);
     static const char *const bad[] = {
-        "", "abc", "12", "12:", ":733a31", "012:733a31", "+12:733a31", "-12:733a31",
-        " 12:733a31", "12:733a3", "12:733a3g", "12:733A31", "12:733a31:", "12:733a31 ",
-        "99999999999999999999:733a31", "9223372036854775808:61", "12:00", "12:6100",
-        "12;733a31", "0x1:61",
+        "",
+        "abc",
+        "12",
+        "12:",
+        ":733a31",
+        "012:733a31",
+        "+12:733a31",
+        "-12:733a31",
+        " 12:733a31",
+        "12:733a3",
+        "12:733a3g",
+        "12:733A31",
+        "12:733a31:",
+        "12:733a31 ",
+        "99999999999999999999:733a31",
+        "9223372036854775808:61",
+        "12:00",
+        "12:6100",
+        "12;733a31",
+        "0x1:61",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         store_session *arr = (store_session *)1;
@@ -1066,8 +1090,7 @@ static void test_invalid_cursor(void **state)
     assert_int_equal(store_sessions_list(s, NULL, "0:61", 10, &arr, &n, &next), CHAT_OK);
     assert_int_equal(n, 0);
     store_sessions_free(arr, n);
-    assert_int_equal(store_sessions_list(s, NULL, "9223372036854775807:61", 10, &arr, &n, &next),
-                     CHAT_OK);
+    assert_int_equal(store_sessions_list(s, NULL, "9223372036854775807:61", 10, &arr, &n, &next), CHAT_OK);
     assert_int_equal(n, 2);
     assert_string_equal(arr[0].id, "s:2");
     store_sessions_free(arr, n);
@@ -1216,10 +1239,10 @@ static void test_two_handles(void **state)
 struct worker {
     const char *url;
     int id;
-    int turns;              /* turns to commit */
+    int turns; /* turns to commit */
     pthread_barrier_t *go;
-    int busy;               /* EBUSY answers seen */
-    int errors;             /* anything unexpected */
+    int busy;   /* EBUSY answers seen */
+    int errors; /* anything unexpected */
 };
 
 static int64_t now_ms(void)
@@ -1247,7 +1270,7 @@ static void *worker_thread(void *arg)
         chat_rc rc = store_lock_acquire(s, "shared", token, now_ms(), 60000);
         if (rc == CHAT_EBUSY) {
             w->busy++;
-            struct timespec ts = {0, 200000};
+            struct timespec ts = { 0, 200000 };
             nanosleep(&ts, NULL);
             continue;
         }
@@ -1284,7 +1307,7 @@ static void test_workers_contend(void **state)
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, N);
     for (int i = 0; i < N; i++) {
-        w[i] = (struct worker){.url = f->url, .id = i, .turns = TURNS, .go = &go};
+        w[i] = (struct worker){ .url = f->url, .id = i, .turns = TURNS, .go = &go };
         assert_int_equal(pthread_create(&th[i], NULL, worker_thread, &w[i]), 0);
     }
     for (int i = 0; i < N; i++) {
@@ -1322,14 +1345,34 @@ static void test_import(void **state)
     store *s = open_mem();
     commit_simple(s, "live", 500);
     store_message msgs[2] = {
-        {.seq = 1, .role = "user", .content = "q \"1\"\n\u00e9", .status = "complete", .tokens = 4,
-         .usage = {-1, -1, -1, -1}, .created_at = 10},
-        {.seq = 2, .role = "assistant", .content = "a", .status = "incomplete", .model = "m",
-         .stop_reason = NULL, .tokens = -1, .usage = {7, -1, 2, 3}, .cost_micros = 9, .created_at = 20},
+        { .seq = 1,
+          .role = "user",
+          .content = "q \"1\"\n\u00e9",
+          .status = "complete",
+          .tokens = 4,
+          .usage = { -1, -1, -1, -1 },
+          .created_at = 10 },
+        { .seq = 2,
+          .role = "assistant",
+          .content = "a",
+          .status = "incomplete",
+          .model = "m",
+          .stop_reason = NULL,
+          .tokens = -1,
+          .usage = { 7, -1, 2, 3 },
+          .cost_micros = 9,
+          .created_at = 20 },
     };
-    store_session sess = {.id = "imp", .owner = "key_x", .system_prompt = "sp", .model = "m",
-                          .created_at = 10, .updated_at = 20, .turn_count = 1, .message_count = 2,
-                          .usage = {7, -1, 2, 3}, .cost_micros = 9};
+    store_session sess = { .id = "imp",
+                           .owner = "key_x",
+                           .system_prompt = "sp",
+                           .model = "m",
+                           .created_at = 10,
+                           .updated_at = 20,
+                           .turn_count = 1,
+                           .message_count = 2,
+                           .usage = { 7, -1, 2, 3 },
+                           .cost_micros = 9 };
     assert_int_equal(store_session_import(s, &sess, msgs, 2), CHAT_OK);
     assert_int_equal(store_session_import(s, &sess, msgs, 2), CHAT_ECONFLICT);
     sess.id = "bad";
@@ -1367,9 +1410,15 @@ static void test_import(void **state)
     assert_int_equal(st.total_turns, 2);
     assert_int_equal(st.cost_micros, 109);
 
-    store_key k = {.id = "key_x", .name = "x", .role = "admin", .created_at = 5, .revoked_at = 6,
-                   .turn_count = 3, .usage = {1, 2, -1, 4}, .cost_micros = 8,
-                   .hash = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"};
+    store_key k = { .id = "key_x",
+                    .name = "x",
+                    .role = "admin",
+                    .created_at = 5,
+                    .revoked_at = 6,
+                    .turn_count = 3,
+                    .usage = { 1, 2, -1, 4 },
+                    .cost_micros = 8,
+                    .hash = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" };
     assert_int_equal(store_key_import(s, &k), CHAT_OK);
     assert_int_equal(store_key_import(s, &k), CHAT_ECONFLICT);
     store_key *keys = NULL;
@@ -1389,8 +1438,8 @@ struct mixer {
     const char *url;
     int id;
     pthread_barrier_t *go;
-    int errors;   /* an answer the contract does not allow (e.g. CHAT_EIO from a deadlock) */
-    int commits;  /* turns committed */
+    int errors;  /* an answer the contract does not allow (e.g. CHAT_EIO from a deadlock) */
+    int commits; /* turns committed */
 };
 
 static void *mixer_thread(void *arg)
@@ -1454,8 +1503,8 @@ static void test_mixed_concurrent(void **state)
     enum { N = 6 };
     store *s = open_url(f->url);
     static const store_key_new keys[] = {
-        {"key_a", "a", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "user", NULL, 1},
-        {"key_b", "b", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "user", NULL, 1},
+        { "key_a", "a", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "user", NULL, 1 },
+        { "key_b", "b", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "user", NULL, 1 },
     };
     for (size_t i = 0; i < 2; i++)
         assert_int_equal(store_key_create(s, &keys[i]), CHAT_OK);
@@ -1464,7 +1513,7 @@ static void test_mixed_concurrent(void **state)
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, N);
     for (int i = 0; i < N; i++) {
-        m[i] = (struct mixer){.url = f->url, .id = i, .go = &go};
+        m[i] = (struct mixer){ .url = f->url, .id = i, .go = &go };
         assert_int_equal(pthread_create(&th[i], NULL, mixer_thread, &m[i]), 0);
     }
     int commits = 0;
@@ -1491,9 +1540,9 @@ static void test_mixed_concurrent(void **state)
 /* ---- store_submit: one contract on both backends ---------------------------- */
 
 struct submitted {
-    int done;          /* callbacks run so far */
+    int done; /* callbacks run so far */
     chat_rc rc[3];
-    int order[3];      /* which op completed n-th */
+    int order[3]; /* which op completed n-th */
 };
 
 static void on_submitted(store_op *op, void *ud)
@@ -1515,7 +1564,7 @@ static void test_submit_completes_on_a_later_turn(void **state)
     store *s = open_mem();
     struct event_base *base = event_base_new();
     assert_int_equal(store_attach(s, base, 1, 5000), CHAT_OK);
-    struct submitted r = {0};
+    struct submitted r = { 0 };
     store_op *ping = store_op_new(STORE_OP_PING);
     ping->in.limit = 0;
     store_submit(s, ping, on_submitted, &r);
@@ -1540,7 +1589,7 @@ static void test_submit_completes_on_a_later_turn(void **state)
     assert_int_equal(store_pending(s), 0);
     /* Detached, ops complete at once (no loop to wait for). */
     store_detach(s);
-    struct submitted after = {0};
+    struct submitted after = { 0 };
     store_op *late = store_op_new(STORE_OP_SESSION_GET);
     late->in.limit = 1;
     store_submit(s, late, on_submitted, &after);
@@ -1580,6 +1629,6 @@ int main(void)
         cmocka_unit_test(test_import),
     };
     /* About SQLite itself: file paths relative to the working directory. */
-    static const char *const sqlite_only[] = {"test_open_relative_path", NULL};
+    static const char *const sqlite_only[] = { "test_open_relative_path", NULL };
     return tdb_run_tests("store", tests, sizeof tests / sizeof tests[0], sqlite_only);
 }

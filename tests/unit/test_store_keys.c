@@ -121,7 +121,7 @@ static store_turn make_turn(const char *sid, const char *token, int64_t now)
         .status = "complete",
         .stop_reason = "end_turn",
         .user_tokens = 3,
-        .usage = {10, 5, 2, 1},
+        .usage = { 10, 5, 2, 1 },
         .cost_micros = 100,
         .lock_token = token,
         .now = now,
@@ -146,17 +146,15 @@ static void lock_and_commit(store *s, store_turn t, store_turn_result *r)
 }
 
 /* store_idem_begin that must succeed; returns the outcome and leaves *out filled. */
-static store_idem_outcome begin(store *s, const char *scope, const char *key, const char *hash,
-                                const char *token, const char *sid, int64_t now, int64_t lease,
-                                store_idem *out)
+static store_idem_outcome begin(store *s, const char *scope, const char *key, const char *hash, const char *token,
+                                const char *sid, int64_t now, int64_t lease, store_idem *out)
 {
     assert_int_equal(store_idem_begin(s, scope, key, hash, token, sid, now, lease, out), CHAT_OK);
     return out->outcome;
 }
 
 /* Only the outcome matters. */
-static store_idem_outcome outcome(store *s, const char *key, const char *hash, const char *token,
-                                  int64_t now)
+static store_idem_outcome outcome(store *s, const char *key, const char *hash, const char *token, int64_t now)
 {
     store_idem r;
     store_idem_outcome o = begin(s, "", key, hash, token, "sx", now, 1000, &r);
@@ -195,7 +193,7 @@ static void test_idem_state_machine(void **state)
     store_turn_result res;
     store_turn t = idem_turn("s1", "t1", "k1", 1200);
     t.assistant_content = "the answer";
-    t.usage = (store_usage){11, 22, -1, 4};
+    t.usage = (store_usage){ 11, 22, -1, 4 };
     t.cost_micros = 777;
     lock_and_commit(s, t, &res);
 
@@ -254,8 +252,7 @@ static void test_idem_state_machine(void **state)
 
     /* Once the replay TTL is over, the key starts afresh (even with another body). */
     assert_int_equal(outcome(s, "k1", "h1", "t6", 1200 + 86400000 - 1), STORE_IDEM_REPLAY);
-    assert_int_equal(begin(s, "", "k1", "h9", "t6", "s9", 1200 + 86400000, 500, &r),
-                     STORE_IDEM_NEW);
+    assert_int_equal(begin(s, "", "k1", "h9", "t6", "s9", 1200 + 86400000, 500, &r), STORE_IDEM_NEW);
     assert_string_equal(r.session_id, "s9");
     store_idem_clear(&r);
     store_idem_clear(NULL);
@@ -362,9 +359,7 @@ static void test_idem_abort_finish(void **state)
     assert_int_equal(store_idem_abort(s, "", "missing", "t1"), CHAT_OK);
 
     /* Finish with an error worth replaying. */
-    assert_int_equal(store_idem_finish(s, "", "k", "t2", 400, "{\"error\":{\"type\":\"x\"}}", 2000,
-                                       1000),
-                     CHAT_OK);
+    assert_int_equal(store_idem_finish(s, "", "k", "t2", 400, "{\"error\":{\"type\":\"x\"}}", 2000, 1000), CHAT_OK);
     assert_int_equal(begin(s, "", "k", "h", "t4", NULL, 2500, 100, &r), STORE_IDEM_REPLAY);
     assert_int_equal(r.status, 400);
     assert_string_equal(r.response, "{\"error\":{\"type\":\"x\"}}");
@@ -437,8 +432,7 @@ static void test_idem_crash(void **state)
         store_idem r;
         if (store_open(f->url, &c, NULL, 0) != CHAT_OK ||
             store_idem_begin(c, "key_x", "crash", "h", "tok", "cs", 1000, 60000, &r) != CHAT_OK ||
-            r.outcome != STORE_IDEM_NEW ||
-            store_lock_acquire(c, "cs", "tok", 1000, 60000) != CHAT_OK)
+            r.outcome != STORE_IDEM_NEW || store_lock_acquire(c, "cs", "tok", 1000, 60000) != CHAT_OK)
             _exit(1);
         store_turn t = idem_turn("cs", "tok", "crash", 2000);
         t.idem_scope = "key_x";
@@ -457,17 +451,14 @@ static void test_idem_crash(void **state)
 
     store *s = open_url(f->url);
     store_idem r;
-    assert_int_equal(begin(s, "key_x", "crash", "h", "retry", "cs", 3000, 60000, &r),
-                     STORE_IDEM_REPLAY);
+    assert_int_equal(begin(s, "key_x", "crash", "h", "retry", "cs", 3000, 60000, &r), STORE_IDEM_REPLAY);
     assert_true(r.has_reply);
     assert_string_equal(r.reply.content, "hi there");
     assert_int_equal(r.turn_count, 1);
     store_idem_clear(&r);
-    assert_int_equal(begin(s, "key_x", "dangling", "h", "retry", "cs", 3000, 60000, &r),
-                     STORE_IDEM_RUNNING);
+    assert_int_equal(begin(s, "key_x", "dangling", "h", "retry", "cs", 3000, 60000, &r), STORE_IDEM_RUNNING);
     store_idem_clear(&r);
-    assert_int_equal(begin(s, "key_x", "dangling", "h", "retry", "cs", 62000, 60000, &r),
-                     STORE_IDEM_NEW);
+    assert_int_equal(begin(s, "key_x", "dangling", "h", "retry", "cs", 62000, 60000, &r), STORE_IDEM_NEW);
     store_idem_clear(&r);
     store_session sess;
     assert_int_equal(store_session_get(s, "cs", &sess), CHAT_OK);
@@ -513,7 +504,7 @@ static void test_idem_race(void **state)
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, N);
     for (int i = 0; i < N; i++) {
-        rs[i] = (struct racer){.url = f->url, .id = i, .go = &go};
+        rs[i] = (struct racer){ .url = f->url, .id = i, .go = &go };
         assert_int_equal(pthread_create(&th[i], NULL, racer_thread, &rs[i]), 0);
     }
     int fresh = 0, running = 0;
@@ -536,12 +527,12 @@ static void test_idem_invalid_args(void **state)
     memset(longid, 'x', sizeof longid - 1);
     longid[sizeof longid - 1] = '\0';
     store_idem r;
-#define BAD_BEGIN(...)                                                         \
-    do {                                                                       \
-        memset(&r, 0x5a, sizeof r);                                            \
-        assert_int_equal(store_idem_begin(__VA_ARGS__, &r), CHAT_EINVAL);      \
-        assert_int_equal(r.outcome, 0);                                        \
-        assert_null(r.session_id);                                             \
+#define BAD_BEGIN(...)                                                    \
+    do {                                                                  \
+        memset(&r, 0x5a, sizeof r);                                       \
+        assert_int_equal(store_idem_begin(__VA_ARGS__, &r), CHAT_EINVAL); \
+        assert_int_equal(r.outcome, 0);                                   \
+        assert_null(r.session_id);                                        \
     } while (0)
     BAD_BEGIN(NULL, "", "k", "h", "t", NULL, 1, 10);
     BAD_BEGIN(s, NULL, "k", "h", "t", NULL, 1, 10);
@@ -611,11 +602,10 @@ static const char *hash_of(char c, char buf[STORE_KEY_HASH_LEN + 1])
     return buf;
 }
 
-static void create_key(store *s, const char *id, const char *name, char hc, const char *role,
-                       int64_t now)
+static void create_key(store *s, const char *id, const char *name, char hc, const char *role, int64_t now)
 {
     char h[STORE_KEY_HASH_LEN + 1];
-    store_key_new k = {.id = id, .name = name, .hash = hash_of(hc, h), .role = role, .now = now};
+    store_key_new k = { .id = id, .name = name, .hash = hash_of(hc, h), .role = role, .now = now };
     assert_int_equal(store_key_create(s, &k), CHAT_OK);
 }
 
@@ -627,8 +617,9 @@ static void test_keys_create_find(void **state)
     hash_of(1, h1);
     hash_of(2, h2);
     hash_of(3, h3);
-    store_key_new k = {.id = "key_0001", .name = "ci", .hash = h1, .role = "admin",
-                       .rate_limit = "60/minute", .now = 1000};
+    store_key_new k = {
+        .id = "key_0001", .name = "ci", .hash = h1, .role = "admin", .rate_limit = "60/minute", .now = 1000
+    };
     assert_int_equal(store_key_create(s, &k), CHAT_OK);
 
     store_key got;
@@ -679,13 +670,13 @@ static void test_keys_create_find(void **state)
     char nonhex[STORE_KEY_HASH_LEN + 1];
     memcpy(nonhex, h3, sizeof nonhex);
     nonhex[0] = 'g';
-    store_key_new good = {.id = "key_3", .name = "n", .hash = h3, .role = "user", .now = 5};
+    store_key_new good = { .id = "key_3", .name = "n", .hash = h3, .role = "user", .now = 5 };
     store_key_new b;
-#define BAD(field, value)                                        \
-    do {                                                         \
-        b = good;                                                \
-        b.field = value;                                         \
-        assert_int_equal(store_key_create(s, &b), CHAT_EINVAL);  \
+#define BAD(field, value)                                       \
+    do {                                                        \
+        b = good;                                               \
+        b.field = value;                                        \
+        assert_int_equal(store_key_create(s, &b), CHAT_EINVAL); \
     } while (0)
     BAD(id, NULL);
     BAD(id, "");
@@ -771,8 +762,7 @@ static void test_keys_revoke(void **state)
     assert_string_equal(arr[3].name, "key_a");
     store_keys_free(arr, n);
     /* A revoked key's hash stays taken. */
-    store_key_new again = {.id = "key_e", .name = "e", .hash = hash_of('a', h), .role = "user",
-                           .now = 5000};
+    store_key_new again = { .id = "key_e", .name = "e", .hash = hash_of('a', h), .role = "user", .now = 5000 };
     assert_int_equal(store_key_create(s, &again), CHAT_ECONFLICT);
     store_close(s);
 }
@@ -784,18 +774,18 @@ static void test_keys_touch(void **state)
     char h[STORE_KEY_HASH_LEN + 1];
     create_key(s, "key_t", "t", 't', "user", 100);
     store_key k;
-#define LAST_USED(want)                                                             \
-    do {                                                                            \
-        assert_int_equal(store_key_find_by_hash(s, hash_of('t', h), &k), CHAT_OK);  \
-        assert_int_equal(k.last_used_at, want);                                     \
-        store_key_clear(&k);                                                        \
+#define LAST_USED(want)                                                            \
+    do {                                                                           \
+        assert_int_equal(store_key_find_by_hash(s, hash_of('t', h), &k), CHAT_OK); \
+        assert_int_equal(k.last_used_at, want);                                    \
+        store_key_clear(&k);                                                       \
     } while (0)
     /* SQLite: PRAGMA data_version on another connection changes when the store
      * commits a write. PostgreSQL: the key row's xmin changes when a new version
      * of it is written. Either tells a touch that wrote from one that did not. */
     rawdb *db = raw_open_db(f->path, false);
-    const char *version_sql = tdb_pg() ? "SELECT xmin::text::bigint FROM api_keys WHERE id = 'key_t'"
-                                       : "PRAGMA data_version";
+    const char *version_sql =
+        tdb_pg() ? "SELECT xmin::text::bigint FROM api_keys WHERE id = 'key_t'" : "PRAGMA data_version";
     int64_t v0 = scalar(db, version_sql);
     LAST_USED(0);
     assert_int_equal(store_key_touch(s, "key_t", 1000), CHAT_OK);
@@ -829,12 +819,12 @@ static void test_keys_usage(void **state)
 
     store_turn t = make_turn("a", "tok", 1000);
     t.owner = "key_1";
-    t.usage = (store_usage){10, 20, 30, 40};
+    t.usage = (store_usage){ 10, 20, 30, 40 };
     t.cost_micros = 500;
     lock_and_commit(s, t, NULL);
     t = make_turn("a", "tok", 1100);
     t.owner = "key_1";
-    t.usage = (store_usage){1, -1, 2, -1}; /* unknown parts count as 0 */
+    t.usage = (store_usage){ 1, -1, 2, -1 }; /* unknown parts count as 0 */
     t.cost_micros = 5;
     lock_and_commit(s, t, NULL);
     t = make_turn("b", "tok", 1200);
@@ -989,12 +979,12 @@ static void test_url_synchronous_option(void **state)
     store_close(s);
     snprintf(url, sizeof url, "%s?synchronous=full", f->url);
     s = open_url(url);
-    store_session sess = {0};
+    store_session sess = { 0 };
     assert_int_equal(store_session_get(s, "sync", &sess), CHAT_OK);
     assert_int_equal(sess.turn_count, 1);
     store_session_clear(&sess);
     store_close(s);
-    const char *bad[] = {"?synchronous=off", "?journal=wal", "?", "?synchronous=normal&x=1"};
+    const char *bad[] = { "?synchronous=off", "?journal=wal", "?", "?synchronous=normal&x=1" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(url, sizeof url, "%s%s", f->url, bad[i]);
         s = NULL;
@@ -1014,7 +1004,7 @@ static void test_keys_session_count(void **state)
     create_key(s, "key_2", "two", '2', "user", 20);
     assert_int_equal(store_key_session_count(s, "key_1", &n), CHAT_OK);
     assert_int_equal(n, 0);
-    const char *sids[] = {"a", "b", "c"};
+    const char *sids[] = { "a", "b", "c" };
     for (int i = 0; i < 3; i++) {
         store_turn t = make_turn(sids[i], "tok", 1000 + i);
         t.owner = i < 2 ? "key_1" : "key_2";
@@ -1063,6 +1053,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
     };
     /* About SQLite itself: its URL options, and its migrations on an old file. */
-    static const char *const sqlite_only[] = {"test_url_synchronous_option", "test_migrate_from_v1", NULL};
+    static const char *const sqlite_only[] = { "test_url_synchronous_option", "test_migrate_from_v1", NULL };
     return tdb_run_tests("store_keys", tests, sizeof tests / sizeof tests[0], sqlite_only);
 }

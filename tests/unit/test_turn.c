@@ -62,20 +62,20 @@ typedef struct fx {
     llm_transport *llm;
     turn_engine *e;
     /* the store seam */
-    bool inline_store;          /* env.submit NULL: the production store_submit */
-    store_op_kind hold_kind;    /* hold the hold_nth operation of this kind (0: none) */
+    bool inline_store;       /* env.submit NULL: the production store_submit */
+    store_op_kind hold_kind; /* hold the hold_nth operation of this kind (0: none) */
     int hold_nth;
     int seen_of_kind;
-    store_op_kind fail_kind;    /* operations of this kind complete with CHAT_EUNAVAIL, not run (0: none) */
-    pend held;                  /* the held operation, op NULL when none */
-    pend queue[MAX_OPS];        /* completed on the next loop turn */
+    store_op_kind fail_kind; /* operations of this kind complete with CHAT_EUNAVAIL, not run (0: none) */
+    pend held;               /* the held operation, op NULL when none */
+    pend queue[MAX_OPS];     /* completed on the next loop turn */
     int nq;
     struct event *pump;
     store_op_kind kinds[MAX_OPS]; /* every operation submitted, in order */
     int nkinds;
     /* the sink */
-    turn *t;                    /* the running turn, NULL once it ended */
-    char events[256];           /* 'S' on_start, 'D' on_delta, 'd' on_done, 'e' on_error */
+    turn *t;          /* the running turn, NULL once it ended */
+    char events[256]; /* 'S' on_start, 'D' on_delta, 'd' on_done, 'e' on_error */
     int nev;
     char text[8192];
     size_t len;
@@ -84,7 +84,7 @@ typedef struct fx {
     char res_text[8192];
     int64_t res_turn_count;
     int64_t res_message_id;
-    bool cancel_in_done;        /* break the contract: turn_cancel inside on_done (fatal) */
+    bool cancel_in_done; /* break the contract: turn_cancel inside on_done (fatal) */
 } fx;
 
 /* ---- the store seam ---- */
@@ -119,7 +119,7 @@ static void fx_submit(void *ctx, store_op *op, store_op_cb cb, void *ud)
     fx *f = ctx;
     assert_true(f->nkinds < MAX_OPS);
     f->kinds[f->nkinds++] = op->kind;
-    pend p = {op, cb, ud};
+    pend p = { op, cb, ud };
     if (op->kind == f->hold_kind && ++f->seen_of_kind == f->hold_nth) {
         assert_null(f->held.op);
         f->held = p;
@@ -127,7 +127,7 @@ static void fx_submit(void *ctx, store_op *op, store_op_cb cb, void *ud)
     }
     assert_true(f->nq < MAX_OPS);
     f->queue[f->nq++] = p;
-    struct timeval now = {0, 0};
+    struct timeval now = { 0, 0 };
     evtimer_add(f->pump, &now);
 }
 
@@ -188,7 +188,7 @@ static void sink_error(void *ud, const turn_error *err)
     f->t = NULL;
 }
 
-static const turn_sink SINK = {sink_start, sink_delta, sink_done, sink_error};
+static const turn_sink SINK = { sink_start, sink_delta, sink_done, sink_error };
 
 /* The sink's contract: on_start at most once and before any delta; exactly
  * one end (end 'd' or 'e'), last; or none (end 0: the consumer left). */
@@ -242,7 +242,7 @@ static const char MODELS[] =
 
 typedef struct fx_opts {
     bool inline_store;
-    bool drop_partial;          /* CANCEL_POLICY=drop */
+    bool drop_partial; /* CANCEL_POLICY=drop */
     int64_t max_sessions_per_key;
 } fx_opts;
 
@@ -337,23 +337,23 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Runs the loop until cond holds; fails the test after max_ms. */
-#define RUN_UNTIL(f, cond, max_ms)                                                                            \
-    do {                                                                                                      \
-        bool expired_ = false;                                                                                \
-        struct event *wd_ = evtimer_new((f)->base, watchdog_cb, &expired_);                                   \
-        struct timeval tv_ = {(max_ms) / 1000, ((max_ms) % 1000) * 1000};                                     \
-        evtimer_add(wd_, &tv_);                                                                               \
-        while (!(cond) && !expired_)                                                                          \
-            event_base_loop((f)->base, EVLOOP_ONCE);                                                          \
-        event_free(wd_);                                                                                      \
-        if (!(cond))                                                                                          \
-            fail_msg("timed out waiting for %s (events \"%s\")", #cond, (f)->events);                        \
+#define RUN_UNTIL(f, cond, max_ms)                                                    \
+    do {                                                                              \
+        bool expired_ = false;                                                        \
+        struct event *wd_ = evtimer_new((f)->base, watchdog_cb, &expired_);           \
+        struct timeval tv_ = { (max_ms) / 1000, ((max_ms) % 1000) * 1000 };           \
+        evtimer_add(wd_, &tv_);                                                       \
+        while (!(cond) && !expired_)                                                  \
+            event_base_loop((f)->base, EVLOOP_ONCE);                                  \
+        event_free(wd_);                                                              \
+        if (!(cond))                                                                  \
+            fail_msg("timed out waiting for %s (events \"%s\")", #cond, (f)->events); \
     } while (0)
 
 /* Runs the loop for ms: lets fire-and-forget writes and the server settle. */
 static void run_for(fx *f, int ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
     event_base_loopexit(f->base, &tv);
     event_base_dispatch(f->base);
 }
@@ -417,7 +417,7 @@ static void seed_turn(fx *f, const char *session)
         .assistant_content = "Earlier answer",
         .status = "complete",
         .user_tokens = -1,
-        .usage = {5, 3, -1, -1},
+        .usage = { 5, 3, -1, -1 },
         .lock_token = "seed",
         .now = now,
     };
@@ -439,30 +439,30 @@ static int count_kind(const fx *f, store_op_kind k)
 /* Two deltas, then the provider goes silent (the turn stays in TURN_CALLING). */
 static const script STREAM_HANG = {
     .status = 200,
-    .headers = {SSE_CT},
-    .chunks = {EV_START, EV_BLOCK, EV_DELTA("Partial "), EV_DELTA("reply")},
+    .headers = { SSE_CT },
+    .chunks = { EV_START, EV_BLOCK, EV_DELTA("Partial "), EV_DELTA("reply") },
     .chunk_delay_ms = 2,
     .end = END_HANG,
 };
 
 static const script OVERLOADED_529 = {
     .status = 529,
-    .headers = {JSON_CT},
+    .headers = { JSON_CT },
     .head_delay_ms = 20,
     .body = ERR_BODY("overloaded_error", "Overloaded"),
 };
 
 static const script BAD_REQUEST_400 = {
     .status = 400,
-    .headers = {JSON_CT},
+    .headers = { JSON_CT },
     .head_delay_ms = 20,
     .body = ERR_BODY("invalid_request_error", "max_tokens: too large"),
 };
 
 static const script ERROR_AFTER_DELTA = {
     .status = 200,
-    .headers = {SSE_CT},
-    .chunks = {EV_START, EV_BLOCK, EV_DELTA("Hi"), EV_ERROR("overloaded_error", "Overloaded")},
+    .headers = { SSE_CT },
+    .chunks = { EV_START, EV_BLOCK, EV_DELTA("Hi"), EV_ERROR("overloaded_error", "Overloaded") },
     .chunk_delay_ms = 2,
 };
 
@@ -474,7 +474,7 @@ static void test_done_inline_store(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){.inline_store = true});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ .inline_store = true });
     turn_params p = params("s1", "req-1", "Hello?");
     start(&f, &p);
     RUN_UNTIL(&f, f.t == NULL, 3000);
@@ -496,7 +496,7 @@ static void test_load_steps_and_history(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
     turn_params p = params("s1", "req-1", "First");
     p.owner = "key_1";
     p.see_all = false; /* the ownership check comes first */
@@ -504,8 +504,8 @@ static void test_load_steps_and_history(void **state)
     assert_int_equal(turn_get_state(f.t), TURN_QUEUED);
     RUN_UNTIL(&f, f.t == NULL, 3000);
     assert_sequence(&f, 'd');
-    static const store_op_kind first[] = {STORE_OP_SESSION_GET, STORE_OP_LOCK_ACQUIRE, STORE_OP_SESSION_GET,
-                                          STORE_OP_TURN_COMMIT};
+    static const store_op_kind first[] = { STORE_OP_SESSION_GET, STORE_OP_LOCK_ACQUIRE, STORE_OP_SESSION_GET,
+                                           STORE_OP_TURN_COMMIT };
     assert_int_equal(f.nkinds, 4);
     assert_memory_equal(f.kinds, first, sizeof first);
 
@@ -519,8 +519,8 @@ static void test_load_steps_and_history(void **state)
     start(&f, &p);
     RUN_UNTIL(&f, f.t == NULL, 3000);
     assert_sequence(&f, 'd');
-    static const store_op_kind second[] = {STORE_OP_SESSION_GET, STORE_OP_LOCK_ACQUIRE, STORE_OP_SESSION_GET,
-                                           STORE_OP_MESSAGES_LIST, STORE_OP_TURN_COMMIT};
+    static const store_op_kind second[] = { STORE_OP_SESSION_GET, STORE_OP_LOCK_ACQUIRE, STORE_OP_SESSION_GET,
+                                            STORE_OP_MESSAGES_LIST, STORE_OP_TURN_COMMIT };
     assert_int_equal(f.nkinds, 5);
     assert_memory_equal(f.kinds, second, sizeof second);
     assert_int_equal(f.res_turn_count, 2);
@@ -538,7 +538,7 @@ static void test_load_steps_and_history(void **state)
 static void gone_while_waiting(store_op_kind kind, int nth, turn_state waiting, bool seeded, bool owner)
 {
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){.max_sessions_per_key = owner ? 10 : 0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ .max_sessions_per_key = owner ? 10 : 0 });
     if (seeded)
         seed_turn(&f, "s1");
     const char *before = seeded ? "user:complete:Earlier question|assistant:complete:Earlier answer" : "";
@@ -593,7 +593,7 @@ static void test_gone_during_lock(void **state)
 static void gone_during_call(bool drop)
 {
     fx f;
-    fx_init(&f, &STREAM_HANG, 1, (fx_opts){.drop_partial = drop});
+    fx_init(&f, &STREAM_HANG, 1, (fx_opts){ .drop_partial = drop });
     idem_begin(&f, "k1", "req-1", "s1");
     turn_params p = params("s1", "req-1", "Tell me");
     p.idem_scope = "";
@@ -631,7 +631,7 @@ static void test_gone_during_commit(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
     f.hold_kind = STORE_OP_TURN_COMMIT;
     f.hold_nth = 1;
     idem_begin(&f, "k1", "req-1", "s1");
@@ -659,9 +659,9 @@ static void test_gone_during_commit(void **state)
 static void test_fallback_after_renewal(void **state)
 {
     (void)state;
-    static const script sc[] = {OVERLOADED_529, STREAM_OK};
+    static const script sc[] = { OVERLOADED_529, STREAM_OK };
     fx f;
-    fx_init(&f, sc, 2, (fx_opts){0});
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
     idem_begin(&f, "k1", "req-1", "s1");
     turn_params p = params("s1", "req-1", "Hello?");
     p.idem_scope = "";
@@ -673,8 +673,8 @@ static void test_fallback_after_renewal(void **state)
     assert_string_equal(f.res_model, "backup");
     assert_int_equal(f.s.nreq, 2);
     assert_non_null(strstr(f.s.body, "\"model\":\"backup-id\""));
-    static const store_op_kind kinds[] = {STORE_OP_LOCK_ACQUIRE, STORE_OP_SESSION_GET, STORE_OP_LOCK_REFRESH,
-                                          STORE_OP_IDEM_REFRESH, STORE_OP_TURN_COMMIT};
+    static const store_op_kind kinds[] = { STORE_OP_LOCK_ACQUIRE, STORE_OP_SESSION_GET, STORE_OP_LOCK_REFRESH,
+                                           STORE_OP_IDEM_REFRESH, STORE_OP_TURN_COMMIT };
     assert_int_equal(f.nkinds, 5);
     assert_memory_equal(f.kinds, kinds, sizeof kinds);
     store_session sess;
@@ -691,9 +691,9 @@ static void test_fallback_after_renewal(void **state)
 static void test_gone_during_renewal(void **state)
 {
     (void)state;
-    static const script sc[] = {OVERLOADED_529, STREAM_OK};
+    static const script sc[] = { OVERLOADED_529, STREAM_OK };
     fx f;
-    fx_init(&f, sc, 2, (fx_opts){0});
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
     f.hold_kind = STORE_OP_LOCK_REFRESH;
     f.hold_nth = 1;
     turn_params p = params("s1", "req-1", "Hello?");
@@ -717,7 +717,7 @@ static void test_shutdown_during_load(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
     seed_turn(&f, "s1");
     f.hold_kind = STORE_OP_MESSAGES_LIST;
     f.hold_nth = 1;
@@ -749,7 +749,7 @@ static void test_shutdown_during_call(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_HANG, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_HANG, 1, (fx_opts){ 0 });
     turn_params p = params("s1", "req-1", "Tell me");
     start(&f, &p);
     RUN_UNTIL(&f, f.len == strlen("Partial reply"), 3000);
@@ -769,7 +769,7 @@ static void test_shutdown_during_commit(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
     f.hold_kind = STORE_OP_TURN_COMMIT;
     f.hold_nth = 1;
     turn_params p = params("s1", "req-1", "Hello?");
@@ -792,7 +792,7 @@ static void test_error_before_delta(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &BAD_REQUEST_400, 1, (fx_opts){0});
+    fx_init(&f, &BAD_REQUEST_400, 1, (fx_opts){ 0 });
     idem_begin(&f, "k1", "req-1", "s1");
     turn_params p = params("s1", "req-1", "Hello?");
     p.idem_scope = "";
@@ -818,9 +818,9 @@ static void test_error_before_delta(void **state)
 static void test_error_after_delta(void **state)
 {
     (void)state;
-    static const script sc[] = {ERROR_AFTER_DELTA, STREAM_OK};
+    static const script sc[] = { ERROR_AFTER_DELTA, STREAM_OK };
     fx f;
-    fx_init(&f, sc, 2, (fx_opts){0});
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
     seed_turn(&f, "s1");
     turn_params p = params("s1", "req-1", "Hello?");
     p.see_all = true;
@@ -844,7 +844,7 @@ static void test_idempotency_complete_and_release(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
     idem_begin(&f, "k1", "req-1", "s1");
     turn_params p = params("s1", "req-1", "Hello?");
     p.idem_scope = "";
@@ -887,8 +887,8 @@ static void test_refused_before_the_call(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){.max_sessions_per_key = 1});
-    store_key_new key = {.id = "key_1", .name = "one", .hash = HASH, .role = "user", .now = chat_now_ms()};
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ .max_sessions_per_key = 1 });
+    store_key_new key = { .id = "key_1", .name = "one", .hash = HASH, .role = "user", .now = chat_now_ms() };
     assert_int_equal(store_key_create(f.db, &key), CHAT_OK);
     seed_turn(&f, "s1"); /* key_1's one session */
 
@@ -950,11 +950,11 @@ static void test_refused_before_the_call(void **state)
 /* The database failing a step: during the load (503, nothing called), the
  * lease renewal before a fallback (the provider's error, no second call), the
  * commit (503, nothing stored). The lock is given back each time. */
-static void store_fails(store_op_kind kind, const script *sc, int nsc, const char *events, int status,
-                        const char *type, int nreq)
+static void store_fails(store_op_kind kind, const script *sc, int nsc, const char *events, int status, const char *type,
+                        int nreq)
 {
     fx f;
-    fx_init(&f, sc, nsc, (fx_opts){0});
+    fx_init(&f, sc, nsc, (fx_opts){ 0 });
     seed_turn(&f, "s1");
     f.fail_kind = kind;
     turn_params p = params("s1", "req-1", "Hello?");
@@ -974,7 +974,7 @@ static void store_fails(store_op_kind kind, const script *sc, int nsc, const cha
 static void test_store_errors(void **state)
 {
     (void)state;
-    static const script fallback[] = {OVERLOADED_529, STREAM_OK};
+    static const script fallback[] = { OVERLOADED_529, STREAM_OK };
     store_fails(STORE_OP_MESSAGES_LIST, &STREAM_OK, 1, "e", 503, "database_unavailable", 0);
     store_fails(STORE_OP_LOCK_REFRESH, fallback, 2, "Se", 503, "provider_overloaded", 1);
     store_fails(STORE_OP_TURN_COMMIT, &STREAM_OK, 1, "SDDDDe", 503, "database_unavailable", 1);
@@ -984,9 +984,9 @@ static void test_store_errors(void **state)
 static void test_ephemeral_fallback(void **state)
 {
     (void)state;
-    static const script sc[] = {OVERLOADED_529, STREAM_OK};
+    static const script sc[] = { OVERLOADED_529, STREAM_OK };
     fx f;
-    fx_init(&f, sc, 2, (fx_opts){0});
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
     turn_params p = params(NULL, "req-1", "Hello?");
     p.model = "primary";
     start(&f, &p);
@@ -1006,7 +1006,7 @@ static void test_commit_refused(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){0});
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
     f.hold_kind = STORE_OP_TURN_COMMIT;
     f.hold_nth = 1;
     idem_begin(&f, "k1", "req-1", "s1");
@@ -1037,11 +1037,10 @@ static void test_merge_same_role(void **state)
 {
     (void)state;
     fx f;
-    fx_init(&f, &STREAM_OK, 1, (fx_opts){.inline_store = true});
-    static const llm_message small[] = {{"assistant", "dropped: not after a user message"},
-                                        {"user", "a"},
-                                        {"assistant", ""},
-                                        {"user", "b"}};
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ .inline_store = true });
+    static const llm_message small[] = {
+        { "assistant", "dropped: not after a user message" }, { "user", "a" }, { "assistant", "" }, { "user", "b" }
+    };
     turn_params p = params(NULL, "req-1", "c");
     p.history = small;
     p.n_history = 4;
@@ -1053,7 +1052,7 @@ static void test_merge_same_role(void **state)
     enum { N = 100000 };
     llm_message *many = calloc(N, sizeof *many);
     for (size_t i = 0; i < N; i++)
-        many[i] = (llm_message){"user", "hello world"};
+        many[i] = (llm_message){ "user", "hello world" };
     f.nev = 0;
     f.events[0] = '\0';
     p = params(NULL, "req-2", "last");
@@ -1083,7 +1082,7 @@ static void test_bad_state_aborts(void **state)
     assert_true(pid >= 0);
     if (pid == 0) {
         fx f;
-        fx_init(&f, &STREAM_OK, 1, (fx_opts){.inline_store = true});
+        fx_init(&f, &STREAM_OK, 1, (fx_opts){ .inline_store = true });
         f.cancel_in_done = true;
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0)

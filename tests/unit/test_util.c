@@ -19,8 +19,8 @@ static void test_valid_id(void **state)
     max[128] = '\0';
     memset(over, 'a', 129);
     over[129] = '\0';
-    const char *good[] = {"a", "test-1", "A.b_c:d-e", "0", "session-abc123", max};
-    const char *bad[] = {"", "a b", "a/b", "a%2Fb", "ü", "a\tb", "a\nb", "x?y", "<script>", over, NULL};
+    const char *good[] = { "a", "test-1", "A.b_c:d-e", "0", "session-abc123", max };
+    const char *bad[] = { "", "a b", "a/b", "a%2Fb", "ü", "a\tb", "a\nb", "x?y", "<script>", over, NULL };
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         assert_true(chat_valid_id(good[i]));
     for (size_t i = 0; bad[i]; i++)
@@ -61,13 +61,13 @@ static void test_time_formats(void **state)
 static void test_utf8_trim(void **state)
 {
     (void)state;
-    char a[] = "caf\xc3\xa9";       /* complete: unchanged */
+    char a[] = "caf\xc3\xa9"; /* complete: unchanged */
     chat_utf8_trim(a);
     assert_string_equal(a, "caf\xc3\xa9");
-    char b[] = "caf\xc3";           /* a cut 2-byte sequence */
+    char b[] = "caf\xc3"; /* a cut 2-byte sequence */
     chat_utf8_trim(b);
     assert_string_equal(b, "caf");
-    char c[] = "x\xf0\x9f\x8e";     /* a cut 4-byte sequence */
+    char c[] = "x\xf0\x9f\x8e"; /* a cut 4-byte sequence */
     chat_utf8_trim(c);
     assert_string_equal(c, "x");
     char d[] = "x\xf0\x9f\x8e\x89"; /* complete 4-byte */
@@ -89,21 +89,21 @@ static void escaped(const char *in, size_t len, const char *want)
 static void test_utf8_escape(void **state)
 {
     (void)state;
-    escaped("/v1/caf\xc3\xa9", 9, "/v1/caf\xc3\xa9");        /* valid: unchanged */
-    escaped("/v1/\xff", 5, "/v1/\\xff");                      /* a byte that never starts UTF-8 */
-    escaped("\x80\xbf", 2, "\\x80\\xbf");                     /* stray continuation bytes */
-    escaped("\xc0\xaf", 2, "\\xc0\\xaf");                     /* overlong '/' */
-    escaped("\xe0\x80\xaf", 3, "\\xe0\\x80\\xaf");            /* overlong 3-byte */
-    escaped("\xf0\x80\x80\xaf", 4, "\\xf0\\x80\\x80\\xaf");   /* overlong 4-byte */
-    escaped("\xed\xa0\x80", 3, "\\xed\\xa0\\x80");            /* a surrogate */
-    escaped("\xf4\x90\x80\x80", 4, "\\xf4\\x90\\x80\\x80");   /* above U+10FFFF */
-    escaped("a\xe2\x82", 3, "a\\xe2\\x82");                   /* cut short */
-    escaped("a\x01\x7f", 3, "a\x01\x7f");                     /* control characters are valid UTF-8 */
-    escaped("a\0b", 3, "a\\x00b");                            /* NUL */
-    escaped("\xf0\x9f\x8e\x89!", 5, "\xf0\x9f\x8e\x89!");        /* 4-byte */
+    escaped("/v1/caf\xc3\xa9", 9, "/v1/caf\xc3\xa9");       /* valid: unchanged */
+    escaped("/v1/\xff", 5, "/v1/\\xff");                    /* a byte that never starts UTF-8 */
+    escaped("\x80\xbf", 2, "\\x80\\xbf");                   /* stray continuation bytes */
+    escaped("\xc0\xaf", 2, "\\xc0\\xaf");                   /* overlong '/' */
+    escaped("\xe0\x80\xaf", 3, "\\xe0\\x80\\xaf");          /* overlong 3-byte */
+    escaped("\xf0\x80\x80\xaf", 4, "\\xf0\\x80\\x80\\xaf"); /* overlong 4-byte */
+    escaped("\xed\xa0\x80", 3, "\\xed\\xa0\\x80");          /* a surrogate */
+    escaped("\xf4\x90\x80\x80", 4, "\\xf4\\x90\\x80\\x80"); /* above U+10FFFF */
+    escaped("a\xe2\x82", 3, "a\\xe2\\x82");                 /* cut short */
+    escaped("a\x01\x7f", 3, "a\x01\x7f");                   /* control characters are valid UTF-8 */
+    escaped("a\0b", 3, "a\\x00b");                          /* NUL */
+    escaped("\xf0\x9f\x8e\x89!", 5, "\xf0\x9f\x8e\x89!");   /* 4-byte */
     escaped("", 0, "");
     for (unsigned b = 0x80; b <= 0xff; b++) {
-        char in[2] = {(char)b, 0};
+        char in[2] = { (char)b, 0 };
         json_t *j = chat_json_text(in);
         assert_non_null(j);
         char want[8];
@@ -133,12 +133,8 @@ static void test_clocks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid_id),
-        cmocka_unit_test(test_random_id),
-        cmocka_unit_test(test_time_formats),
-        cmocka_unit_test(test_utf8_trim),
-        cmocka_unit_test(test_utf8_escape),
-        cmocka_unit_test(test_clocks),
+        cmocka_unit_test(test_valid_id),  cmocka_unit_test(test_random_id),   cmocka_unit_test(test_time_formats),
+        cmocka_unit_test(test_utf8_trim), cmocka_unit_test(test_utf8_escape), cmocka_unit_test(test_clocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
