@@ -220,14 +220,14 @@ test('self-check: parity catches a route added to router.c, or an operation adde
 
   // A route removed from the table (its line deleted).
   const lines = routerSrc.split('\n');
-  const idx = lines.findIndex((l) => /^\s*\{HTTP_[A-Z_| ]+,\s*"\/v1\/sessions\/\{\}\/reset"/.test(l));
+  const idx = lines.findIndex((l) => /^\s*\{\s*HTTP_[A-Z_| ]+,\s*"\/v1\/sessions\/\{\}\/reset"/.test(l));
   assert.ok(idx >= 0, 'router.c no longer has the /v1/sessions/{}/reset line the self-check removes');
   lines.splice(idx, 1);
   const d3 = parityDiff(routerKeys(lines.join('\n')), documentKeys(doc));
   assert.match(d3, /- POST \/v1\/sessions\/\{\}\/reset/);
 
   // An entry the parser cannot read fails instead of being skipped.
-  assert.throws(() => parseRouter(routerSrc.replace('{HTTP_GET, "/"', '{api_flags(), "/"')), /cannot parse route entry/);
+  assert.throws(() => parseRouter(routerSrc.replace(/\{\s*HTTP_GET, "\/"/, '{api_flags(), "/"')), /cannot parse route entry/);
 });
 
 // ---------- header conventions ----------
