@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/util.h"
 #include "core/buf.h"
 
 struct metrics_child {
@@ -102,40 +103,6 @@ static bool valid_label_name(const char *s)
     return true;
 }
 
-/* Length of the valid UTF-8 sequence starting at s (at most n bytes available),
- * or 0 if the bytes there are not valid UTF-8 (overlong forms, surrogates and
- * code points above U+10FFFF are invalid). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 /* Copies v into out (METRICS_MAX_VALUE_LEN + 1 bytes): NULL -> "", cut at
  * METRICS_MAX_VALUE_LEN bytes, invalid UTF-8 bytes -> '?'. A sequence cut by
  * the length limit counts as invalid, so the result is always valid UTF-8. */
@@ -147,7 +114,7 @@ static void normalise_value(const char *v, char *out)
         const unsigned char *s = (const unsigned char *)v;
         size_t i = 0;
         while (i < len) {
-            size_t k = utf8_seq(s + i, len - i);
+            size_t k = chat_utf8_seq(s + i, len - i);
             if (k == 0) {
                 out[n++] = '?';
                 i++;

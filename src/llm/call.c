@@ -203,35 +203,6 @@ struct curl_slist *llm_slist_add(struct curl_slist *l, const char *line)
     return n;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    if (s[0] < 0x80)
-        return 1;
-    size_t len;
-    unsigned min;
-    unsigned cp;
-    if ((s[0] & 0xE0) == 0xC0) {
-        len = 2, min = 0x80, cp = s[0] & 0x1F;
-    } else if ((s[0] & 0xF0) == 0xE0) {
-        len = 3, min = 0x800, cp = s[0] & 0x0F;
-    } else if ((s[0] & 0xF8) == 0xF0) {
-        len = 4, min = 0x10000, cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return len;
-}
-
 char *llm_strndup_utf8(const char *s, size_t max)
 {
     size_t n = strlen(s);
@@ -294,7 +265,7 @@ char *llm_excerpt(const char *body, size_t len, size_t max)
             i++;
             continue;
         }
-        size_t sl = utf8_seq(s + i, len - i);
+        size_t sl = chat_utf8_seq(s + i, len - i);
         size_t need = (sl ? sl : 1) + (space ? 1 : 0);
         if (o + need > max)
             break;
