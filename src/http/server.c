@@ -47,6 +47,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "http/head_check.h"
 #include "http/metrics.h"
 
 /*
@@ -76,12 +77,7 @@ typedef struct conn_track {
     bool refuse_pending;            /* refused past the cap, the 503 not yet written (linked in refusing) */
     struct conn_track *refuse_next; /* next in the server's refusing list */
     atomic_int *count;              /* the shared open-connection count it was added to, or NULL */
-    /* The raw check of a request head (head_scan): evhttp joins folded header
-     * lines and cuts values at a NUL, so both are only visible in the bytes. */
-    bool scan_head;         /* the bytes arriving now belong to a request head */
-    bool head_first_line;   /* still before the end of the request line */
-    size_t head_line_len;   /* bytes of the current line so far (CR not counted) */
-    const char *head_error; /* what the check found (static text): 400 at dispatch */
+    http_head_check head;           /* the raw check of the request head arriving (head_check.h): 400 at dispatch */
 } conn_track;
 
 /* Pause of the listener after a failed accept() (EMFILE and the like). */
@@ -307,10 +303,8 @@ static void req_end(http_req *r)
         /* The next head is checked when it starts with the next bytes to
          * arrive; pipelined bytes already read are not (they may be anywhere
          * in a request), evhttp's own parsing still applies to them. */
-        t->scan_head = evbuffer_get_length(bufferevent_get_input(t->bev)) == 0;
-        t->head_first_line = true;
-        t->head_line_len = 0;
-        t->head_error = NULL;
+        http_head_check_begin(&t->head);
+        t->head.scanning = evbuffer_get_length(bufferevent_get_input(t->bev)) == 0;
         r->track = NULL;
     }
     r->ended = true;
@@ -464,7 +458,7 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     if (r->evcon)
         evhttp_connection_set_closecb(r->evcon, on_conn_close, r);
 
-    const char *bad = r->track && r->track->head_error ? r->track->head_error : framing_error(req);
+    const char *bad = r->track && r->track->head.error ? r->track->head.error : framing_error(req);
     if (bad) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         http_req_log_set(r, "error", json_string(bad));
@@ -758,49 +752,17 @@ void http_stream_end(http_req *r)
 
 static void release_closed(http_server *srv);
 
-/* Checks len bytes of a request head as they arrive: a NUL or another control
- * character (HTAB aside) anywhere, or a header line starting with a space or
- * a tab (obsolete line folding, which RFC 9112 lets a server reject, and which
- * proxies disagree about), sets head_error; the blank line ends the check. */
-static void head_scan(conn_track *t, const unsigned char *p, size_t len)
-{
-    for (size_t i = 0; i < len && t->scan_head; i++) {
-        unsigned char c = p[i];
-        if (c == '\n') {
-            if (t->head_line_len == 0 && !t->head_first_line) {
-                t->scan_head = false; /* the end of the head: the body is not ours to check */
-                return;
-            }
-            if (t->head_line_len > 0)
-                t->head_first_line = false; /* (blank lines before the request line are skipped) */
-            t->head_line_len = 0;
-            continue;
-        }
-        if (c == '\r')
-            continue;
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            t->head_error = "control character in the request head";
-        else if (t->head_line_len == 0 && !t->head_first_line && (c == ' ' || c == '\t'))
-            t->head_error = "obsolete line folding in the request head";
-        if (t->head_error) {
-            t->scan_head = false;
-            return;
-        }
-        t->head_line_len++;
-    }
-}
-
 /* Bytes were read into a connection's input buffer, before evhttp parses them. */
 static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     conn_track *t = arg;
-    if (!t->scan_head || info->n_added == 0)
+    if (!t->head.scanning || info->n_added == 0)
         return;
     struct evbuffer_ptr pos;
     if (evbuffer_ptr_set(buf, &pos, info->orig_size, EVBUFFER_PTR_SET) != 0)
         return;
     size_t left = info->n_added;
-    while (left > 0 && t->scan_head) {
+    while (left > 0 && t->head.scanning) {
         struct evbuffer_iovec v[4];
         int n = evbuffer_peek(buf, (ev_ssize_t)left, &pos, v, 4);
         if (n <= 0)
@@ -808,7 +770,7 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
         size_t done = 0;
         for (int i = 0; i < n && i < 4 && left > 0; i++) {
             size_t k = v[i].iov_len < left ? v[i].iov_len : left;
-            head_scan(t, v[i].iov_base, k);
+            http_head_check_feed(&t->head, v[i].iov_base, k);
             left -= k;
             done += k;
         }
@@ -829,8 +791,7 @@ static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
     bufferevent_incref(bev);
     t->bev = bev;
     t->waiting_since = chat_mono_ms();
-    t->scan_head = true;
-    t->head_first_line = true;
+    http_head_check_begin(&t->head);
     evbuffer_add_cb(bufferevent_get_input(bev), on_input, t);
     atomic_int *count = srv->lim.open_connections;
     if (count) {
