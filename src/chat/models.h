@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "core/config.h"
 #include "core/rc.h"
 #include "llm/provider.h"
@@ -44,6 +46,19 @@ typedef struct chat_model {
     model_price price;
     char **fallbacks; /* names of models to try, in order */
     size_t n_fallbacks;
+    /* What the model accepts beyond plain text: models.json "features", a
+     * list of "tools", "vision", "structured_output" (a native JSON-schema
+     * mode; without it response_format json_schema goes through a forced
+     * tool), "thinking" (Anthropic extended thinking), "reasoning_effort". */
+    unsigned features;
+    /* models.json "temperature_max": the highest temperature the model takes
+     * (default 1 for Anthropic models, 2 for OpenAI-compatible ones). */
+    double temperature_max;
+    /* models.json "rejects" (and its provider's): option names
+     * (llm/content.h) the model refuses, e.g. ["temperature","top_p","top_k"]
+     * for Anthropic API version 2026-10-21. */
+    char **rejects;
+    size_t n_rejects;
     bool available;        /* its provider is configured (e.g. has a key) */
     const char *missing;   /* when not available: the variable to set */
     llm_provider provider; /* ready for llm_call_start; lives as long as the table */
@@ -69,6 +84,30 @@ const chat_model *models_default(const model_table *t);
 
 size_t models_count(const model_table *t);
 const chat_model *models_at(const model_table *t, size_t i);
+
+enum {
+    CHAT_MODEL_TOOLS = 1u << 0,
+    CHAT_MODEL_VISION = 1u << 1,
+    CHAT_MODEL_STRUCTURED_OUTPUT = 1u << 2,
+    CHAT_MODEL_THINKING = 1u << 3,
+    CHAT_MODEL_REASONING_EFFORT = 1u << 4,
+};
+
+/*
+ * Checks request options (llm/content.h) against what model m and its
+ * provider's wire format accept. Returns NULL when every option can be sent;
+ * else the name of the first refused option (a static string, e.g.
+ * "temperature") with why filled (one line naming the option, the value when
+ * it is out of range, and the model). Never clamps or rewrites a value.
+ */
+const char *models_check_options(const chat_model *m, const json_t *options, char *why, size_t whylen);
+
+/*
+ * Checks that m can read content (canonical blocks of a message): images need
+ * "vision", tool blocks "tools". Returns NULL, or the missing feature's name
+ * with why filled as above.
+ */
+const char *models_check_content(const chat_model *m, const json_t *content, char *why, size_t whylen);
 
 /* Cost in micro-dollars of usage on model m, rounded half up. Unknown (-1)
  * counts are treated as 0. */

@@ -342,7 +342,7 @@ static void keep_or_drop(turn *t, turn_stop why)
             free(t->idem_key);
             t->idem_key = NULL;
         }
-        llm_usage unknown = { -1, -1, -1, -1 };
+        llm_usage unknown = { -1, -1, -1, -1, -1 };
         submit_commit(t, chat_buf_str(&t->partial), "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
         /* the commit releases the lock, or its callback does */
     } else {

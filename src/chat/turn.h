@@ -111,6 +111,10 @@ typedef struct turn_env {
     int64_t lock_ttl_ms;               /* LOCK_TTL: the turn lock's and the Idempotency-Key lease's length */
     int64_t max_sessions_per_key;      /* MAX_SESSIONS_PER_KEY, 0 = no cap */
     bool keep_partial;                 /* CANCEL_POLICY=keep: a cancelled turn's partial reply is committed */
+    /* DROP_UNSUPPORTED_PARAMS=on: an option the model refuses is left out
+     * (named in turn_info.dropped) instead of failing the turn with 400
+     * unsupported_parameter. */
+    bool drop_unsupported;
 } turn_env;
 
 /* The turns of one loop: a copy of its env and the list of its running turns.
@@ -136,7 +140,18 @@ typedef struct turn_params {
     const char *session_id;     /* NULL: an ephemeral turn (no lock, no history, nothing stored) */
     const llm_message *history; /* ephemeral turns: the conversation before message (copied) */
     size_t n_history;
-    const char *message;
+    const char *message; /* the new user message's text (ignored when message_blocks is set) */
+    /* NULL, or the new user message as canonical blocks (llm/content.h):
+     * text and images, or the results of the previous reply's tool calls
+     * (tool_result blocks). A session whose last reply called tools accepts
+     * only a message that answers every one of those calls (400
+     * tool_results_required otherwise), and tool results answer nothing else
+     * (400 unexpected_tool_results). Borrowed: must outlive the turn_start call. */
+    const json_t *message_blocks;
+    /* NULL, or the request options (llm/content.h), checked against the
+     * answering model before the call (400 unsupported_parameter naming the
+     * option and the model, or dropped per env.drop_unsupported). Copied. */
+    const json_t *options;
     const char *system_prompt;  /* NULL: the session's, or DEFAULT_SYSTEM_PROMPT for a new session */
     const char *model;          /* NULL: the session's model, or CHAT_MODEL; unknown names: 400 */
     int max_tokens;             /* 0: MAX_TOKENS */
@@ -164,6 +179,7 @@ typedef struct turn_error {
 typedef struct turn_info {
     const char *session_id;
     const char *model;
+    const char *dropped; /* options left out (DROP_UNSUPPORTED_PARAMS), comma-separated, or NULL */
 } turn_info;
 
 typedef struct turn_result {
@@ -172,9 +188,16 @@ typedef struct turn_result {
     const char *text;
     size_t text_len;
     const char *stop_reason;
+    const char *stop_sequence; /* the stop sequence that ended the reply, when the provider said; else NULL */
+    /* The reply as canonical content (llm/content.h); never NULL. text above
+     * is its text (for structured output through a forced tool: the tool's
+     * input as JSON text). Borrowed during on_done. */
+    const json_t *content;
+    const char *dropped; /* as turn_info.dropped */
     store_usage usage;
-    int64_t cost_micros; /* what the turn cost on the answering model */
-    int64_t message_id;  /* the assistant message's id */
+    int64_t reasoning_tokens; /* of usage.output_tokens, spent thinking; -1 = not reported */
+    int64_t cost_micros;      /* what the turn cost on the answering model */
+    int64_t message_id;       /* the assistant message's id */
     int64_t turn_count;
     int64_t created_at; /* ms since epoch */
     int attempts;
@@ -192,6 +215,10 @@ typedef struct turn_sink {
     void (*on_done)(void *ud, const turn_result *res);
     /* The turn failed; nothing was committed. */
     void (*on_error)(void *ud, const turn_error *err);
+    /* Optional: when set, every reply event (llm/content.h, text included)
+     * comes here instead of on_delta, in stream order. Return true when the
+     * consumer is full, as on_delta. */
+    bool (*on_event)(void *ud, const llm_event *ev);
 } turn_sink;
 
 /*

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "core/rc.h"
+#include "llm/content.h"
 #include "llm/transport.h"
 
 typedef enum {
@@ -81,8 +82,11 @@ typedef struct llm_provider {
 } llm_provider;
 
 typedef struct llm_message {
-    const char *role; /* "user" or "assistant" */
-    const char *content;
+    const char *role;    /* "user" or "assistant" */
+    const char *content; /* plain text; ignored when blocks is set */
+    /* NULL, or the message's content as canonical blocks (llm/content.h): tool
+     * calls, tool results, images, thinking. Borrowed, like content. */
+    const json_t *blocks;
 } llm_message;
 
 typedef struct llm_request {
@@ -93,13 +97,27 @@ typedef struct llm_request {
     int max_tokens;
     bool stream;            /* use the provider's streaming mode */
     const char *request_id; /* ours, for logs; may be NULL */
+    /* NULL, or the request options (llm/content.h "Options"), already checked
+     * against the model (models_check_options). Each provider maps every key
+     * it is given; a key its wire format cannot carry makes the request
+     * unusable (llm_call_start: CHAT_EINVAL), never silently dropped. */
+    const json_t *options;
+    /* Structured output without a native mode (the model has no
+     * "structured_output" feature): the provider forces a tool named
+     * LLM_JSON_TOOL whose input_schema is the requested schema, and the
+     * parser turns that tool's input back into the reply's text. */
+    bool json_via_tool;
 } llm_request;
+
+/* The tool chatd forces for structured output on models without a native mode. */
+#define LLM_JSON_TOOL "json_output"
 
 typedef struct llm_usage {
     int64_t input_tokens; /* -1 = unknown */
     int64_t output_tokens;
     int64_t cache_read_tokens;
     int64_t cache_write_tokens;
+    int64_t reasoning_tokens; /* of output_tokens, those spent thinking; -1 = not reported */
 } llm_usage;
 
 typedef enum {
@@ -137,6 +155,14 @@ typedef struct llm_result {
      * token limit" is max_tokens / length. May be NULL. */
     const char *stop_reason;
     const char *model; /* model id reported by the provider, may be NULL */
+    /* The stop sequence that ended the reply, when the provider says which
+     * (Anthropic stop_sequence); NULL otherwise. */
+    const char *stop_sequence;
+    /* The whole reply as canonical content (llm/content.h): text, tool_use
+     * (input parsed to an object), thinking blocks (with their signature),
+     * in order; partial on error. Borrowed during on_done; never NULL (an
+     * empty array when nothing came). text above is its text blocks joined. */
+    const json_t *content;
     /* Fields -1 when the provider did not report them (an OpenAI stream cut
      * after its finish_reason but before the usage chunk is a success with
      * usage -1). input_tokens is always the UNCACHED input (Anthropic's
@@ -167,6 +193,12 @@ typedef struct llm_callbacks {
     /* Exactly once per call (unless cancelled). The call object is freed right
      * after on_done returns: do not touch it afterwards. */
     void (*on_done)(void *ud, const llm_result *res);
+    /* Optional. When set, every reply event (llm/content.h) goes here in
+     * stream order, text included, and on_delta is not called: a caller
+     * that renders only text sets on_delta, one that renders tool calls or
+     * thinking sets on_event. Same return values and pause semantics as
+     * on_delta (events held by a pause are delivered in order on resume). */
+    int (*on_event)(void *ud, const llm_event *ev);
 } llm_callbacks;
 
 typedef struct llm_call llm_call;

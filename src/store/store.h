@@ -89,10 +89,14 @@ typedef struct store_session {
 } store_session;
 
 typedef struct store_message {
-    int64_t id;  /* globally unique, increasing */
-    int64_t seq; /* position in its session: 1, 2, ... */
-    char *role;  /* "user" or "assistant" */
-    char *content;
+    int64_t id;    /* globally unique, increasing */
+    int64_t seq;   /* position in its session: 1, 2, ... */
+    char *role;    /* "user" or "assistant" */
+    char *content; /* the text (of a message with blocks: its text blocks joined, maybe "") */
+    /* NULL for a plain-text message, else the canonical content (llm/content.h)
+     * as JSON text: tool calls, tool results, images (whole: the store keeps
+     * each image once per content hash and puts it back on read), thinking. */
+    char *blocks;
     char *status;        /* "complete", or "incomplete" for a reply cut by a disconnect */
     char *model;         /* assistant messages: the model that answered; NULL for user messages */
     char *stop_reason;   /* assistant messages: provider stop reason, or NULL */
@@ -127,6 +131,10 @@ typedef struct store_turn {
     const char *session_model;
     const char *user_content;
     const char *assistant_content;
+    /* NULL, or the canonical content as JSON text (see store_message.blocks);
+     * user_content / assistant_content then hold its text. */
+    const char *user_blocks;
+    const char *assistant_blocks;
     const char *status;      /* "complete" or "incomplete" */
     const char *stop_reason; /* may be NULL */
     int64_t user_tokens;     /* -1 if unknown */

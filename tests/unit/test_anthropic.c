@@ -42,7 +42,9 @@ static const llm_provider *prov(void)
 static void test_body_exact(void **state)
 {
     (void)state;
-    llm_message msgs[] = { { "user", "Hello" }, { "assistant", "Hi \"there\"\n" }, { "user", "caf\xc3\xa9?" } };
+    llm_message msgs[] = { { "user", "Hello", NULL },
+                           { "assistant", "Hi \"there\"\n", NULL },
+                           { "user", "caf\xc3\xa9?", NULL } };
     llm_request req = { .model = "claude-sonnet-4-5",
                         .system = "You are terse.",
                         .messages = msgs,
@@ -61,7 +63,7 @@ static void test_body_exact(void **state)
 static void test_body_no_system_no_stream(void **state)
 {
     (void)state;
-    llm_message msgs[] = { { "user", "Hello" } };
+    llm_message msgs[] = { { "user", "Hello", NULL } };
     llm_request req = { .model = "m", .system = NULL, .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     char *b = llm_build_body(prov(), &req);
     assert_string_equal(b,
@@ -76,7 +78,7 @@ static void test_body_no_system_no_stream(void **state)
 static void test_body_invalid(void **state)
 {
     (void)state;
-    llm_message msgs[] = { { "user", "bad \xff utf8" } };
+    llm_message msgs[] = { { "user", "bad \xff utf8", NULL } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     assert_null(llm_build_body(prov(), &req));
     msgs[0].content = "ok";
@@ -137,7 +139,7 @@ static void test_cache_short_no_markers(void **state)
     (void)state;
     llm_provider p = *prov();
     p.prompt_caching = true; /* cache_min_tokens 0: the default, 1024 tokens */
-    llm_message msgs[] = { { "user", "Hello" }, { "assistant", "Hi there" }, { "user", "Next?" } };
+    llm_message msgs[] = { { "user", "Hello", NULL }, { "assistant", "Hi there", NULL }, { "user", "Next?", NULL } };
     llm_request req = {
         .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 64, .stream = true
     };
@@ -155,7 +157,7 @@ static void test_cache_long_system_and_previous_turn(void **state)
     llm_provider p = *prov();
     p.prompt_caching = true;
     p.cache_min_tokens = 4; /* 13 characters or more */
-    llm_message msgs[] = { { "user", "Hello" }, { "assistant", "Hi there" }, { "user", "Next?" } };
+    llm_message msgs[] = { { "user", "Hello", NULL }, { "assistant", "Hi there", NULL }, { "user", "Next?", NULL } };
     llm_request req = {
         .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 64, .stream = true
     };
@@ -177,7 +179,8 @@ static void test_cache_long_system_and_previous_turn(void **state)
     p.prompt_caching = true;
     llm_message many[21];
     for (int i = 0; i < 21; i++)
-        many[i] = (llm_message){ i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question" };
+        many[i] =
+            (llm_message){ i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question", NULL };
     req.messages = many;
     req.n_messages = 21;
     b = llm_build_body(&p, &req);
@@ -193,9 +196,9 @@ static void test_cache_min_length(void **state)
     llm_provider p = *prov();
     p.prompt_caching = true;
     /* system 14 chars (4 tokens); prefix through the assistant: 14 + 5 + 5 (é counts once) = 24 chars = 6 tokens. */
-    llm_message msgs[] = { { "user", "Hello" },
-                           { "assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9" },
-                           { "user", "Next?" } };
+    llm_message msgs[] = { { "user", "Hello", NULL },
+                           { "assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", NULL },
+                           { "user", "Next?", NULL } };
     llm_request req = { .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 8 };
 
     p.cache_min_tokens = 5; /* the system alone is too short, the prefix is long enough */

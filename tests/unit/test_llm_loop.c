@@ -213,7 +213,7 @@ static void tc_free(tc *c)
 
 static void tc_start(tc *c, bool stream)
 {
-    static const llm_message msgs[] = { { "user", "Hello" } };
+    static const llm_message msgs[] = { { "user", "Hello", NULL } };
     llm_request req = { .model = "claude-test",
                         .system = "Be brief.",
                         .messages = msgs,
@@ -1022,7 +1022,7 @@ static void test_invalid_start(void **state)
     static const script sc[] = { { .status = 200, .headers = { JSON_CT }, .body = "{}" } };
     tc c;
     tc_init(&c, sc, 1);
-    llm_message m = { "user", "hi" };
+    llm_message m = { "user", "hi", NULL };
     llm_request req = { .model = "m", .messages = &m, .n_messages = 1, .max_tokens = 5 };
     llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     llm_call *call = (llm_call *)&c;
@@ -1056,7 +1056,7 @@ static void test_two_calls(void **state)
     memset(&d, 0, sizeof d);
     d.base = c.base;
     d.retry_after_ms = -2;
-    static const llm_message msgs[] = { { "user", "Hello" } };
+    static const llm_message msgs[] = { { "user", "Hello", NULL } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
     llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     tc_start(&c, true);

@@ -38,9 +38,9 @@ static llm_provider prov(void)
 
 /* ---- request ---- */
 
-static const llm_message HISTORY[] = { { "user", "Hello" },
-                                       { "assistant", "Hi \"there\"\n" },
-                                       { "user", "caf\xc3\xa9?" } };
+static const llm_message HISTORY[] = { { "user", "Hello", NULL },
+                                       { "assistant", "Hi \"there\"\n", NULL },
+                                       { "user", "caf\xc3\xa9?", NULL } };
 
 #define MSGS_JSON                                                                                             \
     "\"messages\":[{\"role\":\"system\",\"content\":\"You are terse.\"},"                                     \
@@ -111,7 +111,7 @@ static void test_body_invalid(void **state)
 {
     (void)state;
     llm_provider p = prov();
-    llm_message msgs[] = { { "user", "ok" } };
+    llm_message msgs[] = { { "user", "ok", NULL } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     p.max_tokens_field = "max_new_tokens"; /* a typo in the configuration is refused, not sent */
     assert_null(llm_build_body(&p, &req));

@@ -188,7 +188,7 @@ static void sink_error(void *ud, const turn_error *err)
     f->t = NULL;
 }
 
-static const turn_sink SINK = { sink_start, sink_delta, sink_done, sink_error };
+static const turn_sink SINK = { sink_start, sink_delta, sink_done, sink_error, NULL };
 
 /* The sink's contract: on_start at most once and before any delta; exactly
  * one end (end 'd' or 'e'), last; or none (end 0: the consumer left). */
@@ -1038,9 +1038,10 @@ static void test_merge_same_role(void **state)
     (void)state;
     fx f;
     fx_init(&f, &STREAM_OK, 1, (fx_opts){ .inline_store = true });
-    static const llm_message small[] = {
-        { "assistant", "dropped: not after a user message" }, { "user", "a" }, { "assistant", "" }, { "user", "b" }
-    };
+    static const llm_message small[] = { { "assistant", "dropped: not after a user message", NULL },
+                                         { "user", "a", NULL },
+                                         { "assistant", "", NULL },
+                                         { "user", "b", NULL } };
     turn_params p = params(NULL, "req-1", "c");
     p.history = small;
     p.n_history = 4;
@@ -1052,7 +1053,7 @@ static void test_merge_same_role(void **state)
     enum { N = 100000 };
     llm_message *many = calloc(N, sizeof *many);
     for (size_t i = 0; i < N; i++)
-        many[i] = (llm_message){ "user", "hello world" };
+        many[i] = (llm_message){ "user", "hello world", NULL };
     f.nev = 0;
     f.events[0] = '\0';
     p = params(NULL, "req-2", "last");
