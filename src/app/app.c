@@ -171,6 +171,7 @@ static turn_engine *worker_turn_engine(const chat_worker *w)
         .lock_ttl_ms = cfg->lock_ttl_ms,
         .max_sessions_per_key = cfg->max_sessions_per_key,
         .keep_partial = cfg->cancel_policy == CANCEL_KEEP_PARTIAL,
+        .drop_unsupported = cfg->drop_unsupported_params,
     };
     return turn_engine_new(&env);
 }

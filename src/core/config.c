@@ -143,6 +143,8 @@ static const struct setting settings[] = {
       "Largest request head (request line and headers), 1KiB..1MiB." },
     { "MAX_MESSAGE_SIZE", K_SIZE, FIELD(max_message_bytes), "256KiB", 1, GIB, 0, NULL, "SIZE",
       "Largest single chat message, and joined system prompt of /v1/chat/completions, 1..1GiB." },
+    { "MAX_IMAGE_SIZE", K_SIZE, FIELD(max_image_size), "5MiB", KIB, GIB, 0, NULL, "SIZE",
+      "Largest image in a request, decoded bytes, 1KiB..1GiB (Anthropic's own limit is 5MiB)." },
     { "HEADER_TIMEOUT", K_DURATION, FIELD(header_timeout_ms), "10s", 1, DURATION_MAX, 0, NULL, "DUR",
       "A request (head and body) must arrive within this time." },
     { "IDLE_TIMEOUT", K_DURATION, FIELD(idle_timeout_ms), "60s", 1, DURATION_MAX, 0, NULL, "DUR",
@@ -171,6 +173,8 @@ static const struct setting settings[] = {
       "Expiry of a session's turn lock if its holder dies; must exceed TURN_TIMEOUT." },
     { "DRAIN_TIMEOUT", K_DURATION, FIELD(drain_timeout_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
       "On shutdown, how long running turns may take to finish." },
+    { "DROP_UNSUPPORTED_PARAMS", K_BOOL, FIELD(drop_unsupported_params), "off", 0, 0, 0, NULL, "on|off",
+      "on: leave out request options the model refuses (reported) instead of answering 400." },
 
     { "AUTH_MODE", K_AUTH_MODE, FIELD(auth_mode), NULL, 0, 0, 0, "Authentication", "none|token|keys",
       "Default: token when API_TOKEN is set, else none. keys: `chatd keys` API keys." },

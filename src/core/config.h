@@ -69,6 +69,10 @@ struct chat_config {
     size_t max_body_bytes;     /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
     size_t max_header_bytes;   /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
     size_t max_message_bytes;  /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
+    /* MAX_IMAGE_SIZE: the largest image a request may carry, in bytes of the
+     * DECODED image (base64 text is 4/3 of it), default 5MiB (Anthropic's
+     * per-image limit), 1KiB..1GiB; the API parsers answer 400 beyond it. */
+    size_t max_image_size;
     int64_t header_timeout_ms; /* HEADER_TIMEOUT, a whole request (head and body) must arrive within, default 10s */
     int64_t idle_timeout_ms;   /* IDLE_TIMEOUT, evhttp read/write idle, default 60s, > HEARTBEAT_INTERVAL */
     int64_t heartbeat_ms;      /* HEARTBEAT_INTERVAL, ": ping" while the provider is silent, default 10s */
@@ -87,6 +91,10 @@ struct chat_config {
     chat_cancel_policy cancel_policy; /* CANCEL_POLICY: keep (default) | drop */
     int64_t lock_ttl_ms;              /* LOCK_TTL, default TURN_TIMEOUT + 60s when unset; must exceed TURN_TIMEOUT */
     int64_t drain_timeout_ms;         /* DRAIN_TIMEOUT, graceful shutdown, default 30s */
+    /* DROP_UNSUPPORTED_PARAMS, default off: a request option the model
+     * refuses fails the request with 400 unsupported_parameter; on: it is
+     * left out and named in X-Chatd-Dropped-Params and the log. */
+    bool drop_unsupported_params;
 
     /* authentication (see guard/auth.h) */
     chat_auth_mode auth_mode;   /* AUTH_MODE: none|token|keys; unset: token with API_TOKEN, else none */

@@ -132,6 +132,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_body_bytes, 1024 * 1024);
     assert_int_equal(c.max_header_bytes, 16 * 1024);
     assert_int_equal(c.max_message_bytes, 256 * 1024);
+    assert_int_equal(c.max_image_size, 5 * 1024 * 1024);
+    assert_false(c.drop_unsupported_params);
     assert_int_equal(c.header_timeout_ms, 10000);
     assert_int_equal(c.idle_timeout_ms, 60000);
     assert_int_equal(c.heartbeat_ms, 10000);
@@ -347,6 +349,8 @@ static const struct {
     { "MAX_MESSAGE_SIZE", "0", "expected a size" },
     { "MAX_MESSAGE_SIZE", "99999999999999999g", "expected a size" },
     { "STREAM_BUFFER_SIZE", "64 k", "expected a size" },
+    { "MAX_IMAGE_SIZE", "100", "expected a size 1KiB..1GiB" },
+    { "DROP_UNSUPPORTED_PARAMS", "maybe", "expected on or off" },
     { "DEFAULT_SYSTEM_PROMPT", "a\x01z", "control characters" },
     { "TRUSTED_PROXIES", "localhost", "entry \"localhost\" is not an IP address or network" },
     { "TRUSTED_PROXIES", "127.0.0.1,proxy.internal", "entry \"proxy.internal\" is not an IP address" },
