@@ -380,9 +380,7 @@ static void run_chat(void *ud, idem_decision d, store_idem *idem)
     chat_job *j = ud;
     http_req *r = j->r;
     if (d == IDEM_REPLAY) {
-        turn_result res;
-        api_idempotency_result(idem, &res);
-        chat_replay(r, j->w, j->rnd, j->f, &res, NULL, NULL);
+        chat_replay_record(r, j->w, j->rnd, j->f, idem, NULL, NULL);
     } else if (d != IDEM_ANSWERED) {
         turn_params p;
         api_chat_turn_params(&j->b, &p);

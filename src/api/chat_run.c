@@ -9,6 +9,7 @@
 
 #include <event2/event.h>
 
+#include "api/idempotency.h"
 #include "core/alloc.h"
 #include "core/metrics.h"
 #include "core/util.h"
@@ -96,11 +97,39 @@ void chat_log_turn(chat_ctx *c, const turn_result *res)
     http_req_log_set(c->r, "cost_micros", json_integer(res->cost_micros));
 }
 
+/* X-Chatd-Dropped-Params, once, while headers can still be added. */
+static void add_dropped(chat_ctx *c, const char *dropped)
+{
+    if (!dropped || !*dropped || c->dropped_sent || c->started)
+        return;
+    http_add_header(c->r, "X-Chatd-Dropped-Params", dropped);
+    http_req_log_set(c->r, "dropped_params", json_string(dropped));
+    c->dropped_sent = true;
+}
+
+json_t *chat_tool_calls_json(const json_t *content)
+{
+    json_t *calls = json_array();
+    size_t i;
+    json_t *b;
+    json_array_foreach(content, i, b)
+    {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type || strcmp(type, "tool_use") != 0)
+            continue;
+        json_t *input = json_object_get(b, "input");
+        json_array_append_new(calls, json_pack("{s:O?,s:O?,s:O}", "id", json_object_get(b, "id"), "name",
+                                               json_object_get(b, "name"), "input", input ? input : json_object()));
+    }
+    return calls;
+}
+
 /* ---- the turn sink: forwards to the renderer ---- */
 
 static void sink_start(void *ud, const turn_info *info)
 {
     chat_ctx *c = ud;
+    add_dropped(c, info->dropped);
     if (c->rnd->start)
         c->rnd->start(c, info);
 }
@@ -109,6 +138,16 @@ static bool sink_delta(void *ud, const char *text, size_t len)
 {
     chat_ctx *c = ud;
     return c->rnd->delta ? c->rnd->delta(c, text, len) : false;
+}
+
+static bool sink_event(void *ud, const llm_event *ev)
+{
+    chat_ctx *c = ud;
+    if (c->rnd->event)
+        return c->rnd->event(c, ev);
+    if (ev->kind == LLM_EV_TEXT && c->rnd->delta)
+        return c->rnd->delta(c, ev->data, ev->len);
+    return false;
 }
 
 static void sink_done(void *ud, const turn_result *res)
@@ -122,6 +161,7 @@ static void sink_done(void *ud, const turn_result *res)
                      (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
                      (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
     api_debit_tokens(c->r, c->w, tokens);
+    add_dropped(c, res->dropped);
     c->rnd->done(c, res);
     ctx_free(c);
 }
@@ -142,7 +182,45 @@ static const turn_sink chat_sink = {
     .on_delta = sink_delta,
     .on_done = sink_done,
     .on_error = sink_error,
+    .on_event = sink_event,
 };
+
+/* Feeds the renderer's event hook one reply's content as events (a replay). */
+static void replay_events(chat_ctx *c, const json_t *content)
+{
+    size_t i;
+    json_t *b;
+    json_array_foreach(content, i, b)
+    {
+        llm_event ev = { .index = (int)i };
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type)
+            continue;
+        if (strcmp(type, "text") == 0 || strcmp(type, "thinking") == 0) {
+            bool text = type[1] == 'e';
+            json_t *v = json_object_get(b, text ? "text" : "thinking");
+            ev.kind = text ? LLM_EV_TEXT : LLM_EV_THINKING;
+            ev.data = json_string_value(v) ? json_string_value(v) : "";
+            ev.len = json_string_value(v) ? json_string_length(v) : 0;
+            c->rnd->event(c, &ev);
+        } else if (strcmp(type, "tool_use") == 0) {
+            ev.kind = LLM_EV_TOOL_START;
+            ev.id = json_string_value(json_object_get(b, "id"));
+            ev.name = json_string_value(json_object_get(b, "name"));
+            ev.id = ev.id ? ev.id : "";
+            ev.name = ev.name ? ev.name : "";
+            c->rnd->event(c, &ev);
+            json_t *input = json_object_get(b, "input");
+            char *args = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+            llm_event a = { .kind = LLM_EV_TOOL_ARGS, .index = (int)i, .data = args ? args : "{}" };
+            a.len = strlen(a.data);
+            c->rnd->event(c, &a);
+            free(args);
+        }
+        llm_event stop = { .kind = LLM_EV_BLOCK_STOP, .index = (int)i };
+        c->rnd->event(c, &stop);
+    }
+}
 
 void chat_replay(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const turn_result *res,
                  void (*init)(chat_ctx *c, void *arg), void *arg)
@@ -158,13 +236,43 @@ void chat_replay(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f
         init(c, arg);
     http_add_header(r, "Idempotent-Replayed", "true");
     http_req_log_set(r, "idempotent_replay", json_true());
-    turn_info info = { .session_id = res->session_id, .model = res->model };
+    turn_result copy = *res;
+    json_t *own = NULL;
+    if (!copy.content) {
+        /* json_pack fails only on text that is not UTF-8: no block then */
+        own = copy.text_len ? json_pack("[{s:s,s:s%}]", "type", "text", "text", copy.text, copy.text_len) : NULL;
+        if (!own)
+            own = json_array();
+        copy.content = own;
+    }
+    turn_info info = { .session_id = copy.session_id, .model = copy.model };
     if (rnd->start)
         rnd->start(c, &info);
-    if (rnd->delta && res->text_len)
-        rnd->delta(c, res->text, res->text_len);
-    rnd->done(c, res);
+    if (rnd->event)
+        replay_events(c, copy.content);
+    else if (rnd->delta && copy.text_len)
+        rnd->delta(c, copy.text, copy.text_len);
+    rnd->done(c, &copy);
+    json_decref(own);
     ctx_free(c);
+}
+
+void chat_replay_record(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const store_idem *rec,
+                        void (*init)(chat_ctx *c, void *arg), void *arg)
+{
+    turn_result res;
+    api_idempotency_result(rec, &res);
+    json_t *content = NULL;
+    if (rec->reply.blocks) {
+        content = json_loads(rec->reply.blocks, 0, NULL);
+        if (content && !json_is_array(content)) {
+            json_decref(content);
+            content = NULL;
+        }
+    }
+    res.content = content; /* NULL: chat_replay makes the text block */
+    chat_replay(r, w, rnd, f, &res, init, arg);
+    json_decref(content);
 }
 
 void chat_run(http_req *r, api_env *w, const chat_renderer *rnd, api_flavor f, const turn_params *p,
