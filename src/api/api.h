@@ -68,12 +68,22 @@ typedef struct api_env {
     api_readyz_state readyz;                    /* owned: /readyz's per-worker cache */
 } api_env;
 
-/* The error shape of a route: FastAPI's {"detail"}, chatd's /v1 envelope, or
- * OpenAI's {"error": {message, type, param, code}} (/v1/chat/completions). */
-typedef enum { API_SEED, API_V1, API_OPENAI } api_flavor;
+/* The error shape of a route: FastAPI's {"detail"}, chatd's /v1 envelope,
+ * OpenAI's {"error": {message, type, param, code}} (/v1/chat/completions), or
+ * Anthropic's {"type":"error","error":{type, message, details:{error_code}},
+ * "request_id"} (/v1/messages: docs/PROTOCOLS.md A7; chatd's own type goes in
+ * details.error_code, which the Anthropic SDKs expose as errorCode). */
+typedef enum { API_SEED, API_V1, API_OPENAI, API_ANTHROPIC } api_flavor;
 
 /* OpenAI's error.type for an HTTP status (what its SDKs and clients expect). */
 const char *api_openai_type_of(int status);
+
+/* Anthropic's error.type for an HTTP status (docs/PROTOCOLS.md A7): 400
+ * invalid_request_error, 401 authentication_error, 402 billing_error, 403
+ * permission_error, 404 not_found_error, 409 conflict_error, 413
+ * request_too_large, 429 rate_limit_error, 503 and 529 overloaded_error, 504
+ * timeout_error, other 5xx api_error, other 4xx invalid_request_error. */
+const char *api_anthropic_type_of(int status);
 
 /* A route handler. params holds the decoded {} segments of the path. */
 typedef void (*api_handler)(http_req *r, api_env *w, char **params);

@@ -41,6 +41,10 @@ void api_error(http_req *r, api_flavor f, int status, const char *type, const ch
     else if (f == API_OPENAI) /* chatd's own type goes into code */
         body = json_pack("{s:{s:o,s:s,s:n,s:s}}", "error", "message", text, "type", api_openai_type_of(status), "param",
                          "code", type);
+    else if (f == API_ANTHROPIC) /* chatd's own type goes into details.error_code */
+        body =
+            json_pack("{s:s,s:{s:s,s:o,s:{s:s?}},s:s}", "type", "error", "error", "type", api_anthropic_type_of(status),
+                      "message", text, "details", "error_code", type, "request_id", http_req_id(r));
     else
         body = json_pack("{s:{s:s,s:o,s:s}}", "error", "type", type, "message", text, "request_id", http_req_id(r));
     http_req_log_set(r, "error_type", json_string(type));
@@ -56,6 +60,23 @@ const char *api_openai_type_of(int status)
     case 409: return "conflict_error";
     case 429: return "rate_limit_error";
     default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+const char *api_anthropic_type_of(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 402: return "billing_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 409: return "conflict_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    case 503:
+    case 529: return "overloaded_error";
+    case 504: return "timeout_error";
+    default: return status >= 500 ? "api_error" : "invalid_request_error";
     }
 }
 
