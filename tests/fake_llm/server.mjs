@@ -104,6 +104,7 @@ const SCENARIO_FIELDS = new Set([
   'fault', 'after', 'stall_ms',
   'line_ending', 'split', 'split_delay_ms', 'pad_json', 'ping',
   'variant',
+  'tool_calls', 'thinking', 'thinking_signature', 'json',
 ]);
 const FAULTS = new Set(['midstream_error', 'reset', 'stall', 'truncate', 'malformed', 'data_only']);
 const VARIANTS = new Set(['openai', 'groq', 'vllm', 'ollama', 'llamacpp']);
@@ -126,7 +127,19 @@ function checkScenario(sc) {
   if ('usage' in sc && !isObj(sc.usage)) return "'usage' must be an object";
   if ('headers' in sc && !isObj(sc.headers)) return "'headers' must be an object";
   if ('ping' in sc && !(typeof sc.ping === 'boolean' || (Number.isInteger(sc.ping) && sc.ping >= 1))) return "'ping' must be a boolean or an integer >= 1";
-  for (const k of ['retry_after', 'body', 'content_type', 'error_type', 'error_message', 'stop_reason', 'finish_reason']) {
+  if ('tool_calls' in sc) {
+    if (!Array.isArray(sc.tool_calls) || sc.tool_calls.length === 0) return "'tool_calls' must be a non-empty array";
+    for (let i = 0; i < sc.tool_calls.length; i++) {
+      const t = sc.tool_calls[i];
+      if (!isObj(t)) return `'tool_calls[${i}]' must be an object`;
+      for (const k of Object.keys(t)) if (k !== 'name' && k !== 'input' && k !== 'id') return `unknown field 'tool_calls[${i}].${k}'`;
+      if (typeof t.name !== 'string' || t.name === '') return `'tool_calls[${i}].name' must be a non-empty string`;
+      if (!isObj(t.input)) return `'tool_calls[${i}].input' must be an object`;
+      if ('id' in t && (typeof t.id !== 'string' || t.id === '')) return `'tool_calls[${i}].id' must be a non-empty string`;
+    }
+  }
+  if ('json' in sc && sc.json === undefined) return "'json' must be a JSON value";
+  for (const k of ['retry_after', 'body', 'content_type', 'error_type', 'error_message', 'stop_reason', 'finish_reason', 'thinking', 'thinking_signature']) {
     if (k in sc && typeof sc[k] !== 'string') return `'${k}' must be a string`;
   }
   return null;
@@ -339,6 +352,196 @@ function replyText(sc, echoed) {
 }
 
 // ---------------------------------------------------------------------------
+// Rich replies: tool calls, thinking, structured output (README "Rich replies")
+
+// A minimal valid instance of a JSON schema: object -> its required properties; string
+// "x" (enum[0] / const first); number and integer 1; boolean true; array []; null null;
+// anyOf/oneOf/allOf and type lists -> the first; local $ref followed.
+function schemaInstance(schema, root, depth = 0) {
+  if (!isObj(schema) || depth > 64) return null;
+  if (typeof schema.$ref === 'string') {
+    const m = schema.$ref.match(/^#\/(\$defs|definitions)\/(.+)$/);
+    const target = m && isObj(root) && isObj(root[m[1]]) ? root[m[1]][m[2]] : undefined;
+    return schemaInstance(target, root, depth + 1);
+  }
+  if ('const' in schema) return schema.const;
+  if (Array.isArray(schema.enum) && schema.enum.length > 0) return schema.enum[0];
+  for (const k of ['anyOf', 'oneOf', 'allOf']) {
+    if (Array.isArray(schema[k]) && schema[k].length > 0 && schema.type === undefined) return schemaInstance(schema[k][0], root, depth + 1);
+  }
+  let type = schema.type;
+  if (Array.isArray(type)) type = type[0];
+  if (type === undefined && isObj(schema.properties)) type = 'object';
+  switch (type) {
+    case 'object': {
+      const o = {};
+      const props = isObj(schema.properties) ? schema.properties : {};
+      if (Array.isArray(schema.required)) {
+        for (const name of schema.required) if (typeof name === 'string') o[name] = schemaInstance(props[name], root, depth + 1);
+      }
+      return o;
+    }
+    case 'string': return 'x';
+    case 'number': case 'integer': return 1;
+    case 'boolean': return true;
+    case 'array': return [];
+    default: return null;
+  }
+}
+
+// The tool a request forces ({name, schema}), or null. api: 'anthropic' | 'openai'.
+function forcedTool(api, body) {
+  const tc = body.tool_choice;
+  const tools = Array.isArray(body.tools) ? body.tools : [];
+  if (api === 'anthropic') {
+    if (!isObj(tc) || (tc.type !== 'any' && tc.type !== 'tool')) return null;
+    const t = tc.type === 'tool' ? tools.find((x) => isObj(x) && x.name === tc.name) : tools.find((x) => isObj(x) && typeof x.name === 'string');
+    return t ? { name: t.name, schema: t.input_schema } : null;
+  }
+  let t;
+  if (tc === 'required') t = tools.find((x) => isObj(x) && isObj(x.function));
+  else if (isObj(tc) && isObj(tc.function)) t = tools.find((x) => isObj(x) && isObj(x.function) && x.function.name === tc.function.name);
+  else return null;
+  return t ? { name: t.function.name, schema: t.function.parameters ?? { type: 'object' } } : null;
+}
+
+// The structured-output instance the request asks for, or undefined.
+function structuredOutput(api, body) {
+  if (api === 'anthropic') {
+    const f = isObj(body.output_config) ? body.output_config.format : undefined;
+    return isObj(f) && f.type === 'json_schema' ? schemaInstance(f.schema, f.schema) : undefined;
+  }
+  const rf = body.response_format;
+  if (!isObj(rf)) return undefined;
+  if (rf.type === 'json_object') return {};
+  if (rf.type === 'json_schema') {
+    const sch = isObj(rf.json_schema) ? rf.json_schema.schema : undefined;
+    return isObj(sch) ? schemaInstance(sch, sch) : {};
+  }
+  return undefined;
+}
+
+// Contents of the tool results of the last user turn, or null if it holds none.
+function toolResultTexts(api, messages) {
+  const out = [];
+  if (api === 'anthropic') {
+    const m = messages[messages.length - 1];
+    if (!isObj(m) || m.role !== 'user' || !Array.isArray(m.content)) return null;
+    for (const b of m.content) if (isObj(b) && b.type === 'tool_result') out.push(contentText(b.content ?? ''));
+  } else {
+    let i = messages.length - 1;
+    while (i >= 0 && isObj(messages[i]) && messages[i].role === 'tool') i--;
+    for (let j = i + 1; j < messages.length; j++) out.push(contentText(messages[j].content));
+  }
+  return out.length > 0 ? out : null;
+}
+
+// Earliest stop sequence in text: {index, seq} or null.
+function findStop(text, seqs) {
+  let best = null;
+  for (const q of seqs) {
+    if (typeof q !== 'string' || q === '') continue;
+    const at = text.indexOf(q);
+    if (at >= 0 && (best === null || at < best.index)) best = { index: at, seq: q };
+  }
+  return best;
+}
+
+// Splits s into up to n pieces of about equal length (never inside a surrogate pair).
+function splitPieces(s, n) {
+  const cps = Array.from(s);
+  if (cps.length === 0) return [];
+  const k = Math.min(n, cps.length);
+  const out = [];
+  for (let i = 0; i < k; i++) out.push(cps.slice(Math.floor((i * cps.length) / k), Math.floor(((i + 1) * cps.length) / k)).join(''));
+  return out;
+}
+
+const REPLY_FIELDS = ['reply', 'reply_words', 'json', 'tool_calls'];
+
+// Decides the reply content for both APIs: {thinking (string|null), signature, hiddenReasoning
+// (word count, OpenAI reasoning_effort), text, calls [{id, name, input, json}], stopSeq}.
+function planContent(api, body, sc, echoed) {
+  const shaping = REPLY_FIELDS.some((k) => sc[k] !== undefined);
+  const forced = body.tool_choice !== undefined ? forcedTool(api, body) : null;
+  let text = '';
+  let calls = [];
+  const explicitText = () => (sc.json !== undefined ? JSON.stringify(sc.json) : replyText(sc, echoed));
+  if (sc.tool_calls) {
+    if (sc.json !== undefined || sc.reply !== undefined || sc.reply_words !== undefined) text = explicitText();
+    calls = sc.tool_calls.map((t) => ({ id: t.id, name: t.name, input: t.input }));
+  } else if (sc.json !== undefined && forced) {
+    calls = [{ name: forced.name, input: sc.json }];
+  } else if (shaping) {
+    text = explicitText();
+  } else if (forced) {
+    calls = [{ name: forced.name, input: schemaInstance(forced.schema, forced.schema) ?? {} }];
+  } else {
+    const so = api === 'anthropic' ? (body.output_config !== undefined ? structuredOutput(api, body) : undefined)
+      : body.response_format !== undefined ? structuredOutput(api, body) : undefined;
+    if (so !== undefined) text = JSON.stringify(so);
+    else {
+      const tr = toolResultTexts(api, body.messages);
+      text = tr !== null ? 'Tool results: ' + tr.join('; ') : 'Hello! You said: ' + echoed;
+    }
+  }
+  for (const c of calls) {
+    if (!c.id) c.id = randomId(api === 'anthropic' ? 'toolu_' : 'call_');
+    c.json = JSON.stringify(c.input);
+  }
+  let thinking = null;
+  let hiddenReasoning = 0;
+  if (typeof sc.thinking === 'string') thinking = sc.thinking;
+  else if (api === 'anthropic' && isObj(body.thinking) && (body.thinking.type === 'enabled' || body.thinking.type === 'adaptive')) {
+    thinking = body.thinking.display === 'omitted' ? '' : 'Thinking about: ' + echoed;
+  } else if (api === 'openai' && typeof body.reasoning_effort === 'string' && body.reasoning_effort !== 'none') {
+    hiddenReasoning = toDeltas('Thinking about: ' + echoed).length;
+  }
+  let stopSeq = null;
+  const seqs = api === 'anthropic' ? body.stop_sequences : typeof body.stop === 'string' ? [body.stop] : body.stop;
+  if (Array.isArray(seqs) && seqs.length > 0) {
+    const hit = findStop(text, seqs);
+    if (hit) {
+      text = text.slice(0, hit.index);
+      calls = [];
+      stopSeq = hit.seq;
+    }
+  }
+  const signature = thinking === null ? null : sc.thinking_signature ?? 'sig_' + Buffer.from(thinking, 'utf8').toString('base64');
+  return { thinking, signature, hiddenReasoning, text, calls, stopSeq };
+}
+
+// Output tokens of the non-text parts: thinking words + ceil(JSON length / 4) per call.
+function extraOutputTokens(pc) {
+  let n = pc.hiddenReasoning;
+  if (pc.thinking) n += toDeltas(pc.thinking).length;
+  for (const c of pc.calls) n += Math.ceil(codePoints(c.json) / 4);
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Image checks (Anthropic base64 sources, OpenAI data URLs)
+
+const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
+const B64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
+
+// Returns 'base64' (not valid base64), 'mismatch' (magic bytes differ) or null.
+function checkImageData(mediaType, data) {
+  if (typeof data !== 'string' || data.length === 0 || data.length % 4 !== 0 || !B64_RE.test(data)) return 'base64';
+  const b = Buffer.from(data.slice(0, 24), 'base64');
+  const at = (i, v) => b.length > i && b[i] === v;
+  let ok;
+  switch (mediaType) {
+    case 'image/png': ok = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a].every((v, i) => at(i, v)); break;
+    case 'image/jpeg': ok = at(0, 0xff) && at(1, 0xd8) && at(2, 0xff); break;
+    case 'image/gif': ok = b.toString('latin1', 0, 6) === 'GIF87a' || b.toString('latin1', 0, 6) === 'GIF89a'; break;
+    case 'image/webp': ok = b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP'; break;
+    default: ok = false;
+  }
+  return ok ? null : 'mismatch';
+}
+
+// ---------------------------------------------------------------------------
 // HTTP plumbing
 
 function readBody(req, limit) {
@@ -445,6 +648,160 @@ const KNOWN_BLOCK_TYPES = new Set([
   'server_tool_use', 'web_search_tool_result', 'search_result', 'container_upload',
 ]);
 
+const TOOL_NAME_RE = /^[a-zA-Z0-9_-]{1,64}$/;
+
+// An Anthropic image block at path p (e.g. "messages.0.content.1"). Returns a message or null.
+function checkAnthropicImage(b, p) {
+  const src = b.source;
+  if (!isObj(src)) return `${p}.source: Field required`;
+  if (src.type === 'base64') {
+    if (!IMAGE_TYPES.has(src.media_type)) return `${p}.source.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'`;
+    if (typeof src.data !== 'string') return `${p}.source.base64.data: Field required`;
+    const bad = checkImageData(src.media_type, src.data);
+    if (bad === 'base64') return `${p}.source.base64.data: Invalid base64 data`;
+    if (bad === 'mismatch') return `${p}.source.base64.data: Image does not match the provided media type ${src.media_type}`;
+    return null;
+  }
+  if (src.type === 'url') {
+    if (typeof src.url !== 'string') return `${p}.source.url.url: Field required`;
+    if (!/^https:\/\/[^/\s]+/i.test(src.url)) return `${p}.source.url: Only HTTPS URLs are supported`;
+    return null;
+  }
+  if (src.type === 'file') return typeof src.file_id === 'string' ? null : `${p}.source.file.file_id: Field required`;
+  return `${p}.source: Input tag '${src.type}' found using 'type' does not match any of the expected tags: 'base64', 'url', 'file'`;
+}
+
+// The blocks inside a tool_result's content (text, image, ...). Returns a message or null.
+function checkToolResultContent(c, p) {
+  if (c === undefined || typeof c === 'string') return null;
+  if (!Array.isArray(c)) return `${p}.content: Input should be a valid string or a list of content blocks`;
+  for (let k = 0; k < c.length; k++) {
+    const b = c[k];
+    const q = `${p}.content.${k}`;
+    if (!isObj(b) || typeof b.type !== 'string') return `${q}: Input should be a valid dictionary`;
+    if (b.type === 'text') {
+      if (typeof b.text !== 'string') return `${q}.text: Field required`;
+      if (b.text.length === 0) return `${q}.text: text content blocks must be non-empty`;
+    } else if (b.type === 'image') {
+      const bad = checkAnthropicImage(b, q);
+      if (bad) return bad;
+    } else if (!['document', 'search_result', 'tool_reference'].includes(b.type)) {
+      return `${q}: Input tag '${b.type}' found using 'type' does not match any of the expected tags: 'text', 'image', 'search_result', 'document', 'tool_reference'`;
+    }
+  }
+  return null;
+}
+
+// tools, tool_choice, thinking, output_config, stop_sequences. Returns a message or null.
+function checkAnthropicOptions(body) {
+  const names = new Set();
+  if ('tools' in body) {
+    if (!Array.isArray(body.tools)) return 'tools: Input should be a valid list';
+    for (let i = 0; i < body.tools.length; i++) {
+      const t = body.tools[i];
+      if (!isObj(t)) return `tools.${i}: Input should be a valid dictionary`;
+      if (t.type !== undefined && t.type !== null && t.type !== 'custom') {
+        if (typeof t.name === 'string') names.add(t.name); // a server tool (web_search_..., bash_...)
+        continue;
+      }
+      if (!('name' in t)) return `tools.${i}.name: Field required`;
+      if (typeof t.name !== 'string' || !TOOL_NAME_RE.test(t.name)) return `tools.${i}.name: String should match pattern '^[a-zA-Z0-9_-]{1,64}$'`;
+      if (!('input_schema' in t)) return `tools.${i}.input_schema: Field required`;
+      if (!isObj(t.input_schema) || t.input_schema.type !== 'object') return `tools.${i}.input_schema.type: Input should be 'object'`;
+      if (names.has(t.name)) return 'tools: Tool names must be unique.';
+      names.add(t.name);
+    }
+  }
+  let forcing = false;
+  if ('tool_choice' in body) {
+    const tc = body.tool_choice;
+    if (!isObj(tc)) return 'tool_choice: Input should be a valid dictionary';
+    if (!['auto', 'any', 'tool', 'none'].includes(tc.type)) {
+      return `tool_choice: Input tag '${tc.type}' found using 'type' does not match any of the expected tags: 'auto', 'any', 'tool', 'none'`;
+    }
+    if (tc.type === 'tool' && typeof tc.name !== 'string') return 'tool_choice.tool.name: Field required';
+    forcing = tc.type === 'any' || tc.type === 'tool';
+    if (forcing && names.size === 0) return 'tool_choice may only be specified while providing tools.';
+    if (tc.type === 'tool' && !names.has(tc.name)) return `tool_choice.name: Tool '${tc.name}' not found in tools`;
+  }
+  if ('thinking' in body) {
+    const th = body.thinking;
+    if (!isObj(th)) return 'thinking: Input should be a valid dictionary';
+    if (!['enabled', 'disabled', 'adaptive'].includes(th.type)) {
+      return `thinking: Input tag '${th.type}' found using 'type' does not match any of the expected tags: 'enabled', 'disabled', 'adaptive'`;
+    }
+    if (th.type === 'enabled') {
+      if (!('budget_tokens' in th)) return 'thinking.enabled.budget_tokens: Field required';
+      if (!Number.isInteger(th.budget_tokens)) return 'thinking.enabled.budget_tokens: Input should be a valid integer';
+      if (th.budget_tokens < 1024) return 'thinking.enabled.budget_tokens: Input should be greater than or equal to 1024';
+      if (th.budget_tokens >= body.max_tokens) {
+        return '`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size';
+      }
+    }
+    if (th.type !== 'disabled') {
+      if ('temperature' in body && body.temperature !== 1) {
+        return '`temperature` may only be set to 1 when thinking is enabled. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#feature-compatibility';
+      }
+      if (forcing) return 'Thinking may not be enabled when tool_choice forces tool use.';
+    }
+  }
+  if ('output_config' in body) {
+    const oc = body.output_config;
+    if (!isObj(oc)) return 'output_config: Input should be a valid dictionary';
+    const f = oc.format;
+    if (f !== undefined && f !== null) {
+      if (!isObj(f) || f.type !== 'json_schema') return "output_config.format.type: Input should be 'json_schema'";
+      if (!isObj(f.schema)) return 'output_config.format.schema: Field required';
+    }
+  }
+  if ('stop_sequences' in body) {
+    const ss = body.stop_sequences;
+    if (!Array.isArray(ss)) return 'stop_sequences: Input should be a valid list';
+    for (let i = 0; i < ss.length; i++) {
+      if (typeof ss[i] !== 'string') return `stop_sequences.${i}: Input should be a valid string`;
+      if (ss[i].trim() === '') return 'stop_sequences: each stop sequence must contain non-whitespace';
+    }
+  }
+  return null;
+}
+
+// Ids of the tool_use blocks (kind 'tool_use') or tool_result references (kind 'tool_result') of a message.
+function blockIds(m, kind) {
+  const ids = [];
+  if (!isObj(m) || !Array.isArray(m.content)) return ids;
+  for (const b of m.content) if (isObj(b) && b.type === kind) ids.push(kind === 'tool_use' ? b.id : b.tool_use_id);
+  return ids;
+}
+
+// Every tool_use answered in the next user message; every tool_result answering the previous
+// assistant message. Returns a message or null.
+function checkToolPairing(msgs) {
+  for (let i = 0; i < msgs.length; i++) {
+    const m = msgs[i];
+    if (!Array.isArray(m.content)) continue;
+    if (m.role === 'user' && m.content.some((b) => b.type === 'tool_result')) {
+      const prev = i > 0 && msgs[i - 1].role === 'assistant' ? new Set(blockIds(msgs[i - 1], 'tool_use')) : new Set();
+      for (let j = 0; j < m.content.length; j++) {
+        const b = m.content[j];
+        if (b.type === 'tool_result' && !prev.has(b.tool_use_id)) {
+          return `messages.${i}.content.${j}: unexpected \`tool_use_id\` found in \`tool_result\` blocks: ${b.tool_use_id}. Each \`tool_result\` block must have a corresponding \`tool_use\` block in the previous message.`;
+        }
+      }
+    }
+    if (m.role === 'assistant' && i < msgs.length - 1) {
+      const uses = blockIds(m, 'tool_use');
+      if (uses.length === 0) continue;
+      const next = msgs[i + 1];
+      const answered = new Set(next.role === 'user' ? blockIds(next, 'tool_result') : []);
+      const missing = uses.filter((id) => !answered.has(id));
+      if (missing.length > 0) {
+        return `messages.${i + 1}: \`tool_use\` ids were found without \`tool_result\` blocks immediately after: ${missing.join(', ')}. Each \`tool_use\` block must have a corresponding \`tool_result\` block in the next message.`;
+      }
+    }
+  }
+  return null;
+}
+
 // Validates the request body like the real API (docs/PROTOCOLS.md A2, A3, A4, A10).
 // Returns an error message (400 invalid_request_error) or null.
 function validateAnthropic(body, version) {
@@ -461,6 +818,8 @@ function validateAnthropic(body, version) {
   if (version === '2026-10-21') {
     for (const k of ['temperature', 'top_p', 'top_k']) if (k in body) return `${k}: Extra inputs are not permitted`;
   }
+  const optErr = checkAnthropicOptions(body);
+  if (optErr) return optErr;
   let breakpoints = 0;
   if ('system' in body) {
     const sys = body.system;
@@ -501,6 +860,22 @@ function validateAnthropic(body, version) {
             return `messages.${i}.content.${j}.citations: Extra inputs are not permitted`;
           }
         }
+        const p = `messages.${i}.content.${j}`;
+        if (b.type === 'image') {
+          const bad = checkAnthropicImage(b, p);
+          if (bad) return bad;
+        } else if (b.type === 'tool_use') {
+          if (typeof b.id !== 'string') return `${p}.id: Field required`;
+          if (typeof b.name !== 'string') return `${p}.name: Field required`;
+          if (!isObj(b.input)) return `${p}.input: Input should be a valid dictionary`;
+        } else if (b.type === 'tool_result') {
+          if (typeof b.tool_use_id !== 'string') return `${p}.tool_use_id: Field required`;
+          const bad = checkToolResultContent(b.content, p);
+          if (bad) return bad;
+        } else if (b.type === 'thinking') {
+          if (typeof b.thinking !== 'string') return `${p}.thinking: Field required`;
+          if (typeof b.signature !== 'string') return `${p}.signature: Field required`;
+        }
         if (version === '2026-10-21' && b.type === 'document' && m.role === 'assistant') {
           return `messages.${i}.content.${j}: document blocks are not allowed in assistant messages`;
         }
@@ -516,6 +891,8 @@ function validateAnthropic(body, version) {
       }
     }
   }
+  const pairErr = checkToolPairing(msgs);
+  if (pairErr) return pairErr;
   const lastMsg = msgs[last];
   if (lastMsg.role === 'assistant') {
     const t = typeof lastMsg.content === 'string' ? lastMsg.content
@@ -527,12 +904,59 @@ function validateAnthropic(body, version) {
   return null;
 }
 
-// Characters of system + all message text, for the default input_tokens.
-function promptChars(body, messagesKey) {
-  let n = 0;
-  if (body.system !== undefined) n += codePoints(contentText(body.system));
-  for (const m of body[messagesKey]) if (isObj(m)) n += codePoints(contentText(m.content));
-  return n;
+// Adds the cost of a content value to acc {chars, images}: text blocks (joined with "\n"
+// as contentText does), tool_use input JSON, tool_result contents, thinking text; images
+// (Anthropic image blocks, OpenAI image_url parts) are counted apart.
+function contentCost(content, acc) {
+  if (typeof content === 'string') {
+    acc.chars += codePoints(content);
+    return;
+  }
+  if (!Array.isArray(content)) return;
+  let texts = 0;
+  for (const b of content) {
+    if (!isObj(b)) continue;
+    switch (b.type) {
+      case 'text':
+        if (typeof b.text !== 'string') break;
+        if (texts++ > 0) acc.chars += 1;
+        acc.chars += codePoints(b.text);
+        break;
+      case 'image':
+      case 'image_url':
+        acc.images++;
+        break;
+      case 'tool_use':
+        acc.chars += codePoints(JSON.stringify(b.input ?? {}));
+        break;
+      case 'tool_result':
+        contentCost(b.content ?? '', acc);
+        break;
+      case 'thinking':
+        if (typeof b.thinking === 'string') acc.chars += codePoints(b.thinking);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+const IMAGE_TOKENS = 1600;
+
+// Default input_tokens: ceil(chars / 4) + 1600 per image, where chars counts the system
+// prompt, the content of every message, tool-call arguments and the tool definitions.
+function promptTokens(body) {
+  const acc = { chars: 0, images: 0 };
+  if (body.system !== undefined) acc.chars += codePoints(contentText(body.system));
+  for (const m of body.messages) {
+    if (!isObj(m)) continue;
+    contentCost(m.content, acc);
+    if (Array.isArray(m.tool_calls)) {
+      for (const t of m.tool_calls) if (isObj(t) && isObj(t.function) && typeof t.function.arguments === 'string') acc.chars += codePoints(t.function.arguments);
+    }
+  }
+  if (body.tools !== undefined) acc.chars += codePoints(JSON.stringify(body.tools));
+  return Math.ceil(acc.chars / 4) + IMAGE_TOKENS * acc.images;
 }
 
 function lastUserText(messages) {
@@ -605,27 +1029,32 @@ async function handleAnthropic(ctx, rawBody) {
     return anthropicError(ctx, sc.status, type, sc.error_message ?? ANTHROPIC_ERROR_MESSAGES[type] ?? 'Error', sc);
   }
 
-  const reply = replyText(sc, r.echoed);
-  const deltas = toDeltas(reply);
+  const pc = planContent('anthropic', body, sc, r.echoed);
+  const deltas = toDeltas(pc.text);
+  const thinkingDeltas = pc.thinking === null ? null : toDeltas(pc.thinking);
   const shape2026 = sc.shape === '2026';
   const usage = {
-    input_tokens: Math.ceil(promptChars(body, 'messages') / 4),
+    input_tokens: promptTokens(body),
     cache_creation_input_tokens: 0,
     cache_read_input_tokens: 0,
-    output_tokens: deltas.length,
+    output_tokens: deltas.length + extraOutputTokens(pc),
   };
   if (shape2026) usage.cache_creation = { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 0 };
   usage.service_tier = 'standard';
   if (shape2026) usage.inference_geo = 'global';
+  if (shape2026 && thinkingDeltas) usage.output_tokens_details = { thinking_tokens: thinkingDeltas.length };
   if (sc.usage) Object.assign(usage, sc.usage);
 
   const plan = {
     id: randomId('msg_'),
     model: body.model,
-    reply,
+    reply: pc.text,
     deltas,
+    pc,
+    thinkingDeltas,
     usage,
-    stopReason: sc.stop_reason ?? 'end_turn',
+    stopReason: sc.stop_reason ?? (pc.stopSeq !== null ? 'stop_sequence' : pc.calls.length > 0 ? 'tool_use' : 'end_turn'),
+    stopSequence: pc.stopSeq,
     shape2026,
     pad: sc.pad_json === true,
   };
@@ -633,8 +1062,52 @@ async function handleAnthropic(ctx, rawBody) {
   return anthropicJson(ctx, sc, plan);
 }
 
+function anthropicToolUse(plan, c, input) {
+  const b = { type: 'tool_use', id: c.id, name: c.name, input };
+  if (plan.shape2026) b.caller = { type: 'direct' };
+  return b;
+}
+
+// The content blocks of the whole reply: thinking, text, tool_use.
+function anthropicContent(plan) {
+  const pc = plan.pc;
+  if (pc.thinking === null && pc.calls.length === 0) return plan.reply === '' ? [] : [{ type: 'text', text: plan.reply }];
+  const content = [];
+  if (pc.thinking !== null) content.push({ type: 'thinking', thinking: pc.thinking, signature: pc.signature });
+  if (plan.reply !== '') content.push({ type: 'text', text: plan.reply });
+  for (const c of pc.calls) content.push(anthropicToolUse(plan, c, c.input));
+  return content;
+}
+
+// Stream blocks: [{start: content_block, deltas: [delta objects]}], in reply order.
+function anthropicStreamBlocks(plan) {
+  const pc = plan.pc;
+  const blocks = [];
+  if (pc.thinking !== null) {
+    const deltas = plan.thinkingDeltas.map((t) => ({ type: 'thinking_delta', thinking: t }));
+    deltas.push({ type: 'signature_delta', signature: pc.signature });
+    blocks.push({ start: { type: 'thinking', thinking: '', signature: '' }, deltas });
+  }
+  if (plan.deltas.length > 0) blocks.push({ start: { type: 'text', text: '' }, deltas: plan.deltas.map((t) => ({ type: 'text_delta', text: t })) });
+  for (const c of pc.calls) {
+    const deltas = [{ type: 'input_json_delta', partial_json: '' }];
+    for (const piece of splitPieces(c.json, 3)) deltas.push({ type: 'input_json_delta', partial_json: piece });
+    blocks.push({ start: anthropicToolUse(plan, c, {}), deltas });
+  }
+  return blocks;
+}
+
+// Number of stream deltas of the reply (for the non-streaming delay).
+function deltaCount(plan) {
+  const pc = plan.pc;
+  let n = plan.deltas.length;
+  if (pc.thinking !== null) n += toDeltas(pc.thinking).length + (plan.openai ? 0 : 1);
+  for (const c of pc.calls) n += (plan.openai ? 0 : 1) + splitPieces(c.json, 3).length;
+  return n;
+}
+
 async function anthropicJson(ctx, sc, plan) {
-  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, plan.deltas.length - 1);
+  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, deltaCount(plan) - 1);
   if (delay && !(await ctx.sleep(delay))) return;
   const { res } = ctx;
   const fault = sc.fault;
@@ -646,9 +1119,9 @@ async function anthropicJson(ctx, sc, plan) {
     type: 'message',
     role: 'assistant',
     model: plan.model,
-    content: plan.reply === '' ? [] : [{ type: 'text', text: plan.reply }],
+    content: anthropicContent(plan),
     stop_reason: plan.stopReason,
-    stop_sequence: null,
+    stop_sequence: plan.stopSequence,
   };
   if (plan.shape2026) msg.stop_details = null;
   msg.usage = plan.usage;
@@ -746,19 +1219,39 @@ async function anthropicStream(ctx, sc, plan) {
   };
   const positional = fault && fault !== 'data_only';
 
-  if (n > 0) {
-    if (!(await ctx.write(sseEvent('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }, ctx, pad)))) return;
-    if (pingEvery && !(await ping())) return;
+  if (plan.pc.thinking === null && plan.pc.calls.length === 0) {
+    // The plain text reply (the benchmark path): one text block.
+    if (n > 0) {
+      if (!(await ctx.write(sseEvent('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }, ctx, pad)))) return;
+      if (pingEvery && !(await ping())) return;
+    }
+    if (sc.ttft_ms && !(await ctx.sleep(sc.ttft_ms))) return;
+    for (let i = 0; i < n; i++) {
+      if (positional && !faultFired && i === after && (await fire())) return;
+      if (i > 0 && sc.gap_ms && !(await ctx.sleep(sc.gap_ms))) return;
+      const ev = sseEvent('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: plan.deltas[i] } }, ctx, pad);
+      if (!(await ctx.write(ev))) return;
+      if (pingEvery && (i + 1) % pingEvery === 0 && !(await ping())) return;
+    }
+    if (n > 0 && !(await ctx.write(sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 }, ctx, pad)))) return;
+  } else {
+    // Thinking, text and tool_use blocks; `after`, gap_ms and pings count every delta.
+    const blocks = anthropicStreamBlocks(plan);
+    let k = 0;
+    for (let b = 0; b < blocks.length; b++) {
+      if (!(await ctx.write(sseEvent('content_block_start', { type: 'content_block_start', index: b, content_block: blocks[b].start }, ctx, pad)))) return;
+      if (pingEvery && !(await ping())) return;
+      if (b === 0 && sc.ttft_ms && !(await ctx.sleep(sc.ttft_ms))) return;
+      for (const d of blocks[b].deltas) {
+        if (positional && !faultFired && k === after && (await fire())) return;
+        if (k > 0 && sc.gap_ms && !(await ctx.sleep(sc.gap_ms))) return;
+        if (!(await ctx.write(sseEvent('content_block_delta', { type: 'content_block_delta', index: b, delta: d }, ctx, pad)))) return;
+        k++;
+        if (pingEvery && k % pingEvery === 0 && !(await ping())) return;
+      }
+      if (!(await ctx.write(sseEvent('content_block_stop', { type: 'content_block_stop', index: b }, ctx, pad)))) return;
+    }
   }
-  if (sc.ttft_ms && !(await ctx.sleep(sc.ttft_ms))) return;
-  for (let i = 0; i < n; i++) {
-    if (positional && !faultFired && i === after && (await fire())) return;
-    if (i > 0 && sc.gap_ms && !(await ctx.sleep(sc.gap_ms))) return;
-    const ev = sseEvent('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: plan.deltas[i] } }, ctx, pad);
-    if (!(await ctx.write(ev))) return;
-    if (pingEvery && (i + 1) % pingEvery === 0 && !(await ping())) return;
-  }
-  if (n > 0 && !(await ctx.write(sseEvent('content_block_stop', { type: 'content_block_stop', index: 0 }, ctx, pad)))) return;
   if (positional && !faultFired && (await fire())) return;
   if (ctx.closed) return;
 
@@ -766,7 +1259,7 @@ async function anthropicStream(ctx, sc, plan) {
     ? { input_tokens: u.input_tokens, cache_creation_input_tokens: u.cache_creation_input_tokens, cache_read_input_tokens: u.cache_read_input_tokens, output_tokens: u.output_tokens }
     : { output_tokens: u.output_tokens };
   if (sc.usage) for (const k of Object.keys(sc.usage)) deltaUsage[k] = u[k];
-  const delta = { stop_reason: plan.stopReason, stop_sequence: null };
+  const delta = { stop_reason: plan.stopReason, stop_sequence: plan.stopSequence };
   if (plan.shape2026) delta.stop_details = null;
   if (!(await ctx.write(sseEvent('message_delta', { type: 'message_delta', delta, usage: deltaUsage }, ctx, pad)))) return;
   if (!(await ctx.write(sseEvent('message_stop', { type: 'message_stop' }, ctx, pad)))) return;
@@ -789,7 +1282,7 @@ function handleCountTokens(ctx, rawBody) {
   if (!isObj(body) || typeof body.model !== 'string') return anthropicError(ctx, 400, 'invalid_request_error', 'model: Field required', null);
   if (!Array.isArray(body.messages) || body.messages.length === 0) return anthropicError(ctx, 400, 'invalid_request_error', 'messages: at least one message is required', null);
   ctx.finish('completed');
-  sendJson(ctx.res, 200, { 'request-id': ctx.entry.id }, { input_tokens: Math.ceil(promptChars(body, 'messages') / 4) }, false);
+  sendJson(ctx.res, 200, { 'request-id': ctx.entry.id }, { input_tokens: promptTokens(body) }, false);
 }
 
 // ---------------------------------------------------------------------------
@@ -830,6 +1323,146 @@ function openaiError(ctx, variant, status, message, sc, code) {
 
 const OPENAI_ROLES = new Set(['developer', 'system', 'user', 'assistant', 'tool', 'function']);
 
+const OA_PART_TYPES = new Set(['text', 'image_url', 'input_audio', 'file', 'refusal']);
+const invalidParam = (msg, param, code = null) => ({ msg, code, param });
+
+// An OpenAI image_url part at param path p. Returns an error or null.
+function checkOpenaiImage(part, p) {
+  const iu = part.image_url;
+  if (!isObj(iu) || typeof iu.url !== 'string') return invalidParam(`Missing required parameter: '${p}.image_url.url'.`, `${p}.image_url.url`, 'missing_required_parameter');
+  const url = iu.url;
+  if (url.startsWith('data:')) {
+    const m = url.match(/^data:([^;,]+);base64,(.*)$/s);
+    if (!m) return invalidParam(`Invalid image URL: '${p}.image_url.url'. Expected a base64-encoded data URL with an image MIME type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got an unsupported data URL.`, `${p}.image_url.url`, 'invalid_image_url');
+    const unsupported = invalidParam("You uploaded an unsupported image. Please make sure your image has of one the following formats: ['png', 'jpeg', 'gif', 'webp'].", `${p}.image_url.url`, 'invalid_image_format');
+    if (!IMAGE_TYPES.has(m[1])) return unsupported;
+    const bad = checkImageData(m[1], m[2]);
+    if (bad === 'base64') return invalidParam(`Invalid base64 image_url: '${p}.image_url.url'.`, `${p}.image_url.url`, 'invalid_base64');
+    if (bad === 'mismatch') return unsupported;
+    return null;
+  }
+  if (!/^https:\/\/[^/\s]+/i.test(url)) {
+    return invalidParam(`Invalid image URL: '${p}.image_url.url'. Expected an https URL or a base64-encoded data URL with an image MIME type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got an unsupported URL.`, `${p}.image_url.url`, 'invalid_image_url');
+  }
+  return null;
+}
+
+// Content parts, tool-call pairing, tools, tool_choice, response_format, stop, reasoning_effort.
+function checkOpenaiRich(body) {
+  const msgs = body.messages;
+  let pending = null; // ids of the last assistant tool_calls still to answer, while in its tool run
+  let pendingAt = -1;
+  for (let i = 0; i < msgs.length; i++) {
+    const m = msgs[i];
+    if (Array.isArray(m.content)) {
+      for (let j = 0; j < m.content.length; j++) {
+        const part = m.content[j];
+        const p = `messages[${i}].content[${j}]`;
+        if (!isObj(part) || !OA_PART_TYPES.has(part.type)) {
+          return invalidParam(`Invalid value: '${isObj(part) ? part.type : part}'. Supported values are: 'text', 'image_url', 'input_audio', 'refusal', and 'file'.`, `${p}.type`, 'invalid_value');
+        }
+        if (part.type === 'text' && typeof part.text !== 'string') return invalidParam(`Missing required parameter: '${p}.text'.`, `${p}.text`, 'missing_required_parameter');
+        if (part.type === 'image_url') {
+          if (m.role !== 'user') return invalidParam(`Invalid '${p}.type': image_url content parts are only supported for messages with role 'user'.`, `${p}.type`, 'invalid_value');
+          const bad = checkOpenaiImage(part, p);
+          if (bad) return bad;
+        }
+      }
+    }
+    if (m.role === 'tool') {
+      if (typeof m.tool_call_id !== 'string') return invalidParam(`Missing required parameter: 'messages[${i}].tool_call_id'.`, `messages[${i}].tool_call_id`, 'missing_required_parameter');
+      if (pending === null || !pending.has(m.tool_call_id)) {
+        return invalidParam("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.", `messages.[${i}].role`);
+      }
+      pending.delete(m.tool_call_id);
+      continue;
+    }
+    if (pending !== null && pending.size > 0) {
+      return invalidParam(`An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: ${[...pending].join(', ')}`, `messages.[${pendingAt}].role`);
+    }
+    pending = null;
+    if (m.role === 'assistant' && m.tool_calls !== undefined && m.tool_calls !== null) {
+      if (!Array.isArray(m.tool_calls)) return invalidParam(`Invalid type for 'messages[${i}].tool_calls': expected an array of objects.`, `messages[${i}].tool_calls`, 'invalid_type');
+      pending = new Set();
+      pendingAt = i;
+      for (let k = 0; k < m.tool_calls.length; k++) {
+        const t = m.tool_calls[k];
+        const p = `messages[${i}].tool_calls[${k}]`;
+        if (!isObj(t) || typeof t.id !== 'string') return invalidParam(`Missing required parameter: '${p}.id'.`, `${p}.id`, 'missing_required_parameter');
+        if (t.type !== 'function') return invalidParam(`Missing required parameter: '${p}.type'.`, `${p}.type`, 'missing_required_parameter');
+        if (!isObj(t.function) || typeof t.function.name !== 'string') return invalidParam(`Missing required parameter: '${p}.function.name'.`, `${p}.function.name`, 'missing_required_parameter');
+        if (typeof t.function.arguments !== 'string') return invalidParam(`Missing required parameter: '${p}.function.arguments'.`, `${p}.function.arguments`, 'missing_required_parameter');
+        pending.add(t.id);
+      }
+    }
+  }
+  if (pending !== null && pending.size > 0 && pendingAt < msgs.length - 1) {
+    return invalidParam(`An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: ${[...pending].join(', ')}`, `messages.[${pendingAt}].role`);
+  }
+  const names = new Set();
+  if ('tools' in body && body.tools !== null) {
+    if (!Array.isArray(body.tools)) return invalidParam("Invalid type for 'tools': expected an array of objects.", 'tools', 'invalid_type');
+    for (let i = 0; i < body.tools.length; i++) {
+      const t = body.tools[i];
+      const p = `tools[${i}]`;
+      if (!isObj(t) || t.type !== 'function') return invalidParam(`Invalid value: '${isObj(t) ? t.type : t}'. Supported values are: 'function' and 'custom'.`, `${p}.type`, 'invalid_value');
+      if (!isObj(t.function) || !('name' in t.function)) return invalidParam(`Missing required parameter: '${p}.function.name'.`, `${p}.function.name`, 'missing_required_parameter');
+      const name = t.function.name;
+      if (typeof name !== 'string') return invalidParam(`Invalid type for '${p}.function.name': expected a string.`, `${p}.function.name`, 'invalid_type');
+      if (name.length === 0) return invalidParam(`Invalid '${p}.function.name': empty string. Expected a string with minimum length 1, but got an empty string instead.`, `${p}.function.name`, 'empty_string');
+      if (name.length > 64) {
+        return invalidParam(`Invalid '${p}.function.name': string too long. Expected a string with maximum length 64, but got a string with length ${name.length} instead.`, `${p}.function.name`, 'string_above_max_length');
+      }
+      const params = t.function.parameters;
+      if (params !== undefined && (!isObj(params) || params.type !== 'object')) {
+        const got = isObj(params) ? JSON.stringify(params.type ?? 'None') : 'None';
+        return invalidParam(`Invalid schema for function '${name}': schema must be a JSON Schema of 'type: "object"', got 'type: ${got}'.`, `${p}.function.parameters`, 'invalid_function_parameters');
+      }
+      names.add(name);
+    }
+  }
+  if ('tool_choice' in body && body.tool_choice !== null) {
+    const tc = body.tool_choice;
+    if (typeof tc === 'string') {
+      if (!['none', 'auto', 'required'].includes(tc)) return invalidParam(`Invalid value: '${tc}'. Supported values are: 'none', 'auto', and 'required'.`, 'tool_choice', 'invalid_value');
+    } else if (!isObj(tc) || tc.type !== 'function' || !isObj(tc.function) || typeof tc.function.name !== 'string') {
+      return invalidParam("Missing required parameter: 'tool_choice.function.name'.", 'tool_choice.function.name', 'missing_required_parameter');
+    }
+    if (!Array.isArray(body.tools) || body.tools.length === 0) {
+      return invalidParam("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", 'tool_choice');
+    }
+    if (isObj(tc) && !names.has(tc.function.name)) {
+      return invalidParam(`Invalid value for 'tool_choice': function '${tc.function.name}' is not one of the functions in 'tools'.`, 'tool_choice');
+    }
+  }
+  if ('response_format' in body && body.response_format !== null) {
+    const rf = body.response_format;
+    if (!isObj(rf) || !['text', 'json_object', 'json_schema'].includes(rf.type)) {
+      return invalidParam(`Invalid value: '${isObj(rf) ? rf.type : rf}'. Supported values are: 'json_object', 'json_schema', and 'text'.`, 'response_format.type', 'invalid_value');
+    }
+    if (rf.type === 'json_schema') {
+      if (!isObj(rf.json_schema)) return invalidParam("Missing required parameter: 'response_format.json_schema'.", 'response_format.json_schema', 'missing_required_parameter');
+      if (typeof rf.json_schema.name !== 'string') return invalidParam("Missing required parameter: 'response_format.json_schema.name'.", 'response_format.json_schema.name', 'missing_required_parameter');
+      if ('schema' in rf.json_schema && !isObj(rf.json_schema.schema)) {
+        return invalidParam("Invalid type for 'response_format.json_schema.schema': expected an object.", 'response_format.json_schema.schema', 'invalid_type');
+      }
+    }
+  }
+  if ('stop' in body && body.stop !== null) {
+    const st = body.stop;
+    if (Array.isArray(st)) {
+      if (st.length > 4) return invalidParam(`Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array with length ${st.length} instead.`, 'stop', 'array_above_max_length');
+      for (let i = 0; i < st.length; i++) if (typeof st[i] !== 'string') return invalidParam(`Invalid type for 'stop[${i}]': expected a string.`, `stop[${i}]`, 'invalid_type');
+    } else if (typeof st !== 'string') {
+      return invalidParam("Invalid type for 'stop': expected one of a string or array of strings.", 'stop', 'invalid_type');
+    }
+  }
+  if ('reasoning_effort' in body && body.reasoning_effort !== null && typeof body.reasoning_effort !== 'string') {
+    return invalidParam("Invalid type for 'reasoning_effort': expected a string.", 'reasoning_effort', 'invalid_type');
+  }
+  return null;
+}
+
 function validateOpenai(body) {
   if (!isObj(body)) return { msg: 'Invalid request body: expected a JSON object', code: null, param: null };
   if (typeof body.model !== 'string' || body.model === '') return { msg: 'you must provide a model parameter', code: null, param: null };
@@ -854,7 +1487,7 @@ function validateOpenai(body) {
     }
   }
   if ('stream' in body && body.stream !== null && typeof body.stream !== 'boolean') return { msg: "Invalid type for 'stream': expected a boolean.", code: 'invalid_type', param: 'stream' };
-  return null;
+  return checkOpenaiRich(body);
 }
 
 const FINISH_FROM_STOP = { end_turn: 'stop', stop_sequence: 'stop', max_tokens: 'length', tool_use: 'tool_calls', refusal: 'content_filter' };
@@ -905,18 +1538,23 @@ async function handleOpenai(ctx, rawBody) {
     return openaiError(ctx, variant, sc.status, sc.error_message ?? OPENAI_MESSAGES[sc.status] ?? 'Error', sc, sc.status === 429 ? 'rate_limit_exceeded' : null);
   }
 
-  const reply = replyText(sc, r.echoed);
+  const pc = planContent('openai', body, sc, r.echoed);
+  const reply = pc.text;
   const deltas = toDeltas(reply);
-  const promptTokens = Math.ceil(promptChars(body, 'messages') / 4);
-  const completionTokens = deltas.length;
+  const prompt = promptTokens(body);
+  const reasoningTokens = pc.hiddenReasoning + (pc.thinking ? toDeltas(pc.thinking).length : 0);
+  const completionTokens = deltas.length + extraOutputTokens(pc);
   let usage;
-  if (variant === 'ollama') usage = { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  if (variant === 'ollama') usage = { prompt_tokens: prompt, completion_tokens: completionTokens, total_tokens: prompt + completionTokens };
   else if (variant === 'openai') {
     usage = {
-      prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens,
-      prompt_tokens_details: { cached_tokens: 0 }, completion_tokens_details: { reasoning_tokens: 0 },
+      prompt_tokens: prompt, completion_tokens: completionTokens, total_tokens: prompt + completionTokens,
+      prompt_tokens_details: { cached_tokens: 0 }, completion_tokens_details: { reasoning_tokens: reasoningTokens },
     };
-  } else usage = { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  } else {
+    usage = { prompt_tokens: prompt, completion_tokens: completionTokens, total_tokens: prompt + completionTokens };
+    if (reasoningTokens > 0) usage.completion_tokens_details = { reasoning_tokens: reasoningTokens };
+  }
   if (sc.usage) Object.assign(usage, sc.usage);
   const plan = {
     id: 'chatcmpl-' + randomId('').slice(0, 24),
@@ -924,8 +1562,10 @@ async function handleOpenai(ctx, rawBody) {
     model: body.model,
     reply,
     deltas,
+    pc,
     usage,
-    finish: sc.finish_reason ?? (sc.stop_reason ? FINISH_FROM_STOP[sc.stop_reason] ?? sc.stop_reason : 'stop'),
+    finish: sc.finish_reason ?? (sc.stop_reason ? FINISH_FROM_STOP[sc.stop_reason] ?? sc.stop_reason
+      : pc.stopSeq === null && pc.calls.length > 0 ? 'tool_calls' : 'stop'),
     variant,
     pad: sc.pad_json === true,
   };
@@ -957,13 +1597,18 @@ function llamacppTimings(u) {
 }
 
 async function openaiJson(ctx, sc, plan) {
-  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, plan.deltas.length - 1);
+  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, openaiDeltas(plan).list.length - 1);
   if (delay && !(await ctx.sleep(delay))) return;
   const fault = sc.fault;
   if (fault === 'reset') return ctx.reset('fault:reset');
   if (fault === 'stall') return ctx.stall(sc.stall_ms ?? 0, 'fault:stall');
   const o = openaiBase(plan, 'chat.completion');
-  const message = { role: 'assistant', content: plan.reply };
+  const pc = plan.pc;
+  const message = { role: 'assistant', content: plan.reply === '' && pc.calls.length > 0 ? null : plan.reply };
+  if (pc.thinking !== null) message.reasoning_content = pc.thinking;
+  if (pc.calls.length > 0) {
+    message.tool_calls = pc.calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.json } }));
+  }
   if (plan.variant === 'openai') message.refusal = null;
   const choice = { index: 0, message };
   if (plan.variant !== 'vllm') choice.logprobs = null;
@@ -988,6 +1633,27 @@ async function openaiJson(ctx, sc, plan) {
   }
   ctx.finish(fault ? `fault:${fault}` : 'completed');
   sendJson(ctx.res, 200, headers, o, plan.pad);
+}
+
+// The stream's first delta and the list of later deltas: reasoning words, content words,
+// then per tool call a header (index, id, type, name, empty arguments) and argument pieces.
+// A reply of tool calls only carries the first header in the first chunk (content null).
+function openaiDeltas(plan) {
+  const pc = plan.pc;
+  if (pc.thinking === null && pc.calls.length === 0) {
+    return { first: { role: 'assistant', content: '' }, list: plan.deltas.map((t) => ({ content: t })) };
+  }
+  const list = [];
+  if (pc.thinking !== null) for (const t of toDeltas(pc.thinking)) list.push({ reasoning_content: t });
+  for (const t of plan.deltas) list.push({ content: t });
+  let first = { role: 'assistant', content: '' };
+  pc.calls.forEach((c, k) => {
+    const header = { tool_calls: [{ index: k, id: c.id, type: 'function', function: { name: c.name, arguments: '' } }] };
+    if (k === 0 && list.length === 0) first = { role: 'assistant', content: null, tool_calls: header.tool_calls };
+    else list.push(header);
+    for (const piece of splitPieces(c.json, 3)) list.push({ tool_calls: [{ index: k, function: { arguments: piece } }] });
+  });
+  return { first, list };
 }
 
 async function openaiStream(ctx, sc, plan, body) {
@@ -1028,12 +1694,14 @@ async function openaiStream(ctx, sc, plan, body) {
     return c;
   };
 
-  const firstDelta = { role: 'assistant', content: '' };
+  const od = openaiDeltas(plan);
+  const list = od.list;
+  const firstDelta = od.first;
   if (variant === 'openai') firstDelta.refusal = null;
   if (!(await ctx.write(chunk([choice(firstDelta, null)], variant === 'groq' ? { x_groq: { id: ctx.entry.id } } : null)))) return;
   if (sc.ttft_ms && !(await ctx.sleep(sc.ttft_ms))) return;
 
-  const n = plan.deltas.length;
+  const n = list.length;
   let faultFired = false;
   const fire = async () => {
     faultFired = true;
@@ -1075,7 +1743,7 @@ async function openaiStream(ctx, sc, plan, body) {
   for (let i = 0; i < n; i++) {
     if (positional && !faultFired && i === after && (await fire())) return;
     if (i > 0 && sc.gap_ms && !(await ctx.sleep(sc.gap_ms))) return;
-    if (!(await ctx.write(chunk([choice({ content: plan.deltas[i] }, null)])))) return;
+    if (!(await ctx.write(chunk([choice(list[i], null)])))) return;
     if (pingEvery && (i + 1) % pingEvery === 0 && !(await ctx.write(': ping\n\n'))) return;
   }
   if (positional && !faultFired && (await fire())) return;
