@@ -5,6 +5,7 @@
 #include "chat/models.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@ typedef struct provider_entry {
     char *version;
     char *key_env;          /* variable that holds the key, "" if none is needed */
     char *max_tokens_field; /* OpenAI-compatible: "max_tokens" or "max_completion_tokens" */
+    char **rejects;         /* "rejects": options every model of the provider refuses */
+    size_t n_rejects;
     bool configured;
 } provider_entry;
 
@@ -54,6 +57,9 @@ static void provider_clear(provider_entry *p)
     free(p->version);
     free(p->key_env);
     free(p->max_tokens_field);
+    for (size_t i = 0; i < p->n_rejects; i++)
+        free(p->rejects[i]);
+    free(p->rejects);
     memset(p, 0, sizeof *p);
 }
 
@@ -79,6 +85,9 @@ static void model_clear(chat_model *m)
     for (size_t i = 0; i < m->n_fallbacks; i++)
         free(m->fallbacks[i]);
     free(m->fallbacks);
+    for (size_t i = 0; i < m->n_rejects; i++)
+        free(m->rejects[i]);
+    free(m->rejects);
     memset(m, 0, sizeof *m);
 }
 
@@ -95,6 +104,120 @@ static bool price_of(json_t *obj, const char *key, int64_t *out, char *err, size
         return false;
     }
     *out = (int64_t)llround(json_number_value(v) * 1e6);
+    return true;
+}
+
+
+/* ---- what a model accepts: features, temperature_max, rejects ---- */
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} feature_names[] = {
+    { "tools", CHAT_MODEL_TOOLS },
+    { "vision", CHAT_MODEL_VISION },
+    { "structured_output", CHAT_MODEL_STRUCTURED_OUTPUT },
+    { "thinking", CHAT_MODEL_THINKING },
+    { "reasoning_effort", CHAT_MODEL_REASONING_EFFORT },
+};
+
+#define N_FEATURES (sizeof feature_names / sizeof feature_names[0])
+
+/* Every option name of llm/content.h: what "rejects" may list, and the
+ * static strings models_check_options returns. */
+static const char *const option_names[] = {
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "user",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "thinking",
+    "reasoning_effort",
+};
+
+#define N_OPTIONS (sizeof option_names / sizeof option_names[0])
+
+/* The static name of option key, or NULL for a key chatd does not know. */
+static const char *option_name(const char *key)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (strcmp(option_names[i], key) == 0)
+            return option_names[i];
+    return NULL;
+}
+
+static bool load_features(chat_model *cm, json_t *arr, const char *src, char *err, size_t errlen)
+{
+    if (!arr)
+        return true;
+    if (!json_is_array(arr)) {
+        chat_set_err(err, errlen, "%s: model %s: \"features\" must be an array of names", src, cm->name);
+        return false;
+    }
+    size_t i;
+    json_t *f;
+    json_array_foreach(arr, i, f)
+    {
+        const char *name = json_string_value(f);
+        size_t k = 0;
+        while (name && k < N_FEATURES && strcmp(feature_names[k].name, name) != 0)
+            k++;
+        if (!name || k == N_FEATURES) {
+            chat_set_err(err, errlen,
+                         "%s: model %s: unknown feature %s%.64s%s (known: tools, vision, structured_output, thinking, "
+                         "reasoning_effort)",
+                         src, cm->name, name ? "\"" : "", name ? name : "(not a string)", name ? "\"" : "");
+            return false;
+        }
+        cm->features |= feature_names[k].bit;
+    }
+    return true;
+}
+
+/* Appends name to a list of rejected options unless it is there already. */
+static void rejects_add(char ***list, size_t *n, const char *name)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*list)[i], name) == 0)
+            return;
+    *list = chat_xrealloc(*list, (*n + 1) * sizeof **list);
+    (*list)[(*n)++] = chat_xstrdup(name);
+}
+
+/* "rejects" of a model or a provider (whose): option names only. */
+static bool load_rejects(json_t *arr, char ***list, size_t *n, const char *src, const char *whose, char *err,
+                         size_t errlen)
+{
+    if (!arr)
+        return true;
+    if (!json_is_array(arr) || json_array_size(arr) > N_OPTIONS) {
+        chat_set_err(err, errlen, "%s: %s: \"rejects\" must be an array of option names", src, whose);
+        return false;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        const char *name = json_string_value(v);
+        if (!name || !option_name(name)) {
+            chat_set_err(err, errlen, "%s: %s: \"rejects\" names an unknown option %s%.64s%s", src, whose,
+                         name ? "\"" : "", name ? name : "(not a string)", name ? "\"" : "");
+            return false;
+        }
+        rejects_add(list, n, name);
+    }
     return true;
 }
 
@@ -142,6 +265,10 @@ static bool load_providers(model_table *t, json_t *obj, const char *src, char *e
             return false;
         }
         e->max_tokens_field = chat_xstrdup(mtf);
+        char whose[96];
+        snprintf(whose, sizeof whose, "provider %s", name);
+        if (!load_rejects(json_object_get(p, "rejects"), &e->rejects, &e->n_rejects, src, whose, err, errlen))
+            return false;
         /* A provider that names no key variable (a local server) needs none. */
         e->configured = !(key_env && *key_env) || (key && *key);
     }
@@ -199,6 +326,19 @@ static bool load_models(model_table *t, json_t *arr, const char *src, char *err,
             !price_of(price, "output", &cm->price.output, err, errlen, name) ||
             !price_of(price, "cache_write", &cm->price.cache_write, err, errlen, name) ||
             !price_of(price, "cache_read", &cm->price.cache_read, err, errlen, name))
+            return false;
+        if (!load_features(cm, json_object_get(m, "features"), src, err, errlen))
+            return false;
+        json_t *tmax = json_object_get(m, "temperature_max");
+        if (tmax && (!json_is_number(tmax) || json_number_value(tmax) <= 0 || json_number_value(tmax) > 10)) {
+            chat_set_err(err, errlen, "%s: model %s: \"temperature_max\" must be a number above 0 (at most 10)", src,
+                         name);
+            return false;
+        }
+        cm->temperature_max = tmax ? json_number_value(tmax) : 0; /* 0: the provider kind's, set on resolving */
+        char whose[320];
+        snprintf(whose, sizeof whose, "model %s", name);
+        if (!load_rejects(json_object_get(m, "rejects"), &cm->rejects, &cm->n_rejects, src, whose, err, errlen))
             return false;
         json_t *fb = json_object_get(m, "fallbacks");
         if (fb && (!json_is_array(fb) || json_array_size(fb) > MAX_FALLBACKS)) {
@@ -317,6 +457,15 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
         lp->max_tokens_field = p->max_tokens_field;
         lp->prompt_caching = cfg->prompt_caching && p->kind == LLM_PROVIDER_ANTHROPIC;
         lp->cache_min_tokens = m->cache_min_tokens;
+        if (m->temperature_max <= 0)
+            m->temperature_max = p->kind == LLM_PROVIDER_ANTHROPIC ? 1.0 : 2.0;
+        for (size_t k = 0; k < p->n_rejects; k++)
+            rejects_add(&m->rejects, &m->n_rejects, p->rejects[k]);
+        if (p->kind == LLM_PROVIDER_ANTHROPIC && p->version && strcmp(p->version, ANTHROPIC_VERSION_NO_SAMPLING) == 0) {
+            rejects_add(&m->rejects, &m->n_rejects, "temperature");
+            rejects_add(&m->rejects, &m->n_rejects, "top_p");
+            rejects_add(&m->rejects, &m->n_rejects, "top_k");
+        }
     }
     t->dflt = models_find(t, cfg->chat_model);
     if (!t->dflt) {
@@ -365,6 +514,228 @@ size_t models_count(const model_table *t)
 const chat_model *models_at(const model_table *t, size_t i)
 {
     return i < t->n_models ? &t->models[i] : NULL;
+}
+
+/* ---- checking a request against a model ---- */
+
+static bool has(const chat_model *m, unsigned feature)
+{
+    return (m->features & feature) != 0;
+}
+
+static bool rejected_by_data(const chat_model *m, const char *key)
+{
+    for (size_t i = 0; i < m->n_rejects; i++)
+        if (strcmp(m->rejects[i], key) == 0)
+            return true;
+    return false;
+}
+
+static bool is_zero(const json_t *v)
+{
+    return json_is_number(v) && json_number_value(v) == 0;
+}
+
+/* True when option key with value v asks for nothing (the provider's own
+ * default): it is accepted whatever the model and left out of the request
+ * (models_strip_noops). */
+static bool noop(const chat_model *m, const char *key, const json_t *v)
+{
+    bool anthropic = m->provider.kind == LLM_PROVIDER_ANTHROPIC;
+    if (strcmp(key, "n") == 0)
+        return json_is_integer(v) && json_integer_value(v) == 1;
+    if (strcmp(key, "thinking") == 0) {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        unsigned need = anthropic ? CHAT_MODEL_THINKING : CHAT_MODEL_REASONING_EFFORT;
+        return type && strcmp(type, "disabled") == 0 && !has(m, need);
+    }
+    if (!anthropic)
+        return strcmp(key, "metadata") == 0; /* Anthropic's; not sent to OpenAI-compatible servers */
+    if (strcmp(key, "presence_penalty") == 0 || strcmp(key, "frequency_penalty") == 0 ||
+        strcmp(key, "top_logprobs") == 0)
+        return is_zero(v);
+    if (strcmp(key, "logprobs") == 0)
+        return json_is_false(v);
+    if (strcmp(key, "logit_bias") == 0)
+        return json_is_object(v) && json_object_size(v) == 0;
+    if (strcmp(key, "response_format") == 0) {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        return type && strcmp(type, "text") == 0;
+    }
+    return false;
+}
+
+/* Fills why with "<key>: <reason>" and returns key (static). */
+static const char *refuse(char *why, size_t whylen, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static const char *refuse(char *why, size_t whylen, const char *key, const char *fmt, ...)
+{
+    char reason[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    if (why && whylen > 0)
+        snprintf(why, whylen, "%s: %s", key, reason);
+    return key;
+}
+
+/* One known option (name static) with value v on model m: NULL or name. */
+static const char *check_option(const chat_model *m, const char *name, const json_t *v, char *why, size_t whylen)
+{
+    bool anthropic = m->provider.kind == LLM_PROVIDER_ANTHROPIC;
+    const char *prov = m->provider_name;
+    if (noop(m, name, v))
+        return NULL;
+    if (rejected_by_data(m, name))
+        return refuse(why, whylen, name, "model %s does not accept this parameter", m->name);
+    if (strcmp(name, "temperature") == 0) {
+        if (!json_is_number(v))
+            return refuse(why, whylen, name, "must be a number (model %s)", m->name);
+        double t = json_number_value(v);
+        if (t < 0)
+            return refuse(why, whylen, name, "%g is below 0, the least model %s accepts", t, m->name);
+        if (t > m->temperature_max)
+            return refuse(why, whylen, name, "%g is above %g, the most model %s accepts", t, m->temperature_max,
+                          m->name);
+        return NULL;
+    }
+    if (strcmp(name, "top_p") == 0) {
+        if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1)
+            return refuse(why, whylen, name, "must be a number from 0 to 1 (model %s)", m->name);
+        return NULL;
+    }
+    if (strcmp(name, "top_k") == 0) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            return refuse(why, whylen, name, "must be an integer of at least 1 (model %s)", m->name);
+        return NULL;
+    }
+    if (strcmp(name, "stop") == 0) {
+        size_t i;
+        const json_t *s;
+        if (!json_is_array(v))
+            return refuse(why, whylen, name, "must be an array of strings (model %s)", m->name);
+        json_array_foreach(v, i, s) if (!json_is_string(s) || json_string_length(s) == 0) return refuse(
+            why, whylen, name, "must be an array of non-empty strings (model %s)", m->name);
+        return NULL;
+    }
+    if (strcmp(name, "n") == 0)
+        return refuse(why, whylen, name, "only 1 is supported: a turn has one reply (model %s)", m->name);
+    if (strcmp(name, "user") == 0)
+        return json_is_string(v) ? NULL : refuse(why, whylen, name, "must be a string (model %s)", m->name);
+    if (strcmp(name, "metadata") == 0)
+        return json_is_object(v) ? NULL : refuse(why, whylen, name, "must be an object (model %s)", m->name);
+    if (strcmp(name, "seed") == 0 || strcmp(name, "presence_penalty") == 0 || strcmp(name, "frequency_penalty") == 0 ||
+        strcmp(name, "logit_bias") == 0 || strcmp(name, "logprobs") == 0 || strcmp(name, "top_logprobs") == 0) {
+        if (anthropic)
+            return refuse(why, whylen, name,
+                          "model %s (provider %s, Anthropic Messages API) does not support this "
+                          "parameter",
+                          m->name, prov);
+        return NULL;
+    }
+    if (strcmp(name, "tools") == 0 || strcmp(name, "tool_choice") == 0 || strcmp(name, "parallel_tool_calls") == 0) {
+        if (!has(m, CHAT_MODEL_TOOLS))
+            return refuse(why, whylen, name, "model %s does not support tool use", m->name);
+        return NULL;
+    }
+    if (strcmp(name, "response_format") == 0) {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        if (!type || (strcmp(type, "json_object") != 0 && strcmp(type, "json_schema") != 0))
+            return refuse(why, whylen, name, "type must be text, json_object or json_schema (model %s)", m->name);
+        if (!has(m, CHAT_MODEL_STRUCTURED_OUTPUT) && !has(m, CHAT_MODEL_TOOLS))
+            return refuse(why, whylen, name, "model %s supports neither structured output nor tool use", m->name);
+        return NULL;
+    }
+    if (strcmp(name, "thinking") == 0) {
+        unsigned need = anthropic ? CHAT_MODEL_THINKING : CHAT_MODEL_REASONING_EFFORT;
+        if (!has(m, need))
+            return refuse(why, whylen, name, "model %s does not support %s", m->name,
+                          anthropic ? "extended thinking" : "reasoning (reasoning_effort)");
+        return NULL;
+    }
+    if (strcmp(name, "reasoning_effort") == 0) {
+        unsigned need = anthropic ? CHAT_MODEL_THINKING : CHAT_MODEL_REASONING_EFFORT;
+        if (!has(m, need))
+            return refuse(why, whylen, name, "model %s does not support %s", m->name,
+                          anthropic ? "extended thinking" : "reasoning_effort");
+        return NULL;
+    }
+    return NULL;
+}
+
+const char *models_check_options(const chat_model *m, const json_t *options, char *why, size_t whylen)
+{
+    if (!options)
+        return NULL;
+    if (!json_is_object(options))
+        return refuse(why, whylen, "options", "must be an object");
+    /* In the table's order, so that the first refusal does not depend on the client's key order. */
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const json_t *v = json_object_get(options, option_names[i]);
+        const char *r = v ? check_option(m, option_names[i], v, why, whylen) : NULL;
+        if (r)
+            return r;
+    }
+    const char *key;
+    const json_t *v;
+    json_object_foreach((json_t *)options, key, v)
+    {
+        if (!option_name(key)) {
+            if (why && whylen > 0)
+                snprintf(why, whylen, "%.64s: an unknown parameter (model %s)", key, m->name);
+            return key;
+        }
+    }
+    return NULL;
+}
+
+void models_strip_noops(const chat_model *m, json_t *options)
+{
+    for (size_t i = 0; json_is_object(options) && i < N_OPTIONS; i++) {
+        const json_t *v = json_object_get(options, option_names[i]);
+        if (v && noop(m, option_names[i], v))
+            json_object_del(options, option_names[i]);
+    }
+}
+
+/* The first block of content (or of a tool result in it) needing a feature m lacks. */
+static const char *check_blocks(const chat_model *m, const json_t *content, const char *path, char *why, size_t whylen)
+{
+    size_t i;
+    const json_t *b;
+    json_array_foreach(content, i, b)
+    {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type)
+            continue;
+        if (strcmp(type, "image") == 0 && !has(m, CHAT_MODEL_VISION)) {
+            if (why && whylen > 0)
+                snprintf(why, whylen, "%s[%zu]: model %s does not accept images", path, i, m->name);
+            return "vision";
+        }
+        if ((strcmp(type, "tool_use") == 0 || strcmp(type, "tool_result") == 0) && !has(m, CHAT_MODEL_TOOLS)) {
+            if (why && whylen > 0)
+                snprintf(why, whylen, "%s[%zu]: model %s does not support tool use (a %s block)", path, i, m->name,
+                         type);
+            return "tools";
+        }
+        const json_t *inner = json_object_get(b, "content");
+        if (strcmp(type, "tool_result") == 0 && json_is_array(inner)) {
+            char sub[64];
+            snprintf(sub, sizeof sub, "%s[%zu].content", path, i);
+            const char *r = check_blocks(m, inner, sub, why, whylen);
+            if (r)
+                return r;
+        }
+    }
+    return NULL;
+}
+
+const char *models_check_content(const chat_model *m, const json_t *content, char *why, size_t whylen)
+{
+    return content ? check_blocks(m, content, "content", why, whylen) : NULL;
 }
 
 int64_t models_cost_micros(const chat_model *m, const store_usage *u)

@@ -85,6 +85,11 @@ const chat_model *models_default(const model_table *t);
 size_t models_count(const model_table *t);
 const chat_model *models_at(const model_table *t, size_t i);
 
+/* The Anthropic API version whose models take no sampling parameters
+ * (temperature, top_p, top_k): added to the rejects of every model of a
+ * provider configured with it. */
+#define ANTHROPIC_VERSION_NO_SAMPLING "2026-10-21"
+
 enum {
     CHAT_MODEL_TOOLS = 1u << 0,
     CHAT_MODEL_VISION = 1u << 1,
@@ -97,15 +102,50 @@ enum {
  * Checks request options (llm/content.h) against what model m and its
  * provider's wire format accept. Returns NULL when every option can be sent;
  * else the name of the first refused option (a static string, e.g.
- * "temperature") with why filled (one line naming the option, the value when
- * it is out of range, and the model). Never clamps or rewrites a value.
+ * "temperature"; for a key chatd does not know, the key as stored in options,
+ * valid while options is) with why filled (one line naming the option, the
+ * value when it is out of range, and the model, e.g. "temperature: 1.5 is
+ * above 1, the most model claude-sonnet-4-6 accepts"). Never clamps or
+ * rewrites a value. Options are checked in the order of llm/content.h, so the
+ * first refusal does not depend on the client's key order.
+ *
+ * What a provider KIND can carry at all is code:
+ *   Anthropic: temperature (0..temperature_max), top_p, top_k, stop, user,
+ *     metadata; tools, tool_choice, parallel_tool_calls (need "tools");
+ *     response_format json_object/json_schema (native with
+ *     "structured_output", else through a forced tool, which needs "tools");
+ *     thinking and reasoning_effort (need "thinking"; reasoning_effort maps to
+ *     a thinking budget). Refused: seed, presence_penalty, frequency_penalty,
+ *     logit_bias, logprobs, top_logprobs (but their no-op values, see
+ *     models_strip_noops, are accepted).
+ *   OpenAI-compatible: everything; thinking and reasoning_effort need
+ *     "reasoning_effort" (thinking maps to it); top_k passes (vLLM and
+ *     llama.cpp take it) unless the model's data rejects it.
+ *   Both: n other than 1 (a turn has one reply).
+ * What a MODEL refuses is data: models.json "rejects" on the model and on its
+ * provider entry, merged. One rule is a fact of an API version and so is
+ * code: with ANTHROPIC_VERSION (or a provider "version") 2026-10-21 every
+ * model of that Anthropic provider refuses temperature, top_p and top_k
+ * (ANTHROPIC_VERSION_NO_SAMPLING).
  */
 const char *models_check_options(const chat_model *m, const json_t *options, char *why, size_t whylen);
 
 /*
+ * Removes from options (a JSON object, modified in place) the keys whose value
+ * asks for nothing on m's provider, which models_check_options accepted for
+ * that reason: "n": 1; "thinking": {"type":"disabled"} on a model without
+ * thinking/reasoning; for Anthropic, zero penalties and top_logprobs,
+ * "logprobs": false, an empty "logit_bias", "response_format": {"type":"text"};
+ * for OpenAI-compatible providers, "metadata" (Anthropic's, nothing to map it
+ * to). What is left is what the provider is given (llm_request.options).
+ */
+void models_strip_noops(const chat_model *m, json_t *options);
+
+/*
  * Checks that m can read content (canonical blocks of a message): images need
- * "vision", tool blocks "tools". Returns NULL, or the missing feature's name
- * with why filled as above.
+ * "vision" (also inside a tool result), tool blocks "tools". Returns NULL, or
+ * the missing feature's name ("vision" or "tools", static) with why filled
+ * as above, naming the block ("content[1]: model gpt-x does not accept images").
  */
 const char *models_check_content(const chat_model *m, const json_t *content, char *why, size_t whylen);
 
