@@ -3,7 +3,11 @@
  * behind llm_provider_ops (call_internal.h).
  *
  * Request: POST {base_url}/v1/messages with x-api-key, anthropic-version and a
- * JSON body {model, max_tokens, system?, messages:[{role, content}], stream?}.
+ * JSON body {model, max_tokens, system?, messages:[{role, content}], options...,
+ * stream?}: content is the text, or the message's canonical blocks unchanged
+ * (llm/content.h uses Anthropic's shape), and the request options are mapped
+ * as docs/PROTOCOLS.md A11 says; an option Anthropic cannot carry makes the
+ * request unusable rather than being dropped.
  * With prompt caching on, cache_control breakpoints are added to that body
  * (llm_anthropic_mark_cache; the strings they go on become one-block arrays).
  * Reply: a JSON Message (A5), or an SSE stream routed on the SSE event name,
@@ -157,6 +161,9 @@ static bool mark_end(json_t *holder, const char *key)
     json_t *text = json_object_get(last, "text");
     if (type && strcmp(type, "text") == 0 && (!json_is_string(text) || json_string_length(text) == 0))
         return false;
+    /* Thinking blocks cannot carry cache_control (they are cached as part of the turn). */
+    if (type && (strcmp(type, "thinking") == 0 || strcmp(type, "redacted_thinking") == 0))
+        return false;
     json_object_set_new(last, "cache_control", ephemeral());
     return true;
 }
@@ -202,11 +209,302 @@ int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens)
 
 /* ---- the request body ---- */
 
+/* A JSON value, or oom. */
+static json_t *jchk(json_t *v)
+{
+    if (!v)
+        oom_json();
+    return v;
+}
+
+/* The content of one message: its blocks (a deep copy; must be a non-empty
+ * array of objects) or its text. NULL if unusable. */
+static json_t *message_content(const llm_message *m)
+{
+    if (m->blocks) {
+        if (!json_is_array(m->blocks) || json_array_size(m->blocks) == 0)
+            return NULL;
+        size_t i;
+        json_t *b;
+        json_array_foreach(m->blocks, i, b)
+        {
+            if (!json_is_object(b) || !json_is_string(json_object_get(b, "type")))
+                return NULL;
+        }
+        return jchk(json_deep_copy(m->blocks));
+    }
+    return m->content ? json_string(m->content) : NULL;
+}
+
+/* The option keys Anthropic can carry (see apply_options). Any other key
+ * makes the request unusable, unless its value is the one that changes
+ * nothing (no_op_value). */
+static const char *const known_options[] = {
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "user",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "thinking",
+    "reasoning_effort",
+    NULL,
+};
+
+static bool is_known_option(const char *k)
+{
+    for (size_t i = 0; known_options[i]; i++)
+        if (strcmp(known_options[i], k) == 0)
+            return true;
+    return false;
+}
+
+/* OpenAI-only options whose value asks for nothing (their defaults, which
+ * clients often send explicitly): n 1, logprobs false, presence_penalty and
+ * frequency_penalty 0, an empty logit_bias. Anything else of theirs (seed,
+ * top_logprobs, ...) changes the answer and cannot be carried. */
+static bool no_op_value(const char *k, json_t *v)
+{
+    if (strcmp(k, "n") == 0)
+        return json_is_integer(v) && json_integer_value(v) == 1;
+    if (strcmp(k, "logprobs") == 0)
+        return json_is_false(v);
+    if (strcmp(k, "presence_penalty") == 0 || strcmp(k, "frequency_penalty") == 0)
+        return json_is_number(v) && json_number_value(v) == 0.0;
+    if (strcmp(k, "logit_bias") == 0)
+        return json_is_object(v) && json_object_size(v) == 0;
+    return false;
+}
+
+/* thinking.budget_tokens for a reasoning_effort (docs/PROTOCOLS.md A11), or 0 if unknown. */
+static int64_t effort_budget(const char *effort)
+{
+    if (!effort)
+        return 0;
+    if (strcmp(effort, "minimal") == 0 || strcmp(effort, "low") == 0)
+        return 1024;
+    if (strcmp(effort, "medium") == 0)
+        return 4096;
+    if (strcmp(effort, "high") == 0)
+        return 16384;
+    return 0;
+}
+
+/* One canonical tool {name, description?, input_schema, strict?, cache_control?}
+ * in Anthropic's shape (the same fields), NULL if malformed. */
+static json_t *tool_def(json_t *t)
+{
+    json_t *name = json_object_get(t, "name");
+    json_t *desc = json_object_get(t, "description");
+    json_t *schema = json_object_get(t, "input_schema");
+    json_t *strict = json_object_get(t, "strict");
+    json_t *cc = json_object_get(t, "cache_control");
+    if (!json_is_object(t) || !json_is_string(name) || json_string_length(name) == 0 || !json_is_object(schema) ||
+        (desc && !json_is_string(desc)) || (strict && !json_is_boolean(strict)) || (cc && !json_is_object(cc)))
+        return NULL;
+    json_t *o = jchk(json_object());
+    json_object_set(o, "name", name);
+    if (desc)
+        json_object_set(o, "description", desc);
+    json_object_set_new(o, "input_schema", jchk(json_deep_copy(schema)));
+    if (strict)
+        json_object_set(o, "strict", strict);
+    if (cc)
+        json_object_set_new(o, "cache_control", jchk(json_deep_copy(cc)));
+    return o;
+}
+
+/* The JSON Schema a response_format asks for: json_schema's schema, or
+ * {"type":"object"} for json_object; NULL for text (nothing to ask) or a
+ * malformed value (*bad set). New reference. */
+static json_t *format_schema(json_t *rf, bool *bad)
+{
+    *bad = false;
+    const char *type = json_string_value(json_object_get(rf, "type"));
+    if (!json_is_object(rf) || !type) {
+        *bad = true;
+        return NULL;
+    }
+    if (strcmp(type, "text") == 0)
+        return NULL;
+    if (strcmp(type, "json_object") == 0)
+        return jchk(json_pack("{s:s}", "type", "object"));
+    json_t *schema = json_object_get(rf, "schema");
+    if (strcmp(type, "json_schema") == 0 && json_is_object(schema))
+        return jchk(json_deep_copy(schema));
+    *bad = true;
+    return NULL;
+}
+
+/*
+ * Maps the request options (llm/content.h "Options") onto the body, in a
+ * fixed order (docs/PROTOCOLS.md A11). Returns false if a key cannot be
+ * carried or a value is malformed: the request is then unusable.
+ */
+static bool apply_options(json_t *root, const llm_request *req)
+{
+    const json_t *opts = req->options;
+    if (!opts)
+        return true;
+    if (!json_is_object(opts))
+        return false;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)opts, k, v)
+    {
+        if (!is_known_option(k) && !no_op_value(k, v))
+            return false;
+    }
+#define OPT(name) json_object_get(opts, name)
+    json_t *temp = OPT("temperature"), *top_p = OPT("top_p"), *top_k = OPT("top_k");
+    if ((temp && !json_is_number(temp)) || (top_p && !json_is_number(top_p)) || (top_k && !json_is_integer(top_k)))
+        return false;
+    if (temp)
+        json_object_set(root, "temperature", temp);
+    if (top_p)
+        json_object_set(root, "top_p", top_p);
+    if (top_k)
+        json_object_set(root, "top_k", top_k);
+
+    json_t *stop = OPT("stop");
+    if (stop) {
+        json_t *seqs = NULL;
+        if (json_is_string(stop)) {
+            seqs = jchk(json_pack("[O]", stop));
+        } else if (json_is_array(stop) && json_array_size(stop) > 0) {
+            size_t i;
+            json_t *s;
+            json_array_foreach(stop, i, s)
+            {
+                if (!json_is_string(s))
+                    return false;
+            }
+            seqs = jchk(json_deep_copy(stop));
+        } else {
+            return false;
+        }
+        json_object_set_new(root, "stop_sequences", seqs);
+    }
+
+    json_t *meta = OPT("metadata"), *user = OPT("user");
+    if ((meta && !json_is_object(meta)) || (user && !json_is_string(user)))
+        return false;
+    if (meta || user) {
+        json_t *m = meta ? jchk(json_deep_copy(meta)) : jchk(json_object());
+        if (user && !json_object_get(m, "user_id"))
+            json_object_set(m, "user_id", user);
+        json_object_set_new(root, "metadata", m);
+    }
+
+    /* Tools, the forced structured-output tool, tool_choice. */
+    json_t *tools_in = OPT("tools"), *choice_in = OPT("tool_choice"), *parallel = OPT("parallel_tool_calls");
+    json_t *rf = OPT("response_format");
+    if ((tools_in && !json_is_array(tools_in)) || (choice_in && !json_is_object(choice_in)) ||
+        (parallel && !json_is_boolean(parallel)))
+        return false;
+    bool bad = false;
+    json_t *schema = rf ? format_schema(rf, &bad) : NULL;
+    if (bad)
+        return false;
+    json_t *tools = NULL;
+    if (tools_in && json_array_size(tools_in) > 0) {
+        tools = jchk(json_array());
+        size_t i;
+        json_t *t;
+        json_array_foreach(tools_in, i, t)
+        {
+            json_t *d = tool_def(t);
+            if (!d) {
+                json_decref(tools);
+                json_decref(schema);
+                return false;
+            }
+            json_array_append_new(tools, d);
+        }
+    }
+    bool have_user_tools = tools != NULL;
+    json_t *choice = NULL;
+    if (choice_in) {
+        const char *ct = json_string_value(json_object_get(choice_in, "type"));
+        json_t *name = json_object_get(choice_in, "name");
+        if (ct && (strcmp(ct, "auto") == 0 || strcmp(ct, "any") == 0 || strcmp(ct, "none") == 0))
+            choice = jchk(json_pack("{s:s}", "type", ct));
+        else if (ct && strcmp(ct, "tool") == 0 && json_is_string(name) && json_string_length(name) > 0)
+            choice = jchk(json_pack("{s:s,s:O}", "type", "tool", "name", name));
+        if (!choice) {
+            json_decref(tools);
+            json_decref(schema);
+            return false;
+        }
+    }
+    if (schema && req->json_via_tool) {
+        /* Structured output through a forced tool (provider.h json_via_tool):
+         * the model must call LLM_JSON_TOOL, or one of the caller's tools if
+         * there are any (then "any"). A caller's tool_choice other than auto
+         * contradicts the forcing. */
+        const char *ct = choice ? json_string_value(json_object_get(choice, "type")) : "auto";
+        if (strcmp(ct, "auto") != 0) {
+            json_decref(tools);
+            json_decref(schema);
+            json_decref(choice);
+            return false;
+        }
+        json_decref(choice);
+        if (!tools)
+            tools = jchk(json_array());
+        json_array_append_new(
+            tools, jchk(json_pack("{s:s,s:s,s:o}", "name", LLM_JSON_TOOL, "description",
+                                  "Respond with the final answer as this tool's input.", "input_schema", schema)));
+        choice = have_user_tools ? jchk(json_pack("{s:s}", "type", "any"))
+                                 : jchk(json_pack("{s:s,s:s}", "type", "tool", "name", LLM_JSON_TOOL));
+    } else if (schema) {
+        json_t *oc = jchk(json_pack("{s:{s:s,s:o}}", "format", "type", "json_schema", "schema", schema));
+        json_object_set_new(root, "output_config", oc);
+    }
+    if (parallel && json_is_false(parallel) && tools) {
+        if (!choice)
+            choice = jchk(json_pack("{s:s}", "type", "auto"));
+        const char *ct = json_string_value(json_object_get(choice, "type"));
+        if (strcmp(ct, "none") != 0) /* no tool at all: nothing to serialise */
+            json_object_set_new(choice, "disable_parallel_tool_use", json_true());
+    }
+    if (tools)
+        json_object_set_new(root, "tools", tools);
+    if (choice)
+        json_object_set_new(root, "tool_choice", choice);
+
+    /* Thinking: given as is, else from reasoning_effort. */
+    json_t *thinking = OPT("thinking"), *effort = OPT("reasoning_effort");
+    if ((thinking && !json_is_object(thinking)) || (effort && !json_is_string(effort)))
+        return false;
+    if (thinking) {
+        json_object_set_new(root, "thinking", jchk(json_deep_copy(thinking)));
+    } else if (effort) {
+        int64_t budget = effort_budget(json_string_value(effort));
+        if (budget == 0)
+            return false;
+        /* The budget must stay below max_tokens; the API's floor is 1024. */
+        if (budget >= req->max_tokens && req->max_tokens > 1024)
+            budget = req->max_tokens - 1;
+        json_object_set_new(root, "thinking",
+                            jchk(json_pack("{s:s,s:I}", "type", "enabled", "budget_tokens", (json_int_t)budget)));
+    }
+#undef OPT
+    return true;
+}
+
 /*
  * The body: {"model", "max_tokens", "system" (only when non-empty),
- * "messages":[{"role","content"}], "stream":true (only when streaming)}, with
+ * "messages":[{"role","content"}] (content the text, or the message's
+ * canonical blocks as they are: they are Anthropic's own shape), then the
+ * options (apply_options), "stream":true (only when streaming)}, with
  * cache_control breakpoints when p->prompt_caching is on.
- * NULL if a field is missing or a string is not valid UTF-8.
+ * NULL if a field is missing, a string is not valid UTF-8, or an option
+ * cannot be carried.
  */
 static char *build_body(const llm_provider *p, const llm_request *req)
 {
@@ -231,10 +529,10 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     }
     for (size_t i = 0; i < req->n_messages; i++) {
         const llm_message *m = &req->messages[i];
-        if (!m->role || !m->content)
+        if (!m->role)
             goto out_msgs;
         json_t *role = json_string(m->role);
-        json_t *content = json_string(m->content);
+        json_t *content = message_content(m);
         if (!role || !content) {
             json_decref(role);
             json_decref(content);
@@ -249,6 +547,8 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     }
     json_object_set_new(root, "messages", msgs);
     msgs = NULL;
+    if (!apply_options(root, req))
+        goto out;
     if (req->stream)
         json_object_set_new(root, "stream", json_true());
     if (p->prompt_caching)

@@ -6,7 +6,11 @@
  * Request: POST {base_url}/chat/completions (base_url includes the /v1, as the
  * SDKs take it), "Authorization: Bearer <key>" unless the key is empty, and a
  * JSON body {model, messages:[{role:"system"}?, {role, content}...],
- * max_tokens|max_completion_tokens, stream, stream_options?}.
+ * max_tokens|max_completion_tokens, stream, stream_options?, options...}.
+ * Canonical blocks (llm/content.h) become content parts, tool_calls and
+ * role "tool" messages, and the request options their Chat Completions
+ * names, as docs/PROTOCOLS.md B8 says; what has no equivalent makes the
+ * request unusable rather than being dropped.
  *
  * Replies, read the way the compatible servers really send them (B3, B4, B7):
  * - non-streaming: choices[0].message.content, finish_reason, usage;
@@ -40,10 +44,12 @@
  */
 #include <jansson.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "llm/call_internal.h"
 
 /* Longest excerpt of a non-JSON error body put into a message. */
@@ -102,6 +108,14 @@ static const char *max_tokens_field(const llm_provider *p)
     return NULL;
 }
 
+/* A JSON value, or oom. */
+static json_t *jchk(json_t *v)
+{
+    if (!v)
+        oom_json();
+    return v;
+}
+
 /* Appends {"role","content"} to msgs; false if a string is not valid UTF-8. */
 static bool add_message(json_t *msgs, const char *role, const char *content)
 {
@@ -119,6 +133,373 @@ static bool add_message(json_t *msgs, const char *role, const char *content)
     json_object_set_new(o, "content", c);
     json_array_append_new(msgs, o);
     return true;
+}
+
+static const char *btype(json_t *b)
+{
+    return json_string_value(json_object_get(b, "type"));
+}
+
+/* An image block as a Chat Completions content part {"type":"image_url",
+ * "image_url":{"url"}}: base64 data as a data: URL, a url source as it is.
+ * NULL if malformed. */
+static json_t *image_part(json_t *b)
+{
+    json_t *src = json_object_get(b, "source");
+    const char *st = btype(src);
+    json_t *url = NULL;
+    if (st && strcmp(st, "base64") == 0) {
+        const char *media = json_string_value(json_object_get(src, "media_type"));
+        const char *data = json_string_value(json_object_get(src, "data"));
+        if (!media || !data)
+            return NULL;
+        char *u = chat_xasprintf("data:%s;base64,%s", media, data);
+        url = json_string(u);
+        free(u);
+    } else if (st && strcmp(st, "url") == 0 && json_is_string(json_object_get(src, "url"))) {
+        url = json_incref(json_object_get(src, "url"));
+    }
+    if (!url)
+        return NULL;
+    return jchk(json_pack("{s:s,s:{s:o}}", "type", "image_url", "image_url", "url", url));
+}
+
+/* The text of a tool_result's content (a string, or text blocks joined;
+ * an image or other block cannot go into a tool message: NULL), prefixed
+ * "Error: " when is_error is true (docs/PROTOCOLS.md B8). Heap. */
+static char *tool_result_text(json_t *b)
+{
+    json_t *c = json_object_get(b, "content");
+    json_t *err = json_object_get(b, "is_error");
+    chat_buf t;
+    chat_buf_init(&t, SIZE_MAX / 2);
+    bool ok = true;
+    if (json_is_true(err))
+        ok = chat_buf_appends(&t, "Error: ") == CHAT_OK;
+    if (json_is_string(c)) {
+        ok = ok && chat_buf_append(&t, json_string_value(c), json_string_length(c)) == CHAT_OK;
+    } else if (json_is_array(c)) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(c, i, x)
+        {
+            const char *xt = btype(x);
+            json_t *text = json_object_get(x, "text");
+            if (!xt || strcmp(xt, "text") != 0 || !json_is_string(text)) {
+                ok = false;
+                break;
+            }
+            ok = ok && chat_buf_append(&t, json_string_value(text), json_string_length(text)) == CHAT_OK;
+        }
+    } else if (c) {
+        ok = false;
+    }
+    if (!ok) {
+        chat_buf_free(&t);
+        return NULL;
+    }
+    return chat_buf_steal(&t);
+}
+
+/*
+ * A user message's canonical blocks: every tool_result becomes a
+ * {"role":"tool","tool_call_id","content"} message, in order, then the text
+ * and image blocks one user message (content a string when it is a single
+ * text block, else an array of parts). False if a block cannot be carried.
+ */
+static bool add_user_blocks(json_t *msgs, json_t *blocks)
+{
+    json_t *parts = jchk(json_array());
+    bool ok = true, images = false;
+    size_t i;
+    json_t *b;
+    json_array_foreach(blocks, i, b)
+    {
+        const char *t = btype(b);
+        if (!t) {
+            ok = false;
+        } else if (strcmp(t, "tool_result") == 0) {
+            json_t *id = json_object_get(b, "tool_use_id");
+            char *text = json_is_string(id) ? tool_result_text(b) : NULL;
+            json_t *content = text ? json_string(text) : NULL;
+            free(text);
+            if (!content) {
+                ok = false;
+            } else {
+                json_array_append_new(
+                    msgs, jchk(json_pack("{s:s,s:O,s:o}", "role", "tool", "tool_call_id", id, "content", content)));
+            }
+        } else if (strcmp(t, "text") == 0 && json_is_string(json_object_get(b, "text"))) {
+            json_array_append_new(parts,
+                                  jchk(json_pack("{s:s,s:O}", "type", "text", "text", json_object_get(b, "text"))));
+        } else if (strcmp(t, "image") == 0) {
+            json_t *part = image_part(b);
+            ok = part != NULL;
+            if (part)
+                json_array_append_new(parts, part);
+            images = true;
+        } else {
+            ok = false; /* document, thinking in a user turn...: nothing to map it to */
+        }
+        if (!ok)
+            break;
+    }
+    if (ok && json_array_size(parts) > 0) {
+        json_t *content = parts;
+        if (json_array_size(parts) == 1 && !images)
+            content = json_object_get(json_array_get(parts, 0), "text");
+        json_array_append_new(msgs, jchk(json_pack("{s:s,s:O}", "role", "user", "content", content)));
+    }
+    json_decref(parts);
+    return ok;
+}
+
+/*
+ * An assistant message's canonical blocks: {"role":"assistant","content":
+ * its text blocks joined (null when there are none and it calls tools),
+ * "tool_calls":[{"id","type":"function","function":{"name","arguments":
+ * the input as JSON text}}]}. Thinking blocks are left out: OpenAI-compatible
+ * servers take no reasoning back (docs/PROTOCOLS.md B8).
+ */
+static bool add_assistant_blocks(json_t *msgs, json_t *blocks)
+{
+    json_t *calls = jchk(json_array());
+    chat_buf text;
+    chat_buf_init(&text, SIZE_MAX / 2);
+    bool ok = true, has_text = false;
+    size_t i;
+    json_t *b;
+    json_array_foreach(blocks, i, b)
+    {
+        const char *t = btype(b);
+        json_t *s = json_object_get(b, "text");
+        if (t && strcmp(t, "text") == 0 && json_is_string(s)) {
+            has_text = true;
+            ok = chat_buf_append(&text, json_string_value(s), json_string_length(s)) == CHAT_OK;
+        } else if (t && strcmp(t, "tool_use") == 0) {
+            json_t *id = json_object_get(b, "id"), *name = json_object_get(b, "name");
+            json_t *input = json_object_get(b, "input");
+            char *args = json_is_object(input) ? json_dumps(input, JSON_COMPACT) : NULL;
+            ok = json_is_string(id) && json_is_string(name) && args;
+            if (ok)
+                json_array_append_new(calls, jchk(json_pack("{s:O,s:s,s:{s:O,s:s}}", "id", id, "type", "function",
+                                                            "function", "name", name, "arguments", args)));
+            free(args);
+        } else if (t && (strcmp(t, "thinking") == 0 || strcmp(t, "redacted_thinking") == 0)) {
+            /* not sent */
+        } else {
+            ok = false;
+        }
+        if (!ok)
+            break;
+    }
+    if (ok) {
+        json_t *content;
+        if (has_text || json_array_size(calls) == 0)
+            content = json_string(chat_buf_str(&text));
+        else
+            content = json_null();
+        json_t *o = jchk(json_pack("{s:s,s:o}", "role", "assistant", "content", jchk(content)));
+        if (json_array_size(calls) > 0)
+            json_object_set(o, "tool_calls", calls);
+        json_array_append_new(msgs, o);
+    }
+    json_decref(calls);
+    chat_buf_free(&text);
+    return ok;
+}
+
+/* One message, plain or with blocks. */
+static bool add_llm_message(json_t *msgs, const llm_message *m)
+{
+    if (!m->role)
+        return false;
+    if (!m->blocks)
+        return m->content && add_message(msgs, m->role, m->content);
+    if (!json_is_array(m->blocks) || json_array_size(m->blocks) == 0)
+        return false;
+    if (strcmp(m->role, "user") == 0)
+        return add_user_blocks(msgs, (json_t *)m->blocks);
+    if (strcmp(m->role, "assistant") == 0)
+        return add_assistant_blocks(msgs, (json_t *)m->blocks);
+    return false;
+}
+
+/* Options copied under the same name when present (docs/PROTOCOLS.md B8). */
+static const char *const copied_options[] = {
+    "temperature", "top_p",    "top_k",        "stop", "seed", "presence_penalty", "frequency_penalty",
+    "logit_bias",  "logprobs", "top_logprobs", "n",    "user", "reasoning_effort", NULL,
+};
+/* Options mapped by hand (apply_options) or ignored (metadata). */
+static const char *const mapped_options[] = {
+    "metadata", "tools", "tool_choice", "parallel_tool_calls", "response_format", "thinking", NULL,
+};
+
+static bool in_list(const char *const *list, const char *k)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(list[i], k) == 0)
+            return true;
+    return false;
+}
+
+/* A canonical tool as {"type":"function","function":{"name","description"?,"parameters","strict"?}}. */
+static json_t *function_def(json_t *t)
+{
+    json_t *name = json_object_get(t, "name");
+    json_t *desc = json_object_get(t, "description");
+    json_t *schema = json_object_get(t, "input_schema");
+    json_t *strict = json_object_get(t, "strict");
+    if (!json_is_object(t) || !json_is_string(name) || json_string_length(name) == 0 || !json_is_object(schema) ||
+        (desc && !json_is_string(desc)) || (strict && !json_is_boolean(strict)))
+        return NULL;
+    json_t *f = jchk(json_object());
+    json_object_set(f, "name", name);
+    if (desc)
+        json_object_set(f, "description", desc);
+    json_object_set_new(f, "parameters", jchk(json_deep_copy(schema)));
+    if (strict)
+        json_object_set(f, "strict", strict);
+    return jchk(json_pack("{s:s,s:o}", "type", "function", "function", f));
+}
+
+/* reasoning_effort for a thinking budget (docs/PROTOCOLS.md B8). */
+static const char *budget_effort(json_int_t budget)
+{
+    if (budget <= 2048)
+        return "low";
+    if (budget <= 8192)
+        return "medium";
+    return "high";
+}
+
+/*
+ * Maps the request options (llm/content.h "Options") onto the body
+ * (docs/PROTOCOLS.md B8). False if a key is unknown or a value malformed.
+ */
+static bool apply_options(json_t *root, const llm_request *req)
+{
+    const json_t *opts = req->options;
+    if (!opts)
+        return true;
+    if (!json_is_object(opts))
+        return false;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)opts, k, v)
+    {
+        if (!in_list(copied_options, k) && !in_list(mapped_options, k))
+            return false;
+    }
+    for (size_t i = 0; copied_options[i]; i++) {
+        json_t *o = json_object_get(opts, copied_options[i]);
+        if (o)
+            json_object_set_new(root, copied_options[i], jchk(json_deep_copy(o)));
+    }
+#define OPT(name) json_object_get(opts, name)
+    json_t *tools_in = OPT("tools"), *choice_in = OPT("tool_choice"), *parallel = OPT("parallel_tool_calls");
+    json_t *rf = OPT("response_format"), *thinking = OPT("thinking");
+    if ((tools_in && !json_is_array(tools_in)) || (choice_in && !json_is_object(choice_in)) ||
+        (parallel && !json_is_boolean(parallel)) || (rf && !json_is_object(rf)) ||
+        (thinking && !json_is_object(thinking)))
+        return false;
+
+    json_t *tools = NULL;
+    if (tools_in && json_array_size(tools_in) > 0) {
+        tools = jchk(json_array());
+        size_t i;
+        json_t *t;
+        json_array_foreach(tools_in, i, t)
+        {
+            json_t *d = function_def(t);
+            if (!d) {
+                json_decref(tools);
+                return false;
+            }
+            json_array_append_new(tools, d);
+        }
+    }
+    bool have_user_tools = tools != NULL;
+    json_t *choice = NULL;
+    if (choice_in) {
+        const char *ct = json_string_value(json_object_get(choice_in, "type"));
+        json_t *name = json_object_get(choice_in, "name");
+        if (ct && (strcmp(ct, "auto") == 0 || strcmp(ct, "none") == 0))
+            choice = jchk(json_string(ct));
+        else if (ct && strcmp(ct, "any") == 0)
+            choice = jchk(json_string("required"));
+        else if (ct && strcmp(ct, "tool") == 0 && json_is_string(name) && json_string_length(name) > 0)
+            choice = jchk(json_pack("{s:s,s:{s:O}}", "type", "function", "function", "name", name));
+        if (!choice) {
+            json_decref(tools);
+            return false;
+        }
+    }
+
+    const char *rft = rf ? json_string_value(json_object_get(rf, "type")) : NULL;
+    if (rf && !rft)
+        goto bad;
+    if (rft && strcmp(rft, "text") != 0 && strcmp(rft, "json_object") != 0 && strcmp(rft, "json_schema") != 0)
+        goto bad;
+    json_t *schema = rft ? json_object_get(rf, "schema") : NULL;
+    if (rft && strcmp(rft, "json_schema") == 0 && !json_is_object(schema))
+        goto bad;
+    if (rft && strcmp(rft, "text") != 0 && req->json_via_tool) {
+        /* The same forced tool as for Anthropic (provider.h json_via_tool). */
+        if (choice && !(json_is_string(choice) && strcmp(json_string_value(choice), "auto") == 0))
+            goto bad;
+        json_decref(choice);
+        json_t *params =
+            strcmp(rft, "json_schema") == 0 ? jchk(json_deep_copy(schema)) : jchk(json_pack("{s:s}", "type", "object"));
+        if (!tools)
+            tools = jchk(json_array());
+        json_array_append_new(
+            tools, jchk(json_pack("{s:s,s:{s:s,s:s,s:o}}", "type", "function", "function", "name", LLM_JSON_TOOL,
+                                  "description", "Respond with the final answer as this tool's input.", "parameters",
+                                  params)));
+        choice = have_user_tools
+                     ? jchk(json_string("required"))
+                     : jchk(json_pack("{s:s,s:{s:s}}", "type", "function", "function", "name", LLM_JSON_TOOL));
+    } else if (rft && strcmp(rft, "json_object") == 0) {
+        json_object_set_new(root, "response_format", jchk(json_pack("{s:s}", "type", "json_object")));
+    } else if (rft && strcmp(rft, "json_schema") == 0) {
+        json_t *name = json_object_get(rf, "name"), *strict = json_object_get(rf, "strict");
+        if ((name && !json_is_string(name)) || (strict && !json_is_boolean(strict)))
+            goto bad;
+        json_t *js = name ? jchk(json_pack("{s:O,s:O}", "name", name, "schema", schema))
+                          : jchk(json_pack("{s:s,s:O}", "name", "response", "schema", schema));
+        if (strict)
+            json_object_set(js, "strict", strict);
+        json_object_set_new(root, "response_format",
+                            jchk(json_pack("{s:s,s:o}", "type", "json_schema", "json_schema", js)));
+    }
+    if (tools) {
+        json_object_set_new(root, "tools", tools);
+        tools = NULL;
+        /* Only meaningful (and only accepted by OpenAI) alongside tools. */
+        if (parallel)
+            json_object_set(root, "parallel_tool_calls", parallel);
+    }
+    if (choice) {
+        json_object_set_new(root, "tool_choice", choice);
+        choice = NULL;
+    }
+    if (thinking) {
+        /* OpenAI-compatible reasoning is asked for by effort, not by budget. */
+        const char *tt = json_string_value(json_object_get(thinking, "type"));
+        json_t *budget = json_object_get(thinking, "budget_tokens");
+        bool enabled = tt && strcmp(tt, "enabled") == 0 && json_is_integer(budget);
+        if (!enabled && !(tt && strcmp(tt, "disabled") == 0))
+            return false;
+        if (enabled && !OPT("reasoning_effort"))
+            json_object_set_new(root, "reasoning_effort", jchk(json_string(budget_effort(json_integer_value(budget)))));
+    }
+#undef OPT
+    return true;
+bad:
+    json_decref(tools);
+    json_decref(choice);
+    return false;
 }
 
 /*
@@ -147,8 +528,7 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     if (req->system && *req->system && !add_message(msgs, "system", req->system))
         goto out;
     for (size_t i = 0; i < req->n_messages; i++) {
-        const llm_message *m = &req->messages[i];
-        if (!m->role || !m->content || !add_message(msgs, m->role, m->content))
+        if (!add_llm_message(msgs, &req->messages[i]))
             goto out;
     }
     json_object_set_new(root, "messages", msgs);
@@ -162,6 +542,8 @@ static char *build_body(const llm_provider *p, const llm_request *req)
             oom_json();
         json_object_set_new(root, "stream_options", so);
     }
+    if (!apply_options(root, req))
+        goto out;
     out = json_dumps(root, JSON_COMPACT);
     if (!out)
         oom_json();

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,6 +95,281 @@ static void test_body_invalid(void **state)
     other.kind = LLM_PROVIDER_OPENAI + 10;
     req.model = "m";
     assert_null(llm_build_body(&other, &req));
+}
+
+/* ---- rich content and options (A11) ---- */
+
+/* The body for one user message (text, or blocks given as JSON) with options given as JSON (or NULL). */
+static char *body_with(const char *blocks_json, const char *options_json, bool via_tool)
+{
+    json_t *blocks = blocks_json ? json_loads(blocks_json, 0, NULL) : NULL;
+    json_t *opts = options_json ? json_loads(options_json, 0, NULL) : NULL;
+    if (blocks_json)
+        assert_non_null(blocks);
+    if (options_json)
+        assert_non_null(opts);
+    llm_message msgs[] = { { "user", "Hi", blocks } };
+    llm_request req = {
+        .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 2048, .options = opts, .json_via_tool = via_tool
+    };
+    char *b = llm_build_body(prov(), &req);
+    json_decref(blocks);
+    json_decref(opts);
+    return b;
+}
+
+#define HEAD "{\"model\":\"m\",\"max_tokens\":2048,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]"
+
+static void test_body_blocks_all_kinds(void **state)
+{
+    (void)state;
+    json_t *u1 = json_loads("[{\"type\":\"text\",\"text\":\"What is here?\"},"
+                            "{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":\"image/png\",\"data\":"
+                            "\"iVBORw0KGgo=\"}},"
+                            "{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":\"https://x.test/a.jpg\"}}]",
+                            0, NULL);
+    json_t *a1 = json_loads("[{\"type\":\"thinking\",\"thinking\":\"hmm\",\"signature\":\"sig==\"},"
+                            "{\"type\":\"redacted_thinking\",\"data\":\"opaque\"},"
+                            "{\"type\":\"text\",\"text\":\"Let me look.\"},"
+                            "{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{\"city\":"
+                            "\"Paris\"}}]",
+                            0, NULL);
+    json_t *u2 = json_loads("[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_1\",\"content\":\"18C\","
+                            "\"cache_control\":{\"type\":\"ephemeral\"}},"
+                            "{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_2\",\"content\":[{\"type\":\"text\","
+                            "\"text\":\"boom\"}],\"is_error\":true}]",
+                            0, NULL);
+    assert_non_null(u1);
+    assert_non_null(a1);
+    assert_non_null(u2);
+    llm_message msgs[] = { { "user", NULL, u1 }, { "assistant", "ignored", a1 }, { "user", NULL, u2 } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 3, .max_tokens = 100, .stream = true };
+    char *b = llm_build_body(prov(), &req);
+    assert_non_null(b);
+    assert_string_equal(
+        b, "{\"model\":\"m\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+           "\"text\":\"What is here?\"},{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":"
+           "\"image/png\",\"data\":\"iVBORw0KGgo=\"}},{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":"
+           "\"https://x.test/a.jpg\"}}]},{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":"
+           "\"hmm\",\"signature\":\"sig==\"},{\"type\":\"redacted_thinking\",\"data\":\"opaque\"},{\"type\":\"text\","
+           "\"text\":\"Let me look.\"},{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":"
+           "{\"city\":\"Paris\"}}]},{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":"
+           "\"toolu_1\",\"content\":\"18C\",\"cache_control\":{\"type\":\"ephemeral\"}},{\"type\":\"tool_result\","
+           "\"tool_use_id\":\"toolu_2\",\"content\":[{\"type\":\"text\",\"text\":\"boom\"}],\"is_error\":true}]}],"
+           "\"stream\":true}");
+    free(b);
+    /* The caller's blocks are copied, never changed (prompt caching marks the copy). */
+    llm_provider p = *prov();
+    p.prompt_caching = true;
+    p.cache_min_tokens = 1;
+    b = llm_build_body(&p, &req);
+    assert_non_null(b);
+    assert_null(json_object_get(json_array_get(a1, 3), "cache_control"));
+    /* The previous turn's end is the tool_use block: marked there. */
+    assert_non_null(strstr(b, "\"input\":{\"city\":\"Paris\"},\"cache_control\":{\"type\":\"ephemeral\"}}]}"));
+    free(b);
+    /* Not an array, empty, or a block without a type: unusable. */
+    msgs[0].blocks = json_object_get(json_array_get(u1, 0), "text");
+    assert_null(llm_build_body(prov(), &req));
+    json_t *empty = json_array();
+    msgs[0].blocks = empty;
+    assert_null(llm_build_body(prov(), &req));
+    json_decref(empty);
+    json_decref(u1);
+    json_decref(a1);
+    json_decref(u2);
+}
+
+static void test_cache_skips_final_thinking(void **state)
+{
+    (void)state;
+    json_t *body = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\","
+                              "\"content\":[{\"type\":\"thinking\",\"thinking\":\"t\",\"signature\":\"s\"}]},"
+                              "{\"role\":\"user\",\"content\":\"r\"}]}",
+                              0, NULL);
+    assert_int_equal(llm_anthropic_mark_cache(body, 1), 0);
+    json_decref(body);
+}
+
+static void test_body_sampling_options(void **state)
+{
+    (void)state;
+    char *b = body_with(NULL,
+                        "{\"temperature\":0.5,\"top_p\":0.25,\"top_k\":40,\"stop\":[\"END\",\"###\"],"
+                        "\"user\":\"u-42\",\"n\":1,\"logprobs\":false,\"presence_penalty\":0,"
+                        "\"frequency_penalty\":0.0,\"logit_bias\":{}}",
+                        false);
+    assert_non_null(b);
+    assert_string_equal(b, HEAD ",\"temperature\":0.5,\"top_p\":0.25,\"top_k\":40,"
+                                "\"stop_sequences\":[\"END\",\"###\"],\"metadata\":{\"user_id\":\"u-42\"}}");
+    free(b);
+    /* metadata as given; its own user_id wins over user. */
+    b = body_with(NULL, "{\"metadata\":{\"user_id\":\"m-1\"},\"user\":\"u-42\"}", false);
+    assert_string_equal(b, HEAD ",\"metadata\":{\"user_id\":\"m-1\"}}");
+    free(b);
+    b = body_with(NULL, "{\"stop\":\"STOP\"}", false);
+    assert_string_equal(b, HEAD ",\"stop_sequences\":[\"STOP\"]}");
+    free(b);
+    b = body_with(NULL, "{}", false);
+    assert_string_equal(b, HEAD "}");
+    free(b);
+}
+
+static void test_body_options_refused(void **state)
+{
+    (void)state;
+    /* What Anthropic cannot carry is never silently dropped: the body is refused. */
+    const char *bad[] = {
+        "{\"seed\":1}",
+        "{\"presence_penalty\":0.5}",
+        "{\"frequency_penalty\":-1}",
+        "{\"logit_bias\":{\"50256\":-100}}",
+        "{\"logprobs\":true}",
+        "{\"top_logprobs\":2}",
+        "{\"n\":2}",
+        "{\"frobnicate\":true}",
+        "{\"temperature\":\"hot\"}",
+        "{\"top_k\":1.5}",
+        "{\"stop\":[1]}",
+        "{\"stop\":[]}",
+        "{\"user\":7}",
+        "{\"metadata\":[]}",
+        "{\"tools\":{}}",
+        "{\"tools\":[{\"name\":\"f\"}]}",
+        "{\"tools\":[{\"name\":\"\",\"input_schema\":{}}]}",
+        "{\"tool_choice\":{\"type\":\"maybe\"}}",
+        "{\"tool_choice\":{\"type\":\"tool\"}}",
+        "{\"parallel_tool_calls\":\"no\"}",
+        "{\"response_format\":{\"type\":\"xml\"}}",
+        "{\"response_format\":{\"type\":\"json_schema\"}}",
+        "{\"thinking\":true}",
+        "{\"reasoning_effort\":\"extreme\"}",
+        "[1]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *b = body_with(NULL, bad[i], false);
+        if (b)
+            fail_msg("accepted %s: %s", bad[i], b);
+    }
+}
+
+static void test_body_tools(void **state)
+{
+    (void)state;
+    const char *tools = "\"tools\":[{\"name\":\"get_weather\",\"description\":\"Weather now\",\"input_schema\":"
+                        "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}},\"strict\":true,"
+                        "\"extra\":1},{\"name\":\"now\",\"input_schema\":{\"type\":\"object\"}}]";
+    char opts[1024];
+    snprintf(opts, sizeof opts, "{%s,\"tool_choice\":{\"type\":\"auto\"}}", tools);
+    char *b = body_with(NULL, opts, false);
+    assert_string_equal(b,
+                        HEAD ",\"tools\":[{\"name\":\"get_weather\",\"description\":\"Weather now\","
+                             "\"input_schema\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}},"
+                             "\"strict\":true},{\"name\":\"now\",\"input_schema\":{\"type\":\"object\"}}],"
+                             "\"tool_choice\":{\"type\":\"auto\"}}");
+    free(b);
+    snprintf(opts, sizeof opts,
+             "{%s,\"tool_choice\":{\"type\":\"tool\",\"name\":\"now\"},\"parallel_tool_calls\":false}", tools);
+    b = body_with(NULL, opts, false);
+    assert_non_null(
+        strstr(b, "\"tool_choice\":{\"type\":\"tool\",\"name\":\"now\",\"disable_parallel_tool_use\":true}}"));
+    free(b);
+    /* parallel_tool_calls false alone: auto with the flag; true: nothing to say. */
+    snprintf(opts, sizeof opts, "{%s,\"parallel_tool_calls\":false}", tools);
+    b = body_with(NULL, opts, false);
+    assert_non_null(strstr(b, "\"tool_choice\":{\"type\":\"auto\",\"disable_parallel_tool_use\":true}}"));
+    free(b);
+    snprintf(opts, sizeof opts, "{%s,\"parallel_tool_calls\":true}", tools);
+    b = body_with(NULL, opts, false);
+    assert_null(strstr(b, "tool_choice"));
+    free(b);
+    snprintf(opts, sizeof opts, "{%s,\"tool_choice\":{\"type\":\"none\"},\"parallel_tool_calls\":false}", tools);
+    b = body_with(NULL, opts, false);
+    assert_non_null(strstr(b, "\"tool_choice\":{\"type\":\"none\"}}"));
+    free(b);
+    snprintf(opts, sizeof opts, "{%s,\"tool_choice\":{\"type\":\"any\"}}", tools);
+    b = body_with(NULL, opts, false);
+    assert_non_null(strstr(b, "\"tool_choice\":{\"type\":\"any\"}}"));
+    free(b);
+}
+
+static void test_body_structured_output(void **state)
+{
+    (void)state;
+    const char *rf = "{\"response_format\":{\"type\":\"json_schema\",\"name\":\"city\",\"strict\":true,"
+                     "\"schema\":{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"}}}}}";
+    char *b = body_with(NULL, rf, false);
+    assert_string_equal(b, HEAD ",\"output_config\":{\"format\":{\"type\":\"json_schema\",\"schema\":{\"type\":"
+                                "\"object\",\"properties\":{\"name\":{\"type\":\"string\"}}}}}}");
+    free(b);
+    b = body_with(NULL, "{\"response_format\":{\"type\":\"json_object\"}}", false);
+    assert_string_equal(b, HEAD ",\"output_config\":{\"format\":{\"type\":\"json_schema\",\"schema\":{\"type\":"
+                                "\"object\"}}}}");
+    free(b);
+    b = body_with(NULL, "{\"response_format\":{\"type\":\"text\"}}", false);
+    assert_string_equal(b, HEAD "}");
+    free(b);
+    /* Through a forced tool. */
+    b = body_with(NULL, rf, true);
+    assert_string_equal(b, HEAD ",\"tools\":[{\"name\":\"json_output\",\"description\":\"Respond with the final "
+                                "answer as this tool's input.\",\"input_schema\":{\"type\":\"object\",\"properties\":"
+                                "{\"name\":{\"type\":\"string\"}}}}],\"tool_choice\":{\"type\":\"tool\",\"name\":"
+                                "\"json_output\"}}");
+    free(b);
+    b = body_with(NULL, "{\"response_format\":{\"type\":\"json_object\"}}", true);
+    assert_non_null(strstr(b, "\"input_schema\":{\"type\":\"object\"}}]"));
+    free(b);
+    /* With the caller's tools the model may call any tool; a forcing tool_choice contradicts it. */
+    b = body_with(NULL,
+                  "{\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}}],\"response_format\":"
+                  "{\"type\":\"json_object\"},\"tool_choice\":{\"type\":\"auto\"}}",
+                  true);
+    assert_non_null(strstr(b, "\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}},{\"name\":"
+                              "\"json_output\""));
+    assert_non_null(strstr(b, "\"tool_choice\":{\"type\":\"any\"}}"));
+    free(b);
+    assert_null(body_with(NULL,
+                          "{\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}}],\"response_format\":"
+                          "{\"type\":\"json_object\"},\"tool_choice\":{\"type\":\"tool\",\"name\":\"f\"}}",
+                          true));
+    /* Without a response_format json_via_tool changes nothing. */
+    b = body_with(NULL, "{\"temperature\":1}", true);
+    assert_string_equal(b, HEAD ",\"temperature\":1}");
+    free(b);
+}
+
+static void test_body_thinking(void **state)
+{
+    (void)state;
+    char *b = body_with(NULL, "{\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":2000}}", false);
+    assert_string_equal(b, HEAD ",\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":2000}}");
+    free(b);
+    b = body_with(NULL, "{\"thinking\":{\"type\":\"disabled\"},\"reasoning_effort\":\"high\"}", false);
+    assert_string_equal(b, HEAD ",\"thinking\":{\"type\":\"disabled\"}}");
+    free(b);
+    const char *effort[][2] = { { "minimal", "1024" }, { "low", "1024" }, { "medium", "2047" }, { "high", "2047" } };
+    for (size_t i = 0; i < 4; i++) {
+        char opts[128], want[256];
+        snprintf(opts, sizeof opts, "{\"reasoning_effort\":\"%s\"}", effort[i][0]);
+        snprintf(want, sizeof want, HEAD ",\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":%s}}", effort[i][1]);
+        b = body_with(NULL, opts, false);
+        assert_string_equal(b, want);
+        free(b);
+    }
+    /* With room under max_tokens, the documented budgets. */
+    json_t *opts = json_loads("{\"reasoning_effort\":\"medium\"}", 0, NULL);
+    llm_message msgs[] = { { "user", "Hi", NULL } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 32000, .options = opts };
+    b = llm_build_body(prov(), &req);
+    assert_non_null(strstr(b, "\"budget_tokens\":4096}"));
+    free(b);
+    json_decref(opts);
+    opts = json_loads("{\"reasoning_effort\":\"high\"}", 0, NULL);
+    req.options = opts;
+    b = llm_build_body(prov(), &req);
+    assert_non_null(strstr(b, "\"budget_tokens\":16384}"));
+    free(b);
+    json_decref(opts);
 }
 
 static void test_url_and_headers(void **state)
@@ -643,6 +919,13 @@ int main(void)
         cmocka_unit_test(test_body_exact),
         cmocka_unit_test(test_body_no_system_no_stream),
         cmocka_unit_test(test_body_invalid),
+        cmocka_unit_test(test_body_blocks_all_kinds),
+        cmocka_unit_test(test_cache_skips_final_thinking),
+        cmocka_unit_test(test_body_sampling_options),
+        cmocka_unit_test(test_body_options_refused),
+        cmocka_unit_test(test_body_tools),
+        cmocka_unit_test(test_body_structured_output),
+        cmocka_unit_test(test_body_thinking),
         cmocka_unit_test(test_url_and_headers),
         cmocka_unit_test(test_cache_short_no_markers),
         cmocka_unit_test(test_cache_long_system_and_previous_turn),

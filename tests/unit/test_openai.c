@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -147,6 +148,222 @@ static void headers_str(struct curl_slist *h, char *out, size_t cap)
             strncat(out, "|", cap - strlen(out) - 1);
         strncat(out, l->data, cap - strlen(out) - 1);
     }
+}
+
+/* ---- rich content and options (B8) ---- */
+
+/* The body for one user message "Hi" (non-streaming) with options given as JSON. */
+static char *body_opts(const char *options_json, bool via_tool)
+{
+    llm_provider p = prov();
+    json_t *opts = json_loads(options_json, 0, NULL);
+    assert_non_null(opts);
+    llm_message msgs[] = { { "user", "Hi", NULL } };
+    llm_request req = {
+        .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .options = opts, .json_via_tool = via_tool
+    };
+    char *b = llm_build_body(&p, &req);
+    json_decref(opts);
+    return b;
+}
+
+#define OA_HEAD \
+    "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":64,\"stream\":false"
+
+static void test_body_blocks_all_kinds(void **state)
+{
+    (void)state;
+    llm_provider p = prov();
+    json_t *u1 = json_loads("[{\"type\":\"text\",\"text\":\"What is here?\"},"
+                            "{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":\"image/png\",\"data\":"
+                            "\"iVBORw0KGgo=\"}},"
+                            "{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":\"https://x.test/a.jpg\"},"
+                            "\"cache_control\":{\"type\":\"ephemeral\"}}]",
+                            0, NULL);
+    json_t *a1 = json_loads("[{\"type\":\"thinking\",\"thinking\":\"hmm\",\"signature\":\"sig==\"},"
+                            "{\"type\":\"redacted_thinking\",\"data\":\"opaque\"},"
+                            "{\"type\":\"text\",\"text\":\"Let me \"},{\"type\":\"text\",\"text\":\"look.\"},"
+                            "{\"type\":\"tool_use\",\"id\":\"call_1\",\"name\":\"get_weather\",\"input\":{\"city\":"
+                            "\"Paris\"}},{\"type\":\"tool_use\",\"id\":\"call_2\",\"name\":\"now\",\"input\":{}}]",
+                            0, NULL);
+    json_t *u2 = json_loads("[{\"type\":\"tool_result\",\"tool_use_id\":\"call_1\",\"content\":\"18C\"},"
+                            "{\"type\":\"tool_result\",\"tool_use_id\":\"call_2\",\"content\":[{\"type\":\"text\","
+                            "\"text\":\"no \"},{\"type\":\"text\",\"text\":\"clock\"}],\"is_error\":true},"
+                            "{\"type\":\"text\",\"text\":\"Go on.\"}]",
+                            0, NULL);
+    json_t *a2 =
+        json_loads("[{\"type\":\"tool_use\",\"id\":\"call_3\",\"name\":\"now\",\"input\":{\"tz\":\"UTC\"}}]", 0, NULL);
+    json_t *u3 = json_loads("[{\"type\":\"tool_result\",\"tool_use_id\":\"call_3\"}]", 0, NULL);
+    assert_true(u1 && a1 && u2 && a2 && u3);
+    llm_message msgs[] = { { "user", NULL, u1 },
+                           { "assistant", NULL, a1 },
+                           { "user", NULL, u2 },
+                           { "assistant", NULL, a2 },
+                           { "user", NULL, u3 } };
+    llm_request req = { .model = "m", .system = "S", .messages = msgs, .n_messages = 5, .max_tokens = 9 };
+    char *b = llm_build_body(&p, &req);
+    assert_non_null(b);
+    assert_string_equal(
+        b, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":"
+           "[{\"type\":\"text\",\"text\":\"What is here?\"},{\"type\":\"image_url\",\"image_url\":{\"url\":"
+           "\"data:image/png;base64,iVBORw0KGgo=\"}},{\"type\":\"image_url\",\"image_url\":{\"url\":"
+           "\"https://x.test/a.jpg\"}}]},{\"role\":\"assistant\",\"content\":\"Let me look.\",\"tool_calls\":"
+           "[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":"
+           "\"{\\\"city\\\":\\\"Paris\\\"}\"}},{\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":"
+           "\"now\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"18C\"},"
+           "{\"role\":\"tool\",\"tool_call_id\":\"call_2\",\"content\":\"Error: no clock\"},{\"role\":\"user\","
+           "\"content\":\"Go on.\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_3\","
+           "\"type\":\"function\",\"function\":{\"name\":\"now\",\"arguments\":\"{\\\"tz\\\":\\\"UTC\\\"}\"}}]},"
+           "{\"role\":\"tool\",\"tool_call_id\":\"call_3\",\"content\":\"\"}],\"max_tokens\":9,\"stream\":false}");
+    free(b);
+    /* What a Chat Completions message cannot hold is refused, not dropped. */
+    const char *bad[][2] = {
+        { "user", "[{\"type\":\"document\",\"source\":{}}]" },
+        { "user", "[{\"type\":\"tool_result\",\"tool_use_id\":\"x\",\"content\":[{\"type\":\"image\",\"source\":"
+                  "{\"type\":\"url\",\"url\":\"https://x.test/a.png\"}}]}]" },
+        { "user", "[{\"type\":\"tool_result\",\"content\":\"no id\"}]" },
+        { "user", "[{\"type\":\"image\",\"source\":{\"type\":\"file\"}}]" },
+        { "user", "[{\"type\":\"thinking\",\"thinking\":\"x\"}]" },
+        { "assistant", "[{\"type\":\"tool_use\",\"id\":\"c\",\"name\":\"f\",\"input\":[]}]" },
+        { "assistant", "[{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":\"https://x.test/a.png\"}}]" },
+        { "user", "[]" },
+        { "user", "{}" },
+        { "system", "[{\"type\":\"text\",\"text\":\"x\"}]" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *blk = json_loads(bad[i][1], 0, NULL);
+        assert_non_null(blk);
+        llm_message one[] = { { bad[i][0], NULL, blk } };
+        llm_request r1 = { .model = "m", .messages = one, .n_messages = 1, .max_tokens = 9 };
+        char *x = llm_build_body(&p, &r1);
+        if (x)
+            fail_msg("accepted %s: %s", bad[i][1], x);
+        json_decref(blk);
+    }
+    json_decref(u1);
+    json_decref(a1);
+    json_decref(u2);
+    json_decref(a2);
+    json_decref(u3);
+}
+
+static void test_body_sampling_options(void **state)
+{
+    (void)state;
+    char *b = body_opts("{\"n\":1,\"user\":\"u-1\",\"top_logprobs\":2,\"logprobs\":true,\"logit_bias\":{\"50256\":"
+                        "-100},\"frequency_penalty\":0.5,\"presence_penalty\":-0.5,\"seed\":7,\"stop\":[\"END\"],"
+                        "\"top_k\":40,\"top_p\":0.25,\"temperature\":1.5,\"metadata\":{\"k\":\"v\"},"
+                        "\"reasoning_effort\":\"low\"}",
+                        false);
+    assert_non_null(b);
+    assert_string_equal(b, OA_HEAD ",\"temperature\":1.5,\"top_p\":0.25,\"top_k\":40,\"stop\":[\"END\"],"
+                                   "\"seed\":7,\"presence_penalty\":-0.5,\"frequency_penalty\":0.5,\"logit_bias\":"
+                                   "{\"50256\":-100},\"logprobs\":true,\"top_logprobs\":2,\"n\":1,\"user\":\"u-1\","
+                                   "\"reasoning_effort\":\"low\"}");
+    free(b);
+    const char *bad[] = { "{\"frobnicate\":1}",
+                          "{\"tools\":[{\"name\":\"f\"}]}",
+                          "{\"tool_choice\":{\"type\":\"tool\"}}",
+                          "{\"response_format\":{\"type\":\"yaml\"}}",
+                          "{\"response_format\":{\"type\":\"json_schema\"}}",
+                          "{\"response_format\":{\"type\":\"json_schema\",\"schema\":{},\"name\":3}}",
+                          "{\"thinking\":{\"type\":\"enabled\"}}",
+                          "{\"thinking\":{\"type\":\"maybe\"}}",
+                          "{\"parallel_tool_calls\":1}",
+                          "[]" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        b = body_opts(bad[i], false);
+        if (b)
+            fail_msg("accepted %s: %s", bad[i], b);
+    }
+}
+
+static void test_body_tools(void **state)
+{
+    (void)state;
+    const char *tools = "\"tools\":[{\"name\":\"get_weather\",\"description\":\"Weather now\",\"input_schema\":"
+                        "{\"type\":\"object\"},\"strict\":true},{\"name\":\"now\",\"input_schema\":{\"type\":"
+                        "\"object\"}}],\"parallel_tool_calls\":false";
+    const char *want_tools = ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                             "\"description\":\"Weather now\",\"parameters\":{\"type\":\"object\"},\"strict\":true}},"
+                             "{\"type\":\"function\",\"function\":{\"name\":\"now\",\"parameters\":{\"type\":"
+                             "\"object\"}}}],\"parallel_tool_calls\":false";
+    const char *choices[][2] = {
+        { "", "" },
+        { ",\"tool_choice\":{\"type\":\"auto\"}", ",\"tool_choice\":\"auto\"" },
+        { ",\"tool_choice\":{\"type\":\"none\"}", ",\"tool_choice\":\"none\"" },
+        { ",\"tool_choice\":{\"type\":\"any\"}", ",\"tool_choice\":\"required\"" },
+        { ",\"tool_choice\":{\"type\":\"tool\",\"name\":\"now\"}",
+          ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"now\"}}" },
+    };
+    for (size_t i = 0; i < 5; i++) {
+        char opts[1024], want[2048];
+        snprintf(opts, sizeof opts, "{%s%s}", tools, choices[i][0]);
+        snprintf(want, sizeof want, OA_HEAD "%s%s}", want_tools, choices[i][1]);
+        char *b = body_opts(opts, false);
+        assert_non_null(b);
+        assert_string_equal(b, want);
+        free(b);
+    }
+    /* parallel_tool_calls without tools says nothing (OpenAI rejects it alone). */
+    char *b = body_opts("{\"parallel_tool_calls\":true}", false);
+    assert_string_equal(b, OA_HEAD "}");
+    free(b);
+}
+
+static void test_body_structured_and_reasoning(void **state)
+{
+    (void)state;
+    char *b = body_opts("{\"response_format\":{\"type\":\"json_schema\",\"name\":\"city\",\"strict\":true,"
+                        "\"schema\":{\"type\":\"object\"}}}",
+                        false);
+    assert_string_equal(b, OA_HEAD ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":"
+                                   "\"city\",\"schema\":{\"type\":\"object\"},\"strict\":true}}}");
+    free(b);
+    b = body_opts("{\"response_format\":{\"type\":\"json_schema\",\"schema\":{\"type\":\"object\"}}}", false);
+    assert_string_equal(b, OA_HEAD ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":"
+                                   "\"response\",\"schema\":{\"type\":\"object\"}}}}");
+    free(b);
+    b = body_opts("{\"response_format\":{\"type\":\"json_object\"}}", false);
+    assert_string_equal(b, OA_HEAD ",\"response_format\":{\"type\":\"json_object\"}}");
+    free(b);
+    b = body_opts("{\"response_format\":{\"type\":\"text\"}}", false);
+    assert_string_equal(b, OA_HEAD "}");
+    free(b);
+    /* Through a forced tool. */
+    b = body_opts("{\"response_format\":{\"type\":\"json_schema\",\"schema\":{\"type\":\"object\"}}}", true);
+    assert_string_equal(b, OA_HEAD ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"json_output\","
+                                   "\"description\":\"Respond with the final answer as this tool's input.\","
+                                   "\"parameters\":{\"type\":\"object\"}}}],\"tool_choice\":{\"type\":\"function\","
+                                   "\"function\":{\"name\":\"json_output\"}}}");
+    free(b);
+    b = body_opts("{\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"response_format\":{\"type\":\"json_object\"}}",
+                  true);
+    assert_non_null(strstr(b, "\"tool_choice\":\"required\"}"));
+    assert_non_null(strstr(b, "\"name\":\"json_output\""));
+    free(b);
+    assert_null(body_opts("{\"tools\":[{\"name\":\"f\",\"input_schema\":{}}],\"tool_choice\":{\"type\":\"none\"},"
+                          "\"response_format\":{\"type\":\"json_object\"}}",
+                          true));
+    /* thinking budgets become an effort; an explicit effort wins; disabled says nothing. */
+    const char *budgets[][2] = {
+        { "1024", "low" }, { "2048", "low" }, { "2049", "medium" }, { "8192", "medium" }, { "8193", "high" }
+    };
+    for (size_t i = 0; i < 5; i++) {
+        char opts[128], want[256];
+        snprintf(opts, sizeof opts, "{\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":%s}}", budgets[i][0]);
+        snprintf(want, sizeof want, OA_HEAD ",\"reasoning_effort\":\"%s\"}", budgets[i][1]);
+        b = body_opts(opts, false);
+        assert_string_equal(b, want);
+        free(b);
+    }
+    b = body_opts("{\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":9000},\"reasoning_effort\":\"minimal\"}",
+                  false);
+    assert_string_equal(b, OA_HEAD ",\"reasoning_effort\":\"minimal\"}");
+    free(b);
+    b = body_opts("{\"thinking\":{\"type\":\"disabled\"}}", false);
+    assert_string_equal(b, OA_HEAD "}");
+    free(b);
 }
 
 static void test_url_and_headers(void **state)
@@ -703,6 +920,10 @@ int main(void)
         cmocka_unit_test(test_body_exact_stream),
         cmocka_unit_test(test_body_exact_nonstream),
         cmocka_unit_test(test_body_invalid),
+        cmocka_unit_test(test_body_blocks_all_kinds),
+        cmocka_unit_test(test_body_sampling_options),
+        cmocka_unit_test(test_body_tools),
+        cmocka_unit_test(test_body_structured_and_reasoning),
         cmocka_unit_test(test_url_and_headers),
         cmocka_unit_test(test_json_body_openai),
         cmocka_unit_test(test_json_body_variants),
