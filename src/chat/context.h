@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "core/rc.h"
 #include "llm/provider.h"
 #include "store/store.h"
@@ -56,7 +58,36 @@ chat_rc context_fit(const store_message *hist, size_t n, const char *system, con
  */
 size_t context_messages(const store_message *hist, size_t first, size_t n, const char *message, llm_message **out);
 
-/* Frees what context_messages returned. Accepts NULL. */
+/*
+ * The same two steps for a conversation with content blocks (llm/content.h):
+ * hist_blocks (NULL, or n entries) holds the parsed blocks of each message
+ * (NULL for a plain-text one, whose text is hist[i].content), and
+ * message_blocks (may be NULL) those of the new message.
+ *
+ * context_fit_blocks estimates a block message with llm_content_tokens when
+ * its count is unknown, and leaves out whole EXCHANGES rather than pairs: an
+ * exchange is a user message that is not only tool results, and everything
+ * up to the next such message (the replies calling tools and the user
+ * messages answering them), so that a tool call is never sent without its
+ * result or the reverse. When the new message is only tool results, the last
+ * exchange of the history belongs to it and is never left out: it counts in
+ * the minimum that must fit (CHAT_ETOOBIG otherwise). truncated_turns counts
+ * the user messages left out (one per stored turn).
+ *
+ * context_messages_blocks builds the messages as context_messages does; a
+ * message with blocks keeps them (llm_message.blocks, a reference owned by
+ * the array) and its content is the text of its blocks (heap, maybe ""). Two
+ * same-role neighbours of which one has blocks merge into one block array
+ * (the text one as a text block, in order). Free with context_messages_free.
+ */
+chat_rc context_fit_blocks(const store_message *hist, const json_t *const *hist_blocks, size_t n, const char *system,
+                           const char *message, const json_t *message_blocks, int64_t context_window,
+                           int64_t max_tokens, context_plan *out) CHAT_MUST_CHECK;
+size_t context_messages_blocks(const store_message *hist, const json_t *const *hist_blocks, size_t first, size_t n,
+                               const char *message, const json_t *message_blocks, llm_message **out);
+
+/* Frees what context_messages or context_messages_blocks returned (contents
+ * and block references). Accepts NULL. */
 void context_messages_free(llm_message *msgs, size_t n);
 
 #endif

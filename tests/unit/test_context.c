@@ -170,6 +170,111 @@ static void test_messages_merge_linear(void **state)
     free(h);
 }
 
+static json_t *J(const char *text)
+{
+    json_error_t e;
+    json_t *v = json_loads(text, 0, &e);
+    if (!v)
+        fail_msg("bad test JSON: %s", text);
+    return v;
+}
+
+#define CALL(id)                                                                        \
+    "[{\"type\":\"text\",\"text\":\"let me look\"},{\"type\":\"tool_use\",\"id\":\"" id \
+    "\",\"name\":\"f\",\"input\":{}}]"
+#define RESULT(id) "[{\"type\":\"tool_result\",\"tool_use_id\":\"" id "\",\"content\":\"42\"}]"
+
+/* A tool exchange is left out whole: [q1 / call / result / answer] [q2 / a2], then the new message. */
+static void test_truncation_keeps_tool_pairs(void **state)
+{
+    (void)state;
+    store_message h[6] = { msg("user", "q1", 10), msg("assistant", "let me look", 10),
+                           msg("user", "", 10),   msg("assistant", "answer", 10),
+                           msg("user", "q2", 10), msg("assistant", "a2", 10) };
+    const json_t *b[6] = { NULL, J(CALL("t1")), J(RESULT("t1")), NULL, NULL, NULL };
+    context_plan p;
+    /* budget 55: 60 of history + 1 does not fit; dropping the first exchange (40) does */
+    assert_int_equal(context_fit_blocks(h, b, 6, NULL, "1234", NULL, 65, 10, &p), CHAT_OK);
+    assert_int_equal(p.first, 4);
+    assert_int_equal(p.truncated_turns, 2); /* two stored turns: the question and the tool results */
+    assert_int_equal(p.tokens, 21);
+    /* a pair-wise cut would have started at the tool results: never */
+    assert_int_equal(context_fit_blocks(h, b, 6, NULL, "1234", NULL, 1000, 10, &p), CHAT_OK);
+    assert_int_equal(p.first, 0);
+
+    /* The new message answers a call: the last exchange is pinned. */
+    store_message h2[4] = { msg("user", "q0", 10), msg("assistant", "a0", 10), msg("user", "q1", 10),
+                            msg("assistant", "let me look", 10) };
+    const json_t *b2[4] = { NULL, NULL, NULL, b[1] };
+    json_t *res = J(RESULT("t1"));
+    assert_int_equal(context_fit_blocks(h2, b2, 4, NULL, NULL, res, 30, 10, &p), CHAT_ETOOBIG);
+    assert_int_equal(p.tokens, 41); /* 40 + the result's 1 */
+    assert_int_equal(context_fit_blocks(h2, b2, 4, NULL, NULL, res, 31, 0, &p), CHAT_OK);
+    assert_int_equal(p.first, 2);
+    assert_int_equal(p.truncated_turns, 1);
+    assert_int_equal(p.tokens, 21);
+    json_decref(res);
+    for (int i = 0; i < 6; i++)
+        json_decref((json_t *)b[i]);
+}
+
+static void test_block_estimates(void **state)
+{
+    (void)state;
+    /* unknown counts of block messages: llm_content_tokens (an image counts LLM_IMAGE_TOKENS) */
+    store_message h[2] = { msg("user", "", -1), msg("assistant", "abcdefgh", -1) };
+    json_t *img = J("[{\"type\":\"text\",\"text\":\"1234\"},{\"type\":\"image\",\"source\":{\"type\":\"url\","
+                    "\"url\":\"https://x/a.png\"}}]");
+    const json_t *b[2] = { img, NULL };
+    context_plan p;
+    assert_int_equal(context_fit_blocks(h, b, 2, NULL, NULL, img, 100000, 10, &p), CHAT_OK);
+    assert_int_equal(p.tokens, (1 + LLM_IMAGE_TOKENS) * 2 + 2);
+    json_decref(img);
+}
+
+static void test_messages_with_blocks(void **state)
+{
+    (void)state;
+    store_message h[5] = { msg("user", "q1", -1), msg("assistant", "let me look", -1), msg("user", "", -1),
+                           msg("assistant", "", -1), msg("user", "more", -1) };
+    json_t *call = J(CALL("t1")), *result = J(RESULT("t1"));
+    const json_t *b[5] = { NULL, call, result, NULL, NULL };
+    json_t *img = J("[{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":\"https://x/a.png\"}}]");
+    llm_message *m = NULL;
+    size_t n = context_messages_blocks(h, b, 0, 5, NULL, img, &m);
+    /* q1 / call / (result + "more" + image merged: the empty reply is left out) */
+    assert_int_equal(n, 3);
+    assert_null(m[0].blocks);
+    assert_string_equal(m[0].content, "q1");
+    assert_ptr_equal(m[1].blocks, call); /* shared, not copied */
+    assert_string_equal(m[1].content, "let me look");
+    assert_string_equal(m[2].role, "user");
+    char *merged = json_dumps(m[2].blocks, JSON_COMPACT);
+    assert_string_equal(merged, "[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"42\"},"
+                                "{\"type\":\"text\",\"text\":\"more\"},{\"type\":\"image\",\"source\":"
+                                "{\"type\":\"url\",\"url\":\"https://x/a.png\"}}]");
+    free(merged);
+    assert_string_equal(m[2].content, "more");
+    assert_int_equal(json_array_size(result), 1); /* the history's arrays are not changed */
+    context_messages_free(m, n);
+
+    /* text then blocks of the same role: one block array, the text first */
+    store_message h2[2] = { msg("user", "first", -1), msg("assistant", "", -1) };
+    n = context_messages_blocks(h2, NULL, 0, 2, NULL, img, &m);
+    assert_int_equal(n, 1);
+    merged = json_dumps(m[0].blocks, JSON_COMPACT);
+    assert_string_equal(merged, "[{\"type\":\"text\",\"text\":\"first\"},{\"type\":\"image\",\"source\":"
+                                "{\"type\":\"url\",\"url\":\"https://x/a.png\"}}]");
+    free(merged);
+    context_messages_free(m, n);
+    /* the references are given back: only ours are left */
+    assert_int_equal(call->refcount, 1);
+    assert_int_equal(img->refcount, 1);
+    json_decref(call);
+    json_decref(result);
+    json_decref(img);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +288,9 @@ int main(void)
         cmocka_unit_test(test_odd_history_drops_leading_message_first),
         cmocka_unit_test(test_messages_merge),
         cmocka_unit_test(test_messages_merge_linear),
+        cmocka_unit_test(test_truncation_keeps_tool_pairs),
+        cmocka_unit_test(test_block_estimates),
+        cmocka_unit_test(test_messages_with_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
