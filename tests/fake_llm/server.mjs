@@ -1258,6 +1258,7 @@ async function anthropicStream(ctx, sc, plan) {
   const deltaUsage = plan.shape2026
     ? { input_tokens: u.input_tokens, cache_creation_input_tokens: u.cache_creation_input_tokens, cache_read_input_tokens: u.cache_read_input_tokens, output_tokens: u.output_tokens }
     : { output_tokens: u.output_tokens };
+  if (plan.shape2026 && u.output_tokens_details) deltaUsage.output_tokens_details = u.output_tokens_details;
   if (sc.usage) for (const k of Object.keys(sc.usage)) deltaUsage[k] = u[k];
   const delta = { stop_reason: plan.stopReason, stop_sequence: plan.stopSequence };
   if (plan.shape2026) delta.stop_details = null;
