@@ -14,6 +14,7 @@
 #include "core/alloc.h"
 #include "core/assets.h"
 #include "core/util.h"
+#include "store/blocks.h"
 
 bool store_valid_id(const char *id)
 {
@@ -63,7 +64,8 @@ bool store_valid_hash(const char *h)
 
 bool store_valid_message(const store_message *m)
 {
-    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content && m->status &&
+    return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content &&
+           store_blocks_valid(m->blocks) && m->status &&
            (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) && m->seq > 0 &&
            store_valid_count(m->tokens) && store_valid_usage(&m->usage) && m->cost_micros >= 0 && m->created_at >= 0;
 }
@@ -76,7 +78,8 @@ static bool valid_role(const char *role)
 static bool valid_turn(const store_turn *t)
 {
     return store_valid_id(t->session_id) && store_valid_id(t->lock_token) && (!t->owner || store_valid_id(t->owner)) &&
-           t->model && t->model[0] && t->user_content && t->assistant_content && t->status &&
+           t->model && t->model[0] && t->user_content && t->assistant_content && store_blocks_valid(t->user_blocks) &&
+           store_blocks_valid(t->assistant_blocks) && t->status &&
            (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
            store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
            (!t->idem_key || (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) &&

@@ -42,7 +42,8 @@ void store_op_complete(store_op *op);
 /* Argument checks of store.h: an id is 1..STORE_ID_MAX bytes; a count is >= -1
  * (-1 unknown); a scope is "" or an id; now and now + ttl are valid times; a
  * key hash is exactly STORE_KEY_HASH_LEN lowercase hex digits; an imported
- * message has a known role and status, seq > 0 and sane counts. */
+ * message has a known role and status, seq > 0, sane counts and blocks that
+ * store_blocks_valid accepts (store/blocks.h), as a turn's blocks must be. */
 bool store_valid_id(const char *id);
 bool store_valid_count(int64_t v);
 bool store_valid_usage(const store_usage *u);

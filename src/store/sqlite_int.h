@@ -38,20 +38,21 @@
     "id, owner, system_prompt, model, created_at, updated_at, turn_count, message_count, " \
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros"
 
-/* The message columns, in the order read_message() expects. */
+/* The message columns, in the order read_message() expects (blocks in their
+ * stored form: see store/blocks.h). */
 #define MESSAGE_COLS                                                             \
     "id, seq, role, content, status, model, stop_reason, tokens, input_tokens, " \
-    "output_tokens, cache_read_tokens, cache_write_tokens, cost_micros, created_at"
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost_micros, created_at, blocks"
 
 /* An idempotency record: first its reply snapshot in MESSAGE_COLS order (so that
  * read_message() reads it), then the record's own columns from IDEM_COL_HASH on. */
 #define IDEM_COLS                                                                       \
     "reply_id, reply_seq, 'assistant', reply_content, reply_status, reply_model, "      \
     "reply_stop_reason, reply_tokens, input_tokens, output_tokens, cache_read_tokens, " \
-    "cache_write_tokens, cost_micros, reply_created_at, "                               \
+    "cache_write_tokens, cost_micros, reply_created_at, reply_blocks, "                 \
     "body_hash, state, status, response, session_id, created_at, expires_at, turn_count"
 enum {
-    IDEM_COL_HASH = 14,
+    IDEM_COL_HASH = 15,
     IDEM_COL_STATE,
     IDEM_COL_STATUS,
     IDEM_COL_RESPONSE,
@@ -93,8 +94,19 @@ enum {
     X(ST_NEXT_SEQ, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?1")                               \
     X(ST_MESSAGE_INSERT, "INSERT INTO messages (session_id, seq, role, content, status, model, stop_reason, "        \
                          "tokens, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "              \
-                         "cost_micros, created_at) "                                                                 \
-                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")                     \
+                         "cost_micros, created_at, blocks) "                                                         \
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")                \
+    /* ---- images kept once per hash (store/blocks.h) ---- */                                                       \
+    X(ST_BLOB_INSERT, "INSERT INTO blobs (sha256, media_type, data, bytes, created_at) "                             \
+                      "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sha256) DO NOTHING")                                 \
+    X(ST_BLOB_LINK, "INSERT INTO message_blobs (message_id, sha256) VALUES (?1, ?2) ON CONFLICT DO NOTHING")         \
+    X(ST_BLOB_GET, "SELECT data FROM blobs WHERE sha256 = ?1")                                                       \
+    /* The links of a session's messages go first, each blob they named is then */                                   \
+    /* removed unless another message still links it. */                                                             \
+    X(ST_BLOB_UNLINK_SESSION, "DELETE FROM message_blobs WHERE message_id IN "                                       \
+                              "(SELECT id FROM messages WHERE session_id = ?1) RETURNING sha256")                    \
+    X(ST_BLOB_DROP_UNUSED, "DELETE FROM blobs WHERE sha256 = ?1 "                                                    \
+                           "AND NOT EXISTS (SELECT 1 FROM message_blobs WHERE sha256 = ?1)")                         \
     X(ST_SESSION_ADD_TURN, "UPDATE sessions SET model = ?2, updated_at = ?3, turn_count = turn_count + 1, "          \
                            "message_count = message_count + 2, input_tokens = input_tokens + ?4, "                   \
                            "output_tokens = output_tokens + ?5, cache_read_tokens = cache_read_tokens + ?6, "        \
@@ -156,7 +168,7 @@ enum {
                       "reply_content = ?9, reply_status = ?10, reply_model = ?11, reply_stop_reason = ?12, "         \
                       "reply_tokens = ?13, input_tokens = ?14, output_tokens = ?15, "                                \
                       "cache_read_tokens = ?16, cache_write_tokens = ?17, cost_micros = ?18, "                       \
-                      "reply_created_at = ?19 "                                                                      \
+                      "reply_created_at = ?19, reply_blocks = ?20 "                                                  \
                       "WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 'running'")                          \
     X(ST_IDEM_EXPIRE, "DELETE FROM idempotency WHERE (scope, key) IN (SELECT scope, key FROM idempotency "           \
                       "WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)")                                        \

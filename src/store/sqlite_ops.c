@@ -15,6 +15,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "store/blocks.h"
 
 /* ---- turn locks ----------------------------------------------------------- */
 
@@ -93,11 +94,74 @@ static chat_rc check_lock(sqlite_db *s, const char *session_id, const char *toke
 
 /* ---- turns ---------------------------------------------------------------- */
 
+/* Inside a write transaction: keeps the images of message id (new ones
+ * inserted, known ones left as they are) and links them to it. */
+static chat_rc link_blobs(sqlite_db *s, int64_t message_id, const store_packed *p, int64_t now)
+{
+    for (size_t i = 0; i < p->n_blobs; i++) {
+        const store_blob *b = &p->blobs[i];
+        sqlite3_stmt *st = s->st[ST_BLOB_INSERT];
+        sql_bind_text(s, st, 1, b->sha256);
+        sql_bind_text(s, st, 2, b->media_type);
+        sql_bind_text(s, st, 3, b->data);
+        sql_bind_i64(s, st, 4, b->bytes);
+        sql_bind_i64(s, st, 5, now);
+        chat_rc rc = sql_run(s, ST_BLOB_INSERT);
+        if (rc != CHAT_OK)
+            return rc;
+        st = s->st[ST_BLOB_LINK];
+        sql_bind_i64(s, st, 1, message_id);
+        sql_bind_text(s, st, 2, b->sha256);
+        rc = sql_run(s, ST_BLOB_LINK);
+        if (rc != CHAT_OK)
+            return rc;
+    }
+    return CHAT_OK;
+}
+
+/*
+ * Inside a write transaction: takes the links of session_id's messages away
+ * and removes the blobs that no other message links (before its messages are
+ * deleted: session delete, reset and the retention sweep).
+ */
+static chat_rc unlink_session_blobs(sqlite_db *s, const char *session_id)
+{
+    char **shas = NULL;
+    size_t n = 0, cap = 0;
+    sqlite3_stmt *st = s->st[ST_BLOB_UNLINK_SESSION];
+    sql_bind_text(s, st, 1, session_id);
+    int src;
+    while ((src = sql_step(s, st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 8;
+            shas = chat_xrealloc(shas, cap * sizeof *shas);
+        }
+        shas[n++] = sql_col_dup(st, 0);
+    }
+    done(st);
+    chat_rc rc = src == SQLITE_DONE ? CHAT_OK : sql_fail(s, "ST_BLOB_UNLINK_SESSION", src);
+    for (size_t i = 0; i < n && rc == CHAT_OK; i++) {
+        if (!shas[i])
+            continue;
+        sql_bind_text(s, s->st[ST_BLOB_DROP_UNUSED], 1, shas[i]);
+        rc = sql_run(s, ST_BLOB_DROP_UNUSED); /* a second time for a repeated hash: a no-op */
+    }
+    for (size_t i = 0; i < n; i++)
+        free(shas[i]);
+    free(shas);
+    return rc;
+}
+
 /* Binds and runs one message insert into session_id; *id (when not NULL)
  * receives its row id. The turn commit and the session import both store
- * their messages through here, so that both write the same columns. */
+ * their messages through here, so that both write the same columns, and the
+ * same stored form of the blocks with their images. */
 chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store_message *m, int64_t *id)
 {
+    store_packed packed;
+    chat_rc rc = store_blocks_pack(m->blocks, &packed);
+    if (rc != CHAT_OK)
+        return rc;
     sqlite3_stmt *st = s->st[ST_MESSAGE_INSERT];
     sql_bind_text(s, st, 1, session_id);
     sql_bind_i64(s, st, 2, m->seq);
@@ -113,9 +177,14 @@ chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store
     sql_bind_i64(s, st, 12, m->usage.cache_write_tokens);
     sql_bind_i64(s, st, 13, m->cost_micros);
     sql_bind_i64(s, st, 14, m->created_at);
-    chat_rc rc = sql_run(s, ST_MESSAGE_INSERT);
+    sql_bind_text(s, st, 15, packed.stored);
+    rc = sql_run(s, ST_MESSAGE_INSERT);
+    int64_t row = sqlite3_last_insert_rowid(s->db);
+    if (rc == CHAT_OK)
+        rc = link_blobs(s, row, &packed, m->created_at);
     if (rc == CHAT_OK && id)
-        *id = sqlite3_last_insert_rowid(s->db);
+        *id = row;
+    store_packed_clear(&packed);
     return rc;
 }
 
@@ -128,6 +197,7 @@ static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bo
         .seq = seq,
         .role = assistant ? "assistant" : "user",
         .content = (char *)(assistant ? t->assistant_content : t->user_content),
+        .blocks = (char *)(assistant ? t->assistant_blocks : t->user_blocks),
         .status = (char *)(assistant ? t->status : "complete"),
         .model = (char *)(assistant ? t->model : NULL),
         .stop_reason = (char *)(assistant ? t->stop_reason : NULL),
@@ -168,6 +238,7 @@ static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn
     sql_bind_i64(s, st, 17, t->usage.cache_write_tokens);
     sql_bind_i64(s, st, 18, t->cost_micros);
     sql_bind_i64(s, st, 19, t->now);
+    sql_bind_text(s, st, 20, t->assistant_blocks); /* whole: see 004_blocks_blobs.sql */
     chat_rc rc = sql_run(s, ST_IDEM_COMMIT);
     if (rc != CHAT_OK)
         return rc;
@@ -375,6 +446,9 @@ static chat_rc stats_sub(sqlite_db *s, int64_t sessions, int64_t messages, int64
  */
 static chat_rc delete_session(sqlite_db *s, const char *session_id, int64_t turns, int64_t messages)
 {
+    chat_rc unlinked = unlink_session_blobs(s, session_id);
+    if (unlinked != CHAT_OK)
+        return unlinked;
     static const enum stmt_id steps[] = { ST_MESSAGES_DELETE, ST_SESSION_DELETE, ST_LOCK_DROP };
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
         sql_bind_text(s, s->st[steps[i]], 1, session_id);
@@ -408,6 +482,9 @@ static chat_rc sqlite_session_reset(sqlite_db *s, const char *session_id, int64_
     if (rc != CHAT_OK)
         return rc;
     rc = session_counts(s, session_id, &turns, &messages);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = unlink_session_blobs(s, session_id);
     if (rc != CHAT_OK)
         goto out;
     sql_bind_text(s, s->st[ST_MESSAGES_DELETE], 1, session_id);
@@ -510,6 +587,37 @@ static void read_message(sqlite3_stmt *st, store_message *m)
     m->usage.cache_write_tokens = sqlite3_column_int64(st, 11);
     m->cost_micros = sqlite3_column_int64(st, 12);
     m->created_at = sqlite3_column_int64(st, 13);
+    m->blocks = sql_col_dup(st, 14);
+}
+
+/* store_blocks_unpack's look-up: a blob's data, inside the read transaction. */
+static char *lookup_blob(void *ud, const char *sha256, bool *failed)
+{
+    sqlite_db *s = ud;
+    sqlite3_stmt *st = s->st[ST_BLOB_GET];
+    sql_bind_text(s, st, 1, sha256);
+    int src = sql_step(s, st);
+    char *data = src == SQLITE_ROW ? sql_col_dup(st, 0) : NULL;
+    done(st);
+    if (src != SQLITE_ROW && src != SQLITE_DONE) {
+        (void)sql_fail(s, "ST_BLOB_GET", src);
+        *failed = true;
+    }
+    return data;
+}
+
+/* Puts the images back into the blocks of m (read from messages). */
+static chat_rc unpack_message(sqlite_db *s, store_message *m)
+{
+    if (!store_blocks_has_refs(m->blocks))
+        return CHAT_OK;
+    char *whole = NULL;
+    chat_rc rc = store_blocks_unpack(m->blocks, lookup_blob, s, &whole);
+    if (rc == CHAT_OK) {
+        free(m->blocks);
+        m->blocks = whole;
+    }
+    return rc;
 }
 
 static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_t after_seq, int limit,
@@ -557,6 +665,10 @@ static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_
         rc = sql_fail(s, "ST_MESSAGES_LIST", src);
         goto out;
     }
+    for (size_t i = 0; i < count && rc == CHAT_OK; i++)
+        rc = unpack_message(s, &arr[i]);
+    if (rc != CHAT_OK)
+        goto out;
     rc = sql_tx_commit(s);
 out:
     if (rc != CHAT_OK) {

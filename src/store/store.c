@@ -587,6 +587,7 @@ void store_messages_free(store_message *arr, size_t n)
     for (size_t i = 0; i < n; i++) {
         free(arr[i].role);
         free(arr[i].content);
+        free(arr[i].blocks);
         free(arr[i].status);
         free(arr[i].model);
         free(arr[i].stop_reason);
@@ -602,6 +603,7 @@ void store_idem_clear(store_idem *r)
     free(r->response);
     free(r->reply.role);
     free(r->reply.content);
+    free(r->reply.blocks);
     free(r->reply.status);
     free(r->reply.model);
     free(r->reply.stop_reason);

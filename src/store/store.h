@@ -67,6 +67,11 @@ typedef struct store store;
 /* Longest session id, lock token or owner the store accepts, in bytes. */
 #define STORE_ID_MAX 255
 
+/* Longest blocks text (store_message.blocks, store_turn.user_blocks and
+ * assistant_blocks) the store accepts, in bytes, images included: CHAT_EINVAL
+ * beyond (as for blocks that are not a JSON array of objects with a "type"). */
+#define STORE_BLOCKS_MAX ((size_t)64 << 20)
+
 /* Token usage of one provider call, or of a sum of calls. -1 = unknown. */
 typedef struct store_usage {
     int64_t input_tokens; /* uncached input tokens */
@@ -95,7 +100,12 @@ typedef struct store_message {
     char *content; /* the text (of a message with blocks: its text blocks joined, maybe "") */
     /* NULL for a plain-text message, else the canonical content (llm/content.h)
      * as JSON text: tool calls, tool results, images (whole: the store keeps
-     * each image once per content hash and puts it back on read), thinking. */
+     * each image once per content hash and puts it back on read), thinking.
+     * Every read that returns messages (store_messages_list, the reply of an
+     * idempotency record, the export) gives it back as committed (equal as
+     * JSON; the key order and spacing may differ). On import and commit it must
+     * be a JSON array of objects with a string "type", at most STORE_BLOCKS_MAX
+     * bytes, without the store's own image references (CHAT_EINVAL). */
     char *blocks;
     char *status;        /* "complete", or "incomplete" for a reply cut by a disconnect */
     char *model;         /* assistant messages: the model that answered; NULL for user messages */

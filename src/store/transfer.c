@@ -24,6 +24,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/util.h"
+#include "store/blocks.h"
 
 /* Sessions per store_sessions_list call. */
 #define EXPORT_PAGE 200
@@ -106,6 +107,14 @@ static json_t *session_json(const store_session *ss, const store_message *msgs, 
         json_object_set_new(jm, "usage", usage_json(&m->usage));
         set_int(jm, "cost_micros", m->cost_micros);
         set_int(jm, "created_at", m->created_at);
+        if (m->blocks) {
+            /* As a JSON array (images inline), not as a string holding one. */
+            json_t *blocks = json_loads(m->blocks, 0, NULL);
+            if (!blocks)
+                *bad = true;
+            else
+                json_object_set_new(jm, "blocks", blocks);
+        }
         json_array_append_new(arr, jm);
     }
     json_object_set_new(o, "messages", arr);
@@ -172,7 +181,8 @@ static chat_rc export_session(store *s, const store_session *listed, FILE *out, 
     json_t *line = session_json(ss, msgs, n, &bad);
     if (bad) {
         json_decref(line);
-        chat_set_err(err, errlen, "session \"%s\" holds text that is not valid UTF-8", ss->id);
+        chat_set_err(err, errlen, "session \"%s\" holds text that is not valid UTF-8 (or blocks that are not JSON)",
+                     ss->id);
         rc = CHAT_EINVAL;
         goto out;
     }
@@ -376,6 +386,37 @@ static bool get_usage(importer *im, json_t *obj, const char *what, store_usage *
            get_int(im, v, w, "cache_write_tokens", &u->cache_write_tokens);
 }
 
+/*
+ * A message's optional "blocks": absent or null for a plain-text message (every
+ * export written before blocks existed), else the canonical content array,
+ * images inline, which *out receives as JSON text (heap) for the store.
+ */
+static bool get_blocks(importer *im, json_t *obj, const char *what, char **out)
+{
+    *out = NULL;
+    json_t *v = json_object_get(obj, "blocks");
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_array(v)) {
+        (void)fail(im, CHAT_EINVAL, "%s: \"blocks\" must be an array or null", what);
+        return false;
+    }
+    char *text = json_dumps(v, JSON_COMPACT);
+    if (!text)
+        chat_fatal("import: out of memory");
+    if (!store_blocks_valid(text)) {
+        free(text);
+        (void)fail(im, CHAT_EINVAL,
+                   "%s: \"blocks\" must be content blocks: objects with a string \"type\", at most %zu bytes, "
+                   "images as base64 or url sources",
+                   what, (size_t)STORE_BLOCKS_MAX);
+        return false;
+    }
+    *out = chat_xstrdup(text);
+    free(text);
+    return true;
+}
+
 /* The id of obj for error messages, shortened: it may be anything. */
 static void describe(char *out, size_t outlen, const char *kind, json_t *obj)
 {
@@ -473,6 +514,7 @@ static chat_rc import_session(importer *im, json_t *obj)
                     (long long)ss.message_count, n);
     chat_rc rc = CHAT_EINVAL;
     store_message *msgs = n ? chat_xcalloc(n, sizeof *msgs) : NULL;
+    char **blocks = n ? chat_xcalloc(n, sizeof *blocks) : NULL; /* the texts of msgs[i].blocks, owned */
     for (size_t i = 0; i < n; i++) {
         json_t *jm = json_array_get(arr, i);
         store_message *m = &msgs[i];
@@ -487,8 +529,9 @@ static chat_rc import_session(importer *im, json_t *obj)
             !get_str(im, jm, mw, "model", true, &m->model) ||
             !get_str(im, jm, mw, "stop_reason", true, &m->stop_reason) || !get_int(im, jm, mw, "tokens", &m->tokens) ||
             !get_usage(im, jm, mw, &m->usage) || !get_int(im, jm, mw, "cost_micros", &m->cost_micros) ||
-            !get_int(im, jm, mw, "created_at", &m->created_at))
+            !get_int(im, jm, mw, "created_at", &m->created_at) || !get_blocks(im, jm, mw, &blocks[i]))
             goto out;
+        m->blocks = blocks[i];
     }
     rc = store_session_import(im->s, &ss, msgs, n);
     if (rc == CHAT_OK) {
@@ -506,6 +549,9 @@ static chat_rc import_session(importer *im, json_t *obj)
         rc = fail(im, CHAT_EIO, "%s: database error (%s; see the log above)", what, chat_rc_str(rc));
     }
 out:
+    for (size_t i = 0; i < n; i++)
+        free(blocks[i]);
+    free(blocks);
     free(msgs);
     return rc;
 }

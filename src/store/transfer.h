@@ -14,7 +14,8 @@
  *   {"type":"session","id","owner"|null,"system_prompt"|null,"model"|null,
  *    "created_at","updated_at","turn_count","message_count","usage":USAGE,
  *    "cost_micros","messages":[{"seq","role","content","status","model"|null,
- *    "stop_reason"|null,"tokens","usage":USAGE,"cost_micros","created_at"}]}     one per session
+ *    "stop_reason"|null,"tokens","usage":USAGE,"cost_micros","created_at",
+ *    "blocks":[...]?}]}                                                           one per session
  *   {"type":"end","keys":K,"sessions":S,"messages":M}
  *
  * USAGE is {"input_tokens","output_tokens","cache_read_tokens",
@@ -25,6 +26,20 @@
  * from one cut short. Keys carry their hash (the secret is never stored), so
  * the imported keys authenticate the same clients. Message ids are not
  * exported: the importing store numbers messages anew, in order.
+ *
+ * "blocks" is present only on a message that has them (store_message.blocks):
+ * the canonical content array of llm/content.h, whole, images inline as base64
+ * (the store's own image references never appear in a file); the import hands
+ * it to the store, which keeps each image once again. "content" still holds the
+ * message's text.
+ *
+ * Versions. Version 1 is the only one written and read. "blocks" was added to
+ * it as an optional member rather than as a version 2: every file without it
+ * (all files written before it) imports exactly as before, and a chatd from
+ * before blocks that reads a newer file keeps each message's text and ignores
+ * the blocks, where a new version would have refused the whole file. A change
+ * that an older reader would misread rather than merely miss must bump
+ * TRANSFER_VERSION (import_header refuses versions it does not know).
  *
  * Not exported: turn locks and idempotency records (both short-lived), and
  * the part of the global usage and cost totals that came from sessions deleted
