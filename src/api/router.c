@@ -12,6 +12,7 @@
 
 #include <event2/http.h>
 
+#include "api/anthropic_api.h"
 #include "api/api.h"
 #include "core/alloc.h"
 #include "core/metrics.h"
@@ -57,6 +58,8 @@ static const route routes[] = {
     { HTTP_POST, "/v1/chat", api_v1_chat, API_V1, ACCESS_USER, true },
     { HTTP_POST, "/v1/chat/stream", api_v1_chat_stream, API_V1, ACCESS_USER, true },
     { HTTP_POST, "/v1/chat/completions", api_v1_chat_completions, API_OPENAI, ACCESS_USER, true },
+    { HTTP_POST, "/v1/messages", api_anthropic_messages, API_ANTHROPIC, ACCESS_USER, true },
+    { HTTP_POST, "/v1/messages/count_tokens", api_anthropic_count_tokens, API_ANTHROPIC, ACCESS_USER, false },
     { HTTP_GET, "/v1/sessions", api_v1_sessions_list, API_V1, ACCESS_USER, false },
     { HTTP_GET, "/v1/sessions/{}", api_v1_session_get, API_V1, ACCESS_USER, false },
     { HTTP_DELETE, "/v1/sessions/{}", api_v1_session_delete, API_V1, ACCESS_USER, false },
@@ -362,6 +365,10 @@ static void refuse(http_req *r, const route *rt, auth_result ar)
                     ar == AUTH_MISSING ? "Bearer realm=\"chatd\"" : "Bearer realm=\"chatd\", error=\"invalid_token\"");
     if (rt->flavor == API_SEED)
         api_error(r, API_SEED, 401, "authentication_error", "Unauthorized");
+    else if (rt->flavor == API_ANTHROPIC)
+        api_error(r, rt->flavor, 401, "authentication_error",
+                  ar == AUTH_MISSING ? "missing credentials: send x-api-key: <key> or Authorization: Bearer <key>"
+                                     : "invalid x-api-key: invalid or revoked token");
     else
         api_error(r, rt->flavor, 401, "authentication_error",
                   ar == AUTH_MISSING ? "missing credentials: send Authorization: Bearer <token>"
@@ -476,7 +483,18 @@ static void authenticate_then_run(http_req *r, api_env *w, const route *rt, char
         return;
     }
     char hash[65];
-    auth_result ar = auth_check(w->cfg, http_req_header(r, "Authorization"), id, hash);
+    /* Anthropic's clients send the key as x-api-key or as a bearer token
+     * (docs/PROTOCOLS.md A1): on those routes an x-api-key stands for an
+     * absent Authorization header, so guard/auth.c reads one format. */
+    const char *authorization = http_req_header(r, "Authorization");
+    char *from_x_api_key = NULL;
+    if (!authorization && rt->flavor == API_ANTHROPIC) {
+        const char *x = http_req_header(r, "x-api-key");
+        if (x && *x)
+            authorization = from_x_api_key = chat_xasprintf("Bearer %s", x);
+    }
+    auth_result ar = auth_check(w->cfg, authorization, id, hash);
+    free(from_x_api_key);
     if (ar == AUTH_OK) {
         authorized(r, w, rt, id, params);
         return;
@@ -570,6 +588,10 @@ void api_dispatch(http_req *r, void *ctx)
 
     api_route_match found;
     const route *rt = find_route(http_req_path(r), http_req_method(r), &found);
+    /* Anthropic's SDKs read the request id from `request-id` (docs/PROTOCOLS.md
+     * A1), on every answer: successes, refusals and errors alike. */
+    if (found.flavor == API_ANTHROPIC)
+        http_add_header(r, "request-id", http_req_id(r));
     if (rt) {
         http_req_set_route(r, rt->pattern);
         if (found.params[0] && strncmp(rt->pattern, "/ui", 3) != 0) /* every other {} route is about one session */
