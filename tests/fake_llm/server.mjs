@@ -981,7 +981,11 @@ function checkAuth(req) {
 // Parses the directive from the last user message, validates it and resolves the scenario.
 // Returns {sc, echoed, err} where err is a message for a 400.
 function resolveScenario(messages) {
-  const text = lastUserText(messages);
+  // OpenAI: a conversation ending with role "tool" messages is a tool-loop continuation;
+  // its last user turn is those results, so an earlier user message's directive is not
+  // applied again (as with Anthropic, whose tool results form the last user message).
+  const last = messages[messages.length - 1];
+  const text = isObj(last) && last.role === 'tool' ? '' : lastUserText(messages);
   const directive = findDirective(text);
   if (directive && directive.error) return { err: `fake: ${directive.error}` };
   const picked = pickScenario(directive);

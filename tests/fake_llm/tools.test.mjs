@@ -489,6 +489,18 @@ describe('openai: tool calls', () => {
     assert.equal(noParams.choices[0].message.tool_calls[0].function.arguments, '{}');
   });
 
+  test('a directive of an earlier user message is not applied again after tool results', async () => {
+    const c = oai();
+    const messages = [{ role: 'user', content: 'time? ' + directive({ tool_calls: [{ name: 'get_time', input: { tz: 'UTC' } }] }) }];
+    const first = await c.chat.completions.create({ model: 'gpt-fake', tools, messages });
+    const call = first.choices[0].message.tool_calls[0];
+    messages.push(first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '12:00' });
+    const second = await c.chat.completions.create({ model: 'gpt-fake', tools, messages });
+    assert.equal(second.choices[0].finish_reason, 'stop');
+    assert.equal(second.choices[0].message.content, 'Tool results: 12:00');
+    assert.equal((await requests())[1].scenario, null);
+  });
+
   test('tools and tool-call arguments count toward prompt_tokens; tool results echoed', async () => {
     const r = await oai().chat.completions.create({ model: 'gpt-fake', tools, messages: [
       { role: 'user', content: 'go' },
