@@ -65,7 +65,16 @@ struct turn {
     const turn_sink *sink;
     void *ud;
     char *session_id;
-    char *user_message;
+    char *user_message;   /* the new message's text (of a message with blocks: their text) */
+    json_t *user_blocks;  /* NULL, or the new message's blocks (a deep copy of turn_params.message_blocks) */
+    json_t *options;      /* NULL, or the request options as asked (a deep copy of turn_params.options) */
+    json_t *call_options; /* the options the running call was given: checked for t->current, refused ones
+                             dropped (DROP_UNSUPPORTED_PARAMS), no-ops left out; NULL when none */
+    bool json_via_tool;   /* structured output through the forced tool (t->current has no native mode) */
+    char *dropped;        /* options left out for t->current, comma-separated, or NULL */
+    json_t *reply;        /* the reply's content (a copy of llm_result.content), kept across the commit */
+    char *stop_sequence;  /* the reply's stop sequence, kept across the commit */
+    int64_t reasoning_tokens;
     char *system_prompt;       /* resolved: the session's or the default */
     const chat_model *model;   /* the requested (or session's, or default) model */
     const chat_model *current; /* the model the running call uses (a fallback after a failure) */
@@ -225,6 +234,12 @@ static void turn_free(turn *t)
     free(t->req_system_prompt);
     free(t->session_id);
     free(t->user_message);
+    json_decref(t->user_blocks);
+    json_decref(t->options);
+    json_decref(t->call_options);
+    free(t->dropped);
+    json_decref(t->reply);
+    free(t->stop_sequence);
     free(t->system_prompt);
     context_messages_free(t->msgs, t->n_msgs);
     free(t->lock_token);
@@ -250,10 +265,25 @@ static int64_t user_tokens(const turn *t, const llm_usage *u)
     return d > 0 ? d : -1;
 }
 
-/* Submits the commit of t with reply text; cb (may be NULL) gets ud. Every
- * string is copied into the op, so that the commit can outlive the turn. */
-static void submit_commit(turn *t, const char *text, const char *status, const char *stop_reason, const llm_usage *u,
-                          int64_t cost, bool with_idem, store_op_cb cb, void *ud)
+/* True if content holds text blocks only (or nothing). */
+static bool only_text(const json_t *content)
+{
+    size_t i;
+    const json_t *b;
+    json_array_foreach(content, i, b)
+    {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type || strcmp(type, "text") != 0)
+            return false;
+    }
+    return true;
+}
+
+/* Submits the commit of t with the reply (text, and content: the reply as
+ * blocks or NULL); cb (may be NULL) gets ud. Every string is copied into the
+ * op, so that the commit can outlive the turn. */
+static void submit_commit(turn *t, const char *text, const json_t *content, const char *status, const char *stop_reason,
+                          const llm_usage *u, int64_t cost, bool with_idem, store_op_cb cb, void *ud)
 {
     t->committed_at = chat_now_ms();
     store_op *op = store_op_new(STORE_OP_TURN_COMMIT);
@@ -265,6 +295,22 @@ static void submit_commit(turn *t, const char *text, const char *status, const c
     st->session_model = store_op_str(op, t->model->name); /* a fallback answers this turn only */
     st->user_content = store_op_str(op, t->user_message);
     st->assistant_content = store_op_str(op, text);
+    /* Blocks only for what plain text cannot hold: a plain-text message or
+     * reply keeps blocks NULL, as every turn did before blocks existed. */
+    if (t->user_blocks) {
+        char *ub = json_dumps(t->user_blocks, JSON_COMPACT);
+        if (!ub)
+            chat_fatal("out of memory");
+        st->user_blocks = store_op_str(op, ub);
+        free(ub);
+    }
+    if (content && !only_text(content)) {
+        char *ab = json_dumps(content, JSON_COMPACT);
+        if (!ab)
+            chat_fatal("out of memory");
+        st->assistant_blocks = store_op_str(op, ab);
+        free(ab);
+    }
     st->status = status;
     st->stop_reason = store_op_str(op, stop_reason);
     st->user_tokens = user_tokens(t, u);
@@ -343,7 +389,10 @@ static void keep_or_drop(turn *t, turn_stop why)
             t->idem_key = NULL;
         }
         llm_usage unknown = { -1, -1, -1, -1, -1 };
-        submit_commit(t, chat_buf_str(&t->partial), "incomplete", NULL, &unknown, 0, false, on_partial_committed, t->e);
+        /* The text only: tool calls and thinking of a reply that never
+         * finished are not kept (no call is left waiting for results). */
+        submit_commit(t, chat_buf_str(&t->partial), NULL, "incomplete", NULL, &unknown, 0, false, on_partial_committed,
+                      t->e);
         /* the commit releases the lock, or its callback does */
     } else {
         release(t);
@@ -471,7 +520,7 @@ static void ensure_started(turn *t)
     t->start_delivered = true;
     if (t->start_ev)
         event_del(t->start_ev);
-    turn_info info = { .session_id = t->session_id, .model = t->current->name };
+    turn_info info = { .session_id = t->session_id, .model = t->current->name, .dropped = t->dropped };
     if (t->sink->on_start)
         t->sink->on_start(t->ud, &info);
 }
@@ -508,8 +557,27 @@ static int on_llm_delta(void *ud, const char *text, size_t len)
     return LLM_CONTINUE;
 }
 
-/* Starts the provider call on t->current (the model or a fallback): the turn
- * enters TURN_CALLING. Anything but CHAT_OK: no call, the state unchanged. */
+/* Every reply event, when the sink takes events (turn_sink.on_event): the
+ * text is kept as on_llm_delta keeps it, and every event is forwarded. */
+static int on_llm_event(void *ud, const llm_event *ev)
+{
+    turn *t = ud;
+    if (t->state != TURN_CALLING)
+        bad_state(t, "provider event");
+    ensure_started(t);
+    if (ev->kind == LLM_EV_TEXT && chat_buf_append(&t->partial, ev->data, ev->len) != CHAT_OK) {
+        /* Past max_response_bytes: not kept, as in on_llm_delta. */
+    }
+    if (t->sink->on_event(t->ud, ev)) {
+        t->paused = true;
+        return LLM_PAUSE;
+    }
+    return LLM_CONTINUE;
+}
+
+/* Starts the provider call on t->current (the model or a fallback), with the
+ * options fitted to it (fit_model): the turn enters TURN_CALLING. Anything
+ * but CHAT_OK: no call, the state unchanged. */
 static chat_rc start_call(turn *t)
 {
     const chat_model *m = t->current;
@@ -524,8 +592,14 @@ static chat_rc start_call(turn *t)
         .max_tokens = max_tokens,
         .stream = t->stream,
         .request_id = t->lock_token,
+        .options = t->call_options,
+        .json_via_tool = t->json_via_tool,
     };
     llm_callbacks cbs = { .on_delta = on_llm_delta, .on_done = on_llm_done };
+    if (t->sink->on_event) {
+        cbs.on_delta = NULL;
+        cbs.on_event = on_llm_event;
+    }
     chat_rc rc = llm_call_start(t->env->llm, &m->provider, &req, &cbs, t, &t->call);
     if (rc == CHAT_OK) {
         t->called = true;
@@ -535,13 +609,24 @@ static chat_rc start_call(turn *t)
     return rc;
 }
 
-/* Starts the next fallback model whose provider is configured; false when none is left. */
+static bool fit_model(turn *t, const chat_model *m, turn_error *err);
+
+/* Starts the next fallback model whose provider is configured and that can
+ * take the request (fit_model: its content, and its options as turn.h says);
+ * false when none is left. */
 static bool start_fallback(turn *t)
 {
     while (t->next_fallback < t->model->n_fallbacks) {
         const chat_model *next = models_find(t->env->models, t->model->fallbacks[t->next_fallback++]);
         if (!next || !next->available)
             continue;
+        turn_error why;
+        if (!fit_model(t, next, &why)) {
+            chat_log(LOG_INFO, "fallback model skipped: it cannot take the request",
+                     json_pack("{s:s,s:s,s:s}", "session", t->session_id, "fallback_model", next->name, "reason",
+                               why.message));
+            continue;
+        }
         chat_log(LOG_INFO, "starting a fallback model",
                  json_pack("{s:s,s:s,s:s}", "session", t->session_id, "failed_model", t->current->name,
                            "fallback_model", next->name));
@@ -589,7 +674,13 @@ static void finish_done(turn *t, const char *text, size_t text_len, const char *
 {
     metrics_cost_microdollars(t->cost_micros);
     metrics_turn(METRICS_TURN_OK);
+    if (!t->reply)
+        t->reply = json_array();
     turn_result out = {
+        .stop_sequence = t->stop_sequence,
+        .content = t->reply,
+        .dropped = t->dropped,
+        .reasoning_tokens = t->reasoning_tokens,
         .session_id = t->session_id,
         .model = t->current->name,
         .cost_micros = t->cost_micros,
@@ -625,6 +716,18 @@ static void submit_renewal(turn *t, turn_state state)
     op->in.now = chat_now_ms();
     op->in.ttl_ms = t->env->lock_ttl_ms;
     submit_step(t, state, op);
+}
+
+/* The reply's content, ours to keep (llm_result.content is borrowed): a
+ * copy, or the text as one block when the provider gave no content. */
+static json_t *reply_content(const llm_result *res)
+{
+    json_t *c = res->content ? json_deep_copy(res->content) : json_array();
+    if (!c)
+        chat_fatal("out of memory");
+    if (!res->content && res->text && res->text_len > 0)
+        json_array_append_new(c, json_pack("{s:s,s:s%}", "type", "text", "text", res->text, res->text_len));
+    return c;
 }
 
 static void on_llm_done(void *ud, const llm_result *res)
@@ -665,6 +768,9 @@ static void on_llm_done(void *ud, const llm_result *res)
     t->cost_micros = models_cost_micros(t->current, &t->usage);
     t->attempts = res->attempts;
     t->provider_ms = res->duration_ms;
+    t->reasoning_tokens = res->usage.reasoning_tokens;
+    t->stop_sequence = res->stop_sequence ? chat_xstrdup(res->stop_sequence) : NULL;
+    t->reply = reply_content(res);
     if (t->ephemeral) {
         t->committed_at = chat_now_ms();
         store_turn_result none = { 0 };
@@ -672,8 +778,143 @@ static void on_llm_done(void *ud, const llm_result *res)
         return;
     }
     t->state = TURN_COMMITTING;
-    submit_commit(t, res->text ? res->text : "", "complete", res->stop_reason, &res->usage, t->cost_micros, true,
-                  on_store_done, t);
+    submit_commit(t, res->text ? res->text : "", t->reply, "complete", res->stop_reason, &res->usage, t->cost_micros,
+                  true, on_store_done, t);
+}
+
+/* ---- what the answering model can take: options, content, tool-call pairing ---- */
+
+/* Appends name to t->dropped (comma-separated). */
+static void add_dropped(turn *t, const char *name)
+{
+    char *d = t->dropped ? chat_xasprintf("%s,%s", t->dropped, name) : chat_xstrdup(name);
+    free(t->dropped);
+    t->dropped = d;
+}
+
+/*
+ * Fits the request to model m before a call on it: every message it will be
+ * sent must be readable by m (models_check_content), and every option must
+ * be one m takes (models_check_options): a refused option fails with 400
+ * unsupported_parameter, or with env.drop_unsupported is left out and named
+ * in t->dropped. On success t->call_options, t->json_via_tool and t->dropped
+ * describe the call on m; on failure they are unchanged and *err is set.
+ */
+static bool fit_model(turn *t, const chat_model *m, turn_error *err)
+{
+    char why[400];
+    for (size_t i = 0; i < t->n_msgs; i++) {
+        if (t->msgs[i].blocks && models_check_content(m, t->msgs[i].blocks, why, sizeof why)) {
+            turn_error_set(err, 400, "unsupported_parameter", "messages[%zu].%s", i, why);
+            return false;
+        }
+    }
+    json_t *opts = t->options ? json_deep_copy(t->options) : NULL;
+    if (t->options && !opts)
+        chat_fatal("out of memory");
+    char *dropped = NULL;
+    const char *refused;
+    while (opts && (refused = models_check_options(m, opts, why, sizeof why)) != NULL) {
+        if (!t->env->drop_unsupported) {
+            turn_error_set(err, 400, "unsupported_parameter", "%s", why);
+            json_decref(opts);
+            free(dropped);
+            return false;
+        }
+        char *name = chat_xstrdup(refused); /* refused may point into opts */
+        char *d = dropped ? chat_xasprintf("%s,%s", dropped, name) : chat_xstrdup(name);
+        free(dropped);
+        dropped = d;
+        chat_log(
+            LOG_INFO, "request option dropped (DROP_UNSUPPORTED_PARAMS)",
+            json_pack("{s:s,s:s,s:s,s:s}", "session", t->session_id, "model", m->name, "option", name, "reason", why));
+        json_object_del(opts, name);
+        free(name);
+    }
+    if (opts) {
+        models_strip_noops(m, opts);
+        if (json_object_size(opts) == 0) {
+            json_decref(opts);
+            opts = NULL;
+        }
+    }
+    json_decref(t->call_options);
+    t->call_options = opts;
+    free(t->dropped);
+    t->dropped = NULL;
+    if (dropped) {
+        add_dropped(t, dropped);
+        free(dropped);
+    }
+    const char *rf = json_string_value(json_object_get(json_object_get(opts, "response_format"), "type"));
+    t->json_via_tool = rf && (strcmp(rf, "json_schema") == 0 || strcmp(rf, "json_object") == 0) &&
+                       !(m->features & CHAT_MODEL_STRUCTURED_OUTPUT);
+    return true;
+}
+
+static bool is_block(const json_t *b, const char *type)
+{
+    const char *t = json_string_value(json_object_get(b, "type"));
+    return t && strcmp(t, type) == 0;
+}
+
+/*
+ * The tool-call rule between a reply (calls: its blocks, NULL for plain text)
+ * and the user message that follows it (answer: its blocks, NULL for plain
+ * text), at where (for the message). A reply that called tools must be
+ * followed by a message that begins with exactly one tool_result for each of
+ * its calls (text and images may follow); tool results answer nothing else.
+ */
+static bool check_pairing(const json_t *calls, const json_t *answer, const char *where, turn_error *err)
+{
+    size_t ncalls = 0, i;
+    const json_t *b;
+    char ids[256] = "";
+    size_t used = 0;
+    json_array_foreach(calls, i, b)
+    {
+        if (!is_block(b, "tool_use"))
+            continue;
+        const char *id = json_string_value(json_object_get(b, "id"));
+        if (used < sizeof ids)
+            used += (size_t)snprintf(ids + used, sizeof ids - used, "%s%s", ncalls ? ", " : "", id ? id : "?");
+        ncalls++;
+    }
+    size_t lead = 0;
+    while (lead < json_array_size(answer) && is_block(json_array_get(answer, lead), "tool_result"))
+        lead++;
+    bool stray = false; /* a tool result after other blocks */
+    for (i = lead; i < json_array_size(answer); i++)
+        stray |= is_block(json_array_get(answer, i), "tool_result");
+    if (ncalls == 0) {
+        if (lead > 0 || stray) {
+            turn_error_set(err, 400, "unexpected_tool_results",
+                           "%s holds tool_result blocks, but the reply before it called no tools", where);
+            return false;
+        }
+        return true;
+    }
+    bool ok = lead == ncalls && !stray;
+    for (i = 0; ok && i < lead; i++) {
+        const char *id = json_string_value(json_object_get(json_array_get(answer, i), "tool_use_id"));
+        bool found = false;
+        size_t k;
+        json_array_foreach(calls, k, b)
+        {
+            const char *cid = json_string_value(json_object_get(b, "id"));
+            if (is_block(b, "tool_use") && cid && id && strcmp(cid, id) == 0)
+                found = true;
+        }
+        ok = found; /* ids are unique within a message (llm_content_check), so a full match is a bijection */
+    }
+    if (!ok) {
+        turn_error_set(err, 400, "tool_results_required",
+                       "the reply before %s called tools (%s%s): %s must begin with one tool_result block for each "
+                       "of these ids, in any order (text and images may follow)",
+                       where, ids, used >= sizeof ids ? "..." : "", where);
+        return false;
+    }
+    return true;
 }
 
 /* ---- prepare: the request, from the loaded session ---- */
@@ -681,11 +922,13 @@ static void on_llm_done(void *ud, const llm_result *res)
 /*
  * Everything between the load and the call: the system prompt, the model, the
  * context window, the provider request. hist (may be NULL) is the session's
- * history, or the ephemeral turn's conversation. On success the turn is
+ * history, or the ephemeral turn's conversation; hist_blocks (NULL, or nhist
+ * entries) the parsed blocks of its messages (referenced by t->msgs, not
+ * kept otherwise). On success the turn is
  * TURN_PREPARED (the call is not started: begin_call does that); false with
  * *err set when the turn cannot run.
  */
-static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error *err)
+static bool prepare(turn *t, const store_message *hist, const json_t *const *hist_blocks, size_t nhist, turn_error *err)
 {
     const model_table *mt = t->env->models;
     bool exists = t->sess.id != NULL;
@@ -705,10 +948,39 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
     t->model = t->current = model;
     chat_buf_init(&t->partial, model->provider.max_response_bytes);
 
+    /* The tool-call rule: the new message answers the last reply's calls (of
+     * an ephemeral conversation, every reply's calls are answered). */
+    if (t->ephemeral) {
+        for (size_t i = 0; i < nhist; i++) {
+            if (!hist[i].role || strcmp(hist[i].role, "user") != 0)
+                continue;
+            const json_t *prev = i > 0 && hist_blocks ? hist_blocks[i - 1] : NULL;
+            char where[48];
+            snprintf(where, sizeof where, "history message %zu", i);
+            if (!check_pairing(prev, hist_blocks ? hist_blocks[i] : NULL, where, err))
+                return false;
+        }
+        for (size_t i = 0; i + 1 < nhist; i++) {
+            if (hist_blocks && llm_content_has(hist_blocks[i], "tool_use") && hist[i + 1].role &&
+                strcmp(hist[i + 1].role, "user") != 0) {
+                turn_error_set(err, 400, "tool_results_required",
+                               "history message %zu calls tools: the next message must be the user's tool results", i);
+                return false;
+            }
+        }
+    }
+    const json_t *last_reply =
+        nhist > 0 && hist_blocks && hist[nhist - 1].role && strcmp(hist[nhist - 1].role, "assistant") == 0
+            ? hist_blocks[nhist - 1]
+            : NULL;
+    if (!check_pairing(last_reply, t->user_blocks, "the new message", err))
+        return false;
+
     /* Fit the conversation into the model's context window. */
     context_plan plan;
     int64_t reply_max = t->max_tokens < model->max_output ? t->max_tokens : model->max_output;
-    chat_rc rc = context_fit(hist, nhist, t->system_prompt, t->user_message, model->context_window, reply_max, &plan);
+    chat_rc rc = context_fit_blocks(hist, hist_blocks, nhist, t->system_prompt, t->user_message, t->user_blocks,
+                                    model->context_window, reply_max, &plan);
     if (rc == CHAT_ETOOBIG) {
         turn_error_set(err, 400, "context_length_exceeded",
                        "the message and system prompt (about %lld tokens) do not fit in the context window of %s "
@@ -724,8 +996,12 @@ static bool prepare(turn *t, const store_message *hist, size_t nhist, turn_error
         return false;
     }
     /* Copies: a fallback restarts the call after the history was freed. */
-    t->n_msgs = context_messages(hist, plan.first, nhist, t->user_message, &t->msgs);
+    t->n_msgs =
+        context_messages_blocks(hist, hist_blocks, plan.first, nhist, t->user_message, t->user_blocks, &t->msgs);
     t->truncated_turns = plan.truncated_turns;
+    /* What the model can take: the content it will be sent, and the options. */
+    if (!fit_model(t, model, err))
+        return false;
     /* What the last committed turn measured: the conversation's exact size
      * then. This turn's input minus it is the new message's real size. */
     if (plan.truncated_turns == 0 && nhist > 0 && !t->ephemeral) {
@@ -756,11 +1032,32 @@ static bool begin_call(turn *t, turn_error *err)
     return true;
 }
 
-/* The load is complete: prepare and call, or end the turn with the reason it cannot run. */
+/* The load is complete: prepare and call, or end the turn with the reason it
+ * cannot run. The blocks of the history are parsed once here; the request's
+ * messages keep references to those they send. */
 static void loaded(turn *t, const store_message *hist, size_t nhist)
 {
     turn_error err;
-    if (!prepare(t, hist, nhist, &err) || !begin_call(t, &err))
+    json_t **blocks = nhist > 0 ? chat_xcalloc(nhist, sizeof *blocks) : NULL;
+    for (size_t i = 0; i < nhist; i++) {
+        if (!hist[i].blocks)
+            continue;
+        json_error_t jerr;
+        blocks[i] = json_loads(hist[i].blocks, 0, &jerr);
+        if (!json_is_array(blocks[i])) {
+            /* Stored by an older or broken writer: the text stands in. */
+            chat_log(LOG_WARN, "stored message blocks unreadable, using its text",
+                     json_pack("{s:s,s:I,s:s}", "session", t->session_id, "message_id", (json_int_t)hist[i].id, "error",
+                               jerr.text));
+            json_decref(blocks[i]);
+            blocks[i] = NULL;
+        }
+    }
+    bool ok = prepare(t, hist, (const json_t *const *)blocks, nhist, &err);
+    for (size_t i = 0; i < nhist; i++)
+        json_decref(blocks[i]);
+    free(blocks);
+    if (!ok || !begin_call(t, &err))
         end_uncommitted(t, STOP_ERROR, &err);
 }
 
@@ -996,12 +1293,15 @@ static bool requested_model(const turn_engine *e, const turn_params *p, const ch
 static bool start_ephemeral(turn *t, const turn_params *p, turn_error *err)
 {
     store_message *view = chat_xcalloc(p->n_history + 1, sizeof *view);
+    const json_t **blocks = chat_xcalloc(p->n_history + 1, sizeof *blocks);
     for (size_t i = 0; i < p->n_history; i++) {
         view[i].role = (char *)p->history[i].role;
         view[i].content = (char *)p->history[i].content;
         view[i].tokens = -1;
+        blocks[i] = p->history[i].blocks; /* referenced by t->msgs, not copied */
     }
-    bool ok = prepare(t, view, p->n_history, err) && begin_call(t, err);
+    bool ok = prepare(t, view, blocks, p->n_history, err) && begin_call(t, err);
+    free(blocks);
     free(view);
     return ok;
 }
@@ -1014,6 +1314,13 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
             turn_release_idempotency(e, p->idem_scope, p->idem_key, p->request_id);
         return NULL;
     }
+    char why[300];
+    if (p->message_blocks && llm_content_check(p->message_blocks, "user", why, sizeof why)) {
+        turn_error_set(err, 400, "invalid_request_error", "message %s", why);
+        if (p->idem_key && p->session_id)
+            turn_release_idempotency(e, p->idem_scope, p->idem_key, p->request_id);
+        return NULL;
+    }
     turn *t = chat_xcalloc(1, sizeof *t);
     t->e = e;
     t->env = &e->env;
@@ -1022,7 +1329,19 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
     t->ud = ud;
     t->session_id = chat_xstrdup(p->session_id ? p->session_id : "");
     t->ephemeral = p->session_id == NULL;
-    t->user_message = chat_xstrdup(p->message);
+    if (p->message_blocks) {
+        t->user_blocks = json_deep_copy(p->message_blocks);
+        if (!t->user_blocks)
+            chat_fatal("out of memory");
+        t->user_message = llm_content_text(t->user_blocks);
+    } else {
+        t->user_message = chat_xstrdup(p->message ? p->message : "");
+    }
+    if (p->options) {
+        t->options = json_deep_copy(p->options);
+        if (!t->options)
+            chat_fatal("out of memory");
+    }
     t->req_system_prompt = p->system_prompt ? chat_xstrdup(p->system_prompt) : NULL;
     t->req_model = model;
     t->lock_token = chat_xstrdup(p->request_id);
@@ -1057,7 +1376,7 @@ int64_t turn_estimated_tokens(const turn *t)
 {
     int64_t n = context_estimate_tokens(t->system_prompt) + context_estimate_tokens(chat_buf_str(&t->partial));
     for (size_t i = 0; i < t->n_msgs; i++)
-        n += context_estimate_tokens(t->msgs[i].content);
+        n += t->msgs[i].blocks ? llm_content_tokens(t->msgs[i].blocks) : context_estimate_tokens(t->msgs[i].content);
     return n;
 }
 

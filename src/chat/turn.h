@@ -137,8 +137,13 @@ typedef enum {
 } turn_truncation;
 
 typedef struct turn_params {
-    const char *session_id;     /* NULL: an ephemeral turn (no lock, no history, nothing stored) */
-    const llm_message *history; /* ephemeral turns: the conversation before message (copied) */
+    const char *session_id; /* NULL: an ephemeral turn (no lock, no history, nothing stored) */
+    /* Ephemeral turns: the conversation before message (copied; the blocks
+     * of its messages are referenced, json_incref, not deep-copied). Every
+     * reply in it that calls tools must be followed by the user's results,
+     * as for the new message below (400 tool_results_required /
+     * unexpected_tool_results naming the history message). */
+    const llm_message *history;
     size_t n_history;
     const char *message; /* the new user message's text (ignored when message_blocks is set) */
     /* NULL, or the new user message as canonical blocks (llm/content.h):
@@ -146,11 +151,26 @@ typedef struct turn_params {
      * (tool_result blocks). A session whose last reply called tools accepts
      * only a message that answers every one of those calls (400
      * tool_results_required otherwise), and tool results answer nothing else
-     * (400 unexpected_tool_results). Borrowed: must outlive the turn_start call. */
+     * (400 unexpected_tool_results). Precisely: the message begins with exactly
+     * one tool_result per tool_use id of that reply (any order), then any
+     * text and image blocks. Blocks that are not well-formed canonical user
+     * content (llm_content_check) fail turn_start with 400
+     * invalid_request_error. Copied (json_deep_copy) by turn_start. The
+     * committed user message keeps them (store_turn.user_blocks). */
     const json_t *message_blocks;
     /* NULL, or the request options (llm/content.h), checked against the
      * answering model before the call (400 unsupported_parameter naming the
-     * option and the model, or dropped per env.drop_unsupported). Copied. */
+     * option and the model, or dropped per env.drop_unsupported). Copied.
+     * The content sent (the new message and the kept history) is checked
+     * too: images on a model without "vision", tool blocks on one without
+     * "tools" are 400 unsupported_parameter (never dropped). response_format
+     * json_schema/json_object on a model without "structured_output" goes
+     * through the forced tool (llm_request.json_via_tool).
+     * FALLBACKS are checked the same way before they are tried: a fallback
+     * that cannot read the content is skipped; one that refuses an option is
+     * skipped too, unless env.drop_unsupported, which then drops the option
+     * for it (turn_result.dropped names what the answering model went
+     * without). */
     const json_t *options;
     const char *system_prompt;  /* NULL: the session's, or DEFAULT_SYSTEM_PROMPT for a new session */
     const char *model;          /* NULL: the session's model, or CHAT_MODEL; unknown names: 400 */
@@ -181,6 +201,12 @@ typedef struct turn_info {
     const char *model;
     const char *dropped; /* options left out (DROP_UNSUPPORTED_PARAMS), comma-separated, or NULL */
 } turn_info;
+
+/* A committed reply keeps its blocks (store_turn.assistant_blocks) when it
+ * holds anything but text (tool calls, thinking); a plain-text reply keeps
+ * blocks NULL. A cancelled turn's partial reply (CANCEL_POLICY=keep) is
+ * committed as its text only: tool calls and thinking of a reply that never
+ * finished are not kept, so no call is left waiting for results. */
 
 typedef struct turn_result {
     const char *session_id;
