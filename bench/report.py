@@ -1,33 +1,36 @@
 #!/usr/bin/python3
-"""Report step of bench/run.sh: turns the per-phase files of one run into the
-table on stdout and the JSON result (bench/results/latest.json).
+"""Report step of bench/run.sh: turns the files of one run into the result
+(markdown on stdout, JSON in --out, and with --record BASE also BASE.md and
+BASE.json, the files committed under bench/results/).
 
-Inputs in --dir, written by run.sh and bench/turns.lua:
-  <phase>.json       wrk summary (turns.lua done()): statuses, latency, ...
-  <phase>.meta.json  CPU seconds of chatd and of the fake, chatd RSS, upstream
-                     request count, whether chatd was still alive
-  <phase>.wrk.txt    wrk's own text output (cross-check of non-2xx counts)
-  upstream_*.json    the last request chatd sent to the fake (shape check)
-  chatd.err          chatd's log (warnings and errors are counted and quoted)
+Inputs in --dir, written by run.sh, bench/turns.lua, streams.mjs and
+long_session.py:
+  <phase>.json        wrk summary (turns.lua done()): statuses, latency, ...
+  <phase>.meta.json   CPU seconds of the server under test, chatd, the fake,
+                      nginx and the whole machine; chatd RSS; upstream calls
+  <phase>.wrk.txt     wrk's own text output (cross-check of non-2xx counts)
+  sys_<phase>.strace  strace -c -f summary of chatd during a short run
+  streams_<x>.json    the streams phase against chatd or nginx
+  long_session.json   the long-session phase
+  upstream_*.json     the last request chatd sent to the fake (shape check)
+  chatd-N.err         the logs of the chatd processes (warnings and errors are
+                      counted and quoted)
 
-A phase with any failed turn (non-2xx, SSE error event, socket error, timeout),
-a chatd that died, or a crash at shutdown makes the run invalid: it is said
-loudly and the exit status is 1, so no one quotes a throughput built on errors.
+A throughput phase with any failed turn (non-2xx, SSE error event, socket
+error, timeout), a chatd that died, or a crash at shutdown makes the run
+invalid: it is said loudly and the exit status is 1, so no one quotes a
+throughput built on errors. Streams that are not whole, or a long session that
+stopped early, fail their goal (and are listed) without voiding the
+throughput rows.
 """
 import argparse
 import datetime
+import glob
 import json
 import os
 import re
+import subprocess
 import sys
-
-LABELS = {
-    "chat": "chatd  POST /chat",
-    "direct": "direct POST /v1/messages",
-    "stream": "chatd  POST /v1/chat/stream",
-    "direct_stream": "direct POST /v1/messages (stream)",
-}
-
 
 def load_json(path, default=None):
     try:
@@ -199,40 +202,121 @@ def fs_type(path):
     return fs
 
 
-def fmt(v, width, prec=1, suffix=""):
-    if v is None:
-        return "-".rjust(width)
-    return ("%.*f%s" % (prec, v, suffix)).rjust(width)
-
-
-def section(title, chatd, direct, rat, out):
-    out.append(title)
-    out.append("  %-36s %10s %9s %9s %9s %8s %10s" %
-               ("", "turns/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "cpu ms/t"))
-    for r in (chatd, direct):
-        if not r:
-            continue
-        label = LABELS.get(r["phase"], r["phase"])
-        if "latency_ms" not in r:
-            out.append("  %-36s  (no result: %s)" % (label, "; ".join(r["problems"])))
-            continue
-        errs = r["non_2xx"] + r["bad_body"] + (r.get("stuck_at_end") or 0) + sum(
-            r["socket_errors"][k] for k in ("connect", "read", "write", "timeout"))
-        cpu = r.get("chatd_cpu_ms_per_turn") if r["phase"] in ("chat", "stream") else r.get("fake_cpu_ms_per_turn")
-        out.append("  %-36s %10s %9s %9s %9s %8d %10s" % (
-            label, fmt(r["turns_per_s"], 10), fmt(r["latency_ms"]["p50"], 9, 2), fmt(r["latency_ms"]["p99"], 9, 2),
-            fmt(r["latency_ms"]["p99.9"], 9, 2), errs, fmt(cpu, 10, 3)))
-    if rat:
-        out.append("  %-36s %10s %9s %9s" % ("ratio chatd / direct", fmt(rat["turns_per_s"], 9, 2, "x"),
-                                             fmt(rat["p50"], 8, 2, "x"), fmt(rat["p99"], 8, 2, "x")))
-    out.append("")
-
-
 def durability(args):
     """What an acknowledged turn survives, in words, for the table and the JSON."""
     if args.database == "postgres":
         return "fsync=on, synchronous_commit=on"
     return "synchronous=%s" % args.db_sync
+
+
+def load_phase_meta(d, name):
+    return load_json(os.path.join(d, name + ".meta.json"), {}) or {}
+
+
+def cpu_per_request(r, meta):
+    """Server CPU per completed request, in ms: the process(es) under test."""
+    if not r or not r.get("ok_turns"):
+        return None
+    return round(1000.0 * (meta.get("server_cpu_s") or 0) / r["ok_turns"], 4)
+
+
+def parse_strace(path):
+    """{syscall: calls} and the total from an `strace -c` summary."""
+    calls, total = {}, None
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 5 or parts[0].startswith("%") or parts[0].startswith("-"):
+            continue
+        name = parts[-1]
+        try:
+            n = int(parts[3])
+        except ValueError:
+            continue
+        if name == "total":
+            total = n
+        else:
+            calls[name] = n
+    if total is None and calls:
+        total = sum(calls.values())
+    return calls, total
+
+
+def machine():
+    """What the numbers were measured on."""
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu_model, mem_kb = "", 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+                    break
+    except OSError:
+        pass
+    debian = ""
+    try:
+        with open("/etc/debian_version") as f:
+            debian = f.read().strip()
+    except OSError:
+        pass
+    pkgs = {}
+    for p in ("nginx", "wrk", "strace", "libsqlite3-0", "libevent-2.1-7", "libcurl4", "libjansson4", "nodejs"):
+        v = sh(["dpkg-query", "-W", "-f", "${Version}", p])
+        if v:
+            pkgs[p] = v
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model or sh(["uname", "-m"]),
+        "memory_mib": mem_kb // 1024,
+        "kernel": sh(["uname", "-r"]),
+        "debian": debian,
+        "packages": pkgs,
+        "node": sh(["node", "--version"]),
+        "python": sys.version.split()[0],
+        "note": "load generator, fake provider, nginx and chatd share these CPUs",
+    }
+
+
+def fnum(v, prec=1, suffix=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and prec == 1 and abs(v) >= 1000:
+        return "{:,.0f}{}".format(v, suffix)
+    return "%.*f%s" % (prec, v, suffix)
+
+
+# The rows of issue 15's table, in its order: (phase, label, reference phase for "vs nginx").
+ROWS = [
+    ("direct", "fake provider directly", "nginx"),
+    ("nginx", "nginx as a plain proxy to the fake", "nginx"),
+    ("healthz", "chatd `GET /healthz`", "nginx"),
+    ("stateless", "chatd `/v1/chat/completions`, stateless", "nginx"),
+    ("chat", "chatd `/chat` (SQLite, synchronous=FULL)", "nginx"),
+    ("chat_normal", "chatd `/chat`, `?synchronous=normal`", "nginx"),
+    ("chat_w1", "chatd `/chat`, `WORKERS=1`", "nginx"),
+    ("stream", "chatd `/v1/chat/stream`", "nginx_stream"),
+    ("direct_stream", "fake provider directly, streaming", "nginx_stream"),
+    ("nginx_stream", "nginx -> fake, streaming", "nginx_stream"),
+]
+NOT_MEASURED = [
+    "a TypeScript gateway (Portkey) -> fake",
+    "the template (FastAPI) `/chat`",
+]
 
 
 def main():
@@ -244,33 +328,150 @@ def main():
         ap.add_argument("--" + a, type=int, required=True)
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--db-sync", default="full")
+    ap.add_argument("--record", default=None)
+    ap.add_argument("--main-alive", type=int, default=1)
+    ap.add_argument("--sys-phases", default="")
+    ap.add_argument("--stream-phases", default="")
+    for a in ("streams", "stream-hold", "stream-deltas", "long", "long-turns", "nofile", "nginx-workers",
+              "dirty", "run-seconds", "sys-conns", "sys-seconds"):
+        ap.add_argument("--" + a, type=int, default=0)
+    for a in ("sha", "load-before", "load-after", "loadavg-before", "loadavg-after"):
+        ap.add_argument("--" + a, default="")
     args = ap.parse_args()
 
-    phases = {n: phase_result(args.dir, n) for n in args.phases.split()}
-    chat, direct = phases.get("chat"), phases.get("direct")
-    stream, direct_stream = phases.get("stream"), phases.get("direct_stream")
+    names = args.phases.split()
+    phases = {n: phase_result(args.dir, n) for n in names}
+    metas = {n: load_phase_meta(args.dir, n) for n in names}
+    for n, r in phases.items():
+        r["target"] = metas[n].get("target")
+        r["server_cpu_ms_per_request"] = cpu_per_request(r, metas[n])
+        r["nginx_cpu_s"] = metas[n].get("nginx_cpu_s")
+        r["machine_busy_cores"] = metas[n].get("machine_busy_cores")
+    chat, direct, nginx = phases.get("chat"), phases.get("direct"), phases.get("nginx")
+    stream, direct_stream, nginx_stream = phases.get("stream"), phases.get("direct_stream"), phases.get("nginx_stream")
     up_chat = upstream_shape(os.path.join(args.dir, "upstream_chat.json"))
     up_stream = upstream_shape(os.path.join(args.dir, "upstream_stream.json"))
-    log = chatd_log(os.path.join(args.dir, "chatd.err"))
+    log = {"counts": {}, "first_lines": []}
+    for path in sorted(glob.glob(os.path.join(args.dir, "chatd-*.err"))):
+        one = chatd_log(path)
+        for k, v in one["counts"].items():
+            log["counts"][k] = log["counts"].get(k, 0) + v
+        log["first_lines"] += one["first_lines"][:5 - len(log["first_lines"])]
 
     problems = []
-    for name in ("chat", "direct", "stream", "direct_stream"):
+    for name in ("chat", "direct", "stream", "direct_stream") + tuple(n for n in names if n not in (
+            "chat", "direct", "stream", "direct_stream")):
         r = phases.get(name)
         if r is None:
             problems.append("%s: phase not run (chatd died before it?)" % name)
         else:
             problems += ["%s: %s" % (name, p) for p in r["problems"]]
-    chatd_exit = int(args.chatd_exit) if args.chatd_exit.lstrip("-").isdigit() else -1
-    if chatd_exit != 0:
-        problems.append("chatd exit status at SIGTERM was %d (0 expected; >128 = killed by signal %d)"
-                        % (chatd_exit, chatd_exit - 128 if chatd_exit > 128 else 0))
+    exits = [int(x) if x.lstrip("-").isdigit() else -1 for x in args.chatd_exit.split()]
+    for i, e in enumerate(exits):
+        if e != 0:
+            problems.append("chatd #%d exit status at SIGTERM was %d (0 expected; >128 = killed by signal %d)"
+                            % (i + 1, e, e - 128 if e > 128 else 0))
+    if not args.main_alive:
+        problems.append("the main chatd was not running at the end")
     valid = not problems
 
+    # Syscalls per turn.
+    syscalls = {}
+    for name in args.sys_phases.split():
+        r = phase_result(args.dir, name)
+        calls, total = parse_strace(os.path.join(args.dir, name + ".strace"))
+        ok = r.get("ok_turns") or 0
+        entry = {"turns": ok, "total_calls": total, "connections": args.sys_conns, "seconds": args.sys_seconds,
+                 "problems": r.get("problems")}
+        if calls and ok:
+            entry["per_turn"] = round(total / ok, 1)
+            top = sorted(calls.items(), key=lambda kv: -kv[1])
+            entry["per_turn_by_call"] = {k: round(v / ok, 2) for k, v in top}
+        else:
+            entry["per_turn"] = None
+            entry["note"] = "no strace summary (ptrace not permitted?)" if not calls else "no completed turn"
+        syscalls[name.replace("sys_", "")] = entry
+
+    # Streams.
+    streams = {}
+    for name in args.stream_phases.split():
+        d = load_json(os.path.join(args.dir, name + ".json"))
+        key = name.replace("streams_", "")
+        if d is None:
+            streams[key] = {"problems": ["no result (the client failed; see the run's stderr)"]}
+            continue
+        streams[key] = d
+    long = load_json(os.path.join(args.dir, "long_session.json")) if args.long else None
+    if long:
+        long.pop("latency_ms", None)
+
+    # The table of the issue.
+    rows = []
+    for phase, label, ref in ROWS:
+        r = phases.get(phase)
+        if r is None or "latency_ms" not in r:
+            continue
+        refr = phases.get(ref)
+        rows.append({
+            "phase": phase, "label": label,
+            "turns_per_s": r["turns_per_s"], "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
+            "server_cpu_ms_per_request": r.get("server_cpu_ms_per_request"),
+            "server": r.get("target"),
+            "vs_nginx": ratio(r["turns_per_s"], refr["turns_per_s"]) if refr and "latency_ms" in refr else None,
+            "reference": ref,
+            "machine_busy_cores": r.get("machine_busy_cores"),
+            "errors": len(r["problems"]),
+        })
+    byphase = {x["phase"]: x for x in rows}
+
+    def goal(name, target, measured, met, note=""):
+        return {"goal": name, "target": target, "measured": measured, "met": met, "note": note}
+
+    goals = []
+    c, s_ = byphase.get("chat"), byphase.get("stateless")
+    if c:
+        goals.append(goal("/chat turns/s vs nginx->fake (synchronous=FULL)", ">= 0.5x",
+                          c["vs_nginx"], c["vs_nginx"] is not None and c["vs_nginx"] >= 0.5))
+        goals.append(goal("/chat chatd CPU per turn", "<= 0.1 ms", c["server_cpu_ms_per_request"],
+                          c["server_cpu_ms_per_request"] is not None and c["server_cpu_ms_per_request"] <= 0.1))
+    if s_:
+        goals.append(goal("stateless /v1/chat/completions turns/s vs nginx->fake", ">= 0.8x",
+                          s_["vs_nginx"], s_["vs_nginx"] is not None and s_["vs_nginx"] >= 0.8))
+    if long:
+        rr = long.get("ratio_last_over_first")
+        goals.append(goal("long session: median turn %s vs turns %s" % (long.get("last_window"),
+                                                                         long.get("first_window")),
+                          "<= 1.3x", rr, rr is not None and rr <= 1.3 and not long.get("error")
+                          and long.get("turns_done") == long.get("turns_requested"),
+                          long.get("error") or ""))
+    sc = streams.get("chatd")
+    if sc and "n" in sc:
+        n = sc["n"]
+        at10k = n >= 10000
+        goals.append(goal("concurrent streams all whole", "10,000 streams, all whole", "%d/%d whole" %
+                          (sc["whole"], n), sc["whole"] == n and at10k,
+                          "" if at10k else "measured at N=%d; the goal is 10,000 (BENCH_STREAMS=10000)" % n))
+        goals.append(goal("chatd RSS per open stream", "<= 16 KiB", sc.get("kib_per_stream"),
+                          sc.get("kib_per_stream") is not None and sc["kib_per_stream"] <= 16))
+        ret = sc.get("returned")
+        goals.append(goal("memory returned after the burst", "(peak - after) / (peak - before) >= 0.9", ret,
+                          ret is not None and ret >= 0.9,
+                          "RSS %s KiB after %ss of rest" % (sc["rss_kb"]["after"], sc.get("settle_s"))))
+    goals.append(goal("added latency p99 at half of the maximum rate", "<= 1 ms", None, None,
+                      "not measured here: wrk is a closed-loop generator (a fixed-rate run needs wrk2 or similar)"))
+
+    mach = machine()
     result = {
         "valid": valid,
         "problems": problems,
         "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "note": "load generator, fake provider and chatd share these CPUs"},
+        "commit": args.sha, "tree_dirty": bool(args.dirty),
+        "machine": mach,
+        "load": {"cores_busy_before": args.load_before, "cores_busy_after": args.load_after,
+                 "loadavg_before": args.loadavg_before, "loadavg_after": args.loadavg_after,
+                 "note": "cores busy machine-wide over 2 s before the servers started and after they stopped: "
+                         "other users of the machine"},
+        "run_seconds": args.run_seconds,
         "config": {
             "binary": args.binary, "build_type": args.build_type, "workers": args.workers,
             "wrk_threads": args.threads, "connections": args.connections, "seconds": args.seconds,
@@ -278,10 +479,22 @@ def main():
             "max_turns_per_session": args.max_turns,
             "database": args.database, "database_durability": durability(args),
             "database_dir": args.db_dir, "database_fs": fs_type(args.db_dir),
+            "nofile_soft_limit": args.nofile, "nginx_workers": args.nginx_workers,
         },
-        "non_streaming": {"chatd": chat, "direct": direct, "ratio_chatd_over_direct": ratios(chat, direct)},
-        "streaming": {"chatd": stream, "direct": direct_stream,
-                      "ratio_chatd_over_direct": ratios(stream, direct_stream)},
+        "table": rows,
+        "not_measured": NOT_MEASURED,
+        "goals": goals,
+        "non_streaming": {"chatd": chat, "direct": direct, "nginx": nginx,
+                          "ratio_chatd_over_direct": ratios(chat, direct),
+                          "ratio_chatd_over_nginx": ratios(chat, nginx)},
+        "streaming": {"chatd": stream, "direct": direct_stream, "nginx": nginx_stream,
+                      "ratio_chatd_over_direct": ratios(stream, direct_stream),
+                      "ratio_chatd_over_nginx": ratios(stream, nginx_stream)},
+        "phases": phases,
+        "syscalls_per_turn": syscalls,
+        "streams": streams,
+        "streams_config": {"n": args.streams, "hold_s": args.stream_hold, "deltas": args.stream_deltas},
+        "long_session": long,
         "memory": {
             "chatd_idle_rss_kb": args.idle_rss_kb,
             "chatd_peak_rss_kb": args.final_hwm_kb,
@@ -289,50 +502,159 @@ def main():
         },
         "database_bytes": args.db_bytes,
         "upstream_request_seen": {"chat": up_chat, "stream": up_stream},
-        "chatd_exit_status": chatd_exit,
+        "chatd_exit_status": exits,
         "chatd_log": log,
     }
+    text = json.dumps(result, indent=2) + "\n"
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+        f.write(text)
 
-    out = []
-    out.append("chatd benchmark: %s (%s), %s, WORKERS=%d, wrk %d threads x %d connections, %d s per phase, "
-               "%d CPUs" % (args.binary, args.build_type, "PostgreSQL" if args.database == "postgres" else "SQLite",
-                            args.workers, args.threads, args.connections, args.seconds, os.cpu_count()))
-    out.append("")
-    section("Non-streaming (latency = whole turn)", chat, direct, result["non_streaming"]["ratio_chatd_over_direct"],
-            out)
-    section("Streaming SSE (latency = time to completion)", stream, direct_stream,
-            result["streaming"]["ratio_chatd_over_direct"], out)
-    out.append("chatd memory: idle RSS %.1f MiB, peak RSS (VmHWM) %.1f MiB, RSS at end %.1f MiB"
-               % (args.idle_rss_kb / 1024, args.final_hwm_kb / 1024, args.final_rss_kb / 1024))
-    out.append("database: %s in %s (%s; %s), %.1f MiB at the end"
-               % ("PostgreSQL" if args.database == "postgres" else "SQLite", args.db_dir,
-                  result["config"]["database_fs"], durability(args), args.db_bytes / 1048576))
-    for name, up in (("/chat", up_chat), ("/v1/chat/stream", up_stream)):
-        if up:
-            out.append("upstream request of chatd for %s: stream=%s, %d messages, %d bytes, keys %s"
-                       % (name, str(up["stream"]).lower(), up["messages"], up["body_bytes"], ",".join(up["keys"])))
-    if log["counts"]:
-        out.append("chatd logged: " + "; ".join("%s x%d" % (k, v) for k, v in sorted(log["counts"].items())))
-    out.append("errors = non-2xx + incomplete 2xx bodies + socket errors/timeouts + turns never answered (stuck)")
-    out.append("cpu ms/t = CPU time of chatd (chatd rows) or of the fake (direct rows) per completed turn")
-    out.append("JSON: %s" % args.out)
-    if not valid:
-        banner = "!" * 78
-        out.append("")
-        out.append(banner)
-        out.append("!!! INVALID RUN: the numbers above include failures and are NOT a result")
-        out += ["!!!   " + p for p in problems]
-        if log["first_lines"]:
-            out.append("!!! first warnings/errors of chatd:")
-            out += ["!!!   " + line for line in log["first_lines"]]
-        out.append(banner)
-    print("\n".join(out))
+    md = markdown(result, args)
+    if args.record:
+        with open(args.record + ".json", "w") as f:
+            f.write(text)
+        with open(args.record + ".md", "w") as f:
+            f.write(md)
+    print(md)
+    print("JSON: %s%s" % (args.out, (", recorded as %s.{md,json}" % args.record) if args.record else ""))
     if not valid:
         print("bench: INVALID RUN (%d problems), see above" % len(problems), file=sys.stderr)
     return 0 if valid else 1
+
+
+def markdown(res, args):
+    m, cfg, out = res["machine"], res["config"], []
+    out.append("# chatd benchmark, %s, commit %s%s" % (res["time"], res["commit"],
+                                                      " (working tree with uncommitted changes)"
+                                                      if res["tree_dirty"] else ""))
+    out.append("")
+    if not res["valid"]:
+        out.append("**INVALID RUN: the numbers below include failures and are NOT a result.**")
+        out += ["- " + p for p in res["problems"]]
+        if res["chatd_log"]["first_lines"]:
+            out.append("- first warnings/errors of chatd:")
+            out += ["  - `%s`" % line.replace("`", "'") for line in res["chatd_log"]["first_lines"]]
+        out.append("")
+    pk = m["packages"]
+    out.append("Machine: %d CPUs (%s), %.1f GiB RAM, kernel %s, Debian %s; nginx %s, wrk %s, node %s, strace %s, "
+               "SQLite %s, libevent %s, libcurl %s." % (
+                   m["nproc"], m["cpu_model"], m["memory_mib"] / 1024, m["kernel"], m["debian"],
+                   pk.get("nginx", "-"), pk.get("wrk", "-"), m["node"], pk.get("strace", "-"),
+                   pk.get("libsqlite3-0", "-"), pk.get("libevent-2.1-7", "-"), pk.get("libcurl4", "-")))
+    ld = res["load"]
+    out.append("Other load on the machine: %s cores busy before the run, %s after (load average %s before, %s "
+               "after); the run took %d s." % (ld["cores_busy_before"], ld["cores_busy_after"],
+                                               ld["loadavg_before"], ld["loadavg_after"], res["run_seconds"]))
+    out.append("chatd: `%s` (%s), WORKERS=%d, %s in %s (%s, %s); nginx %d workers; soft RLIMIT_NOFILE %d." % (
+        cfg["binary"], cfg["build_type"], cfg["workers"], "PostgreSQL" if cfg["database"] == "postgres" else "SQLite",
+        cfg["database_dir"], cfg["database_fs"], cfg["database_durability"], cfg["nginx_workers"],
+        cfg["nofile_soft_limit"]))
+    out.append("Load: `wrk -t%d -c%d -d%ds`, %s, %d s warm-up before each chatd phase; every target gets the same "
+               "no-delay fake provider (replies `Hello! You said: <message>`, one streamed word per delta)." % (
+                   cfg["wrk_threads"], cfg["connections"], cfg["seconds"],
+                   "a fresh session per request" if cfg["max_turns_per_session"] == 1 else
+                   "sessions of up to %d turns" % cfg["max_turns_per_session"], cfg["warmup_seconds"]))
+    out.append("")
+    out.append("## Throughput and latency")
+    out.append("")
+    out.append("| target | turns/s | p50 | p99 | server CPU per request | vs nginx | busy cores |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for r in res["table"]:
+        out.append("| %s%s | %s | %s ms | %s ms | %s ms | %s | %s |" % (
+            r["label"], " (**errors**)" if r["errors"] else "", fnum(r["turns_per_s"]), fnum(r["p50_ms"], 2),
+            fnum(r["p99_ms"], 2), fnum(r["server_cpu_ms_per_request"], 3), fnum(r["vs_nginx"], 2, "x"),
+            fnum(r["machine_busy_cores"], 2)))
+    for label in res["not_measured"]:
+        out.append("| %s | not measured | | | | | |" % label)
+    out.append("")
+    out.append("Latency is the whole turn (streams: to the end of the body), measured in `bench/turns.lua`; server "
+               "CPU is the process under test (the fake for the fake row, nginx's master and workers for the nginx "
+               "rows, chatd otherwise) from /proc/PID/stat. \"vs nginx\" is turns/s over the nginx row of the same "
+               "kind (streaming rows over nginx streaming). \"busy cores\" is the whole machine during the phase "
+               "(load generator, fake, server and anything else running).")
+    out.append("")
+    out.append("## Goals of issue 15")
+    out.append("")
+    out.append("| goal | target | measured | met |")
+    out.append("|---|---|---|---|")
+    for g in res["goals"]:
+        meas = g["measured"]
+        if isinstance(meas, float):
+            meas = "%.3g" % meas
+        out.append("| %s | %s | %s%s | %s |" % (g["goal"], g["target"], "-" if meas is None else meas,
+                                                ("; " + g["note"]) if g["note"] else "",
+                                                "-" if g["met"] is None else "yes" if g["met"] else "**no**"))
+    out.append("")
+    if res["syscalls_per_turn"]:
+        out.append("## Syscalls per turn (chatd, strace -c -f, %d connections for %d s each)" %
+                   (args.sys_conns, args.sys_seconds))
+        out.append("")
+        out.append("| endpoint | turns | syscalls per turn | the largest, per turn |")
+        out.append("|---|---:|---:|---|")
+        for k, e in res["syscalls_per_turn"].items():
+            top = ", ".join("%s %s" % (n, fnum(v, 1)) for n, v in list((e.get("per_turn_by_call") or {}).items())[:10])
+            out.append("| %s | %d | %s | %s |" % (k, e["turns"], fnum(e["per_turn"]), top or e.get("note", "")))
+        out.append("")
+        out.append("strace slows chatd down many times: these runs count calls, their speed means nothing. Counts "
+                   "include every thread (workers, libcurl's resolver, timers).")
+        out.append("")
+    if res["streams"]:
+        sc = res["streams_config"]
+        out.append("## Concurrent streams (%d streams, slow provider: ~%d s each, %d deltas)" %
+                   (sc["n"], sc["hold_s"], sc["deltas"]))
+        out.append("")
+        out.append("| server | whole | max open | RSS before | at all open | peak | after | KiB per open stream | "
+                   "returned | stream p50 / max |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for k, d in res["streams"].items():
+            if "rss_kb" not in d:
+                out.append("| %s | no result: %s |" % (k, "; ".join(d.get("problems", []))))
+                continue
+            rk = d["rss_kb"]
+            mib = lambda v: "-" if v is None else "%.1f MiB" % (v / 1024)
+            out.append("| %s | %d/%d%s | %d | %s | %s | %s | %s | %s | %s | %s / %s s |" % (
+                "chatd `/v1/chat/stream`" if k == "chatd" else "nginx -> fake" if k == "nginx" else k,
+                d["whole"], d["n"], (" (failures: %s)" % json.dumps(d["failures"])) if d["failures"] else "",
+                d["max_open"], mib(rk["before"]), mib(rk["at_all_open"]), mib(rk["peak"]), mib(rk["after"]),
+                fnum(d["kib_per_stream"]), fnum(d["returned"], 2),
+                fnum((d["duration_ms"]["p50"] or 0) / 1000, 1), fnum((d["duration_ms"]["max"] or 0) / 1000, 1)))
+        out.append("")
+        out.append("KiB per open stream = (peak RSS - RSS before) / N; returned = (peak - after) / (peak - before), "
+                   "after = RSS %s s after the last stream ended. nginx's RSS is its master and workers together."
+                   % next((d.get("settle_s") for d in res["streams"].values() if "settle_s" in d), "-"))
+        out.append("")
+    lg = res["long_session"]
+    if lg:
+        out.append("## Long session (one session, %d turns of ~%d bytes, `POST /chat`)" %
+                   (lg["turns_requested"], lg["message_bytes"]))
+        out.append("")
+        out.append("Median turn %s: %s ms; turns %s: %s ms; ratio **%s** (goal <= 1.3x). %d turns done in %.1f s%s." % (
+            lg["first_window"], fnum(lg["median_first_ms"], 2), lg["last_window"], fnum(lg["median_last_ms"], 2),
+            fnum(lg["ratio_last_over_first"], 2, "x"), lg["turns_done"], lg["wall_s"],
+            ("; stopped: " + lg["error"]) if lg.get("error") else ""))
+        out.append("")
+        out.append("Median per 50 turns: " + ", ".join("%s: %s ms" % (x["turns"], fnum(x["median_ms"], 2))
+                                                        for x in lg["median_per_50_turns"]))
+        out.append("")
+    out.append("## Other figures")
+    out.append("")
+    mem = res["memory"]
+    out.append("- main chatd memory: idle RSS %.1f MiB, peak (VmHWM) %.1f MiB, RSS at the end %.1f MiB; database "
+               "%.1f MiB at the end." % (mem["chatd_idle_rss_kb"] / 1024, mem["chatd_peak_rss_kb"] / 1024,
+                                        mem["chatd_final_rss_kb"] / 1024, res["database_bytes"] / 1048576))
+    for name, up in (("/chat", res["upstream_request_seen"]["chat"]),
+                     ("/v1/chat/stream", res["upstream_request_seen"]["stream"])):
+        if up:
+            out.append("- upstream request of chatd for %s: stream=%s, %d messages, %d bytes, keys %s"
+                       % (name, str(up["stream"]).lower(), up["messages"], up["body_bytes"], ",".join(up["keys"])))
+    rat = res["non_streaming"]["ratio_chatd_over_direct"]
+    if rat:
+        out.append("- /chat over the fake directly: turns/s %sx, p50 %sx, p99 %sx" % (
+            fnum(rat["turns_per_s"], 2), fnum(rat["p50"], 2), fnum(rat["p99"], 2)))
+    if res["chatd_log"]["counts"]:
+        out.append("- chatd logged: " + "; ".join("%s x%d" % (k, v) for k, v in sorted(res["chatd_log"]["counts"].items())))
+    out.append("- chatd exit status at SIGTERM: %s" % " ".join(str(e) for e in res["chatd_exit_status"]))
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

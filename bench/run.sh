@@ -1,57 +1,107 @@
 #!/usr/bin/env bash
-# chatd benchmark, one command: turns per second and latency of chatd against
-# the fake provider, next to the same load sent straight to the fake.
+# chatd benchmark, one command: what chatd costs on top of an LLM provider,
+# next to the same load sent straight to the fake provider and through nginx,
+# all in one run (issue 15: the goals are ratios to these same-run references).
 #
 #   bench/run.sh [path-to-chatd-binary]
 #
-# Phases (each BENCH_SECONDS long, after a BENCH_WARMUP warm-up on chatd):
-#   chat           POST /chat (seed, non-streaming) through chatd
+# Throughput phases (wrk, each BENCH_SECONDS, chatd ones after a BENCH_WARMUP):
+#   chat           POST /chat (seed, non-streaming, SQLite synchronous=FULL)
 #   direct         the equivalent POST /v1/messages straight to the fake
+#   nginx          the same request through nginx (bench/nginx.conf) to the fake
 #   stream         POST /v1/chat/stream (SSE) through chatd
 #   direct_stream  the equivalent streaming POST /v1/messages to the fake
-# plus chatd's peak RSS (VmHWM) and CPU time. Table on stdout, JSON in
-# bench/results/latest.json. Exit status: 0 clean run, 1 a phase had errors or
-# chatd died (the numbers are then NOT a valid result), 2 setup failure.
-# BENCH_DATABASE=postgres runs the same load with chatd on a throwaway
-# PostgreSQL server (tests/pg/pgserver.sh, with its default durability: fsync
-# and synchronous_commit on) instead of SQLite.
+#   nginx_stream   the same stream through nginx
+#   healthz        GET /healthz on chatd
+#   stateless      POST /v1/chat/completions on chatd (nothing stored)
+#   chat_normal    POST /chat on a chatd with ?synchronous=normal (BENCH_VARIANTS)
+#   chat_w1        POST /chat on a chatd with WORKERS=1 (BENCH_VARIANTS)
+# Then: syscalls per turn (strace -c -f on short separate runs, BENCH_SYSCALLS),
+# the streams phase (BENCH_STREAMS concurrent slow SSE streams on chatd, then on
+# nginx: all whole? RSS per open stream, memory given back?) and the long-session
+# phase (BENCH_LONG_TURNS turns of ~2 KB in one session: turn 5 vs turn 500).
+# Server CPU per request comes from /proc/PID/stat (utime+stime) deltas.
+#
+# Table on stdout, JSON in bench/results/latest.json, and (BENCH_RECORD=1, the
+# default) bench/results/<date>-<shortsha>.md and .json with the machine's
+# description. Exit status: 0 clean run, 1 a phase had errors or chatd died
+# (the numbers are then NOT a valid result), 2 setup failure.
 # Settings (environment): see bench/README.md.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 PY=/usr/bin/python3 # Debian's python (the pyenv one on PATH may lack modules)
+export PATH="$PATH:/usr/sbin:/sbin" # nginx lives in /usr/sbin
 
-DURATION=${BENCH_SECONDS:-10}
-WARMUP=${BENCH_WARMUP:-3}
-CONNS=${BENCH_CONNECTIONS:-32}
-THREADS=${BENCH_THREADS:-2}
+DURATION=${BENCH_SECONDS:-8}
+WARMUP=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNECTIONS:-16}
+THREADS=${BENCH_THREADS:-1}
 WORKERS=${BENCH_WORKERS:-$(nproc)}
 SESSIONS=${BENCH_SESSIONS:-2048}
-MAX_TURNS=${BENCH_MAX_TURNS:-20}
+MAX_TURNS=${BENCH_MAX_TURNS:-1}
 LOG_LEVEL_=${BENCH_LOG_LEVEL:-warn}
 OUT_JSON=${BENCH_OUT:-$BENCH_DIR/results/latest.json}
 DB_DIR_=${BENCH_DB_DIR:-} # default: the scratch directory (on /tmp)
 DATABASE=${BENCH_DATABASE:-sqlite}
+NGINX_ON=${BENCH_NGINX:-1}
+NGINX_WORKERS=${BENCH_NGINX_WORKERS:-$WORKERS}
+VARIANTS=${BENCH_VARIANTS:-1}
+SYSCALLS=${BENCH_SYSCALLS:-1}
+SYS_SECONDS=${BENCH_SYSCALL_SECONDS:-3}
+SYS_CONNS=${BENCH_SYSCALL_CONNECTIONS:-4}
+STREAMS=${BENCH_STREAMS:-2000}
+STREAM_HOLD=${BENCH_STREAM_HOLD:-10}
+STREAM_DELTAS=${BENCH_STREAM_DELTAS:-20}
+STREAM_RAMP=${BENCH_STREAM_RAMP:-4000}
+STREAM_SETTLE=${BENCH_STREAM_SETTLE:-3}
+LONG_TURNS=${BENCH_LONG_TURNS:-500}
+LONG_BYTES=${BENCH_LONG_BYTES:-2048}
+LONG_TIMEOUT=${BENCH_LONG_TIMEOUT:-90}
+RECORD=${BENCH_RECORD:-1}
 
 die() { echo "bench: $*" >&2; exit 2; }
 
-for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS; do
+for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS NGINX_ON NGINX_WORKERS VARIANTS SYSCALLS \
+    SYS_SECONDS SYS_CONNS STREAMS STREAM_HOLD STREAM_DELTAS STREAM_RAMP STREAM_SETTLE LONG_TURNS LONG_BYTES \
+    LONG_TIMEOUT RECORD; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
 ((THREADS >= 1 && CONNS >= THREADS)) || die "need BENCH_CONNECTIONS >= BENCH_THREADS >= 1"
+((STREAM_DELTAS >= 2 && STREAM_HOLD >= 1 && STREAM_RAMP >= 1)) ||
+    die "need BENCH_STREAM_DELTAS >= 2, BENCH_STREAM_HOLD >= 1, BENCH_STREAM_RAMP >= 1"
+((LONG_TURNS == 0 || LONG_TURNS >= 20)) || die "BENCH_LONG_TURNS must be 0 (off) or at least 20"
+((NGINX_WORKERS >= 1)) || die "BENCH_NGINX_WORKERS must be at least 1"
 [[ $DATABASE == sqlite || $DATABASE == postgres ]] || die "BENCH_DATABASE must be sqlite or postgres (got '$DATABASE')"
 [[ -x $PY ]] || die "$PY not found"
 command -v node >/dev/null || die "node not found"
 command -v curl >/dev/null || die "curl not found"
 
-# --- wrk ---------------------------------------------------------------------
-if ! command -v wrk >/dev/null; then
-    echo "bench: installing wrk (Debian package)" >&2
-    SUDO=; [[ $(id -u) -eq 0 ]] || SUDO=sudo
-    $SUDO apt-get install -y wrk >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y wrk >&2; } ||
-        die "cannot install wrk"
+# Descriptors: the streams phase holds thousands of sockets in the client, the
+# fake, nginx and chatd (each raises or inherits this soft limit; chatd raises
+# its own to the hard limit at start, see src/app/app.c).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+
+# --- tools (Debian packages, installed if missing) ------------------------------
+apt_install() { # package: installs it non-interactively (sudo when not root)
+    local sudo=
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    echo "bench: installing $1 (Debian package)" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >&2 ||
+        { $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >&2; }
+}
+command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
+if ((NGINX_ON)); then
+    command -v nginx >/dev/null || apt_install nginx || die "cannot install nginx (BENCH_NGINX=0 runs without it)"
+    NGINX_BIN=$(command -v nginx) || die "nginx not found after installing it"
+fi
+if ((SYSCALLS)); then
+    command -v strace >/dev/null || apt_install strace ||
+        { echo "bench: strace not available: no syscall counts" >&2; SYSCALLS=0; }
 fi
 
 # --- chatd binary ------------------------------------------------------------
@@ -95,8 +145,13 @@ else
 fi
 FAKE_PID=
 CHATD_PID=
-CHATD_EXIT=
+NGINX_PID=
+NGINX_DIR=
+STRACE_PID=
 PG_DIR=
+CHATD_N=0 # chatd processes started (their logs: chatd-N.err)
+PHASES=()
+CHATD_EXITS=()
 
 STOP_RC=
 stop_pid() { # pid: SIGTERM, up to 5 s grace, then SIGKILL; exit status in STOP_RC
@@ -111,19 +166,39 @@ stop_pid() { # pid: SIGTERM, up to 5 s grace, then SIGKILL; exit status in STOP_
     wait "$pid" 2>/dev/null || STOP_RC=$?
 }
 cleanup() {
+    [[ -n $STRACE_PID ]] && stop_pid "$STRACE_PID"
     [[ -n $CHATD_PID ]] && stop_pid "$CHATD_PID"
+    [[ -n $NGINX_PID ]] && stop_pid "$NGINX_PID" # the master stops its workers
     [[ -n $FAKE_PID ]] && stop_pid "$FAKE_PID"
     [[ -n $PG_DIR ]] && { "$ROOT/tests/pg/pgserver.sh" stop "$PG_DIR" || echo "bench: PostgreSQL did not stop" >&2; }
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-        echo "bench: scratch files kept in $TMP${PG_DIR:+ and $PG_DIR}" >&2
+        echo "bench: scratch files kept in $TMP${NGINX_DIR:+ and $NGINX_DIR}${PG_DIR:+ and $PG_DIR}" >&2
     else
         rm -rf "$TMP"
         [[ $DB_DIR_ == "$TMP" ]] || rm -rf "$DB_DIR_"
+        [[ -z $NGINX_DIR ]] || rm -rf "$NGINX_DIR"
         [[ -z $PG_DIR ]] || rm -rf "$PG_DIR"
     fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# --- machine load before anything starts (the other users of the machine) -------
+# "busy total" ticks of the whole machine (busy: user, nice, system, irq,
+# softirq; total adds idle, iowait and steal).
+cpu_busy_total() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+busy_cores() { # "busy total" at start, the same at end: mean busy cores in between
+    awk -v a="$1" -v b="$2" -v n="$(nproc)" 'BEGIN {split(a, x, " "); split(b, y, " ");
+        d = y[2] - x[2]; printf "%.2f", d > 0 ? (y[1] - x[1]) / d * n : 0}'
+}
+cores_busy() { # seconds: mean number of busy cores over that time, machine-wide
+    local a
+    a=$(cpu_busy_total); sleep "$1"
+    busy_cores "$a" "$(cpu_busy_total)"
+}
+LOAD_BEFORE=$(cores_busy 2)
+LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+RUN_T0=$(date +%s)
 
 # --- fake provider -------------------------------------------------------------
 (cd "$ROOT" && exec node tests/fake_llm/server.mjs --port 0 --host 127.0.0.1 --log-max 16) \
@@ -138,6 +213,45 @@ for ((i = 0; i < 100; i++)); do
 done
 [[ -n $FAKE_PORT ]] || die "the fake provider did not print LISTENING within 10 s"
 FAKE=http://127.0.0.1:$FAKE_PORT
+fake_script() { # JSON of POST /_fake/script
+    curl -fsS -o /dev/null --max-time 5 -H 'Content-Type: application/json' -d "$1" "$FAKE/_fake/script"
+}
+
+# --- nginx -----------------------------------------------------------------------
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+nginx_pids() { # master and workers
+    [[ -n $NGINX_PID ]] || return 0
+    echo "$NGINX_PID" $(cat /proc/"$NGINX_PID"/task/*/children 2>/dev/null)
+}
+if ((NGINX_ON)); then
+    # Its own directory, readable by the worker user (nobody when run as root).
+    NGINX_DIR=$(mktemp -d /tmp/chatd-bench-nginx.XXXXXX)
+    chmod 755 "$NGINX_DIR"
+    mkdir -p "$NGINX_DIR/tmp"
+    NGINX_PORT=$(free_port)
+    USER_LINE=
+    [[ $(id -u) -eq 0 ]] && USER_LINE="user nobody nogroup;"
+    # Every stream is a client and an upstream connection; one worker may get
+    # most of a burst.
+    WCONN=$((2 * STREAMS + 1024))
+    NGINX_NOFILE=$((WCONN + 64))
+    ((NGINX_NOFILE <= NOFILE)) || NGINX_NOFILE=$NOFILE
+    sed -e "s|@USER_LINE@|$USER_LINE|" -e "s|@WORKERS@|$NGINX_WORKERS|" -e "s|@NOFILE@|$NGINX_NOFILE|" \
+        -e "s|@PREFIX@|$NGINX_DIR|g" -e "s|@WORKER_CONNECTIONS@|$WCONN|" -e "s|@FAKE_PORT@|$FAKE_PORT|" \
+        -e "s|@PORT@|$NGINX_PORT|" "$BENCH_DIR/nginx.conf" >"$NGINX_DIR/nginx.conf"
+    "$NGINX_BIN" -p "$NGINX_DIR/" -c "$NGINX_DIR/nginx.conf" -g 'daemon off;' \
+        >"$TMP/nginx.out" 2>"$TMP/nginx.err" &
+    NGINX_PID=$!
+    NGINX=http://127.0.0.1:$NGINX_PORT
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -o /dev/null --max-time 2 "$NGINX/_fake/stats" 2>/dev/null && break
+        kill -0 "$NGINX_PID" 2>/dev/null || { cat "$TMP/nginx.err" "$NGINX_DIR/error.log" >&2 || true; die "nginx exited at start"; }
+        sleep 0.1
+    done
+    curl -fsS -o /dev/null --max-time 2 "$NGINX/_fake/stats" || die "nginx does not proxy to the fake"
+fi
 
 # --- database --------------------------------------------------------------------
 if [[ $DATABASE == postgres ]]; then
@@ -154,65 +268,101 @@ else
 fi
 
 # --- chatd ---------------------------------------------------------------------
+# start_chatd DATABASE_URL WORKERS: sets CHATD_PID, CHATD_PORT, CHATD, CHATD_ERR.
 # A clean environment: the caller's CHAT_MODEL, .env etc. must not leak in.
 # BENCH_CHATD_ENV adds settings ("NAME=value NAME2=value2").
-# shellcheck disable=SC2086
-(cd "$TMP" && exec env -i PATH="$PATH" HOME="$TMP" ENV_FILE=/dev/null \
-    ANTHROPIC_API_KEY=bench ANTHROPIC_BASE_URL="$FAKE" \
-    DATABASE_URL="$DB_URL" PORT=0 HOST=127.0.0.1 WORKERS="$WORKERS" \
-    LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s RATE_LIMIT=off ${BENCH_CHATD_ENV:-} \
-    "$BIN" serve) >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
-CHATD_PID=$!
-
-# The port comes from the {"msg":"listening",...,"port":N} line; that line is
-# logged at info level, so with LOG_LEVEL=warn the listening socket of the
-# process is looked up instead (ss). Readiness is then GET /healthz.
-CHATD_PORT=
-for ((i = 0; i < 150; i++)); do
-    CHATD_PORT=$(sed -n 's/.*"msg":"listening".*"port":\([0-9][0-9]*\).*/\1/p' "$TMP/chatd.err" | head -n1)
-    [[ -z $CHATD_PORT ]] &&
-        CHATD_PORT=$(ss -Hltnp 2>/dev/null | grep "pid=$CHATD_PID," | awk '{print $4}' | sed 's/.*://' | head -n1 || true)
-    [[ -n $CHATD_PORT ]] && break
-    kill -0 "$CHATD_PID" 2>/dev/null || { cat "$TMP/chatd.err" >&2; die "chatd exited at start"; }
-    sleep 0.1
-done
-[[ -n $CHATD_PORT ]] || { tail -n 20 "$TMP/chatd.err" >&2; die "no listening port for chatd within 15 s"; }
-CHATD=http://127.0.0.1:$CHATD_PORT
-for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null --max-time 2 "$CHATD/healthz" 2>/dev/null && break
-    kill -0 "$CHATD_PID" 2>/dev/null || { cat "$TMP/chatd.err" >&2; die "chatd exited at start"; }
-    sleep 0.1
-done
-curl -fsS -o /dev/null --max-time 2 "$CHATD/healthz" || die "chatd does not answer GET /healthz"
+start_chatd() {
+    local url=$1 workers=$2 i
+    CHATD_N=$((CHATD_N + 1))
+    CHATD_ERR=$TMP/chatd-$CHATD_N.err
+    # shellcheck disable=SC2086
+    (cd "$TMP" && exec env -i PATH="$PATH" HOME="$TMP" ENV_FILE=/dev/null \
+        ANTHROPIC_API_KEY=bench ANTHROPIC_BASE_URL="$FAKE" \
+        DATABASE_URL="$url" PORT=0 HOST=127.0.0.1 WORKERS="$workers" \
+        LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s RATE_LIMIT=off ${BENCH_CHATD_ENV:-} \
+        "$BIN" serve) >"$TMP/chatd-$CHATD_N.out" 2>"$CHATD_ERR" &
+    CHATD_PID=$!
+    # The port comes from the {"msg":"listening",...,"port":N} line, or, when
+    # the log level hides it, from the process's listening socket (ss).
+    # Readiness is then GET /healthz.
+    CHATD_PORT=
+    for ((i = 0; i < 150; i++)); do
+        CHATD_PORT=$(sed -n 's/.*"msg":"listening".*"port":\([0-9][0-9]*\).*/\1/p' "$CHATD_ERR" | head -n1)
+        [[ -z $CHATD_PORT ]] &&
+            CHATD_PORT=$(ss -Hltnp 2>/dev/null | grep "pid=$CHATD_PID," | awk '{print $4}' | sed 's/.*://' | head -n1 || true)
+        [[ -n $CHATD_PORT ]] && break
+        kill -0 "$CHATD_PID" 2>/dev/null || { cat "$CHATD_ERR" >&2; die "chatd exited at start"; }
+        sleep 0.1
+    done
+    [[ -n $CHATD_PORT ]] || { tail -n 20 "$CHATD_ERR" >&2; die "no listening port for chatd within 15 s"; }
+    CHATD=http://127.0.0.1:$CHATD_PORT
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -o /dev/null --max-time 2 "$CHATD/healthz" 2>/dev/null && break
+        kill -0 "$CHATD_PID" 2>/dev/null || { cat "$CHATD_ERR" >&2; die "chatd exited at start"; }
+        sleep 0.1
+    done
+    curl -fsS -o /dev/null --max-time 2 "$CHATD/healthz" || die "chatd does not answer GET /healthz"
+}
+stop_chatd() { # records the exit status (a crash at shutdown is a bug too)
+    stop_pid "$CHATD_PID"
+    CHATD_EXITS+=("$STOP_RC")
+    CHATD_PID=
+}
+alive_or_die() {
+    kill -0 "$CHATD_PID" 2>/dev/null && return 0
+    echo "bench: CHATD DIED; last lines of its stderr:" >&2
+    tail -n 30 "$CHATD_ERR" >&2
+    return 1
+}
 
 # --- measurements ----------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_ticks() { # pids...: utime+stime summed
+    local t=0 p v
+    for p in "$@"; do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 fake_count() { curl -fsS --max-time 5 "$FAKE/_fake/stats" | sed -n 's/.*"requests":\([0-9]*\).*/\1/p'; }
-IDLE_RSS_KB=$(status_kb "$CHATD_PID" VmRSS)
+secs() { awk -v a="$1" -v b="$2" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}'; }
 
-# run_phase NAME MODE URL-PATH TARGET(chatd|fake) SECONDS PREFIX
+# run_phase NAME MODE URL-PATH TARGET(chatd|fake|nginx) SECONDS PREFIX [CONNECTIONS]
 # Writes $TMP/NAME.json (wrk summary from turns.lua), $TMP/NAME.wrk.txt (wrk's
-# text) and $TMP/NAME.meta.json (CPU, RSS, upstream request count).
+# text) and $TMP/NAME.meta.json (CPU of the server under test, of chatd, the
+# fake and nginx, machine-wide busy CPU, chatd RSS, upstream request count).
 run_phase() {
-    local name=$1 mode=$2 path=$3 target=$4 secs=$5 prefix=$6 base
-    [[ $target == chatd ]] && base=$CHATD || base=$FAKE
-    echo "bench: $name: $mode, ${secs}s, $CONNS connections, $THREADS threads -> $base$path" >&2
-    local c0 f0 n0 c1 f1 n1 t0 t1 rc=0 alive=1
-    c0=$(cpu_ticks "$CHATD_PID"); f0=$(cpu_ticks "$FAKE_PID"); n0=$(fake_count || true); t0=$(date +%s.%N)
+    local name=$1 mode=$2 path=$3 target=$4 secs_=$5 prefix=$6 conns=${7:-$CONNS} base threads=$THREADS
+    local server_pids
+    case $target in
+    chatd) base=$CHATD; server_pids=$CHATD_PID ;;
+    nginx) base=$NGINX; server_pids=$(nginx_pids) ;;
+    *) base=$FAKE; server_pids=$FAKE_PID ;;
+    esac
+    ((threads <= conns)) || threads=$conns
+    echo "bench: $name: $mode, ${secs_}s, $conns connections, $threads threads -> $base$path" >&2
+    local s0 c0 f0 g0 m0 n0 t0 s1 c1 f1 g1 m1 n1 t1 rc=0 alive=1
+    # shellcheck disable=SC2086
+    s0=$(cpu_ticks $server_pids); c0=$(cpu_ticks "$CHATD_PID"); f0=$(cpu_ticks "$FAKE_PID")
+    # shellcheck disable=SC2046
+    g0=$(cpu_ticks $(nginx_pids)); m0=$(cpu_busy_total); n0=$(fake_count || true); t0=$(date +%s.%N)
     BENCH_MODE=$mode BENCH_PREFIX=$prefix BENCH_SESSIONS=$SESSIONS BENCH_MAX_TURNS=$MAX_TURNS \
-        BENCH_THREADS=$THREADS BENCH_OUT="$TMP/$name.json" \
-        timeout $((secs + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 30s --latency \
+        BENCH_THREADS=$threads BENCH_OUT="$TMP/$name.json" \
+        timeout $((secs_ + 60)) wrk -t"$threads" -c"$conns" -d"${secs_}s" --timeout 30s --latency \
         -s "$BENCH_DIR/turns.lua" "$base$path" >"$TMP/$name.wrk.txt" 2>&1 || rc=$?
     t1=$(date +%s.%N)
-    c1=$(cpu_ticks "$CHATD_PID"); f1=$(cpu_ticks "$FAKE_PID"); n1=$(fake_count || true)
+    # shellcheck disable=SC2086
+    s1=$(cpu_ticks $server_pids); c1=$(cpu_ticks "$CHATD_PID"); f1=$(cpu_ticks "$FAKE_PID")
+    # shellcheck disable=SC2046
+    g1=$(cpu_ticks $(nginx_pids)); m1=$(cpu_busy_total); n1=$(fake_count || true)
     n0=${n0:-0}; n1=${n1:-$n0}
-    kill -0 "$CHATD_PID" 2>/dev/null || alive=0
-    printf '{"wrk_exit":%d,"wall_s":%s,"chatd_alive":%d,"chatd_cpu_s":%s,"fake_cpu_s":%s,"upstream_requests":%d,"vmrss_kb":%d,"vmhwm_kb":%d}\n' \
-        "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" "$alive" \
-        "$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')" \
-        "$(awk -v a="$f0" -v b="$f1" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')" "$((n1 - n0))" \
+    if [[ $target == chatd ]]; then kill -0 "$CHATD_PID" 2>/dev/null || alive=0; fi
+    printf '{"target":"%s","connections":%d,"wrk_exit":%d,"wall_s":%s,"chatd_alive":%d,"server_cpu_s":%s,"chatd_cpu_s":%s,"fake_cpu_s":%s,"nginx_cpu_s":%s,"machine_busy_cores":%s,"upstream_requests":%d,"vmrss_kb":%d,"vmhwm_kb":%d}\n' \
+        "$target" "$conns" "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" "$alive" \
+        "$(secs "$s0" "$s1")" "$(secs "$c0" "$c1")" "$(secs "$f0" "$f1")" "$(secs "$g0" "$g1")" \
+        "$(busy_cores "$m0" "$m1")" "$((n1 - n0))" \
         "$(status_kb "$CHATD_PID" VmRSS || echo 0)" "$(status_kb "$CHATD_PID" VmHWM || echo 0)" \
         >"$TMP/$name.meta.json"
     if ((rc != 0)); then
@@ -222,7 +372,7 @@ run_phase() {
     ((alive)) || echo "bench: CHATD DIED during phase $name" >&2
 }
 
-# The request chatd last sent upstream, so the direct phases send its twin.
+# The request chatd last sent upstream, so the direct and nginx phases send its twin.
 capture_upstream() { # file
     curl -fsS --max-time 5 "$FAKE/_fake/requests?limit=1" >"$1" || echo '{"requests":[]}' >"$1"
 }
@@ -239,43 +389,117 @@ print("UP_STREAM=%d" % (1 if b.get("stream") else 0))
 EOF
 )"
 }
-
-alive_or_die() {
-    kill -0 "$CHATD_PID" 2>/dev/null && return 0
-    echo "bench: CHATD DIED; last lines of its stderr:" >&2
-    tail -n 30 "$TMP/chatd.err" >&2
-    return 1
+direct_phase() { # NAME MODE TARGET PREFIX: the twin of chatd's last upstream request
+    BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
+        run_phase "$1" "$2" /v1/messages "$3" "$DURATION" "$4"
+    PHASES+=("$1")
+}
+chatd_phase() { # NAME MODE PATH PREFIX: warm-up, then the measured phase
+    alive_or_die || return 0
+    if ((WARMUP > 0)); then run_phase "warmup_$1" "$2" "$3" chatd "$WARMUP" "w$4"; fi
+    alive_or_die || return 0
+    run_phase "$1" "$2" "$3" chatd "$DURATION" "$4"
+    PHASES+=("$1")
 }
 
-PHASES=()
-if ((WARMUP > 0)); then run_phase warmup_chat chat /chat chatd "$WARMUP" w; fi
-alive_or_die || true
-capture_upstream "$TMP/upstream_chat.json"
-read_upstream "$TMP/upstream_chat.json"
-if kill -0 "$CHATD_PID" 2>/dev/null; then
-    run_phase chat chat /chat chatd "$DURATION" c
-    PHASES+=(chat)
-fi
+# syscall_phase NAME MODE PATH PREFIX: the same load, fewer connections, with
+# strace -c -f attached to every thread of chatd. strace slows chatd down many
+# times: only the counts per turn mean anything, never the speed.
+SYS_PHASES=()
+syscall_phase() {
+    alive_or_die || return 0
+    echo "bench: syscalls: strace -c -f on chatd during $1" >&2
+    # strace itself is the child (stopped by PID: SIGTERM makes it detach and
+    # write its summary; stop_pid kills it after 5 s more if it does not).
+    strace -f -c -o "$TMP/$1.strace" -p "$CHATD_PID" 2>"$TMP/$1.strace.err" &
+    STRACE_PID=$!
+    sleep 1 # attach to every thread
+    run_phase "$1" "$2" "$3" chatd "$SYS_SECONDS" "$4" "$SYS_CONNS"
+    kill -TERM "$STRACE_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$STRACE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_pid "$STRACE_PID"
+    STRACE_PID=
+    SYS_PHASES+=("$1")
+}
+
+# streams_phase NAME KIND URL PIDS: BENCH_STREAMS concurrent slow streams.
+STREAM_PHASES=()
+streams_phase() {
+    echo "bench: $1: $STREAMS concurrent streams of ~${STREAM_HOLD}s -> $3" >&2
+    timeout $((STREAMS / STREAM_RAMP + STREAM_HOLD + STREAM_SETTLE + 90)) \
+        node "$BENCH_DIR/streams.mjs" --url "$3" --kind "$2" --n "$STREAMS" --pids "$4" \
+        --ramp "$STREAM_RAMP" --timeout $((STREAMS / STREAM_RAMP + STREAM_HOLD + 30)) --settle "$STREAM_SETTLE" \
+        --prefix "$1" --model "$UP_MODEL" --max-tokens "$UP_MAX_TOKENS" --system-json "$UP_SYSTEM_JSON" \
+        --out "$TMP/$1.json" 2>"$TMP/$1.err" || echo "bench: streams client failed in $1 (exit $?)" >&2
+    cat "$TMP/$1.err" >&2 || true
+    STREAM_PHASES+=("$1")
+}
+
+# --- the run ---------------------------------------------------------------------
+start_chatd "$DB_URL" "$WORKERS"
+MAIN_ERR=$CHATD_ERR
+IDLE_RSS_KB=$(status_kb "$CHATD_PID" VmRSS)
+
+# Non-streaming: chatd, then the fake directly and through nginx.
+chatd_phase chat chat /chat c
 capture_upstream "$TMP/upstream_chat.json"
 read_upstream "$TMP/upstream_chat.json"
 DIRECT_MODE=direct; ((UP_STREAM)) && DIRECT_MODE=direct_stream
-BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
-    run_phase direct "$DIRECT_MODE" /v1/messages fake "$DURATION" d
-PHASES+=(direct)
+direct_phase direct "$DIRECT_MODE" fake d
+((NGINX_ON)) && direct_phase nginx "$DIRECT_MODE" nginx n
 
-if kill -0 "$CHATD_PID" 2>/dev/null; then
-    if ((WARMUP > 0)); then run_phase warmup_stream stream /v1/chat/stream chatd "$WARMUP" x; fi
-    run_phase stream stream /v1/chat/stream chatd "$DURATION" s
-    PHASES+=(stream)
-fi
+# Streaming, the same three.
+chatd_phase stream stream /v1/chat/stream s
 capture_upstream "$TMP/upstream_stream.json"
 read_upstream "$TMP/upstream_stream.json"
-BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
-    run_phase direct_stream direct_stream /v1/messages fake "$DURATION" e
-PHASES+=(direct_stream)
+direct_phase direct_stream direct_stream fake e
+((NGINX_ON)) && direct_phase nginx_stream direct_stream nginx m
 
-# Final state of chatd: peak memory, then a clean stop (its exit status matters:
-# a crash at shutdown is a bug too).
+# chatd's HTTP layer alone, and the stateless proxy path.
+if alive_or_die; then
+    run_phase healthz healthz /healthz chatd "$DURATION" h
+    PHASES+=(healthz)
+fi
+chatd_phase stateless stateless /v1/chat/completions t
+
+# Syscalls per turn.
+if ((SYSCALLS)); then
+    syscall_phase sys_chat chat /chat yc
+    syscall_phase sys_stream stream /v1/chat/stream ys
+    syscall_phase sys_stateless stateless /v1/chat/completions yt
+fi
+
+# Concurrent streams: the provider slowed down so every stream stays open
+# about STREAM_HOLD seconds (first delta after 500 ms, then STREAM_DELTAS words
+# evenly spread).
+if ((STREAMS > 0)) && alive_or_die; then
+    GAP_MS=$(((STREAM_HOLD * 1000 - 500) / (STREAM_DELTAS - 1)))
+    fake_script "{\"default\":{\"ttft_ms\":500,\"gap_ms\":$GAP_MS,\"reply_words\":$STREAM_DELTAS},\"queue\":[]}" ||
+        die "cannot script the fake's slow mode"
+    read_upstream "$TMP/upstream_stream.json"
+    streams_phase streams_chatd chatd "$CHATD" "$CHATD_PID"
+    # shellcheck disable=SC2046
+    ((NGINX_ON)) && streams_phase streams_nginx anthropic "$NGINX" "$(nginx_pids | tr ' ' ',')"
+    fake_script '{"default":null,"queue":[]}' || die "cannot reset the fake's script"
+fi
+
+# One long session.
+LONG_DONE=0
+if ((LONG_TURNS > 0)) && alive_or_die; then
+    echo "bench: long session: $LONG_TURNS turns of ~$LONG_BYTES bytes in one session" >&2
+    timeout $((LONG_TIMEOUT + 60)) "$PY" "$BENCH_DIR/long_session.py" --url "$CHATD" --turns "$LONG_TURNS" \
+        --bytes "$LONG_BYTES" --timeout "$LONG_TIMEOUT" --out "$TMP/long_session.json" ||
+        echo "bench: the long session did not complete" >&2
+    LONG_DONE=1
+fi
+
+# Final state of the main chatd: peak memory, then a clean stop.
+MAIN_ALIVE=1
+kill -0 "$CHATD_PID" 2>/dev/null || MAIN_ALIVE=0
 FINAL_HWM_KB=$(status_kb "$CHATD_PID" VmHWM || echo 0)
 FINAL_RSS_KB=$(status_kb "$CHATD_PID" VmRSS || echo 0)
 if [[ $DATABASE == postgres ]]; then
@@ -283,14 +507,42 @@ if [[ $DATABASE == postgres ]]; then
 else
     DB_BYTES=$(du -cb "$DB_DIR_"/bench.db* 2>/dev/null | tail -n1 | awk '{print $1}')
 fi
-stop_pid "$CHATD_PID"
-CHATD_EXIT=$STOP_RC
-CHATD_PID=
+stop_chatd
 
+# Variants of /chat, each on its own chatd (and, on SQLite, its own database).
+if ((VARIANTS)); then
+    if [[ $DATABASE == sqlite ]]; then
+        start_chatd "sqlite:///$DB_DIR_/bench-normal.db?synchronous=normal" "$WORKERS"
+        chatd_phase chat_normal chat /chat cn
+        stop_chatd
+        start_chatd "sqlite:///$DB_DIR_/bench-w1.db${BENCH_DB_SYNC:+?synchronous=$BENCH_DB_SYNC}" 1
+    else
+        start_chatd "$DB_URL" 1
+    fi
+    chatd_phase chat_w1 chat /chat c1
+    stop_chatd
+fi
+
+LOAD_AFTER=$(cores_busy 2)
+LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+RUN_SECONDS=$(($(date +%s) - RUN_T0))
+
+# --- report ----------------------------------------------------------------------
+SHA=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=0
+[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || DIRTY=1
+RECORD_BASE=
+((RECORD)) && RECORD_BASE=$BENCH_DIR/results/$(date -u +%Y-%m-%d)-$SHA
 mkdir -p "$(dirname "$OUT_JSON")"
-"$PY" "$BENCH_DIR/report.py" --dir "$TMP" --out "$OUT_JSON" \
+"$PY" "$BENCH_DIR/report.py" --dir "$TMP" --out "$OUT_JSON" ${RECORD_BASE:+--record "$RECORD_BASE"} \
     --binary "$BIN" --build-type "$BUILD_TYPE" --workers "$WORKERS" --connections "$CONNS" \
     --threads "$THREADS" --seconds "$DURATION" --warmup "$WARMUP" --sessions "$SESSIONS" \
     --max-turns "$MAX_TURNS" --idle-rss-kb "${IDLE_RSS_KB:-0}" --final-hwm-kb "${FINAL_HWM_KB:-0}" \
-    --final-rss-kb "${FINAL_RSS_KB:-0}" --db-bytes "${DB_BYTES:-0}" --chatd-exit "$CHATD_EXIT" \
-    --db-dir "$DB_DIR_REPORT" --database "$DATABASE" --db-sync "${BENCH_DB_SYNC:-full}" --phases "${PHASES[*]}"
+    --final-rss-kb "${FINAL_RSS_KB:-0}" --db-bytes "${DB_BYTES:-0}" --chatd-exit "${CHATD_EXITS[*]}" \
+    --main-alive "$MAIN_ALIVE" --db-dir "$DB_DIR_REPORT" --database "$DATABASE" --db-sync "${BENCH_DB_SYNC:-full}" \
+    --phases "${PHASES[*]}" --sys-phases "${SYS_PHASES[*]}" --stream-phases "${STREAM_PHASES[*]}" \
+    --streams "$STREAMS" --stream-hold "$STREAM_HOLD" --stream-deltas "$STREAM_DELTAS" \
+    --long "$LONG_DONE" --long-turns "$LONG_TURNS" --nofile "$NOFILE" --nginx-workers "$NGINX_WORKERS" \
+    --sha "$SHA" --dirty "$DIRTY" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" \
+    --loadavg-before "$LOADAVG_BEFORE" --loadavg-after "$LOADAVG_AFTER" --run-seconds "$RUN_SECONDS" \
+    --sys-conns "$SYS_CONNS" --sys-seconds "$SYS_SECONDS"

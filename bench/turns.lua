@@ -6,6 +6,9 @@
 --                     stream        POST /v1/chat/stream (SSE) on chatd
 --                     direct        POST /v1/messages on the fake, non-streaming
 --                     direct_stream POST /v1/messages on the fake, "stream": true
+--                     (the direct modes also go through nginx: same body, same reply)
+--                     stateless     POST /v1/chat/completions on chatd (nothing stored)
+--                     healthz       GET /healthz on chatd
 --   BENCH_PREFIX      session id prefix, distinct per phase (fresh sessions)
 --   BENCH_SESSIONS    sessions in rotation, summed over all threads
 --   BENCH_THREADS     wrk's -t (to split BENCH_SESSIONS between threads)
@@ -25,6 +28,10 @@
 -- rotates across BENCH_SESSIONS sessions, and none grows past BENCH_MAX_TURNS.
 -- The direct modes replay the same bookkeeping and send the history chatd
 -- would send (user "bench <sid>", assistant "Hello! You said: bench <sid>").
+--
+-- The stateless and healthz modes have no session: each request carries its
+-- own id in X-Request-Id, which chatd echoes in the response header of the
+-- same name, and that id joins the two ends instead.
 --
 -- Latency: measured here, from request() to response() of the same session
 -- id (exact, since a session has one turn in flight), on CLOCK_MONOTONIC via
@@ -57,6 +64,7 @@ local max_tokens = tonumber(os.getenv("BENCH_MAX_TOKENS") or "1024")
 local system_json = os.getenv("BENCH_SYSTEM_JSON") or '"You are a helpful AI assistant."'
 
 local direct = (mode == "direct" or mode == "direct_stream")
+local sessionless = (mode == "stateless" or mode == "healthz")
 local streaming = (mode == "stream" or mode == "direct_stream")
 
 -- ---------------------------------------------------------------------------
@@ -97,7 +105,7 @@ function init(args)
       headers["Content-Type"] = "application/json"
       headers["x-api-key"] = "bench"
       headers["anthropic-version"] = "2023-06-01"
-   else
+   elseif mode ~= "healthz" then
       headers["Content-Type"] = "application/json"
       if streaming then headers["Accept"] = "text/event-stream" end
    end
@@ -141,6 +149,18 @@ local function direct_body(sid)
 end
 
 function request()
+   if sessionless then
+      minted = minted + 1
+      local rid = prefix .. "-" .. tid .. "-" .. minted
+      sent[rid] = now_us()
+      if tid == 0 and minted == 1 and verify_sid == nil then verify_sid = rid end
+      headers["X-Request-Id"] = rid
+      if mode == "healthz" then
+         return wrk.format("GET", "/healthz", headers)
+      end
+      return wrk.format("POST", "/v1/chat/completions", headers,
+         '{"messages":[{"role":"user","content":"bench ' .. rid .. '"}]}')
+   end
    local sid = take_session()
    sent[sid] = now_us()
    if tid == 0 and minted == 1 and verify_sid == nil then verify_sid = sid end
@@ -158,6 +178,10 @@ local function parse(body)
    elseif mode == "stream" then
       return body:match('"session_id"%s*:%s*"([^"]+)"'),
          body:find("event: done", 1, true) ~= nil and body:find("event: error", 1, true) == nil
+   elseif mode == "stateless" then
+      return nil, body:find('"finish_reason":"stop"', 1, true) ~= nil
+   elseif mode == "healthz" then
+      return nil, body:find('"ok"', 1, true) ~= nil
    elseif mode == "direct" then
       return body:match('You said: bench ([^"]+)"'), body:find('"stop_reason":"end_turn"', 1, true) ~= nil
    else
@@ -171,6 +195,9 @@ function response(status, hdrs, body)
    local t = now_us()
    codes[status] = (codes[status] or 0) + 1
    local sid, whole = parse(body or "")
+   if sessionless then
+      sid = hdrs and (hdrs["X-Request-Id"] or hdrs["x-request-id"])
+   end
    if sid and sent[sid] then
       lat[#lat + 1] = t - sent[sid]
       sent[sid] = nil
@@ -178,7 +205,11 @@ function response(status, hdrs, body)
    if status >= 200 and status < 300 then
       if whole then ok = ok + 1 else bad_body = bad_body + 1 end
    end
-   if sid then give_back(sid) else lost_sid = lost_sid + 1 end
+   if not sid then
+      lost_sid = lost_sid + 1
+   elseif not sessionless then
+      give_back(sid)
+   end
 end
 
 -- ---------------------------------------------------------------------------
