@@ -104,7 +104,7 @@ const SCENARIO_FIELDS = new Set([
   'fault', 'after', 'stall_ms',
   'line_ending', 'split', 'split_delay_ms', 'pad_json', 'ping',
   'variant',
-  'tool_calls', 'thinking', 'thinking_signature', 'json',
+  'tool_calls', 'thinking', 'thinking_signature', 'json', 'interleave_tools',
 ]);
 const FAULTS = new Set(['midstream_error', 'reset', 'stall', 'truncate', 'malformed', 'data_only']);
 const VARIANTS = new Set(['openai', 'groq', 'vllm', 'ollama', 'llamacpp']);
@@ -139,6 +139,7 @@ function checkScenario(sc) {
     }
   }
   if ('json' in sc && sc.json === undefined) return "'json' must be a JSON value";
+  if ('interleave_tools' in sc && typeof sc.interleave_tools !== 'boolean') return "'interleave_tools' must be a boolean";
   for (const k of ['retry_after', 'body', 'content_type', 'error_type', 'error_message', 'stop_reason', 'finish_reason', 'thinking', 'thinking_signature']) {
     if (k in sc && typeof sc[k] !== 'string') return `'${k}' must be a string`;
   }
@@ -485,6 +486,8 @@ function planContent(api, body, sc, echoed) {
       text = tr !== null ? 'Tool results: ' + tr.join('; ') : 'Hello! You said: ' + echoed;
     }
   }
+  const oneCall = api === 'anthropic' ? isObj(body.tool_choice) && body.tool_choice.disable_parallel_tool_use === true : body.parallel_tool_calls === false;
+  if (oneCall && calls.length > 1) calls = calls.slice(0, 1);
   for (const c of calls) {
     if (!c.id) c.id = randomId(api === 'anthropic' ? 'toolu_' : 'call_');
     c.json = JSON.stringify(c.input);
@@ -1046,7 +1049,7 @@ async function handleAnthropic(ctx, rawBody) {
   if (shape2026) usage.cache_creation = { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 0 };
   usage.service_tier = 'standard';
   if (shape2026) usage.inference_geo = 'global';
-  if (shape2026 && thinkingDeltas) usage.output_tokens_details = { thinking_tokens: thinkingDeltas.length };
+  if (thinkingDeltas) usage.output_tokens_details = { thinking_tokens: thinkingDeltas.length };
   if (sc.usage) Object.assign(usage, sc.usage);
 
   const plan = {
@@ -1262,7 +1265,7 @@ async function anthropicStream(ctx, sc, plan) {
   const deltaUsage = plan.shape2026
     ? { input_tokens: u.input_tokens, cache_creation_input_tokens: u.cache_creation_input_tokens, cache_read_input_tokens: u.cache_read_input_tokens, output_tokens: u.output_tokens }
     : { output_tokens: u.output_tokens };
-  if (plan.shape2026 && u.output_tokens_details) deltaUsage.output_tokens_details = u.output_tokens_details;
+  if (u.output_tokens_details) deltaUsage.output_tokens_details = u.output_tokens_details;
   if (sc.usage) for (const k of Object.keys(sc.usage)) deltaUsage[k] = u[k];
   const delta = { stop_reason: plan.stopReason, stop_sequence: plan.stopSequence };
   if (plan.shape2026) delta.stop_details = null;
@@ -1462,6 +1465,12 @@ function checkOpenaiRich(body) {
       return invalidParam("Invalid type for 'stop': expected one of a string or array of strings.", 'stop', 'invalid_type');
     }
   }
+  if ('parallel_tool_calls' in body && body.parallel_tool_calls !== null) {
+    if (typeof body.parallel_tool_calls !== 'boolean') return invalidParam("Invalid type for 'parallel_tool_calls': expected a boolean.", 'parallel_tool_calls', 'invalid_type');
+    if (!Array.isArray(body.tools) || body.tools.length === 0) {
+      return invalidParam("Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' are specified.", 'parallel_tool_calls');
+    }
+  }
   if ('reasoning_effort' in body && body.reasoning_effort !== null && typeof body.reasoning_effort !== 'string') {
     return invalidParam("Invalid type for 'reasoning_effort': expected a string.", 'reasoning_effort', 'invalid_type');
   }
@@ -1569,6 +1578,7 @@ async function handleOpenai(ctx, rawBody) {
     deltas,
     pc,
     usage,
+    interleave: sc.interleave_tools === true,
     finish: sc.finish_reason ?? (sc.stop_reason ? FINISH_FROM_STOP[sc.stop_reason] ?? sc.stop_reason
       : pc.stopSeq === null && pc.calls.length > 0 ? 'tool_calls' : 'stop'),
     variant,
@@ -1610,7 +1620,7 @@ async function openaiJson(ctx, sc, plan) {
   const o = openaiBase(plan, 'chat.completion');
   const pc = plan.pc;
   const message = { role: 'assistant', content: plan.reply === '' && pc.calls.length > 0 ? null : plan.reply };
-  if (pc.thinking !== null) message.reasoning_content = pc.thinking;
+  if (pc.thinking !== null) message[plan.variant === 'ollama' ? 'reasoning' : 'reasoning_content'] = pc.thinking;
   if (pc.calls.length > 0) {
     message.tool_calls = pc.calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.json } }));
   }
@@ -1649,15 +1659,25 @@ function openaiDeltas(plan) {
     return { first: { role: 'assistant', content: '' }, list: plan.deltas.map((t) => ({ content: t })) };
   }
   const list = [];
-  if (pc.thinking !== null) for (const t of toDeltas(pc.thinking)) list.push({ reasoning_content: t });
+  const rkey = plan.variant === 'ollama' ? 'reasoning' : 'reasoning_content';
+  if (pc.thinking !== null) for (const t of toDeltas(pc.thinking)) list.push({ [rkey]: t });
   for (const t of plan.deltas) list.push({ content: t });
   let first = { role: 'assistant', content: '' };
-  pc.calls.forEach((c, k) => {
-    const header = { tool_calls: [{ index: k, id: c.id, type: 'function', function: { name: c.name, arguments: '' } }] };
-    if (k === 0 && list.length === 0) first = { role: 'assistant', content: null, tool_calls: header.tool_calls };
-    else list.push(header);
-    for (const piece of splitPieces(c.json, 3)) list.push({ tool_calls: [{ index: k, function: { arguments: piece } }] });
-  });
+  const header = (c, k) => ({ tool_calls: [{ index: k, id: c.id, type: 'function', function: { name: c.name, arguments: '' } }] });
+  const piece = (k, p) => ({ tool_calls: [{ index: k, function: { arguments: p } }] });
+  if (pc.calls.length > 0 && list.length === 0) first = { role: 'assistant', content: null, tool_calls: header(pc.calls[0], 0).tool_calls };
+  const headed = list.length === 0 ? 1 : 0;
+  if (plan.interleave) {
+    // Every header first, then the argument pieces of all calls in turn (k0, k1, k0, k1, ...).
+    pc.calls.forEach((c, k) => { if (k >= headed) list.push(header(c, k)); });
+    const pieces = pc.calls.map((c) => splitPieces(c.json, 3));
+    for (let r = 0; r < 3; r++) pieces.forEach((ps, k) => { if (r < ps.length) list.push(piece(k, ps[r])); });
+  } else {
+    pc.calls.forEach((c, k) => {
+      if (k >= headed) list.push(header(c, k));
+      for (const p of splitPieces(c.json, 3)) list.push(piece(k, p));
+    });
+  }
   return { first, list };
 }
 

@@ -205,6 +205,12 @@ describe('anthropic: tool use', () => {
     assert.equal(log[1].body.messages[2].content[0].tool_use_id, first.content[0].id);
   });
 
+  test('disable_parallel_tool_use keeps only the first call', async () => {
+    const msg = await ant().messages.create({ model: MODEL, max_tokens: 512, tools: [WEATHER, TIME], tool_choice: { type: 'auto', disable_parallel_tool_use: true }, messages: [{ role: 'user', content: directive(twoCalls) }] });
+    assert.deepEqual(msg.content.map((b) => b.type), ['text', 'tool_use']);
+    assert.equal(msg.content[1].name, 'get_weather');
+  });
+
   test('tool_choice any picks the first tool; streamed forced call', async () => {
     const msg = await ant().messages.stream({ model: MODEL, max_tokens: 512, tools: [TIME, WEATHER], tool_choice: { type: 'any' }, messages: [{ role: 'user', content: 'hi' }] }).finalMessage();
     assert.equal(msg.content.length, 1);
@@ -262,6 +268,7 @@ describe('anthropic: structured output, thinking, stop sequences', () => {
     assert.equal(plain.content[0].signature, 'sig_' + Buffer.from('Thinking about: Why is the sky blue?').toString('base64'));
     assert.deepEqual(plain.content[1], { type: 'text', text: 'Hello! You said: Why is the sky blue?' });
     assert.equal(plain.usage.output_tokens, 8 + 7); // text words + thinking words
+    assert.deepEqual(plain.usage.output_tokens_details, { thinking_tokens: 7 });
     const stream = ant().messages.stream(p);
     let thinking = '';
     let signature = null;
@@ -271,6 +278,7 @@ describe('anthropic: structured output, thinking, stop sequences', () => {
     assert.deepEqual(msg.content, plain.content);
     assert.equal(thinking, plain.content[0].thinking);
     assert.equal(signature, plain.content[0].signature);
+    assert.deepEqual(msg.usage.output_tokens_details, { thinking_tokens: 7 });
   });
 
   test('scripted thinking + signature + text + tool call, streamed; thinking sent back is accepted', async () => {
@@ -459,6 +467,21 @@ describe('openai: tool calls', () => {
     assert.deepEqual(sseData(r2.text)[0].choices[0].delta, { role: 'assistant', content: '', refusal: null });
   });
 
+  test('interleaved argument pieces of several calls are reassembled by the stream helper', async () => {
+    const sc = { tool_calls: twoCalls.tool_calls, interleave_tools: true };
+    const r = await rawPost('/v1/chat/completions', { model: 'gpt-fake', stream: true, tools, messages: [{ role: 'user', content: directive(sc) }] });
+    const idx = sseData(r.text).map((c) => c.choices[0]?.delta?.tool_calls?.[0]?.index).filter((i) => i !== undefined);
+    assert.deepEqual(idx, [0, 1, 0, 1, 0, 1, 0, 1]);
+    const fin = await oai().chat.completions.stream({ model: 'gpt-fake', tools, messages: [{ role: 'user', content: directive(sc) }] }).finalChatCompletion();
+    assert.deepEqual(fin.choices[0].message.tool_calls.map((t) => JSON.parse(t.function.arguments)), [{ city: 'Paris', unit: 'celsius' }, { tz: 'Europe/Paris' }]);
+  });
+
+  test('parallel_tool_calls false keeps only the first call', async () => {
+    const r = await oai().chat.completions.create({ model: 'gpt-fake', tools, parallel_tool_calls: false, messages: [{ role: 'user', content: directive(twoCalls) }] });
+    assert.equal(r.choices[0].message.tool_calls.length, 1);
+    assert.equal(r.choices[0].message.tool_calls[0].function.name, 'get_weather');
+  });
+
   test('full tool loop with runTools: the SDK runs the function and sends the result back', async () => {
     await script({ queue: [{ tool_calls: [{ name: 'get_weather', input: { city: 'Paris' } }] }] });
     const seen = [];
@@ -550,6 +573,10 @@ describe('openai: structured output, reasoning, stop, images', () => {
     const fin = await s.finalChatCompletion();
     assert.equal(chunks.join(''), 'Two plus two is four.');
     assert.equal(fin.choices[0].message.content, '4');
+    const oll = await rawPost('/v1/chat/completions', { model: 'gpt-fake', stream: true, messages: [{ role: 'user', content: directive({ ...sc, variant: 'ollama' }) }] });
+    assert.equal(sseData(oll.text).map((c) => c.choices[0]?.delta?.reasoning ?? '').join(''), 'Two plus two is four.');
+    const ollJson = await oai().chat.completions.create({ model: 'gpt-fake', messages: [{ role: 'user', content: directive({ ...sc, variant: 'ollama' }) }] });
+    assert.equal(ollJson.choices[0].message.reasoning, 'Two plus two is four.');
     const eff = await oai().chat.completions.create({ model: 'gpt-fake', reasoning_effort: 'low', messages: [{ role: 'user', content: 'hi there' }] });
     assert.equal(eff.choices[0].message.reasoning_content, undefined);
     assert.equal(eff.usage.completion_tokens_details.reasoning_tokens, 4);
@@ -639,6 +666,7 @@ describe('openai: validation 400s', () => {
     assert.equal((await err(base({ response_format: { type: 'json_schema' } }))).param, 'response_format.json_schema');
     assert.equal((await err(base({ response_format: { type: 'json_schema', json_schema: { schema: {} } } }))).param, 'response_format.json_schema.name');
     assert.equal((await err(base({ stop: ['a', 'b', 'c', 'd', 'e'] }))).code, 'array_above_max_length');
+    assert.equal((await err(base({ parallel_tool_calls: false }))).param, 'parallel_tool_calls');
     assert.equal((await err(base({ messages: [{ role: 'user', content: [{ type: 'video', video: {} }] }] }))).param, 'messages[0].content[0].type');
   });
 });
