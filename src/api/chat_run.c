@@ -16,6 +16,8 @@
 
 static void ctx_free(chat_ctx *c)
 {
+    if (c->rnd_state_free)
+        c->rnd_state_free(c->rnd_state);
     free(c->model);
     if (c->start_timer)
         event_free(c->start_timer);
@@ -270,7 +272,8 @@ void chat_replay_record(http_req *r, api_env *w, const chat_renderer *rnd, api_f
             content = NULL;
         }
     }
-    res.content = content; /* NULL: chat_replay makes the text block */
+    res.content = content;     /* NULL: chat_replay makes the text block */
+    res.reasoning_tokens = -1; /* not kept with the reply */
     chat_replay(r, w, rnd, f, &res, init, arg);
     json_decref(content);
 }

@@ -51,6 +51,10 @@ struct chat_ctx {
     char completion_id[160]; /* "chatcmpl-" + the request id (at most 131 bytes) */
     char *model;             /* the answering model's name, owned (any length a models file gives) */
     bool dropped_sent;       /* X-Chatd-Dropped-Params added */
+    /* a renderer's own state, e.g. a tool call's arguments being streamed;
+     * rnd_state_free (when set) frees it with the context */
+    void *rnd_state;
+    void (*rnd_state_free)(void *state);
 };
 
 /*

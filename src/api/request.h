@@ -24,14 +24,26 @@
 
 /* A valid chat body. The strings point into root (or generated_id). */
 typedef struct api_chat_body {
-    json_t *root;               /* the parsed body; owns the strings below (json_decref to release) */
-    const char *message;        /* non-blank, at most max_message_bytes */
+    json_t *root; /* the parsed body; owns the strings below (api_chat_body_release) */
+    /* non-blank, at most max_message_bytes; "" (/v1) when the body sends
+     * "content" or "tool_results" without "message" (blocks is set then) */
+    const char *message;
     const char *session_id;     /* a valid id (chat_valid_id); for /v1 without one, generated_id */
     const char *system_prompt;  /* NULL when absent, null or "" (the template's `system_prompt or DEFAULT`) */
     const char *model;          /* /v1 only: NULL when absent, null or "" */
     int max_tokens;             /* /v1 only: 1..1000000, 0 when absent */
     turn_truncation truncation; /* /v1 only: TURN_TRUNCATE_AUTO unless "reject" */
     char generated_id[40];      /* "s_" + 24 random hex digits when /v1 named no session */
+    /* /v1 only, owned (api_chat_body_release): NULL, or the new user message
+     * as canonical blocks (llm/content.h) when the body sent "content" or
+     * "tool_results": the tool_result blocks first, then the content blocks or
+     * the message as one text block. Checked with llm_content_check. */
+    json_t *blocks;
+    /* /v1 only, owned: NULL, or the request options (llm/content.h) the body
+     * set to a non-null value, type- and range-checked, in canonical form
+     * ("stop" always an array, "tool_choice" always an object, tools with
+     * name, description?, input_schema, strict?). */
+    json_t *options;
 } api_chat_body;
 
 /* Why a chat body was refused, in both flavors' words. */
@@ -41,6 +53,9 @@ typedef struct api_chat_invalid {
     json_t *detail;
     /* The /v1 400 invalid_request_error message: the first problem, one line. */
     char message[300];
+    /* 0: the flavor's usual status (422 seed, 400 /v1); 413 when an image is
+     * larger than max_image_bytes (/v1 request_too_large). */
+    int status;
 } api_chat_invalid;
 
 /*
@@ -55,9 +70,31 @@ typedef struct api_chat_invalid {
 bool api_chat_body_parse(const char *body, size_t len, api_flavor f, size_t max_message_bytes, api_chat_body *out,
                          api_chat_invalid *why);
 
+/* The image limit api_chat_body_parse applies (MAX_IMAGE_SIZE's default). */
+#define API_CHAT_MAX_IMAGE_BYTES ((size_t)5 << 20)
+
+/*
+ * api_chat_body_parse with an image limit: for /v1 the body may also send
+ * "content" (text and image blocks; exactly one of message and content),
+ * "tool_results" ([{tool_call_id, content: string or text/image blocks,
+ * is_error?}], with or without message/content) and the options of
+ * llm/content.h. The text of message, of content and of the tool results
+ * is each at most max_message_bytes; a base64 image decoding to more than
+ * max_image_bytes is refused with why->status 413; an image URL must be
+ * https. Seed bodies are parsed exactly as by api_chat_body_parse (those
+ * fields are ignored there).
+ */
+bool api_chat_body_parse_ex(const char *body, size_t len, api_flavor f, size_t max_message_bytes,
+                            size_t max_image_bytes, api_chat_body *out, api_chat_invalid *why);
+
+/* Releases what a successful parse filled (root, blocks, options) and zeroes
+ * them. Accepts a zeroed body. */
+void api_chat_body_release(api_chat_body *b);
+
 /*
  * The turn a valid chat body asks for: session, message, system prompt,
- * model, max_tokens, truncation set from b (borrowed: b must outlive p);
+ * model, max_tokens, truncation, message_blocks (b->blocks) and options
+ * (b->options) set from b (borrowed: b must outlive p);
  * every other field of *p zeroed, for the handler to set (stream, request
  * id, owner, idempotency).
  */

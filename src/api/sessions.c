@@ -367,6 +367,13 @@ static void reply_messages(sjob *j, const store_message *msgs, size_t n)
         snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)m->id);
         json_t *o = json_pack("{s:s,s:I,s:s,s:s,s:s,s:o}", "id", idbuf, "seq", (json_int_t)m->seq, "role", m->role,
                               "content", m->content, "status", m->status, "created_at", time_json(m->created_at));
+        if (m->blocks) { /* the canonical content (llm/content.h); the seed /history stays text */
+            json_t *blocks = json_loads(m->blocks, 0, NULL);
+            if (json_is_array(blocks))
+                json_object_set_new(o, "blocks", blocks);
+            else
+                json_decref(blocks);
+        }
         if (strcmp(m->role, "assistant") == 0) {
             json_object_set_new(o, "model", m->model ? json_string(m->model) : json_null());
             json_object_set_new(o, "stop_reason", m->stop_reason ? json_string(m->stop_reason) : json_null());
