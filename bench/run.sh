@@ -223,6 +223,7 @@ free_port() {
 }
 nginx_pids() { # master and workers
     [[ -n $NGINX_PID ]] || return 0
+    # shellcheck disable=SC2046 # one PID per word
     echo "$NGINX_PID" $(cat /proc/"$NGINX_PID"/task/*/children 2>/dev/null)
 }
 if ((NGINX_ON)); then
@@ -441,7 +442,6 @@ streams_phase() {
 
 # --- the run ---------------------------------------------------------------------
 start_chatd "$DB_URL" "$WORKERS"
-MAIN_ERR=$CHATD_ERR
 IDLE_RSS_KB=$(status_kb "$CHATD_PID" VmRSS)
 
 # Non-streaming: chatd, then the fake directly and through nginx.
