@@ -104,7 +104,7 @@ const SCENARIO_FIELDS = new Set([
   'fault', 'after', 'stall_ms',
   'line_ending', 'split', 'split_delay_ms', 'pad_json', 'ping',
   'variant',
-  'tool_calls', 'thinking', 'thinking_signature', 'json', 'interleave_tools',
+  'tool_calls', 'thinking', 'thinking_signature', 'redacted_thinking', 'json', 'interleave_tools',
 ]);
 const FAULTS = new Set(['midstream_error', 'reset', 'stall', 'truncate', 'malformed', 'data_only']);
 const VARIANTS = new Set(['openai', 'groq', 'vllm', 'ollama', 'llamacpp']);
@@ -140,7 +140,7 @@ function checkScenario(sc) {
   }
   if ('json' in sc && sc.json === undefined) return "'json' must be a JSON value";
   if ('interleave_tools' in sc && typeof sc.interleave_tools !== 'boolean') return "'interleave_tools' must be a boolean";
-  for (const k of ['retry_after', 'body', 'content_type', 'error_type', 'error_message', 'stop_reason', 'finish_reason', 'thinking', 'thinking_signature']) {
+  for (const k of ['retry_after', 'body', 'content_type', 'error_type', 'error_message', 'stop_reason', 'finish_reason', 'thinking', 'thinking_signature', 'redacted_thinking']) {
     if (k in sc && typeof sc[k] !== 'string') return `'${k}' must be a string`;
   }
   return null;
@@ -511,7 +511,8 @@ function planContent(api, body, sc, echoed) {
     }
   }
   const signature = thinking === null ? null : sc.thinking_signature ?? 'sig_' + Buffer.from(thinking, 'utf8').toString('base64');
-  return { thinking, signature, hiddenReasoning, text, calls, stopSeq };
+  const redacted = api === 'anthropic' && typeof sc.redacted_thinking === 'string' ? sc.redacted_thinking : null;
+  return { thinking, signature, redacted, hiddenReasoning, text, calls, stopSeq };
 }
 
 // Output tokens of the non-text parts: thinking words + ceil(JSON length / 4) per call.
@@ -778,6 +779,21 @@ function blockIds(m, kind) {
 
 // Every tool_use answered in the next user message; every tool_result answering the previous
 // assistant message. Returns a message or null.
+// With thinking on, a tool loop's continuation (the last message a user message holding
+// tool_result blocks) needs the assistant message it answers to start with a thinking block.
+function checkThinkingToolLoop(body) {
+  const th = body.thinking;
+  if (!isObj(th) || (th.type !== 'enabled' && th.type !== 'adaptive')) return null;
+  const msgs = body.messages;
+  const last = msgs.length - 1;
+  if (last < 1 || msgs[last].role !== 'user' || blockIds(msgs[last], 'tool_result').length === 0) return null;
+  const a = msgs[last - 1];
+  if (a.role !== 'assistant') return null;
+  const first = Array.isArray(a.content) ? a.content[0] : { type: 'text' };
+  if (isObj(first) && (first.type === 'thinking' || first.type === 'redacted_thinking')) return null;
+  return `messages.${last - 1}.content.0.type: Expected \`thinking\` or \`redacted_thinking\`, but found \`${isObj(first) ? first.type : 'text'}\`. When \`thinking\` is enabled, a final \`assistant\` message must start with a thinking block (preceeding the lastmost set of \`tool_use\` and \`tool_result\` blocks). We recommend you include thinking blocks from previous turns. To avoid this requirement, disable \`thinking\`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking`;
+}
+
 function checkToolPairing(msgs) {
   for (let i = 0; i < msgs.length; i++) {
     const m = msgs[i];
@@ -894,7 +910,7 @@ function validateAnthropic(body, version) {
       }
     }
   }
-  const pairErr = checkToolPairing(msgs);
+  const pairErr = checkToolPairing(msgs) ?? checkThinkingToolLoop(body);
   if (pairErr) return pairErr;
   const lastMsg = msgs[last];
   if (lastMsg.role === 'assistant') {
@@ -1078,9 +1094,10 @@ function anthropicToolUse(plan, c, input) {
 // The content blocks of the whole reply: thinking, text, tool_use.
 function anthropicContent(plan) {
   const pc = plan.pc;
-  if (pc.thinking === null && pc.calls.length === 0) return plan.reply === '' ? [] : [{ type: 'text', text: plan.reply }];
+  if (pc.thinking === null && pc.redacted === null && pc.calls.length === 0) return plan.reply === '' ? [] : [{ type: 'text', text: plan.reply }];
   const content = [];
   if (pc.thinking !== null) content.push({ type: 'thinking', thinking: pc.thinking, signature: pc.signature });
+  if (pc.redacted !== null) content.push({ type: 'redacted_thinking', data: pc.redacted });
   if (plan.reply !== '') content.push({ type: 'text', text: plan.reply });
   for (const c of pc.calls) content.push(anthropicToolUse(plan, c, c.input));
   return content;
@@ -1095,6 +1112,7 @@ function anthropicStreamBlocks(plan) {
     deltas.push({ type: 'signature_delta', signature: pc.signature });
     blocks.push({ start: { type: 'thinking', thinking: '', signature: '' }, deltas });
   }
+  if (pc.redacted !== null) blocks.push({ start: { type: 'redacted_thinking', data: pc.redacted }, deltas: [] });
   if (plan.deltas.length > 0) blocks.push({ start: { type: 'text', text: '' }, deltas: plan.deltas.map((t) => ({ type: 'text_delta', text: t })) });
   for (const c of pc.calls) {
     const deltas = [{ type: 'input_json_delta', partial_json: '' }];
@@ -1226,7 +1244,7 @@ async function anthropicStream(ctx, sc, plan) {
   };
   const positional = fault && fault !== 'data_only';
 
-  if (plan.pc.thinking === null && plan.pc.calls.length === 0) {
+  if (plan.pc.thinking === null && plan.pc.redacted === null && plan.pc.calls.length === 0) {
     // The plain text reply (the benchmark path): one text block.
     if (n > 0) {
       if (!(await ctx.write(sseEvent('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }, ctx, pad)))) return;

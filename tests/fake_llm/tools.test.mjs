@@ -302,6 +302,38 @@ describe('anthropic: structured output, thinking, stop sequences', () => {
     assert.equal(back.content.at(-1).text, 'Tool results: 12:00');
   });
 
+  test('thinking tool loop: the answered assistant message must start with a thinking block', async () => {
+    const p = (assistant) => ({ model: MODEL, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 1024 }, tools: [TIME], messages: [
+      { role: 'user', content: 'time?' },
+      { role: 'assistant', content: assistant },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_t', content: '12:00' }] },
+    ] });
+    const use = { type: 'tool_use', id: 'toolu_t', name: 'get_time', input: {} };
+    const m = await antMsg(ant().messages.create(p([{ type: 'text', text: 'Checking.' }, use])));
+    assert.match(m, /^messages\.1\.content\.0\.type: Expected `thinking` or `redacted_thinking`, but found `text`\. When `thinking` is enabled/);
+    assert.match(await antMsg(ant().messages.create(p([use]))), /but found `tool_use`/);
+    assert.equal(await antMsg(ant().messages.create(p([{ type: 'thinking', thinking: 'hm' }, use]))), 'messages.1.content.0.signature: Field required');
+    const ok = await ant().messages.create(p([{ type: 'redacted_thinking', data: 'EmwKAhgB' }, use]));
+    assert.equal(ok.content.at(-1).text, 'Tool results: 12:00');
+    // Without thinking the same history is fine.
+    const { thinking, ...noThinking } = p([use]);
+    assert.equal((await ant().messages.create(noThinking)).content[0].text, 'Tool results: 12:00');
+  });
+
+  test('scripted redacted_thinking block (plain and streamed)', async () => {
+    const sc = { thinking: 'a b', redacted_thinking: 'EmwKAhgBEgy3va', reply: 'done' };
+    const p = { model: MODEL, max_tokens: 2048, messages: [{ role: 'user', content: directive(sc) }] };
+    const plain = await ant().messages.create(p);
+    assert.deepEqual(plain.content.map((b) => b.type), ['thinking', 'redacted_thinking', 'text']);
+    assert.deepEqual(plain.content[1], { type: 'redacted_thinking', data: 'EmwKAhgBEgy3va' });
+    const streamed = await ant().messages.stream(p).finalMessage();
+    assert.deepEqual(streamed.content, plain.content);
+    const ev = sseData((await rawPost('/v1/messages', { ...p, stream: true })).text);
+    const i = ev.findIndex((e) => e.type === 'content_block_start' && e.index === 1);
+    assert.deepEqual(ev[i].content_block, { type: 'redacted_thinking', data: 'EmwKAhgBEgy3va' });
+    assert.deepEqual(ev[i + 1], { type: 'content_block_stop', index: 1 });
+  });
+
   test('stop_sequences cut the reply (plain and streamed), tool calls dropped', async () => {
     const p = { model: MODEL, max_tokens: 512, stop_sequences: ['STOP', 'said'], messages: [{ role: 'user', content: 'hi' }] };
     const msg = await ant().messages.create(p);
