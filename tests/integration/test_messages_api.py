@@ -1,0 +1,189 @@
+"""
+POST /v1/messages and /v1/messages/count_tokens on the wire, below what the
+Anthropic SDK shows (tests/anthropic_sdk covers the SDK): the error envelope and
+its headers, the anthropic-version rules, x-api-key, the exact SSE framing of a
+stream (event: lines matching the data's type, ping events while the provider is
+silent), and what reaches the provider.
+"""
+import json
+
+from helpers import directive, echo
+
+V = {"anthropic-version": "2023-06-01"}
+V26 = {"anthropic-version": "2026-10-21"}
+
+
+def body(text="hi", **kw):
+    b = {"model": "claude-sonnet-4-6", "max_tokens": 50, "messages": [{"role": "user", "content": text}]}
+    b.update(kw)
+    return b
+
+
+def assert_an_error(r, status, etype, contains=None, code=None):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers["request-id"] == r.headers["x-request-id"]
+    j = r.json()
+    assert j["type"] == "error", j
+    assert set(j) == {"type", "error", "request_id"}, j
+    assert j["request_id"] == r.headers["request-id"]
+    assert j["error"]["type"] == etype, j
+    assert isinstance(j["error"]["message"], str) and j["error"]["message"]
+    if contains:
+        assert contains in j["error"]["message"], j
+    if code:
+        assert j["error"]["details"]["error_code"] == code, j
+    return j
+
+
+def sse_events(text):
+    """[(event name, data object)] of a raw Anthropic stream; asserts the framing."""
+    out = []
+    for block in text.split("\n\n"):
+        if not block:
+            continue
+        lines = block.split("\n")
+        if all(line.startswith(":") for line in lines):
+            out.append((":comment", None))
+            continue
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: ") and len(lines) == 2, block
+        name, data = lines[0][7:], json.loads(lines[1][6:])
+        assert data["type"] == name, block
+        out.append((name, data))
+    return out
+
+
+def test_version_header_rules(chatd_module, fake):
+    s = chatd_module()
+    c = s.client
+    assert_an_error(c.post("/v1/messages", json=body()), 400, "invalid_request_error", "anthropic-version")
+    assert_an_error(c.post("/v1/messages", json=body(), headers={"anthropic-version": "2023-01-01"}), 400,
+                    "invalid_request_error", "2023-01-01")
+    assert_an_error(c.post("/v1/messages", json=body(temperature=0.2), headers=V26), 400,
+                    "invalid_request_error", "temperature: Extra inputs are not permitted")
+    assert_an_error(c.post("/v1/messages", json=body(top_k=3), headers=V26), 400,
+                    "invalid_request_error", "top_k: Extra inputs are not permitted")
+    cited = {"role": "user", "content": [{"type": "text", "text": "x", "citations": [{"type": "char_location"}]}]}
+    assert_an_error(c.post("/v1/messages", json=body(messages=[cited]), headers=V26), 400,
+                    "invalid_request_error", "citations")
+    assert fake.requests() == []
+    r = c.post("/v1/messages", json=body("hello", temperature=0.2), headers=V)
+    assert r.status_code == 200, r.text
+    assert r.json()["content"] == [{"type": "text", "text": echo("hello")}]
+
+
+def test_refusals_in_anthropic_shape(chatd_module, fake):
+    s = chatd_module()
+    c = s.client
+    assert_an_error(c.post("/v1/messages", json=body(model="nope"), headers=V), 404, "not_found_error", "nope")
+    assert_an_error(c.post("/v1/messages", json={"model": "claude-sonnet-4-6", "messages": []}, headers=V), 400,
+                    "invalid_request_error", "max_tokens")
+    assert_an_error(c.post("/v1/messages", json=body(frobnicate=1), headers=V), 400, "invalid_request_error",
+                    "frobnicate: Extra inputs are not permitted")
+    assert_an_error(c.post("/v1/messages", json=body(tools=[{"type": "web_search_20250305", "name": "web_search"}]),
+                           headers=V), 400, "invalid_request_error", "server tool", code="unsupported_parameter")
+    prefill = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert_an_error(c.post("/v1/messages", json=body(messages=prefill), headers=V), 400, "invalid_request_error",
+                    "prefill", code="unsupported_parameter")
+    bad_image = {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                          "data": "***"}}]}
+    assert_an_error(c.post("/v1/messages", json=body(messages=[bad_image]), headers=V), 400, "invalid_request_error",
+                    "messages.0.content[0].source.data")
+    doc = {"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                                       "data": "a doc"}}, {"type": "text", "text": "?"}]}
+    assert_an_error(c.post("/v1/messages", json=body(model="gpt-4o-mini", messages=[doc]), headers=V), 400,
+                    "invalid_request_error", "document blocks", code="unsupported_parameter")
+    assert_an_error(c.post("/v1/messages", content=b"{not json", headers=V), 400, "invalid_request_error")
+    r = c.get("/v1/messages", headers=V)
+    assert_an_error(r, 405, "invalid_request_error")
+    assert r.headers["allow"] == "POST"
+    assert fake.requests() == []
+
+
+def test_keys_from_x_api_key_or_bearer(chatd_module):
+    s = chatd_module({"API_TOKEN": "tok-an-1"})
+    c = s.client
+    j = assert_an_error(c.post("/v1/messages", json=body(), headers=V), 401, "authentication_error", "x-api-key")
+    assert j["error"]["details"]["error_code"] == "authentication_error"
+    assert_an_error(c.post("/v1/messages", json=body(), headers={**V, "x-api-key": "wrong"}), 401,
+                    "authentication_error")
+    assert c.post("/v1/messages", json=body(), headers={**V, "x-api-key": "tok-an-1"}).status_code == 200
+    assert c.post("/v1/messages", json=body(), headers={**V, "authorization": "Bearer tok-an-1"}).status_code == 200
+    # x-api-key is Anthropic's header: the other APIs keep to Authorization.
+    assert c.get("/v1/sessions", headers={"x-api-key": "tok-an-1"}).status_code == 401
+
+
+def test_stream_framing_and_ping_events(chatd_module, fake):
+    s = chatd_module({"HEARTBEAT_INTERVAL": "1s", "IDLE_TIMEOUT": "4s"})
+    text = directive({"ttft_ms": 2600}) + " slow one"
+    with s.client.stream("POST", "/v1/messages", json=body(text, stream=True), headers=V, timeout=20) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["request-id"] == r.headers["x-request-id"]
+        raw = b"".join(r.iter_raw()).decode()
+    ev = sse_events(raw)
+    names = [n for n, _ in ev]
+    assert names[0] == "message_start", names
+    start = ev[0][1]["message"]
+    assert start["id"] == "msg_" + r.headers["x-request-id"]
+    assert start["content"] == [] and start["role"] == "assistant" and start["model"] == "claude-sonnet-4-6"
+    first_block = names.index("content_block_start")
+    assert "ping" in names[1:first_block], names
+    core = [n for n in names if n not in ("ping", ":comment")]
+    assert core[1] == "content_block_start"
+    assert core[-3:] == ["content_block_stop", "message_delta", "message_stop"], core
+    assert set(core[2:-3]) == {"content_block_delta"}, core
+    deltas = "".join(d["delta"]["text"] for n, d in ev if n == "content_block_delta")
+    assert deltas == echo("slow one")
+    md = next(d for n, d in ev if n == "message_delta")
+    assert md["delta"]["stop_reason"] == "end_turn" and md["delta"]["stop_sequence"] is None
+    assert md["usage"]["output_tokens"] > 0 and md["usage"]["input_tokens"] > 0
+
+
+def test_error_after_start_is_an_error_event(chatd_module, fake):
+    s = chatd_module()
+    fake.script(queue=[{"reply_words": 5, "fault": "midstream_error", "after": 2}])
+    with s.client.stream("POST", "/v1/messages", json=body("x", stream=True), headers=V, timeout=20) as r:
+        assert r.status_code == 200
+        raw = b"".join(r.iter_raw()).decode()
+    ev = sse_events(raw)
+    assert ev[-1][0] == "error", ev
+    err = ev[-1][1]
+    assert err["error"]["type"] in ("overloaded_error", "api_error"), err
+    assert "message_stop" not in [n for n, _ in ev]
+
+
+def test_early_failure_keeps_its_status(chatd_module, fake):
+    s = chatd_module()
+    fake.script(queue=[{"status": 529}])
+    r = s.client.post("/v1/messages", json=body("x", stream=True), headers=V)
+    assert_an_error(r, 503, "overloaded_error", code="provider_overloaded")
+
+
+def test_count_tokens_estimate(chatd_module, fake):
+    s = chatd_module()
+    r = s.client.post("/v1/messages/count_tokens", headers=V, json={
+        "model": "claude-sonnet-4-6", "system": "abcd", "messages": [{"role": "user", "content": "abcdefgh"}]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"input_tokens": 3}
+    assert r.headers["x-chatd-token-count"] == "estimate"
+    assert r.headers["request-id"]
+    assert fake.requests() == []
+
+
+def test_stateless_history_and_system_reach_the_provider(chatd_module, fake):
+    s = chatd_module()
+    msgs = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
+            {"role": "user", "content": [{"type": "text", "text": "three"}]}]
+    r = s.client.post("/v1/messages", headers=V, json=body(messages=msgs, system=[{"type": "text", "text": "sys"}],
+                                                            metadata={"user_id": "u-1"}))
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert j["content"][0]["text"] == echo("three")
+    assert "session_id" not in j
+    [q] = fake.requests()
+    assert q["body"]["system"] == "sys" or q["body"]["system"][0]["text"] == "sys"
+    texts = json.dumps(q["body"]["messages"])
+    assert "one" in texts and "two" in texts and "three" in texts
+    # Stateless: nothing stored.
+    assert s.client.get("/v1/sessions").json()["data"] == []
