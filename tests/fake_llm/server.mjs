@@ -496,9 +496,9 @@ function planContent(api, body, sc, echoed) {
   let hiddenReasoning = 0;
   if (typeof sc.thinking === 'string') thinking = sc.thinking;
   else if (api === 'anthropic' && isObj(body.thinking) && (body.thinking.type === 'enabled' || body.thinking.type === 'adaptive')) {
-    thinking = body.thinking.display === 'omitted' ? '' : 'Thinking about: ' + echoed;
+    thinking = body.thinking.display === 'omitted' ? '' : ('Thinking about: ' + echoed).trimEnd();
   } else if (api === 'openai' && typeof body.reasoning_effort === 'string' && body.reasoning_effort !== 'none') {
-    hiddenReasoning = toDeltas('Thinking about: ' + echoed).length;
+    hiddenReasoning = toDeltas(('Thinking about: ' + echoed).trimEnd()).length;
   }
   let stopSeq = null;
   const seqs = api === 'anthropic' ? body.stop_sequences : typeof body.stop === 'string' ? [body.stop] : body.stop;
@@ -1630,7 +1630,7 @@ function llamacppTimings(u) {
 }
 
 async function openaiJson(ctx, sc, plan) {
-  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ?? 0) * Math.max(0, openaiDeltas(plan).list.length - 1);
+  const delay = (sc.ttft_ms ?? 0) + (sc.gap_ms ? sc.gap_ms * Math.max(0, openaiDeltas(plan).list.length - 1) : 0);
   if (delay && !(await ctx.sleep(delay))) return;
   const fault = sc.fault;
   if (fault === 'reset') return ctx.reset('fault:reset');

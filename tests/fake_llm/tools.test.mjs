@@ -162,6 +162,21 @@ describe('anthropic: tool use', () => {
     assert.ok(pieces.length >= 6, `pieces: ${pieces.length}`);
   });
 
+  test('faults and pings count every delta of a rich stream', async () => {
+    const sc = { thinking: 'a b', reply: 'x y', tool_calls: [{ name: 'get_time', input: { tz: 'UTC' } }], fault: 'midstream_error', after: 4, ping: true };
+    const r = await rawPost('/v1/messages', { model: MODEL, max_tokens: 512, stream: true, messages: [{ role: 'user', content: directive(sc) }] });
+    const ev = sseData(r.text);
+    const deltas = ev.filter((e) => e.type === 'content_block_delta').map((e) => e.delta.type);
+    assert.deepEqual(deltas, ['thinking_delta', 'thinking_delta', 'signature_delta', 'text_delta']);
+    assert.equal(ev.at(-1).type, 'error');
+    assert.ok(ev.filter((e) => e.type === 'ping').length >= 5);
+    const s = ant().messages.stream({ model: MODEL, max_tokens: 512, messages: [{ role: 'user', content: directive(sc) }] });
+    await assert.rejects(s.finalMessage(), (e) => e instanceof Anthropic.APIError && e.type === 'overloaded_error');
+    const late = await ant().messages.stream({ model: MODEL, max_tokens: 512, messages: [{ role: 'user', content: directive({ ...sc, fault: 'truncate', after: 99 }) }] }).finalMessage().catch((e) => e);
+    assert.ok(late instanceof Error);
+    assert.equal((await requests()).at(-1).outcome, 'fault:truncate');
+  });
+
   test('wire shape of a streamed tool_use block', async () => {
     const r = await rawPost('/v1/messages', { model: MODEL, max_tokens: 512, stream: true, messages: [{ role: 'user', content: directive({ tool_calls: [{ name: 'get_time', input: { tz: 'Europe/Paris' } }] }) }] });
     assert.equal(r.status, 200);
@@ -512,6 +527,15 @@ describe('openai: tool calls', () => {
     const r = await oai().chat.completions.create({ model: 'gpt-fake', tools, parallel_tool_calls: false, messages: [{ role: 'user', content: directive(twoCalls) }] });
     assert.equal(r.choices[0].message.tool_calls.length, 1);
     assert.equal(r.choices[0].message.tool_calls[0].function.name, 'get_weather');
+  });
+
+  test('a midstream error inside the tool-call chunks', async () => {
+    const sc = { tool_calls: twoCalls.tool_calls, fault: 'midstream_error', after: 3 };
+    const r = await rawPost('/v1/chat/completions', { model: 'gpt-fake', stream: true, tools, messages: [{ role: 'user', content: directive(sc) }] });
+    const ch = sseData(r.text);
+    assert.equal(ch.length, 5); // first chunk (header 0), 3 argument pieces, the error
+    assert.ok(ch.at(-1).error);
+    await assert.rejects(oai().chat.completions.stream({ model: 'gpt-fake', tools, messages: [{ role: 'user', content: directive(sc) }] }).finalChatCompletion());
   });
 
   test('full tool loop with runTools: the SDK runs the function and sends the result back', async () => {
