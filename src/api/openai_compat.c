@@ -11,12 +11,21 @@
  *   last user message of the request is the new turn (earlier messages are
  *   ignored; a system message sets the system prompt of a new session). The
  *   `user` field is NOT used as a session: in OpenAI's API it identifies an end
- *   user, who may hold many conversations.
+ *   user, who may hold many conversations. Tool results sent as the last
+ *   (tool) messages answer the tool calls of the session's last reply.
+ *
+ * The request is checked and translated into canonical content and options by
+ * openai_request.c (api/request.h). The reply is rendered back from canonical
+ * content: text as content (null when the reply is only tool calls), tool_use
+ * blocks as tool_calls (arguments as JSON text), thinking as reasoning_content
+ * (the convention of vLLM and DeepSeek, which OpenAI-compatible clients read).
  *
  * Responses and stream chunks follow OpenAI's format exactly (docs/PROTOCOLS.md
- * B3, B4): role chunk, content chunks, finish chunk, the usage chunk with empty
- * `choices` when stream_options.include_usage is set, then `data: [DONE]`.
- * Errors use OpenAI's envelope {"error": {message, type, param, code}}.
+ * B3, B4): role chunk, content / reasoning_content / tool_calls delta chunks
+ * (a call's first chunk carries index, id, type and name with empty arguments,
+ * the next ones pieces of its arguments), finish chunk, the usage chunk with
+ * empty `choices` when stream_options.include_usage is set, then `data:
+ * [DONE]`. Errors use OpenAI's envelope {"error": {message, type, param, code}}.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,8 +40,7 @@
 #include "core/buf.h"
 #include "guard/auth.h"
 #include "core/util.h"
-
-#define MAX_INPUT_MESSAGES API_OA_MAX_MESSAGES
+#include "llm/content.h"
 
 static void oa_error(http_req *r, int status, const char *type, const char *code, const char *param, const char *fmt,
                      ...) __attribute__((format(printf, 6, 7)));
@@ -53,8 +61,10 @@ static void oa_error(http_req *r, int status, const char *type, const char *code
                               param, "code", code));
 }
 
-/* "end_turn" and friends -> OpenAI's finish_reason vocabulary. */
-static const char *finish_reason(const char *stop)
+/* "end_turn" and friends -> OpenAI's finish_reason vocabulary. A reply that
+ * ended for a tool call is "tool_calls" only when it carries one (structured
+ * output through a forced tool comes back as text: "stop"). */
+static const char *finish_reason(const char *stop, bool has_calls)
 {
     if (!stop || strcmp(stop, "end_turn") == 0 || strcmp(stop, "stop_sequence") == 0 || strcmp(stop, "stop") == 0)
         return "stop";
@@ -62,24 +72,87 @@ static const char *finish_reason(const char *stop)
         strcmp(stop, "model_context_window_exceeded") == 0)
         return "length";
     if (strcmp(stop, "tool_use") == 0 || strcmp(stop, "tool_calls") == 0)
-        return "tool_calls";
+        return has_calls ? "tool_calls" : "stop";
     if (strcmp(stop, "refusal") == 0 || strcmp(stop, "content_filter") == 0)
         return "content_filter";
     return "stop";
 }
 
-static json_t *oa_usage(const store_usage *u)
+static json_t *oa_usage(const turn_result *res)
 {
+    const store_usage *u = &res->usage;
     int64_t in = (u->input_tokens > 0 ? u->input_tokens : 0) + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
                  (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
     int64_t out = u->output_tokens > 0 ? u->output_tokens : 0;
     return json_pack("{s:I,s:I,s:I,s:{s:I},s:{s:I}}", "prompt_tokens", (json_int_t)in, "completion_tokens",
                      (json_int_t)out, "total_tokens", (json_int_t)(in + out), "prompt_tokens_details", "cached_tokens",
                      (json_int_t)(u->cache_read_tokens > 0 ? u->cache_read_tokens : 0), "completion_tokens_details",
-                     "reasoning_tokens", (json_int_t)0);
+                     "reasoning_tokens", (json_int_t)(res->reasoning_tokens > 0 ? res->reasoning_tokens : 0));
+}
+
+/* A JSON string of n bytes of provider text; "" if they are not UTF-8 (never NULL). */
+static json_t *text_json(const char *s, size_t n)
+{
+    json_t *t = s ? json_stringn(s, n) : NULL;
+    return t ? t : json_string("");
+}
+
+static bool has_calls(const json_t *content)
+{
+    return content && llm_content_has(content, "tool_use");
+}
+
+/*
+ * The assistant message of a whole reply (docs/PROTOCOLS.md B3): content the
+ * text (null when the reply is only tool calls), tool_calls from the tool_use
+ * blocks, reasoning_content from the thinking blocks.
+ */
+static json_t *oa_message(const turn_result *res)
+{
+    json_t *calls = json_array();
+    chat_buf thinking;
+    chat_buf_init(&thinking, (size_t)-1 / 2); /* bounded by the reply, which the provider bounds */
+    size_t i;
+    json_t *b;
+    json_array_foreach(res->content, i, b)
+    {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && strcmp(type, "tool_use") == 0) {
+            json_t *input = json_object_get(b, "input");
+            char *args = json_dumps(input ? input : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
+            const char *id = json_string_value(json_object_get(b, "id"));
+            const char *name = json_string_value(json_object_get(b, "name"));
+            json_array_append_new(calls,
+                                  json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id ? id : "", "type", "function", "function",
+                                            "name", name ? name : "", "arguments", args ? args : "{}"));
+            free(args);
+        } else if (type && strcmp(type, "thinking") == 0) {
+            json_t *t = json_object_get(b, "thinking");
+            if (chat_buf_append(&thinking, json_string_value(t) ? json_string_value(t) : "", json_string_length(t)) !=
+                CHAT_OK)
+                break;
+        }
+    }
+    json_t *content = res->text_len || json_array_size(calls) == 0 ? text_json(res->text, res->text_len) : json_null();
+    json_t *msg = json_pack("{s:s,s:o,s:n}", "role", "assistant", "content", content, "refusal");
+    if (json_array_size(calls))
+        json_object_set_new(msg, "tool_calls", calls);
+    else
+        json_decref(calls);
+    if (thinking.len)
+        json_object_set_new(msg, "reasoning_content", text_json(chat_buf_str(&thinking), thinking.len));
+    chat_buf_free(&thinking);
+    return msg;
 }
 
 /* ---- renderers ---- */
+
+/* The stream's own state (chat_ctx.rnd_state). */
+typedef struct oa_stream {
+    int tools;      /* tool calls announced so far: the next one's index */
+    bool in_tool;   /* the open block is a tool call */
+    bool tool_args; /* ... and some of its arguments were sent */
+} oa_stream;
 
 static json_t *chunk(chat_ctx *c, const char *model, json_t *choices)
 {
@@ -101,14 +174,21 @@ static bool send_chunk(chat_ctx *c, json_t *o)
     return full;
 }
 
+/* One delta chunk of choice 0 (delta is taken). */
+static bool send_delta(chat_ctx *c, json_t *delta)
+{
+    return send_chunk(c,
+                      chunk(c, c->model ? c->model : "",
+                            json_pack("[{s:i,s:o,s:n,s:n}]", "index", 0, "delta", delta, "logprobs", "finish_reason")));
+}
+
 static void oa_json_done(chat_ctx *c, const turn_result *res)
 {
-    json_t *choices =
-        json_pack("[{s:i,s:{s:s,s:s%,s:n},s:n,s:s}]", "index", 0, "message", "role", "assistant", "content", res->text,
-                  res->text_len, "refusal", "logprobs", "finish_reason", finish_reason(res->stop_reason));
+    json_t *choices = json_pack("[{s:i,s:o,s:n,s:s}]", "index", 0, "message", oa_message(res), "logprobs",
+                                "finish_reason", finish_reason(res->stop_reason, has_calls(res->content)));
     json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:n}", "id", c->completion_id, "object", "chat.completion",
                           "created", (json_int_t)c->created, "model", res->model, "choices", choices, "usage",
-                          oa_usage(&res->usage), "system_fingerprint");
+                          oa_usage(res), "system_fingerprint");
     if (*res->session_id)
         json_object_set_new(o, "session_id", json_string(res->session_id));
     http_reply_json(c->r, 200, o);
@@ -172,10 +252,53 @@ static void oa_sse_start(chat_ctx *c, const turn_info *info)
 
 static bool oa_sse_delta(chat_ctx *c, const char *text, size_t len)
 {
+    if (!len)
+        return false;
     oa_stream_begin(c);
-    return send_chunk(c, chunk(c, c->model ? c->model : "",
-                               json_pack("[{s:i,s:{s:s%},s:n,s:n}]", "index", 0, "delta", "content", text, len,
-                                         "logprobs", "finish_reason")));
+    return send_delta(c, json_pack("{s:o}", "content", text_json(text, len)));
+}
+
+/*
+ * A reply event as a delta chunk (docs/PROTOCOLS.md B4): text -> content,
+ * thinking -> reasoning_content, a tool call's start -> tool_calls[{index, id,
+ * type, function{name, arguments:""}}], its argument pieces ->
+ * tool_calls[{index, function{arguments}}]. Blocks arrive whole and in order
+ * (llm/content.h), so the arguments belong to the last call announced.
+ */
+static bool oa_sse_event(chat_ctx *c, const llm_event *ev)
+{
+    oa_stream *s = c->rnd_state;
+    switch (ev->kind) {
+    case LLM_EV_TEXT: return oa_sse_delta(c, ev->data, ev->len);
+    case LLM_EV_THINKING:
+        if (!ev->len)
+            return false;
+        oa_stream_begin(c);
+        return send_delta(c, json_pack("{s:o}", "reasoning_content", text_json(ev->data, ev->len)));
+    case LLM_EV_TOOL_START:
+        oa_stream_begin(c);
+        s->in_tool = true;
+        s->tool_args = false;
+        return send_delta(c, json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index", s->tools++, "id",
+                                       ev->id ? ev->id : "", "type", "function", "function", "name",
+                                       ev->name ? ev->name : "", "arguments", ""));
+    case LLM_EV_TOOL_ARGS:
+        if (!s->in_tool || !ev->len)
+            return false;
+        s->tool_args = true;
+        return send_delta(c, json_pack("{s:[{s:i,s:{s:o}}]}", "tool_calls", "index", s->tools - 1, "function",
+                                       "arguments", text_json(ev->data, ev->len)));
+    case LLM_EV_BLOCK_STOP:
+        if (!s->in_tool)
+            return false;
+        s->in_tool = false;
+        /* A call without arguments still gets its "{}", which clients parse. */
+        if (!s->tool_args)
+            return send_delta(c, json_pack("{s:[{s:i,s:{s:s}}]}", "tool_calls", "index", s->tools - 1, "function",
+                                           "arguments", "{}"));
+        return false;
+    }
+    return false;
 }
 
 static void oa_sse_done(chat_ctx *c, const turn_result *res)
@@ -183,10 +306,10 @@ static void oa_sse_done(chat_ctx *c, const turn_result *res)
     oa_stream_begin(c);
     send_chunk(c, chunk(c, res->model,
                         json_pack("[{s:i,s:{},s:n,s:s}]", "index", 0, "delta", "logprobs", "finish_reason",
-                                  finish_reason(res->stop_reason))));
+                                  finish_reason(res->stop_reason, has_calls(res->content)))));
     if (c->include_usage) {
         json_t *o = chunk(c, res->model, json_array());
-        json_object_set_new(o, "usage", oa_usage(&res->usage));
+        json_object_set_new(o, "usage", oa_usage(res));
         send_chunk(c, o);
     }
     chat_write(c, "data: [DONE]\n\n", 14);
@@ -199,45 +322,10 @@ static const chat_renderer oa_sse = {
     .delta = oa_sse_delta,
     .done = oa_sse_done,
     .error = oa_error_render,
+    .event = oa_sse_event,
 };
 
-/* ---- request ---- */
-
-/* Text of an OpenAI message content: a string, or an array of {"type":"text","text":...} parts.
- * Returns a heap string, "" for null; NULL (with *why) for an unsupported shape. */
-static char *content_text(json_t *content, const char **why)
-{
-    if (!content || json_is_null(content))
-        return chat_xstrdup("");
-    if (json_is_string(content))
-        return chat_xstrdup(json_string_value(content));
-    if (!json_is_array(content)) {
-        *why = "content must be a string or an array of text parts";
-        return NULL;
-    }
-    size_t i, total = 0;
-    json_t *part;
-    json_array_foreach(content, i, part)
-    {
-        const char *type = json_string_value(json_object_get(part, "type"));
-        const char *text = json_string_value(json_object_get(part, "text"));
-        if (!type || strcmp(type, "text") != 0 || !text) {
-            *why = "only text content parts are supported";
-            return NULL;
-        }
-        total += strlen(text) + 1;
-    }
-    char *out = chat_xmalloc(total + 1), *p = out;
-    json_array_foreach(content, i, part)
-    {
-        const char *text = json_string_value(json_object_get(part, "text"));
-        size_t n = strlen(text);
-        memcpy(p, text, n);
-        p += n;
-    }
-    *p = '\0';
-    return out;
-}
+/* ---- the request ---- */
 
 struct oa_init {
     bool include_usage;
@@ -249,176 +337,8 @@ static void init_ctx(chat_ctx *c, void *arg)
     c->include_usage = in->include_usage;
     c->created = chat_now_ms() / 1000;
     snprintf(c->completion_id, sizeof c->completion_id, "chatcmpl-%s", http_req_id(c->r));
-}
-
-/* Records a refusal (OpenAI's envelope) and returns false. */
-static bool oa_invalid(api_oa_invalid *why, const char *code, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static bool oa_invalid(api_oa_invalid *why, const char *code, const char *param, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(why->message, sizeof why->message, fmt, ap);
-    va_end(ap);
-    if (n >= (int)sizeof why->message)
-        chat_utf8_trim(why->message); /* a sequence cut by the bound */
-    why->status = 400;
-    why->type = "invalid_request_error";
-    why->code = code;
-    why->param = param;
-    return false;
-}
-
-void api_oa_request_free(api_oa_request *q)
-{
-    if (!q)
-        return;
-    for (size_t k = 0; k < q->n_texts; k++)
-        free(q->texts[k]);
-    free(q->texts);
-    free(q->hist);
-    chat_buf_free(&q->system); /* safe on a zeroed buffer too */
-    json_decref(q->root);
-    memset(q, 0, sizeof *q);
-}
-
-bool api_oa_request_parse(const char *body, size_t len, const char *session_header, size_t max_message_bytes,
-                          api_oa_request *q, api_oa_invalid *why)
-{
-    json_error_t jerr;
-    memset(q, 0, sizeof *q);
-    memset(why, 0, sizeof *why);
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    size_t n = 0, nhist = 0, nsystem = 0;
-    bool ok = false;
-    /* The system prompt: every system/developer message, joined by blank lines.
-     * Appended as they come (geometric growth: linear in the total, however
-     * many parts), at most MAX_MESSAGE_SIZE bytes in all. */
-    chat_buf_init(&q->system, max_message_bytes);
-    q->root = root;
-
-    if (!root || !json_is_object(root)) {
-        oa_invalid(why, "invalid_json", NULL, "the body must be a JSON object: %s", root ? "not an object" : jerr.text);
-        goto out;
-    }
-    json_t *model = json_object_get(root, "model");
-    json_t *msgs = json_object_get(root, "messages");
-    json_t *stream = json_object_get(root, "stream");
-    json_t *sopts = json_object_get(root, "stream_options");
-    json_t *mt = json_object_get(root, "max_completion_tokens");
-    if (!mt || json_is_null(mt))
-        mt = json_object_get(root, "max_tokens");
-    if (model && !json_is_null(model) && !json_is_string(model)) {
-        oa_invalid(why, "invalid_type", "model", "model must be a string");
-        goto out;
-    }
-    if (!json_is_array(msgs) || json_array_size(msgs) == 0 || json_array_size(msgs) > MAX_INPUT_MESSAGES) {
-        oa_invalid(why, "invalid_value", "messages", "messages must be a non-empty array (at most %d)",
-                   MAX_INPUT_MESSAGES);
-        goto out;
-    }
-    if (stream && !json_is_null(stream) && !json_is_boolean(stream)) {
-        oa_invalid(why, "invalid_type", "stream", "stream must be a boolean");
-        goto out;
-    }
-    if (mt && !json_is_null(mt) &&
-        (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > 1000000)) {
-        oa_invalid(why, "invalid_value", "max_tokens",
-                   "max_tokens / max_completion_tokens must be an integer in 1..1000000");
-        goto out;
-    }
-    bool streaming = json_is_true(stream);
-    if (sopts && !json_is_null(sopts) && !streaming) {
-        oa_invalid(why, "invalid_value", "stream_options", "stream_options is only allowed when stream is true");
-        goto out;
-    }
-
-    /* Split the messages: system/developer -> system prompt; the rest -> history + last user message. */
-    size_t count = json_array_size(msgs);
-    q->texts = chat_xcalloc(count, sizeof *q->texts);
-    q->hist = chat_xcalloc(count, sizeof *q->hist);
-    size_t i;
-    json_t *m;
-    json_array_foreach(msgs, i, m)
-    {
-        const char *role = json_string_value(json_object_get(m, "role"));
-        const char *why_not = NULL;
-        if (!role) {
-            oa_invalid(why, "invalid_value", "messages", "messages[%zu].role is required", i);
-            goto out;
-        }
-        char *text = content_text(json_object_get(m, "content"), &why_not);
-        if (!text) {
-            oa_invalid(why, "invalid_value", "messages", "messages[%zu]: %s", i, why_not);
-            goto out;
-        }
-        q->texts[n++] = text;
-        q->n_texts = n;
-        if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
-            if ((nsystem++ > 0 && chat_buf_append(&q->system, "\n\n", 2) != CHAT_OK) ||
-                chat_buf_appends(&q->system, text) != CHAT_OK) {
-                oa_invalid(why, "string_above_max_length", "messages",
-                           "the system and developer messages (joined, up to messages[%zu]) are longer than "
-                           "MAX_MESSAGE_SIZE (%zu bytes)",
-                           i, max_message_bytes);
-                goto out;
-            }
-        } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
-            q->hist[nhist].role = role;
-            q->hist[nhist].content = text;
-            nhist++;
-        } else {
-            oa_invalid(why, "unsupported_value", "messages",
-                       "messages[%zu].role \"%s\" is not supported (system, developer, user, assistant)", i, role);
-            goto out;
-        }
-    }
-    if (nhist == 0 || strcmp(q->hist[nhist - 1].role, "user") != 0 || !*q->hist[nhist - 1].content) {
-        oa_invalid(why, "invalid_value", "messages", "the last message must be a non-empty user message");
-        goto out;
-    }
-    if (strlen(q->hist[nhist - 1].content) > max_message_bytes) {
-        oa_invalid(why, "string_above_max_length", "messages",
-                   "the last message is longer than MAX_MESSAGE_SIZE (%zu bytes)", max_message_bytes);
-        goto out;
-    }
-
-    const char *session = session_header;
-    json_t *sid = json_object_get(root, "session_id");
-    if (!session && json_is_string(sid))
-        session = json_string_value(sid);
-    if (session && !chat_valid_id(session)) {
-        oa_invalid(why, "invalid_value", "session_id",
-                   "invalid session id: use 1 to 128 characters of letters, digits and . _ : -");
-        goto out;
-    }
-
-    q->n_hist = nhist;
-    q->session_id = session;
-    q->model = json_is_string(model) ? json_string_value(model) : NULL;
-    q->max_tokens = json_is_integer(mt) ? (int)json_integer_value(mt) : 0;
-    q->stream = streaming;
-    q->include_usage = streaming && json_is_true(json_object_get(sopts, "include_usage"));
-    ok = true;
-out:
-    if (!ok)
-        api_oa_request_free(q);
-    return ok;
-}
-
-void api_oa_turn_params(const api_oa_request *q, turn_params *p)
-{
-    *p = (turn_params){
-        .session_id = q->session_id,
-        .history = q->session_id ? NULL : q->hist,
-        .n_history = q->session_id ? 0 : q->n_hist - 1,
-        .message = q->hist[q->n_hist - 1].content,
-        .system_prompt = q->system.len ? chat_buf_str(&q->system) : NULL,
-        .model = q->model,
-        .max_tokens = q->max_tokens,
-        .stream = q->stream,
-    };
+    c->rnd_state = chat_xcalloc(1, sizeof(oa_stream));
+    c->rnd_state_free = free;
 }
 
 void api_v1_chat_completions(http_req *r, api_env *w, char **params)
@@ -428,9 +348,20 @@ void api_v1_chat_completions(http_req *r, api_env *w, char **params)
     const char *body = http_req_body(r, &len);
     api_oa_request q;
     api_oa_invalid why;
-    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), w->cfg->max_message_bytes, &q, &why)) {
+    api_oa_limits lim = {
+        .max_message_bytes = w->cfg->max_message_bytes,
+        .max_image_bytes = w->cfg->max_image_size,
+        .drop_unsupported = w->cfg->drop_unsupported_params,
+    };
+    if (!api_oa_request_parse(body, len, http_req_header(r, "X-Session-Id"), &lim, &q, &why)) {
         oa_error(r, why.status, why.type, why.code, why.param, "%s", why.message);
         return;
+    }
+    if (q.dropped[0]) {
+        /* Fields no provider takes, left out (DROP_UNSUPPORTED_PARAMS); the
+         * options the model refuses get their own header line from chat_run. */
+        http_add_header(r, "X-Chatd-Dropped-Params", q.dropped);
+        http_req_log_set(r, "dropped_fields", json_string(q.dropped));
     }
     turn_params p;
     api_oa_turn_params(&q, &p);

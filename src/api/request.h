@@ -116,43 +116,70 @@ json_t *api_estimate_parse(const char *body, size_t len, store_usage *u, json_t 
 
 /* ---- POST /v1/chat/completions (OpenAI's Chat Completions request) ---- */
 
-/* At most this many entries in "messages". */
+/* At most this many entries in "messages", and in "tools". */
 #define API_OA_MAX_MESSAGES 10000
+#define API_OA_MAX_TOOLS 128
 
-/* A valid Chat Completions request. */
+/* The settings a Chat Completions body is checked against. */
+typedef struct api_oa_limits {
+    size_t max_message_bytes; /* MAX_MESSAGE_SIZE: the new message's text, and the joined system prompt */
+    size_t max_image_bytes;   /* MAX_IMAGE_SIZE: one image, decoded */
+    /* DROP_UNSUPPORTED_PARAMS=on: a request field chatd cannot carry to any
+     * provider (audio, prediction, ...) is left out and named in dropped
+     * instead of a 400 unsupported_parameter. */
+    bool drop_unsupported;
+} api_oa_limits;
+
+/*
+ * A valid Chat Completions request, translated (llm/content.h): system and
+ * developer messages -> the system prompt; user, assistant and tool messages
+ * -> canonical messages (consecutive tool messages, and a user message right
+ * after them, become one user message of tool_result blocks then its content);
+ * the sampling, tool, structured-output and reasoning fields -> options.
+ */
 typedef struct api_oa_request {
     json_t *root; /* the parsed body; owns model and a body session_id */
-    char **texts; /* heap, the text of every message read (n_texts of them) */
+    char **texts; /* heap, the text of every message in hist (n_texts of them) */
     size_t n_texts;
-    llm_message *hist;      /* heap, the user and assistant messages in order (contents in texts) */
-    size_t n_hist;          /* >= 1; the last is the new user message, non-empty, <= max_message_bytes */
+    /* heap, the user and assistant messages in order; content is the text
+     * (of a message with blocks: its text blocks joined, maybe ""), blocks
+     * NULL for a plain-text message, else its canonical content (owned by
+     * the blocks member below) */
+    llm_message *hist;
+    size_t n_hist;  /* >= 1; the last is the new user message: text or blocks, within the limits */
+    json_t *blocks; /* owns every hist[i].blocks (an array of them) */
+    /* NULL, or the request options (llm/content.h "Options"), owned; values
+     * as the client sent them, the OpenAI defaults that change nothing
+     * (n 1, logprobs false, penalties 0, ...) left out */
+    json_t *options;
     chat_buf system;        /* every system/developer message joined by blank lines; len 0 if none */
     const char *session_id; /* the X-Session-Id header, else a string body session_id; NULL = stateless */
     const char *model;      /* NULL when absent or null */
     int max_tokens;         /* max_completion_tokens, else max_tokens: 1..1000000, 0 when absent */
     bool stream;
     bool include_usage; /* stream_options.include_usage, with stream only */
+    char dropped[256];  /* with drop_unsupported: the fields left out, comma-separated; "" if none */
 } api_oa_request;
 
 /* Why a Chat Completions request was refused: OpenAI's error envelope. */
 typedef struct api_oa_invalid {
-    int status;         /* 400 */
+    int status;         /* 400, or 413 for an image over MAX_IMAGE_SIZE */
     const char *type;   /* static: "invalid_request_error" */
-    const char *code;   /* static: "invalid_json", "invalid_type", "invalid_value", ... */
+    const char *code;   /* static: "invalid_json", "invalid_type", "invalid_value", "unsupported_parameter",
+                           "unknown_parameter", "image_too_large", ... */
     const char *param;  /* static field name, or NULL */
     char message[1024]; /* one line; client bytes in it are escaped if not UTF-8 */
 } api_oa_invalid;
 
 /*
- * Parses and validates a Chat Completions body of len bytes (body may be NULL
- * when len is 0), with the request's X-Session-Id header value (NULL when
- * absent; it wins over a body session_id) and MAX_MESSAGE_SIZE
- * max_message_bytes (the limit of the last user message and of the joined
- * system prompt). On success fills *out (release with api_oa_request_free)
- * and returns true; on failure returns false with *out released and *why
- * filled.
+ * Parses, validates and translates a Chat Completions body of len bytes (body
+ * may be NULL when len is 0), with the request's X-Session-Id header value
+ * (NULL when absent; it wins over a body session_id) and the limits lim
+ * (borrowed). docs/API.md lists what each field becomes. On success fills
+ * *out (release with api_oa_request_free) and returns true; on failure
+ * returns false with *out released and *why filled.
  */
-bool api_oa_request_parse(const char *body, size_t len, const char *session_header, size_t max_message_bytes,
+bool api_oa_request_parse(const char *body, size_t len, const char *session_header, const api_oa_limits *lim,
                           api_oa_request *out, api_oa_invalid *why);
 
 /* Releases what api_oa_request_parse filled. Accepts NULL and a zeroed request. */
@@ -160,10 +187,12 @@ void api_oa_request_free(api_oa_request *q);
 
 /*
  * The turn a valid request asks for (borrowed from q, which must outlive p):
- * with a session, only the last user message is the new turn (the server
- * keeps the history); stateless, the earlier user and assistant messages are
- * the history. System prompt NULL when there was none. Every other field of
- * *p zeroed, for the handler to set (request id, owner).
+ * with a session, only the last user message (tool results included) is the
+ * new turn (the server keeps the history); stateless, the earlier user and
+ * assistant messages are the history. message_blocks is the new message's
+ * blocks (NULL for plain text), options q->options. System prompt NULL when
+ * there was none. Every other field of *p zeroed, for the handler to set
+ * (request id, owner).
  */
 void api_oa_turn_params(const api_oa_request *q, turn_params *p);
 
