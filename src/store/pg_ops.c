@@ -25,6 +25,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
+#include "store/blocks.h"
 
 /* ---- parameters ------------------------------------------------------------- */
 
@@ -263,6 +264,69 @@ static chat_rc enc_lock_release(const store_op *op, pg_params *p)
     return CHAT_OK;
 }
 
+/* ---- blocks and images (store/blocks.h) ------------------------------------ */
+
+static int blob_ptr_cmp(const void *a, const void *b)
+{
+    return strcmp((*(const store_blob *const *)a)->sha256, (*(const store_blob *const *)b)->sha256);
+}
+
+/* The images of n packed messages as chatd_blobs_keep takes them: a JSON
+ * array of [sha256, media_type, data, bytes], distinct, in ascending sha256
+ * order (the lock order); NULL (SQL NULL) when there are none. Heap. */
+static char *blobs_json(const store_packed *packed, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += packed[i].n_blobs;
+    if (total == 0)
+        return NULL;
+    const store_blob **all = chat_xcalloc(total, sizeof *all);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < packed[i].n_blobs; j++)
+            all[k++] = &packed[i].blobs[j];
+    qsort(all, total, sizeof *all, blob_ptr_cmp);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < total; i++) {
+        if (i > 0 && strcmp(all[i]->sha256, all[i - 1]->sha256) == 0)
+            continue;
+        json_t *e = json_pack("[s,s,s%,I]", all[i]->sha256, all[i]->media_type, all[i]->data, all[i]->data_len,
+                              (json_int_t)all[i]->bytes);
+        if (!e)
+            chat_fatal("store(postgres): cannot encode an image blob");
+        json_array_append_new(arr, e);
+    }
+    free(all);
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    if (!text)
+        chat_fatal("store(postgres): out of memory encoding image blobs");
+    char *out = chat_xstrdup(text);
+    free(text);
+    return out;
+}
+
+/* The sha256 of a message's images as a PostgreSQL text[] literal
+ * ("{a,b}": hex needs no quoting); NULL when it has none. Heap. */
+static char *refs_array(const store_packed *p)
+{
+    if (p->n_blobs == 0)
+        return NULL;
+    char *out = chat_xmalloc(p->n_blobs * (STORE_BLOB_HEX + 1) + 2);
+    size_t len = 0;
+    out[len++] = '{';
+    for (size_t i = 0; i < p->n_blobs; i++) {
+        if (i > 0)
+            out[len++] = ',';
+        memcpy(out + len, p->blobs[i].sha256, STORE_BLOB_HEX);
+        len += STORE_BLOB_HEX;
+    }
+    out[len++] = '}';
+    out[len] = '\0';
+    return out;
+}
+
 static chat_rc enc_turn_commit(const store_op *op, pg_params *p)
 {
     const store_turn *t = &op->in.turn;
@@ -289,6 +353,23 @@ static chat_rc enc_turn_commit(const store_op *op, pg_params *p)
         pg_param_i64(p, t->now + t->idem_ttl_ms);
     else
         pg_param_str(p, NULL);
+    /* The blocks in their stored form, and the images apart (store/blocks.h). */
+    store_packed packed[2];
+    if (store_blocks_pack(t->user_blocks, &packed[0]) != CHAT_OK)
+        return CHAT_EINVAL;
+    if (store_blocks_pack(t->assistant_blocks, &packed[1]) != CHAT_OK) {
+        store_packed_clear(&packed[0]);
+        return CHAT_EINVAL;
+    }
+    pg_param_take(p, packed[0].stored);
+    pg_param_take(p, packed[1].stored);
+    packed[0].stored = packed[1].stored = NULL;
+    pg_param_str(p, t->idem_key ? t->assistant_blocks : NULL); /* the record keeps the reply whole */
+    pg_param_take(p, blobs_json(packed, 2));
+    pg_param_take(p, refs_array(&packed[0]));
+    pg_param_take(p, refs_array(&packed[1]));
+    store_packed_clear(&packed[0]);
+    store_packed_clear(&packed[1]);
     return CHAT_OK;
 }
 
@@ -386,6 +467,23 @@ static chat_rc enc_messages_list(const store_op *op, pg_params *p)
     return CHAT_OK;
 }
 
+/* Puts the images back into m->blocks (stored form) from images, the JSON
+ * object {"<sha256>": "<base64>"} of the blobs the message links (or NULL). */
+static chat_rc unpack_blocks(store_message *m, const char *images)
+{
+    if (!store_blocks_has_refs(m->blocks))
+        return CHAT_OK;
+    json_t *map = images ? json_loads(images, 0, NULL) : NULL;
+    char *whole = NULL;
+    chat_rc rc = store_blocks_unpack(m->blocks, store_blob_lookup_json, map, &whole);
+    json_decref(map);
+    if (rc == CHAT_OK) {
+        free(m->blocks);
+        m->blocks = whole;
+    }
+    return rc;
+}
+
 /* No row: no session. One row with a NULL message id: a session without
  * (further) messages. Otherwise one message per row. */
 static chat_rc dec_messages_list(const PGresult *res, store_op *op)
@@ -397,9 +495,19 @@ static chat_rc dec_messages_list(const PGresult *res, store_op *op)
         return CHAT_ENOTFOUND;
     if (rows == 1 && PQgetisnull(res, 0, 0))
         return CHAT_OK;
+    if (PQnfields(res) != 16)
+        return res_fail(res, op);
     store_message *arr = chat_xcalloc((size_t)rows, sizeof *arr);
-    for (int i = 0; i < rows; i++)
+    chat_rc rc = CHAT_OK;
+    for (int i = 0; i < rows && rc == CHAT_OK; i++) {
         read_message(res, i, 0, &arr[i]);
+        arr[i].blocks = col_dup(res, i, 14);
+        rc = unpack_blocks(&arr[i], PQgetisnull(res, i, 15) ? NULL : PQgetvalue(res, i, 15));
+    }
+    if (rc != CHAT_OK) {
+        store_messages_free(arr, (size_t)rows);
+        return rc;
+    }
     op->out.messages = arr;
     op->out.n_messages = (size_t)rows;
     return CHAT_OK;
@@ -459,6 +567,7 @@ enum {
     IDEM_CREATED,
     IDEM_EXPIRES,
     IDEM_TURNS,
+    IDEM_REPLY_BLOCKS, /* whole, images inline */
     IDEM_NCOLS
 };
 
@@ -495,6 +604,7 @@ static chat_rc dec_idem_begin(const PGresult *res, store_op *op)
     if (!PQgetisnull(res, 0, IDEM_REPLY)) { /* reply_id: done by a turn commit */
         out->has_reply = true;
         read_message(res, 0, IDEM_REPLY, &out->reply);
+        out->reply.blocks = col_dup(res, 0, IDEM_REPLY_BLOCKS);
         out->turn_count = col_i64(res, 0, IDEM_TURNS);
     }
     return CHAT_OK;
@@ -620,9 +730,11 @@ static json_t *json_str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-/* The messages of an import as the JSON array chatd_session_import unpacks;
- * NULL when a string is not valid UTF-8 (PostgreSQL text could not hold it). */
-static char *messages_json(const store_message *msgs, size_t n)
+/* The messages of an import as the JSON array chatd_session_import unpacks,
+ * with their blocks in stored form (packed[i]) and the sha256 of their images
+ * ("refs"); NULL when a string is not valid UTF-8 (PostgreSQL text could not
+ * hold it). */
+static char *messages_json(const store_message *msgs, const store_packed *packed, size_t n)
 {
     json_t *arr = json_array();
     char *out = NULL;
@@ -649,6 +761,20 @@ static char *messages_json(const store_message *msgs, size_t n)
             }
             goto out;
         }
+        if (packed[i].stored) {
+            json_t *blocks = json_string(packed[i].stored);
+            if (!blocks) {
+                json_decref(o);
+                goto out;
+            }
+            json_object_set_new(o, "blocks", blocks);
+        }
+        if (packed[i].n_blobs > 0) {
+            json_t *refs = json_array();
+            for (size_t j = 0; j < packed[i].n_blobs; j++)
+                json_array_append_new(refs, json_string(packed[i].blobs[j].sha256));
+            json_object_set_new(o, "refs", refs);
+        }
         json_array_append_new(arr, o);
     }
     char *dumped = json_dumps(arr, JSON_COMPACT);
@@ -667,7 +793,15 @@ static chat_rc enc_session_import(const store_op *op, pg_params *p)
     const store_session *ss = op->in.import_session;
     const store_message *msgs = op->in.import_messages;
     size_t n = op->in.n_import_messages;
-    char *json = messages_json(msgs, n);
+    store_packed *packed = chat_xcalloc(n ? n : 1, sizeof *packed);
+    chat_rc rc = CHAT_OK;
+    for (size_t i = 0; i < n && rc == CHAT_OK; i++)
+        rc = store_blocks_pack(msgs[i].blocks, &packed[i]);
+    char *json = rc == CHAT_OK ? messages_json(msgs, packed, n) : NULL;
+    char *blobs = json ? blobs_json(packed, n) : NULL;
+    for (size_t i = 0; i < n; i++)
+        store_packed_clear(&packed[i]);
+    free(packed);
     if (!json)
         return CHAT_EINVAL;
     pg_param_str(p, ss->id);
@@ -684,6 +818,7 @@ static chat_rc enc_session_import(const store_op *op, pg_params *p)
     pg_param_i64(p, store_known(ss->usage.cache_write_tokens));
     pg_param_i64(p, ss->cost_micros);
     pg_param_take(p, json);
+    pg_param_take(p, blobs);
     return CHAT_OK;
 }
 
@@ -740,8 +875,9 @@ const pg_op_def pg_op_defs[] = {
       enc_lock_release, dec_ok },
     { STORE_OP_TURN_COMMIT, "chatd_turn_commit",
       "SELECT r_rc, r_user_id, r_assistant_id, r_turn_count, r_message_count FROM chatd_turn_commit("
-      "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-      20, enc_turn_commit, dec_turn_commit },
+      "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, "
+      "$24, $25, $26)",
+      26, enc_turn_commit, dec_turn_commit },
     { STORE_OP_SESSION_GET, "chatd_session_get", "SELECT " SESSION_COLS " FROM sessions WHERE id = $1", 1,
       enc_session_id, dec_session_get },
     { STORE_OP_SESSION_DELETE, "chatd_session_delete", "SELECT chatd_session_delete($1)", 1, enc_session_id,
@@ -751,11 +887,14 @@ const pg_op_def pg_op_defs[] = {
     { STORE_OP_SESSIONS_LIST, "chatd_sessions_list", "SELECT " SESSION_COLS " FROM chatd_sessions_list($1, $2, $3, $4)",
       4, enc_sessions_list, dec_sessions_list },
     /* One statement, so one snapshot: the existence check and the rows agree. */
+    /* After the columns: the stored blocks, and the data of the images they
+     * reference as {"<sha256>": "<base64>"} (NULL: none). */
     { STORE_OP_MESSAGES_LIST, "chatd_messages_list",
-      "SELECT " MESSAGE_COLS(
-          "m.") " FROM sessions AS s LEFT JOIN LATERAL ("
-                "SELECT * FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq LIMIT $3"
-                ") AS m ON true WHERE s.id = $1 ORDER BY m.seq",
+      "SELECT " MESSAGE_COLS("m.") ", m.blocks, m.images FROM sessions AS s LEFT JOIN LATERAL ("
+                                   "SELECT x.*, (SELECT json_object_agg(b.sha256, b.data) FROM message_blobs AS mb "
+                                   "JOIN blobs AS b ON b.sha256 = mb.sha256 WHERE mb.message_id = x.id) AS images "
+                                   "FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq "
+                                   "LIMIT $3) AS m ON true WHERE s.id = $1 ORDER BY m.seq",
       3, enc_messages_list, dec_messages_list },
     { STORE_OP_STATS_GET, "chatd_stats_get",
       "SELECT sum(total_sessions)::bigint, sum(total_messages)::bigint, sum(total_turns)::bigint, "
@@ -801,7 +940,7 @@ const pg_op_def pg_op_defs[] = {
     { STORE_OP_KEY_SESSION_COUNT, "chatd_key_session_count", "SELECT session_count FROM api_keys WHERE id = $1", 1,
       enc_key_id, dec_count_or_notfound },
     { STORE_OP_SESSION_IMPORT, "chatd_session_import",
-      "SELECT chatd_session_import($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", 14,
+      "SELECT chatd_session_import($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", 15,
       enc_session_import, dec_session_import },
     { STORE_OP_KEY_IMPORT, "chatd_key_import",
       "INSERT INTO api_keys (" KEY_COLS ") "

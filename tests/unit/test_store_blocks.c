@@ -18,13 +18,16 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <event2/event.h>
 #include <ftw.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/assets.h"
@@ -103,8 +106,9 @@ static const char ASSISTANT_BLOCKS[] =
     "{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"get_weather\",\"input\":{\"city\":\"Paris\",\"n\":1.5,"
     "\"tags\":[\"a\",null,true]}}]";
 
-/* Only the PNG. */
+/* Only the PNG; only the GIF. */
 static const char PNG_ONLY[] = "[" IMAGE("image/png", PNG) "]";
+static const char GIF_ONLY[] = "[" IMAGE("image/gif", GIF) "]";
 
 static store_turn make_turn(const char *sid, const char *token, int64_t now)
 {
@@ -414,6 +418,190 @@ static void test_blob_expire(void **state)
     assert_int_equal(deleted, 1);
     assert_blobs(f, 0, 0);
     store_close(s);
+}
+
+/* Writers and removers of the same images at once, from several handles: no
+ * error (a deadlock or a reference to a removed blob would be CHAT_EIO), and
+ * afterwards every link names a blob, every blob is linked, every message
+ * reads back whole. */
+struct mixer {
+    const char *url;
+    int id;
+    pthread_barrier_t *go;
+    int errors;
+    int commits;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *mixer_thread(void *arg)
+{
+    struct mixer *m = arg;
+    store *s = NULL;
+    char err[256];
+    if (store_open(m->url, &s, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "mixer %d: %s\n", m->id, err);
+        m->errors++;
+        pthread_barrier_wait(m->go);
+        return NULL;
+    }
+    pthread_barrier_wait(m->go);
+    static const char *const variants[] = { PNG_ONLY, GIF_ONLY, USER_BLOCKS, NULL };
+    uint32_t seed = 11u + (uint32_t)m->id;
+    for (int i = 0; i < 120; i++) {
+        seed = seed * 1103515245u + 12345u;
+        uint32_t r = seed >> 8;
+        char sid[8], token[32];
+        snprintf(sid, sizeof sid, "c%u", r % 4);
+        snprintf(token, sizeof token, "m%d-%d", m->id, i);
+        uint32_t k = (r >> 4) % 10;
+        chat_rc rc;
+        if (k < 6) {
+            rc = store_lock_acquire(s, sid, token, now_ms(), 60000);
+            if (rc == CHAT_EBUSY)
+                continue;
+            if (rc != CHAT_OK) {
+                m->errors++;
+                continue;
+            }
+            store_turn t = make_turn(sid, token, now_ms());
+            t.user_blocks = variants[(r >> 8) % 4];
+            t.assistant_blocks = variants[(r >> 10) % 4];
+            rc = store_turn_commit(s, &t, NULL);
+            if (rc == CHAT_OK)
+                m->commits++;
+            else if (rc == CHAT_ECONFLICT)
+                rc = store_lock_release(s, sid, token);
+            else
+                m->errors++;
+        } else if (k < 7) {
+            rc = store_session_reset(s, sid, now_ms(), NULL);
+            m->errors += rc != CHAT_OK && rc != CHAT_ENOTFOUND;
+        } else if (k < 9) {
+            rc = store_session_delete(s, sid);
+            m->errors += rc != CHAT_OK && rc != CHAT_ENOTFOUND;
+        } else {
+            int64_t del = 0;
+            rc = store_sessions_expire(s, now_ms() + 1, now_ms(), 2, &del);
+            m->errors += rc != CHAT_OK;
+        }
+    }
+    store_close(s);
+    return NULL;
+}
+
+static void test_blobs_concurrent(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 5 };
+    store *s = open_url(f->url); /* migrate up front */
+    pthread_t th[N];
+    struct mixer m[N];
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, N);
+    for (int i = 0; i < N; i++) {
+        m[i] = (struct mixer){ .url = f->url, .id = i, .go = &go };
+        assert_int_equal(pthread_create(&th[i], NULL, mixer_thread, &m[i]), 0);
+    }
+    int commits = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(m[i].errors, 0);
+        commits += m[i].commits;
+    }
+    pthread_barrier_destroy(&go);
+    assert_true(commits > 0);
+    rawdb *db = raw_open_db(f->path, false);
+    int64_t links = count(db, "SELECT COUNT(*) FROM message_blobs");
+    int64_t blobs = count(db, "SELECT COUNT(DISTINCT sha256) FROM message_blobs");
+    raw_close(db);
+    assert_blobs(f, blobs, links);
+    static const char *const sids[] = { "c0", "c1", "c2", "c3" };
+    for (size_t i = 0; i < 4; i++) {
+        store_message *msgs = NULL;
+        size_t n = 0;
+        chat_rc rc = store_messages_list(s, sids[i], 0, 0, &msgs, &n);
+        assert_true(rc == CHAT_OK || rc == CHAT_ENOTFOUND);
+        for (size_t j = 0; j < n; j++) {
+            if (!msgs[j].blocks)
+                continue;
+            assert_non_null(strstr(msgs[j].blocks, "\"base64\""));
+            assert_null(strstr(msgs[j].blocks, "chatd_blob"));
+        }
+        store_messages_free(msgs, n);
+    }
+    store_close(s);
+}
+
+/* ---- the asynchronous form (a PostgreSQL pool; SQLite's inline run) -------- */
+
+struct done {
+    int n;
+    chat_rc rc;
+    char *blocks[2];
+};
+
+static void on_done(store_op *op, void *ud)
+{
+    struct done *d = ud;
+    d->rc = op->rc;
+    d->n++;
+    for (size_t i = 0; i < op->out.n_messages && i < 2; i++) {
+        d->blocks[i] = op->out.messages[i].blocks; /* moved out */
+        op->out.messages[i].blocks = NULL;
+    }
+}
+
+static void run_until(struct event_base *base, struct done *d, int n)
+{
+    for (int i = 0; i < 2000 && d->n < n; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(d->n, n);
+}
+
+static void test_submit_blocks(void **state)
+{
+    struct fixture *f = *state;
+    store *s = open_url(f->url);
+    struct event_base *base = event_base_new();
+    assert_int_equal(store_attach(s, base, 2, 5000), CHAT_OK);
+    assert_int_equal(store_lock_acquire(s, "async", "tok", 1000, 60000), CHAT_OK);
+    store_op *op = store_op_new(STORE_OP_TURN_COMMIT);
+    op->in.turn = make_turn("async", "tok", 1000);
+    op->in.turn.session_id = store_op_str(op, "async");
+    op->in.turn.lock_token = store_op_str(op, "tok");
+    op->in.turn.user_blocks = store_op_str(op, USER_BLOCKS);
+    op->in.turn.assistant_blocks = store_op_str(op, ASSISTANT_BLOCKS);
+    struct done d = { 0 };
+    store_submit(s, op, on_done, &d);
+    run_until(base, &d, 1);
+    assert_int_equal(d.rc, CHAT_OK);
+
+    op = store_op_new(STORE_OP_MESSAGES_LIST);
+    op->in.session_id = store_op_str(op, "async");
+    store_submit(s, op, on_done, &d);
+    run_until(base, &d, 2);
+    assert_int_equal(d.rc, CHAT_OK);
+    assert_json_equal(d.blocks[0], USER_BLOCKS);
+    assert_json_equal(d.blocks[1], ASSISTANT_BLOCKS);
+    free(d.blocks[0]);
+    free(d.blocks[1]);
+
+    /* Refused in front of the backend, as every invalid op is. */
+    op = store_op_new(STORE_OP_TURN_COMMIT);
+    op->in.turn = make_turn("async", "tok", 2000);
+    op->in.turn.user_blocks = "{}";
+    store_submit(s, op, on_done, &d);
+    run_until(base, &d, 3);
+    assert_int_equal(d.rc, CHAT_EINVAL);
+    store_close(s);
+    event_base_free(base);
+    assert_blobs(f, 2, 2);
 }
 
 /* ---- idempotency: the replay carries the reply's blocks ------------------- */
@@ -770,6 +958,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_blob_shared_then_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blob_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blob_expire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blobs_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_submit_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idem_replay_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_import_blocks, setup, teardown),
