@@ -135,7 +135,7 @@ function checkScenario(sc) {
       for (const k of Object.keys(t)) if (k !== 'name' && k !== 'input' && k !== 'id') return `unknown field 'tool_calls[${i}].${k}'`;
       if (typeof t.name !== 'string' || t.name === '') return `'tool_calls[${i}].name' must be a non-empty string`;
       if (!isObj(t.input)) return `'tool_calls[${i}].input' must be an object`;
-      if ('id' in t && (typeof t.id !== 'string' || t.id === '')) return `'tool_calls[${i}].id' must be a non-empty string`;
+      if ('id' in t && t.id !== null && (typeof t.id !== 'string' || t.id === '')) return `'tool_calls[${i}].id' must be a non-empty string or null`;
     }
   }
   if ('json' in sc && sc.json === undefined) return "'json' must be a JSON value";
@@ -470,7 +470,8 @@ function planContent(api, body, sc, echoed) {
   const explicitText = () => (sc.json !== undefined ? JSON.stringify(sc.json) : replyText(sc, echoed));
   if (sc.tool_calls) {
     if (sc.json !== undefined || sc.reply !== undefined || sc.reply_words !== undefined) text = explicitText();
-    calls = sc.tool_calls.map((t) => ({ id: t.id, name: t.name, input: t.input }));
+    // id null: OpenAI omits the id (as some local servers do); Anthropic generates one.
+    calls = sc.tool_calls.map((t) => ({ id: t.id === null && api === 'openai' ? null : t.id, name: t.name, input: t.input }));
   } else if (sc.json !== undefined && forced) {
     calls = [{ name: forced.name, input: sc.json }];
   } else if (shaping) {
@@ -489,7 +490,7 @@ function planContent(api, body, sc, echoed) {
   const oneCall = api === 'anthropic' ? isObj(body.tool_choice) && body.tool_choice.disable_parallel_tool_use === true : body.parallel_tool_calls === false;
   if (oneCall && calls.length > 1) calls = calls.slice(0, 1);
   for (const c of calls) {
-    if (!c.id) c.id = randomId(api === 'anthropic' ? 'toolu_' : 'call_');
+    if (c.id === undefined || (c.id === null && api === 'anthropic')) c.id = randomId(api === 'anthropic' ? 'toolu_' : 'call_');
     c.json = JSON.stringify(c.input);
   }
   let thinking = null;
@@ -1640,7 +1641,8 @@ async function openaiJson(ctx, sc, plan) {
   const message = { role: 'assistant', content: plan.reply === '' && pc.calls.length > 0 ? null : plan.reply };
   if (pc.thinking !== null) message[plan.variant === 'ollama' ? 'reasoning' : 'reasoning_content'] = pc.thinking;
   if (pc.calls.length > 0) {
-    message.tool_calls = pc.calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.json } }));
+    message.tool_calls = pc.calls.map((c) => (c.id === null ? { type: 'function', function: { name: c.name, arguments: c.json } }
+      : { id: c.id, type: 'function', function: { name: c.name, arguments: c.json } }));
   }
   if (plan.variant === 'openai') message.refusal = null;
   const choice = { index: 0, message };
@@ -1681,11 +1683,21 @@ function openaiDeltas(plan) {
   if (pc.thinking !== null) for (const t of toDeltas(pc.thinking)) list.push({ [rkey]: t });
   for (const t of plan.deltas) list.push({ content: t });
   let first = { role: 'assistant', content: '' };
-  const header = (c, k) => ({ tool_calls: [{ index: k, id: c.id, type: 'function', function: { name: c.name, arguments: '' } }] });
+  // Ollama sends each call whole (arguments complete) in one chunk.
+  const whole = plan.variant === 'ollama';
+  const header = (c, k) => {
+    const t = { index: k };
+    if (c.id !== null) t.id = c.id;
+    t.type = 'function';
+    t.function = { name: c.name, arguments: whole ? c.json : '' };
+    return { tool_calls: [t] };
+  };
   const piece = (k, p) => ({ tool_calls: [{ index: k, function: { arguments: p } }] });
   if (pc.calls.length > 0 && list.length === 0) first = { role: 'assistant', content: null, tool_calls: header(pc.calls[0], 0).tool_calls };
   const headed = list.length === 0 ? 1 : 0;
-  if (plan.interleave) {
+  if (whole) {
+    pc.calls.forEach((c, k) => { if (k >= headed) list.push(header(c, k)); });
+  } else if (plan.interleave) {
     // Every header first, then the argument pieces of all calls in turn (k0, k1, k0, k1, ...).
     pc.calls.forEach((c, k) => { if (k >= headed) list.push(header(c, k)); });
     const pieces = pc.calls.map((c) => splitPieces(c.json, 3));

@@ -523,6 +523,20 @@ describe('openai: tool calls', () => {
     assert.deepEqual(fin.choices[0].message.tool_calls.map((t) => JSON.parse(t.function.arguments)), [{ city: 'Paris', unit: 'celsius' }, { tz: 'Europe/Paris' }]);
   });
 
+  test('ollama sends whole calls; id null omits the id', async () => {
+    const sc = { variant: 'ollama', reply: 'ok', tool_calls: [{ name: 'get_time', input: { tz: 'UTC' }, id: null }, { name: 'get_weather', input: { city: 'Oslo' } }] };
+    const r = await rawPost('/v1/chat/completions', { model: 'gpt-fake', stream: true, tools, messages: [{ role: 'user', content: directive(sc) }] });
+    const calls = sseData(r.text).map((c) => c.choices[0]?.delta?.tool_calls?.[0]).filter(Boolean);
+    assert.deepEqual(calls[0], { index: 0, type: 'function', function: { name: 'get_time', arguments: '{"tz":"UTC"}' } });
+    assert.match(calls[1].id, /^call_/);
+    assert.equal(calls[1].function.arguments, '{"city":"Oslo"}');
+    assert.equal(calls.length, 2);
+    const j = await oai().chat.completions.create({ model: 'gpt-fake', tools, messages: [{ role: 'user', content: directive(sc) }] });
+    assert.equal('id' in j.choices[0].message.tool_calls[0], false);
+    const a = await ant().messages.create({ model: MODEL, max_tokens: 100, messages: [{ role: 'user', content: directive({ tool_calls: [{ name: 'f', input: {}, id: null }] }) }] });
+    assert.match(a.content[0].id, /^toolu_/);
+  });
+
   test('parallel_tool_calls false keeps only the first call', async () => {
     const r = await oai().chat.completions.create({ model: 'gpt-fake', tools, parallel_tool_calls: false, messages: [{ role: 'user', content: directive(twoCalls) }] });
     assert.equal(r.choices[0].message.tool_calls.length, 1);
