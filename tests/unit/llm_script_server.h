@@ -271,6 +271,30 @@ static inline void srv_stop(srv *s)
     "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"" type "\", \"message\": \"" msg "\"}}\n\n"
 #define ERR_BODY(type, msg) "{\"type\":\"error\",\"error\":{\"type\":\"" type "\",\"message\":\"" msg "\"}}"
 
+/* Blocks at any index: a tool call (its arguments in pieces of JSON text,
+ * escaped for a JSON string) and a text block, as Anthropic streams them
+ * (docs/PROTOCOLS.md A5). */
+#define EV_TEXT_START_AT(i)                                                                                   \
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":" #i ",\"content_block\":" \
+    "{\"type\":\"text\",\"text\":\"\"}}\n\n"
+#define EV_TOOL_START(i, id, name)                                                                            \
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":" #i ",\"content_block\":" \
+    "{\"type\":\"tool_use\",\"id\":\"" id "\",\"name\":\"" name "\",\"input\":{}}}\n\n"
+#define EV_TOOL_ARGS(i, piece)                                                                                  \
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":" #i ",\"delta\":{\"type\":" \
+    "\"input_json_delta\",\"partial_json\":\"" piece "\"}}\n\n"
+#define EV_BSTOP_AT(i) "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":" #i "}\n\n"
+
+/* "Let me check." then a call of get_weather({"city":"Paris"}), stop_reason tool_use. */
+static const script STREAM_TOOL_CALL __attribute__((unused)) = {
+    .status = 200,
+    .headers = { SSE_CT },
+    .chunks = { EV_START, EV_BLOCK, EV_DELTA("Let me "), EV_DELTA("check."), EV_BSTOP,
+                EV_TOOL_START(1, "toolu_01", "get_weather"), EV_TOOL_ARGS(1, "{\\\"city\\\":"),
+                EV_TOOL_ARGS(1, " \\\"Paris\\\"}"), EV_BSTOP_AT(1), EV_MDELTA("tool_use", "30"), EV_STOP },
+    .chunk_delay_ms = 2,
+};
+
 static const script STREAM_OK = {
     .status = 200,
     .headers = { SSE_CT, "request-id: req_stream_1" },

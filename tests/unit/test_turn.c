@@ -84,6 +84,13 @@ typedef struct fx {
     char res_text[8192];
     int64_t res_turn_count;
     int64_t res_message_id;
+    char info_dropped[128]; /* turn_info.dropped at on_start ("" for NULL) */
+    char res_dropped[128];  /* turn_result.dropped */
+    char res_content[4096]; /* turn_result.content as compact JSON */
+    char res_stop_reason[32];
+    char evlog[1024]; /* on_event: "<kind letter><index>" per event, e.g. "t0t0x0u1a1a1x1" */
+    size_t evlog_len;
+    char tool_args[256]; /* the TOOL_ARGS pieces joined */
     bool cancel_in_done; /* break the contract: turn_cancel inside on_done (fatal) */
 } fx;
 
@@ -153,6 +160,7 @@ static void sink_start(void *ud, const turn_info *info)
 {
     fx *f = ud;
     assert_non_null(info->model);
+    snprintf(f->info_dropped, sizeof f->info_dropped, "%s", info->dropped ? info->dropped : "");
     ev(f, 'S');
 }
 
@@ -175,6 +183,12 @@ static void sink_done(void *ud, const turn_result *res)
     snprintf(f->res_text, sizeof f->res_text, "%.*s", (int)res->text_len, res->text);
     f->res_turn_count = res->turn_count;
     f->res_message_id = res->message_id;
+    snprintf(f->res_dropped, sizeof f->res_dropped, "%s", res->dropped ? res->dropped : "");
+    snprintf(f->res_stop_reason, sizeof f->res_stop_reason, "%s", res->stop_reason ? res->stop_reason : "");
+    assert_non_null(res->content);
+    char *c = json_dumps(res->content, JSON_COMPACT);
+    snprintf(f->res_content, sizeof f->res_content, "%s", c);
+    free(c);
     if (f->cancel_in_done)
         turn_cancel(f->t); /* forbidden: the turn is ending */
     f->t = NULL;
@@ -189,6 +203,40 @@ static void sink_error(void *ud, const turn_error *err)
 }
 
 static const turn_sink SINK = { sink_start, sink_delta, sink_done, sink_error, NULL };
+
+/* A sink that renders events: each is logged as a letter (t text, h thinking,
+ * u tool start, a tool arguments, x block stop) and its index; text goes to
+ * f->text as with on_delta. */
+static bool sink_event(void *ud, const llm_event *e)
+{
+    fx *f = ud;
+    static const char letters[] = { [LLM_EV_TEXT] = 't',
+                                    [LLM_EV_THINKING] = 'h',
+                                    [LLM_EV_TOOL_START] = 'u',
+                                    [LLM_EV_TOOL_ARGS] = 'a',
+                                    [LLM_EV_BLOCK_STOP] = 'x' };
+    assert_true(f->evlog_len + 16 < sizeof f->evlog);
+    f->evlog_len +=
+        (size_t)snprintf(f->evlog + f->evlog_len, sizeof f->evlog - f->evlog_len, "%c%d", letters[e->kind], e->index);
+    if (e->kind == LLM_EV_TEXT) {
+        ev(f, 'D');
+        assert_true(f->len + e->len < sizeof f->text);
+        memcpy(f->text + f->len, e->data, e->len);
+        f->len += e->len;
+        f->text[f->len] = '\0';
+    } else if (e->kind == LLM_EV_TOOL_START) {
+        assert_string_equal(e->id, "toolu_01");
+        assert_string_equal(e->name, "get_weather");
+    } else if (e->kind == LLM_EV_TOOL_ARGS) {
+        size_t used = strlen(f->tool_args);
+        assert_true(used + e->len < sizeof f->tool_args);
+        memcpy(f->tool_args + used, e->data, e->len);
+        f->tool_args[used + e->len] = '\0';
+    }
+    return false;
+}
+
+static const turn_sink SINK_EVENTS = { sink_start, sink_delta, sink_done, sink_error, sink_event };
 
 /* The sink's contract: on_start at most once and before any delta; exactly
  * one end (end 'd' or 'e'), last; or none (end 0: the consumer left). */
@@ -228,21 +276,30 @@ static char *write_tmp(const char *text)
     return path;
 }
 
-/* "primary" falls back to "backup"; "big" has room for very long conversations, "tiny" for none. */
+/* "primary" (tools, vision, thinking; no native structured output) falls back
+ * to "backup" (plain text only); "big" has room for very long conversations,
+ * "tiny" for none; "small" (tools) fits a few short exchanges; "native" has
+ * structured output and falls back to "backup". */
 static const char MODELS[] =
     "{\"models\":["
     "{\"name\":\"primary\",\"provider\":\"anthropic\",\"model_id\":\"primary-id\",\"context_window\":200000,"
-    "\"max_output\":4096,\"price\":{\"input\":1,\"output\":2},\"fallbacks\":[\"backup\"]},"
+    "\"max_output\":4096,\"price\":{\"input\":1,\"output\":2},\"fallbacks\":[\"backup\"],"
+    "\"features\":[\"tools\",\"vision\",\"thinking\"]},"
     "{\"name\":\"backup\",\"provider\":\"anthropic\",\"model_id\":\"backup-id\",\"context_window\":200000,"
     "\"max_output\":4096,\"price\":{\"input\":1,\"output\":2}},"
     "{\"name\":\"big\",\"provider\":\"anthropic\",\"model_id\":\"big-id\",\"context_window\":100000000,"
     "\"max_output\":4096},"
     "{\"name\":\"tiny\",\"provider\":\"anthropic\",\"model_id\":\"tiny-id\",\"context_window\":100,"
-    "\"max_output\":10}]}";
+    "\"max_output\":10},"
+    "{\"name\":\"small\",\"provider\":\"anthropic\",\"model_id\":\"small-id\",\"context_window\":80,"
+    "\"max_output\":10,\"features\":[\"tools\"]},"
+    "{\"name\":\"native\",\"provider\":\"anthropic\",\"model_id\":\"native-id\",\"context_window\":200000,"
+    "\"max_output\":4096,\"features\":[\"tools\",\"structured_output\"],\"fallbacks\":[\"backup\"]}]}";
 
 typedef struct fx_opts {
     bool inline_store;
-    bool drop_partial; /* CANCEL_POLICY=drop */
+    bool drop_partial;     /* CANCEL_POLICY=drop */
+    bool drop_unsupported; /* DROP_UNSUPPORTED_PARAMS=on */
     int64_t max_sessions_per_key;
 } fx_opts;
 
@@ -288,6 +345,7 @@ static void fx_init(fx *f, const script *scripts, int n, fx_opts o)
         .lock_ttl_ms = 60000,
         .max_sessions_per_key = o.max_sessions_per_key,
         .keep_partial = !o.drop_partial,
+        .drop_unsupported = o.drop_unsupported,
     };
     f->e = turn_engine_new(&env);
 }
@@ -1073,6 +1131,425 @@ static void test_merge_same_role(void **state)
     fx_free(&f);
 }
 
+/* ---- rich content: options, tool calls, images, events ---- */
+
+static json_t *J(const char *text)
+{
+    json_error_t e;
+    json_t *v = json_loads(text, 0, &e);
+    if (!v)
+        fail_msg("bad test JSON: %s: %s", e.text, text);
+    return v;
+}
+
+/* The last provider request body, parsed. */
+static json_t *sent(fx *f)
+{
+    assert_non_null(f->s.body);
+    return J(f->s.body);
+}
+
+/* The stored blocks of message i of session ("" for NULL). */
+static char *stored_blocks(fx *f, const char *session, size_t i)
+{
+    store_message *m = NULL;
+    size_t n = 0;
+    assert_int_equal(store_messages_list(f->db, session, 0, 100, &m, &n), CHAT_OK);
+    assert_true(i < n);
+    static char out[4096];
+    snprintf(out, sizeof out, "%s", m[i].blocks ? m[i].blocks : "");
+    store_messages_free(m, n);
+    return out;
+}
+
+/* Runs one turn to its end with the given sink. */
+static void run_turn(fx *f, const turn_params *p, const turn_sink *sink)
+{
+    turn_error err;
+    f->nev = 0;
+    f->events[0] = '\0';
+    f->len = 0;
+    f->text[0] = '\0';
+    f->t = turn_start(f->e, p, sink, f, &err);
+    if (!f->t) {
+        f->err = err;
+        ev(f, 'E'); /* refused inside turn_start */
+        return;
+    }
+    RUN_UNTIL(f, f->t == NULL, 3000);
+    run_for(f, 10); /* the fire-and-forget writes (lock release) */
+}
+
+/* Options reach the provider as its wire format says; no-ops are left out. */
+static void test_options_reach_provider(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
+    json_t *o = J("{\"temperature\":0.5,\"top_k\":7,\"stop\":[\"END\"],\"n\":1,\"presence_penalty\":0,"
+                  "\"tools\":[{\"name\":\"get_weather\",\"input_schema\":{\"type\":\"object\"}}],"
+                  "\"tool_choice\":{\"type\":\"auto\"}}");
+    turn_params p = params("s1", "req-1", "Hello?");
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    json_decref(o); /* the turn copied them */
+    assert_sequence(&f, 'd');
+    json_t *b = sent(&f);
+    assert_true(json_number_value(json_object_get(b, "temperature")) == 0.5);
+    assert_int_equal(json_integer_value(json_object_get(b, "top_k")), 7);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(b, "stop_sequences"), 0)), "END");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(b, "tools"), 0), "name")),
+                        "get_weather");
+    assert_null(json_object_get(b, "n"));
+    assert_null(json_object_get(b, "presence_penalty"));
+    json_decref(b);
+    assert_string_equal(f.res_dropped, "");
+    assert_string_equal(f.res_content, "[{\"type\":\"text\",\"text\":\"Hello, world!\"}]");
+    assert_string_equal(stored_blocks(&f, "s1", 0), ""); /* plain text stays plain */
+    assert_string_equal(stored_blocks(&f, "s1", 1), "");
+    fx_free(&f);
+}
+
+/* An option the model refuses: 400 before any call, nothing stored; with
+ * DROP_UNSUPPORTED_PARAMS it is left out and named. */
+static void test_unsupported_option(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
+    json_t *o = J("{\"temperature\":1.5}");
+    turn_params p = params("s1", "req-1", "Hello?");
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_int_equal(f.err.status, 400);
+    assert_string_equal(f.err.type, "unsupported_parameter");
+    assert_string_equal(f.err.message, "temperature: 1.5 is above 1, the most model primary accepts");
+    json_decref(o);
+    o = J("{\"seed\":42,\"temperature\":0.2}");
+    p = params(NULL, "req-2", "Hello?"); /* ephemeral: refused inside turn_start */
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.events, "E");
+    assert_string_equal(f.err.type, "unsupported_parameter");
+    assert_non_null(strstr(f.err.message, "seed: model primary"));
+    assert_int_equal(f.s.nreq, 0); /* the provider was never called */
+    assert_string_equal(history(&f, "s1"), "");
+    assert_lock_free(&f, "s1");
+    fx_free(&f);
+
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ .drop_unsupported = true });
+    p = params("s1", "req-3", "Hello?");
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.info_dropped, "seed");
+    assert_string_equal(f.res_dropped, "seed");
+    json_t *b = sent(&f);
+    assert_null(json_object_get(b, "seed"));
+    assert_non_null(json_object_get(b, "temperature"));
+    json_decref(b);
+    json_decref(o);
+    /* several refused: all named, in the table's order */
+    o = J("{\"logit_bias\":{\"1\":2},\"seed\":1,\"temperature\":9}");
+    p = params("s2", "req-4", "Hello?");
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.res_dropped, "temperature,seed,logit_bias");
+    json_decref(o);
+    fx_free(&f);
+}
+
+/* A reply that calls a tool is committed with its blocks; the session then
+ * wants exactly that call's result, and the results turn carries both to the
+ * provider. */
+static void test_tool_call_then_results(void **state)
+{
+    (void)state;
+    static const script sc[] = { STREAM_TOOL_CALL, STREAM_OK };
+    fx f;
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
+    json_t *tools = J("{\"tools\":[{\"name\":\"get_weather\",\"input_schema\":{\"type\":\"object\"}}]}");
+    turn_params p = params("s1", "req-1", "Weather in Paris?");
+    p.options = tools;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.res_stop_reason, "tool_use");
+    assert_string_equal(f.res_text, "Let me check.");
+    assert_string_equal(f.res_content, "[{\"type\":\"text\",\"text\":\"Let me check.\"},{\"type\":\"tool_use\",\"id\":"
+                                       "\"toolu_01\",\"name\":\"get_weather\",\"input\":{\"city\":\"Paris\"}}]");
+    json_t *stored = J(stored_blocks(&f, "s1", 1));
+    json_t *want = J(f.res_content);
+    assert_true(json_equal(stored, want));
+    json_decref(stored);
+    json_decref(want);
+    assert_string_equal(stored_blocks(&f, "s1", 0), "");
+
+    /* Plain text does not answer the call. */
+    p = params("s1", "req-2", "never mind");
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_int_equal(f.err.status, 400);
+    assert_string_equal(f.err.type, "tool_results_required");
+    assert_non_null(strstr(f.err.message, "toolu_01"));
+    /* Nor does a result for another call. */
+    json_t *wrong = J("[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_99\",\"content\":\"15 C\"}]");
+    p = params("s1", "req-3", NULL);
+    p.message_blocks = wrong;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_string_equal(f.err.type, "tool_results_required");
+    /* Nor text before the result. */
+    json_t *late = J("[{\"type\":\"text\",\"text\":\"here\"},{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_01\"}]");
+    p.message_blocks = late;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.err.type, "tool_results_required");
+    assert_int_equal(f.s.nreq, 1);
+    assert_lock_free(&f, "s1");
+
+    json_t *answer = J("[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_01\",\"content\":\"15 C, sunny\"},"
+                       "{\"type\":\"text\",\"text\":\"Be short.\"}]");
+    p = params("s1", "req-4", NULL);
+    p.message_blocks = answer;
+    p.options = tools;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.res_text, "Hello, world!");
+    json_t *b = sent(&f);
+    json_t *msgs = json_object_get(b, "messages");
+    assert_int_equal(json_array_size(msgs), 3);
+    json_t *call = json_array_get(json_object_get(json_array_get(msgs, 1), "content"), 1);
+    assert_string_equal(json_string_value(json_object_get(call, "type")), "tool_use");
+    assert_string_equal(json_string_value(json_object_get(call, "id")), "toolu_01");
+    json_t *res = json_array_get(json_object_get(json_array_get(msgs, 2), "content"), 0);
+    assert_string_equal(json_string_value(json_object_get(res, "type")), "tool_result");
+    assert_string_equal(json_string_value(json_object_get(res, "tool_use_id")), "toolu_01");
+    json_decref(b);
+    /* the results message is stored with its blocks, its text beside them */
+    assert_string_equal(history(&f, "s1"), "user:complete:Weather in Paris?|assistant:complete:Let me check.|"
+                                           "user:complete:Be short.|assistant:complete:Hello, world!");
+    stored = J(stored_blocks(&f, "s1", 2));
+    assert_true(json_equal(stored, answer));
+    json_decref(stored);
+    /* a result when no call is pending */
+    p = params("s1", "req-5", NULL);
+    p.message_blocks = answer;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.err.type, "unexpected_tool_results");
+    json_decref(answer);
+    json_decref(wrong);
+    json_decref(late);
+    json_decref(tools);
+    fx_free(&f);
+}
+
+/* The pairing rule without the store: a new session and ephemeral histories. */
+static void test_pairing_without_history(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
+    json_t *result = J("[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_01\",\"content\":\"42\"}]");
+    json_t *call = J("[{\"type\":\"tool_use\",\"id\":\"toolu_01\",\"name\":\"f\",\"input\":{}}]");
+    turn_params p = params("fresh", "req-1", NULL);
+    p.message_blocks = result;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_int_equal(f.err.status, 400);
+    assert_string_equal(f.err.type, "unexpected_tool_results");
+    assert_string_equal(history(&f, "fresh"), "");
+
+    /* ephemeral: a call answered by text inside the history */
+    llm_message h[3] = { { "user", "q", NULL }, { "assistant", "", call }, { "user", "no", NULL } };
+    p = params(NULL, "req-2", "next");
+    p.history = h;
+    p.n_history = 3;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.events, "E");
+    assert_string_equal(f.err.type, "tool_results_required");
+    assert_non_null(strstr(f.err.message, "history message 2"));
+    /* ephemeral: the new message must answer the last call */
+    p.n_history = 2;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.err.type, "tool_results_required");
+    assert_non_null(strstr(f.err.message, "the new message"));
+    p.message_blocks = result;
+    p.message = NULL;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_int_equal(f.s.nreq, 1);
+    /* malformed blocks are refused by turn_start */
+    json_t *bad = J("[{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":\"image/png\","
+                    "\"data\":\"!!\"}}]");
+    p = params(NULL, "req-3", NULL);
+    p.message_blocks = bad;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.events, "E");
+    assert_string_equal(f.err.type, "invalid_request_error");
+    assert_non_null(strstr(f.err.message, "content[0].source.data: not valid base64"));
+    json_decref(bad);
+    json_decref(result);
+    json_decref(call);
+    fx_free(&f);
+}
+
+/* Images need "vision": refused on backup (no features), whole, never dropped. */
+static void test_image_needs_vision(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ .drop_unsupported = true });
+    json_t *img = J("[{\"type\":\"text\",\"text\":\"What is this?\"},{\"type\":\"image\",\"source\":{\"type\":"
+                    "\"base64\",\"media_type\":\"image/png\",\"data\":\"QUJD\"}}]");
+    turn_params p = params("s1", "req-1", NULL);
+    p.message_blocks = img;
+    p.model = "backup";
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_int_equal(f.err.status, 400);
+    assert_string_equal(f.err.type, "unsupported_parameter");
+    assert_string_equal(f.err.message, "messages[0].content[1]: model backup does not accept images");
+    assert_int_equal(f.s.nreq, 0);
+    /* primary reads it; the image reaches the provider and the store */
+    p.model = "primary";
+    p.request_id = "req-2";
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    json_t *b = sent(&f);
+    json_t *c = json_object_get(json_array_get(json_object_get(b, "messages"), 0), "content");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(c, 1), "source"), "data")),
+                        "QUJD");
+    json_decref(b);
+    assert_string_equal(history(&f, "s1"), "user:complete:What is this?|assistant:complete:Hello, world!");
+    json_t *stored = J(stored_blocks(&f, "s1", 0));
+    assert_true(json_equal(stored, img));
+    json_decref(stored);
+    json_decref(img);
+    fx_free(&f);
+}
+
+/* Truncation leaves out a whole tool exchange, never a call without its result. */
+static void test_truncation_keeps_pairs(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
+    char q1[301];
+    memset(q1, 'q', 300);
+    q1[300] = '\0';
+    json_t *call = J("[{\"type\":\"text\",\"text\":\"let me look\"},{\"type\":\"tool_use\",\"id\":\"toolu_01\","
+                     "\"name\":\"f\",\"input\":{}}]");
+    json_t *result = J("[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_01\",\"content\":\"42\"}]");
+    llm_message h[6] = { { "user", q1, NULL },   { "assistant", "let me look", call },
+                         { "user", "", result }, { "assistant", "42.", NULL },
+                         { "user", "q2", NULL }, { "assistant", "a2", NULL } };
+    turn_params p = params(NULL, "req-1", "next");
+    p.history = h;
+    p.n_history = 6;
+    p.model = "small"; /* budget 70: the 75 tokens of q1 must go, with its whole exchange */
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    json_t *b = sent(&f);
+    json_t *msgs = json_object_get(b, "messages");
+    assert_int_equal(json_array_size(msgs), 3);
+    assert_null(strstr(f.s.body, "tool_result"));
+    assert_null(strstr(f.s.body, "tool_use"));
+    json_decref(b);
+
+    /* the new message answers the call: its exchange stays whole, what is older goes */
+    llm_message h2[4] = {
+        { "user", q1, NULL }, { "assistant", "a0", NULL }, { "user", "q1", NULL }, { "assistant", "let me look", call }
+    };
+    p = params(NULL, "req-2", NULL);
+    p.history = h2;
+    p.n_history = 4;
+    p.message_blocks = result;
+    p.model = "small";
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    b = sent(&f);
+    msgs = json_object_get(b, "messages");
+    assert_int_equal(json_array_size(msgs), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "content")), "q1");
+    json_decref(b);
+    json_decref(call);
+    json_decref(result);
+    fx_free(&f);
+}
+
+/* A sink with on_event gets every event in stream order (text too, and no
+ * on_delta); the reply's content is whole at the end. */
+static void test_event_forwarding(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_TOOL_CALL, 1, (fx_opts){ 0 });
+    json_t *tools = J("{\"tools\":[{\"name\":\"get_weather\",\"input_schema\":{\"type\":\"object\"}}]}");
+    turn_params p = params(NULL, "req-1", "Weather in Paris?");
+    p.options = tools;
+    run_turn(&f, &p, &SINK_EVENTS);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.evlog, "t0t0x0u1a1a1x1");
+    assert_string_equal(f.text, "Let me check.");
+    assert_string_equal(f.tool_args, "{\"city\": \"Paris\"}");
+    assert_non_null(strstr(f.res_content, "\"input\":{\"city\":\"Paris\"}"));
+    json_decref(tools);
+    fx_free(&f);
+}
+
+/* Structured output: through the forced tool on a model without a native
+ * mode, natively on one with it; a fallback without either is skipped. */
+static void test_structured_output(void **state)
+{
+    (void)state;
+    fx f;
+    fx_init(&f, &STREAM_OK, 1, (fx_opts){ 0 });
+    json_t *o = J("{\"response_format\":{\"type\":\"json_schema\",\"name\":\"answer\",\"schema\":{\"type\":"
+                  "\"object\",\"properties\":{\"a\":{\"type\":\"string\"}}}}}");
+    turn_params p = params(NULL, "req-1", "JSON please");
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    json_t *b = sent(&f);
+    json_t *choice = json_object_get(b, "tool_choice");
+    assert_string_equal(json_string_value(json_object_get(choice, "name")), LLM_JSON_TOOL);
+    assert_non_null(strstr(f.s.body, "\"" LLM_JSON_TOOL "\""));
+    json_decref(b);
+    json_decref(o);
+    fx_free(&f);
+
+    /* "native" fails with 529; its fallback "backup" has neither structured output nor tools: skipped */
+    static const script sc[] = { OVERLOADED_529, STREAM_OK };
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
+    o = J("{\"response_format\":{\"type\":\"json_object\"}}");
+    p = params(NULL, "req-2", "JSON please");
+    p.options = o;
+    p.model = "native";
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_int_equal(f.err.status, 503); /* the provider's overload, as turn_map_llm_error says */
+    assert_int_equal(f.s.nreq, 1);
+    assert_null(strstr(f.s.body, LLM_JSON_TOOL)); /* native: no forced tool */
+    json_decref(o);
+    fx_free(&f);
+
+    /* with drop mode, the fallback goes without the option */
+    fx_init(&f, sc, 2, (fx_opts){ .drop_unsupported = true });
+    o = J("{\"response_format\":{\"type\":\"json_object\"}}");
+    p = params(NULL, "req-3", "JSON please");
+    p.options = o;
+    p.model = "native";
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.res_model, "backup");
+    assert_string_equal(f.res_dropped, "response_format");
+    assert_int_equal(f.s.nreq, 2);
+    assert_null(strstr(f.s.body, "json"));
+    json_decref(o);
+    fx_free(&f);
+}
+
 /* A call in a state that cannot take it is fatal, not silent: here the
  * consumer cancels from inside on_done, which turn.h forbids. */
 static void test_bad_state_aborts(void **state)
@@ -1122,6 +1599,14 @@ int main(void)
         cmocka_unit_test(test_ephemeral_fallback),
         cmocka_unit_test(test_commit_refused),
         cmocka_unit_test(test_merge_same_role),
+        cmocka_unit_test(test_options_reach_provider),
+        cmocka_unit_test(test_unsupported_option),
+        cmocka_unit_test(test_tool_call_then_results),
+        cmocka_unit_test(test_pairing_without_history),
+        cmocka_unit_test(test_image_needs_vision),
+        cmocka_unit_test(test_truncation_keeps_pairs),
+        cmocka_unit_test(test_event_forwarding),
+        cmocka_unit_test(test_structured_output),
         cmocka_unit_test(test_bad_state_aborts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
