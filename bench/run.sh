@@ -189,7 +189,7 @@ trap 'exit 130' INT TERM
 cpu_busy_total() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 busy_cores() { # "busy total" at start, the same at end: mean busy cores in between
     awk -v a="$1" -v b="$2" -v n="$(nproc)" 'BEGIN {split(a, x, " "); split(b, y, " ");
-        d = y[2] - x[2]; printf "%.2f", d > 0 ? (y[1] - x[1]) / d * n : 0}'
+        d = y[2] - x[2]; printf "%.2f", (d > 0 ? (y[1] - x[1]) / d * n : 0)}'
 }
 cores_busy() { # seconds: mean number of busy cores over that time, machine-wide
     local a

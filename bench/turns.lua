@@ -96,6 +96,7 @@ max_seen = 0       -- most turns reached by one session
 sent = {}          -- session id -> time its request was handed to wrk (us)
 verify_sid = nil   -- thread 0's first request() is wrk's dry run, never sent
 lat = {}           -- latencies of the responses whose session id came back (us)
+ovh = {}           -- chatd's X-Chatd-Overhead-Ms of every response that had one
 
 local headers = {}
 
@@ -198,6 +199,8 @@ function response(status, hdrs, body)
    if sessionless then
       sid = hdrs and (hdrs["X-Request-Id"] or hdrs["x-request-id"])
    end
+   local o = hdrs and tonumber(hdrs["X-Chatd-Overhead-Ms"] or hdrs["x-chatd-overhead-ms"] or "")
+   if o then ovh[#ovh + 1] = o end
    if sid and sent[sid] then
       lat[#lat + 1] = t - sent[sid]
       sent[sid] = nil
@@ -223,6 +226,7 @@ function done(summary, latency, requests)
    local agg = { ok = 0, bad_body = 0, lost_sid = 0, minted = 0, max_turns_seen = 0 }
    local all_codes = {}
    local all = {}
+   local oall = {}
    -- Turns still unanswered when wrk stopped, and the oldest one's age: a
    -- turn that never completes is not in any latency sample, so it is
    -- counted here (a stuck stream would otherwise only lower the throughput).
@@ -230,6 +234,7 @@ function done(summary, latency, requests)
    local ages = {}
    for _, t in ipairs(threads) do
       for _, v in ipairs(t:get("lat") or {}) do all[#all + 1] = v end
+      for _, v in ipairs(t:get("ovh") or {}) do oall[#oall + 1] = v end
       local skip = t:get("verify_sid")
       for sid, t0 in pairs(t:get("sent") or {}) do
          if sid ~= skip then
@@ -265,6 +270,12 @@ function done(summary, latency, requests)
       pct[#pct + 1] = jstr(p) .. ":" .. v
       wpct[#wpct + 1] = jstr(p) .. ":" .. latency:percentile(p)
    end
+   table.sort(oall)
+   local opct = {}
+   for _, p in ipairs({ 50, 99, 99.9 }) do
+      local v = #oall > 0 and oall[math.max(1, math.ceil(p / 100 * #oall))] or 0
+      opct[#opct + 1] = jstr(p) .. ":" .. v
+   end
    local e = summary.errors
    local text = "{" ..
       '"mode":' .. jstr(mode) ..
@@ -283,6 +294,8 @@ function done(summary, latency, requests)
       ',"status":' .. e.status .. ',"timeout":' .. e.timeout .. "}" ..
       ',"latency_us":{"samples":' .. n .. ',"min":' .. (all[1] or 0) .. ',"max":' .. (all[n] or 0) ..
       ',"mean":' .. (n > 0 and sum / n or 0) .. ',"percentiles":{' .. table.concat(pct, ",") .. "}}" ..
+      ',"overhead_header_ms":{"samples":' .. #oall .. ',"max":' .. (oall[#oall] or 0) ..
+      ',"percentiles":{' .. table.concat(opct, ",") .. "}}" ..
       ',"wrk_corrected_latency_us":{"max":' .. latency.max .. ',"mean":' .. latency.mean ..
       ',"percentiles":{' .. table.concat(wpct, ",") .. "}}" ..
       "}\n"
