@@ -39,9 +39,10 @@
  * so a failure before it still gets a real HTTP status and the SDK's typed
  * error. Errors use Anthropic's envelope (api.h API_ANTHROPIC).
  *
- * count_tokens answers chatd's own estimate (characters / 4, images at their
- * most) for every model: forwarding it to Anthropic's endpoint needs a
- * second kind of transfer on the llm transport, which does not exist yet.
+ * count_tokens is forwarded to the provider's own endpoint for Anthropic
+ * models (llm/count_tokens.h); OpenAI-compatible servers have none, so chatd
+ * answers its estimate (characters / 4, an image at its most) for those. The
+ * header X-Chatd-Token-Count says which: "provider" or "estimate".
  */
 #include "api/anthropic_api.h"
 
@@ -59,6 +60,7 @@
 #include "core/util.h"
 #include "guard/auth.h"
 #include "llm/content.h"
+#include "llm/count_tokens.h"
 
 /* ---- request ---- */
 
@@ -983,13 +985,96 @@ void api_anthropic_messages(http_req *r, api_env *w, char **params)
         run_turn(j, IDEM_NONE, NULL);
 }
 
+/* count_tokens forwarded to an Anthropic model's provider. */
+typedef struct count_job {
+    http_req *r;
+    llm_count *call;
+} count_job;
+
+static void count_gone(void *ud)
+{
+    count_job *j = ud;
+    llm_count_cancel(j->call);
+    http_req_release(j->r);
+    free(j);
+}
+
+static void count_done(void *ud, const llm_count_result *res)
+{
+    count_job *j = ud;
+    http_req *r = j->r;
+    http_req_on_close(r, NULL, NULL);
+    if (res->input_tokens >= 0) {
+        http_add_header(r, "X-Chatd-Token-Count", "provider");
+        http_reply_json(r, 200, json_pack("{s:I}", "input_tokens", (json_int_t)res->input_tokens));
+    } else if (res->http_status == 400 || res->http_status == 404 || res->http_status == 413 ||
+               res->http_status == 429) {
+        /* The request's own fault (or the provider's rate limit): passed on. */
+        api_error(r, API_ANTHROPIC, res->http_status, res->error_type ? res->error_type : "provider_error", "%s",
+                  res->error_message);
+    } else {
+        api_error(r, API_ANTHROPIC, res->timed_out ? 504 : 502, res->timed_out ? "provider_timeout" : "provider_error",
+                  "%s", res->error_message);
+    }
+    http_req_release(r);
+    free(j);
+}
+
+/* The count_tokens body for the provider: the conversation as parsed (a
+ * leading system-role message joined to system), the client's tools,
+ * tool_choice and thinking, and the model's provider id. */
+static char *count_body(const api_an_request *q, const chat_model *m)
+{
+    json_t *msgs = json_array();
+    for (size_t i = 0; i < q->n_hist; i++) {
+        json_t *content =
+            q->hist[i].blocks ? json_incref((json_t *)q->hist[i].blocks) : json_string(q->hist[i].content);
+        json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", q->hist[i].role, "content", content));
+    }
+    json_t *o = json_pack("{s:s,s:o}", "model", m->model_id, "messages", msgs);
+    if (q->system.len)
+        json_object_set_new(o, "system", json_string(chat_buf_str(&q->system)));
+    static const char *const keep[] = { "tools", "tool_choice", "thinking" };
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        json_t *v = json_object_get(q->root, keep[i]);
+        if (v && !json_is_null(v))
+            json_object_set(o, keep[i], v);
+    }
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
 void api_anthropic_count_tokens(http_req *r, api_env *w, char **params)
 {
     (void)params;
     api_an_request q;
-    if (!parse(r, w, true, &q))
+    const chat_model *m = parse(r, w, true, &q);
+    if (!m)
         return;
-    http_add_header(r, "X-Chatd-Token-Count", "estimate");
-    http_reply_json(r, 200, json_pack("{s:I}", "input_tokens", (json_int_t)api_an_estimate_tokens(&q)));
+    if (m->provider.kind != LLM_PROVIDER_ANTHROPIC) {
+        /* No such endpoint on OpenAI-compatible servers: chatd's estimate. */
+        http_add_header(r, "X-Chatd-Token-Count", "estimate");
+        http_reply_json(r, 200, json_pack("{s:I}", "input_tokens", (json_int_t)api_an_estimate_tokens(&q)));
+        api_an_request_free(&q);
+        return;
+    }
+    if (!m->available) {
+        api_error(r, API_ANTHROPIC, 503, "provider_not_configured",
+                  "model %s needs a provider API key: set %s and restart chatd", m->name, m->missing);
+        api_an_request_free(&q);
+        return;
+    }
+    char *body = count_body(&q, m);
     api_an_request_free(&q);
+    count_job *j = chat_xcalloc(1, sizeof *j);
+    j->r = r;
+    if (!body || llm_count_start(w->base, &m->provider, body, count_done, j, &j->call) != CHAT_OK) {
+        free(j);
+        api_error(r, API_ANTHROPIC, 500, "internal_error", "count_tokens could not be sent to the provider");
+    } else {
+        http_req_hold(r);
+        http_req_on_close(r, count_gone, j);
+    }
+    free(body);
 }

@@ -381,12 +381,23 @@ describe('typed errors for chatd refusals', () => {
 
 describe('count_tokens', () => {
   for (const mode of MODELS) {
-    test(`an estimate for ${mode.model}`, async () => {
-      const r = await client().messages.countTokens({
+    test(`${mode.model}: ${mode.name === 'anthropic' ? "the provider's count" : "chatd's estimate"}`, async () => {
+      const { data: r, response } = await client().messages.countTokens({
         model: mode.model, system: 'abcd', messages: [{ role: 'user', content: 'abcdefgh' }],
-      });
+      }).withResponse();
       assert.equal(r.input_tokens, 3);
-      assert.equal((await fake.requests()).length, 0);
+      const reqs = await fake.requests();
+      if (mode.name === 'anthropic') {
+        assert.equal(response.headers.get('x-chatd-token-count'), 'provider');
+        assert.equal(reqs.length, 1);
+        assert.equal(reqs[0].path, '/v1/messages/count_tokens');
+        assert.equal(reqs[0].body.model, mode.model);
+        assert.equal(reqs[0].body.system, 'abcd');
+        assert.equal(reqs[0].body.max_tokens, undefined);
+      } else {
+        assert.equal(response.headers.get('x-chatd-token-count'), 'estimate');
+        assert.equal(reqs.length, 0);
+      }
     });
   }
 });

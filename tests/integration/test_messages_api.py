@@ -160,15 +160,34 @@ def test_early_failure_keeps_its_status(chatd_module, fake):
     assert_an_error(r, 503, "overloaded_error", code="provider_overloaded")
 
 
-def test_count_tokens_estimate(chatd_module, fake):
+def test_count_tokens(chatd_module, fake):
     s = chatd_module()
-    r = s.client.post("/v1/messages/count_tokens", headers=V, json={
-        "model": "claude-sonnet-4-6", "system": "abcd", "messages": [{"role": "user", "content": "abcdefgh"}]})
+    req = {"system": "abcd", "messages": [{"role": "user", "content": "abcdefgh"}]}
+    # An OpenAI-compatible model: chatd's estimate, the provider is not asked.
+    r = s.client.post("/v1/messages/count_tokens", headers=V, json={"model": "gpt-4o-mini", **req})
     assert r.status_code == 200, r.text
     assert r.json() == {"input_tokens": 3}
     assert r.headers["x-chatd-token-count"] == "estimate"
     assert r.headers["request-id"]
     assert fake.requests() == []
+    # An Anthropic model: forwarded to the provider's count_tokens.
+    r = s.client.post("/v1/messages/count_tokens", headers=V, json={"model": "claude-sonnet-4-6", "max_tokens": 9, **req})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"input_tokens": 3}
+    assert r.headers["x-chatd-token-count"] == "provider"
+    [q] = fake.requests()
+    assert q["path"] == "/v1/messages/count_tokens"
+    assert q["body"] == {"model": "claude-sonnet-4-6", "system": "abcd",
+                         "messages": [{"role": "user", "content": "abcdefgh"}]}
+    assert q["headers"]["anthropic-version"]
+    assert q["headers"]["x-api-key"]
+
+
+def test_count_tokens_provider_down(chatd_module):
+    s = chatd_module({"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "PROVIDER_CONNECT_TIMEOUT": "1s"})
+    r = s.client.post("/v1/messages/count_tokens", headers=V, json={
+        "model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "x"}]})
+    assert_an_error(r, 502, "api_error", "count_tokens", code="provider_error")
 
 
 def test_stateless_history_and_system_reach_the_provider(chatd_module, fake):
