@@ -915,12 +915,13 @@ static const chat_renderer seed_text = {
     .error = seed_text_error,
 };
 
-/* The /v1 usage: the four counts and reasoning_tokens (null when not reported). */
+/* The /v1 usage: the four counts, and reasoning_tokens (of output_tokens)
+ * when the provider reported it. */
 static json_t *v1_usage(const turn_result *res)
 {
     json_t *u = api_usage_json(&res->usage);
-    json_object_set_new(u, "reasoning_tokens",
-                        res->reasoning_tokens >= 0 ? json_integer(res->reasoning_tokens) : json_null());
+    if (res->reasoning_tokens >= 0)
+        json_object_set_new(u, "reasoning_tokens", json_integer(res->reasoning_tokens));
     return u;
 }
 

@@ -32,7 +32,10 @@ def test_chat_shape(c, fake):
     assert r.headers["content-type"].startswith("application/json")
     b = r.json()
     assert set(b) == {"id", "session_id", "model", "response", "stop_reason", "usage", "cost", "turn_count", "truncated_turns",
-                      "created_at", "request_id"}, b
+                      "created_at", "request_id", "content", "tool_calls", "stop_sequence"}, b
+    # issue 13: the reply as canonical blocks, no tool calls, no stop sequence
+    assert b["content"] == [{"type": "text", "text": b["response"]}] and b["tool_calls"] == [], b
+    assert b["stop_sequence"] is None, b
     # Priced by the models table: claude-sonnet-4-6 at $3 / $15 per million tokens.
     u = b["usage"]
     micros = 3 * u["input_tokens"] + 15 * u["output_tokens"]
