@@ -584,6 +584,8 @@ static void read_usage(llm_parse *st, json_t *u)
         st->usage.cache_read_tokens = json_integer_value(v);
     if (json_is_integer(v = json_object_get(u, "cache_creation_input_tokens")))
         st->usage.cache_write_tokens = json_integer_value(v);
+    if (json_is_integer(v = json_object_get(json_object_get(u, "output_tokens_details"), "thinking_tokens")))
+        st->usage.reasoning_tokens = json_integer_value(v);
 }
 
 static void set_str(char **dst, const char *v)
@@ -637,34 +639,90 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
     } else if (strcmp(type, "content_block_start") == 0) {
         if (!(j = event_json(st, type, data, len)))
             return 1;
+        json_t *cb = json_object_get(j, "content_block");
+        const char *bt = jstr(cb, "type");
+        /* Blocks of a type we do not know (server tools...) are skipped,
+         * their deltas with them (A6, A11). */
+        st->block_is_text = false;
+        if (!bt) {
+            st->block_index = -1;
+        } else if (strcmp(bt, "text") == 0) {
+            st->block_is_text = true;
+            rc = llm_reply_open(st, LLM_BLK_TEXT, NULL, NULL);
+            json_t *t = json_object_get(cb, "text"); /* "" in practice */
+            if (rc == 0 && json_is_string(t))
+                rc = llm_reply_piece(st, LLM_BLK_TEXT, json_string_value(t), json_string_length(t));
+        } else if (strcmp(bt, "thinking") == 0) {
+            rc = llm_reply_open(st, LLM_BLK_THINKING, NULL, NULL);
+            json_t *t = json_object_get(cb, "thinking");
+            if (rc == 0 && json_is_string(t))
+                rc = llm_reply_piece(st, LLM_BLK_THINKING, json_string_value(t), json_string_length(t));
+            const char *sig = jstr(cb, "signature");
+            if (rc == 0 && sig && *sig)
+                llm_reply_signature(st, sig, strlen(sig));
+        } else if (strcmp(bt, "tool_use") == 0) {
+            rc = llm_reply_open(st, LLM_BLK_TOOL, jstr(cb, "id"), jstr(cb, "name"));
+            /* input is {} at the start; the JSON text comes in input_json_delta pieces. */
+        } else if (strcmp(bt, "redacted_thinking") == 0) {
+            const char *d = jstr(cb, "data");
+            if (!d) {
+                llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "a redacted_thinking block without data");
+                rc = 1;
+            } else {
+                rc = llm_reply_redacted(st, d);
+            }
+        } else {
+            rc = llm_reply_close(st, true);
+        }
         json_t *idx = json_object_get(j, "index");
         st->block_index = json_is_integer(idx) ? json_integer_value(idx) : -1;
-        const char *bt = jstr(json_object_get(j, "content_block"), "type");
-        st->block_is_text = bt && strcmp(bt, "text") == 0;
     } else if (strcmp(type, "content_block_delta") == 0) {
         if (!(j = event_json(st, type, data, len)))
             return 1;
-        json_t *idx = json_object_get(j, "index");
         json_t *d = json_object_get(j, "delta");
         const char *dt = jstr(d, "type");
-        json_t *text = json_object_get(d, "text");
-        /* Only text_delta of text blocks; a delta for a block whose start we
-         * did not see is taken as text only if it says text_delta. */
-        bool known = json_is_integer(idx) && json_integer_value(idx) == st->block_index;
-        if (dt && strcmp(dt, "text_delta") == 0 && json_is_string(text) && (!known || st->block_is_text))
-            rc = st->emit(st->emit_ud, json_string_value(text), json_string_length(text));
+        json_t *idx = json_object_get(j, "index");
+        bool skipped =
+            st->open_kind == LLM_BLK_NONE && json_is_integer(idx) && json_integer_value(idx) == st->block_index;
+        json_t *v;
+        /* A delta must match its block's kind; one that does not (or a
+         * citations_delta, or a delta of a skipped block) is ignored. A
+         * text_delta for a block whose start we did not see opens a text block. */
+        if (!dt) {
+            /* nothing */
+        } else if (strcmp(dt, "text_delta") == 0 && json_is_string(v = json_object_get(d, "text"))) {
+            if (st->open_kind == LLM_BLK_TEXT || (st->open_kind == LLM_BLK_NONE && !skipped))
+                rc = llm_reply_piece(st, LLM_BLK_TEXT, json_string_value(v), json_string_length(v));
+        } else if (strcmp(dt, "thinking_delta") == 0 && json_is_string(v = json_object_get(d, "thinking"))) {
+            if (st->open_kind == LLM_BLK_THINKING)
+                rc = llm_reply_piece(st, LLM_BLK_THINKING, json_string_value(v), json_string_length(v));
+        } else if (strcmp(dt, "signature_delta") == 0 && json_is_string(v = json_object_get(d, "signature"))) {
+            llm_reply_signature(st, json_string_value(v), json_string_length(v));
+        } else if (strcmp(dt, "input_json_delta") == 0 && json_is_string(v = json_object_get(d, "partial_json"))) {
+            if (st->open_kind == LLM_BLK_TOOL || st->open_json)
+                rc = llm_reply_piece(st, LLM_BLK_TOOL, json_string_value(v), json_string_length(v));
+        }
     } else if (strcmp(type, "message_delta") == 0) {
         if (!(j = event_json(st, type, data, len)))
             return 1;
-        set_str(&st->stop_reason, jstr(json_object_get(j, "delta"), "stop_reason"));
+        json_t *d = json_object_get(j, "delta");
+        llm_reply_stop_reason(st, jstr(d, "stop_reason"), "end_turn");
+        const char *seq = jstr(d, "stop_sequence");
+        if (seq) {
+            free(st->stop_sequence);
+            st->stop_sequence = llm_strndup_utf8(seq, 256);
+        }
         read_usage(st, json_object_get(j, "usage"));
     } else if (strcmp(type, "message_stop") == 0) {
         if (!(j = event_json(st, type, data, len)))
             return 1;
-        st->complete = true;
+        /* A block left open by a stream without its stop is closed (and checked) now. */
+        rc = llm_reply_close(st, true);
+        st->complete = rc == 0 && st->err == LLM_OK;
     } else if (strcmp(type, "content_block_stop") == 0) {
         if (!(j = event_json(st, type, data, len)))
             return 1;
+        rc = llm_reply_close(st, true);
         st->block_index = -1;
         st->block_is_text = false;
     }
@@ -686,18 +744,16 @@ static llm_status parse_json_body(llm_parse *st, const char *body, size_t len)
         goto out;
     }
     set_str(&st->model, jstr(j, "model"));
-    set_str(&st->stop_reason, jstr(j, "stop_reason"));
     read_usage(st, json_object_get(j, "usage"));
     size_t i;
     json_t *b;
     json_array_foreach(content, i, b)
     {
-        const char *bt = jstr(b, "type");
-        json_t *text = json_object_get(b, "text");
-        if (bt && strcmp(bt, "text") == 0 && json_is_string(text) &&
-            st->emit(st->emit_ud, json_string_value(text), json_string_length(text)) != 0)
-            goto out; /* the sink recorded why */
+        if (llm_reply_block(st, b) != 0)
+            goto out; /* a malformed block, or the sink recorded why */
     }
+    llm_reply_stop_reason(st, jstr(j, "stop_reason"), "end_turn");
+    set_str(&st->stop_sequence, jstr(j, "stop_sequence"));
     st->complete = true;
     rc = LLM_OK;
 out:

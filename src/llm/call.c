@@ -30,7 +30,10 @@
  * in `pending`, and write_cb returns CURL_WRITEFUNC_PAUSE. curl then keeps that
  * piece and hands it to us again after curl_easy_pause(CURLPAUSE_CONT): we
  * skip that many bytes (`skip`). llm_call_resume defers to kick_ev, which
- * first delivers `pending`, then unpauses curl.
+ * first delivers `pending`, then unpauses curl. A caller with on_event gets
+ * every reply event instead of text; events that come while paused are held
+ * (copied, in order, in `held`) the same way and delivered one by one on
+ * resume, before curl is unpaused; a pause from one of them keeps the rest.
  *
  * Reentrancy. `depth` counts the curl callbacks and user callbacks we are
  * inside; llm_call_cancel with depth > 0 only marks the call cancelled and
@@ -84,6 +87,14 @@ typedef struct attempt {
     size_t skip;             /* bytes at the head of the next deliveries already parsed (pause) */
 } attempt;
 
+/* A reply event held by a pause (on_event), with copies of its strings. */
+typedef struct held_event {
+    llm_event_kind kind;
+    int index;
+    char *id, *name, *data; /* heap or NULL */
+    size_t len;
+} held_event;
+
 /* The outcome of an attempt or of the call. Strings are heap. */
 typedef struct outcome {
     llm_status status;
@@ -126,6 +137,9 @@ struct llm_call {
     int64_t ttfb_ms;              /* current attempt's time to first byte, -1 before it */
     chat_buf text;                /* reply text so far, at most max_response_bytes */
     chat_buf pending;             /* text parsed after a pause, delivered on resume (a suffix of text) */
+    struct held_event *held;      /* on_event: events parsed after a pause, delivered on resume */
+    size_t n_held, held_cap;      /* events in held, and room */
+    size_t held_next;             /* the first of them not delivered yet */
     attempt a;                    /* the current attempt */
     llm_parse ps;                 /* what the provider parser found in the current attempt */
     int last_status;              /* last HTTP status seen over all attempts */
@@ -142,6 +156,7 @@ void llm_parse_init(llm_parse *st, llm_emit_fn emit, void *emit_ud)
     st->emit_ud = emit_ud;
     st->usage.input_tokens = st->usage.output_tokens = -1;
     st->usage.cache_read_tokens = st->usage.cache_write_tokens = -1;
+    st->usage.reasoning_tokens = -1;
     st->block_index = -1;
     st->err = LLM_OK;
 }
@@ -153,7 +168,25 @@ void llm_parse_reset(llm_parse *st)
     free(st->err_type);
     free(st->err_message);
     free(st->err_code);
+    free(st->stop_sequence);
+    json_decref(st->content);
+    free(st->open_id);
+    free(st->open_name);
+    free(st->open_sig);
+    free(st->acc);
+    for (size_t i = 0; i < st->n_slots; i++) {
+        free(st->slots[i].id);
+        free(st->slots[i].name);
+        free(st->slots[i].args);
+    }
+    free(st->slots);
+    llm_event_fn event = st->event;
+    bool via_tool = st->json_via_tool;
+    size_t max = st->max_bytes;
     llm_parse_init(st, st->emit, st->emit_ud);
+    st->event = event;
+    st->json_via_tool = via_tool;
+    st->max_bytes = max;
 }
 
 void llm_parse_fail(llm_parse *st, llm_status status, const char *type, const char *fmt, ...)
@@ -441,6 +474,17 @@ static void detach(llm_call *c)
     c->curl_paused = false;
 }
 
+/* Frees the held events and empties the queue. */
+static void clear_held(llm_call *c)
+{
+    for (size_t i = 0; i < c->n_held; i++) {
+        free(c->held[i].id);
+        free(c->held[i].name);
+        free(c->held[i].data);
+    }
+    c->n_held = c->held_next = 0;
+}
+
 /* Frees the call. The transfer is aborted if still running (the connection
  * closes, so the provider sees us leave). No callback runs. */
 static void destroy(llm_call *c)
@@ -457,6 +501,8 @@ static void destroy(llm_call *c)
     free(c->body);
     chat_buf_free(&c->text);
     chat_buf_free(&c->pending);
+    clear_held(c);
+    free(c->held);
     llm__transport_unlink(c->t, &c->link);
     free(c);
 }
@@ -512,6 +558,16 @@ static void finish(llm_call *c, outcome *o)
     r.text = chat_buf_str(&c->text);
     r.text_len = c->text.len;
     r.stop_reason = c->ps.stop_reason;
+    r.stop_sequence = c->ps.stop_sequence;
+    /* A block the reply broke off in is kept as far as it is usable (a
+     * tool call whose arguments do not parse is not); no events for it. */
+    c->ps.event = NULL;
+    (void)llm_reply_close(&c->ps, false);
+    if (!c->ps.content)
+        c->ps.content = json_array();
+    if (!c->ps.content)
+        chat_fatal("out of memory building a reply");
+    r.content = c->ps.content;
     r.model = c->ps.model;
     r.usage = c->ps.usage;
     r.delivered = c->delivered;
@@ -690,8 +746,8 @@ static int emit_text(void *ud, const char *s, size_t n)
         llm_parse_fail(&c->ps, LLM_ERR_PROTOCOL, "protocol_error", "reply text exceeds max_response_bytes=%zu", max);
         return 1;
     }
-    if (!c->stream || !c->cbs.on_delta)
-        return 0;
+    if (!c->stream || !c->cbs.on_delta || c->cbs.on_event)
+        return 0; /* with on_event, text is delivered as an event (emit_event) */
     if (c->paused) {
         /* pending is a suffix of text, so text's maximum bounds it too. */
         if (chat_buf_append(&c->pending, s, n) != CHAT_OK)
@@ -700,6 +756,60 @@ static int emit_text(void *ud, const char *s, size_t n)
     }
     c->delivered = true;
     int r = c->cbs.on_delta(c->ud, s, n);
+    if (c->cancelled)
+        return 1;
+    if (r == LLM_PAUSE)
+        c->paused = true;
+    return 0;
+}
+
+/* Copies ev to the end of the held queue, merging a piece into the held
+ * piece just before it when both belong to the same block and kind (the
+ * held total is bounded by the reply content's cap, llm_parse.max_bytes). */
+static void hold_event(llm_call *c, const llm_event *ev)
+{
+    bool piece = ev->kind == LLM_EV_TEXT || ev->kind == LLM_EV_THINKING || ev->kind == LLM_EV_TOOL_ARGS;
+    held_event *last = c->n_held > c->held_next ? &c->held[c->n_held - 1] : NULL;
+    if (piece && last && last->kind == ev->kind && last->index == ev->index) {
+        last->data = chat_xrealloc(last->data, last->len + ev->len + 1);
+        memcpy(last->data + last->len, ev->data, ev->len);
+        last->len += ev->len;
+        last->data[last->len] = '\0';
+        return;
+    }
+    if (c->n_held == c->held_cap) {
+        c->held_cap = c->held_cap ? c->held_cap * 2 : 16;
+        c->held = chat_xrealloc(c->held, c->held_cap * sizeof *c->held);
+    }
+    held_event *h = &c->held[c->n_held++];
+    memset(h, 0, sizeof *h);
+    h->kind = ev->kind;
+    h->index = ev->index;
+    h->id = ev->id ? chat_xstrdup(ev->id) : NULL;
+    h->name = ev->name ? chat_xstrdup(ev->name) : NULL;
+    if (ev->data) {
+        h->data = chat_xmalloc(ev->len + 1);
+        memcpy(h->data, ev->data, ev->len);
+        h->data[ev->len] = '\0';
+        h->len = ev->len;
+    }
+}
+
+/* Reply events from the provider parser (reply.c): to on_event when the
+ * caller set it (streaming calls only), held while paused. */
+static int emit_event(void *ud, const llm_event *ev)
+{
+    llm_call *c = ud;
+    if (c->cancelled)
+        return 1;
+    if (!c->stream || !c->cbs.on_event)
+        return 0;
+    if (c->paused) {
+        hold_event(c, ev);
+        return 0;
+    }
+    c->delivered = true;
+    int r = c->cbs.on_event(c->ud, ev);
     if (c->cancelled)
         return 1;
     if (r == LLM_PAUSE)
@@ -993,6 +1103,7 @@ static void handle_outcome(llm_call *c, outcome *o)
     /* Nothing was delivered, so whatever this attempt parsed is thrown away. */
     chat_buf_clear(&c->text);
     chat_buf_clear(&c->pending);
+    clear_held(c);
     c->paused = false;
     llm_parse_reset(&c->ps);
     struct timeval tv = { .tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)((wait % 1000) * 1000) };
@@ -1036,7 +1147,7 @@ void llm__call_transfer_done(llm_call *c, CURLcode rc)
         destroy(c);
         return;
     }
-    if (c->paused && c->pending.len > 0) {
+    if (c->paused && (c->pending.len > 0 || c->held_next < c->n_held)) {
         /* The caller has not taken the text parsed after its pause yet: decide
          * once it resumes, so on_done never overtakes a delta. */
         c->done_while_paused = true;
@@ -1074,6 +1185,27 @@ static void do_resume(llm_call *c)
             return;
         }
     }
+    while (c->held_next < c->n_held && c->cbs.on_event) {
+        /* One event at a time, in order: on_event may pause again, and the
+         * rest then waits for the next resume. */
+        held_event *h = &c->held[c->held_next++];
+        llm_event ev = {
+            .kind = h->kind, .index = h->index, .id = h->id, .name = h->name, .data = h->data, .len = h->len
+        };
+        c->delivered = true;
+        c->depth++;
+        int r = c->cbs.on_event(c->ud, &ev);
+        c->depth--;
+        if (c->cancelled) {
+            destroy(c);
+            return;
+        }
+        if (r == LLM_PAUSE) {
+            c->paused = true;
+            return;
+        }
+    }
+    clear_held(c);
     if (c->done_while_paused) {
         c->done_while_paused = false;
         outcome o = { 0 };
@@ -1174,6 +1306,10 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     chat_buf_init(&c->text, p->max_response_bytes);
     chat_buf_init(&c->pending, p->max_response_bytes);
     llm_parse_init(&c->ps, emit_text, c);
+    if (cbs->on_event)
+        c->ps.event = emit_event;
+    c->ps.json_via_tool = req->json_via_tool;
+    c->ps.max_bytes = p->max_response_bytes;
     c->start_ms = chat_mono_ms();
     c->total_deadline_ms = c->start_ms + p->total_timeout_ms;
 

@@ -37,6 +37,23 @@
  */
 typedef int (*llm_emit_fn)(void *ud, const char *text, size_t len);
 
+/* Receives every reply event (llm/content.h) the parser builds, TEXT included
+ * (after the emit of the same text). Same return convention as llm_emit_fn. */
+typedef int (*llm_event_fn)(void *ud, const llm_event *ev);
+
+/* The kind of the block being built (llm_parse.open_kind). */
+typedef enum { LLM_BLK_NONE = 0, LLM_BLK_TEXT, LLM_BLK_THINKING, LLM_BLK_TOOL } llm_block_kind;
+
+/* One OpenAI tool call seen in a stream (openai.c), by its provider index. */
+typedef struct llm_tool_slot {
+    int64_t index; /* the provider's tool_calls[].index */
+    char *id;      /* heap, NULL until a piece carries it */
+    char *name;    /* heap, NULL until a piece carries it */
+    char *args;    /* heap, argument text buffered while another call's block is open */
+    size_t args_len;
+    int state; /* 0 buffered (not started), 1 its block is open, 2 done */
+} llm_tool_slot;
+
 typedef struct llm_parse {
     llm_emit_fn emit;  /* where reply text goes (set by the owner, never NULL) */
     void *emit_ud;     /* passed to emit unchanged */
@@ -58,13 +75,68 @@ typedef struct llm_parse {
     char *err_type;      /* heap, with err: error type (provider's, or ours) */
     char *err_message;   /* heap, with err: human-readable message */
     char *err_code;      /* heap, with err: the provider's error code if it gave one, else NULL */
+
+    /* ---- rich replies (reply.c). Set by the owner after llm_parse_init, kept by llm_parse_reset: ---- */
+    llm_event_fn event; /* NULL, or where every reply event goes (ud: emit_ud) */
+    bool json_via_tool; /* the request forced LLM_JSON_TOOL: its input is the reply's text */
+    size_t max_bytes;   /* cap on the reply content's text, ids and arguments together (0: none) */
+    /* ---- built by the parser (cleared by llm_parse_reset): ---- */
+    char *stop_sequence;      /* heap, the stop sequence that ended the reply, or NULL */
+    json_t *content;          /* the reply's canonical blocks closed so far; NULL until the first */
+    llm_block_kind open_kind; /* the block being built, LLM_BLK_NONE if none */
+    bool open_json;           /* it is the LLM_JSON_TOOL call, shown as a text block */
+    char *open_id;            /* heap, tool_use: its id */
+    char *open_name;          /* heap, tool_use: its name */
+    char *open_sig;           /* heap, thinking: its signature */
+    char *acc;                /* heap, the open block's text, thinking or argument JSON so far */
+    size_t acc_len, acc_cap;
+    size_t content_bytes; /* counted against max_bytes */
+    bool json_seen;       /* a LLM_JSON_TOOL call became text */
+    bool tool_seen;       /* a real tool_use block was built */
+    llm_tool_slot *slots; /* openai.c: the stream's tool calls, in order of first appearance */
+    size_t n_slots;
 } llm_parse;
 
 /* Zeroes st, sets usage to -1 and the emit sink. */
 void llm_parse_init(llm_parse *st, llm_emit_fn emit, void *emit_ud);
 
-/* Frees the strings of st and re-initialises it with the same sink. */
+/* Frees the strings and content of st and re-initialises it with the same
+ * sinks (emit, event, json_via_tool and max_bytes are kept). */
 void llm_parse_reset(llm_parse *st);
+
+/* ---- building the reply's content and events (reply.c) ----
+ *
+ * A provider parser describes the reply block by block; these keep
+ * st->content and the open block, and call st->emit (text) and st->event
+ * (every event) in stream order. Each returns 0 to go on, nonzero to stop
+ * (st->err says why, or a sink asked to stop). Blocks never interleave: opening
+ * one closes the open one. The event index is the block's position in
+ * st->content. A text block that received no text is dropped at its close
+ * (an empty text block is invalid in a request), without events.
+ */
+
+/* Opens a block: type "text", "thinking" or "tool_use" (id and name then
+ * required; the LLM_JSON_TOOL call with st->json_via_tool is opened as text). */
+int llm_reply_open(llm_parse *st, llm_block_kind kind, const char *id, const char *name);
+/* A piece of the open block, of this kind (LLM_BLK_TOOL: argument JSON text).
+ * TEXT and THINKING open a block of their kind first when the open one is of
+ * another kind; argument text without an open tool_use is a protocol error. */
+int llm_reply_piece(llm_parse *st, llm_block_kind kind, const char *s, size_t n);
+/* The signature of the open thinking block (ignored for other blocks). */
+void llm_reply_signature(llm_parse *st, const char *sig, size_t n);
+/* Closes the open block (nothing open: 0). Strict: a tool_use whose
+ * arguments are not a JSON object is a protocol error. Lenient (after a
+ * failure, for the partial content): such a block is dropped. */
+int llm_reply_close(llm_parse *st, bool strict);
+/* A whole redacted_thinking block {data} (closes the open one first). */
+int llm_reply_redacted(llm_parse *st, const char *data);
+/* A whole block of a non-streamed reply, validated (text, tool_use, thinking,
+ * redacted_thinking; other types kept as they are) and appended; its text goes
+ * to st->emit. No events. The LLM_JSON_TOOL call becomes a text block. */
+int llm_reply_block(llm_parse *st, json_t *block);
+/* The stop reason to report: "tool_use"/"tool_calls" become end_after when the
+ * only tool called was LLM_JSON_TOOL (its input is the reply's text). */
+void llm_reply_stop_reason(llm_parse *st, const char *reason, const char *end_after);
 
 /* Records the first failure (later ones are ignored, the first is the cause).
  * type is copied; the message is formatted, then any byte of it that is not

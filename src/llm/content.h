@@ -80,9 +80,14 @@ typedef enum llm_event_kind {
 typedef struct llm_event {
     llm_event_kind kind;
     int index;        /* position of the block in the reply's content array, from 0 */
-    const char *id;   /* TOOL_START: the call's id (NUL-terminated) */
-    const char *name; /* TOOL_START: the function's name (NUL-terminated) */
-    const char *data; /* TEXT, THINKING, TOOL_ARGS: the piece, not NUL-terminated */
+    const char *id;   /* TOOL_START (and BLOCK_STOP of a tool_use): the call's id (NUL-terminated) */
+    const char *name; /* TOOL_START: the function's name; BLOCK_STOP: the block's type ("text", "thinking",
+                       * "tool_use", "redacted_thinking") (NUL-terminated) */
+    /* TEXT, THINKING, TOOL_ARGS: the piece, not NUL-terminated. BLOCK_STOP:
+     * what completes the block, else NULL: a thinking block's signature, or a
+     * redacted_thinking block's data (such a block has no other event: it
+     * arrives whole). */
+    const char *data;
     size_t len;
 } llm_event;
 

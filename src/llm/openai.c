@@ -602,6 +602,9 @@ static void read_usage(llm_parse *st, json_t *u)
         st->usage.cache_read_tokens = c;
     if (json_is_integer(completion))
         st->usage.output_tokens = json_integer_value(completion);
+    json_t *reasoning = json_object_get(json_object_get(u, "completion_tokens_details"), "reasoning_tokens");
+    if (json_is_integer(reasoning))
+        st->usage.reasoning_tokens = json_integer_value(reasoning);
 }
 
 /*
@@ -636,19 +639,249 @@ static void fail_with_error(llm_parse *st, json_t *err, const char *raw, size_t 
     free(code);
 }
 
-/* Takes text, finish_reason, model and usage from one chunk or body; returns emit's verdict. */
-static int read_choice(llm_parse *st, json_t *choice, const char *what)
+/* ---- tool calls, reasoning and text of a reply (B8) ---- */
+
+/* Most tool calls kept from one reply: a bound on the slot table. */
+#define MAX_TOOL_CALLS 128
+
+/* The reasoning text of a delta or message: reasoning_content (DeepSeek,
+ * vLLM, llama.cpp) or reasoning (Ollama, newer vLLM); NULL if none. */
+static json_t *reasoning_of(json_t *m)
 {
+    json_t *r = json_object_get(m, "reasoning_content");
+    if (json_is_string(r) && json_string_length(r) > 0)
+        return r;
+    r = json_object_get(m, "reasoning");
+    return json_is_string(r) && json_string_length(r) > 0 ? r : NULL;
+}
+
+static llm_tool_slot *open_slot(llm_parse *st)
+{
+    for (size_t i = 0; i < st->n_slots; i++)
+        if (st->slots[i].state == 1)
+            return &st->slots[i];
+    return NULL;
+}
+
+/* Opens slot's block and replays the arguments buffered for it. */
+static int start_slot(llm_parse *st, llm_tool_slot *s)
+{
+    char synth[32];
+    if (!s->id) {
+        /* Some local servers send no id; the caller needs one to answer the call. */
+        snprintf(synth, sizeof synth, "call_%lld", (long long)(s->index < 0 ? -s->index - 1 : s->index));
+    }
+    s->state = 1;
+    int rc = llm_reply_open(st, LLM_BLK_TOOL, s->id ? s->id : synth, s->name);
+    if (rc == 0 && s->args_len > 0)
+        rc = llm_reply_piece(st, LLM_BLK_TOOL, s->args, s->args_len);
+    free(s->args);
+    s->args = NULL;
+    s->args_len = 0;
+    return rc;
+}
+
+/* Starts the first buffered call if no call's block is open and it has a name. */
+static int maybe_start(llm_parse *st)
+{
+    if (open_slot(st))
+        return 0;
+    for (size_t i = 0; i < st->n_slots; i++) {
+        llm_tool_slot *s = &st->slots[i];
+        if (s->state == 0)
+            return s->name ? start_slot(st, s) : 0;
+    }
+    return 0;
+}
+
+/*
+ * Ends every tool call: the open one's block is closed, then each buffered
+ * one is emitted whole, in order of first appearance. Before text or
+ * reasoning, and at the finish_reason.
+ */
+static int flush_tools(llm_parse *st)
+{
+    llm_tool_slot *o = open_slot(st);
+    if (o) {
+        o->state = 2;
+        if (llm_reply_close(st, true) != 0)
+            return 1;
+    }
+    for (size_t i = 0; i < st->n_slots; i++) {
+        llm_tool_slot *s = &st->slots[i];
+        if (s->state != 0)
+            continue;
+        if (!s->name) {
+            llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "tool call %lld has no function name",
+                           (long long)s->index);
+            return 1;
+        }
+        if (start_slot(st, s) != 0)
+            return 1;
+        s->state = 2;
+        if (llm_reply_close(st, true) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Copies a string field of a tool-call piece into *dst when not set yet. */
+static bool take_str(llm_parse *st, char **dst, json_t *v)
+{
+    if (*dst || !json_is_string(v) || json_string_length(v) == 0)
+        return true;
+    if (st->max_bytes && json_string_length(v) > st->max_bytes) {
+        llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "a tool call id or name exceeds max_response_bytes");
+        return false;
+    }
+    *dst = llm_strndup_utf8(json_string_value(v), json_string_length(v));
+    return true;
+}
+
+/* One element of delta.tool_calls (pos: its position in the array). */
+static int tool_piece(llm_parse *st, json_t *tc, size_t pos)
+{
+    if (!json_is_object(tc))
+        return 0;
+    json_t *jidx = json_object_get(tc, "index");
+    int64_t idx = json_is_integer(jidx) ? json_integer_value(jidx) : (int64_t)pos;
+    json_t *id = json_object_get(tc, "id");
+    json_t *f = json_object_get(tc, "function");
+    llm_tool_slot *s = NULL;
+    for (size_t i = 0; i < st->n_slots; i++)
+        if (st->slots[i].index == idx)
+            s = &st->slots[i];
+    /* The same index with another id: a server that numbers each chunk's calls from 0. */
+    if (s && s->id && json_is_string(id) && json_string_length(id) > 0 && strcmp(s->id, json_string_value(id)) != 0) {
+        s = NULL;
+        idx = -(int64_t)st->n_slots - 1;
+    }
+    if (!s) {
+        if (st->n_slots >= MAX_TOOL_CALLS) {
+            llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "more than %d tool calls in one reply",
+                           MAX_TOOL_CALLS);
+            return 1;
+        }
+        st->slots = chat_xrealloc(st->slots, (st->n_slots + 1) * sizeof *st->slots);
+        s = &st->slots[st->n_slots++];
+        memset(s, 0, sizeof *s);
+        s->index = idx;
+    }
+    if (!take_str(st, &s->id, id) || !take_str(st, &s->name, json_object_get(f, "name")))
+        return 1;
+    json_t *args = json_object_get(f, "arguments");
+    char *dumped = NULL;
+    const char *a = NULL;
+    size_t n = 0;
+    if (json_is_string(args)) {
+        a = json_string_value(args);
+        n = json_string_length(args);
+    } else if (json_is_object(args)) {
+        /* Some servers send the arguments as an object, whole. */
+        dumped = json_dumps(args, JSON_COMPACT);
+        if (!dumped)
+            oom_json();
+        a = dumped;
+        n = strlen(dumped);
+    }
     int rc = 0;
-    json_t *content = json_object_get(json_object_get(choice, what), "content");
-    if (json_is_string(content) && json_string_length(content) > 0)
-        rc = st->emit(st->emit_ud, json_string_value(content), json_string_length(content));
-    const char *fr = jstr(choice, "finish_reason");
-    if (fr && *fr) {
-        set_str(&st->stop_reason, fr);
-        st->finished = true;
+    if (s->state == 2 && n > 0) {
+        llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "tool call %lld continued after its block ended",
+                       (long long)idx);
+        rc = 1;
+    } else if (s->state == 1) {
+        rc = llm_reply_piece(st, LLM_BLK_TOOL, a, n);
+    } else if (s->state == 0 && n > 0) {
+        if (st->max_bytes && s->args_len + n > st->max_bytes) {
+            llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "tool call arguments exceed max_response_bytes=%zu",
+                           st->max_bytes);
+            rc = 1;
+        } else {
+            s->args = chat_xrealloc(s->args, s->args_len + n + 1);
+            memcpy(s->args + s->args_len, a, n);
+            s->args_len += n;
+            s->args[s->args_len] = '\0';
+        }
+    }
+    free(dumped);
+    if (rc == 0 && s->state == 0) {
+        /* A new call while another is open waits; otherwise it starts now,
+         * closing a text or thinking block. */
+        rc = maybe_start(st);
     }
     return rc;
+}
+
+/* Text or reasoning: every tool call ends first, so blocks never interleave. */
+static int text_piece(llm_parse *st, llm_block_kind kind, json_t *v)
+{
+    if (flush_tools(st) != 0)
+        return 1;
+    return llm_reply_piece(st, kind, json_string_value(v), json_string_length(v));
+}
+
+/* The finish_reason: everything still open ends, and the reply is complete. */
+static int finish_choice(llm_parse *st, const char *fr)
+{
+    if (flush_tools(st) != 0 || llm_reply_close(st, true) != 0)
+        return 1;
+    llm_reply_stop_reason(st, fr, "stop");
+    st->finished = true;
+    return 0;
+}
+
+/* A stream chunk's choice: reasoning, text, tool-call pieces, finish_reason. */
+static int read_delta(llm_parse *st, json_t *choice)
+{
+    json_t *d = json_object_get(choice, "delta");
+    json_t *r = reasoning_of(d);
+    if (r && text_piece(st, LLM_BLK_THINKING, r) != 0)
+        return 1;
+    json_t *content = json_object_get(d, "content");
+    if (json_is_string(content) && json_string_length(content) > 0 && text_piece(st, LLM_BLK_TEXT, content) != 0)
+        return 1;
+    json_t *calls = json_object_get(d, "tool_calls");
+    size_t i;
+    json_t *tc;
+    if (json_is_array(calls))
+        json_array_foreach(calls, i, tc)
+        {
+            if (tool_piece(st, tc, i) != 0)
+                return 1;
+        }
+    const char *fr = jstr(choice, "finish_reason");
+    if (fr && *fr)
+        return finish_choice(st, fr);
+    return 0;
+}
+
+/* A non-streamed reply's message: reasoning, text, then each tool call whole. */
+static int read_message(llm_parse *st, json_t *choice)
+{
+    json_t *m = json_object_get(choice, "message");
+    json_t *r = reasoning_of(m);
+    if (r && (llm_reply_piece(st, LLM_BLK_THINKING, json_string_value(r), json_string_length(r)) != 0 ||
+              llm_reply_close(st, true) != 0))
+        return 1;
+    /* content may be null (a refusal or tool calls): an empty reply, not an error. */
+    json_t *content = json_object_get(m, "content");
+    if (json_is_string(content) && json_string_length(content) > 0 &&
+        (llm_reply_piece(st, LLM_BLK_TEXT, json_string_value(content), json_string_length(content)) != 0 ||
+         llm_reply_close(st, true) != 0))
+        return 1;
+    json_t *calls = json_object_get(m, "tool_calls");
+    size_t i;
+    json_t *tc;
+    if (json_is_array(calls))
+        json_array_foreach(calls, i, tc)
+        {
+            if (tool_piece(st, tc, i) != 0 || flush_tools(st) != 0)
+                return 1;
+        }
+    const char *fr = jstr(choice, "finish_reason");
+    if (fr && *fr)
+        llm_reply_stop_reason(st, fr, "stop");
+    return 0;
 }
 
 /* The first choice (n is always 1 for us), NULL if there is none. */
@@ -704,7 +937,7 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
     read_usage(st, json_object_get(json_object_get(j, "x_groq"), "usage"));
     json_t *c = first_choice(j);
     if (c)
-        rc = read_choice(st, c, "delta");
+        rc = read_delta(st, c);
 out:
     json_decref(j);
     return rc;
@@ -728,9 +961,8 @@ static llm_status parse_json_body(llm_parse *st, const char *body, size_t len)
     }
     set_str(&st->model, jstr(j, "model"));
     read_usage(st, json_object_get(j, "usage"));
-    /* content may be null (a refusal or tool calls): an empty reply, not an error. */
-    if (read_choice(st, c, "message") != 0)
-        goto out; /* the sink recorded why */
+    if (read_message(st, c) != 0)
+        goto out; /* malformed tool calls, or the sink recorded why */
     st->complete = true;
     rc = LLM_OK;
 out:

@@ -10,7 +10,10 @@
 #ifndef CHATD_TESTS_LLM_TEST_UTIL_H
 #define CHATD_TESTS_LLM_TEST_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "llm/call_internal.h"
@@ -23,6 +26,14 @@ typedef struct sink {
     size_t len;
     int pieces;
     int stop_after; /* return nonzero after this many pieces (0 = never) */
+    /* With sink_event as llm_parse.event: the events as "<k><index>[:...]|"
+     * (T text, K thinking, S tool_start :id:name, A tool_args, E block_stop
+     * :type[:data]), consecutive pieces of one kind and block merged so that
+     * the log does not depend on how the bytes were split. */
+    char events[8192];
+    size_t elen;
+    int last_kind; /* kind + 1 of the last piece logged, 0 if the last entry is not a piece */
+    int last_index;
 } sink;
 
 static inline int sink_emit(void *ud, const char *t, size_t n)
@@ -34,6 +45,59 @@ static inline int sink_emit(void *ud, const char *t, size_t n)
     s->text[s->len] = '\0';
     s->pieces++;
     return s->stop_after && s->pieces >= s->stop_after;
+}
+
+static inline void sink_log(sink *s, const char *p, size_t n)
+{
+    assert_true(s->elen + n < sizeof s->events);
+    memcpy(s->events + s->elen, p, n);
+    s->elen += n;
+    s->events[s->elen] = '\0';
+}
+
+static inline int sink_event(void *ud, const llm_event *ev)
+{
+    sink *s = ud;
+    static const char letters[] = "TKSAE";
+    bool piece = ev->kind == LLM_EV_TEXT || ev->kind == LLM_EV_THINKING || ev->kind == LLM_EV_TOOL_ARGS;
+    if (piece && s->last_kind == (int)ev->kind + 1 && s->last_index == ev->index) {
+        s->elen--; /* drop the '|' and go on with the same entry */
+        sink_log(s, ev->data, ev->len);
+        sink_log(s, "|", 1);
+        return 0;
+    }
+    char head[64];
+    int hn = snprintf(head, sizeof head, "%c%d", letters[ev->kind], ev->index);
+    sink_log(s, head, (size_t)hn);
+    if (ev->kind == LLM_EV_TOOL_START) {
+        assert_non_null(ev->id);
+        assert_non_null(ev->name);
+        sink_log(s, ":", 1);
+        sink_log(s, ev->id, strlen(ev->id));
+        sink_log(s, ":", 1);
+        sink_log(s, ev->name, strlen(ev->name));
+    } else if (ev->kind == LLM_EV_BLOCK_STOP) {
+        assert_non_null(ev->name);
+        sink_log(s, ":", 1);
+        sink_log(s, ev->name, strlen(ev->name));
+        if (ev->data) {
+            sink_log(s, ":", 1);
+            sink_log(s, ev->data, ev->len);
+        }
+    } else {
+        sink_log(s, ":", 1);
+        sink_log(s, ev->data, ev->len);
+    }
+    sink_log(s, "|", 1);
+    s->last_kind = piece ? (int)ev->kind + 1 : 0;
+    s->last_index = ev->index;
+    return 0;
+}
+
+/* The content built so far as compact JSON (heap), "[]" when none. */
+static inline char *content_json(const llm_parse *st)
+{
+    return st->content ? json_dumps(st->content, JSON_COMPACT) : strdup("[]");
 }
 
 /* What the SSE callback needs: whose event handler, on which parse state. */

@@ -821,6 +821,231 @@ static void test_json_body(void **state)
     llm_parse_reset(&st);
 }
 
+/* ---- rich replies (A11) ---- */
+
+#define EV(name, json) "event: " name "\ndata: " json "\n\n"
+#define START_MSG                                                                                                      \
+    EV("message_start", "{\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":" \
+                        "9,\"output_tokens\":1}}}")
+#define BSTART(i, block) \
+    EV("content_block_start", "{\"type\":\"content_block_start\",\"index\":" #i ",\"content_block\":" block "}")
+#define BDELTA(i, delta) \
+    EV("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":" #i ",\"delta\":" delta "}")
+#define BSTOP(i) EV("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":" #i "}")
+#define MSG_END(reason, seq)                                                                                           \
+    EV("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"" reason "\",\"stop_sequence\":" seq \
+                        "},\"usage\":{\"output_tokens\":50,\"output_tokens_details\":{\"thinking_tokens\":12}}}")      \
+    EV("message_stop", "{\"type\":\"message_stop\"}")
+
+static const char *STREAM_TOOLS = START_MSG BSTART(0, "{\"type\":\"thinking\",\"thinking\":\"\"}")
+    BDELTA(0, "{\"type\":\"thinking_delta\",\"thinking\":\"Let me\"}")
+        BDELTA(0, "{\"type\":\"thinking_delta\",\"thinking\":\" think\"}")
+            BDELTA(0, "{\"type\":\"signature_delta\",\"signature\":\"EqQBsig\"}") BSTOP(0) BSTART(
+                1, "{\"type\":\"text\",\"text\":\"\"}") BDELTA(1, "{\"type\":\"text_delta\",\"text\":\"I'll check \"}")
+                BDELTA(1, "{\"type\":\"text_delta\",\"text\":\"both.\"}") BSTOP(1)
+                    BSTART(2, "{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}")
+                        BDELTA(2, "{\"type\":\"input_json_delta\",\"partial_json\":\"\"}")
+                            BDELTA(2, "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}") BDELTA(
+                                2, "{\"type\":\"input_json_delta\",\"partial_json\":\" \\\"Paris\\\"}\"}") BSTOP(2)
+                                BSTART(3, "{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"now\",\"input\":{}}")
+                                    EV("ping", "{\"type\":\"ping\"}") BSTOP(3) MSG_END("tool_use", "null");
+
+static void test_stream_tools_thinking_any_split(void **state)
+{
+    (void)state;
+    size_t steps[] = { 1, 2, 5, 64, 100000 };
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
+        sink s = { 0 };
+        llm_parse st;
+        llm_parse_init(&st, sink_emit, &s);
+        st.event = sink_event;
+        assert_int_equal(feed_stream(&st, STREAM_TOOLS, steps[k]), CHAT_OK);
+        assert_int_equal(st.err, LLM_OK);
+        assert_true(st.complete);
+        assert_string_equal(s.text, "I'll check both.");
+        assert_string_equal(s.events, "K0:Let me think|E0:thinking:EqQBsig|T1:I'll check both.|E1:text|"
+                                      "S2:toolu_1:get_weather|A2:{\"city\": \"Paris\"}|E2:tool_use|"
+                                      "S3:toolu_2:now|E3:tool_use|");
+        char *c = content_json(&st);
+        assert_string_equal(c, "[{\"type\":\"thinking\",\"thinking\":\"Let me think\",\"signature\":\"EqQBsig\"},"
+                               "{\"type\":\"text\",\"text\":\"I'll check both.\"},{\"type\":\"tool_use\",\"id\":"
+                               "\"toolu_1\",\"name\":\"get_weather\",\"input\":{\"city\":\"Paris\"}},{\"type\":"
+                               "\"tool_use\",\"id\":\"toolu_2\",\"name\":\"now\",\"input\":{}}]");
+        free(c);
+        assert_string_equal(st.stop_reason, "tool_use");
+        assert_null(st.stop_sequence);
+        assert_int_equal(st.usage.reasoning_tokens, 12);
+        assert_int_equal(st.usage.output_tokens, 50);
+        llm_parse_reset(&st);
+        assert_null(st.content);
+        assert_true(st.event == sink_event); /* the sinks survive a reset */
+    }
+}
+
+static void test_stream_redacted_stop_sequence_unknown_block(void **state)
+{
+    (void)state;
+    const char *bytes = START_MSG BSTART(0, "{\"type\":\"redacted_thinking\",\"data\":\"EmwKAhgB\"}") BSTOP(0)
+        BSTART(1, "{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_1\",\"name\":\"web_search\",\"input\":{}}")
+            BDELTA(1, "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\":1}\"}")
+                BDELTA(1, "{\"type\":\"text_delta\",\"text\":\"not text\"}") BSTOP(1)
+                    BSTART(2, "{\"type\":\"text\",\"text\":\"\"}") BSTOP(2)
+                        BSTART(3, "{\"type\":\"text\",\"text\":\"\"}")
+                            BDELTA(3, "{\"type\":\"text_delta\",\"text\":\"Done\"}")
+                                BDELTA(3, "{\"type\":\"citations_delta\",\"citation\":{}}")
+                                    BDELTA(3, "{\"type\":\"input_json_delta\",\"partial_json\":\"x\"}") BSTOP(3)
+                                        MSG_END("stop_sequence", "\"###\"");
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    st.event = sink_event;
+    assert_int_equal(feed_stream(&st, bytes, 3), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_true(st.complete);
+    /* The skipped block and the empty text block leave no trace. */
+    assert_string_equal(s.events, "E0:redacted_thinking:EmwKAhgB|T1:Done|E1:text|");
+    char *c = content_json(&st);
+    assert_string_equal(c, "[{\"type\":\"redacted_thinking\",\"data\":\"EmwKAhgB\"},{\"type\":\"text\",\"text\":"
+                           "\"Done\"}]");
+    free(c);
+    assert_string_equal(st.stop_reason, "stop_sequence");
+    assert_string_equal(st.stop_sequence, "###");
+    llm_parse_reset(&st);
+}
+
+static void test_stream_json_via_tool(void **state)
+{
+    (void)state;
+    const char *bytes = START_MSG BSTART(0, "{\"type\":\"tool_use\",\"id\":\"toolu_9\",\"name\":\"json_output\","
+                                            "\"input\":{}}")
+        BDELTA(0, "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"name\\\":\"}")
+            BDELTA(0, "{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Oslo\\\"}\"}") BSTOP(0)
+                MSG_END("tool_use", "null");
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    st.event = sink_event;
+    st.json_via_tool = true;
+    assert_int_equal(feed_stream(&st, bytes, 4), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_string_equal(s.text, "{\"name\":\"Oslo\"}");
+    assert_string_equal(s.events, "T0:{\"name\":\"Oslo\"}|E0:text|");
+    char *c = content_json(&st);
+    assert_string_equal(c, "[{\"type\":\"text\",\"text\":\"{\\\"name\\\":\\\"Oslo\\\"}\"}]");
+    free(c);
+    assert_string_equal(st.stop_reason, "end_turn");
+    llm_parse_reset(&st);
+    /* Without json_via_tool the same stream is an ordinary tool call. */
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    st.event = sink_event;
+    assert_int_equal(feed_stream(&st, bytes, 4), CHAT_OK);
+    assert_string_equal(s.text, "");
+    assert_string_equal(st.stop_reason, "tool_use");
+    assert_string_equal(s.events, "S0:toolu_9:json_output|A0:{\"name\":\"Oslo\"}|E0:tool_use|");
+    llm_parse_reset(&st);
+}
+
+static void test_stream_bad_tool_input(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        START_MSG BSTART(0, "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}")
+            BDELTA(0, "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":\"}") BSTOP(0)
+                MSG_END("tool_use", "null"),
+        START_MSG BSTART(0, "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}")
+            BDELTA(0, "{\"type\":\"input_json_delta\",\"partial_json\":\"[1]\"}") BSTOP(0) MSG_END("tool_use", "null"),
+        START_MSG BSTART(0, "{\"type\":\"tool_use\",\"name\":\"f\",\"input\":{}}") BSTOP(0) MSG_END("tool_use", "null"),
+        START_MSG BSTART(0, "{\"type\":\"redacted_thinking\"}") MSG_END("end_turn", "null"),
+        /* A block left open when the message stops is checked then. */
+        START_MSG BSTART(0, "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}")
+            BDELTA(0, "{\"type\":\"input_json_delta\",\"partial_json\":\"{\"}") MSG_END("tool_use", "null"),
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        sink s = { 0 };
+        llm_parse st;
+        llm_parse_init(&st, sink_emit, &s);
+        (void)feed_stream(&st, bad[i], 7);
+        assert_int_equal(st.err, LLM_ERR_PROTOCOL);
+        assert_false(st.complete);
+        assert_non_null(st.err_message);
+        llm_parse_reset(&st);
+    }
+    /* The content cap counts arguments too. */
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    st.max_bytes = 10;
+    (void)feed_stream(&st, STREAM_TOOLS, 100000);
+    assert_int_equal(st.err, LLM_ERR_PROTOCOL);
+    assert_non_null(strstr(st.err_message, "max_response_bytes=10"));
+    llm_parse_reset(&st);
+}
+
+static void test_json_body_blocks(void **state)
+{
+    (void)state;
+    const char *body =
+        "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":["
+        "{\"type\":\"thinking\",\"thinking\":\"hm\",\"signature\":\"sig\"},{\"type\":\"redacted_thinking\",\"data\":"
+        "\"xx\"},{\"type\":\"text\",\"text\":\"Hi \"},{\"type\":\"text\",\"text\":\"\"},{\"type\":\"tool_use\",\"id\":"
+        "\"toolu_1\",\"name\":\"f\",\"input\":{\"a\":[1,2]}},{\"type\":\"text\",\"text\":\"there\"}],"
+        "\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\",\"usage\":{\"input_tokens\":3,"
+        "\"output_tokens\":4,\"output_tokens_details\":{\"thinking_tokens\":2}}}";
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, body, strlen(body)), LLM_OK);
+    assert_string_equal(s.text, "Hi there");
+    char *c = content_json(&st);
+    assert_string_equal(c, "[{\"type\":\"thinking\",\"thinking\":\"hm\",\"signature\":\"sig\"},{\"type\":"
+                           "\"redacted_thinking\",\"data\":\"xx\"},{\"type\":\"text\",\"text\":\"Hi \"},{\"type\":"
+                           "\"tool_use\",\"id\":\"toolu_1\",\"name\":\"f\",\"input\":{\"a\":[1,2]}},{\"type\":\"text\","
+                           "\"text\":\"there\"}]");
+    free(c);
+    assert_string_equal(st.stop_sequence, "END");
+    assert_string_equal(st.stop_reason, "stop_sequence");
+    assert_int_equal(st.usage.reasoning_tokens, 2);
+    llm_parse_reset(&st);
+
+    const char *forced = "{\"content\":[{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"json_output\",\"input\":"
+                         "{\"k\":\"v\"}}],\"stop_reason\":\"tool_use\"}";
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    st.json_via_tool = true;
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, forced, strlen(forced)), LLM_OK);
+    assert_string_equal(s.text, "{\"k\":\"v\"}");
+    assert_string_equal(st.stop_reason, "end_turn");
+    c = content_json(&st);
+    assert_string_equal(c, "[{\"type\":\"text\",\"text\":\"{\\\"k\\\":\\\"v\\\"}\"}]");
+    free(c);
+    llm_parse_reset(&st);
+
+    const char *bad[] = {
+        "{\"content\":[{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":\"{}\"}]}",
+        "{\"content\":[{\"type\":\"text\"}]}",
+        "{\"content\":[{\"text\":\"x\"}]}",
+        "{\"content\":[{\"type\":\"thinking\",\"thinking\":\"x\",\"signature\":1}]}",
+        "{\"content\":[{\"type\":\"redacted_thinking\"}]}",
+        "{\"content\":[7]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&s, 0, sizeof s);
+        llm_parse_init(&st, sink_emit, &s);
+        assert_int_equal(llm_anthropic_ops.parse_json_body(&st, bad[i], strlen(bad[i])), LLM_ERR_PROTOCOL);
+        assert_int_equal(st.err, LLM_ERR_PROTOCOL);
+        llm_parse_reset(&st);
+    }
+    /* Unknown block types are kept as they are. */
+    const char *other =
+        "{\"content\":[{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}]}";
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(llm_anthropic_ops.parse_json_body(&st, other, strlen(other)), LLM_OK);
+    assert_int_equal(json_array_size(st.content), 1);
+    llm_parse_reset(&st);
+}
+
 static void test_error_bodies(void **state)
 {
     (void)state;
@@ -938,6 +1163,11 @@ int main(void)
         cmocka_unit_test(test_stream_truncated_and_data_only),
         cmocka_unit_test(test_emit_stop),
         cmocka_unit_test(test_json_body),
+        cmocka_unit_test(test_stream_tools_thinking_any_split),
+        cmocka_unit_test(test_stream_redacted_stop_sequence_unknown_block),
+        cmocka_unit_test(test_stream_json_via_tool),
+        cmocka_unit_test(test_stream_bad_tool_input),
+        cmocka_unit_test(test_json_body_blocks),
         cmocka_unit_test(test_error_bodies),
         cmocka_unit_test(test_retry_after),
         cmocka_unit_test(test_helpers),

@@ -77,6 +77,16 @@ typedef struct tc {
     bool delivered;
     int attempts;
     int64_t ttfb_ms;
+    /* events (on_event instead of on_delta) */
+    bool use_events;
+    int pause_every_event; /* return LLM_PAUSE on every n-th event (0 = never) */
+    int events;
+    int event_while_paused; /* must stay 0 */
+    char evlog[4096];       /* "<kind name>:<index>[:id:name][:data]|" per event, unmerged */
+    size_t evlen;
+    const json_t *options; /* for the request */
+    bool json_via_tool;
+    char *content, *stop_sequence; /* from on_done */
 } tc;
 
 static void action_cb(evutil_socket_t fd, short what, void *arg)
@@ -135,6 +145,49 @@ static int on_delta(void *ud, const char *text, size_t len)
     return LLM_CONTINUE;
 }
 
+static void log_s(tc *c, const char *p, size_t n)
+{
+    assert_true(c->evlen + n < sizeof c->evlog);
+    memcpy(c->evlog + c->evlen, p, n);
+    c->evlen += n;
+    c->evlog[c->evlen] = '\0';
+}
+
+static int on_event(void *ud, const llm_event *ev)
+{
+    tc *c = ud;
+    if (c->cancelled)
+        c->after_cancel++;
+    if (c->done)
+        c->delta_after_done++;
+    if (c->paused)
+        c->event_while_paused++;
+    char head[32];
+    int n = snprintf(head, sizeof head, "%s:%d", llm_event_name(ev->kind), ev->index);
+    log_s(c, head, (size_t)n);
+    if (ev->id) {
+        log_s(c, ":", 1);
+        log_s(c, ev->id, strlen(ev->id));
+    }
+    if (ev->name) {
+        log_s(c, ":", 1);
+        log_s(c, ev->name, strlen(ev->name));
+    }
+    if (ev->data) {
+        log_s(c, ":", 1);
+        log_s(c, ev->data, ev->len);
+    }
+    log_s(c, "|", 1);
+    c->events++;
+    if (c->pause_every_event && c->events % c->pause_every_event == 0) {
+        c->paused = true;
+        struct timeval tv = { 0, c->resume_after_ms * 1000 };
+        evtimer_add(c->action, &tv);
+        return LLM_PAUSE;
+    }
+    return LLM_CONTINUE;
+}
+
 static char *dup_s(const char *s)
 {
     return s ? strdup(s) : NULL;
@@ -156,6 +209,10 @@ static void on_done(void *ud, const llm_result *r)
     c->stop_reason = dup_s(r->stop_reason);
     c->model = dup_s(r->model);
     c->rtext = strndup(r->text, r->text_len);
+    assert_non_null(r->content); /* never NULL, even on failure */
+    assert_true(json_is_array(r->content));
+    c->content = json_dumps(r->content, JSON_COMPACT);
+    c->stop_sequence = dup_s(r->stop_sequence);
     assert_int_equal(strlen(r->text), r->text_len);
     c->retry_after_ms = r->retry_after_ms;
     c->usage = r->usage;
@@ -208,7 +265,7 @@ static void tc_free(tc *c)
     event_free(c->action);
     event_base_free(c->base);
     free(c->error_type), free(c->error_message), free(c->error_code), free(c->request_id), free(c->stop_reason),
-        free(c->model), free(c->rtext);
+        free(c->model), free(c->rtext), free(c->content), free(c->stop_sequence);
 }
 
 static void tc_start(tc *c, bool stream)
@@ -219,8 +276,10 @@ static void tc_start(tc *c, bool stream)
                         .messages = msgs,
                         .n_messages = 1,
                         .max_tokens = 64,
-                        .stream = stream };
-    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
+                        .stream = stream,
+                        .options = c->options,
+                        .json_via_tool = c->json_via_tool };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done, .on_event = c->use_events ? on_event : NULL };
     c->start_ms = chat_mono_ms();
     assert_int_equal(llm_call_start(c->t, &c->p, &req, &cbs, c, &c->call), CHAT_OK);
     assert_non_null(c->call);
@@ -887,6 +946,173 @@ static void test_pause_resume_spread(void **state)
     tc_free(&c);
 }
 
+/* ---- reply events (on_event) and content ---- */
+
+#define X_BSTART(i, block)                                                                                          \
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":" #i ",\"content_block\":" block \
+    "}\n\n"
+#define X_DELTA(i, delta) \
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":" #i ",\"delta\":" delta "}\n\n"
+#define X_BSTOP(i) "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":" #i "}\n\n"
+
+#define X_T1 X_BSTART(0, "{\"type\":\"thinking\",\"thinking\":\"\"}")
+#define X_T2 X_DELTA(0, "{\"type\":\"thinking_delta\",\"thinking\":\"hm\"}")
+#define X_T3 X_DELTA(0, "{\"type\":\"signature_delta\",\"signature\":\"SIG\"}")
+#define X_X1 X_BSTART(1, "{\"type\":\"text\",\"text\":\"\"}")
+#define X_X2 X_DELTA(1, "{\"type\":\"text_delta\",\"text\":\"Let \"}")
+#define X_X3 X_DELTA(1, "{\"type\":\"text_delta\",\"text\":\"me.\"}")
+#define X_U1 X_BSTART(2, "{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"f\",\"input\":{}}")
+#define X_U2 X_DELTA(2, "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":\"}")
+#define X_U3 X_DELTA(2, "{\"type\":\"input_json_delta\",\"partial_json\":\"1}\"}")
+/* thinking with its signature, text in two pieces, a tool call in two pieces */
+#define X_THINK_TEXT_TOOL X_T1 X_T2 X_T3 X_BSTOP(0) X_X1 X_X2 X_X3 X_BSTOP(1) X_U1 X_U2 X_U3 X_BSTOP(2)
+
+static const char *X_EVENTS =
+    "thinking:0:hm|block_stop:0:thinking:SIG|text:1:Let |text:1:me.|block_stop:1:text|"
+    "tool_start:2:toolu_1:f|tool_args:2:{\"a\":|tool_args:2:1}|block_stop:2:toolu_1:tool_use|";
+static const char *X_CONTENT = "[{\"type\":\"thinking\",\"thinking\":\"hm\",\"signature\":\"SIG\"},{\"type\":\"text\","
+                               "\"text\":\"Let me.\"},{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"f\","
+                               "\"input\":{\"a\":1}}]";
+
+/* With on_event every event goes there, text included, and on_delta is never called. */
+static void test_events_stream(void **state)
+{
+    (void)state;
+    static const script sc[] = { {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { EV_START, X_THINK_TEXT_TOOL, EV_MDELTA("tool_use", "9") EV_STOP },
+        .chunk_delay_ms = 10,
+    } };
+    tc c;
+    tc_init(&c, sc, 1);
+    c.use_events = true;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.deltas, 0);
+    assert_string_equal(c.evlog, X_EVENTS);
+    assert_string_equal(c.content, X_CONTENT);
+    assert_string_equal(c.rtext, "Let me.");
+    assert_string_equal(c.stop_reason, "tool_use");
+    assert_true(c.delivered);
+    assert_int_equal(c.usage.reasoning_tokens, -1); /* not reported */
+    tc_free(&c);
+
+    /* The same stream to an on_delta caller: only the text, as before. */
+    tc_init(&c, sc, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.text, "Let me.");
+    assert_int_equal(c.deltas, 2);
+    assert_int_equal(c.events, 0);
+    assert_string_equal(c.content, X_CONTENT);
+    tc_free(&c);
+}
+
+/* Pausing on every event with the whole stream in one network read: the
+ * events parsed after each pause are held and delivered in order, one per
+ * resume, and on_done waits for the last of them. */
+static void test_events_pause_resume(void **state)
+{
+    (void)state;
+    static const script sc[] = { {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { EV_START X_THINK_TEXT_TOOL EV_MDELTA("tool_use", "9") EV_STOP },
+    } };
+    tc c;
+    tc_init(&c, sc, 1);
+    c.p.idle_timeout_ms = 100;
+    c.use_events = true;
+    c.pause_every_event = 1;
+    c.resume_after_ms = 30;
+    tc_start(&c, true);
+    run_until_done(&c, 5000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.event_while_paused, 0);
+    assert_int_equal(c.delta_after_done, 0);
+    assert_int_equal(c.deltas, 0);
+    /* Held pieces of one block are merged into one event: compare the merged text. */
+    assert_non_null(strstr(c.evlog, "thinking:0:hm|block_stop:0:thinking:SIG|"));
+    assert_non_null(strstr(c.evlog, "block_stop:1:text|tool_start:2:toolu_1:f|"));
+    assert_non_null(strstr(c.evlog, "|block_stop:2:toolu_1:tool_use|"));
+    assert_true(strstr(c.evlog, "text:1:Let ") != NULL || strstr(c.evlog, "text:1:Let me.") != NULL);
+    assert_string_equal(c.content, X_CONTENT);
+    assert_true(c.events >= 6);
+    assert_true(c.done_ms - c.start_ms >= 30 * (c.events - 1) - 5);
+    tc_free(&c);
+
+    /* Spread over reads, pausing every second event. */
+    static const script spread[] = { {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { EV_START, X_THINK_TEXT_TOOL, EV_MDELTA("tool_use", "9"), EV_STOP },
+        .chunk_delay_ms = 20,
+    } };
+    tc_init(&c, spread, 1);
+    c.p.idle_timeout_ms = 500;
+    c.use_events = true;
+    c.pause_every_event = 2;
+    c.resume_after_ms = 40;
+    tc_start(&c, true);
+    run_until_done(&c, 5000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.event_while_paused, 0);
+    assert_string_equal(c.content, X_CONTENT);
+    tc_free(&c);
+}
+
+/* A tool call whose arguments do not parse fails the call (protocol error),
+ * and the content keeps what was whole. Plain text replies keep their one
+ * text block, and the options reach the body. */
+static void test_events_errors_and_content(void **state)
+{
+    (void)state;
+    static const script bad[] = { {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { EV_START X_BSTART(0, "{\"type\":\"text\",\"text\":\"\"}")
+                        X_DELTA(0, "{\"type\":\"text_delta\",\"text\":\"Hi\"}") X_BSTOP(0)
+                            X_BSTART(1, "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}")
+                                X_DELTA(1, "{\"type\":\"input_json_delta\",\"partial_json\":\"{oops\"}") X_BSTOP(1)
+                                    EV_MDELTA("tool_use", "9") EV_STOP },
+    } };
+    tc c;
+    tc_init(&c, bad, 1);
+    c.use_events = true;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_ERR_PROTOCOL);
+    assert_non_null(strstr(c.error_message, "not a JSON object"));
+    assert_string_equal(c.content, "[{\"type\":\"text\",\"text\":\"Hi\"}]");
+    tc_free(&c);
+
+    tc_init(&c, &STREAM_OK, 1);
+    json_t *opts = json_pack("{s:f,s:[s]}", "temperature", 0.5, "stop", "END");
+    c.options = opts;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.content, "[{\"type\":\"text\",\"text\":\"Hello, world!\"}]");
+    assert_non_null(strstr(c.s.body, "\"temperature\":0.5,\"stop_sequences\":[\"END\"]"));
+    json_decref(opts);
+    tc_free(&c);
+
+    /* An option the provider cannot carry: the call does not start. */
+    tc_init(&c, &STREAM_OK, 1);
+    opts = json_pack("{s:i}", "seed", 1);
+    static const llm_message msgs[] = { { "user", "Hello", NULL } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 8, .options = opts };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
+    llm_call *call = NULL;
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &c, &call), CHAT_EINVAL);
+    assert_null(call);
+    json_decref(opts);
+    tc_free(&c);
+}
+
 static void test_cancel_mid_stream(void **state)
 {
     (void)state;
@@ -1069,7 +1295,7 @@ static void test_two_calls(void **state)
     assert_int_equal(c.status, LLM_OK);
     assert_int_equal(d.status, LLM_OK);
     free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason),
-        free(d.model), free(d.rtext);
+        free(d.model), free(d.rtext), free(d.content), free(d.stop_sequence);
     tc_free(&c);
 }
 
@@ -1409,6 +1635,9 @@ int main(void)
         cmocka_unit_test(test_wrong_content_type),
         cmocka_unit_test(test_pause_resume_one_buffer),
         cmocka_unit_test(test_pause_resume_spread),
+        cmocka_unit_test(test_events_stream),
+        cmocka_unit_test(test_events_pause_resume),
+        cmocka_unit_test(test_events_errors_and_content),
         cmocka_unit_test(test_cancel_mid_stream),
         cmocka_unit_test(test_cancel_inside_delta),
         cmocka_unit_test(test_stop_then_hang),

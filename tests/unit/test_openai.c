@@ -843,6 +843,180 @@ static void test_stream_done_and_oddities(void **state)
 
 /* ---- error bodies ---- */
 
+/* ---- rich replies (B8) ---- */
+
+#define TC(idx, rest) "{\"tool_calls\":[{\"index\":" #idx rest "}]}"
+#define TC_FIRST(idx, id, name, args)                                                                                 \
+    TC(idx, ",\"id\":\"" id "\",\"type\":\"function\",\"function\":{\"name\":\"" name "\",\"arguments\":\"" args "\"" \
+            "}")
+#define TC_ARGS(idx, args) TC(idx, ",\"function\":{\"arguments\":\"" args "\"}")
+#define OA_USAGE_DONE                                                                                               \
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":40,\"completion_tokens_details\":" \
+    "{\"reasoning_tokens\":25}}}\n\ndata: [DONE]\n\n"
+
+/* OpenAI's shape: reasoning (DeepSeek/vLLM field), text, then two calls one after the other. */
+static const char *STREAM_TOOLS =
+    OA_CHUNK("{\"role\":\"assistant\",\"content\":null,\"reasoning_content\":\"Think\"}", "null")
+        OA_CHUNK("{\"reasoning_content\":\"ing\"}", "null") OA_CHUNK("{\"content\":\"Checking.\"}", "null")
+            OA_CHUNK(TC_FIRST(0, "call_a", "get_weather", ""), "null") OA_CHUNK(TC_ARGS(0, "{\\\"city\\\":"), "null")
+                OA_CHUNK(TC_ARGS(0, "\\\"Paris\\\"}"), "null") OA_CHUNK(TC_FIRST(1, "call_b", "now", "{}"), "null")
+                    OA_CHUNK("{}", "\"tool_calls\"") OA_USAGE_DONE;
+
+static void test_stream_tools_reasoning_any_split(void **state)
+{
+    (void)state;
+    size_t steps[] = { 1, 3, 64, 100000 };
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
+        sink s = { 0 };
+        llm_parse st;
+        llm_parse_init(&st, sink_emit, &s);
+        st.event = sink_event;
+        assert_int_equal(feed_stream(&st, STREAM_TOOLS, steps[k]), CHAT_OK);
+        assert_int_equal(st.err, LLM_OK);
+        assert_true(st.complete);
+        assert_string_equal(s.text, "Checking.");
+        assert_string_equal(s.events, "K0:Thinking|E0:thinking|T1:Checking.|E1:text|S2:call_a:get_weather|"
+                                      "A2:{\"city\":\"Paris\"}|E2:tool_use|S3:call_b:now|A3:{}|E3:tool_use|");
+        char *c = content_json(&st);
+        assert_string_equal(c, "[{\"type\":\"thinking\",\"thinking\":\"Thinking\"},{\"type\":\"text\",\"text\":"
+                               "\"Checking.\"},{\"type\":\"tool_use\",\"id\":\"call_a\",\"name\":\"get_weather\","
+                               "\"input\":{\"city\":\"Paris\"}},{\"type\":\"tool_use\",\"id\":\"call_b\",\"name\":"
+                               "\"now\",\"input\":{}}]");
+        free(c);
+        assert_string_equal(st.stop_reason, "tool_calls");
+        assert_int_equal(st.usage.reasoning_tokens, 25);
+        assert_int_equal(st.usage.output_tokens, 40);
+        llm_parse_reset(&st);
+    }
+}
+
+/* Pieces of several calls interleaved, Ollama's "reasoning" field, and text
+ * after the calls: the later calls are held and come whole, in order. */
+static void test_stream_interleaved_calls(void **state)
+{
+    (void)state;
+    const char *bytes =
+        OA_CHUNK("{\"reasoning\":\"r\"}", "null") OA_CHUNK(TC_FIRST(0, "call_a", "f", "{\\\"x\\\":"), "null")
+            OA_CHUNK(TC_FIRST(1, "call_b", "g", "{\\\"y\\\":"), "null") OA_CHUNK(TC_ARGS(0, "1}"), "null")
+                OA_CHUNK(TC_FIRST(2, "call_c", "h", ""), "null") OA_CHUNK(TC_ARGS(1, "2}"), "null")
+                    OA_CHUNK("{\"content\":\"And text.\"}", "null") OA_CHUNK("{}", "\"tool_calls\"") "data: [DONE]\n\n";
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    st.event = sink_event;
+    assert_int_equal(feed_stream(&st, bytes, 5), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_string_equal(s.events, "K0:r|E0:thinking|S1:call_a:f|A1:{\"x\":1}|E1:tool_use|S2:call_b:g|"
+                                  "A2:{\"y\":2}|E2:tool_use|S3:call_c:h|E3:tool_use|T4:And text.|E4:text|");
+    char *c = content_json(&st);
+    assert_string_equal(c, "[{\"type\":\"thinking\",\"thinking\":\"r\"},{\"type\":\"tool_use\",\"id\":\"call_a\","
+                           "\"name\":\"f\",\"input\":{\"x\":1}},{\"type\":\"tool_use\",\"id\":\"call_b\",\"name\":"
+                           "\"g\",\"input\":{\"y\":2}},{\"type\":\"tool_use\",\"id\":\"call_c\",\"name\":\"h\","
+                           "\"input\":{}},{\"type\":\"text\",\"text\":\"And text.\"}]");
+    free(c);
+    llm_parse_reset(&st);
+
+    /* No id (a local server) gets call_<index>; a whole call in one piece with
+     * arguments as an object; calls without an index numbered by position. */
+    const char *local = OA_CHUNK("{\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":{\"a\":1}}},"
+                                 "{\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}",
+                                 "\"tool_calls\"") "data: [DONE]\n\n";
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    st.event = sink_event;
+    assert_int_equal(feed_stream(&st, local, 100000), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_string_equal(s.events, "S0:call_0:f|A0:{\"a\":1}|E0:tool_use|S1:call_1:g|A1:{}|E1:tool_use|");
+    llm_parse_reset(&st);
+}
+
+static void test_stream_json_via_tool(void **state)
+{
+    (void)state;
+    const char *bytes = OA_CHUNK(TC_FIRST(0, "call_j", "json_output", "{\\\"n\\\":"), "null")
+        OA_CHUNK(TC_ARGS(0, "3}"), "null") OA_CHUNK("{}", "\"tool_calls\"") "data: [DONE]\n\n";
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    st.event = sink_event;
+    st.json_via_tool = true;
+    assert_int_equal(feed_stream(&st, bytes, 2), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_string_equal(s.text, "{\"n\":3}");
+    assert_string_equal(s.events, "T0:{\"n\":3}|E0:text|");
+    assert_string_equal(st.stop_reason, "stop");
+    llm_parse_reset(&st);
+}
+
+static void test_stream_tool_errors(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        /* arguments that are not a JSON object */
+        OA_CHUNK(TC_FIRST(0, "c", "f", "{\\\"a\\\":"), "null") OA_CHUNK("{}", "\"tool_calls\""),
+        OA_CHUNK(TC_FIRST(0, "c", "f", "[1]"), "\"tool_calls\""),
+        /* a call that never names its function */
+        OA_CHUNK(TC(0, ",\"id\":\"c\",\"function\":{\"arguments\":\"{}\"}"), "\"tool_calls\""),
+        /* a call continued after its block ended (text came between) */
+        OA_CHUNK(TC_FIRST(0, "c", "f", "{"), "null") OA_CHUNK("{\"content\":\"x\"}", "null")
+            OA_CHUNK(TC_ARGS(0, "}"), "\"tool_calls\""),
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        sink s = { 0 };
+        llm_parse st;
+        llm_parse_init(&st, sink_emit, &s);
+        (void)feed_stream(&st, bad[i], 9);
+        if (st.err != LLM_ERR_PROTOCOL)
+            fail_msg("case %zu: err %d", i, (int)st.err);
+        assert_false(st.finished);
+        llm_parse_reset(&st);
+    }
+}
+
+static void test_json_body_tools_reasoning(void **state)
+{
+    (void)state;
+    const char *body = "{\"model\":\"deepseek-r\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                       "\"reasoning_content\":\"why\",\"content\":\"Sure.\",\"tool_calls\":[{\"id\":\"call_1\","
+                       "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"q\\\":true}\"}},"
+                       "{\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"\"}}]},"
+                       "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,"
+                       "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}";
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(llm_openai_ops.parse_json_body(&st, body, strlen(body)), LLM_OK);
+    assert_string_equal(s.text, "Sure.");
+    char *c = content_json(&st);
+    assert_string_equal(c, "[{\"type\":\"thinking\",\"thinking\":\"why\"},{\"type\":\"text\",\"text\":\"Sure.\"},"
+                           "{\"type\":\"tool_use\",\"id\":\"call_1\",\"name\":\"f\",\"input\":{\"q\":true}},"
+                           "{\"type\":\"tool_use\",\"id\":\"call_2\",\"name\":\"g\",\"input\":{}}]");
+    free(c);
+    assert_string_equal(st.stop_reason, "tool_calls");
+    assert_int_equal(st.usage.reasoning_tokens, 4);
+    llm_parse_reset(&st);
+
+    const char *forced = "{\"choices\":[{\"message\":{\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+                         "\"type\":\"function\",\"function\":{\"name\":\"json_output\",\"arguments\":"
+                         "\"{\\\"k\\\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}";
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    st.json_via_tool = true;
+    assert_int_equal(llm_openai_ops.parse_json_body(&st, forced, strlen(forced)), LLM_OK);
+    assert_string_equal(s.text, "{\"k\":1}");
+    assert_string_equal(st.stop_reason, "stop");
+    assert_int_equal(st.usage.reasoning_tokens, -1);
+    llm_parse_reset(&st);
+
+    const char *bad = "{\"choices\":[{\"message\":{\"tool_calls\":[{\"id\":\"c\",\"function\":{\"name\":\"f\","
+                      "\"arguments\":\"{oops\"}}]},\"finish_reason\":\"tool_calls\"}]}";
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    assert_int_equal(llm_openai_ops.parse_json_body(&st, bad, strlen(bad)), LLM_ERR_PROTOCOL);
+    assert_non_null(strstr(st.err_message, "not a JSON object"));
+    llm_parse_reset(&st);
+}
+
 static void test_error_bodies(void **state)
 {
     (void)state;
@@ -935,6 +1109,11 @@ int main(void)
         cmocka_unit_test(test_stream_llamacpp),
         cmocka_unit_test(test_stream_errors),
         cmocka_unit_test(test_stream_done_and_oddities),
+        cmocka_unit_test(test_stream_tools_reasoning_any_split),
+        cmocka_unit_test(test_stream_interleaved_calls),
+        cmocka_unit_test(test_stream_json_via_tool),
+        cmocka_unit_test(test_stream_tool_errors),
+        cmocka_unit_test(test_json_body_tools_reasoning),
         cmocka_unit_test(test_error_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
