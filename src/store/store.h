@@ -452,8 +452,9 @@ void store_keys_free(store_key *arr, size_t n);
 
 /*
  * Inserts a session exactly as given (id, owner, system prompt, model, times,
- * counts, usage and cost totals) with its messages (seq, role, content, status,
- * model, stop reason, tokens, usage, cost, created_at; ids are assigned anew,
+ * counts, usage and cost totals) with its messages (seq, role, content, blocks
+ * (images kept once per hash, as by a commit), status, model, stop reason,
+ * tokens, usage, cost, created_at; ids are assigned anew,
  * in the given order) and adds it to the global counters (one session, its
  * messages, its turns, its usage and cost). One transaction. CHAT_ECONFLICT
  * (nothing written) if a session with that id exists; CHAT_EINVAL if

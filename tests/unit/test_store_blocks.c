@@ -269,8 +269,20 @@ static void test_same_image_twice_in_a_message(void **state)
     assert_json_equal(m[0].blocks, twice); /* each keeps its own media type */
     assert_null(m[1].blocks);
     store_messages_free(m, n);
-    store_close(s);
     assert_blobs(f, 1, 1);
+
+    /* The same image in the question and in the reply of one turn: one blob, a link from each. */
+    t = make_turn("twice", "tok2", 2000);
+    t.user_blocks = PNG_ONLY;
+    t.assistant_blocks = twice;
+    commit(s, t);
+    m = list(s, "twice", &n);
+    assert_int_equal(n, 4);
+    assert_json_equal(m[2].blocks, PNG_ONLY);
+    assert_json_equal(m[3].blocks, twice);
+    store_messages_free(m, n);
+    store_close(s);
+    assert_blobs(f, 1, 3);
 }
 
 /* Sources that are not exactly a canonical base64 one stay inline, unchanged. */
