@@ -194,6 +194,30 @@ static void oa_json_done(chat_ctx *c, const turn_result *res)
     http_reply_json(c->r, 200, o);
 }
 
+/*
+ * OpenAI's error.param for a turn's refusal of a field: the turn names the
+ * option (or the message's block) first, "<name>: why" (chat/turn.c,
+ * models_check_options), so the param is that name when the message starts
+ * with one. NULL for every other error.
+ */
+static const char *error_param(const turn_error *err, char *buf, size_t len)
+{
+    if (strcmp(err->type, "unsupported_parameter") != 0)
+        return NULL;
+    size_t n = strcspn(err->message, ":");
+    if (!err->message[n] || n == 0 || n >= len)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        char ch = err->message[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+              ch == '.' || ch == '[' || ch == ']'))
+            return NULL;
+    }
+    memcpy(buf, err->message, n);
+    buf[n] = '\0';
+    return buf;
+}
+
 static void oa_error_render(chat_ctx *c, const turn_error *err)
 {
     if (c->started) {
@@ -208,7 +232,9 @@ static void oa_error_render(chat_ctx *c, const turn_error *err)
         snprintf(ra, sizeof ra, "%lld", (long long)err->retry_after_s);
         http_add_header(c->r, "Retry-After", ra);
     }
-    oa_error(c->r, err->status, api_openai_type_of(err->status), err->type, NULL, "%s", err->message);
+    char param[96];
+    oa_error(c->r, err->status, api_openai_type_of(err->status), err->type, error_param(err, param, sizeof param), "%s",
+             err->message);
 }
 
 static const chat_renderer oa_json = { .stream = false, .done = oa_json_done, .error = oa_error_render };
@@ -220,13 +246,18 @@ static const chat_renderer oa_json = { .stream = false, .done = oa_json_done, .e
  * heartbeat interval, the stream starts anyway, so that heartbeats keep
  * proxies from cutting the connection.
  */
+static void oa_stream_open(chat_ctx *c)
+{
+    if (c->start_timer)
+        event_del(c->start_timer);
+    chat_start_sse(c);
+}
+
 static void oa_stream_begin(chat_ctx *c)
 {
     if (c->started)
         return;
-    if (c->start_timer)
-        event_del(c->start_timer);
-    chat_start_sse(c);
+    oa_stream_open(c);
     send_chunk(c, chunk(c, c->model ? c->model : "",
                         json_pack("[{s:i,s:{s:s,s:s,s:n},s:n,s:n}]", "index", 0, "delta", "role", "assistant",
                                   "content", "", "refusal", "logprobs", "finish_reason")));
@@ -275,13 +306,23 @@ static bool oa_sse_event(chat_ctx *c, const llm_event *ev)
             return false;
         oa_stream_begin(c);
         return send_delta(c, json_pack("{s:o}", "reasoning_content", text_json(ev->data, ev->len)));
-    case LLM_EV_TOOL_START:
-        oa_stream_begin(c);
+    case LLM_EV_TOOL_START: {
+        json_t *delta =
+            json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index", s->tools++, "id", ev->id ? ev->id : "",
+                      "type", "function", "function", "name", ev->name ? ev->name : "", "arguments", "");
         s->in_tool = true;
         s->tool_args = false;
-        return send_delta(c, json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index", s->tools++, "id",
-                                       ev->id ? ev->id : "", "type", "function", "function", "name",
-                                       ev->name ? ev->name : "", "arguments", ""));
+        if (!c->started) {
+            /* A reply that opens with a call: the role comes with it and the
+             * content is null, as OpenAI streams it (the SDKs then end with
+             * content null, as in a whole response). */
+            oa_stream_open(c);
+            json_object_set_new(delta, "role", json_string("assistant"));
+            json_object_set_new(delta, "content", json_null());
+            json_object_set_new(delta, "refusal", json_null());
+        }
+        return send_delta(c, delta);
+    }
     case LLM_EV_TOOL_ARGS:
         if (!s->in_tool || !ev->len)
             return false;

@@ -193,6 +193,22 @@ for (const mode of MODES) {
       assert.equal(q.body.stream, true);
     });
 
+    test('streamed, only a call: the first chunk carries the role, content null, and the call', async () => {
+      await fake.script({ queue: [{ tool_calls: [{ name: 'get_time', input: {} }] }] });
+      const stream = client().chat.completions.stream({ model: mode.model, tools: [TIME],
+        messages: [{ role: 'user', content: 'Time?' }] });
+      const chunks = [];
+      for await (const ch of stream) chunks.push(ch);
+      const first = chunks[0].choices[0].delta;
+      assert.equal(first.role, 'assistant');
+      assert.equal(first.content, null);
+      assert.equal(first.tool_calls[0].function.name, 'get_time');
+      const final = await stream.finalChatCompletion();
+      assert.equal(final.choices[0].message.content, null);
+      assert.equal(final.choices[0].finish_reason, 'tool_calls');
+      assert.deepEqual(JSON.parse(final.choices[0].message.tool_calls[0].function.arguments), {});
+    });
+
     test('a whole tool loop, stateless: the calls and results go back, the final answer comes', async () => {
       await fake.script({ queue: [{ tool_calls: [{ name: 'get_weather', input: { city: 'Paris' } },
         { name: 'get_time', input: {} }] }] });
