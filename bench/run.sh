@@ -60,6 +60,7 @@ LONG_TURNS=${BENCH_LONG_TURNS:-500}
 LONG_BYTES=${BENCH_LONG_BYTES:-2048}
 LONG_TIMEOUT=${BENCH_LONG_TIMEOUT:-90}
 RECORD=${BENCH_RECORD:-1}
+[[ ${BENCH_TAG:-} =~ ^[A-Za-z0-9_-]*$ ]] || { echo "bench: BENCH_TAG may hold letters, digits, - and _ only" >&2; exit 2; }
 
 die() { echo "bench: $*" >&2; exit 2; }
 
@@ -238,7 +239,7 @@ if ((NGINX_ON)); then
     # most of a burst.
     WCONN=$((2 * STREAMS + 1024))
     NGINX_NOFILE=$((WCONN + 64))
-    ((NGINX_NOFILE <= NOFILE)) || NGINX_NOFILE=$NOFILE
+    ((NGINX_NOFILE <= NOFILE)) || { NGINX_NOFILE=$NOFILE; WCONN=$((NOFILE - 64)); }
     sed -e "s|@USER_LINE@|$USER_LINE|" -e "s|@WORKERS@|$NGINX_WORKERS|" -e "s|@NOFILE@|$NGINX_NOFILE|" \
         -e "s|@PREFIX@|$NGINX_DIR|g" -e "s|@WORKER_CONNECTIONS@|$WCONN|" -e "s|@FAKE_PORT@|$FAKE_PORT|" \
         -e "s|@PORT@|$NGINX_PORT|" "$BENCH_DIR/nginx.conf" >"$NGINX_DIR/nginx.conf"
@@ -532,7 +533,7 @@ SHA=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=0
 [[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || DIRTY=1
 RECORD_BASE=
-((RECORD)) && RECORD_BASE=$BENCH_DIR/results/$(date -u +%Y-%m-%d)-$SHA
+((RECORD)) && RECORD_BASE=$BENCH_DIR/results/$(date -u +%Y-%m-%d)-$SHA${BENCH_TAG:+-$BENCH_TAG}
 mkdir -p "$(dirname "$OUT_JSON")"
 "$PY" "$BENCH_DIR/report.py" --dir "$TMP" --out "$OUT_JSON" ${RECORD_BASE:+--record "$RECORD_BASE"} \
     --binary "$BIN" --build-type "$BUILD_TYPE" --workers "$WORKERS" --connections "$CONNS" \

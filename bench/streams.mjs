@@ -25,10 +25,13 @@
 //
 // Memory: VmRSS is sampled every 100 ms. before = just before the first
 // stream, at_all_open = the first sample taken while all N streams had their
-// response headers and none had finished, peak = the largest sample, after =
-// --settle seconds after the last stream ended. kib_per_stream =
-// (peak - before) / N. returned = (peak - after) / (peak - before): 1 means
-// everything the burst took was given back.
+// response headers and none had finished, at_most_open = the sample with the
+// most streams open (open = response headers received, body not ended),
+// peak = the largest sample, after = --settle seconds after the last stream
+// ended. kib_per_open_stream = (at_most_open - before) / streams open then
+// (the headline: equal to the all-open figure when all N were open at once);
+// kib_per_stream = (peak - before) / N. returned = (peak - after) /
+// (peak - before): 1 means everything the burst took was given back.
 //
 // Output: one JSON object in --out (and a one-line summary on stderr).
 import fs from 'node:fs';
@@ -108,6 +111,8 @@ const t0 = performance.now();
 const samples = [];
 let allOpenRss = null;
 let allOpenAt = null;
+let bestOpen = 0; // the most streams open at one sample, and the RSS then
+let bestOpenRss = null;
 const before = rssKb();
 let peak = before;
 
@@ -115,6 +120,10 @@ function sample() {
   const kb = rssKb();
   if (kb > peak) peak = kb;
   samples.push([Math.round(performance.now() - t0), st.open, kb]);
+  if (st.open > bestOpen) {
+    bestOpen = st.open;
+    bestOpenRss = kb;
+  }
   if (allOpenRss === null && st.headers === O.n && st.ended === 0) {
     allOpenRss = kb;
     allOpenAt = (performance.now() - t0) / 1000;
@@ -224,14 +233,15 @@ const result = {
   ttfb_ms: { p50: pct(st.ttfbMs, 50), p99: pct(st.ttfbMs, 99), max: pct(st.ttfbMs, 100) },
   duration_ms: { p50: pct(st.durationsMs, 50), p99: pct(st.durationsMs, 99), max: pct(st.durationsMs, 100) },
   pids: O.pids,
-  rss_kb: { before, at_all_open: allOpenRss, peak, after },
+  rss_kb: { before, at_all_open: allOpenRss, at_most_open: bestOpenRss, peak, after },
+  most_open_at_a_sample: bestOpen,
+  kib_per_open_stream: bestOpen ? Math.round(((bestOpenRss - before) / bestOpen) * 10) / 10 : null,
   kib_per_stream: Math.round((grown / O.n) * 10) / 10,
-  kib_per_stream_at_all_open: allOpenRss === null ? null : Math.round(((allOpenRss - before) / O.n) * 10) / 10,
   returned: grown > 0 ? Math.round(((peak - after) / grown) * 1000) / 1000 : null,
   settle_s: O.settle,
   samples,
 };
 fs.writeFileSync(O.out, JSON.stringify(result) + '\n');
 process.stderr.write(`bench: streams ${O.kind} ${O.url.host}: ${st.whole}/${O.n} whole, max open ${st.maxOpen}, ` +
-  `RSS ${before} -> peak ${peak} -> after ${after} KiB, ${result.kib_per_stream} KiB/stream\n`);
+  `RSS ${before} -> peak ${peak} -> after ${after} KiB, ${result.kib_per_open_stream} KiB per open stream\n`);
 process.exit(0);
