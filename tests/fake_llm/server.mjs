@@ -1410,6 +1410,9 @@ function checkOpenaiRich(body) {
     pending = null;
     if (m.role === 'assistant' && m.tool_calls !== undefined && m.tool_calls !== null) {
       if (!Array.isArray(m.tool_calls)) return invalidParam(`Invalid type for 'messages[${i}].tool_calls': expected an array of objects.`, `messages[${i}].tool_calls`, 'invalid_type');
+      if (m.tool_calls.length === 0) {
+        return invalidParam(`Invalid 'messages[${i}].tool_calls': empty array. Expected an array with minimum length 1, but got an empty array instead.`, `messages[${i}].tool_calls`, 'empty_array');
+      }
       pending = new Set();
       pendingAt = i;
       for (let k = 0; k < m.tool_calls.length; k++) {

@@ -729,6 +729,8 @@ describe('openai: validation 400s', () => {
     assert.equal(e3.param, 'messages.[2].role');
     const e4 = await err(base({ messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null, tool_calls: [call('call_1')] }, { role: 'tool', content: 'a' }] }));
     assert.equal(e4.param, 'messages[2].tool_call_id');
+    const e5 = await err(base({ messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: 'a', tool_calls: [] }, { role: 'user', content: 'y' }] }));
+    assert.equal(e5.code, 'empty_array');
   });
 
   test('response_format, stop, content parts', async () => {
