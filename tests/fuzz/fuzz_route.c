@@ -33,8 +33,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     api_route_match found;
     api_route_find(path, m, &found);
-    FUZZ_CHECK(found.flavor == API_SEED || found.flavor == API_V1 || found.flavor == API_OPENAI, "flavor %d",
-               found.flavor);
+    FUZZ_CHECK(found.flavor == API_SEED || found.flavor == API_V1 || found.flavor == API_OPENAI ||
+                   found.flavor == API_ANTHROPIC,
+               "flavor %d", found.flavor);
     if (!found.pattern) {
         FUZZ_CHECK(found.params[0] == NULL, "parameters without a route");
         FUZZ_CHECK(!(found.allowed & m), "method %u allowed (%u) but no route", m, found.allowed);
