@@ -572,6 +572,24 @@ describe('openai: tool calls', () => {
     assert.equal(sent[2].tool_call_id, sent[1].tool_calls[0].id);
   });
 
+  test('streaming runTools loop with two calls in one reply', async () => {
+    await script({ queue: [{ reply: 'Checking.', tool_calls: [{ name: 'get_weather', input: { city: 'Paris' } }, { name: 'get_time', input: { tz: 'CET' } }] }] });
+    const fn = (name) => ({ type: 'function', function: { name, parameters: { type: 'object', properties: {} }, function: (a) => `${name}:${JSON.stringify(a)}`, parse: JSON.parse } });
+    const runner = oai().chat.completions.runTools({ model: 'gpt-fake', stream: true, messages: [{ role: 'user', content: 'both?' }], tools: [fn('get_weather'), fn('get_time')] });
+    const content = await runner.finalContent();
+    assert.equal(content, 'Tool results: get_weather:{"city":"Paris"}; get_time:{"tz":"CET"}');
+    const log = await requests();
+    assert.equal(log.length, 2);
+    assert.equal(log[1].body.messages[1].content, 'Checking.');
+    assert.deepEqual(log[1].body.messages.slice(2).map((m) => m.role), ['tool', 'tool']);
+  });
+
+  test('structured output via a forced function: scenario json becomes the arguments', async () => {
+    const r = await oai().chat.completions.create({ model: 'gpt-fake', tools: [{ type: 'function', function: { name: 'json_output', parameters: { type: 'object' } } }], tool_choice: { type: 'function', function: { name: 'json_output' } }, messages: [{ role: 'user', content: directive({ json: { answer: 4 } }) }] });
+    assert.equal(r.choices[0].message.tool_calls[0].function.arguments, '{"answer":4}');
+    assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  });
+
   test('forced tool: required and named function, input generated from parameters', async () => {
     const req = await oai().chat.completions.create({ model: 'gpt-fake', tools, tool_choice: 'required', messages: [{ role: 'user', content: 'hi' }] });
     assert.deepEqual(JSON.parse(req.choices[0].message.tool_calls[0].function.arguments), WEATHER_MIN);
