@@ -216,7 +216,7 @@ static json_t *image_block(parse *p, json_t *part, size_t i, size_t j)
         return NULL;
     }
     if ((unsigned long long)size > p->lim->max_image_bytes) {
-        invalid(p->why, "image_too_large", "messages",
+        invalid(p->why, "request_too_large", "messages",
                 "messages[%zu].content[%zu]: the image is %lld bytes, more than MAX_IMAGE_SIZE (%zu bytes)", i, j, size,
                 p->lim->max_image_bytes);
         p->why->status = 413;
@@ -921,6 +921,17 @@ static void note_dropped(api_oa_request *q, const char *name)
         snprintf(q->dropped + used, sizeof q->dropped - used, "%s%s", used ? "," : "", name);
 }
 
+/* A field chatd cannot carry: 400 unsupported_parameter, or with
+ * DROP_UNSUPPORTED_PARAMS left out and noted. False when refused. */
+static bool refuse_field(parse *p, const char *name, const char *why)
+{
+    if (p->lim->drop_unsupported) {
+        note_dropped(p->q, name);
+        return true;
+    }
+    return invalid(p->why, "unsupported_parameter", name, "%s is not supported: %s", name, why);
+}
+
 /* Every top-level field: known (else 400 unknown_parameter), refused, or an option. */
 static bool parse_options(parse *p, json_t *root)
 {
@@ -939,11 +950,8 @@ static bool parse_options(parse *p, json_t *root)
         if (strcmp(key, "modalities") == 0 && json_is_array(v) && json_array_size(v) == 1 &&
             json_is_string(json_array_get(v, 0)) && strcmp(json_string_value(json_array_get(v, 0)), "text") == 0)
             continue; /* text only: the default */
-        if (p->lim->drop_unsupported) {
-            note_dropped(p->q, f->name);
-            continue;
-        }
-        return invalid(p->why, "unsupported_parameter", f->name, "%s is not supported: %s", key, f->why);
+        if (!refuse_field(p, f->name, f->why))
+            return false;
     }
 
     json_t *opts = json_object();
@@ -966,19 +974,19 @@ static bool parse_options(parse *p, json_t *root)
             return invalid(p->why, "invalid_type", "seed", "seed must be an integer");
         json_object_set(opts, "seed", v);
     }
+    /* Log probabilities would be forwarded but could not come back (a reply
+     * carries text, tool calls and thinking): asking for them is refused
+     * rather than answered with logprobs null. */
     json_t *lp = json_object_get(root, "logprobs");
     if (!absent(lp) && !json_is_boolean(lp))
         return invalid(p->why, "invalid_type", "logprobs", "logprobs must be a boolean");
-    if (json_is_true(lp))
-        json_object_set_new(opts, "logprobs", json_true());
     v = json_object_get(root, "top_logprobs");
-    if (!absent(v)) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 20)
-            return invalid(p->why, "invalid_value", "top_logprobs", "top_logprobs must be an integer in 0..20");
-        if (!json_is_true(lp))
-            return invalid(p->why, "invalid_value", "top_logprobs", "top_logprobs requires logprobs to be true");
-        json_object_set(opts, "top_logprobs", v);
-    }
+    if (!absent(v) && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 20))
+        return invalid(p->why, "invalid_value", "top_logprobs", "top_logprobs must be an integer in 0..20");
+    if (!absent(v) && !json_is_true(lp))
+        return invalid(p->why, "invalid_value", "top_logprobs", "top_logprobs requires logprobs to be true");
+    if (json_is_true(lp) && !refuse_field(p, "logprobs", "chatd does not return log probabilities"))
+        return false;
     v = json_object_get(root, "n");
     if (!absent(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 128)
@@ -1013,14 +1021,22 @@ static bool parse_options(parse *p, json_t *root)
         return false;
     v = json_object_get(root, "reasoning_effort");
     if (!absent(v)) {
-        static const char *const efforts[] = { "none", "minimal", "low", "medium", "high", "xhigh", "max" };
+        /* The efforts chatd maps to every provider (llm/content.h); OpenAI's
+         * newer ones have no Anthropic equivalent yet. */
+        static const char *const efforts[] = { "minimal", "low", "medium", "high" };
+        static const char *const newer[] = { "none", "xhigh", "max" };
         const char *s = json_string_value(v);
-        bool known = false;
+        bool known = false, other = false;
         for (size_t i = 0; s && i < sizeof efforts / sizeof efforts[0]; i++)
             known = known || strcmp(s, efforts[i]) == 0;
+        for (size_t i = 0; s && i < sizeof newer / sizeof newer[0]; i++)
+            other = other || strcmp(s, newer[i]) == 0;
+        if (other)
+            return invalid(p->why, "unsupported_parameter", "reasoning_effort",
+                           "reasoning_effort \"%s\" is not supported: use minimal, low, medium or high", s);
         if (!known)
             return invalid(p->why, "invalid_value", "reasoning_effort",
-                           "reasoning_effort must be one of none, minimal, low, medium, high, xhigh, max");
+                           "reasoning_effort must be one of minimal, low, medium, high");
         json_object_set(opts, "reasoning_effort", v);
     }
     v = json_object_get(root, "thinking");

@@ -166,7 +166,7 @@ typedef struct api_oa_invalid {
     int status;         /* 400, or 413 for an image over MAX_IMAGE_SIZE */
     const char *type;   /* static: "invalid_request_error" */
     const char *code;   /* static: "invalid_json", "invalid_type", "invalid_value", "unsupported_parameter",
-                           "unknown_parameter", "image_too_large", ... */
+                           "unknown_parameter", "request_too_large", ... */
     const char *param;  /* static field name, or NULL */
     char message[1024]; /* one line; client bytes in it are escaped if not UTF-8 */
 } api_oa_invalid;

@@ -126,7 +126,7 @@ static void fuzz_openai(const char *body, size_t len, const char *header, const 
                    "refused, yet a request is held");
         FUZZ_CHECK((why.status == 400 || why.status == 413) && why.type && why.code,
                    "refused without status, type or code");
-        FUZZ_CHECK(why.status != 413 || strcmp(why.code, "image_too_large") == 0, "a 413 that is not an image");
+        FUZZ_CHECK(why.status != 413 || strcmp(why.code, "request_too_large") == 0, "a 413 that is not an image");
         FUZZ_CHECK(why.message[0] != '\0', "refused without a message");
         /* What chatd answers (openai_compat.c, oa_error). */
         json_t *reply = json_pack("{s:{s:o,s:s,s:s?,s:s?}}", "error", "message", chat_json_text(why.message), "type",

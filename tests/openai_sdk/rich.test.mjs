@@ -426,8 +426,8 @@ for (const mode of MODES) {
 
 describe('what each provider refuses', () => {
   const claude = 'claude-sonnet-4-6';
-  for (const [field, value] of [['seed', 42], ['logit_bias', { 50256: -100 }], ['logprobs', true],
-    ['frequency_penalty', 0.5], ['presence_penalty', 0.5], ['temperature', 1.5]]) {
+  for (const [field, value] of [['seed', 42], ['logit_bias', { 50256: -100 }], ['frequency_penalty', 0.5],
+    ['presence_penalty', 0.5], ['temperature', 1.5]]) {
     test(`${field} to an Anthropic model: 400 unsupported_parameter naming it and the model`, async () => {
       const e = await failure(client().chat.completions.create({ model: claude, [field]: value,
         messages: [{ role: 'user', content: 'x' }] }));
@@ -439,9 +439,31 @@ describe('what each provider refuses', () => {
     });
   }
 
-  test('seed, penalties, logit_bias, logprobs and temperature 1.5 reach an OpenAI-compatible model', async () => {
+  test('logprobs is refused on every model: chatd does not return them', async () => {
+    for (const model of [claude, 'gpt-4o-mini']) {
+      const e = await failure(client().chat.completions.create({ model, logprobs: true, top_logprobs: 2,
+        messages: [{ role: 'user', content: 'x' }] }));
+      assert.equal(e.status, 400);
+      assert.equal(e.code, 'unsupported_parameter');
+      assert.equal(e.param, 'logprobs');
+    }
+    await upstream(0);
+  });
+
+  test('reasoning_effort beyond minimal..high is refused; a model without reasoning refuses any', async () => {
+    for (const [model, effort] of [[claude, 'xhigh'], [claude, 'none'], ['gpt-4o-mini', 'max']]) {
+      const e = await failure(client().chat.completions.create({ model, reasoning_effort: effort,
+        messages: [{ role: 'user', content: 'x' }] }));
+      assert.equal(e.status, 400, effort);
+      assert.equal(e.code, 'unsupported_parameter', effort);
+      assert.equal(e.param, 'reasoning_effort');
+    }
+    await upstream(0);
+  });
+
+  test('seed, penalties, logit_bias and temperature 1.5 reach an OpenAI-compatible model', async () => {
     const r = await client().chat.completions.create({ model: 'gpt-4o-mini', seed: 42, frequency_penalty: 0.5,
-      presence_penalty: -0.5, logit_bias: { 50256: -100 }, logprobs: true, top_logprobs: 2, temperature: 1.5,
+      presence_penalty: -0.5, logit_bias: { 50256: -100 }, temperature: 1.5,
       messages: [{ role: 'user', content: 'x' }] });
     assert.equal(r.choices[0].message.content, 'Hello! You said: x');
     const [q] = await upstream();
@@ -449,8 +471,6 @@ describe('what each provider refuses', () => {
     assert.equal(q.body.frequency_penalty, 0.5);
     assert.equal(q.body.presence_penalty, -0.5);
     assert.deepEqual(q.body.logit_bias, { 50256: -100 });
-    assert.equal(q.body.logprobs, true);
-    assert.equal(q.body.top_logprobs, 2);
     assert.equal(q.body.temperature, 1.5);
   });
 

@@ -143,7 +143,7 @@ static void test_image_refusals(void **state)
                       "{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"image_url\",\"image_url\":{\"url\":"
                       "\"data:image/png;base64,iVBORw0KGgo"
                       "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}}]}]}";
-    refused(big, 413, "image_too_large", "messages", "messages[1].content[1]: the image is 72 bytes");
+    refused(big, 413, "request_too_large", "messages", "messages[1].content[1]: the image is 72 bytes");
     refused("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
             "\"data:image/png;base64,iVBOR!0KGgo=\"}}]}]}",
             400, "invalid_value", "messages", "messages[0].content[0].image_url.url: the data is not valid base64");
@@ -287,13 +287,13 @@ static void test_options(void **state)
     api_oa_invalid why;
     parse("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":0.2,\"top_p\":0.9,\"stop\":\"END\","
           "\"seed\":7,\"presence_penalty\":0.5,\"frequency_penalty\":-1,\"logit_bias\":{\"50256\":-100},"
-          "\"logprobs\":true,\"top_logprobs\":2,\"n\":2,\"user\":\"u-1\",\"reasoning_effort\":\"low\","
+          "\"n\":2,\"user\":\"u-1\",\"reasoning_effort\":\"low\","
           "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"out\",\"schema\":{\"type\":"
           "\"object\"},\"strict\":true}},\"top_k\":40,\"max_completion_tokens\":50,\"modalities\":[\"text\"]}",
           true, &q, &why);
     assert_json(q.options, "{\"temperature\":0.2,\"top_p\":0.9,\"stop\":[\"END\"],\"seed\":7,\"presence_penalty\":0.5,"
-                           "\"frequency_penalty\":-1,\"logit_bias\":{\"50256\":-100},\"logprobs\":true,"
-                           "\"top_logprobs\":2,\"n\":2,\"user\":\"u-1\",\"reasoning_effort\":\"low\","
+                           "\"frequency_penalty\":-1,\"logit_bias\":{\"50256\":-100},\"n\":2,\"user\":\"u-1\","
+                           "\"reasoning_effort\":\"low\","
                            "\"response_format\":{\"type\":\"json_schema\",\"name\":\"out\",\"schema\":{\"type\":"
                            "\"object\"},\"strict\":true},\"top_k\":40}");
     assert_int_equal(q.max_tokens, 50);
@@ -319,6 +319,10 @@ static void test_options(void **state)
             "n must be an integer");
     refused("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"huge\"}", 400,
             "invalid_value", "reasoning_effort", "reasoning_effort must be one of");
+    refused("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"xhigh\"}", 400,
+            "unsupported_parameter", "reasoning_effort", "\"xhigh\" is not supported");
+    refused("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":2}", 400,
+            "unsupported_parameter", "logprobs", "chatd does not return log probabilities");
     refused("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\","
             "\"json_schema\":{\"schema\":{}}}}",
             400, "invalid_value", "response_format", "json_schema.name");
@@ -341,9 +345,10 @@ static void test_drop_unsupported(void **state)
     api_oa_request q;
     api_oa_invalid why;
     parse_lim("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"audio\":{\"voice\":\"alloy\"},"
-              "\"prediction\":{\"type\":\"content\",\"content\":\"x\"},\"verbosity\":null,\"temperature\":1}",
+              "\"prediction\":{\"type\":\"content\",\"content\":\"x\"},\"verbosity\":null,\"temperature\":1,"
+              "\"logprobs\":true}",
               NULL, &lim, true, &q, &why);
-    assert_string_equal(q.dropped, "audio,prediction");
+    assert_string_equal(q.dropped, "audio,prediction,logprobs");
     assert_json(q.options, "{\"temperature\":1}");
     api_oa_request_free(&q);
     /* an unknown field is still refused: it may be a misspelt option */
