@@ -403,19 +403,38 @@ describe('count_tokens', () => {
 });
 
 describe('prompt caching', () => {
-  test('four client breakpoints: chatd adds none, the provider accepts', async () => {
-    const long = 'lorem ipsum dolor sit amet '.repeat(800);
-    const cc = { type: 'ephemeral' };
+  const long = 'lorem ipsum dolor sit amet '.repeat(800);
+  const conversation = (cc) => {
     const messages = [];
     for (let i = 0; i < 4; i++) {
-      messages.push({ role: 'user', content: [{ type: 'text', text: `${long} ${i}`, cache_control: cc }] });
+      messages.push({ role: 'user', content: [{ type: 'text', text: `${long} ${i}`, ...(cc ? { cache_control: cc } : {}) }] });
       messages.push({ role: 'assistant', content: `answer ${i} ${long}` });
     }
     messages.push({ role: 'user', content: 'and now?' });
-    const r = await client().messages.create({ model: 'claude-sonnet-4-6', max_tokens: 10, system: long, messages });
+    return messages;
+  };
+  const markers = (q) => JSON.stringify(q.body).split('"cache_control"').length - 1;
+
+  test('without client markers chatd places its own breakpoints', async () => {
+    await client().messages.create({ model: 'claude-sonnet-4-6', max_tokens: 10, system: long, messages: conversation() });
+    const [q] = await upstream();
+    assert.ok(markers(q) >= 1 && markers(q) <= 4, String(markers(q)));
+  });
+
+  test('four client breakpoints: chatd adds none, the provider accepts', async () => {
+    const r = await client().messages.create({
+      model: 'claude-sonnet-4-6', max_tokens: 10, system: long, messages: conversation({ type: 'ephemeral' }),
+    });
     assert.equal(r.content[0].text, echo('and now?'));
     const [q] = await upstream();
-    const body = JSON.stringify(q.body);
-    assert.equal(body.split('"cache_control"').length - 1, 4);
+    assert.equal(markers(q), 4);
+  });
+
+  test('three client breakpoints: chatd adds at most one', async () => {
+    const messages = conversation({ type: 'ephemeral' });
+    delete messages[0].content[0].cache_control;
+    await client().messages.create({ model: 'claude-sonnet-4-6', max_tokens: 10, system: long, messages });
+    const [q] = await upstream();
+    assert.ok(markers(q) >= 3 && markers(q) <= 4, String(markers(q)));
   });
 });
