@@ -8,7 +8,96 @@ export interface Usage {
   output_tokens: number | null;
   cache_read_input_tokens: number | null;
   cache_creation_input_tokens: number | null;
+  /** /v1 turns: the part of output_tokens spent thinking, when the provider reported it. */
+  reasoning_tokens?: number;
 }
+
+// ---- content blocks (the canonical shape: docs/API.md "Tools, images and options") ----
+
+export interface TextBlock {
+  type: 'text';
+  text: string;
+  cache_control?: object;
+}
+
+export type ImageMediaType = 'image/png' | 'image/jpeg' | 'image/gif' | 'image/webp';
+
+export interface ImageBlock {
+  type: 'image';
+  source: { type: 'base64'; media_type: ImageMediaType; data: string } | { type: 'url'; url: string };
+  cache_control?: object;
+}
+
+export interface ToolUseBlock {
+  type: 'tool_use';
+  id: string;
+  name: string;
+  input: Record<string, unknown>;
+}
+
+export interface ToolResultBlock {
+  type: 'tool_result';
+  tool_use_id: string;
+  content?: string | (TextBlock | ImageBlock)[];
+  is_error?: boolean;
+}
+
+export interface ThinkingBlock {
+  type: 'thinking';
+  thinking: string;
+  signature?: string;
+}
+
+export interface RedactedThinkingBlock {
+  type: 'redacted_thinking';
+  data: string;
+}
+
+export type ContentBlock = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock;
+
+/** What a user turn may send as content. */
+export type UserContent = (TextBlock | ImageBlock)[];
+
+/** One call the reply made: answer it with toolResult(call.id, ...). */
+export interface ToolCall {
+  id: string;
+  name: string;
+  input: Record<string, unknown>;
+}
+
+/** The result of one tool call, for the `toolResults` option. */
+export interface ToolResult {
+  tool_call_id: string;
+  content: string | (TextBlock | ImageBlock)[];
+  is_error?: boolean;
+}
+
+export interface ToolDefinition {
+  name: string;
+  description?: string;
+  /** JSON Schema of the input; absent: no parameters. */
+  input_schema?: Record<string, unknown>;
+  strict?: boolean;
+}
+
+export type ToolChoice =
+  | 'auto' | 'any' | 'none' | 'required'
+  | { type: 'auto' | 'any' | 'none' }
+  | { type: 'tool'; name: string };
+
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; name?: string; schema: Record<string, unknown>; strict?: boolean };
+
+export declare function textBlock(text: string): TextBlock;
+export declare function imageBlock(data: string | Uint8Array | ArrayBuffer, mediaType?: ImageMediaType): ImageBlock;
+export declare function imageUrlBlock(url: string): ImageBlock;
+/** Reads a Blob / File (e.g. from an <input type=file>) into a base64 image block. */
+export declare function imageBlockFromBlob(blob: Blob): Promise<ImageBlock>;
+/** A tool result; content that is not a string or blocks is sent as its JSON text. */
+export declare function toolResult(toolCallId: string, content: unknown, options?: { isError?: boolean }): ToolResult;
+export declare function toBase64(bytes: Uint8Array | ArrayBuffer): string;
 
 /** A cost as chatd reports it: exact integer micro-dollars and a 6-decimal USD string. */
 export interface Cost {
@@ -51,8 +140,14 @@ export interface ChatResponse {
   usage: Usage;
   cost?: Cost;
   turn_count: number;
+  truncated_turns?: number;
   created_at: string;
   request_id: string;
+  /** The reply as blocks (thinking, text, tool_use). */
+  content: ContentBlock[];
+  /** The reply's tool calls ([] when none; stop_reason is "tool_use" when there are some). */
+  tool_calls: ToolCall[];
+  stop_sequence: string | null;
 }
 
 export interface StartEventData {
@@ -69,6 +164,18 @@ export interface DoneEventData {
   usage: Usage;
   cost?: Cost;
   turn_count: number;
+  truncated_turns?: number;
+  content: ContentBlock[];
+  tool_calls: ToolCall[];
+  stop_sequence: string | null;
+}
+
+/** A piece of a streamed tool call: the first has id and name, the next ones pieces of the arguments' JSON. */
+export interface ToolCallDeltaData {
+  index: number;
+  id?: string;
+  name?: string;
+  arguments_delta: string;
 }
 
 /** What a finished stream resolves with: the `done` data, the whole reply text and the request id. */
@@ -80,6 +187,9 @@ export interface StreamResult extends DoneEventData {
 export type StreamEvent =
   | { type: 'start'; data: StartEventData }
   | { type: 'delta'; text: string; data: { text: string } }
+  | { type: 'thinking'; text: string; data: { text: string } }
+  | { type: 'tool_call_delta'; data: ToolCallDeltaData }
+  | { type: 'tool_call'; call: ToolCall; data: ToolCall & { index: number } }
   | { type: 'done'; data: StreamResult };
 
 export interface Session {
@@ -110,6 +220,8 @@ export interface Message {
   stop_reason?: string | null;
   usage?: Usage;
   cost?: Cost;
+  /** Present when the message holds more than text (images, tool calls, tool results, thinking). */
+  blocks?: ContentBlock[];
 }
 
 export interface MessagePage {
@@ -247,11 +359,50 @@ export interface TurnOptions extends RequestOptions {
   requestId?: string;
   /** Sent as Idempotency-Key: a retried request with the same key gets the stored answer. */
   idempotencyKey?: string;
+  /** Text and image blocks (instead of a string message). */
+  content?: UserContent;
+  /** The results of the previous reply's tool calls. */
+  toolResults?: ToolResult[];
+  tools?: ToolDefinition[];
+  toolChoice?: ToolChoice;
+  parallelToolCalls?: boolean;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  stop?: string | string[];
+  seed?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  logitBias?: Record<string, number>;
+  logprobs?: boolean;
+  topLogprobs?: number;
+  user?: string;
+  responseFormat?: ResponseFormat;
+  thinking?: { type: 'enabled'; budget_tokens: number } | { type: 'disabled' };
+  reasoningEffort?: 'minimal' | 'low' | 'medium' | 'high';
+  truncation?: 'auto' | 'reject';
+  /** Other body fields, by their wire names. */
+  params?: Record<string, unknown>;
+}
+
+export type ToolHandler = (input: Record<string, unknown>, call: ToolCall) => unknown | Promise<unknown>;
+
+export interface RunToolsOptions extends TurnOptions {
+  tools: ToolDefinition[];
+  /** By tool name; the value returned is the result (non-strings sent as JSON); a throw is an error result. */
+  handlers: Record<string, ToolHandler>;
+  /** At most this many turns (default 8). */
+  maxRounds?: number;
+  onToolCall?: (call: ToolCall) => void;
+  onToolResult?: (call: ToolCall, result: ToolResult) => void;
 }
 
 export interface StreamOptions extends TurnOptions {
   onStart?: (data: StartEventData) => void;
   onDelta?: (text: string, fullText: string) => void;
+  onThinking?: (text: string, fullThinking: string) => void;
+  onToolCallDelta?: (data: ToolCallDeltaData) => void;
+  onToolCall?: (call: ToolCall) => void;
   onDone?: (result: StreamResult) => void;
   onError?: (err: ChatdError | Error) => void;
   /** Called for each `: ping` heartbeat comment. */
@@ -265,6 +416,10 @@ export declare class ChatStream implements AsyncIterable<StreamEvent> {
   requestId: string | null;
   /** The reply so far. */
   text: string;
+  /** The thinking so far. */
+  thinking: string;
+  /** The complete tool calls so far. */
+  toolCalls: ToolCall[];
   usage: Usage | null;
   doneData: DoneEventData | null;
   readonly signal: AbortSignal;
@@ -295,8 +450,11 @@ export declare class ChatClient {
   clearHistory(sessionId?: string): Promise<SeedClearResult>;
 
   // /v1
-  send(message: string, options?: TurnOptions): Promise<ChatResponse>;
-  stream(message: string, options?: StreamOptions): ChatStream;
+  /** message: a string, text and image blocks, or null for a turn of toolResults only. */
+  send(message: string | UserContent | null, options?: TurnOptions): Promise<ChatResponse>;
+  stream(message: string | UserContent | null, options?: StreamOptions): ChatStream;
+  /** A whole tool loop: the final reply, with the number of turns it took. */
+  runTools(message: string | UserContent, options: RunToolsOptions): Promise<ChatResponse & { rounds: number }>;
   listSessions(options?: RequestOptions & { limit?: number; cursor?: string | null }): Promise<SessionPage>;
   sessions(options?: RequestOptions & { limit?: number }): AsyncGenerator<Session, void, undefined>;
   getSession(sessionId?: string, options?: RequestOptions): Promise<Session>;

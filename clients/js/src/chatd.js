@@ -13,7 +13,69 @@ import { SSEParser, readSSE } from './sse.js';
 
 export { ChatdError, isAbortError, describeError, parseRetryAfter, SSEParser, readSSE };
 
-export const VERSION = '0.1.0';
+export const VERSION = '0.2.0';
+
+// ---- content helpers (canonical blocks: docs/API.md "Tools, images and options") ----
+
+/** A text block. */
+export function textBlock(text) {
+  return { type: 'text', text: String(text) };
+}
+
+/** Base64 of bytes (Uint8Array, ArrayBuffer), in browsers and Node. */
+export function toBase64(bytes) {
+  const u8 = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  if (typeof globalThis.Buffer === 'function') return globalThis.Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength).toString('base64');
+  let bin = '';
+  for (let i = 0; i < u8.length; i += 0x8000) bin += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
+
+const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
+
+/**
+ * An image block: base64 data (a string) or bytes (Uint8Array / ArrayBuffer) with
+ * its media type (image/png, image/jpeg, image/gif or image/webp).
+ */
+export function imageBlock(data, mediaType = 'image/png') {
+  if (!IMAGE_TYPES.includes(mediaType)) throw new TypeError(`imageBlock: ${mediaType} is not one of ${IMAGE_TYPES.join(', ')}`);
+  const b64 = typeof data === 'string' ? data : toBase64(data);
+  return { type: 'image', source: { type: 'base64', media_type: mediaType, data: b64 } };
+}
+
+/** An image block that points at an https:// URL (the provider fetches it). */
+export function imageUrlBlock(url) {
+  return { type: 'image', source: { type: 'url', url: String(url) } };
+}
+
+/** An image block from a Blob or File (a browser file input), read as base64. */
+export async function imageBlockFromBlob(blob) {
+  const type = blob.type || 'image/png';
+  return imageBlock(new Uint8Array(await blob.arrayBuffer()), type);
+}
+
+/**
+ * One tool result for `toolResults`: the call's id, its result (a string, text
+ * and image blocks, or any other value, sent as its JSON text), isError when the
+ * tool failed.
+ */
+export function toolResult(toolCallId, content, { isError = false } = {}) {
+  let c = content;
+  if (c === undefined || c === null) c = '';
+  else if (typeof c !== 'string' && !Array.isArray(c)) c = JSON.stringify(c);
+  const r = { tool_call_id: toolCallId, content: c };
+  if (isError) r.is_error = true;
+  return r;
+}
+
+// The request options of a turn: camelCase name -> the body field (src/llm/content.h).
+const TURN_OPTIONS = {
+  temperature: 'temperature', topP: 'top_p', topK: 'top_k', stop: 'stop', seed: 'seed',
+  presencePenalty: 'presence_penalty', frequencyPenalty: 'frequency_penalty', logitBias: 'logit_bias',
+  logprobs: 'logprobs', topLogprobs: 'top_logprobs', user: 'user', tools: 'tools', toolChoice: 'tool_choice',
+  parallelToolCalls: 'parallel_tool_calls', responseFormat: 'response_format', thinking: 'thinking',
+  reasoningEffort: 'reasoning_effort', truncation: 'truncation',
+};
 
 function abortErrorFrom(signal) {
   const r = signal && signal.reason;
@@ -92,7 +154,8 @@ export function costUsd(cost) {
 /**
  * One streamed turn of POST /v1/chat/stream. The request starts at once.
  * Consume it once, either as an async iterator of events
- *   {type: 'start', data} | {type: 'delta', text, data} | {type: 'done', data}
+ *   {type: 'start', data} | {type: 'delta', text, data} | {type: 'thinking', text, data} |
+ *   {type: 'tool_call_delta', data} | {type: 'tool_call', call, data} | {type: 'done', data}
  * (an `error` event, a cut stream or an HTTP error is thrown as ChatdError), or
  * with result(), which runs the callbacks and resolves with the done data plus
  * `text`. abort() (or the caller's AbortSignal, or leaving the loop early)
@@ -104,6 +167,8 @@ export class ChatStream {
     this.model = null;
     this.requestId = null;
     this.text = '';
+    this.thinking = '';
+    this.toolCalls = []; // complete calls, {id, name, input}, in order
     this.usage = null;
     this.doneData = null;
     this._cb = opts;
@@ -200,6 +265,19 @@ export class ChatStream {
           this.text += text;
           if (cb.onDelta) cb.onDelta(text, this.text);
           yield { type: 'delta', text, data };
+        } else if (ev.event === 'thinking') {
+          const text = typeof data.text === 'string' ? data.text : '';
+          this.thinking += text;
+          if (cb.onThinking) cb.onThinking(text, this.thinking);
+          yield { type: 'thinking', text, data };
+        } else if (ev.event === 'tool_call_delta') {
+          if (cb.onToolCallDelta) cb.onToolCallDelta(data);
+          yield { type: 'tool_call_delta', data };
+        } else if (ev.event === 'tool_call') {
+          const call = { id: data.id, name: data.name, input: data.input ?? {} };
+          this.toolCalls.push(call);
+          if (cb.onToolCall) cb.onToolCall(call);
+          yield { type: 'tool_call', call, data };
         } else if (ev.event === 'done') {
           finished = true;
           this.doneData = data;
@@ -370,20 +448,33 @@ export class ChatClient {
   // ---- /v1 ----
 
   _turnBody(message, o) {
-    const body = { message };
+    const body = {};
+    // A string is the message; an array is content (text and image blocks);
+    // null/undefined sends neither (a turn of toolResults only).
+    if (Array.isArray(message)) body.content = message;
+    else if (message != null) body.message = message;
+    if (o.content != null) body.content = o.content;
+    if (o.toolResults != null) body.tool_results = o.toolResults;
     const sid = o.sessionId === undefined ? this.sessionId : o.sessionId;
     if (sid != null) body.session_id = sid;
     if (o.systemPrompt != null) body.system_prompt = o.systemPrompt;
     if (o.model != null && o.model !== '') body.model = o.model;
     if (o.maxTokens != null) body.max_tokens = o.maxTokens;
+    for (const [k, field] of Object.entries(TURN_OPTIONS)) if (o[k] != null) body[field] = o[k];
+    if (o.params) Object.assign(body, o.params); // any other body field, by its wire name
     return body;
   }
 
   /**
    * POST /v1/chat: one turn, the whole reply at once.
+   * message: a string, or an array of text and image blocks (textBlock, imageBlock), or null with toolResults.
    * Options: sessionId (default this.sessionId; null lets the server make one), systemPrompt, model, maxTokens,
-   * signal, requestId, idempotencyKey (the server replays the stored answer for a repeated key).
-   * The result has `usage` and, from servers that price turns, `cost: {micros, usd}`.
+   * signal, requestId, idempotencyKey (the server replays the stored answer for a repeated key); toolResults
+   * (toolResult(...) for each call of the previous reply), tools, toolChoice, temperature, topP, topK, stop, seed,
+   * presencePenalty, frequencyPenalty, logitBias, logprobs, topLogprobs, user, parallelToolCalls, responseFormat,
+   * thinking, reasoningEffort, truncation, and params (other body fields by their wire names).
+   * The result has `usage`, `content` (blocks), `tool_calls` ([{id, name, input}]) and, from servers that price
+   * turns, `cost: {micros, usd}`.
    */
   async send(message, options = {}) {
     return this._json('POST', '/v1/chat', {
@@ -394,11 +485,49 @@ export class ChatClient {
 
   /**
    * POST /v1/chat/stream: one turn, streamed. Same options as send(), plus the callbacks
-   * onStart(data), onDelta(text, fullText), onDone(result), onError(err), onPing().
+   * onStart(data), onDelta(text, fullText), onThinking(text, fullThinking), onToolCallDelta(data),
+   * onToolCall({id, name, input}), onDone(result), onError(err), onPing().
    * @returns {ChatStream}
    */
   stream(message, options = {}) {
     return new ChatStream(this, this._turnBody(message, options), options);
+  }
+
+  /**
+   * A whole tool loop on one session: sends message with `tools`, and while the
+   * reply calls tools (stop_reason "tool_use") runs each call's handler
+   * (handlers[name](input, call), may be async; a missing handler or a throw is
+   * sent back as an error result) and sends the results, up to maxRounds turns.
+   * Resolves with the last reply (plus `rounds`, the turns it took). Other
+   * options as send(); onToolCall(call) and onToolResult(call, result) observe.
+   */
+  async runTools(message, { tools, handlers = {}, maxRounds = 8, onToolCall, onToolResult, ...options } = {}) {
+    const sessionId = options.sessionId === undefined ? this.sessionId : options.sessionId;
+    let reply = await this.send(message, { ...options, sessionId, tools });
+    let rounds = 1;
+    while (reply.stop_reason === 'tool_use' && Array.isArray(reply.tool_calls) && reply.tool_calls.length > 0) {
+      if (rounds >= maxRounds) throw new ChatdError(`runTools: still calling tools after ${maxRounds} turns`, { type: 'tool_loop_limit' });
+      const results = [];
+      for (const call of reply.tool_calls) {
+        if (onToolCall) onToolCall(call);
+        const fn = handlers[call.name];
+        let r;
+        try {
+          if (typeof fn !== 'function') throw new Error(`no handler for tool ${call.name}`);
+          r = toolResult(call.id, await fn(call.input, call));
+        } catch (e) {
+          r = toolResult(call.id, String(e && e.message ? e.message : e), { isError: true });
+        }
+        if (onToolResult) onToolResult(call, r);
+        results.push(r);
+      }
+      const { idempotencyKey, requestId, ...rest } = options; // one per request, not per loop
+      void idempotencyKey;
+      void requestId;
+      reply = await this.send(null, { ...rest, sessionId: reply.session_id, tools, toolResults: results });
+      rounds++;
+    }
+    return { ...reply, rounds };
   }
 
   /** GET /v1/sessions: one page, `{data: [session], next_cursor}` (newest first). */
