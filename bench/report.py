@@ -404,8 +404,6 @@ def main():
             continue
         streams[key] = d
     long = load_json(os.path.join(args.dir, "long_session.json")) if args.long else None
-    if long:
-        long.pop("latency_ms", None)
 
     # The table of the issue.
     rows = []
