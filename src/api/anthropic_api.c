@@ -663,8 +663,9 @@ static json_t *error_json(const turn_error *err)
  * The stream's block state. chat_ctx has no field of a renderer's own; this
  * renderer has no use for `created` (the OpenAI renderer's creation time), so
  * that word holds: the number of blocks started (bits 0..23), the kind of the
- * open block (bits 24..25: none, text, thinking, tool_use) and the provider's
- * index of that block (bits 32..55, +1; 0 = none).
+ * open block (bits 24..25: none, text, thinking, tool_use), whether a
+ * thinking signature was sent in the stream (bit 26) and the provider's index
+ * of the open block (bits 32..55, +1; 0 = none).
  */
 enum { OPEN_NONE = 0, OPEN_TEXT, OPEN_THINKING, OPEN_TOOL };
 
@@ -680,9 +681,12 @@ static int st_pindex(const chat_ctx *c)
 {
     return (int)((c->created >> 32) & 0xffffff) - 1;
 }
+#define ST_SIG_SENT ((int64_t)1 << 26)
+
 static void st_set(chat_ctx *c, int count, int open, int pindex)
 {
-    c->created = (int64_t)(count & 0xffffff) | ((int64_t)(open & 3) << 24) | ((int64_t)((pindex + 1) & 0xffffff) << 32);
+    c->created = (c->created & ST_SIG_SENT) | (int64_t)(count & 0xffffff) | ((int64_t)(open & 3) << 24) |
+                 ((int64_t)((pindex + 1) & 0xffffff) << 32);
 }
 
 /* One SSE event: `event: <type>` and its JSON (stolen). True when the client is full. */
@@ -824,8 +828,22 @@ static bool an_sse_event(chat_ctx *c, const llm_event *ev)
                 send_delta(c, json_pack("{s:s,s:s%}", "type", "input_json_delta", "partial_json", ev->data, ev->len));
         break;
     case LLM_EV_BLOCK_STOP:
-        if (st_pindex(c) == ev->index || st_pindex(c) < 0)
-            full = close_block(c);
+        if (ev->name && strcmp(ev->name, "redacted_thinking") == 0) {
+            /* It arrives whole, with its data, and no other event. */
+            full = open_block(c, OPEN_THINKING, ev->index,
+                              json_pack("{s:s,s:s%}", "type", "redacted_thinking", "data", ev->data ? ev->data : "",
+                                        ev->data ? ev->len : 0));
+            full |= close_block(c);
+            break;
+        }
+        if (st_pindex(c) != ev->index && st_pindex(c) >= 0)
+            break;
+        if (st_open(c) == OPEN_THINKING && ev->data && ev->len) {
+            /* The signature completes a thinking block: just before its stop, as Anthropic streams it. */
+            full = send_delta(c, json_pack("{s:s,s:s%}", "type", "signature_delta", "signature", ev->data, ev->len));
+            c->created |= ST_SIG_SENT;
+        }
+        full |= close_block(c);
         break;
     }
     return full;
@@ -835,12 +853,13 @@ static void an_sse_done(chat_ctx *c, const turn_result *res)
 {
     an_stream_begin(c);
     close_block(c);
-    /* The reply events carry no thinking signature: the finished content
-     * does. Sent before message_delta, so that the SDK's accumulated message
-     * can be sent back with its thinking blocks intact. */
+    /* A replay's events carry no thinking signature (a provider's do, at
+     * the block's stop): the stored content has it. Sent before
+     * message_delta, so that the SDK's accumulated message can be sent back
+     * with its thinking blocks intact. */
     size_t i;
     json_t *b;
-    json_array_foreach(res->content, i, b)
+    json_array_foreach(c->created & ST_SIG_SENT ? NULL : res->content, i, b)
     {
         const char *type = json_string_value(json_object_get(b, "type"));
         const char *sig = json_string_value(json_object_get(b, "signature"));

@@ -206,3 +206,60 @@ def test_stateless_history_and_system_reach_the_provider(chatd_module, fake):
     assert "one" in texts and "two" in texts and "three" in texts
     # Stateless: nothing stored.
     assert s.client.get("/v1/sessions").json()["data"] == []
+
+
+def test_stream_thinking_text_and_tool_blocks(chatd_module, fake):
+    s = chatd_module()
+    tools = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    text = directive({"reply": "Let me check.", "thinking": "hmm let me see",
+                      "tool_calls": [{"name": "get_weather", "input": {"city": "Paris"}}]}) + " go"
+    with s.client.stream("POST", "/v1/messages", headers=V, timeout=20,
+                         json=body(text, stream=True, tools=tools)) as r:
+        assert r.status_code == 200
+        ev = [e for e in sse_events(b"".join(r.iter_raw()).decode()) if e[0] != "ping"]
+    starts = [d["content_block"]["type"] for n, d in ev if n == "content_block_start"]
+    assert starts == ["thinking", "text", "tool_use"], starts
+    # Blocks never interleave; a thinking block's signature comes just before its stop.
+    seq = [(n, d.get("index"), (d.get("delta") or {}).get("type")) for n, d in ev]
+    stop0 = seq.index(("content_block_stop", 0, None))
+    assert seq[stop0 - 1] == ("content_block_delta", 0, "signature_delta"), seq
+    assert seq.index(("content_block_start", 1, None)) == stop0 + 1
+    args = "".join(d["delta"]["partial_json"] for n, d in ev
+                   if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
+    assert json.loads(args) == {"city": "Paris"}
+    md = next(d for n, d in ev if n == "message_delta")
+    assert md["delta"]["stop_reason"] == "tool_use"
+
+
+def test_stream_replay_of_a_session_turn(chatd_module, fake):
+    s = chatd_module()
+    text = directive({"reply": "Sure.", "thinking": "ok"}) + " go"
+    h = {**V, "X-Session-Id": "an-replay", "Idempotency-Key": "k-1"}
+    streams = []
+    for _ in range(2):
+        with s.client.stream("POST", "/v1/messages", headers=h, timeout=20, json=body(text, stream=True)) as r:
+            assert r.status_code == 200
+            streams.append((r.headers.get("idempotent-replayed"), sse_events(b"".join(r.iter_raw()).decode())))
+    assert streams[0][0] is None and streams[1][0] == "true"
+    assert len(fake.requests()) == 1
+
+    def final(ev):
+        blocks, sigs = {}, {}
+        for n, d in ev:
+            if n == "content_block_start":
+                blocks[d["index"]] = dict(d["content_block"])
+            elif n == "content_block_delta":
+                dl, b = d["delta"], blocks[d["index"]]
+                if dl["type"] == "text_delta":
+                    b["text"] += dl["text"]
+                elif dl["type"] == "thinking_delta":
+                    b["thinking"] += dl["thinking"]
+                elif dl["type"] == "signature_delta":
+                    sigs[d["index"]] = dl["signature"]
+        for i, sig in sigs.items():
+            blocks[i]["signature"] = sig
+        return [blocks[i] for i in sorted(blocks)]
+    first, again = final(streams[0][1]), final(streams[1][1])
+    assert first == again, (first, again)
+    assert first[0]["type"] == "thinking" and first[0]["thinking"] == "ok" and first[0]["signature"]
+    assert first[1] == {"type": "text", "text": "Sure."}
