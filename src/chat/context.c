@@ -30,21 +30,11 @@ static int64_t message_tokens(const store_message *m, const json_t *blocks)
     return blocks ? llm_content_tokens(blocks) : context_estimate_tokens(m->content);
 }
 
-/* True if blocks hold tool results and nothing else: such a user message
- * continues the exchange of the tool calls it answers. */
-static bool only_tool_results(const json_t *blocks)
+/* True if blocks hold a tool result: such a user message answers the tool
+ * calls of the reply before it, and so continues that exchange. */
+static bool answers_calls(const json_t *blocks)
 {
-    size_t i;
-    const json_t *b;
-    if (!json_is_array(blocks) || json_array_size(blocks) == 0)
-        return false;
-    json_array_foreach(blocks, i, b)
-    {
-        const char *type = json_string_value(json_object_get(b, "type"));
-        if (!type || strcmp(type, "tool_result") != 0)
-            return false;
-    }
-    return true;
+    return llm_content_has(blocks, "tool_result");
 }
 
 static bool is_user(const store_message *m)
@@ -52,10 +42,10 @@ static bool is_user(const store_message *m)
     return m->role && strcmp(m->role, "user") == 0;
 }
 
-/* True if hist[i] opens an exchange: a user message that is not only tool results. */
+/* True if hist[i] opens an exchange: a user message that answers no tool call. */
 static bool opens_exchange(const store_message *hist, const json_t *const *hist_blocks, size_t i)
 {
-    return is_user(&hist[i]) && !only_tool_results(blocks_of(hist_blocks, i));
+    return is_user(&hist[i]) && !answers_calls(blocks_of(hist_blocks, i));
 }
 
 chat_rc context_fit_blocks(const store_message *hist, const json_t *const *hist_blocks, size_t n, const char *system,
@@ -67,7 +57,7 @@ chat_rc context_fit_blocks(const store_message *hist, const json_t *const *hist_
     /* A new message of tool results continues the last exchange of the
      * history, which must then be sent whole: it is part of the minimum. */
     size_t pinned = n; /* history from here on is never left out */
-    if (only_tool_results(message_blocks)) {
+    if (answers_calls(message_blocks)) {
         pinned = 0;
         for (size_t i = n; i-- > 0;)
             if (opens_exchange(hist, hist_blocks, i)) {

@@ -66,13 +66,14 @@ size_t context_messages(const store_message *hist, size_t first, size_t n, const
  *
  * context_fit_blocks estimates a block message with llm_content_tokens when
  * its count is unknown, and leaves out whole EXCHANGES rather than pairs: an
- * exchange is a user message that is not only tool results, and everything
- * up to the next such message (the replies calling tools and the user
- * messages answering them), so that a tool call is never sent without its
- * result or the reverse. When the new message is only tool results, the last
- * exchange of the history belongs to it and is never left out: it counts in
- * the minimum that must fit (CHAT_ETOOBIG otherwise). truncated_turns counts
- * the user messages left out (one per stored turn).
+ * exchange is a user message that answers no tool call (holds no
+ * tool_result), and everything up to the next such message (the replies
+ * calling tools and the user messages answering them), so that a tool call
+ * is never sent without its result or the reverse. When the new message
+ * holds tool results, the last exchange of the history belongs to it and is
+ * never left out: it counts in the minimum that must fit (CHAT_ETOOBIG
+ * otherwise). truncated_turns counts the user messages left out (one per
+ * stored turn).
  *
  * context_messages_blocks builds the messages as context_messages does; a
  * message with blocks keeps them (llm_message.blocks, a reference owned by

@@ -66,9 +66,9 @@ struct chat_config {
     int64_t database_queue_timeout_ms; /* DATABASE_QUEUE_TIMEOUT */
 
     /* HTTP limits */
-    size_t max_body_bytes;     /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
-    size_t max_header_bytes;   /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
-    size_t max_message_bytes;  /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
+    size_t max_body_bytes;    /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */
+    size_t max_header_bytes;  /* MAX_HEADER_SIZE, default 16KiB, 1KiB..1MiB */
+    size_t max_message_bytes; /* MAX_MESSAGE_SIZE, one chat message, default 256KiB, 1..1GiB */
     /* MAX_IMAGE_SIZE: the largest image a request may carry, in bytes of the
      * DECODED image (base64 text is 4/3 of it), default 5MiB (Anthropic's
      * per-image limit), 1KiB..1GiB; the API parsers answer 400 beyond it. */

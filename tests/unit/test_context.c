@@ -214,6 +214,13 @@ static void test_truncation_keeps_tool_pairs(void **state)
     assert_int_equal(p.truncated_turns, 1);
     assert_int_equal(p.tokens, 21);
     json_decref(res);
+    /* results followed by text still answer the call: the same exchange is pinned */
+    res = J("[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"42\"},{\"type\":\"text\","
+            "\"text\":\"ok\"}]");
+    assert_int_equal(context_fit_blocks(h2, b2, 4, NULL, NULL, res, 30, 10, &p), CHAT_ETOOBIG);
+    assert_int_equal(context_fit_blocks(h2, b2, 4, NULL, NULL, res, 31, 0, &p), CHAT_OK);
+    assert_int_equal(p.first, 2);
+    json_decref(res);
     for (int i = 0; i < 6; i++)
         json_decref((json_t *)b[i]);
 }
