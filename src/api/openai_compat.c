@@ -18,7 +18,8 @@
  * openai_request.c (api/request.h). The reply is rendered back from canonical
  * content: text as content (null when the reply is only tool calls), tool_use
  * blocks as tool_calls (arguments as JSON text), thinking as reasoning_content
- * (the convention of vLLM and DeepSeek, which OpenAI-compatible clients read).
+ * (the convention of vLLM and DeepSeek, which OpenAI-compatible clients read)
+ * and, when signed, as thinking_blocks to send back (LiteLLM's convention).
  *
  * Responses and stream chunks follow OpenAI's format exactly (docs/PROTOCOLS.md
  * B3, B4): role chunk, content / reasoning_content / tool_calls delta chunks
@@ -103,6 +104,37 @@ static bool has_calls(const json_t *content)
 }
 
 /*
+ * The reply's signed thinking as thinking_blocks (LiteLLM's convention:
+ * [{"type":"thinking","thinking","signature"} | {"type":"redacted_thinking",
+ * "data"}]), which a client sends back on the assistant message so that an
+ * Anthropic tool loop with thinking continues (docs/PROTOCOLS.md A11); NULL
+ * when there is none (thinking without a signature cannot be sent back).
+ */
+static json_t *thinking_blocks(const json_t *content)
+{
+    json_t *out = NULL;
+    size_t i;
+    json_t *b;
+    json_array_foreach(content, i, b)
+    {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        json_t *x = NULL;
+        if (type && strcmp(type, "thinking") == 0 && json_is_string(json_object_get(b, "signature")) &&
+            json_string_length(json_object_get(b, "signature")))
+            x = json_pack("{s:s,s:O,s:O}", "type", "thinking", "thinking", json_object_get(b, "thinking"), "signature",
+                          json_object_get(b, "signature"));
+        else if (type && strcmp(type, "redacted_thinking") == 0)
+            x = json_pack("{s:s,s:O}", "type", "redacted_thinking", "data", json_object_get(b, "data"));
+        if (!x)
+            continue;
+        if (!out)
+            out = json_array();
+        json_array_append_new(out, x);
+    }
+    return out;
+}
+
+/*
  * The assistant message of a whole reply (docs/PROTOCOLS.md B3): content the
  * text (null when the reply is only tool calls), tool_calls from the tool_use
  * blocks, reasoning_content from the thinking blocks.
@@ -141,6 +173,9 @@ static json_t *oa_message(const turn_result *res)
         json_decref(calls);
     if (thinking.len)
         json_object_set_new(msg, "reasoning_content", text_json(chat_buf_str(&thinking), thinking.len));
+    json_t *tb = thinking_blocks(res->content);
+    if (tb)
+        json_object_set_new(msg, "thinking_blocks", tb);
     chat_buf_free(&thinking);
     return msg;
 }
@@ -345,6 +380,10 @@ static bool oa_sse_event(chat_ctx *c, const llm_event *ev)
 static void oa_sse_done(chat_ctx *c, const turn_result *res)
 {
     oa_stream_begin(c);
+    /* The signatures are known only now: the thinking to send back comes whole, last. */
+    json_t *tb = thinking_blocks(res->content);
+    if (tb)
+        send_delta(c, json_pack("{s:o}", "thinking_blocks", tb));
     send_chunk(c, chunk(c, res->model,
                         json_pack("[{s:i,s:{},s:n,s:s}]", "index", 0, "delta", "logprobs", "finish_reason",
                                   finish_reason(res->stop_reason, has_calls(res->content)))));

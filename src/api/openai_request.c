@@ -7,7 +7,8 @@
  * Messages: system and developer messages become the system prompt; a user
  * message is text, or blocks when it holds images (data: URLs become base64
  * image blocks, https URLs URL sources); an assistant message's tool_calls
- * become tool_use blocks (arguments parsed to an object); tool messages become
+ * become tool_use blocks (arguments parsed to an object), its thinking_blocks
+ * (what chatd's replies carry, LiteLLM's convention) thinking blocks; tool messages become
  * tool_result blocks of one user message, with a user message right after
  * them merged into it (Anthropic wants the results first in the message that
  * follows the calls, docs/PROTOCOLS.md A2). Tool results are checked against
@@ -372,6 +373,41 @@ static bool calls_answered(parse *p, size_t i)
                    i, ids);
 }
 
+/*
+ * An assistant message's thinking_blocks (the convention of LiteLLM, which
+ * chatd's replies follow: [{"type":"thinking","thinking","signature"} |
+ * {"type":"redacted_thinking","data"}]): the reply's thinking, sent back so
+ * that Anthropic accepts the tool loop that follows it (docs/PROTOCOLS.md
+ * A11). Appended to blocks first, as they came.
+ */
+static bool thinking_blocks(parse *p, json_t *tb, size_t i, json_t *blocks)
+{
+    if (absent(tb))
+        return true;
+    if (!json_is_array(tb))
+        return invalid(p->why, "invalid_type", "messages", "messages[%zu].thinking_blocks must be an array", i);
+    size_t k;
+    json_t *b;
+    json_array_foreach(tb, k, b)
+    {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        json_t *thinking = json_object_get(b, "thinking");
+        json_t *sig = json_object_get(b, "signature");
+        json_t *data = json_object_get(b, "data");
+        if (type && strcmp(type, "thinking") == 0 && json_is_string(thinking) && json_is_string(sig))
+            json_array_append_new(
+                blocks, json_pack("{s:s,s:O,s:O}", "type", "thinking", "thinking", thinking, "signature", sig));
+        else if (type && strcmp(type, "redacted_thinking") == 0 && json_is_string(data) && json_string_length(data))
+            json_array_append_new(blocks, json_pack("{s:s,s:O}", "type", "redacted_thinking", "data", data));
+        else
+            return invalid(p->why, "invalid_value", "messages",
+                           "messages[%zu].thinking_blocks[%zu] must be {\"type\":\"thinking\",\"thinking\","
+                           "\"signature\"} or {\"type\":\"redacted_thinking\",\"data\"}",
+                           i, k);
+    }
+    return true;
+}
+
 static bool add_assistant(parse *p, json_t *m, size_t i)
 {
     if (!calls_answered(p, i))
@@ -385,6 +421,8 @@ static bool add_assistant(parse *p, json_t *m, size_t i)
     p->seen_assistant = true;
     json_object_clear(p->answered);
     json_t *blocks = hist_push(p, "assistant");
+    if (!thinking_blocks(p, json_object_get(m, "thinking_blocks"), i, blocks))
+        return false;
     json_t *content = json_object_get(m, "content");
     if (!text_content(p, content, i, true, blocks, NULL, "assistant"))
         return false;

@@ -507,6 +507,36 @@ describe('what each provider refuses', () => {
 });
 
 describe('reasoning', () => {
+  test('a tool loop with Anthropic thinking: thinking_blocks go back with the calls, plain and streamed', async () => {
+    for (const streamed of [false, true]) {
+      await fake.reset();
+      await fake.script({ queue: [{ thinking: 'I need the weather.', tool_calls: [{ name: 'get_weather',
+        input: { city: 'Paris' } }] }] });
+      const params = { model: 'claude-sonnet-4-6', reasoning_effort: 'low', max_completion_tokens: 4096,
+        tools: [WEATHER], messages: [{ role: 'user', content: 'Weather in Paris?' }] };
+      let message;
+      if (streamed) {
+        const s = client().chat.completions.stream(params);
+        message = (await s.finalChatCompletion()).choices[0].message;
+      } else {
+        message = (await client().chat.completions.create(params)).choices[0].message;
+        assert.equal(message.reasoning_content, 'I need the weather.');
+      }
+      assert.equal(message.thinking_blocks.length, 1, `streamed ${streamed}`);
+      assert.equal(message.thinking_blocks[0].type, 'thinking');
+      assert.equal(message.thinking_blocks[0].thinking, 'I need the weather.');
+      assert.ok(message.thinking_blocks[0].signature);
+      // The message as the SDK returned it goes back: the provider sees the signed thinking first.
+      params.messages.push(message, { role: 'tool', tool_call_id: message.tool_calls[0].id, content: 'sunny' });
+      const r = await client().chat.completions.create(params);
+      assert.equal(r.choices[0].message.content, 'Tool results: sunny');
+      const reqs = await upstream(2);
+      const sent = reqs[1].body.messages[1].content;
+      assert.deepEqual(sent.map((b) => b.type), ['thinking', 'tool_use']);
+      assert.equal(sent[0].signature, message.thinking_blocks[0].signature);
+    }
+  });
+
   test('Anthropic thinking comes back as reasoning_content, never in content; reasoning tokens counted', async () => {
     await fake.script({ queue: [{ thinking: 'Let me think about it.', reply: 'Forty-two.' }] });
     const r = await client().chat.completions.create({ model: 'claude-sonnet-4-6', reasoning_effort: 'medium',

@@ -241,6 +241,26 @@ static void test_tool_loop(void **state)
     api_oa_request_free(&q);
 }
 
+static void test_thinking_blocks(void **state)
+{
+    (void)state;
+    api_oa_request q;
+    api_oa_invalid why;
+    parse("{\"messages\":[{\"role\":\"user\",\"content\":\"w\"},{\"role\":\"assistant\",\"content\":null,"
+          "\"reasoning_content\":\"hmm\",\"thinking_blocks\":[{\"type\":\"thinking\",\"thinking\":\"hmm\","
+          "\"signature\":\"sig\"},{\"type\":\"redacted_thinking\",\"data\":\"opaque\"}],\"tool_calls\":[{\"id\":"
+          "\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\","
+          "\"tool_call_id\":\"c\",\"content\":\"r\"}]}",
+          true, &q, &why);
+    assert_json(q.hist[1].blocks, "[{\"type\":\"thinking\",\"thinking\":\"hmm\",\"signature\":\"sig\"},"
+                                  "{\"type\":\"redacted_thinking\",\"data\":\"opaque\"},"
+                                  "{\"type\":\"tool_use\",\"id\":\"c\",\"name\":\"f\",\"input\":{}}]");
+    api_oa_request_free(&q);
+    refused("{\"messages\":[{\"role\":\"assistant\",\"content\":\"a\",\"thinking_blocks\":[{\"type\":"
+            "\"thinking\",\"thinking\":\"x\"}]},{\"role\":\"user\",\"content\":\"x\"}]}",
+            400, "invalid_value", "messages", "messages[0].thinking_blocks[0] must be");
+}
+
 static void test_tool_refusals(void **state)
 {
     (void)state;
@@ -371,10 +391,11 @@ static void test_last_message(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plain_text),       cmocka_unit_test(test_images),
-        cmocka_unit_test(test_image_refusals),   cmocka_unit_test(test_tool_loop),
-        cmocka_unit_test(test_tool_refusals),    cmocka_unit_test(test_options),
-        cmocka_unit_test(test_drop_unsupported), cmocka_unit_test(test_last_message),
+        cmocka_unit_test(test_plain_text),     cmocka_unit_test(test_images),
+        cmocka_unit_test(test_image_refusals), cmocka_unit_test(test_tool_loop),
+        cmocka_unit_test(test_tool_refusals),  cmocka_unit_test(test_thinking_blocks),
+        cmocka_unit_test(test_options),        cmocka_unit_test(test_drop_unsupported),
+        cmocka_unit_test(test_last_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
