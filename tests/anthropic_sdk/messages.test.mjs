@@ -261,17 +261,25 @@ describe('anthropic-version', () => {
     assert.equal((await fake.requests()).length, 0);
   });
 
-  test('2023-06-01 takes temperature, top_p... and stop_sequences are mapped', async () => {
-    const c = client(servers.open, { defaultHeaders: { 'anthropic-version': '2023-06-01' } });
-    const r = await c.messages.create({
-      model: 'claude-sonnet-4-6', max_tokens: 10, temperature: 0.5, stop_sequences: ['STOP'],
-      messages: [{ role: 'user', content: 'hi' }],
+  for (const mode of MODELS) {
+    test(`2023-06-01 takes temperature; stop_sequences and metadata.user_id are mapped (${mode.name})`, async () => {
+      const c = client(servers.open, { defaultHeaders: { 'anthropic-version': '2023-06-01' } });
+      const r = await c.messages.create({
+        model: mode.model, max_tokens: 10, temperature: 0.5, stop_sequences: ['STOP'], metadata: { user_id: 'u-7' },
+        messages: [{ role: 'user', content: 'hi' }],
+      });
+      assert.equal(r.type, 'message');
+      const [q] = await upstream();
+      assert.equal(q.body.temperature, 0.5);
+      if (mode.name === 'anthropic') {
+        assert.deepEqual(q.body.stop_sequences, ['STOP']);
+        assert.equal(q.body.metadata.user_id, 'u-7');
+      } else {
+        assert.deepEqual(q.body.stop, ['STOP']);
+        assert.equal(q.body.user, 'u-7');
+      }
     });
-    assert.equal(r.type, 'message');
-    const [q] = await upstream();
-    assert.equal(q.headers['anthropic-version'] !== undefined, true);
-    assert.deepEqual(q.body.stop_sequences, ['STOP']);
-  });
+  }
 
   test('an unknown version is a 400', async () => {
     const c = client(servers.open, { defaultHeaders: { 'anthropic-version': '2020-01-01' } });
