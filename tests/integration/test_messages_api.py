@@ -263,3 +263,32 @@ def test_stream_replay_of_a_session_turn(chatd_module, fake):
     assert first == again, (first, again)
     assert first[0]["type"] == "thinking" and first[0]["thinking"] == "ok" and first[0]["signature"]
     assert first[1] == {"type": "text", "text": "Sure."}
+
+
+def test_fallback_before_the_first_byte(chatd_module, fake, tmp_path):
+    mf = tmp_path / "models.json"
+    mf.write_text(json.dumps({"models": [
+        {"name": "primary-a", "provider": "anthropic", "model_id": "claude-a", "context_window": 200000,
+         "max_output": 4096, "fallbacks": ["backup-b"],
+         "price": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}},
+        {"name": "backup-b", "provider": "openai", "model_id": "gpt-b", "context_window": 128000,
+         "max_output": 4096, "price": {"input": 0.15, "output": 0.6, "cache_write": 0.15, "cache_read": 0.075}}]}))
+    s = chatd_module({"MODELS_FILE": str(mf), "OPENAI_BASE_URL": fake.url + "/v1", "OPENAI_API_KEY": "sk-oa-1"})
+    for stream in (False, True):
+        fake.reset()
+        fake.script(queue=[{"status": 529}])
+        with s.client.stream("POST", "/v1/messages", headers=V, timeout=20,
+                             json=body("help", model="primary-a", stream=stream)) as r:
+            assert r.status_code == 200
+            raw = b"".join(r.iter_raw()).decode()
+        if stream:
+            ev = sse_events(raw)
+            assert "".join(d["delta"]["text"] for n, d in ev if n == "content_block_delta") == echo("help")
+            assert ev[-1][0] == "message_stop"
+        else:
+            j = json.loads(raw)
+            assert j["model"] == "backup-b", j
+            assert j["content"][0]["text"] == echo("help")
+        log = fake.http.get("/_fake/requests").json()["requests"]
+        assert [(q["path"], q["body"]["model"]) for q in log] == [("/v1/messages", "claude-a"),
+                                                                  ("/v1/chat/completions", "gpt-b")]
