@@ -644,9 +644,9 @@ static json_t *content_json(const turn_result *res)
 static void an_json_done(chat_ctx *c, const turn_result *res)
 {
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:s?,s:n,s:o}", "id", c->completion_id, "type", "message", "role",
-                          "assistant", "model", res->model, "content", content_json(res), "stop_reason",
-                          api_an_stop_reason(res->stop_reason), "stop_sequence", res->stop_sequence, "stop_details",
-                          "usage", usage_json(&res->usage));
+                          "assistant", "model", res->model ? res->model : "", "content", content_json(res),
+                          "stop_reason", api_an_stop_reason(res->stop_reason), "stop_sequence", res->stop_sequence,
+                          "stop_details", "usage", usage_json(&res->usage));
     if (o && res->session_id && *res->session_id)
         json_object_set_new(o, "session_id", json_string(res->session_id));
     http_reply_json(c->r, 200, o);
