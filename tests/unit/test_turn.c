@@ -88,6 +88,7 @@ typedef struct fx {
     char res_dropped[128];  /* turn_result.dropped */
     char res_content[4096]; /* turn_result.content as compact JSON */
     char res_stop_reason[32];
+    char res_stop_sequence[32];
     char evlog[1024]; /* on_event: "<kind letter><index>" per event, e.g. "t0t0x0u1a1a1x1" */
     size_t evlog_len;
     char tool_args[256]; /* the TOOL_ARGS pieces joined */
@@ -185,6 +186,7 @@ static void sink_done(void *ud, const turn_result *res)
     f->res_message_id = res->message_id;
     snprintf(f->res_dropped, sizeof f->res_dropped, "%s", res->dropped ? res->dropped : "");
     snprintf(f->res_stop_reason, sizeof f->res_stop_reason, "%s", res->stop_reason ? res->stop_reason : "");
+    snprintf(f->res_stop_sequence, sizeof f->res_stop_sequence, "%s", res->stop_sequence ? res->stop_sequence : "");
     assert_non_null(res->content);
     char *c = json_dumps(res->content, JSON_COMPACT);
     snprintf(f->res_content, sizeof f->res_content, "%s", c);
@@ -1425,7 +1427,45 @@ static void test_image_needs_vision(void **state)
     json_t *stored = J(stored_blocks(&f, "s1", 0));
     assert_true(json_equal(stored, img));
     json_decref(stored);
+    fx_free(&f);
+
+    /* a fallback that cannot read the image is skipped, drop mode or not */
+    static const script sc[] = { OVERLOADED_529, STREAM_OK };
+    fx_init(&f, sc, 2, (fx_opts){ .drop_unsupported = true });
+    p = params(NULL, "req-3", NULL);
+    p.message_blocks = img;
+    p.model = "primary";
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'e');
+    assert_int_equal(f.err.status, 503);
+    assert_int_equal(f.s.nreq, 1);
     json_decref(img);
+    fx_free(&f);
+}
+
+/* The stop sequence that ended a reply reaches the result. */
+static void test_stop_sequence(void **state)
+{
+    (void)state;
+    static const script stop_seq = {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { EV_START, EV_BLOCK, EV_DELTA("one, two"), EV_BSTOP,
+                    "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+                    "\"stop_sequence\",\"stop_sequence\":\"three\"},\"usage\":{\"output_tokens\":4}}\n\n",
+                    EV_STOP },
+        .chunk_delay_ms = 2,
+    };
+    fx f;
+    fx_init(&f, &stop_seq, 1, (fx_opts){ 0 });
+    json_t *o = J("{\"stop\":[\"three\"]}");
+    turn_params p = params(NULL, "req-1", "Count");
+    p.options = o;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_string_equal(f.res_stop_reason, "stop_sequence");
+    assert_string_equal(f.res_stop_sequence, "three");
+    json_decref(o);
     fx_free(&f);
 }
 
@@ -1607,6 +1647,7 @@ int main(void)
         cmocka_unit_test(test_truncation_keeps_pairs),
         cmocka_unit_test(test_event_forwarding),
         cmocka_unit_test(test_structured_output),
+        cmocka_unit_test(test_stop_sequence),
         cmocka_unit_test(test_bad_state_aborts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
