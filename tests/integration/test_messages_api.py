@@ -292,3 +292,18 @@ def test_fallback_before_the_first_byte(chatd_module, fake, tmp_path):
         log = fake.http.get("/_fake/requests").json()["requests"]
         assert [(q["path"], q["body"]["model"]) for q in log] == [("/v1/messages", "claude-a"),
                                                                   ("/v1/chat/completions", "gpt-b")]
+
+
+def test_access_log_and_metrics(chatd_module, fake):
+    s = chatd_module()
+    r = s.client.post("/v1/messages", headers=V, json=body("log me"))
+    assert r.status_code == 200
+    [line] = s.wait_request_log(r.headers["x-request-id"])
+    assert line["path"] == "/v1/messages" and line["status"] == 200, line
+    assert line["model"] == "claude-sonnet-4-6"
+    assert line["tokens"]["input_tokens"] > 0 and line["cost_micros"] > 0, line
+    r = s.client.post("/v1/messages", headers=V, json=body(model="nope"))
+    [line] = s.wait_request_log(r.headers["x-request-id"])
+    assert line["status"] == 404 and line["error_type"] == "not_found_error", line
+    text = s.client.get("/metrics").text
+    assert 'route="/v1/messages"' in text
