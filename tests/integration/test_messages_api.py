@@ -307,3 +307,18 @@ def test_access_log_and_metrics(chatd_module, fake):
     assert line["status"] == 404 and line["error_type"] == "not_found_error", line
     text = s.client.get("/metrics").text
     assert 'route="/v1/messages"' in text
+
+
+def test_unsupported_option_refused_or_dropped(chatd_module, fake):
+    b = body("hi", model="gpt-4o-mini", thinking={"type": "enabled", "budget_tokens": 1024})
+    oa = {"OPENAI_BASE_URL": fake.url + "/v1", "OPENAI_API_KEY": "sk-oa-1"}
+    s = chatd_module(oa)
+    r = s.client.post("/v1/messages", headers=V, json=b)
+    j = assert_an_error(r, 400, "invalid_request_error", "gpt-4o-mini", code="unsupported_parameter")
+    assert "thinking" in j["error"]["message"]
+    assert fake.requests() == [] and fake.http.get("/_fake/requests").json()["requests"] == []
+    s = chatd_module({**oa, "DROP_UNSUPPORTED_PARAMS": "on"})
+    r = s.client.post("/v1/messages", headers=V, json=b)
+    assert r.status_code == 200, r.text
+    assert "thinking" in r.headers["x-chatd-dropped-params"]
+    assert r.json()["content"][0]["text"] == echo("hi")
