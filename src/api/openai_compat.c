@@ -180,6 +180,15 @@ static json_t *oa_message(const turn_result *res)
     return msg;
 }
 
+/* The stop sequence that ended the reply, when the provider said which: the
+ * choice's stop_reason, as vLLM reports it (OpenAI's format has no field). */
+static void add_stop_sequence(json_t *choice, const turn_result *res)
+{
+    json_t *s = res->stop_sequence ? json_string(res->stop_sequence) : NULL;
+    if (s)
+        json_object_set_new(choice, "stop_reason", s);
+}
+
 /* ---- renderers ---- */
 
 /* The stream's own state (chat_ctx.rnd_state). */
@@ -221,6 +230,7 @@ static void oa_json_done(chat_ctx *c, const turn_result *res)
 {
     json_t *choices = json_pack("[{s:i,s:o,s:n,s:s}]", "index", 0, "message", oa_message(res), "logprobs",
                                 "finish_reason", finish_reason(res->stop_reason, has_calls(res->content)));
+    add_stop_sequence(json_array_get(choices, 0), res);
     json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:n}", "id", c->completion_id, "object", "chat.completion",
                           "created", (json_int_t)c->created, "model", res->model, "choices", choices, "usage",
                           oa_usage(res), "system_fingerprint");
@@ -379,14 +389,15 @@ static bool oa_sse_event(chat_ctx *c, const llm_event *ev)
 
 static void oa_sse_done(chat_ctx *c, const turn_result *res)
 {
+    json_t *finish = json_pack("[{s:i,s:{},s:n,s:s}]", "index", 0, "delta", "logprobs", "finish_reason",
+                               finish_reason(res->stop_reason, has_calls(res->content)));
+    add_stop_sequence(json_array_get(finish, 0), res);
     oa_stream_begin(c);
     /* The signatures are known only now: the thinking to send back comes whole, last. */
     json_t *tb = thinking_blocks(res->content);
     if (tb)
         send_delta(c, json_pack("{s:o}", "thinking_blocks", tb));
-    send_chunk(c, chunk(c, res->model,
-                        json_pack("[{s:i,s:{},s:n,s:s}]", "index", 0, "delta", "logprobs", "finish_reason",
-                                  finish_reason(res->stop_reason, has_calls(res->content)))));
+    send_chunk(c, chunk(c, res->model, finish));
     if (c->include_usage) {
         json_t *o = chunk(c, res->model, json_array());
         json_object_set_new(o, "usage", oa_usage(res));

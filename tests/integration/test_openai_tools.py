@@ -192,3 +192,17 @@ def test_memory_tool_loop_over_a_restart(chatd, fake, model):
     assert len(msgs) == 4, msgs
     blob = json.dumps(msgs)
     assert call["id"] in blob and "windy" in blob
+
+
+@pytest.mark.parametrize("model", [CLAUDE, GPT])
+def test_stop_sequence_streamed(server, fake, model):
+    fake.script(queue=[{"reply": "one two STOP three"}])
+    _, chunks, _ = stream(server.client, {"model": model, "stop": "STOP",
+                                          "messages": [{"role": "user", "content": "count"}]})
+    assert "".join(d.get("content") or "" for d in deltas(chunks)) == "one two "
+    [finish] = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish["finish_reason"] == "stop"
+    # Anthropic says which sequence matched (reported as vLLM does); OpenAI does not
+    assert finish.get("stop_reason") == ("STOP" if model == CLAUDE else None)
+    [q] = upstream(fake)
+    assert (q["body"]["stop_sequences"] if model == CLAUDE else q["body"]["stop"]) == ["STOP"]

@@ -377,6 +377,9 @@ for (const mode of MODES) {
       });
       assert.equal(r.choices[0].message.content, 'alpha beta ');
       assert.equal(r.choices[0].finish_reason, 'stop');
+      // the sequence, where the provider says which (Anthropic), as vLLM reports it
+      if (anthropic) assert.equal(r.choices[0].stop_reason, 'END');
+      else assert.equal(r.choices[0].stop_reason, undefined);
       const [q] = await upstream();
       assert.equal(q.body.temperature, 0.2);
       assert.equal(q.body.top_p, 0.9);
