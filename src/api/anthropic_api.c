@@ -359,8 +359,7 @@ static bool map_sampling(const char *key, json_t *v, bool v2026, json_t *opt, ap
 
 /* The top-level fields other than model, max_tokens, messages, system and
  * stream: into canonical options, ignored, or refused. */
-static bool map_field(api_an_request *q, const char *key, json_t *v, bool v2026, json_t *opt, const char **session,
-                      api_an_invalid *why)
+static bool map_field(const char *key, json_t *v, bool v2026, json_t *opt, const char **session, api_an_invalid *why)
 {
     if (strcmp(key, "temperature") == 0 || strcmp(key, "top_p") == 0 || strcmp(key, "top_k") == 0)
         return !present(v) && !v2026 ? true : map_sampling(key, v, v2026, opt, why);
@@ -401,7 +400,6 @@ static bool map_field(api_an_request *q, const char *key, json_t *v, bool v2026,
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         if (strcmp(key, refused[i]) == 0)
             return an_invalid(why, "unsupported_parameter", "%s: not supported by chatd", key);
-    (void)q;
     return an_invalid(why, "invalid_request_error", "%.64s: Extra inputs are not permitted", key);
 }
 
@@ -460,7 +458,7 @@ bool api_an_request_parse(const char *body, size_t len, const char *version, con
         if (strcmp(key, "model") == 0 || strcmp(key, "messages") == 0 || strcmp(key, "max_tokens") == 0 ||
             strcmp(key, "stream") == 0 || strcmp(key, "system") == 0)
             continue;
-        if (!map_field(q, key, v, v2026, opt, &session, why))
+        if (!map_field(key, v, v2026, opt, &session, why))
             goto out;
     }
 
