@@ -665,7 +665,7 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
             /* input is {} at the start; the JSON text comes in input_json_delta pieces. */
         } else if (strcmp(bt, "redacted_thinking") == 0) {
             const char *d = jstr(cb, "data");
-            if (!d) {
+            if (!d || !*d) {
                 llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "a redacted_thinking block without data");
                 rc = 1;
             } else {

@@ -738,13 +738,15 @@ static bool take_str(llm_parse *st, char **dst, json_t *v)
     return true;
 }
 
-/* One element of delta.tool_calls (pos: its position in the array). */
-static int tool_piece(llm_parse *st, json_t *tc, size_t pos)
+/* One element of delta.tool_calls (pos: its position in the array, which
+ * stands for the index when there is none; a whole message's calls are
+ * numbered by position only, as their index, if any, means nothing there). */
+static int tool_piece(llm_parse *st, json_t *tc, size_t pos, bool whole)
 {
     if (!json_is_object(tc))
         return 0;
     json_t *jidx = json_object_get(tc, "index");
-    int64_t idx = json_is_integer(jidx) ? json_integer_value(jidx) : (int64_t)pos;
+    int64_t idx = json_is_integer(jidx) && !whole ? json_integer_value(jidx) : (int64_t)pos;
     json_t *id = json_object_get(tc, "id");
     json_t *f = json_object_get(tc, "function");
     llm_tool_slot *s = NULL;
@@ -846,7 +848,7 @@ static int read_delta(llm_parse *st, json_t *choice)
     if (json_is_array(calls))
         json_array_foreach(calls, i, tc)
         {
-            if (tool_piece(st, tc, i) != 0)
+            if (tool_piece(st, tc, i, false) != 0)
                 return 1;
         }
     const char *fr = jstr(choice, "finish_reason");
@@ -875,7 +877,7 @@ static int read_message(llm_parse *st, json_t *choice)
     if (json_is_array(calls))
         json_array_foreach(calls, i, tc)
         {
-            if (tool_piece(st, tc, i) != 0 || flush_tools(st) != 0)
+            if (tool_piece(st, tc, i, true) != 0 || flush_tools(st) != 0)
                 return 1;
         }
     const char *fr = jstr(choice, "finish_reason");

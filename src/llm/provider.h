@@ -170,7 +170,7 @@ typedef struct llm_result {
      * prompt_tokens_details.cached_tokens, the latter in cache_read_tokens;
      * OpenAI reports no cache writes (cache_write_tokens stays -1). */
     llm_usage usage;
-    bool delivered;      /* at least one delta reached on_delta */
+    bool delivered;      /* at least one delta reached on_delta (or event reached on_event) */
     int attempts;        /* 1 + retries made */
     int64_t ttfb_ms;     /* request start (last attempt) -> first response byte, -1 if none */
     int64_t duration_ms; /* whole call */

@@ -68,6 +68,22 @@ static int next_index(const llm_parse *st)
     return st->content ? (int)json_array_size(st->content) : 0;
 }
 
+/* True if content already holds a tool_use block with this id: the ids of one
+ * message tell its calls apart (llm_content_check refuses a repeat). */
+static bool id_taken(const llm_parse *st, const char *id)
+{
+    size_t i;
+    json_t *b;
+    json_array_foreach(st->content, i, b)
+    {
+        const char *t = json_string_value(json_object_get(b, "type"));
+        const char *bid = json_string_value(json_object_get(b, "id"));
+        if (t && bid && strcmp(t, "tool_use") == 0 && strcmp(bid, id) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void append_block(llm_parse *st, json_t *block)
 {
     if (!st->content)
@@ -165,6 +181,13 @@ int llm_reply_close(llm_parse *st, bool strict)
                                "the arguments of tool call %s (%s) are not a JSON object: %s", st->open_id,
                                st->open_name, input ? "not an object" : je.text);
             json_decref(input);
+            clear_open(st);
+            return strict ? 1 : 0;
+        }
+        if (id_taken(st, st->open_id)) {
+            json_decref(input);
+            if (strict)
+                llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "two tool calls with the id %s", st->open_id);
             clear_open(st);
             return strict ? 1 : 0;
         }
@@ -288,8 +311,14 @@ int llm_reply_block(llm_parse *st, json_t *b)
     else if (strcmp(type, "text") == 0 && !is_str(b, "text"))
         bad = "a text block without text";
     else if (strcmp(type, "tool_use") == 0 &&
-             (!is_str(b, "id") || !is_str(b, "name") || !json_is_object(json_object_get(b, "input"))))
+             (!is_str(b, "id") || !is_str(b, "name") || !json_string_length(json_object_get(b, "id")) ||
+              !json_string_length(json_object_get(b, "name")) || !json_is_object(json_object_get(b, "input"))))
         bad = "a tool_use block without an id, a name or an input object";
+    else if (strcmp(type, "tool_use") == 0 && id_taken(st, json_string_value(json_object_get(b, "id"))))
+        bad = "two tool calls with the same id";
+    else if (strcmp(type, "redacted_thinking") == 0 && is_str(b, "data") &&
+             !json_string_length(json_object_get(b, "data")))
+        bad = "a redacted_thinking block with empty data";
     else if (strcmp(type, "thinking") == 0 &&
              (!is_str(b, "thinking") || (json_object_get(b, "signature") && !is_str(b, "signature"))))
         bad = "a thinking block without its thinking text";
@@ -321,6 +350,9 @@ int llm_reply_block(llm_parse *st, json_t *b)
         st->tool_seen = true;
     if (strcmp(type, "text") == 0 && json_string_length(json_object_get(b, "text")) == 0)
         return 0; /* an empty text block is dropped, as in a stream */
+    if (strcmp(type, "text") != 0 && strcmp(type, "tool_use") != 0 && strcmp(type, "thinking") != 0 &&
+        strcmp(type, "redacted_thinking") != 0)
+        return 0; /* a block type we do not know (server tools...) is skipped, as in a stream */
     append_block(st, jchk(json_deep_copy(b)));
     if (strcmp(type, "text") == 0) {
         json_t *t = json_object_get(b, "text");

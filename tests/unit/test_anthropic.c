@@ -1028,6 +1028,9 @@ static void test_json_body_blocks(void **state)
         "{\"content\":[{\"type\":\"thinking\",\"thinking\":\"x\",\"signature\":1}]}",
         "{\"content\":[{\"type\":\"redacted_thinking\"}]}",
         "{\"content\":[7]}",
+        "{\"content\":[{\"type\":\"tool_use\",\"id\":\"\",\"name\":\"f\",\"input\":{}}]}",
+        "{\"content\":[{\"type\":\"tool_use\",\"id\":\"a\",\"name\":\"f\",\"input\":{}},{\"type\":\"tool_use\","
+        "\"id\":\"a\",\"name\":\"g\",\"input\":{}}]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&s, 0, sizeof s);
@@ -1036,13 +1039,13 @@ static void test_json_body_blocks(void **state)
         assert_int_equal(st.err, LLM_ERR_PROTOCOL);
         llm_parse_reset(&st);
     }
-    /* Unknown block types are kept as they are. */
+    /* Unknown block types are skipped, as in a stream. */
     const char *other =
         "{\"content\":[{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}]}";
     memset(&s, 0, sizeof s);
     llm_parse_init(&st, sink_emit, &s);
     assert_int_equal(llm_anthropic_ops.parse_json_body(&st, other, strlen(other)), LLM_OK);
-    assert_int_equal(json_array_size(st.content), 1);
+    assert_int_equal(json_array_size(st.content), 0);
     llm_parse_reset(&st);
 }
 

@@ -960,6 +960,8 @@ static void test_stream_tool_errors(void **state)
         /* a call continued after its block ended (text came between) */
         OA_CHUNK(TC_FIRST(0, "c", "f", "{"), "null") OA_CHUNK("{\"content\":\"x\"}", "null")
             OA_CHUNK(TC_ARGS(0, "}"), "\"tool_calls\""),
+        /* two calls with one id */
+        OA_CHUNK(TC_FIRST(0, "c", "f", "{}"), "null") OA_CHUNK(TC_FIRST(1, "c", "g", "{}"), "\"tool_calls\""),
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         sink s = { 0 };
@@ -976,12 +978,13 @@ static void test_stream_tool_errors(void **state)
 static void test_json_body_tools_reasoning(void **state)
 {
     (void)state;
-    const char *body = "{\"model\":\"deepseek-r\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-                       "\"reasoning_content\":\"why\",\"content\":\"Sure.\",\"tool_calls\":[{\"id\":\"call_1\","
-                       "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"q\\\":true}\"}},"
-                       "{\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"\"}}]},"
-                       "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,"
-                       "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}";
+    const char *body =
+        "{\"model\":\"deepseek-r\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+        "\"reasoning_content\":\"why\",\"content\":\"Sure.\",\"tool_calls\":[{\"id\":\"call_1\","
+        "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"q\\\":true}\"}},"
+        "{\"index\":0,\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"\"}}]},"
+        "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,"
+        "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}";
     sink s = { 0 };
     llm_parse st;
     llm_parse_init(&st, sink_emit, &s);
