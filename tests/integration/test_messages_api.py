@@ -322,3 +322,13 @@ def test_unsupported_option_refused_or_dropped(chatd_module, fake):
     assert r.status_code == 200, r.text
     assert "thinking" in r.headers["x-chatd-dropped-params"]
     assert r.json()["content"][0]["text"] == echo("hi")
+
+
+def test_token_limit(chatd_module, fake):
+    s = chatd_module({"TOKEN_LIMIT": "20/minute"})
+    r = s.client.post("/v1/messages", headers=V, json=body("a message long enough to spend the twenty tokens " * 2))
+    assert r.status_code == 200, r.text
+    r = s.client.post("/v1/messages", headers=V, json=body("again"))
+    assert_an_error(r, 429, "rate_limit_error", "TOKEN_LIMIT", code="rate_limited")
+    assert int(r.headers["retry-after"]) >= 1
+    assert len(fake.requests()) == 1
