@@ -332,3 +332,30 @@ def test_token_limit(chatd_module, fake):
     assert_an_error(r, 429, "rate_limit_error", "TOKEN_LIMIT", code="rate_limited")
     assert int(r.headers["retry-after"]) >= 1
     assert len(fake.requests()) == 1
+
+
+def test_api_keys_through_x_api_key(chatd):
+    import re
+    import subprocess
+    import conftest
+    s = chatd({"AUTH_MODE": "keys", "API_TOKEN": "admin-tok-an", "AUTH_FAILURE_LIMIT": "off"})
+
+    def create(name):
+        p = subprocess.run([conftest.CHATD_BIN, "keys", "create", "--name", name], env=s.env, capture_output=True,
+                           text=True, timeout=20)
+        assert p.returncode == 0, p
+        return re.search(r"secret:\s*(chatd_[0-9a-f]{48})", p.stdout).group(1)
+    alice, bob = create("alice-an"), create("bob-an")
+    c = s.client
+    h = {**V, "X-Session-Id": "an-owned"}
+    assert c.post("/v1/messages", headers={**h, "x-api-key": alice}, json=body("mine")).status_code == 200
+    # Another key's session looks absent, through either header.
+    r = c.post("/v1/messages", headers={**h, "x-api-key": bob}, json=body("theirs"))
+    assert_an_error(r, 404, "not_found_error")
+    r = c.post("/v1/messages", headers={**h, "authorization": "Bearer " + bob}, json=body("theirs"))
+    assert_an_error(r, 404, "not_found_error")
+    assert_an_error(c.post("/v1/messages", headers={**V, "x-api-key": "chatd_" + "0" * 48}, json=body()), 401,
+                    "authentication_error")
+    # The session is alice's: her own listing shows it.
+    got = c.get("/v1/sessions", headers={"Authorization": "Bearer " + alice}).json()["data"]
+    assert [x["id"] for x in got] == ["an-owned"]
