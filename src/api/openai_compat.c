@@ -151,7 +151,7 @@ static json_t *oa_message(const turn_result *res)
         const char *type = json_string_value(json_object_get(b, "type"));
         if (type && strcmp(type, "tool_use") == 0) {
             json_t *input = json_object_get(b, "input");
-            char *args = json_dumps(input ? input : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
+            char *args = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
             const char *id = json_string_value(json_object_get(b, "id"));
             const char *name = json_string_value(json_object_get(b, "name"));
             json_array_append_new(calls,
