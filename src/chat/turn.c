@@ -1306,6 +1306,31 @@ static bool start_ephemeral(turn *t, const turn_params *p, turn_error *err)
     return ok;
 }
 
+/* The new message's blocks are canonical user content (llm_content_check),
+ * but for "document" blocks, which only the Anthropic-shaped API accepts and
+ * checks itself (llm/content.h: passed to Anthropic unchanged): they are
+ * checked as empty text blocks, so that the messages keep their indexes. */
+static bool message_blocks_ok(const json_t *blocks, char *why, size_t whylen)
+{
+    if (!llm_content_has(blocks, "document"))
+        return llm_content_check(blocks, "user", why, whylen) == NULL;
+    json_t *view = json_array();
+    if (!view)
+        chat_fatal("out of memory");
+    size_t i;
+    const json_t *b;
+    json_array_foreach(blocks, i, b)
+    {
+        if (is_block(b, "document"))
+            json_array_append_new(view, json_pack("{s:s,s:s}", "type", "text", "text", ""));
+        else
+            json_array_append(view, (json_t *)b);
+    }
+    bool ok = llm_content_check(view, "user", why, whylen) == NULL;
+    json_decref(view);
+    return ok;
+}
+
 turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, void *ud, turn_error *err)
 {
     const chat_model *model;
@@ -1315,7 +1340,7 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
         return NULL;
     }
     char why[300];
-    if (p->message_blocks && llm_content_check(p->message_blocks, "user", why, sizeof why)) {
+    if (p->message_blocks && !message_blocks_ok(p->message_blocks, why, sizeof why)) {
         turn_error_set(err, 400, "invalid_request_error", "message %s", why);
         if (p->idem_key && p->session_id)
             turn_release_idempotency(e, p->idem_scope, p->idem_key, p->request_id);

@@ -348,6 +348,15 @@ static void measure(const json_t *content, int64_t *cps, int64_t *images)
                 *cps += json_code_points(v);
         } else if (strcmp(type, "tool_result") == 0 && (v = json_object_get(blk, "content")) != NULL) {
             measure(v, cps, images);
+        } else if (strcmp(type, "document") == 0) {
+            /* Passed to Anthropic by the API that accepts it: a text
+             * document counts its text, any other as an image would. */
+            const json_t *src = json_object_get(blk, "source");
+            const char *st = json_string_value(json_object_get(src, "type"));
+            if (st && strcmp(st, "text") == 0 && json_is_string(v = json_object_get(src, "data")))
+                *cps += code_points(json_string_value(v), json_string_length(v));
+            else
+                (*images)++;
         }
     }
 }

@@ -183,6 +183,13 @@ static void test_text_has_tokens(void **state)
     free(text);
     json_decref(c);
 
+    /* documents: a text one by its text, any other as an image */
+    c = parse("[{\"type\":\"document\",\"source\":{\"type\":\"text\",\"data\":\"12345678\"}},"
+              "{\"type\":\"document\",\"source\":{\"type\":\"base64\",\"media_type\":\"application/pdf\","
+              "\"data\":\"AAAA\"}}]");
+    assert_int_equal(llm_content_tokens(c), 2 + LLM_IMAGE_TOKENS);
+    json_decref(c);
+
     /* NULL-safe */
     text = llm_content_text(NULL);
     assert_string_equal(text, "");

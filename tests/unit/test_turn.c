@@ -1391,6 +1391,22 @@ static void test_pairing_without_history(void **state)
     assert_string_equal(f.err.type, "invalid_request_error");
     assert_non_null(strstr(f.err.message, "content[0].source.data: not valid base64"));
     json_decref(bad);
+    /* a document block (the Anthropic-shaped API's, checked there) is passed on; the others keep their indexes */
+    bad = J("[{\"type\":\"document\",\"source\":{\"type\":\"text\",\"media_type\":\"text/plain\","
+            "\"data\":\"The sky is blue.\"}},{\"type\":\"text\"}]");
+    p.message_blocks = bad;
+    run_turn(&f, &p, &SINK);
+    assert_string_equal(f.events, "E");
+    assert_non_null(strstr(f.err.message, "content[1].text: required"));
+    json_decref(bad);
+    json_t *doc = J("[{\"type\":\"document\",\"source\":{\"type\":\"text\",\"media_type\":\"text/plain\","
+                    "\"data\":\"The sky is blue.\"}},{\"type\":\"text\",\"text\":\"What colour?\"}]");
+    p = params(NULL, "req-4", NULL);
+    p.message_blocks = doc;
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    assert_non_null(strstr(f.s.body, "\"document\""));
+    json_decref(doc);
     json_decref(result);
     json_decref(call);
     fx_free(&f);
