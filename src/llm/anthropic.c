@@ -76,9 +76,21 @@ static size_t utf8_chars(const char *s)
     return n;
 }
 
-/* Characters of text in a system or content value: a string, or the text of
- * the text blocks of a block array. Other blocks (images...) are not counted:
- * the estimate then errs on the side of not marking. */
+/* Characters of a value as the estimate counts them: a string's characters,
+ * or a JSON value's compact text (tool inputs). */
+static size_t value_chars(json_t *v)
+{
+    if (json_is_string(v))
+        return utf8_chars(json_string_value(v));
+    char *d = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    size_t n = d ? utf8_chars(d) : 0;
+    free(d);
+    return n;
+}
+
+/* Characters of text in a system or content value: a string, or the blocks
+ * of an array: text, thinking, tool inputs and results (their text), and
+ * every image as LLM_IMAGE_TOKENS (llm/content.h) worth of characters. */
 static size_t content_chars(json_t *v)
 {
     if (json_is_string(v))
@@ -89,9 +101,18 @@ static size_t content_chars(json_t *v)
         json_t *b;
         json_array_foreach(v, i, b)
         {
+            const char *type = json_string_value(json_object_get(b, "type"));
             json_t *t = json_object_get(b, "text");
             if (json_is_string(t))
                 n += utf8_chars(json_string_value(t));
+            else if (type && strcmp(type, "image") == 0)
+                n += (size_t)LLM_IMAGE_TOKENS * 4;
+            else if (type && strcmp(type, "thinking") == 0)
+                n += value_chars(json_object_get(b, "thinking"));
+            else if (type && strcmp(type, "tool_use") == 0)
+                n += value_chars(json_object_get(b, "input"));
+            else if (type && strcmp(type, "tool_result") == 0)
+                n += content_chars(json_object_get(b, "content"));
         }
     }
     return n;
@@ -474,6 +495,13 @@ static bool apply_options(json_t *root, const llm_request *req)
     }
     if (tools)
         json_object_set_new(root, "tools", tools);
+    const char *cts = choice ? json_string_value(json_object_get(choice, "type")) : NULL;
+    if (choice && !tools && (strcmp(cts, "auto") == 0 || strcmp(cts, "none") == 0)) {
+        /* Without tools, auto and none change nothing (and the API refuses a
+         * tool_choice without tools); any or tool are the caller's error to see. */
+        json_decref(choice);
+        choice = NULL;
+    }
     if (choice)
         json_object_set_new(root, "tool_choice", choice);
 

@@ -480,6 +480,16 @@ static bool apply_options(json_t *root, const llm_request *req)
         if (parallel)
             json_object_set(root, "parallel_tool_calls", parallel);
     }
+    if (choice && !json_object_get(root, "tools") && json_is_string(choice)) {
+        /* Without tools, auto and none change nothing (and OpenAI refuses a
+         * tool_choice without tools); required or a named tool stay, the
+         * caller's error to see. */
+        const char *cs = json_string_value(choice);
+        if (strcmp(cs, "auto") == 0 || strcmp(cs, "none") == 0) {
+            json_decref(choice);
+            choice = NULL;
+        }
+    }
     if (choice) {
         json_object_set_new(root, "tool_choice", choice);
         choice = NULL;

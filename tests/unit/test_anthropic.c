@@ -183,6 +183,24 @@ static void test_body_blocks_all_kinds(void **state)
 static void test_cache_skips_final_thinking(void **state)
 {
     (void)state;
+    /* Tool results, tool inputs and images count towards the prefix. */
+    char *big = malloc(5000);
+    memset(big, 'x', 4999);
+    big[4999] = '\0';
+    json_t *b2 =
+        json_pack("{s:[{s:s,s:[{s:s,s:s,s:s}]},{s:s,s:[{s:s,s:s,s:s,s:{}}]},{s:s,s:s}]}", "messages", "role", "user",
+                  "content", "type", "tool_result", "tool_use_id", "t", "content", big, "role", "assistant", "content",
+                  "type", "tool_use", "id", "t2", "name", "f", "input", "role", "user", "content", "r");
+    free(big);
+    assert_non_null(b2);
+    assert_int_equal(llm_anthropic_mark_cache(b2, 1024), 1);
+    json_decref(b2);
+    json_t *b3 = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image\",\"source\":"
+                            "{\"type\":\"url\",\"url\":\"https://x.test/a.png\"}}]},{\"role\":\"assistant\","
+                            "\"content\":\"ok\"},{\"role\":\"user\",\"content\":\"r\"}]}",
+                            0, NULL);
+    assert_int_equal(llm_anthropic_mark_cache(b3, 1024), 1);
+    json_decref(b3);
     json_t *body = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\","
                               "\"content\":[{\"type\":\"thinking\",\"thinking\":\"t\",\"signature\":\"s\"}]},"
                               "{\"role\":\"user\",\"content\":\"r\"}]}",
@@ -286,6 +304,16 @@ static void test_body_tools(void **state)
     snprintf(opts, sizeof opts, "{%s,\"tool_choice\":{\"type\":\"none\"},\"parallel_tool_calls\":false}", tools);
     b = body_with(NULL, opts, false);
     assert_non_null(strstr(b, "\"tool_choice\":{\"type\":\"none\"}}"));
+    free(b);
+    /* Without tools, auto and none say nothing; any and tool are left for the API to refuse. */
+    b = body_with(NULL, "{\"tool_choice\":{\"type\":\"none\"}}", false);
+    assert_string_equal(b, HEAD "}");
+    free(b);
+    b = body_with(NULL, "{\"tools\":[],\"tool_choice\":{\"type\":\"auto\"},\"parallel_tool_calls\":false}", false);
+    assert_string_equal(b, HEAD "}");
+    free(b);
+    b = body_with(NULL, "{\"tool_choice\":{\"type\":\"any\"}}", false);
+    assert_string_equal(b, HEAD ",\"tool_choice\":{\"type\":\"any\"}}");
     free(b);
     snprintf(opts, sizeof opts, "{%s,\"tool_choice\":{\"type\":\"any\"}}", tools);
     b = body_with(NULL, opts, false);

@@ -305,6 +305,13 @@ static void test_body_tools(void **state)
         assert_string_equal(b, want);
         free(b);
     }
+    /* tool_choice auto or none without tools says nothing; required stays for OpenAI to refuse. */
+    char *n = body_opts("{\"tool_choice\":{\"type\":\"none\"}}", false);
+    assert_string_equal(n, OA_HEAD "}");
+    free(n);
+    n = body_opts("{\"tool_choice\":{\"type\":\"any\"}}", false);
+    assert_string_equal(n, OA_HEAD ",\"tool_choice\":\"required\"}");
+    free(n);
     /* parallel_tool_calls without tools says nothing (OpenAI rejects it alone). */
     char *b = body_opts("{\"parallel_tool_calls\":true}", false);
     assert_string_equal(b, OA_HEAD "}");
