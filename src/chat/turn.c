@@ -815,7 +815,7 @@ static bool fit_model(turn *t, const chat_model *m, turn_error *err)
     char *dropped = NULL;
     const char *refused;
     while (opts && (refused = models_check_options(m, opts, why, sizeof why)) != NULL) {
-        if (!t->env->drop_unsupported) {
+        if (!t->env->drop_unsupported || !json_object_get(opts, refused)) { /* not a key: nothing to drop */
             turn_error_set(err, 400, "unsupported_parameter", "%s", why);
             json_decref(opts);
             free(dropped);
