@@ -3,12 +3,18 @@
 // Every text from the server or the model reaches the page as Text nodes or
 // through renderMarkdown(), which builds nodes without ever parsing HTML.
 
-import { ChatClient, ChatdError, describeError, isAbortError, costOf, costUsd } from './lib/chatd.js';
+import {
+  ChatClient, ChatdError, describeError, isAbortError, costOf, costUsd, imageBlockFromBlob, textBlock,
+} from './lib/chatd.js';
 import { renderMarkdown } from './markdown.mjs';
 
 const $ = (id) => document.getElementById(id);
 
-const KEYS = { apiKey: 'chatd.apiKey', model: 'chatd.model', system: 'chatd.systemPrompt', session: 'chatd.lastSession' };
+const KEYS = {
+  apiKey: 'chatd.apiKey', model: 'chatd.model', system: 'chatd.systemPrompt', session: 'chatd.lastSession', tools: 'chatd.tools',
+};
+const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
+const MAX_IMAGE_BYTES = 5 * 1024 * 1024; // the server's default MAX_IMAGE_SIZE (it answers 413 above its own)
 const storage = {
   get(k) {
     try {
@@ -63,6 +69,12 @@ const ui = {
   costNote: $('cost-note'),
   costTable: $('cost-table'),
   costRows: $('cost-rows'),
+  attach: $('attach'),
+  attachInput: $('attach-input'),
+  attachments: $('attachments'),
+  pendingTools: $('pending-tools'),
+  pendingToolList: $('pending-tool-list'),
+  tools: $('tools'),
 };
 
 const client = new ChatClient(window.location.origin, { apiKey: storage.get(KEYS.apiKey) || null });
@@ -75,6 +87,9 @@ const state = {
   lastTurn: null, // {usage, model} of the last finished turn shown
   nextCursor: null,
   openSeq: 0, // guards against a slow openSession() finishing after a newer one
+  attachments: [], // [{name, size, block, url}]: images for the next message
+  pendingCalls: [], // [{id, name, input}]: the last reply's tool calls, waiting for their results
+  callNames: new Map(), // tool call id -> tool name, to label results
 };
 
 // ---------- small helpers ----------
@@ -148,6 +163,109 @@ function hideError() {
   ui.errorDetail.textContent = '';
 }
 
+// ---------- content blocks (images, tool calls and results, thinking) ----------
+
+/** A blob: URL for base64 image data (the page's CSP allows blob: images, never data: or remote ones). */
+function imageUrlOf(source) {
+  if (!source || source.type !== 'base64' || typeof source.data !== 'string') return null;
+  try {
+    const bin = atob(source.data);
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    return URL.createObjectURL(new Blob([bytes], { type: source.media_type || 'application/octet-stream' }));
+  } catch {
+    return null;
+  }
+}
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+function imageNode(block) {
+  const src = block.source || {};
+  const url = imageUrlOf(src);
+  if (!url) return el('div', 'image-ref', src.type === 'url' ? `Image: ${src.url}` : 'Image');
+  const img = el('img', 'thumb');
+  img.src = url;
+  img.alt = `Attached image (${src.media_type || 'image'})`;
+  img.decoding = 'async';
+  return img;
+}
+
+function prettyJson(v) {
+  try {
+    return JSON.stringify(v, null, 2);
+  } catch {
+    return String(v);
+  }
+}
+
+/** A tool call, readable: the tool's name, its id and its input as indented JSON. */
+function toolCallNode(call) {
+  if (call.id && call.name) state.callNames.set(call.id, call.name);
+  const box = el('div', 'tool-call');
+  box.setAttribute('role', 'group');
+  const head = el('div', 'tool-head');
+  head.append(el('span', 'tool-label', 'Tool call'), el('code', 'tool-name', call.name || '?'), el('span', 'tool-id', call.id || ''));
+  box.setAttribute('aria-label', `Tool call ${call.name || ''}`);
+  const pre = el('pre', 'tool-json', prettyJson(call.input ?? {}));
+  box.append(head, pre);
+  return box;
+}
+
+/** A tool result: which call it answers, its text (and images), marked when it is an error. */
+function toolResultNode(block) {
+  const box = el('div', block.is_error ? 'tool-result error' : 'tool-result');
+  box.setAttribute('role', 'group');
+  const name = state.callNames.get(block.tool_use_id);
+  box.setAttribute('aria-label', `Tool result${name ? ` of ${name}` : ''}`);
+  const head = el('div', 'tool-head');
+  head.append(el('span', 'tool-label', block.is_error ? 'Tool error' : 'Tool result'));
+  if (name) head.append(el('code', 'tool-name', name));
+  head.append(el('span', 'tool-id', block.tool_use_id || ''));
+  box.appendChild(head);
+  const c = block.content;
+  if (typeof c === 'string') box.appendChild(el('pre', 'tool-json', c));
+  else if (Array.isArray(c)) {
+    for (const b of c) {
+      if (b.type === 'text') box.appendChild(el('pre', 'tool-json', b.text));
+      else if (b.type === 'image') box.appendChild(imageNode(b));
+    }
+  }
+  return box;
+}
+
+function thinkingNode(text) {
+  const d = el('details', 'thinking');
+  d.append(el('summary', null, 'Thinking'), el('div', 'thinking-text', text));
+  return d;
+}
+
+/** Renders canonical blocks into container: text (markdown for the assistant), images, tools, thinking. */
+function renderBlocks(container, blocks, role) {
+  const nodes = [];
+  for (const b of blocks) {
+    if (!b || typeof b !== 'object') continue;
+    if (b.type === 'text') {
+      if (role === 'user') nodes.push(el('div', 'text-block', b.text));
+      else {
+        const d = el('div', 'text-block');
+        d.appendChild(renderMarkdown(b.text, document));
+        nodes.push(d);
+      }
+    } else if (b.type === 'image') nodes.push(imageNode(b));
+    else if (b.type === 'tool_use') nodes.push(toolCallNode(b));
+    else if (b.type === 'tool_result') nodes.push(toolResultNode(b));
+    else if (b.type === 'thinking') nodes.push(thinkingNode(b.thinking));
+    else if (b.type === 'redacted_thinking') nodes.push(el('div', 'image-ref', 'Thinking (redacted by the provider)'));
+  }
+  container.replaceChildren(...nodes);
+}
+
 // ---------- conversation ----------
 
 function addMessage(role, text, info = {}) {
@@ -164,14 +282,34 @@ function addMessage(role, text, info = {}) {
   const note = document.createElement('div');
   note.className = 'note';
   note.hidden = true;
-  li.append(who, content, note, meta);
+  const extras = document.createElement('div'); // thinking and tool calls while a reply streams
+  extras.className = 'extras';
+  li.append(who, content, extras, note, meta);
   ui.conversation.appendChild(li);
 
+  let thinking = null;
   const view = {
     li,
     setText(t) {
       if (role === 'user') content.textContent = t;
       else content.replaceChildren(renderMarkdown(t, document));
+    },
+    /** The whole message from its blocks (replaces the streamed text and extras). */
+    setBlocks(blocks) {
+      content.className = 'content blocks';
+      renderBlocks(content, blocks, role);
+      extras.replaceChildren();
+      thinking = null;
+    },
+    setThinking(t) {
+      if (!thinking) {
+        thinking = thinkingNode('');
+        extras.prepend(thinking);
+      }
+      thinking.querySelector('.thinking-text').textContent = t;
+    },
+    addToolCall(call) {
+      extras.appendChild(toolCallNode(call));
     },
     setUsage(usage, model, extra) {
       const line = usageLine(usage, model, extra);
@@ -183,7 +321,8 @@ function addMessage(role, text, info = {}) {
       note.hidden = !t;
     },
   };
-  view.setText(text);
+  if (Array.isArray(info.blocks) && info.blocks.length) view.setBlocks(info.blocks);
+  else view.setText(text);
   if (info.usage) view.setUsage(info.usage, info.model, info.extra);
   if (info.note) view.setNote(info.note);
   return view;
@@ -204,24 +343,148 @@ function scrollToEnd() {
 
 function setStreaming(on) {
   ui.send.disabled = on;
+  ui.attach.disabled = on;
   ui.stop.disabled = !on;
   ui.conversation.setAttribute('aria-busy', on ? 'true' : 'false');
   ui.reset.disabled = on || !state.session;
   ui.del.disabled = on || !state.session;
 }
 
+/** The tools of Settings, parsed; undefined when empty; throws a message when not a JSON array. */
+function toolsSetting() {
+  const raw = ui.tools.value.trim();
+  if (!raw) return undefined;
+  let v;
+  try {
+    v = JSON.parse(raw);
+  } catch (e) {
+    throw new Error(`Tools (Settings) is not valid JSON: ${e.message}`);
+  }
+  if (!Array.isArray(v)) throw new Error('Tools (Settings) must be a JSON array of {name, description, input_schema}.');
+  return v;
+}
+
+// ---------- attachments and pending tool calls ----------
+
+function renderAttachments() {
+  const items = state.attachments.map((a, i) => {
+    const li = el('li', 'attachment');
+    const img = el('img', 'thumb small');
+    img.src = a.url;
+    img.alt = `Attached image ${a.name}`;
+    const name = el('span', 'attachment-name', `${a.name} (${Math.max(1, Math.round(a.size / 1024))} KB)`);
+    const rm = el('button', 'remove', 'Remove');
+    rm.type = 'button';
+    rm.setAttribute('aria-label', `Remove ${a.name}`);
+    rm.addEventListener('click', () => {
+      URL.revokeObjectURL(a.url);
+      state.attachments.splice(i, 1);
+      renderAttachments();
+      ui.input.focus();
+    });
+    li.append(img, name, rm);
+    return li;
+  });
+  ui.attachments.replaceChildren(...items);
+  ui.attachments.hidden = items.length === 0;
+}
+
+async function attachFiles(files) {
+  hideError();
+  for (const f of files) {
+    if (!IMAGE_TYPES.includes(f.type)) {
+      showError(new Error(`${f.name}: only PNG, JPEG, GIF and WebP images can be attached.`));
+      continue;
+    }
+    if (f.size > MAX_IMAGE_BYTES) {
+      showError(new Error(`${f.name} is larger than 5 MB, the server's limit for one image.`));
+      continue;
+    }
+    const block = await imageBlockFromBlob(f);
+    state.attachments.push({ name: f.name, size: f.size, block, url: URL.createObjectURL(f) });
+  }
+  renderAttachments();
+  if (state.attachments.length) setStatus(`${state.attachments.length} image${state.attachments.length === 1 ? '' : 's'} attached`);
+}
+
+function clearAttachments() {
+  for (const a of state.attachments) URL.revokeObjectURL(a.url);
+  state.attachments = [];
+  renderAttachments();
+}
+
+/** Shows a result box for each tool call of the last reply (or hides the section). */
+function setPendingCalls(calls) {
+  state.pendingCalls = calls || [];
+  const items = state.pendingCalls.map((call, i) => {
+    const li = el('li', 'pending-call');
+    const id = `tool-result-${i}`;
+    const label = el('label', null);
+    label.htmlFor = id;
+    let args = '';
+    try {
+      args = JSON.stringify(call.input ?? {});
+    } catch {
+      /* shown without its input */
+    }
+    label.append('Result of ', el('code', null, call.name), ` ${args}`);
+    const ta = el('textarea', 'tool-result-input');
+    ta.id = id;
+    ta.rows = 2;
+    ta.dataset.callId = call.id;
+    const err = el('label', 'tool-error-flag');
+    const box = el('input');
+    box.type = 'checkbox';
+    box.className = 'tool-is-error';
+    err.append(box, ' the tool failed');
+    li.append(label, ta, err);
+    return li;
+  });
+  ui.pendingToolList.replaceChildren(...items);
+  ui.pendingTools.hidden = items.length === 0;
+}
+
+function pendingResults() {
+  return [...ui.pendingToolList.querySelectorAll('li.pending-call')].map((li) => {
+    const ta = li.querySelector('textarea');
+    const r = { tool_call_id: ta.dataset.callId, content: ta.value };
+    if (li.querySelector('.tool-is-error').checked) r.is_error = true;
+    return r;
+  });
+}
+
 async function sendMessage() {
   const text = ui.input.value;
-  if (!text.trim() || state.turn) return;
+  const toolResults = state.pendingCalls.length ? pendingResults() : null;
+  const images = state.attachments.slice();
+  if ((!text.trim() && !images.length && !toolResults) || state.turn) return;
   hideError();
   const opts = {};
   if (ui.model.value) opts.model = ui.model.value;
   if (!state.session && ui.system.value.trim()) opts.systemPrompt = ui.system.value;
+  try {
+    opts.tools = toolsSetting();
+  } catch (e) {
+    showError(e);
+    ui.settings.open = true;
+    ui.tools.focus();
+    return;
+  }
+  if (toolResults) opts.toolResults = toolResults;
+  // A string, or text and image blocks when images are attached.
+  let message = text.trim() ? text : null;
+  if (images.length) message = [...(text.trim() ? [textBlock(text)] : []), ...images.map((a) => a.block)];
+  const userBlocks = [
+    ...(toolResults || []).map((r) => ({ type: 'tool_result', tool_use_id: r.tool_call_id, content: r.content, is_error: r.is_error })),
+    ...(Array.isArray(message) ? message : message != null ? [textBlock(message)] : []),
+  ];
 
-  const userView = addMessage('user', text);
+  const userView = addMessage('user', text, { blocks: images.length || toolResults ? userBlocks : null });
   const reply = addMessage('assistant', '');
   reply.li.classList.add('streaming');
   ui.input.value = '';
+  clearAttachments();
+  setPendingCalls([]);
   scrollToEnd();
   setStreaming(true);
   setStatus('Waiting for the model…');
@@ -237,13 +500,18 @@ async function sendMessage() {
     if (stick) scrollToEnd();
   };
   const t0 = performance.now();
-  const turn = client.stream(text, {
+  const turn = client.stream(message, {
     ...opts,
     sessionId: state.sessionId,
     onStart: () => setStatus('Streaming the reply…'),
     onDelta: (_t, full) => {
       pending = full;
       if (!frame) frame = requestAnimationFrame(flush);
+    },
+    onThinking: (_t, full) => reply.setThinking(full),
+    onToolCall: (call) => {
+      reply.addToolCall(call);
+      if (nearBottom()) scrollToEnd();
     },
   });
   state.turn = turn;
@@ -253,9 +521,16 @@ async function sendMessage() {
     pending = done.text;
     flush();
     reply.li.classList.remove('streaming');
+    if (Array.isArray(done.content) && done.content.some((b) => b.type !== 'text')) reply.setBlocks(done.content);
     reply.setUsage(done.usage, done.model, done);
     state.lastTurn = { usage: done.usage, model: done.model, extra: done };
-    setStatus(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    const calls = Array.isArray(done.tool_calls) ? done.tool_calls : [];
+    if (done.stop_reason === 'tool_use' && calls.length) {
+      setPendingCalls(calls);
+      setStatus(`The model called ${calls.length} tool${calls.length === 1 ? '' : 's'}: enter the result${calls.length === 1 ? '' : 's'} and Send`);
+    } else {
+      setStatus(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    }
     await afterTurn();
   } catch (err) {
     if (frame) cancelAnimationFrame(frame);
@@ -277,6 +552,16 @@ async function sendMessage() {
       }
       userView.setNote('Not saved: the server kept nothing of this turn.');
       if (!ui.input.value) ui.input.value = text; // ready to try again
+      if (!state.attachments.length && images.length) {
+        state.attachments = images.map((a) => ({ ...a, url: imageUrlOf(a.block.source) || '' })); // ready to try again
+        renderAttachments();
+      }
+      if (toolResults && !state.pendingCalls.length) {
+        setPendingCalls(toolResults.map((r) => ({ id: r.tool_call_id, name: state.callNames.get(r.tool_call_id) || '?', input: {} })));
+        [...ui.pendingToolList.querySelectorAll('textarea')].forEach((ta, i) => {
+          ta.value = typeof toolResults[i].content === 'string' ? toolResults[i].content : '';
+        });
+      }
       showError(err);
       setStatus('Failed');
     }
@@ -351,6 +636,9 @@ async function openSession(id, { isNew = false } = {}) {
   client.sessionId = id;
   state.session = null;
   state.lastTurn = null;
+  state.callNames = new Map();
+  clearAttachments();
+  setPendingCalls([]);
   setHash(id);
   ui.conversation.replaceChildren();
   applySession();
@@ -374,7 +662,12 @@ async function openSession(id, { isNew = false } = {}) {
     for (const m of views) {
       const note = m.status === 'incomplete' ? 'Stopped before the end (incomplete).' : '';
       const usage = m.role === 'assistant' && hasUsage(m.usage) ? m.usage : null;
-      addMessage(m.role, m.content, { usage, model: m.model, extra: m, note });
+      addMessage(m.role, m.content, { usage, model: m.model, extra: m, note, blocks: m.blocks });
+    }
+    // A session whose last reply called tools waits for their results.
+    const lastMsg = views[views.length - 1];
+    if (lastMsg && lastMsg.role === 'assistant' && lastMsg.stop_reason === 'tool_use' && Array.isArray(lastMsg.blocks)) {
+      setPendingCalls(lastMsg.blocks.filter((b) => b.type === 'tool_use').map((b) => ({ id: b.id, name: b.name, input: b.input })));
     }
     state.lastTurn = last;
     scrollToEnd();
@@ -574,6 +867,15 @@ ui.input.addEventListener('keydown', (e) => {
 ui.stop.addEventListener('click', () => {
   if (state.turn) state.turn.abort();
 });
+ui.attach.addEventListener('click', () => ui.attachInput.click());
+ui.attachInput.addEventListener('change', async () => {
+  const files = [...ui.attachInput.files];
+  ui.attachInput.value = ''; // the same file may be attached again
+  await attachFiles(files);
+  ui.input.focus();
+});
+ui.tools.value = storage.get(KEYS.tools) ?? '';
+ui.tools.addEventListener('input', () => storage.set(KEYS.tools, ui.tools.value));
 ui.newSession.addEventListener('click', () => {
   if (narrow.matches) setSidebar(false);
   newSession();
