@@ -232,11 +232,11 @@ chat_rc store_blocks_pack(const char *blocks, store_packed *out)
     pack_ctx c = { 0 };
     (void)each_image(root, pack_one, &c);
     if (c.changed) {
-        char *text = json_dumps(root, JSON_COMPACT);
-        if (!text)
+        /* jansson allocates with malloc (chatd sets no other allocator): the
+         * caller's free() releases it. */
+        out->stored = json_dumps(root, JSON_COMPACT);
+        if (!out->stored)
             chat_fatal("store: out of memory packing blocks");
-        out->stored = chat_xstrdup(text);
-        free(text);
     } else {
         out->stored = chat_xstrdup(blocks);
     }
@@ -269,12 +269,38 @@ bool store_blocks_has_refs(const char *stored)
     return stored && strstr(stored, "\"" REF_TYPE "\"") != NULL;
 }
 
+/*
+ * Reading puts megabytes of base64 back into a small tree, and jansson would
+ * check and escape each character of it twice (as a new string, then when
+ * dumping). Instead each reference becomes a source whose "data" is a short
+ * placeholder, the small tree is dumped, and the data texts are copied in
+ * where their placeholders landed: base64 needs no JSON escaping, so the
+ * result is the text jansson would have written. A placeholder holds control
+ * characters (dumped as \u0001) and its index; if one does not occur exactly
+ * once in the dump (the content happens to hold the same text), the data goes
+ * into the tree the slow way instead.
+ */
+#define MARK "\\u0001chatd-blob-"
+
 typedef struct unpack_ctx {
     store_blob_lookup lookup;
     void *ud;
     const char *missing; /* set on failure: the sha256 not found */
     bool failed;
+    char **data; /* data[i]: the base64 text of the i-th reference (heap) */
+    size_t *len;
+    json_t **source; /* source[i]: the new source object of the i-th reference */
+    size_t n, cap;
 } unpack_ctx;
+
+/* True if data is base64 text: its alphabet and '=' only (nothing to escape in JSON). */
+static bool base64_text(const char *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (data[i] != '=' && b64_value((unsigned char)data[i]) < 0)
+            return false;
+    return true;
+}
 
 static bool unpack_one(json_t *block, void *arg)
 {
@@ -296,14 +322,74 @@ static bool unpack_one(json_t *block, void *arg)
         c->missing = sha;
         return false;
     }
-    json_t *s = json_pack("{s:s,s:O,s:s}", "type", "base64", "media_type", mt, "data", data);
-    free(data);
-    if (!s) {
-        c->missing = "(not valid UTF-8)";
+    size_t len = strlen(data);
+    if (!base64_text(data, len)) {
+        free(data);
+        c->missing = "(blob data is not base64 text)";
         return false;
     }
-    json_object_set_new(block, "source", s);
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 4;
+        c->data = chat_xrealloc(c->data, c->cap * sizeof *c->data);
+        c->len = chat_xrealloc(c->len, c->cap * sizeof *c->len);
+        c->source = chat_xrealloc(c->source, c->cap * sizeof *c->source);
+    }
+    char mark[64];
+    snprintf(mark, sizeof mark, "\001chatd-blob-%zu\001", c->n); /* dumped as MARK "<n>\\u0001" */
+    json_t *s = json_pack("{s:s,s:O,s:s}", "type", "base64", "media_type", mt, "data", mark);
+    if (!s)
+        chat_fatal("store: out of memory unpacking blocks");
+    c->data[c->n] = data;
+    c->len[c->n] = len;
+    c->source[c->n] = s;
+    c->n++;
+    json_object_set_new(block, "source", s); /* the tree keeps s alive */
     return true;
+}
+
+/* The dump of root with the placeholders of c replaced by their data, or
+ * NULL when a placeholder is not found exactly once. Heap (malloc). */
+static char *splice(const char *dump, const unpack_ctx *c)
+{
+    const char **at = chat_xcalloc(c->n, sizeof *at);
+    size_t total = strlen(dump);
+    char mark[64];
+    for (size_t i = 0; i < c->n; i++) {
+        int k = snprintf(mark, sizeof mark, MARK "%zu\\u0001", i);
+        const char *p = strstr(dump, mark);
+        /* Once, and as the value of a "data" key. */
+        static const char key[] = "\"data\":\"";
+        size_t kl = sizeof key - 1;
+        if (!p || strstr(p + 1, mark) || (size_t)(p - dump) < kl || memcmp(p - kl, key, kl) != 0 || p[k] != '"') {
+            free(at);
+            return NULL;
+        }
+        at[i] = p;
+        total = total - (size_t)k + c->len[i];
+    }
+    char *out = chat_xmalloc(total + 1);
+    size_t w = 0;
+    const char *r = dump;
+    /* Placeholders in the order they occur in the dump. */
+    for (;;) {
+        size_t next = c->n;
+        for (size_t i = 0; i < c->n; i++)
+            if (at[i] && at[i] >= r && (next == c->n || at[i] < at[next]))
+                next = i;
+        if (next == c->n)
+            break;
+        size_t before = (size_t)(at[next] - r);
+        memcpy(out + w, r, before);
+        w += before;
+        memcpy(out + w, c->data[next], c->len[next]);
+        w += c->len[next];
+        r = at[next] + snprintf(mark, sizeof mark, MARK "%zu\\u0001", next);
+        at[next] = NULL;
+    }
+    size_t rest = strlen(r);
+    memcpy(out + w, r, rest + 1);
+    free(at);
+    return out;
 }
 
 chat_rc store_blocks_unpack(const char *stored, store_blob_lookup lookup, void *ud, char **out)
@@ -330,13 +416,27 @@ chat_rc store_blocks_unpack(const char *stored, store_blob_lookup lookup, void *
                      json_pack("{s:s,s:s,s:s}", "op", "blocks_unpack", "error", "a referenced image blob is missing",
                                "sha256", c.missing));
         rc = CHAT_EIO;
-    } else {
-        char *text = json_dumps(root, JSON_COMPACT);
-        if (!text)
-            chat_fatal("store: out of memory unpacking blocks");
-        *out = chat_xstrdup(text);
-        free(text);
+        goto out;
     }
+    char *dump = json_dumps(root, JSON_COMPACT);
+    if (!dump)
+        chat_fatal("store: out of memory unpacking blocks");
+    *out = splice(dump, &c);
+    free(dump);
+    if (!*out) {
+        /* The slow way: the data into the tree, then one dump. */
+        for (size_t i = 0; i < c.n; i++)
+            json_object_set_new(c.source[i], "data", json_stringn_nocheck(c.data[i], c.len[i]));
+        *out = json_dumps(root, JSON_COMPACT); /* malloc'd, as in store_blocks_pack */
+        if (!*out)
+            chat_fatal("store: out of memory unpacking blocks");
+    }
+out:
+    for (size_t i = 0; i < c.n; i++)
+        free(c.data[i]);
+    free(c.data);
+    free(c.len);
+    free(c.source);
     json_decref(root);
     return rc;
 }

@@ -308,6 +308,28 @@ static void test_unusual_sources_stay_inline(void **state)
     assert_blobs(f, 0, 0);
 }
 
+/* Content that holds the very text the read side uses to mark where an
+ * image goes (store/blocks.c) still reads back exactly. */
+static void test_marker_text_in_content(void **state)
+{
+    struct fixture *f = *state;
+    store *s = open_url(f->url);
+    static const char tricky[] = "[{\"type\":\"text\",\"text\":\"\\u0001chatd-blob-0\\u0001\"}," IMAGE(
+        "image/png", PNG) ","
+                          "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{\"k\":\"\\u0001chatd-blob-"
+                          "1\\u0001\"}}," IMAGE("image/gif", GIF) "]";
+    store_turn t = make_turn("tricky", "tok", 1000);
+    t.user_blocks = tricky;
+    t.assistant_blocks = NULL;
+    commit(s, t);
+    size_t n = 0;
+    store_message *m = list(s, "tricky", &n);
+    assert_json_equal(m[0].blocks, tricky);
+    store_messages_free(m, n);
+    store_close(s);
+    assert_blobs(f, 2, 2);
+}
+
 /* An incomplete reply (the client went away) keeps the blocks it had. */
 static void test_partial_commit_with_blocks(void **state)
 {
@@ -966,6 +988,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_blocks_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_image_twice_in_a_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusual_sources_stay_inline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_marker_text_in_content, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_commit_with_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blob_shared_then_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blob_reset, setup, teardown),
