@@ -100,7 +100,8 @@ typedef struct api_route_match {
      * no route has this path and method. */
     const char *pattern;
     /* The error shape: the route's; with no route, that of the last route with
-     * this path (a 405), else API_V1 for paths under /v1/, API_SEED otherwise. */
+     * this path (a 405), else API_ANTHROPIC for /v1/messages and the paths
+     * under it, API_V1 for other paths under /v1/, API_SEED otherwise. */
     api_flavor flavor;
     /* With no route: the http_method bits of the routes with this path (HEAD
      * wherever GET is), 0 when none (a 404). With a route: its methods. */

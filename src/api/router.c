@@ -542,7 +542,10 @@ static const route *find_route(const char *path, unsigned m, api_route_match *ou
     int nseg = split_path(copy, seg);
     const route *found = NULL;
     memset(out, 0, sizeof *out);
-    out->flavor = strncmp(path, "/v1/", 4) == 0 ? API_V1 : API_SEED;
+    /* Anthropic's SDKs call more paths under /v1/messages (batches...) than
+     * chatd serves: those 404s answer in Anthropic's shape too. */
+    bool anthropic = strncmp(path, "/v1/messages", 12) == 0 && (path[12] == '\0' || path[12] == '/');
+    out->flavor = anthropic ? API_ANTHROPIC : strncmp(path, "/v1/", 4) == 0 ? API_V1 : API_SEED;
 
     for (size_t i = 0; nseg >= 0 && i < sizeof routes / sizeof routes[0]; i++) {
         char *params[MAX_PARAMS + 1] = { 0 };
@@ -616,5 +619,5 @@ void api_dispatch(http_req *r, void *ctx)
     if (flavor == API_SEED)
         api_error(r, API_SEED, 404, "not_found_error", "Not Found");
     else
-        api_error(r, API_V1, 404, "not_found_error", "no route for %s %s", http_req_method_name(r), http_req_path(r));
+        api_error(r, flavor, 404, "not_found_error", "no route for %s %s", http_req_method_name(r), http_req_path(r));
 }

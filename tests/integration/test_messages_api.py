@@ -97,6 +97,8 @@ def test_refusals_in_anthropic_shape(chatd_module, fake):
     r = c.get("/v1/messages", headers=V)
     assert_an_error(r, 405, "invalid_request_error")
     assert r.headers["allow"] == "POST"
+    # Paths of Anthropic's API that chatd does not serve: 404 in Anthropic's shape.
+    assert_an_error(c.post("/v1/messages/batches", headers=V, json={}), 404, "not_found_error", "no route")
     assert fake.requests() == []
 
 
