@@ -7,11 +7,17 @@
  *                                        first byte of the reply, so a failure before it
  *                                        still gets a real status; after it, the
  *                                        template's "\nError: ..." trailer
- *   POST /v1/chat         v1 JSON
- *   POST /v1/chat/stream  v1 SSE         start, delta*, done | error; ": ping" heartbeats
+ *   POST /v1/chat         v1 JSON        the reply with its content blocks and tool calls
+ *   POST /v1/chat/stream  v1 SSE         start, then the reply's events (thinking, delta,
+ *                                        tool_call_delta, tool_call) in order, done | error;
+ *                                        ": ping" heartbeats
  *
+ * The /v1 bodies may carry content (text and image blocks), tool_results and
+ * the request options of llm/content.h (docs/API.md "Tools, images and
+ * options"); the parser checks their types and ranges and builds the turn's
+ * message blocks; what a model accepts is the turn's check (chat/models.h).
  * The request-to-turn plumbing is chat_run() (chat_run.c); this file holds the
- * body parser and the three renderers of the seed and /v1 endpoints.
+ * body parser and the renderers of the seed and /v1 endpoints.
  */
 #include <stdarg.h>
 #include <stdint.h>
@@ -162,9 +168,9 @@ static bool only_text_and_images(v1_check *k, const json_t *blocks, const char *
             continue;
         if (type && strcmp(type, "text") == 0) {
             const json_t *t = json_object_get(b, "text");
-            if (json_is_string(t) && json_string_length(t) == 0) {
+            if (json_is_string(t) && is_blank(json_string_value(t))) { /* providers refuse blank text blocks */
                 snprintf(field, sizeof field, "%s[%zu].text", path, i);
-                v1_fail(k, "string_too_short", field, t, "%s must not be empty", field);
+                v1_fail(k, "string_too_short", field, t, "%s must have at least 1 non-blank character", field);
                 return false;
             }
             continue;
