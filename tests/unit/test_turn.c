@@ -1459,6 +1459,44 @@ static void test_image_needs_vision(void **state)
     fx_free(&f);
 }
 
+/* A reply cancelled in the middle of a tool call is kept as its text only
+ * (CANCEL_POLICY=keep): no call is left pending, the next turn is free. */
+static void test_cancel_during_tool_call(void **state)
+{
+    (void)state;
+    static const script sc[] = {
+        {
+            .status = 200,
+            .headers = { SSE_CT },
+            .chunks = { EV_START, EV_BLOCK, EV_DELTA("Let me "), EV_DELTA("check."), EV_BSTOP,
+                        EV_TOOL_START(1, "toolu_01", "get_weather"), EV_TOOL_ARGS(1, "{\\\"city\\\":") },
+            .chunk_delay_ms = 2,
+            .end = END_HANG,
+        },
+        STREAM_OK,
+    };
+    fx f;
+    fx_init(&f, sc, 2, (fx_opts){ 0 });
+    json_t *tools = J("{\"tools\":[{\"name\":\"get_weather\",\"input_schema\":{\"type\":\"object\"}}]}");
+    turn_params p = params("s1", "req-1", "Weather?");
+    p.options = tools;
+    turn_error err;
+    f.t = turn_start(f.e, &p, &SINK_EVENTS, &f, &err);
+    assert_non_null(f.t);
+    RUN_UNTIL(&f, strstr(f.evlog, "a1") != NULL, 3000);
+    turn_cancel(f.t);
+    f.t = NULL;
+    run_for(&f, 30);
+    assert_string_equal(history(&f, "s1"), "user:complete:Weather?|assistant:incomplete:Let me check.");
+    assert_string_equal(stored_blocks(&f, "s1", 1), "");
+    assert_lock_free(&f, "s1");
+    p = params("s1", "req-2", "Never mind.");
+    run_turn(&f, &p, &SINK);
+    assert_sequence(&f, 'd');
+    json_decref(tools);
+    fx_free(&f);
+}
+
 /* The stop sequence that ended a reply reaches the result. */
 static void test_stop_sequence(void **state)
 {
@@ -1664,6 +1702,7 @@ int main(void)
         cmocka_unit_test(test_event_forwarding),
         cmocka_unit_test(test_structured_output),
         cmocka_unit_test(test_stop_sequence),
+        cmocka_unit_test(test_cancel_during_tool_call),
         cmocka_unit_test(test_bad_state_aborts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
