@@ -245,6 +245,25 @@ for (const mode of MODES) {
       }
     });
 
+    test('the SDK runTools helper runs the loop, plain and streamed', async () => {
+      for (const stream of [false, true]) {
+        await fake.reset();
+        await fake.script({ queue: [{ tool_calls: [{ name: 'get_weather', input: { city: 'Porto' } }] }] });
+        const seen = [];
+        const runner = client().chat.completions.runTools({
+          model: mode.model,
+          stream,
+          messages: [{ role: 'user', content: 'Weather in Porto?' }],
+          tools: [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city',
+            parameters: WEATHER.function.parameters, parse: JSON.parse,
+            function: (args) => { seen.push(args); return `cloudy in ${args.city}`; } } }],
+        });
+        assert.equal(await runner.finalContent(), 'Tool results: cloudy in Porto', `stream ${stream}`);
+        assert.deepEqual(seen, [{ city: 'Porto' }]);
+        await upstream(2);
+      }
+    });
+
     test('a tool loop with server-side memory: the results alone continue the session', async () => {
       const session = `tools-${mode.name}-${Date.now()}`;
       const opts = { headers: { 'X-Session-Id': session } };
