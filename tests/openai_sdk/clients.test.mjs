@@ -2,9 +2,10 @@
 // (versions pinned in package.json / package-lock.json):
 // - LangChain: @langchain/openai ChatOpenAI (bindTools(...).invoke, a tool
 //   loop with ToolMessage, bindTools(...).stream, withStructuredOutput(zod),
-//   .stream);
+//   an image, .stream);
 // - the Vercel AI SDK: ai + @ai-sdk/openai-compatible (generateText with tools
-//   and several steps, streamText with tools, streamText, generateObject).
+//   and several steps, streamText with tools, an image, streamText,
+//   generateObject).
 // Each against both upstream kinds (an Anthropic model and an OpenAI-compatible
 // one), both served by the fake provider; what went upstream is checked too.
 //
@@ -43,6 +44,17 @@ const MODES = [
 ];
 
 const echo = (t) => `Hello! You said: ${t}`;
+// A real 1x1 PNG.
+const PNG_B64 =
+  'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';
+
+/** The image the provider request carried in its last message, as base64. */
+function sentImage(q, anthropic) {
+  const parts = q.body.messages.at(-1).content;
+  if (anthropic) return parts.find((b) => b.type === 'image')?.source?.data;
+  const url = parts.find((b) => b.type === 'image_url')?.image_url?.url ?? '';
+  return url.replace(/^data:image\/png;base64,/, '');
+}
 const weatherSchema = z.object({ city: z.string().describe('The city') });
 
 /** The provider requests of the test (exactly n). */
@@ -119,6 +131,15 @@ for (const mode of MODES) {
       else assert.equal(q.body.response_format.type, 'json_schema');
     });
 
+    test('an image in a HumanMessage reaches the provider', async () => {
+      const msg = new HumanMessage({ content: [{ type: 'text', text: 'Describe it' },
+        { type: 'image_url', image_url: { url: `data:image/png;base64,${PNG_B64}` } }] });
+      const out = await chat().invoke([msg]);
+      assert.equal(out.content, echo('Describe it'));
+      const [q] = await upstream(1);
+      assert.equal(sentImage(q, anthropic), PNG_B64);
+    });
+
     test('.stream yields the text in pieces', async () => {
       const text = `LangChain streaming via ${mode.name}`;
       const pieces = [];
@@ -174,6 +195,15 @@ for (const mode of MODES) {
       assert.deepEqual(steps[0].toolCalls.map((c) => [c.toolName, c.input]), [['weather', { city: 'Graz' }]]);
       assert.match(text, /^Looking\.Tool results: .*rain in Graz/);
       assert.equal(await r.finishReason, 'stop');
+    });
+
+    test('generateText with an image part', async () => {
+      const r = await generateText({ model: provider()(mode.model), maxRetries: 0, messages: [{ role: 'user', content: [
+        { type: 'text', text: 'What is this?' },
+        { type: 'image', image: Buffer.from(PNG_B64, 'base64'), mediaType: 'image/png' }] }] });
+      assert.equal(r.text, echo('What is this?'));
+      const [q] = await upstream(1);
+      assert.equal(sentImage(q, anthropic), PNG_B64);
     });
 
     test('streamText yields the text', async () => {
