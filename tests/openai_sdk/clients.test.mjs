@@ -1,8 +1,8 @@
 // The client libraries chat teams use, pointed at chatd's /v1/chat/completions
 // (versions pinned in package.json / package-lock.json):
 // - LangChain: @langchain/openai ChatOpenAI (bindTools(...).invoke, a tool
-//   loop with ToolMessage, bindTools(...).stream, withStructuredOutput(zod),
-//   an image, .stream);
+//   loop with ToolMessage, bindTools(...).stream, withStructuredOutput(zod)
+//   by JSON schema and by a forced tool, an image, .stream);
 // - the Vercel AI SDK: ai + @ai-sdk/openai-compatible (generateText with tools
 //   and several steps, streamText with tools, an image, streamText,
 //   generateObject).
@@ -129,6 +129,16 @@ for (const mode of MODES) {
       const [q] = await upstream(1);
       if (anthropic) assert.ok(q.body.output_config?.format || q.body.tool_choice, 'structured output asked for');
       else assert.equal(q.body.response_format.type, 'json_schema');
+    });
+
+    test('withStructuredOutput(zod schema, functionCalling): a forced named tool, parsed', async () => {
+      const schema = z.object({ city: z.string(), rain: z.boolean() });
+      const out = await chat().withStructuredOutput(schema, { method: 'functionCalling', name: 'report' })
+        .invoke('Report as a tool call');
+      assert.deepEqual(out, { city: 'x', rain: true });
+      const [q] = await upstream(1);
+      if (anthropic) assert.deepEqual(q.body.tool_choice, { type: 'tool', name: 'report' });
+      else assert.deepEqual(q.body.tool_choice, { type: 'function', function: { name: 'report' } });
     });
 
     test('an image in a HumanMessage reaches the provider', async () => {
