@@ -1610,6 +1610,103 @@ static void test_openai_end_after_finish(void **state)
     tc_free(&c);
 }
 
+/* OpenAI-compatible, end to end through the call: reasoning, interleaved
+ * tool-call pieces delivered as whole blocks in order, reasoning tokens; and
+ * structured output through the forced tool, which reaches the caller as text. */
+static void test_openai_events_tools(void **state)
+{
+    (void)state;
+#define OA_C(delta, fr) \
+    "data: {\"model\":\"gpt-test-1\",\"choices\":[{\"index\":0,\"delta\":" delta ",\"finish_reason\":" fr "}]}\n\n"
+    static const script sc[] = { {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { OA_C("{\"reasoning_content\":\"hm\"}", "null"),
+                    OA_C("{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":"
+                         "{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":\"}}]}",
+                         "null"),
+                    OA_C("{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":"
+                         "{\"name\":\"g\",\"arguments\":\"{}\"}}]}",
+                         "null"),
+                    OA_C("{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]}", "null"),
+                    OA_C("{}", "\"tool_calls\""),
+                    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,"
+                    "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}\n\n",
+                    OA_DONE },
+        .chunk_delay_ms = 5,
+    } };
+    tc c;
+    tc_init_openai(&c, sc, 1);
+    c.use_events = true;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.evlog, "thinking:0:hm|block_stop:0:thinking|tool_start:1:call_a:f|tool_args:1:{\"x\":|"
+                                 "tool_args:1:1}|block_stop:1:call_a:tool_use|tool_start:2:call_b:g|"
+                                 "tool_args:2:{}|block_stop:2:call_b:tool_use|");
+    assert_string_equal(c.content, "[{\"type\":\"thinking\",\"thinking\":\"hm\"},{\"type\":\"tool_use\",\"id\":"
+                                   "\"call_a\",\"name\":\"f\",\"input\":{\"x\":1}},{\"type\":\"tool_use\",\"id\":"
+                                   "\"call_b\",\"name\":\"g\",\"input\":{}}]");
+    assert_string_equal(c.stop_reason, "tool_calls");
+    assert_int_equal(c.usage.reasoning_tokens, 4);
+    assert_string_equal(c.rtext, "");
+    tc_free(&c);
+
+    static const script forced[] = { {
+        .status = 200,
+        .headers = { SSE_CT },
+        .chunks = { OA_C("{\"tool_calls\":[{\"index\":0,\"id\":\"call_j\",\"type\":\"function\",\"function\":"
+                         "{\"name\":\"json_output\",\"arguments\":\"{\\\"n\\\":\"}}]}",
+                         "null"),
+                    OA_C("{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"3}\"}}]}", "null"),
+                    OA_C("{}", "\"tool_calls\""), OA_DONE },
+    } };
+    tc_init_openai(&c, forced, 1);
+    json_t *opts = json_pack("{s:{s:s,s:{s:s}}}", "response_format", "type", "json_schema", "schema", "type", "object");
+    c.options = opts;
+    c.json_via_tool = true;
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_string_equal(c.text, "{\"n\":3}"); /* an on_delta caller sees the JSON as text */
+    assert_string_equal(c.rtext, "{\"n\":3}");
+    assert_string_equal(c.stop_reason, "stop");
+    assert_string_equal(c.content, "[{\"type\":\"text\",\"text\":\"{\\\"n\\\":3}\"}]");
+    assert_non_null(
+        strstr(c.s.body, "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"json_output\"}}"));
+    json_decref(opts);
+    tc_free(&c);
+#undef OA_C
+}
+
+/* A non-streaming call with on_event: no events (as no deltas), the content whole. */
+static void test_nonstream_content_no_events(void **state)
+{
+    (void)state;
+    static const script sc[] = { {
+        .status = 200,
+        .headers = { JSON_CT },
+        .body = "{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-test-1\","
+                "\"content\":[{\"type\":\"text\",\"text\":\"Using f.\"},{\"type\":\"tool_use\",\"id\":\"toolu_1\","
+                "\"name\":\"f\",\"input\":{\"a\":1}}],\"stop_reason\":\"tool_use\",\"stop_sequence\":null,"
+                "\"usage\":{\"input_tokens\":3,\"output_tokens\":4}}",
+    } };
+    tc c;
+    tc_init(&c, sc, 1);
+    c.use_events = true;
+    tc_start(&c, false);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_int_equal(c.events, 0);
+    assert_int_equal(c.deltas, 0);
+    assert_string_equal(c.rtext, "Using f.");
+    assert_string_equal(c.content, "[{\"type\":\"text\",\"text\":\"Using f.\"},{\"type\":\"tool_use\",\"id\":"
+                                   "\"toolu_1\",\"name\":\"f\",\"input\":{\"a\":1}}]");
+    assert_string_equal(c.stop_reason, "tool_use");
+    assert_null(c.stop_sequence);
+    tc_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1651,6 +1748,8 @@ int main(void)
         cmocka_unit_test(test_openai_retry_429_then_ok),
         cmocka_unit_test(test_openai_truncated),
         cmocka_unit_test(test_openai_end_after_finish),
+        cmocka_unit_test(test_openai_events_tools),
+        cmocka_unit_test(test_nonstream_content_no_events),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
