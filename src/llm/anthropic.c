@@ -239,20 +239,35 @@ static json_t *jchk(json_t *v)
 }
 
 /* The content of one message: its blocks (a deep copy; must be a non-empty
- * array of objects) or its text. NULL if unusable. */
+ * array of objects) or its text. A thinking block without a signature (an
+ * OpenAI-compatible model's reasoning, kept by chatd) is left out: Anthropic
+ * accepts thinking back only with the signature it made, and ignores earlier
+ * turns' thinking anyway (docs/PROTOCOLS.md A11). NULL if unusable (also when
+ * nothing is left). */
 static json_t *message_content(const llm_message *m)
 {
     if (m->blocks) {
         if (!json_is_array(m->blocks) || json_array_size(m->blocks) == 0)
             return NULL;
+        json_t *out = jchk(json_array());
         size_t i;
         json_t *b;
         json_array_foreach(m->blocks, i, b)
         {
-            if (!json_is_object(b) || !json_is_string(json_object_get(b, "type")))
+            const char *type = json_string_value(json_object_get(b, "type"));
+            if (!json_is_object(b) || !type) {
+                json_decref(out);
                 return NULL;
+            }
+            if (strcmp(type, "thinking") == 0 && !json_is_string(json_object_get(b, "signature")))
+                continue;
+            json_array_append_new(out, jchk(json_deep_copy(b)));
         }
-        return jchk(json_deep_copy(m->blocks));
+        if (json_array_size(out) == 0) {
+            json_decref(out);
+            return NULL;
+        }
+        return out;
     }
     return m->content ? json_string(m->content) : NULL;
 }

@@ -168,6 +168,17 @@ static void test_body_blocks_all_kinds(void **state)
     /* The previous turn's end is the tool_use block: marked there. */
     assert_non_null(strstr(b, "\"input\":{\"city\":\"Paris\"},\"cache_control\":{\"type\":\"ephemeral\"}}]}"));
     free(b);
+    /* Thinking without a signature (another provider's reasoning) is left out. */
+    json_t *a2 =
+        json_loads("[{\"type\":\"thinking\",\"thinking\":\"oa\"},{\"type\":\"text\",\"text\":\"x\"}]", 0, NULL);
+    llm_message m2[] = { { "user", "q", NULL }, { "assistant", NULL, a2 }, { "user", "r", NULL } };
+    llm_request r2 = { .model = "m", .messages = m2, .n_messages = 3, .max_tokens = 9 };
+    b = llm_build_body(prov(), &r2);
+    assert_non_null(strstr(b, "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}"));
+    free(b);
+    json_array_remove(a2, 1);
+    assert_null(llm_build_body(prov(), &r2)); /* nothing left */
+    json_decref(a2);
     /* Not an array, empty, or a block without a type: unusable. */
     msgs[0].blocks = json_object_get(json_array_get(u1, 0), "text");
     assert_null(llm_build_body(prov(), &req));
