@@ -674,7 +674,7 @@ static const struct field {
     { "store", F_IGNORED, NULL },
     { "metadata", F_IGNORED, NULL },
     { "service_tier", F_IGNORED, NULL },
-    { "safety_identifier", F_IGNORED, NULL },
+    { "safety_identifier", F_OPTION, NULL },
     { "prompt_cache_key", F_IGNORED, NULL },
     { "prompt_cache_retention", F_IGNORED, NULL },
     { "prompt_cache_options", F_IGNORED, NULL },
@@ -1032,13 +1032,18 @@ static bool parse_options(parse *p, json_t *root)
         if (json_integer_value(v) != 1)
             json_object_set(opts, "n", v);
     }
+    /* user, or its successor safety_identifier: an end-user id (Anthropic
+     * metadata.user_id); it does not change the answer. */
     v = json_object_get(root, "user");
-    if (!absent(v)) {
-        if (!json_is_string(v))
-            return invalid(p->why, "invalid_type", "user", "user must be a string");
-        if (json_string_length(v))
-            json_object_set(opts, "user", v);
-    }
+    if (!absent(v) && !json_is_string(v))
+        return invalid(p->why, "invalid_type", "user", "user must be a string");
+    json_t *sid = json_object_get(root, "safety_identifier");
+    if (!absent(sid) && !json_is_string(sid))
+        return invalid(p->why, "invalid_type", "safety_identifier", "safety_identifier must be a string");
+    if (json_string_length(v))
+        json_object_set(opts, "user", v);
+    else if (json_string_length(sid))
+        json_object_set(opts, "user", sid);
     v = json_object_get(root, "tools");
     if (!absent(v) && !opt_tools(p, v, opts))
         return false;

@@ -320,9 +320,10 @@ static void test_options(void **state)
     api_oa_request_free(&q);
 
     parse("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_object\"},"
-          "\"stop\":[\"a\",\"b\"],\"temperature\":0}",
+          "\"stop\":[\"a\",\"b\"],\"temperature\":0,\"safety_identifier\":\"hash-1\"}",
           true, &q, &why);
-    assert_json(q.options, "{\"response_format\":{\"type\":\"json_object\"},\"stop\":[\"a\",\"b\"],\"temperature\":0}");
+    assert_json(q.options, "{\"response_format\":{\"type\":\"json_object\"},\"stop\":[\"a\",\"b\"],\"temperature\":0,"
+                           "\"user\":\"hash-1\"}");
     api_oa_request_free(&q);
 
     refused("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":2.5}", 400, "invalid_value",
