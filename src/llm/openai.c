@@ -804,7 +804,11 @@ static int tool_piece(llm_parse *st, json_t *tc, size_t pos, bool whole)
     } else if (s->state == 1) {
         rc = llm_reply_piece(st, LLM_BLK_TOOL, a, n);
     } else if (s->state == 0 && n > 0) {
-        if (st->max_bytes && s->args_len + n > st->max_bytes) {
+        /* Held arguments count against the content's cap with what is built. */
+        size_t held = 0;
+        for (size_t i = 0; i < st->n_slots; i++)
+            held += st->slots[i].args_len;
+        if (st->max_bytes && st->content_bytes + held + n > st->max_bytes) {
             llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "tool call arguments exceed max_response_bytes=%zu",
                            st->max_bytes);
             rc = 1;

@@ -982,6 +982,36 @@ static void test_stream_tool_errors(void **state)
     }
 }
 
+/* Arguments held for a later call count against the content cap at once. */
+static void test_stream_held_args_cap(void **state)
+{
+    (void)state;
+    /* Each held call alone fits the cap of 50; the two together with the open
+     * one do not: refused as they arrive, before the calls end. */
+#define HELD_ARGS                                                                            \
+    OA_CHUNK(TC_FIRST(0, "call_a", "f", "{"), "null")                                        \
+    OA_CHUNK(TC_FIRST(1, "call_b", "g", "{\\\"k\\\":\\\"01234567890123456789\\\"}"), "null") \
+    OA_CHUNK(TC_FIRST(2, "call_c", "h", "{\\\"k\\\":\\\"01234567890123456789\\\"}"), "null")
+    const char *held = HELD_ARGS;
+    const char *bytes = HELD_ARGS OA_CHUNK(TC_ARGS(0, "}"), "\"tool_calls\"");
+#undef HELD_ARGS
+    sink s = { 0 };
+    llm_parse st;
+    llm_parse_init(&st, sink_emit, &s);
+    st.max_bytes = 50;
+    (void)feed_stream(&st, held, 100000);
+    assert_int_equal(st.err, LLM_ERR_PROTOCOL);
+    assert_non_null(strstr(st.err_message, "max_response_bytes=50"));
+    llm_parse_reset(&st);
+    memset(&s, 0, sizeof s);
+    llm_parse_init(&st, sink_emit, &s);
+    st.max_bytes = 200;
+    assert_int_equal(feed_stream(&st, bytes, 100000), CHAT_OK);
+    assert_int_equal(st.err, LLM_OK);
+    assert_int_equal(json_array_size(st.content), 3);
+    llm_parse_reset(&st);
+}
+
 static void test_json_body_tools_reasoning(void **state)
 {
     (void)state;
@@ -1123,6 +1153,7 @@ int main(void)
         cmocka_unit_test(test_stream_interleaved_calls),
         cmocka_unit_test(test_stream_json_via_tool),
         cmocka_unit_test(test_stream_tool_errors),
+        cmocka_unit_test(test_stream_held_args_cap),
         cmocka_unit_test(test_json_body_tools_reasoning),
         cmocka_unit_test(test_error_bodies),
     };
