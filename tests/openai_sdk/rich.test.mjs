@@ -34,6 +34,8 @@ writeFileSync(modelsFile, JSON.stringify({ models: [
     context_window: 200000, max_output: 8192, price: { input: 1, output: 5 } },
   { name: NO_NATIVE['openai-compatible'], provider: 'openai', model_id: 'gpt-4o-mini', features: ['tools'],
     context_window: 128000, max_output: 16384, price: { input: 0.15, output: 0.6 } },
+  { name: 'gpt-reasoner', provider: 'openai', model_id: 'o4-mini', features: ['tools', 'reasoning_effort'],
+    context_window: 200000, max_output: 100000, price: { input: 1.1, output: 4.4 } },
 ] }));
 before(async () => {
   fake = await startFake();
@@ -529,6 +531,16 @@ describe('what each provider refuses', () => {
 });
 
 describe('reasoning', () => {
+  test('reasoning_effort to an OpenAI-compatible reasoning model: forwarded, reasoning tokens reported', async () => {
+    const r = await client().chat.completions.create({ model: 'gpt-reasoner', reasoning_effort: 'high',
+      messages: [{ role: 'user', content: 'Think hard' }] });
+    assert.equal(r.choices[0].message.content, 'Hello! You said: Think hard');
+    assert.ok(r.usage.completion_tokens_details.reasoning_tokens > 0, JSON.stringify(r.usage));
+    const [q] = await upstream();
+    assert.equal(q.body.model, 'o4-mini');
+    assert.equal(q.body.reasoning_effort, 'high');
+  });
+
   test('a tool loop with Anthropic thinking: thinking_blocks go back with the calls, plain and streamed', async () => {
     for (const streamed of [false, true]) {
       await fake.reset();
