@@ -65,9 +65,58 @@ bool store_valid_hash(const char *h)
 bool store_valid_message(const store_message *m)
 {
     return m->role && (strcmp(m->role, "user") == 0 || strcmp(m->role, "assistant") == 0) && m->content &&
-           store_blocks_valid(m->blocks) && m->status &&
+           store_valid_blocks_text(m->blocks) && m->status &&
            (strcmp(m->status, "complete") == 0 || strcmp(m->status, "incomplete") == 0) && m->seq > 0 &&
            store_valid_count(m->tokens) && store_valid_usage(&m->usage) && m->cost_micros >= 0 && m->created_at >= 0;
+}
+
+bool store_valid_blocks_text(const char *blocks)
+{
+    if (!blocks)
+        return true;
+    size_t len = strnlen(blocks, STORE_BLOCKS_MAX + 1);
+    if (len > STORE_BLOCKS_MAX)
+        return false;
+    size_t a = 0, b = len;
+    while (a < b && strchr(" \t\r\n", blocks[a]))
+        a++;
+    while (b > a && strchr(" \t\r\n", blocks[b - 1]))
+        b--;
+    return b - a >= 2 && blocks[a] == '[' && blocks[b - 1] == ']';
+}
+
+chat_rc store_op_prepare(store_op *op)
+{
+    const store_op_in *in = &op->in;
+    size_t n;
+    if (op->kind == STORE_OP_TURN_COMMIT)
+        n = 2;
+    else if (op->kind == STORE_OP_SESSION_IMPORT)
+        n = in->n_import_messages;
+    else
+        return CHAT_OK;
+    store_op_unprepare(op);
+    op->packed = chat_xcalloc(n ? n : 1, sizeof *op->packed);
+    op->n_packed = n;
+    for (size_t i = 0; i < n; i++) {
+        const char *blocks = op->kind == STORE_OP_TURN_COMMIT
+                                 ? (i == 0 ? in->turn.user_blocks : in->turn.assistant_blocks)
+                                 : in->import_messages[i].blocks;
+        if (store_blocks_pack(blocks, &op->packed[i]) != CHAT_OK) {
+            store_op_unprepare(op);
+            return CHAT_EINVAL;
+        }
+    }
+    return CHAT_OK;
+}
+
+void store_op_unprepare(store_op *op)
+{
+    for (size_t i = 0; i < op->n_packed; i++)
+        store_packed_clear(&op->packed[i]);
+    free(op->packed);
+    op->packed = NULL;
+    op->n_packed = 0;
 }
 
 static bool valid_role(const char *role)
@@ -78,8 +127,8 @@ static bool valid_role(const char *role)
 static bool valid_turn(const store_turn *t)
 {
     return store_valid_id(t->session_id) && store_valid_id(t->lock_token) && (!t->owner || store_valid_id(t->owner)) &&
-           t->model && t->model[0] && t->user_content && t->assistant_content && store_blocks_valid(t->user_blocks) &&
-           store_blocks_valid(t->assistant_blocks) && t->status &&
+           t->model && t->model[0] && t->user_content && t->assistant_content &&
+           store_valid_blocks_text(t->user_blocks) && store_valid_blocks_text(t->assistant_blocks) && t->status &&
            (strcmp(t->status, "complete") == 0 || strcmp(t->status, "incomplete") == 0) &&
            store_valid_count(t->user_tokens) && store_valid_usage(&t->usage) && t->cost_micros >= 0 && t->now >= 0 &&
            (!t->idem_key || (store_valid_id(t->idem_key) && store_valid_scope(t->idem_scope) &&

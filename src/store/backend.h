@@ -43,7 +43,7 @@ void store_op_complete(store_op *op);
  * (-1 unknown); a scope is "" or an id; now and now + ttl are valid times; a
  * key hash is exactly STORE_KEY_HASH_LEN lowercase hex digits; an imported
  * message has a known role and status, seq > 0, sane counts and blocks that
- * store_blocks_valid accepts (store/blocks.h), as a turn's blocks must be. */
+ * pass store_valid_blocks_text (store_op_prepare checks them whole). */
 bool store_valid_id(const char *id);
 bool store_valid_count(int64_t v);
 bool store_valid_usage(const store_usage *u);
@@ -51,6 +51,10 @@ bool store_valid_scope(const char *scope);
 bool store_valid_ttl(int64_t now, int64_t ttl_ms);
 bool store_valid_hash(const char *h);
 bool store_valid_message(const store_message *m);
+/* Blocks as store_op_valid checks them, without parsing (store_op_prepare
+ * parses): NULL, or text of at most STORE_BLOCKS_MAX bytes that starts with
+ * '[' and ends with ']' (spaces around allowed). */
+bool store_valid_blocks_text(const char *blocks);
 
 /*
  * The argument checks of every op kind, written once in front of the backends:
@@ -61,6 +65,19 @@ bool store_valid_message(const store_message *m);
  * the form store_cursor_make writes, an import whose counts add up.
  */
 bool store_op_valid(const store_op *op);
+
+/*
+ * The second half of the argument checks, for the kinds that write messages
+ * (TURN_COMMIT, SESSION_IMPORT), run by store.c after store_op_valid and before
+ * any backend: parses each message's blocks once, refuses blocks that
+ * store_blocks_valid would (CHAT_EINVAL, as store_op_valid refuses the rest),
+ * and keeps their stored form and images in op->packed (one per message, in
+ * order: user then assistant for a turn), which the backends write. Other
+ * kinds: CHAT_OK, nothing done. store_op_unprepare frees op->packed (also
+ * called by store_op_free).
+ */
+chat_rc store_op_prepare(store_op *op) CHAT_MUST_CHECK;
+void store_op_unprepare(store_op *op);
 
 /* Unknown (-1) token counts add 0 to totals. */
 int64_t store_known(int64_t v);

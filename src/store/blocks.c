@@ -441,9 +441,16 @@ out:
     return rc;
 }
 
-char *store_blob_lookup_json(void *ud, const char *sha256, bool *failed)
+char *store_blob_lookup_pairs(void *ud, const char *sha256, bool *failed)
 {
     (void)failed;
-    const char *data = json_string_value(json_object_get((json_t *)ud, sha256));
-    return data ? chat_xstrdup(data) : NULL;
+    size_t hl = strlen(sha256);
+    for (const char *p = ud; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > hl && p[hl] == ':' && memcmp(p, sha256, hl) == 0)
+            return chat_xstrndup(p + hl + 1, len - hl - 1);
+        p = end ? end + 1 : NULL;
+    }
+    return NULL;
 }

@@ -64,7 +64,9 @@ typedef struct store_packed {
  * STORE_BLOCKS_MAX bytes whose elements are objects with a string "type", and
  * with no image source of type "chatd_blob" (the stored form is the store's own;
  * accepting it from a caller would let it read another session's image by
- * hash). The argument check of every op that writes messages (backend.c).
+ * hash). store_blocks_pack checks the same (store_op_prepare, backend.c, runs
+ * it in front of the backends); transfer.c checks an import's blocks with it
+ * to name the field in its error.
  */
 bool store_blocks_valid(const char *blocks);
 
@@ -101,10 +103,11 @@ typedef char *(*store_blob_lookup)(void *ud, const char *sha256, bool *failed);
 chat_rc store_blocks_unpack(const char *stored, store_blob_lookup lookup, void *ud, char **out) CHAT_MUST_CHECK;
 
 /*
- * A store_blob_lookup over a JSON object {"<sha256>": "<base64>", ...} given as
- * text (what PostgreSQL's json_object_agg returns): pass a json_t * of it,
- * parsed by the caller, as ud.
+ * A store_blob_lookup over a list "<sha256>:<base64>,<sha256>:<base64>..." (what
+ * PostgreSQL's string_agg builds: neither hex nor base64 holds ':' or ','),
+ * passed as ud (a const char *; NULL is an empty list). No JSON parse of the
+ * image data.
  */
-char *store_blob_lookup_json(void *ud, const char *sha256, bool *failed);
+char *store_blob_lookup_pairs(void *ud, const char *sha256, bool *failed);
 
 #endif

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/log.h"
 #include "store/blocks.h"
 
@@ -287,24 +288,30 @@ static char *blobs_json(const store_packed *packed, size_t n)
         for (size_t j = 0; j < packed[i].n_blobs; j++)
             all[k++] = &packed[i].blobs[j];
     qsort(all, total, sizeof *all, blob_ptr_cmp);
-    json_t *arr = json_array();
-    for (size_t i = 0; i < total; i++) {
+    /* Written by hand rather than through jansson, which would check and
+     * escape every character of megabytes of base64 that needs no escaping
+     * (its alphabet and '=' only: store_blocks_pack moved nothing else). */
+    chat_buf b;
+    chat_buf_init(&b, SIZE_MAX);
+    int ok = chat_buf_append(&b, "[", 1) == CHAT_OK;
+    for (size_t i = 0; i < total && ok; i++) {
         if (i > 0 && strcmp(all[i]->sha256, all[i - 1]->sha256) == 0)
             continue;
-        json_t *e = json_pack("[s,s,s%,I]", all[i]->sha256, all[i]->media_type, all[i]->data, all[i]->data_len,
-                              (json_int_t)all[i]->bytes);
-        if (!e)
-            chat_fatal("store(postgres): cannot encode an image blob");
-        json_array_append_new(arr, e);
+        json_t *mt = json_string(all[i]->media_type);
+        char *mtext = mt ? json_dumps(mt, JSON_ENCODE_ANY) : NULL;
+        json_decref(mt);
+        if (!mtext)
+            chat_fatal("store(postgres): cannot encode an image's media type");
+        ok = chat_buf_printf(&b, "%s[\"%s\",%s,\"", b.len > 1 ? "," : "", all[i]->sha256, mtext) == CHAT_OK &&
+             chat_buf_append(&b, all[i]->data, all[i]->data_len) == CHAT_OK &&
+             chat_buf_printf(&b, "\",%" PRId64 "]", all[i]->bytes) == CHAT_OK;
+        free(mtext);
     }
+    ok = ok && chat_buf_append(&b, "]", 1) == CHAT_OK;
     free(all);
-    char *text = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
-    if (!text)
+    if (!ok)
         chat_fatal("store(postgres): out of memory encoding image blobs");
-    char *out = chat_xstrdup(text);
-    free(text);
-    return out;
+    return chat_buf_steal(&b);
 }
 
 /* The sha256 of a message's images as a PostgreSQL text[] literal
@@ -353,23 +360,17 @@ static chat_rc enc_turn_commit(const store_op *op, pg_params *p)
         pg_param_i64(p, t->now + t->idem_ttl_ms);
     else
         pg_param_str(p, NULL);
-    /* The blocks in their stored form, and the images apart (store/blocks.h). */
-    store_packed packed[2];
-    if (store_blocks_pack(t->user_blocks, &packed[0]) != CHAT_OK)
-        return CHAT_EINVAL;
-    if (store_blocks_pack(t->assistant_blocks, &packed[1]) != CHAT_OK) {
-        store_packed_clear(&packed[0]);
-        return CHAT_EINVAL;
-    }
-    pg_param_take(p, packed[0].stored);
-    pg_param_take(p, packed[1].stored);
-    packed[0].stored = packed[1].stored = NULL;
+    /* The blocks in their stored form, and the images apart (store/blocks.h;
+     * made by store_op_prepare, owned by the op, which outlives the query). */
+    const store_packed *packed = op->packed;
+    if (op->n_packed != 2)
+        chat_fatal("store(postgres): a turn commit that store_op_prepare did not prepare");
+    pg_param_str(p, packed[0].stored);
+    pg_param_str(p, packed[1].stored);
     pg_param_str(p, t->idem_key ? t->assistant_blocks : NULL); /* the record keeps the reply whole */
     pg_param_take(p, blobs_json(packed, 2));
     pg_param_take(p, refs_array(&packed[0]));
     pg_param_take(p, refs_array(&packed[1]));
-    store_packed_clear(&packed[0]);
-    store_packed_clear(&packed[1]);
     return CHAT_OK;
 }
 
@@ -467,16 +468,14 @@ static chat_rc enc_messages_list(const store_op *op, pg_params *p)
     return CHAT_OK;
 }
 
-/* Puts the images back into m->blocks (stored form) from images, the JSON
- * object {"<sha256>": "<base64>"} of the blobs the message links (or NULL). */
+/* Puts the images back into m->blocks (stored form) from images, the list
+ * "<sha256>:<base64>,..." of the blobs the message links (or NULL). */
 static chat_rc unpack_blocks(store_message *m, const char *images)
 {
     if (!store_blocks_has_refs(m->blocks))
         return CHAT_OK;
-    json_t *map = images ? json_loads(images, 0, NULL) : NULL;
     char *whole = NULL;
-    chat_rc rc = store_blocks_unpack(m->blocks, store_blob_lookup_json, map, &whole);
-    json_decref(map);
+    chat_rc rc = store_blocks_unpack(m->blocks, store_blob_lookup_pairs, (void *)images, &whole);
     if (rc == CHAT_OK) {
         free(m->blocks);
         m->blocks = whole;
@@ -793,17 +792,12 @@ static chat_rc enc_session_import(const store_op *op, pg_params *p)
     const store_session *ss = op->in.import_session;
     const store_message *msgs = op->in.import_messages;
     size_t n = op->in.n_import_messages;
-    store_packed *packed = chat_xcalloc(n ? n : 1, sizeof *packed);
-    chat_rc rc = CHAT_OK;
-    for (size_t i = 0; i < n && rc == CHAT_OK; i++)
-        rc = store_blocks_pack(msgs[i].blocks, &packed[i]);
-    char *json = rc == CHAT_OK ? messages_json(msgs, packed, n) : NULL;
-    char *blobs = json ? blobs_json(packed, n) : NULL;
-    for (size_t i = 0; i < n; i++)
-        store_packed_clear(&packed[i]);
-    free(packed);
+    if (op->n_packed != n || !op->packed)
+        chat_fatal("store(postgres): an import that store_op_prepare did not prepare");
+    char *json = messages_json(msgs, op->packed, n);
     if (!json)
         return CHAT_EINVAL;
+    char *blobs = blobs_json(op->packed, n);
     pg_param_str(p, ss->id);
     pg_param_str(p, ss->owner);
     pg_param_str(p, ss->system_prompt);
@@ -888,13 +882,14 @@ const pg_op_def pg_op_defs[] = {
       4, enc_sessions_list, dec_sessions_list },
     /* One statement, so one snapshot: the existence check and the rows agree. */
     /* After the columns: the stored blocks, and the data of the images they
-     * reference as {"<sha256>": "<base64>"} (NULL: none). */
+     * reference as "<sha256>:<base64>,..." (NULL: none; store_blob_lookup_pairs). */
     { STORE_OP_MESSAGES_LIST, "chatd_messages_list",
-      "SELECT " MESSAGE_COLS("m.") ", m.blocks, m.images FROM sessions AS s LEFT JOIN LATERAL ("
-                                   "SELECT x.*, (SELECT json_object_agg(b.sha256, b.data) FROM message_blobs AS mb "
-                                   "JOIN blobs AS b ON b.sha256 = mb.sha256 WHERE mb.message_id = x.id) AS images "
-                                   "FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq "
-                                   "LIMIT $3) AS m ON true WHERE s.id = $1 ORDER BY m.seq",
+      "SELECT " MESSAGE_COLS(
+          "m.") ", m.blocks, m.images FROM sessions AS s LEFT JOIN LATERAL ("
+                "SELECT x.*, (SELECT string_agg(b.sha256 || ':' || b.data, ',') FROM message_blobs AS mb "
+                "JOIN blobs AS b ON b.sha256 = mb.sha256 WHERE mb.message_id = x.id) AS images "
+                "FROM messages AS x WHERE x.session_id = s.id AND x.seq > $2 ORDER BY x.seq "
+                "LIMIT $3) AS m ON true WHERE s.id = $1 ORDER BY m.seq",
       3, enc_messages_list, dec_messages_list },
     { STORE_OP_STATS_GET, "chatd_stats_get",
       "SELECT sum(total_sessions)::bigint, sum(total_messages)::bigint, sum(total_turns)::bigint, "

@@ -13,10 +13,12 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "store/blocks.h"
 
 /* ---- chatd import ------------------------------------------------------------ */
 
-chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs, size_t n)
+chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
+                              const struct store_packed *packed, size_t n)
 {
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)
@@ -43,7 +45,7 @@ chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        rc = sql_insert_message_row(s, ss->id, &msgs[i], NULL);
+        rc = sql_insert_message_row(s, ss->id, &msgs[i], &packed[i], NULL);
         if (rc != CHAT_OK) /* e.g. a repeated seq: UNIQUE (session_id, seq) */
             goto out;
     }

@@ -251,7 +251,9 @@ chat_rc sqlite_ping(sqlite_db *s);
 
 /* ---- shared by the operations (sqlite_ops.c) ---- */
 
-chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store_message *m, int64_t *id);
+struct store_packed;
+chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store_message *m,
+                               const struct store_packed *packed, int64_t *id);
 chat_rc sql_fetch_row(sqlite_db *s, enum stmt_id id, const char *key, void (*read)(sqlite3_stmt *, void *), void *out);
 
 /* ---- operations in their own files, dispatched by sqlite_ops.c ---- */
@@ -262,7 +264,8 @@ chat_rc sqlite_keys_list(sqlite_db *s, store_key **out, size_t *n);
 chat_rc sqlite_key_revoke(sqlite_db *s, const char *id_or_name, int64_t now, store_key *out);
 chat_rc sqlite_key_session_count(sqlite_db *s, const char *id, int64_t *out);
 chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now);
-chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs, size_t n);
+chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
+                              const struct store_packed *packed, size_t n);
 chat_rc sqlite_key_import(sqlite_db *s, const store_key *k);
 
 #endif

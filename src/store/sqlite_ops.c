@@ -152,16 +152,14 @@ static chat_rc unlink_session_blobs(sqlite_db *s, const char *session_id)
     return rc;
 }
 
-/* Binds and runs one message insert into session_id; *id (when not NULL)
- * receives its row id. The turn commit and the session import both store
- * their messages through here, so that both write the same columns, and the
- * same stored form of the blocks with their images. */
-chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store_message *m, int64_t *id)
+/* Binds and runs one message insert into session_id, with its blocks in
+ * their stored form (packed, made from m->blocks by store_op_prepare) and
+ * their images; *id (when not NULL) receives its row id. The turn commit and
+ * the session import both store their messages through here, so that both
+ * write the same columns. */
+chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store_message *m, const store_packed *packed,
+                               int64_t *id)
 {
-    store_packed packed;
-    chat_rc rc = store_blocks_pack(m->blocks, &packed);
-    if (rc != CHAT_OK)
-        return rc;
     sqlite3_stmt *st = s->st[ST_MESSAGE_INSERT];
     sql_bind_text(s, st, 1, session_id);
     sql_bind_i64(s, st, 2, m->seq);
@@ -177,21 +175,21 @@ chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store
     sql_bind_i64(s, st, 12, m->usage.cache_write_tokens);
     sql_bind_i64(s, st, 13, m->cost_micros);
     sql_bind_i64(s, st, 14, m->created_at);
-    sql_bind_text(s, st, 15, packed.stored);
-    rc = sql_run(s, ST_MESSAGE_INSERT);
+    sql_bind_text(s, st, 15, packed->stored);
+    chat_rc rc = sql_run(s, ST_MESSAGE_INSERT);
     int64_t row = sqlite3_last_insert_rowid(s->db);
     if (rc == CHAT_OK)
-        rc = link_blobs(s, row, &packed, m->created_at);
+        rc = link_blobs(s, row, packed, m->created_at);
     if (rc == CHAT_OK && id)
         *id = row;
-    store_packed_clear(&packed);
     return rc;
 }
 
 /* One of the turn's two messages as a row: the user's, or the assistant's
  * reply. The strings are only read (store_message's are not const because
  * the readers own theirs). */
-static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bool assistant, int64_t *id)
+static chat_rc insert_message(sqlite_db *s, const store_turn *t, const store_packed *packed, int64_t seq,
+                              bool assistant, int64_t *id)
 {
     const store_message m = {
         .seq = seq,
@@ -206,7 +204,7 @@ static chat_rc insert_message(sqlite_db *s, const store_turn *t, int64_t seq, bo
         .cost_micros = assistant ? t->cost_micros : 0,
         .created_at = t->now,
     };
-    return sql_insert_message_row(s, t->session_id, &m, id);
+    return sql_insert_message_row(s, t->session_id, &m, &packed[assistant ? 1 : 0], id);
 }
 
 /*
@@ -245,7 +243,9 @@ static chat_rc idem_complete(sqlite_db *s, const store_turn *t, const store_turn
     return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
 }
 
-static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_turn_result *res)
+/* packed: the two messages' blocks in stored form (store_op_prepare). */
+static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const store_packed *packed,
+                                  store_turn_result *res)
 {
     const store_turn *t = turn;
     store_turn_result r = { 0 };
@@ -280,10 +280,10 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, store_tu
         goto out;
     }
 
-    rc = insert_message(s, t, last_seq + 1, false, &r.user_message_id);
+    rc = insert_message(s, t, packed, last_seq + 1, false, &r.user_message_id);
     if (rc != CHAT_OK)
         goto out;
-    rc = insert_message(s, t, last_seq + 2, true, &r.assistant_message_id);
+    rc = insert_message(s, t, packed, last_seq + 2, true, &r.assistant_message_id);
     if (rc != CHAT_OK)
         goto out;
 
@@ -952,7 +952,11 @@ static chat_rc be_run(void *impl, store_op *op)
     case STORE_OP_LOCK_ACQUIRE: rc = sqlite_lock_acquire(s, in->session_id, in->token, in->now, in->ttl_ms); break;
     case STORE_OP_LOCK_REFRESH: rc = sqlite_lock_refresh(s, in->session_id, in->token, in->now, in->ttl_ms); break;
     case STORE_OP_LOCK_RELEASE: rc = sqlite_lock_release(s, in->session_id, in->token); break;
-    case STORE_OP_TURN_COMMIT: rc = sqlite_turn_commit(s, &in->turn, &o->turn); break;
+    case STORE_OP_TURN_COMMIT:
+        if (op->n_packed != 2)
+            chat_fatal("store(sqlite): a turn commit that store_op_prepare did not prepare");
+        rc = sqlite_turn_commit(s, &in->turn, op->packed, &o->turn);
+        break;
     case STORE_OP_SESSION_GET: rc = sqlite_session_get(s, in->session_id, &o->session); break;
     case STORE_OP_SESSION_DELETE: rc = sqlite_session_delete(s, in->session_id); break;
     case STORE_OP_SESSION_RESET: rc = sqlite_session_reset(s, in->session_id, in->now, &o->count); break;
@@ -985,7 +989,9 @@ static chat_rc be_run(void *impl, store_op *op)
     case STORE_OP_KEY_TOUCH: rc = sqlite_key_touch(s, in->id, in->now); break;
     case STORE_OP_KEY_SESSION_COUNT: rc = sqlite_key_session_count(s, in->id, &o->count); break;
     case STORE_OP_SESSION_IMPORT:
-        rc = sqlite_session_import(s, in->import_session, in->import_messages, in->n_import_messages);
+        if (op->n_packed != in->n_import_messages || !op->packed)
+            chat_fatal("store(sqlite): an import that store_op_prepare did not prepare");
+        rc = sqlite_session_import(s, in->import_session, in->import_messages, op->packed, in->n_import_messages);
         break;
     case STORE_OP_KEY_IMPORT: rc = sqlite_key_import(s, in->import_key); break;
     case STORE_OP_KIND_COUNT: break;

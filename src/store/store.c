@@ -145,6 +145,7 @@ void store_op_free(store_op *op)
     if (!op)
         return;
     op_out_clear(op);
+    store_op_unprepare(op);
     for (int i = 0; i < op->nstrs; i++)
         free(op->strs[i]);
     free(op);
@@ -154,7 +155,8 @@ chat_rc store_run(store *s, store_op *op)
 {
     if (!op)
         return CHAT_EINVAL;
-    if (!s || op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT || !store_op_valid(op))
+    if (!s || op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT || !store_op_valid(op) ||
+        store_op_prepare(op) != CHAT_OK)
         return op->rc = CHAT_EINVAL;
     return s->be->run(s->impl, op);
 }
@@ -230,7 +232,7 @@ void store_submit(store *s, store_op *op, store_op_cb cb, void *ud)
     op->owner_store = s;
     op->submitted_mono_us = chat_mono_us();
     s->pending++;
-    if (op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT || !store_op_valid(op)) {
+    if (op->kind <= 0 || op->kind >= STORE_OP_KIND_COUNT || !store_op_valid(op) || store_op_prepare(op) != CHAT_OK) {
         op->rc = CHAT_EINVAL;
         defer_completion(s, op);
     } else if (s->be->submit) {
@@ -266,11 +268,13 @@ void store_detach(store *s)
 /* Runs a stack op whose inputs the caller borrowed; outputs stay in op. */
 static chat_rc run_op(store *s, store_op *op)
 {
-    if (!s || !store_op_valid(op)) {
+    if (!s || !store_op_valid(op) || store_op_prepare(op) != CHAT_OK) {
         op->rc = CHAT_EINVAL;
         return CHAT_EINVAL;
     }
-    return s->be->run(s->impl, op);
+    chat_rc rc = s->be->run(s->impl, op);
+    store_op_unprepare(op); /* a stack op is not freed by store_op_free */
+    return rc;
 }
 
 #define OP(kind_)                \

@@ -599,6 +599,11 @@ struct store_op {
     store_op *next;            /* queue link */
     char *strs[STORE_OP_MAX_STRS];
     int nstrs;
+    /* The blocks of a TURN_COMMIT (user, assistant) or of a SESSION_IMPORT
+     * (one per message) in their stored form, made once in front of the
+     * backends (store/blocks.h), freed with the op. */
+    struct store_packed *packed;
+    size_t n_packed;
 };
 
 /* A zeroed op of this kind (aborts on OOM). */
