@@ -36,6 +36,10 @@ writeFileSync(modelsFile, JSON.stringify({ models: [
     context_window: 128000, max_output: 16384, price: { input: 0.15, output: 0.6 } },
   { name: 'gpt-reasoner', provider: 'openai', model_id: 'o4-mini', features: ['tools', 'reasoning_effort'],
     context_window: 200000, max_output: 100000, price: { input: 1.1, output: 4.4 } },
+  // A model (or API version) that refuses sampling fields: data, not code.
+  { name: 'claude-no-sampling', provider: 'anthropic', model_id: 'claude-sonnet-4-6', features: ['tools'],
+    rejects: ['temperature', 'top_p', 'top_k'], context_window: 200000, max_output: 8192,
+    price: { input: 3, output: 15 } },
 ] }));
 before(async () => {
   fake = await startFake();
@@ -496,6 +500,18 @@ describe('what each provider refuses', () => {
     assert.equal(q.body.presence_penalty, -0.5);
     assert.deepEqual(q.body.logit_bias, { 50256: -100 });
     assert.equal(q.body.temperature, 1.5);
+  });
+
+  test("a model whose models-table entry rejects sampling refuses temperature, top_p and top_k", async () => {
+    for (const [field, value] of [['temperature', 0.5], ['top_p', 0.9], ['top_k', 10]]) {
+      const e = await failure(client().chat.completions.create({ model: 'claude-no-sampling', [field]: value,
+        messages: [{ role: 'user', content: 'x' }] }));
+      assert.equal(e.status, 400, field);
+      assert.equal(e.code, 'unsupported_parameter', field);
+      assert.equal(e.param, field);
+      assert.match(e.message, /claude-no-sampling/);
+    }
+    await upstream(0);
   });
 
   test('reasoning_effort to a model without reasoning: 400 naming it', async () => {
