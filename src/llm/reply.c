@@ -12,8 +12,9 @@
  * text is the argument JSON, so structured output reads the same whether the
  * model has a native mode or not.
  *
- * Limits: everything kept (text, arguments, ids, names, signatures) is counted
- * against st->max_bytes; passing it fails the reply with LLM_ERR_PROTOCOL.
+ * Limits: everything kept (text, arguments, ids, names, signatures, and a
+ * fixed cost per block) is counted against st->max_bytes; passing it fails the
+ * reply with LLM_ERR_PROTOCOL.
  *
  * Thread: pure functions over an llm_parse, any thread.
  */
@@ -23,6 +24,9 @@
 
 #include "core/alloc.h"
 #include "llm/call_internal.h"
+
+/* What opening a block counts against the cap, whatever it holds. */
+#define BLOCK_COST 16
 
 static void oom(void)
 {
@@ -219,6 +223,9 @@ int llm_reply_close(llm_parse *st, bool strict)
 int llm_reply_open(llm_parse *st, llm_block_kind kind, const char *id, const char *name)
 {
     if (llm_reply_close(st, true) != 0)
+        return 1;
+    /* Every block costs something, so that a stream of empty blocks is bounded too. */
+    if (!count(st, BLOCK_COST))
         return 1;
     if (kind == LLM_BLK_TOOL) {
         if (!id || !*id || !name || !*name) {

@@ -1010,6 +1010,23 @@ static void test_stream_bad_tool_input(void **state)
         assert_non_null(st.err_message);
         llm_parse_reset(&st);
     }
+    /* Empty blocks cost something too: a stream of them cannot grow without bound. */
+    {
+        char many[8192] = START_MSG;
+        for (int i = 0; i < 20; i++) {
+            size_t at = strlen(many);
+            snprintf(many + at, sizeof many - at, "%s%s", BSTART(0, "{\"type\":\"thinking\",\"thinking\":\"\"}"),
+                     BSTOP(0));
+        }
+        sink s0 = { 0 };
+        llm_parse st0;
+        llm_parse_init(&st0, sink_emit, &s0);
+        st0.max_bytes = 100;
+        (void)feed_stream(&st0, many, 100000);
+        assert_int_equal(st0.err, LLM_ERR_PROTOCOL);
+        assert_true(json_array_size(st0.content) < 10);
+        llm_parse_reset(&st0);
+    }
     /* The content cap counts arguments too. */
     sink s = { 0 };
     llm_parse st;
