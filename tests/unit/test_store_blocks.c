@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "core/assets.h"
+#include "store/blocks.h"
 #include "store/store.h"
 #include "store/transfer.h"
 #include "store_testdb.h"
@@ -181,6 +182,70 @@ static void assert_blobs(const struct fixture *f, int64_t blobs, int64_t links)
                                "(SELECT 1 FROM message_blobs mb WHERE mb.sha256 = b.sha256)"),
                      0);
     raw_close(db);
+}
+
+/* ---- the rewrite itself (store/blocks.c), without a database --------------- */
+
+/* Packs one image source with data and media type; returns the number of blobs. */
+static size_t pack_one_image(const char *data, char *sha_out)
+{
+    char text[512];
+    snprintf(text, sizeof text, "[" IMAGE("image/png", "%s") "]", data);
+    store_packed p;
+    assert_int_equal(store_blocks_pack(text, &p), CHAT_OK);
+    size_t n = p.n_blobs;
+    if (n == 1) {
+        snprintf(sha_out, STORE_BLOB_HEX + 1, "%s", p.blobs[0].sha256);
+        assert_string_equal(p.blobs[0].data, data);
+        assert_string_equal(p.blobs[0].media_type, "image/png");
+        assert_non_null(strstr(p.stored, "chatd_blob"));
+        assert_null(strstr(p.stored, data));
+        /* Back through a pairs list, as PostgreSQL gives it. */
+        char pairs[600];
+        snprintf(pairs, sizeof pairs, "0000:x,%s:%s", p.blobs[0].sha256, data);
+        char *whole = NULL;
+        assert_int_equal(store_blocks_unpack(p.stored, store_blob_lookup_pairs, pairs, &whole), CHAT_OK);
+        assert_json_equal(whole, text);
+        free(whole);
+        /* A blob that is gone is an error, never a silently different message. */
+        assert_int_equal(store_blocks_unpack(p.stored, store_blob_lookup_pairs, "00:x", &whole), CHAT_EIO);
+        assert_null(whole);
+    } else {
+        assert_string_equal(p.stored, text); /* verbatim */
+    }
+    store_packed_clear(&p);
+    return n;
+}
+
+static void test_pack_pure(void **state)
+{
+    (void)state;
+    char sha[STORE_BLOB_HEX + 1] = "";
+    /* The key is the SHA-256 of the decoded bytes (values from sha256sum). */
+    assert_int_equal(pack_one_image("AAAA", sha), 1);
+    assert_string_equal(sha, "709e80c88487a2411e1ee4dfb9f22a861492d20c4765150c0c794abd70f8147c");
+    assert_int_equal(pack_one_image("AA==", sha), 1);
+    assert_string_equal(sha, "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
+    assert_int_equal(pack_one_image("AAA=", sha), 1);
+    assert_string_equal(sha, "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7");
+    /* Not the one canonical encoding of some bytes: left inline. */
+    static const char *const inline_data[] = { "AB==",  "AAB=",    "AAA",  "A===",     "AA=A",
+                                               "AA AA", "AA\\nA=", "====", "AAAA====", "-_AA" };
+    for (size_t i = 0; i < sizeof inline_data / sizeof inline_data[0]; i++)
+        if (pack_one_image(inline_data[i], sha) != 0)
+            fail_msg("%s was moved out", inline_data[i]);
+    /* NULL in, NULL out; valid and invalid texts. */
+    store_packed p;
+    assert_int_equal(store_blocks_pack(NULL, &p), CHAT_OK);
+    assert_null(p.stored);
+    assert_int_equal(store_blocks_pack("[1]", &p), CHAT_EINVAL);
+    assert_null(p.stored);
+    assert_true(store_blocks_valid(NULL));
+    assert_true(store_blocks_valid("[]"));
+    assert_false(store_blocks_valid("[{\"type\":\"image\",\"source\":{\"type\":\"chatd_blob\"}}]"));
+    char *whole = NULL;
+    assert_int_equal(store_blocks_unpack(NULL, store_blob_lookup_pairs, NULL, &whole), CHAT_OK);
+    assert_null(whole);
 }
 
 /* ---- commit and read back ------------------------------------------------- */
@@ -985,6 +1050,7 @@ static void test_migrate_old_database(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pack_pure),
         cmocka_unit_test_setup_teardown(test_commit_blocks_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_image_twice_in_a_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusual_sources_stay_inline, setup, teardown),
