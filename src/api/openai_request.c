@@ -988,6 +988,8 @@ static bool parse_options(parse *p, json_t *root)
         if (strcmp(key, "modalities") == 0 && json_is_array(v) && json_array_size(v) == 1 &&
             json_is_string(json_array_get(v, 0)) && strcmp(json_string_value(json_array_get(v, 0)), "text") == 0)
             continue; /* text only: the default */
+        if (strcmp(key, "verbosity") == 0 && json_is_string(v) && strcmp(json_string_value(v), "medium") == 0)
+            continue; /* the default */
         if (!refuse_field(p, f->name, f->why))
             return false;
     }

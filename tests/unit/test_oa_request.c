@@ -309,7 +309,8 @@ static void test_options(void **state)
           "\"seed\":7,\"presence_penalty\":0.5,\"frequency_penalty\":-1,\"logit_bias\":{\"50256\":-100},"
           "\"n\":2,\"user\":\"u-1\",\"reasoning_effort\":\"low\","
           "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"out\",\"schema\":{\"type\":"
-          "\"object\"},\"strict\":true}},\"top_k\":40,\"max_completion_tokens\":50,\"modalities\":[\"text\"]}",
+          "\"object\"},\"strict\":true}},\"top_k\":40,\"max_completion_tokens\":50,\"modalities\":[\"text\"],"
+          "\"verbosity\":\"medium\"}",
           true, &q, &why);
     assert_json(q.options, "{\"temperature\":0.2,\"top_p\":0.9,\"stop\":[\"END\"],\"seed\":7,\"presence_penalty\":0.5,"
                            "\"frequency_penalty\":-1,\"logit_bias\":{\"50256\":-100},\"n\":2,\"user\":\"u-1\","
