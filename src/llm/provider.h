@@ -197,7 +197,10 @@ typedef struct llm_callbacks {
      * stream order, text included, and on_delta is not called: a caller
      * that renders only text sets on_delta, one that renders tool calls or
      * thinking sets on_event. Same return values and pause semantics as
-     * on_delta (events held by a pause are delivered in order on resume). */
+     * on_delta (events held by a pause are delivered in order on resume,
+     * one per on_event, consecutive pieces of one block and kind joined into
+     * one event). Like on_delta, only for streaming calls: a non-streaming
+     * call's blocks are in llm_result.content. */
     int (*on_event)(void *ud, const llm_event *ev);
 } llm_callbacks;
 
