@@ -8,8 +8,10 @@ back from the fake's request log. The contract is docs/API.md ("Tools, images
 and options").
 """
 import base64
+import hashlib
 import json
 import os
+import sqlite3
 import tempfile
 
 import pytest
@@ -235,7 +237,7 @@ def test_stream_thinking_events(c, fake):
 # ---------------------------------------------------------------- images
 
 
-def test_images_stored_and_shown(c, fake):
+def test_images_stored_and_shown(server, c, fake):
     content = [{"type": "text", "text": "What is in this picture?"}, image_block()]
     for sid in ("img-a", "img-b"):  # the same image in two sessions
         fake.reset()
@@ -255,6 +257,15 @@ def test_images_stored_and_shown(c, fake):
     assert r.status_code == 200, r.text
     first = upstream(fake)["messages"][0]
     assert any(x["type"] == "image" and x["source"]["data"] == PNG_1X1 for x in blocks_of(first)), first
+    # the image is stored once for both sessions (SQLite: the blobs table)
+    if server.env["DATABASE_URL"].startswith("sqlite:"):
+        sha = hashlib.sha256(base64.b64decode(PNG_1X1)).hexdigest()
+        with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
+            assert db.execute("SELECT COUNT(*) FROM blobs WHERE sha256 = ?", (sha,)).fetchone()[0] == 1
+            assert db.execute("SELECT COUNT(*) FROM message_blobs WHERE sha256 = ?", (sha,)).fetchone()[0] >= 2
+    # deleting one session leaves the other's image whole
+    assert c.delete("/v1/sessions/img-a").status_code == 204
+    assert history(c, "img-b")[0]["blocks"] == content
 
 
 def test_image_in_tool_result(c, fake):
