@@ -980,10 +980,10 @@ static bool v1_sse_delta(chat_ctx *c, const char *text, size_t len)
 /* The tool call being streamed (blocks never interleave: one at a time). */
 #define V1_TOOL_ARGS_MAX ((size_t)16 << 20)
 typedef struct v1_sse_state {
-    int block;    /* the tool call's block index, -1 when none is open */
-    int calls;    /* tool calls opened so far: the next one's index */
-    char id[256]; /* the open call's id and name */
-    char name[256];
+    int block; /* the tool call's block index, -1 when none is open */
+    int calls; /* tool calls opened so far: the next one's index */
+    char *id;  /* the open call's id and name (heap; "" when the provider gave none) */
+    char *name;
     chat_buf args; /* its arguments so far (JSON text) */
 } v1_sse_state;
 
@@ -991,6 +991,8 @@ static void v1_sse_state_free(void *p)
 {
     v1_sse_state *st = p;
     chat_buf_free(&st->args);
+    free(st->id);
+    free(st->name);
     free(st);
 }
 
@@ -1021,8 +1023,10 @@ static bool v1_sse_event(chat_ctx *c, const llm_event *ev)
         return ev->len ? sse_event(c, "thinking", json_pack("{s:s%}", "text", ev->data, ev->len)) : false;
     case LLM_EV_TOOL_START:
         st->block = ev->index;
-        snprintf(st->id, sizeof st->id, "%s", ev->id ? ev->id : "");
-        snprintf(st->name, sizeof st->name, "%s", ev->name ? ev->name : "");
+        free(st->id);
+        free(st->name);
+        st->id = chat_xstrdup(ev->id ? ev->id : "");
+        st->name = chat_xstrdup(ev->name ? ev->name : "");
         chat_buf_clear(&st->args);
         return sse_event(
             c, "tool_call_delta",
