@@ -145,7 +145,7 @@ export interface ChatResponse {
   request_id: string;
   /** The reply as blocks (thinking, text, tool_use). */
   content: ContentBlock[];
-  /** The reply's tool calls ([] when none; stop_reason is "tool_use" when there are some). */
+  /** The reply's tool calls ([] when none; stop_reason is then the provider's word: "tool_use" or "tool_calls"). */
   tool_calls: ToolCall[];
   stop_sequence: string | null;
 }

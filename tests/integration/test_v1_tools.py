@@ -493,3 +493,40 @@ def test_truncation_keeps_tool_pairs(tiny, fake):
                     nxt = blocks_of(msgs[k + 1])
                     assert any(y["type"] == "tool_result" and y["tool_use_id"] == x["id"] for y in nxt), msgs
     assert truncated >= 1, "the conversation never overflowed the tiny window"
+
+
+# ---------------------------------------------------------------- an OpenAI-compatible model
+
+
+def openai_requests(fake):
+    r = fake.http.get("/_fake/requests")
+    return [q for q in r.json()["requests"] if q.get("path", "").endswith("/chat/completions")]
+
+
+def test_memory_api_on_an_openai_model(chatd, fake):
+    """The same memory API in front of an OpenAI-compatible provider: options and
+    tools mapped to its wire format, the tool loop carried across turns."""
+    srv = chatd({"OPENAI_BASE_URL": fake.url + "/v1", "OPENAI_API_KEY": "sk-test"})
+    c = srv.client
+    sid = "oa-tools"
+    base = {"session_id": sid, "model": "gpt-4o", "tools": [WEATHER]}
+    r = c.post("/v1/chat", json={**base, "seed": 42, "presence_penalty": 0.5, "temperature": 1.5,
+                                 "response_format": {"type": "json_object"},
+                                 "message": "w " + calls_directive(("get_weather", {"city": "Kyiv"}))})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    # stop_reason is the provider's own word (OpenAI: tool_calls); tool_calls is the same on every provider
+    assert b["stop_reason"] == "tool_calls" and b["tool_calls"][0]["input"] == {"city": "Kyiv"}, b
+    assert [x["type"] for x in b["content"]] == ["tool_use"], b
+    sent = openai_requests(fake)[-1]["body"]
+    assert sent["seed"] == 42 and sent["presence_penalty"] == 0.5 and sent["temperature"] == 1.5, sent
+    assert sent["response_format"] == {"type": "json_object"}, sent
+    assert sent["tools"][0]["function"]["name"] == "get_weather", sent
+    cid = b["tool_calls"][0]["id"]
+    r = c.post("/v1/chat", json={**base, "tool_results": [{"tool_call_id": cid, "content": "-2 C"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["response"] == "Tool results: -2 C", r.text
+    msgs = openai_requests(fake)[-1]["body"]["messages"]
+    roles = [m["role"] for m in msgs]
+    assert roles[-3:] == ["user", "assistant", "tool"], roles
+    assert msgs[-2]["tool_calls"][0]["id"] == cid and msgs[-1]["tool_call_id"] == cid, msgs

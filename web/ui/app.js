@@ -525,7 +525,7 @@ async function sendMessage() {
     reply.setUsage(done.usage, done.model, done);
     state.lastTurn = { usage: done.usage, model: done.model, extra: done };
     const calls = Array.isArray(done.tool_calls) ? done.tool_calls : [];
-    if (done.stop_reason === 'tool_use' && calls.length) {
+    if (calls.length) {
       setPendingCalls(calls);
       setStatus(`The model called ${calls.length} tool${calls.length === 1 ? '' : 's'}: enter the result${calls.length === 1 ? '' : 's'} and Send`);
     } else {
@@ -666,7 +666,7 @@ async function openSession(id, { isNew = false } = {}) {
     }
     // A session whose last reply called tools waits for their results.
     const lastMsg = views[views.length - 1];
-    if (lastMsg && lastMsg.role === 'assistant' && lastMsg.stop_reason === 'tool_use' && Array.isArray(lastMsg.blocks)) {
+    if (lastMsg && lastMsg.role === 'assistant' && Array.isArray(lastMsg.blocks)) {
       setPendingCalls(lastMsg.blocks.filter((b) => b.type === 'tool_use').map((b) => ({ id: b.id, name: b.name, input: b.input })));
     }
     state.lastTurn = last;

@@ -495,7 +495,8 @@ export class ChatClient {
 
   /**
    * A whole tool loop on one session: sends message with `tools`, and while the
-   * reply calls tools (stop_reason "tool_use") runs each call's handler
+   * reply calls tools (non-empty tool_calls; stop_reason is the provider's word,
+   * "tool_use" or "tool_calls") runs each call's handler
    * (handlers[name](input, call), may be async; a missing handler or a throw is
    * sent back as an error result) and sends the results, up to maxRounds turns.
    * Resolves with the last reply (plus `rounds`, the turns it took). Other
@@ -505,7 +506,7 @@ export class ChatClient {
     const sessionId = options.sessionId === undefined ? this.sessionId : options.sessionId;
     let reply = await this.send(message, { ...options, sessionId, tools });
     let rounds = 1;
-    while (reply.stop_reason === 'tool_use' && Array.isArray(reply.tool_calls) && reply.tool_calls.length > 0) {
+    while (Array.isArray(reply.tool_calls) && reply.tool_calls.length > 0) {
       if (rounds >= maxRounds) throw new ChatdError(`runTools: still calling tools after ${maxRounds} turns`, { type: 'tool_loop_limit' });
       const results = [];
       for (const call of reply.tool_calls) {
