@@ -170,6 +170,18 @@ test('invalid tools JSON in Settings is refused before sending', { skip: SKIP ||
   await page.click('#error-dismiss');
 });
 
+test('a reply that thinks first: the thinking is folded away above the answer', { skip: SKIP || false }, async () => {
+  await openUi(`#session=${uniq('think')}`);
+  await page.fill('#composer-input', `Hmm ${fake({ thinking: 'first this, then that', reply: 'The answer.' })}`);
+  await page.click('#send');
+  await waitStatus('Done');
+  const th = `${LAST_REPLY} details.thinking`;
+  assert.equal(await page.textContent(`${th} summary`), 'Thinking');
+  assert.equal(await page.getAttribute(th, 'open'), null, 'folded');
+  assert.equal(await page.textContent(`${th} .thinking-text`), 'first this, then that');
+  assert.equal(await page.textContent(`${LAST_REPLY} .text-block`), 'The answer.');
+});
+
 test('no script errors on the page', { skip: SKIP || false }, () => {
   assert.deepEqual(errors.filter((e) => !e.includes('Failed to load resource')), []);
 });
