@@ -361,3 +361,18 @@ def test_api_keys_through_x_api_key(chatd):
     # The session is alice's: her own listing shows it.
     got = c.get("/v1/sessions", headers={"Authorization": "Bearer " + alice}).json()["data"]
     assert [x["id"] for x in got] == ["an-owned"]
+
+
+def test_document_blocks_reach_an_anthropic_model_intact(chatd_module, fake):
+    s = chatd_module()
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "the doc"},
+           "title": "T", "context": "c", "citations": {"enabled": True}, "cache_control": {"type": "ephemeral"}}
+    for headers in (V, {**V, "X-Session-Id": "an-doc"}):
+        fake.reset()
+        r = s.client.post("/v1/messages", headers=headers,
+                          json=body(messages=[{"role": "user", "content": [doc, {"type": "text", "text": "sum"}]}]))
+        assert r.status_code == 200, r.text
+        [q] = fake.requests()
+        last = q["body"]["messages"][-1]["content"]
+        assert last[0] == doc, last
+        assert last[1]["type"] == "text" and last[1]["text"] == "sum"
