@@ -922,11 +922,13 @@ static const chat_renderer seed_text = {
 };
 
 /* The /v1 usage: the four counts, and reasoning_tokens (of output_tokens)
- * when the provider reported it. */
+ * when the provider reported some (OpenAI reports 0 for every model that does
+ * not reason: left out, so that a reply's usage has the same keys whichever
+ * provider answered). */
 static json_t *v1_usage(const turn_result *res)
 {
     json_t *u = api_usage_json(&res->usage);
-    if (res->reasoning_tokens >= 0)
+    if (res->reasoning_tokens > 0)
         json_object_set_new(u, "reasoning_tokens", json_integer(res->reasoning_tokens));
     return u;
 }

@@ -176,7 +176,7 @@ static json_t *image_block(parse *p, json_t *part, size_t i, size_t j)
                 i, j);
         return NULL;
     }
-    if (strncasecmp(url, "https://", 8) == 0) {
+    if (strncmp(url, "https://", 8) == 0) {
         if (!url[8] || strchr(url, ' ')) {
             invalid(p->why, "invalid_value", "messages", "messages[%zu].content[%zu].image_url.url is not a URL", i, j);
             return NULL;
