@@ -248,6 +248,15 @@ def parse_strace(path):
     return calls, total
 
 
+def binary_mtime(path):
+    """When the measured binary was built (it may predate the commit named in the report)."""
+    try:
+        return datetime.datetime.fromtimestamp(os.stat(path).st_mtime, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    except OSError:
+        return None
+
+
 def machine():
     """What the numbers were measured on."""
     def sh(cmd):
@@ -483,6 +492,7 @@ def main():
         "run_seconds": args.run_seconds,
         "config": {
             "binary": args.binary, "build_type": args.build_type, "workers": args.workers,
+            "binary_mtime": binary_mtime(args.binary),
             "wrk_threads": args.threads, "connections": args.connections, "seconds": args.seconds,
             "warmup_seconds": args.warmup, "sessions_in_rotation": args.sessions,
             "max_turns_per_session": args.max_turns,
@@ -554,8 +564,8 @@ def markdown(res, args):
     out.append("Other load on the machine: %s cores busy before the run, %s after (load average %s before, %s "
                "after); the run took %d s." % (ld["cores_busy_before"], ld["cores_busy_after"],
                                                ld["loadavg_before"], ld["loadavg_after"], res["run_seconds"]))
-    out.append("chatd: `%s` (%s), WORKERS=%d, %s in %s (%s, %s); nginx %d workers; soft RLIMIT_NOFILE %d." % (
-        cfg["binary"], cfg["build_type"], cfg["workers"], "PostgreSQL" if cfg["database"] == "postgres" else "SQLite",
+    out.append("chatd: `%s` (%s, built %s), WORKERS=%d, %s in %s (%s, %s); nginx %d workers; soft RLIMIT_NOFILE %d." % (
+        cfg["binary"], cfg["build_type"], cfg["binary_mtime"], cfg["workers"], "PostgreSQL" if cfg["database"] == "postgres" else "SQLite",
         cfg["database_dir"], cfg["database_fs"], cfg["database_durability"], cfg["nginx_workers"],
         cfg["nofile_soft_limit"]))
     out.append("Load: `wrk -t%d -c%d -d%ds`, %s, %d s warm-up before each chatd phase; every target gets the same "
