@@ -657,34 +657,44 @@ static json_t *error_json(const turn_error *err)
                      "message", chat_json_text(err->message), "details", "error_code", err->type);
 }
 
-/*
- * The stream's block state. chat_ctx has no field of a renderer's own; this
- * renderer has no use for `created` (the OpenAI renderer's creation time), so
- * that word holds: the number of blocks started (bits 0..23), the kind of the
- * open block (bits 24..25: none, text, thinking, tool_use), whether a
- * thinking signature was sent in the stream (bit 26) and the provider's index
- * of the open block (bits 32..55, +1; 0 = none).
- */
+/* The stream's block state (chat_ctx.rnd_state, freed with the context). */
 enum { OPEN_NONE = 0, OPEN_TEXT, OPEN_THINKING, OPEN_TOOL };
 
-static int st_count(const chat_ctx *c)
-{
-    return (int)(c->created & 0xffffff);
-}
-static int st_open(const chat_ctx *c)
-{
-    return (int)((c->created >> 24) & 3);
-}
-static int st_pindex(const chat_ctx *c)
-{
-    return (int)((c->created >> 32) & 0xffffff) - 1;
-}
-#define ST_SIG_SENT ((int64_t)1 << 26)
+typedef struct an_stream {
+    int count;     /* blocks started */
+    int open;      /* the kind of the open block (OPEN_*) */
+    int pindex;    /* the provider's index of the open block, -1 = none */
+    bool sig_sent; /* a thinking signature was sent in the stream */
+} an_stream;
 
+static an_stream *st(chat_ctx *c)
+{
+    if (!c->rnd_state) {
+        an_stream *s = chat_xcalloc(1, sizeof *s);
+        s->pindex = -1;
+        c->rnd_state = s;
+        c->rnd_state_free = free;
+    }
+    return c->rnd_state;
+}
+static int st_count(chat_ctx *c)
+{
+    return st(c)->count;
+}
+static int st_open(chat_ctx *c)
+{
+    return st(c)->open;
+}
+static int st_pindex(chat_ctx *c)
+{
+    return st(c)->pindex;
+}
 static void st_set(chat_ctx *c, int count, int open, int pindex)
 {
-    c->created = (c->created & ST_SIG_SENT) | (int64_t)(count & 0xffffff) | ((int64_t)(open & 3) << 24) |
-                 ((int64_t)((pindex + 1) & 0xffffff) << 32);
+    an_stream *s = st(c);
+    s->count = count;
+    s->open = open;
+    s->pindex = pindex;
 }
 
 /* One SSE event: `event: <type>` and its JSON (stolen). True when the client is full. */
@@ -839,7 +849,7 @@ static bool an_sse_event(chat_ctx *c, const llm_event *ev)
         if (st_open(c) == OPEN_THINKING && ev->data && ev->len) {
             /* The signature completes a thinking block: just before its stop, as Anthropic streams it. */
             full = send_delta(c, json_pack("{s:s,s:s%}", "type", "signature_delta", "signature", ev->data, ev->len));
-            c->created |= ST_SIG_SENT;
+            st(c)->sig_sent = true;
         }
         full |= close_block(c);
         break;
@@ -857,7 +867,7 @@ static void an_sse_done(chat_ctx *c, const turn_result *res)
      * with its thinking blocks intact. */
     size_t i;
     json_t *b;
-    json_array_foreach(c->created & ST_SIG_SENT ? NULL : res->content, i, b)
+    json_array_foreach(st(c)->sig_sent ? NULL : res->content, i, b)
     {
         const char *type = json_string_value(json_object_get(b, "type"));
         const char *sig = json_string_value(json_object_get(b, "signature"));
@@ -899,7 +909,6 @@ static const chat_renderer an_sse = {
 static void init_ctx(chat_ctx *c, void *arg)
 {
     (void)arg;
-    c->created = 0; /* the stream's block state, see st_set */
     snprintf(c->completion_id, sizeof c->completion_id, "msg_%s", http_req_id(c->r));
 }
 
