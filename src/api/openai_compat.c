@@ -448,14 +448,11 @@ void api_v1_chat_completions(http_req *r, api_env *w, char **params)
         oa_error(r, why.status, why.type, why.code, why.param, "%s", why.message);
         return;
     }
-    if (q.dropped[0]) {
-        /* Fields no provider takes, left out (DROP_UNSUPPORTED_PARAMS); the
-         * options the model refuses get their own header line from chat_run. */
-        http_add_header(r, "X-Chatd-Dropped-Params", q.dropped);
-        http_req_log_set(r, "dropped_fields", json_string(q.dropped));
-    }
     turn_params p;
     api_oa_turn_params(&q, &p);
+    /* Fields no provider takes, left out (DROP_UNSUPPORTED_PARAMS): the turn
+     * names them with the options the model refuses, in one header. */
+    p.dropped = q.dropped[0] ? q.dropped : NULL;
     p.request_id = http_req_id(r);
     p.owner = api_identity(r)->key_id[0] ? api_identity(r)->key_id : NULL;
     p.see_all = api_owner_filter(r) == NULL;

@@ -72,6 +72,7 @@ struct turn {
                              dropped (DROP_UNSUPPORTED_PARAMS), no-ops left out; NULL when none */
     bool json_via_tool;   /* structured output through the forced tool (t->current has no native mode) */
     char *dropped;        /* options left out for t->current, comma-separated, or NULL */
+    char *api_dropped;    /* turn_params.dropped: fields the API left out before the turn, or NULL */
     json_t *reply;        /* the reply's content (a copy of llm_result.content), kept across the commit */
     char *stop_sequence;  /* the reply's stop sequence, kept across the commit */
     int64_t reasoning_tokens;
@@ -238,6 +239,7 @@ static void turn_free(turn *t)
     json_decref(t->options);
     json_decref(t->call_options);
     free(t->dropped);
+    free(t->api_dropped);
     json_decref(t->reply);
     free(t->stop_sequence);
     free(t->system_prompt);
@@ -842,6 +844,8 @@ static bool fit_model(turn *t, const chat_model *m, turn_error *err)
     t->call_options = opts;
     free(t->dropped);
     t->dropped = NULL;
+    if (t->api_dropped)
+        add_dropped(t, t->api_dropped);
     if (dropped) {
         add_dropped(t, dropped);
         free(dropped);
@@ -1362,6 +1366,7 @@ turn *turn_start(turn_engine *e, const turn_params *p, const turn_sink *sink, vo
     } else {
         t->user_message = chat_xstrdup(p->message ? p->message : "");
     }
+    t->api_dropped = p->dropped && *p->dropped ? chat_xstrdup(p->dropped) : NULL;
     if (p->options) {
         t->options = json_deep_copy(p->options);
         if (!t->options)

@@ -172,6 +172,11 @@ typedef struct turn_params {
      * for it (turn_result.dropped names what the answering model went
      * without). */
     const json_t *options;
+    /* NULL, or the request fields the API already left out under
+     * DROP_UNSUPPORTED_PARAMS (fields no provider takes), comma-separated:
+     * reported first in turn_info.dropped / turn_result.dropped, so that a
+     * response names every dropped field in one X-Chatd-Dropped-Params. Copied. */
+    const char *dropped;
     const char *system_prompt;  /* NULL: the session's, or DEFAULT_SYSTEM_PROMPT for a new session */
     const char *model;          /* NULL: the session's model, or CHAT_MODEL; unknown names: 400 */
     int max_tokens;             /* 0: MAX_TOKENS */
