@@ -111,6 +111,7 @@ struct turn {
     int64_t started_mono;
     int64_t committed_at;        /* wall-clock ms of the commit (the messages' created_at) */
     int64_t truncated_turns;     /* oldest turns left out of the provider request */
+    int64_t unread_turns;        /* oldest turns the history read left out (beyond the context window) */
     int64_t prev_context_tokens; /* the conversation's size as the provider measured it last turn, -1 unknown */
     turn_error fail;             /* a provider failure kept across a fallback's lease renewal */
     /* the provider result, kept across the commit */
@@ -992,6 +993,9 @@ static bool prepare(turn *t, const store_message *hist, const json_t *const *his
                        (long long)plan.tokens, model->name, (long long)model->context_window, (long long)reply_max);
         return false;
     }
+    /* Turns the history read left out: beyond the window, so the plan would
+     * have left them out too. */
+    plan.truncated_turns += t->unread_turns;
     if (plan.truncated_turns > 0 && t->truncation == TURN_TRUNCATE_REJECT) {
         turn_error_set(err, 400, "context_length_exceeded",
                        "the conversation (about %lld tokens) exceeds the context budget of %s (%lld tokens); reset the "
@@ -1134,8 +1138,17 @@ static void session_done(turn *t, store_op *op)
         }
         t->sess = op->out.session;
         memset(&op->out.session, 0, sizeof op->out.session);
+        /* Only as much history as the model's context window can hold is
+         * read (newest first): the rest would be left out anyway, and a
+         * turn's cost must not grow with its session (issue 15). */
+        const chat_model *m = t->req_model;
+        if (!m && t->sess.model)
+            m = models_find(t->env->models, t->sess.model);
+        if (!m)
+            m = models_default(t->env->models);
         store_op *next = store_op_new(STORE_OP_MESSAGES_LIST);
         next->in.session_id = store_op_str(next, t->session_id);
+        next->in.tail_tokens = m && m->context_window > 0 ? m->context_window : 0;
         submit_step(t, TURN_LOADING_HISTORY, next);
         return;
     }
@@ -1171,6 +1184,17 @@ static void history_done(turn *t, store_op *op)
         turn_store_error(op->rc, &err);
         end_uncommitted(t, STOP_ERROR, &err);
         return;
+    }
+    if (op->rc == CHAT_OK && op->out.count > 0) {
+        /* Older messages were not read: the turns they hold are left out of
+         * the request. One stored turn per user message, so they are the
+         * session's turns minus the user messages read. */
+        int64_t users = 0;
+        for (size_t i = 0; i < op->out.n_messages; i++)
+            if (op->out.messages[i].role && strcmp(op->out.messages[i].role, "user") == 0)
+                users++;
+        int64_t k = t->sess.turn_count - users;
+        t->unread_turns = k < 0 ? 0 : k > op->out.count ? op->out.count : k;
     }
     loaded(t, op->out.messages, op->out.n_messages);
 }

@@ -37,6 +37,19 @@ extern const store_backend store_backend_postgres;
 /* Ends a submitted op: records its duration, runs its callback (if any), frees it. */
 void store_op_complete(store_op *op);
 
+/* On the loop thread, for an op whose result is in: completes it on a later
+ * loop turn (at once when the handle is not attached). */
+void store_op_defer(store_op *op);
+
+/* From any thread (a backend's own thread), for an op whose result is in:
+ * wakes the loop of the op's handle, which completes it on its next turn.
+ * The handle must be attached and stay so until the op is posted (the
+ * backend's detach waits for its thread's ops). */
+void store_op_post(store_op *op);
+
+/* Frees an op's outputs and zeroes them, so that it can run again. */
+void store_op_out_reset(store_op *op);
+
 /* ---- shared by the backends (backend.c), so that both accept and produce the same ---- */
 
 /* Argument checks of store.h: an id is 1..STORE_ID_MAX bytes; a count is >= -1

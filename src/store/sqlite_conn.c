@@ -107,6 +107,12 @@ static void file_lock_put(file_lock *l)
     pthread_mutex_unlock(&file_locks_mu);
 }
 
+/* The real path of a file database (the key of its write mutex and writer). */
+const char *sqlite_file_key(const sqlite_db *s)
+{
+    return s->writer->path;
+}
+
 /* ---- errors --------------------------------------------------------------- */
 
 /* Logs one line naming the failed operation and SQLite's reason; returns CHAT_EIO. */
@@ -203,8 +209,13 @@ char *sql_col_dup(sqlite3_stmt *st, int i)
 
 /* ---- transactions --------------------------------------------------------- */
 
+/* Inside the writer's batch (s->batch) the transaction is the batch's and the
+ * op's atomicity is the savepoint the writer put around it: begin, commit and
+ * rollback are no-ops there, and a failed op is rolled back by the writer. */
 chat_rc sql_tx_begin(sqlite_db *s, enum stmt_id kind)
 {
+    if (s->batch)
+        return CHAT_OK;
     if (kind == ST_BEGIN_WRITE)
         write_lock(s);
     chat_rc rc = sql_run(s, kind);
@@ -216,6 +227,8 @@ chat_rc sql_tx_begin(sqlite_db *s, enum stmt_id kind)
 /* Rolls back the open transaction, if any (a failed COMMIT may leave none). */
 void sql_tx_rollback(sqlite_db *s)
 {
+    if (s->batch)
+        return;
     if (!sqlite3_get_autocommit(s->db) && sql_run(s, ST_ROLLBACK) != CHAT_OK)
         chat_log(LOG_ERROR, "store error",
                  json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "rollback", "error",
@@ -225,6 +238,8 @@ void sql_tx_rollback(sqlite_db *s)
 
 chat_rc sql_tx_commit(sqlite_db *s)
 {
+    if (s->batch)
+        return CHAT_OK;
     chat_rc rc = sql_run(s, ST_COMMIT);
     if (rc != CHAT_OK)
         sql_tx_rollback(s);
@@ -535,6 +550,8 @@ chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t errlen)
         s->writer = file_lock_get(path); /* after open: the file exists, realpath names it */
 
     s->sync_normal = sync_normal;
+    s->memory = memory;
+    s->url = chat_xstrdup(url);
     rc = configure(s, memory, err, errlen);
     if (rc != CHAT_OK)
         goto out;
@@ -559,8 +576,10 @@ void sqlite_close(sqlite_db *s)
         return;
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
+    sqlite_writer_detach(s);
     write_unlock(s);
     file_lock_put(s->writer);
+    free(s->url);
     if (s->db) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK)

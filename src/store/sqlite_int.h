@@ -10,6 +10,8 @@
  *                    and the backend table that dispatches store_ops
  *   sqlite_keys.c    API keys
  *   sqlite_import.c  `chatd import` into SQLite
+ *   sqlite_writer.c  the writer thread: write ops of attached handles, in
+ *                    group commits
  *
  * Thread: a sqlite_db is used by one thread at a time (store.h).
  */
@@ -79,6 +81,10 @@ enum {
     X(ST_BEGIN_READ, "BEGIN")                                                                                        \
     X(ST_COMMIT, "COMMIT")                                                                                           \
     X(ST_ROLLBACK, "ROLLBACK")                                                                                       \
+    /* The writer thread's group commit: one savepoint per op inside the batch. */                                   \
+    X(ST_SAVEPOINT, "SAVEPOINT op")                                                                                  \
+    X(ST_RELEASE, "RELEASE op")                                                                                      \
+    X(ST_ROLLBACK_TO, "ROLLBACK TO op")                                                                              \
     X(ST_PING, "SELECT 1")                                                                                           \
     /* Insert, or take over an expired lock; sqlite3_changes() says which happened. */                               \
     X(ST_LOCK_ACQUIRE, "INSERT INTO turn_locks (session_id, token, expires_at) VALUES (?1, ?2, ?3) "                 \
@@ -130,6 +136,8 @@ enum {
     X(ST_MESSAGES_DELETE, "DELETE FROM messages WHERE session_id = ?1")                                              \
     X(ST_MESSAGES_LIST, "SELECT " MESSAGE_COLS " FROM messages WHERE session_id = ?1 AND seq > ?2 "                  \
                         "ORDER BY seq LIMIT ?3")                                                                     \
+    /* The newest first, for a turn's history read as far as its context window. */                                  \
+    X(ST_MESSAGES_TAIL, "SELECT " MESSAGE_COLS " FROM messages WHERE session_id = ?1 ORDER BY seq DESC")             \
     /* Four listing variants rather than "?4 IS NULL OR owner = ?4", which would keep */                             \
     /* the planner from using the owner index. ?1 limit, ?2 ?3 cursor, ?4 owner. */                                  \
     X(ST_LIST_FIRST, "SELECT " SESSION_COLS " FROM sessions ORDER BY created_at DESC, id DESC LIMIT ?1")             \
@@ -215,6 +223,7 @@ extern const char *const sql_stmt_sql[ST_COUNT];
 extern const char *const sql_stmt_name[ST_COUNT];
 
 typedef struct file_lock file_lock;
+typedef struct sqlite_writer sqlite_writer;
 
 typedef struct sqlite_db sqlite_db;
 
@@ -226,6 +235,17 @@ struct sqlite_db {
     sqlite3_stmt *st[ST_COUNT]; /* prepared statements, each reset after use; owned */
     int schema_version;         /* highest migration applied, read in store_open */
     int bind_rc;                /* first failed sqlite3_bind_* since the last step, or SQLITE_OK */
+    char *url;                  /* the URL it was opened with (the writer thread opens its own) */
+    bool memory;                /* a private :memory: database: no writer thread */
+    /* Inside the writer thread's group commit (sqlite_writer.c): the batch's
+     * transaction is open, and each op runs inside a savepoint that the writer
+     * releases or rolls back; the ops' own BEGIN/COMMIT/ROLLBACK do nothing. */
+    bool batch;
+    /* Attached to a loop (store_attach) on a file database: write ops go to
+     * the file's writer thread; inflight counts this handle's ops there
+     * (guarded by the writer's mutex). */
+    sqlite_writer *wr;
+    int inflight;
 };
 
 /* ---- the connection and statement helpers (sqlite_conn.c) ---- */
@@ -244,10 +264,32 @@ chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t errlen);
 void sqlite_close(sqlite_db *s);
 int sqlite_schema_version(sqlite_db *s);
 chat_rc sqlite_ping(sqlite_db *s);
+/* The real path of a file database (not for :memory:). */
+const char *sqlite_file_key(const sqlite_db *s);
 
 /* Resets a statement after use (and releases the write mutex after a write
  * outside a transaction); expects the handle in a variable named s. */
 #define done(st) sql_done_in(s, (st))
+
+/* ---- the writer thread (sqlite_writer.c) ---- */
+
+/* True for the op kinds that write (they go to the writer thread when the
+ * handle is attached); the others read on the handle's own connection. */
+bool sqlite_op_writes(store_op_kind kind);
+
+/* Starts (or shares) the writer thread of s's database file. */
+chat_rc sqlite_writer_attach(sqlite_db *s);
+
+/* Queues a write op of an attached handle; the writer posts it back
+ * (store_op_post) once its batch is committed or failed. */
+void sqlite_writer_submit(sqlite_db *s, store_op *op);
+
+/* Waits until s has no op left in the writer, then lets go of the writer
+ * (the last handle stops the thread). No-op when not attached. */
+void sqlite_writer_detach(sqlite_db *s);
+
+/* Runs one op on a connection (the backend's run function). */
+chat_rc sqlite_run_op(sqlite_db *s, store_op *op);
 
 /* ---- shared by the operations (sqlite_ops.c) ---- */
 

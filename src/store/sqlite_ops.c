@@ -27,7 +27,7 @@
  */
 static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
 {
-    if (s->sync_normal)
+    if (s->sync_normal || s->batch) /* in a batch, its commit decides */
         return sql_run(s, id);
     if (sql_run(s, ST_SYNC_NORMAL) != CHAT_OK)
         return sql_run(s, id);
@@ -620,6 +620,68 @@ static chat_rc unpack_message(sqlite_db *s, store_message *m)
     return rc;
 }
 
+/*
+ * The newest messages of a session, read newest first only as far as needed:
+ * until the tokens of those read (unknown counts as 0) exceed tail_tokens, or
+ * the session's start. Returned oldest first, like the whole list; *skipped
+ * receives how many older messages were left out (the session's message count
+ * minus those returned). One read transaction, like sqlite_messages_list.
+ */
+static chat_rc sqlite_messages_tail(sqlite_db *s, const char *session_id, int64_t tail_tokens, store_message **out,
+                                    size_t *n, int64_t *skipped)
+{
+    *out = NULL;
+    *n = 0;
+    *skipped = 0;
+    store_message *arr = NULL;
+    size_t count = 0, cap = 0;
+    int64_t turns = 0, messages = 0, sum = 0;
+    int src = SQLITE_DONE;
+    chat_rc rc = sql_tx_begin(s, ST_BEGIN_READ);
+    if (rc != CHAT_OK)
+        return rc;
+    rc = session_counts(s, session_id, &turns, &messages);
+    if (rc != CHAT_OK)
+        goto out;
+    sqlite3_stmt *st = s->st[ST_MESSAGES_TAIL];
+    sql_bind_text(s, st, 1, session_id);
+    while (sum <= tail_tokens && (src = sql_step(s, st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            arr = chat_xrealloc(arr, cap * sizeof *arr);
+        }
+        memset(&arr[count], 0, sizeof arr[count]);
+        read_message(st, &arr[count]);
+        sum += store_known(arr[count].tokens);
+        count++;
+    }
+    done(st);
+    if (sum <= tail_tokens && src != SQLITE_DONE) {
+        rc = sql_fail(s, "ST_MESSAGES_TAIL", src);
+        goto out;
+    }
+    for (size_t i = 0; i < count / 2; i++) { /* oldest first */
+        store_message tmp = arr[i];
+        arr[i] = arr[count - 1 - i];
+        arr[count - 1 - i] = tmp;
+    }
+    for (size_t i = 0; i < count && rc == CHAT_OK; i++)
+        rc = unpack_message(s, &arr[i]);
+    if (rc != CHAT_OK)
+        goto out;
+    rc = sql_tx_commit(s);
+out:
+    if (rc != CHAT_OK) {
+        sql_tx_rollback(s);
+        store_messages_free(arr, count);
+        return rc;
+    }
+    *out = arr;
+    *n = count;
+    *skipped = messages > (int64_t)count ? messages - (int64_t)count : 0;
+    return CHAT_OK;
+}
+
 static chat_rc sqlite_messages_list(sqlite_db *s, const char *session_id, int64_t after_seq, int limit,
                                     store_message **out, size_t *n)
 {
@@ -941,9 +1003,8 @@ static int be_schema_version(void *impl)
 }
 
 /* One op, by the function of the synchronous API it stands for. */
-static chat_rc be_run(void *impl, store_op *op)
+chat_rc sqlite_run_op(sqlite_db *s, store_op *op)
 {
-    sqlite_db *s = impl;
     const store_op_in *in = &op->in;
     store_op_out *o = &op->out;
     chat_rc rc = CHAT_EINVAL;
@@ -966,7 +1027,10 @@ static chat_rc be_run(void *impl, store_op *op)
                                   &o->sessions, &o->n_sessions, &o->next_cursor);
         break;
     case STORE_OP_MESSAGES_LIST:
-        rc = sqlite_messages_list(s, in->session_id, in->after_seq, in->limit, &o->messages, &o->n_messages);
+        if (in->tail_tokens > 0)
+            rc = sqlite_messages_tail(s, in->session_id, in->tail_tokens, &o->messages, &o->n_messages, &o->count);
+        else
+            rc = sqlite_messages_list(s, in->session_id, in->after_seq, in->limit, &o->messages, &o->n_messages);
         break;
     case STORE_OP_STATS_GET: rc = sqlite_stats_get(s, &o->stats); break;
     case STORE_OP_SESSIONS_EXPIRE: rc = sqlite_sessions_expire(s, in->before, in->now, in->limit, &o->count); break;
@@ -1000,10 +1064,48 @@ static chat_rc be_run(void *impl, store_op *op)
     return rc;
 }
 
+static chat_rc be_run(void *impl, store_op *op)
+{
+    return sqlite_run_op(impl, op);
+}
+
+/* Attached to a loop: a file database gets its writer thread; a private
+ * :memory: database keeps running everything inline. */
+static chat_rc be_attach(void *impl, struct event_base *base, int pool_size, int64_t queue_timeout_ms)
+{
+    (void)base;
+    (void)pool_size;
+    (void)queue_timeout_ms;
+    sqlite_db *s = impl;
+    return s->memory ? CHAT_OK : sqlite_writer_attach(s);
+}
+
+/* Reads run at once on this handle's connection (WAL: they never wait for the
+ * writer) and complete on the next loop turn; writes go to the writer thread,
+ * which completes them once their batch is on disk. */
+static void be_submit(void *impl, store_op *op)
+{
+    sqlite_db *s = impl;
+    if (s->wr && sqlite_op_writes(op->kind)) {
+        sqlite_writer_submit(s, op);
+        return;
+    }
+    sqlite_run_op(s, op);
+    store_op_defer(op);
+}
+
+static void be_detach(void *impl)
+{
+    sqlite_writer_detach(impl);
+}
+
 const store_backend store_backend_sqlite = {
     .name = "sqlite",
     .open = be_open,
     .close = be_close,
     .schema_version = be_schema_version,
     .run = be_run,
+    .attach = be_attach,
+    .submit = be_submit,
+    .detach = be_detach,
 };

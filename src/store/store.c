@@ -13,6 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <event2/event.h>
 
 #include "core/alloc.h"
@@ -28,6 +33,13 @@ struct store {
      * on a later loop turn (store.h's contract). */
     struct event *done_ev; /* NULL until store_attach, and again after store_detach */
     store_op *done_head, *done_tail;
+    /* Ops finished on another thread (the SQLite writer) wait here, guarded
+     * by post_mu, and wake the loop through wake_fd (an eventfd: it works
+     * whether or not libevent was set up for threads). */
+    pthread_mutex_t post_mu;
+    store_op *post_head, *post_tail;
+    int wake_fd; /* -1 when not attached */
+    struct event *wake_ev;
 };
 
 /* ---- handle ----------------------------------------------------------------- */
@@ -57,6 +69,8 @@ chat_rc store_open(const char *url, store **out, char *err, size_t errlen)
     store *s = chat_xcalloc(1, sizeof *s);
     s->be = be;
     s->impl = impl;
+    s->wake_fd = -1;
+    pthread_mutex_init(&s->post_mu, NULL);
     *out = s;
     return CHAT_OK;
 }
@@ -67,6 +81,7 @@ void store_close(store *s)
         return;
     store_detach(s);
     s->be->close(s->impl);
+    pthread_mutex_destroy(&s->post_mu);
     free(s);
 }
 
@@ -106,6 +121,8 @@ static const char *const op_names[STORE_OP_KIND_COUNT] = {
     [STORE_OP_SESSIONS_LIST_OLDEST] = "sessions_list_oldest",
 };
 
+static void op_out_clear(store_op *op);
+
 const char *store_op_name(store_op_kind kind)
 {
     return kind > 0 && kind < STORE_OP_KIND_COUNT ? op_names[kind] : "unknown";
@@ -126,6 +143,11 @@ const char *store_op_str(store_op *op, const char *str)
         chat_fatal("store_op_str: more than %d strings in one op", STORE_OP_MAX_STRS);
     }
     return op->strs[op->nstrs++] = chat_xstrdup(str);
+}
+
+void store_op_out_reset(store_op *op)
+{
+    op_out_clear(op);
 }
 
 static void op_out_clear(store_op *op)
@@ -162,6 +184,7 @@ chat_rc store_run(store *s, store_op *op)
 }
 
 static void complete_done(evutil_socket_t fd, short what, void *arg);
+static void complete_posted(evutil_socket_t fd, short what, void *arg);
 
 chat_rc store_attach(store *s, struct event_base *base, int pool_size, int64_t queue_timeout_ms)
 {
@@ -169,12 +192,25 @@ chat_rc store_attach(store *s, struct event_base *base, int pool_size, int64_t q
         return CHAT_EINVAL;
     if (s->done_ev)
         return CHAT_EINVAL; /* attached twice */
-    chat_rc rc = s->be->attach ? s->be->attach(s->impl, base, pool_size, queue_timeout_ms) : CHAT_OK;
-    if (rc != CHAT_OK)
-        return rc;
+    s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->wake_fd < 0)
+        return CHAT_EIO;
+    s->wake_ev = event_new(base, s->wake_fd, EV_READ | EV_PERSIST, complete_posted, s);
+    if (!s->wake_ev || event_add(s->wake_ev, NULL) != 0)
+        chat_fatal("store: event_new failed");
     s->done_ev = event_new(base, -1, 0, complete_done, s);
     if (!s->done_ev)
         chat_fatal("store: event_new failed");
+    chat_rc rc = s->be->attach ? s->be->attach(s->impl, base, pool_size, queue_timeout_ms) : CHAT_OK;
+    if (rc != CHAT_OK) {
+        event_free(s->done_ev);
+        s->done_ev = NULL;
+        event_free(s->wake_ev);
+        s->wake_ev = NULL;
+        close(s->wake_fd);
+        s->wake_fd = -1;
+        return rc;
+    }
     return CHAT_OK;
 }
 
@@ -208,8 +244,55 @@ static void complete_done(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Completes, in the order they were posted, the ops other threads finished. */
+static void complete_posted(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    store *s = arg;
+    uint64_t n;
+    if (fd >= 0 && read(fd, &n, sizeof n) < 0 && errno != EAGAIN)
+        chat_fatal("store: reading the wake-up eventfd failed");
+    pthread_mutex_lock(&s->post_mu);
+    store_op *op = s->post_head;
+    s->post_head = s->post_tail = NULL;
+    pthread_mutex_unlock(&s->post_mu);
+    while (op) {
+        store_op *next = op->next;
+        op->next = NULL;
+        store_op_complete(op);
+        op = next;
+    }
+}
+
+void store_op_post(store_op *op)
+{
+    store *s = op->owner_store;
+    op->next = NULL;
+    pthread_mutex_lock(&s->post_mu);
+    bool was_empty = s->post_head == NULL;
+    if (s->post_tail)
+        s->post_tail->next = op;
+    else
+        s->post_head = op;
+    s->post_tail = op;
+    if (was_empty) {
+        uint64_t one = 1;
+        /* EAGAIN only when the counter is full: the loop is due to wake anyway. */
+        if (write(s->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+            chat_fatal("store: writing the wake-up eventfd failed");
+    }
+    pthread_mutex_unlock(&s->post_mu);
+}
+
 /* An inline op has its result: complete it on a later loop turn, or at once
  * when there is no loop (a handle never attached, or detached). */
+static void defer_completion(store *s, store_op *op);
+
+void store_op_defer(store_op *op)
+{
+    defer_completion(op->owner_store, op);
+}
+
 static void defer_completion(store *s, store_op *op)
 {
     if (!s->done_ev) {
@@ -253,7 +336,14 @@ void store_detach(store *s)
     if (!s)
         return;
     if (s->be->detach)
-        s->be->detach(s->impl);
+        s->be->detach(s->impl); /* after this no other thread posts an op */
+    if (s->wake_ev) {
+        event_free(s->wake_ev);
+        s->wake_ev = NULL;
+        close(s->wake_fd);
+        s->wake_fd = -1;
+        complete_posted(-1, 0, s);
+    }
     if (s->done_ev) {
         /* Inline ops already have their results: complete them now, then
          * complete later submissions at once (there is no loop turn to wait for). */

@@ -485,6 +485,7 @@ chat_rc store_key_import(store *s, const store_key *k) CHAT_MUST_CHECK;
  *   SESSIONS_LIST_OLDEST  as SESSIONS_LIST, oldest first (by creation time, then
  *                      id); its cursors are not interchangeable with SESSIONS_LIST's
  *   MESSAGES_LIST      session_id after_seq limit  -> out.messages, n_messages
+ *                      or session_id tail_tokens   -> out.messages, n_messages, count (older ones left out)
  *   STATS_GET          -                           -> out.stats
  *   SESSIONS_EXPIRE    before now limit            -> out.count (deleted)
  *   IDEM_BEGIN         scope idem_key body_hash token session_id now ttl_ms (lease) -> out.idem
@@ -559,6 +560,14 @@ typedef void (*store_op_cb)(store_op *op, void *ud);
 typedef struct store_op_in {
     const char *session_id, *token, *owner, *cursor, *scope, *idem_key, *body_hash, *hash, *id, *response;
     int64_t now, ttl_ms, before, after_seq;
+    /* MESSAGES_LIST: when > 0 (after_seq and limit are then ignored), only the
+     * newest messages are read, newest first, until their stored token counts
+     * (unknown ones count 0) add up to more than tail_tokens, or the session
+     * starts; they come back oldest first as usual, and out.count is how many
+     * older messages were left out. A turn passes its model's context window,
+     * so its cost does not grow with the session. A backend may return more
+     * (PostgreSQL returns them all, with out.count 0). */
+    int64_t tail_tokens;
     int limit, status;
     store_turn turn;
     store_key_new key_new;

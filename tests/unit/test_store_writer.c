@@ -1,0 +1,370 @@
+/*
+ * test_store_writer.c: the SQLite backend's writer thread and group commit,
+ * and the history read bounded by a token budget (store/store.h,
+ * src/store/sqlite_writer.c), on real database files.
+ *
+ * - Group commit: worker threads, each with its own handle attached to its own
+ *   event loop (as the server's workers), submit many turns on distinct
+ *   sessions at once; every one completes on a later loop turn, and afterwards
+ *   a fresh handle finds every turn and exact counters. Ops that fail inside a
+ *   batch (a commit whose lock token does not hold the lock, a key whose id is
+ *   taken) fail alone: the ops batched with them commit.
+ * - The history tail: MESSAGES_LIST with tail_tokens reads the newest messages
+ *   only as far as the budget reaches and says how many older ones it left out.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <event2/event.h>
+
+#include "store/store.h"
+
+struct fixture {
+    char dir[64];
+    char url[600];
+};
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/chatd_test_writer_XXXXXX");
+    if (!mkdtemp(f->dir)) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->url, sizeof f->url, "sqlite:///%s/chat.db", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static store *open_url(const char *url)
+{
+    store *s = NULL;
+    char err[256] = "";
+    chat_rc rc = store_open(url, &s, err, sizeof err);
+    if (rc != CHAT_OK)
+        fail_msg("store_open(%s): %s: %s", url, chat_rc_str(rc), err);
+    return s;
+}
+
+/* ---- group commit ------------------------------------------------------------ */
+
+#define THREADS 4
+#define TURNS_PER_THREAD 150
+
+struct worker {
+    const char *url;
+    int index;
+    int done;        /* callbacks run */
+    int ok;          /* commits that succeeded */
+    int conflicts;   /* commits refused with CHAT_ECONFLICT (the planted bad tokens) */
+    int inline_done; /* callbacks that ran inside store_submit (must stay 0) */
+    bool submitting;
+    int failures;
+};
+
+static void on_done(store_op *op, void *ud)
+{
+    struct worker *w = ud;
+    if (w->submitting)
+        w->inline_done++;
+    w->done++;
+    if (op->kind == STORE_OP_TURN_COMMIT) {
+        if (op->rc == CHAT_OK)
+            w->ok++;
+        else if (op->rc == CHAT_ECONFLICT)
+            w->conflicts++;
+        else
+            w->failures++;
+    } else if (op->kind == STORE_OP_LOCK_ACQUIRE && op->rc != CHAT_OK) {
+        w->failures++;
+    }
+}
+
+/* Every tenth commit (i % 10 == 9) carries a token that does not hold the
+ * lock: refused before it writes. Every tenth (i % 10 == 4) names an
+ * idempotency record that does not exist: refused after its messages and
+ * counters were written, which its savepoint must take back. */
+static bool refused(int i)
+{
+    return i % 10 == 9 || i % 10 == 4;
+}
+
+static store_op *turn_op(int thread, int i)
+{
+    char sid[64];
+    snprintf(sid, sizeof sid, "w%d-s%d", thread, i);
+    store_op *op = store_op_new(STORE_OP_TURN_COMMIT);
+    store_turn *t = &op->in.turn;
+    t->session_id = store_op_str(op, sid);
+    t->system_prompt = "You are helpful.";
+    t->model = "claude-test";
+    t->user_content = store_op_str(op, sid);
+    t->assistant_content = "hi there";
+    t->status = "complete";
+    t->stop_reason = "end_turn";
+    t->user_tokens = 3;
+    t->usage = (store_usage){ 10, 5, 0, 0 };
+    t->cost_micros = 7;
+    t->lock_token = i % 10 == 9 ? "not-the-holder" : "tok";
+    t->now = 1000 + i;
+    if (i % 10 == 4) {
+        t->idem_scope = "";
+        t->idem_key = "no-such-record";
+        t->idem_ttl_ms = 60000;
+    }
+    return op;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    store *s = open_url(w->url);
+    struct event_base *base = event_base_new();
+    if (store_attach(s, base, 1, 5000) != CHAT_OK)
+        w->failures++;
+    w->submitting = true;
+    for (int i = 0; i < TURNS_PER_THREAD; i++) {
+        char sid[64];
+        snprintf(sid, sizeof sid, "w%d-s%d", w->index, i);
+        store_op *lock = store_op_new(STORE_OP_LOCK_ACQUIRE);
+        lock->in.session_id = store_op_str(lock, sid);
+        lock->in.token = "tok";
+        lock->in.now = 1000;
+        lock->in.ttl_ms = 600000;
+        store_submit(s, lock, on_done, w);
+        store_submit(s, turn_op(w->index, i), on_done, w);
+    }
+    w->submitting = false;
+    for (int spins = 0; spins < 100000 && w->done < 2 * TURNS_PER_THREAD; spins++)
+        event_base_loop(base, EVLOOP_ONCE);
+    store_close(s); /* detaches: nothing left in flight */
+    event_base_free(base);
+    return NULL;
+}
+
+static void test_group_commit_many_sessions(void **state)
+{
+    struct fixture *f = *state;
+    store *seed = open_url(f->url); /* migrates once */
+    store_close(seed);
+
+    pthread_t th[THREADS];
+    struct worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct worker){ .url = f->url, .index = i };
+        assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+    }
+    int ok = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].inline_done, 0);
+        assert_int_equal(w[i].failures, 0);
+        assert_int_equal(w[i].done, 2 * TURNS_PER_THREAD);
+        assert_int_equal(w[i].conflicts, 2 * TURNS_PER_THREAD / 10);
+        ok += w[i].ok;
+    }
+    assert_int_equal(ok, THREADS * (TURNS_PER_THREAD - 2 * TURNS_PER_THREAD / 10));
+
+    /* A fresh handle: every acknowledged turn is there, the refused ones are
+     * not, and the counters are exact. */
+    store *s = open_url(f->url);
+    store_stats st;
+    assert_int_equal(store_stats_get(s, &st), CHAT_OK);
+    assert_int_equal(st.total_sessions, ok);
+    assert_int_equal(st.total_turns, ok);
+    assert_int_equal(st.total_messages, 2 * ok);
+    assert_int_equal(st.usage.input_tokens, 10 * ok);
+    assert_int_equal(st.cost_micros, 7 * ok);
+    for (int t = 0; t < THREADS; t++) {
+        for (int i = 0; i < TURNS_PER_THREAD; i++) {
+            char sid[64];
+            snprintf(sid, sizeof sid, "w%d-s%d", t, i);
+            store_session sess = { 0 };
+            chat_rc rc = store_session_get(s, sid, &sess);
+            if (refused(i)) {
+                assert_int_equal(rc, CHAT_ENOTFOUND);
+                /* its lock is still held by "tok" (the refused commit released nothing) */
+                assert_int_equal(store_lock_acquire(s, sid, "other", 2000, 1000), CHAT_EBUSY);
+            } else {
+                assert_int_equal(rc, CHAT_OK);
+                assert_int_equal(sess.turn_count, 1);
+                assert_int_equal(sess.message_count, 2);
+                /* the commit released the lock */
+                assert_int_equal(store_lock_acquire(s, sid, "other", 2000, 1000), CHAT_OK);
+            }
+            store_session_clear(&sess);
+        }
+    }
+    store_close(s);
+}
+
+struct one {
+    int done;
+    chat_rc rc[8];
+};
+
+static void on_one(store_op *op, void *ud)
+{
+    struct one *o = ud;
+    if (o->done < 8)
+        o->rc[o->done] = op->rc;
+    o->done++;
+}
+
+static store_op *key_op(const char *id, const char *hash)
+{
+    store_op *op = store_op_new(STORE_OP_KEY_CREATE);
+    op->in.key_new.id = store_op_str(op, id);
+    op->in.key_new.name = "k";
+    op->in.key_new.hash = store_op_str(op, hash);
+    op->in.key_new.role = "user";
+    op->in.key_new.now = 1000;
+    return op;
+}
+
+/* A failed op inside a batch does not take the others down; submitted from
+ * one loop without running it, the ops are in the writer's queue together. */
+static void test_failed_op_alone_in_its_batch(void **state)
+{
+    struct fixture *f = *state;
+    store *s = open_url(f->url);
+    struct event_base *base = event_base_new();
+    assert_int_equal(store_attach(s, base, 1, 5000), CHAT_OK);
+    static const char h1[] = "1111111111111111111111111111111111111111111111111111111111111111";
+    static const char h2[] = "2222222222222222222222222222222222222222222222222222222222222222";
+    static const char h3[] = "3333333333333333333333333333333333333333333333333333333333333333";
+    struct one o = { 0 };
+    store_submit(s, key_op("key_a", h1), on_one, &o);
+    store_submit(s, key_op("key_a", h2), on_one, &o); /* id taken: CHAT_ECONFLICT */
+    store_submit(s, key_op("key_b", h3), on_one, &o);
+    assert_int_equal(o.done, 0);
+    for (int i = 0; i < 10000 && o.done < 3; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(o.done, 3);
+    assert_int_equal(o.rc[0], CHAT_OK);
+    assert_int_equal(o.rc[1], CHAT_ECONFLICT);
+    assert_int_equal(o.rc[2], CHAT_OK);
+    store_close(s);
+    event_base_free(base);
+
+    s = open_url(f->url);
+    store_key *keys = NULL;
+    size_t n = 0;
+    assert_int_equal(store_keys_list(s, &keys, &n), CHAT_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(keys[0].hash, h1);
+    assert_string_equal(keys[1].hash, h3);
+    store_keys_free(keys, n);
+    store_close(s);
+}
+
+/* ---- the history tail ---------------------------------------------------------- */
+
+static void commit_tokens(store *s, const char *sid, int i, int64_t user_tokens, int64_t reply_tokens)
+{
+    char user[32], reply[32];
+    snprintf(user, sizeof user, "u%d", i);
+    snprintf(reply, sizeof reply, "a%d", i);
+    store_turn t = {
+        .session_id = sid,
+        .model = "claude-test",
+        .user_content = user,
+        .assistant_content = reply,
+        .status = "complete",
+        .user_tokens = user_tokens,
+        .usage = { 10, reply_tokens, 0, 0 },
+        .lock_token = "tok",
+        .now = 1000 + i,
+    };
+    assert_int_equal(store_lock_acquire(s, sid, "tok", t.now, 60000), CHAT_OK);
+    assert_int_equal(store_turn_commit(s, &t, NULL), CHAT_OK);
+}
+
+static store_op *tail(store *s, const char *sid, int64_t budget)
+{
+    store_op *op = store_op_new(STORE_OP_MESSAGES_LIST);
+    op->in.session_id = sid;
+    op->in.tail_tokens = budget;
+    assert_int_equal(store_run(s, op), CHAT_OK);
+    return op;
+}
+
+static void test_history_tail_within_budget(void **state)
+{
+    struct fixture *f = *state;
+    store *s = open_url(f->url);
+    for (int i = 0; i < 50; i++)
+        commit_tokens(s, "long", i, 100, 100); /* 100 messages of 100 tokens */
+
+    /* 1000 tokens: the newest 11 messages (their sum, 1100, is the first
+     * past the budget), oldest first, 89 left out. */
+    store_op *op = tail(s, "long", 1000);
+    assert_int_equal(op->out.n_messages, 11);
+    assert_int_equal(op->out.count, 89);
+    for (size_t i = 0; i < op->out.n_messages; i++)
+        assert_int_equal(op->out.messages[i].seq, 90 + (int64_t)i);
+    assert_string_equal(op->out.messages[0].role, "assistant");
+    assert_string_equal(op->out.messages[10].content, "a49");
+    store_op_free(op);
+
+    /* A budget beyond the session: all of it, nothing left out. */
+    op = tail(s, "long", 1000000);
+    assert_int_equal(op->out.n_messages, 100);
+    assert_int_equal(op->out.count, 0);
+    assert_int_equal(op->out.messages[0].seq, 1);
+    store_op_free(op);
+
+    /* Unknown counts add nothing: a session of unknown sizes is read whole. */
+    for (int i = 0; i < 5; i++)
+        commit_tokens(s, "unknown", i, -1, -1);
+    op = tail(s, "unknown", 1);
+    assert_int_equal(op->out.n_messages, 10);
+    assert_int_equal(op->out.count, 0);
+    store_op_free(op);
+
+    /* A missing session is CHAT_ENOTFOUND, as for the whole list. */
+    op = store_op_new(STORE_OP_MESSAGES_LIST);
+    op->in.session_id = "nope";
+    op->in.tail_tokens = 10;
+    assert_int_equal(store_run(s, op), CHAT_ENOTFOUND);
+    store_op_free(op);
+    store_close(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_group_commit_many_sessions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_op_alone_in_its_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_tail_within_budget, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
