@@ -11,9 +11,13 @@
  * A server loop thread never waits on a network round trip, so it goes
  * through store operations instead (store_op, at the end of this header): the
  * same calls as data, submitted with store_submit and completed by a callback
- * on a later loop turn. SQLite runs them at once and completes them on the
- * next loop turn; PostgreSQL queues them for a bounded pool of connections
- * driven by the loop with libpq's asynchronous API.
+ * on a later loop turn. SQLite runs reads at once on the handle's connection
+ * and completes them on the next loop turn, and hands writes to one writer
+ * thread per database file, which commits them in groups (one transaction and
+ * one fsync for many turns, a savepoint per op so that a failed op fails
+ * alone) and completes each on its loop once its group is on disk
+ * (src/store/sqlite_writer.c); PostgreSQL queues them for a bounded pool of
+ * connections driven by the loop with libpq's asynchronous API.
  *
  * Backends: "sqlite://..." (src/store/sqlite.c) and "postgres://..." or
  * "postgresql://..." (src/store/postgres.c), one schema, one behaviour: the
@@ -635,20 +639,26 @@ chat_rc store_run(store *s, store_op *op);
  * a pool of up to pool_size connections on that loop (the handle's own
  * blocking connection is not used by submitted ops); an op waits at most
  * queue_timeout_ms for a free connection, then completes with CHAT_EUNAVAIL
- * (the API answers 503). SQLite queues completions for that loop. Call once,
- * from the loop thread, before the first store_submit.
+ * (the API answers 503). SQLite queues completions for that loop and, for a
+ * file database, starts (or shares) the file's writer thread, with its own
+ * connection. Call once, from the loop thread, before the first store_submit.
  */
 chat_rc store_attach(store *s, struct event_base *base, int pool_size, int64_t queue_timeout_ms) CHAT_MUST_CHECK;
 
 /*
  * Submits op; cb (may be NULL: fire and forget) runs once with the result,
  * always on a later turn of the loop the handle is attached to, never before
- * store_submit returns, on every backend: SQLite runs the op at once and
- * queues its completion; PostgreSQL runs it on a pool connection, and a lost
+ * store_submit returns, on every backend: SQLite runs a read at once and
+ * queues its completion, and queues a write for the file's writer thread,
+ * which completes it after its group's COMMIT (durable under
+ * synchronous=FULL); PostgreSQL runs it on a pool connection, and a lost
  * connection or an unreachable server completes it with CHAT_EUNAVAIL (an op
  * whose query had not been sent is retried once on a new connection).
- * Completions come in submission order on SQLite. A handle that was never
- * attached, or was detached, completes ops at once (the CLI and tests).
+ * On SQLite, writes complete in submission order (one queue per file and
+ * process) and reads in submission order; a read may complete before a write
+ * submitted earlier (wait for a write's callback before reading what it
+ * wrote). A handle that was never attached, or was detached, completes ops at
+ * once (the CLI and tests). A :memory: handle runs writes inline too.
  */
 void store_submit(store *s, store_op *op, store_op_cb cb, void *ud);
 
@@ -659,9 +669,10 @@ int store_pending(const store *s);
  * Ends the asynchronous side, on the loop thread, before freeing what the
  * callbacks touch: PostgreSQL completes every op still queued or in flight
  * with CHAT_EUNAVAIL (their callbacks run now) and closes the pool; ops
- * submitted afterwards complete at once with CHAT_EUNAVAIL. SQLite completes
- * the finished ops still waiting for their loop turn now, and later ones at
- * once. Call it before freeing the loop's event_base (store_close also calls
+ * submitted afterwards complete at once with CHAT_EUNAVAIL. SQLite waits for
+ * the handle's writes still in the writer thread to be committed, completes
+ * them and the finished ops still waiting for their loop turn now (the last
+ * handle on a file stops its writer), and later ones at once. Call it before freeing the loop's event_base (store_close also calls
  * it). The synchronous API keeps working. Accepts NULL.
  */
 void store_detach(store *s);
