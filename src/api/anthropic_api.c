@@ -76,6 +76,7 @@ static bool an_invalid(api_an_invalid *why, const char *type, const char *fmt, .
     va_end(ap);
     if (n >= (int)sizeof why->message)
         chat_utf8_trim(why->message); /* a sequence cut by the bound */
+    chat_one_line(why->message);      /* client bytes quoted in it may hold a newline */
     why->status = 400;
     why->type = type;
     return false;

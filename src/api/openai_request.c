@@ -61,6 +61,7 @@ static bool invalid(api_oa_invalid *why, const char *code, const char *param, co
     va_end(ap);
     if (n >= (int)sizeof why->message)
         chat_utf8_trim(why->message); /* a sequence cut by the bound */
+    chat_one_line(why->message);      /* client bytes quoted in it may hold a newline */
     why->status = 400;
     why->type = "invalid_request_error";
     why->code = code;

@@ -75,6 +75,13 @@ void chat_format_iso_local(int64_t ms, char out[32])
     snprintf(out + n, 32 - n, ".%06d", (int)(ms % 1000) * 1000);
 }
 
+void chat_one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = ' ';
+}
+
 void chat_utf8_trim(char *s)
 {
     size_t n = strlen(s);

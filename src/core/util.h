@@ -41,6 +41,11 @@ void chat_format_iso_local(int64_t ms, char out[32]);
  * snprintf can leave), so that the text stays valid for JSON. */
 void chat_utf8_trim(char *s);
 
+/* Replaces every ASCII control byte of s (below 0x20, and 0x7f) with a space,
+ * in place, so that a message quoting client bytes (a JSON key holding a
+ * newline) stays one line in a response and a log. */
+void chat_one_line(char *s);
+
 /* Length of the well-formed UTF-8 sequence at s (n >= 1 bytes available):
  * 1..4, or 0 when the bytes there are not UTF-8 (a stray continuation byte,
  * an overlong form, a surrogate, a code point above U+10FFFF, a sequence cut
