@@ -532,6 +532,11 @@ static chat_rc import_session(importer *im, json_t *obj)
             !get_int(im, jm, mw, "created_at", &m->created_at) || !get_blocks(im, jm, mw, &blocks[i]))
             goto out;
         m->blocks = blocks[i];
+        if (i > 0 && m->seq <= msgs[i - 1].seq) { /* a repeat would break the store's UNIQUE (session, seq) */
+            rc = fail(im, CHAT_EINVAL, "%s: seq %lld does not follow %lld (messages are listed in increasing seq)", mw,
+                      (long long)m->seq, (long long)msgs[i - 1].seq);
+            goto out;
+        }
     }
     rc = store_session_import(im->s, &ss, msgs, n);
     if (rc == CHAT_OK) {
