@@ -1341,6 +1341,7 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     /* No CURLOPT_ACCEPT_ENCODING: we advertise no compression and curl decodes
      * none, so SSE bytes reach the parser as soon as they arrive. */
+    llm__transport_prepare(t, p, e);
 
     llm__transport_link(t, &c->link);
     /* The first attempt starts on the next loop turn: nothing can call back

@@ -265,6 +265,10 @@ struct event_base *llm__transport_base(llm_transport *t);
 double llm__transport_random(llm_transport *t);
 void llm__transport_link(llm_transport *t, llm_link *l);
 void llm__transport_unlink(llm_transport *t, llm_link *l);
+/* Sets on e the per-transfer options that belong to the connection policy
+ * (HTTP version, multiplexing, connection reuse) for provider p. Called once per
+ * easy handle, after call.c set the request's own options. */
+void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e);
 
 /* The call owning a link (call.c). */
 llm_call *llm__call_of_link(llm_link *l);

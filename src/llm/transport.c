@@ -219,6 +219,15 @@ double llm__transport_random(llm_transport *t)
     return (double)(x >> 11) / 9007199254740992.0; /* 2^53 */
 }
 
+void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
+{
+    (void)t;
+    (void)p;
+    /* Where the connection can multiplex (HTTP/2), a new transfer waits for it
+     * rather than opening a connection of its own. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+}
+
 void llm__transport_link(llm_transport *t, llm_link *l)
 {
     l->prev = t->calls.prev;
