@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include "app/app.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/resource.h>
@@ -204,6 +205,9 @@ static void *worker_main(void *arg)
         }
     }
     w->llm = llm_transport_new(w->base);
+    llm_transport_set_http_version(w->llm, cfg->provider_http_version == CHAT_HTTP_2     ? LLM_HTTP_2
+                                           : cfg->provider_http_version == CHAT_HTTP_1_1 ? LLM_HTTP_1_1
+                                                                                         : LLM_HTTP_AUTO);
     w->auth_negcache = auth_negcache_new(AUTH_NEGCACHE_ENTRIES, AUTH_NEGCACHE_TTL_MS);
     w->turns = worker_turn_engine(w);
     if (w->app->redis_cfg)
@@ -418,6 +422,45 @@ static int connection_cap(const struct chat_config *cfg, int nworkers, int64_t s
     return cap < 1 ? 1 : cap > 10000000 ? 10000000 : (int)cap;
 }
 
+/*
+ * Memory back after a burst. glibc keeps what a burst of streams freed in its
+ * arenas (one per worker thread, more under contention): the heap shrinks only
+ * from its top, and a few live chunks near the top pin everything below them,
+ * so without help RSS stays at the burst's peak (bench/README.md, "returned").
+ * malloc_trim(0) walks every arena (not only the caller's) and gives the free
+ * pages inside them back with madvise(MADV_DONTNEED). It runs here, on the main
+ * thread, which otherwise only waits for signals: no loop ever waits for the
+ * walk itself, a worker only for its arena's lock while that arena is trimmed.
+ *
+ * When: the main thread looks at the open client connections (each stream is
+ * one) every TRIM_CHECK_MS; once they fell to at most half of their peak since
+ * the last trim, and by at least TRIM_MIN_DROP, it trims and starts over from
+ * the current count. A burst's end is thus a few trims (halving steps), an
+ * ordinary load none; a churn of short requests on few connections needs none
+ * (it frees and reuses the same chunks).
+ */
+#define TRIM_CHECK_MS 1000
+#define TRIM_MIN_DROP 256
+
+typedef struct trim_state {
+    int peak; /* most open connections since the last trim */
+} trim_state;
+
+static void maybe_trim(chat_app *app, trim_state *ts)
+{
+    int open = atomic_load(&app->open_connections);
+    if (open > ts->peak)
+        ts->peak = open;
+    if (ts->peak - open < TRIM_MIN_DROP || open > ts->peak / 2)
+        return;
+    int64_t t0 = chat_mono_us();
+    int released = malloc_trim(0);
+    chat_log(LOG_DEBUG, "memory trimmed after a drop in open connections",
+             json_pack("{s:i,s:i,s:b,s:I}", "peak", ts->peak, "open", open, "released", released, "duration_us",
+                       (json_int_t)(chat_mono_us() - t0)));
+    ts->peak = open;
+}
+
 static int cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -518,7 +561,16 @@ chat_rc chat_app_run(const struct chat_config *cfg)
                            models_default(app.models)->missing));
 
     int sig = 0;
-    sigwait(&sigs, &sig);
+    trim_state trim = { 0 };
+    for (;;) {
+        struct timespec ts = { TRIM_CHECK_MS / 1000, (TRIM_CHECK_MS % 1000) * 1000000L };
+        siginfo_t si;
+        sig = sigtimedwait(&sigs, &si, &ts);
+        if (sig > 0)
+            break;
+        if (getenv("CHATD_X_NOTRIM") == NULL)
+            maybe_trim(&app, &trim);
+    }
     chat_log(LOG_NOTICE, "shutting down: draining",
              json_pack("{s:s,s:I}", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", "drain_timeout_ms",
                        (json_int_t)cfg->drain_timeout_ms));

@@ -75,6 +75,7 @@ enum kind {
     K_DURATION_OFF, /* int64_t ms like K_DURATION, or "off" = 0 (for periods, never timeouts) */
     K_RATE,         /* char *, "off" or N/second|minute|hour (validated by core/rate.h's parser) */
     K_PROXIES,      /* char *, addresses and networks (validated as a core/netaddr.h network list) */
+    K_HTTP_VERSION, /* chat_http_version: auto | 1.1 | 2 */
 };
 
 enum {
@@ -164,6 +165,8 @@ static const struct setting settings[] = {
       "Deadline for a whole turn, retries included." },
     { "PROVIDER_MAX_RETRIES", K_INT, FIELD(provider_max_retries), "2", 0, 10, 0, NULL, "N",
       "Retries before the first byte reaches the client, 0..10." },
+    { "PROVIDER_HTTP_VERSION", K_HTTP_VERSION, FIELD(provider_http_version), "auto", 0, 0, 0, NULL, "auto|1.1|2",
+      "auto: HTTP/2 on https (ALPN), 1.1 on http; 2: also h2c on http; 1.1: never HTTP/2." },
     { "RETRY_MAX_WAIT", K_DURATION, FIELD(retry_max_wait_ms), "30s", 1, DURATION_MAX, 0, NULL, "DUR",
       "Cap on one wait between retries (also caps retry-after)." },
 
@@ -667,6 +670,19 @@ static bool parse_setting(struct loader *ld, size_t idx, const char *value, stru
             *(chat_cancel_policy *)field = CANCEL_DROP;
         } else {
             value_error(ld, idx, value, "expected keep or drop");
+            return false;
+        }
+        return true;
+
+    case K_HTTP_VERSION:
+        if (strcasecmp(value, "auto") == 0) {
+            *(chat_http_version *)field = CHAT_HTTP_AUTO;
+        } else if (strcmp(value, "1.1") == 0) {
+            *(chat_http_version *)field = CHAT_HTTP_1_1;
+        } else if (strcmp(value, "2") == 0) {
+            *(chat_http_version *)field = CHAT_HTTP_2;
+        } else {
+            value_error(ld, idx, value, "expected auto, 1.1 or 2");
             return false;
         }
         return true;

@@ -38,6 +38,9 @@
 
 typedef enum { CANCEL_KEEP_PARTIAL = 0, CANCEL_DROP } chat_cancel_policy;
 
+/* PROVIDER_HTTP_VERSION (llm/transport.h llm_http_version says what each means). */
+typedef enum { CHAT_HTTP_AUTO = 0, CHAT_HTTP_1_1, CHAT_HTTP_2 } chat_http_version;
+
 /* AUTH_MODE (guard/auth.h says what each mode means). */
 typedef enum { AUTH_MODE_NONE = 0, AUTH_MODE_TOKEN, AUTH_MODE_KEYS } chat_auth_mode;
 
@@ -80,12 +83,13 @@ struct chat_config {
         stream_buffer_bytes; /* STREAM_BUFFER_SIZE, client queue cap before pausing the provider, 64KiB, 1KiB..256MiB */
 
     /* provider call deadlines and retries */
-    int64_t provider_connect_timeout_ms;    /* PROVIDER_CONNECT_TIMEOUT, default 10s */
-    int64_t provider_first_byte_timeout_ms; /* PROVIDER_FIRST_BYTE_TIMEOUT, default 600s */
-    int64_t provider_idle_timeout_ms;       /* PROVIDER_IDLE_TIMEOUT, gap between tokens, default 120s */
-    int64_t turn_timeout_ms;                /* TURN_TIMEOUT, whole turn, default 900s */
-    int provider_max_retries;               /* PROVIDER_MAX_RETRIES, default 2, 0..10 */
-    int64_t retry_max_wait_ms;              /* RETRY_MAX_WAIT, cap on one wait, default 30s */
+    int64_t provider_connect_timeout_ms;     /* PROVIDER_CONNECT_TIMEOUT, default 10s */
+    int64_t provider_first_byte_timeout_ms;  /* PROVIDER_FIRST_BYTE_TIMEOUT, default 600s */
+    int64_t provider_idle_timeout_ms;        /* PROVIDER_IDLE_TIMEOUT, gap between tokens, default 120s */
+    int64_t turn_timeout_ms;                 /* TURN_TIMEOUT, whole turn, default 900s */
+    int provider_max_retries;                /* PROVIDER_MAX_RETRIES, default 2, 0..10 */
+    int64_t retry_max_wait_ms;               /* RETRY_MAX_WAIT, cap on one wait, default 30s */
+    chat_http_version provider_http_version; /* PROVIDER_HTTP_VERSION: auto (default) | 1.1 | 2 */
 
     /* turns */
     chat_cancel_policy cancel_policy; /* CANCEL_POLICY: keep (default) | drop */

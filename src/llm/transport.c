@@ -13,6 +13,18 @@
  * after curl_multi_socket_action has returned, so call.c may use the curl API
  * and run user callbacks there.
  *
+ * Connection policy (llm__transport_prepare, the multi options in
+ * llm_transport_new). Over HTTP/2 every transfer to a host shares one
+ * connection while it has room (CURLMOPT_PIPELINING CURLPIPE_MULTIPLEX, and
+ * CURLOPT_PIPEWAIT so that a burst of new transfers waits for the connection
+ * being set up instead of each opening its own); a connection carries at most
+ * LLM_H2_MAX_STREAMS streams (or the server's lower limit), then curl opens
+ * another. A cancelled call resets only its own stream (RST_STREAM); the
+ * connection stays for the others. Over HTTP/1.1 a connection carries one
+ * transfer at a time and is kept for the next (keep-alive); the cache is
+ * bounded by LLM_MAX_CACHED_CONNECTIONS so that the connections of a burst are
+ * closed, not kept, once it ends. docs/PROTOCOLS.md "Provider connections".
+ *
  * The transport also keeps a list of every live call (running, or waiting for
  * a retry timer) so that llm_transport_free can cancel them all.
  */
@@ -22,6 +34,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 
 #include "core/alloc.h"
 #include "core/util.h"
@@ -42,6 +55,7 @@ struct llm_transport {
     int n_calls;             /* length of that list */
     sockinfo *socks;         /* every sockinfo not yet released by CURL_POLL_REMOVE */
     uint64_t rng;            /* xorshift64 state for backoff jitter (not security relevant) */
+    llm_http_version http;   /* PROVIDER_HTTP_VERSION, for transfers prepared from now on */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -169,6 +183,10 @@ llm_transport *llm_transport_new(struct event_base *base)
     curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
     curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
     curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
+    /* Multiplexing is curl's default since 7.62; say it, this is the policy. */
+    curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)LLM_H2_MAX_STREAMS);
+    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)LLM_MAX_CACHED_CONNECTIONS);
     return t;
 }
 
@@ -219,10 +237,21 @@ double llm__transport_random(llm_transport *t)
     return (double)(x >> 11) / 9007199254740992.0; /* 2^53 */
 }
 
+void llm_transport_set_http_version(llm_transport *t, llm_http_version v)
+{
+    t->http = v;
+}
+
 void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
 {
-    (void)t;
-    (void)p;
+    bool tls = p->base_url && strncasecmp(p->base_url, "https://", 8) == 0;
+    long version = CURL_HTTP_VERSION_1_1;
+    switch (t->http) {
+    case LLM_HTTP_AUTO: version = tls ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1; break;
+    case LLM_HTTP_1_1: version = CURL_HTTP_VERSION_1_1; break;
+    case LLM_HTTP_2: version = tls ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE; break;
+    }
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
     /* Where the connection can multiplex (HTTP/2), a new transfer waits for it
      * rather than opening a connection of its own. */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
