@@ -9,8 +9,13 @@
 // Reference: docs/PROTOCOLS.md sections A, B and C. Knobs: README.md here.
 //
 // Plain Node `http`, no dependencies: it must never be the bottleneck of a benchmark.
+// With --h2c the same port also speaks HTTP/2 with prior knowledge (h2c, node's
+// http2 compatibility API, the same request handler): a connection whose first
+// bytes are the HTTP/2 preface goes to the http2 server, any other to the http one.
 
 import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
 import { randomFillSync } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 
@@ -18,7 +23,7 @@ import { performance } from 'node:perf_hooks';
 // CLI
 
 function parseArgs(argv) {
-  const opts = { port: 0, host: '127.0.0.1', apiKey: null, logMax: 10000, strictAlternation: false };
+  const opts = { port: 0, host: '127.0.0.1', apiKey: null, logMax: 10000, strictAlternation: false, h2c: false, h2MaxStreams: 1000 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -30,18 +35,21 @@ function parseArgs(argv) {
     else if (a === '--api-key') opts.apiKey = next();
     else if (a === '--log-max') opts.logMax = Number(next());
     else if (a === '--strict-alternation') opts.strictAlternation = true;
+    else if (a === '--h2c') opts.h2c = true;
+    else if (a === '--h2-max-streams') opts.h2MaxStreams = Number(next());
     else if (a === '-h' || a === '--help') usage(null);
     else usage(`unknown argument ${a}`);
   }
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) usage('bad --port');
   if (!Number.isInteger(opts.logMax) || opts.logMax < 1) usage('bad --log-max');
+  if (!Number.isInteger(opts.h2MaxStreams) || opts.h2MaxStreams < 1 || opts.h2MaxStreams > 2 ** 31 - 1) usage('bad --h2-max-streams');
   return opts;
 }
 
 function usage(err) {
   const text =
     'usage: node tests/fake_llm/server.mjs [--port N] [--host 127.0.0.1] [--api-key K]\n' +
-    '                                     [--log-max N] [--strict-alternation]\n';
+    '                                     [--log-max N] [--strict-alternation] [--h2c] [--h2-max-streams N]\n';
   if (err) {
     process.stderr.write(`fake_llm: ${err}\n${text}`);
     process.exit(2);
@@ -282,6 +290,18 @@ class Ctx {
   // With graceful=true the socket is closed with a FIN instead (a body cut short).
   reset(outcome, graceful = false) {
     this.finish(outcome);
+    const stream = this.res.stream;
+    if (stream) {
+      // HTTP/2: only this stream, never the connection the others share:
+      // RST_STREAM INTERNAL_ERROR, or END_STREAM for a body cut short.
+      const kill = () => {
+        if (stream.destroyed || stream.closed) return;
+        if (graceful) stream.end();
+        else stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      };
+      setTimeout(kill, this.res.writableLength > 0 ? 20 : 5);
+      return;
+    }
     const sock = this.res.socket;
     if (!sock) return;
     const kill = () => {
@@ -299,7 +319,8 @@ class Ctx {
       const open = await this.sleep(ms);
       if (open) {
         this.finish(outcome);
-        this.res.socket?.destroy();
+        if (this.res.stream) this.res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+        else this.res.socket?.destroy();
       }
     } else {
       // Until the client closes (recorded as client_closed) or the server stops.
@@ -1853,6 +1874,9 @@ function control(req, res, rawBody, path, query) {
     state.logLen = 0;
     state.total = 0;
     state.clientClosed = 0;
+    conns.total = 0;
+    conns.h2Total = 0;
+    conns.h2Streams = 0;
     return reply(200, { ok: true });
   }
   if (req.method === 'GET' && path === '/_fake/requests') {
@@ -1860,7 +1884,11 @@ function control(req, res, rawBody, path, query) {
     return reply(200, { requests: logList(limit) });
   }
   if (req.method === 'GET' && path === '/_fake/stats') {
-    return reply(200, { requests: state.total, client_closed: state.clientClosed, active: state.active, queued: state.script.queue.length });
+    return reply(200, {
+      requests: state.total, client_closed: state.clientClosed, active: state.active, queued: state.script.queue.length,
+      connections: conns.open, connections_total: conns.total, h2_connections: conns.h2Open,
+      h2_connections_total: conns.h2Total, h2_streams_total: conns.h2Streams,
+    });
   }
   return reply(404, { error: `no control endpoint ${req.method} ${path}` });
 }
@@ -1914,16 +1942,68 @@ async function onRequest(req, res) {
   }
 }
 
-const server = http.createServer({ noDelay: true, keepAlive: true }, (req, res) => {
+function handler(req, res) {
   onRequest(req, res).catch((e) => {
     process.stderr.write(`fake_llm: ${e && e.stack ? e.stack : e}\n`);
     res.destroy();
   });
-});
+}
+
+const h1 = http.createServer({ noDelay: true, keepAlive: true }, handler);
 // Long idle keep-alive so a client's pooled connection is not closed under it mid-benchmark.
-server.keepAliveTimeout = 65_000;
-server.headersTimeout = 70_000;
-server.requestTimeout = 0;
+h1.keepAliveTimeout = 65_000;
+h1.headersTimeout = 70_000;
+h1.requestTimeout = 0;
+
+// Connection counts for /_fake/stats (a test checks how many connections its client opened).
+const conns = { open: 0, total: 0, h2Open: 0, h2Total: 0, h2Streams: 0 };
+function countConnection(sock) {
+  conns.open++;
+  conns.total++;
+  sock.once('close', () => conns.open--);
+}
+
+// Connection-specific headers, which HTTP/2 forbids (RFC 9113 8.2.2): a scenario's `headers`
+// may name them; on an HTTP/2 response they are dropped.
+const H2_FORBIDDEN = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
+
+let server = h1;
+if (OPTS.h2c) {
+  // maxConcurrentStreams: node advertises 2^32-1 by default; a bounded value, as real providers send
+  // (--h2-max-streams, default 1000). maxSessionMemory (MB) well above node's 10 so that a thousand
+  // streams on one connection are not refused with ENHANCE_YOUR_CALM.
+  const h2 = http2.createServer({ settings: { maxConcurrentStreams: OPTS.h2MaxStreams }, maxSessionMemory: 4096 }, (req, res) => {
+    conns.h2Streams++;
+    const writeHead = res.writeHead.bind(res);
+    res.writeHead = (status, headers) => {
+      if (headers) for (const k of Object.keys(headers)) if (H2_FORBIDDEN.has(k.toLowerCase())) delete headers[k];
+      return writeHead(status, headers);
+    };
+    handler(req, res);
+  });
+  h2.on('session', (session) => {
+    conns.h2Open++;
+    conns.h2Total++;
+    session.once('close', () => conns.h2Open--);
+    session.on('error', () => {});
+  });
+  // One port, both protocols: the first bytes decide (RFC 9113 3.4: the client preface starts with "PRI ").
+  const PREFACE = Buffer.from('PRI * HTTP/2.0');
+  server = net.createServer({ noDelay: true }, (sock) => {
+    countConnection(sock);
+    sock.on('error', () => {});
+    sock.once('data', (chunk) => {
+      sock.pause();
+      sock.unshift(chunk);
+      const n = Math.min(chunk.length, PREFACE.length);
+      const target = chunk.subarray(0, n).equals(PREFACE.subarray(0, n)) ? h2 : h1;
+      target.emit('connection', sock);
+      process.nextTick(() => sock.resume());
+    });
+  });
+} else {
+  h1.on('connection', countConnection);
+}
 
 server.listen(OPTS.port, OPTS.host, () => {
   process.stdout.write(`LISTENING ${server.address().port}\n`);
@@ -1931,7 +2011,7 @@ server.listen(OPTS.port, OPTS.host, () => {
 
 function shutdown() {
   server.close();
-  server.closeAllConnections();
+  h1.closeAllConnections();
   process.exit(0);
 }
 process.on('SIGTERM', shutdown);
