@@ -16,7 +16,10 @@
 #   stateless      POST /v1/chat/completions on chatd (nothing stored)
 #   chat_normal    POST /chat on a chatd with ?synchronous=normal (BENCH_VARIANTS)
 #   chat_w1        POST /chat on a chatd with WORKERS=1 (BENCH_VARIANTS)
-# Then: syscalls per turn (strace -c -f on short separate runs, BENCH_SYSCALLS),
+# Then: added latency at half of the maximum rate (BENCH_LATENCY: the open-loop
+# generator bench/openloop.c at half the turns/s of the stateless and /chat
+# phases, against chatd, the fake directly and nginx, BENCH_LATENCY_SECONDS),
+# syscalls per turn (strace -c -f on short separate runs, BENCH_SYSCALLS),
 # the streams phase (BENCH_STREAMS concurrent slow SSE streams on chatd, then on
 # nginx: all whole? RSS per open stream, memory given back?) and the long-session
 # phase (BENCH_LONG_TURNS turns of ~2 KB in one session: turn 5 vs turn 500).
@@ -33,6 +36,8 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 PY=/usr/bin/python3 # Debian's python (the pyenv one on PATH may lack modules)
 export PATH="$PATH:/usr/sbin:/sbin" # nginx lives in /usr/sbin
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 
 DURATION=${BENCH_SECONDS:-8}
 WARMUP=${BENCH_WARMUP:-2}
@@ -59,14 +64,15 @@ STREAM_SETTLE=${BENCH_STREAM_SETTLE:-3}
 LONG_TURNS=${BENCH_LONG_TURNS:-500}
 LONG_BYTES=${BENCH_LONG_BYTES:-2048}
 LONG_TIMEOUT=${BENCH_LONG_TIMEOUT:-90}
+LATENCY=${BENCH_LATENCY:-1}
+LAT_SECONDS=${BENCH_LATENCY_SECONDS:-8}
+LAT_MAXCONN=${BENCH_LATENCY_CONNECTIONS:-64}
 RECORD=${BENCH_RECORD:-1}
 [[ ${BENCH_TAG:-} =~ ^[A-Za-z0-9_-]*$ ]] || { echo "bench: BENCH_TAG may hold letters, digits, - and _ only" >&2; exit 2; }
 
-die() { echo "bench: $*" >&2; exit 2; }
-
 for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS NGINX_ON NGINX_WORKERS VARIANTS SYSCALLS \
     SYS_SECONDS SYS_CONNS STREAMS STREAM_HOLD STREAM_DELTAS STREAM_RAMP STREAM_SETTLE LONG_TURNS LONG_BYTES \
-    LONG_TIMEOUT RECORD; do
+    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
@@ -75,6 +81,7 @@ done
     die "need BENCH_STREAM_DELTAS >= 2, BENCH_STREAM_HOLD >= 1, BENCH_STREAM_RAMP >= 1"
 ((LONG_TURNS == 0 || LONG_TURNS >= 20)) || die "BENCH_LONG_TURNS must be 0 (off) or at least 20"
 ((NGINX_WORKERS >= 1)) || die "BENCH_NGINX_WORKERS must be at least 1"
+((LAT_SECONDS >= 1 && LAT_MAXCONN >= 16)) || die "need BENCH_LATENCY_SECONDS >= 1 and BENCH_LATENCY_CONNECTIONS >= 16"
 [[ $DATABASE == sqlite || $DATABASE == postgres ]] || die "BENCH_DATABASE must be sqlite or postgres (got '$DATABASE')"
 [[ -x $PY ]] || die "$PY not found"
 command -v node >/dev/null || die "node not found"
@@ -88,13 +95,6 @@ NOFILE=$(ulimit -n)
 [[ $NOFILE == unlimited ]] && NOFILE=1048576
 
 # --- tools (Debian packages, installed if missing) ------------------------------
-apt_install() { # package: installs it non-interactively (sudo when not root)
-    local sudo=
-    [[ $(id -u) -eq 0 ]] || sudo=sudo
-    echo "bench: installing $1 (Debian package)" >&2
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >&2 ||
-        { $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >&2; }
-}
 command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
 if ((NGINX_ON)); then
     command -v nginx >/dev/null || apt_install nginx || die "cannot install nginx (BENCH_NGINX=0 runs without it)"
@@ -106,35 +106,7 @@ if ((SYSCALLS)); then
 fi
 
 # --- chatd binary ------------------------------------------------------------
-build_type() { # CMAKE_BUILD_TYPE of the build tree holding binary $1, or "unknown"
-    local cache
-    cache="$(dirname "$1")/CMakeCache.txt"
-    if [[ -f $cache ]]; then
-        sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$cache" | head -n1
-    else
-        echo unknown
-    fi
-}
-if [[ $# -ge 1 ]]; then
-    BIN=$1
-    [[ -x $BIN ]] || die "$BIN is not an executable"
-else
-    BIN=$ROOT/build/chatd
-    if [[ ! -x $BIN || $(build_type "$BIN") != Release ]]; then
-        # Without an argument only a Release binary is measured: a Debug one
-        # would be misleading. build/ is used when it is a Release tree.
-        BIN=$ROOT/build-release/chatd
-        if [[ ! -x $BIN ]]; then
-            echo "bench: building chatd (Release) in build-release/" >&2
-            (cd "$ROOT" && cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >&2 &&
-                cmake --build build-release -j2 --target chatd >&2) || die "build failed"
-        fi
-    fi
-fi
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-BUILD_TYPE=$(build_type "$BIN")
-[[ $BUILD_TYPE == Release ]] ||
-    echo "bench: WARNING: $BIN is a '$BUILD_TYPE' build, not Release: numbers are not representative" >&2
+resolve_chatd_bin "${1:-}"
 
 # --- scratch directory and cleanup --------------------------------------------
 TMP=$(mktemp -d /tmp/chatd-bench.XXXXXX)
@@ -150,22 +122,8 @@ NGINX_PID=
 NGINX_DIR=
 STRACE_PID=
 PG_DIR=
-CHATD_N=0 # chatd processes started (their logs: chatd-N.err)
 PHASES=()
-CHATD_EXITS=()
 
-STOP_RC=
-stop_pid() { # pid: SIGTERM, up to 5 s grace, then SIGKILL; exit status in STOP_RC
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    STOP_RC=0
-    wait "$pid" 2>/dev/null || STOP_RC=$?
-}
 cleanup() {
     [[ -n $STRACE_PID ]] && stop_pid "$STRACE_PID"
     [[ -n $CHATD_PID ]] && stop_pid "$CHATD_PID"
@@ -185,38 +143,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- machine load before anything starts (the other users of the machine) -------
-# "busy total" ticks of the whole machine (busy: user, nice, system, irq,
-# softirq; total adds idle, iowait and steal).
-cpu_busy_total() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-busy_cores() { # "busy total" at start, the same at end: mean busy cores in between
-    awk -v a="$1" -v b="$2" -v n="$(nproc)" 'BEGIN {split(a, x, " "); split(b, y, " ");
-        d = y[2] - x[2]; printf "%.2f", (d > 0 ? (y[1] - x[1]) / d * n : 0)}'
-}
-cores_busy() { # seconds: mean number of busy cores over that time, machine-wide
-    local a
-    a=$(cpu_busy_total); sleep "$1"
-    busy_cores "$a" "$(cpu_busy_total)"
-}
+((LATENCY)) && build_openloop
+
 LOAD_BEFORE=$(cores_busy 2)
 LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 RUN_T0=$(date +%s)
 
 # --- fake provider -------------------------------------------------------------
-(cd "$ROOT" && exec node tests/fake_llm/server.mjs --port 0 --host 127.0.0.1 --log-max 16) \
-    >"$TMP/fake.out" 2>"$TMP/fake.err" &
-FAKE_PID=$!
-FAKE_PORT=
-for ((i = 0; i < 100; i++)); do
-    FAKE_PORT=$(sed -n 's/^LISTENING \([0-9][0-9]*\)$/\1/p' "$TMP/fake.out" | head -n1)
-    [[ -n $FAKE_PORT ]] && break
-    kill -0 "$FAKE_PID" 2>/dev/null || { cat "$TMP/fake.err" >&2; die "the fake provider exited"; }
-    sleep 0.1
-done
-[[ -n $FAKE_PORT ]] || die "the fake provider did not print LISTENING within 10 s"
-FAKE=http://127.0.0.1:$FAKE_PORT
-fake_script() { # JSON of POST /_fake/script
-    curl -fsS -o /dev/null --max-time 5 -H 'Content-Type: application/json' -d "$1" "$FAKE/_fake/script"
-}
+start_fake
 
 # --- nginx -----------------------------------------------------------------------
 free_port() {
@@ -270,66 +204,8 @@ else
 fi
 
 # --- chatd ---------------------------------------------------------------------
-# start_chatd DATABASE_URL WORKERS: sets CHATD_PID, CHATD_PORT, CHATD, CHATD_ERR.
-# A clean environment: the caller's CHAT_MODEL, .env etc. must not leak in.
-# BENCH_CHATD_ENV adds settings ("NAME=value NAME2=value2").
-start_chatd() {
-    local url=$1 workers=$2 i
-    CHATD_N=$((CHATD_N + 1))
-    CHATD_ERR=$TMP/chatd-$CHATD_N.err
-    # shellcheck disable=SC2086
-    (cd "$TMP" && exec env -i PATH="$PATH" HOME="$TMP" ENV_FILE=/dev/null \
-        ANTHROPIC_API_KEY=bench ANTHROPIC_BASE_URL="$FAKE" \
-        DATABASE_URL="$url" PORT=0 HOST=127.0.0.1 WORKERS="$workers" \
-        LOG_LEVEL="$LOG_LEVEL_" DRAIN_TIMEOUT=2s RATE_LIMIT=off ${BENCH_CHATD_ENV:-} \
-        "$BIN" serve) >"$TMP/chatd-$CHATD_N.out" 2>"$CHATD_ERR" &
-    CHATD_PID=$!
-    # The port comes from the {"msg":"listening",...,"port":N} line, or, when
-    # the log level hides it, from the process's listening socket (ss).
-    # Readiness is then GET /healthz.
-    CHATD_PORT=
-    for ((i = 0; i < 150; i++)); do
-        CHATD_PORT=$(sed -n 's/.*"msg":"listening".*"port":\([0-9][0-9]*\).*/\1/p' "$CHATD_ERR" | head -n1)
-        [[ -z $CHATD_PORT ]] &&
-            CHATD_PORT=$(ss -Hltnp 2>/dev/null | grep "pid=$CHATD_PID," | awk '{print $4}' | sed 's/.*://' | head -n1 || true)
-        [[ -n $CHATD_PORT ]] && break
-        kill -0 "$CHATD_PID" 2>/dev/null || { cat "$CHATD_ERR" >&2; die "chatd exited at start"; }
-        sleep 0.1
-    done
-    [[ -n $CHATD_PORT ]] || { tail -n 20 "$CHATD_ERR" >&2; die "no listening port for chatd within 15 s"; }
-    CHATD=http://127.0.0.1:$CHATD_PORT
-    for ((i = 0; i < 100; i++)); do
-        curl -fsS -o /dev/null --max-time 2 "$CHATD/healthz" 2>/dev/null && break
-        kill -0 "$CHATD_PID" 2>/dev/null || { cat "$CHATD_ERR" >&2; die "chatd exited at start"; }
-        sleep 0.1
-    done
-    curl -fsS -o /dev/null --max-time 2 "$CHATD/healthz" || die "chatd does not answer GET /healthz"
-}
-stop_chatd() { # records the exit status (a crash at shutdown is a bug too)
-    stop_pid "$CHATD_PID"
-    CHATD_EXITS+=("$STOP_RC")
-    CHATD_PID=
-}
-alive_or_die() {
-    kill -0 "$CHATD_PID" 2>/dev/null && return 0
-    echo "bench: CHATD DIED; last lines of its stderr:" >&2
-    tail -n 30 "$CHATD_ERR" >&2
-    return 1
-}
-
 # --- measurements ----------------------------------------------------------------
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { # pids...: utime+stime summed
-    local t=0 p v
-    for p in "$@"; do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
-status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 fake_count() { curl -fsS --max-time 5 "$FAKE/_fake/stats" | sed -n 's/.*"requests":\([0-9]*\).*/\1/p'; }
-secs() { awk -v a="$1" -v b="$2" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}'; }
 
 # run_phase NAME MODE URL-PATH TARGET(chatd|fake|nginx) SECONDS PREFIX [CONNECTIONS]
 # Writes $TMP/NAME.json (wrk summary from turns.lua), $TMP/NAME.wrk.txt (wrk's
@@ -374,10 +250,6 @@ run_phase() {
     ((alive)) || echo "bench: CHATD DIED during phase $name" >&2
 }
 
-# The request chatd last sent upstream, so the direct and nginx phases send its twin.
-capture_upstream() { # file
-    curl -fsS --max-time 5 "$FAKE/_fake/requests?limit=1" >"$1" || echo '{"requests":[]}' >"$1"
-}
 # Sets UP_MODEL, UP_MAX_TOKENS, UP_SYSTEM_JSON, UP_STREAM from a capture.
 read_upstream() {
     eval "$("$PY" - "$1" <<'EOF'
@@ -441,6 +313,44 @@ streams_phase() {
     STREAM_PHASES+=("$1")
 }
 
+# latency_phase NAME TARGET(chatd|fake|nginx) PATH BODY-FILE RATE EXPECT PREFIX:
+# bench/openloop.c at a fixed RATE (requests due at t0 + i / RATE, latency from
+# the scheduled time: no coordinated omission) for LAT_SECONDS after a 1 s
+# warm-up, over up to LAT_MAXCONN keep-alive connections. Writes
+# $TMP/NAME.json (openloop's result) and $TMP/NAME.meta.json (server CPU).
+LAT_PHASES=()
+latency_phase() {
+    local name=$1 target=$2 path=$3 body=$4 rate=$5 expect=$6 prefix=$7 base server_pids rc=0 alive=1
+    local -a hdrs=(--header 'Content-Type: application/json')
+    case $target in
+    chatd) base=$CHATD; server_pids=$CHATD_PID ;;
+    nginx) base=$NGINX; server_pids=$(nginx_pids) ;;
+    *) base=$FAKE; server_pids=$FAKE_PID ;;
+    esac
+    [[ $target == chatd ]] || hdrs+=(--header 'x-api-key: bench' --header 'anthropic-version: 2023-06-01')
+    echo "bench: $name: open loop, $rate requests/s for ${LAT_SECONDS}s (+1 s warm-up) -> $base$path" >&2
+    local s0 c0 m0 s1 c1 m1
+    # shellcheck disable=SC2086
+    s0=$(cpu_ticks $server_pids); c0=$(cpu_ticks "$CHATD_PID"); m0=$(cpu_busy_total)
+    timeout $((LAT_SECONDS + 40)) "$OPENLOOP" --url "$base$path" --method POST --body-file "$body" "${hdrs[@]}" \
+        --rate "$rate" --duration "$LAT_SECONDS" --warmup 1 --connections 16 --max-connections "$LAT_MAXCONN" \
+        --timeout 10 --drain 10 --expect "$expect" --prefix "$prefix" --out "$TMP/$name.json" \
+        2>"$TMP/$name.err" || rc=$?
+    # shellcheck disable=SC2086
+    s1=$(cpu_ticks $server_pids); c1=$(cpu_ticks "$CHATD_PID"); m1=$(cpu_busy_total)
+    kill -0 "$CHATD_PID" 2>/dev/null || alive=0
+    printf '{"target":"%s","rate":%s,"exit":%d,"chatd_alive":%d,"server_cpu_s":%s,"chatd_cpu_s":%s,"machine_busy_cores":%s}\n' \
+        "$target" "$rate" "$rc" "$alive" "$(secs "$s0" "$s1")" "$(secs "$c0" "$c1")" "$(busy_cores "$m0" "$m1")" \
+        >"$TMP/$name.meta.json"
+    ((rc == 0)) || { echo "bench: openloop failed in $name (exit $rc):" >&2; tail -n 5 "$TMP/$name.err" >&2; }
+    LAT_PHASES+=("$name")
+}
+half_rate() { # PHASE: half of the turns/s that wrk phase completed (whole requests/s, at least 1)
+    "$PY" -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+print(max(1, int(d["ok"] / (d["duration_us"] / 1e6) / 2)))' "$TMP/$1.json" 2>/dev/null || echo 0
+}
+
 # --- the run ---------------------------------------------------------------------
 start_chatd "$DB_URL" "$WORKERS"
 IDLE_RSS_KB=$(status_kb "$CHATD_PID" VmRSS)
@@ -466,6 +376,36 @@ if alive_or_die; then
     PHASES+=(healthz)
 fi
 chatd_phase stateless stateless /v1/chat/completions t
+capture_upstream "$TMP/upstream_stateless.json"
+
+# Added latency at half of the maximum rate (open loop): for the stateless
+# path and /chat, half of the turns/s of their throughput phase above, against
+# chatd, then the same rate with chatd's upstream request straight to the fake
+# and through nginx.
+if ((LATENCY)) && alive_or_die; then
+    printf '%s' '{"messages":[{"role":"user","content":"bench {{session}}"}]}' >"$TMP/lat_stateless.body"
+    printf '%s' '{"message":"bench {{session}}","session_id":"{{session}}"}' >"$TMP/lat_chat.body"
+    for kind in stateless chat; do
+        rate=$(half_rate "$kind")
+        if ((rate < 1)); then
+            echo "bench: no throughput figure for $kind: no latency phase for it" >&2
+            continue
+        fi
+        alive_or_die || break
+        if [[ $kind == chat ]]; then
+            latency_phase lat_chat_chatd chatd /chat "$TMP/lat_chat.body" "$rate" '"response"' lc
+        else
+            latency_phase lat_stateless_chatd chatd /v1/chat/completions "$TMP/lat_stateless.body" "$rate" \
+                '"finish_reason":"stop"' lt
+        fi
+        upstream_body_template "$TMP/upstream_$kind.json" "$TMP/lat_${kind}_up.body" ||
+            { echo "bench: no upstream request of chatd captured for $kind" >&2; continue; }
+        latency_phase "lat_${kind}_direct" fake /v1/messages "$TMP/lat_${kind}_up.body" "$rate" \
+            '"stop_reason":"end_turn"' "ld$kind"
+        ((NGINX_ON)) && latency_phase "lat_${kind}_nginx" nginx /v1/messages "$TMP/lat_${kind}_up.body" "$rate" \
+            '"stop_reason":"end_turn"' "ln$kind"
+    done
+fi
 
 # Syscalls per turn.
 if ((SYSCALLS)); then
@@ -546,4 +486,5 @@ mkdir -p "$(dirname "$OUT_JSON")"
     --long "$LONG_DONE" --long-turns "$LONG_TURNS" --nofile "$NOFILE" --nginx-workers "$NGINX_WORKERS" \
     --sha "$SHA" --dirty "$DIRTY" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" \
     --loadavg-before "$LOADAVG_BEFORE" --loadavg-after "$LOADAVG_AFTER" --run-seconds "$RUN_SECONDS" \
-    --sys-conns "$SYS_CONNS" --sys-seconds "$SYS_SECONDS"
+    --sys-conns "$SYS_CONNS" --sys-seconds "$SYS_SECONDS" --lat-phases "${LAT_PHASES[*]}" \
+    --lat-seconds "$LAT_SECONDS" --lat-max-connections "$LAT_MAXCONN"
