@@ -33,13 +33,16 @@
 #include "store/sqlite_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/assets.h"
@@ -63,6 +66,12 @@ typedef struct file_lock {
     char *path;
     pthread_mutex_t mu;
     int refs;
+    turn_locks *locks; /* the file's turn locks (turn_locks.h) */
+    /* -1, or a descriptor on the file holding flock(LOCK_EX): this process
+     * serves the file (sqlite_file_own). Closed only with the last handle: the
+     * close of any descriptor on the file drops the process's POSIX locks,
+     * SQLite's included, so none may be open then. */
+    int owner_fd;
     struct file_lock *next;
 } file_lock;
 
@@ -81,6 +90,8 @@ static file_lock *file_lock_get(const char *path)
         l = chat_xcalloc(1, sizeof *l);
         l->path = chat_xstrdup(key);
         pthread_mutex_init(&l->mu, NULL);
+        l->locks = turn_locks_new();
+        l->owner_fd = -1;
         l->next = file_locks;
         file_locks = l;
     }
@@ -101,6 +112,9 @@ static void file_lock_put(file_lock *l)
             pp = &(*pp)->next;
         *pp = l->next;
         pthread_mutex_destroy(&l->mu);
+        turn_locks_free(l->locks);
+        if (l->owner_fd >= 0)
+            close(l->owner_fd);
         free(l->path);
         free(l);
     }
@@ -111,6 +125,44 @@ static void file_lock_put(file_lock *l)
 const char *sqlite_file_key(const sqlite_db *s)
 {
     return s->writer->path;
+}
+
+turn_locks *sqlite_turn_locks(sqlite_db *s)
+{
+    return s->writer ? s->writer->locks : s->mem_locks;
+}
+
+chat_rc sqlite_file_own(sqlite_db *s, char *err, size_t errlen)
+{
+    file_lock *l = s->writer;
+    if (!l)
+        return CHAT_OK; /* :memory: is private to its handle */
+    pthread_mutex_lock(&file_locks_mu);
+    chat_rc rc = CHAT_OK;
+    if (l->owner_fd < 0) {
+        int fd = open(l->path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            chat_set_err(err, errlen, "cannot open %s: %s", l->path, strerror(errno));
+            rc = CHAT_EIO;
+        } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            close(fd);
+            if (e == EWOULDBLOCK) {
+                chat_set_err(err, errlen,
+                             "the database file %s is in use by another chatd server process (one server owns a "
+                             "SQLite file; run several servers on PostgreSQL)",
+                             l->path);
+                rc = CHAT_EBUSY;
+            } else {
+                chat_set_err(err, errlen, "cannot lock %s: %s", l->path, strerror(e));
+                rc = CHAT_EIO;
+            }
+        } else {
+            l->owner_fd = fd;
+        }
+    }
+    pthread_mutex_unlock(&file_locks_mu);
+    return rc;
 }
 
 /* ---- errors --------------------------------------------------------------- */
@@ -548,6 +600,8 @@ chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t errlen)
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
     if (!memory)
         s->writer = file_lock_get(path); /* after open: the file exists, realpath names it */
+    else
+        s->mem_locks = turn_locks_new();
 
     s->sync_normal = sync_normal;
     s->memory = memory;
@@ -579,6 +633,7 @@ void sqlite_close(sqlite_db *s)
     sqlite_writer_detach(s);
     write_unlock(s);
     file_lock_put(s->writer);
+    turn_locks_free(s->mem_locks);
     free(s->url);
     if (s->db) {
         int rc = sqlite3_close(s->db);

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "store/backend.h"
+#include "store/turn_locks.h"
 
 /* How long a connection waits for another connection's write lock. Writes are
  * a few milliseconds, so this only runs out when something is badly wrong. */
@@ -76,8 +77,6 @@ enum {
  */
 #define STATEMENTS(X)                                                                                                \
     X(ST_BEGIN_WRITE, "BEGIN IMMEDIATE")                                                                             \
-    X(ST_SYNC_NORMAL, "PRAGMA synchronous=NORMAL")                                                                   \
-    X(ST_SYNC_FULL, "PRAGMA synchronous=FULL")                                                                       \
     X(ST_BEGIN_READ, "BEGIN")                                                                                        \
     X(ST_COMMIT, "COMMIT")                                                                                           \
     X(ST_ROLLBACK, "ROLLBACK")                                                                                       \
@@ -86,15 +85,6 @@ enum {
     X(ST_RELEASE, "RELEASE op")                                                                                      \
     X(ST_ROLLBACK_TO, "ROLLBACK TO op")                                                                              \
     X(ST_PING, "SELECT 1")                                                                                           \
-    /* Insert, or take over an expired lock; sqlite3_changes() says which happened. */                               \
-    X(ST_LOCK_ACQUIRE, "INSERT INTO turn_locks (session_id, token, expires_at) VALUES (?1, ?2, ?3) "                 \
-                       "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, "                             \
-                       "expires_at = excluded.expires_at WHERE turn_locks.expires_at <= ?4")                         \
-    X(ST_LOCK_REFRESH, "UPDATE turn_locks SET expires_at = ?3 WHERE session_id = ?1 AND token = ?2")                 \
-    X(ST_LOCK_RELEASE, "DELETE FROM turn_locks WHERE session_id = ?1 AND token = ?2")                                \
-    X(ST_LOCK_TOKEN, "SELECT token FROM turn_locks WHERE session_id = ?1")                                           \
-    X(ST_LOCK_DROP, "DELETE FROM turn_locks WHERE session_id = ?1")                                                  \
-    X(ST_LOCK_SWEEP, "DELETE FROM turn_locks WHERE expires_at <= ?1")                                                \
     X(ST_SESSION_CREATE, "INSERT INTO sessions (id, owner, system_prompt, model, created_at, updated_at) "           \
                          "VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (id) DO NOTHING")                              \
     X(ST_NEXT_SEQ, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?1")                               \
@@ -156,10 +146,8 @@ enum {
     X(ST_LIST_OLD_OWNER_AFTER,                                                                                       \
       "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?4 AND (created_at, id) > (?2, ?3) "                      \
       "ORDER BY created_at, id LIMIT ?1")                                                                            \
-    X(ST_EXPIRE_SELECT, "SELECT id, turn_count, message_count FROM sessions AS s WHERE updated_at < ?1 "             \
-                        "AND NOT EXISTS (SELECT 1 FROM turn_locks AS l "                                             \
-                        "WHERE l.session_id = s.id AND l.expires_at > ?2) "                                          \
-                        "ORDER BY updated_at LIMIT ?3")                                                              \
+    X(ST_EXPIRE_SELECT, "SELECT id, turn_count, message_count FROM sessions WHERE updated_at < ?1 "                  \
+                        "ORDER BY updated_at LIMIT ?2")                                                              \
     /* ---- idempotency: ?1 scope, ?2 key, ?3 token throughout ---- */                                               \
     X(ST_IDEM_GET, "SELECT " IDEM_COLS " FROM idempotency WHERE scope = ?1 AND key = ?2")                            \
     X(ST_IDEM_DROP, "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2")                                         \
@@ -246,6 +234,7 @@ struct sqlite_db {
      * (guarded by the writer's mutex). */
     sqlite_writer *wr;
     int inflight;
+    turn_locks *mem_locks; /* a :memory: database's own turn locks; file databases share their file's */
 };
 
 /* ---- the connection and statement helpers (sqlite_conn.c) ---- */
@@ -266,6 +255,13 @@ int sqlite_schema_version(sqlite_db *s);
 chat_rc sqlite_ping(sqlite_db *s);
 /* The real path of a file database (not for :memory:). */
 const char *sqlite_file_key(const sqlite_db *s);
+/* The turn locks of s's database: its file's, shared by the process's handles
+ * on it, or a :memory: handle's own. */
+turn_locks *sqlite_turn_locks(sqlite_db *s);
+/* Makes this process the one server of s's file: an exclusive flock held until
+ * the process's last handle on the file closes (a no-op for :memory: and once
+ * held). CHAT_EBUSY, with a message in err, when another process holds it. */
+chat_rc sqlite_file_own(sqlite_db *s, char *err, size_t errlen);
 
 /* Resets a statement after use (and releases the write mutex after a write
  * outside a transaction); expects the handle in a variable named s. */

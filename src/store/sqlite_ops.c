@@ -19,77 +19,22 @@
 
 /* ---- turn locks ----------------------------------------------------------- */
 
-/*
- * Runs a one-statement write without waiting for the disk (synchronous=NORMAL
- * for that commit). Only for rows whose loss in a power cut is harmless: turn
- * locks expire by themselves, and the next FULL commit (the turn's) syncs these
- * WAL frames too. A turn then costs one fsync, its commit, instead of three.
- */
-static chat_rc run_unsynced(sqlite_db *s, enum stmt_id id)
-{
-    if (s->sync_normal || s->batch) /* in a batch, its commit decides */
-        return sql_run(s, id);
-    if (sql_run(s, ST_SYNC_NORMAL) != CHAT_OK)
-        return sql_run(s, id);
-    chat_rc rc = sql_run(s, id);
-    if (sql_run(s, ST_SYNC_FULL) != CHAT_OK)
-        chat_log(LOG_ERROR, "store error",
-                 json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "pragma", "error",
-                           "cannot restore synchronous=FULL"));
-    return rc;
-}
+/* In memory (turn_locks.h): the process owns the file, so a lock needs no row. */
 
 static chat_rc sqlite_lock_acquire(sqlite_db *s, const char *session_id, const char *token, int64_t now, int64_t ttl_ms)
 {
-    sqlite3_stmt *st = s->st[ST_LOCK_ACQUIRE];
-    sql_bind_text(s, st, 1, session_id);
-    sql_bind_text(s, st, 2, token);
-    sql_bind_i64(s, st, 3, now + ttl_ms);
-    sql_bind_i64(s, st, 4, now);
-    chat_rc rc = run_unsynced(s, ST_LOCK_ACQUIRE);
-    if (rc != CHAT_OK)
-        return rc;
-    /* 0 rows: the conflict's WHERE kept a live lock in place. */
-    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_EBUSY;
+    return turn_locks_acquire(sqlite_turn_locks(s), session_id, token, now, ttl_ms);
 }
 
 static chat_rc sqlite_lock_refresh(sqlite_db *s, const char *session_id, const char *token, int64_t now, int64_t ttl_ms)
 {
-    sqlite3_stmt *st = s->st[ST_LOCK_REFRESH];
-    sql_bind_text(s, st, 1, session_id);
-    sql_bind_text(s, st, 2, token);
-    sql_bind_i64(s, st, 3, now + ttl_ms);
-    chat_rc rc = run_unsynced(s, ST_LOCK_REFRESH);
-    if (rc != CHAT_OK)
-        return rc;
-    return sqlite3_changes(s->db) == 1 ? CHAT_OK : CHAT_ECONFLICT;
+    return turn_locks_refresh(sqlite_turn_locks(s), session_id, token, now, ttl_ms);
 }
 
 static chat_rc sqlite_lock_release(sqlite_db *s, const char *session_id, const char *token)
 {
-    sqlite3_stmt *st = s->st[ST_LOCK_RELEASE];
-    sql_bind_text(s, st, 1, session_id);
-    sql_bind_text(s, st, 2, token);
-    return run_unsynced(s, ST_LOCK_RELEASE);
-}
-
-/* Inside a transaction: CHAT_OK when token holds the session's lock. */
-static chat_rc check_lock(sqlite_db *s, const char *session_id, const char *token)
-{
-    sqlite3_stmt *st = s->st[ST_LOCK_TOKEN];
-    sql_bind_text(s, st, 1, session_id);
-    int rc = sql_step(s, st);
-    chat_rc out;
-    if (rc == SQLITE_ROW) {
-        const unsigned char *held = sqlite3_column_text(st, 0);
-        out = held && strcmp((const char *)held, token) == 0 ? CHAT_OK : CHAT_ECONFLICT;
-    } else if (rc == SQLITE_DONE) {
-        out = CHAT_ECONFLICT;
-    } else {
-        out = sql_fail(s, "ST_LOCK_TOKEN", rc);
-    }
-    done(st);
-    return out;
+    turn_locks_release(sqlite_turn_locks(s), session_id, token);
+    return CHAT_OK;
 }
 
 /* ---- turns ---------------------------------------------------------------- */
@@ -252,12 +197,16 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const st
     sqlite3_stmt *st;
     int src;
 
-    chat_rc rc = sql_tx_begin(s, ST_BEGIN_WRITE);
+    /* Pinned, the lock cannot expire and be taken over while the commit is in
+     * flight; it is settled once the commit is durable or failed: here when
+     * the commit is this op's own transaction, by the writer after the batch's
+     * COMMIT otherwise (sqlite_writer.c). */
+    chat_rc rc = turn_locks_pin(sqlite_turn_locks(s), t->session_id, t->lock_token);
     if (rc != CHAT_OK)
         return rc;
-    rc = check_lock(s, t->session_id, t->lock_token);
+    rc = sql_tx_begin(s, ST_BEGIN_WRITE);
     if (rc != CHAT_OK)
-        goto out;
+        goto settle;
 
     st = s->st[ST_SESSION_CREATE];
     sql_bind_text(s, st, 1, t->session_id);
@@ -339,19 +288,15 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const st
             goto out;
     }
 
-    st = s->st[ST_LOCK_RELEASE];
-    sql_bind_text(s, st, 1, t->session_id);
-    sql_bind_text(s, st, 2, t->lock_token);
-    rc = sql_run(s, ST_LOCK_RELEASE);
-    if (rc != CHAT_OK)
-        goto out;
-
     rc = sql_tx_commit(s);
 out:
     if (rc != CHAT_OK)
         sql_tx_rollback(s);
     else if (res)
         *res = r;
+settle:
+    if (!s->batch)
+        turn_locks_settle(sqlite_turn_locks(s), t->session_id, t->lock_token, rc == CHAT_OK);
     return rc;
 }
 
@@ -449,14 +394,20 @@ static chat_rc delete_session(sqlite_db *s, const char *session_id, int64_t turn
     chat_rc unlinked = unlink_session_blobs(s, session_id);
     if (unlinked != CHAT_OK)
         return unlinked;
-    static const enum stmt_id steps[] = { ST_MESSAGES_DELETE, ST_SESSION_DELETE, ST_LOCK_DROP };
+    static const enum stmt_id steps[] = { ST_MESSAGES_DELETE, ST_SESSION_DELETE };
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
         sql_bind_text(s, s->st[steps[i]], 1, session_id);
         chat_rc rc = sql_run(s, steps[i]);
         if (rc != CHAT_OK)
             return rc;
     }
-    return stats_sub(s, 1, messages, turns);
+    chat_rc rc = stats_sub(s, 1, messages, turns);
+    /* A turn in flight on it then fails its commit (CHAT_ECONFLICT). Dropped
+     * even if this transaction rolls back: that turn was about to lose its
+     * session anyway, and a lock never outlives its purpose. */
+    if (rc == CHAT_OK)
+        turn_locks_drop(sqlite_turn_locks(s), session_id);
+    return rc;
 }
 
 static chat_rc sqlite_session_delete(sqlite_db *s, const char *session_id)
@@ -793,9 +744,11 @@ static chat_rc sqlite_sessions_expire(sqlite_db *s, int64_t before, int64_t now,
 
     st = s->st[ST_EXPIRE_SELECT];
     sql_bind_i64(s, st, 1, before);
-    sql_bind_i64(s, st, 2, now);
-    sql_bind_i64(s, st, 3, limit);
+    sql_bind_i64(s, st, 2, limit);
     while ((src = sql_step(s, st)) == SQLITE_ROW) {
+        /* A session in a turn stays: its commit is coming. */
+        if (turn_locks_live(sqlite_turn_locks(s), (const char *)sqlite3_column_text(st, 0), now))
+            continue;
         if (count == cap) {
             cap = cap ? cap * 2 : 16;
             victims = chat_xrealloc(victims, cap * sizeof *victims);
@@ -815,12 +768,9 @@ static chat_rc sqlite_sessions_expire(sqlite_db *s, int64_t before, int64_t now,
     if (rc != CHAT_OK)
         goto out;
 
-    /* Locks left by holders that died and whose session never got a turn would
-     * otherwise stay forever. */
-    sql_bind_i64(s, s->st[ST_LOCK_SWEEP], 1, now);
-    rc = sql_run(s, ST_LOCK_SWEEP);
-    if (rc != CHAT_OK)
-        goto out;
+    /* Locks whose turn ended without releasing them (a lost worker) and whose
+     * session never got another turn would otherwise stay forever. */
+    turn_locks_sweep(sqlite_turn_locks(s), now);
     rc = sql_tx_commit(s);
 out:
     if (rc != CHAT_OK)

@@ -22,9 +22,10 @@
  * durable, as before. If the batch's transaction is lost (SQLite rolls the
  * whole transaction back on some errors, e.g. a full disk) or COMMIT fails,
  * nothing of it was written: each op then runs again alone, in its own
- * transaction, and reports its own result. A batch made only of turn-lock
- * operations commits without an fsync, as those did before (store.h: a lock
- * lost to a power cut expires by itself; the next synced commit syncs them too).
+ * transaction, and reports its own result. A turn commit pins its session's
+ * turn lock (turn_locks.h) when it runs; the lock is released only here, after
+ * the batch is on disk, so that the session's next turn reads a history that
+ * holds this one.
  *
  * Ordering: writes complete in the order they were submitted, across the
  * handles of the process (one queue); a read submitted after a write that has
@@ -69,9 +70,6 @@ static sqlite_writer *writers;
 bool sqlite_op_writes(store_op_kind kind)
 {
     switch (kind) {
-    case STORE_OP_LOCK_ACQUIRE:
-    case STORE_OP_LOCK_REFRESH:
-    case STORE_OP_LOCK_RELEASE:
     case STORE_OP_TURN_COMMIT:
     case STORE_OP_SESSION_DELETE:
     case STORE_OP_SESSION_RESET:
@@ -86,6 +84,9 @@ bool sqlite_op_writes(store_op_kind kind)
     case STORE_OP_KEY_TOUCH:
     case STORE_OP_SESSION_IMPORT:
     case STORE_OP_KEY_IMPORT: return true;
+    case STORE_OP_LOCK_ACQUIRE: /* in memory: turn_locks.h */
+    case STORE_OP_LOCK_REFRESH:
+    case STORE_OP_LOCK_RELEASE:
     case STORE_OP_PING:
     case STORE_OP_SESSION_GET:
     case STORE_OP_SESSIONS_LIST:
@@ -98,11 +99,6 @@ bool sqlite_op_writes(store_op_kind kind)
     case STORE_OP_KIND_COUNT: break;
     }
     return false;
-}
-
-static bool is_lock_op(store_op_kind kind)
-{
-    return kind == STORE_OP_LOCK_ACQUIRE || kind == STORE_OP_LOCK_REFRESH || kind == STORE_OP_LOCK_RELEASE;
 }
 
 /* Runs the batch's ops in one transaction, a savepoint each. False when the
@@ -137,12 +133,6 @@ static bool run_grouped(sqlite_db *db, wnode *batch)
 static void run_batch(sqlite_writer *w, wnode *batch)
 {
     sqlite_db *db = w->db;
-    bool unsynced = !db->sync_normal;
-    for (wnode *n = batch; n && unsynced; n = n->next)
-        unsynced = is_lock_op(n->op->kind);
-    if (unsynced && sql_run(db, ST_SYNC_NORMAL) != CHAT_OK)
-        unsynced = false;
-
     if (sql_tx_begin(db, ST_BEGIN_WRITE) != CHAT_OK) {
         /* The write lock did not come within the busy timeout (another
          * process): every op of the batch fails alike (logged by sql_fail). */
@@ -154,16 +144,15 @@ static void run_batch(sqlite_writer *w, wnode *batch)
             sqlite_run_op(db, n->op); /* alone, in its own transaction */
         }
     }
-    if (unsynced && sql_run(db, ST_SYNC_FULL) != CHAT_OK)
-        chat_log(LOG_ERROR, "store error",
-                 json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "pragma", "error",
-                           "cannot restore synchronous=FULL"));
-
-    /* On disk (or failed): back to their loops. */
+    /* On disk (or failed): turn locks settled, then back to their loops. */
     while (batch) {
         wnode *n = batch;
         batch = n->next;
         sqlite_db *owner = n->owner;
+        if (n->op->kind == STORE_OP_TURN_COMMIT) {
+            const store_turn *t = &n->op->in.turn;
+            turn_locks_settle(sqlite_turn_locks(db), t->session_id, t->lock_token, n->op->rc == CHAT_OK);
+        }
         store_op_post(n->op); /* the op may be freed from here on */
         free(n);
         pthread_mutex_lock(&w->mu);
@@ -212,8 +201,17 @@ chat_rc sqlite_writer_attach(sqlite_db *s)
         pthread_mutex_unlock(&writers_mu);
         return CHAT_OK;
     }
+    /* The process that writes through a writer serves the file, and keeps its
+     * turn locks in memory: no other server may share it. */
+    char err[512] = "";
+    chat_rc owned = sqlite_file_own(s, err, sizeof err);
+    if (owned != CHAT_OK) {
+        pthread_mutex_unlock(&writers_mu);
+        chat_log(LOG_ERROR, "store error",
+                 json_pack("{s:s,s:s,s:s}", "backend", "sqlite", "op", "own_file", "error", err));
+        return owned;
+    }
     w = chat_xcalloc(1, sizeof *w);
-    char err[256] = "";
     if (sqlite_open(s->url, &w->db, err, sizeof err) != CHAT_OK) {
         pthread_mutex_unlock(&writers_mu);
         chat_log(LOG_ERROR, "store error",

@@ -30,12 +30,17 @@
  * is computed by scanning. A turn (user message + assistant reply + usage) is
  * committed atomically by store_turn_commit(), which also releases the turn lock.
  *
- * Turn locks live in the database so they hold across workers and processes; a
- * lock carries an expiry so that a lock left by a killed process goes stale.
- * A token "holds" the lock while the lock row carries it: an expired lock that
- * nobody took over still lets its holder refresh it or commit (no other turn can
- * have written in between), until store_lock_acquire by another token or the
- * sweeper (store_sessions_expire) removes it.
+ * Turn locks hold across the workers and processes that share a database. On
+ * PostgreSQL, shared by many servers, a lock is a row. On SQLite, one server
+ * process owns the file (a second one is refused when it attaches: CHAT_EBUSY),
+ * so the locks live in that process's memory (store/turn_locks.h) and die with
+ * it, as a dead holder's lock should. A lock carries an expiry so that a lock
+ * left by a killed process (or a lost turn) goes stale. A token "holds" the
+ * lock while the lock carries it: an expired lock that nobody took over still
+ * lets its holder refresh it or commit (no other turn can have written in
+ * between), until store_lock_acquire by another token or the sweeper
+ * (store_sessions_expire) removes it. A commit's release takes effect once the
+ * commit is durable.
  *
  * Times are milliseconds since the Unix epoch (UTC). Token counts are int64;
  * -1 means "unknown" (e.g. a stream cut before the provider reported usage).
