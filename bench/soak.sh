@@ -183,6 +183,11 @@ for i in "${!GEN_PIDS[@]}"; do
     wait "${GEN_PIDS[$i]}" 2>/dev/null || echo "bench: soak: generator ${GEN_NAMES[$i]} exited with $?" >&2
 done
 GEN_PIDS=()
+# RSS at rest: one more sample after the load stopped.
+if ((ALIVE)) && kill -0 "$CHATD_PID" 2>/dev/null; then
+    sleep "$SAMPLE"
+    sample
+fi
 sample_end_rss=$(status_kb "$CHATD_PID" VmRSS || echo 0)
 EXIT_RC=-1
 if ((ALIVE)); then
