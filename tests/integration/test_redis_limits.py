@@ -1,7 +1,8 @@
 """
 Limits shared by several chatd instances through Redis (REDIS_URL): two chatd
-processes on one SQLite file and one real redis-server together enforce the
-configured rate limit; when Redis goes away they fail open to their local
+processes on one PostgreSQL database (what several instances share: a SQLite
+file has one server, test_store_owner.py) and one real redis-server together
+enforce the configured rate limit; when Redis goes away they fail open to their local
 limiters (counted in chatd_ratelimit_redis_fallback_total).
 """
 import os
@@ -13,6 +14,8 @@ import tempfile
 import time
 
 import pytest
+
+from pgfixtures import pg_db, pg_server  # noqa: F401
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (scripts/deps.sh installs it)")
@@ -70,9 +73,8 @@ def redis():
     shutil.rmtree(r.dir, ignore_errors=True)
 
 
-def _pair(chatd, redis, limit):
-    shared = tempfile.mkdtemp(prefix="chatd-pair-")
-    env = {"REDIS_URL": redis.url, "RATE_LIMIT": limit, "DATABASE_URL": f"sqlite:///{shared}/chatd.db"}
+def _pair(chatd, redis, limit, database_url):
+    env = {"REDIS_URL": redis.url, "RATE_LIMIT": limit, "DATABASE_URL": database_url}
     a = chatd(env)
     b = chatd(env)
     # Let each worker's connection to Redis complete (under a millisecond locally).
@@ -84,8 +86,8 @@ def _chat(server, sid, msg="hi"):
     return server.client.post("/v1/chat", json={"message": msg, "session_id": sid})
 
 
-def test_limit_holds_in_total_across_two_instances(chatd, redis):
-    a, b = _pair(chatd, redis, "4/minute")
+def test_limit_holds_in_total_across_two_instances(chatd, redis, pg_db):
+    a, b = _pair(chatd, redis, "4/minute", pg_db)
     codes = []
     for i in range(8):
         server = a if i % 2 == 0 else b
@@ -98,8 +100,8 @@ def test_limit_holds_in_total_across_two_instances(chatd, redis):
     assert r.headers["ratelimit-limit"] == "4" and r.headers["ratelimit-remaining"] == "0"
 
 
-def test_conversation_moves_between_instances(chatd, redis):
-    a, b = _pair(chatd, redis, "off")
+def test_conversation_moves_between_instances(chatd, redis, pg_db):
+    a, b = _pair(chatd, redis, "off", pg_db)
     assert _chat(a, "redis-move", "first").status_code == 200
     r = _chat(b, "redis-move", "second")
     assert r.status_code == 200 and r.json()["turn_count"] == 2
@@ -107,8 +109,8 @@ def test_conversation_moves_between_instances(chatd, redis):
     assert [m["content"] for m in h["messages"] if m["role"] == "user"] == ["first", "second"]
 
 
-def test_redis_down_fails_open_to_the_local_limiter(chatd, redis):
-    a, b = _pair(chatd, redis, "3/minute")
+def test_redis_down_fails_open_to_the_local_limiter(chatd, redis, pg_db):
+    a, b = _pair(chatd, redis, "3/minute", pg_db)
     redis.stop()
     time.sleep(0.2)
     codes = [_chat(a, f"redis-down-{i}").status_code for i in range(5)]
