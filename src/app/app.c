@@ -568,8 +568,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
         sig = sigtimedwait(&sigs, &si, &ts);
         if (sig > 0)
             break;
-        if (getenv("CHATD_X_NOTRIM") == NULL)
-            maybe_trim(&app, &trim);
+        maybe_trim(&app, &trim);
     }
     chat_log(LOG_NOTICE, "shutting down: draining",
              json_pack("{s:s,s:I}", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", "drain_timeout_ms",

@@ -450,8 +450,10 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     r->body_len = evbuffer_get_length(in);
     r->body = chat_xmalloc(r->body_len + 1);
-    if (r->body_len)
-        evbuffer_copyout(in, r->body, r->body_len);
+    /* Moved out, not copied: evhttp would keep its copy (at least a 1 KiB
+     * chain) for as long as the request lives, a whole stream. */
+    if (r->body_len && evbuffer_remove(in, r->body, r->body_len) != (int)r->body_len)
+        r->body_len = 0;
     r->body[r->body_len] = '\0';
 
     evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", r->id);

@@ -42,6 +42,8 @@
  */
 #define _GNU_SOURCE
 #include <event2/event.h>
+#include <event2/event_struct.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +63,15 @@
 #define ERROR_BODY_MAX (64 * 1024)
 /* Cap on an error message taken from a provider error body. */
 #define ERROR_MESSAGE_MAX 1024
+/* curl's receive buffer per transfer (CURLOPT_BUFFERSIZE; curl's default is
+ * 16 KiB, its minimum 1 KiB), held for the whole call. A stream can be open for
+ * minutes, thousands of them at once, and its deltas arrive a few hundred bytes
+ * at a time: the minimum, which measured 3 KiB less RSS per open stream than
+ * 4 KiB (bench/README.md, "Concurrent streams"); a burst of deltas just takes a
+ * few more reads. A non-streamed reply arrives whole and the call is short:
+ * curl's default. */
+#define LLM_RECV_BUFFER_STREAM 1024L
+#define LLM_RECV_BUFFER_JSON 16384L
 /* The longest backoff wait, as in the official SDKs (A8). */
 #define BACKOFF_CAP_MS 8000
 
@@ -116,9 +127,9 @@ struct llm_call {
     struct curl_slist *headers;   /* request headers (contain the API key: never logged) */
     CURL *easy;                   /* reused for every attempt */
     char errbuf[CURL_ERROR_SIZE]; /* curl's detail for the last failure */
-    struct event *kick_ev;        /* deferred work, see the file comment */
-    struct event *deadline_ev;    /* total / first-byte / idle deadline timer */
-    struct event *retry_ev;       /* backoff wait */
+    struct event kick_ev;         /* deferred work, see the file comment (embedded: no allocation) */
+    struct event deadline_ev;     /* total / first-byte / idle deadline timer */
+    struct event retry_ev;        /* backoff wait */
     unsigned kick;                /* KICK_* bits pending on kick_ev */
     int depth;                    /* curl or user callbacks we are inside (cancel defers when > 0) */
     bool cancelled;               /* llm_call_cancel was called: no callback any more */
@@ -443,6 +454,82 @@ static char *redact(char *s, const char *key)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Easy handles, reused                                                       */
+
+/*
+ * curl_easy_init allocates the handle (several KiB, zeroed, and a few strings
+ * of defaults) and the first transfer its receive buffer: per call, that was
+ * a good share of the stateless path's allocations. A finished call's handle
+ * goes to a small per-thread free list instead (every loop is one thread, and
+ * an easy handle not added to a multi belongs to no loop), and the next call
+ * takes it after curl_easy_reset, which puts every option back to its default
+ * but keeps the receive buffer. Connections are not the handle's: they stay
+ * in the multi's cache either way. At most EASY_POOL_MAX handles wait per
+ * thread; the list is freed when the thread exits (a pthread key destructor),
+ * the main thread's (tests) at process exit by the system.
+ */
+#define EASY_POOL_MAX 32
+
+typedef struct easy_pool {
+    CURL *h[EASY_POOL_MAX];
+    int n;
+} easy_pool;
+
+static pthread_key_t easy_pool_key;
+static pthread_once_t easy_pool_once = PTHREAD_ONCE_INIT;
+
+static void easy_pool_free(void *arg)
+{
+    easy_pool *pool = arg;
+    for (int i = 0; i < pool->n; i++)
+        curl_easy_cleanup(pool->h[i]);
+    free(pool);
+}
+
+static void easy_pool_init(void)
+{
+    if (pthread_key_create(&easy_pool_key, easy_pool_free) != 0)
+        chat_fatal("cannot create the easy handle pool key");
+}
+
+/* A clean easy handle (all options at their defaults), never NULL. */
+static CURL *easy_get(void)
+{
+    pthread_once(&easy_pool_once, easy_pool_init);
+    easy_pool *pool = pthread_getspecific(easy_pool_key);
+    if (pool && pool->n > 0) {
+        CURL *e = pool->h[--pool->n];
+        curl_easy_reset(e);
+        return e;
+    }
+    CURL *e = curl_easy_init();
+    if (!e)
+        chat_fatal("cannot allocate a curl easy handle");
+    return e;
+}
+
+/* Gives back a handle that is in no multi (NULL accepted). */
+static void easy_put(CURL *e)
+{
+    if (!e)
+        return;
+    easy_pool *pool = pthread_getspecific(easy_pool_key);
+    if (!pool) {
+        pool = chat_xcalloc(1, sizeof *pool);
+        if (pthread_setspecific(easy_pool_key, pool) != 0) {
+            free(pool);
+            curl_easy_cleanup(e);
+            return;
+        }
+    }
+    if (pool->n == EASY_POOL_MAX) {
+        curl_easy_cleanup(e);
+        return;
+    }
+    pool->h[pool->n++] = e;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Lifetime                                                                   */
 
 llm_call *llm__call_of_link(llm_link *l)
@@ -490,11 +577,11 @@ static void clear_held(llm_call *c)
 static void destroy(llm_call *c)
 {
     detach(c);
-    if (c->easy)
-        curl_easy_cleanup(c->easy);
-    event_free(c->kick_ev);
-    event_free(c->deadline_ev);
-    event_free(c->retry_ev);
+    easy_put(c->easy);
+    c->easy = NULL;
+    event_del(&c->kick_ev);
+    event_del(&c->deadline_ev);
+    event_del(&c->retry_ev);
     attempt_reset(c);
     llm_parse_reset(&c->ps);
     curl_slist_free_all(c->headers);
@@ -510,7 +597,7 @@ static void destroy(llm_call *c)
 static void kick(llm_call *c, unsigned what)
 {
     c->kick |= what;
-    event_active(c->kick_ev, EV_TIMEOUT, 1);
+    event_active(&c->kick_ev, EV_TIMEOUT, 1);
 }
 
 void llm_call_cancel(llm_call *c)
@@ -538,8 +625,8 @@ static void finish(llm_call *c, outcome *o)
         return;
     }
     detach(c);
-    event_del(c->deadline_ev);
-    event_del(c->retry_ev);
+    event_del(&c->deadline_ev);
+    event_del(&c->retry_ev);
 
     llm_result r;
     memset(&r, 0, sizeof r);
@@ -606,7 +693,7 @@ static void arm_deadline(llm_call *c)
     if (d < 0)
         d = 0;
     struct timeval tv = { .tv_sec = (time_t)(d / 1000), .tv_usec = (suseconds_t)((d % 1000) * 1000) };
-    evtimer_add(c->deadline_ev, &tv);
+    evtimer_add(&c->deadline_ev, &tv);
 }
 
 static void handle_outcome(llm_call *c, outcome *o);
@@ -1107,7 +1194,7 @@ static void handle_outcome(llm_call *c, outcome *o)
     c->paused = false;
     llm_parse_reset(&c->ps);
     struct timeval tv = { .tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)((wait % 1000) * 1000) };
-    evtimer_add(c->retry_ev, &tv);
+    evtimer_add(&c->retry_ev, &tv);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -1314,13 +1401,12 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     c->total_deadline_ms = c->start_ms + p->total_timeout_ms;
 
     struct event_base *base = llm__transport_base(t);
-    c->kick_ev = event_new(base, -1, 0, kick_cb, c);
-    c->deadline_ev = evtimer_new(base, deadline_cb, c);
-    c->retry_ev = evtimer_new(base, retry_cb, c);
-    c->easy = curl_easy_init();
-    if (!c->kick_ev || !c->deadline_ev || !c->retry_ev || !c->easy) {
-        chat_fatal("cannot allocate an LLM call");
+    if (event_assign(&c->kick_ev, base, -1, 0, kick_cb, c) != 0 ||
+        evtimer_assign(&c->deadline_ev, base, deadline_cb, c) != 0 ||
+        evtimer_assign(&c->retry_ev, base, retry_cb, c) != 0) {
+        chat_fatal("cannot set up the events of an LLM call");
     }
+    c->easy = easy_get();
     CURL *e = c->easy;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -1339,6 +1425,8 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     curl_easy_setopt(e, CURLOPT_USERAGENT, "chatd/1");
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* Always set: a reused handle keeps the buffer of its previous size. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, req->stream ? LLM_RECV_BUFFER_STREAM : LLM_RECV_BUFFER_JSON);
     /* No CURLOPT_ACCEPT_ENCODING: we advertise no compression and curl decodes
      * none, so SSE bytes reach the parser as soon as they arrive. */
     llm__transport_prepare(t, p, e);
