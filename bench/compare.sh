@@ -23,9 +23,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
         bin=$A; [[ $side == b ]] && bin=$B
         echo "bench: round $r/$ROUNDS, $side: $bin" >&2
         # Only the throughput phases by default (the streams, long-session,
-        # syscall and variant phases can be asked for explicitly).
+        # latency, syscall and variant phases can be asked for explicitly).
         BENCH_RECORD=0 BENCH_STREAMS=${BENCH_STREAMS:-0} BENCH_LONG_TURNS=${BENCH_LONG_TURNS:-0} \
-            BENCH_SYSCALLS=${BENCH_SYSCALLS:-0} BENCH_VARIANTS=${BENCH_VARIANTS:-0} \
+            BENCH_LATENCY=${BENCH_LATENCY:-0} BENCH_SYSCALLS=${BENCH_SYSCALLS:-0} BENCH_VARIANTS=${BENCH_VARIANTS:-0} \
             BENCH_OUT=$OUT/$side-$r.json "$BENCH_DIR/run.sh" "$bin" >"$OUT/$side-$r.txt" || status=1
     done
 done

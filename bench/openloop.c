@@ -320,7 +320,9 @@ static void finish(struct reqctx *x, int64_t t)
 
 static void on_error(enum evhttp_request_error e, void *arg)
 {
-    (void)arg;
+    const struct reqctx *x = arg; /* the request's cb_arg */
+    if (x->n < g_warm)
+        return;
     unsigned k = (unsigned)e;
     g_err_kind[k < 6 ? k : 7]++;
 }
@@ -581,6 +583,11 @@ static void print_json(FILE *f, int64_t t_end)
         fprintf(f, "%s\"%s\":%" PRIu64, first ? "" : ",", g_err_names[i], g_err_kind[i]);
         first = false;
     }
+    uint64_t kinds = 0;
+    for (int i = 0; i < 8; i++)
+        kinds += g_err_kind[i];
+    if (g_errors > kinds) /* e.g. a refused connect reports no kind */
+        fprintf(f, "%s\"unclassified\":%" PRIu64, first ? "" : ",", g_errors - kinds);
     fprintf(f, "},\"status_codes\":{");
     first = true;
     for (int i = 0; i < MAX_CODES; i++) {

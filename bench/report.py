@@ -535,7 +535,7 @@ def main():
                           "<= 1 ms (chatd p99 - fake p99, same rate; and X-Chatd-Overhead-Ms p99)",
                           "%.2f ms" % e["added_p99_ms"], met,
                           "%s/s open loop; X-Chatd-Overhead-Ms p99 %s ms%s" % (
-                              e["rate"], "-" if oh is None else fnum(float(oh), 0),
+                              fnum(e["rate"], 0), "-" if oh is None else fnum(float(oh), 0),
                               ("; " + "; ".join(e["problems"])) if e["problems"] else "")))
     if not added:
         goals.append(goal("added latency p99 at half of the maximum rate", "<= 1 ms", None, None,
