@@ -12,7 +12,7 @@
  *            [--timeout S] [--drain S] [--max-response BYTES]
  *            [--expect STR] [--reject STR] [--prefix P]
  *            [--session-slots S] [--session-turns K] [--warmup S]
- *            [--interval S] [--out FILE]
+ *            [--interval S] [--out FILE] [--raw-out PREFIX]
  *
  * Connections: a pool of HTTP/1.1 keep-alive connections, one request in
  * flight on each (no pipelining). A due request takes an idle connection; if
@@ -47,7 +47,10 @@
  * requests, at most 20 million), in-flight requests get --drain more seconds
  * (default: --timeout + 1), then the program prints its JSON and exits.
  * --interval S prints one JSON line per S seconds to stderr (progress, with
- * the interval's latency p99). Output: one JSON object on stdout or in --out.
+ * the interval's latency p99). Output: one JSON object on stdout or in --out;
+ * --raw-out PREFIX also writes every measured latency (microseconds) to
+ * PREFIX.lat and every X-Chatd-Overhead-Ms value to PREFIX.ovh, one per line
+ * (so that runs can be merged: bench/report.py).
  * Exit status 0 when the run ran (whatever the responses), 2 on bad arguments
  * or setup failure.
  *
@@ -638,6 +641,28 @@ static void print_json(FILE *f, int64_t t_end)
     fprintf(f, "}}\n");
 }
 
+/* PREFIX.lat: measured latencies in us; PREFIX.ovh: overhead header values. */
+static void write_raw(const char *prefix)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s.lat", prefix);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die("cannot write %s", path);
+    for (uint64_t i = 0; i < g_nlat; i++)
+        fprintf(f, "%" PRIu32 "\n", g_lat[i]);
+    if (fclose(f) != 0)
+        die("cannot write %s", path);
+    snprintf(path, sizeof path, "%s.ovh", prefix);
+    f = fopen(path, "w");
+    if (!f)
+        die("cannot write %s", path);
+    for (uint64_t i = 0; i < g_novh; i++)
+        fprintf(f, "%g\n", (double)g_ovh[i]);
+    if (fclose(f) != 0)
+        die("cannot write %s", path);
+}
+
 static char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -669,29 +694,19 @@ static double num_arg(const char *name, const char *v, double lo, double hi)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "url", required_argument, 0, 'u' },
-        { "rate", required_argument, 0, 'r' },
-        { "duration", required_argument, 0, 'd' },
-        { "method", required_argument, 0, 'm' },
-        { "body-file", required_argument, 0, 'b' },
-        { "header", required_argument, 0, 'H' },
-        { "connections", required_argument, 0, 'c' },
-        { "max-connections", required_argument, 0, 'C' },
-        { "max-queue", required_argument, 0, 'Q' },
-        { "timeout", required_argument, 0, 't' },
-        { "drain", required_argument, 0, 'D' },
-        { "max-response", required_argument, 0, 'R' },
-        { "expect", required_argument, 0, 'e' },
-        { "reject", required_argument, 0, 'x' },
-        { "prefix", required_argument, 0, 'p' },
-        { "session-slots", required_argument, 0, 's' },
-        { "session-turns", required_argument, 0, 'k' },
-        { "interval", required_argument, 0, 'i' },
-        { "out", required_argument, 0, 'o' },
-        { "warmup", required_argument, 0, 'w' },
-        { 0, 0, 0, 0 },
+        { "url", required_argument, 0, 'u' },           { "rate", required_argument, 0, 'r' },
+        { "duration", required_argument, 0, 'd' },      { "method", required_argument, 0, 'm' },
+        { "body-file", required_argument, 0, 'b' },     { "header", required_argument, 0, 'H' },
+        { "connections", required_argument, 0, 'c' },   { "max-connections", required_argument, 0, 'C' },
+        { "max-queue", required_argument, 0, 'Q' },     { "timeout", required_argument, 0, 't' },
+        { "drain", required_argument, 0, 'D' },         { "max-response", required_argument, 0, 'R' },
+        { "expect", required_argument, 0, 'e' },        { "reject", required_argument, 0, 'x' },
+        { "prefix", required_argument, 0, 'p' },        { "session-slots", required_argument, 0, 's' },
+        { "session-turns", required_argument, 0, 'k' }, { "interval", required_argument, 0, 'i' },
+        { "out", required_argument, 0, 'o' },           { "warmup", required_argument, 0, 'w' },
+        { "raw-out", required_argument, 0, 'a' },       { 0, 0, 0, 0 },
     };
-    const char *url = NULL, *body_file = NULL, *out = NULL;
+    const char *url = NULL, *body_file = NULL, *out = NULL, *raw_out = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -742,6 +757,7 @@ int main(int argc, char **argv)
         case 'i': g_interval = num_arg("interval", optarg, 0, 3600); break;
         case 'o': out = optarg; break;
         case 'w': g_warmup = num_arg("warmup", optarg, 0, 3600); break;
+        case 'a': raw_out = optarg; break;
         default: exit(2);
         }
     }
@@ -833,6 +849,8 @@ int main(int argc, char **argv)
     print_json(f, t_end);
     if (f != stdout)
         fclose(f);
+    if (raw_out)
+        write_raw(raw_out);
     /* Requests still in flight are abandoned with the process (freeing their
      * connections would run their callbacks after the report). */
     return 0;

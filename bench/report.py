@@ -138,34 +138,97 @@ def phase_result(d, name):
     return res
 
 
-def latency_result(d, name):
-    """One open-loop run of the latency phase (bench/openloop.c's JSON)."""
-    res = load_json(os.path.join(d, name + ".json"))
-    meta = load_json(os.path.join(d, name + ".meta.json"), {}) or {}
-    problems = []
-    if res is None:
-        return {"phase": name, "problems": ["no result (openloop failed, exit %s)" % meta.get("exit")], **meta}
-    for k in ("errors", "non_2xx", "bad_body", "dropped", "unfinished"):
-        if res.get(k):
-            problems.append("%d %s" % (res[k], k.replace("_", " ")))
-    if not meta.get("chatd_alive", 1):
-        problems.append("chatd was not running at the end")
-    if res.get("sent", 0) < res.get("scheduled", 0):
-        problems.append("only %d of %d scheduled requests sent" % (res["sent"], res["scheduled"]))
-    res.update({"phase": name, "problems": problems, "meta": meta})
-    if res.get("completed"):
-        res["server_cpu_ms_per_request"] = round(1000.0 * (meta.get("server_cpu_s") or 0) / res["completed"], 4)
+def read_numbers(path):
+    try:
+        with open(path) as f:
+            return [float(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def nearest_rank(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    return sorted_vals[max(0, int(-(-len(sorted_vals) * p // 100)) - 1)]
+
+
+COUNTS = ("scheduled", "sent", "completed", "ok", "non_2xx", "bad_body", "errors", "dropped", "unfinished")
+
+
+def latency_result(d, base, names):
+    """The rounds of one open-loop target (bench/openloop.c's JSON, and its raw
+    latencies in NAME.lat / NAME.ovh), merged: counts summed, percentiles over
+    every round's samples, generator lag p99 the worst round's."""
+    runs, metas, problems = [], [], []
+    lat, ovh = [], []
+    for name in names:
+        res = load_json(os.path.join(d, name + ".json"))
+        meta = load_json(os.path.join(d, name + ".meta.json"), {}) or {}
+        metas.append(meta)
+        if res is None:
+            problems.append("%s: no result (openloop failed, exit %s)" % (name, meta.get("exit")))
+            continue
+        if not meta.get("chatd_alive", 1):
+            problems.append("%s: chatd was not running at the end" % name)
+        runs.append(res)
+        raw = read_numbers(os.path.join(d, name + ".lat"))
+        if raw is None:
+            problems.append("%s: no raw latencies" % name)
+        else:
+            lat += raw
+        ovh += read_numbers(os.path.join(d, name + ".ovh")) or []
+    if not runs:
+        return {"phase": base, "problems": problems, "rounds": len(names)}
+    m = {k: sum(r.get(k, 0) for r in runs) for k in COUNTS}
+    for k in COUNTS[4:]:
+        if m[k]:
+            problems.append("%d %s" % (m[k], k.replace("_", " ")))
+    if m["sent"] < m["scheduled"]:
+        problems.append("only %d of %d scheduled requests sent" % (m["sent"], m["scheduled"]))
+    codes = {}
+    for r in runs:
+        for c, n in (r.get("status_codes") or {}).items():
+            codes[c] = codes.get(c, 0) + n
+    lat.sort()
+    ovh.sort()
+    pcts = (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))
+    lm = {"samples": len(lat)}
+    if lat:
+        lm.update({k: round(nearest_rank(lat, p) / 1000.0, 3) for k, p in pcts})
+        lm.update({"max": lat[-1] / 1000.0, "min": lat[0] / 1000.0, "mean": round(sum(lat) / len(lat) / 1000.0, 4)})
+    om = {"samples": len(ovh)}
+    if ovh:
+        om.update({k: nearest_rank(ovh, p) for k, p in pcts})
+        om["max"] = ovh[-1]
+    server_cpu = sum(x.get("server_cpu_s") or 0 for x in metas)
+    res = dict(m)
+    res.update({
+        "phase": base, "rounds": len(names), "runs": runs, "problems": problems, "status_codes": codes,
+        "rate": runs[0].get("rate"), "duration_s": sum(r.get("duration_s", 0) for r in runs),
+        "latency_ms": lm, "overhead_header_ms": om,
+        "send_lag_ms": {"p99": max((r.get("send_lag_ms") or {}).get("p99", 0) for r in runs)},
+        "connections_opened": max(r.get("connections_opened", 0) for r in runs),
+        "little": [r.get("little") for r in runs],
+        "server_cpu_s": round(server_cpu, 3),
+        "machine_busy_cores": [x.get("machine_busy_cores") for x in metas],
+    })
+    if m["completed"]:
+        res["server_cpu_ms_per_request"] = round(1000.0 * server_cpu / m["completed"], 4)
     return res
 
 
 def latency_section(d, names):
-    """{kind: {target: result}} and the added latency of chatd per kind."""
-    out = {}
+    """{kind: {target: merged result}} and the added latency of chatd per kind.
+    Names are lat_<kind>_<target>.<round>."""
+    groups = {}
     for name in names:
-        parts = name.split("_")  # lat_<kind>_<target>
+        groups.setdefault(name.split(".")[0], []).append(name)
+    out = {}
+    for base, members in groups.items():
+        parts = base.split("_")  # lat_<kind>_<target>
         if len(parts) != 3:
             continue
-        out.setdefault(parts[1], {})[parts[2]] = latency_result(d, name)
+        out.setdefault(parts[1], {})[parts[2]] = latency_result(d, base, members)
     added = {}
     for kind, t in out.items():
         c, di, ng = t.get("chatd"), t.get("direct"), t.get("nginx")
@@ -399,6 +462,7 @@ def main():
     ap.add_argument("--lat-phases", default="")
     ap.add_argument("--lat-seconds", type=int, default=0)
     ap.add_argument("--lat-max-connections", type=int, default=0)
+    ap.add_argument("--lat-rounds", type=int, default=1)
     args = ap.parse_args()
 
     names = args.phases.split()
@@ -579,6 +643,7 @@ def main():
         "streams_config": {"n": args.streams, "hold_s": args.stream_hold, "deltas": args.stream_deltas},
         "long_session": long,
         "latency_half_rate": {"seconds": args.lat_seconds, "max_connections": args.lat_max_connections,
+                              "rounds": args.lat_rounds,
                               "runs": latency, "added": added},
         "memory": {
             "chatd_idle_rss_kb": args.idle_rss_kb,
@@ -716,7 +781,8 @@ def markdown(res, args):
         out.append("")
     lh = res["latency_half_rate"]
     if lh["runs"]:
-        out.append("## Added latency at half of the maximum rate (open loop, %d s per run)" % lh["seconds"])
+        out.append("## Added latency at half of the maximum rate (open loop, %d s per target in %d rounds)"
+                   % (lh["seconds"], lh.get("rounds", 1)))
         out.append("")
         out.append("| endpoint | rate | target | completed | failed | p50 | p90 | p99 | p99.9 | max | "
                    "X-Chatd-Overhead-Ms p99 | server CPU per request | generator lag p99 |")
@@ -748,7 +814,8 @@ def markdown(res, args):
                    "and its latency runs from that scheduled time to the end of the response, so a stall is charged "
                    "to every request it delayed (wrk, closed-loop, hides it). The rate is half of the turns/s of the "
                    "same run's throughput phase for that endpoint; the fake and nginx get chatd's upstream request "
-                   "at the same rate. Up to %d keep-alive connections (16 primed before t0), 1 s warm-up not "
+                   "at the same rate, in rounds that alternate the targets (the order reversed every other round); "
+                   "percentiles over all rounds' requests, generator lag the worst round's. Up to %d keep-alive connections (16 primed before t0), 1 s warm-up not "
                    "counted. Failed = transport errors, non-2xx, 2xx not a whole answer, requests dropped or "
                    "unanswered at the end. Generator lag: how late the generator's loop saw requests due (part of "
                    "the latency, the same for every target; large values mean the machine starved the generator). "

@@ -67,12 +67,13 @@ LONG_TIMEOUT=${BENCH_LONG_TIMEOUT:-90}
 LATENCY=${BENCH_LATENCY:-1}
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-8}
 LAT_MAXCONN=${BENCH_LATENCY_CONNECTIONS:-64}
+LAT_ROUNDS=${BENCH_LATENCY_ROUNDS:-2}
 RECORD=${BENCH_RECORD:-1}
 [[ ${BENCH_TAG:-} =~ ^[A-Za-z0-9_-]*$ ]] || { echo "bench: BENCH_TAG may hold letters, digits, - and _ only" >&2; exit 2; }
 
 for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS NGINX_ON NGINX_WORKERS VARIANTS SYSCALLS \
     SYS_SECONDS SYS_CONNS STREAMS STREAM_HOLD STREAM_DELTAS STREAM_RAMP STREAM_SETTLE LONG_TURNS LONG_BYTES \
-    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN; do
+    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
@@ -81,7 +82,8 @@ done
     die "need BENCH_STREAM_DELTAS >= 2, BENCH_STREAM_HOLD >= 1, BENCH_STREAM_RAMP >= 1"
 ((LONG_TURNS == 0 || LONG_TURNS >= 20)) || die "BENCH_LONG_TURNS must be 0 (off) or at least 20"
 ((NGINX_WORKERS >= 1)) || die "BENCH_NGINX_WORKERS must be at least 1"
-((LAT_SECONDS >= 1 && LAT_MAXCONN >= 16)) || die "need BENCH_LATENCY_SECONDS >= 1 and BENCH_LATENCY_CONNECTIONS >= 16"
+((LAT_SECONDS >= 1 && LAT_MAXCONN >= 16 && LAT_ROUNDS >= 1)) ||
+    die "need BENCH_LATENCY_SECONDS >= 1, BENCH_LATENCY_CONNECTIONS >= 16 and BENCH_LATENCY_ROUNDS >= 1"
 [[ $DATABASE == sqlite || $DATABASE == postgres ]] || die "BENCH_DATABASE must be sqlite or postgres (got '$DATABASE')"
 [[ -x $PY ]] || die "$PY not found"
 command -v node >/dev/null || die "node not found"
@@ -315,9 +317,10 @@ streams_phase() {
 
 # latency_phase NAME TARGET(chatd|fake|nginx) PATH BODY-FILE RATE EXPECT PREFIX:
 # bench/openloop.c at a fixed RATE (requests due at t0 + i / RATE, latency from
-# the scheduled time: no coordinated omission) for LAT_SECONDS after a 1 s
-# warm-up, over up to LAT_MAXCONN keep-alive connections. Writes
-# $TMP/NAME.json (openloop's result) and $TMP/NAME.meta.json (server CPU).
+# the scheduled time: no coordinated omission) for LAT_SECONDS / LAT_ROUNDS
+# after a 1 s warm-up, over up to LAT_MAXCONN keep-alive connections. Writes
+# $TMP/NAME.json (openloop's result), NAME.lat and NAME.ovh (its raw
+# latencies and X-Chatd-Overhead-Ms values) and NAME.meta.json (server CPU).
 LAT_PHASES=()
 latency_phase() {
     local name=$1 target=$2 path=$3 body=$4 rate=$5 expect=$6 prefix=$7 base server_pids rc=0 alive=1
@@ -328,13 +331,15 @@ latency_phase() {
     *) base=$FAKE; server_pids=$FAKE_PID ;;
     esac
     [[ $target == chatd ]] || hdrs+=(--header 'x-api-key: bench' --header 'anthropic-version: 2023-06-01')
-    echo "bench: $name: open loop, $rate requests/s for ${LAT_SECONDS}s (+1 s warm-up) -> $base$path" >&2
+    local dur
+    dur=$(awk -v s="$LAT_SECONDS" -v r="$LAT_ROUNDS" 'BEGIN {printf "%.3f", s / r}')
+    echo "bench: $name: open loop, $rate requests/s for ${dur}s (+1 s warm-up) -> $base$path" >&2
     local s0 c0 m0 s1 c1 m1
     # shellcheck disable=SC2086
     s0=$(cpu_ticks $server_pids); c0=$(cpu_ticks "$CHATD_PID"); m0=$(cpu_busy_total)
     timeout $((LAT_SECONDS + 40)) "$OPENLOOP" --url "$base$path" --method POST --body-file "$body" "${hdrs[@]}" \
-        --rate "$rate" --duration "$LAT_SECONDS" --warmup 1 --connections 16 --max-connections "$LAT_MAXCONN" \
-        --timeout 10 --drain 10 --expect "$expect" --prefix "$prefix" --out "$TMP/$name.json" \
+        --rate "$rate" --duration "$dur" --warmup 1 --connections 16 --max-connections "$LAT_MAXCONN" \
+        --timeout 10 --drain 10 --expect "$expect" --prefix "$prefix" --out "$TMP/$name.json" --raw-out "$TMP/$name" \
         2>"$TMP/$name.err" || rc=$?
     # shellcheck disable=SC2086
     s1=$(cpu_ticks $server_pids); c1=$(cpu_ticks "$CHATD_PID"); m1=$(cpu_busy_total)
@@ -380,8 +385,11 @@ capture_upstream "$TMP/upstream_stateless.json"
 
 # Added latency at half of the maximum rate (open loop): for the stateless
 # path and /chat, half of the turns/s of their throughput phase above, against
-# chatd, then the same rate with chatd's upstream request straight to the fake
-# and through nginx.
+# chatd, and at the same rate chatd's upstream request straight to the fake and
+# through nginx. LAT_ROUNDS rounds, each target LAT_SECONDS / LAT_ROUNDS per
+# round, the order reversed every other round, so a burst of other load on the
+# machine does not land on one target only; report.py merges the rounds' raw
+# latencies.
 if ((LATENCY)) && alive_or_die; then
     printf '%s' '{"messages":[{"role":"user","content":"bench {{session}}"}]}' >"$TMP/lat_stateless.body"
     printf '%s' '{"message":"bench {{session}}","session_id":"{{session}}"}' >"$TMP/lat_chat.body"
@@ -391,19 +399,31 @@ if ((LATENCY)) && alive_or_die; then
             echo "bench: no throughput figure for $kind: no latency phase for it" >&2
             continue
         fi
-        alive_or_die || break
-        if [[ $kind == chat ]]; then
-            latency_phase lat_chat_chatd chatd /chat "$TMP/lat_chat.body" "$rate" '"response"' lc
+        targets=(chatd)
+        if upstream_body_template "$TMP/upstream_$kind.json" "$TMP/lat_${kind}_up.body"; then
+            targets+=(direct)
+            ((NGINX_ON)) && targets+=(nginx)
         else
-            latency_phase lat_stateless_chatd chatd /v1/chat/completions "$TMP/lat_stateless.body" "$rate" \
-                '"finish_reason":"stop"' lt
+            echo "bench: no upstream request of chatd captured for $kind: chatd only" >&2
         fi
-        upstream_body_template "$TMP/upstream_$kind.json" "$TMP/lat_${kind}_up.body" ||
-            { echo "bench: no upstream request of chatd captured for $kind" >&2; continue; }
-        latency_phase "lat_${kind}_direct" fake /v1/messages "$TMP/lat_${kind}_up.body" "$rate" \
-            '"stop_reason":"end_turn"' "ld$kind"
-        ((NGINX_ON)) && latency_phase "lat_${kind}_nginx" nginx /v1/messages "$TMP/lat_${kind}_up.body" "$rate" \
-            '"stop_reason":"end_turn"' "ln$kind"
+        for ((r = 1; r <= LAT_ROUNDS; r++)); do
+            order=("${targets[@]}")
+            ((r % 2)) || { order=(); for ((k = ${#targets[@]} - 1; k >= 0; k--)); do order+=("${targets[$k]}"); done; }
+            for t in "${order[@]}"; do
+                alive_or_die || break 3
+                case $kind/$t in
+                chat/chatd) latency_phase "lat_chat_chatd.$r" chatd /chat "$TMP/lat_chat.body" "$rate" '"response"' "lc$r" ;;
+                stateless/chatd)
+                    latency_phase "lat_stateless_chatd.$r" chatd /v1/chat/completions "$TMP/lat_stateless.body" \
+                        "$rate" '"finish_reason":"stop"' "lt$r"
+                    ;;
+                *)
+                    latency_phase "lat_${kind}_$t.$r" "${t/direct/fake}" /v1/messages "$TMP/lat_${kind}_up.body" \
+                        "$rate" '"stop_reason":"end_turn"' "l$t$kind$r"
+                    ;;
+                esac
+            done
+        done
     done
 fi
 
@@ -487,4 +507,4 @@ mkdir -p "$(dirname "$OUT_JSON")"
     --sha "$SHA" --dirty "$DIRTY" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" \
     --loadavg-before "$LOADAVG_BEFORE" --loadavg-after "$LOADAVG_AFTER" --run-seconds "$RUN_SECONDS" \
     --sys-conns "$SYS_CONNS" --sys-seconds "$SYS_SECONDS" --lat-phases "${LAT_PHASES[*]}" \
-    --lat-seconds "$LAT_SECONDS" --lat-max-connections "$LAT_MAXCONN"
+    --lat-seconds "$LAT_SECONDS" --lat-max-connections "$LAT_MAXCONN" --lat-rounds "$LAT_ROUNDS"
