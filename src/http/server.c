@@ -80,6 +80,9 @@ typedef struct conn_track {
     http_head_check head;           /* the raw check of the request head arriving (head_check.h): 400 at dispatch */
 } conn_track;
 
+/* A request still pending this long gets its close watcher (see watch_close). */
+#define WATCH_DELAY_MS 20
+
 /* Pause of the listener after a failed accept() (EMFILE and the like). */
 #define ACCEPT_BACKOFF_MS 100
 /* At most one log line per this period about failing accept() calls. */
@@ -101,6 +104,9 @@ struct http_server {
     int64_t accept_logged_at;        /* monotonic ms of the last accept-failure log line */
     int64_t accept_failures;         /* failed accept() calls since that line */
     struct http_server *thread_next; /* next server of this loop thread (see thread_servers) */
+    struct http_req *watch_head;     /* requests waiting for their close watcher, oldest first */
+    struct http_req *watch_tail;
+    struct event *watch_timer; /* arms the watchers of those pending WATCH_DELAY_MS */
 };
 
 /* The servers of the current thread. libevent gives a listener's error
@@ -110,13 +116,16 @@ static __thread http_server *thread_servers;
 
 struct http_req {
     http_server *srv;
-    struct evhttp_request *req;      /* NULL once the request ended (terminal call or client gone) */
-    struct evhttp_connection *evcon; /* valid while req is */
-    struct event *close_watch;       /* EV_CLOSED on the socket while the request is pending */
-    conn_track *track;               /* its connection's tracker, NULL once released */
-    int refs;                        /* 1 for dispatch + one per http_req_hold */
-    bool streaming;                  /* a chunked reply was started */
-    bool ended;                      /* the terminal call was made or the client went away */
+    struct evhttp_request *req;         /* NULL once the request ended (terminal call or client gone) */
+    struct evhttp_connection *evcon;    /* valid while req is */
+    struct event *close_watch;          /* EV_CLOSED on the socket while the request is pending */
+    struct http_req *wq_prev, *wq_next; /* in the server's queue of watchers to arm */
+    bool wq_queued;                     /* in that queue */
+    int64_t wq_since;                   /* monotonic ms it was queued */
+    conn_track *track;                  /* its connection's tracker, NULL once released */
+    int refs;                           /* 1 for dispatch + one per http_req_hold */
+    bool streaming;                     /* a chunked reply was started */
+    bool ended;                         /* the terminal call was made or the client went away */
     bool client_gone;
     bool want_drain; /* a write reported "full": call on_drain when the queue empties */
     int status;
@@ -217,8 +226,26 @@ const char *http_req_method_name(const http_req *r)
     return "OTHER";
 }
 
+static void watch_dequeue(http_req *r)
+{
+    if (!r->wq_queued)
+        return;
+    http_server *srv = r->srv;
+    if (r->wq_prev)
+        r->wq_prev->wq_next = r->wq_next;
+    else
+        srv->watch_head = r->wq_next;
+    if (r->wq_next)
+        r->wq_next->wq_prev = r->wq_prev;
+    else
+        srv->watch_tail = r->wq_prev;
+    r->wq_prev = r->wq_next = NULL;
+    r->wq_queued = false;
+}
+
 static void close_watch_stop(http_req *r)
 {
+    watch_dequeue(r);
     if (r->close_watch) {
         event_free(r->close_watch);
         r->close_watch = NULL;
@@ -330,7 +357,7 @@ static void req_maybe_free(http_req *r)
 
 /* A request answered later is watched for its client going away (only then:
  * most requests are answered at once and need no watcher). */
-static void watch_close(http_req *r)
+static void watch_arm(http_req *r)
 {
     struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
@@ -341,9 +368,53 @@ static void watch_close(http_req *r)
         event_add(r->close_watch, NULL);
 }
 
+/*
+ * Arming the watcher costs two epoll_ctl calls (on, then off at the answer),
+ * a good share of the syscalls of a request that waits only a millisecond or
+ * two for the provider. So a request held for later is queued, and a server
+ * timer arms the watchers of those still pending after WATCH_DELAY_MS: a
+ * client that left before that is seen when its watcher is armed (EPOLLRDHUP
+ * is level-triggered), at most about 2 x WATCH_DELAY_MS late.
+ */
+static void watch_close(http_req *r)
+{
+    http_server *srv = r->srv;
+    r->wq_since = chat_mono_ms();
+    r->wq_prev = srv->watch_tail;
+    r->wq_next = NULL;
+    if (srv->watch_tail)
+        srv->watch_tail->wq_next = r;
+    else
+        srv->watch_head = r;
+    srv->watch_tail = r;
+    r->wq_queued = true;
+    if (!evtimer_pending(srv->watch_timer, NULL)) {
+        struct timeval tv = { 0, WATCH_DELAY_MS * 1000 };
+        evtimer_add(srv->watch_timer, &tv);
+    }
+}
+
+static void watch_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *srv = arg;
+    int64_t now = chat_mono_ms();
+    while (srv->watch_head && now - srv->watch_head->wq_since >= WATCH_DELAY_MS) {
+        http_req *r = srv->watch_head;
+        watch_dequeue(r);
+        watch_arm(r);
+    }
+    if (srv->watch_head) {
+        int64_t wait = srv->watch_head->wq_since + WATCH_DELAY_MS - now;
+        struct timeval tv = { 0, (suseconds_t)(wait > 0 ? wait : 1) * 1000 };
+        evtimer_add(srv->watch_timer, &tv);
+    }
+}
+
 void http_req_hold(http_req *r)
 {
-    if (!r->close_watch && !r->ended && !r->streaming && !r->client_gone)
+    if (!r->close_watch && !r->wq_queued && !r->ended && !r->streaming && !r->client_gone)
         watch_close(r);
     r->refs++;
 }
@@ -984,7 +1055,8 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
     event_add(s->sweep, &sweep_tv);
     s->refuse_ev = event_new(base, -1, 0, refuse_cb, s);
     s->accept_resume = event_new(base, -1, 0, accept_resume_cb, s);
-    if (!s->refuse_ev || !s->accept_resume)
+    s->watch_timer = evtimer_new(base, watch_timer_cb, s);
+    if (!s->refuse_ev || !s->accept_resume || !s->watch_timer)
         goto fail;
     s->bound = evhttp_accept_socket_with_handle(s->http, fd);
     if (!s->bound) {
@@ -1009,6 +1081,8 @@ fail:
         event_free(s->refuse_ev);
     if (s->accept_resume)
         event_free(s->accept_resume);
+    if (s->watch_timer)
+        event_free(s->watch_timer);
     free(s);
     return NULL;
 }
@@ -1045,10 +1119,13 @@ void http_server_free(http_server *s)
             break;
         }
     evhttp_free(s->http);
+    while (s->watch_head)
+        watch_dequeue(s->watch_head); /* requests still held by their owners */
     if (s->sweep)
         event_free(s->sweep);
     event_free(s->refuse_ev);
     event_free(s->accept_resume);
+    event_free(s->watch_timer);
     s->refusing = NULL; /* the trackers below are freed with the rest */
     while (s->tracks) {
         conn_track *t = s->tracks;
