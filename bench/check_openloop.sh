@@ -15,7 +15,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 PY=/usr/bin/python3
-# shellcheck source=bench/lib.sh
+# shellcheck source=lib.sh
 . "$BENCH_DIR/lib.sh"
 SECS=${CHECK_SECONDS:-4}
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || die "CHECK_SECONDS must be a positive whole number"

@@ -36,7 +36,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 PY=/usr/bin/python3 # Debian's python (the pyenv one on PATH may lack modules)
 export PATH="$PATH:/usr/sbin:/sbin" # nginx lives in /usr/sbin
-# shellcheck source=bench/lib.sh
+# shellcheck source=lib.sh
 . "$BENCH_DIR/lib.sh"
 
 DURATION=${BENCH_SECONDS:-8}

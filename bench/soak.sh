@@ -30,7 +30,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 PY=/usr/bin/python3
-# shellcheck source=bench/lib.sh
+# shellcheck source=lib.sh
 . "$BENCH_DIR/lib.sh"
 
 MINUTES=${SOAK_MINUTES:-30}
