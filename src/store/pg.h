@@ -60,8 +60,12 @@ typedef struct pg_op_def {
 
 /* The def for kind, or NULL (kind out of range). Every kind has one. */
 const pg_op_def *pg_op_def_get(store_op_kind kind);
+/* The def that runs op: its kind's, or a variant of it that the op's inputs
+ * ask for (MESSAGES_LIST with tail_tokens). NULL as pg_op_def_get. */
+const pg_op_def *pg_op_def_for(const store_op *op);
 
-/* Every def, for preparing the statements on a new connection. */
+/* Every def, for preparing the statements on a new connection (the one-per-kind
+ * entries in kind order, then the variants). */
 extern const pg_op_def pg_op_defs[];
 extern const size_t pg_op_defs_count;
 

@@ -484,8 +484,9 @@ static chat_rc unpack_blocks(store_message *m, const char *images)
 }
 
 /* No row: no session. One row with a NULL message id: a session without
- * (further) messages. Otherwise one message per row. */
-static chat_rc dec_messages_list(const PGresult *res, store_op *op)
+ * (further) messages. Otherwise one message per row. fields: the columns
+ * expected (the tail adds the session's message count). */
+static chat_rc dec_messages(const PGresult *res, store_op *op, int fields)
 {
     if (!res_ok(res))
         return res_fail(res, op);
@@ -494,7 +495,7 @@ static chat_rc dec_messages_list(const PGresult *res, store_op *op)
         return CHAT_ENOTFOUND;
     if (rows == 1 && PQgetisnull(res, 0, 0))
         return CHAT_OK;
-    if (PQnfields(res) != 16)
+    if (PQnfields(res) != fields)
         return res_fail(res, op);
     store_message *arr = chat_xcalloc((size_t)rows, sizeof *arr);
     chat_rc rc = CHAT_OK;
@@ -510,6 +511,29 @@ static chat_rc dec_messages_list(const PGresult *res, store_op *op)
     op->out.messages = arr;
     op->out.n_messages = (size_t)rows;
     return CHAT_OK;
+}
+
+static chat_rc dec_messages_list(const PGresult *res, store_op *op)
+{
+    return dec_messages(res, op, 16);
+}
+
+static chat_rc enc_messages_tail(const store_op *op, pg_params *p)
+{
+    pg_param_str(p, op->in.session_id);
+    pg_param_i64(p, op->in.tail_tokens);
+    return CHAT_OK;
+}
+
+/* As the list, and out.count: the session's messages left out. */
+static chat_rc dec_messages_tail(const PGresult *res, store_op *op)
+{
+    chat_rc rc = dec_messages(res, op, 17);
+    if (rc == CHAT_OK && PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+        int64_t total = strtoll(PQgetvalue(res, 0, 16), NULL, 10);
+        op->out.count = total > (int64_t)op->out.n_messages ? total - (int64_t)op->out.n_messages : 0;
+    }
+    return rc;
 }
 
 static chat_rc dec_stats_get(const PGresult *res, store_op *op)
@@ -947,6 +971,21 @@ const pg_op_def pg_op_defs[] = {
       "SELECT " SESSION_COLS " FROM sessions WHERE ($4::text IS NULL OR owner = $4) "
       "AND ($3::text IS NULL OR (created_at, id) > ($2, $3 COLLATE \"C\")) ORDER BY created_at, id LIMIT $1",
       4, enc_sessions_list, dec_sessions_list },
+    /* ---- variants, after the one-per-kind entries (pg_op_def_for) ---- */
+    /* MESSAGES_LIST with tail_tokens (store.h): a message is read when the
+     * tokens of the messages newer than it (unknown counts 0) add up to at most
+     * the budget, as SQLite's newest-first read. The window still walks the
+     * session's index entries, but only the rows that fit leave the server. */
+    { STORE_OP_MESSAGES_LIST, "chatd_messages_tail",
+      "SELECT " MESSAGE_COLS(
+          "m.") ", m.blocks, m.images, s.message_count FROM sessions AS s LEFT JOIN LATERAL ("
+                "SELECT y.*, (SELECT string_agg(b.sha256 || ':' || b.data, ',') FROM message_blobs AS mb "
+                "JOIN blobs AS b ON b.sha256 = mb.sha256 WHERE mb.message_id = y.id) AS images "
+                "FROM (SELECT x.*, COALESCE(sum(GREATEST(x.tokens, 0)) OVER (ORDER BY x.seq DESC "
+                "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS newer "
+                "FROM messages AS x WHERE x.session_id = s.id) AS y WHERE y.newer <= $2) AS m ON true "
+                "WHERE s.id = $1 ORDER BY m.seq",
+      2, enc_messages_tail, dec_messages_tail },
 };
 
 const size_t pg_op_defs_count = sizeof pg_op_defs / sizeof pg_op_defs[0];
@@ -959,4 +998,13 @@ const pg_op_def *pg_op_def_get(store_op_kind kind)
         return NULL;
     const pg_op_def *d = &pg_op_defs[kind - 1];
     return d->kind == kind ? d : NULL;
+}
+
+const pg_op_def *pg_op_def_for(const store_op *op)
+{
+    if (op->kind == STORE_OP_MESSAGES_LIST && op->in.tail_tokens > 0) {
+        const pg_op_def *d = &pg_op_defs[pg_op_defs_count - 1];
+        return d->kind == op->kind ? d : NULL;
+    }
+    return pg_op_def_get(op->kind);
 }

@@ -522,7 +522,7 @@ static void idle_read(pg_conn *c)
 static void start_op(pg_conn *c, store_op *op, bool retry)
 {
     pg_pool *p = c->pool;
-    const pg_op_def *def = pg_op_def_get(op->kind);
+    const pg_op_def *def = pg_op_def_for(op);
     if (!def) {
         finish(p, op, CHAT_EINVAL);
         return;

@@ -257,7 +257,7 @@ static chat_rc ensure_connected(pg_db *d)
 static chat_rc pg_run(void *impl, store_op *op)
 {
     pg_db *d = impl;
-    const pg_op_def *def = pg_op_def_get(op->kind);
+    const pg_op_def *def = pg_op_def_for(op);
     pg_params p = { 0 };
     PGresult *res = NULL;
     chat_rc rc = CHAT_EINVAL;

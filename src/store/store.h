@@ -574,8 +574,8 @@ typedef struct store_op_in {
      * (unknown ones count 0) add up to more than tail_tokens, or the session
      * starts; they come back oldest first as usual, and out.count is how many
      * older messages were left out. A turn passes its model's context window,
-     * so its cost does not grow with the session. A backend may return more
-     * (PostgreSQL returns them all, with out.count 0). */
+     * so its cost does not grow with the session (both backends; PostgreSQL
+     * still walks the session's index entries, but sends only what fits). */
     int64_t tail_tokens;
     int limit, status;
     store_turn turn;

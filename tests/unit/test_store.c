@@ -1199,9 +1199,10 @@ static void test_reopen(void **state)
     assert_int_equal(st.total_sessions, 1);
     assert_int_equal(st.total_messages, 4);
     assert_int_equal(st.total_turns, 2);
-    /* Turn locks live in the process that holds the file open (turn_locks.h):
-     * once every handle closed, as after a restart, none is left. */
-    assert_int_equal(store_lock_acquire(s, "p", "other", 3001, 1000), CHAT_OK);
+    /* SQLite's turn locks live in the process that holds the file open
+     * (turn_locks.h): once every handle closed, as after a restart, none is
+     * left. PostgreSQL's are rows, shared by every server: it survived. */
+    assert_int_equal(store_lock_acquire(s, "p", "other", 3001, 1000), tdb_pg() ? CHAT_EBUSY : CHAT_OK);
 
     /* Message ids are never reused, even after the newest rows are deleted. */
     assert_int_equal(store_session_delete(s, "p"), CHAT_OK);
@@ -1601,6 +1602,79 @@ static void test_submit_completes_on_a_later_turn(void **state)
     event_base_free(base);
 }
 
+/* ---- the history tail (both backends) ---------------------------------------- */
+
+static void commit_tokens(store *s, const char *sid, int i, int64_t user_tokens, int64_t reply_tokens)
+{
+    char user[32], reply[32];
+    snprintf(user, sizeof user, "u%d", i);
+    snprintf(reply, sizeof reply, "a%d", i);
+    store_turn t = {
+        .session_id = sid,
+        .model = "claude-test",
+        .user_content = user,
+        .assistant_content = reply,
+        .status = "complete",
+        .user_tokens = user_tokens,
+        .usage = { 10, reply_tokens, 0, 0 },
+        .lock_token = "tok",
+        .now = 1000 + i,
+    };
+    assert_int_equal(store_lock_acquire(s, sid, "tok", t.now, 60000), CHAT_OK);
+    assert_int_equal(store_turn_commit(s, &t, NULL), CHAT_OK);
+}
+
+static store_op *tail(store *s, const char *sid, int64_t budget)
+{
+    store_op *op = store_op_new(STORE_OP_MESSAGES_LIST);
+    op->in.session_id = sid;
+    op->in.tail_tokens = budget;
+    assert_int_equal(store_run(s, op), CHAT_OK);
+    return op;
+}
+
+static void test_history_tail_within_budget(void **state)
+{
+    (void)state;
+    store *s = open_mem();
+    for (int i = 0; i < 50; i++)
+        commit_tokens(s, "long", i, 100, 100); /* 100 messages of 100 tokens */
+
+    /* 1000 tokens: the newest 11 messages (their sum, 1100, is the first
+     * past the budget), oldest first, 89 left out. */
+    store_op *op = tail(s, "long", 1000);
+    assert_int_equal(op->out.n_messages, 11);
+    assert_int_equal(op->out.count, 89);
+    for (size_t i = 0; i < op->out.n_messages; i++)
+        assert_int_equal(op->out.messages[i].seq, 90 + (int64_t)i);
+    assert_string_equal(op->out.messages[0].role, "assistant");
+    assert_string_equal(op->out.messages[10].content, "a49");
+    store_op_free(op);
+
+    /* A budget beyond the session: all of it, nothing left out. */
+    op = tail(s, "long", 1000000);
+    assert_int_equal(op->out.n_messages, 100);
+    assert_int_equal(op->out.count, 0);
+    assert_int_equal(op->out.messages[0].seq, 1);
+    store_op_free(op);
+
+    /* Unknown counts add nothing: a session of unknown sizes is read whole. */
+    for (int i = 0; i < 5; i++)
+        commit_tokens(s, "unknown", i, -1, -1);
+    op = tail(s, "unknown", 1);
+    assert_int_equal(op->out.n_messages, 10);
+    assert_int_equal(op->out.count, 0);
+    store_op_free(op);
+
+    /* A missing session is CHAT_ENOTFOUND, as for the whole list. */
+    op = store_op_new(STORE_OP_MESSAGES_LIST);
+    op->in.session_id = "nope";
+    op->in.tail_tokens = 10;
+    assert_int_equal(store_run(s, op), CHAT_ENOTFOUND);
+    store_op_free(op);
+    store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1629,6 +1703,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_workers_contend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mixed_concurrent, setup, teardown),
         cmocka_unit_test(test_import),
+        cmocka_unit_test(test_history_tail_within_budget),
     };
     /* About SQLite itself: file paths relative to the working directory. */
     static const char *const sqlite_only[] = { "test_open_relative_path", NULL };
