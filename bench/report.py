@@ -242,6 +242,7 @@ def latency_section(d, names):
         oh = (c or {}).get("overhead_header_ms") or {}
         e["overhead_header_p99_ms"] = oh.get("p99") if oh.get("samples") else None
         e["problems"] = ["%s: %s" % (tgt, p) for tgt, r in sorted(t.items()) for p in r.get("problems", [])]
+        e["max_generator_lag_p99_ms"] = max(((r.get("send_lag_ms") or {}).get("p99") or 0) for r in t.values())
         added[kind] = e
     return out, added
 
@@ -595,12 +596,20 @@ def main():
             continue
         oh = e.get("overhead_header_p99_ms")
         met = e["added_p99_ms"] <= 1.0 and oh is not None and oh <= 1.0 and not e["problems"]
+        notes = ["%s/s open loop; X-Chatd-Overhead-Ms p99 %s ms" % (
+            fnum(e["rate"], 0), "-" if oh is None else fnum(float(oh), 0))]
+        if e["added_p99_ms"] < -1.0 and not e["problems"]:
+            # The fake alone had a worse tail than chatd in front of it: noise
+            # larger than the goal, nothing to conclude.
+            met = None
+            notes.append("undecided: the fake's own p99 was more than 1 ms above chatd's (machine noise larger "
+                         "than the goal; rerun longer or on a quieter machine)")
+        if (e.get("max_generator_lag_p99_ms") or 0) > 1.0:
+            notes.append("generator lag p99 up to %.1f ms: the machine was busy" % e["max_generator_lag_p99_ms"])
+        notes += e["problems"]
         goals.append(goal("added latency p99 at half of the maximum rate, %s" % label,
                           "<= 1 ms (chatd p99 - fake p99, same rate; and X-Chatd-Overhead-Ms p99)",
-                          "%.2f ms" % e["added_p99_ms"], met,
-                          "%s/s open loop; X-Chatd-Overhead-Ms p99 %s ms%s" % (
-                              fnum(e["rate"], 0), "-" if oh is None else fnum(float(oh), 0),
-                              ("; " + "; ".join(e["problems"])) if e["problems"] else "")))
+                          "%.2f ms" % e["added_p99_ms"], met, "; ".join(notes)))
     if not added:
         goals.append(goal("added latency p99 at half of the maximum rate", "<= 1 ms", None, None,
                           "not measured (BENCH_LATENCY=0); at full load (closed loop) /chat's X-Chatd-Overhead-Ms "
