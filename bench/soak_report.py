@@ -39,6 +39,18 @@ def fit(xs, ys):
     return slope, my - slope * mx
 
 
+def per_minute(samples):
+    """[minute, median VmRSS KiB of the samples in that minute] for the whole run."""
+    by = {}
+    for s in samples:
+        by.setdefault(int(s["t_s"] // 60), []).append(s["rss_kb"])
+    out = []
+    for m in sorted(by):
+        v = sorted(by[m])
+        out.append([m, v[len(v) // 2]])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     for a in ("dir", "out", "binary", "build-type", "mix", "sha", "load-before", "load-after", "db-dir"):
@@ -145,6 +157,7 @@ def main():
         "chatd_exit_status": args.exit_status if args.alive else None,
         "chatd_log": log,
         "rss_samples": [[s["t_s"], s["rss_kb"], s["fds"]] for s in samples],
+        "rss_per_minute_kb": per_minute(samples),
     }
     text = json.dumps(res, indent=2) + "\n"
     with open(args.out, "w") as f:
@@ -199,6 +212,9 @@ def markdown(res):
             mib(mem["rss_mean_kb"]), mib(mem["hwm_end_kb"]), mib(mem.get("rss_after_load_kb")),
             mem["fds_start"], mem["fds_end"], mem.get("fds_slope_per_min"), mem["threads_end"],
             mem.get("chatd_cpu_cores", "-")))
+        out.append("")
+        out.append("RSS per minute (median of its samples, MiB): " + ", ".join(
+            "%d: %.1f" % (m, kb / 1024) for m, kb in res["rss_per_minute_kb"]))
     else:
         out.append("No slope (too few samples after the warm-up).")
     out.append("")
