@@ -15,11 +15,16 @@
  * written on a conflict): a read-only sqlite3 connection on the file, or a
  * libpq connection.
  *
+ * The cmocka fixture is here too (tdb_setup, tdb_teardown): a fresh
+ * temporary directory per test, the database URL in it, or the wiped
+ * PostgreSQL database.
+ *
  * Header-only (static inline): each test executable is one file.
  */
 #ifndef CHATD_TESTS_STORE_TESTDB_H
 #define CHATD_TESTS_STORE_TESTDB_H
 
+#include <ftw.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -27,6 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "store/store.h"
 
 /* The PostgreSQL URL under test, or NULL when the suite runs against SQLite. */
 static inline const char *tdb_pg(void)
@@ -169,6 +177,74 @@ static inline int tdb_run_tests(const char *group, const struct CMUnitTest *test
     int rc = _cmocka_run_group_tests(name, run, count, NULL, NULL);
     free(run);
     return rc;
+}
+
+/* ---- the per-test fixture ------------------------------------------------ */
+
+struct fixture {
+    char dir[64];   /* the test's temporary directory */
+    char path[256]; /* dir + the file name tdb_setup was given */
+    char url[600];  /* "sqlite:///" + path (four slashes, as path is absolute), or the PostgreSQL URL */
+};
+
+static inline int tdb_rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+/* For cmocka: a fresh directory /tmp/<prefix>XXXXXX, the SQLite file at file
+ * (e.g. "/chat.db") under it, or, with use_pg and CHATD_TEST_PG_URL, the
+ * PostgreSQL database, emptied. */
+static inline int tdb_setup(void **state, const char *prefix, const char *file, bool use_pg)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    if (!f)
+        return -1;
+    snprintf(f->dir, sizeof f->dir, "/tmp/%sXXXXXX", prefix);
+    if (!mkdtemp(f->dir)) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->path, sizeof f->path, "%s%s", f->dir, file);
+    snprintf(f->url, sizeof f->url, "sqlite:///%s", f->path);
+    if (use_pg && tdb_pg()) {
+        tdb_pg_reset();
+        snprintf(f->url, sizeof f->url, "%s", tdb_pg());
+    }
+    *state = f;
+    return 0;
+}
+
+static inline int tdb_teardown(void **state)
+{
+    struct fixture *f = *state;
+    nftw(f->dir, tdb_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+/* store_open, or fails the test. */
+static inline store *tdb_open_url(const char *url)
+{
+    store *s = NULL;
+    char err[256] = "";
+    chat_rc rc = store_open(url, &s, err, sizeof err);
+    if (rc != CHAT_OK)
+        fail_msg("store_open(%s): %s: %s", url, chat_rc_str(rc), err);
+    return s;
+}
+
+/* A private, empty database: SQLite in memory, or the PostgreSQL one wiped. */
+static inline store *tdb_open_mem(void)
+{
+    if (tdb_pg()) {
+        tdb_pg_reset();
+        return tdb_open_url(tdb_pg());
+    }
+    return tdb_open_url("sqlite://:memory:");
 }
 
 #endif

@@ -36,55 +36,17 @@
 #include "store/transfer.h"
 #include "store_testdb.h"
 
-struct fixture {
-    char dir[64];   /* the test's temporary directory */
-    char path[256]; /* dir + "/chat.db" */
-    char url[600];  /* "sqlite:///" + path, or the PostgreSQL URL */
-};
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/chatd_test_store_blocks_XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->path, sizeof f->path, "%s/chat.db", f->dir);
-    snprintf(f->url, sizeof f->url, "sqlite:///%s", f->path);
-    if (tdb_pg()) {
-        tdb_pg_reset();
-        snprintf(f->url, sizeof f->url, "%s", tdb_pg());
-    }
-    *state = f;
-    return 0;
+    return tdb_setup(state, "chatd_test_store_blocks_", "/chat.db", true);
 }
 
 static int teardown(void **state)
 {
-    struct fixture *f = *state;
-    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    free(f);
-    return 0;
+    return tdb_teardown(state);
 }
 
-static store *open_url(const char *url)
-{
-    store *s = NULL;
-    char err[256] = "";
-    chat_rc rc = store_open(url, &s, err, sizeof err);
-    if (rc != CHAT_OK)
-        fail_msg("store_open(%s): %s: %s", url, chat_rc_str(rc), err);
-    return s;
-}
+#define open_url tdb_open_url
 
 /* Two small images (a 1x1 PNG and a 1x1 GIF), canonical base64. */
 #define PNG "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -28,51 +28,21 @@
 
 #include <event2/event.h>
 
+#include "core/assets.h"
 #include "store/store.h"
-
-struct fixture {
-    char dir[64];
-    char url[600];
-};
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
+#include "store_testdb.h"
 
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/chatd_test_writer_XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->url, sizeof f->url, "sqlite:///%s/chat.db", f->dir);
-    *state = f;
-    return 0;
+    return tdb_setup(state, "chatd_test_writer_", "/chat.db", false);
 }
 
 static int teardown(void **state)
 {
-    struct fixture *f = *state;
-    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    free(f);
-    return 0;
+    return tdb_teardown(state);
 }
 
-static store *open_url(const char *url)
-{
-    store *s = NULL;
-    char err[256] = "";
-    chat_rc rc = store_open(url, &s, err, sizeof err);
-    if (rc != CHAT_OK)
-        fail_msg("store_open(%s): %s: %s", url, chat_rc_str(rc), err);
-    return s;
-}
+#define open_url tdb_open_url
 
 /* ---- group commit ------------------------------------------------------------ */
 
