@@ -164,8 +164,12 @@ PYEOF
 ALIVE=1
 DEADLINE=$(($(date +%s) + SECONDS_ + 180))
 sample
+k=0
 while :; do
-    sleep "$SAMPLE"
+    # Samples on a fixed schedule (T0 + k x SAMPLE), whatever a sample costs.
+    k=$((k + 1))
+    sleep "$(awk -v t0="$T0" -v k="$k" -v s="$SAMPLE" -v now="$(date +%s.%N)" \
+        'BEGIN {d = t0 + k * s - now; printf "%.3f", (d > 0 ? d : 0)}')"
     if ! kill -0 "$CHATD_PID" 2>/dev/null; then
         ALIVE=0
         echo "bench: soak: CHATD DIED" >&2
