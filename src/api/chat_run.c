@@ -136,6 +136,15 @@ static void sink_start(void *ud, const turn_info *info)
         c->rnd->start(c, info);
 }
 
+/* The renderers that defer their stream's header (OpenAI chunks, Anthropic's
+ * message_start) name c->model in it: the fallback's, when one took over. */
+static void sink_model(void *ud, const char *model)
+{
+    chat_ctx *c = ud;
+    free(c->model);
+    c->model = chat_xstrdup(model);
+}
+
 static bool sink_delta(void *ud, const char *text, size_t len)
 {
     chat_ctx *c = ud;
@@ -185,6 +194,7 @@ static const turn_sink chat_sink = {
     .on_done = sink_done,
     .on_error = sink_error,
     .on_event = sink_event,
+    .on_model = sink_model,
 };
 
 /* Feeds the renderer's event hook one reply's content as events (a replay). */

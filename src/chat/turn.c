@@ -634,6 +634,8 @@ static bool start_fallback(turn *t)
                  json_pack("{s:s,s:s,s:s}", "session", t->session_id, "failed_model", t->current->name,
                            "fallback_model", next->name));
         t->current = next;
+        if (t->start_delivered && t->sink->on_model)
+            t->sink->on_model(t->ud, next->name); /* else on_start names it */
         if (start_call(t) == CHAT_OK)
             return true;
     }

@@ -250,6 +250,10 @@ typedef struct turn_sink {
      * comes here instead of on_delta, in stream order. Return true when the
      * consumer is full, as on_delta. */
     bool (*on_event)(void *ud, const llm_event *ev);
+    /* Optional: after on_start, a fallback model took the turn over (nothing
+     * of the reply had reached the sink yet); model is its name, borrowed for
+     * the call. A stream that has not sent its header yet names this one. */
+    void (*on_model)(void *ud, const char *model);
 } turn_sink;
 
 /*

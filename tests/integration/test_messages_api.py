@@ -287,6 +287,8 @@ def test_fallback_before_the_first_byte(chatd_module, fake, tmp_path):
             ev = sse_events(raw)
             assert "".join(d["delta"]["text"] for n, d in ev if n == "content_block_delta") == echo("help")
             assert ev[-1][0] == "message_stop"
+            # message_start names the model that answers, not the one that failed.
+            assert ev[0][0] == "message_start" and ev[0][1]["message"]["model"] == "backup-b", ev[0]
         else:
             j = json.loads(raw)
             assert j["model"] == "backup-b", j

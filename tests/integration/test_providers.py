@@ -537,6 +537,17 @@ def test_fallback_after_529_stream(fb_server, fake):
     assert stored["model"] == "backup-b"
 
 
+def test_fallback_names_the_answering_model_in_openai_chunks(fb_server, fake):
+    fake.script(queue=[{"status": 529}])
+    body = {"model": "primary-a", "stream": True, "messages": [{"role": "user", "content": "help"}]}
+    with fb_server.client.stream("POST", "/v1/chat/completions", json=body, timeout=20) as r:
+        assert r.status_code == 200
+        raw = b"".join(r.iter_raw()).decode()
+    chunks = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+    assert chunks and {c["model"] for c in chunks} == {"backup-b"}, [c["model"] for c in chunks]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == echo("help")
+
+
 def test_no_fallback_after_a_delta(fb_server, fake):
     fake.script(queue=[{"reply_words": 6, "fault": "midstream_error", "after": 2}])
     resp, sse = stream_v1(fb_server.client, {"message": "x", "session_id": "fb-delta", "model": "primary-a"})

@@ -204,7 +204,9 @@ static void sink_error(void *ud, const turn_error *err)
     f->t = NULL;
 }
 
-static const turn_sink SINK = { sink_start, sink_delta, sink_done, sink_error, NULL };
+static const turn_sink SINK = {
+    .on_start = sink_start, .on_delta = sink_delta, .on_done = sink_done, .on_error = sink_error
+};
 
 /* A sink that renders events: each is logged as a letter (t text, h thinking,
  * u tool start, a tool arguments, x block stop) and its index; text goes to
@@ -238,7 +240,9 @@ static bool sink_event(void *ud, const llm_event *e)
     return false;
 }
 
-static const turn_sink SINK_EVENTS = { sink_start, sink_delta, sink_done, sink_error, sink_event };
+static const turn_sink SINK_EVENTS = {
+    .on_start = sink_start, .on_delta = sink_delta, .on_done = sink_done, .on_error = sink_error, .on_event = sink_event
+};
 
 /* The sink's contract: on_start at most once and before any delta; exactly
  * one end (end 'd' or 'e'), last; or none (end 0: the consumer left). */
