@@ -254,6 +254,12 @@ export interface Model {
   available?: boolean;
   default?: boolean;
   fallbacks?: string[];
+  /** What a request may use beyond plain text: "tools", "vision", "structured_output", "thinking", "reasoning_effort". */
+  features?: string[];
+  /** The highest `temperature` the model takes (a higher one is refused, not clamped). */
+  temperature_max?: number;
+  /** Request options the model refuses. */
+  rejects?: string[];
   /** Normalized from the server's `pricing` (`input_per_mtok`, ...); null when the model has no price. */
   pricing: Pricing | null;
   [key: string]: unknown;

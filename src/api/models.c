@@ -25,13 +25,21 @@ void api_v1_models(http_req *r, api_env *w, char **params)
         json_t *fb = json_array();
         for (size_t k = 0; k < m->n_fallbacks; k++)
             json_array_append_new(fb, json_string(m->fallbacks[k]));
-        json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:I,s:I,s:b,s:b,s:o,s:{s:s,s:o,s:o,s:o,s:o}}", "id", m->name, "provider",
-                           m->provider_name, "model_id", m->model_id, "context_window", (json_int_t)m->context_window,
-                           "max_output", (json_int_t)m->max_output, "available", m->available, "default", m == dflt,
-                           "fallbacks", fb, "pricing", "currency", "USD", "input_per_mtok", per_mtok(m->price.input),
-                           "output_per_mtok", per_mtok(m->price.output), "cache_write_per_mtok",
-                           per_mtok(m->price.cache_write), "cache_read_per_mtok", per_mtok(m->price.cache_read)));
+        json_t *rejects = json_array();
+        for (size_t k = 0; k < m->n_rejects; k++)
+            json_array_append_new(rejects, json_string(m->rejects[k]));
+        json_t *o =
+            json_pack("{s:s,s:s,s:s,s:I,s:I,s:b,s:b,s:o,s:{s:s,s:o,s:o,s:o,s:o}}", "id", m->name, "provider",
+                      m->provider_name, "model_id", m->model_id, "context_window", (json_int_t)m->context_window,
+                      "max_output", (json_int_t)m->max_output, "available", m->available, "default", m == dflt,
+                      "fallbacks", fb, "pricing", "currency", "USD", "input_per_mtok", per_mtok(m->price.input),
+                      "output_per_mtok", per_mtok(m->price.output), "cache_write_per_mtok",
+                      per_mtok(m->price.cache_write), "cache_read_per_mtok", per_mtok(m->price.cache_read));
+        /* What a request may ask of it (docs/API.md, "Request fields per provider"). */
+        json_object_set_new(o, "features", models_features(m));
+        json_object_set_new(o, "temperature_max", json_real(m->temperature_max));
+        json_object_set_new(o, "rejects", rejects);
+        json_array_append_new(arr, o);
     }
     http_reply_json(r, 200, json_pack("{s:o,s:s}", "data", arr, "default", dflt->name));
 }

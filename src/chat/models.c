@@ -123,6 +123,15 @@ static const struct {
 
 #define N_FEATURES (sizeof feature_names / sizeof feature_names[0])
 
+json_t *models_features(const chat_model *m)
+{
+    json_t *a = json_array();
+    for (size_t k = 0; k < N_FEATURES; k++)
+        if (m->features & feature_names[k].bit)
+            json_array_append_new(a, json_string(feature_names[k].name));
+    return a;
+}
+
 /* Every option name of llm/content.h: what "rejects" may list, and the
  * static strings models_check_options returns. */
 static const char *const option_names[] = {

@@ -153,4 +153,8 @@ const char *models_check_content(const chat_model *m, const json_t *content, cha
  * counts are treated as 0. */
 int64_t models_cost_micros(const chat_model *m, const store_usage *u);
 
+/* m's features as the names models.json uses, in a fixed order (a new
+ * reference; GET /v1/models lists them). */
+json_t *models_features(const chat_model *m);
+
 #endif

@@ -317,8 +317,11 @@ def test_models_shape(chatd, fake):
     assert [m["id"] for m in body["data"] if m["default"]] == ["claude-sonnet-4-6"]
     for name, m in got.items():
         assert set(m) == {"id", "provider", "model_id", "context_window", "max_output", "available", "default",
-                          "fallbacks", "pricing"}, m
+                          "fallbacks", "pricing", "features", "temperature_max", "rejects"}, m
         w = want[name]
+        assert sorted(m["features"]) == sorted(w.get("features", [])), name
+        assert m["temperature_max"] == w.get("temperature_max", 1 if w["provider"] == "anthropic" else 2), name
+        assert set(w.get("rejects", [])) <= set(m["rejects"]), name
         assert m["provider"] == w["provider"] and m["model_id"] == w["model_id"]
         assert m["context_window"] == w["context_window"] and m["max_output"] == w["max_output"]
         assert m["fallbacks"] == w.get("fallbacks", [])
