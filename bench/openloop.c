@@ -68,6 +68,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -607,6 +608,14 @@ static void print_json(FILE *f, int64_t t_end)
     fprintf(f, ",\"connections_opened\":%d,\"max_in_flight\":%" PRId64 ",\"max_queued\":%zu,", g_nconns,
             g_max_in_flight, g_qmax);
     fprintf(f, "\"achieved_rate\":%.3f,", sched_span > 0 ? (double)g_sent / sched_span : 0);
+    /* The generator's own CPU (it shares the machine with the server). */
+    struct rusage ru;
+    double cpu = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+              (double)ru.ru_stime.tv_usec / 1e6;
+    fprintf(f, "\"generator_cpu_s\":%.3f,\"generator_cpu_ms_per_request\":%.4f,", cpu,
+            g_next ? cpu * 1000.0 / (double)g_next : 0);
     fprintf(f, "\"completed_rate\":%.3f,", span > 0 ? (double)g_completed / span : 0);
     /* Little's law over [first measured request's schedule, last
      * completion]: the mean number of requests in flight, measured by

@@ -210,6 +210,7 @@ def latency_result(d, base, names):
         "connections_opened": max(r.get("connections_opened", 0) for r in runs),
         "little": [r.get("little") for r in runs],
         "server_cpu_s": round(server_cpu, 3),
+        "generator_cpu_s": round(sum(r.get("generator_cpu_s", 0) for r in runs), 3),
         "machine_busy_cores": [x.get("machine_busy_cores") for x in metas],
     })
     if m["completed"]:
