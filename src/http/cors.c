@@ -29,8 +29,19 @@ struct cors_policy {
 };
 
 /* The headers a preflight may ask for, in their canonical spelling. */
-static const char *const allowed_headers[] = { "Content-Type", "Authorization", "X-Request-Id", "Idempotency-Key",
-                                               "X-Session-Id" };
+/* chatd's own request headers, then those the official Anthropic and OpenAI
+ * SDKs send from a browser (the Anthropic-compatible routes take x-api-key). */
+static const char *const allowed_headers[] = {
+    "Content-Type",        "Authorization",  "X-Request-Id",
+    "Idempotency-Key",     "X-Session-Id",   "X-Api-Key",
+    "Anthropic-Version",   "Anthropic-Beta", "Anthropic-Dangerous-Direct-Browser-Access",
+    "OpenAI-Organization", "OpenAI-Project"
+};
+/* The SDKs' telemetry headers (x-stainless-os, -lang, -retry-count, ...): a
+ * family that grows with their releases, allowed by prefix and echoed as
+ * requested. chatd reads none of them. */
+#define SDK_HEADER_PREFIX "x-stainless-"
+#define SDK_HEADER_MAX 64 /* longest such name echoed */
 #define N_ALLOWED_HEADERS (sizeof allowed_headers / sizeof allowed_headers[0])
 
 static bool is_alpha(char c)
@@ -271,7 +282,8 @@ static bool method_allowed(const char *m)
 }
 
 /* Writes into buf the allowed headers among the comma-separated request list,
- * canonically spelled, each once, in the order of allowed_headers. */
+ * canonically spelled, each once, in the order of allowed_headers, then the
+ * SDK telemetry headers as requested (those that fit in buf). */
 static void filter_headers(const char *list, char *buf, size_t buflen)
 {
     bool want[N_ALLOWED_HEADERS] = { false };
@@ -294,6 +306,24 @@ static void filter_headers(const char *list, char *buf, size_t buflen)
     for (size_t i = 0; i < N_ALLOWED_HEADERS; i++)
         if (want[i])
             used += (size_t)snprintf(buf + used, buflen - used, "%s%s", used ? ", " : "", allowed_headers[i]);
+    size_t pre = strlen(SDK_HEADER_PREFIX);
+    for (s = list; *s;) {
+        while (*s == ' ' || *s == '\t' || *s == ',')
+            s++;
+        const char *start = s;
+        while (*s && *s != ',')
+            s++;
+        size_t len = (size_t)(s - start);
+        while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+            len--;
+        if (len <= pre || len > SDK_HEADER_MAX || strncasecmp(start, SDK_HEADER_PREFIX, pre) != 0)
+            continue;
+        bool token = true; /* a header name: letters, digits and '-' only */
+        for (size_t k = pre; k < len && token; k++)
+            token = is_alpha(start[k]) || (start[k] >= '0' && start[k] <= '9') || start[k] == '-';
+        if (token && used + len + 2 < buflen)
+            used += (size_t)snprintf(buf + used, buflen - used, "%s%.*s", used ? ", " : "", (int)len, start);
+    }
 }
 
 cors_verdict cors_evaluate(const cors_policy *p, const char *method, const char *origin, const char *request_method,

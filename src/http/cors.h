@@ -14,7 +14,9 @@
  *   CORS_ALLOW_METHODS. The answer carries Access-Control-Allow-Origin,
  *   -Allow-Credentials (explicit origins with credentials on), -Allow-Methods,
  *   -Allow-Headers (the requested headers that are in CORS_ALLOW_HEADERS,
- *   others silently left out: the browser then refuses the request itself),
+ *   which includes what the official Anthropic and OpenAI SDKs send from a
+ *   browser, x-stainless-* by prefix; others silently left out: the browser
+ *   then refuses the request itself),
  *   -Max-Age. A denied preflight carries no Access-Control-Allow-* header;
  *   answer it 403 (preflight_status): the browser fails the request either
  *   way, and 403 says why in the network log. The whole preflight is
@@ -52,7 +54,10 @@
 
 /* What the server offers to cross-origin callers (values of the preflight answer). */
 #define CORS_ALLOW_METHODS "GET, HEAD, POST, DELETE"
-#define CORS_ALLOW_HEADERS "Content-Type, Authorization, X-Request-Id, Idempotency-Key, X-Session-Id"
+#define CORS_ALLOW_HEADERS                                                                  \
+    "Content-Type, Authorization, X-Request-Id, Idempotency-Key, X-Session-Id, X-Api-Key, " \
+    "Anthropic-Version, Anthropic-Beta, Anthropic-Dangerous-Direct-Browser-Access, "        \
+    "OpenAI-Organization, OpenAI-Project, X-Stainless-*"
 #define CORS_EXPOSE_HEADERS                                                                                   \
     "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Chatd-Overhead-Ms, " \
     "Idempotent-Replayed"
@@ -110,7 +115,7 @@ typedef struct cors_result {
     int preflight_status; /* 204 (allowed) or 403 (denied); 0 when not a preflight */
     size_t n;
     cors_header headers[CORS_MAX_HEADERS];
-    char buf[128]; /* backing store of the Access-Control-Allow-Headers value */
+    char buf[640]; /* backing store of the Access-Control-Allow-Headers value */
 } cors_result;
 
 /*

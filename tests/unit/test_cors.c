@@ -339,6 +339,14 @@ static void test_requested_headers(void **state)
         { "content-type, content-type, Content-Type", "Content-Type" },
         { "content-typex, xcontent-type, content", NULL },
         { "cookie, accept, origin", NULL },
+        /* What the Anthropic and OpenAI SDKs send from a browser. */
+        { "anthropic-version,x-api-key,content-type,anthropic-dangerous-direct-browser-access",
+          "Content-Type, X-Api-Key, Anthropic-Version, Anthropic-Dangerous-Direct-Browser-Access" },
+        { "authorization,content-type,x-stainless-os,x-stainless-retry-count",
+          "Content-Type, Authorization, x-stainless-os, x-stainless-retry-count" },
+        { "x-stainless-", NULL },                      /* the prefix alone is no header */
+        { "x-stainless-a b, x-stainless-\x01", NULL }, /* not header names */
+        { "openai-organization, x-stainless-lang", "OpenAI-Organization, x-stainless-lang" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(cors_evaluate(p, "OPTIONS", "https://app.example.com", "POST", cases[i].requested, &r),
