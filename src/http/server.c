@@ -45,6 +45,7 @@
 #include <event2/listener.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "http/head_check.h"
@@ -80,6 +81,11 @@ typedef struct conn_track {
     http_head_check head;           /* the raw check of the request head arriving (head_check.h): 400 at dispatch */
 } conn_track;
 
+/* Most stream bytes gathered in one loop turn before they are sent at once
+ * (http_stream_write); the writer is told "full" long before, at
+ * http_limits.stream_buffer_bytes. */
+#define STREAM_PEND_MAX (16u * 1024 * 1024)
+
 /* A request still pending this long gets its close watcher (see watch_close). */
 #define WATCH_DELAY_MS 20
 
@@ -106,7 +112,9 @@ struct http_server {
     struct http_server *thread_next; /* next server of this loop thread (see thread_servers) */
     struct http_req *watch_head;     /* requests waiting for their close watcher, oldest first */
     struct http_req *watch_tail;
-    struct event *watch_timer; /* arms the watchers of those pending WATCH_DELAY_MS */
+    struct event *watch_timer;   /* arms the watchers of those pending WATCH_DELAY_MS */
+    struct http_req *flush_head; /* streams with written bytes still to send (each holds a ref) */
+    struct event *flush_ev;      /* activated to send them, once per loop turn */
 };
 
 /* The servers of the current thread. libevent gives a listener's error
@@ -127,7 +135,11 @@ struct http_req {
     bool streaming;                     /* a chunked reply was started */
     bool ended;                         /* the terminal call was made or the client went away */
     bool client_gone;
-    bool want_drain; /* a write reported "full": call on_drain when the queue empties */
+    bool want_drain;             /* a write reported "full": call on_drain when the queue empties */
+    bool chunk_cb;               /* a chunk went through evhttp with on_written: direct writes may follow */
+    chat_buf pend;               /* stream bytes written in this loop turn, sent together (see http_stream_write) */
+    bool flush_queued;           /* in the server's flush list */
+    struct http_req *flush_next; /* next in that list */
     int status;
     http_method method;
     char id[132]; /* ours, or the client's X-Request-Id (<= 128 chars) */
@@ -348,6 +360,7 @@ static void req_maybe_free(http_req *r)
     if (r->query_parsed)
         evhttp_clear_headers(&r->query);
     json_decref(r->log_fields);
+    chat_buf_free(&r->pend);
     if (r->data_free)
         r->data_free(r->data);
     free(r->path);
@@ -479,6 +492,7 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     r->req = req;
     r->evcon = evhttp_request_get_connection(req);
     r->refs = 1;
+    chat_buf_init(&r->pend, STREAM_PEND_MAX);
     r->start_mono = chat_mono_ms();
     r->start_us = chat_mono_us();
     r->method = method_of(evhttp_request_get_command(req));
@@ -779,16 +793,125 @@ static void on_written(struct evhttp_connection *evcon, void *arg)
     }
 }
 
+/*
+ * Writes one chunk of a stream straight to the socket, when nothing is queued
+ * before it. Through evhttp, a chunk costs an epoll_ctl to watch the socket
+ * for writing, a loop turn to learn it is writable (it nearly always is), the
+ * writev, and an epoll_ctl to stop watching: for a stream of small deltas, most
+ * of its syscalls. Here it is one sendmsg. What the socket does not take is
+ * queued raw (it continues the frame already begun) in the connection's output
+ * buffer, and evhttp's bufferevent writes it as usual; its drain callback is
+ * evhttp's, on_written, set by the stream's first chunk (which always goes
+ * through evhttp, r->chunk_cb). Returns false when nothing was written (the
+ * socket is full, or failed: the caller queues the chunk through evhttp, whose
+ * write then reports the failure as for any chunk).
+ */
+static bool stream_write_direct(http_req *r, struct bufferevent *bev, const char *data, size_t len, bool last)
+{
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd < 0)
+        return false;
+    bool framed = r->req->chunked && len > 0;
+    char head[24];
+    int hl = framed ? snprintf(head, sizeof head, "%zx\r\n", len) : 0;
+    struct iovec iov[4] = {
+        { .iov_base = head, .iov_len = (size_t)hl },
+        { .iov_base = (void *)data, .iov_len = len },
+        { .iov_base = (void *)"\r\n", .iov_len = framed ? 2 : 0 },
+        { .iov_base = (void *)"0\r\n\r\n", .iov_len = r->req->chunked && last ? 5 : 0 },
+    };
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 4 };
+    ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n <= 0)
+        return false;
+    /* Queue what is left of the frame, in order. */
+    struct evbuffer *out = bufferevent_get_output(bev);
+    size_t sent = (size_t)n;
+    for (int i = 0; i < 4; i++) {
+        size_t l = iov[i].iov_len;
+        if (sent >= l) {
+            sent -= l;
+            continue;
+        }
+        evbuffer_add(out, (const char *)iov[i].iov_base + sent, l - sent);
+        sent = 0;
+    }
+    return true;
+}
+
+/* Sends what r gathered in this loop turn as one chunk: straight to the socket
+ * when nothing is queued before it, else through evhttp. Then, if the writer
+ * was told "full" and everything left, tells it to go on (on_written would not
+ * run: the bufferevent wrote nothing). */
+static void stream_flush(http_req *r)
+{
+    if (r->pend.len == 0)
+        return;
+    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+    if (r->ended || !bev) {
+        chat_buf_free(&r->pend);
+        return;
+    }
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0 ||
+        !stream_write_direct(r, bev, r->pend.data, r->pend.len, false)) {
+        struct evbuffer *buf = evbuffer_new();
+        evbuffer_add(buf, r->pend.data, r->pend.len);
+        evhttp_send_reply_chunk_with_cb(r->req, buf, on_written, r);
+        evbuffer_free(buf);
+    }
+    /* Freed, not kept: an idle stream (most of a long one's life) holds none. */
+    chat_buf_free(&r->pend);
+    if (r->want_drain && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        r->want_drain = false;
+        if (r->on_drain)
+            r->on_drain(r->on_drain_ud);
+    }
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_server *srv = arg;
+    http_req *list = srv->flush_head;
+    srv->flush_head = NULL;
+    while (list) {
+        http_req *r = list;
+        list = r->flush_next;
+        r->flush_next = NULL;
+        r->flush_queued = false;
+        stream_flush(r);
+        http_req_release(r); /* the list's reference */
+    }
+}
+
+/*
+ * A stream's writes are gathered for the rest of the loop turn and sent as one
+ * chunk by flush_ev: the deltas of one provider read (often several) become one
+ * sendmsg. The first chunk of a stream goes through evhttp at once (it sets
+ * on_written as evhttp's drain callback for the rest, see stream_write_direct).
+ * "Full" counts the gathered bytes with the queued ones.
+ */
 bool http_stream_write(http_req *r, const char *data, size_t len)
 {
     if (r->ended || !r->streaming || !r->evcon)
         return false;
-    struct evbuffer *buf = evbuffer_new();
-    evbuffer_add(buf, data, len);
-    evhttp_send_reply_chunk_with_cb(r->req, buf, on_written, r);
-    evbuffer_free(buf);
     struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
-    size_t queued = bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+    if (!bev || !r->chunk_cb || r->method == HTTP_HEAD || len == 0 || chat_buf_append(&r->pend, data, len) != CHAT_OK) {
+        stream_flush(r); /* keeps the order */
+        struct evbuffer *buf = evbuffer_new();
+        evbuffer_add(buf, data, len);
+        evhttp_send_reply_chunk_with_cb(r->req, buf, on_written, r);
+        evbuffer_free(buf);
+        r->chunk_cb = true;
+    } else if (!r->flush_queued) {
+        r->flush_queued = true;
+        r->refs++; /* released by flush_cb */
+        r->flush_next = r->srv->flush_head;
+        r->srv->flush_head = r;
+        event_active(r->srv->flush_ev, EV_TIMEOUT, 0);
+    }
+    size_t queued = (bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0) + r->pend.len;
     if (queued > r->srv->lim.stream_buffer_bytes) {
         r->want_drain = true;
         return true;
@@ -807,6 +930,7 @@ void http_stream_abort(http_req *r)
     if (sock >= 0)
         shutdown(sock, SHUT_RDWR);
     http_req_log_set(r, "aborted", json_true());
+    chat_buf_free(&r->pend); /* never sent */
     http_stream_end(r);
 }
 
@@ -814,6 +938,16 @@ void http_stream_end(http_req *r)
 {
     if (r->ended || !r->streaming)
         return;
+    /* The gathered bytes and the last chunk in one sendmsg when the socket is
+     * free; evhttp, told the body is no longer chunked, then adds nothing and
+     * ends the request at once (no loop turn to wait for a writable socket). */
+    struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+    if (bev && r->req->chunked && r->method != HTTP_HEAD && evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+        stream_write_direct(r, bev, r->pend.data, r->pend.len, true)) {
+        chat_buf_free(&r->pend);
+        r->req->chunked = 0;
+    } else
+        stream_flush(r); /* before the last chunk */
     struct evhttp_request *req = r->req;
     if (r->evcon)
         evhttp_connection_set_closecb(r->evcon, NULL, NULL);
@@ -1056,7 +1190,8 @@ http_server *http_server_new(struct event_base *base, int fd, const http_limits 
     s->refuse_ev = event_new(base, -1, 0, refuse_cb, s);
     s->accept_resume = event_new(base, -1, 0, accept_resume_cb, s);
     s->watch_timer = evtimer_new(base, watch_timer_cb, s);
-    if (!s->refuse_ev || !s->accept_resume || !s->watch_timer)
+    s->flush_ev = event_new(base, -1, 0, flush_cb, s);
+    if (!s->refuse_ev || !s->accept_resume || !s->watch_timer || !s->flush_ev)
         goto fail;
     s->bound = evhttp_accept_socket_with_handle(s->http, fd);
     if (!s->bound) {
@@ -1083,6 +1218,8 @@ fail:
         event_free(s->accept_resume);
     if (s->watch_timer)
         event_free(s->watch_timer);
+    if (s->flush_ev)
+        event_free(s->flush_ev);
     free(s);
     return NULL;
 }
@@ -1118,6 +1255,7 @@ void http_server_free(http_server *s)
             *pp = s->thread_next;
             break;
         }
+    flush_cb(-1, 0, s); /* the last gathered bytes, and the list's references */
     evhttp_free(s->http);
     while (s->watch_head)
         watch_dequeue(s->watch_head); /* requests still held by their owners */
@@ -1126,6 +1264,7 @@ void http_server_free(http_server *s)
     event_free(s->refuse_ev);
     event_free(s->accept_resume);
     event_free(s->watch_timer);
+    event_free(s->flush_ev);
     s->refusing = NULL; /* the trackers below are freed with the rest */
     while (s->tracks) {
         conn_track *t = s->tracks;
