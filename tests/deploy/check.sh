@@ -228,7 +228,6 @@ if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v redis-ser
   done
   R_URL=${urls[1]/redis:6379/127.0.0.1:$redis_port}
   [[ "$R_URL" == redis://127.0.0.1:"$redis_port"/* ]] || fail "cannot rewrite compose's REDIS_URL ${urls[1]}"
-  LIMITS=shared
   STORE="PostgreSQL :$pg_port, Redis :$redis_port"
 else
   # Two instances need a shared store: a SQLite file has one server (a
@@ -251,17 +250,15 @@ run_chatd() {
      "$BIN" "$@" --env-file "$DEPLOY/chatd.env.example"
 }
 
-if [ "$LIMITS" = shared ]; then
-  # compose's migrate service; with a wrong password it must fail (auth is on).
-  out=$(DB_URL=${DB_URL/:$pg_password@/:wrong-$pg_password@} run_chatd migrate 2>&1) &&
-    fail "chatd migrate succeeded with a wrong PostgreSQL password: $out"
-  out=$(run_chatd migrate 2>&1) || fail "chatd migrate on PostgreSQL: $out"
-  tables=$(as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -tAc \
-           "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()
-              AND tablename IN ('sessions', 'messages', 'api_keys', 'turn_locks')")
-  [ "$tables" = 4 ] || fail "chatd migrate left $tables of the 4 core tables in PostgreSQL: $out"
-  ok "chatd migrate applied the schema to PostgreSQL (and refused a wrong password)"
-fi
+# compose's migrate service; with a wrong password it must fail (auth is on).
+out=$(DB_URL=${DB_URL/:$pg_password@/:wrong-$pg_password@} run_chatd migrate 2>&1) &&
+  fail "chatd migrate succeeded with a wrong PostgreSQL password: $out"
+out=$(run_chatd migrate 2>&1) || fail "chatd migrate on PostgreSQL: $out"
+tables=$(as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -tAc \
+         "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()
+            AND tablename IN ('sessions', 'messages', 'api_keys', 'turn_locks')")
+[ "$tables" = 4 ] || fail "chatd migrate left $tables of the 4 core tables in PostgreSQL: $out"
+ok "chatd migrate applied the schema to PostgreSQL (and refused a wrong password)"
 
 CHATD_PIDS=()
 for n in 1 2; do
@@ -290,23 +287,21 @@ for ((i = 0; i < 100; i++)); do
 done
 ok "nginx :$nginx_port -> chatd1 :${ports[0]}, chatd2 :${ports[1]} ($STORE), fake provider :$fake_port"
 
-"$PY" "$HERE/checks.py" smoke "$nginx_port" "$TOKEN" "$TMP/chatd1.log" "$TMP/chatd2.log" "$LIMITS"
+"$PY" "$HERE/checks.py" smoke "$nginx_port" "$TOKEN" "$TMP/chatd1.log" "$TMP/chatd2.log"
 
-if [ "$LIMITS" = shared ]; then
-  # The conversation is in PostgreSQL, the buckets in Redis, and no instance
-  # ever answered a limit check locally.
-  msgs=$(as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -tAc \
-      "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id WHERE s.id = 'deploy-continue'")
-  [ "${msgs:-0}" -ge 4 ] || fail "PostgreSQL holds ${msgs:-no} messages of session deploy-continue"
-  buckets=$(redis-cli -p "$redis_port" --scan --pattern 'chatd:rl:*' | wc -l)
-  [ "$buckets" -ge 1 ] || fail "no chatd:rl:* rate-limit buckets in Redis"
-  for n in 1 2; do
-    fb=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${ports[$((n - 1))]}/metrics" |
-         awk '$1 == "chatd_ratelimit_redis_fallback_total" {print $2}')
-    [ "$fb" = 0 ] || fail "chatd$n: chatd_ratelimit_redis_fallback_total is '${fb}', want 0"
-  done
-  ok "history in PostgreSQL ($msgs messages of deploy-continue), $buckets bucket(s) in Redis, no local fallback"
-fi
+# The conversation is in PostgreSQL, the buckets in Redis, and no instance
+# ever answered a limit check locally.
+msgs=$(as_pg "$pg_bin/psql" -h "$PG_DIR" -p "$pg_port" -U chatd -d chatd -tAc \
+    "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id WHERE s.id = 'deploy-continue'")
+[ "${msgs:-0}" -ge 4 ] || fail "PostgreSQL holds ${msgs:-no} messages of session deploy-continue"
+buckets=$(redis-cli -p "$redis_port" --scan --pattern 'chatd:rl:*' | wc -l)
+[ "$buckets" -ge 1 ] || fail "no chatd:rl:* rate-limit buckets in Redis"
+for n in 1 2; do
+  fb=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${ports[$((n - 1))]}/metrics" |
+       awk '$1 == "chatd_ratelimit_redis_fallback_total" {print $2}')
+  [ "$fb" = 0 ] || fail "chatd$n: chatd_ratelimit_redis_fallback_total is '${fb}', want 0"
+done
+ok "history in PostgreSQL ($msgs messages of deploy-continue), $buckets bucket(s) in Redis, no local fallback"
 
 stop_pid "$NGINX_PID"
 for n in 1 2; do

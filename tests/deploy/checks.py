@@ -15,13 +15,12 @@ standard library plus python3-yaml).
       Prints DATABASE_URL and REDIS_URL of compose's chatd1 (the smoke test
       points them at its own servers).
 
-  checks.py smoke NGINX_PORT TOKEN LOG1 LOG2 shared|local
+  checks.py smoke NGINX_PORT TOKEN LOG1 LOG2
       Black-box checks through a running nginx (deploy/nginx.conf) in front of
-      two chatd processes on one store (PostgreSQL, or one SQLite file), whose
-      JSON logs are LOG1 and LOG2, with RATE_LIMIT=2/minute,
-      TRUSTED_PROXIES=127.0.0.1 and the fake provider; "shared": their rate
-      limits are shared through Redis, "local": per instance. check.sh starts
-      and stops all of them.
+      two chatd processes on one PostgreSQL database (a SQLite file has one
+      server), whose JSON logs are LOG1 and LOG2, with RATE_LIMIT=2/minute
+      shared through Redis, TRUSTED_PROXIES=127.0.0.1 and the fake provider.
+      check.sh starts and stops all of them.
 
 Exits non-zero with a message on the first failed check.
 """
@@ -406,8 +405,7 @@ def fake(scenario):
     return "[[fake:" + json.dumps(scenario) + "]]"
 
 
-def smoke(port, token, log1, log2, limits):
-    check(limits in ("shared", "local"), f"smoke: limits {limits!r}")
+def smoke(port, token, log1, log2):
     ng = Nginx(int(port), token, [log1, log2])
 
     # 1. A conversation started on one instance continues on the other.
@@ -492,8 +490,8 @@ def smoke(port, token, log1, log2, limits):
     ok(f"concurrent turns: 200 on chatd{served[200]}, 409 session_busy on chatd{served[409]}")
 
     # 4. X-Forwarded-For reaches chatd (TRUSTED_PROXIES=127.0.0.1), and
-    #    RATE_LIMIT=2/minute holds for one client across both instances with
-    #    REDIS_URL ("shared"), or twice over without it ("local").
+    #    RATE_LIMIT=2/minute holds for one client across both instances
+    #    (REDIS_URL).
     got, where = [], set()
     for i in range(5):
         st, h, body = ng.request("POST", "/v1/chat", {"message": f"limit {i}", "session_id": "deploy-limit"},
@@ -503,15 +501,12 @@ def smoke(port, token, log1, log2, limits):
         if st == 429:
             check("retry-after" in h, "429 without Retry-After")
     check(where == {1, 2}, f"the rate-limited requests all went to chatd{where}: sharing not exercised")
-    allowed = 2 if limits == "shared" else 4
-    check(got == [200] * allowed + [429] * (5 - allowed),
-          f"RATE_LIMIT=2/minute across two instances ({limits} limits): {got} "
-          f"(expected {allowed} x 200, then 429)")
+    check(got == [200] * 2 + [429] * 3,
+          f"RATE_LIMIT=2/minute across two instances sharing Redis: {got} (expected 2 x 200, then 429)")
     st, _, body = ng.request("POST", "/v1/chat", {"message": "other client", "session_id": "deploy-limit-2"},
                              "198.51.100.50")
     check(st == 200, f"a different forwarded client was limited too ({st}): X-Forwarded-For not honoured")
-    ok(f"X-Forwarded-For honoured; 2/minute through two instances allows {allowed} ("
-       + ("shared through Redis)" if limits == "shared" else "per-instance limits)"))
+    ok("X-Forwarded-For honoured; 2/minute through two instances allows 2 (shared through Redis)")
 
     # 5. client_max_body_size matches MAX_BODY_SIZE (1 MiB): just over is refused
     #    by nginx, just under reaches chatd (which answers with X-Request-Id).
@@ -538,7 +533,7 @@ if __name__ == "__main__":
         static(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "urls":
         compose_urls(sys.argv[2])
-    elif len(sys.argv) == 7 and sys.argv[1] == "smoke":
+    elif len(sys.argv) == 6 and sys.argv[1] == "smoke":
         smoke(*sys.argv[2:])
     else:
-        fail("usage: checks.py static BIN SRC | urls SRC | smoke NGINX_PORT TOKEN LOG1 LOG2 shared|local")
+        fail("usage: checks.py static BIN SRC | urls SRC | smoke NGINX_PORT TOKEN LOG1 LOG2")
