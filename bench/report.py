@@ -825,7 +825,7 @@ def markdown(res, args):
                    "to every request it delayed (wrk, closed-loop, hides it). The rate is half of the turns/s of the "
                    "same run's throughput phase for that endpoint; the fake and nginx get chatd's upstream request "
                    "at the same rate, in rounds that alternate the targets (the order reversed every other round); "
-                   "percentiles over all rounds' requests, generator lag the worst round's. Up to %d keep-alive connections (16 primed before t0), 1 s warm-up not "
+                   "percentiles over all rounds' requests, generator lag the worst round's. Up to %d keep-alive connections (16 primed before t0), 0.5 s warm-up not "
                    "counted. Failed = transport errors, non-2xx, 2xx not a whole answer, requests dropped or "
                    "unanswered at the end. Generator lag: how late the generator's loop saw requests due (part of "
                    "the latency, the same for every target; large values mean the machine starved the generator). "

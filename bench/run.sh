@@ -318,7 +318,7 @@ streams_phase() {
 # latency_phase NAME TARGET(chatd|fake|nginx) PATH BODY-FILE RATE EXPECT PREFIX:
 # bench/openloop.c at a fixed RATE (requests due at t0 + i / RATE, latency from
 # the scheduled time: no coordinated omission) for LAT_SECONDS / LAT_ROUNDS
-# after a 1 s warm-up, over up to LAT_MAXCONN keep-alive connections. Writes
+# after a 0.5 s warm-up, over up to LAT_MAXCONN keep-alive connections. Writes
 # $TMP/NAME.json (openloop's result), NAME.lat and NAME.ovh (its raw
 # latencies and X-Chatd-Overhead-Ms values) and NAME.meta.json (server CPU).
 LAT_PHASES=()
@@ -333,12 +333,12 @@ latency_phase() {
     [[ $target == chatd ]] || hdrs+=(--header 'x-api-key: bench' --header 'anthropic-version: 2023-06-01')
     local dur
     dur=$(awk -v s="$LAT_SECONDS" -v r="$LAT_ROUNDS" 'BEGIN {printf "%.3f", s / r}')
-    echo "bench: $name: open loop, $rate requests/s for ${dur}s (+1 s warm-up) -> $base$path" >&2
+    echo "bench: $name: open loop, $rate requests/s for ${dur}s (+0.5 s warm-up) -> $base$path" >&2
     local s0 c0 m0 s1 c1 m1
     # shellcheck disable=SC2086
     s0=$(cpu_ticks $server_pids); c0=$(cpu_ticks "$CHATD_PID"); m0=$(cpu_busy_total)
     timeout $((LAT_SECONDS + 40)) "$OPENLOOP" --url "$base$path" --method POST --body-file "$body" "${hdrs[@]}" \
-        --rate "$rate" --duration "$dur" --warmup 1 --connections 16 --max-connections "$LAT_MAXCONN" \
+        --rate "$rate" --duration "$dur" --warmup 0.5 --connections 16 --max-connections "$LAT_MAXCONN" \
         --timeout 10 --drain 10 --expect "$expect" --prefix "$prefix" --out "$TMP/$name.json" --raw-out "$TMP/$name" \
         2>"$TMP/$name.err" || rc=$?
     # shellcheck disable=SC2086
