@@ -199,6 +199,7 @@ if ((ALIVE)); then
     EXIT_RC=${CHATD_EXITS[0]}
 fi
 LOAD_AFTER=$(cores_busy 2)
+DB_BYTES=$(du -cb "$DB_DIR_"/soak.db* 2>/dev/null | tail -n1 | awk '{print $1}')
 
 SHA=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=0
@@ -211,4 +212,4 @@ mkdir -p "$(dirname "$OUT_JSON")"
     --minutes "$MINUTES" --warmup-minutes "$WARMUP_MIN" --rate "$RATE" --mix "$MIX" \
     --session-turns "$SESSION_TURNS" --session-gap "$SESSION_GAP" --sample-seconds "$SAMPLE" --alive "$ALIVE" --exit-status "$EXIT_RC" \
     --end-rss-kb "${sample_end_rss:-0}" --sha "$SHA" --dirty "$DIRTY" --load-before "$LOAD_BEFORE" \
-    --load-after "$LOAD_AFTER" --db-dir "$DB_DIR_"
+    --load-after "$LOAD_AFTER" --db-dir "$DB_DIR_" --db-bytes "${DB_BYTES:-0}"

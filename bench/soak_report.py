@@ -57,6 +57,7 @@ def main():
         ap.add_argument("--" + a, required=True)
     ap.add_argument("--generators", default="")
     ap.add_argument("--session-gap", type=int, default=1)
+    ap.add_argument("--db-bytes", type=int, default=0)
     ap.add_argument("--record", default=None)
     for a in ("workers", "minutes", "warmup-minutes", "rate", "session-turns", "sample-seconds", "alive",
               "exit-status", "end-rss-kb", "dirty"):
@@ -155,6 +156,7 @@ def main():
         "memory": mem,
         "generators": gens,
         "chatd_exit_status": args.exit_status if args.alive else None,
+        "database_bytes_at_end": args.db_bytes,
         "chatd_log": log,
         "rss_samples": [[s["t_s"], s["rss_kb"], s["fds"]] for s in samples],
         "rss_per_minute_kb": per_minute(samples),
@@ -242,7 +244,8 @@ def markdown(res):
         out.append("")
         out.append("chatd logged: " + "; ".join("%s x%d" % (k, v) for k, v in sorted(res["chatd_log"]["counts"].items())))
     out.append("")
-    out.append("chatd exit status at SIGTERM: %s" % res["chatd_exit_status"])
+    out.append("chatd exit status at SIGTERM: %s; SQLite database at the end: %.1f MiB (it grows with every turn, "
+               "as in production)." % (res["chatd_exit_status"], res["database_bytes_at_end"] / 1048576))
     return "\n".join(out) + "\n"
 
 
