@@ -27,6 +27,10 @@
 #include "store/store.h"
 #include "store/transfer.h"
 
+/* Log bytes queued for stderr at most (about 3,000 access-log lines): a
+ * collector that stalls longer than that costs lines, not requests. */
+#define LOG_RING_BYTES (1024 * 1024)
+
 
 extern char **environ;
 
@@ -334,8 +338,14 @@ int main(int argc, char **argv)
     int status;
     if (strcmp(cmd, "migrate") == 0)
         status = cmd_migrate(&cfg);
-    else
+    else {
+        /* The server's loops must never wait on stderr (core/log.h): lines go
+         * through the log writer thread, with up to LOG_RING_BYTES queued. */
+        if (chat_log_start(LOG_RING_BYTES) != CHAT_OK)
+            chat_log(LOG_WARN, "log writer not started: logging writes directly", NULL);
         status = chat_app_run(&cfg) == CHAT_OK ? 0 : 1;
+        chat_log_stop();
+    }
     chat_config_free(&cfg);
     return status;
 }

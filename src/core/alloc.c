@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "core/util.h"
 
 void chat_fatal(const char *fmt, ...)
@@ -35,6 +36,9 @@ void chat_fatal(const char *fmt, ...)
     n += (size_t)snprintf(line + n, sizeof line - n, "\"}\n");
     if (n > sizeof line - 1)
         n = sizeof line - 1;
+    /* The lines queued before this one first (core/log.h), briefly: the
+     * writer thread may be stuck on the very stderr we are about to use. */
+    chat_log_flush(200);
     ssize_t ignored = write(STDERR_FILENO, line, n);
     (void)ignored;
     abort();
