@@ -2,6 +2,7 @@
 """Long-session phase of bench/run.sh: one session, many turns, one at a time.
 
     long_session.py --url http://127.0.0.1:PORT --turns 500 --bytes 2048 --out FILE [--timeout S]
+                    [--chatd-pid PID] [--fake-pid PID]
 
 Every turn is POST /chat {"message", "session_id"} on one keep-alive
 connection, with a message of about --bytes bytes (distinct words per turn, so
@@ -11,11 +12,20 @@ result compares the median of the first ten turns (turn 5 is their middle) with
 the median of the last ten (turns 491-500 of 500): a turn's cost should not
 depend on how long the session already is (issue 15 asks for at most 1.3x).
 
+A turn's latency also holds the provider's share, which grows with the
+session as long as the history fits the context window (the fake parses a
+request that grows by ~4 KB a turn). chatd's own share is measured apart: with
+--chatd-pid, the CPU time chatd's threads spent on each turn (the sum of
+/proc/PID/task/*/schedstat, nanoseconds, read before and after the turn: the
+turns run one at a time, so nothing else runs in chatd meanwhile), and the
+X-Chatd-Overhead-Ms header; with --fake-pid, the fake's CPU time per turn too.
+
 The phase is bounded: after --timeout seconds no new turn starts, and the
 result says how many turns were done. A non-200 answer stops the phase and is
 reported (status and the start of the body).
 """
 import argparse
+import glob
 import http.client
 import json
 import statistics
@@ -36,6 +46,24 @@ def message(turn, size):
     return " ".join(words)
 
 
+def cpu_ns(pid):
+    """CPU time of every thread of pid so far, in ns (0 when unknown)."""
+    if not pid:
+        return 0
+    total = 0
+    for f in glob.glob("/proc/%d/task/*/schedstat" % pid):
+        try:
+            with open(f) as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def med(xs):
+    return round(statistics.median(xs), 3) if xs else None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -44,18 +72,21 @@ def main():
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--chatd-pid", type=int, default=0)
+    ap.add_argument("--fake-pid", type=int, default=0)
     a = ap.parse_args()
 
     host, port = a.url.replace("http://", "").rstrip("/").split(":")
     sid = "long-" + uuid.uuid4().hex[:12]
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    lat_ms, error = [], None
+    lat_ms, chatd_cpu_ms, fake_cpu_ms, overhead_ms, error = [], [], [], [], None
     t_start = time.monotonic()
     for turn in range(1, a.turns + 1):
         if time.monotonic() - t_start > a.timeout:
             error = "time limit of %.0f s reached after %d turns" % (a.timeout, turn - 1)
             break
         body = json.dumps({"message": message(turn, a.bytes), "session_id": sid})
+        c0, f0 = cpu_ns(a.chatd_pid), cpu_ns(a.fake_pid)
         t0 = time.monotonic()
         try:
             conn.request("POST", "/chat", body=body, headers={"Content-Type": "application/json"})
@@ -65,10 +96,21 @@ def main():
             error = "turn %d: %s" % (turn, e)
             break
         dt = (time.monotonic() - t0) * 1000.0
+        c1, f1 = cpu_ns(a.chatd_pid), cpu_ns(a.fake_pid)
         if resp.status != 200 or b'"response"' not in data:
             error = "turn %d: status %d: %s" % (turn, resp.status, data[:300].decode("utf-8", "replace"))
             break
         lat_ms.append(dt)
+        if a.chatd_pid:
+            chatd_cpu_ms.append((c1 - c0) / 1e6)
+        if a.fake_pid:
+            fake_cpu_ms.append((f1 - f0) / 1e6)
+        oh = resp.getheader("X-Chatd-Overhead-Ms")
+        if oh is not None:
+            try:
+                overhead_ms.append(float(oh))
+            except ValueError:
+                pass
     conn.close()
 
     w = a.window
@@ -95,6 +137,12 @@ def main():
         "median_per_50_turns": per50,
         "latency_ms": [round(x, 3) for x in lat_ms],
     }
+    # chatd's own share, and the provider's (the fake), first and last window.
+    for key, xs in (("chatd_cpu_ms", chatd_cpu_ms), ("fake_cpu_ms", fake_cpu_ms), ("overhead_ms", overhead_ms)):
+        if len(xs) >= 2 * w:
+            f_, l_ = med(xs[:w]), med(xs[-w:])
+            res[key] = {"median_first": f_, "median_last": l_,
+                        "ratio_last_over_first": round(l_ / f_, 3) if f_ else None}
     with open(a.out, "w") as f:
         json.dump(res, f)
         f.write("\n")
@@ -102,6 +150,10 @@ def main():
           % (done, res["first_window"], first or 0, res["last_window"],
              "%.2f" % last if last is not None else "-", res["ratio_last_over_first"],
              ("; " + error) if error else ""), file=sys.stderr)
+    if "chatd_cpu_ms" in res:
+        c = res["chatd_cpu_ms"]
+        print("bench: long session: chatd CPU per turn %s ms -> %s ms (ratio %s)"
+              % (c["median_first"], c["median_last"], c["ratio_last_over_first"]), file=sys.stderr)
     return 0 if error is None else 1
 
 

@@ -576,6 +576,13 @@ def main():
                           "<= 1.3x", rr, rr is not None and rr <= 1.3 and not long.get("error")
                           and long.get("turns_done") == long.get("turns_requested"),
                           long.get("error") or ""))
+        cc = long.get("chatd_cpu_ms")
+        if cc:
+            rc = cc.get("ratio_last_over_first")
+            goals.append(goal("long session, chatd's own share: its CPU per turn, turns %s vs %s"
+                              % (long.get("last_window"), long.get("first_window")),
+                              "<= 1.3x", rc, rc is not None and rc <= 1.3 and not long.get("error"),
+                              "%s -> %s ms" % (cc.get("median_first"), cc.get("median_last"))))
     sc = streams.get("chatd")
     if sc and "n" in sc:
         n = sc["n"]
@@ -846,6 +853,20 @@ def markdown(res, args):
         out.append("Median per 50 turns: " + ", ".join("%s: %s ms" % (x["turns"], fnum(x["median_ms"], 2))
                                                         for x in lg["median_per_50_turns"]))
         out.append("")
+        shares = [(label, lg.get(key)) for label, key in (("chatd's CPU per turn", "chatd_cpu_ms"),
+                                                          ("the fake's (the provider's) CPU per turn", "fake_cpu_ms"),
+                                                          ("X-Chatd-Overhead-Ms", "overhead_ms"))]
+        shares = [(label, v) for label, v in shares if v]
+        if shares:
+            out.append("Whose cost grows (medians, turns %s -> %s): " % (lg["first_window"], lg["last_window"])
+                       + "; ".join("%s %s -> %s ms (%s)" % (label, fnum(v["median_first"], 3),
+                                                           fnum(v["median_last"], 3),
+                                                           fnum(v["ratio_last_over_first"], 2, "x"))
+                                   for label, v in shares)
+                       + ". While the history fits the context window every turn sends all of it upstream, so "
+                         "the provider's work grows with the session whatever chatd does; chatd's own CPU is its "
+                         "share (threads' schedstat around each turn, turns one at a time).")
+            out.append("")
     out.append("## Other figures")
     out.append("")
     mem = res["memory"]

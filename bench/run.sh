@@ -453,7 +453,8 @@ LONG_DONE=0
 if ((LONG_TURNS > 0)) && alive_or_die; then
     echo "bench: long session: $LONG_TURNS turns of ~$LONG_BYTES bytes in one session" >&2
     timeout $((LONG_TIMEOUT + 60)) "$PY" "$BENCH_DIR/long_session.py" --url "$CHATD" --turns "$LONG_TURNS" \
-        --bytes "$LONG_BYTES" --timeout "$LONG_TIMEOUT" --out "$TMP/long_session.json" ||
+        --bytes "$LONG_BYTES" --timeout "$LONG_TIMEOUT" --out "$TMP/long_session.json" \
+        --chatd-pid "$CHATD_PID" --fake-pid "$FAKE_PID" ||
         echo "bench: the long session did not complete" >&2
     LONG_DONE=1
 fi
