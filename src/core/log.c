@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "core/util.h"
 
 static chat_log_level min_level = LOG_INFO;
@@ -117,12 +118,12 @@ chat_rc chat_log_start(size_t ring_bytes)
     pthread_mutex_lock(&W.mu);
     chat_rc rc = CHAT_OK;
     if (!W.running) {
-        W.ring = malloc(ring_bytes);
+        W.ring = ring_bytes ? chat_xmalloc(ring_bytes) : NULL;
         W.cap = ring_bytes;
         W.head = W.len = W.inflight = 0;
         W.dropped = W.dropped_total = 0;
         W.stop = false;
-        if (!W.ring || ring_bytes == 0 || pthread_create(&W.thread, NULL, writer_main, NULL) != 0) {
+        if (!W.ring || pthread_create(&W.thread, NULL, writer_main, NULL) != 0) {
             free(W.ring);
             W.ring = NULL;
             rc = CHAT_ENOMEM;

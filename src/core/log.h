@@ -34,8 +34,9 @@ void chat_log_set_level(chat_log_level lvl);
  */
 void chat_log(chat_log_level lvl, const char *msg, json_t *fields);
 
-/* Starts the writer thread with a ring of ring_bytes (once; CHAT_ENOMEM if the
- * ring or the thread cannot be had, and chat_log keeps writing at once). */
+/* Starts the writer thread with a ring of ring_bytes (once; CHAT_ENOMEM if
+ * ring_bytes is 0 or the thread cannot be had, and chat_log keeps writing at
+ * once). */
 chat_rc chat_log_start(size_t ring_bytes);
 /* Writes what is queued, stops the writer thread and frees the ring; chat_log
  * writes at once again. Call once the other threads stopped logging. */
