@@ -436,11 +436,43 @@ ROWS = [
     ("stream", "chatd `/v1/chat/stream`", "nginx_stream"),
     ("direct_stream", "fake provider directly, streaming", "nginx_stream"),
     ("nginx_stream", "nginx -> fake, streaming", "nginx_stream"),
+    ("portkey", "a TypeScript gateway (Portkey) -> fake", "nginx"),
 ]
-NOT_MEASURED = [
-    "a TypeScript gateway (Portkey) -> fake",
+PORTKEY_LABEL = "a TypeScript gateway (Portkey) -> fake"
+# Rows of issue 15's table this benchmark cannot produce on this machine, and why.
+TEMPLATE_NOT_MEASURED = (
     "the template (FastAPI) `/chat`",
-]
+    "no PyPI on this machine, and the template needs the `anthropic` Python SDK (not a Debian package)")
+
+
+def portkey_upstream_check(chat_path, portkey_path):
+    """Did the Portkey gateway send the fake the request chatd sends? Compares
+    the last request the fake received in the Portkey phase with chatd's /chat
+    upstream request: path, model, max_tokens, system, stream, and the shape of
+    the messages (roles, content type). None when either is missing."""
+    def last(path):
+        reqs = (load_json(path, {}) or {}).get("requests") or []
+        return reqs[-1] if reqs and isinstance(reqs[-1].get("body"), dict) else None
+    a, b = last(chat_path), last(portkey_path)
+    if a is None or b is None:
+        return None
+    diffs = []
+    if a.get("path") != b.get("path"):
+        diffs.append("path %s vs %s" % (a.get("path"), b.get("path")))
+    ba, bb = a["body"], b["body"]
+    for k in sorted(set(ba) | set(bb)):
+        if k == "messages":
+            continue
+        if ba.get(k) != bb.get(k):
+            diffs.append("%s %s vs %s" % (k, json.dumps(ba.get(k)), json.dumps(bb.get(k))))
+
+    def shape(msgs):
+        return [(m.get("role"), type(m.get("content")).__name__) for m in msgs or []]
+    # A fresh session's first turn on both sides (BENCH_MAX_TURNS=1): one user message.
+    if shape(ba.get("messages"))[-1:] != shape(bb.get("messages"))[-1:]:
+        diffs.append("messages %s vs %s" % (shape(ba.get("messages")), shape(bb.get("messages"))))
+    return {"path": b.get("path"), "same_as_chatd": not diffs, "differences": diffs,
+            "extra_headers": sorted(set(b.get("headers") or {}) - set(a.get("headers") or {}))}
 
 
 def main():
@@ -465,6 +497,7 @@ def main():
     ap.add_argument("--lat-seconds", type=int, default=0)
     ap.add_argument("--lat-max-connections", type=int, default=0)
     ap.add_argument("--lat-rounds", type=int, default=1)
+    ap.add_argument("--portkey", type=int, default=0)
     args = ap.parse_args()
 
     names = args.phases.split()
@@ -501,6 +534,9 @@ def main():
                             % (i + 1, e, e - 128 if e > 128 else 0))
     if not args.main_alive:
         problems.append("the main chatd was not running at the end")
+    portkey_gw = load_json(os.path.join(args.dir, "portkey_gateway.json"), None) if args.portkey else None
+    if portkey_gw is not None and not portkey_gw.get("alive_at_end"):
+        problems.append("portkey: the gateway was not running at the end of its phase")
     valid = not problems
 
     # Syscalls per turn.
@@ -535,6 +571,8 @@ def main():
     # The table of the issue.
     rows = []
     for phase, label, ref in ROWS:
+        if phase == "portkey" and portkey_gw:
+            label = "a TypeScript gateway (Portkey %s) -> fake" % portkey_gw.get("version")
         if phase == "chat":
             label = "chatd `/chat` (%s, %s)" % ("PostgreSQL" if args.database == "postgres" else "SQLite",
                                                durability(args))
@@ -555,6 +593,14 @@ def main():
             "errors": len(r["problems"]),
         })
     byphase = {x["phase"]: x for x in rows}
+    not_measured = []
+    if "portkey" not in byphase:
+        not_measured.append({"label": PORTKEY_LABEL, "reason": "BENCH_PORTKEY=0 (it installs the gateway from npm)"
+                             if not args.portkey else "no result (see the problems)"})
+    not_measured.append(dict(zip(("label", "reason"), TEMPLATE_NOT_MEASURED)))
+    portkey_up = (portkey_upstream_check(os.path.join(args.dir, "upstream_chat.json"),
+                                         os.path.join(args.dir, "upstream_portkey.json"))
+                  if "portkey" in byphase else None)
 
     def goal(name, target, measured, met, note=""):
         return {"goal": name, "target": target, "measured": measured, "met": met, "note": note}
@@ -646,7 +692,7 @@ def main():
             "nofile_soft_limit": args.nofile, "nginx_workers": args.nginx_workers,
         },
         "table": rows,
-        "not_measured": NOT_MEASURED,
+        "not_measured": not_measured,
         "goals": goals,
         "non_streaming": {"chatd": chat, "direct": direct, "nginx": nginx,
                           "ratio_chatd_over_direct": ratios(chat, direct),
@@ -669,6 +715,9 @@ def main():
         },
         "database_bytes": args.db_bytes,
         "upstream_request_seen": {"chat": up_chat, "stream": up_stream},
+        "portkey": dict(portkey_gw or {}, route="POST /v1/messages (Anthropic shape) with x-portkey-provider: "
+                        "anthropic and x-portkey-custom-host: <fake>/v1", upstream=portkey_up)
+        if "portkey" in byphase else None,
         "chatd_exit_status": exits,
         "chatd_log": log,
     }
@@ -732,8 +781,8 @@ def markdown(res, args):
             fnum(r["p99_ms"], 2), fnum(r["server_cpu_ms_per_request"], 3), fnum(r["vs_nginx"], 2, "x"),
             "-" if r["overhead_header_p99_ms"] is None else "%s ms" % fnum(float(r["overhead_header_p99_ms"]), 2),
             fnum(r["machine_busy_cores"], 2)))
-    for label in res["not_measured"]:
-        out.append("| %s | not measured | | | | | | |" % label)
+    for nm in res["not_measured"]:
+        out.append("| %s | not measured: %s | | | | | | |" % (nm["label"], nm["reason"]))
     out.append("")
     out.append("Latency is the whole turn (streams: to the end of the body), measured in `bench/turns.lua`; server "
                "CPU is the process under test (the fake for the fake row, nginx's master and workers for the nginx "
@@ -878,6 +927,18 @@ def markdown(res, args):
         if up:
             out.append("- upstream request of chatd for %s: stream=%s, %d messages, %d bytes, keys %s"
                        % (name, str(up["stream"]).lower(), up["messages"], up["body_bytes"], ",".join(up["keys"])))
+    pk = res.get("portkey")
+    if pk:
+        up = pk.get("upstream")
+        out.append("- Portkey gateway %s (npm `@portkey-ai/gateway`, one node process; its CPU is the row's server CPU): "
+                   "%s; the fake received %s" % (
+                       pk.get("version"), pk["route"],
+                       "no request to compare" if not up else
+                       "`POST %s`, the same request as chatd's for /chat (model, max_tokens, system, messages)%s"
+                       % (up["path"], "" if not up["extra_headers"] else
+                          ", plus headers %s" % ", ".join("`%s`" % h for h in up["extra_headers"]))
+                       if up["same_as_chatd"] else
+                       "**a different request** than chatd's for /chat: %s" % "; ".join(up["differences"])))
     rat = res["non_streaming"]["ratio_chatd_over_direct"]
     if rat:
         out.append("- /chat over the fake directly: turns/s %sx, p50 %sx, p99 %sx" % (

@@ -9,6 +9,8 @@
 #   chat           POST /chat (seed, non-streaming, SQLite synchronous=FULL)
 #   direct         the equivalent POST /v1/messages straight to the fake
 #   nginx          the same request through nginx (bench/nginx.conf) to the fake
+#   portkey        the same request through the Portkey AI gateway (npm
+#                  @portkey-ai/gateway, pinned in bench/portkey/; BENCH_PORTKEY=1)
 #   stream         POST /v1/chat/stream (SSE) through chatd
 #   direct_stream  the equivalent streaming POST /v1/messages to the fake
 #   nginx_stream   the same stream through nginx
@@ -69,11 +71,14 @@ LAT_SECONDS=${BENCH_LATENCY_SECONDS:-8}
 LAT_MAXCONN=${BENCH_LATENCY_CONNECTIONS:-64}
 LAT_ROUNDS=${BENCH_LATENCY_ROUNDS:-2}
 RECORD=${BENCH_RECORD:-1}
+# Off by default: the gateway is installed from the npm registry on every run
+# that asks for it (network, ~15 s); see bench/README.md.
+PORTKEY_ON=${BENCH_PORTKEY:-0}
 [[ ${BENCH_TAG:-} =~ ^[A-Za-z0-9_-]*$ ]] || { echo "bench: BENCH_TAG may hold letters, digits, - and _ only" >&2; exit 2; }
 
 for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS NGINX_ON NGINX_WORKERS VARIANTS SYSCALLS \
     SYS_SECONDS SYS_CONNS STREAMS STREAM_HOLD STREAM_DELTAS STREAM_RAMP STREAM_SETTLE LONG_TURNS LONG_BYTES \
-    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS; do
+    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS PORTKEY_ON; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
@@ -123,12 +128,14 @@ CHATD_PID=
 NGINX_PID=
 NGINX_DIR=
 STRACE_PID=
+PORTKEY_PID=
 PG_DIR=
 PHASES=()
 
 cleanup() {
     [[ -n $STRACE_PID ]] && stop_pid "$STRACE_PID"
     [[ -n $CHATD_PID ]] && stop_pid "$CHATD_PID"
+    [[ -n $PORTKEY_PID ]] && stop_pid "$PORTKEY_PID"
     [[ -n $NGINX_PID ]] && stop_pid "$NGINX_PID" # the master stops its workers
     [[ -n $FAKE_PID ]] && stop_pid "$FAKE_PID"
     [[ -n $PG_DIR ]] && { "$ROOT/tests/pg/pgserver.sh" stop "$PG_DIR" || echo "bench: PostgreSQL did not stop" >&2; }
@@ -143,6 +150,27 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# --- the Portkey gateway (BENCH_PORTKEY=1): npm ci into the scratch directory ---
+# bench/portkey/package-lock.json pins the gateway and every dependency; the npm
+# cache is used when it has them (--prefer-offline), the registry otherwise.
+# --ignore-scripts: its only install script is patch-package, and the published
+# package carries no patches. Done before any server starts, so a missing
+# network fails the run at once.
+PORTKEY_VERSION=
+if ((PORTKEY_ON)); then
+    command -v npm >/dev/null || die "npm not found (BENCH_PORTKEY=0 runs without the Portkey row)"
+    PORTKEY_DIR=$TMP/portkey
+    mkdir -p "$PORTKEY_DIR"
+    cp "$BENCH_DIR/portkey/package.json" "$BENCH_DIR/portkey/package-lock.json" "$PORTKEY_DIR/"
+    echo "bench: installing the Portkey gateway (npm ci, bench/portkey/package-lock.json) into $PORTKEY_DIR" >&2
+    (cd "$PORTKEY_DIR" && timeout 300 npm ci --ignore-scripts --prefer-offline --no-audit --no-fund \
+        --loglevel=error) >"$TMP/portkey-npm.log" 2>&1 ||
+        { tail -n 20 "$TMP/portkey-npm.log" >&2; die "cannot install the Portkey gateway from npm (BENCH_PORTKEY=0 runs without it)"; }
+    PORTKEY_PKG=$PORTKEY_DIR/node_modules/@portkey-ai/gateway
+    PORTKEY_VERSION=$(node -p 'require(process.argv[1]).version' "$PORTKEY_PKG/package.json") ||
+        die "the Portkey gateway is not where npm should have put it ($PORTKEY_PKG)"
+fi
 
 # --- machine load before anything starts (the other users of the machine) -------
 ((LATENCY)) && build_openloop
@@ -191,6 +219,29 @@ if ((NGINX_ON)); then
     curl -fsS -o /dev/null --max-time 2 "$NGINX/_fake/stats" || die "nginx does not proxy to the fake"
 fi
 
+# start_portkey: the gateway's own CLI (build/start-server.js --port=N
+# --headless: no web UI), in a clean environment (it reads HTTP_PROXY and
+# others), preloaded with bench/portkey/listen_localhost.cjs so that it binds
+# 127.0.0.1 (its CLI has no host option). Sets PORTKEY_PID and PORTKEY.
+start_portkey() {
+    local i port
+    port=$(free_port)
+    (cd "$PORTKEY_DIR" && exec env -i PATH="$PATH" HOME="$TMP" node \
+        --require "$BENCH_DIR/portkey/listen_localhost.cjs" "$PORTKEY_PKG/build/start-server.js" \
+        --port="$port" --headless) >"$TMP/portkey.out" 2>"$TMP/portkey.err" &
+    PORTKEY_PID=$!
+    PORTKEY=http://127.0.0.1:$port
+    for ((i = 0; i < 150; i++)); do
+        curl -fsS --max-time 2 "$PORTKEY/" 2>/dev/null | grep -q 'AI Gateway' && break
+        kill -0 "$PORTKEY_PID" 2>/dev/null || { tail -n 20 "$TMP/portkey.err" >&2; die "the Portkey gateway exited at start"; }
+        sleep 0.1
+    done
+    curl -fsS --max-time 2 "$PORTKEY/" 2>/dev/null | grep -q 'AI Gateway' || die "the Portkey gateway does not answer GET /"
+    if ss -Hltnp 2>/dev/null | grep "pid=$PORTKEY_PID," | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then
+        die "the Portkey gateway listens beyond 127.0.0.1"
+    fi
+}
+
 # --- database --------------------------------------------------------------------
 if [[ $DATABASE == postgres ]]; then
     # Its own directory, not under the scratch one: the server runs as user
@@ -219,6 +270,7 @@ run_phase() {
     case $target in
     chatd) base=$CHATD; server_pids=$CHATD_PID ;;
     nginx) base=$NGINX; server_pids=$(nginx_pids) ;;
+    portkey) base=$PORTKEY; server_pids=$PORTKEY_PID ;;
     *) base=$FAKE; server_pids=$FAKE_PID ;;
     esac
     ((threads <= conns)) || threads=$conns
@@ -368,6 +420,29 @@ DIRECT_MODE=direct; ((UP_STREAM)) && DIRECT_MODE=direct_stream
 direct_phase direct "$DIRECT_MODE" fake d
 ((NGINX_ON)) && direct_phase nginx "$DIRECT_MODE" nginx n
 
+# The same request through the Portkey gateway (its Anthropic-shape route
+# /v1/messages, which forwards the body unchanged to <custom host>/messages:
+# the fake gets the request chatd sends; report.py checks that on the capture).
+# One node process; a warm-up first (its JIT), as for chatd. Stopped right
+# after, so it takes no CPU from the other phases.
+if ((PORTKEY_ON)); then
+    start_portkey
+    PORTKEY_MODE=portkey; ((UP_STREAM)) && PORTKEY_MODE=portkey_stream
+    if ((WARMUP > 0)); then
+        BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
+            BENCH_PORTKEY_UPSTREAM=$FAKE/v1 run_phase warmup_portkey "$PORTKEY_MODE" /v1/messages portkey "$WARMUP" wp
+    fi
+    BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
+        BENCH_PORTKEY_UPSTREAM=$FAKE/v1 run_phase portkey "$PORTKEY_MODE" /v1/messages portkey "$DURATION" p
+    PHASES+=(portkey)
+    capture_upstream "$TMP/upstream_portkey.json"
+    PORTKEY_ALIVE=1
+    kill -0 "$PORTKEY_PID" 2>/dev/null || { PORTKEY_ALIVE=0; echo "bench: the Portkey gateway DIED" >&2; }
+    stop_pid "$PORTKEY_PID"
+    PORTKEY_PID=
+    echo "{\"version\":\"$PORTKEY_VERSION\",\"alive_at_end\":$PORTKEY_ALIVE}" >"$TMP/portkey_gateway.json"
+fi
+
 # Streaming, the same three.
 chatd_phase stream stream /v1/chat/stream s
 capture_upstream "$TMP/upstream_stream.json"
@@ -508,4 +583,5 @@ mkdir -p "$(dirname "$OUT_JSON")"
     --sha "$SHA" --dirty "$DIRTY" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" \
     --loadavg-before "$LOADAVG_BEFORE" --loadavg-after "$LOADAVG_AFTER" --run-seconds "$RUN_SECONDS" \
     --sys-conns "$SYS_CONNS" --sys-seconds "$SYS_SECONDS" --lat-phases "${LAT_PHASES[*]}" \
-    --lat-seconds "$LAT_SECONDS" --lat-max-connections "$LAT_MAXCONN" --lat-rounds "$LAT_ROUNDS"
+    --lat-seconds "$LAT_SECONDS" --lat-max-connections "$LAT_MAXCONN" --lat-rounds "$LAT_ROUNDS" \
+    --portkey "$PORTKEY_ON"

@@ -7,6 +7,12 @@
 --                     direct        POST /v1/messages on the fake, non-streaming
 --                     direct_stream POST /v1/messages on the fake, "stream": true
 --                     (the direct modes also go through nginx: same body, same reply)
+--                     portkey       the direct request through the Portkey gateway:
+--                                   POST /v1/messages (its Anthropic-shape route,
+--                                   forwarded unchanged) with x-portkey-provider:
+--                                   anthropic and x-portkey-custom-host:
+--                                   BENCH_PORTKEY_UPSTREAM (the fake's base URL + /v1)
+--                     portkey_stream the same with "stream": true
 --                     stateless     POST /v1/chat/completions on chatd (nothing stored)
 --                     healthz       GET /healthz on chatd
 --   BENCH_PREFIX      session id prefix, distinct per phase (fresh sessions)
@@ -63,9 +69,12 @@ local model = os.getenv("BENCH_MODEL") or "claude-sonnet-4-6"
 local max_tokens = tonumber(os.getenv("BENCH_MAX_TOKENS") or "1024")
 local system_json = os.getenv("BENCH_SYSTEM_JSON") or '"You are a helpful AI assistant."'
 
-local direct = (mode == "direct" or mode == "direct_stream")
+local portkey_upstream = os.getenv("BENCH_PORTKEY_UPSTREAM") or ""
+
+local portkey = (mode == "portkey" or mode == "portkey_stream")
+local direct = (mode == "direct" or mode == "direct_stream" or portkey)
 local sessionless = (mode == "stateless" or mode == "healthz")
-local streaming = (mode == "stream" or mode == "direct_stream")
+local streaming = (mode == "stream" or mode == "direct_stream" or mode == "portkey_stream")
 
 -- ---------------------------------------------------------------------------
 -- Main state: give each thread its number, collect them for done().
@@ -106,6 +115,10 @@ function init(args)
       headers["Content-Type"] = "application/json"
       headers["x-api-key"] = "bench"
       headers["anthropic-version"] = "2023-06-01"
+      if portkey then
+         headers["x-portkey-provider"] = "anthropic"
+         headers["x-portkey-custom-host"] = portkey_upstream
+      end
    elseif mode ~= "healthz" then
       headers["Content-Type"] = "application/json"
       if streaming then headers["Accept"] = "text/event-stream" end
@@ -183,7 +196,7 @@ local function parse(body)
       return nil, body:find('"finish_reason":"stop"', 1, true) ~= nil
    elseif mode == "healthz" then
       return nil, body:find('"ok"', 1, true) ~= nil
-   elseif mode == "direct" then
+   elseif mode == "direct" or mode == "portkey" then
       return body:match('You said: bench ([^"]+)"'), body:find('"stop_reason":"end_turn"', 1, true) ~= nil
    else
       -- One word per delta: the id is the delta that follows "bench ".
