@@ -14,8 +14,9 @@
  * and run user callbacks there.
  *
  * Connection policy (llm__transport_prepare, the multi options in
- * llm_transport_new). Over HTTP/2 every transfer to a host shares one
- * connection while it has room (CURLMOPT_PIPELINING CURLPIPE_MULTIPLEX, and
+ * llm_transport_new and llm_transport_set_http_version). Over HTTP/2 with
+ * multiplexing on, every transfer to a host shares one connection while it
+ * has room (CURLMOPT_PIPELINING CURLPIPE_MULTIPLEX, and
  * CURLOPT_PIPEWAIT so that a burst of new transfers waits for the connection
  * being set up instead of each opening its own); a connection carries at most
  * LLM_H2_MAX_STREAMS streams (or the server's lower limit), then curl opens
@@ -24,6 +25,37 @@
  * transfer at a time and is kept for the next (keep-alive); the cache is
  * bounded by LLM_MAX_CACHED_CONNECTIONS so that the connections of a burst are
  * closed, not kept, once it ends. docs/PROTOCOLS.md "Provider connections".
+ *
+ * Multiplexing with libcurl before 8.1.0 (Debian 12 has 7.88.1) is on only
+ * when PROVIDER_HTTP_VERSION=2 asks for it; with auto each transfer has a
+ * connection of its own (CURLPIPE_NOTHING), as with HTTP/1.1. Measured with
+ * 7.88.1 and the fake provider (tests/integration/test_h2.py): a paused
+ * stream (chatd pauses a transfer whose client does not read) whose 16 KB
+ * buffer fills stops the whole connection, every other stream included,
+ * until it is resumed or cancelled (curl removed that mechanism in 8.1.0);
+ * a stream sharing a connection with a large one sometimes sat idle until an
+ * unrelated curl timer woke it (10 s, up to the 120 s idle deadline). Where
+ * the clients read promptly, 10,000 concurrent streams were all whole.
+ *
+ * h2c with libcurl before 8.0.0 (Debian 12 has 7.88.1). A transfer that asks
+ * for HTTP/2 with prior knowledge and is given an existing h2c connection
+ * switches that connection to HTTP/2 a second time, and fails with "Error in
+ * the HTTP2 framing layer" (curl issue 10634, fixed in 8.0.0 by commit
+ * cbe9d82c22). So on such a libcurl a prior-knowledge transfer always opens a
+ * connection of its own (CURLOPT_FRESH_CONNECT), and the others ask for
+ * CURL_HTTP_VERSION_2TLS, which on http:// never switches anything: it joins an
+ * h2c connection that has room, or (if none does) opens a plain HTTP/1.1 one.
+ * To choose, the transport counts, per origin, the h2c connections open
+ * (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION on the transfers that open
+ * them) and those already speaking HTTP/2 (CURLOPT_PREREQFUNCTION: curl calls
+ * it right before the request, in the same step as the switch), and compares
+ * the calls running with the streams the latter can carry (LLM_H2_MAX_STREAMS
+ * each). A transfer that joins must find a connection that already speaks
+ * HTTP/2: one still connecting is in use by its opener and not yet known to
+ * multiplex, so the joiner would open an HTTP/1.1 connection, after which curl
+ * marks the host as not multiplexing and every later joiner would do the
+ * same. While no connection is ready, new calls open their own (a burst in
+ * that window of about one round trip costs a few connections).
  *
  * The transport also keeps a list of every live call (running, or waiting for
  * a retry timer) so that llm_transport_free can cancel them all.
@@ -34,11 +66,22 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/util.h"
 #include "llm/call_internal.h"
+
+/* One http:// origin spoken to over h2c (see the top of the file). */
+typedef struct h2c_origin {
+    char *origin;            /* "http://host:port", the base URL up to its path */
+    int conns;               /* h2c sockets open (connections, being set up or up) */
+    int ready;               /* of those, the ones switched to HTTP/2 (others may join them) */
+    struct h2c_origin *next; /* in the transport's list */
+} h2c_origin;
 
 /* One socket curl asked us to watch. */
 typedef struct sockinfo {
@@ -56,6 +99,9 @@ struct llm_transport {
     sockinfo *socks;         /* every sockinfo not yet released by CURL_POLL_REMOVE */
     uint64_t rng;            /* xorshift64 state for backoff jitter (not security relevant) */
     llm_http_version http;   /* PROVIDER_HTTP_VERSION, for transfers prepared from now on */
+    bool pk_reuse_broken;    /* libcurl < 8.0.0: see the top of the file */
+    bool h2_pause_blocks;    /* libcurl < 8.1.0: multiplexing only when asked (see the top of the file) */
+    h2c_origin *origins;     /* freed after the multi (its connections call back on close) */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -183,10 +229,12 @@ llm_transport *llm_transport_new(struct event_base *base)
     curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
     curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
     curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
-    /* Multiplexing is curl's default since 7.62; say it, this is the policy. */
-    curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)LLM_H2_MAX_STREAMS);
     curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)LLM_MAX_CACHED_CONNECTIONS);
+    const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+    t->pk_reuse_broken = vi->version_num < 0x080000;
+    t->h2_pause_blocks = vi->version_num < 0x080100;
+    llm_transport_set_http_version(t, LLM_HTTP_AUTO);
     return t;
 }
 
@@ -208,6 +256,12 @@ void llm_transport_free(llm_transport *t)
     /* curl normally releases every socket with CURL_POLL_REMOVE; free any it did not. */
     while (t->socks)
         sock_release(t, t->socks);
+    while (t->origins) {
+        h2c_origin *o = t->origins;
+        t->origins = o->next;
+        free(o->origin);
+        free(o);
+    }
     event_free(t->timer);
     free(t);
 }
@@ -240,6 +294,82 @@ double llm__transport_random(llm_transport *t)
 void llm_transport_set_http_version(llm_transport *t, llm_http_version v)
 {
     t->http = v;
+    /* Multiplex where it is safe, or where asked for explicitly (the top of the file). */
+    long mux = (v == LLM_HTTP_2 || !t->h2_pause_blocks) ? CURLPIPE_MULTIPLEX : CURLPIPE_NOTHING;
+    curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, mux);
+}
+
+/* The record of base_url's origin (scheme://authority), created on first use. */
+static h2c_origin *origin_of(llm_transport *t, const char *base_url)
+{
+    const char *auth = strstr(base_url, "://");
+    size_t n = auth ? (size_t)(auth + 3 - base_url) + strcspn(auth + 3, "/?#") : strlen(base_url);
+    for (h2c_origin *o = t->origins; o; o = o->next)
+        if (strlen(o->origin) == n && strncasecmp(o->origin, base_url, n) == 0)
+            return o;
+    h2c_origin *o = chat_xcalloc(1, sizeof *o);
+    o->origin = chat_xstrndup(base_url, n);
+    o->next = t->origins;
+    t->origins = o;
+    return o;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION of a transfer opening an h2c connection: counts it. */
+static curl_socket_t h2c_open_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)purpose;
+    h2c_origin *o = clientp;
+    curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (s != CURL_SOCKET_BAD)
+        o->conns++;
+    return s;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION, kept by the connection (curl calls it for the
+ * sockets h2c_open_cb opened, whichever transfer closes them). */
+static int h2c_close_cb(void *clientp, curl_socket_t s)
+{
+    h2c_origin *o = clientp;
+    o->conns--;
+    if (o->ready > o->conns)
+        o->ready = o->conns;
+    return close(s);
+}
+
+/* CURLOPT_PREREQFUNCTION of a transfer that opened an h2c connection: curl
+ * switches the connection to HTTP/2 right after this returns, before it
+ * returns to the loop, so from the next call on others may join it. */
+static int h2c_ready_cb(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    h2c_origin *o = clientp;
+    if (o->ready < o->conns)
+        o->ready++;
+    return CURL_PREREQFUNC_OK;
+}
+
+/* h2c on a libcurl that cannot reuse a prior-knowledge connection (the top of
+ * the file): either open a new h2c connection, or join one. */
+static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e)
+{
+    h2c_origin *o = origin_of(t, p->base_url);
+    /* This call is not linked yet: n_calls + 1 calls would be running. All
+     * of the transport's calls are counted, whatever their provider, so the
+     * estimate errs towards one connection more, never one stream too many. */
+    (void)p;
+    if (o->ready > 0 && (int64_t)t->n_calls + 1 <= (int64_t)o->ready * LLM_H2_MAX_STREAMS)
+        return CURL_HTTP_VERSION_2TLS; /* joins a connection that speaks HTTP/2 */
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, h2c_ready_cb);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, o);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, h2c_open_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, o);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, h2c_close_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, o);
+    return CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
 }
 
 void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
@@ -249,7 +379,14 @@ void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
     switch (t->http) {
     case LLM_HTTP_AUTO: version = tls ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1; break;
     case LLM_HTTP_1_1: version = CURL_HTTP_VERSION_1_1; break;
-    case LLM_HTTP_2: version = tls ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE; break;
+    case LLM_HTTP_2:
+        if (tls)
+            version = CURL_HTTP_VERSION_2TLS;
+        else if (t->pk_reuse_broken && p->base_url)
+            version = h2c_choose(t, p, e);
+        else
+            version = CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+        break;
     }
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
     /* Where the connection can multiplex (HTTP/2), a new transfer waits for it

@@ -21,13 +21,15 @@ typedef struct llm_transport llm_transport;
  *   Upgrade) on http://: the server must speak h2c or every call fails to
  *   connect (LLM_ERR_CONNECT or LLM_ERR_PROTOCOL).
  * Over HTTP/2 concurrent calls to one host share a connection (up to
- * LLM_H2_MAX_STREAMS streams each, or fewer if the server says so). */
+ * LLM_H2_MAX_STREAMS streams each, or fewer if the server says so); with a
+ * libcurl before 8.1.0 only with LLM_HTTP_2 (transport.c says why), with
+ * auto each call then has a connection of its own. */
 typedef enum { LLM_HTTP_AUTO = 0, LLM_HTTP_1_1, LLM_HTTP_2 } llm_http_version;
 
 /* Streams one HTTP/2 connection may carry at once (CURLMOPT_MAX_CONCURRENT_STREAMS;
  * the server's SETTINGS_MAX_CONCURRENT_STREAMS lowers it). Past it curl opens
  * another connection. */
-#define LLM_H2_MAX_STREAMS 1000
+#define LLM_H2_MAX_STREAMS 100
 /* Connections (idle or busy) a transport keeps in its cache (CURLMOPT_MAXCONNECTS):
  * when a transfer ends with more than this many open, the longest-idle ones are
  * closed, so descriptors and memory go back after a burst of HTTP/1.1 calls. */
