@@ -442,7 +442,8 @@ PORTKEY_LABEL = "a TypeScript gateway (Portkey) -> fake"
 # Rows of issue 15's table this benchmark cannot produce on this machine, and why.
 TEMPLATE_NOT_MEASURED = (
     "the template (FastAPI) `/chat`",
-    "no PyPI on this machine, and the template needs the `anthropic` Python SDK (not a Debian package)")
+    "no PyPI on this machine; Debian 12 has FastAPI and uvicorn but not the `anthropic` Python SDK the template "
+    "needs")
 
 
 def portkey_upstream_check(chat_path, portkey_path):
@@ -786,7 +787,7 @@ def markdown(res, args):
     out.append("")
     out.append("Latency is the whole turn (streams: to the end of the body), measured in `bench/turns.lua`; server "
                "CPU is the process under test (the fake for the fake row, nginx's master and workers for the nginx "
-               "rows, chatd otherwise) from /proc/PID/stat. \"vs nginx\" is turns/s over the nginx row of the same "
+               "rows, the gateway's node process for the Portkey row, chatd otherwise) from /proc/PID/stat. \"vs nginx\" is turns/s over the nginx row of the same "
                "kind (streaming rows over nginx streaming). \"overhead p99\" is chatd's own `X-Chatd-Overhead-Ms` header "
                "(what the request cost chatd, without the provider). \"busy cores\" is the whole machine during the phase "
                "(load generator, fake, server and anything else running).")
@@ -930,9 +931,9 @@ def markdown(res, args):
     pk = res.get("portkey")
     if pk:
         up = pk.get("upstream")
-        out.append("- Portkey gateway %s (npm `@portkey-ai/gateway`, one node process; its CPU is the row's server CPU): "
-                   "%s; the fake received %s" % (
-                       pk.get("version"), pk["route"],
+        out.append("- Portkey gateway %s (npm `@portkey-ai/gateway`, one node process, %s s warm-up; its CPU is the "
+                   "row's server CPU): %s; the fake received %s" % (
+                       pk.get("version"), pk.get("warmup_s", "?"), pk["route"],
                        "no request to compare" if not up else
                        "`POST %s`, the same request as chatd's for /chat (model, max_tokens, system, messages)%s"
                        % (up["path"], "" if not up["extra_headers"] else

@@ -74,11 +74,14 @@ RECORD=${BENCH_RECORD:-1}
 # Off by default: the gateway is installed from the npm registry on every run
 # that asks for it (network, ~15 s); see bench/README.md.
 PORTKEY_ON=${BENCH_PORTKEY:-0}
+# Its warm-up: V8 needs about 10 s of this load before the gateway's CPU per
+# request settles (measured: 4.1, 2.2, 1.7, 1.5, 1.5 ms in five 3 s rounds).
+PORTKEY_WARMUP=${BENCH_PORTKEY_WARMUP:-10}
 [[ ${BENCH_TAG:-} =~ ^[A-Za-z0-9_-]*$ ]] || { echo "bench: BENCH_TAG may hold letters, digits, - and _ only" >&2; exit 2; }
 
 for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS NGINX_ON NGINX_WORKERS VARIANTS SYSCALLS \
     SYS_SECONDS SYS_CONNS STREAMS STREAM_HOLD STREAM_DELTAS STREAM_RAMP STREAM_SETTLE LONG_TURNS LONG_BYTES \
-    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS PORTKEY_ON; do
+    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS PORTKEY_ON PORTKEY_WARMUP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
@@ -423,14 +426,16 @@ direct_phase direct "$DIRECT_MODE" fake d
 # The same request through the Portkey gateway (its Anthropic-shape route
 # /v1/messages, which forwards the body unchanged to <custom host>/messages:
 # the fake gets the request chatd sends; report.py checks that on the capture).
-# One node process; a warm-up first (its JIT), as for chatd. Stopped right
-# after, so it takes no CPU from the other phases.
+# One node process; a warm-up first (BENCH_PORTKEY_WARMUP: its JIT needs
+# longer than chatd's BENCH_WARMUP). Stopped right after, so it takes no CPU
+# from the other phases.
 if ((PORTKEY_ON)); then
     start_portkey
     PORTKEY_MODE=portkey; ((UP_STREAM)) && PORTKEY_MODE=portkey_stream
-    if ((WARMUP > 0)); then
+    if ((PORTKEY_WARMUP > 0)); then
         BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
-            BENCH_PORTKEY_UPSTREAM=$FAKE/v1 run_phase warmup_portkey "$PORTKEY_MODE" /v1/messages portkey "$WARMUP" wp
+            BENCH_PORTKEY_UPSTREAM=$FAKE/v1 run_phase warmup_portkey "$PORTKEY_MODE" /v1/messages portkey \
+            "$PORTKEY_WARMUP" wp
     fi
     BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
         BENCH_PORTKEY_UPSTREAM=$FAKE/v1 run_phase portkey "$PORTKEY_MODE" /v1/messages portkey "$DURATION" p
@@ -440,7 +445,7 @@ if ((PORTKEY_ON)); then
     kill -0 "$PORTKEY_PID" 2>/dev/null || { PORTKEY_ALIVE=0; echo "bench: the Portkey gateway DIED" >&2; }
     stop_pid "$PORTKEY_PID"
     PORTKEY_PID=
-    echo "{\"version\":\"$PORTKEY_VERSION\",\"alive_at_end\":$PORTKEY_ALIVE}" >"$TMP/portkey_gateway.json"
+    echo "{\"version\":\"$PORTKEY_VERSION\",\"alive_at_end\":$PORTKEY_ALIVE,\"warmup_s\":$PORTKEY_WARMUP}" >"$TMP/portkey_gateway.json"
 fi
 
 # Streaming, the same three.
