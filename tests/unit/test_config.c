@@ -340,6 +340,9 @@ static const struct {
     { "PROVIDER_IDLE_TIMEOUT", "0", "timeouts cannot be disabled" },
     { "TURN_TIMEOUT", "0", "timeouts cannot be disabled" },
     { "RETRY_MAX_WAIT", "0", "above 0" },
+    { "PROVIDER_HTTP_VERSION", "3", "expected auto, 1.1 or 2" },
+    { "PROVIDER_HTTP_VERSION", "2.0", "expected auto, 1.1 or 2" },
+    { "PROVIDER_HTTP_VERSION", "", "must not be empty" },
     { "LOCK_TTL", "0", "above 0" },
     { "DRAIN_TIMEOUT", "0", "timeouts cannot be disabled" },
     { "MAX_BODY_SIZE", "1kb", "expected a size" },
@@ -488,6 +491,17 @@ static void test_normalisation(void **state)
     expect_ok(&c, NONE, V("ANTHROPIC_BASE_URL=https://proxy.example/anthropic//", "ANTHROPIC_API_KEY="));
     assert_string_equal(c.anthropic_base_url, "https://proxy.example/anthropic");
     assert_string_equal(c.anthropic_api_key, "");
+    assert_int_equal(c.provider_http_version, CHAT_HTTP_AUTO);
+    chat_config_free(&c);
+
+    expect_ok(&c, V("--provider-http-version", "2"), NONE);
+    assert_int_equal(c.provider_http_version, CHAT_HTTP_2);
+    chat_config_free(&c);
+    expect_ok(&c, NONE, V("PROVIDER_HTTP_VERSION=1.1"));
+    assert_int_equal(c.provider_http_version, CHAT_HTTP_1_1);
+    chat_config_free(&c);
+    expect_ok(&c, NONE, V("PROVIDER_HTTP_VERSION=AUTO"));
+    assert_int_equal(c.provider_http_version, CHAT_HTTP_AUTO);
     chat_config_free(&c);
 }
 
@@ -718,6 +732,7 @@ static void test_help_lists_everything(void **state)
         "TURN_TIMEOUT",
         "PROVIDER_MAX_RETRIES",
         "RETRY_MAX_WAIT",
+        "PROVIDER_HTTP_VERSION",
         "CANCEL_POLICY",
         "LOCK_TTL",
         "DRAIN_TIMEOUT",
