@@ -24,7 +24,7 @@
  * connection stays for the others. Over HTTP/1.1 a connection carries one
  * transfer at a time and is kept for the next (keep-alive); the cache is
  * bounded by LLM_MAX_CACHED_CONNECTIONS so that the connections of a burst are
- * closed, not kept, once it ends. docs/PROTOCOLS.md "Provider connections".
+ * closed, not kept, once it ends. docs/PROTOCOLS.md E.
  *
  * Multiplexing with libcurl before 8.1.0 (Debian 12 has 7.88.1) is on only
  * when PROVIDER_HTTP_VERSION=2 asks for it; with auto each transfer has a
