@@ -1030,15 +1030,28 @@ static chat_rc be_attach(void *impl, struct event_base *base, int pool_size, int
     return s->memory ? CHAT_OK : sqlite_writer_attach(s);
 }
 
-/* Reads run at once on this handle's connection (WAL: they never wait for the
- * writer) and complete on the next loop turn; writes go to the writer thread,
- * which completes them once their batch is on disk. */
+/* Reads and turn-lock ops run at once on this handle (WAL: a read never waits
+ * for the writer; the locks are in memory) and complete on the next loop turn;
+ * writes go to the writer thread, which completes them once their batch is on
+ * disk, and so does an acquire that meets a commit in flight. */
 static void be_submit(void *impl, store_op *op)
 {
     sqlite_db *s = impl;
-    if (s->wr && sqlite_op_writes(op->kind)) {
-        sqlite_writer_submit(s, op);
-        return;
+    if (s->wr) {
+        turn_locks *locks = sqlite_turn_locks(s);
+        bool queue = sqlite_op_writes(op->kind);
+        if (op->kind == STORE_OP_TURN_COMMIT) {
+            /* Pinned from now: an acquire meanwhile queues behind this commit
+             * (below) instead of answering busy. A token that lost the lock
+             * fails at the commit itself (CHAT_ECONFLICT). */
+            (void)turn_locks_pin(locks, op->in.turn.session_id, op->in.turn.lock_token);
+        } else if (op->kind == STORE_OP_LOCK_ACQUIRE && turn_locks_pinned(locks, op->in.session_id)) {
+            queue = true; /* the writer runs it once the commit is settled */
+        }
+        if (queue) {
+            sqlite_writer_submit(s, op);
+            return;
+        }
     }
     sqlite_run_op(s, op);
     store_op_defer(op);

@@ -101,6 +101,13 @@ bool sqlite_op_writes(store_op_kind kind)
     return false;
 }
 
+/* A turn-lock op in the queue (an acquire behind a commit in flight): it
+ * writes nothing and runs after its batch's commits are settled. */
+static bool is_lock_op(store_op_kind kind)
+{
+    return kind == STORE_OP_LOCK_ACQUIRE || kind == STORE_OP_LOCK_REFRESH || kind == STORE_OP_LOCK_RELEASE;
+}
+
 /* Runs the batch's ops in one transaction, a savepoint each. False when the
  * transaction was lost or did not commit: nothing of the batch is written. */
 static bool run_grouped(sqlite_db *db, wnode *batch)
@@ -108,6 +115,8 @@ static bool run_grouped(sqlite_db *db, wnode *batch)
     db->batch = true;
     bool ok = true;
     for (wnode *n = batch; n && ok; n = n->next) {
+        if (is_lock_op(n->op->kind))
+            continue;
         if (sql_run(db, ST_SAVEPOINT) != CHAT_OK) {
             ok = false;
             break;
@@ -133,26 +142,41 @@ static bool run_grouped(sqlite_db *db, wnode *batch)
 static void run_batch(sqlite_writer *w, wnode *batch)
 {
     sqlite_db *db = w->db;
-    if (sql_tx_begin(db, ST_BEGIN_WRITE) != CHAT_OK) {
+    bool writes = false;
+    for (wnode *n = batch; n && !writes; n = n->next)
+        writes = !is_lock_op(n->op->kind);
+    if (!writes) {
+        /* Lock ops only: no transaction. */
+    } else if (sql_tx_begin(db, ST_BEGIN_WRITE) != CHAT_OK) {
         /* The write lock did not come within the busy timeout (another
          * process): every op of the batch fails alike (logged by sql_fail). */
         for (wnode *n = batch; n; n = n->next)
-            n->op->rc = CHAT_EIO;
+            if (!is_lock_op(n->op->kind))
+                n->op->rc = CHAT_EIO;
     } else if (!run_grouped(db, batch)) {
         for (wnode *n = batch; n; n = n->next) {
+            if (is_lock_op(n->op->kind))
+                continue;
             store_op_out_reset(n->op);
             sqlite_run_op(db, n->op); /* alone, in its own transaction */
         }
     }
-    /* On disk (or failed): turn locks settled, then back to their loops. */
+    /* On disk (or failed): the commits' turn locks settled, then the lock ops
+     * that waited behind them, then all back to their loops, in order. */
+    turn_locks *locks = sqlite_turn_locks(db);
+    for (wnode *n = batch; n; n = n->next) {
+        if (n->op->kind == STORE_OP_TURN_COMMIT) {
+            const store_turn *t = &n->op->in.turn;
+            turn_locks_settle(locks, t->session_id, t->lock_token, n->op->rc == CHAT_OK);
+        }
+    }
+    for (wnode *n = batch; n; n = n->next)
+        if (is_lock_op(n->op->kind))
+            sqlite_run_op(db, n->op);
     while (batch) {
         wnode *n = batch;
         batch = n->next;
         sqlite_db *owner = n->owner;
-        if (n->op->kind == STORE_OP_TURN_COMMIT) {
-            const store_turn *t = &n->op->in.turn;
-            turn_locks_settle(sqlite_turn_locks(db), t->session_id, t->lock_token, n->op->rc == CHAT_OK);
-        }
         store_op_post(n->op); /* the op may be freed from here on */
         free(n);
         pthread_mutex_lock(&w->mu);

@@ -181,6 +181,15 @@ bool turn_locks_live(turn_locks *t, const char *session_id, int64_t now)
     return live;
 }
 
+bool turn_locks_pinned(turn_locks *t, const char *session_id)
+{
+    pthread_mutex_lock(&t->mu);
+    lock_entry *e = *find(t, session_id, hash_str(session_id));
+    bool pinned = e && e->expires_at == PINNED;
+    pthread_mutex_unlock(&t->mu);
+    return pinned;
+}
+
 chat_rc turn_locks_pin(turn_locks *t, const char *session_id, const char *token)
 {
     pthread_mutex_lock(&t->mu);

@@ -14,9 +14,13 @@
  * - a token holds the lock while the entry carries it, expired or not, until
  *   another token takes it over (refresh, pin and release all check the token);
  * - a turn commit pins the lock (turn_locks_pin: it cannot expire and be taken
- *   over while the commit is in flight) and settles it once the commit is
- *   durable or failed (turn_locks_settle): released after a commit, back to its
- *   expiry after a failure, so that the turn engine's own release still finds it.
+ *   over while the commit is in flight) from the moment it is submitted, and
+ *   settles it once the commit is durable or failed (turn_locks_settle):
+ *   released after a commit, back to its expiry after a failure, so that the
+ *   turn engine's own release still finds it. An acquire that meets a pinned
+ *   lock queues behind the commit (sqlite_ops.c), as it did when locks were rows
+ *   written in order: a client that retries at once after a turn ended does not
+ *   get a 409 for the few milliseconds of the commit.
  *
  * Thread: any; each call takes the table's mutex. Memory: one entry per
  * session in a turn, plus expired ones until turn_locks_sweep or a takeover.
@@ -49,6 +53,8 @@ void turn_locks_release(turn_locks *t, const char *session_id, const char *token
 void turn_locks_drop(turn_locks *t, const char *session_id);
 /* True when session_id has a lock that is live at now (pinned counts as live). */
 bool turn_locks_live(turn_locks *t, const char *session_id, int64_t now);
+/* True when session_id's lock is pinned: its turn's commit is in flight. */
+bool turn_locks_pinned(turn_locks *t, const char *session_id);
 
 /* CHAT_OK when token holds the lock, which is then pinned (idempotent);
  * CHAT_ECONFLICT otherwise. */

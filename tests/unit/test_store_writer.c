@@ -258,11 +258,50 @@ static void test_failed_op_alone_in_its_batch(void **state)
     store_close(s);
 }
 
+static store_op *acquire_op(const char *sid, const char *token, int64_t now)
+{
+    store_op *op = store_op_new(STORE_OP_LOCK_ACQUIRE);
+    op->in.session_id = store_op_str(op, sid);
+    op->in.token = store_op_str(op, token);
+    op->in.now = now;
+    op->in.ttl_ms = 60000;
+    return op;
+}
+
+/* A turn's lock (in memory) ends with its commit: an acquire submitted while
+ * the commit is in flight waits for it and then succeeds, as a client that
+ * retries right after its turn ended expects; while the turn still runs, an
+ * acquire is refused at once. */
+static void test_acquire_waits_for_a_commit_in_flight(void **state)
+{
+    struct fixture *f = *state;
+    store *s = open_url(f->url);
+    struct event_base *base = event_base_new();
+    assert_int_equal(store_attach(s, base, 1, 5000), CHAT_OK);
+    struct one o = { 0 };
+    store_submit(s, acquire_op("w0-s0", "tok", 1000), on_one, &o);
+    store_submit(s, acquire_op("w0-s0", "next", 1001), on_one, &o); /* the turn runs: busy */
+    store_submit(s, turn_op(0, 0), on_one, &o);                     /* holder "tok" commits */
+    store_submit(s, acquire_op("w0-s0", "next", 1002), on_one, &o); /* behind the commit */
+    for (int i = 0; i < 10000 && o.done < 4; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(o.done, 4);
+    assert_int_equal(o.rc[0], CHAT_OK);
+    assert_int_equal(o.rc[1], CHAT_EBUSY);
+    assert_int_equal(o.rc[2], CHAT_OK);
+    assert_int_equal(o.rc[3], CHAT_OK);
+    /* "next" holds it now. */
+    assert_int_equal(store_lock_acquire(s, "w0-s0", "third", 1003, 1000), CHAT_EBUSY);
+    store_close(s);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_commit_many_sessions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_alone_in_its_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acquire_waits_for_a_commit_in_flight, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
