@@ -88,9 +88,12 @@ stop_pid() { # pid: SIGTERM, up to 5 s grace, then SIGKILL; exit status in STOP_
 }
 
 # start_fake: the fake provider (tests/fake_llm/server.mjs) on a free port.
+# BENCH_FAKE_ARGS adds flags, e.g. --h2c (the same port then also speaks
+# HTTP/2 with prior knowledge, for chatd with PROVIDER_HTTP_VERSION=2).
 start_fake() {
     local i
-    (cd "$ROOT" && exec node tests/fake_llm/server.mjs --port 0 --host 127.0.0.1 --log-max 16) \
+    # shellcheck disable=SC2086 # one flag per word
+    (cd "$ROOT" && exec node tests/fake_llm/server.mjs --port 0 --host 127.0.0.1 --log-max 16 ${BENCH_FAKE_ARGS:-}) \
         >"$TMP/fake.out" 2>"$TMP/fake.err" &
     FAKE_PID=$!
     FAKE_PORT=
