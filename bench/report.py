@@ -886,8 +886,10 @@ def markdown(res, args):
                    "counted. Failed = transport errors, non-2xx, 2xx not a whole answer, requests dropped or "
                    "unanswered at the end. Generator lag: how late the generator's loop saw requests due (part of "
                    "the latency, the same for every target; large values mean the machine starved the generator). "
-                   "X-Chatd-Overhead-Ms is whole milliseconds, the difference of two "
-                   "millisecond clock readings (src/http/server.c): 1 can mean a few microseconds across a tick."
+                   "X-Chatd-Overhead-Ms has microsecond resolution (src/http/server.c); its clock starts once the "
+                   "request was read, and it counts as the provider's the whole LLM call up to its completion "
+                   "callback, so a loop that was busy when the answer arrived hides there (the open-loop figure "
+                   "does not)."
                    % lh["max_connections"])
         out.append("")
     lg = res["long_session"]

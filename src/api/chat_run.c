@@ -166,7 +166,7 @@ static void sink_done(void *ud, const turn_result *res)
     chat_ctx *c = ud;
     c->t = NULL;
     chat_log_turn(c, res);
-    http_req_add_provider_ms(c->r, res->provider_ms);
+    http_req_add_provider_us(c->r, res->provider_us);
     const store_usage *u = &res->usage;
     int64_t tokens = (u->input_tokens > 0 ? u->input_tokens : 0) + (u->output_tokens > 0 ? u->output_tokens : 0) +
                      (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +

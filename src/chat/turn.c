@@ -116,7 +116,8 @@ struct turn {
     turn_error fail;             /* a provider failure kept across a fallback's lease renewal */
     /* the provider result, kept across the commit */
     int attempts;
-    int64_t provider_ms;
+    int64_t provider_ms; /* every call of the turn (a failed one before a fallback too) */
+    int64_t provider_us;
     int64_t cost_micros;
     store_usage usage;
 };
@@ -699,6 +700,7 @@ static void finish_done(turn *t, const char *text, size_t text_len, const char *
         .attempts = t->attempts,
         .truncated_turns = t->truncated_turns,
         .provider_ms = t->provider_ms,
+        .provider_us = t->provider_us,
     };
     bool tell = t->stopped == STOP_NONE;
     t->state = TURN_ENDED;
@@ -742,6 +744,8 @@ static void on_llm_done(void *ud, const llm_result *res)
         bad_state(t, "provider end");
     t->call = NULL; /* freed by the provider layer when we return */
     observe_call(t, res);
+    t->provider_ms += res->duration_ms;
+    t->provider_us += res->duration_us;
 
     if (res->status != LLM_OK) {
         turn_map_llm_error(res, &t->fail);
@@ -772,7 +776,6 @@ static void on_llm_done(void *ud, const llm_result *res)
                               res->usage.cache_write_tokens };
     t->cost_micros = models_cost_micros(t->current, &t->usage);
     t->attempts = res->attempts;
-    t->provider_ms = res->duration_ms;
     t->reasoning_tokens = res->usage.reasoning_tokens;
     t->stop_sequence = res->stop_sequence ? chat_xstrdup(res->stop_sequence) : NULL;
     t->reply = reply_content(res);

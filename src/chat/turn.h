@@ -234,6 +234,7 @@ typedef struct turn_result {
     int attempts;
     int64_t provider_ms;
     int64_t truncated_turns; /* oldest turns left out of the provider request */
+    int64_t provider_us;     /* time in provider calls, fallbacks' included (provider_ms in microseconds) */
 } turn_result;
 
 typedef struct turn_sink {

@@ -211,9 +211,14 @@ void chat_log_set_level(chat_log_level lvl)
     min_level = lvl;
 }
 
+bool chat_log_enabled(chat_log_level lvl)
+{
+    return lvl >= min_level || lvl == LOG_NOTICE;
+}
+
 void chat_log(chat_log_level lvl, const char *msg, json_t *fields)
 {
-    if (lvl < min_level && lvl != LOG_NOTICE) {
+    if (!chat_log_enabled(lvl)) {
         json_decref(fields);
         return;
     }

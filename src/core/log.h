@@ -15,6 +15,7 @@
 #define CHATD_CORE_LOG_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +27,10 @@ typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_NOTICE } chat_l
 
 /* Sets the minimum level written (default LOG_INFO). Call before starting threads. */
 void chat_log_set_level(chat_log_level lvl);
+
+/* True when a line of level lvl would be written: lets a caller skip building
+ * fields nobody will see (the access log under LOG_LEVEL=warn). */
+bool chat_log_enabled(chat_log_level lvl);
 
 /*
  * Writes {"time":..., "level":..., "msg": msg, <fields>} as one line. fields may

@@ -150,13 +150,12 @@ struct http_req {
     struct evkeyvalq query;
     bool query_parsed;
     char peer[64];
-    int64_t start_mono;
-    int64_t start_us; /* the same instant in microseconds, for the latency histogram */
+    int64_t start_us; /* monotonic, when the request was dispatched: its latency and overhead */
     json_t *log_fields;
     const char *route; /* matched pattern, for metrics */
     void *data;        /* the handler layer's (see http_req_set_data) */
     void (*data_free)(void *);
-    int64_t provider_ms; /* time spent waiting on the provider */
+    int64_t provider_us; /* time spent waiting on the provider */
     void (*on_close)(void *ud);
     void *on_close_ud;
     void (*on_drain)(void *ud);
@@ -274,8 +273,7 @@ static void client_gone(http_req *r)
     close_watch_stop(r);
     if (r->status == 0)
         r->status = 499; /* nginx's "client closed request", for the log */
-    r->log_fields = r->log_fields ? r->log_fields : json_object();
-    json_object_set_new(r->log_fields, "client_closed", json_true());
+    http_req_log_set(r, "client_closed", json_true());
     http_req_hold(r);
     if (r->on_close) {
         void (*cb)(void *) = r->on_close;
@@ -314,15 +312,17 @@ static void on_close_watch(evutil_socket_t fd, short what, void *arg)
 
 static void access_log(http_req *r)
 {
+    int64_t elapsed_us = chat_mono_us() - r->start_us;
+    metrics_http_request(r->route, http_req_method_name(r), r->status, (double)elapsed_us / 1e6);
+    if (!chat_log_enabled(LOG_INFO))
+        return; /* the line would be dropped: do not build it */
     json_t *f = r->log_fields ? r->log_fields : json_object();
     r->log_fields = NULL;
     json_object_set_new(f, "request_id", json_string(r->id));
     json_object_set_new(f, "method", json_string(http_req_method_name(r)));
     json_object_set_new(f, "path", chat_json_text(r->path)); /* the client's bytes, escaped if not UTF-8 */
     json_object_set_new(f, "status", json_integer(r->status));
-    int64_t elapsed_us = chat_mono_us() - r->start_us;
     json_object_set_new(f, "duration_ms", json_integer(elapsed_us / 1000));
-    metrics_http_request(r->route, http_req_method_name(r), r->status, (double)elapsed_us / 1e6);
     json_object_set_new(f, "peer", json_string(r->peer));
     /* Every line has the same keys; fields that do not apply are null. */
     static const char *const optional[] = { "session", "provider_ms", "tokens" };
@@ -530,7 +530,6 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
     r->evcon = evhttp_request_get_connection(req);
     r->refs = 1;
     chat_buf_init(&r->pend, STREAM_PEND_MAX);
-    r->start_mono = chat_mono_ms();
     r->start_us = chat_mono_us();
     r->method = method_of(evhttp_request_get_command(req));
     srv->active++;
@@ -665,6 +664,10 @@ const char *http_req_body(http_req *r, size_t *len)
 
 void http_req_log_set(http_req *r, const char *key, json_t *value)
 {
+    if (!chat_log_enabled(LOG_INFO)) { /* no access log to put it in */
+        json_decref(value);
+        return;
+    }
     if (!r->log_fields)
         r->log_fields = json_object();
     json_object_set_new(r->log_fields, key, value);
@@ -688,18 +691,22 @@ void *http_req_data(const http_req *r)
     return r->data;
 }
 
-void http_req_add_provider_ms(http_req *r, int64_t ms)
+void http_req_add_provider_us(http_req *r, int64_t us)
 {
-    if (ms > 0)
-        r->provider_ms += ms;
+    if (us > 0)
+        r->provider_us += us;
 }
 
-/* X-Chatd-Overhead-Ms: what the request cost us, not counting the provider. */
+/* X-Chatd-Overhead-Ms: what the request cost us, not counting the provider,
+ * in milliseconds with microsecond resolution ("0.153"): whole milliseconds
+ * said 0 or 1 for most requests. */
 static void add_overhead_header(http_req *r)
 {
     char buf[32];
-    int64_t overhead = chat_mono_ms() - r->start_mono - r->provider_ms;
-    snprintf(buf, sizeof buf, "%lld", (long long)(overhead > 0 ? overhead : 0));
+    int64_t us = chat_mono_us() - r->start_us - r->provider_us;
+    if (us < 0)
+        us = 0;
+    snprintf(buf, sizeof buf, "%lld.%03lld", (long long)(us / 1000), (long long)(us % 1000));
     evhttp_add_header(evhttp_request_get_output_headers(r->req), "X-Chatd-Overhead-Ms", buf);
 }
 

@@ -132,9 +132,10 @@ void http_req_set_route(http_req *r, const char *pattern);
 void http_req_set_data(http_req *r, void *data, void (*free_fn)(void *));
 void *http_req_data(const http_req *r);
 
-/* Adds time spent waiting on the provider; the X-Chatd-Overhead-Ms header of
- * the response is the elapsed time minus this (the server's own overhead). */
-void http_req_add_provider_ms(http_req *r, int64_t ms);
+/* Adds time spent waiting on the provider, in microseconds; the
+ * X-Chatd-Overhead-Ms header of the response is the elapsed time minus this
+ * (the server's own overhead), in milliseconds with three decimals. */
+void http_req_add_provider_us(http_req *r, int64_t us);
 
 /* Adds a field to this request's access-log line (reference stolen). */
 void http_req_log_set(http_req *r, const char *key, json_t *value);

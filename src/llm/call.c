@@ -142,6 +142,7 @@ struct llm_call {
     bool delivered;               /* some text reached on_delta: no retry from now on */
     int attempts;                 /* attempts started */
     int64_t start_ms;             /* llm_call_start, monotonic */
+    int64_t start_us;             /* the same, in microseconds */
     int64_t total_deadline_ms;    /* start_ms + total_timeout_ms */
     int64_t attempt_start_ms;     /* current attempt started */
     int64_t last_byte_ms;         /* last response byte (or resume) of the current attempt */
@@ -661,6 +662,7 @@ static void finish(llm_call *c, outcome *o)
     r.attempts = c->attempts;
     r.ttfb_ms = c->ttfb_ms;
     r.duration_ms = now - c->start_ms;
+    r.duration_us = chat_mono_us() - c->start_us;
 
     c->finishing = true;
     c->depth++;
@@ -1398,6 +1400,7 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     c->ps.json_via_tool = req->json_via_tool;
     c->ps.max_bytes = p->max_response_bytes;
     c->start_ms = chat_mono_ms();
+    c->start_us = chat_mono_us();
     c->total_deadline_ms = c->start_ms + p->total_timeout_ms;
 
     struct event_base *base = llm__transport_base(t);

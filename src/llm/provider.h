@@ -174,6 +174,7 @@ typedef struct llm_result {
     int attempts;        /* 1 + retries made */
     int64_t ttfb_ms;     /* request start (last attempt) -> first response byte, -1 if none */
     int64_t duration_ms; /* whole call */
+    int64_t duration_us; /* the same, in microseconds (X-Chatd-Overhead-Ms leaves it out) */
 } llm_result;
 
 enum { LLM_CONTINUE = 0, LLM_PAUSE = 1 };

@@ -94,8 +94,9 @@ def refused_start(extra_env, timeout=10.0):
 
 def overhead_ms(resp):
     v = resp.headers.get("x-chatd-overhead-ms")
-    assert v is not None and re.fullmatch(r"[0-9]+", v), (resp.status_code, dict(resp.headers))
-    return int(v)
+    # Milliseconds with microsecond resolution: "0.153".
+    assert v is not None and re.fullmatch(r"[0-9]+\.[0-9]{3}", v), (resp.status_code, dict(resp.headers))
+    return float(v)
 
 
 def assert_no_cors(resp):

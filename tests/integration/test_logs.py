@@ -86,6 +86,19 @@ def test_exact_count_on_fresh_server(chatd):
     assert sorted(ids) == sorted([f"cnt-{i}" for i in range(n)] + ["cnt-chat"]), ids
 
 
+def test_warn_level_has_no_request_lines_but_counts_them(chatd):
+    s = chatd({"LOG_LEVEL": "warn"})
+    for i in range(5):
+        assert s.client.get("/healthz", headers={"X-Request-Id": f"quiet-{i}"}).status_code == 200
+    r = s.client.post("/v1/chat", json={"message": "x", "session_id": "quiet"})
+    assert r.status_code == 200, r.text
+    text = s.client.get("/metrics").text
+    m = re.search(r'chatd_http_requests_total\{route="/healthz",method="GET",status="200"\} ([0-9]+)', text)
+    assert m and int(m.group(1)) == 5, text[:2000]
+    time.sleep(0.3)
+    assert s.request_logs() == [], s.request_logs()[:3]
+
+
 def test_every_stderr_line_is_json(server):
     server.client.get("/healthz")
     lines = [ln for ln in server.log_lines() if ln.strip()]
