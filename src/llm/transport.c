@@ -389,6 +389,12 @@ void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
         break;
     }
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+    /* A transfer that may speak HTTP/2 keeps curl's default receive buffer,
+     * whatever call.c chose: libcurl 7.88 copies a whole DATA frame (up to 16
+     * KiB) into it, and wrote past a 1 KiB one (heap overflow, found by ASan
+     * under 16 concurrent streams over h2c). HTTP/1.1 reads at most the buffer. */
+    if (version != CURL_HTTP_VERSION_1_1)
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)CURL_MAX_WRITE_SIZE);
     /* Where the connection can multiplex (HTTP/2), a new transfer waits for it
      * rather than opening a connection of its own. */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);

@@ -278,3 +278,30 @@ def test_200_concurrent_streams_share_a_few_connections(servers, h2fake):
     print(f"\nh2: {n} streams, chatd fds {base_fds} idle, {peak['fds']} at the peak, "
           f"{st['h2_connections_total']} upstream connections")
     assert peak["fds"] <= base_fds + n + 8, (base_fds, peak)
+
+
+def test_fast_streams_with_large_frames(servers, h2fake):
+    """Streams whose deltas arrive back to back: the fake's writes coalesce into
+    HTTP/2 DATA frames of several KiB. libcurl 7.88 copies a whole frame into a
+    transfer's receive buffer, so a buffer smaller than a frame was overrun
+    (heap overflow under ASan, a crash in a Release build); the transport keeps
+    curl's default size for HTTP/2 transfers (src/llm/transport.c)."""
+    srv = servers()
+    words = 1500
+    results = [None] * 16
+
+    def one(i):
+        with httpx.Client(base_url=srv.url, timeout=60) as cl:
+            results[i] = stream_v1(cl, {"session_id": f"h2-big-{i}",
+                                        "message": f"b{i} {directive({'reply_words': words})}"})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(results))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    for i, (resp, sse) in enumerate(results):
+        assert resp.status_code == 200, (i, resp.status_code)
+        assert sse.names()[-1] == "done", (i, sse.names()[-3:])
+        assert sse.deltas_text() == " ".join(f"w{k}" for k in range(1, words + 1)), i
+    assert srv.proc.poll() is None
