@@ -281,48 +281,54 @@ static bool method_allowed(const char *m)
     return false;
 }
 
+/* The next name of a comma-separated list at *s (spaces and tabs around it
+ * left out): sets *name and returns its length, 0 at the end; advances *s. */
+static size_t next_name(const char **s, const char **name)
+{
+    for (;;) {
+        while (**s == ' ' || **s == '\t' || **s == ',')
+            (*s)++;
+        if (!**s)
+            return 0;
+        const char *start = *s;
+        while (**s && **s != ',')
+            (*s)++;
+        size_t len = (size_t)(*s - start);
+        while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+            len--;
+        if (len) {
+            *name = start;
+            return len;
+        }
+    }
+}
+
 /* Writes into buf the allowed headers among the comma-separated request list,
  * canonically spelled, each once, in the order of allowed_headers, then the
  * SDK telemetry headers as requested (those that fit in buf). */
 static void filter_headers(const char *list, char *buf, size_t buflen)
 {
     bool want[N_ALLOWED_HEADERS] = { false };
-    const char *s = list;
-    while (*s) {
-        while (*s == ' ' || *s == '\t' || *s == ',')
-            s++;
-        const char *start = s;
-        while (*s && *s != ',')
-            s++;
-        size_t len = (size_t)(s - start);
-        while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
-            len--;
-        for (size_t i = 0; len && i < N_ALLOWED_HEADERS; i++)
-            if (strlen(allowed_headers[i]) == len && strncasecmp(allowed_headers[i], start, len) == 0)
+    const char *s = list, *name;
+    size_t len;
+    while ((len = next_name(&s, &name)) > 0)
+        for (size_t i = 0; i < N_ALLOWED_HEADERS; i++)
+            if (strlen(allowed_headers[i]) == len && strncasecmp(allowed_headers[i], name, len) == 0)
                 want[i] = true;
-    }
     size_t used = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < N_ALLOWED_HEADERS; i++)
         if (want[i])
             used += (size_t)snprintf(buf + used, buflen - used, "%s%s", used ? ", " : "", allowed_headers[i]);
     size_t pre = strlen(SDK_HEADER_PREFIX);
-    for (s = list; *s;) {
-        while (*s == ' ' || *s == '\t' || *s == ',')
-            s++;
-        const char *start = s;
-        while (*s && *s != ',')
-            s++;
-        size_t len = (size_t)(s - start);
-        while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
-            len--;
-        if (len <= pre || len > SDK_HEADER_MAX || strncasecmp(start, SDK_HEADER_PREFIX, pre) != 0)
+    for (s = list; (len = next_name(&s, &name)) > 0;) {
+        if (len <= pre || len > SDK_HEADER_MAX || strncasecmp(name, SDK_HEADER_PREFIX, pre) != 0)
             continue;
         bool token = true; /* a header name: letters, digits and '-' only */
         for (size_t k = pre; k < len && token; k++)
-            token = is_alpha(start[k]) || (start[k] >= '0' && start[k] <= '9') || start[k] == '-';
+            token = is_alpha(name[k]) || (name[k] >= '0' && name[k] <= '9') || name[k] == '-';
         if (token && used + len + 2 < buflen)
-            used += (size_t)snprintf(buf + used, buflen - used, "%s%.*s", used ? ", " : "", (int)len, start);
+            used += (size_t)snprintf(buf + used, buflen - used, "%s%.*s", used ? ", " : "", (int)len, name);
     }
 }
 
