@@ -6,36 +6,11 @@
 
 import { test, before, after, beforeEach, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
+import { startFake, stopFake } from './spawn.mjs';
 
-const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'server.mjs');
-
-async function startFake(args = []) {
-  const child = spawn(process.execPath, [SERVER, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise((resolve, reject) => {
-    let buf = '';
-    child.stdout.on('data', (d) => {
-      buf += d;
-      const m = buf.match(/^LISTENING (\d+)\n$/);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on('exit', (code) => reject(new Error(`fake exited with ${code}`)));
-  });
-  return { child, port, base: `http://127.0.0.1:${port}` };
-}
-
-function stopFake(f) {
-  return new Promise((resolve) => {
-    if (f.child.exitCode !== null) return resolve();
-    f.child.on('exit', resolve);
-    f.child.kill('SIGTERM');
-  });
-}
 
 let fake;
 let BASE;

@@ -7,37 +7,18 @@
 
 import { test, before, after, beforeEach, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
+import { startFake, stopFake } from './spawn.mjs';
 
-const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'server.mjs');
-
-let child;
+let fake;
 let BASE;
 before(async () => {
-  child = spawn(process.execPath, [SERVER, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise((resolve, reject) => {
-    let buf = '';
-    child.stdout.on('data', (d) => {
-      buf += d;
-      const m = buf.match(/^LISTENING (\d+)\n$/);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on('exit', (code) => reject(new Error(`fake exited with ${code}`)));
-  });
-  BASE = `http://127.0.0.1:${port}`;
+  fake = await startFake();
+  BASE = fake.base;
 });
-after(async () => {
-  await new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.on('exit', resolve);
-    child.kill('SIGTERM');
-  });
-});
+after(() => stopFake(fake));
 
 async function ctl(p, body) {
   const r = await fetch(BASE + p, body === undefined ? {} : { method: 'POST', body: JSON.stringify(body) });
