@@ -117,9 +117,14 @@ def test_slow_reader_memory_flat_and_provider_paused(chatd, fake, request):
         reqs = provider_requests(fake)
         assert len(reqs) == 2, reqs  # the warm-up and the long one
         # Paused: during the second half of the slow phase chatd's upstream socket
-        # holds unread bytes the whole time (an unpaused chatd reads them at once).
+        # holds unread bytes (an unpaused chatd reads them at once, so its queue
+        # is empty at nearly every sample). When the client drained a little,
+        # chatd resumes and reads until it is full again: a sample can land in
+        # that moment, between its read and the provider's next segment, and see
+        # an empty queue; so most samples, not all, must see it held.
         late = [q for t, q in rx_samples if t > t_end - SLOW_SECONDS / 2]
-        assert late and all(q and max(q) > 0 for q in late), rx_samples[-5:]
+        held = [q for q in late if q and max(q) > 0]
+        assert late and len(held) >= 0.8 * len(late), (len(held), len(late), rx_samples[-5:])
 
         # Read the rest as fast as possible.
         raw = read_until(sock, lambda b: b.endswith(b"0\r\n\r\n"), timeout=60, buf=raw)
