@@ -115,15 +115,22 @@ static void *writer_main(void *arg)
 
 chat_rc chat_log_start(size_t ring_bytes)
 {
+    if (ring_bytes == 0)
+        return CHAT_ENOMEM;
+    /* Allocated before taking the mutex: an allocation failure ends in
+     * chat_fatal, whose chat_log_flush takes it. */
+    char *ring = chat_xmalloc(ring_bytes);
     pthread_mutex_lock(&W.mu);
     chat_rc rc = CHAT_OK;
-    if (!W.running) {
-        W.ring = ring_bytes ? chat_xmalloc(ring_bytes) : NULL;
+    if (W.running) {
+        free(ring);
+    } else {
+        W.ring = ring;
         W.cap = ring_bytes;
         W.head = W.len = W.inflight = 0;
         W.dropped = W.dropped_total = 0;
         W.stop = false;
-        if (!W.ring || pthread_create(&W.thread, NULL, writer_main, NULL) != 0) {
+        if (pthread_create(&W.thread, NULL, writer_main, NULL) != 0) {
             free(W.ring);
             W.ring = NULL;
             rc = CHAT_ENOMEM;

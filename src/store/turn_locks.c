@@ -106,6 +106,24 @@ static void grow(turn_locks *t)
     t->nbuckets = n;
 }
 
+/* Removes the expired, unpinned entries; under the mutex. */
+static size_t sweep_locked(turn_locks *t, int64_t now)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        lock_entry **pp = &t->buckets[i];
+        while (*pp) {
+            if ((*pp)->expires_at <= now) {
+                unlink_free(t, pp);
+                n++;
+            } else {
+                pp = &(*pp)->next;
+            }
+        }
+    }
+    return n;
+}
+
 chat_rc turn_locks_acquire(turn_locks *t, const char *session_id, const char *token, int64_t now, int64_t ttl_ms)
 {
     uint64_t h = hash_str(session_id);
@@ -126,7 +144,10 @@ chat_rc turn_locks_acquire(turn_locks *t, const char *session_id, const char *to
         e->expires_at = now + ttl_ms;
         e->hash = h;
         *pp = e;
-        if (++t->count > t->nbuckets)
+        /* Before the table grows, the locks that expired unreleased (a lost
+         * turn) go: the table holds about the live locks, whether or not a
+         * retention sweep (SESSION_TTL) ever runs. Amortized: at doublings. */
+        if (++t->count > t->nbuckets && sweep_locked(t, now) == 0)
             grow(t);
     }
     pthread_mutex_unlock(&t->mu);
@@ -217,19 +238,8 @@ void turn_locks_settle(turn_locks *t, const char *session_id, const char *token,
 
 size_t turn_locks_sweep(turn_locks *t, int64_t now)
 {
-    size_t n = 0;
     pthread_mutex_lock(&t->mu);
-    for (size_t i = 0; i < t->nbuckets; i++) {
-        lock_entry **pp = &t->buckets[i];
-        while (*pp) {
-            if ((*pp)->expires_at <= now) {
-                unlink_free(t, pp);
-                n++;
-            } else {
-                pp = &(*pp)->next;
-            }
-        }
-    }
+    size_t n = sweep_locked(t, now);
     pthread_mutex_unlock(&t->mu);
     return n;
 }

@@ -23,7 +23,8 @@
  *   get a 409 for the few milliseconds of the commit.
  *
  * Thread: any; each call takes the table's mutex. Memory: one entry per
- * session in a turn, plus expired ones until turn_locks_sweep or a takeover.
+ * session in a turn; expired ones go with a takeover, turn_locks_sweep, or
+ * when the table would grow (acquire sweeps before doubling).
  */
 #ifndef CHATD_STORE_TURN_LOCKS_H
 #define CHATD_STORE_TURN_LOCKS_H
