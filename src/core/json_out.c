@@ -1,0 +1,257 @@
+/*
+ * json_out.c: the JSON writer of json_out.h.
+ *
+ * One pass over the tree into one growable string. A string is copied in runs:
+ * a byte table says which bytes end a run (a quote, a backslash, a control
+ * character, '/' under JSON_ESCAPE_SLASH, any non-ASCII byte under
+ * JSON_ENSURE_ASCII, and a non-ASCII byte otherwise, whose sequence is checked
+ * with jansson's UTF-8 rules and stays in the run). The escapes are jansson's:
+ * \" \\ \b \f \n \r \t (and \/), \uXXXX with upper-case hex for the other
+ * control characters and, under JSON_ENSURE_ASCII, a surrogate pair above the
+ * BMP. Reals go through jansson itself (json_dumpb), so that their digits stay
+ * exactly its.
+ */
+#include "core/json_out.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/util.h"
+
+/* The flags written here; anything else goes to json_dumps. JSON_PRESERVE_ORDER
+ * is a no-op since jansson 2.8 (objects always keep their insertion order). */
+#define HANDLED                                                                                     \
+    (JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY | JSON_ESCAPE_SLASH | \
+     JSON_REAL_PRECISION(JSON_MAX_INDENT))
+
+typedef struct out {
+    char *p;
+    size_t len;
+    size_t cap;
+    size_t flags;
+    const unsigned char *cls; /* the byte table for these flags */
+} out;
+
+typedef enum { W_OK, W_FAIL, W_DELEGATE } wrc;
+
+/* Byte classes in a string. */
+enum { C_COPY = 0, C_ESCAPE = 1, C_UTF8 = 2, C_UTF8_ESCAPE = 3 };
+
+/* [ensure_ascii][escape_slash], filled once by tables_init. */
+static unsigned char tables[2][2][256];
+
+static void tables_init(void)
+{
+    for (int a = 0; a < 2; a++)
+        for (int s = 0; s < 2; s++)
+            for (int c = 0; c < 256; c++) {
+                unsigned char k = C_COPY;
+                if (c < 0x20 || c == '"' || c == '\\' || (s && c == '/'))
+                    k = C_ESCAPE;
+                else if (c >= 0x80)
+                    k = a ? C_UTF8_ESCAPE : C_UTF8;
+                tables[a][s][c] = k;
+            }
+}
+
+static void reserve(out *o, size_t n)
+{
+    if (o->cap - o->len > n)
+        return; /* room for n bytes and the final NUL */
+    size_t cap = o->cap ? o->cap * 2 : 256;
+    while (cap - o->len <= n)
+        cap *= 2;
+    o->p = chat_xrealloc(o->p, cap);
+    o->cap = cap;
+}
+
+static inline void put(out *o, const void *s, size_t n)
+{
+    reserve(o, n);
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static inline void put_c(out *o, char c)
+{
+    reserve(o, 1);
+    o->p[o->len++] = c;
+}
+
+static void put_u(out *o, unsigned v)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char e[6] = { '\\', 'u', hex[(v >> 12) & 15], hex[(v >> 8) & 15], hex[(v >> 4) & 15], hex[v & 15] };
+    put(o, e, sizeof e);
+}
+
+static bool put_string(out *o, const char *str, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)str, *end = u + n;
+    const unsigned char *cls = o->cls;
+    reserve(o, n + 2);
+    o->p[o->len++] = '"';
+    while (u < end) {
+        const unsigned char *run = u;
+        for (;;) {
+            while (u < end && cls[*u] == C_COPY)
+                u++;
+            if (u < end && cls[*u] == C_UTF8) {
+                size_t k = chat_utf8_seq(u, (size_t)(end - u));
+                if (k == 0)
+                    return false;
+                u += k;
+                continue;
+            }
+            break;
+        }
+        /* A sequence to escape is checked before the run goes out: on
+         * invalid UTF-8 jansson leaves the pending run unwritten. */
+        size_t k = u < end && cls[*u] == C_UTF8_ESCAPE ? chat_utf8_seq(u, (size_t)(end - u)) : 1;
+        if (k == 0)
+            return false;
+        if (u > run)
+            put(o, run, (size_t)(u - run));
+        if (u == end)
+            break;
+        unsigned char c = *u;
+        if (cls[c] == C_UTF8_ESCAPE) {
+            uint32_t cp = k == 2 ? c & 0x1fu : k == 3 ? c & 0x0fu : c & 0x07u;
+            for (size_t i = 1; i < k; i++)
+                cp = (cp << 6) | (u[i] & 0x3fu);
+            if (cp < 0x10000) {
+                put_u(o, cp);
+            } else {
+                cp -= 0x10000;
+                put_u(o, 0xd800 | (cp >> 10));
+                put_u(o, 0xdc00 | (cp & 0x3ff));
+            }
+            u += k;
+            continue;
+        }
+        const char *e = NULL;
+        switch (c) {
+        case '"': e = "\\\""; break;
+        case '\\': e = "\\\\"; break;
+        case '\b': e = "\\b"; break;
+        case '\f': e = "\\f"; break;
+        case '\n': e = "\\n"; break;
+        case '\r': e = "\\r"; break;
+        case '\t': e = "\\t"; break;
+        case '/': e = "\\/"; break;
+        default: break;
+        }
+        if (e)
+            put(o, e, 2);
+        else
+            put_u(o, c);
+        u++;
+    }
+    put_c(o, '"');
+    return true;
+}
+
+static void put_integer(out *o, json_int_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    uint64_t m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    if (v < 0)
+        tmp[n++] = '-';
+    reserve(o, n);
+    while (n)
+        o->p[o->len++] = tmp[--n];
+}
+
+static wrc put_value(out *o, const json_t *v, unsigned depth)
+{
+    if (!v)
+        return W_FAIL;
+    if (depth > CHAT_JSON_OUT_DEPTH)
+        return W_DELEGATE;
+    bool compact = (o->flags & JSON_COMPACT) != 0;
+    switch (json_typeof(v)) {
+    case JSON_NULL: put(o, "null", 4); return W_OK;
+    case JSON_TRUE: put(o, "true", 4); return W_OK;
+    case JSON_FALSE: put(o, "false", 5); return W_OK;
+    case JSON_INTEGER: put_integer(o, json_integer_value(v)); return W_OK;
+    case JSON_REAL: {
+        char b[128];
+        size_t prec = o->flags & JSON_REAL_PRECISION(JSON_MAX_INDENT);
+        size_t n = json_dumpb(v, b, sizeof b, JSON_ENCODE_ANY | JSON_COMPACT | prec);
+        if (n == 0 || n > sizeof b)
+            return W_FAIL;
+        put(o, b, n);
+        return W_OK;
+    }
+    case JSON_STRING: return put_string(o, json_string_value(v), json_string_length(v)) ? W_OK : W_FAIL;
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        put_c(o, '[');
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                put(o, ", ", compact ? 1 : 2);
+            wrc rc = put_value(o, json_array_get(v, i), depth + 1);
+            if (rc != W_OK)
+                return rc;
+        }
+        put_c(o, ']');
+        return W_OK;
+    }
+    case JSON_OBJECT: {
+        put_c(o, '{');
+        bool first = true;
+        for (void *it = json_object_iter((json_t *)v); it; it = json_object_iter_next((json_t *)v, it)) {
+            if (!first)
+                put(o, ", ", compact ? 1 : 2);
+            first = false;
+            /* jansson ignores a key's failure: what it wrote of the key
+             * stays, unterminated, and the value follows. Only a key made
+             * with json_object_set_nocheck can fail; do the same. */
+            (void)put_string(o, json_object_iter_key(it), json_object_iter_key_len(it));
+            put(o, ": ", compact ? 1 : 2);
+            wrc rc = put_value(o, json_object_iter_value(it), depth + 1);
+            if (rc != W_OK)
+                return rc;
+        }
+        put_c(o, '}');
+        return W_OK;
+    }
+    }
+    return W_FAIL;
+}
+
+char *chat_json_dumps(const json_t *v, size_t flags, size_t *len)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (flags & ~(size_t)HANDLED)
+        goto delegate;
+    if (!v || (!(flags & JSON_ENCODE_ANY) && !json_is_array(v) && !json_is_object(v)))
+        return NULL;
+    pthread_once(&once, tables_init);
+    out o = { .flags = flags, .cls = tables[(flags & JSON_ENSURE_ASCII) != 0][(flags & JSON_ESCAPE_SLASH) != 0] };
+    wrc rc = put_value(&o, v, 0);
+    if (rc == W_OK) {
+        reserve(&o, 0);
+        o.p[o.len] = '\0';
+        if (len)
+            *len = o.len;
+        return o.p;
+    }
+    free(o.p);
+    if (rc == W_FAIL)
+        return NULL;
+delegate:;
+    char *s = json_dumps(v, flags);
+    if (s && len)
+        *len = strlen(s);
+    return s;
+}

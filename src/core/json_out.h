@@ -1,0 +1,43 @@
+/*
+ * json_out.h: JSON text from a jansson value, byte for byte what json_dumps
+ * writes, several times faster.
+ *
+ * Why: jansson's json_dumps validates every string one code point at a time
+ * through a callback, checks each array and object for cycles with a hash
+ * table keyed by its formatted address, and copies the finished text once
+ * more. A provider request carries the whole conversation that fits the
+ * model's window, so late in a long session that dump was the largest part
+ * of a turn's CPU (bench/long_session.py); every JSON response and log line
+ * pays it too.
+ *
+ * Contract: chat_json_dumps(v, flags, &len) returns exactly the bytes that
+ * json_dumps(v, flags) returns, and NULL exactly when it does (v NULL, v
+ * neither an array nor an object without JSON_ENCODE_ANY, a string that is
+ * not UTF-8, made with json_string_nocheck, a value that contains itself).
+ * Even jansson's quirk is kept: an object key that is not UTF-8 (made with
+ * json_object_set_nocheck) fails silently, leaving the key's text up to the
+ * failing run unclosed, and the value follows.
+ * The flags written here are JSON_COMPACT, JSON_ENCODE_ANY, JSON_ENSURE_ASCII,
+ * JSON_ESCAPE_SLASH and JSON_REAL_PRECISION(n) (reals are formatted by
+ * jansson itself); any other (an indent, JSON_SORT_KEYS, JSON_EMBED), and a
+ * value nested deeper than CHAT_JSON_OUT_DEPTH (which is how a cycle shows),
+ * is handed to json_dumps. tests/fuzz/fuzz_json_out.c compares the two on
+ * arbitrary documents and strings.
+ *
+ * Memory: the result is a malloc'd NUL-terminated string: free() it. *len (if
+ * len is not NULL) gets its length without the NUL. Allocation failure is
+ * fatal (core/alloc.h). Thread: any; v is only read.
+ */
+#ifndef CHATD_CORE_JSON_OUT_H
+#define CHATD_CORE_JSON_OUT_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+/* Nesting past this is handed to json_dumps (whose check finds a cycle). */
+#define CHAT_JSON_OUT_DEPTH 4096
+
+char *chat_json_dumps(const json_t *v, size_t flags, size_t *len);
+
+#endif

@@ -1,0 +1,70 @@
+/*
+ * fuzz_json_out: the JSON writer (chat_json_dumps, src/core/json_out.c)
+ * against jansson's json_dumps, which it must equal byte for byte.
+ *
+ * Input: any bytes. They are parsed as a JSON document (json_loadb with
+ * JSON_DECODE_ANY | JSON_ALLOW_NUL), and also taken raw as a string and an
+ * object key made without UTF-8 checks (json_stringn_nocheck,
+ * json_object_setn_new_nocheck), so that invalid UTF-8 reaches the writer. Oracle
+ * (json_out.h): for every flag set below, the two writers return the same
+ * bytes, or both NULL, and the length returned is the text's.
+ */
+#include "core/json_out.h"
+#include "fuzz_util.h"
+
+static const size_t FLAG_SETS[] = {
+    JSON_COMPACT,
+    JSON_COMPACT | JSON_ENCODE_ANY,
+    JSON_ENCODE_ANY,
+    0,
+    JSON_COMPACT | JSON_ENCODE_ANY | JSON_ENSURE_ASCII,
+    JSON_COMPACT | JSON_ENCODE_ANY | JSON_ESCAPE_SLASH | JSON_REAL_PRECISION(12),
+    JSON_ENCODE_ANY | JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH | JSON_REAL_PRECISION(3),
+    JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(31),
+    JSON_INDENT(2) | JSON_ENCODE_ANY,
+    JSON_COMPACT | JSON_SORT_KEYS,
+};
+
+static void compare(const json_t *v)
+{
+    for (size_t i = 0; i < sizeof FLAG_SETS / sizeof FLAG_SETS[0]; i++) {
+        size_t flags = FLAG_SETS[i];
+        char *want = json_dumps(v, flags);
+        size_t len = (size_t)-1;
+        char *got = chat_json_dumps(v, flags, &len);
+        FUZZ_CHECK((want == NULL) == (got == NULL), "flags 0x%zx: json_dumps %s, chat_json_dumps %s", flags,
+                   want ? "wrote text" : "failed", got ? "wrote text" : "failed");
+        if (want) {
+            FUZZ_CHECK(strcmp(want, got) == 0, "flags 0x%zx: json_dumps %s, chat_json_dumps %s", flags, want, got);
+            FUZZ_CHECK(len == strlen(got), "flags 0x%zx: length %zu for %zu bytes", flags, len, strlen(got));
+        }
+        free(want);
+        free(got);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    json_error_t err;
+    json_t *doc = json_loadb((const char *)data, size, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+    if (doc) {
+        compare(doc);
+        json_t *wrapped = json_pack("{s:[O,O],s:O}", "a", doc, doc, "b", doc);
+        if (wrapped)
+            compare(wrapped);
+        json_decref(wrapped);
+        json_decref(doc);
+    }
+
+    json_t *raw = json_stringn_nocheck((const char *)data, size);
+    json_t *obj = json_object();
+    json_object_setn_new_nocheck(obj, (const char *)data, size, json_integer((json_int_t)size - 40));
+    json_t *arr = json_pack("[O,O,f]", raw, obj, (double)size / 7.0);
+    compare(raw);
+    compare(obj);
+    compare(arr);
+    json_decref(arr);
+    json_decref(obj);
+    json_decref(raw);
+    return 0;
+}

@@ -1,0 +1,165 @@
+/* Unit tests of core/json_out.c: the JSON writer that equals json_dumps byte
+ * for byte (tests/fuzz/fuzz_json_out.c compares the two on arbitrary input;
+ * these pin the cases by name). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/json_out.h"
+
+/* Both writers, same flags: same text (or both NULL); returns ours. */
+static char *both(const json_t *v, size_t flags)
+{
+    char *want = json_dumps(v, flags);
+    size_t len = 0;
+    char *got = chat_json_dumps(v, flags, &len);
+    if (!want) {
+        assert_null(got);
+        return NULL;
+    }
+    assert_non_null(got);
+    assert_string_equal(got, want);
+    assert_int_equal(len, strlen(want));
+    free(want);
+    return got;
+}
+
+static void expect(const json_t *v, size_t flags, const char *text)
+{
+    char *s = both(v, flags);
+    assert_non_null(s);
+    assert_string_equal(s, text);
+    free(s);
+}
+
+static void test_escapes(void **state)
+{
+    (void)state;
+    json_t *v = json_pack("{s:s}", "k\"ey", "q\" b\\ \b\f\n\r\t \x01\x1f / \x7f caf\xc3\xa9 \xf0\x9f\x98\x80");
+    expect(v, JSON_COMPACT,
+           "{\"k\\\"ey\":\"q\\\" b\\\\ \\b\\f\\n\\r\\t \\u0001\\u001F / \x7f caf\xc3\xa9 \xf0\x9f\x98\x80\"}");
+    expect(v, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH,
+           "{\"k\\\"ey\":\"q\\\" b\\\\ \\b\\f\\n\\r\\t \\u0001\\u001F \\/ \x7f caf\\u00E9 \\uD83D\\uDE00\"}");
+    json_decref(v);
+
+    json_t *nul = json_stringn("a\0b", 3);
+    expect(nul, JSON_ENCODE_ANY, "\"a\\u0000b\"");
+    json_decref(nul);
+}
+
+static void test_numbers_and_layout(void **state)
+{
+    (void)state;
+    json_t *v = json_pack("[I,I,i,f,f,f,n,b,b,{},[],{s:i,s:[]}]", (json_int_t)INT64_MIN, (json_int_t)INT64_MAX, 0, 0.1,
+                          1e300, 3.0, 1, 0, "a", 1, "b");
+    char *compact = both(v, JSON_COMPACT);
+    assert_non_null(compact);
+    free(compact);
+    expect(v, JSON_COMPACT | JSON_REAL_PRECISION(3),
+           "[-9223372036854775808,9223372036854775807,0,0.1,1e300,3.0,null,true,false,{},[],{\"a\":1,\"b\":[]}]");
+    expect(v, 0,
+           "[-9223372036854775808, 9223372036854775807, 0, 0.10000000000000001, 1.0000000000000001e300, 3.0, null, "
+           "true, false, {}, [], {\"a\": 1, \"b\": []}]");
+    json_decref(v);
+}
+
+static void test_what_json_dumps_refuses(void **state)
+{
+    (void)state;
+    assert_null(chat_json_dumps(NULL, JSON_COMPACT, NULL));
+    json_t *s = json_string("x");
+    assert_null(both(s, JSON_COMPACT)); /* not a container without JSON_ENCODE_ANY */
+    expect(s, JSON_COMPACT | JSON_ENCODE_ANY, "\"x\"");
+    json_decref(s);
+
+    /* Invalid UTF-8 only gets in through the _nocheck constructors. */
+    const char *bad[] = { "\xc0\x80", "\xed\xa0\x80", "\xf5\x80\x80\x80", "ok \xe2\x82", "\x80" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *b = json_pack("[o]", json_string_nocheck(bad[i]));
+        assert_null(both(b, JSON_COMPACT));
+        assert_null(both(b, JSON_COMPACT | JSON_ENSURE_ASCII));
+        json_decref(b);
+        json_t *o = json_object();
+        json_object_set_new_nocheck(o, bad[i], json_true());
+        /* jansson ignores a key's failure: the key's text so far, unclosed,
+         * then the value ({":true} here). The same bytes, not NULL. */
+        char *t = both(o, JSON_COMPACT);
+        assert_non_null(t);
+        free(t);
+        json_decref(o);
+    }
+}
+
+static void test_cycle_and_depth(void **state)
+{
+    (void)state;
+    /* A value that contains itself: json_dumps refuses it, and so does the
+     * writer (past CHAT_JSON_OUT_DEPTH it hands over to json_dumps). */
+    json_t *a = json_array(), *b = json_array();
+    json_array_append(a, b);
+    json_array_append(b, a);
+    assert_null(both(a, JSON_COMPACT));
+    json_array_clear(b);
+    json_decref(a);
+    json_decref(b);
+
+    /* Deeper than CHAT_JSON_OUT_DEPTH but acyclic: the same text. */
+    json_t *deep = json_array();
+    json_t *top = deep;
+    for (int i = 0; i < CHAT_JSON_OUT_DEPTH + 10; i++) {
+        json_t *next = json_array();
+        json_array_append_new(deep, next);
+        deep = next;
+    }
+    char *s = both(top, JSON_COMPACT);
+    assert_non_null(s);
+    assert_int_equal(strlen(s), 2 * (CHAT_JSON_OUT_DEPTH + 11));
+    free(s);
+    json_decref(top);
+}
+
+static void test_other_flags_delegate(void **state)
+{
+    (void)state;
+    json_t *v = json_pack("{s:i,s:i}", "b", 1, "a", 2);
+    expect(v, JSON_INDENT(2), "{\n  \"b\": 1,\n  \"a\": 2\n}");
+    expect(v, JSON_COMPACT | JSON_SORT_KEYS, "{\"a\":2,\"b\":1}");
+    expect(v, JSON_COMPACT | JSON_PRESERVE_ORDER, "{\"b\":1,\"a\":2}");
+    json_decref(v);
+}
+
+static void test_large_string(void **state)
+{
+    (void)state;
+    size_t n = 3 * 1000 * 1000;
+    char *big = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        big[i] = "ab\"\n\xc3\xa9xyz "[i % 11];
+    big[n] = '\0';
+    /* Cut at a character boundary: the pattern's 11 bytes hold one 2-byte sequence at offsets 4-5. */
+    json_t *v = json_pack("{s:s}", "content", big);
+    assert_non_null(v);
+    char *s = both(v, JSON_COMPACT);
+    assert_non_null(s);
+    free(s);
+    json_decref(v);
+    free(big);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_numbers_and_layout),
+        cmocka_unit_test(test_what_json_dumps_refuses),
+        cmocka_unit_test(test_cycle_and_depth),
+        cmocka_unit_test(test_other_flags_delegate),
+        cmocka_unit_test(test_large_string),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
