@@ -57,6 +57,7 @@
 #include "api/idempotency.h"
 #include "chat/models.h"
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "core/util.h"
 #include "guard/auth.h"
 #include "llm/content.h"
@@ -589,7 +590,7 @@ int64_t api_an_estimate_tokens(const api_an_request *q)
                                : text_tokens(q->hist[i].content, strlen(q->hist[i].content));
     json_t *tools = q->options ? json_object_get(q->options, "tools") : NULL;
     if (tools) {
-        char *s = json_dumps(tools, JSON_COMPACT);
+        char *s = chat_json_dumps(tools, JSON_COMPACT, NULL);
         if (s)
             n += text_tokens(s, strlen(s));
         free(s);
@@ -704,7 +705,7 @@ static bool send_event(chat_ctx *c, json_t *o)
     if (!o)
         return false; /* json_pack refused text that is not UTF-8: nothing to send */
     const char *type = json_string_value(json_object_get(o, "type"));
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *text = o ? chat_json_dumps(o, JSON_COMPACT, NULL) : NULL;
     char *line = chat_xasprintf("event: %s\ndata: %s\n\n", type ? type : "error", text ? text : "{}");
     free(text);
     json_decref(o);
@@ -1067,7 +1068,7 @@ static char *count_body(const api_an_request *q, const chat_model *m)
         if (v && !json_is_null(v))
             json_object_set(o, keep[i], v);
     }
-    char *s = json_dumps(o, JSON_COMPACT);
+    char *s = chat_json_dumps(o, JSON_COMPACT, NULL);
     json_decref(o);
     return s;
 }

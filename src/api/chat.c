@@ -30,6 +30,7 @@
 #include "api/chat_run.h"
 #include "api/idempotency.h"
 #include "api/request.h"
+#include "core/json_out.h"
 #include "guard/auth.h"
 #include "core/alloc.h"
 #include "core/util.h"
@@ -859,7 +860,7 @@ static bool parse_chat_body(http_req *r, api_env *w, api_flavor f, chat_body *b)
 /* Writes one SSE event: "event: NAME\ndata: JSON\n\n" (json stolen). */
 static bool sse_event(chat_ctx *c, const char *name, json_t *data)
 {
-    char *text = json_dumps(data, JSON_COMPACT);
+    char *text = chat_json_dumps(data, JSON_COMPACT, NULL);
     json_decref(data);
     char *ev = chat_xasprintf("event: %s\ndata: %s\n\n", name, text ? text : "{}");
     free(text);

@@ -11,6 +11,7 @@
 
 #include "api/idempotency.h"
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "core/metrics.h"
 #include "core/util.h"
 
@@ -223,7 +224,7 @@ static void replay_events(chat_ctx *c, const json_t *content)
             ev.name = ev.name ? ev.name : "";
             c->rnd->event(c, &ev);
             json_t *input = json_object_get(b, "input");
-            char *args = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+            char *args = input ? chat_json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY, NULL) : NULL;
             llm_event a = { .kind = LLM_EV_TOOL_ARGS, .index = (int)i, .data = args ? args : "{}" };
             a.len = strlen(a.data);
             c->rnd->event(c, &a);

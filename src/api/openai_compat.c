@@ -39,6 +39,7 @@
 #include "api/request.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "guard/auth.h"
 #include "core/util.h"
 #include "llm/content.h"
@@ -151,7 +152,7 @@ static json_t *oa_message(const turn_result *res)
         const char *type = json_string_value(json_object_get(b, "type"));
         if (type && strcmp(type, "tool_use") == 0) {
             json_t *input = json_object_get(b, "input");
-            char *args = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+            char *args = input ? chat_json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY, NULL) : NULL;
             const char *id = json_string_value(json_object_get(b, "id"));
             const char *name = json_string_value(json_object_get(b, "name"));
             json_array_append_new(calls,
@@ -209,7 +210,7 @@ static json_t *chunk(chat_ctx *c, const char *model, json_t *choices)
 
 static bool send_chunk(chat_ctx *c, json_t *o)
 {
-    char *text = json_dumps(o, JSON_COMPACT);
+    char *text = chat_json_dumps(o, JSON_COMPACT, NULL);
     json_decref(o);
     char *line = chat_xasprintf("data: %s\n\n", text ? text : "{}");
     free(text);

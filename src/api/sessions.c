@@ -19,6 +19,7 @@
 #include "api/api.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "core/log.h"
 #include "core/util.h"
 
@@ -217,7 +218,7 @@ static void on_seed_page(store_op *op, void *ud)
         /* Each element exactly as json_dumps wrote it inside the whole document. */
         json_t *o =
             json_pack("{s:s,s:I,s:s}", "session_id", ss->id, "turns", (json_int_t)ss->turn_count, "created_at", ts);
-        char *one = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+        char *one = o ? chat_json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12), NULL) : NULL;
         json_decref(o);
         if (!one) {
             rc = CHAT_EINVAL;

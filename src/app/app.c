@@ -461,6 +461,29 @@ static void maybe_trim(chat_app *app, trim_state *ts)
     ts->peak = open;
 }
 
+/*
+ * glibc's automatic give-back, turned off in favour of maybe_trim. By default
+ * a block above the mmap threshold (128 KiB, raised as such blocks are freed)
+ * is its own mapping, and an arena whose free top passes the trim threshold
+ * is shrunk at once: a turn late in a long session builds a provider body of
+ * a megabyte or more in a few such blocks, so every turn faulted those pages
+ * in afresh and gave them back (about half of the turn's CPU in
+ * bench/long_session.py). Fixed thresholds keep that memory in the arenas for
+ * the next turn; maybe_trim still returns it after a burst. A user's own
+ * GLIBC_TUNABLES for malloc wins.
+ */
+#define MMAP_THRESHOLD (16 * 1024 * 1024)
+#define TRIM_THRESHOLD (64 * 1024 * 1024)
+
+static void malloc_tune(void)
+{
+    const char *t = getenv("GLIBC_TUNABLES");
+    if (t && strstr(t, "glibc.malloc."))
+        return;
+    if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 || mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1)
+        chat_log(LOG_WARN, "malloc thresholds not set", NULL);
+}
+
 static int cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -476,6 +499,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     int started = 0;
 
     app.cfg = cfg;
+    malloc_tune();
     if (models_load(cfg, &app.models, err, sizeof err) != CHAT_OK) {
         chat_log(LOG_ERROR, "cannot load the models table", json_pack("{s:s}", "error", err));
         return CHAT_EINVAL;

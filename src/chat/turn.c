@@ -35,6 +35,7 @@
 #include "chat/models.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "llm/metrics.h"
@@ -302,14 +303,14 @@ static void submit_commit(turn *t, const char *text, const json_t *content, cons
     /* Blocks only for what plain text cannot hold: a plain-text message or
      * reply keeps blocks NULL, as every turn did before blocks existed. */
     if (t->user_blocks) {
-        char *ub = json_dumps(t->user_blocks, JSON_COMPACT);
+        char *ub = chat_json_dumps(t->user_blocks, JSON_COMPACT, NULL);
         if (!ub)
             chat_fatal("out of memory");
         st->user_blocks = store_op_str(op, ub);
         free(ub);
     }
     if (content && !only_text(content)) {
-        char *ab = json_dumps(content, JSON_COMPACT);
+        char *ab = chat_json_dumps(content, JSON_COMPACT, NULL);
         if (!ab)
             chat_fatal("out of memory");
         st->assistant_blocks = store_op_str(op, ab);

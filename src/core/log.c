@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "core/util.h"
 
 static chat_log_level min_level = LOG_INFO;
@@ -238,7 +239,7 @@ void chat_log(chat_log_level lvl, const char *msg, json_t *fields)
     if (fields && json_is_object(fields))
         json_object_update(line, fields);
     json_decref(fields);
-    char *text = json_dumps(line, JSON_COMPACT | JSON_ENSURE_ASCII);
+    char *text = chat_json_dumps(line, JSON_COMPACT | JSON_ENSURE_ASCII, NULL);
     json_decref(line);
     if (!text)
         return;

@@ -47,6 +47,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "http/head_check.h"
@@ -780,7 +781,7 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
 void http_reply_json(http_req *r, int status, json_t *body)
 {
     /* 12 significant digits: prices like 0.3 print as 0.3, not 0.29999999999999999. */
-    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+    char *text = body ? chat_json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(12), NULL) : NULL;
     json_decref(body);
     if (!text) {
         /* A body that could not be built (a bug: e.g. invalid UTF-8 in a string). */

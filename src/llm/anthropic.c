@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "llm/call_internal.h"
 
 /* Longest excerpt of a non-JSON error body put into a message. */
@@ -82,7 +83,7 @@ static size_t value_chars(json_t *v)
 {
     if (json_is_string(v))
         return utf8_chars(json_string_value(v));
-    char *d = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    char *d = v ? chat_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY, NULL) : NULL;
     size_t n = d ? utf8_chars(d) : 0;
     free(d);
     return n;
@@ -213,8 +214,10 @@ int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens)
             }
         }
         if (at < n - 1) {
+            /* Counted only until the minimum is reached: a long conversation
+             * is not walked whole on every turn. */
             size_t chars = sys_chars;
-            for (size_t i = 0; i <= at; i++)
+            for (size_t i = 0; i <= at && est_tokens(chars) < min_tokens; i++)
                 chars += content_chars(json_object_get(json_array_get(msgs, i), "content"));
             if (est_tokens(chars) >= min_tokens && mark_end(json_array_get(msgs, at), "content")) {
                 added++;
@@ -269,7 +272,10 @@ static json_t *message_content(const llm_message *m)
         }
         return out;
     }
-    return m->content ? json_string(m->content) : NULL;
+    /* Not checked for UTF-8 here: chat_json_dumps checks every string of the
+     * body once, and a body that is not UTF-8 is refused there (build_body
+     * returns NULL), which spares a second pass over the whole history. */
+    return m->content ? json_stringn_nocheck(m->content, strlen(m->content)) : NULL;
 }
 
 /* The option keys Anthropic can carry (see apply_options). Any other key
@@ -596,9 +602,7 @@ static char *build_body(const llm_provider *p, const llm_request *req)
         json_object_set_new(root, "stream", json_true());
     if (p->prompt_caching)
         (void)llm_anthropic_mark_cache(root, p->cache_min_tokens);
-    out = json_dumps(root, JSON_COMPACT);
-    if (!out)
-        oom_json();
+    out = chat_json_dumps(root, JSON_COMPACT, NULL); /* NULL: a string is not UTF-8 */
 out_msgs:
     json_decref(msgs);
 out:

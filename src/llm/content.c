@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_out.h"
 
 static const char *const event_names[] = {
     [LLM_EV_TEXT] = "text",           [LLM_EV_THINKING] = "thinking",     [LLM_EV_TOOL_START] = "tool_start",
@@ -311,7 +312,7 @@ static int64_t code_points(const char *s, size_t len)
 
 static int64_t json_code_points(const json_t *v)
 {
-    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *s = chat_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY, NULL);
     if (!s)
         return 0;
     int64_t n = code_points(s, strlen(s));

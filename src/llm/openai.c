@@ -50,6 +50,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "llm/call_internal.h"
 
 /* Longest excerpt of a non-JSON error body put into a message. */
@@ -116,11 +117,14 @@ static json_t *jchk(json_t *v)
     return v;
 }
 
-/* Appends {"role","content"} to msgs; false if a string is not valid UTF-8. */
+/* Appends {"role","content"} to msgs; false if the role is not valid UTF-8.
+ * The content is not checked here: chat_json_dumps checks every string of the
+ * body once and refuses a body that is not UTF-8 (build_body returns NULL),
+ * which spares a second pass over the whole history. */
 static bool add_message(json_t *msgs, const char *role, const char *content)
 {
     json_t *r = json_string(role);
-    json_t *c = json_string(content);
+    json_t *c = json_stringn_nocheck(content, strlen(content));
     if (!r || !c) {
         json_decref(r);
         json_decref(c);
@@ -279,7 +283,7 @@ static bool add_assistant_blocks(json_t *msgs, json_t *blocks)
         } else if (t && strcmp(t, "tool_use") == 0) {
             json_t *id = json_object_get(b, "id"), *name = json_object_get(b, "name");
             json_t *input = json_object_get(b, "input");
-            char *args = json_is_object(input) ? json_dumps(input, JSON_COMPACT) : NULL;
+            char *args = json_is_object(input) ? chat_json_dumps(input, JSON_COMPACT, NULL) : NULL;
             ok = json_is_string(id) && json_is_string(name) && args;
             if (ok)
                 json_array_append_new(calls, jchk(json_pack("{s:O,s:s,s:{s:O,s:s}}", "id", id, "type", "function",
@@ -554,9 +558,7 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     }
     if (!apply_options(root, req))
         goto out;
-    out = json_dumps(root, JSON_COMPACT);
-    if (!out)
-        oom_json();
+    out = chat_json_dumps(root, JSON_COMPACT, NULL); /* NULL: a string is not UTF-8 */
 out:
     json_decref(msgs);
     json_decref(root);
@@ -790,7 +792,7 @@ static int tool_piece(llm_parse *st, json_t *tc, size_t pos, bool whole)
         n = json_string_length(args);
     } else if (json_is_object(args)) {
         /* Some servers send the arguments as an object, whole. */
-        dumped = json_dumps(args, JSON_COMPACT);
+        dumped = chat_json_dumps(args, JSON_COMPACT, NULL);
         if (!dumped)
             oom_json();
         a = dumped;
@@ -997,7 +999,7 @@ static char *detail_message(json_t *d)
     const char *m = jstr(json_is_array(d) ? json_array_get(d, 0) : d, "msg");
     if (m && *m)
         return llm_strndup_utf8(m, MESSAGE_MAX);
-    char *dump = json_dumps(d, JSON_COMPACT);
+    char *dump = chat_json_dumps(d, JSON_COMPACT, NULL);
     if (!dump)
         return NULL;
     char *ex = llm_excerpt(dump, strlen(dump), EXCERPT_MAX);

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "llm/call_internal.h"
 
 /* What opening a block counts against the cap, whatever it holds. */
@@ -335,7 +336,7 @@ int llm_reply_block(llm_parse *st, json_t *b)
         llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "malformed reply: %s", bad);
         return 1;
     }
-    char *dump = json_dumps(b, JSON_COMPACT);
+    char *dump = chat_json_dumps(b, JSON_COMPACT, NULL);
     if (!dump)
         oom();
     bool ok = count(st, strlen(dump));
@@ -344,7 +345,7 @@ int llm_reply_block(llm_parse *st, json_t *b)
         return 1;
     if (strcmp(type, "tool_use") == 0 && st->json_via_tool &&
         strcmp(json_string_value(json_object_get(b, "name")), LLM_JSON_TOOL) == 0) {
-        char *text = json_dumps(json_object_get(b, "input"), JSON_COMPACT);
+        char *text = chat_json_dumps(json_object_get(b, "input"), JSON_COMPACT, NULL);
         if (!text)
             oom();
         st->json_seen = true;

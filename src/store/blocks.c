@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "core/log.h"
 #include "store/store.h"
 
@@ -234,7 +235,7 @@ chat_rc store_blocks_pack(const char *blocks, store_packed *out)
     if (c.changed) {
         /* jansson allocates with malloc (chatd sets no other allocator): the
          * caller's free() releases it. */
-        out->stored = json_dumps(root, JSON_COMPACT);
+        out->stored = chat_json_dumps(root, JSON_COMPACT, NULL);
         if (!out->stored)
             chat_fatal("store: out of memory packing blocks");
     } else {
@@ -418,7 +419,7 @@ chat_rc store_blocks_unpack(const char *stored, store_blob_lookup lookup, void *
         rc = CHAT_EIO;
         goto out;
     }
-    char *dump = json_dumps(root, JSON_COMPACT);
+    char *dump = chat_json_dumps(root, JSON_COMPACT, NULL);
     if (!dump)
         chat_fatal("store: out of memory unpacking blocks");
     *out = splice(dump, &c);
@@ -427,7 +428,7 @@ chat_rc store_blocks_unpack(const char *stored, store_blob_lookup lookup, void *
         /* The slow way: the data into the tree, then one dump. */
         for (size_t i = 0; i < c.n; i++)
             json_object_set_new(c.source[i], "data", json_stringn_nocheck(c.data[i], c.len[i]));
-        *out = json_dumps(root, JSON_COMPACT); /* malloc'd, as in store_blocks_pack */
+        *out = chat_json_dumps(root, JSON_COMPACT, NULL); /* malloc'd, as in store_blocks_pack */
         if (!*out)
             chat_fatal("store: out of memory unpacking blocks");
     }

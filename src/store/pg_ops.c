@@ -25,6 +25,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "core/log.h"
 #include "store/blocks.h"
 
@@ -298,7 +299,7 @@ static char *blobs_json(const store_packed *packed, size_t n)
         if (i > 0 && strcmp(all[i]->sha256, all[i - 1]->sha256) == 0)
             continue;
         json_t *mt = json_string(all[i]->media_type);
-        char *mtext = mt ? json_dumps(mt, JSON_ENCODE_ANY) : NULL;
+        char *mtext = mt ? chat_json_dumps(mt, JSON_ENCODE_ANY, NULL) : NULL;
         json_decref(mt);
         if (!mtext)
             chat_fatal("store(postgres): cannot encode an image's media type");
@@ -800,7 +801,7 @@ static char *messages_json(const store_message *msgs, const store_packed *packed
         }
         json_array_append_new(arr, o);
     }
-    char *dumped = json_dumps(arr, JSON_COMPACT);
+    char *dumped = chat_json_dumps(arr, JSON_COMPACT, NULL);
     if (!dumped) {
         chat_fatal("store(postgres): out of memory encoding an import");
     }

@@ -23,6 +23,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_out.h"
 #include "core/util.h"
 #include "store/blocks.h"
 
@@ -401,7 +402,7 @@ static bool get_blocks(importer *im, json_t *obj, const char *what, char **out)
         (void)fail(im, CHAT_EINVAL, "%s: \"blocks\" must be an array or null", what);
         return false;
     }
-    char *text = json_dumps(v, JSON_COMPACT);
+    char *text = chat_json_dumps(v, JSON_COMPACT, NULL);
     if (!text)
         chat_fatal("import: out of memory");
     if (!store_blocks_valid(text)) {
