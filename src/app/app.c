@@ -500,6 +500,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
 
     app.cfg = cfg;
     malloc_tune();
+    store_set_history_cache_size(cfg->history_cache_bytes);
     if (models_load(cfg, &app.models, err, sizeof err) != CHAT_OK) {
         chat_log(LOG_ERROR, "cannot load the models table", json_pack("{s:s}", "error", err));
         return CHAT_EINVAL;

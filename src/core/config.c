@@ -137,6 +137,8 @@ static const struct setting settings[] = {
       "PostgreSQL: connections per instance, shared out among the workers (at least one each)." },
     { "DATABASE_QUEUE_TIMEOUT", K_DURATION, FIELD(database_queue_timeout_ms), "2s", 1, DURATION_MAX, 0, NULL, "DUR",
       "PostgreSQL: longest wait for a free connection; then the request gets 503." },
+    { "HISTORY_CACHE_SIZE", K_SIZE, FIELD(history_cache_bytes), "64MiB", 0, 64 * GIB, 0, NULL, "SIZE",
+      "SQLite: recent sessions' newest messages kept in memory, 0..64GiB; 0 keeps none." },
 
     { "MAX_BODY_SIZE", K_SIZE, FIELD(max_body_bytes), "1MiB", KIB, GIB, 0, "HTTP limits", "SIZE",
       "Largest request body, 1KiB..1GiB." },

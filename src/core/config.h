@@ -67,6 +67,7 @@ struct chat_config {
     char *database_url;                /* DATABASE_URL, default sqlite:///./data/chatd.db */
     int database_pool_size;            /* DATABASE_POOL_SIZE: PostgreSQL connections per instance */
     int64_t database_queue_timeout_ms; /* DATABASE_QUEUE_TIMEOUT */
+    size_t history_cache_bytes;        /* HISTORY_CACHE_SIZE: SQLite, the served file's history cache; 0 = none */
 
     /* HTTP limits */
     size_t max_body_bytes;    /* MAX_BODY_SIZE, default 1MiB, 1KiB..1GiB */

@@ -67,6 +67,9 @@ typedef struct file_lock {
     pthread_mutex_t mu;
     int refs;
     turn_locks *locks; /* the file's turn locks (turn_locks.h) */
+    /* The history cache (history_cache.h), from the moment this process owns
+     * the file (sqlite_file_own); NULL before, and for a file it does not own. */
+    history_cache *history;
     /* -1, or a descriptor on the file holding flock(LOCK_EX): this process
      * serves the file (sqlite_file_own). Closed only with the last handle: the
      * close of any descriptor on the file drops the process's POSIX locks,
@@ -77,6 +80,8 @@ typedef struct file_lock {
 
 static pthread_mutex_t file_locks_mu = PTHREAD_MUTEX_INITIALIZER;
 static file_lock *file_locks;
+/* store_set_history_cache_size: read when a file comes to be owned. */
+static size_t history_cache_bytes_max = STORE_HISTORY_CACHE_DEFAULT;
 
 static file_lock *file_lock_get(const char *path)
 {
@@ -113,6 +118,7 @@ static void file_lock_put(file_lock *l)
         *pp = l->next;
         pthread_mutex_destroy(&l->mu);
         turn_locks_free(l->locks);
+        history_cache_free(l->history);
         if (l->owner_fd >= 0)
             close(l->owner_fd);
         free(l->path);
@@ -159,10 +165,21 @@ chat_rc sqlite_file_own(sqlite_db *s, char *err, size_t errlen)
             }
         } else {
             l->owner_fd = fd;
+            l->history = history_cache_new(history_cache_bytes_max);
         }
     }
     pthread_mutex_unlock(&file_locks_mu);
     return rc;
+}
+
+history_cache *sqlite_history(sqlite_db *s)
+{
+    return s->writer ? s->writer->history : NULL;
+}
+
+void store_set_history_cache_size(size_t bytes)
+{
+    history_cache_bytes_max = bytes;
 }
 
 /* ---- errors --------------------------------------------------------------- */

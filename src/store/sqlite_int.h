@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "store/backend.h"
+#include "store/history_cache.h"
 #include "store/turn_locks.h"
 
 /* How long a connection waits for another connection's write lock. Writes are
@@ -262,6 +263,9 @@ turn_locks *sqlite_turn_locks(sqlite_db *s);
  * the process's last handle on the file closes (a no-op for :memory: and once
  * held). CHAT_EBUSY, with a message in err, when another process holds it. */
 chat_rc sqlite_file_own(sqlite_db *s, char *err, size_t errlen);
+/* The history cache of s's file (history_cache.h) when this process owns it
+ * (sqlite_file_own), else NULL: nobody else may change a cached session. */
+history_cache *sqlite_history(sqlite_db *s);
 
 /* Resets a statement after use (and releases the write mutex after a write
  * outside a transaction); expects the handle in a variable named s. */
@@ -286,6 +290,23 @@ void sqlite_writer_detach(sqlite_db *s);
 
 /* Runs one op on a connection (the backend's run function). */
 chat_rc sqlite_run_op(sqlite_db *s, store_op *op);
+
+/*
+ * The history cache kept in step with the writes (history_cache.h), for the
+ * ops that change a session's messages other than a turn's commit (delete,
+ * reset, import, the retention sweep): write_begin before the op can run
+ * (when it is queued for the writer, or run inline), write_end once it is
+ * committed or failed, exactly once each. No-ops for other kinds and when
+ * the file is not cached.
+ */
+void sqlite_history_write_begin(sqlite_db *s, const store_op *op);
+void sqlite_history_write_end(sqlite_db *s, const store_op *op);
+
+/* A turn's commit is durable (rc CHAT_OK, res filled) or failed: its two
+ * messages go into the history cache, then its turn lock is settled (in that
+ * order: the session's next turn may read its history as soon as the lock is
+ * released). Exactly once per commit that ran. */
+void sqlite_turn_done(sqlite_db *s, const store_turn *t, const store_turn_result *res, chat_rc rc);
 
 /* ---- shared by the operations (sqlite_ops.c) ---- */
 

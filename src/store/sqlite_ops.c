@@ -130,13 +130,13 @@ chat_rc sql_insert_message_row(sqlite_db *s, const char *session_id, const store
     return rc;
 }
 
-/* One of the turn's two messages as a row: the user's, or the assistant's
- * reply. The strings are only read (store_message's are not const because
- * the readers own theirs). */
-static chat_rc insert_message(sqlite_db *s, const store_turn *t, const store_packed *packed, int64_t seq,
-                              bool assistant, int64_t *id)
+/* One of the turn's two messages as its row holds it: the user's, or the
+ * assistant's reply. The strings are t's, only read (store_message's are not
+ * const because the readers own theirs). */
+static store_message turn_message(const store_turn *t, int64_t seq, bool assistant, int64_t id)
 {
-    const store_message m = {
+    return (store_message){
+        .id = id,
         .seq = seq,
         .role = assistant ? "assistant" : "user",
         .content = (char *)(assistant ? t->assistant_content : t->user_content),
@@ -149,7 +149,58 @@ static chat_rc insert_message(sqlite_db *s, const store_turn *t, const store_pac
         .cost_micros = assistant ? t->cost_micros : 0,
         .created_at = t->now,
     };
+}
+
+static chat_rc insert_message(sqlite_db *s, const store_turn *t, const store_packed *packed, int64_t seq,
+                              bool assistant, int64_t *id)
+{
+    const store_message m = turn_message(t, seq, assistant, 0);
     return sql_insert_message_row(s, t->session_id, &m, &packed[assistant ? 1 : 0], id);
+}
+
+void sqlite_turn_done(sqlite_db *s, const store_turn *t, const store_turn_result *res, chat_rc rc)
+{
+    history_cache *hc = sqlite_history(s);
+    if (hc && rc == CHAT_OK) {
+        /* The seqs are the session's last two: message_count - 1 and
+         * message_count for a session whose seqs have no gap (every session
+         * made by turns; an imported one may have gaps, and then the cache's
+         * seq check drops it rather than append). */
+        int64_t seq = res->message_count - 1;
+        const store_message m[2] = { turn_message(t, seq, false, res->user_message_id),
+                                     turn_message(t, seq + 1, true, res->assistant_message_id) };
+        history_cache_append(hc, t->session_id, m, 2, res->message_count);
+    }
+    turn_locks_settle(sqlite_turn_locks(s), t->session_id, t->lock_token, rc == CHAT_OK);
+}
+
+/* The session an op changes other than by a turn (NULL for the retention
+ * sweep, which may change any), and whether it changes any. */
+static bool history_write_of(const store_op *op, const char **session_id)
+{
+    switch (op->kind) {
+    case STORE_OP_SESSION_DELETE:
+    case STORE_OP_SESSION_RESET: *session_id = op->in.session_id; return true;
+    case STORE_OP_SESSION_IMPORT: *session_id = op->in.import_session ? op->in.import_session->id : NULL; return true;
+    case STORE_OP_SESSIONS_EXPIRE: *session_id = NULL; return true;
+    default: return false;
+    }
+}
+
+void sqlite_history_write_begin(sqlite_db *s, const store_op *op)
+{
+    const char *sid;
+    history_cache *hc = sqlite_history(s);
+    if (hc && history_write_of(op, &sid))
+        history_cache_write_begin(hc, sid);
+}
+
+void sqlite_history_write_end(sqlite_db *s, const store_op *op)
+{
+    const char *sid;
+    history_cache *hc = sqlite_history(s);
+    if (hc && history_write_of(op, &sid))
+        history_cache_write_end(hc, sid);
 }
 
 /*
@@ -296,7 +347,7 @@ out:
         *res = r;
 settle:
     if (!s->batch)
-        turn_locks_settle(sqlite_turn_locks(s), t->session_id, t->lock_token, rc == CHAT_OK);
+        sqlite_turn_done(s, t, &r, rc);
     return rc;
 }
 
@@ -584,13 +635,20 @@ static chat_rc sqlite_messages_tail(sqlite_db *s, const char *session_id, int64_
     *out = NULL;
     *n = 0;
     *skipped = 0;
+    history_cache *hc = sqlite_history(s);
+    uint64_t ticket = 0;
+    if (hc && history_cache_get(hc, session_id, tail_tokens, out, n, skipped, &ticket))
+        return CHAT_OK;
     store_message *arr = NULL;
     size_t count = 0, cap = 0;
     int64_t turns = 0, messages = 0, sum = 0;
     int src = SQLITE_DONE;
     chat_rc rc = sql_tx_begin(s, ST_BEGIN_READ);
-    if (rc != CHAT_OK)
+    if (rc != CHAT_OK) {
+        if (hc)
+            history_cache_fill(hc, session_id, ticket, false, tail_tokens, NULL, 0, 0);
         return rc;
+    }
     rc = session_counts(s, session_id, &turns, &messages);
     if (rc != CHAT_OK)
         goto out;
@@ -622,6 +680,8 @@ static chat_rc sqlite_messages_tail(sqlite_db *s, const char *session_id, int64_
         goto out;
     rc = sql_tx_commit(s);
 out:
+    if (hc)
+        history_cache_fill(hc, session_id, ticket, rc == CHAT_OK, tail_tokens, arr, count, messages);
     if (rc != CHAT_OK) {
         sql_tx_rollback(s);
         store_messages_free(arr, count);
@@ -1016,7 +1076,10 @@ chat_rc sqlite_run_op(sqlite_db *s, store_op *op)
 
 static chat_rc be_run(void *impl, store_op *op)
 {
-    return sqlite_run_op(impl, op);
+    sqlite_history_write_begin(impl, op);
+    chat_rc rc = sqlite_run_op(impl, op);
+    sqlite_history_write_end(impl, op);
+    return rc;
 }
 
 /* Attached to a loop: a file database gets its writer thread; a private
@@ -1049,11 +1112,14 @@ static void be_submit(void *impl, store_op *op)
             queue = true; /* the writer runs it once the commit is settled */
         }
         if (queue) {
+            sqlite_history_write_begin(s, op); /* its write_end: the writer's, after the commit */
             sqlite_writer_submit(s, op);
             return;
         }
     }
+    sqlite_history_write_begin(s, op);
     sqlite_run_op(s, op);
+    sqlite_history_write_end(s, op);
     store_op_defer(op);
 }
 

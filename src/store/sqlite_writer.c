@@ -142,7 +142,7 @@ static bool run_grouped(sqlite_db *db, wnode *batch)
 static void run_batch(sqlite_writer *w, wnode *batch)
 {
     sqlite_db *db = w->db;
-    bool writes = false;
+    bool writes = false, grouped = false;
     for (wnode *n = batch; n && !writes; n = n->next)
         writes = !is_lock_op(n->op->kind);
     if (!writes) {
@@ -153,7 +153,7 @@ static void run_batch(sqlite_writer *w, wnode *batch)
         for (wnode *n = batch; n; n = n->next)
             if (!is_lock_op(n->op->kind))
                 n->op->rc = CHAT_EIO;
-    } else if (!run_grouped(db, batch)) {
+    } else if ((grouped = run_grouped(db, batch)) == false) {
         for (wnode *n = batch; n; n = n->next) {
             if (is_lock_op(n->op->kind))
                 continue;
@@ -161,14 +161,21 @@ static void run_batch(sqlite_writer *w, wnode *batch)
             sqlite_run_op(db, n->op); /* alone, in its own transaction */
         }
     }
-    /* On disk (or failed): the commits' turn locks settled, then the lock ops
-     * that waited behind them, then all back to their loops, in order. */
+    /* On disk (or failed): the commits' messages into the history cache and
+     * their turn locks settled (a commit that ran alone, after a lost batch,
+     * did both itself: then only the settle of a commit that never ran is
+     * left), the other history changes ended, then the lock ops that waited
+     * behind the commits, then all back to their loops, in order. */
     turn_locks *locks = sqlite_turn_locks(db);
     for (wnode *n = batch; n; n = n->next) {
         if (n->op->kind == STORE_OP_TURN_COMMIT) {
             const store_turn *t = &n->op->in.turn;
-            turn_locks_settle(locks, t->session_id, t->lock_token, n->op->rc == CHAT_OK);
+            if (grouped)
+                sqlite_turn_done(db, t, &n->op->out.turn, n->op->rc);
+            else
+                turn_locks_settle(locks, t->session_id, t->lock_token, n->op->rc == CHAT_OK);
         }
+        sqlite_history_write_end(db, n->op);
     }
     for (wnode *n = batch; n; n = n->next)
         if (is_lock_op(n->op->kind))

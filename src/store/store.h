@@ -640,6 +640,15 @@ void store_op_free(store_op *op);
 chat_rc store_run(store *s, store_op *op);
 
 /*
+ * SQLite: the most bytes of message history the process that serves a file
+ * keeps in memory for the turns' tail reads (store/history_cache.h); 0 keeps
+ * none. Read when the process comes to own a file (the first store_attach on
+ * it): call before. Not used by PostgreSQL, which several servers share.
+ */
+#define STORE_HISTORY_CACHE_DEFAULT ((size_t)64 << 20)
+void store_set_history_cache_size(size_t bytes);
+
+/*
  * Prepares the handle for store_submit from the loop of base: PostgreSQL opens
  * a pool of up to pool_size connections on that loop (the handle's own
  * blocking connection is not used by submitted ops); an op waits at most

@@ -9,6 +9,9 @@
  *   a fresh handle finds every turn and exact counters. Ops that fail inside a
  *   batch (a commit whose lock token does not hold the lock, a key whose id is
  *   taken) fail alone: the ops batched with them commit.
+ * - The history cache of a served file (store/history_cache.h): every tail
+ *   read through an attached handle equals the database's, through turns, a
+ *   reset and a delete.
  * (The history tail, MESSAGES_LIST with tail_tokens, is tested in test_store.c,
  * on both backends.)
  */
@@ -296,12 +299,151 @@ static void test_acquire_waits_for_a_commit_in_flight(void **state)
     event_base_free(base);
 }
 
+/* ---- the history cache (store/history_cache.h) --------------------------------- */
+
+struct got {
+    int done;
+    chat_rc rc;
+    store_message *msgs;
+    size_t n;
+    int64_t count;
+};
+
+static void on_got(store_op *op, void *ud)
+{
+    struct got *g = ud;
+    g->done++;
+    g->rc = op->rc;
+    g->msgs = op->out.messages; /* taken: the op is freed after this */
+    g->n = op->out.n_messages;
+    g->count = op->out.count;
+    op->out.messages = NULL;
+    op->out.n_messages = 0;
+}
+
+/* Submits op and runs the loop until its callback ran. */
+static struct got run_op(store *s, struct event_base *base, store_op *op)
+{
+    struct got g = { 0 };
+    store_submit(s, op, on_got, &g);
+    for (int i = 0; i < 10000 && !g.done; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(g.done, 1);
+    return g;
+}
+
+static void assert_opt_str(const char *a, const char *b)
+{
+    if (!a || !b)
+        assert_true(a == b);
+    else
+        assert_string_equal(a, b);
+}
+
+/* A tail read through the attached handle (as a turn reads: the history cache
+ * first) equals the newest messages of the whole list, read uncached, under
+ * the tail rule, field by field. */
+static void check_tail(store *s, struct event_base *base, const char *sid, int64_t budget)
+{
+    store_op *op = store_op_new(STORE_OP_MESSAGES_LIST);
+    op->in.session_id = store_op_str(op, sid);
+    op->in.tail_tokens = budget;
+    struct got g = run_op(s, base, op);
+    store_message *all = NULL;
+    size_t n = 0;
+    chat_rc lrc = store_messages_list(s, sid, 0, 100000, &all, &n);
+    assert_true(lrc == CHAT_OK || (lrc == CHAT_ENOTFOUND && n == 0));
+    size_t k = 0;
+    int64_t sum = 0;
+    while (k < n && sum <= budget) {
+        sum += all[n - 1 - k].tokens < 0 ? 0 : all[n - 1 - k].tokens;
+        k++;
+    }
+    assert_int_equal(g.rc, lrc);
+    assert_int_equal(g.n, k);
+    if (g.rc == CHAT_OK)
+        assert_int_equal(g.count, (int64_t)(n - k));
+    for (size_t i = 0; i < k; i++) {
+        const store_message *a = &g.msgs[i], *b = &all[n - k + i];
+        assert_int_equal(a->id, b->id);
+        assert_int_equal(a->seq, b->seq);
+        assert_opt_str(a->role, b->role);
+        assert_opt_str(a->content, b->content);
+        assert_opt_str(a->blocks, b->blocks);
+        assert_opt_str(a->status, b->status);
+        assert_opt_str(a->model, b->model);
+        assert_opt_str(a->stop_reason, b->stop_reason);
+        assert_int_equal(a->tokens, b->tokens);
+        assert_memory_equal(&a->usage, &b->usage, sizeof a->usage);
+        assert_int_equal(a->cost_micros, b->cost_micros);
+        assert_int_equal(a->created_at, b->created_at);
+    }
+    store_messages_free(g.msgs, g.n);
+    store_messages_free(all, n);
+}
+
+/* Through turns (text, and one with content blocks), a budget that cuts the
+ * history, a reset and a delete, every tail read of a served file equals the
+ * database's. */
+static void test_tail_reads_through_the_history_cache(void **state)
+{
+    struct fixture *f = *state;
+    store *s = open_url(f->url);
+    struct event_base *base = event_base_new();
+    assert_int_equal(store_attach(s, base, 1, 5000), CHAT_OK);
+    static const int64_t budgets[] = { 1, 40, 1000000 };
+    for (int i = 0; i < 36; i++) {
+        if (i == 14) {
+            store_op *op = store_op_new(STORE_OP_SESSION_RESET);
+            op->in.session_id = store_op_str(op, "hc");
+            op->in.now = 5000;
+            assert_int_equal(run_op(s, base, op).rc, CHAT_OK);
+        } else if (i == 25) {
+            store_op *op = store_op_new(STORE_OP_SESSION_DELETE);
+            op->in.session_id = store_op_str(op, "hc");
+            assert_int_equal(run_op(s, base, op).rc, CHAT_OK);
+        }
+        for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++)
+            check_tail(s, base, "hc", budgets[b]);
+        store_op *lock = store_op_new(STORE_OP_LOCK_ACQUIRE);
+        lock->in.session_id = store_op_str(lock, "hc");
+        lock->in.token = "tok";
+        lock->in.now = 1000 + i;
+        lock->in.ttl_ms = 600000;
+        assert_int_equal(run_op(s, base, lock).rc, CHAT_OK);
+        store_op *op = store_op_new(STORE_OP_TURN_COMMIT);
+        store_turn *t = &op->in.turn;
+        char text[64];
+        snprintf(text, sizeof text, "turn %d", i);
+        t->session_id = store_op_str(op, "hc");
+        t->system_prompt = "You are helpful.";
+        t->model = "claude-test";
+        t->user_content = store_op_str(op, text);
+        t->assistant_content = "hi there";
+        if (i == 8)
+            t->assistant_blocks = "[{\"type\":\"text\",\"text\":\"hi there\"}]";
+        t->status = "complete";
+        t->stop_reason = "end_turn";
+        t->user_tokens = i % 4 == 0 ? -1 : 7;
+        t->usage = (store_usage){ 10, 3, 0, 0 };
+        t->cost_micros = 7;
+        t->lock_token = "tok";
+        t->now = 2000 + i;
+        assert_int_equal(run_op(s, base, op).rc, CHAT_OK);
+        for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++)
+            check_tail(s, base, "hc", budgets[b]);
+    }
+    store_close(s);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_commit_many_sessions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_alone_in_its_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acquire_waits_for_a_commit_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tail_reads_through_the_history_cache, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
