@@ -89,15 +89,40 @@ static void put_u(out *o, unsigned v)
     put(o, e, sizeof e);
 }
 
+/* Whether none of the 8 bytes of w ends a run: no control character, quote,
+ * backslash, non-ASCII byte, nor '/' when slash. The classic "has a zero
+ * byte" test ((x - 0x01..) & ~x & 0x80..) on w and on w xor each byte
+ * sought; its borrows can only misfire next to a real match, so the word's
+ * answer is exact. */
+static inline bool word_plain(uint64_t w, bool slash)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    uint64_t m = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w;
+    if (slash) {
+        uint64_t s = w ^ (ones * '/');
+        m |= (s - ones) & ~s;
+    }
+    return (m & high) == 0;
+}
+
 static bool put_string(out *o, const char *str, size_t n)
 {
     const unsigned char *u = (const unsigned char *)str, *end = u + n;
     const unsigned char *cls = o->cls;
+    bool slash = (o->flags & JSON_ESCAPE_SLASH) != 0;
     reserve(o, n + 2);
     o->p[o->len++] = '"';
     while (u < end) {
         const unsigned char *run = u;
         for (;;) {
+            while (end - u >= 8) { /* prose: eight bytes at a time */
+                uint64_t w;
+                memcpy(&w, u, sizeof w);
+                if (!word_plain(w, slash))
+                    break;
+                u += 8;
+            }
             while (u < end && cls[*u] == C_COPY)
                 u++;
             if (u < end && cls[*u] == C_UTF8) {

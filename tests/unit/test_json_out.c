@@ -133,6 +133,39 @@ static void test_other_flags_delegate(void **state)
     json_decref(v);
 }
 
+/* Strings are scanned eight bytes at a time: every byte that ends a run, at
+ * every offset of a word and across words, under every flag that changes the
+ * bytes that end a run. */
+static void test_word_scan_boundaries(void **state)
+{
+    (void)state;
+    static const char *const specials[] = { "\"",   "\\", "\n",       "\x01",         "\x1f",
+                                            "\x7f", "/",  "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+                                            " ",    "~" };
+    static const size_t flag_sets[] = { JSON_COMPACT, JSON_COMPACT | JSON_ESCAPE_SLASH,
+                                        JSON_COMPACT | JSON_ENSURE_ASCII,
+                                        JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH };
+    char buf[64];
+    for (size_t k = 0; k < sizeof specials / sizeof specials[0]; k++)
+        for (size_t len = 1; len <= 40; len += 3)
+            for (size_t at = 0; at < len; at++) {
+                size_t sl = strlen(specials[k]);
+                if (at + sl > len)
+                    continue;
+                memset(buf, 'a', len);
+                memcpy(buf + at, specials[k], sl);
+                buf[len] = '\0';
+                json_t *v = json_pack("[s]", buf);
+                assert_non_null(v);
+                for (size_t f = 0; f < sizeof flag_sets / sizeof flag_sets[0]; f++) {
+                    char *s = both(v, flag_sets[f]);
+                    assert_non_null(s);
+                    free(s);
+                }
+                json_decref(v);
+            }
+}
+
 static void test_large_string(void **state)
 {
     (void)state;
@@ -159,6 +192,7 @@ int main(void)
         cmocka_unit_test(test_what_json_dumps_refuses),
         cmocka_unit_test(test_cycle_and_depth),
         cmocka_unit_test(test_other_flags_delegate),
+        cmocka_unit_test(test_word_scan_boundaries),
         cmocka_unit_test(test_large_string),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
