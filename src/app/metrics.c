@@ -44,6 +44,8 @@ static metrics_def *const page[] = {
     &http_metric_connections_open,
     &http_metric_connections_refused,
     &guard_metric_auth_lookups,
+    &store_metric_history_reads,
+    &store_metric_history_bytes,
 };
 
 chat_rc chat_app_metrics_init(const char *version)

@@ -16,6 +16,7 @@
 
 #include "core/alloc.h"
 #include "store/backend.h"
+#include "store/metrics.h"
 
 typedef struct entry {
     char *sid;
@@ -98,6 +99,14 @@ history_cache *history_cache_new(size_t max_bytes)
 
 /* ---- LRU list and messages ---- */
 
+/* Every change of the bytes held goes through here (and the gauge). */
+static void bytes_add(history_cache *c, entry *e, int64_t delta)
+{
+    c->bytes = (size_t)((int64_t)c->bytes + delta);
+    e->bytes = (size_t)((int64_t)e->bytes + delta);
+    metrics_history_bytes(delta);
+}
+
 static void lru_unlink(history_cache *c, entry *e)
 {
     if (e->newer)
@@ -131,8 +140,7 @@ static void drop_msgs(history_cache *c, entry *e)
     free(e->msgs);
     e->msgs = NULL;
     e->n = e->cap = 0;
-    c->bytes -= e->bytes;
-    e->bytes = 0;
+    bytes_add(c, e, -(int64_t)e->bytes);
     e->has = false;
     c->nkept--;
     lru_unlink(c, e);
@@ -263,6 +271,7 @@ bool history_cache_get(history_cache *c, const char *session_id, int64_t tail_to
         lru_unlink(c, e);
         lru_push(c, e);
         pthread_mutex_unlock(&c->mu);
+        metrics_history_read(true);
         return true;
     }
     if (!e)
@@ -270,6 +279,7 @@ bool history_cache_get(history_cache *c, const char *session_id, int64_t tail_to
     e->pins++;
     *ticket = e->gen;
     pthread_mutex_unlock(&c->mu);
+    metrics_history_read(false);
     return false;
 }
 
@@ -298,9 +308,8 @@ void history_cache_fill(history_cache *c, const char *session_id, uint64_t ticke
         e->tail = tail_tokens;
         e->whole = (int64_t)n == total;
         e->total = total;
-        e->bytes = bytes;
+        bytes_add(c, e, (int64_t)bytes);
         e->has = true;
-        c->bytes += bytes;
         c->nkept++;
         lru_push(c, e);
         evict(c);
@@ -344,8 +353,7 @@ void history_cache_append(history_cache *c, const char *session_id, const store_
         }
         for (size_t i = 0; i < n; i++) {
             msg_copy(&e->msgs[e->n + i], &msgs[i]);
-            e->bytes += msg_bytes(&msgs[i]);
-            c->bytes += msg_bytes(&msgs[i]);
+            bytes_add(c, e, (int64_t)msg_bytes(&msgs[i]));
         }
         e->n += n;
         e->total = total;
@@ -355,8 +363,7 @@ void history_cache_append(history_cache *c, const char *session_id, const store_
         if (k < e->n) {
             size_t cut = e->n - k;
             for (size_t i = 0; i < cut; i++) {
-                e->bytes -= msg_bytes(&e->msgs[i]);
-                c->bytes -= msg_bytes(&e->msgs[i]);
+                bytes_add(c, e, -(int64_t)msg_bytes(&e->msgs[i]));
                 msg_free(&e->msgs[i]);
             }
             memmove(e->msgs, e->msgs + cut, k * sizeof *e->msgs);

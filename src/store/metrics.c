@@ -37,3 +37,36 @@ void metrics_db_unavailable(const char *op)
     if (c)
         metrics_counter_add(c, 1);
 }
+
+metrics_def store_metric_history_reads = {
+    .desc = { METRICS_COUNTER,
+              "chatd_history_cache_reads_total",
+              "Turns' history reads on SQLite, by result: hit (from the history cache, HISTORY_CACHE_SIZE) or "
+              "miss (from the database file).",
+              { "result" },
+              4,
+              NULL,
+              0 }
+};
+
+metrics_def store_metric_history_bytes = { .desc = { METRICS_GAUGE,
+                                                     "chatd_history_cache_bytes",
+                                                     "Bytes of messages the SQLite history cache holds.",
+                                                     { NULL },
+                                                     0,
+                                                     NULL,
+                                                     0 } };
+
+void metrics_history_read(bool hit)
+{
+    metrics_child *c = metrics_def_child1(&store_metric_history_reads, hit ? "hit" : "miss");
+    if (c)
+        metrics_counter_add(c, 1);
+}
+
+void metrics_history_bytes(int64_t delta)
+{
+    metrics_child *c = metrics_def_child(&store_metric_history_bytes, NULL);
+    if (c)
+        metrics_gauge_add(c, delta);
+}

@@ -380,3 +380,18 @@ def test_db_operation_durations(server, fake):
         K(H, op="history_load"): 2,   # the first turn had no session to load
     })
     assert after.sum(H) - before.sum(H) >= 8
+
+
+def test_history_cache_reads_and_bytes(server, fake):
+    # A session's first turn has no history to read; the second reads it from
+    # the file (a miss, which fills the cache), every later one from the
+    # history cache, which then holds the session's messages.
+    c = server.client
+    before = scrape(c)
+    for i in range(5):
+        assert c.post("/v1/chat", json={"message": f"cache {i}", "session_id": "m-hc"}).status_code == 200
+    R = "chatd_history_cache_reads_total"
+    after = assert_delta(c, before, {K(R, result="miss"): 1, K(R, result="hit"): 3})
+    assert after.get("chatd_history_cache_bytes") > before.get("chatd_history_cache_bytes")
+    msgs = c.get("/v1/sessions/m-hc/messages").json()["data"]
+    assert [m["content"] for m in msgs if m["role"] == "user"] == [f"cache {i}" for i in range(5)]

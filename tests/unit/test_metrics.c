@@ -768,6 +768,8 @@ static void test_chatd_metrics(void **state)
         { "chatd_connections_open", "gauge" },
         { "chatd_connections_refused_total", "counter" },
         { "chatd_auth_key_lookups_total", "counter" },
+        { "chatd_history_cache_reads_total", "counter" },
+        { "chatd_history_cache_bytes", "gauge" },
     };
     assert_int_equal(p.nf, sizeof want / sizeof want[0]);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
