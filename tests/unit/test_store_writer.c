@@ -31,7 +31,10 @@
 
 #include <event2/event.h>
 
+#include <sqlite3.h>
+
 #include "core/assets.h"
+#include "store/sqlite_int.h"
 #include "store/store.h"
 #include "store_testdb.h"
 
@@ -437,6 +440,50 @@ static void test_tail_reads_through_the_history_cache(void **state)
     event_base_free(base);
 }
 
+/* ---- the session list statements and their indexes ------------------------- */
+
+#define AS_ROW(id, sql) { #id, sql },
+static const struct {
+    const char *name, *sql;
+} statements[] = { STATEMENTS(AS_ROW) };
+
+/* Every session list (newest or oldest first, all or one owner's, first page
+ * or after a cursor) walks an index of the migrated schema, in either
+ * direction: no scan of the table, no sort (006_session_indexes_ascending.sql
+ * made them ascending and the owner one partial). */
+static void test_session_lists_walk_an_index(void **state)
+{
+    struct fixture *f = *state;
+    store_close(open_url(f->url)); /* creates and migrates the file */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    int lists = 0;
+    for (size_t i = 0; i < sizeof statements / sizeof statements[0]; i++) {
+        if (strncmp(statements[i].name, "ST_LIST_", 8) != 0)
+            continue;
+        lists++;
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", statements[i].sql);
+        sqlite3_stmt *st = NULL;
+        assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+        int rows = 0;
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *detail = (const char *)sqlite3_column_text(st, 3);
+            rows++;
+            /* A list of one owner's sessions seeks that owner in its index. */
+            const char *want = strstr(statements[i].name, "OWNER")
+                                   ? "SEARCH sessions USING INDEX sessions_owner_created_idx (owner=?"
+                                   : "USING INDEX sessions_created_idx";
+            if (!strstr(detail, want) || strstr(detail, "TEMP B-TREE"))
+                fail_msg("%s: %s", statements[i].name, detail);
+        }
+        assert_int_equal(rows, 1);
+        sqlite3_finalize(st);
+        sqlite3_free(q);
+    }
+    assert_int_equal(lists, 8);
+    sqlite3_close(db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -444,6 +491,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_op_alone_in_its_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acquire_waits_for_a_commit_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tail_reads_through_the_history_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_lists_walk_an_index, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
