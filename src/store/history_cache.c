@@ -55,17 +55,65 @@ static uint64_t hash_of(const char *s)
     return h;
 }
 
-static size_t str_bytes(const char *s)
+/* What malloc spends on one block besides its bytes (glibc: a size word,
+ * rounded to 16), so that the bound is on memory, not on text. */
+#define BLOCK_OVERHEAD 16
+
+static size_t str_size(const char *s)
 {
     return s ? strlen(s) + 1 : 0;
 }
 
+/* A cached message keeps its strings in one block, in this order; its first
+ * non-NULL string is the block's start (msg_unpack frees it). The small,
+ * repeated strings (role, status, model, stop reason) would otherwise cost a
+ * malloc chunk each, several times their text. */
+#define MSG_STRINGS(m)                                                                        \
+    {                                                                                         \
+        &(m)->role, &(m)->content, &(m)->blocks, &(m)->status, &(m)->model, &(m)->stop_reason \
+    }
+
+/* The memory of a cached copy of m, its slot in the entry's array aside. */
 static size_t msg_bytes(const store_message *m)
 {
-    return sizeof *m + str_bytes(m->role) + str_bytes(m->content) + str_bytes(m->blocks) + str_bytes(m->status) +
-           str_bytes(m->model) + str_bytes(m->stop_reason);
+    char *const *f[] = MSG_STRINGS((store_message *)m);
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        n += str_size(*f[i]);
+    return n ? n + BLOCK_OVERHEAD : 0;
 }
 
+/* The cache's copy of src, its strings packed in one block. */
+static void msg_pack(store_message *dst, const store_message *src)
+{
+    *dst = *src;
+    char **f[] = MSG_STRINGS(dst);
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        total += str_size(*f[i]);
+    char *p = total ? chat_xmalloc(total) : NULL;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        if (!*f[i])
+            continue;
+        size_t n = strlen(*f[i]) + 1;
+        memcpy(p, *f[i], n);
+        *f[i] = p;
+        p += n;
+    }
+}
+
+static void msg_unpack_free(store_message *m)
+{
+    char **f[] = MSG_STRINGS(m);
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (*f[i]) {
+            free(*f[i]);
+            return;
+        }
+}
+
+/* A caller's copy of a cached message: each string its own allocation, as
+ * store_messages_free frees them. */
 static void msg_copy(store_message *dst, const store_message *src)
 {
     *dst = *src;
@@ -75,16 +123,6 @@ static void msg_copy(store_message *dst, const store_message *src)
     dst->status = chat_xstrdup(src->status);
     dst->model = chat_xstrdup(src->model);
     dst->stop_reason = chat_xstrdup(src->stop_reason);
-}
-
-static void msg_free(store_message *m)
-{
-    free(m->role);
-    free(m->content);
-    free(m->blocks);
-    free(m->status);
-    free(m->model);
-    free(m->stop_reason);
 }
 
 history_cache *history_cache_new(size_t max_bytes)
@@ -136,7 +174,7 @@ static void drop_msgs(history_cache *c, entry *e)
     if (!e->has)
         return;
     for (size_t i = 0; i < e->n; i++)
-        msg_free(&e->msgs[i]);
+        msg_unpack_free(&e->msgs[i]);
     free(e->msgs);
     e->msgs = NULL;
     e->n = e->cap = 0;
@@ -295,7 +333,7 @@ void history_cache_fill(history_cache *c, const char *session_id, uint64_t ticke
         return;
     }
     e->pins--;
-    size_t bytes = 0;
+    size_t bytes = n ? n * sizeof *msgs + BLOCK_OVERHEAD : 0; /* the array */
     for (size_t i = 0; i < n; i++)
         bytes += msg_bytes(&msgs[i]);
     if (ok && e->gen == ticket && e->writers == 0 && c->writers_all == 0 && bytes <= c->max_bytes / 4 &&
@@ -303,7 +341,7 @@ void history_cache_fill(history_cache *c, const char *session_id, uint64_t ticke
         drop_msgs(c, e);
         e->msgs = n ? chat_xcalloc(n, sizeof *e->msgs) : NULL;
         for (size_t i = 0; i < n; i++)
-            msg_copy(&e->msgs[i], &msgs[i]);
+            msg_pack(&e->msgs[i], &msgs[i]);
         e->n = e->cap = n;
         e->tail = tail_tokens;
         e->whole = (int64_t)n == total;
@@ -348,11 +386,13 @@ void history_cache_append(history_cache *c, const char *session_id, const store_
     e->gen++;
     if (e->has && follows(e, msgs, n)) {
         if (e->n + n > e->cap) {
-            e->cap = (e->n + n) * 2;
-            e->msgs = chat_xrealloc(e->msgs, e->cap * sizeof *e->msgs);
+            size_t cap = (e->n + n) + (e->n + n) / 2;
+            bytes_add(c, e, (int64_t)((cap - e->cap) * sizeof *e->msgs + (e->cap ? 0 : BLOCK_OVERHEAD)));
+            e->msgs = chat_xrealloc(e->msgs, cap * sizeof *e->msgs);
+            e->cap = cap;
         }
         for (size_t i = 0; i < n; i++) {
-            msg_copy(&e->msgs[e->n + i], &msgs[i]);
+            msg_pack(&e->msgs[e->n + i], &msgs[i]);
             bytes_add(c, e, (int64_t)msg_bytes(&msgs[i]));
         }
         e->n += n;
@@ -364,7 +404,7 @@ void history_cache_append(history_cache *c, const char *session_id, const store_
             size_t cut = e->n - k;
             for (size_t i = 0; i < cut; i++) {
                 bytes_add(c, e, -(int64_t)msg_bytes(&e->msgs[i]));
-                msg_free(&e->msgs[i]);
+                msg_unpack_free(&e->msgs[i]);
             }
             memmove(e->msgs, e->msgs + cut, k * sizeof *e->msgs);
             e->n = k;
