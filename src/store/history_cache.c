@@ -333,7 +333,8 @@ void history_cache_fill(history_cache *c, const char *session_id, uint64_t ticke
         return;
     }
     e->pins--;
-    size_t bytes = n ? n * sizeof *msgs + BLOCK_OVERHEAD : 0; /* the array */
+    /* The entry itself and its key, then the array. */
+    size_t bytes = sizeof *e + strlen(e->sid) + 1 + 2 * BLOCK_OVERHEAD + (n ? n * sizeof *msgs + BLOCK_OVERHEAD : 0);
     for (size_t i = 0; i < n; i++)
         bytes += msg_bytes(&msgs[i]);
     if (ok && e->gen == ticket && e->writers == 0 && c->writers_all == 0 && bytes <= c->max_bytes / 4 &&
