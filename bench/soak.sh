@@ -60,6 +60,11 @@ command -v curl >/dev/null || die "curl not found"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 resolve_chatd_bin "${1:-}"
+# The commit checked out now, when the binary is taken: a commit made during a
+# 30-minute run must not stamp the result.
+SHA=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=0
+[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || DIRTY=1
 TMP=$(mktemp -d /tmp/chatd-soak.XXXXXX)
 if [[ -n ${SOAK_DB_DIR:-} ]]; then
     [[ -d $SOAK_DB_DIR ]] || die "SOAK_DB_DIR $SOAK_DB_DIR is not a directory"
@@ -201,9 +206,6 @@ fi
 LOAD_AFTER=$(cores_busy 2)
 DB_BYTES=$(du -cb "$DB_DIR_"/soak.db* 2>/dev/null | tail -n1 | awk '{print $1}')
 
-SHA=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=0
-[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || DIRTY=1
 RECORD_BASE=
 ((RECORD)) && RECORD_BASE=$BENCH_DIR/results/soak-$(date -u +%Y-%m-%d)-$SHA
 mkdir -p "$(dirname "$OUT_JSON")"
