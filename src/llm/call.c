@@ -530,6 +530,14 @@ static void easy_put(CURL *e)
     pool->h[pool->n++] = e;
 }
 
+void llm__easy_pool_drain(void)
+{
+    pthread_once(&easy_pool_once, easy_pool_init);
+    easy_pool *pool = pthread_getspecific(easy_pool_key);
+    while (pool && pool->n > 0)
+        curl_easy_cleanup(pool->h[--pool->n]);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Lifetime                                                                   */
 

@@ -272,6 +272,8 @@ void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e);
 
 /* The call owning a link (call.c). */
 llm_call *llm__call_of_link(llm_link *l);
+/* Frees the easy handles this thread keeps for reuse (llm_transport_shed). */
+void llm__easy_pool_drain(void);
 
 /*
  * A transfer of c ended with rc (from curl_multi_info_read). Called by the

@@ -211,6 +211,20 @@ static int multi_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, v
     return 0;
 }
 
+/* A new multi handle on t's loop, with an empty connection cache. */
+static void multi_open(llm_transport *t)
+{
+    t->multi = curl_multi_init();
+    if (!t->multi)
+        chat_fatal("cannot create the curl multi handle");
+    curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, multi_socket_cb);
+    curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
+    curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
+    curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)LLM_H2_MAX_STREAMS);
+    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)LLM_MAX_CACHED_CONNECTIONS);
+}
+
 llm_transport *llm_transport_new(struct event_base *base)
 {
     pthread_once(&curl_once, curl_init_once);
@@ -220,22 +234,36 @@ llm_transport *llm_transport_new(struct event_base *base)
     t->rng = (uint64_t)chat_mono_ms() ^ ((uint64_t)(uintptr_t)t << 17) ^ 0x9E3779B97F4A7C15ull;
     if (!t->rng)
         t->rng = 1;
-    t->multi = curl_multi_init();
     t->timer = evtimer_new(base, timer_event_cb, t);
-    if (!t->multi || !t->timer) {
-        chat_fatal("cannot create the curl multi handle or its timer");
-    }
-    curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, multi_socket_cb);
-    curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
-    curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
-    curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
-    curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)LLM_H2_MAX_STREAMS);
-    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)LLM_MAX_CACHED_CONNECTIONS);
+    if (!t->timer)
+        chat_fatal("cannot create the curl timer");
     const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
     t->pk_reuse_broken = vi->version_num < 0x080000;
     t->h2_pause_blocks = vi->version_num < 0x080100;
+    multi_open(t);
     llm_transport_set_http_version(t, LLM_HTTP_AUTO);
     return t;
+}
+
+/* Closes the multi handle with every connection in its cache. */
+static void multi_close(llm_transport *t)
+{
+    curl_multi_cleanup(t->multi);
+    t->multi = NULL;
+    /* curl normally releases every socket with CURL_POLL_REMOVE; free any it did not. */
+    while (t->socks)
+        sock_release(t, t->socks);
+    event_del(t->timer);
+}
+
+void llm_transport_shed(llm_transport *t)
+{
+    llm__easy_pool_drain();
+    if (t->n_calls > 0)
+        return; /* their connections are in use */
+    multi_close(t);
+    multi_open(t);
+    llm_transport_set_http_version(t, t->http);
 }
 
 void llm_transport_free(llm_transport *t)
@@ -252,10 +280,7 @@ void llm_transport_free(llm_transport *t)
          * transport from there would leave that call a dangling transport. */
         chat_fatal("llm_transport_free called from inside a call's callback");
     }
-    curl_multi_cleanup(t->multi);
-    /* curl normally releases every socket with CURL_POLL_REMOVE; free any it did not. */
-    while (t->socks)
-        sock_release(t, t->socks);
+    multi_close(t);
     while (t->origins) {
         h2c_origin *o = t->origins;
         t->origins = o->next;

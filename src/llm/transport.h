@@ -46,6 +46,12 @@ void llm_transport_set_http_version(llm_transport *t, llm_http_version v);
 /* Cancels every running call (no callbacks) and frees the transport. Accepts NULL. */
 void llm_transport_free(llm_transport *t);
 
+/* Drops what the transport keeps for reuse, so that its memory can go back
+ * to the system after a burst: this thread's idle easy handles and, when no
+ * call is running (nothing to cut short), every cached provider connection
+ * (the next call connects afresh). Same thread as the transport. */
+void llm_transport_shed(llm_transport *t);
+
 /* Number of calls currently running (for metrics and graceful shutdown). */
 int llm_transport_active(const llm_transport *t);
 

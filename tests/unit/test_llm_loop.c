@@ -1299,6 +1299,43 @@ static void test_two_calls(void **state)
     tc_free(&c);
 }
 
+/* llm_transport_shed: an idle transport closes its cached connection (the
+ * server sees it end) and connects afresh for the next call; a transport with
+ * a call running keeps its connections, and the call ends normally. */
+static void test_shed(void **state)
+{
+    (void)state;
+    tc c;
+    tc_init(&c, &STREAM_OK, 1);
+    tc_start(&c, true);
+    run_until_done(&c, 3000);
+    assert_int_equal(c.status, LLM_OK);
+    assert_false(peer_closed(&c.s)); /* kept for the next call */
+    llm_transport_shed(c.t);
+    bool closed = false;
+    for (int i = 0; i < 200 && !(closed = peer_closed(&c.s)); i++)
+        usleep(1000);
+    assert_true(closed);
+
+    tc d;
+    memset(&d, 0, sizeof d);
+    d.base = c.base;
+    d.retry_after_ms = -2;
+    static const llm_message msgs[] = { { "user", "Hello", NULL } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
+    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &d, &d.call), CHAT_OK);
+    llm_transport_shed(c.t); /* a call is running: nothing is cut */
+    run_until_done(&d, 3000);
+    assert_int_equal(d.status, LLM_OK);
+    assert_string_equal(d.text, "Hello, world!");
+    assert_int_equal(c.s.nreq, 2);
+    assert_false(peer_closed(&c.s));
+    free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason),
+        free(d.model), free(d.rtext), free(d.content), free(d.stop_sequence);
+    tc_free(&c);
+}
+
 /* ------------------------------------------------------------------------ */
 /* OpenAI-compatible provider (docs/PROTOCOLS.md B)                                */
 
@@ -1742,6 +1779,7 @@ int main(void)
         cmocka_unit_test(test_transport_free_cancels),
         cmocka_unit_test(test_invalid_start),
         cmocka_unit_test(test_two_calls),
+        cmocka_unit_test(test_shed),
         cmocka_unit_test(test_openai_stream_ok),
         cmocka_unit_test(test_openai_nonstream_ok),
         cmocka_unit_test(test_openai_midstream_error),
