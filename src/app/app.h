@@ -56,6 +56,7 @@ typedef struct chat_worker {
     int listen_fd;
     pthread_t thread;
     struct event *stop_ev;    /* activated by the main thread to begin the drain */
+    struct event *shed_ev;    /* activated by the main thread after a burst (app.c, maybe_trim) */
     struct event *drain_tick; /* polls for the end of the drain */
     struct event *sweep;      /* worker 0 only: the retention sweeper */
     bool sweeping;            /* a sweep's store operations are in flight */
@@ -86,6 +87,7 @@ struct chat_app {
     chat_worker *workers;
     atomic_bool stopping;
     int max_connections;         /* MAX_CONNECTIONS, or derived from the descriptor limit (see app.c) */
+    int descriptor_slots;        /* descriptor numbers each loop reserves its records for at start (app.c) */
     atomic_int open_connections; /* client sockets open across the workers (http/server.h) */
     pthread_mutex_t wake_lock;   /* guards waking workers against their exit (RUNNING -> STOPPED) */
 };
