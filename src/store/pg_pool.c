@@ -54,6 +54,9 @@
 #define BACKOFF_MAX_MS 2000
 /* Longest error text kept for the log. */
 #define ERR_MAX 300
+/* Times an op rolled back by a deadlock or a serialization failure is sent
+ * again before its error is returned. */
+#define PG_RERUN_MAX 3
 
 typedef enum conn_state {
     CONN_DOWN = 0,   /* no PGconn; the timer is the reconnect backoff */
@@ -77,6 +80,8 @@ typedef struct pg_conn {
     store_op *op;         /* BUSY: the op in flight */
     const pg_op_def *def; /* BUSY: its def */
     bool op_retry;        /* BUSY: the op was already requeued once */
+    bool rerun;           /* BUSY: its transaction was rolled back by a deadlock: send it again */
+    int reruns;           /* BUSY: how many times the op was sent again so */
     bool sent;            /* PREPARING/BUSY: the whole statement left libpq's buffer */
     bool decoded;         /* BUSY: dec ran on the first result */
     char err[ERR_MAX];    /* last error worth logging (server FATAL, failed prepare), or "" */
@@ -265,7 +270,8 @@ static void conn_close(pg_conn *c)
     c->state = CONN_DOWN;
     c->op = NULL;
     c->def = NULL;
-    c->sent = c->decoded = c->op_retry = c->prep_failed = false;
+    c->sent = c->decoded = c->op_retry = c->rerun = c->prep_failed = false;
+    c->reruns = 0;
 }
 
 static void arm_timer(pg_conn *c, int64_t ms)
@@ -419,7 +425,15 @@ static bool take_result(pg_conn *c, const PGresult *res)
         return true; /* one statement, one result: ignore anything more */
     c->decoded = true;
     const char *state = st == PGRES_FATAL_ERROR ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (state && strcmp(state, "57014") == 0) {
+    if (state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0) && c->reruns < PG_RERUN_MAX) {
+        /* deadlock_detected, serialization_failure: the server rolled the
+         * op's transaction back (every op is one statement, its own
+         * transaction), so nothing of it happened: statement_done sends it
+         * again. */
+        chat_log(LOG_WARN, "postgres transaction rolled back, run again",
+                 json_pack("{s:s,s:s,s:i}", "op", c->def->name, "sqlstate", state, "attempt", c->reruns + 2));
+        c->rerun = true;
+    } else if (state && strcmp(state, "57014") == 0) {
         /* query_canceled: the statement_timeout ran out (or an admin cancelled
          * it); nothing was committed. */
         chat_log(LOG_WARN, "postgres statement cancelled", json_pack("{s:s}", "op", c->def->name));
@@ -434,6 +448,8 @@ static bool take_result(pg_conn *c, const PGresult *res)
     return true;
 }
 
+static void start_op(pg_conn *c, store_op *op, bool retry, int reruns);
+
 /* PQgetResult returned NULL: the statement is over. */
 static void statement_done(pg_conn *c)
 {
@@ -447,6 +463,13 @@ static void statement_done(pg_conn *c)
         return;
     }
     store_op *op = c->op;
+    if (c->rerun) {
+        c->op = NULL;
+        c->def = NULL;
+        c->state = CONN_IDLE;
+        start_op(c, op, c->op_retry, c->reruns + 1);
+        return;
+    }
     if (!c->decoded) {
         chat_log(LOG_ERROR, "postgres statement without result", json_pack("{s:s}", "op", c->def->name));
         op->rc = CHAT_EIO;
@@ -518,8 +541,9 @@ static void idle_read(pg_conn *c)
         conn_lost(c, NULL);
 }
 
-/* Sends op on the IDLE connection c (retry: op was requeued once already). */
-static void start_op(pg_conn *c, store_op *op, bool retry)
+/* Sends op on the IDLE connection c (retry: op was requeued once already;
+ * reruns: times it was sent again after a deadlock, take_result). */
+static void start_op(pg_conn *c, store_op *op, bool retry, int reruns)
 {
     pg_pool *p = c->pool;
     const pg_op_def *def = pg_op_def_for(op);
@@ -538,6 +562,8 @@ static void start_op(pg_conn *c, store_op *op, bool retry)
     c->op = op;
     c->def = def;
     c->op_retry = retry;
+    c->rerun = false;
+    c->reruns = reruns;
     c->sent = false;
     c->decoded = false;
     c->state = CONN_BUSY;
@@ -594,7 +620,7 @@ static void dispatch(pg_pool *p)
         /* An op enc refuses leaves c IDLE: take the next one. */
         while (c->state == CONN_IDLE && (p->retry.head || p->queue.head)) {
             bool retry = p->retry.head != NULL;
-            start_op(c, list_pop(retry ? &p->retry : &p->queue), retry);
+            start_op(c, list_pop(retry ? &p->retry : &p->queue), retry, 0);
         }
     }
     arm_deadline(p);

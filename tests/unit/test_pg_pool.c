@@ -8,8 +8,9 @@
  * With a server (CHATD_TEST_PG_URL, e.g. through tests/pg/with-pg.sh; the
  * tests are skipped with a message otherwise): many concurrent ops, a refused
  * op, the queue deadline behind a busy connection (a second, raw connection
- * takes LOCK TABLE stats so that a stats_get waits), an idle connection the
- * server closed (its next op is requeued, not failed), and, with
+ * takes LOCK TABLE stats so that a stats_get waits), an op rolled back by a
+ * deadlock (sent again), an idle connection the server closed (its next op is
+ * requeued, not failed), and, with
  * the server's pgserver.sh directory (CHATD_TEST_PG_DIR, else found from its
  * data_directory), a server restart (tests/pg/pgserver.sh stop/start):
  * ops fail with CHAT_EUNAVAIL while it is down and succeed after, in the same
@@ -477,6 +478,47 @@ static void test_statement_timeout(void **state)
     pg_pool_free(p);
 }
 
+/* An op whose transaction the server rolls back to break a deadlock is sent
+ * again, not failed: a raw connection locks the stats table, the pool's
+ * session reset locks its session row and waits for stats, and the raw
+ * connection then asks for that session row. The reset waited first, so its
+ * deadlock check runs first and it is the one rolled back; sent again, it
+ * waits for the raw connection's commit and then succeeds. */
+static void test_deadlock_rerun(void **state)
+{
+    (void)state;
+    NEED_PG();
+    pg_pool *p = NULL;
+    assert_int_equal(pg_pool_new(base, pg_url, 1, 30000, &p), CHAT_OK);
+    PGconn *raw = raw_connect();
+    raw_exec(raw, "DELETE FROM sessions WHERE id = 'deadlock-rerun'");
+    raw_exec(raw, "INSERT INTO sessions (id, created_at, updated_at) VALUES ('deadlock-rerun', 1, 1)");
+    raw_exec(raw, "BEGIN");
+    raw_exec(raw, "UPDATE stats SET total_turns = total_turns"); /* every shard's row */
+    result r = { 0 };
+    store_op *op = mkop(STORE_OP_SESSION_RESET, &r);
+    op->in.session_id = store_op_str(op, "deadlock-rerun");
+    op->in.now = 2;
+    pg_pool_submit(p, op);
+    run_for(300); /* the reset holds the session row and waits for stats */
+    assert_int_equal(r.done, 0);
+    /* Blocks until the server breaks the cycle (deadlock_timeout, 1 s by default). */
+    raw_exec(raw, "UPDATE sessions SET updated_at = 3 WHERE id = 'deadlock-rerun'");
+    run_for(300); /* the reset's rollback arrives; sent again, it waits for the session row */
+    assert_int_equal(r.done, 0);
+    raw_exec(raw, "COMMIT");
+    assert_true(run_until_done(&r, 1, 5000));
+    assert_int_equal(r.rc, CHAT_OK);
+    PGresult *res = PQexec(raw, "SELECT turn_count, updated_at FROM sessions WHERE id = 'deadlock-rerun'");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(res, 0, 0), "0");
+    assert_string_equal(PQgetvalue(res, 0, 1), "2");
+    PQclear(res);
+    raw_exec(raw, "DELETE FROM sessions WHERE id = 'deadlock-rerun'");
+    PQfinish(raw);
+    pg_pool_free(p);
+}
+
 /* The server ends the pool's idle connection before the loop notices: the
  * next op finds it dead before sending, is requeued and succeeds on the new
  * connection. */
@@ -600,6 +642,7 @@ int main(void)
         cmocka_unit_test(test_enc_refusal),
         cmocka_unit_test(test_queue_deadline_busy),
         cmocka_unit_test(test_statement_timeout),
+        cmocka_unit_test(test_deadlock_rerun),
         cmocka_unit_test(test_idle_killed_requeued),
         cmocka_unit_test(test_server_restart),
     };
