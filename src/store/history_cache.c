@@ -87,6 +87,7 @@ static size_t msg_bytes(const store_message *m)
 static void msg_pack(store_message *dst, const store_message *src)
 {
     *dst = *src;
+    dst->packed = false;
     char **f[] = MSG_STRINGS(dst);
     size_t total = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
@@ -112,17 +113,49 @@ static void msg_unpack_free(store_message *m)
         }
 }
 
-/* A caller's copy of a cached message: each string its own allocation, as
- * store_messages_free frees them. */
-static void msg_copy(store_message *dst, const store_message *src)
+/* The extent of a cached message's string block (msg_pack): from its first
+ * string to the end of its last, found without reading the long ones. */
+static size_t msg_block(const store_message *m, const char **start)
 {
-    *dst = *src;
-    dst->role = chat_xstrdup(src->role);
-    dst->content = chat_xstrdup(src->content);
-    dst->blocks = chat_xstrdup(src->blocks);
-    dst->status = chat_xstrdup(src->status);
-    dst->model = chat_xstrdup(src->model);
-    dst->stop_reason = chat_xstrdup(src->stop_reason);
+    char *const *f[] = MSG_STRINGS((store_message *)m);
+    const char *first = NULL, *last = NULL;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (*f[i]) {
+            if (!first)
+                first = *f[i];
+            last = *f[i];
+        }
+    *start = first;
+    return first ? (size_t)(last - first) + strlen(last) + 1 : 0;
+}
+
+/* The caller's copy of msgs[0..k): the array and every string in one
+ * allocation (store_message.packed), so that a read is one malloc and one
+ * memcpy per message, however long the history. */
+static store_message *msgs_copy(const store_message *msgs, size_t k)
+{
+    size_t head = k * sizeof(store_message), total = head;
+    for (size_t i = 0; i < k; i++) {
+        const char *start;
+        total += msg_block(&msgs[i], &start);
+    }
+    store_message *arr = chat_xmalloc(total);
+    char *p = (char *)arr + head;
+    for (size_t i = 0; i < k; i++) {
+        arr[i] = msgs[i];
+        const char *start;
+        size_t n = msg_block(&msgs[i], &start);
+        if (n) {
+            memcpy(p, start, n);
+            char **f[] = MSG_STRINGS(&arr[i]);
+            for (size_t j = 0; j < sizeof f / sizeof f[0]; j++)
+                if (*f[j])
+                    *f[j] = p + (*f[j] - start);
+            p += n;
+        }
+        arr[i].packed = i == 0;
+    }
+    return arr;
 }
 
 history_cache *history_cache_new(size_t max_bytes)
@@ -300,10 +333,7 @@ bool history_cache_get(history_cache *c, const char *session_id, int64_t tail_to
     entry *e = find(c, session_id);
     if (e && e->has && c->writers_all == 0 && (tail_tokens <= e->tail || e->whole)) {
         size_t k = tail_count(e->msgs, e->n, tail_tokens, NULL);
-        store_message *arr = k ? chat_xcalloc(k, sizeof *arr) : NULL;
-        for (size_t i = 0; i < k; i++)
-            msg_copy(&arr[i], &e->msgs[e->n - k + i]);
-        *out = arr;
+        *out = k ? msgs_copy(&e->msgs[e->n - k], k) : NULL;
         *n = k;
         *skipped = e->total > (int64_t)k ? e->total - (int64_t)k : 0;
         lru_unlink(c, e);

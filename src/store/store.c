@@ -678,6 +678,10 @@ void store_messages_free(store_message *arr, size_t n)
 {
     if (!arr)
         return;
+    if (n > 0 && arr[0].packed) {
+        free(arr);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         free(arr[i].role);
         free(arr[i].content);
