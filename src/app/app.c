@@ -186,56 +186,15 @@ static turn_engine *worker_turn_engine(const chat_worker *w)
     return turn_engine_new(&env);
 }
 
-/*
- * libevent's own messages (a failed epoll_ctl, say) go to the structured log
- * instead of as raw text on stderr. A thread may silence them while it does
- * something it expects libevent to complain about (reserve_descriptor_slots).
- */
-static _Thread_local bool libevent_quiet;
-
+/* libevent's own messages (a failed epoll_ctl, say) go to the structured log,
+ * not as raw text on stderr. */
 static void libevent_log(int severity, const char *msg)
 {
-    if (libevent_quiet)
-        return;
     chat_log_level lvl = severity >= EVENT_LOG_ERR    ? LOG_ERROR
                          : severity == EVENT_LOG_WARN ? LOG_WARN
                          : severity == EVENT_LOG_MSG  ? LOG_INFO
                                                       : LOG_DEBUG;
     chat_log(lvl, "libevent", json_pack("{s:s}", "detail", msg));
-}
-
-/*
- * Descriptor slots, made up front. A loop keeps a small record (about 32
- * bytes) for every descriptor number it has ever watched, made the first time
- * that number is watched and kept until the loop is freed. Made on demand, the
- * records of a first burst of streams land in the holes of that burst's own
- * memory (malloc hands out recently freed chunks first), and once the burst
- * ends each one pins the page around it: malloc_trim cannot give back a page
- * that still holds a live chunk. After 2,000 concurrent streams only 0.64 of
- * the memory they took came back; with the records made at start, 0.87
- * (bench/README.md, "returned"; maybe_trim does the rest).
- *
- * So each loop watches every descriptor number below n once, at start, before
- * it owns any descriptor: libevent makes the record, then the epoll_ctl fails
- * (a number not open, or a file), or succeeds and is undone at once (a socket
- * another thread just opened; nothing is dispatched in between). libevent's
- * warnings about the failures are expected and kept quiet. n covers the
- * connection cap (descriptor_slot_count); numbers above it get their records
- * on demand as before. Cost, measured: about 42 bytes per number per loop, and
- * about 2 us (40 ms for 20,000 numbers at start).
- */
-static void reserve_descriptor_slots(struct event_base *base, int n)
-{
-    struct event *ev = event_new(base, -1, 0, NULL, NULL);
-    if (!ev)
-        return;
-    libevent_quiet = true;
-    for (int fd = 0; fd < n; fd++) {
-        if (event_assign(ev, base, fd, EV_READ, NULL, NULL) == 0 && event_add(ev, NULL) == 0)
-            event_del(ev);
-    }
-    libevent_quiet = false;
-    event_free(ev);
 }
 
 static void *worker_main(void *arg)
@@ -253,7 +212,6 @@ static void *worker_main(void *arg)
         snprintf(w->startup_error, sizeof w->startup_error, "cannot create an event loop");
         goto fail;
     }
-    reserve_descriptor_slots(w->base, w->app->descriptor_slots);
     {
         /* The instance's DATABASE_POOL_SIZE, shared out among the workers
          * (each needs at least one, so fewer connections than workers is rounded up). */
@@ -486,21 +444,6 @@ static int connection_cap(const struct chat_config *cfg, int nworkers, int64_t s
     return cap < 1 ? 1 : cap > 10000000 ? 10000000 : (int)cap;
 }
 
-/* How many descriptor numbers each loop makes its records for at start
- * (reserve_descriptor_slots): all a full connection cap can use (each client
- * connection and its provider connection, and what is set aside above), below
- * the descriptor limit, and at most DESCRIPTOR_SLOTS_MAX (about 1.4 MB per
- * loop). */
-#define DESCRIPTOR_SLOTS_MAX 32768
-
-static int descriptor_slot_count(const struct chat_config *cfg, int nworkers, int64_t soft, int max_connections)
-{
-    int64_t n = 2 * (int64_t)max_connections + FD_RESERVE + (int64_t)nworkers * FD_PER_WORKER + cfg->database_pool_size;
-    if (soft > 0 && n > soft)
-        n = soft;
-    return n > DESCRIPTOR_SLOTS_MAX ? DESCRIPTOR_SLOTS_MAX : (int)n;
-}
-
 /*
  * Memory back after a burst. glibc keeps what a burst of streams freed in its
  * arenas (one per worker thread, more under contention): the heap shrinks only
@@ -524,8 +467,9 @@ static int descriptor_slot_count(const struct chat_config *cfg, int nworkers, in
  * provider connections, sits among the freed chunks and pins their pages: at
  * each trim the workers are asked to drop it (llm_transport_shed; a loop with
  * calls running keeps its connections), and the next check trims once more
- * to return what they dropped. 2,000 streams: 0.87 of the memory returned
- * without the shedding, 0.91 with it.
+ * to return what they dropped. What still pins pages after a burst is
+ * mostly libevent's per-descriptor records (docs/ARCHITECTURE.md says why
+ * they are not made up front).
  */
 #define TRIM_CHECK_MS 1000
 #define TRIM_MIN_DROP 256
@@ -628,7 +572,6 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
     int64_t nofile = nofile_soft_limit();
     app.max_connections = connection_cap(cfg, app.nworkers, nofile);
-    app.descriptor_slots = descriptor_slot_count(cfg, app.nworkers, nofile, app.max_connections);
     event_set_log_callback(libevent_log);
     atomic_init(&app.open_connections, 0);
 
