@@ -570,8 +570,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
     app.nworkers = cfg->workers > 0 ? cfg->workers : cpu_count();
     app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
-    int64_t nofile = nofile_soft_limit();
-    app.max_connections = connection_cap(cfg, app.nworkers, nofile);
+    app.max_connections = connection_cap(cfg, app.nworkers, nofile_soft_limit());
     event_set_log_callback(libevent_log);
     atomic_init(&app.open_connections, 0);
 

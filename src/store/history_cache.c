@@ -103,16 +103,6 @@ static void msg_pack(store_message *dst, const store_message *src)
     }
 }
 
-static void msg_unpack_free(store_message *m)
-{
-    char **f[] = MSG_STRINGS(m);
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        if (*f[i]) {
-            free(*f[i]);
-            return;
-        }
-}
-
 /* The extent of a cached message's string block (msg_pack): from its first
  * string to the end of its last, found without reading the long ones. */
 static size_t msg_block(const store_message *m, const char **start)
@@ -127,6 +117,13 @@ static size_t msg_block(const store_message *m, const char **start)
         }
     *start = first;
     return first ? (size_t)(last - first) + strlen(last) + 1 : 0;
+}
+
+static void msg_unpack_free(store_message *m)
+{
+    const char *start;
+    if (msg_block(m, &start))
+        free((char *)start);
 }
 
 /* The caller's copy of msgs[0..k): the array and every string in one

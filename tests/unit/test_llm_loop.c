@@ -258,14 +258,20 @@ static void tc_init(tc *c, const script *scripts, int n)
     c->retry_after_ms = -2;
 }
 
+/* The reply fields the callbacks filled in (heap copies). */
+static void tc_free_results(tc *c)
+{
+    free(c->error_type), free(c->error_message), free(c->error_code), free(c->request_id), free(c->stop_reason),
+        free(c->model), free(c->rtext), free(c->content), free(c->stop_sequence);
+}
+
 static void tc_free(tc *c)
 {
     llm_transport_free(c->t); /* cancels a call still running: no callback */
     srv_stop(&c->s);
     event_free(c->action);
     event_base_free(c->base);
-    free(c->error_type), free(c->error_message), free(c->error_code), free(c->request_id), free(c->stop_reason),
-        free(c->model), free(c->rtext), free(c->content), free(c->stop_sequence);
+    tc_free_results(c);
 }
 
 static void tc_start(tc *c, bool stream)
@@ -1273,20 +1279,27 @@ static void test_invalid_start(void **state)
 }
 
 /* Two calls at once on one transport, one streaming and one not. */
+/* A second client d on c's loop, transport and server: starts a streamed call
+ * for d (tc_free_results frees what it receives; c owns the rest). */
+static void tc_start_second(tc *d, tc *c)
+{
+    memset(d, 0, sizeof *d);
+    d->base = c->base;
+    d->retry_after_ms = -2;
+    static const llm_message msgs[] = { { "user", "Hello", NULL } };
+    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
+    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
+    assert_int_equal(llm_call_start(c->t, &c->p, &req, &cbs, d, &d->call), CHAT_OK);
+}
+
 static void test_two_calls(void **state)
 {
     (void)state;
     tc c;
     tc_init(&c, &STREAM_OK, 1);
-    tc d;
-    memset(&d, 0, sizeof d);
-    d.base = c.base;
-    d.retry_after_ms = -2;
-    static const llm_message msgs[] = { { "user", "Hello", NULL } };
-    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
-    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     tc_start(&c, true);
-    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &d, &d.call), CHAT_OK);
+    tc d;
+    tc_start_second(&d, &c);
     assert_int_equal(llm_transport_active(c.t), 2);
     while (!(c.done && d.done))
         run_until_done(c.done ? &d : &c, 3000);
@@ -1294,8 +1307,7 @@ static void test_two_calls(void **state)
     assert_string_equal(d.text, "Hello, world!");
     assert_int_equal(c.status, LLM_OK);
     assert_int_equal(d.status, LLM_OK);
-    free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason),
-        free(d.model), free(d.rtext), free(d.content), free(d.stop_sequence);
+    tc_free_results(&d);
     tc_free(&c);
 }
 
@@ -1318,21 +1330,14 @@ static void test_shed(void **state)
     assert_true(closed);
 
     tc d;
-    memset(&d, 0, sizeof d);
-    d.base = c.base;
-    d.retry_after_ms = -2;
-    static const llm_message msgs[] = { { "user", "Hello", NULL } };
-    llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
-    llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
-    assert_int_equal(llm_call_start(c.t, &c.p, &req, &cbs, &d, &d.call), CHAT_OK);
+    tc_start_second(&d, &c);
     llm_transport_shed(c.t); /* a call is running: nothing is cut */
     run_until_done(&d, 3000);
     assert_int_equal(d.status, LLM_OK);
     assert_string_equal(d.text, "Hello, world!");
     assert_int_equal(c.s.nreq, 2);
     assert_false(peer_closed(&c.s));
-    free(d.error_type), free(d.error_message), free(d.error_code), free(d.request_id), free(d.stop_reason),
-        free(d.model), free(d.rtext), free(d.content), free(d.stop_sequence);
+    tc_free_results(&d);
     tc_free(&c);
 }
 
