@@ -8,7 +8,7 @@
  * client-side BEGIN/COMMIT. A pg_op_def says how an op becomes the statement's
  * text parameters (enc) and how the result fills the op's outputs (dec). The
  * same defs serve both execution paths:
- *   - synchronous (postgres.c: pg_run_sync), the blocking handle of store_open,
+ *   - synchronous (postgres.c: pg_run), the blocking handle of store_open,
  *     used by `chatd migrate|keys|export|import` and the store test suite;
  *   - asynchronous (pg_pool.c), connections driven by a worker's event loop
  *     with libpq's non-blocking API, used by store_submit in the server.
@@ -19,6 +19,7 @@
 #define CHATD_STORE_PG_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 
 #include "store/store.h"
 
@@ -68,6 +69,13 @@ const pg_op_def *pg_op_def_for(const store_op *op);
  * entries in kind order, then the variants). */
 extern const pg_op_def pg_op_defs[];
 extern const size_t pg_op_defs_count;
+
+/* A statement that failed with deadlock_detected (40P01) or
+ * serialization_failure (40001) was rolled back whole (every op is one
+ * statement, its own transaction), so nothing of it happened and it is sent
+ * again, up to PG_RERUN_MAX times, by both execution paths. */
+#define PG_RERUN_MAX 3
+bool pg_res_rerunnable(const PGresult *res);
 
 /* Opening a pool: the URL store_open was given (owned by the handle). */
 const char *pg_handle_url(const void *pg_handle);

@@ -100,6 +100,14 @@ static chat_rc res_fail(const PGresult *res, const store_op *op)
     return CHAT_EIO;
 }
 
+bool pg_res_rerunnable(const PGresult *res)
+{
+    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return false;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0);
+}
+
 /* A bigint column; SQL NULL reads as 0 (as sqlite3_column_int64 does). */
 static int64_t col_i64(const PGresult *res, int row, int col)
 {

@@ -54,9 +54,6 @@
 #define BACKOFF_MAX_MS 2000
 /* Longest error text kept for the log. */
 #define ERR_MAX 300
-/* Times an op rolled back by a deadlock or a serialization failure is sent
- * again before its error is returned. */
-#define PG_RERUN_MAX 3
 
 typedef enum conn_state {
     CONN_DOWN = 0,   /* no PGconn; the timer is the reconnect backoff */
@@ -425,11 +422,8 @@ static bool take_result(pg_conn *c, const PGresult *res)
         return true; /* one statement, one result: ignore anything more */
     c->decoded = true;
     const char *state = st == PGRES_FATAL_ERROR ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0) && c->reruns < PG_RERUN_MAX) {
-        /* deadlock_detected, serialization_failure: the server rolled the
-         * op's transaction back (every op is one statement, its own
-         * transaction), so nothing of it happened: statement_done sends it
-         * again. */
+    if (pg_res_rerunnable(res) && c->reruns < PG_RERUN_MAX) {
+        /* Rolled back whole (pg.h): statement_done sends it again. */
         chat_log(LOG_WARN, "postgres transaction rolled back, run again",
                  json_pack("{s:s,s:s,s:i}", "op", c->def->name, "sqlstate", state, "attempt", c->reruns + 2));
         c->rerun = true;

@@ -269,7 +269,15 @@ static chat_rc pg_run(void *impl, store_op *op)
     rc = ensure_connected(d);
     if (rc != CHAT_OK)
         goto out;
-    res = PQexecPrepared(d->conn, def->name, p.n, p.values, NULL, NULL, 0);
+    for (int reruns = 0;; reruns++) {
+        res = PQexecPrepared(d->conn, def->name, p.n, p.values, NULL, NULL, 0);
+        if (!pg_res_rerunnable(res) || reruns == PG_RERUN_MAX)
+            break;
+        chat_log(LOG_WARN, "postgres transaction rolled back, run again",
+                 json_pack("{s:s,s:s,s:i}", "op", def->name, "sqlstate",
+                           PQresultErrorField(res, PG_DIAG_SQLSTATE), "attempt", reruns + 2));
+        PQclear(res);
+    }
     if (!res || PQstatus(d->conn) != CONNECTION_OK) {
         chat_log(LOG_ERROR, "store error",
                  json_pack("{s:s,s:s,s:s,s:s}", "backend", "postgres", "op", store_op_name(op->kind), "error",

@@ -30,6 +30,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -519,6 +520,55 @@ static void test_deadlock_rerun(void **state)
     pg_pool_free(p);
 }
 
+struct sync_reset {
+    store *s;
+    chat_rc rc;
+    volatile int done;
+};
+
+static void *sync_reset_thread(void *arg)
+{
+    struct sync_reset *r = arg;
+    r->rc = store_session_reset(r->s, "deadlock-rerun-sync", 2, NULL);
+    __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* The same deadlock on the blocking handle of store_open (the CLI's and the
+ * store tests' path): the reset is sent again there too. */
+static void test_deadlock_rerun_sync(void **state)
+{
+    (void)state;
+    NEED_PG();
+    char err[256];
+    struct sync_reset r = { 0 };
+    assert_int_equal(store_open(pg_url, &r.s, err, sizeof err), CHAT_OK);
+    PGconn *raw = raw_connect();
+    raw_exec(raw, "DELETE FROM sessions WHERE id = 'deadlock-rerun-sync'");
+    raw_exec(raw, "INSERT INTO sessions (id, created_at, updated_at) VALUES ('deadlock-rerun-sync', 1, 1)");
+    raw_exec(raw, "BEGIN");
+    raw_exec(raw, "UPDATE stats SET total_turns = total_turns");
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, sync_reset_thread, &r), 0);
+    usleep(300 * 1000); /* the reset holds the session row and waits for stats */
+    bool early = __atomic_load_n(&r.done, __ATOMIC_ACQUIRE);
+    raw_exec(raw, "UPDATE sessions SET updated_at = 3 WHERE id = 'deadlock-rerun-sync'");
+    usleep(300 * 1000); /* rolled back and sent again, the reset waits for the session row */
+    bool before_commit = __atomic_load_n(&r.done, __ATOMIC_ACQUIRE);
+    raw_exec(raw, "COMMIT");
+    pthread_join(th, NULL); /* joined before any assert: r lives in this frame */
+    assert_false(early);
+    assert_false(before_commit);
+    assert_int_equal(r.rc, CHAT_OK);
+    PGresult *res = PQexec(raw, "SELECT updated_at FROM sessions WHERE id = 'deadlock-rerun-sync'");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(res, 0, 0), "2");
+    PQclear(res);
+    raw_exec(raw, "DELETE FROM sessions WHERE id = 'deadlock-rerun-sync'");
+    PQfinish(raw);
+    store_close(r.s);
+}
+
 /* The server ends the pool's idle connection before the loop notices: the
  * next op finds it dead before sending, is requeued and succeeds on the new
  * connection. */
@@ -643,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_queue_deadline_busy),
         cmocka_unit_test(test_statement_timeout),
         cmocka_unit_test(test_deadlock_rerun),
+        cmocka_unit_test(test_deadlock_rerun_sync),
         cmocka_unit_test(test_idle_killed_requeued),
         cmocka_unit_test(test_server_restart),
     };
