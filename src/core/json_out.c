@@ -28,12 +28,15 @@
     (JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY | JSON_ESCAPE_SLASH | \
      JSON_REAL_PRECISION(JSON_MAX_INDENT))
 
-typedef struct out {
+typedef struct chat_json_writer {
     char *p;
     size_t len;
     size_t cap;
     size_t flags;
     const unsigned char *cls; /* the byte table for these flags */
+    const json_t *at;         /* chat_json_dumps_splice: written by splice instead, or NULL */
+    chat_json_splice_fn splice;
+    void *ud;
 } out;
 
 typedef enum { W_OK, W_FAIL, W_DELEGATE } wrc;
@@ -200,6 +203,12 @@ static wrc put_value(out *o, const json_t *v, unsigned depth)
 {
     if (!v)
         return W_FAIL;
+    if (v == o->at) {
+        o->at = NULL; /* what the splice writes is written as it is */
+        bool ok = o->splice(o, o->ud);
+        o->at = v;
+        return ok ? W_OK : W_FAIL;
+    }
     if (depth > CHAT_JSON_OUT_DEPTH)
         return W_DELEGATE;
     bool compact = (o->flags & JSON_COMPACT) != 0;
@@ -254,17 +263,27 @@ static wrc put_value(out *o, const json_t *v, unsigned depth)
     return W_FAIL;
 }
 
-char *chat_json_dumps(const json_t *v, size_t flags, size_t *len)
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+/* Writes v; the text (heap, NUL-terminated) or NULL with *rc why not. */
+static char *dump(const json_t *v, size_t flags, const json_t *at, chat_json_splice_fn fn, void *ud, size_t *len,
+                  wrc *rc)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    if (flags & ~(size_t)HANDLED)
-        goto delegate;
+    *rc = W_FAIL;
+    if (flags & ~(size_t)HANDLED) {
+        *rc = W_DELEGATE;
+        return NULL;
+    }
     if (!v || (!(flags & JSON_ENCODE_ANY) && !json_is_array(v) && !json_is_object(v)))
         return NULL;
-    pthread_once(&once, tables_init);
-    out o = { .flags = flags, .cls = tables[(flags & JSON_ENSURE_ASCII) != 0][(flags & JSON_ESCAPE_SLASH) != 0] };
-    wrc rc = put_value(&o, v, 0);
-    if (rc == W_OK) {
+    pthread_once(&tables_once, tables_init);
+    out o = { .flags = flags,
+              .cls = tables[(flags & JSON_ENSURE_ASCII) != 0][(flags & JSON_ESCAPE_SLASH) != 0],
+              .at = at,
+              .splice = fn,
+              .ud = ud };
+    *rc = put_value(&o, v, 0);
+    if (*rc == W_OK) {
         reserve(&o, 0);
         o.p[o.len] = '\0';
         if (len)
@@ -272,11 +291,39 @@ char *chat_json_dumps(const json_t *v, size_t flags, size_t *len)
         return o.p;
     }
     free(o.p);
-    if (rc == W_FAIL)
-        return NULL;
-delegate:;
-    char *s = json_dumps(v, flags);
+    return NULL;
+}
+
+char *chat_json_dumps(const json_t *v, size_t flags, size_t *len)
+{
+    wrc rc;
+    char *s = dump(v, flags, NULL, NULL, NULL, len, &rc);
+    if (rc != W_DELEGATE)
+        return s;
+    s = json_dumps(v, flags);
     if (s && len)
         *len = strlen(s);
     return s;
+}
+
+char *chat_json_dumps_splice(const json_t *v, size_t flags, const json_t *at, chat_json_splice_fn fn, void *ud,
+                             size_t *len)
+{
+    wrc rc;
+    return dump(v, flags, at, fn, ud, len, &rc);
+}
+
+void chat_json_write_raw(chat_json_writer *w, const char *s, size_t n)
+{
+    put(w, s, n);
+}
+
+bool chat_json_write_string(chat_json_writer *w, const char *s, size_t n)
+{
+    return put_string(w, s, n);
+}
+
+bool chat_json_write_value(chat_json_writer *w, const json_t *v)
+{
+    return put_value(w, v, 0) == W_OK;
 }

@@ -31,6 +31,7 @@
 #ifndef CHATD_CORE_JSON_OUT_H
 #define CHATD_CORE_JSON_OUT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -39,5 +40,31 @@
 #define CHAT_JSON_OUT_DEPTH 4096
 
 char *chat_json_dumps(const json_t *v, size_t flags, size_t *len);
+
+/*
+ * A part of a document written without a tree: where the walk of
+ * chat_json_dumps_splice meets the value `at` (the same pointer), it calls
+ * fn, which writes one JSON value in its place with the chat_json_write_*
+ * functions. Why: a provider body carries the whole conversation; built as a
+ * jansson tree, every message is a copy of its text and four allocations,
+ * all freed again after one dump (docs/ARCHITECTURE.md, "The provider body").
+ *
+ * The result is what chat_json_dumps writes for v with `at` replaced by fn's
+ * output. NULL when fn returns false, on the cases where chat_json_dumps
+ * returns NULL, and on those it hands to json_dumps (flags it does not write,
+ * nesting deeper than CHAT_JSON_OUT_DEPTH), which cannot splice. Values fn
+ * writes are written whole (`at` inside them is not spliced again). The
+ * writer is valid only during fn. Thread: any; v is only read.
+ */
+typedef struct chat_json_writer chat_json_writer;
+typedef bool (*chat_json_splice_fn)(chat_json_writer *w, void *ud);
+char *chat_json_dumps_splice(const json_t *v, size_t flags, const json_t *at, chat_json_splice_fn fn, void *ud,
+                             size_t *len);
+/* Bytes as they are (the caller makes them JSON). */
+void chat_json_write_raw(chat_json_writer *w, const char *s, size_t n);
+/* s (n bytes) as a JSON string, escaped as the flags say; false if s is not UTF-8. */
+bool chat_json_write_string(chat_json_writer *w, const char *s, size_t n);
+/* v as chat_json_dumps writes it; false where that returns NULL or delegates. */
+bool chat_json_write_value(chat_json_writer *w, const json_t *v);
 
 #endif

@@ -136,18 +136,42 @@ static int markers_in(json_t *arr)
     return n;
 }
 
-static int count_markers(json_t *body)
+/* One message as the breakpoint rule sees it: its object, or (a text
+ * message the body writes without a tree) its role and text, which carry no
+ * marker and cannot take one. */
+typedef struct cache_msg {
+    const char *role;
+    json_t *obj;
+    const char *text;
+} cache_msg;
+
+static int count_markers(json_t *body, const cache_msg *msgs, size_t n)
 {
     /* The top-level automatic marker: counted, as the API may count it. */
-    int n = json_object_get(body, "cache_control") != NULL;
-    n += markers_in(json_object_get(body, "tools"));
-    n += markers_in(json_object_get(body, "system"));
-    json_t *msgs = json_object_get(body, "messages");
-    size_t i;
-    json_t *m;
-    if (json_is_array(msgs))
-        json_array_foreach(msgs, i, m) n += markers_in(json_object_get(m, "content"));
-    return n;
+    int k = json_object_get(body, "cache_control") != NULL;
+    k += markers_in(json_object_get(body, "tools"));
+    k += markers_in(json_object_get(body, "system"));
+    for (size_t i = 0; i < n; i++)
+        if (msgs[i].obj)
+            k += markers_in(json_object_get(msgs[i].obj, "content"));
+    return k;
+}
+
+static size_t msg_chars(const cache_msg *m)
+{
+    if (m->obj)
+        return content_chars(json_object_get(m->obj, "content"));
+    return m->text ? utf8_chars(m->text) : 0;
+}
+
+/* The end of the previous turn: the last assistant message before the final
+ * one, or n - 1 (the final one: no candidate). n > 0. */
+static size_t prev_turn_end(const cache_msg *msgs, size_t n)
+{
+    for (size_t i = n - 1; i-- > 0;)
+        if (msgs[i].role && strcmp(msgs[i].role, "assistant") == 0)
+            return i;
+    return n - 1;
 }
 
 static json_t *ephemeral(void)
@@ -190,44 +214,48 @@ static bool mark_end(json_t *holder, const char *key)
     return true;
 }
 
-int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens)
+/* llm_anthropic_mark_cache over body's top level (tools, system) and msgs. */
+static int mark_cache(json_t *body, const cache_msg *msgs, size_t n, int64_t min_tokens)
 {
-    if (!json_is_object(body))
-        return 0;
     if (min_tokens <= 0)
         min_tokens = LLM_CACHE_MIN_TOKENS_DEFAULT;
-    int slots = MAX_BREAKPOINTS - count_markers(body);
+    int slots = MAX_BREAKPOINTS - count_markers(body, msgs, n);
     int added = 0;
     json_t *sys = json_object_get(body, "system");
     size_t sys_chars = content_chars(sys);
-    json_t *msgs = json_object_get(body, "messages");
-    size_t n = json_is_array(msgs) ? json_array_size(msgs) : 0;
 
-    /* 1. The end of the previous turn: the last assistant message before the final one. */
-    if (slots > 0 && n >= 2) {
-        size_t at = n - 1;
-        for (size_t i = n - 1; i-- > 0;) {
-            const char *role = json_string_value(json_object_get(json_array_get(msgs, i), "role"));
-            if (role && strcmp(role, "assistant") == 0) {
-                at = i;
-                break;
-            }
-        }
-        if (at < n - 1) {
-            /* Counted only until the minimum is reached: a long conversation
-             * is not walked whole on every turn. */
-            size_t chars = sys_chars;
-            for (size_t i = 0; i <= at && est_tokens(chars) < min_tokens; i++)
-                chars += content_chars(json_object_get(json_array_get(msgs, i), "content"));
-            if (est_tokens(chars) >= min_tokens && mark_end(json_array_get(msgs, at), "content")) {
-                added++;
-                slots--;
-            }
+    /* 1. The end of the previous turn. */
+    size_t at = n >= 2 ? prev_turn_end(msgs, n) : n;
+    if (slots > 0 && at < n - 1 && msgs[at].obj) {
+        /* Counted only until the minimum is reached: a long conversation
+         * is not walked whole on every turn. */
+        size_t chars = sys_chars;
+        for (size_t i = 0; i <= at && est_tokens(chars) < min_tokens; i++)
+            chars += msg_chars(&msgs[i]);
+        if (est_tokens(chars) >= min_tokens && mark_end(msgs[at].obj, "content")) {
+            added++;
+            slots--;
         }
     }
     /* 2. The system prompt on its own. */
     if (slots > 0 && sys && est_tokens(sys_chars) >= min_tokens && mark_end(body, "system"))
         added++;
+    return added;
+}
+
+int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens)
+{
+    if (!json_is_object(body))
+        return 0;
+    json_t *arr = json_object_get(body, "messages");
+    size_t n = json_is_array(arr) ? json_array_size(arr) : 0;
+    cache_msg *msgs = chat_xcalloc(n ? n : 1, sizeof *msgs);
+    for (size_t i = 0; i < n; i++) {
+        msgs[i].obj = json_array_get(arr, i);
+        msgs[i].role = json_string_value(json_object_get(msgs[i].obj, "role"));
+    }
+    int added = mark_cache(body, msgs, n, min_tokens);
+    free(msgs);
     return added;
 }
 
@@ -546,12 +574,42 @@ static bool apply_options(json_t *root, const llm_request *req)
     return true;
 }
 
+/* The body's "messages": each message is {"role","content"} written straight
+ * from its text, or its object where it has one (objs[i]: a message with
+ * blocks, or the one a breakpoint may go on). Compact output only. */
+typedef struct body_messages {
+    const llm_request *req;
+    json_t *const *objs;
+} body_messages;
+
+static bool write_messages(chat_json_writer *w, void *ud)
+{
+    const body_messages *b = ud;
+    chat_json_write_raw(w, "[", 1);
+    for (size_t i = 0; i < b->req->n_messages; i++) {
+        const llm_message *m = &b->req->messages[i];
+        if (i)
+            chat_json_write_raw(w, ",", 1);
+        if (b->objs[i]) {
+            if (!chat_json_write_value(w, b->objs[i]))
+                return false;
+            continue;
+        }
+        if (!llm_write_text_message(w, m->role, m->content))
+            return false;
+    }
+    chat_json_write_raw(w, "]", 1);
+    return true;
+}
+
 /*
  * The body: {"model", "max_tokens", "system" (only when non-empty),
  * "messages":[{"role","content"}] (content the text, or the message's
  * canonical blocks as they are: they are Anthropic's own shape), then the
  * options (apply_options), "stream":true (only when streaming)}, with
  * cache_control breakpoints when p->prompt_caching is on.
+ * The messages are not put into the tree: a text message is written from its
+ * text (write_messages), so the history is not copied once more per turn.
  * NULL if a field is missing, a string is not valid UTF-8, or an option
  * cannot be carried.
  */
@@ -559,53 +617,61 @@ static char *build_body(const llm_provider *p, const llm_request *req)
 {
     char *out = NULL;
     json_t *root = NULL;
-    if (!req->model || !*req->model || req->max_tokens <= 0 || req->n_messages == 0 || !req->messages)
-        goto out;
-    root = json_object();
-    json_t *msgs = json_array();
-    if (!root || !msgs)
-        oom_json();
-    json_t *model = json_string(req->model);
-    if (!model)
-        goto out_msgs;
-    json_object_set_new(root, "model", model);
-    json_object_set_new(root, "max_tokens", json_integer(req->max_tokens));
-    if (req->system && *req->system) {
-        json_t *sys = json_string(req->system);
-        if (!sys)
-            goto out_msgs;
-        json_object_set_new(root, "system", sys);
-    }
-    for (size_t i = 0; i < req->n_messages; i++) {
+    size_t n = req->n_messages;
+    if (!req->model || !*req->model || req->max_tokens <= 0 || n == 0 || !req->messages)
+        return NULL;
+    cache_msg *view = chat_xcalloc(n, sizeof *view);
+    json_t **objs = chat_xcalloc(n, sizeof *objs);
+    for (size_t i = 0; i < n; i++) {
         const llm_message *m = &req->messages[i];
-        if (!m->role)
-            goto out_msgs;
+        if (!m->role || (!m->blocks && !m->content))
+            goto out;
+        view[i] = (cache_msg){ .role = m->role, .text = m->content };
+    }
+    size_t at = p->prompt_caching && n >= 2 ? prev_turn_end(view, n) : n;
+    for (size_t i = 0; i < n; i++) {
+        const llm_message *m = &req->messages[i];
+        if (!m->blocks && i != at)
+            continue;
         json_t *role = json_string(m->role);
         json_t *content = message_content(m);
         if (!role || !content) {
             json_decref(role);
             json_decref(content);
-            goto out_msgs;
+            goto out;
         }
-        json_t *o = json_object();
-        if (!o)
-            oom_json();
-        json_object_set_new(o, "role", role);
-        json_object_set_new(o, "content", content);
-        json_array_append_new(msgs, o);
+        objs[i] = jchk(json_object());
+        json_object_set_new(objs[i], "role", role);
+        json_object_set_new(objs[i], "content", content);
+        view[i].obj = objs[i];
     }
+    root = jchk(json_object());
+    json_t *model = json_string(req->model);
+    if (!model)
+        goto out;
+    json_object_set_new(root, "model", model);
+    json_object_set_new(root, "max_tokens", json_integer(req->max_tokens));
+    if (req->system && *req->system) {
+        json_t *sys = json_string(req->system);
+        if (!sys)
+            goto out;
+        json_object_set_new(root, "system", sys);
+    }
+    json_t *msgs = jchk(json_array()); /* where write_messages writes */
     json_object_set_new(root, "messages", msgs);
-    msgs = NULL;
     if (!apply_options(root, req))
         goto out;
     if (req->stream)
         json_object_set_new(root, "stream", json_true());
     if (p->prompt_caching)
-        (void)llm_anthropic_mark_cache(root, p->cache_min_tokens);
-    out = chat_json_dumps(root, JSON_COMPACT, NULL); /* NULL: a string is not UTF-8 */
-out_msgs:
-    json_decref(msgs);
+        (void)mark_cache(root, view, n, p->cache_min_tokens);
+    body_messages bm = { req, objs };
+    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, NULL); /* NULL: not UTF-8 */
 out:
+    for (size_t i = 0; i < n; i++)
+        json_decref(objs[i]);
+    free(objs);
+    free(view);
     json_decref(root);
     return out;
 }

@@ -280,6 +280,18 @@ char *llm_http_error_text(int http_status, const char *body, size_t len)
     return msg;
 }
 
+bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text)
+{
+    chat_json_write_raw(w, "{\"role\":", 8);
+    if (!chat_json_write_string(w, role, strlen(role)))
+        return false;
+    chat_json_write_raw(w, ",\"content\":", 11);
+    if (!chat_json_write_string(w, text, strlen(text)))
+        return false;
+    chat_json_write_raw(w, "}", 1);
+    return true;
+}
+
 char *llm_excerpt(const char *body, size_t len, size_t max)
 {
     const unsigned char *s = (const unsigned char *)body;

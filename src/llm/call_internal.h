@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "core/json_out.h"
 #include "llm/provider.h"
 
 /* ---- what a provider parser fills in (one attempt) ---- */
@@ -214,6 +215,11 @@ extern const llm_provider_ops llm_openai_ops;
 int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens);
 
 /* ---- helpers shared by providers (call.c) ---- */
+
+/* Writes {"role":role,"content":text} (compact), as a tree of those two
+ * strings dumps; false if either is not UTF-8. The providers write their text
+ * messages with it instead of building a tree (core/json_out.h). */
+bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text);
 
 /*
  * A short, printable excerpt of an arbitrary body for an error message: at

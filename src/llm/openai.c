@@ -117,28 +117,6 @@ static json_t *jchk(json_t *v)
     return v;
 }
 
-/* Appends {"role","content"} to msgs; false if the role is not valid UTF-8.
- * The content is not checked here: chat_json_dumps checks every string of the
- * body once and refuses a body that is not UTF-8 (build_body returns NULL),
- * which spares a second pass over the whole history. */
-static bool add_message(json_t *msgs, const char *role, const char *content)
-{
-    json_t *r = json_string(role);
-    json_t *c = json_stringn_nocheck(content, strlen(content));
-    if (!r || !c) {
-        json_decref(r);
-        json_decref(c);
-        return false;
-    }
-    json_t *o = json_object();
-    if (!o)
-        oom_json();
-    json_object_set_new(o, "role", r);
-    json_object_set_new(o, "content", c);
-    json_array_append_new(msgs, o);
-    return true;
-}
-
 static const char *btype(json_t *b)
 {
     return json_string_value(json_object_get(b, "type"));
@@ -314,12 +292,9 @@ static bool add_assistant_blocks(json_t *msgs, json_t *blocks)
 }
 
 /* One message, plain or with blocks. */
-static bool add_llm_message(json_t *msgs, const llm_message *m)
+/* The messages a message with blocks becomes, appended to msgs; false if unusable. */
+static bool add_block_message(json_t *msgs, const llm_message *m)
 {
-    if (!m->role)
-        return false;
-    if (!m->blocks)
-        return m->content && add_message(msgs, m->role, m->content);
     if (!json_is_array(m->blocks) || json_array_size(m->blocks) == 0)
         return false;
     if (strcmp(m->role, "user") == 0)
@@ -327,6 +302,41 @@ static bool add_llm_message(json_t *msgs, const llm_message *m)
     if (strcmp(m->role, "assistant") == 0)
         return add_assistant_blocks(msgs, (json_t *)m->blocks);
     return false;
+}
+
+/* The body's "messages": the system prompt and each text message written
+ * straight from their text; a message with blocks as the objects it became
+ * (objs[i], an array: tool results become one message each). Compact only. */
+typedef struct body_messages {
+    const llm_request *req;
+    json_t *const *objs;
+} body_messages;
+
+static bool write_messages(chat_json_writer *w, void *ud)
+{
+    const body_messages *b = ud;
+    const llm_request *req = b->req;
+    bool first = true;
+    chat_json_write_raw(w, "[", 1);
+    if (req->system && *req->system) {
+        if (!llm_write_text_message(w, "system", req->system))
+            return false;
+        first = false;
+    }
+    for (size_t i = 0; i < req->n_messages; i++) {
+        size_t k = b->objs[i] ? json_array_size(b->objs[i]) : 1;
+        for (size_t j = 0; j < k; j++) {
+            if (!first)
+                chat_json_write_raw(w, ",", 1);
+            first = false;
+            bool ok = b->objs[i] ? chat_json_write_value(w, json_array_get(b->objs[i], j))
+                                 : llm_write_text_message(w, req->messages[i].role, req->messages[i].content);
+            if (!ok)
+                return false;
+        }
+    }
+    chat_json_write_raw(w, "]", 1);
+    return true;
 }
 
 /* Options copied under the same name when present (docs/PROTOCOLS.md B8). */
@@ -527,40 +537,43 @@ bad:
 static char *build_body(const llm_provider *p, const llm_request *req)
 {
     char *out = NULL;
-    json_t *root = NULL, *msgs = NULL;
+    json_t *root = NULL;
     const char *field = max_tokens_field(p);
-    if (!field || !req->model || !*req->model || req->max_tokens <= 0 || req->n_messages == 0 || !req->messages)
-        goto out;
-    root = json_object();
-    msgs = json_array();
-    if (!root || !msgs)
-        oom_json();
+    size_t n = req->n_messages;
+    if (!field || !req->model || !*req->model || req->max_tokens <= 0 || n == 0 || !req->messages)
+        return NULL;
+    json_t **objs = chat_xcalloc(n, sizeof *objs);
+    for (size_t i = 0; i < n; i++) {
+        const llm_message *m = &req->messages[i];
+        if (!m->role || (!m->blocks && !m->content))
+            goto out;
+        if (!m->blocks)
+            continue; /* written from its text by write_messages */
+        objs[i] = jchk(json_array());
+        if (!add_block_message(objs[i], m))
+            goto out;
+    }
+    root = jchk(json_object());
     json_t *model = json_string(req->model);
     if (!model)
         goto out;
     json_object_set_new(root, "model", model);
-    if (req->system && *req->system && !add_message(msgs, "system", req->system))
-        goto out;
-    for (size_t i = 0; i < req->n_messages; i++) {
-        if (!add_llm_message(msgs, &req->messages[i]))
-            goto out;
-    }
+    json_t *msgs = jchk(json_array()); /* where write_messages writes */
     json_object_set_new(root, "messages", msgs);
-    msgs = NULL;
     json_object_set_new(root, field, json_integer(req->max_tokens));
     json_object_set_new(root, "stream", json_boolean(req->stream));
     if (req->stream) {
         /* Without it OpenAI sends no usage at all in a stream (B4). */
-        json_t *so = json_pack("{s:b}", "include_usage", 1);
-        if (!so)
-            oom_json();
-        json_object_set_new(root, "stream_options", so);
+        json_object_set_new(root, "stream_options", jchk(json_pack("{s:b}", "include_usage", 1)));
     }
     if (!apply_options(root, req))
         goto out;
-    out = chat_json_dumps(root, JSON_COMPACT, NULL); /* NULL: a string is not UTF-8 */
+    body_messages bm = { req, objs };
+    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, NULL); /* NULL: not UTF-8 */
 out:
-    json_decref(msgs);
+    for (size_t i = 0; i < n; i++)
+        json_decref(objs[i]);
+    free(objs);
     json_decref(root);
     return out;
 }

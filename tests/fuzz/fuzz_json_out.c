@@ -8,6 +8,9 @@
  * json_object_setn_new_nocheck), so that invalid UTF-8 reaches the writer. Oracle
  * (json_out.h): for every flag set below, the two writers return the same
  * bytes, or both NULL, and the length returned is the text's.
+ * chat_json_dumps_splice, for the flags it writes itself: splicing a value of
+ * the document with a writer that writes that same value (or the raw input
+ * as a string in place of a placeholder) gives chat_json_dumps's text.
  */
 #include "core/json_out.h"
 #include "fuzz_util.h"
@@ -43,6 +46,42 @@ static void compare(const json_t *v)
     }
 }
 
+/* The last two flag sets are handed to json_dumps, which cannot splice. */
+#define SPLICE_SETS (sizeof FLAG_SETS / sizeof FLAG_SETS[0] - 2)
+
+typedef struct splice_with {
+    const json_t *value;   /* written with chat_json_write_value, or */
+    const uint8_t *string; /* written with chat_json_write_string */
+    size_t len;
+} splice_with;
+
+static bool write_with(chat_json_writer *w, void *ud)
+{
+    const splice_with *s = ud;
+    if (s->value)
+        return chat_json_write_value(w, s->value);
+    return chat_json_write_string(w, (const char *)s->string, s->len);
+}
+
+/* want's text (chat_json_dumps) against v with at spliced as with says. */
+static void compare_splice(const json_t *want_v, const json_t *v, const json_t *at, const splice_with *with)
+{
+    for (size_t i = 0; i < SPLICE_SETS; i++) {
+        size_t flags = FLAG_SETS[i];
+        char *want = chat_json_dumps(want_v, flags, NULL);
+        size_t len = (size_t)-1;
+        char *got = chat_json_dumps_splice(v, flags, at, write_with, (void *)with, &len);
+        FUZZ_CHECK((want == NULL) == (got == NULL), "splice, flags 0x%zx: %s vs %s", flags, want ? "text" : "failed",
+                   got ? "text" : "failed");
+        if (want) {
+            FUZZ_CHECK(strcmp(want, got) == 0, "splice, flags 0x%zx: %s vs %s", flags, want, got);
+            FUZZ_CHECK(len == strlen(got), "splice, flags 0x%zx: length %zu for %zu bytes", flags, len, strlen(got));
+        }
+        free(want);
+        free(got);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     json_error_t err;
@@ -50,8 +89,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (doc) {
         compare(doc);
         json_t *wrapped = json_pack("{s:[O,O],s:O}", "a", doc, doc, "b", doc);
-        if (wrapped)
+        if (wrapped) {
             compare(wrapped);
+            splice_with same = { .value = doc };
+            compare_splice(wrapped, wrapped, doc, &same); /* doc is there three times */
+        }
         json_decref(wrapped);
         json_decref(doc);
     }
@@ -63,6 +105,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     compare(raw);
     compare(obj);
     compare(arr);
+    json_t *hole = json_array();
+    json_t *with_hole = json_pack("[O,O,f]", hole, obj, (double)size / 7.0);
+    splice_with string = { .string = data, .len = size };
+    if (hole && with_hole)
+        compare_splice(arr, with_hole, hole, &string);
+    json_decref(with_hole);
+    json_decref(hole);
     json_decref(arr);
     json_decref(obj);
     json_decref(raw);

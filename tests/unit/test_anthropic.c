@@ -639,6 +639,102 @@ static void test_cache_limit_with_caller_markers(void **state)
     free(b);
 }
 
+/* The body as a tree, as build_body made it before it wrote messages without
+ * one: the reference the written body must equal byte for byte. Text
+ * messages and options-free requests only (blocks go through the same
+ * message_content either way). */
+static char *tree_body(const llm_provider *p, const llm_request *req)
+{
+    json_t *root = json_pack("{s:s,s:i}", "model", req->model, "max_tokens", req->max_tokens);
+    if (req->system && *req->system)
+        json_object_set_new(root, "system", json_string(req->system));
+    json_t *msgs = json_array();
+    for (size_t i = 0; i < req->n_messages; i++) {
+        const llm_message *m = &req->messages[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "role", json_string(m->role));
+        json_object_set_new(
+            o, "content", m->blocks ? json_deep_copy(m->blocks) : json_stringn_nocheck(m->content, strlen(m->content)));
+        json_array_append_new(msgs, o);
+    }
+    json_object_set_new(root, "messages", msgs);
+    if (req->stream)
+        json_object_set_new(root, "stream", json_true());
+    if (p->prompt_caching)
+        (void)llm_anthropic_mark_cache(root, p->cache_min_tokens);
+    char *out = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return out;
+}
+
+/* The messages written without a tree equal the tree's dump: escapes,
+ * non-ASCII text, empty texts, blocks between texts, a breakpoint on a text
+ * message and on a block message, with and without caching. */
+static void test_body_written_equals_tree(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        "Hello",
+        "",
+        "quote \" backslash \\ slash / tab \t nl \n cr \r",
+        "ctl \x01\x1f del \x7f",
+        "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+        "eight by"
+        "tes run",
+        "</script>",
+    };
+    json_t *blocks = json_loads("[{\"type\":\"text\",\"text\":\"b\\u00e9\"},{\"type\":\"tool_use\",\"id\":\"t1\","
+                                "\"name\":\"f\",\"input\":{\"a\":[1,2.5,null,true]}}]",
+                                0, NULL);
+    json_t *results = json_loads("[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"r\"}]", 0, NULL);
+    assert_non_null(blocks);
+    assert_non_null(results);
+    enum { N = 9 };
+    llm_message m[N];
+    for (int shape = 0; shape < 4; shape++) {
+        for (size_t i = 0; i < N; i++) {
+            m[i] = (llm_message){ .role = i % 2 ? "assistant" : "user",
+                                  .content = texts[(i + (size_t)shape) % (sizeof texts / sizeof *texts)] };
+        }
+        if (shape & 1) { /* a tool exchange in the middle, or as the previous turn's end */
+            size_t k = shape == 1 ? 3 : 7;
+            m[k].blocks = blocks;
+            m[k + 1].blocks = results;
+        }
+        for (int caching = 0; caching < 2; caching++) {
+            for (int64_t min = 1; min <= 64; min *= 8) {
+                llm_provider p = *prov();
+                p.prompt_caching = caching;
+                p.cache_min_tokens = min;
+                llm_request req = { .model = "claude-x",
+                                    .system = shape & 2 ? "S\xc3\xa9" : NULL,
+                                    .messages = m,
+                                    .n_messages = N,
+                                    .max_tokens = 99,
+                                    .stream = shape == 2 };
+                for (size_t n = 1; n <= N; n++) {
+                    req.n_messages = n;
+                    char *got = llm_build_body(&p, &req);
+                    char *want = tree_body(&p, &req);
+                    assert_non_null(got);
+                    assert_non_null(want);
+                    assert_string_equal(got, want);
+                    free(got);
+                    free(want);
+                }
+            }
+        }
+    }
+    /* Not UTF-8 in a text message, or a message without content: no body. */
+    m[0] = (llm_message){ .role = "user", .content = "bad \xc3" };
+    llm_request req = { .model = "claude-x", .messages = m, .n_messages = 1, .max_tokens = 9 };
+    assert_null(llm_build_body(prov(), &req));
+    m[0].content = NULL;
+    assert_null(llm_build_body(prov(), &req));
+    json_decref(blocks);
+    json_decref(results);
+}
+
 /* ---- replies ---- */
 
 /* The sink and the SSE feeder are in llm_test_util.h (shared with the other provider suite). */
@@ -1227,6 +1323,7 @@ int main(void)
         cmocka_unit_test(test_stream_json_via_tool),
         cmocka_unit_test(test_stream_bad_tool_input),
         cmocka_unit_test(test_json_body_blocks),
+        cmocka_unit_test(test_body_written_equals_tree),
         cmocka_unit_test(test_error_bodies),
         cmocka_unit_test(test_retry_after),
         cmocka_unit_test(test_helpers),

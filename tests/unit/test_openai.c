@@ -39,6 +39,79 @@ static llm_provider prov(void)
 
 /* ---- request ---- */
 
+/* The text messages written without a tree equal a tree's dump, with and
+ * without a system prompt, streaming or not; a message with blocks in the
+ * middle becomes its messages (tool results one each) in their place. */
+static void test_body_written_equals_tree(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        "Hello", "", "q \" b \\ s / t \t n \n", "ctl \x01\x1f", "caf\xc3\xa9 \xf0\x9f\x98\x80", "</x>",
+    };
+    enum { N = 7 };
+    llm_message m[N];
+    for (size_t i = 0; i < N; i++)
+        m[i] = (llm_message){ .role = i % 2 ? "assistant" : "user", .content = texts[i % 6] };
+    llm_provider p = prov();
+    for (int shape = 0; shape < 4; shape++) {
+        const char *sys = shape & 1 ? "S\xc3\xa9 \"x\"" : NULL;
+        for (size_t n = 1; n <= N; n++) {
+            llm_request req = {
+                .model = "gpt-x", .system = sys, .messages = m, .n_messages = n, .max_tokens = 7, .stream = shape & 2
+            };
+            json_t *root = json_object();
+            json_object_set_new(root, "model", json_string("gpt-x"));
+            json_t *msgs = json_array();
+            if (sys)
+                json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "system", "content", sys));
+            for (size_t i = 0; i < n; i++)
+                json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", m[i].role, "content", m[i].content));
+            json_object_set_new(root, "messages", msgs);
+            json_object_set_new(root, "max_tokens", json_integer(7));
+            json_object_set_new(root, "stream", json_boolean(req.stream));
+            if (req.stream)
+                json_object_set_new(root, "stream_options", json_pack("{s:b}", "include_usage", 1));
+            char *want = json_dumps(root, JSON_COMPACT);
+            json_decref(root);
+            char *got = llm_build_body(&p, &req);
+            assert_non_null(got);
+            assert_string_equal(got, want);
+            free(got);
+            free(want);
+        }
+    }
+    json_t *calls = json_loads("[{\"type\":\"tool_use\",\"id\":\"c1\",\"name\":\"f\",\"input\":{}},"
+                               "{\"type\":\"tool_use\",\"id\":\"c2\",\"name\":\"g\",\"input\":{}}]",
+                               0, NULL);
+    json_t *results = json_loads("[{\"type\":\"tool_result\",\"tool_use_id\":\"c1\",\"content\":\"r1\"},"
+                                 "{\"type\":\"tool_result\",\"tool_use_id\":\"c2\",\"content\":\"r2\"}]",
+                                 0, NULL);
+    m[1].blocks = calls;
+    m[2].blocks = results;
+    llm_request req = { .model = "gpt-x", .messages = m, .n_messages = 4, .max_tokens = 7 };
+    char *got = llm_build_body(&p, &req);
+    assert_non_null(got);
+    assert_string_equal(got, "{\"model\":\"gpt-x\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"},"
+                             "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":"
+                             "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}},{\"id\":\"c2\","
+                             "\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]},"
+                             "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"r1\"},{\"role\":\"tool\","
+                             "\"tool_call_id\":\"c2\",\"content\":\"r2\"},{\"role\":\"assistant\",\"content\":"
+                             "\"ctl \\u0001\\u001F\"}],\"max_tokens\":7,\"stream\":false}");
+    free(got);
+    /* Not UTF-8 in a text message or the system prompt, a text message without content: no body. */
+    m[3].content = "bad \xc3";
+    assert_null(llm_build_body(&p, &req));
+    m[3].content = NULL;
+    assert_null(llm_build_body(&p, &req));
+    m[3].content = "ok";
+    req.system = "\xff";
+    assert_null(llm_build_body(&p, &req));
+    json_decref(calls);
+    json_decref(results);
+}
+
+
 static const llm_message HISTORY[] = { { "user", "Hello", NULL },
                                        { "assistant", "Hi \"there\"\n", NULL },
                                        { "user", "caf\xc3\xa9?", NULL } };
@@ -1132,6 +1205,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_body_exact_stream),
+        cmocka_unit_test(test_body_written_equals_tree),
         cmocka_unit_test(test_body_exact_nonstream),
         cmocka_unit_test(test_body_invalid),
         cmocka_unit_test(test_body_blocks_all_kinds),
