@@ -259,15 +259,20 @@ static void turn_free(turn *t)
 
 /* The new user message's size in tokens, from the provider's counts: this
  * turn's whole input minus the conversation as it stood after the last turn.
- * -1 (estimate later) when that is not derivable. */
+ * When that is not derivable (the first turn, a truncated request, no usage),
+ * the estimate every later turn would make of it (context.h), kept so that
+ * they do not: a session past its window would otherwise walk the text of
+ * every message it sends on every turn. */
 static int64_t user_tokens(const turn *t, const llm_usage *u)
 {
-    if (t->prev_context_tokens < 0 || u->input_tokens < 0)
-        return -1;
-    int64_t in = u->input_tokens + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
-                 (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
-    int64_t d = in - t->prev_context_tokens;
-    return d > 0 ? d : -1;
+    if (t->prev_context_tokens >= 0 && u->input_tokens >= 0) {
+        int64_t in = u->input_tokens + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
+                     (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
+        int64_t d = in - t->prev_context_tokens;
+        if (d > 0)
+            return d;
+    }
+    return t->user_blocks ? llm_content_tokens(t->user_blocks) : context_estimate_tokens(t->user_message);
 }
 
 /* True if content holds text blocks only (or nothing). */

@@ -447,6 +447,18 @@ static char *history(fx *f, const char *session)
     return out;
 }
 
+/* The stored token count of message i of session. */
+static int64_t message_tokens(fx *f, const char *session, size_t i)
+{
+    store_message *m = NULL;
+    size_t n = 0;
+    assert_int_equal(store_messages_list(f->db, session, 0, 100, &m, &n), CHAT_OK);
+    assert_true(i < n);
+    int64_t k = m[i].tokens;
+    store_messages_free(m, n);
+    return k;
+}
+
 /* Begins an Idempotency-Key record for the turn (as the API does, with the request id as token). */
 static void idem_begin(fx *f, const char *key, const char *token, const char *session)
 {
@@ -550,6 +562,9 @@ static void test_done_inline_store(void **state)
     assert_int_equal(f.res_turn_count, 1);
     assert_true(f.res_message_id > 0);
     assert_string_equal(history(&f, "s1"), "user:complete:Hello?|assistant:complete:Hello, world!");
+    /* A first turn has no earlier size to subtract: its message keeps the
+     * estimate (6 code points / 4, rounded up), not -1 to recount each turn. */
+    assert_int_equal(message_tokens(&f, "s1", 0), 2);
     assert_lock_free(&f, "s1");
     fx_free(&f);
 }
