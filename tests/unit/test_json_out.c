@@ -133,7 +133,7 @@ static void test_other_flags_delegate(void **state)
     json_decref(v);
 }
 
-/* Strings are scanned eight bytes at a time: every byte that ends a run, at
+/* Strings are scanned sixteen (SSE2) and eight bytes at a time: every byte that ends a run, at
  * every offset of a word and across words, under every flag that changes the
  * bytes that end a run. */
 static void test_word_scan_boundaries(void **state)
