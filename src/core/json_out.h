@@ -47,7 +47,7 @@ char *chat_json_dumps(const json_t *v, size_t flags, size_t *len);
  * fn, which writes one JSON value in its place with the chat_json_write_*
  * functions. Why: a provider body carries the whole conversation; built as a
  * jansson tree, every message is a copy of its text and four allocations,
- * all freed again after one dump (docs/ARCHITECTURE.md, "The provider body").
+ * all freed again after one dump (docs/ARCHITECTURE.md, "Threads and loops": the provider body).
  *
  * The result is what chat_json_dumps writes for v with `at` replaced by fn's
  * output. NULL when fn returns false, on the cases where chat_json_dumps
