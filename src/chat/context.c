@@ -107,7 +107,8 @@ chat_rc context_fit(const store_message *hist, size_t n, const char *system, con
 
 /* Part i of the request: hist[i], or the new message after the history
  * (i == n). Returns its role as a static string ("user" or "assistant"), or
- * NULL when it has no content (left out). */
+ * NULL when it has no content (left out). *len comes in as the text's length
+ * if known (else 0) and goes out as it. */
 static const char *part(const store_message *hist, const json_t *const *hist_blocks, size_t n, const char *message,
                         const json_t *message_blocks, size_t i, const char **content, size_t *len,
                         const json_t **blocks)
@@ -124,7 +125,7 @@ static const char *part(const store_message *hist, const json_t *const *hist_blo
         if (!c || !*c)
             return NULL;
         *content = c;
-        *len = strlen(c);
+        *len = *len ? *len : strlen(c);
     }
     return role && strcmp(role, "user") == 0 ? "user" : "assistant";
 }
@@ -166,13 +167,15 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
                                const char *message, const json_t *message_blocks, llm_message **out)
 {
     size_t *size = chat_xcalloc(n - first + 1, sizeof *size);
+    size_t *plen = chat_xcalloc(n - first + 1, sizeof *plen); /* each part's text, measured once */
     size_t count = 0;
     const char *last = NULL; /* role of message count - 1 */
     for (size_t i = first; i <= n; i++) {
         const char *content;
-        size_t len;
+        size_t len = 0;
         const json_t *blocks;
         const char *role = part(hist, hist_blocks, n, message, message_blocks, i, &content, &len, &blocks);
+        plen[i - first] = len;
         if (!role || (count == 0 && role[0] != 'u'))
             continue;
         if (count > 0 && role == last) {
@@ -188,7 +191,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
     char *buf = NULL;                                            /* its text */
     for (size_t i = first; i <= n; i++) {
         const char *content;
-        size_t len;
+        size_t len = plen[i - first];
         const json_t *blocks;
         const char *role = part(hist, hist_blocks, n, message, message_blocks, i, &content, &len, &blocks);
         if (!role || (k == 0 && role[0] != 'u'))
@@ -209,6 +212,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             memcpy(buf + used + 2, content, len);
             used += 2 + len;
             buf[used] = '\0';
+            m->content_len = used;
             continue;
         }
         buf = chat_xmalloc(size[k] + 1);
@@ -219,6 +223,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
         buf[used] = '\0';
         msgs[k].role = role;
         msgs[k].content = buf;
+        msgs[k].content_len = used;
         msgs[k].blocks = blocks; /* borrowed until the end: copied before a merge extends it */
         k++;
     }
@@ -233,8 +238,10 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
         }
         free((char *)msgs[j].content);
         msgs[j].content = llm_content_text(msgs[j].blocks);
+        msgs[j].content_len = 0;
     }
     free(acc);
+    free(plen);
     free(size);
     *out = msgs;
     return count;

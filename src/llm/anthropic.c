@@ -595,7 +595,7 @@ static bool write_messages(chat_json_writer *w, void *ud)
                 return false;
             continue;
         }
-        if (!llm_write_text_message(w, m->role, m->content))
+        if (!llm_write_text_message(w, m->role, m->content, m->content_len))
             return false;
     }
     chat_json_write_raw(w, "]", 1);
@@ -613,7 +613,7 @@ static bool write_messages(chat_json_writer *w, void *ud)
  * NULL if a field is missing, a string is not valid UTF-8, or an option
  * cannot be carried.
  */
-static char *build_body(const llm_provider *p, const llm_request *req)
+static char *build_body(const llm_provider *p, const llm_request *req, size_t *len)
 {
     char *out = NULL;
     json_t *root = NULL;
@@ -666,7 +666,7 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     if (p->prompt_caching)
         (void)mark_cache(root, view, n, p->cache_min_tokens);
     body_messages bm = { req, objs };
-    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, NULL); /* NULL: not UTF-8 */
+    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, len); /* NULL: not UTF-8 */
 out:
     for (size_t i = 0; i < n; i++)
         json_decref(objs[i]);

@@ -280,13 +280,13 @@ char *llm_http_error_text(int http_status, const char *body, size_t len)
     return msg;
 }
 
-bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text)
+bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len)
 {
     chat_json_write_raw(w, "{\"role\":", 8);
     if (!chat_json_write_string(w, role, strlen(role)))
         return false;
     chat_json_write_raw(w, ",\"content\":", 11);
-    if (!chat_json_write_string(w, text, strlen(text)))
+    if (!chat_json_write_string(w, text, len ? len : strlen(text)))
         return false;
     chat_json_write_raw(w, "}", 1);
     return true;
@@ -412,7 +412,8 @@ char *llm_build_body(const llm_provider *p, const llm_request *req)
     if (!p || !req)
         return NULL;
     const llm_provider_ops *ops = ops_for(p->kind);
-    return ops ? ops->build_body(p, req) : NULL;
+    size_t len;
+    return ops ? ops->build_body(p, req, &len) : NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1391,7 +1392,8 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
         *out = NULL;
     if (!t || !out || !cbs || !cbs->on_done || !req || !ops || !provider_ok(p))
         goto out;
-    body = ops->build_body(p, req);
+    size_t body_len = 0;
+    body = ops->build_body(p, req, &body_len);
     url = ops->build_url(p);
     headers = ops->build_headers(p, req->stream);
     if (!body || !url || !headers)
@@ -1438,7 +1440,7 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(c->body));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);

@@ -164,8 +164,9 @@ typedef struct llm_provider_ops {
     /* The request headers (a new curl list, caller frees with curl_slist_free_all),
      * or NULL if a configured value would be unsafe in a header (CR/LF...). */
     struct curl_slist *(*build_headers)(const llm_provider *p, bool stream);
-    /* The JSON body (heap), or NULL if req is unusable (see llm_build_body). */
-    char *(*build_body)(const llm_provider *p, const llm_request *req);
+    /* The JSON body (heap), or NULL if req is unusable (see llm_build_body);
+     * *len gets its length. */
+    char *(*build_body)(const llm_provider *p, const llm_request *req, size_t *len);
     /* One dispatched SSE event of a 2xx streaming reply. Returns 0 to go on,
      * nonzero to stop (st->err says why, or emit asked to stop). */
     int (*on_sse_event)(llm_parse *st, const char *type, const char *data, size_t len);
@@ -216,10 +217,11 @@ int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens);
 
 /* ---- helpers shared by providers (call.c) ---- */
 
-/* Writes {"role":role,"content":text} (compact), as a tree of those two
- * strings dumps; false if either is not UTF-8. The providers write their text
- * messages with it instead of building a tree (core/json_out.h). */
-bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text);
+/* Writes {"role":role,"content":text} (compact; text is len bytes, 0 meaning
+ * strlen(text)), as a tree of those two strings dumps; false if either is not
+ * UTF-8. The providers write their text messages with it instead of building
+ * a tree (core/json_out.h). */
+bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len);
 
 /*
  * A short, printable excerpt of an arbitrary body for an error message: at

@@ -319,7 +319,7 @@ static bool write_messages(chat_json_writer *w, void *ud)
     bool first = true;
     chat_json_write_raw(w, "[", 1);
     if (req->system && *req->system) {
-        if (!llm_write_text_message(w, "system", req->system))
+        if (!llm_write_text_message(w, "system", req->system, 0))
             return false;
         first = false;
     }
@@ -330,7 +330,8 @@ static bool write_messages(chat_json_writer *w, void *ud)
                 chat_json_write_raw(w, ",", 1);
             first = false;
             bool ok = b->objs[i] ? chat_json_write_value(w, json_array_get(b->objs[i], j))
-                                 : llm_write_text_message(w, req->messages[i].role, req->messages[i].content);
+                                 : llm_write_text_message(w, req->messages[i].role, req->messages[i].content,
+                                                          req->messages[i].content_len);
             if (!ok)
                 return false;
         }
@@ -534,7 +535,7 @@ bad:
  * NULL if a field is missing, the max-tokens field name is unknown, or a
  * string is not valid UTF-8.
  */
-static char *build_body(const llm_provider *p, const llm_request *req)
+static char *build_body(const llm_provider *p, const llm_request *req, size_t *len)
 {
     char *out = NULL;
     json_t *root = NULL;
@@ -569,7 +570,7 @@ static char *build_body(const llm_provider *p, const llm_request *req)
     if (!apply_options(root, req))
         goto out;
     body_messages bm = { req, objs };
-    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, NULL); /* NULL: not UTF-8 */
+    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, len); /* NULL: not UTF-8 */
 out:
     for (size_t i = 0; i < n; i++)
         json_decref(objs[i]);

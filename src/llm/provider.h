@@ -87,6 +87,9 @@ typedef struct llm_message {
     /* NULL, or the message's content as canonical blocks (llm/content.h): tool
      * calls, tool results, images, thinking. Borrowed, like content. */
     const json_t *blocks;
+    /* strlen(content) when the caller knows it (the request is written
+     * without measuring the text again), or 0: measured when needed. */
+    size_t content_len;
 } llm_message;
 
 typedef struct llm_request {

@@ -64,10 +64,11 @@ static size_t str_size(const char *s)
     return s ? strlen(s) + 1 : 0;
 }
 
-/* A cached message keeps its strings in one block, in this order; its first
- * non-NULL string is the block's start (msg_unpack frees it). The small,
- * repeated strings (role, status, model, stop reason) would otherwise cost a
- * malloc chunk each, several times their text. */
+/* A cached message keeps its strings in one block, in this order, after a
+ * header that holds their bytes' length (a read copies the strings without
+ * measuring any: the last one's end would be a cache miss per message). The
+ * small, repeated strings (role, status, model, stop reason) would otherwise
+ * cost a malloc chunk each, several times their text. */
 #define MSG_STRINGS(m)                                                                        \
     {                                                                                         \
         &(m)->role, &(m)->content, &(m)->blocks, &(m)->status, &(m)->model, &(m)->stop_reason \
@@ -80,7 +81,7 @@ static size_t msg_bytes(const store_message *m)
     size_t n = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         n += str_size(*f[i]);
-    return n ? n + BLOCK_OVERHEAD : 0;
+    return n ? sizeof(size_t) + n + BLOCK_OVERHEAD : 0;
 }
 
 /* The cache's copy of src, its strings packed in one block. */
@@ -92,7 +93,11 @@ static void msg_pack(store_message *dst, const store_message *src)
     size_t total = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         total += str_size(*f[i]);
-    char *p = total ? chat_xmalloc(total) : NULL;
+    if (total == 0)
+        return;
+    char *p = chat_xmalloc(sizeof total + total);
+    memcpy(p, &total, sizeof total);
+    p += sizeof total;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         if (!*f[i])
             continue;
@@ -103,27 +108,27 @@ static void msg_pack(store_message *dst, const store_message *src)
     }
 }
 
-/* The extent of a cached message's string block (msg_pack): from its first
- * string to the end of its last, found without reading the long ones. */
+/* The strings of a cached message (msg_pack): *start gets the first, the
+ * result their bytes (0: it has none). */
 static size_t msg_block(const store_message *m, const char **start)
 {
     char *const *f[] = MSG_STRINGS((store_message *)m);
-    const char *first = NULL, *last = NULL;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (*f[i]) {
-            if (!first)
-                first = *f[i];
-            last = *f[i];
+            size_t n;
+            memcpy(&n, *f[i] - sizeof n, sizeof n);
+            *start = *f[i];
+            return n;
         }
-    *start = first;
-    return first ? (size_t)(last - first) + strlen(last) + 1 : 0;
+    *start = NULL;
+    return 0;
 }
 
 static void msg_unpack_free(store_message *m)
 {
     const char *start;
     if (msg_block(m, &start))
-        free((char *)start);
+        free((char *)start - sizeof(size_t));
 }
 
 /* The caller's copy of msgs[0..k): the array and every string in one

@@ -136,6 +136,8 @@ static void test_messages_merge(void **state)
     assert_string_equal(m[1].content, "r");
     assert_string_equal(m[2].role, "user");
     assert_string_equal(m[2].content, "c");
+    for (size_t i = 0; i < n; i++) /* measured once here, so the request is written without measuring */
+        assert_int_equal(m[i].content_len, strlen(m[i].content));
     context_messages_free(m, n);
 
     n = context_messages(h, 0, 0, "only", &m);
@@ -164,6 +166,7 @@ static void test_messages_merge_linear(void **state)
     assert_int_equal(n, 1);
     size_t want = (size_t)N * (11 + 2) + 4;
     assert_int_equal(strlen(m[0].content), want);
+    assert_int_equal(m[0].content_len, want);
     assert_memory_equal(m[0].content + want - 17, "hello world\n\nlast", 17);
     assert_true(took < 1000);
     context_messages_free(m, n);
@@ -262,6 +265,8 @@ static void test_messages_with_blocks(void **state)
                                 "{\"type\":\"url\",\"url\":\"https://x/a.png\"}}]");
     free(merged);
     assert_string_equal(m[2].content, "more");
+    assert_int_equal(m[0].content_len, 2);
+    assert_int_equal(m[2].content_len, 0);        /* a block message's text: not measured */
     assert_int_equal(json_array_size(result), 1); /* the history's arrays are not changed */
     context_messages_free(m, n);
 
