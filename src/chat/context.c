@@ -159,15 +159,28 @@ static void merge_blocks(llm_message *m, json_t **acc, const char *text, size_t 
     m->blocks = *acc;
 }
 
-/* A first pass measures each resulting text message, a second copies every
- * part once into a buffer allocated at its final size. A message that holds
+/*
+ * The array is followed, in the same allocation, by one flag per message:
+ * whether the array owns its content (made here) or borrows it from the
+ * history or the new message (a message of one text part, the common case:
+ * a long history is not copied once more per turn).
+ */
+static bool *owned_flags(llm_message *msgs, size_t n)
+{
+    return (bool *)(void *)(msgs + n);
+}
+
+/* A first pass measures each resulting text message, a second builds them:
+ * a message of one text part borrows that text, merged neighbours are copied
+ * once into a buffer allocated at its final size. A message that holds
  * blocks (or meets a part with blocks) becomes a block array instead: its
  * text is then the text of its blocks. */
 size_t context_messages_blocks(const store_message *hist, const json_t *const *hist_blocks, size_t first, size_t n,
                                const char *message, const json_t *message_blocks, llm_message **out)
 {
     size_t *size = chat_xcalloc(n - first + 1, sizeof *size);
-    size_t *plen = chat_xcalloc(n - first + 1, sizeof *plen); /* each part's text, measured once */
+    size_t *plen = chat_xcalloc(n - first + 1, sizeof *plen);   /* each part's text, measured once */
+    size_t *parts = chat_xcalloc(n - first + 1, sizeof *parts); /* by message: its parts */
     size_t count = 0;
     const char *last = NULL; /* role of message count - 1 */
     for (size_t i = first; i <= n; i++) {
@@ -180,15 +193,19 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             continue;
         if (count > 0 && role == last) {
             size[count - 1] += 2 + len; /* "\n\n" + content */
+            parts[count - 1]++;
             continue;
         }
+        parts[count] = 1;
         size[count++] = len;
         last = role;
     }
-    llm_message *msgs = chat_xcalloc(count ? count : 1, sizeof *msgs);
-    json_t **acc = chat_xcalloc(count ? count : 1, sizeof *acc); /* merged block arrays (owned), by message */
-    size_t k = 0, used = 0;                                      /* message k - 1 holds used bytes of text so far */
-    char *buf = NULL;                                            /* its text */
+    size_t slots = count ? count : 1;
+    llm_message *msgs = chat_xcalloc(1, slots * (sizeof *msgs + sizeof(bool)));
+    bool *owned = owned_flags(msgs, slots);
+    json_t **acc = chat_xcalloc(slots, sizeof *acc); /* merged block arrays (owned), by message */
+    size_t k = 0, used = 0;                          /* message k - 1 holds used bytes of text so far */
+    char *buf = NULL;                                /* its text, while it is made here */
     for (size_t i = first; i <= n; i++) {
         const char *content;
         size_t len = plen[i - first];
@@ -205,7 +222,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
                     if (!acc[k - 1])
                         chat_fatal("out of memory");
                 }
-                merge_blocks(m, &acc[k - 1], buf, used, blocks, content, len);
+                merge_blocks(m, &acc[k - 1], m->content, used, blocks, content, len);
                 continue;
             }
             memcpy(buf + used, "\n\n", 2);
@@ -215,14 +232,18 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             m->content_len = used;
             continue;
         }
-        buf = chat_xmalloc(size[k] + 1);
-        used = 0;
-        if (content)
-            memcpy(buf, content, len);
         used = len;
-        buf[used] = '\0';
+        if (parts[k] > 1) { /* neighbours follow: made here at its final size */
+            buf = chat_xmalloc(size[k] + 1);
+            if (content)
+                memcpy(buf, content, len);
+            buf[used] = '\0';
+            msgs[k].content = buf;
+            owned[k] = true;
+        } else {
+            msgs[k].content = content ? content : "";
+        }
         msgs[k].role = role;
-        msgs[k].content = buf;
         msgs[k].content_len = used;
         msgs[k].blocks = blocks; /* borrowed until the end: copied before a merge extends it */
         k++;
@@ -236,15 +257,32 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
         } else {
             json_incref((json_t *)msgs[j].blocks);
         }
-        free((char *)msgs[j].content);
+        if (owned[j])
+            free((char *)msgs[j].content);
         msgs[j].content = llm_content_text(msgs[j].blocks);
         msgs[j].content_len = 0;
+        owned[j] = true;
     }
     free(acc);
+    free(parts);
     free(plen);
     free(size);
     *out = msgs;
     return count;
+}
+
+void context_messages_detach(llm_message *msgs, size_t n)
+{
+    bool *owned = owned_flags(msgs, n ? n : 1);
+    for (size_t i = 0; msgs && i < n; i++) {
+        if (owned[i])
+            continue;
+        size_t len = msgs[i].content_len ? msgs[i].content_len : strlen(msgs[i].content);
+        char *copy = chat_xmalloc(len + 1);
+        memcpy(copy, msgs[i].content, len + 1);
+        msgs[i].content = copy;
+        owned[i] = true;
+    }
 }
 
 size_t context_messages(const store_message *hist, size_t first, size_t n, const char *message, llm_message **out)
@@ -254,8 +292,12 @@ size_t context_messages(const store_message *hist, size_t first, size_t n, const
 
 void context_messages_free(llm_message *msgs, size_t n)
 {
-    for (size_t i = 0; msgs && i < n; i++) {
-        free((char *)msgs[i].content);
+    if (!msgs)
+        return;
+    bool *owned = owned_flags(msgs, n ? n : 1);
+    for (size_t i = 0; i < n; i++) {
+        if (owned[i])
+            free((char *)msgs[i].content);
         json_decref((json_t *)msgs[i].blocks);
     }
     free(msgs);

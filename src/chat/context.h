@@ -53,8 +53,10 @@ chat_rc context_fit(const store_message *hist, size_t n, const char *system, con
  * merged with a blank line between them. Roles other than "user" count as
  * "assistant". Linear in the total size, however many neighbours merge.
  * Returns the number of messages (0 only when nothing has content) and sets
- * *out to a heap array whose roles are static strings and whose contents are
- * heap copies: free both with context_messages_free(*out, count).
+ * *out to a heap array whose roles are static strings. A message of one text
+ * part borrows that text from hist or message, which must then outlive the
+ * array (context_messages_detach copies them); merged texts are the array's.
+ * Free with context_messages_free(*out, count).
  */
 size_t context_messages(const store_message *hist, size_t first, size_t n, const char *message, llm_message **out);
 
@@ -77,7 +79,7 @@ size_t context_messages(const store_message *hist, size_t first, size_t n, const
  *
  * context_messages_blocks builds the messages as context_messages does; a
  * message with blocks keeps them (llm_message.blocks, a reference owned by
- * the array) and its content is the text of its blocks (heap, maybe ""). Two
+ * the array) and its content is the text of its blocks (the array's, maybe ""). Two
  * same-role neighbours of which one has blocks merge into one block array
  * (the text one as a text block, in order). Free with context_messages_free.
  */
@@ -87,8 +89,12 @@ chat_rc context_fit_blocks(const store_message *hist, const json_t *const *hist_
 size_t context_messages_blocks(const store_message *hist, const json_t *const *hist_blocks, size_t first, size_t n,
                                const char *message, const json_t *message_blocks, llm_message **out);
 
-/* Frees what context_messages or context_messages_blocks returned (contents
- * and block references). Accepts NULL. */
+/* Makes every content of msgs (n messages from context_messages*) the
+ * array's own copy, for a history that will not outlive it. */
+void context_messages_detach(llm_message *msgs, size_t n);
+
+/* Frees what context_messages or context_messages_blocks returned (the texts
+ * it owns and the block references). Accepts NULL. */
 void context_messages_free(llm_message *msgs, size_t n);
 
 #endif

@@ -82,6 +82,8 @@ struct turn {
     const chat_model *current; /* the model the running call uses (a fallback after a failure) */
     size_t next_fallback;      /* index into model->fallbacks of the next one to try */
     llm_message *msgs;         /* the provider request's messages (context_messages), kept for fallbacks */
+    store_message *hist;       /* the history read, whose texts msgs borrow (owned; NULL for ephemeral turns) */
+    size_t nhist;
     size_t n_msgs;
     char *lock_token;
     char *owner;
@@ -247,6 +249,7 @@ static void turn_free(turn *t)
     free(t->stop_sequence);
     free(t->system_prompt);
     context_messages_free(t->msgs, t->n_msgs);
+    store_messages_free(t->hist, t->nhist);
     free(t->lock_token);
     free(t->owner);
     free(t->idem_scope);
@@ -1014,9 +1017,13 @@ static bool prepare(turn *t, const store_message *hist, const json_t *const *his
                        (long long)(plan.tokens), model->name, (long long)plan.budget);
         return false;
     }
-    /* Copies: a fallback restarts the call after the history was freed. */
+    /* Kept for a fallback, which restarts the call. Their texts are borrowed
+     * from the history the turn keeps (t->hist); an ephemeral turn's
+     * history is its caller's, so they are copied. */
     t->n_msgs =
         context_messages_blocks(hist, hist_blocks, plan.first, nhist, t->user_message, t->user_blocks, &t->msgs);
+    if (t->ephemeral)
+        context_messages_detach(t->msgs, t->n_msgs);
     t->truncated_turns = plan.truncated_turns;
     /* What the model can take: the content it will be sent, and the options. */
     if (!fit_model(t, model, err))
@@ -1207,7 +1214,12 @@ static void history_done(turn *t, store_op *op)
         int64_t k = t->sess.turn_count - users;
         t->unread_turns = k < 0 ? 0 : k > op->out.count ? op->out.count : k;
     }
-    loaded(t, op->out.messages, op->out.n_messages);
+    /* Kept by the turn: the request's messages borrow its texts. */
+    t->hist = op->out.messages;
+    t->nhist = op->out.n_messages;
+    op->out.messages = NULL;
+    op->out.n_messages = 0;
+    loaded(t, t->hist, t->nhist);
 }
 
 /*

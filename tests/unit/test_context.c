@@ -128,7 +128,8 @@ static void test_messages_merge(void **state)
     store_message h[6] = { msg("user", "old", -1),   msg("assistant", "lead", -1), msg("user", "a", -1),
                            msg("assistant", "", -1), msg("user", "b", -1),         msg("assistant", "r", -1) };
     llm_message *m = NULL;
-    size_t n = context_messages(h, 1, 6, "c", &m);
+    const char *newest = "c";
+    size_t n = context_messages(h, 1, 6, newest, &m);
     assert_int_equal(n, 3);
     assert_string_equal(m[0].role, "user");
     assert_string_equal(m[0].content, "a\n\nb");
@@ -138,6 +139,16 @@ static void test_messages_merge(void **state)
     assert_string_equal(m[2].content, "c");
     for (size_t i = 0; i < n; i++) /* measured once here, so the request is written without measuring */
         assert_int_equal(m[i].content_len, strlen(m[i].content));
+    /* One part: the history's own text, not a copy; merged: made here. */
+    assert_ptr_equal(m[1].content, h[5].content);
+    assert_ptr_equal(m[2].content, newest);
+    assert_true(m[0].content != h[2].content && m[0].content != h[4].content);
+    /* Detached, every text is the array's: the history may go. */
+    const char *borrowed = m[1].content;
+    context_messages_detach(m, n);
+    assert_true(m[1].content != borrowed);
+    assert_string_equal(m[1].content, "r");
+    assert_string_equal(m[0].content, "a\n\nb");
     context_messages_free(m, n);
 
     n = context_messages(h, 0, 0, "only", &m);
