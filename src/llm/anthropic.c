@@ -574,34 +574,6 @@ static bool apply_options(json_t *root, const llm_request *req)
     return true;
 }
 
-/* The body's "messages": each message is {"role","content"} written straight
- * from its text, or its object where it has one (objs[i]: a message with
- * blocks, or the one a breakpoint may go on). Compact output only. */
-typedef struct body_messages {
-    const llm_request *req;
-    json_t *const *objs;
-} body_messages;
-
-static bool write_messages(chat_json_writer *w, void *ud)
-{
-    const body_messages *b = ud;
-    chat_json_write_raw(w, "[", 1);
-    for (size_t i = 0; i < b->req->n_messages; i++) {
-        const llm_message *m = &b->req->messages[i];
-        if (i)
-            chat_json_write_raw(w, ",", 1);
-        if (b->objs[i]) {
-            if (!chat_json_write_value(w, b->objs[i]))
-                return false;
-            continue;
-        }
-        if (!llm_write_text_message(w, m->role, m->content, m->content_len))
-            return false;
-    }
-    chat_json_write_raw(w, "]", 1);
-    return true;
-}
-
 /*
  * The body: {"model", "max_tokens", "system" (only when non-empty),
  * "messages":[{"role","content"}] (content the text, or the message's
@@ -609,7 +581,9 @@ static bool write_messages(chat_json_writer *w, void *ud)
  * options (apply_options), "stream":true (only when streaming)}, with
  * cache_control breakpoints when p->prompt_caching is on.
  * The messages are not put into the tree: a text message is written from its
- * text (write_messages), so the history is not copied once more per turn.
+ * text (llm_write_messages), so the history is not copied once more per turn;
+ * objects are made only for messages with blocks and for the one a
+ * breakpoint may go on.
  * NULL if a field is missing, a string is not valid UTF-8, or an option
  * cannot be carried.
  */
@@ -657,7 +631,7 @@ static char *build_body(const llm_provider *p, const llm_request *req, size_t *l
             goto out;
         json_object_set_new(root, "system", sys);
     }
-    json_t *msgs = jchk(json_array()); /* where write_messages writes */
+    json_t *msgs = jchk(json_array()); /* where llm_write_messages writes */
     json_object_set_new(root, "messages", msgs);
     if (!apply_options(root, req))
         goto out;
@@ -665,8 +639,8 @@ static char *build_body(const llm_provider *p, const llm_request *req, size_t *l
         json_object_set_new(root, "stream", json_true());
     if (p->prompt_caching)
         (void)mark_cache(root, view, n, p->cache_min_tokens);
-    body_messages bm = { req, objs };
-    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, len); /* NULL: not UTF-8 */
+    llm_body_messages bm = { req, objs, NULL };
+    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, llm_write_messages, &bm, len); /* NULL: not UTF-8 */
 out:
     for (size_t i = 0; i < n; i++)
         json_decref(objs[i]);

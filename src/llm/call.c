@@ -280,7 +280,10 @@ char *llm_http_error_text(int http_status, const char *body, size_t len)
     return msg;
 }
 
-bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len)
+/* Writes {"role":role,"content":text} (compact; text is len bytes, 0 meaning
+ * strlen(text)), as a tree of those two strings dumps; false if either is not
+ * UTF-8. */
+static bool write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len)
 {
     chat_json_write_raw(w, "{\"role\":", 8);
     if (!chat_json_write_string(w, role, strlen(role)))
@@ -289,6 +292,36 @@ bool llm_write_text_message(chat_json_writer *w, const char *role, const char *t
     if (!chat_json_write_string(w, text, len ? len : strlen(text)))
         return false;
     chat_json_write_raw(w, "}", 1);
+    return true;
+}
+
+bool llm_write_messages(chat_json_writer *w, void *ud)
+{
+    const llm_body_messages *b = ud;
+    const llm_request *req = b->req;
+    bool first = true;
+    chat_json_write_raw(w, "[", 1);
+    if (b->system && *b->system) {
+        if (!write_text_message(w, "system", b->system, 0))
+            return false;
+        first = false;
+    }
+    for (size_t i = 0; i < req->n_messages; i++) {
+        const json_t *o = b->objs[i];
+        size_t k = json_is_array(o) ? json_array_size(o) : 1;
+        for (size_t j = 0; j < k; j++) {
+            if (!first)
+                chat_json_write_raw(w, ",", 1);
+            first = false;
+            const llm_message *m = &req->messages[i];
+            bool ok = !o                 ? write_text_message(w, m->role, m->content, m->content_len)
+                      : json_is_array(o) ? chat_json_write_value(w, json_array_get(o, j))
+                                         : chat_json_write_value(w, o);
+            if (!ok)
+                return false;
+        }
+    }
+    chat_json_write_raw(w, "]", 1);
     return true;
 }
 

@@ -217,11 +217,18 @@ int llm_anthropic_mark_cache(json_t *body, int64_t min_tokens);
 
 /* ---- helpers shared by providers (call.c) ---- */
 
-/* Writes {"role":role,"content":text} (compact; text is len bytes, 0 meaning
- * strlen(text)), as a tree of those two strings dumps; false if either is not
- * UTF-8. The providers write their text messages with it instead of building
- * a tree (core/json_out.h). */
-bool llm_write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len);
+/* The "messages" array of a provider body, written where the body's tree
+ * holds a placeholder (chat_json_dumps_splice; ud is this struct): first a
+ * {"role":"system"} message when system is non-empty (OpenAI's shape), then
+ * each of req's messages: from its text when objs[i] is NULL, else objs[i],
+ * an object or an array of the messages one message became (OpenAI's tool
+ * results). False if a string is not UTF-8. */
+typedef struct llm_body_messages {
+    const llm_request *req;
+    json_t *const *objs;
+    const char *system;
+} llm_body_messages;
+bool llm_write_messages(chat_json_writer *w, void *ud);
 
 /*
  * A short, printable excerpt of an arbitrary body for an error message: at

@@ -304,42 +304,6 @@ static bool add_block_message(json_t *msgs, const llm_message *m)
     return false;
 }
 
-/* The body's "messages": the system prompt and each text message written
- * straight from their text; a message with blocks as the objects it became
- * (objs[i], an array: tool results become one message each). Compact only. */
-typedef struct body_messages {
-    const llm_request *req;
-    json_t *const *objs;
-} body_messages;
-
-static bool write_messages(chat_json_writer *w, void *ud)
-{
-    const body_messages *b = ud;
-    const llm_request *req = b->req;
-    bool first = true;
-    chat_json_write_raw(w, "[", 1);
-    if (req->system && *req->system) {
-        if (!llm_write_text_message(w, "system", req->system, 0))
-            return false;
-        first = false;
-    }
-    for (size_t i = 0; i < req->n_messages; i++) {
-        size_t k = b->objs[i] ? json_array_size(b->objs[i]) : 1;
-        for (size_t j = 0; j < k; j++) {
-            if (!first)
-                chat_json_write_raw(w, ",", 1);
-            first = false;
-            bool ok = b->objs[i] ? chat_json_write_value(w, json_array_get(b->objs[i], j))
-                                 : llm_write_text_message(w, req->messages[i].role, req->messages[i].content,
-                                                          req->messages[i].content_len);
-            if (!ok)
-                return false;
-        }
-    }
-    chat_json_write_raw(w, "]", 1);
-    return true;
-}
-
 /* Options copied under the same name when present (docs/PROTOCOLS.md B8). */
 static const char *const copied_options[] = {
     "temperature", "top_p",    "top_k",        "stop", "seed", "presence_penalty", "frequency_penalty",
@@ -549,7 +513,7 @@ static char *build_body(const llm_provider *p, const llm_request *req, size_t *l
         if (!m->role || (!m->blocks && !m->content))
             goto out;
         if (!m->blocks)
-            continue; /* written from its text by write_messages */
+            continue; /* written from its text by llm_write_messages */
         objs[i] = jchk(json_array());
         if (!add_block_message(objs[i], m))
             goto out;
@@ -559,7 +523,7 @@ static char *build_body(const llm_provider *p, const llm_request *req, size_t *l
     if (!model)
         goto out;
     json_object_set_new(root, "model", model);
-    json_t *msgs = jchk(json_array()); /* where write_messages writes */
+    json_t *msgs = jchk(json_array()); /* where llm_write_messages writes */
     json_object_set_new(root, "messages", msgs);
     json_object_set_new(root, field, json_integer(req->max_tokens));
     json_object_set_new(root, "stream", json_boolean(req->stream));
@@ -569,8 +533,8 @@ static char *build_body(const llm_provider *p, const llm_request *req, size_t *l
     }
     if (!apply_options(root, req))
         goto out;
-    body_messages bm = { req, objs };
-    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, write_messages, &bm, len); /* NULL: not UTF-8 */
+    llm_body_messages bm = { req, objs, req->system };
+    out = chat_json_dumps_splice(root, JSON_COMPACT, msgs, llm_write_messages, &bm, len); /* NULL: not UTF-8 */
 out:
     for (size_t i = 0; i < n; i++)
         json_decref(objs[i]);

@@ -19,6 +19,7 @@
 #include "core/json_out.h"
 #include "fuzz_util.h"
 #include "llm/call_internal.h"
+#include "../unit/body_tree.h"
 
 enum { MAX_MESSAGES = 16 };
 
@@ -59,48 +60,6 @@ static json_t *usable_blocks(const char *text)
     return b;
 }
 
-/* The body as a tree: the reference. */
-static char *tree_body(const llm_provider *p, const llm_request *req)
-{
-    bool openai = p->kind == LLM_PROVIDER_OPENAI;
-    json_t *root = json_object();
-    json_object_set_new(root, "model", json_string(req->model));
-    if (!openai)
-        json_object_set_new(root, "max_tokens", json_integer(req->max_tokens));
-    json_t *msgs = json_array();
-    if (req->system && *req->system) {
-        json_t *sys = json_string(req->system);
-        if (!sys) {
-            json_decref(msgs);
-            json_decref(root);
-            return NULL;
-        }
-        if (openai)
-            json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", "system", "content", sys));
-        else
-            json_object_set_new(root, "system", sys);
-    }
-    for (size_t i = 0; i < req->n_messages; i++) {
-        const llm_message *m = &req->messages[i];
-        json_t *content = m->blocks ? json_deep_copy(m->blocks) : json_stringn_nocheck(m->content, strlen(m->content));
-        json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", m->role, "content", content));
-    }
-    json_object_set_new(root, "messages", msgs);
-    if (openai) {
-        json_object_set_new(root, "max_tokens", json_integer(req->max_tokens));
-        json_object_set_new(root, "stream", json_boolean(req->stream));
-        if (req->stream)
-            json_object_set_new(root, "stream_options", json_pack("{s:b}", "include_usage", 1));
-    } else if (req->stream) {
-        json_object_set_new(root, "stream", json_true());
-    }
-    if (p->prompt_caching)
-        (void)llm_anthropic_mark_cache(root, p->cache_min_tokens);
-    char *out = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    return out;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_in in = { data, size };
@@ -136,7 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             .model = "m", .system = system, .messages = msgs, .n_messages = k, .max_tokens = 64, .stream = flags & 4
         };
         char *got = llm_build_body(&p, &req);
-        char *want = tree_body(&p, &req);
+        char *want = body_tree_reference(&p, &req);
         FUZZ_CHECK((got == NULL) == (want == NULL), "built %s, tree %s", got ? got : "NULL", want ? want : "NULL");
         if (got)
             FUZZ_CHECK(strcmp(got, want) == 0, "\n built %s\n tree  %s", got, want);

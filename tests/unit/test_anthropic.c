@@ -19,6 +19,7 @@
 #include "llm/provider.h"
 #include "llm/sse.h"
 
+#include "body_tree.h"
 #include "llm_test_util.h"
 
 static const llm_provider *prov(void)
@@ -643,34 +644,6 @@ static void test_cache_limit_with_caller_markers(void **state)
     free(b);
 }
 
-/* The body as a tree, as build_body made it before it wrote messages without
- * one: the reference the written body must equal byte for byte. Text
- * messages and options-free requests only (blocks go through the same
- * message_content either way). */
-static char *tree_body(const llm_provider *p, const llm_request *req)
-{
-    json_t *root = json_pack("{s:s,s:i}", "model", req->model, "max_tokens", req->max_tokens);
-    if (req->system && *req->system)
-        json_object_set_new(root, "system", json_string(req->system));
-    json_t *msgs = json_array();
-    for (size_t i = 0; i < req->n_messages; i++) {
-        const llm_message *m = &req->messages[i];
-        json_t *o = json_object();
-        json_object_set_new(o, "role", json_string(m->role));
-        json_object_set_new(
-            o, "content", m->blocks ? json_deep_copy(m->blocks) : json_stringn_nocheck(m->content, strlen(m->content)));
-        json_array_append_new(msgs, o);
-    }
-    json_object_set_new(root, "messages", msgs);
-    if (req->stream)
-        json_object_set_new(root, "stream", json_true());
-    if (p->prompt_caching)
-        (void)llm_anthropic_mark_cache(root, p->cache_min_tokens);
-    char *out = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    return out;
-}
-
 /* The messages written without a tree equal the tree's dump: escapes,
  * non-ASCII text, empty texts, blocks between texts, a breakpoint on a text
  * message and on a block message, with and without caching. */
@@ -721,7 +694,7 @@ static void test_body_written_equals_tree(void **state)
                 for (size_t n = 1; n <= N; n++) {
                     req.n_messages = n;
                     char *got = llm_build_body(&p, &req);
-                    char *want = tree_body(&p, &req);
+                    char *want = body_tree_reference(&p, &req);
                     assert_non_null(got);
                     assert_non_null(want);
                     assert_string_equal(got, want);

@@ -20,6 +20,7 @@
 #include "llm/provider.h"
 #include "llm/sse.h"
 
+#include "body_tree.h"
 #include "llm_test_util.h"
 
 static llm_provider prov(void)
@@ -61,20 +62,7 @@ static void test_body_written_equals_tree(void **state)
             llm_request req = {
                 .model = "gpt-x", .system = sys, .messages = m, .n_messages = n, .max_tokens = 7, .stream = shape & 2
             };
-            json_t *root = json_object();
-            json_object_set_new(root, "model", json_string("gpt-x"));
-            json_t *msgs = json_array();
-            if (sys)
-                json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "system", "content", sys));
-            for (size_t i = 0; i < n; i++)
-                json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", m[i].role, "content", m[i].content));
-            json_object_set_new(root, "messages", msgs);
-            json_object_set_new(root, "max_tokens", json_integer(7));
-            json_object_set_new(root, "stream", json_boolean(req.stream));
-            if (req.stream)
-                json_object_set_new(root, "stream_options", json_pack("{s:b}", "include_usage", 1));
-            char *want = json_dumps(root, JSON_COMPACT);
-            json_decref(root);
+            char *want = body_tree_reference(&p, &req);
             char *got = llm_build_body(&p, &req);
             assert_non_null(got);
             assert_string_equal(got, want);
