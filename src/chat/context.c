@@ -179,8 +179,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
                                const char *message, const json_t *message_blocks, llm_message **out)
 {
     size_t *size = chat_xcalloc(n - first + 1, sizeof *size);
-    size_t *plen = chat_xcalloc(n - first + 1, sizeof *plen);   /* each part's text, measured once */
-    size_t *parts = chat_xcalloc(n - first + 1, sizeof *parts); /* by message: its parts */
+    size_t *plen = chat_xcalloc(n - first + 1, sizeof *plen); /* each part's text, measured once */
     size_t count = 0;
     const char *last = NULL; /* role of message count - 1 */
     for (size_t i = first; i <= n; i++) {
@@ -193,10 +192,8 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             continue;
         if (count > 0 && role == last) {
             size[count - 1] += 2 + len; /* "\n\n" + content */
-            parts[count - 1]++;
             continue;
         }
-        parts[count] = 1;
         size[count++] = len;
         last = role;
     }
@@ -233,7 +230,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             continue;
         }
         used = len;
-        if (parts[k] > 1) { /* neighbours follow: made here at its final size */
+        if (size[k] > len) { /* neighbours follow (each adds at least "\n\n"): made here at its final size */
             buf = chat_xmalloc(size[k] + 1);
             if (content)
                 memcpy(buf, content, len);
@@ -264,7 +261,6 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
         owned[j] = true;
     }
     free(acc);
-    free(parts);
     free(plen);
     free(size);
     *out = msgs;

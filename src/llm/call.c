@@ -445,8 +445,7 @@ char *llm_build_body(const llm_provider *p, const llm_request *req)
     if (!p || !req)
         return NULL;
     const llm_provider_ops *ops = ops_for(p->kind);
-    size_t len;
-    return ops ? ops->build_body(p, req, &len) : NULL;
+    return ops ? ops->build_body(p, req, NULL) : NULL;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -165,7 +165,7 @@ typedef struct llm_provider_ops {
      * or NULL if a configured value would be unsafe in a header (CR/LF...). */
     struct curl_slist *(*build_headers)(const llm_provider *p, bool stream);
     /* The JSON body (heap), or NULL if req is unusable (see llm_build_body);
-     * *len gets its length. */
+     * *len (len may be NULL) gets its length. */
     char *(*build_body)(const llm_provider *p, const llm_request *req, size_t *len);
     /* One dispatched SSE event of a 2xx streaming reply. Returns 0 to go on,
      * nonzero to stop (st->err says why, or emit asked to stop). */

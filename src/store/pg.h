@@ -76,6 +76,8 @@ extern const size_t pg_op_defs_count;
  * again, up to PG_RERUN_MAX times, by both execution paths. */
 #define PG_RERUN_MAX 3
 bool pg_res_rerunnable(const PGresult *res);
+/* Logs that statement name, rolled back (res), is sent again as attempt n. */
+void pg_log_rerun(const char *name, const PGresult *res, int attempt);
 
 /* Opening a pool: the URL store_open was given (owned by the handle). */
 const char *pg_handle_url(const void *pg_handle);

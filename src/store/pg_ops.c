@@ -108,6 +108,13 @@ bool pg_res_rerunnable(const PGresult *res)
     return state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0);
 }
 
+void pg_log_rerun(const char *name, const PGresult *res, int attempt)
+{
+    chat_log(LOG_WARN, "postgres transaction rolled back, run again",
+             json_pack("{s:s,s:s,s:i}", "op", name, "sqlstate", PQresultErrorField(res, PG_DIAG_SQLSTATE), "attempt",
+                       attempt));
+}
+
 /* A bigint column; SQL NULL reads as 0 (as sqlite3_column_int64 does). */
 static int64_t col_i64(const PGresult *res, int row, int col)
 {

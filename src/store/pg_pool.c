@@ -424,8 +424,7 @@ static bool take_result(pg_conn *c, const PGresult *res)
     const char *state = st == PGRES_FATAL_ERROR ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (pg_res_rerunnable(res) && c->reruns < PG_RERUN_MAX) {
         /* Rolled back whole (pg.h): statement_done sends it again. */
-        chat_log(LOG_WARN, "postgres transaction rolled back, run again",
-                 json_pack("{s:s,s:s,s:i}", "op", c->def->name, "sqlstate", state, "attempt", c->reruns + 2));
+        pg_log_rerun(c->def->name, res, c->reruns + 2);
         c->rerun = true;
     } else if (state && strcmp(state, "57014") == 0) {
         /* query_canceled: the statement_timeout ran out (or an admin cancelled

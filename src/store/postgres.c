@@ -273,9 +273,7 @@ static chat_rc pg_run(void *impl, store_op *op)
         res = PQexecPrepared(d->conn, def->name, p.n, p.values, NULL, NULL, 0);
         if (!pg_res_rerunnable(res) || reruns == PG_RERUN_MAX)
             break;
-        chat_log(LOG_WARN, "postgres transaction rolled back, run again",
-                 json_pack("{s:s,s:s,s:i}", "op", def->name, "sqlstate", PQresultErrorField(res, PG_DIAG_SQLSTATE),
-                           "attempt", reruns + 2));
+        pg_log_rerun(def->name, res, reruns + 2);
         PQclear(res);
     }
     if (!res || PQstatus(d->conn) != CONNECTION_OK) {

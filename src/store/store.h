@@ -116,11 +116,13 @@ typedef struct store_message {
      * be a JSON array of objects with a string "type", at most STORE_BLOCKS_MAX
      * bytes, without the store's own image references (CHAT_EINVAL). */
     char *blocks;
-    char *status;        /* "complete", or "incomplete" for a reply cut by a disconnect */
-    char *model;         /* assistant messages: the model that answered; NULL for user messages */
-    char *stop_reason;   /* assistant messages: provider stop reason, or NULL */
-    int64_t tokens;      /* tokens this message costs in context (user: its input share as the provider measured it,
-                     * else its estimate; assistant: output), -1 unknown (older rows, imports) */
+    char *status;      /* "complete", or "incomplete" for a reply cut by a disconnect */
+    char *model;       /* assistant messages: the model that answered; NULL for user messages */
+    char *stop_reason; /* assistant messages: provider stop reason, or NULL */
+    /* Tokens this message costs in context (user: its input share as the
+     * provider measured it, else its estimate; assistant: output), -1 unknown
+     * (older rows, imports). */
+    int64_t tokens;
     store_usage usage;   /* assistant messages: the provider call's usage; all -1 for user messages */
     int64_t cost_micros; /* assistant messages: the turn's cost; 0 for user messages */
     int64_t created_at;
