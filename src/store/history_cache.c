@@ -11,6 +11,7 @@
 #include "store/history_cache.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,14 +66,23 @@ static size_t str_size(const char *s)
 }
 
 /* A cached message keeps its strings in one block, in this order, after a
- * header that holds their bytes' length (a read copies the strings without
- * measuring any: the last one's end would be a cache miss per message). The
- * small, repeated strings (role, status, model, stop reason) would otherwise
- * cost a malloc chunk each, several times their text. */
+ * header (msg_hdr). The small, repeated strings (role, status, model, stop
+ * reason) would otherwise cost a malloc chunk each, several times their text. */
 #define MSG_STRINGS(m)                                                                        \
     {                                                                                         \
         &(m)->role, &(m)->content, &(m)->blocks, &(m)->status, &(m)->model, &(m)->stop_reason \
     }
+
+/*
+ * The header of a message's block: how many hold the block: the cache while it keeps the message, and each read that returned it
+ * until its store_messages_free. A block never changes once made, so a read
+ * shares it instead of copying it: late in a long session a copy was a
+ * megabyte per turn (history_cache.h). Whoever drops the last hold frees it,
+ * on any thread.
+ */
+typedef struct msg_hdr {
+    atomic_size_t holds;
+} msg_hdr;
 
 /* The memory of a cached copy of m, its slot in the entry's array aside. */
 static size_t msg_bytes(const store_message *m)
@@ -81,10 +91,10 @@ static size_t msg_bytes(const store_message *m)
     size_t n = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         n += str_size(*f[i]);
-    return n ? sizeof(size_t) + n + BLOCK_OVERHEAD : 0;
+    return n ? sizeof(msg_hdr) + n + BLOCK_OVERHEAD : 0;
 }
 
-/* The cache's copy of src, its strings packed in one block. */
+/* The cache's copy of src, its strings packed in one block held once. */
 static void msg_pack(store_message *dst, const store_message *src)
 {
     *dst = *src;
@@ -95,9 +105,9 @@ static void msg_pack(store_message *dst, const store_message *src)
         total += str_size(*f[i]);
     if (total == 0)
         return;
-    char *p = chat_xmalloc(sizeof total + total);
-    memcpy(p, &total, sizeof total);
-    p += sizeof total;
+    msg_hdr *h = chat_xmalloc(sizeof *h + total);
+    atomic_init(&h->holds, 1);
+    char *p = (char *)(h + 1);
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         if (!*f[i])
             continue;
@@ -108,56 +118,50 @@ static void msg_pack(store_message *dst, const store_message *src)
     }
 }
 
-/* The strings of a cached message (msg_pack): *start gets the first, the
- * result their bytes (0: it has none). */
-static size_t msg_block(const store_message *m, const char **start)
+/* The block of a cached message (msg_pack), or NULL: it has no strings. */
+static msg_hdr *msg_block(const store_message *m)
 {
     char *const *f[] = MSG_STRINGS((store_message *)m);
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        if (*f[i]) {
-            size_t n;
-            memcpy(&n, *f[i] - sizeof n, sizeof n);
-            *start = *f[i];
-            return n;
-        }
-    *start = NULL;
-    return 0;
+        if (*f[i])
+            return (msg_hdr *)*f[i] - 1;
+    return NULL;
 }
 
-static void msg_unpack_free(store_message *m)
+static void msg_hold(const store_message *m)
 {
-    const char *start;
-    if (msg_block(m, &start))
-        free((char *)start - sizeof(size_t));
+    msg_hdr *h = msg_block(m);
+    if (h)
+        atomic_fetch_add_explicit(&h->holds, 1, memory_order_relaxed);
 }
 
-/* The caller's copy of msgs[0..k): the array and every string in one
- * allocation (store_message.packed), so that a read is one malloc and one
- * memcpy per message, however long the history. */
-static store_message *msgs_copy(const store_message *msgs, size_t k)
+/* Drops one hold of m's block; the last one frees it. */
+static void msg_release(const store_message *m)
 {
-    size_t head = k * sizeof(store_message), total = head;
-    for (size_t i = 0; i < k; i++) {
-        const char *start;
-        total += msg_block(&msgs[i], &start);
-    }
-    store_message *arr = chat_xmalloc(total);
-    char *p = (char *)arr + head;
+    msg_hdr *h = msg_block(m);
+    if (h && atomic_fetch_sub_explicit(&h->holds, 1, memory_order_acq_rel) == 1)
+        free(h);
+}
+
+/* The caller's view of msgs[0..k): an array of their records whose strings
+ * are the cache's blocks, each held once more (store_message.packed), so that
+ * a read is one allocation and no copy of text, however long the history. */
+static store_message *msgs_share(const store_message *msgs, size_t k)
+{
+    store_message *arr = chat_xmalloc(k * sizeof *arr);
     for (size_t i = 0; i < k; i++) {
         arr[i] = msgs[i];
-        const char *start;
-        size_t n = msg_block(&msgs[i], &start);
-        if (n) {
-            memcpy(p, start, n);
-            char **f[] = MSG_STRINGS(&arr[i]);
-            for (size_t j = 0; j < sizeof f / sizeof f[0]; j++)
-                if (*f[j])
-                    *f[j] = p + (*f[j] - start);
-            p += n;
-        }
+        msg_hold(&msgs[i]);
         arr[i].packed = i == 0;
     }
     return arr;
+}
+
+void history_cache_messages_release(store_message *arr, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        msg_release(&arr[i]);
+    free(arr);
 }
 
 history_cache *history_cache_new(size_t max_bytes)
@@ -209,7 +213,7 @@ static void drop_msgs(history_cache *c, entry *e)
     if (!e->has)
         return;
     for (size_t i = 0; i < e->n; i++)
-        msg_unpack_free(&e->msgs[i]);
+        msg_release(&e->msgs[i]);
     free(e->msgs);
     e->msgs = NULL;
     e->n = e->cap = 0;
@@ -335,7 +339,7 @@ bool history_cache_get(history_cache *c, const char *session_id, int64_t tail_to
     entry *e = find(c, session_id);
     if (e && e->has && c->writers_all == 0 && (tail_tokens <= e->tail || e->whole)) {
         size_t k = tail_count(e->msgs, e->n, tail_tokens, NULL);
-        *out = k ? msgs_copy(&e->msgs[e->n - k], k) : NULL;
+        *out = k ? msgs_share(&e->msgs[e->n - k], k) : NULL;
         *n = k;
         *skipped = e->total > (int64_t)k ? e->total - (int64_t)k : 0;
         lru_unlink(c, e);
@@ -437,7 +441,7 @@ void history_cache_append(history_cache *c, const char *session_id, const store_
             size_t cut = e->n - k;
             for (size_t i = 0; i < cut; i++) {
                 bytes_add(c, e, -(int64_t)msg_bytes(&e->msgs[i]));
-                msg_unpack_free(&e->msgs[i]);
+                msg_release(&e->msgs[i]);
             }
             memmove(e->msgs, e->msgs + cut, k * sizeof *e->msgs);
             e->n = k;

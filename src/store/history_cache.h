@@ -26,7 +26,8 @@
  * stored form differs from what a read gives back), the entry is dropped.
  *
  * Memory: bounded by max_bytes (the strings and records of the cached
- * messages); least recently used sessions go first, and a session bigger than
+ * messages; strings that reads still share after the cache let them go are
+ * not counted); least recently used sessions go first, and a session bigger than
  * a quarter of the bound is not kept. Entries without messages exist only
  * while a miss is being filled. Thread: any; each call takes the cache's
  * mutex, and copies are made under it.
@@ -49,8 +50,10 @@ void history_cache_free(history_cache *c);
 
 /*
  * A tail read of session_id for tail_tokens (> 0) from the cache. On a hit:
- * true, *out (heap copies: store_messages_free), *n and *skipped are set as
- * the database read would set them. On a miss: false, and *ticket must be
+ * true, *out, *n and *skipped are set as the database read would set them.
+ * *out is an array of its own whose strings are the cache's, shared and
+ * read-only (store_message.packed): they stay valid, whatever the cache does
+ * meanwhile, until store_messages_free(*out, *n), from any thread. On a miss: false, and *ticket must be
  * passed to exactly one history_cache_fill after the database read (which
  * must start after this call), whatever its outcome.
  */
@@ -79,6 +82,10 @@ void history_cache_append(history_cache *c, const char *session_id, const store_
  */
 void history_cache_write_begin(history_cache *c, const char *session_id);
 void history_cache_write_end(history_cache *c, const char *session_id);
+
+/* The store_messages_free of an array history_cache_get returned: drops
+ * its holds on the cache's strings, and the array. */
+void history_cache_messages_release(store_message *arr, size_t n);
 
 /* Sessions with messages kept, and their bytes (tests, metrics). */
 size_t history_cache_sessions(history_cache *c);

@@ -21,6 +21,7 @@
 #include <event2/event.h>
 
 #include "core/alloc.h"
+#include "store/history_cache.h"
 #include "core/util.h"
 #include "store/metrics.h"
 
@@ -679,7 +680,7 @@ void store_messages_free(store_message *arr, size_t n)
     if (!arr)
         return;
     if (n > 0 && arr[0].packed) {
-        free(arr);
+        history_cache_messages_release(arr, n);
         return;
     }
     for (size_t i = 0; i < n; i++) {

@@ -126,10 +126,9 @@ typedef struct store_message {
     store_usage usage;   /* assistant messages: the provider call's usage; all -1 for user messages */
     int64_t cost_micros; /* assistant messages: the turn's cost; 0 for user messages */
     int64_t created_at;
-    /* Set on element 0 of an array whose strings all live in the array's own
-     * allocation (a history cache read: one block for the whole answer);
-     * store_messages_free then frees the array alone. Such messages are
-     * read-only. */
+    /* Set on element 0 of an array whose strings are shared with the history
+     * cache (a cache read, history_cache.h); store_messages_free releases
+     * them. Such messages are read-only. */
     bool packed;
 } store_message;
 
