@@ -142,7 +142,8 @@ def main():
         if len(xs) >= 2 * w:
             f_, l_ = med(xs[:w]), med(xs[-w:])
             res[key] = {"median_first": f_, "median_last": l_,
-                        "ratio_last_over_first": round(l_ / f_, 3) if f_ else None}
+                        "ratio_last_over_first": round(l_ / f_, 3) if f_ else None,
+                        "per_turn": [round(x, 4) for x in xs]}
     with open(a.out, "w") as f:
         json.dump(res, f)
         f.write("\n")
