@@ -605,7 +605,10 @@ chat_rc sqlite_open(const char *url, sqlite_db **out, char *err, size_t errlen)
     }
 
     s = chat_xcalloc(1, sizeof *s);
-    int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    /* synchronous=FULL: every commit syncs the WAL, and its frames may wait
+     * in memory for that sync (sqlite_walbuf.c). */
+    const char *vfs = memory || sync_normal ? NULL : sqlite_walbuf_vfs();
+    int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs);
     if (src != SQLITE_OK) {
         chat_set_err(err, errlen, "cannot open database %s: %s", path,
                      s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));

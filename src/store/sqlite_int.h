@@ -12,6 +12,7 @@
  *   sqlite_import.c  `chatd import` into SQLite
  *   sqlite_writer.c  the writer thread: write ops of attached handles, in
  *                    group commits
+ *   sqlite_walbuf.c  the VFS that writes a commit's WAL frames in one go
  *
  * Thread: a sqlite_db is used by one thread at a time (store.h).
  */
@@ -326,5 +327,11 @@ chat_rc sqlite_key_touch(sqlite_db *s, const char *id, int64_t now);
 chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store_message *msgs,
                               const struct store_packed *packed, size_t n);
 chat_rc sqlite_key_import(sqlite_db *s, const store_key *k);
+
+/* The name of the VFS of sqlite_walbuf.c (registered on the first call), or
+ * NULL if SQLite refused it (then the default VFS serves). For file databases
+ * in synchronous=FULL only. */
+#define SQLITE_WALBUF_VFS "chatd-walbuf"
+const char *sqlite_walbuf_vfs(void);
 
 #endif
