@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/assets.h"
 #include "store/store.h"
 
 /* The PostgreSQL URL under test, or NULL when the suite runs against SQLite. */
@@ -123,6 +124,17 @@ static inline void raw_close(rawdb *db)
     free(db);
 }
 
+/* A one-integer query on a sqlite3 connection, or fails the test. */
+static inline int64_t tdb_lite_scalar(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
 /* Runs a one-integer query (SQL NULL reads as 0, as in SQLite's API). */
 static inline int64_t scalar(rawdb *db, const char *sql)
 {
@@ -134,12 +146,7 @@ static inline int64_t scalar(rawdb *db, const char *sql)
         PQclear(r);
         return v;
     }
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db->lite, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
+    return tdb_lite_scalar(db->lite, sql);
 }
 
 /* Runs a statement that returns nothing interesting. */

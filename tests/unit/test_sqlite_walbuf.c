@@ -24,25 +24,17 @@
 #include <cmocka.h>
 
 #include "store/sqlite_int.h"
-
-static char dir[64];
-static char path[128];
+#include "store_testdb.h"
 
 static int setup(void **state)
 {
-    (void)state;
-    snprintf(dir, sizeof dir, "/tmp/chatd-walbuf.XXXXXX");
-    assert_non_null(mkdtemp(dir));
-    snprintf(path, sizeof path, "%s/t.db", dir);
-    return 0;
+    return tdb_setup(state, "chatd-walbuf.", "/t.db", false);
 }
 
-static int teardown(void **state)
+/* The test's database file. */
+static const char *db_path(void **state)
 {
-    (void)state;
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return ((struct fixture *)*state)->path;
 }
 
 static void exec_ok(sqlite3 *db, const char *sql)
@@ -53,7 +45,7 @@ static void exec_ok(sqlite3 *db, const char *sql)
         fail_msg("%s: %s", sql, msg ? msg : sqlite3_errstr(rc));
 }
 
-static sqlite3 *open_db(const char *vfs)
+static sqlite3 *open_db(const char *path, const char *vfs)
 {
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs), SQLITE_OK);
@@ -62,25 +54,16 @@ static sqlite3 *open_db(const char *vfs)
     return db;
 }
 
-static int64_t one_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
+#define one_int tdb_lite_scalar
 
 /* A digest of the whole table, from any connection. */
 #define DIGEST "SELECT count(*) * 1000003 + coalesce(sum(id * length(v) + unicode(substr(v, 1 + id % 97))), 0) FROM t"
 
 static void test_other_connections_see_every_commit(void **state)
 {
-    (void)state;
     const char *vfs = sqlite_walbuf_vfs();
     assert_non_null(vfs);
-    sqlite3 *w = open_db(vfs), *r = open_db(NULL);
+    sqlite3 *w = open_db(db_path(state), vfs), *r = open_db(db_path(state), NULL);
     exec_ok(w, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
     exec_ok(w, "PRAGMA wal_autocheckpoint=50; PRAGMA cache_size=20"); /* checkpoints, restarts, spills */
     srand(7);
@@ -113,40 +96,44 @@ static void test_other_connections_see_every_commit(void **state)
     sqlite3_close(r);
 }
 
+/* In the forked child (no cmocka there): sql, or the child exits with code. */
+static void child_exec(sqlite3 *db, const char *sql, int code)
+{
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        _exit(code);
+}
+
 static void test_a_death_mid_transaction_keeps_the_commits(void **state)
 {
-    (void)state;
+    const char *path = db_path(state);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         sqlite3 *w = NULL;
         if (sqlite3_open_v2(path, &w, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, sqlite_walbuf_vfs()) != SQLITE_OK)
             _exit(2);
-        if (sqlite3_exec(w,
-                         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=10;"
-                         "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
-                         NULL, NULL, NULL) != SQLITE_OK)
-            _exit(3);
+        child_exec(w,
+                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=10;"
+                   "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+                   3);
         for (int i = 1; i <= 40; i++) {
             char sql[160];
             snprintf(sql, sizeof sql, "INSERT INTO t VALUES (%d, printf('%%.*c', %d, 'c'))", i, 3000 + i);
-            if (sqlite3_exec(w, sql, NULL, NULL, NULL) != SQLITE_OK)
-                _exit(4);
+            child_exec(w, sql, 4);
         }
         /* A transaction far larger than the page cache: its pages spill into
          * the WAL before any commit. Then the process dies, as kill -9 would. */
-        if (sqlite3_exec(w,
-                         "BEGIN; INSERT INTO t SELECT id + 1000, printf('%.*c', 5000, 'd') FROM t;"
-                         "INSERT INTO t SELECT id + 2000, v FROM t; UPDATE t SET v = v || 'e';",
-                         NULL, NULL, NULL) != SQLITE_OK)
-            _exit(5);
+        child_exec(w,
+                   "BEGIN; INSERT INTO t SELECT id + 1000, printf('%.*c', 5000, 'd') FROM t;"
+                   "INSERT INTO t SELECT id + 2000, v FROM t; UPDATE t SET v = v || 'e';",
+                   5);
         _exit(0);
     }
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
-    sqlite3 *r = open_db(NULL);
+    sqlite3 *r = open_db(path, NULL);
     assert_int_equal(one_int(r, "SELECT count(*) FROM t"), 40);
     assert_int_equal(one_int(r, "SELECT sum(length(v)) FROM t"), 40 * 3000 + 40 * 41 / 2);
     assert_int_equal(one_int(r, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"), 1);
@@ -171,9 +158,9 @@ static ssize_t count_pwrite64(int fd, const void *buf, size_t n, off64_t off)
 }
 
 /* The kernel writes of one commit of about 40 new pages. */
-static int writes_of_a_commit(const char *vfs)
+static int writes_of_a_commit(const char *path, const char *vfs)
 {
-    sqlite3 *db = open_db(vfs);
+    sqlite3 *db = open_db(path, vfs);
     exec_ok(db, "PRAGMA wal_autocheckpoint=0; CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
     exec_ok(db, "INSERT INTO t SELECT NULL, 'warm'"); /* the WAL exists, its header written */
     exec_ok(db, "BEGIN IMMEDIATE");
@@ -188,7 +175,6 @@ static int writes_of_a_commit(const char *vfs)
 
 static void test_a_commit_is_a_few_writes(void **state)
 {
-    (void)state;
     sqlite3_vfs *unix_vfs = sqlite3_vfs_find(NULL);
     assert_non_null(unix_vfs->xSetSystemCall);
     real_pwrite = unix_vfs->xGetSystemCall(unix_vfs, "pwrite");
@@ -197,8 +183,8 @@ static void test_a_commit_is_a_few_writes(void **state)
         unix_vfs->xSetSystemCall(unix_vfs, "pwrite", (sqlite3_syscall_ptr)count_pwrite);
     if (real_pwrite64)
         unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", (sqlite3_syscall_ptr)count_pwrite64);
-    int plain = writes_of_a_commit(NULL);
-    int gathered = writes_of_a_commit(sqlite_walbuf_vfs());
+    int plain = writes_of_a_commit(db_path(state), NULL);
+    int gathered = writes_of_a_commit(db_path(state), sqlite_walbuf_vfs());
     unix_vfs->xSetSystemCall(unix_vfs, NULL, NULL); /* all back to the defaults */
     print_message("writes of a 40-page commit: default VFS %d, walbuf %d\n", plain, gathered);
     assert_true(plain >= 80); /* a header and a page per frame */
@@ -209,9 +195,9 @@ static void test_a_commit_is_a_few_writes(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_other_connections_see_every_commit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_death_mid_transaction_keeps_the_commits, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_commit_is_a_few_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_other_connections_see_every_commit, setup, tdb_teardown),
+        cmocka_unit_test_setup_teardown(test_a_death_mid_transaction_keeps_the_commits, setup, tdb_teardown),
+        cmocka_unit_test_setup_teardown(test_a_commit_is_a_few_writes, setup, tdb_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

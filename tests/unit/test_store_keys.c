@@ -44,15 +44,7 @@ static int teardown(void **state)
 #define open_mem tdb_open_mem
 
 /* SQLite-only tests (migrations of SQLite files) use raw sqlite3 connections. */
-static int64_t lite_scalar(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
+#define lite_scalar tdb_lite_scalar
 
 static sqlite3 *lite_open(const char *path, int flags)
 {
