@@ -116,7 +116,7 @@ struct turn {
     int64_t truncated_turns;     /* oldest turns left out of the provider request */
     int64_t unread_turns;        /* oldest turns the history read left out (beyond the context window) */
     int64_t prev_context_tokens; /* the conversation's size as the provider measured it last turn, -1 unknown */
-    turn_error fail;             /* a provider failure kept across a fallback's lease renewal */
+    turn_error *fail;            /* a provider failure kept across a fallback's lease renewal; made on the first */
     /* the provider result, kept across the commit */
     int attempts;
     int64_t provider_ms; /* every call of the turn (a failed one before a fallback too) */
@@ -255,6 +255,7 @@ static void turn_free(turn *t)
     free(t->idem_scope);
     free(t->idem_key);
     chat_buf_free(&t->partial);
+    free(t->fail);
     free(t);
 }
 
@@ -757,8 +758,10 @@ static void on_llm_done(void *ud, const llm_result *res)
     t->provider_us += res->duration_us;
 
     if (res->status != LLM_OK) {
-        turn_map_llm_error(res, &t->fail);
-        t->fail.attempts = res->attempts;
+        if (!t->fail)
+            t->fail = chat_xcalloc(1, sizeof *t->fail);
+        turn_map_llm_error(res, t->fail);
+        t->fail->attempts = res->attempts;
         if (worth_fallback(res) && t->next_fallback < t->model->n_fallbacks) {
             chat_log(LOG_WARN, "provider call failed, trying a fallback model",
                      json_pack("{s:s,s:s,s:i,s:s?}", "session", t->session_id, "failed_model", t->current->name,
@@ -776,7 +779,7 @@ static void on_llm_done(void *ud, const llm_result *res)
                  json_pack("{s:s,s:i,s:s?,s:s?,s:i,s:s?}", "session", t->session_id, "http_status", res->http_status,
                            "provider_error_type", res->error_type, "provider_request_id", res->request_id, "attempts",
                            res->attempts, "detail", res->error_message));
-        end_uncommitted(t, STOP_ERROR, &t->fail);
+        end_uncommitted(t, STOP_ERROR, t->fail);
         return;
     }
 
@@ -1231,7 +1234,7 @@ static void history_done(turn *t, store_op *op)
 static void renewal_done(turn *t, store_op *op)
 {
     if (op->rc != CHAT_OK) {
-        end_uncommitted(t, STOP_ERROR, &t->fail);
+        end_uncommitted(t, STOP_ERROR, t->fail);
         return;
     }
     if (t->state == TURN_RENEWING_LOCK && t->idem_key) {
@@ -1239,7 +1242,7 @@ static void renewal_done(turn *t, store_op *op)
         return;
     }
     if (!start_fallback(t))
-        end_uncommitted(t, STOP_ERROR, &t->fail);
+        end_uncommitted(t, STOP_ERROR, t->fail);
 }
 
 /* TURN_COMMITTING: the commit of a finished turn answered. It lands even when
