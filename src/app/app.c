@@ -197,6 +197,28 @@ static void libevent_log(int severity, const char *msg)
     chat_log(lvl, "libevent", json_pack("{s:s}", "detail", msg));
 }
 
+/*
+ * A worker's loop applies its watch changes through epoll's changelist: the
+ * changes of one loop turn are merged per descriptor and reach the kernel in
+ * one pass before the loop waits. evhttp turns a connection's read and write
+ * interest off and on around every request, libcurl its sockets' around every
+ * transfer; merged, a request costs fewer epoll_ctl calls (4-5 % less CPU per
+ * stateless turn, interleaved runs). The changelist's one caveat (libevent's
+ * documentation) is a descriptor shared through dup(): chatd watches none.
+ * (It was off for a while: 10,000 streams over HTTP/2 had stalled with it,
+ * but they stall as often without it; docs/ARCHITECTURE.md.)
+ */
+static struct event_base *worker_loop_new(void)
+{
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return base;
+}
+
 static void *worker_main(void *arg)
 {
     chat_worker *w = arg;
@@ -207,7 +229,7 @@ static void *worker_main(void *arg)
         snprintf(w->startup_error, sizeof w->startup_error, "cannot open the database: %s", err);
         goto fail;
     }
-    w->base = event_base_new();
+    w->base = worker_loop_new();
     if (!w->base) {
         snprintf(w->startup_error, sizeof w->startup_error, "cannot create an event loop");
         goto fail;
