@@ -282,8 +282,14 @@ void llm__transport_link(llm_transport *t, llm_link *l);
 void llm__transport_unlink(llm_transport *t, llm_link *l);
 /* Sets on e the per-transfer options that belong to the connection policy
  * (HTTP version, multiplexing, connection reuse) for provider p. Called once per
- * easy handle, after call.c set the request's own options. */
-void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e);
+ * easy handle, after call.c set the request's own options. *h2c_opener: NULL,
+ * or (the transfer opens an h2c connection of its own on an older libcurl,
+ * transport.c) what to pass to llm__transport_h2c_answered when an attempt of
+ * the transfer gets the first byte of its answer. */
+void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, void **h2c_opener);
+/* The connection an opener's attempt opened is now known to multiplex: calls
+ * may join it. Only counts (safe inside curl callbacks). */
+void llm__transport_h2c_answered(void *opener);
 
 /* The call owning a link (call.c). */
 llm_call *llm__call_of_link(llm_link *l);

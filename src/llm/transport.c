@@ -47,15 +47,17 @@
  * h2c connection that has room, or (if none does) opens a plain HTTP/1.1 one.
  * To choose, the transport counts, per origin, the h2c connections open
  * (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION on the transfers that open
- * them) and those already speaking HTTP/2 (CURLOPT_PREREQFUNCTION: curl calls
- * it right before the request, in the same step as the switch), and compares
- * the calls running with the streams the latter can carry (LLM_H2_MAX_STREAMS
- * each). A transfer that joins must find a connection that already speaks
- * HTTP/2: one still connecting is in use by its opener and not yet known to
- * multiplex, so the joiner would open an HTTP/1.1 connection, after which curl
- * marks the host as not multiplexing and every later joiner would do the
- * same. While no connection is ready, new calls open their own (a burst in
- * that window of about one round trip costs a few connections).
+ * them) and those known to multiplex: a connection counts once its opener got
+ * the first byte of its answer (llm__transport_h2c_answered), when curl has
+ * surely taken it as HTTP/2. It compares the calls running with the streams
+ * the latter can carry (LLM_H2_MAX_STREAMS each). A transfer that joins must
+ * find a connection curl already knows to multiplex: otherwise the joiner
+ * opens an HTTP/1.1 connection, and on libcurl 7.88 the streams multiplexed on
+ * that worker's h2c connections then sent their requests and never got an
+ * answer (10,000 streams over h2c, bench/README.md: this happened when a
+ * connection counted as soon as its opener's request went out, right before
+ * curl switched it). While no connection is known, new calls open their own (a
+ * burst in that window of about one round trip costs a few connections).
  *
  * The transport also keeps a list of every live call (running, or waiting for
  * a retry timer) so that llm_transport_free can cancel them all.
@@ -361,24 +363,16 @@ static int h2c_close_cb(void *clientp, curl_socket_t s)
     return close(s);
 }
 
-/* CURLOPT_PREREQFUNCTION of a transfer that opened an h2c connection: curl
- * switches the connection to HTTP/2 right after this returns, before it
- * returns to the loop, so from the next call on others may join it. */
-static int h2c_ready_cb(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
+void llm__transport_h2c_answered(void *opener)
 {
-    (void)primary_ip;
-    (void)local_ip;
-    (void)primary_port;
-    (void)local_port;
-    h2c_origin *o = clientp;
-    if (o->ready < o->conns)
+    h2c_origin *o = opener;
+    if (o && o->ready < o->conns)
         o->ready++;
-    return CURL_PREREQFUNC_OK;
 }
 
 /* h2c on a libcurl that cannot reuse a prior-knowledge connection (the top of
- * the file): either open a new h2c connection, or join one. */
-static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e)
+ * the file): either open a new h2c connection (*opener set), or join one. */
+static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e, void **opener)
 {
     h2c_origin *o = origin_of(t, p->base_url);
     /* This call is not linked yet: n_calls + 1 calls would be running. All
@@ -388,8 +382,7 @@ static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e)
     if (o->ready > 0 && (int64_t)t->n_calls + 1 <= (int64_t)o->ready * LLM_H2_MAX_STREAMS)
         return CURL_HTTP_VERSION_2TLS; /* joins a connection that speaks HTTP/2 */
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, h2c_ready_cb);
-    curl_easy_setopt(e, CURLOPT_PREREQDATA, o);
+    *opener = o;
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, h2c_open_cb);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, o);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, h2c_close_cb);
@@ -397,8 +390,9 @@ static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e)
     return CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
 }
 
-void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
+void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, void **h2c_opener)
 {
+    *h2c_opener = NULL;
     bool tls = p->base_url && strncasecmp(p->base_url, "https://", 8) == 0;
     long version = CURL_HTTP_VERSION_1_1;
     switch (t->http) {
@@ -408,7 +402,7 @@ void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e)
         if (tls)
             version = CURL_HTTP_VERSION_2TLS;
         else if (t->pk_reuse_broken && p->base_url)
-            version = h2c_choose(t, p, e);
+            version = h2c_choose(t, p, e, h2c_opener);
         else
             version = CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
         break;
