@@ -57,7 +57,10 @@
  * answer (10,000 streams over h2c, bench/README.md: this happened when a
  * connection counted as soon as its opener's request went out, right before
  * curl switched it). While no connection is known, new calls open their own (a
- * burst in that window of about one round trip costs a few connections).
+ * burst in that window of about one round trip costs a few connections). The
+ * cost of waiting for the answer: a non-streaming opener's first byte comes
+ * only with its whole answer, so a burst of non-streaming calls meanwhile gets
+ * a connection each, as over HTTP/1.1.
  *
  * The transport also keeps a list of every live call (running, or waiting for
  * a retry timer) so that llm_transport_free can cancel them all.
