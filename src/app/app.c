@@ -219,6 +219,49 @@ static struct event_base *worker_loop_new(void)
     return base;
 }
 
+/*
+ * Descriptor records, made up front. A loop keeps a small record (about 32
+ * bytes) for every descriptor number it has ever watched, made the first time
+ * that number is watched and kept until the loop is freed. Made on demand, the
+ * records of a first burst of streams land in the holes of that burst's own
+ * memory (malloc hands out recently freed chunks first), and once the burst
+ * ends each one pins the page around it: malloc_trim cannot give back a page
+ * that still holds a live chunk (bench/README.md, "returned").
+ *
+ * So each loop watches every descriptor number below n once, at start, before
+ * it owns any descriptor: libevent makes the record, and the watch is undone
+ * at once. Through the changelist (worker_loop_new) an add undone before the
+ * loop runs never reaches the kernel, so no number's state matters (closed, a
+ * file, another thread's socket). The undone changes still take a slot of the
+ * changelist until the loop applies it; a dummy event run every
+ * RESERVE_BATCH numbers empties it, so that it never grows past a batch.
+ * Cost: about 40 bytes per number per loop, made in about 1 us each.
+ */
+#define RESERVE_BATCH 1024
+
+static void nothing_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+}
+
+static void reserve_descriptor_slots(struct event_base *base, int n)
+{
+    struct event *ev = event_new(base, -1, 0, NULL, NULL);
+    struct event *flush = event_new(base, -1, 0, nothing_cb, NULL);
+    for (int fd = 0; ev && flush && fd < n; fd++) {
+        if (event_assign(ev, base, fd, EV_READ, NULL, NULL) == 0 && event_add(ev, NULL) == 0)
+            event_del(ev);
+        if (fd % RESERVE_BATCH == RESERVE_BATCH - 1 || fd == n - 1) {
+            event_active(flush, EV_TIMEOUT, 0);
+            event_base_loop(base, EVLOOP_NONBLOCK);
+        }
+    }
+    if (flush)
+        event_free(flush);
+    if (ev)
+        event_free(ev);
+}
+
 static void *worker_main(void *arg)
 {
     chat_worker *w = arg;
@@ -234,6 +277,7 @@ static void *worker_main(void *arg)
         snprintf(w->startup_error, sizeof w->startup_error, "cannot create an event loop");
         goto fail;
     }
+    reserve_descriptor_slots(w->base, w->app->descriptor_slots);
     {
         /* The instance's DATABASE_POOL_SIZE, shared out among the workers
          * (each needs at least one, so fewer connections than workers is rounded up). */
@@ -466,6 +510,21 @@ static int connection_cap(const struct chat_config *cfg, int nworkers, int64_t s
     return cap < 1 ? 1 : cap > 10000000 ? 10000000 : (int)cap;
 }
 
+/* How many descriptor numbers each loop makes its records for at start
+ * (reserve_descriptor_slots): all a full connection cap can use (each client
+ * connection and its provider connection, and what is set aside above), below
+ * the descriptor limit, and at most DESCRIPTOR_SLOTS_MAX (about 1.3 MB per
+ * loop); numbers above get their records on demand. */
+#define DESCRIPTOR_SLOTS_MAX 32768
+
+static int descriptor_slot_count(const struct chat_config *cfg, int nworkers, int64_t soft, int max_connections)
+{
+    int64_t n = 2 * (int64_t)max_connections + FD_RESERVE + (int64_t)nworkers * FD_PER_WORKER + cfg->database_pool_size;
+    if (soft > 0 && n > soft)
+        n = soft;
+    return n > DESCRIPTOR_SLOTS_MAX ? DESCRIPTOR_SLOTS_MAX : (int)n;
+}
+
 /*
  * Memory back after a burst. glibc keeps what a burst of streams freed in its
  * arenas (one per worker thread, more under contention): the heap shrinks only
@@ -489,9 +548,8 @@ static int connection_cap(const struct chat_config *cfg, int nworkers, int64_t s
  * provider connections, sits among the freed chunks and pins their pages: at
  * each trim the workers are asked to drop it (llm_transport_shed; a loop with
  * calls running keeps its connections), and the next check trims once more
- * to return what they dropped. What still pins pages after a burst is
- * mostly libevent's per-descriptor records (docs/ARCHITECTURE.md says why
- * they are not made up front).
+ * to return what they dropped. libevent's per-descriptor records would pin
+ * pages too: each loop makes them at start (reserve_descriptor_slots).
  *
  * A steady load has no drop, but its churn leaves free chunks inside the
  * arenas too (the history cache replacing sessions, each thread's arena
@@ -604,7 +662,9 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
     app.nworkers = cfg->workers > 0 ? cfg->workers : cpu_count();
     app.workers = chat_xcalloc((size_t)app.nworkers, sizeof *app.workers);
-    app.max_connections = connection_cap(cfg, app.nworkers, nofile_soft_limit());
+    int64_t nofile = nofile_soft_limit();
+    app.max_connections = connection_cap(cfg, app.nworkers, nofile);
+    app.descriptor_slots = descriptor_slot_count(cfg, app.nworkers, nofile, app.max_connections);
     event_set_log_callback(libevent_log);
     atomic_init(&app.open_connections, 0);
 

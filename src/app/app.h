@@ -87,6 +87,7 @@ struct chat_app {
     chat_worker *workers;
     atomic_bool stopping;
     int max_connections;         /* MAX_CONNECTIONS, or derived from the descriptor limit (see app.c) */
+    int descriptor_slots;        /* descriptor numbers each loop makes its records for at start (app.c) */
     atomic_int open_connections; /* client sockets open across the workers (http/server.h) */
     pthread_mutex_t wake_lock;   /* guards waking workers against their exit (RUNNING -> STOPPED) */
 };
