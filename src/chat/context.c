@@ -108,15 +108,17 @@ chat_rc context_fit(const store_message *hist, size_t n, const char *system, con
 /* Part i of the request: hist[i], or the new message after the history
  * (i == n). Returns its role as a static string ("user" or "assistant"), or
  * NULL when it has no content (left out). *len comes in as the text's length
- * if known (else 0) and goes out as it. */
+ * if known (else 0) and goes out as it; *plain says whether the text is known
+ * to need no JSON escape (store_message.content_plain). */
 static const char *part(const store_message *hist, const json_t *const *hist_blocks, size_t n, const char *message,
-                        const json_t *message_blocks, size_t i, const char **content, size_t *len,
+                        const json_t *message_blocks, size_t i, const char **content, size_t *len, bool *plain,
                         const json_t **blocks)
 {
     const char *role = i < n ? hist[i].role : "user";
     const char *c = i < n ? hist[i].content : message;
     const json_t *b = i < n ? blocks_of(hist_blocks, i) : message_blocks;
     *blocks = NULL;
+    *plain = false;
     if (b && json_array_size(b) > 0) {
         *blocks = b;
         *content = NULL;
@@ -125,7 +127,9 @@ static const char *part(const store_message *hist, const json_t *const *hist_blo
         if (!c || !*c)
             return NULL;
         *content = c;
-        *len = *len ? *len : strlen(c);
+        if (!*len)
+            *len = i < n && hist[i].content_len ? hist[i].content_len : strlen(c);
+        *plain = i < n && hist[i].content_plain;
     }
     return role && strcmp(role, "user") == 0 ? "user" : "assistant";
 }
@@ -185,8 +189,9 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
     for (size_t i = first; i <= n; i++) {
         const char *content;
         size_t len = 0;
+        bool plain;
         const json_t *blocks;
-        const char *role = part(hist, hist_blocks, n, message, message_blocks, i, &content, &len, &blocks);
+        const char *role = part(hist, hist_blocks, n, message, message_blocks, i, &content, &len, &plain, &blocks);
         plen[i - first] = len;
         if (!role || (count == 0 && role[0] != 'u'))
             continue;
@@ -206,8 +211,9 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
     for (size_t i = first; i <= n; i++) {
         const char *content;
         size_t len = plen[i - first];
+        bool plain;
         const json_t *blocks;
-        const char *role = part(hist, hist_blocks, n, message, message_blocks, i, &content, &len, &blocks);
+        const char *role = part(hist, hist_blocks, n, message, message_blocks, i, &content, &len, &plain, &blocks);
         if (!role || (k == 0 && role[0] != 'u'))
             continue;
         if (k > 0 && role == msgs[k - 1].role) {
@@ -239,6 +245,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             owned[k] = true;
         } else {
             msgs[k].content = content ? content : "";
+            msgs[k].content_plain = plain; /* borrowed as it is */
         }
         msgs[k].role = role;
         msgs[k].content_len = used;
@@ -258,6 +265,7 @@ size_t context_messages_blocks(const store_message *hist, const json_t *const *h
             free((char *)msgs[j].content);
         msgs[j].content = llm_content_text(msgs[j].blocks);
         msgs[j].content_len = 0;
+        msgs[j].content_plain = false;
         owned[j] = true;
     }
     free(acc);

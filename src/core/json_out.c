@@ -128,6 +128,44 @@ static inline unsigned run_ends16(const unsigned char *u, bool slash)
 }
 #endif
 
+/* The end of the run that starts at u: the first byte at or after u that is
+ * to be escaped (class C_ESCAPE or C_UTF8_ESCAPE in cls), or end. A
+ * multi-byte sequence copied as it is (C_UTF8) is checked on the way: NULL
+ * if one is not UTF-8. */
+static const unsigned char *run_end(const unsigned char *u, const unsigned char *end, const unsigned char *cls,
+                                    bool slash)
+{
+    for (;;) {
+#ifdef __SSE2__
+        while (end - u >= 16) { /* prose: sixteen bytes at a time */
+            unsigned ends = run_ends16(u, slash);
+            if (ends) {
+                u += __builtin_ctz(ends);
+                break;
+            }
+            u += 16;
+        }
+#endif
+        while (end - u >= 8) { /* eight bytes at a time */
+            uint64_t w;
+            memcpy(&w, u, sizeof w);
+            if (!word_plain(w, slash))
+                break;
+            u += 8;
+        }
+        while (u < end && cls[*u] == C_COPY)
+            u++;
+        if (u < end && cls[*u] == C_UTF8) {
+            size_t k = chat_utf8_seq(u, (size_t)(end - u));
+            if (k == 0)
+                return NULL;
+            u += k;
+            continue;
+        }
+        return u;
+    }
+}
+
 static bool put_string(out *o, const char *str, size_t n)
 {
     const unsigned char *u = (const unsigned char *)str, *end = u + n;
@@ -137,35 +175,9 @@ static bool put_string(out *o, const char *str, size_t n)
     o->p[o->len++] = '"';
     while (u < end) {
         const unsigned char *run = u;
-        for (;;) {
-#ifdef __SSE2__
-            while (end - u >= 16) { /* prose: sixteen bytes at a time */
-                unsigned ends = run_ends16(u, slash);
-                if (ends) {
-                    u += __builtin_ctz(ends);
-                    break;
-                }
-                u += 16;
-            }
-#endif
-            while (end - u >= 8) { /* eight bytes at a time */
-                uint64_t w;
-                memcpy(&w, u, sizeof w);
-                if (!word_plain(w, slash))
-                    break;
-                u += 8;
-            }
-            while (u < end && cls[*u] == C_COPY)
-                u++;
-            if (u < end && cls[*u] == C_UTF8) {
-                size_t k = chat_utf8_seq(u, (size_t)(end - u));
-                if (k == 0)
-                    return false;
-                u += k;
-                continue;
-            }
-            break;
-        }
+        u = run_end(u, end, cls, slash);
+        if (!u)
+            return false;
         /* A sequence to escape is checked before the run goes out: on
          * invalid UTF-8 jansson leaves the pending run unwritten. */
         size_t k = u < end && cls[*u] == C_UTF8_ESCAPE ? chat_utf8_seq(u, (size_t)(end - u)) : 1;
@@ -350,6 +362,25 @@ void chat_json_write_raw(chat_json_writer *w, const char *s, size_t n)
 bool chat_json_write_string(chat_json_writer *w, const char *s, size_t n)
 {
     return put_string(w, s, n);
+}
+
+bool chat_json_plain(const char *s, size_t n)
+{
+    pthread_once(&tables_once, tables_init);
+    const unsigned char *u = (const unsigned char *)s, *end = u + n;
+    return run_end(u, end, tables[0][0], false) == end;
+}
+
+bool chat_json_write_plain(chat_json_writer *w, const char *s, size_t n)
+{
+    if (w->flags & (JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH))
+        return put_string(w, s, n);
+    reserve(w, n + 2);
+    w->p[w->len++] = '"';
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+    w->p[w->len++] = '"';
+    return true;
 }
 
 bool chat_json_write_value(chat_json_writer *w, const json_t *v)

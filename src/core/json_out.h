@@ -67,4 +67,19 @@ bool chat_json_write_string(chat_json_writer *w, const char *s, size_t n);
 /* v as chat_json_dumps writes it; false where that returns NULL or delegates. */
 bool chat_json_write_value(chat_json_writer *w, const json_t *v);
 
+/*
+ * Strings known to need no escape. chat_json_plain(s, n) is true when s is
+ * valid UTF-8 without a quote, a backslash or a control character: under
+ * flags without JSON_ENSURE_ASCII and JSON_ESCAPE_SLASH its JSON string is s
+ * itself between quotes. A caller that keeps a string (the history cache)
+ * asks once, and chat_json_write_plain then writes that string with one copy
+ * instead of escaping it on every document: a provider body carries the
+ * whole history on every turn. chat_json_write_plain writes s (n bytes, for
+ * which chat_json_plain was true) as chat_json_write_string would, copying it
+ * as it is where the flags allow; passing a string chat_json_plain refuses
+ * writes invalid JSON. Thread: any.
+ */
+bool chat_json_plain(const char *s, size_t n);
+bool chat_json_write_plain(chat_json_writer *w, const char *s, size_t n);
+
 #endif

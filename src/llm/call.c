@@ -282,15 +282,16 @@ char *llm_http_error_text(int http_status, const char *body, size_t len)
 }
 
 /* Writes {"role":role,"content":text} (compact; text is len bytes, 0 meaning
- * strlen(text)), as a tree of those two strings dumps; false if either is not
- * UTF-8. */
-static bool write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len)
+ * strlen(text); plain: known to need no escape, see llm_message), as a tree of
+ * those two strings dumps; false if either is not UTF-8. */
+static bool write_text_message(chat_json_writer *w, const char *role, const char *text, size_t len, bool plain)
 {
     chat_json_write_raw(w, "{\"role\":", 8);
     if (!chat_json_write_string(w, role, strlen(role)))
         return false;
     chat_json_write_raw(w, ",\"content\":", 11);
-    if (!chat_json_write_string(w, text, len ? len : strlen(text)))
+    if (plain && len ? !chat_json_write_plain(w, text, len)
+                     : !chat_json_write_string(w, text, len ? len : strlen(text)))
         return false;
     chat_json_write_raw(w, "}", 1);
     return true;
@@ -303,7 +304,7 @@ bool llm_write_messages(chat_json_writer *w, void *ud)
     bool first = true;
     chat_json_write_raw(w, "[", 1);
     if (b->system && *b->system) {
-        if (!write_text_message(w, "system", b->system, 0))
+        if (!write_text_message(w, "system", b->system, 0, false))
             return false;
         first = false;
     }
@@ -315,7 +316,7 @@ bool llm_write_messages(chat_json_writer *w, void *ud)
                 chat_json_write_raw(w, ",", 1);
             first = false;
             const llm_message *m = &req->messages[i];
-            bool ok = !o                 ? write_text_message(w, m->role, m->content, m->content_len)
+            bool ok = !o                 ? write_text_message(w, m->role, m->content, m->content_len, m->content_plain)
                       : json_is_array(o) ? chat_json_write_value(w, json_array_get(o, j))
                                          : chat_json_write_value(w, o);
             if (!ok)

@@ -90,6 +90,10 @@ typedef struct llm_message {
     /* strlen(content) when the caller knows it (the request is written
      * without measuring the text again), or 0: measured when needed. */
     size_t content_len;
+    /* True when the caller knows content needs no JSON escape
+     * (chat_json_plain, core/json_out.h, with content_len set): the request
+     * copies it as it is. */
+    bool content_plain;
 } llm_message;
 
 typedef struct llm_request {

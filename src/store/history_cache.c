@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_out.h"
 #include "store/backend.h"
 #include "store/metrics.h"
 
@@ -99,6 +100,8 @@ static void msg_pack(store_message *dst, const store_message *src)
 {
     *dst = *src;
     dst->packed = false;
+    dst->content_len = 0;
+    dst->content_plain = false;
     char **f[] = MSG_STRINGS(dst);
     size_t total = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
@@ -116,6 +119,9 @@ static void msg_pack(store_message *dst, const store_message *src)
         *f[i] = p;
         p += n;
     }
+    /* Measured once here, for every turn that sends this message (store.h). */
+    dst->content_len = dst->content ? strlen(dst->content) : 0;
+    dst->content_plain = dst->content && chat_json_plain(dst->content, dst->content_len);
 }
 
 /* The block of a cached message (msg_pack), or NULL: it has no strings. */

@@ -130,6 +130,12 @@ typedef struct store_message {
      * cache (a cache read, history_cache.h); store_messages_free releases
      * them. Such messages are read-only. */
     bool packed;
+    /* Known facts about content, set on the messages of a cache read (0 and
+     * false elsewhere: unknown): its length, and whether it needs no JSON
+     * escape (chat_json_plain, core/json_out.h). A provider body then copies
+     * the text instead of measuring and escaping it again on every turn. */
+    size_t content_len;
+    bool content_plain;
 } store_message;
 
 /*

@@ -10,7 +10,10 @@
  * bytes, or both NULL, and the length returned is the text's.
  * chat_json_dumps_splice, for the flags it writes itself: splicing a value of
  * the document with a writer that writes that same value (or the raw input
- * as a string in place of a placeholder) gives chat_json_dumps's text.
+ * as a string in place of a placeholder) gives chat_json_dumps's text; when
+ * chat_json_plain accepts the raw input, so does writing it with
+ * chat_json_write_plain (a string that needs an escape, taken as plain, would
+ * show as a difference).
  */
 #include "core/json_out.h"
 #include "fuzz_util.h"
@@ -51,8 +54,9 @@ static void compare(const json_t *v)
 
 typedef struct splice_with {
     const json_t *value;   /* written with chat_json_write_value, or */
-    const uint8_t *string; /* written with chat_json_write_string */
+    const uint8_t *string; /* written with chat_json_write_string, or */
     size_t len;
+    bool plain; /* with chat_json_write_plain */
 } splice_with;
 
 static bool write_with(chat_json_writer *w, void *ud)
@@ -60,6 +64,8 @@ static bool write_with(chat_json_writer *w, void *ud)
     const splice_with *s = ud;
     if (s->value)
         return chat_json_write_value(w, s->value);
+    if (s->plain)
+        return chat_json_write_plain(w, (const char *)s->string, s->len);
     return chat_json_write_string(w, (const char *)s->string, s->len);
 }
 
@@ -110,6 +116,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     splice_with string = { .string = data, .len = size };
     if (hole && with_hole)
         compare_splice(arr, with_hole, hole, &string);
+    splice_with plain = { .string = data, .len = size, .plain = true };
+    if (hole && with_hole && chat_json_plain((const char *)data, size))
+        compare_splice(arr, with_hole, hole, &plain);
     json_decref(with_hole);
     json_decref(hole);
     json_decref(arr);

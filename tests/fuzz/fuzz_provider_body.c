@@ -88,6 +88,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!openai && (how & 2))
             blocks[k] = usable_blocks(rest);
         msgs[k] = (llm_message){ .role = how & 1 ? "assistant" : "user", .content = rest, .blocks = blocks[k] };
+        if (how & 4) { /* as the history cache tells it (store.h): measured, and plain when it is */
+            msgs[k].content_len = strlen(rest);
+            msgs[k].content_plain = chat_json_plain(rest, msgs[k].content_len);
+        }
         k++;
     }
     if (k > 0) {

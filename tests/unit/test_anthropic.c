@@ -44,9 +44,9 @@ static const llm_provider *prov(void)
 static void test_body_exact(void **state)
 {
     (void)state;
-    llm_message msgs[] = { { "user", "Hello", NULL, 0 },
-                           { "assistant", "Hi \"there\"\n", NULL, 0 },
-                           { "user", "caf\xc3\xa9?", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hello", NULL, 0, false },
+                           { "assistant", "Hi \"there\"\n", NULL, 0, false },
+                           { "user", "caf\xc3\xa9?", NULL, 0, false } };
     llm_request req = { .model = "claude-sonnet-4-5",
                         .system = "You are terse.",
                         .messages = msgs,
@@ -65,7 +65,7 @@ static void test_body_exact(void **state)
 static void test_body_no_system_no_stream(void **state)
 {
     (void)state;
-    llm_message msgs[] = { { "user", "Hello", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hello", NULL, 0, false } };
     llm_request req = { .model = "m", .system = NULL, .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     char *b = llm_build_body(prov(), &req);
     assert_string_equal(b,
@@ -80,7 +80,7 @@ static void test_body_no_system_no_stream(void **state)
 static void test_body_invalid(void **state)
 {
     (void)state;
-    llm_message msgs[] = { { "user", "bad \xff utf8", NULL, 0 } };
+    llm_message msgs[] = { { "user", "bad \xff utf8", NULL, 0, false } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     assert_null(llm_build_body(prov(), &req));
     msgs[0].content = "ok";
@@ -109,7 +109,7 @@ static char *body_with(const char *blocks_json, const char *options_json, bool v
         assert_non_null(blocks);
     if (options_json)
         assert_non_null(opts);
-    llm_message msgs[] = { { "user", "Hi", blocks, 0 } };
+    llm_message msgs[] = { { "user", "Hi", blocks, 0, false } };
     llm_request req = {
         .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 2048, .options = opts, .json_via_tool = via_tool
     };
@@ -143,7 +143,9 @@ static void test_body_blocks_all_kinds(void **state)
     assert_non_null(u1);
     assert_non_null(a1);
     assert_non_null(u2);
-    llm_message msgs[] = { { "user", NULL, u1, 0 }, { "assistant", "ignored", a1, 0 }, { "user", NULL, u2, 0 } };
+    llm_message msgs[] = { { "user", NULL, u1, 0, false },
+                           { "assistant", "ignored", a1, 0, false },
+                           { "user", NULL, u2, 0, false } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 3, .max_tokens = 100, .stream = true };
     char *b = llm_build_body(prov(), &req);
     assert_non_null(b);
@@ -172,7 +174,9 @@ static void test_body_blocks_all_kinds(void **state)
     /* Thinking without a signature (another provider's reasoning) is left out. */
     json_t *a2 =
         json_loads("[{\"type\":\"thinking\",\"thinking\":\"oa\"},{\"type\":\"text\",\"text\":\"x\"}]", 0, NULL);
-    llm_message m2[] = { { "user", "q", NULL, 0 }, { "assistant", NULL, a2, 0 }, { "user", "r", NULL, 0 } };
+    llm_message m2[] = { { "user", "q", NULL, 0, false },
+                         { "assistant", NULL, a2, 0, false },
+                         { "user", "r", NULL, 0, false } };
     llm_request r2 = { .model = "m", .messages = m2, .n_messages = 3, .max_tokens = 9 };
     b = llm_build_body(prov(), &r2);
     assert_non_null(strstr(b, "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}"));
@@ -398,7 +402,7 @@ static void test_body_thinking(void **state)
     }
     /* With room under max_tokens, the documented budgets. */
     json_t *opts = json_loads("{\"reasoning_effort\":\"medium\"}", 0, NULL);
-    llm_message msgs[] = { { "user", "Hi", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hi", NULL, 0, false } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 32000, .options = opts };
     b = llm_build_body(prov(), &req);
     assert_non_null(strstr(b, "\"budget_tokens\":4096}"));
@@ -455,9 +459,9 @@ static void test_cache_short_no_markers(void **state)
     (void)state;
     llm_provider p = *prov();
     p.prompt_caching = true; /* cache_min_tokens 0: the default, 1024 tokens */
-    llm_message msgs[] = { { "user", "Hello", NULL, 0 },
-                           { "assistant", "Hi there", NULL, 0 },
-                           { "user", "Next?", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hello", NULL, 0, false },
+                           { "assistant", "Hi there", NULL, 0, false },
+                           { "user", "Next?", NULL, 0, false } };
     llm_request req = {
         .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 64, .stream = true
     };
@@ -475,9 +479,9 @@ static void test_cache_long_system_and_previous_turn(void **state)
     llm_provider p = *prov();
     p.prompt_caching = true;
     p.cache_min_tokens = 4; /* 13 characters or more */
-    llm_message msgs[] = { { "user", "Hello", NULL, 0 },
-                           { "assistant", "Hi there", NULL, 0 },
-                           { "user", "Next?", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hello", NULL, 0, false },
+                           { "assistant", "Hi there", NULL, 0, false },
+                           { "user", "Next?", NULL, 0, false } };
     llm_request req = {
         .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 64, .stream = true
     };
@@ -499,8 +503,8 @@ static void test_cache_long_system_and_previous_turn(void **state)
     p.prompt_caching = true;
     llm_message many[21];
     for (int i = 0; i < 21; i++)
-        many[i] =
-            (llm_message){ i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question", NULL, 0 };
+        many[i] = (llm_message){ i % 2 ? "assistant" : "user", i % 2 ? "an answer of some length" : "a question", NULL,
+                                 0, false };
     req.messages = many;
     req.n_messages = 21;
     b = llm_build_body(&p, &req);
@@ -516,9 +520,9 @@ static void test_cache_min_length(void **state)
     llm_provider p = *prov();
     p.prompt_caching = true;
     /* system 14 chars (4 tokens); prefix through the assistant: 14 + 5 + 5 (é counts once) = 24 chars = 6 tokens. */
-    llm_message msgs[] = { { "user", "Hello", NULL, 0 },
-                           { "assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", NULL, 0 },
-                           { "user", "Next?", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hello", NULL, 0, false },
+                           { "assistant", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", NULL, 0, false },
+                           { "user", "Next?", NULL, 0, false } };
     llm_request req = { .model = "m", .system = "You are terse.", .messages = msgs, .n_messages = 3, .max_tokens = 8 };
 
     p.cache_min_tokens = 5; /* the system alone is too short, the prefix is long enough */

@@ -161,6 +161,36 @@ static void test_messages_merge(void **state)
     context_messages_free(m, n);
 }
 
+/* What the history knows of a text (store_message.content_len and
+ * content_plain, from a cache read) goes with it when the text is borrowed as
+ * it is, and not to a merged text (its "\n\n" needs an escape). */
+static void test_messages_carry_plain(void **state)
+{
+    (void)state;
+    store_message h[4] = { msg("user", "q1", -1), msg("assistant", "r1", -1), msg("user", "q2", -1),
+                           msg("user", "q3", -1) };
+    for (size_t i = 0; i < 4; i++) {
+        h[i].content_len = strlen(h[i].content);
+        h[i].content_plain = true;
+    }
+    h[1].content_len = 1; /* taken as known: not measured again */
+    llm_message *m = NULL;
+    size_t n = context_messages(h, 0, 4, "q4", &m);
+    assert_int_equal(n, 3);
+    assert_true(m[0].content_plain); /* q1, borrowed */
+    assert_int_equal(m[0].content_len, 2);
+    assert_true(m[1].content_plain); /* r1, borrowed, with the length it came with */
+    assert_int_equal(m[1].content_len, 1);
+    assert_false(m[2].content_plain); /* q2 + q3 + q4, merged here */
+    assert_string_equal(m[2].content, "q2\n\nq3\n\nq4");
+    context_messages_free(m, n);
+    h[0].content_plain = false;
+    n = context_messages(h, 0, 2, "q", &m);
+    assert_false(m[0].content_plain);
+    assert_false(m[2].content_plain); /* the new message: not known */
+    context_messages_free(m, n);
+}
+
 /* Many thousands of same-role messages merge in linear time (re-copying the
  * merged text per part took 22 s for 100,000 parts). */
 static void test_messages_merge_linear(void **state)
@@ -311,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_odd_history_drops_leading_message_first),
         cmocka_unit_test(test_messages_merge),
         cmocka_unit_test(test_messages_merge_linear),
+        cmocka_unit_test(test_messages_carry_plain),
         cmocka_unit_test(test_truncation_keeps_tool_pairs),
         cmocka_unit_test(test_block_estimates),
         cmocka_unit_test(test_messages_with_blocks),

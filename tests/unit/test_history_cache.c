@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include <malloc.h>
 
+#include "core/json_out.h"
 #include "store/backend.h"
 #include "store/history_cache.h"
 
@@ -55,6 +56,8 @@ static void model_turn(model *md, int s, int64_t user_tokens, int64_t reply_toke
         m->role = k ? "assistant" : "user";
         char *text = malloc(text_len + 1);
         memset(text, k ? 'a' : 'u', text_len);
+        if (m->id % 3 == 0 && text_len > 2)
+            text[text_len / 2] = m->id % 2 ? '"' : '\n'; /* a text that needs escaping */
         text[text_len] = '\0';
         m->content = text;
         m->status = "complete";
@@ -113,6 +116,10 @@ static void assert_same(const store_message *got, const store_message *want)
     assert_memory_equal(&got->usage, &want->usage, sizeof got->usage);
     assert_int_equal(got->cost_micros, want->cost_micros);
     assert_int_equal(got->created_at, want->created_at);
+    /* What a read tells about the text (store.h), measured once by the cache. */
+    size_t len = want->content ? strlen(want->content) : 0;
+    assert_int_equal(got->content_len, len);
+    assert_int_equal(got->content_plain, want->content && chat_json_plain(want->content, len));
 }
 
 /* One tail read as the backend does it: the cache, else the model (the

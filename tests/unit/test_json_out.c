@@ -166,6 +166,81 @@ static void test_word_scan_boundaries(void **state)
             }
 }
 
+/* A string written with chat_json_write_plain in a hole of [hole, 1]. */
+typedef struct plain_arg {
+    const char *s;
+    size_t n;
+} plain_arg;
+
+static bool write_plain(chat_json_writer *w, void *ud)
+{
+    const plain_arg *a = ud;
+    return chat_json_write_plain(w, a->s, a->n);
+}
+
+/* chat_json_plain says which strings need no escape, and what
+ * chat_json_write_plain writes for those is json_dumps's text, under every
+ * flag set (copied where the flags allow, escaped where they do not). */
+static void test_plain_strings(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        bool plain;
+    } cases[] = {
+        { "", true },
+        { "hello world", true },
+        { "a/b", true },
+        { "caf\xc3\xa9", true },
+        { "\xe2\x82\xac 5", true },
+        { "\xf0\x9f\x98\x80", true },
+        { "del \x7f", true },
+        { "~", true },
+        { "say \"hi\"", false },
+        { "back\\slash", false },
+        { "two\nlines", false },
+        { "tab\t", false },
+        { "\x01", false },
+        { "\x1f", false },
+        { "bad \xff", false },
+        { "cut \xc3", false },
+        { "\xed\xa0\x80", false }, /* a surrogate's encoding is not UTF-8 */
+    };
+    static const size_t flag_sets[] = { JSON_COMPACT, JSON_COMPACT | JSON_ESCAPE_SLASH,
+                                        JSON_COMPACT | JSON_ENSURE_ASCII,
+                                        JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH };
+    char buf[200];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (size_t pad = 0; pad < 40; pad += 7) { /* across the 16- and 8-byte scans */
+            size_t sl = strlen(cases[k].s);
+            memset(buf, 'x', pad);
+            memcpy(buf + pad, cases[k].s, sl);
+            memset(buf + pad + sl, 'y', pad);
+            size_t n = 2 * pad + sl;
+            buf[n] = '\0';
+            assert_int_equal(chat_json_plain(buf, n), cases[k].plain);
+            if (!cases[k].plain)
+                continue;
+            json_t *hole = json_array();
+            json_t *doc = json_pack("[O,i]", hole, 1);
+            json_t *want_doc = json_pack("[s%,i]", buf, n, 1);
+            assert_non_null(want_doc);
+            plain_arg a = { buf, n };
+            for (size_t f = 0; f < sizeof flag_sets / sizeof flag_sets[0]; f++) {
+                char *want = chat_json_dumps(want_doc, flag_sets[f], NULL);
+                char *got = chat_json_dumps_splice(doc, flag_sets[f], hole, write_plain, &a, NULL);
+                assert_non_null(want);
+                assert_non_null(got);
+                assert_string_equal(got, want);
+                free(want);
+                free(got);
+            }
+            json_decref(want_doc);
+            json_decref(doc);
+            json_decref(hole);
+        }
+}
+
 static void test_large_string(void **state)
 {
     (void)state;
@@ -194,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_other_flags_delegate),
         cmocka_unit_test(test_word_scan_boundaries),
         cmocka_unit_test(test_large_string),
+        cmocka_unit_test(test_plain_strings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -276,7 +276,7 @@ static void tc_free(tc *c)
 
 static void tc_start(tc *c, bool stream)
 {
-    static const llm_message msgs[] = { { "user", "Hello", NULL, 0 } };
+    static const llm_message msgs[] = { { "user", "Hello", NULL, 0, false } };
     llm_request req = { .model = "claude-test",
                         .system = "Be brief.",
                         .messages = msgs,
@@ -1109,7 +1109,7 @@ static void test_events_errors_and_content(void **state)
     /* An option the provider cannot carry: the call does not start. */
     tc_init(&c, &STREAM_OK, 1);
     opts = json_pack("{s:i}", "seed", 1);
-    static const llm_message msgs[] = { { "user", "Hello", NULL, 0 } };
+    static const llm_message msgs[] = { { "user", "Hello", NULL, 0, false } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 8, .options = opts };
     llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     llm_call *call = NULL;
@@ -1254,7 +1254,7 @@ static void test_invalid_start(void **state)
     static const script sc[] = { { .status = 200, .headers = { JSON_CT }, .body = "{}" } };
     tc c;
     tc_init(&c, sc, 1);
-    llm_message m = { "user", "hi", NULL, 0 };
+    llm_message m = { "user", "hi", NULL, 0, false };
     llm_request req = { .model = "m", .messages = &m, .n_messages = 1, .max_tokens = 5 };
     llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     llm_call *call = (llm_call *)&c;
@@ -1286,7 +1286,7 @@ static void tc_start_second(tc *d, tc *c)
     memset(d, 0, sizeof *d);
     d->base = c->base;
     d->retry_after_ms = -2;
-    static const llm_message msgs[] = { { "user", "Hello", NULL, 0 } };
+    static const llm_message msgs[] = { { "user", "Hello", NULL, 0, false } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .stream = true };
     llm_callbacks cbs = { .on_delta = on_delta, .on_done = on_done };
     assert_int_equal(llm_call_start(c->t, &c->p, &req, &cbs, d, &d->call), CHAT_OK);

@@ -102,9 +102,9 @@ static void test_body_written_equals_tree(void **state)
 }
 
 
-static const llm_message HISTORY[] = { { "user", "Hello", NULL, 0 },
-                                       { "assistant", "Hi \"there\"\n", NULL, 0 },
-                                       { "user", "caf\xc3\xa9?", NULL, 0 } };
+static const llm_message HISTORY[] = { { "user", "Hello", NULL, 0, false },
+                                       { "assistant", "Hi \"there\"\n", NULL, 0, false },
+                                       { "user", "caf\xc3\xa9?", NULL, 0, false } };
 
 #define MSGS_JSON                                                                                             \
     "\"messages\":[{\"role\":\"system\",\"content\":\"You are terse.\"},"                                     \
@@ -175,7 +175,7 @@ static void test_body_invalid(void **state)
 {
     (void)state;
     llm_provider p = prov();
-    llm_message msgs[] = { { "user", "ok", NULL, 0 } };
+    llm_message msgs[] = { { "user", "ok", NULL, 0, false } };
     llm_request req = { .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 5 };
     p.max_tokens_field = "max_new_tokens"; /* a typo in the configuration is refused, not sent */
     assert_null(llm_build_body(&p, &req));
@@ -221,7 +221,7 @@ static char *body_opts(const char *options_json, bool via_tool)
     llm_provider p = prov();
     json_t *opts = json_loads(options_json, 0, NULL);
     assert_non_null(opts);
-    llm_message msgs[] = { { "user", "Hi", NULL, 0 } };
+    llm_message msgs[] = { { "user", "Hi", NULL, 0, false } };
     llm_request req = {
         .model = "m", .messages = msgs, .n_messages = 1, .max_tokens = 64, .options = opts, .json_via_tool = via_tool
     };
@@ -258,11 +258,11 @@ static void test_body_blocks_all_kinds(void **state)
         json_loads("[{\"type\":\"tool_use\",\"id\":\"call_3\",\"name\":\"now\",\"input\":{\"tz\":\"UTC\"}}]", 0, NULL);
     json_t *u3 = json_loads("[{\"type\":\"tool_result\",\"tool_use_id\":\"call_3\"}]", 0, NULL);
     assert_true(u1 && a1 && u2 && a2 && u3);
-    llm_message msgs[] = { { "user", NULL, u1, 0 },
-                           { "assistant", NULL, a1, 0 },
-                           { "user", NULL, u2, 0 },
-                           { "assistant", NULL, a2, 0 },
-                           { "user", NULL, u3, 0 } };
+    llm_message msgs[] = { { "user", NULL, u1, 0, false },
+                           { "assistant", NULL, a1, 0, false },
+                           { "user", NULL, u2, 0, false },
+                           { "assistant", NULL, a2, 0, false },
+                           { "user", NULL, u3, 0, false } };
     llm_request req = { .model = "m", .system = "S", .messages = msgs, .n_messages = 5, .max_tokens = 9 };
     char *b = llm_build_body(&p, &req);
     assert_non_null(b);
@@ -296,7 +296,7 @@ static void test_body_blocks_all_kinds(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         json_t *blk = json_loads(bad[i][1], 0, NULL);
         assert_non_null(blk);
-        llm_message one[] = { { bad[i][0], NULL, blk, 0 } };
+        llm_message one[] = { { bad[i][0], NULL, blk, 0, false } };
         llm_request r1 = { .model = "m", .messages = one, .n_messages = 1, .max_tokens = 9 };
         char *x = llm_build_body(&p, &r1);
         if (x)

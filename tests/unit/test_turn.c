@@ -1117,10 +1117,10 @@ static void test_merge_same_role(void **state)
     (void)state;
     fx f;
     fx_init(&f, &STREAM_OK, 1, (fx_opts){ .inline_store = true });
-    static const llm_message small[] = { { "assistant", "dropped: not after a user message", NULL, 0 },
-                                         { "user", "a", NULL, 0 },
-                                         { "assistant", "", NULL, 0 },
-                                         { "user", "b", NULL, 0 } };
+    static const llm_message small[] = { { "assistant", "dropped: not after a user message", NULL, 0, false },
+                                         { "user", "a", NULL, 0, false },
+                                         { "assistant", "", NULL, 0, false },
+                                         { "user", "b", NULL, 0, false } };
     turn_params p = params(NULL, "req-1", "c");
     p.history = small;
     p.n_history = 4;
@@ -1132,7 +1132,7 @@ static void test_merge_same_role(void **state)
     enum { N = 100000 };
     llm_message *many = calloc(N, sizeof *many);
     for (size_t i = 0; i < N; i++)
-        many[i] = (llm_message){ "user", "hello world", NULL, 0 };
+        many[i] = (llm_message){ "user", "hello world", NULL, 0, false };
     f.nev = 0;
     f.events[0] = '\0';
     p = params(NULL, "req-2", "last");
@@ -1382,7 +1382,9 @@ static void test_pairing_without_history(void **state)
     assert_string_equal(history(&f, "fresh"), "");
 
     /* ephemeral: a call answered by text inside the history */
-    llm_message h[3] = { { "user", "q", NULL, 0 }, { "assistant", "", call, 0 }, { "user", "no", NULL, 0 } };
+    llm_message h[3] = { { "user", "q", NULL, 0, false },
+                         { "assistant", "", call, 0, false },
+                         { "user", "no", NULL, 0, false } };
     p = params(NULL, "req-2", "next");
     p.history = h;
     p.n_history = 3;
@@ -1554,9 +1556,9 @@ static void test_truncation_keeps_pairs(void **state)
     json_t *call = J("[{\"type\":\"text\",\"text\":\"let me look\"},{\"type\":\"tool_use\",\"id\":\"toolu_01\","
                      "\"name\":\"f\",\"input\":{}}]");
     json_t *result = J("[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_01\",\"content\":\"42\"}]");
-    llm_message h[6] = { { "user", q1, NULL, 0 },   { "assistant", "let me look", call, 0 },
-                         { "user", "", result, 0 }, { "assistant", "42.", NULL, 0 },
-                         { "user", "q2", NULL, 0 }, { "assistant", "a2", NULL, 0 } };
+    llm_message h[6] = { { "user", q1, NULL, 0, false },   { "assistant", "let me look", call, 0, false },
+                         { "user", "", result, 0, false }, { "assistant", "42.", NULL, 0, false },
+                         { "user", "q2", NULL, 0, false }, { "assistant", "a2", NULL, 0, false } };
     turn_params p = params(NULL, "req-1", "next");
     p.history = h;
     p.n_history = 6;
@@ -1571,10 +1573,10 @@ static void test_truncation_keeps_pairs(void **state)
     json_decref(b);
 
     /* the new message answers the call: its exchange stays whole, what is older goes */
-    llm_message h2[4] = { { "user", q1, NULL, 0 },
-                          { "assistant", "a0", NULL, 0 },
-                          { "user", "q1", NULL, 0 },
-                          { "assistant", "let me look", call, 0 } };
+    llm_message h2[4] = { { "user", q1, NULL, 0, false },
+                          { "assistant", "a0", NULL, 0, false },
+                          { "user", "q1", NULL, 0, false },
+                          { "assistant", "let me look", call, 0, false } };
     p = params(NULL, "req-2", NULL);
     p.history = h2;
     p.n_history = 4;
