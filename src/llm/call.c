@@ -72,6 +72,9 @@
  * curl's default. */
 #define LLM_RECV_BUFFER_STREAM 1024L
 #define LLM_RECV_BUFFER_JSON 16384L
+/* curl's default upload buffer, and its largest (CURLOPT_UPLOAD_BUFFERSIZE). */
+#define LLM_UPLOAD_BUFFER_MIN ((size_t)64 * 1024)
+#define LLM_UPLOAD_BUFFER_MAX ((size_t)2 * 1024 * 1024)
 /* The longest backoff wait, as in the official SDKs (A8). */
 #define BACKOFF_CAP_MS 8000
 
@@ -1476,6 +1479,14 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    /* curl copies a body into its upload buffer, one buffer at a time, and
+     * sends each with a call of its own: 64 KiB by default, 16 round trips
+     * through the kernel for the megabyte a late turn of a long session
+     * sends. A body larger than that gets a buffer of its size (curl's
+     * maximum at most); curl frees it when the transfer is done. */
+    if (body_len > LLM_UPLOAD_BUFFER_MIN)
+        curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE,
+                         (long)(body_len < LLM_UPLOAD_BUFFER_MAX ? body_len : LLM_UPLOAD_BUFFER_MAX));
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
