@@ -103,9 +103,10 @@ static void msg_pack(store_message *dst, const store_message *src)
     dst->content_len = 0;
     dst->content_plain = false;
     char **f[] = MSG_STRINGS(dst);
+    size_t size[sizeof f / sizeof f[0]]; /* each string measured once */
     size_t total = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        total += str_size(*f[i]);
+        total += size[i] = str_size(*f[i]);
     if (total == 0)
         return;
     msg_hdr *h = chat_xmalloc(sizeof *h + total);
@@ -114,13 +115,13 @@ static void msg_pack(store_message *dst, const store_message *src)
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         if (!*f[i])
             continue;
-        size_t n = strlen(*f[i]) + 1;
-        memcpy(p, *f[i], n);
+        memcpy(p, *f[i], size[i]);
         *f[i] = p;
-        p += n;
+        p += size[i];
+        /* Measured once here, for every turn that sends this message (store.h). */
+        if (f[i] == &dst->content)
+            dst->content_len = size[i] - 1;
     }
-    /* Measured once here, for every turn that sends this message (store.h). */
-    dst->content_len = dst->content ? strlen(dst->content) : 0;
     dst->content_plain = dst->content && chat_json_plain(dst->content, dst->content_len);
 }
 
