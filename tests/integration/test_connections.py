@@ -177,3 +177,96 @@ def test_accept_backs_off_on_emfile_and_recovers(chatd):
     while not healthz_ok(srv.port, timeout=2) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert healthz_ok(srv.port)
+
+
+class IdleClosingProvider:
+    """An Anthropic-shaped provider on a raw socket: answers every request on
+    a keep-alive connection, and closes a connection once it has been idle for
+    idle_close_s (None: never). Counts the connections it accepted."""
+
+    REPLY = json.dumps({"id": "msg_idle", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+                        "content": [{"type": "text", "text": "still here"}], "stop_reason": "end_turn",
+                        "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 2}}).encode()
+
+    def __init__(self, idle_close_s):
+        import socket
+        self.idle_close_s = idle_close_s
+        self.connections = 0
+        self.requests = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                conn.settimeout(self.idle_close_s)
+                try:
+                    while b"\r\n\r\n" not in buf:
+                        d = conn.recv(65536)
+                        if not d:
+                            return
+                        buf += d
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        k, _, v = line.partition(b":")
+                        if k.strip().lower() == b"content-length":
+                            length = int(v)
+                    while len(buf) < length:
+                        d = conn.recv(65536)
+                        if not d:
+                            return
+                        buf += d
+                except OSError:  # idle for idle_close_s: close it, as servers do with idle keep-alives
+                    return
+                buf = buf[length:]
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % len(self.REPLY) + self.REPLY)
+
+    def close(self):
+        self.sock.close()
+
+
+def stateless(srv):
+    body = {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "are you there?"}]}
+    r = srv.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "still here"
+
+
+def test_provider_connection_reused_then_closed_while_idle(chatd):
+    """A provider connection stays watched between calls (llm/transport.c,
+    "Watches"): it is reused by the next call, and when the provider closes it
+    while idle chatd stops watching it (no busy loop on the closed socket) and
+    the next call connects again."""
+    prov = IdleClosingProvider(idle_close_s=0.3)
+    try:
+        srv = chatd({"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{prov.port}", "WORKERS": "1",
+                     "PROVIDER_MAX_RETRIES": "0"})
+        stateless(srv)
+        stateless(srv)
+        assert (prov.requests, prov.connections) == (2, 1)  # kept alive and reused
+        time.sleep(0.8)  # the provider closed it meanwhile
+        cpu0 = cpu_seconds(srv.proc.pid)
+        time.sleep(1.5)
+        idle_cpu = cpu_seconds(srv.proc.pid) - cpu0
+        assert idle_cpu < 0.3, f"chatd used {idle_cpu:.2f} s of CPU in 1.5 s idle: spinning on a closed socket?"
+        for _ in range(3):
+            stateless(srv)
+        assert (prov.requests, prov.connections) == (5, 2)
+    finally:
+        prov.close()
