@@ -652,7 +652,7 @@ def main():
         oh = e.get("overhead_header_p99_ms")
         met = e["added_p99_ms"] <= 1.0 and oh is not None and oh <= 1.0 and not e["problems"]
         notes = ["%s/s open loop; X-Chatd-Overhead-Ms p99 %s ms" % (
-            fnum(e["rate"], 0), "-" if oh is None else fnum(float(oh), 0))]
+            fnum(e["rate"], 0), "-" if oh is None else fnum(float(oh), 2))]
         if e["added_p99_ms"] < -1.0 and not e["problems"]:
             # The fake alone had a worse tail than chatd in front of it: noise
             # larger than the goal, nothing to conclude.
@@ -869,7 +869,7 @@ def markdown(res, args):
                     label, fnum(r["rate"], 0), tnames[tgt], r.get("ok", 0), r.get("scheduled", 0),
                     "**%d**" % failed if failed else "0", fnum(lm.get("p50"), 2), fnum(lm.get("p90"), 2),
                     fnum(lm.get("p99"), 2), fnum(lm.get("p99.9"), 2), fnum(lm.get("max"), 2),
-                    ("%s ms" % fnum(oh["p99"], 0)) if oh.get("samples") else "-",
+                    ("%s ms" % fnum(oh["p99"], 2)) if oh.get("samples") else "-",
                     fnum(r.get("server_cpu_ms_per_request"), 3),
                     fnum((r.get("send_lag_ms") or {}).get("p99"), 2)))
             e = lh["added"].get(kind)
