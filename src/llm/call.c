@@ -129,7 +129,7 @@ struct llm_call {
     char *body;                   /* request body (kept: CURLOPT_POSTFIELDS does not copy) */
     struct curl_slist *headers;   /* request headers (contain the API key: never logged) */
     CURL *easy;                   /* reused for every attempt */
-    void *h2c_opener;             /* llm__transport_prepare: an h2c opener's token, or NULL */
+    llm_h2c_ticket h2c;           /* llm__transport_prepare: the h2c connection it opens, if any */
     char errbuf[CURL_ERROR_SIZE]; /* curl's detail for the last failure */
     struct event kick_ev;         /* deferred work, see the file comment (embedded: no allocation) */
     struct event deadline_ev;     /* total / first-byte / idle deadline timer */
@@ -807,7 +807,7 @@ static void note_byte(llm_call *c)
     if (!c->a.got_byte) {
         c->a.got_byte = true;
         c->ttfb_ms = now - c->attempt_start_ms;
-        llm__transport_h2c_answered(c->h2c_opener); /* its own connection, if it opened one */
+        llm__transport_h2c_answered(&c->h2c); /* its own connection, if it opened one */
         /* The idle deadline may come before the first-byte one the timer is set for. */
         arm_deadline(c);
     }
@@ -1295,6 +1295,13 @@ void llm__call_transfer_done(llm_call *c, CURLcode rc)
         destroy(c);
         return;
     }
+    if (llm__transport_h2c_reopen(c->easy, &c->h2c)) {
+        /* A joiner that found no HTTP/2 connection to join (transport.c):
+         * it opens one of its own, at once; not a failed attempt. */
+        c->attempts--;
+        (void)start_attempt(c);
+        return;
+    }
     if (c->paused && (c->pending.len > 0 || c->held_next < c->n_held)) {
         /* The caller has not taken the text parsed after its pause yet: decide
          * once it resumes, so on_done never overtakes a delta. */
@@ -1500,7 +1507,7 @@ chat_rc llm_call_start(llm_transport *t, const llm_provider *p, const llm_reques
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, req->stream ? LLM_RECV_BUFFER_STREAM : LLM_RECV_BUFFER_JSON);
     /* No CURLOPT_ACCEPT_ENCODING: we advertise no compression and curl decodes
      * none, so SSE bytes reach the parser as soon as they arrive. */
-    llm__transport_prepare(t, p, e, &c->h2c_opener);
+    llm__transport_prepare(t, p, e, &c->h2c);
 
     llm__transport_link(t, &c->link);
     /* The first attempt starts on the next loop turn: nothing can call back

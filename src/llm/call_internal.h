@@ -280,16 +280,29 @@ struct event_base *llm__transport_base(llm_transport *t);
 double llm__transport_random(llm_transport *t);
 void llm__transport_link(llm_transport *t, llm_link *l);
 void llm__transport_unlink(llm_transport *t, llm_link *l);
+/* An h2c opener's connection (transport.c, "h2c with libcurl before 8.0.0"):
+ * the origin it is counted for, and the socket its transfer opened. Kept by
+ * the call, filled in by the transport. */
+typedef struct llm_h2c_ticket {
+    void *origin;     /* NULL: the transfer is not on an h2c origin of such a libcurl */
+    bool opener;      /* it opens an h2c connection of its own (else it joins one) */
+    bool refused;     /* a joiner was about to open a connection, and was stopped */
+    curl_socket_t fd; /* the socket an opener opened, CURL_SOCKET_BAD before */
+} llm_h2c_ticket;
 /* Sets on e the per-transfer options that belong to the connection policy
  * (HTTP version, multiplexing, connection reuse) for provider p. Called once per
- * easy handle, after call.c set the request's own options. *h2c_opener: NULL,
- * or (the transfer opens an h2c connection of its own on an older libcurl,
- * transport.c) what to pass to llm__transport_h2c_answered when an attempt of
- * the transfer gets the first byte of its answer. */
-void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, void **h2c_opener);
-/* The connection an opener's attempt opened is now known to multiplex: calls
- * may join it. Only counts (safe inside curl callbacks). */
-void llm__transport_h2c_answered(void *opener);
+ * easy handle, after call.c set the request's own options. ticket (which must
+ * live as long as the transfer) is set up for llm__transport_h2c_answered. */
+void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, llm_h2c_ticket *ticket);
+/* The attempt of an opener (ticket set up by llm__transport_prepare) got the
+ * first byte of its answer: curl now knows its connection multiplexes, calls
+ * may join it. Does nothing for a transfer that opened no h2c connection.
+ * Only counts (safe inside curl callbacks). */
+void llm__transport_h2c_answered(llm_h2c_ticket *ticket);
+/* After an attempt ended: true if it was a joiner stopped from opening a
+ * connection (transport.c); e is then set up as an opener, and the call starts
+ * a new attempt at once (not a failed one). False otherwise. */
+bool llm__transport_h2c_reopen(CURL *e, llm_h2c_ticket *ticket);
 
 /* The call owning a link (call.c). */
 llm_call *llm__call_of_link(llm_link *l);

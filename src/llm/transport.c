@@ -45,22 +45,33 @@
  * connection of its own (CURLOPT_FRESH_CONNECT), and the others ask for
  * CURL_HTTP_VERSION_2TLS, which on http:// never switches anything: it joins an
  * h2c connection that has room, or (if none does) opens a plain HTTP/1.1 one.
- * To choose, the transport counts, per origin, the h2c connections open
- * (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION on the transfers that open
- * them) and those known to multiplex: a connection counts once its opener got
- * the first byte of its answer (llm__transport_h2c_answered), when curl has
- * surely taken it as HTTP/2. It compares the calls running with the streams
- * the latter can carry (LLM_H2_MAX_STREAMS each). A transfer that joins must
- * find a connection curl already knows to multiplex: otherwise the joiner
- * opens an HTTP/1.1 connection, and on libcurl 7.88 the streams multiplexed on
- * that worker's h2c connections then sent their requests and never got an
- * answer (10,000 streams over h2c, bench/README.md: this happened when a
- * connection counted as soon as its opener's request went out, right before
- * curl switched it). While no connection is known, new calls open their own (a
- * burst in that window of about one round trip costs a few connections). The
- * cost of waiting for the answer: a non-streaming opener's first byte comes
- * only with its whole answer, so a burst of non-streaming calls meanwhile gets
- * a connection each, as over HTTP/1.1.
+ * To choose, the transport keeps, per origin, the h2c connections open, by
+ * socket (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION on the transfers
+ * that open them), each marked ready once its opener got the first byte of
+ * its answer (llm__transport_h2c_answered), when curl has surely taken it as
+ * HTTP/2. It compares the calls running with the streams the ready ones can
+ * carry (LLM_H2_MAX_STREAMS each): room, and the call joins; none, and it
+ * opens its own. While no connection is ready, new calls open their own (a
+ * burst in that window of about one round trip costs a few connections; a
+ * non-streaming opener's first byte comes only with its whole answer, so a
+ * burst of non-streaming calls meanwhile gets a connection each, as over
+ * HTTP/1.1).
+ *
+ * A joiner must never open a connection. Where curl finds no connection it
+ * can join (the provider allows fewer streams per connection than we count
+ * on, a ready connection curl will not reuse, ...), a 2TLS transfer opens a
+ * plain HTTP/1.1 connection, and libcurl 7.88 then hands later joiners that
+ * busy HTTP/1.1 connection as if it multiplexed (url.c, ConnectionExists:
+ * "When not multiplexed, we have a match here!", since the host's bundle is
+ * marked as multiplexing): their requests are pipelined behind the running
+ * ones and the answers are garbled or never come. That was the 10,000-stream
+ * stall of bench/README.md: 40-90 % of the streams stuck after their first
+ * byte, the provider no longer reading the HTTP/1.1 connection with the
+ * pipelined requests (a packet capture showed a megabyte of them queued on
+ * one connection). So a joiner's CURLOPT_OPENSOCKETFUNCTION refuses to open
+ * a socket (h2c_joiner_open_cb): the attempt fails at once without a byte
+ * sent, and the call starts again as an opener (llm__transport_h2c_reopen),
+ * not counted as a retry.
  *
  * Watches. A socket's event stays added across the transfers of its
  * connection: when curl says CURL_POLL_REMOVE (the transfer ended and the
@@ -95,12 +106,19 @@
 #include "core/util.h"
 #include "llm/call_internal.h"
 
+/* One h2c connection of an origin, by its socket. */
+typedef struct h2c_conn {
+    curl_socket_t fd;
+    bool ready; /* its opener got the first byte of its answer: curl knows it multiplexes */
+} h2c_conn;
+
 /* One http:// origin spoken to over h2c (see the top of the file). */
 typedef struct h2c_origin {
     llm_transport *t;        /* the transport whose transfers open its connections */
     char *origin;            /* "http://host:port", the base URL up to its path */
-    int conns;               /* h2c sockets open (connections, being set up or up) */
-    int ready;               /* of those, the ones switched to HTTP/2 (others may join them) */
+    h2c_conn *conns;         /* the h2c sockets open (connections being set up or up) */
+    size_t n_conns, cap;     /* how many; the array's length */
+    int ready;               /* of those, the ready ones (others may join them) */
     struct h2c_origin *next; /* in the transport's list */
 } h2c_origin;
 
@@ -362,6 +380,7 @@ void llm_transport_free(llm_transport *t)
         h2c_origin *o = t->origins;
         t->origins = o->next;
         free(o->origin);
+        free(o->conns);
         free(o);
     }
     event_free(t->timer);
@@ -418,15 +437,31 @@ static h2c_origin *origin_of(llm_transport *t, const char *base_url)
     return o;
 }
 
-/* CURLOPT_OPENSOCKETFUNCTION of a transfer opening an h2c connection: counts it. */
+/* CURLOPT_OPENSOCKETFUNCTION of a transfer opening an h2c connection (its
+ * ticket): records the socket with the origin and in the ticket. */
 static curl_socket_t h2c_open_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
 {
     (void)purpose;
-    h2c_origin *o = clientp;
+    llm_h2c_ticket *ticket = clientp;
+    h2c_origin *o = ticket->origin;
     curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-    if (s != CURL_SOCKET_BAD)
-        o->conns++;
+    if (s == CURL_SOCKET_BAD)
+        return s;
+    if (o->n_conns == o->cap) {
+        o->cap = o->cap ? 2 * o->cap : 16;
+        o->conns = chat_xrealloc(o->conns, o->cap * sizeof *o->conns);
+    }
+    o->conns[o->n_conns++] = (h2c_conn){ .fd = s, .ready = false };
+    ticket->fd = s;
     return s;
+}
+
+static h2c_conn *h2c_conn_find(h2c_origin *o, curl_socket_t s)
+{
+    for (size_t i = 0; i < o->n_conns; i++)
+        if (o->conns[i].fd == s)
+            return &o->conns[i];
+    return NULL;
 }
 
 /* CURLOPT_CLOSESOCKETFUNCTION, kept by the connection (curl calls it for the
@@ -434,42 +469,81 @@ static curl_socket_t h2c_open_cb(void *clientp, curlsocktype purpose, struct cur
 static int h2c_close_cb(void *clientp, curl_socket_t s)
 {
     h2c_origin *o = clientp;
-    o->conns--;
-    if (o->ready > o->conns)
-        o->ready = o->conns;
+    h2c_conn *hc = h2c_conn_find(o, s);
+    if (hc) {
+        if (hc->ready)
+            o->ready--;
+        *hc = o->conns[--o->n_conns];
+    }
     return sock_close_cb(o->t, s);
 }
 
-void llm__transport_h2c_answered(void *opener)
+void llm__transport_h2c_answered(llm_h2c_ticket *ticket)
 {
-    h2c_origin *o = opener;
-    if (o && o->ready < o->conns)
+    if (!ticket->opener || ticket->fd == CURL_SOCKET_BAD)
+        return;
+    h2c_origin *o = ticket->origin;
+    h2c_conn *hc = h2c_conn_find(o, ticket->fd);
+    if (hc && !hc->ready) {
+        hc->ready = true;
         o->ready++;
+    }
 }
 
-/* h2c on a libcurl that cannot reuse a prior-knowledge connection (the top of
- * the file): either open a new h2c connection (*opener set), or join one. */
-static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e, void **opener)
+/* CURLOPT_OPENSOCKETFUNCTION of a joiner: curl found no connection it could
+ * join and would open a plain HTTP/1.1 one (the top of the file). Refused: the
+ * attempt fails at once, and llm__transport_h2c_reopen makes it an opener. */
+static curl_socket_t h2c_joiner_open_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
 {
-    h2c_origin *o = origin_of(t, p->base_url);
-    /* This call is not linked yet: n_calls + 1 calls would be running. All
-     * of the transport's calls are counted, whatever their provider, so the
-     * estimate errs towards one connection more, never one stream too many. */
-    (void)p;
-    if (o->ready > 0 && (int64_t)t->n_calls + 1 <= (int64_t)o->ready * LLM_H2_MAX_STREAMS)
-        return CURL_HTTP_VERSION_2TLS; /* joins a connection that speaks HTTP/2 */
+    (void)purpose;
+    (void)a;
+    llm_h2c_ticket *ticket = clientp;
+    ticket->refused = true;
+    return CURL_SOCKET_BAD;
+}
+
+/* Sets e up to open an h2c connection of its own. */
+static long h2c_open_own(h2c_origin *o, CURL *e, llm_h2c_ticket *ticket)
+{
+    ticket->opener = true;
+    ticket->fd = CURL_SOCKET_BAD;
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-    *opener = o;
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, h2c_open_cb);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, o);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, ticket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, h2c_close_cb);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, o);
     return CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
 }
 
-void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, void **h2c_opener)
+/* h2c on a libcurl that cannot reuse a prior-knowledge connection (the top of
+ * the file): either open a new h2c connection, or join one. */
+static long h2c_choose(llm_transport *t, const llm_provider *p, CURL *e, llm_h2c_ticket *ticket)
 {
-    *h2c_opener = NULL;
+    h2c_origin *o = origin_of(t, p->base_url);
+    ticket->origin = o;
+    /* This call is not linked yet: n_calls + 1 calls would be running. All
+     * of the transport's calls are counted, whatever their provider, so the
+     * estimate errs towards one connection more, never one stream too many. */
+    if (o->ready > 0 && (int64_t)t->n_calls + 1 <= (int64_t)o->ready * LLM_H2_MAX_STREAMS) {
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, h2c_joiner_open_cb);
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, ticket);
+        return CURL_HTTP_VERSION_2TLS; /* joins a connection that speaks HTTP/2 */
+    }
+    return h2c_open_own(o, e, ticket);
+}
+
+bool llm__transport_h2c_reopen(CURL *e, llm_h2c_ticket *ticket)
+{
+    if (!ticket->refused)
+        return false;
+    ticket->refused = false;
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, h2c_open_own(ticket->origin, e, ticket));
+    return true;
+}
+
+void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, llm_h2c_ticket *ticket)
+{
+    *ticket = (llm_h2c_ticket){ .fd = CURL_SOCKET_BAD };
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, sock_close_cb); /* h2c_choose may replace it */
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, t);
     bool tls = p->base_url && strncasecmp(p->base_url, "https://", 8) == 0;
@@ -481,7 +555,7 @@ void llm__transport_prepare(llm_transport *t, const llm_provider *p, CURL *e, vo
         if (tls)
             version = CURL_HTTP_VERSION_2TLS;
         else if (t->pk_reuse_broken && p->base_url)
-            version = h2c_choose(t, p, e, h2c_opener);
+            version = h2c_choose(t, p, e, ticket);
         else
             version = CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
         break;

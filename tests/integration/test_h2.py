@@ -41,11 +41,11 @@ from reliability import close_now, raw_request, read_until, sse_of
 class H2Fake(conftest.FakeProvider):
     """The fake provider with --h2c, started for this module only."""
 
-    def __init__(self):  # pylint: disable=super-init-not-called
+    def __init__(self, *args):  # pylint: disable=super-init-not-called
         self.out_lines, self.err_lines = [], []
         node = shutil.which("node") or "/usr/bin/node"
         self.proc = subprocess.Popen(
-            [node, str(conftest.FAKE_SCRIPT), "--port", "0", "--host", "127.0.0.1", "--h2c"],
+            [node, str(conftest.FAKE_SCRIPT), "--port", "0", "--host", "127.0.0.1", "--h2c", *args],
             cwd=str(conftest.REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
         q = queue.Queue()
@@ -305,3 +305,46 @@ def test_fast_streams_with_large_frames(servers, h2fake):
         assert sse.names()[-1] == "done", (i, sse.names()[-3:])
         assert sse.deltas_text() == " ".join(f"w{k}" for k in range(1, words + 1)), i
     assert srv.proc.poll() is None
+
+
+
+def test_joiners_never_open_http11_connections():
+    """Every provider connection chatd opens to an h2c origin speaks HTTP/2.
+    On libcurl 7.88 a call that joins an h2c connection (llm/transport.c)
+    and finds none it can join would open a plain HTTP/1.1 one, and later
+    joiners are then put on that busy HTTP/1.1 connection as if it
+    multiplexed: requests pipelined behind long streams, garbled answers, the
+    10,000-stream stalls of bench/README.md. Here the provider allows 2
+    streams per connection while the transport counts on 100, so most joiners
+    find no room: each must open an h2c connection of its own instead."""
+    fake = H2Fake("--h2-max-streams", "2")
+    launcher = conftest.Launcher(fake)
+    try:
+        srv = launcher({"PROVIDER_HTTP_VERSION": "2", "WORKERS": "1"})
+        # One answered call first, so that the next ones find a connection to join.
+        r = srv.client.post("/v1/chat", json={"session_id": "h2-join-0", "message": "first"})
+        assert r.status_code == 200, r.text
+        n = 12
+        results = [None] * n
+
+        def one(i):
+            with httpx.Client(base_url=srv.url, timeout=60) as cl:
+                results[i] = stream_v1(cl, {"session_id": f"h2-join-{i + 1}",
+                                            "message": f"j{i} {directive({'reply_words': 5, 'gap_ms': 200})}"})
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for i, (resp, sse) in enumerate(results):
+            assert resp.status_code == 200, (i, resp.status_code)
+            assert sse.names()[-1] == "done", (i, sse.names())
+            assert sse.deltas_text() == " ".join(f"w{k}" for k in range(1, 6)), (i, sse.deltas_text())
+        st = fake.stats()
+        # The control client's own connection is the one plain HTTP/1.1 one.
+        assert st["connections_total"] - 1 == st["h2_connections_total"], st
+        assert st["h2_streams_total"] == n + 1, st
+    finally:
+        launcher.close()
+        fake.stop()
