@@ -79,9 +79,10 @@
  * (the socket is "parked"), and the next transfer that reuses the connection
  * usually wants just that, so nothing changes. Removing and adding it again
  * were two epoll_ctl calls per provider call (of 4.8 per stateless turn;
- * epoll_ctl went from 5.2 % to 3.2 % of chatd's CPU samples). If a parked socket turns readable (the server closed the idle
- * connection, or sent something), the event is removed then, without curl,
- * which checks a cached connection before reusing it. Since curl has
+ * epoll_ctl went from 5.2 % to 3.2 % of chatd's CPU samples). If a parked
+ * socket turns readable (the server closed the idle connection, or sent
+ * something), the event is removed then, without curl, which checks a cached
+ * connection before reusing it. Since curl has
  * forgotten a removed socket (curl_multi_assign no longer reaches it), the
  * transport finds its record by descriptor number, and it must drop that
  * record before the descriptor is closed and its number reused: every
@@ -226,12 +227,15 @@ static sockinfo *sock_find(const llm_transport *t, curl_socket_t fd)
     return fd >= 0 && (size_t)fd < t->socks_cap ? t->socks[fd] : NULL;
 }
 
-/* fd's record, made on first use. */
+/* fd's record, made on first use. The table grows to the largest descriptor
+ * number curl used, which the process's descriptor limit bounds. */
 static sockinfo *sock_get(llm_transport *t, curl_socket_t fd)
 {
     sockinfo *si = sock_find(t, fd);
     if (si)
         return si;
+    if (fd < 0)
+        chat_fatal("curl asked to watch an invalid socket");
     if ((size_t)fd >= t->socks_cap) {
         size_t cap = t->socks_cap ? t->socks_cap : 64;
         while (cap <= (size_t)fd)

@@ -63,6 +63,31 @@ class Reader:
         return out
 
 
+def read_request(sock, buf=b""):
+    """Reads one request from sock, for tests that play a server (its timeout
+    bounds each read; socket.timeout is raised past it). buf: bytes already
+    read. Returns (head, body, rest: bytes after the request), or None if the
+    peer closed before a whole request. The body is framed by Content-Length
+    only (what chatd sends a provider)."""
+    while b"\r\n\r\n" not in buf:
+        part = sock.recv(65536)
+        if not part:
+            return None
+        buf += part
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v.strip())
+    while len(buf) < length:
+        part = sock.recv(65536)
+        if not part:
+            return None
+        buf += part
+    return head, buf[:length], buf[length:]
+
+
 def read_response(reader, head_request=False):
     """Reads one response: (status, {lowercase header: value}, body bytes, raw head)."""
     status_line = reader.line()

@@ -7,11 +7,12 @@ exactly one socket held open as long as the test says.
 import json
 import os
 import resource
+import socket
 import threading
 import time
 
 from helpers import directive
-from rawhttp import Closed, Reader, connect, get, healthz_ok, read_response
+from rawhttp import Closed, Reader, connect, get, healthz_ok, read_request, read_response
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -189,7 +190,6 @@ class IdleClosingProvider:
                         "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 2}}).encode()
 
     def __init__(self, idle_close_s):
-        import socket
         self.idle_close_s = idle_close_s
         self.connections = 0
         self.requests = 0
@@ -214,25 +214,12 @@ class IdleClosingProvider:
             while True:
                 conn.settimeout(self.idle_close_s)
                 try:
-                    while b"\r\n\r\n" not in buf:
-                        d = conn.recv(65536)
-                        if not d:
-                            return
-                        buf += d
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n")[1:]:
-                        k, _, v = line.partition(b":")
-                        if k.strip().lower() == b"content-length":
-                            length = int(v)
-                    while len(buf) < length:
-                        d = conn.recv(65536)
-                        if not d:
-                            return
-                        buf += d
+                    req = read_request(conn, buf)
                 except OSError:  # idle for idle_close_s: close it, as servers do with idle keep-alives
                     return
-                buf = buf[length:]
+                if req is None:
+                    return
+                buf = req[2]
                 self.requests += 1
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                              % len(self.REPLY) + self.REPLY)

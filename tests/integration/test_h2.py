@@ -90,6 +90,29 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def concurrent_streams(srv, n, prefix, words, gap_ms, join_s):
+    """n streams at once, each on its own client connection, each replying
+    w1..w<words> with gap_ms between them; asserts every one whole."""
+    results = [None] * n
+
+    def one(i):
+        with httpx.Client(base_url=srv.url, timeout=60) as cl:
+            results[i] = stream_v1(cl, {"session_id": f"{prefix}-{i}",
+                                        "message": f"s{i} {directive({'reply_words': words, 'gap_ms': gap_ms})}"})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_s)
+    for i, result in enumerate(results):
+        assert result is not None, (i, "no answer")
+        resp, sse = result
+        assert resp.status_code == 200, (i, resp.status_code)
+        assert sse.names()[-1] == "done", (i, sse.names())
+        assert sse.deltas_text() == " ".join(f"w{k}" for k in range(1, words + 1)), (i, sse.deltas_text())
+
+
 def test_turns_and_streams_over_h2c(servers, h2fake):
     srv = servers()
     c = srv.client
@@ -247,29 +270,13 @@ def test_200_concurrent_streams_share_a_few_connections(servers, h2fake):
                 return
             time.sleep(0.02)
 
-    results = [None] * n
-
-    def one(i):
-        with httpx.Client(base_url=srv.url, timeout=60) as cl:
-            results[i] = stream_v1(cl, {"session_id": f"h2-many-{i}",
-                                        "message": f"s{i} {directive({'reply_words': 8, 'gap_ms': 150})}"})
-
     w = threading.Thread(target=watch)
     w.start()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
-    stop.set()
-    w.join()
-    whole = 0
-    for i, (resp, sse) in enumerate(results):
-        assert resp.status_code == 200, (i, resp.status_code)
-        assert sse.names()[-1] == "done", (i, sse.names())
-        assert sse.deltas_text() == " ".join(f"w{k}" for k in range(1, 9))
-        whole += 1
-    assert whole == n
+    try:
+        concurrent_streams(srv, n, "h2-many", words=8, gap_ms=150, join_s=90)
+    finally:
+        stop.set()
+        w.join()
     st = stats(h2fake)
     assert st["h2_streams_total"] == n, st
     # WORKERS=2: one connection per worker carries its share (up to 1000 streams each).
@@ -322,25 +329,10 @@ def test_joiners_never_open_http11_connections():
     try:
         srv = launcher({"PROVIDER_HTTP_VERSION": "2", "WORKERS": "1"})
         # One answered call first, so that the next ones find a connection to join.
-        r = srv.client.post("/v1/chat", json={"session_id": "h2-join-0", "message": "first"})
+        r = srv.client.post("/v1/chat", json={"session_id": "h2-join-first", "message": "first"})
         assert r.status_code == 200, r.text
         n = 12
-        results = [None] * n
-
-        def one(i):
-            with httpx.Client(base_url=srv.url, timeout=60) as cl:
-                results[i] = stream_v1(cl, {"session_id": f"h2-join-{i + 1}",
-                                            "message": f"j{i} {directive({'reply_words': 5, 'gap_ms': 200})}"})
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        for i, (resp, sse) in enumerate(results):
-            assert resp.status_code == 200, (i, resp.status_code)
-            assert sse.names()[-1] == "done", (i, sse.names())
-            assert sse.deltas_text() == " ".join(f"w{k}" for k in range(1, 6)), (i, sse.deltas_text())
+        concurrent_streams(srv, n, "h2-join", words=5, gap_ms=200, join_s=60)
         st = fake.stats()
         # The control client's own connection is the one plain HTTP/1.1 one.
         assert st["connections_total"] - 1 == st["h2_connections_total"], st

@@ -19,6 +19,7 @@ import threading
 import pytest
 
 from helpers import DEFAULT_SYSTEM, assert_v1_error, echo, stream_v1
+from rawhttp import read_request
 
 OPENAI_KEY = "sk-openai-test-7c1d"
 OPENAI_MODEL = "gpt-4o-mini"
@@ -331,24 +332,10 @@ class CannedUpstream:
                     pass
 
     def _handle(self, conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            part = conn.recv(65536)
-            if not part:
-                return
-            data += part
-        head, _, rest = data.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v.strip())
-        while len(rest) < length:
-            part = conn.recv(65536)
-            if not part:
-                return
-            rest += part
-        body = json.loads(rest[:length])
+        req = read_request(conn)
+        if req is None:
+            return
+        body = json.loads(req[1])
         self.bodies.append(body)
         events = self._events(body.get("stream") is True)
         if events is None:
