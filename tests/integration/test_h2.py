@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -34,7 +33,7 @@ import httpx
 import pytest
 
 import conftest
-from helpers import directive, echo, read_sse, stream_v1
+from helpers import directive, echo, stream_v1
 from reliability import close_now, raw_request, read_until, sse_of
 
 
