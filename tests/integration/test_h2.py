@@ -222,7 +222,6 @@ def test_paused_stream_does_not_stall_the_connection(servers, h2fake):
     whole connection when a paused stream's buffer fills: chatd then holds the
     paused call's text instead of pausing curl, transport.c)."""
     srv = servers({"WORKERS": "1", "STREAM_BUFFER_SIZE": "1KiB"})
-    c = srv.client
     word = "x" * 8000
     n_words = 750  # 6 MB of text, far more than the socket buffers and curl's 16 KB
     slow = socket.socket()
