@@ -57,6 +57,7 @@
 #include "api/idempotency.h"
 #include "chat/models.h"
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/util.h"
 #include "guard/auth.h"
@@ -412,7 +413,7 @@ bool api_an_request_parse(const char *body, size_t len, const char *version, con
     memset(q, 0, sizeof *q);
     memset(why, 0, sizeof *why);
     bool v2026 = version && strcmp(version, API_AN_VERSION_2026) == 0;
-    json_t *root = json_loadb(body ? body : "", len, 0, &jerr);
+    json_t *root = chat_json_loadb(body ? body : "", len, 0, &jerr);
     bool ok = false;
     const char *session = NULL;
     json_t *opt = json_object();

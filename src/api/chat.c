@@ -33,6 +33,7 @@
 #include "core/json_out.h"
 #include "guard/auth.h"
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/util.h"
 #include "llm/content.h"
 
@@ -649,7 +650,7 @@ bool api_chat_body_parse_ex(const char *text, size_t len, api_flavor f, size_t m
     if (len == 0)
         return invalid_one(why, api_detail_item("missing", "body", NULL, "Field required", json_null()),
                            "the request body is empty: send a JSON object");
-    b->root = json_loadb(text, len, 0, &jerr);
+    b->root = chat_json_loadb(text, len, 0, &jerr);
     if (!b->root) {
         json_t *loc = json_pack("[s,i]", "body", jerr.position);
         /* jansson's text quotes the bytes it stopped at, which need not be
@@ -1045,7 +1046,7 @@ static bool v1_sse_event(chat_ctx *c, const llm_event *ev)
         if (st->block != ev->index)
             return false;
         const char *args = chat_buf_str(&st->args);
-        json_t *input = *args ? json_loads(args, 0, NULL) : json_object();
+        json_t *input = *args ? chat_json_loads(args, 0, NULL) : json_object();
         if (!json_is_object(input)) {
             json_decref(input);
             input = json_object();

@@ -11,6 +11,7 @@
 
 #include "api/idempotency.h"
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/metrics.h"
 #include "core/util.h"
@@ -277,7 +278,7 @@ void chat_replay_record(http_req *r, api_env *w, const chat_renderer *rnd, api_f
     api_idempotency_result(rec, &res);
     json_t *content = NULL;
     if (rec->reply.blocks) {
-        content = json_loads(rec->reply.blocks, 0, NULL);
+        content = chat_json_loads(rec->reply.blocks, 0, NULL);
         if (content && !json_is_array(content)) {
             json_decref(content);
             content = NULL;

@@ -8,6 +8,7 @@
 #include "api/api.h"
 #include "api/request.h"
 #include "chat/models.h"
+#include "core/json_in.h"
 
 static json_t *per_mtok(int64_t micros)
 {
@@ -60,7 +61,7 @@ static bool count_field(json_t *root, const char *name, int64_t *out)
 json_t *api_estimate_parse(const char *body, size_t len, store_usage *u, json_t **only, const char **why)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
+    json_t *root = chat_json_loadb(body, len, 0, &jerr);
     *only = NULL;
     if (!root || !json_is_object(root)) {
         json_decref(root);

@@ -34,6 +34,7 @@
 
 #include "api/request.h"
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/util.h"
 
 /* The parse of one request: where the answer and the translation go. */
@@ -458,7 +459,7 @@ static bool add_assistant(parse *p, json_t *m, size_t i)
                            "messages[%zu].tool_calls[%zu].function.arguments must be a string (JSON text)", i, k);
         json_t *input = json_string_length(args) == 0
                             ? json_object() /* some models send "" for a call without arguments */
-                            : json_loadb(json_string_value(args), json_string_length(args), JSON_DECODE_ANY, NULL);
+                            : chat_json_loadb(json_string_value(args), json_string_length(args), JSON_DECODE_ANY, NULL);
         if (!json_is_object(input)) {
             json_decref(input);
             return invalid(p->why, "invalid_value", "messages",
@@ -1124,7 +1125,7 @@ bool api_oa_request_parse(const char *body, size_t len, const char *session_head
     json_error_t jerr;
     memset(q, 0, sizeof *q);
     memset(why, 0, sizeof *why);
-    json_t *root = json_loadb(body, len, 0, &jerr);
+    json_t *root = chat_json_loadb(body, len, 0, &jerr);
     parse p = { .q = q, .why = why, .lim = lim };
     bool ok = false;
     /* The system prompt: every system/developer message, joined by blank lines,

@@ -19,6 +19,7 @@
 #include "api/api.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -369,7 +370,7 @@ static void reply_messages(sjob *j, const store_message *msgs, size_t n)
         json_t *o = json_pack("{s:s,s:I,s:s,s:s,s:s,s:o}", "id", idbuf, "seq", (json_int_t)m->seq, "role", m->role,
                               "content", m->content, "status", m->status, "created_at", time_json(m->created_at));
         if (m->blocks) { /* the canonical content (llm/content.h); the seed /history stays text */
-            json_t *blocks = json_loads(m->blocks, 0, NULL);
+            json_t *blocks = chat_json_loads(m->blocks, 0, NULL);
             if (json_is_array(blocks))
                 json_object_set_new(o, "blocks", blocks);
             else

@@ -14,6 +14,7 @@
 
 #include "core/alloc.h"
 #include "core/assets.h"
+#include "core/json_in.h"
 #include "core/util.h"
 
 #define MAX_MODELS 256
@@ -411,7 +412,7 @@ chat_rc models_load(const struct chat_config *cfg, model_table **out, char *err,
         chat_set_err(err, errlen, "the built-in models table is missing from this binary");
         goto fail;
     }
-    doc = json_loadb((const char *)builtin->data, builtin->len, 0, &jerr);
+    doc = chat_json_loadb((const char *)builtin->data, builtin->len, 0, &jerr);
     if (!doc) {
         chat_set_err(err, errlen, "built-in models table: %s (line %d)", jerr.text, jerr.line);
         goto fail;

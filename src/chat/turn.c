@@ -35,6 +35,7 @@
 #include "chat/models.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -1072,7 +1073,7 @@ static void loaded(turn *t, const store_message *hist, size_t nhist)
         if (!hist[i].blocks)
             continue;
         json_error_t jerr;
-        blocks[i] = json_loads(hist[i].blocks, 0, &jerr);
+        blocks[i] = chat_json_loads(hist[i].blocks, 0, &jerr);
         if (!json_is_array(blocks[i])) {
             /* Stored by an older or broken writer: the text stands in. */
             chat_log(LOG_WARN, "stored message blocks unreadable, using its text",

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "llm/call_internal.h"
 
@@ -687,7 +688,7 @@ static void set_str(char **dst, const char *v)
 static json_t *event_json(llm_parse *st, const char *type, const char *data, size_t len)
 {
     json_error_t je;
-    json_t *j = json_loadb(data, len, 0, &je);
+    json_t *j = chat_json_loadb(data, len, 0, &je);
     if (!json_is_object(j)) {
         json_decref(j);
         llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "malformed JSON in the %s event: %s", type,
@@ -707,7 +708,7 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
     if (strcmp(type, "error") == 0) {
         /* The provider gave up after its 200: report its error as it said it. */
         json_error_t je;
-        j = json_loadb(data, len, 0, &je);
+        j = chat_json_loadb(data, len, 0, &je);
         json_t *e = json_object_get(j, "error");
         const char *et = jstr(e, "type");
         const char *em = jstr(e, "message");
@@ -857,7 +858,7 @@ static void parse_error(int http_status, const char *body, size_t len, llm_error
 {
     memset(out, 0, sizeof *out);
     json_error_t je;
-    json_t *j = len ? json_loadb(body, len, 0, &je) : NULL;
+    json_t *j = len ? chat_json_loadb(body, len, 0, &je) : NULL;
     const char *type = NULL, *msg = NULL;
     if (json_is_object(j)) {
         json_t *e = json_object_get(j, "error");

@@ -52,6 +52,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_in.h"
 #include "core/util.h"
 #include "llm/call_internal.h"
 #include "llm/provider.h"
@@ -266,7 +267,7 @@ char *llm_strndup_utf8(const char *s, size_t max)
 json_t *llm_load_object(llm_parse *st, const char *body, size_t len)
 {
     json_error_t je;
-    json_t *j = json_loadb(body, len, 0, &je);
+    json_t *j = chat_json_loadb(body, len, 0, &je);
     if (json_is_object(j))
         return j;
     llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "malformed JSON response: %s",

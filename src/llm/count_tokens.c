@@ -18,6 +18,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_in.h"
 
 /* The largest answer read (an {"input_tokens": n} or an error body). */
 #define COUNT_MAX_RESPONSE (64 * 1024)
@@ -78,7 +79,7 @@ static void finish(llm_count *c, CURLcode rc)
         snprintf(msg, sizeof msg, "count_tokens request failed: %s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
         res.error_message = msg;
     } else {
-        j = json_loadb(chat_buf_str(&c->resp), c->resp.len, 0, NULL);
+        j = chat_json_loadb(chat_buf_str(&c->resp), c->resp.len, 0, NULL);
         json_t *n = json_object_get(j, "input_tokens");
         json_t *err = json_object_get(j, "error");
         if (status == 200 && json_is_integer(n) && json_integer_value(n) >= 0) {

@@ -50,6 +50,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "llm/call_internal.h"
 
@@ -898,7 +899,7 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
         return 0; /* after [DONE] nothing belongs to this reply any more */
     if (strcmp(type, "error") == 0) {
         /* The other form of in-stream error the openai SDK accepts. */
-        j = json_loadb(data, len, 0, &je);
+        j = chat_json_loadb(data, len, 0, &je);
         json_t *e = json_object_get(j, "error");
         fail_with_error(st, e ? e : j, data, len);
         rc = 1;
@@ -914,7 +915,7 @@ static int on_sse_event(llm_parse *st, const char *type, const char *data, size_
         st->complete = true;
         return 0;
     }
-    j = json_loadb(data, len, 0, &je);
+    j = chat_json_loadb(data, len, 0, &je);
     if (!json_is_object(j)) {
         llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error", "malformed JSON in a stream chunk: %s",
                        j ? "not an object" : je.text);
@@ -997,7 +998,7 @@ static void parse_error(int http_status, const char *body, size_t len, llm_error
 {
     memset(out, 0, sizeof *out);
     json_error_t je;
-    json_t *j = len ? json_loadb(body, len, 0, &je) : NULL;
+    json_t *j = len ? chat_json_loadb(body, len, 0, &je) : NULL;
     const char *type = NULL;
     char *msg = NULL;
     if (json_is_object(j)) {

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "llm/call_internal.h"
 
@@ -149,7 +150,7 @@ int llm_reply_close(llm_parse *st, bool strict)
             }
         }
         json_error_t je;
-        json_t *v = json_loadb(acc, st->acc_len, 0, &je);
+        json_t *v = chat_json_loadb(acc, st->acc_len, 0, &je);
         bool ok = json_is_object(v), parsed = v != NULL;
         json_decref(v);
         if (!ok && strict) {
@@ -179,7 +180,7 @@ int llm_reply_close(llm_parse *st, bool strict)
     } else {
         type = "tool_use";
         json_error_t je;
-        json_t *input = st->acc_len ? json_loadb(acc, st->acc_len, 0, &je) : json_object();
+        json_t *input = st->acc_len ? chat_json_loadb(acc, st->acc_len, 0, &je) : json_object();
         if (!json_is_object(input)) {
             if (strict)
                 llm_parse_fail(st, LLM_ERR_PROTOCOL, "protocol_error",

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/log.h"
 #include "store/store.h"
@@ -146,7 +147,7 @@ static json_t *parse_valid(const char *text)
 {
     if (!text || strlen(text) > STORE_BLOCKS_MAX)
         return NULL;
-    json_t *root = json_loads(text, 0, NULL);
+    json_t *root = chat_json_loads(text, 0, NULL);
     if (!json_is_array(root))
         goto bad;
     size_t i;
@@ -402,7 +403,7 @@ chat_rc store_blocks_unpack(const char *stored, store_blob_lookup lookup, void *
         *out = chat_xstrdup(stored);
         return CHAT_OK;
     }
-    json_t *root = json_loads(stored, 0, NULL);
+    json_t *root = chat_json_loads(stored, 0, NULL);
     if (!json_is_array(root)) {
         json_decref(root);
         chat_log(LOG_ERROR, "store error",

@@ -23,6 +23,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/util.h"
 #include "store/blocks.h"
@@ -110,7 +111,7 @@ static json_t *session_json(const store_session *ss, const store_message *msgs, 
         set_int(jm, "created_at", m->created_at);
         if (m->blocks) {
             /* As a JSON array (images inline), not as a string holding one. */
-            json_t *blocks = json_loads(m->blocks, 0, NULL);
+            json_t *blocks = chat_json_loads(m->blocks, 0, NULL);
             if (!blocks)
                 *bad = true;
             else
@@ -585,7 +586,7 @@ static chat_rc import_line(importer *im, const char *text, size_t len)
     if (memchr(text, '\0', len))
         return fail(im, CHAT_EINVAL, "contains a NUL byte (not JSON text)");
     json_error_t je;
-    json_t *obj = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *obj = chat_json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!obj)
         return fail(im, CHAT_EINVAL, "not valid JSON (%s, at column %d)", je.text, je.column);
     chat_rc rc;
