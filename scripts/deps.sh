@@ -14,7 +14,7 @@ WHAT=${1:-test}
 APT_PACKAGES=(
   build-essential cmake pkg-config
   libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
-  libhiredis-dev libpq-dev
+  libhiredis-dev libpq-dev libjemalloc-dev
 )
 if [ "$WHAT" = list-build ]; then printf '%s\n' "${APT_PACKAGES[@]}"; exit 0; fi
 [ "$WHAT" = build ] || APT_PACKAGES+=(

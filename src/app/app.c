@@ -17,7 +17,6 @@
 #define _GNU_SOURCE
 #include "app/app.h"
 
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/resource.h>
@@ -41,6 +40,7 @@
 #include "chat/turn.h"
 #include "core/alloc.h"
 #include "core/log.h"
+#include "core/mem.h"
 #include "core/util.h"
 
 #define DRAIN_TICK_MS 20
@@ -225,7 +225,7 @@ static struct event_base *worker_loop_new(void)
  * that number is watched and kept until the loop is freed. Made on demand, the
  * records of a first burst of streams land in the holes of that burst's own
  * memory (malloc hands out recently freed chunks first), and once the burst
- * ends each one pins the page around it: malloc_trim cannot give back a page
+ * ends each one pins the page around it: no allocator can give back a page
  * that still holds a live chunk (bench/README.md, "returned").
  *
  * So each loop watches every descriptor number below n once, at start, before
@@ -526,12 +526,11 @@ static int descriptor_slot_count(const struct chat_config *cfg, int nworkers, in
 }
 
 /*
- * Memory back after a burst. glibc keeps what a burst of streams freed in its
- * arenas (one per worker thread, more under contention): the heap shrinks only
- * from its top, and a few live chunks near the top pin everything below them,
- * so without help RSS stays at the burst's peak (bench/README.md, "returned").
- * malloc_trim(0) walks every arena (not only the caller's) and gives the free
- * pages inside them back with madvise(MADV_DONTNEED). It runs here, on the main
+ * Memory back after a burst. The allocator keeps what a burst of streams
+ * freed in its arenas (one per worker thread, more under contention), so
+ * without help RSS stays at the burst's peak (bench/README.md, "returned").
+ * chat_mem_release (core/mem.h: jemalloc purges every arena, glibc's
+ * malloc_trim walks them) gives the free pages back. It runs here, on the main
  * thread, which otherwise only waits for signals: no loop ever waits for the
  * walk itself, a worker only for its arena's lock while that arena is trimmed.
  *
@@ -581,7 +580,7 @@ static void shed_workers(chat_app *app)
 static void trim_now(trim_state *ts, const char *why, int open)
 {
     int64_t t0 = chat_mono_us();
-    int released = malloc_trim(0);
+    bool released = chat_mem_release();
     ts->last_ms = chat_mono_ms();
     chat_log(LOG_DEBUG, "memory trimmed",
              json_pack("{s:s,s:i,s:i,s:b,s:I}", "why", why, "peak", ts->peak, "open", open, "released", released,
@@ -611,29 +610,6 @@ static void maybe_trim(chat_app *app, trim_state *ts)
     ts->peak = open;
 }
 
-/*
- * glibc's automatic give-back, turned off in favour of maybe_trim. By default
- * a block above the mmap threshold (128 KiB, raised as such blocks are freed)
- * is its own mapping, and an arena whose free top passes the trim threshold
- * is shrunk at once: a turn late in a long session builds a provider body of
- * a megabyte or more in a few such blocks, so every turn faulted those pages
- * in afresh and gave them back (about half of the turn's CPU in
- * bench/long_session.py). Fixed thresholds keep that memory in the arenas for
- * the next turn; maybe_trim still returns it after a burst. A user's own
- * GLIBC_TUNABLES for malloc wins.
- */
-#define MMAP_THRESHOLD (16 * 1024 * 1024)
-#define TRIM_THRESHOLD (64 * 1024 * 1024)
-
-static void malloc_tune(void)
-{
-    const char *t = getenv("GLIBC_TUNABLES");
-    if (t && strstr(t, "glibc.malloc."))
-        return;
-    if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 || mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1)
-        chat_log(LOG_WARN, "malloc thresholds not set", NULL);
-}
-
 static int cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -649,7 +625,7 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     int started = 0;
 
     app.cfg = cfg;
-    malloc_tune();
+    chat_mem_tune();
     store_set_history_cache_size(cfg->history_cache_bytes);
     if (models_load(cfg, &app.models, err, sizeof err) != CHAT_OK) {
         chat_log(LOG_ERROR, "cannot load the models table", json_pack("{s:s}", "error", err));
@@ -722,10 +698,10 @@ chat_rc chat_app_run(const struct chat_config *cfg)
     }
 
     chat_log(LOG_NOTICE, "listening",
-             json_pack("{s:s,s:i,s:i,s:i,s:s,s:i,s:s}", "host", cfg->host, "port", app.port, "workers", app.nworkers,
-                       "max_connections", app.max_connections, "database",
+             json_pack("{s:s,s:i,s:i,s:i,s:s,s:i,s:s,s:s}", "host", cfg->host, "port", app.port, "workers",
+                       app.nworkers, "max_connections", app.max_connections, "database",
                        strncmp(cfg->database_url, "sqlite", 6) == 0 ? "sqlite" : "postgres", "schema_version", schema,
-                       "default_model", models_default(app.models)->name));
+                       "default_model", models_default(app.models)->name, "allocator", chat_mem_allocator()));
     chat_log(LOG_INFO, "guard",
              json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:i}", "auth_mode", auth_mode_name(cfg), "rate_limit",
                        cfg->rate_limit, "token_limit", cfg->token_limit, "cors_origins", cfg->cors_origins,

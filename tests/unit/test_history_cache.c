@@ -20,9 +20,9 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <malloc.h>
 
 #include "core/json_out.h"
+#include "core/mem.h"
 #include "store/backend.h"
 #include "store/history_cache.h"
 
@@ -321,8 +321,8 @@ static void test_bounds(void **state)
 
 /* The bound is on memory: what the cache counts is what malloc holds for it
  * (within a quarter), for many sessions of short messages, where the small
- * strings and the arrays weigh most. Not under ASan, whose allocator glibc's
- * counters do not see. */
+ * strings and the arrays weigh most (core/mem.h: jemalloc's or glibc's count).
+ * Not under ASan, whose allocator neither count sees. */
 static void test_bytes_are_memory(void **state)
 {
     (void)state;
@@ -342,7 +342,7 @@ static void test_bytes_are_memory(void **state)
         m[i].stop_reason = i % 2 ? "end_turn" : NULL;
         m[i].tokens = 5;
     }
-    size_t before = mallinfo2().uordblks;
+    size_t before = chat_mem_allocated();
     char sid[32];
     for (int s = 0; s < 5000; s++) {
         snprintf(sid, sizeof sid, "sess-%d", s);
@@ -354,7 +354,7 @@ static void test_bytes_are_memory(void **state)
         history_cache_fill(c, sid, ticket, true, 1000, m, 2, 2);
         history_cache_append(c, sid, m + 2, 2, 4);
     }
-    size_t held = mallinfo2().uordblks - before, counted = history_cache_bytes(c);
+    size_t held = chat_mem_allocated() - before, counted = history_cache_bytes(c);
     assert_true(counted * 4 >= held * 3 && counted * 4 <= held * 5);
     history_cache_free(c);
 #endif

@@ -289,6 +289,7 @@ def main():
                "DRAIN_TIMEOUT": "1s", "LOG_LEVEL": "info"}
         cmd = [valgrind, "--leak-check=full", "--show-leak-kinds=definite,indirect",
                "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99", "--num-callers=30",
+               "--soname-synonyms=somalloc=*jemalloc*",
                f"--log-file={log}", os.path.abspath(args.chatd), "serve"]
         chatd = subprocess.Popen(cmd, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE)
