@@ -270,14 +270,19 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const st
         goto out;
     int64_t created = sqlite3_changes(s->db); /* 0: it existed (DO NOTHING) */
 
-    st = s->st[ST_NEXT_SEQ];
-    sql_bind_text(s, st, 1, t->session_id);
-    src = sql_step(s, st);
-    int64_t last_seq = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    done(st);
-    if (src != SQLITE_ROW) {
-        rc = sql_fail(s, "ST_NEXT_SEQ", src);
-        goto out;
+    /* A session this statement just made has no messages (foreign keys are on,
+     * and deleting a session deletes its messages): its first seq is 1. */
+    int64_t last_seq = 0;
+    if (!created) {
+        st = s->st[ST_NEXT_SEQ];
+        sql_bind_text(s, st, 1, t->session_id);
+        src = sql_step(s, st);
+        last_seq = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        done(st);
+        if (src != SQLITE_ROW) {
+            rc = sql_fail(s, "ST_NEXT_SEQ", src);
+            goto out;
+        }
     }
 
     rc = insert_message(s, t, packed, last_seq + 1, false, &r.user_message_id);
