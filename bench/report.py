@@ -511,6 +511,7 @@ def main():
         r["machine_busy_cores"] = metas[n].get("machine_busy_cores")
     chat, direct, nginx = phases.get("chat"), phases.get("direct"), phases.get("nginx")
     stream, direct_stream, nginx_stream = phases.get("stream"), phases.get("direct_stream"), phases.get("nginx_stream")
+    fsync_probe = load_json(os.path.join(args.dir, "fsync_probe.json"))
     up_chat = upstream_shape(os.path.join(args.dir, "upstream_chat.json"))
     up_stream = upstream_shape(os.path.join(args.dir, "upstream_stream.json"))
     log = {"counts": {}, "first_lines": []}
@@ -661,6 +662,9 @@ def main():
                          "than the goal; rerun longer or on a quieter machine)")
         if (e.get("max_generator_lag_p99_ms") or 0) > 1.0:
             notes.append("generator lag p99 up to %.1f ms: the machine was busy" % e["max_generator_lag_p99_ms"])
+        if kind == "chat" and fsync_probe:
+            notes.append("the database disk's own fdatasync p99 %s ms (p50 %s), under every durable turn" % (
+                fnum(fsync_probe["p99_ms"], 2), fnum(fsync_probe["p50_ms"], 2)))
         notes += e["problems"]
         goals.append(goal("added latency p99 at half of the maximum rate, %s" % label,
                           "<= 1 ms (chatd p99 - fake p99, same rate; and X-Chatd-Overhead-Ms p99)",
@@ -715,6 +719,7 @@ def main():
             "chatd_final_rss_kb": args.final_rss_kb,
         },
         "database_bytes": args.db_bytes,
+        "database_disk_fdatasync": fsync_probe,
         "upstream_request_seen": {"chat": up_chat, "stream": up_stream},
         "portkey": dict(portkey_gw or {}, route="POST /v1/messages (Anthropic shape) with x-portkey-provider: "
                         "anthropic and x-portkey-custom-host: <fake>/v1", upstream=portkey_up)
@@ -925,6 +930,13 @@ def markdown(res, args):
     out.append("- main chatd memory: idle RSS %.1f MiB, peak (VmHWM) %.1f MiB, RSS at the end %.1f MiB; database "
                "%.1f MiB at the end." % (mem["chatd_idle_rss_kb"] / 1024, mem["chatd_peak_rss_kb"] / 1024,
                                         mem["chatd_final_rss_kb"] / 1024, res["database_bytes"] / 1048576))
+    fp = res.get("database_disk_fdatasync")
+    if fp:
+        out.append("- the database disk (bench/fsync_probe.py, %d writes of %d bytes, each followed by fdatasync, "
+                   "before the phases): fdatasync p50 %s ms, p90 %s, p99 %s, p99.9 %s, max %s. A turn under "
+                   "synchronous=full is acknowledged only after its group's fdatasync: this is a floor under "
+                   "/chat's latency." % (fp["samples"], fp["bytes"], fnum(fp["p50_ms"], 3), fnum(fp["p90_ms"], 3),
+                                         fnum(fp["p99_ms"], 3), fnum(fp["p999_ms"], 3), fnum(fp["max_ms"], 3)))
     for name, up in (("/chat", res["upstream_request_seen"]["chat"]),
                      ("/v1/chat/stream", res["upstream_request_seen"]["stream"])):
         if up:

@@ -412,6 +412,12 @@ print(max(1, int(d["ok"] / (d["duration_us"] / 1e6) / 2)))' "$TMP/$1.json" 2>/de
 }
 
 # --- the run ---------------------------------------------------------------------
+# The database disk's own fdatasync latency (bench/fsync_probe.py): a floor
+# under a durable turn's latency, reported beside /chat's added latency.
+if [[ $DATABASE != postgres ]]; then
+    "$PY" "$BENCH_DIR/fsync_probe.py" "$DB_DIR_" "$TMP/fsync_probe.json" ||
+        echo "bench: the fdatasync probe failed (not reported)" >&2
+fi
 start_chatd "$DB_URL" "$WORKERS"
 IDLE_RSS_KB=$(status_kb "$CHATD_PID" VmRSS)
 
