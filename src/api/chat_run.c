@@ -13,6 +13,7 @@
 #include "core/alloc.h"
 #include "core/json_in.h"
 #include "core/json_out.h"
+#include "core/log.h"
 #include "core/metrics.h"
 #include "core/util.h"
 
@@ -94,6 +95,8 @@ void chat_error_reply(chat_ctx *c, const turn_error *err)
 
 void chat_log_turn(chat_ctx *c, const turn_result *res)
 {
+    if (!chat_log_enabled(LOG_INFO)) /* no access log: http_req_log_set would drop them unread */
+        return;
     http_req_log_set(c->r, "provider_ms", json_integer(res->provider_ms));
     http_req_log_set(c->r, "tokens", api_usage_json(&res->usage));
     http_req_log_set(c->r, "attempts", json_integer(res->attempts));
