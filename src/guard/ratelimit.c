@@ -440,6 +440,11 @@ void ratelimit_free(ratelimit *rl)
     free(rl);
 }
 
+bool ratelimit_default_on(const ratelimit *rl, ratelimit_kind kind)
+{
+    return rl->defaults[kind].count > 0;
+}
+
 size_t ratelimit_size(const ratelimit *rl)
 {
     size_t n = 0;

@@ -142,6 +142,10 @@ void ratelimit_check(ratelimit *rl, ratelimit_kind kind, const char *key, const 
 void ratelimit_debit(ratelimit *rl, ratelimit_kind kind, const char *key, const ratelimit_spec *spec, int64_t amount,
                      int64_t now_ms);
 
+/* Whether the limiter's default limit of this kind is on (count > 0): with it
+ * off, a check or debit with spec NULL does nothing. Any thread. */
+bool ratelimit_default_on(const ratelimit *rl, ratelimit_kind kind);
+
 /* Number of buckets currently held (<= max_buckets). Any thread. */
 size_t ratelimit_size(const ratelimit *rl);
 
