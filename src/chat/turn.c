@@ -736,11 +736,12 @@ static void submit_renewal(turn *t, turn_state state)
     submit_step(t, state, op);
 }
 
-/* The reply's content, ours to keep (llm_result.content is borrowed): a
- * copy, or the text as one block when the provider gave no content. */
+/* The reply's content, ours to keep: a reference to llm_result.content
+ * (provider.h: the provider layer never changes it after on_done, and the
+ * turn only reads it), or the text as one block when there is none. */
 static json_t *reply_content(const llm_result *res)
 {
-    json_t *c = res->content ? json_deep_copy(res->content) : json_array();
+    json_t *c = res->content ? json_incref((json_t *)res->content) : json_array();
     if (!c)
         chat_fatal("out of memory");
     if (!res->content && res->text && res->text_len > 0)

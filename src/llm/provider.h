@@ -167,8 +167,10 @@ typedef struct llm_result {
     const char *stop_sequence;
     /* The whole reply as canonical content (llm/content.h): text, tool_use
      * (input parsed to an object), thinking blocks (with their signature),
-     * in order; partial on error. Borrowed during on_done; never NULL (an
-     * empty array when nothing came). text above is its text blocks joined. */
+     * in order; partial on error. Borrowed during on_done; a receiver that
+     * keeps it takes a reference (json_incref) and only reads it: the provider
+     * layer never changes it after on_done. Never NULL (an empty array when
+     * nothing came). text above is its text blocks joined. */
     const json_t *content;
     /* Fields -1 when the provider did not report them (an OpenAI stream cut
      * after its finish_reason but before the usage chunk is a success with

@@ -361,8 +361,8 @@ int llm_reply_block(llm_parse *st, json_t *b)
         return 0; /* an empty text block is dropped, as in a stream */
     if (strcmp(type, "text") != 0 && strcmp(type, "tool_use") != 0 && strcmp(type, "thinking") != 0 &&
         strcmp(type, "redacted_thinking") != 0)
-        return 0; /* a block type we do not know (server tools...) is skipped, as in a stream */
-    append_block(st, jchk(json_deep_copy(b)));
+        return 0;                     /* a block type we do not know (server tools...) is skipped, as in a stream */
+    append_block(st, json_incref(b)); /* the reply's tree is freed after the parse; nothing changes b */
     if (strcmp(type, "text") == 0) {
         json_t *t = json_object_get(b, "text");
         return st->emit(st->emit_ud, json_string_value(t), json_string_length(t));
