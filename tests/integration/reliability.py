@@ -258,6 +258,13 @@ def sanitized(path):
     return b"__asan_init" in data or b"__tsan_init" in data
 
 
+def links_jemalloc(path):
+    """True when the binary uses jemalloc (src/core/mem.h; every build but the
+    sanitizer and fuzz ones, and -DCHATD_JEMALLOC=OFF)."""
+    with open(path, "rb") as f:
+        return b"libjemalloc.so" in f.read()
+
+
 # ------------------------------------------------------------------- crashes
 
 
