@@ -715,37 +715,21 @@ static bool send_event(chat_ctx *c, json_t *o)
     return full;
 }
 
-/* Heartbeats: Anthropic streams keep alive with `ping` events (A6), sent when
- * nothing else was written for a little less than HEARTBEAT_INTERVAL, so that
- * chat_run's ": ping" comment (written after a full interval of silence)
- * rarely has to be. */
-static void on_ping(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    chat_ctx *c = arg;
-    int64_t ms = c->w->cfg->heartbeat_ms;
-    if (chat_mono_ms() - c->last_write >= ms - ms / 8)
-        send_event(c, json_pack("{s:s}", "type", "ping"));
-}
-
-/* Starts the stream (headers, message_start, the ping timer), once. */
+/* Starts the stream (headers, message_start), once. */
 static void an_stream_begin(chat_ctx *c)
 {
     if (c->started)
         return;
-    if (c->start_timer)
+    if (c->start_timer) {
         event_free(c->start_timer);
+        c->start_timer = NULL;
+    }
     chat_start_sse(c);
     json_t *usage = json_pack("{s:i,s:i,s:n,s:n}", "input_tokens", 0, "output_tokens", 0, "cache_creation_input_tokens",
                               "cache_read_input_tokens");
     send_event(c, json_pack("{s:s,s:{s:s,s:s,s:s,s:s,s:[],s:n,s:n,s:n,s:o}}", "type", "message_start", "message", "id",
                             c->completion_id, "type", "message", "role", "assistant", "model", c->model ? c->model : "",
                             "content", "stop_reason", "stop_sequence", "stop_details", "usage", usage));
-    int64_t ms = c->w->cfg->heartbeat_ms - c->w->cfg->heartbeat_ms / 16;
-    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
-    c->start_timer = event_new(c->w->base, -1, EV_PERSIST, on_ping, c); /* freed with the context */
-    event_add(c->start_timer, &tv);
 }
 
 static void on_start_timer(evutil_socket_t fd, short what, void *arg)
@@ -905,6 +889,7 @@ static const chat_renderer an_sse = {
     .done = an_sse_done,
     .error = an_error_render,
     .event = an_sse_event,
+    .ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n", /* Anthropic's keep-alive event (A6) */
 };
 
 /* ---- handlers ---- */

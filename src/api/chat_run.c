@@ -59,6 +59,24 @@ bool chat_write(chat_ctx *c, const char *data, size_t len)
     return http_stream_write(c->r, data, len);
 }
 
+int64_t chat_heartbeat_wait_ms(int64_t idle_ms, int64_t interval_ms)
+{
+    /* The loop's timers run on libevent's coarse clock (a kernel tick, up to
+     * 10 ms, behind chat_mono_ms), so a timer set for one interval can fire a
+     * few ms short of it: a sixteenth of the interval counts as a full one,
+     * and short of that the timer waits out the rest of the interval, never
+     * a whole new one (which would leave two intervals of silence). */
+    if (idle_ms >= interval_ms - interval_ms / 16)
+        return 0;
+    return interval_ms - idle_ms;
+}
+
+static void arm_heartbeat(chat_ctx *c, int64_t ms)
+{
+    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+    event_add(c->heartbeat, &tv);
+}
+
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -66,8 +84,14 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     chat_ctx *c = arg;
     /* Only when the provider has been silent: a proxy must see bytes at least
      * every HEARTBEAT_INTERVAL, and tokens count as bytes. */
-    if (chat_mono_ms() - c->last_write >= c->w->cfg->heartbeat_ms - 5)
-        chat_write(c, ": ping\n\n", 8);
+    int64_t ms = c->w->cfg->heartbeat_ms;
+    int64_t wait = chat_heartbeat_wait_ms(chat_mono_ms() - c->last_write, ms);
+    if (!wait) {
+        const char *ping = c->rnd->ping ? c->rnd->ping : ": ping\n\n";
+        chat_write(c, ping, strlen(ping));
+        wait = ms;
+    }
+    arm_heartbeat(c, wait);
 }
 
 void chat_start_sse(chat_ctx *c)
@@ -76,11 +100,9 @@ void chat_start_sse(chat_ctx *c)
     http_add_header(c->r, "X-Accel-Buffering", "no");
     http_stream_start(c->r, 200, "text/event-stream; charset=utf-8");
     c->started = true;
-    int64_t ms = c->w->cfg->heartbeat_ms;
-    c->heartbeat = event_new(c->w->base, -1, EV_PERSIST, on_heartbeat, c);
+    c->heartbeat = evtimer_new(c->w->base, on_heartbeat, c);
     metrics_active_streams_add(1); /* one per SSE stream, until ctx_free */
-    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
-    event_add(c->heartbeat, &tv);
+    arm_heartbeat(c, c->w->cfg->heartbeat_ms);
 }
 
 void chat_error_reply(chat_ctx *c, const turn_error *err)

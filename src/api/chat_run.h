@@ -33,6 +33,8 @@ typedef struct chat_renderer {
      * text-only renderer sees exactly what it saw before events existed.
      */
     bool (*event)(chat_ctx *c, const llm_event *ev);
+    /* The bytes of one heartbeat on an SSE stream; NULL: the comment ": ping". */
+    const char *ping;
 } chat_renderer;
 
 struct chat_ctx {
@@ -94,8 +96,18 @@ json_t *chat_tool_calls_json(const json_t *content);
 /* Queues bytes on a started stream; true when the client's queue is full. */
 bool chat_write(chat_ctx *c, const char *data, size_t len);
 
-/* Starts an SSE response (headers for proxies) with ": ping" heartbeats. */
+/*
+ * Starts an SSE response (headers for proxies) with heartbeats (the
+ * renderer's ping): one whenever nothing was written for HEARTBEAT_INTERVAL.
+ */
 void chat_start_sse(chat_ctx *c);
+
+/*
+ * The heartbeat's decision after idle_ms of silence on a stream whose interval
+ * is interval_ms: 0 = send a heartbeat now, else how many ms to wait before
+ * asking again (the rest of the interval). Pure; exposed for its unit test.
+ */
+int64_t chat_heartbeat_wait_ms(int64_t idle_ms, int64_t interval_ms);
 
 /* Answers an error before any byte was sent (with Retry-After when set). */
 void chat_error_reply(chat_ctx *c, const turn_error *err);
