@@ -354,6 +354,14 @@ char *chat_json_dumps_splice(const json_t *v, size_t flags, const json_t *at, ch
     return dump(v, flags, at, fn, ud, len, &rc);
 }
 
+void chat_json_write_reserve(chat_json_writer *w, size_t n)
+{
+    if (w->cap - w->len > n)
+        return;
+    w->cap = w->len + n + 1; /* exactly: later writes past it double as usual */
+    w->p = chat_xrealloc(w->p, w->cap);
+}
+
 void chat_json_write_raw(chat_json_writer *w, const char *s, size_t n)
 {
     put(w, s, n);

@@ -60,6 +60,10 @@ typedef struct chat_json_writer chat_json_writer;
 typedef bool (*chat_json_splice_fn)(chat_json_writer *w, void *ud);
 char *chat_json_dumps_splice(const json_t *v, size_t flags, const json_t *at, chat_json_splice_fn fn, void *ud,
                              size_t *len);
+/* Room for at least n more bytes: a writer that knows about how much it will
+ * write (a provider body's history, a megabyte late in a long session) grows
+ * the text once instead of doubling it, and copying what it holds, each time. */
+void chat_json_write_reserve(chat_json_writer *w, size_t n);
 /* Bytes as they are (the caller makes them JSON). */
 void chat_json_write_raw(chat_json_writer *w, const char *s, size_t n);
 /* s (n bytes) as a JSON string, escaped as the flags say; false if s is not UTF-8. */

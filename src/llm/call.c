@@ -306,6 +306,14 @@ bool llm_write_messages(chat_json_writer *w, void *ud)
     const llm_body_messages *b = ud;
     const llm_request *req = b->req;
     bool first = true;
+    /* The messages' text, room for each one's role, quotes and braces, and a
+     * 32nd for escapes: the body grows once (a block message's JSON or many
+     * escapes may still make it double). */
+    size_t need = 64 + (b->system ? strlen(b->system) : 0);
+    for (size_t i = 0; i < req->n_messages; i++)
+        need += req->messages[i].content_len + 48;
+    need += need / 32;
+    chat_json_write_reserve(w, need);
     chat_json_write_raw(w, "[", 1);
     if (b->system && *b->system) {
         if (!write_text_message(w, "system", b->system, 0, false))

@@ -241,6 +241,56 @@ static void test_plain_strings(void **state)
         }
 }
 
+typedef struct reserve_arg {
+    size_t reserve;
+    const char *s;
+    size_t n;
+} reserve_arg;
+
+static bool write_reserved(chat_json_writer *w, void *ud)
+{
+    const reserve_arg *a = ud;
+    chat_json_write_reserve(w, a->reserve);
+    chat_json_write_raw(w, "[", 1);
+    bool ok = chat_json_write_string(w, a->s, a->n);
+    chat_json_write_raw(w, ",", 1);
+    ok = ok && chat_json_write_plain(w, "", 0);
+    chat_json_write_raw(w, "]", 1);
+    return ok;
+}
+
+/* A reservation changes only the room, never the text: too small (the writer
+ * doubles past it), exact, or far too large, after a prefix or not. */
+static void test_write_reserve(void **state)
+{
+    (void)state;
+    size_t n = 70000;
+    char *text = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        text[i] = "plain words \"quoted\"\n"[i % 21];
+    text[n] = '\0';
+    json_t *want_doc = json_pack("{s:s,s:[s%,s]}", "model", "m", "messages", text, n, "");
+    char *want = chat_json_dumps(want_doc, JSON_COMPACT, NULL);
+    assert_non_null(want);
+    static const size_t reserves[] = { 0, 1, 100, 69999, 70000, 80000, 1 << 22 };
+    for (size_t k = 0; k < sizeof reserves / sizeof reserves[0]; k++) {
+        json_t *hole = json_array();
+        json_t *doc = json_pack("{s:s,s:O}", "model", "m", "messages", hole);
+        reserve_arg a = { reserves[k], text, n };
+        size_t len = 0;
+        char *got = chat_json_dumps_splice(doc, JSON_COMPACT, hole, write_reserved, &a, &len);
+        assert_non_null(got);
+        assert_string_equal(got, want);
+        assert_int_equal(len, strlen(want));
+        free(got);
+        json_decref(doc);
+        json_decref(hole);
+    }
+    free(want);
+    json_decref(want_doc);
+    free(text);
+}
+
 static void test_large_string(void **state)
 {
     (void)state;
@@ -269,6 +319,7 @@ int main(void)
         cmocka_unit_test(test_other_flags_delegate),
         cmocka_unit_test(test_word_scan_boundaries),
         cmocka_unit_test(test_large_string),
+        cmocka_unit_test(test_write_reserve),
         cmocka_unit_test(test_plain_strings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
