@@ -57,15 +57,10 @@ static bool hex4(const unsigned char *p, const unsigned char *end, uint32_t *v)
         return false;
     uint32_t x = 0;
     for (int i = 0; i < 4; i++) {
-        unsigned c = p[i];
-        if (c >= '0' && c <= '9')
-            x = x * 16 + (c - '0');
-        else if (c >= 'a' && c <= 'f')
-            x = x * 16 + (c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            x = x * 16 + (c - 'A' + 10);
-        else
+        int d = chat_hex_value(p[i]);
+        if (d < 0)
             return false;
+        x = x * 16 + (uint32_t)d;
     }
     *v = x;
     return true;

@@ -106,6 +106,22 @@ void chat_utf8_trim(char *s)
         s[k - 1] = '\0';
 }
 
+int chat_hex_value(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int chat_hex_lower(int c)
+{
+    return c >= 'A' && c <= 'F' ? -1 : chat_hex_value(c);
+}
+
 size_t chat_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned char c = s[0];

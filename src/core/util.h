@@ -46,6 +46,12 @@ void chat_utf8_trim(char *s);
  * newline) stays one line in a response and a log. */
 void chat_one_line(char *s);
 
+/* The value of the hex digit c, or -1: chat_hex_value takes either case;
+ * chat_hex_lower only lowercase (stored key hashes are lowercase hex, and an
+ * uppercase one is a different, invalid string). */
+int chat_hex_value(int c);
+int chat_hex_lower(int c);
+
 /* Length of the well-formed UTF-8 sequence at s (n >= 1 bytes available):
  * 1..4, or 0 when the bytes there are not UTF-8 (a stray continuation byte,
  * an overlong form, a surrogate, a code point above U+10FFFF, a sequence cut

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/util.h"
 
 typedef struct slot {
     unsigned char digest[32];
@@ -39,22 +40,14 @@ void auth_negcache_free(auth_negcache *c)
     free(c);
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
 /* 64 lowercase hex digits then NUL -> 32 bytes; false for anything else. */
 static bool decode(const char *hash, unsigned char out[32])
 {
     if (!hash)
         return false;
     for (int i = 0; i < 32; i++) {
-        int hi = hexval(hash[2 * i]), lo = hi < 0 ? -1 : hexval(hash[2 * i + 1]);
+        int hi = chat_hex_lower((unsigned char)hash[2 * i]),
+            lo = hi < 0 ? -1 : chat_hex_lower((unsigned char)hash[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return false;
         out[i] = (unsigned char)(hi << 4 | lo);

@@ -208,17 +208,6 @@ void redis_limit_config_init(redis_limit_config *cfg)
     cfg->max_inflight = 1024;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* %-decodes [s, s+n) into out (cap bytes with the NUL). False if malformed, too long or NUL. */
 static bool pct_decode(const char *s, size_t n, char *out, size_t cap)
 {
@@ -228,7 +217,7 @@ static bool pct_decode(const char *s, size_t n, char *out, size_t cap)
         if (c == '%') {
             if (i + 2 >= n)
                 return false;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = chat_hex_value((unsigned char)s[i + 1]), l = chat_hex_value((unsigned char)s[i + 2]);
             if (h < 0 || l < 0)
                 return false;
             c = h * 16 + l;

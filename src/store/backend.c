@@ -42,22 +42,13 @@ bool store_valid_ttl(int64_t now, int64_t ttl_ms)
     return now >= 0 && ttl_ms > 0 && ttl_ms <= INT64_MAX - now;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 bool store_valid_hash(const char *h)
 {
     if (!h)
         return false;
     size_t i = 0;
     for (; h[i]; i++)
-        if (i >= STORE_KEY_HASH_LEN || hexval(h[i]) < 0)
+        if (i >= STORE_KEY_HASH_LEN || chat_hex_lower((unsigned char)h[i]) < 0)
             return false;
     return i == STORE_KEY_HASH_LEN;
 }
@@ -247,7 +238,7 @@ bool store_cursor_parse(const char *c, int64_t *created_at, char *idbuf)
     if (len == 0 || len % 2 != 0 || len / 2 > STORE_ID_MAX)
         return false;
     for (size_t i = 0; i < len / 2; i++) {
-        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
+        int hi = chat_hex_lower((unsigned char)p[2 * i]), lo = chat_hex_lower((unsigned char)p[2 * i + 1]);
         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
             return false;
         idbuf[i] = (char)(hi << 4 | lo);

@@ -130,11 +130,25 @@ static void test_clocks(void **state)
     assert_true(chat_now_ms() > 1700000000000LL);
 }
 
+static void test_hex(void **state)
+{
+    (void)state;
+    static const char digits[] = "0123456789abcdef";
+    for (int c = 0; c < 256; c++) {
+        const char *at = c ? strchr(digits, c) : NULL;
+        int lower = at ? (int)(at - digits) : -1;
+        int any = c >= 'A' && c <= 'F' ? c - 'A' + 10 : lower;
+        assert_int_equal(chat_hex_lower(c), lower);
+        assert_int_equal(chat_hex_value(c), any);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_id),  cmocka_unit_test(test_random_id),   cmocka_unit_test(test_time_formats),
         cmocka_unit_test(test_utf8_trim), cmocka_unit_test(test_utf8_escape), cmocka_unit_test(test_clocks),
+        cmocka_unit_test(test_hex),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
