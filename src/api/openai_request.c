@@ -91,21 +91,6 @@ static bool valid_name(const char *s)
     return true;
 }
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 /*
  * Checks that s (n bytes) is standard padded base64 (RFC 4648 section 4: the
  * alphabet A-Z a-z 0-9 + /, a length that is a multiple of 4, at most two '='
@@ -115,23 +100,13 @@ static int b64_value(unsigned char c)
 static long long b64_check(const char *s, size_t n, unsigned char head[16], size_t *headlen)
 {
     *headlen = 0;
-    if (n == 0 || n % 4 != 0)
+    if (!chat_b64_canonical(s, n))
         return -1;
-    size_t pad = 0;
-    if (s[n - 1] == '=')
-        pad = s[n - 2] == '=' ? 2 : 1;
-    for (size_t i = 0; i < n - pad; i++)
-        if (b64_value((unsigned char)s[i]) < 0)
-            return -1;
-    /* The unused low bits of the last character before the padding are zero
-     * (what llm_content_check requires too). */
-    if ((pad == 1 && (b64_value((unsigned char)s[n - 2]) & 0x3) != 0) ||
-        (pad == 2 && (b64_value((unsigned char)s[n - 3]) & 0xF) != 0))
-        return -1;
+    size_t pad = s[n - 1] != '=' ? 0 : s[n - 2] == '=' ? 2 : 1;
     for (size_t i = 0; i + 4 <= n && *headlen + 3 <= 12; i += 4) {
         int v[4];
         for (int k = 0; k < 4; k++)
-            v[k] = s[i + k] == '=' ? 0 : b64_value((unsigned char)s[i + k]);
+            v[k] = s[i + k] == '=' ? 0 : chat_b64_value((unsigned char)s[i + k]);
         unsigned long w = ((unsigned long)v[0] << 18) | ((unsigned long)v[1] << 12) | ((unsigned long)v[2] << 6) |
                           (unsigned long)v[3];
         head[(*headlen)++] = (unsigned char)(w >> 16);

@@ -122,6 +122,34 @@ int chat_hex_lower(int c)
     return c >= 'A' && c <= 'F' ? -1 : chat_hex_value(c);
 }
 
+int chat_b64_value(int c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+bool chat_b64_canonical(const char *s, size_t n)
+{
+    if (n == 0 || n % 4 != 0)
+        return false;
+    size_t pad = s[n - 1] != '=' ? 0 : s[n - 2] == '=' ? 2 : 1;
+    for (size_t i = 0; i < n - pad; i++)
+        if (chat_b64_value((unsigned char)s[i]) < 0)
+            return false;
+    /* The unused low bits of the last character before the padding are zero. */
+    return !(pad == 1 && (chat_b64_value((unsigned char)s[n - 2]) & 0x3) != 0) &&
+           !(pad == 2 && (chat_b64_value((unsigned char)s[n - 3]) & 0xF) != 0);
+}
+
 size_t chat_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned char c = s[0];

@@ -52,6 +52,15 @@ void chat_one_line(char *s);
 int chat_hex_value(int c);
 int chat_hex_lower(int c);
 
+/* The value of the standard base64 (RFC 4648, section 4) digit c, or -1 ('='
+ * included). */
+int chat_b64_value(int c);
+
+/* True if s (n bytes) is canonical standard base64: not empty, a length that is
+ * a multiple of 4, the alphabet A-Z a-z 0-9 + /, at most two '=' and only at the
+ * end, and zero unused bits before them (one encoding per byte string). */
+bool chat_b64_canonical(const char *s, size_t n);
+
 /* Length of the well-formed UTF-8 sequence at s (n >= 1 bytes available):
  * 1..4, or 0 when the bytes there are not UTF-8 (a stray continuation byte,
  * an overlong form, a surrogate, a code point above U+10FFFF, a sequence cut

@@ -13,6 +13,7 @@
 
 #include "core/alloc.h"
 #include "core/json_out.h"
+#include "core/util.h"
 
 static const char *const event_names[] = {
     [LLM_EV_TEXT] = "text",           [LLM_EV_THINKING] = "thinking",     [LLM_EV_TOOL_START] = "tool_start",
@@ -41,44 +42,6 @@ static const char *bad(char *why, size_t whylen, const char *path, const char *f
     if (why && whylen > 0)
         snprintf(why, whylen, "%s%s%s: %s", path, field && *field ? "." : "", field ? field : "", reason);
     return why && whylen > 0 ? why : "invalid content";
-}
-
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* True if s (len bytes) is standard base64 (RFC 4648 section 4) with its
- * padding: a length that is a multiple of 4, '=' only at the end (at most
- * two), and no stray bits in the last group. Empty is not valid data. */
-static bool valid_base64(const char *s, size_t len)
-{
-    if (len == 0 || len % 4 != 0)
-        return false;
-    size_t pad = 0;
-    if (s[len - 1] == '=')
-        pad++;
-    if (s[len - 2] == '=')
-        pad++;
-    for (size_t i = 0; i < len - pad; i++)
-        if (b64_value((unsigned char)s[i]) < 0)
-            return false;
-    /* The unused low bits of the last character before the padding are zero. */
-    if (pad == 1 && (b64_value((unsigned char)s[len - 2]) & 0x3) != 0)
-        return false;
-    if (pad == 2 && (b64_value((unsigned char)s[len - 3]) & 0xF) != 0)
-        return false;
-    return true;
 }
 
 static bool media_type_ok(const char *mt)
@@ -123,7 +86,7 @@ static const char *check_image(const json_t *b, const char *path, char *why, siz
         const json_t *data = json_object_get(src, "data");
         if (!json_is_string(data))
             return bad(why, whylen, path, "source.data", "required: the image as base64");
-        if (!valid_base64(json_string_value(data), json_string_length(data)))
+        if (!chat_b64_canonical(json_string_value(data), json_string_length(data)))
             return bad(why, whylen, path, "source.data", "not valid base64");
         return NULL;
     }

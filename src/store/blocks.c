@@ -14,26 +14,12 @@
 #include "core/json_in.h"
 #include "core/json_out.h"
 #include "core/log.h"
+#include "core/util.h"
 #include "store/store.h"
 
 #define REF_TYPE "chatd_blob"
 
 /* ---- base64 and the hash -------------------------------------------------- */
-
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
 
 /*
  * If s (len bytes) is canonical standard base64 (RFC 4648 section 4: padded,
@@ -62,7 +48,7 @@ static bool b64_sha256(const char *s, size_t len, char hex[STORE_BLOB_HEX + 1], 
                 v[k] = 0;
                 continue;
             }
-            v[k] = b64_value(c);
+            v[k] = chat_b64_value(c);
             if (v[k] < 0)
                 ok = false;
         }
@@ -299,7 +285,7 @@ typedef struct unpack_ctx {
 static bool base64_text(const char *data, size_t len)
 {
     for (size_t i = 0; i < len; i++)
-        if (data[i] != '=' && b64_value((unsigned char)data[i]) < 0)
+        if (data[i] != '=' && chat_b64_value((unsigned char)data[i]) < 0)
             return false;
     return true;
 }

@@ -143,12 +143,31 @@ static void test_hex(void **state)
     }
 }
 
+static void test_b64(void **state)
+{
+    (void)state;
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int c = 0; c < 256; c++) {
+        const char *at = c ? strchr(alphabet, c) : NULL;
+        assert_int_equal(chat_b64_value(c), at ? (int)(at - alphabet) : -1);
+    }
+    static const char *const good[] = { "AAAA", "QQ==", "QUI=", "QUJD", "aGVsbG8gd29ybGQ=", "+/+/" };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_true(chat_b64_canonical(good[i], strlen(good[i])));
+    /* empty, a length not a multiple of 4, '=' inside or three of them, a foreign byte,
+     * URL-safe digits, and stray bits before the padding ("QR==" and "QUJ=" decode like
+     * "QQ==" and "QUI=" but are not their canonical form) */
+    static const char *const bad[] = { "", "QQ=", "QUJDR", "Q=Q=", "A===", "QU I", "QUJ\n", "-_-_", "QR==", "QUJ=" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(chat_b64_canonical(bad[i], strlen(bad[i])));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_id),  cmocka_unit_test(test_random_id),   cmocka_unit_test(test_time_formats),
         cmocka_unit_test(test_utf8_trim), cmocka_unit_test(test_utf8_escape), cmocka_unit_test(test_clocks),
-        cmocka_unit_test(test_hex),
+        cmocka_unit_test(test_hex),       cmocka_unit_test(test_b64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
