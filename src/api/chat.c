@@ -861,22 +861,34 @@ static bool parse_chat_body(http_req *r, api_env *w, api_flavor f, chat_body *b)
 /* Writes one SSE event: "event: NAME\ndata: JSON\n\n" (json stolen). */
 static bool sse_event(chat_ctx *c, const char *name, json_t *data)
 {
-    char *text = chat_json_dumps(data, JSON_COMPACT, NULL);
+    chat_json_writer *w = chat_event_open(name);
+    chat_json_val(w, NULL, data);
     json_decref(data);
-    char *ev = chat_xasprintf("event: %s\ndata: %s\n\n", name, text ? text : "{}");
-    free(text);
-    bool full = chat_write(c, ev, strlen(ev));
-    free(ev);
-    return full;
+    return chat_event_send(c, w);
+}
+
+/* An event whose data is {"text": ...}: the deltas, the thinking. */
+static bool sse_text_event(chat_ctx *c, const char *name, const char *text, size_t len)
+{
+    chat_json_writer *w = chat_event_open(name);
+    chat_json_obj(w, NULL);
+    chat_json_strn(w, "text", text, len);
+    chat_json_close(w);
+    return chat_event_send(c, w);
 }
 
 static void seed_json_done(chat_ctx *c, const turn_result *res)
 {
     char ts[32];
     chat_format_iso_local(res->created_at, ts);
-    http_reply_json(c->r, 200,
-                    json_pack("{s:s%,s:s,s:s,s:I}", "response", res->text, res->text_len, "session_id", res->session_id,
-                              "timestamp", ts, "turn_count", (json_int_t)res->turn_count));
+    chat_json_writer *w = chat_json_doc_new(HTTP_JSON_FLAGS);
+    chat_json_obj(w, NULL);
+    chat_json_strn(w, "response", res->text, res->text_len);
+    chat_json_str(w, "session_id", res->session_id);
+    chat_json_str(w, "timestamp", ts);
+    chat_json_int(w, "turn_count", res->turn_count);
+    chat_json_close(w);
+    http_reply_json_doc(c->r, 200, w);
 }
 
 static const chat_renderer seed_json = {
@@ -935,31 +947,68 @@ static json_t *v1_usage(const turn_result *res)
     return u;
 }
 
-/* What a /v1 reply adds about its content: the canonical blocks, the tool
- * calls (always an array) and the stop sequence, set on o. */
-static void v1_content_fields(json_t *o, const turn_result *res)
+/* What a /v1 reply says about its content: the canonical blocks, the tool
+ * calls (always an array) and the stop sequence. */
+static void write_content_fields(chat_json_writer *w, const turn_result *res)
 {
-    json_t *content = res->content ? json_deep_copy(res->content) : NULL;
-    if (!content) /* a reply without blocks: its text as one block */
-        content = res->text_len ? json_pack("[{s:s,s:s%}]", "type", "text", "text", res->text, res->text_len) : NULL;
-    json_object_set_new(o, "content", content ? content : json_array());
-    json_object_set_new(o, "tool_calls", chat_tool_calls_json(res->content));
-    json_object_set_new(o, "stop_sequence", res->stop_sequence ? json_string(res->stop_sequence) : json_null());
+    if (res->content) {
+        chat_json_val(w, "content", res->content);
+    } else { /* a reply without blocks: its text as one block */
+        chat_json_arr(w, "content");
+        if (res->text_len) {
+            chat_json_obj(w, NULL);
+            chat_json_str(w, "type", "text");
+            chat_json_strn(w, "text", res->text, res->text_len);
+            chat_json_close(w);
+        }
+        chat_json_close(w);
+    }
+    json_t *calls = chat_tool_calls_json(res->content);
+    chat_json_val(w, "tool_calls", calls);
+    json_decref(calls);
+    if (res->stop_sequence)
+        chat_json_str_or_empty(w, "stop_sequence", res->stop_sequence, strlen(res->stop_sequence));
+    else
+        chat_json_null(w, "stop_sequence");
+}
+
+/* The first members of a /v1 reply and of the stream's done event. */
+static void write_reply_head(chat_json_writer *w, const turn_result *res)
+{
+    char idbuf[32];
+    snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
+    chat_json_str(w, "id", idbuf);
+    chat_json_str(w, "session_id", res->session_id);
+    chat_json_str(w, "model", res->model);
+}
+
+/* Their usage, cost and counts. */
+static void write_reply_counts(chat_json_writer *w, const turn_result *res)
+{
+    json_t *usage = v1_usage(res), *cost = api_cost_json(res->cost_micros);
+    chat_json_val(w, "usage", usage);
+    chat_json_val(w, "cost", cost);
+    json_decref(usage);
+    json_decref(cost);
+    chat_json_int(w, "turn_count", res->turn_count);
+    chat_json_int(w, "truncated_turns", res->truncated_turns);
 }
 
 static void v1_json_done(chat_ctx *c, const turn_result *res)
 {
-    char ts[32], idbuf[32];
+    char ts[32];
     chat_format_rfc3339(res->created_at, ts);
-    snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s%,s:s?,s:o,s:o,s:I,s:I,s:s,s:s}", "id", idbuf, "session_id", res->session_id,
-                          "model", res->model, "response", res->text, res->text_len, "stop_reason", res->stop_reason,
-                          "usage", v1_usage(res), "cost", api_cost_json(res->cost_micros), "turn_count",
-                          (json_int_t)res->turn_count, "truncated_turns", (json_int_t)res->truncated_turns,
-                          "created_at", ts, "request_id", http_req_id(c->r));
-    if (o)
-        v1_content_fields(o, res);
-    http_reply_json(c->r, 200, o);
+    chat_json_writer *w = chat_json_doc_new(HTTP_JSON_FLAGS);
+    chat_json_obj(w, NULL);
+    write_reply_head(w, res);
+    chat_json_strn(w, "response", res->text, res->text_len);
+    chat_json_str(w, "stop_reason", res->stop_reason);
+    write_reply_counts(w, res);
+    chat_json_str(w, "created_at", ts);
+    chat_json_str(w, "request_id", http_req_id(c->r));
+    write_content_fields(w, res);
+    chat_json_close(w);
+    http_reply_json_doc(c->r, 200, w);
 }
 
 static const chat_renderer v1_json = {
@@ -971,14 +1020,18 @@ static const chat_renderer v1_json = {
 static void v1_sse_start(chat_ctx *c, const turn_info *info)
 {
     chat_start_sse(c);
-    sse_event(c, "start",
-              json_pack("{s:s,s:s,s:s}", "session_id", info->session_id, "model", info->model, "request_id",
-                        http_req_id(c->r)));
+    chat_json_writer *w = chat_event_open("start");
+    chat_json_obj(w, NULL);
+    chat_json_str(w, "session_id", info->session_id);
+    chat_json_str(w, "model", info->model);
+    chat_json_str(w, "request_id", http_req_id(c->r));
+    chat_json_close(w);
+    chat_event_send(c, w);
 }
 
 static bool v1_sse_delta(chat_ctx *c, const char *text, size_t len)
 {
-    return sse_event(c, "delta", json_pack("{s:s%}", "text", text, len));
+    return sse_text_event(c, "delta", text, len);
 }
 
 /* The tool call being streamed (blocks never interleave: one at a time). */
@@ -1023,8 +1076,7 @@ static bool v1_sse_event(chat_ctx *c, const llm_event *ev)
     v1_sse_state *st = v1_state(c);
     switch (ev->kind) {
     case LLM_EV_TEXT: return ev->len ? v1_sse_delta(c, ev->data, ev->len) : false;
-    case LLM_EV_THINKING:
-        return ev->len ? sse_event(c, "thinking", json_pack("{s:s%}", "text", ev->data, ev->len)) : false;
+    case LLM_EV_THINKING: return ev->len ? sse_text_event(c, "thinking", ev->data, ev->len) : false;
     case LLM_EV_TOOL_START:
         st->block = ev->index;
         free(st->id);
@@ -1065,15 +1117,14 @@ static bool v1_sse_event(chat_ctx *c, const llm_event *ev)
 
 static void v1_sse_done(chat_ctx *c, const turn_result *res)
 {
-    char idbuf[32];
-    snprintf(idbuf, sizeof idbuf, "msg_%lld", (long long)res->message_id);
-    json_t *o =
-        json_pack("{s:s,s:s,s:s,s:s?,s:o,s:o,s:I,s:I}", "id", idbuf, "session_id", res->session_id, "model", res->model,
-                  "stop_reason", res->stop_reason, "usage", v1_usage(res), "cost", api_cost_json(res->cost_micros),
-                  "turn_count", (json_int_t)res->turn_count, "truncated_turns", (json_int_t)res->truncated_turns);
-    if (o)
-        v1_content_fields(o, res);
-    sse_event(c, "done", o);
+    chat_json_writer *w = chat_event_open("done");
+    chat_json_obj(w, NULL);
+    write_reply_head(w, res);
+    chat_json_str(w, "stop_reason", res->stop_reason);
+    write_reply_counts(w, res);
+    write_content_fields(w, res);
+    chat_json_close(w);
+    chat_event_send(c, w);
     http_stream_end(c->r);
 }
 

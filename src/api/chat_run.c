@@ -59,6 +59,32 @@ bool chat_write(chat_ctx *c, const char *data, size_t len)
     return http_stream_write(c->r, data, len);
 }
 
+chat_json_writer *chat_event_open(const char *name)
+{
+    chat_json_writer *w = chat_json_doc_new(JSON_COMPACT);
+    if (name) {
+        chat_json_write_raw(w, "event: ", 7);
+        chat_json_write_raw(w, name, strlen(name));
+        chat_json_write_raw(w, "\n", 1);
+    }
+    chat_json_write_raw(w, "data: ", 6);
+    return w;
+}
+
+bool chat_event_send(chat_ctx *c, chat_json_writer *w)
+{
+    chat_json_write_raw(w, "\n\n", 2);
+    size_t len;
+    char *text = chat_json_doc_end(w, &len);
+    if (!text) {
+        chat_log(LOG_ERROR, "cannot encode a stream event", json_pack("{s:s}", "request_id", http_req_id(c->r)));
+        return false;
+    }
+    bool full = chat_write(c, text, len);
+    free(text);
+    return full;
+}
+
 int64_t chat_heartbeat_wait_ms(int64_t idle_ms, int64_t interval_ms)
 {
     /* The loop's timers run on libevent's coarse clock (a kernel tick, up to

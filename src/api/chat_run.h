@@ -97,6 +97,17 @@ json_t *chat_tool_calls_json(const json_t *content);
 bool chat_write(chat_ctx *c, const char *data, size_t len);
 
 /*
+ * One SSE event written without a tree: chat_event_open starts it ("event:
+ * NAME\n" when name is not NULL, then "data: ") and returns a document
+ * writer (core/json_out.h, compact) for its data, one value; chat_event_send
+ * ends the event and queues it (chat_write's return). An event whose data
+ * failed (a string that is not UTF-8: a bug) is logged and dropped, so that
+ * a client never gets half an event.
+ */
+chat_json_writer *chat_event_open(const char *name);
+bool chat_event_send(chat_ctx *c, chat_json_writer *w);
+
+/*
  * Starts an SSE response (headers for proxies) with heartbeats (the
  * renderer's ping): one whenever nothing was written for HEARTBEAT_INTERVAL.
  */

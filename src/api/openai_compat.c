@@ -80,23 +80,24 @@ static const char *finish_reason(const char *stop, bool has_calls)
     return "stop";
 }
 
-static json_t *oa_usage(const turn_result *res)
+/* The "usage" member of a whole response or of the last stream chunk. */
+static void write_usage(chat_json_writer *w, const turn_result *res)
 {
     const store_usage *u = &res->usage;
     int64_t in = (u->input_tokens > 0 ? u->input_tokens : 0) + (u->cache_read_tokens > 0 ? u->cache_read_tokens : 0) +
                  (u->cache_write_tokens > 0 ? u->cache_write_tokens : 0);
     int64_t out = u->output_tokens > 0 ? u->output_tokens : 0;
-    return json_pack("{s:I,s:I,s:I,s:{s:I},s:{s:I}}", "prompt_tokens", (json_int_t)in, "completion_tokens",
-                     (json_int_t)out, "total_tokens", (json_int_t)(in + out), "prompt_tokens_details", "cached_tokens",
-                     (json_int_t)(u->cache_read_tokens > 0 ? u->cache_read_tokens : 0), "completion_tokens_details",
-                     "reasoning_tokens", (json_int_t)(res->reasoning_tokens > 0 ? res->reasoning_tokens : 0));
-}
-
-/* A JSON string of n bytes of provider text; "" if they are not UTF-8 (never NULL). */
-static json_t *text_json(const char *s, size_t n)
-{
-    json_t *t = s ? json_stringn(s, n) : NULL;
-    return t ? t : json_string("");
+    chat_json_obj(w, "usage");
+    chat_json_int(w, "prompt_tokens", in);
+    chat_json_int(w, "completion_tokens", out);
+    chat_json_int(w, "total_tokens", in + out);
+    chat_json_obj(w, "prompt_tokens_details");
+    chat_json_int(w, "cached_tokens", u->cache_read_tokens > 0 ? u->cache_read_tokens : 0);
+    chat_json_close(w);
+    chat_json_obj(w, "completion_tokens_details");
+    chat_json_int(w, "reasoning_tokens", res->reasoning_tokens > 0 ? res->reasoning_tokens : 0);
+    chat_json_close(w);
+    chat_json_close(w);
 }
 
 static bool has_calls(const json_t *content)
@@ -136,15 +137,24 @@ static json_t *thinking_blocks(const json_t *content)
 }
 
 /*
- * The assistant message of a whole reply (docs/PROTOCOLS.md B3): content the
+ * The "message" member of a whole reply (docs/PROTOCOLS.md B3): content the
  * text (null when the reply is only tool calls), tool_calls from the tool_use
  * blocks, reasoning_content from the thinking blocks.
  */
-static json_t *oa_message(const turn_result *res)
+static void write_message(chat_json_writer *w, const turn_result *res)
 {
-    json_t *calls = json_array();
+    bool calls = has_calls(res->content);
+    chat_json_obj(w, "message");
+    chat_json_str(w, "role", "assistant");
+    if (res->text_len || !calls)
+        chat_json_str_or_empty(w, "content", res->text, res->text_len);
+    else
+        chat_json_null(w, "content");
+    chat_json_null(w, "refusal");
     chat_buf thinking;
     chat_buf_init(&thinking, (size_t)-1 / 2); /* bounded by the reply, which the provider bounds */
+    if (calls)
+        chat_json_arr(w, "tool_calls");
     size_t i;
     json_t *b;
     json_array_foreach(res->content, i, b)
@@ -152,12 +162,18 @@ static json_t *oa_message(const turn_result *res)
         const char *type = json_string_value(json_object_get(b, "type"));
         if (type && strcmp(type, "tool_use") == 0) {
             json_t *input = json_object_get(b, "input");
-            char *args = input ? chat_json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY, NULL) : NULL;
+            size_t args_len = 0;
+            char *args = input ? chat_json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY, &args_len) : NULL;
             const char *id = json_string_value(json_object_get(b, "id"));
             const char *name = json_string_value(json_object_get(b, "name"));
-            json_array_append_new(calls,
-                                  json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id ? id : "", "type", "function", "function",
-                                            "name", name ? name : "", "arguments", args ? args : "{}"));
+            chat_json_obj(w, NULL);
+            chat_json_str(w, "id", id ? id : "");
+            chat_json_str(w, "type", "function");
+            chat_json_obj(w, "function");
+            chat_json_str(w, "name", name ? name : "");
+            chat_json_strn(w, "arguments", args ? args : "{}", args ? args_len : 2);
+            chat_json_close(w);
+            chat_json_close(w);
             free(args);
         } else if (type && strcmp(type, "thinking") == 0) {
             json_t *t = json_object_get(b, "thinking");
@@ -166,28 +182,24 @@ static json_t *oa_message(const turn_result *res)
                 break;
         }
     }
-    json_t *content = res->text_len || json_array_size(calls) == 0 ? text_json(res->text, res->text_len) : json_null();
-    json_t *msg = json_pack("{s:s,s:o,s:n}", "role", "assistant", "content", content, "refusal");
-    if (json_array_size(calls))
-        json_object_set_new(msg, "tool_calls", calls);
-    else
-        json_decref(calls);
+    if (calls)
+        chat_json_close(w);
     if (thinking.len)
-        json_object_set_new(msg, "reasoning_content", text_json(chat_buf_str(&thinking), thinking.len));
+        chat_json_str_or_empty(w, "reasoning_content", chat_buf_str(&thinking), thinking.len);
+    chat_buf_free(&thinking);
     json_t *tb = thinking_blocks(res->content);
     if (tb)
-        json_object_set_new(msg, "thinking_blocks", tb);
-    chat_buf_free(&thinking);
-    return msg;
+        chat_json_val(w, "thinking_blocks", tb);
+    json_decref(tb);
+    chat_json_close(w);
 }
 
 /* The stop sequence that ended the reply, when the provider said which: the
  * choice's stop_reason, as vLLM reports it (OpenAI's format has no field). */
-static void add_stop_sequence(json_t *choice, const turn_result *res)
+static void write_stop_sequence(chat_json_writer *w, const turn_result *res)
 {
-    json_t *s = res->stop_sequence ? json_string(res->stop_sequence) : NULL;
-    if (s)
-        json_object_set_new(choice, "stop_reason", s);
+    if (res->stop_sequence)
+        chat_json_str_or_empty(w, "stop_reason", res->stop_sequence, strlen(res->stop_sequence));
 }
 
 /* ---- renderers ---- */
@@ -199,45 +211,103 @@ typedef struct oa_stream {
     bool tool_args; /* ... and some of its arguments were sent */
 } oa_stream;
 
-static json_t *chunk(chat_ctx *c, const char *model, json_t *choices)
+/*
+ * A chunk is written straight into its SSE event: chunk_open writes the
+ * chunk's members up to its open choices array, the caller writes
+ * the choices, chunk_send closes the array, adds the usage (the last chunk's
+ * when usage is not NULL, else null when the client asked for usage), ends
+ * the event and queues it (chat_write's return).
+ */
+static chat_json_writer *chunk_open(chat_ctx *c, const char *model)
 {
-    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:n,s:o}", "id", c->completion_id, "object", "chat.completion.chunk",
-                          "created", (json_int_t)c->created, "model", model, "system_fingerprint", "choices", choices);
-    if (c->include_usage)
-        json_object_set_new(o, "usage", json_null());
-    return o;
+    chat_json_writer *w = chat_event_open(NULL);
+    chat_json_obj(w, NULL);
+    chat_json_str(w, "id", c->completion_id);
+    chat_json_str(w, "object", "chat.completion.chunk");
+    chat_json_int(w, "created", c->created);
+    chat_json_str(w, "model", model);
+    chat_json_null(w, "system_fingerprint");
+    chat_json_arr(w, "choices");
+    return w;
 }
 
-static bool send_chunk(chat_ctx *c, json_t *o)
+static bool chunk_send(chat_ctx *c, chat_json_writer *w, const turn_result *usage)
 {
-    char *text = chat_json_dumps(o, JSON_COMPACT, NULL);
-    json_decref(o);
-    char *line = chat_xasprintf("data: %s\n\n", text ? text : "{}");
-    free(text);
-    bool full = chat_write(c, line, strlen(line));
-    free(line);
-    return full;
+    chat_json_close(w); /* choices */
+    if (usage)
+        write_usage(w, usage);
+    else if (c->include_usage)
+        chat_json_null(w, "usage");
+    chat_json_close(w);
+    return chat_event_send(c, w);
 }
 
-/* One delta chunk of choice 0 (delta is taken). */
-static bool send_delta(chat_ctx *c, json_t *delta)
+/* A delta chunk of choice 0: delta_open leaves its delta object open for the
+ * caller's members, delta_send closes and queues it. */
+static chat_json_writer *delta_open(chat_ctx *c)
 {
-    return send_chunk(c,
-                      chunk(c, c->model ? c->model : "",
-                            json_pack("[{s:i,s:o,s:n,s:n}]", "index", 0, "delta", delta, "logprobs", "finish_reason")));
+    chat_json_writer *w = chunk_open(c, c->model ? c->model : "");
+    chat_json_obj(w, NULL);
+    chat_json_int(w, "index", 0);
+    chat_json_obj(w, "delta");
+    return w;
+}
+
+static bool delta_send(chat_ctx *c, chat_json_writer *w)
+{
+    chat_json_close(w); /* delta */
+    chat_json_null(w, "logprobs");
+    chat_json_null(w, "finish_reason");
+    chat_json_close(w); /* the choice */
+    return chunk_send(c, w, NULL);
+}
+
+/* A delta of one text member (content, reasoning_content). */
+static bool send_text_delta(chat_ctx *c, const char *key, const char *text, size_t len)
+{
+    chat_json_writer *w = delta_open(c);
+    chat_json_str_or_empty(w, key, text, len);
+    return delta_send(c, w);
+}
+
+/* A delta of one piece of tool call `index`'s arguments. */
+static bool send_args_delta(chat_ctx *c, int index, const char *args, size_t len)
+{
+    chat_json_writer *w = delta_open(c);
+    chat_json_arr(w, "tool_calls");
+    chat_json_obj(w, NULL);
+    chat_json_int(w, "index", index);
+    chat_json_obj(w, "function");
+    chat_json_str_or_empty(w, "arguments", args, len);
+    chat_json_close(w);
+    chat_json_close(w);
+    chat_json_close(w);
+    return delta_send(c, w);
 }
 
 static void oa_json_done(chat_ctx *c, const turn_result *res)
 {
-    json_t *choices = json_pack("[{s:i,s:o,s:n,s:s}]", "index", 0, "message", oa_message(res), "logprobs",
-                                "finish_reason", finish_reason(res->stop_reason, has_calls(res->content)));
-    add_stop_sequence(json_array_get(choices, 0), res);
-    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:n}", "id", c->completion_id, "object", "chat.completion",
-                          "created", (json_int_t)c->created, "model", res->model, "choices", choices, "usage",
-                          oa_usage(res), "system_fingerprint");
+    chat_json_writer *w = chat_json_doc_new(HTTP_JSON_FLAGS);
+    chat_json_obj(w, NULL);
+    chat_json_str(w, "id", c->completion_id);
+    chat_json_str(w, "object", "chat.completion");
+    chat_json_int(w, "created", c->created);
+    chat_json_str(w, "model", res->model);
+    chat_json_arr(w, "choices");
+    chat_json_obj(w, NULL);
+    chat_json_int(w, "index", 0);
+    write_message(w, res);
+    chat_json_null(w, "logprobs");
+    chat_json_str(w, "finish_reason", finish_reason(res->stop_reason, has_calls(res->content)));
+    write_stop_sequence(w, res);
+    chat_json_close(w);
+    chat_json_close(w);
+    write_usage(w, res);
+    chat_json_null(w, "system_fingerprint");
     if (*res->session_id)
-        json_object_set_new(o, "session_id", json_string(res->session_id));
-    http_reply_json(c->r, 200, o);
+        chat_json_str(w, "session_id", res->session_id);
+    chat_json_close(w);
+    http_reply_json_doc(c->r, 200, w);
 }
 
 /*
@@ -268,8 +338,16 @@ static void oa_error_render(chat_ctx *c, const turn_error *err)
 {
     if (c->started) {
         /* In-band, as OpenAI-compatible servers do; the SDK raises APIError. */
-        send_chunk(c, json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", err->message, "type",
-                                api_openai_type_of(err->status), "param", "code", err->type));
+        chat_json_writer *w = chat_event_open(NULL);
+        chat_json_obj(w, NULL);
+        chat_json_obj(w, "error");
+        chat_json_str(w, "message", err->message);
+        chat_json_str(w, "type", api_openai_type_of(err->status));
+        chat_json_null(w, "param");
+        chat_json_str(w, "code", err->type);
+        chat_json_close(w);
+        chat_json_close(w);
+        chat_event_send(c, w);
         http_stream_end(c->r);
         return;
     }
@@ -304,9 +382,11 @@ static void oa_stream_begin(chat_ctx *c)
     if (c->started)
         return;
     oa_stream_open(c);
-    send_chunk(c, chunk(c, c->model ? c->model : "",
-                        json_pack("[{s:i,s:{s:s,s:s,s:n},s:n,s:n}]", "index", 0, "delta", "role", "assistant",
-                                  "content", "", "refusal", "logprobs", "finish_reason")));
+    chat_json_writer *w = delta_open(c);
+    chat_json_str(w, "role", "assistant");
+    chat_json_str(w, "content", "");
+    chat_json_null(w, "refusal");
+    delta_send(c, w);
 }
 
 static void on_start_timer(evutil_socket_t fd, short what, void *arg)
@@ -332,7 +412,7 @@ static bool oa_sse_delta(chat_ctx *c, const char *text, size_t len)
     if (!len)
         return false;
     oa_stream_begin(c);
-    return send_delta(c, json_pack("{s:o}", "content", text_json(text, len)));
+    return send_text_delta(c, "content", text, len);
 }
 
 /*
@@ -351,38 +431,47 @@ static bool oa_sse_event(chat_ctx *c, const llm_event *ev)
         if (!ev->len)
             return false;
         oa_stream_begin(c);
-        return send_delta(c, json_pack("{s:o}", "reasoning_content", text_json(ev->data, ev->len)));
+        return send_text_delta(c, "reasoning_content", ev->data, ev->len);
     case LLM_EV_TOOL_START: {
-        json_t *delta =
-            json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index", s->tools++, "id", ev->id ? ev->id : "",
-                      "type", "function", "function", "name", ev->name ? ev->name : "", "arguments", "");
+        bool first = !c->started;
+        if (first)
+            oa_stream_open(c);
+        chat_json_writer *w = delta_open(c);
+        chat_json_arr(w, "tool_calls");
+        chat_json_obj(w, NULL);
+        chat_json_int(w, "index", s->tools++);
+        chat_json_str(w, "id", ev->id ? ev->id : "");
+        chat_json_str(w, "type", "function");
+        chat_json_obj(w, "function");
+        chat_json_str(w, "name", ev->name ? ev->name : "");
+        chat_json_str(w, "arguments", "");
+        chat_json_close(w);
+        chat_json_close(w);
+        chat_json_close(w);
         s->in_tool = true;
         s->tool_args = false;
-        if (!c->started) {
+        if (first) {
             /* A reply that opens with a call: the role comes with it and the
              * content is null, as OpenAI streams it (the SDKs then end with
              * content null, as in a whole response). */
-            oa_stream_open(c);
-            json_object_set_new(delta, "role", json_string("assistant"));
-            json_object_set_new(delta, "content", json_null());
-            json_object_set_new(delta, "refusal", json_null());
+            chat_json_str(w, "role", "assistant");
+            chat_json_null(w, "content");
+            chat_json_null(w, "refusal");
         }
-        return send_delta(c, delta);
+        return delta_send(c, w);
     }
     case LLM_EV_TOOL_ARGS:
         if (!s->in_tool || !ev->len)
             return false;
         s->tool_args = true;
-        return send_delta(c, json_pack("{s:[{s:i,s:{s:o}}]}", "tool_calls", "index", s->tools - 1, "function",
-                                       "arguments", text_json(ev->data, ev->len)));
+        return send_args_delta(c, s->tools - 1, ev->data, ev->len);
     case LLM_EV_BLOCK_STOP:
         if (!s->in_tool)
             return false;
         s->in_tool = false;
         /* A call without arguments still gets its "{}", which clients parse. */
         if (!s->tool_args)
-            return send_delta(c, json_pack("{s:[{s:i,s:{s:s}}]}", "tool_calls", "index", s->tools - 1, "function",
-                                           "arguments", "{}"));
+            return send_args_delta(c, s->tools - 1, "{}", 2);
         return false;
     }
     return false;
@@ -390,20 +479,27 @@ static bool oa_sse_event(chat_ctx *c, const llm_event *ev)
 
 static void oa_sse_done(chat_ctx *c, const turn_result *res)
 {
-    json_t *finish = json_pack("[{s:i,s:{},s:n,s:s}]", "index", 0, "delta", "logprobs", "finish_reason",
-                               finish_reason(res->stop_reason, has_calls(res->content)));
-    add_stop_sequence(json_array_get(finish, 0), res);
     oa_stream_begin(c);
     /* The signatures are known only now: the thinking to send back comes whole, last. */
     json_t *tb = thinking_blocks(res->content);
-    if (tb)
-        send_delta(c, json_pack("{s:o}", "thinking_blocks", tb));
-    send_chunk(c, chunk(c, res->model, finish));
-    if (c->include_usage) {
-        json_t *o = chunk(c, res->model, json_array());
-        json_object_set_new(o, "usage", oa_usage(res));
-        send_chunk(c, o);
+    if (tb) {
+        chat_json_writer *w = delta_open(c);
+        chat_json_val(w, "thinking_blocks", tb);
+        delta_send(c, w);
+        json_decref(tb);
     }
+    chat_json_writer *w = chunk_open(c, res->model);
+    chat_json_obj(w, NULL);
+    chat_json_int(w, "index", 0);
+    chat_json_obj(w, "delta");
+    chat_json_close(w);
+    chat_json_null(w, "logprobs");
+    chat_json_str(w, "finish_reason", finish_reason(res->stop_reason, has_calls(res->content)));
+    write_stop_sequence(w, res);
+    chat_json_close(w);
+    chunk_send(c, w, NULL);
+    if (c->include_usage)
+        chunk_send(c, chunk_open(c, res->model), res);
     chat_write(c, "data: [DONE]\n\n", 14);
     http_stream_end(c->r);
 }

@@ -40,6 +40,11 @@ typedef struct chat_json_writer {
     const json_t *at;         /* chat_json_dumps_splice: written by splice instead, or NULL */
     chat_json_splice_fn splice;
     void *ud;
+    /* A document (chat_json_doc_new): bit d of `more` says the container open
+     * at depth d has a member already, bit d of `array` that it is an array. */
+    unsigned depth;
+    uint64_t more, array;
+    bool failed;
 } out;
 
 typedef enum { W_OK, W_FAIL, W_DELEGATE } wrc;
@@ -394,4 +399,135 @@ bool chat_json_write_plain(chat_json_writer *w, const char *s, size_t n)
 bool chat_json_write_value(chat_json_writer *w, const json_t *v)
 {
     return put_value(w, v, 0) == W_OK;
+}
+
+/* ---- documents written without a tree ---- */
+
+/* The most containers open at once in a document. */
+#define DOC_DEPTH 64
+
+chat_json_writer *chat_json_doc_new(size_t flags)
+{
+    pthread_once(&tables_once, tables_init);
+    out *o = chat_xcalloc(1, sizeof *o);
+    o->flags = flags;
+    o->cls = tables[(flags & JSON_ENSURE_ASCII) != 0][(flags & JSON_ESCAPE_SLASH) != 0];
+    o->failed = (flags & ~(size_t)HANDLED) != 0; /* an indent: not written here */
+    reserve(o, 255);
+    return o;
+}
+
+char *chat_json_doc_end(chat_json_writer *w, size_t *len)
+{
+    if (w->failed || w->depth) {
+        free(w->p);
+        free(w);
+        return NULL;
+    }
+    w->p[w->len] = '\0'; /* reserve() always leaves room for it */
+    char *text = w->p;
+    if (len)
+        *len = w->len;
+    free(w);
+    return text;
+}
+
+/* Starts a member (key inside an object, NULL inside an array or at the top):
+ * the comma before it, and its key. */
+static void member(out *o, const char *key)
+{
+    if (!o->depth)
+        return;
+    bool compact = (o->flags & JSON_COMPACT) != 0;
+    uint64_t bit = (uint64_t)1 << (o->depth - 1);
+    if (o->more & bit)
+        put(o, ", ", compact ? 1 : 2);
+    o->more |= bit;
+    if (!(o->array & bit)) {
+        if (!key || !put_string(o, key, strlen(key)))
+            o->failed = true;
+        put(o, ": ", compact ? 1 : 2);
+    }
+}
+
+static void open_container(out *o, const char *key, bool array)
+{
+    member(o, key);
+    if (o->depth == DOC_DEPTH) {
+        o->failed = true;
+        return;
+    }
+    uint64_t bit = (uint64_t)1 << o->depth++;
+    o->more &= ~bit;
+    o->array = array ? o->array | bit : o->array & ~bit;
+    put_c(o, array ? '[' : '{');
+}
+
+void chat_json_obj(chat_json_writer *w, const char *key)
+{
+    open_container(w, key, false);
+}
+
+void chat_json_arr(chat_json_writer *w, const char *key)
+{
+    open_container(w, key, true);
+}
+
+void chat_json_close(chat_json_writer *w)
+{
+    if (!w->depth) {
+        w->failed = true;
+        return;
+    }
+    uint64_t bit = (uint64_t)1 << --w->depth;
+    put_c(w, w->array & bit ? ']' : '}');
+}
+
+void chat_json_strn(chat_json_writer *w, const char *key, const char *s, size_t n)
+{
+    member(w, key);
+    if (!s)
+        put(w, "null", 4);
+    else if (!put_string(w, s, n))
+        w->failed = true;
+}
+
+void chat_json_str(chat_json_writer *w, const char *key, const char *s)
+{
+    chat_json_strn(w, key, s, s ? strlen(s) : 0);
+}
+
+void chat_json_str_or_empty(chat_json_writer *w, const char *key, const char *s, size_t n)
+{
+    member(w, key);
+    size_t at = w->len;
+    if (!s || !put_string(w, s, n)) {
+        w->len = at;
+        put(w, "\"\"", 2);
+    }
+}
+
+void chat_json_int(chat_json_writer *w, const char *key, json_int_t v)
+{
+    member(w, key);
+    put_integer(w, v);
+}
+
+void chat_json_bool(chat_json_writer *w, const char *key, bool v)
+{
+    member(w, key);
+    put(w, v ? "true" : "false", v ? 4 : 5);
+}
+
+void chat_json_null(chat_json_writer *w, const char *key)
+{
+    member(w, key);
+    put(w, "null", 4);
+}
+
+void chat_json_val(chat_json_writer *w, const char *key, const json_t *v)
+{
+    member(w, key);
+    if (!v || put_value(w, v, 0) != W_OK)
+        w->failed = true; /* NULL: what json_pack's "o" refused, as it would */
 }

@@ -778,11 +778,9 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
     evhttp_send_reply(req, status, reason_of(status), NULL);
 }
 
-void http_reply_json(http_req *r, int status, json_t *body)
+/* Terminal: text (malloc'd, taken) as a JSON response; NULL gets a 500. */
+static void reply_json_text(http_req *r, int status, char *text, size_t len)
 {
-    /* 12 significant digits: prices like 0.3 print as 0.3, not 0.29999999999999999. */
-    char *text = body ? chat_json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(12), NULL) : NULL;
-    json_decref(body);
     if (!text) {
         /* A body that could not be built (a bug: e.g. invalid UTF-8 in a string). */
         chat_log(LOG_ERROR, "cannot encode a JSON response",
@@ -792,8 +790,23 @@ void http_reply_json(http_req *r, int status, json_t *body)
         http_reply(r, 500, "application/json", fallback, sizeof fallback - 1);
         return;
     }
-    http_reply(r, status, "application/json", text, strlen(text));
+    http_reply(r, status, "application/json", text, len);
     free(text);
+}
+
+void http_reply_json(http_req *r, int status, json_t *body)
+{
+    size_t len = 0;
+    char *text = body ? chat_json_dumps(body, HTTP_JSON_FLAGS, &len) : NULL;
+    json_decref(body);
+    reply_json_text(r, status, text, len);
+}
+
+void http_reply_json_doc(http_req *r, int status, chat_json_writer *doc)
+{
+    size_t len = 0;
+    char *text = chat_json_doc_end(doc, &len);
+    reply_json_text(r, status, text, len);
 }
 
 void http_stream_start(http_req *r, int status, const char *content_type)

@@ -31,6 +31,7 @@
 
 #include <jansson.h>
 
+#include "core/json_out.h"
 #include "core/rc.h"
 
 struct event_base;
@@ -162,8 +163,17 @@ void http_add_header(http_req *r, const char *name, const char *value);
 /* Terminal: a complete response with a body (len bytes, may be 0). */
 void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len);
 
-/* Terminal: a JSON response (reference to body stolen). */
+/* The flags of every JSON response: compact, and reals with 12 significant
+ * digits (prices like 0.3 print as 0.3, not 0.29999999999999999). */
+#define HTTP_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(12))
+
+/* Terminal: a JSON response (reference to body stolen). A body that cannot be
+ * encoded (a bug: invalid UTF-8 in a string) gets a 500 instead. */
 void http_reply_json(http_req *r, int status, json_t *body);
+
+/* Terminal: the same for a document written with core/json_out.h's writer
+ * (chat_json_doc_new(HTTP_JSON_FLAGS)); doc is ended and freed here. */
+void http_reply_json_doc(http_req *r, int status, chat_json_writer *doc);
 
 /* Starts a chunked response. */
 void http_stream_start(http_req *r, int status, const char *content_type);

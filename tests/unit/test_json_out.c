@@ -291,6 +291,129 @@ static void test_write_reserve(void **state)
     free(text);
 }
 
+/* The same document written with the writer and as a tree: the same text,
+ * under compact and spaced layouts, ENSURE_ASCII and ESCAPE_SLASH. */
+static void test_doc_equals_tree(void **state)
+{
+    (void)state;
+    static const size_t flags[] = { JSON_COMPACT, 0, JSON_COMPACT | JSON_ENSURE_ASCII,
+                                    JSON_COMPACT | JSON_ESCAPE_SLASH | JSON_REAL_PRECISION(12) };
+    json_t *inner = json_pack("{s:[i,f,b],s:{}}", "xs", 1, 0.3, 1, "e");
+    json_t *tree = json_pack("{s:s,s:I,s:n,s:b,s:[{s:s,s:{}},[],s],s:{s:s},s:O,s:s,s:s}", "id", "a/b \"q\"\n", "n",
+                             (json_int_t)-9007199254740993LL, "none", "yes", 0, "list", "k", "v", "e",
+                             "\xc3\xa9\xf0\x9f\x98\x80", "o", "deep", "x", "val", inner, "text", "", "bad", "");
+    for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++) {
+        chat_json_writer *w = chat_json_doc_new(flags[k]);
+        chat_json_obj(w, NULL);
+        chat_json_str(w, "id", "a/b \"q\"\n");
+        chat_json_int(w, "n", -9007199254740993LL);
+        chat_json_null(w, "none");
+        chat_json_bool(w, "yes", false);
+        chat_json_arr(w, "list");
+        chat_json_obj(w, NULL);
+        chat_json_strn(w, "k", "vXX", 1);
+        chat_json_obj(w, "e");
+        chat_json_close(w);
+        chat_json_close(w);
+        chat_json_arr(w, NULL);
+        chat_json_close(w);
+        chat_json_str(w, NULL, "\xc3\xa9\xf0\x9f\x98\x80");
+        chat_json_close(w);
+        chat_json_obj(w, "o");
+        chat_json_str(w, "deep", "x");
+        chat_json_close(w);
+        chat_json_val(w, "val", inner);
+        chat_json_str_or_empty(w, "text", "", 0);
+        chat_json_str_or_empty(w, "bad", "ok\xff", 3); /* not UTF-8: "" */
+        chat_json_close(w);
+        size_t len = 0;
+        char *got = chat_json_doc_end(w, &len);
+        char *want = json_dumps(tree, flags[k]);
+        assert_non_null(got);
+        assert_non_null(want);
+        assert_string_equal(got, want);
+        assert_int_equal(len, strlen(want));
+        free(got);
+        free(want);
+    }
+    json_decref(tree);
+    json_decref(inner);
+}
+
+/* Raw bytes around the top value (an SSE event), a NULL string, a null. */
+static void test_doc_raw_and_null(void **state)
+{
+    (void)state;
+    chat_json_writer *w = chat_json_doc_new(JSON_COMPACT);
+    chat_json_write_raw(w, "data: ", 6);
+    chat_json_arr(w, NULL);
+    chat_json_str(w, NULL, NULL);
+    chat_json_null(w, NULL);
+    chat_json_int(w, NULL, 0);
+    chat_json_close(w);
+    chat_json_write_raw(w, "\n\n", 2);
+    size_t len = 0;
+    char *got = chat_json_doc_end(w, &len);
+    assert_string_equal(got, "data: [null,null,0]\n\n");
+    assert_int_equal(len, 21);
+    free(got);
+}
+
+/* What makes a document fail: NULL from chat_json_doc_end, nothing leaked. */
+static void test_doc_failures(void **state)
+{
+    (void)state;
+    chat_json_writer *w = chat_json_doc_new(JSON_COMPACT); /* a string that is not UTF-8 */
+    chat_json_obj(w, NULL);
+    chat_json_strn(w, "s", "\xc3", 1);
+    chat_json_close(w);
+    assert_null(chat_json_doc_end(w, NULL));
+
+    w = chat_json_doc_new(JSON_COMPACT); /* a key that is not UTF-8 */
+    chat_json_obj(w, NULL);
+    chat_json_int(w, "\xff", 1);
+    chat_json_close(w);
+    assert_null(chat_json_doc_end(w, NULL));
+
+    w = chat_json_doc_new(JSON_COMPACT); /* a NULL value */
+    chat_json_arr(w, NULL);
+    chat_json_val(w, NULL, NULL);
+    chat_json_close(w);
+    assert_null(chat_json_doc_end(w, NULL));
+
+    w = chat_json_doc_new(JSON_COMPACT); /* left open */
+    chat_json_obj(w, NULL);
+    assert_null(chat_json_doc_end(w, NULL));
+
+    w = chat_json_doc_new(JSON_COMPACT); /* a close too many */
+    chat_json_arr(w, NULL);
+    chat_json_close(w);
+    chat_json_close(w);
+    assert_null(chat_json_doc_end(w, NULL));
+
+    w = chat_json_doc_new(JSON_COMPACT); /* nesting past 64 */
+    for (int i = 0; i < 65; i++)
+        chat_json_arr(w, NULL);
+    for (int i = 0; i < 65; i++)
+        chat_json_close(w);
+    assert_null(chat_json_doc_end(w, NULL));
+
+    w = chat_json_doc_new(JSON_COMPACT); /* 64 is fine */
+    for (int i = 0; i < 64; i++)
+        chat_json_arr(w, NULL);
+    for (int i = 0; i < 64; i++)
+        chat_json_close(w);
+    char *ok = chat_json_doc_end(w, NULL);
+    assert_non_null(ok);
+    assert_int_equal(strlen(ok), 128);
+    free(ok);
+
+    w = chat_json_doc_new(JSON_INDENT(2)); /* a layout it does not write */
+    chat_json_arr(w, NULL);
+    chat_json_close(w);
+    assert_null(chat_json_doc_end(w, NULL));
+}
+
 static void test_large_string(void **state)
 {
     (void)state;
@@ -321,6 +444,9 @@ int main(void)
         cmocka_unit_test(test_large_string),
         cmocka_unit_test(test_write_reserve),
         cmocka_unit_test(test_plain_strings),
+        cmocka_unit_test(test_doc_equals_tree),
+        cmocka_unit_test(test_doc_raw_and_null),
+        cmocka_unit_test(test_doc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
