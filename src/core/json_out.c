@@ -444,9 +444,20 @@ static void member(out *o, const char *key)
         put(o, ", ", compact ? 1 : 2);
     o->more |= bit;
     if (!(o->array & bit)) {
-        if (!key || !put_string(o, key, strlen(key)))
+        if (!key) {
             o->failed = true;
-        put(o, ": ", compact ? 1 : 2);
+            return;
+        }
+        /* A name that needs no escape (the contract): copied as it is. */
+        size_t n = strlen(key);
+        reserve(o, n + 4);
+        o->p[o->len++] = '"';
+        memcpy(o->p + o->len, key, n);
+        o->len += n;
+        o->p[o->len++] = '"';
+        o->p[o->len++] = ':';
+        if (!compact)
+            o->p[o->len++] = ' ';
     }
 }
 

@@ -95,22 +95,24 @@ bool chat_json_write_plain(chat_json_writer *w, const char *s, size_t n);
  *
  * chat_json_doc_new(flags) starts one (the flags as for chat_json_dumps; one
  * it does not write fails the document). Then values, each with its key
- * inside an object and NULL as the key inside an array or for the top value;
- * the writer puts the commas, so the text is what chat_json_dumps writes for
- * the same tree with the same flags. chat_json_obj / chat_json_arr open a
- * container, chat_json_close closes the innermost one (at most 64 open).
- * chat_json_str(n) writes a string (NULL: null); chat_json_str_or_empty a
- * string, or "" when it is not UTF-8 (provider text); chat_json_val a jansson
- * value (borrowed); the others what their names say. chat_json_write_raw may
- * add bytes outside the top value (an SSE "data: " before it, the blank line
- * after it).
+ * inside an object and NULL as the key inside an array or for the top value.
+ * A key is a name that needs no escape under any flags (ASCII letters,
+ * digits, '_', '-'): it is copied as it is. The writer puts the commas, so
+ * the text is what chat_json_dumps writes for the same tree with the same
+ * flags. chat_json_obj / chat_json_arr open a container, chat_json_close
+ * closes the innermost one (at most 64 open). chat_json_str(n) writes a
+ * string (NULL: null); chat_json_str_or_empty a string, or "" when it is not
+ * UTF-8 (provider text); chat_json_val a jansson value (borrowed); the others
+ * what their names say. chat_json_write_raw may add bytes outside the top
+ * value (an SSE "data: " before it, the blank line after it).
  *
  * Errors are kept, not returned: a string that is not UTF-8 (chat_json_str,
- * a key, a value in chat_json_val), a NULL value for chat_json_val (as
- * json_pack's "o" refuses it), nesting past 64, a close too many or a
- * container left open makes chat_json_doc_end return NULL. chat_json_doc_end
- * frees the writer and returns the text (malloc'd, NUL-terminated; *len its
- * length), or NULL. Thread: any; one document, one thread.
+ * a value in chat_json_val), a member of an object without a key, a NULL
+ * value for chat_json_val (as json_pack's "o" refuses it), nesting past 64,
+ * a close too many or a container left open makes chat_json_doc_end return
+ * NULL. chat_json_doc_end frees the writer and returns the text (malloc'd,
+ * NUL-terminated; *len its length), or NULL. Thread: any; one document, one
+ * thread.
  */
 chat_json_writer *chat_json_doc_new(size_t flags);
 char *chat_json_doc_end(chat_json_writer *w, size_t *len);
