@@ -706,13 +706,10 @@ static bool send_event(chat_ctx *c, json_t *o)
     if (!o)
         return false; /* json_pack refused text that is not UTF-8: nothing to send */
     const char *type = json_string_value(json_object_get(o, "type"));
-    char *text = o ? chat_json_dumps(o, JSON_COMPACT, NULL) : NULL;
-    char *line = chat_xasprintf("event: %s\ndata: %s\n\n", type ? type : "error", text ? text : "{}");
-    free(text);
+    chat_json_writer *w = chat_event_open(type ? type : "error");
+    chat_json_val(w, NULL, o);
     json_decref(o);
-    bool full = chat_write(c, line, strlen(line));
-    free(line);
-    return full;
+    return chat_event_send(c, w);
 }
 
 /* Starts the stream (headers, message_start), once. */
@@ -782,10 +779,21 @@ static bool want_block(chat_ctx *c, int kind, int pindex)
     return open_block(c, kind, pindex, json_pack("{s:s,s:s,s:s}", "type", "thinking", "thinking", "", "signature", ""));
 }
 
-static bool send_delta(chat_ctx *c, json_t *delta)
+/* A content_block_delta of the open block: {"type": type, key: text}, the
+ * text_delta, thinking_delta, input_json_delta and signature_delta pieces,
+ * written without a tree (one per streamed piece). */
+static bool send_delta(chat_ctx *c, const char *type, const char *key, const char *text, size_t len)
 {
-    return send_event(
-        c, json_pack("{s:s,s:i,s:o}", "type", "content_block_delta", "index", st_count(c) - 1, "delta", delta));
+    chat_json_writer *w = chat_event_open("content_block_delta");
+    chat_json_obj(w, NULL);
+    chat_json_str(w, "type", "content_block_delta");
+    chat_json_int(w, "index", st_count(c) - 1);
+    chat_json_obj(w, "delta");
+    chat_json_str(w, "type", type);
+    chat_json_strn(w, key, text, len);
+    chat_json_close(w);
+    chat_json_close(w);
+    return chat_event_send(c, w);
 }
 
 static bool an_sse_delta(chat_ctx *c, const char *text, size_t len)
@@ -793,7 +801,7 @@ static bool an_sse_delta(chat_ctx *c, const char *text, size_t len)
     an_stream_begin(c);
     bool full = want_block(c, OPEN_TEXT, -1);
     if (len)
-        full |= send_delta(c, json_pack("{s:s,s:s%}", "type", "text_delta", "text", text, len));
+        full |= send_delta(c, "text_delta", "text", text, len);
     return full;
 }
 
@@ -805,12 +813,12 @@ static bool an_sse_event(chat_ctx *c, const llm_event *ev)
     case LLM_EV_TEXT:
         full = want_block(c, OPEN_TEXT, ev->index);
         if (ev->len)
-            full |= send_delta(c, json_pack("{s:s,s:s%}", "type", "text_delta", "text", ev->data, ev->len));
+            full |= send_delta(c, "text_delta", "text", ev->data, ev->len);
         break;
     case LLM_EV_THINKING:
         full = want_block(c, OPEN_THINKING, ev->index);
         if (ev->len)
-            full |= send_delta(c, json_pack("{s:s,s:s%}", "type", "thinking_delta", "thinking", ev->data, ev->len));
+            full |= send_delta(c, "thinking_delta", "thinking", ev->data, ev->len);
         break;
     case LLM_EV_TOOL_START:
         full = open_block(c, OPEN_TOOL, ev->index,
@@ -819,8 +827,7 @@ static bool an_sse_event(chat_ctx *c, const llm_event *ev)
         break;
     case LLM_EV_TOOL_ARGS:
         if (st_open(c) == OPEN_TOOL && ev->len)
-            full =
-                send_delta(c, json_pack("{s:s,s:s%}", "type", "input_json_delta", "partial_json", ev->data, ev->len));
+            full = send_delta(c, "input_json_delta", "partial_json", ev->data, ev->len);
         break;
     case LLM_EV_BLOCK_STOP:
         if (ev->name && strcmp(ev->name, "redacted_thinking") == 0) {
@@ -835,7 +842,7 @@ static bool an_sse_event(chat_ctx *c, const llm_event *ev)
             break;
         if (st_open(c) == OPEN_THINKING && ev->data && ev->len) {
             /* The signature completes a thinking block: just before its stop, as Anthropic streams it. */
-            full = send_delta(c, json_pack("{s:s,s:s%}", "type", "signature_delta", "signature", ev->data, ev->len));
+            full = send_delta(c, "signature_delta", "signature", ev->data, ev->len);
             st(c)->sig_sent = true;
         }
         full |= close_block(c);
