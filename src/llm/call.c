@@ -623,7 +623,7 @@ static void attempt_reset(llm_call *c)
 static void detach(llm_call *c)
 {
     if (c->in_multi) {
-        curl_multi_remove_handle(llm__transport_multi(c->t), c->easy);
+        llm__transport_remove(c->t, c->easy);
         c->in_multi = false;
     }
     c->curl_paused = false;
@@ -1284,7 +1284,7 @@ static bool start_attempt(llm_call *c)
     c->attempt_start_ms = c->last_byte_ms = chat_mono_ms();
     c->ttfb_ms = -1;
     c->paused = c->curl_paused = c->done_while_paused = false;
-    CURLMcode mc = curl_multi_add_handle(llm__transport_multi(c->t), c->easy);
+    CURLMcode mc = llm__transport_add(c->t, c->easy);
     if (mc != CURLM_OK) {
         outcome o = { 0 };
         outcome_set(&o, LLM_ERR_CONNECT, "connection_error", false, "cannot start the transfer: %s",

@@ -274,12 +274,16 @@ typedef struct llm_link {
     struct llm_link *prev, *next;
 } llm_link;
 
-CURLM *llm__transport_multi(llm_transport *t);
 struct event_base *llm__transport_base(llm_transport *t);
 /* A uniform random double in [0, 1) from the transport's generator (backoff jitter). */
 double llm__transport_random(llm_transport *t);
 void llm__transport_link(llm_transport *t, llm_link *l);
 void llm__transport_unlink(llm_transport *t, llm_link *l);
+/* curl_multi_add_handle / curl_multi_remove_handle on the transport's multi,
+ * counted: the connection cache's bound follows the transfers running
+ * (LLM_MAX_IDLE_CONNECTIONS idle beyond them). */
+CURLMcode llm__transport_add(llm_transport *t, CURL *e);
+void llm__transport_remove(llm_transport *t, CURL *e);
 /* An h2c opener's connection (transport.c, "h2c with libcurl before 8.0.0"):
  * the origin it is counted for, and the socket its transfer opened. Kept by
  * the call, filled in by the transport. */

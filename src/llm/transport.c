@@ -22,9 +22,10 @@
  * LLM_H2_MAX_STREAMS streams (or the server's lower limit), then curl opens
  * another. A cancelled call resets only its own stream (RST_STREAM); the
  * connection stays for the others. Over HTTP/1.1 a connection carries one
- * transfer at a time and is kept for the next (keep-alive); the cache is
- * bounded by LLM_MAX_CACHED_CONNECTIONS so that the connections of a burst are
- * closed, not kept, once it ends. docs/PROTOCOLS.md E.
+ * transfer at a time and is kept for the next (keep-alive); at most
+ * LLM_MAX_IDLE_CONNECTIONS idle ones are kept, so that the connections of a
+ * burst are closed once it ends, and none that a running call holds counts
+ * (set_max_connects). docs/PROTOCOLS.md E.
  *
  * Multiplexing with libcurl before 8.1.0 (Debian 12 has 7.88.1) is on only
  * when PROVIDER_HTTP_VERSION=2 asks for it; with auto each transfer has a
@@ -139,6 +140,7 @@ struct llm_transport {
     struct event *timer;     /* curl's single timeout */
     llm_link calls;          /* sentinel of the list of live calls */
     int n_calls;             /* length of that list */
+    int n_transfers;         /* easy handles in the multi (llm__transport_add) */
     sockinfo **socks;        /* by descriptor number: every socket curl asked us to watch and has not closed */
     size_t socks_cap;        /* length of socks */
     uint64_t rng;            /* xorshift64 state for backoff jitter (not security relevant) */
@@ -309,6 +311,32 @@ static int multi_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, v
     return 0;
 }
 
+/* curl closes the longest-idle connection when a transfer ends with more than
+ * CURLMOPT_MAXCONNECTS open, in use or not; the transfers in the multi (the one
+ * ending included) hold at most one connection each, so this bound leaves
+ * LLM_MAX_IDLE_CONNECTIONS idle ones and never closes one a call needs. */
+static void set_max_connects(llm_transport *t)
+{
+    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)t->n_transfers + LLM_MAX_IDLE_CONNECTIONS);
+}
+
+CURLMcode llm__transport_add(llm_transport *t, CURL *e)
+{
+    CURLMcode mc = curl_multi_add_handle(t->multi, e);
+    if (mc == CURLM_OK) {
+        t->n_transfers++;
+        set_max_connects(t);
+    }
+    return mc;
+}
+
+void llm__transport_remove(llm_transport *t, CURL *e)
+{
+    if (curl_multi_remove_handle(t->multi, e) == CURLM_OK && t->n_transfers > 0)
+        t->n_transfers--;
+    set_max_connects(t);
+}
+
 /* A new multi handle on t's loop, with an empty connection cache. */
 static void multi_open(llm_transport *t)
 {
@@ -320,7 +348,8 @@ static void multi_open(llm_transport *t)
     curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
     curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
     curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)LLM_H2_MAX_STREAMS);
-    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)LLM_MAX_CACHED_CONNECTIONS);
+    t->n_transfers = 0;
+    set_max_connects(t);
 }
 
 llm_transport *llm_transport_new(struct event_base *base)
@@ -395,11 +424,6 @@ void llm_transport_free(llm_transport *t)
 int llm_transport_active(const llm_transport *t)
 {
     return t ? t->n_calls : 0;
-}
-
-CURLM *llm__transport_multi(llm_transport *t)
-{
-    return t->multi;
 }
 
 struct event_base *llm__transport_base(llm_transport *t)

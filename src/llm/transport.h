@@ -30,10 +30,15 @@ typedef enum { LLM_HTTP_AUTO = 0, LLM_HTTP_1_1, LLM_HTTP_2 } llm_http_version;
  * the server's SETTINGS_MAX_CONCURRENT_STREAMS lowers it). Past it curl opens
  * another connection. */
 #define LLM_H2_MAX_STREAMS 100
-/* Connections (idle or busy) a transport keeps in its cache (CURLMOPT_MAXCONNECTS):
- * when a transfer ends with more than this many open, the longest-idle ones are
- * closed, so descriptors and memory go back after a burst of HTTP/1.1 calls. */
-#define LLM_MAX_CACHED_CONNECTIONS 64
+/* Idle connections a transport keeps for the next calls (nginx's upstream
+ * `keepalive`): when a transfer ends with more than this many idle, the
+ * longest-idle ones are closed, so descriptors and memory go back after a
+ * burst of HTTP/1.1 calls. Connections in use never count: a bound on all of
+ * them (curl's CURLMOPT_MAXCONNECTS alone) closed the connection of every call
+ * that ended while more calls than the bound were running, so each next call
+ * opened a new one; under a load spike that churn doubled the provider's cost
+ * per call and the latency never recovered (transport.c, "Connection policy"). */
+#define LLM_MAX_IDLE_CONNECTIONS 64
 
 /* Creates a transport on base (which must outlive it). Never returns NULL. */
 llm_transport *llm_transport_new(struct event_base *base);

@@ -257,3 +257,48 @@ def test_provider_connection_reused_then_closed_while_idle(chatd):
         assert (prov.requests, prov.connections) == (5, 2)
     finally:
         prov.close()
+
+
+def test_provider_connections_stay_while_more_than_64_calls_run(chatd, fake):
+    """More calls at once than the 64 idle provider connections a worker keeps
+    (llm/transport.h, LLM_MAX_IDLE_CONNECTIONS): a connection whose call ends
+    goes to the next call instead of being closed (a bound on all connections
+    closed it, and every later call connected anew), and once the calls are
+    over at most 64 idle ones (plus the last call's) stay open."""
+    srv = chatd({"WORKERS": "1"})
+    clients, rounds = 96, 4
+    errors = []
+
+    def client(k):
+        try:
+            with connect(srv.port, timeout=30) as s:
+                reader = Reader(s, 30)
+                for i in range(rounds):
+                    body = json.dumps({"model": "claude-sonnet-4-6",
+                                       "messages": [{"role": "user", "content": f"hi {k}.{i}"}]}).encode()
+                    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                              + body)
+                    status, _, rbody = read_response(reader)
+                    if status != 200:
+                        errors.append((status, rbody[:200]))
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    fake.reset()
+    fake.script(default={"header_delay_ms": 150})
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    st = fake.stats()
+    assert st["requests"] == clients * rounds, st
+    # A connection per client (96 measured), a few more allowed where calls
+    # outnumbered the idle connections for a moment. Closing the connection of
+    # every call that ended with more than 64 open made 363 for 384 calls.
+    assert st["connections_total"] <= clients + 16, st
+    # Open now: the stats request's own, and at most 64 idle ones plus the
+    # connection of the last call to end.
+    assert st["connections"] - 1 <= 65, st
