@@ -139,11 +139,11 @@ static json_t *thinking_blocks(const json_t *content)
 /*
  * The "message" member of a whole reply (docs/PROTOCOLS.md B3): content the
  * text (null when the reply is only tool calls), tool_calls from the tool_use
- * blocks, reasoning_content from the thinking blocks.
+ * blocks (calls: whether there are any), reasoning_content from the thinking
+ * blocks.
  */
-static void write_message(chat_json_writer *w, const turn_result *res)
+static void write_message(chat_json_writer *w, const turn_result *res, bool calls)
 {
-    bool calls = has_calls(res->content);
     chat_json_obj(w, "message");
     chat_json_str(w, "role", "assistant");
     if (res->text_len || !calls)
@@ -287,6 +287,7 @@ static bool send_args_delta(chat_ctx *c, int index, const char *args, size_t len
 
 static void oa_json_done(chat_ctx *c, const turn_result *res)
 {
+    bool calls = has_calls(res->content);
     chat_json_writer *w = chat_json_doc_new(HTTP_JSON_FLAGS);
     chat_json_obj(w, NULL);
     chat_json_str(w, "id", c->completion_id);
@@ -296,9 +297,9 @@ static void oa_json_done(chat_ctx *c, const turn_result *res)
     chat_json_arr(w, "choices");
     chat_json_obj(w, NULL);
     chat_json_int(w, "index", 0);
-    write_message(w, res);
+    write_message(w, res, calls);
     chat_json_null(w, "logprobs");
-    chat_json_str(w, "finish_reason", finish_reason(res->stop_reason, has_calls(res->content)));
+    chat_json_str(w, "finish_reason", finish_reason(res->stop_reason, calls));
     write_stop_sequence(w, res);
     chat_json_close(w);
     chat_json_close(w);
