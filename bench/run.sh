@@ -70,6 +70,8 @@ LATENCY=${BENCH_LATENCY:-1}
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-8}
 LAT_MAXCONN=${BENCH_LATENCY_CONNECTIONS:-64}
 LAT_ROUNDS=${BENCH_LATENCY_ROUNDS:-2}
+RATIO_ROUNDS=${BENCH_RATIO_ROUNDS:-3}
+RATIO_SECONDS=${BENCH_RATIO_SECONDS:-5}
 RECORD=${BENCH_RECORD:-1}
 # Off by default: the gateway is installed from the npm registry on every run
 # that asks for it (network, ~15 s); see bench/README.md.
@@ -81,7 +83,8 @@ PORTKEY_WARMUP=${BENCH_PORTKEY_WARMUP:-10}
 
 for v in DURATION WARMUP CONNS THREADS WORKERS SESSIONS MAX_TURNS NGINX_ON NGINX_WORKERS VARIANTS SYSCALLS \
     SYS_SECONDS SYS_CONNS STREAMS STREAM_HOLD STREAM_DELTAS STREAM_RAMP STREAM_SETTLE LONG_TURNS LONG_BYTES \
-    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS PORTKEY_ON PORTKEY_WARMUP; do
+    LONG_TIMEOUT RECORD LATENCY LAT_SECONDS LAT_MAXCONN LAT_ROUNDS RATIO_ROUNDS RATIO_SECONDS PORTKEY_ON \
+    PORTKEY_WARMUP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DURATION >= 1)) || die "BENCH_SECONDS must be at least 1"
@@ -90,6 +93,7 @@ done
     die "need BENCH_STREAM_DELTAS >= 2, BENCH_STREAM_HOLD >= 1, BENCH_STREAM_RAMP >= 1"
 ((LONG_TURNS == 0 || LONG_TURNS >= 20)) || die "BENCH_LONG_TURNS must be 0 (off) or at least 20"
 ((NGINX_WORKERS >= 1)) || die "BENCH_NGINX_WORKERS must be at least 1"
+((RATIO_SECONDS >= 1)) || die "BENCH_RATIO_SECONDS must be at least 1"
 ((LAT_SECONDS >= 1 && LAT_MAXCONN >= 16 && LAT_ROUNDS >= 1)) ||
     die "need BENCH_LATENCY_SECONDS >= 1, BENCH_LATENCY_CONNECTIONS >= 16 and BENCH_LATENCY_ROUNDS >= 1"
 [[ $DATABASE == sqlite || $DATABASE == postgres ]] || die "BENCH_DATABASE must be sqlite or postgres (got '$DATABASE')"
@@ -469,6 +473,37 @@ fi
 chatd_phase stateless stateless /v1/chat/completions t
 capture_upstream "$TMP/upstream_stateless.json"
 
+# The two goals stated against nginx (/chat and stateless turns/s), measured
+# again in RATIO_ROUNDS short rounds that interleave nginx, /chat and stateless
+# (RATIO_SECONDS each, the order reversed every other round). The phases above
+# run a minute apart, and this machine's speed drifts by more than the goals'
+# margins over a minute (other users of the host): in a round the three
+# targets see the same machine, so each round's ratio is a fair one, and
+# report.py gives their median and range beside the single phases' ratio.
+ROUND_PHASES=()
+if ((RATIO_ROUNDS > 0 && NGINX_ON)) && alive_or_die; then
+    read_upstream "$TMP/upstream_chat.json"
+    ROUND_NGINX_MODE=direct
+    ((UP_STREAM)) && ROUND_NGINX_MODE=direct_stream
+    round_targets=(nginx chat stateless)
+    for ((r = 1; r <= RATIO_ROUNDS; r++)); do
+        order=("${round_targets[@]}")
+        ((r % 2)) || order=(stateless chat nginx)
+        for t in "${order[@]}"; do
+            alive_or_die || break 2
+            case $t in
+            nginx)
+                BENCH_MODEL=$UP_MODEL BENCH_MAX_TOKENS=$UP_MAX_TOKENS BENCH_SYSTEM_JSON=$UP_SYSTEM_JSON \
+                    run_phase "round_nginx.$r" "$ROUND_NGINX_MODE" /v1/messages nginx "$RATIO_SECONDS" "rn$r"
+                ;;
+            chat) run_phase "round_chat.$r" chat /chat chatd "$RATIO_SECONDS" "rc$r" ;;
+            stateless) run_phase "round_stateless.$r" stateless /v1/chat/completions chatd "$RATIO_SECONDS" "rt$r" ;;
+            esac
+            ROUND_PHASES+=("round_$t.$r")
+        done
+    done
+fi
+
 # Added latency at half of the maximum rate (open loop): for the stateless
 # path and /chat, half of the turns/s of their throughput phase above, against
 # chatd, and at the same rate chatd's upstream request straight to the fake and
@@ -595,4 +630,4 @@ mkdir -p "$(dirname "$OUT_JSON")"
     --loadavg-before "$LOADAVG_BEFORE" --loadavg-after "$LOADAVG_AFTER" --run-seconds "$RUN_SECONDS" \
     --sys-conns "$SYS_CONNS" --sys-seconds "$SYS_SECONDS" --lat-phases "${LAT_PHASES[*]}" \
     --lat-seconds "$LAT_SECONDS" --lat-max-connections "$LAT_MAXCONN" --lat-rounds "$LAT_ROUNDS" \
-    --portkey "$PORTKEY_ON"
+    --portkey "$PORTKEY_ON" --round-phases "${ROUND_PHASES[*]}" --ratio-seconds "$RATIO_SECONDS"
