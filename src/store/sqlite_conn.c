@@ -214,6 +214,15 @@ void sql_bind_i64(sqlite_db *s, sqlite3_stmt *st, int i, int64_t v)
     note_bind(s, sqlite3_bind_int64(st, i, v));
 }
 
+void sql_bind_usage(sqlite_db *s, sqlite3_stmt *st, int first, const store_usage *u, int64_t cost_micros)
+{
+    sql_bind_i64(s, st, first, store_known(u->input_tokens));
+    sql_bind_i64(s, st, first + 1, store_known(u->output_tokens));
+    sql_bind_i64(s, st, first + 2, store_known(u->cache_read_tokens));
+    sql_bind_i64(s, st, first + 3, store_known(u->cache_write_tokens));
+    sql_bind_i64(s, st, first + 4, cost_micros);
+}
+
 static void write_lock(sqlite_db *s)
 {
     if (!s->writer || s->writing)

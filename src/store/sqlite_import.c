@@ -32,11 +32,7 @@ chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store
     sql_bind_i64(s, st, 6, ss->updated_at);
     sql_bind_i64(s, st, 7, ss->turn_count);
     sql_bind_i64(s, st, 8, ss->message_count);
-    sql_bind_i64(s, st, 9, store_known(ss->usage.input_tokens));
-    sql_bind_i64(s, st, 10, store_known(ss->usage.output_tokens));
-    sql_bind_i64(s, st, 11, store_known(ss->usage.cache_read_tokens));
-    sql_bind_i64(s, st, 12, store_known(ss->usage.cache_write_tokens));
-    sql_bind_i64(s, st, 13, ss->cost_micros);
+    sql_bind_usage(s, st, 9, &ss->usage, ss->cost_micros);
     rc = sql_run(s, ST_SESSION_IMPORT);
     if (rc != CHAT_OK)
         goto out;
@@ -52,11 +48,7 @@ chat_rc sqlite_session_import(sqlite_db *s, const store_session *ss, const store
     st = s->st[ST_STATS_IMPORT];
     sql_bind_i64(s, st, 1, (int64_t)n);
     sql_bind_i64(s, st, 2, ss->turn_count);
-    sql_bind_i64(s, st, 3, store_known(ss->usage.input_tokens));
-    sql_bind_i64(s, st, 4, store_known(ss->usage.output_tokens));
-    sql_bind_i64(s, st, 5, store_known(ss->usage.cache_read_tokens));
-    sql_bind_i64(s, st, 6, store_known(ss->usage.cache_write_tokens));
-    sql_bind_i64(s, st, 7, ss->cost_micros);
+    sql_bind_usage(s, st, 3, &ss->usage, ss->cost_micros);
     rc = sql_run(s, ST_STATS_IMPORT);
     if (rc != CHAT_OK)
         goto out;
@@ -81,11 +73,7 @@ chat_rc sqlite_key_import(sqlite_db *s, const store_key *k)
     if (k->last_used_at > 0)
         sql_bind_i64(s, st, 8, k->last_used_at);
     sql_bind_i64(s, st, 9, k->turn_count);
-    sql_bind_i64(s, st, 10, store_known(k->usage.input_tokens));
-    sql_bind_i64(s, st, 11, store_known(k->usage.output_tokens));
-    sql_bind_i64(s, st, 12, store_known(k->usage.cache_read_tokens));
-    sql_bind_i64(s, st, 13, store_known(k->usage.cache_write_tokens));
-    sql_bind_i64(s, st, 14, k->cost_micros);
+    sql_bind_usage(s, st, 10, &k->usage, k->cost_micros);
     chat_rc rc = sql_run(s, ST_KEY_IMPORT);
     if (rc != CHAT_OK)
         return rc;

@@ -87,8 +87,10 @@ enum {
     X(ST_RELEASE, "RELEASE op")                                                                                      \
     X(ST_ROLLBACK_TO, "ROLLBACK TO op")                                                                              \
     X(ST_PING, "SELECT 1")                                                                                           \
-    X(ST_SESSION_CREATE, "INSERT INTO sessions (id, owner, system_prompt, model, created_at, updated_at) "           \
-                         "VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (id) DO NOTHING")                              \
+    X(ST_SESSION_CREATE,                                                                                             \
+      "INSERT INTO sessions (id, owner, system_prompt, model, created_at, updated_at, "                              \
+      "turn_count, message_count, input_tokens, output_tokens, cache_read_tokens, "                                  \
+      "cache_write_tokens, cost_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 2, ?6, ?7, ?8, ?9, ?10)")                 \
     X(ST_NEXT_SEQ, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?1")                               \
     X(ST_MESSAGE_INSERT, "INSERT INTO messages (session_id, seq, role, content, status, model, stop_reason, "        \
                          "tokens, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "              \
@@ -244,6 +246,10 @@ struct sqlite_db {
 chat_rc sql_fail(sqlite_db *s, const char *what, int rc);
 void sql_bind_text(sqlite_db *s, sqlite3_stmt *st, int i, const char *v);
 void sql_bind_i64(sqlite_db *s, sqlite3_stmt *st, int i, int64_t v);
+/* A usage and its cost at parameters first .. first + 4, in the columns'
+ * order (input, output, cache read, cache write, cost micros); an unknown
+ * count (-1) is bound as 0, as every total column keeps it. */
+void sql_bind_usage(sqlite_db *s, sqlite3_stmt *st, int first, const store_usage *u, int64_t cost_micros);
 int sql_step(sqlite_db *s, sqlite3_stmt *st);
 void sql_done_in(sqlite_db *s, sqlite3_stmt *st);
 chat_rc sql_run(sqlite_db *s, enum stmt_id id);

@@ -259,18 +259,41 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const st
     if (rc != CHAT_OK)
         goto settle;
 
-    st = s->st[ST_SESSION_CREATE];
+    /* The session with this turn counted: updated if it exists, else made
+     * with it, one statement either way (the write transaction keeps anyone
+     * from making it between the two). */
+    st = s->st[ST_SESSION_ADD_TURN];
     sql_bind_text(s, st, 1, t->session_id);
-    sql_bind_text(s, st, 2, t->owner);
-    sql_bind_text(s, st, 3, t->system_prompt);
-    sql_bind_text(s, st, 4, t->session_model ? t->session_model : t->model);
-    sql_bind_i64(s, st, 5, t->now);
-    rc = sql_run(s, ST_SESSION_CREATE);
-    if (rc != CHAT_OK)
+    sql_bind_text(s, st, 2, t->session_model ? t->session_model : t->model);
+    sql_bind_i64(s, st, 3, t->now);
+    sql_bind_usage(s, st, 4, &t->usage, t->cost_micros);
+    src = sql_step(s, st);
+    if (src == SQLITE_ROW) {
+        r.turn_count = sqlite3_column_int64(st, 0);
+        r.message_count = sqlite3_column_int64(st, 1);
+    }
+    done(st);
+    int64_t created = src == SQLITE_DONE; /* no row: the session is new */
+    if (src != SQLITE_ROW && src != SQLITE_DONE) {
+        rc = sql_fail(s, "ST_SESSION_ADD_TURN", src);
         goto out;
-    int64_t created = sqlite3_changes(s->db); /* 0: it existed (DO NOTHING) */
+    }
+    if (created) {
+        st = s->st[ST_SESSION_CREATE];
+        sql_bind_text(s, st, 1, t->session_id);
+        sql_bind_text(s, st, 2, t->owner);
+        sql_bind_text(s, st, 3, t->system_prompt);
+        sql_bind_text(s, st, 4, t->session_model ? t->session_model : t->model);
+        sql_bind_i64(s, st, 5, t->now);
+        sql_bind_usage(s, st, 6, &t->usage, t->cost_micros);
+        rc = sql_run(s, ST_SESSION_CREATE);
+        if (rc != CHAT_OK)
+            goto out;
+        r.turn_count = 1;
+        r.message_count = 2;
+    }
 
-    /* A session this statement just made has no messages (foreign keys are on,
+    /* A session this turn just made has no messages (foreign keys are on,
      * and deleting a session deletes its messages): its first seq is 1. */
     int64_t last_seq = 0;
     if (!created) {
@@ -292,33 +315,9 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const st
     if (rc != CHAT_OK)
         goto out;
 
-    st = s->st[ST_SESSION_ADD_TURN];
-    sql_bind_text(s, st, 1, t->session_id);
-    sql_bind_text(s, st, 2, t->session_model ? t->session_model : t->model);
-    sql_bind_i64(s, st, 3, t->now);
-    sql_bind_i64(s, st, 4, store_known(t->usage.input_tokens));
-    sql_bind_i64(s, st, 5, store_known(t->usage.output_tokens));
-    sql_bind_i64(s, st, 6, store_known(t->usage.cache_read_tokens));
-    sql_bind_i64(s, st, 7, store_known(t->usage.cache_write_tokens));
-    sql_bind_i64(s, st, 8, t->cost_micros);
-    src = sql_step(s, st);
-    if (src == SQLITE_ROW) {
-        r.turn_count = sqlite3_column_int64(st, 0);
-        r.message_count = sqlite3_column_int64(st, 1);
-    }
-    done(st);
-    if (src != SQLITE_ROW) {
-        rc = sql_fail(s, "ST_SESSION_ADD_TURN", src);
-        goto out;
-    }
-
     st = s->st[ST_STATS_ADD_TURN];
     sql_bind_i64(s, st, 1, created);
-    sql_bind_i64(s, st, 2, store_known(t->usage.input_tokens));
-    sql_bind_i64(s, st, 3, store_known(t->usage.output_tokens));
-    sql_bind_i64(s, st, 4, store_known(t->usage.cache_read_tokens));
-    sql_bind_i64(s, st, 5, store_known(t->usage.cache_write_tokens));
-    sql_bind_i64(s, st, 6, t->cost_micros);
+    sql_bind_usage(s, st, 2, &t->usage, t->cost_micros);
     rc = sql_run(s, ST_STATS_ADD_TURN);
     if (rc != CHAT_OK)
         goto out;
@@ -328,11 +327,7 @@ static chat_rc sqlite_turn_commit(sqlite_db *s, const store_turn *turn, const st
          * nothing to charge, not an error. */
         st = s->st[ST_KEY_ADD_TURN];
         sql_bind_text(s, st, 1, t->owner);
-        sql_bind_i64(s, st, 2, store_known(t->usage.input_tokens));
-        sql_bind_i64(s, st, 3, store_known(t->usage.output_tokens));
-        sql_bind_i64(s, st, 4, store_known(t->usage.cache_read_tokens));
-        sql_bind_i64(s, st, 5, store_known(t->usage.cache_write_tokens));
-        sql_bind_i64(s, st, 6, t->cost_micros);
+        sql_bind_usage(s, st, 2, &t->usage, t->cost_micros);
         rc = sql_run(s, ST_KEY_ADD_TURN);
         if (rc != CHAT_OK)
             goto out;
