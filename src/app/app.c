@@ -186,6 +186,22 @@ static turn_engine *worker_turn_engine(const chat_worker *w)
     return turn_engine_new(&env);
 }
 
+/*
+ * A watch change that reached a descriptor already closed: with the changelist
+ * (worker_loop_new), the changes of a loop turn are applied only before the
+ * loop waits, and a connection can be accepted, refused and closed within one
+ * turn, its number even reused by the next one in between (a burst past
+ * MAX_CONNECTIONS). epoll_ctl then fails with EBADF, and libevent warns for an
+ * add or a modify (not for a delete). Nothing is left unwatched: the
+ * descriptor is gone. Debug, not a warning an operator must look into.
+ */
+static bool watch_of_closed_descriptor(const char *msg)
+{
+    static const char tail[] = ": Bad file descriptor";
+    size_t n = strlen(msg);
+    return strncmp(msg, "Epoll ", 6) == 0 && n >= sizeof tail - 1 && strcmp(msg + n - (sizeof tail - 1), tail) == 0;
+}
+
 /* libevent's own messages (a failed epoll_ctl, say) go to the structured log,
  * not as raw text on stderr. */
 static void libevent_log(int severity, const char *msg)
@@ -194,6 +210,8 @@ static void libevent_log(int severity, const char *msg)
                          : severity == EVENT_LOG_WARN ? LOG_WARN
                          : severity == EVENT_LOG_MSG  ? LOG_INFO
                                                       : LOG_DEBUG;
+    if (lvl == LOG_WARN && watch_of_closed_descriptor(msg))
+        lvl = LOG_DEBUG;
     chat_log(lvl, "libevent", json_pack("{s:s}", "detail", msg));
 }
 
