@@ -34,6 +34,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -264,12 +265,6 @@ def ratios(chatd, direct):
     }
 
 
-def median(vals):
-    v = sorted(vals)
-    n = len(v)
-    return None if not n else v[n // 2] if n % 2 else round((v[n // 2 - 1] + v[n // 2]) / 2, 3)
-
-
 def ratio_rounds(d, names):
     """The interleaved rounds of run.sh (round_<target>.<r>: nginx, chat,
     stateless): per round the turns/s of each and the ratios to that round's
@@ -299,9 +294,10 @@ def ratio_rounds(d, names):
         vals = [r[t + "_vs_nginx"] for r in rounds if r[t + "_vs_nginx"] is not None]
         cpu = [r[t]["server_cpu_ms_per_request"] for r in rounds
                if r.get(t) and r[t]["server_cpu_ms_per_request"] is not None]
-        summary[t] = {"vs_nginx_median": median(vals), "vs_nginx_min": min(vals) if vals else None,
-                      "vs_nginx_max": max(vals) if vals else None, "rounds": len(vals),
-                      "cpu_ms_per_request_median": median(cpu)}
+        summary[t] = {"vs_nginx_median": round(statistics.median(vals), 3) if vals else None,
+                      "vs_nginx_min": min(vals) if vals else None, "vs_nginx_max": max(vals) if vals else None,
+                      "rounds": len(vals),
+                      "cpu_ms_per_request_median": round(statistics.median(cpu), 4) if cpu else None}
     return {"rounds": rounds, "summary": summary, "problems": problems}
 
 

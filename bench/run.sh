@@ -409,6 +409,17 @@ latency_phase() {
     ((rc == 0)) || { echo "bench: openloop failed in $name (exit $rc):" >&2; tail -n 5 "$TMP/$name.err" >&2; }
     LAT_PHASES+=("$name")
 }
+# round_order R TARGET...: sets ORDER to the targets, reversed in every even
+# round R, so that a burst of other load on the machine does not always land on
+# the same target.
+round_order() {
+    local r=$1 i
+    shift
+    ORDER=("$@")
+    ((r % 2)) && return 0
+    ORDER=()
+    for ((i = $#; i >= 1; i--)); do ORDER+=("${!i}"); done
+}
 half_rate() { # PHASE: half of the turns/s that wrk phase completed (whole requests/s, at least 1)
     "$PY" -c 'import json, sys
 d = json.load(open(sys.argv[1]))
@@ -485,11 +496,9 @@ if ((RATIO_ROUNDS > 0 && NGINX_ON)) && alive_or_die; then
     read_upstream "$TMP/upstream_chat.json"
     ROUND_NGINX_MODE=direct
     ((UP_STREAM)) && ROUND_NGINX_MODE=direct_stream
-    round_targets=(nginx chat stateless)
     for ((r = 1; r <= RATIO_ROUNDS; r++)); do
-        order=("${round_targets[@]}")
-        ((r % 2)) || order=(stateless chat nginx)
-        for t in "${order[@]}"; do
+        round_order "$r" nginx chat stateless
+        for t in "${ORDER[@]}"; do
             alive_or_die || break 2
             case $t in
             nginx)
@@ -528,9 +537,8 @@ if ((LATENCY)) && alive_or_die; then
             echo "bench: no upstream request of chatd captured for $kind: chatd only" >&2
         fi
         for ((r = 1; r <= LAT_ROUNDS; r++)); do
-            order=("${targets[@]}")
-            ((r % 2)) || { order=(); for ((k = ${#targets[@]} - 1; k >= 0; k--)); do order+=("${targets[$k]}"); done; }
-            for t in "${order[@]}"; do
+            round_order "$r" "${targets[@]}"
+            for t in "${ORDER[@]}"; do
                 alive_or_die || break 3
                 case $kind/$t in
                 chat/chatd) latency_phase "lat_chat_chatd.$r" chatd /chat "$TMP/lat_chat.body" "$rate" '"response"' "lc$r" ;;
